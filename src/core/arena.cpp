@@ -1,0 +1,48 @@
+#include "core/arena.h"
+
+#include <algorithm>
+
+namespace moex {
+
+Arena::Arena(size_t capacity_bytes, Device device) : capacity_(capacity_bytes), device_(device) {
+  backing_ = Tensor::empty(Shape{static_cast<int64_t>(capacity_bytes + kAlignment)}, DType::kU8, device);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(backing_.raw_data());
+  base_ = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
+}
+
+Tensor Arena::alloc(const Shape& shape, DType dtype) {
+  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  const size_t start = (used_ + kAlignment - 1) / kAlignment * kAlignment;
+  MOEX_CHECK(start + bytes <= capacity_, "step arena full: need ", bytes, " bytes at offset ", start,
+             ", capacity ", capacity_);
+  used_ = start + bytes;
+  high_water_ = std::max(high_water_, used_);
+  return Tensor::from_external(base_ + start, shape, dtype, device_);
+}
+
+int ParamBuffer::declare(const std::string& name, const Shape& shape) {
+  MOEX_CHECK(!flat_.defined(), "parameter '", name, "' declared after the buffer was allocated");
+  MOEX_CHECK(index_of(name) < 0, "parameter '", name, "' declared twice");
+  names_.push_back(name);
+  shapes_.push_back(shape);
+  offsets_.push_back(total_);
+  total_ += (shape.numel() + 63) / 64 * 64;
+  return size() - 1;
+}
+
+void ParamBuffer::allocate(DType dtype, Device device) {
+  flat_ = Tensor::empty(Shape{std::max<int64_t>(total_, 1)}, dtype, device);
+  tensors_.clear();
+  const size_t elem = dtype_size(dtype);
+  for (int i = 0; i < size(); ++i) {
+    void* ptr = static_cast<char*>(flat_.raw_data()) + static_cast<size_t>(offsets_[i]) * elem;
+    tensors_.push_back(Tensor::from_external(ptr, shapes_[i], dtype, device));
+  }
+}
+
+int ParamBuffer::index_of(const std::string& name) const {
+  auto it = std::find(names_.begin(), names_.end(), name);
+  return it == names_.end() ? -1 : static_cast<int>(it - names_.begin());
+}
+
+}  // namespace moex

@@ -1,0 +1,154 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace moex {
+namespace {
+
+DeviceAllocator* g_cuda_allocator = nullptr;
+DeviceCopyFn g_device_copy = nullptr;
+
+constexpr size_t kHostAlignment = 64;
+
+}  // namespace
+
+std::string Device::str() const {
+  return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(ordinal);
+}
+
+Shape::Shape(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims) push_back(d);
+}
+
+int64_t Shape::operator[](int i) const {
+  MOEX_CHECK(i >= 0 && i < ndim_, "shape index ", i, " out of range for ", str());
+  return dims_[i];
+}
+
+int64_t& Shape::operator[](int i) {
+  MOEX_CHECK(i >= 0 && i < ndim_, "shape index ", i, " out of range for ", str());
+  return dims_[i];
+}
+
+int64_t Shape::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim_; ++i) n *= dims_[i];
+  return n;
+}
+
+void Shape::push_back(int64_t dim) {
+  MOEX_CHECK(ndim_ < kMaxDims, "a tensor has at most ", kMaxDims, " dims");
+  MOEX_CHECK(dim >= 0, "negative dimension ", dim);
+  dims_[ndim_++] = dim;
+}
+
+bool Shape::operator==(const Shape& o) const {
+  if (ndim_ != o.ndim_) return false;
+  for (int i = 0; i < ndim_; ++i)
+    if (dims_[i] != o.dims_[i]) return false;
+  return true;
+}
+
+std::string Shape::str() const {
+  std::ostringstream out;
+  out << "[";
+  for (int i = 0; i < ndim_; ++i) out << (i ? ", " : "") << dims_[i];
+  out << "]";
+  return out.str();
+}
+
+void register_device_allocator(DeviceKind kind, DeviceAllocator* allocator) {
+  MOEX_CHECK(kind == DeviceKind::kCUDA, "only CUDA allocators can be registered");
+  g_cuda_allocator = allocator;
+}
+
+DeviceAllocator* device_allocator(DeviceKind kind) {
+  return kind == DeviceKind::kCUDA ? g_cuda_allocator : nullptr;
+}
+
+void register_device_copy(DeviceCopyFn fn) { g_device_copy = fn; }
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  auto storage = std::make_shared<Storage>();
+  storage->device = device;
+  storage->bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  const size_t alloc_bytes = std::max<size_t>(kHostAlignment, (storage->bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment);
+  if (device.is_cpu()) {
+    storage->data = std::aligned_alloc(kHostAlignment, alloc_bytes);
+    MOEX_CHECK(storage->data != nullptr, "out of host memory allocating ", alloc_bytes, " bytes");
+    storage->deleter = [](void* p) { std::free(p); };
+  } else {
+    DeviceAllocator* alloc = device_allocator(device.kind);
+    MOEX_CHECK(alloc != nullptr, "no allocator for device ", device.str(), " (built without CUDA?)");
+    storage->data = alloc->allocate(alloc_bytes, device.ordinal);
+    const int ordinal = device.ordinal;
+    storage->deleter = [alloc, ordinal](void* p) { alloc->release(p, ordinal); };
+  }
+  t.storage_ = std::move(storage);
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype) {
+  Tensor t = empty(shape, dtype, Device::cpu());
+  std::memset(t.raw_data(), 0, t.nbytes());
+  return t;
+}
+
+Tensor Tensor::from_external(void* data, const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  auto storage = std::make_shared<Storage>();
+  storage->data = data;
+  storage->bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  storage->device = device;
+  t.storage_ = std::move(storage);
+  return t;
+}
+
+void* Tensor::raw_data() const {
+  MOEX_CHECK(storage_ != nullptr, "access to an undefined tensor");
+  return static_cast<char*>(storage_->data) + offset_bytes_;
+}
+
+Tensor Tensor::slice(int64_t begin, int64_t end) const {
+  MOEX_CHECK(ndim() >= 1, "slice needs at least one dim");
+  MOEX_CHECK(0 <= begin && begin <= end && end <= shape_[0], "slice [", begin, ", ", end,
+             ") out of range for dim 0 of ", shape_.str());
+  Tensor t = *this;
+  const size_t row_bytes = nbytes() / std::max<int64_t>(1, shape_[0]);
+  t.offset_bytes_ += static_cast<size_t>(begin) * row_bytes;
+  t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  MOEX_CHECK(shape.numel() == numel(), "view ", shape.str(), " does not match ", shape_.str());
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor out = empty(shape_, dtype_, device);
+  if (device.is_cpu() && this->device().is_cpu()) {
+    std::memcpy(out.raw_data(), raw_data(), nbytes());
+  } else {
+    MOEX_CHECK(g_device_copy != nullptr, "no device copy registered (built without CUDA?)");
+    g_device_copy(out.raw_data(), device, raw_data(), this->device(), nbytes());
+  }
+  return out;
+}
+
+void check_tensor(const Tensor& t, const char* what, DType dtype, const Shape& shape) {
+  MOEX_CHECK(t.defined(), what, " is undefined");
+  MOEX_CHECK(t.dtype() == dtype, what, " has dtype ", dtype_name(t.dtype()), ", expected ", dtype_name(dtype));
+  MOEX_CHECK(t.shape() == shape, what, " has shape ", t.shape().str(), ", expected ", shape.str());
+}
+
+}  // namespace moex

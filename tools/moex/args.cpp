@@ -1,0 +1,68 @@
+#include "args.h"
+
+#include <cstdlib>
+
+#include "core/error.h"
+
+namespace moex::cli {
+
+Args::Args(const std::vector<std::string>& argv, const std::set<std::string>& value_flags,
+           const std::set<std::string>& bool_flags) {
+  for (size_t i = 0; i < argv.size(); ++i) {
+    const std::string& a = argv[i];
+    if (a.rfind("--", 0) != 0) {
+      positional_.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    const size_t eq = name.find('=');
+    const bool inline_value = eq != std::string::npos;
+    if (inline_value) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+    }
+    if (bool_flags.count(name)) {
+      MOEX_CHECK(!inline_value, "flag --", name, " takes no value");
+      values_[name] = "1";
+    } else if (value_flags.count(name)) {
+      if (!inline_value) {
+        MOEX_CHECK(i + 1 < argv.size(), "flag --", name, " needs a value");
+        value = argv[++i];
+      }
+      values_[name] = value;
+    } else {
+      MOEX_THROW("unknown flag --", name);
+    }
+  }
+}
+
+std::string Args::get(const std::string& name, const std::string& fallback) const {
+  auto it = values_.find(name);
+  return it == values_.end() ? fallback : it->second;
+}
+
+std::string Args::require(const std::string& name) const {
+  auto it = values_.find(name);
+  MOEX_CHECK(it != values_.end(), "missing required flag --", name);
+  return it->second;
+}
+
+int64_t Args::get_int(const std::string& name, int64_t fallback) const {
+  if (!has(name)) return fallback;
+  const std::string v = get(name);
+  char* end = nullptr;
+  const long long x = std::strtoll(v.c_str(), &end, 10);
+  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects an integer, got '", v, "'");
+  return x;
+}
+
+double Args::get_double(const std::string& name, double fallback) const {
+  if (!has(name)) return fallback;
+  const std::string v = get(name);
+  char* end = nullptr;
+  const double x = std::strtod(v.c_str(), &end);
+  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects a number, got '", v, "'");
+  return x;
+}
+
+}  // namespace moex::cli

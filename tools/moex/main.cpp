@@ -1,0 +1,55 @@
+// moex: one binary, one subcommand per file. Errors become one clear message and exit code 1.
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+
+#include "command.h"
+#include "core/error.h"
+
+namespace moex::cli {
+
+std::vector<CommandEntry>& commands() {
+  static std::vector<CommandEntry> registry;
+  return registry;
+}
+
+Command::Command(const char* name, const char* summary, CommandFn run) {
+  commands().push_back({name, summary, std::move(run)});
+}
+
+}  // namespace moex::cli
+
+namespace {
+
+void print_usage() {
+  auto entries = moex::cli::commands();
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::printf("usage: moex <command> [options]   (moex <command> --help for its options)\n\ncommands:\n");
+  for (const auto& e : entries) std::printf("  %-12s %s\n", e.name.c_str(), e.summary.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    print_usage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  std::vector<std::string> args(argv + 2, argv + argc);
+  for (const auto& e : moex::cli::commands()) {
+    if (e.name != name) continue;
+    try {
+      return e.run(args);
+    } catch (const moex::Error& err) {
+      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
+      return 1;
+    } catch (const std::exception& err) {
+      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "moex: unknown command '%s'\n", name.c_str());
+  print_usage();
+  return 2;
+}
