@@ -111,6 +111,13 @@ Tensor Tensor::from_external(void* data, const Shape& shape, DType dtype, Device
   return t;
 }
 
+Tensor Tensor::from_external(void* data, const Shape& shape, DType dtype, Device device,
+                             std::shared_ptr<const void> owner) {
+  Tensor t = from_external(data, shape, dtype, device);
+  t.storage_->deleter = [owner = std::move(owner)](void*) {};
+  return t;
+}
+
 void* Tensor::raw_data() const {
   MOEX_CHECK(storage_ != nullptr, "access to an undefined tensor");
   return static_cast<char*>(storage_->data) + offset_bytes_;

@@ -84,6 +84,10 @@ class Tensor {
   static Tensor zeros(const Shape& shape, DType dtype);
   // Wraps memory someone else owns (an arena, a mapped file); the caller keeps it alive.
   static Tensor from_external(void* data, const Shape& shape, DType dtype, Device device = Device::cpu());
+  // Same, and holds `owner` (e.g. a memory-mapped file) until the last tensor sharing this
+  // storage is gone, so views into a mapping cannot outlive it.
+  static Tensor from_external(void* data, const Shape& shape, DType dtype, Device device,
+                              std::shared_ptr<const void> owner);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
