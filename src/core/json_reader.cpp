@@ -1,0 +1,165 @@
+#include "core/json_reader.h"
+
+#include <fstream>
+#include <sstream>
+
+namespace moex {
+
+namespace {
+const nlohmann::json& empty_object() {
+  static const nlohmann::json kEmpty = nlohmann::json::object();
+  return kEmpty;
+}
+}  // namespace
+
+JsonReader::JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root,
+                       const nlohmann::json* node, std::string path)
+    : shared_(std::move(shared)), root_(std::move(root)), node_(node), path_(std::move(path)) {}
+
+JsonReader JsonReader::from_string(const std::string& text, const std::string& source_name) {
+  auto shared = std::make_shared<Shared>();
+  shared->source = source_name;
+  std::shared_ptr<nlohmann::json> root;
+  try {
+    root = std::make_shared<nlohmann::json>(nlohmann::json::parse(text));
+  } catch (const nlohmann::json::parse_error& e) {
+    MOEX_THROW(source_name, ": invalid JSON: ", e.what());
+  }
+  MOEX_CHECK(root->is_object(), source_name, ": the top level must be a JSON object");
+  const nlohmann::json* node = root.get();
+  return JsonReader(shared, root, node, "");
+}
+
+JsonReader JsonReader::from_file(const std::string& path) {
+  std::ifstream in(path);
+  MOEX_CHECK(in.good(), path, ": cannot open file");
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return from_string(buffer.str(), path);
+}
+
+std::string JsonReader::where(const std::string& key) const {
+  return shared_->source + ": " + full(key);
+}
+
+void JsonReader::fail(const std::string& key, const std::string& message) const {
+  MOEX_THROW(where(key), " ", message);
+}
+
+const nlohmann::json* JsonReader::find(const std::string& key) const {
+  auto it = node_->find(key);
+  if (it == node_->end() || it->is_null()) return nullptr;
+  shared_->read.insert(full(key));
+  return &*it;
+}
+
+bool JsonReader::has(const std::string& key) const {
+  auto it = node_->find(key);
+  return it != node_->end() && !it->is_null();
+}
+
+int64_t JsonReader::get_int(const std::string& key) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) fail(key, "is required");
+  if (!v->is_number_integer()) fail(key, "must be an integer");
+  return v->get<int64_t>();
+}
+
+int64_t JsonReader::get_int(const std::string& key, int64_t fallback) const {
+  return has(key) ? get_int(key) : fallback;
+}
+
+double JsonReader::get_double(const std::string& key) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) fail(key, "is required");
+  if (!v->is_number()) fail(key, "must be a number");
+  return v->get<double>();
+}
+
+double JsonReader::get_double(const std::string& key, double fallback) const {
+  return has(key) ? get_double(key) : fallback;
+}
+
+bool JsonReader::get_bool(const std::string& key, bool fallback) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) return fallback;
+  if (!v->is_boolean()) fail(key, "must be true or false");
+  return v->get<bool>();
+}
+
+std::string JsonReader::get_string(const std::string& key) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) fail(key, "is required");
+  if (!v->is_string()) fail(key, "must be a string");
+  return v->get<std::string>();
+}
+
+std::string JsonReader::get_string(const std::string& key, const std::string& fallback) const {
+  return has(key) ? get_string(key) : fallback;
+}
+
+std::string JsonReader::get_choice(const std::string& key, const std::vector<std::string>& choices,
+                                   const std::string& fallback) const {
+  const std::string value = get_string(key, fallback);
+  for (const auto& c : choices)
+    if (c == value) return value;
+  std::string allowed;
+  for (const auto& c : choices) allowed += (allowed.empty() ? "" : ", ") + c;
+  fail(key, "is '" + value + "'; expected one of: " + allowed);
+}
+
+std::vector<int64_t> JsonReader::get_int_list(const std::string& key, size_t count,
+                                              int64_t fallback) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) return std::vector<int64_t>(count, fallback);
+  if (v->is_number_integer()) return std::vector<int64_t>(count, v->get<int64_t>());
+  if (!v->is_array()) fail(key, "must be an integer or a list of integers");
+  if (v->size() != count)
+    fail(key, "has " + std::to_string(v->size()) + " entries, expected " + std::to_string(count));
+  std::vector<int64_t> out;
+  for (const auto& item : *v) {
+    if (!item.is_number_integer()) fail(key, "must hold integers only");
+    out.push_back(item.get<int64_t>());
+  }
+  return out;
+}
+
+std::vector<int64_t> JsonReader::get_int_array(const std::string& key) const {
+  const nlohmann::json* v = find(key);
+  std::vector<int64_t> out;
+  if (v == nullptr) return out;
+  if (!v->is_array()) fail(key, "must be a list of integers");
+  for (const auto& item : *v) {
+    if (!item.is_number_integer()) fail(key, "must hold integers only");
+    out.push_back(item.get<int64_t>());
+  }
+  return out;
+}
+
+JsonReader JsonReader::child(const std::string& key) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) return JsonReader(shared_, root_, &empty_object(), full(key));
+  if (!v->is_object()) fail(key, "must be an object");
+  return JsonReader(shared_, root_, v, full(key));
+}
+
+void JsonReader::collect_unread(const nlohmann::json& node, const std::string& path,
+                                std::vector<std::string>* out) const {
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string p = path.empty() ? it.key() : path + "." + it.key();
+    if (it.key().rfind("_comment", 0) == 0) continue;  // "_comment..." keys document a config
+    if (!shared_->read.count(p)) {
+      out->push_back(p);
+    } else if (it->is_object()) {
+      collect_unread(*it, p, out);
+    }
+  }
+}
+
+void JsonReader::finish() const {
+  std::vector<std::string> unread;
+  collect_unread(*node_, path_, &unread);
+  if (!unread.empty()) MOEX_THROW(shared_->source, ": unknown field '", unread.front(), "'");
+}
+
+}  // namespace moex

@@ -1,0 +1,62 @@
+// Strict reading of JSON config files: every field read is marked, and whatever is left unread
+// (a mistyped or unknown field) is an error naming the file and the field's path.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace moex {
+
+class JsonReader {
+ public:
+  // Parses `path`; malformed JSON is an error naming the file, line and column.
+  static JsonReader from_file(const std::string& path);
+  static JsonReader from_string(const std::string& text, const std::string& source_name);
+
+  bool has(const std::string& key) const;
+  // Typed getters; a wrong type is an error naming file and field ("tiny.json: model.top_k must be an integer").
+  int64_t get_int(const std::string& key) const;
+  int64_t get_int(const std::string& key, int64_t fallback) const;
+  double get_double(const std::string& key) const;
+  double get_double(const std::string& key, double fallback) const;
+  bool get_bool(const std::string& key, bool fallback) const;
+  std::string get_string(const std::string& key) const;
+  std::string get_string(const std::string& key, const std::string& fallback) const;
+  // One of `choices`; anything else names the field and the allowed values.
+  std::string get_choice(const std::string& key, const std::vector<std::string>& choices,
+                         const std::string& fallback) const;
+  // An integer or a list of integers; an integer is repeated `count` times.
+  std::vector<int64_t> get_int_list(const std::string& key, size_t count, int64_t fallback) const;
+  // A list of integers of any length (empty if absent).
+  std::vector<int64_t> get_int_array(const std::string& key) const;
+  JsonReader child(const std::string& key) const;  // a nested object (an empty one if absent)
+
+  // Throws on the first field of this object (and of children taken from it) that no getter read.
+  void finish() const;
+  // "file: path.to.field"
+  std::string where(const std::string& key) const;
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const;
+
+ private:
+  struct Shared {
+    std::string source;
+    std::set<std::string> read;  // full paths that were read
+  };
+  JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root, const nlohmann::json* node,
+             std::string path);
+  const nlohmann::json* find(const std::string& key) const;
+  std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  void collect_unread(const nlohmann::json& node, const std::string& path, std::vector<std::string>* out) const;
+
+  std::shared_ptr<Shared> shared_;
+  std::shared_ptr<const nlohmann::json> root_;
+  const nlohmann::json* node_ = nullptr;
+  std::string path_;
+};
+
+}  // namespace moex

@@ -1,0 +1,55 @@
+// Strict config reading: typed getters, defaults, and errors that name the file and the field.
+#include <gtest/gtest.h>
+
+#include "core/json_reader.h"
+
+namespace moex {
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(JsonReader, ReadsTypedFieldsAndDefaults) {
+  JsonReader r = JsonReader::from_string(R"({"a": 3, "b": 0.5, "c": "x", "d": true, "m": {"k": [1, 2]}})", "cfg.json");
+  EXPECT_EQ(r.get_int("a"), 3);
+  EXPECT_DOUBLE_EQ(r.get_double("b"), 0.5);
+  EXPECT_EQ(r.get_string("c"), "x");
+  EXPECT_TRUE(r.get_bool("d", false));
+  EXPECT_EQ(r.get_int("missing", 7), 7);
+  JsonReader m = r.child("m");
+  EXPECT_EQ(m.get_int_list("k", 2, 0), (std::vector<int64_t>{1, 2}));
+  EXPECT_NO_THROW(r.finish());
+}
+
+TEST(JsonReader, UnknownFieldNamesFileAndPath) {
+  JsonReader r = JsonReader::from_string(R"({"a": 1, "m": {"top_k": 2, "topk": 3}, "_comment": "ok"})", "tiny.json");
+  r.get_int("a");
+  r.child("m").get_int("top_k");
+  const std::string msg = error_of([&] { r.finish(); });
+  EXPECT_NE(msg.find("tiny.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("m.topk"), std::string::npos) << msg;
+}
+
+TEST(JsonReader, WrongTypesAndChoicesNameTheField) {
+  JsonReader r = JsonReader::from_string(R"({"n": "four", "norm": "batchnorm", "list": [1, 2, 3]})", "c.json");
+  EXPECT_NE(error_of([&] { r.get_int("n"); }).find("c.json: n must be an integer"), std::string::npos);
+  const std::string choice = error_of([&] { r.get_choice("norm", {"rmsnorm", "layernorm"}, "rmsnorm"); });
+  EXPECT_NE(choice.find("norm is 'batchnorm'"), std::string::npos) << choice;
+  EXPECT_NE(error_of([&] { r.get_int_list("list", 2, 0); }).find("has 3 entries"), std::string::npos);
+  EXPECT_NE(error_of([&] { r.get_int("absent"); }).find("absent is required"), std::string::npos);
+}
+
+TEST(JsonReader, MalformedJsonNamesTheFile) {
+  const std::string msg = error_of([] { JsonReader::from_string("{\"a\": 1,", "broken.json"); });
+  EXPECT_NE(msg.find("broken.json: invalid JSON"), std::string::npos) << msg;
+  EXPECT_NE(error_of([] { JsonReader::from_file("/nonexistent/x.json"); }).find("cannot open"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moex
