@@ -1,0 +1,158 @@
+#include "model/model_config.h"
+
+namespace moex {
+namespace {
+
+ExpertActivation parse_activation(const std::string& name) {
+  return name == "gelu" ? ExpertActivation::kGelu : ExpertActivation::kSwiGLU;
+}
+
+// The "moe" object: every MoEConfig option, shared by all MoE layers except the expert count.
+MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
+  MoEConfig c;
+  c.hidden_size = model.hidden_size;
+  c.activation = model.activation;
+  c.ffn_size = moe.get_int("ffn_size", model.ffn_size);
+  c.top_k = static_cast<int>(moe.get_int("top_k", 1));
+  c.score_func = moe.get_choice("score_func", {"softmax", "sigmoid"}, "softmax") == "sigmoid"
+                     ? ScoreFunc::kSigmoid
+                     : ScoreFunc::kSoftmax;
+  c.renormalize = moe.get_bool("renormalize", false);
+  c.selection_bias = moe.get_bool("selection_bias", false);
+  c.gumbel_second_expert = moe.get_bool("gumbel_second_expert", false);
+  c.jitter_eps = static_cast<float>(moe.get_double("jitter_eps", 0.0));
+  c.rsample = moe.get_bool("rsample", false);
+  c.capacity_factor_train = static_cast<float>(moe.get_double("capacity_factor", 1.0));
+  c.capacity_factor_eval =
+      static_cast<float>(moe.get_double("eval_capacity_factor", c.capacity_factor_train));
+  c.min_capacity = moe.get_int("min_capacity", 4);
+  const std::string policy =
+      moe.get_choice("drop_policy", {"position", "probs", "rts"}, "position");
+  c.drop_policy = policy == "probs" ? DropPolicy::kProbs
+                  : policy == "rts" ? DropPolicy::kRts
+                                    : DropPolicy::kPosition;
+  c.dropless = moe.get_bool("dropless", false);
+  const std::string aux =
+      moe.get_choice("aux_loss_type", {"deepspeed", "mixtral", "none"}, "deepspeed");
+  c.aux_loss_type = aux == "mixtral" ? AuxLossType::kMixtral
+                    : aux == "none"  ? AuxLossType::kNone
+                                     : AuxLossType::kDeepSpeed;
+  c.aux_loss_coef = static_cast<float>(moe.get_double("aux_loss_coef", 0.01));
+  c.z_loss_coef = static_cast<float>(moe.get_double("z_loss_coef", 0.0));
+  c.residual = moe.get_bool("residual", false);
+  c.residual_ffn_size = moe.get_int("residual_ffn_size", 0);
+  c.shared_ffn_size = moe.get_int("shared_ffn_size", 0);
+  c.shared_gate = moe.get_bool("shared_gate", false);
+  return c;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const JsonReader& m) {
+  ModelConfig c;
+  c.vocab_size = m.get_int("vocab_size");
+  c.hidden_size = m.get_int("hidden_size");
+  c.num_layers = m.get_int("num_layers");
+  c.num_heads = m.get_int("num_heads");
+  c.num_kv_heads = m.get_int("num_kv_heads", c.num_heads);
+  c.head_dim = m.get_int("head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
+  c.ffn_size = m.get_int("ffn_size", 4 * c.hidden_size);
+  c.max_seq_len = m.get_int("max_seq_len");
+  c.positions = m.get_choice("positions", {"rope", "learned"}, "rope") == "learned"
+                    ? PositionType::kLearned
+                    : PositionType::kRope;
+  c.rope_theta = m.get_double("rope_theta", 10000.0);
+  c.norm = m.get_choice("norm", {"rmsnorm", "layernorm"}, "rmsnorm") == "layernorm"
+               ? NormType::kLayerNorm
+               : NormType::kRMSNorm;
+  c.norm_eps = m.get_double("norm_eps", 1e-5);
+  c.activation = parse_activation(m.get_choice("activation", {"swiglu", "gelu"}, "swiglu"));
+  c.tie_embeddings = m.get_bool("tie_embeddings", false);
+  c.qkv_bias = m.get_bool("qkv_bias", false);
+  c.mlp_bias = m.get_bool("mlp_bias", false);
+  const std::string qk = m.get_choice("qk_norm", {"none", "per_head", "full"}, "none");
+  c.qk_norm = qk == "per_head" ? QKNorm::kPerHead : qk == "full" ? QKNorm::kFull : QKNorm::kNone;
+  c.init_std = static_cast<float>(m.get_double("init_std", 0.02));
+  c.bos_id = m.get_int("bos_id", -1);
+  c.eos_id = m.get_int("eos_id", -1);
+
+  // MoE every `layer_freq`-th block (block i is MoE when (i + 1) % layer_freq == 0, as in
+  // DeepSpeed-MoE's expert interval and HF's decoder_sparse_step), except `dense_layers`.
+  c.layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), LayerSpec{});
+  if (m.has("moe")) {
+    const JsonReader moe = m.child("moe");
+    const int64_t freq = moe.get_int("layer_freq", 1);
+    if (freq < 1) moe.fail("layer_freq", "must be >= 1");
+    const MoEConfig base = parse_moe(moe, c);
+    std::vector<bool> is_moe(c.layers.size(), false);
+    for (size_t i = 0; i < c.layers.size(); ++i) is_moe[i] = (i + 1) % freq == 0;
+    for (int64_t i : moe.get_int_array("dense_layers")) {  // HF Qwen2-MoE's mlp_only_layers
+      if (i < 0 || i >= c.num_layers)
+        moe.fail("dense_layers",
+                 "names layer " + std::to_string(i) + " of " + std::to_string(c.num_layers));
+      is_moe[static_cast<size_t>(i)] = false;
+    }
+    int num_moe = 0;
+    for (bool b : is_moe) num_moe += b;
+    // An integer, or one count per MoE layer (a pyramid for PR-MoE).
+    const std::vector<int64_t> experts =
+        moe.get_int_list("num_experts", static_cast<size_t>(num_moe), 0);
+    int j = 0;
+    for (size_t i = 0; i < c.layers.size(); ++i) {
+      if (!is_moe[i]) continue;
+      c.layers[i].moe = true;
+      c.layers[i].moe_config = base;
+      c.layers[i].moe_config.num_experts = static_cast<int>(experts[j++]);
+    }
+    moe.finish();
+  }
+  m.finish();
+  c.validate();
+  return c;
+}
+
+void ModelConfig::validate() const {
+  MOEX_CHECK(vocab_size > 0, "model.vocab_size must be > 0 (got ", vocab_size, ")");
+  MOEX_CHECK(hidden_size > 0, "model.hidden_size must be > 0 (got ", hidden_size, ")");
+  MOEX_CHECK(num_layers > 0, "model.num_layers must be > 0 (got ", num_layers, ")");
+  MOEX_CHECK(num_heads > 0, "model.num_heads must be > 0 (got ", num_heads, ")");
+  MOEX_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "model.num_kv_heads (",
+             num_kv_heads, ") must divide model.num_heads (", num_heads, ")");
+  MOEX_CHECK(head_dim > 0, "model.head_dim must be > 0 (got ", head_dim, ")");
+  MOEX_CHECK(positions != PositionType::kRope || head_dim % 2 == 0, "model.head_dim (", head_dim,
+             ") must be even for rope");
+  MOEX_CHECK(max_seq_len > 0, "model.max_seq_len must be > 0 (got ", max_seq_len, ")");
+  MOEX_CHECK(ffn_size > 0, "model.ffn_size must be > 0 (got ", ffn_size, ")");
+  MOEX_CHECK(norm_eps > 0, "model.norm_eps must be > 0");
+  for (const LayerSpec& layer : layers)
+    if (layer.moe) layer.moe_config.validate();
+}
+
+int ModelConfig::num_moe_layers() const {
+  int n = 0;
+  for (const LayerSpec& l : layers) n += l.moe;
+  return n;
+}
+
+int64_t ModelConfig::num_parameters() const {
+  const int64_t d = hidden_size;
+  const int64_t attn = d * head_dim * (num_heads + 2 * num_kv_heads) + num_heads * head_dim * d;
+  const int64_t matrices = activation == ExpertActivation::kSwiGLU ? 3 : 2;
+  int64_t total = vocab_size * d * (tie_embeddings ? 1 : 2);
+  if (positions == PositionType::kLearned) total += max_seq_len * d;
+  for (const LayerSpec& l : layers) {
+    total += attn + 2 * d;
+    if (!l.moe) {
+      total += matrices * d * ffn_size;
+      continue;
+    }
+    const MoEConfig& m = l.moe_config;
+    total += static_cast<int64_t>(m.num_experts) * (matrices * d * m.ffn_size + d);
+    if (m.residual)
+      total += matrices * d * (m.residual_ffn_size ? m.residual_ffn_size : m.ffn_size) + 2 * d;
+    if (m.shared_ffn_size) total += matrices * d * m.shared_ffn_size + (m.shared_gate ? d : 0);
+  }
+  return total;
+}
+
+}  // namespace moex

@@ -1,0 +1,52 @@
+// The model's shape and options, from a moex JSON config ("model" section) or a Hugging Face
+// config.json (src/model/hf_config.*). One LayerSpec per block says whether its FFN is dense or MoE.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "core/json_reader.h"
+#include "moe/moe_config.h"
+
+namespace moex {
+
+enum class NormType { kLayerNorm, kRMSNorm };
+enum class PositionType { kRope, kLearned };
+enum class QKNorm { kNone, kPerHead, kFull };  // Qwen3-MoE normalizes each head; OLMoE the whole q/k
+
+struct LayerSpec {
+  bool moe = false;
+  MoEConfig moe_config;  // valid when moe
+};
+
+struct ModelConfig {
+  std::string architecture = "moex";  // or the HF architecture it was read from
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;   // d
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;     // H
+  int64_t num_kv_heads = 0;  // Hkv, divides H (GQA)
+  int64_t head_dim = 0;      // Dh, default d / H
+  int64_t ffn_size = 0;      // dense FFN width
+  int64_t max_seq_len = 0;
+  PositionType positions = PositionType::kRope;
+  double rope_theta = 10000.0;
+  NormType norm = NormType::kRMSNorm;
+  double norm_eps = 1e-5;
+  ExpertActivation activation = ExpertActivation::kSwiGLU;  // dense FFNs and experts alike
+  bool tie_embeddings = false;
+  bool qkv_bias = false;      // Qwen2-MoE
+  bool mlp_bias = false;      // DeepSpeed/Megatron GPT dense MLPs
+  QKNorm qk_norm = QKNorm::kNone;
+  float init_std = 0.02f;
+  int64_t bos_id = -1, eos_id = -1;
+  std::vector<LayerSpec> layers;
+
+  // The "model" object of a moex config. Unknown fields are errors naming the file and field.
+  static ModelConfig from_json(const JsonReader& model);
+  void validate() const;  // errors name the field
+  int num_moe_layers() const;
+  int64_t num_parameters() const;
+};
+
+}  // namespace moex
