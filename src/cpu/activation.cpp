@@ -1,0 +1,134 @@
+#include "cpu/activation.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moex::cpu {
+namespace {
+
+// Below this many elements a parallel region costs more than it saves.
+constexpr int64_t kParallelMin = 1 << 15;
+
+template <typename T>
+constexpr T kSqrt2OverPi = static_cast<T>(0.79788456080286535588);
+template <typename T>
+constexpr T kGeluCubic = static_cast<T>(0.044715);
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+void check_sizes(const void* a, const void* b, int64_t n, const char* op) {
+  MOEX_CHECK(n >= 0, op, ": n must be >= 0, got ", n);
+  MOEX_CHECK(n == 0 || (a && b), op, ": null pointer");
+}
+
+}  // namespace
+
+template <typename T>
+void gelu_forward(const T* x, T* y, int64_t n, bool exact) {
+  check_sizes(x, y, n, "gelu_forward");
+  if (exact) {
+#pragma omp parallel for if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i)
+      y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] * static_cast<T>(M_SQRT1_2)));
+  } else {
+#pragma omp parallel for if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = x[i];
+      y[i] = T(0.5) * v * (T(1) + std::tanh(kSqrt2OverPi<T> * (v + kGeluCubic<T> * v * v * v)));
+    }
+  }
+}
+
+template <typename T>
+void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact) {
+  check_sizes(x, dx, n, "gelu_backward");
+  MOEX_CHECK(n == 0 || dy, "gelu_backward: null dy");
+  if (exact) {
+    const T inv_sqrt_2pi = static_cast<T>(0.39894228040143267794);
+#pragma omp parallel for if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = x[i];
+      const T cdf = T(0.5) * (T(1) + std::erf(v * static_cast<T>(M_SQRT1_2)));
+      dx[i] = dy[i] * (cdf + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v));
+    }
+  } else {
+#pragma omp parallel for if (n >= kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const T v = x[i];
+      const T th = std::tanh(kSqrt2OverPi<T> * (v + kGeluCubic<T> * v * v * v));
+      const T dinner = kSqrt2OverPi<T> * (T(1) + T(3) * kGeluCubic<T> * v * v);
+      dx[i] = dy[i] * (T(0.5) * (T(1) + th) + T(0.5) * v * (T(1) - th * th) * dinner);
+    }
+  }
+}
+
+template <typename T>
+void silu_forward(const T* x, T* y, int64_t n) {
+  check_sizes(x, y, n, "silu_forward");
+#pragma omp parallel for if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid(x[i]);
+}
+
+template <typename T>
+void silu_backward(const T* x, const T* dy, T* dx, int64_t n) {
+  check_sizes(x, dx, n, "silu_backward");
+  MOEX_CHECK(n == 0 || dy, "silu_backward: null dy");
+#pragma omp parallel for if (n >= kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const T s = sigmoid(x[i]);
+    dx[i] = dy[i] * s * (T(1) + x[i] * (T(1) - s));
+  }
+}
+
+template <typename T>
+void swiglu_forward(const T* h, T* y, int64_t rows, int64_t ffn) {
+  MOEX_CHECK(rows >= 0 && ffn >= 0, "swiglu_forward: rows and ffn must be >= 0, got ", rows, ", ",
+             ffn);
+  check_sizes(h, y, rows * ffn, "swiglu_forward");
+#pragma omp parallel for if (rows * ffn >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gate = h + r * 2 * ffn;
+    const T* up = gate + ffn;
+    T* out = y + r * ffn;
+    for (int64_t j = 0; j < ffn; ++j) out[j] = gate[j] * sigmoid(gate[j]) * up[j];
+  }
+}
+
+template <typename T>
+void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn) {
+  MOEX_CHECK(rows >= 0 && ffn >= 0, "swiglu_backward: rows and ffn must be >= 0, got ", rows, ", ",
+             ffn);
+  check_sizes(h, dh, rows * ffn, "swiglu_backward");
+  MOEX_CHECK(rows * ffn == 0 || dy, "swiglu_backward: null dy");
+#pragma omp parallel for if (rows * ffn >= kParallelMin)
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* gate = h + r * 2 * ffn;
+    const T* up = gate + ffn;
+    const T* g = dy + r * ffn;
+    T* dgate = dh + r * 2 * ffn;
+    T* dup = dgate + ffn;
+    for (int64_t j = 0; j < ffn; ++j) {
+      const T s = sigmoid(gate[j]);
+      const T silu = gate[j] * s;
+      dup[j] = g[j] * silu;
+      dgate[j] = g[j] * up[j] * s * (T(1) + gate[j] * (T(1) - s));
+    }
+  }
+}
+
+#define MOEX_INSTANTIATE_ACTIVATION(T)                                   \
+  template void gelu_forward<T>(const T*, T*, int64_t, bool);            \
+  template void gelu_backward<T>(const T*, const T*, T*, int64_t, bool); \
+  template void silu_forward<T>(const T*, T*, int64_t);                  \
+  template void silu_backward<T>(const T*, const T*, T*, int64_t);       \
+  template void swiglu_forward<T>(const T*, T*, int64_t, int64_t);       \
+  template void swiglu_backward<T>(const T*, const T*, T*, int64_t, int64_t);
+MOEX_INSTANTIATE_ACTIVATION(float)
+MOEX_INSTANTIATE_ACTIVATION(double)
+#undef MOEX_INSTANTIATE_ACTIVATION
+
+}  // namespace moex::cpu
