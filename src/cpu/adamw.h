@@ -1,0 +1,29 @@
+// AdamW step on flat arrays, as torch.optim.AdamW (amsgrad=False, maximize=False):
+//   p -= lr * weight_decay * p                       (decoupled weight decay)
+//   m = beta1 * m + (1 - beta1) * g
+//   v = beta2 * v + (1 - beta2) * g^2
+//   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+#pragma once
+
+#include <cstdint>
+
+namespace moex::cpu {
+
+struct AdamWConfig {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;
+  double grad_scale = 1.0;  // g = grad * grad_scale (gradient clipping or loss-scale undo, free)
+};
+
+// step is 1-based (the count after this update), as torch's state["step"].
+template <typename T>
+void adamw_step(T* param,       // [n]
+                const T* grad,  // [n]
+                T* exp_avg,     // [n], first moment m
+                T* exp_avg_sq,  // [n], second moment v
+                int64_t n, int64_t step, const AdamWConfig& config);
+
+}  // namespace moex::cpu

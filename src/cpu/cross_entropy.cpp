@@ -1,0 +1,61 @@
+#include "cpu/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+namespace moex::cpu {
+
+template <typename T>
+T cross_entropy_forward_backward(const T* logits, const int32_t* targets, int64_t num_rows,
+                                 int64_t vocab_size, int32_t ignore_index, T dloss, T* dlogits) {
+  MOEX_CHECK(num_rows >= 0, "cross_entropy: num_rows must be >= 0, got ", num_rows);
+  MOEX_CHECK(vocab_size > 0, "cross_entropy: vocab_size must be > 0, got ", vocab_size);
+  if (num_rows == 0) return T(0);
+  MOEX_CHECK(logits != nullptr, "cross_entropy: logits is null");
+  MOEX_CHECK(targets != nullptr, "cross_entropy: targets is null");
+  int64_t count = 0;
+  for (int64_t i = 0; i < num_rows; ++i) {
+    if (targets[i] == ignore_index) continue;
+    MOEX_CHECK(targets[i] >= 0 && targets[i] < vocab_size, "cross_entropy: targets[", i,
+               "] = ", targets[i], " is outside [0, ", vocab_size, ") and is not ignore_index (",
+               ignore_index, ")");
+    ++count;
+  }
+  if (count == 0) {
+    if (dlogits) std::fill(dlogits, dlogits + num_rows * vocab_size, T(0));
+    return T(0);
+  }
+  const T grad_scale = dloss / static_cast<T>(count);
+  // Per-row losses summed in double and in row order: the result does not depend on threads.
+  double total = 0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const T* row = logits + i * vocab_size;
+    T* drow = dlogits ? dlogits + i * vocab_size : nullptr;
+    if (targets[i] == ignore_index) {
+      if (drow) std::fill(drow, drow + vocab_size, T(0));
+      continue;
+    }
+    T mx = row[0];
+    for (int64_t c = 1; c < vocab_size; ++c) mx = std::max(mx, row[c]);
+    T sum = 0;
+    for (int64_t c = 0; c < vocab_size; ++c) sum += std::exp(row[c] - mx);
+    const T lse = mx + std::log(sum);
+    const T target_logit = row[targets[i]];
+    total += static_cast<double>(lse - target_logit);
+    if (drow) {
+      for (int64_t c = 0; c < vocab_size; ++c) drow[c] = std::exp(row[c] - lse) * grad_scale;
+      drow[targets[i]] -= grad_scale;
+    }
+  }
+  return static_cast<T>(total / static_cast<double>(count));
+}
+
+template float cross_entropy_forward_backward<float>(const float*, const int32_t*, int64_t, int64_t,
+                                                     int32_t, float, float*);
+template double cross_entropy_forward_backward<double>(const double*, const int32_t*, int64_t,
+                                                       int64_t, int32_t, double, double*);
+
+}  // namespace moex::cpu

@@ -1,0 +1,102 @@
+// Row softmax and log-softmax: naive forward, finite-difference backward, large-logit stability.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "cpu/softmax.h"
+#include "cpu_kernel_checks.h"
+#include "gradcheck.h"
+
+namespace moex {
+namespace {
+
+using testing::numeric_gradient;
+using testing::project;
+using testing::random_vector;
+using testing::relative_l2;
+
+constexpr int64_t kRows = 5, kCols = 7;
+
+std::vector<double> naive_softmax(const std::vector<double>& x, int64_t rows, int64_t cols) {
+  std::vector<double> y(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0;
+    for (int64_t c = 0; c < cols; ++c) sum += std::exp(x[r * cols + c]);
+    for (int64_t c = 0; c < cols; ++c) y[r * cols + c] = std::exp(x[r * cols + c]) / sum;
+  }
+  return y;
+}
+
+TEST(CpuSoftmax, ForwardMatchesNaive) {
+  const auto x = random_vector<double>(kRows * kCols, 1, -3, 3);
+  const auto expect = naive_softmax(x, kRows, kCols);
+  std::vector<double> y(x.size()), ly(x.size());
+  cpu::softmax_forward(x.data(), kRows, kCols, y.data());
+  EXPECT_LT(relative_l2(y, expect), 1e-14);
+  cpu::log_softmax_forward(x.data(), kRows, kCols, ly.data());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(ly[i], std::log(expect[i]), 1e-12);
+
+  const auto xf = testing::cast_vector<float>(x);
+  std::vector<float> yf(x.size());
+  cpu::softmax_forward(xf.data(), kRows, kCols, yf.data());
+  EXPECT_LT(relative_l2(testing::cast_vector<double>(yf), expect), 1e-6);
+}
+
+TEST(CpuSoftmax, LargeLogitsStayFinite) {
+  // exp(1000) overflows: a kernel without max subtraction returns NaN here.
+  auto x = random_vector<double>(kRows * kCols, 2, -3, 3);
+  const auto expect = naive_softmax(x, kRows, kCols);
+  for (double& v : x) v += 1000.0;
+  std::vector<float> xf = testing::cast_vector<float>(x), yf(x.size()), lyf(x.size());
+  cpu::softmax_forward(xf.data(), kRows, kCols, yf.data());
+  cpu::log_softmax_forward(xf.data(), kRows, kCols, lyf.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(yf[i]) && std::isfinite(lyf[i]));
+    EXPECT_NEAR(yf[i], expect[i], 1e-4);
+    EXPECT_NEAR(lyf[i], std::log(expect[i]), 1e-3);
+  }
+}
+
+TEST(CpuSoftmax, BackwardMatchesFiniteDifferences) {
+  auto x = random_vector<double>(kRows * kCols, 3, -3, 3);
+  const auto proj = random_vector<double>(kRows * kCols, 4);
+  std::vector<double> y(x.size());
+  for (bool log : {false, true}) {
+    auto loss = [&] {
+      if (log) {
+        cpu::log_softmax_forward(x.data(), kRows, kCols, y.data());
+      } else {
+        cpu::softmax_forward(x.data(), kRows, kCols, y.data());
+      }
+      return project(y, proj);
+    };
+    const auto numeric = numeric_gradient(x, loss);
+    loss();
+    std::vector<double> dx(x.size(), 99.0);
+    if (log) {
+      cpu::log_softmax_backward(y.data(), proj.data(), kRows, kCols, dx.data());
+    } else {
+      cpu::softmax_backward(y.data(), proj.data(), kRows, kCols, dx.data());
+    }
+    EXPECT_LT(relative_l2(dx, numeric), 1e-6) << (log ? "log_softmax" : "softmax");
+    // In place: dx aliases dy.
+    std::vector<double> inplace = proj;
+    if (log) {
+      cpu::log_softmax_backward(y.data(), inplace.data(), kRows, kCols, inplace.data());
+    } else {
+      cpu::softmax_backward(y.data(), inplace.data(), kRows, kCols, inplace.data());
+    }
+    EXPECT_LT(relative_l2(inplace, dx), 1e-15);
+  }
+}
+
+TEST(CpuSoftmax, BadArgumentsNameTheArgument) {
+  std::vector<float> x(6), y(6);
+  testing::expect_error_naming([&] { cpu::softmax_forward(x.data(), 2, 0, y.data()); },
+                               {"num_cols"});
+  testing::expect_error_naming([&] { cpu::log_softmax_forward(x.data(), -2, 3, y.data()); },
+                               {"num_rows"});
+}
+
+}  // namespace
+}  // namespace moex
