@@ -30,6 +30,36 @@ int ParamBuffer::declare(const std::string& name, const Shape& shape) {
   return size() - 1;
 }
 
+int ParamBuffer::declare_contiguous(const std::vector<std::string>& names, const std::vector<Shape>& shapes) {
+  MOEX_CHECK(!names.empty() && names.size() == shapes.size(), "declare_contiguous needs matching names and shapes");
+  const int first = size();
+  for (size_t i = 0; i < names.size(); ++i) {
+    MOEX_CHECK(!flat_.defined(), "parameter '", names[i], "' declared after the buffer was allocated");
+    MOEX_CHECK(index_of(names[i]) < 0, "parameter '", names[i], "' declared twice");
+    names_.push_back(names[i]);
+    shapes_.push_back(shapes[i]);
+    offsets_.push_back(total_);
+    total_ += shapes[i].numel();
+  }
+  total_ = (total_ + 63) / 64 * 64;
+  return first;
+}
+
+Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
+  MOEX_CHECK(0 <= first && first <= last && last < size(), "span [", first, ", ", last, "] out of range");
+  MOEX_CHECK(flat_.defined(), "span of an unallocated buffer");
+  int64_t elems = 0;
+  for (int i = first; i <= last; ++i) {
+    MOEX_CHECK(offsets_[i] == offsets_[first] + elems, "entries ", names_[first], "..", names_[last],
+               " are not contiguous");
+    elems += shapes_[i].numel();
+  }
+  MOEX_CHECK(shape.numel() == elems, "span shape ", shape.str(), " does not cover ", elems, " elements");
+  const size_t elem = dtype_size(flat_.dtype());
+  return Tensor::from_external(static_cast<char*>(flat_.raw_data()) + static_cast<size_t>(offsets_[first]) * elem,
+                               shape, flat_.dtype(), flat_.device());
+}
+
 void ParamBuffer::allocate(DType dtype, Device device) {
   flat_ = Tensor::empty(Shape{std::max<int64_t>(total_, 1)}, dtype, device);
   tensors_.clear();

@@ -39,6 +39,11 @@ class ParamBuffer {
  public:
   // Returns the index of the new entry; the shapes are fixed from here on.
   int declare(const std::string& name, const Shape& shape);
+  // Declares entries back to back with no padding between them, so that one view can span them
+  // (e.g. gate_proj then up_proj read as one fused [2F, d] matrix). Returns the first index.
+  int declare_contiguous(const std::vector<std::string>& names, const std::vector<Shape>& shapes);
+  // A view over entries first..last (contiguous ones), as one tensor of `shape`.
+  Tensor span(int first, int last, const Shape& shape) const;
   void allocate(DType dtype, Device device = Device::cpu());
 
   int size() const { return static_cast<int>(names_.size()); }

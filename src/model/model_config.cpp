@@ -69,7 +69,6 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   c.activation = parse_activation(m.get_choice("activation", {"swiglu", "gelu"}, "swiglu"));
   c.tie_embeddings = m.get_bool("tie_embeddings", false);
   c.qkv_bias = m.get_bool("qkv_bias", false);
-  c.mlp_bias = m.get_bool("mlp_bias", false);
   const std::string qk = m.get_choice("qk_norm", {"none", "per_head", "full"}, "none");
   c.qk_norm = qk == "per_head" ? QKNorm::kPerHead : qk == "full" ? QKNorm::kFull : QKNorm::kNone;
   c.init_std = static_cast<float>(m.get_double("init_std", 0.02));

@@ -36,7 +36,6 @@ struct ModelConfig {
   ExpertActivation activation = ExpertActivation::kSwiGLU;  // dense FFNs and experts alike
   bool tie_embeddings = false;
   bool qkv_bias = false;      // Qwen2-MoE
-  bool mlp_bias = false;      // DeepSpeed/Megatron GPT dense MLPs
   QKNorm qk_norm = QKNorm::kNone;
   float init_std = 0.02f;
   int64_t bos_id = -1, eos_id = -1;

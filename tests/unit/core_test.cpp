@@ -69,6 +69,17 @@ TEST(ParamBuffer, ViewsIntoOneBuffer) {
   EXPECT_EQ(params.index_of("c"), -1);
 }
 
+TEST(ParamBuffer, ContiguousEntriesFormOneSpan) {
+  ParamBuffer params;
+  params.declare("a", Shape{3});
+  const int first = params.declare_contiguous({"gate", "up"}, {Shape{2, 3}, Shape{2, 3}});
+  params.allocate(DType::kF32);
+  Tensor fused = params.span(first, first + 1, Shape{4, 3});
+  EXPECT_EQ(fused.raw_data(), params.tensor(first).raw_data());
+  EXPECT_EQ(static_cast<float*>(fused.raw_data()) + 6, params.tensor(first + 1).data<float>());
+  EXPECT_THROW(params.span(0, 1, Shape{9}), Error);
+}
+
 // Known-answer vectors of Philox4x32-10 from the Random123 distribution (kat_vectors).
 TEST(Rng, PhiloxKnownAnswers) {
   Philox4x32 zero = philox4x32_10({{0, 0, 0, 0}}, 0, 0);
