@@ -1,0 +1,126 @@
+#include "data/sentencepiece_tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <sstream>
+#include <unordered_map>
+
+#include "core/error.h"
+
+namespace moex::data {
+
+SentencePieceTokenizer::SentencePieceTokenizer(
+    std::unique_ptr<sentencepiece::SentencePieceProcessor> processor, std::string path)
+    : sp_(std::move(processor)), path_(std::move(path)) {}
+
+SentencePieceTokenizer::~SentencePieceTokenizer() = default;
+
+std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::open(
+    const std::string& model_path) {
+  auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
+  const auto status = sp->Load(model_path);
+  MOEX_CHECK(status.ok(), model_path,
+             ": not a SentencePiece model (and not a tokenizer.json): ", status.ToString());
+  return std::unique_ptr<SentencePieceTokenizer>(
+      new SentencePieceTokenizer(std::move(sp), model_path));
+}
+
+std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text,
+                                                    bool add_special_tokens) const {
+  std::vector<int> pieces;
+  const auto status = sp_->Encode(absl::string_view(text.data(), text.size()), &pieces);
+  MOEX_CHECK(status.ok(), path_, ": encode failed: ", status.ToString());
+  std::vector<int32_t> ids;
+  ids.reserve(pieces.size() + 1);
+  if (add_special_tokens && sp_->bos_id() >= 0) ids.push_back(sp_->bos_id());
+  ids.insert(ids.end(), pieces.begin(), pieces.end());
+  return ids;
+}
+
+std::string SentencePieceTokenizer::decode(const std::vector<int32_t>& ids,
+                                           bool skip_special_tokens) const {
+  const int n = sp_->GetPieceSize();
+  std::vector<int> kept;
+  kept.reserve(ids.size());
+  std::string out;
+  for (int32_t id : ids) {
+    MOEX_CHECK(id >= 0 && id < n, path_, ": token id ", id, " is not in the vocabulary (size ", n,
+               ")");
+    if (!skip_special_tokens && sp_->IsControl(id)) {
+      // libsentencepiece drops control pieces; keep their text in place when asked to.
+      std::string part;
+      MOEX_CHECK(sp_->Decode(kept, &part).ok(), path_, ": decode failed");
+      out += part + sp_->IdToPiece(id);
+      kept.clear();
+      continue;
+    }
+    kept.push_back(id);
+  }
+  std::string part;
+  const auto status = sp_->Decode(kept, &part);
+  MOEX_CHECK(status.ok(), path_, ": decode failed: ", status.ToString());
+  return out + part;
+}
+
+int64_t SentencePieceTokenizer::vocab_size() const {
+  return sp_->GetPieceSize();
+}
+int32_t SentencePieceTokenizer::bos_id() const {
+  return sp_->bos_id();
+}
+int32_t SentencePieceTokenizer::eos_id() const {
+  return sp_->eos_id();
+}
+
+int32_t SentencePieceTokenizer::token_to_id(const std::string& token) const {
+  const int id = sp_->PieceToId(token);
+  // PieceToId answers unk_id for unknown pieces; only the unk piece itself maps to it.
+  return (id == sp_->unk_id() && sp_->IdToPiece(id) != token) ? -1 : id;
+}
+
+std::string SentencePieceTokenizer::id_to_token(int32_t id) const {
+  MOEX_CHECK(id >= 0 && id < sp_->GetPieceSize(), path_, ": token id ", id,
+             " is not in the vocabulary");
+  return sp_->IdToPiece(id);
+}
+
+bool SentencePieceTokenizer::is_special(int32_t id) const {
+  return id >= 0 && id < sp_->GetPieceSize() && sp_->IsControl(id);
+}
+
+void train_sentencepiece(const SentencePieceTrainOptions& o) {
+  MOEX_CHECK(!o.input.empty(), "train_sentencepiece: no input file");
+  MOEX_CHECK(!o.model_prefix.empty(), "train_sentencepiece: no model_prefix");
+  MOEX_CHECK(o.model_type == "unigram" || o.model_type == "bpe" || o.model_type == "char" ||
+                 o.model_type == "word",
+             "train_sentencepiece: model_type must be unigram, bpe, char or word, got '",
+             o.model_type, "'");
+  std::unordered_map<std::string, std::string> kwargs = {
+      {"input", o.input},
+      {"model_prefix", o.model_prefix},
+      {"vocab_size", std::to_string(o.vocab_size)},
+      {"model_type", o.model_type},
+      {"character_coverage", std::to_string(o.character_coverage)},
+      {"byte_fallback", o.byte_fallback ? "true" : "false"},
+      {"num_threads", std::to_string(o.num_threads)},
+      {"unk_id", std::to_string(o.unk_id)},
+      {"bos_id", std::to_string(o.bos_id)},
+      {"eos_id", std::to_string(o.eos_id)},
+      {"pad_id", std::to_string(o.pad_id)},
+  };
+  if (o.input_sentence_size > 0) {
+    kwargs["input_sentence_size"] = std::to_string(o.input_sentence_size);
+    kwargs["shuffle_input_sentence"] = "true";
+  }
+  if (!o.user_defined_symbols.empty()) {
+    std::string joined;
+    for (const auto& s : o.user_defined_symbols) joined += (joined.empty() ? "" : ",") + s;
+    kwargs["user_defined_symbols"] = joined;
+  }
+  if (o.quiet) kwargs["minloglevel"] = "1";
+  const auto status = sentencepiece::SentencePieceTrainer::Train(kwargs);
+  MOEX_CHECK(status.ok(), o.input, ": SentencePiece training failed: ", status.ToString());
+}
+
+}  // namespace moex::data

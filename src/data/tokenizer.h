@@ -1,0 +1,40 @@
+// The Tokenizer interface and the factory that opens a tokenizer file by its type:
+// a Hugging Face tokenizer.json (native BPE) or a SentencePiece .model (libsentencepiece).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace moex::data {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Text -> ids. With `add_special_tokens` the tokenizer's own rule adds BOS/EOS (the
+  // post-processor of a tokenizer.json; BOS for SentencePiece). Special tokens written in the
+  // text ("<s>", "<|endoftext|>") are matched before the model runs.
+  virtual std::vector<int32_t> encode(std::string_view text,
+                                      bool add_special_tokens = true) const = 0;
+
+  // Ids -> text. An id outside the vocabulary is an error.
+  virtual std::string decode(const std::vector<int32_t>& ids,
+                             bool skip_special_tokens = true) const = 0;
+
+  virtual int64_t vocab_size() const = 0;  // 1 + the largest id
+  virtual int32_t bos_id() const = 0;      // -1 when the tokenizer has none
+  virtual int32_t eos_id() const = 0;      // -1 when the tokenizer has none
+  virtual int32_t token_to_id(const std::string& token) const = 0;  // -1 when absent
+  virtual std::string id_to_token(int32_t id) const = 0;            // error when absent
+  virtual bool is_special(int32_t id) const = 0;  // BOS/EOS/control tokens that decode skips
+};
+
+// Opens `path` by type: a file whose content starts with '{' (tokenizer.json) is read as a
+// Hugging Face tokenizer, anything else as a SentencePiece model. A directory is searched for
+// tokenizer.json, then tokenizer.model. Errors name the file and, for JSON, the field.
+std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path);
+
+}  // namespace moex::data
