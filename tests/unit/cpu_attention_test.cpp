@@ -3,12 +3,20 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ostream>
 
 #include "cpu/attention.h"
 #include "cpu_kernel_checks.h"
 #include "gradcheck.h"
 
 namespace moex {
+namespace cpu {
+// Readable test names in gtest output instead of a byte dump.
+void PrintTo(const AttentionShape& s, std::ostream* os) {
+  *os << "B" << s.batch << " q" << s.q_len << " kv" << s.kv_len << " H" << s.num_heads << " Hkv"
+      << s.num_kv_heads << " Dh" << s.head_dim << " start" << s.start_pos;
+}
+}  // namespace cpu
 namespace {
 
 using testing::numeric_gradient;
