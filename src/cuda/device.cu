@@ -1,0 +1,207 @@
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda/cuda_check.h"
+#include "cuda/device.h"
+
+namespace moex::cuda {
+
+const char* cublas_status_name(cublasStatus_t status) {
+  switch (status) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR:
+      return "CUBLAS_STATUS_LICENSE_ERROR";
+    default:
+      return "CUBLAS_STATUS_UNKNOWN";
+  }
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
+  return n;
+}
+
+namespace {
+
+// Size classes: 512 B granularity below 1 MiB, 2 MiB above, so a freed block is reused by any
+// request of the same class. Blocks are never split; a planned step allocates the same sizes
+// every time, which is the case this serves.
+size_t round_size(size_t bytes) {
+  constexpr size_t kSmall = 512, kLarge = size_t{2} << 20, kSmallLimit = size_t{1} << 20;
+  if (bytes == 0) bytes = 1;
+  if (bytes < kSmallLimit) return (bytes + kSmall - 1) / kSmall * kSmall;
+  return (bytes + kLarge - 1) / kLarge * kLarge;
+}
+
+class CachingAllocator final : public DeviceAllocator {
+ public:
+  void* allocate(size_t bytes, int ordinal) override {
+    const size_t size = round_size(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& pool = free_[ordinal];
+    auto it = pool.find(size);
+    void* ptr = nullptr;
+    if (it != pool.end()) {
+      ptr = it->second;
+      pool.erase(it);
+    } else {
+      int current = 0;
+      CUDA_CHECK(cudaGetDevice(&current));
+      if (current != ordinal) CUDA_CHECK(cudaSetDevice(ordinal));
+      cudaError_t err = cudaMalloc(&ptr, size);
+      if (err == cudaErrorMemoryAllocation) {
+        (void)cudaGetLastError();
+        release_locked();
+        err = cudaMalloc(&ptr, size);
+      }
+      if (current != ordinal) CUDA_CHECK(cudaSetDevice(current));
+      MOEX_CHECK(err == cudaSuccess, "cudaMalloc of ", size, " bytes on cuda:", ordinal,
+                 " failed: ", cudaGetErrorString(err));
+      ++stats_.cuda_malloc_calls;
+      stats_.bytes_reserved += size;
+    }
+    sizes_[ptr] = {size, ordinal};
+    stats_.bytes_in_use += size;
+    return ptr;
+  }
+
+  void release(void* ptr, int ordinal) override {
+    if (ptr == nullptr) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sizes_.find(ptr);
+    if (it == sizes_.end()) return;
+    stats_.bytes_in_use -= it->second.first;
+    free_[it->second.second].emplace(it->second.first, ptr);
+    sizes_.erase(it);
+  }
+
+  AllocatorStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stats_;
+  }
+
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_locked();
+  }
+
+ private:
+  void release_locked() {
+    for (auto& [ordinal, pool] : free_) {
+      for (auto& [size, ptr] : pool) {
+        cudaFree(ptr);
+        stats_.bytes_reserved -= size;
+      }
+      pool.clear();
+    }
+  }
+
+  std::mutex mutex_;
+  std::map<int, std::multimap<size_t, void*>> free_;
+  std::unordered_map<void*, std::pair<size_t, int>> sizes_;
+  AllocatorStats stats_;
+};
+
+CachingAllocator& allocator() {
+  static CachingAllocator* instance = new CachingAllocator();  // outlives static tensors
+  return *instance;
+}
+
+void copy_hook(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  copy_bytes(dst, dst_device, src, src_device, bytes);
+}
+
+}  // namespace
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  cudaMemcpyKind kind = cudaMemcpyDefault;  // unified addressing resolves direction
+  (void)dst_device;
+  (void)src_device;
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
+}
+
+void init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    MOEX_CHECK(device_count() > 0, "no CUDA device is visible");
+    register_device_allocator(DeviceKind::kCUDA, &allocator());
+    register_device_copy(&copy_hook);
+  });
+}
+
+AllocatorStats allocator_stats() {
+  return allocator().stats();
+}
+void release_cached_blocks() {
+  allocator().release_cached();
+}
+
+CudaContext::CudaContext(int ordinal, bool own_stream)
+    : ordinal_(ordinal), own_stream_(own_stream) {
+  init();
+  CUDA_CHECK(cudaSetDevice(ordinal));
+  CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
+  if (own_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasCreate(&cublas_));
+  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  CUBLAS_CHECK(cublasLtCreate(&cublas_lt_));
+  // cuBLAS recommends 32 MiB of workspace on Hopper; giving it one avoids its own allocations.
+  workspace_bytes_ = size_t{32} << 20;
+  CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, workspace_bytes_));
+  // Router GEMMs are fp32 by contract: keep cuBLAS off TF32.
+  CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+}
+
+CudaContext::~CudaContext() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (cublas_lt_) cublasLtDestroy(cublas_lt_);
+  if (cublas_) cublasDestroy(cublas_);
+  if (workspace_) cudaFree(workspace_);
+  if (own_stream_ && stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaContext::synchronize() const {
+  CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+EventTimer::EventTimer() {
+  CUDA_CHECK(cudaEventCreate(&begin_));
+  CUDA_CHECK(cudaEventCreate(&end_));
+}
+EventTimer::~EventTimer() {
+  cudaEventDestroy(begin_);
+  cudaEventDestroy(end_);
+}
+void EventTimer::start(cudaStream_t stream) {
+  CUDA_CHECK(cudaEventRecord(begin_, stream));
+}
+float EventTimer::stop(cudaStream_t stream) {
+  CUDA_CHECK(cudaEventRecord(end_, stream));
+  CUDA_CHECK(cudaEventSynchronize(end_));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, begin_, end_));
+  return ms;
+}
+
+}  // namespace moex::cuda

@@ -1,0 +1,78 @@
+// CUDA backend foundation: the device allocator registered with core (Tensor::empty(...,
+// Device::cuda()) works once init() ran), host<->device copies, and the per-stream context
+// holding the cuBLAS handles and their workspace.
+#pragma once
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moex::cuda {
+
+// Number of visible GPUs (0 when there is no driver or no device; never throws).
+int device_count();
+
+// Registers the caching device allocator and the device copy with core. Idempotent, thread-safe.
+// Throws moex::Error when no GPU is visible.
+void init();
+
+// Caching allocator: blocks are rounded to size classes and kept on free lists when released,
+// so a steady-state step never calls cudaMalloc (DESIGN §3). Device memory only, never managed.
+struct AllocatorStats {
+  size_t cuda_malloc_calls = 0;
+  size_t bytes_reserved = 0;  // held from the driver
+  size_t bytes_in_use = 0;
+};
+AllocatorStats allocator_stats();
+// Returns every cached free block to the driver (for tests and shutdown).
+void release_cached_blocks();
+
+// Synchronous host<->device / device<->device copy (the hook core's Tensor::to uses).
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+
+// One stream with its cuBLAS / cuBLASLt handles and a cuBLAS workspace. Every launcher takes a
+// cudaStream_t; the context only bundles what a layer needs to issue work on one stream.
+class CudaContext {
+ public:
+  explicit CudaContext(int ordinal = 0, bool own_stream = true);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  cublasLtHandle_t cublas_lt() const { return cublas_lt_; }
+  int ordinal() const { return ordinal_; }
+  int num_sms() const { return num_sms_; }
+  void synchronize() const;
+
+ private:
+  int ordinal_ = 0;
+  int num_sms_ = 0;
+  bool own_stream_ = true;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t cublas_lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+// RAII timing with CUDA events (benchmarks).
+class EventTimer {
+ public:
+  EventTimer();
+  ~EventTimer();
+  void start(cudaStream_t stream);
+  // Milliseconds since start(); synchronizes on the stop event.
+  float stop(cudaStream_t stream);
+
+ private:
+  cudaEvent_t begin_ = nullptr, end_ = nullptr;
+};
+
+}  // namespace moex::cuda

@@ -1,0 +1,407 @@
+#include <algorithm>
+
+#include "cuda/activation.h"
+#include "cuda/cuda_check.h"
+#include "cuda/gemm.h"
+#include "cuda/moe_layer_cuda.h"
+#include "cuda/moe_permute.h"
+#include "cuda/moe_router.h"
+
+namespace moex::cuda {
+namespace {
+
+Tensor dev(const Shape& shape, DType dtype, const CudaContext& ctx) {
+  return Tensor::empty(shape, dtype, Device::cuda(ctx.ordinal()));
+}
+
+// fp32 (any device) -> device tensor of dtype (f32 or bf16).
+Tensor upload(const Tensor& src, DType dtype, const char* what, const Shape& shape,
+              const CudaContext& ctx) {
+  check_tensor(src, what, DType::kF32, shape);
+  Tensor f32 = src.device().is_cuda() ? src : src.to(Device::cuda(ctx.ordinal()));
+  if (dtype == DType::kF32) return src.device().is_cuda() ? src.clone() : f32;
+  Tensor out = dev(shape, DType::kBF16, ctx);
+  f32_to_bf16(f32.data<float>(), out.raw_data(), src.numel(), ctx.stream());
+  ctx.synchronize();  // f32 may be a temporary
+  return out;
+}
+
+const char* kBf16Size = "bf16 rows";
+
+}  // namespace
+
+MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& options,
+                           CudaContext& ctx)
+    : config_(config), options_(options), ctx_(ctx) {
+  config_.validate();
+  MOEX_CHECK(!config.residual, "MoELayerCuda: residual MoE (PR-MoE) is not on the GPU path yet");
+  MOEX_CHECK(config.shared_ffn_size == 0,
+             "MoELayerCuda: shared experts are not on the GPU path yet");
+  MOEX_CHECK(options.max_tokens > 0, "MoELayerCudaOptions.max_tokens must be > 0, got ",
+             options.max_tokens);
+  MOEX_CHECK(config.num_experts <= kMaxGatingExperts, "MoELayerCuda: num_experts ",
+             config.num_experts, " exceeds ", kMaxGatingExperts);
+  MOEX_CHECK(config.top_k <= kMaxGatingTopK, "MoELayerCuda: top_k ", config.top_k, " exceeds ",
+             kMaxGatingTopK);
+  d_ = config.hidden_size;
+  f_ = config.ffn_size;
+  f1_ = config.first_proj_rows(f_);
+  E_ = config.num_experts;
+  k_ = config.top_k;
+  MOEX_CHECK(d_ % 8 == 0 && f_ % 8 == 0,
+             "MoELayerCuda: hidden_size and ffn_size must be multiples of 8 (", kBf16Size,
+             "), got ", d_, " and ", f_);
+  const int64_t T = options.max_tokens;
+  router_w_ = dev({E_, d_}, DType::kF32, ctx);
+  w1_ = dev({E_, f1_, d_}, DType::kBF16, ctx);
+  w2_ = dev({E_, d_, f_}, DType::kBF16, ctx);
+  d_router_w_ = dev({E_, d_}, DType::kF32, ctx);
+  dw1_ = dev({E_, f1_, d_}, DType::kF32, ctx);
+  dw2_ = dev({E_, d_, f_}, DType::kF32, ctx);
+
+  xj_ = dev({T, d_}, DType::kF32, ctx);
+  dxj_ = dev({T, d_}, DType::kF32, ctx);
+  z_ = dev({T, E_}, DType::kF32, ctx);
+  s_ = dev({T, E_}, DType::kF32, ctx);
+  dz_ = dev({T, E_}, DType::kF32, ctx);
+  expert_ = dev({T * k_}, DType::kI32, ctx);
+  route_score_ = dev({T * k_}, DType::kF32, ctx);
+  slot_ = dev({T * k_}, DType::kI32, ctx);
+  row_ = dev({T * k_}, DType::kI32, ctx);
+  gates_ = dev({T * k_}, DType::kF32, ctx);
+  dgates_ = dev({T * k_}, DType::kF32, ctx);
+  load_ = dev({E_}, DType::kI32, ctx);
+  counts_ = dev({E_}, DType::kI32, ctx);
+  offsets_ = dev({E_ + 1}, DType::kI32, ctx);
+  info_ = dev({4}, DType::kI32, ctx);
+  losses_ = dev({2}, DType::kF64, ctx);
+  aux_grad_ = dev({E_}, DType::kF32, ctx);
+  workspace_ = dev({static_cast<int64_t>(gating_workspace_bytes(T, E_, k_))}, DType::kU8, ctx);
+  CUDA_CHECK(cudaMemsetAsync(workspace_.raw_data(), 0, workspace_.nbytes(), ctx.stream()));
+  grouped_ptrs_ = dev({6 * 3 * E_}, DType::kI64, ctx);
+  host_ptrs_.resize(6 * 3 * E_);
+
+  // Rows: capacity mode E*C at the training factor (the larger of train/eval), dropless T*k.
+  int64_t rows = T * k_;
+  if (!config.dropless) {
+    MoEConfig c = config_;
+    rows = E_ * std::max(moe_capacity(T, c, true), moe_capacity(T, c, false));
+  }
+  const int64_t gather_rows =
+      config.dropless && options.dropless_gemm == DroplessGemm::kPadded ? E_ * T : rows;
+  gather_ = dev({gather_rows}, DType::kI32, ctx);
+  ensure_rows(rows);
+
+  plan_.scores = s_.data<float>();
+  plan_.expert = expert_.data<int32_t>();
+  plan_.route_score = route_score_.data<float>();
+  plan_.slot = slot_.data<int32_t>();
+  plan_.row = row_.data<int32_t>();
+  plan_.gates = gates_.data<float>();
+  plan_.gather = gather_.data<int32_t>();
+  plan_.load = load_.data<int32_t>();
+  plan_.counts = counts_.data<int32_t>();
+  plan_.offsets = offsets_.data<int32_t>();
+  plan_.info = info_.data<int32_t>();
+  plan_.losses = static_cast<double*>(losses_.raw_data());
+  plan_.aux_grad = aux_grad_.data<float>();
+}
+
+void MoELayerCuda::ensure_rows(int64_t rows) {
+  if (rows <= row_capacity_) return;
+  // Grows only when a dropless load exceeds every earlier one (a planned layer sizes it once).
+  ctx_.synchronize();
+  xb_ = dev({rows, d_}, DType::kBF16, ctx_);
+  ob_ = dev({rows, d_}, DType::kBF16, ctx_);
+  dob_ = dev({rows, d_}, DType::kBF16, ctx_);
+  h_ = dev({rows, f1_}, DType::kBF16, ctx_);
+  dh_ = dev({rows, f1_}, DType::kBF16, ctx_);
+  a_ = dev({rows, f_}, DType::kBF16, ctx_);
+  da_ = dev({rows, f_}, DType::kBF16, ctx_);
+  row_capacity_ = rows;
+}
+
+void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
+                                  const Tensor& bias) {
+  router_w_ = upload(router_w, DType::kF32, "router_w", {E_, d_}, ctx_);
+  w1_ = upload(w1, DType::kBF16, "w1", {E_, f1_, d_}, ctx_);
+  w2_ = upload(w2, DType::kBF16, "w2", {E_, d_, f_}, ctx_);
+  if (bias.defined()) {
+    bias_ = upload(bias, DType::kF32, "bias", {E_}, ctx_);
+  } else {
+    bias_ = Tensor();
+  }
+}
+
+void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed,
+                           uint64_t offset) {
+  MOEX_CHECK(x.device().is_cuda() && y.device().is_cuda(),
+             "MoELayerCuda::forward: x and y must be on the GPU");
+  MOEX_CHECK(x.ndim() == 2 && x.dim(1) == d_ && x.dtype() == DType::kBF16,
+             "MoELayerCuda::forward: x must be [T, ", d_, "] bf16, got ", x.shape().str(), " ",
+             dtype_name(x.dtype()));
+  const int64_t T = x.dim(0);
+  MOEX_CHECK(T > 0 && T <= options_.max_tokens, "MoELayerCuda::forward: T=", T,
+             " outside [1, max_tokens=", options_.max_tokens, "]");
+  check_tensor(y, "MoELayerCuda::forward y", DType::kBF16, x.shape());
+  tokens_ = T;
+  training_ = training;
+  seed_ = seed;
+  offset_ = offset;
+  x_ = x.raw_data();
+  cudaStream_t stream = ctx_.stream();
+  const float eps = training ? config_.jitter_eps : 0.0f;
+
+  // Router: fp32 input (jittered in training), logits = xj wg^T.
+  router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, xj_.data<float>(), stream);
+  gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, xj_.data<float>(),
+           router_w_.data<float>(), z_.data<float>());
+
+  // The fused gating kernel.
+  GatingParams& g = gating_;
+  g.num_tokens = T;
+  g.num_experts = E_;
+  g.top_k = k_;
+  g.score_func = config_.score_func;
+  g.rsample = training && config_.rsample;
+  g.gumbel_second_expert = training && config_.gumbel_second_expert;
+  g.renormalize = config_.renormalize;
+  g.renormalize_after_drop = !config_.dropless;  // see docs/gpu-moe.md (matches the CPU layer)
+  g.policy = config_.drop_policy;
+  g.dropless = config_.dropless;
+  g.padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
+  g.capacity = config_.dropless ? 0 : moe_capacity(T, config_, training);
+  g.aux_loss_type = config_.aux_loss_type;
+  g.seed = seed;
+  g.offset = offset;
+  const float* bias = config_.selection_bias && bias_.defined() ? bias_.data<float>() : nullptr;
+  moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
+
+  if (!config_.dropless) {
+    capacity_ = g.capacity;
+    rows_ = E_ * capacity_;
+  } else {
+    // Dropless: the one host sync of the layer (row counts for cuBLAS).
+    std::vector<int32_t> info(4 + E_);
+    CUDA_CHECK(cudaMemcpyAsync(info.data(), plan_.info, 4 * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               stream));
+    CUDA_CHECK(cudaMemcpyAsync(info.data() + 4, plan_.counts, E_ * sizeof(int32_t),
+                               cudaMemcpyDeviceToHost, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));
+    capacity_ = info[0];
+    rows_ = info[1];
+    MOEX_CHECK(rows_ <= gather_.numel(), "MoELayerCuda: dropless rows ", rows_,
+               " exceed the planned ", gather_.numel());
+    ensure_rows(rows_);
+    group_experts_.clear();
+    std::vector<int64_t> counts(info.begin() + 4, info.end());
+    for (int e = 0; e < E_; ++e)
+      if (counts[e] > 0) group_experts_.push_back(e);
+    if (options_.dropless_gemm == DroplessGemm::kGrouped) {
+      // Pointer arrays for the six grouped GEMMs (3 operands each), built once per forward.
+      std::vector<int64_t> offsets(E_ + 1, 0);
+      for (int e = 0; e < E_; ++e) offsets[e + 1] = offsets[e] + counts[e];
+      auto bf = [](const Tensor& t, int64_t elems) {
+        return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
+      };
+      auto f32p = [](const Tensor& t, int64_t elems) {
+        return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
+      };
+      const int n = static_cast<int>(group_experts_.size());
+      for (int i = 0; i < n; ++i) {
+        const int e = group_experts_[i];
+        const int64_t o = offsets[e];
+        const void* p[6][3] = {
+            {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
+            {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
+            {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
+            {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
+            {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
+            {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},  // dxb = dh w1 (into dob)
+        };
+        for (int gi = 0; gi < 6; ++gi)
+          for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + i] = p[gi][op];
+      }
+      CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
+                                 host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
+                                 stream));
+      host_counts_ = counts;
+    }
+  }
+
+  moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, xb_.raw_data(), stream);
+  experts_forward();
+  moe_combine(ob_.raw_data(), plan_.row, plan_.gates, T, d_, k_, y.raw_data(), stream);
+}
+
+void MoELayerCuda::experts_forward() {
+  cublasHandle_t h = ctx_.cublas();
+  cudaStream_t stream = ctx_.stream();
+  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  if (!grouped) {
+    const int64_t C = capacity_;
+    if (C == 0) return;
+    gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, xb_.raw_data(), C * d_,
+              w1_.raw_data(), f1_ * d_, h_.raw_data(), C * f1_, false, E_);
+  } else {
+    GroupedGemm g;
+    g.trans_b = true;
+    for (int e : group_experts_) {
+      g.m.push_back(static_cast<int>(host_counts_[e]));
+      g.n.push_back(static_cast<int>(f1_));
+      g.k.push_back(static_cast<int>(d_));
+      g.lda.push_back(static_cast<int>(d_));
+      g.ldb.push_back(static_cast<int>(d_));
+      g.ldc.push_back(static_cast<int>(f1_));
+    }
+    void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+    gemm_grouped_bf16(h, g, p + 0 * E_, p + 1 * E_, p + 2 * E_, false);
+  }
+  if (config_.activation == ExpertActivation::kSwiGLU) {
+    swiglu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, stream);
+  } else {
+    gelu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, options_.gelu_exact, stream);
+  }
+  if (!grouped) {
+    const int64_t C = capacity_;
+    gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, a_.raw_data(), C * f_,
+              w2_.raw_data(), d_ * f_, ob_.raw_data(), C * d_, false, E_);
+  } else {
+    GroupedGemm g;
+    g.trans_b = true;
+    for (int e : group_experts_) {
+      g.m.push_back(static_cast<int>(host_counts_[e]));
+      g.n.push_back(static_cast<int>(d_));
+      g.k.push_back(static_cast<int>(f_));
+      g.lda.push_back(static_cast<int>(f_));
+      g.ldb.push_back(static_cast<int>(f_));
+      g.ldc.push_back(static_cast<int>(d_));
+    }
+    void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+    gemm_grouped_bf16(h, g, p + 3 * E_, p + 4 * E_, p + 5 * E_, false);
+  }
+}
+
+void MoELayerCuda::experts_backward() {
+  cublasHandle_t h = ctx_.cublas();
+  cudaStream_t stream = ctx_.stream();
+  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+  // Grouped problem list for one GEMM of the backward.
+  auto grouped_gemm = [&](int gi, bool ta, bool tb, auto m_of, int64_t n, auto k_of, int64_t lda,
+                          int64_t ldb, int64_t ldc, bool c_f32) {
+    GroupedGemm g;
+    g.trans_a = ta;
+    g.trans_b = tb;
+    for (int e : group_experts_) {
+      g.m.push_back(static_cast<int>(m_of(host_counts_[e])));
+      g.n.push_back(static_cast<int>(n));
+      g.k.push_back(static_cast<int>(k_of(host_counts_[e])));
+      g.lda.push_back(static_cast<int>(lda));
+      g.ldb.push_back(static_cast<int>(ldb));
+      g.ldc.push_back(static_cast<int>(ldc));
+    }
+    gemm_grouped_bf16(h, g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_, p + (gi * 3 + 2) * E_,
+                      c_f32);
+  };
+  auto rows_of = [](int64_t n) { return n; };
+  const int64_t C = capacity_;
+  const bool empty = grouped ? group_experts_.empty() : C == 0;
+  if (empty) {
+    CUDA_CHECK(cudaMemsetAsync(dw1_.raw_data(), 0, dw1_.nbytes(), stream));
+    CUDA_CHECK(cudaMemsetAsync(dw2_.raw_data(), 0, dw2_.nbytes(), stream));
+    return;
+  }
+  // da = dout w2 ; dw2 = dout^T a
+  if (!grouped) {
+    gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, dob_.raw_data(), C * d_,
+              w2_.raw_data(), d_ * f_, da_.raw_data(), C * f_, false, E_);
+    gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dob_.raw_data(), C * d_,
+              a_.raw_data(), C * f_, dw2_.raw_data(), d_ * f_, true, E_);
+  } else {
+    // Experts without rows get zero weight gradients (their slices are not touched by the GEMMs).
+    for (int e = 0; e < E_; ++e) {
+      if (host_counts_[e] > 0) continue;
+      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
+                                 f1_ * d_ * 4, stream));
+      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw2_.raw_data()) + e * d_ * f_, 0, d_ * f_ * 4,
+                                 stream));
+    }
+    grouped_gemm(
+        2, false, false, rows_of, f_, [&](int64_t) { return d_; }, d_, f_, f_, false);
+    grouped_gemm(
+        3, true, false, [&](int64_t) { return d_; }, f_, rows_of, d_, f_, f_, true);
+  }
+  if (config_.activation == ExpertActivation::kSwiGLU) {
+    swiglu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, stream);
+  } else {
+    gelu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_,
+                       options_.gelu_exact, stream);
+  }
+  // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
+  if (!grouped) {
+    gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, dh_.raw_data(), C * f1_,
+              xb_.raw_data(), C * d_, dw1_.raw_data(), f1_ * d_, true, E_);
+    gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, dh_.raw_data(), C * f1_,
+              w1_.raw_data(), f1_ * d_, dob_.raw_data(), C * d_, false, E_);
+  } else {
+    grouped_gemm(
+        4, true, false, [&](int64_t) { return f1_; }, d_, rows_of, f1_, d_, d_, true);
+    grouped_gemm(
+        5, false, false, rows_of, d_, [&](int64_t) { return f1_; }, f1_, d_, d_, false);
+  }
+}
+
+void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
+  MOEX_CHECK(tokens_ > 0, "MoELayerCuda::backward before forward");
+  check_tensor(dy, "MoELayerCuda::backward dy", DType::kBF16, Shape{tokens_, d_});
+  check_tensor(dx, "MoELayerCuda::backward dx", DType::kBF16, Shape{tokens_, d_});
+  MOEX_CHECK(dy.device().is_cuda() && dx.device().is_cuda(),
+             "MoELayerCuda::backward: dy and dx must be on the GPU");
+  cudaStream_t stream = ctx_.stream();
+  const int64_t T = tokens_;
+  moe_combine_backward(dy.raw_data(), ob_.raw_data(), plan_.gather, plan_.gates, rows_, d_, k_,
+                       dob_.raw_data(), dgates_.data<float>(), stream);
+  RouterBackwardParams rp;
+  rp.num_tokens = T;
+  rp.num_experts = E_;
+  rp.top_k = k_;
+  rp.score_func = config_.score_func;
+  rp.renormalize = config_.renormalize;
+  rp.renormalize_after_drop = gating_.renormalize_after_drop;
+  rp.aux = config_.aux_loss_type != AuxLossType::kNone;
+  rp.aux_coef = config_.aux_loss_coef;
+  rp.z_coef = config_.z_loss_coef;
+  router_backward(z_.data<float>(), s_.data<float>(), plan_.expert, plan_.slot,
+                  dgates_.data<float>(), plan_.aux_grad, rp, dz_.data<float>(), stream);
+  gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(),
+           xj_.data<float>(), d_router_w_.data<float>());
+  gemm_f32(ctx_.cublas(), GemmShape{false, false, T, d_, E_, E_, d_, d_}, dz_.data<float>(),
+           router_w_.data<float>(), dxj_.data<float>());
+  experts_backward();
+  const float eps = training_ ? config_.jitter_eps : 0.0f;
+  moe_permute_backward(dob_.raw_data(), plan_.row, dxj_.data<float>(), T, d_, k_, eps, seed_,
+                       offset_, dx.raw_data(), stream);
+}
+
+MoEStatsCuda MoELayerCuda::stats() const {
+  MoEStatsCuda st;
+  ctx_.synchronize();
+  double losses[2];
+  int32_t info[4];
+  CUDA_CHECK(cudaMemcpy(losses, plan_.losses, sizeof(losses), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(info, plan_.info, sizeof(info), cudaMemcpyDeviceToHost));
+  st.load.resize(E_);
+  st.counts.resize(E_);
+  CUDA_CHECK(cudaMemcpy(st.load.data(), plan_.load, E_ * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(
+      cudaMemcpy(st.counts.data(), plan_.counts, E_ * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  st.aux_loss = losses[0];
+  st.z_loss = losses[1];
+  st.capacity = info[0];
+  st.num_rows = info[1];
+  st.num_dropped = info[2];
+  return st;
+}
+
+}  // namespace moex::cuda

@@ -1,0 +1,121 @@
+// The MoE layer on one GPU (DESIGN §5), forward and backward, with the options and results of the
+// CPU layer (moe/): fp32 router and losses, bf16 activations and expert weights, fp32 accumulation
+// and fp32 weight gradients. Stages, each one launch on the context's stream:
+//   router_input (cast + jitter) -> router SGEMM -> moe_gating (one fused kernel) -> moe_permute ->
+//   expert GEMM1 -> activation -> expert GEMM2 -> moe_combine
+// Backward mirrors it: moe_combine_backward (dgates, dout) -> router_backward -> router SGEMMs ->
+// expert GEMM backward (dA, dW2) -> activation backward -> (dW1, dXb) -> moe_permute_backward.
+//
+// Capacity mode: the expert buffer is [E, C, d] and every expert GEMM is one strided-batched cuBLAS
+// call over all experts; nothing syncs with the host. Dropless mode needs per-expert row counts on
+// the host for cuBLAS: the layer copies them once per forward (one stream sync) and then runs
+// either cublasGemmGroupedBatchedEx over the packed [T*k, d] rows (kGrouped, exact work) or
+// strided-batched GEMMs over [E, max load, d] (kPadded). A device-offset grouped GEMM is not
+// written yet.
+//
+// Legend: T tokens, d hidden, F ffn, F1 = F (GELU) or 2F (SwiGLU), E experts, k, C capacity, R
+// rows.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "cuda/device.h"
+#include "cuda/moe_gating.h"
+#include "moe/moe_config.h"
+
+namespace moex::cuda {
+
+enum class DroplessGemm { kGrouped, kPadded };
+
+struct MoELayerCudaOptions {
+  int64_t max_tokens = 0;   // buffers are planned for this many tokens at construction
+  bool gelu_exact = false;  // GELU: erf (true) or tanh approximation (false), as moe::FfnShape
+  DroplessGemm dropless_gemm = DroplessGemm::kGrouped;
+};
+
+// Results of the last forward, copied to the host (one sync).
+struct MoEStatsCuda {
+  double aux_loss = 0;   // unweighted
+  double z_loss = 0;     // unweighted
+  int64_t capacity = 0;  // C used (dropless: the largest load)
+  int64_t num_rows = 0;
+  int64_t num_dropped = 0;
+  std::vector<int32_t> load;    // [E] before dropping
+  std::vector<int32_t> counts;  // [E] kept
+};
+
+class MoELayerCuda {
+ public:
+  MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& options, CudaContext& ctx);
+
+  // fp32 tensors on any device: router_w [E,d], w1 [E,F1,d], w2 [E,d,F], bias [E] (may be
+  // undefined). The router stays fp32; expert weights are stored bf16.
+  void set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
+                      const Tensor& bias = Tensor());
+
+  // x [T,d] bf16 (device) -> y [T,d] bf16 (device, preallocated). Keeps what backward needs.
+  // seed/offset pick the random streams (jitter, Gumbel, RTS) exactly as the CPU layer's.
+  void forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed = 0,
+               uint64_t offset = 0);
+  // dy [T,d] bf16 -> dx [T,d] bf16; the parameter gradients below are overwritten. The layer's loss
+  // is aux_loss_coef * aux + z_loss_coef * z, whose gradients are included.
+  void backward(const Tensor& dy, const Tensor& dx);
+
+  MoEStatsCuda stats() const;  // synchronizes
+
+  const MoEConfig& config() const { return config_; }
+  const GatingOutputs& plan() const { return plan_; }  // device arrays of the last forward
+  int64_t num_rows() const { return rows_; }           // R of the last forward
+  int64_t capacity() const { return capacity_; }
+  // Parameters (device): router_w [E,d] f32, bias [E] f32, w1 [E,F1,d] bf16, w2 [E,d,F] bf16.
+  const Tensor& router_w() const { return router_w_; }
+  const Tensor& w1() const { return w1_; }
+  const Tensor& w2() const { return w2_; }
+  // Gradients (device, fp32): d_router_w [E,d], dw1 [E,F1,d], dw2 [E,d,F].
+  const Tensor& grad_router_w() const { return d_router_w_; }
+  const Tensor& grad_w1() const { return dw1_; }
+  const Tensor& grad_w2() const { return dw2_; }
+  // Saved forward activations for tests: logits z [T,E] f32, expert buffer rows xb/h/a/out [R, .]
+  // bf16.
+  const Tensor& logits() const { return z_; }
+  const Tensor& expert_out() const { return ob_; }
+
+ private:
+  void ensure_rows(int64_t rows);
+  void experts_forward();
+  void experts_backward();
+  void build_grouped_pointers();
+
+  MoEConfig config_;
+  MoELayerCudaOptions options_;
+  CudaContext& ctx_;
+  int64_t d_, f_, f1_;
+  int E_, k_;
+
+  Tensor router_w_, bias_, w1_, w2_;
+  Tensor d_router_w_, dw1_, dw2_;
+
+  // Planned buffers.
+  Tensor xj_, z_, s_, dz_, dxj_;                               // [T,d] f32, [T,E] f32
+  Tensor expert_, route_score_, slot_, row_, gates_, dgates_;  // [T*k]
+  Tensor gather_, load_, counts_, offsets_, info_, losses_, aux_grad_;
+  Tensor workspace_;
+  Tensor xb_, h_, a_, ob_, dob_, da_, dh_;  // expert buffer rows [R, .] bf16
+  int64_t row_capacity_ = 0;                // rows the expert buffers hold
+  Tensor host_info_;                        // pinned host copy of counts + info (dropless)
+  Tensor grouped_ptrs_;                     // [6, 3, E] device pointer arrays (dropless kGrouped)
+  std::vector<const void*> host_ptrs_;
+  std::vector<int> group_experts_;    // experts with rows, in order
+  std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
+
+  GatingOutputs plan_;
+  GatingParams gating_;
+  int64_t tokens_ = 0, rows_ = 0, capacity_ = 0;
+  bool training_ = false;
+  uint64_t seed_ = 0, offset_ = 0;
+  const void* x_ = nullptr;  // input of the last forward (backward reads it through xb)
+};
+
+}  // namespace moex::cuda
