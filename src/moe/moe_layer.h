@@ -1,0 +1,95 @@
+// The MoE layer (DESIGN.md §5): router -> dispatch plan -> permute -> experts -> combine, plus
+// PR-MoE's residual MLP and shared experts, with an explicit backward that mirrors every stage.
+// A thin Tensor-level front over the templated stage kernels of router.h, dispatch_plan.h and
+// experts.h; the CPU implementation runs in f32 (the real path) or f64 (gradient checks).
+//
+// Weights (E experts, d hidden, F ffn, F1 = F or 2F for SwiGLU, Fr/Fs residual/shared ffn):
+//   router [E,d]  selection_bias [E]  w1 [E,F1,d]  w2 [E,d,F]
+//   residual_w1 [Fr1,d]  residual_w2 [d,Fr]  residual_coef [2,d]     (config.residual)
+//   shared_w1 [Fs1,d]  shared_w2 [d,Fs]  shared_gate [1,d]           (shared_ffn_size > 0,
+//   shared_gate)
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "moe/dispatch_plan.h"
+#include "moe/moe_config.h"
+
+namespace moex {
+
+// One forward's routing decision: the selection and the plan built from it. Passing it back to
+// forward holds routing fixed while weights or inputs move (finite-difference checks,
+// activation-checkpoint recomputation).
+struct MoERouting {
+  std::vector<int32_t> topk_idx;  // [T,k]
+  moe::DispatchPlan plan;
+};
+
+struct MoEForwardOptions {
+  bool training = false;  // jitter, RSample, Gumbel 2nd expert and the train capacity factor
+  uint64_t seed = 0;      // Philox seed and offset of this call (router.h: moe_rng_offset)
+  uint64_t offset = 0;
+  const MoERouting* fixed_routing = nullptr;  // reuse this selection and plan instead of choosing
+};
+
+struct MoEOutput {
+  Tensor y;             // [T,d]
+  double aux_loss = 0;  // load-balancing loss, unweighted (before dropping)
+  double z_loss = 0;    // router z-loss, unweighted
+  double weighted_loss =
+      0;  // aux_loss_coef * aux_loss + z_loss_coef * z_loss; backward includes it
+  std::vector<int64_t> load;    // [E] routes per expert before dropping
+  std::vector<int64_t> counts;  // [E] routes per expert after dropping
+  int64_t num_dropped = 0;
+  int64_t capacity = 0;  // C (dropless: the largest load)
+};
+
+// The layer's tensors; gradients use the same struct (selection_bias gets none: it is updated by
+// a load rule, not by gradient). Undefined tensors are the ones the config does not use.
+struct MoEWeights {
+  Tensor router, selection_bias, w1, w2;
+  Tensor residual_w1, residual_w2, residual_coef;
+  Tensor shared_w1, shared_w2, shared_gate;
+};
+
+struct MoEGradients {
+  Tensor dx;  // [T,d]
+  MoEWeights weights;
+};
+
+class MoELayer {
+ public:
+  // Validates the config; dtype is F32 or F64. Weights are zero until init_weights or set by hand.
+  explicit MoELayer(const MoEConfig& config, DType dtype = DType::kF32);
+  ~MoELayer();
+  MoELayer(const MoELayer&) = delete;
+  MoELayer& operator=(const MoELayer&) = delete;
+
+  const MoEConfig& config() const;
+  DType dtype() const;
+  MoEWeights& weights();
+  // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) from Philox(seed); selection_bias stays zero.
+  void init_weights(uint64_t seed);
+  // Every defined weight with its name ("router.weight", "experts.w1", ...).
+  std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+
+  // x [T,d] of the layer's dtype. The result stays valid until the next forward.
+  const MoEOutput& forward(const Tensor& x, const MoEForwardOptions& options);
+  // dy [T,d]: gradients of the last forward with respect to x and every weight, with the
+  // weighted aux and z losses included (their upstream gradient is 1). Valid until the next call.
+  const MoEGradients& backward(const Tensor& dy);
+  // The routing the last forward used.
+  const MoERouting& routing() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moex
