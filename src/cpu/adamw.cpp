@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 
@@ -29,7 +30,7 @@ void adamw_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, int64_t n, i
   const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
   const T eps = static_cast<T>(c.eps);
   const T gscale = static_cast<T>(c.grad_scale);
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     const T g = grad[i] * gscale;
     const T m = b1 * exp_avg[i] + one_minus_b1 * g;

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 #include "cpu/softmax.h"
 
 namespace moex::cpu {
@@ -61,7 +62,7 @@ void attention_forward(const T* q, const T* k, const T* v, const AttentionShape&
       T* p_bh = probs + (b * H + h) * Tq * Tk;  // [Tq, Tk]
       T* out_bh = out + b * Tq * H * Dh + h * Dh;
       gemm<T>(false, true, Tq, Tk, Dh, scale, q_bh, H * Dh, k_bg, Hkv * Dh, T(0), p_bh, Tk);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Tq * Tk >= kMinParallelWork)
       for (int64_t i = 0; i < Tq; ++i) {
         T* row = p_bh + i * Tk;
         const int64_t n = visible_keys(s, i);
@@ -117,7 +118,7 @@ void attention_backward(const T* dout, const T* q, const T* k, const T* v, const
       // dP = dO V^T
       gemm<T>(false, true, Tq, Tk, Dh, T(1), do_bh, H * Dh, v_bg, Hkv * Dh, T(0), ds, Tk);
       // dS = P * (dP - rowsum(P * dP)); masked entries have P = 0, so dS = 0 there.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Tq * Tk >= kMinParallelWork)
       for (int64_t i = 0; i < Tq; ++i) {
         const T* pr = p_bh + i * Tk;
         T* dr = ds + i * Tk;

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 
@@ -28,9 +30,10 @@ T cross_entropy_forward_backward(const T* logits, const int32_t* targets, int64_
     return T(0);
   }
   const T grad_scale = dloss / static_cast<T>(count);
-  // Per-row losses summed in double and in row order: the result does not depend on threads.
-  double total = 0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+  // Per-row losses go to a buffer and are summed in row order afterwards, so the loss is the
+  // same bit for bit whatever the thread count (an OpenMP reduction would not be).
+  std::vector<double> row_loss(num_rows, 0.0);
+#pragma omp parallel for schedule(static) if (num_rows * vocab_size >= kMinParallelWork)
   for (int64_t i = 0; i < num_rows; ++i) {
     const T* row = logits + i * vocab_size;
     T* drow = dlogits ? dlogits + i * vocab_size : nullptr;
@@ -43,13 +46,14 @@ T cross_entropy_forward_backward(const T* logits, const int32_t* targets, int64_
     T sum = 0;
     for (int64_t c = 0; c < vocab_size; ++c) sum += std::exp(row[c] - mx);
     const T lse = mx + std::log(sum);
-    const T target_logit = row[targets[i]];
-    total += static_cast<double>(lse - target_logit);
+    row_loss[i] = static_cast<double>(lse - row[targets[i]]);
     if (drow) {
       for (int64_t c = 0; c < vocab_size; ++c) drow[c] = std::exp(row[c] - lse) * grad_scale;
       drow[targets[i]] -= grad_scale;
     }
   }
+  double total = 0;
+  for (int64_t i = 0; i < num_rows; ++i) total += row_loss[i];
   return static_cast<T>(total / static_cast<double>(count));
 }
 

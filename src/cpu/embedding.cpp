@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 namespace {
@@ -29,7 +30,7 @@ template <typename T>
 void embedding_forward(const int32_t* ids, const T* weight, int64_t num_tokens, int64_t vocab_size,
                        int64_t dim, T* out) {
   check_embedding<T>(ids, out, weight, num_tokens, vocab_size, dim);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_tokens * dim >= kMinParallelWork)
   for (int64_t i = 0; i < num_tokens; ++i) {
     std::copy(weight + ids[i] * dim, weight + (ids[i] + 1) * dim, out + i * dim);
   }
@@ -43,7 +44,7 @@ void embedding_backward(const int32_t* ids, const T* dout, int64_t num_tokens, i
   // sums its tokens in the same order whatever the thread count.
   constexpr int64_t kBlock = 64;
   const int64_t num_blocks = (dim + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_tokens * dim >= kMinParallelWork)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const int64_t c0 = blk * kBlock, c1 = std::min(dim, c0 + kBlock);
     for (int64_t i = 0; i < num_tokens; ++i) {

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 namespace {
@@ -28,7 +29,7 @@ void layernorm_forward(const T* x, const T* weight, const T* bias, int64_t num_r
   if (num_rows == 0) return;
   MOEX_CHECK(x && y, "layernorm_forward: x or y is null");
   MOEX_CHECK(mean && rstd, "layernorm_forward: mean or rstd (saved statistics) is null");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* xr = x + r * dim;
     T* yr = y + r * dim;
@@ -60,7 +61,7 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const T* mean,
   MOEX_CHECK(mean && rstd, "layernorm_backward: mean or rstd is null");
   // Parameter gradients first: dx may alias dy.
   const int64_t num_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const int64_t c0 = blk * kColumnBlock, c1 = std::min(dim, c0 + kColumnBlock);
     for (int64_t r = 0; r < num_rows; ++r) {
@@ -73,7 +74,7 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const T* mean,
     }
   }
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * weight.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* xr = x + r * dim;
     const T* dyr = dy + r * dim;
@@ -102,7 +103,7 @@ void rmsnorm_forward(const T* x, const T* weight, int64_t num_rows, int64_t dim,
   if (num_rows == 0) return;
   MOEX_CHECK(x && y, "rmsnorm_forward: x or y is null");
   MOEX_CHECK(rstd != nullptr, "rmsnorm_forward: rstd (saved statistic) is null");
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* xr = x + r * dim;
     T* yr = y + r * dim;
@@ -124,7 +125,7 @@ void rmsnorm_backward(const T* dy, const T* x, const T* weight, const T* rstd, i
   MOEX_CHECK(dy && x && dx, "rmsnorm_backward: dy, x or dx is null");
   MOEX_CHECK(rstd != nullptr, "rmsnorm_backward: rstd is null");
   const int64_t num_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t blk = 0; blk < num_blocks; ++blk) {
     const int64_t c0 = blk * kColumnBlock, c1 = std::min(dim, c0 + kColumnBlock);
     for (int64_t r = 0; r < num_rows; ++r) {
@@ -134,7 +135,7 @@ void rmsnorm_backward(const T* dy, const T* x, const T* weight, const T* rstd, i
     }
   }
   // dx = rstd * (g - xhat * mean(g * xhat)), g = dy * weight, xhat = x * rstd.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* xr = x + r * dim;
     const T* dyr = dy + r * dim;

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 namespace {
@@ -30,7 +31,7 @@ void rope_apply(const T* x, const RopeShape& s, T sign, T* y) {
                                   static_cast<T>(2 * i) / static_cast<T>(s.head_dim));
   }
   const int64_t row = s.num_heads * s.head_dim;
-#pragma omp parallel
+#pragma omp parallel if (s.batch * s.seq_len * row >= kMinParallelWork)
   {
     std::vector<T> cos_t(half), sin_t(half);
 #pragma omp for schedule(static)

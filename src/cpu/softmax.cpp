@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 namespace moex::cpu {
 namespace {
@@ -36,7 +37,7 @@ void softmax_row_inplace(T* x, int64_t n) {
 template <typename T>
 void softmax_forward(const T* x, int64_t num_rows, int64_t num_cols, T* y) {
   check_softmax("softmax_forward", x, x, y, num_rows, num_cols);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * num_cols >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     if (y != x) std::copy(x + r * num_cols, x + (r + 1) * num_cols, y + r * num_cols);
     softmax_row_inplace(y + r * num_cols, num_cols);
@@ -46,7 +47,7 @@ void softmax_forward(const T* x, int64_t num_rows, int64_t num_cols, T* y) {
 template <typename T>
 void softmax_backward(const T* y, const T* dy, int64_t num_rows, int64_t num_cols, T* dx) {
   check_softmax("softmax_backward", y, dy, dx, num_rows, num_cols);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * num_cols >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* yr = y + r * num_cols;
     const T* dyr = dy + r * num_cols;
@@ -60,7 +61,7 @@ void softmax_backward(const T* y, const T* dy, int64_t num_rows, int64_t num_col
 template <typename T>
 void log_softmax_forward(const T* x, int64_t num_rows, int64_t num_cols, T* y) {
   check_softmax("log_softmax_forward", x, x, y, num_rows, num_cols);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * num_cols >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* xr = x + r * num_cols;
     T* yr = y + r * num_cols;
@@ -76,7 +77,7 @@ void log_softmax_forward(const T* x, int64_t num_rows, int64_t num_cols, T* y) {
 template <typename T>
 void log_softmax_backward(const T* y, const T* dy, int64_t num_rows, int64_t num_cols, T* dx) {
   check_softmax("log_softmax_backward", y, dy, dx, num_rows, num_cols);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (num_rows * num_cols >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
     const T* yr = y + r * num_cols;
     const T* dyr = dy + r * num_cols;

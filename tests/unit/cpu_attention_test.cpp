@@ -1,6 +1,7 @@
 // Causal GQA attention: forward against a naive double loop, dq/dk/dv against central differences,
 // including a KV-cache case (kv_len > q_len, start_pos > 0).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <ostream>
@@ -166,6 +167,19 @@ TEST(CpuAttentionArgs, BadArgumentsNameTheArgument) {
                                 buf.data(), buf.data(), buf.data(), buf.data(), 3);
       },
       {"workspace_elems"});
+}
+
+TEST(CpuAttentionArgs, ThreadedSizesMatchNaive) {
+  // q_len * kv_len >= the fork threshold, so the softmax rows run on several threads.
+  cpu::AttentionShape s = make_shape(130, 140, 10);
+  s.batch = 1;
+  s.head_dim = 8;
+  s.scale = 0.3;  // an explicit scale instead of 1/sqrt(head_dim)
+  const Inputs in = make_inputs(s, 50);
+  const auto expect = naive_attention(in.q, in.k, in.v, s);
+  std::vector<double> out(expect.size()), probs(s.num_heads * s.q_len * s.kv_len);
+  cpu::attention_forward(in.q.data(), in.k.data(), in.v.data(), s, out.data(), probs.data());
+  EXPECT_LT(relative_l2(out, expect), 1e-13);
 }
 
 }  // namespace

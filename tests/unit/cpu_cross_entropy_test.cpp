@@ -1,5 +1,6 @@
 // Cross-entropy from logits: naive loss with ignore_index, gradient against central differences.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 
@@ -97,6 +98,37 @@ TEST(CpuCrossEntropy, BadArgumentsNameTheArgument) {
                                             1.0f, logits.data());
       },
       {"vocab_size"});
+}
+
+TEST(CpuCrossEntropy, ThreadedSizesMatchNaiveAndDoNotDependOnThreadCount) {
+  const int64_t rows = 40, vocab = 1001;  // rows * vocab forks threads
+  const auto logits = random_vector<double>(rows * vocab, 5, -4, 4);
+  std::vector<int32_t> targets(rows);
+  for (int64_t i = 0; i < rows; ++i)
+    targets[i] = i % 5 == 3 ? -100 : static_cast<int32_t>((i * 37) % vocab);
+  double expect = 0;
+  int count = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (targets[i] == -100) continue;
+    double sum = 0;
+    for (int64_t c = 0; c < vocab; ++c) sum += std::exp(logits[i * vocab + c]);
+    expect += std::log(sum) - logits[i * vocab + targets[i]];
+    ++count;
+  }
+  expect /= count;
+  double loss[2];
+  std::vector<double> grad[2];
+  const int saved = omp_get_max_threads();
+  for (int t = 0; t < 2; ++t) {
+    omp_set_num_threads(t + 1);
+    grad[t].assign(logits.size(), 0.0);
+    loss[t] = cpu::cross_entropy_forward_backward(logits.data(), targets.data(), rows, vocab,
+                                                  cpu::kIgnoreIndex, 1.0, grad[t].data());
+  }
+  omp_set_num_threads(saved);
+  EXPECT_NEAR(loss[1], expect, 1e-12);
+  EXPECT_EQ(loss[0], loss[1]);
+  EXPECT_EQ(grad[0], grad[1]);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 // Embedding gather/scatter-add against a naive loop and central differences.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "cpu/embedding.h"
 #include "cpu_kernel_checks.h"
@@ -59,6 +60,28 @@ TEST(CpuEmbedding, BadArgumentsNameTheArgument) {
       [&] { cpu::embedding_forward(ids.data(), w.data(), 3, 4, 0, out.data()); }, {"dim"});
   testing::expect_error_naming(
       [&] { cpu::embedding_forward(ids.data(), w.data(), 3, 0, 3, out.data()); }, {"vocab_size"});
+}
+
+TEST(CpuEmbedding, ThreadedBackwardDoesNotDependOnThreadCount) {
+  const int64_t V = 50, d = 300, N = 200;  // N * d forks threads; ids repeat
+  std::vector<int32_t> ids(N);
+  for (int64_t i = 0; i < N; ++i) ids[i] = static_cast<int32_t>((i * 7) % V);
+  const auto dout = random_vector<double>(N * d, 5);
+  std::vector<double> dw[2];
+  const int saved = omp_get_max_threads();
+  for (int t = 0; t < 2; ++t) {
+    omp_set_num_threads(t + 1);
+    dw[t].assign(V * d, 0.0);
+    cpu::embedding_backward(ids.data(), dout.data(), N, V, d, dw[t].data());
+  }
+  omp_set_num_threads(saved);
+  EXPECT_EQ(dw[0], dw[1]);
+  // Row 7's gradient is the sum of the tokens with id 7 (i * 7 % 50 == 7: i = 1, 51, 101, 151).
+  for (int64_t c = 0; c < d; ++c) {
+    const double expect =
+        dout[1 * d + c] + dout[51 * d + c] + dout[101 * d + c] + dout[151 * d + c];
+    EXPECT_NEAR(dw[1][7 * d + c], expect, 1e-14);
+  }
 }
 
 }  // namespace

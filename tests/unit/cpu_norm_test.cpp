@@ -1,5 +1,6 @@
 // LayerNorm and RMSNorm: forward against naive double loops, backward against central differences.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 
@@ -146,6 +147,43 @@ TEST(CpuNorm, BadArgumentsNameTheArgument) {
   testing::expect_error_naming(
       [&] { cpu::rmsnorm_forward(x.data(), w.data(), -1, 3, 1e-5f, y.data(), s.data()); },
       {"num_rows"});
+}
+
+// Big enough to fork threads (the small cases above run on one): forward against the naive loop,
+// and backward identical bit for bit with one thread and with two.
+TEST(CpuNorm, ThreadedSizesMatchNaiveAndDoNotDependOnThreadCount) {
+  const int64_t rows = 70, dim = 301;
+  const auto x = random_vector<double>(rows * dim, 13, -2, 3);
+  const auto w = random_vector<double>(dim, 14, 0.5, 1.5);
+  const auto b = random_vector<double>(dim, 15);
+  const auto dy = random_vector<double>(rows * dim, 16);
+  std::vector<double> y(x.size()), mean(rows), rstd(rows);
+  cpu::layernorm_forward(x.data(), w.data(), b.data(), rows, dim, kEps, y.data(), mean.data(),
+                         rstd.data());
+  EXPECT_LT(relative_l2(y, naive_layernorm(x, w, &b, rows, dim)), 1e-12);
+  std::vector<double> r_rstd(rows);
+  cpu::rmsnorm_forward(x.data(), w.data(), rows, dim, kEps, y.data(), r_rstd.data());
+  EXPECT_LT(relative_l2(y, naive_rmsnorm(x, w, rows, dim)), 1e-12);
+  std::vector<double> dx[2], dw[2], db[2], rdx[2], rdw[2];
+  const int saved = omp_get_max_threads();
+  for (int t = 0; t < 2; ++t) {
+    omp_set_num_threads(t + 1);
+    dx[t].assign(x.size(), 0.0);
+    dw[t].assign(dim, 0.0);
+    db[t].assign(dim, 0.0);
+    rdx[t].assign(x.size(), 0.0);
+    rdw[t].assign(dim, 0.0);
+    cpu::layernorm_backward(dy.data(), x.data(), w.data(), mean.data(), rstd.data(), rows, dim,
+                            dx[t].data(), dw[t].data(), db[t].data());
+    cpu::rmsnorm_backward(dy.data(), x.data(), w.data(), r_rstd.data(), rows, dim, rdx[t].data(),
+                          rdw[t].data());
+  }
+  omp_set_num_threads(saved);
+  EXPECT_EQ(dx[0], dx[1]);
+  EXPECT_EQ(dw[0], dw[1]);
+  EXPECT_EQ(db[0], db[1]);
+  EXPECT_EQ(rdx[0], rdx[1]);
+  EXPECT_EQ(rdw[0], rdw[1]);
 }
 
 }  // namespace
