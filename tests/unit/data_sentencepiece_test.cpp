@@ -1,0 +1,92 @@
+// SentencePiece through libsentencepiece: train a tiny model, then encode and decode with it.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "data/sentencepiece_tokenizer.h"
+#include "data/tokenizer.h"
+
+namespace moex::data {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DataSentencePiece : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("moex_spm_test_" + std::to_string(::getpid()));
+    fs::create_directories(dir_);
+    std::ofstream out(dir_ / "corpus.txt");
+    const char* lines[] = {
+        "The quick brown fox jumps over the lazy dog.",
+        "In the beginning God created the heaven and the earth.",
+        "En el principio creó Dios los cielos y la tierra.",
+        "Mixture of experts models route tokens to experts.",
+        "Los modelos de mezcla de expertos envían cada token a pocos expertos.",
+        "The router picks the top two experts for every token.",
+        "El enrutador elige los dos mejores expertos para cada token.",
+    };
+    for (int rep = 0; rep < 40; ++rep)
+      for (const char* l : lines) out << l << " " << rep << "\n";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(DataSentencePiece, TrainEncodeDecode) {
+  for (const char* type : {"unigram", "bpe"}) {
+    SentencePieceTrainOptions o;
+    o.input = (dir_ / "corpus.txt").string();
+    o.model_prefix = (dir_ / type).string();
+    o.vocab_size = 330;  // 256 byte pieces + specials + the characters
+    o.model_type = type;
+    o.character_coverage = 1.0;
+    o.byte_fallback = true;
+    o.user_defined_symbols = {"<en>", "<es>"};
+    train_sentencepiece(o);
+    ASSERT_TRUE(fs::exists(dir_ / (std::string(type) + ".model"))) << type;
+
+    const auto tok = open_tokenizer((dir_ / (std::string(type) + ".model")).string());
+    EXPECT_EQ(tok->vocab_size(), 330) << type;
+    EXPECT_EQ(tok->bos_id(), 1);
+    EXPECT_EQ(tok->eos_id(), 2);
+    EXPECT_GE(tok->token_to_id("<en>"), 0);
+    EXPECT_EQ(tok->token_to_id("definitely not a piece"), -1);
+    EXPECT_TRUE(tok->is_special(1));
+
+    for (const std::string text :
+         {"The quick brown fox.", "<es> El enrutador elige expertos.", "unseen: ζ 中 😀", ""}) {
+      const auto ids = tok->encode(text, true);
+      ASSERT_FALSE(ids.empty());
+      EXPECT_EQ(ids[0], 1) << "BOS first";
+      EXPECT_EQ(tok->encode(text, false).size() + 1, ids.size());
+      EXPECT_EQ(tok->decode(ids), text) << type;  // byte_fallback makes it lossless
+      if (!text.empty()) {
+        EXPECT_EQ(tok->decode(ids, false), "<s>" + text) << type;
+      }
+    }
+    EXPECT_THROW(tok->decode({330}), Error);
+  }
+}
+
+TEST_F(DataSentencePiece, TrainErrorsNameTheInput) {
+  SentencePieceTrainOptions o;
+  o.input = (dir_ / "missing.txt").string();
+  o.model_prefix = (dir_ / "m").string();
+  o.vocab_size = 100;
+  try {
+    train_sentencepiece(o);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.txt"), std::string::npos) << e.what();
+  }
+  o.input = (dir_ / "corpus.txt").string();
+  o.model_type = "wordpiece";
+  EXPECT_THROW(train_sentencepiece(o), Error);
+}
+
+}  // namespace
+}  // namespace moex::data
