@@ -1,5 +1,6 @@
 // The model's shape and options, from a moex JSON config ("model" section) or a Hugging Face
-// config.json (src/model/hf_config.*). One LayerSpec per block says whether its FFN is dense or MoE.
+// config.json (src/model/hf_config.*). One LayerSpec per block says whether its FFN is dense or
+// MoE.
 #pragma once
 
 #include <string>
@@ -12,7 +13,11 @@ namespace moex {
 
 enum class NormType { kLayerNorm, kRMSNorm };
 enum class PositionType { kRope, kLearned };
-enum class QKNorm { kNone, kPerHead, kFull };  // Qwen3-MoE normalizes each head; OLMoE the whole q/k
+enum class QKNorm {
+  kNone,
+  kPerHead,
+  kFull
+};  // Qwen3-MoE normalizes each head; OLMoE the whole q/k
 
 struct LayerSpec {
   bool moe = false;
@@ -22,7 +27,7 @@ struct LayerSpec {
 struct ModelConfig {
   std::string architecture = "moex";  // or the HF architecture it was read from
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;   // d
+  int64_t hidden_size = 0;  // d
   int64_t num_layers = 0;
   int64_t num_heads = 0;     // H
   int64_t num_kv_heads = 0;  // Hkv, divides H (GQA)
@@ -35,7 +40,7 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   ExpertActivation activation = ExpertActivation::kSwiGLU;  // dense FFNs and experts alike
   bool tie_embeddings = false;
-  bool qkv_bias = false;      // Qwen2-MoE
+  bool qkv_bias = false;  // Qwen2-MoE
   QKNorm qk_norm = QKNorm::kNone;
   float init_std = 0.02f;
   int64_t bos_id = -1, eos_id = -1;

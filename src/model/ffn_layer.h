@@ -1,0 +1,63 @@
+// The FFN of a block: a dense MLP (SwiGLU: gate_proj and up_proj stored back to back and used as
+// one fused [2F, d] matrix; GELU: up_proj) or an MoE layer whose weights are views into the model's
+// parameter buffer. HF names under prefix = "model.layers.i.mlp":
+//   dense:  gate_proj.weight [F,d], up_proj.weight [F,d], down_proj.weight [d,F]
+//   MoE:    gate.weight [E,d], gate.e_score_correction_bias [E], experts.gate_up_proj [E,2F,d]
+//           (GELU: experts.up_proj [E,F,d]), experts.down_proj [E,d,F]; PR-MoE residual_mlp.*,
+//           residual_coef.weight [2,d]; shared_expert.{gate,up,down}_proj.weight,
+//           shared_expert_gate.weight [1,d]
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/model_config.h"
+#include "model/module.h"
+#include "moe/moe_layer.h"
+
+namespace moex::model {
+
+// What an MoE block reports after forward (for the loss, logging and pruning).
+struct MoEStats {
+  double aux_loss = 0, z_loss = 0, weighted_loss = 0;
+  std::vector<int64_t> load, counts;  // [E] before / after dropping
+  int64_t num_dropped = 0;
+};
+
+class FfnLayer {
+ public:
+  FfnLayer(const ModelConfig& config, const LayerSpec& spec);
+  void declare(ParamBuffer& params, const std::string& prefix);
+  void bind(const ParamBuffer& params, const ParamBuffer& grads);
+  void init(uint64_t seed, float std, float out_std);
+
+  bool is_moe() const { return moe_ != nullptr; }
+  // x [n, d] -> y [n, d]. For MoE, `seed/offset` feed the router's noise and `fixed` holds routing.
+  void forward(const float* x, int64_t n, float* y, bool save, bool training, uint64_t seed,
+               uint64_t offset);
+  // dx [n, d] written; parameter gradients accumulated (MoE: aux and z losses included).
+  void backward(const float* dy, float* dx);
+  const MoEStats& stats() const { return stats_; }
+  // Re-run forward with the routing of the previous forward (activation-checkpoint recompute).
+  void hold_routing(bool hold) { hold_routing_ = hold; }
+
+ private:
+  void bind_moe_views(const ParamBuffer& params);
+
+  const ModelConfig& config_;
+  LayerSpec spec_;
+  // dense
+  int w1_idx_ = -1, w2_idx_ = -1;
+  Param w1_, w2_;
+  std::vector<float> x_, h_, a_;  // saved: x [n,d], h [n,F1], a [n,F]
+  int64_t n_ = 0;
+  // MoE: indices of each weight in the buffer (-1 when unused), in MoEWeights order
+  std::unique_ptr<MoELayer> moe_;
+  std::vector<int> moe_idx_;
+  const ParamBuffer* grads_ = nullptr;
+  MoERouting held_;
+  bool hold_routing_ = false;
+  MoEStats stats_;
+};
+
+}  // namespace moex::model
