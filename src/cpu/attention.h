@@ -31,7 +31,9 @@ void attention_forward(const T* q,  // [batch, q_len, num_heads, head_dim]
                        T* out,     // [batch, q_len, num_heads, head_dim]
                        T* probs);  // [batch, num_heads, q_len, kv_len], saved for backward
 
-// Scratch (in elements of T) that attention_backward needs.
+// Scratch (in elements of T) for attention_backward: one [q_len, kv_len] slot per kv-head group
+// that may run at once, sized by omp_get_max_threads() now. Less (but at least q_len * kv_len)
+// is accepted and runs fewer groups at once.
 size_t attention_backward_workspace_elems(const AttentionShape& shape);
 
 // Backward. dq, dk and dv are written (not accumulated).

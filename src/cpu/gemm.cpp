@@ -64,6 +64,20 @@ void gemm<double>(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, d
               trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+template <>
+bool gemm_nests_in_openmp<float>() {
+#if defined(MOEX_WITH_DNNL)
+  return true;  // oneDNN's OpenMP gemm uses one thread when called inside a parallel region
+#else
+  return false;
+#endif
+}
+
+template <>
+bool gemm_nests_in_openmp<double>() {
+  return false;
+}
+
 void set_blas_threads(int num_threads) {
   MOEX_CHECK(num_threads >= 1, "set_blas_threads: num_threads must be >= 1, got ", num_threads);
   openblas_set_num_threads(num_threads);

@@ -21,6 +21,12 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   gemm<T>(trans_a, trans_b, m, n, k, alpha, a, 0, b, 0, beta, c, 0);
 }
 
+// True when gemm<T> called inside an OpenMP parallel region runs on the calling thread alone
+// (oneDNN fp32), so callers may run independent products in parallel (one per head, per expert).
+// False for OpenBLAS, whose own pthread pool should not be driven from an OpenMP team.
+template <typename T>
+bool gemm_nests_in_openmp();
+
 // Threads BLAS may use (1 when MPI ranks outnumber cores).
 void set_blas_threads(int num_threads);
 

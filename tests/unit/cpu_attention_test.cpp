@@ -124,6 +124,29 @@ TEST_P(CpuAttention, BackwardMatchesFiniteDifferences) {
   EXPECT_LT(relative_l2(dv, num_dv), 1e-6);
 }
 
+// fp32 backward (which may run one kv-head group per thread) against the fp64 backward.
+TEST_P(CpuAttention, Fp32BackwardMatchesFp64) {
+  const cpu::AttentionShape s = GetParam();
+  const Inputs in = make_inputs(s, 60);
+  const auto dout = random_vector<double>(s.batch * s.q_len * s.num_heads * s.head_dim, 61);
+  std::vector<double> out(dout.size()), probs(s.batch * s.num_heads * s.q_len * s.kv_len);
+  std::vector<double> dq(in.q.size()), dk(in.k.size()), dv(in.v.size());
+  std::vector<double> work(cpu::attention_backward_workspace_elems(s));
+  cpu::attention_forward(in.q.data(), in.k.data(), in.v.data(), s, out.data(), probs.data());
+  cpu::attention_backward(dout.data(), in.q.data(), in.k.data(), in.v.data(), probs.data(), s,
+                          dq.data(), dk.data(), dv.data(), work.data(), work.size());
+  const auto qf = testing::cast_vector<float>(in.q), kf = testing::cast_vector<float>(in.k),
+             vf = testing::cast_vector<float>(in.v), dof = testing::cast_vector<float>(dout);
+  std::vector<float> outf(out.size()), probsf(probs.size()), dqf(dq.size(), 9.f),
+      dkf(dk.size(), 9.f), dvf(dv.size(), 9.f), workf(work.size());
+  cpu::attention_forward(qf.data(), kf.data(), vf.data(), s, outf.data(), probsf.data());
+  cpu::attention_backward(dof.data(), qf.data(), kf.data(), vf.data(), probsf.data(), s, dqf.data(),
+                          dkf.data(), dvf.data(), workf.data(), workf.size());
+  EXPECT_LT(relative_l2(testing::cast_vector<double>(dqf), dq), 1e-5);
+  EXPECT_LT(relative_l2(testing::cast_vector<double>(dkf), dk), 1e-5);
+  EXPECT_LT(relative_l2(testing::cast_vector<double>(dvf), dv), 1e-5);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CpuAttention,
                          ::testing::Values(make_shape(5, 5, 0),    // training: square causal
                                            make_shape(3, 8, 4),    // decode: keys 0..4+i, 7 unused
