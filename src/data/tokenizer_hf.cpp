@@ -86,6 +86,8 @@ HfTokenizer::HfTokenizer(HfTokenizerSpec spec) : spec_(std::move(spec)) {
   for (size_t k = 0; k < spec_.added_tokens.size(); ++k) {
     const HfAddedToken& t = spec_.added_tokens[k];
     vocab_size_ = std::max<int64_t>(vocab_size_, t.id + 1);
+    added_index_by_id_.emplace(t.id, k);
+    added_id_by_content_.emplace(t.content, t.id);
     if (t.content.empty()) continue;
     added_by_first_byte_[static_cast<unsigned char>(t.content[0])].push_back(k);
   }
@@ -97,15 +99,13 @@ HfTokenizer::HfTokenizer(HfTokenizerSpec spec) : spec_(std::move(spec)) {
 }
 
 const HfAddedToken* HfTokenizer::added_by_id(int32_t id) const {
-  for (const auto& t : spec_.added_tokens)
-    if (t.id == id) return &t;
-  return nullptr;
+  auto it = added_index_by_id_.find(id);
+  return it == added_index_by_id_.end() ? nullptr : &spec_.added_tokens[it->second];
 }
 
 int32_t HfTokenizer::token_to_id(const std::string& token) const {
-  for (const auto& t : spec_.added_tokens)
-    if (t.content == token) return t.id;
-  return spec_.model->token_to_id(token);
+  auto it = added_id_by_content_.find(token);
+  return it != added_id_by_content_.end() ? it->second : spec_.model->token_to_id(token);
 }
 
 std::string HfTokenizer::id_to_token(int32_t id) const {

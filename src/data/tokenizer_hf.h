@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "data/bpe.h"
@@ -87,6 +88,8 @@ class HfTokenizer : public Tokenizer {
   int64_t vocab_size_ = 0;
   // Added tokens indexed by first byte, longest first (leftmost-longest matching).
   std::vector<std::vector<size_t>> added_by_first_byte_;
+  std::unordered_map<int32_t, size_t> added_index_by_id_;
+  std::unordered_map<std::string, int32_t> added_id_by_content_;
 };
 
 }  // namespace moex::data
