@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "cpu/parallel.h"
+#include "cpu/vec_math.h"
 
 namespace moex::cpu {
 
@@ -43,12 +44,12 @@ T cross_entropy_forward_backward(const T* logits, const int32_t* targets, int64_
     }
     T mx = row[0];
     for (int64_t c = 1; c < vocab_size; ++c) mx = std::max(mx, row[c]);
-    T sum = 0;
-    for (int64_t c = 0; c < vocab_size; ++c) sum += std::exp(row[c] - mx);
+    const T sum = exp_shifted_sum(row, mx, vocab_size, static_cast<T*>(nullptr));
     const T lse = mx + std::log(sum);
     row_loss[i] = static_cast<double>(lse - row[targets[i]]);
     if (drow) {
-      for (int64_t c = 0; c < vocab_size; ++c) drow[c] = std::exp(row[c] - lse) * grad_scale;
+      exp_shifted_sum(row, lse, vocab_size, drow);  // softmax; drow may alias row
+      for (int64_t c = 0; c < vocab_size; ++c) drow[c] *= grad_scale;
       drow[targets[i]] -= grad_scale;
     }
   }

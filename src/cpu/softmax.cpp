@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "cpu/parallel.h"
+#include "cpu/vec_math.h"
 
 namespace moex::cpu {
 namespace {
@@ -25,11 +26,7 @@ template <typename T>
 void softmax_row_inplace(T* x, int64_t n) {
   T mx = x[0];
   for (int64_t c = 1; c < n; ++c) mx = std::max(mx, x[c]);
-  T sum = 0;
-  for (int64_t c = 0; c < n; ++c) {
-    x[c] = std::exp(x[c] - mx);
-    sum += x[c];
-  }
+  const T sum = exp_shifted_sum(x, mx, n, x);
   const T inv = T(1) / sum;
   for (int64_t c = 0; c < n; ++c) x[c] *= inv;
 }
@@ -67,8 +64,7 @@ void log_softmax_forward(const T* x, int64_t num_rows, int64_t num_cols, T* y) {
     T* yr = y + r * num_cols;
     T mx = xr[0];
     for (int64_t c = 1; c < num_cols; ++c) mx = std::max(mx, xr[c]);
-    T sum = 0;
-    for (int64_t c = 0; c < num_cols; ++c) sum += std::exp(xr[c] - mx);
+    const T sum = exp_shifted_sum(xr, mx, num_cols, static_cast<T*>(nullptr));
     const T lse = mx + std::log(sum);
     for (int64_t c = 0; c < num_cols; ++c) yr[c] = xr[c] - lse;
   }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu/softmax.h"
+#include "cpu/vec_math.h"
 #include "cpu_kernel_checks.h"
 #include "gradcheck.h"
 
@@ -96,6 +97,42 @@ TEST(CpuSoftmax, BadArgumentsNameTheArgument) {
                                {"num_cols"});
   testing::expect_error_naming([&] { cpu::log_softmax_forward(x.data(), -2, 3, y.data()); },
                                {"num_rows"});
+}
+
+// The fp32 row exp against libm in double: relative error, the flush below -87.3, -inf and NaN,
+// a length that is not a multiple of the vector width, and the returned sum.
+TEST(CpuSoftmax, VectorExpMatchesLibm) {
+  const int64_t n = 4003;
+  std::vector<float> x(n);
+  for (int64_t i = 0; i < n; ++i) x[i] = static_cast<float>(-90.0 * i / (n - 1));  // 0 .. -90
+  x[5] = -INFINITY;
+  std::vector<float> y(n, -1.0f);
+  const float shift = 0.25f;
+  const float sum = cpu::exp_shifted_sum(x.data(), -shift, n, y.data());  // exp(x + 0.25)
+  double max_rel = 0, expect_sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double t = static_cast<double>(x[i]) + shift;
+    const double e = std::exp(t);
+    expect_sum += e;
+    if (t > -87.3) {
+      max_rel = std::max(max_rel, std::fabs(y[i] - e) / e);
+    } else {
+      EXPECT_EQ(y[i], 0.0f) << "x=" << x[i];
+    }
+  }
+  EXPECT_LT(max_rel, 3e-7);
+  EXPECT_NEAR(sum, expect_sum, 1e-6 * expect_sum);
+  EXPECT_EQ(y[5], 0.0f);
+  const std::vector<float> special = {NAN, 0.0f, -1.0f};
+  std::vector<float> out(3);
+  EXPECT_TRUE(std::isnan(cpu::exp_shifted_sum(special.data(), 0.0f, 3, out.data())));
+  EXPECT_TRUE(std::isnan(out[0]));
+  EXPECT_EQ(out[1], 1.0f);
+  // Sum alone (null output) and in place give the same numbers.
+  std::vector<float> inplace = x;
+  EXPECT_EQ(cpu::exp_shifted_sum(x.data(), -shift, n, static_cast<float*>(nullptr)), sum);
+  cpu::exp_shifted_sum(inplace.data(), -shift, n, inplace.data());
+  EXPECT_EQ(inplace, y);
 }
 
 }  // namespace
