@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake ninja-build pkg-config git
           libopenblas-dev libdnnl-dev nlohmann-json3-dev libgtest-dev
-          libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece)
+          libopenmpi-dev openmpi-bin libsentencepiece-dev sentencepiece
+          debian-handbook diatheke sword-text-web sword-text-sparv)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
