@@ -147,7 +147,9 @@ void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, bool trai
   options.seed = seed;
   options.offset = offset;
   if (hold_routing_) options.fixed_routing = &held_;
-  const Tensor xt = Tensor::from_external(const_cast<float*>(x), Shape{n, d}, DType::kF32);
+  // The layer reads its input again in backward: keep it alive here.
+  x_.assign(x, x + n * d);
+  const Tensor xt = Tensor::from_external(x_.data(), Shape{n, d}, DType::kF32);
   const MoEOutput& out = moe_->forward(xt, options);
   if (!hold_routing_) held_ = moe_->routing();
   std::copy(out.y.data<float>(), out.y.data<float>() + n * d, y);

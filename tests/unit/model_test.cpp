@@ -1,0 +1,171 @@
+// The CPU model: loss gradient against central differences, activation checkpointing giving the
+// same gradients, KV-cache decoding giving the full forward's logits, and config errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "gradcheck.h"
+#include "model/model.h"
+
+namespace moex::model {
+namespace {
+
+ModelConfig tiny_config(const std::string& extra_moe, bool learned_positions = false) {
+  const std::string text = std::string(R"({
+    "vocab_size": 23, "hidden_size": 16, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+    "max_seq_len": 16, "ffn_size": 24, "norm": ")") +
+                           (learned_positions ? "layernorm" : "rmsnorm") + R"(", "activation": ")" +
+                           (learned_positions ? "gelu" : "swiglu") + R"(", "positions": ")" +
+                           (learned_positions ? "learned" : "rope") + R"(", "init_std": 0.2,
+    "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 12, "capacity_factor": 2.0,
+            "aux_loss_coef": 0.1, "z_loss_coef": 0.01)" +
+                           extra_moe + R"(}})";
+  return ModelConfig::from_json(JsonReader::from_string(text, "tiny.json"));
+}
+
+struct Batch {
+  std::vector<int32_t> ids, targets;
+  int64_t batch = 2, seq_len = 7;
+};
+
+Batch make_batch(int64_t vocab) {
+  Batch b;
+  for (int64_t i = 0; i < b.batch * b.seq_len; ++i) {
+    b.ids.push_back(static_cast<int32_t>(philox_u32(5, 0, i) % vocab));
+    b.targets.push_back(static_cast<int32_t>(philox_u32(5, 1, i) % vocab));
+  }
+  b.targets[3] = -100;  // an ignored position
+  return b;
+}
+
+double total_loss(Model& m, const Batch& b) {
+  ForwardOptions opt;
+  const LossResult r = m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
+  return r.loss + r.weighted_aux;
+}
+
+// d/dh L(theta + h u) at h = 0 against <grad, u>, for a random direction u over all parameters.
+void check_directional_derivative(const ModelConfig& config) {
+  Model m(config);
+  m.init_weights(3);
+  const Batch b = make_batch(config.vocab_size);
+  total_loss(m, b);
+  m.backward();
+  float* theta = m.params().flat().data<float>();
+  const float* grad = m.grads().flat().data<float>();
+  const int64_t n = m.params().flat().numel();
+  const std::vector<float> u = testing::random_vector<float>(static_cast<size_t>(n), 11);
+  double analytic = 0;
+  for (int64_t i = 0; i < n; ++i) analytic += static_cast<double>(grad[i]) * u[i];
+  const std::vector<float> saved(theta, theta + n);
+  auto loss_at = [&](float h) {
+    for (int64_t i = 0; i < n; ++i) theta[i] = saved[i] + h * u[i];
+    return total_loss(m, b);
+  };
+  const float h = 1e-3f;
+  const double numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+  // float arithmetic: agreement to ~1e-4 relative; a missing term (aux, z-loss, a block) is >1e-2
+  EXPECT_NEAR(numeric, analytic, 1e-3 * std::max(1.0, std::fabs(analytic))) << "numeric " << numeric;
+}
+
+TEST(Model, GradientMatchesFiniteDifferencesRopeSwiGLU) { check_directional_derivative(tiny_config("")); }
+
+TEST(Model, GradientMatchesFiniteDifferencesLearnedGeluResidual) {
+  check_directional_derivative(tiny_config(R"(, "top_k": 1, "residual": true, "num_experts": 2)", true));
+}
+
+TEST(Model, GradientMatchesFiniteDifferencesSharedExpert) {
+  check_directional_derivative(tiny_config(R"(, "shared_ffn_size": 8, "shared_gate": true, "renormalize": true)"));
+}
+
+TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
+  const ModelConfig config = tiny_config(R"(, "jitter_eps": 0.01)");
+  const Batch b = make_batch(config.vocab_size);
+  std::vector<float> grads[2];
+  double losses[2];
+  for (int ckpt = 0; ckpt < 2; ++ckpt) {
+    Model m(config);
+    m.init_weights(4);
+    ForwardOptions opt;
+    opt.training = true;
+    opt.checkpoint_activations = ckpt == 1;
+    opt.seed = 9;
+    const LossResult r = m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
+    losses[ckpt] = r.loss + r.weighted_aux;
+    m.backward();
+    const float* g = m.grads().flat().data<float>();
+    grads[ckpt].assign(g, g + m.grads().flat().numel());
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  double max_diff = 0, max_abs = 0;
+  for (size_t i = 0; i < grads[0].size(); ++i) {
+    max_diff = std::max(max_diff, static_cast<double>(std::fabs(grads[0][i] - grads[1][i])));
+    max_abs = std::max(max_abs, static_cast<double>(std::fabs(grads[0][i])));
+  }
+  EXPECT_GT(max_abs, 0.0);
+  EXPECT_LE(max_diff, 1e-6 * max_abs);
+}
+
+TEST(Model, KVCacheDecodeMatchesFullForward) {
+  for (bool learned : {false, true}) {
+    const ModelConfig config = tiny_config(R"(, "capacity_factor": 4.0)", learned);
+    Model m(config);
+    m.init_weights(6);
+    const Batch b = make_batch(config.vocab_size);
+    const int64_t v = config.vocab_size;
+    std::vector<float> full(b.batch * b.seq_len * v);
+    m.logits(b.ids.data(), b.batch, b.seq_len, full.data());
+    // prefill 3 tokens, then one at a time
+    KVCache cache = m.make_cache(b.batch, b.seq_len);
+    std::vector<float> last(b.batch * v);
+    auto tokens = [&](int64_t start, int64_t len) {
+      std::vector<int32_t> out;
+      for (int64_t s = 0; s < b.batch; ++s)
+        for (int64_t t = start; t < start + len; ++t) out.push_back(b.ids[s * b.seq_len + t]);
+      return out;
+    };
+    for (int64_t pos = 0; pos < b.seq_len;) {
+      const int64_t len = pos == 0 ? 3 : 1;
+      const std::vector<int32_t> chunk = tokens(pos, len);
+      m.forward_cached(chunk.data(), b.batch, len, cache, last.data());
+      pos += len;
+      for (int64_t s = 0; s < b.batch; ++s) {
+        const float* want = full.data() + (s * b.seq_len + pos - 1) * v;
+        for (int64_t j = 0; j < v; ++j) ASSERT_NEAR(last[s * v + j], want[j], 1e-4) << "pos " << pos;
+      }
+    }
+  }
+}
+
+TEST(ModelConfig, UnknownAndBadFieldsNameFileAndField) {
+  auto error_of = [](const std::string& text) {
+    try {
+      ModelConfig::from_json(JsonReader::from_string(text, "bad.json"));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string base = R"("vocab_size": 10, "hidden_size": 8, "num_layers": 2, "num_heads": 2, "max_seq_len": 8)";
+  EXPECT_NE(error_of("{" + base + R"(, "hiden_size": 3})").find("bad.json: unknown field 'hiden_size'"),
+            std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 4, "topk": 2}})").find("moe.topk"), std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "num_kv_heads": 3})").find("num_kv_heads"), std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 2, "top_k": 3}})").find("top_k"), std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"layer_freq": 1, "num_experts": [4, 8, 16]}})").find("3 entries"),
+            std::string::npos);
+}
+
+TEST(ModelConfig, PyramidExpertCounts) {
+  const std::string text = R"({"vocab_size": 10, "hidden_size": 8, "num_layers": 4, "num_heads": 2, "max_seq_len": 8,
+    "moe": {"layer_freq": 2, "num_experts": [4, 8], "residual": true}})";
+  const ModelConfig c = ModelConfig::from_json(JsonReader::from_string(text, "pr.json"));
+  EXPECT_FALSE(c.layers[0].moe);
+  EXPECT_TRUE(c.layers[1].moe);
+  EXPECT_EQ(c.layers[1].moe_config.num_experts, 4);
+  EXPECT_EQ(c.layers[3].moe_config.num_experts, 8);
+  EXPECT_TRUE(c.layers[3].moe_config.residual);
+}
+
+}  // namespace
+}  // namespace moex::model
