@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 
 #include "cuda/activation.h"
 #include "cuda/cuda_check.h"
@@ -6,6 +7,7 @@
 #include "cuda/moe_layer_cuda.h"
 #include "cuda/moe_permute.h"
 #include "cuda/moe_router.h"
+#include "cuda/random_fill.h"
 
 namespace moex::cuda {
 namespace {
@@ -133,6 +135,16 @@ void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, cons
   }
 }
 
+void MoELayerCuda::init_random(uint64_t seed) {
+  cudaStream_t stream = ctx_.stream();
+  const float rd = 1.0f / std::sqrt(static_cast<float>(d_)),
+              rf = 1.0f / std::sqrt(static_cast<float>(f_));
+  fill_uniform_f32(router_w_.data<float>(), router_w_.numel(), seed, 0, -rd, rd, stream);
+  fill_uniform_bf16(w1_.raw_data(), w1_.numel(), seed, 1, -rd, rd, stream);
+  fill_uniform_bf16(w2_.raw_data(), w2_.numel(), seed, 2, -rf, rf, stream);
+  ctx_.synchronize();
+}
+
 void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed,
                            uint64_t offset) {
   MOEX_CHECK(x.device().is_cuda() && y.device().is_cuda(),
@@ -166,7 +178,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   g.rsample = training && config_.rsample;
   g.gumbel_second_expert = training && config_.gumbel_second_expert;
   g.renormalize = config_.renormalize;
-  g.renormalize_after_drop = !config_.dropless;  // see docs/gpu-moe.md (matches the CPU layer)
+  g.renormalize_after_drop = config_.renormalize_after_drop;
   g.policy = config_.drop_policy;
   g.dropless = config_.dropless;
   g.padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
@@ -260,7 +272,7 @@ void MoELayerCuda::experts_forward() {
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, stream);
   } else {
-    gelu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, options_.gelu_exact, stream);
+    gelu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, config_.gelu_exact, stream);
   }
   if (!grouped) {
     const int64_t C = capacity_;
@@ -335,8 +347,8 @@ void MoELayerCuda::experts_backward() {
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, stream);
   } else {
-    gelu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_,
-                       options_.gelu_exact, stream);
+    gelu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, config_.gelu_exact,
+                       stream);
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
   if (!grouped) {

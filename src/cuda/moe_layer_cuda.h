@@ -30,8 +30,7 @@ namespace moex::cuda {
 enum class DroplessGemm { kGrouped, kPadded };
 
 struct MoELayerCudaOptions {
-  int64_t max_tokens = 0;   // buffers are planned for this many tokens at construction
-  bool gelu_exact = false;  // GELU: erf (true) or tanh approximation (false), as moe::FfnShape
+  int64_t max_tokens = 0;  // buffers are planned for this many tokens at construction
   DroplessGemm dropless_gemm = DroplessGemm::kGrouped;
 };
 
@@ -54,6 +53,8 @@ class MoELayerCuda {
   // undefined). The router stays fp32; expert weights are stored bf16.
   void set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                       const Tensor& bias = Tensor());
+  // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the device from Philox(seed) (benchmarks).
+  void init_random(uint64_t seed);
 
   // x [T,d] bf16 (device) -> y [T,d] bf16 (device, preallocated). Keeps what backward needs.
   // seed/offset pick the random streams (jitter, Gumbel, RTS) exactly as the CPU layer's.

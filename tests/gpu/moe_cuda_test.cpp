@@ -1,0 +1,580 @@
+// GPU tests: every CUDA op against its CPU twin on fresh random inputs (never zeros), outputs
+// poisoned with 0xFF bytes (NaN in f32 and bf16) before each run; the fused gating kernel makes the
+// same routing decisions as the CPU router + dispatch plan; the whole GPU layer forward+backward
+// matches the CPU layer (bf16 tolerance, DESIGN §8) for every gating option and both modes.
+// Built everywhere (CI compiles it); runs only where a GPU is visible (scripts/gpu_check.sh).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/rng.h"
+#include "cpu/activation.h"
+#include "cpu/gemm.h"
+#include "cuda/activation.h"
+#include "cuda/cuda_check.h"
+#include "cuda/device.h"
+#include "cuda/gemm.h"
+#include "cuda/moe_gating.h"
+#include "cuda/moe_layer_cuda.h"
+#include "cuda/moe_permute.h"
+#include "cuda/moe_router.h"
+#include "moe/dispatch_plan.h"
+#include "moe/experts.h"
+#include "moe/moe_layer.h"
+#include "moe/router.h"
+
+namespace moex {
+namespace {
+
+using cuda::CudaContext;
+
+std::vector<float> rand_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = lo + (hi - lo) * philox_uniform(seed, 0x6b0, i);
+  return v;
+}
+// Rounds to bf16 values (the GPU stores bf16; the CPU twin then sees the same numbers).
+std::vector<float> round_bf16(std::vector<float> v) {
+  for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+  return v;
+}
+std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
+  return out;
+}
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  EXPECT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;  // an unwritten (poisoned) or broken element
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+}
+
+// A device buffer poisoned with 0xFF bytes.
+struct DevBuf {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  explicit DevBuf(size_t n) : bytes(n) {
+    CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(n, 16)));
+    CUDA_CHECK(cudaMemset(ptr, 0xFF, std::max<size_t>(n, 16)));
+  }
+  ~DevBuf() { cudaFree(ptr); }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr);
+  }
+};
+template <typename T>
+DevBuf upload(const std::vector<T>& v) {
+  DevBuf b(v.size() * sizeof(T));
+  CUDA_CHECK(cudaMemcpy(b.ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return b;
+}
+template <typename T>
+std::vector<T> download(const void* p, size_t n) {
+  std::vector<T> v(n);
+  CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+std::vector<float> download_bf16(const void* p, size_t n) {
+  auto raw = download<uint16_t>(p, n);
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(raw[i]);
+  return v;
+}
+std::vector<float> tensor_f32(const Tensor& t) {
+  Tensor c = t.device().is_cpu() ? t : t.to(Device::cpu());
+  if (c.dtype() == DType::kBF16) return download_bf16(t.raw_data(), t.numel());
+  return std::vector<float>(c.data<float>(), c.data<float>() + c.numel());
+}
+
+class Gpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU visible";
+    cuda::init();
+  }
+};
+
+// ---------------- foundation ----------------
+TEST_F(Gpu, TensorRoundTripAndCachingAllocator) {
+  const auto v = rand_vec(1000, 1);
+  Tensor h = Tensor::empty({10, 100}, DType::kF32);
+  std::copy(v.begin(), v.end(), h.data<float>());
+  const size_t mallocs_before = cuda::allocator_stats().cuda_malloc_calls;
+  {
+    Tensor d = h.to(Device::cuda());
+    EXPECT_TRUE(d.device().is_cuda());
+    Tensor back = d.to(Device::cpu());
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(back.data<float>()[i], v[i]);
+  }
+  const size_t mallocs_mid = cuda::allocator_stats().cuda_malloc_calls;
+  { Tensor d2 = Tensor::empty({10, 100}, DType::kF32, Device::cuda()); }
+  EXPECT_EQ(cuda::allocator_stats().cuda_malloc_calls, mallocs_mid)
+      << "a freed block of the same size is reused";
+  EXPECT_GE(mallocs_mid, mallocs_before);
+}
+
+TEST_F(Gpu, CudaCheckThrowsWithLocation) {
+  try {
+    CUDA_CHECK(cudaMemcpy(nullptr, reinterpret_cast<void*>(16), 4, cudaMemcpyDeviceToDevice));
+    FAIL() << "no throw";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("moe_cuda_test.cpp:"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cudaMemcpy"), std::string::npos) << msg;
+  }
+  (void)cudaGetLastError();
+}
+
+// ---------------- activations ----------------
+TEST_F(Gpu, ActivationsMatchCpu) {
+  CudaContext ctx;
+  const int64_t rows = 37, ffn = 72;
+  for (int variant = 0; variant < 3; ++variant) {  // gelu tanh, gelu exact, swiglu
+    const bool swiglu = variant == 2, exact = variant == 1;
+    const int64_t f1 = swiglu ? 2 * ffn : ffn;
+    const auto h = round_bf16(rand_vec(rows * f1, 10 + variant, -3, 3));
+    const auto da = round_bf16(rand_vec(rows * ffn, 20 + variant));
+    std::vector<float> a_ref(rows * ffn), dh_ref(rows * f1);
+    if (swiglu) {
+      cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
+      cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
+    } else {
+      cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
+      cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
+    }
+    DevBuf dh_in = upload(to_bf16(h)), dda = upload(to_bf16(da));
+    DevBuf a(rows * ffn * 2), dh(rows * f1 * 2);
+    if (swiglu) {
+      cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream());
+      cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream());
+    } else {
+      cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream());
+      cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream());
+    }
+    ctx.synchronize();
+    EXPECT_LT(rel_l2(download_bf16(a.ptr, rows * ffn), a_ref), 1e-2) << "variant " << variant;
+    EXPECT_LT(rel_l2(download_bf16(dh.ptr, rows * f1), dh_ref), 1e-2) << "variant " << variant;
+  }
+}
+
+// ---------------- GEMM ----------------
+TEST_F(Gpu, BatchedGemmMatchesCpu) {
+  CudaContext ctx;
+  const int batch = 3;
+  const int64_t m = 40, n = 24, k = 56;
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool ta = variant & 1, tb = variant & 2;
+    const auto a = round_bf16(rand_vec(batch * m * k, 30 + variant));
+    const auto b = round_bf16(rand_vec(batch * k * n, 40 + variant));
+    std::vector<float> ref(batch * m * n);
+    for (int i = 0; i < batch; ++i)
+      cpu::gemm<float>(ta, tb, m, n, k, 1.0f, a.data() + i * m * k, b.data() + i * k * n, 0.0f,
+                       ref.data() + i * m * n);
+    DevBuf da = upload(to_bf16(a)), db = upload(to_bf16(b));
+    DevBuf c32(batch * m * n * 4), c16(batch * m * n * 2);
+    cuda::GemmShape s{ta, tb, m, n, k, ta ? m : k, tb ? k : n, n};
+    cuda::gemm_bf16(ctx.cublas(), s, da.ptr, m * k, db.ptr, k * n, c32.ptr, m * n, true, batch);
+    cuda::gemm_bf16(ctx.cublas(), s, da.ptr, m * k, db.ptr, k * n, c16.ptr, m * n, false, batch);
+    ctx.synchronize();
+    EXPECT_LT(rel_l2(download<float>(c32.ptr, batch * m * n), ref), 1e-5) << "variant " << variant;
+    EXPECT_LT(rel_l2(download_bf16(c16.ptr, batch * m * n), ref), 1e-2) << "variant " << variant;
+  }
+}
+
+// ---------------- gating: identical decisions ----------------
+struct GateCase {
+  std::string name;
+  MoEConfig config;
+  bool training = true;
+};
+
+MoEConfig base_config(int e, int k) {
+  MoEConfig c;
+  c.hidden_size = 64;
+  c.ffn_size = 48;
+  c.num_experts = e;
+  c.top_k = k;
+  c.min_capacity = 1;
+  c.capacity_factor_train = 1.0f;
+  c.capacity_factor_eval = 1.5f;
+  return c;
+}
+
+std::vector<GateCase> gate_cases() {
+  std::vector<GateCase> cases;
+  auto add = [&](const std::string& name, MoEConfig c, bool training = true) {
+    cases.push_back({name, c, training});
+  };
+  add("top1_position", base_config(8, 1));
+  {
+    auto c = base_config(8, 1);
+    c.drop_policy = DropPolicy::kRts;
+    add("top1_rts", c);
+  }
+  {
+    auto c = base_config(8, 1);
+    c.rsample = true;
+    c.drop_policy = DropPolicy::kProbs;
+    add("top1_rsample_probs", c);
+  }
+  {
+    auto c = base_config(8, 2);
+    c.gumbel_second_expert = true;
+    c.renormalize = true;
+    c.renormalize_after_drop = true;
+    add("top2_gumbel_renorm_after_drop", c);
+  }
+  {
+    auto c = base_config(8, 2);
+    c.aux_loss_type = AuxLossType::kMixtral;
+    c.renormalize = true;
+    add("top2_mixtral_renorm", c);
+  }
+  {
+    auto c = base_config(16, 4);
+    c.drop_policy = DropPolicy::kProbs;
+    c.capacity_factor_eval = 0.5f;
+    add("top4_probs_eval", c, false);
+  }
+  {
+    auto c = base_config(16, 3);
+    c.score_func = ScoreFunc::kSigmoid;
+    c.selection_bias = true;
+    c.renormalize = true;
+    add("top3_sigmoid_bias", c);
+  }
+  {
+    auto c = base_config(12, 2);
+    c.dropless = true;
+    c.aux_loss_type = AuxLossType::kNone;
+    add("top2_dropless", c);
+  }
+  {
+    auto c = base_config(64, 6);
+    c.drop_policy = DropPolicy::kPosition;
+    c.capacity_factor_train = 0.75f;
+    add("top6_e64_position", c);
+  }
+  return cases;
+}
+
+class GatingVsCpu : public Gpu, public ::testing::WithParamInterface<GateCase> {};
+
+TEST_P(GatingVsCpu, IdenticalRouting) {
+  const GateCase& gc = GetParam();
+  const MoEConfig& c = gc.config;
+  CudaContext ctx;
+  const int64_t T = 300, E = c.num_experts;
+  const int k = c.top_k;
+  const uint64_t seed = 1234, offset = 7;
+  for (int rep = 0; rep < 2; ++rep) {
+    const auto z = rand_vec(T * E, 100 + rep, -2.0f, 2.0f);
+    const auto bias = rand_vec(E, 200 + rep, -0.1f, 0.1f);
+    // CPU: scores, selection, plan, gates, losses.
+    std::vector<float> s(T * E);
+    moe::router_scores<float>(z.data(), T, E, c.score_func, s.data());
+    std::vector<int32_t> topk(T * k);
+    moe::RouterSelectParams sp;
+    sp.top_k = k;
+    sp.score_func = c.score_func;
+    sp.rsample = c.rsample && gc.training;
+    sp.gumbel_second_expert = c.gumbel_second_expert && gc.training;
+    sp.seed = seed;
+    sp.offset = offset;
+    moe::router_select<float>(z.data(), s.data(), c.selection_bias ? bias.data() : nullptr, T, E,
+                              sp, topk.data());
+    std::vector<float> route_score(T * k);
+    for (int64_t r = 0; r < T * k; ++r) route_score[r] = s[(r / k) * E + topk[r]];
+    moe::DispatchParams dp;
+    dp.dropless = c.dropless;
+    dp.capacity = c.dropless ? 0 : moe_capacity(T, c, gc.training);
+    dp.policy = c.drop_policy;
+    dp.seed = seed;
+    dp.offset = offset;
+    moe::DispatchPlan plan;
+    moe::build_dispatch_plan<float>(topk.data(), route_score.data(), T, E, k, dp, &plan);
+    std::vector<float> gates(T * k);
+    moe::router_gates<float>(s.data(), topk.data(), plan.slot.data(), T, E, k,
+                             {c.renormalize, c.renormalize_after_drop}, gates.data());
+    const double aux = moe::router_aux_loss<float>(s.data(), topk.data(), T, E, k, c.aux_loss_type,
+                                                   c.score_func, 0.0, nullptr);
+    const double zl = moe::router_z_loss<float>(z.data(), T, E, 0.0, nullptr);
+
+    for (int layout = 0; layout < (c.dropless ? 2 : 1); ++layout) {
+      cuda::GatingParams gp;
+      gp.num_tokens = T;
+      gp.num_experts = static_cast<int>(E);
+      gp.top_k = k;
+      gp.score_func = c.score_func;
+      gp.rsample = sp.rsample;
+      gp.gumbel_second_expert = sp.gumbel_second_expert;
+      gp.renormalize = c.renormalize;
+      gp.renormalize_after_drop = c.renormalize_after_drop;
+      gp.policy = c.drop_policy;
+      gp.dropless = c.dropless;
+      gp.padded = !c.dropless || layout == 1;
+      gp.capacity = dp.capacity;
+      gp.aux_loss_type = c.aux_loss_type;
+      gp.seed = seed;
+      gp.offset = offset;
+      const int64_t max_rows = cuda::gating_max_rows(gp);
+      DevBuf dz = upload(z), dbias = upload(bias);
+      DevBuf scores(T * E * 4), expert(T * k * 4), rs(T * k * 4), slot(T * k * 4), row(T * k * 4),
+          g(T * k * 4), gather(max_rows * 4), load(E * 4), counts(E * 4), offsets((E + 1) * 4),
+          info(16), losses(16), aux_grad(E * 4), ws(cuda::gating_workspace_bytes(T, E, k));
+      CUDA_CHECK(cudaMemset(ws.ptr, 0, ws.bytes));
+      cuda::GatingOutputs out{scores.as<float>(),    expert.as<int32_t>(), rs.as<float>(),
+                              slot.as<int32_t>(),    row.as<int32_t>(),    g.as<float>(),
+                              gather.as<int32_t>(),  load.as<int32_t>(),   counts.as<int32_t>(),
+                              offsets.as<int32_t>(), info.as<int32_t>(),   losses.as<double>(),
+                              aux_grad.as<float>()};
+      cuda::moe_gating(dz.as<float>(), c.selection_bias ? dbias.as<float>() : nullptr, gp, out,
+                       max_rows, ws.ptr, ctx.stream());
+      ctx.synchronize();
+      const std::string what = gc.name + (layout ? " padded" : "") + " rep " + std::to_string(rep);
+      EXPECT_EQ(download<int32_t>(expert.ptr, T * k), topk) << what;
+      EXPECT_EQ(download<int32_t>(slot.ptr, T * k), plan.slot) << what;
+      const auto info_h = download<int32_t>(info.ptr, 4);
+      EXPECT_EQ(info_h[0], plan.capacity) << what;
+      EXPECT_EQ(info_h[2], plan.num_dropped) << what;
+      const auto load_h = download<int32_t>(load.ptr, E),
+                 counts_h = download<int32_t>(counts.ptr, E);
+      for (int64_t e = 0; e < E; ++e) {
+        EXPECT_EQ(load_h[e], plan.load[e]) << what;
+        EXPECT_EQ(counts_h[e], plan.counts[e]) << what;
+      }
+      if (!gp.padded || !c.dropless) {  // the CPU's layout: rows and the gather table agree exactly
+        EXPECT_EQ(download<int32_t>(row.ptr, T * k), plan.row) << what;
+        EXPECT_EQ(download<int32_t>(gather.ptr, plan.num_rows()), plan.gather) << what;
+      }
+      EXPECT_LT(rel_l2(download<float>(g.ptr, T * k), gates), 1e-6) << what;
+      EXPECT_LT(rel_l2(download<float>(scores.ptr, T * E), s), 1e-6) << what;
+      const auto losses_h = download<double>(losses.ptr, 2);
+      if (c.aux_loss_type != AuxLossType::kNone)
+        EXPECT_NEAR(losses_h[0], aux, 1e-5 * std::abs(aux)) << what;
+      EXPECT_NEAR(losses_h[1], zl, 1e-5 * std::abs(zl)) << what;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, GatingVsCpu, ::testing::ValuesIn(gate_cases()),
+                         [](const ::testing::TestParamInfo<GateCase>& i) { return i.param.name; });
+
+// ---------------- router backward ----------------
+TEST_F(Gpu, RouterBackwardMatchesCpu) {
+  CudaContext ctx;
+  const int64_t T = 200, E = 16;
+  const int k = 2;
+  for (int variant = 0; variant < 3; ++variant) {
+    const ScoreFunc sf = variant == 2 ? ScoreFunc::kSigmoid : ScoreFunc::kSoftmax;
+    const bool renorm = variant >= 1;
+    const auto z = rand_vec(T * E, 300 + variant, -2, 2);
+    std::vector<float> s(T * E);
+    moe::router_scores<float>(z.data(), T, E, sf, s.data());
+    moe::RouterSelectParams sp;
+    sp.top_k = k;
+    sp.score_func = sf;
+    std::vector<int32_t> topk(T * k);
+    moe::router_select<float>(z.data(), s.data(), nullptr, T, E, sp, topk.data());
+    moe::DispatchParams dp;
+    dp.capacity = moe_capacity(T, base_config(E, k), true) * 3 / 4;  // some drops
+    moe::DispatchPlan plan;
+    moe::build_dispatch_plan<float>(topk.data(), static_cast<const float*>(nullptr), T, E, k, dp,
+                                    &plan);
+    const auto dgates = rand_vec(T * k, 400 + variant);
+    const float aux_coef = 0.01f, z_coef = 0.001f;
+    std::vector<float> ds(T * E, 0.0f), dz_ref(T * E, 0.0f);
+    moe::router_gates_backward<float>(s.data(), topk.data(), plan.slot.data(), dgates.data(), T, E,
+                                      k, {renorm, variant == 1}, ds.data());
+    moe::router_aux_loss<float>(s.data(), topk.data(), T, E, k, AuxLossType::kDeepSpeed, sf,
+                                aux_coef, ds.data());
+    moe::router_scores_backward<float>(s.data(), ds.data(), T, E, sf, dz_ref.data());
+    moe::router_z_loss<float>(z.data(), T, E, z_coef, dz_ref.data());
+    // aux_grad as the gating kernel writes it: A * f_e / T (DeepSpeed k=2: first choices, A = E).
+    std::vector<float> aux_grad(E, 0.0f);
+    for (int64_t t = 0; t < T; ++t) aux_grad[topk[t * k]] += float(E) / T / T;
+    DevBuf dz_d = upload(z), s_d = upload(s), e_d = upload(topk), slot_d = upload(plan.slot),
+           dg_d = upload(dgates), ag_d = upload(aux_grad), out(T * E * 4);
+    cuda::RouterBackwardParams rp;
+    rp.num_tokens = T;
+    rp.num_experts = E;
+    rp.top_k = k;
+    rp.score_func = sf;
+    rp.renormalize = renorm;
+    rp.renormalize_after_drop = variant == 1;
+    rp.aux = true;
+    rp.aux_coef = aux_coef;
+    rp.z_coef = z_coef;
+    cuda::router_backward(dz_d.as<float>(), s_d.as<float>(), e_d.as<int32_t>(),
+                          slot_d.as<int32_t>(), dg_d.as<float>(), ag_d.as<float>(), rp,
+                          out.as<float>(), ctx.stream());
+    ctx.synchronize();
+    EXPECT_LT(rel_l2(download<float>(out.ptr, T * E), dz_ref), 1e-4) << "variant " << variant;
+  }
+}
+
+// ---------------- permute / combine and their backward ----------------
+TEST_F(Gpu, PermuteCombineMatchCpu) {
+  CudaContext ctx;
+  const int64_t T = 150, E = 8, d = 64;
+  const int k = 2;
+  const auto z = rand_vec(T * E, 500, -2, 2);
+  std::vector<float> s(T * E);
+  moe::router_scores<float>(z.data(), T, E, ScoreFunc::kSoftmax, s.data());
+  moe::RouterSelectParams sp;
+  sp.top_k = k;
+  std::vector<int32_t> topk(T * k);
+  moe::router_select<float>(z.data(), s.data(), nullptr, T, E, sp, topk.data());
+  moe::DispatchParams dp;
+  dp.capacity = 30;  // some drops, some padding
+  moe::DispatchPlan plan;
+  moe::build_dispatch_plan<float>(topk.data(), static_cast<const float*>(nullptr), T, E, k, dp,
+                                  &plan);
+  const int64_t R = plan.num_rows();
+  const auto x = round_bf16(rand_vec(T * d, 501));
+  const auto ob = round_bf16(rand_vec(R * d, 502));
+  const auto dy = round_bf16(rand_vec(T * d, 503));
+  const auto dxb = round_bf16(rand_vec(R * d, 504));
+  const auto dxj = rand_vec(T * d, 505);
+  const auto gates = rand_vec(T * k, 506, 0.1f, 1.0f);
+  std::vector<float> buf_ref(R * d), y_ref(T * d), dob_ref(R * d, 0.0f), dg_ref(T * k), dx_ref(dxj);
+  moe::moe_permute<float>(x.data(), plan, d, buf_ref.data());
+  moe::moe_combine<float>(ob.data(), plan, gates.data(), d, y_ref.data());
+  moe::moe_combine_backward<float>(dy.data(), ob.data(), plan, gates.data(), d, dob_ref.data(),
+                                   dg_ref.data());
+  moe::moe_permute_backward<float>(dxb.data(), plan, d, dx_ref.data());
+  DevBuf x_d = upload(to_bf16(x)), ob_d = upload(to_bf16(ob)), dy_d = upload(to_bf16(dy)),
+         dxb_d = upload(to_bf16(dxb)), dxj_d = upload(dxj), g_d = upload(gates),
+         gather_d = upload(plan.gather), row_d = upload(plan.row);
+  DevBuf buf(R * d * 2), y(T * d * 2), dob(R * d * 2), dg(T * k * 4), dx(T * d * 2);
+  CUDA_CHECK(cudaMemset(dg.ptr, 0, dg.bytes));  // dropped routes' dgates are not written (CPU: 0)
+  cuda::moe_permute(x_d.ptr, gather_d.as<int32_t>(), R, d, k, buf.ptr, ctx.stream());
+  cuda::moe_combine(ob_d.ptr, row_d.as<int32_t>(), g_d.as<float>(), T, d, k, y.ptr, ctx.stream());
+  cuda::moe_combine_backward(dy_d.ptr, ob_d.ptr, gather_d.as<int32_t>(), g_d.as<float>(), R, d, k,
+                             dob.ptr, dg.as<float>(), ctx.stream());
+  cuda::moe_permute_backward(dxb_d.ptr, row_d.as<int32_t>(), dxj_d.as<float>(), T, d, k, 0.0f, 0, 0,
+                             dx.ptr, ctx.stream());
+  ctx.synchronize();
+  EXPECT_EQ(rel_l2(download_bf16(buf.ptr, R * d), buf_ref), 0.0);
+  EXPECT_LT(rel_l2(download_bf16(y.ptr, T * d), y_ref), 1e-2);
+  EXPECT_LT(rel_l2(download_bf16(dob.ptr, R * d), dob_ref), 1e-2);
+  EXPECT_LT(rel_l2(download<float>(dg.ptr, T * k), dg_ref), 1e-5);
+  EXPECT_LT(rel_l2(download_bf16(dx.ptr, T * d), dx_ref), 1e-2);
+}
+
+// ---------------- the whole layer against the CPU layer ----------------
+struct LayerCase {
+  std::string name;
+  MoEConfig config;
+  cuda::DroplessGemm dropless_gemm = cuda::DroplessGemm::kGrouped;
+};
+
+std::vector<LayerCase> layer_cases() {
+  std::vector<LayerCase> out;
+  for (const GateCase& gc : gate_cases()) {
+    MoEConfig c = gc.config;
+    c.aux_loss_coef = c.aux_loss_type == AuxLossType::kNone ? 0.0f : 0.01f;
+    c.z_loss_coef = 0.001f;
+    c.jitter_eps = gc.name == "top1_position" ? 0.05f : 0.0f;
+    c.activation = (out.size() % 2) ? ExpertActivation::kSwiGLU : ExpertActivation::kGelu;
+    c.gelu_exact = out.size() % 4 == 0;
+    out.push_back({gc.name, c});
+    if (c.dropless) out.push_back({gc.name + "_padded", c, cuda::DroplessGemm::kPadded});
+  }
+  {
+    MoEConfig c = base_config(8, 2);
+    c.dropless = true;
+    c.activation = ExpertActivation::kSwiGLU;
+    c.aux_loss_type = AuxLossType::kMixtral;
+    c.aux_loss_coef = 0.02f;
+    out.push_back({"mixtral_dropless_grouped", c});
+    out.push_back({"mixtral_dropless_padded", c, cuda::DroplessGemm::kPadded});
+  }
+  return out;
+}
+
+class LayerVsCpu : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(LayerVsCpu, ForwardBackwardMatch) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t T = 256, d = c.hidden_size;
+  const uint64_t seed = 77, offset = 3;
+  const bool training = true;
+  MoELayer cpu_layer(c, DType::kF32);
+  cpu_layer.init_weights(11);
+  MoEWeights& w = cpu_layer.weights();
+  // Expert weights and x in bf16 values so both layers see the same numbers; the router stays fp32.
+  auto round_tensor = [](Tensor& t) {
+    float* p = t.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
+  };
+  round_tensor(w.w1);
+  round_tensor(w.w2);
+  if (w.selection_bias.defined()) {
+    const auto b = rand_vec(c.num_experts, 12, -0.1f, 0.1f);
+    std::copy(b.begin(), b.end(), w.selection_bias.data<float>());
+  }
+  const auto x = round_bf16(rand_vec(T * d, 13));
+  const auto dy = round_bf16(rand_vec(T * d, 14));
+  Tensor x_cpu = Tensor::empty({T, d}, DType::kF32), dy_cpu = Tensor::empty({T, d}, DType::kF32);
+  std::copy(x.begin(), x.end(), x_cpu.data<float>());
+  std::copy(dy.begin(), dy.end(), dy_cpu.data<float>());
+  MoEForwardOptions fo;
+  fo.training = training;
+  fo.seed = seed;
+  fo.offset = offset;
+  const MoEOutput& ref = cpu_layer.forward(x_cpu, fo);
+  const MoEGradients& gref = cpu_layer.backward(dy_cpu);
+
+  CudaContext ctx;
+  cuda::MoELayerCudaOptions opt;
+  opt.max_tokens = T;
+  opt.dropless_gemm = lc.dropless_gemm;
+  cuda::MoELayerCuda gpu(c, opt, ctx);
+  gpu.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+  DevBuf x_d = upload(to_bf16(x)), dy_d = upload(to_bf16(dy)), y_d(T * d * 2), dx_d(T * d * 2);
+  const Tensor xt = Tensor::from_external(x_d.ptr, {T, d}, DType::kBF16, Device::cuda());
+  const Tensor yt = Tensor::from_external(y_d.ptr, {T, d}, DType::kBF16, Device::cuda());
+  const Tensor dyt = Tensor::from_external(dy_d.ptr, {T, d}, DType::kBF16, Device::cuda());
+  const Tensor dxt = Tensor::from_external(dx_d.ptr, {T, d}, DType::kBF16, Device::cuda());
+  gpu.forward(xt, yt, training, seed, offset);
+  gpu.backward(dyt, dxt);
+  ctx.synchronize();
+
+  // Routing decisions: the same experts and slots (logits differ only by GEMM rounding).
+  const MoERouting& routing = cpu_layer.routing();
+  EXPECT_EQ(download<int32_t>(gpu.plan().expert, T * c.top_k), routing.topk_idx) << lc.name;
+  EXPECT_EQ(download<int32_t>(gpu.plan().slot, T * c.top_k), routing.plan.slot) << lc.name;
+  const cuda::MoEStatsCuda st = gpu.stats();
+  EXPECT_EQ(st.num_dropped, ref.num_dropped);
+  EXPECT_EQ(st.capacity, ref.capacity);
+  for (int e = 0; e < c.num_experts; ++e) EXPECT_EQ(st.counts[e], ref.counts[e]) << lc.name;
+  EXPECT_NEAR(st.aux_loss, ref.aux_loss, 1e-4 * std::abs(ref.aux_loss) + 1e-7) << lc.name;
+  EXPECT_NEAR(st.z_loss, ref.z_loss, 1e-4 * std::abs(ref.z_loss)) << lc.name;
+
+  const double tol = 2e-2;
+  EXPECT_LT(rel_l2(download_bf16(y_d.ptr, T * d), tensor_f32(ref.y)), tol) << lc.name << " y";
+  EXPECT_LT(rel_l2(download_bf16(dx_d.ptr, T * d), tensor_f32(gref.dx)), tol) << lc.name << " dx";
+  EXPECT_LT(rel_l2(tensor_f32(gpu.grad_router_w()), tensor_f32(gref.weights.router)), tol)
+      << lc.name << " drouter";
+  EXPECT_LT(rel_l2(tensor_f32(gpu.grad_w1()), tensor_f32(gref.weights.w1)), tol)
+      << lc.name << " dw1";
+  EXPECT_LT(rel_l2(tensor_f32(gpu.grad_w2()), tensor_f32(gref.weights.w2)), tol)
+      << lc.name << " dw2";
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, LayerVsCpu, ::testing::ValuesIn(layer_cases()),
+                         [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
+
+}  // namespace
+}  // namespace moex
