@@ -89,22 +89,32 @@ Layout plan_layout(const std::map<std::string, Tensor>& tensors,
     MOEX_CHECK(t.defined(), "tensor '", name, "' is undefined");
     layout.order.emplace_back(name, t);
   }
-  std::stable_sort(layout.order.begin(), layout.order.end(), [](const auto& a, const auto& b) {
-    const size_t sa = dtype_size(a.second.dtype()), sb = dtype_size(b.second.dtype());
-    return sa != sb ? sa > sb : a.first < b.first;
+  auto st_name = [&](const std::string& name, DType dtype) -> std::string {
+    if (!bool_tensors.count(name)) return dtype_name(dtype);
+    MOEX_CHECK(dtype == DType::kU8, "tensor '", name, "' saved as BOOL must be U8, is ",
+               dtype_name(dtype));
+    return "BOOL";
+  };
+  // The reference writer's order: dtype (its enum order, descending), then name. Larger
+  // elements come first, so every tensor is aligned to its element size with no gaps.
+  auto rank = [](const std::string& dtype) {
+    static const std::map<std::string, int> kRank = {{"BOOL", 0}, {"U8", 1},  {"F16", 7},
+                                                     {"BF16", 8}, {"I32", 9}, {"F32", 11},
+                                                     {"F64", 12}, {"I64", 13}};
+    return kRank.at(dtype);
+  };
+  std::sort(layout.order.begin(), layout.order.end(), [&](const auto& a, const auto& b) {
+    const int ra = rank(st_name(a.first, a.second.dtype()));
+    const int rb = rank(st_name(b.first, b.second.dtype()));
+    return ra != rb ? ra > rb : a.first < b.first;
   });
-  // nlohmann's ordered output is by key; offsets make the layout explicit whatever the order.
-  json header = json::object();
+  // Keys in layout order, metadata first, as the reference writes them.
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
   for (const auto& [name, t] : layout.order) {
-    std::string dtype = dtype_name(t.dtype());
-    if (bool_tensors.count(name)) {
-      MOEX_CHECK(t.dtype() == DType::kU8, "tensor '", name, "' saved as BOOL must be U8, is ",
-                 dtype_name(t.dtype()));
-      dtype = "BOOL";
-    }
-    json shape = json::array();
+    const std::string dtype = st_name(name, t.dtype());
+    nlohmann::ordered_json shape = nlohmann::ordered_json::array();
     for (int i = 0; i < t.ndim(); ++i) shape.push_back(t.dim(i));
     header[name] = {
         {"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + t.nbytes()}}};

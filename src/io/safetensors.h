@@ -77,8 +77,10 @@ struct SafetensorsSaveOptions {
 
 // Writes `tensors` (any device; non-CPU ones are copied to the host) to `path` atomically.
 // The header is padded with spaces so the data starts 8-byte aligned, and tensors are laid out
-// contiguously by element size (largest first), then by name, as the reference writer does, so
-// every tensor is aligned to its element size without gaps (readers reject gaps).
+// contiguously by dtype (the reference's order: I64, F64, F32, I32, BF16, F16, U8, BOOL), then
+// by name, as the reference writer does, so
+// every tensor is aligned to its element size without gaps (readers reject gaps); the bytes
+// are those safetensors.torch.save_file writes for the same tensors.
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const SafetensorsSaveOptions& options = {});
 

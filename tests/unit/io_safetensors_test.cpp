@@ -169,6 +169,41 @@ TEST(Safetensors, ReadsHandCraftedFile) {
   EXPECT_EQ(f.to_f32("b").data<float>()[1], -2.0f);
 }
 
+// Written by the reference implementation (tests/reference/make_safetensors_fixture.py).
+TEST(Safetensors, ReadsFileWrittenByTorch) {
+  const fs::path fixture = fs::path(__FILE__).parent_path().parent_path() / "fixtures" / "io" /
+                           "torch_all_dtypes.safetensors";
+  const SafetensorsFile f = SafetensorsFile::open(fixture.string());
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  EXPECT_EQ(f.names().size(), 8u);
+  EXPECT_EQ(f.entry("w").shape, (Shape{2, 3}));
+  EXPECT_EQ(f.view("w").data<float>()[5], 1.25f);
+  EXPECT_EQ(f.to_f32("b").data<float>()[2], 3.25f);
+  EXPECT_EQ(f.to_f32("h").data<float>()[1], -1.0f);
+  EXPECT_EQ(f.entry("m").dtype_name, "BOOL");
+  EXPECT_EQ(f.view("m").data<uint8_t>()[1], 0);
+  EXPECT_EQ(f.view("m").data<uint8_t>()[2], 1);
+  EXPECT_EQ(f.view("i").data<int64_t>()[1], 1ll << 40);
+  EXPECT_EQ(f.entry("s").shape.ndim(), 0);
+  EXPECT_EQ(f.view("s").data<int32_t>()[0], 7);
+  EXPECT_EQ(f.view("d").data<double>()[0], 1.0 / 3);
+  EXPECT_EQ(f.view("u").data<uint8_t>()[0], 255);
+  // Our writer lays the same tensors out exactly as the reference did (dtype, then name).
+  std::map<std::string, Tensor> copies;
+  for (const auto& n : f.names()) copies[n] = f.copy(n);
+  const std::string dir = temp_dir("torch");
+  SafetensorsSaveOptions opts;
+  opts.metadata = {{"format", "pt"}};
+  opts.bool_tensors = {"m"};
+  save_safetensors(dir + "/again.safetensors", copies, opts);
+  const SafetensorsFile again = SafetensorsFile::open(dir + "/again.safetensors");
+  for (const auto& n : f.names()) {
+    EXPECT_EQ(again.entry(n).begin, f.entry(n).begin) << n;
+    EXPECT_TRUE(same_bytes(again.view(n), f.view(n))) << n;
+  }
+  EXPECT_EQ(read_all(dir + "/again.safetensors"), read_all(fixture.string()));  // byte for byte
+}
+
 TEST(Safetensors, CorruptInputsNameTheField) {
   const std::string dir = temp_dir("corrupt");
   const std::string data(24, '\1');
