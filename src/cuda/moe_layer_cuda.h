@@ -31,7 +31,7 @@ enum class DroplessGemm { kGrouped, kPadded };
 
 struct MoELayerCudaOptions {
   int64_t max_tokens = 0;  // buffers are planned for this many tokens at construction
-  DroplessGemm dropless_gemm = DroplessGemm::kGrouped;
+  DroplessGemm dropless_gemm = DroplessGemm::kPadded;  // kGrouped: NOT_SUPPORTED on CUDA 13 cuBLAS (bf16)
 };
 
 // Results of the last forward, copied to the host (one sync).

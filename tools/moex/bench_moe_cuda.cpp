@@ -113,7 +113,7 @@ struct DenseFfn {
 
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
                                       int warmup, int iters) {
-  MOEX_CHECK(mode == "capacity" || mode == "dropless" || mode == "dropless-padded",
+  MOEX_CHECK(mode == "capacity" || mode == "dropless" || mode == "dropless-padded" || mode == "dropless-grouped",
              "--mode must be capacity, dropless or dropless-padded, got '", mode, "'");
   cuda::init();
   cuda::CudaContext ctx;
