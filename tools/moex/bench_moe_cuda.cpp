@@ -123,7 +123,7 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = shape.tokens;
   opt.dropless_gemm =
-      mode == "dropless-padded" ? cuda::DroplessGemm::kPadded : cuda::DroplessGemm::kGrouped;
+      mode == "dropless-grouped" ? cuda::DroplessGemm::kGrouped : cuda::DroplessGemm::kPadded;
   MoECudaBenchResult r;
   r.shape = shape.name;
   r.mode = mode;
