@@ -1,7 +1,11 @@
 #include "moe/experts.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cstring>
+#include <numeric>
+#include <vector>
 
 #include "core/error.h"
 #include "cpu/activation.h"
@@ -34,6 +38,25 @@ void activation_backward(const FfnShape& shape, const T* h, const T* da, T* dh, 
 void check_shape(const FfnShape& shape, const char* op) {
   MOEX_CHECK(shape.d > 0, op, ": hidden size d must be > 0, got ", shape.d);
   MOEX_CHECK(shape.ffn > 0, op, ": ffn size must be > 0, got ", shape.ffn);
+}
+
+// Experts run one per thread (each GEMM single-threaded inside the parallel region) when the
+// fp32 GEMM nests in OpenMP: one fork/join per pass instead of one per GEMM and activation, which
+// matters most when the machine is shared and a spinning thread waits for a descheduled one.
+template <typename T>
+bool experts_in_parallel(const DispatchPlan& plan) {
+  return cpu::gemm_nests_in_openmp<T>() && omp_get_max_threads() > 1 && plan.num_experts > 1 &&
+         !omp_in_parallel();
+}
+
+// Experts with rows, largest first (the dynamic schedule then balances the threads).
+std::vector<int64_t> busy_experts(const DispatchPlan& plan) {
+  std::vector<int64_t> order;
+  for (int64_t e = 0; e < plan.num_experts; ++e)
+    if (plan.counts[e] > 0) order.push_back(e);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return plan.counts[a] > plan.counts[b]; });
+  return order;
 }
 
 }  // namespace
@@ -112,9 +135,11 @@ void experts_forward(const FfnShape& shape, const DispatchPlan& plan, const T* b
                      const T* w2, T* h, T* a, T* out) {
   check_shape(shape, "experts_forward");
   const int64_t d = shape.d, f = shape.ffn, f1 = shape.first_rows();
-  for (int64_t e = 0; e < plan.num_experts; ++e) {
-    const int64_t n = plan.counts[e], begin = plan.offsets[e];
-    if (n == 0) continue;
+  const std::vector<int64_t> order = busy_experts(plan);
+  const int64_t num_busy = static_cast<int64_t>(order.size());
+#pragma omp parallel for schedule(dynamic, 1) if (experts_in_parallel <T>(plan))
+  for (int64_t i = 0; i < num_busy; ++i) {
+    const int64_t e = order[i], n = plan.counts[e], begin = plan.offsets[e];
     ffn_forward<T>(shape, buf + begin * d, n, w1 + e * f1 * d, w2 + e * d * f, h + begin * f1,
                    a + begin * f, out + begin * d);
   }
@@ -123,7 +148,7 @@ void experts_forward(const FfnShape& shape, const DispatchPlan& plan, const T* b
 int64_t experts_workspace_elems(const FfnShape& shape, const DispatchPlan& plan) {
   int64_t most = 0;
   for (int64_t n : plan.counts) most = std::max(most, n);
-  return ffn_workspace_elems(shape, most);
+  return ffn_workspace_elems(shape, most) * std::max(1, omp_get_max_threads());
 }
 
 template <typename T>
@@ -132,11 +157,24 @@ void experts_backward(const FfnShape& shape, const DispatchPlan& plan, const T* 
                       T* dw1, T* dw2) {
   check_shape(shape, "experts_backward");
   const int64_t d = shape.d, f = shape.ffn, f1 = shape.first_rows();
+  int64_t most = 0;
+  for (int64_t n : plan.counts) most = std::max(most, n);
+  const int64_t per_thread = ffn_workspace_elems(shape, most);
   for (int64_t e = 0; e < plan.num_experts; ++e) {
-    const int64_t n = plan.counts[e], begin = plan.offsets[e];
+    if (plan.counts[e] == 0) {  // an expert that saw no token gets a zero gradient
+      std::fill(dw1 + e * f1 * d, dw1 + (e + 1) * f1 * d, T(0));
+      std::fill(dw2 + e * d * f, dw2 + (e + 1) * d * f, T(0));
+    }
+  }
+  const std::vector<int64_t> order = busy_experts(plan);
+  const int64_t num_busy = static_cast<int64_t>(order.size());
+#pragma omp parallel for schedule(dynamic, 1) if (experts_in_parallel <T>(plan))
+  for (int64_t i = 0; i < num_busy; ++i) {
+    const int64_t e = order[i], n = plan.counts[e], begin = plan.offsets[e];
+    T* ws = workspace + per_thread * omp_get_thread_num();
     ffn_backward<T>(shape, buf + begin * d, n, w1 + e * f1 * d, w2 + e * d * f, h + begin * f1,
-                    a + begin * f, dout + begin * d, workspace, dbuf + begin * d, T(0),
-                    dw1 + e * f1 * d, dw2 + e * d * f, T(0));
+                    a + begin * f, dout + begin * d, ws, dbuf + begin * d, T(0), dw1 + e * f1 * d,
+                    dw2 + e * d * f, T(0));
   }
 }
 

@@ -49,7 +49,8 @@ void moe_permute_backward(const T* dbuf, const DispatchPlan& plan, int64_t d, T*
 template <typename T>
 void experts_forward(const FfnShape& shape, const DispatchPlan& plan, const T* buf, const T* w1,
                      const T* w2, T* h, T* a, T* out);
-// Elements of scratch experts_backward needs.
+// Elements of scratch experts_backward needs (one share per OpenMP thread: experts may run in
+// parallel).
 int64_t experts_workspace_elems(const FfnShape& shape, const DispatchPlan& plan);
 // dbuf [R,d] (counts rows written), dw1 [E,F1,d] and dw2 [E,d,F] overwritten (zero for empty
 // experts).

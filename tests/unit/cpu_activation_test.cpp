@@ -98,5 +98,31 @@ TEST(Activation, FloatMatchesDouble) {
   for (int64_t i = 0; i < n; i += 997) EXPECT_NEAR(yf[i], yd[i], 1e-5);
 }
 
+// The float path uses a polynomial exp; check it against the double (libm) path over a range
+// that reaches the clamps, relative to the value's size, for every activation and its backward.
+TEST(Activation, FloatFastExpMatchesDoubleEverywhere) {
+  const int64_t n = 4001;
+  std::vector<double> xd(n), gd(n, 1.0), yd(n), dd(n);
+  for (int64_t i = 0; i < n; ++i) xd[i] = -100.0 + 200.0 * i / (n - 1);
+  std::vector<float> xf(xd.begin(), xd.end()), gf(n, 1.0f), yf(n), df(n);
+  auto check = [&](const char* name) {
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_TRUE(std::isfinite(yf[i]) && std::isfinite(df[i])) << name << " at x=" << xd[i];
+      EXPECT_NEAR(yf[i], yd[i], 2e-6 * (1 + std::fabs(yd[i]))) << name << " at x=" << xd[i];
+      EXPECT_NEAR(df[i], dd[i], 2e-6 * (1 + std::fabs(dd[i]))) << name << "' at x=" << xd[i];
+    }
+  };
+  gelu_forward<float>(xf.data(), yf.data(), n, false);
+  gelu_forward<double>(xd.data(), yd.data(), n, false);
+  gelu_backward<float>(xf.data(), gf.data(), df.data(), n, false);
+  gelu_backward<double>(xd.data(), gd.data(), dd.data(), n, false);
+  check("gelu_tanh");
+  silu_forward<float>(xf.data(), yf.data(), n);
+  silu_forward<double>(xd.data(), yd.data(), n);
+  silu_backward<float>(xf.data(), gf.data(), df.data(), n);
+  silu_backward<double>(xd.data(), gd.data(), dd.data(), n);
+  check("silu");
+}
+
 }  // namespace
 }  // namespace moex::cpu

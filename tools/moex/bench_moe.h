@@ -1,0 +1,57 @@
+// `moex bench moe-layer`: the shape table, the FLOP count and the JSON line, shared by the CPU
+// runner here and the CUDA runner (src/cuda's engineer adds theirs beside run_moe_bench_cpu).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moe/moe_config.h"
+
+namespace moex::bench {
+
+struct MoEBenchShape {
+  std::string name;
+  std::string device;  // the device the shape is sized for: "cpu" or "cuda"
+  int64_t tokens = 0;  // T
+  int64_t hidden = 0;  // d
+  int64_t ffn = 0;     // F per expert
+  int num_experts = 0;
+  int top_k = 1;
+  ExpertActivation activation = ExpertActivation::kGelu;
+  float capacity_factor = 1.0f;
+};
+
+// Every known shape; moe_bench_shape() finds one by name (an error lists the names).
+const std::vector<MoEBenchShape>& moe_bench_shapes();
+const MoEBenchShape& moe_bench_shape(const std::string& name);
+
+// The layer config of a shape: DeepSpeed-style defaults (softmax, position drops, min_capacity 4).
+MoEConfig moe_bench_config(const MoEBenchShape& shape, bool dropless);
+
+// Expert FLOPs of one forward over `routed` kept routes: 2 d F per projection matrix per route,
+// with 2 matrices (GELU) or 3 (SwiGLU: gate, up, down). Forward+backward is 3x this.
+double moe_expert_flops(const MoEBenchShape& shape, int64_t routed);
+
+struct MoEBenchResult {
+  std::string shape, device, mode;
+  int64_t routed = 0;  // kept routes (the rows the experts computed)
+  double fwd_ms = 0, fwdbwd_ms = 0;
+  double fwd_gflops = 0, fwdbwd_gflops = 0, dense_fwdbwd_gflops = 0;
+};
+
+struct MoEBenchOptions {
+  bool dropless = false;
+  int warmup = 1;
+  int iters = 5;
+};
+
+// One JSON object on one line: shape, device, mode, fwd_ms, fwdbwd_ms, fwd_gflops, fwdbwd_gflops,
+// dense_fwdbwd_gflops, routed_tokens, moe_over_dense.
+std::string moe_bench_json(const MoEBenchResult& result);
+std::string moe_bench_text(const MoEBenchResult& result);
+
+// The CPU layer in f32, and a dense FFN with the same FLOPs timed in the same process.
+MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptions& options);
+
+}  // namespace moex::bench
