@@ -19,6 +19,8 @@ class JsonReader {
   static JsonReader from_string(const std::string& text, const std::string& source_name);
 
   bool has(const std::string& key) const;
+  // Marks a field as known without reading it (fields other tools write, e.g. HF's "architectures").
+  void ignore(const std::string& key) const { find(key); }
   // Typed getters; a wrong type is an error naming file and field ("tiny.json: model.top_k must be an integer").
   int64_t get_int(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t fallback) const;

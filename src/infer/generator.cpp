@@ -1,0 +1,35 @@
+#include "infer/generator.h"
+
+#include <algorithm>
+
+namespace moex::infer {
+
+std::vector<int32_t> generate(model::Model& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(int32_t)>& on_token) {
+  MOEX_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
+  MOEX_CHECK(options.max_new_tokens >= 0, "max_new_tokens must be >= 0");
+  const int64_t capacity = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
+  const ModelConfig& config = model.config();
+  MOEX_CHECK(config.positions != PositionType::kLearned || capacity <= config.max_seq_len,
+             "prompt + max_new_tokens (", capacity, ") exceeds the model's max_seq_len (",
+             config.max_seq_len, ")");
+  model::KVCache cache = model.make_cache(1, std::max<int64_t>(capacity, 1));
+  std::vector<float> logits(static_cast<size_t>(config.vocab_size));
+  model.forward_cached(prompt.data(), 1, static_cast<int64_t>(prompt.size()), cache, logits.data());
+  std::vector<int32_t> out;
+  for (int64_t i = 0; i < options.max_new_tokens; ++i) {
+    const int32_t next =
+        sample_token(logits.data(), config.vocab_size, options.sampling, static_cast<uint64_t>(i));
+    out.push_back(next);
+    if (on_token) on_token(next);
+    if (std::find(options.stop_tokens.begin(), options.stop_tokens.end(), next) !=
+        options.stop_tokens.end())
+      break;
+    if (i + 1 == options.max_new_tokens) break;
+    model.forward_cached(&next, 1, 1, cache, logits.data());
+  }
+  return out;
+}
+
+}  // namespace moex::infer

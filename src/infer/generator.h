@@ -1,0 +1,24 @@
+// Autoregressive generation with a KV cache: prefill the prompt in one pass, then one token
+// per step, stopping at a stop token or the token budget.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "infer/sampler.h"
+#include "model/model.h"
+
+namespace moex::infer {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 32;
+  SamplingParams sampling;
+  std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
+};
+
+// Returns the new tokens (stop token included if one ended it). `on_token` sees each as it comes.
+std::vector<int32_t> generate(model::Model& model, const std::vector<int32_t>& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(int32_t)>& on_token = nullptr);
+
+}  // namespace moex::infer

@@ -1,0 +1,52 @@
+#include "model/model_io.h"
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace moex::model {
+
+void save_model(const Model& model, const std::string& model_json, const std::string& dir) {
+  nlohmann::json config;
+  config["model_type"] = "moex";
+  config["architectures"] = {"MoexForCausalLM"};
+  config["moex_model"] = nlohmann::json::parse(model_json);
+  io::write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
+  std::map<std::string, Tensor> tensors;
+  const ParamBuffer& params = model.params();
+  for (int i = 0; i < params.size(); ++i) tensors[params.name(i)] = params.tensor(i);
+  io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors);
+}
+
+void load_weights(Model& model, const std::string& checkpoint_path) {
+  const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(checkpoint_path);
+  ParamBuffer& params = model.params();
+  for (int i = 0; i < params.size(); ++i) {
+    const std::string& name = params.name(i);
+    MOEX_CHECK(ckpt.contains(name), checkpoint_path, ": tensor '", name, "' is missing");
+    const Tensor src = ckpt.to_f32(name);
+    const Tensor& dst = params.tensor(i);
+    MOEX_CHECK(src.shape() == dst.shape(), checkpoint_path, ": tensor '", name, "' has shape ",
+               src.shape().str(), ", the model expects ", dst.shape().str());
+    std::copy(src.data<float>(), src.data<float>() + src.numel(), dst.data<float>());
+  }
+  for (const std::string& name : ckpt.names())
+    MOEX_CHECK(params.index_of(name) >= 0, checkpoint_path, ": unexpected tensor '", name, "'");
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  const JsonReader config = JsonReader::from_file(config_path);
+  const std::string type = config.get_string("model_type");
+  MOEX_CHECK(type == "moex", config_path, ": model_type '", type,
+             "' is not supported yet (Hugging Face architectures load through the HF importer)");
+  config.ignore("architectures");
+  auto model = std::make_unique<Model>(ModelConfig::from_json(config.child("moex_model")));
+  load_weights(*model, dir);
+  return model;
+}
+
+}  // namespace moex::model

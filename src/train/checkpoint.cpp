@@ -1,0 +1,75 @@
+#include "train/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "model/model_io.h"
+
+namespace moex::train {
+
+void save_checkpoint(const std::string& dir, const model::Model& model,
+                     const std::string& model_json, AdamW& optimizer, const TrainerState& state,
+                     const std::string& tokenizer_path) {
+  io::AtomicDirectory out(dir);
+  model::save_model(model, model_json, out.temp_path());
+  std::map<std::string, Tensor> moments;
+  const ParamBuffer& params = model.params();
+  const float* p0 = params.flat().data<float>();
+  for (int i = 0; i < params.size(); ++i) {
+    const Tensor& t = params.tensor(i);
+    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
+    moments["exp_avg." + params.name(i)] =
+        Tensor::from_external(optimizer.exp_avg().data<float>() + offset, t.shape(), DType::kF32);
+    moments["exp_avg_sq." + params.name(i)] = Tensor::from_external(
+        optimizer.exp_avg_sq().data<float>() + offset, t.shape(), DType::kF32);
+  }
+  io::save_safetensors(out.temp_path() + "/optimizer.safetensors", moments);
+  nlohmann::json js;
+  js["step"] = state.step;
+  js["data_state"] = nlohmann::json::parse(state.data_state);
+  js["last_loss"] = state.last_loss;
+  io::write_file_atomic(out.temp_path() + "/trainer_state.json", js.dump(2) + "\n");
+  if (!tokenizer_path.empty()) {
+    std::filesystem::copy_file(
+        tokenizer_path,
+        out.temp_path() + "/" + std::filesystem::path(tokenizer_path).filename().string(),
+        std::filesystem::copy_options::overwrite_existing);
+  }
+  out.commit();
+}
+
+TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer) {
+  model::load_weights(model, dir + "/" + io::kSafetensorsSingleName);
+  const std::string opt_path = dir + "/optimizer.safetensors";
+  const io::SafetensorsFile moments = io::SafetensorsFile::open(opt_path);
+  const ParamBuffer& params = model.params();
+  const float* p0 = params.flat().data<float>();
+  for (int i = 0; i < params.size(); ++i) {
+    const Tensor& t = params.tensor(i);
+    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
+    for (const bool second : {false, true}) {
+      const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
+      MOEX_CHECK(moments.contains(name), opt_path, ": tensor '", name, "' is missing");
+      const Tensor src = moments.to_f32(name);
+      MOEX_CHECK(src.shape() == t.shape(), opt_path, ": tensor '", name, "' has shape ",
+                 src.shape().str());
+      float* dst = (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).data<float>() + offset;
+      std::copy(src.data<float>(), src.data<float>() + src.numel(), dst);
+    }
+  }
+  const std::string state_path = dir + "/trainer_state.json";
+  const JsonReader js = JsonReader::from_file(state_path);
+  TrainerState state;
+  state.step = js.get_int("step");
+  state.last_loss = js.get_double("last_loss", 0.0);
+  js.ignore("data_state");
+  std::ifstream in(state_path);
+  state.data_state = nlohmann::json::parse(in).at("data_state").dump();
+  js.finish();
+  return state;
+}
+
+}  // namespace moex::train

@@ -1,0 +1,26 @@
+// Training checkpoints: the model directory (config.json + model.safetensors, HF layout) plus
+// optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>), trainer_state.json (step, data
+// position) and the tokenizer. Built under a temporary name and renamed, so a kill while saving
+// leaves the previous checkpoint intact.
+#pragma once
+
+#include <string>
+
+#include "model/model.h"
+#include "train/optimizer.h"
+
+namespace moex::train {
+
+struct TrainerState {
+  int64_t step = 0;        // optimizer steps done
+  std::string data_state;  // MixtureDataset::state_json()
+  double last_loss = 0;
+};
+
+void save_checkpoint(const std::string& dir, const model::Model& model,
+                     const std::string& model_json, AdamW& optimizer, const TrainerState& state,
+                     const std::string& tokenizer_path);
+// Loads weights, optimizer moments and state from `dir` into an already built model/optimizer.
+TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer);
+
+}  // namespace moex::train

@@ -1,0 +1,79 @@
+#include "train/train_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace moex::train {
+
+TrainConfig TrainConfig::from_file(const std::string& path) {
+  TrainConfig c;
+  c.source = path;
+  const JsonReader root = JsonReader::from_file(path);
+  c.model = ModelConfig::from_json(root.child("model"));
+  {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    c.model_json = nlohmann::json::parse(text.str()).at("model").dump(2);
+  }
+
+  const JsonReader data = root.child("data");
+  c.data.path = data.get_string("path");
+  c.data.seq_len = data.get_int("seq_len", 128);
+  c.data.temperature = data.get_double("temperature", 1.0);
+  c.data.tasks = data.get_choice("tasks", {"all", "lm", "translate"}, "all");
+  if (c.data.seq_len < 2 || c.data.seq_len > c.model.max_seq_len)
+    data.fail("seq_len",
+              "must be in [2, model.max_seq_len = " + std::to_string(c.model.max_seq_len) + "]");
+  if (c.data.temperature <= 0) data.fail("temperature", "must be > 0");
+
+  const JsonReader opt = root.child("optimizer");
+  c.optimizer.lr = opt.get_double("lr", 1e-3);
+  c.optimizer.beta1 = opt.get_double("beta1", 0.9);
+  c.optimizer.beta2 = opt.get_double("beta2", 0.95);
+  c.optimizer.eps = opt.get_double("eps", 1e-8);
+  c.optimizer.weight_decay = opt.get_double("weight_decay", 0.1);
+  c.optimizer.grad_clip = opt.get_double("grad_clip", 1.0);
+  if (c.optimizer.lr <= 0) opt.fail("lr", "must be > 0");
+  if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
+  if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");
+  if (c.optimizer.grad_clip < 0) opt.fail("grad_clip", "must be >= 0");
+
+  const JsonReader sched = root.child("schedule");
+  c.schedule.warmup_steps = sched.get_int("warmup_steps", 0);
+  c.schedule.min_lr_ratio = sched.get_double("min_lr_ratio", 0.1);
+  if (c.schedule.warmup_steps < 0) sched.fail("warmup_steps", "must be >= 0");
+
+  const JsonReader tr = root.child("training");
+  c.training.steps = tr.get_int("steps", 100);
+  c.training.micro_batch_size = tr.get_int("micro_batch_size", 8);
+  c.training.grad_accum = tr.get_int("grad_accum", 1);
+  c.training.seed = static_cast<uint64_t>(tr.get_int("seed", 1));
+  c.training.log_every = tr.get_int("log_every", 10);
+  c.training.eval_every = tr.get_int("eval_every", 50);
+  c.training.eval_batches = tr.get_int("eval_batches", 4);
+  c.training.checkpoint_every = tr.get_int("checkpoint_every", 0);
+  c.training.out_dir = tr.get_string("out_dir", "runs/default");
+  c.training.activation_checkpointing = tr.get_bool("activation_checkpointing", false);
+  c.training.num_threads = static_cast<int>(tr.get_int("num_threads", 0));
+  if (c.training.steps < 1) tr.fail("steps", "must be >= 1");
+  if (c.training.micro_batch_size < 1) tr.fail("micro_batch_size", "must be >= 1");
+  if (c.training.grad_accum < 1) tr.fail("grad_accum", "must be >= 1");
+  if (c.training.log_every < 1) tr.fail("log_every", "must be >= 1");
+  root.finish();
+  return c;
+}
+
+double learning_rate(const OptimizerConfig& opt, const ScheduleConfig& schedule, int64_t step,
+                     int64_t total_steps) {
+  if (step < schedule.warmup_steps)
+    return opt.lr * static_cast<double>(step + 1) / schedule.warmup_steps;
+  const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
+  const double progress =
+      std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / decay_steps);
+  const double min_lr = opt.lr * schedule.min_lr_ratio;
+  return min_lr + 0.5 * (opt.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace moex::train

@@ -1,0 +1,61 @@
+// A moex training config: one JSON file with "model", "data", "optimizer", "schedule" and
+// "training" sections (DeepSpeed style). Unknown fields are errors naming the file and field.
+#pragma once
+
+#include <string>
+
+#include "model/model_config.h"
+
+namespace moex::train {
+
+struct DataConfig {
+  std::string path;  // corpus directory (moex data prepare), with corpus.json
+  int64_t seq_len = 128;
+  double temperature = 1.0;   // language sampling temperature (Kim et al.)
+  std::string tasks = "all";  // "all", "lm" or "translate"
+};
+
+struct OptimizerConfig {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;  // matrices only; norms and biases are not decayed
+  double grad_clip = 1.0;     // global L2 norm; 0 turns clipping off
+};
+
+struct ScheduleConfig {
+  int64_t warmup_steps = 0;
+  double min_lr_ratio = 0.1;  // cosine decays lr to lr * min_lr_ratio at the last step
+};
+
+struct TrainingConfig {
+  int64_t steps = 100;
+  int64_t micro_batch_size = 8;
+  int64_t grad_accum = 1;
+  uint64_t seed = 1;
+  int64_t log_every = 10;
+  int64_t eval_every = 50;
+  int64_t eval_batches = 4;
+  int64_t checkpoint_every = 0;  // 0: only the final checkpoint
+  std::string out_dir = "runs/default";
+  bool activation_checkpointing = false;
+  int num_threads = 0;  // 0: all cores
+};
+
+struct TrainConfig {
+  std::string source;      // the file it came from
+  std::string model_json;  // the "model" object as written, saved with every checkpoint
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  TrainingConfig training;
+
+  static TrainConfig from_file(const std::string& path);
+};
+
+// Learning rate at `step` (0-based): linear warmup, then cosine decay to lr * min_lr_ratio.
+double learning_rate(const OptimizerConfig& opt, const ScheduleConfig& schedule, int64_t step,
+                     int64_t total_steps);
+
+}  // namespace moex::train

@@ -1,0 +1,233 @@
+#include "train/trainer.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/logging.h"
+#include "data/corpus.h"
+#include "data/mixture.h"
+#include "io/atomic_file.h"
+#include "model/model.h"
+#include "train/checkpoint.h"
+#include "train/loss_plot.h"
+
+namespace moex::train {
+namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+void on_sigint(int) {
+  g_interrupted = 1;
+}
+
+using Clock = std::chrono::steady_clock;
+
+bool wanted(const data::CorpusSource& s, const std::string& tasks) {
+  return tasks == "all" || s.task == tasks;
+}
+
+// Training sequences: every wanted source's train split, mixed by language temperature.
+std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest& corpus,
+                                                      const TrainConfig& c) {
+  std::vector<data::MixtureDataset::Input> inputs;
+  for (const auto& s : corpus.sources) {
+    if (!wanted(s, c.data.tasks) || s.train.tokens <= c.data.seq_len) continue;
+    data::MixtureDataset::Input in;
+    in.source = {s.name, s.language, s.train.tokens};
+    in.dataset = std::make_shared<data::IndexedDataset>(
+        data::IndexedDataset::open(corpus.dir + "/" + s.train.prefix));
+    inputs.push_back(std::move(in));
+  }
+  MOEX_CHECK(!inputs.empty(), c.source, ": data.path '", c.data.path,
+             "' has no training source with more than ", c.data.seq_len, " tokens for tasks '",
+             c.data.tasks, "'");
+  return std::make_unique<data::MixtureDataset>(std::move(inputs), c.data.seq_len,
+                                                c.data.temperature, c.training.seed);
+}
+
+// Held-out sequences: the first eval_batches * micro_batch_size windows, spread over the sources.
+std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& corpus,
+                                                 const TrainConfig& c) {
+  std::vector<std::vector<int32_t>> out;
+  std::vector<data::GPTSampler> samplers;
+  for (const auto& s : corpus.sources) {
+    if (!wanted(s, c.data.tasks) || s.valid.tokens <= c.data.seq_len) continue;
+    auto ds = std::make_shared<data::IndexedDataset>(
+        data::IndexedDataset::open(corpus.dir + "/" + s.valid.prefix));
+    samplers.emplace_back(ds, c.data.seq_len, 0);
+  }
+  const int64_t want = c.training.eval_batches * c.training.micro_batch_size;
+  for (int64_t i = 0; !samplers.empty() && static_cast<int64_t>(out.size()) < want; ++i) {
+    data::GPTSampler& sampler = samplers[static_cast<size_t>(i) % samplers.size()];
+    const int64_t index = i / static_cast<int64_t>(samplers.size());
+    if (index >= sampler.samples_per_epoch()) break;
+    std::vector<int32_t> seq(static_cast<size_t>(c.data.seq_len + 1));
+    sampler.sample(0, index, seq.data());
+    out.push_back(std::move(seq));
+  }
+  return out;
+}
+
+// Splits [B][seq_len + 1] windows into ids and next-token targets, both [B, seq_len].
+void split_batch(const std::vector<int32_t>& windows, int64_t batch, int64_t seq_len,
+                 std::vector<int32_t>* ids, std::vector<int32_t>* targets) {
+  ids->resize(static_cast<size_t>(batch * seq_len));
+  targets->resize(static_cast<size_t>(batch * seq_len));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seq_len; ++t) {
+      (*ids)[b * seq_len + t] = windows[b * (seq_len + 1) + t];
+      (*targets)[b * seq_len + t] = windows[b * (seq_len + 1) + t + 1];
+    }
+}
+
+double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& sequences,
+                const TrainConfig& c) {
+  if (sequences.empty()) return -1;
+  const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
+  double total = 0;
+  int64_t count = 0;
+  for (size_t start = 0; start < sequences.size(); start += static_cast<size_t>(mb)) {
+    const int64_t batch = std::min<int64_t>(mb, static_cast<int64_t>(sequences.size() - start));
+    std::vector<int32_t> windows, ids, targets;
+    for (int64_t b = 0; b < batch; ++b)
+      windows.insert(windows.end(), sequences[start + b].begin(), sequences[start + b].end());
+    split_batch(windows, batch, seq_len, &ids, &targets);
+    model::ForwardOptions opt;
+    const model::LossResult r = model.forward(ids.data(), targets.data(), batch, seq_len, opt);
+    total += r.loss * r.num_targets;
+    count += r.num_targets;
+  }
+  return total / std::max<int64_t>(1, count);
+}
+
+std::string format_duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after) {
+  if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
+  const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
+  MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
+             c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
+             corpus.vocab_size, ")");
+  auto train_data = open_train_data(corpus, c);
+  const auto eval_data = eval_sequences(corpus, c);
+
+  model::Model model(c.model);
+  model.init_weights(c.training.seed);
+  AdamW optimizer(model.params(), c.optimizer);
+  TrainerState state;
+  if (!resume_dir.empty()) {
+    state = load_checkpoint(resume_dir, model, optimizer);
+    train_data->restore_json(state.data_state);
+    MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
+  }
+  std::filesystem::create_directories(c.training.out_dir);
+  std::ofstream metrics(c.training.out_dir + "/metrics.jsonl",
+                        resume_dir.empty() ? std::ios::trunc : std::ios::app);
+  MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
+            " MoE layers; ", corpus.sources.size(), " corpus sources");
+
+  g_interrupted = 0;
+  auto previous_handler = std::signal(SIGINT, on_sigint);
+  const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
+  const int64_t tokens_per_step = mb * seq_len * c.training.grad_accum;
+  TrainResult result;
+  auto window_start = Clock::now();
+  int64_t window_tokens = 0, steps_this_run = 0;
+  std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
+  std::vector<double> losses;
+
+  auto checkpoint = [&](const std::string& name) {
+    state.data_state = train_data->state_json();
+    const std::string dir = c.training.out_dir + "/" + name;
+    save_checkpoint(dir, model, c.model_json, optimizer, state, corpus.tokenizer);
+    result.last_checkpoint = dir;
+    MOEX_INFO("checkpoint ", dir);
+  };
+
+  while (state.step < c.training.steps) {
+    const double lr = learning_rate(c.optimizer, c.schedule, state.step, c.training.steps);
+    model.zero_grad();
+    double loss = 0, aux = 0, zl = 0;
+    for (int64_t micro = 0; micro < c.training.grad_accum; ++micro) {
+      for (int64_t b = 0; b < mb; ++b) train_data->next(windows.data() + b * (seq_len + 1));
+      split_batch(windows, mb, seq_len, &ids, &targets);
+      model::ForwardOptions opt;
+      opt.training = true;
+      opt.checkpoint_activations = c.training.activation_checkpointing;
+      opt.seed = c.training.seed;
+      opt.step = static_cast<uint64_t>(state.step * c.training.grad_accum + micro);
+      const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
+      model.backward(1.0f / static_cast<float>(c.training.grad_accum));
+      loss += r.loss / c.training.grad_accum;
+      aux += r.aux_loss / c.training.grad_accum;
+      zl += r.z_loss / c.training.grad_accum;
+    }
+    const double grad_norm = optimizer.step(model.params(), model.grads(), lr, state.step + 1);
+    ++state.step;
+    ++steps_this_run;
+    state.last_loss = loss;
+    losses.push_back(loss);
+    window_tokens += tokens_per_step;
+
+    const bool last = state.step == c.training.steps;
+    nlohmann::json line = {{"step", state.step}, {"loss", loss}, {"aux_loss", aux},
+                           {"z_loss", zl},       {"lr", lr},     {"grad_norm", grad_norm}};
+    if (state.step % c.training.log_every == 0 || last) {
+      const double secs = std::chrono::duration<double>(Clock::now() - window_start).count();
+      const double tps = window_tokens / std::max(secs, 1e-9);
+      const double eta = (c.training.steps - state.step) * tokens_per_step / std::max(tps, 1e-9);
+      std::fprintf(
+          stderr,
+          "step %6lld/%lld | loss %.4f | aux %.4f | lr %.2e | gnorm %.2f | %.0f tok/s | ETA %s\n",
+          static_cast<long long>(state.step), static_cast<long long>(c.training.steps), loss, aux,
+          lr, grad_norm, tps, format_duration(eta).c_str());
+      line["tokens_per_second"] = tps;
+      nlohmann::json load = nlohmann::json::object();
+      for (const auto& [layer, stats] : model.moe_stats())
+        load[std::to_string(layer)] = {
+            {"load", stats.load}, {"kept", stats.counts}, {"dropped", stats.num_dropped}};
+      line["expert_load"] = load;
+      result.tokens_per_second = tps;
+      window_start = Clock::now();
+      window_tokens = 0;
+    }
+    if (c.training.eval_every > 0 && (state.step % c.training.eval_every == 0 || last) &&
+        !eval_data.empty()) {
+      const double eval_loss = evaluate(model, eval_data, c);
+      line["eval_loss"] = eval_loss;
+      result.final_eval_loss = eval_loss;
+      std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
+                   static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
+    }
+    metrics << line.dump() << "\n" << std::flush;
+    if (c.training.checkpoint_every > 0 && state.step % c.training.checkpoint_every == 0 && !last) {
+      char name[32];
+      std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(state.step));
+      checkpoint(name);
+    }
+    if (g_interrupted || (stop_after > 0 && steps_this_run >= stop_after)) {
+      result.interrupted = g_interrupted != 0;
+      break;
+    }
+  }
+  std::signal(SIGINT, previous_handler);
+  checkpoint(state.step == c.training.steps ? "final" : "latest");
+  write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
+  result.steps_done = state.step;
+  result.final_loss = state.last_loss;
+  return result;
+}
+
+}  // namespace moex::train

@@ -1,0 +1,99 @@
+// moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) --max-new-tokens N
+//               [--temperature T --top-k K --top-p P --seed S] [--json]
+#include <cstdio>
+
+#include "args.h"
+#include "command.h"
+#include "infer/generator.h"
+#include "io/safetensors.h"
+#include "model/model_io.h"
+#include "model_dir.h"
+
+namespace {
+
+int run_generate(const std::vector<std::string>& argv) {
+  const moex::cli::Args args(
+      argv,
+      {"model", "prompt", "input-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed"},
+      {"json", "help"});
+  if (args.flag("help")) {
+    std::printf(
+        "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "
+        "--max-new-tokens N\n"
+        "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
+        "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
+        "  with --json it prints {\"tokens\": [...]}: the prompt ids followed by the new ids.\n");
+    return 0;
+  }
+  const std::string dir = args.require("model");
+  auto model = moex::model::load_model(dir);
+  auto tokenizer = moex::cli::open_model_tokenizer(dir);
+
+  std::vector<int32_t> prompt;
+  if (args.has("input-ids")) {
+    const std::string path = args.get("input-ids");
+    const auto file = moex::io::SafetensorsFile::open(path);
+    MOEX_CHECK(file.contains("input_ids"), path, ": no tensor 'input_ids'");
+    const moex::Tensor ids = file.copy("input_ids");
+    MOEX_CHECK(ids.dtype() == moex::DType::kI32 && ids.ndim() == 2, path,
+               ": input_ids must be int32 [B, T], got ", moex::dtype_name(ids.dtype()), " ",
+               ids.shape().str());
+    prompt.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.dim(1));  // first row
+  } else {
+    MOEX_CHECK(args.has("prompt"), "give --prompt TEXT or --input-ids FILE");
+    MOEX_CHECK(tokenizer != nullptr, dir,
+               ": no tokenizer (tokenizer.json or *.model) to encode --prompt");
+    prompt = tokenizer->encode(args.get("prompt"), true);
+  }
+  for (int32_t id : prompt)
+    MOEX_CHECK(id >= 0 && id < model->config().vocab_size, "prompt token ", id,
+               " is outside the vocabulary (", model->config().vocab_size, ")");
+
+  moex::infer::GenerateOptions options;
+  options.max_new_tokens = args.get_int("max-new-tokens", 32);
+  options.sampling.temperature = args.get_double("temperature", 0.0);
+  options.sampling.top_k = args.get_int("top-k", 0);
+  options.sampling.top_p = args.get_double("top-p", 1.0);
+  options.sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  if (tokenizer && tokenizer->eos_id() >= 0) options.stop_tokens.push_back(tokenizer->eos_id());
+  if (model->config().eos_id >= 0)
+    options.stop_tokens.push_back(static_cast<int32_t>(model->config().eos_id));
+
+  const bool json = args.flag("json");
+  std::vector<int32_t> generated;
+  std::string printed;
+  auto stream = [&](int32_t id) {
+    generated.push_back(id);
+    if (json || !tokenizer) return;
+    const std::string text = tokenizer->decode(generated, true);
+    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+      std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
+      std::fflush(stdout);
+      printed = text;
+    }
+  };
+  if (!json && tokenizer) {
+    std::printf("%s", tokenizer->decode(prompt, true).c_str());
+    std::fflush(stdout);
+  }
+  moex::infer::generate(*model, prompt, options, stream);
+  if (json) {
+    std::printf("{\"tokens\": [");
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), generated.begin(), generated.end());
+    for (size_t i = 0; i < all.size(); ++i) std::printf("%s%d", i ? ", " : "", all[i]);
+    std::printf("]}\n");
+  } else if (!tokenizer) {
+    for (int32_t id : generated) std::printf("%d ", id);
+    std::printf("\n");
+  } else {
+    std::printf("\n");
+  }
+  return 0;
+}
+
+const moex::cli::Command kGenerate("generate",
+                                   "generate text from a model (KV cache, greedy or sampled)",
+                                   run_generate);
+
+}  // namespace

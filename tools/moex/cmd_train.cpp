@@ -1,0 +1,35 @@
+// moex train --config F [--resume DIR] [--stop-after N]
+#include <cstdio>
+
+#include "args.h"
+#include "command.h"
+#include "train/trainer.h"
+
+namespace {
+
+int run_train(const std::vector<std::string>& argv) {
+  const moex::cli::Args args(argv, {"config", "resume", "stop-after"}, {"help"});
+  if (args.flag("help")) {
+    std::printf(
+        "usage: moex train --config FILE [--resume CHECKPOINT_DIR] [--stop-after STEPS]\n"
+        "  Trains the model the config describes on a prepared corpus (moex data prepare).\n"
+        "  Progress goes to stderr; metrics.jsonl, loss.svg and checkpoints go to "
+        "training.out_dir.\n"
+        "  Ctrl-C stops after the current step and writes a checkpoint to out_dir/latest.\n");
+    return 0;
+  }
+  const moex::train::TrainConfig config =
+      moex::train::TrainConfig::from_file(args.require("config"));
+  const auto result =
+      moex::train::run_training(config, args.get("resume"), args.get_int("stop-after", 0));
+  std::printf(
+      "{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"tokens_per_second\": %.1f, "
+      "\"checkpoint\": \"%s\"}\n",
+      static_cast<long long>(result.steps_done), result.final_loss, result.final_eval_loss,
+      result.tokens_per_second, result.last_checkpoint.c_str());
+  return result.interrupted ? 130 : 0;
+}
+
+const moex::cli::Command kTrain("train", "train a model from a JSON config", run_train);
+
+}  // namespace
