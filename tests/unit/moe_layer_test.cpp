@@ -384,6 +384,19 @@ TEST(MoELayer, FloatMatchesDouble) {
   ASSERT_EQ(ld.routing().topk_idx, lf.routing().topk_idx);
   std::vector<double> yf(of.y.data<float>(), of.y.data<float>() + of.y.numel());
   EXPECT_LT(relative_l2(yf, to_vec(od.y)), 1e-5);
+  // Backward too: in f32 the experts run one per thread (gemm nests in OpenMP), in f64 in turn.
+  const auto dyd = random_vector<double>(32 * 16, 9);
+  Tensor dyf = Tensor::empty(Shape{32, 16}, DType::kF32);
+  for (size_t i = 0; i < dyd.size(); ++i) dyf.data<float>()[i] = static_cast<float>(dyd[i]);
+  const MoEGradients& gd = ld.backward(tensor_of(dyd, Shape{32, 16}));
+  const MoEGradients& gf = lf.backward(dyf);
+  auto as_double = [](const Tensor& t) {
+    return std::vector<double>(t.data<float>(), t.data<float>() + t.numel());
+  };
+  EXPECT_LT(relative_l2(as_double(gf.dx), to_vec(gd.dx)), 1e-5);
+  EXPECT_LT(relative_l2(as_double(gf.weights.w1), to_vec(gd.weights.w1)), 1e-5);
+  EXPECT_LT(relative_l2(as_double(gf.weights.w2), to_vec(gd.weights.w2)), 1e-5);
+  EXPECT_LT(relative_l2(as_double(gf.weights.router), to_vec(gd.weights.router)), 1e-5);
 }
 
 }  // namespace
