@@ -148,6 +148,7 @@ void JsonReader::collect_unread(const nlohmann::json& node, const std::string& p
   for (auto it = node.begin(); it != node.end(); ++it) {
     const std::string p = path.empty() ? it.key() : path + "." + it.key();
     if (it.key().rfind("_comment", 0) == 0) continue;  // "_comment..." keys document a config
+    if (shared_->ignored.count(p)) continue;
     if (!shared_->read.count(p)) {
       out->push_back(p);
     } else if (it->is_object()) {

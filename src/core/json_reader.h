@@ -20,7 +20,7 @@ class JsonReader {
 
   bool has(const std::string& key) const;
   // Marks a field as known without reading it (fields other tools write, e.g. HF's "architectures").
-  void ignore(const std::string& key) const { find(key); }
+  void ignore(const std::string& key) const { shared_->ignored.insert(full(key)); }
   // Typed getters; a wrong type is an error naming file and field ("tiny.json: model.top_k must be an integer").
   int64_t get_int(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t fallback) const;
@@ -47,7 +47,8 @@ class JsonReader {
  private:
   struct Shared {
     std::string source;
-    std::set<std::string> read;  // full paths that were read
+    std::set<std::string> read;     // full paths that were read
+    std::set<std::string> ignored;  // full paths whose whole subtree is accepted unread
   };
   JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root, const nlohmann::json* node,
              std::string path);

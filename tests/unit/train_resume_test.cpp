@@ -1,0 +1,161 @@
+// Training end to end on a synthetic corpus: the loss falls, N straight steps equal N/2 + resume
+// N/2 exactly, a kill while saving leaves the previous checkpoint intact, config errors name
+// fields.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "core/rng.h"
+#include "data/indexed_dataset.h"
+#include "model/model_io.h"
+#include "train/checkpoint.h"
+#include "train/trainer.h"
+
+namespace moex::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Two sources of documents whose tokens follow a simple rule (next = prev + 1 mod 40), so a
+// model can learn them quickly and the loss must fall.
+fs::path make_corpus(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* src : {"a", "b"}) {
+    for (const char* split : {"train", "valid"}) {
+      data::IndexedDatasetBuilder builder((dir / (std::string(src) + "." + split)).string(),
+                                          data::TokenDType::kU16);
+      for (int doc = 0; doc < (split[0] == 't' ? 60 : 6); ++doc) {
+        std::vector<int32_t> ids;
+        int32_t t = static_cast<int32_t>(philox_u32(src[0], doc, 0) % 40);
+        for (int i = 0; i < 50; ++i) ids.push_back(t = (t + (src[0] == 'a' ? 1 : 3)) % 40);
+        builder.add_document(ids);
+      }
+      builder.finish();
+    }
+  }
+  std::ofstream(dir / "tok.model") << "not a real tokenizer; copied into checkpoints";
+  std::ofstream(dir / "corpus.json") << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [
+    {"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 3000}, "valid": {"prefix": "a.valid", "tokens": 300}},
+    {"name": "b", "language": "es", "train": {"prefix": "b.train", "tokens": 3000}, "valid": {"prefix": "b.valid", "tokens": 300}}]})";
+  return dir;
+}
+
+fs::path write_config(const fs::path& corpus, const std::string& out_dir,
+                      const std::string& extra_training) {
+  const fs::path path =
+      corpus / ("config_" + std::to_string(std::hash<std::string>()(out_dir)) + ".json");
+  std::ofstream(path) << R"({
+    "model": {"vocab_size": 40, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+              "max_seq_len": 32, "ffn_size": 48,
+              "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 24, "capacity_factor": 1.0,
+                      "jitter_eps": 0.01, "aux_loss_coef": 0.01}},
+    "data": {"path": ")" + corpus.string() +
+                             R"(", "seq_len": 16, "temperature": 2.0},
+    "optimizer": {"lr": 0.01, "grad_clip": 1.0},
+    "schedule": {"warmup_steps": 2},
+    "training": {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "log_every": 1, "eval_every": 6,
+                 "eval_batches": 1, "out_dir": ")" +
+                             out_dir + R"(" )" + extra_training + R"(}})";
+  return path;
+}
+
+std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line))
+    out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
+  return out;
+}
+
+TEST(Training, LossFallsAndResumeIsExact) {
+  const fs::path corpus = make_corpus("moex_train");
+  const std::string straight = (corpus / "straight").string(), split = (corpus / "split").string();
+  const TrainResult full =
+      run_training(TrainConfig::from_file(write_config(corpus, straight, "").string()), "");
+  EXPECT_EQ(full.steps_done, 12);
+  const std::vector<double> a = losses_of(straight + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 12u);
+  EXPECT_LT(a.back(), a.front() - 0.3) << "the loss should fall on this easy corpus";
+  EXPECT_TRUE(fs::exists(straight + "/final/model.safetensors"));
+  EXPECT_TRUE(fs::exists(straight + "/loss.svg"));
+
+  const TrainConfig split_config = TrainConfig::from_file(write_config(corpus, split, "").string());
+  const TrainResult first = run_training(split_config, "", 6);
+  EXPECT_EQ(first.steps_done, 6);
+  const TrainResult second = run_training(split_config, split + "/latest");
+  EXPECT_EQ(second.steps_done, 12);
+  const std::vector<double> b = losses_of(split + "/metrics.jsonl");
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  fs::remove_all(corpus);
+}
+
+TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
+  const fs::path corpus = make_corpus("moex_kill");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
+  model::Model model(config.model);
+  model.init_weights(1);
+  AdamW optimizer(model.params(), config.optimizer);
+  TrainerState state;
+  state.step = 7;
+  state.data_state = "{}";
+  const std::string dir = out + "/ckpt";
+  fs::create_directories(out);
+  save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  const std::vector<float> before(
+      model.params().flat().data<float>(),
+      model.params().flat().data<float>() + model.params().flat().numel());
+
+  // A child saves different weights and is killed as soon as its temporary directory exists.
+  const pid_t child = fork();
+  if (child == 0) {
+    float* p = model.params().flat().data<float>();
+    for (int64_t i = 0; i < model.params().flat().numel(); ++i) p[i] += 1.0f;
+    state.step = 8;
+    for (;;) save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  }
+  for (int i = 0; i < 2000 && !fs::exists(dir + ".tmp"); ++i)
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+
+  // Whatever moment the kill hit, `dir` holds one complete checkpoint: the old one, or a whole new
+  // one.
+  model::Model loaded(config.model);
+  AdamW loaded_opt(loaded.params(), config.optimizer);
+  const TrainerState got = load_checkpoint(dir, loaded, loaded_opt);
+  const float* p = loaded.params().flat().data<float>();
+  const float shift = got.step == 7 ? 0.0f : 1.0f;
+  ASSERT_TRUE(got.step == 7 || got.step == 8);
+  for (size_t i = 0; i < before.size(); ++i) ASSERT_EQ(p[i], before[i] + shift) << "element " << i;
+  fs::remove_all(corpus);
+}
+
+TEST(TrainConfig, ErrorsNameFileAndField) {
+  const fs::path corpus = make_corpus("moex_cfg");
+  auto error_of = [&](const std::string& extra) {
+    try {
+      TrainConfig::from_file(write_config(corpus, "x", extra).string());
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of(R"(, "stepz": 3)").find("unknown field 'training.stepz'"), std::string::npos);
+  EXPECT_NE(error_of(R"(, "steps": 0)").find("training.steps must be >= 1"), std::string::npos);
+  EXPECT_NE(error_of(R"(, "grad_accum": "two")").find("training.grad_accum must be an integer"),
+            std::string::npos);
+  fs::remove_all(corpus);
+}
+
+}  // namespace
+}  // namespace moex::train
