@@ -26,18 +26,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
   "$BIN/moex_gpu_tests" --gtest_brief=1 >"$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: exit $?"
-  grep -E "^\[  (PASSED|FAILED) |^\[==========\]|FAILED|Failure|error" "$OUT/gpu_tests.log" | head -60
+  grep -E "^\[  (PASSED|FAILED) |^\[==========\]|^\[ info \]|FAILED|Failure|error" "$OUT/gpu_tests.log" | head -60
 fi
 
 if [ -z "${MOEX_SKIP_BENCH:-}" ]; then
   : >"$OUT/moex_bench.jsonl"
   for shape in mixtral finegrained gshard; do
-    for mode in capacity dropless dropless-padded; do
+    # dropless = padded strided-batched GEMMs (the default); dropless-grouped = exact rows through
+    # cublasGemmGroupedBatchedEx (bf16 out) + one GEMM per expert for the fp32 weight gradients.
+    for mode in capacity dropless dropless-grouped; do
       "$BIN/moex" bench moe-layer --device cuda --shape "$shape" --mode "$mode" --json \
         >>"$OUT/moex_bench.jsonl" 2>>"$OUT/moex_bench.err" || echo "moex bench $shape $mode failed" | tee -a "$OUT/moex_bench.err"
     done
   done
   PYTHONUNBUFFERED=1 python3 bench/peers/moe_peers.py >"$OUT/peers.jsonl" 2>"$OUT/peers.err" || echo "peers exit $?"
+  grep -h "grouped GEMM calls\|failed" "$OUT/moex_bench.err" | head -6
   tail -5 "$OUT/moex_bench.err" "$OUT/peers.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -57,7 +60,7 @@ for shape in ["mixtral", "finegrained", "gshard"]:
     if mm:
         r = next(iter(mm.values()))
         print(f"{shape:12} {'moex dense (same FLOPs)':22} {'':8} {'':10} {r['dense_fwdbwd_tflops']:8.1f}")
-    best_dropless = min([mm[k]['fwdbwd_ms'] for k in ('dropless', 'dropless-padded') if k in mm] or [float('nan')])
+    best_dropless = min([mm[k]['fwdbwd_ms'] for k in ('dropless', 'dropless-grouped') if k in mm] or [float('nan')])
     for peer, r in pp.items():
         ref = mm.get("capacity", {}).get("fwdbwd_ms") if peer == "deepspeed" else best_dropless
         sp = (r["fwdbwd_ms"] / ref) if ref else float("nan")

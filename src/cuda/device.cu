@@ -137,7 +137,13 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   cudaMemcpyKind kind = cudaMemcpyDefault;  // unified addressing resolves direction
   (void)dst_device;
   (void)src_device;
+  // Tensor::to is synchronous for every stream. A pageable host->device cudaMemcpy returns once
+  // the source is staged, before the DMA lands, and it is ordered only on the legacy stream: a
+  // kernel on another stream could read the old bytes (this corrupted w2 uploads, issue 5's
+  // top6_e64 case). Fence the device on both sides.
+  CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
+  CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 void init() {
@@ -161,7 +167,10 @@ CudaContext::CudaContext(int ordinal, bool own_stream)
   init();
   CUDA_CHECK(cudaSetDevice(ordinal));
   CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
-  if (own_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  // A blocking stream: it is ordered with the legacy default stream, so plain cudaMemcpy/cudaMemset
+  // calls (tests, Tensor::to, user code) are never overtaken by this stream's kernels or vice
+  // versa. A non-blocking stream raced pageable uploads (see copy_bytes).
+  if (own_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamDefault));
   CUBLAS_CHECK(cublasCreate(&cublas_));
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
   CUBLAS_CHECK(cublasLtCreate(&cublas_lt_));

@@ -36,8 +36,20 @@ struct GroupedGemm {
   bool trans_a = false, trans_b = false;
   std::vector<int> m, n, k, lda, ldb, ldc;
 };
+// cublasGemmGroupedBatchedEx supports bf16 A/B only with a bf16 C (CUBLAS_COMPUTE_32F); fp32 C
+// (the weight gradients) is not among its documented type combinations and answers
+// CUBLAS_STATUS_NOT_SUPPORTED. Those calls, and any call that cuBLAS answers NOT_SUPPORTED, run
+// one cublasGemmEx per problem instead, from the host copies of the pointer arrays
+// (host_a/b/c, same order as the device arrays). grouped_gemm_stats() counts both kinds.
 void gemm_grouped_bf16(cublasHandle_t handle, const GroupedGemm& g, const void* const* a_ptrs,
-                       const void* const* b_ptrs, void* const* c_ptrs, bool c_is_f32,
+                       const void* const* b_ptrs, void* const* c_ptrs, const void* const* host_a,
+                       const void* const* host_b, const void* const* host_c, bool c_is_f32,
                        float alpha = 1.0f, float beta = 0.0f);
+struct GroupedGemmStats {
+  int64_t grouped_calls = 0;  // served by cublasGemmGroupedBatchedEx
+  int64_t looped_calls = 0;   // served by one cublasGemmEx per problem
+  int64_t not_supported = 0;  // grouped calls cuBLAS refused (bf16 C), then looped
+};
+GroupedGemmStats grouped_gemm_stats();
 
 }  // namespace moex::cuda

@@ -267,7 +267,9 @@ void MoELayerCuda::experts_forward() {
       g.ldc.push_back(static_cast<int>(f1_));
     }
     void** p = static_cast<void**>(grouped_ptrs_.raw_data());
-    gemm_grouped_bf16(h, g, p + 0 * E_, p + 1 * E_, p + 2 * E_, false);
+    const void* const* hp = host_ptrs_.data();
+    gemm_grouped_bf16(h, g, p + 0 * E_, p + 1 * E_, p + 2 * E_, hp + 0 * E_, hp + 1 * E_,
+                      hp + 2 * E_, false);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, stream);
@@ -290,7 +292,9 @@ void MoELayerCuda::experts_forward() {
       g.ldc.push_back(static_cast<int>(d_));
     }
     void** p = static_cast<void**>(grouped_ptrs_.raw_data());
-    gemm_grouped_bf16(h, g, p + 3 * E_, p + 4 * E_, p + 5 * E_, false);
+    const void* const* hp = host_ptrs_.data();
+    gemm_grouped_bf16(h, g, p + 3 * E_, p + 4 * E_, p + 5 * E_, hp + 3 * E_, hp + 4 * E_,
+                      hp + 5 * E_, false);
   }
 }
 
@@ -313,7 +317,9 @@ void MoELayerCuda::experts_backward() {
       g.ldb.push_back(static_cast<int>(ldb));
       g.ldc.push_back(static_cast<int>(ldc));
     }
+    const void* const* hp = host_ptrs_.data();
     gemm_grouped_bf16(h, g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_, p + (gi * 3 + 2) * E_,
+                      hp + (gi * 3 + 0) * E_, hp + (gi * 3 + 1) * E_, hp + (gi * 3 + 2) * E_,
                       c_f32);
   };
   auto rows_of = [](int64_t n) { return n; };

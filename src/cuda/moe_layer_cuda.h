@@ -31,7 +31,10 @@ enum class DroplessGemm { kGrouped, kPadded };
 
 struct MoELayerCudaOptions {
   int64_t max_tokens = 0;  // buffers are planned for this many tokens at construction
-  DroplessGemm dropless_gemm = DroplessGemm::kPadded;  // kGrouped: NOT_SUPPORTED on CUDA 13 cuBLAS (bf16)
+  // kPadded: strided-batched GEMMs over [E, max load, d]. kGrouped: exact rows;
+  // cublasGemmGroupedBatchedEx for the bf16-output GEMMs, one cublasGemmEx per expert for the
+  // fp32 weight gradients (bf16 in / fp32 out is not a grouped-API type combination).
+  DroplessGemm dropless_gemm = DroplessGemm::kPadded;
 };
 
 // Results of the last forward, copied to the host (one sync).

@@ -113,8 +113,12 @@ struct DenseFfn {
 
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
                                       int warmup, int iters) {
-  MOEX_CHECK(mode == "capacity" || mode == "dropless" || mode == "dropless-padded" || mode == "dropless-grouped",
-             "--mode must be capacity, dropless or dropless-padded, got '", mode, "'");
+  // dropless = dropless-padded (strided-batched GEMMs over [E, max load, d]); dropless-grouped =
+  // exact rows through cublasGemmGroupedBatchedEx (+ one GEMM per expert for fp32 dW).
+  MOEX_CHECK(mode == "capacity" || mode == "dropless" || mode == "dropless-padded" ||
+                 mode == "dropless-grouped",
+             "--mode must be capacity, dropless (= dropless-padded) or dropless-grouped, got '",
+             mode, "'");
   cuda::init();
   cuda::CudaContext ctx;
   const bool dropless = mode != "capacity";
@@ -150,6 +154,13 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
                  shape.name.c_str(), mode.c_str(), static_cast<long long>(st.capacity),
                  static_cast<long long>(st.num_rows), static_cast<long long>(st.num_dropped),
                  static_cast<long long>(routed));
+    if (opt.dropless_gemm == cuda::DroplessGemm::kGrouped && dropless) {
+      const cuda::GroupedGemmStats gs = cuda::grouped_gemm_stats();
+      std::fprintf(
+          stderr, "[moex cuda] grouped GEMM calls: %lld grouped, %lld looped (%lld refused)\n",
+          static_cast<long long>(gs.grouped_calls), static_cast<long long>(gs.looped_calls),
+          static_cast<long long>(gs.not_supported));
+    }
   }
   r.fwd_tflops = expert_fwd_flops / (r.fwd_ms * 1e-3) / 1e12;
   r.fwdbwd_tflops = 3 * expert_fwd_flops / (r.fwdbwd_ms * 1e-3) / 1e12;
