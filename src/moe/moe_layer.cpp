@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "cpu/gemm.h"
 #include "moe/experts.h"
+#include "moe/moe_layer_dispatch.h"
 #include "moe/router.h"
 
 namespace moex {
@@ -21,6 +22,7 @@ struct MoELayer::Impl {
   DType dtype = DType::kF32;
   MoEWeights weights;
   MoERouting routing;
+  std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
 };
 
 namespace {
@@ -429,10 +431,20 @@ std::vector<std::pair<std::string, Tensor>> MoELayer::named_parameters() const {
 }
 
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
+  if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
+    if (!impl_->device)
+      impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, x.device());
+    return impl_->device->forward(impl_->weights, x, options);
+  }
   return impl_->forward(x, options);
 }
 
 const MoEGradients& MoELayer::backward(const Tensor& dy) {
+  if (!dy.device().is_cpu()) {
+    MOEX_CHECK(impl_->device != nullptr, "MoELayer::backward: dy is on ", dy.device().str(),
+               " but no forward ran there");
+    return impl_->device->backward(dy);
+  }
   return impl_->backward(dy);
 }
 

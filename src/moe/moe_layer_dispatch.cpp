@@ -1,0 +1,112 @@
+#include "moe/moe_layer_dispatch.h"
+
+#include "core/error.h"
+
+#ifdef MOEX_WITH_CUDA
+#include "cuda/activation.h"
+#include "cuda/device.h"
+#include "cuda/moe_layer_cuda.h"
+#endif
+
+namespace moex {
+
+#ifdef MOEX_WITH_CUDA
+namespace {
+
+class CudaMoELayer final : public MoEDeviceLayer {
+ public:
+  CudaMoELayer(const MoEConfig& config, int ordinal) : config_(config), ctx_(ordinal) {}
+
+  const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
+                           const MoEForwardOptions& options) override {
+    MOEX_CHECK(options.fixed_routing == nullptr,
+               "MoELayer on CUDA: fixed_routing is not supported on the GPU path");
+    MOEX_CHECK(x.ndim() == 2 && x.dim(1) == config_.hidden_size &&
+                   (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16),
+               "MoELayer on CUDA: x must be [T, ", config_.hidden_size, "] f32 or bf16, got ",
+               x.shape().str(), " ", dtype_name(x.dtype()));
+    const int64_t T = x.dim(0), d = config_.hidden_size;
+    if (!layer_ || T > max_tokens_) {
+      cuda::MoELayerCudaOptions opt;
+      opt.max_tokens = T;
+      layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
+      max_tokens_ = T;
+    }
+    layer_->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+    const Device dev = Device::cuda(ctx_.ordinal());
+    if (x.dtype() == DType::kBF16) {
+      xb_ = x;
+    } else {
+      xb_ = Tensor::empty({T, d}, DType::kBF16, dev);
+      cuda::f32_to_bf16(x.data<float>(), xb_.raw_data(), x.numel(), ctx_.stream());
+    }
+    Tensor yb = Tensor::empty({T, d}, DType::kBF16, dev);
+    layer_->forward(xb_, yb, options.training, options.seed, options.offset);
+    out_.y = Tensor::empty({T, d}, DType::kF32, dev);
+    cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());
+    const cuda::MoEStatsCuda st = layer_->stats();  // synchronizes
+    out_.aux_loss = st.aux_loss;
+    out_.z_loss = st.z_loss;
+    out_.weighted_loss = config_.aux_loss_coef * st.aux_loss + config_.z_loss_coef * st.z_loss;
+    out_.load.assign(st.load.begin(), st.load.end());
+    out_.counts.assign(st.counts.begin(), st.counts.end());
+    out_.num_dropped = st.num_dropped;
+    out_.capacity = st.capacity;
+    tokens_ = T;
+    return out_;
+  }
+
+  const MoEGradients& backward(const Tensor& dy) override {
+    MOEX_CHECK(layer_ && tokens_ > 0, "MoELayer on CUDA: backward before forward");
+    const int64_t T = tokens_, d = config_.hidden_size;
+    check_tensor(dy, "MoELayer on CUDA: dy", dy.dtype(), Shape{T, d});
+    MOEX_CHECK(dy.device().is_cuda(), "MoELayer on CUDA: dy must be on the GPU like x");
+    const Device dev = Device::cuda(ctx_.ordinal());
+    Tensor dyb = dy;
+    if (dy.dtype() == DType::kF32) {
+      dyb = Tensor::empty({T, d}, DType::kBF16, dev);
+      cuda::f32_to_bf16(dy.data<float>(), dyb.raw_data(), dy.numel(), ctx_.stream());
+    }
+    MOEX_CHECK(dyb.dtype() == DType::kBF16, "MoELayer on CUDA: dy must be f32 or bf16");
+    Tensor dxb = Tensor::empty({T, d}, DType::kBF16, dev);
+    layer_->backward(dyb, dxb);
+    grads_.dx = Tensor::empty({T, d}, DType::kF32, dev);
+    cuda::bf16_to_f32(dxb.raw_data(), grads_.dx.data<float>(), dxb.numel(), ctx_.stream());
+    ctx_.synchronize();
+    grads_.weights.router = layer_->grad_router_w().clone();
+    grads_.weights.w1 = layer_->grad_w1().clone();
+    grads_.weights.w2 = layer_->grad_w2().clone();
+    return grads_;
+  }
+
+ private:
+  MoEConfig config_;
+  cuda::CudaContext ctx_;
+  std::unique_ptr<cuda::MoELayerCuda> layer_;
+  int64_t max_tokens_ = 0, tokens_ = 0;
+  Tensor xb_;  // the bf16 input backward reads
+  MoEOutput out_;
+  MoEGradients grads_;
+};
+
+}  // namespace
+#endif
+
+std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
+                                                      const Device& device) {
+#ifdef MOEX_WITH_CUDA
+  if (device.is_cuda()) {
+    MOEX_CHECK(dtype == DType::kF32, "MoELayer on CUDA: only f32 layers run on the GPU, got ",
+               dtype_name(dtype));
+    return std::make_unique<CudaMoELayer>(config, device.ordinal);
+  }
+#else
+  (void)config;
+  (void)dtype;
+#endif
+  MOEX_CHECK(false, "MoELayer: no implementation for device ", device.str(),
+             " (built without MOEX_WITH_CUDA?)");
+  return nullptr;
+}
+
+}  // namespace moex
