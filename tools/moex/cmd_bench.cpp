@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "args.h"
+#include "bench_model.h"
 #include "bench_moe.h"
 #include "bench_moe_cuda.h"
 #include "command.h"
@@ -17,7 +18,9 @@ namespace {
 void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
-      "                            [--iters N] [--warmup N] [--json]\n\n"
+      "                            [--iters N] [--warmup N] [--json]\n"
+      "       moex bench train-step [--config F] [--iters N]   CPU forward+backward+AdamW, tokens/s\n"
+      "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, tokens/s\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
@@ -75,7 +78,7 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"device", "shape", "mode", "iters", "warmup"}, {"json", "help"});
+  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens"}, {"json", "help"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
@@ -84,9 +87,14 @@ int run_bench(const std::vector<std::string>& argv) {
   MOEX_CHECK(args.positional().size() == 1, "bench takes one benchmark name, got ",
              args.positional().size());
   if (what == "moe-layer") return run_moe_layer(args);
-  MOEX_CHECK(what == "train-step" || what == "decode", "unknown benchmark '", what,
-             "' (moe-layer, train-step or decode)");
-  MOEX_THROW("bench ", what, " is not implemented yet");
+  const std::string config = args.get("config", "configs/tiny-moe.json");
+  if (what == "train-step") {
+    std::printf("%s\n", bench::run_train_step_bench(config, static_cast<int>(args.get_int("iters", 5))).c_str());
+    return 0;
+  }
+  MOEX_CHECK(what == "decode", "unknown benchmark '", what, "' (moe-layer, train-step or decode)");
+  std::printf("%s\n", bench::run_decode_bench(config, static_cast<int>(args.get_int("tokens", 64))).c_str());
+  return 0;
 }
 
 moex::cli::Command kBench("bench",

@@ -1,0 +1,84 @@
+#include "bench_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/rng.h"
+#include "infer/generator.h"
+#include "train/optimizer.h"
+#include "train/train_config.h"
+
+namespace moex::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(philox_u32(17, stream, i) % vocab);
+  return ids;
+}
+
+}  // namespace
+
+std::string run_train_step_bench(const std::string& config_path, int iters) {
+  const train::TrainConfig c = train::TrainConfig::from_file(config_path);
+  model::Model m(c.model);
+  m.init_weights(1);
+  train::AdamW opt(m.params(), c.optimizer);
+  const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
+  const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
+  const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
+  std::vector<double> times;
+  for (int i = 0; i < iters + 1; ++i) {  // the first step warms up
+    const auto start = Clock::now();
+    m.zero_grad();
+    model::ForwardOptions fo;
+    fo.training = true;
+    fo.step = static_cast<uint64_t>(i);
+    m.forward(ids.data(), targets.data(), batch, seq, fo);
+    m.backward();
+    opt.step(m.params(), m.grads(), c.optimizer.lr, i + 1);
+    if (i > 0) times.push_back(ms_since(start));
+  }
+  std::sort(times.begin(), times.end());
+  const double median = times[times.size() / 2];
+  return nlohmann::json{{"bench", "train-step"},
+                        {"config", config_path},
+                        {"tokens", batch * seq},
+                        {"step_ms", median},
+                        {"tokens_per_second", batch * seq / (median / 1000.0)}}
+      .dump();
+}
+
+std::string run_decode_bench(const std::string& config_path, int new_tokens) {
+  const train::TrainConfig c = train::TrainConfig::from_file(config_path);
+  model::Model m(c.model);
+  m.init_weights(1);
+  const std::vector<int32_t> prompt = random_tokens(16, c.model.vocab_size, 2);
+  model::KVCache cache = m.make_cache(1, 16 + new_tokens);
+  std::vector<float> logits(static_cast<size_t>(c.model.vocab_size));
+  auto start = Clock::now();
+  m.forward_cached(prompt.data(), 1, 16, cache, logits.data());
+  const double prefill_ms = ms_since(start);
+  start = Clock::now();
+  for (int i = 0; i < new_tokens; ++i) {
+    const int32_t next =
+        infer::sample_token(logits.data(), c.model.vocab_size, {}, static_cast<uint64_t>(i));
+    m.forward_cached(&next, 1, 1, cache, logits.data());
+  }
+  const double decode_ms = ms_since(start);
+  return nlohmann::json{
+      {"bench", "decode"},        {"config", config_path},
+      {"prompt_tokens", 16},      {"new_tokens", new_tokens},
+      {"prefill_ms", prefill_ms}, {"decode_tokens_per_second", new_tokens / (decode_ms / 1000.0)}}
+      .dump();
+}
+
+}  // namespace moex::bench
