@@ -6,6 +6,8 @@
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "model/hf_config.h"
+#include "model/hf_weights.h"
 
 namespace moex::model {
 
@@ -41,8 +43,11 @@ std::unique_ptr<Model> load_model(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   const JsonReader config = JsonReader::from_file(config_path);
   const std::string type = config.get_string("model_type");
-  MOEX_CHECK(type == "moex", config_path, ": model_type '", type,
-             "' is not supported yet (Hugging Face architectures load through the HF importer)");
+  if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
+    auto model = std::make_unique<Model>(hf_config_from_file(config_path));
+    load_hf_weights(*model, dir);
+    return model;
+  }
   config.ignore("architectures");
   auto model = std::make_unique<Model>(ModelConfig::from_json(config.child("moex_model")));
   load_weights(*model, dir);
