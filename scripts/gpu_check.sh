@@ -41,7 +41,7 @@ if [ -z "${MOEX_SKIP_BENCH:-}" ]; then
   done
   PYTHONUNBUFFERED=1 python3 bench/peers/moe_peers.py >"$OUT/peers.jsonl" 2>"$OUT/peers.err" || echo "peers exit $?"
   grep -h "grouped GEMM calls\|failed" "$OUT/moex_bench.err" | head -6
-  tail -5 "$OUT/moex_bench.err" "$OUT/peers.err"
+  tail -n 5 "$OUT/moex_bench.err" "$OUT/peers.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]

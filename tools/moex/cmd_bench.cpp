@@ -45,7 +45,7 @@ int run_moe_layer(const Args& args) {
              "'");
   const std::string mode = args.get("mode", "capacity");
   MOEX_CHECK(
-      mode == "capacity" || mode == "dropless" || (device == "cuda" && mode == "dropless-padded"),
+      mode == "capacity" || mode == "dropless" || (device == "cuda" && (mode == "dropless-padded" || mode == "dropless-grouped")),
       "--mode must be capacity or dropless, got '", mode, "'");
   bench::MoEBenchOptions options;
   options.dropless = mode == "dropless";
