@@ -263,3 +263,44 @@ TEST(HfErrors, MissingUnexpectedAndMisshapenTensors) {
 }
 
 }  // namespace
+
+namespace {
+
+// transformers 5.x's in-memory layout (fused mlp.experts.gate_up_proj [E, 2F, d] and
+// down_proj [E, d, F], router mlp.gate.weight) loads too, and also with the expert matrices
+// stored transposed ([E, d, 2F], [E, F, d]).
+TEST(HfWeights, FusedExpertTensorsLoad) {
+  auto model = model::load_model((fixture_dir("mixtral") / "model").string());
+  for (bool transposed : {false, true}) {
+    const fs::path dir = temp_dir(transposed ? "fused_t" : "fused");
+    std::ofstream(dir / "config.json")
+        << model::hf_config_to_json(model->config(), "MixtralForCausalLM").dump(2);
+    std::map<std::string, Tensor> tensors;
+    std::vector<std::vector<float>> keep;
+    for (int i = 0; i < model->params().size(); ++i) {
+      const std::string& name = model->params().name(i);
+      Tensor t = model->params().tensor(i);
+      if (transposed && name.find(".experts.") != std::string::npos) {
+        const int64_t e = t.dim(0), r = t.dim(1), c = t.dim(2);
+        keep.emplace_back(t.numel());
+        for (int64_t x = 0; x < e; ++x)
+          for (int64_t y = 0; y < r; ++y)
+            for (int64_t z = 0; z < c; ++z)
+              keep.back()[(x * c + z) * r + y] = t.data<float>()[(x * r + y) * c + z];
+        t = Tensor::from_external(keep.back().data(), Shape{e, c, r}, DType::kF32);
+      }
+      tensors[name] = t;
+    }
+    io::save_safetensors((dir / "model.safetensors").string(), tensors);
+    auto again = model::load_model(dir.string());
+    for (int i = 0; i < model->params().size(); ++i) {
+      const Tensor& a = model->params().tensor(i);
+      EXPECT_TRUE(std::equal(a.data<float>(), a.data<float>() + a.numel(),
+                             again->params().tensor(i).data<float>()))
+          << model->params().name(i) << (transposed ? " (transposed)" : "");
+    }
+    fs::remove_all(dir);
+  }
+}
+
+}  // namespace
