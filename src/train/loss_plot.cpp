@@ -64,6 +64,12 @@ void write_loss_plot(const std::string& metrics_path, const std::string& svg_pat
   if (!eval.x.empty()) svg << polyline(eval, x0, x1, y0, y1, "#d62728");
   svg << "</svg>\n";
   io::write_file_atomic(svg_path, svg.str());
+  // The same plot as a page that any browser opens (loss.html beside loss.svg).
+  const std::string html_path = svg_path.substr(0, svg_path.rfind('.')) + ".html";
+  io::write_file_atomic(html_path,
+                        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>moex "
+                        "loss</title></head><body>\n" +
+                            svg.str() + "</body></html>\n");
 }
 
 }  // namespace moex::train

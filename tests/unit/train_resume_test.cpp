@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -137,6 +138,28 @@ TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
   const float shift = got.step == 7 ? 0.0f : 1.0f;
   ASSERT_TRUE(got.step == 7 || got.step == 8);
   for (size_t i = 0; i < before.size(); ++i) ASSERT_EQ(p[i], before[i] + shift) << "element " << i;
+  fs::remove_all(corpus);
+}
+
+TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
+  const fs::path corpus = make_corpus("moex_sigint");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config =
+      TrainConfig::from_file(write_config(corpus, out, R"(, "steps": 100000)").string());
+  std::thread interrupter([&] {
+    // Ctrl-C once the first step has been logged.
+    while (!fs::exists(out + "/metrics.jsonl") || fs::file_size(out + "/metrics.jsonl") == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::raise(SIGINT);
+  });
+  const TrainResult r = run_training(config, "");
+  interrupter.join();
+  EXPECT_TRUE(r.interrupted);
+  EXPECT_LT(r.steps_done, 100000);
+  EXPECT_EQ(r.last_checkpoint, out + "/latest");
+  model::Model m(config.model);
+  AdamW opt(m.params(), config.optimizer);
+  EXPECT_EQ(load_checkpoint(out + "/latest", m, opt).step, r.steps_done);
   fs::remove_all(corpus);
 }
 
