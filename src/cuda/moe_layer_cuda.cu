@@ -388,8 +388,8 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   rp.renormalize = config_.renormalize;
   rp.renormalize_after_drop = gating_.renormalize_after_drop;
   rp.aux = config_.aux_loss_type != AuxLossType::kNone;
-  rp.aux_coef = config_.aux_loss_coef;
-  rp.z_coef = config_.z_loss_coef;
+  rp.aux_coef = config_.aux_loss_coef * loss_scale_;
+  rp.z_coef = config_.z_loss_coef * loss_scale_;
   router_backward(z_.data<float>(), s_.data<float>(), plan_.expert, plan_.slot,
                   dgates_.data<float>(), plan_.aux_grad, rp, dz_.data<float>(), stream);
   gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(),

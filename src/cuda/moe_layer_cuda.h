@@ -66,6 +66,8 @@ class MoELayerCuda {
   // dy [T,d] bf16 -> dx [T,d] bf16; the parameter gradients below are overwritten. The layer's loss
   // is aux_loss_coef * aux + z_loss_coef * z, whose gradients are included.
   void backward(const Tensor& dy, const Tensor& dx);
+  // Weight of the aux and z losses in the objective backward differentiates (1/grad_accum).
+  void set_loss_scale(float scale) { loss_scale_ = scale; }
 
   MoEStatsCuda stats() const;  // synchronizes
 
@@ -87,6 +89,7 @@ class MoELayerCuda {
   const Tensor& expert_out() const { return ob_; }
 
  private:
+  float loss_scale_ = 1.0f;
   void ensure_rows(int64_t rows);
   void experts_forward();
   void experts_backward();

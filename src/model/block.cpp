@@ -44,17 +44,15 @@ void Block::run_forward(const float* x, float* y, bool save) {
   attn_.forward(h.data(), batch_, seq_len_, a.data(), save);
   for (int64_t i = 0; i < n * d; ++i) y[i] = x[i] + a[i];  // x1
   norm2_.forward(y, n, h.data(), save);
-  ffn_.forward(h.data(), n, a.data(), save, training_, seed_, offset_);
+  ffn_.forward(h.data(), n, a.data(), save, step_);
   for (int64_t i = 0; i < n * d; ++i) y[i] += a[i];
 }
 
-void Block::forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool training,
-                    bool checkpoint, uint64_t seed, uint64_t offset) {
+void Block::forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool checkpoint,
+                    const StepOptions& step) {
   batch_ = batch;
   seq_len_ = seq_len;
-  training_ = training;
-  seed_ = seed;
-  offset_ = offset;
+  step_ = step;
   checkpointed_ = checkpoint;
   ffn_.hold_routing(false);
   if (checkpoint) x_.assign(x, x + batch * seq_len * config_.hidden_size);
@@ -86,7 +84,7 @@ void Block::forward_cached(const float* x, int64_t batch, int64_t new_len, int64
   attn_.forward_cached(h.data(), batch, new_len, start_pos, cache, a.data());
   for (int64_t i = 0; i < n * d; ++i) y[i] = x[i] + a[i];
   norm2_.forward(y, n, h.data(), false);
-  ffn_.forward(h.data(), n, a.data(), false, false, 0, 0);
+  ffn_.forward(h.data(), n, a.data(), false, StepOptions{});
   for (int64_t i = 0; i < n * d; ++i) y[i] += a[i];
 }
 

@@ -19,8 +19,8 @@ class Block {
   void init(uint64_t seed);
 
   // x, y [B*T, d]; y may not alias x.
-  void forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool training,
-               bool checkpoint, uint64_t seed, uint64_t offset);
+  void forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool checkpoint,
+               const StepOptions& step);
   // dy -> dx [B*T, d] (dx may alias dy); parameter gradients accumulated.
   void backward(const float* dy, float* dx);
   void forward_cached(const float* x, int64_t batch, int64_t new_len, int64_t start_pos,
@@ -38,8 +38,8 @@ class Block {
   FfnLayer ffn_;
   // per step
   int64_t batch_ = 0, seq_len_ = 0;
-  bool training_ = false, checkpointed_ = false;
-  uint64_t seed_ = 0, offset_ = 0;
+  bool checkpointed_ = false;
+  StepOptions step_;
   std::vector<float> x_;  // [N, d], kept only under checkpointing
 };
 

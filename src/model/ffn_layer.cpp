@@ -127,8 +127,7 @@ void FfnLayer::init(uint64_t seed, float std, float out_std) {
   }
 }
 
-void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, bool training, uint64_t seed,
-                       uint64_t offset) {
+void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, const StepOptions& step) {
   const int64_t d = config_.hidden_size;
   if (!moe_) {
     const moe::FfnShape s = dense_shape(config_);
@@ -143,9 +142,10 @@ void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, bool trai
     return;
   }
   MoEForwardOptions options;
-  options.training = training;
-  options.seed = seed;
-  options.offset = offset;
+  options.training = step.training;
+  options.seed = step.seed;
+  options.offset = step.offset;
+  options.loss_scale = step.loss_scale;
   if (hold_routing_) options.fixed_routing = &held_;
   // The layer reads its input again in backward: keep it alive here.
   x_.assign(x, x + n * d);

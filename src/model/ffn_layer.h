@@ -17,6 +17,15 @@
 
 namespace moex::model {
 
+// How one forward pass runs: training mode, the router's RNG stream, and the weight of the MoE
+// aux/z losses in the objective that backward differentiates (1/grad_accum under accumulation).
+struct StepOptions {
+  bool training = false;
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  double loss_scale = 1.0;
+};
+
 // What an MoE block reports after forward (for the loss, logging and pruning).
 struct MoEStats {
   double aux_loss = 0, z_loss = 0, weighted_loss = 0;
@@ -32,9 +41,8 @@ class FfnLayer {
   void init(uint64_t seed, float std, float out_std);
 
   bool is_moe() const { return moe_ != nullptr; }
-  // x [n, d] -> y [n, d]. For MoE, `seed/offset` feed the router's noise and `fixed` holds routing.
-  void forward(const float* x, int64_t n, float* y, bool save, bool training, uint64_t seed,
-               uint64_t offset);
+  // x [n, d] -> y [n, d]. For MoE, step.seed/offset feed the router's noise.
+  void forward(const float* x, int64_t n, float* y, bool save, const StepOptions& step);
   // dx [n, d] written; parameter gradients accumulated (MoE: aux and z losses included).
   void backward(const float* dy, float* dx);
   const MoEStats& stats() const { return stats_; }

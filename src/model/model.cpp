@@ -78,6 +78,7 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   const int64_t d = config_.hidden_size, n = batch * seq_len, v = config_.vocab_size;
   batch_ = batch;
   seq_len_ = seq_len;
+  loss_scale_ = options.loss_scale;
   ids_.assign(ids, ids + n);
   block_out_.assign(blocks_.size() + 1, {});
   block_out_[0].resize(n * d);
@@ -87,8 +88,9 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
     block_out_[i + 1].resize(n * d);
     // one Philox stream per (step, layer)
     const uint64_t offset = options.step * 1024 + i;
+    const StepOptions step{options.training, options.seed, offset, options.loss_scale};
     blocks_[i]->forward(block_out_[i].data(), batch, seq_len, block_out_[i + 1].data(),
-                        options.training, options.checkpoint_activations, options.seed, offset);
+                        options.checkpoint_activations, step);
     if (blocks_[i]->ffn().is_moe()) {
       const MoEStats& s = blocks_[i]->ffn().stats();
       result.aux_loss += s.aux_loss;
@@ -107,7 +109,8 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   return result;
 }
 
-void Model::backward(float scale) {
+void Model::backward() {
+  const float scale = static_cast<float>(loss_scale_);
   const int64_t d = config_.hidden_size, n = batch_ * seq_len_, v = config_.vocab_size;
   if (scale != 1.0f)
     for (float& g : dlogits_) g *= scale;
@@ -128,7 +131,7 @@ void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* ou
   std::vector<float> x(n * d), y(n * d);
   embed(ids, batch, seq_len, 0, x.data());
   for (auto& block : blocks_) {
-    block->forward(x.data(), batch, seq_len, y.data(), false, false, 0, 0);
+    block->forward(x.data(), batch, seq_len, y.data(), false, StepOptions{});
     std::swap(x, y);
   }
   final_norm_->forward(x.data(), n, y.data(), false);

@@ -16,6 +16,9 @@ struct ForwardOptions {
   bool checkpoint_activations = false;  // keep block inputs only; recompute in backward
   uint64_t seed = 0;                    // router noise (jitter, RSample, Gumbel, RTS) of this step
   uint64_t step = 0;                    // RNG offset: a fresh stream per step and layer
+  // Weight of this forward's loss (cross-entropy and MoE aux/z terms) in the objective that
+  // backward differentiates: 1/grad_accum when micro-batches are averaged.
+  double loss_scale = 1.0;
 };
 
 struct LossResult {
@@ -46,8 +49,8 @@ class Model {
   // ids, targets [B, T]; targets of -100 are ignored. Saves activations for backward.
   LossResult forward(const int32_t* ids, const int32_t* targets, int64_t batch, int64_t seq_len,
                      const ForwardOptions& options);
-  // Accumulates into grads(): d(loss + weighted aux) / d(params), all scaled by `scale`.
-  void backward(float scale = 1.0f);
+  // Accumulates into grads(): d(loss + weighted aux) / d(params), times the forward's loss_scale.
+  void backward();
 
   // Logits [B, T, V] without saving anything (evaluation).
   void logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out);
@@ -72,6 +75,7 @@ class Model {
   Param embed_, pos_, head_;
   // saved by forward
   int64_t batch_ = 0, seq_len_ = 0;
+  double loss_scale_ = 1.0;
   std::vector<int32_t> ids_;
   std::vector<std::vector<float>>
       block_out_;               // [L][N, d] (checkpointing keeps only block inputs inside blocks)

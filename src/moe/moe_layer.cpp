@@ -101,6 +101,7 @@ class LayerImpl final : public MoELayer::Impl {
   std::vector<T> shared_gate_;     // [T] sigmoid(x ws^T)
   std::vector<T> workspace_;
   std::vector<T> dout_, dgates_, ds_, dz_, dtmp_;
+  double loss_scale_ = 1.0;  // MoEForwardOptions::loss_scale of the last forward
 };
 
 template <typename T>
@@ -114,6 +115,7 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
              x.device().str());
   const int64_t num_t = x.dim(0);
   num_tokens_ = num_t;
+  loss_scale_ = options.loss_scale;
   x_ = x;
   const T* xp = x.data<T>();
 
@@ -340,10 +342,11 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
                                 {c.renormalize, c.renormalize_after_drop}, ds_.data());
   if (c.aux_loss_coef != 0) {
     moe::router_aux_loss<T>(s_.data(), routing.topk_idx.data(), num_t, num_e, k, c.aux_loss_type,
-                            c.score_func, c.aux_loss_coef, ds_.data());
+                            c.score_func, c.aux_loss_coef * loss_scale_, ds_.data());
   }
   moe::router_scores_backward<T>(s_.data(), ds_.data(), num_t, num_e, c.score_func, dz_.data());
-  if (c.z_loss_coef != 0) moe::router_z_loss<T>(z_.data(), num_t, num_e, c.z_loss_coef, dz_.data());
+  if (c.z_loss_coef != 0)
+    moe::router_z_loss<T>(z_.data(), num_t, num_e, c.z_loss_coef * loss_scale_, dz_.data());
   moe::router_logits_backward<T>(dz_.data(), jittered_ ? xj_.data() : xp, ptr<T>(weights.router),
                                  jittered_ ? u_.data() : nullptr, num_t, d, num_e, ptr<T>(g.router),
                                  dx);

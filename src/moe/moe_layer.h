@@ -35,6 +35,9 @@ struct MoEForwardOptions {
   uint64_t seed = 0;      // Philox seed and offset of this call (router.h: moe_rng_offset)
   uint64_t offset = 0;
   const MoERouting* fixed_routing = nullptr;  // reuse this selection and plan instead of choosing
+  // Weight of weighted_loss in the objective backward differentiates: 1/grad_accum when the
+  // trainer averages micro-batches (DeepSpeed divides the whole loss, aux terms included).
+  double loss_scale = 1.0;
 };
 
 struct MoEOutput {

@@ -41,6 +41,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       cuda::f32_to_bf16(x.data<float>(), xb_.raw_data(), x.numel(), ctx_.stream());
     }
     Tensor yb = Tensor::empty({T, d}, DType::kBF16, dev);
+    layer_->set_loss_scale(static_cast<float>(options.loss_scale));
     layer_->forward(xb_, yb, options.training, options.seed, options.offset);
     out_.y = Tensor::empty({T, d}, DType::kF32, dev);
     cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());

@@ -168,8 +168,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.checkpoint_activations = c.training.activation_checkpointing;
       opt.seed = c.training.seed;
       opt.step = static_cast<uint64_t>(state.step * c.training.grad_accum + micro);
+      opt.loss_scale = 1.0 / static_cast<double>(c.training.grad_accum);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
-      model.backward(1.0f / static_cast<float>(c.training.grad_accum));
+      model.backward();
       loss += r.loss / c.training.grad_accum;
       aux += r.aux_loss / c.training.grad_accum;
       zl += r.z_loss / c.training.grad_accum;

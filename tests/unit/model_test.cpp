@@ -1,11 +1,12 @@
 // The CPU model: loss gradient against central differences, activation checkpointing giving the
 // same gradients, KV-cache decoding giving the full forward's logits, and config errors.
+#include "model/model.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "gradcheck.h"
-#include "model/model.h"
 
 namespace moex::model {
 namespace {
@@ -65,17 +66,47 @@ void check_directional_derivative(const ModelConfig& config) {
   const float h = 1e-3f;
   const double numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
   // float arithmetic: agreement to ~1e-4 relative; a missing term (aux, z-loss, a block) is >1e-2
-  EXPECT_NEAR(numeric, analytic, 1e-3 * std::max(1.0, std::fabs(analytic))) << "numeric " << numeric;
+  EXPECT_NEAR(numeric, analytic, 1e-3 * std::max(1.0, std::fabs(analytic)))
+      << "numeric " << numeric;
 }
 
-TEST(Model, GradientMatchesFiniteDifferencesRopeSwiGLU) { check_directional_derivative(tiny_config("")); }
+TEST(Model, GradientMatchesFiniteDifferencesRopeSwiGLU) {
+  check_directional_derivative(tiny_config(""));
+}
 
 TEST(Model, GradientMatchesFiniteDifferencesLearnedGeluResidual) {
-  check_directional_derivative(tiny_config(R"(, "top_k": 1, "residual": true, "num_experts": 2)", true));
+  check_directional_derivative(
+      tiny_config(R"(, "top_k": 1, "residual": true, "num_experts": 2)", true));
 }
 
 TEST(Model, GradientMatchesFiniteDifferencesSharedExpert) {
-  check_directional_derivative(tiny_config(R"(, "shared_ffn_size": 8, "shared_gate": true, "renormalize": true)"));
+  check_directional_derivative(
+      tiny_config(R"(, "shared_ffn_size": 8, "shared_gate": true, "renormalize": true)"));
+}
+
+// Under gradient accumulation every term of the objective, the MoE aux and z losses included,
+// is weighted by loss_scale: the gradients scale exactly.
+TEST(Model, LossScaleWeighsEveryTerm) {
+  const ModelConfig config = tiny_config(R"(, "aux_loss_coef": 0.5, "z_loss_coef": 0.5)");
+  const Batch b = make_batch(config.vocab_size);
+  std::vector<float> grads[2];
+  for (int i = 0; i < 2; ++i) {
+    Model m(config);
+    m.init_weights(8);
+    ForwardOptions opt;
+    opt.loss_scale = i == 0 ? 1.0 : 0.25;
+    m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
+    m.backward();
+    const float* g = m.grads().flat().data<float>();
+    grads[i].assign(g, g + m.grads().flat().numel());
+  }
+  double max_err = 0, max_abs = 0;
+  for (size_t j = 0; j < grads[0].size(); ++j) {
+    max_err = std::max(max_err, static_cast<double>(std::fabs(0.25f * grads[0][j] - grads[1][j])));
+    max_abs = std::max(max_abs, static_cast<double>(std::fabs(grads[0][j])));
+  }
+  EXPECT_GT(max_abs, 0.0);
+  EXPECT_LE(max_err, 1e-6 * max_abs);
 }
 
 TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
@@ -131,7 +162,8 @@ TEST(Model, KVCacheDecodeMatchesFullForward) {
       pos += len;
       for (int64_t s = 0; s < b.batch; ++s) {
         const float* want = full.data() + (s * b.seq_len + pos - 1) * v;
-        for (int64_t j = 0; j < v; ++j) ASSERT_NEAR(last[s * v + j], want[j], 1e-4) << "pos " << pos;
+        for (int64_t j = 0; j < v; ++j)
+          ASSERT_NEAR(last[s * v + j], want[j], 1e-4) << "pos " << pos;
       }
     }
   }
@@ -146,18 +178,25 @@ TEST(ModelConfig, UnknownAndBadFieldsNameFileAndField) {
     }
     return std::string();
   };
-  const std::string base = R"("vocab_size": 10, "hidden_size": 8, "num_layers": 2, "num_heads": 2, "max_seq_len": 8)";
-  EXPECT_NE(error_of("{" + base + R"(, "hiden_size": 3})").find("bad.json: unknown field 'hiden_size'"),
+  const std::string base =
+      R"("vocab_size": 10, "hidden_size": 8, "num_layers": 2, "num_heads": 2, "max_seq_len": 8)";
+  EXPECT_NE(
+      error_of("{" + base + R"(, "hiden_size": 3})").find("bad.json: unknown field 'hiden_size'"),
+      std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 4, "topk": 2}})").find("moe.topk"),
             std::string::npos);
-  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 4, "topk": 2}})").find("moe.topk"), std::string::npos);
-  EXPECT_NE(error_of("{" + base + R"(, "num_kv_heads": 3})").find("num_kv_heads"), std::string::npos);
-  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 2, "top_k": 3}})").find("top_k"), std::string::npos);
-  EXPECT_NE(error_of("{" + base + R"(, "moe": {"layer_freq": 1, "num_experts": [4, 8, 16]}})").find("3 entries"),
+  EXPECT_NE(error_of("{" + base + R"(, "num_kv_heads": 3})").find("num_kv_heads"),
+            std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"num_experts": 2, "top_k": 3}})").find("top_k"),
+            std::string::npos);
+  EXPECT_NE(error_of("{" + base + R"(, "moe": {"layer_freq": 1, "num_experts": [4, 8, 16]}})")
+                .find("3 entries"),
             std::string::npos);
 }
 
 TEST(ModelConfig, PyramidExpertCounts) {
-  const std::string text = R"({"vocab_size": 10, "hidden_size": 8, "num_layers": 4, "num_heads": 2, "max_seq_len": 8,
+  const std::string text =
+      R"({"vocab_size": 10, "hidden_size": 8, "num_layers": 4, "num_heads": 2, "max_seq_len": 8,
     "moe": {"layer_freq": 2, "num_experts": [4, 8], "residual": true}})";
   const ModelConfig c = ModelConfig::from_json(JsonReader::from_string(text, "pr.json"));
   EXPECT_FALSE(c.layers[0].moe);
