@@ -13,6 +13,12 @@
 // strided-batched GEMMs over [E, max load, d] (kPadded). A device-offset grouped GEMM is not
 // written yet.
 //
+// PR-MoE residual (config.residual) and the shared expert (shared_ffn_size > 0) run as dense MLPs
+// over all T rows with the same GEMM wrappers and activation kernels ("one expert over T rows"),
+// mixed into y by moe_mix (2-way softmax coefficients / sigmoid gate, fp32), as the CPU layer:
+//   y = moe(x) c0 + mlp(x) c1 (c = softmax(x Wc^T)),   y += shared_mlp(x) [sigmoid(x ws^T)].
+// Their backward adds into dx in fp32 before the single bf16 rounding; no host sync either.
+//
 // Legend: T tokens, d hidden, F ffn, F1 = F (GELU) or 2F (SwiGLU), E experts, k, C capacity, R
 // rows.
 #pragma once
@@ -23,6 +29,7 @@
 #include "core/tensor.h"
 #include "cuda/device.h"
 #include "cuda/moe_gating.h"
+#include "cuda/moe_mix.h"
 #include "moe/moe_config.h"
 
 namespace moex::cuda {
@@ -56,6 +63,10 @@ class MoELayerCuda {
   // undefined). The router stays fp32; expert weights are stored bf16.
   void set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                       const Tensor& bias = Tensor());
+  // PR-MoE residual MLP: w1 [Fr1,d], w2 [d,Fr], coef [2,d] (fp32, any device; coef stays fp32).
+  void set_residual_parameters(const Tensor& w1, const Tensor& w2, const Tensor& coef);
+  // Shared expert: w1 [Fs1,d], w2 [d,Fs], gate [1,d] (only with config.shared_gate).
+  void set_shared_parameters(const Tensor& w1, const Tensor& w2, const Tensor& gate = Tensor());
   // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the device from Philox(seed) (benchmarks).
   void init_random(uint64_t seed);
 
@@ -83,6 +94,24 @@ class MoELayerCuda {
   const Tensor& grad_router_w() const { return d_router_w_; }
   const Tensor& grad_w1() const { return dw1_; }
   const Tensor& grad_w2() const { return dw2_; }
+  // Residual / shared gradients (device, fp32; undefined when the config has no such part):
+  // residual w1 [Fr1,d], w2 [d,Fr], coef [2,d]; shared w1 [Fs1,d], w2 [d,Fs], gate [1,d].
+  const Tensor& grad_residual_w1() const { return res_.dw1; }
+  const Tensor& grad_residual_w2() const { return res_.dw2; }
+  const Tensor& grad_residual_coef() const { return dwc_; }
+  const Tensor& grad_shared_w1() const { return sh_.dw1; }
+  const Tensor& grad_shared_w2() const { return sh_.dw2; }
+  const Tensor& grad_shared_gate() const { return dws_; }
+
+  // Dropless host-sync accounting (benchmarks): host_wait_ms() is the total wall time the host
+  // spent blocked in the counts copy's stream sync over all forwards, host_syncs() their number.
+  // reuse_dropless_counts(true) makes later dropless forwards skip the copy and reuse the last
+  // forward's counts — valid only while routing does not change (the benchmark's fixed x and
+  // seed); it exists to time "the same forward with the capacity known in advance".
+  double host_wait_ms() const { return host_wait_ms_; }
+  int64_t host_syncs() const { return host_syncs_; }
+  void reuse_dropless_counts(bool on) { reuse_counts_ = on; }
+
   // Saved forward activations for tests: logits z [T,E] f32, expert buffer rows xb/h/a/out [R, .]
   // bf16.
   const Tensor& logits() const { return z_; }
@@ -94,6 +123,19 @@ class MoELayerCuda {
   void experts_forward();
   void experts_backward();
   void build_grouped_pointers();
+
+  // A dense MLP (residual or shared expert): one "expert" over all T rows.
+  struct DenseMlp {
+    int64_t f = 0, f1 = 0;
+    Tensor w1, w2, dw1, dw2;         // [F1,d] [d,F] bf16; grads fp32
+    Tensor h, a, out, dout, da, dh;  // [T,F1] [T,F] [T,d] [T,d] [T,F] [T,F1] bf16
+    bool defined() const { return f > 0; }
+  };
+  void dense_init(DenseMlp& m, int64_t ffn, int64_t max_tokens);
+  void dense_forward(DenseMlp& m, const void* x, int64_t T);
+  // dout in m.dout; dx contribution written (beta 0) or added (beta 1) into dxe_ (fp32).
+  void dense_backward(DenseMlp& m, const void* x, int64_t T, float beta);
+  MixParams mix_params(int64_t T) const;
 
   MoEConfig config_;
   MoELayerCudaOptions options_;
@@ -116,6 +158,18 @@ class MoELayerCuda {
   std::vector<const void*> host_ptrs_;
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
+
+  // Residual / shared expert state.
+  DenseMlp res_, sh_;
+  Tensor wc_, ws_, dwc_, dws_;       // [2,d] [1,d] fp32 and their gradients
+  Tensor ym_, dym_;                  // [T,d] bf16 MoE part of y and its gradient
+  Tensor coef_, gatev_, dcl_, dgl_;  // [T,2] [T] [T,2] [T] fp32
+  Tensor dxe_;                       // [T,d] fp32 dense parts' dx
+  Tensor mix_partial_;               // mix_weight_grad scratch
+  double host_wait_ms_ = 0;
+  int64_t host_syncs_ = 0;
+  bool reuse_counts_ = false, have_counts_ = false;
+  int64_t counts_tokens_ = 0;
 
   GatingOutputs plan_;
   GatingParams gating_;

@@ -5,12 +5,24 @@
 // Contract on the GPU path (differences from the CPU path are errors, never silent):
 //   - x [T,d] f32 or bf16 on CUDA; y, dx and the weight gradients come back as f32 CUDA tensors.
 //   - experts run in bf16 with fp32 accumulation (DESIGN §8 tolerances), the router in fp32;
-//   - the layer's weights (fp32, CPU or CUDA) are uploaded and converted on every forward, so
-//     updates made between steps are always seen (a cost of ~2 bytes/weight per step);
-//   - not supported (MOEX_CHECK): f64 layers, fixed_routing, residual (PR-MoE), shared experts;
+//   - PR-MoE residual and shared experts (with or without gate) run on the GPU too; their
+//     gradients come back in MoEGradients::weights like the experts';
+//   - weights: the device keeps a bf16/fp32 copy and re-uploads (and converts) ALL weights only
+//     when one of these changed since the last GPU forward:
+//       (a) MoELayer's weights version: mark_weights_dirty() (and init_weights) bump it;
+//       (b) a weight tensor's storage: data pointer, element count or device (a tensor replaced
+//           in weights(), e.g. by loading a checkpoint);
+//       (c) a sampled fingerprint: FNV-1a of 256 evenly spaced elements plus the last one (CPU
+//           reads, or one strided cudaMemcpy2D for CUDA weights).
+//     (c) catches whole-tensor in-place updates (optimizer steps, copies) without any call; an
+//     in-place edit of a few elements can miss every sampled element, so code that edits weights
+//     sparsely must call MoELayer::mark_weights_dirty(). Cost of the check: ~2.6K element reads
+//     per forward instead of ~2 bytes/weight of upload. moe_device_weight_uploads() counts uploads.
+//   - not supported (MOEX_CHECK): f64 layers, fixed_routing;
 //   - routing() is not updated by a GPU forward (the plan stays on the device).
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "core/tensor.h"
@@ -21,10 +33,14 @@ namespace moex {
 class MoEDeviceLayer {
  public:
   virtual ~MoEDeviceLayer() = default;
-  virtual const MoEOutput& forward(const MoEWeights& weights, const Tensor& x,
-                                   const MoEForwardOptions& options) = 0;
+  // weights_version: MoELayer's counter (mark_weights_dirty); see the contract above.
+  virtual const MoEOutput& forward(const MoEWeights& weights, uint64_t weights_version,
+                                   const Tensor& x, const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
 };
+
+// Weight uploads done by device layers in this process (tests, diagnostics).
+int64_t moe_device_weight_uploads();
 
 // The implementation for x's device, or an error naming why there is none (a build without CUDA).
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,

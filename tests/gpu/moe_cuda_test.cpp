@@ -25,6 +25,7 @@
 #include "moe/dispatch_plan.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
+#include "moe/moe_layer_dispatch.h"
 #include "moe/router.h"
 
 namespace moex {
@@ -542,6 +543,42 @@ std::vector<LayerCase> layer_cases() {
     out.push_back({"mixtral_dropless_grouped", c});
     out.push_back({"mixtral_dropless_padded", c, cuda::DroplessGemm::kPadded});
   }
+  // PR-MoE residual and shared experts (dense MLPs over all tokens, mixed into y).
+  {
+    MoEConfig c = base_config(8, 1);
+    c.residual = true;
+    c.residual_ffn_size = 40;
+    c.activation = ExpertActivation::kGelu;
+    c.gelu_exact = true;
+    c.aux_loss_coef = 0.01f;
+    c.z_loss_coef = 0.001f;
+    out.push_back({"residual_top1_gelu", c});
+  }
+  {
+    MoEConfig c = base_config(8, 2);
+    c.shared_ffn_size = 56;
+    c.shared_gate = true;
+    c.activation = ExpertActivation::kSwiGLU;
+    c.aux_loss_type = AuxLossType::kMixtral;
+    c.aux_loss_coef = 0.01f;
+    out.push_back({"shared_gate_swiglu_top2", c});
+  }
+  {
+    MoEConfig c = base_config(8, 2);
+    c.residual = true;
+    c.shared_ffn_size = 32;
+    c.shared_gate = true;
+    c.dropless = true;
+    c.activation = ExpertActivation::kSwiGLU;
+    c.aux_loss_coef = 0.01f;
+    c.z_loss_coef = 0.001f;
+    c.jitter_eps = 0.05f;
+    out.push_back({"residual_shared_dropless", c, cuda::DroplessGemm::kPadded});
+    out.push_back({"residual_shared_dropless_grouped", c});
+    c.shared_gate = false;
+    c.dropless = false;
+    out.push_back({"residual_shared_nogate_capacity", c});
+  }
   return out;
 }
 
@@ -563,6 +600,8 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
   };
   round_tensor(w.w1);
   round_tensor(w.w2);
+  for (Tensor* t : {&w.residual_w1, &w.residual_w2, &w.shared_w1, &w.shared_w2})
+    if (t->defined()) round_tensor(*t);
   if (w.selection_bias.defined()) {
     const auto b = rand_vec(c.num_experts, 12, -0.1f, 0.1f);
     std::copy(b.begin(), b.end(), w.selection_bias.data<float>());
@@ -585,6 +624,15 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
   opt.dropless_gemm = lc.dropless_gemm;
   cuda::MoELayerCuda gpu(c, opt, ctx);
   gpu.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+  if (c.residual) gpu.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
+  if (c.shared_ffn_size > 0) gpu.set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+  // Poison every gradient buffer the layer owns: each must be written by backward.
+  for (const Tensor* t :
+       {&gpu.grad_router_w(), &gpu.grad_w1(), &gpu.grad_w2(), &gpu.grad_residual_w1(),
+        &gpu.grad_residual_w2(), &gpu.grad_residual_coef(), &gpu.grad_shared_w1(),
+        &gpu.grad_shared_w2(), &gpu.grad_shared_gate()})
+    if (t->defined()) CUDA_CHECK(cudaMemset(t->raw_data(), 0xFF, t->nbytes()));
+  CUDA_CHECK(cudaDeviceSynchronize());
   DevBuf x_d = upload(to_bf16(x)), dy_d = upload(to_bf16(dy)), y_d(T * d * 2), dx_d(T * d * 2);
   const Tensor xt = Tensor::from_external(x_d.ptr, {T, d}, DType::kBF16, Device::cuda());
   const Tensor yt = Tensor::from_external(y_d.ptr, {T, d}, DType::kBF16, Device::cuda());
@@ -614,6 +662,20 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
       << lc.name << " dw1";
   EXPECT_LT(rel_l2(tensor_f32(gpu.grad_w2()), tensor_f32(gref.weights.w2)), tol)
       << lc.name << " dw2";
+  const std::pair<const char*, std::pair<const Tensor*, const Tensor*>> extra[] = {
+      {"d residual_w1", {&gpu.grad_residual_w1(), &gref.weights.residual_w1}},
+      {"d residual_w2", {&gpu.grad_residual_w2(), &gref.weights.residual_w2}},
+      {"d residual_coef", {&gpu.grad_residual_coef(), &gref.weights.residual_coef}},
+      {"d shared_w1", {&gpu.grad_shared_w1(), &gref.weights.shared_w1}},
+      {"d shared_w2", {&gpu.grad_shared_w2(), &gref.weights.shared_w2}},
+      {"d shared_gate", {&gpu.grad_shared_gate(), &gref.weights.shared_gate}},
+  };
+  for (const auto& [what, pair] : extra) {
+    EXPECT_EQ(pair.first->defined(), pair.second->defined()) << lc.name << " " << what;
+    if (pair.first->defined() && pair.second->defined())
+      EXPECT_LT(rel_l2(tensor_f32(*pair.first), tensor_f32(*pair.second)), tol)
+          << lc.name << " " << what;
+  }
   if (c.dropless && lc.dropless_gemm == cuda::DroplessGemm::kGrouped) {
     const cuda::GroupedGemmStats gs = cuda::grouped_gemm_stats();
     std::printf(
@@ -668,6 +730,69 @@ TEST_F(Gpu, MoELayerDispatchesOnCudaInput) {
   EXPECT_TRUE(g.dx.device().is_cuda());
   EXPECT_LT(rel_l2(tensor_f32(g.dx), dx_cpu), 2e-2);
   EXPECT_LT(rel_l2(tensor_f32(g.weights.w1), dw1_cpu), 2e-2);
+}
+
+// Residual + shared expert through MoELayer's device dispatch, and the cached device weights:
+// no upload while the weights are unchanged, a re-upload after a whole-tensor in-place update
+// (fingerprint) and after a sparse edit announced by mark_weights_dirty().
+TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
+  MoEConfig c = base_config(8, 2);
+  c.activation = ExpertActivation::kSwiGLU;
+  c.residual = true;
+  c.shared_ffn_size = 32;
+  c.shared_gate = true;
+  c.aux_loss_coef = 0.01f;
+  const int64_t T = 128, d = c.hidden_size;
+  MoELayer layer(c, DType::kF32);
+  layer.init_weights(6);
+  MoEWeights& w = layer.weights();
+  for (Tensor* t : {&w.w1, &w.w2, &w.residual_w1, &w.residual_w2, &w.shared_w1, &w.shared_w2}) {
+    float* p = t->data<float>();
+    for (int64_t i = 0; i < t->numel(); ++i) p[i] = bf16_to_f32(f32_to_bf16(p[i]));
+  }
+  const auto xv = round_bf16(rand_vec(T * d, 41)), dyv = round_bf16(rand_vec(T * d, 42));
+  Tensor x = Tensor::empty({T, d}, DType::kF32), dy = Tensor::empty({T, d}, DType::kF32);
+  std::copy(xv.begin(), xv.end(), x.data<float>());
+  std::copy(dyv.begin(), dyv.end(), dy.data<float>());
+  const Tensor xg = x.to(Device::cuda()), dyg = dy.to(Device::cuda());
+  MoEForwardOptions fo;
+  fo.training = true;
+  fo.seed = 4;
+  auto check_step = [&](const char* what) {
+    const std::vector<float> y_cpu = tensor_f32(layer.forward(x, fo).y);
+    const MoEGradients& gc = layer.backward(dy);
+    const std::vector<float> dx_cpu = tensor_f32(gc.dx);
+    const std::vector<float> drc = tensor_f32(gc.weights.residual_coef),
+                             dsw1 = tensor_f32(gc.weights.shared_w1),
+                             dsg = tensor_f32(gc.weights.shared_gate),
+                             drw2 = tensor_f32(gc.weights.residual_w2);
+    const MoEOutput& out = layer.forward(xg, fo);
+    EXPECT_LT(rel_l2(tensor_f32(out.y), y_cpu), 2e-2) << what << " y";
+    const MoEGradients& g = layer.backward(dyg);
+    EXPECT_LT(rel_l2(tensor_f32(g.dx), dx_cpu), 2e-2) << what << " dx";
+    ASSERT_TRUE(g.weights.residual_coef.defined() && g.weights.shared_gate.defined());
+    EXPECT_LT(rel_l2(tensor_f32(g.weights.residual_coef), drc), 2e-2) << what;
+    EXPECT_LT(rel_l2(tensor_f32(g.weights.residual_w2), drw2), 2e-2) << what;
+    EXPECT_LT(rel_l2(tensor_f32(g.weights.shared_w1), dsw1), 2e-2) << what;
+    EXPECT_LT(rel_l2(tensor_f32(g.weights.shared_gate), dsg), 2e-2) << what;
+  };
+  const int64_t u0 = moe_device_weight_uploads();
+  check_step("first");
+  EXPECT_EQ(moe_device_weight_uploads(), u0 + 1);
+  check_step("unchanged");
+  EXPECT_EQ(moe_device_weight_uploads(), u0 + 1) << "unchanged weights were re-uploaded";
+  // Whole-tensor in-place update (an optimizer step): seen without any call.
+  for (Tensor* t : {&w.w2, &w.shared_w2}) {
+    float* p = t->data<float>();
+    for (int64_t i = 0; i < t->numel(); ++i) p[i] *= 2.0f;  // stays bf16-exact
+  }
+  check_step("scaled in place");
+  EXPECT_EQ(moe_device_weight_uploads(), u0 + 2);
+  // A sparse edit plus mark_weights_dirty().
+  w.router.data<float>()[1] += 0.5f;  // element 1 is not among the sampled ones (stride 2)
+  layer.mark_weights_dirty();
+  check_step("sparse edit");
+  EXPECT_EQ(moe_device_weight_uploads(), u0 + 3);
 }
 
 }  // namespace

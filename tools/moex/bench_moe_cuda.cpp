@@ -18,14 +18,21 @@
 namespace moex::bench {
 
 std::string moe_cuda_bench_json(const MoECudaBenchResult& r) {
-  char buf[512];
+  char buf[768];
   std::snprintf(buf, sizeof(buf),
                 "{\"shape\": \"%s\", \"mode\": \"%s\", \"fwd_ms\": %.4f, \"fwdbwd_ms\": %.4f, "
                 "\"fwd_tflops\": %.2f, "
-                "\"fwdbwd_tflops\": %.2f, \"dense_fwdbwd_tflops\": %.2f}",
+                "\"fwdbwd_tflops\": %.2f, \"dense_fwdbwd_tflops\": %.2f",
                 r.shape.c_str(), r.mode.c_str(), r.fwd_ms, r.fwdbwd_ms, r.fwd_tflops,
                 r.fwdbwd_tflops, r.dense_fwdbwd_tflops);
-  return buf;
+  std::string out = buf;
+  if (r.has_host_sync) {
+    std::snprintf(buf, sizeof(buf),
+                  ", \"host_sync_ms\": %.4f, \"host_wait_ms\": %.4f, \"fwd_known_counts_ms\": %.4f",
+                  r.host_sync_ms, r.host_wait_ms, r.fwd_known_counts_ms);
+    out += buf;
+  }
+  return out + "}";
 }
 
 #if !defined(MOEX_WITH_CUDA)
@@ -142,7 +149,20 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
     Tensor dx = Tensor::empty({T, d}, DType::kBF16, Device::cuda());
     cuda::fill_uniform_bf16(x.raw_data(), x.numel(), 9, 0, -1, 1, ctx.stream());
     cuda::fill_uniform_bf16(dy.raw_data(), dy.numel(), 9, 1, -1, 1, ctx.stream());
+    const double wait0 = layer.host_wait_ms();
+    const int64_t syncs0 = layer.host_syncs();
     r.fwd_ms = median_ms(ctx, warmup, iters, [&] { layer.forward(x, y, true, 1, 0); });
+    if (dropless) {
+      // The dropless host sync's cost: the same forward with the counts known in advance.
+      r.has_host_sync = true;
+      const int64_t syncs = layer.host_syncs() - syncs0;
+      r.host_wait_ms = syncs > 0 ? (layer.host_wait_ms() - wait0) / syncs : 0.0;
+      layer.reuse_dropless_counts(true);
+      r.fwd_known_counts_ms =
+          median_ms(ctx, warmup, iters, [&] { layer.forward(x, y, true, 1, 0); });
+      layer.reuse_dropless_counts(false);
+      r.host_sync_ms = r.fwd_ms - r.fwd_known_counts_ms;
+    }
     r.fwdbwd_ms = median_ms(ctx, warmup, iters, [&] {
       layer.forward(x, y, true, 1, 0);
       layer.backward(dy, dx);

@@ -13,12 +13,20 @@ struct MoECudaBenchResult {
   std::string shape, mode;
   double fwd_ms = 0, fwdbwd_ms = 0, fwd_tflops = 0, fwdbwd_tflops = 0, dense_fwdbwd_tflops = 0;
   double dense_fwdbwd_ms = 0, gating_ms = 0;
+  // Dropless modes only (has_host_sync): the cost of the counts copy + stream sync inside the
+  // forward. host_sync_ms = median dropless fwd - median of the same forward with the counts known
+  // in advance (MoELayerCuda::reuse_dropless_counts; same x and seed, so the same routing);
+  // host_wait_ms = mean wall time the host sat blocked in that sync per forward (it includes the
+  // router and gating GPU work queued before it, so it bounds the bubble from above).
+  bool has_host_sync = false;
+  double host_sync_ms = 0, host_wait_ms = 0, fwd_known_counts_ms = 0;
 };
 
 // mode: "capacity", "dropless" (grouped cuBLAS GEMM) or "dropless-padded". Throws without CUDA.
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
                                       int warmup, int iters);
-// {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops","dense_fwdbwd_tflops"}
+// {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops","dense_fwdbwd_tflops"}, plus
+// "host_sync_ms", "host_wait_ms", "fwd_known_counts_ms" on dropless lines.
 std::string moe_cuda_bench_json(const MoECudaBenchResult& r);
 
 }  // namespace moex::bench
