@@ -66,6 +66,12 @@ for shape in ["mixtral", "finegrained", "gshard"]:
         sp = (r["fwdbwd_ms"] / ref) if ref else float("nan")
         print(f"{shape:12} {'peer ' + peer:22} {r['fwd_ms']:8.2f} {r['fwdbwd_ms']:10.2f} {r['fwdbwd_tflops']:8.1f} "
               f"{r['fwdbwd_tflops'] / r['dense_fwdbwd_tflops']:8.2f} {sp:11.2f}x")
+print(f"\n== dropless host sync (counts copy + stream sync inside forward), {gpu} ==")
+print(f"{'shape':12} {'mode':18} {'fwd_ms':>8} {'known_counts_ms':>15} {'host_sync_ms':>12} {'host_wait_ms':>12}")
+for r in m:
+    if "host_sync_ms" in r:
+        print(f"{r['shape']:12} {r['mode']:18} {r['fwd_ms']:8.3f} {r['fwd_known_counts_ms']:15.3f} "
+              f"{r['host_sync_ms']:12.3f} {r['host_wait_ms']:12.3f}")
 for r in p:
     if "error" in r:
         print("peer error:", r)

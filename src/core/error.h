@@ -4,12 +4,21 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace moex {
 
+// what() is "file.cpp:line: message (failed: expr)" for developers; message() is the message
+// alone, which is what a user of the command-line tool sees.
 class Error : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit Error(const std::string& what) : std::runtime_error(what), message_(what) {}
+  Error(const std::string& what, std::string message)
+      : std::runtime_error(what), message_(std::move(message)) {}
+  const std::string& message() const { return message_; }
+
+ private:
+  std::string message_;
 };
 
 namespace detail {
@@ -28,11 +37,11 @@ std::string cat(const Args&... args) {
 }  // namespace moex
 
 // MOEX_CHECK(cond, message parts...): the message names the argument that is wrong.
-#define MOEX_CHECK(cond, ...)                                                            \
-  do {                                                                                   \
-    if (!(cond)) {                                                                       \
+#define MOEX_CHECK(cond, ...)                                                                   \
+  do {                                                                                          \
+    if (!(cond)) {                                                                              \
       ::moex::detail::throw_error(__FILE__, __LINE__, #cond, ::moex::detail::cat(__VA_ARGS__)); \
-    }                                                                                    \
+    }                                                                                           \
   } while (0)
 
 // MOEX_THROW(message parts...): unconditional error.

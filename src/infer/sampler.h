@@ -13,6 +13,10 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
+// Errors name the parameter that is out of range (temperature < 0, top_p outside (0, 1], top_k <
+// 0).
+void check_sampling_params(const SamplingParams& params);
+
 // `draw` is the index of this draw in the sequence (the RNG counter).
 int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingParams& params,
                      uint64_t draw);

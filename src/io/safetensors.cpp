@@ -275,6 +275,15 @@ Tensor SafetensorsFile::to_f32(const std::string& name) const {
   return t;
 }
 
+Tensor SafetensorsFile::weight_f32(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const bool floating = e.dtype == DType::kF32 || e.dtype == DType::kBF16 ||
+                        e.dtype == DType::kF16 || e.dtype == DType::kF64;
+  MOEX_CHECK(floating, path_, ": tensor '", name, "' has dtype ", e.dtype_name,
+             "; a weight must be F32, BF16, F16 or F64");
+  return to_f32(name);
+}
+
 size_t safetensors_file_size(const std::map<std::string, Tensor>& tensors,
                              const SafetensorsSaveOptions& options) {
   const Layout layout = plan_layout(tensors, options.metadata, options.bool_tensors);

@@ -52,6 +52,9 @@ class SafetensorsFile {
   Tensor view(const std::string& name) const;
   // A copy converted to f32 (from F32, BF16, F16, F64, I32, I64, U8/BOOL).
   Tensor to_f32(const std::string& name) const;
+  // Like to_f32 for weights: a tensor stored with an integer dtype is an error naming the file,
+  // the tensor and the dtype (converting it would give a model of garbage silently).
+  Tensor weight_f32(const std::string& name) const;
   // A copy in its own dtype.
   Tensor copy(const std::string& name) const;
   // Raw bytes of a tensor inside the mapping.
@@ -107,6 +110,7 @@ class SafetensorsCheckpoint {
   const SafetensorsEntry& entry(const std::string& name) const { return file_of(name).entry(name); }
   Tensor view(const std::string& name) const { return file_of(name).view(name); }
   Tensor to_f32(const std::string& name) const { return file_of(name).to_f32(name); }
+  Tensor weight_f32(const std::string& name) const { return file_of(name).weight_f32(name); }
   const std::vector<SafetensorsFile>& shards() const { return shards_; }
   // The index's "metadata" object (strings and numbers as text), or the single file's metadata.
   const std::map<std::string, std::string>& metadata() const { return metadata_; }

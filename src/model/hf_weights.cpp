@@ -55,7 +55,7 @@ class Loader {
 
   // Reads `name` as f32, checking its shape, and marks it used.
   Tensor read(const std::string& name, const Shape& shape) {
-    const Tensor t = ckpt_.to_f32(name);
+    const Tensor t = ckpt_.weight_f32(name);
     MOEX_CHECK(t.shape() == shape, ckpt_.file_of(name).path(), ": tensor '", name, "' has shape ",
                t.shape().str(), ", the model expects ", shape.str());
     used_.insert(name);

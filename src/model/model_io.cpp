@@ -29,7 +29,7 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     MOEX_CHECK(ckpt.contains(name), checkpoint_path, ": tensor '", name, "' is missing");
-    const Tensor src = ckpt.to_f32(name);
+    const Tensor src = ckpt.weight_f32(name);
     const Tensor& dst = params.tensor(i);
     MOEX_CHECK(src.shape() == dst.shape(), checkpoint_path, ": tensor '", name, "' has shape ",
                src.shape().str(), ", the model expects ", dst.shape().str());

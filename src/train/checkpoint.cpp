@@ -53,7 +53,7 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
     for (const bool second : {false, true}) {
       const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
       MOEX_CHECK(moments.contains(name), opt_path, ": tensor '", name, "' is missing");
-      const Tensor src = moments.to_f32(name);
+      const Tensor src = moments.weight_f32(name);
       MOEX_CHECK(src.shape() == t.shape(), opt_path, ": tensor '", name, "' has shape ",
                  src.shape().str());
       float* dst = (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).data<float>() + offset;

@@ -130,6 +130,15 @@ TEST(Safetensors, ConvertsToF32) {
     EXPECT_EQ(f.to_f32("bf").data<float>()[i], values[i]);
     EXPECT_EQ(f.to_f32("hf").data<float>()[i], values[i]);
     EXPECT_EQ(f.to_f32("i").data<float>()[i], -1000.0f * i);
+    EXPECT_EQ(f.weight_f32("bf").data<float>()[i], values[i]);
+  }
+  // As a weight, an integer tensor is an error naming the file, tensor and dtype.
+  try {
+    f.weight_f32("i");
+    FAIL() << "an I64 weight was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("c.safetensors: tensor 'i' has dtype I64"), std::string::npos) << what;
   }
 }
 

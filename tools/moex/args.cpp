@@ -52,7 +52,8 @@ int64_t Args::get_int(const std::string& name, int64_t fallback) const {
   const std::string v = get(name);
   char* end = nullptr;
   const long long x = std::strtoll(v.c_str(), &end, 10);
-  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects an integer, got '", v, "'");
+  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects an integer, got '", v,
+             "'");
   return x;
 }
 
@@ -61,7 +62,8 @@ double Args::get_double(const std::string& name, double fallback) const {
   const std::string v = get(name);
   char* end = nullptr;
   const double x = std::strtod(v.c_str(), &end);
-  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects a number, got '", v, "'");
+  MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects a number, got '", v,
+             "'");
   return x;
 }
 

@@ -19,8 +19,10 @@ void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
       "                            [--iters N] [--warmup N] [--json]\n"
-      "       moex bench train-step [--config F] [--iters N]   CPU forward+backward+AdamW, tokens/s\n"
-      "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, tokens/s\n\n"
+      "       moex bench train-step [--config F] [--iters N]   CPU forward+backward+AdamW, "
+      "tokens/s\n"
+      "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, "
+      "tokens/s\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
@@ -44,9 +46,9 @@ int run_moe_layer(const Args& args) {
   MOEX_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device,
              "'");
   const std::string mode = args.get("mode", "capacity");
-  MOEX_CHECK(
-      mode == "capacity" || mode == "dropless" || (device == "cuda" && (mode == "dropless-padded" || mode == "dropless-grouped")),
-      "--mode must be capacity or dropless, got '", mode, "'");
+  MOEX_CHECK(mode == "capacity" || mode == "dropless" ||
+                 (device == "cuda" && (mode == "dropless-padded" || mode == "dropless-grouped")),
+             "--mode must be capacity or dropless, got '", mode, "'");
   bench::MoEBenchOptions options;
   options.dropless = mode == "dropless";
   options.iters = static_cast<int>(args.get_int("iters", 5));
@@ -78,7 +80,8 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens"}, {"json", "help"});
+  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens"},
+                  {"json", "help"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
@@ -89,11 +92,15 @@ int run_bench(const std::vector<std::string>& argv) {
   if (what == "moe-layer") return run_moe_layer(args);
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    std::printf("%s\n", bench::run_train_step_bench(config, static_cast<int>(args.get_int("iters", 5))).c_str());
+    std::printf(
+        "%s\n",
+        bench::run_train_step_bench(config, static_cast<int>(args.get_int("iters", 5))).c_str());
     return 0;
   }
   MOEX_CHECK(what == "decode", "unknown benchmark '", what, "' (moe-layer, train-step or decode)");
-  std::printf("%s\n", bench::run_decode_bench(config, static_cast<int>(args.get_int("tokens", 64))).c_str());
+  std::printf(
+      "%s\n",
+      bench::run_decode_bench(config, static_cast<int>(args.get_int("tokens", 64))).c_str());
   return 0;
 }
 

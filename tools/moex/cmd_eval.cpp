@@ -6,6 +6,7 @@
 #include "command.h"
 #include "io/safetensors.h"
 #include "model/model_io.h"
+#include "model_dir.h"
 
 namespace {
 
@@ -20,12 +21,7 @@ int run_eval(const std::vector<std::string>& argv) {
   }
   auto model = moex::model::load_model(args.require("model"));
   const std::string path = args.require("input-ids");
-  const auto file = moex::io::SafetensorsFile::open(path);
-  MOEX_CHECK(file.contains("input_ids"), path, ": no tensor 'input_ids'");
-  const moex::Tensor ids = file.copy("input_ids");
-  MOEX_CHECK(ids.dtype() == moex::DType::kI32 && ids.ndim() == 2, path,
-             ": input_ids must be int32 [B, T], got ", moex::dtype_name(ids.dtype()), " ",
-             ids.shape().str());
+  const moex::Tensor ids = moex::cli::read_input_ids(path);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;
   MOEX_CHECK(seq_len >= 2, path, ": input_ids needs at least 2 tokens per row");
   const int32_t* id = ids.data<int32_t>();

@@ -5,7 +5,6 @@
 #include "args.h"
 #include "command.h"
 #include "infer/generator.h"
-#include "io/safetensors.h"
 #include "model/model_io.h"
 #include "model_dir.h"
 
@@ -31,13 +30,7 @@ int run_generate(const std::vector<std::string>& argv) {
 
   std::vector<int32_t> prompt;
   if (args.has("input-ids")) {
-    const std::string path = args.get("input-ids");
-    const auto file = moex::io::SafetensorsFile::open(path);
-    MOEX_CHECK(file.contains("input_ids"), path, ": no tensor 'input_ids'");
-    const moex::Tensor ids = file.copy("input_ids");
-    MOEX_CHECK(ids.dtype() == moex::DType::kI32 && ids.ndim() == 2, path,
-               ": input_ids must be int32 [B, T], got ", moex::dtype_name(ids.dtype()), " ",
-               ids.shape().str());
+    const moex::Tensor ids = moex::cli::read_input_ids(args.get("input-ids"));
     prompt.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.dim(1));  // first row
   } else {
     MOEX_CHECK(args.has("prompt"), "give --prompt TEXT or --input-ids FILE");
@@ -54,7 +47,12 @@ int run_generate(const std::vector<std::string>& argv) {
   options.sampling.temperature = args.get_double("temperature", 0.0);
   options.sampling.top_k = args.get_int("top-k", 0);
   options.sampling.top_p = args.get_double("top-p", 1.0);
-  options.sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const int64_t seed = args.get_int("seed", 0);
+  MOEX_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
+  options.sampling.seed = static_cast<uint64_t>(seed);
+  MOEX_CHECK(options.max_new_tokens >= 0, "--max-new-tokens must be >= 0 (got ",
+             options.max_new_tokens, ")");
+  moex::infer::check_sampling_params(options.sampling);
   if (tokenizer && tokenizer->eos_id() >= 0) options.stop_tokens.push_back(tokenizer->eos_id());
   if (model->config().eos_id >= 0)
     options.stop_tokens.push_back(static_cast<int32_t>(model->config().eos_id));

@@ -5,6 +5,7 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "core/logging.h"
 
 namespace moex::cli {
 
@@ -23,8 +24,10 @@ namespace {
 
 void print_usage() {
   auto entries = moex::cli::commands();
-  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
-  std::printf("usage: moex <command> [options]   (moex <command> --help for its options)\n\ncommands:\n");
+  std::sort(entries.begin(), entries.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+  std::printf(
+      "usage: moex <command> [options]   (moex <command> --help for its options)\n\ncommands:\n");
   for (const auto& e : entries) std::printf("  %-12s %s\n", e.name.c_str(), e.summary.c_str());
 }
 
@@ -42,7 +45,10 @@ int main(int argc, char** argv) {
     try {
       return e.run(args);
     } catch (const moex::Error& err) {
-      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
+      // The source location helps developers only: shown with MOEX_LOG_LEVEL=debug.
+      const bool debug = moex::log_level() == moex::LogLevel::kDebug;
+      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(),
+                   debug ? err.what() : err.message().c_str());
       return 1;
     } catch (const std::exception& err) {
       std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
