@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Bad input to the moex binary: each case must exit with status 1 and print exactly one line,
+# "moex <command>: error: ...", that names the file and field (checked by a fragment).
+set -uo pipefail
+MOEX="$1"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+
+expect_error() {  # expect_error "<fragment>" moex-args...
+  local fragment="$1"; shift
+  local err rc
+  err="$("$MOEX" "$@" 2>&1 >/dev/null)"; rc=$?
+  local lines; lines="$(printf '%s\n' "$err" | grep -c .)"
+  if [ "$rc" -ne 1 ] || [ "$lines" -ne 1 ] || [[ "$err" != *"error:"* ]] || [[ "$err" != *"$fragment"* ]]; then
+    echo "FAIL: moex $* -> rc=$rc, stderr:"; printf '%s\n' "$err" | sed 's/^/    /'
+    echo "    (wanted rc=1, one line containing '$fragment')"
+    failures=$((failures + 1))
+  else
+    echo "ok: moex $1 ... -> $err"
+  fi
+}
+
+# configs
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "hidden_sise": 3}, "data": {"path": "x"}}' > "$TMP/typo.json"
+expect_error "typo.json: unknown field 'model.hidden_sise'" train --config "$TMP/typo.json"
+printf '{"model": ' > "$TMP/broken.json"
+expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
+expect_error "unknown flag --stepz" train --stepz 3
+
+# model directories
+mkdir -p "$TMP/arch"
+printf '{"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}' > "$TMP/arch/config.json"
+expect_error "config.json" eval --model "$TMP/arch" --input-ids "$TMP/none.safetensors"
+expect_error "config.json: cannot open" generate --model "$TMP/missing" --prompt hi
+mkdir -p "$TMP/trunc"
+printf '{"model_type": "moex", "moex_model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}}' > "$TMP/trunc/config.json"
+printf '\xff\xff\x00\x00\x00\x00\x00\x00{"a": 1}' > "$TMP/trunc/model.safetensors"
+expect_error "model.safetensors" eval --model "$TMP/trunc" --input-ids "$TMP/none.safetensors"
+
+# tokenizers
+printf '{"model": {"type": "BPE", "merges": []}}' > "$TMP/tok.json"
+expect_error "tok.json" tokenize --tokenizer "$TMP/tok.json" --text hi
+printf '{"version": "1.0", ' > "$TMP/tok2.json"
+expect_error "tok2.json" tokenize --tokenizer "$TMP/tok2.json" --text hi
+
+# datasets: a corpus whose index does not match its data
+mkdir -p "$TMP/corpus"
+printf 'MMIDIDX\x00\x00garbage' > "$TMP/corpus/a.train.idx"; : > "$TMP/corpus/a.train.bin"
+cp "$TMP/corpus/a.train.idx" "$TMP/corpus/a.valid.idx"; : > "$TMP/corpus/a.valid.bin"
+printf '{"tokenizer": "t.model", "vocab_size": 10, "sources": [{"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 1000}, "valid": {"prefix": "a.valid", "tokens": 100}}]}' > "$TMP/corpus/corpus.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/data.json"
+expect_error "a.train.idx" train --config "$TMP/data.json"
+
+if [ "$failures" -ne 0 ]; then echo "$failures case(s) failed"; exit 1; fi
+echo "all bad-input cases gave one clear error"
