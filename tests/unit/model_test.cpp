@@ -70,6 +70,41 @@ void check_directional_derivative(const ModelConfig& config) {
       << "numeric " << numeric;
 }
 
+// The same check one parameter tensor at a time, so that a wrong or missing gradient of one small
+// tensor (a norm weight, the router, a bias) cannot hide inside the global direction.
+void check_each_parameter(const ModelConfig& config) {
+  Model m(config);
+  m.init_weights(3);
+  const Batch b = make_batch(config.vocab_size);
+  total_loss(m, b);
+  m.backward();
+  ParamBuffer& params = m.params();
+  for (int e = 0; e < params.size(); ++e) {
+    float* w = params.tensor(e).data<float>();
+    const float* g = m.grads().tensor(e).data<float>();
+    const int64_t n = params.tensor(e).numel();
+    const std::vector<float> u = testing::random_vector<float>(static_cast<size_t>(n), 100 + e);
+    double analytic = 0;
+    for (int64_t i = 0; i < n; ++i) analytic += static_cast<double>(g[i]) * u[i];
+    const std::vector<float> saved(w, w + n);
+    auto loss_at = [&](float h) {
+      for (int64_t i = 0; i < n; ++i) w[i] = saved[i] + h * u[i];
+      return total_loss(m, b);
+    };
+    // Small enough that no top-k choice flips inside [-h, h] (a flip is a jump in the loss),
+    // large enough for float: loss differences then resolve about 1e-4 in the derivative.
+    const float h = 3e-4f;
+    const double numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+    std::copy(saved.begin(), saved.end(), w);
+    EXPECT_NEAR(numeric, analytic, 3e-3 * std::fabs(analytic) + 5e-4) << params.name(e);
+  }
+}
+
+TEST(Model, EachParameterGradientMatchesFiniteDifferences) {
+  check_each_parameter(tiny_config(R"(, "shared_ffn_size": 8, "shared_gate": true)"));
+  check_each_parameter(tiny_config(R"(, "top_k": 1, "residual": true, "num_experts": 2)", true));
+}
+
 TEST(Model, GradientMatchesFiniteDifferencesRopeSwiGLU) {
   check_directional_derivative(tiny_config(""));
 }
