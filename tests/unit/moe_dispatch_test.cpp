@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -117,8 +118,10 @@ TEST(DispatchPlan, RtsKeepsUniformRandomSubset) {
   const int trials = 4000;
   std::vector<int> kept(8, 0);
   std::set<std::vector<int32_t>> distinct;
+  std::map<std::vector<int32_t>, int> subset_count;
   for (int seed = 0; seed < trials; ++seed) {
     const auto p = plan_for(idx, 1, 2, 3, DropPolicy::kRts, {}, seed);
+    ++subset_count[p.slot];
     ASSERT_EQ(p.counts[0], 3);
     int next_slot = 0;
     for (int t = 0; t < 8; ++t) {
@@ -136,6 +139,15 @@ TEST(DispatchPlan, RtsKeepsUniformRandomSubset) {
   const double mean = trials * 3.0 / 8, sd = std::sqrt(trials * (3.0 / 8) * (5.0 / 8));
   for (int t = 0; t < 8; ++t) EXPECT_NEAR(kept[t], mean, 5 * sd) << "token " << t;
   EXPECT_GT(distinct.size(), 50u);  // C(8,3) = 56 subsets; different seeds differ
+  // Every subset equally likely: chi-square over the 56 subsets (55 degrees of freedom, mean 55,
+  // sd 10.5); 110 is beyond the 99.99th percentile, so a uniform sampler fails once in 10^4 runs
+  // and these fixed seeds either always pass or always fail.
+  EXPECT_EQ(subset_count.size(), 56u);
+  const double expected = trials / 56.0;
+  double chi2 = 0;
+  for (const auto& [subset, n] : subset_count) chi2 += (n - expected) * (n - expected) / expected;
+  chi2 += (56 - static_cast<double>(subset_count.size())) * expected;  // subsets never drawn
+  EXPECT_LT(chi2, 110.0);
 }
 
 TEST(DispatchPlan, DroplessDropsNothing) {
