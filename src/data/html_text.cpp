@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <map>
 
+#include "data/unicode.h"
+
 namespace moex::data {
 
 namespace {
@@ -71,24 +73,6 @@ std::string collapse(const std::string& s) {
 
 }  // namespace
 
-void append_utf8(std::string* out, uint32_t cp) {
-  if (cp < 0x80) {
-    out->push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x10000) {
-    out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else if (cp < 0x110000) {
-    out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-}
-
 std::string decode_html_entities(std::string_view text) {
   static const std::map<std::string, uint32_t> kNamed = {
       {"amp", '&'},     {"lt", '<'},       {"gt", '>'},       {"quot", '"'},      {"apos", '\''},
@@ -127,7 +111,7 @@ std::string decode_html_entities(std::string_view text) {
       out.push_back('&');
       continue;
     }
-    append_utf8(&out, cp == 0xA0 ? ' ' : cp);
+    utf8_append(cp == 0xA0 ? ' ' : cp, &out);
     i = semi;
   }
   return out;

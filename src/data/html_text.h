@@ -16,7 +16,4 @@ std::vector<std::string> html_paragraphs(std::string_view html);
 // unknown entity is kept as written.
 std::string decode_html_entities(std::string_view text);
 
-// Appends the UTF-8 encoding of a code point.
-void append_utf8(std::string* out, uint32_t code_point);
-
 }  // namespace moex::data
