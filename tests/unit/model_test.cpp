@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 
 #include "gradcheck.h"
 
@@ -45,58 +46,61 @@ double total_loss(Model& m, const Batch& b) {
   return r.loss + r.weighted_aux;
 }
 
-// d/dh L(theta + h u) at h = 0 against <grad, u>, for a random direction u over all parameters.
-void check_directional_derivative(const ModelConfig& config) {
-  Model m(config);
-  m.init_weights(3);
-  const Batch b = make_batch(config.vocab_size);
-  total_loss(m, b);
-  m.backward();
-  float* theta = m.params().flat().data<float>();
-  const float* grad = m.grads().flat().data<float>();
-  const int64_t n = m.params().flat().numel();
-  const std::vector<float> u = testing::random_vector<float>(static_cast<size_t>(n), 11);
-  double analytic = 0;
-  for (int64_t i = 0; i < n; ++i) analytic += static_cast<double>(grad[i]) * u[i];
-  const std::vector<float> saved(theta, theta + n);
-  auto loss_at = [&](float h) {
-    for (int64_t i = 0; i < n; ++i) theta[i] = saved[i] + h * u[i];
+struct Derivatives {
+  double numeric = 0, analytic = 0;
+};
+
+// d/dh L(w + h u) at h = 0 by central differences against <grad, u>, for a random direction u
+// over the n weights at w (restored afterwards). h must be small enough that no top-k choice
+// flips inside [-h, h] (a flip is a jump in the loss) and large enough for float arithmetic.
+Derivatives directional(Model& m, const Batch& b, float* w, const float* grad, int64_t n,
+                        uint64_t seed, float h) {
+  const std::vector<float> u = testing::random_vector<float>(static_cast<size_t>(n), seed);
+  Derivatives d;
+  for (int64_t i = 0; i < n; ++i) d.analytic += static_cast<double>(grad[i]) * u[i];
+  const std::vector<float> saved(w, w + n);
+  auto loss_at = [&](float step) {
+    for (int64_t i = 0; i < n; ++i) w[i] = saved[i] + step * u[i];
     return total_loss(m, b);
   };
-  const float h = 1e-3f;
-  const double numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+  d.numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
+  std::copy(saved.begin(), saved.end(), w);
+  return d;
+}
+
+// A model with its gradient for the test batch computed.
+struct Evaluated {
+  std::unique_ptr<Model> model;
+  Batch batch;
+};
+Evaluated evaluated(const ModelConfig& config) {
+  Evaluated e{std::make_unique<Model>(config), make_batch(config.vocab_size)};
+  e.model->init_weights(3);
+  total_loss(*e.model, e.batch);
+  e.model->backward();
+  return e;
+}
+
+// One random direction over all parameters at once.
+void check_directional_derivative(const ModelConfig& config) {
+  Evaluated e = evaluated(config);
+  const Derivatives d = directional(*e.model, e.batch, e.model->params().flat().data<float>(),
+                                    e.model->grads().flat().data<float>(),
+                                    e.model->params().flat().numel(), 11, 1e-3f);
   // float arithmetic: agreement to ~1e-4 relative; a missing term (aux, z-loss, a block) is >1e-2
-  EXPECT_NEAR(numeric, analytic, 1e-3 * std::max(1.0, std::fabs(analytic)))
-      << "numeric " << numeric;
+  EXPECT_NEAR(d.numeric, d.analytic, 1e-3 * std::max(1.0, std::fabs(d.analytic)));
 }
 
 // The same check one parameter tensor at a time, so that a wrong or missing gradient of one small
 // tensor (a norm weight, the router, a bias) cannot hide inside the global direction.
 void check_each_parameter(const ModelConfig& config) {
-  Model m(config);
-  m.init_weights(3);
-  const Batch b = make_batch(config.vocab_size);
-  total_loss(m, b);
-  m.backward();
-  ParamBuffer& params = m.params();
-  for (int e = 0; e < params.size(); ++e) {
-    float* w = params.tensor(e).data<float>();
-    const float* g = m.grads().tensor(e).data<float>();
-    const int64_t n = params.tensor(e).numel();
-    const std::vector<float> u = testing::random_vector<float>(static_cast<size_t>(n), 100 + e);
-    double analytic = 0;
-    for (int64_t i = 0; i < n; ++i) analytic += static_cast<double>(g[i]) * u[i];
-    const std::vector<float> saved(w, w + n);
-    auto loss_at = [&](float h) {
-      for (int64_t i = 0; i < n; ++i) w[i] = saved[i] + h * u[i];
-      return total_loss(m, b);
-    };
-    // Small enough that no top-k choice flips inside [-h, h] (a flip is a jump in the loss),
-    // large enough for float: loss differences then resolve about 1e-4 in the derivative.
-    const float h = 3e-4f;
-    const double numeric = (loss_at(h) - loss_at(-h)) / (2.0 * h);
-    std::copy(saved.begin(), saved.end(), w);
-    EXPECT_NEAR(numeric, analytic, 3e-3 * std::fabs(analytic) + 5e-4) << params.name(e);
+  Evaluated e = evaluated(config);
+  const ParamBuffer& params = e.model->params();
+  for (int i = 0; i < params.size(); ++i) {
+    const Derivatives d = directional(*e.model, e.batch, params.tensor(i).data<float>(),
+                                      e.model->grads().tensor(i).data<float>(),
+                                      params.tensor(i).numel(), 100 + i, 3e-4f);
+    EXPECT_NEAR(d.numeric, d.analytic, 3e-3 * std::fabs(d.analytic) + 5e-4) << params.name(i);
   }
 }
 
