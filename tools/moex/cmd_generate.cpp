@@ -5,6 +5,7 @@
 #include "args.h"
 #include "command.h"
 #include "infer/generator.h"
+#include "infer/model_tokenizer.h"
 #include "model/model_io.h"
 #include "model_dir.h"
 
@@ -26,7 +27,7 @@ int run_generate(const std::vector<std::string>& argv) {
   }
   const std::string dir = args.require("model");
   auto model = moex::model::load_model(dir);
-  auto tokenizer = moex::cli::open_model_tokenizer(dir);
+  auto tokenizer = moex::infer::open_model_tokenizer(dir);
 
   std::vector<int32_t> prompt;
   if (args.has("input-ids")) {
