@@ -299,11 +299,12 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   } else {
     // Dropless: the one host sync of the layer (row counts for cuBLAS).
     std::vector<int32_t> info(4 + E_);
+    // Pageable destination: the copy itself blocks the host, so the wait is timed from here.
+    const auto wait0 = std::chrono::steady_clock::now();
     CUDA_CHECK(cudaMemcpyAsync(info.data(), plan_.info, 4 * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
     CUDA_CHECK(cudaMemcpyAsync(info.data() + 4, plan_.counts, E_ * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream));
-    const auto wait0 = std::chrono::steady_clock::now();
     CUDA_CHECK(cudaStreamSynchronize(stream));
     host_wait_ms_ +=
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wait0).count();

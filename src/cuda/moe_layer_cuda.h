@@ -104,9 +104,9 @@ class MoELayerCuda {
   const Tensor& grad_shared_gate() const { return dws_; }
 
   // Dropless host-sync accounting (benchmarks): host_wait_ms() is the total wall time the host
-  // spent blocked in the counts copy's stream sync over all forwards, host_syncs() their number.
-  // reuse_dropless_counts(true) makes later dropless forwards skip the copy and reuse the last
-  // forward's counts — valid only while routing does not change (the benchmark's fixed x and
+  // spent blocked in the counts copy and its stream sync over all forwards, host_syncs() their
+  // number. reuse_dropless_counts(true) makes later dropless forwards skip the copy and reuse the
+  // last forward's counts — valid only while routing does not change (the benchmark's fixed x and
   // seed); it exists to time "the same forward with the capacity known in advance".
   double host_wait_ms() const { return host_wait_ms_; }
   int64_t host_syncs() const { return host_syncs_; }
