@@ -3,6 +3,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/file_util.h"
+
 namespace moex {
 
 namespace {
@@ -31,11 +33,7 @@ JsonReader JsonReader::from_string(const std::string& text, const std::string& s
 }
 
 JsonReader JsonReader::from_file(const std::string& path) {
-  std::ifstream in(path);
-  MOEX_CHECK(in.good(), path, ": cannot open file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return from_string(buffer.str(), path);
+  return from_string(read_file(path), path);
 }
 
 std::string JsonReader::where(const std::string& key) const {

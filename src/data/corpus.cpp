@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/file_util.h"
 #include "core/rng.h"
 #include "data/bible.h"
 #include "data/html_text.h"
@@ -43,14 +44,6 @@ struct Source {
 };
 
 using Clock = std::chrono::steady_clock;
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOEX_CHECK(in.good(), path, ": cannot read");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 uint64_t fnv1a(const std::string& s) {
   uint64_t h = 0xcbf29ce484222325ull;

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/file_util.h"
 #include "data/tokenizer_hf.h"
 
 namespace moex::data {
@@ -295,14 +296,6 @@ std::string config_token(const json& config, const char* key) {
   if (v.is_object() && v.contains("content") && v.at("content").is_string())
     return v.at("content").get<std::string>();
   return "";
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOEX_CHECK(in.good(), path, ": cannot open file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/file_util.h"
+
 namespace moex::model {
 namespace {
 
@@ -239,12 +241,9 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
 }
 
 ModelConfig hf_config_from_file(const std::string& config_path) {
-  std::ifstream in(config_path, std::ios::binary);
-  MOEX_CHECK(in.good(), config_path, ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_file(config_path);
   try {
-    return hf_config_from_string(ss.str(), config_path);
+    return hf_config_from_string(text, config_path);
   } catch (const nlohmann::json::exception& e) {  // the strict reader reports syntax first
     throw Error(config_path + ": " + e.what());
   }

@@ -4,6 +4,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/file_util.h"
+
 namespace moex::train {
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
@@ -11,12 +13,7 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   c.source = path;
   const JsonReader root = JsonReader::from_file(path);
   c.model = ModelConfig::from_json(root.child("model"));
-  {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    c.model_json = nlohmann::json::parse(text.str()).at("model").dump(2);
-  }
+  c.model_json = nlohmann::json::parse(read_file(path)).at("model").dump(2);
 
   const JsonReader data = root.child("data");
   c.data.path = data.get_string("path");

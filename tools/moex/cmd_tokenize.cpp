@@ -7,6 +7,7 @@
 #include "args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/file_util.h"
 #include "data/tokenizer.h"
 
 namespace moex::cli {
@@ -31,14 +32,6 @@ const char* kUsage =
     "  --tokens           with --json: also print the token strings\n"
     "  --no-special       encode without BOS/EOS\n"
     "  --keep-special     decode special tokens (<s>, </s>) into the text\n";
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOEX_CHECK(in.good(), path, ": cannot open file");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 // "1,2,3", "1 2 3", "[1, 2, 3]" or {"ids": [1, 2, 3]}.
 std::vector<int32_t> parse_ids(const std::string& text, const std::string& what) {
