@@ -16,6 +16,7 @@ namespace {
 // the CPU's order, so the result is deterministic and equal to build_dispatch_plan's.
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
+static_assert(kWarps == 32, "block_rank_by_expert scans one warp count per lane");
 
 struct Workspace {
   int* counter;     // [1] blocks done; the last block resets it
@@ -57,7 +58,8 @@ Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
 
 // Block-wide stable ranking: items i = 0..n-1 in order; item(i) gives its expert or -1 (skipped);
 // out(i, rank) receives the number of earlier items with the same expert. s_base [E] holds running
-// totals (in and out); s_wc [kWarps * E] is scratch. All threads of the block must call it.
+// totals (in and out); s_wc [E * kWarps] is scratch (expert-major). All threads of the block must
+// call it.
 template <class ItemFn, class OutFn>
 __device__ void block_rank_by_expert(int64_t n, int num_experts, ItemFn item, OutFn out, int* s_wc,
                                      int* s_base) {
@@ -69,19 +71,25 @@ __device__ void block_rank_by_expert(int64_t n, int num_experts, ItemFn item, Ou
     __syncthreads();
     const unsigned peers = __match_any_sync(0xffffffffu, e);
     const int in_warp = __popc(peers & ((1u << lane) - 1u));
-    if (e >= 0 && lane == __ffs(peers) - 1) s_wc[warp * num_experts + e] = __popc(peers);
+    if (e >= 0 && lane == __ffs(peers) - 1) s_wc[e * kWarps + warp] = __popc(peers);
     __syncthreads();
-    for (int ee = tid; ee < num_experts; ee += kThreads) {
-      int run = s_base[ee];
-      for (int w = 0; w < kWarps; ++w) {
-        const int c = s_wc[w * num_experts + ee];
-        s_wc[w * num_experts + ee] = run;
-        run += c;
+    // Exclusive scan over the kWarps (= 32) warp counts of each expert: one warp per expert, lane
+    // w holds warp w's count (expert-major layout: conflict-free), shuffle scan, integer-exact.
+    for (int ee = warp; ee < num_experts; ee += kWarps) {
+      const int c = s_wc[ee * kWarps + lane];
+      int incl = c;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += v;
       }
-      s_base[ee] = run;
+      const int base = s_base[ee];
+      __syncwarp();
+      s_wc[ee * kWarps + lane] = base + incl - c;
+      if (lane == 31) s_base[ee] = base + incl;
     }
     __syncthreads();
-    if (e >= 0) out(i, s_wc[warp * num_experts + e] + in_warp);
+    if (e >= 0) out(i, s_wc[e * kWarps + warp] + in_warp);
     __syncthreads();
   }
 }

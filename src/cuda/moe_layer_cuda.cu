@@ -294,6 +294,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   if (!config_.dropless) {
     capacity_ = g.capacity;
     rows_ = E_ * capacity_;
+    buckets_.clear();
   } else if (reuse_counts_ && have_counts_ && T == counts_tokens_) {
     // Benchmark-only: the counts of the last forward, no copy and no sync (see the header).
   } else {
@@ -320,6 +321,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
     std::vector<int64_t> counts(info.begin() + 4, info.end());
     for (int e = 0; e < E_; ++e)
       if (counts[e] > 0) group_experts_.push_back(e);
+    if (options_.dropless_gemm == DroplessGemm::kPadded) build_padded_buckets(counts);
     if (options_.dropless_gemm == DroplessGemm::kGrouped) {
       // Pointer arrays for the six grouped GEMMs (3 operands each), built once per forward.
       std::vector<int64_t> offsets(E_ + 1, 0);
@@ -364,6 +366,70 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   }
 }
 
+void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
+  buckets_.clear();
+  zero_experts_.clear();
+  const int64_t mult = options_.padded_row_multiple, C = capacity_;
+  if (mult <= 0 || C == 0) return;
+  std::vector<int64_t> m(E_);
+  int64_t total = 0;
+  for (int e = 0; e < E_; ++e) {
+    m[e] = std::min(C, ceil_div_i64(counts[e], mult) * mult);
+    total += m[e];
+  }
+  if (total * 100 > int64_t{97} * E_ * C) return;  // saves < 3%: one strided-batched call
+  std::vector<int> order;
+  for (int e = 0; e < E_; ++e) {
+    if (m[e] > 0) {
+      order.push_back(e);
+    } else {
+      zero_experts_.push_back(e);
+    }
+  }
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return m[a] < m[b]; });
+  auto bf = [](const Tensor& t, int64_t elems) {
+    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
+  };
+  auto f32p = [](const Tensor& t, int64_t elems) {
+    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
+  };
+  for (int i = 0; i < static_cast<int>(order.size()); ++i) {
+    const int e = order[i];
+    const int64_t o = e * C;  // the padded layout: expert e's rows start at e * C
+    const void* p[6][3] = {
+        {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
+        {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
+        {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
+        {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
+        {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
+        {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},    // dxb = dh w1
+    };
+    for (int gi = 0; gi < 6; ++gi)
+      for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + i] = p[gi][op];
+    if (buckets_.empty() || buckets_.back().m != m[e]) buckets_.push_back({m[e], i, 0});
+    ++buckets_.back().count;
+  }
+  CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
+                             host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
+                             ctx_.stream()));
+}
+
+void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
+  void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+  for (const PadBucket& b : buckets_) {
+    GemmShape s = shape;
+    // The rows dimension of this GEMM (m for h/out/da/dxb, k for the weight gradients).
+    if (gi == 3 || gi == 4) {
+      s.k = b.m;
+    } else {
+      s.m = b.m;
+    }
+    gemm_batched_bf16(ctx_.cublas(), s, p + (gi * 3 + 0) * E_ + b.begin,
+                      p + (gi * 3 + 1) * E_ + b.begin, p + (gi * 3 + 2) * E_ + b.begin, c_f32,
+                      b.count);
+  }
+}
+
 MixParams MoELayerCuda::mix_params(int64_t T) const {
   MixParams p;
   p.num_tokens = T;
@@ -390,8 +456,12 @@ void MoELayerCuda::experts_forward() {
   if (!grouped) {
     const int64_t C = capacity_;
     if (C == 0) return;
-    gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, xb_.raw_data(), C * d_,
-              w1_.raw_data(), f1_ * d_, h_.raw_data(), C * f1_, false, E_);
+    if (!buckets_.empty()) {
+      padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
+    } else {
+      gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, xb_.raw_data(), C * d_,
+                w1_.raw_data(), f1_ * d_, h_.raw_data(), C * f1_, false, E_);
+    }
   } else {
     GroupedGemm g;
     g.trans_b = true;
@@ -415,8 +485,12 @@ void MoELayerCuda::experts_forward() {
   }
   if (!grouped) {
     const int64_t C = capacity_;
-    gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, a_.raw_data(), C * f_,
-              w2_.raw_data(), d_ * f_, ob_.raw_data(), C * d_, false, E_);
+    if (!buckets_.empty()) {
+      padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
+    } else {
+      gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, a_.raw_data(), C * f_,
+                w2_.raw_data(), d_ * f_, ob_.raw_data(), C * d_, false, E_);
+    }
   } else {
     GroupedGemm g;
     g.trans_b = true;
@@ -468,7 +542,16 @@ void MoELayerCuda::experts_backward() {
     return;
   }
   // da = dout w2 ; dw2 = dout^T a
-  if (!grouped) {
+  if (!grouped && !buckets_.empty()) {
+    for (int e : zero_experts_) {
+      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
+                                 f1_ * d_ * 4, stream));
+      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw2_.raw_data()) + e * d_ * f_, 0, d_ * f_ * 4,
+                                 stream));
+    }
+    padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
+    padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
+  } else if (!grouped) {
     gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, dob_.raw_data(), C * d_,
               w2_.raw_data(), d_ * f_, da_.raw_data(), C * f_, false, E_);
     gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dob_.raw_data(), C * d_,
@@ -494,7 +577,10 @@ void MoELayerCuda::experts_backward() {
                        stream);
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
-  if (!grouped) {
+  if (!grouped && !buckets_.empty()) {
+    padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
+    padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
+  } else if (!grouped) {
     gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, dh_.raw_data(), C * f1_,
               xb_.raw_data(), C * d_, dw1_.raw_data(), f1_ * d_, true, E_);
     gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, dh_.raw_data(), C * f1_,

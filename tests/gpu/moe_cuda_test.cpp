@@ -520,6 +520,7 @@ struct LayerCase {
   std::string name;
   MoEConfig config;
   cuda::DroplessGemm dropless_gemm = cuda::DroplessGemm::kGrouped;
+  int64_t pad_multiple = 64;  // MoELayerCudaOptions::padded_row_multiple
 };
 
 std::vector<LayerCase> layer_cases() {
@@ -542,6 +543,17 @@ std::vector<LayerCase> layer_cases() {
     c.aux_loss_coef = 0.02f;
     out.push_back({"mixtral_dropless_grouped", c});
     out.push_back({"mixtral_dropless_padded", c, cuda::DroplessGemm::kPadded});
+    // Per-expert rows rounded to 8 (bucketed cublasGemmBatchedEx) and the old max-load padding.
+    out.push_back({"mixtral_dropless_padded_rows8", c, cuda::DroplessGemm::kPadded, 8});
+    out.push_back({"mixtral_dropless_padded_maxload", c, cuda::DroplessGemm::kPadded, 0});
+  }
+  {
+    MoEConfig c = base_config(16, 4);
+    c.dropless = true;
+    c.activation = ExpertActivation::kGelu;
+    c.aux_loss_type = AuxLossType::kMixtral;
+    c.aux_loss_coef = 0.02f;
+    out.push_back({"top4_e16_dropless_padded_rows8", c, cuda::DroplessGemm::kPadded, 8});
   }
   // PR-MoE residual and shared experts (dense MLPs over all tokens, mixed into y).
   {
@@ -622,6 +634,7 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = T;
   opt.dropless_gemm = lc.dropless_gemm;
+  opt.padded_row_multiple = lc.pad_multiple;
   cuda::MoELayerCuda gpu(c, opt, ctx);
   gpu.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
   if (c.residual) gpu.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
 
 #include "core/error.h"
@@ -135,6 +136,8 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
   opt.max_tokens = shape.tokens;
   opt.dropless_gemm =
       mode == "dropless-grouped" ? cuda::DroplessGemm::kGrouped : cuda::DroplessGemm::kPadded;
+  // MOEX_PAD_MULTIPLE overrides padded_row_multiple (0: one strided-batched call over max load).
+  if (const char* pm = std::getenv("MOEX_PAD_MULTIPLE")) opt.padded_row_multiple = std::atoll(pm);
   MoECudaBenchResult r;
   r.shape = shape.name;
   r.mode = mode;
