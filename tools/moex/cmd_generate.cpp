@@ -65,7 +65,9 @@ int run_generate(const std::vector<std::string>& argv) {
     generated.push_back(id);
     if (json || !tokenizer) return;
     const std::string text = tokenizer->decode(generated, true);
-    if (text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+    // A character split over byte-fallback tokens decodes as U+FFFD until its last byte comes.
+    const bool incomplete = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+    if (!incomplete && text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
       std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
       std::fflush(stdout);
       printed = text;
