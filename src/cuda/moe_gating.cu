@@ -1,4 +1,5 @@
 #include <cfloat>
+#include <climits>
 
 #include "core/rng.h"
 #include "cuda/bf16_util.cuh"
@@ -9,20 +10,31 @@
 namespace moex::cuda {
 namespace {
 
-// One launch, two phases. Phase A: every block scores and selects its tokens (one per thread) and
-// writes per-block partial statistics. The last block to finish (a counter in the workspace,
-// after a fence) runs phase B alone: the ordered scans that give slots, the drop policy, offsets,
-// the dispatch table, the gates and the losses. Phase B is sequential over chunks of routes in
-// the CPU's order, so the result is deterministic and equal to build_dispatch_plan's.
+// One launch, two phases. Phase A (wide): each block takes kBlockTokens tokens, one warp per token
+// (kTokensPerWarp in turn), the token's E scores spread over the lanes (lane l holds experts l,
+// l+32, ...). Softmax sums run in expert order (shuffles), so the scores are the same floats as a
+// sequential loop; top-k is k rounds of warp arg-max on the CPU's double keys (ties -> lower
+// expert; a token with a NaN key falls back to a warp-serial scan with the CPU's exact semantics).
+// The block then ranks its routes per (choice j, expert) in token order (__match_any_sync) and
+// writes per-block counts cnt[e][j][b] and loss partials. The last block to finish (a counter in
+// the workspace, after a fence) runs phase B alone: an exclusive scan of cnt over (j, b) per expert
+// gives every route's rank in the CPU's position order (choice-major, then token order), then the
+// drop policy, offsets, the dispatch table, the gates and the losses. All reductions run in a fixed
+// order: deterministic, and the routing equals build_dispatch_plan's.
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
+constexpr int kTokensPerWarp = 2;
+constexpr int kBlockTokens = kWarps * kTokensPerWarp;  // 64
 static_assert(kWarps == 32, "block_rank_by_expert scans one warp count per lane");
+static_assert(kBlockTokens % 32 == 0 && kMaxGatingTopK * kBlockTokens <= kThreads,
+              "phase A ranks k * kBlockTokens routes, one per thread");
 
 struct Workspace {
   int* counter;     // [1] blocks done; the last block resets it
   double* block_p;  // [blocks, E] sum over the block's tokens of p[t, e]
-  int* block_cnt;   // [blocks, E] aux-loss choice counts
+  int* cnt;         // [E, k, blocks] routes per (expert, choice, block); phase B: exclusive scan
   double* block_z;  // [blocks] sum of lse^2
+  int* lrank;       // [T*k] rank within (block, choice, expert) in token order
   int* rank;        // [T*k]
   int* list;        // [T*k] routes grouped by expert (probs / rts)
   float* list_key;  // [T*k]
@@ -33,8 +45,12 @@ size_t align_up(size_t x) {
   return (x + 255) / 256 * 256;
 }
 
+int64_t num_blocks(int64_t num_tokens) {
+  return std::max<int64_t>(1, ceil_div(num_tokens, kBlockTokens));
+}
+
 Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
-  const int64_t blocks = ceil_div(num_tokens, kThreads) > 0 ? ceil_div(num_tokens, kThreads) : 1;
+  const int64_t blocks = num_blocks(num_tokens);
   const int64_t routes = num_tokens * top_k;
   char* p = static_cast<char*>(base);
   Workspace w;
@@ -42,10 +58,12 @@ Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
   p += 256;
   w.block_p = reinterpret_cast<double*>(p);
   p += align_up(sizeof(double) * blocks * num_experts);
-  w.block_cnt = reinterpret_cast<int*>(p);
-  p += align_up(sizeof(int) * blocks * num_experts);
+  w.cnt = reinterpret_cast<int*>(p);
+  p += align_up(sizeof(int) * blocks * num_experts * top_k);
   w.block_z = reinterpret_cast<double*>(p);
   p += align_up(sizeof(double) * blocks);
+  w.lrank = reinterpret_cast<int*>(p);
+  p += align_up(sizeof(int) * routes);
   w.rank = reinterpret_cast<int*>(p);
   p += align_up(sizeof(int) * routes);
   w.list = reinterpret_cast<int*>(p);
@@ -56,10 +74,18 @@ Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
   return w;
 }
 
+size_t workspace_bytes(int64_t num_tokens, int num_experts, int top_k) {
+  const int64_t blocks = num_blocks(num_tokens);
+  const int64_t routes = num_tokens * top_k;
+  return 256 + align_up(sizeof(double) * blocks * num_experts) +
+         align_up(sizeof(int) * blocks * num_experts * top_k) + align_up(sizeof(double) * blocks) +
+         4 * align_up(sizeof(int) * routes) + align_up(sizeof(float) * routes);
+}
+
 // Block-wide stable ranking: items i = 0..n-1 in order; item(i) gives its expert or -1 (skipped);
 // out(i, rank) receives the number of earlier items with the same expert. s_base [E] holds running
 // totals (in and out); s_wc [E * kWarps] is scratch (expert-major). All threads of the block must
-// call it.
+// call it. (Phase B's token-order re-ranking under the probs / rts policies.)
 template <class ItemFn, class OutFn>
 __device__ void block_rank_by_expert(int64_t n, int num_experts, ItemFn item, OutFn out, int* s_wc,
                                      int* s_base) {
@@ -94,175 +120,305 @@ __device__ void block_rank_by_expert(int64_t n, int num_experts, ItemFn item, Ou
   }
 }
 
+// Sum over experts 0..E-1 in expert order of v (lane l, slot i holds expert 32 i + l), in Acc:
+// the same additions in the same order as `for (e) acc += v[e]`. Every lane gets the result.
+template <int VPT, class Acc>
+__device__ Acc ordered_sum(const float (&v)[VPT], int num_experts) {
+  Acc acc = Acc(0);
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) {
+    const int n = min(32, num_experts - i * 32);
+#pragma unroll 8
+    for (int l = 0; l < n; ++l) acc += static_cast<Acc>(__shfl_sync(0xffffffffu, v[i], l));
+  }
+  return acc;
+}
+
+// Phase A shared memory: s_part [kThreads] double, s_lse2 [kBlockTokens] double, s_norm
+// [kBlockTokens] float, s_sel [kBlockTokens * k] int, s_wc [k * kBlockTokens / 32 * E] int.
+size_t phase_a_smem(int num_experts, int top_k) {
+  return sizeof(double) * (kThreads + kBlockTokens) + sizeof(float) * kBlockTokens +
+         sizeof(int) * kBlockTokens * top_k +
+         sizeof(int) * top_k * (kBlockTokens / 32) * num_experts;
+}
+
+size_t phase_b_smem(int num_experts) {
+  return sizeof(int) * (kWarps * num_experts + 3 * num_experts + 4) +
+         sizeof(double) * (num_experts + 1) + 16;
+}
+
+template <int VPT>
 __global__ void __launch_bounds__(kThreads)
     gating_kernel(const float* __restrict__ logits, const float* __restrict__ bias, GatingParams p,
                   GatingOutputs out, int64_t max_rows, Workspace ws) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int E = p.num_experts, k = p.top_k;
   const int64_t T = p.num_tokens, num_routes = T * k;
-  const int tid = threadIdx.x;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int nb = static_cast<int>(gridDim.x);
   const bool first_only = p.aux_loss_type == AuxLossType::kDeepSpeed && k <= 2;
   const double factor = (p.aux_loss_type == AuxLossType::kDeepSpeed && k > 2)
                             ? static_cast<double>(E) / k
                             : static_cast<double>(E);
+  constexpr unsigned kFull = 0xffffffffu;
 
-  // ---------------- phase A: one token per thread ----------------
-  double* s_part = reinterpret_cast<double*>(smem);             // [kThreads]
-  float* s_norm = reinterpret_cast<float*>(s_part + kThreads);  // [kThreads]
-  int* s_cnt = reinterpret_cast<int*>(s_norm + kThreads);       // [E]
-  for (int e = tid; e < E; e += kThreads) s_cnt[e] = 0;
-  __syncthreads();
-  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kThreads;
-  const int64_t t = t0 + tid;
-  double lse2 = 0.0;
-  if (t < T) {
+  // ---------------- phase A: one warp per token ----------------
+  double* s_part = reinterpret_cast<double*>(smem);                 // [kThreads]
+  double* s_lse2 = s_part + kThreads;                               // [kBlockTokens]
+  float* s_norm = reinterpret_cast<float*>(s_lse2 + kBlockTokens);  // [kBlockTokens]
+  int* s_sel = reinterpret_cast<int*>(s_norm + kBlockTokens);       // [kBlockTokens * k]
+  int* s_wc = s_sel + kBlockTokens * k;                             // [k * kBlockTokens / 32, E]
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kBlockTokens;
+  const uint64_t gumbel_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kGumbel);
+  for (int q = 0; q < kTokensPerWarp; ++q) {
+    const int tl = q * kWarps + warp;
+    const int64_t t = t0 + tl;
+    if (t >= T) {
+      if (lane < k) s_sel[tl * k + lane] = -1;
+      if (lane == 0) {
+        s_norm[tl] = 1.0f;
+        s_lse2[tl] = 0.0;
+      }
+      continue;
+    }
     const float* zt = logits + t * E;
-    float* st = out.scores + t * E;
-    float m = zt[0];
-    for (int e = 1; e < E; ++e) m = fmaxf(m, zt[e]);
-    float sum = 0.0f;
-    for (int e = 0; e < E; ++e) sum += expf(zt[e] - m);
+    float z[VPT], st[VPT];
+    float m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int e = i * 32 + lane;
+      z[i] = e < E ? zt[e] : -INFINITY;
+      m = fmaxf(m, z[i]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) st[i] = i * 32 + lane < E ? expf(z[i] - m) : 0.0f;
+    const float sum = ordered_sum<VPT, float>(st, E);
     const float lse = m + logf(sum);
-    lse2 = static_cast<double>(lse) * lse;
     double norm = 1.0;
     if (p.score_func == ScoreFunc::kSoftmax) {
-      float acc = 0.0f;
-      for (int e = 0; e < E; ++e) acc += (st[e] = expf(zt[e] - m));
-      for (int e = 0; e < E; ++e) st[e] /= acc;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) st[i] /= sum;
     } else {
-      norm = 0.0;
-      for (int e = 0; e < E; ++e) {
-        st[e] = 1.0f / (1.0f + expf(-zt[e]));
-        norm += st[e];
-      }
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) st[i] = 1.0f / (1.0f + expf(-z[i]));
+      norm = ordered_sum<VPT, double>(st, E);
     }
-    s_norm[tid] = static_cast<float>(norm);
-    // Top-k by key, best first, ties to the lower expert id (router_select).
-    const uint64_t gumbel_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kGumbel);
-    int32_t* sel = out.expert + t * k;
+    float* srow = out.scores + t * E;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i)
+      if (i * 32 + lane < E) srow[i * 32 + lane] = st[i];
+    if (lane == 0) {
+      s_norm[tl] = static_cast<float>(norm);
+      s_lse2[tl] = static_cast<double>(lse) * lse;
+    }
+    // Top-k (router_select): key = s (or z + Gumbel), + bias; the best untaken key wins, ties to
+    // the lower expert id. k rounds of warp arg-max.
+    unsigned taken = 0;  // bit i: expert 32 i + lane already selected
     for (int j = 0; j < k; ++j) {
-      const bool gumbel_key = p.rsample || (j == 1 && p.gumbel_second_expert);
-      int best = -1;
-      double best_key = 0.0;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int i = 0; i < j; ++i) taken |= sel[i] == e;
-        if (taken) continue;
-        double key = gumbel_key ? static_cast<double>(zt[e]) +
-                                      static_cast<double>(philox_gumbel(
-                                          p.seed, gumbel_stream, static_cast<uint64_t>(t * E + e)))
-                                : static_cast<double>(st[e]);
-        if (bias != nullptr) key += static_cast<double>(bias[e]);
-        if (best < 0 || key > best_key) {
-          best = e;
-          best_key = key;
+      const bool second = p.gumbel_second_expert && j >= 1;  // CPU: z + Gumbel, no bias
+      const bool gumbel_key = p.rsample || second;
+      double kv[VPT];
+      bool has_nan = false;
+      int lbest = INT_MAX;
+      double lkey = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) {
+        const int e = i * 32 + lane;
+        double key = -INFINITY;
+        if (e < E) {
+          key = gumbel_key ? static_cast<double>(z[i]) +
+                                 static_cast<double>(philox_gumbel(
+                                     p.seed, gumbel_stream, static_cast<uint64_t>(t * E + e)))
+                           : static_cast<double>(st[i]);
+          if (bias != nullptr && !second) key += static_cast<double>(bias[e]);
+          has_nan |= key != key;
+          if (!(taken >> i & 1u) && (lbest == INT_MAX || key > lkey)) {
+            lbest = e;
+            lkey = key;
+          }
+        }
+        kv[i] = key;
+      }
+      int best;
+      if (__any_sync(kFull, has_nan)) {
+        // The CPU's sequential scan, exactly (a NaN key only wins as the first untaken expert).
+        best = -1;
+        double bkey = 0.0;
+#pragma unroll
+        for (int i = 0; i < VPT; ++i) {
+          const int n = min(32, E - i * 32);
+          for (int l = 0; l < n; ++l) {
+            const double key = __shfl_sync(kFull, kv[i], l);
+            const bool tk = __shfl_sync(kFull, taken >> i & 1u, l) != 0u;
+            if (!tk && (best < 0 || key > bkey)) {
+              best = i * 32 + l;
+              bkey = key;
+            }
+          }
+        }
+      } else {
+        best = lbest;
+        double bkey = lkey;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+          const double ok = __shfl_xor_sync(kFull, bkey, off);
+          const int oi = __shfl_xor_sync(kFull, best, off);
+          if (ok > bkey || (ok == bkey && oi < best)) {
+            bkey = ok;
+            best = oi;
+          }
         }
       }
-      sel[j] = best;
-      out.route_score[t * k + j] = st[best];
-      if (!first_only || j == 0) atomicAdd(&s_cnt[best], 1);
+      float sv = 0.0f;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i)
+        if (i == (best >> 5)) sv = st[i];
+      sv = __shfl_sync(kFull, sv, best & 31);
+      if (lane == (best & 31)) taken |= 1u << (best >> 5);
+      if (lane == 0) {
+        out.expert[t * k + j] = best;
+        out.route_score[t * k + j] = sv;
+        s_sel[tl * k + j] = best;
+      }
     }
-  } else {
-    s_norm[tid] = 1.0f;
   }
   __syncthreads();
+  const int64_t block_tokens = min(static_cast<int64_t>(kBlockTokens), T - t0);
   // Per-block sums of p[t, e] in a fixed order: G threads per expert, then the G partials.
   {
     const int groups = kThreads / E;
     const int e = tid % E, g = tid / E;
-    const int64_t block_tokens = min(static_cast<int64_t>(kThreads), T - t0);
     double acc = 0.0;
     if (g < groups) {
       for (int64_t tl = g; tl < block_tokens; tl += groups)
         acc += static_cast<double>(out.scores[(t0 + tl) * E + e]) / s_norm[tl];
     }
     s_part[tid] = acc;
-    __syncthreads();
-    if (tid < E) {
-      double total = 0.0;
-      for (int gg = 0; gg < groups; ++gg) total += s_part[gg * E + tid];
-      ws.block_p[blockIdx.x * E + tid] = total;
-      ws.block_cnt[blockIdx.x * E + tid] = s_cnt[tid];
-    }
-    __syncthreads();
-    s_part[tid] = lse2;
-    __syncthreads();
-    for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
-      if (tid < stride) s_part[tid] += s_part[tid + stride];
-      __syncthreads();
-    }
-    if (tid == 0) ws.block_z[blockIdx.x] = s_part[0];
+  }
+  // Ranks within the block: item i = j * kBlockTokens + tl (choice-major, token order within), one
+  // per thread; the warps of one choice are consecutive.
+  constexpr int kWarpsPerChoice = kBlockTokens / 32;
+  for (int x = tid; x < k * kWarpsPerChoice * E; x += kThreads) s_wc[x] = 0;
+  __syncthreads();
+  const int item_j = tid / kBlockTokens, item_tl = tid % kBlockTokens;
+  const int item_e = tid < k * kBlockTokens ? s_sel[item_tl * k + item_j] : -1;
+  const unsigned peers = __match_any_sync(kFull, item_e);
+  const int in_warp = __popc(peers & ((1u << lane) - 1u));
+  if (item_e >= 0 && lane == __ffs(peers) - 1) s_wc[warp * E + item_e] = __popc(peers);
+  if (tid < E) {
+    double total = 0.0;
+    for (int gg = 0; gg < kThreads / E; ++gg) total += s_part[gg * E + tid];
+    ws.block_p[static_cast<int64_t>(blockIdx.x) * E + tid] = total;
+  }
+  if (warp == kWarps - 1) {
+    double z2 = 0.0;
+    for (int x = lane; x < kBlockTokens; x += 32) z2 += s_lse2[x];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) z2 += __shfl_xor_sync(kFull, z2, off);
+    if (lane == 0) ws.block_z[blockIdx.x] = z2;
+  }
+  __syncthreads();
+  if (item_e >= 0) {
+    int lr = in_warp;
+    for (int w = item_j * kWarpsPerChoice; w < warp; ++w) lr += s_wc[w * E + item_e];
+    ws.lrank[(t0 + item_tl) * k + item_j] = lr;
+  }
+  for (int x = tid; x < k * E; x += kThreads) {
+    const int j = x / E, e = x - j * E;
+    int c = 0;
+    for (int w = j * kWarpsPerChoice; w < (j + 1) * kWarpsPerChoice; ++w) c += s_wc[w * E + e];
+    ws.cnt[(static_cast<int64_t>(e) * k + j) * nb + blockIdx.x] = c;
   }
 
   // ---------------- hand-off: the last block continues ----------------
   __threadfence();
   __shared__ int s_last;
-  if (tid == 0) s_last = atomicAdd(ws.counter, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(ws.counter, 1) == nb - 1;
   __syncthreads();
   if (!s_last) return;
   __threadfence();
 
   // ---------------- phase B: the last block alone ----------------
-  int* s_wc = reinterpret_cast<int*>(smem);                                 // [kWarps * E]
-  int* s_base = s_wc + kWarps * E;                                          // [E]
+  int* s_wcb = reinterpret_cast<int*>(smem);                                // [kWarps * E]
+  int* s_base = s_wcb + kWarps * E;                                         // [E]
   int* s_load = s_base + E;                                                 // [E]
   int* s_lo = s_load + E;                                                   // [E + 1]
   double* s_aux = reinterpret_cast<double*>(s_lo + E + 2 + ((E + 2) & 1));  // [E] (8-byte aligned)
   __shared__ int s_capacity, s_max_load, s_rows;
-  const int blocks = gridDim.x;
 
-  // Loss statistics, summed over blocks in block order.
-  for (int e = tid; e < E; e += kThreads) {
-    double psum = 0.0;
-    int cnt = 0;
-    for (int b = 0; b < blocks; ++b) {
-      psum += __ldcg(&ws.block_p[b * E + e]);
-      cnt += __ldcg(&ws.block_cnt[b * E + e]);
+  // Per expert (one warp each): exclusive scan of cnt[e] over (j, b) in place -> the position-order
+  // rank of each (choice, block)'s first route; loads; loss statistics summed in a fixed order.
+  for (int e = warp; e < E; e += kWarps) {
+    int* c = ws.cnt + static_cast<int64_t>(e) * k * nb;
+    const int n = k * nb;
+    int carry = 0, first = 0;
+    for (int x0 = 0; x0 < n; x0 += 32) {
+      const int x = x0 + lane;
+      const int v = x < n ? __ldcg(&c[x]) : 0;
+      int incl = v;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const int u = __shfl_up_sync(kFull, incl, off);
+        if (lane >= off) incl += u;
+      }
+      if (x < n) c[x] = carry + incl - v;
+      if (x < nb) first += v;
+      carry += __shfl_sync(kFull, incl, 31);
     }
-    const double frac = static_cast<double>(cnt) / T;
-    s_aux[e] = (psum / T) * frac;
-    out.aux_grad[e] = static_cast<float>(factor * frac / T);
-    s_base[e] = 0;
+    double psum = 0.0;
+    for (int b = lane; b < nb; b += 32)
+      psum += __ldcg(&ws.block_p[static_cast<int64_t>(b) * E + e]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      psum += __shfl_xor_sync(kFull, psum, off);
+      first += __shfl_xor_sync(kFull, first, off);
+    }
+    if (lane == 0) {
+      const int cnt = first_only ? first : carry;
+      const double frac = static_cast<double>(cnt) / T;
+      s_load[e] = carry;
+      s_aux[e] = (psum / T) * frac;
+      out.aux_grad[e] = static_cast<float>(factor * frac / T);
+    }
   }
   __syncthreads();
-  if (tid == 0) {
-    double aux = 0.0, z = 0.0;
-    for (int e = 0; e < E; ++e) aux += s_aux[e];
-    for (int b = 0; b < blocks; ++b) z += __ldcg(&ws.block_z[b]);
-    out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
-    out.losses[1] = z / T;
-  }
-
-  // Pass 1: position order (choice-major, then token order) gives each route its rank.
-  const int32_t* expert = out.expert;
-  block_rank_by_expert(
-      num_routes, E,
-      [&](int64_t i) {
-        const int64_t j = i / T, tt = i - j * T;
-        return __ldcg(&expert[tt * k + j]);
-      },
-      [&](int64_t i, int rank) {
-        const int64_t j = i / T, tt = i - j * T;
-        ws.rank[tt * k + j] = rank;
-      },
-      s_wc, s_base);
-  for (int e = tid; e < E; e += kThreads) s_load[e] = s_base[e];
-  __syncthreads();
-  if (tid == 0) {
-    int mx = 0;
-    for (int e = 0; e < E; ++e) mx = max(mx, s_load[e]);
-    s_max_load = mx;
-    s_capacity = p.dropless ? mx : static_cast<int>(p.capacity);
+  if (warp == 0) {
+    double z = 0.0;
+    for (int b = lane; b < nb; b += 32) z += __ldcg(&ws.block_z[b]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) z += __shfl_xor_sync(kFull, z, off);
+    if (lane == 0) {
+      double aux = 0.0;
+      int mx = 0;
+      for (int e = 0; e < E; ++e) {
+        aux += s_aux[e];
+        mx = max(mx, s_load[e]);
+      }
+      out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
+      out.losses[1] = z / T;
+      s_max_load = mx;
+      s_capacity = p.dropless ? mx : static_cast<int>(p.capacity);
+    }
   }
   __syncthreads();
   const int C = s_capacity;
+  const int32_t* expert = out.expert;
+  // Position-order rank of route r = (t, j): its (expert, choice, block) base + its rank within.
+  auto position_rank = [&](int64_t r, int64_t tt, int j, int e) {
+    return __ldcg(&ws.cnt[(static_cast<int64_t>(e) * k + j) * nb + tt / kBlockTokens]) +
+           __ldcg(&ws.lrank[r]);
+  };
+  const bool fast = p.dropless || p.policy == DropPolicy::kPosition;
 
-  if (p.dropless || p.policy == DropPolicy::kPosition) {
+  if (!fast) {
     for (int64_t r = tid; r < num_routes; r += kThreads) {
-      const int rk = ws.rank[r];
-      out.slot[r] = rk < C ? rk : -1;
+      const int64_t tt = r / k;
+      const int j = static_cast<int>(r - tt * k);
+      ws.rank[r] = position_rank(r, tt, j, __ldcg(&expert[r]));
     }
-  } else {
     // Group routes by expert (position order within), rank each group by its key, keep the best C
     // (ties: earlier in position order, as std::stable_sort), then slots in token order.
     if (tid == 0) {
@@ -276,16 +432,16 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const uint64_t rts_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kRts);
     for (int64_t r = tid; r < num_routes; r += kThreads) {
-      const int pos = s_lo[expert[r]] + ws.rank[r];
+      const int pos = s_lo[__ldcg(&expert[r])] + ws.rank[r];
       ws.list[pos] = static_cast<int>(r);
       ws.list_key[pos] = p.policy == DropPolicy::kProbs
-                             ? out.route_score[r]
+                             ? __ldcg(&out.route_score[r])
                              : philox_uniform(p.seed, rts_stream, static_cast<uint64_t>(r));
     }
     __syncthreads();
     for (int64_t i = tid; i < num_routes; i += kThreads) {
       const int r = ws.list[i];
-      const int e = expert[r];
+      const int e = __ldcg(&expert[r]);
       int keep = 1;
       if (s_load[e] > C) {
         const float key = ws.list_key[i];
@@ -301,12 +457,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = tid; e < E; e += kThreads) s_base[e] = 0;
     __syncthreads();
     block_rank_by_expert(
-        num_routes, E, [&](int64_t r) { return __ldcg(&ws.keep[r]) ? expert[r] : -1; },
-        [&](int64_t r, int rank) { out.slot[r] = rank; }, s_wc, s_base);
+        num_routes, E, [&](int64_t r) { return __ldcg(&ws.keep[r]) ? __ldcg(&expert[r]) : -1; },
+        [&](int64_t r, int rank) { out.slot[r] = rank; }, s_wcb, s_base);
     for (int64_t r = tid; r < num_routes; r += kThreads)
       if (!ws.keep[r]) out.slot[r] = -1;
+    __syncthreads();
   }
-  __syncthreads();
 
   // Counts, offsets, info.
   if (tid == 0) {
@@ -330,55 +486,98 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const int64_t rows = s_rows;
-  if (rows <= max_rows) {
+  const bool write_rows = rows <= max_rows;
+  if (write_rows) {
     for (int64_t x = tid; x < rows; x += kThreads) out.gather[x] = -1;
     __syncthreads();
-    for (int64_t r = tid; r < num_routes; r += kThreads) {
-      const int sl = out.slot[r];
-      if (sl >= 0) {
-        const int rw = s_lo[expert[r]] + sl;
-        out.row[r] = rw;
-        out.gather[rw] = static_cast<int>(r);
-      } else {
-        out.row[r] = -1;
+  }
+  if (fast) {
+    // One thread per token: slots (rank < C), rows, the gather table and the gates (router_gates:
+    // renormalization sums in double over the selected or kept routes, in choice order).
+    for (int64_t tt = tid; tt < T; tt += kThreads) {
+      int sl[kMaxGatingTopK];
+      float sc[kMaxGatingTopK];
+      double sum = 0.0;
+#pragma unroll
+      for (int j = 0; j < kMaxGatingTopK; ++j) {
+        if (j < k) {
+          const int64_t r = tt * k + j;
+          const int e = __ldcg(&expert[r]);
+          const int rk = position_rank(r, tt, j, e);
+          sl[j] = rk < C ? rk : -1;
+          sc[j] = __ldcg(&out.route_score[r]);
+          out.slot[r] = sl[j];
+          if (write_rows) {
+            if (sl[j] >= 0) {
+              const int rw = s_lo[e] + sl[j];
+              out.row[r] = rw;
+              out.gather[rw] = static_cast<int>(r);
+            } else {
+              out.row[r] = -1;
+            }
+          }
+          if (!p.renormalize_after_drop || sl[j] >= 0) sum += static_cast<double>(sc[j]);
+        }
+      }
+      const float denom =
+          p.renormalize ? static_cast<float>(fmax(sum, static_cast<double>(FLT_EPSILON))) : 1.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxGatingTopK; ++j)
+        if (j < k) out.gates[tt * k + j] = sl[j] >= 0 ? sc[j] / denom : 0.0f;
+    }
+  } else {
+    if (write_rows) {
+      for (int64_t r = tid; r < num_routes; r += kThreads) {
+        const int sl = out.slot[r];
+        if (sl >= 0) {
+          const int rw = s_lo[__ldcg(&expert[r])] + sl;
+          out.row[r] = rw;
+          out.gather[rw] = static_cast<int>(r);
+        } else {
+          out.row[r] = -1;
+        }
       }
     }
-  }
-  // Gates (router_gates): renormalization sums in double over the selected (or kept) routes.
-  for (int64_t tt = tid; tt < T; tt += kThreads) {
-    double sum = 0.0;
-    for (int j = 0; j < k; ++j) {
-      const int64_t r = tt * k + j;
-      if (!p.renormalize_after_drop || out.slot[r] >= 0)
-        sum += static_cast<double>(out.route_score[r]);
-    }
-    const float denom =
-        p.renormalize ? static_cast<float>(fmax(sum, static_cast<double>(FLT_EPSILON))) : 1.0f;
-    for (int j = 0; j < k; ++j) {
-      const int64_t r = tt * k + j;
-      out.gates[r] = out.slot[r] >= 0 ? out.route_score[r] / denom : 0.0f;
+    for (int64_t tt = tid; tt < T; tt += kThreads) {
+      double sum = 0.0;
+      for (int j = 0; j < k; ++j) {
+        const int64_t r = tt * k + j;
+        if (!p.renormalize_after_drop || out.slot[r] >= 0)
+          sum += static_cast<double>(__ldcg(&out.route_score[r]));
+      }
+      const float denom =
+          p.renormalize ? static_cast<float>(fmax(sum, static_cast<double>(FLT_EPSILON))) : 1.0f;
+      for (int j = 0; j < k; ++j) {
+        const int64_t r = tt * k + j;
+        out.gates[r] = out.slot[r] >= 0 ? __ldcg(&out.route_score[r]) / denom : 0.0f;
+      }
     }
   }
   if (tid == 0) *ws.counter = 0;
 }
 
-size_t phase_b_smem(int num_experts) {
-  return sizeof(int) * (kWarps * num_experts + 3 * num_experts + 4) +
-         sizeof(double) * (num_experts + 1) + 16;
-}
-
-size_t phase_a_smem(int num_experts) {
-  return sizeof(double) * kThreads + sizeof(float) * kThreads + sizeof(int) * num_experts;
+template <int VPT>
+void launch(const float* logits, const float* bias, const GatingParams& params,
+            const GatingOutputs& out, int64_t max_rows, const Workspace& ws, cudaStream_t stream) {
+  const int E = params.num_experts;
+  static bool attr_set = false;
+  if (!attr_set) {
+    const size_t most =
+        std::max(phase_a_smem(kMaxGatingExperts, kMaxGatingTopK), phase_b_smem(kMaxGatingExperts));
+    CUDA_CHECK(cudaFuncSetAttribute(gating_kernel<VPT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(most + 1024)));
+    attr_set = true;
+  }
+  const size_t smem = std::max(phase_a_smem(E, params.top_k), phase_b_smem(E));
+  const unsigned blocks = static_cast<unsigned>(num_blocks(params.num_tokens));
+  gating_kernel<VPT><<<blocks, kThreads, smem, stream>>>(logits, bias, params, out, max_rows, ws);
+  MOEX_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 size_t gating_workspace_bytes(int64_t num_tokens, int num_experts, int top_k) {
-  const int64_t blocks = std::max<int64_t>(1, ceil_div(num_tokens, kThreads));
-  const int64_t routes = num_tokens * top_k;
-  return 256 + align_up(sizeof(double) * blocks * num_experts) +
-         align_up(sizeof(int) * blocks * num_experts) + align_up(sizeof(double) * blocks) +
-         3 * align_up(sizeof(int) * routes) + align_up(sizeof(int) * routes);
+  return workspace_bytes(num_tokens, num_experts, top_k);
 }
 
 int64_t gating_max_rows(const GatingParams& p) {
@@ -398,17 +597,18 @@ void moe_gating(const float* logits, const float* bias, const GatingParams& para
   MOEX_CHECK(params.num_tokens * params.top_k < (int64_t{1} << 31), "moe_gating: too many routes");
   MOEX_CHECK(params.dropless || params.padded, "moe_gating: the packed layout needs dropless");
   MOEX_CHECK(params.dropless || params.capacity >= 0, "moe_gating: capacity must be >= 0");
-  const size_t smem = std::max(phase_a_smem(E), phase_b_smem(E));
-  static bool attr_set = false;
-  if (!attr_set) {
-    CUDA_CHECK(cudaFuncSetAttribute(gating_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(phase_b_smem(kMaxGatingExperts) + 1024)));
-    attr_set = true;
-  }
   const Workspace ws = carve(workspace, params.num_tokens, E, params.top_k);
-  const unsigned blocks = static_cast<unsigned>(ceil_div(params.num_tokens, kThreads));
-  gating_kernel<<<blocks, kThreads, smem, stream>>>(logits, bias, params, out, max_rows, ws);
-  MOEX_LAUNCH_CHECK();
+  if (E <= 32) {
+    launch<1>(logits, bias, params, out, max_rows, ws, stream);
+  } else if (E <= 64) {
+    launch<2>(logits, bias, params, out, max_rows, ws, stream);
+  } else if (E <= 128) {
+    launch<4>(logits, bias, params, out, max_rows, ws, stream);
+  } else if (E <= 256) {
+    launch<8>(logits, bias, params, out, max_rows, ws, stream);
+  } else {
+    launch<16>(logits, bias, params, out, max_rows, ws, stream);
+  }
 }
 
 }  // namespace moex::cuda
