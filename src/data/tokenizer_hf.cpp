@@ -175,6 +175,9 @@ void HfTokenizer::encode_section(std::string_view section, bool at_text_start,
       case HfNormalizerStep::Kind::kStrip:
         normalized = std::string(trim_whitespace(normalized, step.left, step.right));
         break;
+      case HfNormalizerStep::Kind::kNfc:
+        normalized = nfc_normalize(normalized);
+        break;
     }
   }
   struct Word {
@@ -185,6 +188,14 @@ void HfTokenizer::encode_section(std::string_view section, bool at_text_start,
   for (const HfPreTokenizerStep& step : spec_.pre_tokenizer) {
     std::vector<Word> next;
     for (Word& w : words) {
+      if (step.kind == HfPreTokenizerStep::Kind::kSplit) {
+        bool first = true;
+        for (std::string_view piece : split_pre_tokenize(step.split_spec, w.text)) {
+          next.push_back({std::string(piece), w.at_start && first});
+          first = false;
+        }
+        continue;
+      }
       if (step.kind == HfPreTokenizerStep::Kind::kByteLevel) {
         if (step.add_prefix_space && (w.text.empty() || w.text[0] != ' ')) w.text.insert(0, " ");
         if (step.use_regex) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "data/bpe.h"
+#include "data/pretokenize_split.h"
 #include "data/tokenizer.h"
 
 namespace moex::data {
@@ -20,7 +21,7 @@ struct HfAddedToken {
 };
 
 struct HfNormalizerStep {
-  enum class Kind { kPrepend, kReplace, kStrip };
+  enum class Kind { kPrepend, kReplace, kStrip, kNfc };
   Kind kind;
   std::string text;                  // Prepend: prefix; Replace: pattern
   std::string content;               // Replace: replacement
@@ -28,14 +29,15 @@ struct HfNormalizerStep {
 };
 
 struct HfPreTokenizerStep {
-  enum class Kind { kByteLevel, kMetaspace };
+  enum class Kind { kByteLevel, kMetaspace, kSplit };
   enum class Prepend { kAlways, kFirst, kNever };
   Kind kind = Kind::kByteLevel;
   bool add_prefix_space = false;  // ByteLevel
   bool use_regex = true;          // ByteLevel
   std::string replacement;        // Metaspace
   Prepend prepend = Prepend::kAlways;
-  bool split = true;  // Metaspace
+  bool split = true;     // Metaspace
+  SplitSpec split_spec;  // Split
 };
 
 struct HfDecoderStep {

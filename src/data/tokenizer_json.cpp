@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "data/pretokenize_split.h"
 #include "data/tokenizer_hf.h"
 
 namespace moex::data {
@@ -95,9 +96,11 @@ void parse_normalizer(const Reader& r, const json& n, const std::string& field,
     s.left = r.boolean_or(n, "strip_left", field, true);
     s.right = r.boolean_or(n, "strip_right", field, true);
     steps->push_back(s);
+  } else if (type == "NFC") {
+    steps->push_back({HfNormalizerStep::Kind::kNfc, "", ""});
   } else {
     r.fail(field + ".type",
-           "normalizer '" + type + "' is not supported (Sequence, Prepend, Replace, Strip)");
+           "normalizer '" + type + "' is not supported (Sequence, Prepend, Replace, Strip, NFC)");
   }
 }
 
@@ -133,9 +136,39 @@ void parse_pre_tokenizer(const Reader& r, const json& p, const std::string& fiel
     else
       r.fail(field + ".prepend_scheme", "expected always, first or never, got '" + scheme + "'");
     steps->push_back(s);
+  } else if (type == "Split") {
+    HfPreTokenizerStep s;
+    s.kind = HfPreTokenizerStep::Kind::kSplit;
+    const json& pattern = r.require(p, field, "pattern");
+    if (pattern.is_object() && pattern.contains("String")) {
+      s.split_spec.pattern = SplitPattern::kLiteral;
+      s.split_spec.literal = r.string(pattern.at("String"), field + ".pattern.String");
+    } else if (pattern.is_object() && pattern.contains("Regex")) {
+      const std::string regex = r.string(pattern.at("Regex"), field + ".pattern.Regex");
+      const auto known = recognize_split_regex(regex);
+      if (!known)
+        r.fail(field + ".pattern.Regex",
+               "regex " + json(regex).dump() +
+                   " is not one of the split patterns written by hand here (GPT-2, Qwen2, "
+                   "Llama 3); there is no general regex engine");
+      s.split_spec.pattern = *known;
+    } else {
+      r.fail(field + ".pattern",
+             "expected {\"String\": ...} or {\"Regex\": ...}, got " + Reader::dump(pattern));
+    }
+    const std::string behavior = r.string(r.require(p, field, "behavior"), field + ".behavior");
+    const auto b = parse_split_behavior(behavior);
+    if (!b)
+      r.fail(field + ".behavior",
+             "expected Removed, Isolated, MergedWithPrevious, "
+             "MergedWithNext or Contiguous, got '" +
+                 behavior + "'");
+    s.split_spec.behavior = *b;
+    s.split_spec.invert = r.boolean_or(p, "invert", field, false);
+    steps->push_back(s);
   } else {
     r.fail(field + ".type",
-           "pre-tokenizer '" + type + "' is not supported (Sequence, ByteLevel, Metaspace)");
+           "pre-tokenizer '" + type + "' is not supported (Sequence, ByteLevel, Metaspace, Split)");
   }
 }
 

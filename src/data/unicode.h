@@ -28,6 +28,11 @@ bool is_letter(uint32_t cp);      // \p{L}
 bool is_number(uint32_t cp);      // \p{N}
 bool is_whitespace(uint32_t cp);  // White_Space (as \s in Rust's regex and Oniguruma)
 
+// Unicode Normalization Form C (canonical decomposition, canonical ordering, canonical
+// composition; tables in unicode_nfc_tables.cpp). Bytes that are not valid UTF-8 are kept as
+// they are and break composition there.
+std::string nfc_normalize(std::string_view text);
+
 namespace detail {
 struct CodePointRange {
   uint32_t first, last;  // inclusive
@@ -36,6 +41,23 @@ extern const CodePointRange kLetterRanges[];
 extern const size_t kNumLetterRanges;
 extern const CodePointRange kNumberRanges[];
 extern const size_t kNumNumberRanges;
+
+struct CombiningClass {
+  uint32_t cp, ccc;
+};
+struct Decomposition {
+  uint32_t cp, offset, length;  // full canonical decomposition: kDecompositionPool[offset, +len)
+};
+struct Composition {
+  uint32_t first, second, composite;  // sorted by (first, second)
+};
+extern const CombiningClass kCombiningClasses[];
+extern const size_t kNumCombiningClasses;
+extern const uint32_t kDecompositionPool[];
+extern const Decomposition kDecompositions[];
+extern const size_t kNumDecompositions;
+extern const Composition kCompositions[];
+extern const size_t kNumCompositions;
 }  // namespace detail
 
 }  // namespace moex::data

