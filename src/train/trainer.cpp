@@ -11,6 +11,7 @@
 #include "core/logging.h"
 #include "data/corpus.h"
 #include "data/mixture.h"
+#include "dist/communicator.h"
 #include "io/atomic_file.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -114,7 +115,8 @@ std::string format_duration(double seconds) {
 
 }  // namespace
 
-TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after) {
+TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
+                         dist::Communicator* group) {
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
@@ -132,16 +134,27 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     train_data->restore_json(state.data_state);
     MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
   }
-  std::filesystem::create_directories(c.training.out_dir);
-  std::ofstream metrics(c.training.out_dir + "/metrics.jsonl",
-                        resume_dir.empty() ? std::ios::trunc : std::ios::app);
-  MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
-            " MoE layers; ", corpus.sources.size(), " corpus sources");
+  // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x world
+  // micro-batches of one shared sample stream; micro-batch j runs on rank j % world, so the run
+  // equals a single process with grad_accum x world micro-batches. Rank 0 logs and saves.
+  dist::Communicator& comm = group ? *group : dist::Communicator::world();
+  const int64_t world = comm.size(), rank = comm.rank();
+  const bool root = comm.is_root();
+  std::ofstream metrics;
+  if (root) {
+    std::filesystem::create_directories(c.training.out_dir);
+    metrics.open(c.training.out_dir + "/metrics.jsonl",
+                 resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
+              " MoE layers; ", corpus.sources.size(), " corpus sources; ", world,
+              " data-parallel rank(s)");
+  }
 
   g_interrupted = 0;
   auto previous_handler = std::signal(SIGINT, on_sigint);
   const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
-  const int64_t tokens_per_step = mb * seq_len * c.training.grad_accum;
+  const int64_t micro_per_step = c.training.grad_accum * world;
+  const int64_t tokens_per_step = mb * seq_len * micro_per_step;
   TrainResult result;
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
@@ -160,20 +173,28 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     const double lr = learning_rate(c.optimizer, c.schedule, state.step, c.training.steps);
     model.zero_grad();
     double loss = 0, aux = 0, zl = 0;
-    for (int64_t micro = 0; micro < c.training.grad_accum; ++micro) {
+    for (int64_t micro = 0; micro < micro_per_step; ++micro) {
+      // Every rank reads every micro-batch, so that the sample streams stay aligned.
       for (int64_t b = 0; b < mb; ++b) train_data->next(windows.data() + b * (seq_len + 1));
+      if (micro % world != rank) continue;
       split_batch(windows, mb, seq_len, &ids, &targets);
       model::ForwardOptions opt;
       opt.training = true;
       opt.checkpoint_activations = c.training.activation_checkpointing;
       opt.seed = c.training.seed;
-      opt.step = static_cast<uint64_t>(state.step * c.training.grad_accum + micro);
-      opt.loss_scale = 1.0 / static_cast<double>(c.training.grad_accum);
+      opt.step = static_cast<uint64_t>(state.step * micro_per_step + micro);
+      opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
       model.backward();
-      loss += r.loss / c.training.grad_accum;
-      aux += r.aux_loss / c.training.grad_accum;
-      zl += r.z_loss / c.training.grad_accum;
+      loss += r.loss / micro_per_step;
+      aux += r.aux_loss / micro_per_step;
+      zl += r.z_loss / micro_per_step;
+    }
+    if (world > 1) {
+      comm.all_reduce_sum(model.grads().flat().data<float>(), model.grads().flat().numel());
+      double sums[3] = {loss, aux, zl};
+      comm.all_reduce_sum(sums, 3);
+      loss = sums[0], aux = sums[1], zl = sums[2];
     }
     const double grad_norm = optimizer.step(model.params(), model.grads(), lr, state.step + 1);
     ++state.step;
@@ -185,7 +206,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     const bool last = state.step == c.training.steps;
     nlohmann::json line = {{"step", state.step}, {"loss", loss}, {"aux_loss", aux},
                            {"z_loss", zl},       {"lr", lr},     {"grad_norm", grad_norm}};
-    if (state.step % c.training.log_every == 0 || last) {
+    if (root && (state.step % c.training.log_every == 0 || last)) {
       const double secs = std::chrono::duration<double>(Clock::now() - window_start).count();
       const double tps = window_tokens / std::max(secs, 1e-9);
       const double eta = (c.training.steps - state.step) * tokens_per_step / std::max(tps, 1e-9);
@@ -204,7 +225,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       window_start = Clock::now();
       window_tokens = 0;
     }
-    if (c.training.eval_every > 0 && (state.step % c.training.eval_every == 0 || last) &&
+    if (root && c.training.eval_every > 0 && (state.step % c.training.eval_every == 0 || last) &&
         !eval_data.empty()) {
       const double eval_loss = evaluate(model, eval_data, c);
       line["eval_loss"] = eval_loss;
@@ -212,20 +233,24 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
                    static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
-    metrics << line.dump() << "\n" << std::flush;
-    if (c.training.checkpoint_every > 0 && state.step % c.training.checkpoint_every == 0 && !last) {
+    if (root) metrics << line.dump() << "\n" << std::flush;
+    if (root && c.training.checkpoint_every > 0 && state.step % c.training.checkpoint_every == 0 &&
+        !last) {
       char name[32];
       std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(state.step));
       checkpoint(name);
     }
-    if (g_interrupted || (stop_after > 0 && steps_this_run >= stop_after)) {
-      result.interrupted = g_interrupted != 0;
+    const bool interrupted = comm.all_reduce_max(g_interrupted ? 1 : 0) != 0;  // Ctrl-C on any rank
+    if (interrupted || (stop_after > 0 && steps_this_run >= stop_after)) {
+      result.interrupted = interrupted;
       break;
     }
   }
   std::signal(SIGINT, previous_handler);
-  checkpoint(state.step == c.training.steps ? "final" : "latest");
-  write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
+  if (root) {
+    checkpoint(state.step == c.training.steps ? "final" : "latest");
+    write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
+  }
   result.steps_done = state.step;
   result.final_loss = state.last_loss;
   return result;

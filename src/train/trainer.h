@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "dist/communicator.h"
+#include "dist/communicator.h"
 #include "train/train_config.h"
 
 namespace moex::train {
@@ -21,7 +23,9 @@ struct TrainResult {
 
 // `resume_dir`: a checkpoint directory to continue from ("" starts fresh).
 // `stop_after`: stop (and checkpoint) after this many steps of this run, 0 = run to the end.
+// `group`: the data-parallel ranks (default: every rank mpirun started; Communicator::local()
+// trains alone even under mpirun).
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,
-                         int64_t stop_after = 0);
+                         int64_t stop_after = 0, dist::Communicator* group = nullptr);
 
 }  // namespace moex::train

@@ -1,0 +1,70 @@
+// A synthetic corpus and training config shared by the training tests (unit and mpirun).
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "data/indexed_dataset.h"
+
+namespace moex::testing {
+
+namespace fs = std::filesystem;
+
+// Two sources of documents whose tokens follow a simple rule (next = prev + 1 mod 40), so a
+// model can learn them quickly and the loss must fall.
+inline fs::path make_corpus(const fs::path& dir) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* src : {"a", "b"}) {
+    for (const char* split : {"train", "valid"}) {
+      data::IndexedDatasetBuilder builder((dir / (std::string(src) + "." + split)).string(),
+                                          data::TokenDType::kU16);
+      for (int doc = 0; doc < (split[0] == 't' ? 60 : 6); ++doc) {
+        std::vector<int32_t> ids;
+        int32_t t = static_cast<int32_t>(philox_u32(src[0], doc, 0) % 40);
+        for (int i = 0; i < 50; ++i) ids.push_back(t = (t + (src[0] == 'a' ? 1 : 3)) % 40);
+        builder.add_document(ids);
+      }
+      builder.finish();
+    }
+  }
+  std::ofstream(dir / "tok.model") << "not a real tokenizer; copied into checkpoints";
+  std::ofstream(dir / "corpus.json") << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [
+    {"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 3000}, "valid": {"prefix": "a.valid", "tokens": 300}},
+    {"name": "b", "language": "es", "train": {"prefix": "b.train", "tokens": 3000}, "valid": {"prefix": "b.valid", "tokens": 300}}]})";
+  return dir;
+}
+
+inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
+                             const std::string& extra_training) {
+  const fs::path path =
+      corpus / ("config_" + std::to_string(std::hash<std::string>()(out_dir)) + ".json");
+  std::ofstream(path) << R"({
+    "model": {"vocab_size": 40, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+              "max_seq_len": 32, "ffn_size": 48,
+              "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 24, "capacity_factor": 1.0,
+                      "jitter_eps": 0.01, "aux_loss_coef": 0.01}},
+    "data": {"path": ")" + corpus.string() +
+                             R"(", "seq_len": 16, "temperature": 2.0},
+    "optimizer": {"lr": 0.01, "grad_clip": 1.0},
+    "schedule": {"warmup_steps": 2},
+    "training": {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "log_every": 1, "eval_every": 6,
+                 "eval_batches": 1, "out_dir": ")" +
+                             out_dir + R"(" )" + extra_training + R"(}})";
+  return path;
+}
+
+inline std::vector<double> losses_of(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line))
+    out.push_back(nlohmann::json::parse(line).at("loss").get<double>());
+  return out;
+}
+
+}  // namespace moex::testing
