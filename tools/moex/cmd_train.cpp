@@ -22,6 +22,8 @@ int run_train(const std::vector<std::string>& argv) {
       moex::train::TrainConfig::from_file(args.require("config"));
   const auto result =
       moex::train::run_training(config, args.get("resume"), args.get_int("stop-after", 0));
+  if (!moex::dist::Communicator::world().is_root())
+    return result.interrupted ? 130 : 0;  // rank 0 reports
   std::printf(
       "{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"tokens_per_second\": %.1f, "
       "\"checkpoint\": \"%s\"}\n",
