@@ -318,35 +318,17 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
                " exceed the planned ", gather_.numel());
     ensure_rows(rows_);
     group_experts_.clear();
+    zero_experts_.clear();
     std::vector<int64_t> counts(info.begin() + 4, info.end());
-    for (int e = 0; e < E_; ++e)
-      if (counts[e] > 0) group_experts_.push_back(e);
+    for (int e = 0; e < E_; ++e) (counts[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
     if (options_.dropless_gemm == DroplessGemm::kPadded) build_padded_buckets(counts);
     if (options_.dropless_gemm == DroplessGemm::kGrouped) {
       // Pointer arrays for the six grouped GEMMs (3 operands each), built once per forward.
       std::vector<int64_t> offsets(E_ + 1, 0);
       for (int e = 0; e < E_; ++e) offsets[e + 1] = offsets[e] + counts[e];
-      auto bf = [](const Tensor& t, int64_t elems) {
-        return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
-      };
-      auto f32p = [](const Tensor& t, int64_t elems) {
-        return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
-      };
       const int n = static_cast<int>(group_experts_.size());
-      for (int i = 0; i < n; ++i) {
-        const int e = group_experts_[i];
-        const int64_t o = offsets[e];
-        const void* p[6][3] = {
-            {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
-            {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
-            {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
-            {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
-            {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
-            {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},  // dxb = dh w1 (into dob)
-        };
-        for (int gi = 0; gi < 6; ++gi)
-          for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + i] = p[gi][op];
-      }
+      for (int i = 0; i < n; ++i)
+        set_expert_operands(i, group_experts_[i], offsets[group_experts_[i]]);
       CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
                                  host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
                                  stream));
@@ -368,7 +350,6 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
 
 void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
   buckets_.clear();
-  zero_experts_.clear();
   const int64_t mult = options_.padded_row_multiple, C = capacity_;
   if (mult <= 0 || C == 0) return;
   std::vector<int64_t> m(E_);
@@ -379,33 +360,12 @@ void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
   }
   if (total * 100 > int64_t{97} * E_ * C) return;  // saves < 3%: one strided-batched call
   std::vector<int> order;
-  for (int e = 0; e < E_; ++e) {
-    if (m[e] > 0) {
-      order.push_back(e);
-    } else {
-      zero_experts_.push_back(e);
-    }
-  }
+  for (int e = 0; e < E_; ++e)
+    if (m[e] > 0) order.push_back(e);  // m[e] == 0 exactly when counts[e] == 0 (zero_experts_)
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return m[a] < m[b]; });
-  auto bf = [](const Tensor& t, int64_t elems) {
-    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
-  };
-  auto f32p = [](const Tensor& t, int64_t elems) {
-    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
-  };
   for (int i = 0; i < static_cast<int>(order.size()); ++i) {
     const int e = order[i];
-    const int64_t o = e * C;  // the padded layout: expert e's rows start at e * C
-    const void* p[6][3] = {
-        {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
-        {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
-        {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
-        {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
-        {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
-        {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},    // dxb = dh w1
-    };
-    for (int gi = 0; gi < 6; ++gi)
-      for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + i] = p[gi][op];
+    set_expert_operands(i, e, e * C);  // the padded layout: expert e's rows start at e * C
     if (buckets_.empty() || buckets_.back().m != m[e]) buckets_.push_back({m[e], i, 0});
     ++buckets_.back().count;
   }
@@ -414,12 +374,56 @@ void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
                              ctx_.stream()));
 }
 
+void MoELayerCuda::set_expert_operands(int slot, int e, int64_t row0) {
+  auto bf = [](const Tensor& t, int64_t elems) {
+    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
+  };
+  auto f32p = [](const Tensor& t, int64_t elems) {
+    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
+  };
+  const int64_t o = row0;
+  const void* p[6][3] = {
+      {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
+      {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
+      {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
+      {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
+      {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
+      {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},    // dxb = dh w1 (into dob)
+  };
+  for (int gi = 0; gi < 6; ++gi)
+    for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + slot] = p[gi][op];
+}
+
+// The rows dimension of expert GEMM gi: k for the weight gradients (dw2, dw1), m otherwise.
+static bool rows_are_k(int gi) {
+  return gi == 3 || gi == 4;
+}
+
+void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
+  GroupedGemm g;
+  g.trans_a = shape.trans_a;
+  g.trans_b = shape.trans_b;
+  for (int e : group_experts_) {
+    const int rows = static_cast<int>(host_counts_[e]);
+    g.m.push_back(rows_are_k(gi) ? static_cast<int>(shape.m) : rows);
+    g.n.push_back(static_cast<int>(shape.n));
+    g.k.push_back(rows_are_k(gi) ? rows : static_cast<int>(shape.k));
+    g.lda.push_back(static_cast<int>(shape.lda));
+    g.ldb.push_back(static_cast<int>(shape.ldb));
+    g.ldc.push_back(static_cast<int>(shape.ldc));
+  }
+  void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+  const void* const* hp = host_ptrs_.data();
+  gemm_grouped_bf16(ctx_.cublas(), g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_,
+                    p + (gi * 3 + 2) * E_, hp + (gi * 3 + 0) * E_, hp + (gi * 3 + 1) * E_,
+                    hp + (gi * 3 + 2) * E_, c_f32);
+}
+
 void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
   void** p = static_cast<void**>(grouped_ptrs_.raw_data());
   for (const PadBucket& b : buckets_) {
     GemmShape s = shape;
-    // The rows dimension of this GEMM (m for h/out/da/dxb, k for the weight gradients).
-    if (gi == 3 || gi == 4) {
+    if (rows_are_k(gi)) {
       s.k = b.m;
     } else {
       s.m = b.m;
@@ -463,20 +467,7 @@ void MoELayerCuda::experts_forward() {
                 w1_.raw_data(), f1_ * d_, h_.raw_data(), C * f1_, false, E_);
     }
   } else {
-    GroupedGemm g;
-    g.trans_b = true;
-    for (int e : group_experts_) {
-      g.m.push_back(static_cast<int>(host_counts_[e]));
-      g.n.push_back(static_cast<int>(f1_));
-      g.k.push_back(static_cast<int>(d_));
-      g.lda.push_back(static_cast<int>(d_));
-      g.ldb.push_back(static_cast<int>(d_));
-      g.ldc.push_back(static_cast<int>(f1_));
-    }
-    void** p = static_cast<void**>(grouped_ptrs_.raw_data());
-    const void* const* hp = host_ptrs_.data();
-    gemm_grouped_bf16(h, g, p + 0 * E_, p + 1 * E_, p + 2 * E_, hp + 0 * E_, hp + 1 * E_,
-                      hp + 2 * E_, false);
+    grouped_gemm(0, GemmShape{false, true, 0, f1_, d_, d_, d_, f1_}, false);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, stream);
@@ -492,20 +483,7 @@ void MoELayerCuda::experts_forward() {
                 w2_.raw_data(), d_ * f_, ob_.raw_data(), C * d_, false, E_);
     }
   } else {
-    GroupedGemm g;
-    g.trans_b = true;
-    for (int e : group_experts_) {
-      g.m.push_back(static_cast<int>(host_counts_[e]));
-      g.n.push_back(static_cast<int>(d_));
-      g.k.push_back(static_cast<int>(f_));
-      g.lda.push_back(static_cast<int>(f_));
-      g.ldb.push_back(static_cast<int>(f_));
-      g.ldc.push_back(static_cast<int>(d_));
-    }
-    void** p = static_cast<void**>(grouped_ptrs_.raw_data());
-    const void* const* hp = host_ptrs_.data();
-    gemm_grouped_bf16(h, g, p + 3 * E_, p + 4 * E_, p + 5 * E_, hp + 3 * E_, hp + 4 * E_,
-                      hp + 5 * E_, false);
+    grouped_gemm(1, GemmShape{false, true, 0, d_, f_, f_, f_, d_}, false);
   }
 }
 
@@ -513,27 +491,6 @@ void MoELayerCuda::experts_backward() {
   cublasHandle_t h = ctx_.cublas();
   cudaStream_t stream = ctx_.stream();
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
-  void** p = static_cast<void**>(grouped_ptrs_.raw_data());
-  // Grouped problem list for one GEMM of the backward.
-  auto grouped_gemm = [&](int gi, bool ta, bool tb, auto m_of, int64_t n, auto k_of, int64_t lda,
-                          int64_t ldb, int64_t ldc, bool c_f32) {
-    GroupedGemm g;
-    g.trans_a = ta;
-    g.trans_b = tb;
-    for (int e : group_experts_) {
-      g.m.push_back(static_cast<int>(m_of(host_counts_[e])));
-      g.n.push_back(static_cast<int>(n));
-      g.k.push_back(static_cast<int>(k_of(host_counts_[e])));
-      g.lda.push_back(static_cast<int>(lda));
-      g.ldb.push_back(static_cast<int>(ldb));
-      g.ldc.push_back(static_cast<int>(ldc));
-    }
-    const void* const* hp = host_ptrs_.data();
-    gemm_grouped_bf16(h, g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_, p + (gi * 3 + 2) * E_,
-                      hp + (gi * 3 + 0) * E_, hp + (gi * 3 + 1) * E_, hp + (gi * 3 + 2) * E_,
-                      c_f32);
-  };
-  auto rows_of = [](int64_t n) { return n; };
   const int64_t C = capacity_;
   const bool empty = grouped ? group_experts_.empty() : C == 0;
   if (empty) {
@@ -542,13 +499,16 @@ void MoELayerCuda::experts_backward() {
     return;
   }
   // da = dout w2 ; dw2 = dout^T a
-  if (!grouped && !buckets_.empty()) {
+  // Experts without rows get zero weight gradients: the per-expert GEMMs never touch their slices.
+  if (grouped || !buckets_.empty()) {
     for (int e : zero_experts_) {
       CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
                                  f1_ * d_ * 4, stream));
       CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw2_.raw_data()) + e * d_ * f_, 0, d_ * f_ * 4,
                                  stream));
     }
+  }
+  if (!grouped && !buckets_.empty()) {
     padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
     padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
   } else if (!grouped) {
@@ -557,18 +517,8 @@ void MoELayerCuda::experts_backward() {
     gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dob_.raw_data(), C * d_,
               a_.raw_data(), C * f_, dw2_.raw_data(), d_ * f_, true, E_);
   } else {
-    // Experts without rows get zero weight gradients (their slices are not touched by the GEMMs).
-    for (int e = 0; e < E_; ++e) {
-      if (host_counts_[e] > 0) continue;
-      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
-                                 f1_ * d_ * 4, stream));
-      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw2_.raw_data()) + e * d_ * f_, 0, d_ * f_ * 4,
-                                 stream));
-    }
-    grouped_gemm(
-        2, false, false, rows_of, f_, [&](int64_t) { return d_; }, d_, f_, f_, false);
-    grouped_gemm(
-        3, true, false, [&](int64_t) { return d_; }, f_, rows_of, d_, f_, f_, true);
+    grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
+    grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, stream);
@@ -586,10 +536,8 @@ void MoELayerCuda::experts_backward() {
     gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, dh_.raw_data(), C * f1_,
               w1_.raw_data(), f1_ * d_, dob_.raw_data(), C * d_, false, E_);
   } else {
-    grouped_gemm(
-        4, true, false, [&](int64_t) { return f1_; }, d_, rows_of, f1_, d_, d_, true);
-    grouped_gemm(
-        5, false, false, rows_of, d_, [&](int64_t) { return f1_; }, f1_, d_, d_, false);
+    grouped_gemm(4, GemmShape{true, false, f1_, d_, 0, f1_, d_, d_}, true);
+    grouped_gemm(5, GemmShape{false, false, 0, d_, f1_, f1_, d_, d_}, false);
   }
 }
 

@@ -172,9 +172,14 @@ class MoELayerCuda {
     int begin = 0, count = 0;
   };
   std::vector<PadBucket> buckets_;
-  std::vector<int> zero_experts_;  // experts with no rows (their weight gradients are zeroed)
+  std::vector<int> zero_experts_;  // dropless: experts with no rows (weight gradients zeroed)
   void build_padded_buckets(const std::vector<int64_t>& counts);
+  // Operand pointers of the six expert GEMMs for expert e whose rows start at row0, at `slot`.
+  void set_expert_operands(int slot, int e, int64_t row0);
+  // Expert GEMM gi (0..5) over the buckets / over group_experts_; the rows dimension of `shape`
+  // (m, or k for the weight gradients) is replaced by each bucket's / expert's rows.
   void padded_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per bucket
+  void grouped_gemm(int gi, const GemmShape& shape, bool c_f32);
 
   // Residual / shared expert state.
   DenseMlp res_, sh_;
