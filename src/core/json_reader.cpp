@@ -122,6 +122,13 @@ std::vector<int64_t> JsonReader::get_int_list(const std::string& key, size_t cou
   return out;
 }
 
+std::string JsonReader::get_json_text(const std::string& key, int indent) const {
+  const nlohmann::json* v = find(key);
+  if (v == nullptr) return "";
+  shared_->ignored.insert(full(key));
+  return v->dump(indent);
+}
+
 std::vector<int64_t> JsonReader::get_int_array(const std::string& key) const {
   const nlohmann::json* v = find(key);
   std::vector<int64_t> out;

@@ -19,9 +19,14 @@ class JsonReader {
   static JsonReader from_string(const std::string& text, const std::string& source_name);
 
   bool has(const std::string& key) const;
-  // Marks a field as known without reading it (fields other tools write, e.g. HF's "architectures").
+  // The field's whole subtree as JSON text ("" if absent), accepted as read (e.g. a config section
+  // saved verbatim with checkpoints; a section with its own strict reader still checks it).
+  std::string get_json_text(const std::string& key, int indent = -1) const;
+  // Marks a field as known without reading it (fields other tools write, e.g. HF's
+  // "architectures").
   void ignore(const std::string& key) const { shared_->ignored.insert(full(key)); }
-  // Typed getters; a wrong type is an error naming file and field ("tiny.json: model.top_k must be an integer").
+  // Typed getters; a wrong type is an error naming file and field ("tiny.json: model.top_k must be
+  // an integer").
   int64_t get_int(const std::string& key) const;
   int64_t get_int(const std::string& key, int64_t fallback) const;
   double get_double(const std::string& key) const;
@@ -50,11 +55,12 @@ class JsonReader {
     std::set<std::string> read;     // full paths that were read
     std::set<std::string> ignored;  // full paths whose whole subtree is accepted unread
   };
-  JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root, const nlohmann::json* node,
-             std::string path);
+  JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root,
+             const nlohmann::json* node, std::string path);
   const nlohmann::json* find(const std::string& key) const;
   std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
-  void collect_unread(const nlohmann::json& node, const std::string& path, std::vector<std::string>* out) const;
+  void collect_unread(const nlohmann::json& node, const std::string& path,
+                      std::vector<std::string>* out) const;
 
   std::shared_ptr<Shared> shared_;
   std::shared_ptr<const nlohmann::json> root_;

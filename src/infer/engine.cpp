@@ -55,12 +55,8 @@ std::vector<int32_t> Engine::generate(const std::vector<int32_t>& prompt,
   infer::GenerateOptions options;
   options.max_new_tokens = params.max_new_tokens;
   options.sampling = {params.temperature, params.top_k, params.top_p, params.seed};
-  if (params.stop_at_eos) {
-    if (impl_->tokenizer && impl_->tokenizer->eos_id() >= 0)
-      options.stop_tokens.push_back(impl_->tokenizer->eos_id());
-    if (impl_->model->config().eos_id >= 0)
-      options.stop_tokens.push_back(static_cast<int32_t>(impl_->model->config().eos_id));
-  }
+  if (params.stop_at_eos)
+    options.stop_tokens = infer::end_of_sequence_tokens(*impl_->model, impl_->tokenizer.get());
   return infer::generate(*impl_->model, prompt, options, on_token);
 }
 

@@ -3,12 +3,18 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "data/tokenizer.h"
+#include "model/model.h"
 
 namespace moex::infer {
 
 // Null when the directory holds no tokenizer.
 std::unique_ptr<data::Tokenizer> open_model_tokenizer(const std::string& model_dir);
+
+// Tokens that end generation: the tokenizer's EOS (if any) and the model config's eos_id (if set).
+std::vector<int32_t> end_of_sequence_tokens(const model::Model& model,
+                                            const data::Tokenizer* tokenizer);
 
 }  // namespace moex::infer

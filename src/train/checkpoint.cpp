@@ -1,7 +1,6 @@
 #include "train/checkpoint.h"
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "io/atomic_file.h"
@@ -65,9 +64,8 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   TrainerState state;
   state.step = js.get_int("step");
   state.last_loss = js.get_double("last_loss", 0.0);
-  js.ignore("data_state");
-  std::ifstream in(state_path);
-  state.data_state = nlohmann::json::parse(in).at("data_state").dump();
+  state.data_state = js.get_json_text("data_state");
+  if (state.data_state.empty()) js.fail("data_state", "is required");
   js.finish();
   return state;
 }

@@ -1,10 +1,6 @@
 #include "train/train_config.h"
 
 #include <cmath>
-#include <fstream>
-#include <sstream>
-
-#include "core/file_util.h"
 
 namespace moex::train {
 
@@ -13,7 +9,7 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   c.source = path;
   const JsonReader root = JsonReader::from_file(path);
   c.model = ModelConfig::from_json(root.child("model"));
-  c.model_json = nlohmann::json::parse(read_file(path)).at("model").dump(2);
+  c.model_json = root.get_json_text("model", 2);
 
   const JsonReader data = root.child("data");
   c.data.path = data.get_string("path");

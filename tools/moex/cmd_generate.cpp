@@ -54,9 +54,7 @@ int run_generate(const std::vector<std::string>& argv) {
   MOEX_CHECK(options.max_new_tokens >= 0, "--max-new-tokens must be >= 0 (got ",
              options.max_new_tokens, ")");
   moex::infer::check_sampling_params(options.sampling);
-  if (tokenizer && tokenizer->eos_id() >= 0) options.stop_tokens.push_back(tokenizer->eos_id());
-  if (model->config().eos_id >= 0)
-    options.stop_tokens.push_back(static_cast<int32_t>(model->config().eos_id));
+  options.stop_tokens = moex::infer::end_of_sequence_tokens(*model, tokenizer.get());
 
   const bool json = args.flag("json");
   std::vector<int32_t> generated;
@@ -66,8 +64,10 @@ int run_generate(const std::vector<std::string>& argv) {
     if (json || !tokenizer) return;
     const std::string text = tokenizer->decode(generated, true);
     // A character split over byte-fallback tokens decodes as U+FFFD until its last byte comes.
-    const bool incomplete = text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
-    if (!incomplete && text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+    const bool incomplete =
+        text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+    if (!incomplete && text.size() > printed.size() &&
+        text.compare(0, printed.size(), printed) == 0) {
       std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
       std::fflush(stdout);
       printed = text;
