@@ -153,12 +153,7 @@ void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, const Ste
   const MoEOutput& out = moe_->forward(xt, options);
   if (!hold_routing_) held_ = moe_->routing();
   std::copy(out.y.data<float>(), out.y.data<float>() + n * d, y);
-  stats_.aux_loss = out.aux_loss;
-  stats_.z_loss = out.z_loss;
-  stats_.weighted_loss = out.weighted_loss;
-  stats_.load = out.load;
-  stats_.counts = out.counts;
-  stats_.num_dropped = out.num_dropped;
+  stats_ = out;
 }
 
 void FfnLayer::backward(const float* dy, float* dx) {

@@ -26,12 +26,9 @@ struct StepOptions {
   double loss_scale = 1.0;
 };
 
-// What an MoE block reports after forward (for the loss, logging and pruning).
-struct MoEStats {
-  double aux_loss = 0, z_loss = 0, weighted_loss = 0;
-  std::vector<int64_t> load, counts;  // [E] before / after dropping
-  int64_t num_dropped = 0;
-};
+// What an MoE block reports after forward (losses, per-expert load and kept counts, drops):
+// the MoE layer's own output record.
+using MoEStats = MoEOutput;
 
 class FfnLayer {
  public:
