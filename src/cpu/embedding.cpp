@@ -40,19 +40,14 @@ template <typename T>
 void embedding_backward(const int32_t* ids, const T* dout, int64_t num_tokens, int64_t vocab_size,
                         int64_t dim, T* dweight) {
   check_embedding<T>(ids, dout, dweight, num_tokens, vocab_size, dim);
-  // Threads split the columns, not the tokens: a repeated id then never races, and every element
-  // sums its tokens in the same order whatever the thread count.
-  constexpr int64_t kBlock = 64;
-  const int64_t num_blocks = (dim + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (num_tokens * dim >= kMinParallelWork)
-  for (int64_t blk = 0; blk < num_blocks; ++blk) {
-    const int64_t c0 = blk * kBlock, c1 = std::min(dim, c0 + kBlock);
+  // Threads split the columns, not the tokens: a repeated id then never races.
+  for_column_blocks(dim, num_tokens * dim, [&](int64_t c0, int64_t c1) {
     for (int64_t i = 0; i < num_tokens; ++i) {
       const T* src = dout + i * dim;
       T* dst = dweight + ids[i] * dim;
       for (int64_t c = c0; c < c1; ++c) dst[c] += src[c];
     }
-  }
+  });
 }
 
 template void embedding_forward<float>(const int32_t*, const float*, int64_t, int64_t, int64_t,

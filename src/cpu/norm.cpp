@@ -14,10 +14,6 @@ void check_norm_sizes(const char* op, int64_t num_rows, int64_t dim) {
   MOEX_CHECK(dim > 0, op, ": dim must be > 0, got ", dim);
 }
 
-// Parameter gradients: threads own blocks of columns and walk the rows in order, so the sums do
-// not depend on the thread count and no thread-local partial buffers are needed.
-constexpr int64_t kColumnBlock = 64;
-
 }  // namespace
 
 template <typename T>
@@ -60,10 +56,7 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const T* mean,
   MOEX_CHECK(dy && x && dx, "layernorm_backward: dy, x or dx is null");
   MOEX_CHECK(mean && rstd, "layernorm_backward: mean or rstd is null");
   // Parameter gradients first: dx may alias dy.
-  const int64_t num_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
-  for (int64_t blk = 0; blk < num_blocks; ++blk) {
-    const int64_t c0 = blk * kColumnBlock, c1 = std::min(dim, c0 + kColumnBlock);
+  for_column_blocks(dim, num_rows * dim, [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < num_rows; ++r) {
       const T* xr = x + r * dim;
       const T* dyr = dy + r * dim;
@@ -72,7 +65,7 @@ void layernorm_backward(const T* dy, const T* x, const T* weight, const T* mean,
         for (int64_t c = c0; c < c1; ++c) dbias[c] += dyr[c];
       }
     }
-  }
+  });
   // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * weight.
 #pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
@@ -124,16 +117,13 @@ void rmsnorm_backward(const T* dy, const T* x, const T* weight, const T* rstd, i
   if (num_rows == 0) return;
   MOEX_CHECK(dy && x && dx, "rmsnorm_backward: dy, x or dx is null");
   MOEX_CHECK(rstd != nullptr, "rmsnorm_backward: rstd is null");
-  const int64_t num_blocks = (dim + kColumnBlock - 1) / kColumnBlock;
-#pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
-  for (int64_t blk = 0; blk < num_blocks; ++blk) {
-    const int64_t c0 = blk * kColumnBlock, c1 = std::min(dim, c0 + kColumnBlock);
+  for_column_blocks(dim, num_rows * dim, [&](int64_t c0, int64_t c1) {
     for (int64_t r = 0; r < num_rows; ++r) {
       const T* xr = x + r * dim;
       const T* dyr = dy + r * dim;
       for (int64_t c = c0; c < c1; ++c) dweight[c] += dyr[c] * xr[c] * rstd[r];
     }
-  }
+  });
   // dx = rstd * (g - xhat * mean(g * xhat)), g = dy * weight, xhat = x * rstd.
 #pragma omp parallel for schedule(static) if (num_rows * dim >= kMinParallelWork)
   for (int64_t r = 0; r < num_rows; ++r) {
