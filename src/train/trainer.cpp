@@ -159,7 +159,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
   std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
-  std::vector<double> losses;
 
   auto checkpoint = [&](const std::string& name) {
     state.data_state = train_data->state_json();
@@ -200,7 +199,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     ++state.step;
     ++steps_this_run;
     state.last_loss = loss;
-    losses.push_back(loss);
     window_tokens += tokens_per_step;
 
     const bool last = state.step == c.training.steps;
