@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "data/indexed_dataset.h"
+#include "dist/communicator.h"
 
 namespace moex::testing {
 
@@ -39,22 +40,32 @@ inline fs::path make_corpus(const fs::path& dir) {
   return dir;
 }
 
+// Under mpirun pass the group: only its root writes (to a temporary name, then renamed), and every
+// rank waits at a barrier until the file is complete, so no rank reads a half-written config.
 inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
-                             const std::string& extra_training) {
+                             const std::string& extra_training,
+                             dist::Communicator* group = nullptr) {
   const fs::path path =
       corpus / ("config_" + std::to_string(std::hash<std::string>()(out_dir)) + ".json");
-  std::ofstream(path) << R"({
+  if (group && !group->is_root()) {
+    group->barrier();
+    return path;
+  }
+  const fs::path partial = path.string() + ".partial";
+  std::ofstream(partial) << R"({
     "model": {"vocab_size": 40, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
               "max_seq_len": 32, "ffn_size": 48,
               "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 24, "capacity_factor": 1.0,
                       "jitter_eps": 0.01, "aux_loss_coef": 0.01}},
     "data": {"path": ")" + corpus.string() +
-                             R"(", "seq_len": 16, "temperature": 2.0},
+                                R"(", "seq_len": 16, "temperature": 2.0},
     "optimizer": {"lr": 0.01, "grad_clip": 1.0},
     "schedule": {"warmup_steps": 2},
     "training": {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "log_every": 1, "eval_every": 6,
                  "eval_batches": 1, "out_dir": ")" +
-                             out_dir + R"(" )" + extra_training + R"(}})";
+                                out_dir + R"(" )" + extra_training + R"(}})";
+  fs::rename(partial, path);
+  if (group) group->barrier();
   return path;
 }
 

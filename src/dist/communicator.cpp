@@ -1,7 +1,9 @@
 #include "dist/communicator.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 
 #include "core/error.h"
 
@@ -50,12 +52,42 @@ Communicator::Communicator(bool join_world) {
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
   uses_mpi_ = true;
+  abort_job_on_terminate();  // an uncaught error on one rank must not leave the others waiting
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
 #endif
 }
 
+void Communicator::abort_job_on_terminate() {
+  std::set_terminate([] {
+    if (const std::exception_ptr error = std::current_exception()) {
+      try {
+        std::rethrow_exception(error);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "moex: uncaught exception: %s\n", e.what());
+      } catch (...) {
+        std::fprintf(stderr, "moex: uncaught exception of unknown type\n");
+      }
+    }
+    abort_job(1);
+  });
+}
+
 #ifdef MOEX_WITH_MPI
+bool Communicator::in_mpi_job() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
+}
+
+void Communicator::abort_job(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  if (in_mpi_job()) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
 Communicator::~Communicator() {
   if (uses_mpi_) MPI_Finalize();
 }
@@ -86,6 +118,14 @@ void Communicator::barrier() {
   if (uses_mpi_) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
 }
 #else
+bool Communicator::in_mpi_job() {
+  return false;
+}
+void Communicator::abort_job(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(code);
+}
 Communicator::~Communicator() = default;
 void Communicator::all_reduce_sum(float*, int64_t) {}
 void Communicator::all_reduce_sum(double*, int64_t) {}

@@ -25,6 +25,15 @@ class Communicator {
   int all_reduce_max(int value);
   void barrier();
 
+  // Ends the whole job with exit status `code`: MPI_Abort on every rank when this process is one
+  // rank of an MPI job, a plain exit otherwise. Use it where a failing rank would leave the others
+  // waiting in a collective forever (a thrown error, a failed test).
+  [[noreturn]] static void abort_job(int code);
+  // True when MPI has been initialized in this process (and not finalized).
+  static bool in_mpi_job();
+  // Makes std::terminate (an uncaught exception anywhere) end the whole job via abort_job(1).
+  static void abort_job_on_terminate();
+
   ~Communicator();
 
  private:

@@ -142,7 +142,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const bool root = comm.is_root();
   std::ofstream metrics;
   if (root) {
-    std::filesystem::create_directories(c.training.out_dir);
+    std::error_code error;
+    std::filesystem::create_directories(c.training.out_dir, error);
+    MOEX_CHECK(!error, c.source, ": training.out_dir: cannot create '", c.training.out_dir,
+               "': ", error.message());
     metrics.open(c.training.out_dir + "/metrics.jsonl",
                  resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),

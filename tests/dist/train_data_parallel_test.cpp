@@ -26,7 +26,8 @@ TEST(DataParallel, EqualsTheSingleProcessRunOnTheSameGlobalBatch) {
   const int64_t ranks = world.size();
   const std::string dp_out = (corpus / "dp").string(), ref_out = (corpus / "ref").string();
   const TrainConfig dp = TrainConfig::from_file(
-      testing::write_config(corpus, dp_out, R"(, "grad_accum": 1, "steps": 6, "eval_every": 0)")
+      testing::write_config(corpus, dp_out, R"(, "grad_accum": 1, "steps": 6, "eval_every": 0)",
+                            &world)
           .string());
   run_training(dp, "", 0, &world);
 

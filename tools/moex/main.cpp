@@ -6,6 +6,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "dist/communicator.h"
 
 namespace moex::cli {
 
@@ -49,11 +50,12 @@ int main(int argc, char** argv) {
       const bool debug = moex::log_level() == moex::LogLevel::kDebug;
       std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(),
                    debug ? err.what() : err.message().c_str());
-      return 1;
     } catch (const std::exception& err) {
       std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
-      return 1;
     }
+    // Under mpirun the other ranks may be waiting in a collective for this one: end them all.
+    if (moex::dist::Communicator::in_mpi_job()) moex::dist::Communicator::abort_job(1);
+    return 1;
   }
   std::fprintf(stderr, "moex: unknown command '%s'\n", name.c_str());
   print_usage();
