@@ -1,5 +1,6 @@
 // CUDA_CHECK / CUBLAS_CHECK / MOEX_LAUNCH_CHECK: every CUDA call and every launch is checked and
-// failures throw moex::Error with file:line and the failing expression (DESIGN §3).
+// failures throw moex::Error with file:line and the failing expression (docs/architecture.md
+// §Core types).
 #pragma once
 
 #include <cublas_v2.h>
