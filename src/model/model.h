@@ -1,5 +1,6 @@
-// The decoder-only MoE transformer (docs/architecture.md §Model family) on the CPU: embedding (+ learned positions),
-// pre-norm blocks with dense or MoE FFNs, final norm, LM head (tied or not), cross-entropy.
+// The decoder-only MoE transformer (docs/architecture.md §Model family) on the CPU: embedding
+// (+ learned positions), pre-norm blocks with dense or MoE FFNs, final norm, LM head (tied or
+// not), cross-entropy.
 // Parameters and gradients live in two ParamBuffers of the same layout, under Hugging Face names.
 #pragma once
 
