@@ -1,5 +1,6 @@
-// PR-MoE residual mix and the shared expert's gate (DESIGN §5), per token, bf16 rows with fp32
-// math. CPU twin: moe/moe_layer.cpp (LayerImpl::forward/backward, steps 10 and "shared expert").
+// PR-MoE residual mix and the shared expert's gate (docs/architecture.md §MoE layer, stage 10),
+// per token, bf16 rows with fp32 math. CPU twin: moe/moe_layer.cpp (LayerImpl::forward/backward,
+// steps 10 and "shared expert").
 //   forward:  c = softmax(x Wc^T) [T,2] (residual), g = sigmoid(x ws^T) [T] (shared gate, else 1)
 //             y = (residual ? ym*c0 + r*c1 : ym) + (shared ? g*s : 0)
 //   backward: dym = dy*c0, dr = dy*c1, ds = dy*g,
