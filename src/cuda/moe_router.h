@@ -1,4 +1,5 @@
-// Router stages around the fused gating kernel, fp32 (DESIGN §8). CPU twins in moe/router.h.
+// Router stages around the fused gating kernel, fp32 (docs/architecture.md §Numerics). CPU twins
+// in moe/router.h.
 //   x [T,d] bf16   xj [T,d] fp32 router input   z [T,E] logits   s [T,E] scores
 //   expert/slot/route_score/dgates [T*k]   aux_grad [E]   dz [T,E]
 #pragma once
