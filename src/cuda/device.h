@@ -22,7 +22,8 @@ int device_count();
 void init();
 
 // Caching allocator: blocks are rounded to size classes and kept on free lists when released,
-// so a steady-state step never calls cudaMalloc (DESIGN §3). Device memory only, never managed.
+// so a steady-state step never calls cudaMalloc (docs/architecture.md §Core types). Device
+// memory only, never managed.
 struct AllocatorStats {
   size_t cuda_malloc_calls = 0;
   size_t bytes_reserved = 0;  // held from the driver
