@@ -1,5 +1,6 @@
-// The fused gating kernel (DESIGN §5 stages 2-5 in one launch): scores, top-k selection, drop
-// policy, slots, per-expert loads/counts/offsets, the dispatch table and the aux/z-loss statistics.
+// The fused gating kernel (docs/architecture.md §MoE layer, stages 2-5 in one launch): scores,
+// top-k selection, drop policy, slots, per-expert loads/counts/offsets, the dispatch table and the
+// aux/z-loss statistics.
 // CPU twins: moe/router.h (router_scores, router_select, router_gates, router_aux_loss,
 // router_z_loss) and moe/dispatch_plan.h (build_dispatch_plan); the decisions are identical.
 //
