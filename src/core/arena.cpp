@@ -22,6 +22,12 @@ Tensor Arena::alloc(const Shape& shape, DType dtype) {
   return Tensor::from_external(base_ + start, shape, dtype, device_);
 }
 
+int64_t ParamBuffer::num_elements() const {
+  int64_t n = 0;
+  for (const Shape& shape : shapes_) n += shape.numel();
+  return n;
+}
+
 int ParamBuffer::declare(const std::string& name, const Shape& shape) {
   MOEX_CHECK(!flat_.defined(), "parameter '", name, "' declared after the buffer was allocated");
   MOEX_CHECK(index_of(name) < 0, "parameter '", name, "' declared twice");

@@ -25,7 +25,7 @@ class Arena {
   Device device() const { return device_; }
 
  private:
-  Tensor backing_;  // [capacity + kAlignment] u8
+  Tensor backing_;        // [capacity + kAlignment] u8
   char* base_ = nullptr;  // first aligned byte of backing_
   size_t capacity_ = 0;
   size_t used_ = 0;
@@ -49,9 +49,10 @@ class ParamBuffer {
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }
   const Tensor& tensor(int i) const { return tensors_.at(i); }
-  int index_of(const std::string& name) const;  // -1 if absent
-  const Tensor& flat() const { return flat_; }   // [total] of the buffer's dtype
-  int64_t total_elements() const { return total_; }
+  int index_of(const std::string& name) const;       // -1 if absent
+  const Tensor& flat() const { return flat_; }       // [total] of the buffer's dtype
+  int64_t total_elements() const { return total_; }  // with the 64-element alignment padding
+  int64_t num_elements() const;                      // declared elements, without padding
 
  private:
   std::vector<std::string> names_;

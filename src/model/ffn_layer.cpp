@@ -9,7 +9,7 @@ namespace moex::model {
 namespace {
 
 moe::FfnShape dense_shape(const ModelConfig& c) {
-  return {c.hidden_size, c.ffn_size, c.activation, false};
+  return {c.hidden_size, c.ffn_size, c.activation, c.gelu_exact};
 }
 
 // The MoE weights in MoEWeights order, so that indices and tensors line up.

@@ -12,12 +12,16 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   MoEConfig c;
   c.hidden_size = model.hidden_size;
   c.activation = model.activation;
+  c.gelu_exact = model.gelu_exact;
   c.ffn_size = moe.get_int("ffn_size", model.ffn_size);
   c.top_k = static_cast<int>(moe.get_int("top_k", 1));
   c.score_func = moe.get_choice("score_func", {"softmax", "sigmoid"}, "softmax") == "sigmoid"
                      ? ScoreFunc::kSigmoid
                      : ScoreFunc::kSoftmax;
   c.renormalize = moe.get_bool("renormalize", false);
+  c.renormalize_after_drop = moe.get_bool("renormalize_after_drop", false);
+  if (c.renormalize_after_drop && !c.renormalize)
+    moe.fail("renormalize_after_drop", "needs \"renormalize\": true");
   c.selection_bias = moe.get_bool("selection_bias", false);
   c.gumbel_second_expert = moe.get_bool("gumbel_second_expert", false);
   c.jitter_eps = static_cast<float>(moe.get_double("jitter_eps", 0.0));
@@ -67,6 +71,9 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
                : NormType::kRMSNorm;
   c.norm_eps = m.get_double("norm_eps", 1e-5);
   c.activation = parse_activation(m.get_choice("activation", {"swiglu", "gelu"}, "swiglu"));
+  c.gelu_exact = m.get_bool("gelu_exact", false);
+  if (c.gelu_exact && c.activation != ExpertActivation::kGelu)
+    m.fail("gelu_exact", "needs \"activation\": \"gelu\"");
   c.tie_embeddings = m.get_bool("tie_embeddings", false);
   c.qkv_bias = m.get_bool("qkv_bias", false);
   const std::string qk = m.get_choice("qk_norm", {"none", "per_head", "full"}, "none");
@@ -133,21 +140,32 @@ int ModelConfig::num_moe_layers() const {
   return n;
 }
 
+// Counted from the config alone (no allocation), so it also describes models too large to build
+// here. It must equal the elements Model declares; tests/unit/model_configs_test.cpp checks that.
 int64_t ModelConfig::num_parameters() const {
-  const int64_t d = hidden_size;
-  const int64_t attn = d * head_dim * (num_heads + 2 * num_kv_heads) + num_heads * head_dim * d;
+  const int64_t d = hidden_size, qd = num_heads * head_dim, kd = num_kv_heads * head_dim;
   const int64_t matrices = activation == ExpertActivation::kSwiGLU ? 3 : 2;
-  int64_t total = vocab_size * d * (tie_embeddings ? 1 : 2);
+  const auto norm_params = [&](int64_t dim) {
+    return norm == NormType::kLayerNorm ? 2 * dim : dim;
+  };
+  int64_t attn = d * (qd + 2 * kd) + qd * d;  // q, k, v and o projections
+  if (qkv_bias) attn += qd + 2 * kd;
+  if (qk_norm == QKNorm::kPerHead) attn += 2 * head_dim;  // RMSNorm weights, no bias
+  if (qk_norm == QKNorm::kFull) attn += qd + kd;
+
+  int64_t total = vocab_size * d * (tie_embeddings ? 1 : 2) + norm_params(d);  // + final norm
   if (positions == PositionType::kLearned) total += max_seq_len * d;
   for (const LayerSpec& l : layers) {
-    total += attn + 2 * d;
+    total += attn + 2 * norm_params(d);
     if (!l.moe) {
       total += matrices * d * ffn_size;
       continue;
     }
     const MoEConfig& m = l.moe_config;
-    total += static_cast<int64_t>(m.num_experts) * (matrices * d * m.ffn_size + d);
-    if (m.residual)
+    const int64_t e = m.num_experts;
+    total += e * d + e * matrices * d * m.ffn_size;  // router and experts
+    if (m.selection_bias) total += e;
+    if (m.residual)  // the residual MLP and its 2-way mixing coefficient
       total += matrices * d * (m.residual_ffn_size ? m.residual_ffn_size : m.ffn_size) + 2 * d;
     if (m.shared_ffn_size) total += matrices * d * m.shared_ffn_size + (m.shared_gate ? d : 0);
   }

@@ -39,6 +39,7 @@ struct ModelConfig {
   NormType norm = NormType::kRMSNorm;
   double norm_eps = 1e-5;
   ExpertActivation activation = ExpertActivation::kSwiGLU;  // dense FFNs and experts alike
+  bool gelu_exact = false;  // GELU only: erf form; false: the tanh approximation (GPT-2, Megatron)
   bool tie_embeddings = false;
   bool qkv_bias = false;  // Qwen2-MoE
   QKNorm qk_norm = QKNorm::kNone;

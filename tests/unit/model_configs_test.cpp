@@ -1,10 +1,13 @@
 // Every config shipped in configs/ parses (unknown fields would be errors) and builds a model.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "model/hf_config.h"
 #include "model/model.h"
 
 namespace moex::model {
@@ -34,7 +37,108 @@ TEST(ShippedConfigs, ParseAndDescribeTheIntendedModels) {
   EXPECT_EQ(mx.num_kv_heads, 2);
   EXPECT_TRUE(mx.layers[0].moe_config.dropless);
   Model tiny_model(tiny);  // allocates and binds every parameter
-  EXPECT_EQ(tiny_model.params().total_elements() >= tiny.num_parameters(), true);
+  EXPECT_EQ(tiny_model.params().num_elements(), tiny.num_parameters());
+}
+
+// num_parameters() counts from the config alone; it must equal what Model declares, for every
+// option that adds weights.
+TEST(NumParameters, EqualsTheDeclaredWeightsForEveryOption) {
+  const nlohmann::json base = nlohmann::json::parse(R"({
+    "vocab_size": 50, "hidden_size": 16, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,
+    "max_seq_len": 8, "ffn_size": 24,
+    "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 12}})");
+  const std::vector<std::pair<std::string, nlohmann::json>> variants = {
+      {"base", nlohmann::json::object()},
+      {"layernorm (biases)", {{"norm", "layernorm"}}},
+      {"qkv bias", {{"qkv_bias", true}}},
+      {"per-head q/k norm", {{"qk_norm", "per_head"}}},
+      {"full q/k norm", {{"qk_norm", "full"}}},
+      {"gelu, learned positions, tied",
+       {{"activation", "gelu"}, {"positions", "learned"}, {"tie_embeddings", true}}},
+      {"selection bias", {{"moe", {{"score_func", "sigmoid"}, {"selection_bias", true}}}}},
+      {"residual", {{"moe", {{"residual", true}, {"residual_ffn_size", 20}}}}},
+      {"gated shared expert", {{"moe", {{"shared_ffn_size", 8}, {"shared_gate", true}}}}},
+      {"pyramid", {{"num_layers", 4}, {"moe", {{"num_experts", {2, 6}}}}}},
+  };
+  for (const auto& [name, patch] : variants) {
+    nlohmann::json j = base;
+    j.merge_patch(patch);
+    const ModelConfig config = ModelConfig::from_json(JsonReader::from_string(j.dump(), name));
+    Model model(config);
+    EXPECT_EQ(config.num_parameters(), model.params().num_elements()) << name;
+  }
+}
+
+// The Hugging Face fixtures list transformers' own parameter shapes (meta.json): an independent
+// count.
+TEST(NumParameters, EqualsTransformersCountForTheHfFixtures) {
+  for (const char* arch : {"mixtral", "olmoe", "qwen2_moe", "qwen3_moe"}) {
+    const std::string dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/hf/" + arch;
+    std::ifstream in(dir + "/meta.json");
+    const nlohmann::json meta = nlohmann::json::parse(in);
+    int64_t expected = 0;
+    for (const auto& [name, shape] : meta.at("params").items()) {
+      int64_t n = 1;
+      for (int64_t s : shape) n *= s;
+      expected += n;
+    }
+    const ModelConfig config = hf_config_from_file(dir + "/model/config.json");
+    EXPECT_EQ(config.num_parameters(), expected) << arch;
+    EXPECT_EQ(Model(config).params().num_elements(), expected) << arch;
+  }
+}
+
+TEST(ModelConfigFields, GeluExactAndRenormalizeAfterDropReachTheLayers) {
+  const std::string text = R"({
+    "vocab_size": 50, "hidden_size": 16, "num_layers": 2, "num_heads": 4, "max_seq_len": 8,
+    "ffn_size": 24, "activation": "gelu", "gelu_exact": true,
+    "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "renormalize": true,
+            "renormalize_after_drop": true}})";
+  const ModelConfig c = ModelConfig::from_json(JsonReader::from_string(text, "m.json"));
+  EXPECT_TRUE(c.gelu_exact);
+  EXPECT_TRUE(c.layers[1].moe_config.gelu_exact);
+  EXPECT_TRUE(c.layers[1].moe_config.renormalize_after_drop);
+  const ModelConfig plain = ModelConfig::from_json(JsonReader::from_string(
+      R"({"vocab_size": 50, "hidden_size": 16, "num_layers": 2, "num_heads": 4, "max_seq_len": 8,
+          "moe": {"num_experts": 4}})",
+      "m.json"));
+  EXPECT_FALSE(plain.gelu_exact);
+  EXPECT_FALSE(plain.layers[0].moe_config.renormalize_after_drop);
+
+  // The dense FFN and the experts switch to erf GELU: same weights, different logits.
+  nlohmann::json tanh_json = nlohmann::json::parse(text);
+  tanh_json["gelu_exact"] = false;
+  Model exact(c), approx(ModelConfig::from_json(JsonReader::from_string(tanh_json.dump(), "t")));
+  for (Model* m : {&exact, &approx}) {
+    m->init_weights(7);
+    // Pre-activations of order 1, where erf and tanh GELU differ by up to ~1e-3.
+    float* p = m->params().flat().data<float>();
+    for (int64_t i = 0; i < m->params().flat().numel(); ++i) p[i] *= 40;
+  }
+  const std::vector<int32_t> ids = {1, 5, 9, 13, 2, 7};
+  std::vector<float> a(6 * 50), b(6 * 50);
+  exact.logits(ids.data(), 1, 6, a.data());
+  approx.logits(ids.data(), 1, 6, b.data());
+  double diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
+  EXPECT_GT(diff, 1e-4);
+
+  auto error_of = [](const std::string& json) {
+    try {
+      ModelConfig::from_json(JsonReader::from_string(json, "bad.json"));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(R"({"vocab_size": 5, "hidden_size": 8, "num_layers": 1, "num_heads": 2,
+      "max_seq_len": 4, "gelu_exact": true})")
+                .find("bad.json: gelu_exact"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"vocab_size": 5, "hidden_size": 8, "num_layers": 1, "num_heads": 2,
+      "max_seq_len": 4, "moe": {"num_experts": 2, "renormalize_after_drop": true}})")
+                .find("renormalize_after_drop"),
+            std::string::npos);
 }
 
 }  // namespace
