@@ -1,6 +1,7 @@
-// The MoE layer on one GPU (DESIGN §5), forward and backward, with the options and results of the
-// CPU layer (moe/): fp32 router and losses, bf16 activations and expert weights, fp32 accumulation
-// and fp32 weight gradients. Stages, each one launch on the context's stream:
+// The MoE layer on one GPU (docs/architecture.md §MoE layer, docs/gpu-moe.md), forward and
+// backward, with the options and results of the CPU layer (moe/): fp32 router and losses, bf16
+// activations and expert weights, fp32 accumulation and fp32 weight gradients. Stages, each one
+// launch on the context's stream:
 //   router_input (cast + jitter) -> router SGEMM -> moe_gating (one fused kernel) -> moe_permute ->
 //   expert GEMM1 -> activation -> expert GEMM2 -> moe_combine
 // Backward mirrors it: moe_combine_backward (dgates, dout) -> router_backward -> router SGEMMs ->
