@@ -18,9 +18,9 @@ template <typename T>
 constexpr T kGeluCubic = static_cast<T>(0.044715);
 
 // exp for the activations. float: a Cephes-style polynomial (relative error ~2e-7, inside the
-// fp32 tolerance of DESIGN.md §8) built only from arithmetic and integer ops so that the loops
-// vectorize; libm's expf/tanhf calls were a fifth of the MoE layer's time. double: libm (the
-// gradient checks want full precision).
+// fp32 tolerance of docs/architecture.md §Numerics) built only from arithmetic and integer ops so
+// that the loops vectorize; libm's expf/tanhf calls were a fifth of the MoE layer's time. double:
+// libm (the gradient checks want full precision).
 inline double fast_exp(double x) {
   return std::exp(x);
 }
