@@ -1,5 +1,6 @@
-// Every option of the MoE layer (DESIGN.md §5). The CPU layer (src/moe/) and the GPU layer
-// (src/cuda/) implement exactly these semantics; the CPU one is the oracle.
+// Every option of the MoE layer (docs/architecture.md §MoE layer; the JSON fields in
+// docs/config.md). The CPU layer (src/moe/) and the GPU layer (src/cuda/) implement exactly these
+// semantics; the CPU one is the oracle.
 #pragma once
 
 #include <cstdint>
