@@ -1,5 +1,6 @@
-// The dispatch plan (DESIGN.md §5 stages 3 and 5): a mapping table from routes to rows of the
-// expert buffer, never one-hot einsums. A route is one (token t, choice j), index r = t*k + j.
+// The dispatch plan (docs/architecture.md §MoE layer, stages 3 and 5): a mapping table from
+// routes to rows of the expert buffer, never one-hot einsums. A route is one (token t, choice j),
+// index r = t*k + j.
 //
 // Buffer layouts:
 //   padded (capacity mode): [E, C, d]; expert e's slot c is row e*C + c; rows past counts[e] are
