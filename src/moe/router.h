@@ -1,5 +1,5 @@
-// The router (gating), DESIGN.md §5 stages 1, 2 and 4, as separately callable stages on raw
-// pointers so the CUDA path can mirror each one and be checked against it.
+// The router (gating), docs/architecture.md §MoE layer stages 1, 2 and 4, as separately callable
+// stages on raw pointers so the CUDA path can mirror each one and be checked against it.
 //
 // Legend: T tokens, d hidden, E experts, k experts per token.
 //   x [T,d]  xj [T,d] (jittered router input)  u [T,d] (jitter factors)  wg [E,d]
