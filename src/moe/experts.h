@@ -1,5 +1,6 @@
-// Expert FFNs over the dispatch plan's buffer (DESIGN.md §5 stages 6, 8, 9): permute rows in,
-// run every expert's MLP with BLAS GEMMs, combine the weighted outputs back per token.
+// Expert FFNs over the dispatch plan's buffer (docs/architecture.md §MoE layer, stages 6, 8, 9):
+// permute rows in, run every expert's MLP with BLAS GEMMs, combine the weighted outputs back per
+// token.
 //
 // Legend: T tokens, d hidden, F ffn, F1 = F (GELU) or 2F (SwiGLU: gate rows, then up rows),
 // R = plan.num_rows() buffer rows (E*C padded, or sum(counts) packed).
