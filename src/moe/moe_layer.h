@@ -1,5 +1,6 @@
-// The MoE layer (DESIGN.md §5): router -> dispatch plan -> permute -> experts -> combine, plus
-// PR-MoE's residual MLP and shared experts, with an explicit backward that mirrors every stage.
+// The MoE layer (docs/architecture.md §MoE layer): router -> dispatch plan -> permute -> experts
+// -> combine, plus PR-MoE's residual MLP and shared experts, with an explicit backward that
+// mirrors every stage.
 // A thin Tensor-level front over the templated stage kernels of router.h, dispatch_plan.h and
 // experts.h; the CPU implementation runs in f32 (the real path) or f64 (gradient checks).
 //
