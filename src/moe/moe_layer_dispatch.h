@@ -1,10 +1,12 @@
-// Device dispatch for MoELayer (issue 5): when forward's x is a CUDA tensor, the layer runs the GPU
+// Device dispatch for MoELayer: when forward's x is a CUDA tensor, the layer runs the GPU
 // implementation (cuda::MoELayerCuda) instead of the CPU stages, so callers never branch on the
-// device. Owned by the GPU engineer; moe_layer.cpp only holds the pointer and two branches.
+// device (docs/architecture.md §Departures). The GPU specifics stay in this file pair;
+// moe_layer.cpp only holds the pointer and two branches.
 //
 // Contract on the GPU path (differences from the CPU path are errors, never silent):
 //   - x [T,d] f32 or bf16 on CUDA; y, dx and the weight gradients come back as f32 CUDA tensors.
-//   - experts run in bf16 with fp32 accumulation (DESIGN §8 tolerances), the router in fp32;
+//   - experts run in bf16 with fp32 accumulation, the router in fp32 (docs/architecture.md
+//     §Numerics gives the tolerances);
 //   - PR-MoE residual and shared experts (with or without gate) run on the GPU too; their
 //     gradients come back in MoEGradients::weights like the experts';
 //   - weights: the device keeps a bf16/fp32 copy and re-uploads (and converts) ALL weights only
