@@ -139,8 +139,8 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   (void)src_device;
   // Tensor::to is synchronous for every stream. A pageable host->device cudaMemcpy returns once
   // the source is staged, before the DMA lands, and it is ordered only on the legacy stream: a
-  // kernel on another stream could read the old bytes (this corrupted w2 uploads, issue 5's
-  // top6_e64 case). Fence the device on both sides.
+  // kernel on another stream could read the old bytes (this corrupted the w2 upload of the E=64
+  // case, test SetParametersRoundTripE64). Fence the device on both sides.
   CUDA_CHECK(cudaDeviceSynchronize());
   CUDA_CHECK(cudaMemcpy(dst, src, bytes, kind));
   CUDA_CHECK(cudaDeviceSynchronize());
