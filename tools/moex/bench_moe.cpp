@@ -49,7 +49,7 @@ const std::vector<MoEBenchShape>& moe_bench_shapes() {
       {"ds-top1-gelu", "cpu", 2048, 512, 2048, 8, 1, ExpertActivation::kGelu, 1.0f},
       // Mixtral style: top-2, SwiGLU.
       {"top2-swiglu", "cpu", 2048, 512, 1024, 8, 2, ExpertActivation::kSwiGLU, 1.25f},
-      // GPU shapes of issue 5 (bf16, one H100/H200).
+      // GPU shapes (bf16, one H100/H200): Mixtral 8x7B, fine-grained (DeepSeek/Qwen-MoE), GShard.
       {"mixtral", "cuda", 8192, 4096, 14336, 8, 2, ExpertActivation::kSwiGLU, 1.0f},
       {"finegrained", "cuda", 8192, 2048, 1408, 64, 6, ExpertActivation::kSwiGLU, 1.0f},
       {"gshard", "cuda", 8192, 2048, 8192, 16, 2, ExpertActivation::kGelu, 1.0f},
