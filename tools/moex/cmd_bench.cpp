@@ -1,5 +1,6 @@
-// moex bench moe-layer|train-step|decode: benchmarks that print JSON lines (DESIGN.md §10:
-// benchmarks are not tests; peers are compared side by side in one run on the same machine).
+// moex bench moe-layer|train-step|decode: benchmarks that print JSON lines (docs/architecture.md
+// §Testing: benchmarks are not tests; peers are compared side by side in one run on the same
+// machine).
 #include <algorithm>
 #include <cstdio>
 #include <string>
