@@ -1,5 +1,5 @@
 // `moex bench moe-layer`: the shape table, the FLOP count and the JSON line, shared by the CPU
-// runner here and the CUDA runner (bench_moe_cuda.h, beside run_moe_bench_cpu).
+// runner here (run_moe_bench_cpu) and the CUDA runner in bench_moe_cuda.{h,cpp}.
 #pragma once
 
 #include <cstdint>
