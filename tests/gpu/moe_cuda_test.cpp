@@ -1,7 +1,8 @@
 // GPU tests: every CUDA op against its CPU twin on fresh random inputs (never zeros), outputs
 // poisoned with 0xFF bytes (NaN in f32 and bf16) before each run; the fused gating kernel makes the
 // same routing decisions as the CPU router + dispatch plan; the whole GPU layer forward+backward
-// matches the CPU layer (bf16 tolerance, DESIGN §8) for every gating option and both modes.
+// matches the CPU layer (bf16 tolerance, docs/architecture.md §Numerics) for every gating option
+// and both modes.
 // Built everywhere (CI compiles it); runs only where a GPU is visible (scripts/gpu_check.sh).
 #include <gtest/gtest.h>
 
@@ -196,8 +197,9 @@ TEST_F(Gpu, BatchedGemmMatchesCpu) {
   }
 }
 
-// Issue 5's top6_e64 failure: set_parameters converted w2 on the layer's (then non-blocking)
-// stream while the pageable upload's DMA could still be landing, so part of w2 held stale bytes.
+// Guards the top6_e64_position failure: set_parameters converted w2 on the layer's (then
+// non-blocking) stream while the pageable upload's DMA could still be landing, so part of w2 held
+// stale bytes.
 // The layer's parameters must equal the bf16 rounding of what was given, at the E=64 sizes whose
 // temporaries reuse cached blocks.
 TEST_F(Gpu, SetParametersRoundTripE64) {
