@@ -1,6 +1,6 @@
-// The process group of a run (DESIGN §7): MPI when the program was started by mpirun with more
-// than one rank, a single local process otherwise (no MPI calls at all then). CPU traffic goes
-// through MPI; a GPU communicator (NCCL) is not written yet.
+// The process group of a run (docs/architecture.md §Parallelism): MPI when the program was
+// started by mpirun with more than one rank, a single local process otherwise (no MPI calls at all
+// then). CPU traffic goes through MPI; a GPU communicator (NCCL) is not written yet.
 #pragma once
 
 #include <cstdint>
