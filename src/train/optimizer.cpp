@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "cpu/adamw.h"
+#include "cpu/reduce.h"
 
 namespace moex::train {
 
@@ -15,10 +16,7 @@ AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_
 double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step) {
   const float* g = grads.flat().data<float>();
   const int64_t total = grads.flat().numel();
-  double sum_sq = 0;
-#pragma omp parallel for reduction(+ : sum_sq)
-  for (int64_t i = 0; i < total; ++i) sum_sq += static_cast<double>(g[i]) * g[i];
-  const double norm = std::sqrt(sum_sq);
+  const double norm = std::sqrt(cpu::sum_of_squares(g, total));  // same bits for any thread count
   const double clip =
       (config_.grad_clip > 0 && norm > config_.grad_clip) ? config_.grad_clip / (norm + 1e-6) : 1.0;
 
