@@ -1,9 +1,11 @@
 #include "data/indexed_dataset.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -28,26 +30,76 @@ bool valid_dtype(uint8_t code) {
   return code >= 1 && code <= 8;
 }
 
-int64_t token_at(const uint8_t* p, TokenDType dtype) {
+// Token `p` as an id: false when it is not one (negative, above INT32_MAX, or a float that is
+// NaN, infinite or not a whole number), so that no value is truncated or cast out of range.
+bool token_at(const uint8_t* p, TokenDType dtype, int32_t* id) {
+  int64_t v = 0;
   switch (dtype) {
     case TokenDType::kU8:
-      return *p;
+      v = *p;
+      break;
     case TokenDType::kI8:
-      return static_cast<int8_t>(*p);
+      v = static_cast<int8_t>(*p);
+      break;
     case TokenDType::kI16:
-      return read_le<int16_t>(p);
+      v = read_le<int16_t>(p);
+      break;
     case TokenDType::kU16:
-      return read_le<uint16_t>(p);
+      v = read_le<uint16_t>(p);
+      break;
     case TokenDType::kI32:
-      return read_le<int32_t>(p);
+      v = read_le<int32_t>(p);
+      break;
     case TokenDType::kI64:
-      return read_le<int64_t>(p);
+      v = read_le<int64_t>(p);
+      break;
     case TokenDType::kF32:
-      return static_cast<int64_t>(read_le<float>(p));
-    case TokenDType::kF64:
-      return static_cast<int64_t>(read_le<double>(p));
+    case TokenDType::kF64: {
+      const double f =
+          dtype == TokenDType::kF32 ? static_cast<double>(read_le<float>(p)) : read_le<double>(p);
+      // The range test is false for NaN; it comes before the cast, which is undefined outside it.
+      if (!(f >= 0.0 && f <= static_cast<double>(std::numeric_limits<int32_t>::max())) ||
+          std::floor(f) != f)
+        return false;
+      v = static_cast<int64_t>(f);
+      break;
+    }
   }
-  return 0;
+  if (v < 0 || v > std::numeric_limits<int32_t>::max()) return false;
+  *id = static_cast<int32_t>(v);
+  return true;
+}
+
+// The token at `p` as text for an error message (floats keep their fraction, NaN and inf).
+std::string token_text(const uint8_t* p, TokenDType dtype) {
+  std::ostringstream out;
+  switch (dtype) {
+    case TokenDType::kF32:
+      out << read_le<float>(p);
+      break;
+    case TokenDType::kF64:
+      out << read_le<double>(p);
+      break;
+    case TokenDType::kI64:
+      out << read_le<int64_t>(p);
+      break;
+    case TokenDType::kI32:
+      out << read_le<int32_t>(p);
+      break;
+    case TokenDType::kI16:
+      out << read_le<int16_t>(p);
+      break;
+    case TokenDType::kI8:
+      out << static_cast<int>(static_cast<int8_t>(*p));
+      break;
+    case TokenDType::kU16:
+      out << read_le<uint16_t>(p);
+      break;
+    case TokenDType::kU8:
+      out << static_cast<int>(*p);
+      break;
+  }
+  return out.str();
 }
 
 void put_token(uint8_t* p, int32_t id, TokenDType dtype) {
@@ -89,7 +141,9 @@ void put_token(uint8_t* p, int32_t id, TokenDType dtype) {
   }
 }
 
+// Token ids are never negative (the reader rejects them), whatever the dtype could hold.
 bool fits(int32_t id, TokenDType dtype) {
+  if (id < 0) return false;
   switch (dtype) {
     case TokenDType::kU8:
       return id >= 0 && id <= 255;
@@ -255,9 +309,12 @@ IndexedDataset IndexedDataset::open(const std::string& prefix) {
     MOEX_CHECK(n >= 0, idx_path, ": sizes[", i, "] = ", n, " is negative");
     MOEX_CHECK(ptr >= 0 && ptr % esize == 0, idx_path, ": pointers[", i, "] = ", ptr,
                " is negative or not a multiple of the token size");
-    MOEX_CHECK(static_cast<uint64_t>(ptr + n * esize) <= bin_size, idx_path, ": pointers[", i,
-               "] = ", ptr, " with sizes[", i, "] = ", n, " runs past the end of ", bin_path, " (",
-               bin_size, " bytes)");
+    // Compared without forming ptr + n * esize, which overflows for a pointer near 2^63.
+    MOEX_CHECK(static_cast<uint64_t>(ptr) <= bin_size &&
+                   static_cast<uint64_t>(n) <=
+                       (bin_size - static_cast<uint64_t>(ptr)) / static_cast<uint64_t>(esize),
+               idx_path, ": pointers[", i, "] = ", ptr, " with sizes[", i, "] = ", n,
+               " runs past the end of ", bin_path, " (", bin_size, " bytes)");
     end_of_data = std::max(end_of_data, ptr + n * esize);
     ds.num_tokens_ += n;
   }
@@ -289,12 +346,18 @@ void IndexedDataset::read(int64_t i, int64_t offset, int64_t count, int32_t* out
              offset + count, ") out of sequence ", i, " of ", n);
   const size_t esize = token_dtype_size(dtype_);
   const uint8_t* p = bin_->data() + pointers_[i] + offset * static_cast<int64_t>(esize);
+  int64_t bad = -1;
   if (dtype_ == TokenDType::kI32) {
     if (count) std::memcpy(out, p, static_cast<size_t>(count) * 4);
-    return;
+    for (int64_t k = 0; k < count && bad < 0; ++k)
+      if (out[k] < 0) bad = k;
+  } else {
+    for (int64_t k = 0; k < count && bad < 0; ++k)
+      if (!token_at(p + k * esize, dtype_, &out[k])) bad = k;
   }
-  for (int64_t k = 0; k < count; ++k)
-    out[k] = static_cast<int32_t>(token_at(p + k * esize, dtype_));
+  MOEX_CHECK(bad < 0, prefix_, ".bin: token ", offset + bad, " of sequence ", i, " is ",
+             token_text(p + bad * esize, dtype_),
+             ", not a token id (a whole number in [0, 2^31 - 1])");
 }
 
 std::vector<int32_t> IndexedDataset::get(int64_t i) const {

@@ -45,7 +45,7 @@ TokenDType token_dtype_for_vocab(int64_t vocab_size);
 class IndexedDatasetBuilder {
  public:
   IndexedDatasetBuilder(const std::string& prefix, TokenDType dtype);
-  // Appends one sequence and closes it as a document. Ids must fit the dtype.
+  // Appends one sequence and closes it as a document. Ids must be >= 0 and fit the dtype.
   void add_document(const int32_t* ids, size_t count);
   void add_document(const std::vector<int32_t>& ids) { add_document(ids.data(), ids.size()); }
   // Appends one sequence to the current document (several sequences may make one document).
@@ -70,7 +70,8 @@ class IndexedDatasetBuilder {
 
 // Reads a `.bin/.idx` pair through mmap. An index that does not match its data (bad magic,
 // wrong version, unknown dtype, truncated, pointers past the end of .bin, ...) is an Error
-// naming the file and the field.
+// naming the file and the field. Reading a token that is not an id (negative, above INT32_MAX,
+// or a float that is NaN, infinite or fractional) is an Error naming the .bin file.
 class IndexedDataset {
  public:
   static IndexedDataset open(const std::string& prefix);

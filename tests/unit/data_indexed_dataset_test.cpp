@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <set>
 
@@ -188,6 +189,115 @@ TEST(IndexedDataset, MismatchedIndexIsAnError) {
 
   fs::remove(bad + ".bin");
   expect_error(bad, {"bad.bin", "cannot open"});
+}
+
+// A one-sequence pair whose .bin is `bin` (tokens of `esize` bytes) with the given dtype code.
+void write_pair(const std::string& prefix, uint8_t code, const std::string& bin, size_t esize) {
+  std::string idx("MMIDIDX\x00\x00", 9);
+  append<uint64_t>(&idx, 1);
+  append<uint8_t>(&idx, code);
+  append<uint64_t>(&idx, 1);  // sequences
+  append<uint64_t>(&idx, 2);  // document indices
+  append<int32_t>(&idx, static_cast<int32_t>(bin.size() / esize));
+  append<int64_t>(&idx, 0);
+  for (int64_t d : {0, 1}) append(&idx, d);
+  write_all(prefix + ".idx", idx);
+  write_all(prefix + ".bin", bin);
+}
+
+// Reading sequence 0 must fail with a message naming the .bin file and containing `needle`.
+void expect_read_error(const std::string& prefix, const std::string& needle) {
+  const IndexedDataset ds = IndexedDataset::open(prefix);
+  try {
+    const std::vector<int32_t> ids = ds.get(0);
+    std::string got;
+    for (int32_t id : ids) got += std::to_string(id) + " ";
+    FAIL() << "read ids " << got << "; expected an error mentioning " << needle;
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(prefix + ".bin"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg;
+  }
+}
+
+// A pointer near 2^63 with a large size must be rejected by the bounds check itself, without
+// forming ptr + size * esize (a signed overflow; -fsanitize=undefined reports it).
+TEST(IndexedDataset, HugePointerAndSizeAreAnErrorWithoutOverflow) {
+  const std::string prefix = temp_prefix("overflow");
+  std::string bin;
+  for (int64_t t : {1, 2, 3, 4}) append(&bin, t);
+  for (const auto& [ptr, size] : std::vector<std::pair<int64_t, int32_t>>{
+           {std::numeric_limits<int64_t>::max() - 7, std::numeric_limits<int32_t>::max()},
+           {std::numeric_limits<int64_t>::max() - 7, 4},
+           {8, std::numeric_limits<int32_t>::max()}}) {
+    std::string idx("MMIDIDX\x00\x00", 9);
+    append<uint64_t>(&idx, 1);
+    append<uint8_t>(&idx, 5);  // i64
+    append<uint64_t>(&idx, 1);
+    append<uint64_t>(&idx, 2);
+    append<int32_t>(&idx, size);
+    append<int64_t>(&idx, ptr);
+    for (int64_t d : {0, 1}) append(&idx, d);
+    write_all(prefix + ".idx", idx);
+    write_all(prefix + ".bin", bin);
+    expect_error(prefix, {"overflow.idx", "pointers[0]", "past the end of", "overflow.bin"});
+  }
+}
+
+TEST(IndexedDataset, I64TokenOutsideInt32IsAnErrorNotTruncated) {
+  const std::string prefix = temp_prefix("i64_range");
+  for (int64_t bad : {int64_t{1} << 31, (int64_t{1} << 32) + 7, int64_t{-1},
+                      std::numeric_limits<int64_t>::min()}) {
+    std::string bin;
+    for (int64_t t : {int64_t{5}, bad, int64_t{6}}) append(&bin, t);
+    write_pair(prefix, 5, bin, 8);
+    expect_read_error(prefix, "token 1 of sequence 0 is " + std::to_string(bad));
+  }
+  // The largest id still reads.
+  std::string bin;
+  append<int64_t>(&bin, std::numeric_limits<int32_t>::max());
+  write_pair(prefix, 5, bin, 8);
+  EXPECT_EQ(IndexedDataset::open(prefix).get(0),
+            std::vector<int32_t>{std::numeric_limits<int32_t>::max()});
+}
+
+TEST(IndexedDataset, NegativeIntegerTokensAreAnError) {
+  const std::string prefix = temp_prefix("negative");
+  std::string bin;
+  for (int32_t t : {3, -2}) append(&bin, t);
+  write_pair(prefix, 4, bin, 4);  // i32: the memcpy path
+  expect_read_error(prefix, "token 1 of sequence 0 is -2");
+  bin.clear();
+  for (int16_t t : {int16_t{-300}, int16_t{3}}) append(&bin, t);
+  write_pair(prefix, 3, bin, 2);  // i16
+  expect_read_error(prefix, "token 0 of sequence 0 is -300");
+  // And the builder refuses to write them.
+  IndexedDatasetBuilder b(temp_prefix("negative_built"), TokenDType::kI32);
+  EXPECT_THROW(b.add_document({1, -1}), Error);
+}
+
+TEST(IndexedDataset, NonIntegralFloatTokensAreAnError) {
+  const std::string prefix = temp_prefix("float_ids");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  for (double bad : {nan, inf, -inf, 1.5, -1.0, 3e9, 1e300}) {
+    std::string bin32;
+    for (float t : {7.0f, static_cast<float>(bad)}) append(&bin32, t);
+    write_pair(prefix, 7, bin32, 4);
+    expect_read_error(prefix, "token 1 of sequence 0 is ");
+    std::string bin64;
+    for (double t : {7.0, bad}) append(&bin64, t);
+    write_pair(prefix, 6, bin64, 8);
+    expect_read_error(prefix, "token 1 of sequence 0 is ");
+  }
+  std::string bin64;
+  for (double t : {0.0, 2147483647.0}) append(&bin64, t);
+  write_pair(prefix, 6, bin64, 8);
+  EXPECT_EQ(IndexedDataset::open(prefix).get(0), (std::vector<int32_t>{0, 2147483647}));
+  std::string bin32;
+  for (float t : {16777216.0f, 1.0f}) append(&bin32, t);
+  write_pair(prefix, 7, bin32, 4);
+  EXPECT_EQ(IndexedDataset::open(prefix).get(0), (std::vector<int32_t>{16777216, 1}));
 }
 
 TEST(GPTSampler, SamplesComeFromTheStreamAndCoverIt) {
