@@ -10,6 +10,11 @@
 
 namespace moex::infer {
 
+// The tokenizer file of a model directory, "" when it holds none: tokenizer.json, except a
+// Unigram one written by `moex export` from the SentencePiece model beside it (moex reads
+// tokenizer.json BPE models only), where that .model file is the tokenizer.
+std::string model_tokenizer_path(const std::string& model_dir);
+
 // Null when the directory holds no tokenizer.
 std::unique_ptr<data::Tokenizer> open_model_tokenizer(const std::string& model_dir);
 

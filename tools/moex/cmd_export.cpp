@@ -1,9 +1,12 @@
 // moex export --model DIR --out DIR --architecture NAME [--max-shard-mb N]
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "args.h"
 #include "command.h"
+#include "infer/hf_export.h"
+#include "io/atomic_file.h"
 #include "model/hf_weights.h"
 #include "model/model_io.h"
 
@@ -18,25 +21,31 @@ int run_export(const std::vector<std::string>& argv) {
         "Qwen2MoeForCausalLM,\n"
         "  Qwen3MoeForCausalLM, OlmoeForCausalLM): config.json and safetensors (sharded with an "
         "index\n"
-        "  above --max-shard-mb, default 5000), plus the tokenizer file found beside the model.\n"
-        "  A model option the architecture cannot express is an error naming the config field.\n");
+        "  above --max-shard-mb, default 5000), generation_config.json, and the tokenizer found "
+        "beside\n"
+        "  the model with the files transformers' AutoTokenizer reads (a SentencePiece model "
+        "also as\n"
+        "  tokenizer.json, plus tokenizer_config.json). OUT is built as OUT.tmp and replaces OUT "
+        "when\n"
+        "  complete. A model option the architecture cannot express is an error naming the "
+        "config field.\n");
     return 0;
   }
   namespace fs = std::filesystem;
   const std::string in = args.require("model"), out = args.require("out");
+  const std::string architecture = args.require("architecture");
   const int64_t shard_mb = args.get_int("max-shard-mb", 5000);
   MOEX_CHECK(shard_mb > 0, "--max-shard-mb must be > 0 (got ", shard_mb, ")");
+  std::error_code ec;
+  MOEX_CHECK(!fs::equivalent(in, out, ec), "--out ", out,
+             " is the model directory itself; export to another directory");
   auto model = moex::model::load_model(in);
-  moex::model::save_hf_model(*model, out, args.require("architecture"),
+  moex::io::AtomicDirectory dir(out);
+  moex::model::save_hf_model(*model, dir.temp_path(), architecture,
                              static_cast<uint64_t>(shard_mb) << 20);
-  for (const auto& entry : fs::directory_iterator(in)) {
-    const std::string name = entry.path().filename().string();
-    if (name == "tokenizer.json" || name == "tokenizer_config.json" ||
-        entry.path().extension() == ".model")
-      fs::copy_file(entry.path(), fs::path(out) / name, fs::copy_options::overwrite_existing);
-  }
-  std::printf("{\"out\": \"%s\", \"architecture\": \"%s\"}\n", out.c_str(),
-              args.get("architecture").c_str());
+  moex::infer::save_hf_tokenizer_files(*model, in, dir.temp_path());
+  dir.commit();
+  std::printf("%s\n", nlohmann::json{{"out", out}, {"architecture", architecture}}.dump().c_str());
   return 0;
 }
 
