@@ -52,5 +52,20 @@ printf '{"tokenizer": "t.model", "vocab_size": 10, "sources": [{"name": "a", "la
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/data.json"
 expect_error "a.train.idx" train --config "$TMP/data.json"
 
+# benchmark flags: counts are checked before anything runs, on either device (cuda included,
+# whether or not this build has CUDA), and a flag the benchmark does not read is an error
+expect_error "--iters must be between 1 and" bench moe-layer --iters 0
+expect_error "--warmup must be between 0 and" bench moe-layer --warmup -1
+expect_error "--iters must be between 1 and" bench moe-layer --device cuda --iters 0
+expect_error "--warmup must be between 0 and" bench moe-layer --device cuda --warmup -1
+expect_error "--iters must be between 1 and" bench train-step --iters 0
+expect_error "--tokens must be between 1 and" bench decode --tokens 0
+expect_error "bench train-step does not take --device" bench train-step --device cuda
+expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
+
+# export: the output may not be the model directory itself
+mkdir -p "$TMP/model_dir"
+expect_error "is the model directory itself" export --model "$TMP/model_dir" --out "$TMP/model_dir" --architecture MixtralForCausalLM
+
 if [ "$failures" -ne 0 ]; then echo "$failures case(s) failed"; exit 1; fi
 echo "all bad-input cases gave one clear error"

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/error.h"
 #include "core/rng.h"
 #include "infer/generator.h"
 #include "train/optimizer.h"
@@ -27,7 +28,9 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
 
 }  // namespace
 
-std::string run_train_step_bench(const std::string& config_path, int iters) {
+std::string run_train_step_bench(const std::string& config_path, int warmup, int iters) {
+  MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
+  MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   const train::TrainConfig c = train::TrainConfig::from_file(config_path);
   model::Model m(c.model);
   m.init_weights(1);
@@ -36,7 +39,7 @@ std::string run_train_step_bench(const std::string& config_path, int iters) {
   const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
   const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
   std::vector<double> times;
-  for (int i = 0; i < iters + 1; ++i) {  // the first step warms up
+  for (int i = 0; i < warmup + iters; ++i) {
     const auto start = Clock::now();
     m.zero_grad();
     model::ForwardOptions fo;
@@ -45,7 +48,7 @@ std::string run_train_step_bench(const std::string& config_path, int iters) {
     m.forward(ids.data(), targets.data(), batch, seq, fo);
     m.backward();
     opt.step(m.params(), m.grads(), c.optimizer.lr, i + 1);
-    if (i > 0) times.push_back(ms_since(start));
+    if (i >= warmup) times.push_back(ms_since(start));
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
@@ -58,6 +61,7 @@ std::string run_train_step_bench(const std::string& config_path, int iters) {
 }
 
 std::string run_decode_bench(const std::string& config_path, int new_tokens) {
+  MOEX_CHECK(new_tokens >= 1, "--tokens must be >= 1, got ", new_tokens);
   const train::TrainConfig c = train::TrainConfig::from_file(config_path);
   model::Model m(c.model);
   m.init_weights(1);

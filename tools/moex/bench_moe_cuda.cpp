@@ -36,8 +36,28 @@ std::string moe_cuda_bench_json(const MoECudaBenchResult& r) {
   return out + "}";
 }
 
+std::string moe_cuda_bench_text(const MoECudaBenchResult& r) {
+  char buf[512];
+  std::snprintf(buf, sizeof(buf),
+                "%-12s cuda %-16s fwd %8.3f ms  fwd+bwd %8.3f ms  %6.1f TFLOP/s  (dense FFN %6.1f "
+                "TFLOP/s, ratio %.2f)",
+                r.shape.c_str(), r.mode.c_str(), r.fwd_ms, r.fwdbwd_ms, r.fwdbwd_tflops,
+                r.dense_fwdbwd_tflops,
+                r.dense_fwdbwd_tflops > 0 ? r.fwdbwd_tflops / r.dense_fwdbwd_tflops : 0.0);
+  std::string out = buf;
+  if (r.has_host_sync) {
+    std::snprintf(buf, sizeof(buf), "  host sync %.3f ms, host wait %.3f ms", r.host_sync_ms,
+                  r.host_wait_ms);
+    out += buf;
+  }
+  return out;
+}
+
 #if !defined(MOEX_WITH_CUDA)
-MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape&, const std::string&, int, int) {
+MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape&, const std::string&, int warmup,
+                                      int iters) {
+  MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
+  MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   MOEX_THROW("moe-layer --device cuda: built without CUDA");
 }
 #else
@@ -127,6 +147,8 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
                  mode == "dropless-grouped",
              "--mode must be capacity, dropless (= dropless-padded) or dropless-grouped, got '",
              mode, "'");
+  MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
+  MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   cuda::init();
   cuda::CudaContext ctx;
   const bool dropless = mode != "capacity";

@@ -22,11 +22,14 @@ struct MoECudaBenchResult {
   double host_sync_ms = 0, host_wait_ms = 0, fwd_known_counts_ms = 0;
 };
 
-// mode: "capacity", "dropless" (grouped cuBLAS GEMM) or "dropless-padded". Throws without CUDA.
+// mode: "capacity", "dropless" (grouped cuBLAS GEMM) or "dropless-padded"; medians of `iters`
+// (>= 1) timed runs after `warmup` (>= 0). Throws without CUDA.
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
                                       int warmup, int iters);
 // {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops","dense_fwdbwd_tflops"}, plus
 // "host_sync_ms", "host_wait_ms", "fwd_known_counts_ms" on dropless lines.
 std::string moe_cuda_bench_json(const MoECudaBenchResult& r);
+// The same numbers as one line of text.
+std::string moe_cuda_bench_text(const MoECudaBenchResult& r);
 
 }  // namespace moex::bench

@@ -1,8 +1,8 @@
 // moex bench moe-layer|train-step|decode: benchmarks that print JSON lines (docs/architecture.md
 // §Testing: benchmarks are not tests; peers are compared side by side in one run on the same
 // machine).
-#include <algorithm>
 #include <cstdio>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -20,8 +20,9 @@ void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
       "                            [--iters N] [--warmup N] [--json]\n"
-      "       moex bench train-step [--config F] [--iters N]   CPU forward+backward+AdamW, "
-      "tokens/s\n"
+      "       moex bench train-step [--config F] [--iters N] [--warmup N]   CPU "
+      "forward+backward+AdamW,\n"
+      "                                                                     tokens/s\n"
       "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, "
       "tokens/s\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
@@ -36,13 +37,33 @@ void print_help() {
                 s.capacity_factor);
   }
   std::printf(
-      "  --mode      capacity (default) or dropless\n"
-      "  --iters     timed runs per measurement, median reported (default 5)\n"
-      "  --warmup    untimed runs first (default 1)\n"
-      "  --json      one JSON object per line per shape\n");
+      "  --mode      capacity (default) or dropless; cuda also dropless-padded, "
+      "dropless-grouped\n"
+      "  --iters     timed runs per measurement, >= 1, median reported (default 5 on cpu, 20 on "
+      "cuda)\n"
+      "  --warmup    untimed runs first, >= 0 (default 1 on cpu, 3 on cuda)\n"
+      "  --json      one JSON object per line per shape (default: one text line)\n"
+      "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n");
+}
+
+// Flags that a benchmark does not read are errors rather than silently ignored.
+void check_flags(const Args& args, const std::string& what, const std::set<std::string>& takes) {
+  for (const char* flag :
+       {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "json"}) {
+    MOEX_CHECK(!args.has(flag) || takes.count(flag), "bench ", what, " does not take --", flag);
+  }
+}
+
+// A count flag's value, checked before any work starts.
+int count_flag(const Args& args, const std::string& flag, int64_t fallback, int64_t min) {
+  const int64_t v = args.get_int(flag, fallback);
+  MOEX_CHECK(v >= min && v <= 1000000, "--", flag, " must be between ", min, " and 1000000, got ",
+             v);
+  return static_cast<int>(v);
 }
 
 int run_moe_layer(const Args& args) {
+  check_flags(args, "moe-layer", {"device", "shape", "mode", "iters", "warmup", "json"});
   const std::string device = args.get("device", "cpu");
   MOEX_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device,
              "'");
@@ -50,10 +71,14 @@ int run_moe_layer(const Args& args) {
   MOEX_CHECK(mode == "capacity" || mode == "dropless" ||
                  (device == "cuda" && (mode == "dropless-padded" || mode == "dropless-grouped")),
              "--mode must be capacity or dropless, got '", mode, "'");
+  // GPU timings are shorter and noisier, so the cuda defaults run more; given values are used
+  // as they are on both devices.
+  const bool cuda = device == "cuda";
   bench::MoEBenchOptions options;
   options.dropless = mode == "dropless";
-  options.iters = static_cast<int>(args.get_int("iters", 5));
-  options.warmup = static_cast<int>(args.get_int("warmup", 1));
+  options.iters = count_flag(args, "iters", cuda ? 20 : 5, 1);
+  options.warmup = count_flag(args, "warmup", cuda ? 3 : 1, 0);
+  const bool json = args.flag("json");
 
   std::vector<bench::MoEBenchShape> shapes;
   if (args.has("shape")) {
@@ -62,19 +87,17 @@ int run_moe_layer(const Args& args) {
     for (const auto& s : bench::moe_bench_shapes())
       if (s.device == device) shapes.push_back(s);
   }
-  if (device == "cuda") {  // the GPU runner: tools/moex/bench_moe_cuda.cpp
-    for (const auto& shape : shapes) {
-      const bench::MoECudaBenchResult r = bench::run_moe_bench_cuda(
-          shape, mode, std::max(options.warmup, 3), std::max(options.iters, 20));
-      std::printf("%s\n", bench::moe_cuda_bench_json(r).c_str());
-      std::fflush(stdout);
-    }
-    return 0;
-  }
   for (const auto& shape : shapes) {
-    const bench::MoEBenchResult r = bench::run_moe_bench_cpu(shape, options);
-    std::printf("%s\n", args.flag("json") ? bench::moe_bench_json(r).c_str()
-                                          : bench::moe_bench_text(r).c_str());
+    std::string line;
+    if (cuda) {  // the GPU runner: tools/moex/bench_moe_cuda.cpp
+      const bench::MoECudaBenchResult r =
+          bench::run_moe_bench_cuda(shape, mode, options.warmup, options.iters);
+      line = json ? bench::moe_cuda_bench_json(r) : bench::moe_cuda_bench_text(r);
+    } else {
+      const bench::MoEBenchResult r = bench::run_moe_bench_cpu(shape, options);
+      line = json ? bench::moe_bench_json(r) : bench::moe_bench_text(r);
+    }
+    std::printf("%s\n", line.c_str());
     std::fflush(stdout);
   }
   return 0;
@@ -91,17 +114,19 @@ int run_bench(const std::vector<std::string>& argv) {
   MOEX_CHECK(args.positional().size() == 1, "bench takes one benchmark name, got ",
              args.positional().size());
   if (what == "moe-layer") return run_moe_layer(args);
+  MOEX_CHECK(what == "train-step" || what == "decode", "unknown benchmark '", what,
+             "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    std::printf(
-        "%s\n",
-        bench::run_train_step_bench(config, static_cast<int>(args.get_int("iters", 5))).c_str());
+    check_flags(args, what, {"config", "iters", "warmup", "json"});
+    const int iters = count_flag(args, "iters", 5, 1);
+    const int warmup = count_flag(args, "warmup", 1, 0);
+    std::printf("%s\n", bench::run_train_step_bench(config, warmup, iters).c_str());
     return 0;
   }
-  MOEX_CHECK(what == "decode", "unknown benchmark '", what, "' (moe-layer, train-step or decode)");
-  std::printf(
-      "%s\n",
-      bench::run_decode_bench(config, static_cast<int>(args.get_int("tokens", 64))).c_str());
+  check_flags(args, what, {"config", "tokens", "json"});
+  const int tokens = count_flag(args, "tokens", 64, 1);
+  std::printf("%s\n", bench::run_decode_bench(config, tokens).c_str());
   return 0;
 }
 
