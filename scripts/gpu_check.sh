@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One run on a GPU machine: build (or use the binaries carried in .devcarry/), run the GPU tests,
 # moex's MoE-layer benchmarks and the PyTorch peers, write logs to $OUT, print a ratio table last.
-#   OUT=/tmp/out scripts/gpu_check.sh            # MOEX_SKIP_TESTS=1 / MOEX_SKIP_BENCH=1 to skip parts
+#   OUT=/tmp/out scripts/gpu_check.sh   # MOEX_SKIP_TESTS=1 / MOEX_SKIP_EXPORT=1 / MOEX_SKIP_BENCH=1 skip parts
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -27,6 +27,21 @@ if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
   "$BIN/moex_gpu_tests" --gtest_brief=1 >"$OUT/gpu_tests.log" 2>&1
   echo "gpu tests: exit $?"
   grep -E "^\[  (PASSED|FAILED) |^\[==========\]|^\[ info \]|FAILED|Failure|error" "$OUT/gpu_tests.log" | head -60
+fi
+
+# Export check: tests/cli/working_path_test.sh trains a tiny model on the CPU with $BIN/moex and
+# keeps its Hugging Face export; transformers must load it and agree with moex (ids, logits, eos).
+if [ -z "${MOEX_SKIP_EXPORT:-}" ]; then
+  rm -rf "$OUT/hf_export"
+  if tests/cli/working_path_test.sh "$BIN/moex" "$OUT/hf_export" >"$OUT/working_path.log" 2>&1; then
+    HF_HUB_OFFLINE=1 python3 tests/reference/check_hf_export.py --trained "$OUT/hf_export" \
+      >"$OUT/hf_export_check.log" 2>&1
+    echo "hf export check: exit $?"
+    grep -E "^(FAIL|ALL OK|MISMATCH)|Error|error" "$OUT/hf_export_check.log" | head -20
+  else
+    echo "hf export check: working_path_test.sh failed"
+    tail -n 20 "$OUT/working_path.log"
+  fi
 fi
 
 if [ -z "${MOEX_SKIP_BENCH:-}" ]; then

@@ -221,6 +221,14 @@ a, b = json.loads(sys.argv[2])["loss"], json.loads(sys.argv[3])["loss"]
 assert abs(a - b) < 1e-5, ("eval loss of the export differs", a, b)
 PY
 cmp -s "$MODEL/tokenizer.model" "$EXPORT/tokenizer.model" || fail "tokenizer.model was not copied as is"
+# An export that fails (Mixtral has no per-head q/k norm) leaves the earlier one as it was.
+sum_before="$(cat "$EXPORT"/* | cksum)"
+if err="$("$MOEX" export --model "$MODEL" --out "$EXPORT" --architecture MixtralForCausalLM 2>&1)"; then
+  fail "export to Mixtral of a model with per-head q/k norm succeeded"
+fi
+[[ "$err" == *"qk_norm"* ]] || fail "the failed export's error does not name qk_norm: $err"
+[ "$(cat "$EXPORT"/* | cksum)" = "$sum_before" ] && [ ! -e "$EXPORT.tmp" ] ||
+  fail "a failed export changed $EXPORT or left $EXPORT.tmp"
 
 if [ -n "$KEEP" ]; then
   mkdir -p "$KEEP"
@@ -232,9 +240,12 @@ import json, subprocess, sys
 moex, tok, keep = sys.argv[1:4]
 texts = ["The MoE layer routes each token", "Hello world", "moex export --model DIR --out DIR",
          "Café, naïve résumé: déjà vu.", "  two  spaces  ", "tabs\tand\nnewlines", "数字 123 ✓"]
-ids = {t: json.loads(subprocess.check_output([moex, "tokenize", "--tokenizer", tok, "--text", t,
-                                              "--json"]))["ids"] for t in texts}
-json.dump({"tokenize": ids, "eval_ids": "eval_ids.safetensors",
+def moex_json(*args):
+    return json.loads(subprocess.check_output([moex, "tokenize", "--tokenizer", tok, *args]))
+ids = {t: moex_json("--text", t, "--json")["ids"] for t in texts}
+text = {t: moex_json("--decode", "--ids", ",".join(map(str, ids[t])), "--json")["text"]
+        for t in texts}
+json.dump({"tokenize": ids, "decode": text, "eval_ids": "eval_ids.safetensors",
            "logits": "export_logits.safetensors"}, open(keep + "/reference.json", "w"), indent=1)
 PY
   echo "kept the export and its references in $KEEP"
