@@ -39,6 +39,12 @@ struct KVCache {
 class Model {
  public:
   explicit Model(const ModelConfig& config);
+  // Blocks and layers hold references into config_ and views into the parameter buffers, so a
+  // Model stays where it was built (hold it by unique_ptr to pass it around).
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+  Model(Model&&) = delete;
+  Model& operator=(Model&&) = delete;
   const ModelConfig& config() const { return config_; }
   ParamBuffer& params() { return params_; }
   ParamBuffer& grads() { return grads_; }

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "model/hf_config.h"
 #include "model/model.h"
@@ -39,6 +40,11 @@ TEST(ShippedConfigs, ParseAndDescribeTheIntendedModels) {
   Model tiny_model(tiny);  // allocates and binds every parameter
   EXPECT_EQ(tiny_model.params().num_elements(), tiny.num_parameters());
 }
+
+// Layers keep references into the model's config: a copied or moved Model would dangle.
+static_assert(!std::is_copy_constructible_v<Model> && !std::is_move_constructible_v<Model> &&
+                  !std::is_copy_assignable_v<Model> && !std::is_move_assignable_v<Model>,
+              "Model must stay where it was built");
 
 // num_parameters() counts from the config alone; it must equal what Model declares, for every
 // option that adds weights.
