@@ -198,16 +198,19 @@ EXPORT_EVAL="$("$MOEX" eval --model "$EXPORT" --input-ids "$TMP/eval_ids.safeten
   --logits-out "$TMP/export_logits.safetensors")"
 [ "$("$MOEX" generate --model "$EXPORT" --prompt "$PROMPT" --max-new-tokens 12 --json)" = "$GREEDY" ] ||
   fail "greedy generation from the export differs from the trained model's"
-python3 - "$EXPORT" "$EVAL" "$EXPORT_EVAL" <<'PY' || fail "exported files"
+python3 - "$EXPORT" "$EVAL" "$EXPORT_EVAL" "$TMP/corpus/corpus.json" <<'PY' || fail "exported files"
 import json, sys
 d = sys.argv[1]
 cfg = json.load(open(d + "/config.json"))
 gen = json.load(open(d + "/generation_config.json"))
 tc = json.load(open(d + "/tokenizer_config.json"))
 tj = json.load(open(d + "/tokenizer.json"))
+corpus = json.load(open(sys.argv[4]))  # the tokenizer's ids, as data prepare recorded them
+bos, eos = corpus["bos_id"], corpus["eos_id"]
+assert (bos, eos) == (1, 2), corpus
 assert cfg["architectures"] == ["Qwen3MoeForCausalLM"] and cfg["vocab_size"] == 400, cfg
-assert gen["bos_token_id"] == 1 and gen["eos_token_id"] == 2, gen
-assert cfg["bos_token_id"] == 1 and cfg["eos_token_id"] == 2, cfg
+assert gen == {"bos_token_id": bos, "eos_token_id": eos}, gen
+assert cfg["bos_token_id"] == bos and cfg["eos_token_id"] == eos, cfg
 assert tc["tokenizer_class"] == "PreTrainedTokenizerFast", tc
 assert (tc["bos_token"], tc["eos_token"], tc["unk_token"]) == ("<s>", "</s>", "<unk>"), tc
 assert tc["pad_token"] is None and tc["add_bos_token"] is True and tc["model_max_length"] == 64, tc
