@@ -1,11 +1,14 @@
 // moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) --max-new-tokens N
 //               [--temperature T --top-k K --top-p P --seed S] [--json]
 #include <cstdio>
+#include <memory>
+#include <string>
 
 #include "args.h"
 #include "command.h"
 #include "infer/generator.h"
 #include "infer/model_tokenizer.h"
+#include "infer/text_stream.h"
 #include "model/model_io.h"
 #include "model_dir.h"
 
@@ -58,25 +61,19 @@ int run_generate(const std::vector<std::string>& argv) {
 
   const bool json = args.flag("json");
   std::vector<int32_t> generated;
-  std::string printed;
+  // Text streams as decode(prompt + generated) minus decode(prompt): decoding the new ids alone
+  // would drop the space of a SentencePiece word piece ("▁is") right after the prompt.
+  std::unique_ptr<moex::infer::TextStream> text;
+  if (!json && tokenizer) text = std::make_unique<moex::infer::TextStream>(*tokenizer, prompt);
+  auto print = [](const std::string& piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  };
   auto stream = [&](int32_t id) {
     generated.push_back(id);
-    if (json || !tokenizer) return;
-    const std::string text = tokenizer->decode(generated, true);
-    // A character split over byte-fallback tokens decodes as U+FFFD until its last byte comes.
-    const bool incomplete =
-        text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0;
-    if (!incomplete && text.size() > printed.size() &&
-        text.compare(0, printed.size(), printed) == 0) {
-      std::fwrite(text.data() + printed.size(), 1, text.size() - printed.size(), stdout);
-      std::fflush(stdout);
-      printed = text;
-    }
+    if (text) print(text->push(id));
   };
-  if (!json && tokenizer) {
-    std::printf("%s", tokenizer->decode(prompt, true).c_str());
-    std::fflush(stdout);
-  }
+  if (text) print(text->prompt_text());
   moex::infer::generate(*model, prompt, options, stream);
   if (json) {
     std::printf("{\"tokens\": [");
@@ -88,6 +85,7 @@ int run_generate(const std::vector<std::string>& argv) {
     for (int32_t id : generated) std::printf("%d ", id);
     std::printf("\n");
   } else {
+    print(text->finish());
     std::printf("\n");
   }
   return 0;
