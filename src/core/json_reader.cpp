@@ -1,11 +1,42 @@
 #include "core/json_reader.h"
 
+#include <cmath>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "core/file_util.h"
 
 namespace moex {
+
+nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
+                          const char* what) {
+  // Depth first, skipping strings, so that the parser never builds a value too deep to copy.
+  int depth = 0;
+  bool in_string = false;
+  for (const char* p = begin; p != end; ++p) {
+    const char c = *p;
+    if (in_string) {
+      if (c == '\\' && p + 1 != end)
+        ++p;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kMaxJsonDepth)
+        MOEX_THROW(source, ": ", what, ": nesting deeper than ", kMaxJsonDepth, " levels at byte ",
+                   p - begin);
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  try {
+    return nlohmann::json::parse(begin, end);
+  } catch (const nlohmann::json::exception& e) {
+    MOEX_THROW(source, ": ", what, ": ", e.what());
+  }
+}
 
 namespace {
 const nlohmann::json& empty_object() {
@@ -21,12 +52,7 @@ JsonReader::JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlo
 JsonReader JsonReader::from_string(const std::string& text, const std::string& source_name) {
   auto shared = std::make_shared<Shared>();
   shared->source = source_name;
-  std::shared_ptr<nlohmann::json> root;
-  try {
-    root = std::make_shared<nlohmann::json>(nlohmann::json::parse(text));
-  } catch (const nlohmann::json::parse_error& e) {
-    MOEX_THROW(source_name, ": invalid JSON: ", e.what());
-  }
+  auto root = std::make_shared<nlohmann::json>(parse_json(text, source_name));
   MOEX_CHECK(root->is_object(), source_name, ": the top level must be a JSON object");
   const nlohmann::json* node = root.get();
   return JsonReader(shared, root, node, "");
@@ -56,11 +82,20 @@ bool JsonReader::has(const std::string& key) const {
   return it != node_->end() && !it->is_null();
 }
 
+// An integer field as int64_t; an unsigned value above INT64_MAX would wrap to a negative one.
+int64_t JsonReader::as_int(const nlohmann::json& v, const std::string& key,
+                           const char* what) const {
+  if (!v.is_number_integer()) fail(key, what);
+  if (v.is_number_unsigned() &&
+      v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    fail(key, "is " + v.dump() + ", out of the 64-bit integer range");
+  return v.get<int64_t>();
+}
+
 int64_t JsonReader::get_int(const std::string& key) const {
   const nlohmann::json* v = find(key);
   if (v == nullptr) fail(key, "is required");
-  if (!v->is_number_integer()) fail(key, "must be an integer");
-  return v->get<int64_t>();
+  return as_int(*v, key, "must be an integer");
 }
 
 int64_t JsonReader::get_int(const std::string& key, int64_t fallback) const {
@@ -76,6 +111,14 @@ double JsonReader::get_double(const std::string& key) const {
 
 double JsonReader::get_double(const std::string& key, double fallback) const {
   return has(key) ? get_double(key) : fallback;
+}
+
+float JsonReader::get_float(const std::string& key, float fallback) const {
+  if (!has(key)) return fallback;
+  const double v = get_double(key);
+  if (std::fabs(v) > static_cast<double>(std::numeric_limits<float>::max()))
+    fail(key, "is " + std::to_string(v) + ", out of the float range");
+  return static_cast<float>(v);
 }
 
 bool JsonReader::get_bool(const std::string& key, bool fallback) const {
@@ -110,15 +153,13 @@ std::vector<int64_t> JsonReader::get_int_list(const std::string& key, size_t cou
                                               int64_t fallback) const {
   const nlohmann::json* v = find(key);
   if (v == nullptr) return std::vector<int64_t>(count, fallback);
-  if (v->is_number_integer()) return std::vector<int64_t>(count, v->get<int64_t>());
+  if (v->is_number_integer())
+    return std::vector<int64_t>(count, as_int(*v, key, "must be an integer"));
   if (!v->is_array()) fail(key, "must be an integer or a list of integers");
   if (v->size() != count)
     fail(key, "has " + std::to_string(v->size()) + " entries, expected " + std::to_string(count));
   std::vector<int64_t> out;
-  for (const auto& item : *v) {
-    if (!item.is_number_integer()) fail(key, "must hold integers only");
-    out.push_back(item.get<int64_t>());
-  }
+  for (const auto& item : *v) out.push_back(as_int(item, key, "must hold integers only"));
   return out;
 }
 
@@ -134,10 +175,7 @@ std::vector<int64_t> JsonReader::get_int_array(const std::string& key) const {
   std::vector<int64_t> out;
   if (v == nullptr) return out;
   if (!v->is_array()) fail(key, "must be a list of integers");
-  for (const auto& item : *v) {
-    if (!item.is_number_integer()) fail(key, "must hold integers only");
-    out.push_back(item.get<int64_t>());
-  }
+  for (const auto& item : *v) out.push_back(as_int(item, key, "must hold integers only"));
   return out;
 }
 

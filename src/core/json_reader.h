@@ -12,6 +12,21 @@
 
 namespace moex {
 
+// Nesting deeper than this is an error: nlohmann's copy and dump recurse once per level, so a
+// file of a million '[' would overflow the stack (serde_json, which writes tokenizer.json,
+// stops at 128 as well).
+constexpr int kMaxJsonDepth = 128;
+
+// Parses JSON read from a file. Malformed text, a number too large for a double (nlohmann
+// reports those as out_of_range, not parse_error) and nesting deeper than kMaxJsonDepth are one
+// moex::Error: "<source>: <what>: <details>".
+nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
+                          const char* what = "invalid JSON");
+inline nlohmann::json parse_json(const std::string& text, const std::string& source,
+                                 const char* what = "invalid JSON") {
+  return parse_json(text.data(), text.data() + text.size(), source, what);
+}
+
 class JsonReader {
  public:
   // Parses `path`; malformed JSON is an error naming the file, line and column.
@@ -31,6 +46,8 @@ class JsonReader {
   int64_t get_int(const std::string& key, int64_t fallback) const;
   double get_double(const std::string& key) const;
   double get_double(const std::string& key, double fallback) const;
+  // A number stored as float: a value beyond the float range (it would become inf) is an error.
+  float get_float(const std::string& key, float fallback) const;
   bool get_bool(const std::string& key, bool fallback) const;
   std::string get_string(const std::string& key) const;
   std::string get_string(const std::string& key, const std::string& fallback) const;
@@ -58,6 +75,7 @@ class JsonReader {
   JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root,
              const nlohmann::json* node, std::string path);
   const nlohmann::json* find(const std::string& key) const;
+  int64_t as_int(const nlohmann::json& v, const std::string& key, const char* what) const;
   std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
   void collect_unread(const nlohmann::json& node, const std::string& path,
                       std::vector<std::string>* out) const;

@@ -10,8 +10,8 @@ namespace moex::data {
 BpeModel::BpeModel(std::unordered_map<std::string, int32_t> vocab,
                    const std::vector<BpeMerge>& merges, BpeOptions options)
     : vocab_(std::move(vocab)), options_(std::move(options)) {
-  int32_t max_id = -1;
-  for (const auto& [token, id] : vocab_) max_id = std::max(max_id, id);
+  int64_t max_id = -1;  // 64-bit: max_id + 1 overflows int32 for an id of INT32_MAX
+  for (const auto& [token, id] : vocab_) max_id = std::max<int64_t>(max_id, id);
   id_to_token_.resize(static_cast<size_t>(max_id + 1));
   has_id_.assign(id_to_token_.size(), 0);
   for (const auto& [token, id] : vocab_) {

@@ -1,5 +1,6 @@
 #include "data/tokenizer_json.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -7,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "core/json_reader.h"
 #include "data/pretokenize_split.h"
 #include "data/tokenizer_hf.h"
 
@@ -270,8 +272,19 @@ std::unique_ptr<BpeModel> parse_model(const Reader& r, const json& root) {
   if (!vocab_json.is_object()) r.fail("model.vocab", "expected an object of token: id");
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(vocab_json.size());
-  for (auto it = vocab_json.begin(); it != vocab_json.end(); ++it)
-    vocab[it.key()] = r.id(it.value(), "model.vocab[\"" + it.key() + "\"]");
+  int64_t max_id = -1;
+  for (auto it = vocab_json.begin(); it != vocab_json.end(); ++it) {
+    const int32_t id = r.id(it.value(), "model.vocab[\"" + it.key() + "\"]");
+    vocab[it.key()] = id;
+    max_id = std::max<int64_t>(max_id, id);
+  }
+  // The model keeps a table indexed by id: an id far past the number of entries (a corrupted
+  // file) would allocate gigabytes for nothing. Real vocabularies are dense.
+  const int64_t id_limit = 2 * static_cast<int64_t>(vocab.size()) + 1024;
+  if (max_id >= id_limit)
+    r.fail("model.vocab", "token id " + std::to_string(max_id) + " is far beyond its " +
+                              std::to_string(vocab.size()) + " entries (ids must be below " +
+                              std::to_string(id_limit) + ")");
 
   const json& merges_json =
       model.contains("merges") ? r.array(model.at("merges"), "model.merges") : json::array();
@@ -310,6 +323,9 @@ std::unique_ptr<BpeModel> parse_model(const Reader& r, const json& root) {
   options.continuing_subword_prefix = r.string_or(model, "continuing_subword_prefix", "model", "");
   options.end_of_word_suffix = r.string_or(model, "end_of_word_suffix", "model", "");
   if (model.contains("dropout") && !model.at("dropout").is_null() &&
+      !model.at("dropout").is_number())
+    r.fail("model.dropout", "expected a number or null, got " + Reader::dump(model.at("dropout")));
+  if (model.contains("dropout") && !model.at("dropout").is_null() &&
       model.at("dropout").get<double>() != 0.0)
     r.fail("model.dropout", "BPE dropout is a training-time option and is not supported");
   const std::string unk = r.string_or(model, "unk_token", "model", "");
@@ -337,12 +353,7 @@ std::unique_ptr<Tokenizer> parse_tokenizer_json(const std::string& json_text,
                                                 const std::string& source,
                                                 const std::string& config_json) {
   const Reader r(source);
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    MOEX_THROW(source, ": not valid JSON: ", e.what());
-  }
+  const json root = parse_json(json_text, source, "not valid JSON");
   if (!root.is_object()) r.fail("(root)", "expected a JSON object");
   HfTokenizerSpec spec;
   try {
@@ -377,13 +388,8 @@ std::unique_ptr<Tokenizer> parse_tokenizer_json(const std::string& json_text,
   // BOS/EOS: tokenizer_config.json when given, else the template's leading special token and
   // the usual end-of-sequence names.
   json config;
-  if (!config_json.empty()) {
-    try {
-      config = json::parse(config_json);
-    } catch (const json::parse_error& e) {
-      MOEX_THROW(source, ": tokenizer_config.json beside it is not valid JSON: ", e.what());
-    }
-  }
+  if (!config_json.empty())
+    config = parse_json(config_json, source, "tokenizer_config.json beside it is not valid JSON");
   auto id_of = [&](const std::string& token) -> int32_t {
     if (token.empty()) return -1;
     for (const auto& t : spec.added_tokens)

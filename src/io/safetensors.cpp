@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <regex>
 
+#include "core/json_reader.h"
 #include "io/atomic_file.h"
 #include "io/mapped_file.h"
 
@@ -154,12 +155,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   file.data_start_ = 8 + static_cast<size_t>(header_len);
   const uint64_t data_size = size - file.data_start_;
 
-  json header;
-  try {
-    header = json::parse(base + 8, base + 8 + header_len);
-  } catch (const json::exception& e) {
-    MOEX_THROW(path, ": header is not valid JSON (", e.what(), ")");
-  }
+  const json header = parse_json(reinterpret_cast<const char*>(base) + 8,
+                                 reinterpret_cast<const char*>(base) + 8 + header_len, path,
+                                 "header is not valid JSON");
   MOEX_CHECK(header.is_object(), path, ": header must be a JSON object, got ", header.type_name());
 
   std::vector<const SafetensorsEntry*> by_offset;
@@ -320,13 +318,16 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
 SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
   SafetensorsCheckpoint ckpt;
   std::string index_path;
-  if (fs::is_directory(path)) {
+  // The error_code forms throughout: a name the index makes up (too long, say) must be an Error
+  // naming the index, not a filesystem_error.
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
     const fs::path index = fs::path(path) / kSafetensorsIndexName;
     const fs::path single = fs::path(path) / kSafetensorsSingleName;
-    if (fs::exists(index)) {
+    if (fs::exists(index, ec)) {
       index_path = index.string();
     } else {
-      MOEX_CHECK(fs::exists(single), path, ": holds neither ", kSafetensorsSingleName, " nor ",
+      MOEX_CHECK(fs::exists(single, ec), path, ": holds neither ", kSafetensorsSingleName, " nor ",
                  kSafetensorsIndexName);
       ckpt.shards_.push_back(SafetensorsFile::open(single.string()));
     }
@@ -345,11 +346,8 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
   json index;
   {
     const auto map = MappedFile::open(index_path);
-    try {
-      index = json::parse(map->data(), map->data() + map->size());
-    } catch (const json::exception& e) {
-      MOEX_THROW(index_path, ": not valid JSON (", e.what(), ")");
-    }
+    const char* text = reinterpret_cast<const char*>(map->data());
+    index = parse_json(text, text + map->size(), index_path, "not valid JSON");
   }
   MOEX_CHECK(index.is_object(), index_path, ": must be a JSON object");
   MOEX_CHECK(index.contains("weight_map") && index["weight_map"].is_object(), index_path,
@@ -373,8 +371,9 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path) {
     auto found = shard_idx.find(shard);
     if (found == shard_idx.end()) {
       const fs::path shard_path = dir / shard;
-      MOEX_CHECK(fs::exists(shard_path), index_path, ": weight_map.", it.key(), " names shard ",
-                 shard, ", which does not exist");
+      MOEX_CHECK(fs::exists(shard_path, ec), index_path, ": weight_map.", it.key(), " names shard ",
+                 shard, ", which does not exist or cannot be read",
+                 ec ? " (" + ec.message() + ")" : std::string());
       found = shard_idx.emplace(shard, ckpt.shards_.size()).first;
       ckpt.shards_.push_back(SafetensorsFile::open(shard_path.string()));
     }

@@ -1,6 +1,7 @@
 #include "model/hf_config.h"
 
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 #include "core/file_util.h"
@@ -37,7 +38,7 @@ std::string supported_list() {
 class HfFields {
  public:
   HfFields(const std::string& text, const std::string& source)
-      : reader_(JsonReader::from_string(text, source)), raw_(nlohmann::json::parse(text)) {}
+      : reader_(JsonReader::from_string(text, source)), raw_(parse_json(text, source)) {}
   const JsonReader& reader() const { return reader_; }
   bool set(const std::string& key) const {  // present and not null
     return raw_.contains(key) && !raw_.at(key).is_null();
@@ -70,6 +71,13 @@ class HfFields {
   nlohmann::json raw_;
 };
 
+// An int field of MoEConfig: a value outside int's range is an error, never truncated.
+int narrow_int(const HfFields& f, const std::string& key, int64_t v) {
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    f.fail(key, "is " + std::to_string(v) + ", out of range");
+  return static_cast<int>(v);
+}
+
 void read_rope(const HfFields& f, ModelConfig& c) {
   const JsonReader& r = f.reader();
   if (!f.unset("rope_scaling")) f.fail("rope_scaling", "is set; rope scaling is not supported");
@@ -92,6 +100,7 @@ void check_no_sliding_window(const HfFields& f) {
   r.ignore("sliding_window");     // only used with use_sliding_window
   r.ignore("max_window_layers");  // likewise
   if (r.has("layer_types")) {
+    if (!f.raw("layer_types").is_array()) f.fail("layer_types", "must be a list");
     for (const auto& t : f.raw("layer_types"))
       if (!t.is_string() || t.get<std::string>() != "full_attention")
         f.fail("layer_types", "has '" + t.dump() + "'; only \"full_attention\" is supported");
@@ -147,7 +156,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
   if (act != "silu") f.fail("hidden_act", "is '" + act + "'; only \"silu\" (SwiGLU) is supported");
   c.activation = ExpertActivation::kSwiGLU;
   c.tie_embeddings = r.get_bool("tie_word_embeddings", false);
-  c.init_std = static_cast<float>(r.get_double("initializer_range", 0.02));
+  c.init_std = r.get_float("initializer_range", 0.02f);
   c.bos_id = f.token_id("bos_token_id");
   c.eos_id = f.token_id("eos_token_id");
   if (r.get_double("attention_dropout", 0.0) != 0.0)
@@ -162,9 +171,9 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
   moe.dropless = true;
   moe.capacity_factor_train = moe.capacity_factor_eval = 1.0f;
   moe.aux_loss_type = AuxLossType::kMixtral;
-  moe.aux_loss_coef = static_cast<float>(r.get_double("router_aux_loss_coef", 0.001));
+  moe.aux_loss_coef = r.get_float("router_aux_loss_coef", 0.001f);
   moe.z_loss_coef = 0.0f;
-  moe.top_k = static_cast<int>(r.get_int("num_experts_per_tok", 2));
+  moe.top_k = narrow_int(f, "num_experts_per_tok", r.get_int("num_experts_per_tok", 2));
   int64_t num_experts = 0;
   int64_t sparse_step = 1;
   std::vector<int64_t> dense_layers;
@@ -177,7 +186,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
       if (!f.unset("sliding_window"))
         f.fail("sliding_window", "is set; sliding-window attention is not supported");
       // HF multiplies the router input by U(1-eps, 1+eps) in training: moex's jitter_eps.
-      moe.jitter_eps = static_cast<float>(r.get_double("router_jitter_noise", 0.0));
+      moe.jitter_eps = r.get_float("router_jitter_noise", 0.0f);
       break;
     }
     case Arch::kQwen2Moe:
@@ -216,6 +225,10 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
     }
   }
 
+  // Bounded before the per-layer table is allocated (ModelConfig::validate holds the same limit).
+  if (c.num_layers > (int64_t{1} << 16))
+    f.fail("num_hidden_layers",
+           "is " + std::to_string(c.num_layers) + "; at most 65536 are supported");
   c.layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), LayerSpec{});
   std::vector<bool> is_moe(c.layers.size(), false);
   for (size_t i = 0; i < c.layers.size(); ++i)
@@ -226,7 +239,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
              "names layer " + std::to_string(i) + " of " + std::to_string(c.num_layers));
     is_moe[static_cast<size_t>(i)] = false;
   }
-  moe.num_experts = static_cast<int>(num_experts);
+  moe.num_experts = narrow_int(f, "num_experts", num_experts);
   for (size_t i = 0; i < c.layers.size(); ++i) {
     c.layers[i].moe = is_moe[i];
     if (is_moe[i]) c.layers[i].moe_config = moe;

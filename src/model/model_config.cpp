@@ -1,7 +1,22 @@
 #include "model/model_config.h"
 
+#include <cmath>
+#include <limits>
+
 namespace moex {
 namespace {
+
+// More layers than any model has; also bounds the per-layer table a corrupted config allocates.
+constexpr int64_t kMaxLayers = int64_t{1} << 16;
+// More parameters than any model has (4 PB in f32); keeps every count within int64_t.
+constexpr long double kMaxParameters = 1125899906842624.0L;  // 2^50
+
+// An int field of MoEConfig: a value outside int's range is an error, never truncated.
+int narrow_int(const JsonReader& r, const std::string& key, int64_t v) {
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    r.fail(key, "is " + std::to_string(v) + ", out of range");
+  return static_cast<int>(v);
+}
 
 ExpertActivation parse_activation(const std::string& name) {
   return name == "gelu" ? ExpertActivation::kGelu : ExpertActivation::kSwiGLU;
@@ -14,7 +29,7 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.activation = model.activation;
   c.gelu_exact = model.gelu_exact;
   c.ffn_size = moe.get_int("ffn_size", model.ffn_size);
-  c.top_k = static_cast<int>(moe.get_int("top_k", 1));
+  c.top_k = narrow_int(moe, "top_k", moe.get_int("top_k", 1));
   c.score_func = moe.get_choice("score_func", {"softmax", "sigmoid"}, "softmax") == "sigmoid"
                      ? ScoreFunc::kSigmoid
                      : ScoreFunc::kSoftmax;
@@ -24,11 +39,10 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
     moe.fail("renormalize_after_drop", "needs \"renormalize\": true");
   c.selection_bias = moe.get_bool("selection_bias", false);
   c.gumbel_second_expert = moe.get_bool("gumbel_second_expert", false);
-  c.jitter_eps = static_cast<float>(moe.get_double("jitter_eps", 0.0));
+  c.jitter_eps = moe.get_float("jitter_eps", 0.0f);
   c.rsample = moe.get_bool("rsample", false);
-  c.capacity_factor_train = static_cast<float>(moe.get_double("capacity_factor", 1.0));
-  c.capacity_factor_eval =
-      static_cast<float>(moe.get_double("eval_capacity_factor", c.capacity_factor_train));
+  c.capacity_factor_train = moe.get_float("capacity_factor", 1.0f);
+  c.capacity_factor_eval = moe.get_float("eval_capacity_factor", c.capacity_factor_train);
   c.min_capacity = moe.get_int("min_capacity", 4);
   const std::string policy =
       moe.get_choice("drop_policy", {"position", "probs", "rts"}, "position");
@@ -41,8 +55,8 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.aux_loss_type = aux == "mixtral" ? AuxLossType::kMixtral
                     : aux == "none"  ? AuxLossType::kNone
                                      : AuxLossType::kDeepSpeed;
-  c.aux_loss_coef = static_cast<float>(moe.get_double("aux_loss_coef", 0.01));
-  c.z_loss_coef = static_cast<float>(moe.get_double("z_loss_coef", 0.0));
+  c.aux_loss_coef = moe.get_float("aux_loss_coef", 0.01f);
+  c.z_loss_coef = moe.get_float("z_loss_coef", 0.0f);
   c.residual = moe.get_bool("residual", false);
   c.residual_ffn_size = moe.get_int("residual_ffn_size", 0);
   c.shared_ffn_size = moe.get_int("shared_ffn_size", 0);
@@ -78,10 +92,14 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   c.qkv_bias = m.get_bool("qkv_bias", false);
   const std::string qk = m.get_choice("qk_norm", {"none", "per_head", "full"}, "none");
   c.qk_norm = qk == "per_head" ? QKNorm::kPerHead : qk == "full" ? QKNorm::kFull : QKNorm::kNone;
-  c.init_std = static_cast<float>(m.get_double("init_std", 0.02));
+  c.init_std = m.get_float("init_std", 0.02f);
   c.bos_id = m.get_int("bos_id", -1);
   c.eos_id = m.get_int("eos_id", -1);
 
+  // Checked before the per-layer table is allocated (validate() holds the same limit).
+  if (c.num_layers > kMaxLayers)
+    m.fail("num_layers", "is " + std::to_string(c.num_layers) + "; at most " +
+                             std::to_string(kMaxLayers) + " are supported");
   // MoE every `layer_freq`-th block (block i is MoE when (i + 1) % layer_freq == 0, as in
   // DeepSpeed-MoE's expert interval and HF's decoder_sparse_step), except `dense_layers`.
   c.layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), LayerSpec{});
@@ -108,7 +126,7 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
       if (!is_moe[i]) continue;
       c.layers[i].moe = true;
       c.layers[i].moe_config = base;
-      c.layers[i].moe_config.num_experts = static_cast<int>(experts[j++]);
+      c.layers[i].moe_config.num_experts = narrow_int(moe, "num_experts", experts[j++]);
     }
     moe.finish();
   }
@@ -130,8 +148,35 @@ void ModelConfig::validate() const {
   MOEX_CHECK(max_seq_len > 0, "model.max_seq_len must be > 0 (got ", max_seq_len, ")");
   MOEX_CHECK(ffn_size > 0, "model.ffn_size must be > 0 (got ", ffn_size, ")");
   MOEX_CHECK(norm_eps > 0, "model.norm_eps must be > 0");
+  MOEX_CHECK(num_layers <= kMaxLayers, "model.num_layers is ", num_layers, "; at most ", kMaxLayers,
+             " are supported");
+  MOEX_CHECK(positions != PositionType::kRope || (rope_theta > 0 && std::isfinite(rope_theta)),
+             "model.rope_theta must be > 0 (got ", rope_theta, ")");
+  MOEX_CHECK(init_std >= 0 && std::isfinite(init_std), "model.init_std must be >= 0 (got ",
+             init_std, ")");
+  MOEX_CHECK(vocab_size <= std::numeric_limits<int32_t>::max(), "model.vocab_size (", vocab_size,
+             ") exceeds the int32 token ids");
   for (const LayerSpec& layer : layers)
     if (layer.moe) layer.moe_config.validate();
+  // An upper bound of num_parameters() in long double: a size field of a corrupted config must
+  // not overflow the int64_t counts (or allocate) further on.
+  const long double d = hidden_size, qd = static_cast<long double>(num_heads) * head_dim,
+                    kd = static_cast<long double>(num_kv_heads) * head_dim;
+  long double total = 2.0L * vocab_size * d + static_cast<long double>(max_seq_len) * d + 2 * d;
+  for (const LayerSpec& l : layers) {
+    total += d * (qd + 2 * kd) + qd * d + 2 * (qd + 2 * kd) + 2 * head_dim + 4 * d;
+    long double ffn = ffn_size;
+    if (l.moe) {
+      const MoEConfig& m = l.moe_config;
+      ffn = static_cast<long double>(m.num_experts) * m.ffn_size + m.ffn_size +
+            m.residual_ffn_size + m.shared_ffn_size;
+      total += static_cast<long double>(m.num_experts) * (d + 1) + 3 * d;
+    }
+    total += 3 * d * ffn;
+  }
+  MOEX_CHECK(total <= kMaxParameters, "model: the sizes describe about ",
+             static_cast<double>(total),
+             " parameters, more than 2^50 (a size field is implausibly large)");
 }
 
 int ModelConfig::num_moe_layers() const {

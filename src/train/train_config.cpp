@@ -32,11 +32,15 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
   if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");
   if (c.optimizer.grad_clip < 0) opt.fail("grad_clip", "must be >= 0");
+  if (c.optimizer.eps <= 0) opt.fail("eps", "must be > 0");
+  if (c.optimizer.weight_decay < 0) opt.fail("weight_decay", "must be >= 0");
 
   const JsonReader sched = root.child("schedule");
   c.schedule.warmup_steps = sched.get_int("warmup_steps", 0);
   c.schedule.min_lr_ratio = sched.get_double("min_lr_ratio", 0.1);
   if (c.schedule.warmup_steps < 0) sched.fail("warmup_steps", "must be >= 0");
+  if (c.schedule.min_lr_ratio < 0 || c.schedule.min_lr_ratio > 1)
+    sched.fail("min_lr_ratio", "must be in [0, 1]");
 
   const JsonReader tr = root.child("training");
   c.training.steps = tr.get_int("steps", 100);
@@ -49,11 +53,23 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   c.training.checkpoint_every = tr.get_int("checkpoint_every", 0);
   c.training.out_dir = tr.get_string("out_dir", "runs/default");
   c.training.activation_checkpointing = tr.get_bool("activation_checkpointing", false);
-  c.training.num_threads = static_cast<int>(tr.get_int("num_threads", 0));
+  const int64_t num_threads = tr.get_int("num_threads", 0);
+  if (num_threads < 0 || num_threads > 4096) tr.fail("num_threads", "must be in [0, 4096]");
+  c.training.num_threads = static_cast<int>(num_threads);
   if (c.training.steps < 1) tr.fail("steps", "must be >= 1");
   if (c.training.micro_batch_size < 1) tr.fail("micro_batch_size", "must be >= 1");
   if (c.training.grad_accum < 1) tr.fail("grad_accum", "must be >= 1");
   if (c.training.log_every < 1) tr.fail("log_every", "must be >= 1");
+  if (c.training.eval_every < 0) tr.fail("eval_every", "must be >= 0 (0: no evaluation)");
+  if (c.training.eval_batches < 0) tr.fail("eval_batches", "must be >= 0");
+  if (c.training.checkpoint_every < 0)
+    tr.fail("checkpoint_every", "must be >= 0 (0: only the final checkpoint)");
+  // Batch sizes multiply into buffer sizes (tokens per step, held-out windows): bounded so
+  // that those products cannot overflow.
+  constexpr int64_t kMaxBatch = int64_t{1} << 24;
+  for (const char* key : {"micro_batch_size", "grad_accum", "eval_batches"})
+    if (tr.get_int(key, 0) > kMaxBatch)
+      tr.fail(key, "must be at most " + std::to_string(kMaxBatch));
   root.finish();
   return c;
 }
