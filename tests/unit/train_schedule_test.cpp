@@ -108,5 +108,13 @@ TEST(TrainSchedule, WarmupOfZeroStartsAtTheFullLr) {
   EXPECT_LE(c.lr - lr_at(c, 0), c.lr - lr_at(c, 1));  // within the first step's decay
 }
 
+TEST(TrainSchedule, TheLastStepTrainsAtTheMinimum) {
+  // docs/config.md: cosine decay to lr * min_lr_ratio at the last step, which is total - 1.
+  for (const Case& c : kCases) {
+    if (c.total - 1 < c.warmup) continue;
+    EXPECT_NEAR(lr_at(c, c.total - 1), c.lr * c.min_lr_ratio, 1e-12 * c.lr) << name(c);
+  }
+}
+
 }  // namespace
 }  // namespace moex::train
