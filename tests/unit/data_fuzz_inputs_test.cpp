@@ -92,12 +92,15 @@ TEST(FuzzTokenizerJson, MutatedFilesLoadOrFailWithMoexError) {
   const fs::path dir = fuzz::scratch_dir(target);
   fuzz::Stats stats;
   // Corpus: <name>.json (a tokenizer.json, parsed with no tokenizer_config.json).
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
+    ++corpus_cases;
     const std::string text = fuzz::read_bytes(f);
     fuzz::run_case(
         target, f.filename().string(), text, [&] { exercise_tokenizer(text, "", f.string()); },
         &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   for (const TokenizerSeed& s : tokenizer_seeds())
     ASSERT_NO_THROW(exercise_tokenizer(s.json_text, s.config_text, s.name)) << s.name;
   const int64_t n = fuzz::iterations(250);
@@ -198,8 +201,10 @@ TEST(FuzzIndexedDataset, MutatedPairsLoadOrFailWithMoexError) {
   const std::string prefix = (fuzz::scratch_dir(target) / "case").string();
   fuzz::Stats stats;
   // Corpus: <name>.idx with <name>.bin beside it.
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
     if (f.extension() != ".idx") continue;
+    ++corpus_cases;
     fs::path bin = f;
     bin.replace_extension(".bin");
     const std::string idx = fuzz::read_bytes(f);
@@ -208,6 +213,7 @@ TEST(FuzzIndexedDataset, MutatedPairsLoadOrFailWithMoexError) {
     fuzz::run_case(
         target, f.filename().string(), idx, [&] { exercise_dataset(prefix); }, &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   const std::vector<DatasetSeed> seeds = dataset_seeds();
   for (const DatasetSeed& s : seeds) {
     fuzz::write_bytes(prefix + ".idx", s.idx);

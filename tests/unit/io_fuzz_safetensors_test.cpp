@@ -103,11 +103,14 @@ TEST(FuzzSafetensors, MutatedFilesLoadOrFailWithMoexError) {
   const fs::path path = dir / "case.safetensors";
   fuzz::Stats stats;
   auto load = [&] { exercise(SafetensorsFile::open(path.string())); };
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
+    ++corpus_cases;
     const std::string bytes = fuzz::read_bytes(f);
     fuzz::write_bytes(path, bytes);
     fuzz::run_case(target, f.filename().string(), bytes, load, &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   const std::vector<std::string> seed_files = seeds();
   for (const std::string& s : seed_files) {
     fuzz::write_bytes(path, s);
@@ -139,11 +142,14 @@ TEST(FuzzSafetensors, MutatedShardIndexesLoadOrFailWithMoexError) {
     const SafetensorsCheckpoint ckpt = SafetensorsCheckpoint::open(index.string());
     for (const std::string& name : ckpt.names()) ckpt.entry(name);
   };
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
+    ++corpus_cases;
     const std::string bytes = fuzz::read_bytes(f);
     fuzz::write_bytes(index, bytes);
     fuzz::run_case(target, f.filename().string(), bytes, load, &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   const std::string seed = fuzz::read_bytes(fixture / kSafetensorsIndexName);
   fuzz::write_bytes(index, seed);
   ASSERT_NO_THROW(load());

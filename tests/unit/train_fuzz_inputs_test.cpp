@@ -85,7 +85,9 @@ TEST(FuzzModelConfig, MutatedModelDirectoriesLoadOrFailWithMoexError) {
   fuzz::Stats stats;
   for (const fs::path& seed : seeds) ASSERT_NO_THROW(model::load_model(seed.string())) << seed;
   // Corpus: <seed>__<name>.json, a config.json for the seed directory named before "__".
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
+    ++corpus_cases;
     const std::string name = f.filename().string();
     const std::string wanted = name.substr(0, name.find("__"));
     const auto seed = std::find_if(seeds.begin(), seeds.end(),
@@ -96,6 +98,7 @@ TEST(FuzzModelConfig, MutatedModelDirectoriesLoadOrFailWithMoexError) {
     fuzz::run_case(
         target, name, config, [&] { load_model_dir(dir, &stats); }, &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   const int64_t n = fuzz::iterations(600);
   for (int64_t i = 0; i < n; ++i) {
     Rng rng = fuzz::case_rng(target, i);
@@ -116,11 +119,14 @@ TEST(FuzzTrainConfig, MutatedConfigsLoadOrFailWithMoexError) {
   const fs::path path = fuzz::scratch_dir(target) / "config.json";
   fuzz::Stats stats;
   auto load = [&] { train::TrainConfig::from_file(path.string()); };
+  size_t corpus_cases = 0;
   for (const fs::path& f : fuzz::corpus(target)) {
+    ++corpus_cases;
     const std::string text = fuzz::read_bytes(f);
     fuzz::write_bytes(path, text);
     fuzz::run_case(target, f.filename().string(), text, load, &stats);
   }
+  fuzz::expect_corpus_rejected(target, corpus_cases, stats);
   std::vector<std::string> seeds;
   for (const auto& e : fs::directory_iterator(fs::path(MOEX_SOURCE_DIR) / "configs"))
     if (e.path().extension() == ".json") seeds.push_back(fuzz::read_bytes(e.path()));
