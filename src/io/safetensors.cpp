@@ -1,8 +1,10 @@
 #include "io/safetensors.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <regex>
 
@@ -57,6 +59,10 @@ float element_to_f32(const uint8_t* p, DType dtype) {
     case DType::kF64: {
       double d;
       std::memcpy(&d, p, 8);
+      // Out of float's range the cast is undefined; such values become +-inf explicitly.
+      if (std::fabs(d) > static_cast<double>(std::numeric_limits<float>::max()))
+        return d > 0 ? std::numeric_limits<float>::infinity()
+                     : -std::numeric_limits<float>::infinity();
       return static_cast<float>(d);
     }
     case DType::kI32: {
