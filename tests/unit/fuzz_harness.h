@@ -83,7 +83,10 @@ inline void write_bytes(const fs::path& path, const std::string& bytes) {
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// tests/fixtures/fuzz/<target>, or $MOEX_FUZZ_CORPUS/<target> (an empty folder replays nothing).
 inline fs::path corpus_dir(const std::string& target) {
+  const char* env = std::getenv("MOEX_FUZZ_CORPUS");
+  if (env != nullptr && *env != '\0') return fs::path(env) / target;
   return fs::path(MOEX_SOURCE_DIR) / "tests" / "fixtures" / "fuzz" / target;
 }
 
@@ -354,6 +357,16 @@ inline std::pair<nlohmann::json*, nlohmann::json*> random_node(nlohmann::json& r
   return {node, parent};
 }
 
+// Integer arithmetic of the mutators wraps (in uint64_t) instead of overflowing int64_t.
+inline uint64_t as_u64(const nlohmann::json& v) {
+  return v.is_number_unsigned() ? v.get<uint64_t>() : static_cast<uint64_t>(v.get<int64_t>());
+}
+inline int64_t wrap(uint64_t v) {
+  int64_t out;
+  std::memcpy(&out, &v, 8);
+  return out;
+}
+
 // One JSON-aware mutation: drop a field or element, replace a value with an interesting one,
 // change its type, negate or enlarge a number, enlarge a string or an array, or add an unknown
 // field. Text that is not JSON gets a byte mutation instead.
@@ -413,7 +426,7 @@ inline std::string mutate_json(const std::string& text, Rng& rng) {
       break;
     case 4:  // negate
       if (node->is_number_integer())
-        *node = -node->get<int64_t>();
+        *node = wrap(0 - as_u64(*node));
       else if (node->is_number_float())
         *node = -node->get<double>();
       else
@@ -421,7 +434,7 @@ inline std::string mutate_json(const std::string& text, Rng& rng) {
       break;
     case 5:  // make huge
       if (node->is_number_integer())
-        *node = node->get<int64_t>() * (int64_t{1} << (16 + rng.below(32)));
+        *node = wrap(as_u64(*node) << (16 + rng.below(32)));
       else if (node->is_number_float())
         *node = node->get<double>() * 1e300;
       else if (node->is_string())
@@ -443,7 +456,7 @@ inline std::string mutate_json(const std::string& text, Rng& rng) {
       break;
     default:  // a small integer nearby (off by one, zero)
       if (node->is_number_integer())
-        *node = node->get<int64_t>() + static_cast<int64_t>(rng.below(5)) - 2;
+        *node = wrap(as_u64(*node) + rng.below(5) - 2);
       else
         *node = 0;
       break;
