@@ -74,7 +74,10 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   c.num_heads = m.get_int("num_heads");
   c.num_kv_heads = m.get_int("num_kv_heads", c.num_heads);
   c.head_dim = m.get_int("head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
-  c.ffn_size = m.get_int("ffn_size", 4 * c.hidden_size);
+  // The default 4 * hidden_size must not overflow; an absurd hidden_size fails validate().
+  const int64_t default_ffn =
+      c.hidden_size <= std::numeric_limits<int64_t>::max() / 4 ? 4 * c.hidden_size : 0;
+  c.ffn_size = m.get_int("ffn_size", default_ffn);
   c.max_seq_len = m.get_int("max_seq_len");
   c.positions = m.get_choice("positions", {"rope", "learned"}, "rope") == "learned"
                     ? PositionType::kLearned
