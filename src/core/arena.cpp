@@ -68,10 +68,7 @@ Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
   }
   MOEX_CHECK(shape.numel() == elems, "span shape ", shape.str(), " does not cover ", elems,
              " elements");
-  const size_t elem = dtype_size(flat_.dtype());
-  return Tensor::from_external(
-      static_cast<char*>(flat_.raw_data()) + static_cast<size_t>(offsets_[first]) * elem, shape,
-      flat_.dtype(), flat_.device());
+  return flat_.slice(offsets_[first], offsets_[first] + elems).view(shape);
 }
 
 void ParamBuffer::allocate(DType dtype, Device device) {
@@ -79,12 +76,10 @@ void ParamBuffer::allocate(DType dtype, Device device) {
   // Padding between entries is never written by its owners: zero it so that flat-buffer
   // reductions (gradient norms, optimizer steps) see zeros there, not leftover memory.
   if (device.is_cpu()) std::memset(flat_.raw_data(), 0, flat_.nbytes());
+  // Entries are views of flat_: they share its storage, and so its write version.
   tensors_.clear();
-  const size_t elem = dtype_size(dtype);
-  for (int i = 0; i < size(); ++i) {
-    void* ptr = static_cast<char*>(flat_.raw_data()) + static_cast<size_t>(offsets_[i]) * elem;
-    tensors_.push_back(Tensor::from_external(ptr, shapes_[i], dtype, device));
-  }
+  for (int i = 0; i < size(); ++i)
+    tensors_.push_back(flat_.slice(offsets_[i], offsets_[i] + shapes_[i].numel()).view(shapes_[i]));
 }
 
 int ParamBuffer::index_of(const std::string& name) const {

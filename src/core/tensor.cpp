@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -68,7 +69,14 @@ DeviceAllocator* device_allocator(DeviceKind kind) {
   return kind == DeviceKind::kCUDA ? g_cuda_allocator : nullptr;
 }
 
-void register_device_copy(DeviceCopyFn fn) { g_device_copy = fn; }
+void register_device_copy(DeviceCopyFn fn) {
+  g_device_copy = fn;
+}
+
+uint64_t next_storage_id() {
+  static std::atomic<uint64_t> next{1};
+  return next++;
+}
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   Tensor t;
@@ -77,14 +85,16 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto storage = std::make_shared<Storage>();
   storage->device = device;
   storage->bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  const size_t alloc_bytes = std::max<size_t>(kHostAlignment, (storage->bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment);
+  const size_t alloc_bytes = std::max<size_t>(
+      kHostAlignment, (storage->bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment);
   if (device.is_cpu()) {
     storage->data = std::aligned_alloc(kHostAlignment, alloc_bytes);
     MOEX_CHECK(storage->data != nullptr, "out of host memory allocating ", alloc_bytes, " bytes");
     storage->deleter = [](void* p) { std::free(p); };
   } else {
     DeviceAllocator* alloc = device_allocator(device.kind);
-    MOEX_CHECK(alloc != nullptr, "no allocator for device ", device.str(), " (built without CUDA?)");
+    MOEX_CHECK(alloc != nullptr, "no allocator for device ", device.str(),
+               " (built without CUDA?)");
     storage->data = alloc->allocate(alloc_bytes, device.ordinal);
     const int ordinal = device.ordinal;
     storage->deleter = [alloc, ordinal](void* p) { alloc->release(p, ordinal); };
@@ -154,7 +164,8 @@ Tensor Tensor::to(Device device) const {
 
 void check_tensor(const Tensor& t, const char* what, DType dtype, const Shape& shape) {
   MOEX_CHECK(t.defined(), what, " is undefined");
-  MOEX_CHECK(t.dtype() == dtype, what, " has dtype ", dtype_name(t.dtype()), ", expected ", dtype_name(dtype));
+  MOEX_CHECK(t.dtype() == dtype, what, " has dtype ", dtype_name(t.dtype()), ", expected ",
+             dtype_name(dtype));
   MOEX_CHECK(t.shape() == shape, what, " has shape ", t.shape().str(), ", expected ", shape.str());
 }
 

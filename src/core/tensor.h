@@ -54,12 +54,16 @@ class Shape {
   int ndim_ = 0;
 };
 
+uint64_t next_storage_id();  // unique per process, never reused
+
 // A block of memory on one device. The deleter is empty for non-owning views (arena, external).
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;
   Device device;
   std::function<void(void*)> deleter;
+  const uint64_t id = next_storage_id();
+  uint64_t version = 0;  // bumped by Tensor::mark_written
   ~Storage() {
     if (deleter) deleter(data);
   }
@@ -83,7 +87,8 @@ class Tensor {
   // CPU only; zeros / a constant.
   static Tensor zeros(const Shape& shape, DType dtype);
   // Wraps memory someone else owns (an arena, a mapped file); the caller keeps it alive.
-  static Tensor from_external(void* data, const Shape& shape, DType dtype, Device device = Device::cpu());
+  static Tensor from_external(void* data, const Shape& shape, DType dtype,
+                              Device device = Device::cpu());
   // Same, and holds `owner` (e.g. a memory-mapped file) until the last tensor sharing this
   // storage is gone, so views into a mapping cannot outlive it.
   static Tensor from_external(void* data, const Shape& shape, DType dtype, Device device,
@@ -107,6 +112,16 @@ class Tensor {
     return static_cast<T*>(raw_data());
   }
 
+  // Write counter of the storage, shared by every view of it. Code that changes a tensor's values
+  // in place (optimizer steps, weight loading, initialization) calls mark_written(), so caches of
+  // derived copies (the GPU MoE layer's device weights) compare versions instead of contents.
+  uint64_t version() const { return storage_ ? storage_->version : 0; }
+  void mark_written() const {
+    if (storage_) ++storage_->version;
+  }
+  // Identifies the storage (ids are never reused, unlike addresses); 0 when undefined.
+  uint64_t storage_id() const { return storage_ ? storage_->id : 0; }
+
   // Rows [begin, end) of dim 0, sharing storage.
   Tensor slice(int64_t begin, int64_t end) const;
   // Same storage, another shape with the same element count.
@@ -123,7 +138,8 @@ class Tensor {
 };
 
 // Host <-> device copy hook, registered by the CUDA backend.
-using DeviceCopyFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+using DeviceCopyFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device,
+                              size_t bytes);
 void register_device_copy(DeviceCopyFn fn);
 
 // Throws a moex::Error naming `what` unless the tensor has this dtype and shape.

@@ -152,6 +152,7 @@ void load_hf_weights(Model& model, const std::string& path) {
   // A tied checkpoint may still carry the head; the model reads the embedding.
   if (model.config().tie_embeddings && in.has("lm_head.weight")) in.use("lm_head.weight");
   in.check_all_used();
+  params.flat().mark_written();
 }
 
 void save_hf_model(const Model& model, const std::string& dir, const std::string& architecture,

@@ -50,6 +50,7 @@ void Model::init_weights(uint64_t seed) {
       head_.w[i] = config_.init_std * rng.normal();
   for (auto& block : blocks_) block->init(seed);
   final_norm_->init();
+  params_.flat().mark_written();
 }
 
 void Model::zero_grad() {

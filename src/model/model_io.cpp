@@ -37,6 +37,7 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   }
   for (const std::string& name : ckpt.names())
     MOEX_CHECK(params.index_of(name) >= 0, checkpoint_path, ": unexpected tensor '", name, "'");
+  params.flat().mark_written();
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir) {

@@ -23,7 +23,6 @@ struct MoELayer::Impl {
   MoEWeights weights;
   MoERouting routing;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
-  uint64_t weights_version = 0;            // bumped by mark_weights_dirty / init_weights
 };
 
 namespace {
@@ -365,6 +364,7 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t stream, double bound)
       t.data<float>()[i] = static_cast<float>(v);
     }
   }
+  t.mark_written();
 }
 
 }  // namespace
@@ -398,12 +398,7 @@ const MoERouting& MoELayer::routing() const {
   return impl_->routing;
 }
 
-void MoELayer::mark_weights_dirty() {
-  ++impl_->weights_version;
-}
-
 void MoELayer::init_weights(uint64_t seed) {
-  ++impl_->weights_version;
   const MoEConfig& c = impl_->config;
   const MoEWeights& w = impl_->weights;
   const double in_d = 1.0 / std::sqrt(static_cast<double>(c.hidden_size));
@@ -443,7 +438,7 @@ const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& opt
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
     if (!impl_->device)
       impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, x.device());
-    return impl_->device->forward(impl_->weights, impl_->weights_version, x, options);
+    return impl_->device->forward(impl_->weights, x, options);
   }
   return impl_->forward(x, options);
 }

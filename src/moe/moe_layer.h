@@ -78,11 +78,9 @@ class MoELayer {
   DType dtype() const;
   MoEWeights& weights();
   // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) from Philox(seed); selection_bias stays zero.
+  // Marks every weight written (Tensor::mark_written). Code that edits weights() in place must do
+  // the same, or the GPU path keeps its device copy (moe_layer_dispatch.h).
   void init_weights(uint64_t seed);
-  // Tells the GPU path (moe_layer_dispatch.h) that weights changed in place, so its device copy is
-  // re-uploaded at the next CUDA forward. Whole-tensor updates are also detected without it (a
-  // sampled fingerprint); sparse in-place edits need it. The CPU path ignores it.
-  void mark_weights_dirty();
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

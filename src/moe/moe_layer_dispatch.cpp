@@ -26,52 +26,26 @@ int64_t moe_device_weight_uploads() {
 #ifdef MOEX_WITH_CUDA
 namespace {
 
-// Storage identity plus a sampled content fingerprint of one weight tensor (see the header).
+// Which storage a weight lives in and how often it was written (see the header).
 struct WeightStamp {
-  const void* ptr = nullptr;
+  uint64_t storage_id = 0, version = 0;
+  const void* ptr = nullptr;  // the view's start within its storage
   int64_t numel = -1;
-  bool cuda = false;
-  uint64_t hash = 0;
   bool operator==(const WeightStamp& o) const {
-    return ptr == o.ptr && numel == o.numel && cuda == o.cuda && hash == o.hash;
+    return storage_id == o.storage_id && version == o.version && ptr == o.ptr && numel == o.numel;
   }
 };
 
-constexpr int64_t kFingerprintSamples = 256;
-
 WeightStamp stamp(const Tensor& t) {
-  WeightStamp s;
-  if (!t.defined()) return s;
-  s.ptr = t.raw_data();
-  s.numel = t.numel();
-  s.cuda = t.device().is_cuda();
-  const int64_t n = t.numel(), samples = std::min(n, kFingerprintSamples);
-  if (samples == 0) return s;
-  const int64_t stride = n / samples;  // >= 1; samples elements 0, stride, 2*stride, ...
-  const size_t es = dtype_size(t.dtype());
-  std::vector<unsigned char> bytes(samples * es + es);
-  if (s.cuda) {
-    CUDA_CHECK(cudaMemcpy2D(bytes.data(), es, t.raw_data(), stride * es, es, samples,
-                            cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(bytes.data() + samples * es,
-                          static_cast<const char*>(t.raw_data()) + (n - 1) * es, es,
-                          cudaMemcpyDeviceToHost));
-  } else {
-    const char* p = static_cast<const char*>(t.raw_data());
-    for (int64_t i = 0; i < samples; ++i) std::memcpy(&bytes[i * es], p + i * stride * es, es);
-    std::memcpy(&bytes[samples * es], p + (n - 1) * es, es);
-  }
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char b : bytes) h = (h ^ b) * 1099511628211ull;
-  s.hash = h;
-  return s;
+  if (!t.defined()) return {};
+  return {t.storage_id(), t.version(), t.raw_data(), t.numel()};
 }
 
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
   CudaMoELayer(const MoEConfig& config, int ordinal) : config_(config), ctx_(ordinal) {}
 
-  const MoEOutput& forward(const MoEWeights& w, uint64_t weights_version, const Tensor& x,
+  const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
     MOEX_CHECK(options.fixed_routing == nullptr,
                "MoELayer on CUDA: fixed_routing is not supported on the GPU path");
@@ -87,7 +61,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       max_tokens_ = T;
       stamps_.clear();  // a new layer holds no weights yet
     }
-    upload_if_changed(w, weights_version);
+    upload_if_changed(w);
     const Device dev = Device::cuda(ctx_.ordinal());
     if (x.dtype() == DType::kBF16) {
       xb_ = x;
@@ -143,27 +117,25 @@ class CudaMoELayer final : public MoEDeviceLayer {
   }
 
  private:
-  // Re-uploads (and converts) every weight when the version moved, a tensor's storage changed or
-  // a sampled fingerprint differs; otherwise the device copy of the last upload is used.
-  void upload_if_changed(const MoEWeights& w, uint64_t version) {
+  // Re-uploads (and converts) every weight when a tensor's storage or write version changed;
+  // otherwise the device copy of the last upload is used.
+  void upload_if_changed(const MoEWeights& w) {
     const Tensor* all[] = {
         &w.router,      &w.selection_bias, &w.w1,        &w.w2,        &w.residual_w1,
         &w.residual_w2, &w.residual_coef,  &w.shared_w1, &w.shared_w2, &w.shared_gate};
     std::vector<WeightStamp> now;
     for (const Tensor* t : all) now.push_back(stamp(*t));
-    if (!stamps_.empty() && version == version_ && now == stamps_) return;
+    if (!stamps_.empty() && now == stamps_) return;
     layer_->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
     if (config_.residual)
       layer_->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
     if (config_.shared_ffn_size > 0)
       layer_->set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
     stamps_ = std::move(now);
-    version_ = version;
     ++g_weight_uploads;
   }
 
   std::vector<WeightStamp> stamps_;
-  uint64_t version_ = 0;
   MoEConfig config_;
   cuda::CudaContext ctx_;
   std::unique_ptr<cuda::MoELayerCuda> layer_;

@@ -10,16 +10,11 @@
 //   - PR-MoE residual and shared experts (with or without gate) run on the GPU too; their
 //     gradients come back in MoEGradients::weights like the experts';
 //   - weights: the device keeps a bf16/fp32 copy and re-uploads (and converts) ALL weights only
-//     when one of these changed since the last GPU forward:
-//       (a) MoELayer's weights version: mark_weights_dirty() (and init_weights) bump it;
-//       (b) a weight tensor's storage: data pointer, element count or device (a tensor replaced
-//           in weights(), e.g. by loading a checkpoint);
-//       (c) a sampled fingerprint: FNV-1a of 256 evenly spaced elements plus the last one (CPU
-//           reads, or one strided cudaMemcpy2D for CUDA weights).
-//     (c) catches whole-tensor in-place updates (optimizer steps, copies) without any call; an
-//     in-place edit of a few elements can miss every sampled element, so code that edits weights
-//     sparsely must call MoELayer::mark_weights_dirty(). Cost of the check: ~2.6K element reads
-//     per forward instead of ~2 bytes/weight of upload. moe_device_weight_uploads() counts uploads.
+//     when a weight tensor's storage (Tensor::storage_id, a tensor replaced in weights()) or its
+//     write version (Tensor::version) changed since the last GPU forward. Whoever writes weights
+//     in place calls Tensor::mark_written() on them (MoELayer::init_weights, Model::init_weights,
+//     weight loading and the optimizer do); an unmarked in-place edit is not seen.
+//     moe_device_weight_uploads() counts uploads.
 //   - not supported (MOEX_CHECK): f64 layers, fixed_routing;
 //   - routing() is not updated by a GPU forward (the plan stays on the device).
 #pragma once
@@ -35,9 +30,9 @@ namespace moex {
 class MoEDeviceLayer {
  public:
   virtual ~MoEDeviceLayer() = default;
-  // weights_version: MoELayer's counter (mark_weights_dirty); see the contract above.
-  virtual const MoEOutput& forward(const MoEWeights& weights, uint64_t weights_version,
-                                   const Tensor& x, const MoEForwardOptions& options) = 0;
+  // Re-uploads the weights first when they changed (see the contract above).
+  virtual const MoEOutput& forward(const MoEWeights& weights, const Tensor& x,
+                                   const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
 };
 

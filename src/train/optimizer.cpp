@@ -35,6 +35,7 @@ double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int
     c.grad_scale = clip;
     cpu::adamw_step<float>(p0 + offset, g + offset, m0 + offset, v0 + offset, t.numel(), step, c);
   }
+  params.flat().mark_written();
   return norm;
 }
 

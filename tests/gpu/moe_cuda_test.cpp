@@ -748,8 +748,9 @@ TEST_F(Gpu, MoELayerDispatchesOnCudaInput) {
 }
 
 // Residual + shared expert through MoELayer's device dispatch, and the cached device weights:
-// no upload while the weights are unchanged, a re-upload after a whole-tensor in-place update
-// (fingerprint) and after a sparse edit announced by mark_weights_dirty().
+// no upload while the weights are unchanged, a re-upload after every in-place update marked with
+// Tensor::mark_written (whole tensors, and a sparse edit confined to one expert among many), and
+// none after an unmarked edit (the contract in moe_layer_dispatch.h).
 TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
   MoEConfig c = base_config(8, 2);
   c.activation = ExpertActivation::kSwiGLU;
@@ -796,17 +797,27 @@ TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 1);
   check_step("unchanged");
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 1) << "unchanged weights were re-uploaded";
-  // Whole-tensor in-place update (an optimizer step): seen without any call.
+  // Whole-tensor in-place update (an optimizer step), marked written.
   for (Tensor* t : {&w.w2, &w.shared_w2}) {
     float* p = t->data<float>();
     for (int64_t i = 0; i < t->numel(); ++i) p[i] *= 2.0f;  // stays bf16-exact
+    t->mark_written();
   }
   check_step("scaled in place");
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 2);
-  // A sparse edit plus mark_weights_dirty().
-  w.router.data<float>()[1] += 0.5f;  // element 1 is not among the sampled ones (stride 2)
-  layer.mark_weights_dirty();
-  check_step("sparse edit");
+  // A sparse edit of the last expert alone (a content sample could miss it), marked written.
+  {
+    float* p = w.w1.data<float>() + (c.num_experts - 1) * (w.w1.numel() / c.num_experts);
+    for (int64_t i = 0; i < 16; ++i) p[i] = -p[i];  // stays bf16-exact
+    w.router.data<float>()[1] += 0.5f;
+    w.w1.mark_written();
+    w.router.mark_written();
+  }
+  check_step("sparse edit");  // the GPU result equals the CPU's, so the edit reached the device
+  EXPECT_EQ(moe_device_weight_uploads(), u0 + 3);
+  // An unmarked edit is not seen: the device keeps the last upload.
+  w.router.data<float>()[2] += 0.25f;
+  layer.forward(xg, fo);
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 3);
 }
 

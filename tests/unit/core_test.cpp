@@ -26,6 +26,42 @@ TEST(Tensor, SliceSharesStorage) {
   EXPECT_EQ(t.view(Shape{12}).numel(), 12);
 }
 
+TEST(Tensor, WriteVersionIsSharedByViewsOfOneStorage) {
+  const Tensor a = Tensor::zeros(Shape{4, 3}, DType::kF32);
+  const Tensor rows = a.slice(1, 3), flat = a.view(Shape{12});
+  const Tensor other = Tensor::zeros(Shape{4, 3}, DType::kF32);
+  EXPECT_EQ(a.version(), 0u);
+  rows.mark_written();
+  EXPECT_EQ(a.version(), 1u);
+  EXPECT_EQ(flat.version(), 1u);
+  flat.mark_written();
+  EXPECT_EQ(rows.version(), 2u);
+  EXPECT_EQ(other.version(), 0u);
+  EXPECT_EQ(a.storage_id(), rows.storage_id());
+  EXPECT_NE(a.storage_id(), other.storage_id());
+  EXPECT_EQ(Tensor().storage_id(), 0u);
+  // Ids are not addresses: a new storage gets a new id even where memory is reused.
+  uint64_t last = other.storage_id();
+  for (int i = 0; i < 3; ++i) {
+    const uint64_t id = Tensor::zeros(Shape{4, 3}, DType::kF32).storage_id();
+    EXPECT_GT(id, last);
+    last = id;
+  }
+}
+
+TEST(ParamBuffer, EntriesShareTheFlatBuffersWriteVersion) {
+  ParamBuffer params;
+  params.declare("a", Shape{3, 5});
+  params.declare_contiguous({"b", "c"}, {Shape{2}, Shape{7}});
+  params.allocate(DType::kF32);
+  const uint64_t before = params.tensor(0).version();
+  params.flat().mark_written();
+  for (int i = 0; i < params.size(); ++i) EXPECT_EQ(params.tensor(i).version(), before + 1);
+  EXPECT_EQ(params.span(1, 2, Shape{9}).version(), before + 1);
+  params.tensor(2).mark_written();
+  EXPECT_EQ(params.tensor(0).version(), before + 2);
+}
+
 TEST(Tensor, AtMostFiveDims) {
   EXPECT_THROW((Shape{1, 2, 3, 4, 5, 6}), Error);
   EXPECT_EQ((Shape{1, 2, 3, 4, 5}).numel(), 120);
@@ -87,7 +123,8 @@ TEST(Rng, PhiloxKnownAnswers) {
   EXPECT_EQ(zero.v[1], 0xe169c58du);
   EXPECT_EQ(zero.v[2], 0xbc57ac4cu);
   EXPECT_EQ(zero.v[3], 0x9b00dbd8u);
-  Philox4x32 ones = philox4x32_10({{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}}, 0xffffffffu, 0xffffffffu);
+  Philox4x32 ones = philox4x32_10({{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}},
+                                  0xffffffffu, 0xffffffffu);
   EXPECT_EQ(ones.v[0], 0x408f276du);
   EXPECT_EQ(ones.v[1], 0x41c83b0eu);
   EXPECT_EQ(ones.v[2], 0xa20bc7c6u);
