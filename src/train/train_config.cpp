@@ -78,9 +78,11 @@ double learning_rate(const OptimizerConfig& opt, const ScheduleConfig& schedule,
                      int64_t total_steps) {
   if (step < schedule.warmup_steps)
     return opt.lr * static_cast<double>(step + 1) / schedule.warmup_steps;
+  // Steps are 0-based and the last trained one is total_steps - 1: counting step + 1 (as the
+  // warmup does) puts that step at progress 1, i.e. at lr * min_lr_ratio.
   const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
   const double progress =
-      std::min(1.0, static_cast<double>(step - schedule.warmup_steps) / decay_steps);
+      std::min(1.0, static_cast<double>(step + 1 - schedule.warmup_steps) / decay_steps);
   const double min_lr = opt.lr * schedule.min_lr_ratio;
   return min_lr + 0.5 * (opt.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
 }
