@@ -40,17 +40,36 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   params.flat().mark_written();
 }
 
+namespace {
+
+// Builds the model only when the checkpoint holds at least as many values as the config
+// describes: a config.json that names a model far larger than its weights (corrupt, or mistaken)
+// is an error before gigabytes are allocated for it.
+std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std::string& dir,
+                                            const std::string& config_path) {
+  const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(dir);
+  int64_t stored = 0;
+  for (const std::string& name : ckpt.names()) stored += ckpt.entry(name).shape.numel();
+  MOEX_CHECK(config.num_parameters() <= stored, config_path, ": describes a model of ",
+             config.num_parameters(), " parameters, but the checkpoint in ", dir, " holds ", stored,
+             " values");
+  return std::make_unique<Model>(config);
+}
+
+}  // namespace
+
 std::unique_ptr<Model> load_model(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   const JsonReader config = JsonReader::from_file(config_path);
   const std::string type = config.get_string("model_type");
   if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
-    auto model = std::make_unique<Model>(hf_config_from_file(config_path));
+    auto model = build_for_checkpoint(hf_config_from_file(config_path), dir, config_path);
     load_hf_weights(*model, dir);
     return model;
   }
   config.ignore("architectures");
-  auto model = std::make_unique<Model>(ModelConfig::from_json(config.child("moex_model")));
+  auto model =
+      build_for_checkpoint(ModelConfig::from_json(config.child("moex_model")), dir, config_path);
   load_weights(*model, dir);
   return model;
 }

@@ -1,0 +1,44 @@
+// load_model refuses a config.json that describes a model larger than its checkpoint before
+// building (allocating) the model.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "model/model_io.h"
+
+namespace moex::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(LoadModel, ConfigLargerThanTheCheckpointIsAnErrorBeforeAllocation) {
+  const std::string small = R"({"vocab_size": 30, "hidden_size": 16, "num_layers": 1,
+      "num_heads": 2, "max_seq_len": 8, "ffn_size": 24})";
+  const fs::path dir = fs::temp_directory_path() / "moex_load_model_test";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  {
+    Model model(ModelConfig::from_json(JsonReader::from_string(small, "small")));
+    model.init_weights(1);
+    save_model(model, small, dir.string());
+  }
+  EXPECT_EQ(load_model(dir.string())->config().hidden_size, 16);
+
+  // The same weights under a config of ~10^13 parameters: one clear error, no allocation.
+  std::ofstream(dir / "config.json") << R"({"model_type": "moex", "moex_model": {
+      "vocab_size": 30, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "max_seq_len": 8,
+      "ffn_size": 24, "moe": {"num_experts": 4096, "ffn_size": 200000000}}})";
+  try {
+    load_model(dir.string());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("config.json: describes a model of"), std::string::npos) << message;
+    EXPECT_NE(message.find("holds"), std::string::npos) << message;
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace moex::model
