@@ -23,10 +23,19 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
+# The exit status is non-zero when a GPU test fails or is skipped, or when the export check fails.
+status=0
 if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
   "$BIN/moex_gpu_tests" --gtest_brief=1 >"$OUT/gpu_tests.log" 2>&1
-  echo "gpu tests: exit $?"
-  grep -E "^\[  (PASSED|FAILED) |^\[==========\]|^\[ info \]|FAILED|Failure|error" "$OUT/gpu_tests.log" | head -60
+  tests_exit=$?
+  echo "gpu tests: exit $tests_exit"
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|FAILED|SKIPPED|Failure|error" "$OUT/gpu_tests.log" | head -60
+  if [ "$tests_exit" -ne 0 ]; then status=1; fi
+  if grep -q "^\[  SKIPPED \]" "$OUT/gpu_tests.log"; then
+    echo "gpu tests: some were skipped (a skipped GPU test counts as a failure)"
+    status=1
+  fi
+  if ! grep -q "^\[  PASSED  \]" "$OUT/gpu_tests.log"; then status=1; fi
 fi
 
 # Export check: tests/cli/working_path_test.sh trains a tiny model on the CPU with $BIN/moex and
@@ -36,10 +45,13 @@ if [ -z "${MOEX_SKIP_EXPORT:-}" ]; then
   if tests/cli/working_path_test.sh "$BIN/moex" "$OUT/hf_export" >"$OUT/working_path.log" 2>&1; then
     HF_HUB_OFFLINE=1 python3 tests/reference/check_hf_export.py --trained "$OUT/hf_export" \
       >"$OUT/hf_export_check.log" 2>&1
-    echo "hf export check: exit $?"
+    export_exit=$?
+    echo "hf export check: exit $export_exit"
+    if [ "$export_exit" -ne 0 ]; then status=1; fi
     grep -E "^(FAIL|ALL OK|MISMATCH)|Error|error" "$OUT/hf_export_check.log" | head -20
   else
     echo "hf export check: working_path_test.sh failed"
+    status=1
     tail -n 20 "$OUT/working_path.log"
   fi
 fi
@@ -92,3 +104,4 @@ for r in p:
         print("peer error:", r)
 PY
 fi
+exit $status
