@@ -42,17 +42,17 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
 
 namespace {
 
-// Builds the model only when the checkpoint holds at least as many values as the config
-// describes: a config.json that names a model far larger than its weights (corrupt, or mistaken)
-// is an error before gigabytes are allocated for it.
+// Builds the model unless config.json describes one far larger than the checkpoint (corrupt, or
+// mistaken): that is an error before gigabytes are allocated for it. Smaller mismatches go on to
+// the per-tensor checks of the weight loaders, whose errors name the missing or misshapen tensor.
 std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std::string& dir,
                                             const std::string& config_path) {
   const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(dir);
   int64_t stored = 0;
   for (const std::string& name : ckpt.names()) stored += ckpt.entry(name).shape.numel();
-  MOEX_CHECK(config.num_parameters() <= stored, config_path, ": describes a model of ",
-             config.num_parameters(), " parameters, but the checkpoint in ", dir, " holds ", stored,
-             " values");
+  MOEX_CHECK(config.num_parameters() <= 2 * stored + (int64_t{1} << 20), config_path,
+             ": describes a model of ", config.num_parameters(),
+             " parameters, but the checkpoint in ", dir, " holds ", stored, " values");
   return std::make_unique<Model>(config);
 }
 
