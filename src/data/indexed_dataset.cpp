@@ -6,6 +6,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -30,76 +31,55 @@ bool valid_dtype(uint8_t code) {
   return code >= 1 && code <= 8;
 }
 
+// Calls fn with the token at `p` in the type the dataset stores it in; fn returns the same type
+// for every one of them.
+template <typename Fn>
+auto visit_token(const uint8_t* p, TokenDType dtype, Fn fn) {
+  switch (dtype) {
+    case TokenDType::kU8:
+      return fn(*p);
+    case TokenDType::kI8:
+      return fn(static_cast<int8_t>(*p));
+    case TokenDType::kI16:
+      return fn(read_le<int16_t>(p));
+    case TokenDType::kU16:
+      return fn(read_le<uint16_t>(p));
+    case TokenDType::kI32:
+      return fn(read_le<int32_t>(p));
+    case TokenDType::kI64:
+      return fn(read_le<int64_t>(p));
+    case TokenDType::kF32:
+      return fn(read_le<float>(p));
+    case TokenDType::kF64:
+      break;
+  }
+  return fn(read_le<double>(p));
+}
+
 // Token `p` as an id: false when it is not one (negative, above INT32_MAX, or a float that is
 // NaN, infinite or not a whole number), so that no value is truncated or cast out of range.
 bool token_at(const uint8_t* p, TokenDType dtype, int32_t* id) {
-  int64_t v = 0;
-  switch (dtype) {
-    case TokenDType::kU8:
-      v = *p;
-      break;
-    case TokenDType::kI8:
-      v = static_cast<int8_t>(*p);
-      break;
-    case TokenDType::kI16:
-      v = read_le<int16_t>(p);
-      break;
-    case TokenDType::kU16:
-      v = read_le<uint16_t>(p);
-      break;
-    case TokenDType::kI32:
-      v = read_le<int32_t>(p);
-      break;
-    case TokenDType::kI64:
-      v = read_le<int64_t>(p);
-      break;
-    case TokenDType::kF32:
-    case TokenDType::kF64: {
-      const double f =
-          dtype == TokenDType::kF32 ? static_cast<double>(read_le<float>(p)) : read_le<double>(p);
+  return visit_token(p, dtype, [id](auto v) {
+    constexpr auto kMaxId = std::numeric_limits<int32_t>::max();
+    if constexpr (std::is_floating_point_v<decltype(v)>) {
       // The range test is false for NaN; it comes before the cast, which is undefined outside it.
-      if (!(f >= 0.0 && f <= static_cast<double>(std::numeric_limits<int32_t>::max())) ||
-          std::floor(f) != f)
-        return false;
-      v = static_cast<int64_t>(f);
-      break;
+      const double f = v;
+      if (!(f >= 0.0 && f <= static_cast<double>(kMaxId)) || std::floor(f) != f) return false;
+    } else {
+      if (static_cast<int64_t>(v) < 0 || static_cast<int64_t>(v) > kMaxId) return false;
     }
-  }
-  if (v < 0 || v > std::numeric_limits<int32_t>::max()) return false;
-  *id = static_cast<int32_t>(v);
-  return true;
+    *id = static_cast<int32_t>(v);
+    return true;
+  });
 }
 
 // The token at `p` as text for an error message (floats keep their fraction, NaN and inf).
 std::string token_text(const uint8_t* p, TokenDType dtype) {
-  std::ostringstream out;
-  switch (dtype) {
-    case TokenDType::kF32:
-      out << read_le<float>(p);
-      break;
-    case TokenDType::kF64:
-      out << read_le<double>(p);
-      break;
-    case TokenDType::kI64:
-      out << read_le<int64_t>(p);
-      break;
-    case TokenDType::kI32:
-      out << read_le<int32_t>(p);
-      break;
-    case TokenDType::kI16:
-      out << read_le<int16_t>(p);
-      break;
-    case TokenDType::kI8:
-      out << static_cast<int>(static_cast<int8_t>(*p));
-      break;
-    case TokenDType::kU16:
-      out << read_le<uint16_t>(p);
-      break;
-    case TokenDType::kU8:
-      out << static_cast<int>(*p);
-      break;
-  }
-  return out.str();
+  return visit_token(p, dtype, [](auto v) {
+    std::ostringstream out;
+    out << +v;  // unary + prints 8-bit values as numbers, not characters
+    return out.str();
+  });
 }
 
 void put_token(uint8_t* p, int32_t id, TokenDType dtype) {
