@@ -73,19 +73,21 @@ void Communicator::abort_job_on_terminate() {
   });
 }
 
+void Communicator::abort_job(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+#ifdef MOEX_WITH_MPI
+  if (in_mpi_job()) MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+  std::_Exit(code);
+}
+
 #ifdef MOEX_WITH_MPI
 bool Communicator::in_mpi_job() {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   return initialized && !finalized;
-}
-
-void Communicator::abort_job(int code) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  if (in_mpi_job()) MPI_Abort(MPI_COMM_WORLD, code);
-  std::_Exit(code);
 }
 
 Communicator::~Communicator() {
@@ -120,11 +122,6 @@ void Communicator::barrier() {
 #else
 bool Communicator::in_mpi_job() {
   return false;
-}
-void Communicator::abort_job(int code) {
-  std::fflush(stdout);
-  std::fflush(stderr);
-  std::_Exit(code);
 }
 Communicator::~Communicator() = default;
 void Communicator::all_reduce_sum(float*, int64_t) {}
