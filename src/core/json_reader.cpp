@@ -113,6 +113,12 @@ double JsonReader::get_double(const std::string& key, double fallback) const {
   return has(key) ? get_double(key) : fallback;
 }
 
+int JsonReader::to_int(const std::string& key, int64_t v) const {
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
+    fail(key, "is " + std::to_string(v) + ", out of range");
+  return static_cast<int>(v);
+}
+
 float JsonReader::get_float(const std::string& key, float fallback) const {
   if (!has(key)) return fallback;
   const double v = get_double(key);

@@ -46,6 +46,8 @@ class JsonReader {
   int64_t get_int(const std::string& key, int64_t fallback) const;
   double get_double(const std::string& key) const;
   double get_double(const std::string& key, double fallback) const;
+  // `v`, read from `key`, as an int: a value outside int's range is an error, never truncated.
+  int to_int(const std::string& key, int64_t v) const;
   // A number stored as float: a value beyond the float range (it would become inf) is an error.
   float get_float(const std::string& key, float fallback) const;
   bool get_bool(const std::string& key, bool fallback) const;

@@ -71,13 +71,6 @@ class HfFields {
   nlohmann::json raw_;
 };
 
-// An int field of MoEConfig: a value outside int's range is an error, never truncated.
-int narrow_int(const HfFields& f, const std::string& key, int64_t v) {
-  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
-    f.fail(key, "is " + std::to_string(v) + ", out of range");
-  return static_cast<int>(v);
-}
-
 void read_rope(const HfFields& f, ModelConfig& c) {
   const JsonReader& r = f.reader();
   if (!f.unset("rope_scaling")) f.fail("rope_scaling", "is set; rope scaling is not supported");
@@ -173,7 +166,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
   moe.aux_loss_type = AuxLossType::kMixtral;
   moe.aux_loss_coef = r.get_float("router_aux_loss_coef", 0.001f);
   moe.z_loss_coef = 0.0f;
-  moe.top_k = narrow_int(f, "num_experts_per_tok", r.get_int("num_experts_per_tok", 2));
+  moe.top_k = r.to_int("num_experts_per_tok", r.get_int("num_experts_per_tok", 2));
   int64_t num_experts = 0;
   int64_t sparse_step = 1;
   std::vector<int64_t> dense_layers;
@@ -226,9 +219,9 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
   }
 
   // Bounded before the per-layer table is allocated (ModelConfig::validate holds the same limit).
-  if (c.num_layers > (int64_t{1} << 16))
-    f.fail("num_hidden_layers",
-           "is " + std::to_string(c.num_layers) + "; at most 65536 are supported");
+  if (c.num_layers > ModelConfig::kMaxLayers)
+    f.fail("num_hidden_layers", "is " + std::to_string(c.num_layers) + "; at most " +
+                                    std::to_string(ModelConfig::kMaxLayers) + " are supported");
   c.layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), LayerSpec{});
   std::vector<bool> is_moe(c.layers.size(), false);
   for (size_t i = 0; i < c.layers.size(); ++i)
@@ -239,7 +232,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
              "names layer " + std::to_string(i) + " of " + std::to_string(c.num_layers));
     is_moe[static_cast<size_t>(i)] = false;
   }
-  moe.num_experts = narrow_int(f, "num_experts", num_experts);
+  moe.num_experts = r.to_int("num_experts", num_experts);
   for (size_t i = 0; i < c.layers.size(); ++i) {
     c.layers[i].moe = is_moe[i];
     if (is_moe[i]) c.layers[i].moe_config = moe;

@@ -6,17 +6,8 @@
 namespace moex {
 namespace {
 
-// More layers than any model has; also bounds the per-layer table a corrupted config allocates.
-constexpr int64_t kMaxLayers = int64_t{1} << 16;
 // More parameters than any model has (4 PB in f32); keeps every count within int64_t.
 constexpr long double kMaxParameters = 1125899906842624.0L;  // 2^50
-
-// An int field of MoEConfig: a value outside int's range is an error, never truncated.
-int narrow_int(const JsonReader& r, const std::string& key, int64_t v) {
-  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max())
-    r.fail(key, "is " + std::to_string(v) + ", out of range");
-  return static_cast<int>(v);
-}
 
 ExpertActivation parse_activation(const std::string& name) {
   return name == "gelu" ? ExpertActivation::kGelu : ExpertActivation::kSwiGLU;
@@ -29,7 +20,7 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.activation = model.activation;
   c.gelu_exact = model.gelu_exact;
   c.ffn_size = moe.get_int("ffn_size", model.ffn_size);
-  c.top_k = narrow_int(moe, "top_k", moe.get_int("top_k", 1));
+  c.top_k = moe.to_int("top_k", moe.get_int("top_k", 1));
   c.score_func = moe.get_choice("score_func", {"softmax", "sigmoid"}, "softmax") == "sigmoid"
                      ? ScoreFunc::kSigmoid
                      : ScoreFunc::kSoftmax;
@@ -100,9 +91,9 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   c.eos_id = m.get_int("eos_id", -1);
 
   // Checked before the per-layer table is allocated (validate() holds the same limit).
-  if (c.num_layers > kMaxLayers)
+  if (c.num_layers > ModelConfig::kMaxLayers)
     m.fail("num_layers", "is " + std::to_string(c.num_layers) + "; at most " +
-                             std::to_string(kMaxLayers) + " are supported");
+                             std::to_string(ModelConfig::kMaxLayers) + " are supported");
   // MoE every `layer_freq`-th block (block i is MoE when (i + 1) % layer_freq == 0, as in
   // DeepSpeed-MoE's expert interval and HF's decoder_sparse_step), except `dense_layers`.
   c.layers.assign(static_cast<size_t>(std::max<int64_t>(c.num_layers, 0)), LayerSpec{});
@@ -129,7 +120,7 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
       if (!is_moe[i]) continue;
       c.layers[i].moe = true;
       c.layers[i].moe_config = base;
-      c.layers[i].moe_config.num_experts = narrow_int(moe, "num_experts", experts[j++]);
+      c.layers[i].moe_config.num_experts = moe.to_int("num_experts", experts[j++]);
     }
     moe.finish();
   }
@@ -151,8 +142,8 @@ void ModelConfig::validate() const {
   MOEX_CHECK(max_seq_len > 0, "model.max_seq_len must be > 0 (got ", max_seq_len, ")");
   MOEX_CHECK(ffn_size > 0, "model.ffn_size must be > 0 (got ", ffn_size, ")");
   MOEX_CHECK(norm_eps > 0, "model.norm_eps must be > 0");
-  MOEX_CHECK(num_layers <= kMaxLayers, "model.num_layers is ", num_layers, "; at most ", kMaxLayers,
-             " are supported");
+  MOEX_CHECK(num_layers <= ModelConfig::kMaxLayers, "model.num_layers is ", num_layers,
+             "; at most ", ModelConfig::kMaxLayers, " are supported");
   MOEX_CHECK(positions != PositionType::kRope || (rope_theta > 0 && std::isfinite(rope_theta)),
              "model.rope_theta must be > 0 (got ", rope_theta, ")");
   MOEX_CHECK(init_std >= 0 && std::isfinite(init_std), "model.init_std must be >= 0 (got ",

@@ -45,6 +45,8 @@ struct ModelConfig {
   QKNorm qk_norm = QKNorm::kNone;
   float init_std = 0.02f;
   int64_t bos_id = -1, eos_id = -1;
+  // More layers than any model has; also bounds the per-layer table a corrupted config allocates.
+  static constexpr int64_t kMaxLayers = int64_t{1} << 16;
   std::vector<LayerSpec> layers;
 
   // The "model" object of a moex config. Unknown fields are errors naming the file and field.
