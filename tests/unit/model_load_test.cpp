@@ -1,6 +1,7 @@
 // load_model refuses a config.json that describes a model larger than its checkpoint before
 // building (allocating) the model.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -15,7 +16,8 @@ namespace fs = std::filesystem;
 TEST(LoadModel, ConfigLargerThanTheCheckpointIsAnErrorBeforeAllocation) {
   const std::string small = R"({"vocab_size": 30, "hidden_size": 16, "num_layers": 1,
       "num_heads": 2, "max_seq_len": 8, "ffn_size": 24})";
-  const fs::path dir = fs::temp_directory_path() / "moex_load_model_test";
+  const fs::path dir =
+      fs::temp_directory_path() / ("moex_load_model_test_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
   {

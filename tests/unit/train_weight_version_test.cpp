@@ -1,6 +1,7 @@
 // Everything that writes a model's weights in place marks them written (Tensor::version), which
 // is what the GPU MoE layer's device-weight cache compares (src/moe/moe_layer_dispatch.h).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 
@@ -40,7 +41,9 @@ TEST(WeightVersion, InitLoadAndOptimizerStepsMarkEveryWeightWritten) {
   adam.step(params, model.grads(), 1e-3, 1);
   expect_all_moved(before, "optimizer step");
 
-  const std::string dir = (std::filesystem::temp_directory_path() / "moex_weight_version").string();
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           ("moex_weight_version_" + std::to_string(::getpid())))
+                              .string();
   std::filesystem::create_directories(dir);
   model::save_model(model, model_json, dir);
   before = versions();
