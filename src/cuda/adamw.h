@@ -1,0 +1,41 @@
+// Multi-tensor AdamW over a model's flat buffers in one launch, and the global gradient norm.
+// Matches cpu/adamw.h (torch.optim.AdamW, amsgrad off) per element:
+//   g = grad * grad_scale;  p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+// Master weights, moments and gradients are fp32; the bf16 working copy the model computes with is
+// rewritten from the new master in the same pass.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace moex::cuda {
+
+// One tensor of the flat buffers: elements [offset, offset + count), with its weight decay.
+struct AdamWSegment {
+  int64_t offset = 0;
+  int64_t count = 0;
+  float weight_decay = 0.0f;
+};
+
+struct AdamWStep {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  int64_t step = 1;         // 1-based
+  float grad_scale = 1.0f;  // clipping coefficient (or 1)
+};
+
+// segments: device array of num_segments entries (sorted by offset, disjoint). master, grad, m, v
+// fp32 and param_bf16 (may be null) share the flat layout.
+void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, float* exp_avg,
+                        float* exp_avg_sq, const AdamWSegment* segments, int num_segments,
+                        const AdamWStep& s, cudaStream_t stream);
+
+// out[0] = sum of grad[i]^2 over [0, n), fp32 partials reduced in a fixed order into one double
+// (deterministic). workspace: sum_of_squares_workspace_bytes(n) bytes; out is device memory.
+size_t sum_of_squares_workspace_bytes(int64_t n);
+void sum_of_squares(const float* grad, int64_t n, double* out, void* workspace,
+                    cudaStream_t stream);
+
+}  // namespace moex::cuda

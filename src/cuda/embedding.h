@@ -1,0 +1,20 @@
+// Token (and learned position) embedding on bf16 tables. Twin: cpu/embedding.h.
+// ids must lie in [0, vocab) (the op layer checks them on the host before they are uploaded).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moex::cuda {
+
+// out[i, :] = table[ids[i], :] (accumulate false) or out[i, :] += table[ids[i], :] (true).
+// ids [n] i32, table [vocab, dim] bf16, out [n, dim] bf16.
+void embedding_forward_bf16(const int32_t* ids, const void* table, int64_t n, int64_t vocab,
+                            int64_t dim, void* out, bool accumulate, cudaStream_t stream);
+
+// dtable[ids[i], :] += dout[i, :]; dout [n, dim] bf16, dtable [vocab, dim] fp32 (accumulated).
+void embedding_backward_bf16(const int32_t* ids, const void* dout, int64_t n, int64_t vocab,
+                             int64_t dim, float* dtable, cudaStream_t stream);
+
+}  // namespace moex::cuda
