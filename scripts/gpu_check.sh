@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # One run on a GPU machine: build (or use the binaries carried in .devcarry/), run the GPU tests,
-# moex's MoE-layer benchmarks and the PyTorch peers, write logs to $OUT, print a ratio table last.
-#   OUT=/tmp/out scripts/gpu_check.sh   # MOEX_SKIP_TESTS=1 / MOEX_SKIP_EXPORT=1 / MOEX_SKIP_BENCH=1 skip parts
+# moex's benchmarks (MoE layer, attention, whole training step) and their PyTorch peers, write
+# logs to $OUT, print ratio tables last.
+#   OUT=/tmp/out scripts/gpu_check.sh
+# Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -9,7 +12,7 @@ mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
 # Binaries: carried ones (built elsewhere for sm_90a, with their non-CUDA shared libraries) or a build.
-if [ -x .devcarry/bin/moex_gpu_tests ] && [ -x .devcarry/bin/moex ]; then
+if [ -x .devcarry/bin/moex_gpu_tests ] && [ -x .devcarry/bin/moex ] && [ -x .devcarry/bin/moex_gpu_kernel_tests ]; then
   BIN=.devcarry/bin
   LIBS=/tmp/moex_libs
   mkdir -p "$LIBS"
@@ -18,7 +21,7 @@ if [ -x .devcarry/bin/moex_gpu_tests ] && [ -x .devcarry/bin/moex ]; then
   export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
 else
   export PATH=/usr/local/cuda/bin:$PATH
-  cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda -j"$(nproc)" --target moex moex_gpu_tests || exit 1
+  cmake -S . -B build-cuda -G Ninja >/dev/null && cmake --build build-cuda -j"$(nproc)" --target moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention || exit 1
   BIN=build-cuda
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -26,16 +29,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # The exit status is non-zero when a GPU test fails or is skipped, or when the export check fails.
 status=0
 if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
-  "$BIN/moex_gpu_tests" --gtest_brief=1 >"$OUT/gpu_tests.log" 2>&1
-  tests_exit=$?
-  echo "gpu tests: exit $tests_exit"
-  grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|FAILED|SKIPPED|Failure|error" "$OUT/gpu_tests.log" | head -60
-  if [ "$tests_exit" -ne 0 ]; then status=1; fi
-  if grep -q "^\[  SKIPPED \]" "$OUT/gpu_tests.log"; then
-    echo "gpu tests: some were skipped (a skipped GPU test counts as a failure)"
-    status=1
-  fi
-  if ! grep -q "^\[  PASSED  \]" "$OUT/gpu_tests.log"; then status=1; fi
+  for suite in moex_gpu_kernel_tests moex_gpu_tests; do
+    "$BIN/$suite" --gtest_brief=1 >"$OUT/$suite.log" 2>&1
+    tests_exit=$?
+    echo "$suite: exit $tests_exit"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|FAILED|SKIPPED|Failure|error" "$OUT/$suite.log" | head -60
+    if [ "$tests_exit" -ne 0 ]; then status=1; fi
+    if grep -q "^\[  SKIPPED \]" "$OUT/$suite.log"; then
+      echo "$suite: some were skipped (a skipped GPU test counts as a failure)"
+      status=1
+    fi
+    if ! grep -q "^\[  PASSED  \]" "$OUT/$suite.log"; then status=1; fi
+  done
 fi
 
 # Export check: tests/cli/working_path_test.sh trains a tiny model on the CPU with $BIN/moex and
@@ -102,6 +107,52 @@ for r in m:
 for r in p:
     if "error" in r:
         print("peer error:", r)
+PY
+fi
+# Attention: moex's flash kernels against torch's scaled_dot_product_attention, same shapes.
+if [ -z "${MOEX_SKIP_ATTN_BENCH:-}" ] && [ -x "$BIN/moex_bench_attention" ]; then
+  "$BIN/moex_bench_attention" >"$OUT/attn_bench.jsonl" 2>"$OUT/attn_bench.err" || echo "attention bench failed"
+  python3 bench/peers/attention_peer.py >>"$OUT/attn_bench.jsonl" 2>>"$OUT/attn_bench.err" || echo "attention peer failed"
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "attn_bench.jsonl")) if l.startswith("{")]
+print("\n== causal GQA attention, bf16 ==")
+print(f"{'shape':8} {'impl':12} {'fwd_ms':>8} {'fwdbwd_ms':>10} {'fwd TF/s':>9} {'fwdbwd TF/s':>11}")
+for r in rows:
+    print(f"{r['shape']:8} {r['impl']:12} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:10.3f} {r['fwd_tflops']:9.1f} {r['fwdbwd_tflops']:11.1f}")
+for shape in sorted({r['shape'] for r in rows}):
+    m = [r for r in rows if r['shape'] == shape and r['impl'] == 'moex']
+    t = [r for r in rows if r['shape'] == shape and r['impl'] != 'moex']
+    if m and t:
+        print(f"{shape}: torch/moex time ratio fwd {t[0]['fwd_ms'] / m[0]['fwd_ms']:.2f}, fwd+bwd {t[0]['fwdbwd_ms'] / m[0]['fwdbwd_ms']:.2f} (>1: moex faster)")
+PY
+fi
+
+# Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.
+if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
+  : >"$OUT/train_bench.jsonl"
+  for shape in small medium; do
+    "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 10 --json \
+      2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", /" >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape failed"
+  done
+  PYTHONUNBUFFERED=1 python3 bench/peers/train_peers.py >>"$OUT/train_bench.jsonl" 2>"$OUT/train_peers.err" || echo "train peers exit $?"
+  tail -n 3 "$OUT/train_bench.err" "$OUT/train_peers.err"
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "train_bench.jsonl")) if l.startswith("{")]
+gpu = open(os.path.join(sys.argv[1], "gpu.txt")).read().strip()
+print(f"\n== training step (fwd + bwd + clip + AdamW), bf16, {gpu} ==")
+print(f"{'shape':8} {'impl':12} {'tokens/s':>10} {'step_ms':>8} {'MFU':>6} {'peak GiB':>9} {'vs HF compile':>13}")
+for shape in ["small", "medium"]:
+    rs = [r for r in rows if r.get("shape") == shape]
+    ref = next((r for r in rs if r.get("peer") == "hf_compile" and "error" not in r), None)
+    for r in rs:
+        if "error" in r:
+            print(f"{shape:8} {r.get('peer', 'moex'):12} error: {r['error'][:100]}")
+            continue
+        ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
+        print(f"{shape:8} {r.get('peer', 'moex'):12} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
+              f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {ratio:12.2f}x")
 PY
 fi
 exit $status

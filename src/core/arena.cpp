@@ -5,21 +5,56 @@
 
 namespace moex {
 
-Arena::Arena(size_t capacity_bytes, Device device) : capacity_(capacity_bytes), device_(device) {
-  backing_ =
-      Tensor::empty(Shape{static_cast<int64_t>(capacity_bytes + kAlignment)}, DType::kU8, device);
-  const uintptr_t base = reinterpret_cast<uintptr_t>(backing_.raw_data());
-  base_ = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
+Arena::Arena(size_t capacity_bytes, Device device, bool growable)
+    : device_(device), growable_(growable) {
+  add_block(capacity_bytes);
+}
+
+void Arena::add_block(size_t bytes) {
+  Block b;
+  b.backing = Tensor::empty(Shape{static_cast<int64_t>(bytes + kAlignment)}, DType::kU8, device_);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(b.backing.raw_data());
+  b.base = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
+  b.bytes = bytes;
+  if (!blocks_.empty()) used_before_ += used_;
+  capacity_ += bytes;
+  blocks_.push_back(std::move(b));
+  used_ = 0;
 }
 
 Tensor Arena::alloc(const Shape& shape, DType dtype) {
   const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  const size_t start = (used_ + kAlignment - 1) / kAlignment * kAlignment;
-  MOEX_CHECK(start + bytes <= capacity_, "step arena full: need ", bytes, " bytes at offset ",
-             start, ", capacity ", capacity_);
+  size_t start = (used_ + kAlignment - 1) / kAlignment * kAlignment;
+  if (start + bytes > blocks_.back().bytes) {
+    MOEX_CHECK(growable_, "step arena full: need ", bytes, " bytes at offset ", start,
+               ", capacity ", capacity_);
+    // At least double, so that a step of many allocations adds few blocks.
+    add_block(std::max(bytes, capacity_));
+    start = 0;
+  }
   used_ = start + bytes;
-  high_water_ = std::max(high_water_, used_);
-  return Tensor::from_external(base_ + start, shape, dtype, device_);
+  high_water_ = std::max(high_water_, used_before_ + used_);
+  return Tensor::from_external(blocks_.back().base + start, shape, dtype, device_);
+}
+
+void Arena::release(const Mark& m) {
+  const size_t last = blocks_.size() - 1;
+  MOEX_CHECK(m.block < last || m.used <= used_, "arena release past the current allocation");
+  // A block added after the mark holds only released tensors: it is reused from its start, and
+  // reset() merges the blocks into one of the high-water size.
+  used_ = m.block == last ? m.used : 0;
+}
+
+void Arena::reset() {
+  if (blocks_.size() > 1) {
+    const size_t total = high_water_;
+    blocks_.clear();
+    capacity_ = 0;
+    used_before_ = 0;
+    add_block(total);
+  }
+  used_ = 0;
+  used_before_ = 0;
 }
 
 int64_t ParamBuffer::num_elements() const {
@@ -80,6 +115,17 @@ void ParamBuffer::allocate(DType dtype, Device device) {
   tensors_.clear();
   for (int i = 0; i < size(); ++i)
     tensors_.push_back(flat_.slice(offsets_[i], offsets_[i] + shapes_[i].numel()).view(shapes_[i]));
+}
+
+ParamBuffer ParamBuffer::copy_to(Device device) const {
+  MOEX_CHECK(flat_.defined(), "copy_to of an unallocated buffer");
+  ParamBuffer out = *this;
+  out.flat_ = flat_.to(device);
+  out.tensors_.clear();
+  for (int i = 0; i < size(); ++i)
+    out.tensors_.push_back(
+        out.flat_.slice(offsets_[i], offsets_[i] + shapes_[i].numel()).view(shapes_[i]));
+  return out;
 }
 
 int ParamBuffer::index_of(const std::string& name) const {

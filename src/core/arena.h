@@ -13,24 +13,57 @@ class Arena {
  public:
   static constexpr size_t kAlignment = 256;  // enough for 16-byte vector loads and TMA
 
-  Arena(size_t capacity_bytes, Device device = Device::cpu());
+  // growable: a request that does not fit takes one more block instead of failing; reset() then
+  // replaces the blocks by one of the high-water size, so the first step of a shape plans the
+  // arena and later steps of that shape allocate nothing (docs/architecture.md §Core types).
+  Arena(size_t capacity_bytes, Device device = Device::cpu(), bool growable = false);
 
-  // A tensor in the arena; valid until the next reset(). Throws when the arena is full.
+  // A tensor in the arena; valid until the next reset() (or release() past it). Throws when a
+  // fixed arena is full.
   Tensor alloc(const Shape& shape, DType dtype);
-  void reset() { used_ = 0; }
+  void reset();
 
-  size_t used() const { return used_; }
-  size_t high_water() const { return high_water_; }
+  // Stack discipline for temporaries: everything allocated after mark() is given back by
+  // release(mark) (kernels already queued on the device's stream keep their order).
+  struct Mark {
+    size_t block = 0, used = 0;
+  };
+  Mark mark() const { return {blocks_.size() - 1, used_}; }
+  void release(const Mark& m);
+
+  size_t used() const { return used_; }  // in the current block
+  size_t high_water() const { return high_water_; }  // bytes of all blocks at their fullest
   size_t capacity() const { return capacity_; }
   Device device() const { return device_; }
 
  private:
-  Tensor backing_;        // [capacity + kAlignment] u8
-  char* base_ = nullptr;  // first aligned byte of backing_
-  size_t capacity_ = 0;
-  size_t used_ = 0;
+  struct Block {
+    Tensor backing;        // [bytes + kAlignment] u8
+    char* base = nullptr;  // first aligned byte
+    size_t bytes = 0;
+  };
+  void add_block(size_t bytes);
+
+  std::vector<Block> blocks_;
+  size_t capacity_ = 0;    // sum of the blocks' bytes
+  size_t used_ = 0;        // in the last block
+  size_t used_before_ = 0; // bytes in the full blocks before the last one
   size_t high_water_ = 0;
   Device device_;
+  bool growable_ = false;
+};
+
+// Allocations of one scope given back when it ends (module-internal temporaries).
+class ArenaScope {
+ public:
+  explicit ArenaScope(Arena& arena) : arena_(arena), mark_(arena.mark()) {}
+  ~ArenaScope() { arena_.release(mark_); }
+  ArenaScope(const ArenaScope&) = delete;
+  ArenaScope& operator=(const ArenaScope&) = delete;
+
+ private:
+  Arena& arena_;
+  Arena::Mark mark_;
 };
 
 // Parameters (or gradients, or optimizer state) of a model laid out in one flat buffer:
@@ -45,6 +78,8 @@ class ParamBuffer {
   // A view over entries first..last (contiguous ones), as one tensor of `shape`.
   Tensor span(int first, int last, const Shape& shape) const;
   void allocate(DType dtype, Device device = Device::cpu());
+  // The same layout with a copy of the values on another device (an allocated buffer).
+  ParamBuffer copy_to(Device device) const;
 
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }

@@ -19,6 +19,16 @@ std::string Device::str() const {
   return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(ordinal);
 }
 
+Device Device::parse(const std::string& text, const std::string& what) {
+  if (text == "cpu") return cpu();
+  if (text == "cuda") return cuda(0);
+  if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+      text.find_first_not_of("0123456789", 5) == std::string::npos)
+    return cuda(std::stoi(text.substr(5)));
+  MOEX_CHECK(false, what, ": unknown device '", text, "' (expected cpu, cuda or cuda:N)");
+  return cpu();
+}
+
 Shape::Shape(std::initializer_list<int64_t> dims) {
   for (int64_t d : dims) push_back(d);
 }

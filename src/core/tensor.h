@@ -27,6 +27,8 @@ struct Device {
   bool operator==(const Device& o) const { return kind == o.kind && ordinal == o.ordinal; }
   bool operator!=(const Device& o) const { return !(*this == o); }
   std::string str() const;
+  // "cpu", "cuda" or "cuda:N"; anything else is an error naming `what` (a config field, a flag).
+  static Device parse(const std::string& text, const std::string& what);
 };
 
 class Shape {

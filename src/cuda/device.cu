@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -81,6 +82,7 @@ class CachingAllocator final : public DeviceAllocator {
     }
     sizes_[ptr] = {size, ordinal};
     stats_.bytes_in_use += size;
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     return ptr;
   }
 
@@ -188,6 +190,15 @@ CudaContext::~CudaContext() {
   if (cublas_) cublasDestroy(cublas_);
   if (workspace_) cudaFree(workspace_);
   if (own_stream_ && stream_) cudaStreamDestroy(stream_);
+}
+
+CudaContext& default_context(int ordinal) {
+  static std::mutex mutex;
+  static std::map<int, std::unique_ptr<CudaContext>> contexts;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::unique_ptr<CudaContext>& ctx = contexts[ordinal];
+  if (!ctx) ctx = std::make_unique<CudaContext>(ordinal);
+  return *ctx;
 }
 
 void CudaContext::synchronize() const {

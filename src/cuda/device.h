@@ -28,6 +28,7 @@ struct AllocatorStats {
   size_t cuda_malloc_calls = 0;
   size_t bytes_reserved = 0;  // held from the driver
   size_t bytes_in_use = 0;
+  size_t peak_bytes_in_use = 0;  // the most bytes_in_use has been
 };
 AllocatorStats allocator_stats();
 // Returns every cached free block to the driver (for tests and shutdown).
@@ -62,6 +63,10 @@ class CudaContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };
+
+// The context every op and module on GPU `ordinal` issues its work on, created on first use and
+// kept for the process: one stream per device, so the model's kernels run in program order.
+CudaContext& default_context(int ordinal = 0);
 
 // RAII timing with CUDA events (benchmarks).
 class EventTimer {

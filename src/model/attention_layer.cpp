@@ -3,9 +3,10 @@
 #include <cmath>
 
 #include "core/rng.h"
-#include "cpu/attention.h"
-#include "cpu/rope.h"
-#include "model/linear.h"
+#include "ops/attention.h"
+#include "ops/elementwise.h"
+#include "ops/linear.h"
+#include "ops/rope.h"
 
 namespace moex::model {
 
@@ -42,125 +43,137 @@ void AttentionLayer::declare(ParamBuffer& params, const std::string& prefix) {
   }
 }
 
-void AttentionLayer::bind(const ParamBuffer& params, const ParamBuffer& grads) {
-  qkv_w_ = bind_param(params, grads, qkv_idx_);  // the group starts at q_proj: one [Q, d] matrix
-  qkv_b_ = bind_param(params, grads, qkv_bias_idx_);
-  o_w_ = bind_param(params, grads, o_idx_);
+void AttentionLayer::bind(const ParamViews& views) {
+  const int64_t q_rows = (heads_ + 2 * kv_heads_) * head_dim_;
+  // q/k/v are three entries back to back: one [Q, d] matrix (and one [Q] bias).
+  auto fused = [&](int first, const Shape& shape) {
+    Param p;
+    p.index = first;
+    p.w = views.compute.span(first, first + 2, shape);
+    p.g = views.grads.span(first, first + 2, shape);
+    return p;
+  };
+  qkv_w_ = fused(qkv_idx_, Shape{q_rows, d_});
+  qkv_b_ = qkv_bias_idx_ >= 0 ? fused(qkv_bias_idx_, Shape{q_rows}) : Param{};
+  o_w_ = bind_param(views, o_idx_);
   if (q_norm_) {
-    q_norm_->bind(params, grads);
-    k_norm_->bind(params, grads);
+    q_norm_->bind(views);
+    k_norm_->bind(views);
   }
 }
 
 void AttentionLayer::init(uint64_t seed, float std, float out_std) {
-  const int64_t q_rows = (heads_ + 2 * kv_heads_) * head_dim_;
   Rng rng(seed, 1);
-  for (int64_t i = 0; i < q_rows * d_; ++i) qkv_w_.w[i] = std * rng.normal();
-  for (int64_t i = 0; i < d_ * heads_ * head_dim_; ++i) o_w_.w[i] = out_std * rng.normal();
-  if (qkv_b_)
-    for (int64_t i = 0; i < q_rows; ++i) qkv_b_.w[i] = 0.0f;
+  float* w = qkv_w_.w.data<float>();
+  for (int64_t i = 0; i < qkv_w_.w.numel(); ++i) w[i] = std * rng.normal();
+  float* o = o_w_.w.data<float>();
+  for (int64_t i = 0; i < o_w_.w.numel(); ++i) o[i] = out_std * rng.normal();
+  if (qkv_b_) std::fill(qkv_b_.w.data<float>(), qkv_b_.w.data<float>() + qkv_b_.w.numel(), 0.0f);
   if (q_norm_) {
     q_norm_->init();
     k_norm_->init();
   }
 }
 
-void AttentionLayer::project_qkv(const float* x, int64_t batch, int64_t seq_len, int64_t start_pos,
-                                 float* q, float* k, float* v, bool save) {
-  const int64_t n = batch * seq_len, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_,
-                q_rows = qd + 2 * kd;
-  std::vector<float> qkv(static_cast<size_t>(n * q_rows));  // [N, Q]
-  linear_forward(x, qkv_w_.w, qkv_b_.w, n, d_, q_rows, qkv.data());
-  for (int64_t i = 0; i < n; ++i) {
-    const float* row = qkv.data() + i * q_rows;
-    std::copy(row, row + qd, q + i * qd);
-    std::copy(row + qd, row + qd + kd, k + i * kd);
-    std::copy(row + qd + kd, row + q_rows, v + i * kd);
+void AttentionLayer::project_qkv(const Tensor& x, int64_t batch, int64_t seq_len,
+                                 int64_t start_pos, const Tensor& q, const Tensor& k,
+                                 const Tensor& v, Arena& arena, bool save) {
+  const int64_t n = batch * seq_len, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
+  const DType dt = x.dtype();
+  // Normed q/k need their inputs kept for the norm's backward: allocate those before the scope.
+  const Tensor q_in = q_norm_ ? arena.alloc(Shape{n, qd}, dt) : q.view(Shape{n, qd});
+  const Tensor k_in = q_norm_ ? arena.alloc(Shape{n, kd}, dt) : k.view(Shape{n, kd});
+  {
+    ArenaScope scope(arena);
+    const Tensor qkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
+    ops::linear(x, qkv_w_.w, qkv_b_.w, qkv);
+    ops::copy_columns(qkv, 0, q_in, 0, qd);
+    ops::copy_columns(qkv, qd, k_in, 0, kd);
+    ops::copy_columns(qkv, qd + kd, v.view(Shape{n, kd}), 0, kd);
   }
   if (q_norm_) {
     const bool per_head = config_.qk_norm == QKNorm::kPerHead;
-    q_norm_->forward(q, per_head ? n * heads_ : n, q, save);
-    k_norm_->forward(k, per_head ? n * kv_heads_ : n, k, save);
+    q_norm_->forward(per_head ? q_in.view(Shape{n * heads_, head_dim_}) : q_in, q, arena, save);
+    k_norm_->forward(per_head ? k_in.view(Shape{n * kv_heads_, head_dim_}) : k_in, k, arena, save);
   }
   if (config_.positions == PositionType::kRope) {
-    cpu::RopeShape rq{batch, seq_len, heads_, head_dim_, start_pos, config_.rope_theta};
-    cpu::RopeShape rk{batch, seq_len, kv_heads_, head_dim_, start_pos, config_.rope_theta};
-    cpu::rope_forward<float>(q, rq, q);
-    cpu::rope_forward<float>(k, rk, k);
+    ops::rope(q, start_pos, config_.rope_theta, q);
+    ops::rope(k, start_pos, config_.rope_theta, k);
   }
 }
 
-void AttentionLayer::forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool save) {
-  const int64_t n = batch * seq_len, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
-  std::vector<float> q(n * qd), k(n * kd), v(n * kd), attn(n * qd),
-      probs(batch * heads_ * seq_len * seq_len);
-  project_qkv(x, batch, seq_len, 0, q.data(), k.data(), v.data(), save);
-  cpu::AttentionShape shape{batch, seq_len, seq_len, heads_, kv_heads_, head_dim_, 0, 0.0};
-  cpu::attention_forward<float>(q.data(), k.data(), v.data(), shape, attn.data(), probs.data());
-  linear_forward(attn.data(), o_w_.w, nullptr, n, qd, d_, y);
+void AttentionLayer::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y,
+                             Arena& arena, bool save) {
+  const int64_t n = batch * seq_len;
+  const DType dt = x.dtype();
+  const Tensor q = arena.alloc(Shape{batch, seq_len, heads_, head_dim_}, dt);
+  const Tensor k = arena.alloc(Shape{batch, seq_len, kv_heads_, head_dim_}, dt);
+  const Tensor v = arena.alloc(Shape{batch, seq_len, kv_heads_, head_dim_}, dt);
+  const Tensor attn = arena.alloc(Shape{n, heads_ * head_dim_}, dt);
+  const Tensor stats = arena.alloc(
+      ops::attention_saved_shape(x.device(), batch, heads_, seq_len, seq_len), DType::kF32);
+  project_qkv(x, batch, seq_len, 0, q, k, v, arena, save);
+  ops::attention(q, k, v, 0, attn.view(q.shape()), stats);
+  ops::linear(attn, o_w_.w, Tensor(), y);
   if (save) {
     batch_ = batch;
     seq_len_ = seq_len;
-    x_.assign(x, x + n * d_);
-    q_ = std::move(q);
-    k_ = std::move(k);
-    v_ = std::move(v);
-    probs_ = std::move(probs);
-    attn_ = std::move(attn);
+    x_ = x;
+    q_ = q;
+    k_ = k;
+    v_ = v;
+    attn_ = attn;
+    stats_ = stats;
   }
 }
 
-void AttentionLayer::backward(const float* dy, float* dx) {
-  const int64_t n = batch_ * seq_len_, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_,
-                q_rows = qd + 2 * kd;
-  std::vector<float> dattn(n * qd);
-  linear_backward(dy, attn_.data(), o_w_.w, n, qd, d_, dattn.data(), false, o_w_.g, nullptr);
-
-  cpu::AttentionShape shape{batch_, seq_len_, seq_len_, heads_, kv_heads_, head_dim_, 0, 0.0};
-  std::vector<float> dq(n * qd), dk(n * kd), dv(n * kd);
-  std::vector<float> workspace(cpu::attention_backward_workspace_elems(shape));
-  cpu::attention_backward<float>(dattn.data(), q_.data(), k_.data(), v_.data(), probs_.data(),
-                                 shape, dq.data(), dk.data(), dv.data(), workspace.data(),
-                                 workspace.size());
+void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
+  ArenaScope scope(arena);
+  const int64_t n = batch_ * seq_len_, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
+  const DType dt = dy.dtype();
+  const Tensor dattn = arena.alloc(Shape{n, qd}, dt);
+  ops::linear_backward(dy, attn_, o_w_.w, dattn, false, o_w_.g, Tensor());
+  const Tensor dq = arena.alloc(q_.shape(), dt), dk = arena.alloc(k_.shape(), dt),
+               dv = arena.alloc(v_.shape(), dt);
+  ops::attention_backward(dattn.view(q_.shape()), q_, k_, v_, attn_.view(q_.shape()), stats_, dq,
+                          dk, dv);
   if (config_.positions == PositionType::kRope) {
-    cpu::rope_backward<float>(
-        dq.data(), {batch_, seq_len_, heads_, head_dim_, 0, config_.rope_theta}, dq.data());
-    cpu::rope_backward<float>(
-        dk.data(), {batch_, seq_len_, kv_heads_, head_dim_, 0, config_.rope_theta}, dk.data());
+    ops::rope_backward(dq, 0, config_.rope_theta, dq);
+    ops::rope_backward(dk, 0, config_.rope_theta, dk);
   }
   if (q_norm_) {
-    q_norm_->backward(dq.data(), dq.data());
-    k_norm_->backward(dk.data(), dk.data());
+    q_norm_->backward(dq, dq);
+    k_norm_->backward(dk, dk);
   }
-  std::vector<float> dqkv(n * q_rows);  // [N, Q]
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = dqkv.data() + i * q_rows;
-    std::copy(dq.data() + i * qd, dq.data() + (i + 1) * qd, row);
-    std::copy(dk.data() + i * kd, dk.data() + (i + 1) * kd, row + qd);
-    std::copy(dv.data() + i * kd, dv.data() + (i + 1) * kd, row + qd + kd);
-  }
-  linear_backward(dqkv.data(), x_.data(), qkv_w_.w, n, d_, q_rows, dx, false, qkv_w_.g, qkv_b_.g);
+  const Tensor dqkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
+  ops::copy_columns(dq.view(Shape{n, qd}), 0, dqkv, 0, qd);
+  ops::copy_columns(dk.view(Shape{n, kd}), 0, dqkv, qd, kd);
+  ops::copy_columns(dv.view(Shape{n, kd}), 0, dqkv, qd + kd, kd);
+  ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_b_.g);
 }
 
-void AttentionLayer::forward_cached(const float* x, int64_t batch, int64_t new_len,
-                                    int64_t start_pos, KVCacheView cache, float* y) {
-  MOEX_CHECK(start_pos + new_len <= cache.capacity, "KV cache full: position ", start_pos + new_len,
-             " exceeds capacity ", cache.capacity);
-  const int64_t n = batch * new_len, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
-  std::vector<float> q(n * qd), k(n * kd), v(n * kd), attn(n * qd);
-  project_qkv(x, batch, new_len, start_pos, q.data(), k.data(), v.data(), false);
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t t = 0; t < new_len; ++t) {
-      const int64_t src = (b * new_len + t) * kd, dst = (b * cache.capacity + start_pos + t) * kd;
-      std::copy(k.data() + src, k.data() + src + kd, cache.k + dst);
-      std::copy(v.data() + src, v.data() + src + kd, cache.v + dst);
-    }
-  }
-  cpu::AttentionShape shape{batch,     new_len,   cache.capacity, heads_,
-                            kv_heads_, head_dim_, start_pos,      0.0};
-  std::vector<float> probs(batch * heads_ * new_len * cache.capacity);
-  cpu::attention_forward<float>(q.data(), cache.k, cache.v, shape, attn.data(), probs.data());
-  linear_forward(attn.data(), o_w_.w, nullptr, n, qd, d_, y);
+void AttentionLayer::forward_cached(const Tensor& x, int64_t batch, int64_t new_len,
+                                    int64_t start_pos, const KVCacheView& cache, const Tensor& y,
+                                    Arena& arena) {
+  const int64_t capacity = cache.k.dim(1);
+  MOEX_CHECK(start_pos + new_len <= capacity, "KV cache full: position ", start_pos + new_len,
+             " exceeds capacity ", capacity);
+  ArenaScope scope(arena);
+  const int64_t n = batch * new_len, kd = kv_heads_ * head_dim_;
+  const DType dt = x.dtype();
+  const Tensor q = arena.alloc(Shape{batch, new_len, heads_, head_dim_}, dt);
+  const Tensor k = arena.alloc(Shape{batch, new_len, kv_heads_, head_dim_}, dt);
+  const Tensor v = arena.alloc(Shape{batch, new_len, kv_heads_, head_dim_}, dt);
+  project_qkv(x, batch, new_len, start_pos, q, k, v, arena, false);
+  // Each sequence's new rows go to positions start_pos.. of its cache rows.
+  const Shape cache_rows{batch, capacity * kd}, new_rows{batch, new_len * kd};
+  ops::copy_columns(k.view(new_rows), 0, cache.k.view(cache_rows), start_pos * kd, new_len * kd);
+  ops::copy_columns(v.view(new_rows), 0, cache.v.view(cache_rows), start_pos * kd, new_len * kd);
+  const Tensor attn = arena.alloc(Shape{n, heads_ * head_dim_}, dt);
+  const Tensor stats = arena.alloc(
+      ops::attention_saved_shape(x.device(), batch, heads_, new_len, capacity), DType::kF32);
+  ops::attention(q, cache.k, cache.v, start_pos, attn.view(q.shape()), stats);
+  ops::linear(attn, o_w_.w, Tensor(), y);
 }
 
 }  // namespace moex::model

@@ -1,6 +1,10 @@
 #include "model/block.h"
 
+#include <cmath>
+#include <optional>
 #include <string>
+
+#include "ops/elementwise.h"
 
 namespace moex::model {
 
@@ -20,11 +24,11 @@ void Block::declare(ParamBuffer& params) {
   ffn_.declare(params, prefix + ".mlp");
 }
 
-void Block::bind(const ParamBuffer& params, const ParamBuffer& grads) {
-  norm1_.bind(params, grads);
-  attn_.bind(params, grads);
-  norm2_.bind(params, grads);
-  ffn_.bind(params, grads);
+void Block::bind(const ParamViews& views) {
+  norm1_.bind(views);
+  attn_.bind(views);
+  norm2_.bind(views);
+  ffn_.bind(views);
 }
 
 void Block::init(uint64_t seed) {
@@ -37,55 +41,62 @@ void Block::init(uint64_t seed) {
   ffn_.init(seed * 1000003ull + 2 * layer_idx_ + 1, std, out_std);
 }
 
-void Block::run_forward(const float* x, float* y, bool save) {
-  const int64_t n = batch_ * seq_len_, d = config_.hidden_size;
-  std::vector<float> h(n * d), a(n * d);
-  norm1_.forward(x, n, h.data(), save);
-  attn_.forward(h.data(), batch_, seq_len_, a.data(), save);
-  for (int64_t i = 0; i < n * d; ++i) y[i] = x[i] + a[i];  // x1
-  norm2_.forward(y, n, h.data(), save);
-  ffn_.forward(h.data(), n, a.data(), save, step_);
-  for (int64_t i = 0; i < n * d; ++i) y[i] += a[i];
+void Block::run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool save) {
+  std::optional<ArenaScope> scope;
+  if (!save) scope.emplace(arena);
+  const Shape shape = x.shape();
+  const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
+               x1 = arena.alloc(shape, x.dtype()), h2 = arena.alloc(shape, x.dtype()),
+               f = arena.alloc(shape, x.dtype());
+  norm1_.forward(x, h, arena, save);
+  attn_.forward(h, batch_, seq_len_, a, arena, save);
+  ops::add(x, a, x1);
+  norm2_.forward(x1, h2, arena, save);
+  ffn_.forward(h2, f, arena, save, step_);
+  ops::add(x1, f, y);
 }
 
-void Block::forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool checkpoint,
-                    const StepOptions& step) {
+void Block::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y,
+                    Arena& arena, Keep keep, const StepOptions& step) {
   batch_ = batch;
   seq_len_ = seq_len;
   step_ = step;
-  checkpointed_ = checkpoint;
+  checkpointed_ = keep == Keep::kInputOnly;
   ffn_.hold_routing(false);
-  if (checkpoint) x_.assign(x, x + batch * seq_len * config_.hidden_size);
-  run_forward(x, y, /*save=*/!checkpoint);
+  x_ = checkpointed_ ? x : Tensor();
+  run_forward(x, y, arena, /*save=*/keep == Keep::kAll);
 }
 
-void Block::backward(const float* dy, float* dx) {
-  const int64_t n = batch_ * seq_len_, d = config_.hidden_size;
+void Block::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
+  ArenaScope scope(arena);  // the recomputed activations and every temporary end here
+  const Shape shape = dy.shape();
   if (checkpointed_) {
-    std::vector<float> y(n * d);
+    const Tensor y = arena.alloc(shape, dy.dtype());
     ffn_.hold_routing(true);  // same experts and slots as the first pass
-    run_forward(x_.data(), y.data(), /*save=*/true);
+    run_forward(x_, y, arena, /*save=*/true);
     ffn_.hold_routing(false);
   }
-  std::vector<float> dx1(dy, dy + n * d), g(n * d);
-  ffn_.backward(dy, g.data());
-  norm2_.backward(g.data(), g.data());
-  for (int64_t i = 0; i < n * d; ++i) dx1[i] += g[i];
-  attn_.backward(dx1.data(), g.data());
-  norm1_.backward(g.data(), g.data());
-  for (int64_t i = 0; i < n * d; ++i) dx[i] = dx1[i] + g[i];
+  const Tensor g = arena.alloc(shape, dy.dtype()), dx1 = arena.alloc(shape, dy.dtype());
+  ffn_.backward(dy, g, arena);
+  norm2_.backward(g, g);
+  ops::add(dy, g, dx1);
+  attn_.backward(dx1, g, arena);
+  norm1_.backward(g, g);
+  ops::add(dx1, g, dx);
 }
 
-void Block::forward_cached(const float* x, int64_t batch, int64_t new_len, int64_t start_pos,
-                           KVCacheView cache, float* y) {
-  const int64_t n = batch * new_len, d = config_.hidden_size;
-  std::vector<float> h(n * d), a(n * d);
-  norm1_.forward(x, n, h.data(), false);
-  attn_.forward_cached(h.data(), batch, new_len, start_pos, cache, a.data());
-  for (int64_t i = 0; i < n * d; ++i) y[i] = x[i] + a[i];
-  norm2_.forward(y, n, h.data(), false);
-  ffn_.forward(h.data(), n, a.data(), false, StepOptions{});
-  for (int64_t i = 0; i < n * d; ++i) y[i] += a[i];
+void Block::forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
+                           const KVCacheView& cache, const Tensor& y, Arena& arena) {
+  ArenaScope scope(arena);
+  const Shape shape = x.shape();
+  const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
+               x1 = arena.alloc(shape, x.dtype());
+  norm1_.forward(x, h, arena, false);
+  attn_.forward_cached(h, batch, new_len, start_pos, cache, a, arena);
+  ops::add(x, a, x1);
+  norm2_.forward(x1, h, arena, false);
+  ffn_.forward(h, a, arena, false, StepOptions{});
+  ops::add(x1, a, y);
 }
 
 }  // namespace moex::model

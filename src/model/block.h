@@ -3,8 +3,6 @@
 // with the MoE routing of the first pass held fixed so the recomputation is exact.
 #pragma once
 
-#include <vector>
-
 #include "model/attention_layer.h"
 #include "model/ffn_layer.h"
 #include "model/norm_layer.h"
@@ -15,21 +13,26 @@ class Block {
  public:
   Block(const ModelConfig& config, int layer_idx);
   void declare(ParamBuffer& params);
-  void bind(const ParamBuffer& params, const ParamBuffer& grads);
+  void bind(const ParamViews& views);
   void init(uint64_t seed);
 
-  // x, y [B*T, d]; y may not alias x.
-  void forward(const float* x, int64_t batch, int64_t seq_len, float* y, bool checkpoint,
-               const StepOptions& step);
+  // What forward keeps for backward: every activation, only the input (activation
+  // checkpointing: backward recomputes the rest with the routing held fixed), or nothing (eval).
+  enum class Keep { kAll, kInputOnly, kNothing };
+  // x, y [B*T, d]; y may not alias x. x must stay alive until backward (the model keeps every
+  // block's input in the step arena).
+  void forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,
+               Keep keep, const StepOptions& step);
   // dy -> dx [B*T, d] (dx may alias dy); parameter gradients accumulated.
-  void backward(const float* dy, float* dx);
-  void forward_cached(const float* x, int64_t batch, int64_t new_len, int64_t start_pos,
-                      KVCacheView cache, float* y);
+  void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
+  void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
+                      const KVCacheView& cache, const Tensor& y, Arena& arena);
 
   FfnLayer& ffn() { return ffn_; }
 
  private:
-  void run_forward(const float* x, float* y, bool save);
+  // x -> y; with `save` every module keeps its activations, otherwise they are freed at the end.
+  void run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool save);
 
   const ModelConfig& config_;
   int layer_idx_;
@@ -40,7 +43,7 @@ class Block {
   int64_t batch_ = 0, seq_len_ = 0;
   bool checkpointed_ = false;
   StepOptions step_;
-  std::vector<float> x_;  // [N, d], kept only under checkpointing
+  Tensor x_;  // [N, d], kept only under checkpointing
 };
 
 }  // namespace moex::model

@@ -3,14 +3,12 @@
 #include <cmath>
 
 #include "core/rng.h"
-#include "moe/experts.h"
+#include "ops/activation.h"
+#include "ops/elementwise.h"
+#include "ops/linear.h"
 
 namespace moex::model {
 namespace {
-
-moe::FfnShape dense_shape(const ModelConfig& c) {
-  return {c.hidden_size, c.ffn_size, c.activation, c.gelu_exact};
-}
 
 // The MoE weights in MoEWeights order, so that indices and tensors line up.
 enum MoEWeight {
@@ -31,6 +29,11 @@ Tensor* moe_weight(MoEWeights& w, int i) {
   Tensor* all[] = {&w.router,      &w.selection_bias, &w.w1,        &w.w2,        &w.residual_w1,
                    &w.residual_w2, &w.residual_coef,  &w.shared_w1, &w.shared_w2, &w.shared_gate};
   return all[i];
+}
+
+ops::Activation activation_kind(const ModelConfig& c) {
+  if (c.activation == ExpertActivation::kSwiGLU) return ops::Activation::kSwiGLU;
+  return c.gelu_exact ? ops::Activation::kGeluExact : ops::Activation::kGeluTanh;
 }
 
 void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset) {
@@ -81,36 +84,49 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   }
 }
 
-void FfnLayer::bind_moe_views(const ParamBuffer& params) {
+void FfnLayer::bind_moe_views(const ParamBuffer& master) {
   MoEWeights& w = moe_->weights();
   const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
   for (int i = 0; i < kCount; ++i) {
     const int idx = moe_idx_[i];
     if (idx < 0) continue;
-    Tensor t = params.tensor(idx);
+    Tensor t = master.tensor(idx);
     // gate_proj + up_proj of the residual and shared MLPs are one fused [2F, d] view
     if ((i == kResW1 || i == kSharedW1) && swiglu)
-      t = params.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
+      t = master.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
     *moe_weight(w, i) = t;
   }
 }
 
-void FfnLayer::bind(const ParamBuffer& params, const ParamBuffer& grads) {
-  grads_ = &grads;
+void FfnLayer::bind(const ParamViews& views) {
   if (moe_) {
-    bind_moe_views(params);
+    bind_moe_views(views.master);
+    const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
+    moe_grads_.assign(kCount, Tensor());
+    for (int i = 0; i < kCount; ++i) {
+      const int idx = moe_idx_[i];
+      if (idx < 0) continue;
+      const Tensor& g = views.grads.tensor(idx);
+      moe_grads_[i] = ((i == kResW1 || i == kSharedW1) && swiglu)
+                          ? views.grads.span(idx, idx + 1, Shape{2 * g.dim(0), g.dim(1)})
+                          : g;
+    }
     return;
   }
-  w1_ = bind_param(params, grads, w1_idx_);
-  w2_ = bind_param(params, grads, w2_idx_);
+  const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
+  w1_ = bind_param(views, w1_idx_);
+  if (swiglu) {  // gate_proj and up_proj read as one [2F, d] matrix
+    const int64_t f = config_.ffn_size, d = config_.hidden_size;
+    w1_.w = views.compute.span(w1_idx_, w1_idx_ + 1, Shape{2 * f, d});
+    w1_.g = views.grads.span(w1_idx_, w1_idx_ + 1, Shape{2 * f, d});
+  }
+  w2_ = bind_param(views, w2_idx_);
 }
 
 void FfnLayer::init(uint64_t seed, float std, float out_std) {
-  const int64_t d = config_.hidden_size;
   if (!moe_) {
-    const moe::FfnShape s = dense_shape(config_);
-    fill_normal(w1_.w, s.first_rows() * d, std, seed, 1);
-    fill_normal(w2_.w, d * s.ffn, out_std, seed, 2);
+    fill_normal(w1_.w.data<float>(), w1_.w.numel(), std, seed, 1);
+    fill_normal(w2_.w.data<float>(), w2_.w.numel(), out_std, seed, 2);
     return;
   }
   MoEWeights& w = moe_->weights();
@@ -127,17 +143,19 @@ void FfnLayer::init(uint64_t seed, float std, float out_std) {
   }
 }
 
-void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, const StepOptions& step) {
-  const int64_t d = config_.hidden_size;
+void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save,
+                       const StepOptions& step) {
+  const int64_t n = x.dim(0);
   if (!moe_) {
-    const moe::FfnShape s = dense_shape(config_);
-    std::vector<float> h(n * s.first_rows()), a(n * s.ffn);
-    moe::ffn_forward<float>(s, x, n, w1_.w, w2_.w, h.data(), a.data(), y);
+    const int64_t f = w2_.w.dim(1), f1 = w1_.w.dim(0);
+    const Tensor h = arena.alloc(Shape{n, f1}, x.dtype()), a = arena.alloc(Shape{n, f}, x.dtype());
+    ops::linear(x, w1_.w, Tensor(), h);
+    ops::activation(activation_kind(config_), h, a);
+    ops::linear(a, w2_.w, Tensor(), y);
     if (save) {
-      n_ = n;
-      x_.assign(x, x + n * d);
-      h_ = std::move(h);
-      a_ = std::move(a);
+      x_ = x;
+      h_ = h;
+      a_ = a;
     }
     return;
   }
@@ -147,37 +165,28 @@ void FfnLayer::forward(const float* x, int64_t n, float* y, bool save, const Ste
   options.offset = step.offset;
   options.loss_scale = step.loss_scale;
   if (hold_routing_) options.fixed_routing = &held_;
-  // The layer reads its input again in backward: keep it alive here.
-  x_.assign(x, x + n * d);
-  const Tensor xt = Tensor::from_external(x_.data(), Shape{n, d}, DType::kF32);
-  const MoEOutput& out = moe_->forward(xt, options);
-  if (!hold_routing_) held_ = moe_->routing();
-  std::copy(out.y.data<float>(), out.y.data<float>() + n * d, y);
+  const MoEOutput& out = moe_->forward(x, options);
+  if (!hold_routing_ && x.device().is_cpu()) held_ = moe_->routing();
+  ops::copy(out.y, y);
   stats_ = out;
 }
 
-void FfnLayer::backward(const float* dy, float* dx) {
-  const int64_t d = config_.hidden_size;
+void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   if (!moe_) {
-    const moe::FfnShape s = dense_shape(config_);
-    std::vector<float> workspace(moe::ffn_workspace_elems(s, n_));
-    moe::ffn_backward<float>(s, x_.data(), n_, w1_.w, w2_.w, h_.data(), a_.data(), dy,
-                             workspace.data(), dx, 0.0f, w1_.g, w2_.g, 1.0f);
+    ArenaScope scope(arena);
+    const Tensor da = arena.alloc(a_.shape(), dy.dtype()), dh = arena.alloc(h_.shape(), dy.dtype());
+    ops::linear_backward(dy, a_, w2_.w, da, false, w2_.g, Tensor());
+    ops::activation_backward(activation_kind(config_), h_, da, dh);
+    ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, Tensor());
     return;
   }
-  const int64_t n = moe_->routing().plan.num_tokens;
-  const Tensor dyt = Tensor::from_external(const_cast<float*>(dy), Shape{n, d}, DType::kF32);
-  const MoEGradients& g = moe_->backward(dyt);
-  std::copy(g.dx.data<float>(), g.dx.data<float>() + n * d, dx);
-  MoEWeights& gw = const_cast<MoEWeights&>(g.weights);
+  const MoEGradients& g = moe_->backward(dy);
+  ops::copy(g.dx, dx);
+  const MoEWeights& gw = g.weights;
   for (int i = 0; i < kCount; ++i) {
-    const int idx = moe_idx_[i];
-    const Tensor* t = moe_weight(gw, i);
-    if (idx < 0 || !t->defined()) continue;
-    float* dst = static_cast<float*>(
-        grads_->tensor(idx).raw_data());  // fused views start at the first entry
-    const float* src = t->data<float>();
-    for (int64_t j = 0; j < t->numel(); ++j) dst[j] += src[j];
+    const Tensor* t = moe_weight(const_cast<MoEWeights&>(gw), i);
+    if (moe_idx_[i] < 0 || !t->defined()) continue;
+    ops::add_into(t->view(moe_grads_[i].shape()), moe_grads_[i]);
   }
 }
 

@@ -34,32 +34,33 @@ class FfnLayer {
  public:
   FfnLayer(const ModelConfig& config, const LayerSpec& spec);
   void declare(ParamBuffer& params, const std::string& prefix);
-  void bind(const ParamBuffer& params, const ParamBuffer& grads);
+  void bind(const ParamViews& views);
   void init(uint64_t seed, float std, float out_std);
 
   bool is_moe() const { return moe_ != nullptr; }
-  // x [n, d] -> y [n, d]. For MoE, step.seed/offset feed the router's noise.
-  void forward(const float* x, int64_t n, float* y, bool save, const StepOptions& step);
+  // x [n, d] -> y [n, d]; x must stay alive until backward when `save` (it does: both live in the
+  // step arena). For MoE, step.seed/offset feed the router's noise.
+  void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save, const StepOptions& step);
   // dx [n, d] written; parameter gradients accumulated (MoE: aux and z losses included).
-  void backward(const float* dy, float* dx);
+  void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
   const MoEStats& stats() const { return stats_; }
   // Re-run forward with the routing of the previous forward (activation-checkpoint recompute).
   void hold_routing(bool hold) { hold_routing_ = hold; }
 
  private:
-  void bind_moe_views(const ParamBuffer& params);
+  void bind_moe_views(const ParamBuffer& master);
 
   const ModelConfig& config_;
   LayerSpec spec_;
-  // dense
+  // dense: w1 [F1, d] (SwiGLU gate and up as one matrix), w2 [d, F]
   int w1_idx_ = -1, w2_idx_ = -1;
   Param w1_, w2_;
-  std::vector<float> x_, h_, a_;  // saved: x [n,d], h [n,F1], a [n,F]
-  int64_t n_ = 0;
-  // MoE: indices of each weight in the buffer (-1 when unused), in MoEWeights order
+  Tensor x_, h_, a_;  // saved: x [n,d], h [n,F1], a [n,F]
+  // MoE: indices of each weight in the buffer (-1 when unused), in MoEWeights order. The layer
+  // reads f32 views of the master weights (it keeps its own device copy, moe_layer_dispatch.h).
   std::unique_ptr<MoELayer> moe_;
   std::vector<int> moe_idx_;
-  const ParamBuffer* grads_ = nullptr;
+  std::vector<Tensor> moe_grads_;  // gradient views, same order (fused views for the MLP parts)
   MoERouting held_;
   bool hold_routing_ = false;
   MoEStats stats_;

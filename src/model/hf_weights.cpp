@@ -135,7 +135,7 @@ void load_experts(Loader& in, const std::string& param, const Shape& shape, floa
 
 void load_hf_weights(Model& model, const std::string& path) {
   Loader in(path);
-  ParamBuffer& params = model.params();
+  const ParamBuffer params = model.host_params();
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     const Tensor& dst = params.tensor(i);
@@ -152,7 +152,7 @@ void load_hf_weights(Model& model, const std::string& path) {
   // A tied checkpoint may still carry the head; the model reads the embedding.
   if (model.config().tie_embeddings && in.has("lm_head.weight")) in.use("lm_head.weight");
   in.check_all_used();
-  params.flat().mark_written();
+  model.store_host_params(params);
 }
 
 void save_hf_model(const Model& model, const std::string& dir, const std::string& architecture,
@@ -161,7 +161,7 @@ void save_hf_model(const Model& model, const std::string& dir, const std::string
   const nlohmann::json config = hf_config_to_json(model.config(), architecture);
   const bool mixtral = architecture == "MixtralForCausalLM";
   std::map<std::string, Tensor> tensors;
-  const ParamBuffer& params = model.params();
+  const ParamBuffer params = model.host_params();
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     const Tensor& t = params.tensor(i);

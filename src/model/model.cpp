@@ -1,22 +1,30 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/rng.h"
-#include "cpu/cross_entropy.h"
-#include "cpu/embedding.h"
-#include "model/linear.h"
+#include "model/lm_head.h"
+#include "ops/device.h"
+#include "ops/elementwise.h"
+#include "ops/embedding.h"
+#include "ops/linear.h"
 
 namespace moex::model {
 
-Model::Model(const ModelConfig& config) : config_(config) {
+Model::Model(const ModelConfig& config, Device device)
+    : config_(config),
+      device_((ops::use_device(device), device)),
+      arena_(size_t{16} << 20, device, /*growable=*/true) {
   config_.validate();
   const int64_t d = config_.hidden_size;
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i));
-  // Gradients get the same declarations, so every index means the same tensor in both buffers.
-  for (ParamBuffer* buffer : {&params_, &grads_}) {
+  if (device_.is_cuda()) compute_ = std::make_unique<ParamBuffer>();
+  // Every buffer gets the same declarations, so an index means the same tensor in each.
+  for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
+    if (buffer == nullptr) continue;
     embed_idx_ = buffer->declare("model.embed_tokens.weight", Shape{config_.vocab_size, d});
     if (config_.positions == PositionType::kLearned)
       pos_idx_ = buffer->declare("model.embed_positions.weight", Shape{config_.max_seq_len, d});
@@ -25,73 +33,123 @@ Model::Model(const ModelConfig& config) : config_(config) {
     if (!config_.tie_embeddings)
       head_idx_ = buffer->declare("lm_head.weight", Shape{config_.vocab_size, d});
   }
-  params_.allocate(DType::kF32);
-  grads_.allocate(DType::kF32);
-  embed_ = bind_param(params_, grads_, embed_idx_);
-  pos_ = bind_param(params_, grads_, pos_idx_);
-  head_ = bind_param(params_, grads_, config_.tie_embeddings ? embed_idx_ : head_idx_);
-  for (auto& block : blocks_) block->bind(params_, grads_);
-  final_norm_->bind(params_, grads_);
+  master_.allocate(DType::kF32, device_);
+  grads_.allocate(DType::kF32, device_);
+  if (compute_) compute_->allocate(DType::kBF16, device_);
+  ops::zero(master_.flat());
+  bind_all({master_, compute_params(), grads_});
   zero_grad();
+  weights_changed();
+}
+
+void Model::bind_all(const ParamViews& views) {
+  embed_ = bind_param(views, embed_idx_);
+  pos_ = bind_param(views, pos_idx_);
+  head_ = bind_param(views, config_.tie_embeddings ? embed_idx_ : head_idx_);
+  for (auto& block : blocks_) block->bind(views);
+  final_norm_->bind(views);
+}
+
+void Model::weights_changed() {
+  master_.flat().mark_written();
+  if (compute_) ops::copy(master_.flat(), compute_->flat());
+}
+
+void Model::copy_weights_from(const Model& other) {
+  MOEX_CHECK(other.master_.total_elements() == master_.total_elements() &&
+                 other.master_.size() == master_.size(),
+             "copy_weights_from: the models' parameter layouts differ");
+  ops::copy(other.master_.flat(), master_.flat());
+  weights_changed();
+}
+
+ParamBuffer Model::host_params() const {
+  return device_.is_cpu() ? master_ : master_.copy_to(Device::cpu());
+}
+
+void Model::store_host_params(const ParamBuffer& host) {
+  ops::copy(host.flat(), master_.flat());
+  weights_changed();
 }
 
 void Model::init_weights(uint64_t seed) {
-  std::fill(params_.flat().data<float>(), params_.flat().data<float>() + params_.flat().numel(),
-            0.0f);
+  // Weights are drawn on the host (the same numbers on every device), then copied to the device.
+  std::unique_ptr<Model> staging;
+  Model* host = this;
+  if (device_.is_cuda()) {
+    staging = std::make_unique<Model>(config_, Device::cpu());
+    host = staging.get();
+  }
+  float* flat = host->master_.flat().data<float>();
+  std::fill(flat, flat + host->master_.flat().numel(), 0.0f);
   const int64_t d = config_.hidden_size;
   Rng rng(seed, 0);
-  for (int64_t i = 0; i < config_.vocab_size * d; ++i)
-    embed_.w[i] = config_.init_std * rng.normal();
-  if (pos_)
-    for (int64_t i = 0; i < config_.max_seq_len * d; ++i)
-      pos_.w[i] = config_.init_std * rng.normal();
-  if (!config_.tie_embeddings)
-    for (int64_t i = 0; i < config_.vocab_size * d; ++i)
-      head_.w[i] = config_.init_std * rng.normal();
-  for (auto& block : blocks_) block->init(seed);
-  final_norm_->init();
-  params_.flat().mark_written();
+  float* embed = host->embed_.w.data<float>();
+  for (int64_t i = 0; i < config_.vocab_size * d; ++i) embed[i] = config_.init_std * rng.normal();
+  if (host->pos_) {
+    float* pos = host->pos_.w.data<float>();
+    for (int64_t i = 0; i < config_.max_seq_len * d; ++i) pos[i] = config_.init_std * rng.normal();
+  }
+  if (!config_.tie_embeddings) {
+    float* head = host->head_.w.data<float>();
+    for (int64_t i = 0; i < config_.vocab_size * d; ++i) head[i] = config_.init_std * rng.normal();
+  }
+  for (auto& block : host->blocks_) block->init(seed);
+  host->final_norm_->init();
+  if (staging) {
+    copy_weights_from(*staging);
+  } else {
+    weights_changed();
+  }
 }
 
 void Model::zero_grad() {
-  std::fill(grads_.flat().data<float>(), grads_.flat().data<float>() + grads_.flat().numel(), 0.0f);
+  ops::zero(grads_.flat());
 }
 
-const float* Model::lm_head() const {
-  return head_.w;
+Tensor Model::host_ids(const int32_t* ids, int64_t n) const {
+  Tensor t = Tensor::empty(Shape{n}, DType::kI32);
+  std::memcpy(t.raw_data(), ids, static_cast<size_t>(n) * sizeof(int32_t));
+  return t;
 }
 
 void Model::embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
-                  float* x) const {
-  const int64_t d = config_.hidden_size, n = batch * seq_len;
-  cpu::embedding_forward<float>(ids, embed_.w, n, config_.vocab_size, d, x);
+                  const Tensor& x) {
+  const int64_t n = batch * seq_len;
+  ids_ = host_ids(ids, n);
+  ops::embedding(ids_, embed_.w, x, false);
+  pos_ids_ = Tensor();
   if (!pos_) return;
   MOEX_CHECK(start_pos + seq_len <= config_.max_seq_len, "sequence of ", start_pos + seq_len,
              " tokens exceeds model.max_seq_len (", config_.max_seq_len, ")");
+  pos_ids_ = Tensor::empty(Shape{n}, DType::kI32);
+  int32_t* p = pos_ids_.data<int32_t>();
   for (int64_t b = 0; b < batch; ++b)
-    for (int64_t t = 0; t < seq_len; ++t)
-      for (int64_t j = 0; j < d; ++j)
-        x[(b * seq_len + t) * d + j] += pos_.w[(start_pos + t) * d + j];
+    for (int64_t t = 0; t < seq_len; ++t) p[b * seq_len + t] = static_cast<int32_t>(start_pos + t);
+  ops::embedding(pos_ids_, pos_.w, x, true);
 }
 
 LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t batch,
                           int64_t seq_len, const ForwardOptions& options) {
-  const int64_t d = config_.hidden_size, n = batch * seq_len, v = config_.vocab_size;
+  const int64_t d = config_.hidden_size, n = batch * seq_len;
+  const DType dt = compute_params().flat().dtype();
+  arena_.reset();
   batch_ = batch;
   seq_len_ = seq_len;
-  loss_scale_ = options.loss_scale;
-  ids_.assign(ids, ids + n);
-  block_out_.assign(blocks_.size() + 1, {});
-  block_out_[0].resize(n * d);
-  embed(ids, batch, seq_len, 0, block_out_[0].data());
+  // Every block's input stays in the arena until backward.
+  std::vector<Tensor> x(blocks_.size() + 1);
+  x[0] = arena_.alloc(Shape{n, d}, dt);
+  embed(ids, batch, seq_len, 0, x[0]);
+  const Block::Keep keep = !options.for_backward          ? Block::Keep::kNothing
+                          : options.checkpoint_activations ? Block::Keep::kInputOnly
+                                                           : Block::Keep::kAll;
   LossResult result;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    block_out_[i + 1].resize(n * d);
+    x[i + 1] = arena_.alloc(Shape{n, d}, dt);
     // one Philox stream per (step, layer)
     const uint64_t offset = options.step * 1024 + i;
     const StepOptions step{options.training, options.seed, offset, options.loss_scale};
-    blocks_[i]->forward(block_out_[i].data(), batch, seq_len, block_out_[i + 1].data(),
-                        options.checkpoint_activations, step);
+    blocks_[i]->forward(x[i], batch, seq_len, x[i + 1], arena_, keep, step);
     if (blocks_[i]->ffn().is_moe()) {
       const MoEStats& s = blocks_[i]->ffn().stats();
       result.aux_loss += s.aux_loss;
@@ -99,54 +157,56 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
       result.weighted_aux += s.weighted_loss;
     }
   }
-  hidden_.resize(n * d);
-  final_norm_->forward(block_out_.back().data(), n, hidden_.data(), true);
-  dlogits_.resize(n * v);
-  linear_forward(hidden_.data(), lm_head(), nullptr, n, d, v, dlogits_.data());
+  const Tensor hidden = arena_.alloc(Shape{n, d}, dt);
+  final_norm_->forward(x.back(), hidden, arena_, options.for_backward);
+  // The head's backward runs here, chunk by chunk, while its logits exist (model/lm_head.h).
+  dhidden_ = options.for_backward ? arena_.alloc(Shape{n, d}, dt) : Tensor();
   // next-token targets are given aligned with ids: targets[t] is the token after ids[t]
-  result.loss = cpu::cross_entropy_forward_backward<float>(
-      dlogits_.data(), targets, n, v, cpu::kIgnoreIndex, 1.0f, dlogits_.data());
-  for (int64_t i = 0; i < n; ++i) result.num_targets += targets[i] != cpu::kIgnoreIndex;
+  const HeadLoss head =
+      lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale, dhidden_, arena_);
+  result.num_targets = head.count;
+  result.loss = head.count > 0 ? head.loss_sum / static_cast<double>(head.count) : 0.0;
   return result;
 }
 
 void Model::backward() {
-  const float scale = static_cast<float>(loss_scale_);
-  const int64_t d = config_.hidden_size, n = batch_ * seq_len_, v = config_.vocab_size;
-  if (scale != 1.0f)
-    for (float& g : dlogits_) g *= scale;
-  std::vector<float> dh(n * d);
-  linear_backward(dlogits_.data(), hidden_.data(), lm_head(), n, d, v, dh.data(), false, head_.g,
-                  nullptr);
-  final_norm_->backward(dh.data(), dh.data());
-  for (size_t i = blocks_.size(); i-- > 0;) blocks_[i]->backward(dh.data(), dh.data());
-  cpu::embedding_backward<float>(ids_.data(), dh.data(), n, config_.vocab_size, d, embed_.g);
-  if (pos_)
-    for (int64_t b = 0; b < batch_; ++b)
-      for (int64_t t = 0; t < seq_len_; ++t)
-        for (int64_t j = 0; j < d; ++j) pos_.g[t * d + j] += dh[(b * seq_len_ + t) * d + j];
+  MOEX_CHECK(dhidden_.defined(), "Model::backward needs a forward with for_backward first");
+  const Tensor& dh = dhidden_;
+  final_norm_->backward(dh, dh);
+  for (size_t i = blocks_.size(); i-- > 0;) blocks_[i]->backward(dh, dh, arena_);
+  ops::embedding_backward(ids_, dh, embed_.g);
+  if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.g);
+  dhidden_ = Tensor();
 }
 
 void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
   const int64_t d = config_.hidden_size, n = batch * seq_len;
-  std::vector<float> x(n * d), y(n * d);
-  embed(ids, batch, seq_len, 0, x.data());
+  const DType dt = compute_params().flat().dtype();
+  arena_.reset();
+  Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
+  embed(ids, batch, seq_len, 0, x);
   for (auto& block : blocks_) {
-    block->forward(x.data(), batch, seq_len, y.data(), false, StepOptions{});
+    block->forward(x, batch, seq_len, y, arena_, Block::Keep::kNothing, StepOptions{});
     std::swap(x, y);
   }
-  final_norm_->forward(x.data(), n, y.data(), false);
-  linear_forward(y.data(), lm_head(), nullptr, n, d, config_.vocab_size, out);
+  final_norm_->forward(x, y, arena_, false);
+  const Tensor logits = arena_.alloc(Shape{n, config_.vocab_size}, DType::kF32);
+  ops::linear(y, head_.w, Tensor(), logits);
+  ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
 }
 
 KVCache Model::make_cache(int64_t batch, int64_t capacity) const {
   KVCache cache;
   cache.batch = batch;
   cache.capacity = capacity;
-  const size_t per_layer =
-      static_cast<size_t>(batch * capacity * config_.num_kv_heads * config_.head_dim);
-  cache.k.assign(blocks_.size(), std::vector<float>(per_layer));
-  cache.v.assign(blocks_.size(), std::vector<float>(per_layer));
+  const Shape shape{batch, capacity, config_.num_kv_heads, config_.head_dim};
+  const DType dt = compute_params().flat().dtype();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    cache.k.push_back(Tensor::empty(shape, dt, device_));
+    cache.v.push_back(Tensor::empty(shape, dt, device_));
+    ops::zero(cache.k.back());
+    ops::zero(cache.v.back());
+  }
   return cache;
 }
 
@@ -154,20 +214,23 @@ void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, K
                            float* last_logits) {
   MOEX_CHECK(batch == cache.batch, "batch ", batch, " does not match the KV cache's ", cache.batch);
   const int64_t d = config_.hidden_size, n = batch * new_len;
-  std::vector<float> x(n * d), y(n * d);
-  embed(ids, batch, new_len, cache.length, x.data());
+  const DType dt = compute_params().flat().dtype();
+  arena_.reset();
+  Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
+  embed(ids, batch, new_len, cache.length, x);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    blocks_[i]->forward_cached(x.data(), batch, new_len, cache.length,
-                               {cache.k[i].data(), cache.v[i].data(), cache.capacity}, y.data());
+    blocks_[i]->forward_cached(x, batch, new_len, cache.length, {cache.k[i], cache.v[i]}, y,
+                               arena_);
     std::swap(x, y);
   }
   cache.length += new_len;
-  std::vector<float> last(batch * d);
-  for (int64_t b = 0; b < batch; ++b)
-    std::copy(x.data() + ((b + 1) * new_len - 1) * d, x.data() + (b + 1) * new_len * d,
-              last.data() + b * d);
-  final_norm_->forward(last.data(), batch, last.data(), false);
-  linear_forward(last.data(), lm_head(), nullptr, batch, d, config_.vocab_size, last_logits);
+  // The last new token of each sequence: column block new_len-1 of x viewed [B, Tn*d].
+  const Tensor last = arena_.alloc(Shape{batch, d}, dt), normed = arena_.alloc(Shape{batch, d}, dt);
+  ops::copy_columns(x.view(Shape{batch, new_len * d}), (new_len - 1) * d, last, 0, d);
+  final_norm_->forward(last, normed, arena_, false);
+  const Tensor logits = arena_.alloc(Shape{batch, config_.vocab_size}, DType::kF32);
+  ops::linear(normed, head_.w, Tensor(), logits);
+  ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
 }
 
 std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {

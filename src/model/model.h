@@ -14,6 +14,10 @@ namespace moex::model {
 
 struct ForwardOptions {
   bool training = false;
+  // Keep activations for backward(). The LM head's gradients are made in this forward, chunk by
+  // chunk while its logits exist (model/lm_head.h): a forward for backward already adds the head
+  // weight's gradient, so follow it with backward(). False (evaluation): nothing is kept.
+  bool for_backward = false;
   bool checkpoint_activations = false;  // keep block inputs only; recompute in backward
   uint64_t seed = 0;                    // router noise (jitter, RSample, Gumbel, RTS) of this step
   uint64_t step = 0;                    // RNG offset: a fresh stream per step and layer
@@ -30,15 +34,17 @@ struct LossResult {
   int64_t num_targets = 0;  // positions that counted
 };
 
-// Keys and values of every layer: [L][B, capacity, Hkv, Dh].
+// Keys and values of every layer: [L] tensors of [B, capacity, Hkv, Dh] on the model's device.
 struct KVCache {
   int64_t batch = 0, capacity = 0, length = 0;
-  std::vector<std::vector<float>> k, v;
+  std::vector<Tensor> k, v;
 };
 
 class Model {
  public:
-  explicit Model(const ModelConfig& config);
+  // Parameters, gradients and activations live on `device`; on CUDA the kernels compute in bf16
+  // from a copy of the fp32 master weights (docs/architecture.md §Numerics).
+  explicit Model(const ModelConfig& config, Device device = Device::cpu());
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   Model(const Model&) = delete;
@@ -46,48 +52,66 @@ class Model {
   Model(Model&&) = delete;
   Model& operator=(Model&&) = delete;
   const ModelConfig& config() const { return config_; }
-  ParamBuffer& params() { return params_; }
+  Device device() const { return device_; }
+  // The fp32 master weights (what loading, saving and the optimizer use). On a GPU model, code
+  // that writes them calls weights_changed() after, so the bf16 copy follows.
+  ParamBuffer& params() { return master_; }
+  const ParamBuffer& params() const { return master_; }
   ParamBuffer& grads() { return grads_; }
-  const ParamBuffer& params() const { return params_; }
+  // What the kernels read: params() itself on the CPU, its bf16 copy on CUDA.
+  const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }
+  // Marks the master weights written and refreshes the compute copy from them.
+  void weights_changed();
+  // Copies every master weight from a model of the same config on any device.
+  void copy_weights_from(const Model& other);
+  // The master weights on the host: the buffer itself on the CPU, a copy for a GPU model. Loaders
+  // fill it and hand it back to store_host_params(), which copies it to the device (a no-op on
+  // the CPU) and calls weights_changed().
+  ParamBuffer host_params() const;
+  void store_host_params(const ParamBuffer& host);
 
   void init_weights(uint64_t seed);
   void zero_grad();
 
-  // ids, targets [B, T]; targets of -100 are ignored. Saves activations for backward.
+  // ids, targets [B, T] on the host; targets of -100 are ignored. Saves activations for backward.
   LossResult forward(const int32_t* ids, const int32_t* targets, int64_t batch, int64_t seq_len,
                      const ForwardOptions& options);
   // Accumulates into grads(): d(loss + weighted aux) / d(params), times the forward's loss_scale.
   void backward();
 
-  // Logits [B, T, V] without saving anything (evaluation).
+  // Logits [B, T, V] (host, fp32) without saving anything (evaluation).
   void logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out);
   // Decoding: appends new_len tokens per sequence to the cache and writes the logits of the
-  // last new token of each sequence, [B, V].
+  // last new token of each sequence, [B, V] (host, fp32).
   KVCache make_cache(int64_t batch, int64_t capacity) const;
   void forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, KVCache& cache,
                       float* last_logits);
 
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
+  // Bytes of the activation arena at its fullest so far.
+  size_t activation_bytes() const { return arena_.high_water(); }
 
  private:
-  void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos, float* x) const;
-  const float* lm_head() const;
+  void bind_all(const ParamViews& views);
+  // x [B*T, d] = token embeddings (+ learned positions from start_pos).
+  void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
+             const Tensor& x);
+  Tensor host_ids(const int32_t* ids, int64_t n) const;
 
   ModelConfig config_;
-  ParamBuffer params_, grads_;
+  Device device_;
+  ParamBuffer master_, grads_;
+  std::unique_ptr<ParamBuffer> compute_;  // bf16 copy on CUDA; null on the CPU
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<NormLayer> final_norm_;
   int embed_idx_ = -1, pos_idx_ = -1, head_idx_ = -1;
   Param embed_, pos_, head_;
+  Arena arena_;  // this step's activations (growable: the first step of a shape plans it)
   // saved by forward
   int64_t batch_ = 0, seq_len_ = 0;
-  double loss_scale_ = 1.0;
-  std::vector<int32_t> ids_;
-  std::vector<std::vector<float>>
-      block_out_;               // [L][N, d] (checkpointing keeps only block inputs inside blocks)
-  std::vector<float> hidden_;   // [N, d] after the final norm
-  std::vector<float> dlogits_;  // [N, V] d(mean CE)/d(logits)
+  Tensor ids_, pos_ids_;  // [N] i32, host
+  Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
 };
 
 }  // namespace moex::model

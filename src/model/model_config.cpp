@@ -211,4 +211,23 @@ int64_t ModelConfig::num_parameters() const {
   return total;
 }
 
+int64_t ModelConfig::active_matmul_parameters() const {
+  const int64_t d = hidden_size, qd = num_heads * head_dim, kd = num_kv_heads * head_dim;
+  const int64_t matrices = activation == ExpertActivation::kSwiGLU ? 3 : 2;
+  int64_t total = vocab_size * d;  // the LM head
+  for (const LayerSpec& l : layers) {
+    total += d * (qd + 2 * kd) + qd * d;
+    if (!l.moe) {
+      total += matrices * d * ffn_size;
+      continue;
+    }
+    const MoEConfig& m = l.moe_config;
+    total += m.num_experts * d + m.top_k * matrices * d * m.ffn_size;
+    if (m.residual)
+      total += matrices * d * (m.residual_ffn_size ? m.residual_ffn_size : m.ffn_size) + 2 * d;
+    if (m.shared_ffn_size) total += matrices * d * m.shared_ffn_size + (m.shared_gate ? d : 0);
+  }
+  return total;
+}
+
 }  // namespace moex

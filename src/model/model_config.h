@@ -53,6 +53,10 @@ struct ModelConfig {
   static ModelConfig from_json(const JsonReader& model);
   void validate() const;  // errors name the field
   int num_moe_layers() const;
+  // Weights one token multiplies through (attention projections, the dense or the top-k expert
+  // MLPs with their router, residual and shared parts, the LM head): 2x this is its forward
+  // matmul FLOPs, the "6N" of the model-FLOPs count benchmarks report MFU with.
+  int64_t active_matmul_parameters() const;
   int64_t num_parameters() const;
 };
 

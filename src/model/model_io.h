@@ -16,7 +16,7 @@ void save_model(const Model& model, const std::string& model_json, const std::st
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
 // tensor).
-std::unique_ptr<Model> load_model(const std::string& dir);
+std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu());
 
 // Copies the checkpoint's tensors into the model's parameters (f32; bf16/f16 converted).
 void load_weights(Model& model, const std::string& checkpoint_path);

@@ -1,5 +1,9 @@
 // What every model module shares: parameters declared under Hugging Face names into one
-// ParamBuffer (and the same layout for gradients), then bound to views of both.
+// ParamBuffer layout, used three ways (docs/architecture.md §Numerics):
+//   master   f32, the weights the optimizer updates and checkpoints hold;
+//   compute  what the kernels read: the master itself on the CPU, a bf16 copy on the GPU;
+//   grads    f32 gradients, accumulated over micro-batches.
+// Modules take and return Tensors; activations of a step come from the model's Arena.
 #pragma once
 
 #include <string>
@@ -8,17 +12,22 @@
 
 namespace moex::model {
 
-// Views of one parameter and its gradient.
-struct Param {
-  float* w = nullptr;
-  float* g = nullptr;
-  int index = -1;
-  explicit operator bool() const { return w != nullptr; }
+struct ParamViews {
+  const ParamBuffer& master;
+  const ParamBuffer& compute;
+  const ParamBuffer& grads;
 };
 
-inline Param bind_param(const ParamBuffer& params, const ParamBuffer& grads, int index) {
+// The compute view of one parameter and its gradient.
+struct Param {
+  Tensor w, g;
+  int index = -1;
+  explicit operator bool() const { return index >= 0; }
+};
+
+inline Param bind_param(const ParamViews& views, int index) {
   if (index < 0) return {};
-  return {params.tensor(index).data<float>(), grads.tensor(index).data<float>(), index};
+  return {views.compute.tensor(index), views.grads.tensor(index), index};
 }
 
 }  // namespace moex::model

@@ -43,7 +43,7 @@ WeightStamp stamp(const Tensor& t) {
 
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
-  CudaMoELayer(const MoEConfig& config, int ordinal) : config_(config), ctx_(ordinal) {}
+  CudaMoELayer(const MoEConfig& config, int ordinal) : config_(config), ctx_(cuda::default_context(ordinal)) {}
 
   const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
@@ -137,7 +137,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
 
   std::vector<WeightStamp> stamps_;
   MoEConfig config_;
-  cuda::CudaContext ctx_;
+  cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
   std::unique_ptr<cuda::MoELayerCuda> layer_;
   int64_t max_tokens_ = 0, tokens_ = 0;
   Tensor xb_;  // the bf16 input backward reads

@@ -6,6 +6,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/model_io.h"
+#include "ops/elementwise.h"
 
 namespace moex::train {
 
@@ -17,13 +18,13 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
   std::map<std::string, Tensor> moments;
   const ParamBuffer& params = model.params();
   const float* p0 = params.flat().data<float>();
+  // Moments on the host (copies of a GPU model's), saved under each parameter's name.
+  const Tensor m = optimizer.exp_avg().to(Device::cpu()), v = optimizer.exp_avg_sq().to(Device::cpu());
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
     const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
-    moments["exp_avg." + params.name(i)] =
-        Tensor::from_external(optimizer.exp_avg().data<float>() + offset, t.shape(), DType::kF32);
-    moments["exp_avg_sq." + params.name(i)] = Tensor::from_external(
-        optimizer.exp_avg_sq().data<float>() + offset, t.shape(), DType::kF32);
+    moments["exp_avg." + params.name(i)] = m.slice(offset, offset + t.numel()).view(t.shape());
+    moments["exp_avg_sq." + params.name(i)] = v.slice(offset, offset + t.numel()).view(t.shape());
   }
   io::save_safetensors(out.temp_path() + "/optimizer.safetensors", moments);
   nlohmann::json js;
@@ -46,6 +47,8 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   const io::SafetensorsFile moments = io::SafetensorsFile::open(opt_path);
   const ParamBuffer& params = model.params();
   const float* p0 = params.flat().data<float>();
+  const Tensor moment[2] = {optimizer.exp_avg().to(Device::cpu()),
+                            optimizer.exp_avg_sq().to(Device::cpu())};
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
     const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
@@ -55,10 +58,12 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
       const Tensor src = moments.weight_f32(name);
       MOEX_CHECK(src.shape() == t.shape(), opt_path, ": tensor '", name, "' has shape ",
                  src.shape().str());
-      float* dst = (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).data<float>() + offset;
+      float* dst = moment[second].data<float>() + offset;
       std::copy(src.data<float>(), src.data<float>() + src.numel(), dst);
     }
   }
+  ops::copy(moment[0], optimizer.exp_avg());
+  ops::copy(moment[1], optimizer.exp_avg_sq());
   const std::string state_path = dir + "/trainer_state.json";
   const JsonReader js = JsonReader::from_file(state_path);
   TrainerState state;

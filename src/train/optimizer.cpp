@@ -1,42 +1,53 @@
 #include "train/optimizer.h"
 
 #include <cmath>
-#include <cstring>
 
-#include "cpu/adamw.h"
-#include "cpu/reduce.h"
+#include "model/model.h"
+#include "ops/elementwise.h"
 
 namespace moex::train {
 
 AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
-  exp_avg_ = Tensor::zeros(params.flat().shape(), DType::kF32);
-  exp_avg_sq_ = Tensor::zeros(params.flat().shape(), DType::kF32);
-}
-
-double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step) {
-  const float* g = grads.flat().data<float>();
-  const int64_t total = grads.flat().numel();
-  const double norm = std::sqrt(cpu::sum_of_squares(g, total));  // same bits for any thread count
-  const double clip =
-      (config_.grad_clip > 0 && norm > config_.grad_clip) ? config_.grad_clip / (norm + 1e-6) : 1.0;
-
-  float* p0 = params.flat().data<float>();
-  float* m0 = exp_avg_.data<float>();
-  float* v0 = exp_avg_sq_.data<float>();
+  const Device dev = params.flat().device();
+  exp_avg_ = Tensor::empty(params.flat().shape(), DType::kF32, dev);
+  exp_avg_sq_ = Tensor::empty(params.flat().shape(), DType::kF32, dev);
+  ops::zero(exp_avg_);
+  ops::zero(exp_avg_sq_);
+  const char* p0 = static_cast<const char*>(params.flat().raw_data());
+  std::vector<ops::AdamWSegment> segments;
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
-    const int64_t offset = static_cast<float*>(t.raw_data()) - p0;
-    cpu::AdamWConfig c;
-    c.lr = lr;
-    c.beta1 = config_.beta1;
-    c.beta2 = config_.beta2;
-    c.eps = config_.eps;
-    c.weight_decay = t.ndim() >= 2 ? config_.weight_decay : 0.0;
-    c.grad_scale = clip;
-    cpu::adamw_step<float>(p0 + offset, g + offset, m0 + offset, v0 + offset, t.numel(), step, c);
+    ops::AdamWSegment s;
+    s.offset = (static_cast<const char*>(t.raw_data()) - p0) / static_cast<int64_t>(sizeof(float));
+    s.count = t.numel();
+    s.weight_decay = t.ndim() >= 2 ? static_cast<float>(config_.weight_decay) : 0.0f;
+    segments.push_back(s);
   }
+  segments_ = std::make_unique<ops::AdamWSegments>(std::move(segments), dev);
+}
+
+double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
+                   const ParamBuffer* working_copy) {
+  const double norm = std::sqrt(ops::sum_of_squares(grads.flat()));  // fixed order: same bits
+  const double clip =
+      (config_.grad_clip > 0 && norm > config_.grad_clip) ? config_.grad_clip / (norm + 1e-6) : 1.0;
+  ops::AdamWHyper h;
+  h.lr = lr;
+  h.beta1 = config_.beta1;
+  h.beta2 = config_.beta2;
+  h.eps = config_.eps;
+  h.step = step;
+  h.grad_scale = clip;
+  ops::adamw_step(params.flat(), working_copy ? working_copy->flat() : Tensor(), grads.flat(),
+                  exp_avg_, exp_avg_sq_, *segments_, h);
   params.flat().mark_written();
   return norm;
+}
+
+double AdamW::step(model::Model& model, double lr, int64_t step) {
+  const bool copy = model.device().is_cuda();
+  return this->step(model.params(), model.grads(), lr, step,
+                    copy ? &model.compute_params() : nullptr);
 }
 
 }  // namespace moex::train

@@ -53,6 +53,7 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   c.training.checkpoint_every = tr.get_int("checkpoint_every", 0);
   c.training.out_dir = tr.get_string("out_dir", "runs/default");
   c.training.activation_checkpointing = tr.get_bool("activation_checkpointing", false);
+  c.training.device = Device::parse(tr.get_string("device", "cpu"), path + ": training.device");
   const int64_t num_threads = tr.get_int("num_threads", 0);
   if (num_threads < 0 || num_threads > 4096) tr.fail("num_threads", "must be in [0, 4096]");
   c.training.num_threads = static_cast<int>(num_threads);

@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "core/tensor.h"
 #include "model/model_config.h"
 
 namespace moex::train {
@@ -40,6 +41,7 @@ struct TrainingConfig {
   std::string out_dir = "runs/default";
   bool activation_checkpointing = false;
   int num_threads = 0;  // 0: all cores
+  Device device;        // "cpu" (default), "cuda" or "cuda:N"
 };
 
 struct TrainConfig {

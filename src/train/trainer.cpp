@@ -97,7 +97,7 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
     for (int64_t b = 0; b < batch; ++b)
       windows.insert(windows.end(), sequences[start + b].begin(), sequences[start + b].end());
     split_batch(windows, batch, seq_len, &ids, &targets);
-    model::ForwardOptions opt;
+    model::ForwardOptions opt;  // evaluation: nothing kept for backward
     const model::LossResult r = model.forward(ids.data(), targets.data(), batch, seq_len, opt);
     total += r.loss * r.num_targets;
     count += r.num_targets;
@@ -125,7 +125,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto train_data = open_train_data(corpus, c);
   const auto eval_data = eval_sequences(corpus, c);
 
-  model::Model model(c.model);
+  model::Model model(c.model, c.training.device);
   model.init_weights(c.training.seed);
   AdamW optimizer(model.params(), c.optimizer);
   TrainerState state;
@@ -139,6 +139,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // equals a single process with grad_accum x world micro-batches. Rank 0 logs and saves.
   dist::Communicator& comm = group ? *group : dist::Communicator::world();
   const int64_t world = comm.size(), rank = comm.rank();
+  MOEX_CHECK(world == 1 || model.device().is_cpu(), c.source,
+             ": training.device: several MPI ranks train on the CPU only so far (the GPU "
+             "all-reduce over NCCL is not built yet)");
   const bool root = comm.is_root();
   std::ofstream metrics;
   if (root) {
@@ -182,6 +185,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       split_batch(windows, mb, seq_len, &ids, &targets);
       model::ForwardOptions opt;
       opt.training = true;
+      opt.for_backward = true;
       opt.checkpoint_activations = c.training.activation_checkpointing;
       opt.seed = c.training.seed;
       opt.step = static_cast<uint64_t>(state.step * micro_per_step + micro);
@@ -198,7 +202,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       comm.all_reduce_sum(sums, 3);
       loss = sums[0], aux = sums[1], zl = sums[2];
     }
-    const double grad_norm = optimizer.step(model.params(), model.grads(), lr, state.step + 1);
+    const double grad_norm = optimizer.step(model, lr, state.step + 1);
     ++state.step;
     ++steps_this_run;
     state.last_loss = loss;

@@ -60,7 +60,8 @@ expect_error "--iters must be between 1 and" bench moe-layer --device cuda --ite
 expect_error "--warmup must be between 0 and" bench moe-layer --device cuda --warmup -1
 expect_error "--iters must be between 1 and" bench train-step --iters 0
 expect_error "--tokens must be between 1 and" bench decode --tokens 0
-expect_error "bench train-step does not take --device" bench train-step --device cuda
+expect_error "bench decode does not take --device" bench decode --device cuda
+expect_error "--device: unknown device 'tpu'" bench train-step --device tpu
 expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
 
 # export: the output may not be the model directory itself

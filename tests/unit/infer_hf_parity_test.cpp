@@ -153,6 +153,7 @@ TEST(HfParity, MixtralGradientsMatchTorch) {
   const std::vector<int32_t> ids = ints(ids_t), targets = shifted(ids, batch, seq);
   model::ForwardOptions opt;
   opt.training = true;
+  opt.for_backward = true;
   model.zero_grad();
   const model::LossResult r = model.forward(ids.data(), targets.data(), batch, seq, opt);
   EXPECT_NEAR(r.loss, fx.to_f32("train_loss").data<float>()[0], 1e-5);

@@ -40,8 +40,9 @@ Batch make_batch(int64_t vocab) {
   return b;
 }
 
-double total_loss(Model& m, const Batch& b) {
+double total_loss(Model& m, const Batch& b, bool for_backward = false) {
   ForwardOptions opt;
+  opt.for_backward = for_backward;
   const LossResult r = m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
   return r.loss + r.weighted_aux;
 }
@@ -76,7 +77,7 @@ struct Evaluated {
 Evaluated evaluated(const ModelConfig& config) {
   Evaluated e{std::make_unique<Model>(config), make_batch(config.vocab_size)};
   e.model->init_weights(3);
-  total_loss(*e.model, e.batch);
+  total_loss(*e.model, e.batch, /*for_backward=*/true);
   e.model->backward();
   return e;
 }
@@ -133,6 +134,7 @@ TEST(Model, LossScaleWeighsEveryTerm) {
     Model m(config);
     m.init_weights(8);
     ForwardOptions opt;
+    opt.for_backward = true;
     opt.loss_scale = i == 0 ? 1.0 : 0.25;
     m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
     m.backward();
@@ -158,6 +160,7 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
     m.init_weights(4);
     ForwardOptions opt;
     opt.training = true;
+    opt.for_backward = true;
     opt.checkpoint_activations = ckpt == 1;
     opt.seed = 9;
     const LossResult r = m.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);

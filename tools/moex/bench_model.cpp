@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "infer/generator.h"
+#include "ops/device.h"
 #include "train/optimizer.h"
 #include "train/train_config.h"
 
@@ -28,11 +29,14 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
 
 }  // namespace
 
-std::string run_train_step_bench(const std::string& config_path, int warmup, int iters) {
+std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
+                                 int warmup, int iters) {
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   const train::TrainConfig c = train::TrainConfig::from_file(config_path);
-  model::Model m(c.model);
+  const Device device =
+      device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
+  model::Model m(c.model, device);
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
   const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
@@ -40,23 +44,41 @@ std::string run_train_step_bench(const std::string& config_path, int warmup, int
   const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
   std::vector<double> times;
   for (int i = 0; i < warmup + iters; ++i) {
+    ops::synchronize(device);
     const auto start = Clock::now();
     m.zero_grad();
     model::ForwardOptions fo;
     fo.training = true;
+    fo.for_backward = true;
+    fo.checkpoint_activations = c.training.activation_checkpointing;
     fo.step = static_cast<uint64_t>(i);
     m.forward(ids.data(), targets.data(), batch, seq, fo);
     m.backward();
-    opt.step(m.params(), m.grads(), c.optimizer.lr, i + 1);
+    opt.step(m, c.optimizer.lr, i + 1);
+    ops::synchronize(device);
     if (i >= warmup) times.push_back(ms_since(start));
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
+  const double tokens_per_s = batch * seq / (median / 1000.0);
+  // Model FLOPs per token: 6 x the active matmul weights, plus causal attention's score and value
+  // products (forward 2 x T x H x Dh per layer, x3 with backward).
+  const ModelConfig& mc = c.model;
+  const double flops_per_token =
+      6.0 * static_cast<double>(mc.active_matmul_parameters()) +
+      6.0 * mc.num_layers * static_cast<double>(seq) * mc.num_heads * mc.head_dim;
+  const ops::DeviceMemory mem = ops::device_memory(device);
   return nlohmann::json{{"bench", "train-step"},
                         {"config", config_path},
+                        {"device", device.str()},
                         {"tokens", batch * seq},
                         {"step_ms", median},
-                        {"tokens_per_second", batch * seq / (median / 1000.0)}}
+                        {"tokens_per_s", tokens_per_s},
+                        {"flops_per_token", flops_per_token},
+                        // against the dense bf16 GEMM rate measured on the H200 (docs/results.md)
+                        {"mfu", flops_per_token * tokens_per_s / 737e12},
+                        {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
+                        {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)}}
       .dump();
 }
 

@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "bench_model.h"
+#include "core/tensor.h"
 #include "bench_moe.h"
 #include "bench_moe_cuda.h"
 #include "command.h"
@@ -20,9 +21,8 @@ void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
       "                            [--iters N] [--warmup N] [--json]\n"
-      "       moex bench train-step [--config F] [--iters N] [--warmup N]   CPU "
-      "forward+backward+AdamW,\n"
-      "                                                                     tokens/s\n"
+      "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
+      "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, "
       "tokens/s\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
@@ -118,10 +118,12 @@ int run_bench(const std::vector<std::string>& argv) {
              "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    check_flags(args, what, {"config", "iters", "warmup", "json"});
+    check_flags(args, what, {"config", "device", "iters", "warmup", "json"});
     const int iters = count_flag(args, "iters", 5, 1);
     const int warmup = count_flag(args, "warmup", 1, 0);
-    std::printf("%s\n", bench::run_train_step_bench(config, warmup, iters).c_str());
+    if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
+    std::printf("%s\n",
+                bench::run_train_step_bench(config, args.get("device"), warmup, iters).c_str());
     return 0;
   }
   check_flags(args, what, {"config", "tokens", "json"});

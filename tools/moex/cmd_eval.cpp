@@ -1,4 +1,4 @@
-// moex eval --model DIR --input-ids F.safetensors [--logits-out OUT.safetensors]
+// moex eval --model DIR --input-ids F.safetensors [--logits-out OUT.safetensors] [--device D]
 #include <cstdio>
 #include <map>
 
@@ -11,15 +11,17 @@
 namespace {
 
 int run_eval(const std::vector<std::string>& argv) {
-  const moex::cli::Args args(argv, {"model", "input-ids", "logits-out"}, {"help"});
+  const moex::cli::Args args(argv, {"model", "input-ids", "logits-out", "device"}, {"help"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex eval --model DIR --input-ids F.safetensors [--logits-out OUT.safetensors]\n"
+        "                 [--device cpu|cuda[:N]]\n"
         "  F holds int32 input_ids [B, T]. Prints {\"loss\", \"aux_loss\"}: the mean next-token\n"
         "  cross-entropy over all B*(T-1) positions; writes logits [B, T, V] f32 if asked.\n");
     return 0;
   }
-  auto model = moex::model::load_model(args.require("model"));
+  auto model = moex::model::load_model(
+      args.require("model"), moex::Device::parse(args.get("device", "cpu"), "--device"));
   const std::string path = args.require("input-ids");
   const moex::Tensor ids = moex::cli::read_input_ids(path);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;

@@ -1,5 +1,5 @@
 // moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) --max-new-tokens N
-//               [--temperature T --top-k K --top-p P --seed S] [--json]
+//               [--temperature T --top-k K --top-p P --seed S] [--device D] [--json]
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -17,19 +17,22 @@ namespace {
 int run_generate(const std::vector<std::string>& argv) {
   const moex::cli::Args args(
       argv,
-      {"model", "prompt", "input-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed"},
+      {"model", "prompt", "input-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
+       "device"},
       {"json", "help"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "
         "--max-new-tokens N\n"
         "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
+        "                     [--device cpu|cuda[:N]]\n"
         "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
         "  with --json it prints {\"tokens\": [...]}: the prompt ids followed by the new ids.\n");
     return 0;
   }
   const std::string dir = args.require("model");
-  auto model = moex::model::load_model(dir);
+  auto model =
+      moex::model::load_model(dir, moex::Device::parse(args.get("device", "cpu"), "--device"));
   auto tokenizer = moex::infer::open_model_tokenizer(dir);
 
   std::vector<int32_t> prompt;

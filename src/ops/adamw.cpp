@@ -1,0 +1,87 @@
+#include "ops/adamw.h"
+
+#include <cstring>
+
+#include "cpu/adamw.h"
+#include "cpu/reduce.h"
+#include "ops/device_dispatch.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/adamw.h"
+#endif
+
+namespace moex::ops {
+
+#if MOEX_WITH_CUDA
+static_assert(sizeof(AdamWSegment) == sizeof(cuda::AdamWSegment), "segment layouts differ");
+#endif
+
+AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& device)
+    : host_(std::move(segments)) {
+  if (device.is_cpu()) return;
+  Tensor bytes = Tensor::empty(
+      Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1}, DType::kU8);
+  std::memcpy(bytes.raw_data(), host_.data(), host_.size() * sizeof(AdamWSegment));
+  device_ = bytes.to(device);
+}
+
+void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
+                const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
+                const AdamWHyper& h) {
+  const Device dev = detail::common_device(
+      "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
+  const int64_t n = master.numel();
+  for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})
+    detail::expect("adamw_step", "state", *t, DType::kF32, n);
+  if (dev.is_cpu()) {
+    MOEX_CHECK(!working_copy.defined(), "adamw_step: no working copy on the CPU");
+    float *p = master.data<float>(), *m = exp_avg.data<float>(), *v = exp_avg_sq.data<float>();
+    const float* g = grad.data<float>();
+    for (const AdamWSegment& s : segments.host()) {
+      cpu::AdamWConfig c;
+      c.lr = h.lr;
+      c.beta1 = h.beta1;
+      c.beta2 = h.beta2;
+      c.eps = h.eps;
+      c.weight_decay = s.weight_decay;
+      c.grad_scale = h.grad_scale;
+      cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
+                             h.step, c);
+    }
+    return;
+  }
+  MOEX_CUDA_TWIN("adamw_step", {
+    detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
+    cuda::AdamWStep s;
+    s.lr = static_cast<float>(h.lr);
+    s.beta1 = static_cast<float>(h.beta1);
+    s.beta2 = static_cast<float>(h.beta2);
+    s.eps = static_cast<float>(h.eps);
+    s.step = h.step;
+    s.grad_scale = static_cast<float>(h.grad_scale);
+    cuda::adamw_multi_tensor(
+        master.data<float>(), working_copy.raw_data(), grad.data<float>(), exp_avg.data<float>(),
+        exp_avg_sq.data<float>(),
+        static_cast<const cuda::AdamWSegment*>(segments.device_table().raw_data()),
+        static_cast<int>(segments.host().size()), s, detail::stream(dev));
+  });
+}
+
+double sum_of_squares(const Tensor& grad) {
+  detail::expect("sum_of_squares", "grad", grad, DType::kF32, grad.numel());
+  if (grad.device().is_cpu()) return cpu::sum_of_squares(grad.data<float>(), grad.numel());
+  double result = 0;
+  MOEX_CUDA_TWIN("sum_of_squares", {
+    const Device dev = grad.device();
+    const int64_t n = grad.numel();
+    Tensor ws = Tensor::empty(
+        Shape{static_cast<int64_t>(cuda::sum_of_squares_workspace_bytes(n)) + 1}, DType::kU8, dev);
+    Tensor out = Tensor::empty(Shape{1}, DType::kF64, dev);
+    cuda::sum_of_squares(grad.data<float>(), n, out.data<double>(), ws.raw_data(),
+                         detail::stream(dev));
+    result = out.to(Device::cpu()).data<double>()[0];
+  });
+  return result;
+}
+
+}  // namespace moex::ops

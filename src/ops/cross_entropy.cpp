@@ -1,0 +1,53 @@
+#include "ops/cross_entropy.h"
+
+#include "cpu/cross_entropy.h"
+#include "ops/device_dispatch.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/cross_entropy.h"
+#endif
+
+namespace moex::ops {
+
+void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                   const Tensor& loss_rows, const Tensor& dlogits) {
+  const Device dev = detail::common_device("cross_entropy", {&logits, &loss_rows, &dlogits});
+  MOEX_CHECK(logits.ndim() == 2, "cross_entropy: logits must be [n, V], got ",
+             logits.shape().str());
+  const int64_t n = logits.dim(0), vocab = logits.dim(1);
+  detail::expect("cross_entropy", "logits", logits, DType::kF32, n * vocab);
+  detail::expect("cross_entropy", "loss_rows", loss_rows, DType::kF32, n);
+  if (dlogits.defined())
+    detail::expect("cross_entropy", "dlogits", dlogits, detail::compute_dtype(dev), n * vocab);
+  MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
+                 targets.numel() == n,
+             "cross_entropy: targets must be i32 [", n, "] on the host");
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    MOEX_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), "cross_entropy: target ",
+               t[i], " at row ", i, " is outside the vocabulary of ", vocab);
+  if (dev.is_cpu()) {
+    const float* lp = logits.data<float>();
+    float* loss = loss_rows.data<float>();
+    float* dp = dlogits.defined() ? dlogits.data<float>() : nullptr;
+    // One row per call: the kernel's mean over one counted row is that row's loss, and its
+    // gradient scale dloss / 1 is grad_scale.
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i) {
+      const bool counted = t[i] != kIgnoreIndex;
+      loss[i] = cpu::cross_entropy_forward_backward<float>(
+          lp + i * vocab, t + i, 1, vocab, kIgnoreIndex, counted ? grad_scale : 0.0f,
+          dp ? dp + i * vocab : nullptr);
+    }
+    return;
+  }
+  MOEX_CUDA_TWIN("cross_entropy", {
+    const Tensor dev_targets = targets.to(dev);
+    cuda::cross_entropy_rows(logits.data<float>(), dev_targets.data<int32_t>(), n, vocab,
+                             kIgnoreIndex, grad_scale, loss_rows.data<float>(),
+                             dlogits.defined() ? dlogits.raw_data() : nullptr,
+                             detail::stream(dev));
+  });
+}
+
+}  // namespace moex::ops

@@ -1,0 +1,73 @@
+#include "ops/embedding.h"
+
+#include <vector>
+
+#include "cpu/embedding.h"
+#include "ops/device_dispatch.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/embedding.h"
+#endif
+
+namespace moex::ops {
+namespace {
+
+// ids checked on the host; on a CUDA table, a device copy of them.
+Tensor checked_ids(const char* op, const Tensor& ids, int64_t vocab, const Device& dev) {
+  MOEX_CHECK(ids.defined() && ids.device().is_cpu() && ids.dtype() == DType::kI32, op,
+             ": ids must be an i32 CPU tensor");
+  const int32_t* p = ids.data<int32_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i)
+    MOEX_CHECK(p[i] >= 0 && p[i] < vocab, op, ": id ", p[i], " at position ", i,
+               " is outside the table's ", vocab, " rows");
+  return dev.is_cpu() ? ids : ids.to(dev);
+}
+
+}  // namespace
+
+void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool accumulate) {
+  const Device dev = detail::common_device("embedding", {&table, &y});
+  const DType dt = detail::compute_dtype(dev);
+  MOEX_CHECK(table.ndim() == 2, "embedding: table must be [V, d], got ", table.shape().str());
+  const int64_t vocab = table.dim(0), d = table.dim(1), n = ids.numel();
+  detail::expect("embedding", "table", table, dt, vocab * d);
+  detail::expect("embedding", "y", y, dt, n * d);
+  const Tensor dev_ids = checked_ids("embedding", ids, vocab, dev);
+  if (dev.is_cpu()) {
+    if (!accumulate) {
+      cpu::embedding_forward<float>(ids.data<int32_t>(), table.data<float>(), n, vocab, d,
+                                    y.data<float>());
+      return;
+    }
+    const int32_t* id = ids.data<int32_t>();
+    const float* t = table.data<float>();
+    float* out = y.data<float>();
+#pragma omp parallel for
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < d; ++j) out[i * d + j] += t[id[i] * d + j];
+    return;
+  }
+  MOEX_CUDA_TWIN("embedding", cuda::embedding_forward_bf16(dev_ids.data<int32_t>(),
+                                                           table.raw_data(), n, vocab, d,
+                                                           y.raw_data(), accumulate,
+                                                           detail::stream(dev)));
+}
+
+void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) {
+  const Device dev = detail::common_device("embedding_backward", {&dy, &dtable});
+  MOEX_CHECK(dtable.ndim() == 2, "embedding_backward: dtable must be [V, d]");
+  const int64_t vocab = dtable.dim(0), d = dtable.dim(1), n = ids.numel();
+  detail::expect("embedding_backward", "dy", dy, detail::compute_dtype(dev), n * d);
+  detail::expect("embedding_backward", "dtable", dtable, DType::kF32, vocab * d);
+  const Tensor dev_ids = checked_ids("embedding_backward", ids, vocab, dev);
+  if (dev.is_cpu()) {
+    cpu::embedding_backward<float>(ids.data<int32_t>(), dy.data<float>(), n, vocab, d,
+                                   dtable.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN("embedding_backward",
+                 cuda::embedding_backward_bf16(dev_ids.data<int32_t>(), dy.raw_data(), n, vocab,
+                                               d, dtable.data<float>(), detail::stream(dev)));
+}
+
+}  // namespace moex::ops

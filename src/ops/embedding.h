@@ -1,0 +1,18 @@
+// Embedding lookup (token ids, or positions for learned position embeddings) and its gradient.
+// ids are i32 on the host, checked to lie in [0, vocab) there before anything runs (on a GPU
+// model they are then copied to the device). table and y in the compute dtype; dtable fp32.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace moex::ops {
+
+// y[i] = table[ids[i]] (accumulate false) or y[i] += table[ids[i]] (true).
+void embedding(const Tensor& ids,    // [N] i32, CPU
+               const Tensor& table,  // [V, d]
+               const Tensor& y,      // [N, d]
+               bool accumulate);
+// dtable[ids[i]] += dy[i].
+void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable);
+
+}  // namespace moex::ops

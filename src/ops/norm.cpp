@@ -1,0 +1,92 @@
+#include "ops/norm.h"
+
+#include "cpu/norm.h"
+#include "ops/device_dispatch.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/norm.h"
+#endif
+
+namespace moex::ops {
+
+using detail::expect;
+
+void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+          const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+  const char* op = rms ? "rms_norm" : "layer_norm";
+  const Device dev = detail::common_device(op, {&x, &weight, &bias, &y, &mean, &rstd});
+  const DType dt = detail::compute_dtype(dev);
+  const int64_t dim = weight.numel(), rows = x.numel() / dim;
+  expect(op, "x", x, dt, rows * dim);
+  expect(op, "weight", weight, dt, dim);
+  expect(op, "y", y, dt, rows * dim);
+  expect(op, "rstd", rstd, DType::kF32, rows);
+  if (!rms) expect(op, "mean", mean, DType::kF32, rows);
+  if (bias.defined()) expect(op, "bias", bias, dt, dim);
+  if (dev.is_cpu()) {
+    if (rms)
+      cpu::rmsnorm_forward<float>(x.data<float>(), weight.data<float>(), rows, dim, eps,
+                                  y.data<float>(), rstd.data<float>());
+    else
+      cpu::layernorm_forward<float>(x.data<float>(), weight.data<float>(),
+                                    bias.defined() ? bias.data<float>() : nullptr, rows, dim, eps,
+                                    y.data<float>(), mean.data<float>(), rstd.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    if (rms)
+      cuda::rmsnorm_forward_bf16(x.raw_data(), weight.raw_data(), rows, dim, eps, y.raw_data(),
+                                 rstd.data<float>(), detail::stream(dev));
+    else
+      cuda::layernorm_forward_bf16(x.raw_data(), weight.raw_data(),
+                                   bias.defined() ? bias.raw_data() : nullptr, rows, dim, eps,
+                                   y.raw_data(), mean.data<float>(), rstd.data<float>(),
+                                   detail::stream(dev));
+  });
+}
+
+void norm_backward(bool rms, const Tensor& dy, const Tensor& x, const Tensor& weight,
+                   const Tensor& mean, const Tensor& rstd, const Tensor& dx,
+                   const Tensor& dweight, const Tensor& dbias) {
+  const char* op = rms ? "rms_norm_backward" : "layer_norm_backward";
+  const Device dev =
+      detail::common_device(op, {&dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias});
+  const DType dt = detail::compute_dtype(dev);
+  const int64_t dim = weight.numel(), rows = x.numel() / dim;
+  expect(op, "dy", dy, dt, rows * dim);
+  expect(op, "x", x, dt, rows * dim);
+  expect(op, "dx", dx, dt, rows * dim);
+  expect(op, "rstd", rstd, DType::kF32, rows);
+  expect(op, "dweight", dweight, DType::kF32, dim);
+  if (!rms) expect(op, "mean", mean, DType::kF32, rows);
+  if (dbias.defined()) expect(op, "dbias", dbias, DType::kF32, dim);
+  if (dev.is_cpu()) {
+    if (rms)
+      cpu::rmsnorm_backward<float>(dy.data<float>(), x.data<float>(), weight.data<float>(),
+                                   rstd.data<float>(), rows, dim, dx.data<float>(),
+                                   dweight.data<float>());
+    else
+      cpu::layernorm_backward<float>(dy.data<float>(), x.data<float>(), weight.data<float>(),
+                                     mean.data<float>(), rstd.data<float>(), rows, dim,
+                                     dx.data<float>(), dweight.data<float>(),
+                                     dbias.defined() ? dbias.data<float>() : nullptr);
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    Tensor ws = Tensor::empty(
+        Shape{static_cast<int64_t>(cuda::norm_backward_workspace_bytes(rows, dim)) + 1},
+        DType::kU8, dev);
+    if (rms)
+      cuda::rmsnorm_backward_bf16(dy.raw_data(), x.raw_data(), weight.raw_data(),
+                                  rstd.data<float>(), rows, dim, dx.raw_data(),
+                                  dweight.data<float>(), ws.raw_data(), detail::stream(dev));
+    else
+      cuda::layernorm_backward_bf16(dy.raw_data(), x.raw_data(), weight.raw_data(),
+                                    mean.data<float>(), rstd.data<float>(), rows, dim,
+                                    dx.raw_data(), dweight.data<float>(),
+                                    dbias.defined() ? dbias.data<float>() : nullptr,
+                                    ws.raw_data(), detail::stream(dev));
+  });
+}
+
+}  // namespace moex::ops

@@ -1,0 +1,46 @@
+#include "ops/rope.h"
+
+#include "cpu/rope.h"
+#include "ops/device_dispatch.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/rope.h"
+#endif
+
+namespace moex::ops {
+namespace {
+
+void rotate(const char* op, bool backward, const Tensor& x, int64_t start_pos, double theta,
+            const Tensor& y) {
+  const Device dev = detail::common_device(op, {&x, &y});
+  MOEX_CHECK(x.ndim() == 4, op, ": x must be [B, T, H, Dh], got ", x.shape().str());
+  detail::expect(op, "x", x, detail::compute_dtype(dev), x.numel());
+  detail::expect(op, "y", y, detail::compute_dtype(dev), x.numel());
+  if (dev.is_cpu()) {
+    const cpu::RopeShape s{x.dim(0), x.dim(1), x.dim(2), x.dim(3), start_pos, theta};
+    if (backward)
+      cpu::rope_backward<float>(x.data<float>(), s, y.data<float>());
+    else
+      cpu::rope_forward<float>(x.data<float>(), s, y.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    const cuda::RopeParams p{x.dim(0), x.dim(1), x.dim(2), x.dim(3), start_pos, theta};
+    if (backward)
+      cuda::rope_backward_bf16(x.raw_data(), y.raw_data(), p, detail::stream(dev));
+    else
+      cuda::rope_forward_bf16(x.raw_data(), y.raw_data(), p, detail::stream(dev));
+  });
+}
+
+}  // namespace
+
+void rope(const Tensor& x, int64_t start_pos, double theta, const Tensor& y) {
+  rotate("rope", false, x, start_pos, theta, y);
+}
+
+void rope_backward(const Tensor& dy, int64_t start_pos, double theta, const Tensor& dx) {
+  rotate("rope_backward", true, dy, start_pos, theta, dx);
+}
+
+}  // namespace moex::ops

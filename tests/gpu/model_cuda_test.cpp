@@ -1,0 +1,244 @@
+// The whole model on the GPU against the same model on the CPU (docs/architecture.md §Numerics):
+// logits of the four Hugging Face fixtures, one step's gradients, a 50-step training curve, KV-cache
+// decoding, and a checkpoint written from the GPU read back on the CPU.
+// Built everywhere (CI compiles it); runs only where a GPU is visible (scripts/gpu_check.sh).
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/json_reader.h"
+#include "core/rng.h"
+#include "cuda/device.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model/model_io.h"
+#include "train/optimizer.h"
+
+namespace fs = std::filesystem;
+
+namespace moex {
+namespace {
+
+// Fixtures travel with the working tree: scripts/gpu_check.sh runs from the repository root.
+fs::path fixture_dir(const std::string& arch) {
+  fs::path p = fs::path("tests") / "fixtures" / "hf" / arch;
+  if (!fs::exists(p)) p = fs::path(__FILE__).parent_path().parent_path() / "fixtures" / "hf" / arch;
+  return p;
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+std::vector<float> host_floats(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu());
+  return {h.data<float>(), h.data<float>() + h.numel()};
+}
+
+class GpuModel : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU visible";
+  }
+};
+
+// A small MoE in the tiny config's shape family: RMSNorm, RoPE, SwiGLU, per-head q/k norm,
+// top-2 of 8 experts every other layer.
+const char* kSmallConfig = R"({
+    "vocab_size": 512, "hidden_size": 128, "num_layers": 4, "num_heads": 4, "num_kv_heads": 2,
+    "max_seq_len": 128, "ffn_size": 256, "positions": "rope", "norm": "rmsnorm",
+    "activation": "swiglu", "tie_embeddings": true, "qk_norm": "per_head",
+    "moe": {"layer_freq": 2, "num_experts": 8, "top_k": 2, "ffn_size": 128, "renormalize": true,
+            "capacity_factor": 2.0, "eval_capacity_factor": 2.0, "aux_loss_coef": 0.01,
+            "z_loss_coef": 0.001}})";
+
+ModelConfig small_config() {
+  return ModelConfig::from_json(JsonReader::from_string(kSmallConfig, "small_config"));
+}
+
+// Sequences with structure to learn: each row counts up from a random start, modulo the vocab.
+void counting_batch(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed,
+                    std::vector<int32_t>* ids, std::vector<int32_t>* targets) {
+  ids->assign(batch * seq, 0);
+  targets->assign(batch * seq, -100);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t start = philox_u32(seed, 3, b) % vocab, step = 1 + philox_u32(seed, 4, b) % 3;
+    for (int64_t t = 0; t < seq; ++t) (*ids)[b * seq + t] = (start + step * t) % vocab;
+    for (int64_t t = 0; t + 1 < seq; ++t) (*targets)[b * seq + t] = (*ids)[b * seq + t + 1];
+  }
+}
+
+TEST_F(GpuModel, HfFixtureLogitsMatchTheCpu) {
+  for (const std::string arch : {"mixtral", "olmoe", "qwen2_moe", "qwen3_moe"}) {
+    const fs::path dir = fixture_dir(arch);
+    auto cpu_model = model::load_model((dir / "model").string());
+    auto gpu_model = model::load_model((dir / "model").string(), Device::cuda());
+    const io::SafetensorsFile fx =
+        io::SafetensorsFile::open((dir / "fixture.safetensors").string());
+    const Tensor ids_t = fx.copy("input_ids");
+    const int64_t batch = ids_t.dim(0), seq = ids_t.dim(1),
+                  vocab = cpu_model->config().vocab_size;
+    const int32_t* ids = ids_t.data<int32_t>();
+    std::vector<float> want(batch * seq * vocab), got(batch * seq * vocab, NAN);
+    cpu_model->logits(ids, batch, seq, want.data());
+    gpu_model->logits(ids, batch, seq, got.data());
+    const double err = rel_l2(got, want);
+    // Greedy tokens agree wherever the CPU's top-2 margin is above bf16 noise.
+    int64_t compared = 0, agree = 0;
+    for (int64_t r = 0; r < batch * seq; ++r) {
+      const float* w = want.data() + r * vocab;
+      const float* g = got.data() + r * vocab;
+      std::vector<float> sorted(w, w + vocab);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
+      if (sorted[0] - sorted[1] < 0.05f * std::max(1.0f, std::fabs(sorted[0]))) continue;
+      ++compared;
+      agree += std::max_element(w, w + vocab) - w == std::max_element(g, g + vocab) - g;
+    }
+    std::printf("[ info ] %s: GPU logits rel L2 %.3g; greedy agrees %lld/%lld\n", arch.c_str(),
+                err, static_cast<long long>(agree), static_cast<long long>(compared));
+    EXPECT_LT(err, 2e-2) << arch;
+    EXPECT_GT(compared, 0) << arch;
+    EXPECT_EQ(agree, compared) << arch;
+  }
+}
+
+TEST_F(GpuModel, OneStepGradientsMatchTheCpu) {
+  const ModelConfig config = small_config();
+  model::Model cpu_model(config), gpu_model(config, Device::cuda());
+  cpu_model.init_weights(5);
+  gpu_model.init_weights(5);
+  EXPECT_EQ(host_floats(gpu_model.params().flat()), host_floats(cpu_model.params().flat()));
+  std::vector<int32_t> ids, targets;
+  counting_batch(4, 64, config.vocab_size, 1, &ids, &targets);
+  model::ForwardOptions opt;
+  opt.training = true;
+  opt.for_backward = true;
+  double loss[2];
+  model::Model* models[2] = {&cpu_model, &gpu_model};
+  for (int i = 0; i < 2; ++i) {
+    models[i]->zero_grad();
+    const model::LossResult r = models[i]->forward(ids.data(), targets.data(), 4, 64, opt);
+    loss[i] = r.loss;
+    models[i]->backward();
+  }
+  EXPECT_NEAR(loss[1], loss[0], 1e-2 * loss[0]);
+  const ParamBuffer& g_cpu = cpu_model.grads();
+  const ParamBuffer& g_gpu = gpu_model.grads();
+  for (int i = 0; i < g_cpu.size(); ++i) {
+    const std::vector<float> a = host_floats(g_gpu.tensor(i)), b = host_floats(g_cpu.tensor(i));
+    const double err = rel_l2(a, b);
+    // bf16 activations and weights: a few percent on each tensor's gradient; the routers see the
+    // largest error (their gradient is a small difference of expert outputs).
+    EXPECT_LT(err, 8e-2) << g_cpu.name(i);
+  }
+}
+
+TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
+  const ModelConfig config = small_config();
+  train::OptimizerConfig oc;
+  oc.lr = 3e-3;
+  oc.beta2 = 0.95;
+  oc.weight_decay = 0.1;
+  oc.grad_clip = 1.0;
+  std::vector<double> curve[2];
+  for (int dev = 0; dev < 2; ++dev) {
+    model::Model m(config, dev == 0 ? Device::cpu() : Device::cuda());
+    m.init_weights(7);
+    train::AdamW adam(m.params(), oc);
+    for (int step = 0; step < 50; ++step) {
+      std::vector<int32_t> ids, targets;
+      counting_batch(8, 64, config.vocab_size, 100 + step, &ids, &targets);
+      m.zero_grad();
+      model::ForwardOptions opt;
+      opt.training = true;
+      opt.for_backward = true;
+      opt.step = step;
+      curve[dev].push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
+      m.backward();
+      adam.step(m, oc.lr, step + 1);
+    }
+  }
+  // bf16 activations and weight copies change each step's numbers by ~1%, and routing decisions
+  // near a tie flip, so the curves drift apart slowly; they must stay within 5% at every step,
+  // and both must learn (the loss falls by more than half).
+  double worst = 0;
+  for (int s = 0; s < 50; ++s)
+    worst = std::max(worst, std::fabs(curve[1][s] - curve[0][s]) / curve[0][s]);
+  std::printf("[ info ] loss CPU %.4f -> %.4f, GPU %.4f -> %.4f, worst step diff %.3g\n",
+              curve[0][0], curve[0][49], curve[1][0], curve[1][49], worst);
+  EXPECT_LT(worst, 5e-2);
+  EXPECT_LT(curve[1][49], 0.5 * curve[1][0]);
+}
+
+TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
+  const ModelConfig config = small_config();
+  model::Model m(config, Device::cuda());
+  m.init_weights(3);
+  std::vector<int32_t> ids, targets;
+  counting_batch(2, 24, config.vocab_size, 9, &ids, &targets);
+  const int64_t vocab = config.vocab_size;
+  std::vector<float> full(2 * 24 * vocab);
+  m.logits(ids.data(), 2, 24, full.data());
+  model::KVCache cache = m.make_cache(2, 32);
+  std::vector<float> last(2 * vocab);
+  // A 16-token prefill, then one token at a time.
+  for (int64_t pos = 0; pos < 24;) {
+    const int64_t len = pos == 0 ? 16 : 1;
+    std::vector<int32_t> chunk;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < len; ++t) chunk.push_back(ids[b * 24 + pos + t]);
+    m.forward_cached(chunk.data(), 2, len, cache, last.data());
+    pos += len;
+    for (int64_t b = 0; b < 2; ++b) {
+      const std::vector<float> a(last.begin() + b * vocab, last.begin() + (b + 1) * vocab);
+      const std::vector<float> w(full.begin() + ((b * 24) + pos - 1) * vocab,
+                                 full.begin() + ((b * 24) + pos) * vocab);
+      EXPECT_LT(rel_l2(a, w), 2e-2) << "position " << pos - 1 << " batch " << b;
+    }
+  }
+}
+
+TEST_F(GpuModel, GpuCheckpointLoadsOnTheCpu) {
+  const ModelConfig config = small_config();
+  model::Model gpu_model(config, Device::cuda());
+  gpu_model.init_weights(11);
+  train::OptimizerConfig oc;
+  train::AdamW adam(gpu_model.params(), oc);
+  std::vector<int32_t> ids, targets;
+  counting_batch(4, 32, config.vocab_size, 2, &ids, &targets);
+  for (int step = 0; step < 3; ++step) {  // weights that no longer equal their init
+    gpu_model.zero_grad();
+    model::ForwardOptions opt;
+    opt.training = true;
+    opt.for_backward = true;
+    gpu_model.forward(ids.data(), targets.data(), 4, 32, opt);
+    gpu_model.backward();
+    adam.step(gpu_model, 1e-3, step + 1);
+  }
+  const fs::path dir = fs::temp_directory_path() / ("moex_gpu_ckpt_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  model::save_model(gpu_model, kSmallConfig, dir.string());
+  auto cpu_model = model::load_model(dir.string());
+  EXPECT_EQ(host_floats(cpu_model->params().flat()), host_floats(gpu_model.params().flat()));
+  std::vector<float> a(4 * 32 * config.vocab_size), b(a.size());
+  gpu_model.logits(ids.data(), 4, 32, a.data());
+  cpu_model->logits(ids.data(), 4, 32, b.data());
+  EXPECT_LT(rel_l2(a, b), 2e-2);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace moex
