@@ -1,0 +1,223 @@
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda/adamw.h"
+#include "cuda/bf16_util.cuh"
+#include "cuda/block_reduce.cuh"
+#include "cuda/cuda_check.h"
+
+namespace moex::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kPerThread = 16;                           // elements per thread per chunk
+constexpr int64_t kChunk = int64_t{kThreads} * kPerThread;  // a multiple of 4: float4 stays aligned
+
+// Step scalars formed on the host in double, rounded to fp32 as cpu::adamw_step does.
+struct Scalars {
+  double lr;
+  float b1, one_minus_b1, b2, one_minus_b2, step_size, inv_sqrt_bc2, eps, grad_scale;
+};
+
+// The twin's expression, operation by operation, with explicit round-to-nearest intrinsics so no
+// multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop.
+__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float grad,
+                                              float decay, const Scalars& s) {
+  const float g = __fmul_rn(grad, s.grad_scale);
+  m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
+  v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
+  const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), s.inv_sqrt_bc2), s.eps);
+  p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
+}
+
+// Elements [begin, end) of one segment; begin % 4 == 0 on the vector path.
+template <bool kVec>
+__device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
+                                            __nv_bfloat16* __restrict__ param,
+                                            const float* __restrict__ grad,
+                                            float* __restrict__ exp_avg,
+                                            float* __restrict__ exp_avg_sq, int64_t begin,
+                                            int64_t end, float decay, const Scalars& s) {
+  if constexpr (kVec) {
+#pragma unroll
+    for (int k = 0; k < kPerThread / 4; ++k) {
+      const int64_t i = begin + (int64_t{k} * kThreads + threadIdx.x) * 4;
+      if (i + 4 <= end) {
+        float4 p = *reinterpret_cast<const float4*>(master + i);
+        float4 m = *reinterpret_cast<const float4*>(exp_avg + i);
+        float4 v = *reinterpret_cast<const float4*>(exp_avg_sq + i);
+        const float4 g = *reinterpret_cast<const float4*>(grad + i);
+        adamw_element(p.x, m.x, v.x, g.x, decay, s);
+        adamw_element(p.y, m.y, v.y, g.y, decay, s);
+        adamw_element(p.z, m.z, v.z, g.z, decay, s);
+        adamw_element(p.w, m.w, v.w, g.w, decay, s);
+        *reinterpret_cast<float4*>(master + i) = p;
+        *reinterpret_cast<float4*>(exp_avg + i) = m;
+        *reinterpret_cast<float4*>(exp_avg_sq + i) = v;
+        if (param != nullptr) {
+          const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
+          const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
+          uint2 packed;
+          packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+          packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+          *reinterpret_cast<uint2*>(param + i) = packed;
+        }
+      } else {
+        for (int64_t j = i; j < end && j < i + 4; ++j) {
+          adamw_element(master[j], exp_avg[j], exp_avg_sq[j], grad[j], decay, s);
+          if (param != nullptr) param[j] = __float2bfloat16_rn(master[j]);
+        }
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int k = 0; k < kPerThread; ++k) {
+      const int64_t i = begin + int64_t{k} * kThreads + threadIdx.x;
+      if (i < end) {
+        float p = master[i], m = exp_avg[i], v = exp_avg_sq[i];
+        adamw_element(p, m, v, grad[i], decay, s);
+        master[i] = p;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        if (param != nullptr) param[i] = __float2bfloat16_rn(p);
+      }
+    }
+  }
+}
+
+// One launch over all segments. Chunks of kChunk elements are numbered across the segments in
+// order; block b takes global chunks b, b + gridDim.x, ... so large and small tensors spread over
+// the whole grid. Elements between segments (padding) are never touched.
+__global__ void __launch_bounds__(kThreads)
+    adamw_kernel(float* master, __nv_bfloat16* param, const float* grad, float* exp_avg,
+                 float* exp_avg_sq, const AdamWSegment* __restrict__ segments, int num_segments,
+                 bool aligned, Scalars s) {
+  const int64_t grid = gridDim.x;
+  int64_t first_chunk = 0;  // global number of the current segment's chunk 0
+  for (int si = 0; si < num_segments; ++si) {
+    const AdamWSegment seg = segments[si];
+    const int64_t chunks = (seg.count + kChunk - 1) / kChunk;
+    int64_t j = (int64_t{blockIdx.x} - first_chunk % grid + grid) % grid;
+    first_chunk += chunks;
+    if (j >= chunks) continue;
+    const float decay = static_cast<float>(1.0 - s.lr * static_cast<double>(seg.weight_decay));
+    const int64_t seg_end = seg.offset + seg.count;
+    const bool vec = aligned && seg.offset % 4 == 0;
+    for (; j < chunks; j += grid) {
+      const int64_t begin = seg.offset + j * kChunk;
+      const int64_t end = min(seg_end, begin + kChunk);
+      if (vec) {
+        adamw_chunk<true>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+      } else {
+        adamw_chunk<false>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+      }
+    }
+  }
+}
+
+// sum_of_squares: block b squares and sums [b * kSqChunk, (b + 1) * kSqChunk) in fp32 (each
+// thread a fixed strided subset, then block_sum); one block adds the partials in double, in order.
+constexpr int kSqPerThread = 32;
+constexpr int64_t kSqChunk = int64_t{kThreads} * kSqPerThread;
+constexpr int kFinalThreads = 1024;
+
+__global__ void squares_partials_kernel(const float* __restrict__ x, int64_t n, bool vec,
+                                        double* __restrict__ partial) {
+  const int64_t begin = blockIdx.x * kSqChunk;
+  float acc = 0.0f;
+  if (vec && begin + kSqChunk <= n) {
+    const float4* x4 = reinterpret_cast<const float4*>(x + begin);
+#pragma unroll
+    for (int k = 0; k < kSqPerThread / 4; ++k) {
+      const float4 v = x4[threadIdx.x + k * kThreads];
+      acc += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
+    }
+  } else {
+    for (int k = 0; k < kSqPerThread; ++k) {
+      const int64_t i = begin + threadIdx.x + int64_t{k} * kThreads;
+      if (i < n) acc += x[i] * x[i];
+    }
+  }
+  acc = block_sum<kThreads>(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(acc);
+}
+
+__global__ void squares_final_kernel(const double* __restrict__ partial, int64_t parts,
+                                     double* __restrict__ out) {
+  double acc = 0.0;
+  for (int64_t p = threadIdx.x; p < parts; p += kFinalThreads) acc += partial[p];
+  acc = block_sum<kFinalThreads>(acc);
+  if (threadIdx.x == 0) out[0] = acc;
+}
+
+int adamw_grid() {
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel, kThreads, 0));
+  return std::max(1, sms * std::max(1, per_sm));
+}
+
+}  // namespace
+
+void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, float* exp_avg,
+                        float* exp_avg_sq, const AdamWSegment* segments, int num_segments,
+                        const AdamWStep& st, cudaStream_t stream) {
+  MOEX_CHECK(num_segments >= 0, "adamw_multi_tensor: num_segments must be >= 0, got ",
+             num_segments);
+  MOEX_CHECK(st.step >= 1, "adamw_multi_tensor: step must be >= 1 (1-based), got ", st.step);
+  MOEX_CHECK(st.beta1 >= 0 && st.beta1 < 1 && st.beta2 >= 0 && st.beta2 < 1,
+             "adamw_multi_tensor: betas must be in [0, 1), got ", st.beta1, ", ", st.beta2);
+  if (num_segments == 0) return;
+  MOEX_CHECK(master && grad && exp_avg && exp_avg_sq && segments,
+             "adamw_multi_tensor: a buffer or the segment table is null");
+  // As cpu::adamw_step: double scalars, then fp32.
+  const double b1 = st.beta1, b2 = st.beta2, lr = st.lr;
+  const double bc1 = 1.0 - std::pow(b1, static_cast<double>(st.step));
+  const double bc2 = 1.0 - std::pow(b2, static_cast<double>(st.step));
+  Scalars s;
+  s.lr = lr;
+  s.b1 = static_cast<float>(b1);
+  s.one_minus_b1 = static_cast<float>(1.0 - b1);
+  s.b2 = static_cast<float>(b2);
+  s.one_minus_b2 = static_cast<float>(1.0 - b2);
+  s.step_size = static_cast<float>(lr / bc1);
+  s.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  s.eps = static_cast<float>(static_cast<double>(st.eps));
+  s.grad_scale = static_cast<float>(static_cast<double>(st.grad_scale));
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  const bool aligned = addr(master) % 16 == 0 && addr(grad) % 16 == 0 &&
+                       addr(exp_avg) % 16 == 0 && addr(exp_avg_sq) % 16 == 0 &&
+                       addr(param_bf16) % 8 == 0;
+  const int grid = adamw_grid();  // a few microseconds of host queries, once per step
+  adamw_kernel<<<grid, kThreads, 0, stream>>>(master, static_cast<__nv_bfloat16*>(param_bf16),
+                                              grad, exp_avg, exp_avg_sq, segments, num_segments,
+                                              aligned, s);
+  MOEX_LAUNCH_CHECK();
+}
+
+size_t sum_of_squares_workspace_bytes(int64_t n) {
+  return static_cast<size_t>(std::max<int64_t>(ceil_div(n, kSqChunk), 1)) * sizeof(double);
+}
+
+void sum_of_squares(const float* grad, int64_t n, double* out, void* workspace,
+                    cudaStream_t stream) {
+  MOEX_CHECK(n >= 0, "sum_of_squares: n must be >= 0, got ", n);
+  if (n == 0) {
+    CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(double), stream));
+    return;
+  }
+  MOEX_CHECK(grad && out && workspace, "sum_of_squares: grad, out or workspace is null");
+  const int64_t parts = ceil_div(n, kSqChunk);
+  MOEX_CHECK(parts < (int64_t{1} << 31), "sum_of_squares: n = ", n, " is too large");
+  auto* partial = static_cast<double*>(workspace);
+  squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
+      grad, n, reinterpret_cast<uintptr_t>(grad) % 16 == 0, partial);
+  MOEX_LAUNCH_CHECK();
+  squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(partial, parts, out);
+  MOEX_LAUNCH_CHECK();
+}
+
+}  // namespace moex::cuda

@@ -1,0 +1,117 @@
+#include <algorithm>
+
+#include "cuda/bf16_chunk.cuh"
+#include "cuda/cuda_check.h"
+#include "cuda/rope.h"
+
+namespace moex::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// One block per token (b, t). Its cos/sin table [half] is formed once in shared memory (fp32, as
+// the twin and transformers: inv_freq, then pos * inv_freq, then cos/sin) and reused by every head,
+// so the transcendental cost is per token, not per element. threadIdx.x walks chunks of W pair
+// indices i (i pairs with i + half), threadIdx.y the heads. Each thread's first chunk is loaded
+// before the table is formed, so the load latency hides behind the sin/cos work.
+template <int W>
+__global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num_heads,
+                            int head_dim, int64_t start_pos, float theta, float sign) {
+  extern __shared__ float2 cos_sin[];  // [half]: (cos, sign * sin)
+  const int half = head_dim / 2;
+  const int64_t token = blockIdx.x;  // b * seq_len + t
+  const int64_t row = num_heads * head_dim;
+  const bf16* xt = x + token * row;
+  bf16* yt = y + token * row;
+  const int first_i = threadIdx.x * W;
+  const bool has_first = first_i < half && threadIdx.y < num_heads;
+  float x1[W], x2[W];
+  if (has_first) {
+    const int64_t off = int64_t{threadIdx.y} * head_dim + first_i;
+    load_chunk<W>(xt + off, x1);
+    load_chunk<W>(xt + off + half, x2);
+  }
+  const float pos = static_cast<float>(start_pos + token % seq_len);
+  const int threads = blockDim.x * blockDim.y;
+  for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < half; i += threads) {
+    const float inv_freq =
+        1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    float sn, cs;
+    sincosf(pos * inv_freq, &sn, &cs);
+    cos_sin[i] = make_float2(cs, sign * sn);
+  }
+  __syncthreads();
+  bool first = has_first;
+  for (int i0 = first_i; i0 < half; i0 += blockDim.x * W) {
+    float c[W], s[W];
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      const float2 t = cos_sin[i0 + j];
+      c[j] = t.x;
+      s[j] = t.y;
+    }
+    for (int64_t h = threadIdx.y; h < num_heads; h += blockDim.y) {
+      const int64_t off = h * head_dim + i0;
+      if (!first) {
+        load_chunk<W>(xt + off, x1);
+        load_chunk<W>(xt + off + half, x2);
+      }
+      first = false;
+      float y1[W], y2[W];
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        y1[j] = x1[j] * c[j] - x2[j] * s[j];
+        y2[j] = x2[j] * c[j] + x1[j] * s[j];
+      }
+      store_chunk<W>(yt + off, y1);  // y may alias x: this thread read both halves already
+      store_chunk<W>(yt + off + half, y2);
+    }
+  }
+}
+
+void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, float sign,
+                cudaStream_t stream) {
+  MOEX_CHECK(p.batch >= 0 && p.seq_len >= 0, op, ": batch and seq_len must be >= 0, got ",
+             p.batch, ", ", p.seq_len);
+  MOEX_CHECK(p.num_heads > 0, op, ": num_heads must be > 0, got ", p.num_heads);
+  MOEX_CHECK(p.head_dim > 0 && p.head_dim % 2 == 0 && p.head_dim <= 8192, op,
+             ": head_dim must be even, in [2, 8192] (cos/sin table in shared memory), got ",
+             p.head_dim);
+  MOEX_CHECK(p.start_pos >= 0, op, ": start_pos must be >= 0, got ", p.start_pos);
+  MOEX_CHECK(p.theta > 0, op, ": theta must be > 0, got ", p.theta);
+  const int64_t tokens = p.batch * p.seq_len;
+  if (tokens == 0) return;
+  MOEX_CHECK(tokens < (int64_t{1} << 31), op, ": batch * seq_len = ", tokens, " is too large");
+  const int half = static_cast<int>(p.head_dim / 2);
+  const bool vec = half % 8 == 0 && aligned16(x) && aligned16(y);
+  const int w = vec ? 8 : 1;
+  // About 256 threads per block: x covers the chunks of one head, y the heads.
+  const int tx = static_cast<int>(std::min<int64_t>(ceil_div(half, w), 256));
+  const int ty = static_cast<int>(std::min<int64_t>(std::max(1, 256 / tx), p.num_heads));
+  const dim3 block(tx, ty);
+  const auto* xs = static_cast<const bf16*>(x);
+  auto* ys = static_cast<bf16*>(y);
+  const float theta = static_cast<float>(p.theta);
+  const int hd = static_cast<int>(p.head_dim);
+  const size_t smem = static_cast<size_t>(half) * sizeof(float2);
+  if (vec) {
+    rope_kernel<8><<<static_cast<unsigned>(tokens), block, smem, stream>>>(
+        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, theta, sign);
+  } else {
+    rope_kernel<1><<<static_cast<unsigned>(tokens), block, smem, stream>>>(
+        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, theta, sign);
+  }
+  MOEX_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream) {
+  rope_apply("rope_forward_bf16", x, y, p, 1.0f, stream);
+}
+
+void rope_backward_bf16(const void* dy, void* dx, const RopeParams& p, cudaStream_t stream) {
+  rope_apply("rope_backward_bf16", dy, dx, p, -1.0f, stream);
+}
+
+}  // namespace moex::cuda

@@ -1,0 +1,159 @@
+// Multi-tensor AdamW against cpu::adamw_step<float> segment by segment (the kernel repeats the
+// twin's fp32 operations unfused, so it should match to the bit; the bound is 1e-6 relative),
+// padding between segments untouched, the bf16 copy rounded to nearest even from the new master,
+// and sum_of_squares against cpu::sum_of_squares with bit-identical reruns.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/adamw.h"
+#include "cpu/reduce.h"
+#include "cuda/adamw.h"
+#include "kernel_test_util.h"
+
+namespace moex {
+namespace {
+
+using kt::DevBuf;
+using kt::download;
+using kt::rand_vec;
+using kt::rel_l2;
+using kt::upload;
+
+class AdamWTest : public kt::GpuKernel {};
+
+TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
+  cuda::CudaContext ctx;
+  // Sizes around the 4096-element chunk, tiny ones, and offsets not a multiple of 4 (scalar path);
+  // gaps between segments are padding the kernel must not touch.
+  const std::vector<std::pair<int64_t, int64_t>> layout = {  // (gap before, count)
+      {0, 1},     {3, 4096}, {0, 4097}, {5, 7},    {1, 100000}, {16, 12288},
+      {2, 33},    {0, 1},    {4, 1000}, {7, 4095}, {0, 65536}};
+  std::vector<cuda::AdamWSegment> segs;
+  int64_t total = 0;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    total += layout[i].first;
+    segs.push_back({total, layout[i].second, i % 3 == 0 ? 0.0f : 0.01f * float(i)});
+    total += layout[i].second;
+  }
+  total += 9;  // trailing padding
+  for (bool with_bf16 : {true, false}) {
+    for (int64_t step : {1, 7}) {
+      const auto master0 = rand_vec(total, 120 + step), grad = rand_vec(total, 121 + step, -2, 2);
+      const auto m0 = rand_vec(total, 122 + step, -0.1f, 0.1f);
+      const auto v0 = rand_vec(total, 123 + step, 1e-4f, 1e-2f);
+      cuda::AdamWStep st;
+      st.lr = 3e-3f;
+      st.beta1 = 0.9f;
+      st.beta2 = 0.95f;
+      st.eps = 1e-8f;
+      st.step = step;
+      st.grad_scale = 0.61f;
+      DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m0), dv = upload(v0);
+      DevBuf dparam(total * 2), dsegs = upload(segs);  // bf16 copy poisoned: padding stays 0xFFFF
+      cuda::adamw_multi_tensor(dmaster.as<float>(), with_bf16 ? dparam.ptr : nullptr,
+                               dgrad.as<float>(), dm.as<float>(), dv.as<float>(),
+                               dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st,
+                               ctx.stream());
+      const auto master = download<float>(dmaster.ptr, total);
+      const auto m = download<float>(dm.ptr, total), v = download<float>(dv.ptr, total);
+      const auto param = download<uint16_t>(dparam.ptr, total);
+      std::vector<float> master_ref = master0, m_ref = m0, v_ref = v0;
+      std::vector<char> inside(total, 0);
+      for (const auto& s : segs) {
+        cpu::AdamWConfig c;
+        c.lr = st.lr;
+        c.beta1 = st.beta1;
+        c.beta2 = st.beta2;
+        c.eps = st.eps;
+        c.weight_decay = s.weight_decay;
+        c.grad_scale = st.grad_scale;
+        cpu::adamw_step<float>(master_ref.data() + s.offset, grad.data() + s.offset,
+                               m_ref.data() + s.offset, v_ref.data() + s.offset, s.count, step, c);
+        std::fill(inside.begin() + s.offset, inside.begin() + s.offset + s.count, 1);
+      }
+      const std::string tag = std::string(with_bf16 ? "bf16 copy" : "no copy") + " step " +
+                              std::to_string(step);
+      EXPECT_LT(rel_l2(master, master_ref), 1e-6) << tag;
+      EXPECT_LT(rel_l2(m, m_ref), 1e-6) << tag;
+      EXPECT_LT(rel_l2(v, v_ref), 1e-6) << tag;
+      int64_t exact = 0, inside_count = 0;
+      for (int64_t i = 0; i < total; ++i) {
+        if (!inside[i]) {
+          ASSERT_EQ(master[i], master0[i]) << tag << " padding " << i;
+          ASSERT_EQ(m[i], m0[i]) << tag << " padding " << i;
+          ASSERT_EQ(v[i], v0[i]) << tag << " padding " << i;
+          ASSERT_EQ(param[i], 0xFFFFu) << tag << " padding " << i;
+          continue;
+        }
+        ++inside_count;
+        exact += master[i] == master_ref[i];
+        const uint16_t want = with_bf16 ? f32_to_bf16(master[i]) : uint16_t{0xFFFF};
+        ASSERT_EQ(param[i], want) << tag << " bf16 copy " << i;
+      }
+      std::printf("[adamw] %s: %lld of %lld master values bit-identical to the CPU twin\n",
+                  tag.c_str(), static_cast<long long>(exact),
+                  static_cast<long long>(inside_count));
+    }
+  }
+}
+
+TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {
+  cuda::CudaContext ctx;
+  for (int64_t n : {1, 1000, 8192, 8193, 3000001}) {
+    for (int64_t off : {0, 1}) {
+      const auto g = rand_vec(n + off, 130 + n, -2, 2);
+      const double ref = cpu::sum_of_squares(g.data() + off, n);
+      DevBuf dg = upload(g), ws(cuda::sum_of_squares_workspace_bytes(n)), out(8);
+      cuda::sum_of_squares(dg.as<float>() + off, n, out.as<double>(), ws.ptr, ctx.stream());
+      const auto a = download<double>(out.ptr, 1);
+      out.poison();
+      ws.poison();
+      cuda::sum_of_squares(dg.as<float>() + off, n, out.as<double>(), ws.ptr, ctx.stream());
+      const auto b = download<double>(out.ptr, 1);
+      const std::string tag = "n " + std::to_string(n) + " offset " + std::to_string(off);
+      EXPECT_NEAR(a[0], ref, 1e-6 * ref) << tag;
+      EXPECT_TRUE(kt::same_bits(a, b)) << tag << ": two runs differ";
+    }
+  }
+}
+
+TEST_F(AdamWTest, Bandwidth) {
+  cuda::CudaContext ctx;
+  const auto s = ctx.stream();
+  // 64M elements as 48 tensors of mixed sizes, 16-element aligned with padding between them.
+  std::vector<cuda::AdamWSegment> segs;
+  int64_t total = 0;
+  for (int i = 0; i < 48; ++i) {
+    const int64_t count = (i % 3 == 0) ? 2048 : (int64_t{1} << 20) + 1000 * i;
+    segs.push_back({total, count, i % 3 == 0 ? 0.0f : 0.1f});
+    total += (count + 15) / 16 * 16;
+  }
+  const int64_t target = int64_t{64} << 20;
+  segs.push_back({total, target - total, 0.1f});
+  total = target;
+  int64_t elems = 0;
+  for (const auto& sg : segs) elems += sg.count;
+  DevBuf master = kt::dev_rand_f32(total, 141), grad = kt::dev_rand_f32(total, 142);
+  DevBuf m = kt::dev_rand_f32(total, 143, -0.1f, 0.1f), v = kt::dev_rand_f32(total, 144, 1e-4f, 1e-2f);
+  DevBuf param(total * 2), dsegs = upload(segs);
+  cuda::AdamWStep st;
+  kt::report_bandwidth("adamw 64M fp32 + bf16 copy (30 B/elem)", 30.0 * elems, s, [&] {
+    cuda::adamw_multi_tensor(master.as<float>(), param.ptr, grad.as<float>(), m.as<float>(),
+                             v.as<float>(), dsegs.as<cuda::AdamWSegment>(),
+                             static_cast<int>(segs.size()), st, s);
+  });
+  kt::report_bandwidth("adamw 64M fp32 only (28 B/elem)", 28.0 * elems, s, [&] {
+    cuda::adamw_multi_tensor(master.as<float>(), nullptr, grad.as<float>(), m.as<float>(),
+                             v.as<float>(), dsegs.as<cuda::AdamWSegment>(),
+                             static_cast<int>(segs.size()), st, s);
+  });
+  DevBuf ws(cuda::sum_of_squares_workspace_bytes(total)), out(8);
+  kt::report_bandwidth("sum_of_squares 64M", 4.0 * total, s, [&] {
+    cuda::sum_of_squares(grad.as<float>(), total, out.as<double>(), ws.ptr, s);
+  });
+}
+
+}  // namespace
+}  // namespace moex
