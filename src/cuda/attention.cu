@@ -52,10 +52,10 @@ bool allow_smem(Kernel kernel, int bytes) {
   return true;
 }
 
-template <int kD, int kWarps, int kBc, bool kQRegs>
+template <int kD, int kWarps, int kBc, int kMT, bool kQRegs>
 void launch_fwd(const attn::FwdArgs& a, int64_t batch, cudaStream_t stream) {
-  using Tile = attn::FwdTile<kD, kWarps, kBc>;
-  auto kernel = attn::attention_fwd_kernel<kD, kWarps, kBc, kQRegs>;
+  using Tile = attn::FwdTile<kD, kWarps, kBc, kMT>;
+  auto kernel = attn::attention_fwd_kernel<kD, kWarps, kBc, kMT, kQRegs>;
   static const bool smem_ok = allow_smem(kernel, Tile::kSmemBytes);
   (void)smem_ok;
   const dim3 grid(static_cast<unsigned>(batch * a.num_heads),
@@ -101,13 +101,13 @@ void attention_forward_bf16(const void* q, const void* k, const void* v, void* o
   a.scale_log2 = softmax_scale(p) * kLog2e;
   a.vec = p.head_dim % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
   if (p.head_dim <= 32) {
-    launch_fwd<32, 4, 64, false>(a, p.batch, stream);
+    launch_fwd<32, 4, 64, 1, false>(a, p.batch, stream);
   } else if (p.head_dim <= 64) {
-    launch_fwd<64, 4, 64, true>(a, p.batch, stream);
+    launch_fwd<64, 4, 64, 1, true>(a, p.batch, stream);
   } else if (p.head_dim <= 128) {
-    launch_fwd<128, 4, 64, true>(a, p.batch, stream);
+    launch_fwd<128, 4, 64, 1, true>(a, p.batch, stream);
   } else {
-    launch_fwd<256, 4, 32, false>(a, p.batch, stream);
+    launch_fwd<256, 4, 32, 1, false>(a, p.batch, stream);
   }
 }
 
