@@ -65,9 +65,13 @@ void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtabl
                                    dtable.data<float>());
     return;
   }
-  MOEX_CUDA_TWIN("embedding_backward",
-                 cuda::embedding_backward_bf16(dev_ids.data<int32_t>(), dy.raw_data(), n, vocab,
-                                               d, dtable.data<float>(), detail::stream(dev)));
+  MOEX_CUDA_TWIN("embedding_backward", {
+    Tensor ws = Tensor::empty(
+        Shape{static_cast<int64_t>(cuda::embedding_backward_workspace_bytes(n, vocab)) + 1},
+        DType::kU8, dev);
+    cuda::embedding_backward_bf16(dev_ids.data<int32_t>(), dy.raw_data(), n, vocab, d,
+                                  dtable.data<float>(), ws.raw_data(), detail::stream(dev));
+  });
 }
 
 }  // namespace moex::ops
