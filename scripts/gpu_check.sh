@@ -132,10 +132,10 @@ fi
 if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
   : >"$OUT/train_bench.jsonl"
   for shape in small medium; do
-    "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 10 --json \
+    "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 8 --json \
       2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", /" >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape failed"
   done
-  PYTHONUNBUFFERED=1 python3 bench/peers/train_peers.py >>"$OUT/train_bench.jsonl" 2>"$OUT/train_peers.err" || echo "train peers exit $?"
+  PYTHONUNBUFFERED=1 python3 bench/peers/train_peers.py --iters 6 --warmup 3 >>"$OUT/train_bench.jsonl" 2>"$OUT/train_peers.err" || echo "train peers exit $?"
   tail -n 3 "$OUT/train_bench.err" "$OUT/train_peers.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os

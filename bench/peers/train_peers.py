@@ -46,7 +46,12 @@ def run(shape, mode, iters, warmup):
         router_aux_loss_coef=0.02, output_router_logits=True, tie_word_embeddings=False,
         attn_implementation="sdpa")
     torch.manual_seed(0)
-    model = MixtralForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
+    # Built on the GPU in bf16 directly (a CPU fp32 init of the medium model takes minutes).
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = MixtralForCausalLM(config)
+    torch.set_default_dtype(previous)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)

@@ -128,6 +128,16 @@ ParamBuffer ParamBuffer::copy_to(Device device) const {
   return out;
 }
 
+ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
+  ParamBuffer out;
+  out.names_ = names_;
+  out.shapes_ = shapes_;
+  out.offsets_ = offsets_;
+  out.total_ = total_;
+  out.allocate(dtype, device);
+  return out;
+}
+
 int ParamBuffer::index_of(const std::string& name) const {
   auto it = std::find(names_.begin(), names_.end(), name);
   return it == names_.end() ? -1 : static_cast<int>(it - names_.begin());

@@ -80,6 +80,8 @@ class ParamBuffer {
   void allocate(DType dtype, Device device = Device::cpu());
   // The same layout with a copy of the values on another device (an allocated buffer).
   ParamBuffer copy_to(Device device) const;
+  // The same layout, allocated on `device` (zeros on the CPU, uninitialized elsewhere).
+  ParamBuffer like(DType dtype, Device device) const;
 
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }

@@ -26,7 +26,9 @@ Tensor upload(const Tensor& src, DType dtype, const char* what, const Shape& sha
   if (dtype == DType::kF32) return src.device().is_cuda() ? src.clone() : f32;
   Tensor out = dev(shape, DType::kBF16, ctx);
   f32_to_bf16(f32.data<float>(), out.raw_data(), src.numel(), ctx.stream());
-  ctx.synchronize();  // f32 may be a temporary
+  // A host source went through a temporary device copy: wait before it is freed. A device source
+  // needs no wait (the conversion is ordered on the stream before anything that reuses memory).
+  if (!src.device().is_cuda()) ctx.synchronize();
   return out;
 }
 

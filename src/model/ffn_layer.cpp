@@ -6,6 +6,7 @@
 #include "ops/activation.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#include "ops/profile.h"
 
 namespace moex::model {
 namespace {
@@ -165,6 +166,7 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   options.offset = step.offset;
   options.loss_scale = step.loss_scale;
   if (hold_routing_) options.fixed_routing = &held_;
+  const ops::ProfileScope profile("moe_forward", x.device());
   const MoEOutput& out = moe_->forward(x, options);
   if (!hold_routing_ && x.device().is_cpu()) held_ = moe_->routing();
   ops::copy(out.y, y);
@@ -180,6 +182,7 @@ void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
     ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, Tensor());
     return;
   }
+  const ops::ProfileScope profile("moe_backward", dy.device());
   const MoEGradients& g = moe_->backward(dy);
   ops::copy(g.dx, dx);
   const MoEWeights& gw = g.weights;

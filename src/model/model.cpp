@@ -73,31 +73,33 @@ void Model::store_host_params(const ParamBuffer& host) {
 }
 
 void Model::init_weights(uint64_t seed) {
-  // Weights are drawn on the host (the same numbers on every device), then copied to the device.
-  std::unique_ptr<Model> staging;
-  Model* host = this;
-  if (device_.is_cuda()) {
-    staging = std::make_unique<Model>(config_, Device::cpu());
-    host = staging.get();
-  }
-  float* flat = host->master_.flat().data<float>();
-  std::fill(flat, flat + host->master_.flat().numel(), 0.0f);
+  // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
+  // modules to a host buffer of the same layout for the drawing, then copies it over.
+  const ParamBuffer host =
+      device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
+  if (device_.is_cuda()) bind_all({host, host, host});
+  float* flat = host.flat().data<float>();
+  std::fill(flat, flat + host.flat().numel(), 0.0f);
   const int64_t d = config_.hidden_size;
   Rng rng(seed, 0);
-  float* embed = host->embed_.w.data<float>();
+  float* embed = embed_.w.data<float>();
   for (int64_t i = 0; i < config_.vocab_size * d; ++i) embed[i] = config_.init_std * rng.normal();
-  if (host->pos_) {
-    float* pos = host->pos_.w.data<float>();
+  if (pos_) {
+    float* pos = pos_.w.data<float>();
     for (int64_t i = 0; i < config_.max_seq_len * d; ++i) pos[i] = config_.init_std * rng.normal();
   }
   if (!config_.tie_embeddings) {
-    float* head = host->head_.w.data<float>();
+    float* head = head_.w.data<float>();
     for (int64_t i = 0; i < config_.vocab_size * d; ++i) head[i] = config_.init_std * rng.normal();
   }
-  for (auto& block : host->blocks_) block->init(seed);
-  host->final_norm_->init();
-  if (staging) {
-    copy_weights_from(*staging);
+  // Each block draws from its own Philox streams: blocks can fill in parallel, same numbers.
+  const int num_blocks = static_cast<int>(blocks_.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int i = 0; i < num_blocks; ++i) blocks_[i]->init(seed);
+  final_norm_->init();
+  if (device_.is_cuda()) {
+    bind_all({master_, compute_params(), grads_});
+    store_host_params(host);
   } else {
     weights_changed();
   }

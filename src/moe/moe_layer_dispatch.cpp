@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/profile.h"
 
 #ifdef MOEX_WITH_CUDA
 #include "cuda/activation.h"
@@ -61,8 +62,11 @@ class CudaMoELayer final : public MoEDeviceLayer {
       max_tokens_ = T;
       stamps_.clear();  // a new layer holds no weights yet
     }
-    upload_if_changed(w);
     const Device dev = Device::cuda(ctx_.ordinal());
+    {
+      const ops::ProfileScope profile("moe_forward.weight_upload", dev);
+      upload_if_changed(w);
+    }
     if (x.dtype() == DType::kBF16) {
       xb_ = x;
     } else {
@@ -71,9 +75,13 @@ class CudaMoELayer final : public MoEDeviceLayer {
     }
     Tensor yb = Tensor::empty({T, d}, DType::kBF16, dev);
     layer_->set_loss_scale(static_cast<float>(options.loss_scale));
-    layer_->forward(xb_, yb, options.training, options.seed, options.offset);
+    {
+      const ops::ProfileScope profile("moe_forward.layer", dev);
+      layer_->forward(xb_, yb, options.training, options.seed, options.offset);
+    }
     out_.y = Tensor::empty({T, d}, DType::kF32, dev);
     cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());
+    const ops::ProfileScope profile("moe_forward.stats", dev);
     const cuda::MoEStatsCuda st = layer_->stats();  // synchronizes
     out_.aux_loss = st.aux_loss;
     out_.z_loss = st.z_loss;
@@ -99,20 +107,23 @@ class CudaMoELayer final : public MoEDeviceLayer {
     }
     MOEX_CHECK(dyb.dtype() == DType::kBF16, "MoELayer on CUDA: dy must be f32 or bf16");
     Tensor dxb = Tensor::empty({T, d}, DType::kBF16, dev);
-    layer_->backward(dyb, dxb);
+    {
+      const ops::ProfileScope profile("moe_backward.layer", dev);
+      layer_->backward(dyb, dxb);
+    }
     grads_.dx = Tensor::empty({T, d}, DType::kF32, dev);
     cuda::bf16_to_f32(dxb.raw_data(), grads_.dx.data<float>(), dxb.numel(), ctx_.stream());
-    ctx_.synchronize();
-    grads_.weights.router = layer_->grad_router_w().clone();
-    grads_.weights.w1 = layer_->grad_w1().clone();
-    grads_.weights.w2 = layer_->grad_w2().clone();
-    auto copy = [](const Tensor& t) { return t.defined() ? t.clone() : Tensor(); };
-    grads_.weights.residual_w1 = copy(layer_->grad_residual_w1());
-    grads_.weights.residual_w2 = copy(layer_->grad_residual_w2());
-    grads_.weights.residual_coef = copy(layer_->grad_residual_coef());
-    grads_.weights.shared_w1 = copy(layer_->grad_shared_w1());
-    grads_.weights.shared_w2 = copy(layer_->grad_shared_w2());
-    grads_.weights.shared_gate = copy(layer_->grad_shared_gate());
+    // The layer's own gradient buffers, not copies: valid until the next backward (the
+    // MoELayer::backward contract), and readers queue on the same stream, so no wait here.
+    grads_.weights.router = layer_->grad_router_w();
+    grads_.weights.w1 = layer_->grad_w1();
+    grads_.weights.w2 = layer_->grad_w2();
+    grads_.weights.residual_w1 = layer_->grad_residual_w1();
+    grads_.weights.residual_w2 = layer_->grad_residual_w2();
+    grads_.weights.residual_coef = layer_->grad_residual_coef();
+    grads_.weights.shared_w1 = layer_->grad_shared_w1();
+    grads_.weights.shared_w2 = layer_->grad_shared_w2();
+    grads_.weights.shared_gate = layer_->grad_shared_gate();
     return grads_;
   }
 

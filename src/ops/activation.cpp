@@ -2,6 +2,7 @@
 
 #include "cpu/activation.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/activation.h"
@@ -25,6 +26,7 @@ void shape_of(const char* op, Activation kind, const Tensor& h, const Tensor& a,
 
 void activation(Activation kind, const Tensor& h, const Tensor& a) {
   const Device dev = detail::common_device("activation", {&h, &a});
+  const ProfileScope profile("activation", dev);
   int64_t rows = 0, f = 0;
   shape_of("activation", kind, h, a, &rows, &f);
   const bool exact = kind == Activation::kGeluExact;
@@ -45,6 +47,7 @@ void activation(Activation kind, const Tensor& h, const Tensor& a) {
 
 void activation_backward(Activation kind, const Tensor& h, const Tensor& da, const Tensor& dh) {
   const Device dev = detail::common_device("activation_backward", {&h, &da, &dh});
+  const ProfileScope profile("activation_backward", dev);
   int64_t rows = 0, f = 0;
   shape_of("activation_backward", kind, h, da, &rows, &f);
   detail::expect("activation_backward", "dh", dh, h.dtype(), h.numel());

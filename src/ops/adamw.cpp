@@ -5,6 +5,7 @@
 #include "cpu/adamw.h"
 #include "cpu/reduce.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/adamw.h"
@@ -30,6 +31,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
                 const AdamWHyper& h) {
   const Device dev = detail::common_device(
       "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
+  const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
   for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})
     detail::expect("adamw_step", "state", *t, DType::kF32, n);
@@ -69,6 +71,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
 
 double sum_of_squares(const Tensor& grad) {
   detail::expect("sum_of_squares", "grad", grad, DType::kF32, grad.numel());
+  const ProfileScope profile("grad_norm", grad.device());
   if (grad.device().is_cpu()) return cpu::sum_of_squares(grad.data<float>(), grad.numel());
   double result = 0;
   MOEX_CUDA_TWIN("sum_of_squares", {

@@ -4,6 +4,7 @@
 
 #include "cpu/attention.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/attention.h"
@@ -42,6 +43,7 @@ Shape attention_saved_shape(const Device& device, int64_t batch, int64_t heads, 
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t start_pos,
                const Tensor& out, const Tensor& saved) {
   const Device dev = detail::common_device("attention", {&q, &k, &v, &out, &saved});
+  const ProfileScope profile("attention", dev);
   const Dims d = check_dims("attention", q, k, v);
   MOEX_CHECK(start_pos >= 0 && start_pos + d.q_len <= d.kv_len, "attention: positions ",
              start_pos, "..", start_pos + d.q_len, " exceed the ", d.kv_len, " keys");
@@ -74,6 +76,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                         const Tensor& dk, const Tensor& dv) {
   const Device dev = detail::common_device("attention_backward",
                                            {&dout, &q, &k, &v, &out, &saved, &dq, &dk, &dv});
+  const ProfileScope profile("attention_backward", dev);
   const Dims d = check_dims("attention_backward", q, k, v);
   MOEX_CHECK(d.q_len == d.kv_len, "attention_backward: only the training case (Tq == Tk)");
   const DType dt = detail::compute_dtype(dev);

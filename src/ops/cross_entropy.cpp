@@ -2,6 +2,7 @@
 
 #include "cpu/cross_entropy.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/cross_entropy.h"
@@ -12,6 +13,7 @@ namespace moex::ops {
 void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                    const Tensor& loss_rows, const Tensor& dlogits) {
   const Device dev = detail::common_device("cross_entropy", {&logits, &loss_rows, &dlogits});
+  const ProfileScope profile("cross_entropy", dev);
   MOEX_CHECK(logits.ndim() == 2, "cross_entropy: logits must be [n, V], got ",
              logits.shape().str());
   const int64_t n = logits.dim(0), vocab = logits.dim(1);

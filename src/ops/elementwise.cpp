@@ -5,6 +5,7 @@
 
 #include "core/dtype.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/activation.h"
@@ -16,6 +17,7 @@ namespace moex::ops {
 
 void add(const Tensor& a, const Tensor& b, const Tensor& y) {
   const Device dev = detail::common_device("add", {&a, &b, &y});
+  const ProfileScope profile("add", dev);
   const DType dt = detail::compute_dtype(dev);
   const int64_t n = y.numel();
   detail::expect("add", "a", a, dt, n);
@@ -34,6 +36,7 @@ void add(const Tensor& a, const Tensor& b, const Tensor& y) {
 
 void add_into(const Tensor& x, const Tensor& y) {
   const Device dev = detail::common_device("add_into", {&x, &y});
+  const ProfileScope profile("add_into", dev);
   const int64_t n = y.numel();
   detail::expect("add_into", "x", x, y.dtype(), n);
   if (y.dtype() != DType::kF32) {
@@ -75,6 +78,7 @@ void copy(const Tensor& src, const Tensor& dst) {
   MOEX_CHECK(src.defined() && dst.defined() && src.numel() == dst.numel(), "copy: ",
              src.shape().str(), " into ", dst.shape().str());
   const Device sd = src.device(), dd = dst.device();
+  const ProfileScope profile("copy", dd.is_cuda() ? dd : sd);
   if (src.dtype() == dst.dtype()) {
     if (sd.is_cpu() && dd.is_cpu()) {
       if (src.raw_data() != dst.raw_data()) std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
@@ -120,6 +124,7 @@ void copy(const Tensor& src, const Tensor& dst) {
 
 void zero(const Tensor& t) {
   if (!t.defined()) return;
+  const ProfileScope profile("zero", t.device());
   if (t.device().is_cpu()) {
     std::memset(t.raw_data(), 0, t.nbytes());
     return;
@@ -131,6 +136,7 @@ void zero(const Tensor& t) {
 void copy_columns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,
                   int64_t cols) {
   const Device dev = detail::common_device("copy_columns", {&src, &dst});
+  const ProfileScope profile("copy_columns", dev);
   MOEX_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.dim(0) == dst.dim(0) &&
                  src.dtype() == dst.dtype() && src_col >= 0 && dst_col >= 0 &&
                  src_col + cols <= src.dim(1) && dst_col + cols <= dst.dim(1),

@@ -4,6 +4,7 @@
 
 #include "cpu/embedding.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/embedding.h"
@@ -27,6 +28,7 @@ Tensor checked_ids(const char* op, const Tensor& ids, int64_t vocab, const Devic
 
 void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool accumulate) {
   const Device dev = detail::common_device("embedding", {&table, &y});
+  const ProfileScope profile("embedding", dev);
   const DType dt = detail::compute_dtype(dev);
   MOEX_CHECK(table.ndim() == 2, "embedding: table must be [V, d], got ", table.shape().str());
   const int64_t vocab = table.dim(0), d = table.dim(1), n = ids.numel();
@@ -55,6 +57,7 @@ void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool acc
 
 void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) {
   const Device dev = detail::common_device("embedding_backward", {&dy, &dtable});
+  const ProfileScope profile("embedding_backward", dev);
   MOEX_CHECK(dtable.ndim() == 2, "embedding_backward: dtable must be [V, d]");
   const int64_t vocab = dtable.dim(0), d = dtable.dim(1), n = ids.numel();
   detail::expect("embedding_backward", "dy", dy, detail::compute_dtype(dev), n * d);

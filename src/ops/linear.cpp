@@ -2,6 +2,7 @@
 
 #include "cpu/gemm.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/elementwise.h"
@@ -14,6 +15,7 @@ using detail::expect;
 
 void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) {
   const Device dev = detail::common_device("linear", {&x, &w, &b, &y});
+  const ProfileScope profile("linear", dev);
   const DType dt = detail::compute_dtype(dev);
   MOEX_CHECK(x.ndim() >= 1 && w.ndim() == 2, "linear: x ", x.shape().str(), ", w ",
              w.shape().str());
@@ -46,6 +48,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,
                      bool accumulate_dx, const Tensor& dw, const Tensor& db) {
   const Device dev = detail::common_device("linear_backward", {&dy, &x, &w, &dx, &dw, &db});
+  const ProfileScope profile("linear_backward", dev);
   const DType dt = detail::compute_dtype(dev);
   const int64_t in = w.dim(1), out = w.dim(0), n = x.numel() / in;
   expect("linear_backward", "dy", dy, dt, n * out);

@@ -2,6 +2,7 @@
 
 #include "cpu/norm.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/norm.h"
@@ -15,6 +16,7 @@ void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, f
           const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const char* op = rms ? "rms_norm" : "layer_norm";
   const Device dev = detail::common_device(op, {&x, &weight, &bias, &y, &mean, &rstd});
+  const ProfileScope profile(op, dev);
   const DType dt = detail::compute_dtype(dev);
   const int64_t dim = weight.numel(), rows = x.numel() / dim;
   expect(op, "x", x, dt, rows * dim);
@@ -51,6 +53,7 @@ void norm_backward(bool rms, const Tensor& dy, const Tensor& x, const Tensor& we
   const char* op = rms ? "rms_norm_backward" : "layer_norm_backward";
   const Device dev =
       detail::common_device(op, {&dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias});
+  const ProfileScope profile(op, dev);
   const DType dt = detail::compute_dtype(dev);
   const int64_t dim = weight.numel(), rows = x.numel() / dim;
   expect(op, "dy", dy, dt, rows * dim);

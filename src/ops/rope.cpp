@@ -2,6 +2,7 @@
 
 #include "cpu/rope.h"
 #include "ops/device_dispatch.h"
+#include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/rope.h"
@@ -13,6 +14,7 @@ namespace {
 void rotate(const char* op, bool backward, const Tensor& x, int64_t start_pos, double theta,
             const Tensor& y) {
   const Device dev = detail::common_device(op, {&x, &y});
+  const ProfileScope profile(op, dev);
   MOEX_CHECK(x.ndim() == 4, op, ": x must be [B, T, H, Dh], got ", x.shape().str());
   detail::expect(op, "x", x, detail::compute_dtype(dev), x.numel());
   detail::expect(op, "y", y, detail::compute_dtype(dev), x.numel());

@@ -9,6 +9,7 @@
 #include "core/rng.h"
 #include "infer/generator.h"
 #include "ops/device.h"
+#include "ops/profile.h"
 #include "train/optimizer.h"
 #include "train/train_config.h"
 
@@ -43,7 +44,10 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
   const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
   std::vector<double> times;
-  for (int i = 0; i < warmup + iters; ++i) {
+  // Two more steps after the timed ones give the per-op time budget (CUDA events around each op).
+  const int profiled = device.is_cuda() ? 2 : 0;
+  for (int i = 0; i < warmup + iters + profiled; ++i) {
+    if (i == warmup + iters) ops::profile_enable(true);
     ops::synchronize(device);
     const auto start = Clock::now();
     m.zero_grad();
@@ -56,7 +60,12 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     m.backward();
     opt.step(m, c.optimizer.lr, i + 1);
     ops::synchronize(device);
-    if (i >= warmup) times.push_back(ms_since(start));
+    if (i >= warmup && i < warmup + iters) times.push_back(ms_since(start));
+  }
+  nlohmann::json budget = nlohmann::json::object();
+  if (profiled > 0) {
+    for (const auto& [name, ms] : ops::profile_report()) budget[name] = ms / profiled;
+    ops::profile_enable(false);
   }
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
@@ -78,7 +87,10 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
                         // against the dense bf16 GEMM rate measured on the H200 (docs/results.md)
                         {"mfu", flops_per_token * tokens_per_s / 737e12},
                         {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
-                        {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)}}
+                        {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
+                        // GPU ms per step in each op (outermost ops; the rest of step_ms is
+                        // launch gaps and host work)
+                        {"op_ms", budget}}
       .dump();
 }
 

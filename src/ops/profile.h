@@ -1,0 +1,32 @@
+// Per-op GPU time for benchmarks: while enabled, every op (and the MoE layer, the optimizer) is
+// bracketed by CUDA events on its stream; the report sums the elapsed time per op name. Off by
+// default (then a scope costs one branch). CPU ops are not timed. Scopes may nest: a name
+// "a.b" is a part of op "a" (its time is inside a's too).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moex::ops {
+
+void profile_enable(bool on);
+
+class ProfileScope {
+ public:
+  ProfileScope(const char* name, const Device& device);
+  ~ProfileScope();
+  ProfileScope(const ProfileScope&) = delete;
+  ProfileScope& operator=(const ProfileScope&) = delete;
+
+ private:
+  int slot_ = -1;
+  int stream_ordinal_ = 0;
+};
+
+// Milliseconds per op name since the last report (or enable), largest first; waits for the device.
+std::vector<std::pair<std::string, double>> profile_report();
+
+}  // namespace moex::ops
