@@ -60,11 +60,13 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
              "), got ", d_, " and ", f_);
   const int64_t T = options.max_tokens;
   router_w_ = dev({E_, d_}, DType::kF32, ctx);
-  w1_ = dev({E_, f1_, d_}, DType::kBF16, ctx);
-  w2_ = dev({E_, d_, f_}, DType::kBF16, ctx);
   d_router_w_ = dev({E_, d_}, DType::kF32, ctx);
-  dw1_ = dev({E_, f1_, d_}, DType::kF32, ctx);
-  dw2_ = dev({E_, d_, f_}, DType::kF32, ctx);
+  if (!options.external_expert_buffers) {
+    w1_ = dev({E_, f1_, d_}, DType::kBF16, ctx);
+    w2_ = dev({E_, d_, f_}, DType::kBF16, ctx);
+    dw1_ = dev({E_, f1_, d_}, DType::kF32, ctx);
+    dw2_ = dev({E_, d_, f_}, DType::kF32, ctx);
+  }
 
   xj_ = dev({T, d_}, DType::kF32, ctx);
   dxj_ = dev({T, d_}, DType::kF32, ctx);
@@ -155,13 +157,33 @@ void MoELayerCuda::ensure_rows(int64_t rows) {
 void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                                   const Tensor& bias) {
   router_w_ = upload(router_w, DType::kF32, "router_w", {E_, d_}, ctx_);
-  w1_ = upload(w1, DType::kBF16, "w1", {E_, f1_, d_}, ctx_);
-  w2_ = upload(w2, DType::kBF16, "w2", {E_, d_, f_}, ctx_);
+  MOEX_CHECK(w1.defined() == w2.defined() && (w1.defined() || weight_grad_beta_ != 0.0f),
+             "MoELayerCuda::set_parameters: give w1 and w2, or bind_expert_buffers first");
+  if (w1.defined()) {
+    w1_ = upload(w1, DType::kBF16, "w1", {E_, f1_, d_}, ctx_);
+    w2_ = upload(w2, DType::kBF16, "w2", {E_, d_, f_}, ctx_);
+  }
   if (bias.defined()) {
     bias_ = upload(bias, DType::kF32, "bias", {E_}, ctx_);
   } else {
     bias_ = Tensor();
   }
+}
+
+void MoELayerCuda::bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
+                                       const Tensor& dw2) {
+  check_tensor(w1, "MoELayerCuda::bind_expert_buffers w1", DType::kBF16, Shape{E_, f1_, d_});
+  check_tensor(w2, "MoELayerCuda::bind_expert_buffers w2", DType::kBF16, Shape{E_, d_, f_});
+  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", DType::kF32, Shape{E_, f1_, d_});
+  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", DType::kF32, Shape{E_, d_, f_});
+  for (const Tensor* t : {&w1, &w2, &dw1, &dw2})
+    MOEX_CHECK(t->device() == Device::cuda(ctx_.ordinal()),
+               "MoELayerCuda::bind_expert_buffers: tensors must be on the layer's GPU");
+  w1_ = w1;
+  w2_ = w2;
+  dw1_ = dw1;
+  dw2_ = dw2;
+  weight_grad_beta_ = 1.0f;
 }
 
 void MoELayerCuda::dense_init(DenseMlp& m, int64_t ffn, int64_t T) {
@@ -418,7 +440,7 @@ void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
   const void* const* hp = host_ptrs_.data();
   gemm_grouped_bf16(ctx_.cublas(), g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_,
                     p + (gi * 3 + 2) * E_, hp + (gi * 3 + 0) * E_, hp + (gi * 3 + 1) * E_,
-                    hp + (gi * 3 + 2) * E_, c_f32);
+                    hp + (gi * 3 + 2) * E_, c_f32, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f);
 }
 
 void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
@@ -432,7 +454,7 @@ void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
     }
     gemm_batched_bf16(ctx_.cublas(), s, p + (gi * 3 + 0) * E_ + b.begin,
                       p + (gi * 3 + 1) * E_ + b.begin, p + (gi * 3 + 2) * E_ + b.begin, c_f32,
-                      b.count);
+                      b.count, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f);
   }
 }
 
@@ -495,14 +517,17 @@ void MoELayerCuda::experts_backward() {
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
   const int64_t C = capacity_;
   const bool empty = grouped ? group_experts_.empty() : C == 0;
+  const bool accumulate = weight_grad_beta_ != 0.0f;  // model mode: nothing to clear
   if (empty) {
-    CUDA_CHECK(cudaMemsetAsync(dw1_.raw_data(), 0, dw1_.nbytes(), stream));
-    CUDA_CHECK(cudaMemsetAsync(dw2_.raw_data(), 0, dw2_.nbytes(), stream));
+    if (!accumulate) {
+      CUDA_CHECK(cudaMemsetAsync(dw1_.raw_data(), 0, dw1_.nbytes(), stream));
+      CUDA_CHECK(cudaMemsetAsync(dw2_.raw_data(), 0, dw2_.nbytes(), stream));
+    }
     return;
   }
   // da = dout w2 ; dw2 = dout^T a
   // Experts without rows get zero weight gradients: the per-expert GEMMs never touch their slices.
-  if (grouped || !buckets_.empty()) {
+  if ((grouped || !buckets_.empty()) && !accumulate) {
     for (int e : zero_experts_) {
       CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
                                  f1_ * d_ * 4, stream));
@@ -517,7 +542,7 @@ void MoELayerCuda::experts_backward() {
     gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, dob_.raw_data(), C * d_,
               w2_.raw_data(), d_ * f_, da_.raw_data(), C * f_, false, E_);
     gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dob_.raw_data(), C * d_,
-              a_.raw_data(), C * f_, dw2_.raw_data(), d_ * f_, true, E_);
+              a_.raw_data(), C * f_, dw2_.raw_data(), d_ * f_, true, E_, 1.0f, weight_grad_beta_);
   } else {
     grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
     grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
@@ -534,7 +559,8 @@ void MoELayerCuda::experts_backward() {
     padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
   } else if (!grouped) {
     gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, dh_.raw_data(), C * f1_,
-              xb_.raw_data(), C * d_, dw1_.raw_data(), f1_ * d_, true, E_);
+              xb_.raw_data(), C * d_, dw1_.raw_data(), f1_ * d_, true, E_, 1.0f,
+              weight_grad_beta_);
     gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, dh_.raw_data(), C * f1_,
               w1_.raw_data(), f1_ * d_, dob_.raw_data(), C * d_, false, E_);
   } else {

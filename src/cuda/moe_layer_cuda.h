@@ -50,6 +50,9 @@ struct MoELayerCudaOptions {
   // Used when it saves at least 3% of the padded rows. Off by default: measured no gain on H100
   // (finegrained 6.09 ms at 0 vs 6.11 at 64 vs 6.36 at 16; max load is only 6.6% over the mean).
   int64_t padded_row_multiple = 0;
+  // The expert weights and their gradients come from bind_expert_buffers (a model's buffers):
+  // the layer allocates neither.
+  bool external_expert_buffers = false;
 };
 
 // Results of the last forward, copied to the host (one sync).
@@ -75,6 +78,13 @@ class MoELayerCuda {
   void set_residual_parameters(const Tensor& w1, const Tensor& w2, const Tensor& coef);
   // Shared expert: w1 [Fs1,d], w2 [d,Fs], gate [1,d] (only with config.shared_gate).
   void set_shared_parameters(const Tensor& w1, const Tensor& w2, const Tensor& gate = Tensor());
+  // Model mode (docs/gpu-model.md): compute with these bf16 expert weights, w1 [E,F1,d] and
+  // w2 [E,d,F] (views of a model's bf16 compute copy), and ADD the expert weight gradients into
+  // dw1, dw2 (fp32 views of its gradient buffer) instead of overwriting buffers of the layer's
+  // own. set_parameters then takes undefined w1/w2 and leaves the bound ones in place. The views
+  // must stay valid while the layer uses them.
+  void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
+                           const Tensor& dw2);
   // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the device from Philox(seed) (benchmarks).
   void init_random(uint64_t seed);
 
@@ -82,7 +92,8 @@ class MoELayerCuda {
   // seed/offset pick the random streams (jitter, Gumbel, RTS) exactly as the CPU layer's.
   void forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed = 0,
                uint64_t offset = 0);
-  // dy [T,d] bf16 -> dx [T,d] bf16; the parameter gradients below are overwritten. The layer's loss
+  // dy [T,d] bf16 -> dx [T,d] bf16; the parameter gradients below are overwritten (the bound
+  // expert gradients of model mode are added to). The layer's loss
   // is aux_loss_coef * aux + z_loss_coef * z, whose gradients are included.
   void backward(const Tensor& dy, const Tensor& dx);
   // Weight of the aux and z losses in the objective backward differentiates (1/grad_accum).
@@ -127,6 +138,7 @@ class MoELayerCuda {
 
  private:
   float loss_scale_ = 1.0f;
+  float weight_grad_beta_ = 0.0f;  // 1 in model mode: expert weight gradients accumulate
   void ensure_rows(int64_t rows);
   void experts_forward();
   void experts_backward();

@@ -102,6 +102,12 @@ void FfnLayer::bind_moe_views(const ParamBuffer& master) {
 void FfnLayer::bind(const ParamViews& views) {
   if (moe_) {
     bind_moe_views(views.master);
+    // On a GPU the layer computes with the model's bf16 experts and adds into its gradients.
+    const Tensor& w1 = views.compute.tensor(moe_idx_[kW1]);
+    if (w1.device().is_cuda())
+      moe_->bind_device_expert_buffers(w1.device(), w1, views.compute.tensor(moe_idx_[kW2]),
+                                       views.grads.tensor(moe_idx_[kW1]),
+                                       views.grads.tensor(moe_idx_[kW2]));
     const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
     moe_grads_.assign(kCount, Tensor());
     for (int i = 0; i < kCount; ++i) {

@@ -58,7 +58,10 @@ class CudaMoELayer final : public MoEDeviceLayer {
     if (!layer_ || T > max_tokens_) {
       cuda::MoELayerCudaOptions opt;
       opt.max_tokens = T;
+      opt.external_expert_buffers = bound_w1_.defined();
+      layer_.reset();  // its buffers go back to the allocator before the new ones are taken
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
+      if (bound_w1_.defined()) layer_->bind_expert_buffers(bound_w1_, bound_w2_, bound_dw1_, bound_dw2_);
       max_tokens_ = T;
       stamps_.clear();  // a new layer holds no weights yet
     }
@@ -116,8 +119,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
     // The layer's own gradient buffers, not copies: valid until the next backward (the
     // MoELayer::backward contract), and readers queue on the same stream, so no wait here.
     grads_.weights.router = layer_->grad_router_w();
-    grads_.weights.w1 = layer_->grad_w1();
-    grads_.weights.w2 = layer_->grad_w2();
+    // Model mode: the expert gradients were added into the model's buffer already.
+    grads_.weights.w1 = bound_w1_.defined() ? Tensor() : layer_->grad_w1();
+    grads_.weights.w2 = bound_w1_.defined() ? Tensor() : layer_->grad_w2();
     grads_.weights.residual_w1 = layer_->grad_residual_w1();
     grads_.weights.residual_w2 = layer_->grad_residual_w2();
     grads_.weights.residual_coef = layer_->grad_residual_coef();
@@ -137,7 +141,11 @@ class CudaMoELayer final : public MoEDeviceLayer {
     std::vector<WeightStamp> now;
     for (const Tensor* t : all) now.push_back(stamp(*t));
     if (!stamps_.empty() && now == stamps_) return;
-    layer_->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+    // Model mode computes with the model's own bf16 expert weights: only the rest is uploaded.
+    if (bound_w1_.defined())
+      layer_->set_parameters(w.router, Tensor(), Tensor(), w.selection_bias);
+    else
+      layer_->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
     if (config_.residual)
       layer_->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
     if (config_.shared_ffn_size > 0)
@@ -146,7 +154,17 @@ class CudaMoELayer final : public MoEDeviceLayer {
     ++g_weight_uploads;
   }
 
+  void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
+                           const Tensor& dw2) override {
+    bound_w1_ = w1;
+    bound_w2_ = w2;
+    bound_dw1_ = dw1;
+    bound_dw2_ = dw2;
+    layer_.reset();  // the next forward builds a layer in model mode
+  }
+
   std::vector<WeightStamp> stamps_;
+  Tensor bound_w1_, bound_w2_, bound_dw1_, bound_dw2_;  // model mode (undefined otherwise)
   MoEConfig config_;
   cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
   std::unique_ptr<cuda::MoELayerCuda> layer_;

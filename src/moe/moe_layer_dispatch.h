@@ -34,6 +34,9 @@ class MoEDeviceLayer {
   virtual const MoEOutput& forward(const MoEWeights& weights, const Tensor& x,
                                    const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
+  // Model mode: see MoELayer::bind_device_expert_buffers.
+  virtual void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
+                                   const Tensor& dw2) = 0;
 };
 
 // Weight uploads done by device layers in this process (tests, diagnostics).

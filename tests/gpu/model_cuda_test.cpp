@@ -182,6 +182,33 @@ TEST_F(GpuModel, OneStepGradientsMatchTheCpuMoE) {
   check_one_step_gradients(kSmallConfig, 0.15, 5e-2);
 }
 
+// Micro-batches add into one gradient buffer on the GPU too (the MoE experts write straight into
+// it): two forward/backward passes of one batch give twice the gradient of one.
+TEST_F(GpuModel, GradientsAccumulateOverMicroBatches) {
+  const ModelConfig config = small_config();
+  model::Model m(config, Device::cuda());
+  m.init_weights(13);
+  std::vector<int32_t> ids, targets;
+  counting_batch(4, 32, config.vocab_size, 4, &ids, &targets);
+  model::ForwardOptions opt;
+  opt.for_backward = true;  // eval-mode routing: no noise, the same experts both times
+  m.zero_grad();
+  m.forward(ids.data(), targets.data(), 4, 32, opt);
+  m.backward();
+  std::vector<float> once = host_floats(m.grads().flat());
+  m.forward(ids.data(), targets.data(), 4, 32, opt);
+  m.backward();
+  std::vector<float> twice = host_floats(m.grads().flat());
+  for (float& g : once) g *= 2.0f;
+  EXPECT_LT(rel_l2(twice, once), 1e-5);
+  for (int i = 0; i < m.grads().size(); ++i) {
+    const std::vector<float> g = host_floats(m.grads().tensor(i));
+    double norm = 0;
+    for (float v : g) norm += double(v) * v;
+    EXPECT_GT(norm, 0.0) << m.grads().name(i) << " got no gradient";
+  }
+}
+
 TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
   const ModelConfig config = small_config();
   train::OptimizerConfig oc;
