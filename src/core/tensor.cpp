@@ -105,7 +105,13 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     DeviceAllocator* alloc = device_allocator(device.kind);
     MOEX_CHECK(alloc != nullptr, "no allocator for device ", device.str(),
                " (built without CUDA?)");
-    storage->data = alloc->allocate(alloc_bytes, device.ordinal);
+    try {
+      storage->data = alloc->allocate(alloc_bytes, device.ordinal);
+    } catch (const Error& e) {  // name what was asked for: an out-of-memory names the tensor
+      MOEX_CHECK(false, "allocating ", dtype_name(dtype), " ", shape.str(), " (",
+                 static_cast<double>(alloc_bytes) / (1 << 20), " MiB) on ", device.str(), ": ",
+                 e.message());
+    }
     const int ordinal = device.ordinal;
     storage->deleter = [alloc, ordinal](void* p) { alloc->release(p, ordinal); };
   }

@@ -125,6 +125,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto train_data = open_train_data(corpus, c);
   const auto eval_data = eval_sequences(corpus, c);
 
+  MOEX_CHECK(!(c.training.activation_checkpointing && c.training.device.is_cuda() &&
+               c.model.num_moe_layers() > 0),
+             c.source, ": training.activation_checkpointing: not supported for MoE blocks on the "
+             "GPU yet (the GPU MoE layer cannot hold routing fixed for the recomputation)");
   model::Model model(c.model, c.training.device);
   model.init_weights(c.training.seed);
   AdamW optimizer(model.params(), c.optimizer);

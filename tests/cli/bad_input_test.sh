@@ -62,6 +62,8 @@ expect_error "--iters must be between 1 and" bench train-step --iters 0
 expect_error "--tokens must be between 1 and" bench decode --tokens 0
 expect_error "bench decode does not take --device" bench decode --device cuda
 expect_error "--device: unknown device 'tpu'" bench train-step --device tpu
+expect_error "--device: unknown device 'gpu0'" eval --model "$TMP/none" --input-ids x --device gpu0
+expect_error "--device: unknown device 'cuda:x'" generate --model "$TMP/none" --prompt hi --device cuda:x
 expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
 
 # export: the output may not be the model directory itself
