@@ -1,5 +1,6 @@
 #include "model/attention_layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/rng.h"
@@ -96,7 +97,7 @@ void AttentionLayer::project_qkv(const Tensor& x, int64_t batch, int64_t seq_len
     q_norm_->forward(per_head ? q_in.view(Shape{n * heads_, head_dim_}) : q_in, q, arena, save);
     k_norm_->forward(per_head ? k_in.view(Shape{n * kv_heads_, head_dim_}) : k_in, k, arena, save);
   }
-  if (config_.positions == PositionType::kRope) {
+  if (config_.positions == PositionType::kRope && start_pos >= 0) {
     ops::rope(q, start_pos, config_.rope_theta, q);
     ops::rope(k, start_pos, config_.rope_theta, k);
   }
@@ -173,6 +174,71 @@ void AttentionLayer::forward_cached(const Tensor& x, int64_t batch, int64_t new_
   const Tensor stats = arena.alloc(
       ops::attention_saved_shape(x.device(), batch, heads_, new_len, capacity), DType::kF32);
   ops::attention(q, cache.k, cache.v, start_pos, attn.view(q.shape()), stats);
+  ops::linear(attn, o_w_.w, Tensor(), y);
+}
+
+namespace {
+
+// Copies rows [first, first + count) of a sequence's positions between `rows` [count, kd] and the
+// block pool (viewed [blocks * block_size, kd]), one contiguous run per block.
+void copy_positions(const Tensor& rows, const Tensor& pool, const SequenceSlice& s,
+                    int64_t first, int64_t count, bool to_pool) {
+  const int64_t bs = pool.dim(1), kd = pool.numel() / (pool.dim(0) * bs);
+  const Tensor flat = pool.view(Shape{pool.dim(0) * bs, kd});
+  for (int64_t p = first; p < first + count;) {
+    const int64_t table_idx = p / bs, off = p % bs, n = std::min(bs - off, first + count - p);
+    MOEX_CHECK(table_idx < s.num_blocks, "paged KV: position ", p, " is past the sequence's ",
+               s.num_blocks, " blocks");
+    const int64_t slot = static_cast<int64_t>(s.blocks[table_idx]) * bs + off;
+    const Tensor mine = rows.slice(p - first, p - first + n), theirs = flat.slice(slot, slot + n);
+    if (to_pool)
+      ops::copy(mine, theirs);
+    else
+      ops::copy(theirs, mine);
+    p += n;
+  }
+}
+
+}  // namespace
+
+void AttentionLayer::forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs,
+                                   const Tensor& k_pool, const Tensor& v_pool, const Tensor& y,
+                                   Arena& arena) {
+  ArenaScope scope(arena);
+  const int64_t n = x.dim(0), kd = kv_heads_ * head_dim_;
+  const DType dt = x.dtype();
+  const Tensor q = arena.alloc(Shape{1, n, heads_, head_dim_}, dt);
+  const Tensor k = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
+  const Tensor v = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
+  const Tensor attn = arena.alloc(Shape{n, heads_ * head_dim_}, dt);
+  project_qkv(x, 1, n, /*start_pos=*/-1, q, k, v, arena, false);  // RoPE per sequence below
+  const Tensor q_rows = q.view(Shape{n, heads_ * head_dim_}), k_rows = k.view(Shape{n, kd}),
+               v_rows = v.view(Shape{n, kd});
+  int64_t r0 = 0;
+  for (const SequenceSlice& s : seqs) {
+    ArenaScope seq_scope(arena);
+    const int64_t len = s.len, total = s.start_pos + s.len;
+    const Tensor qs = q_rows.slice(r0, r0 + len).view(Shape{1, len, heads_, head_dim_});
+    const Tensor ks = k_rows.slice(r0, r0 + len), vs = v_rows.slice(r0, r0 + len);
+    if (config_.positions == PositionType::kRope) {
+      ops::rope(qs, s.start_pos, config_.rope_theta, qs);
+      const Tensor ks4 = ks.view(Shape{1, len, kv_heads_, head_dim_});
+      ops::rope(ks4, s.start_pos, config_.rope_theta, ks4);
+    }
+    copy_positions(ks, k_pool, s, s.start_pos, len, /*to_pool=*/true);
+    copy_positions(vs, v_pool, s, s.start_pos, len, /*to_pool=*/true);
+    // This sequence's keys and values, gathered from its blocks: it attends over its own length.
+    const Tensor kc = arena.alloc(Shape{1, total, kv_heads_, head_dim_}, dt);
+    const Tensor vc = arena.alloc(Shape{1, total, kv_heads_, head_dim_}, dt);
+    copy_positions(kc.view(Shape{total, kd}), k_pool, s, 0, total, /*to_pool=*/false);
+    copy_positions(vc.view(Shape{total, kd}), v_pool, s, 0, total, /*to_pool=*/false);
+    const Tensor stats = arena.alloc(
+        ops::attention_saved_shape(x.device(), 1, heads_, len, total), DType::kF32);
+    ops::attention(qs, kc, vc, s.start_pos,
+                   attn.slice(r0, r0 + len).view(Shape{1, len, heads_, head_dim_}), stats);
+    r0 += len;
+  }
+  MOEX_CHECK(r0 == n, "forward_paged: the sequences hold ", r0, " tokens, x has ", n);
   ops::linear(attn, o_w_.w, Tensor(), y);
 }
 

@@ -8,6 +8,7 @@
 #include "model/model_config.h"
 #include "model/module.h"
 #include "model/norm_layer.h"
+#include "model/paged_kv.h"
 
 namespace moex::model {
 
@@ -33,9 +34,15 @@ class AttentionLayer {
   // cache at those positions.
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
                       const KVCacheView& cache, const Tensor& y, Arena& arena);
+  // Serving: x [N, d] holds several sequences' new tokens back to back (seqs, in order); each
+  // writes its keys/values into its blocks of this layer's pools k, v [blocks, block_size, Hkv,
+  // Dh] and attends over its own positions only.
+  void forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs, const Tensor& k_pool,
+                     const Tensor& v_pool, const Tensor& y, Arena& arena);
 
  private:
-  // q [B,T,H,Dh], k and v [B,T,Hkv,Dh] from x: projection, split, q/k norm, RoPE.
+  // q [B,T,H,Dh], k and v [B,T,Hkv,Dh] from x: projection, split, q/k norm, and RoPE at
+  // start_pos unless start_pos < 0 (the caller rotates).
   void project_qkv(const Tensor& x, int64_t batch, int64_t seq_len, int64_t start_pos,
                    const Tensor& q, const Tensor& k, const Tensor& v, Arena& arena, bool save);
 

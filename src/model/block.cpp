@@ -85,6 +85,23 @@ void Block::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   ops::add(dx1, g, dx);
 }
 
+void Block::forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs,
+                          const Tensor& k_pool, const Tensor& v_pool, const Tensor& y,
+                          Arena& arena) {
+  ArenaScope scope(arena);
+  const Shape shape = x.shape();
+  const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
+               x1 = arena.alloc(shape, x.dtype());
+  norm1_.forward(x, h, arena, false);
+  attn_.forward_paged(h, seqs, k_pool, v_pool, a, arena);
+  ops::add(x, a, x1);
+  norm2_.forward(x1, h, arena, false);
+  StepOptions step;
+  step.drop_tokens = false;  // a token's output may not depend on its batch
+  ffn_.forward(h, a, arena, false, step);
+  ops::add(x1, a, y);
+}
+
 void Block::forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
                            const KVCacheView& cache, const Tensor& y, Arena& arena) {
   ArenaScope scope(arena);
@@ -95,7 +112,9 @@ void Block::forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int6
   attn_.forward_cached(h, batch, new_len, start_pos, cache, a, arena);
   ops::add(x, a, x1);
   norm2_.forward(x1, h, arena, false);
-  ffn_.forward(h, a, arena, false, StepOptions{});
+  StepOptions step;
+  step.drop_tokens = false;  // decoding keeps every route, as the batched serving path does
+  ffn_.forward(h, a, arena, false, step);
   ops::add(x1, a, y);
 }
 

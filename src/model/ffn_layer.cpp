@@ -171,6 +171,7 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   options.seed = step.seed;
   options.offset = step.offset;
   options.loss_scale = step.loss_scale;
+  options.drop_tokens = step.drop_tokens;
   if (hold_routing_) options.fixed_routing = &held_;
   const ops::ProfileScope profile("moe_forward", x.device());
   const MoEOutput& out = moe_->forward(x, options);

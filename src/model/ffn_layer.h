@@ -24,6 +24,7 @@ struct StepOptions {
   uint64_t seed = 0;
   uint64_t offset = 0;
   double loss_scale = 1.0;
+  bool drop_tokens = true;  // MoEForwardOptions::drop_tokens
 };
 
 // What an MoE block reports after forward (losses, per-expert load and kept counts, drops):

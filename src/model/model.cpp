@@ -240,6 +240,68 @@ void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, K
   ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
 }
 
+PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
+  MOEX_CHECK(num_blocks > 0 && block_size > 0, "paged KV: num_blocks (", num_blocks,
+             ") and block_size (", block_size, ") must be > 0");
+  PagedKV kv;
+  kv.num_blocks = num_blocks;
+  kv.block_size = block_size;
+  const Shape shape{num_blocks, block_size, config_.num_kv_heads, config_.head_dim};
+  const DType dt = compute_params().flat().dtype();
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    kv.k.push_back(Tensor::empty(shape, dt, device_));
+    kv.v.push_back(Tensor::empty(shape, dt, device_));
+  }
+  return kv;
+}
+
+void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
+                          float* last_logits) {
+  MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
+  MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
+             " layers, the model ", blocks_.size());
+  int64_t n = 0;
+  for (const SequenceSlice& s : seqs) {
+    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 &&
+                   s.num_blocks * kv.block_size >= s.start_pos + s.len,
+               "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
+               s.num_blocks, " blocks of ", kv.block_size);
+    n += s.len;
+  }
+  const int64_t d = config_.hidden_size, num_seqs = static_cast<int64_t>(seqs.size());
+  const DType dt = compute_params().flat().dtype();
+  arena_.reset();
+  Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
+  ids_ = host_ids(ids, n);
+  ops::embedding(ids_, embed_.w, x, false);
+  if (pos_) {
+    Tensor positions = Tensor::empty(Shape{n}, DType::kI32);
+    int32_t* p = positions.data<int32_t>();
+    for (const SequenceSlice& s : seqs) {
+      MOEX_CHECK(s.start_pos + s.len <= config_.max_seq_len, "sequence of ", s.start_pos + s.len,
+                 " tokens exceeds model.max_seq_len (", config_.max_seq_len, ")");
+      for (int64_t t = 0; t < s.len; ++t) *p++ = static_cast<int32_t>(s.start_pos + t);
+    }
+    ops::embedding(positions, pos_.w, x, true);
+  }
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    blocks_[i]->forward_paged(x, seqs, kv.k[i], kv.v[i], y, arena_);
+    std::swap(x, y);
+  }
+  // The row of each sequence's last new token.
+  const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt),
+               normed = arena_.alloc(Shape{num_seqs, d}, dt);
+  int64_t r = 0;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    r += seqs[i].len;
+    ops::copy(x.slice(r - 1, r), last.slice(i, i + 1));
+  }
+  final_norm_->forward(last, normed, arena_, false);
+  const Tensor logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
+  ops::linear(normed, head_.w, Tensor(), logits);
+  ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
+}
+
 std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {
   std::vector<std::pair<int, MoEStats>> out;
   for (size_t i = 0; i < blocks_.size(); ++i)

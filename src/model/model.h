@@ -87,6 +87,15 @@ class Model {
   void forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, KVCache& cache,
                       float* last_logits);
 
+  // Serving: a pool of num_blocks blocks of block_size positions for every layer.
+  PagedKV make_paged_kv(int64_t num_blocks, int64_t block_size) const;
+  // Several sequences at once, each at its own position: ids holds their new tokens back to back
+  // (seqs in order); keys and values go to each sequence's blocks, and each attends over its own
+  // positions only. Writes the logits after each sequence's last new token, [S, V] (host, fp32).
+  // MoE routes are never dropped, so a sequence's logits do not depend on the others in the batch.
+  void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
+                     float* last_logits);
+
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
   // Bytes of the activation arena at its fullest so far.

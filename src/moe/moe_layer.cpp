@@ -155,7 +155,9 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
                           routing.topk_idx.data());
     moe::DispatchParams dp;
     dp.dropless = c.dropless;
-    dp.capacity = c.dropless ? 0 : moe_capacity(num_t, c, options.training);
+    dp.capacity = c.dropless            ? 0
+                  : options.drop_tokens ? moe_capacity(num_t, c, options.training)
+                                        : std::max<int64_t>(num_t, 1);
     dp.policy = c.drop_policy;
     dp.seed = options.seed;
     dp.offset = options.offset;

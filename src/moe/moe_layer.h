@@ -39,6 +39,9 @@ struct MoEForwardOptions {
   // Weight of weighted_loss in the objective backward differentiates: 1/grad_accum when the
   // trainer averages micro-batches (DeepSpeed divides the whole loss, aux terms included).
   double loss_scale = 1.0;
+  // False: every route is kept (capacity = the token count), so a token's output does not depend
+  // on which other tokens share its batch (serving batches requests; docs/moe-layer.md).
+  bool drop_tokens = true;
 };
 
 struct MoEOutput {

@@ -50,6 +50,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
                            const MoEForwardOptions& options) override {
     MOEX_CHECK(options.fixed_routing == nullptr,
                "MoELayer on CUDA: fixed_routing is not supported on the GPU path");
+    MOEX_CHECK(options.drop_tokens || config_.dropless,
+               "MoELayer on CUDA: keeping every route of a capacity-mode layer (drop_tokens "
+               "false) is not supported on the GPU path yet; use a dropless config");
     MOEX_CHECK(x.ndim() == 2 && x.dim(1) == config_.hidden_size &&
                    (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16),
                "MoELayer on CUDA: x must be [T, ", config_.hidden_size, "] f32 or bf16, got ",

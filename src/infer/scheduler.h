@@ -1,0 +1,99 @@
+// Continuous batching over a paged KV cache: requests join and leave between steps; each step is
+// one forward of the model over a chunk of every prefilling request's prompt (so a long prompt
+// does not stall the running decodes) and the next token of every decoding request.
+//
+// Threads: submit() and cancel() may be called from any thread; step() (or run(), which loops
+// over it on the calling thread) drives the model from one thread, which is also the one that
+// calls the requests' callbacks.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "infer/kv_block_pool.h"
+#include "infer/sampler.h"
+#include "model/model.h"
+
+namespace moex::infer {
+
+enum class FinishReason { kStop, kLength, kCancelled, kError };
+const char* finish_reason_name(FinishReason reason);  // "stop", "length", "cancelled", "error"
+
+struct Request {
+  std::vector<int32_t> prompt;
+  int64_t max_tokens = 16;  // new tokens at most (>= 1)
+  SamplingParams sampling;
+  std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
+  // Each new token as it is sampled; returning false cancels the request (a client went away).
+  std::function<bool(int32_t token)> on_token;
+  // Called once when the request ends, with the reason (and a message for kError).
+  std::function<void(FinishReason reason, const std::string& error)> on_finish;
+};
+
+struct SchedulerOptions {
+  int64_t max_batch = 8;        // sequences in one step
+  int64_t step_tokens = 512;    // tokens in one step: decodes take one, prefills share the rest
+  int64_t block_size = 16;      // positions per KV block
+  int64_t num_blocks = 0;       // KV pool size; 0: enough for max_batch sequences of max_context
+  int64_t max_context = 0;      // prompt + max_tokens limit; 0: the model's max_seq_len
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0, running = 0;
+  int64_t finished = 0, generated_tokens = 0, prompt_tokens = 0, steps = 0;
+  int64_t last_batch = 0;  // sequences in the last step
+  int64_t free_blocks = 0, total_blocks = 0;
+};
+
+class Scheduler {
+ public:
+  Scheduler(model::Model& model, const SchedulerOptions& options);
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Checks the request (empty prompt, max_tokens, sampling, the context limit, whether it could
+  // ever fit the KV pool) and queues it; a bad request throws and is not queued. Returns its id.
+  uint64_t submit(Request request);
+  // Ends a request at the next step (its on_finish sees kCancelled); unknown ids are ignored.
+  void cancel(uint64_t id);
+
+  // One step. Returns false when there was nothing to do.
+  bool step();
+  // Steps until stop() (waiting for work when idle), then finishes what is left as cancelled
+  // when `drain` is false, or serves it to the end when true.
+  void run();
+  void stop(bool drain);
+
+  SchedulerStats stats() const;
+  const SchedulerOptions& options() const { return options_; }
+  int64_t max_context() const { return options_.max_context; }
+
+ private:
+  struct Sequence;
+  void admit();
+  void finish(Sequence& seq, FinishReason reason, const std::string& error = "");
+
+  model::Model& model_;
+  SchedulerOptions options_;
+  KVBlockPool pool_;
+  model::PagedKV kv_;
+  std::vector<std::unique_ptr<Sequence>> running_;  // engine thread only
+
+  mutable std::mutex mutex_;  // guards waiting_, cancelled_, stats_, stop flags
+  std::condition_variable work_;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<uint64_t> cancelled_;
+  SchedulerStats stats_;
+  uint64_t next_id_ = 1;
+  bool stopping_ = false, drain_ = false;
+};
+
+}  // namespace moex::infer

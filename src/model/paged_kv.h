@@ -1,0 +1,29 @@
+// Keys and values for serving: every layer's cache is one pool of fixed-size blocks, and each
+// sequence owns a list of block ids (its block table), so sequences of any length share one
+// pool sized at start-up and free their blocks when they end (infer/kv_block_pool.h hands them out).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moex::model {
+
+// k[l], v[l]: [num_blocks, block_size, Hkv, Dh] in the model's compute dtype on its device.
+struct PagedKV {
+  std::vector<Tensor> k, v;
+  int64_t num_blocks = 0, block_size = 0;
+};
+
+// One sequence's part of a batched forward: `len` new tokens at positions start_pos.., whose keys
+// and values go to position p's slot in block blocks[p / block_size]. The table covers
+// start_pos + len positions.
+struct SequenceSlice {
+  int64_t start_pos = 0;
+  int64_t len = 0;
+  const int32_t* blocks = nullptr;
+  int64_t num_blocks = 0;
+};
+
+}  // namespace moex::model

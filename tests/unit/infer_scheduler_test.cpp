@@ -1,0 +1,261 @@
+// Continuous batching over the paged KV cache (infer/scheduler.h) against one-at-a-time decoding
+// (infer::generate over the dense KV cache): the same tokens for every request, whatever the
+// batch, the prefill chunking, the block size and the order requests arrive in; and the block
+// pool's bookkeeping (nothing leaks, a request that can never fit is refused at submit).
+#include <gtest/gtest.h>
+
+#include <map>
+#include <thread>
+
+#include "core/json_reader.h"
+#include "core/rng.h"
+#include "infer/generator.h"
+#include "infer/scheduler.h"
+
+namespace moex::infer {
+namespace {
+
+// A capacity-mode MoE (tokens would be dropped under batching if serving dropped them) with
+// RoPE and GQA, and one with learned positions and LayerNorm.
+ModelConfig config(bool learned) {
+  const std::string text = std::string(R"({
+    "vocab_size": 97, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+    "max_seq_len": 64, "ffn_size": 48, "init_std": 0.3, "positions": ")") +
+                           (learned ? "learned" : "rope") + R"(", "norm": ")" +
+                           (learned ? "layernorm" : "rmsnorm") + R"(",
+    "moe": {"layer_freq": 1, "num_experts": 4, "top_k": 2, "ffn_size": 24,
+            "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "min_capacity": 1}})";
+  return ModelConfig::from_json(JsonReader::from_string(text, "scheduler_test.json"));
+}
+
+std::vector<std::vector<int32_t>> prompts(int64_t vocab) {
+  std::vector<std::vector<int32_t>> out;
+  const int lengths[] = {1, 7, 3, 19, 11, 5};
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < lengths[i]; ++t) p.push_back(philox_u32(21, i, t) % vocab);
+    out.push_back(p);
+  }
+  return out;
+}
+
+struct Outcome {
+  std::vector<int32_t> tokens;
+  FinishReason reason = FinishReason::kError;
+  bool finished = false;
+};
+
+// Runs every prompt through a scheduler, all submitted before the first step (or one more after
+// every `stagger` steps), and returns each request's tokens.
+std::vector<Outcome> serve(model::Model& m, const std::vector<std::vector<int32_t>>& ps,
+                           const SchedulerOptions& opt, int64_t max_tokens, int stagger,
+                           const SamplingParams& sampling = {}) {
+  Scheduler s(m, opt);
+  std::vector<Outcome> out(ps.size());
+  size_t submitted = 0;
+  auto submit_next = [&] {
+    Request r;
+    r.prompt = ps[submitted];
+    r.max_tokens = max_tokens;
+    r.sampling = sampling;
+    Outcome* o = &out[submitted];
+    r.on_token = [o](int32_t t) {
+      o->tokens.push_back(t);
+      return true;
+    };
+    r.on_finish = [o](FinishReason reason, const std::string&) {
+      o->reason = reason;
+      o->finished = true;
+    };
+    s.submit(std::move(r));
+    ++submitted;
+  };
+  if (stagger == 0)
+    while (submitted < ps.size()) submit_next();
+  for (int step = 0; step < 10000; ++step) {
+    if (stagger > 0 && submitted < ps.size() && step % stagger == 0) submit_next();
+    if (!s.step() && submitted == ps.size()) break;
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.free_blocks, st.total_blocks) << "blocks leaked";
+  EXPECT_EQ(st.finished, static_cast<int64_t>(ps.size()));
+  return out;
+}
+
+TEST(Scheduler, BatchedPagedDecodingEqualsOneAtATime) {
+  for (const bool learned : {false, true}) {
+    const ModelConfig c = config(learned);
+    model::Model m(c);
+    m.init_weights(3);
+    const auto ps = prompts(c.vocab_size);
+    std::vector<std::vector<int32_t>> want;
+    for (const auto& p : ps) {
+      GenerateOptions g;
+      g.max_new_tokens = 9;
+      want.push_back(generate(m, p, g));
+    }
+    struct Layout {
+      int64_t max_batch, step_tokens, block_size;
+      int stagger;
+    };
+    for (const Layout& l : {Layout{1, 64, 16, 0}, Layout{6, 64, 4, 0}, Layout{3, 5, 3, 0},
+                            Layout{4, 8, 1, 2}, Layout{2, 3, 5, 1}}) {
+      SchedulerOptions opt;
+      opt.max_batch = l.max_batch;
+      opt.step_tokens = l.step_tokens;
+      opt.block_size = l.block_size;
+      const auto got = serve(m, ps, opt, 9, l.stagger);
+      for (size_t i = 0; i < ps.size(); ++i) {
+        EXPECT_TRUE(got[i].finished);
+        EXPECT_EQ(got[i].reason, FinishReason::kLength);
+        EXPECT_EQ(got[i].tokens, want[i])
+            << "prompt " << i << " learned=" << learned << " batch " << l.max_batch << " chunk "
+            << l.step_tokens << " block " << l.block_size << " stagger " << l.stagger;
+      }
+    }
+  }
+}
+
+TEST(Scheduler, SampledTokensRepeatTheSingleSequenceDraws) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(5);
+  const auto ps = prompts(c.vocab_size);
+  SamplingParams sp;
+  sp.temperature = 0.9;
+  sp.top_k = 20;
+  sp.top_p = 0.9;
+  sp.seed = 77;
+  SchedulerOptions opt;
+  opt.max_batch = 4;
+  opt.step_tokens = 6;
+  opt.block_size = 2;
+  const auto got = serve(m, ps, opt, 7, 0, sp);
+  for (size_t i = 0; i < ps.size(); ++i) {
+    GenerateOptions g;
+    g.max_new_tokens = 7;
+    g.sampling = sp;
+    EXPECT_EQ(got[i].tokens, generate(m, ps[i], g)) << "prompt " << i;
+  }
+}
+
+TEST(Scheduler, StopTokensCancelAndLimits) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  const auto ps = prompts(c.vocab_size);
+  GenerateOptions g;
+  g.max_new_tokens = 9;
+  const std::vector<int32_t> free_run = generate(m, ps[3], g);
+
+  SchedulerOptions opt;
+  opt.max_batch = 2;
+  opt.block_size = 4;
+  opt.num_blocks = 12;  // 48 positions: two requests of up to 24
+  opt.max_context = 32;
+  Scheduler s(m, opt);
+  // Refused at submit, nothing queued: empty prompt, bad max_tokens, too long, larger than the
+  // pool, a token outside the vocabulary.
+  auto request = [&](std::vector<int32_t> prompt, int64_t max_tokens) {
+    Request r;
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    return r;
+  };
+  EXPECT_THROW(s.submit(request({}, 4)), Error);
+  EXPECT_THROW(s.submit(request(ps[0], 0)), Error);
+  EXPECT_THROW(s.submit(request(std::vector<int32_t>(30, 1), 5)), Error);
+  EXPECT_THROW(s.submit(request({200}, 1)), Error);
+  SchedulerOptions tiny = opt;
+  tiny.num_blocks = 2;
+  Scheduler small(m, tiny);
+  EXPECT_THROW(small.submit(request(ps[3], 4)), Error);  // 23 positions > 2 blocks of 4
+
+  // A stop token ends the request after emitting it.
+  Outcome stopped, cancelled, tail;
+  Request r = request(ps[3], 9);
+  r.stop_tokens = {free_run[2]};
+  r.on_token = [&](int32_t t) {
+    stopped.tokens.push_back(t);
+    return true;
+  };
+  r.on_finish = [&](FinishReason reason, const std::string&) { stopped.reason = reason; };
+  s.submit(std::move(r));
+  // A client that goes away after two tokens.
+  r = request(ps[1], 9);
+  r.on_token = [&](int32_t t) {
+    cancelled.tokens.push_back(t);
+    return cancelled.tokens.size() < 2;
+  };
+  r.on_finish = [&](FinishReason reason, const std::string&) { cancelled.reason = reason; };
+  s.submit(std::move(r));
+  // Cancelled by id while it waits for a batch slot.
+  r = request(ps[2], 9);
+  r.on_finish = [&](FinishReason reason, const std::string&) { tail.reason = reason; };
+  const uint64_t id = s.submit(std::move(r));
+  s.cancel(id);
+  while (s.step()) {
+  }
+  const std::vector<int32_t> want_stop(free_run.begin(), free_run.begin() + 3);
+  auto first_stop = std::find(free_run.begin(), free_run.end(), free_run[2]);
+  const std::vector<int32_t> expected(free_run.begin(), first_stop + 1);
+  EXPECT_EQ(stopped.tokens, expected);
+  EXPECT_EQ(stopped.reason, FinishReason::kStop);
+  EXPECT_EQ(cancelled.tokens.size(), 2u);
+  EXPECT_EQ(cancelled.reason, FinishReason::kCancelled);
+  EXPECT_EQ(tail.reason, FinishReason::kCancelled);
+  EXPECT_EQ(s.stats().free_blocks, opt.num_blocks);
+}
+
+// run() on its own thread serves requests submitted from others; stop(drain) finishes them.
+TEST(Scheduler, EngineThreadServesConcurrentSubmitters) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  const auto ps = prompts(c.vocab_size);
+  SchedulerOptions opt;
+  opt.max_batch = 3;
+  opt.step_tokens = 8;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  std::thread engine([&] { s.run(); });
+  std::vector<Outcome> out(ps.size());
+  std::vector<std::thread> clients;
+  std::mutex mu;
+  std::condition_variable cv;
+  int done = 0;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    clients.emplace_back([&, i] {
+      Request r;
+      r.prompt = ps[i];
+      r.max_tokens = 6;
+      r.on_token = [&, i](int32_t t) {
+        out[i].tokens.push_back(t);
+        return true;
+      };
+      r.on_finish = [&, i](FinishReason reason, const std::string&) {
+        std::lock_guard<std::mutex> lock(mu);
+        out[i].reason = reason;
+        ++done;
+        cv.notify_all();
+      };
+      s.submit(std::move(r));
+    });
+  }
+  for (auto& t : clients) t.join();
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done == static_cast<int>(ps.size()); });
+  }
+  s.stop(/*drain=*/true);
+  engine.join();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    GenerateOptions g;
+    g.max_new_tokens = 6;
+    EXPECT_EQ(out[i].tokens, generate(m, ps[i], g)) << "prompt " << i;
+    EXPECT_EQ(out[i].reason, FinishReason::kLength);
+  }
+}
+
+}  // namespace
+}  // namespace moex::infer
