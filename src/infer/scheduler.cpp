@@ -144,7 +144,12 @@ bool Scheduler::step() {
   running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
   admit();  // may end cancelled ones
   running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
-  if (running_.empty()) return false;
+  if (running_.empty()) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.running = 0;
+    stats_.free_blocks = pool_.free_blocks();
+    return false;
+  }
 
   // This step's tokens: one per decoding sequence, then prompt chunks within the token budget.
   std::vector<int32_t> ids;
@@ -215,6 +220,7 @@ bool Scheduler::step() {
     else if (emitted >= seq.request.max_tokens)
       finish(seq, FinishReason::kLength);
   }
+  running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
   std::lock_guard<std::mutex> lock(mutex_);
   stats_.steps += 1;
   stats_.last_batch = static_cast<int64_t>(in_step.size());

@@ -1,0 +1,54 @@
+// `moex serve`: an OpenAI-compatible HTTP server over the continuous-batching scheduler.
+//   POST /v1/completions, POST /v1/chat/completions   (streamed as server-sent events, or whole)
+//   GET  /v1/models, GET /health, GET /metrics          (Prometheus text format)
+// One engine thread runs the model (infer/scheduler.h); HTTP handlers submit requests to it and
+// turn the tokens it sends back into text (serve/stop_text.h). A bad request gets a 4xx JSON
+// error in OpenAI's shape and the server goes on serving everyone else.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "infer/scheduler.h"
+
+namespace moex::serve {
+
+struct ServerOptions {
+  std::string model_dir;
+  Device device;
+  std::string model_name;  // what /v1/models lists and requests must name; "" = model_dir's name
+  std::string host = "127.0.0.1";
+  int port = 8000;  // 0: any free port (port() tells which)
+  infer::SchedulerOptions scheduler;
+  int64_t max_waiting = 256;  // requests queued beyond the running batch; more get 429
+  int http_threads = 64;      // concurrent connections (a streaming response holds one)
+  size_t max_body_bytes = size_t{8} << 20;
+};
+
+class Server {
+ public:
+  // Loads the model, its tokenizer and chat template; errors name the file.
+  explicit Server(const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds (an error names host:port when it cannot) and returns the port.
+  int bind();
+  // Serves until shutdown() has drained every request. Call bind() first.
+  void serve();
+  // Thread-safe, idempotent: new generation requests get 503, running and queued ones finish,
+  // then the listener stops and serve() returns.
+  void shutdown();
+
+  int port() const;
+  const std::string& model_name() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moex::serve

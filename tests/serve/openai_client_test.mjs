@@ -1,0 +1,219 @@
+// moex serve driven by the official `openai` npm client (an oracle nobody here wrote): model
+// listing, completions and chat, streamed and whole, concurrent requests, seeds, stop strings, a
+// client that disconnects mid-stream, malformed requests, metrics, and a drain on SIGTERM.
+//   node tests/serve/openai_client_test.mjs MOEX MODEL_DIR
+// Exits non-zero on the first failed check. serve_client_test.sh makes the model and runs it.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import OpenAI from 'openai';
+
+const [moex, modelDir] = process.argv.slice(2);
+if (!moex || !modelDir) {
+  console.error('usage: openai_client_test.mjs MOEX MODEL_DIR');
+  process.exit(2);
+}
+
+const server = spawn(moex, ['serve', '--model', modelDir, '--port', '0', '--max-batch', '4',
+                            '--step-tokens', '24', '--block-size', '8',
+                            '--max-context', '256'],
+                     { stdio: ['ignore', 'pipe', 'inherit'] });
+let exited = null;
+const exitPromise = new Promise((resolve) => server.on('exit', (code, signal) => {
+  exited = { code, signal };
+  resolve(exited);
+}));
+const first = await new Promise((resolve, reject) => {
+  createInterface({ input: server.stdout }).once('line', resolve);
+  server.once('exit', () => reject(new Error('moex serve exited before listening')));
+});
+const { listening, model } = JSON.parse(first);
+const client = new OpenAI({ baseURL: `${listening}/v1`, apiKey: 'unused', maxRetries: 0 });
+let checks = 0;
+const ok = (name) => { checks += 1; console.log(`ok ${checks} - ${name}`); };
+
+async function raw(path, body, method = 'POST') {
+  const res = await fetch(`${listening}${path}`, {
+    method, headers: { 'content-type': 'application/json' },
+    body: method === 'POST' ? body : undefined,
+  });
+  const text = await res.text();
+  let json = null;
+  try { json = JSON.parse(text); } catch { /* metrics are text */ }
+  return { status: res.status, json, text };
+}
+
+async function metrics() {
+  const { text } = await raw('/metrics', null, 'GET');
+  const m = {};
+  for (const line of text.split('\n'))
+    if (line && !line.startsWith('#')) {
+      const [k, v] = line.split(' ');
+      m[k] = Number(v);
+    }
+  return m;
+}
+
+async function expectError(promise, status, fields = {}) {
+  try {
+    await promise;
+  } catch (e) {
+    assert.equal(e.status, status, `status of ${e.message}`);
+    for (const [k, v] of Object.entries(fields)) assert.equal(e.error?.[k], v, `error.${k}`);
+    assert.ok(e.error?.message, 'error.message is set');
+    return e;
+  }
+  assert.fail(`expected an error with status ${status}`);
+}
+
+try {
+  // ---- listing and health ----
+  const models = await client.models.list();
+  assert.deepEqual(models.data.map((m) => m.id), [model]);
+  ok('models.list names the served model');
+  assert.equal((await raw('/health', null, 'GET')).json.status, 'ok');
+  ok('/health');
+
+  // ---- completions ----
+  const base = { model, max_tokens: 10, temperature: 0 };
+  const greedy = await client.completions.create({ ...base, prompt: 'The server' });
+  const g = greedy.choices[0];
+  assert.equal(typeof g.text, 'string');
+  assert.ok(['length', 'stop'].includes(g.finish_reason));
+  assert.ok(greedy.usage.completion_tokens >= 1 && greedy.usage.completion_tokens <= 10);
+  assert.ok(greedy.usage.prompt_tokens >= 1);
+  assert.equal(greedy.usage.total_tokens, greedy.usage.prompt_tokens + greedy.usage.completion_tokens);
+  const again = await client.completions.create({ ...base, prompt: 'The server' });
+  assert.equal(again.choices[0].text, g.text);
+  ok('completion: text, finish_reason, usage; greedy repeats');
+
+  let streamed = '';
+  let finish = null;
+  for await (const chunk of await client.completions.create({ ...base, prompt: 'The server', stream: true })) {
+    streamed += chunk.choices[0]?.text ?? '';
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(streamed, g.text);
+  assert.equal(finish, g.finish_reason);
+  ok('streamed completion equals the whole one');
+
+  // ---- chat ----
+  const messages = [{ role: 'system', content: 'You answer briefly.' }, { role: 'user', content: 'Hello there' }];
+  const chat = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0 });
+  assert.equal(chat.object, 'chat.completion');
+  assert.equal(chat.choices[0].message.role, 'assistant');
+  assert.equal(typeof chat.choices[0].message.content, 'string');
+  let chatStreamed = '';
+  let role = null;
+  for await (const chunk of await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, stream: true, stream_options: { include_usage: true } })) {
+    if (chunk.choices.length === 0) {
+      assert.equal(chunk.usage.completion_tokens, chat.usage.completion_tokens);
+      continue;
+    }
+    role = chunk.choices[0].delta?.role ?? role;
+    chatStreamed += chunk.choices[0].delta?.content ?? '';
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(chatStreamed, chat.choices[0].message.content);
+  ok('chat: whole and streamed agree, usage chunk');
+
+  // ---- concurrency: each of several simultaneous requests equals its own run alone ----
+  const prompts = ['A', 'The model', 'moex trains', 'Experts route', 'Tokens', 'GPU memory'];
+  const alone = [];
+  for (const p of prompts) alone.push((await client.completions.create({ ...base, prompt: p })).choices[0].text);
+  const together = await Promise.all(prompts.map((p, i) => (i % 2
+    ? client.completions.create({ ...base, prompt: p })
+    : client.chat.completions.create({ model, messages: [{ role: 'user', content: p }], max_tokens: 6, temperature: 0 }))));
+  for (let i = 0; i < prompts.length; i += 2) {
+    const solo = await client.chat.completions.create({ model, messages: [{ role: 'user', content: prompts[i] }], max_tokens: 6, temperature: 0 });
+    assert.equal(together[i].choices[0].message.content, solo.choices[0].message.content);
+  }
+  for (let i = 1; i < prompts.length; i += 2) assert.equal(together[i].choices[0].text, alone[i]);
+  ok('concurrent requests give each request its own answer');
+
+  // ---- sampling with a seed repeats; stop strings cut the text ----
+  const sampled = { ...base, prompt: 'The server', temperature: 0.9, top_p: 0.95, seed: 1234 };
+  assert.equal((await client.completions.create(sampled)).choices[0].text,
+               (await client.completions.create(sampled)).choices[0].text);
+  ok('seeded sampling repeats');
+  const long = (await client.completions.create({ ...base, prompt: 'The server', max_tokens: 16 })).choices[0].text;
+  // A stop string taken from the text itself (whatever this tiny model writes): the answer must
+  // end right before its first occurrence.
+  const stopAt = long.length >= 6 ? long.slice(4, 6) : null;
+  if (stopAt) {
+    const cut = await client.completions.create({ ...base, prompt: 'The server', max_tokens: 16, stop: [stopAt] });
+    assert.equal(cut.choices[0].text, long.slice(0, long.indexOf(stopAt)));
+    assert.equal(cut.choices[0].finish_reason, 'stop');
+    let s = '';
+    for await (const chunk of await client.completions.create({ ...base, prompt: 'The server', max_tokens: 16, stop: stopAt, stream: true }))
+      s += chunk.choices[0]?.text ?? '';
+    assert.equal(s, cut.choices[0].text);
+    ok('stop strings end the text before them, streamed too');
+  } else {
+    assert.fail(`the greedy continuation is too short to test stop strings: ${JSON.stringify(long)}`);
+  }
+
+  // ---- a client that disconnects mid-stream: its sequence is freed ----
+  const before = await metrics();
+  const ac = new AbortController();
+  const stream = await client.completions.create({ ...base, prompt: 'A', max_tokens: 200, stream: true }, { signal: ac.signal });
+  try {
+    for await (const _ of stream) { ac.abort(); }
+  } catch { /* the abort surfaces as an error */ }
+  let m = await metrics();
+  while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total)
+    m = await metrics();
+  assert.ok(m.moex_requests_finished_total > before.moex_requests_finished_total);
+  assert.ok(m.moex_generated_tokens_total - before.moex_generated_tokens_total < 200,
+            'the engine stopped generating for the gone client');
+  assert.ok(m.moex_client_disconnects_total > before.moex_client_disconnects_total);
+  ok('a disconnected stream frees its sequence and KV blocks');
+
+  // ---- malformed requests: 4xx in OpenAI's shape, and the server goes on ----
+  let r = await raw('/v1/completions', '{not json');
+  assert.equal(r.status, 400);
+  assert.equal(r.json.error.type, 'invalid_request_error');
+  r = await raw('/v1/chat/completions', JSON.stringify({ model, messages: 'hi' }));
+  assert.equal(r.status, 400);
+  assert.equal(r.json.error.param, 'messages');
+  r = await raw('/v1/nope', '{}');
+  assert.equal(r.status, 404);
+  assert.ok(r.json.error.message.includes('/v1/nope'));
+  await expectError(client.completions.create({ ...base, model: 'no-such-model', prompt: 'x' }), 404, { code: 'model_not_found' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', max_tokens: -1 }), 400, { param: 'max_tokens' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', max_tokens: 1e9 }), 400, { code: 'context_length_exceeded' });
+  await expectError(client.completions.create({ ...base, prompt: 'word '.repeat(500) }), 400, { code: 'context_length_exceeded' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', temperature: 'hot' }), 400, { param: 'temperature' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', n: 2 }), 400, { param: 'n' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', top_p: 0 }), 400, { param: 'top_p' });
+  await expectError(client.chat.completions.create({ model, messages: [{ role: 'wizard', content: 'x' }] }), 400);
+  assert.equal((await client.completions.create({ ...base, prompt: 'The server' })).choices[0].text, g.text);
+  ok('malformed requests get 4xx errors in OpenAI shape; serving goes on');
+
+  m = await metrics();
+  for (const k of ['moex_requests_total', 'moex_request_errors_total', 'moex_generated_tokens_total',
+                   'moex_queue_depth', 'moex_batch_size', 'moex_generated_tokens_per_second'])
+    assert.ok(k in m, `/metrics has ${k}`);
+  assert.ok(m.moex_request_errors_total >= 10);  // the ten rejected generation requests above
+  ok('/metrics in Prometheus text');
+
+  // ---- SIGTERM drains: a request in flight still completes, then the process exits 0 ----
+  const inflight = client.completions.create({ ...base, prompt: 'A', max_tokens: 30, stream: true });
+  const iter = await inflight;
+  let parts = 0;
+  let ended = null;
+  for await (const chunk of iter) {
+    if (parts === 0) server.kill('SIGTERM');
+    parts += 1;
+    ended = chunk.choices[0]?.finish_reason ?? ended;
+  }
+  assert.ok(ended === 'length' || ended === 'stop', `the in-flight stream finished (${ended})`);
+  const status = await exitPromise;
+  assert.deepEqual(status, { code: 0, signal: null });
+  ok('SIGTERM finishes the request in flight and exits 0');
+  console.log(`all ${checks} checks passed`);
+} catch (e) {
+  console.error('FAIL:', e);
+  if (!exited) server.kill('SIGKILL');
+  process.exit(1);
+}

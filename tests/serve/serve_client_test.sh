@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# moex serve against the official OpenAI client: makes a small model the way a user would (the
+# working-path test trains one and exports it with its tokenizer), then runs
+# openai_client_test.mjs. The npm package comes from scripts/setup.sh (tests/serve/node_modules);
+# without it this test fails rather than skip.
+#   serve_client_test.sh MOEX
+set -euo pipefail
+MOEX="$(realpath "$1")"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+[ -d "$HERE/node_modules/openai" ] ||
+  { echo "FAIL: tests/serve/node_modules/openai is missing: run scripts/setup.sh (npm ci)" >&2; exit 1; }
+"$HERE/../cli/working_path_test.sh" "$MOEX" "$TMP/keep" >"$TMP/model.log" 2>&1 ||
+  { cat "$TMP/model.log" >&2; echo "FAIL: could not make the model" >&2; exit 1; }
+node "$HERE/openai_client_test.mjs" "$MOEX" "$TMP/keep/export"

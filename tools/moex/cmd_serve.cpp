@@ -1,0 +1,79 @@
+// moex serve --model DIR [--device cpu|cuda[:N]] [--host H] [--port P] [--max-batch B] ...
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <thread>
+
+#include "args.h"
+#include "command.h"
+#include "serve/server.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }  // async-signal-safe: a watcher thread acts on it
+
+int run_serve(const std::vector<std::string>& argv) {
+  const moex::cli::Args args(argv,
+                             {"model", "device", "host", "port", "model-name", "max-batch",
+                              "step-tokens", "block-size", "kv-blocks", "max-context",
+                              "max-waiting"},
+                             {"help"});
+  if (args.flag("help")) {
+    std::printf(
+        "usage: moex serve --model DIR [--device cpu|cuda[:N]] [--host 127.0.0.1] [--port 8000]\n"
+        "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
+        "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting 256]\n"
+        "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
+        "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
+        "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
+        "  sequences; prompts are prefilled in chunks of at most --step-tokens per step.\n"
+        "  --kv-blocks sizes the KV cache (default: max-batch sequences of the full context).\n"
+        "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n");
+    return 0;
+  }
+  moex::serve::ServerOptions o;
+  o.model_dir = args.require("model");
+  o.device = moex::Device::parse(args.get("device", "cpu"), "--device");
+  o.host = args.get("host", "127.0.0.1");
+  const int64_t port = args.get_int("port", 8000);
+  MOEX_CHECK(port >= 0 && port <= 65535, "--port must be in [0, 65535], got ", port);
+  o.port = static_cast<int>(port);
+  o.model_name = args.get("model-name", "");
+  o.scheduler.max_batch = args.get_int("max-batch", 8);
+  o.scheduler.step_tokens = args.get_int("step-tokens", 512);
+  o.scheduler.block_size = args.get_int("block-size", 16);
+  o.scheduler.num_blocks = args.get_int("kv-blocks", 0);
+  o.scheduler.max_context = args.get_int("max-context", 0);
+  o.max_waiting = args.get_int("max-waiting", 256);
+  MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
+
+  moex::serve::Server server(o);
+  const int bound = server.bind();
+  // Scripts read the port from this line (with --port 0 it is the one the system chose).
+  std::printf("{\"listening\": \"http://%s:%d\", \"model\": \"%s\"}\n", o.host.c_str(), bound,
+              server.model_name().c_str());
+  std::fflush(stdout);
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::atomic<bool> served{false};
+  std::thread watcher([&] {
+    while (!served) {
+      if (g_stop) {
+        server.shutdown();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  });
+  server.serve();
+  served = true;
+  watcher.join();
+  return 0;
+}
+
+const moex::cli::Command kServe("serve", "an OpenAI-compatible HTTP server for a model",
+                                run_serve);
+
+}  // namespace
