@@ -11,7 +11,9 @@ OUT=${OUT:-/tmp/moex_gpu_check}
 mkdir -p "$OUT"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 
-# Binaries: carried ones (built elsewhere for sm_90a, with their non-CUDA shared libraries) or a build.
+# Binaries: carried ones (scripts/make_devcarry.sh: built elsewhere for sm_90a, with their
+# non-CUDA shared libraries) or a build.
+[ -f .devcarry/bin.tar.xz ] && tar xJf .devcarry/bin.tar.xz -C .devcarry
 if [ -x .devcarry/bin/moex_gpu_tests ] && [ -x .devcarry/bin/moex ] && [ -x .devcarry/bin/moex_gpu_kernel_tests ]; then
   BIN=.devcarry/bin
   LIBS=/tmp/moex_libs
