@@ -1,10 +1,12 @@
 // moex serve driven by the official `openai` npm client (an oracle nobody here wrote): model
 // listing, completions and chat, streamed and whole, concurrent requests, seeds, stop strings, a
-// client that disconnects mid-stream, malformed requests, metrics, and a drain on SIGTERM.
+// client that disconnects mid-stream, malformed requests, metrics, a few seconds of concurrent
+// streaming load (same answers, bounded memory), and a drain on SIGTERM.
 //   node tests/serve/openai_client_test.mjs MOEX MODEL_DIR
 // Exits non-zero on the first failed check. serve_client_test.sh makes the model and runs it.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 
@@ -196,6 +198,29 @@ try {
     assert.ok(k in m, `/metrics has ${k}`);
   assert.ok(m.moex_request_errors_total >= 10);  // the ten rejected generation requests above
   ok('/metrics in Prometheus text');
+
+  // ---- load: waves of concurrent streaming clients for a few seconds, no error, no growth ----
+  const rss = () => Number(readFileSync(`/proc/${server.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
+  const wave = () => Promise.all(Array.from({ length: 12 }, async (_, i) => {
+    let text = '';
+    for await (const chunk of await client.completions.create({ ...base, prompt: prompts[i % prompts.length], max_tokens: 12, stream: true }))
+      text += chunk.choices[0]?.text ?? '';
+    return text;
+  }));
+  const reference = await wave();
+  const rssAfterFirst = rss();
+  const loadStart = Date.now();
+  let waves = 0;
+  while (Date.now() - loadStart < 4000) {
+    assert.deepEqual(await wave(), reference);
+    waves += 1;
+  }
+  const growthKiB = rss() - rssAfterFirst;
+  assert.ok(growthKiB < 32 * 1024, `server memory grew by ${growthKiB} KiB over ${waves} waves`);
+  m = await metrics();
+  assert.equal(m.moex_running_requests, 0);
+  assert.equal(m.moex_kv_blocks_free, m.moex_kv_blocks_total);
+  ok(`load: ${waves} waves of 12 concurrent streams, same answers, memory grew ${growthKiB} KiB`);
 
   // ---- SIGTERM drains: a request in flight still completes, then the process exits 0 ----
   const inflight = client.completions.create({ ...base, prompt: 'A', max_tokens: 30, stream: true });
