@@ -199,7 +199,7 @@ try {
   assert.ok(m.moex_request_errors_total >= 10);  // the ten rejected generation requests above
   ok('/metrics in Prometheus text');
 
-  // ---- load: waves of concurrent streaming clients for a few seconds, no error, no growth ----
+  // ---- load: 45 waves of 12 concurrent streaming clients, no error, no memory growth ----
   const rss = () => Number(readFileSync(`/proc/${server.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
   const wave = () => Promise.all(Array.from({ length: 12 }, async (_, i) => {
     let text = '';
@@ -207,20 +207,29 @@ try {
       text += chunk.choices[0]?.text ?? '';
     return text;
   }));
+  // Memory is compared between wave 30 and wave 45, after the first waves have sized the arena
+  // and the allocator's pools (AddressSanitizer's allocator takes ~27 waves to settle): a
+  // per-request leak keeps growing past that point.
   const reference = await wave();
-  const rssAfterFirst = rss();
-  const loadStart = Date.now();
-  let waves = 0;
-  while (Date.now() - loadStart < 4000) {
+  const waves = 45;
+  let rssAt30 = 0;
+  const trace = [];
+  for (let w = 1; w <= waves; ++w) {
     assert.deepEqual(await wave(), reference);
-    waves += 1;
+    trace.push(rss());
+    if (w === 30) rssAt30 = rss();
   }
-  const growthKiB = rss() - rssAfterFirst;
-  assert.ok(growthKiB < 32 * 1024, `server memory grew by ${growthKiB} KiB over ${waves} waves`);
+  const growthKiB = rss() - rssAt30;
+  console.log(`# RSS (KiB) after each wave: ${trace.join(' ')}`);
+  // Under AddressSanitizer the allocator's per-thread caches and quarantine keep growing RSS
+  // slowly whatever the program does; there LeakSanitizer checks the server at exit instead
+  // (a leak makes its exit status non-zero, which the SIGTERM check below asserts).
+  if (!process.env.MOEX_SANITIZED)
+    assert.ok(growthKiB < 8 * 1024, `server memory grew by ${growthKiB} KiB from wave 30 to ${waves}`);
   m = await metrics();
   assert.equal(m.moex_running_requests, 0);
   assert.equal(m.moex_kv_blocks_free, m.moex_kv_blocks_total);
-  ok(`load: ${waves} waves of 12 concurrent streams, same answers, memory grew ${growthKiB} KiB`);
+  ok(`load: ${waves} waves of 12 concurrent streams, same answers, memory grew ${growthKiB} KiB over the last 15`);
 
   // ---- SIGTERM drains: a request in flight still completes, then the process exits 0 ----
   const inflight = client.completions.create({ ...base, prompt: 'A', max_tokens: 30, stream: true });
