@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1.
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -128,6 +128,16 @@ for shape in sorted({r['shape'] for r in rows}):
     if m and t:
         print(f"{shape}: torch/moex time ratio fwd {t[0]['fwd_ms'] / m[0]['fwd_ms']:.2f}, fwd+bwd {t[0]['fwdbwd_ms'] / m[0]['fwdbwd_ms']:.2f} (>1: moex faster)")
 PY
+fi
+
+# Decode: batches of sequences through the serving scheduler on a Mixtral-sized 4-layer model,
+# against the bytes-per-step floor (moex only so far; the torch peer is not written yet).
+if [ -z "${MOEX_SKIP_DECODE_BENCH:-}" ]; then
+  for batch in 1 8 32; do
+    "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch $batch --tokens 64 --json \
+      >>"$OUT/decode_bench.jsonl" 2>>"$OUT/decode_bench.err" || echo "moex decode batch $batch failed"
+  done
+  cat "$OUT/decode_bench.jsonl" 2>/dev/null
 fi
 
 # Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.

@@ -59,8 +59,11 @@ expect_error "--warmup must be between 0 and" bench moe-layer --warmup -1
 expect_error "--iters must be between 1 and" bench moe-layer --device cuda --iters 0
 expect_error "--warmup must be between 0 and" bench moe-layer --device cuda --warmup -1
 expect_error "--iters must be between 1 and" bench train-step --iters 0
-expect_error "--tokens must be between 1 and" bench decode --tokens 0
-expect_error "bench decode does not take --device" bench decode --device cuda
+expect_error "--tokens must be between 2 and" bench decode --tokens 1
+expect_error "--batch must be between 1 and" bench decode --batch 0
+expect_error "unknown --shape 'nope'" bench decode --shape nope
+expect_error "bench decode does not take --iters" bench decode --iters 3
+expect_error "--device: unknown device 'tpu'" bench decode --device tpu
 expect_error "--device: unknown device 'tpu'" bench train-step --device tpu
 expect_error "--device: unknown device 'gpu0'" eval --model "$TMP/none" --input-ids x --device gpu0
 expect_error "--device: unknown device 'cuda:x'" generate --model "$TMP/none" --prompt hi --device cuda:x

@@ -2,13 +2,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "infer/generator.h"
+#include "core/json_reader.h"
+#include "infer/scheduler.h"
 #include "ops/device.h"
+#include "ops/elementwise.h"
 #include "ops/profile.h"
 #include "train/optimizer.h"
 #include "train/train_config.h"
@@ -94,28 +98,101 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       .dump();
 }
 
-std::string run_decode_bench(const std::string& config_path, int new_tokens) {
-  MOEX_CHECK(new_tokens >= 1, "--tokens must be >= 1, got ", new_tokens);
-  const train::TrainConfig c = train::TrainConfig::from_file(config_path);
-  model::Model m(c.model);
+namespace {
+
+// The decode benchmark's named shape: a Mixtral-sized MoE cut to 4 layers (random weights).
+ModelConfig decode_shape(const std::string& name) {
+  MOEX_CHECK(name == "mixtral4l", "unknown --shape '", name, "' (mixtral4l)");
+  const std::string json = R"({
+    "vocab_size": 32000, "hidden_size": 4096, "num_layers": 4, "num_heads": 32,
+    "num_kv_heads": 8, "max_seq_len": 4096, "ffn_size": 14336, "positions": "rope",
+    "rope_theta": 1000000.0, "norm": "rmsnorm", "activation": "swiglu", "tie_embeddings": false,
+    "moe": {"layer_freq": 1, "num_experts": 8, "top_k": 2, "ffn_size": 14336,
+            "renormalize": true, "dropless": true}})";
+  return ModelConfig::from_json(JsonReader::from_string(json, "--shape mixtral4l"));
+}
+
+// Copy rate of the device in bytes/s (read + write), over `bytes`-sized buffers.
+double copy_rate(const Device& device, int64_t bytes) {
+  const Tensor a = Tensor::empty(Shape{bytes}, DType::kU8, device);
+  const Tensor b = Tensor::empty(Shape{bytes}, DType::kU8, device);
+  ops::zero(a);
+  ops::copy(a, b);  // warm-up (pages touched)
+  ops::synchronize(device);
+  const int reps = 5;
+  const auto start = Clock::now();
+  for (int i = 0; i < reps; ++i) ops::copy(i % 2 ? b : a, i % 2 ? a : b);
+  ops::synchronize(device);
+  return 2.0 * reps * static_cast<double>(bytes) / (ms_since(start) / 1000.0);
+}
+
+}  // namespace
+
+std::string run_decode_bench(const std::string& config_path, const std::string& shape,
+                             const std::string& device_flag, int batch, int new_tokens) {
+  MOEX_CHECK(new_tokens >= 2, "--tokens must be >= 2, got ", new_tokens);
+  MOEX_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
+  const ModelConfig mc = shape.empty() ? train::TrainConfig::from_file(config_path).model
+                                       : decode_shape(shape);
+  const Device device = Device::parse(device_flag.empty() ? "cpu" : device_flag, "--device");
+  model::Model m(mc, device);
   m.init_weights(1);
-  const std::vector<int32_t> prompt = random_tokens(16, c.model.vocab_size, 2);
-  model::KVCache cache = m.make_cache(1, 16 + new_tokens);
-  std::vector<float> logits(static_cast<size_t>(c.model.vocab_size));
+  // B sequences of a 16-token prompt decode together through the serving scheduler (paged KV).
+  const int64_t prompt_len = 16;
+  infer::SchedulerOptions so;
+  so.max_batch = batch;
+  so.step_tokens = std::max<int64_t>(batch * prompt_len, batch);
+  so.max_context = prompt_len + new_tokens;
+  infer::Scheduler scheduler(m, so);
+  for (int b = 0; b < batch; ++b) {
+    infer::Request r;
+    r.prompt = random_tokens(prompt_len, mc.vocab_size, 2 + b);
+    r.max_tokens = new_tokens;
+    scheduler.submit(std::move(r));
+  }
   auto start = Clock::now();
-  m.forward_cached(prompt.data(), 1, 16, cache, logits.data());
+  scheduler.step();  // admits and prefills every sequence, samples their first tokens
+  ops::synchronize(device);
   const double prefill_ms = ms_since(start);
   start = Clock::now();
-  for (int i = 0; i < new_tokens; ++i) {
-    const int32_t next =
-        infer::sample_token(logits.data(), c.model.vocab_size, {}, static_cast<uint64_t>(i));
-    m.forward_cached(&next, 1, 1, cache, logits.data());
-  }
+  int64_t steps = 0;
+  while (scheduler.step()) ++steps;
+  ops::synchronize(device);
   const double decode_ms = ms_since(start);
-  return nlohmann::json{
-      {"bench", "decode"},        {"config", config_path},
-      {"prompt_tokens", 16},      {"new_tokens", new_tokens},
-      {"prefill_ms", prefill_ms}, {"decode_tokens_per_second", new_tokens / (decode_ms / 1000.0)}}
+  const double ms_per_step = decode_ms / std::max<int64_t>(steps, 1);
+
+  // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
+  // expected to touch, the KV cache) over the device's copy rate.
+  const double dtype_bytes = device.is_cuda() ? 2.0 : 4.0;
+  double expert_params = 0, touched = 0;
+  for (const LayerSpec& l : mc.layers) {
+    if (!l.moe) continue;
+    const MoEConfig& e = l.moe_config;
+    const double per_expert = 3.0 * mc.hidden_size * e.ffn_size;
+    expert_params += e.num_experts * per_expert;
+    const double miss = std::pow(1.0 - static_cast<double>(e.top_k) / e.num_experts, batch);
+    touched += e.num_experts * (1.0 - miss) * per_expert;
+  }
+  const double embed = static_cast<double>(mc.vocab_size) * mc.hidden_size;  // a lookup, not read
+  const double weights = static_cast<double>(mc.num_parameters()) - expert_params - embed + touched;
+  const double kv = 2.0 * mc.num_layers * batch * (prompt_len + new_tokens / 2.0) *
+                    mc.num_kv_heads * mc.head_dim;
+  const double bytes = (weights + kv) * dtype_bytes;
+  const double rate = copy_rate(device, device.is_cuda() ? (int64_t{1} << 30) : (int64_t{1} << 28));
+  const double floor_ms = bytes / rate * 1000.0;
+  return nlohmann::json{{"bench", "decode"},
+                        {"model", shape.empty() ? config_path : shape},
+                        {"device", device.str()},
+                        {"batch", batch},
+                        {"prompt_tokens", prompt_len},
+                        {"new_tokens", new_tokens},
+                        {"prefill_ms", prefill_ms},
+                        {"ms_per_step", ms_per_step},
+                        {"tokens_per_s", batch * steps / (decode_ms / 1000.0)},
+                        {"bytes_per_step", bytes},
+                        {"copy_gbps", rate / 1e9},
+                        {"floor_ms", floor_ms},
+                        {"frac_of_floor", floor_ms / ms_per_step}}
       .dump();
 }
 

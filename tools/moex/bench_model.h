@@ -11,8 +11,12 @@ namespace moex::bench {
 // "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}.
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
                                  int warmup, int iters);
-// Greedy decode of `new_tokens` (>= 1) with the KV cache after a 16-token prompt: {"bench",
-// "prefill_ms", "decode_tokens_per_second"}.
-std::string run_decode_bench(const std::string& config_path, int new_tokens);
+// `batch` sequences of a 16-token prompt decoding `new_tokens` (>= 2) greedy tokens together
+// through the serving scheduler (paged KV cache), on a config's model or a named shape
+// ("mixtral4l"), random weights: {"bench", "ms_per_step", "tokens_per_s", "floor_ms",
+// "frac_of_floor", ...}. The floor is the bytes a step must read (non-expert weights, the experts
+// the batch is expected to touch, the KV cache) over the device's measured copy rate.
+std::string run_decode_bench(const std::string& config_path, const std::string& shape,
+                             const std::string& device, int batch, int new_tokens);
 
 }  // namespace moex::bench

@@ -23,8 +23,9 @@ void print_help() {
       "                            [--iters N] [--warmup N] [--json]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
-      "       moex bench decode [--config F] [--tokens N]      CPU greedy decode with KV cache, "
-      "tokens/s\n\n"
+      "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch B]\n"
+      "                         [--tokens N]   greedy decode of B sequences: ms/step against the\n"
+      "                                        bandwidth floor\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
@@ -104,7 +105,7 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens"},
+  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch"},
                   {"json", "help"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
@@ -126,9 +127,13 @@ int run_bench(const std::vector<std::string>& argv) {
                 bench::run_train_step_bench(config, args.get("device"), warmup, iters).c_str());
     return 0;
   }
-  check_flags(args, what, {"config", "tokens", "json"});
-  const int tokens = count_flag(args, "tokens", 64, 1);
-  std::printf("%s\n", bench::run_decode_bench(config, tokens).c_str());
+  check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "json"});
+  const int tokens = count_flag(args, "tokens", 64, 2);
+  const int batch = count_flag(args, "batch", 1, 1);
+  if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
+  std::printf("%s\n", bench::run_decode_bench(config, args.get("shape"), args.get("device"),
+                                              batch, tokens)
+                          .c_str());
   return 0;
 }
 
