@@ -28,12 +28,20 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   c.optimizer.eps = opt.get_double("eps", 1e-8);
   c.optimizer.weight_decay = opt.get_double("weight_decay", 0.1);
   c.optimizer.grad_clip = opt.get_double("grad_clip", 1.0);
+  c.optimizer.bias_update_rate = opt.get_double("bias_update_rate", 0.0);
   if (c.optimizer.lr <= 0) opt.fail("lr", "must be > 0");
   if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
   if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");
   if (c.optimizer.grad_clip < 0) opt.fail("grad_clip", "must be >= 0");
   if (c.optimizer.eps <= 0) opt.fail("eps", "must be > 0");
   if (c.optimizer.weight_decay < 0) opt.fail("weight_decay", "must be >= 0");
+  if (c.optimizer.bias_update_rate < 0) opt.fail("bias_update_rate", "must be >= 0");
+  if (c.optimizer.bias_update_rate > 0) {
+    bool any_bias = false;
+    for (const LayerSpec& l : c.model.layers) any_bias |= l.moe && l.moe_config.selection_bias;
+    if (!any_bias)
+      opt.fail("bias_update_rate", "needs MoE layers with a selection bias (model.moe.selection_bias)");
+  }
 
   const JsonReader sched = root.child("schedule");
   c.schedule.warmup_steps = sched.get_int("warmup_steps", 0);

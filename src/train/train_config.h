@@ -22,6 +22,9 @@ struct OptimizerConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;  // matrices only; norms and biases are not decayed
   double grad_clip = 1.0;     // global L2 norm; 0 turns clipping off
+  // Auxiliary-loss-free balancing (train/load_balance.h): the selection bias's step per optimizer
+  // step; 0 = off. Needs model.moe.selection_bias.
+  double bias_update_rate = 0.0;
 };
 
 struct ScheduleConfig {

@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
+#include "train/load_balance.h"
 #include "train/loss_plot.h"
 
 namespace moex::train {
@@ -182,6 +183,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     const double lr = learning_rate(c.optimizer, c.schedule, state.step, c.training.steps);
     model.zero_grad();
     double loss = 0, aux = 0, zl = 0;
+    ExpertLoads expert_loads;  // for the selection-bias rule
     for (int64_t micro = 0; micro < micro_per_step; ++micro) {
       // Every rank reads every micro-batch, so that the sample streams stay aligned.
       for (int64_t b = 0; b < mb; ++b) train_data->next(windows.data() + b * (seq_len + 1));
@@ -196,6 +198,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
       model.backward();
+      if (c.optimizer.bias_update_rate > 0) accumulate_expert_loads(model, expert_loads);
       loss += r.loss / micro_per_step;
       aux += r.aux_loss / micro_per_step;
       zl += r.z_loss / micro_per_step;
@@ -207,6 +210,12 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       loss = sums[0], aux = sums[1], zl = sums[2];
     }
     const double grad_norm = optimizer.step(model, lr, state.step + 1);
+    if (c.optimizer.bias_update_rate > 0) {
+      // Every rank applies the same rule to the same (summed) loads: the biases stay equal.
+      for (auto& [layer, load] : expert_loads)
+        if (world > 1) comm.all_reduce_sum(load.data(), static_cast<int64_t>(load.size()));
+      update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate);
+    }
     ++state.step;
     ++steps_this_run;
     state.last_loss = loss;

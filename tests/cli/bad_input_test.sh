@@ -24,6 +24,8 @@ expect_error() {  # expect_error "<fragment>" moex-args...
 # configs
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "hidden_sise": 3}, "data": {"path": "x"}}' > "$TMP/typo.json"
 expect_error "typo.json: unknown field 'model.hidden_sise'" train --config "$TMP/typo.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "optimizer": {"bias_update_rate": 0.01}}' > "$TMP/nobias.json"
+expect_error "nobias.json: optimizer.bias_update_rate needs MoE layers with a selection bias" train --config "$TMP/nobias.json"
 printf '{"model": ' > "$TMP/broken.json"
 expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
 expect_error "unknown flag --stepz" train --stepz 3

@@ -1,0 +1,46 @@
+#include "train/load_balance.h"
+
+#include <string>
+
+#include "ops/elementwise.h"
+
+namespace moex::train {
+
+void accumulate_expert_loads(const model::Model& model, ExpertLoads& loads) {
+  for (const auto& [layer, stats] : model.moe_stats()) {
+    std::vector<double>& sum = loads[layer];
+    sum.resize(stats.load.size(), 0.0);
+    for (size_t e = 0; e < stats.load.size(); ++e) sum[e] += static_cast<double>(stats.load[e]);
+  }
+}
+
+int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate) {
+  int moved = 0;
+  for (const auto& [layer, load] : loads) {
+    const std::string name =
+        "model.layers." + std::to_string(layer) + ".mlp.gate.e_score_correction_bias";
+    const int idx = model.params().index_of(name);
+    MOEX_CHECK(idx >= 0, "load balancing: layer ", layer, " has no selection bias (", name, ")");
+    const Tensor& bias = model.params().tensor(idx);
+    MOEX_CHECK(bias.numel() == static_cast<int64_t>(load.size()), "load balancing: layer ", layer,
+               " has ", bias.numel(), " experts, the loads ", load.size());
+    double mean = 0;
+    for (double l : load) mean += l;
+    mean /= static_cast<double>(load.size());
+    // The bias is a handful of floats: update a host copy, write it back (on any device).
+    Tensor host = bias.to(Device::cpu());
+    float* b = host.data<float>();
+    for (size_t e = 0; e < load.size(); ++e) {
+      const double gap = mean - load[e];
+      b[e] += static_cast<float>(rate * ((gap > 0) - (gap < 0)));
+    }
+    ops::copy(host, bias);
+    ++moved;
+  }
+  // The MoE layers read the fp32 master copy of the bias; a new version makes the GPU layer
+  // upload it again (the bf16 compute copy of a bias is never read).
+  model.params().flat().mark_written();
+  return moved;
+}
+
+}  // namespace moex::train
