@@ -86,6 +86,12 @@ struct Server::Impl {
       options.model_name = std::filesystem::path(options.model_dir).filename().string();
     if (options.model_name.empty()) options.model_name = "moex";
     model = model::load_model(options.model_dir, options.device);
+    // Serving keeps every MoE route; the GPU layer does that for dropless layers only so far.
+    if (options.device.is_cuda())
+      for (const LayerSpec& l : model->config().layers)
+        MOEX_CHECK(!l.moe || l.moe_config.dropless, options.model_dir,
+                   ": serving on the GPU needs dropless MoE layers (moe.dropless); this model "
+                   "has capacity-mode layers (serve it with --device cpu)");
     tokenizer = infer::open_model_tokenizer(options.model_dir);
     chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
     special_tokens = load_special_tokens(options.model_dir);
