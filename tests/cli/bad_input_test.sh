@@ -71,6 +71,10 @@ expect_error "--device: unknown device 'gpu0'" eval --model "$TMP/none" --input-
 expect_error "--device: unknown device 'cuda:x'" generate --model "$TMP/none" --prompt hi --device cuda:x
 expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
 
+# prune: counts and directories are checked before anything is written
+expect_error "--keep-experts must be >= 1" prune --model "$TMP/model_dir" --out "$TMP/p" --keep-experts 0 --calibration x
+expect_error "config.json: cannot open" prune --model "$TMP/missing" --out "$TMP/p" --keep-experts 2 --calibration x
+
 # export: the output may not be the model directory itself
 mkdir -p "$TMP/model_dir"
 expect_error "is the model directory itself" export --model "$TMP/model_dir" --out "$TMP/model_dir" --architecture MixtralForCausalLM

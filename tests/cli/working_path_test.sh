@@ -185,6 +185,21 @@ assert abs(ce - loss) < 1e-4 * max(1.0, ce), (ce, loss)
 assert 0 < loss < math.log(400) + 1, loss
 PY
 
+# ---- prune: keep 3 of the 4 experts by routing frequency; the result loads, runs, and is smaller ----
+step "moex prune"
+PRUNED_JSON="$("$MOEX" prune --model "$MODEL" --out "$TMP/pruned" --keep-experts 3 \
+  --calibration "$TMP/eval_ids.safetensors")"
+PRUNED_EVAL="$("$MOEX" eval --model "$TMP/pruned" --input-ids "$TMP/eval_ids.safetensors")"
+python3 - "$PRUNED_JSON" "$PRUNED_EVAL" <<'PY' || fail "prune"
+import json, math, sys
+p, e = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+# one MoE layer (layer_freq 2 of 2 layers): 1 expert of d=32 x 3 x F=32 weights + a router row
+assert p["params_before"] - p["params_after"] == 3 * 32 * 32 + 32, p
+assert all(len(k) == 3 for k in p["kept"].values()), p
+assert math.isfinite(e["loss"]) and 0 < e["loss"] < math.log(400) + 2, e
+PY
+[ -f "$TMP/pruned/tokenizer.model" ] || fail "prune did not copy the tokenizer"
+
 # ---- export: the Hugging Face directory loads back into moex with the same function ----
 step "moex export"
 EXPORT="$TMP/export"
