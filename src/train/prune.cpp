@@ -8,8 +8,8 @@
 
 namespace moex::train {
 
-ExpertLoads calibration_loads(model::Model& model, const std::vector<int32_t>& ids,
-                              int64_t batch, int64_t seq_len) {
+ExpertLoads calibration_loads(model::Model& model, const std::vector<int32_t>& ids, int64_t batch,
+                              int64_t seq_len) {
   MOEX_CHECK(static_cast<int64_t>(ids.size()) == batch * seq_len && batch > 0 && seq_len > 0,
              "calibration: ", ids.size(), " ids for ", batch, " x ", seq_len);
   std::vector<int32_t> targets(ids.size(), -100);
@@ -56,7 +56,8 @@ PruneResult prune_experts(const model::Model& model, const std::string& model_js
   }
   MOEX_CHECK(!counts.empty(), "pruning: the model has no MoE layer");
   nlohmann::json js = nlohmann::json::parse(model_json);
-  js["moe"]["num_experts"] = counts.size() == 1 ? nlohmann::json(counts[0]) : nlohmann::json(counts);
+  js["moe"]["num_experts"] =
+      counts.size() == 1 ? nlohmann::json(counts[0]) : nlohmann::json(counts);
   out.model_json = js.dump(2);
   out.model = std::make_unique<model::Model>(
       ModelConfig::from_json(JsonReader::from_string(out.model_json, "pruned config")));
