@@ -3,6 +3,8 @@
 // computed here in double. Inputs are random (never zeros) and wide enough that the softmax is
 // far from flat; outputs are poisoned with 0xFF bytes (NaN) before each run, so an element the
 // kernels never write fails the comparison.
+#include "cpu/attention.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,66 +16,29 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "core/rng.h"
-#include "cpu/attention.h"
 #include "cuda/attention.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
+#include "kernel_test_util.h"
 
 namespace moex {
 namespace {
 
-std::vector<float> rand_bf16_vec(size_t n, uint64_t seed, float lo, float hi) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i)
-    v[i] = bf16_to_f32(f32_to_bf16(lo + (hi - lo) * philox_uniform(seed, 0xa77, i)));
-  return v;
-}
-std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
-  return out;
-}
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  EXPECT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;  // unwritten (poisoned) or broken
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
-}
+using kt::DevBuf;
+using kt::rel_l2;
 
-// A device buffer poisoned with 0xFF bytes.
-struct DevBuf {
-  void* ptr = nullptr;
-  explicit DevBuf(size_t bytes) {
-    CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(bytes, 16)));
-    CUDA_CHECK(cudaMemset(ptr, 0xFF, std::max<size_t>(bytes, 16)));
-    CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  ~DevBuf() { cudaFree(ptr); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-};
+// Inputs as the GPU stores them (bf16-rounded), on the test's own random stream.
+std::vector<float> rand_bf16_vec(size_t n, uint64_t seed, float lo, float hi) {
+  return kt::round_bf16(kt::rand_vec(n, seed, lo, hi, /*stream=*/0xa77));
+}
 void upload(DevBuf& b, const std::vector<float>& v) {
-  const auto raw = to_bf16(v);
-  CUDA_CHECK(cudaMemcpy(b.ptr, raw.data(), raw.size() * 2, cudaMemcpyHostToDevice));
-  CUDA_CHECK(cudaDeviceSynchronize());
+  kt::upload_to(b.ptr, kt::to_bf16(v));
 }
 std::vector<float> download_bf16(const DevBuf& b, size_t n) {
-  std::vector<uint16_t> raw(n);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  CUDA_CHECK(cudaMemcpy(raw.data(), b.ptr, n * 2, cudaMemcpyDeviceToHost));
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = bf16_to_f32(raw[i]);
-  return v;
+  return kt::download_bf16(b.ptr, n);
 }
 std::vector<float> download_f32(const DevBuf& b, size_t n) {
-  std::vector<float> v(n);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  CUDA_CHECK(cudaMemcpy(v.data(), b.ptr, n * 4, cudaMemcpyDeviceToHost));
-  return v;
+  return kt::download<float>(b.ptr, n);
 }
 
 struct Case {
@@ -82,8 +47,7 @@ struct Case {
   std::string name() const {
     return "B" + std::to_string(batch) + " Tq" + std::to_string(q_len) + " Tk" +
            std::to_string(kv_len) + " start" + std::to_string(start_pos) + " H" +
-           std::to_string(heads) + "/" + std::to_string(kv_heads) + " D" +
-           std::to_string(head_dim);
+           std::to_string(heads) + "/" + std::to_string(kv_heads) + " D" + std::to_string(head_dim);
   }
 };
 
@@ -103,8 +67,7 @@ void check_case(const Case& cs, uint64_t seed) {
 
   cpu::AttentionShape shape{B, Tq, Tk, H, Hkv, D, cs.start_pos, cs.scale};
   std::vector<float> out_ref(nq), probs(B * H * Tq * Tk);
-  cpu::attention_forward<float>(q.data(), k.data(), v.data(), shape, out_ref.data(),
-                                probs.data());
+  cpu::attention_forward<float>(q.data(), k.data(), v.data(), shape, out_ref.data(), probs.data());
 
   // lse in double straight from the definition.
   const double scale = cs.scale > 0 ? cs.scale : 1.0 / std::sqrt(double(D));
@@ -142,7 +105,8 @@ void check_case(const Case& cs, uint64_t seed) {
   EXPECT_LT(rel_l2(out, out_ref), kTol) << "out";
   double lse_err = 0;
   for (size_t i = 0; i < nl; ++i) {
-    const double e = std::fabs(double(lse[i]) - lse_ref[i]) / std::max(1.0, std::fabs(double(lse_ref[i])));
+    const double e =
+        std::fabs(double(lse[i]) - lse_ref[i]) / std::max(1.0, std::fabs(double(lse_ref[i])));
     lse_err = std::isfinite(lse[i]) ? std::max(lse_err, e) : INFINITY;
   }
   EXPECT_LT(lse_err, 1e-3) << "lse";
@@ -153,26 +117,19 @@ void check_case(const Case& cs, uint64_t seed) {
   std::vector<float> dq_ref(nq), dk_ref(nkv), dv_ref(nkv);
   std::vector<float> ws(cpu::attention_backward_workspace_elems(shape));
   cpu::attention_backward<float>(dout.data(), q.data(), k.data(), v.data(), probs.data(), shape,
-                                 dq_ref.data(), dk_ref.data(), dv_ref.data(), ws.data(),
-                                 ws.size());
+                                 dq_ref.data(), dk_ref.data(), dv_ref.data(), ws.data(), ws.size());
   DevBuf dq_d(nq * 2), dk_d(nkv * 2), dv_d(nkv * 2);
   DevBuf work(cuda::attention_backward_workspace_bytes(p));
   cuda::attention_backward_bf16(dout_d.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, out_d.ptr,
-                                static_cast<const float*>(lse_d.ptr), dq_d.ptr, dk_d.ptr,
-                                dv_d.ptr, work.ptr, p, nullptr);
+                                static_cast<const float*>(lse_d.ptr), dq_d.ptr, dk_d.ptr, dv_d.ptr,
+                                work.ptr, p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_LT(rel_l2(download_bf16(dq_d, nq), dq_ref), kTol) << "dq";
   EXPECT_LT(rel_l2(download_bf16(dk_d, nkv), dk_ref), kTol) << "dk";
   EXPECT_LT(rel_l2(download_bf16(dv_d, nkv), dv_ref), kTol) << "dv";
 }
 
-class GpuAttention : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU visible";
-    cuda::init();
-  }
-};
+class GpuAttention : public kt::GpuKernel {};
 
 TEST_F(GpuAttention, TrainingFastHeadDims) {
   check_case({2, 37, 37, 0, 4, 4, 64}, 11);     // one partial tile, MHA
@@ -236,17 +193,15 @@ TEST_F(GpuAttention, BackwardDkDvAreDeterministic) {
 
 TEST_F(GpuAttention, RejectsBadShapes) {
   cuda::AttentionParams p{1, 4, 4, 4, 3, 16, 0, 0.0f};  // 3 does not divide 4
-  EXPECT_THROW(cuda::attention_forward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, p,
-                                            nullptr),
-               Error);
+  EXPECT_THROW(
+      cuda::attention_forward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, p, nullptr), Error);
   p = {1, 4, 8, 4, 2, 16, 2, 0.0f};  // backward only for the training shape
   EXPECT_THROW(cuda::attention_backward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                              nullptr, nullptr, nullptr, nullptr, p, nullptr),
                Error);
   p = {1, 4, 4, 4, 2, 258, 0, 0.0f};  // head_dim past 256
-  EXPECT_THROW(cuda::attention_forward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, p,
-                                            nullptr),
-               Error);
+  EXPECT_THROW(
+      cuda::attention_forward_bf16(nullptr, nullptr, nullptr, nullptr, nullptr, p, nullptr), Error);
 }
 
 }  // namespace

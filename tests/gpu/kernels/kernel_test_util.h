@@ -21,9 +21,10 @@
 
 namespace moex::kt {
 
-inline std::vector<float> rand_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+inline std::vector<float> rand_vec(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f,
+                                   uint64_t stream = 0x7e5) {
   std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i) v[i] = lo + (hi - lo) * philox_uniform(seed, 0x7e5, i);
+  for (size_t i = 0; i < n; ++i) v[i] = lo + (hi - lo) * philox_uniform(seed, stream, i);
   return v;
 }
 inline std::vector<float> round_bf16(std::vector<float> v) {
