@@ -17,26 +17,12 @@ import json
 import torch
 import torch.nn.functional as F
 
+from timing import median_ms
+
 SHAPES = [
     dict(shape="small", B=8, T=1024, H=16, Hkv=4, Dh=64),
     dict(shape="medium", B=4, T=2048, H=16, Hkv=8, Dh=128),
 ]
-
-
-def median_ms(fn, warmup=5, iters=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def backend_of(fn):
@@ -74,8 +60,8 @@ def run(s, expanded):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         out.backward(dout)
 
-    fwd_ms = median_ms(fwd)
-    fwdbwd_ms = median_ms(fwdbwd)
+    fwd_ms = median_ms(fwd, warmup=5)
+    fwdbwd_ms = median_ms(fwdbwd, warmup=5)
     flops = 2.0 * 2.0 * B * H * T * T * Dh / 2.0
     print(json.dumps(dict(
         shape=s["shape"], impl="torch_sdpa_expanded" if expanded else "torch_sdpa",

@@ -21,6 +21,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from timing import median_ms
+
 SHAPES = {
     "mixtral": dict(T=8192, d=4096, ffn=14336, E=8, k=2, act="swiglu"),
     "finegrained": dict(T=8192, d=2048, ffn=1408, E=64, k=6, act="swiglu"),
@@ -33,22 +35,6 @@ DT = torch.bfloat16
 def expert_flops(s, routed):
     mats = 3 if s["act"] == "swiglu" else 2
     return 2.0 * routed * s["d"] * s["ffn"] * mats
-
-
-def median_ms(fn, warmup=3, iters=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
 
 
 def act_fn(s, h):
