@@ -85,48 +85,34 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   }
 }
 
-void FfnLayer::bind_moe_views(const ParamBuffer& master) {
-  MoEWeights& w = moe_->weights();
-  const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
-  for (int i = 0; i < kCount; ++i) {
-    const int idx = moe_idx_[i];
-    if (idx < 0) continue;
-    Tensor t = master.tensor(idx);
-    // gate_proj + up_proj of the residual and shared MLPs are one fused [2F, d] view
-    if ((i == kResW1 || i == kSharedW1) && swiglu)
-      t = master.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
-    *moe_weight(w, i) = t;
-  }
+// Entry idx of `buffer`; with SwiGLU, a first projection (gate_proj then up_proj, declared back
+// to back) is one fused [2F, d] view.
+Tensor FfnLayer::view_of(const ParamBuffer& buffer, int idx, bool first_proj) const {
+  const Tensor& t = buffer.tensor(idx);
+  if (!first_proj || config_.activation != ExpertActivation::kSwiGLU) return t;
+  return buffer.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
 }
 
 void FfnLayer::bind(const ParamViews& views) {
   if (moe_) {
-    bind_moe_views(views.master);
+    // The layer reads f32 master weights; the residual and shared MLPs' first projections fused.
+    MoEWeights& w = moe_->weights();
+    moe_grads_.assign(kCount, Tensor());
+    for (int i = 0; i < kCount; ++i) {
+      if (moe_idx_[i] < 0) continue;
+      const bool first_proj = i == kResW1 || i == kSharedW1;
+      *moe_weight(w, i) = view_of(views.master, moe_idx_[i], first_proj);
+      moe_grads_[i] = view_of(views.grads, moe_idx_[i], first_proj);
+    }
     // On a GPU the layer computes with the model's bf16 experts and adds into its gradients.
     const Tensor& w1 = views.compute.tensor(moe_idx_[kW1]);
     if (w1.device().is_cuda())
       moe_->bind_device_expert_buffers(w1.device(), w1, views.compute.tensor(moe_idx_[kW2]),
                                        views.grads.tensor(moe_idx_[kW1]),
                                        views.grads.tensor(moe_idx_[kW2]));
-    const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
-    moe_grads_.assign(kCount, Tensor());
-    for (int i = 0; i < kCount; ++i) {
-      const int idx = moe_idx_[i];
-      if (idx < 0) continue;
-      const Tensor& g = views.grads.tensor(idx);
-      moe_grads_[i] = ((i == kResW1 || i == kSharedW1) && swiglu)
-                          ? views.grads.span(idx, idx + 1, Shape{2 * g.dim(0), g.dim(1)})
-                          : g;
-    }
     return;
   }
-  const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
-  w1_ = bind_param(views, w1_idx_);
-  if (swiglu) {  // gate_proj and up_proj read as one [2F, d] matrix
-    const int64_t f = config_.ffn_size, d = config_.hidden_size;
-    w1_.w = views.compute.span(w1_idx_, w1_idx_ + 1, Shape{2 * f, d});
-    w1_.g = views.grads.span(w1_idx_, w1_idx_ + 1, Shape{2 * f, d});
-  }
+  w1_ = {view_of(views.compute, w1_idx_, true), view_of(views.grads, w1_idx_, true), w1_idx_};
   w2_ = bind_param(views, w2_idx_);
 }
 

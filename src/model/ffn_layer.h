@@ -49,7 +49,7 @@ class FfnLayer {
   void hold_routing(bool hold) { hold_routing_ = hold; }
 
  private:
-  void bind_moe_views(const ParamBuffer& master);
+  Tensor view_of(const ParamBuffer& buffer, int idx, bool first_proj) const;
 
   const ModelConfig& config_;
   LayerSpec spec_;

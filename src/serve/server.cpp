@@ -117,11 +117,7 @@ struct Server::Impl {
       return tokenizer->encode(text, /*add_special_tokens=*/false);  // the template adds BOS
     }
     if (r.prompt_text) return tokenizer->encode(*r.prompt_text, true);
-    for (int32_t t : r.prompt_ids)
-      if (t >= model->config().vocab_size)
-        throw api_error(400, "prompt token id " + std::to_string(t) + " is outside the vocabulary",
-                        "invalid_request_error", "", "prompt");
-    return r.prompt_ids;
+    return r.prompt_ids;  // Scheduler::submit checks them against the vocabulary (a 400)
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
