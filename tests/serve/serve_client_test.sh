@@ -18,4 +18,10 @@ fi
   { echo "FAIL: tests/serve/node_modules/openai is missing: run scripts/setup.sh (npm ci)" >&2; exit 1; }
 "$HERE/../cli/working_path_test.sh" "$MOEX" "$TMP/keep" >"$TMP/model.log" 2>&1 ||
   { cat "$TMP/model.log" >&2; echo "FAIL: could not make the model" >&2; exit 1; }
-node "$HERE/openai_client_test.mjs" "$MOEX" "$TMP/keep/export"
+# In the background so that a signal to this script (a ctest timeout) reaches node, which then
+# ends the server it started.
+node "$HERE/openai_client_test.mjs" "$MOEX" "$TMP/keep/export" &
+NODE=$!
+trap 'kill "$NODE" 2>/dev/null || true; wait "$NODE" 2>/dev/null || true; rm -rf "$TMP"' EXIT
+trap 'exit 1' TERM INT
+wait "$NODE"
