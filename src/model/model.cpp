@@ -75,8 +75,7 @@ void Model::store_host_params(const ParamBuffer& host) {
 void Model::init_weights(uint64_t seed) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
-  const ParamBuffer host =
-      device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
+  const ParamBuffer host = device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
   if (device_.is_cuda()) bind_all({host, host, host});
   float* flat = host.flat().data<float>();
   std::fill(flat, flat + host.flat().numel(), 0.0f);
@@ -147,9 +146,9 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
                config_.num_moe_layers() > 0),
              "activation checkpointing of MoE blocks is not supported on the GPU yet "
              "(train without training.activation_checkpointing, or on the CPU)");
-  const Block::Keep keep = !options.for_backward          ? Block::Keep::kNothing
-                          : options.checkpoint_activations ? Block::Keep::kInputOnly
-                                                           : Block::Keep::kAll;
+  const Block::Keep keep = !options.for_backward            ? Block::Keep::kNothing
+                           : options.checkpoint_activations ? Block::Keep::kInputOnly
+                                                            : Block::Keep::kAll;
   LossResult result;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x[i + 1] = arena_.alloc(Shape{n, d}, dt);
@@ -157,12 +156,6 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
     const uint64_t offset = options.step * 1024 + i;
     const StepOptions step{options.training, options.seed, offset, options.loss_scale};
     blocks_[i]->forward(x[i], batch, seq_len, x[i + 1], arena_, keep, step);
-    if (blocks_[i]->ffn().is_moe()) {
-      const MoEStats& s = blocks_[i]->ffn().stats();
-      result.aux_loss += s.aux_loss;
-      result.z_loss += s.z_loss;
-      result.weighted_aux += s.weighted_loss;
-    }
   }
   const Tensor hidden = arena_.alloc(Shape{n, d}, dt);
   final_norm_->forward(x.back(), hidden, arena_, options.for_backward);
@@ -173,6 +166,14 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
       lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale, dhidden_, arena_);
   result.num_targets = head.count;
   result.loss = head.count > 0 ? head.loss_sum / static_cast<double>(head.count) : 0.0;
+  // Read after the head: a GPU forward then waits for the device once, not once per MoE layer.
+  for (auto& block : blocks_) {
+    if (!block->ffn().is_moe()) continue;
+    const MoEStats& s = block->ffn().stats();
+    result.aux_loss += s.aux_loss;
+    result.z_loss += s.z_loss;
+    result.weighted_aux += s.weighted_loss;
+  }
   return result;
 }
 
@@ -262,8 +263,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
              " layers, the model ", blocks_.size());
   int64_t n = 0;
   for (const SequenceSlice& s : seqs) {
-    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 &&
-                   s.num_blocks * kv.block_size >= s.start_pos + s.len,
+    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
                "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
                s.num_blocks, " blocks of ", kv.block_size);
     n += s.len;
