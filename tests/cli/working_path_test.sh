@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The working path through the moex binary: prepare a small corpus, train a tiny MoE for a few
-# steps, generate (greedy and sampled), evaluate, tokenize and export to Qwen3-MoE, asserting
+# steps, generate (greedy and sampled), evaluate, tokenize, prune, distill and export to Qwen3-MoE, asserting
 # what each step produced.
 #   working_path_test.sh MOEX [KEEP_DIR]
 # With KEEP_DIR the export and the references check_hf_export.py compares it with are left
@@ -199,6 +199,36 @@ assert all(len(k) == 3 for k in p["kept"].values()), p
 assert math.isfinite(e["loss"]) and 0 < e["loss"] < math.log(400) + 2, e
 PY
 [ -f "$TMP/pruned/tokenizer.model" ] || fail "prune did not copy the tokenizer"
+
+# ---- distill: a one-block student from the trained model's MoE block; KD for 2 of 4 steps ----
+step "moex distill"
+python3 - "$TMP" <<'PY' || fail "writing the distill config"
+import json, sys
+c = json.load(open(sys.argv[1] + "/config.json"))
+c["model"]["num_layers"] = 1
+c["model"]["moe"]["layer_freq"] = 1
+c["training"].update({"steps": 4, "eval_every": 4, "out_dir": sys.argv[1] + "/student"})
+c["distill"] = {"alpha": 0.5, "temperature": 2.0, "stop_kd_at_step": 2,
+                "init_from_teacher_layers": [1]}
+json.dump(c, open(sys.argv[1] + "/distill.json", "w"))
+PY
+"$MOEX" distill --teacher "$MODEL" --config "$TMP/distill.json" >"$TMP/distill.log" 2>&1 || {
+  cat "$TMP/distill.log"
+  fail "moex distill exited non-zero"
+}
+python3 - "$TMP/student/metrics.jsonl" <<'PY' || fail "distill metrics"
+import json, sys
+m = [json.loads(l) for l in open(sys.argv[1])]
+assert len(m) == 4, m
+assert all(x["kd_loss"] > 0 and x["kd_alpha"] == 0.5 for x in m[:2]), m
+assert all(x["kd_loss"] == 0 and x["kd_alpha"] == 0 and x["loss"] == x["lm_loss"] for x in m[2:]), m
+PY
+DISTILL_EVAL="$("$MOEX" eval --model "$TMP/student/final" --input-ids "$TMP/eval_ids.safetensors")"
+python3 -c 'import json, math, sys; e = json.loads(sys.argv[1]); assert math.isfinite(e["loss"]), e' \
+  "$DISTILL_EVAL" || fail "the distilled student does not evaluate"
+"$MOEX" distill --teacher "$TMP/nowhere" --config "$TMP/distill.json" 2>"$TMP/distill_err.log" &&
+  fail "distill from a missing teacher succeeded"
+grep -q "no such directory" "$TMP/distill_err.log" || fail "missing teacher: $(cat "$TMP/distill_err.log")"
 
 # ---- export: the Hugging Face directory loads back into moex with the same function ----
 step "moex export"
