@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The working path through the moex binary: prepare a small corpus, train a tiny MoE for a few
-# steps, generate (greedy and sampled), evaluate, tokenize, prune, distill and export to Qwen3-MoE, asserting
-# what each step produced.
+# steps, generate (greedy and sampled), evaluate (on token ids and on the corpus), tokenize,
+# prune, distill and export to Qwen3-MoE, asserting what each step produced.
 #   working_path_test.sh MOEX [KEEP_DIR]
 # With KEEP_DIR the export and the references check_hf_export.py compares it with are left
 # there: KEEP_DIR/export (the Hugging Face directory) and KEEP_DIR/reference.json (moex's ids
@@ -229,6 +229,19 @@ python3 -c 'import json, math, sys; e = json.loads(sys.argv[1]); assert math.isf
 "$MOEX" distill --teacher "$TMP/nowhere" --config "$TMP/distill.json" 2>"$TMP/distill_err.log" &&
   fail "distill from a missing teacher succeeded"
 grep -q "no such directory" "$TMP/distill_err.log" || fail "missing teacher: $(cat "$TMP/distill_err.log")"
+
+# ---- eval --data: perplexity of every source of the valid split ----
+step "moex eval --data"
+DATA_EVAL="$("$MOEX" eval --model "$MODEL" --data "$TMP/corpus" --split valid --seq-len 32)"
+python3 - "$DATA_EVAL" "$TMP/corpus/corpus.json" <<'PY' || fail "eval --data: $DATA_EVAL"
+import json, math, sys
+e, corpus = json.loads(sys.argv[1]), json.load(open(sys.argv[2]))
+names = [s["name"] for s in corpus["sources"] if s["valid"]["tokens"] >= 2]
+assert [s["name"] for s in e["sources"]] == names, (e, names)
+for s in e["sources"]:
+    assert 0 < s["loss"] < math.log(400) + 2 and abs(s["perplexity"] - math.exp(s["loss"])) < 1e-6 * s["perplexity"], s
+assert e["tokens"] == sum(s["tokens"] for s in e["sources"]) > 0, e
+PY
 
 # ---- export: the Hugging Face directory loads back into moex with the same function ----
 step "moex export"
