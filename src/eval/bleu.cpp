@@ -4,13 +4,14 @@
 #include <cmath>
 #include <map>
 
-#include "core/error.h"
 #include "eval/text.h"
 
 namespace moex::eval {
 namespace {
 
-bool is_digit(char32_t c) { return c >= U'0' && c <= U'9'; }
+bool is_digit(char32_t c) {
+  return c >= U'0' && c <= U'9';
+}
 
 // The first rule of sacrebleu's TokenizerRegexp: [\{-\~\[-\` -\&\(-\+\:-\@\/] (ASCII symbols and
 // space; not ' - . , nor digits and letters).
@@ -63,7 +64,9 @@ std::vector<std::string> tokens_of(const std::string& line) {
 }
 
 // Python's math.log, except that sacrebleu's my_log maps 0 to -9999999999.
-double my_log(double x) { return x == 0.0 ? -9999999999.0 : std::log(x); }
+double my_log(double x) {
+  return x == 0.0 ? -9999999999.0 : std::log(x);
+}
 
 }  // namespace
 
@@ -109,13 +112,14 @@ std::string tokenize_13a(const std::string& raw) {
     *out += b;
   });
   // ([0-9])(-) -> '\1 \2 '
-  s = sub_pairs(s, is_digit, [](char32_t c) { return c == U'-'; },
-                [](char32_t a, char32_t b, std::u32string* out) {
-                  *out += a;
-                  *out += U' ';
-                  *out += b;
-                  *out += U' ';
-                });
+  s = sub_pairs(
+      s, is_digit, [](char32_t c) { return c == U'-'; },
+      [](char32_t a, char32_t b, std::u32string* out) {
+        *out += a;
+        *out += U' ';
+        *out += b;
+        *out += U' ';
+      });
   std::string out;
   for (const std::u32string& token : split_python(s)) {
     if (!out.empty()) out += ' ';
@@ -126,10 +130,7 @@ std::string tokenize_13a(const std::string& raw) {
 
 BleuScore corpus_bleu(const std::vector<std::string>& hypotheses,
                       const std::vector<std::vector<std::string>>& references) {
-  MOEX_CHECK(!references.empty(), "corpus_bleu: no reference stream");
-  for (size_t k = 0; k < references.size(); ++k)
-    MOEX_CHECK(references[k].size() == hypotheses.size(), "corpus_bleu: reference stream ", k,
-               " has ", references[k].size(), " lines for ", hypotheses.size(), " hypotheses");
+  check_reference_streams("corpus_bleu", hypotheses.size(), references);
   BleuScore r;
   for (size_t i = 0; i < hypotheses.size(); ++i) {
     // References: the maximum count of each n-gram over the references, and their lengths.

@@ -14,7 +14,7 @@ namespace moex::eval {
 constexpr int kBleuMaxOrder = 4;
 
 struct BleuScore {
-  double score = 0;                        // 0..100
+  double score = 0;                                       // 0..100
   std::array<int64_t, kBleuMaxOrder> correct{}, total{};  // clipped matches, hypothesis n-grams
   std::array<double, kBleuMaxOrder> precisions{};         // percent, after smoothing
   double brevity_penalty = 0;

@@ -4,7 +4,6 @@
 #include <array>
 #include <map>
 
-#include "core/error.h"
 #include "eval/text.h"
 
 namespace moex::eval {
@@ -50,10 +49,7 @@ double f_score(const ChrfStats& s) {
 
 double corpus_chrf(const std::vector<std::string>& hypotheses,
                    const std::vector<std::vector<std::string>>& references) {
-  MOEX_CHECK(!references.empty(), "corpus_chrf: no reference stream");
-  for (size_t k = 0; k < references.size(); ++k)
-    MOEX_CHECK(references[k].size() == hypotheses.size(), "corpus_chrf: reference stream ", k,
-               " has ", references[k].size(), " lines for ", hypotheses.size(), " hypotheses");
+  check_reference_streams("corpus_chrf", hypotheses.size(), references);
   ChrfStats total{};
   for (size_t i = 0; i < hypotheses.size(); ++i) {
     const CharNgrams hyp = char_ngrams(hypotheses[i]);

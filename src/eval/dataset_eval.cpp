@@ -38,8 +38,8 @@ double window_loss_sum(model::Model& model, const std::vector<int32_t>& stream,
   return r.loss * static_cast<double>(r.num_targets);
 }
 
-void perplexity(model::Model& model, const data::IndexedDataset& ds,
-                const DatasetEvalOptions& o, int64_t seq_len, SourceEval* out) {
+void perplexity(model::Model& model, const data::IndexedDataset& ds, const DatasetEvalOptions& o,
+                int64_t seq_len, SourceEval* out) {
   std::vector<int32_t> stream;
   for (int64_t s = 0; s < ds.num_sequences(); ++s) {
     const std::vector<int32_t> part = ds.get(s);
@@ -59,14 +59,15 @@ void perplexity(model::Model& model, const data::IndexedDataset& ds,
     }
   }
   if (!starts.empty()) total += window_loss_sum(model, stream, starts, seq_len, &out->tokens);
-  if (n - 1 - start > 0) total += window_loss_sum(model, stream, {start}, n - 1 - start, &out->tokens);
+  if (n - 1 - start > 0)
+    total += window_loss_sum(model, stream, {start}, n - 1 - start, &out->tokens);
   out->loss = out->tokens > 0 ? total / static_cast<double>(out->tokens) : 0.0;
   out->perplexity = std::exp(out->loss);
 }
 
-void translate(model::Model& model, const data::CorpusSource& source, const data::IndexedDataset& ds,
-               const data::Tokenizer& tok, int32_t eos_id, const DatasetEvalOptions& o,
-               SourceEval* out) {
+void translate(model::Model& model, const data::CorpusSource& source,
+               const data::IndexedDataset& ds, const data::Tokenizer& tok, int32_t eos_id,
+               const DatasetEvalOptions& o, SourceEval* out) {
   const size_t dash = source.language.find('-');
   MOEX_CHECK(dash != std::string::npos, "source ", source.name, ": language '", source.language,
              "' is not a pair like en-es");

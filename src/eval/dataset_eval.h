@@ -15,9 +15,9 @@
 namespace moex::eval {
 
 struct DatasetEvalOptions {
-  std::string split = "valid";  // "train" or "valid"
-  int64_t seq_len = 0;          // window length; 0: the model's max_seq_len
-  int64_t batch = 8;            // windows per forward
+  std::string split = "valid";    // "train" or "valid"
+  int64_t seq_len = 0;            // window length; 0: the model's max_seq_len
+  int64_t batch = 8;              // windows per forward
   int64_t max_translations = 50;  // per translation source; 0: none
   int64_t max_new_tokens = 128;   // per translation (also bounded by max_seq_len)
 };

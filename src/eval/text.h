@@ -19,4 +19,8 @@ bool is_python_space(char32_t c);
 // Python's str.split() without arguments: runs of whitespace separate, none is kept.
 std::vector<std::u32string> split_python(const std::u32string& text);
 
+// Throws unless there is at least one reference stream and each has one line per hypothesis.
+void check_reference_streams(const char* metric, size_t num_hypotheses,
+                             const std::vector<std::vector<std::string>>& references);
+
 }  // namespace moex::eval

@@ -30,8 +30,7 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
   // Rows per chunk: at most 256 MiB of [rows, V] buffers (student logits, and with soft targets
   // the teacher's logits and the separate gradient).
   const int64_t row_buffers = soft ? 3 : 1;
-  const int64_t chunk =
-      std::clamp<int64_t>((int64_t{256} << 20) / (vocab * 4 * row_buffers), 1, n);
+  const int64_t chunk = std::clamp<int64_t>((int64_t{256} << 20) / (vocab * 4 * row_buffers), 1, n);
   ArenaScope scope(arena);
   const Tensor loss_rows = arena.alloc(Shape{n}, DType::kF32);
   const Tensor kd_rows = soft ? arena.alloc(Shape{n}, DType::kF32) : Tensor();
@@ -39,7 +38,7 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
     ArenaScope chunk_scope(arena);
     const int64_t rows = std::min(chunk, n - r0);
     const Tensor logits = arena.alloc(Shape{rows, vocab}, DType::kF32);
-    const Tensor dlogits = !training      ? Tensor()
+    const Tensor dlogits = !training       ? Tensor()
                            : separate_grad ? arena.alloc(Shape{rows, vocab}, hidden.dtype())
                                            : logits;
     const Tensor h = hidden.slice(r0, r0 + rows);
@@ -49,10 +48,9 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
     if (soft) {
       const Tensor teacher_logits = arena.alloc(Shape{rows, vocab}, DType::kF32);
       ops::linear(soft->hidden.slice(r0, r0 + rows), soft->head, Tensor(), teacher_logits);
-      ops::distill_loss(logits, teacher_logits, chunk_targets,
-                        static_cast<float>(soft->temperature),
-                        static_cast<float>(per_row * soft->weight), kd_rows.slice(r0, r0 + rows),
-                        dlogits);
+      ops::distill_loss(
+          logits, teacher_logits, chunk_targets, static_cast<float>(soft->temperature),
+          static_cast<float>(per_row * soft->weight), kd_rows.slice(r0, r0 + rows), dlogits);
     }
     if (training)
       ops::linear_backward(dlogits, h, head.w, dhidden.slice(r0, r0 + rows), false, head.g,

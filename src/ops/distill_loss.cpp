@@ -28,9 +28,9 @@ void distill_loss(const Tensor& student, const Tensor& teacher, const Tensor& ta
   detail::expect("distill_loss", "loss_rows", loss_rows, DType::kF32, n);
   if (dstudent.defined()) {
     detail::expect("distill_loss", "dstudent", dstudent, detail::compute_dtype(dev), n * vocab);
-    MOEX_CHECK(dstudent.raw_data() != student.raw_data() &&
-                   dstudent.raw_data() != teacher.raw_data(),
-               "distill_loss: dstudent must not alias the logits it is computed from");
+    MOEX_CHECK(
+        dstudent.raw_data() != student.raw_data() && dstudent.raw_data() != teacher.raw_data(),
+        "distill_loss: dstudent must not alias the logits it is computed from");
   }
   MOEX_CHECK(temperature > 0, "distill_loss: temperature must be > 0, got ", temperature);
   MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
@@ -55,11 +55,10 @@ void distill_loss(const Tensor& student, const Tensor& teacher, const Tensor& ta
   }
   MOEX_CUDA_TWIN("distill_loss", {
     const Tensor dev_targets = targets.to(dev);
-    cuda::distill_loss_rows(student.data<float>(), teacher.data<float>(),
-                            dev_targets.data<int32_t>(), n, vocab, kIgnoreIndex, temperature,
-                            grad_scale, loss_rows.data<float>(),
-                            dstudent.defined() ? dstudent.raw_data() : nullptr,
-                            detail::stream(dev));
+    cuda::distill_loss_rows(
+        student.data<float>(), teacher.data<float>(), dev_targets.data<int32_t>(), n, vocab,
+        kIgnoreIndex, temperature, grad_scale, loss_rows.data<float>(),
+        dstudent.defined() ? dstudent.raw_data() : nullptr, detail::stream(dev));
   });
 }
 

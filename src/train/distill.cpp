@@ -44,10 +44,9 @@ DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
     kd.fail("stop_kd_at_step", "must be >= 0 (leave it out to distill on every step)");
   if (kd.has("init_from_teacher_layers") &&
       static_cast<int64_t>(d.init_from_teacher_layers.size()) != c.train.model.num_layers)
-    kd.fail("init_from_teacher_layers",
-            "has " + std::to_string(d.init_from_teacher_layers.size()) +
-                " entries; the student has model.num_layers = " +
-                std::to_string(c.train.model.num_layers));
+    kd.fail("init_from_teacher_layers", "has " + std::to_string(d.init_from_teacher_layers.size()) +
+                                            " entries; the student has model.num_layers = " +
+                                            std::to_string(c.train.model.num_layers));
   root.finish();
   return c;
 }
@@ -105,12 +104,11 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
 }
 
 void DistillHooks::init_weights(model::Model& model) {
-  if (!config_.init_from_teacher_layers.empty())
-    init_from_teacher_layers(model, teacher_, config_);
+  if (!config_.init_from_teacher_layers.empty()) init_from_teacher_layers(model, teacher_, config_);
 }
 
-void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len,
-                                  int64_t step, model::ForwardOptions& options) {
+void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
+                                  model::ForwardOptions& options) {
   if (!config_.kd_active(step)) return;  // staged KD: past the stop the teacher is not run
   soft_.hidden = teacher_.final_hidden(ids, batch, seq_len);
   soft_.head = teacher_.lm_head_weight();

@@ -15,8 +15,8 @@
 namespace moex::train {
 
 struct DistillConfig {
-  double alpha = 1.0;          // weight of the KD term
-  double temperature = 1.0;    // tau
+  double alpha = 1.0;            // weight of the KD term
+  double temperature = 1.0;      // tau
   int64_t stop_kd_at_step = -1;  // KD on the first N optimizer steps only; -1: every step
   // Student block i starts as teacher layer init_from_teacher_layers[i] (embedding, final norm and
   // LM head copied too); empty: the student's own random init.

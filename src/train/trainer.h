@@ -4,9 +4,8 @@
 // and exact resume.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "dist/communicator.h"
 #include "model/model.h"

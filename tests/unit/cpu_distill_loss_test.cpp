@@ -37,8 +37,8 @@ TEST(CpuDistillLoss, LossMatchesNaiveKl) {
   const auto s = random_vector<double>(kVocab, 1, -3, 3);
   const auto t = random_vector<double>(kVocab, 2, -3, 3);
   for (const double tau : {0.5, 1.0, 2.0, 4.0}) {
-    const double got = cpu::distill_loss_row(s.data(), t.data(), kVocab, tau, 1.0,
-                                             static_cast<double*>(nullptr));
+    const double got =
+        cpu::distill_loss_row(s.data(), t.data(), kVocab, tau, 1.0, static_cast<double*>(nullptr));
     EXPECT_NEAR(got, naive_kd(s.data(), t.data(), kVocab, tau), 1e-13) << "tau " << tau;
     EXPECT_GT(got, 0.0);
     const auto sf = testing::cast_vector<float>(s), tf = testing::cast_vector<float>(t);

@@ -36,8 +36,8 @@ double row_ce(const float* logits, int64_t vocab, int32_t target) {
 }
 
 TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
-  const fs::path dir = moex::testing::make_corpus(
-      fs::temp_directory_path() / ("moex_eval_ppl_" + std::to_string(::getpid())));
+  const fs::path dir = moex::testing::make_corpus(fs::temp_directory_path() /
+                                                  ("moex_eval_ppl_" + std::to_string(::getpid())));
   const data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
   model::Model model(dense_config());
   model.init_weights(5);
@@ -152,8 +152,8 @@ TEST(DatasetEval, GreedyTranslationsAreScoredAgainstTheTargets) {
   std::vector<std::string> hyps, refs;
   for (int d = 0; d < 4; ++d) {
     const std::vector<int32_t>& doc = docs[d];
-    const size_t k = static_cast<size_t>(std::find(doc.begin() + 2, doc.end(),
-                                                   d % 2 == 0 ? 38 : 37) - doc.begin());
+    const size_t k = static_cast<size_t>(
+        std::find(doc.begin() + 2, doc.end(), d % 2 == 0 ? 38 : 37) - doc.begin());
     // Naive greedy: the argmax of the last row of the full sequence's logits, again and again.
     std::vector<int32_t> seq(doc.begin(), doc.begin() + k + 1), hyp;
     for (int step = 0; step < 6; ++step) {
@@ -173,8 +173,9 @@ TEST(DatasetEval, GreedyTranslationsAreScoredAgainstTheTargets) {
     hyps.push_back(tok.decode(hyp, true));
     refs.push_back(tok.decode(target, true));
   }
-  EXPECT_TRUE(std::any_of(hyps.begin(), hyps.end(), [](const std::string& h) { return !h.empty(); }))
-      << "the random model should emit something before EOS";
+  EXPECT_TRUE(std::any_of(hyps.begin(), hyps.end(), [](const std::string& h) {
+    return !h.empty();
+  })) << "the random model should emit something before EOS";
   EXPECT_EQ(s.bleu, corpus_bleu(hyps, {refs}).score);
   EXPECT_EQ(s.chrf, corpus_chrf(hyps, {refs}));
   fs::remove_all(dir);

@@ -31,7 +31,8 @@ using Lines = std::vector<std::string>;
 TEST(SacrebleuParity, CorpusBleuAndChrfMatchSacrebleu) {
   const json inputs = read_json(kFixtures / "inputs.json");
   const json fixture = read_json(kFixtures / "fixture.json");
-  ASSERT_FALSE(inputs.is_null()) << kFixtures / "inputs.json" << " is missing";
+  ASSERT_FALSE(inputs.is_null()) << kFixtures / "inputs.json"
+                                 << " is missing";
   // Not a skip: without sacrebleu's numbers this test has nothing to compare with, so it fails.
   ASSERT_FALSE(fixture.is_null())
       << kFixtures / "fixture.json"

@@ -13,10 +13,10 @@
 #include <map>
 
 #include "gradcheck.h"
-#include "unit/cpu_kernel_checks.h"
 #include "model/model_io.h"
 #include "train/distill.h"
 #include "train_fixture.h"
+#include "unit/cpu_kernel_checks.h"
 
 namespace moex::train {
 namespace {
@@ -36,8 +36,9 @@ std::string write_distill_config(const fs::path& corpus, const std::string& out_
   json j = json::parse(std::ifstream(base));
   for (const auto& [k, v] : training.items()) j["training"][k] = v;
   j["distill"] = distill;
-  const fs::path path = corpus / ("distill_" + std::to_string(std::hash<std::string>()(
-                                                   out_dir + j.dump())) + ".json");
+  const fs::path path =
+      corpus /
+      ("distill_" + std::to_string(std::hash<std::string>()(out_dir + j.dump())) + ".json");
   std::ofstream(path) << j.dump(2);
   return path.string();
 }
@@ -52,8 +53,12 @@ std::string model_json(int num_layers, int vocab = 40) {
               {"max_seq_len", 32},
               {"ffn_size", 48},
               {"moe",
-               {{"layer_freq", 2}, {"num_experts", 4}, {"top_k", 2}, {"ffn_size", 24},
-                {"capacity_factor", 1.0}, {"aux_loss_coef", 0.01}}}}
+               {{"layer_freq", 2},
+                {"num_experts", 4},
+                {"top_k", 2},
+                {"ffn_size", 24},
+                {"capacity_factor", 1.0},
+                {"aux_loss_coef", 0.01}}}}
       .dump(2);
 }
 
@@ -66,8 +71,8 @@ std::string make_teacher(const fs::path& corpus, int num_layers, int vocab = 40)
   const std::string text = model_json(num_layers, vocab);
   model::Model teacher(config_of(text));
   teacher.init_weights(77);
-  const fs::path dir = corpus / ("teacher_" + std::to_string(num_layers) + "_" +
-                                 std::to_string(vocab));
+  const fs::path dir =
+      corpus / ("teacher_" + std::to_string(num_layers) + "_" + std::to_string(vocab));
   fs::create_directories(dir);
   model::save_model(teacher, text, dir.string());
   return dir.string();
@@ -188,16 +193,15 @@ TEST(DistillLoss, TeacherEqualToStudentAddsNothing) {
   ModelPair m;
   model::Model twin(m.student.config());
   twin.copy_weights_from(m.student);
-  const model::SoftTargets soft = {twin.final_hidden(m.ids.data(), ModelPair::kBatch,
-                                                     ModelPair::kSeq),
-                                   twin.lm_head_weight(), 2.0, 1.0};
+  const model::SoftTargets soft = {
+      twin.final_hidden(m.ids.data(), ModelPair::kBatch, ModelPair::kSeq), twin.lm_head_weight(),
+      2.0, 1.0};
   auto grads = [&](const model::SoftTargets* s, double* kd) {
     model::ForwardOptions opt;
     opt.for_backward = true;
     opt.soft_targets = s;
     m.student.zero_grad();
-    *kd = m.student.forward(m.ids.data(), m.targets.data(), ModelPair::kBatch, ModelPair::kSeq,
-                            opt)
+    *kd = m.student.forward(m.ids.data(), m.targets.data(), ModelPair::kBatch, ModelPair::kSeq, opt)
               .kd_loss;
     m.student.backward();
     return flat_of(m.student.grads());
@@ -256,7 +260,9 @@ TEST(Distill, StagedKdSwitchesOffAtItsStepThenEqualsPlainTraining) {
 TEST(Distill, InterruptedAndResumedRunEqualsStraightRun) {
   const fs::path corpus = make_corpus("moex_distill_resume");
   const std::string teacher = make_teacher(corpus, 4);
-  const json distill = {{"alpha", 1.0}, {"temperature", 1.5}, {"stop_kd_at_step", 5},
+  const json distill = {{"alpha", 1.0},
+                        {"temperature", 1.5},
+                        {"stop_kd_at_step", 5},
                         {"init_from_teacher_layers", {0, 3}}};
   const std::string straight = (corpus / "straight").string(), split = (corpus / "split").string();
   run_distillation(
@@ -339,18 +345,22 @@ TEST(Distill, ConfigErrorsNameFileAndField) {
     EXPECT_NE(e.find(path), std::string::npos) << e;
     return e;
   };
-  EXPECT_NE(config_error(json::object({{"alfa", 1}})).find("unknown field 'distill.alfa'"), std::string::npos);
+  EXPECT_NE(config_error(json::object({{"alfa", 1}})).find("unknown field 'distill.alfa'"),
+            std::string::npos);
   EXPECT_NE(config_error(json::object({{"temperature", 0}})).find("distill.temperature must be"),
             std::string::npos);
-  EXPECT_NE(config_error(json::object({{"alpha", -1}})).find("distill.alpha must be"), std::string::npos);
+  EXPECT_NE(config_error(json::object({{"alpha", -1}})).find("distill.alpha must be"),
+            std::string::npos);
   EXPECT_NE(config_error(json::object({{"alpha", "high"}})).find("distill.alpha must be a number"),
             std::string::npos);
-  EXPECT_NE(config_error(json::object({{"stop_kd_at_step", -3}})).find("distill.stop_kd_at_step must be >= 0"),
+  EXPECT_NE(config_error(json::object({{"stop_kd_at_step", -3}}))
+                .find("distill.stop_kd_at_step must be >= 0"),
             std::string::npos);
   EXPECT_NE(config_error(json::object({{"init_from_teacher_layers", {1, 2, 3}}}))
                 .find("distill.init_from_teacher_layers has 3 entries"),
             std::string::npos);
-  const DistillRunConfig ok = DistillRunConfig::from_file(write_distill_config(corpus, "x", json::object()));
+  const DistillRunConfig ok =
+      DistillRunConfig::from_file(write_distill_config(corpus, "x", json::object()));
   EXPECT_EQ(ok.distill.alpha, 1.0);
   EXPECT_EQ(ok.distill.stop_kd_at_step, -1);
   EXPECT_TRUE(ok.distill.kd_active(1000000));

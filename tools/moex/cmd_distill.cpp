@@ -4,6 +4,7 @@
 #include "args.h"
 #include "command.h"
 #include "train/distill.h"
+#include "train_report.h"
 
 namespace {
 
@@ -27,16 +28,9 @@ int run_distill(const std::vector<std::string>& argv) {
       moex::train::DistillRunConfig::from_file(args.require("config"));
   if (args.has("device"))  // overrides training.device
     config.train.training.device = moex::Device::parse(args.get("device"), "--device");
-  const auto result = moex::train::run_distillation(config, args.require("teacher"),
-                                                    args.get("resume"),
-                                                    args.get_int("stop-after", 0));
-  if (!moex::dist::Communicator::world().is_root()) return result.interrupted ? 130 : 0;
-  std::printf(
-      "{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"tokens_per_second\": %.1f, "
-      "\"checkpoint\": \"%s\"}\n",
-      static_cast<long long>(result.steps_done), result.final_loss, result.final_eval_loss,
-      result.tokens_per_second, result.last_checkpoint.c_str());
-  return result.interrupted ? 130 : 0;
+  const auto result = moex::train::run_distillation(
+      config, args.require("teacher"), args.get("resume"), args.get_int("stop-after", 0));
+  return moex::cli::report_training(result);
 }
 
 const moex::cli::Command kDistill("distill", "train a smaller student from a teacher (KD)",

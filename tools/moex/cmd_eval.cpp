@@ -74,11 +74,12 @@ int run_eval(const std::vector<std::string>& argv) {
         "  With --data (a corpus from moex data prepare): the loss and perplexity of every\n"
         "  source over the split (windows of --seq-len, default the model's max_seq_len), and\n"
         "  for translation sources greedy translations of the first --max-translations (50)\n"
-        "  documents scored with BLEU and chrF (sacrebleu's defaults, docs/eval.md). Prints JSON.\n");
+        "  documents scored with BLEU and chrF (sacrebleu's defaults, docs/eval.md). Prints "
+        "JSON.\n");
     return 0;
   }
-  auto model = moex::model::load_model(
-      args.require("model"), moex::Device::parse(args.get("device", "cpu"), "--device"));
+  auto model = moex::model::load_model(args.require("model"),
+                                       moex::Device::parse(args.get("device", "cpu"), "--device"));
   if (args.has("data")) {
     MOEX_CHECK(!args.has("input-ids") && !args.has("logits-out"),
                "--data and --input-ids/--logits-out are two different evaluations: pass one");
@@ -104,7 +105,6 @@ int run_eval(const std::vector<std::string>& argv) {
   return 0;
 }
 
-const moex::cli::Command kEval("eval", "loss, perplexity, logits; BLEU/chrF on a corpus",
-                               run_eval);
+const moex::cli::Command kEval("eval", "loss, perplexity, logits; BLEU/chrF on a corpus", run_eval);
 
 }  // namespace
