@@ -162,10 +162,13 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   // The head's backward runs here, chunk by chunk, while its logits exist (model/lm_head.h).
   dhidden_ = options.for_backward ? arena_.alloc(Shape{n, d}, dt) : Tensor();
   // next-token targets are given aligned with ids: targets[t] is the token after ids[t]
-  const HeadLoss head =
-      lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale, dhidden_, arena_);
+  const HeadLoss head = lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale,
+                                     dhidden_, arena_, options.soft_targets);
   result.num_targets = head.count;
-  result.loss = head.count > 0 ? head.loss_sum / static_cast<double>(head.count) : 0.0;
+  const double count = static_cast<double>(std::max<int64_t>(1, head.count));
+  result.loss = head.loss_sum / count;
+  result.kd_loss = head.kd_sum / count;
+  if (options.soft_targets) result.weighted_kd = options.soft_targets->weight * result.kd_loss;
   // Read after the head: a GPU forward then waits for the device once, not once per MoE layer.
   for (auto& block : blocks_) {
     if (!block->ffn().is_moe()) continue;
@@ -187,7 +190,7 @@ void Model::backward() {
   dhidden_ = Tensor();
 }
 
-void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
+Tensor Model::final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len) {
   const int64_t d = config_.hidden_size, n = batch * seq_len;
   const DType dt = compute_params().flat().dtype();
   arena_.reset();
@@ -198,8 +201,13 @@ void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* ou
     std::swap(x, y);
   }
   final_norm_->forward(x, y, arena_, false);
-  const Tensor logits = arena_.alloc(Shape{n, config_.vocab_size}, DType::kF32);
-  ops::linear(y, head_.w, Tensor(), logits);
+  return y;
+}
+
+void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
+  const Tensor hidden = final_hidden(ids, batch, seq_len);
+  const Tensor logits = arena_.alloc(Shape{batch * seq_len, config_.vocab_size}, DType::kF32);
+  ops::linear(hidden, head_.w, Tensor(), logits);
   ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
 }
 

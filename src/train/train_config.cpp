@@ -5,9 +5,15 @@
 namespace moex::train {
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
+  const JsonReader root = JsonReader::from_file(path);
+  TrainConfig c = from_reader(root, path);
+  root.finish();
+  return c;
+}
+
+TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& path) {
   TrainConfig c;
   c.source = path;
-  const JsonReader root = JsonReader::from_file(path);
   c.model = ModelConfig::from_json(root.child("model"));
   c.model_json = root.get_json_text("model", 2);
 
@@ -79,7 +85,6 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
   for (const char* key : {"micro_batch_size", "grad_accum", "eval_batches"})
     if (tr.get_int(key, 0) > kMaxBatch)
       tr.fail(key, "must be at most " + std::to_string(kMaxBatch));
-  root.finish();
   return c;
 }
 

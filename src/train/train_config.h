@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "core/json_reader.h"
 #include "core/tensor.h"
 #include "model/model_config.h"
 
@@ -57,6 +58,9 @@ struct TrainConfig {
   TrainingConfig training;
 
   static TrainConfig from_file(const std::string& path);
+  // The sections above from an open config, leaving root.finish() to the caller (a tool whose
+  // config has a further section, e.g. "distill", reads that too before finishing).
+  static TrainConfig from_reader(const JsonReader& root, const std::string& path);
 };
 
 // Learning rate at `step` (0-based): linear warmup, then cosine decay to lr * min_lr_ratio.
