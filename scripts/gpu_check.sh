@@ -4,7 +4,8 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1.
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# training peers (train_peers.py flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -133,10 +134,9 @@ fi
 # Decode: batches of sequences through the serving scheduler on a Mixtral-sized 4-layer model,
 # against the bytes-per-step floor (moex only so far; the torch peer is not written yet).
 if [ -z "${MOEX_SKIP_DECODE_BENCH:-}" ]; then
-  for batch in 1 8 32; do
-    "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch $batch --tokens 64 --json \
-      >>"$OUT/decode_bench.jsonl" 2>>"$OUT/decode_bench.err" || echo "moex decode batch $batch failed"
-  done
+  # One process for every batch size: drawing the 6-billion-parameter model's weights takes longest.
+  timeout 300 "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch 1,8,32 --tokens 64 \
+    --json >>"$OUT/decode_bench.jsonl" 2>>"$OUT/decode_bench.err" || echo "moex decode failed"
   cat "$OUT/decode_bench.jsonl" 2>/dev/null
 fi
 
@@ -147,7 +147,10 @@ if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
     "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 8 --json \
       2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", /" >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape failed"
   done
-  PYTHONUNBUFFERED=1 python3 bench/peers/train_peers.py --iters 6 --warmup 3 >>"$OUT/train_bench.jsonl" 2>"$OUT/train_peers.err" || echo "train peers exit $?"
+  # MOEX_TRAIN_PEER_ARGS narrows the peers (e.g. "--shape medium --mode compile") when time is short.
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 python3 bench/peers/train_peers.py --iters 6 --warmup 3 ${MOEX_TRAIN_PEER_ARGS:-} \
+    >>"$OUT/train_bench.jsonl" 2>"$OUT/train_peers.err" || echo "train peers exit $?"
   tail -n 3 "$OUT/train_bench.err" "$OUT/train_peers.err"
   python3 - "$OUT" <<'PY'
 import json, sys, os

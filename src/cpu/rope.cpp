@@ -17,6 +17,8 @@ void check_rope(const char* op, const void* in, const void* out, const RopeShape
              s.head_dim);
   MOEX_CHECK(s.start_pos >= 0, op, ": start_pos must be >= 0, got ", s.start_pos);
   MOEX_CHECK(s.theta > 0, op, ": theta must be > 0, got ", s.theta);
+  MOEX_CHECK(s.positions == nullptr || s.batch == 1, op,
+             ": a position per token needs batch 1, got ", s.batch);
   if (s.batch * s.seq_len == 0) return;
   MOEX_CHECK(in != nullptr && out != nullptr, op, ": input or output pointer is null");
 }
@@ -36,7 +38,7 @@ void rope_apply(const T* x, const RopeShape& s, T sign, T* y) {
     std::vector<T> cos_t(half), sin_t(half);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < s.seq_len; ++t) {
-      const T pos = static_cast<T>(s.start_pos + t);
+      const T pos = static_cast<T>(s.positions != nullptr ? s.positions[t] : s.start_pos + t);
       for (int64_t i = 0; i < half; ++i) {
         const T angle = pos * inv_freq[i];
         cos_t[i] = std::cos(angle);

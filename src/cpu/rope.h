@@ -14,6 +14,9 @@ struct RopeShape {
   int64_t head_dim = 0;   // even
   int64_t start_pos = 0;  // position of token 0 (> 0 when decoding after a KV cache)
   double theta = 10000.0;
+  // When set: token t sits at positions[t] instead of start_pos + t (rows of different
+  // sequences, serving); batch must be 1.
+  const int32_t* positions = nullptr;  // [seq_len]
 };
 
 // y[b, t, h, :] = rotate(x[b, t, h, :], start_pos + t). y may alias x.

@@ -16,7 +16,8 @@ using bf16 = __nv_bfloat16;
 // before the table is formed, so the load latency hides behind the sin/cos work.
 template <int W>
 __global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num_heads,
-                            int head_dim, int64_t start_pos, float theta, float sign) {
+                            int head_dim, int64_t start_pos, const int32_t* positions, float theta,
+                            float sign) {
   extern __shared__ float2 cos_sin[];  // [half]: (cos, sign * sin)
   const int half = head_dim / 2;
   const int64_t token = blockIdx.x;  // b * seq_len + t
@@ -31,7 +32,8 @@ __global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num
     load_chunk<W>(xt + off, x1);
     load_chunk<W>(xt + off + half, x2);
   }
-  const float pos = static_cast<float>(start_pos + token % seq_len);
+  const float pos =
+      static_cast<float>(positions != nullptr ? positions[token] : start_pos + token % seq_len);
   const int threads = blockDim.x * blockDim.y;
   for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < half; i += threads) {
     const float inv_freq =
@@ -71,14 +73,16 @@ __global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num
 
 void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, float sign,
                 cudaStream_t stream) {
-  MOEX_CHECK(p.batch >= 0 && p.seq_len >= 0, op, ": batch and seq_len must be >= 0, got ",
-             p.batch, ", ", p.seq_len);
+  MOEX_CHECK(p.batch >= 0 && p.seq_len >= 0, op, ": batch and seq_len must be >= 0, got ", p.batch,
+             ", ", p.seq_len);
   MOEX_CHECK(p.num_heads > 0, op, ": num_heads must be > 0, got ", p.num_heads);
   MOEX_CHECK(p.head_dim > 0 && p.head_dim % 2 == 0 && p.head_dim <= 8192, op,
              ": head_dim must be even, in [2, 8192] (cos/sin table in shared memory), got ",
              p.head_dim);
   MOEX_CHECK(p.start_pos >= 0, op, ": start_pos must be >= 0, got ", p.start_pos);
   MOEX_CHECK(p.theta > 0, op, ": theta must be > 0, got ", p.theta);
+  MOEX_CHECK(p.positions == nullptr || p.batch == 1, op,
+             ": a position per token needs batch 1, got ", p.batch);
   const int64_t tokens = p.batch * p.seq_len;
   if (tokens == 0) return;
   MOEX_CHECK(tokens < (int64_t{1} << 31), op, ": batch * seq_len = ", tokens, " is too large");
@@ -96,10 +100,10 @@ void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, flo
   const size_t smem = static_cast<size_t>(half) * sizeof(float2);
   if (vec) {
     rope_kernel<8><<<static_cast<unsigned>(tokens), block, smem, stream>>>(
-        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, theta, sign);
+        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, p.positions, theta, sign);
   } else {
     rope_kernel<1><<<static_cast<unsigned>(tokens), block, smem, stream>>>(
-        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, theta, sign);
+        xs, ys, p.seq_len, p.num_heads, hd, p.start_pos, p.positions, theta, sign);
   }
   MOEX_LAUNCH_CHECK();
 }

@@ -13,6 +13,9 @@ struct RopeParams {
   int64_t batch = 0, seq_len = 0, num_heads = 0, head_dim = 0;  // head_dim even
   int64_t start_pos = 0;
   double theta = 10000.0;
+  // When set (device memory): token t of the batch-1 input sits at positions[t] instead of
+  // start_pos + t (rows of different sequences, serving).
+  const int32_t* positions = nullptr;  // [seq_len]
 };
 
 void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream);

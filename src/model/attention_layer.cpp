@@ -7,6 +7,7 @@
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
+#include "ops/paged_attention.h"
 #include "ops/rope.h"
 
 namespace moex::model {
@@ -76,9 +77,9 @@ void AttentionLayer::init(uint64_t seed, float std, float out_std) {
   }
 }
 
-void AttentionLayer::project_qkv(const Tensor& x, int64_t batch, int64_t seq_len,
-                                 int64_t start_pos, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, Arena& arena, bool save) {
+void AttentionLayer::project_qkv(const Tensor& x, int64_t batch, int64_t seq_len, int64_t start_pos,
+                                 const Tensor& q, const Tensor& k, const Tensor& v, Arena& arena,
+                                 bool save) {
   const int64_t n = batch * seq_len, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
   const DType dt = x.dtype();
   // Normed q/k need their inputs kept for the norm's backward: allocate those before the scope.
@@ -177,69 +178,27 @@ void AttentionLayer::forward_cached(const Tensor& x, int64_t batch, int64_t new_
   ops::linear(attn, o_w_.w, Tensor(), y);
 }
 
-namespace {
-
-// Copies rows [first, first + count) of a sequence's positions between `rows` [count, kd] and the
-// block pool (viewed [blocks * block_size, kd]), one contiguous run per block.
-void copy_positions(const Tensor& rows, const Tensor& pool, const SequenceSlice& s,
-                    int64_t first, int64_t count, bool to_pool) {
-  const int64_t bs = pool.dim(1), kd = pool.numel() / (pool.dim(0) * bs);
-  const Tensor flat = pool.view(Shape{pool.dim(0) * bs, kd});
-  for (int64_t p = first; p < first + count;) {
-    const int64_t table_idx = p / bs, off = p % bs, n = std::min(bs - off, first + count - p);
-    MOEX_CHECK(table_idx < s.num_blocks, "paged KV: position ", p, " is past the sequence's ",
-               s.num_blocks, " blocks");
-    const int64_t slot = static_cast<int64_t>(s.blocks[table_idx]) * bs + off;
-    const Tensor mine = rows.slice(p - first, p - first + n), theirs = flat.slice(slot, slot + n);
-    if (to_pool)
-      ops::copy(mine, theirs);
-    else
-      ops::copy(theirs, mine);
-    p += n;
-  }
-}
-
-}  // namespace
-
-void AttentionLayer::forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs,
-                                   const Tensor& k_pool, const Tensor& v_pool, const Tensor& y,
-                                   Arena& arena) {
+void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
+                                   const Tensor& v_pool, const Tensor& y, Arena& arena) {
   ArenaScope scope(arena);
   const int64_t n = x.dim(0), kd = kv_heads_ * head_dim_;
   const DType dt = x.dtype();
   const Tensor q = arena.alloc(Shape{1, n, heads_, head_dim_}, dt);
   const Tensor k = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
   const Tensor v = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
-  const Tensor attn = arena.alloc(Shape{n, heads_ * head_dim_}, dt);
-  project_qkv(x, 1, n, /*start_pos=*/-1, q, k, v, arena, false);  // RoPE per sequence below
-  const Tensor q_rows = q.view(Shape{n, heads_ * head_dim_}), k_rows = k.view(Shape{n, kd}),
-               v_rows = v.view(Shape{n, kd});
-  int64_t r0 = 0;
-  for (const SequenceSlice& s : seqs) {
-    ArenaScope seq_scope(arena);
-    const int64_t len = s.len, total = s.start_pos + s.len;
-    const Tensor qs = q_rows.slice(r0, r0 + len).view(Shape{1, len, heads_, head_dim_});
-    const Tensor ks = k_rows.slice(r0, r0 + len), vs = v_rows.slice(r0, r0 + len);
-    if (config_.positions == PositionType::kRope) {
-      ops::rope(qs, s.start_pos, config_.rope_theta, qs);
-      const Tensor ks4 = ks.view(Shape{1, len, kv_heads_, head_dim_});
-      ops::rope(ks4, s.start_pos, config_.rope_theta, ks4);
-    }
-    copy_positions(ks, k_pool, s, s.start_pos, len, /*to_pool=*/true);
-    copy_positions(vs, v_pool, s, s.start_pos, len, /*to_pool=*/true);
-    // This sequence's keys and values, gathered from its blocks: it attends over its own length.
-    const Tensor kc = arena.alloc(Shape{1, total, kv_heads_, head_dim_}, dt);
-    const Tensor vc = arena.alloc(Shape{1, total, kv_heads_, head_dim_}, dt);
-    copy_positions(kc.view(Shape{total, kd}), k_pool, s, 0, total, /*to_pool=*/false);
-    copy_positions(vc.view(Shape{total, kd}), v_pool, s, 0, total, /*to_pool=*/false);
-    const Tensor stats = arena.alloc(
-        ops::attention_saved_shape(x.device(), 1, heads_, len, total), DType::kF32);
-    ops::attention(qs, kc, vc, s.start_pos,
-                   attn.slice(r0, r0 + len).view(Shape{1, len, heads_, head_dim_}), stats);
-    r0 += len;
+  const Tensor attn = arena.alloc(Shape{n, heads_, head_dim_}, dt);
+  project_qkv(x, 1, n, /*start_pos=*/-1, q, k, v, arena, false);  // RoPE per row below
+  if (config_.positions == PositionType::kRope) {
+    ops::rope(q, rows.row_pos, config_.rope_theta, q);
+    ops::rope(k, rows.row_pos, config_.rope_theta, k);
   }
-  MOEX_CHECK(r0 == n, "forward_paged: the sequences hold ", r0, " tokens, x has ", n);
-  ops::linear(attn, o_w_.w, Tensor(), y);
+  // Every row's key and value first, so rows of one sequence in this step see each other.
+  const int64_t slots = k_pool.dim(0) * k_pool.dim(1);
+  ops::scatter_rows(k.view(Shape{n, kd}), rows.slots, k_pool.view(Shape{slots, kd}));
+  ops::scatter_rows(v.view(Shape{n, kd}), rows.slots, v_pool.view(Shape{slots, kd}));
+  ops::paged_attention(q.view(Shape{n, heads_, head_dim_}), k_pool, v_pool, rows.tables,
+                       rows.row_seq, rows.row_pos, attn);
+  ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);
 }
 
 }  // namespace moex::model

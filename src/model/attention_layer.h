@@ -34,10 +34,10 @@ class AttentionLayer {
   // cache at those positions.
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
                       const KVCacheView& cache, const Tensor& y, Arena& arena);
-  // Serving: x [N, d] holds several sequences' new tokens back to back (seqs, in order); each
-  // writes its keys/values into its blocks of this layer's pools k, v [blocks, block_size, Hkv,
-  // Dh] and attends over its own positions only.
-  void forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs, const Tensor& k_pool,
+  // Serving: x [N, d] holds several sequences' new tokens (rows, model/paged_kv.h); each row
+  // writes its key/value into its slot of this layer's pools k, v [blocks, block_size, Hkv, Dh]
+  // and attends over its own sequence's positions up to its own.
+  void forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
                      const Tensor& v_pool, const Tensor& y, Arena& arena);
 
  private:
@@ -53,8 +53,8 @@ class AttentionLayer {
   std::unique_ptr<NormLayer> q_norm_, k_norm_;
   // saved for backward
   int64_t batch_ = 0, seq_len_ = 0;
-  Tensor x_;            // [N, d]
-  Tensor q_, k_, v_;    // after norm and RoPE: [B,T,H,Dh], [B,T,Hkv,Dh] x2
+  Tensor x_;             // [N, d]
+  Tensor q_, k_, v_;     // after norm and RoPE: [B,T,H,Dh], [B,T,Hkv,Dh] x2
   Tensor attn_, stats_;  // [N, H*Dh] (input of o_proj); ops::attention_saved_shape
 };
 

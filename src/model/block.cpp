@@ -56,8 +56,8 @@ void Block::run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   ops::add(x1, f, y);
 }
 
-void Block::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y,
-                    Arena& arena, Keep keep, const StepOptions& step) {
+void Block::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,
+                    Keep keep, const StepOptions& step) {
   batch_ = batch;
   seq_len_ = seq_len;
   step_ = step;
@@ -85,15 +85,14 @@ void Block::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   ops::add(dx1, g, dx);
 }
 
-void Block::forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs,
-                          const Tensor& k_pool, const Tensor& v_pool, const Tensor& y,
-                          Arena& arena) {
+void Block::forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
+                          const Tensor& v_pool, const Tensor& y, Arena& arena) {
   ArenaScope scope(arena);
   const Shape shape = x.shape();
   const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
                x1 = arena.alloc(shape, x.dtype());
   norm1_.forward(x, h, arena, false);
-  attn_.forward_paged(h, seqs, k_pool, v_pool, a, arena);
+  attn_.forward_paged(h, rows, k_pool, v_pool, a, arena);
   ops::add(x, a, x1);
   norm2_.forward(x1, h, arena, false);
   StepOptions step;

@@ -28,7 +28,7 @@ class Block {
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
                       const KVCacheView& cache, const Tensor& y, Arena& arena);
   // Serving (AttentionLayer::forward_paged); MoE routes are never dropped here.
-  void forward_paged(const Tensor& x, const std::vector<SequenceSlice>& seqs, const Tensor& k_pool,
+  void forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
                      const Tensor& v_pool, const Tensor& y, Arena& arena);
 
   FfnLayer& ffn() { return ffn_; }

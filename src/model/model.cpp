@@ -9,6 +9,7 @@
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
+#include "ops/paged_attention.h"
 
 namespace moex::model {
 
@@ -264,6 +265,49 @@ PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
   return kv;
 }
 
+PagedRows Model::paged_rows(const std::vector<SequenceSlice>& seqs, int64_t block_size,
+                            int64_t num_blocks) const {
+  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
+  int64_t n = 0, max_blocks = 1;
+  for (const SequenceSlice& s : seqs) {
+    n += s.len;
+    max_blocks = std::max(max_blocks, s.num_blocks);
+  }
+  // One host buffer for every index, uploaded once: tables [S, max_blocks], then row_seq,
+  // row_pos, slots [n], then last_rows [S].
+  Tensor host = Tensor::empty(Shape{num_seqs * max_blocks + 3 * n + num_seqs}, DType::kI32);
+  int32_t* tables = host.data<int32_t>();
+  int32_t *row_seq = tables + num_seqs * max_blocks, *row_pos = row_seq + n, *slots = row_pos + n,
+          *last = slots + n;
+  std::fill(tables, tables + num_seqs * max_blocks, -1);
+  int64_t r = 0;
+  for (int64_t i = 0; i < num_seqs; ++i) {
+    const SequenceSlice& s = seqs[i];
+    std::copy(s.blocks, s.blocks + s.num_blocks, tables + i * max_blocks);
+    for (int64_t t = 0; t < s.len; ++t, ++r) {
+      const int64_t pos = s.start_pos + t;
+      row_seq[r] = static_cast<int32_t>(i);
+      row_pos[r] = static_cast<int32_t>(pos);
+      slots[r] = static_cast<int32_t>(s.blocks[pos / block_size] * block_size + pos % block_size);
+    }
+    last[i] = static_cast<int32_t>(r - 1);
+  }
+  auto part = [&](const Tensor& t, int64_t begin, int64_t count) {
+    return t.slice(begin, begin + count);
+  };
+  const int64_t tn = num_seqs * max_blocks;
+  ops::check_paged_rows(part(host, 0, tn).view(Shape{num_seqs, max_blocks}), part(host, tn, n),
+                        part(host, tn + n, n), block_size, num_blocks);
+  const Tensor dev = device_.is_cpu() ? host : host.to(device_);
+  PagedRows rows;
+  rows.tables = part(dev, 0, tn).view(Shape{num_seqs, max_blocks});
+  rows.row_seq = part(dev, tn, n);
+  rows.row_pos = part(dev, tn + n, n);
+  rows.slots = part(dev, tn + 2 * n, n);
+  rows.last_rows = part(dev, tn + 3 * n, num_seqs);
+  return rows;
+}
+
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                           float* last_logits) {
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
@@ -274,36 +318,32 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
     MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
                "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
                s.num_blocks, " blocks of ", kv.block_size);
+    MOEX_CHECK(s.start_pos + s.len <= config_.max_seq_len, "sequence of ", s.start_pos + s.len,
+               " tokens exceeds model.max_seq_len (", config_.max_seq_len, ")");
     n += s.len;
   }
   const int64_t d = config_.hidden_size, num_seqs = static_cast<int64_t>(seqs.size());
   const DType dt = compute_params().flat().dtype();
   arena_.reset();
+  const PagedRows rows = paged_rows(seqs, kv.block_size, kv.num_blocks);
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
   ids_ = host_ids(ids, n);
   ops::embedding(ids_, embed_.w, x, false);
   if (pos_) {
     Tensor positions = Tensor::empty(Shape{n}, DType::kI32);
     int32_t* p = positions.data<int32_t>();
-    for (const SequenceSlice& s : seqs) {
-      MOEX_CHECK(s.start_pos + s.len <= config_.max_seq_len, "sequence of ", s.start_pos + s.len,
-                 " tokens exceeds model.max_seq_len (", config_.max_seq_len, ")");
+    for (const SequenceSlice& s : seqs)
       for (int64_t t = 0; t < s.len; ++t) *p++ = static_cast<int32_t>(s.start_pos + t);
-    }
     ops::embedding(positions, pos_.w, x, true);
   }
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    blocks_[i]->forward_paged(x, seqs, kv.k[i], kv.v[i], y, arena_);
+    blocks_[i]->forward_paged(x, rows, kv.k[i], kv.v[i], y, arena_);
     std::swap(x, y);
   }
   // The row of each sequence's last new token.
   const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt),
                normed = arena_.alloc(Shape{num_seqs, d}, dt);
-  int64_t r = 0;
-  for (int64_t i = 0; i < num_seqs; ++i) {
-    r += seqs[i].len;
-    ops::copy(x.slice(r - 1, r), last.slice(i, i + 1));
-  }
+  ops::gather_rows(x, rows.last_rows, last);
   final_norm_->forward(last, normed, arena_, false);
   const Tensor logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);

@@ -114,6 +114,10 @@ class Model {
   size_t activation_bytes() const { return arena_.high_water(); }
 
  private:
+  // The index tensors of one serving step (model/paged_kv.h), checked on the host and uploaded to
+  // the model's device once.
+  PagedRows paged_rows(const std::vector<SequenceSlice>& seqs, int64_t block_size,
+                       int64_t num_blocks) const;
   void bind_all(const ParamViews& views);
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,

@@ -1,6 +1,7 @@
 // Keys and values for serving: every layer's cache is one pool of fixed-size blocks, and each
 // sequence owns a list of block ids (its block table), so sequences of any length share one
-// pool sized at start-up and free their blocks when they end (infer/kv_block_pool.h hands them out).
+// pool sized at start-up and free their blocks when they end (infer/kv_block_pool.h hands them
+// out).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,15 @@ struct SequenceSlice {
   int64_t len = 0;
   const int32_t* blocks = nullptr;
   int64_t num_blocks = 0;
+};
+
+// Where each row of one serving step lives, built once per step by Model::forward_paged and read
+// by every layer, i32 tensors on the model's device (one upload per step). Row r of the step is
+// token row_pos[r] of sequence row_seq[r]; its key and value go to pool slot slots[r]
+// (block * block_size + offset); tables [S, max_blocks] are the sequences' block tables, and
+// last_rows [S] the row of each sequence's last new token.
+struct PagedRows {
+  Tensor tables, row_seq, row_pos, slots, last_rows;
 };
 
 }  // namespace moex::model

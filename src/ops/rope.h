@@ -7,6 +7,9 @@
 namespace moex::ops {
 
 void rope(const Tensor& x, int64_t start_pos, double theta, const Tensor& y);
+// x [1, T, H, Dh] with token t at positions[t] (i32 [T] on x's device): rows of different
+// sequences (serving). The positions are not checked on a GPU (the caller built them).
+void rope(const Tensor& x, const Tensor& positions, double theta, const Tensor& y);
 void rope_backward(const Tensor& dy, int64_t start_pos, double theta, const Tensor& dx);
 
 }  // namespace moex::ops

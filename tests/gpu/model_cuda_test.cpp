@@ -1,9 +1,8 @@
 // The whole model on the GPU against the same model on the CPU (docs/architecture.md §Numerics):
-// logits of the four Hugging Face fixtures, one step's gradients, a 50-step training curve, KV-cache
-// decoding, and a checkpoint written from the GPU read back on the CPU.
-// Built everywhere (CI compiles it); runs only where a GPU is visible (scripts/gpu_check.sh).
+// logits of the four Hugging Face fixtures, one step's gradients, a 50-step training curve,
+// KV-cache decoding, and a checkpoint written from the GPU read back on the CPU. Built everywhere
+// (CI compiles it); runs only where a GPU is visible (scripts/gpu_check.sh).
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,8 +99,7 @@ TEST_F(GpuModel, HfFixtureLogitsMatchTheCpu) {
     const io::SafetensorsFile fx =
         io::SafetensorsFile::open((dir / "fixture.safetensors").string());
     const Tensor ids_t = fx.copy("input_ids");
-    const int64_t batch = ids_t.dim(0), seq = ids_t.dim(1),
-                  vocab = cpu_model->config().vocab_size;
+    const int64_t batch = ids_t.dim(0), seq = ids_t.dim(1), vocab = cpu_model->config().vocab_size;
     const int32_t* ids = ids_t.data<int32_t>();
     std::vector<float> want(batch * seq * vocab), got(batch * seq * vocab, NAN), f32(want.size());
     cpu_model->logits(ids, batch, seq, want.data());
@@ -122,13 +120,16 @@ TEST_F(GpuModel, HfFixtureLogitsMatchTheCpu) {
     // Rows with their own error: a routing decision that bf16 flips shows as a few bad rows.
     std::vector<double> row_err;
     for (int64_t r = 0; r < batch * seq; ++r)
-      row_err.push_back(rel_l2(std::vector<float>(got.begin() + r * vocab, got.begin() + (r + 1) * vocab),
-                               std::vector<float>(want.begin() + r * vocab, want.begin() + (r + 1) * vocab)));
+      row_err.push_back(
+          rel_l2(std::vector<float>(got.begin() + r * vocab, got.begin() + (r + 1) * vocab),
+                 std::vector<float>(want.begin() + r * vocab, want.begin() + (r + 1) * vocab)));
     std::sort(row_err.begin(), row_err.end());
-    std::printf("[ info ] %s: GPU logits rel L2 %.3g against the CPU on the same bf16 weights "
-                "(rows: median %.3g, max %.3g), %.3g against the fp32 weights; greedy agrees "
-                "%lld/%lld\n", arch.c_str(), err, row_err[row_err.size() / 2], row_err.back(),
-                err_f32, static_cast<long long>(agree), static_cast<long long>(compared));
+    std::printf(
+        "[ info ] %s: GPU logits rel L2 %.3g against the CPU on the same bf16 weights "
+        "(rows: median %.3g, max %.3g), %.3g against the fp32 weights; greedy agrees "
+        "%lld/%lld\n",
+        arch.c_str(), err, row_err[row_err.size() / 2], row_err.back(), err_f32,
+        static_cast<long long>(agree), static_cast<long long>(compared));
     EXPECT_LT(err, 2e-2) << arch;
     EXPECT_GT(compared, 0) << arch;
     EXPECT_EQ(agree, compared) << arch;
@@ -270,6 +271,55 @@ TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
       const std::vector<float> w(full.begin() + ((b * 24) + pos - 1) * vocab,
                                  full.begin() + ((b * 24) + pos) * vocab);
       EXPECT_LT(rel_l2(a, w), 2e-2) << "position " << pos - 1 << " batch " << b;
+    }
+  }
+}
+
+// Serving on the GPU: three sequences in shuffled blocks of a paged pool, prefilled in chunks
+// while another decodes, then decoded together; after every step each sequence's logits must
+// equal the full forward of that sequence alone at its last position.
+TEST_F(GpuModel, PagedServingMatchesFullForward) {
+  // Serving keeps every route; an eval capacity factor of E/k keeps every route in the reference
+  // full forward too (C >= T), so both compute the same function.
+  std::string json = kSmallConfig;
+  json.replace(json.find(R"("eval_capacity_factor": 2.0)"), 27, R"("eval_capacity_factor": 4.0)");
+  const ModelConfig config =
+      ModelConfig::from_json(JsonReader::from_string(json, "small_config, no drops"));
+  model::Model m(config, Device::cuda());
+  m.init_weights(5);
+  const int64_t vocab = config.vocab_size, bs = 4, total[] = {20, 13, 9};
+  std::vector<int32_t> ids, unused;
+  counting_batch(3, 20, vocab, 12, &ids, &unused);
+  const std::vector<std::vector<int32_t>> blocks = {{3, 10, 5, 1, 20}, {0, 7, 12, 2}, {15, 4, 9}};
+  model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/24, bs);
+  int64_t done[] = {0, 0, 0};
+  // New tokens per sequence in each step (0: not in this step).
+  const std::vector<std::vector<int64_t>> plan = {{12, 13, 4}, {1, 0, 5}, {1, 0, 0},
+                                                  {1, 0, 0},   {1, 0, 0}, {1, 0, 0},
+                                                  {1, 0, 0},   {1, 0, 0}, {1, 0, 0}};
+  for (size_t step = 0; step < plan.size(); ++step) {
+    std::vector<model::SequenceSlice> seqs;
+    std::vector<int32_t> step_ids;
+    std::vector<int> which;
+    for (int s = 0; s < 3; ++s) {
+      const int64_t len = plan[step][s];
+      if (len == 0) continue;
+      seqs.push_back({done[s], len, blocks[s].data(), static_cast<int64_t>(blocks[s].size())});
+      for (int64_t t = 0; t < len; ++t) step_ids.push_back(ids[s * 20 + done[s] + t]);
+      which.push_back(s);
+    }
+    std::vector<float> last(seqs.size() * vocab);
+    m.forward_paged(step_ids.data(), seqs, kv, last.data());
+    for (size_t i = 0; i < which.size(); ++i) {
+      const int s = which[i];
+      done[s] += plan[step][s];
+      ASSERT_LE(done[s], total[s]);
+      std::vector<float> full(done[s] * vocab);
+      m.logits(ids.data() + s * 20, 1, done[s], full.data());
+      const std::vector<float> a(last.begin() + i * vocab, last.begin() + (i + 1) * vocab);
+      const std::vector<float> w(full.end() - vocab, full.end());
+      EXPECT_LT(rel_l2(a, w), 2e-2)
+          << "step " << step << " sequence " << s << " at " << done[s] - 1;
     }
   }
 }

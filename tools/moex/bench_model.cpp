@@ -7,9 +7,9 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/json_reader.h"
 #include "core/rng.h"
 #include "infer/generator.h"
-#include "core/json_reader.h"
 #include "infer/scheduler.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
@@ -126,17 +126,11 @@ double copy_rate(const Device& device, int64_t bytes) {
   return 2.0 * reps * static_cast<double>(bytes) / (ms_since(start) / 1000.0);
 }
 
-}  // namespace
-
-std::string run_decode_bench(const std::string& config_path, const std::string& shape,
-                             const std::string& device_flag, int batch, int new_tokens) {
-  MOEX_CHECK(new_tokens >= 2, "--tokens must be >= 2, got ", new_tokens);
-  MOEX_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
-  const ModelConfig mc = shape.empty() ? train::TrainConfig::from_file(config_path).model
-                                       : decode_shape(shape);
-  const Device device = Device::parse(device_flag.empty() ? "cpu" : device_flag, "--device");
-  model::Model m(mc, device);
-  m.init_weights(1);
+// One batch size of run_decode_bench on an initialised model; `rate` is the copy rate in bytes/s.
+std::string decode_one_batch(model::Model& m, const std::string& model_name, int batch,
+                             int new_tokens, double rate) {
+  const ModelConfig& mc = m.config();
+  const Device device = m.device();
   // B sequences of a 16-token prompt decode together through the serving scheduler (paged KV).
   const int64_t prompt_len = 16;
   infer::SchedulerOptions so;
@@ -154,12 +148,24 @@ std::string run_decode_bench(const std::string& config_path, const std::string& 
   scheduler.step();  // admits and prefills every sequence, samples their first tokens
   ops::synchronize(device);
   const double prefill_ms = ms_since(start);
+  // The last few steps run with the per-op GPU timers on (op_ms) and are not timed.
+  const int64_t profiled = device.is_cuda() ? std::min<int64_t>(8, new_tokens / 4) : 0;
   start = Clock::now();
   int64_t steps = 0;
-  while (scheduler.step()) ++steps;
+  bool more = true;
+  while (steps + profiled < new_tokens - 1 && (more = scheduler.step())) ++steps;
   ops::synchronize(device);
   const double decode_ms = ms_since(start);
   const double ms_per_step = decode_ms / std::max<int64_t>(steps, 1);
+  nlohmann::json budget = nlohmann::json::object();
+  if (profiled > 0 && more) {
+    ops::profile_enable(true);
+    int64_t profiled_steps = 0;
+    while (scheduler.step()) ++profiled_steps;
+    for (const auto& [name, ms] : ops::profile_report())
+      budget[name] = ms / static_cast<double>(std::max<int64_t>(profiled_steps, 1));
+    ops::profile_enable(false);
+  }
 
   // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
   // expected to touch, the KV cache) over the device's copy rate.
@@ -175,13 +181,12 @@ std::string run_decode_bench(const std::string& config_path, const std::string& 
   }
   const double embed = static_cast<double>(mc.vocab_size) * mc.hidden_size;  // a lookup, not read
   const double weights = static_cast<double>(mc.num_parameters()) - expert_params - embed + touched;
-  const double kv = 2.0 * mc.num_layers * batch * (prompt_len + new_tokens / 2.0) *
-                    mc.num_kv_heads * mc.head_dim;
+  const double kv =
+      2.0 * mc.num_layers * batch * (prompt_len + new_tokens / 2.0) * mc.num_kv_heads * mc.head_dim;
   const double bytes = (weights + kv) * dtype_bytes;
-  const double rate = copy_rate(device, device.is_cuda() ? (int64_t{1} << 30) : (int64_t{1} << 28));
   const double floor_ms = bytes / rate * 1000.0;
   return nlohmann::json{{"bench", "decode"},
-                        {"model", shape.empty() ? config_path : shape},
+                        {"model", model_name},
                         {"device", device.str()},
                         {"batch", batch},
                         {"prompt_tokens", prompt_len},
@@ -192,8 +197,31 @@ std::string run_decode_bench(const std::string& config_path, const std::string& 
                         {"bytes_per_step", bytes},
                         {"copy_gbps", rate / 1e9},
                         {"floor_ms", floor_ms},
-                        {"frac_of_floor", floor_ms / ms_per_step}}
+                        {"frac_of_floor", floor_ms / ms_per_step},
+                        // GPU ms per step in each op, over the last steps (the rest of
+                        // ms_per_step is launch gaps, host work and the logits copy)
+                        {"op_ms", budget}}
       .dump();
+}
+
+}  // namespace
+
+std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
+                                          const std::string& device_flag,
+                                          const std::vector<int>& batches, int new_tokens) {
+  MOEX_CHECK(new_tokens >= 2, "--tokens must be >= 2, got ", new_tokens);
+  for (const int batch : batches) MOEX_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
+  const ModelConfig mc =
+      shape.empty() ? train::TrainConfig::from_file(config_path).model : decode_shape(shape);
+  const Device device = Device::parse(device_flag.empty() ? "cpu" : device_flag, "--device");
+  model::Model m(mc, device);
+  m.init_weights(1);
+  const double rate = copy_rate(device, device.is_cuda() ? (int64_t{1} << 30) : (int64_t{1} << 28));
+  std::vector<std::string> lines;
+  for (const int batch : batches)
+    lines.push_back(
+        decode_one_batch(m, shape.empty() ? config_path : shape, batch, new_tokens, rate));
+  return lines;
 }
 
 }  // namespace moex::bench

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace moex::bench {
 
@@ -11,12 +12,14 @@ namespace moex::bench {
 // "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}.
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
                                  int warmup, int iters);
-// `batch` sequences of a 16-token prompt decoding `new_tokens` (>= 2) greedy tokens together
-// through the serving scheduler (paged KV cache), on a config's model or a named shape
-// ("mixtral4l"), random weights: {"bench", "ms_per_step", "tokens_per_s", "floor_ms",
-// "frac_of_floor", ...}. The floor is the bytes a step must read (non-expert weights, the experts
-// the batch is expected to touch, the KV cache) over the device's measured copy rate.
-std::string run_decode_bench(const std::string& config_path, const std::string& shape,
-                             const std::string& device, int batch, int new_tokens);
+// For each batch size B: B sequences of a 16-token prompt decoding `new_tokens` (>= 2) greedy
+// tokens together through the serving scheduler (paged KV cache), on a config's model or a named
+// shape ("mixtral4l"), random weights drawn once: one JSON line per B, {"bench", "ms_per_step",
+// "tokens_per_s", "floor_ms", "frac_of_floor", ...}. The floor is the bytes a step must read
+// (non-expert weights, the experts the batch is expected to touch, the KV cache) over the
+// device's measured copy rate.
+std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
+                                          const std::string& device,
+                                          const std::vector<int>& batches, int new_tokens);
 
 }  // namespace moex::bench

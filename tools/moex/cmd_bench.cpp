@@ -2,17 +2,19 @@
 // §Testing: benchmarks are not tests; peers are compared side by side in one run on the same
 // machine).
 #include <cstdio>
+#include <cstdlib>
 #include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "args.h"
 #include "bench_model.h"
-#include "core/tensor.h"
 #include "bench_moe.h"
 #include "bench_moe_cuda.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/tensor.h"
 
 namespace moex::cli {
 namespace {
@@ -23,9 +25,11 @@ void print_help() {
       "                            [--iters N] [--warmup N] [--json]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
-      "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch B]\n"
-      "                         [--tokens N]   greedy decode of B sequences: ms/step against the\n"
-      "                                        bandwidth floor\n\n"
+      "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
+      "B,...]\n"
+      "                         [--tokens N]   greedy decode of B sequences (each B of a comma\n"
+      "                                        list, one model): ms/step against the bandwidth "
+      "floor\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
@@ -45,6 +49,22 @@ void print_help() {
       "  --warmup    untimed runs first, >= 0 (default 1 on cpu, 3 on cuda)\n"
       "  --json      one JSON object per line per shape (default: one text line)\n"
       "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n");
+}
+
+// --batch of the decode benchmark: "B" or "B1,B2,..." (each >= 1).
+std::vector<int> batch_list(const std::string& text) {
+  std::vector<int> out;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    char* end = nullptr;
+    const long b = std::strtol(item.c_str(), &end, 10);
+    MOEX_CHECK(!item.empty() && end != nullptr && *end == '\0' && b >= 1 && b <= 4096, "--batch: '",
+               item, "' is not a batch size in [1, 4096] (give B or B1,B2,...)");
+    out.push_back(static_cast<int>(b));
+  }
+  MOEX_CHECK(!out.empty(), "--batch: no batch size given");
+  return out;
 }
 
 // Flags that a benchmark does not read are errors rather than silently ignored.
@@ -129,11 +149,11 @@ int run_bench(const std::vector<std::string>& argv) {
   }
   check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "json"});
   const int tokens = count_flag(args, "tokens", 64, 2);
-  const int batch = count_flag(args, "batch", 1, 1);
+  const std::vector<int> batches = batch_list(args.get("batch", "1"));
   if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
-  std::printf("%s\n", bench::run_decode_bench(config, args.get("shape"), args.get("device"),
-                                              batch, tokens)
-                          .c_str());
+  for (const std::string& line :
+       bench::run_decode_bench(config, args.get("shape"), args.get("device"), batches, tokens))
+    std::printf("%s\n", line.c_str());
   return 0;
 }
 

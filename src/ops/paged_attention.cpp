@@ -1,0 +1,138 @@
+#include "ops/paged_attention.h"
+
+#include "cpu/paged_attention.h"
+#include "ops/device_dispatch.h"
+#include "ops/profile.h"
+
+#if MOEX_WITH_CUDA
+#include "cuda/paged_attention.h"
+#endif
+
+namespace moex::ops {
+namespace {
+
+// Index tensors live where the op runs: the CPU checks them itself, a GPU trusts the caller's
+// check_paged_rows (they were uploaded after it).
+void expect_indices(const char* op, const char* what, const Tensor& t, const Device& dev,
+                    int64_t numel) {
+  MOEX_CHECK(t.defined() && t.dtype() == DType::kI32 && t.numel() == numel, op, ": ", what,
+             " must be i32 with ", numel, " elements, got ",
+             t.defined() ? t.shape().str() : std::string("none"));
+  MOEX_CHECK(t.device() == dev, op, ": ", what, " must be on ", dev.str(), " like the activations");
+}
+
+}  // namespace
+
+void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
+                      int64_t block_size, int64_t num_blocks) {
+  const char* op = "paged attention";
+  MOEX_CHECK(tables.ndim() == 2 && tables.device().is_cpu() && tables.dtype() == DType::kI32, op,
+             ": tables must be an i32 host tensor [S, max_blocks]");
+  MOEX_CHECK(block_size > 0, op, ": block_size must be > 0");
+  expect_indices(op, "row_seq", row_seq, Device::cpu(), row_seq.numel());
+  expect_indices(op, "row_pos", row_pos, Device::cpu(), row_seq.numel());
+  const int64_t seqs = tables.dim(0), max_blocks = tables.dim(1);
+  const int32_t *t = tables.data<int32_t>(), *seq = row_seq.data<int32_t>(),
+                *pos = row_pos.data<int32_t>();
+  for (int64_t r = 0; r < row_seq.numel(); ++r) {
+    MOEX_CHECK(seq[r] >= 0 && seq[r] < seqs, op, ": row ", r, " names sequence ", seq[r], " of ",
+               seqs);
+    MOEX_CHECK(pos[r] >= 0 && pos[r] / block_size < max_blocks, op, ": row ", r, " at position ",
+               pos[r], " is past its block table (", max_blocks, " blocks of ", block_size, ")");
+    for (int64_t b = 0; b <= pos[r] / block_size; ++b) {
+      const int32_t block = t[seq[r] * max_blocks + b];
+      MOEX_CHECK(block >= 0 && block < num_blocks, op, ": row ", r, " block ", b, " is ", block,
+                 ", outside the pool of ", num_blocks);
+    }
+  }
+}
+
+void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                     const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
+                     const Tensor& out) {
+  const char* op = "paged_attention";
+  const Device dev = detail::common_device(op, {&q, &k_pool, &v_pool, &out});
+  const ProfileScope profile(op, dev);
+  MOEX_CHECK(q.ndim() == 3 && k_pool.ndim() == 4 && k_pool.shape() == v_pool.shape() &&
+                 k_pool.dim(3) == q.dim(2) && k_pool.dim(2) > 0 && q.dim(1) % k_pool.dim(2) == 0,
+             op, ": q ", q.shape().str(), " does not fit the pool ", k_pool.shape().str());
+  MOEX_CHECK(tables.ndim() == 2, op, ": tables must be [S, max_blocks], got ",
+             tables.shape().str());
+  const int64_t rows = q.dim(0);
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "q", q, dt, q.numel());
+  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
+  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
+  detail::expect(op, "out", out, dt, q.numel());
+  expect_indices(op, "tables", tables, dev, tables.numel());
+  expect_indices(op, "row_seq", row_seq, dev, rows);
+  expect_indices(op, "row_pos", row_pos, dev, rows);
+  if (dev.is_cpu()) {
+    check_paged_rows(tables, row_seq, row_pos, k_pool.dim(1), k_pool.dim(0));
+    const cpu::PagedAttentionShape s{rows,          q.dim(1),      k_pool.dim(2), q.dim(2),
+                                     k_pool.dim(1), tables.dim(1), k_pool.dim(0)};
+    cpu::paged_attention(q.data<float>(), k_pool.data<float>(), v_pool.data<float>(),
+                         tables.data<int32_t>(), row_seq.data<int32_t>(), row_pos.data<int32_t>(),
+                         s, out.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    cuda::PagedAttentionParams p;
+    p.q = q.raw_data();
+    p.k_pool = k_pool.raw_data();
+    p.v_pool = v_pool.raw_data();
+    p.tables = tables.data<int32_t>();
+    p.row_seq = row_seq.data<int32_t>();
+    p.row_pos = row_pos.data<int32_t>();
+    p.out = out.raw_data();
+    p.rows = rows;
+    p.heads = q.dim(1);
+    p.kv_heads = k_pool.dim(2);
+    p.head_dim = q.dim(2);
+    p.block_size = k_pool.dim(1);
+    p.max_blocks = tables.dim(1);
+    cuda::paged_attention_bf16(p, detail::stream(dev));
+  });
+}
+
+void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool) {
+  const char* op = "scatter_rows";
+  const Device dev = detail::common_device(op, {&rows, &pool});
+  const ProfileScope profile(op, dev);
+  MOEX_CHECK(
+      rows.ndim() == 2 && pool.ndim() >= 1 && rows.dim(1) > 0 && pool.numel() % rows.dim(1) == 0,
+      op, ": rows ", rows.shape().str(), " do not fit the pool ", pool.shape().str());
+  const int64_t width = rows.dim(1), num_slots = pool.numel() / width;
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "rows", rows, dt, rows.numel());
+  detail::expect(op, "pool", pool, dt, pool.numel());
+  expect_indices(op, "slots", slots, dev, rows.dim(0));
+  if (dev.is_cpu()) {
+    cpu::scatter_rows(rows.data<float>(), slots.data<int32_t>(), rows.dim(0), width, num_slots,
+                      pool.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, cuda::scatter_rows_bf16(rows.raw_data(), slots.data<int32_t>(), rows.dim(0),
+                                             width, pool.raw_data(), detail::stream(dev)));
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, const Tensor& out) {
+  const char* op = "gather_rows";
+  const Device dev = detail::common_device(op, {&src, &out});
+  const ProfileScope profile(op, dev);
+  MOEX_CHECK(src.ndim() == 2 && out.ndim() == 2 && src.dim(1) == out.dim(1), op, ": src ",
+             src.shape().str(), " and out ", out.shape().str(), " must be [N, w] and [R, w]");
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "src", src, dt, src.numel());
+  detail::expect(op, "out", out, dt, out.numel());
+  expect_indices(op, "index", index, dev, out.dim(0));
+  if (dev.is_cpu()) {
+    cpu::gather_rows(src.data<float>(), index.data<int32_t>(), out.dim(0), src.dim(1), src.dim(0),
+                     out.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, cuda::gather_rows_bf16(src.raw_data(), index.data<int32_t>(), out.dim(0),
+                                            src.dim(1), out.raw_data(), detail::stream(dev)));
+}
+
+}  // namespace moex::ops

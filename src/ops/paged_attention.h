@@ -1,0 +1,29 @@
+// Serving attention over the paged KV pool (docs/gpu-model.md §Decoding): the writes of a step's
+// new keys and values into their pool slots, RoPE at a position per row, and the attention of
+// rows of many sequences at once. Index tensors are i32; on the CPU they are checked by the op,
+// on a GPU they must already sit on the device, checked on the host by check_paged_rows first
+// (one upload per step, not one per op).
+#pragma once
+
+#include "core/tensor.h"
+
+namespace moex::ops {
+
+// Throws unless every row's positions 0..row_pos[r] map through tables[row_seq[r]] to blocks in
+// [0, num_blocks). Host tensors: tables [S, max_blocks], row_seq [R], row_pos [R].
+void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
+                      int64_t block_size, int64_t num_blocks);
+
+// out[r, h] = causal attention of q[r, h] over positions 0..row_pos[r] of sequence row_seq[r]:
+// q [R, H, Dh], k_pool / v_pool [blocks, bs, KVH, Dh], out [R, H, Dh] in the compute dtype.
+void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
+                     const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
+                     const Tensor& out);
+
+// pool (viewed [slots, width]) row slots[r] = rows[r]: rows [R, width], slots [R] i32.
+void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool);
+// out[r] = src[index[r]]: src [N, width], out [R, width], index [R] i32 (e.g. each sequence's
+// last row).
+void gather_rows(const Tensor& src, const Tensor& index, const Tensor& out);
+
+}  // namespace moex::ops

@@ -1,0 +1,117 @@
+// Serving kernels against their CPU twins on the same bf16-rounded inputs: paged attention of rows
+// of several sequences (shuffled blocks, a prefill chunk, single decode rows, GQA, head dims below
+// and above one warp's width), RoPE at a position per row, and the row scatter/gather. Outputs
+// start poisoned, so an unwritten element fails.
+#include "cpu/paged_attention.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/rope.h"
+#include "cuda/paged_attention.h"
+#include "cuda/rope.h"
+#include "kernel_test_util.h"
+
+namespace moex {
+namespace {
+
+using kt::DevBuf;
+using kt::download_bf16;
+using kt::rand_vec;
+using kt::rel_l2;
+using kt::round_bf16;
+using kt::to_bf16;
+using kt::upload;
+
+class PagedAttentionTest : public kt::GpuKernel {};
+
+TEST_F(PagedAttentionTest, MatchesCpu) {
+  cuda::CudaContext ctx;
+  struct Case {
+    int64_t heads, kv_heads, head_dim, block_size;
+  };
+  for (const Case c : {Case{4, 2, 8, 4}, Case{32, 8, 128, 16}, Case{6, 6, 40, 3}}) {
+    const std::string tag = "H " + std::to_string(c.heads) + " KVH " + std::to_string(c.kv_heads) +
+                            " Dh " + std::to_string(c.head_dim) + " bs " +
+                            std::to_string(c.block_size);
+    // Sequence s owns blocks in a shuffled order; its rows this step are positions first..len-1.
+    const int64_t num_blocks = 40, max_blocks = 12;
+    const int64_t lens[] = {9, 37, 3}, firsts[] = {5, 36, 0};
+    std::vector<int32_t> table(3 * max_blocks, -1), row_seq, row_pos;
+    int32_t next = 0;
+    for (int s = 0; s < 3; ++s) {
+      for (int64_t b = 0; b * c.block_size < lens[s]; ++b)
+        table[s * max_blocks + b] = (next++ * 17) % num_blocks;  // distinct, out of order
+      for (int64_t p = firsts[s]; p < lens[s]; ++p) {
+        row_seq.push_back(s);
+        row_pos.push_back(static_cast<int32_t>(p));
+      }
+    }
+    const int64_t R = static_cast<int64_t>(row_seq.size());
+    const int64_t pool_n = num_blocks * c.block_size * c.kv_heads * c.head_dim;
+    const int64_t q_n = R * c.heads * c.head_dim;
+    const auto k = round_bf16(rand_vec(pool_n, 61)), v = round_bf16(rand_vec(pool_n, 62));
+    const auto q = round_bf16(rand_vec(q_n, 63, -2, 2));
+    std::vector<float> ref(q_n);
+    const cpu::PagedAttentionShape s{R,          c.heads,   c.kv_heads, c.head_dim, c.block_size,
+                                     max_blocks, num_blocks};
+    cpu::paged_attention(q.data(), k.data(), v.data(), table.data(), row_seq.data(), row_pos.data(),
+                         s, ref.data());
+    DevBuf dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v));
+    DevBuf dt = upload(table), dseq = upload(row_seq), dpos = upload(row_pos), out(q_n * 2);
+    cuda::PagedAttentionParams p;
+    p.q = dq.ptr;
+    p.k_pool = dk.ptr;
+    p.v_pool = dv.ptr;
+    p.tables = dt.as<int32_t>();
+    p.row_seq = dseq.as<int32_t>();
+    p.row_pos = dpos.as<int32_t>();
+    p.out = out.ptr;
+    p.rows = R;
+    p.heads = c.heads;
+    p.kv_heads = c.kv_heads;
+    p.head_dim = c.head_dim;
+    p.block_size = c.block_size;
+    p.max_blocks = max_blocks;
+    cuda::paged_attention_bf16(p, ctx.stream());
+    // fp32 softmax and accumulation, one bf16 rounding of the output.
+    EXPECT_LT(rel_l2(download_bf16(out.ptr, q_n), ref), 4e-3) << tag;
+  }
+}
+
+TEST_F(PagedAttentionTest, RopeAtAPositionPerRowMatchesCpu) {
+  cuda::CudaContext ctx;
+  const int64_t T = 5, H = 4, Dh = 64, n = T * H * Dh;
+  const std::vector<int32_t> positions = {300, 0, 7, 7, 4095};
+  const auto x = round_bf16(rand_vec(n, 64, -2, 2));
+  cpu::RopeShape shape{1, T, H, Dh, 0, 1e6};
+  shape.positions = positions.data();
+  std::vector<float> ref(n);
+  cpu::rope_forward<float>(x.data(), shape, ref.data());
+  DevBuf dx = upload(to_bf16(x)), dpos = upload(positions), y(n * 2);
+  cuda::RopeParams p{1, T, H, Dh, 0, 1e6};
+  p.positions = dpos.as<int32_t>();
+  cuda::rope_forward_bf16(dx.ptr, y.ptr, p, ctx.stream());
+  EXPECT_LT(rel_l2(download_bf16(y.ptr, n), ref), 4e-3);
+}
+
+TEST_F(PagedAttentionTest, ScatterAndGatherRowsMatchCpu) {
+  cuda::CudaContext ctx;
+  const int64_t width = 24, slots = 10;
+  const auto rows = round_bf16(rand_vec(3 * width, 65));
+  const std::vector<int32_t> where = {7, 1, 4};
+  std::vector<float> pool(slots * width, 0.0f);
+  cpu::scatter_rows(rows.data(), where.data(), 3, width, slots, pool.data());
+  DevBuf drows = upload(to_bf16(rows)), dwhere = upload(where);
+  DevBuf dpool = upload(to_bf16(std::vector<float>(slots * width, 0.0f)));
+  cuda::scatter_rows_bf16(drows.ptr, dwhere.as<int32_t>(), 3, width, dpool.ptr, ctx.stream());
+  EXPECT_EQ(download_bf16(dpool.ptr, slots * width), pool);
+  DevBuf back(3 * width * 2);
+  cuda::gather_rows_bf16(dpool.ptr, dwhere.as<int32_t>(), 3, width, back.ptr, ctx.stream());
+  EXPECT_EQ(download_bf16(back.ptr, 3 * width), rows);
+}
+
+}  // namespace
+}  // namespace moex

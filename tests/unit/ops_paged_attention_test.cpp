@@ -1,0 +1,139 @@
+// Serving ops on the CPU against independent references: paged attention of rows of several
+// sequences (shuffled blocks, prefill chunks and single decode rows mixed) against ops::attention
+// over each sequence's keys copied out contiguously; scatter/gather against naive copies; RoPE at a
+// position per row against RoPE at a start position; bad block tables as clear errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "ops/attention.h"
+#include "ops/paged_attention.h"
+#include "ops/rope.h"
+
+namespace moex {
+namespace {
+
+Tensor random(const Shape& shape, uint64_t seed) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.data<float>()[i] = 2.0f * philox_uniform(seed, 0x9a, static_cast<uint64_t>(i)) - 1.0f;
+  return t;
+}
+
+Tensor ints(const std::vector<int32_t>& v, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::kI32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+
+double max_abs_diff(const float* a, const float* b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, std::fabs(static_cast<double>(a[i]) - b[i]));
+  return m;
+}
+
+struct Seq {
+  int64_t len;        // positions held after this step
+  int64_t first_row;  // first position computed this step
+  std::vector<int32_t> blocks;
+};
+
+TEST(PagedAttention, EqualsContiguousAttentionPerSequence) {
+  const int64_t H = 4, KVH = 2, Dh = 8, bs = 4, num_blocks = 12, kd = KVH * Dh;
+  // Blocks handed out out of order, as a pool does after frees.
+  std::vector<Seq> seqs = {{7, 4, {5, 0}}, {12, 11, {9, 2, 7}}, {5, 0, {11, 3}}};
+  const int64_t max_blocks = 3;
+  std::vector<int32_t> table(seqs.size() * max_blocks, -1), row_seq, row_pos;
+  for (size_t s = 0; s < seqs.size(); ++s) {
+    std::copy(seqs[s].blocks.begin(), seqs[s].blocks.end(), table.begin() + s * max_blocks);
+    for (int64_t p = seqs[s].first_row; p < seqs[s].len; ++p) {
+      row_seq.push_back(static_cast<int32_t>(s));
+      row_pos.push_back(static_cast<int32_t>(p));
+    }
+  }
+  const int64_t R = static_cast<int64_t>(row_seq.size());
+  const Tensor k_pool = random({num_blocks, bs, KVH, Dh}, 1),
+               v_pool = random({num_blocks, bs, KVH, Dh}, 2);
+  const Tensor q = random({R, H, Dh}, 3);
+  Tensor out = Tensor::empty({R, H, Dh}, DType::kF32);
+  ops::paged_attention(q, k_pool, v_pool, ints(table, {3, max_blocks}), ints(row_seq, {R}),
+                       ints(row_pos, {R}), out);
+
+  int64_t r0 = 0;
+  for (const Seq& s : seqs) {
+    const int64_t m = s.len - s.first_row;
+    Tensor k = Tensor::empty({1, s.len, KVH, Dh}, DType::kF32), v = k.clone();
+    for (int64_t p = 0; p < s.len; ++p) {
+      const int64_t slot = s.blocks[p / bs] * bs + p % bs;
+      std::copy_n(k_pool.data<float>() + slot * kd, kd, k.data<float>() + p * kd);
+      std::copy_n(v_pool.data<float>() + slot * kd, kd, v.data<float>() + p * kd);
+    }
+    Tensor qs = Tensor::empty({1, m, H, Dh}, DType::kF32), ref = qs.clone();
+    std::copy_n(q.data<float>() + r0 * H * Dh, m * H * Dh, qs.data<float>());
+    Tensor saved =
+        Tensor::empty(ops::attention_saved_shape(Device::cpu(), 1, H, m, s.len), DType::kF32);
+    ops::attention(qs, k, v, s.first_row, ref, saved);
+    EXPECT_LT(max_abs_diff(out.data<float>() + r0 * H * Dh, ref.data<float>(), m * H * Dh), 1e-5)
+        << "sequence of " << s.len << " positions";
+    r0 += m;
+  }
+}
+
+TEST(PagedAttention, ScatterAndGatherRowsMoveTheNamedRows) {
+  const Tensor rows = random({3, 5}, 4);
+  Tensor pool = Tensor::zeros({6, 5}, DType::kF32);
+  ops::scatter_rows(rows, ints({4, 0, 2}, {3}), pool);
+  const int32_t where[] = {4, 0, 2};
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(max_abs_diff(pool.data<float>() + where[r] * 5, rows.data<float>() + r * 5, 5), 0);
+  EXPECT_EQ(
+      max_abs_diff(pool.data<float>() + 1 * 5, Tensor::zeros({5}, DType::kF32).data<float>(), 5), 0)
+      << "rows not named stay untouched";
+  Tensor back = Tensor::empty({2, 5}, DType::kF32);
+  ops::gather_rows(pool, ints({2, 4}, {2}), back);
+  EXPECT_EQ(max_abs_diff(back.data<float>(), rows.data<float>() + 2 * 5, 5), 0);
+  EXPECT_EQ(max_abs_diff(back.data<float>() + 5, rows.data<float>(), 5), 0);
+  EXPECT_THROW(ops::scatter_rows(rows, ints({4, 6, 2}, {3}), pool), Error);
+  EXPECT_THROW(ops::gather_rows(pool, ints({-1, 0}, {2}), back), Error);
+}
+
+TEST(PagedAttention, RopeAtAPositionPerRowEqualsRopeAtAStart) {
+  const int64_t H = 3, Dh = 8;
+  const Tensor x = random({1, 4, H, Dh}, 5);
+  const std::vector<int32_t> positions = {9, 0, 3, 17};
+  Tensor y = Tensor::empty(x.shape(), DType::kF32);
+  ops::rope(x, ints(positions, {4}), 10000.0, y);
+  for (int64_t t = 0; t < 4; ++t) {
+    Tensor one = Tensor::empty({1, 1, H, Dh}, DType::kF32), ref = one.clone();
+    std::copy_n(x.data<float>() + t * H * Dh, H * Dh, one.data<float>());
+    ops::rope(one, positions[t], 10000.0, ref);
+    EXPECT_EQ(max_abs_diff(y.data<float>() + t * H * Dh, ref.data<float>(), H * Dh), 0)
+        << "row " << t;
+  }
+}
+
+TEST(PagedAttention, BadBlockTablesAreClearErrors) {
+  const Tensor table = ints({0, 1, 7, -1}, {2, 2});
+  auto message = [&](const std::vector<int32_t>& seq, const std::vector<int32_t>& pos) {
+    try {
+      const int64_t n = static_cast<int64_t>(seq.size());
+      ops::check_paged_rows(table, ints(seq, {n}), ints(pos, {n}), /*block_size=*/4,
+                            /*num_blocks=*/4);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message({0, 0}, {0, 7}), "no error");
+  EXPECT_NE(message({1}, {0}).find("block 0 is 7, outside the pool of 4"), std::string::npos);
+  EXPECT_NE(message({0}, {8}).find("past its block table"), std::string::npos);
+  EXPECT_NE(message({2}, {0}).find("names sequence 2 of 2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moex
