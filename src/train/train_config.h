@@ -1,10 +1,11 @@
 // A moex training config: one JSON file with "model", "data", "optimizer", "schedule" and
-// "training" sections (DeepSpeed style). Unknown fields are errors naming the file and field.
+// "training" sections (DeepSpeed style), and an optional "parallel" one. Unknown fields are errors naming the file and field.
 #pragma once
 
 #include <string>
 
 #include "core/tensor.h"
+#include "dist/parallel_layout.h"
 #include "model/model_config.h"
 
 namespace moex::train {
@@ -55,6 +56,7 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainingConfig training;
+  dist::ParallelConfig parallel;  // "parallel": tp, ep, zero_stage, ... (docs/parallelism.md)
 
   static TrainConfig from_file(const std::string& path);
 };
