@@ -7,7 +7,6 @@
 #include <string>
 
 #include "dist/communicator.h"
-#include "dist/communicator.h"
 #include "train/train_config.h"
 
 namespace moex::train {
@@ -23,8 +22,8 @@ struct TrainResult {
 
 // `resume_dir`: a checkpoint directory to continue from ("" starts fresh).
 // `stop_after`: stop (and checkpoint) after this many steps of this run, 0 = run to the end.
-// `group`: the data-parallel ranks (default: every rank mpirun started; Communicator::local()
-// trains alone even under mpirun).
+// `group`: the ranks of this run (default: every rank mpirun started; Communicator::local()
+// trains alone even under mpirun), divided as config.parallel says (docs/parallelism.md).
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,
                          int64_t stop_after = 0, dist::Communicator* group = nullptr);
 
