@@ -54,6 +54,8 @@ void expect_near_rel(const std::vector<double>& a, const std::vector<double>& b,
     EXPECT_NEAR(a[i], b[i], 1e-5 * std::fabs(b[i])) << what << " at entry " << i;
 }
 
+void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir);
+
 // Trains with parallel.ep = ep on every rank and, on the root, the single-process reference;
 // compares them on the root.
 void check_equals_single_process(int ep, bool dropless) {
@@ -95,24 +97,28 @@ void check_equals_single_process(int ep, bool dropless) {
     }
 
     // The ep checkpoint holds every expert under its global name: it loads single-process.
-    auto ep_model = model::load_model(ep_out + "/final");
-    auto ref_model = model::load_model(ref_out + "/final");
-    const Tensor& p = ep_model->params().flat();
-    const Tensor& q = ref_model->params().flat();
-    ASSERT_EQ(p.numel(), q.numel());
-    EXPECT_LT(rel_l2(p.data<float>(), q.data<float>(), p.numel()), 1e-5) << "final weights";
-    const io::SafetensorsFile ma = io::SafetensorsFile::open(ep_out + "/final/optimizer.safetensors");
-    const io::SafetensorsFile mb =
-        io::SafetensorsFile::open(ref_out + "/final/optimizer.safetensors");
-    ASSERT_EQ(ma.names(), mb.names());
-    for (const std::string& t : mb.names()) {
-      const Tensor x = ma.weight_f32(t), y = mb.weight_f32(t);
-      ASSERT_EQ(x.shape(), y.shape()) << t;
-      EXPECT_LT(rel_l2(x.data<float>(), y.data<float>(), x.numel()), 1e-5) << "Adam state " << t;
-    }
+    expect_same_checkpoint(ep_out + "/final", ref_out + "/final");
     fs::remove_all(corpus);
   }
   world.barrier();
+}
+
+// The final weights and Adam moments of two runs' checkpoints agree.
+void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir) {
+  auto a_model = model::load_model(a_dir);
+  auto b_model = model::load_model(b_dir);
+  const Tensor& p = a_model->params().flat();
+  const Tensor& q = b_model->params().flat();
+  ASSERT_EQ(p.numel(), q.numel());
+  EXPECT_LT(rel_l2(p.data<float>(), q.data<float>(), p.numel()), 1e-5) << "final weights";
+  const io::SafetensorsFile ma = io::SafetensorsFile::open(a_dir + "/optimizer.safetensors");
+  const io::SafetensorsFile mb = io::SafetensorsFile::open(b_dir + "/optimizer.safetensors");
+  ASSERT_EQ(ma.names(), mb.names());
+  for (const std::string& t : mb.names()) {
+    const Tensor x = ma.weight_f32(t), y = mb.weight_f32(t);
+    ASSERT_EQ(x.shape(), y.shape()) << t;
+    EXPECT_LT(rel_l2(x.data<float>(), y.data<float>(), x.numel()), 1e-5) << "Adam state " << t;
+  }
 }
 
 TEST(ExpertParallel, CapacityRoutingEqualsTheSingleProcessRun) {
@@ -131,6 +137,46 @@ TEST(ExpertParallel, DroplessRoutingEqualsTheSingleProcessRun) {
     SCOPED_TRACE("ep " + std::to_string(ep));
     if (world % ep == 0) check_equals_single_process(ep, true);
   }
+}
+
+// A checkpoint written under ep = 2 loads into the single process and into the largest ep the
+// world allows, and training continued from it is the same in both.
+TEST(ExpertParallel, CheckpointMovesBetweenLayouts) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const int resume_ep = world.size() >= 4 ? 4 : 2;
+  const fs::path corpus = fs::current_path() / ("ep_resume_np" + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+
+  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 0)";
+  auto parallel = [](int ep) { return R"(, "parallel": {"ep": )" + std::to_string(ep) + "}"; };
+  const std::string first_out = (corpus / "first").string(), ep_out = (corpus / "ep").string(),
+                    ref_out = (corpus / "ref").string();
+  const TrainConfig first = TrainConfig::from_file(
+      testing::write_config(corpus, first_out, training, &world, "", parallel(2)).string());
+  run_training(first, "", 2, &world);  // two steps, then a "latest" checkpoint
+  const std::string saved = first_out + "/latest";
+
+  const TrainConfig ep = TrainConfig::from_file(
+      testing::write_config(corpus, ep_out, training, &world, "", parallel(resume_ep)).string());
+  run_training(ep, saved, 0, &world);
+
+  if (world.is_root()) {
+    const TrainConfig ref = TrainConfig::from_file(
+        testing::write_config(corpus, ref_out,
+                              R"(, "grad_accum": )" + std::to_string(world.size()) +
+                                  R"(, "steps": 4, "eval_every": 0)")
+            .string());
+    run_training(ref, saved, 0, &dist::Communicator::local());
+    const Metrics a = read_metrics(ep_out + "/metrics.jsonl");
+    const Metrics b = read_metrics(ref_out + "/metrics.jsonl");
+    ASSERT_EQ(b.loss.size(), 2u);  // steps 3 and 4
+    expect_near_rel(a.loss, b.loss, "loss after resuming");
+    expect_same_checkpoint(ep_out + "/final", ref_out + "/final");
+    fs::remove_all(corpus);
+  }
+  world.barrier();
 }
 
 }  // namespace
