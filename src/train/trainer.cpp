@@ -138,6 +138,10 @@ std::string format_duration(double seconds) {
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
                          dist::Communicator* group) {
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
+  // The layout first: a layout that cannot run is refused before any data is read.
+  dist::Communicator& comm = group ? *group : dist::Communicator::world();
+  const dist::ParallelLayout layout =
+      dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
@@ -154,9 +158,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // so the run equals a single process with grad_accum x dp micro-batches. Under expert
   // parallelism each rank holds E/ep experts of every MoE layer and the ep ranks exchange tokens
   // (docs/parallelism.md). Rank 0 logs and saves.
-  dist::Communicator& comm = group ? *group : dist::Communicator::world();
-  const dist::ParallelLayout layout =
-      dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
   dist::ProcessGroups groups = dist::ProcessGroups::make(comm, layout);
   const int64_t world = comm.size(), dp = layout.dp, dp_rank = layout.dp_rank;
   const bool ep = layout.ep > 1;

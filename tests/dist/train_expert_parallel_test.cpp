@@ -58,16 +58,19 @@ void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir);
 
 // Trains with parallel.ep = ep on every rank and, on the root, the single-process reference;
 // compares them on the root.
-void check_equals_single_process(int ep, bool dropless) {
+// `extra_training` is added to both runs' "training" object.
+void check_equals_single_process(int ep, bool dropless, const std::string& extra_training = "") {
   dist::Communicator& world = dist::Communicator::world();
   const std::string name = "ep_test_np" + std::to_string(world.size()) + "_ep" +
-                           std::to_string(ep) + (dropless ? "_dropless" : "_capacity");
+                           std::to_string(ep) + (dropless ? "_dropless" : "_capacity") +
+                           (extra_training.empty() ? "" : "_extra");
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
 
   const std::string moe = dropless ? R"(, "dropless": true)" : "";
-  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)";
+  const std::string training =
+      R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)" + extra_training;
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
   const TrainConfig ep_config = TrainConfig::from_file(
       testing::write_config(corpus, ep_out, training, &world, moe,
@@ -77,7 +80,7 @@ void check_equals_single_process(int ep, bool dropless) {
 
   if (world.is_root()) {
     const std::string ref_training = R"(, "grad_accum": )" + std::to_string(world.size()) +
-                                     R"(, "steps": 4, "eval_every": 2)";
+                                     R"(, "steps": 4, "eval_every": 2)" + extra_training;
     const TrainConfig ref = TrainConfig::from_file(
         testing::write_config(corpus, ref_out, ref_training, nullptr, moe).string());
     run_training(ref, "", 0, &dist::Communicator::local());
@@ -101,6 +104,14 @@ void check_equals_single_process(int ep, bool dropless) {
     fs::remove_all(corpus);
   }
   world.barrier();
+}
+
+// Activation checkpointing recomputes each block in backward: the exchange runs again, with the
+// routing of the first pass held fixed.
+TEST(ExpertParallel, ActivationCheckpointingEqualsTheSingleProcessRun) {
+  const int world = dist::Communicator::world().size();
+  ASSERT_GE(world, 2) << "run this test with mpirun -np 2 (or more)";
+  check_equals_single_process(world, false, R"(, "activation_checkpointing": true)");
 }
 
 // The final weights and Adam moments of two runs' checkpoints agree.
