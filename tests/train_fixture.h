@@ -44,8 +44,7 @@ inline fs::path make_corpus(const fs::path& dir) {
 // rank waits at a barrier until the file is complete, so no rank reads a half-written config.
 // extra_moe is appended to the "moe" object, extra_root to the top-level one (e.g. "parallel").
 inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
-                             const std::string& extra_training,
-                             dist::Communicator* group = nullptr,
+                             const std::string& extra_training, dist::Communicator* group = nullptr,
                              const std::string& extra_moe = "",
                              const std::string& extra_root = "") {
   const fs::path path =
@@ -67,8 +66,7 @@ inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
     "schedule": {"warmup_steps": 2},
     "training": {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "log_every": 1, "eval_every": 6,
                  "eval_batches": 1, "out_dir": ")" +
-                                out_dir + R"(" )" + extra_training + R"(})" + extra_root +
-                                R"(})";
+                                out_dir + R"(" )" + extra_training + R"(})" + extra_root + R"(})";
   fs::rename(partial, path);
   if (group) group->barrier();
   return path;

@@ -188,8 +188,8 @@ template <typename T>
 void Communicator::reduce_scatter_impl(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Reduce_scatter_block(send, recv, mpi_count(n, "reduce_scatter_sum"),
-                                     mpi_type<T>(), MPI_SUM, handle_->comm));
+  MPI_CHECK(MPI_Reduce_scatter_block(send, recv, mpi_count(n, "reduce_scatter_sum"), mpi_type<T>(),
+                                     MPI_SUM, handle_->comm));
 #endif
 }
 
@@ -207,8 +207,8 @@ template <typename T>
 void Communicator::all_to_all_impl(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Alltoall(send, mpi_count(n, "all_to_all"), mpi_type<T>(), recv,
-                         static_cast<int>(n), mpi_type<T>(), handle_->comm));
+  MPI_CHECK(MPI_Alltoall(send, mpi_count(n, "all_to_all"), mpi_type<T>(), recv, static_cast<int>(n),
+                         mpi_type<T>(), handle_->comm));
 #endif
 }
 

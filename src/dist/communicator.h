@@ -92,7 +92,7 @@ class Communicator {
 
   int rank_ = 0;
   int size_ = 1;
-  bool owns_world_ = false;        // MPI_Finalize at exit
+  bool owns_world_ = false;         // MPI_Finalize at exit
   std::unique_ptr<Handle> handle_;  // null when size_ == 1: no MPI calls
 };
 

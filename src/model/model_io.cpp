@@ -4,11 +4,11 @@
 #include <map>
 #include <sstream>
 
+#include "dist/communicator.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/hf_config.h"
 #include "model/hf_weights.h"
-#include "dist/communicator.h"
 
 namespace moex::model {
 

@@ -93,8 +93,10 @@ void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
 template <typename T>
 void ExpertExchange::to_owners(const T* rows, int64_t d, T* local) {
   std::vector<T>& recv = [&]() -> std::vector<T>& {
-    if constexpr (std::is_same_v<T, float>) return recv_f32_;
-    else return recv_f64_;
+    if constexpr (std::is_same_v<T, float>)
+      return recv_f32_;
+    else
+      return recv_f64_;
   }();
   int64_t total = 0;
   for (int64_t n : recv_rows_) total += n;
@@ -108,8 +110,10 @@ void ExpertExchange::to_owners(const T* rows, int64_t d, T* local) {
 template <typename T>
 void ExpertExchange::from_owners(const T* local, int64_t d, T* rows) {
   std::vector<T>& send = [&]() -> std::vector<T>& {
-    if constexpr (std::is_same_v<T, float>) return send_f32_;
-    else return send_f64_;
+    if constexpr (std::is_same_v<T, float>)
+      return send_f32_;
+    else
+      return send_f64_;
   }();
   int64_t total = 0;
   for (int64_t n : recv_rows_) total += n;

@@ -46,7 +46,7 @@ class ExpertExchange {
   bool fixed_size_ = false;  // every block [El, C, d] with the same C: a plain all-to-all
   const DispatchPlan* plan_ = nullptr;
   DispatchPlan local_;
-  std::vector<DispatchPlan> sources_;  // [ep]
+  std::vector<DispatchPlan> sources_;           // [ep]
   std::vector<int64_t> send_rows_, recv_rows_;  // [ep] rows sent to / received from each peer
   std::vector<int64_t> recv_row_of_local_;      // [R_local] row of the receive buffer
   std::vector<int64_t> counts_;                 // [d * ep] scratch for the element counts

@@ -216,9 +216,8 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   const moe::DispatchPlan& eplan = expert_group ? exchange_.local_plan() : plan;
   experts_.resize(es, eplan.num_rows());
   for (int q = 0; q < num_sources(); ++q)
-    moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1),
-                            ptr<T>(weights.w2), experts_.h.data(), experts_.a.data(),
-                            experts_.out.data());
+    moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
+                            experts_.h.data(), experts_.a.data(), experts_.out.data());
   const T* expert_out = experts_.out.data();
   if (expert_group != nullptr) {
     rows_out_.resize(rows * d);
@@ -362,8 +361,8 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
   dout_.resize(rows * d);
   dbuf_.resize(rows * d);
   dgates_.resize(num_t * k);
-  moe::moe_combine_backward<T>(dy_moe, expert_group ? rows_out_.data() : experts_.out.data(),
-                               plan, gates_.data(), d, dout_.data(), dgates_.data());
+  moe::moe_combine_backward<T>(dy_moe, expert_group ? rows_out_.data() : experts_.out.data(), plan,
+                               gates_.data(), d, dout_.data(), dgates_.data());
   const T* expert_in = buf_.data();
   const T* expert_dout = dout_.data();
   T* expert_din = dbuf_.data();
@@ -383,9 +382,9 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
       dw1 = dw_tmp_.data();
       dw2 = dw_tmp_.data() + g.w1.numel();
     }
-    moe::experts_backward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1),
-                             ptr<T>(weights.w2), experts_.h.data(), experts_.a.data(), expert_dout,
-                             workspace_.data(), expert_din, dw1, dw2);
+    moe::experts_backward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
+                             experts_.h.data(), experts_.a.data(), expert_dout, workspace_.data(),
+                             expert_din, dw1, dw2);
     if (q == 0) continue;
     for (int64_t i = 0; i < g.w1.numel(); ++i) ptr<T>(g.w1)[i] += dw1[i];
     for (int64_t i = 0; i < g.w2.numel(); ++i) ptr<T>(g.w2)[i] += dw2[i];

@@ -1,5 +1,6 @@
 // A moex training config: one JSON file with "model", "data", "optimizer", "schedule" and
-// "training" sections (DeepSpeed style), and an optional "parallel" one. Unknown fields are errors naming the file and field.
+// "training" sections (DeepSpeed style), and an optional "parallel" one. Unknown fields are errors
+// naming the file and field.
 #pragma once
 
 #include <string>

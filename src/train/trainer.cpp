@@ -184,8 +184,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                  resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", world,
-              " data-parallel rank(s), ", layout.ep,
-              " expert-parallel");
+              " data-parallel rank(s), ", layout.ep, " expert-parallel");
   }
 
   g_interrupted = 0;
@@ -278,7 +277,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       result.final_eval_loss = eval_loss;
       if (root)
         std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
-                   static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
+                     static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
     if (root) metrics << line.dump() << "\n" << std::flush;
     if ((root || ep) && c.training.checkpoint_every > 0 &&

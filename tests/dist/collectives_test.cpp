@@ -78,7 +78,8 @@ void check_float_collectives(Communicator& g) {
   g.all_to_all(send_counts.data(), recv_counts.data(), 1);
   std::vector<T> vsend;
   for (int p = 0; p < n; ++p)
-    for (int64_t i = 0; i < send_counts[p]; ++i) vsend.push_back(static_cast<T>(value(me, 100 * p + i)));
+    for (int64_t i = 0; i < send_counts[p]; ++i)
+      vsend.push_back(static_cast<T>(value(me, 100 * p + i)));
   const int64_t total = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
   std::vector<T> vrecv(total, T(-1));
   g.all_to_all_v(vsend.data(), send_counts.data(), vrecv.data(), recv_counts.data());

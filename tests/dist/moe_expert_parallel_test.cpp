@@ -174,7 +174,8 @@ void check_variant(const Variant& v, dist::Communicator& group, int world_rank_o
     }
   }
   // This rank's experts: rows [me * El, (me + 1) * El) of the summed full gradients.
-  const int64_t per1 = ref_w1_grad.numel() / c.num_experts, per2 = ref_w2_grad.numel() / c.num_experts;
+  const int64_t per1 = ref_w1_grad.numel() / c.num_experts,
+                per2 = ref_w2_grad.numel() / c.num_experts;
   ASSERT_EQ(g.weights.w1.numel(), el * per1);
   ASSERT_EQ(g.weights.w2.numel(), el * per2);
   EXPECT_LT(rel_l2(g.weights.w1, 0, ref_w1_grad, me * el * per1, el * per1), 1e-6) << "dw1";

@@ -69,8 +69,7 @@ void check_equals_single_process(int ep, bool dropless, const std::string& extra
   world.barrier();
 
   const std::string moe = dropless ? R"(, "dropless": true)" : "";
-  const std::string training =
-      R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)" + extra_training;
+  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)" + extra_training;
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
   const TrainConfig ep_config = TrainConfig::from_file(
       testing::write_config(corpus, ep_out, training, &world, moe,
