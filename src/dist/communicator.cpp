@@ -165,7 +165,7 @@ std::unique_ptr<Communicator> Communicator::split(int color, int key) const {
 // ---- collectives: a size-1 group (no handle) copies locally, otherwise one MPI call ----
 
 template <typename T>
-void Communicator::all_reduce_impl(T* data, int64_t n) {
+void Communicator::all_reduce_sum(T* data, int64_t n) {
   if (!handle_) return;
 #ifdef MOEX_WITH_MPI
   for (int64_t start = 0; start < n; start += kChunk)
@@ -176,7 +176,7 @@ void Communicator::all_reduce_impl(T* data, int64_t n) {
 }
 
 template <typename T>
-void Communicator::all_gather_impl(const T* send, T* recv, int64_t n) {
+void Communicator::all_gather(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
   MPI_CHECK(MPI_Allgather(send, mpi_count(n, "all_gather"), mpi_type<T>(), recv,
@@ -185,7 +185,7 @@ void Communicator::all_gather_impl(const T* send, T* recv, int64_t n) {
 }
 
 template <typename T>
-void Communicator::reduce_scatter_impl(const T* send, T* recv, int64_t n) {
+void Communicator::reduce_scatter_sum(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
   MPI_CHECK(MPI_Reduce_scatter_block(send, recv, mpi_count(n, "reduce_scatter_sum"), mpi_type<T>(),
@@ -194,7 +194,7 @@ void Communicator::reduce_scatter_impl(const T* send, T* recv, int64_t n) {
 }
 
 template <typename T>
-void Communicator::broadcast_impl(T* data, int64_t n, int root) {
+void Communicator::broadcast(T* data, int64_t n, int root) {
   MOEX_CHECK(root >= 0 && root < size_, "Communicator::broadcast: root ", root,
              " is not a rank of a group of ", size_);
   if (!handle_) return;
@@ -204,7 +204,7 @@ void Communicator::broadcast_impl(T* data, int64_t n, int root) {
 }
 
 template <typename T>
-void Communicator::all_to_all_impl(const T* send, T* recv, int64_t n) {
+void Communicator::all_to_all(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
   MPI_CHECK(MPI_Alltoall(send, mpi_count(n, "all_to_all"), mpi_type<T>(), recv, static_cast<int>(n),
@@ -213,8 +213,8 @@ void Communicator::all_to_all_impl(const T* send, T* recv, int64_t n) {
 }
 
 template <typename T>
-void Communicator::all_to_all_v_impl(const T* send, const int64_t* send_counts, T* recv,
-                                     const int64_t* recv_counts) {
+void Communicator::all_to_all_v(const T* send, const int64_t* send_counts, T* recv,
+                                const int64_t* recv_counts) {
   if (!handle_) return copy_elems(send, recv, send_counts[0]);
 #ifdef MOEX_WITH_MPI
   std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
@@ -232,16 +232,6 @@ void Communicator::all_to_all_v_impl(const T* send, const int64_t* send_counts, 
 #endif
 }
 
-void Communicator::all_reduce_sum(float* data, int64_t n) {
-  all_reduce_impl(data, n);
-}
-void Communicator::all_reduce_sum(double* data, int64_t n) {
-  all_reduce_impl(data, n);
-}
-void Communicator::all_reduce_sum(int64_t* data, int64_t n) {
-  all_reduce_impl(data, n);
-}
-
 int Communicator::all_reduce_max(int value) {
   if (!handle_) return value;
 #ifdef MOEX_WITH_MPI
@@ -256,46 +246,21 @@ void Communicator::barrier() {
 #endif
 }
 
-void Communicator::all_gather(const float* send, float* recv, int64_t n) {
-  all_gather_impl(send, recv, n);
-}
-void Communicator::all_gather(const double* send, double* recv, int64_t n) {
-  all_gather_impl(send, recv, n);
-}
-void Communicator::all_gather(const int64_t* send, int64_t* recv, int64_t n) {
-  all_gather_impl(send, recv, n);
-}
-void Communicator::reduce_scatter_sum(const float* send, float* recv, int64_t n) {
-  reduce_scatter_impl(send, recv, n);
-}
-void Communicator::reduce_scatter_sum(const double* send, double* recv, int64_t n) {
-  reduce_scatter_impl(send, recv, n);
-}
-void Communicator::broadcast(float* data, int64_t n, int root) {
-  broadcast_impl(data, n, root);
-}
-void Communicator::broadcast(double* data, int64_t n, int root) {
-  broadcast_impl(data, n, root);
-}
-void Communicator::broadcast(int64_t* data, int64_t n, int root) {
-  broadcast_impl(data, n, root);
-}
-void Communicator::all_to_all(const float* send, float* recv, int64_t n) {
-  all_to_all_impl(send, recv, n);
-}
-void Communicator::all_to_all(const double* send, double* recv, int64_t n) {
-  all_to_all_impl(send, recv, n);
-}
-void Communicator::all_to_all(const int64_t* send, int64_t* recv, int64_t n) {
-  all_to_all_impl(send, recv, n);
-}
-void Communicator::all_to_all_v(const float* send, const int64_t* send_counts, float* recv,
-                                const int64_t* recv_counts) {
-  all_to_all_v_impl(send, send_counts, recv, recv_counts);
-}
-void Communicator::all_to_all_v(const double* send, const int64_t* send_counts, double* recv,
-                                const int64_t* recv_counts) {
-  all_to_all_v_impl(send, send_counts, recv, recv_counts);
-}
+template void Communicator::all_reduce_sum(float*, int64_t);
+template void Communicator::all_reduce_sum(double*, int64_t);
+template void Communicator::all_reduce_sum(int64_t*, int64_t);
+template void Communicator::all_gather(const float*, float*, int64_t);
+template void Communicator::all_gather(const double*, double*, int64_t);
+template void Communicator::all_gather(const int64_t*, int64_t*, int64_t);
+template void Communicator::reduce_scatter_sum(const float*, float*, int64_t);
+template void Communicator::reduce_scatter_sum(const double*, double*, int64_t);
+template void Communicator::broadcast(float*, int64_t, int);
+template void Communicator::broadcast(double*, int64_t, int);
+template void Communicator::broadcast(int64_t*, int64_t, int);
+template void Communicator::all_to_all(const float*, float*, int64_t);
+template void Communicator::all_to_all(const double*, double*, int64_t);
+template void Communicator::all_to_all(const int64_t*, int64_t*, int64_t);
+template void Communicator::all_to_all_v(const float*, const int64_t*, float*, const int64_t*);
+template void Communicator::all_to_all_v(const double*, const int64_t*, double*, const int64_t*);
 
 }  // namespace moex::dist

@@ -27,36 +27,32 @@ class Communicator {
   // by rank in this group). Every rank of this group must call it.
   std::unique_ptr<Communicator> split(int color, int key) const;
 
+  // The collectives below take T = float, double or int64_t (all_to_all_v and
+  // reduce_scatter_sum: float or double).
   // In place: data[i] = sum over ranks of data[i]. Every rank must call with the same n.
-  void all_reduce_sum(float* data, int64_t n);
-  void all_reduce_sum(double* data, int64_t n);
-  void all_reduce_sum(int64_t* data, int64_t n);
+  template <typename T>
+  void all_reduce_sum(T* data, int64_t n);
   // Largest value over ranks (e.g. "did any rank get Ctrl-C").
   int all_reduce_max(int value);
   void barrier();
 
   // recv [size, n] = every rank's send [n], in rank order.
-  void all_gather(const float* send, float* recv, int64_t n);
-  void all_gather(const double* send, double* recv, int64_t n);
-  void all_gather(const int64_t* send, int64_t* recv, int64_t n);
+  template <typename T>
+  void all_gather(const T* send, T* recv, int64_t n);
   // send [size, n]: recv [n] = sum over ranks r of their send[rank() * n .. + n].
-  void reduce_scatter_sum(const float* send, float* recv, int64_t n);
-  void reduce_scatter_sum(const double* send, double* recv, int64_t n);
+  template <typename T>
+  void reduce_scatter_sum(const T* send, T* recv, int64_t n);
   // data [n] on every rank becomes root's data [n].
-  void broadcast(float* data, int64_t n, int root);
-  void broadcast(double* data, int64_t n, int root);
-  void broadcast(int64_t* data, int64_t n, int root);
+  template <typename T>
+  void broadcast(T* data, int64_t n, int root);
   // send [size, n]: block p goes to rank p; recv [size, n]: block p came from rank p.
-  void all_to_all(const float* send, float* recv, int64_t n);
-  void all_to_all(const double* send, double* recv, int64_t n);
-  void all_to_all(const int64_t* send, int64_t* recv, int64_t n);
+  template <typename T>
+  void all_to_all(const T* send, T* recv, int64_t n);
   // Variable sizes: send_counts[p] elements go to rank p (blocks back to back in send), and
   // recv_counts[p] come from rank p (back to back in recv). Rank p's send_counts[q] must equal
   // rank q's recv_counts[p] (exchange the counts with all_to_all first).
-  void all_to_all_v(const float* send, const int64_t* send_counts, float* recv,
-                    const int64_t* recv_counts);
-  void all_to_all_v(const double* send, const int64_t* send_counts, double* recv,
-                    const int64_t* recv_counts);
+  template <typename T>
+  void all_to_all_v(const T* send, const int64_t* send_counts, T* recv, const int64_t* recv_counts);
 
   // Ends the whole job with exit status `code`: MPI_Abort on every rank when this process is one
   // rank of an MPI job, a plain exit otherwise. Use it where a failing rank would leave the others
@@ -76,20 +72,6 @@ class Communicator {
  private:
   Communicator() = default;
   explicit Communicator(bool join_world);
-  template <typename T>
-  void all_gather_impl(const T* send, T* recv, int64_t n);
-  template <typename T>
-  void all_to_all_impl(const T* send, T* recv, int64_t n);
-  template <typename T>
-  void all_to_all_v_impl(const T* send, const int64_t* send_counts, T* recv,
-                         const int64_t* recv_counts);
-  template <typename T>
-  void all_reduce_impl(T* data, int64_t n);
-  template <typename T>
-  void broadcast_impl(T* data, int64_t n, int root);
-  template <typename T>
-  void reduce_scatter_impl(const T* send, T* recv, int64_t n);
-
   int rank_ = 0;
   int size_ = 1;
   bool owns_world_ = false;         // MPI_Finalize at exit

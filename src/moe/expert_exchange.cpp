@@ -91,37 +91,35 @@ void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
 }
 
 template <typename T>
+T* ExpertExchange::staging(int64_t d) {
+  std::vector<T>* buffer = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    buffer = &staging_f32_;
+  } else {
+    buffer = &staging_f64_;
+  }
+  int64_t rows = 0;
+  for (int64_t n : recv_rows_) rows += n;
+  buffer->assign(rows * d, T(0));  // padding rows stay zero
+  return buffer->data();
+}
+
+template <typename T>
 void ExpertExchange::to_owners(const T* rows, int64_t d, T* local) {
-  std::vector<T>& recv = [&]() -> std::vector<T>& {
-    if constexpr (std::is_same_v<T, float>)
-      return recv_f32_;
-    else
-      return recv_f64_;
-  }();
-  int64_t total = 0;
-  for (int64_t n : recv_rows_) total += n;
-  recv.resize(total * d);
-  exchange(rows, recv.data(), d, true);
+  T* recv = staging<T>(d);
+  exchange(rows, recv, d, true);
   const int64_t n = local_.num_rows();
   for (int64_t i = 0; i < n; ++i)
-    std::memcpy(local + i * d, recv.data() + recv_row_of_local_[i] * d, sizeof(T) * d);
+    std::memcpy(local + i * d, recv + recv_row_of_local_[i] * d, sizeof(T) * d);
 }
 
 template <typename T>
 void ExpertExchange::from_owners(const T* local, int64_t d, T* rows) {
-  std::vector<T>& send = [&]() -> std::vector<T>& {
-    if constexpr (std::is_same_v<T, float>)
-      return send_f32_;
-    else
-      return send_f64_;
-  }();
-  int64_t total = 0;
-  for (int64_t n : recv_rows_) total += n;
-  send.assign(total * d, T(0));  // padding rows go back as zeros
+  T* send = staging<T>(d);
   const int64_t n = local_.num_rows();
   for (int64_t i = 0; i < n; ++i)
-    std::memcpy(send.data() + recv_row_of_local_[i] * d, local + i * d, sizeof(T) * d);
-  exchange(send.data(), rows, d, false);
+    std::memcpy(send + recv_row_of_local_[i] * d, local + i * d, sizeof(T) * d);
+  exchange(send, rows, d, false);
 }
 
 template void ExpertExchange::to_owners<float>(const float*, int64_t, float*);

@@ -41,6 +41,9 @@ class ExpertExchange {
  private:
   template <typename T>
   void exchange(const T* send, T* recv, int64_t d, bool forward);
+  // The receive-layout buffer for T, zeroed, sized for rows of d elements.
+  template <typename T>
+  T* staging(int64_t d);
 
   dist::Communicator* group_ = nullptr;
   bool fixed_size_ = false;  // every block [El, C, d] with the same C: a plain all-to-all
@@ -50,8 +53,8 @@ class ExpertExchange {
   std::vector<int64_t> send_rows_, recv_rows_;  // [ep] rows sent to / received from each peer
   std::vector<int64_t> recv_row_of_local_;      // [R_local] row of the receive buffer
   std::vector<int64_t> counts_;                 // [d * ep] scratch for the element counts
-  std::vector<float> send_f32_, recv_f32_;      // receive-layout buffers, [sum rows, d]
-  std::vector<double> send_f64_, recv_f64_;
+  std::vector<float> staging_f32_;  // [sum recv_rows_, d] the receive layout, for T = float
+  std::vector<double> staging_f64_;
 };
 
 }  // namespace moex::moe

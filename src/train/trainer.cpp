@@ -183,7 +183,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     metrics.open(c.training.out_dir + "/metrics.jsonl",
                  resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
-              " MoE layers; ", corpus.sources.size(), " corpus sources; ", world,
+              " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
               " data-parallel rank(s), ", layout.ep, " expert-parallel");
   }
 
