@@ -15,7 +15,6 @@ void ExpertExchange::prepare(const DispatchPlan& plan, dist::Communicator& group
              " expert-parallel ranks");
   const int64_t el = num_e / ep;
   group_ = &group;
-  plan_ = &plan;
 
   // Per peer: the counts of its El experts, then this rank's capacity (padded rows per expert).
   std::vector<int64_t> send(ep * (el + 1)), recv(ep * (el + 1));

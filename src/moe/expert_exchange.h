@@ -25,7 +25,7 @@ namespace moex::moe {
 
 class ExpertExchange {
  public:
-  // Exchanges the per-expert counts of `plan` (which must outlive the later calls) over `group`
+  // Exchanges the per-expert counts of `plan` over `group` (which must outlive the later calls)
   // and builds the local plan and the row maps. Every rank of the group calls it.
   void prepare(const DispatchPlan& plan, dist::Communicator& group);
   const DispatchPlan& local_plan() const { return local_; }
@@ -47,12 +47,11 @@ class ExpertExchange {
 
   dist::Communicator* group_ = nullptr;
   bool fixed_size_ = false;  // every block [El, C, d] with the same C: a plain all-to-all
-  const DispatchPlan* plan_ = nullptr;
   DispatchPlan local_;
   std::vector<DispatchPlan> sources_;           // [ep]
   std::vector<int64_t> send_rows_, recv_rows_;  // [ep] rows sent to / received from each peer
   std::vector<int64_t> recv_row_of_local_;      // [R_local] row of the receive buffer
-  std::vector<int64_t> counts_;                 // [d * ep] scratch for the element counts
+  std::vector<int64_t> counts_;     // [2, ep] elements sent to / received from each peer
   std::vector<float> staging_f32_;  // [sum recv_rows_, d] the receive layout, for T = float
   std::vector<double> staging_f64_;
 };

@@ -112,15 +112,13 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
 // go in one call.
 void all_reduce_gradients(model::Model& model, dist::Communicator& dp, dist::Communicator& edp) {
   const ParamBuffer& grads = model.grads();
-  float* g0 = grads.flat().data<float>();
   int begin = 0;
   for (int i = 1; i <= grads.size(); ++i) {
     const bool expert = model.is_expert_param(begin);
     if (i < grads.size() && model.is_expert_param(i) == expert) continue;
     float* first = grads.tensor(begin).data<float>();
     const Tensor& last = grads.tensor(i - 1);
-    const int64_t n = last.data<float>() + last.numel() - first;
-    (expert ? edp : dp).all_reduce_sum(g0 + (first - g0), n);
+    (expert ? edp : dp).all_reduce_sum(first, last.data<float>() + last.numel() - first);
     begin = i;
   }
 }
