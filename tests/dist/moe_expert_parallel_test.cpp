@@ -5,7 +5,7 @@
 // input gradients, losses and loads of this rank, and the sum of the expert weight gradients over
 // the group that this rank's rows must equal. Variants cover top-1 and top-2, every drop policy,
 // dropless, uneven capacities (different token counts per rank), noise, PR-MoE residual and
-// shared experts, SwiGLU, and f64.
+// shared experts, SwiGLU, top-3 with sigmoid scores and a selection bias, and f64.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -94,6 +94,12 @@ std::vector<Variant> variants() {
   c = base;
   c.dropless = true;
   out.push_back({"top2_dropless_f64_uneven", c, DType::kF64, true});
+  c = base;
+  c.top_k = 3;
+  c.score_func = ScoreFunc::kSigmoid;
+  c.selection_bias = true;  // set to non-zero values below
+  c.renormalize = true;
+  out.push_back({"top3_sigmoid_selection_bias", c});
   return out;
 }
 
@@ -123,6 +129,16 @@ void check_variant(const Variant& v, dist::Communicator& group, int world_rank_o
   MoELayer layer(c, v.dtype, &group), full(c, v.dtype);
   layer.init_weights(3);
   full.init_weights(3);
+  for (MoELayer* l : {&layer, &full}) {  // the replicated selection bias steers selection
+    const Tensor& bias = l->weights().selection_bias;
+    for (int64_t e = 0; bias.defined() && e < bias.numel(); ++e) {
+      if (v.dtype == DType::kF64) {
+        bias.data<double>()[e] = 0.1 * static_cast<double>(e % 3);
+      } else {
+        bias.data<float>()[e] = 0.1f * static_cast<float>(e % 3);
+      }
+    }
+  }
   ASSERT_EQ(layer.num_local_experts(), el);
   ASSERT_EQ(layer.first_local_expert(), me * el);
 
