@@ -21,12 +21,20 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
   not_built(c.dtd, "dtd");
   not_built(c.cac, "cac");
 
+  return map(world_size, rank, static_cast<int>(c.tp), static_cast<int>(c.ep));
+}
+
+ParallelLayout ParallelLayout::map(int world_size, int rank, int tp, int ep) {
+  MOEX_CHECK(tp >= 1 && world_size % tp == 0 && ep >= 1 && (world_size / tp) % ep == 0 &&
+                 rank >= 0 && rank < world_size,
+             "ParallelLayout::map: no layout of tp ", tp, " and ep ", ep, " for rank ", rank,
+             " of ", world_size);
   ParallelLayout l;
   l.world = world_size;
   l.rank = rank;
-  l.tp = static_cast<int>(c.tp);
-  l.dp = static_cast<int>(dp);
-  l.ep = static_cast<int>(c.ep);
+  l.tp = tp;
+  l.dp = world_size / tp;
+  l.ep = ep;
   l.edp = l.dp / l.ep;
   l.tp_rank = rank % l.tp;
   l.dp_rank = rank / l.tp;

@@ -44,6 +44,9 @@ struct ParallelLayout {
   // yet (tp > 1, zero_stage > 0, offload, dtd, cac).
   static ParallelLayout make(int world_size, int rank, const ParallelConfig& config,
                              const std::string& source);
+  // The mapping alone, for sizes already checked (tp divides world_size, ep divides dp); it also
+  // serves layouts that are not built yet (tests of the mapping and of the groups).
+  static ParallelLayout map(int world_size, int rank, int tp, int ep);
 };
 
 // The sub-groups of one rank, split from the world group by the layout's mapping; each is

@@ -161,5 +161,42 @@ TEST(Collectives, ProcessGroupsFollowTheLayout) {
   }
 }
 
+// With tensor parallelism (mapped only: tp > 1 is not built yet) on 4 ranks, tp 2, ep 2: the tp
+// groups are neighbours, the dp, ep groups the ranks tp apart (parallel_layout.h), edp groups of
+// one.
+TEST(Collectives, ProcessGroupsWithTensorParallelism) {
+  Communicator& world = Communicator::world();
+  if (world.size() % 4 != 0) {
+    // 2 ranks: tp 2 leaves dp 1, so ep must be 1; the tp group is the world.
+    const ParallelLayout l = ParallelLayout::map(world.size(), world.rank(), 2, 1);
+    ProcessGroups g = ProcessGroups::make(world, l);
+    EXPECT_EQ(g.tp->size(), 2);
+    EXPECT_EQ(g.tp->rank(), world.rank() % 2);
+    EXPECT_EQ(g.dp->size(), world.size() / 2);
+    check_group(*g.tp);
+    return;
+  }
+  const ParallelLayout l = ParallelLayout::map(world.size(), world.rank(), 2, 2);
+  ProcessGroups g = ProcessGroups::make(world, l);
+  const int64_t me = world.rank();
+  auto members = [&](Communicator& c) {
+    std::vector<int64_t> out(c.size());
+    c.all_gather(&me, out.data(), 1);
+    return out;
+  };
+  const int64_t base = me - me % 2;
+  EXPECT_EQ(members(*g.tp), (std::vector<int64_t>{base, base + 1}));
+  std::vector<int64_t> dp;
+  for (int64_t r = me % 2; r < world.size(); r += 2) dp.push_back(r);
+  EXPECT_EQ(members(*g.dp), dp);
+  // ep groups: dp ranks 2k, 2k+1 of one tp rank, i.e. world ranks 4k + tp_rank and 4k + 2 +
+  // tp_rank.
+  const int64_t block = me - me % 4 + me % 2;
+  EXPECT_EQ(members(*g.ep), (std::vector<int64_t>{block, block + 2}));
+  EXPECT_EQ(g.edp->size(), world.size() / 4);
+  check_group(*g.tp);
+  check_group(*g.ep);
+}
+
 }  // namespace
 }  // namespace moex::dist

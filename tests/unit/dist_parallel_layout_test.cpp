@@ -1,5 +1,5 @@
-// ParallelLayout (dist/parallel_layout.h): the rank mapping, checked by its properties, and one
-// clear error per bad or not-yet-built option.
+// ParallelLayout (dist/parallel_layout.h): the rank mapping, checked by its properties and by the
+// worked example of docs/parallelism.md, and one clear error per bad or not-yet-built option.
 #include <gtest/gtest.h>
 
 #include <set>
@@ -43,6 +43,25 @@ TEST(ParallelLayout, EveryRankGetsItsOwnPlaceInTheGroups) {
       EXPECT_EQ(static_cast<int>(places.size()), world) << "world " << world << " ep " << ep;
     }
   }
+}
+
+// docs/parallelism.md's example, worked out by hand there: 8 ranks, tp 2, ep 2 (dp 4, edp 2).
+TEST(ParallelLayout, MappingMatchesTheDocumentedExample) {
+  const int tp_rank[] = {0, 1, 0, 1, 0, 1, 0, 1};
+  const int dp_rank[] = {0, 0, 1, 1, 2, 2, 3, 3};
+  const int ep_rank[] = {0, 0, 1, 1, 0, 0, 1, 1};
+  const int edp_rank[] = {0, 0, 0, 0, 1, 1, 1, 1};
+  for (int rank = 0; rank < 8; ++rank) {
+    const ParallelLayout l = ParallelLayout::map(8, rank, 2, 2);
+    EXPECT_EQ(l.dp, 4);
+    EXPECT_EQ(l.edp, 2);
+    EXPECT_EQ(l.tp_rank, tp_rank[rank]) << "rank " << rank;
+    EXPECT_EQ(l.dp_rank, dp_rank[rank]) << "rank " << rank;
+    EXPECT_EQ(l.ep_rank, ep_rank[rank]) << "rank " << rank;
+    EXPECT_EQ(l.edp_rank, edp_rank[rank]) << "rank " << rank;
+  }
+  EXPECT_THROW(ParallelLayout::map(8, 0, 3, 1), Error);
+  EXPECT_THROW(ParallelLayout::map(8, 0, 2, 3), Error);
 }
 
 TEST(ParallelLayout, DefaultIsPureDataParallel) {
