@@ -1,10 +1,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "cuda/activation.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
+#include "cuda/moe_decode.h"
 #include "cuda/moe_layer_cuda.h"
 #include "cuda/moe_mix.h"
 #include "cuda/moe_permute.h"
@@ -38,7 +40,32 @@ int64_t ceil_div_i64(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// Room for `rows` plus 1/16 of headroom, in steps of 64 rows: dropless loads change a little from
+// step to step, and every growth costs a sync and leaves a block of the old size in the cache.
+int64_t grown_rows(int64_t rows) {
+  return ceil_div_i64(rows + rows / 16, 64) * 64;
+}
+
+constexpr size_t kStatsHeader = 2 * sizeof(double) + 4 * sizeof(int32_t);  // losses, info
+
 }  // namespace
+
+void* MoEScratch::get(Slot s, size_t bytes, CudaContext& ctx) {
+  Tensor& t = slots_[s];
+  if (!t.defined() || static_cast<size_t>(t.numel()) < bytes) {
+    // Queued kernels may still read the old block: wait before it goes back to the allocator.
+    if (t.defined()) ctx.synchronize();
+    t = Tensor();
+    t = dev({static_cast<int64_t>(bytes + bytes / 16)}, DType::kU8, ctx);
+  }
+  return t.raw_data();
+}
+
+size_t MoEScratch::bytes() const {
+  size_t n = 0;
+  for (const Tensor& t : slots_) n += t.defined() ? t.nbytes() : 0;
+  return n;
+}
 
 MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& options,
                            CudaContext& ctx)
@@ -46,6 +73,9 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   config_.validate();
   MOEX_CHECK(options.max_tokens > 0, "MoELayerCudaOptions.max_tokens must be > 0, got ",
              options.max_tokens);
+  MOEX_CHECK(options.decode_max_tokens >= 0 && options.decode_max_tokens <= kMaxDecodeCapacity,
+             "MoELayerCudaOptions.decode_max_tokens must be in [0, ", kMaxDecodeCapacity, "], got ",
+             options.decode_max_tokens);
   MOEX_CHECK(config.num_experts <= kMaxGatingExperts, "MoELayerCuda: num_experts ",
              config.num_experts, " exceeds ", kMaxGatingExperts);
   MOEX_CHECK(config.top_k <= kMaxGatingTopK, "MoELayerCuda: top_k ", config.top_k, " exceeds ",
@@ -68,8 +98,7 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
     dw2_ = dev({E_, d_, f_}, DType::kF32, ctx);
   }
 
-  xj_ = dev({T, d_}, DType::kF32, ctx);
-  dxj_ = dev({T, d_}, DType::kF32, ctx);
+  scratch_ = options.scratch != nullptr ? options.scratch : &own_scratch_;
   z_ = dev({T, E_}, DType::kF32, ctx);
   s_ = dev({T, E_}, DType::kF32, ctx);
   dz_ = dev({T, E_}, DType::kF32, ctx);
@@ -110,7 +139,6 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   }
   if (res_.defined() || sh_.defined()) {
     ym_ = dev({T, d_}, DType::kBF16, ctx);
-    dxe_ = dev({T, d_}, DType::kF32, ctx);
     mix_partial_ = dev({ceil_div_i64(T, kMixChunk) * 2 * d_}, DType::kF32, ctx);
   }
 
@@ -120,10 +148,14 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
     MoEConfig c = config_;
     rows = E_ * std::max(moe_capacity(T, c, true), moe_capacity(T, c, false));
   }
-  const int64_t gather_rows =
-      config.dropless && options.dropless_gemm == DroplessGemm::kPadded ? E_ * T : rows;
+  // Padded layouts can need E*T rows: dropless by the largest load, capacity mode when every route
+  // is kept (MoEStepCuda::drop_tokens false).
+  const int64_t gather_rows = !config.dropless || options.dropless_gemm == DroplessGemm::kPadded
+                                  ? std::max(rows, E_ * T)
+                                  : rows;
   gather_ = dev({gather_rows}, DType::kI32, ctx);
-  ensure_rows(rows);
+  CUDA_CHECK(cudaMallocHost(&stats_host_, kStatsHeader + 2 * E_ * sizeof(int32_t)));
+  CUDA_CHECK(cudaEventCreateWithFlags(&stats_ready_, cudaEventDisableTiming));
 
   plan_.scores = s_.data<float>();
   plan_.expert = expert_.data<int32_t>();
@@ -140,18 +172,46 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   plan_.aux_grad = aux_grad_.data<float>();
 }
 
+MoELayerCuda::~MoELayerCuda() {
+  if (stats_ready_ != nullptr) cudaEventDestroy(stats_ready_);
+  if (stats_host_ != nullptr) cudaFreeHost(stats_host_);
+}
+
 void MoELayerCuda::ensure_rows(int64_t rows) {
-  if (rows <= row_capacity_) return;
-  // Grows only when a dropless load exceeds every earlier one (a planned layer sizes it once).
-  ctx_.synchronize();
-  xb_ = dev({rows, d_}, DType::kBF16, ctx_);
-  ob_ = dev({rows, d_}, DType::kBF16, ctx_);
-  dob_ = dev({rows, d_}, DType::kBF16, ctx_);
-  h_ = dev({rows, f1_}, DType::kBF16, ctx_);
-  dh_ = dev({rows, f1_}, DType::kBF16, ctx_);
-  a_ = dev({rows, f_}, DType::kBF16, ctx_);
-  da_ = dev({rows, f_}, DType::kBF16, ctx_);
-  row_capacity_ = rows;
+  if (kept_ && rows > saved_rows_) {
+    // Grows only when a load exceeds every earlier one (capacity mode sizes it once).
+    if (saved_rows_ > 0) ctx_.synchronize();
+    saved_h_ = saved_a_ = saved_out_ = Tensor();
+    saved_rows_ = grown_rows(rows);
+    saved_h_ = dev({saved_rows_, f1_}, DType::kBF16, ctx_);
+    saved_a_ = dev({saved_rows_, f_}, DType::kBF16, ctx_);
+    saved_out_ = dev({saved_rows_, d_}, DType::kBF16, ctx_);
+  }
+  point_scratch(rows, false);
+}
+
+void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
+  MoEScratch& s = *scratch_;
+  const size_t r = static_cast<size_t>(grown_rows(rows)) * 2;  // bytes per bf16 column
+  const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
+  buf_.xb = s.get(MoEScratch::kXb, r * d_, ctx_);
+  buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
+  if (kept_) {
+    buf_.h = saved_h_.raw_data();
+    buf_.a = saved_a_.raw_data();
+    buf_.out = saved_out_.raw_data();
+  } else {
+    buf_.h = s.get(MoEScratch::kH, r * f1_, ctx_);
+    buf_.a = s.get(MoEScratch::kA, r * f_, ctx_);
+    buf_.out = s.get(MoEScratch::kOut, r * d_, ctx_);
+  }
+  if (!backward) return;
+  buf_.dout = s.get(MoEScratch::kDout, r * d_, ctx_);
+  buf_.da = s.get(MoEScratch::kDa, r * f_, ctx_);
+  buf_.dh = s.get(MoEScratch::kDh, r * f1_, ctx_);
+  buf_.dxj = static_cast<float*>(s.get(MoEScratch::kDxj, td, ctx_));
+  if (res_.defined() || sh_.defined())
+    buf_.dxe = static_cast<float*>(s.get(MoEScratch::kDxe, td, ctx_));
 }
 
 void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
@@ -249,7 +309,7 @@ void MoELayerCuda::dense_backward(DenseMlp& m, const void* x, int64_t T, float b
   gemm_bf16(h, GemmShape{true, false, m.f1, d_, T, m.f1, d_, d_}, m.dh.raw_data(), 0, x, 0,
             m.dw1.raw_data(), 0, true, 1);
   gemm_bf16(h, GemmShape{false, false, T, d_, m.f1, m.f1, d_, d_}, m.dh.raw_data(), 0,
-            m.w1.raw_data(), 0, dxe_.raw_data(), 0, true, 1, 1.0f, beta);
+            m.w1.raw_data(), 0, buf_.dxe, 0, true, 1, 1.0f, beta);
 }
 
 void MoELayerCuda::init_random(uint64_t seed) {
@@ -271,8 +331,7 @@ void MoELayerCuda::init_random(uint64_t seed) {
   ctx_.synchronize();
 }
 
-void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed,
-                           uint64_t offset) {
+void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& step) {
   MOEX_CHECK(x.device().is_cuda() && y.device().is_cuda(),
              "MoELayerCuda::forward: x and y must be on the GPU");
   MOEX_CHECK(x.ndim() == 2 && x.dim(1) == d_ && x.dtype() == DType::kBF16,
@@ -282,17 +341,27 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   MOEX_CHECK(T > 0 && T <= options_.max_tokens, "MoELayerCuda::forward: T=", T,
              " outside [1, max_tokens=", options_.max_tokens, "]");
   check_tensor(y, "MoELayerCuda::forward y", DType::kBF16, x.shape());
+  const bool training = step.training;
+  const uint64_t seed = step.seed, offset = step.offset;
   tokens_ = T;
   training_ = training;
+  kept_ = step.keep_for_backward;
   seed_ = seed;
   offset_ = offset;
   x_ = x.raw_data();
   cudaStream_t stream = ctx_.stream();
   const float eps = training ? config_.jitter_eps : 0.0f;
+  // Capacity mode keeping every route: C = T (a token picks an expert at most once).
+  const int64_t capacity = config_.dropless   ? 0
+                           : step.drop_tokens ? moe_capacity(T, config_, training)
+                                              : T;
+  const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
+  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens;
 
   // Router: fp32 input (jittered in training), logits = xj wg^T.
-  router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, xj_.data<float>(), stream);
-  gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, xj_.data<float>(),
+  buf_.xj = static_cast<float*>(scratch_->get(MoEScratch::kXj, T * d_ * sizeof(float), ctx_));
+  router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, buf_.xj, stream);
+  gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, buf_.xj,
            router_w_.data<float>(), z_.data<float>());
 
   // The fused gating kernel.
@@ -307,14 +376,19 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
   g.renormalize_after_drop = config_.renormalize_after_drop;
   g.policy = config_.drop_policy;
   g.dropless = config_.dropless;
-  g.padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
-  g.capacity = config_.dropless ? 0 : moe_capacity(T, config_, training);
+  g.padded = padded;
+  g.capacity = capacity;
   g.aux_loss_type = config_.aux_loss_type;
   g.seed = seed;
   g.offset = offset;
   const float* bias = config_.selection_bias && bias_.defined() ? bias_.data<float>() : nullptr;
   moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
 
+  if (decode) {
+    // C stays on the device (info[0]); the decode kernels read it there.
+    decode_forward(x, y);
+    return;
+  }
   if (!config_.dropless) {
     capacity_ = g.capacity;
     rows_ = E_ * capacity_;
@@ -340,36 +414,73 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, bool training, uint
     rows_ = info[1];
     MOEX_CHECK(rows_ <= gather_.numel(), "MoELayerCuda: dropless rows ", rows_,
                " exceed the planned ", gather_.numel());
-    ensure_rows(rows_);
     group_experts_.clear();
     zero_experts_.clear();
-    std::vector<int64_t> counts(info.begin() + 4, info.end());
-    for (int e = 0; e < E_; ++e) (counts[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
-    if (options_.dropless_gemm == DroplessGemm::kPadded) build_padded_buckets(counts);
-    if (options_.dropless_gemm == DroplessGemm::kGrouped) {
-      // Pointer arrays for the six grouped GEMMs (3 operands each), built once per forward.
-      std::vector<int64_t> offsets(E_ + 1, 0);
-      for (int e = 0; e < E_; ++e) offsets[e + 1] = offsets[e] + counts[e];
-      const int n = static_cast<int>(group_experts_.size());
-      for (int i = 0; i < n; ++i)
-        set_expert_operands(i, group_experts_[i], offsets[group_experts_[i]]);
-      CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
-                                 host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
-                                 stream));
-      host_counts_ = counts;
+    host_counts_.assign(info.begin() + 4, info.end());
+    for (int e = 0; e < E_; ++e)
+      (host_counts_[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
+    if (options_.dropless_gemm == DroplessGemm::kPadded) {
+      build_padded_buckets(host_counts_);
+    } else {
+      slot_experts_ = group_experts_;
     }
   }
+  ensure_rows(rows_);
+  upload_operands();
 
-  moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, xb_.raw_data(), stream);
+  moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream);
   experts_forward();
+  finish_forward(x, y);
+}
+
+void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y) {
+  const int64_t T = tokens_;
+  capacity_ = -1;  // known on the device only
+  rows_ = E_ * T;  // the most rows C <= T can give
+  ensure_rows(rows_);
+  MoEDecodeParams p;
+  p.x = x.raw_data();
+  p.gather = plan_.gather;
+  p.counts = plan_.counts;
+  p.info = plan_.info;
+  p.w1 = w1_.raw_data();
+  p.w2 = w2_.raw_data();
+  p.a = buf_.a;
+  p.out = buf_.out;
+  p.num_tokens = T;
+  p.d = d_;
+  p.f = f_;
+  p.num_experts = E_;
+  p.top_k = k_;
+  p.swiglu = config_.activation == ExpertActivation::kSwiGLU;
+  p.gelu_exact = config_.gelu_exact;
+  moe_decode_experts(p, ctx_.stream());
+  ++decode_forwards_;
+  finish_forward(x, y);
+}
+
+void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y) {
+  const int64_t T = tokens_;
+  cudaStream_t stream = ctx_.stream();
   const bool mix = res_.defined() || sh_.defined();
-  moe_combine(ob_.raw_data(), plan_.row, plan_.gates, T, d_, k_,
-              mix ? ym_.raw_data() : y.raw_data(), stream);
+  moe_combine(buf_.out, plan_.row, plan_.gates, T, d_, k_, mix ? ym_.raw_data() : y.raw_data(),
+              stream);
   if (mix) {
     if (res_.defined()) dense_forward(res_, x.raw_data(), T);
     if (sh_.defined()) dense_forward(sh_, x.raw_data(), T);
     moe_mix_forward(mix_params(T), y.raw_data(), stream);
   }
+  // The statistics travel to pinned memory behind the layer's work; stats() waits for them only.
+  char* host = static_cast<char*>(stats_host_);
+  CUDA_CHECK(
+      cudaMemcpyAsync(host, plan_.losses, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaMemcpyAsync(host + 2 * sizeof(double), plan_.info, 4 * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaMemcpyAsync(host + kStatsHeader, plan_.load, E_ * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaMemcpyAsync(host + kStatsHeader + E_ * sizeof(int32_t), plan_.counts,
+                             E_ * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
+  CUDA_CHECK(cudaEventRecord(stats_ready_, stream));
 }
 
 void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
@@ -389,30 +500,43 @@ void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return m[a] < m[b]; });
   for (int i = 0; i < static_cast<int>(order.size()); ++i) {
     const int e = order[i];
-    set_expert_operands(i, e, e * C);  // the padded layout: expert e's rows start at e * C
     if (buckets_.empty() || buckets_.back().m != m[e]) buckets_.push_back({m[e], i, 0});
     ++buckets_.back().count;
   }
+  slot_experts_ = order;
+}
+
+void MoELayerCuda::upload_operands() {
+  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  if (!grouped && buckets_.empty()) return;  // strided-batched calls take buf_ directly
+  // Grouped: expert e's rows start at its offset in the packed rows; padded: at e * C.
+  std::vector<int64_t> row0(E_, 0);
+  for (int e = 0; e < E_; ++e)
+    row0[e] = grouped ? (e > 0 ? row0[e - 1] + host_counts_[e - 1] : 0) : e * capacity_;
+  for (int i = 0; i < static_cast<int>(slot_experts_.size()); ++i)
+    set_expert_operands(i, slot_experts_[i], row0[slot_experts_[i]]);
+  // Pageable source: staged at once, so host_ptrs_ may change after this returns.
   CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
                              host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
                              ctx_.stream()));
 }
 
 void MoELayerCuda::set_expert_operands(int slot, int e, int64_t row0) {
-  auto bf = [](const Tensor& t, int64_t elems) {
-    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 2);
+  auto bf = [](const void* base, int64_t elems) {
+    return static_cast<const void*>(static_cast<const char*>(base) + elems * 2);
   };
   auto f32p = [](const Tensor& t, int64_t elems) {
     return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
   };
   const int64_t o = row0;
+  const void *w1 = w1_.raw_data(), *w2 = w2_.raw_data();
   const void* p[6][3] = {
-      {bf(xb_, o * d_), bf(w1_, e * f1_ * d_), bf(h_, o * f1_)},      // h = xb w1^T
-      {bf(a_, o * f_), bf(w2_, e * d_ * f_), bf(ob_, o * d_)},        // out = a w2^T
-      {bf(dob_, o * d_), bf(w2_, e * d_ * f_), bf(da_, o * f_)},      // da = dout w2
-      {bf(dob_, o * d_), bf(a_, o * f_), f32p(dw2_, e * d_ * f_)},    // dw2 = dout^T a
-      {bf(dh_, o * f1_), bf(xb_, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
-      {bf(dh_, o * f1_), bf(w1_, e * f1_ * d_), bf(dob_, o * d_)},    // dxb = dh w1 (into dob)
+      {bf(buf_.xb, o * d_), bf(w1, e * f1_ * d_), bf(buf_.h, o * f1_)},       // h = xb w1^T
+      {bf(buf_.a, o * f_), bf(w2, e * d_ * f_), bf(buf_.out, o * d_)},        // out = a w2^T
+      {bf(buf_.dout, o * d_), bf(w2, e * d_ * f_), bf(buf_.da, o * f_)},      // da = dout w2
+      {bf(buf_.dout, o * d_), bf(buf_.a, o * f_), f32p(dw2_, e * d_ * f_)},   // dw2 = dout^T a
+      {bf(buf_.dh, o * f1_), bf(buf_.xb, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
+      {bf(buf_.dh, o * f1_), bf(w1, e * f1_ * d_), bf(buf_.dout, o * d_)},    // dxb = dh w1
   };
   for (int gi = 0; gi < 6; ++gi)
     for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + slot] = p[gi][op];
@@ -487,24 +611,24 @@ void MoELayerCuda::experts_forward() {
     if (!buckets_.empty()) {
       padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
     } else {
-      gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, xb_.raw_data(), C * d_,
-                w1_.raw_data(), f1_ * d_, h_.raw_data(), C * f1_, false, E_);
+      gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, buf_.xb, C * d_, w1_.raw_data(),
+                f1_ * d_, buf_.h, C * f1_, false, E_);
     }
   } else {
     grouped_gemm(0, GemmShape{false, true, 0, f1_, d_, d_, d_, f1_}, false);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, stream);
+    swiglu_forward_bf16(buf_.h, buf_.a, rows_, f_, stream);
   } else {
-    gelu_forward_bf16(h_.raw_data(), a_.raw_data(), rows_, f_, config_.gelu_exact, stream);
+    gelu_forward_bf16(buf_.h, buf_.a, rows_, f_, config_.gelu_exact, stream);
   }
   if (!grouped) {
     const int64_t C = capacity_;
     if (!buckets_.empty()) {
       padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
     } else {
-      gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, a_.raw_data(), C * f_,
-                w2_.raw_data(), d_ * f_, ob_.raw_data(), C * d_, false, E_);
+      gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, buf_.a, C * f_, w2_.raw_data(),
+                d_ * f_, buf_.out, C * d_, false, E_);
     }
   } else {
     grouped_gemm(1, GemmShape{false, true, 0, d_, f_, f_, f_, d_}, false);
@@ -539,30 +663,28 @@ void MoELayerCuda::experts_backward() {
     padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
     padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
   } else if (!grouped) {
-    gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, dob_.raw_data(), C * d_,
-              w2_.raw_data(), d_ * f_, da_.raw_data(), C * f_, false, E_);
-    gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dob_.raw_data(), C * d_,
-              a_.raw_data(), C * f_, dw2_.raw_data(), d_ * f_, true, E_, 1.0f, weight_grad_beta_);
+    gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, buf_.dout, C * d_, w2_.raw_data(),
+              d_ * f_, buf_.da, C * f_, false, E_);
+    gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, buf_.dout, C * d_, buf_.a, C * f_,
+              dw2_.raw_data(), d_ * f_, true, E_, 1.0f, weight_grad_beta_);
   } else {
     grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
     grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, stream);
+    swiglu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, stream);
   } else {
-    gelu_backward_bf16(h_.raw_data(), da_.raw_data(), dh_.raw_data(), rows_, f_, config_.gelu_exact,
-                       stream);
+    gelu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, config_.gelu_exact, stream);
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
   if (!grouped && !buckets_.empty()) {
     padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
     padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
   } else if (!grouped) {
-    gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, dh_.raw_data(), C * f1_,
-              xb_.raw_data(), C * d_, dw1_.raw_data(), f1_ * d_, true, E_, 1.0f,
-              weight_grad_beta_);
-    gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, dh_.raw_data(), C * f1_,
-              w1_.raw_data(), f1_ * d_, dob_.raw_data(), C * d_, false, E_);
+    gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, buf_.dh, C * f1_, buf_.xb, C * d_,
+              dw1_.raw_data(), f1_ * d_, true, E_, 1.0f, weight_grad_beta_);
+    gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, buf_.dh, C * f1_, w1_.raw_data(),
+              f1_ * d_, buf_.dout, C * d_, false, E_);
   } else {
     grouped_gemm(4, GemmShape{true, false, f1_, d_, 0, f1_, d_, d_}, true);
     grouped_gemm(5, GemmShape{false, false, 0, d_, f1_, f1_, d_, d_}, false);
@@ -575,8 +697,19 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   check_tensor(dx, "MoELayerCuda::backward dx", DType::kBF16, Shape{tokens_, d_});
   MOEX_CHECK(dy.device().is_cuda() && dx.device().is_cuda(),
              "MoELayerCuda::backward: dy and dx must be on the GPU");
+  MOEX_CHECK(kept_,
+             "MoELayerCuda::backward after a forward that kept nothing for it "
+             "(keep_for_backward false)");
   cudaStream_t stream = ctx_.stream();
   const int64_t T = tokens_;
+  const float eps = training_ ? config_.jitter_eps : 0.0f;
+  // Other layers used the scratch since this layer's forward: take its pointers again and
+  // rebuild what lived there, the routed rows xb (dw1 reads them) and the fp32 router input xj
+  // (the router's weight gradient reads it); the jitter is the same Philox draw.
+  point_scratch(rows_, true);
+  upload_operands();
+  moe_permute(x_, plan_.gather, rows_, d_, k_, buf_.xb, stream);
+  router_input_bf16(x_, T, d_, eps, seed_, offset_, buf_.xj, stream);
   // Residual / shared mix: split dy into the MoE part and the dense MLPs' output gradients.
   const bool mix = res_.defined() || sh_.defined();
   const void* dy_moe = dy.raw_data();
@@ -590,8 +723,8 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
                      mp.ws != nullptr ? dgl_.data<float>() : nullptr, stream);
     if (res_.defined()) dy_moe = dym_.raw_data();
   }
-  moe_combine_backward(dy_moe, ob_.raw_data(), plan_.gather, plan_.gates, rows_, d_, k_,
-                       dob_.raw_data(), dgates_.data<float>(), stream);
+  moe_combine_backward(dy_moe, buf_.out, plan_.gather, plan_.gates, rows_, d_, k_, buf_.dout,
+                       dgates_.data<float>(), stream);
   RouterBackwardParams rp;
   rp.num_tokens = T;
   rp.num_experts = E_;
@@ -604,14 +737,13 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   rp.z_coef = config_.z_loss_coef * loss_scale_;
   router_backward(z_.data<float>(), s_.data<float>(), plan_.expert, plan_.slot,
                   dgates_.data<float>(), plan_.aux_grad, rp, dz_.data<float>(), stream);
-  gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(),
-           xj_.data<float>(), d_router_w_.data<float>());
+  gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(), buf_.xj,
+           d_router_w_.data<float>());
   gemm_f32(ctx_.cublas(), GemmShape{false, false, T, d_, E_, E_, d_, d_}, dz_.data<float>(),
-           router_w_.data<float>(), dxj_.data<float>());
+           router_w_.data<float>(), buf_.dxj);
   experts_backward();
-  const float eps = training_ ? config_.jitter_eps : 0.0f;
-  moe_permute_backward(dob_.raw_data(), plan_.row, dxj_.data<float>(), T, d_, k_, eps, seed_,
-                       offset_, dx.raw_data(), stream);
+  moe_permute_backward(buf_.dout, plan_.row, buf_.dxj, T, d_, k_, eps, seed_, offset_,
+                       dx.raw_data(), stream);
   if (mix) {
     if (res_.defined()) {
       dense_backward(res_, x_, T, 0.0f);
@@ -624,23 +756,23 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
         mix_weight_grad(dgl_.data<float>(), x_, T, d_, 1, mix_partial_.data<float>(),
                         dws_.data<float>(), stream);
     }
-    mix_finish_dx(dx.raw_data(), dxe_.data<float>(), res_.defined() ? dcl_.data<float>() : nullptr,
-                  mp.wc, mp.ws != nullptr ? dgl_.data<float>() : nullptr, mp.ws, T, d_, stream);
+    mix_finish_dx(dx.raw_data(), buf_.dxe, res_.defined() ? dcl_.data<float>() : nullptr, mp.wc,
+                  mp.ws != nullptr ? dgl_.data<float>() : nullptr, mp.ws, T, d_, stream);
   }
 }
 
 MoEStatsCuda MoELayerCuda::stats() const {
-  MoEStatsCuda st;
-  ctx_.synchronize();
+  MOEX_CHECK(tokens_ > 0, "MoELayerCuda::stats before forward");
+  CUDA_CHECK(cudaEventSynchronize(stats_ready_));
+  const char* host = static_cast<const char*>(stats_host_);
   double losses[2];
   int32_t info[4];
-  CUDA_CHECK(cudaMemcpy(losses, plan_.losses, sizeof(losses), cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaMemcpy(info, plan_.info, sizeof(info), cudaMemcpyDeviceToHost));
-  st.load.resize(E_);
-  st.counts.resize(E_);
-  CUDA_CHECK(cudaMemcpy(st.load.data(), plan_.load, E_ * sizeof(int32_t), cudaMemcpyDeviceToHost));
-  CUDA_CHECK(
-      cudaMemcpy(st.counts.data(), plan_.counts, E_ * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  std::memcpy(losses, host, sizeof(losses));
+  std::memcpy(info, host + sizeof(losses), sizeof(info));
+  const auto* load = reinterpret_cast<const int32_t*>(host + kStatsHeader);
+  MoEStatsCuda st;
+  st.load.assign(load, load + E_);
+  st.counts.assign(load + E_, load + 2 * E_);
   st.aux_loss = losses[0];
   st.z_loss = losses[1];
   st.capacity = info[0];

@@ -38,6 +38,23 @@ namespace moex::cuda {
 
 enum class DroplessGemm { kGrouped, kPadded };
 
+// Buffers a MoE layer needs only inside one forward or one backward call: the routed input rows,
+// the backward's row gradients, the fp32 router input and its gradient, and (for forwards that
+// keep nothing for backward) the expert activations. Every layer of a model on one stream can
+// share one (the stream orders their uses, docs/gpu-model.md), so a model holds one set of these
+// instead of one per layer. A slot only grows; a grown slot has a new address, so a layer asks for
+// its pointers afresh in every call.
+class MoEScratch {
+ public:
+  enum Slot { kXb, kH, kA, kOut, kDout, kDa, kDh, kXj, kDxj, kDxe, kNumSlots };
+  // Slot s with room for at least `bytes`; grows it (after a stream sync) when smaller.
+  void* get(Slot s, size_t bytes, CudaContext& ctx);
+  size_t bytes() const;  // held in all slots
+
+ private:
+  Tensor slots_[kNumSlots];  // flat u8 on the device
+};
+
 struct MoELayerCudaOptions {
   int64_t max_tokens = 0;  // buffers are planned for this many tokens at construction
   // kPadded: strided-batched GEMMs over [E, max load, d]. kGrouped: exact rows;
@@ -53,9 +70,27 @@ struct MoELayerCudaOptions {
   // The expert weights and their gradients come from bind_expert_buffers (a model's buffers):
   // the layer allocates neither.
   bool external_expert_buffers = false;
+  // Where the layer's within-one-call buffers live (see MoEScratch); null: a scratch of its own.
+  // Layers sharing one must issue their work on the same stream.
+  MoEScratch* scratch = nullptr;
+  // Forwards that keep nothing for backward over at most this many tokens run the decode kernels
+  // (cuda/moe_decode.h: selected experts' weights only, no host sync) when the rows use the
+  // padded layout (capacity mode, or dropless kPadded). 0 = never; at most kMaxDecodeCapacity.
+  int64_t decode_max_tokens = 32;
 };
 
-// Results of the last forward, copied to the host (one sync).
+// One forward's mode and random streams.
+struct MoEStepCuda {
+  bool training = false;  // jitter, RSample, Gumbel second expert, the train capacity factor
+  uint64_t seed = 0, offset = 0;  // the random streams, exactly as the CPU layer's
+  // False: nothing is kept (the expert rows use the scratch) and backward is an error until the
+  // next forward that keeps.
+  bool keep_for_backward = true;
+  // False: capacity-mode layers keep every route (C = T), as MoEForwardOptions::drop_tokens.
+  bool drop_tokens = true;
+};
+
+// Results of the last forward, copied to pinned host memory on the stream.
 struct MoEStatsCuda {
   double aux_loss = 0;   // unweighted
   double z_loss = 0;     // unweighted
@@ -69,6 +104,9 @@ struct MoEStatsCuda {
 class MoELayerCuda {
  public:
   MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& options, CudaContext& ctx);
+  ~MoELayerCuda();
+  MoELayerCuda(const MoELayerCuda&) = delete;
+  MoELayerCuda& operator=(const MoELayerCuda&) = delete;
 
   // fp32 tensors on any device: router_w [E,d], w1 [E,F1,d], w2 [E,d,F], bias [E] (may be
   // undefined). The router stays fp32; expert weights are stored bf16.
@@ -88,10 +126,14 @@ class MoELayerCuda {
   // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the device from Philox(seed) (benchmarks).
   void init_random(uint64_t seed);
 
-  // x [T,d] bf16 (device) -> y [T,d] bf16 (device, preallocated). Keeps what backward needs.
-  // seed/offset pick the random streams (jitter, Gumbel, RTS) exactly as the CPU layer's.
+  // x [T,d] bf16 (device) -> y [T,d] bf16 (device, preallocated). Keeps what backward needs
+  // (x itself is read again by backward: it must stay unchanged until then). The statistics of
+  // the forward are copied to pinned host memory on the stream; stats() waits for that copy only.
+  void forward(const Tensor& x, const Tensor& y, const MoEStepCuda& step);
   void forward(const Tensor& x, const Tensor& y, bool training, uint64_t seed = 0,
-               uint64_t offset = 0);
+               uint64_t offset = 0) {
+    forward(x, y, MoEStepCuda{training, seed, offset});
+  }
   // dy [T,d] bf16 -> dx [T,d] bf16; the parameter gradients below are overwritten (the bound
   // expert gradients of model mode are added to). The layer's loss
   // is aux_loss_coef * aux + z_loss_coef * z, whose gradients are included.
@@ -99,7 +141,7 @@ class MoELayerCuda {
   // Weight of the aux and z losses in the objective backward differentiates (1/grad_accum).
   void set_loss_scale(float scale) { loss_scale_ = scale; }
 
-  MoEStatsCuda stats() const;  // synchronizes
+  MoEStatsCuda stats() const;  // waits for the last forward's statistics copy
 
   const MoEConfig& config() const { return config_; }
   const GatingOutputs& plan() const { return plan_; }  // device arrays of the last forward
@@ -129,18 +171,28 @@ class MoELayerCuda {
   // seed); it exists to time "the same forward with the capacity known in advance".
   double host_wait_ms() const { return host_wait_ms_; }
   int64_t host_syncs() const { return host_syncs_; }
+  int64_t decode_forwards() const { return decode_forwards_; }  // forwards on the decode kernels
   void reuse_dropless_counts(bool on) { reuse_counts_ = on; }
 
-  // Saved forward activations for tests: logits z [T,E] f32, expert buffer rows xb/h/a/out [R, .]
-  // bf16.
+  // Saved forward activations for tests: logits z [T,E] f32, expert output rows [R, d] bf16 (a
+  // training forward's; a forward without training keeps none).
   const Tensor& logits() const { return z_; }
-  const Tensor& expert_out() const { return ob_; }
+  const Tensor& expert_out() const { return saved_out_; }
 
  private:
   float loss_scale_ = 1.0f;
   float weight_grad_beta_ = 0.0f;  // 1 in model mode: expert weight gradients accumulate
+  // Points buf_ at room for `rows` expert rows: the saved h/a/out of a training forward are the
+  // layer's own, the rest comes from the scratch. Backward calls it again (the scratch may have
+  // grown and moved since the forward).
   void ensure_rows(int64_t rows);
+  void point_scratch(int64_t rows, bool backward);
+  // The per-expert operand pointers of the grouped / bucketed GEMMs, for the current buf_.
+  void upload_operands();
   void experts_forward();
+  // The forward's expert stage on the decode kernels, and the stages after the experts.
+  void decode_forward(const Tensor& x, const Tensor& y);
+  void finish_forward(const Tensor& x, const Tensor& y);
   void experts_backward();
   void build_grouped_pointers();
 
@@ -167,17 +219,31 @@ class MoELayerCuda {
   Tensor d_router_w_, dw1_, dw2_;
 
   // Planned buffers.
-  Tensor xj_, z_, s_, dz_, dxj_;                               // [T,d] f32, [T,E] f32
+  Tensor z_, s_, dz_;                                          // [T,E] f32
   Tensor expert_, route_score_, slot_, row_, gates_, dgates_;  // [T*k]
   Tensor gather_, load_, counts_, offsets_, info_, losses_, aux_grad_;
   Tensor workspace_;
-  Tensor xb_, h_, a_, ob_, dob_, da_, dh_;  // expert buffer rows [R, .] bf16
-  int64_t row_capacity_ = 0;                // rows the expert buffers hold
-  Tensor host_info_;                        // pinned host copy of counts + info (dropless)
-  Tensor grouped_ptrs_;                     // [6, 3, E] device pointer arrays (dropless kGrouped)
+  Tensor saved_h_, saved_a_, saved_out_;  // a training forward's rows [R,F1] [R,F] [R,d] bf16
+  int64_t saved_rows_ = 0;                // rows the saved buffers hold
+  MoEScratch own_scratch_;
+  MoEScratch* scratch_ = nullptr;  // options_.scratch or &own_scratch_
+  // The buffers of the current call. Rows: xb [R,d], h [R,F1], a [R,F], out [R,d], dout [R,d],
+  // da [R,F], dh [R,F1] bf16; xj, dxj [T,d] f32 (router input, its gradient); dxe [T,d] f32 (the
+  // residual / shared MLPs' dx).
+  struct Buffers {
+    void *xb = nullptr, *h = nullptr, *a = nullptr, *out = nullptr;
+    void *dout = nullptr, *da = nullptr, *dh = nullptr;
+    float *xj = nullptr, *dxj = nullptr, *dxe = nullptr;
+  } buf_;
+  // The statistics of the last forward in pinned host memory: losses (2 f64), info (4 i32), load
+  // and counts ([E] i32 each), and the event that marks their copy done.
+  void* stats_host_ = nullptr;
+  cudaEvent_t stats_ready_ = nullptr;
+  Tensor grouped_ptrs_;  // [6, 3, E] device pointer arrays (dropless kGrouped)
   std::vector<const void*> host_ptrs_;
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
+  std::vector<int> slot_experts_;     // expert of each operand-pointer slot (grouped / buckets)
   // kPadded with padded_row_multiple: experts grouped by rounded rows; grouped_ptrs_ holds their
   // pointers in bucket order. Empty = one strided-batched call per GEMM.
   struct PadBucket {
@@ -199,17 +265,16 @@ class MoELayerCuda {
   Tensor wc_, ws_, dwc_, dws_;       // [2,d] [1,d] fp32 and their gradients
   Tensor ym_, dym_;                  // [T,d] bf16 MoE part of y and its gradient
   Tensor coef_, gatev_, dcl_, dgl_;  // [T,2] [T] [T,2] [T] fp32
-  Tensor dxe_;                       // [T,d] fp32 dense parts' dx
   Tensor mix_partial_;               // mix_weight_grad scratch
   double host_wait_ms_ = 0;
-  int64_t host_syncs_ = 0;
+  int64_t host_syncs_ = 0, decode_forwards_ = 0;
   bool reuse_counts_ = false, have_counts_ = false;
   int64_t counts_tokens_ = 0;
 
   GatingOutputs plan_;
   GatingParams gating_;
   int64_t tokens_ = 0, rows_ = 0, capacity_ = 0;
-  bool training_ = false;
+  bool training_ = false, kept_ = false;
   uint64_t seed_ = 0, offset_ = 0;
   const void* x_ = nullptr;  // input of the last forward (backward reads it through xb)
 };

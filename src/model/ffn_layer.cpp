@@ -171,12 +171,21 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   options.offset = step.offset;
   options.loss_scale = step.loss_scale;
   options.drop_tokens = step.drop_tokens;
+  options.keep_for_backward = save;
+  options.defer_stats = true;
   if (hold_routing_) options.fixed_routing = &held_;
   const ops::ProfileScope profile("moe_forward", x.device());
   const MoEOutput& out = moe_->forward(x, options);
   if (!hold_routing_ && x.device().is_cpu()) held_ = moe_->routing();
   ops::copy(out.y, y);
-  stats_ = out;
+  stats_ = &out;
+}
+
+const MoEStats& FfnLayer::stats() {
+  static const MoEStats kNone;  // a dense FFN or an MoE layer before its first forward
+  if (!moe_ || stats_ == nullptr) return kNone;
+  moe_->finish_stats();
+  return *stats_;
 }
 
 void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {

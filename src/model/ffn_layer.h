@@ -49,7 +49,9 @@ class FfnLayer {
   void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save, const StepOptions& step);
   // dx [n, d] written; parameter gradients accumulated (MoE: aux and z losses included).
   void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
-  const MoEStats& stats() const { return stats_; }
+  // The last forward's statistics. On a GPU the forward does not wait for them: the first call
+  // after it does (so a model reads them after its last layer, not between layers).
+  const MoEStats& stats();
   // Re-run forward with the routing of the previous forward (activation-checkpoint recompute).
   void hold_routing(bool hold) { hold_routing_ = hold; }
 
@@ -69,7 +71,7 @@ class FfnLayer {
   std::vector<Tensor> moe_grads_;  // gradient views, same order (fused views for the MLP parts)
   MoERouting held_;
   bool hold_routing_ = false;
-  MoEStats stats_;
+  const MoEStats* stats_ = nullptr;  // the MoE layer's last result (valid until its next forward)
 };
 
 }  // namespace moex::model

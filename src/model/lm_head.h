@@ -1,21 +1,35 @@
 // The LM head and its cross-entropy, chunked over rows: each chunk's fp32 logits [rows, V] are
 // made, turned into losses and (when training) into the gradient of the hidden states and of the
 // head weight at once, then dropped, so the full [N, V] logits and their gradient never exist.
+// With soft targets (knowledge distillation, docs/distill.md) the teacher's logits of the same
+// chunk are made from its hidden states and head beside the student's, and the KD term joins the
+// loss and its gradient.
 #pragma once
 
 #include "model/module.h"
 
 namespace moex::model {
 
+// The teacher's side of the KD term weight * tau^2 * KL(teacher || student).
+struct SoftTargets {
+  Tensor hidden;  // [N, d_teacher] the teacher's final-normed hidden states, compute dtype
+  Tensor head;    // [V, d_teacher] the teacher's LM head weight, compute dtype, same device
+  double temperature = 1.0;
+  double weight = 0.0;  // alpha
+};
+
 struct HeadLoss {
-  double loss_sum = 0;  // over counted rows
+  double loss_sum = 0;  // cross-entropy over counted rows
+  double kd_sum = 0;    // tau^2 * KL over counted rows (0 without soft targets)
   int64_t count = 0;    // rows whose target is not ignored
 };
 
 // hidden [N, d] (after the final norm), head [V, d], targets i32 [N] on the host (-100 ignored).
-// With dhidden defined: dhidden [N, d] = d(loss_scale * mean CE)/d hidden (written) and
-// head.g += d(loss_scale * mean CE)/d head.
+// With dhidden defined: dhidden [N, d] = d(loss_scale * objective)/d hidden (written) and
+// head.g += d(loss_scale * objective)/d head, where objective = mean CE (+ weight * mean
+// tau^2 KL with soft targets), both means over the counted rows.
 HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& targets,
-                      double loss_scale, const Tensor& dhidden, Arena& arena);
+                      double loss_scale, const Tensor& dhidden, Arena& arena,
+                      const SoftTargets* soft = nullptr);
 
 }  // namespace moex::model

@@ -83,8 +83,7 @@ void Model::store_host_params(const ParamBuffer& host) {
 void Model::init_weights(uint64_t seed) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
-  const ParamBuffer host =
-      device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
+  const ParamBuffer host = device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
   if (device_.is_cuda()) bind_all({host, host, host});
   float* flat = host.flat().data<float>();
   std::fill(flat, flat + host.flat().numel(), 0.0f);
@@ -155,9 +154,9 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
                config_.num_moe_layers() > 0),
              "activation checkpointing of MoE blocks is not supported on the GPU yet "
              "(train without training.activation_checkpointing, or on the CPU)");
-  const Block::Keep keep = !options.for_backward          ? Block::Keep::kNothing
-                          : options.checkpoint_activations ? Block::Keep::kInputOnly
-                                                           : Block::Keep::kAll;
+  const Block::Keep keep = !options.for_backward            ? Block::Keep::kNothing
+                           : options.checkpoint_activations ? Block::Keep::kInputOnly
+                                                            : Block::Keep::kAll;
   LossResult result;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x[i + 1] = arena_.alloc(Shape{n, d}, dt);
@@ -165,22 +164,27 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
     const uint64_t offset = options.step * 1024 + i;
     const StepOptions step{options.training, options.seed, offset, options.loss_scale};
     blocks_[i]->forward(x[i], batch, seq_len, x[i + 1], arena_, keep, step);
-    if (blocks_[i]->ffn().is_moe()) {
-      const MoEStats& s = blocks_[i]->ffn().stats();
-      result.aux_loss += s.aux_loss;
-      result.z_loss += s.z_loss;
-      result.weighted_aux += s.weighted_loss;
-    }
   }
   const Tensor hidden = arena_.alloc(Shape{n, d}, dt);
   final_norm_->forward(x.back(), hidden, arena_, options.for_backward);
   // The head's backward runs here, chunk by chunk, while its logits exist (model/lm_head.h).
   dhidden_ = options.for_backward ? arena_.alloc(Shape{n, d}, dt) : Tensor();
   // next-token targets are given aligned with ids: targets[t] is the token after ids[t]
-  const HeadLoss head =
-      lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale, dhidden_, arena_);
+  const HeadLoss head = lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale,
+                                     dhidden_, arena_, options.soft_targets);
   result.num_targets = head.count;
-  result.loss = head.count > 0 ? head.loss_sum / static_cast<double>(head.count) : 0.0;
+  const double count = static_cast<double>(std::max<int64_t>(1, head.count));
+  result.loss = head.loss_sum / count;
+  result.kd_loss = head.kd_sum / count;
+  if (options.soft_targets) result.weighted_kd = options.soft_targets->weight * result.kd_loss;
+  // Read after the head: a GPU forward then waits for the device once, not once per MoE layer.
+  for (auto& block : blocks_) {
+    if (!block->ffn().is_moe()) continue;
+    const MoEStats& s = block->ffn().stats();
+    result.aux_loss += s.aux_loss;
+    result.z_loss += s.z_loss;
+    result.weighted_aux += s.weighted_loss;
+  }
   return result;
 }
 
@@ -194,7 +198,7 @@ void Model::backward() {
   dhidden_ = Tensor();
 }
 
-void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
+Tensor Model::final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len) {
   const int64_t d = config_.hidden_size, n = batch * seq_len;
   const DType dt = compute_params().flat().dtype();
   arena_.reset();
@@ -205,8 +209,13 @@ void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* ou
     std::swap(x, y);
   }
   final_norm_->forward(x, y, arena_, false);
-  const Tensor logits = arena_.alloc(Shape{n, config_.vocab_size}, DType::kF32);
-  ops::linear(y, head_.w, Tensor(), logits);
+  return y;
+}
+
+void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
+  const Tensor hidden = final_hidden(ids, batch, seq_len);
+  const Tensor logits = arena_.alloc(Shape{batch * seq_len, config_.vocab_size}, DType::kF32);
+  ops::linear(hidden, head_.w, Tensor(), logits);
   ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
 }
 
@@ -270,8 +279,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
              " layers, the model ", blocks_.size());
   int64_t n = 0;
   for (const SequenceSlice& s : seqs) {
-    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 &&
-                   s.num_blocks * kv.block_size >= s.start_pos + s.len,
+    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
                "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
                s.num_blocks, " blocks of ", kv.block_size);
     n += s.len;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/block.h"
+#include "model/lm_head.h"
 #include "model/model_config.h"
 
 namespace moex::model {
@@ -24,6 +25,9 @@ struct ForwardOptions {
   // Weight of this forward's loss (cross-entropy and MoE aux/z terms) in the objective that
   // backward differentiates: 1/grad_accum when micro-batches are averaged.
   double loss_scale = 1.0;
+  // Knowledge distillation (docs/distill.md): the teacher's side of a KD term that joins the loss
+  // and its gradient; it must hold this batch's rows. Null: plain LM loss.
+  const SoftTargets* soft_targets = nullptr;
 };
 
 struct LossResult {
@@ -31,6 +35,8 @@ struct LossResult {
   double aux_loss = 0;      // sum over MoE layers of the unweighted load-balancing losses
   double z_loss = 0;        // sum over MoE layers of the unweighted z-losses
   double weighted_aux = 0;  // what the aux and z terms add to the training objective
+  double kd_loss = 0;       // mean tau^2 KL(teacher || student) over counted positions
+  double weighted_kd = 0;   // what the KD term adds to the objective (soft_targets->weight * kd)
   int64_t num_targets = 0;  // positions that counted
 };
 
@@ -85,6 +91,12 @@ class Model {
 
   // Logits [B, T, V] (host, fp32) without saving anything (evaluation).
   void logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out);
+  // The final-normed hidden states [B*T, d] (compute dtype, on the device) without saving
+  // anything: a teacher's side of the KD loss. The tensor lives in this model's arena until its
+  // next forward.
+  Tensor final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len);
+  // The LM head weight [V, d] the kernels read (the embedding when tied).
+  const Tensor& lm_head_weight() const { return head_.w; }
   // Decoding: appends new_len tokens per sequence to the cache and writes the logits of the
   // last new token of each sequence, [B, V] (host, fp32).
   KVCache make_cache(int64_t batch, int64_t capacity) const;

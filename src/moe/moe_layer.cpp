@@ -521,9 +521,12 @@ const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& opt
   return impl_->forward(x, options);
 }
 
-void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1,
-                                          const Tensor& w2, const Tensor& dw1,
-                                          const Tensor& dw2) {
+void MoELayer::finish_stats() {
+  if (impl_->device) impl_->device->finish_stats();
+}
+
+void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
+                                          const Tensor& dw1, const Tensor& dw2) {
   if (!impl_->device) impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, device);
   impl_->device->bind_expert_buffers(w1, w2, dw1, dw2);
 }

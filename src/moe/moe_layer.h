@@ -47,6 +47,13 @@ struct MoEForwardOptions {
   // False: every route is kept (capacity = the token count), so a token's output does not depend
   // on which other tokens share its batch (serving batches requests; docs/moe-layer.md).
   bool drop_tokens = true;
+  // False: no backward follows this forward (evaluation, decoding), so the GPU layer keeps none of
+  // its expert activations (they live in a scratch shared by the model's layers).
+  bool keep_for_backward = true;
+  // True: on a GPU, the forward does not wait for the device; the statistics of its result
+  // (losses, load, counts, dropped, capacity) are filled by finish_stats(). The CPU fills them at
+  // once either way.
+  bool defer_stats = false;
 };
 
 struct MoEOutput {
@@ -107,6 +114,9 @@ class MoELayer {
   const MoEGradients& backward(const Tensor& dy);
   // The routing the last forward used.
   const MoERouting& routing() const;
+  // Fills the statistics of the last forward's result (the object forward returned) when that
+  // forward deferred them, waiting for the device; a no-op otherwise.
+  void finish_stats();
 
   // Model mode of the GPU path (docs/gpu-model.md): compute the experts with the model's bf16
   // copy w1 [E,F1,d], w2 [E,d,F] instead of a converted copy of weights(), and add their

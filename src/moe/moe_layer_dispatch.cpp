@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "core/error.h"
@@ -42,17 +45,26 @@ WeightStamp stamp(const Tensor& t) {
   return {t.storage_id(), t.version(), t.raw_data(), t.numel()};
 }
 
+// The scratch of every layer on GPU `ordinal` (they share its one stream). Never freed: layers
+// may outlive any owner we could give it.
+cuda::MoEScratch& shared_scratch(int ordinal) {
+  static std::mutex mutex;
+  static auto* scratch = new std::map<int, std::unique_ptr<cuda::MoEScratch>>();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& s = (*scratch)[ordinal];
+  if (!s) s = std::make_unique<cuda::MoEScratch>();
+  return *s;
+}
+
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
-  CudaMoELayer(const MoEConfig& config, int ordinal) : config_(config), ctx_(cuda::default_context(ordinal)) {}
+  CudaMoELayer(const MoEConfig& config, int ordinal)
+      : config_(config), ctx_(cuda::default_context(ordinal)) {}
 
   const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
     MOEX_CHECK(options.fixed_routing == nullptr,
                "MoELayer on CUDA: fixed_routing is not supported on the GPU path");
-    MOEX_CHECK(options.drop_tokens || config_.dropless,
-               "MoELayer on CUDA: keeping every route of a capacity-mode layer (drop_tokens "
-               "false) is not supported on the GPU path yet; use a dropless config");
     MOEX_CHECK(x.ndim() == 2 && x.dim(1) == config_.hidden_size &&
                    (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16),
                "MoELayer on CUDA: x must be [T, ", config_.hidden_size, "] f32 or bf16, got ",
@@ -62,9 +74,11 @@ class CudaMoELayer final : public MoEDeviceLayer {
       cuda::MoELayerCudaOptions opt;
       opt.max_tokens = T;
       opt.external_expert_buffers = bound_w1_.defined();
+      opt.scratch = &shared_scratch(ctx_.ordinal());
       layer_.reset();  // its buffers go back to the allocator before the new ones are taken
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
-      if (bound_w1_.defined()) layer_->bind_expert_buffers(bound_w1_, bound_w2_, bound_dw1_, bound_dw2_);
+      if (bound_w1_.defined())
+        layer_->bind_expert_buffers(bound_w1_, bound_w2_, bound_dw1_, bound_dw2_);
       max_tokens_ = T;
       stamps_.clear();  // a new layer holds no weights yet
     }
@@ -83,12 +97,28 @@ class CudaMoELayer final : public MoEDeviceLayer {
     layer_->set_loss_scale(static_cast<float>(options.loss_scale));
     {
       const ops::ProfileScope profile("moe_forward.layer", dev);
-      layer_->forward(xb_, yb, options.training, options.seed, options.offset);
+      cuda::MoEStepCuda step;
+      step.training = options.training;
+      step.seed = options.seed;
+      step.offset = options.offset;
+      step.keep_for_backward = options.keep_for_backward;
+      step.drop_tokens = options.drop_tokens;
+      layer_->forward(xb_, yb, step);
     }
-    out_.y = Tensor::empty({T, d}, DType::kF32, dev);
-    cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());
-    const ops::ProfileScope profile("moe_forward.stats", dev);
-    const cuda::MoEStatsCuda st = layer_->stats();  // synchronizes
+    x_dtype_ = x.dtype();
+    out_.y = x.dtype() == DType::kBF16 ? yb : Tensor::empty({T, d}, DType::kF32, dev);
+    if (x.dtype() == DType::kF32)
+      cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());
+    tokens_ = T;
+    stats_pending_ = true;
+    if (!options.defer_stats) finish_stats();
+    return out_;
+  }
+
+  void finish_stats() override {
+    if (!stats_pending_) return;
+    const ops::ProfileScope profile("moe_forward.stats", Device::cuda(ctx_.ordinal()));
+    const cuda::MoEStatsCuda st = layer_->stats();  // waits for the copy the forward queued
     out_.aux_loss = st.aux_loss;
     out_.z_loss = st.z_loss;
     out_.weighted_loss = config_.aux_loss_coef * st.aux_loss + config_.z_loss_coef * st.z_loss;
@@ -96,8 +126,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
     out_.counts.assign(st.counts.begin(), st.counts.end());
     out_.num_dropped = st.num_dropped;
     out_.capacity = st.capacity;
-    tokens_ = T;
-    return out_;
+    stats_pending_ = false;
   }
 
   const MoEGradients& backward(const Tensor& dy) override {
@@ -117,8 +146,11 @@ class CudaMoELayer final : public MoEDeviceLayer {
       const ops::ProfileScope profile("moe_backward.layer", dev);
       layer_->backward(dyb, dxb);
     }
-    grads_.dx = Tensor::empty({T, d}, DType::kF32, dev);
-    cuda::bf16_to_f32(dxb.raw_data(), grads_.dx.data<float>(), dxb.numel(), ctx_.stream());
+    grads_.dx = dxb;
+    if (x_dtype_ == DType::kF32) {
+      grads_.dx = Tensor::empty({T, d}, DType::kF32, dev);
+      cuda::bf16_to_f32(dxb.raw_data(), grads_.dx.data<float>(), dxb.numel(), ctx_.stream());
+    }
     // The layer's own gradient buffers, not copies: valid until the next backward (the
     // MoELayer::backward contract), and readers queue on the same stream, so no wait here.
     grads_.weights.router = layer_->grad_router_w();
@@ -172,7 +204,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
   cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
   std::unique_ptr<cuda::MoELayerCuda> layer_;
   int64_t max_tokens_ = 0, tokens_ = 0;
-  Tensor xb_;  // the bf16 input backward reads
+  DType x_dtype_ = DType::kF32;  // y and dx come back in it
+  bool stats_pending_ = false;   // out_'s statistics wait for finish_stats
+  Tensor xb_;                    // the bf16 input backward reads
   MoEOutput out_;
   MoEGradients grads_;
 };

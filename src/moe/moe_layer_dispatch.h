@@ -4,7 +4,9 @@
 // moe_layer.cpp only holds the pointer and two branches.
 //
 // Contract on the GPU path (differences from the CPU path are errors, never silent):
-//   - x [T,d] f32 or bf16 on CUDA; y, dx and the weight gradients come back as f32 CUDA tensors.
+//   - x [T,d] f32 or bf16 on CUDA; y and dx come back in x's dtype, the weight gradients f32;
+//   - one scratch per GPU holds every layer's within-one-call buffers (cuda::MoEScratch): the
+//     layers all issue their work on the device's one stream;
 //   - experts run in bf16 with fp32 accumulation, the router in fp32 (docs/architecture.md
 //     §Numerics gives the tolerances);
 //   - PR-MoE residual and shared experts (with or without gate) run on the GPU too; their
@@ -34,6 +36,7 @@ class MoEDeviceLayer {
   virtual const MoEOutput& forward(const MoEWeights& weights, const Tensor& x,
                                    const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
+  virtual void finish_stats() = 0;  // see MoELayer::finish_stats
   // Model mode: see MoELayer::bind_device_expert_buffers.
   virtual void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                                    const Tensor& dw2) = 0;

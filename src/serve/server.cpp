@@ -46,7 +46,9 @@ void send_json(httplib::Response& res, int status, const json& body) {
   res.set_content(body.dump(), "application/json");
 }
 
-void send_error(httplib::Response& res, const ApiError& e) { send_json(res, e.status, e.to_json()); }
+void send_error(httplib::Response& res, const ApiError& e) {
+  send_json(res, e.status, e.to_json());
+}
 
 ApiError api_error(int status, const std::string& message, const std::string& type,
                    const std::string& code = "", const std::string& param = "") {
@@ -86,12 +88,6 @@ struct Server::Impl {
       options.model_name = std::filesystem::path(options.model_dir).filename().string();
     if (options.model_name.empty()) options.model_name = "moex";
     model = model::load_model(options.model_dir, options.device);
-    // Serving keeps every MoE route; the GPU layer does that for dropless layers only so far.
-    if (options.device.is_cuda())
-      for (const LayerSpec& l : model->config().layers)
-        MOEX_CHECK(!l.moe || l.moe_config.dropless, options.model_dir,
-                   ": serving on the GPU needs dropless MoE layers (moe.dropless); this model "
-                   "has capacity-mode layers (serve it with --device cpu)");
     tokenizer = infer::open_model_tokenizer(options.model_dir);
     chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
     special_tokens = load_special_tokens(options.model_dir);
@@ -131,8 +127,9 @@ struct Server::Impl {
     try {
       r = parse_generation_request(req.body, chat);
       if (r.model != options.model_name)
-        throw api_error(404, "the model '" + r.model + "' does not exist; this server serves '" +
-                                 options.model_name + "'",
+        throw api_error(404,
+                        "the model '" + r.model + "' does not exist; this server serves '" +
+                            options.model_name + "'",
                         "invalid_request_error", "model_not_found", "model");
       prompt = prompt_ids(r);
       if (prompt.empty())
@@ -146,23 +143,22 @@ struct Server::Impl {
     }
     const int64_t context = scheduler->max_context();
     const int64_t prompt_len = static_cast<int64_t>(prompt.size());
-    const int64_t max_tokens =
-        r.max_tokens.value_or(chat ? context - prompt_len : std::min<int64_t>(16, context - prompt_len));
+    const int64_t max_tokens = r.max_tokens.value_or(
+        chat ? context - prompt_len : std::min<int64_t>(16, context - prompt_len));
     if (prompt_len >= context || prompt_len + max_tokens > context) {
       ++request_errors;
       return send_error(
           res, api_error(400,
                          "this model's maximum context length is " + std::to_string(context) +
                              " tokens; the request has " + std::to_string(prompt_len) +
-                             " prompt tokens and asks for " + std::to_string(max_tokens) +
-                             " more",
+                             " prompt tokens and asks for " + std::to_string(max_tokens) + " more",
                          "invalid_request_error", "context_length_exceeded",
                          r.max_tokens ? "max_tokens" : "messages"));
     }
     if (scheduler->stats().waiting >= options.max_waiting) {
       ++request_errors;
-      return send_error(res, api_error(429, "too many requests are waiting; retry later",
-                                       "rate_limit_exceeded"));
+      return send_error(
+          res, api_error(429, "too many requests are waiting; retry later", "rate_limit_exceeded"));
     }
 
     auto channel = std::make_shared<Channel>();
@@ -234,11 +230,12 @@ struct Server::Impl {
       --active;
       if (channel->reason == infer::FinishReason::kError) {
         ++request_errors;
-        return send_error(res, api_error(500, "generation failed: " + channel->error, "server_error"));
+        return send_error(res,
+                          api_error(500, "generation failed: " + channel->error, "server_error"));
       }
-      return send_json(res, 200,
-                       completion_response(id, options.model_name, created, out, reason_of(),
-                                           usage, chat));
+      return send_json(
+          res, 200,
+          completion_response(id, options.model_name, created, out, reason_of(), usage, chat));
     }
 
     // Streaming: server-sent events, one chunk per piece of text, then [DONE].
@@ -268,8 +265,8 @@ struct Server::Impl {
             finished = true;
           }
           if (!piece.empty() || *first) {
-            if (!event(completion_chunk(id, options.model_name, created, piece, "", chat,
-                                        *first))) {
+            if (!event(
+                    completion_chunk(id, options.model_name, created, piece, "", chat, *first))) {
               stop_engine();  // the client went away: free its sequence
               return false;
             }
@@ -284,8 +281,8 @@ struct Server::Impl {
           const std::string tail = text->finish();
           const std::string reason =
               channel->reason == infer::FinishReason::kError ? "error" : reason_of();
-          bool ok = event(completion_chunk(id, options.model_name, created, tail, reason, chat,
-                                           false));
+          bool ok =
+              event(completion_chunk(id, options.model_name, created, tail, reason, chat, false));
           if (ok && include_usage)
             ok = event(usage_chunk(id, options.model_name, created, *usage_ptr, chat));
           static const std::string kDone = "data: [DONE]\n\n";
@@ -310,8 +307,7 @@ struct Server::Impl {
 
   std::string metrics_text() {
     const infer::SchedulerStats s = scheduler->stats();
-    const double uptime =
-        std::chrono::duration<double>(Clock::now() - started).count();
+    const double uptime = std::chrono::duration<double>(Clock::now() - started).count();
     std::ostringstream o;
     auto metric = [&](const char* name, const char* type, const char* help, double value) {
       o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n'
@@ -339,12 +335,10 @@ struct Server::Impl {
   void routes() {
     http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(n); };
     http.set_payload_max_length(options.max_body_bytes);
-    http.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& s) {
-      generate(q, s, false);
-    });
-    http.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& s) {
-      generate(q, s, true);
-    });
+    http.Post("/v1/completions",
+              [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });
+    http.Post("/v1/chat/completions",
+              [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, true); });
     http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& s) {
       send_json(s, 200,
                 {{"object", "list"},
@@ -354,8 +348,7 @@ struct Server::Impl {
                                         {"owned_by", "moex"}}})}});
     });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& s) {
-      send_json(s, shutting_down ? 503 : 200,
-                {{"status", shutting_down ? "shutting_down" : "ok"}});
+      send_json(s, shutting_down ? 503 : 200, {{"status", shutting_down ? "shutting_down" : "ok"}});
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& s) {
       s.set_content(metrics_text(), "text/plain; version=0.0.4");
@@ -364,12 +357,12 @@ struct Server::Impl {
     http.set_error_handler([](const httplib::Request& q, httplib::Response& s) {
       if (!s.body.empty()) return;
       const int status = s.status;
-      send_error(s, api_error(status,
-                              status == 413 ? "the request body is too large"
-                              : status == 404 ? "no such endpoint: " + q.method + " " + q.path
-                                              : "the request failed (HTTP " +
-                                                    std::to_string(status) + ")",
-                              "invalid_request_error"));
+      send_error(
+          s, api_error(status,
+                       status == 413   ? "the request body is too large"
+                       : status == 404 ? "no such endpoint: " + q.method + " " + q.path
+                                       : "the request failed (HTTP " + std::to_string(status) + ")",
+                       "invalid_request_error"));
     });
     http.set_exception_handler(
         [this](const httplib::Request&, httplib::Response& s, std::exception_ptr ep) {
@@ -436,7 +429,11 @@ void Server::shutdown() {
   });
 }
 
-int Server::port() const { return impl_->bound_port; }
-const std::string& Server::model_name() const { return impl_->options.model_name; }
+int Server::port() const {
+  return impl_->bound_port;
+}
+const std::string& Server::model_name() const {
+  return impl_->options.model_name;
+}
 
 }  // namespace moex::serve

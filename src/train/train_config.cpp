@@ -44,9 +44,15 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
 }  // namespace
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
+  const JsonReader root = JsonReader::from_file(path);
+  TrainConfig c = from_reader(root, path);
+  root.finish();
+  return c;
+}
+
+TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& path) {
   TrainConfig c;
   c.source = path;
-  const JsonReader root = JsonReader::from_file(path);
   c.model = ModelConfig::from_json(root.child("model"));
   c.model_json = root.get_json_text("model", 2);
 
@@ -119,7 +125,6 @@ TrainConfig TrainConfig::from_file(const std::string& path) {
     if (tr.get_int(key, 0) > kMaxBatch)
       tr.fail(key, "must be at most " + std::to_string(kMaxBatch));
   c.parallel = parse_parallel(root.child("parallel"), c.model);
-  root.finish();
   return c;
 }
 

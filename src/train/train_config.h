@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "core/json_reader.h"
 #include "core/tensor.h"
 #include "dist/parallel_layout.h"
 #include "model/model_config.h"
@@ -60,6 +61,9 @@ struct TrainConfig {
   dist::ParallelConfig parallel;  // "parallel": tp, ep, zero_stage, ... (docs/parallelism.md)
 
   static TrainConfig from_file(const std::string& path);
+  // The sections above from an open config, leaving root.finish() to the caller (a tool whose
+  // config has a further section, e.g. "distill", reads that too before finishing).
+  static TrainConfig from_reader(const JsonReader& root, const std::string& path);
 };
 
 // Learning rate at `step` (0-based): linear warmup, then cosine decay to lr * min_lr_ratio.

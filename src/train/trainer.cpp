@@ -134,7 +134,7 @@ std::string format_duration(double seconds) {
 }  // namespace
 
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
-                         dist::Communicator* group) {
+                         dist::Communicator* group, TrainHooks* hooks) {
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
   // The layout first: a layout that cannot run is refused before any data is read.
   dist::Communicator& comm = group ? *group : dist::Communicator::world();
@@ -164,6 +164,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              "all-reduce over NCCL is not built yet)");
   model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr);
   model.init_weights(c.training.seed);
+  if (hooks && resume_dir.empty()) hooks->init_weights(model);
   AdamW optimizer(model.params(), c.optimizer);
   TrainerState state;
   if (!resume_dir.empty()) {
@@ -206,7 +207,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   while (state.step < c.training.steps) {
     const double lr = learning_rate(c.optimizer, c.schedule, state.step, c.training.steps);
     model.zero_grad();
-    double loss = 0, aux = 0, zl = 0;
+    double loss = 0, aux = 0, zl = 0, kd = 0, weighted_kd = 0;
     ExpertLoads expert_loads;  // for the selection-bias rule
     for (int64_t micro = 0; micro < micro_per_step; ++micro) {
       // Every rank reads every micro-batch, so that the sample streams stay aligned.
@@ -220,19 +221,24 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.seed = c.training.seed;
       opt.step = static_cast<uint64_t>(state.step * micro_per_step + micro);
       opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
+      if (hooks) hooks->before_forward(ids.data(), mb, seq_len, state.step, opt);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
       model.backward();
       if (c.optimizer.bias_update_rate > 0) accumulate_expert_loads(model, expert_loads);
       loss += r.loss / micro_per_step;
       aux += r.aux_loss / micro_per_step;
       zl += r.z_loss / micro_per_step;
+      kd += r.kd_loss / micro_per_step;
+      weighted_kd += r.weighted_kd / micro_per_step;
     }
     if (dp > 1) {
       all_reduce_gradients(model, *groups.dp, *groups.edp);
-      double sums[3] = {loss, aux, zl};
-      groups.dp->all_reduce_sum(sums, 3);
-      loss = sums[0], aux = sums[1], zl = sums[2];
+      double sums[5] = {loss, aux, zl, kd, weighted_kd};
+      groups.dp->all_reduce_sum(sums, 5);
+      loss = sums[0], aux = sums[1], zl = sums[2], kd = sums[3], weighted_kd = sums[4];
     }
+    const double lm_loss = loss;
+    loss += weighted_kd;  // the objective (without the router terms, as in plain training)
     const double grad_norm = optimizer.step(model, lr, state.step + 1);
     if (c.optimizer.bias_update_rate > 0) {
       // Every rank applies the same rule to the same (summed) loads: the biases stay equal.
@@ -248,6 +254,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     const bool last = state.step == c.training.steps;
     nlohmann::json line = {{"step", state.step}, {"loss", loss}, {"aux_loss", aux},
                            {"z_loss", zl},       {"lr", lr},     {"grad_norm", grad_norm}};
+    if (hooks) {
+      line["lm_loss"] = lm_loss;
+      line["kd_loss"] = kd;
+      hooks->add_metrics(state.step - 1, line);
+    }
     if (root && (state.step % c.training.log_every == 0 || last)) {
       const double secs = std::chrono::duration<double>(Clock::now() - window_start).count();
       const double tps = window_tokens / std::max(secs, 1e-9);

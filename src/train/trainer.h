@@ -4,9 +4,11 @@
 // and exact resume.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "dist/communicator.h"
+#include "model/model.h"
 #include "train/train_config.h"
 
 namespace moex::train {
@@ -20,11 +22,29 @@ struct TrainResult {
   std::string last_checkpoint;
 };
 
+// What a variant of training adds to the loop (train/distill.h: knowledge distillation), so that
+// it reuses the trainer's data, schedule, metrics, checkpoints and resume instead of copying them.
+class TrainHooks {
+ public:
+  virtual ~TrainHooks() = default;
+  // A fresh run only (a resume takes the checkpoint's weights), after init_weights.
+  virtual void init_weights(model::Model& model) {}
+  // Before the forward of each micro-batch of optimizer step `step` (0-based); ids [batch,
+  // seq_len] on the host. May set options.soft_targets (valid until the next call).
+  virtual void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
+                              model::ForwardOptions& options) {}
+  // Fields added to the metrics line of optimizer step `step` (0-based).
+  virtual void add_metrics(int64_t step, nlohmann::json& line) {}
+};
+
 // `resume_dir`: a checkpoint directory to continue from ("" starts fresh).
 // `stop_after`: stop (and checkpoint) after this many steps of this run, 0 = run to the end.
 // `group`: the ranks of this run (default: every rank mpirun started; Communicator::local()
 // trains alone even under mpirun), divided as config.parallel says (docs/parallelism.md).
+// `hooks`: a training variant (null: plain LM training); with hooks the metrics carry "lm_loss"
+// and "kd_loss" (see LossResult) and "loss" is the objective lm_loss + weighted kd.
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,
-                         int64_t stop_after = 0, dist::Communicator* group = nullptr);
+                         int64_t stop_after = 0, dist::Communicator* group = nullptr,
+                         TrainHooks* hooks = nullptr);
 
 }  // namespace moex::train

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The working path through the moex binary: prepare a small corpus, train a tiny MoE for a few
-# steps, generate (greedy and sampled), evaluate, tokenize and export to Qwen3-MoE, asserting
-# what each step produced.
+# steps, generate (greedy and sampled), evaluate (on token ids and on the corpus), tokenize,
+# prune, distill and export to Qwen3-MoE, asserting what each step produced.
 #   working_path_test.sh MOEX [KEEP_DIR]
 # With KEEP_DIR the export and the references check_hf_export.py compares it with are left
 # there: KEEP_DIR/export (the Hugging Face directory) and KEEP_DIR/reference.json (moex's ids
@@ -199,6 +199,49 @@ assert all(len(k) == 3 for k in p["kept"].values()), p
 assert math.isfinite(e["loss"]) and 0 < e["loss"] < math.log(400) + 2, e
 PY
 [ -f "$TMP/pruned/tokenizer.model" ] || fail "prune did not copy the tokenizer"
+
+# ---- distill: a one-block student from the trained model's MoE block; KD for 2 of 4 steps ----
+step "moex distill"
+python3 - "$TMP" <<'PY' || fail "writing the distill config"
+import json, sys
+c = json.load(open(sys.argv[1] + "/config.json"))
+c["model"]["num_layers"] = 1
+c["model"]["moe"]["layer_freq"] = 1
+c["training"].update({"steps": 4, "eval_every": 4, "out_dir": sys.argv[1] + "/student"})
+c["distill"] = {"alpha": 0.5, "temperature": 2.0, "stop_kd_at_step": 2,
+                "init_from_teacher_layers": [1]}
+json.dump(c, open(sys.argv[1] + "/distill.json", "w"))
+PY
+"$MOEX" distill --teacher "$MODEL" --config "$TMP/distill.json" >"$TMP/distill.log" 2>&1 || {
+  cat "$TMP/distill.log"
+  fail "moex distill exited non-zero"
+}
+python3 - "$TMP/student/metrics.jsonl" <<'PY' || fail "distill metrics"
+import json, sys
+m = [json.loads(l) for l in open(sys.argv[1])]
+assert len(m) == 4, m
+assert all(x["kd_loss"] > 0 and x["kd_alpha"] == 0.5 for x in m[:2]), m
+assert all(x["kd_loss"] == 0 and x["kd_alpha"] == 0 and x["loss"] == x["lm_loss"] for x in m[2:]), m
+PY
+DISTILL_EVAL="$("$MOEX" eval --model "$TMP/student/final" --input-ids "$TMP/eval_ids.safetensors")"
+python3 -c 'import json, math, sys; e = json.loads(sys.argv[1]); assert math.isfinite(e["loss"]), e' \
+  "$DISTILL_EVAL" || fail "the distilled student does not evaluate"
+"$MOEX" distill --teacher "$TMP/nowhere" --config "$TMP/distill.json" 2>"$TMP/distill_err.log" &&
+  fail "distill from a missing teacher succeeded"
+grep -q "no such directory" "$TMP/distill_err.log" || fail "missing teacher: $(cat "$TMP/distill_err.log")"
+
+# ---- eval --data: perplexity of every source of the valid split ----
+step "moex eval --data"
+DATA_EVAL="$("$MOEX" eval --model "$MODEL" --data "$TMP/corpus" --split valid --seq-len 32)"
+python3 - "$DATA_EVAL" "$TMP/corpus/corpus.json" <<'PY' || fail "eval --data: $DATA_EVAL"
+import json, math, sys
+e, corpus = json.loads(sys.argv[1]), json.load(open(sys.argv[2]))
+names = [s["name"] for s in corpus["sources"] if s["valid"]["tokens"] >= 2]
+assert [s["name"] for s in e["sources"]] == names, (e, names)
+for s in e["sources"]:
+    assert 0 < s["loss"] < math.log(400) + 2 and abs(s["perplexity"] - math.exp(s["loss"])) < 1e-6 * s["perplexity"], s
+assert e["tokens"] == sum(s["tokens"] for s in e["sources"]) > 0, e
+PY
 
 # ---- export: the Hugging Face directory loads back into moex with the same function ----
 step "moex export"

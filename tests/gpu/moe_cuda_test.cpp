@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/dtype.h"
@@ -702,6 +703,156 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, LayerVsCpu, ::testing::ValuesIn(layer_cases()),
+                         [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
+
+// One result of a layer: y, dx (bf16 values) and its weight gradients, on the host.
+struct LayerRun {
+  std::vector<float> y, dx, drouter, dw1, dw2;
+};
+
+// A model's layers share one MoEScratch: layer A's forward, then B's forwards (more tokens, so
+// the scratch grows and moves; one that keeps nothing, one that keeps), B's backward, then A's
+// backward, must give what each layer gives with a scratch of its own.
+class SharedScratch : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(SharedScratch, InterleavedLayersMatchLayersWithTheirOwn) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t d = c.hidden_size, Ta = 192, Tb = 320;
+  MoELayer weights_a(c, DType::kF32), weights_b(c, DType::kF32);
+  weights_a.init_weights(21);
+  weights_b.init_weights(22);
+  CudaContext ctx;
+  auto make = [&](MoELayer& src, cuda::MoEScratch* scratch) {
+    cuda::MoELayerCudaOptions opt;
+    opt.max_tokens = Tb;
+    opt.dropless_gemm = lc.dropless_gemm;
+    opt.padded_row_multiple = lc.pad_multiple;
+    opt.scratch = scratch;
+    auto layer = std::make_unique<cuda::MoELayerCuda>(c, opt, ctx);
+    const MoEWeights& w = src.weights();
+    layer->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+    if (c.residual) layer->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
+    if (c.shared_ffn_size > 0)
+      layer->set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+    return layer;
+  };
+  struct Io {
+    DevBuf x, dy, y, dx;
+    Tensor xt, dyt, yt, dxt;
+    Io(int64_t T, int64_t d, uint64_t seed)
+        : x(upload(to_bf16(rand_vec(T * d, seed)))),
+          dy(upload(to_bf16(rand_vec(T * d, seed + 1)))),
+          y(T * d * 2),
+          dx(T * d * 2) {
+      xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+      dyt = Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda());
+      yt = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
+      dxt = Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda());
+    }
+  };
+  auto result = [&](const cuda::MoELayerCuda& layer, const Io& io, int64_t T) {
+    return LayerRun{download_bf16(io.y.ptr, T * d), download_bf16(io.dx.ptr, T * d),
+                    tensor_f32(layer.grad_router_w()), tensor_f32(layer.grad_w1()),
+                    tensor_f32(layer.grad_w2())};
+  };
+
+  // Each layer alone, with its own scratch.
+  LayerRun alone_a, alone_b;
+  {
+    Io ia(Ta, d, 31), ib(Tb, d, 41);
+    auto a = make(weights_a, nullptr), b = make(weights_b, nullptr);
+    a->forward(ia.xt, ia.yt, true, 5, 1);
+    a->backward(ia.dyt, ia.dxt);
+    alone_a = result(*a, ia, Ta);
+    b->forward(ib.xt, ib.yt, true, 5, 2);
+    b->backward(ib.dyt, ib.dxt);
+    alone_b = result(*b, ib, Tb);
+  }
+  // Interleaved on one scratch.
+  cuda::MoEScratch scratch;
+  Io ia(Ta, d, 31), ib(Tb, d, 41);
+  auto a = make(weights_a, &scratch), b = make(weights_b, &scratch);
+  a->forward(ia.xt, ia.yt, true, 5, 1);
+  const size_t after_a = scratch.bytes();
+  cuda::MoEStepCuda no_keep{true, 5, 2};
+  no_keep.keep_for_backward = false;
+  no_keep.drop_tokens = true;
+  b->forward(ib.xt, ib.yt, no_keep);
+  const std::vector<float> y_b_nokeep = download_bf16(ib.y.ptr, Tb * d);
+  EXPECT_THROW(b->backward(ib.dyt, ib.dxt), Error) << "backward after a forward that kept nothing";
+  b->forward(ib.xt, ib.yt, true, 5, 2);
+  b->backward(ib.dyt, ib.dxt);
+  const LayerRun shared_b = result(*b, ib, Tb);
+  EXPECT_GT(scratch.bytes(), after_a) << "B's larger batch should have grown the scratch";
+  a->backward(ia.dyt, ia.dxt);
+  const LayerRun shared_a = result(*a, ia, Ta);
+
+  EXPECT_LT(rel_l2(y_b_nokeep, alone_b.y), 1e-6) << lc.name << " y of a forward keeping nothing";
+  for (const auto& [what, got, want] :
+       {std::tuple{"A", &shared_a, &alone_a}, std::tuple{"B", &shared_b, &alone_b}}) {
+    EXPECT_LT(rel_l2(got->y, want->y), 1e-6) << lc.name << " " << what << " y";
+    EXPECT_LT(rel_l2(got->dx, want->dx), 1e-6) << lc.name << " " << what << " dx";
+    EXPECT_LT(rel_l2(got->drouter, want->drouter), 1e-6) << lc.name << " " << what << " drouter";
+    EXPECT_LT(rel_l2(got->dw1, want->dw1), 1e-6) << lc.name << " " << what << " dw1";
+    EXPECT_LT(rel_l2(got->dw2, want->dw2), 1e-6) << lc.name << " " << what << " dw2";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SharedScratch, ::testing::ValuesIn(layer_cases()),
+                         [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
+
+// Forwards that keep nothing over few tokens run the decode kernels (selected experts' weights
+// only, no host sync): their y must equal the GEMM path's, with every route kept or with the
+// layer's own capacity, at batch 1 and at a few dozen tokens.
+class DecodePath : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const bool padded = !c.dropless || lc.dropless_gemm == cuda::DroplessGemm::kPadded;
+  const int64_t d = c.hidden_size;
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(23);
+  const MoEWeights& w = weights.weights();
+  CudaContext ctx;
+  cuda::MoELayerCudaOptions opt;
+  opt.max_tokens = 32;
+  opt.dropless_gemm = lc.dropless_gemm;
+  opt.padded_row_multiple = lc.pad_multiple;
+  cuda::MoELayerCuda layer(c, opt, ctx);
+  layer.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+  if (c.residual) layer.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
+  if (c.shared_ffn_size > 0) layer.set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+  for (const int64_t T : {int64_t{1}, int64_t{29}}) {
+    for (const bool drop_tokens : {true, false}) {
+      const std::string what = lc.name + " T=" + std::to_string(T) +
+                               (drop_tokens ? " own capacity" : " every route kept");
+      DevBuf x = upload(to_bf16(rand_vec(T * d, 51 + T))), y_gemm(T * d * 2), y_dec(T * d * 2);
+      const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+      cuda::MoEStepCuda step{false, 9, 4};
+      step.drop_tokens = drop_tokens;
+      layer.forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                    step);
+      const cuda::MoEStatsCuda st_gemm = layer.stats();
+      const int64_t syncs = layer.host_syncs(), decodes = layer.decode_forwards();
+      step.keep_for_backward = false;
+      layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                    step);
+      const cuda::MoEStatsCuda st_dec = layer.stats();
+      if (padded)
+        EXPECT_EQ(layer.host_syncs(), syncs) << what << ": the decode path waited for the host";
+      EXPECT_EQ(layer.decode_forwards(), decodes + (padded ? 1 : 0)) << what;
+      EXPECT_EQ(st_dec.counts, st_gemm.counts) << what;
+      EXPECT_EQ(st_dec.capacity, st_gemm.capacity) << what;
+      // Both round h and a to bf16 and accumulate in fp32; only the summation order differs.
+      EXPECT_LT(rel_l2(download_bf16(y_dec.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
+          << what;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, DecodePath, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
 
 }  // namespace

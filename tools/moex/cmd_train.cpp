@@ -4,6 +4,7 @@
 #include "args.h"
 #include "command.h"
 #include "train/trainer.h"
+#include "train_report.h"
 
 namespace {
 
@@ -25,14 +26,7 @@ int run_train(const std::vector<std::string>& argv) {
     config.training.device = moex::Device::parse(args.get("device"), "--device");
   const auto result =
       moex::train::run_training(config, args.get("resume"), args.get_int("stop-after", 0));
-  if (!moex::dist::Communicator::world().is_root())
-    return result.interrupted ? 130 : 0;  // rank 0 reports
-  std::printf(
-      "{\"steps\": %lld, \"loss\": %.6f, \"eval_loss\": %.6f, \"tokens_per_second\": %.1f, "
-      "\"checkpoint\": \"%s\"}\n",
-      static_cast<long long>(result.steps_done), result.final_loss, result.final_eval_loss,
-      result.tokens_per_second, result.last_checkpoint.c_str());
-  return result.interrupted ? 130 : 0;
+  return moex::cli::report_training(result);
 }
 
 const moex::cli::Command kTrain("train", "train a model from a JSON config", run_train);

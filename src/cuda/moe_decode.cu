@@ -1,0 +1,177 @@
+#include <algorithm>
+
+#include "core/error.h"
+#include "cuda/activation_math.cuh"
+#include "cuda/bf16_util.cuh"
+#include "cuda/cuda_check.h"
+#include "cuda/moe_decode.h"
+
+namespace moex::cuda {
+namespace {
+
+constexpr int kWarps = 8, kThreads = kWarps * 32;
+// Routed rows handled per pass over a weight row: every weight element loaded is used this many
+// times from registers; more rows take another pass (the weight rows come back from L2).
+constexpr int kGroup = 8;
+// Blocks per expert along the output: enough warps in flight to saturate HBM when only one or two
+// experts are selected, few enough that unselected experts' blocks cost little to launch.
+constexpr int kMaxBlocksPerExpert = 128;
+
+enum Kind { kUpSwiGLU, kUpGelu, kDown };
+
+struct KernelArgs {
+  const __nv_bfloat16* in;  // up: x [T, d]; down: a [E*T, F]
+  const int32_t* gather;
+  const int32_t* counts;
+  const int32_t* info;
+  const __nv_bfloat16* w;  // up: w1 [E, F1, d]; down: w2 [E, d, F]
+  __nv_bfloat16* out;      // up: a [E*T, F]; down: out [E*T, d]
+  int64_t k_dim;           // reduction length: d (up) or F (down)
+  int64_t positions;       // outputs per row: F (up) or d (down)
+  int64_t w_rows;          // weight rows per expert: F1 (up) or d (down)
+  int top_k;
+  bool gelu_exact;
+};
+
+// Weights are read once: stream them past L1 so the routed input rows stay there.
+__device__ __forceinline__ void load_stream_bf16x8(const __nv_bfloat16* p, float (&out)[8]) {
+  const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float round_bf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+// One warp per "unit": a pair of weight rows of expert e = blockIdx.y and the outputs they make.
+//   kUpSwiGLU: rows j (gate) and F + j (up) -> a[row, j] = silu(g) * u
+//   kUpGelu:   rows 2u, 2u + 1             -> a[row, 2u..2u+1] = gelu(h)
+//   kDown:     rows 2u, 2u + 1 of w2       -> out[row, 2u..2u+1]
+// Each lane covers 8 consecutive reduction elements per 256, the warp sums at the end.
+template <int kKind>
+__global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
+  __shared__ int src[kMaxDecodeCapacity];  // input row of each routed row
+  __shared__ int dst[kMaxDecodeCapacity];  // output row of each routed row
+  __shared__ int num_rows;
+  const int e = blockIdx.y;
+  if (p.counts[e] == 0) return;  // the same for the whole block
+  const int C = p.info[0];
+  if (threadIdx.x == 0) {
+    int n = 0;
+    for (int s = 0; s < C && n < kMaxDecodeCapacity; ++s) {
+      const int row = e * C + s, route = p.gather[row];
+      if (route < 0) continue;
+      src[n] = kKind == kDown ? row : route / p.top_k;
+      dst[n] = row;
+      ++n;
+    }
+    num_rows = n;
+  }
+  __syncthreads();
+  const int n = num_rows, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t units = kKind == kUpSwiGLU ? p.positions : p.positions / 2;
+  for (int64_t unit = int64_t{blockIdx.x} * kWarps + warp; unit < units;
+       unit += int64_t{gridDim.x} * kWarps) {
+    const int64_t r0 = kKind == kUpSwiGLU ? unit : 2 * unit;
+    const int64_t r1 = kKind == kUpSwiGLU ? unit + p.positions : 2 * unit + 1;
+    const __nv_bfloat16* w0 = p.w + (int64_t{e} * p.w_rows + r0) * p.k_dim;
+    const __nv_bfloat16* w1 = p.w + (int64_t{e} * p.w_rows + r1) * p.k_dim;
+    for (int g0 = 0; g0 < n; g0 += kGroup) {
+      const int ng = min(kGroup, n - g0);
+      float acc0[kGroup], acc1[kGroup];
+#pragma unroll
+      for (int t = 0; t < kGroup; ++t) acc0[t] = acc1[t] = 0.0f;
+#pragma unroll 2
+      for (int64_t k = lane * 8; k < p.k_dim; k += 256) {
+        float a[8], b[8];
+        load_stream_bf16x8(w0 + k, a);
+        load_stream_bf16x8(w1 + k, b);
+#pragma unroll
+        for (int t = 0; t < kGroup; ++t) {
+          if (t >= ng) break;
+          float x[8];
+          load_bf16x8(p.in + int64_t{src[g0 + t]} * p.k_dim + k, x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            acc0[t] = fmaf(a[i], x[i], acc0[t]);
+            acc1[t] = fmaf(b[i], x[i], acc1[t]);
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < kGroup; ++t) {
+        if (t >= ng) break;
+        const float h0 = warp_sum(acc0[t]), h1 = warp_sum(acc1[t]);
+        if (lane != t) continue;  // lane t writes routed row g0 + t
+        const int64_t row = dst[g0 + t];
+        if (kKind == kUpSwiGLU) {
+          const float g = round_bf16(h0), u = round_bf16(h1);
+          p.out[row * p.positions + unit] = __float2bfloat16(g * sigmoid(g) * u);
+        } else if (kKind == kUpGelu) {
+          p.out[row * p.positions + r0] = __float2bfloat16(gelu(round_bf16(h0), p.gelu_exact));
+          p.out[row * p.positions + r1] = __float2bfloat16(gelu(round_bf16(h1), p.gelu_exact));
+        } else {
+          p.out[row * p.positions + r0] = __float2bfloat16(h0);
+          p.out[row * p.positions + r1] = __float2bfloat16(h1);
+        }
+      }
+    }
+  }
+}
+
+template <int kKind>
+void launch(const KernelArgs& a, int num_experts, cudaStream_t stream) {
+  const int64_t units = kKind == kUpSwiGLU ? a.positions : a.positions / 2;
+  const int64_t blocks = std::min<int64_t>(ceil_div(units, kWarps), kMaxBlocksPerExpert);
+  decode_expert_kernel<kKind>
+      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(num_experts)), kThreads, 0,
+         stream>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
+  MOEX_CHECK(p.d % 8 == 0 && p.f % 8 == 0, "moe_decode_experts: d (", p.d, ") and F (", p.f,
+             ") must be multiples of 8");
+  MOEX_CHECK(p.num_tokens > 0 && p.num_tokens <= kMaxDecodeCapacity,
+             "moe_decode_experts: T=", p.num_tokens, " outside [1, ", kMaxDecodeCapacity, "]");
+  KernelArgs up{static_cast<const __nv_bfloat16*>(p.x),
+                p.gather,
+                p.counts,
+                p.info,
+                static_cast<const __nv_bfloat16*>(p.w1),
+                static_cast<__nv_bfloat16*>(p.a),
+                p.d,
+                p.f,
+                p.swiglu ? 2 * p.f : p.f,
+                p.top_k,
+                p.gelu_exact};
+  if (p.swiglu) {
+    launch<kUpSwiGLU>(up, p.num_experts, stream);
+  } else {
+    launch<kUpGelu>(up, p.num_experts, stream);
+  }
+  KernelArgs down = up;
+  down.in = static_cast<const __nv_bfloat16*>(p.a);
+  down.w = static_cast<const __nv_bfloat16*>(p.w2);
+  down.out = static_cast<__nv_bfloat16*>(p.out);
+  down.k_dim = p.f;
+  down.positions = p.d;
+  down.w_rows = p.d;
+  launch<kDown>(down, p.num_experts, stream);
+}
+
+}  // namespace moex::cuda

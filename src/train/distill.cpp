@@ -1,0 +1,134 @@
+#include "train/distill.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "io/safetensors.h"
+#include "model/model_io.h"
+
+namespace moex::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kLayerPrefix = "model.layers.";
+
+// The teacher tensor a student tensor starts from: block i's tensors come from teacher layer
+// layers[i]; everything else keeps its name.
+std::string teacher_name(const std::string& student_name, const std::vector<int64_t>& layers) {
+  if (student_name.rfind(kLayerPrefix, 0) != 0) return student_name;
+  const size_t start = std::strlen(kLayerPrefix), dot = student_name.find('.', start);
+  const int64_t layer = std::stoll(student_name.substr(start, dot - start));
+  return kLayerPrefix + std::to_string(layers[static_cast<size_t>(layer)]) +
+         student_name.substr(dot);
+}
+
+}  // namespace
+
+DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
+  const JsonReader root = JsonReader::from_file(path);
+  DistillRunConfig c;
+  c.train = TrainConfig::from_reader(root, path);
+  const JsonReader kd = root.child("distill");
+  DistillConfig& d = c.distill;
+  d.alpha = kd.get_double("alpha", 1.0);
+  d.temperature = kd.get_double("temperature", 1.0);
+  d.stop_kd_at_step = kd.get_int("stop_kd_at_step", -1);
+  d.init_from_teacher_layers = kd.get_int_array("init_from_teacher_layers");
+  d.layers_field = kd.where("init_from_teacher_layers");
+  if (!std::isfinite(d.alpha) || d.alpha < 0) kd.fail("alpha", "must be a finite number >= 0");
+  if (!std::isfinite(d.temperature) || d.temperature <= 0)
+    kd.fail("temperature", "must be a finite number > 0");
+  if (kd.has("stop_kd_at_step") && d.stop_kd_at_step < 0)
+    kd.fail("stop_kd_at_step", "must be >= 0 (leave it out to distill on every step)");
+  if (kd.has("init_from_teacher_layers") &&
+      static_cast<int64_t>(d.init_from_teacher_layers.size()) != c.train.model.num_layers)
+    kd.fail("init_from_teacher_layers", "has " + std::to_string(d.init_from_teacher_layers.size()) +
+                                            " entries; the student has model.num_layers = " +
+                                            std::to_string(c.train.model.num_layers));
+  root.finish();
+  return c;
+}
+
+std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainConfig& student,
+                                           Device device) {
+  MOEX_CHECK(!dir.empty(), "--teacher: a model directory is required");
+  MOEX_CHECK(fs::is_directory(dir), "--teacher ", dir, ": no such directory");
+  MOEX_CHECK(fs::exists(fs::path(dir) / "config.json"), "--teacher ", dir,
+             ": config.json is missing (a model directory: moex train's final/ or a Hugging Face "
+             "model)");
+  MOEX_CHECK(fs::exists(fs::path(dir) / io::kSafetensorsSingleName) ||
+                 fs::exists(fs::path(dir) / io::kSafetensorsIndexName),
+             "--teacher ", dir, ": no weights (", io::kSafetensorsSingleName, " or ",
+             io::kSafetensorsIndexName, ")");
+  auto teacher = model::load_model(dir, device);
+  const ModelConfig& t = teacher->config();
+  MOEX_CHECK(t.vocab_size == student.model.vocab_size, "--teacher ", dir,
+             "/config.json: vocab_size ", t.vocab_size, " differs from the student's (",
+             student.source, ": model.vocab_size = ", student.model.vocab_size,
+             "); distillation compares the two models' distributions over one vocabulary");
+  MOEX_CHECK(t.max_seq_len >= student.data.seq_len, "--teacher ", dir, "/config.json: max_seq_len ",
+             t.max_seq_len, " is shorter than ", student.source,
+             ": data.seq_len = ", student.data.seq_len);
+  return teacher;
+}
+
+void init_from_teacher_layers(model::Model& student, const model::Model& teacher,
+                              const DistillConfig& config) {
+  const std::vector<int64_t>& layers = config.init_from_teacher_layers;
+  const int64_t teacher_layers = teacher.config().num_layers;
+  MOEX_CHECK(static_cast<int64_t>(layers.size()) == student.config().num_layers,
+             config.layers_field, " has ", layers.size(), " entries; the student has ",
+             student.config().num_layers, " layers");
+  for (const int64_t l : layers)
+    MOEX_CHECK(l >= 0 && l < teacher_layers, config.layers_field, ": layer ", l,
+               " is outside the teacher's [0, ", teacher_layers, ")");
+  const ParamBuffer src = teacher.host_params();
+  const ParamBuffer dst = student.host_params();
+  for (int i = 0; i < dst.size(); ++i) {
+    const std::string& name = dst.name(i);
+    std::string from_name = teacher_name(name, layers);
+    if (src.index_of(from_name) < 0 && from_name == "lm_head.weight")
+      from_name = "model.embed_tokens.weight";  // the teacher ties its head to the embedding
+    const int s = src.index_of(from_name);
+    MOEX_CHECK(s >= 0, config.layers_field, ": the teacher has no '", from_name,
+               "' for the student's '", name, "' (the two blocks differ in kind)");
+    const Tensor& from = src.tensor(s);
+    const Tensor& to = dst.tensor(i);
+    MOEX_CHECK(from.shape() == to.shape(), config.layers_field, ": the student's '", name, "' is ",
+               to.shape().str(), " but the teacher's '", from_name, "' is ", from.shape().str());
+    std::memcpy(to.raw_data(), from.raw_data(), to.nbytes());
+  }
+  student.store_host_params(dst);
+}
+
+void DistillHooks::init_weights(model::Model& model) {
+  if (!config_.init_from_teacher_layers.empty()) init_from_teacher_layers(model, teacher_, config_);
+}
+
+void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
+                                  model::ForwardOptions& options) {
+  if (!config_.kd_active(step)) return;  // staged KD: past the stop the teacher is not run
+  soft_.hidden = teacher_.final_hidden(ids, batch, seq_len);
+  soft_.head = teacher_.lm_head_weight();
+  soft_.temperature = config_.temperature;
+  soft_.weight = config_.alpha;
+  options.soft_targets = &soft_;
+}
+
+void DistillHooks::add_metrics(int64_t step, nlohmann::json& line) {
+  line["kd_alpha"] = config_.kd_active(step) ? config_.alpha : 0.0;
+}
+
+TrainResult run_distillation(const DistillRunConfig& config, const std::string& teacher_dir,
+                             const std::string& resume_dir, int64_t stop_after,
+                             dist::Communicator* group) {
+  auto teacher = load_teacher(teacher_dir, config.train, config.train.training.device);
+  // run_training calls hooks.init_weights before it writes anything, so a bad layer list leaves
+  // nothing on disk.
+  DistillHooks hooks(config.distill, *teacher);
+  return run_training(config.train, resume_dir, stop_after, group, &hooks);
+}
+
+}  // namespace moex::train

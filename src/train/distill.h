@@ -1,0 +1,73 @@
+// Knowledge distillation (moex distill; docs/distill.md): a smaller student (fewer layers and/or
+// experts; DeepSpeed-MoE's Mixture-of-Students) trains on the corpus with
+//   loss = LM cross-entropy + alpha * tau^2 * KL(teacher || student)
+// on logits softened at temperature tau. Staged KD: alpha drops to 0 from a configured step on.
+// The teacher runs forward only, on the student's device; the loop is the trainer's own
+// (train/trainer.h TrainHooks), so data, schedule, metrics, checkpoints and resume are shared.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "train/trainer.h"
+
+namespace moex::train {
+
+struct DistillConfig {
+  double alpha = 1.0;            // weight of the KD term
+  double temperature = 1.0;      // tau
+  int64_t stop_kd_at_step = -1;  // KD on the first N optimizer steps only; -1: every step
+  // Student block i starts as teacher layer init_from_teacher_layers[i] (embedding, final norm and
+  // LM head copied too); empty: the student's own random init.
+  std::vector<int64_t> init_from_teacher_layers;
+  std::string layers_field;  // "file: distill.init_from_teacher_layers", for errors found later
+
+  // Whether optimizer step `step` (0-based) has the KD term.
+  bool kd_active(int64_t step) const {
+    return alpha > 0 && (stop_kd_at_step < 0 || step < stop_kd_at_step);
+  }
+};
+
+struct DistillRunConfig {
+  TrainConfig train;  // the student and its training, as for moex train
+  DistillConfig distill;
+  // A training config with a "distill" section; unknown fields and bad values are errors naming
+  // the file and the field.
+  static DistillRunConfig from_file(const std::string& path);
+};
+
+// Opens the teacher model directory on `device` and checks it against the student's config:
+// missing directory, config.json or weights, a vocabulary other than the student's, or a
+// max_seq_len shorter than data.seq_len are errors naming the directory (or file) and the field.
+std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainConfig& student,
+                                           Device device);
+
+// Copies the listed teacher layers into the student's blocks, and the embedding, learned
+// positions, final norm and LM head (a tied teacher's embedding serves an untied student's head).
+// Every copied tensor must have the student's shape; errors name `config.layers_field`.
+void init_from_teacher_layers(model::Model& student, const model::Model& teacher,
+                              const DistillConfig& config);
+
+// The trainer hooks of a distillation run.
+class DistillHooks : public TrainHooks {
+ public:
+  DistillHooks(const DistillConfig& config, model::Model& teacher)
+      : config_(config), teacher_(teacher) {}
+  void init_weights(model::Model& model) override;
+  void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
+                      model::ForwardOptions& options) override;
+  void add_metrics(int64_t step, nlohmann::json& line) override;
+
+ private:
+  DistillConfig config_;
+  model::Model& teacher_;
+  model::SoftTargets soft_;  // the current micro-batch's teacher side
+};
+
+// Loads and checks the teacher, then trains the student through run_training (same arguments).
+TrainResult run_distillation(const DistillRunConfig& config, const std::string& teacher_dir,
+                             const std::string& resume_dir, int64_t stop_after = 0,
+                             dist::Communicator* group = nullptr);
+
+}  // namespace moex::train
