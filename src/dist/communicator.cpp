@@ -1,9 +1,12 @@
 #include "dist/communicator.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <vector>
 
 #include "core/error.h"
 
@@ -18,6 +21,15 @@
 #endif
 
 namespace moex::dist {
+
+#ifdef MOEX_WITH_MPI
+struct Communicator::Handle {
+  MPI_Comm comm = MPI_COMM_NULL;
+};
+#else
+struct Communicator::Handle {};
+#endif
+
 namespace {
 
 // Ranks launched by Open MPI's or MPICH's mpirun carry their world size in the environment.
@@ -28,8 +40,37 @@ int launched_world_size() {
   return 1;
 }
 
-// MPI counts are ints: send large buffers in chunks.
+// MPI counts are ints: all-reduce sends large buffers in chunks; the other collectives refuse
+// counts past INT_MAX (a layer that large needs a chunked exchange first).
 [[maybe_unused]] constexpr int64_t kChunk = int64_t{1} << 30;
+
+[[maybe_unused]] int mpi_count(int64_t n, const char* op) {
+  MOEX_CHECK(n >= 0 && n <= INT_MAX, "Communicator::", op, ": ", n,
+             " elements do not fit an MPI count");
+  return static_cast<int>(n);
+}
+
+#ifdef MOEX_WITH_MPI
+template <typename T>
+MPI_Datatype mpi_type();
+template <>
+MPI_Datatype mpi_type<float>() {
+  return MPI_FLOAT;
+}
+template <>
+MPI_Datatype mpi_type<double>() {
+  return MPI_DOUBLE;
+}
+template <>
+MPI_Datatype mpi_type<int64_t>() {
+  return MPI_INT64_T;
+}
+#endif
+
+template <typename T>
+void copy_elems(const T* src, T* dst, int64_t n) {
+  if (src != dst && n > 0) std::memmove(dst, src, static_cast<size_t>(n) * sizeof(T));
+}
 
 }  // namespace
 
@@ -51,10 +92,11 @@ Communicator::Communicator(bool join_world) {
 #else
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
-  uses_mpi_ = true;
+  owns_world_ = true;
   abort_job_on_terminate();  // an uncaught error on one rank must not leave the others waiting
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+  if (size_ > 1) handle_ = std::make_unique<Handle>(Handle{MPI_COMM_WORLD});
 #endif
 }
 
@@ -82,54 +124,143 @@ void Communicator::abort_job(int code) {
   std::_Exit(code);
 }
 
-#ifdef MOEX_WITH_MPI
 bool Communicator::in_mpi_job() {
+#ifdef MOEX_WITH_MPI
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
   return initialized && !finalized;
+#else
+  return false;
+#endif
 }
 
 Communicator::~Communicator() {
-  if (uses_mpi_) MPI_Finalize();
+#ifdef MOEX_WITH_MPI
+  if (owns_world_) {
+    MPI_Finalize();
+  } else if (handle_ && in_mpi_job()) {
+    MPI_Comm_free(&handle_->comm);
+  }
+#endif
 }
 
-void Communicator::all_reduce_sum(float* data, int64_t n) {
-  if (!uses_mpi_) return;
-  for (int64_t start = 0; start < n; start += kChunk)
-    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + start,
-                            static_cast<int>(std::min(kChunk, n - start)), MPI_FLOAT, MPI_SUM,
-                            MPI_COMM_WORLD));
+std::unique_ptr<Communicator> Communicator::split(int color, int key) const {
+  std::unique_ptr<Communicator> out(new Communicator());
+  if (!handle_) return out;  // a group of one splits into itself
+#ifdef MOEX_WITH_MPI
+  MPI_Comm comm = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split(handle_->comm, color, key, &comm));
+  MPI_CHECK(MPI_Comm_rank(comm, &out->rank_));
+  MPI_CHECK(MPI_Comm_size(comm, &out->size_));
+  if (out->size_ > 1) {
+    out->handle_ = std::make_unique<Handle>(Handle{comm});
+  } else {
+    MPI_Comm_free(&comm);  // alone in its group: collectives are local copies
+  }
+#endif
+  return out;
 }
 
-void Communicator::all_reduce_sum(double* data, int64_t n) {
-  if (!uses_mpi_) return;
+// ---- collectives: a size-1 group (no handle) copies locally, otherwise one MPI call ----
+
+template <typename T>
+void Communicator::all_reduce_sum(T* data, int64_t n) {
+  if (!handle_) return;
+#ifdef MOEX_WITH_MPI
   for (int64_t start = 0; start < n; start += kChunk)
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + start,
-                            static_cast<int>(std::min(kChunk, n - start)), MPI_DOUBLE, MPI_SUM,
-                            MPI_COMM_WORLD));
+                            static_cast<int>(std::min(kChunk, n - start)), mpi_type<T>(), MPI_SUM,
+                            handle_->comm));
+#endif
+}
+
+template <typename T>
+void Communicator::all_gather(const T* send, T* recv, int64_t n) {
+  if (!handle_) return copy_elems(send, recv, n);
+#ifdef MOEX_WITH_MPI
+  MPI_CHECK(MPI_Allgather(send, mpi_count(n, "all_gather"), mpi_type<T>(), recv,
+                          static_cast<int>(n), mpi_type<T>(), handle_->comm));
+#endif
+}
+
+template <typename T>
+void Communicator::reduce_scatter_sum(const T* send, T* recv, int64_t n) {
+  if (!handle_) return copy_elems(send, recv, n);
+#ifdef MOEX_WITH_MPI
+  MPI_CHECK(MPI_Reduce_scatter_block(send, recv, mpi_count(n, "reduce_scatter_sum"), mpi_type<T>(),
+                                     MPI_SUM, handle_->comm));
+#endif
+}
+
+template <typename T>
+void Communicator::broadcast(T* data, int64_t n, int root) {
+  MOEX_CHECK(root >= 0 && root < size_, "Communicator::broadcast: root ", root,
+             " is not a rank of a group of ", size_);
+  if (!handle_) return;
+#ifdef MOEX_WITH_MPI
+  MPI_CHECK(MPI_Bcast(data, mpi_count(n, "broadcast"), mpi_type<T>(), root, handle_->comm));
+#endif
+}
+
+template <typename T>
+void Communicator::all_to_all(const T* send, T* recv, int64_t n) {
+  if (!handle_) return copy_elems(send, recv, n);
+#ifdef MOEX_WITH_MPI
+  MPI_CHECK(MPI_Alltoall(send, mpi_count(n, "all_to_all"), mpi_type<T>(), recv, static_cast<int>(n),
+                         mpi_type<T>(), handle_->comm));
+#endif
+}
+
+template <typename T>
+void Communicator::all_to_all_v(const T* send, const int64_t* send_counts, T* recv,
+                                const int64_t* recv_counts) {
+  if (!handle_) return copy_elems(send, recv, send_counts[0]);
+#ifdef MOEX_WITH_MPI
+  std::vector<int> sc(size_), sd(size_), rc(size_), rd(size_);
+  int64_t send_at = 0, recv_at = 0;
+  for (int p = 0; p < size_; ++p) {
+    sc[p] = mpi_count(send_counts[p], "all_to_all_v");
+    rc[p] = mpi_count(recv_counts[p], "all_to_all_v");
+    sd[p] = mpi_count(send_at, "all_to_all_v");
+    rd[p] = mpi_count(recv_at, "all_to_all_v");
+    send_at += send_counts[p];
+    recv_at += recv_counts[p];
+  }
+  MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), mpi_type<T>(), recv, rc.data(), rd.data(),
+                          mpi_type<T>(), handle_->comm));
+#endif
 }
 
 int Communicator::all_reduce_max(int value) {
-  if (!uses_mpi_) return value;
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD));
+  if (!handle_) return value;
+#ifdef MOEX_WITH_MPI
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_INT, MPI_MAX, handle_->comm));
+#endif
   return value;
 }
 
 void Communicator::barrier() {
-  if (uses_mpi_) MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
-}
-#else
-bool Communicator::in_mpi_job() {
-  return false;
-}
-Communicator::~Communicator() = default;
-void Communicator::all_reduce_sum(float*, int64_t) {}
-void Communicator::all_reduce_sum(double*, int64_t) {}
-int Communicator::all_reduce_max(int value) {
-  return value;
-}
-void Communicator::barrier() {}
+#ifdef MOEX_WITH_MPI
+  if (handle_) MPI_CHECK(MPI_Barrier(handle_->comm));
 #endif
+}
+
+template void Communicator::all_reduce_sum(float*, int64_t);
+template void Communicator::all_reduce_sum(double*, int64_t);
+template void Communicator::all_reduce_sum(int64_t*, int64_t);
+template void Communicator::all_gather(const float*, float*, int64_t);
+template void Communicator::all_gather(const double*, double*, int64_t);
+template void Communicator::all_gather(const int64_t*, int64_t*, int64_t);
+template void Communicator::reduce_scatter_sum(const float*, float*, int64_t);
+template void Communicator::reduce_scatter_sum(const double*, double*, int64_t);
+template void Communicator::broadcast(float*, int64_t, int);
+template void Communicator::broadcast(double*, int64_t, int);
+template void Communicator::broadcast(int64_t*, int64_t, int);
+template void Communicator::all_to_all(const float*, float*, int64_t);
+template void Communicator::all_to_all(const double*, double*, int64_t);
+template void Communicator::all_to_all(const int64_t*, int64_t*, int64_t);
+template void Communicator::all_to_all_v(const float*, const int64_t*, float*, const int64_t*);
+template void Communicator::all_to_all_v(const double*, const int64_t*, double*, const int64_t*);
 
 }  // namespace moex::dist

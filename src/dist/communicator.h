@@ -1,9 +1,14 @@
-// The process group of a run (docs/architecture.md §Parallelism): MPI when the program was
-// started by mpirun with more than one rank, a single local process otherwise (no MPI calls at all
-// then). CPU traffic goes through MPI; a GPU communicator (NCCL) is not written yet.
+// The process groups of a run (docs/parallelism.md): MPI when the program was started by mpirun
+// with more than one rank, a single local process otherwise (no MPI calls at all then). split()
+// makes the tensor-, data- and expert-parallel sub-groups. CPU traffic goes through MPI; a GPU
+// communicator (NCCL) is not written yet.
+//
+// Every collective must be called by every rank of the group, in the same order, with the sizes
+// its comment states. A group of size 1 never calls MPI: its collectives are local copies.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 namespace moex::dist {
 
@@ -18,12 +23,36 @@ class Communicator {
   int size() const { return size_; }
   bool is_root() const { return rank_ == 0; }
 
+  // MPI_Comm_split: the ranks that pass the same color form one new group, ordered by key (ties
+  // by rank in this group). Every rank of this group must call it.
+  std::unique_ptr<Communicator> split(int color, int key) const;
+
+  // The collectives below take T = float, double or int64_t (all_to_all_v and
+  // reduce_scatter_sum: float or double).
   // In place: data[i] = sum over ranks of data[i]. Every rank must call with the same n.
-  void all_reduce_sum(float* data, int64_t n);
-  void all_reduce_sum(double* data, int64_t n);
+  template <typename T>
+  void all_reduce_sum(T* data, int64_t n);
   // Largest value over ranks (e.g. "did any rank get Ctrl-C").
   int all_reduce_max(int value);
   void barrier();
+
+  // recv [size, n] = every rank's send [n], in rank order.
+  template <typename T>
+  void all_gather(const T* send, T* recv, int64_t n);
+  // send [size, n]: recv [n] = sum over ranks r of their send[rank() * n .. + n].
+  template <typename T>
+  void reduce_scatter_sum(const T* send, T* recv, int64_t n);
+  // data [n] on every rank becomes root's data [n].
+  template <typename T>
+  void broadcast(T* data, int64_t n, int root);
+  // send [size, n]: block p goes to rank p; recv [size, n]: block p came from rank p.
+  template <typename T>
+  void all_to_all(const T* send, T* recv, int64_t n);
+  // Variable sizes: send_counts[p] elements go to rank p (blocks back to back in send), and
+  // recv_counts[p] come from rank p (back to back in recv). Rank p's send_counts[q] must equal
+  // rank q's recv_counts[p] (exchange the counts with all_to_all first).
+  template <typename T>
+  void all_to_all_v(const T* send, const int64_t* send_counts, T* recv, const int64_t* recv_counts);
 
   // Ends the whole job with exit status `code`: MPI_Abort on every rank when this process is one
   // rank of an MPI job, a plain exit otherwise. Use it where a failing rank would leave the others
@@ -35,12 +64,18 @@ class Communicator {
   static void abort_job_on_terminate();
 
   ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  struct Handle;  // the MPI communicator (communicator.cpp)
 
  private:
+  Communicator() = default;
   explicit Communicator(bool join_world);
   int rank_ = 0;
   int size_ = 1;
-  bool uses_mpi_ = false;
+  bool owns_world_ = false;         // MPI_Finalize at exit
+  std::unique_ptr<Handle> handle_;  // null when size_ == 1: no MPI calls
 };
 
 }  // namespace moex::dist

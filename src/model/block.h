@@ -11,7 +11,8 @@ namespace moex::model {
 
 class Block {
  public:
-  Block(const ModelConfig& config, int layer_idx);
+  // expert_group: see FfnLayer.
+  Block(const ModelConfig& config, int layer_idx, dist::Communicator* expert_group = nullptr);
   void declare(ParamBuffer& params);
   void bind(const ParamViews& views);
   void init(uint64_t seed);

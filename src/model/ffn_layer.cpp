@@ -37,16 +37,26 @@ ops::Activation activation_kind(const ModelConfig& c) {
   return c.gelu_exact ? ops::Activation::kGeluExact : ops::Activation::kGeluTanh;
 }
 
-void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset) {
+// Element i takes draw first + i of the stream (a normal uses two counters): a shard of experts
+// gets the numbers those experts have in the whole tensor.
+void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset,
+                 int64_t first = 0) {
   Rng rng(seed, offset);
+  rng.set_state(offset, 2 * static_cast<uint64_t>(first));
   for (int64_t i = 0; i < n; ++i) p[i] = std * rng.normal();
 }
 
 }  // namespace
 
-FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec)
+FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
+                   dist::Communicator* expert_group)
     : config_(config), spec_(spec) {
-  if (spec.moe) moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32);
+  if (spec.moe) moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32, expert_group);
+}
+
+std::vector<int> FfnLayer::expert_param_indices() const {
+  if (!moe_) return {};
+  return {moe_idx_[kW1], moe_idx_[kW2]};
 }
 
 void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
@@ -64,14 +74,14 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
     return;
   }
   const MoEConfig& m = spec_.moe_config;
-  const int64_t e = m.num_experts, f = m.ffn_size;
+  const int64_t e = m.num_experts, el = moe_->num_local_experts(), f = m.ffn_size;
   moe_idx_.assign(kCount, -1);
   moe_idx_[kRouter] = params.declare(prefix + ".gate.weight", Shape{e, d});
   if (m.selection_bias)
     moe_idx_[kSelectionBias] = params.declare(prefix + ".gate.e_score_correction_bias", Shape{e});
   moe_idx_[kW1] = params.declare(prefix + (swiglu ? ".experts.gate_up_proj" : ".experts.up_proj"),
-                                 Shape{e, m.first_proj_rows(f), d});
-  moe_idx_[kW2] = params.declare(prefix + ".experts.down_proj", Shape{e, d, f});
+                                 Shape{el, m.first_proj_rows(f), d});
+  moe_idx_[kW2] = params.declare(prefix + ".experts.down_proj", Shape{el, d, f});
   if (m.residual) {
     declare_mlp(prefix + ".residual_mlp", m.residual_ffn_size ? m.residual_ffn_size : f,
                 &moe_idx_[kResW1], &moe_idx_[kResW2]);
@@ -131,7 +141,10 @@ void FfnLayer::init(uint64_t seed, float std, float out_std) {
       std::fill(p, p + t->numel(), 0.0f);
     } else {
       const bool out_proj = i == kW2 || i == kResW2 || i == kSharedW2;
-      fill_normal(p, t->numel(), out_proj ? out_std : std, seed, 10 + i);
+      const bool experts = i == kW1 || i == kW2;
+      const int64_t first =
+          experts ? moe_->first_local_expert() * (t->numel() / moe_->num_local_experts()) : 0;
+      fill_normal(p, t->numel(), out_proj ? out_std : std, seed, 10 + i, first);
     }
   }
 }

@@ -33,12 +33,17 @@ using MoEStats = MoEOutput;
 
 class FfnLayer {
  public:
-  FfnLayer(const ModelConfig& config, const LayerSpec& spec);
+  // expert_group (expert parallelism): an MoE FFN holds only this rank's E/ep experts
+  // (MoELayer); its experts.* tensors are those rows of the global ones (docs/parallelism.md).
+  FfnLayer(const ModelConfig& config, const LayerSpec& spec,
+           dist::Communicator* expert_group = nullptr);
   void declare(ParamBuffer& params, const std::string& prefix);
   void bind(const ParamViews& views);
   void init(uint64_t seed, float std, float out_std);
 
   bool is_moe() const { return moe_ != nullptr; }
+  // Buffer indices of the expert tensors (experts.*), whose first dim is this rank's experts.
+  std::vector<int> expert_param_indices() const;
   // x [n, d] -> y [n, d]; x must stay alive until backward when `save` (it does: both live in the
   // step arena). For MoE, step.seed/offset feed the router's noise.
   void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save, const StepOptions& step);

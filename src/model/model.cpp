@@ -13,15 +13,16 @@
 
 namespace moex::model {
 
-Model::Model(const ModelConfig& config, Device device)
+Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group)
     : config_(config),
       device_((ops::use_device(device), device)),
+      expert_group_(expert_group),
       arena_(size_t{16} << 20, device, /*growable=*/true) {
   config_.validate();
   const int64_t d = config_.hidden_size;
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
-    blocks_.push_back(std::make_unique<Block>(config_, i));
+    blocks_.push_back(std::make_unique<Block>(config_, i, expert_group));
   if (device_.is_cuda()) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each.
   for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
@@ -34,6 +35,9 @@ Model::Model(const ModelConfig& config, Device device)
     if (!config_.tie_embeddings)
       head_idx_ = buffer->declare("lm_head.weight", Shape{config_.vocab_size, d});
   }
+  expert_param_.assign(master_.size(), false);
+  for (auto& block : blocks_)
+    for (int index : block->ffn().expert_param_indices()) expert_param_[index] = true;
   master_.allocate(DType::kF32, device_);
   grads_.allocate(DType::kF32, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
@@ -41,6 +45,10 @@ Model::Model(const ModelConfig& config, Device device)
   bind_all({master_, compute_params(), grads_});
   zero_grad();
   weights_changed();
+}
+
+bool Model::is_expert_param(int index) const {
+  return expert_param_.at(static_cast<size_t>(index));
 }
 
 void Model::bind_all(const ParamViews& views) {

@@ -50,7 +50,11 @@ class Model {
  public:
   // Parameters, gradients and activations live on `device`; on CUDA the kernels compute in bf16
   // from a copy of the fp32 master weights (docs/architecture.md §Numerics).
-  explicit Model(const ModelConfig& config, Device device = Device::cpu());
+  // expert_group (expert parallelism, docs/parallelism.md): every MoE layer holds only this
+  // rank's E/ep experts, and forward/backward exchange tokens with the group's other ranks, which
+  // run the same calls on their own batches. Null: every expert is here.
+  explicit Model(const ModelConfig& config, Device device = Device::cpu(),
+                 dist::Communicator* expert_group = nullptr);
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   Model(const Model&) = delete;
@@ -108,6 +112,11 @@ class Model {
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                      float* last_logits);
 
+  // The expert group the model was built with (null: all experts here), and whether buffer entry
+  // `index` holds experts (experts.*: this rank's E/ep rows of the global tensor under ep).
+  dist::Communicator* expert_group() const { return expert_group_; }
+  bool is_expert_param(int index) const;
+
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
   // Bytes of the activation arena at its fullest so far.
@@ -126,6 +135,8 @@ class Model {
 
   ModelConfig config_;
   Device device_;
+  dist::Communicator* expert_group_ = nullptr;
+  std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
   ParamBuffer master_, grads_;
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy on CUDA; null on the CPU
   std::vector<std::unique_ptr<Block>> blocks_;

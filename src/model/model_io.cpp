@@ -4,6 +4,7 @@
 #include <map>
 #include <sstream>
 
+#include "dist/communicator.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/hf_config.h"
@@ -11,15 +12,48 @@
 
 namespace moex::model {
 
-void save_model(const Model& model, const std::string& model_json, const std::string& dir) {
+std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
+  const ParamBuffer& params = model.params();
+  dist::Communicator* group = model.expert_group();
+  const int ep = group ? group->size() : 1;
+  const auto* p0 = static_cast<const float*>(params.flat().raw_data());
+  std::map<std::string, Tensor> out;
+  for (int i = 0; i < params.size(); ++i) {
+    const Tensor& t = params.tensor(i);
+    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
+    const Tensor local = flat.slice(offset, offset + t.numel()).view(t.shape());
+    if (ep == 1 || !model.is_expert_param(i)) {
+      out[params.name(i)] = local;
+      continue;
+    }
+    Shape global = t.shape();
+    global[0] *= ep;  // rank p holds experts [p * El, (p + 1) * El): rank order is expert order
+    Tensor full = Tensor::empty(global, DType::kF32);
+    group->all_gather(local.data<float>(), full.data<float>(), local.numel());
+    out[params.name(i)] = full;
+  }
+  return out;
+}
+
+Tensor local_part(const Model& model, int index, const Tensor& full) {
+  dist::Communicator* group = model.expert_group();
+  const Tensor& t = model.params().tensor(index);
+  if (!group || group->size() == 1 || !model.is_expert_param(index) || full.ndim() == 0 ||
+      full.dim(0) != t.dim(0) * group->size())
+    return full;
+  return full.slice(group->rank() * t.dim(0), (group->rank() + 1) * t.dim(0));
+}
+
+void save_model(const Model& model, const std::string& model_json, const std::string& dir,
+                bool write) {
+  const ParamBuffer host = model.host_params();
+  const std::map<std::string, Tensor> tensors = gather_named_tensors(model, host.flat());
+  if (!write) return;
   nlohmann::json config;
   config["model_type"] = "moex";
   config["architectures"] = {"MoexForCausalLM"};
   config["moex_model"] = nlohmann::json::parse(model_json);
   io::write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
-  std::map<std::string, Tensor> tensors;
-  const ParamBuffer params = model.host_params();
-  for (int i = 0; i < params.size(); ++i) tensors[params.name(i)] = params.tensor(i);
   io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors);
 }
 
@@ -29,7 +63,7 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     MOEX_CHECK(ckpt.contains(name), checkpoint_path, ": tensor '", name, "' is missing");
-    const Tensor src = ckpt.weight_f32(name);
+    const Tensor src = local_part(model, i, ckpt.weight_f32(name));
     const Tensor& dst = params.tensor(i);
     MOEX_CHECK(src.shape() == dst.shape(), checkpoint_path, ": tensor '", name, "' has shape ",
                src.shape().str(), ", the model expects ", dst.shape().str());

@@ -3,6 +3,7 @@
 // their moex model config inside config.json ("model_type": "moex").
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -11,7 +12,19 @@
 namespace moex::model {
 
 // Writes config.json and model.safetensors into `dir` (which must exist); each file atomically.
-void save_model(const Model& model, const std::string& model_json, const std::string& dir);
+// Under expert parallelism every rank of the model's expert group calls it (the experts are
+// gathered, see gather_named_tensors) and only the ranks with write = true write.
+void save_model(const Model& model, const std::string& model_json, const std::string& dir,
+                bool write = true);
+
+// Every tensor of `flat` (host f32, a buffer in the layout of model.params(): the weights or an
+// optimizer moment) under its parameter name. Expert tensors held as shards (Model::expert_group)
+// are gathered over the group into the global [E, ...] tensors, so the result equals a
+// single-process model's; every rank of the group must call it then.
+std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat);
+// What parameter `index` holds of a global tensor: the rows of this rank's experts for an expert
+// shard given the global [E, ...] tensor, `full` itself otherwise.
+Tensor local_part(const Model& model, int index, const Tensor& full);
 
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and

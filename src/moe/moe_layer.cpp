@@ -7,6 +7,8 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "cpu/gemm.h"
+#include "dist/communicator.h"
+#include "moe/expert_exchange.h"
 #include "moe/experts.h"
 #include "moe/moe_layer_dispatch.h"
 #include "moe/router.h"
@@ -22,6 +24,8 @@ struct MoELayer::Impl {
   DType dtype = DType::kF32;
   MoEWeights weights;
   MoERouting routing;
+  dist::Communicator* expert_group = nullptr;  // set when ep > 1 (experts spread over ranks)
+  int64_t num_local_experts = 0, first_local_expert = 0;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
 };
 
@@ -33,14 +37,14 @@ Tensor zeros_if(bool used, const Shape& shape, DType dtype) {
   return used ? Tensor::zeros(shape, dtype) : Tensor();
 }
 
-MoEWeights make_weights(const MoEConfig& c, DType dtype) {
-  const int64_t d = c.hidden_size, e = c.num_experts, f = c.ffn_size;
+MoEWeights make_weights(const MoEConfig& c, int64_t num_local_experts, DType dtype) {
+  const int64_t d = c.hidden_size, e = c.num_experts, el = num_local_experts, f = c.ffn_size;
   const int64_t fr = c.residual_ffn_size > 0 ? c.residual_ffn_size : f, fs = c.shared_ffn_size;
   MoEWeights w;
   w.router = Tensor::zeros(Shape{e, d}, dtype);
   w.selection_bias = zeros_if(c.selection_bias, Shape{e}, dtype);
-  w.w1 = Tensor::zeros(Shape{e, c.first_proj_rows(f), d}, dtype);
-  w.w2 = Tensor::zeros(Shape{e, d, f}, dtype);
+  w.w1 = Tensor::zeros(Shape{el, c.first_proj_rows(f), d}, dtype);
+  w.w2 = Tensor::zeros(Shape{el, d, f}, dtype);
   w.residual_w1 = zeros_if(c.residual, Shape{c.first_proj_rows(fr), d}, dtype);
   w.residual_w2 = zeros_if(c.residual, Shape{d, fr}, dtype);
   w.residual_coef = zeros_if(c.residual, Shape{2, d}, dtype);
@@ -94,7 +98,18 @@ class LayerImpl final : public MoELayer::Impl {
   std::vector<T> z_, s_;           // [T,E] logits and scores
   std::vector<T> gates_;           // [T,k]
   std::vector<T> buf_, dbuf_;      // [R,d]
-  FfnSaved<T> experts_;            // over the R buffer rows
+  FfnSaved<T> experts_;            // over the expert rows (R, or R_local under ep)
+  // Expert parallelism: the rows this rank's experts compute, and their outputs in the plan's
+  // layout (what the combine reads).
+  moe::ExpertExchange exchange_;
+  std::vector<T> local_buf_, local_grad_;  // [R_local,d]
+  std::vector<T> rows_out_;                // [R,d]
+  std::vector<T> dw_tmp_;                  // [El*F1*d + El*d*F] one source block's dw1, dw2
+  // The expert computation runs once per source rank of the rows (ExpertExchange::source_plan).
+  int num_sources() const { return expert_group ? expert_group->size() : 1; }
+  const moe::DispatchPlan& source_plan(int q) const {
+    return expert_group ? exchange_.source_plan(q) : routing.plan;
+  }
   std::vector<T> y_moe_;           // [T,d] (residual only)
   FfnSaved<T> residual_, shared_;  // over T rows
   std::vector<T> coef_;            // [T,2] softmax(x Wc^T)
@@ -186,21 +201,36 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   out_.num_dropped = plan.num_dropped;
   out_.capacity = plan.capacity;
 
-  // 6, 8, 9. Permute, experts, combine.
+  // 6, 7, 8, 9. Permute, send rows to their experts' ranks, experts, back, combine.
   const FfnShape es = expert_shape();
   const int64_t rows = plan.num_rows();
   buf_.resize(rows * d);
-  experts_.resize(es, rows);
   moe::moe_permute<T>(xp, plan, d, buf_.data());
-  moe::experts_forward<T>(es, plan, buf_.data(), ptr<T>(weights.w1), ptr<T>(weights.w2),
-                          experts_.h.data(), experts_.a.data(), experts_.out.data());
+  const T* expert_in = buf_.data();
+  if (expert_group != nullptr) {
+    exchange_.prepare(plan, *expert_group);
+    local_buf_.resize(exchange_.local_plan().num_rows() * d);
+    exchange_.to_owners(buf_.data(), d, local_buf_.data());
+    expert_in = local_buf_.data();
+  }
+  const moe::DispatchPlan& eplan = expert_group ? exchange_.local_plan() : plan;
+  experts_.resize(es, eplan.num_rows());
+  for (int q = 0; q < num_sources(); ++q)
+    moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
+                            experts_.h.data(), experts_.a.data(), experts_.out.data());
+  const T* expert_out = experts_.out.data();
+  if (expert_group != nullptr) {
+    rows_out_.resize(rows * d);
+    exchange_.from_owners(experts_.out.data(), d, rows_out_.data());
+    expert_out = rows_out_.data();
+  }
   if (!out_.y.defined() || out_.y.dim(0) != num_t) out_.y = Tensor::empty(Shape{num_t, d}, dtype);
   T* y = out_.y.data<T>();
 
   // 10. PR-MoE residual: y = moe(x) c0 + mlp(x) c1, c = softmax(x Wc^T).
   if (c.residual) {
     y_moe_.resize(num_t * d);
-    moe::moe_combine<T>(experts_.out.data(), plan, gates_.data(), d, y_moe_.data());
+    moe::moe_combine<T>(expert_out, plan, gates_.data(), d, y_moe_.data());
     const FfnShape rs = residual_shape();
     residual_.resize(rs, num_t);
     moe::ffn_forward<T>(rs, xp, num_t, ptr<T>(weights.residual_w1), ptr<T>(weights.residual_w2),
@@ -218,7 +248,7 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
         y[t * d + i] = y_moe_[t * d + i] * ct[0] + residual_.out[t * d + i] * ct[1];
     }
   } else {
-    moe::moe_combine<T>(experts_.out.data(), plan, gates_.data(), d, y);
+    moe::moe_combine<T>(expert_out, plan, gates_.data(), d, y);
   }
 
   // Shared expert: y += [sigmoid(x ws^T)] * shared_mlp(x).
@@ -254,7 +284,7 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
   if (!grads_.dx.defined() || grads_.dx.dim(0) != num_t)
     grads_.dx = Tensor::empty(Shape{num_t, d}, dtype);
   if (!grads_.weights.router.defined()) {
-    grads_.weights = make_weights(c, dtype);
+    grads_.weights = make_weights(c, num_local_experts, dtype);
     grads_.weights.selection_bias = Tensor();
   }
   MoEWeights& g = grads_.weights;
@@ -262,7 +292,8 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
   std::fill(dx, dx + num_t * d, T(0));
 
   const FfnShape es = expert_shape();
-  int64_t ws = moe::experts_workspace_elems(es, plan);
+  const moe::DispatchPlan& eplan = expert_group ? exchange_.local_plan() : plan;
+  int64_t ws = moe::experts_workspace_elems(es, eplan);
   if (c.residual) ws = std::max(ws, moe::ffn_workspace_elems(residual_shape(), num_t));
   if (c.shared_ffn_size > 0) ws = std::max(ws, moe::ffn_workspace_elems(shared_shape(), num_t));
   workspace_.resize(ws);
@@ -324,16 +355,41 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
     dy_moe = y_moe_.data();
   }
 
-  // Combine -> gate and expert-output gradients -> experts -> scatter-add into dx.
+  // Combine -> gate and expert-output gradients -> (to the experts' ranks) experts -> (back)
+  // -> scatter-add into dx.
   const int64_t rows = plan.num_rows();
   dout_.resize(rows * d);
   dbuf_.resize(rows * d);
   dgates_.resize(num_t * k);
-  moe::moe_combine_backward<T>(dy_moe, experts_.out.data(), plan, gates_.data(), d, dout_.data(),
-                               dgates_.data());
-  moe::experts_backward<T>(es, plan, buf_.data(), ptr<T>(weights.w1), ptr<T>(weights.w2),
-                           experts_.h.data(), experts_.a.data(), dout_.data(), workspace_.data(),
-                           dbuf_.data(), ptr<T>(g.w1), ptr<T>(g.w2));
+  moe::moe_combine_backward<T>(dy_moe, expert_group ? rows_out_.data() : experts_.out.data(), plan,
+                               gates_.data(), d, dout_.data(), dgates_.data());
+  const T* expert_in = buf_.data();
+  const T* expert_dout = dout_.data();
+  T* expert_din = dbuf_.data();
+  if (expert_group != nullptr) {
+    local_grad_.resize(2 * eplan.num_rows() * d);
+    exchange_.to_owners(dout_.data(), d, local_grad_.data());
+    expert_in = local_buf_.data();
+    expert_dout = local_grad_.data();
+    expert_din = local_grad_.data() + eplan.num_rows() * d;
+  }
+  // Block by block, the weight gradients summed in source order (the single process's order).
+  for (int q = 0; q < num_sources(); ++q) {
+    T* dw1 = ptr<T>(g.w1);
+    T* dw2 = ptr<T>(g.w2);
+    if (q > 0) {
+      dw_tmp_.resize(g.w1.numel() + g.w2.numel());
+      dw1 = dw_tmp_.data();
+      dw2 = dw_tmp_.data() + g.w1.numel();
+    }
+    moe::experts_backward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
+                             experts_.h.data(), experts_.a.data(), expert_dout, workspace_.data(),
+                             expert_din, dw1, dw2);
+    if (q == 0) continue;
+    for (int64_t i = 0; i < g.w1.numel(); ++i) ptr<T>(g.w1)[i] += dw1[i];
+    for (int64_t i = 0; i < g.w2.numel(); ++i) ptr<T>(g.w2)[i] += dw2[i];
+  }
+  if (expert_group != nullptr) exchange_.from_owners(expert_din, d, dbuf_.data());
   moe::moe_permute_backward<T>(dbuf_.data(), plan, d, dx);
 
   // Router: gates (renormalization) and aux loss -> scores -> logits (+ z-loss) -> Wg and x.
@@ -355,11 +411,15 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
   return grads_;
 }
 
-void fill_uniform(const Tensor& t, uint64_t seed, uint64_t stream, double bound) {
+// Element i of t takes draw first + i of the stream: a shard of experts gets the same numbers as
+// those experts have in the whole tensor.
+void fill_uniform(const Tensor& t, uint64_t seed, uint64_t stream, double bound,
+                  int64_t first = 0) {
   if (!t.defined()) return;
   const int64_t n = t.numel();
   for (int64_t i = 0; i < n; ++i) {
-    const double v = bound * (2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(i)) - 1.0);
+    const double v =
+        bound * (2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(first + i)) - 1.0);
     if (t.dtype() == DType::kF64) {
       t.data<double>()[i] = v;
     } else {
@@ -371,8 +431,11 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t stream, double bound)
 
 }  // namespace
 
-MoELayer::MoELayer(const MoEConfig& config, DType dtype) {
+MoELayer::MoELayer(const MoEConfig& config, DType dtype, dist::Communicator* expert_group) {
   config.validate();
+  const int ep = expert_group ? expert_group->size() : 1;
+  MOEX_CHECK(config.num_experts % ep == 0, "MoELayer: ", config.num_experts,
+             " experts cannot be split over ", ep, " expert-parallel ranks");
   MOEX_CHECK(dtype == DType::kF32 || dtype == DType::kF64,
              "MoELayer: dtype must be f32 or f64 on the CPU, got ", dtype_name(dtype));
   if (dtype == DType::kF64) {
@@ -382,7 +445,10 @@ MoELayer::MoELayer(const MoEConfig& config, DType dtype) {
   }
   impl_->config = config;
   impl_->dtype = dtype;
-  impl_->weights = make_weights(config, dtype);
+  impl_->num_local_experts = config.num_experts / ep;
+  impl_->first_local_expert = ep > 1 ? expert_group->rank() * impl_->num_local_experts : 0;
+  if (ep > 1) impl_->expert_group = expert_group;
+  impl_->weights = make_weights(config, impl_->num_local_experts, dtype);
 }
 
 MoELayer::~MoELayer() = default;
@@ -399,6 +465,12 @@ MoEWeights& MoELayer::weights() {
 const MoERouting& MoELayer::routing() const {
   return impl_->routing;
 }
+int64_t MoELayer::num_local_experts() const {
+  return impl_->num_local_experts;
+}
+int64_t MoELayer::first_local_expert() const {
+  return impl_->first_local_expert;
+}
 
 void MoELayer::init_weights(uint64_t seed) {
   const MoEConfig& c = impl_->config;
@@ -406,8 +478,10 @@ void MoELayer::init_weights(uint64_t seed) {
   const double in_d = 1.0 / std::sqrt(static_cast<double>(c.hidden_size));
   const int64_t fr = c.residual_ffn_size > 0 ? c.residual_ffn_size : c.ffn_size;
   fill_uniform(w.router, seed, 1, in_d);
-  fill_uniform(w.w1, seed, 2, in_d);
-  fill_uniform(w.w2, seed, 3, 1.0 / std::sqrt(static_cast<double>(c.ffn_size)));
+  const int64_t first = impl_->first_local_expert;
+  fill_uniform(w.w1, seed, 2, in_d, first * (w.w1.numel() / impl_->num_local_experts));
+  fill_uniform(w.w2, seed, 3, 1.0 / std::sqrt(static_cast<double>(c.ffn_size)),
+               first * (w.w2.numel() / impl_->num_local_experts));
   fill_uniform(w.residual_w1, seed, 4, in_d);
   fill_uniform(w.residual_w2, seed, 5, 1.0 / std::sqrt(static_cast<double>(fr)));
   fill_uniform(w.residual_coef, seed, 6, in_d);
@@ -438,6 +512,8 @@ std::vector<std::pair<std::string, Tensor>> MoELayer::named_parameters() const {
 
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
+    MOEX_CHECK(impl_->expert_group == nullptr,
+               "MoELayer: expert parallelism runs on the CPU only so far (docs/parallelism.md)");
     if (!impl_->device)
       impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, x.device());
     return impl_->device->forward(impl_->weights, x, options);

@@ -4,8 +4,9 @@
 // A thin Tensor-level front over the templated stage kernels of router.h, dispatch_plan.h and
 // experts.h; the CPU implementation runs in f32 (the real path) or f64 (gradient checks).
 //
-// Weights (E experts, d hidden, F ffn, F1 = F or 2F for SwiGLU, Fr/Fs residual/shared ffn):
-//   router [E,d]  selection_bias [E]  w1 [E,F1,d]  w2 [E,d,F]
+// Weights (E experts, El = E/ep of them on this rank, d hidden, F ffn, F1 = F or 2F for SwiGLU,
+// Fr/Fs residual/shared ffn):
+//   router [E,d]  selection_bias [E]  w1 [El,F1,d]  w2 [El,d,F]
 //   residual_w1 [Fr1,d]  residual_w2 [d,Fr]  residual_coef [2,d]     (config.residual)
 //   shared_w1 [Fs1,d]  shared_w2 [d,Fs]  shared_gate [1,d]           (shared_ffn_size > 0,
 //   shared_gate)
@@ -22,6 +23,10 @@
 #include "moe/moe_config.h"
 
 namespace moex {
+
+namespace dist {
+class Communicator;
+}
 
 // One forward's routing decision: the selection and the plan built from it. Passing it back to
 // forward holds routing fixed while weights or inputs move (finite-difference checks,
@@ -79,7 +84,12 @@ struct MoEGradients {
 class MoELayer {
  public:
   // Validates the config; dtype is F32 or F64. Weights are zero until init_weights or set by hand.
-  explicit MoELayer(const MoEConfig& config, DType dtype = DType::kF32);
+  // expert_group (expert parallelism, docs/parallelism.md): this rank holds experts
+  // [rank * E/ep, (rank + 1) * E/ep) of the group's ep = size() ranks, so w1 and w2 (and their
+  // gradients) have E/ep rows, and forward and backward exchange tokens with the group's other
+  // ranks, which must make the same calls. Null or size 1: every expert is here.
+  explicit MoELayer(const MoEConfig& config, DType dtype = DType::kF32,
+                    dist::Communicator* expert_group = nullptr);
   ~MoELayer();
   MoELayer(const MoELayer&) = delete;
   MoELayer& operator=(const MoELayer&) = delete;
@@ -91,6 +101,9 @@ class MoELayer {
   // Marks every weight written (Tensor::mark_written). Code that edits weights() in place must do
   // the same, or the GPU path keeps its device copy (moe_layer_dispatch.h).
   void init_weights(uint64_t seed);
+  // The experts this rank holds: [first_local_expert(), + num_local_experts()).
+  int64_t num_local_experts() const;
+  int64_t first_local_expert() const;
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

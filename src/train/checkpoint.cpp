@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -12,33 +13,32 @@ namespace moex::train {
 
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
-                     const std::string& tokenizer_path) {
-  io::AtomicDirectory out(dir);
-  model::save_model(model, model_json, out.temp_path());
+                     const std::string& tokenizer_path, bool write) {
+  // Moments on the host (copies of a GPU model's), saved under each parameter's name; the
+  // gathers (collective under ep) run before anything is written.
   std::map<std::string, Tensor> moments;
-  const ParamBuffer& params = model.params();
-  const float* p0 = params.flat().data<float>();
-  // Moments on the host (copies of a GPU model's), saved under each parameter's name.
-  const Tensor m = optimizer.exp_avg().to(Device::cpu()), v = optimizer.exp_avg_sq().to(Device::cpu());
-  for (int i = 0; i < params.size(); ++i) {
-    const Tensor& t = params.tensor(i);
-    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
-    moments["exp_avg." + params.name(i)] = m.slice(offset, offset + t.numel()).view(t.shape());
-    moments["exp_avg_sq." + params.name(i)] = v.slice(offset, offset + t.numel()).view(t.shape());
+  for (const bool second : {false, true}) {
+    const Tensor m = (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).to(Device::cpu());
+    for (auto& [name, t] : model::gather_named_tensors(model, m))
+      moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
-  io::save_safetensors(out.temp_path() + "/optimizer.safetensors", moments);
+  std::unique_ptr<io::AtomicDirectory> out;
+  if (write) out = std::make_unique<io::AtomicDirectory>(dir);
+  model::save_model(model, model_json, write ? out->temp_path() : "", write);
+  if (!write) return;
+  io::save_safetensors(out->temp_path() + "/optimizer.safetensors", moments);
   nlohmann::json js;
   js["step"] = state.step;
   js["data_state"] = nlohmann::json::parse(state.data_state);
   js["last_loss"] = state.last_loss;
-  io::write_file_atomic(out.temp_path() + "/trainer_state.json", js.dump(2) + "\n");
+  io::write_file_atomic(out->temp_path() + "/trainer_state.json", js.dump(2) + "\n");
   if (!tokenizer_path.empty()) {
     std::filesystem::copy_file(
         tokenizer_path,
-        out.temp_path() + "/" + std::filesystem::path(tokenizer_path).filename().string(),
+        out->temp_path() + "/" + std::filesystem::path(tokenizer_path).filename().string(),
         std::filesystem::copy_options::overwrite_existing);
   }
-  out.commit();
+  out->commit();
 }
 
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer) {
@@ -55,7 +55,7 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
     for (const bool second : {false, true}) {
       const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
       MOEX_CHECK(moments.contains(name), opt_path, ": tensor '", name, "' is missing");
-      const Tensor src = moments.weight_f32(name);
+      const Tensor src = model::local_part(model, i, moments.weight_f32(name));
       MOEX_CHECK(src.shape() == t.shape(), opt_path, ": tensor '", name, "' has shape ",
                  src.shape().str());
       float* dst = moment[second].data<float>() + offset;

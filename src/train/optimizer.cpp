@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "dist/communicator.h"
 #include "model/model.h"
 #include "ops/elementwise.h"
 
@@ -29,6 +30,12 @@ AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_
 double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
                    const ParamBuffer* working_copy) {
   const double norm = std::sqrt(ops::sum_of_squares(grads.flat()));  // fixed order: same bits
+  apply(params, grads, lr, step, working_copy, norm);
+  return norm;
+}
+
+void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
+                  const ParamBuffer* working_copy, double norm) {
   const double clip =
       (config_.grad_clip > 0 && norm > config_.grad_clip) ? config_.grad_clip / (norm + 1e-6) : 1.0;
   ops::AdamWHyper h;
@@ -41,13 +48,23 @@ double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int
   ops::adamw_step(params.flat(), working_copy ? working_copy->flat() : Tensor(), grads.flat(),
                   exp_avg_, exp_avg_sq_, *segments_, h);
   params.flat().mark_written();
-  return norm;
 }
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
   const bool copy = model.device().is_cuda();
-  return this->step(model.params(), model.grads(), lr, step,
-                    copy ? &model.compute_params() : nullptr);
+  const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
+  dist::Communicator* group = model.expert_group();
+  if (group == nullptr || group->size() == 1)
+    return this->step(model.params(), model.grads(), lr, step, working_copy);
+  // Squares of the replicated tensors, and of this rank's experts summed over the group.
+  const ParamBuffer& grads = model.grads();
+  double sums[2] = {0, 0};  // non-expert, expert
+  for (int i = 0; i < grads.size(); ++i)
+    sums[model.is_expert_param(i)] += ops::sum_of_squares(grads.tensor(i));
+  group->all_reduce_sum(&sums[1], 1);
+  const double norm = std::sqrt(sums[0] + sums[1]);
+  apply(model.params(), grads, lr, step, working_copy, norm);
+  return norm;
 }
 
 }  // namespace moex::train

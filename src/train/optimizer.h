@@ -25,13 +25,19 @@ class AdamW {
   // params on CUDA (null on the CPU).
   double step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
               const ParamBuffer* working_copy = nullptr);
-  // The same on a model's master weights, gradients and working copy.
+  // The same on a model's master weights, gradients and working copy. Under expert parallelism
+  // the norm covers every expert of the expert group (each rank holds E/ep of them), so every
+  // rank clips by the same global norm; every rank of the group must call it.
   double step(model::Model& model, double lr, int64_t step);
 
   Tensor& exp_avg() { return exp_avg_; }  // [total] f32, the buffer's layout, on its device
   Tensor& exp_avg_sq() { return exp_avg_sq_; }
 
  private:
+  // The update of step() once the global gradient norm is known.
+  void apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
+             const ParamBuffer* working_copy, double norm);
+
   OptimizerConfig config_;
   Tensor exp_avg_, exp_avg_sq_;
   std::unique_ptr<ops::AdamWSegments> segments_;

@@ -3,6 +3,45 @@
 #include <cmath>
 
 namespace moex::train {
+namespace {
+
+// The layout's options and the checks that need only the model; the world size is checked when
+// training starts (dist::ParallelLayout::make).
+dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& model) {
+  dist::ParallelConfig p;
+  p.tp = par.get_int("tp", 1);
+  p.ep = par.get_int("ep", 1);
+  p.zero_stage = par.get_int("zero_stage", 0);
+  p.offload = par.get_bool("offload", false);
+  p.dtd = par.get_bool("dtd", false);
+  p.cac = par.get_bool("cac", false);
+  if (p.tp < 1) par.fail("tp", "must be >= 1");
+  if (p.ep < 1) par.fail("ep", "must be >= 1");
+  if (p.zero_stage < 0 || p.zero_stage > 2) par.fail("zero_stage", "must be 0, 1 or 2");
+  auto divides = [&](const char* field, int64_t n, int64_t size, const std::string& what) {
+    if (size % n != 0)
+      par.fail(field, "is " + std::to_string(n) + ", which does not divide " + what + " (" +
+                          std::to_string(size) + ")");
+  };
+  divides("tp", p.tp, model.num_heads, "model.num_heads");
+  divides("tp", p.tp, model.num_kv_heads, "model.num_kv_heads");
+  divides("tp", p.tp, model.ffn_size, "model.ffn_size");
+  for (size_t i = 0; i < model.layers.size(); ++i) {
+    const LayerSpec& l = model.layers[i];
+    if (!l.moe) continue;
+    const MoEConfig& m = l.moe_config;
+    const std::string layer = " of layer " + std::to_string(i);
+    divides("ep", p.ep, m.num_experts, "the number of experts" + layer);
+    divides("tp", p.tp, m.ffn_size, "the expert ffn size" + layer);
+    if (m.residual && m.residual_ffn_size > 0)
+      divides("tp", p.tp, m.residual_ffn_size, "the residual ffn size" + layer);
+    if (m.shared_ffn_size > 0)
+      divides("tp", p.tp, m.shared_ffn_size, "the shared expert ffn size" + layer);
+  }
+  return p;
+}
+
+}  // namespace
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
   const JsonReader root = JsonReader::from_file(path);
@@ -85,6 +124,7 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   for (const char* key : {"micro_batch_size", "grad_accum", "eval_batches"})
     if (tr.get_int(key, 0) > kMaxBatch)
       tr.fail(key, "must be at most " + std::to_string(kMaxBatch));
+  c.parallel = parse_parallel(root.child("parallel"), c.model);
   return c;
 }
 

@@ -1,11 +1,13 @@
 // A moex training config: one JSON file with "model", "data", "optimizer", "schedule" and
-// "training" sections (DeepSpeed style). Unknown fields are errors naming the file and field.
+// "training" sections (DeepSpeed style), and an optional "parallel" one. Unknown fields are errors
+// naming the file and field.
 #pragma once
 
 #include <string>
 
 #include "core/json_reader.h"
 #include "core/tensor.h"
+#include "dist/parallel_layout.h"
 #include "model/model_config.h"
 
 namespace moex::train {
@@ -56,6 +58,7 @@ struct TrainConfig {
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
   TrainingConfig training;
+  dist::ParallelConfig parallel;  // "parallel": tp, ep, zero_stage, ... (docs/parallelism.md)
 
   static TrainConfig from_file(const std::string& path);
   // The sections above from an open config, leaving root.finish() to the caller (a tool whose

@@ -12,6 +12,7 @@
 #include "data/corpus.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
+#include "dist/parallel_layout.h"
 #include "io/atomic_file.h"
 #include "model/model.h"
 #include "train/checkpoint.h"
@@ -106,6 +107,22 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
   return total / std::max<int64_t>(1, count);
 }
 
+// Sums the gradients of the replicas: expert tensors over the ranks that hold the same experts
+// (edp), everything else over all data-parallel ranks. Runs of neighbouring tensors of one kind
+// go in one call.
+void all_reduce_gradients(model::Model& model, dist::Communicator& dp, dist::Communicator& edp) {
+  const ParamBuffer& grads = model.grads();
+  int begin = 0;
+  for (int i = 1; i <= grads.size(); ++i) {
+    const bool expert = model.is_expert_param(begin);
+    if (i < grads.size() && model.is_expert_param(i) == expert) continue;
+    float* first = grads.tensor(begin).data<float>();
+    const Tensor& last = grads.tensor(i - 1);
+    (expert ? edp : dp).all_reduce_sum(first, last.data<float>() + last.numel() - first);
+    begin = i;
+  }
+}
+
 std::string format_duration(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds);
   char buf[32];
@@ -119,6 +136,10 @@ std::string format_duration(double seconds) {
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
                          dist::Communicator* group, TrainHooks* hooks) {
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
+  // The layout first: a layout that cannot run is refused before any data is read.
+  dist::Communicator& comm = group ? *group : dist::Communicator::world();
+  const dist::ParallelLayout layout =
+      dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
@@ -130,7 +151,18 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                c.model.num_moe_layers() > 0),
              c.source, ": training.activation_checkpointing: not supported for MoE blocks on the "
              "GPU yet (the GPU MoE layer cannot hold routing fixed for the recomputation)");
-  model::Model model(c.model, c.training.device);
+  // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x dp
+  // micro-batches of one shared sample stream; micro-batch j runs on data-parallel rank j % dp,
+  // so the run equals a single process with grad_accum x dp micro-batches. Under expert
+  // parallelism each rank holds E/ep experts of every MoE layer and the ep ranks exchange tokens
+  // (docs/parallelism.md). Rank 0 logs and saves.
+  dist::ProcessGroups groups = dist::ProcessGroups::make(comm, layout);
+  const int64_t world = comm.size(), dp = layout.dp, dp_rank = layout.dp_rank;
+  const bool ep = layout.ep > 1;
+  MOEX_CHECK(world == 1 || c.training.device.is_cpu(), c.source,
+             ": training.device: several MPI ranks train on the CPU only so far (the GPU "
+             "all-reduce over NCCL is not built yet)");
+  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   AdamW optimizer(model.params(), c.optimizer);
@@ -140,14 +172,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     train_data->restore_json(state.data_state);
     MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
   }
-  // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x world
-  // micro-batches of one shared sample stream; micro-batch j runs on rank j % world, so the run
-  // equals a single process with grad_accum x world micro-batches. Rank 0 logs and saves.
-  dist::Communicator& comm = group ? *group : dist::Communicator::world();
-  const int64_t world = comm.size(), rank = comm.rank();
-  MOEX_CHECK(world == 1 || model.device().is_cpu(), c.source,
-             ": training.device: several MPI ranks train on the CPU only so far (the GPU "
-             "all-reduce over NCCL is not built yet)");
   const bool root = comm.is_root();
   std::ofstream metrics;
   if (root) {
@@ -158,14 +182,14 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     metrics.open(c.training.out_dir + "/metrics.jsonl",
                  resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
-              " MoE layers; ", corpus.sources.size(), " corpus sources; ", world,
-              " data-parallel rank(s)");
+              " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
+              " data-parallel rank(s), ", layout.ep, " expert-parallel");
   }
 
   g_interrupted = 0;
   auto previous_handler = std::signal(SIGINT, on_sigint);
   const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
-  const int64_t micro_per_step = c.training.grad_accum * world;
+  const int64_t micro_per_step = c.training.grad_accum * dp;
   const int64_t tokens_per_step = mb * seq_len * micro_per_step;
   TrainResult result;
   auto window_start = Clock::now();
@@ -175,9 +199,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto checkpoint = [&](const std::string& name) {
     state.data_state = train_data->state_json();
     const std::string dir = c.training.out_dir + "/" + name;
-    save_checkpoint(dir, model, c.model_json, optimizer, state, corpus.tokenizer);
+    save_checkpoint(dir, model, c.model_json, optimizer, state, corpus.tokenizer, root);
     result.last_checkpoint = dir;
-    MOEX_INFO("checkpoint ", dir);
+    if (root) MOEX_INFO("checkpoint ", dir);
   };
 
   while (state.step < c.training.steps) {
@@ -188,7 +212,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     for (int64_t micro = 0; micro < micro_per_step; ++micro) {
       // Every rank reads every micro-batch, so that the sample streams stay aligned.
       for (int64_t b = 0; b < mb; ++b) train_data->next(windows.data() + b * (seq_len + 1));
-      if (micro % world != rank) continue;
+      if (micro % dp != dp_rank) continue;
       split_batch(windows, mb, seq_len, &ids, &targets);
       model::ForwardOptions opt;
       opt.training = true;
@@ -207,10 +231,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       kd += r.kd_loss / micro_per_step;
       weighted_kd += r.weighted_kd / micro_per_step;
     }
-    if (world > 1) {
-      comm.all_reduce_sum(model.grads().flat().data<float>(), model.grads().flat().numel());
+    if (dp > 1) {
+      all_reduce_gradients(model, *groups.dp, *groups.edp);
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
-      comm.all_reduce_sum(sums, 5);
+      groups.dp->all_reduce_sum(sums, 5);
       loss = sums[0], aux = sums[1], zl = sums[2], kd = sums[3], weighted_kd = sums[4];
     }
     const double lm_loss = loss;
@@ -219,7 +243,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     if (c.optimizer.bias_update_rate > 0) {
       // Every rank applies the same rule to the same (summed) loads: the biases stay equal.
       for (auto& [layer, load] : expert_loads)
-        if (world > 1) comm.all_reduce_sum(load.data(), static_cast<int64_t>(load.size()));
+        groups.dp->all_reduce_sum(load.data(), static_cast<int64_t>(load.size()));
       update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate);
     }
     ++state.step;
@@ -254,17 +278,19 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       window_start = Clock::now();
       window_tokens = 0;
     }
-    if (root && c.training.eval_every > 0 && (state.step % c.training.eval_every == 0 || last) &&
-        !eval_data.empty()) {
+    // Under ep every rank evaluates (the same sequences): the experts need all of them.
+    if ((root || ep) && c.training.eval_every > 0 &&
+        (state.step % c.training.eval_every == 0 || last) && !eval_data.empty()) {
       const double eval_loss = evaluate(model, eval_data, c);
       line["eval_loss"] = eval_loss;
       result.final_eval_loss = eval_loss;
-      std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
-                   static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
+      if (root)
+        std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
+                     static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
     if (root) metrics << line.dump() << "\n" << std::flush;
-    if (root && c.training.checkpoint_every > 0 && state.step % c.training.checkpoint_every == 0 &&
-        !last) {
+    if ((root || ep) && c.training.checkpoint_every > 0 &&
+        state.step % c.training.checkpoint_every == 0 && !last) {
       char name[32];
       std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(state.step));
       checkpoint(name);
@@ -276,8 +302,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     }
   }
   std::signal(SIGINT, previous_handler);
+  if (root || ep) checkpoint(state.step == c.training.steps ? "final" : "latest");
   if (root) {
-    checkpoint(state.step == c.training.steps ? "final" : "latest");
     write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
   }
   result.steps_done = state.step;

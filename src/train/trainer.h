@@ -39,10 +39,10 @@ class TrainHooks {
 
 // `resume_dir`: a checkpoint directory to continue from ("" starts fresh).
 // `stop_after`: stop (and checkpoint) after this many steps of this run, 0 = run to the end.
-// `group`: the data-parallel ranks (default: every rank mpirun started; Communicator::local()
-// trains alone even under mpirun). `hooks`: a training variant (null: plain LM training); with
-// hooks the metrics carry "lm_loss" and "kd_loss" (see LossResult) and "loss" is the objective
-// lm_loss + weighted kd.
+// `group`: the ranks of this run (default: every rank mpirun started; Communicator::local()
+// trains alone even under mpirun), divided as config.parallel says (docs/parallelism.md).
+// `hooks`: a training variant (null: plain LM training); with hooks the metrics carry "lm_loss"
+// and "kd_loss" (see LossResult) and "loss" is the objective lm_loss + weighted kd.
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,
                          int64_t stop_after = 0, dist::Communicator* group = nullptr,
                          TrainHooks* hooks = nullptr);

@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 TEST(DataParallel, EqualsTheSingleProcessRunOnTheSameGlobalBatch) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
-  const fs::path corpus = fs::current_path() / "dp_test_corpus";
+  // One directory per world size: the np 2 and np 4 runs of this test may run at once.
+  const fs::path corpus = fs::current_path() / ("dp_test_corpus_np" + std::to_string(world.size()));
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
 

@@ -1,0 +1,129 @@
+#include "moe/expert_exchange.h"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "core/error.h"
+
+namespace moex::moe {
+
+void ExpertExchange::prepare(const DispatchPlan& plan, dist::Communicator& group) {
+  const int ep = group.size();
+  const int64_t num_e = plan.num_experts;
+  MOEX_CHECK(num_e % ep == 0, "ExpertExchange: ", num_e, " experts cannot be split over ", ep,
+             " expert-parallel ranks");
+  const int64_t el = num_e / ep;
+  group_ = &group;
+
+  // Per peer: the counts of its El experts, then this rank's capacity (padded rows per expert).
+  std::vector<int64_t> send(ep * (el + 1)), recv(ep * (el + 1));
+  for (int p = 0; p < ep; ++p) {
+    std::copy(plan.counts.begin() + p * el, plan.counts.begin() + (p + 1) * el,
+              send.begin() + p * (el + 1));
+    send[p * (el + 1) + el] = plan.padded ? plan.capacity : 0;
+  }
+  group.all_to_all(send.data(), recv.data(), el + 1);
+
+  send_rows_.assign(ep, 0);
+  recv_rows_.assign(ep, 0);
+  for (int p = 0; p < ep; ++p) {
+    send_rows_[p] = plan.offsets[(p + 1) * el] - plan.offsets[p * el];
+    const int64_t* from_p = recv.data() + p * (el + 1);
+    recv_rows_[p] = plan.padded ? el * from_p[el] : 0;
+    if (!plan.padded)
+      for (int64_t e = 0; e < el; ++e) recv_rows_[p] += from_p[e];
+  }
+
+  // Every rank sees every capacity, so all of them make the same choice here.
+  fixed_size_ = plan.padded;
+  for (int p = 0; p < ep; ++p) fixed_size_ &= recv[p * (el + 1) + el] == plan.capacity;
+
+  local_ = DispatchPlan();
+  local_.num_experts = el;
+  local_.top_k = plan.top_k;
+  local_.padded = false;
+  local_.counts.assign(el, 0);
+  local_.offsets.assign(el + 1, 0);
+  for (int64_t e = 0; e < el; ++e) {
+    for (int p = 0; p < ep; ++p) local_.counts[e] += recv[p * (el + 1) + e];
+    local_.offsets[e + 1] = local_.offsets[e] + local_.counts[e];
+    local_.capacity = std::max(local_.capacity, local_.counts[e]);
+  }
+  // Local row -> receive-buffer row: peer p's block, then expert e's rows within it.
+  recv_row_of_local_.resize(local_.num_rows());
+  sources_.assign(ep, DispatchPlan());
+  std::vector<int64_t> filled(el, 0);
+  int64_t block = 0;
+  for (int p = 0; p < ep; ++p) {
+    const int64_t* from_p = recv.data() + p * (el + 1);
+    DispatchPlan& source = sources_[p];
+    source.num_experts = el;
+    source.top_k = plan.top_k;
+    source.padded = false;
+    source.counts.assign(from_p, from_p + el);
+    source.offsets.assign(el + 1, local_.num_rows());  // offsets[El] = the buffer's row count
+    int64_t start = block;
+    for (int64_t e = 0; e < el; ++e) {
+      source.offsets[e] = local_.offsets[e] + filled[e];
+      source.capacity = std::max(source.capacity, from_p[e]);
+      for (int64_t i = 0; i < from_p[e]; ++i)
+        recv_row_of_local_[local_.offsets[e] + filled[e]++] = start + i;
+      start += plan.padded ? from_p[el] : from_p[e];
+    }
+    block += recv_rows_[p];
+  }
+}
+
+template <typename T>
+void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
+  const std::vector<int64_t>& out_rows = forward ? send_rows_ : recv_rows_;
+  const std::vector<int64_t>& in_rows = forward ? recv_rows_ : send_rows_;
+  const int ep = group_->size();
+  if (fixed_size_) return group_->all_to_all(send, recv, out_rows[0] * d);
+  counts_.resize(2 * ep);
+  for (int p = 0; p < ep; ++p) {
+    counts_[p] = out_rows[p] * d;
+    counts_[ep + p] = in_rows[p] * d;
+  }
+  group_->all_to_all_v(send, counts_.data(), recv, counts_.data() + ep);
+}
+
+template <typename T>
+T* ExpertExchange::staging(int64_t d) {
+  std::vector<T>* buffer = nullptr;
+  if constexpr (std::is_same_v<T, float>) {
+    buffer = &staging_f32_;
+  } else {
+    buffer = &staging_f64_;
+  }
+  int64_t rows = 0;
+  for (int64_t n : recv_rows_) rows += n;
+  buffer->assign(rows * d, T(0));  // padding rows stay zero
+  return buffer->data();
+}
+
+template <typename T>
+void ExpertExchange::to_owners(const T* rows, int64_t d, T* local) {
+  T* recv = staging<T>(d);
+  exchange(rows, recv, d, true);
+  const int64_t n = local_.num_rows();
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(local + i * d, recv + recv_row_of_local_[i] * d, sizeof(T) * d);
+}
+
+template <typename T>
+void ExpertExchange::from_owners(const T* local, int64_t d, T* rows) {
+  T* send = staging<T>(d);
+  const int64_t n = local_.num_rows();
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(send + recv_row_of_local_[i] * d, local + i * d, sizeof(T) * d);
+  exchange(send, rows, d, false);
+}
+
+template void ExpertExchange::to_owners<float>(const float*, int64_t, float*);
+template void ExpertExchange::to_owners<double>(const double*, int64_t, double*);
+template void ExpertExchange::from_owners<float>(const float*, int64_t, float*);
+template void ExpertExchange::from_owners<double>(const double*, int64_t, double*);
+
+}  // namespace moex::moe

@@ -1,0 +1,59 @@
+// Expert parallelism's token exchange (docs/parallelism.md §Expert parallelism, the MoE layer's
+// stage 7): the ep ranks of a group each hold E / ep consecutive experts (rank p: experts
+// p*El .. p*El + El - 1, El = E / ep). After routing, every rank has its own tokens' expert buffer
+// in the dispatch plan's layout over all E experts; the exchange sends each expert's rows to the
+// rank that owns it and brings the results back.
+//
+//   capacity mode (padded plan): every peer gets a fixed [El, C, d] block (plain all-to-all), and
+//     the El per-expert counts say which of its rows hold tokens;
+//   dropless (packed plan): the counts go first, then each peer gets exactly its experts' rows
+//     (all-to-all-v).
+// The rows received are packed expert-major into the local buffer [R_local, d] (expert e_local's
+// rows from peer 0, then from peer 1, ...), which local_plan() describes for experts_forward and
+// experts_backward (num_experts = El, packed). source_plan(p) describes only the rows that came
+// from peer p (same buffer): computing the experts block by block keeps the weight gradients'
+// sums over tokens grouped per micro-batch as in the single process (docs/parallelism.md).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "dist/communicator.h"
+#include "moe/dispatch_plan.h"
+
+namespace moex::moe {
+
+class ExpertExchange {
+ public:
+  // Exchanges the per-expert counts of `plan` over `group` (which must outlive the later calls)
+  // and builds the local plan and the row maps. Every rank of the group calls it.
+  void prepare(const DispatchPlan& plan, dist::Communicator& group);
+  const DispatchPlan& local_plan() const { return local_; }
+  const DispatchPlan& source_plan(int peer) const { return sources_.at(peer); }
+
+  // rows [R, d] in the plan's layout -> local [R_local, d] on the experts' owners.
+  template <typename T>
+  void to_owners(const T* rows, int64_t d, T* local);
+  // local [R_local, d] -> rows [R, d] in the plan's layout (padding rows zero). The reverse.
+  template <typename T>
+  void from_owners(const T* local, int64_t d, T* rows);
+
+ private:
+  template <typename T>
+  void exchange(const T* send, T* recv, int64_t d, bool forward);
+  // The receive-layout buffer for T, zeroed, sized for rows of d elements.
+  template <typename T>
+  T* staging(int64_t d);
+
+  dist::Communicator* group_ = nullptr;
+  bool fixed_size_ = false;  // every block [El, C, d] with the same C: a plain all-to-all
+  DispatchPlan local_;
+  std::vector<DispatchPlan> sources_;           // [ep]
+  std::vector<int64_t> send_rows_, recv_rows_;  // [ep] rows sent to / received from each peer
+  std::vector<int64_t> recv_row_of_local_;      // [R_local] row of the receive buffer
+  std::vector<int64_t> counts_;     // [2, ep] elements sent to / received from each peer
+  std::vector<float> staging_f32_;  // [sum recv_rows_, d] the receive layout, for T = float
+  std::vector<double> staging_f64_;
+};
+
+}  // namespace moex::moe

@@ -1,0 +1,105 @@
+// The "parallel" object of a training config: defaults, and one clear error naming the file and
+// field for every size the model cannot be split by (experts per MoE layer for ep, heads and FFN
+// widths for tp) and for unknown fields.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "core/error.h"
+#include "train/train_config.h"
+#include "train_fixture.h"
+
+namespace moex::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ParallelConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("moex_parallel_config_" +
+            std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // The fixture's config (4 experts in layer 1, 4 heads, 2 kv heads, ffn 48, expert ffn 24)
+  // with `parallel` as the "parallel" object.
+  fs::path config_with(const std::string& parallel) {
+    return testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, "",
+                                 R"(, "parallel": )" + parallel);
+  }
+  // The error of loading `path`, or "" when it loads.
+  static std::string error_of(const fs::path& path) {
+    try {
+      TrainConfig::from_file(path.string());
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return "";
+  }
+  fs::path dir_;
+};
+
+TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
+  const fs::path path = testing::write_config(dir_, (dir_ / "out").string(), "");
+  const TrainConfig c = TrainConfig::from_file(path.string());
+  EXPECT_EQ(c.parallel.tp, 1);
+  EXPECT_EQ(c.parallel.ep, 1);
+  EXPECT_EQ(c.parallel.zero_stage, 0);
+  EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac);
+}
+
+TEST_F(ParallelConfigTest, ReadsEveryField) {
+  const TrainConfig c = TrainConfig::from_file(
+      config_with(R"({"tp": 2, "ep": 4, "zero_stage": 2, "offload": true, "dtd": true,
+                      "cac": true})")
+          .string());
+  EXPECT_EQ(c.parallel.tp, 2);
+  EXPECT_EQ(c.parallel.ep, 4);
+  EXPECT_EQ(c.parallel.zero_stage, 2);
+  EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac);
+}
+
+TEST_F(ParallelConfigTest, ExpertsNotDivisibleByEpIsAnError) {
+  const fs::path path = config_with(R"({"ep": 3})");
+  EXPECT_EQ(error_of(path), path.string() +
+                                ": parallel.ep is 3, which does not divide the number of experts "
+                                "of layer 1 (4)");
+}
+
+TEST_F(ParallelConfigTest, EveryMoELayerOfAPyramidIsChecked) {
+  const fs::path path = dir_ / "pyramid.json";
+  std::ofstream(path) << R"({
+    "model": {"vocab_size": 40, "hidden_size": 32, "num_layers": 4, "num_heads": 4,
+              "max_seq_len": 32, "ffn_size": 48,
+              "moe": {"layer_freq": 2, "num_experts": [4, 6], "top_k": 1, "ffn_size": 24}},
+    "data": {"path": "corpus", "seq_len": 16},
+    "parallel": {"ep": 4}})";
+  EXPECT_EQ(error_of(path), path.string() +
+                                ": parallel.ep is 4, which does not divide the number of experts "
+                                "of layer 3 (6)");
+}
+
+TEST_F(ParallelConfigTest, TensorParallelMustDivideHeadsAndWidths) {
+  fs::path path = config_with(R"({"tp": 3})");
+  EXPECT_EQ(error_of(path),
+            path.string() + ": parallel.tp is 3, which does not divide model.num_heads (4)");
+  path = config_with(R"({"tp": 4})");  // 4 heads, but 2 kv heads
+  EXPECT_EQ(error_of(path),
+            path.string() + ": parallel.tp is 4, which does not divide model.num_kv_heads (2)");
+}
+
+TEST_F(ParallelConfigTest, BadValuesAndUnknownFieldsAreErrors) {
+  fs::path path = config_with(R"({"ep": 0})");
+  EXPECT_EQ(error_of(path), path.string() + ": parallel.ep must be >= 1");
+  path = config_with(R"({"zero_stage": 3})");
+  EXPECT_EQ(error_of(path), path.string() + ": parallel.zero_stage must be 0, 1 or 2");
+  path = config_with(R"({"pp": 2})");
+  EXPECT_NE(error_of(path).find("parallel.pp"), std::string::npos) << error_of(path);
+}
+
+}  // namespace
+}  // namespace moex::train
