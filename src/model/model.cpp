@@ -326,8 +326,10 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
     MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
                "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
                s.num_blocks, " blocks of ", kv.block_size);
-    MOEX_CHECK(s.start_pos + s.len <= config_.max_seq_len, "sequence of ", s.start_pos + s.len,
-               " tokens exceeds model.max_seq_len (", config_.max_seq_len, ")");
+    // Learned positions end at max_seq_len; RoPE has no table to run past.
+    MOEX_CHECK(!pos_ || s.start_pos + s.len <= config_.max_seq_len, "sequence of ",
+               s.start_pos + s.len, " tokens exceeds model.max_seq_len (", config_.max_seq_len,
+               ")");
     n += s.len;
   }
   const int64_t d = config_.hidden_size, num_seqs = static_cast<int64_t>(seqs.size());
