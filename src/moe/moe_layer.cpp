@@ -198,6 +198,20 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   out_.weighted_loss = c.aux_loss_coef * out_.aux_loss + c.z_loss_coef * out_.z_loss;
   out_.load = plan.load;
   out_.counts = plan.counts;
+  out_.gate_mass.assign(static_cast<size_t>(num_e), 0.0);
+  {
+    // Dropped routes have a zero gate: recompute the weights with every route kept.
+    std::vector<T> all_kept;
+    const T* g = gates_.data();
+    if (plan.num_dropped > 0) {
+      all_kept.resize(num_t * k);
+      moe::router_gates<T>(s_.data(), routing.topk_idx.data(), nullptr, num_t, num_e, k,
+                           {c.renormalize, false}, all_kept.data());
+      g = all_kept.data();
+    }
+    for (int64_t r = 0; r < num_t * k; ++r)
+      out_.gate_mass[static_cast<size_t>(routing.topk_idx[r])] += static_cast<double>(g[r]);
+  }
   out_.num_dropped = plan.num_dropped;
   out_.capacity = plan.capacity;
 

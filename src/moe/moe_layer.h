@@ -64,6 +64,9 @@ struct MoEOutput {
       0;  // aux_loss_coef * aux_loss + z_loss_coef * z_loss; backward includes it
   std::vector<int64_t> load;    // [E] routes per expert before dropping
   std::vector<int64_t> counts;  // [E] routes per expert after dropping
+  // [E] the combine weights of each expert's routes summed, as if nothing were dropped (the
+  // CPU layer measures it; empty on a GPU): what pruning by gate mass ranks experts by.
+  std::vector<double> gate_mass;
   int64_t num_dropped = 0;
   int64_t capacity = 0;  // C (dropless: the largest load)
 };

@@ -124,6 +124,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
     out_.weighted_loss = config_.aux_loss_coef * st.aux_loss + config_.z_loss_coef * st.z_loss;
     out_.load.assign(st.load.begin(), st.load.end());
     out_.counts.assign(st.counts.begin(), st.counts.end());
+    out_.gate_mass.clear();  // measured by the CPU layer only
     out_.num_dropped = st.num_dropped;
     out_.capacity = st.capacity;
     stats_pending_ = false;

@@ -5,24 +5,13 @@
 #include <filesystem>
 
 #include "io/safetensors.h"
+#include "model/layer_names.h"
 #include "model/model_io.h"
 
 namespace moex::train {
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr const char* kLayerPrefix = "model.layers.";
-
-// The teacher tensor a student tensor starts from: block i's tensors come from teacher layer
-// layers[i]; everything else keeps its name.
-std::string teacher_name(const std::string& student_name, const std::vector<int64_t>& layers) {
-  if (student_name.rfind(kLayerPrefix, 0) != 0) return student_name;
-  const size_t start = std::strlen(kLayerPrefix), dot = student_name.find('.', start);
-  const int64_t layer = std::stoll(student_name.substr(start, dot - start));
-  return kLayerPrefix + std::to_string(layers[static_cast<size_t>(layer)]) +
-         student_name.substr(dot);
-}
 
 }  // namespace
 
@@ -88,7 +77,7 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
   const ParamBuffer dst = student.host_params();
   for (int i = 0; i < dst.size(); ++i) {
     const std::string& name = dst.name(i);
-    std::string from_name = teacher_name(name, layers);
+    std::string from_name = model::source_layer_param(name, layers);
     if (src.index_of(from_name) < 0 && from_name == "lm_head.weight")
       from_name = "model.embed_tokens.weight";  // the teacher ties its head to the embedding
     const int s = src.index_of(from_name);

@@ -57,6 +57,23 @@ int64_t Args::get_int(const std::string& name, int64_t fallback) const {
   return x;
 }
 
+std::vector<int64_t> Args::get_int_list(const std::string& name) const {
+  const std::string v = require(name);
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = v.find(',', start);
+    const std::string item = v.substr(start, comma == std::string::npos ? comma : comma - start);
+    char* end = nullptr;
+    const long long x = std::strtoll(item.c_str(), &end, 10);
+    MOEX_CHECK(!item.empty() && end && *end == '\0', "flag --", name,
+               " expects integers separated by commas, got '", v, "'");
+    out.push_back(x);
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
 double Args::get_double(const std::string& name, double fallback) const {
   if (!has(name)) return fallback;
   const std::string v = get(name);

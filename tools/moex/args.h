@@ -2,6 +2,7 @@
 // Unknown flags and missing values are errors that name the flag.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <set>
 #include <string>
@@ -20,6 +21,8 @@ class Args {
   std::string require(const std::string& name) const;  // error if absent
   int64_t get_int(const std::string& name, int64_t fallback) const;
   double get_double(const std::string& name, double fallback) const;
+  // "i,j,...": integers separated by commas; an error naming the flag otherwise.
+  std::vector<int64_t> get_int_list(const std::string& name) const;
   bool flag(const std::string& name) const { return has(name); }
   const std::vector<std::string>& positional() const { return positional_; }
 

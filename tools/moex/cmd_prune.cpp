@@ -1,70 +1,111 @@
-// moex prune --model DIR --out DIR --keep-experts K --calibration F.safetensors
+// moex prune --model DIR --out DIR [--keep-experts K --calibration F|PREFIX] [--keep-layers i,j]
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "args.h"
 #include "command.h"
-#include "core/json_reader.h"
 #include "io/atomic_file.h"
 #include "model/model_io.h"
 #include "model_dir.h"
-#include "train/prune.h"
+#include "train/prune_io.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 
+// The calibration rows: a safetensors file's input_ids [B, T], or windows of a token dataset.
+std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_seq_len,
+                                     int64_t* batch, int64_t* seq_len) {
+  const std::string source = args.require("calibration");
+  if (fs::exists(source + ".bin") || fs::exists(source + ".idx")) {
+    *seq_len = std::min<int64_t>(max_seq_len, 256);
+    return moex::train::dataset_calibration_ids(
+        source, args.get_int("calibration-tokens", 16384), *seq_len, batch);
+  }
+  MOEX_CHECK(!args.has("calibration-tokens"), "--calibration-tokens applies to a dataset prefix; ",
+             source, " is not one (no ", source, ".bin)");
+  const moex::Tensor ids = moex::cli::read_input_ids(source);
+  *batch = ids.dim(0);
+  *seq_len = ids.dim(1);
+  const int32_t* p = ids.data<int32_t>();
+  return std::vector<int32_t>(p, p + ids.numel());
+}
+
+nlohmann::json counts_json(const moex::train::ParamCounts& n) {
+  return {{"total", n.total}, {"active", n.active}};
+}
+
 int run_prune(const std::vector<std::string>& argv) {
-  const moex::cli::Args args(argv, {"model", "out", "keep-experts", "calibration"}, {"help"});
+  const moex::cli::Args args(argv,
+                             {"model", "out", "keep-experts", "keep-layers", "calibration",
+                              "calibration-tokens", "rank-by", "format"},
+                             {"help"});
   if (args.flag("help")) {
     std::printf(
-        "usage: moex prune --model DIR --out DIR --keep-experts K --calibration F.safetensors\n"
-        "  Expert pruning: runs the calibration tokens (int32 input_ids [B, T], as moex eval\n"
-        "  takes) through the model, keeps the K experts of every MoE layer that they routed to\n"
-        "  most, and writes a moex model directory (its tokenizer copied along). Prints the\n"
-        "  parameters before and after and the kept experts. DIR must be a moex model\n"
-        "  directory (Hugging Face directories are not taken yet).\n");
+        "usage: moex prune --model DIR --out DIR [--keep-experts K --calibration SRC\n"
+        "                  [--rank-by frequency|gate-mass] [--calibration-tokens N]]\n"
+        "                  [--keep-layers i,j,...] [--format moex|hf]\n"
+        "  Expert pruning: runs calibration tokens through the model and keeps, in every MoE\n"
+        "  layer, the K experts they routed to most (frequency: route count; gate-mass: summed\n"
+        "  combine weights). SRC is a safetensors file with int32 input_ids [B, T] (as moex eval\n"
+        "  takes) or a dataset prefix (PREFIX.bin/.idx as moex data prepare writes, e.g.\n"
+        "  data/default/bible.en.train), of which N tokens (default 16384) are used.\n"
+        "  Layer dropping: --keep-layers keeps those blocks, in increasing order (embedding,\n"
+        "  final norm and head stay). Either or both.\n"
+        "  DIR is a moex or a Hugging Face model directory; OUT has the same format (--format,\n"
+        "  if given, must name it) and the tokenizer files copied along. Prints the parameters\n"
+        "  before and after (total and active per token), the kept layers and experts as JSON.\n");
     return 0;
   }
   const std::string dir = args.require("model"), out = args.require("out");
+  moex::train::PruneSpec spec;
   const int64_t keep = args.get_int("keep-experts", 0);
-  MOEX_CHECK(keep >= 1, "--keep-experts must be >= 1, got ", keep);
-  const std::string config_path = dir + "/config.json";
-  const moex::JsonReader config = moex::JsonReader::from_file(config_path);
-  MOEX_CHECK(config.get_string("model_type") == "moex", config_path,
-             ": prune takes a moex model directory (model_type \"moex\")");
-  const std::string model_json = config.get_json_text("moex_model");
-  MOEX_CHECK(fs::absolute(out) != fs::absolute(dir), "--out ", out,
-             " is the model directory itself");
+  MOEX_CHECK(!args.has("keep-experts") || keep >= 1, "--keep-experts must be >= 1, got ", keep);
+  spec.keep_experts = static_cast<int>(keep);
+  if (args.has("keep-layers")) spec.keep_layers = args.get_int_list("keep-layers");
+  spec.rank_by = moex::train::parse_rank_by(args.get("rank-by", "frequency"));
+  MOEX_CHECK(spec.keep_experts == 0 || args.has("calibration"),
+             "--keep-experts needs --calibration (a safetensors file or a dataset prefix)");
+  std::error_code ec;
+  MOEX_CHECK(!fs::equivalent(dir, out, ec), "--out ", out, " is the model directory itself");
+  const moex::train::ModelFormat format = moex::train::model_dir_format(dir);
+  const std::string format_name = moex::train::model_format_name(format);
+  MOEX_CHECK(args.get("format", format_name) == format_name, "--format ", args.get("format"),
+             ": ", dir, " is a ", format_name,
+             " model directory and is written as one (convert with moex export)");
 
   auto model = moex::model::load_model(dir);
-  const moex::Tensor ids = moex::cli::read_input_ids(args.require("calibration"));
-  const int32_t* p = ids.data<int32_t>();
-  const std::vector<int32_t> flat(p, p + ids.numel());
-  const moex::train::ExpertLoads loads =
-      moex::train::calibration_loads(*model, flat, ids.dim(0), ids.dim(1));
-  const moex::train::PruneResult r =
-      moex::train::prune_experts(*model, model_json, loads, static_cast<int>(keep));
+  moex::train::check_prune_spec(model->config(), spec);  // before the calibration's work
+  moex::train::ExpertLoads scores;
+  if (spec.keep_experts > 0) {
+    int64_t batch = 0, seq_len = 0;
+    const std::vector<int32_t> ids =
+        calibration_ids(args, model->config().max_seq_len, &batch, &seq_len);
+    scores = moex::train::calibration_scores(*model, ids, batch, seq_len, spec.rank_by);
+  }
+  const moex::train::PruneResult r = moex::train::prune_model(*model, scores, spec);
 
   moex::io::AtomicDirectory target(out);
-  moex::model::save_model(*r.model, r.model_json, target.temp_path());
-  for (const char* tok : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json"})
-    if (fs::exists(fs::path(dir) / tok))
-      fs::copy_file(fs::path(dir) / tok, fs::path(target.temp_path()) / tok);
+  moex::train::save_pruned_model(r, dir, target.temp_path());
   target.commit();
 
   nlohmann::json kept = nlohmann::json::object();
   for (const auto& [layer, experts] : r.kept) kept[std::to_string(layer)] = experts;
-  std::printf("%s\n", nlohmann::json{{"params_before", r.params_before},
-                                     {"params_after", r.params_after},
+  std::printf("%s\n", nlohmann::json{{"params_before", r.before.total},
+                                     {"params_after", r.after.total},
+                                     {"active_params_before", r.before.active},
+                                     {"active_params_after", r.after.active},
+                                     {"kept_layers", r.layers},
                                      {"kept", kept},
+                                     {"rank_by", moex::train::rank_by_name(spec.rank_by)},
+                                     {"format", format_name},
                                      {"out", out}}
                           .dump()
                           .c_str());
   return 0;
 }
 
-const moex::cli::Command kPrune("prune", "expert pruning by routing frequency", run_prune);
+const moex::cli::Command kPrune("prune", "expert pruning and layer dropping", run_prune);
 
 }  // namespace
