@@ -88,16 +88,25 @@ std::string pruned_moex_json(const std::string& model_json, const ModelConfig& p
 
 nlohmann::json pruned_hf_config(const nlohmann::json& source, const ModelConfig& pruned,
                                 const std::vector<int64_t>& layers) {
-  nlohmann::json out = source;
+  // What an export of the pruned model would write (an error if the architecture cannot express
+  // it); only the fields that describe layers, experts and the stored dtype are taken from it, so
+  // everything else stays exactly as the source had it.
   const nlohmann::json written = model::hf_config_to_json(pruned, pruned.architecture);
-  for (const auto& [key, value] : written.items()) out[key] = value;
-  int64_t num_experts = 0;
-  for (const LayerSpec& l : pruned.layers)
-    if (l.moe) num_experts = l.moe_config.num_experts;
-  // Qwen3-MoE is written with num_local_experts but read from num_experts first.
+  nlohmann::json out = source;
+  for (const char* key : {"num_hidden_layers", "mlp_only_layers", "decoder_sparse_step", "dtype"})
+    if (written.contains(key)) out[key] = written[key];
+  out.erase("torch_dtype");  // "dtype" names the weights written (f32)
+  // Every spelling of the expert count the source uses (Qwen3-MoE may carry both, and is read
+  // from num_experts first), else the one an export writes.
+  bool has_count = false;
   for (const char* key : {"num_experts", "num_local_experts"})
-    if (out.contains(key) && !out[key].is_null()) out[key] = num_experts;
-  out.erase("torch_dtype");  // "dtype" above names the weights written (f32)
+    if (out.contains(key) && !out[key].is_null()) {
+      out[key] = written[written.contains("num_experts") ? "num_experts" : "num_local_experts"];
+      has_count = true;
+    }
+  if (!has_count)
+    for (const char* key : {"num_experts", "num_local_experts"})
+      if (written.contains(key)) out[key] = written[key];
   if (out.contains("layer_types") && out["layer_types"].is_array() &&
       source.contains("num_hidden_layers") &&
       out["layer_types"].size() == source["num_hidden_layers"].get<size_t>()) {

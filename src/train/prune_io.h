@@ -28,10 +28,11 @@ std::vector<int32_t> dataset_calibration_ids(const std::string& prefix, int64_t 
 // num_layers and the MoE layout written out per layer. Errors if it does not describe `pruned`.
 std::string pruned_moex_json(const std::string& model_json, const ModelConfig& pruned);
 
-// The Hugging Face config.json of the pruned model: `source` with the fields that hf_config_to_json
-// writes replaced (layer count, expert count, mlp_only_layers, ...), every expert-count spelling
-// updated and per-layer lists (layer_types) cut to the kept layers. Errors if it does not read
-// back as `pruned`.
+// The Hugging Face config.json of the pruned model: `source` with the layer count, every
+// expert-count spelling, mlp_only_layers / decoder_sparse_step (Qwen) and dtype replaced by what
+// hf_config_to_json writes, and per-layer lists (layer_types) cut to the kept layers; every other
+// field unchanged. Errors if the architecture cannot express the pruned model or the result does
+// not read back as it.
 nlohmann::json pruned_hf_config(const nlohmann::json& source, const ModelConfig& pruned,
                                 const std::vector<int64_t>& layers);
 

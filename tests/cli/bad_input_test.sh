@@ -79,6 +79,23 @@ expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
 # prune: counts and directories are checked before anything is written
 expect_error "--keep-experts must be >= 1" prune --model "$TMP/model_dir" --out "$TMP/p" --keep-experts 0 --calibration x
 expect_error "config.json: cannot open" prune --model "$TMP/missing" --out "$TMP/p" --keep-experts 2 --calibration x
+# ... on a model transformers saved (Mixtral, 2 layers of 4 experts, top-2)
+MIXTRAL="$(cd "$(dirname "$0")/../fixtures/hf/mixtral" && pwd)"
+CALIB="$MIXTRAL/fixture.safetensors"
+expect_error "--keep-experts 9 must be in [top_k = 2, 4)" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 9 --calibration "$CALIB"
+expect_error "--keep-experts 1 must be in [top_k = 2, 4)" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 1 --calibration "$CALIB"
+expect_error "--keep-layers: layer 5 is outside [0, 2)" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 0,5
+expect_error "flag --keep-layers expects integers separated by commas" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 0,x
+expect_error "--rank-by: 'weight' is not a ranking" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --rank-by weight --calibration "$CALIB"
+expect_error "--keep-experts needs --calibration" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2
+expect_error "--calibration-tokens applies to a dataset prefix" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$CALIB" --calibration-tokens 64
+expect_error "is a hf model directory and is written as one" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 1 --format moex
+expect_error "nothing to prune" prune --model "$MIXTRAL/model" --out "$TMP/p"
+if [ -e "$TMP/p" ] || [ -e "$TMP/p.tmp" ]; then
+  echo "FAIL: a refused prune left $TMP/p behind"; failures=$((failures + 1))
+fi
+expect_error "--noise-rate, --mean-span and --denoise-chunk need --denoise" data prepare --out "$TMP/d" --noise-rate 0.2
+expect_error "denoise: noise_rate must be in (0, 1)" data prepare --out "$TMP/d" --denoise --noise-rate 1.5
 
 # export: the output may not be the model directory itself
 mkdir -p "$TMP/model_dir"

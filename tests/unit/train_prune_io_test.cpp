@@ -155,6 +155,8 @@ TEST(PruneIo, Qwen3DirectoryGetsAConsistentConfig) {
   EXPECT_EQ(c["layer_types"].size(), 3u);
   EXPECT_EQ(c["bos_token_id"], 1);
   EXPECT_FALSE(c.contains("torch_dtype"));
+  EXPECT_EQ(c["max_window_layers"], 4);  // untouched
+  EXPECT_EQ(c["rope_theta"], 10000.0);
   const ModelConfig back = model::hf_config_from_file(tmp.sub("out") + "/config.json");
   EXPECT_EQ(back.layers[2].moe_config.num_experts, 2);
 }
@@ -185,8 +187,19 @@ TEST(PruneIo, TransformersSavedModelsPruneAndReload) {
     EXPECT_EQ(written["num_hidden_layers"], p.model->config().num_layers) << c.arch;
     EXPECT_EQ(written["architectures"], source["architectures"]) << c.arch;
     for (const char* key : {"num_experts", "num_local_experts"})
-      if (written.contains(key) && c.keep > 0) EXPECT_EQ(written[key], c.keep) << c.arch;
+      if (written.contains(key) && c.keep > 0) {
+        EXPECT_EQ(written[key], c.keep) << c.arch;
+      }
     EXPECT_TRUE(fs::exists(tmp.sub(c.arch) + "/generation_config.json")) << c.arch;
+    // Fields that do not describe layers, experts or the stored dtype are the source's.
+    const std::set<std::string> rewritten = {
+        "num_hidden_layers", "mlp_only_layers", "decoder_sparse_step", "dtype",      "torch_dtype",
+        "num_experts",       "num_local_experts", "layer_types"};
+    for (const auto& [key, value] : source.items())
+      if (!rewritten.count(key)) {
+        EXPECT_EQ(written[key], value) << c.arch << ": " << key;
+      }
+    EXPECT_EQ(written["dtype"], "float32") << c.arch;
   }
 }
 

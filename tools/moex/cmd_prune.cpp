@@ -32,10 +32,6 @@ std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_se
   return std::vector<int32_t>(p, p + ids.numel());
 }
 
-nlohmann::json counts_json(const moex::train::ParamCounts& n) {
-  return {{"total", n.total}, {"active", n.active}};
-}
-
 int run_prune(const std::vector<std::string>& argv) {
   const moex::cli::Args args(argv,
                              {"model", "out", "keep-experts", "keep-layers", "calibration",
