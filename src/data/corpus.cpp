@@ -282,6 +282,44 @@ std::vector<std::vector<int32_t>> tokenize(const SentencePieceTokenizer& tok, co
   return ids;
 }
 
+// The denoising source of a monolingual one: each document's text tokens (between its language
+// tag and EOS) cut into span-corruption examples, in the document's split. The corruption of a
+// document depends only on the seed and the document's key.
+CorpusSource write_denoise_source(const Source& s, const std::vector<std::vector<int32_t>>& ids,
+                                  const SentencePieceTokenizer& tok, const CorpusOptions& o,
+                                  const std::string& dir, TokenDType dtype) {
+  DenoiseTokens special;
+  special.task = tok.token_to_id(kDenoiseTag);
+  special.lang = tok.token_to_id(language_tag(s.info.language));
+  special.targets = tok.token_to_id(kDenoiseTargetsTag);
+  special.eos = tok.eos_id();
+  for (int i = 0; i < o.denoise_options.max_spans; ++i)
+    special.sentinels.push_back(tok.token_to_id(span_sentinel(i)));
+  CorpusSource info = s.info;
+  info.name = s.info.name + ".denoise";
+  info.task = "denoise";
+  info.train = {info.name + ".train", 0, 0};
+  info.valid = {info.name + ".valid", 0, 0};
+  IndexedDatasetBuilder train(dir + "/" + info.train.prefix, dtype);
+  IndexedDatasetBuilder valid(dir + "/" + info.valid.prefix, dtype);
+  for (size_t i = 0; i < s.docs.size(); ++i) {
+    const std::vector<int32_t>& doc = ids[i];
+    MOEX_CHECK(doc.size() >= 2 && doc.front() == special.lang && doc.back() == special.eos,
+               s.info.name, ": document ", s.docs[i].key, " is not <lang> text EOS");
+    const std::vector<int32_t> text(doc.begin() + 1, doc.end() - 1);
+    for (const auto& example :
+         denoise_examples(text, o.denoise_options, special, o.seed, fnv1a(s.docs[i].key))) {
+      (s.docs[i].valid ? valid : train).add_document(example);
+      CorpusSplitStats& st = s.docs[i].valid ? info.valid : info.train;
+      st.documents++;
+      st.tokens += static_cast<int64_t>(example.size());
+    }
+  }
+  train.finish();
+  valid.finish();
+  return info;
+}
+
 json split_json(const CorpusSplitStats& s) {
   return {{"prefix", s.prefix}, {"documents", s.documents}, {"tokens", s.tokens}};
 }
@@ -372,6 +410,13 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   spm_opts.num_threads = o.num_threads;
   spm_opts.user_defined_symbols.push_back(kTranslateTag);
   for (const auto& l : languages) spm_opts.user_defined_symbols.push_back(language_tag(l));
+  if (o.denoise) {
+    check_denoise_options(o.denoise_options);
+    spm_opts.user_defined_symbols.push_back(kDenoiseTag);
+    spm_opts.user_defined_symbols.push_back(kDenoiseTargetsTag);
+    for (int i = 0; i < o.denoise_options.max_spans; ++i)
+      spm_opts.user_defined_symbols.push_back(span_sentinel(i));
+  }
   log("training SentencePiece (unigram, vocab " + std::to_string(o.vocab_size) + ", " +
       std::to_string(spm_opts.user_defined_symbols.size()) + " tag symbols)");
   train_sentencepiece(spm_opts);
@@ -403,6 +448,12 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
     log(s.info.name + ": " + std::to_string(s.info.train.tokens) + " train / " +
         std::to_string(s.info.valid.tokens) + " valid tokens");
     manifest.sources.push_back(s.info);
+    if (o.denoise && s.info.task == "lm") {
+      manifest.sources.push_back(write_denoise_source(s, ids, *tok, o, tmp, dtype));
+      const CorpusSource& d = manifest.sources.back();
+      log(d.name + ": " + std::to_string(d.train.tokens) + " train / " +
+          std::to_string(d.valid.tokens) + " valid tokens");
+    }
   }
 
   // 6. Manifest.
@@ -417,6 +468,17 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   j["bos_id"] = tok->bos_id();
   j["token_dtype"] = dtype == TokenDType::kU16 ? "uint16" : "int32";
   j["tags"] = {{"translate", kTranslateTag}, {"languages", json::object()}};
+  if (o.denoise) {
+    j["tags"]["denoise"] = kDenoiseTag;
+    j["tags"]["denoise_targets"] = kDenoiseTargetsTag;
+    j["tags"]["span_sentinels"] = json::array();
+    for (int i = 0; i < o.denoise_options.max_spans; ++i)
+      j["tags"]["span_sentinels"].push_back(span_sentinel(i));
+    j["denoise"] = {{"noise_rate", o.denoise_options.noise_rate},
+                    {"mean_span", o.denoise_options.mean_span},
+                    {"max_spans", o.denoise_options.max_spans},
+                    {"chunk_tokens", o.denoise_options.chunk_tokens}};
+  }
   for (const auto& l : languages) j["tags"]["languages"][l] = language_tag(l);
   j["seed"] = o.seed;
   j["valid_fraction"] = o.valid_fraction;

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "data/denoise.h"
+
 namespace moex::data {
 
 constexpr const char* kTranslateTag = "<task:translate>";
@@ -32,6 +34,11 @@ struct CorpusOptions {
   // running diatheke; tests use it.
   std::string bible_text_dir;
   bool parallel = true;  // translation pairs between "en" and each other Bible language
+  // The denoising task (data/denoise.h): a "<source>.denoise" source beside every monolingual
+  // one, made from the same documents (same train/valid split), and the task's tag, separator
+  // and span sentinels in the tokenizer.
+  bool denoise = false;
+  DenoiseOptions denoise_options;
   // Caps keep `moex data prepare` to minutes on two cores.
   int64_t max_source_bytes = 8ll << 20;
   int64_t tokenizer_sample_lines = 300000;
@@ -50,7 +57,7 @@ struct CorpusSplitStats {
 struct CorpusSource {
   std::string name;       // "handbook.fr", "bible.en", "bible.en-es"
   std::string language;   // "fr", or "en-es" for a translation source
-  std::string task;       // "lm" or "translate"
+  std::string task;       // "lm", "translate" or "denoise"
   std::string origin;     // package / module it came from
   std::string text_path;  // extracted plain text, relative to the corpus directory
   int64_t text_bytes = 0;

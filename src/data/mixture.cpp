@@ -37,10 +37,38 @@ std::vector<double> temperature_probabilities(const std::vector<MixtureSource>& 
   return probs;
 }
 
-MixtureSampler::MixtureSampler(std::vector<MixtureSource> sources, double temperature,
-                               uint64_t seed)
+std::vector<double> temperature_probabilities(const std::vector<MixtureSource>& sources,
+                                              const MixtureTemperatures& t) {
+  if (t.task == 0) return temperature_probabilities(sources, t.language);
+  MOEX_CHECK(t.task > 0 && std::isfinite(t.task), "mixture: task temperature must be > 0, got ",
+             t.task);
+  // Tasks by temperature over their tokens, then languages within each task.
+  std::map<std::string, std::vector<size_t>> by_task;
+  for (size_t i = 0; i < sources.size(); ++i) by_task[sources[i].task].push_back(i);
+  std::map<std::string, double> task_weight;
+  double z = 0;
+  for (const auto& [task, members] : by_task) {
+    double n = 0;
+    for (size_t i : members) n += static_cast<double>(sources[i].num_tokens);
+    z += task_weight[task] = std::pow(n, 1.0 / t.task);
+  }
+  std::vector<double> probs(sources.size(), 0.0);
+  for (const auto& [task, members] : by_task) {
+    std::vector<MixtureSource> group;
+    for (size_t i : members) group.push_back(sources[i]);
+    const auto own = t.language_by_task.find(task);
+    const std::vector<double> within = temperature_probabilities(
+        group, own != t.language_by_task.end() ? own->second : t.language);
+    for (size_t j = 0; j < members.size(); ++j)
+      probs[members[j]] = task_weight[task] / z * within[j];
+  }
+  return probs;
+}
+
+MixtureSampler::MixtureSampler(std::vector<MixtureSource> sources,
+                               const MixtureTemperatures& temperatures, uint64_t seed)
     : sources_(std::move(sources)), seed_(seed) {
-  probs_ = temperature_probabilities(sources_, temperature);
+  probs_ = temperature_probabilities(sources_, temperatures);
   double c = 0;
   for (double p : probs_) cumulative_.push_back(c += p);
   cumulative_.back() = 1.0;
@@ -73,9 +101,9 @@ std::vector<MixtureSource> sources_of(std::vector<MixtureDataset::Input>& inputs
 
 }  // namespace
 
-MixtureDataset::MixtureDataset(std::vector<Input> inputs, int64_t seq_len, double temperature,
-                               uint64_t seed)
-    : mixer_(sources_of(inputs), temperature, seed) {
+MixtureDataset::MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
+                               const MixtureTemperatures& temperatures, uint64_t seed)
+    : mixer_(sources_of(inputs), temperatures, seed) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     // Each source gets its own shuffling stream, derived from the seed.
     samplers_.emplace_back(inputs[i].dataset, seq_len, seed * 1000003ull + i + 1);

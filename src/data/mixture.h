@@ -5,9 +5,14 @@
 // language l and N the total. T = 1 samples in proportion to the data, larger T flattens toward
 // uniform over languages. Within a language, sources share p_l in proportion to their tokens.
 // Draws are a pure function of (seed, draw index), so the state is one counter.
+//
+// Multitask (MixtureTemperatures::task > 0): tasks are sampled first, p_t ∝ n_t^(1/T_task), then
+// languages within the task, p_{l|t} ∝ n_{t,l}^(1/T_lang(t)) (mBART / Kim et al.), then sources
+// within (task, language) by tokens. docs/data.md §Mixing has the worked formulas.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -20,15 +25,27 @@ struct MixtureSource {
   std::string name;      // "handbook.en", "bible.en-es"
   std::string language;  // the group that temperature applies over ("en", "es", "en-es", ...)
   int64_t num_tokens = 0;
+  std::string task = "lm";  // "lm", "translate", "denoise": the group of the task temperature
+};
+
+struct MixtureTemperatures {
+  double language = 1.0;  // languages (within a task when `task` > 0)
+  // > 0: sample the task first with this temperature; 0: one level over languages, as above.
+  double task = 0;
+  std::map<std::string, double> language_by_task;  // a task's own language temperature
 };
 
 // Probability of each source; errors name the source with no tokens or a bad temperature.
 std::vector<double> temperature_probabilities(const std::vector<MixtureSource>& sources,
                                               double temperature);
+// The same with task and per-task language temperatures; equals the one above when task == 0.
+std::vector<double> temperature_probabilities(const std::vector<MixtureSource>& sources,
+                                              const MixtureTemperatures& temperatures);
 
 class MixtureSampler {
  public:
-  MixtureSampler(std::vector<MixtureSource> sources, double temperature, uint64_t seed);
+  MixtureSampler(std::vector<MixtureSource> sources, const MixtureTemperatures& temperatures,
+                 uint64_t seed);
 
   // Index of the source of the next sequence; advances.
   size_t next();
@@ -56,7 +73,8 @@ class MixtureDataset {
     MixtureSource source;  // num_tokens is filled from the dataset when 0
     std::shared_ptr<const IndexedDataset> dataset;
   };
-  MixtureDataset(std::vector<Input> inputs, int64_t seq_len, double temperature, uint64_t seed);
+  MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
+                 const MixtureTemperatures& temperatures, uint64_t seed);
 
   // Writes seq_len + 1 tokens; returns the source index it came from.
   size_t next(int32_t* out);

@@ -59,12 +59,23 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   const JsonReader data = root.child("data");
   c.data.path = data.get_string("path");
   c.data.seq_len = data.get_int("seq_len", 128);
-  c.data.temperature = data.get_double("temperature", 1.0);
-  c.data.tasks = data.get_choice("tasks", {"all", "lm", "translate"}, "all");
+  data::MixtureTemperatures& t = c.data.temperatures;
+  t.language = data.get_double("temperature", 1.0);
+  if (t.language <= 0) data.fail("temperature", "must be > 0");
+  t.task = data.get_double("task_temperature", 0.0);
+  if (data.has("task_temperature") && t.task <= 0) data.fail("task_temperature", "must be > 0");
+  const JsonReader by_task = data.child("language_temperatures");
+  if (data.has("language_temperatures") && t.task == 0)
+    data.fail("language_temperatures", "needs data.task_temperature (tasks sampled first)");
+  for (const char* task : {"lm", "translate", "denoise"}) {
+    if (!by_task.has(task)) continue;
+    t.language_by_task[task] = by_task.get_double(task);
+    if (t.language_by_task[task] <= 0) by_task.fail(task, "must be > 0");
+  }
+  c.data.tasks = data.get_choice("tasks", {"all", "lm", "translate", "denoise"}, "all");
   if (c.data.seq_len < 2 || c.data.seq_len > c.model.max_seq_len)
     data.fail("seq_len",
               "must be in [2, model.max_seq_len = " + std::to_string(c.model.max_seq_len) + "]");
-  if (c.data.temperature <= 0) data.fail("temperature", "must be > 0");
 
   const JsonReader opt = root.child("optimizer");
   c.optimizer.lr = opt.get_double("lr", 1e-3);

@@ -7,6 +7,7 @@
 
 #include "core/json_reader.h"
 #include "core/tensor.h"
+#include "data/mixture.h"
 #include "dist/parallel_layout.h"
 #include "model/model_config.h"
 
@@ -15,8 +16,9 @@ namespace moex::train {
 struct DataConfig {
   std::string path;  // corpus directory (moex data prepare), with corpus.json
   int64_t seq_len = 128;
-  double temperature = 1.0;   // language sampling temperature (Kim et al.)
-  std::string tasks = "all";  // "all", "lm" or "translate"
+  // Sampling temperatures (Kim et al., mBART): languages, and tasks when set (data/mixture.h).
+  data::MixtureTemperatures temperatures;
+  std::string tasks = "all";  // "all", "lm", "translate" or "denoise"
 };
 
 struct OptimizerConfig {

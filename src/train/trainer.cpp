@@ -33,14 +33,14 @@ bool wanted(const data::CorpusSource& s, const std::string& tasks) {
   return tasks == "all" || s.task == tasks;
 }
 
-// Training sequences: every wanted source's train split, mixed by language temperature.
+// Training sequences: every wanted source's train split, mixed by task and language temperature.
 std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest& corpus,
                                                       const TrainConfig& c) {
   std::vector<data::MixtureDataset::Input> inputs;
   for (const auto& s : corpus.sources) {
     if (!wanted(s, c.data.tasks) || s.train.tokens <= c.data.seq_len) continue;
     data::MixtureDataset::Input in;
-    in.source = {s.name, s.language, s.train.tokens};
+    in.source = {s.name, s.language, s.train.tokens, s.task};
     in.dataset = std::make_shared<data::IndexedDataset>(
         data::IndexedDataset::open(corpus.dir + "/" + s.train.prefix));
     inputs.push_back(std::move(in));
@@ -49,7 +49,7 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
              "' has no training source with more than ", c.data.seq_len, " tokens for tasks '",
              c.data.tasks, "'");
   return std::make_unique<data::MixtureDataset>(std::move(inputs), c.data.seq_len,
-                                                c.data.temperature, c.training.seed);
+                                                c.data.temperatures, c.training.seed);
 }
 
 // Held-out sequences: the first eval_batches * micro_batch_size windows, spread over the sources.

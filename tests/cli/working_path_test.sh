@@ -199,6 +199,25 @@ assert all(len(k) == 3 for k in p["kept"].values()), p
 assert math.isfinite(e["loss"]) and 0 < e["loss"] < math.log(400) + 2, e
 PY
 [ -f "$TMP/pruned/tokenizer.model" ] || fail "prune did not copy the tokenizer"
+# ... and by gate mass over 512 tokens of a prepared dataset, keeping only the MoE block (layer
+# dropping): one block of 3 experts, the embedding, final norm and head
+PRUNED2_JSON="$("$MOEX" prune --model "$MODEL" --out "$TMP/pruned2" --keep-experts 3 \
+  --rank-by gate-mass --keep-layers 1 --calibration "$TMP/corpus/bible.en.train" \
+  --calibration-tokens 512)" || fail "prune by gate mass on a dataset"
+"$MOEX" eval --model "$TMP/pruned2" --input-ids "$TMP/eval_ids.safetensors" >/dev/null ||
+  fail "the layer-pruned model does not evaluate"
+python3 - "$PRUNED_JSON" "$PRUNED2_JSON" <<'PY' || fail "prune --keep-layers"
+import json, sys
+full, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+assert p["kept_layers"] == [1] and list(p["kept"]) == ["1"] and len(p["kept"]["1"]) == 3, p
+assert p["rank_by"] == "gate-mass" and p["format"] == "moex", p
+# the dropped dense block 0: attention (q 32 wide, k and v 2 kv heads x 8) and per-head q/k norms,
+# its SwiGLU MLP of 64 and its two RMSNorms
+block0 = 32 * (32 + 2 * 16) + 32 * 32 + 2 * 8 + 3 * 32 * 64 + 2 * 32
+assert p["params_after"] == full["params_after"] - block0, (p, full, block0)
+# active per token: top-2 of the 3 kept experts, so one expert's 3 * 32 * 32 weights idle
+assert p["params_after"] - p["active_params_after"] == 3 * 32 * 32, p
+PY
 
 # ---- distill: a one-block student from the trained model's MoE block; KD for 2 of 4 steps ----
 step "moex distill"

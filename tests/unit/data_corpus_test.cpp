@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -106,8 +108,9 @@ std::string page(const std::vector<std::string>& paragraphs) {
   return html + "</body></html>";
 }
 
-TEST(Corpus, BuildsFromSyntheticInput) {
-  const fs::path root = fs::temp_directory_path() / ("moex_corpus_" + std::to_string(::getpid()));
+// Six handbook pages in en and es (one paragraph left untranslated) and 30 Bible chapters of five
+// verses (one verse missing in es) under `root`; returns options that read them.
+CorpusOptions write_synthetic_input(const fs::path& root) {
   fs::remove_all(root);
   const fs::path hb = root / "handbook";
   const std::string untranslated = "This paragraph was never translated " + words(99, 20);
@@ -142,6 +145,12 @@ TEST(Corpus, BuildsFromSyntheticInput) {
   o.handbook_dir = hb.string();
   o.bible_text_dir = (root / "bible").string();
   o.valid_fraction = 0.1;
+  return o;
+}
+
+TEST(Corpus, BuildsFromSyntheticInput) {
+  const fs::path root = fs::temp_directory_path() / ("moex_corpus_" + std::to_string(::getpid()));
+  CorpusOptions o = write_synthetic_input(root);
   std::vector<std::string> log;
   o.log = [&](const std::string& line) { log.push_back(line); };
   const CorpusManifest m = prepare_corpus(o);
@@ -223,6 +232,91 @@ TEST(Corpus, BuildsFromSyntheticInput) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("sources[0].language"), std::string::npos) << e.what();
   }
+}
+
+// --denoise: a "<source>.denoise" source beside each monolingual one. Every example reads as
+// docs/data.md says; with its spans put back it is a run of one document's text in the same split
+// (valid examples come from held-out documents only); about 15% of the tokens are masked; and the
+// same seed writes the same examples.
+TEST(Corpus, DenoiseSourcesBesideEachMonolingualOne) {
+  const fs::path root =
+      fs::temp_directory_path() / ("moex_corpus_denoise_" + std::to_string(::getpid()));
+  CorpusOptions o = write_synthetic_input(root);
+  o.denoise = true;
+  o.denoise_options.chunk_tokens = 48;
+  const CorpusManifest m = prepare_corpus(o);
+  const auto tok = SentencePieceTokenizer::open(m.tokenizer);
+  const int32_t task = tok->token_to_id(kDenoiseTag), sep = tok->token_to_id(kDenoiseTargetsTag);
+  ASSERT_GE(task, 0);
+  ASSERT_GE(sep, 0);
+  std::map<int32_t, int> sentinel;  // id -> span index
+  for (int i = 0; i < o.denoise_options.max_spans; ++i) {
+    const int32_t id = tok->token_to_id(span_sentinel(i));
+    ASSERT_GE(id, 0) << span_sentinel(i);
+    sentinel[id] = i;
+  }
+  std::map<std::string, CorpusSource> by_name;
+  for (const auto& s : m.sources) by_name[s.name] = s;
+  ASSERT_EQ(m.sources.size(), 9u);  // the five of BuildsFromSyntheticInput + 4 denoise
+  EXPECT_FALSE(by_name.count("bible.en-es.denoise"));
+  int64_t masked = 0, text_tokens = 0;
+  for (const char* lm : {"handbook.en", "handbook.es", "bible.en", "bible.es"}) {
+    const CorpusSource& d = by_name[std::string(lm) + ".denoise"];
+    const CorpusSource& src = by_name[lm];
+    EXPECT_EQ(d.task, "denoise");
+    EXPECT_EQ(d.language, src.language);
+    const int32_t lang = tok->token_to_id(language_tag(src.language));
+    for (const auto& [dsplit, ssplit] : {std::make_pair(&d.train, &src.train),
+                                         std::make_pair(&d.valid, &src.valid)}) {
+      const IndexedDataset ds = IndexedDataset::open((root / "out" / dsplit->prefix).string());
+      const IndexedDataset docs = IndexedDataset::open((root / "out" / ssplit->prefix).string());
+      EXPECT_EQ(ds.num_tokens(), dsplit->tokens);
+      EXPECT_EQ(docs.num_documents() > 0, ds.num_documents() > 0) << dsplit->prefix;
+      for (int64_t e = 0; e < ds.num_sequences(); ++e) {
+        const std::vector<int32_t> ex = ds.get(e);
+        ASSERT_GE(ex.size(), 5u);
+        EXPECT_EQ(ex[0], task);
+        EXPECT_EQ(ex[1], lang);
+        EXPECT_EQ(ex.back(), m.eos_id);
+        const auto at = std::find(ex.begin(), ex.end(), sep);
+        ASSERT_NE(at, ex.end());
+        std::vector<std::vector<int32_t>> spans;
+        for (auto it = at + 1; it != ex.end() - 1; ++it) {
+          if (sentinel.count(*it)) spans.emplace_back();
+          else if (!spans.empty()) spans.back().push_back(*it);
+        }
+        std::vector<int32_t> restored;
+        for (auto it = ex.begin() + 2; it != at; ++it) {
+          if (!sentinel.count(*it)) {
+            restored.push_back(*it);
+            continue;
+          }
+          const auto& span = spans.at(static_cast<size_t>(sentinel[*it]));
+          restored.insert(restored.end(), span.begin(), span.end());
+          masked += static_cast<int64_t>(span.size());
+        }
+        text_tokens += static_cast<int64_t>(restored.size());
+        // A contiguous run of one document of the same split.
+        bool found = false;
+        for (int64_t k = 0; k < docs.num_sequences() && !found; ++k) {
+          const std::vector<int32_t> doc = docs.get(k);
+          found = std::search(doc.begin(), doc.end(), restored.begin(), restored.end()) !=
+                  doc.end();
+        }
+        EXPECT_TRUE(found) << dsplit->prefix << " example " << e;
+      }
+    }
+  }
+  EXPECT_NEAR(double(masked) / double(text_tokens), 0.15, 0.02);
+  const auto j = nlohmann::json::parse(read_all(root / "out" / "corpus.json"));
+  EXPECT_EQ(j["tags"]["denoise"], kDenoiseTag);
+  EXPECT_EQ(j["denoise"]["chunk_tokens"], 48);
+
+  // The same seed gives the same examples.
+  const std::string first = read_all(root / "out" / "bible.en.denoise.train.bin");
+  prepare_corpus(o);
+  EXPECT_EQ(read_all(root / "out" / "bible.en.denoise.train.bin"), first);
+  fs::remove_all(root);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "args.h"
 #include "command.h"
+#include "core/error.h"
 #include "data/corpus.h"
 
 namespace moex::cli {
@@ -24,6 +25,11 @@ const char* kUsage =
     "  --vocab-size N          SentencePiece vocabulary size (default 8000)\n"
     "  --languages a,b,...     handbook/Bible languages (default en,es,fr,de,it,pt)\n"
     "  --no-parallel           leave out the en<->es translation pairs\n"
+    "  --denoise               add the denoising task: a <source>.denoise source per\n"
+    "                          monolingual one (span corruption, docs/data.md)\n"
+    "  --noise-rate F          denoising: share of tokens masked (default 0.15)\n"
+    "  --mean-span F           denoising: mean masked span length (default 3)\n"
+    "  --denoise-chunk N       denoising: text tokens per example at most (default 128)\n"
     "  --max-source-mb N       cap on the text of one source, in MB (default 8)\n"
     "  --valid-fraction F      held-out share of pages/chapters (default 0.02)\n"
     "  --seed N                split seed (default 1234)\n"
@@ -59,13 +65,21 @@ int run_data(const std::vector<std::string>& argv) {
   }
   Args args(rest,
             {"out", "vocab-size", "languages", "max-source-mb", "valid-fraction", "seed", "threads",
-             "handbook-dir", "bible-text-dir"},
-            {"no-parallel"});
+             "handbook-dir", "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk"},
+            {"no-parallel", "denoise"});
   data::CorpusOptions o;
   o.out_dir = args.require("out");
   o.vocab_size = static_cast<int>(args.get_int("vocab-size", o.vocab_size));
   if (args.has("languages")) o.languages = split_list(args.get("languages"));
   o.parallel = !args.flag("no-parallel");
+  o.denoise = args.flag("denoise");
+  MOEX_CHECK(o.denoise || !(args.has("noise-rate") || args.has("mean-span") ||
+                            args.has("denoise-chunk")),
+             "--noise-rate, --mean-span and --denoise-chunk need --denoise");
+  o.denoise_options.noise_rate = args.get_double("noise-rate", o.denoise_options.noise_rate);
+  o.denoise_options.mean_span = args.get_double("mean-span", o.denoise_options.mean_span);
+  o.denoise_options.chunk_tokens = args.get_int("denoise-chunk", o.denoise_options.chunk_tokens);
+  if (o.denoise) data::check_denoise_options(o.denoise_options);
   o.max_source_bytes = static_cast<int64_t>(args.get_double("max-source-mb", 8.0) * (1 << 20));
   o.valid_fraction = args.get_double("valid-fraction", o.valid_fraction);
   o.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(o.seed)));
