@@ -92,10 +92,10 @@ int run_data(const std::vector<std::string>& argv) {
   };
   const data::CorpusManifest m = data::prepare_corpus(o);
   int64_t train = 0, valid = 0;
-  std::printf("%-16s %-8s %-10s %10s %12s %12s\n", "source", "lang", "task", "text MB", "train tok",
+  std::printf("%-24s %-8s %-10s %10s %12s %12s\n", "source", "lang", "task", "text MB", "train tok",
               "valid tok");
   for (const auto& s : m.sources) {
-    std::printf("%-16s %-8s %-10s %10.1f %12lld %12lld\n", s.name.c_str(), s.language.c_str(),
+    std::printf("%-24s %-8s %-10s %10.1f %12lld %12lld\n", s.name.c_str(), s.language.c_str(),
                 s.task.c_str(), static_cast<double>(s.text_bytes) / 1e6,
                 static_cast<long long>(s.train.tokens), static_cast<long long>(s.valid.tokens));
     train += s.train.tokens;
