@@ -11,8 +11,7 @@ namespace {
 
 // Lengths of `parts` non-empty segments that add up to n (1 <= parts <= n): parts - 1 distinct
 // cut points drawn from the n - 1 gaps.
-std::vector<int64_t> random_segmentation(int64_t n, int64_t parts, uint64_t seed,
-                                         uint64_t stream) {
+std::vector<int64_t> random_segmentation(int64_t n, int64_t parts, uint64_t seed, uint64_t stream) {
   std::vector<int64_t> cuts = seeded_permutation(n - 1, seed, stream);
   cuts.resize(static_cast<size_t>(parts - 1));
   for (int64_t& c : cuts) c += 1;  // gap g lies before token g
@@ -37,8 +36,8 @@ void check_denoise_options(const DenoiseOptions& o) {
   MOEX_CHECK(o.noise_rate > 0 && o.noise_rate < 1, "denoise: noise_rate must be in (0, 1), got ",
              o.noise_rate);
   MOEX_CHECK(o.mean_span >= 1, "denoise: mean_span must be >= 1, got ", o.mean_span);
-  MOEX_CHECK(o.max_spans >= 1 && o.max_spans <= 1000, "denoise: max_spans must be in [1, 1000], got ",
-             o.max_spans);
+  MOEX_CHECK(o.max_spans >= 1 && o.max_spans <= 1000,
+             "denoise: max_spans must be in [1, 1000], got ", o.max_spans);
   MOEX_CHECK(o.chunk_tokens >= 4, "denoise: chunk_tokens must be >= 4, got ", o.chunk_tokens);
 }
 
@@ -46,13 +45,13 @@ std::vector<int32_t> span_corrupt(const int32_t* text, size_t count, const Denoi
                                   const DenoiseTokens& tokens, uint64_t seed, uint64_t stream) {
   const int64_t n = static_cast<int64_t>(count);
   MOEX_CHECK(n >= 2, "denoise: an example needs at least 2 tokens, got ", n);
-  MOEX_CHECK(static_cast<int>(tokens.sentinels.size()) >= o.max_spans, "denoise: ",
-             tokens.sentinels.size(), " sentinel ids for max_spans ", o.max_spans);
+  MOEX_CHECK(static_cast<int>(tokens.sentinels.size()) >= o.max_spans,
+             "denoise: ", tokens.sentinels.size(), " sentinel ids for max_spans ", o.max_spans);
   const int64_t noise =
       std::clamp<int64_t>(std::llround(static_cast<double>(n) * o.noise_rate), 1, n - 1);
-  const int64_t spans = std::clamp<int64_t>(
-      std::llround(static_cast<double>(noise) / o.mean_span), 1,
-      std::min<int64_t>({noise, n - noise, static_cast<int64_t>(o.max_spans)}));
+  const int64_t spans =
+      std::clamp<int64_t>(std::llround(static_cast<double>(noise) / o.mean_span), 1,
+                          std::min<int64_t>({noise, n - noise, static_cast<int64_t>(o.max_spans)}));
   const std::vector<int64_t> noise_len = random_segmentation(noise, spans, seed, 2 * stream);
   const std::vector<int64_t> keep_len = random_segmentation(n - noise, spans, seed, 2 * stream + 1);
 

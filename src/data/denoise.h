@@ -2,7 +2,8 @@
 // docs/data.md §Denoising): a run of text tokens with some spans replaced by sentinel tokens,
 // followed by the spans themselves, so a decoder-only model learns to fill them in:
 //
-//   <task:denoise> <lang:xx> a b <span:0> e f g <span:1> <denoise:targets> <span:0> c d <span:1> h <eos>
+//   <task:denoise> <lang:xx> a b <span:0> e f g <span:1> <denoise:targets> <span:0> c d <span:1> h
+//   <eos>
 //
 // Spans are chosen as T5's random_spans_noise_mask does: round(L * noise_rate) noise tokens in
 // round(noise / mean_span) spans, the text split alternately into kept and noise segments (kept

@@ -94,11 +94,11 @@ class LayerImpl final : public MoELayer::Impl {
   Tensor x_;  // [T,d] the forward input (shared storage, not copied)
   int64_t num_tokens_ = 0;
   bool jittered_ = false;
-  std::vector<T> u_, xj_;          // [T,d] jitter factors and the router's input
-  std::vector<T> z_, s_;           // [T,E] logits and scores
-  std::vector<T> gates_;           // [T,k]
-  std::vector<T> buf_, dbuf_;      // [R,d]
-  FfnSaved<T> experts_;            // over the expert rows (R, or R_local under ep)
+  std::vector<T> u_, xj_;      // [T,d] jitter factors and the router's input
+  std::vector<T> z_, s_;       // [T,E] logits and scores
+  std::vector<T> gates_;       // [T,k]
+  std::vector<T> buf_, dbuf_;  // [R,d]
+  FfnSaved<T> experts_;        // over the expert rows (R, or R_local under ep)
   // Expert parallelism: the rows this rank's experts compute, and their outputs in the plan's
   // layout (what the combine reads).
   moe::ExpertExchange exchange_;

@@ -36,20 +36,20 @@ void check_prune_spec(const ModelConfig& c, const PruneSpec& spec) {
     MOEX_CHECK(i >= 0 && i < c.num_layers, "--keep-layers: layer ", i, " is outside [0, ",
                c.num_layers, ")");
     MOEX_CHECK(j == 0 || i > spec.keep_layers[j - 1],
-               "--keep-layers: the layers must be increasing (", spec.keep_layers[j - 1],
-               " then ", i, ")");
+               "--keep-layers: the layers must be increasing (", spec.keep_layers[j - 1], " then ",
+               i, ")");
   }
   if (spec.keep_experts == 0) return;
   int moe_layers = 0;
   for (size_t i = 0; i < c.layers.size(); ++i) {
-    const bool kept = spec.keep_layers.empty() ||
-                      std::find(spec.keep_layers.begin(), spec.keep_layers.end(),
-                                static_cast<int64_t>(i)) != spec.keep_layers.end();
+    const bool kept =
+        spec.keep_layers.empty() || std::find(spec.keep_layers.begin(), spec.keep_layers.end(),
+                                              static_cast<int64_t>(i)) != spec.keep_layers.end();
     if (!kept || !c.layers[i].moe) continue;
     const MoEConfig& m = c.layers[i].moe_config;
-    MOEX_CHECK(spec.keep_experts >= m.top_k && spec.keep_experts < m.num_experts,
-               "--keep-experts ", spec.keep_experts, " must be in [top_k = ", m.top_k, ", ",
-               m.num_experts, ") for layer ", i, " (", m.num_experts, " experts)");
+    MOEX_CHECK(spec.keep_experts >= m.top_k && spec.keep_experts < m.num_experts, "--keep-experts ",
+               spec.keep_experts, " must be in [top_k = ", m.top_k, ", ", m.num_experts,
+               ") for layer ", i, " (", m.num_experts, " experts)");
     ++moe_layers;
   }
   MOEX_CHECK(moe_layers > 0, "--keep-experts: no kept layer is an MoE layer");
@@ -114,9 +114,9 @@ bool ends_with(const std::string& s, const std::string& tail) {
 
 // Tensors with one row per expert: router [E, d], selection bias [E], experts [E, ., .].
 bool expert_indexed(const std::string& name) {
-  for (const char* tail : {".mlp.gate.weight", ".mlp.gate.e_score_correction_bias",
-                           ".mlp.experts.gate_up_proj", ".mlp.experts.up_proj",
-                           ".mlp.experts.down_proj"})
+  for (const char* tail :
+       {".mlp.gate.weight", ".mlp.gate.e_score_correction_bias", ".mlp.experts.gate_up_proj",
+        ".mlp.experts.up_proj", ".mlp.experts.down_proj"})
     if (ends_with(name, tail)) return true;
   return false;
 }
@@ -137,10 +137,10 @@ PruneResult prune_model(const model::Model& model, const ExpertLoads& scores,
       const int layer = static_cast<int>(out.layers[j]);
       if (!c.layers[static_cast<size_t>(layer)].moe) continue;
       const auto it = scores.find(layer);
-      MOEX_CHECK(it != scores.end() &&
-                     static_cast<int>(it->second.size()) ==
-                         c.layers[static_cast<size_t>(layer)].moe_config.num_experts,
-                 "pruning: no calibration scores for MoE layer ", layer);
+      MOEX_CHECK(
+          it != scores.end() && static_cast<int>(it->second.size()) ==
+                                    c.layers[static_cast<size_t>(layer)].moe_config.num_experts,
+          "pruning: no calibration scores for MoE layer ", layer);
       experts_of[j] = top_experts(it->second, spec.keep_experts);
       out.kept.emplace_back(layer, experts_of[j]);
     }

@@ -76,8 +76,8 @@ std::string pruned_moex_json(const std::string& model_json, const ModelConfig& p
     nlohmann::json& moe = js["moe"];
     moe["layer_freq"] = 1;
     moe["dense_layers"] = dense;
-    const bool uniform = std::all_of(experts.begin(), experts.end(),
-                                     [&](int64_t e) { return e == experts[0]; });
+    const bool uniform =
+        std::all_of(experts.begin(), experts.end(), [&](int64_t e) { return e == experts[0]; });
     moe["num_experts"] = uniform ? nlohmann::json(experts[0]) : nlohmann::json(experts);
   }
   const std::string text = js.dump(2);
@@ -129,8 +129,7 @@ void save_pruned_model(const PruneResult& pruned, const std::string& source_dir,
     model::save_model(*pruned.model, json, dir);
   } else {
     const nlohmann::json source = nlohmann::json::parse(read_file(config_path));
-    const nlohmann::json config =
-        pruned_hf_config(source, pruned.model->config(), pruned.layers);
+    const nlohmann::json config = pruned_hf_config(source, pruned.model->config(), pruned.layers);
     model::save_hf_model(*pruned.model, dir, pruned.model->config().architecture);
     io::write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
   }

@@ -96,7 +96,8 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
     bool any_bias = false;
     for (const LayerSpec& l : c.model.layers) any_bias |= l.moe && l.moe_config.selection_bias;
     if (!any_bias)
-      opt.fail("bias_update_rate", "needs MoE layers with a selection bias (model.moe.selection_bias)");
+      opt.fail("bias_update_rate",
+               "needs MoE layers with a selection bias (model.moe.selection_bias)");
   }
 
   const JsonReader sched = root.child("schedule");

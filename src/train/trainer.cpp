@@ -149,7 +149,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
 
   MOEX_CHECK(!(c.training.activation_checkpointing && c.training.device.is_cuda() &&
                c.model.num_moe_layers() > 0),
-             c.source, ": training.activation_checkpointing: not supported for MoE blocks on the "
+             c.source,
+             ": training.activation_checkpointing: not supported for MoE blocks on the "
              "GPU yet (the GPU MoE layer cannot hold routing fixed for the recomputation)");
   // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x dp
   // micro-batches of one shared sample stream; micro-batch j runs on data-parallel rank j % dp,

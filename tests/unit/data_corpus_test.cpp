@@ -266,8 +266,8 @@ TEST(Corpus, DenoiseSourcesBesideEachMonolingualOne) {
     EXPECT_EQ(d.task, "denoise");
     EXPECT_EQ(d.language, src.language);
     const int32_t lang = tok->token_to_id(language_tag(src.language));
-    for (const auto& [dsplit, ssplit] : {std::make_pair(&d.train, &src.train),
-                                         std::make_pair(&d.valid, &src.valid)}) {
+    for (const auto& [dsplit, ssplit] :
+         {std::make_pair(&d.train, &src.train), std::make_pair(&d.valid, &src.valid)}) {
       const IndexedDataset ds = IndexedDataset::open((root / "out" / dsplit->prefix).string());
       const IndexedDataset docs = IndexedDataset::open((root / "out" / ssplit->prefix).string());
       EXPECT_EQ(ds.num_tokens(), dsplit->tokens);
@@ -282,8 +282,10 @@ TEST(Corpus, DenoiseSourcesBesideEachMonolingualOne) {
         ASSERT_NE(at, ex.end());
         std::vector<std::vector<int32_t>> spans;
         for (auto it = at + 1; it != ex.end() - 1; ++it) {
-          if (sentinel.count(*it)) spans.emplace_back();
-          else if (!spans.empty()) spans.back().push_back(*it);
+          if (sentinel.count(*it))
+            spans.emplace_back();
+          else if (!spans.empty())
+            spans.back().push_back(*it);
         }
         std::vector<int32_t> restored;
         for (auto it = ex.begin() + 2; it != at; ++it) {
@@ -300,8 +302,8 @@ TEST(Corpus, DenoiseSourcesBesideEachMonolingualOne) {
         bool found = false;
         for (int64_t k = 0; k < docs.num_sequences() && !found; ++k) {
           const std::vector<int32_t> doc = docs.get(k);
-          found = std::search(doc.begin(), doc.end(), restored.begin(), restored.end()) !=
-                  doc.end();
+          found =
+              std::search(doc.begin(), doc.end(), restored.begin(), restored.end()) != doc.end();
         }
         EXPECT_TRUE(found) << dsplit->prefix << " example " << e;
       }

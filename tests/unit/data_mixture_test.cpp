@@ -36,10 +36,12 @@ TEST(Mixture, ProbabilitiesFollowTheTemperatureFormula) {
 // Tasks first, then languages within each task (MixtureTemperatures::task > 0), against a
 // naive computation written out term by term.
 TEST(Mixture, TaskAndLanguageTemperaturesMatchANaiveComputation) {
-  const std::vector<MixtureSource> sources = {
-      {"handbook.en", "en", 1000, "lm"},           {"bible.en", "en", 500, "lm"},
-      {"bible.es", "es", 200, "lm"},               {"bible.en-es", "en-es", 300, "translate"},
-      {"bible.en.denoise", "en", 800, "denoise"},  {"bible.es.denoise", "es", 100, "denoise"}};
+  const std::vector<MixtureSource> sources = {{"handbook.en", "en", 1000, "lm"},
+                                              {"bible.en", "en", 500, "lm"},
+                                              {"bible.es", "es", 200, "lm"},
+                                              {"bible.en-es", "en-es", 300, "translate"},
+                                              {"bible.en.denoise", "en", 800, "denoise"},
+                                              {"bible.es.denoise", "es", 100, "denoise"}};
   MixtureTemperatures t;
   t.task = 2.0;
   t.language = 3.0;
@@ -53,13 +55,12 @@ TEST(Mixture, TaskAndLanguageTemperaturesMatchANaiveComputation) {
   const double lm_en = std::pow(1500.0, 1 / 3.0), lm_es = std::pow(200.0, 1 / 3.0);
   // denoise languages at its own T = 1.5: en 800, es 100.
   const double dn_en = std::pow(800.0, 1 / 1.5), dn_es = std::pow(100.0, 1 / 1.5);
-  const std::vector<double> naive = {
-      lm / z * lm_en / (lm_en + lm_es) * 1000.0 / 1500.0,
-      lm / z * lm_en / (lm_en + lm_es) * 500.0 / 1500.0,
-      lm / z * lm_es / (lm_en + lm_es),
-      tr / z,
-      dn / z * dn_en / (dn_en + dn_es),
-      dn / z * dn_es / (dn_en + dn_es)};
+  const std::vector<double> naive = {lm / z * lm_en / (lm_en + lm_es) * 1000.0 / 1500.0,
+                                     lm / z * lm_en / (lm_en + lm_es) * 500.0 / 1500.0,
+                                     lm / z * lm_es / (lm_en + lm_es),
+                                     tr / z,
+                                     dn / z * dn_en / (dn_en + dn_es),
+                                     dn / z * dn_es / (dn_en + dn_es)};
   ASSERT_EQ(p.size(), naive.size());
   double sum = 0;
   for (size_t i = 0; i < p.size(); ++i) {
@@ -106,7 +107,9 @@ TEST(Mixture, SampledFrequenciesMatchStatistically) {
 
 TEST(Mixture, SameSeedRepeatsAndPositionResumes) {
   const std::vector<MixtureSource> sources = {{"a", "en", 10}, {"b", "es", 10}, {"c", "fr", 10}};
-  MixtureSampler a(sources, MixtureTemperatures{1.0, 0, {}}, 5), b(sources, MixtureTemperatures{1.0, 0, {}}, 5), c(sources, MixtureTemperatures{1.0, 0, {}}, 6);
+  MixtureSampler a(sources, MixtureTemperatures{1.0, 0, {}}, 5),
+      b(sources, MixtureTemperatures{1.0, 0, {}}, 5),
+      c(sources, MixtureTemperatures{1.0, 0, {}}, 6);
   std::vector<size_t> da, db, dc;
   for (int i = 0; i < 100; ++i) {
     da.push_back(a.next());

@@ -70,10 +70,9 @@ TEST(DataConfig, BadValuesNameTheField) {
   EXPECT_NE(error_of(R"({"path": "x", "task_temperature": 1, "language_temperatures": {"lm": 0}})")
                 .find("data.language_temperatures.lm"),
             std::string::npos);
-  EXPECT_NE(
-      error_of(R"({"path": "x", "task_temperature": 1, "language_temperatures": {"mt": 2}})")
-          .find("data.language_temperatures.mt"),
-      std::string::npos);
+  EXPECT_NE(error_of(R"({"path": "x", "task_temperature": 1, "language_temperatures": {"mt": 2}})")
+                .find("data.language_temperatures.mt"),
+            std::string::npos);
   EXPECT_NE(error_of(R"({"path": "x", "tasks": "summarize"})").find("data.tasks"),
             std::string::npos);
 }

@@ -171,18 +171,18 @@ TEST(PruneIo, TransformersSavedModelsPruneAndReload) {
     std::vector<int64_t> layers;
     int keep;
   };
-  const Case cases[] = {{"mixtral", {}, 2},
-                        {"qwen2_moe", {1, 2}, 3},
-                        {"qwen3_moe", {}, 4},
-                        {"olmoe", {1}, 0}};
+  const Case cases[] = {
+      {"mixtral", {}, 2}, {"qwen2_moe", {1, 2}, 3}, {"qwen3_moe", {}, 4}, {"olmoe", {1}, 0}};
   TempDir tmp("moex_prune_io_fixtures");
   for (const Case& c : cases) {
-    const std::string src = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/hf/" + c.arch + "/model";
+    const std::string src =
+        std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/hf/" + c.arch + "/model";
     PruneSpec spec;
     spec.keep_layers = c.layers;
     spec.keep_experts = c.keep;
     const PruneResult p = prune_and_reload(src, tmp.sub(c.arch), spec);
-    const nlohmann::json written = nlohmann::json::parse(read_file(tmp.sub(c.arch) + "/config.json"));
+    const nlohmann::json written =
+        nlohmann::json::parse(read_file(tmp.sub(c.arch) + "/config.json"));
     const nlohmann::json source = nlohmann::json::parse(read_file(src + "/config.json"));
     EXPECT_EQ(written["num_hidden_layers"], p.model->config().num_layers) << c.arch;
     EXPECT_EQ(written["architectures"], source["architectures"]) << c.arch;
@@ -193,8 +193,8 @@ TEST(PruneIo, TransformersSavedModelsPruneAndReload) {
     EXPECT_TRUE(fs::exists(tmp.sub(c.arch) + "/generation_config.json")) << c.arch;
     // Fields that do not describe layers, experts or the stored dtype are the source's.
     const std::set<std::string> rewritten = {
-        "num_hidden_layers", "mlp_only_layers", "decoder_sparse_step", "dtype",      "torch_dtype",
-        "num_experts",       "num_local_experts", "layer_types"};
+        "num_hidden_layers", "mlp_only_layers", "decoder_sparse_step", "dtype",
+        "torch_dtype",       "num_experts",     "num_local_experts",   "layer_types"};
     for (const auto& [key, value] : source.items())
       if (!rewritten.count(key)) {
         EXPECT_EQ(written[key], value) << c.arch << ": " << key;

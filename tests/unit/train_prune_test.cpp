@@ -95,9 +95,8 @@ TEST(Prune, KeepsTheMostLoadedExpertsAndTheirWeights) {
     }
     EXPECT_GE(least_kept, most_dropped);
     const std::string prefix = "model.layers." + std::to_string(layer) + ".mlp.";
-    for (const char* name :
-         {"gate.weight", "gate.e_score_correction_bias", "experts.gate_up_proj",
-          "experts.down_proj"}) {
+    for (const char* name : {"gate.weight", "gate.e_score_correction_bias", "experts.gate_up_proj",
+                             "experts.down_proj"}) {
       const Tensor& from = param(*m, prefix + name);
       const Tensor& to = param(*p.model, prefix + name);
       ASSERT_EQ(to.dim(0), 3);
@@ -230,8 +229,7 @@ TEST(Prune, GateMassAndFrequencyMatchANaiveRouting) {
         sorted_freq[keep - 1] == sorted_freq[keep])
       continue;
     EXPECT_EQ(prune_model(*m, f, experts_spec(keep)).kept.at(0).second, by_freq);
-    EXPECT_EQ(prune_model(*m, g, experts_spec(keep, RankBy::kGateMass)).kept.at(0).second,
-              by_mass);
+    EXPECT_EQ(prune_model(*m, g, experts_spec(keep, RankBy::kGateMass)).kept.at(0).second, by_mass);
     found_difference = by_freq != by_mass;
   }
   EXPECT_TRUE(found_difference) << "no seed where gate mass and frequency keep different experts";

@@ -73,9 +73,9 @@ int run_data(const std::vector<std::string>& argv) {
   if (args.has("languages")) o.languages = split_list(args.get("languages"));
   o.parallel = !args.flag("no-parallel");
   o.denoise = args.flag("denoise");
-  MOEX_CHECK(o.denoise || !(args.has("noise-rate") || args.has("mean-span") ||
-                            args.has("denoise-chunk")),
-             "--noise-rate, --mean-span and --denoise-chunk need --denoise");
+  MOEX_CHECK(
+      o.denoise || !(args.has("noise-rate") || args.has("mean-span") || args.has("denoise-chunk")),
+      "--noise-rate, --mean-span and --denoise-chunk need --denoise");
   o.denoise_options.noise_rate = args.get_double("noise-rate", o.denoise_options.noise_rate);
   o.denoise_options.mean_span = args.get_double("mean-span", o.denoise_options.mean_span);
   o.denoise_options.chunk_tokens = args.get_int("denoise-chunk", o.denoise_options.chunk_tokens);

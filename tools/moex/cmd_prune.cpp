@@ -20,8 +20,8 @@ std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_se
   const std::string source = args.require("calibration");
   if (fs::exists(source + ".bin") || fs::exists(source + ".idx")) {
     *seq_len = std::min<int64_t>(max_seq_len, 256);
-    return moex::train::dataset_calibration_ids(
-        source, args.get_int("calibration-tokens", 16384), *seq_len, batch);
+    return moex::train::dataset_calibration_ids(source, args.get_int("calibration-tokens", 16384),
+                                                *seq_len, batch);
   }
   MOEX_CHECK(!args.has("calibration-tokens"), "--calibration-tokens applies to a dataset prefix; ",
              source, " is not one (no ", source, ".bin)");
@@ -67,8 +67,8 @@ int run_prune(const std::vector<std::string>& argv) {
   MOEX_CHECK(!fs::equivalent(dir, out, ec), "--out ", out, " is the model directory itself");
   const moex::train::ModelFormat format = moex::train::model_dir_format(dir);
   const std::string format_name = moex::train::model_format_name(format);
-  MOEX_CHECK(args.get("format", format_name) == format_name, "--format ", args.get("format"),
-             ": ", dir, " is a ", format_name,
+  MOEX_CHECK(args.get("format", format_name) == format_name, "--format ", args.get("format"), ": ",
+             dir, " is a ", format_name,
              " model directory and is written as one (convert with moex export)");
 
   auto model = moex::model::load_model(dir);
