@@ -64,6 +64,18 @@ if [ -z "${MOEX_SKIP_EXPORT:-}" ]; then
   fi
 fi
 
+# Pruning check: moex prune on the transformers-saved fixtures (tests/fixtures/hf); transformers
+# must load each pruned directory and agree with moex eval and with the same pruning done in torch.
+if [ -z "${MOEX_SKIP_EXPORT:-}" ]; then
+  rm -rf "$OUT/pruned_hf"
+  HF_HUB_OFFLINE=1 python3 tests/reference/check_pruned_hf.py --moex "$BIN/moex" \
+    --work "$OUT/pruned_hf" >"$OUT/pruned_hf_check.log" 2>&1
+  prune_exit=$?
+  echo "hf pruned check: exit $prune_exit"
+  if [ "$prune_exit" -ne 0 ]; then status=1; fi
+  grep -E "BAD|ALL OK|MISMATCH|Error|error" "$OUT/pruned_hf_check.log" | head -20
+fi
+
 if [ -z "${MOEX_SKIP_BENCH:-}" ]; then
   : >"$OUT/moex_bench.jsonl"
   for shape in mixtral finegrained gshard; do

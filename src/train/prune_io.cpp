@@ -6,6 +6,7 @@
 
 #include "core/file_util.h"
 #include "core/json_reader.h"
+#include "data/corpus.h"
 #include "data/indexed_dataset.h"
 #include "io/atomic_file.h"
 #include "model/hf_config.h"
@@ -56,6 +57,45 @@ std::vector<int32_t> dataset_calibration_ids(const std::string& prefix, int64_t 
     sampler.next(sample.data());  // seq_len + 1 tokens: the last is a target, not needed here
     std::copy(sample.begin(), sample.end() - 1, ids.begin() + b * seq_len);
   }
+  return ids;
+}
+
+std::vector<int32_t> corpus_calibration_ids(const std::string& dir, int64_t num_tokens,
+                                            int64_t seq_len, int64_t* batch) {
+  MOEX_CHECK(num_tokens > 0, "--calibration-tokens must be > 0 (got ", num_tokens, ")");
+  const data::CorpusManifest corpus = data::load_corpus_manifest(dir);
+  std::vector<const data::CorpusSource*> sources;
+  double total = 0;
+  for (const data::CorpusSource& s : corpus.sources)
+    if (s.train.tokens > seq_len) {
+      sources.push_back(&s);
+      total += static_cast<double>(s.train.tokens);
+    }
+  MOEX_CHECK(!sources.empty(), dir, "/corpus.json: no train split holds more than ", seq_len,
+             " tokens");
+  const int64_t rows = std::max<int64_t>(1, num_tokens / seq_len);
+  // Largest remainders: floor shares first, then one more row to the largest fractions.
+  std::vector<int64_t> share(sources.size());
+  std::vector<std::pair<double, size_t>> remainder;
+  int64_t given = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const double exact = static_cast<double>(rows) * sources[i]->train.tokens / total;
+    share[i] = static_cast<int64_t>(exact);
+    given += share[i];
+    remainder.emplace_back(exact - static_cast<double>(share[i]), i);
+  }
+  std::stable_sort(remainder.begin(), remainder.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (size_t j = 0; given < rows; ++j, ++given) ++share[remainder[j].second];
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    if (share[i] == 0) continue;
+    int64_t got = 0;
+    const std::vector<int32_t> part = dataset_calibration_ids(
+        (fs::path(dir) / sources[i]->train.prefix).string(), share[i] * seq_len, seq_len, &got);
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
+  *batch = rows;
   return ids;
 }
 

@@ -24,6 +24,12 @@ const char* model_format_name(ModelFormat format);
 std::vector<int32_t> dataset_calibration_ids(const std::string& prefix, int64_t num_tokens,
                                              int64_t seq_len, int64_t* batch);
 
+// Calibration rows from a corpus directory (corpus.json of moex data prepare): the
+// num_tokens / seq_len rows shared among its train splits in proportion to their tokens (largest
+// remainders), each source's rows drawn as dataset_calibration_ids draws them.
+std::vector<int32_t> corpus_calibration_ids(const std::string& dir, int64_t num_tokens,
+                                            int64_t seq_len, int64_t* batch);
+
 // The moex model config text (the "moex_model" object) of the pruned model: `model_json` with
 // num_layers and the MoE layout written out per layer. Errors if it does not describe `pruned`.
 std::string pruned_moex_json(const std::string& model_json, const ModelConfig& pruned);

@@ -88,7 +88,7 @@ expect_error "--keep-layers: layer 5 is outside [0, 2)" prune --model "$MIXTRAL/
 expect_error "flag --keep-layers expects integers separated by commas" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 0,x
 expect_error "--rank-by: 'weight' is not a ranking" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --rank-by weight --calibration "$CALIB"
 expect_error "--keep-experts needs --calibration" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2
-expect_error "--calibration-tokens applies to a dataset prefix" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$CALIB" --calibration-tokens 64
+expect_error "--calibration-tokens applies to a dataset prefix or corpus directory" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$CALIB" --calibration-tokens 64
 expect_error "is a hf model directory and is written as one" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 1 --format moex
 expect_error "nothing to prune" prune --model "$MIXTRAL/model" --out "$TMP/p"
 if [ -e "$TMP/p" ] || [ -e "$TMP/p.tmp" ]; then

@@ -10,11 +10,17 @@
 #   - compares transformers' logits on the fixture's input_ids with `moex eval --logits-out` of
 #     the same directory (relative L2 < 1e-5; both fp32);
 #   - checks that the pruned router has one row per kept expert and that the JSON moex printed
-#     counts the parameters transformers holds.
+#     counts the parameters transformers holds;
+#   - builds the pruned model a second way, in torch alone: the source model's state dict with
+#     the blocks moex reported keeping (renumbered) and, in each, the router rows and experts it
+#     reported keeping, loaded into a model made from the source config with those counts; its
+#     logits must equal those of the pruned directory (relative L2 < 1e-6).
 # Prints one line per check and "ALL OK" or "MISMATCH" last; the exit status is 0 only for ALL OK.
 import argparse
 import json
+import copy
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,6 +50,62 @@ def rel_l2(a, b):
 
 def num_experts(config):
     return getattr(config, "num_local_experts", None) or getattr(config, "num_experts")
+
+
+def dense_layers(config):
+    """The source blocks whose FFN is dense, as transformers decides it (Qwen's mlp_only_layers
+    and decoder_sparse_step; Mixtral and OLMoE have none)."""
+    only = set(getattr(config, "mlp_only_layers", None) or [])
+    step = getattr(config, "decoder_sparse_step", None) or 1
+    return {i for i in range(config.num_hidden_layers) if i in only or (i + 1) % step != 0}
+
+
+def reference_pruned(src, report):
+    """The pruned model made in torch from the source model and what moex reported keeping."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        src, dtype=torch.float32, attn_implementation="eager")
+    layers = report["kept_layers"]
+    kept = {int(k): v for k, v in report["kept"].items()}
+    source_experts = num_experts(model.config)
+    config = copy.deepcopy(model.config)
+    dense = dense_layers(model.config)
+    config.num_hidden_layers = len(layers)
+    if kept:
+        for attr in ("num_local_experts", "num_experts"):
+            if getattr(config, attr, None) is not None:
+                setattr(config, attr, len(next(iter(kept.values()))))
+    if getattr(config, "mlp_only_layers", None) is not None:
+        config.mlp_only_layers = [j for j, i in enumerate(layers) if i in dense]
+        config.decoder_sparse_step = 1
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in layers]
+    state = {}
+    for name, tensor in model.state_dict().items():
+        m = re.match(r"model\.layers\.(\d+)\.(.*)", name)
+        if not m:
+            state[name] = tensor
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        if i not in layers:
+            continue
+        prefix = "model.layers.%d." % layers.index(i)
+        experts = kept.get(i)
+        per_expert = re.match(r"(.*\.experts)\.(\d+)\.(.*)", rest)
+        if experts is not None and per_expert:  # one module per expert: renumber the kept ones
+            e = int(per_expert.group(2))
+            if e in experts:
+                state[prefix + "%s.%d.%s" % (per_expert.group(1), experts.index(e),
+                                             per_expert.group(3))] = tensor
+            continue
+        router = re.search(r"(^|\.)gate\.weight$", rest) and "shared_expert" not in rest
+        if experts is not None and (router or ".experts." in rest) and \
+                tensor.shape[0] == source_experts:
+            tensor = tensor[experts]  # router rows [E, d] or fused experts [E, ...]
+        state[prefix + rest] = tensor
+    ref = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    ref = ref.float().eval()
+    result = ref.load_state_dict(state, strict=False)
+    return ref, list(result.missing_keys), list(result.unexpected_keys)
 
 
 def run_case(moex, work, case, fixture, flags, layers, experts):
@@ -86,6 +148,16 @@ def run_case(moex, work, case, fixture, flags, layers, experts):
         hf_logits = model(input_ids=ids).logits.float()
     err = rel_l2(moex_logits, hf_logits)
     check(err < 1e-5, "logits rel L2 moex vs transformers:", err)
+
+    ref, missing, unexpected = reference_pruned(src, report)
+    # A tied head is one tensor under two names; anything else missing is a real gap.
+    missing = [k for k in missing if not (k == "lm_head.weight" and ref.config.tie_word_embeddings)]
+    check(not missing and not unexpected,
+          "torch-pruned state dict: missing", missing, "unexpected", unexpected)
+    with torch.no_grad():
+        ref_logits = ref(input_ids=ids).logits.float()
+    err = rel_l2(hf_logits, ref_logits)
+    check(err < 1e-6, "logits rel L2 pruned dir vs pruned in torch:", err)
     return ok
 
 

@@ -211,6 +211,43 @@ TEST(PruneIo, ConfigThatCannotDescribeThePrunedModelIsAnError) {
   EXPECT_THROW(pruned_hf_config(nlohmann::json::parse(kQwen3), dense, {0}), Error);
 }
 
+// A corpus directory: rows shared among the train splits by size, each row a window of one of
+// them (source a holds ids 0..2999, source b 10000..10999: a quarter of the tokens).
+TEST(PruneIo, CorpusCalibrationRowsFollowTheSourceSizes) {
+  TempDir tmp("moex_prune_io_corpus");
+  const auto write = [&](const std::string& prefix, int32_t first, int32_t count) {
+    data::IndexedDatasetBuilder b(tmp.sub(prefix), data::TokenDType::kU16);
+    std::vector<int32_t> doc(static_cast<size_t>(count));
+    for (int32_t i = 0; i < count; ++i) doc[i] = first + i;
+    b.add_document(doc);
+    b.finish();
+  };
+  write("a.train", 0, 3000);
+  write("b.train", 10000, 1000);
+  write("c.train", 20000, 10);  // shorter than a row: not used
+  io::write_file_atomic(tmp.sub("corpus.json"), R"({"tokenizer": "t.model", "vocab_size": 30000,
+    "sources": [
+      {"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 3000},
+       "valid": {"prefix": "a.valid"}},
+      {"name": "b", "language": "es", "train": {"prefix": "b.train", "tokens": 1000},
+       "valid": {"prefix": "b.valid"}},
+      {"name": "c", "language": "de", "train": {"prefix": "c.train", "tokens": 10},
+       "valid": {"prefix": "c.valid"}}]})");
+  int64_t batch = 0;
+  const std::vector<int32_t> ids = corpus_calibration_ids(tmp.path.string(), 13 * 16, 16, &batch);
+  ASSERT_EQ(batch, 13);
+  ASSERT_EQ(ids.size(), 13u * 16);
+  int from_b = 0;
+  for (int64_t r = 0; r < batch; ++r) {
+    const int32_t first = ids[r * 16];
+    for (int64_t t = 1; t < 16; ++t) ASSERT_EQ(ids[r * 16 + t], first + t) << r;
+    ASSERT_TRUE(first + 15 < 3000 || (first >= 10000 && first + 15 < 11000)) << first;
+    from_b += first >= 10000;
+  }
+  // 13 x 3/4 = 9.75 and 13 x 1/4 = 3.25: a's larger remainder gets it the 13th row.
+  EXPECT_EQ(from_b, 3);
+}
+
 TEST(PruneIo, DatasetCalibrationRowsAreWindowsOfTheStream) {
   TempDir tmp("moex_prune_io_data");
   const std::string prefix = tmp.sub("d");

@@ -14,17 +14,20 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// The calibration rows: a safetensors file's input_ids [B, T], or windows of a token dataset.
+// The calibration rows: a safetensors file's input_ids [B, T], or windows of a token dataset or
+// of a corpus's train splits.
 std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_seq_len,
                                      int64_t* batch, int64_t* seq_len) {
   const std::string source = args.require("calibration");
-  if (fs::exists(source + ".bin") || fs::exists(source + ".idx")) {
-    *seq_len = std::min<int64_t>(max_seq_len, 256);
-    return moex::train::dataset_calibration_ids(source, args.get_int("calibration-tokens", 16384),
-                                                *seq_len, batch);
-  }
-  MOEX_CHECK(!args.has("calibration-tokens"), "--calibration-tokens applies to a dataset prefix; ",
-             source, " is not one (no ", source, ".bin)");
+  const int64_t tokens = args.get_int("calibration-tokens", 16384);
+  *seq_len = std::min<int64_t>(max_seq_len, 256);
+  if (fs::exists(fs::path(source) / "corpus.json"))
+    return moex::train::corpus_calibration_ids(source, tokens, *seq_len, batch);
+  if (fs::exists(source + ".bin") || fs::exists(source + ".idx"))
+    return moex::train::dataset_calibration_ids(source, tokens, *seq_len, batch);
+  MOEX_CHECK(!args.has("calibration-tokens"),
+             "--calibration-tokens applies to a dataset prefix or corpus directory; ", source,
+             " is neither (no ", source, ".bin or ", source, "/corpus.json)");
   const moex::Tensor ids = moex::cli::read_input_ids(source);
   *batch = ids.dim(0);
   *seq_len = ids.dim(1);
@@ -45,8 +48,9 @@ int run_prune(const std::vector<std::string>& argv) {
         "  Expert pruning: runs calibration tokens through the model and keeps, in every MoE\n"
         "  layer, the K experts they routed to most (frequency: route count; gate-mass: summed\n"
         "  combine weights). SRC is a safetensors file with int32 input_ids [B, T] (as moex eval\n"
-        "  takes) or a dataset prefix (PREFIX.bin/.idx as moex data prepare writes, e.g.\n"
-        "  data/default/bible.en.train), of which N tokens (default 16384) are used.\n"
+        "  takes), a dataset prefix (PREFIX.bin/.idx as moex data prepare writes, e.g.\n"
+        "  data/default/bible.en.train) or a corpus directory (its train splits by size), of\n"
+        "  which N tokens (default 16384) are used.\n"
         "  Layer dropping: --keep-layers keeps those blocks, in increasing order (embedding,\n"
         "  final norm and head stay). Either or both.\n"
         "  DIR is a moex or a Hugging Face model directory; OUT has the same format (--format,\n"
