@@ -57,6 +57,15 @@ void expect_sharded_state(const TrainConfig& c, int64_t bytes, dist::Communicato
   }
 }
 
+// One corpus per test and world size (the np 2 and np 4 runs may run at once), written by the
+// root before any rank reads it.
+fs::path corpus_of_world(const std::string& prefix, dist::Communicator& world) {
+  const fs::path corpus = fs::current_path() / (prefix + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  return corpus;
+}
+
 // The reference of both tests: one process, grad_accum = world size, ZeRO off.
 std::string reference_training(int world, int steps) {
   return R"(, "grad_accum": )" + std::to_string(world) + R"(, "steps": )" + std::to_string(steps) +
@@ -66,9 +75,7 @@ std::string reference_training(int world, int steps) {
 TEST(Zero, EveryStageAndLayoutEqualsTheSingleProcessRun) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
-  const fs::path corpus = fs::current_path() / ("zero_test_np" + std::to_string(world.size()));
-  if (world.is_root()) testing::make_corpus(corpus);
-  world.barrier();
+  const fs::path corpus = corpus_of_world("zero_test_np", world);
 
   const std::string ref_out = (corpus / "ref").string();
   TrainResult ref_result;
@@ -113,9 +120,7 @@ TEST(Zero, EveryStageAndLayoutEqualsTheSingleProcessRun) {
 TEST(Zero, CheckpointMovesBetweenLayouts) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
-  const fs::path corpus = fs::current_path() / ("zero_resume_np" + std::to_string(world.size()));
-  if (world.is_root()) testing::make_corpus(corpus);
-  world.barrier();
+  const fs::path corpus = corpus_of_world("zero_resume_np", world);
 
   const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)";
   const std::string first_out = (corpus / "first").string(), zero_out = (corpus / "zero").string(),
