@@ -16,7 +16,6 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
     MOEX_CHECK(!used, source, ": parallel.", field, ": not built yet (docs/parallelism.md)");
   };
   not_built(c.tp > 1, "tp");
-  not_built(c.zero_stage > 0, "zero_stage");
   not_built(c.offload, "offload");
   not_built(c.dtd, "dtd");
   not_built(c.cac, "cac");

@@ -28,10 +28,13 @@ namespace moex::dist {
 struct ParallelConfig {
   int64_t tp = 1;
   int64_t ep = 1;
-  int64_t zero_stage = 0;  // 0, 1 or 2
-  bool offload = false;    // ZeRO-Offload: master weights and Adam state in host memory
-  bool dtd = false;        // Duplicate Token Dropping (needs tp > 1)
-  bool cac = false;        // Communication-aware Activation Checkpointing
+  int64_t zero_stage = 0;  // 0, 1 or 2 (CPU ranks)
+  // ZeRO's tiled optimizer: the most elements one optimizer call or one gradient/weight
+  // collective handles at once (16 M: 64 MiB of fp32).
+  int64_t tile_elements = int64_t{1} << 24;
+  bool offload = false;  // ZeRO-Offload: master weights and Adam state in host memory
+  bool dtd = false;      // Duplicate Token Dropping (needs tp > 1)
+  bool cac = false;      // Communication-aware Activation Checkpointing
 };
 
 struct ParallelLayout {
@@ -41,7 +44,7 @@ struct ParallelLayout {
 
   // Checks `config` against the world size, one error per problem naming `source` (the config
   // file) and the field: world divisible by tp, ep dividing dp, and no option that is not built
-  // yet (tp > 1, zero_stage > 0, offload, dtd, cac).
+  // yet (tp > 1, offload, dtd, cac).
   static ParallelLayout make(int world_size, int rank, const ParallelConfig& config,
                              const std::string& source);
   // The mapping alone, for sizes already checked (tp divides world_size, ep divides dp); it also

@@ -7,7 +7,6 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/model_io.h"
-#include "ops/elementwise.h"
 
 namespace moex::train {
 
@@ -15,10 +14,10 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
                      const std::string& tokenizer_path, bool write) {
   // Moments on the host (copies of a GPU model's), saved under each parameter's name; the
-  // gathers (collective under ep) run before anything is written.
+  // gathers (collective under ep and ZeRO) run before anything is written.
   std::map<std::string, Tensor> moments;
   for (const bool second : {false, true}) {
-    const Tensor m = (second ? optimizer.exp_avg_sq() : optimizer.exp_avg()).to(Device::cpu());
+    const Tensor m = optimizer.gather_moment(second);
     for (auto& [name, t] : model::gather_named_tensors(model, m))
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
@@ -47,8 +46,9 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   const io::SafetensorsFile moments = io::SafetensorsFile::open(opt_path);
   const ParamBuffer& params = model.params();
   const float* p0 = params.flat().data<float>();
-  const Tensor moment[2] = {optimizer.exp_avg().to(Device::cpu()),
-                            optimizer.exp_avg_sq().to(Device::cpu())};
+  // The moments in the buffer's layout (zero padding); the optimizer keeps its part.
+  const Tensor moment[2] = {Tensor::zeros(params.flat().shape(), DType::kF32),
+                            Tensor::zeros(params.flat().shape(), DType::kF32)};
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
     const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
@@ -62,8 +62,8 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
       std::copy(src.data<float>(), src.data<float>() + src.numel(), dst);
     }
   }
-  ops::copy(moment[0], optimizer.exp_avg());
-  ops::copy(moment[1], optimizer.exp_avg_sq());
+  optimizer.load_moment(false, moment[0]);
+  optimizer.load_moment(true, moment[1]);
   const std::string state_path = dir + "/trainer_state.json";
   const JsonReader js = JsonReader::from_file(state_path);
   TrainerState state;

@@ -20,7 +20,8 @@ struct TrainerState {
 };
 
 // Under expert parallelism every rank of the model's expert group calls it (the experts are
-// gathered) and only the ranks with write = true write.
+// gathered), under ZeRO every rank of the run (the moments' shards are gathered); only the ranks
+// with write = true write.
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
                      const std::string& tokenizer_path, bool write = true);

@@ -2,18 +2,14 @@
 
 #include <cmath>
 
-#include "dist/communicator.h"
 #include "model/model.h"
 #include "ops/elementwise.h"
 
 namespace moex::train {
+namespace {
 
-AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
-  const Device dev = params.flat().device();
-  exp_avg_ = Tensor::empty(params.flat().shape(), DType::kF32, dev);
-  exp_avg_sq_ = Tensor::empty(params.flat().shape(), DType::kF32, dev);
-  ops::zero(exp_avg_);
-  ops::zero(exp_avg_sq_);
+// Every tensor of the buffer as a segment of the flat buffer, with its weight decay.
+std::vector<ops::AdamWSegment> tensor_segments(const ParamBuffer& params, double weight_decay) {
   const char* p0 = static_cast<const char*>(params.flat().raw_data());
   std::vector<ops::AdamWSegment> segments;
   for (int i = 0; i < params.size(); ++i) {
@@ -21,21 +17,76 @@ AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_
     ops::AdamWSegment s;
     s.offset = (static_cast<const char*>(t.raw_data()) - p0) / static_cast<int64_t>(sizeof(float));
     s.count = t.numel();
-    s.weight_decay = t.ndim() >= 2 ? static_cast<float>(config_.weight_decay) : 0.0f;
+    s.weight_decay = t.ndim() >= 2 ? static_cast<float>(weight_decay) : 0.0f;
     segments.push_back(s);
   }
-  segments_ = std::make_unique<ops::AdamWSegments>(std::move(segments), dev);
+  return segments;
 }
 
-double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
-                   const ParamBuffer* working_copy) {
-  const double norm = std::sqrt(ops::sum_of_squares(grads.flat()));  // fixed order: same bits
-  apply(params, grads, lr, step, working_copy, norm);
-  return norm;
+// The parts of `segments` inside flat range `piece`, with offsets relative to its start.
+std::vector<ops::AdamWSegment> segments_within(const std::vector<ops::AdamWSegment>& segments,
+                                               const FlatRange& piece) {
+  std::vector<ops::AdamWSegment> out;
+  for (const ops::AdamWSegment& s : segments) {
+    const int64_t lo = std::max(s.offset, piece.flat);
+    const int64_t hi = std::min(s.offset + s.count, piece.flat + piece.count);
+    if (lo < hi) out.push_back({lo - piece.flat, hi - lo, s.weight_decay});
+  }
+  return out;
 }
 
-void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
-                  const ParamBuffer* working_copy, double norm) {
+Tensor zeros_like(const Tensor& t) {
+  Tensor z = Tensor::empty(t.shape(), DType::kF32, t.device());
+  ops::zero(z);
+  return z;
+}
+
+}  // namespace
+
+AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
+  exp_avg_ = zeros_like(params.flat());
+  exp_avg_sq_ = zeros_like(params.flat());
+  segments_ = std::make_unique<ops::AdamWSegments>(tensor_segments(params, config_.weight_decay),
+                                                   params.flat().device());
+}
+
+AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero)
+    : config_(config), zero_(zero) {
+  MOEX_CHECK(zero.stage == 1 || zero.stage == 2, "AdamW: ZeRO stage ", zero.stage,
+             " is not built (1 or 2)");
+  MOEX_CHECK(zero.dp != nullptr && zero.edp != nullptr, "AdamW: ZeRO needs the dp and edp groups");
+  const ParamBuffer& params = model.params();
+  flat_size_ = params.flat().numel();
+  MOEX_CHECK(params.flat().device().is_cpu(),
+             "AdamW: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
+  const std::vector<ops::AdamWSegment> segments = tensor_segments(params, config_.weight_decay);
+  // Runs of neighbouring tensors of one kind; the padding between them comes along (zeros).
+  std::array<std::vector<FlatRange>, 2> runs;
+  for (int i = 0; i < params.size(); ++i) {
+    const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
+    std::vector<FlatRange>& r = runs[model.is_expert_param(i)];
+    const bool extends = i > 0 && model.is_expert_param(i - 1) == model.is_expert_param(i);
+    if (extends)
+      r.back().count = s.offset + s.count - r.back().flat;
+    else
+      r.push_back({s.offset, s.count, 0});
+  }
+  int64_t state_size = 0;
+  for (int kind = 0; kind < 2; ++kind) {
+    dist::Communicator& group = kind == 0 ? *zero.dp : *zero.edp;
+    partitions_[kind] =
+        std::make_unique<ZeroPartition>(std::move(runs[kind]), group, zero.tile_elements);
+    state_offset_[kind] = state_size;
+    state_size += partitions_[kind]->shard_size();
+    for (const FlatRange& piece : partitions_[kind]->step_pieces())
+      piece_segments_[kind].push_back(std::make_unique<ops::AdamWSegments>(
+          segments_within(segments, piece), params.flat().device()));
+  }
+  exp_avg_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
+  exp_avg_sq_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
+}
+
+ops::AdamWHyper AdamW::hyper(double lr, int64_t step, double norm) const {
   const double clip =
       (config_.grad_clip > 0 && norm > config_.grad_clip) ? config_.grad_clip / (norm + 1e-6) : 1.0;
   ops::AdamWHyper h;
@@ -45,12 +96,26 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
   h.eps = config_.eps;
   h.step = step;
   h.grad_scale = clip;
+  return h;
+}
+
+double AdamW::step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
+                   const ParamBuffer* working_copy) {
+  MOEX_CHECK(zero_.stage == 0, "AdamW::step(params, grads): use step(model) under ZeRO");
+  const double norm = std::sqrt(ops::sum_of_squares(grads.flat()));  // fixed order: same bits
+  apply(params, grads, lr, step, working_copy, norm);
+  return norm;
+}
+
+void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
+                  const ParamBuffer* working_copy, double norm) {
   ops::adamw_step(params.flat(), working_copy ? working_copy->flat() : Tensor(), grads.flat(),
-                  exp_avg_, exp_avg_sq_, *segments_, h);
+                  exp_avg_, exp_avg_sq_, *segments_, hyper(lr, step, norm));
   params.flat().mark_written();
 }
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
+  if (zero_.stage > 0) return zero_step(model, lr, step);
   const bool copy = model.device().is_cuda();
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
@@ -65,6 +130,65 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   const double norm = std::sqrt(sums[0] + sums[1]);
   apply(model.params(), grads, lr, step, working_copy, norm);
   return norm;
+}
+
+double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
+  const Tensor& params = model.params().flat();
+  const Tensor& grads = model.grads().flat();
+  auto view = [](const Tensor& t, int64_t begin, int64_t count) {
+    return t.slice(begin, begin + count);
+  };
+  // Every element of every kind lies in exactly one rank's shard of the dp group (the expert
+  // shards of the edp groups of all ep ranks cover all experts once), so the squares of the
+  // shards summed over dp are the global norm's.
+  double sum = 0;
+  for (int kind = 0; kind < 2; ++kind)
+    for (const FlatRange& p : partitions_[kind]->step_pieces())
+      sum += ops::sum_of_squares(view(grads, p.flat, p.count));
+  zero_.dp->all_reduce_sum(&sum, 1);
+  const double norm = std::sqrt(sum);
+  const ops::AdamWHyper h = hyper(lr, step, norm);
+  for (int kind = 0; kind < 2; ++kind) {
+    const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      const FlatRange& p = pieces[i];
+      const int64_t state = state_offset_[kind] + p.pos;
+      ops::adamw_step(view(params, p.flat, p.count), Tensor(), view(grads, p.flat, p.count),
+                      view(exp_avg_, state, p.count), view(exp_avg_sq_, state, p.count),
+                      *piece_segments_[kind][i], h);
+    }
+  }
+  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params.data<float>());
+  params.mark_written();
+  return norm;
+}
+
+void AdamW::reduce_scatter_gradients(const ParamBuffer& grads) {
+  MOEX_CHECK(zero_.stage == 2, "AdamW::reduce_scatter_gradients: ZeRO stage 2 only");
+  for (int kind = 0; kind < 2; ++kind)
+    partitions_[kind]->reduce_scatter(grads.flat().data<float>());
+}
+
+Tensor AdamW::gather_moment(bool second) const {
+  const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
+  if (zero_.stage == 0) return state.to(Device::cpu());
+  Tensor flat = Tensor::zeros(Shape{flat_size_}, DType::kF32);
+  for (int kind = 0; kind < 2; ++kind)
+    partitions_[kind]->gather_shards(state.data<float>() + state_offset_[kind], flat.data<float>());
+  return flat;
+}
+
+void AdamW::load_moment(bool second, const Tensor& flat) {
+  Tensor& state = second ? exp_avg_sq_ : exp_avg_;
+  if (zero_.stage == 0) {
+    ops::copy(flat, state);
+  } else {
+    MOEX_CHECK(flat.numel() == flat_size_, "AdamW::load_moment: ", flat.numel(),
+               " elements for a buffer of ", flat_size_);
+    for (int kind = 0; kind < 2; ++kind)
+      partitions_[kind]->take_shard(flat.data<float>(), state.data<float>() + state_offset_[kind]);
+  }
+  state.mark_written();
 }
 
 }  // namespace moex::train

@@ -1,14 +1,24 @@
-// AdamW over the model's parameter buffer: exp_avg and exp_avg_sq share the buffer's layout and
-// live on its device. Weight decay applies to matrices (>= 2 dims) only, as is usual for
-// transformers. One fused pass over every tensor (ops/adamw.h); on a GPU model it also rewrites
-// the bf16 working copy the kernels compute with.
+// AdamW over the model's parameter buffer. Weight decay applies to matrices (>= 2 dims) only, as
+// is usual for transformers. Without ZeRO, exp_avg and exp_avg_sq share the buffer's layout and
+// live on its device, and one fused pass updates every tensor (ops/adamw.h); on a GPU model it
+// also rewrites the bf16 working copy the kernels compute with.
+//
+// ZeRO stages 1 and 2 (docs/parallelism.md): each rank keeps the moments of its shard only
+// (non-expert parameters sharded over dp, experts over edp, train/zero_partition.h), steps that
+// shard in tiles through the same op on views of the buffers, and all-gathers the updated
+// weights. The update is element-wise, so sharding changes no number; the gradient norm is the
+// sum of the shards' squares over the group. CPU ranks only.
 #pragma once
 
+#include <array>
 #include <memory>
+#include <vector>
 
 #include "core/arena.h"
+#include "dist/communicator.h"
 #include "ops/adamw.h"
 #include "train/train_config.h"
+#include "train/zero_partition.h"
 
 namespace moex::model {
 class Model;
@@ -16,31 +26,64 @@ class Model;
 
 namespace moex::train {
 
+struct ZeroConfig {
+  int64_t stage = 0;                  // 1: moments sharded; 2: gradients reduce-scattered too
+  dist::Communicator* dp = nullptr;   // shards the non-expert parameters
+  dist::Communicator* edp = nullptr;  // shards this rank's experts
+  int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
+};
+
 class AdamW {
  public:
+  // Without ZeRO: every moment of `params` on its device.
   AdamW(const ParamBuffer& params, const OptimizerConfig& config);
+  // ZeRO stage zero.stage (1 or 2) over the model's parameters (a CPU model).
+  AdamW(const model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero);
 
   // Clips the global gradient norm to config.grad_clip (if > 0), then updates every parameter.
   // Returns the gradient norm before clipping. `step` is 1-based. working_copy: the bf16 copy of
-  // params on CUDA (null on the CPU).
+  // params on CUDA (null on the CPU). Without ZeRO only.
   double step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
               const ParamBuffer* working_copy = nullptr);
   // The same on a model's master weights, gradients and working copy. Under expert parallelism
   // the norm covers every expert of the expert group (each rank holds E/ep of them), so every
-  // rank clips by the same global norm; every rank of the group must call it.
+  // rank clips by the same global norm; under ZeRO the gradients of this rank's shards must be
+  // summed over their groups (all-reduced, or reduce_scatter_gradients) and the weights are
+  // all-gathered afterwards. Every rank of the groups must call it.
   double step(model::Model& model, double lr, int64_t step);
 
-  Tensor& exp_avg() { return exp_avg_; }  // [total] f32, the buffer's layout, on its device
-  Tensor& exp_avg_sq() { return exp_avg_sq_; }
+  int64_t zero_stage() const { return zero_.stage; }
+  // ZeRO stage 2: sums each shard's gradients over its group into this rank's gradient buffer
+  // (the rest of the buffer is left unsummed).
+  void reduce_scatter_gradients(const ParamBuffer& grads);
+
+  // A moment (second: exp_avg_sq) on the host in the buffer's layout [total]; under ZeRO the
+  // shards are gathered over their groups (every rank must call it).
+  Tensor gather_moment(bool second) const;
+  // Sets a moment from the host [total] in the buffer's layout (this rank's shards under ZeRO).
+  void load_moment(bool second, const Tensor& flat);
+  // Bytes of Adam state (both moments) this rank holds.
+  int64_t state_bytes() const { return static_cast<int64_t>(exp_avg_.nbytes() * 2); }
 
  private:
   // The update of step() once the global gradient norm is known.
   void apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
              const ParamBuffer* working_copy, double norm);
+  ops::AdamWHyper hyper(double lr, int64_t step, double norm) const;
+  double zero_step(model::Model& model, double lr, int64_t step);
 
   OptimizerConfig config_;
+  ZeroConfig zero_;
+  // Without ZeRO: [total], the buffer's layout. Under ZeRO: the non-expert shard, then the expert
+  // shard [S0 + S1].
   Tensor exp_avg_, exp_avg_sq_;
-  std::unique_ptr<ops::AdamWSegments> segments_;
+  std::unique_ptr<ops::AdamWSegments> segments_;  // without ZeRO
+  // Under ZeRO, per kind (0 non-expert, 1 expert): the partition, where its shard starts in the
+  // moments, and the weight-decay segments of each step piece (offsets within the piece).
+  std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
+  std::array<int64_t, 2> state_offset_{};
+  std::array<std::vector<std::unique_ptr<ops::AdamWSegments>>, 2> piece_segments_;
+  int64_t flat_size_ = 0;  // elements of the parameter buffer
 };
 
 }  // namespace moex::train

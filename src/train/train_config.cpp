@@ -12,12 +12,15 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   p.tp = par.get_int("tp", 1);
   p.ep = par.get_int("ep", 1);
   p.zero_stage = par.get_int("zero_stage", 0);
+  p.tile_elements = par.get_int("tile_elements", p.tile_elements);
   p.offload = par.get_bool("offload", false);
   p.dtd = par.get_bool("dtd", false);
   p.cac = par.get_bool("cac", false);
   if (p.tp < 1) par.fail("tp", "must be >= 1");
   if (p.ep < 1) par.fail("ep", "must be >= 1");
-  if (p.zero_stage < 0 || p.zero_stage > 2) par.fail("zero_stage", "must be 0, 1 or 2");
+  if (p.zero_stage < 0 || p.zero_stage > 2)
+    par.fail("zero_stage", "must be 0, 1 or 2 (stage 3 is not built)");
+  if (p.tile_elements < 1) par.fail("tile_elements", "must be >= 1");
   auto divides = [&](const char* field, int64_t n, int64_t size, const std::string& what) {
     if (size % n != 0)
       par.fail(field, "is " + std::to_string(n) + ", which does not divide " + what + " (" +

@@ -163,10 +163,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(world == 1 || c.training.device.is_cpu(), c.source,
              ": training.device: several MPI ranks train on the CPU only so far (the GPU "
              "all-reduce over NCCL is not built yet)");
+  const int64_t zero_stage = c.parallel.zero_stage;
+  MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
+             ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
   model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
-  AdamW optimizer(model.params(), c.optimizer);
+  ZeroConfig zero;
+  zero.stage = zero_stage;
+  zero.dp = groups.dp.get();
+  zero.edp = groups.edp.get();
+  zero.tile_elements = c.parallel.tile_elements;
+  AdamW optimizer =
+      zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
+  // Checkpoints gather experts (ep) and moment shards (ZeRO): every rank takes part then.
+  const bool collective_save = ep || zero_stage > 0;
   TrainerState state;
   if (!resume_dir.empty()) {
     state = load_checkpoint(resume_dir, model, optimizer);
@@ -185,6 +196,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
               " data-parallel rank(s), ", layout.ep, " expert-parallel");
+    MOEX_INFO("optimizer state: ", optimizer.state_bytes(), " bytes on this rank (ZeRO stage ",
+              zero_stage, ")");
   }
 
   g_interrupted = 0;
@@ -193,6 +206,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const int64_t micro_per_step = c.training.grad_accum * dp;
   const int64_t tokens_per_step = mb * seq_len * micro_per_step;
   TrainResult result;
+  result.optimizer_state_bytes = optimizer.state_bytes();
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
   std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
@@ -233,7 +247,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       weighted_kd += r.weighted_kd / micro_per_step;
     }
     if (dp > 1) {
-      all_reduce_gradients(model, *groups.dp, *groups.edp);
+      // ZeRO stage 2: each rank needs only its shard's sum.
+      if (zero_stage == 2)
+        optimizer.reduce_scatter_gradients(model.grads());
+      else
+        all_reduce_gradients(model, *groups.dp, *groups.edp);
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
       groups.dp->all_reduce_sum(sums, 5);
       loss = sums[0], aux = sums[1], zl = sums[2], kd = sums[3], weighted_kd = sums[4];
@@ -290,7 +308,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                      static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
     if (root) metrics << line.dump() << "\n" << std::flush;
-    if ((root || ep) && c.training.checkpoint_every > 0 &&
+    if ((root || collective_save) && c.training.checkpoint_every > 0 &&
         state.step % c.training.checkpoint_every == 0 && !last) {
       char name[32];
       std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(state.step));
@@ -303,7 +321,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     }
   }
   std::signal(SIGINT, previous_handler);
-  if (root || ep) checkpoint(state.step == c.training.steps ? "final" : "latest");
+  if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
   if (root) {
     write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
   }

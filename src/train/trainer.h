@@ -20,6 +20,7 @@ struct TrainResult {
   double tokens_per_second = 0;
   bool interrupted = false;
   std::string last_checkpoint;
+  int64_t optimizer_state_bytes = 0;  // Adam moments held by this rank (a ZeRO shard under ZeRO)
 };
 
 // What a variant of training adds to the loop (train/distill.h: knowledge distillation), so that

@@ -9,9 +9,8 @@
 
 #include <cmath>
 
-#include "io/safetensors.h"
-#include "model/model_io.h"
 #include "train/trainer.h"
+#include "train_compare.h"
 #include "train_fixture.h"
 
 namespace moex::train {
@@ -19,42 +18,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Metrics {
-  std::vector<double> loss, aux, eval;
-  int64_t dropped = 0;  // routes dropped in the logged micro-batches
-};
-
-Metrics read_metrics(const std::string& path) {
-  Metrics m;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    const nlohmann::json js = nlohmann::json::parse(line);
-    m.loss.push_back(js.at("loss").get<double>());
-    m.aux.push_back(js.at("aux_loss").get<double>());
-    if (js.contains("eval_loss")) m.eval.push_back(js.at("eval_loss").get<double>());
-    for (const auto& [layer, stats] : js.at("expert_load").items())
-      m.dropped += stats.at("dropped").get<int64_t>();
-  }
-  return m;
-}
-
-double rel_l2(const float* p, const float* q, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num += (p[i] - q[i]) * static_cast<double>(p[i] - q[i]);
-    den += static_cast<double>(q[i]) * q[i];
-  }
-  return std::sqrt(num / std::max(den, 1e-300));
-}
-
-void expect_near_rel(const std::vector<double>& a, const std::vector<double>& b, const char* what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_NEAR(a[i], b[i], 1e-5 * std::fabs(b[i])) << what << " at entry " << i;
-}
-
-void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir);
+using testing::expect_near_rel;
+using testing::expect_same_checkpoint;
+using testing::Metrics;
+using testing::read_metrics;
 
 // Trains with parallel.ep = ep on every rank and, on the root, the single-process reference;
 // compares them on the root.
@@ -111,24 +78,6 @@ TEST(ExpertParallel, ActivationCheckpointingEqualsTheSingleProcessRun) {
   const int world = dist::Communicator::world().size();
   ASSERT_GE(world, 2) << "run this test with mpirun -np 2 (or more)";
   check_equals_single_process(world, false, R"(, "activation_checkpointing": true)");
-}
-
-// The final weights and Adam moments of two runs' checkpoints agree.
-void expect_same_checkpoint(const std::string& a_dir, const std::string& b_dir) {
-  auto a_model = model::load_model(a_dir);
-  auto b_model = model::load_model(b_dir);
-  const Tensor& p = a_model->params().flat();
-  const Tensor& q = b_model->params().flat();
-  ASSERT_EQ(p.numel(), q.numel());
-  EXPECT_LT(rel_l2(p.data<float>(), q.data<float>(), p.numel()), 1e-5) << "final weights";
-  const io::SafetensorsFile ma = io::SafetensorsFile::open(a_dir + "/optimizer.safetensors");
-  const io::SafetensorsFile mb = io::SafetensorsFile::open(b_dir + "/optimizer.safetensors");
-  ASSERT_EQ(ma.names(), mb.names());
-  for (const std::string& t : mb.names()) {
-    const Tensor x = ma.weight_f32(t), y = mb.weight_f32(t);
-    ASSERT_EQ(x.shape(), y.shape()) << t;
-    EXPECT_LT(rel_l2(x.data<float>(), y.data<float>(), x.numel()), 1e-5) << "Adam state " << t;
-  }
 }
 
 // Every ep >= 2 (powers of two) that divides the world size.

@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "model/model_io.h"
 #include "ops/elementwise.h"
+#include "paged_serving_scenario.h"
 #include "train/optimizer.h"
 
 namespace fs = std::filesystem;
@@ -275,9 +276,8 @@ TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
   }
 }
 
-// Serving on the GPU: three sequences in shuffled blocks of a paged pool, prefilled in chunks
-// while another decodes, then decoded together; after every step each sequence's logits must
-// equal the full forward of that sequence alone at its last position.
+// Serving on the GPU against the full forward of each sequence alone, in the scenario of
+// tests/paged_serving_scenario.h (the CPU twin: tests/unit/model_paged_test.cpp).
 TEST_F(GpuModel, PagedServingMatchesFullForward) {
   // Serving keeps every route; an eval capacity factor of E/k keeps every route in the reference
   // full forward too (C >= T), so both compute the same function.
@@ -287,41 +287,13 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
       ModelConfig::from_json(JsonReader::from_string(json, "small_config, no drops"));
   model::Model m(config, Device::cuda());
   m.init_weights(5);
-  const int64_t vocab = config.vocab_size, bs = 4, total[] = {20, 13, 9};
   std::vector<int32_t> ids, unused;
-  counting_batch(3, 20, vocab, 12, &ids, &unused);
-  const std::vector<std::vector<int32_t>> blocks = {{3, 10, 5, 1, 20}, {0, 7, 12, 2}, {15, 4, 9}};
-  model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/24, bs);
-  int64_t done[] = {0, 0, 0};
-  // New tokens per sequence in each step (0: not in this step).
-  const std::vector<std::vector<int64_t>> plan = {{12, 13, 4}, {1, 0, 5}, {1, 0, 0},
-                                                  {1, 0, 0},   {1, 0, 0}, {1, 0, 0},
-                                                  {1, 0, 0},   {1, 0, 0}, {1, 0, 0}};
-  for (size_t step = 0; step < plan.size(); ++step) {
-    std::vector<model::SequenceSlice> seqs;
-    std::vector<int32_t> step_ids;
-    std::vector<int> which;
-    for (int s = 0; s < 3; ++s) {
-      const int64_t len = plan[step][s];
-      if (len == 0) continue;
-      seqs.push_back({done[s], len, blocks[s].data(), static_cast<int64_t>(blocks[s].size())});
-      for (int64_t t = 0; t < len; ++t) step_ids.push_back(ids[s * 20 + done[s] + t]);
-      which.push_back(s);
-    }
-    std::vector<float> last(seqs.size() * vocab);
-    m.forward_paged(step_ids.data(), seqs, kv, last.data());
-    for (size_t i = 0; i < which.size(); ++i) {
-      const int s = which[i];
-      done[s] += plan[step][s];
-      ASSERT_LE(done[s], total[s]);
-      std::vector<float> full(done[s] * vocab);
-      m.logits(ids.data() + s * 20, 1, done[s], full.data());
-      const std::vector<float> a(last.begin() + i * vocab, last.begin() + (i + 1) * vocab);
-      const std::vector<float> w(full.end() - vocab, full.end());
-      EXPECT_LT(rel_l2(a, w), 2e-2)
-          << "step " << step << " sequence " << s << " at " << done[s] - 1;
-    }
-  }
+  counting_batch(3, 20, config.vocab_size, 12, &ids, &unused);
+  testing::run_paged_serving_scenario(
+      m, ids,
+      [](const std::string& what, const std::vector<float>& paged, const std::vector<float>& full) {
+        EXPECT_LT(rel_l2(paged, full), 2e-2) << what;
+      });
 }
 
 TEST_F(GpuModel, GpuCheckpointLoadsOnTheCpu) {

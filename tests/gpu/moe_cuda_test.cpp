@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -597,6 +598,24 @@ std::vector<LayerCase> layer_cases() {
   return out;
 }
 
+// A GPU layer of the case's config and GEMM options holding the weights w (fp32, host).
+std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t max_tokens,
+                                                   const MoEWeights& w, CudaContext& ctx,
+                                                   cuda::MoEScratch* scratch = nullptr) {
+  const MoEConfig& c = lc.config;
+  cuda::MoELayerCudaOptions opt;
+  opt.max_tokens = max_tokens;
+  opt.decode_max_tokens = 32;  // the decode tests cover up to 32 tokens
+  opt.dropless_gemm = lc.dropless_gemm;
+  opt.padded_row_multiple = lc.pad_multiple;
+  opt.scratch = scratch;
+  auto layer = std::make_unique<cuda::MoELayerCuda>(c, opt, ctx);
+  layer->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+  if (c.residual) layer->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
+  if (c.shared_ffn_size > 0) layer->set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+  return layer;
+}
+
 class LayerVsCpu : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
 
 TEST_P(LayerVsCpu, ForwardBackwardMatch) {
@@ -634,14 +653,8 @@ TEST_P(LayerVsCpu, ForwardBackwardMatch) {
   const MoEGradients& gref = cpu_layer.backward(dy_cpu);
 
   CudaContext ctx;
-  cuda::MoELayerCudaOptions opt;
-  opt.max_tokens = T;
-  opt.dropless_gemm = lc.dropless_gemm;
-  opt.padded_row_multiple = lc.pad_multiple;
-  cuda::MoELayerCuda gpu(c, opt, ctx);
-  gpu.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
-  if (c.residual) gpu.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
-  if (c.shared_ffn_size > 0) gpu.set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+  const auto gpu_layer = make_gpu_layer(lc, T, w, ctx);
+  cuda::MoELayerCuda& gpu = *gpu_layer;
   // Poison every gradient buffer the layer owns: each must be written by backward.
   for (const Tensor* t :
        {&gpu.grad_router_w(), &gpu.grad_w1(), &gpu.grad_w2(), &gpu.grad_residual_w1(),
@@ -724,18 +737,7 @@ TEST_P(SharedScratch, InterleavedLayersMatchLayersWithTheirOwn) {
   weights_b.init_weights(22);
   CudaContext ctx;
   auto make = [&](MoELayer& src, cuda::MoEScratch* scratch) {
-    cuda::MoELayerCudaOptions opt;
-    opt.max_tokens = Tb;
-    opt.dropless_gemm = lc.dropless_gemm;
-    opt.padded_row_multiple = lc.pad_multiple;
-    opt.scratch = scratch;
-    auto layer = std::make_unique<cuda::MoELayerCuda>(c, opt, ctx);
-    const MoEWeights& w = src.weights();
-    layer->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
-    if (c.residual) layer->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
-    if (c.shared_ffn_size > 0)
-      layer->set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
-    return layer;
+    return make_gpu_layer(lc, Tb, src.weights(), ctx, scratch);
   };
   struct Io {
     DevBuf x, dy, y, dx;
@@ -814,16 +816,9 @@ TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
   const int64_t d = c.hidden_size;
   MoELayer weights(c, DType::kF32);
   weights.init_weights(23);
-  const MoEWeights& w = weights.weights();
   CudaContext ctx;
-  cuda::MoELayerCudaOptions opt;
-  opt.max_tokens = 32;
-  opt.dropless_gemm = lc.dropless_gemm;
-  opt.padded_row_multiple = lc.pad_multiple;
-  cuda::MoELayerCuda layer(c, opt, ctx);
-  layer.set_parameters(w.router, w.w1, w.w2, w.selection_bias);
-  if (c.residual) layer.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
-  if (c.shared_ffn_size > 0) layer.set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+  const auto gpu_layer = make_gpu_layer(lc, 32, weights.weights(), ctx);
+  cuda::MoELayerCuda& layer = *gpu_layer;
   for (const int64_t T : {int64_t{1}, int64_t{29}}) {
     for (const bool drop_tokens : {true, false}) {
       const std::string what = lc.name + " T=" + std::to_string(T) +

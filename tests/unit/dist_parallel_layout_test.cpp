@@ -93,6 +93,15 @@ TEST(ParallelLayout, BadSizesGiveOneClearError) {
   EXPECT_NE(error_of(2, c).find("parallel.tp"), std::string::npos);
 }
 
+TEST(ParallelLayout, ZeroStagesOneAndTwoAreAccepted) {
+  for (const int64_t stage : {1, 2}) {
+    ParallelConfig c;
+    c.ep = 2;
+    c.zero_stage = stage;
+    EXPECT_EQ(error_of(4, c), "") << "stage " << stage;
+  }
+}
+
 TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   auto refused = [](ParallelConfig c, const std::string& field) {
     const std::string message = error_of(4, c);
@@ -102,9 +111,6 @@ TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   ParallelConfig c;
   c.tp = 2;
   refused(c, "tp");
-  c = ParallelConfig();
-  c.zero_stage = 1;
-  refused(c, "zero_stage");
   c = ParallelConfig();
   c.offload = true;
   refused(c, "offload");

@@ -9,6 +9,7 @@
 
 #include "core/json_reader.h"
 #include "core/rng.h"
+#include "dist/communicator.h"
 #include "model/model.h"
 #include "train/optimizer.h"
 
@@ -62,7 +63,10 @@ void adamw_reference(std::vector<Reference>& state, const std::vector<std::vecto
   }
 }
 
-TEST(TrainOptimizer, WeightDecayOnMatricesOnlyMatchesAHandWrittenAdamW) {
+// zero_tile > 0: the ZeRO optimizer (one rank) stepping in pieces of that many elements, which
+// split tensors and cross from one tensor to the next, so each piece carries several tensors'
+// weight decays.
+void check_against_hand_written_adamw(int64_t zero_tile) {
   model::Model model(config());
   model.init_weights(1);
   ParamBuffer& params = model.params();
@@ -96,7 +100,11 @@ TEST(TrainOptimizer, WeightDecayOnMatricesOnlyMatchesAHandWrittenAdamW) {
   c.lr = 0.05;
   c.weight_decay = 0.5;  // the decay moves p by 2.5% per step, the Adam update by about lr
   c.grad_clip = 1.0;     // the random gradients' norm is far above 1: clipping is on
-  AdamW adam(params, c);
+  ZeroConfig zero;
+  zero.stage = 1;
+  zero.dp = zero.edp = &dist::Communicator::local();
+  zero.tile_elements = zero_tile;
+  AdamW adam = zero_tile > 0 ? AdamW(model, c, zero) : AdamW(params, c);
   for (int64_t step = 1; step <= 2; ++step) {
     std::vector<std::vector<double>> g(static_cast<size_t>(n));
     for (int t = 0; t < n; ++t) {
@@ -106,7 +114,10 @@ TEST(TrainOptimizer, WeightDecayOnMatricesOnlyMatchesAHandWrittenAdamW) {
       g[t].assign(gd, gd + gt.numel());
     }
     const double lr = step == 1 ? c.lr : 0.5 * c.lr;
-    adam.step(params, grads, lr, step);
+    if (zero_tile > 0)
+      adam.step(model, lr, step);
+    else
+      adam.step(params, grads, lr, step);
     adamw_reference(ref, g, decay, c, lr, step);
 
     for (int t = 0; t < n; ++t) {
@@ -125,6 +136,14 @@ TEST(TrainOptimizer, WeightDecayOnMatricesOnlyMatchesAHandWrittenAdamW) {
                            << (decay[t] ? "decayed" : "not decayed") << ") step " << step;
     }
   }
+}
+
+TEST(TrainOptimizer, WeightDecayOnMatricesOnlyMatchesAHandWrittenAdamW) {
+  check_against_hand_written_adamw(0);
+}
+
+TEST(TrainOptimizer, ZeroTiledStepMatchesAHandWrittenAdamW) {
+  check_against_hand_written_adamw(37);
 }
 
 TEST(TrainOptimizer, RankDecidesDecayForAnyName) {

@@ -49,17 +49,19 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
   EXPECT_EQ(c.parallel.tp, 1);
   EXPECT_EQ(c.parallel.ep, 1);
   EXPECT_EQ(c.parallel.zero_stage, 0);
+  EXPECT_EQ(c.parallel.tile_elements, int64_t{1} << 24);
   EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac);
 }
 
 TEST_F(ParallelConfigTest, ReadsEveryField) {
   const TrainConfig c = TrainConfig::from_file(
-      config_with(R"({"tp": 2, "ep": 4, "zero_stage": 2, "offload": true, "dtd": true,
-                      "cac": true})")
+      config_with(R"({"tp": 2, "ep": 4, "zero_stage": 2, "tile_elements": 1000,
+                      "offload": true, "dtd": true, "cac": true})")
           .string());
   EXPECT_EQ(c.parallel.tp, 2);
   EXPECT_EQ(c.parallel.ep, 4);
   EXPECT_EQ(c.parallel.zero_stage, 2);
+  EXPECT_EQ(c.parallel.tile_elements, 1000);
   EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac);
 }
 
@@ -96,7 +98,10 @@ TEST_F(ParallelConfigTest, BadValuesAndUnknownFieldsAreErrors) {
   fs::path path = config_with(R"({"ep": 0})");
   EXPECT_EQ(error_of(path), path.string() + ": parallel.ep must be >= 1");
   path = config_with(R"({"zero_stage": 3})");
-  EXPECT_EQ(error_of(path), path.string() + ": parallel.zero_stage must be 0, 1 or 2");
+  EXPECT_EQ(error_of(path),
+            path.string() + ": parallel.zero_stage must be 0, 1 or 2 (stage 3 is not built)");
+  path = config_with(R"({"zero_stage": 1, "tile_elements": 0})");
+  EXPECT_EQ(error_of(path), path.string() + ": parallel.tile_elements must be >= 1");
   path = config_with(R"({"pp": 2})");
   EXPECT_NE(error_of(path).find("parallel.pp"), std::string::npos) << error_of(path);
 }

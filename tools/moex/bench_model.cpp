@@ -81,7 +81,16 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       6.0 * static_cast<double>(mc.active_matmul_parameters()) +
       6.0 * mc.num_layers * static_cast<double>(seq) * mc.num_heads * mc.head_dim;
   const ops::DeviceMemory mem = ops::device_memory(device);
+  // Largest expert load over the mean, over the MoE layers of the last step (E x C over T x k):
+  // what padding every expert to the largest load costs (bucketed rows cost less).
+  double computed = 0, routed = 0;
+  for (const auto& [layer, st] : m.moe_stats()) {
+    const MoEConfig& e = c.model.layers[layer].moe_config;
+    computed += static_cast<double>(st.capacity) * e.num_experts;
+    routed += static_cast<double>(batch * seq) * e.top_k;
+  }
   return nlohmann::json{{"bench", "train-step"},
+                        {"moe_max_over_mean_load", routed > 0 ? computed / routed : 0.0},
                         {"config", config_path},
                         {"device", device.str()},
                         {"tokens", batch * seq},

@@ -1,0 +1,69 @@
+// ZeRO partition of one kind of parameter (docs/parallelism.md, "ZeRO"). The elements of a
+// kind (non-expert or expert), read in the flat buffer's order, form a "domain" of N elements;
+// rank r of the kind's group (dp or edp, size g) owns domain elements [r·S, min((r+1)·S, N)),
+// S = ceil(N / g), and keeps the Adam moments of those elements only, as a shard [S] (the last
+// rank's tail is padding).
+//
+// The collectives move gradients, weights and moments in tiles of at most `tile` elements
+// in all (the g blocks of one collective together), so their temporary buffers do not grow
+// with the model (DeepSpeed-TED's tiled optimizer); the optimizer steps the shard in pieces of at
+// most `tile` elements. They run on host buffers: ZeRO is built for CPU ranks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "dist/communicator.h"
+
+namespace moex::train {
+
+// A contiguous range of the flat buffer: `count` elements from element `flat`; `pos` is where
+// they start in the domain, or in this rank's shard for step pieces.
+struct FlatRange {
+  int64_t flat = 0;
+  int64_t count = 0;
+  int64_t pos = 0;
+};
+
+class ZeroPartition {
+ public:
+  // runs: the kind's contiguous flat ranges in buffer order (pos ignored); group: dp or edp.
+  ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile);
+
+  int64_t domain_size() const { return size_; }  // N
+  int64_t shard_size() const { return shard_; }  // S: every rank's shard, padding included
+  int64_t shard_begin(int rank) const { return rank * shard_; }
+  // This rank's shard split at run boundaries and into pieces of at most `tile` elements; pos is
+  // the offset in the shard. The optimizer steps each piece with one call.
+  const std::vector<FlatRange>& step_pieces() const { return step_pieces_; }
+  dist::Communicator& group() const { return *group_; }
+
+  // flat: the rank's f32 gradient buffer [total]. Afterwards this rank's shard holds the sum
+  // over the group; the rest of the buffer is left as it was (not summed).
+  void reduce_scatter(float* flat) const;
+  // flat: the weights [total]; every rank's shard goes to every rank.
+  void all_gather(float* flat) const;
+  // shard [S] on every rank -> flat [total]: the kind's elements of the whole group.
+  void gather_shards(const float* shard, float* flat) const;
+  // flat [total] -> this rank's shard [S] (padding zeroed).
+  void take_shard(const float* flat, float* shard) const;
+
+ private:
+  // Calls fn(range) for the contiguous flat pieces of domain elements [begin, end) (clipped to N);
+  // pos = the element's offset from `begin`.
+  template <typename Fn>
+  void for_each_piece(int64_t begin, int64_t end, Fn&& fn) const;
+  // Copies domain [begin, begin + n) of flat into buf [n] (zeros past N), or back.
+  void pack(const float* flat, int64_t begin, int64_t n, float* buf) const;
+  void unpack(const float* buf, int64_t begin, int64_t n, float* flat) const;
+  // Elements per rank in one collective tile.
+  int64_t comm_tile() const;
+
+  std::vector<FlatRange> runs_;  // pos = start in the domain
+  dist::Communicator* group_;
+  int64_t tile_;
+  int64_t size_ = 0, shard_ = 0;
+  std::vector<FlatRange> step_pieces_;
+};
+
+}  // namespace moex::train

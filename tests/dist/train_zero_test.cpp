@@ -1,0 +1,161 @@
+// Run under mpirun with 2 and 4 ranks (see CMakeLists.txt): ZeRO stages 1 and 2, with data
+// parallelism alone and with ep 2 (np 4: ep 2 x edp 2), must equal the single-process run on the
+// same global batch, as in train_expert_parallel_test.cpp: losses and eval losses within 1e-5
+// relative, final weights and every Adam moment within 1e-5 relative L2. A small optimizer tile
+// makes every shard take many tiles. Each rank must hold about 1/dp of the Adam state (experts:
+// 1/edp of its E/ep experts), and a checkpoint saved under ZeRO must resume in other layouts.
+#include <gtest/gtest.h>
+
+#include "train/trainer.h"
+#include "train_compare.h"
+#include "train_fixture.h"
+
+namespace moex::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+using testing::expect_near_rel;
+using testing::expect_same_checkpoint;
+using testing::read_metrics;
+
+constexpr int64_t kTile = 1000;  // elements; the model has ~20 k parameters
+
+std::string parallel(int zero_stage, int ep) {
+  return R"(, "parallel": {"zero_stage": )" + std::to_string(zero_stage) + R"(, "ep": )" +
+         std::to_string(ep) + R"(, "tile_elements": )" + std::to_string(kTile) + "}";
+}
+
+// Elements of the non-expert and the expert parameters of the whole model, and the most padding a
+// rank's buffer can add to its shards (64-element alignment per tensor, rounding up per kind).
+struct ParamCounts {
+  int64_t non_expert = 0, expert = 0, slack = 0;
+};
+
+ParamCounts count_params(const TrainConfig& c) {
+  model::Model m(c.model, Device::cpu());
+  ParamCounts n;
+  for (int i = 0; i < m.params().size(); ++i)
+    (m.is_expert_param(i) ? n.expert : n.non_expert) += m.params().tensor(i).numel();
+  n.slack = 64 * m.params().size() + 2;
+  return n;
+}
+
+// Every rank's Adam state must be its 1/dp share of the non-expert moments plus 1/edp of its
+// ep rank's E/ep experts, i.e. 1/dp of all moments, up to alignment padding: far from the
+// whole state of an unsharded rank.
+void expect_sharded_state(const TrainConfig& c, int64_t bytes, dist::Communicator& world) {
+  std::vector<int64_t> all(static_cast<size_t>(world.size()));
+  world.all_gather(&bytes, all.data(), 1);
+  if (!world.is_root()) return;
+  const ParamCounts n = count_params(c);
+  const int64_t dp = world.size();
+  const double share = 2.0 * sizeof(float) * static_cast<double>(n.non_expert + n.expert) / dp;
+  for (size_t r = 0; r < all.size(); ++r) {
+    EXPECT_GE(static_cast<double>(all[r]), share) << "rank " << r;
+    EXPECT_LE(static_cast<double>(all[r]), share + 2.0 * sizeof(float) * n.slack) << "rank " << r;
+  }
+}
+
+// One corpus per test and world size (the np 2 and np 4 runs may run at once), written by the
+// root before any rank reads it.
+fs::path corpus_of_world(const std::string& prefix, dist::Communicator& world) {
+  const fs::path corpus = fs::current_path() / (prefix + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  return corpus;
+}
+
+// The reference of both tests: one process, grad_accum = world size, ZeRO off.
+std::string reference_training(int world, int steps) {
+  return R"(, "grad_accum": )" + std::to_string(world) + R"(, "steps": )" + std::to_string(steps) +
+         R"(, "eval_every": 2)";
+}
+
+TEST(Zero, EveryStageAndLayoutEqualsTheSingleProcessRun) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = corpus_of_world("zero_test_np", world);
+
+  const std::string ref_out = (corpus / "ref").string();
+  TrainResult ref_result;
+  if (world.is_root()) {
+    const TrainConfig ref = TrainConfig::from_file(
+        testing::write_config(corpus, ref_out, reference_training(world.size(), 4)).string());
+    ref_result = run_training(ref, "", 0, &dist::Communicator::local());
+  }
+  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)";
+  for (const int zero_stage : {1, 2}) {
+    for (const int ep : {1, 2}) {
+      SCOPED_TRACE("zero_stage " + std::to_string(zero_stage) + ", ep " + std::to_string(ep));
+      const std::string out =
+          (corpus / ("zero" + std::to_string(zero_stage) + "_ep" + std::to_string(ep))).string();
+      const TrainConfig config = TrainConfig::from_file(
+          testing::write_config(corpus, out, training, &world, "", parallel(zero_stage, ep))
+              .string());
+      const TrainResult result = run_training(config, "", 0, &world);
+      expect_sharded_state(config, result.optimizer_state_bytes, world);
+      if (world.is_root()) {
+        const testing::Metrics a = read_metrics(out + "/metrics.jsonl");
+        const testing::Metrics b = read_metrics(ref_out + "/metrics.jsonl");
+        ASSERT_EQ(b.loss.size(), 4u);
+        ASSERT_EQ(b.eval.size(), 2u);
+        expect_near_rel(a.loss, b.loss, "loss");
+        expect_near_rel(a.aux, b.aux, "aux loss");
+        expect_near_rel(a.eval, b.eval, "eval loss");
+        expect_same_checkpoint(out + "/final", ref_out + "/final");
+        // The unsharded reference holds every moment.
+        EXPECT_GT(ref_result.optimizer_state_bytes, result.optimizer_state_bytes);
+      }
+      world.barrier();
+    }
+  }
+  if (world.is_root()) fs::remove_all(corpus);
+  world.barrier();
+}
+
+// A checkpoint saved under ZeRO stage 1 (dp only) holds the whole Adam state under the global
+// names: resumed single-process it continues exactly as the uninterrupted single-process run,
+// and resumed under ZeRO stage 2 with ep 2 it continues as the single process does.
+TEST(Zero, CheckpointMovesBetweenLayouts) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = corpus_of_world("zero_resume_np", world);
+
+  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)";
+  const std::string first_out = (corpus / "first").string(), zero_out = (corpus / "zero").string(),
+                    ref_out = (corpus / "ref").string(), whole_out = (corpus / "whole").string();
+  const TrainConfig first = TrainConfig::from_file(
+      testing::write_config(corpus, first_out, training, &world, "", parallel(1, 1)).string());
+  run_training(first, "", 2, &world);  // two steps, then a "latest" checkpoint
+  const std::string saved = first_out + "/latest";
+
+  const TrainConfig zero = TrainConfig::from_file(
+      testing::write_config(corpus, zero_out, training, &world, "", parallel(2, 2)).string());
+  run_training(zero, saved, 0, &world);
+
+  if (world.is_root()) {
+    const std::string ref_training = reference_training(world.size(), 4);
+    const TrainConfig ref =
+        TrainConfig::from_file(testing::write_config(corpus, ref_out, ref_training).string());
+    run_training(ref, saved, 0, &dist::Communicator::local());
+    const TrainConfig whole =
+        TrainConfig::from_file(testing::write_config(corpus, whole_out, ref_training).string());
+    run_training(whole, "", 0, &dist::Communicator::local());
+
+    const testing::Metrics a = read_metrics(zero_out + "/metrics.jsonl");
+    const testing::Metrics b = read_metrics(ref_out + "/metrics.jsonl");
+    const testing::Metrics w = read_metrics(whole_out + "/metrics.jsonl");
+    ASSERT_EQ(b.loss.size(), 2u);  // steps 3 and 4
+    ASSERT_EQ(w.loss.size(), 4u);
+    expect_near_rel(a.loss, b.loss, "loss after resuming under ZeRO 2, ep 2");
+    expect_near_rel(b.loss, {w.loss[2], w.loss[3]}, "loss after resuming single-process");
+    expect_same_checkpoint(zero_out + "/final", ref_out + "/final");
+    expect_same_checkpoint(ref_out + "/final", whole_out + "/final");
+    fs::remove_all(corpus);
+  }
+  world.barrier();
+}
+
+}  // namespace
+}  // namespace moex::train

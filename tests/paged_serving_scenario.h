@@ -1,0 +1,60 @@
+// One serving scenario for Model::forward_paged, run on the CPU (tests/unit/model_paged_test.cpp)
+// and on the GPU (tests/gpu/model_cuda_test.cpp): three sequences of 20, 13 and 9 tokens in
+// shuffled blocks of a 24-block pool (4 positions a block), the first step prefills a chunk of
+// one, the whole second and a chunk of the third together, the second step decodes the first
+// while the third's prefill finishes, then the first decodes alone. After every step, `check` gets
+// each sequence's logits from the step and from the full forward of that sequence alone at the
+// same position.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+
+namespace moex::testing {
+
+// check(what, paged_logits [V], full_logits [V]); ids holds the three sequences, 20 tokens apart.
+inline void run_paged_serving_scenario(
+    model::Model& m, const std::vector<int32_t>& ids,
+    const std::function<void(const std::string&, const std::vector<float>&,
+                             const std::vector<float>&)>& check) {
+  const int64_t vocab = m.config().vocab_size, stride = 20, block_size = 4;
+  const int64_t total[] = {20, 13, 9};
+  const std::vector<std::vector<int32_t>> blocks = {{3, 10, 5, 1, 20}, {0, 7, 12, 2}, {15, 4, 9}};
+  model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/24, block_size);
+  int64_t done[] = {0, 0, 0};
+  // New tokens per sequence in each step (0: not in this step).
+  std::vector<std::vector<int64_t>> plan = {{12, 13, 4}, {1, 0, 5}};
+  for (int i = 0; i < 7; ++i) plan.push_back({1, 0, 0});
+  for (size_t step = 0; step < plan.size(); ++step) {
+    std::vector<model::SequenceSlice> seqs;
+    std::vector<int32_t> step_ids;
+    std::vector<int> which;
+    for (int s = 0; s < 3; ++s) {
+      const int64_t n = plan[step][s];
+      if (n == 0) continue;
+      seqs.push_back({done[s], n, blocks[s].data(), static_cast<int64_t>(blocks[s].size())});
+      for (int64_t t = 0; t < n; ++t) step_ids.push_back(ids[s * stride + done[s] + t]);
+      which.push_back(s);
+    }
+    std::vector<float> last(seqs.size() * vocab);
+    m.forward_paged(step_ids.data(), seqs, kv, last.data());
+    for (size_t i = 0; i < which.size(); ++i) {
+      const int s = which[i];
+      done[s] += plan[step][s];
+      if (done[s] > total[s]) throw std::logic_error("paged scenario: plan past a sequence");
+      std::vector<float> full(done[s] * vocab);
+      m.logits(ids.data() + s * stride, 1, done[s], full.data());
+      check("step " + std::to_string(step) + " sequence " + std::to_string(s) + " at position " +
+                std::to_string(done[s] - 1),
+            std::vector<float>(last.begin() + i * vocab, last.begin() + (i + 1) * vocab),
+            std::vector<float>(full.end() - vocab, full.end()));
+    }
+  }
+}
+
+}  // namespace moex::testing
