@@ -136,10 +136,9 @@ def run_case(moex, work, case, fixture, flags, layers, experts):
     check(model.config.num_hidden_layers == layers and num_experts(model.config) == experts,
           "config: layers", model.config.num_hidden_layers, "experts", num_experts(model.config),
           "expected", layers, experts)
-    routers = [m for n, m in model.named_modules() if n.endswith("mlp.gate") or
-               n.endswith("block_sparse_moe.gate")]
-    check(routers and all(r.weight.shape[0] == experts for r in routers),
-          "router rows", [tuple(r.weight.shape) for r in routers])
+    routers = [tuple(t.shape) for n, t in model.state_dict().items()
+               if re.search(r"layers\.\d+\.(mlp|block_sparse_moe)\.gate\.weight$", n)]
+    check(routers and all(shape[0] == experts for shape in routers), "router shapes", routers)
     params = sum(p.numel() for p in model.parameters())
     check(params == report["params_after"], "parameters: transformers", params, "moex",
           report["params_after"])
