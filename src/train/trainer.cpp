@@ -198,6 +198,15 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
               " data-parallel rank(s), ", layout.ep, " expert-parallel");
     MOEX_INFO("optimizer state: ", optimizer.state_bytes(), " bytes on this rank (ZeRO stage ",
               zero_stage, ")");
+    // What the task and language temperatures make of the corpus (docs/data.md §Mixing).
+    std::string mix;
+    const data::MixtureSampler& mixer = train_data->mixer();
+    for (size_t i = 0; i < mixer.sources().size(); ++i) {
+      char p[32];
+      std::snprintf(p, sizeof(p), " %.4f", mixer.probabilities()[i]);
+      mix += (i ? "," : "") + std::string(" ") + mixer.sources()[i].name + p;
+    }
+    MOEX_INFO("data mixture (source probability):", mix);
   }
 
   g_interrupted = 0;
