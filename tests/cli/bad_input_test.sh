@@ -91,6 +91,17 @@ expect_error "--keep-experts needs --calibration" prune --model "$MIXTRAL/model"
 expect_error "--calibration-tokens applies to a dataset prefix or corpus directory" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$CALIB" --calibration-tokens 64
 expect_error "is a hf model directory and is written as one" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 1 --format moex
 expect_error "nothing to prune" prune --model "$MIXTRAL/model" --out "$TMP/p"
+# a dataset of another tokenizer (one document of ids 0..999 as uint16, Megatron's layout) for
+# the 128-token model
+python3 - "$TMP/big" <<'PY'
+import struct, sys
+ids = list(range(1000))
+open(sys.argv[1] + ".bin", "wb").write(struct.pack("<1000H", *ids))
+idx = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + bytes([8]) + struct.pack("<QQ", 1, 2)
+idx += struct.pack("<i", 1000) + struct.pack("<q", 0) + struct.pack("<qq", 0, 1)
+open(sys.argv[1] + ".idx", "wb").write(idx)
+PY
+expect_error "is outside the model's vocabulary of 128" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$TMP/big" --calibration-tokens 64
 if [ -e "$TMP/p" ] || [ -e "$TMP/p.tmp" ]; then
   echo "FAIL: a refused prune left $TMP/p behind"; failures=$((failures + 1))
 fi

@@ -82,6 +82,10 @@ int run_prune(const std::vector<std::string>& argv) {
     int64_t batch = 0, seq_len = 0;
     const std::vector<int32_t> ids =
         calibration_ids(args, model->config().max_seq_len, &batch, &seq_len);
+    const int64_t vocab = model->config().vocab_size;
+    for (const int32_t id : ids)  // another tokenizer's data, most likely
+      MOEX_CHECK(id >= 0 && id < vocab, "--calibration ", args.get("calibration"), ": token id ",
+                 id, " is outside the model's vocabulary of ", vocab);
     scores = moex::train::calibration_scores(*model, ids, batch, seq_len, spec.rank_by);
   }
   const moex::train::PruneResult r = moex::train::prune_model(*model, scores, spec);
