@@ -119,6 +119,7 @@ void Scheduler::admit() {
       dropped.push_back(std::move(*it));
       it = waiting_.erase(it);
       --stats_.waiting;
+      ++stats_.finished;  // cancelled before it ran: ended all the same
     } else {
       ++it;
     }
