@@ -41,10 +41,10 @@ SchedulerOptions resolved(const model::Model& model, SchedulerOptions o) {
   MOEX_CHECK(o.block_size >= 1, "serving: block_size must be >= 1, got ", o.block_size);
   if (o.max_context <= 0) o.max_context = model.config().max_seq_len;
   if (model.config().positions == PositionType::kLearned)
-    MOEX_CHECK(o.max_context <= model.config().max_seq_len, "serving: max_context (",
-               o.max_context, ") exceeds the learned positions of the model (",
-               model.config().max_seq_len, ")");
-  if (o.num_blocks <= 0) o.num_blocks = o.max_batch * ((o.max_context + o.block_size - 1) / o.block_size);
+    MOEX_CHECK(o.max_context <= model.config().max_seq_len, "serving: max_context (", o.max_context,
+               ") exceeds the learned positions of the model (", model.config().max_seq_len, ")");
+  if (o.num_blocks <= 0)
+    o.num_blocks = o.max_batch * ((o.max_context + o.block_size - 1) / o.block_size);
   return o;
 }
 
@@ -126,7 +126,8 @@ void Scheduler::admit() {
   }
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
-    const int64_t total = static_cast<int64_t>(next.request.prompt.size()) + next.request.max_tokens;
+    const int64_t total =
+        static_cast<int64_t>(next.request.prompt.size()) + next.request.max_tokens;
     if (!pool_.reserve(next.blocks, total)) break;  // first come, first served: wait for blocks
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();

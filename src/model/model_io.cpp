@@ -102,9 +102,8 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device) {
     return model;
   }
   config.ignore("architectures");
-  auto model =
-      build_for_checkpoint(ModelConfig::from_json(config.child("moex_model")), dir, config_path,
-                           device);
+  auto model = build_for_checkpoint(ModelConfig::from_json(config.child("moex_model")), dir,
+                                    config_path, device);
   load_weights(*model, dir);
   return model;
 }
