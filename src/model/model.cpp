@@ -313,6 +313,7 @@ PagedRows Model::paged_rows(const std::vector<SequenceSlice>& seqs, int64_t bloc
   rows.row_pos = part(dev, tn + n, n);
   rows.slots = part(dev, tn + 2 * n, n);
   rows.last_rows = part(dev, tn + 3 * n, num_seqs);
+  rows.row_pos_host = part(host, tn + n, n);
   return rows;
 }
 
@@ -339,13 +340,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
   ids_ = host_ids(ids, n);
   ops::embedding(ids_, embed_.w, x, false);
-  if (pos_) {
-    Tensor positions = Tensor::empty(Shape{n}, DType::kI32);
-    int32_t* p = positions.data<int32_t>();
-    for (const SequenceSlice& s : seqs)
-      for (int64_t t = 0; t < s.len; ++t) *p++ = static_cast<int32_t>(s.start_pos + t);
-    ops::embedding(positions, pos_.w, x, true);
-  }
+  if (pos_) ops::embedding(rows.row_pos_host, pos_.w, x, true);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     blocks_[i]->forward_paged(x, rows, kv.k[i], kv.v[i], y, arena_);
     std::swap(x, y);

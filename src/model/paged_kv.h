@@ -31,9 +31,11 @@ struct SequenceSlice {
 // by every layer, i32 tensors on the model's device (one upload per step). Row r of the step is
 // token row_pos[r] of sequence row_seq[r]; its key and value go to pool slot slots[r]
 // (block * block_size + offset); tables [S, max_blocks] are the sequences' block tables, and
-// last_rows [S] the row of each sequence's last new token.
+// last_rows [S] the row of each sequence's last new token. row_pos_host is row_pos on the host
+// (the learned-position embedding takes host ids).
 struct PagedRows {
   Tensor tables, row_seq, row_pos, slots, last_rows;
+  Tensor row_pos_host;
 };
 
 }  // namespace moex::model

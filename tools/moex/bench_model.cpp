@@ -32,6 +32,15 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
   return ids;
 }
 
+// The per-op GPU time (ops/profile.h) since profiling was enabled, per step over `steps` steps,
+// as {"op": ms}; profiling ends.
+nlohmann::json profile_budget(double steps) {
+  nlohmann::json budget = nlohmann::json::object();
+  for (const auto& [name, ms] : ops::profile_report()) budget[name] = ms / std::max(steps, 1.0);
+  ops::profile_enable(false);
+  return budget;
+}
+
 }  // namespace
 
 std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
@@ -66,11 +75,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     ops::synchronize(device);
     if (i >= warmup && i < warmup + iters) times.push_back(ms_since(start));
   }
-  nlohmann::json budget = nlohmann::json::object();
-  if (profiled > 0) {
-    for (const auto& [name, ms] : ops::profile_report()) budget[name] = ms / profiled;
-    ops::profile_enable(false);
-  }
+  const nlohmann::json budget = profiled > 0 ? profile_budget(profiled) : nlohmann::json::object();
   std::sort(times.begin(), times.end());
   const double median = times[times.size() / 2];
   const double tokens_per_s = batch * seq / (median / 1000.0);
@@ -171,9 +176,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
     ops::profile_enable(true);
     int64_t profiled_steps = 0;
     while (scheduler.step()) ++profiled_steps;
-    for (const auto& [name, ms] : ops::profile_report())
-      budget[name] = ms / static_cast<double>(std::max<int64_t>(profiled_steps, 1));
-    ops::profile_enable(false);
+    budget = profile_budget(static_cast<double>(profiled_steps));
   }
 
   // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
