@@ -1,9 +1,16 @@
 #include "core/arena.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 namespace moex {
+namespace {
+std::atomic<uint64_t> g_buffer_generation{0};
+}  // namespace
+
+uint64_t buffer_generation() { return g_buffer_generation.load(); }
+void buffers_moved() { g_buffer_generation.fetch_add(1); }
 
 Arena::Arena(size_t capacity_bytes, Device device, bool growable)
     : device_(device), growable_(growable) {
@@ -16,7 +23,10 @@ void Arena::add_block(size_t bytes) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(b.backing.raw_data());
   b.base = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
   b.bytes = bytes;
-  if (!blocks_.empty()) used_before_ += used_;
+  if (!blocks_.empty()) {
+    used_before_ += used_;
+    buffers_moved();
+  }
   capacity_ += bytes;
   blocks_.push_back(std::move(b));
   used_ = 0;
@@ -47,6 +57,7 @@ void Arena::release(const Mark& m) {
 
 void Arena::reset() {
   if (blocks_.size() > 1) {
+    buffers_moved();
     const size_t total = high_water_;
     blocks_.clear();
     capacity_ = 0;

@@ -9,6 +9,12 @@
 
 namespace moex {
 
+// Captured device work (ops/step_graph.h) holds the raw addresses of long-lived buffers: the step
+// arena, layer scratch. Whatever replaces such a buffer calls buffers_moved(), and a step captured
+// under an older buffer_generation() is captured again before it next runs.
+uint64_t buffer_generation();
+void buffers_moved();
+
 class Arena {
  public:
   static constexpr size_t kAlignment = 256;  // enough for 16-byte vector loads and TMA

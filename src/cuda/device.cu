@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "cuda/cuda_check.h"
+#include "cuda/graph.h"
 #include "cuda/device.h"
 
 namespace moex::cuda {
@@ -56,6 +57,9 @@ size_t round_size(size_t bytes) {
 class CachingAllocator final : public DeviceAllocator {
  public:
   void* allocate(size_t bytes, int ordinal) override {
+    MOEX_CHECK(!capturing_on_this_thread(), "a device allocation of ", bytes,
+               " bytes while a CUDA graph is being captured: a captured step may only use "
+               "buffers that outlive it (docs/gpu-model.md §Decoding)");
     const size_t size = round_size(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
     auto& pool = free_[ordinal];

@@ -13,9 +13,9 @@ constexpr int kWarps = 8, kThreads = kWarps * 32;
 // Routed rows handled per pass over a weight row: every weight element loaded is used this many
 // times from registers; more rows take another pass (the weight rows come back from L2).
 constexpr int kGroup = 8;
-// Blocks per expert along the output: enough warps in flight to saturate HBM when only one or two
-// experts are selected, few enough that unselected experts' blocks cost little to launch.
-constexpr int kMaxBlocksPerExpert = 128;
+// Blocks in flight per SM the grid aims at: with the weight loads unrolled 4 deep, enough bytes
+// in flight to keep HBM busy when only one or two experts are selected.
+constexpr int kBlocksPerSm = 4;
 
 enum Kind { kUpSwiGLU, kUpGelu, kDown };
 
@@ -30,6 +30,7 @@ struct KernelArgs {
   int64_t positions;       // outputs per row: F (up) or d (down)
   int64_t w_rows;          // weight rows per expert: F1 (up) or d (down)
   int top_k;
+  int num_experts;
   bool gelu_exact;
 };
 
@@ -55,7 +56,10 @@ __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
-// One warp per "unit": a pair of weight rows of expert e = blockIdx.y and the outputs they make.
+// Grid: x splits an expert's units, y is a slot: slot y serves the y-th expert with routes (in
+// expert order), so only selected experts get blocks. There are min(E, T * k) slots, the most
+// experts T tokens can select.
+// One warp per "unit": a pair of weight rows of the slot's expert e and the outputs they make.
 //   kUpSwiGLU: rows j (gate) and F + j (up) -> a[row, j] = silu(g) * u
 //   kUpGelu:   rows 2u, 2u + 1             -> a[row, 2u..2u+1] = gelu(h)
 //   kDown:     rows 2u, 2u + 1 of w2       -> out[row, 2u..2u+1]
@@ -64,9 +68,19 @@ template <int kKind>
 __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
   __shared__ int src[kMaxDecodeCapacity];  // input row of each routed row
   __shared__ int dst[kMaxDecodeCapacity];  // output row of each routed row
-  __shared__ int num_rows;
-  const int e = blockIdx.y;
-  if (p.counts[e] == 0) return;  // the same for the whole block
+  __shared__ int num_rows, expert;
+  if (threadIdx.x == 0) {
+    int e = -1;
+    for (int i = 0, seen = 0; i < p.num_experts; ++i)
+      if (p.counts[i] > 0 && seen++ == static_cast<int>(blockIdx.y)) {
+        e = i;
+        break;
+      }
+    expert = e;
+  }
+  __syncthreads();
+  const int e = expert;
+  if (e < 0) return;  // fewer experts selected than slots; the same for the whole block
   const int C = p.info[0];
   if (threadIdx.x == 0) {
     int n = 0;
@@ -93,7 +107,7 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
       float acc0[kGroup], acc1[kGroup];
 #pragma unroll
       for (int t = 0; t < kGroup; ++t) acc0[t] = acc1[t] = 0.0f;
-#pragma unroll 2
+#pragma unroll 4
       for (int64_t k = lane * 8; k < p.k_dim; k += 256) {
         float a[8], b[8];
         load_stream_bf16x8(w0 + k, a);
@@ -131,13 +145,23 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
   }
 }
 
+int sm_count() {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
 template <int kKind>
-void launch(const KernelArgs& a, int num_experts, cudaStream_t stream) {
+void launch(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
+  static const int sms = sm_count();
   const int64_t units = kKind == kUpSwiGLU ? a.positions : a.positions / 2;
-  const int64_t blocks = std::min<int64_t>(ceil_div(units, kWarps), kMaxBlocksPerExpert);
+  const int64_t slots = std::min<int64_t>(a.num_experts, num_tokens * a.top_k);
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>(ceil_div(units, kWarps), ceil_div(int64_t{kBlocksPerSm} * sms, slots)));
   decode_expert_kernel<kKind>
-      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(num_experts)), kThreads, 0,
-         stream>>>(a);
+      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kThreads, 0, stream>>>(
+          a);
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -158,11 +182,12 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
                 p.f,
                 p.swiglu ? 2 * p.f : p.f,
                 p.top_k,
+                p.num_experts,
                 p.gelu_exact};
   if (p.swiglu) {
-    launch<kUpSwiGLU>(up, p.num_experts, stream);
+    launch<kUpSwiGLU>(up, p.num_tokens, stream);
   } else {
-    launch<kUpGelu>(up, p.num_experts, stream);
+    launch<kUpGelu>(up, p.num_tokens, stream);
   }
   KernelArgs down = up;
   down.in = static_cast<const __nv_bfloat16*>(p.a);
@@ -171,7 +196,7 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   down.k_dim = p.f;
   down.positions = p.d;
   down.w_rows = p.d;
-  launch<kDown>(down, p.num_experts, stream);
+  launch<kDown>(down, p.num_tokens, stream);
 }
 
 }  // namespace moex::cuda

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/arena.h"
 #include "cuda/activation.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
@@ -54,7 +55,10 @@ void* MoEScratch::get(Slot s, size_t bytes, CudaContext& ctx) {
   Tensor& t = slots_[s];
   if (!t.defined() || static_cast<size_t>(t.numel()) < bytes) {
     // Queued kernels may still read the old block: wait before it goes back to the allocator.
-    if (t.defined()) ctx.synchronize();
+    if (t.defined()) {
+      ctx.synchronize();
+      buffers_moved();
+    }
     t = Tensor();
     t = dev({static_cast<int64_t>(bytes + bytes / 16)}, DType::kU8, ctx);
   }
@@ -108,11 +112,9 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   row_ = dev({T * k_}, DType::kI32, ctx);
   gates_ = dev({T * k_}, DType::kF32, ctx);
   dgates_ = dev({T * k_}, DType::kF32, ctx);
-  load_ = dev({E_}, DType::kI32, ctx);
-  counts_ = dev({E_}, DType::kI32, ctx);
   offsets_ = dev({E_ + 1}, DType::kI32, ctx);
-  info_ = dev({4}, DType::kI32, ctx);
-  losses_ = dev({2}, DType::kF64, ctx);
+  // losses [2] f64, info [4], load [E], counts [E] i32 back to back: the statistics' one copy.
+  stats_dev_ = dev({static_cast<int64_t>(stats_bytes())}, DType::kU8, ctx);
   aux_grad_ = dev({E_}, DType::kF32, ctx);
   workspace_ = dev({static_cast<int64_t>(gating_workspace_bytes(T, E_, k_))}, DType::kU8, ctx);
   CUDA_CHECK(cudaMemsetAsync(workspace_.raw_data(), 0, workspace_.nbytes(), ctx.stream()));
@@ -154,7 +156,7 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
                                   ? std::max(rows, E_ * T)
                                   : rows;
   gather_ = dev({gather_rows}, DType::kI32, ctx);
-  CUDA_CHECK(cudaMallocHost(&stats_host_, kStatsHeader + 2 * E_ * sizeof(int32_t)));
+  CUDA_CHECK(cudaMallocHost(&stats_host_, stats_bytes()));
   CUDA_CHECK(cudaEventCreateWithFlags(&stats_ready_, cudaEventDisableTiming));
 
   plan_.scores = s_.data<float>();
@@ -164,12 +166,17 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   plan_.row = row_.data<int32_t>();
   plan_.gates = gates_.data<float>();
   plan_.gather = gather_.data<int32_t>();
-  plan_.load = load_.data<int32_t>();
-  plan_.counts = counts_.data<int32_t>();
+  char* stats = static_cast<char*>(stats_dev_.raw_data());
+  plan_.losses = reinterpret_cast<double*>(stats);
+  plan_.info = reinterpret_cast<int32_t*>(stats + 2 * sizeof(double));
+  plan_.load = reinterpret_cast<int32_t*>(stats + kStatsHeader);
+  plan_.counts = plan_.load + E_;
   plan_.offsets = offsets_.data<int32_t>();
-  plan_.info = info_.data<int32_t>();
-  plan_.losses = static_cast<double*>(losses_.raw_data());
   plan_.aux_grad = aux_grad_.data<float>();
+}
+
+size_t MoELayerCuda::stats_bytes() const {
+  return kStatsHeader + 2 * static_cast<size_t>(E_) * sizeof(int32_t);
 }
 
 MoELayerCuda::~MoELayerCuda() {
@@ -180,7 +187,10 @@ MoELayerCuda::~MoELayerCuda() {
 void MoELayerCuda::ensure_rows(int64_t rows) {
   if (kept_ && rows > saved_rows_) {
     // Grows only when a load exceeds every earlier one (capacity mode sizes it once).
-    if (saved_rows_ > 0) ctx_.synchronize();
+    if (saved_rows_ > 0) {
+      ctx_.synchronize();
+      buffers_moved();
+    }
     saved_h_ = saved_a_ = saved_out_ = Tensor();
     saved_rows_ = grown_rows(rows);
     saved_h_ = dev({saved_rows_, f1_}, DType::kBF16, ctx_);
@@ -470,17 +480,16 @@ void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y) {
     if (sh_.defined()) dense_forward(sh_, x.raw_data(), T);
     moe_mix_forward(mix_params(T), y.raw_data(), stream);
   }
-  // The statistics travel to pinned memory behind the layer's work; stats() waits for them only.
-  char* host = static_cast<char*>(stats_host_);
-  CUDA_CHECK(
-      cudaMemcpyAsync(host, plan_.losses, 2 * sizeof(double), cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaMemcpyAsync(host + 2 * sizeof(double), plan_.info, 4 * sizeof(int32_t),
+  // The statistics travel to pinned memory behind the layer's work (one copy of their block);
+  // stats() waits for them only. Inside a captured CUDA graph the event is recorded as an external
+  // node, so stats() after a replay waits for that replay's copy.
+  CUDA_CHECK(cudaMemcpyAsync(stats_host_, stats_dev_.raw_data(), stats_bytes(),
                              cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaMemcpyAsync(host + kStatsHeader, plan_.load, E_ * sizeof(int32_t),
-                             cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaMemcpyAsync(host + kStatsHeader + E_ * sizeof(int32_t), plan_.counts,
-                             E_ * sizeof(int32_t), cudaMemcpyDeviceToHost, stream));
-  CUDA_CHECK(cudaEventRecord(stats_ready_, stream));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  CUDA_CHECK(cudaEventRecordWithFlags(
+      stats_ready_, stream,
+      capture == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
 }
 
 void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {

@@ -224,7 +224,7 @@ class MoELayerCuda {
   // Planned buffers.
   Tensor z_, s_, dz_;                                          // [T,E] f32
   Tensor expert_, route_score_, slot_, row_, gates_, dgates_;  // [T*k]
-  Tensor gather_, load_, counts_, offsets_, info_, losses_, aux_grad_;
+  Tensor gather_, offsets_, stats_dev_, aux_grad_;
   Tensor workspace_;
   Tensor saved_h_, saved_a_, saved_out_;  // a training forward's rows [R,F1] [R,F] [R,d] bf16
   int64_t saved_rows_ = 0;                // rows the saved buffers hold
@@ -240,6 +240,7 @@ class MoELayerCuda {
   } buf_;
   // The statistics of the last forward in pinned host memory: losses (2 f64), info (4 i32), load
   // and counts ([E] i32 each), and the event that marks their copy done.
+  size_t stats_bytes() const;  // the statistics block on the device and its pinned copy
   void* stats_host_ = nullptr;
   cudaEvent_t stats_ready_ = nullptr;
   Tensor grouped_ptrs_;  // [6, 3, E] device pointer arrays (dropless kGrouped)

@@ -57,6 +57,7 @@ Scheduler::Scheduler(model::Model& model, const SchedulerOptions& options)
       kv_(model.make_paged_kv(options_.num_blocks, options_.block_size)) {
   stats_.total_blocks = options_.num_blocks;
   stats_.free_blocks = options_.num_blocks;
+  if (options_.cuda_graphs) kv_.table_width = pool_.blocks_for(options_.max_context);
 }
 
 Scheduler::~Scheduler() {
@@ -101,9 +102,14 @@ void Scheduler::finish(Sequence& seq, FinishReason reason, const std::string& er
   if (seq.done) return;
   seq.done = true;
   pool_.release(seq.blocks);
+  {
+    // Counted before the client hears of the end, so /metrics read after a response agrees.
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.finished;
+    --stats_.running;
+    stats_.free_blocks = pool_.free_blocks();
+  }
   if (seq.request.on_finish) seq.request.on_finish(reason, error);
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.finished;
 }
 
 // Moves waiting requests into the running set while there is room: a free batch slot and KV
@@ -132,6 +138,7 @@ void Scheduler::admit() {
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     --stats_.waiting;
+    ++stats_.running;
   }
   lock.unlock();
   for (auto& seq : dropped)
@@ -187,10 +194,16 @@ bool Scheduler::step() {
     slices[i].num_blocks = static_cast<int64_t>(in_step[i]->blocks.size());
   }
 
+  // A step of greedy sequences only brings back each one's argmax, not its logits.
   const int64_t vocab = model_.config().vocab_size;
-  std::vector<float> logits(slices.size() * static_cast<size_t>(vocab));
+  bool all_greedy = true;
+  for (const Sequence* seq : in_step)
+    all_greedy = all_greedy && seq->request.sampling.temperature == 0.0;
+  std::vector<float> logits(all_greedy ? 0 : slices.size() * static_cast<size_t>(vocab));
+  std::vector<int32_t> greedy(all_greedy ? slices.size() : 0);
   try {
-    model_.forward_paged(ids.data(), slices, kv_, logits.data());
+    model_.forward_paged(ids.data(), slices, kv_, all_greedy ? nullptr : logits.data(),
+                         all_greedy ? greedy.data() : nullptr);
   } catch (const Error& e) {  // the step's sequences end with the error; the others go on
     for (Sequence* seq : in_step) finish(*seq, FinishReason::kError, e.message());
     return true;
@@ -208,8 +221,10 @@ bool Scheduler::step() {
     // Sample from the logits after this sequence's last token; the draw counter is the number of
     // tokens generated so far, as in infer::generate.
     const int64_t draw = seq.pending < 0 ? 0 : static_cast<int64_t>(seq.generated.size());
-    const int32_t next = sample_token(logits.data() + i * vocab, vocab, seq.request.sampling,
-                                      static_cast<uint64_t>(draw));
+    const int32_t next = all_greedy ? greedy[i]
+                                    : sample_token(logits.data() + i * vocab, vocab,
+                                                   seq.request.sampling,
+                                                   static_cast<uint64_t>(draw));
     seq.pending = next;
     ++new_tokens;
     const bool keep = !seq.request.on_token || seq.request.on_token(next);

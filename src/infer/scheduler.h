@@ -43,6 +43,8 @@ struct SchedulerOptions {
   int64_t block_size = 16;      // positions per KV block
   int64_t num_blocks = 0;       // KV pool size; 0: enough for max_batch sequences of max_context
   int64_t max_context = 0;      // prompt + max_tokens limit; 0: the model's max_seq_len
+  // On a GPU, decode steps replay one captured CUDA graph per batch size (model/paged_kv.h).
+  bool cuda_graphs = true;
 };
 
 struct SchedulerStats {

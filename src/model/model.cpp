@@ -10,6 +10,8 @@
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/paged_attention.h"
+#include "ops/argmax.h"
+#include "ops/step_graph.h"
 
 namespace moex::model {
 
@@ -273,21 +275,61 @@ PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
   return kv;
 }
 
-PagedRows Model::paged_rows(const std::vector<SequenceSlice>& seqs, int64_t block_size,
-                            int64_t num_blocks) const {
-  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
-  int64_t n = 0, max_blocks = 1;
+// A decode step captured for one batch size, and where its outputs sit in the arena.
+struct Model::PagedGraph {
+  explicit PagedGraph(const Device& device) : graph(device) {}
+  ops::StepGraph graph;
+  Tensor logits, argmax;
+};
+
+Model::~Model() = default;
+
+int64_t Model::paged_graph_replays() const {
+  int64_t n = 0;
+  for (const auto& [batch, g] : paged_graphs_) n += g->graph.replays();
+  return n;
+}
+
+int64_t Model::paged_graph_captures() const {
+  int64_t n = 0;
+  for (const auto& [batch, g] : paged_graphs_) n += g->graph.captures();
+  return n;
+}
+
+PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
+                            const PagedKV& kv) {
+  const int64_t num_seqs = static_cast<int64_t>(seqs.size()), block_size = kv.block_size;
+  int64_t n = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
   for (const SequenceSlice& s : seqs) {
     n += s.len;
+    MOEX_CHECK(kv.table_width == 0 || s.num_blocks <= kv.table_width, "forward_paged: a block table of ",
+               s.num_blocks, " blocks is wider than the paged KV's table_width (",
+               kv.table_width, ")");
     max_blocks = std::max(max_blocks, s.num_blocks);
   }
-  // One host buffer for every index, uploaded once: tables [S, max_blocks], then row_seq,
-  // row_pos, slots [n], then last_rows [S].
-  Tensor host = Tensor::empty(Shape{num_seqs * max_blocks + 3 * n + num_seqs}, DType::kI32);
-  int32_t* tables = host.data<int32_t>();
-  int32_t *row_seq = tables + num_seqs * max_blocks, *row_pos = row_seq + n, *slots = row_pos + n,
-          *last = slots + n;
-  std::fill(tables, tables + num_seqs * max_blocks, -1);
+  // One host buffer for every index, uploaded once: ids [n], tables [S, max_blocks], then
+  // row_seq, row_pos, slots [n], then last_rows [S].
+  const int64_t tn = num_seqs * max_blocks, total = 4 * n + tn + num_seqs;
+  if (!step_host_.defined() || step_host_.numel() < total) {
+    // Room to spare, so the buffers settle after a few steps (a new device buffer makes captured
+    // steps capture again).
+    const int64_t room = std::max<int64_t>(total * 2, 4096);
+    step_host_ = ops::staging_tensor(Shape{room}, DType::kI32, device_);
+    if (device_.is_cuda()) {
+      step_dev_ = Tensor();
+      step_dev_ = Tensor::empty(Shape{room}, DType::kI32, device_);
+      buffers_moved();
+    }
+  }
+  const int64_t vocab = config_.vocab_size;
+  for (int64_t r = 0; r < n; ++r)
+    MOEX_CHECK(ids[r] >= 0 && ids[r] < vocab, "forward_paged: token ", ids[r], " at row ", r,
+               " is outside the vocabulary of ", vocab);
+  int32_t* host = step_host_.data<int32_t>();
+  std::copy(ids, ids + n, host);
+  int32_t* tables = host + n;
+  int32_t *row_seq = tables + tn, *row_pos = row_seq + n, *slots = row_pos + n, *last = slots + n;
+  std::fill(tables, tables + tn, -1);
   int64_t r = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     const SequenceSlice& s = seqs[i];
@@ -300,47 +342,32 @@ PagedRows Model::paged_rows(const std::vector<SequenceSlice>& seqs, int64_t bloc
     }
     last[i] = static_cast<int32_t>(r - 1);
   }
-  auto part = [&](const Tensor& t, int64_t begin, int64_t count) {
+  auto part = [](const Tensor& t, int64_t begin, int64_t count) {
     return t.slice(begin, begin + count);
   };
-  const int64_t tn = num_seqs * max_blocks;
-  ops::check_paged_rows(part(host, 0, tn).view(Shape{num_seqs, max_blocks}), part(host, tn, n),
-                        part(host, tn + n, n), block_size, num_blocks);
-  const Tensor dev = device_.is_cpu() ? host : host.to(device_);
+  ops::check_paged_rows(part(step_host_, n, tn).view(Shape{num_seqs, max_blocks}),
+                        part(step_host_, n + tn, n), part(step_host_, 2 * n + tn, n), block_size,
+                        kv.num_blocks);
+  // The previous step has finished (its outputs were read on the host), so the buffers are free.
+  const Tensor dev = device_.is_cpu() ? step_host_ : step_dev_;
+  if (device_.is_cuda()) ops::copy_async(part(step_host_, 0, total), part(dev, 0, total));
   PagedRows rows;
-  rows.tables = part(dev, 0, tn).view(Shape{num_seqs, max_blocks});
-  rows.row_seq = part(dev, tn, n);
-  rows.row_pos = part(dev, tn + n, n);
-  rows.slots = part(dev, tn + 2 * n, n);
-  rows.last_rows = part(dev, tn + 3 * n, num_seqs);
-  rows.row_pos_host = part(host, tn + n, n);
+  rows.ids = part(dev, 0, n);
+  rows.tables = part(dev, n, tn).view(Shape{num_seqs, max_blocks});
+  rows.row_seq = part(dev, n + tn, n);
+  rows.row_pos = part(dev, 2 * n + tn, n);
+  rows.slots = part(dev, 3 * n + tn, n);
+  rows.last_rows = part(dev, 4 * n + tn, num_seqs);
   return rows;
 }
 
-void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
-                          float* last_logits) {
-  MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
-  MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
-             " layers, the model ", blocks_.size());
-  int64_t n = 0;
-  for (const SequenceSlice& s : seqs) {
-    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
-               "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
-               s.num_blocks, " blocks of ", kv.block_size);
-    // Learned positions end at max_seq_len; RoPE has no table to run past.
-    MOEX_CHECK(!pos_ || s.start_pos + s.len <= config_.max_seq_len, "sequence of ",
-               s.start_pos + s.len, " tokens exceeds model.max_seq_len (", config_.max_seq_len,
-               ")");
-    n += s.len;
-  }
-  const int64_t d = config_.hidden_size, num_seqs = static_cast<int64_t>(seqs.size());
+void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits,
+                               Tensor& argmax) {
+  const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.last_rows.numel();
   const DType dt = compute_params().flat().dtype();
-  arena_.reset();
-  const PagedRows rows = paged_rows(seqs, kv.block_size, kv.num_blocks);
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
-  ids_ = host_ids(ids, n);
-  ops::embedding(ids_, embed_.w, x, false);
-  if (pos_) ops::embedding(rows.row_pos_host, pos_.w, x, true);
+  ops::embedding(rows.ids, embed_.w, x, false);
+  if (pos_) ops::embedding(rows.row_pos, pos_.w, x, true);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     blocks_[i]->forward_paged(x, rows, kv.k[i], kv.v[i], y, arena_);
     std::swap(x, y);
@@ -350,9 +377,58 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
                normed = arena_.alloc(Shape{num_seqs, d}, dt);
   ops::gather_rows(x, rows.last_rows, last);
   final_norm_->forward(last, normed, arena_, false);
-  const Tensor logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
+  logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);
-  ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
+  argmax = arena_.alloc(Shape{num_seqs}, DType::kI32);
+  ops::argmax_rows(logits, argmax);
+}
+
+void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
+                          float* last_logits, int32_t* greedy) {
+  MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
+  MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
+             " layers, the model ", blocks_.size());
+  bool decode = true;  // one new token per sequence
+  for (const SequenceSlice& s : seqs) {
+    MOEX_CHECK(s.len > 0 && s.start_pos >= 0 && s.num_blocks * kv.block_size >= s.start_pos + s.len,
+               "forward_paged: a sequence of ", s.len, " new tokens at ", s.start_pos, " with ",
+               s.num_blocks, " blocks of ", kv.block_size);
+    // Learned positions end at max_seq_len; RoPE has no table to run past.
+    MOEX_CHECK(!pos_ || s.start_pos + s.len <= config_.max_seq_len, "sequence of ",
+               s.start_pos + s.len, " tokens exceeds model.max_seq_len (", config_.max_seq_len,
+               ")");
+    decode = decode && s.len == 1;
+  }
+  const int64_t num_seqs = static_cast<int64_t>(seqs.size());
+  arena_.reset();
+  const PagedRows rows = paged_rows(ids, seqs, kv);
+  Tensor logits, argmax;
+  if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
+    std::unique_ptr<PagedGraph>& g = paged_graphs_[num_seqs];
+    if (!g) g = std::make_unique<PagedGraph>(device_);
+    if (!g->graph.ready()) {
+      // Run once directly, so every buffer reaches its size for this batch, then capture the
+      // same work over the settled arena (nothing may be allocated while capturing).
+      paged_forward_body(rows, kv, g->logits, g->argmax);
+      arena_.reset();
+      g->graph.capture([&] { paged_forward_body(rows, kv, g->logits, g->argmax); });
+    }
+    g->graph.launch();
+    logits = g->logits;
+    argmax = g->argmax;
+  } else {
+    paged_forward_body(rows, kv, logits, argmax);
+  }
+  if (greedy != nullptr) {
+    if (!argmax_host_.defined() || argmax_host_.numel() < num_seqs)
+      argmax_host_ = ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
+    const Tensor out = argmax_host_.slice(0, num_seqs);
+    ops::copy_async(argmax, out);
+    ops::synchronize(device_);
+    std::copy(out.data<int32_t>(), out.data<int32_t>() + num_seqs, greedy);
+  }
+  if (last_logits != nullptr)
+    ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
 }
 
 std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {

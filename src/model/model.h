@@ -4,6 +4,7 @@
 // Parameters and gradients live in two ParamBuffers of the same layout, under Hugging Face names.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -57,6 +58,7 @@ class Model {
                  dist::Communicator* expert_group = nullptr);
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
+  ~Model();
   Model(const Model&) = delete;
   Model& operator=(const Model&) = delete;
   Model(Model&&) = delete;
@@ -107,10 +109,17 @@ class Model {
   PagedKV make_paged_kv(int64_t num_blocks, int64_t block_size) const;
   // Several sequences at once, each at its own position: ids holds their new tokens back to back
   // (seqs in order); keys and values go to each sequence's blocks, and each attends over its own
-  // positions only. Writes the logits after each sequence's last new token, [S, V] (host, fp32).
-  // MoE routes are never dropped, so a sequence's logits do not depend on the others in the batch.
+  // positions only. Writes the logits after each sequence's last new token, [S, V] (host, fp32),
+  // when last_logits is not null, and the argmax of each of those rows, [S] (computed on the
+  // device; only S ids come back), when greedy is not null. MoE routes are never dropped, so a
+  // sequence's logits do not depend on the others in the batch.
+  // With kv.table_width > 0 on a GPU, a step of one new token per sequence replays a CUDA graph
+  // captured for its batch size (docs/gpu-model.md §Decoding).
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
-                     float* last_logits);
+                     float* last_logits, int32_t* greedy = nullptr);
+  // Decode steps that replayed a captured graph, and graphs captured, so far.
+  int64_t paged_graph_replays() const;
+  int64_t paged_graph_captures() const;
 
   // The expert group the model was built with (null: all experts here), and whether buffer entry
   // `index` holds experts (experts.*: this rank's E/ep rows of the global tensor under ep).
@@ -125,8 +134,11 @@ class Model {
  private:
   // The index tensors of one serving step (model/paged_kv.h), checked on the host and uploaded to
   // the model's device once.
-  PagedRows paged_rows(const std::vector<SequenceSlice>& seqs, int64_t block_size,
-                       int64_t num_blocks) const;
+  PagedRows paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
+                       const PagedKV& kv);
+  // The body of forward_paged after the upload: logits [S, V] f32 and their argmax [S] i32 in the
+  // arena.
+  void paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& argmax);
   void bind_all(const ParamViews& views);
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
@@ -148,6 +160,11 @@ class Model {
   int64_t batch_ = 0, seq_len_ = 0;
   Tensor ids_, pos_ids_;  // [N] i32, host
   Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
+  // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
+  // needed), the argmax download, and one captured decode step per batch size.
+  Tensor step_host_, step_dev_, argmax_host_;
+  struct PagedGraph;
+  std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 
 }  // namespace moex::model

@@ -12,9 +12,14 @@
 namespace moex::model {
 
 // k[l], v[l]: [num_blocks, block_size, Hkv, Dh] in the model's compute dtype on its device.
+// table_width > 0: block tables are padded to this many blocks (the longest sequence's), so every
+// decode step of one batch size has the same shapes, and on a GPU such steps replay one captured
+// CUDA graph per batch size (docs/gpu-model.md §Decoding). 0: tables as wide as the step needs,
+// no graphs.
 struct PagedKV {
   std::vector<Tensor> k, v;
   int64_t num_blocks = 0, block_size = 0;
+  int64_t table_width = 0;
 };
 
 // One sequence's part of a batched forward: `len` new tokens at positions start_pos.., whose keys
@@ -27,15 +32,13 @@ struct SequenceSlice {
   int64_t num_blocks = 0;
 };
 
-// Where each row of one serving step lives, built once per step by Model::forward_paged and read
-// by every layer, i32 tensors on the model's device (one upload per step). Row r of the step is
-// token row_pos[r] of sequence row_seq[r]; its key and value go to pool slot slots[r]
-// (block * block_size + offset); tables [S, max_blocks] are the sequences' block tables, and
-// last_rows [S] the row of each sequence's last new token. row_pos_host is row_pos on the host
-// (the learned-position embedding takes host ids).
+// One serving step's tokens and where each row lives, built once per step by Model::forward_paged
+// and read by every layer, i32 tensors on the model's device (one upload per step). Row r of the
+// step is token ids[r] at position row_pos[r] of sequence row_seq[r]; its key and value go to pool
+// slot slots[r] (block * block_size + offset); tables [S, max_blocks] are the sequences' block
+// tables, and last_rows [S] the row of each sequence's last new token.
 struct PagedRows {
-  Tensor tables, row_seq, row_pos, slots, last_rows;
-  Tensor row_pos_host;
+  Tensor ids, tables, row_seq, row_pos, slots, last_rows;
 };
 
 }  // namespace moex::model

@@ -13,10 +13,12 @@
 namespace moex::ops {
 namespace {
 
-// ids checked on the host; on a CUDA table, a device copy of them.
+// Host ids checked there; on a CUDA table, a device copy of them. Ids already on the table's GPU
+// were checked by the caller (one upload per step) and are used as they are.
 Tensor checked_ids(const char* op, const Tensor& ids, int64_t vocab, const Device& dev) {
-  MOEX_CHECK(ids.defined() && ids.device().is_cpu() && ids.dtype() == DType::kI32, op,
-             ": ids must be an i32 CPU tensor");
+  MOEX_CHECK(ids.defined() && ids.dtype() == DType::kI32, op, ": ids must be an i32 tensor");
+  if (dev.is_cuda() && ids.device() == dev) return ids;
+  MOEX_CHECK(ids.device().is_cpu(), op, ": ids must be on the host or on the table's device");
   const int32_t* p = ids.data<int32_t>();
   for (int64_t i = 0; i < ids.numel(); ++i)
     MOEX_CHECK(p[i] >= 0 && p[i] < vocab, op, ": id ", p[i], " at position ", i,

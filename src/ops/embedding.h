@@ -1,6 +1,8 @@
 // Embedding lookup (token ids, or positions for learned position embeddings) and its gradient.
 // ids are i32 on the host, checked to lie in [0, vocab) there before anything runs (on a GPU
-// model they are then copied to the device). table and y in the compute dtype; dtable fp32.
+// model they are then copied to the device), or i32 already on the table's GPU, which the caller
+// has checked (a serving step uploads its ids with its other indices). table and y in the compute
+// dtype; dtable fp32.
 #pragma once
 
 #include "core/tensor.h"
@@ -8,7 +10,7 @@
 namespace moex::ops {
 
 // y[i] = table[ids[i]] (accumulate false) or y[i] += table[ids[i]] (true).
-void embedding(const Tensor& ids,    // [N] i32, CPU
+void embedding(const Tensor& ids,    // [N] i32, CPU (or checked, on the table's GPU)
                const Tensor& table,  // [V, d]
                const Tensor& y,      // [N, d]
                bool accumulate);

@@ -24,6 +24,8 @@ std::vector<Record> g_records;
 
 }  // namespace
 
+bool profile_enabled() { return g_enabled; }
+
 void profile_enable(bool on) {
   g_enabled = on;
   if (on) profile_report();

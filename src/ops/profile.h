@@ -13,6 +13,7 @@
 namespace moex::ops {
 
 void profile_enable(bool on);
+bool profile_enabled();
 
 class ProfileScope {
  public:

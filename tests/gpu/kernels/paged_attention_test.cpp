@@ -1,6 +1,6 @@
 // Serving kernels against their CPU twins on the same bf16-rounded inputs: paged attention of rows
-// of several sequences (shuffled blocks, a prefill chunk, single decode rows, GQA, head dims below
-// and above one warp's width), RoPE at a position per row, and the row scatter/gather. Outputs
+// of several sequences (shuffled blocks, a prefill chunk, single decode rows, a long sequence, GQA,
+// head dims below and above one warp's width), RoPE at a position per row, and the row scatter/gather. Outputs
 // start poisoned, so an unwritten element fails.
 #include "cpu/paged_attention.h"
 
@@ -37,11 +37,12 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
                             " Dh " + std::to_string(c.head_dim) + " bs " +
                             std::to_string(c.block_size);
     // Sequence s owns blocks in a shuffled order; its rows this step are positions first..len-1.
-    const int64_t num_blocks = 40, max_blocks = 12;
-    const int64_t lens[] = {9, 37, 3}, firsts[] = {5, 36, 0};
-    std::vector<int32_t> table(3 * max_blocks, -1), row_seq, row_pos;
+    // The last sequence is long enough that every warp of a row walks several passes.
+    const int64_t num_blocks = 160, max_blocks = 110;
+    const int64_t lens[] = {9, 37, 3, 300}, firsts[] = {5, 36, 0, 298};
+    std::vector<int32_t> table(4 * max_blocks, -1), row_seq, row_pos;
     int32_t next = 0;
-    for (int s = 0; s < 3; ++s) {
+    for (int s = 0; s < 4; ++s) {
       for (int64_t b = 0; b * c.block_size < lens[s]; ++b)
         table[s * max_blocks + b] = (next++ * 17) % num_blocks;  // distinct, out of order
       for (int64_t p = firsts[s]; p < lens[s]; ++p) {
