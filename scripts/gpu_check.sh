@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -144,12 +144,31 @@ PY
 fi
 
 # Decode: batches of sequences through the serving scheduler on a Mixtral-sized 4-layer model,
-# against the bytes-per-step floor (moex only so far; the torch peer is not written yet).
+# against the bytes-per-step floor, then the PyTorch peers (torch.compile reduce-overhead, HF
+# generate; MOEX_SKIP_DECODE_PEER=1 skips them).
 if [ -z "${MOEX_SKIP_DECODE_BENCH:-}" ]; then
+  : >"$OUT/decode_bench.jsonl"
   # One process for every batch size: drawing the 6-billion-parameter model's weights takes longest.
   timeout 300 "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch 1,8,32 --tokens 64 \
     --json >>"$OUT/decode_bench.jsonl" 2>>"$OUT/decode_bench.err" || echo "moex decode failed"
-  cat "$OUT/decode_bench.jsonl" 2>/dev/null
+  if [ -z "${MOEX_SKIP_DECODE_PEER:-}" ]; then
+    PYTHONUNBUFFERED=1 timeout 420 python3 bench/peers/decode_peer.py --batch 1,8,32 --tokens 64 \
+      >>"$OUT/decode_bench.jsonl" 2>"$OUT/decode_peer.err" || echo "decode peer exit $?"
+    tail -n 5 "$OUT/decode_peer.err"
+  fi
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "decode_bench.jsonl")) if l.startswith("{")]
+print("\n== decode, mixtral4l, bf16 ==")
+print(f"{'impl':12} {'batch':>5} {'ms/step':>8} {'tokens/s':>9} {'floor ms':>8} {'of floor':>8}")
+for r in rows:
+    impl = r.get("impl", "moex")
+    if "error" in r:
+        print(f"{impl:12} {r.get('batch', '?'):>5} error: {str(r['error'])[:100]}")
+        continue
+    print(f"{impl:12} {r['batch']:5d} {r['ms_per_step']:8.3f} {r['tokens_per_s']:9.0f} "
+          f"{r['floor_ms']:8.3f} {r['frac_of_floor']:8.2f}")
+PY
 fi
 
 # Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.
