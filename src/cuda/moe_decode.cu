@@ -13,9 +13,10 @@ constexpr int kWarps = 8, kThreads = kWarps * 32;
 // Routed rows handled per pass over a weight row: every weight element loaded is used this many
 // times from registers; more rows take another pass (the weight rows come back from L2).
 constexpr int kGroup = 8;
-// Blocks in flight per SM the grid aims at: with the weight loads unrolled 4 deep, enough bytes
-// in flight to keep HBM busy when only one or two experts are selected.
-constexpr int kBlocksPerSm = 4;
+// Blocks per SM the grid aims at (more than fit at once: the rest queue): with the weight loads
+// unrolled kUnroll deep, enough bytes in flight to keep HBM busy when one or two experts are
+// selected.
+constexpr int kBlocksPerSm = 8;
 
 enum Kind { kUpSwiGLU, kUpGelu, kDown };
 
@@ -34,9 +35,10 @@ struct KernelArgs {
   bool gelu_exact;
 };
 
-// Weights are read once: stream them past L1 so the routed input rows stay there.
-__device__ __forceinline__ void load_stream_bf16x8(const __nv_bfloat16* p, float (&out)[8]) {
-  const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+// Weights are read once: they are streamed past L1 (__ldcs) so the routed input rows stay there.
+constexpr int kUnroll = 4;
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&out)[8]) {
   const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -107,20 +109,33 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
       float acc0[kGroup], acc1[kGroup];
 #pragma unroll
       for (int t = 0; t < kGroup; ++t) acc0[t] = acc1[t] = 0.0f;
-#pragma unroll 4
-      for (int64_t k = lane * 8; k < p.k_dim; k += 256) {
-        float a[8], b[8];
-        load_stream_bf16x8(w0 + k, a);
-        load_stream_bf16x8(w1 + k, b);
+      // kUnroll reduction steps at a time: every weight load of the pass is issued before the
+      // first multiply, so each lane keeps 2 * kUnroll 16-byte loads in flight.
+      for (int64_t k0 = lane * 8; k0 < p.k_dim; k0 += 256 * kUnroll) {
+        uint4 ra[kUnroll], rb[kUnroll];
 #pragma unroll
-        for (int t = 0; t < kGroup; ++t) {
-          if (t >= ng) break;
-          float x[8];
-          load_bf16x8(p.in + int64_t{src[g0 + t]} * p.k_dim + k, x);
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          ra[u] = k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w0 + k)) : make_uint4(0, 0, 0, 0);
+          rb[u] = k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w1 + k)) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            acc0[t] = fmaf(a[i], x[i], acc0[t]);
-            acc1[t] = fmaf(b[i], x[i], acc1[t]);
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t k = k0 + 256 * u;
+          if (k >= p.k_dim) break;
+          float a[8], b[8];
+          unpack_bf16x8(ra[u], a);
+          unpack_bf16x8(rb[u], b);
+#pragma unroll
+          for (int t = 0; t < kGroup; ++t) {
+            if (t >= ng) break;
+            float x[8];
+            load_bf16x8(p.in + int64_t{src[g0 + t]} * p.k_dim + k, x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+              acc0[t] = fmaf(a[i], x[i], acc0[t]);
+              acc1[t] = fmaf(b[i], x[i], acc1[t]);
+            }
           }
         }
       }

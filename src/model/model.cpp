@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/logging.h"
 #include "core/rng.h"
 #include "model/lm_head.h"
 #include "ops/device.h"
@@ -280,6 +281,8 @@ struct Model::PagedGraph {
   explicit PagedGraph(const Device& device) : graph(device) {}
   ops::StepGraph graph;
   Tensor logits, argmax;
+  const void* kv_key = nullptr;  // the pool it was captured with (its first layer's keys)
+  bool failed = false;           // the capture failed (logged): such steps run op by op
 };
 
 Model::~Model() = default;
@@ -403,17 +406,33 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   arena_.reset();
   const PagedRows rows = paged_rows(ids, seqs, kv);
   Tensor logits, argmax;
+  std::unique_ptr<PagedGraph>* slot = nullptr;
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
-    std::unique_ptr<PagedGraph>& g = paged_graphs_[num_seqs];
-    if (!g) g = std::make_unique<PagedGraph>(device_);
-    if (!g->graph.ready()) {
+    slot = &paged_graphs_[num_seqs];
+    if (!*slot) *slot = std::make_unique<PagedGraph>(device_);
+    if ((*slot)->failed) slot = nullptr;
+  }
+  if (slot != nullptr) {
+    PagedGraph* g = slot->get();
+    bool launch = true;
+    // A graph holds the addresses of the pool it was captured with.
+    if (!g->graph.ready() || g->kv_key != kv.k[0].raw_data()) {
       // Run once directly, so every buffer reaches its size for this batch, then capture the
-      // same work over the settled arena (nothing may be allocated while capturing).
+      // same work over the settled arena (nothing may be allocated while capturing). The direct
+      // run's outputs stand if the capture fails: capturing runs nothing.
       paged_forward_body(rows, kv, g->logits, g->argmax);
       arena_.reset();
-      g->graph.capture([&] { paged_forward_body(rows, kv, g->logits, g->argmax); });
+      try {
+        g->graph.capture([&] { paged_forward_body(rows, kv, g->logits, g->argmax); });
+        g->kv_key = kv.k[0].raw_data();
+      } catch (const Error& e) {
+        MOEX_WARN("decode steps of ", num_seqs,
+                  " sequences run without a CUDA graph: capturing one failed: ", e.what());
+        g->failed = true;
+        launch = false;
+      }
     }
-    g->graph.launch();
+    if (launch) g->graph.launch();
     logits = g->logits;
     argmax = g->argmax;
   } else {

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "ops/profile.h"
 
@@ -79,6 +80,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
       opt.padded_row_multiple = 128;
       layer_.reset();  // its buffers go back to the allocator before the new ones are taken
+      buffers_moved();
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
       if (bound_w1_.defined())
         layer_->bind_expert_buffers(bound_w1_, bound_w2_, bound_dw1_, bound_dw2_);
@@ -96,7 +98,13 @@ class CudaMoELayer final : public MoEDeviceLayer {
       xb_ = Tensor::empty({T, d}, DType::kBF16, dev);
       cuda::f32_to_bf16(x.data<float>(), xb_.raw_data(), x.numel(), ctx_.stream());
     }
-    Tensor yb = Tensor::empty({T, d}, DType::kBF16, dev);
+    // The output buffer is kept from call to call (a captured step must find it at one address).
+    if (!y_buf_.defined() || y_buf_.dim(0) < T) {
+      y_buf_ = Tensor();
+      y_buf_ = Tensor::empty({max_tokens_, d}, DType::kBF16, dev);
+      buffers_moved();
+    }
+    const Tensor yb = y_buf_.slice(0, T);
     layer_->set_loss_scale(static_cast<float>(options.loss_scale));
     {
       const ops::ProfileScope profile("moe_forward.layer", dev);
@@ -211,6 +219,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
   DType x_dtype_ = DType::kF32;  // y and dx come back in it
   bool stats_pending_ = false;   // out_'s statistics wait for finish_stats
   Tensor xb_;                    // the bf16 input backward reads
+  Tensor y_buf_;                 // [max_tokens, d] bf16: the layer's output rows
   MoEOutput out_;
   MoEGradients grads_;
 };

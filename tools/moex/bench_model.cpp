@@ -152,10 +152,14 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   so.step_tokens = std::max<int64_t>(batch * prompt_len, batch);
   so.max_context = prompt_len + new_tokens;
   infer::Scheduler scheduler(m, so);
+  std::string error;  // the first sequence that ended with an error: the numbers would be void
   for (int b = 0; b < batch; ++b) {
     infer::Request r;
     r.prompt = random_tokens(prompt_len, mc.vocab_size, 2 + b);
     r.max_tokens = new_tokens;
+    r.on_finish = [&error](infer::FinishReason reason, const std::string& message) {
+      if (reason == infer::FinishReason::kError && error.empty()) error = message;
+    };
     scheduler.submit(std::move(r));
   }
   auto start = Clock::now();
@@ -178,6 +182,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
     while (scheduler.step()) ++profiled_steps;
     budget = profile_budget(static_cast<double>(profiled_steps));
   }
+  MOEX_CHECK(error.empty(), "bench decode: a sequence ended with an error: ", error);
 
   // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
   // expected to touch, the KV cache) over the device's copy rate.
@@ -208,6 +213,8 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
                         {"tokens_per_s", batch * steps / (decode_ms / 1000.0)},
                         {"bytes_per_step", bytes},
                         {"copy_gbps", rate / 1e9},
+                        // decode steps replayed from captured CUDA graphs so far (0 on the CPU)
+                        {"graph_replays", m.paged_graph_replays()},
                         {"floor_ms", floor_ms},
                         {"frac_of_floor", floor_ms / ms_per_step},
                         // GPU ms per step in each op, over the last steps (the rest of
