@@ -322,6 +322,9 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
         tokens[i].push_back(t);
         return true;
       };
+      r.on_finish = [graphs](infer::FinishReason reason, const std::string& error) {
+        EXPECT_NE(reason, infer::FinishReason::kError) << "graphs " << graphs << ": " << error;
+      };
       s.submit(std::move(r));
       if (i % 2 == 1) s.step();  // later requests join running decodes
     }
