@@ -47,6 +47,8 @@ import traceback
 
 import torch
 
+from gpu_model import build_bf16_on_gpu
+
 SHAPE = dict(vocab=32000, d=4096, layers=4, heads=32, kv_heads=8, ffn=14336, experts=8, top_k=2,
              rope_theta=1e6, max_seq=4096)
 PROMPT = 16
@@ -115,13 +117,7 @@ def build_model():
         rp["rope_theta"] = s["rope_theta"]
     # No sliding window: the static cache's sliding layers keep a Python int (a recompile a step).
     config.sliding_window = None
-    torch.manual_seed(0)
-    # Built on the GPU in bf16 directly (a CPU fp32 init takes minutes).
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = MixtralForCausalLM(config)
-    torch.set_default_dtype(previous)
+    model = build_bf16_on_gpu(MixtralForCausalLM, config)
     model.eval()
     model.requires_grad_(False)
     n = sum(p.numel() for p in model.parameters())

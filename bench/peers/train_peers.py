@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from gpu_model import build_bf16_on_gpu
+
 SHAPES = {
     "small": dict(d=1024, layers=12, ffn=2816, experts=8, top_k=2, heads=16, kv_heads=4,
                   vocab=32000, batch=8, seq=1024),
@@ -45,13 +47,7 @@ def run(shape, mode, iters, warmup):
         num_experts_per_tok=s["top_k"], max_position_embeddings=s["seq"], rope_theta=1e6,
         router_aux_loss_coef=0.02, output_router_logits=True, tie_word_embeddings=False,
         attn_implementation="sdpa")
-    torch.manual_seed(0)
-    # Built on the GPU in bf16 directly (a CPU fp32 init of the medium model takes minutes).
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
-        model = MixtralForCausalLM(config)
-    torch.set_default_dtype(previous)
+    model = build_bf16_on_gpu(MixtralForCausalLM, config)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)

@@ -9,8 +9,12 @@ namespace {
 std::atomic<uint64_t> g_buffer_generation{0};
 }  // namespace
 
-uint64_t buffer_generation() { return g_buffer_generation.load(); }
-void buffers_moved() { g_buffer_generation.fetch_add(1); }
+uint64_t buffer_generation() {
+  return g_buffer_generation.load();
+}
+void buffers_moved() {
+  g_buffer_generation.fetch_add(1);
+}
 
 Arena::Arena(size_t capacity_bytes, Device device, bool growable)
     : device_(device), growable_(growable) {

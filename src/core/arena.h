@@ -37,7 +37,7 @@ class Arena {
   Mark mark() const { return {blocks_.size() - 1, used_}; }
   void release(const Mark& m);
 
-  size_t used() const { return used_; }  // in the current block
+  size_t used() const { return used_; }              // in the current block
   size_t high_water() const { return high_water_; }  // bytes of all blocks at their fullest
   size_t capacity() const { return capacity_; }
   Device device() const { return device_; }
@@ -51,9 +51,9 @@ class Arena {
   void add_block(size_t bytes);
 
   std::vector<Block> blocks_;
-  size_t capacity_ = 0;    // sum of the blocks' bytes
-  size_t used_ = 0;        // in the last block
-  size_t used_before_ = 0; // bytes in the full blocks before the last one
+  size_t capacity_ = 0;     // sum of the blocks' bytes
+  size_t used_ = 0;         // in the last block
+  size_t used_before_ = 0;  // bytes in the full blocks before the last one
   size_t high_water_ = 0;
   Device device_;
   bool growable_ = false;

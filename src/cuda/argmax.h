@@ -8,7 +8,6 @@
 namespace moex::cuda {
 
 // out[s] = argmax_v x[s * cols + v]; x, out on the device. One block per row.
-void argmax_rows_f32(const float* x, int64_t rows, int64_t cols, int32_t* out,
-                     cudaStream_t stream);
+void argmax_rows_f32(const float* x, int64_t rows, int64_t cols, int32_t* out, cudaStream_t stream);
 
 }  // namespace moex::cuda

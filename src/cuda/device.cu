@@ -4,8 +4,8 @@
 #include <unordered_map>
 
 #include "cuda/cuda_check.h"
-#include "cuda/graph.h"
 #include "cuda/device.h"
+#include "cuda/graph.h"
 
 namespace moex::cuda {
 

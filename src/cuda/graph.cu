@@ -1,6 +1,5 @@
-#include "cuda/graph.h"
-
 #include "cuda/cuda_check.h"
+#include "cuda/graph.h"
 
 namespace moex::cuda {
 namespace {
@@ -38,6 +37,8 @@ void destroy_graph(cudaGraphExec_t exec) {
   if (exec != nullptr) cudaGraphExecDestroy(exec);
 }
 
-bool capturing_on_this_thread() { return t_capturing; }
+bool capturing_on_this_thread() {
+  return t_capturing;
+}
 
 }  // namespace moex::cuda

@@ -116,8 +116,10 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t k = k0 + 256 * u;
-          ra[u] = k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w0 + k)) : make_uint4(0, 0, 0, 0);
-          rb[u] = k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w1 + k)) : make_uint4(0, 0, 0, 0);
+          ra[u] =
+              k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w0 + k)) : make_uint4(0, 0, 0, 0);
+          rb[u] =
+              k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w1 + k)) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {

@@ -11,7 +11,7 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 constexpr int kWarpsPerBlock = 8;
-constexpr int kMaxPairsPerLane = 4;  // head_dim <= 256, two dims per lane and pair
+constexpr int kMaxPairsPerLane = 4;   // head_dim <= 256, two dims per lane and pair
 constexpr int kPositionsPerPass = 4;  // positions a warp has in flight at once
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -39,7 +39,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t len = int64_t{p.row_pos[r]} + 1;
   const int64_t chunk = (len + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int64_t begin = min(len, warp * chunk), end = min(len, begin + chunk);
-  const auto* q = reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(p.q) + item * dh);
+  const auto* q =
+      reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(p.q) + item * dh);
   const bf16* kp = static_cast<const bf16*>(p.k_pool);
   const bf16* vp = static_cast<const bf16*>(p.v_pool);
   float2 qv[kMaxPairsPerLane], acc[kMaxPairsPerLane];
@@ -83,7 +84,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const float keep = __expf(m - m_new);
     sum *= keep;
 #pragma unroll
-    for (int i = 0; i < kMaxPairsPerLane; ++i) acc[i] = make_float2(acc[i].x * keep, acc[i].y * keep);
+    for (int i = 0; i < kMaxPairsPerLane; ++i)
+      acc[i] = make_float2(acc[i].x * keep, acc[i].y * keep);
 #pragma unroll
     for (int j = 0; j < kPositionsPerPass; ++j) {
       const float w = __expf(s[j] - m_new);

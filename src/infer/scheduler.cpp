@@ -221,10 +221,10 @@ bool Scheduler::step() {
     // Sample from the logits after this sequence's last token; the draw counter is the number of
     // tokens generated so far, as in infer::generate.
     const int64_t draw = seq.pending < 0 ? 0 : static_cast<int64_t>(seq.generated.size());
-    const int32_t next = all_greedy ? greedy[i]
-                                    : sample_token(logits.data() + i * vocab, vocab,
-                                                   seq.request.sampling,
-                                                   static_cast<uint64_t>(draw));
+    const int32_t next = all_greedy
+                             ? greedy[i]
+                             : sample_token(logits.data() + i * vocab, vocab, seq.request.sampling,
+                                            static_cast<uint64_t>(draw));
     seq.pending = next;
     ++new_tokens;
     const bool keep = !seq.request.on_token || seq.request.on_token(next);

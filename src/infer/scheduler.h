@@ -38,11 +38,11 @@ struct Request {
 };
 
 struct SchedulerOptions {
-  int64_t max_batch = 8;        // sequences in one step
-  int64_t step_tokens = 512;    // tokens in one step: decodes take one, prefills share the rest
-  int64_t block_size = 16;      // positions per KV block
-  int64_t num_blocks = 0;       // KV pool size; 0: enough for max_batch sequences of max_context
-  int64_t max_context = 0;      // prompt + max_tokens limit; 0: the model's max_seq_len
+  int64_t max_batch = 8;      // sequences in one step
+  int64_t step_tokens = 512;  // tokens in one step: decodes take one, prefills share the rest
+  int64_t block_size = 16;    // positions per KV block
+  int64_t num_blocks = 0;     // KV pool size; 0: enough for max_batch sequences of max_context
+  int64_t max_context = 0;    // prompt + max_tokens limit; 0: the model's max_seq_len
   // On a GPU, decode steps replay one captured CUDA graph per batch size (model/paged_kv.h).
   bool cuda_graphs = true;
 };

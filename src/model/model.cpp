@@ -6,12 +6,12 @@
 #include "core/logging.h"
 #include "core/rng.h"
 #include "model/lm_head.h"
+#include "ops/argmax.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
 #include "ops/linear.h"
 #include "ops/paged_attention.h"
-#include "ops/argmax.h"
 #include "ops/step_graph.h"
 
 namespace moex::model {
@@ -305,9 +305,9 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   int64_t n = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
   for (const SequenceSlice& s : seqs) {
     n += s.len;
-    MOEX_CHECK(kv.table_width == 0 || s.num_blocks <= kv.table_width, "forward_paged: a block table of ",
-               s.num_blocks, " blocks is wider than the paged KV's table_width (",
-               kv.table_width, ")");
+    MOEX_CHECK(kv.table_width == 0 || s.num_blocks <= kv.table_width,
+               "forward_paged: a block table of ", s.num_blocks,
+               " blocks is wider than the paged KV's table_width (", kv.table_width, ")");
     max_blocks = std::max(max_blocks, s.num_blocks);
   }
   // One host buffer for every index, uploaded once: ids [n], tables [S, max_blocks], then
@@ -364,8 +364,7 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   return rows;
 }
 
-void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits,
-                               Tensor& argmax) {
+void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& argmax) {
   const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.last_rows.numel();
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
@@ -440,7 +439,8 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   }
   if (greedy != nullptr) {
     if (!argmax_host_.defined() || argmax_host_.numel() < num_seqs)
-      argmax_host_ = ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
+      argmax_host_ =
+          ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
     const Tensor out = argmax_host_.slice(0, num_seqs);
     ops::copy_async(argmax, out);
     ops::synchronize(device_);

@@ -51,10 +51,9 @@ void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool acc
       for (int64_t j = 0; j < d; ++j) out[i * d + j] += t[id[i] * d + j];
     return;
   }
-  MOEX_CUDA_TWIN("embedding", cuda::embedding_forward_bf16(dev_ids.data<int32_t>(),
-                                                           table.raw_data(), n, vocab, d,
-                                                           y.raw_data(), accumulate,
-                                                           detail::stream(dev)));
+  MOEX_CUDA_TWIN("embedding",
+                 cuda::embedding_forward_bf16(dev_ids.data<int32_t>(), table.raw_data(), n, vocab,
+                                              d, y.raw_data(), accumulate, detail::stream(dev)));
 }
 
 void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) {

@@ -24,7 +24,9 @@ std::vector<Record> g_records;
 
 }  // namespace
 
-bool profile_enabled() { return g_enabled; }
+bool profile_enabled() {
+  return g_enabled;
+}
 
 void profile_enable(bool on) {
   g_enabled = on;
@@ -50,7 +52,8 @@ ProfileScope::ProfileScope(const char* name, const Device& device) {
 ProfileScope::~ProfileScope() {
   if (!g_enabled) return;
 #if MOEX_WITH_CUDA
-  if (slot_ >= 0) cudaEventRecord(g_records[slot_].stop, detail::stream(Device::cuda(stream_ordinal_)));
+  if (slot_ >= 0)
+    cudaEventRecord(g_records[slot_].stop, detail::stream(Device::cuda(stream_ordinal_)));
 #endif
 }
 
@@ -68,7 +71,8 @@ std::vector<std::pair<std::string, double>> profile_report() {
   g_records.clear();
 #endif
   std::vector<std::pair<std::string, double>> out(ms.begin(), ms.end());
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::sort(out.begin(), out.end(),
+            [](const auto& a, const auto& b) { return a.second > b.second; });
   return out;
 }
 

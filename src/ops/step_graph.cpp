@@ -25,7 +25,9 @@ StepGraph::~StepGraph() {
 #endif
 }
 
-bool StepGraph::ready() const { return exec_ != nullptr && generation_ == buffer_generation(); }
+bool StepGraph::ready() const {
+  return exec_ != nullptr && generation_ == buffer_generation();
+}
 
 void StepGraph::capture(const std::function<void()>& step) {
   MOEX_CUDA_TWIN("StepGraph::capture", {
@@ -57,7 +59,8 @@ Tensor staging_tensor(const Shape& shape, DType dtype, const Device& device) {
   if (device.is_cpu()) return Tensor::empty(shape, dtype);
   Tensor t;
   MOEX_CUDA_TWIN("staging_tensor", {
-    const size_t bytes = std::max<size_t>(1, static_cast<size_t>(shape.numel()) * dtype_size(dtype));
+    const size_t bytes =
+        std::max<size_t>(1, static_cast<size_t>(shape.numel()) * dtype_size(dtype));
     void* p = nullptr;
     CUDA_CHECK(cudaMallocHost(&p, bytes));
     std::shared_ptr<const void> owner(p, [](const void* q) { cudaFreeHost(const_cast<void*>(q)); });
@@ -67,22 +70,23 @@ Tensor staging_tensor(const Shape& shape, DType dtype, const Device& device) {
 }
 
 void copy_async(const Tensor& src, const Tensor& dst) {
-  MOEX_CHECK(src.defined() && dst.defined() && src.dtype() == dst.dtype() &&
-                 src.numel() == dst.numel(),
-             "copy_async: ", src.shape().str(), " ", dtype_name(src.dtype()), " into ",
-             dst.shape().str(), " ", dtype_name(dst.dtype()));
+  MOEX_CHECK(
+      src.defined() && dst.defined() && src.dtype() == dst.dtype() && src.numel() == dst.numel(),
+      "copy_async: ", src.shape().str(), " ", dtype_name(src.dtype()), " into ", dst.shape().str(),
+      " ", dtype_name(dst.dtype()));
   const Device sd = src.device(), dd = dst.device();
   if (sd.is_cpu() && dd.is_cpu()) {
     std::memcpy(dst.raw_data(), src.raw_data(), src.nbytes());
     return;
   }
   MOEX_CHECK(sd.is_cpu() != dd.is_cpu(), "copy_async: one side must be a host staging tensor");
-  MOEX_CUDA_TWIN("copy_async",
-                 CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(), src.nbytes(),
-                                            cudaMemcpyDefault,
-                                            detail::stream(sd.is_cuda() ? sd : dd))));
+  MOEX_CUDA_TWIN("copy_async", CUDA_CHECK(cudaMemcpyAsync(dst.raw_data(), src.raw_data(),
+                                                          src.nbytes(), cudaMemcpyDefault,
+                                                          detail::stream(sd.is_cuda() ? sd : dd))));
 }
 
-bool step_graphs_allowed() { return !profile_enabled(); }
+bool step_graphs_allowed() {
+  return !profile_enabled();
+}
 
 }  // namespace moex::ops

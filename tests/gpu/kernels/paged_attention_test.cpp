@@ -1,7 +1,7 @@
 // Serving kernels against their CPU twins on the same bf16-rounded inputs: paged attention of rows
 // of several sequences (shuffled blocks, a prefill chunk, single decode rows, a long sequence, GQA,
-// head dims below and above one warp's width), RoPE at a position per row, and the row scatter/gather. Outputs
-// start poisoned, so an unwritten element fails.
+// head dims below and above one warp's width), RoPE at a position per row, and the row
+// scatter/gather. Outputs start poisoned, so an unwritten element fails.
 #include "cpu/paged_attention.h"
 
 #include <gtest/gtest.h>
