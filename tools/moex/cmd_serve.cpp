@@ -19,17 +19,20 @@ int run_serve(const std::vector<std::string>& argv) {
                              {"model", "device", "host", "port", "model-name", "max-batch",
                               "step-tokens", "block-size", "kv-blocks", "max-context",
                               "max-waiting"},
-                             {"help"});
+                             {"help", "no-cuda-graphs"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex serve --model DIR [--device cpu|cuda[:N]] [--host 127.0.0.1] [--port 8000]\n"
         "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
         "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting 256]\n"
+        "                  [--no-cuda-graphs]\n"
         "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
         "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
         "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
         "  sequences; prompts are prefilled in chunks of at most --step-tokens per step.\n"
         "  --kv-blocks sizes the KV cache (default: max-batch sequences of the full context).\n"
+        "  On a GPU, decode steps replay one captured CUDA graph per batch size; --no-cuda-graphs\n"
+        "  runs every step op by op (for debugging).\n"
         "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n");
     return 0;
   }
@@ -46,6 +49,7 @@ int run_serve(const std::vector<std::string>& argv) {
   o.scheduler.block_size = args.get_int("block-size", 16);
   o.scheduler.num_blocks = args.get_int("kv-blocks", 0);
   o.scheduler.max_context = args.get_int("max-context", 0);
+  o.scheduler.cuda_graphs = !args.flag("no-cuda-graphs");
   o.max_waiting = args.get_int("max-waiting", 256);
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
 
