@@ -4,9 +4,11 @@
 // one, the whole second and a chunk of the third together, the second step decodes the first
 // while the third's prefill finishes, then the first decodes alone. After every step, `check` gets
 // each sequence's logits from the step and from the full forward of that sequence alone at the
-// same position.
+// same position. The step's greedy ids must be the argmax of its logits. table_width > 0 pads
+// the block tables (and, on a GPU, replays decode steps from captured CUDA graphs).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <stdexcept>
@@ -21,11 +23,13 @@ namespace moex::testing {
 inline void run_paged_serving_scenario(
     model::Model& m, const std::vector<int32_t>& ids,
     const std::function<void(const std::string&, const std::vector<float>&,
-                             const std::vector<float>&)>& check) {
+                             const std::vector<float>&)>& check,
+    int64_t table_width = 0) {
   const int64_t vocab = m.config().vocab_size, stride = 20, block_size = 4;
   const int64_t total[] = {20, 13, 9};
   const std::vector<std::vector<int32_t>> blocks = {{3, 10, 5, 1, 20}, {0, 7, 12, 2}, {15, 4, 9}};
   model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/24, block_size);
+  kv.table_width = table_width;
   int64_t done[] = {0, 0, 0};
   // New tokens per sequence in each step (0: not in this step).
   std::vector<std::vector<int64_t>> plan = {{12, 13, 4}, {1, 0, 5}};
@@ -42,9 +46,14 @@ inline void run_paged_serving_scenario(
       which.push_back(s);
     }
     std::vector<float> last(seqs.size() * vocab);
-    m.forward_paged(step_ids.data(), seqs, kv, last.data());
+    std::vector<int32_t> greedy(seqs.size(), -1);
+    m.forward_paged(step_ids.data(), seqs, kv, last.data(), greedy.data());
     for (size_t i = 0; i < which.size(); ++i) {
       const int s = which[i];
+      const float* row = last.data() + i * vocab;
+      if (greedy[i] != std::max_element(row, row + vocab) - row)
+        throw std::logic_error("paged scenario: step " + std::to_string(step) +
+                               " greedy id is not the argmax of its logits");
       done[s] += plan[step][s];
       if (done[s] > total[s]) throw std::logic_error("paged scenario: plan past a sequence");
       std::vector<float> full(done[s] * vocab);

@@ -290,11 +290,17 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
   m.init_weights(5);
   std::vector<int32_t> ids, unused;
   counting_batch(3, 20, config.vocab_size, 12, &ids, &unused);
-  testing::run_paged_serving_scenario(
-      m, ids,
-      [](const std::string& what, const std::vector<float>& paged, const std::vector<float>& full) {
-        EXPECT_LT(rel_l2(paged, full), 2e-2) << what;
-      });
+  // Tables as wide as each step needs, then padded: its decode steps replay captured graphs.
+  for (const int64_t width : {0, 6}) {
+    testing::run_paged_serving_scenario(
+        m, ids,
+        [width](const std::string& what, const std::vector<float>& paged,
+                const std::vector<float>& full) {
+          EXPECT_LT(rel_l2(paged, full), 2e-2) << what << ", table width " << width;
+        },
+        width);
+  }
+  EXPECT_GT(m.paged_graph_replays(), 0);
 }
 
 // Decode steps replayed from captured CUDA graphs give exactly the tokens of the same steps run

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "core/json_reader.h"
 #include "core/rng.h"
 #include "model/model.h"
@@ -40,12 +41,43 @@ TEST(ModelPaged, ServingStepsEqualTheFullForwardOfEachSequence) {
   std::vector<int32_t> ids(3 * 20);
   for (size_t i = 0; i < ids.size(); ++i)
     ids[i] = static_cast<int32_t>(philox_u32(7, 1, i) % config.vocab_size);
-  testing::run_paged_serving_scenario(
-      m, ids,
-      [](const std::string& what, const std::vector<float>& paged, const std::vector<float>& full) {
-        EXPECT_LT(rel_l2(paged.data(), full.data(), static_cast<int64_t>(full.size())), 1e-5)
-            << what;
-      });
+  // Tables as wide as each step needs, then padded to a fixed width (as the scheduler does).
+  for (const int64_t width : {0, 6}) {
+    testing::run_paged_serving_scenario(
+        m, ids,
+        [width](const std::string& what, const std::vector<float>& paged,
+                const std::vector<float>& full) {
+          EXPECT_LT(rel_l2(paged.data(), full.data(), static_cast<int64_t>(full.size())), 1e-5)
+              << what << ", table width " << width;
+        },
+        width);
+  }
+}
+
+TEST(ModelPaged, BadStepsAreClearErrors) {
+  const ModelConfig config =
+      ModelConfig::from_json(JsonReader::from_string(kConfig, "model_paged_test"));
+  model::Model m(config);
+  m.init_weights(5);
+  model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/8, /*block_size=*/4);
+  kv.table_width = 2;
+  const std::vector<int32_t> blocks = {0, 1, 2};
+  std::vector<float> logits(config.vocab_size);
+  const auto message = [&](int32_t token, int64_t num_blocks) {
+    const std::vector<int32_t> ids = {token};
+    try {
+      m.forward_paged(ids.data(), {{0, 1, blocks.data(), num_blocks}}, kv, logits.data());
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(7, 3).find("wider than the paged KV's table_width (2)"), std::string::npos)
+      << message(7, 3);
+  EXPECT_NE(message(256, 1).find("token 256 at row 0 is outside the vocabulary of 256"),
+            std::string::npos)
+      << message(256, 1);
+  EXPECT_EQ(message(7, 1), "no error");
 }
 
 }  // namespace
