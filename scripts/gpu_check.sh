@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -168,6 +168,41 @@ for r in rows:
         continue
     print(f"{impl:12} {r['batch']:5d} {r['ms_per_step']:8.3f} {r['tokens_per_s']:9.0f} "
           f"{r['floor_ms']:8.3f} {r['frac_of_floor']:8.2f}")
+PY
+fi
+
+# Serving: bench/serve_bench.py (K concurrent streaming clients) against moex serve on the GPU and
+# on this machine's CPU cores, with the model in $MOEX_SERVE_MODEL (default .devcarry/serve_model,
+# a small trained moex directory; MOEX_SKIP_SERVE_BENCH=1 skips this).
+SERVE_MODEL=${MOEX_SERVE_MODEL:-.devcarry/serve_model}
+if [ -z "${MOEX_SKIP_SERVE_BENCH:-}" ] && [ -f "$SERVE_MODEL/config.json" ]; then
+  : >"$OUT/serve_bench.jsonl"
+  for dev in cuda cpu; do
+    "$BIN/moex" serve --model "$SERVE_MODEL" --model-name bench --device $dev --port 0 \
+      --max-batch 8 --max-context 256 >"$OUT/serve_$dev.log" 2>&1 &
+    pid=$!
+    url=""
+    for _ in $(seq 1 120); do
+      url=$(grep -o '"listening": "[^"]*"' "$OUT/serve_$dev.log" 2>/dev/null | cut -d'"' -f4)
+      [ -n "$url" ] && break
+      sleep 0.5
+    done
+    if [ -z "$url" ]; then echo "moex serve ($dev) did not start"; tail -5 "$OUT/serve_$dev.log"; kill $pid; continue; fi
+    for clients in 1 8; do
+      timeout 300 python3 bench/serve_bench.py "$url" bench --clients $clients --requests 32 \
+        --max-tokens 32 | sed "s/^{/{\"device\": \"$dev\", /" >>"$OUT/serve_bench.jsonl"
+    done
+    kill -INT $pid
+    wait $pid
+  done
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "serve_bench.jsonl")) if l.startswith("{")]
+print("\n== moex serve, 32 streamed requests of 32 tokens, greedy ==")
+print(f"{'device':6} {'clients':>7} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
+for r in rows:
+    print(f"{r['device']:6} {r['clients']:7d} {r['tokens_per_s']:9.0f} {r['ttft_p50_ms']:9.1f} "
+          f"{r['ttft_p99_ms']:9.1f} {r['errors']:6d}")
 PY
 fi
 

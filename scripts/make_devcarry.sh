@@ -4,6 +4,7 @@
 # they link that the GPU machine lacks (everything but the CUDA toolkit, glibc and the C++
 # runtime), as .devcarry/bin.tar.xz. .devcarry/ is git-ignored: name it in the run's carry.
 #   scripts/make_devcarry.sh && (device run, carry .devcarry): scripts/gpu_check.sh
+#   MOEX_SERVE_MODEL_SRC=runs/x/final scripts/make_devcarry.sh   (also a model for the serving bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BINS=(moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention)
@@ -21,4 +22,12 @@ for b in "${BINS[@]}"; do ldd "build/$b"; done | awk '/=> \// {print $3}' | sort
 rm -rf .devcarry
 mkdir -p .devcarry
 tar cJf .devcarry/bin.tar.xz -C "$STAGE" bin lib
-du -sh .devcarry/bin.tar.xz
+# MOEX_SERVE_MODEL_SRC=DIR (a moex model directory): its weights, config and tokenizer go along as
+# .devcarry/serve_model for gpu_check.sh's serving benchmark (optimizer state left behind).
+if [ -n "${MOEX_SERVE_MODEL_SRC:-}" ]; then
+  mkdir -p .devcarry/serve_model
+  for f in config.json model.safetensors tokenizer.model tokenizer.json tokenizer_config.json; do
+    [ -f "$MOEX_SERVE_MODEL_SRC/$f" ] && cp "$MOEX_SERVE_MODEL_SRC/$f" .devcarry/serve_model/
+  done
+fi
+du -sh .devcarry
