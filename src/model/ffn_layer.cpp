@@ -173,10 +173,15 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   options.drop_tokens = step.drop_tokens;
   options.keep_for_backward = save;
   options.defer_stats = true;
-  if (hold_routing_) options.fixed_routing = &held_;
+  // Recompute (activation checkpointing) must route as the first pass did. The CPU layer is given
+  // the first pass's routing. The GPU layer recomputes it: the same input bits, seed and stream
+  // offset through deterministic kernels (router GEMM, fixed-order gating) give the same experts
+  // and slots (docs/gpu-model.md §Activation checkpointing).
+  const bool cpu = x.device().is_cpu();
+  if (hold_routing_ && cpu) options.fixed_routing = &held_;
   const ops::ProfileScope profile("moe_forward", x.device());
   const MoEOutput& out = moe_->forward(x, options);
-  if (!hold_routing_ && x.device().is_cpu()) held_ = moe_->routing();
+  if (!hold_routing_ && cpu) held_ = moe_->routing();
   ops::copy(out.y, y);
   stats_ = &out;
 }

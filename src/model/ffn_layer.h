@@ -52,7 +52,8 @@ class FfnLayer {
   // The last forward's statistics. On a GPU the forward does not wait for them: the first call
   // after it does (so a model reads them after its last layer, not between layers).
   const MoEStats& stats();
-  // Re-run forward with the routing of the previous forward (activation-checkpoint recompute).
+  // Re-run forward with the routing of the previous forward (activation-checkpoint recompute): on
+  // the CPU the routing is held and reused; on a GPU it is recomputed, bit for bit the same.
   void hold_routing(bool hold) { hold_routing_ = hold; }
 
  private:

@@ -153,11 +153,6 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   std::vector<Tensor> x(blocks_.size() + 1);
   x[0] = arena_.alloc(Shape{n, d}, dt);
   embed(ids, batch, seq_len, 0, x[0]);
-  // The GPU MoE layer cannot hold its routing fixed for the recomputation yet.
-  MOEX_CHECK(!(options.for_backward && options.checkpoint_activations && device_.is_cuda() &&
-               config_.num_moe_layers() > 0),
-             "activation checkpointing of MoE blocks is not supported on the GPU yet "
-             "(train without training.activation_checkpointing, or on the CPU)");
   const Block::Keep keep = !options.for_backward            ? Block::Keep::kNothing
                            : options.checkpoint_activations ? Block::Keep::kInputOnly
                                                             : Block::Keep::kAll;

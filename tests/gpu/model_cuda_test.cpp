@@ -212,6 +212,40 @@ TEST_F(GpuModel, GradientsAccumulateOverMicroBatches) {
   }
 }
 
+// A checkpointed training step (block inputs kept, blocks recomputed in backward) against the plain
+// one on the GPU: training mode, so the router's jitter noise must be redrawn identically, and the
+// recomputed routing must repeat the first pass's without being stored (docs/gpu-model.md
+// §Activation checkpointing). The same kernels on the same bits: loss and gradients agree to
+// within the order of the backward kernels' reductions.
+TEST_F(GpuModel, ActivationCheckpointingGivesTheSameStep) {
+  std::string json = kSmallConfig;
+  json.replace(json.find(R"("renormalize": true)"), 19,
+               R"("renormalize": true, "jitter_eps": 0.01)");
+  const ModelConfig config =
+      ModelConfig::from_json(JsonReader::from_string(json, "small_config with jitter"));
+  model::Model m(config, Device::cuda());
+  m.init_weights(17);
+  std::vector<int32_t> ids, targets;
+  counting_batch(4, 32, config.vocab_size, 6, &ids, &targets);
+  double loss[2];
+  std::vector<float> grads[2];
+  for (int checkpoint = 0; checkpoint < 2; ++checkpoint) {
+    m.zero_grad();
+    model::ForwardOptions opt;
+    opt.training = true;
+    opt.for_backward = true;
+    opt.checkpoint_activations = checkpoint == 1;
+    opt.seed = 99;
+    opt.step = 3;
+    loss[checkpoint] = m.forward(ids.data(), targets.data(), 4, 32, opt).loss;
+    m.backward();
+    grads[checkpoint] = host_floats(m.grads().flat());
+  }
+  EXPECT_NEAR(loss[1], loss[0], 1e-5 * std::abs(loss[0]));
+  // A different routing would move the gradients by far more (percents).
+  EXPECT_LT(rel_l2(grads[1], grads[0]), 1e-3);
+}
+
 TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
   const ModelConfig config = small_config();
   train::OptimizerConfig oc;
