@@ -185,7 +185,7 @@ MoELayerCuda::~MoELayerCuda() {
 }
 
 void MoELayerCuda::ensure_rows(int64_t rows) {
-  if (kept_ && rows > saved_rows_) {
+  if (kept_ && !kept_in_scratch_ && rows > saved_rows_) {
     // Grows only when a load exceeds every earlier one (capacity mode sizes it once).
     if (saved_rows_ > 0) {
       ctx_.synchronize();
@@ -206,7 +206,7 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
   const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
   buf_.xb = s.get(MoEScratch::kXb, r * d_, ctx_);
   buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
-  if (kept_) {
+  if (kept_ && !kept_in_scratch_) {
     buf_.h = saved_h_.raw_data();
     buf_.a = saved_a_.raw_data();
     buf_.out = saved_out_.raw_data();
@@ -214,6 +214,7 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
     buf_.h = s.get(MoEScratch::kH, r * f1_, ctx_);
     buf_.a = s.get(MoEScratch::kA, r * f_, ctx_);
     buf_.out = s.get(MoEScratch::kOut, r * d_, ctx_);
+    if (!backward) scratch_ticket_ = s.claim_activations();
   }
   if (!backward) return;
   buf_.dout = s.get(MoEScratch::kDout, r * d_, ctx_);
@@ -356,6 +357,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   tokens_ = T;
   training_ = training;
   kept_ = step.keep_for_backward;
+  kept_in_scratch_ = kept_ && step.keep_in_scratch;
   seed_ = seed;
   offset_ = offset;
   x_ = x.raw_data();
@@ -709,6 +711,9 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   MOEX_CHECK(kept_,
              "MoELayerCuda::backward after a forward that kept nothing for it "
              "(keep_for_backward false)");
+  MOEX_CHECK(!kept_in_scratch_ || scratch_->activations_ticket() == scratch_ticket_,
+             "MoELayerCuda::backward: its forward kept its activations in the shared scratch "
+             "(keep_in_scratch) and another forward has written over them since");
   cudaStream_t stream = ctx_.stream();
   const int64_t T = tokens_;
   const float eps = training_ ? config_.jitter_eps : 0.0f;

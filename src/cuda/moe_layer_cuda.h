@@ -50,9 +50,14 @@ class MoEScratch {
   // Slot s with room for at least `bytes`; grows it (after a stream sync) when smaller.
   void* get(Slot s, size_t bytes, CudaContext& ctx);
   size_t bytes() const;  // held in all slots
+  // A forward that writes its expert activations (kH, kA, kOut) here takes a new ticket; a
+  // backward reading them back checks that the ticket is still its own.
+  uint64_t claim_activations() { return ++activations_ticket_; }
+  uint64_t activations_ticket() const { return activations_ticket_; }
 
  private:
   Tensor slots_[kNumSlots];  // flat u8 on the device
+  uint64_t activations_ticket_ = 0;
 };
 
 struct MoELayerCudaOptions {
@@ -89,6 +94,10 @@ struct MoEStepCuda {
   // False: nothing is kept (the expert rows use the scratch) and backward is an error until the
   // next forward that keeps.
   bool keep_for_backward = true;
+  // With keep_for_backward: keep h, a and the expert outputs in the shared scratch (MoEScratch)
+  // rather than in this layer's own buffers. Its backward must come before any other forward
+  // that uses the scratch's activation slots (an activation-checkpoint recompute); it checks.
+  bool keep_in_scratch = false;
   // False: capacity-mode layers keep every route (C = T), as MoEForwardOptions::drop_tokens.
   bool drop_tokens = true;
 };
@@ -279,6 +288,8 @@ class MoELayerCuda {
   GatingParams gating_;
   int64_t tokens_ = 0, rows_ = 0, capacity_ = 0;
   bool training_ = false, kept_ = false;
+  bool kept_in_scratch_ = false;  // kept_, with h, a and out in the shared scratch
+  uint64_t scratch_ticket_ = 0;   // MoEScratch::claim_activations of the last forward
   uint64_t seed_ = 0, offset_ = 0;
   const void* x_ = nullptr;  // input of the last forward (backward reads it through xb)
 };

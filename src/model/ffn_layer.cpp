@@ -172,6 +172,8 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   options.loss_scale = step.loss_scale;
   options.drop_tokens = step.drop_tokens;
   options.keep_for_backward = save;
+  // A recompute's backward follows at once: its expert rows can live in the shared scratch.
+  options.keep_in_scratch = save && hold_routing_;
   options.defer_stats = true;
   // Recompute (activation checkpointing) must route as the first pass did. The CPU layer is given
   // the first pass's routing. The GPU layer recomputes it: the same input bits, seed and stream

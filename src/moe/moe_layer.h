@@ -50,6 +50,10 @@ struct MoEForwardOptions {
   // False: no backward follows this forward (evaluation, decoding), so the GPU layer keeps none of
   // its expert activations (they live in a scratch shared by the model's layers).
   bool keep_for_backward = true;
+  // With keep_for_backward: the backward follows before any other MoE layer's forward (an
+  // activation-checkpoint recompute), so the GPU layer may keep its expert activations in the
+  // shared scratch instead of buffers of its own. Ignored on the CPU.
+  bool keep_in_scratch = false;
   // True: on a GPU, the forward does not wait for the device; the statistics of its result
   // (losses, load, counts, dropped, capacity) are filled by finish_stats(). The CPU fills them at
   // once either way.

@@ -113,6 +113,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       step.seed = options.seed;
       step.offset = options.offset;
       step.keep_for_backward = options.keep_for_backward;
+      step.keep_in_scratch = options.keep_in_scratch;
       step.drop_tokens = options.drop_tokens;
       layer_->forward(xb_, yb, step);
     }

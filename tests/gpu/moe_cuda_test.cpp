@@ -799,6 +799,21 @@ TEST_P(SharedScratch, InterleavedLayersMatchLayersWithTheirOwn) {
     EXPECT_LT(rel_l2(got->dw1, want->dw1), 1e-6) << lc.name << " " << what << " dw1";
     EXPECT_LT(rel_l2(got->dw2, want->dw2), 1e-6) << lc.name << " " << what << " dw2";
   }
+
+  // Kept in the shared scratch (an activation-checkpoint recompute): the same results when the
+  // backward follows at once, an error when another forward has written over the scratch first.
+  cuda::MoEStepCuda in_scratch{true, 5, 1};
+  in_scratch.keep_in_scratch = true;
+  a->forward(ia.xt, ia.yt, in_scratch);
+  a->backward(ia.dyt, ia.dxt);
+  const LayerRun scratch_a = result(*a, ia, Ta);
+  EXPECT_LT(rel_l2(scratch_a.y, alone_a.y), 1e-6) << lc.name << " kept in scratch: y";
+  EXPECT_LT(rel_l2(scratch_a.dx, alone_a.dx), 1e-6) << lc.name << " kept in scratch: dx";
+  EXPECT_LT(rel_l2(scratch_a.dw1, alone_a.dw1), 1e-6) << lc.name << " kept in scratch: dw1";
+  EXPECT_LT(rel_l2(scratch_a.dw2, alone_a.dw2), 1e-6) << lc.name << " kept in scratch: dw2";
+  a->forward(ia.xt, ia.yt, in_scratch);
+  b->forward(ib.xt, ib.yt, no_keep);
+  EXPECT_THROW(a->backward(ia.dyt, ia.dxt), Error) << "kept in a scratch written over since";
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, SharedScratch, ::testing::ValuesIn(layer_cases()),
