@@ -136,14 +136,20 @@ def markdown_row(s):
     else:
         cells.append("0")
     cells.append(f"{s['train_seconds']:.0f} s" if "train_seconds" in s else "—")
-    return "| " + " | ".join(cells) + " |"
+    return cells
 
 
-MARKDOWN_HEADER = (
-    "| model | params total | params active | valid ppl (all sources) | LM ppl | handbook ppl "
-    "en / es / fr / de / it / pt | Bible ppl en / es | en↔es ppl | BLEU / chrF | denoise ppl | "
-    "decode tok/s | load entropy | train tokens | train time |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ["model", "params total", "params active", "valid ppl (all sources)", "LM ppl",
+          "handbook ppl en / es / fr / de / it / pt", "Bible ppl en / es", "en↔es ppl",
+          "BLEU / chrF", "denoise ppl", "decode tok/s (batch 1 / 8)", "load entropy",
+          "train tokens", "train time"]
+
+
+def markdown_table(rows):
+    """The table, without the columns that no row has a value in."""
+    keep = [i for i in range(len(HEADER)) if any(r[i] != "—" for r in rows)]
+    lines = [[HEADER[i] for i in keep], ["---"] * len(keep)] + [[r[i] for i in keep] for r in rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def main():
@@ -151,11 +157,12 @@ def main():
     markdown = "--markdown" in args
     args = [a for a in args if a != "--markdown"]
     root, names = args[0], args[1:]
+    summaries = [summary(root, name) for name in names]
     if markdown:
-        print(MARKDOWN_HEADER)
-    for name in names:
-        s = summary(root, name)
-        print(markdown_row(s) if markdown else json.dumps(s))
+        print(markdown_table([markdown_row(s) for s in summaries]))
+    else:
+        for s in summaries:
+            print(json.dumps(s))
 
 
 if __name__ == "__main__":
