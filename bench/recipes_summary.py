@@ -120,7 +120,7 @@ def markdown_row(s):
              f"{ppl1('bible.en')} / {ppl1('bible.es')}", ppl1("bible.en-es"),
              f"{tr['bleu']:.2f} / {tr['chrf']:.1f}" if "bleu" in tr else "—"]
     denoise = ppl_of(s["eval"]["sources"], "denoise")
-    cells.append(f"{denoise:.2f}" if denoise else "—")
+    cells.append(f"{denoise:.1f}" if denoise else "—")
     if "decode" in s:
         by_batch = {}
         for d in s["decode"]:

@@ -3,7 +3,7 @@
 #   2. Mixture-of-Students: 3-block students of table 1's standard MoE (4 blocks) without KD,
 #      with full KD and with staged KD, each from a random init and from the teacher's blocks
 #      0, 1, 3 (init_from_teacher_layers), plus those blocks alone untrained (moex prune
-#      --keep-layers 0,1,3);
+#      --keep-layers 0,1,3); the three from scratch again with seed 2;
 #   3. expert pruning of the multitask MoE to E/2 and E/4 experts per MoE layer (E/4 also
 #      calibrated on translation alone), the E/4 model fine-tuned 300 steps, and as controls
 #      the unpruned MoE and the dense model trained the same 300 steps;
@@ -81,7 +81,13 @@ if [[ " $tables " == *" 2 "* ]]; then
   prune mos-dropped standard-moe --keep-layers 0,1,3
   evaluate mos-dropped data/default
   decode data/default standard-moe mos-dropped $students
-  python3 bench/recipes_summary.py --markdown $R standard-moe mos-dropped $students
+  # The three students from scratch again with seed 2 (the same teacher).
+  for name in mos-nokd-seed2 mos-kd-seed2 mos-staged-seed2; do
+    train $name "$MOEX" distill --teacher $TEACHER --config configs/recipes/$name.json
+    evaluate $name data/default
+  done
+  python3 bench/recipes_summary.py --markdown $R standard-moe mos-dropped $students \
+    mos-nokd-seed2 mos-kd-seed2 mos-staged-seed2
 fi
 
 if [[ " $tables " == *" 3 "* || " $tables " == *" 4 "* ]]; then
