@@ -80,6 +80,13 @@ ModelConfig small_config() {
   return ModelConfig::from_json(JsonReader::from_string(kSmallConfig, "small_config"));
 }
 
+// The small config with the text `from` replaced by `to`.
+ModelConfig small_config_with(const std::string& from, const std::string& to) {
+  std::string json = kSmallConfig;
+  json.replace(json.find(from), from.size(), to);
+  return ModelConfig::from_json(JsonReader::from_string(json, "small_config with " + to));
+}
+
 // Sequences with structure to learn: each row counts up from a random start, modulo the vocab.
 void counting_batch(int64_t batch, int64_t seq, int64_t vocab, uint64_t seed,
                     std::vector<int32_t>* ids, std::vector<int32_t>* targets) {
@@ -218,11 +225,8 @@ TEST_F(GpuModel, GradientsAccumulateOverMicroBatches) {
 // §Activation checkpointing). The same kernels on the same bits: loss and gradients agree to
 // within the order of the backward kernels' reductions.
 TEST_F(GpuModel, ActivationCheckpointingGivesTheSameStep) {
-  std::string json = kSmallConfig;
-  json.replace(json.find(R"("renormalize": true)"), 19,
-               R"("renormalize": true, "jitter_eps": 0.01)");
   const ModelConfig config =
-      ModelConfig::from_json(JsonReader::from_string(json, "small_config with jitter"));
+      small_config_with(R"("renormalize": true)", R"("renormalize": true, "jitter_eps": 0.01)");
   model::Model m(config, Device::cuda());
   m.init_weights(17);
   std::vector<int32_t> ids, targets;
@@ -316,10 +320,8 @@ TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
 TEST_F(GpuModel, PagedServingMatchesFullForward) {
   // Serving keeps every route; an eval capacity factor of E/k keeps every route in the reference
   // full forward too (C >= T), so both compute the same function.
-  std::string json = kSmallConfig;
-  json.replace(json.find(R"("eval_capacity_factor": 2.0)"), 27, R"("eval_capacity_factor": 4.0)");
   const ModelConfig config =
-      ModelConfig::from_json(JsonReader::from_string(json, "small_config, no drops"));
+      small_config_with(R"("eval_capacity_factor": 2.0)", R"("eval_capacity_factor": 4.0)");
   model::Model m(config, Device::cuda());
   m.init_weights(5);
   std::vector<int32_t> ids, unused;
