@@ -420,8 +420,15 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
         g->graph.capture([&] { paged_forward_body(rows, kv, g->logits, g->argmax); });
         g->kv_key = kv.k[0].raw_data();
       } catch (const Error& e) {
-        MOEX_WARN("decode steps of ", num_seqs,
-                  " sequences run without a CUDA graph: capturing one failed: ", e.what());
+        // Warned once per model: every larger batch of a dropless model fails the same way.
+        const bool first = std::none_of(paged_graphs_.begin(), paged_graphs_.end(),
+                                        [](const auto& kv) { return kv.second->failed; });
+        if (first)
+          MOEX_WARN("decode steps of ", num_seqs, " or more sequences may run without CUDA graphs: ",
+                    "capturing one failed: ", e.what());
+        else
+          MOEX_DEBUG("decode steps of ", num_seqs, " sequences run without a CUDA graph: ",
+                     e.what());
         g->failed = true;
         launch = false;
       }
