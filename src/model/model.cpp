@@ -424,11 +424,12 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
         const bool first = std::none_of(paged_graphs_.begin(), paged_graphs_.end(),
                                         [](const auto& kv) { return kv.second->failed; });
         if (first)
-          MOEX_WARN("decode steps of ", num_seqs, " or more sequences may run without CUDA graphs: ",
-                    "capturing one failed: ", e.what());
+          MOEX_WARN("decode steps of ", num_seqs,
+                    " or more sequences may run without CUDA graphs: ", "capturing one failed: ",
+                    e.what());
         else
-          MOEX_DEBUG("decode steps of ", num_seqs, " sequences run without a CUDA graph: ",
-                     e.what());
+          MOEX_DEBUG("decode steps of ", num_seqs,
+                     " sequences run without a CUDA graph: ", e.what());
         g->failed = true;
         launch = false;
       }
