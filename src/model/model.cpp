@@ -383,6 +383,9 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                           float* last_logits, int32_t* greedy) {
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
+  // Reading an output is also what tells the host the step's uploads are done with.
+  MOEX_CHECK(last_logits != nullptr || greedy != nullptr,
+             "forward_paged: ask for the logits, the greedy ids or both");
   MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
              " layers, the model ", blocks_.size());
   bool decode = true;  // one new token per sequence
