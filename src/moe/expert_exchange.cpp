@@ -1,6 +1,7 @@
 #include "moe/expert_exchange.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <type_traits>
 
@@ -80,13 +81,21 @@ void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
   const std::vector<int64_t>& out_rows = forward ? send_rows_ : recv_rows_;
   const std::vector<int64_t>& in_rows = forward ? recv_rows_ : send_rows_;
   const int ep = group_->size();
-  if (fixed_size_) return group_->all_to_all(send, recv, out_rows[0] * d);
-  counts_.resize(2 * ep);
-  for (int p = 0; p < ep; ++p) {
-    counts_[p] = out_rows[p] * d;
-    counts_[ep + p] = in_rows[p] * d;
+  for (int p = 0; p < ep; ++p)
+    if (p != group_->rank()) stats_.bytes_sent += out_rows[p] * d * static_cast<int64_t>(sizeof(T));
+  ++stats_.exchanges;
+  const auto start = std::chrono::steady_clock::now();
+  if (fixed_size_) {
+    group_->all_to_all(send, recv, out_rows[0] * d);
+  } else {
+    counts_.resize(2 * ep);
+    for (int p = 0; p < ep; ++p) {
+      counts_[p] = out_rows[p] * d;
+      counts_[ep + p] = in_rows[p] * d;
+    }
+    group_->all_to_all_v(send, counts_.data(), recv, counts_.data() + ep);
   }
-  group_->all_to_all_v(send, counts_.data(), recv, counts_.data() + ep);
+  stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
 template <typename T>

@@ -23,6 +23,15 @@
 
 namespace moex::moe {
 
+// What the exchanges of a layer cost so far: bytes of expert rows this rank sent to the other
+// ranks of its group (the per-expert counts of prepare() not included), and seconds spent in the
+// collectives, waiting for slower ranks included.
+struct ExchangeStats {
+  int64_t exchanges = 0;
+  int64_t bytes_sent = 0;
+  double seconds = 0;
+};
+
 class ExpertExchange {
  public:
   // Exchanges the per-expert counts of `plan` over `group` (which must outlive the later calls)
@@ -30,6 +39,7 @@ class ExpertExchange {
   void prepare(const DispatchPlan& plan, dist::Communicator& group);
   const DispatchPlan& local_plan() const { return local_; }
   const DispatchPlan& source_plan(int peer) const { return sources_.at(peer); }
+  const ExchangeStats& stats() const { return stats_; }
 
   // rows [R, d] in the plan's layout -> local [R_local, d] on the experts' owners.
   template <typename T>
@@ -54,6 +64,7 @@ class ExpertExchange {
   std::vector<int64_t> counts_;     // [2, ep] elements sent to / received from each peer
   std::vector<float> staging_f32_;  // [sum recv_rows_, d] the receive layout, for T = float
   std::vector<double> staging_f64_;
+  ExchangeStats stats_;
 };
 
 }  // namespace moex::moe

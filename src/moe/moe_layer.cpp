@@ -19,6 +19,7 @@ struct MoELayer::Impl {
   virtual ~Impl() = default;
   virtual const MoEOutput& forward(const Tensor& x, const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
+  virtual moe::ExchangeStats exchange_stats() const { return {}; }
 
   MoEConfig config;
   DType dtype = DType::kF32;
@@ -102,6 +103,7 @@ class LayerImpl final : public MoELayer::Impl {
   // Expert parallelism: the rows this rank's experts compute, and their outputs in the plan's
   // layout (what the combine reads).
   moe::ExpertExchange exchange_;
+  moe::ExchangeStats exchange_stats() const override { return exchange_.stats(); }
   std::vector<T> local_buf_, local_grad_;  // [R_local,d]
   std::vector<T> rows_out_;                // [R,d]
   std::vector<T> dw_tmp_;                  // [El*F1*d + El*d*F] one source block's dw1, dw2
@@ -479,6 +481,10 @@ MoEWeights& MoELayer::weights() {
 const MoERouting& MoELayer::routing() const {
   return impl_->routing;
 }
+moe::ExchangeStats MoELayer::exchange_stats() const {
+  return impl_->exchange_stats();
+}
+
 int64_t MoELayer::num_local_experts() const {
   return impl_->num_local_experts;
 }

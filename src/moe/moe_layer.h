@@ -20,6 +20,7 @@
 
 #include "core/tensor.h"
 #include "moe/dispatch_plan.h"
+#include "moe/expert_exchange.h"
 #include "moe/moe_config.h"
 
 namespace moex {
@@ -111,6 +112,8 @@ class MoELayer {
   // The experts this rank holds: [first_local_expert(), + num_local_experts()).
   int64_t num_local_experts() const;
   int64_t first_local_expert() const;
+  // The token exchanges with the expert group so far (zeros without one; CPU layer only).
+  moe::ExchangeStats exchange_stats() const;
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

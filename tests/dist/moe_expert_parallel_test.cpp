@@ -149,8 +149,12 @@ void check_variant(const Variant& v, dist::Communicator& group, int world_rank_o
   // The reference: every member's micro-batch through the full layer, expert gradients summed.
   Tensor ref_w1_grad = Tensor::zeros(full.weights().w1.shape(), v.dtype);
   Tensor ref_w2_grad = Tensor::zeros(full.weights().w2.shape(), v.dtype);
+  std::vector<std::vector<int64_t>> counts_of(ep);  // [member][E] kept routes per expert
+  std::vector<int64_t> capacity_of(ep);
   for (int q = 0; q < ep; ++q) {
     const MoEOutput& ref = full.forward(x_of(q), options_of(q));
+    counts_of[q].assign(ref.counts.begin(), ref.counts.end());
+    capacity_of[q] = ref.capacity;
     if (q == me) {
       EXPECT_LT(rel_l2(out.y, 0, ref.y, 0, ref.y.numel()), 1e-6) << "y";
       EXPECT_NEAR(out.aux_loss, ref.aux_loss, 1e-6 * std::fabs(ref.aux_loss));
@@ -196,6 +200,22 @@ void check_variant(const Variant& v, dist::Communicator& group, int world_rank_o
   ASSERT_EQ(g.weights.w2.numel(), el * per2);
   EXPECT_LT(rel_l2(g.weights.w1, 0, ref_w1_grad, me * el * per1, el * per1), 1e-6) << "dw1";
   EXPECT_LT(rel_l2(g.weights.w2, 0, ref_w2_grad, me * el * per2, el * per2), 1e-6) << "dw2";
+  // The exchanges' bytes: forward and backward each send this rank's rows for every other member's
+  // experts (capacity mode: El padded blocks of this rank's C) and return the rows the others sent
+  // for this rank's experts.
+  auto rows_sent = [&](int from, int owner) {
+    if (!c.dropless) return el * capacity_of[from];
+    int64_t n = 0;
+    for (int64_t e = owner * el; e < (owner + 1) * el; ++e) n += counts_of[from][e];
+    return n;
+  };
+  int64_t rows = 0;
+  for (int p = 0; p < ep; ++p)
+    if (p != me) rows += rows_sent(me, p) + rows_sent(p, me);
+  const int64_t elem = v.dtype == DType::kF64 ? 8 : 4;
+  EXPECT_EQ(layer.exchange_stats().exchanges, 4);
+  EXPECT_EQ(layer.exchange_stats().bytes_sent, 2 * rows * d * elem);
+  EXPECT_EQ(full.exchange_stats().bytes_sent, 0);
   // The shard's weights are those rows of the full layer's.
   EXPECT_EQ(rel_l2(layer.weights().w1, 0, full.weights().w1, me * el * per1, el * per1), 0.0);
 }

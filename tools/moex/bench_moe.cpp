@@ -4,10 +4,12 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
 
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "dist/communicator.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
 
@@ -90,14 +92,23 @@ std::string moe_bench_json(const MoEBenchResult& r) {
   char line[512];
   std::snprintf(line, sizeof(line),
                 "{\"shape\": \"%s\", \"device\": \"%s\", \"mode\": \"%s\", \"fwd_ms\": %.3f, "
-                "\"fwdbwd_ms\": %.3f, "
-                "\"fwd_gflops\": %.2f, \"fwdbwd_gflops\": %.2f, \"dense_fwdbwd_gflops\": %.2f, "
-                "\"routed_tokens\": %lld, \"moe_over_dense\": %.3f}",
+                "\"fwdbwd_ms\": %.3f, \"fwd_gflops\": %.2f, \"fwdbwd_gflops\": %.2f, "
+                "\"routed_tokens\": %lld, ",
                 r.shape.c_str(), r.device.c_str(), r.mode.c_str(), r.fwd_ms, r.fwdbwd_ms,
-                r.fwd_gflops, r.fwdbwd_gflops, r.dense_fwdbwd_gflops,
-                static_cast<long long>(r.routed),
-                r.dense_fwdbwd_gflops > 0 ? r.fwdbwd_gflops / r.dense_fwdbwd_gflops : 0.0);
-  return line;
+                r.fwd_gflops, r.fwdbwd_gflops, static_cast<long long>(r.routed));
+  char tail[256];
+  if (r.ep > 1) {
+    std::snprintf(tail, sizeof(tail),
+                  "\"ep\": %d, \"ranks\": %d, \"a2a_ms\": %.3f, \"a2a_bytes\": %lld, "
+                  "\"a2a_share\": %.3f}",
+                  r.ep, r.ranks, r.a2a_ms, static_cast<long long>(r.a2a_bytes),
+                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0);
+  } else {
+    std::snprintf(tail, sizeof(tail), "\"dense_fwdbwd_gflops\": %.2f, \"moe_over_dense\": %.3f}",
+                  r.dense_fwdbwd_gflops,
+                  r.dense_fwdbwd_gflops > 0 ? r.fwdbwd_gflops / r.dense_fwdbwd_gflops : 0.0);
+  }
+  return std::string(line) + tail;
 }
 
 std::string moe_bench_text(const MoEBenchResult& r) {
@@ -116,13 +127,25 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   MOEX_CHECK(options.iters >= 1, "--iters must be >= 1, got ", options.iters);
   MOEX_CHECK(options.warmup >= 0, "--warmup must be >= 0, got ", options.warmup);
   const MoEConfig config = moe_bench_config(shape, options.dropless);
-  MoELayer layer(config, DType::kF32);
+  // Expert parallelism: groups of ep consecutive ranks, as the training layout makes them; every
+  // rank routes its own tokens.
+  std::unique_ptr<dist::Communicator> group;
+  int rank = 0, ranks = 1;
+  if (options.ep > 1) {
+    dist::Communicator& world = dist::Communicator::world();
+    rank = world.rank();
+    ranks = world.size();
+    MOEX_CHECK(ranks % options.ep == 0, "--ep ", options.ep, " must divide the number of ranks (",
+               ranks, "): launch with mpirun -np N, N a multiple of --ep");
+    group = world.split(rank / options.ep, rank % options.ep);
+  }
+  MoELayer layer(config, DType::kF32, group.get());
   layer.init_weights(1);
   const int64_t num_t = shape.tokens, d = shape.hidden;
   Tensor x = Tensor::empty(Shape{num_t, d}, DType::kF32);
   Tensor dy = Tensor::empty(Shape{num_t, d}, DType::kF32);
-  fill(x.data<float>(), x.numel(), 1, 1.0f);
-  fill(dy.data<float>(), dy.numel(), 2, 1e-3f);
+  fill(x.data<float>(), x.numel(), 1 + 2 * static_cast<uint64_t>(rank), 1.0f);
+  fill(dy.data<float>(), dy.numel(), 2 + 2 * static_cast<uint64_t>(rank), 1e-3f);
   MoEForwardOptions fwd;
   fwd.training = true;
   fwd.seed = 7;
@@ -153,15 +176,23 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
     moe::ffn_backward<float>(fs, xd.data(), rows, w1.data(), w2.data(), h.data(), a.data(),
                              dout.data(), ws.data(), dx.data(), 0.0f, dw1.data(), dw2.data(), 0.0f);
   };
+  const bool ep = group != nullptr;
   for (int i = 0; i < options.warmup; ++i) {
     moe_fwdbwd();
-    dense_fwdbwd();
+    if (!ep) dense_fwdbwd();
   }
   std::vector<double> t_fwd, t_fwdbwd, t_dense;
+  moe::ExchangeStats a2a;  // over the timed forward+backward calls
   for (int i = 0; i < options.iters; ++i) {
+    if (ep) group->barrier();  // the ranks start each timed call together
     t_fwd.push_back(time_ms(moe_fwd, 0, 1));
+    if (ep) group->barrier();
+    const moe::ExchangeStats before = layer.exchange_stats();
     t_fwdbwd.push_back(time_ms(moe_fwdbwd, 0, 1));
-    t_dense.push_back(time_ms(dense_fwdbwd, 0, 1));
+    const moe::ExchangeStats after = layer.exchange_stats();
+    a2a.seconds += after.seconds - before.seconds;
+    a2a.bytes_sent += after.bytes_sent - before.bytes_sent;
+    if (!ep) t_dense.push_back(time_ms(dense_fwdbwd, 0, 1));
   }
   MoEBenchResult r;
   r.shape = shape.name;
@@ -173,7 +204,12 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   const double flops = moe_expert_flops(shape, rows);
   r.fwd_gflops = flops / (r.fwd_ms * 1e6);
   r.fwdbwd_gflops = 3 * flops / (r.fwdbwd_ms * 1e6);
-  r.dense_fwdbwd_gflops = 3 * flops / (median(t_dense) * 1e6);
+  if (!ep) r.dense_fwdbwd_gflops = 3 * flops / (median(t_dense) * 1e6);
+  r.ep = options.ep;
+  r.rank = rank;
+  r.ranks = ranks;
+  r.a2a_ms = a2a.seconds * 1e3 / options.iters;
+  r.a2a_bytes = a2a.bytes_sent / options.iters;
   return r;
 }
 

@@ -38,20 +38,30 @@ struct MoEBenchResult {
   int64_t routed = 0;  // kept routes (the rows the experts computed)
   double fwd_ms = 0, fwdbwd_ms = 0;
   double fwd_gflops = 0, fwdbwd_gflops = 0, dense_fwdbwd_gflops = 0;
+  // Expert parallelism (--ep > 1 under mpirun): the group size, the world rank that made this
+  // result (only rank 0 prints), and per forward+backward the seconds in the token exchanges and
+  // the bytes of expert rows this rank sent to the others. No dense comparison then.
+  int ep = 1, rank = 0, ranks = 1;
+  double a2a_ms = 0;
+  int64_t a2a_bytes = 0;
 };
 
 struct MoEBenchOptions {
   bool dropless = false;
   int warmup = 1;
   int iters = 5;
+  int ep = 1;  // > 1: experts spread over groups of ep MPI ranks (CPU only)
 };
 
 // One JSON object on one line: shape, device, mode, fwd_ms, fwdbwd_ms, fwd_gflops, fwdbwd_gflops,
-// dense_fwdbwd_gflops, routed_tokens, moe_over_dense.
+// routed_tokens, then dense_fwdbwd_gflops and moe_over_dense, or with ep > 1: ep, ranks, a2a_ms,
+// a2a_bytes, a2a_share (of fwdbwd_ms).
 std::string moe_bench_json(const MoEBenchResult& result);
 std::string moe_bench_text(const MoEBenchResult& result);
 
-// The CPU layer in f32, and a dense FFN with the same FLOPs timed in the same process.
+// The CPU layer in f32, and a dense FFN with the same FLOPs timed in the same process; with
+// options.ep > 1 the layer's experts are spread over groups of ep ranks of the MPI job, each rank
+// routing its own tokens (docs/parallelism.md), and the exchanges are timed instead.
 MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptions& options);
 
 }  // namespace moex::bench

@@ -22,7 +22,7 @@ namespace {
 void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
-      "                            [--iters N] [--warmup N] [--json]\n"
+      "                            [--iters N] [--warmup N] [--json] [--ep N]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
@@ -33,6 +33,8 @@ void print_help() {
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
+      "  --ep        under mpirun (CPU): experts spread over groups of N ranks, each rank routing\n"
+      "              its own tokens; reports the token exchanges' time and bytes (rank 0 prints)\n"
       "  --shape     one shape (default: every shape sized for the device):\n");
   for (const auto& s : bench::moe_bench_shapes()) {
     std::printf("                %-12s %-4s T=%lld d=%lld F=%lld E=%d k=%d %s cf=%.2f\n",
@@ -84,7 +86,7 @@ int count_flag(const Args& args, const std::string& flag, int64_t fallback, int6
 }
 
 int run_moe_layer(const Args& args) {
-  check_flags(args, "moe-layer", {"device", "shape", "mode", "iters", "warmup", "json"});
+  check_flags(args, "moe-layer", {"device", "shape", "mode", "iters", "warmup", "json", "ep"});
   const std::string device = args.get("device", "cpu");
   MOEX_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device,
              "'");
@@ -99,6 +101,9 @@ int run_moe_layer(const Args& args) {
   options.dropless = mode == "dropless";
   options.iters = count_flag(args, "iters", cuda ? 20 : 5, 1);
   options.warmup = count_flag(args, "warmup", cuda ? 3 : 1, 0);
+  options.ep = count_flag(args, "ep", 1, 1);
+  MOEX_CHECK(options.ep == 1 || !cuda,
+             "--ep: expert parallelism runs on CPU ranks only (no NCCL path yet)");
   const bool json = args.flag("json");
 
   std::vector<bench::MoEBenchShape> shapes;
@@ -116,6 +121,7 @@ int run_moe_layer(const Args& args) {
       line = json ? bench::moe_cuda_bench_json(r) : bench::moe_cuda_bench_text(r);
     } else {
       const bench::MoEBenchResult r = bench::run_moe_bench_cpu(shape, options);
+      if (r.rank != 0) continue;  // under mpirun, rank 0 reports
       line = json ? bench::moe_bench_json(r) : bench::moe_bench_text(r);
     }
     std::printf("%s\n", line.c_str());
@@ -125,7 +131,8 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch"},
+  const Args args(argv,
+                  {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep"},
                   {"json", "help"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
