@@ -323,6 +323,9 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   for (int64_t r = 0; r < n; ++r)
     MOEX_CHECK(ids[r] >= 0 && ids[r] < vocab, "forward_paged: token ", ids[r], " at row ", r,
                " is outside the vocabulary of ", vocab);
+  // A step that failed before reading its outputs may still have its upload queued.
+  if (step_in_flight_) ops::synchronize(device_);
+  step_in_flight_ = false;
   int32_t* host = step_host_.data<int32_t>();
   std::copy(ids, ids + n, host);
   int32_t* tables = host + n;
@@ -348,7 +351,10 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
                         kv.num_blocks);
   // The previous step has finished (its outputs were read on the host), so the buffers are free.
   const Tensor dev = device_.is_cpu() ? step_host_ : step_dev_;
-  if (device_.is_cuda()) ops::copy_async(part(step_host_, 0, total), part(dev, 0, total));
+  if (device_.is_cuda()) {
+    ops::copy_async(part(step_host_, 0, total), part(dev, 0, total));
+    step_in_flight_ = true;
+  }
   PagedRows rows;
   rows.ids = part(dev, 0, n);
   rows.tables = part(dev, n, tn).view(Shape{num_seqs, max_blocks});
@@ -454,6 +460,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   }
   if (last_logits != nullptr)
     ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
+  step_in_flight_ = false;  // reading an output waited for the step
 }
 
 std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {

@@ -163,6 +163,7 @@ class Model {
   // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
   // needed), the argmax download, and one captured decode step per batch size.
   Tensor step_host_, step_dev_, argmax_host_;
+  bool step_in_flight_ = false;  // an upload from step_host_ may not have run yet
   struct PagedGraph;
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
