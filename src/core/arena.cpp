@@ -27,10 +27,7 @@ void Arena::add_block(size_t bytes) {
   const uintptr_t base = reinterpret_cast<uintptr_t>(b.backing.raw_data());
   b.base = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
   b.bytes = bytes;
-  if (!blocks_.empty()) {
-    used_before_ += used_;
-    buffers_moved();
-  }
+  if (!blocks_.empty()) used_before_ += used_;
   capacity_ += bytes;
   blocks_.push_back(std::move(b));
   used_ = 0;

@@ -325,7 +325,6 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
                " is outside the vocabulary of ", vocab);
   // A step that failed before reading its outputs may still have its upload queued.
   if (step_in_flight_) ops::synchronize(device_);
-  step_in_flight_ = false;
   int32_t* host = step_host_.data<int32_t>();
   std::copy(ids, ids + n, host);
   int32_t* tables = host + n;
@@ -386,6 +385,29 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   ops::argmax_rows(logits, argmax);
 }
 
+void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& kv) {
+  // Run once directly, so every buffer reaches its size for this batch, then capture the same
+  // work over the settled arena (nothing may be allocated while capturing). The direct run's
+  // outputs stand if the capture fails: capturing runs nothing.
+  paged_forward_body(rows, kv, g.logits, g.argmax);
+  arena_.reset();
+  try {
+    g.graph.capture([&] { paged_forward_body(rows, kv, g.logits, g.argmax); });
+    g.kv_key = kv.k[0].raw_data();
+  } catch (const Error& e) {
+    // Warned once per model: every larger batch of a dropless model fails the same way.
+    const int64_t num_seqs = rows.last_rows.numel();
+    const bool first = std::none_of(paged_graphs_.begin(), paged_graphs_.end(),
+                                    [](const auto& entry) { return entry.second->failed; });
+    if (first)
+      MOEX_WARN("decode steps of ", num_seqs, " or more sequences may run without CUDA graphs: ",
+                "capturing one failed: ", e.what());
+    else
+      MOEX_DEBUG("decode steps of ", num_seqs, " sequences run without a CUDA graph: ", e.what());
+    g.failed = true;
+  }
+}
+
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                           float* last_logits, int32_t* greedy) {
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
@@ -409,45 +431,20 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   arena_.reset();
   const PagedRows rows = paged_rows(ids, seqs, kv);
   Tensor logits, argmax;
-  std::unique_ptr<PagedGraph>* slot = nullptr;
+  PagedGraph* g = nullptr;
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
-    slot = &paged_graphs_[num_seqs];
-    if (!*slot) *slot = std::make_unique<PagedGraph>(device_);
-    if ((*slot)->failed) slot = nullptr;
+    std::unique_ptr<PagedGraph>& owned = paged_graphs_[num_seqs];
+    if (!owned) owned = std::make_unique<PagedGraph>(device_);
+    if (!owned->failed) g = owned.get();
   }
-  if (slot != nullptr) {
-    PagedGraph* g = slot->get();
-    bool launch = true;
+  if (g == nullptr) {
+    paged_forward_body(rows, kv, logits, argmax);
+  } else {
     // A graph holds the addresses of the pool it was captured with.
-    if (!g->graph.ready() || g->kv_key != kv.k[0].raw_data()) {
-      // Run once directly, so every buffer reaches its size for this batch, then capture the
-      // same work over the settled arena (nothing may be allocated while capturing). The direct
-      // run's outputs stand if the capture fails: capturing runs nothing.
-      paged_forward_body(rows, kv, g->logits, g->argmax);
-      arena_.reset();
-      try {
-        g->graph.capture([&] { paged_forward_body(rows, kv, g->logits, g->argmax); });
-        g->kv_key = kv.k[0].raw_data();
-      } catch (const Error& e) {
-        // Warned once per model: every larger batch of a dropless model fails the same way.
-        const bool first = std::none_of(paged_graphs_.begin(), paged_graphs_.end(),
-                                        [](const auto& kv) { return kv.second->failed; });
-        if (first)
-          MOEX_WARN("decode steps of ", num_seqs,
-                    " or more sequences may run without CUDA graphs: ", "capturing one failed: ",
-                    e.what());
-        else
-          MOEX_DEBUG("decode steps of ", num_seqs,
-                     " sequences run without a CUDA graph: ", e.what());
-        g->failed = true;
-        launch = false;
-      }
-    }
-    if (launch) g->graph.launch();
+    if (!g->graph.ready() || g->kv_key != kv.k[0].raw_data()) capture_paged_graph(*g, rows, kv);
+    if (!g->failed) g->graph.launch();
     logits = g->logits;
     argmax = g->argmax;
-  } else {
-    paged_forward_body(rows, kv, logits, argmax);
   }
   if (greedy != nullptr) {
     if (!argmax_host_.defined() || argmax_host_.numel() < num_seqs)

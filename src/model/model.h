@@ -139,6 +139,10 @@ class Model {
   // The body of forward_paged after the upload: logits [S, V] f32 and their argmax [S] i32 in the
   // arena.
   void paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& argmax);
+  struct PagedGraph;
+  // Runs the step directly, then captures it into g (g.failed, with one warning, if it cannot
+  // be captured).
+  void capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& kv);
   void bind_all(const ParamViews& views);
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
@@ -164,7 +168,6 @@ class Model {
   // needed), the argmax download, and one captured decode step per batch size.
   Tensor step_host_, step_dev_, argmax_host_;
   bool step_in_flight_ = false;  // an upload from step_host_ may not have run yet
-  struct PagedGraph;
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 
