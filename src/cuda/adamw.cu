@@ -7,6 +7,7 @@
 #include "cuda/bf16_util.cuh"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/device.h"
 
 namespace moex::cuda {
 namespace {
@@ -153,11 +154,9 @@ __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t
 }
 
 int adamw_grid() {
-  int device = 0, sms = 0, per_sm = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  int per_sm = 0;
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel, kThreads, 0));
-  return std::max(1, sms * std::max(1, per_sm));
+  return std::max(1, current_device_sms() * std::max(1, per_sm));
 }
 
 }  // namespace

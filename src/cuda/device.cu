@@ -42,6 +42,13 @@ int device_count() {
   return n;
 }
 
+int current_device_sms() {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
 namespace {
 
 // Size classes: 512 B granularity below 1 MiB, 2 MiB above, so a freed block is reused by any

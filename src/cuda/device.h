@@ -16,6 +16,9 @@ namespace moex::cuda {
 
 // Number of visible GPUs (0 when there is no driver or no device; never throws).
 int device_count();
+// Streaming multiprocessors of the current device (grid sizing in launchers that have a stream,
+// not a CudaContext).
+int current_device_sms();
 
 // Registers the caching device allocator and the device copy with core. Idempotent, thread-safe.
 // Throws moex::Error when no GPU is visible.

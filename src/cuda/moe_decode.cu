@@ -4,6 +4,7 @@
 #include "cuda/activation_math.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/device.h"
 #include "cuda/moe_decode.h"
 
 namespace moex::cuda {
@@ -162,16 +163,9 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
   }
 }
 
-int sm_count() {
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 template <int kKind>
 void launch(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
-  static const int sms = sm_count();
+  static const int sms = current_device_sms();
   const int64_t units = kKind == kUpSwiGLU ? a.positions : a.positions / 2;
   const int64_t slots = std::min<int64_t>(a.num_experts, num_tokens * a.top_k);
   const int64_t blocks = std::max<int64_t>(
