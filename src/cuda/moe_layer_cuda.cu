@@ -185,7 +185,7 @@ MoELayerCuda::~MoELayerCuda() {
 }
 
 void MoELayerCuda::ensure_rows(int64_t rows) {
-  if (kept_ && !kept_in_scratch_ && rows > saved_rows_) {
+  if (keeps_own_rows() && rows > saved_rows_) {
     // Grows only when a load exceeds every earlier one (capacity mode sizes it once).
     if (saved_rows_ > 0) {
       ctx_.synchronize();
@@ -206,7 +206,7 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
   const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
   buf_.xb = s.get(MoEScratch::kXb, r * d_, ctx_);
   buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
-  if (kept_ && !kept_in_scratch_) {
+  if (keeps_own_rows()) {
     buf_.h = saved_h_.raw_data();
     buf_.a = saved_a_.raw_data();
     buf_.out = saved_out_.raw_data();

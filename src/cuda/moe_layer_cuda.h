@@ -289,7 +289,9 @@ class MoELayerCuda {
   int64_t tokens_ = 0, rows_ = 0, capacity_ = 0;
   bool training_ = false, kept_ = false;
   bool kept_in_scratch_ = false;  // kept_, with h, a and out in the shared scratch
-  uint64_t scratch_ticket_ = 0;   // MoEScratch::claim_activations of the last forward
+  // The last forward kept h, a and out in this layer's saved buffers (not the scratch).
+  bool keeps_own_rows() const { return kept_ && !kept_in_scratch_; }
+  uint64_t scratch_ticket_ = 0;  // MoEScratch::claim_activations of the last forward
   uint64_t seed_ = 0, offset_ = 0;
   const void* x_ = nullptr;  // input of the last forward (backward reads it through xb)
 };
