@@ -42,11 +42,12 @@ inline fs::path make_corpus(const fs::path& dir) {
 
 // Under mpirun pass the group: only its root writes (to a temporary name, then renamed), and every
 // rank waits at a barrier until the file is complete, so no rank reads a half-written config.
-// extra_moe is appended to the "moe" object, extra_root to the top-level one (e.g. "parallel").
+// extra_moe is appended to the "moe" object, extra_root to the top-level one (e.g. "parallel"),
+// extra_model to the "model" object.
 inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
                              const std::string& extra_training, dist::Communicator* group = nullptr,
-                             const std::string& extra_moe = "",
-                             const std::string& extra_root = "") {
+                             const std::string& extra_moe = "", const std::string& extra_root = "",
+                             const std::string& extra_model = "") {
   const fs::path path =
       corpus / ("config_" + std::to_string(std::hash<std::string>()(out_dir)) + ".json");
   if (group && !group->is_root()) {
@@ -59,7 +60,7 @@ inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
               "max_seq_len": 32, "ffn_size": 48,
               "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 24, "capacity_factor": 1.0,
                       "jitter_eps": 0.01, "aux_loss_coef": 0.01)" +
-                                extra_moe + R"(}},
+                                extra_moe + "}" + extra_model + R"(},
     "data": {"path": ")" + corpus.string() +
                                 R"(", "seq_len": 16, "temperature": 2.0},
     "optimizer": {"lr": 0.01, "grad_clip": 1.0},

@@ -75,18 +75,19 @@ int64_t ParamBuffer::num_elements() const {
   return n;
 }
 
-int ParamBuffer::declare(const std::string& name, const Shape& shape) {
+int ParamBuffer::declare(const std::string& name, const Shape& shape, int split_dim) {
   MOEX_CHECK(!flat_.defined(), "parameter '", name, "' declared after the buffer was allocated");
   MOEX_CHECK(index_of(name) < 0, "parameter '", name, "' declared twice");
   names_.push_back(name);
   shapes_.push_back(shape);
+  split_dims_.push_back(split_dim);
   offsets_.push_back(total_);
   total_ += (shape.numel() + 63) / 64 * 64;
   return size() - 1;
 }
 
 int ParamBuffer::declare_contiguous(const std::vector<std::string>& names,
-                                    const std::vector<Shape>& shapes) {
+                                    const std::vector<Shape>& shapes, int split_dim) {
   MOEX_CHECK(!names.empty() && names.size() == shapes.size(),
              "declare_contiguous needs matching names and shapes");
   const int first = size();
@@ -96,6 +97,7 @@ int ParamBuffer::declare_contiguous(const std::vector<std::string>& names,
     MOEX_CHECK(index_of(names[i]) < 0, "parameter '", names[i], "' declared twice");
     names_.push_back(names[i]);
     shapes_.push_back(shapes[i]);
+    split_dims_.push_back(split_dim);
     offsets_.push_back(total_);
     total_ += shapes[i].numel();
   }
@@ -144,6 +146,7 @@ ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
   ParamBuffer out;
   out.names_ = names_;
   out.shapes_ = shapes_;
+  out.split_dims_ = split_dims_;
   out.offsets_ = offsets_;
   out.total_ = total_;
   out.allocate(dtype, device);

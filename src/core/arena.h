@@ -76,11 +76,14 @@ class ArenaScope {
 // declare every tensor first, then allocate once; each tensor is a view into the buffer.
 class ParamBuffer {
  public:
-  // Returns the index of the new entry; the shapes are fixed from here on.
-  int declare(const std::string& name, const Shape& shape);
+  // Returns the index of the new entry; the shapes are fixed from here on. split_dim >= 0 marks
+  // a tensor-parallel part: the entry holds this rank's 1/tp of the named tensor along that
+  // dimension (docs/parallelism.md §Tensor parallelism); -1: the whole tensor.
+  int declare(const std::string& name, const Shape& shape, int split_dim = -1);
   // Declares entries back to back with no padding between them, so that one view can span them
   // (e.g. gate_proj then up_proj read as one fused [2F, d] matrix). Returns the first index.
-  int declare_contiguous(const std::vector<std::string>& names, const std::vector<Shape>& shapes);
+  int declare_contiguous(const std::vector<std::string>& names, const std::vector<Shape>& shapes,
+                         int split_dim = -1);
   // A view over entries first..last (contiguous ones), as one tensor of `shape`.
   Tensor span(int first, int last, const Shape& shape) const;
   void allocate(DType dtype, Device device = Device::cpu());
@@ -92,6 +95,7 @@ class ParamBuffer {
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }
   const Tensor& tensor(int i) const { return tensors_.at(i); }
+  int split_dim(int i) const { return split_dims_.at(i); }
   int index_of(const std::string& name) const;       // -1 if absent
   const Tensor& flat() const { return flat_; }       // [total] of the buffer's dtype
   int64_t total_elements() const { return total_; }  // with the 64-element alignment padding
@@ -100,6 +104,7 @@ class ParamBuffer {
  private:
   std::vector<std::string> names_;
   std::vector<Shape> shapes_;
+  std::vector<int> split_dims_;   // [entries] tensor-parallel split dimension, -1: whole
   std::vector<int64_t> offsets_;  // element offset of each entry, aligned to 64 elements
   std::vector<Tensor> tensors_;
   Tensor flat_;

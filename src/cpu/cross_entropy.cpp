@@ -63,4 +63,39 @@ template float cross_entropy_forward_backward<float>(const float*, const int32_t
 template double cross_entropy_forward_backward<double>(const double*, const int32_t*, int64_t,
                                                        int64_t, int32_t, double, double*);
 
+void cross_entropy_partial_stats(const float* logits, const int32_t* targets, int64_t num_rows,
+                                 int64_t vocab_size, int64_t vocab_begin, int32_t ignore_index,
+                                 float* stats) {
+#pragma omp parallel for schedule(static) if (num_rows * vocab_size >= kMinParallelWork)
+  for (int64_t i = 0; i < num_rows; ++i) {
+    const float* row = logits + i * vocab_size;
+    float* out = stats + 3 * i;
+    out[0] = out[1] = out[2] = 0.0f;
+    if (targets[i] == ignore_index) continue;
+    float mx = row[0];
+    for (int64_t c = 1; c < vocab_size; ++c) mx = std::max(mx, row[c]);
+    out[0] = mx;
+    out[1] = exp_shifted_sum(row, mx, vocab_size, static_cast<float*>(nullptr));
+    const int64_t local = targets[i] - vocab_begin;
+    if (local >= 0 && local < vocab_size) out[2] = row[local];
+  }
+}
+
+void cross_entropy_partial_grad(const float* logits, const int32_t* targets, const float* lse,
+                                int64_t num_rows, int64_t vocab_size, int64_t vocab_begin,
+                                int32_t ignore_index, float scale, float* dlogits) {
+#pragma omp parallel for schedule(static) if (num_rows * vocab_size >= kMinParallelWork)
+  for (int64_t i = 0; i < num_rows; ++i) {
+    float* drow = dlogits + i * vocab_size;
+    if (targets[i] == ignore_index) {
+      std::fill(drow, drow + vocab_size, 0.0f);
+      continue;
+    }
+    exp_shifted_sum(logits + i * vocab_size, lse[i], vocab_size, drow);  // softmax's columns
+    for (int64_t c = 0; c < vocab_size; ++c) drow[c] *= scale;
+    const int64_t local = targets[i] - vocab_begin;
+    if (local >= 0 && local < vocab_size) drow[local] -= scale;
+  }
+}
+
 }  // namespace moex::cpu

@@ -15,7 +15,8 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
   auto not_built = [&](bool used, const char* field) {
     MOEX_CHECK(!used, source, ": parallel.", field, ": not built yet (docs/parallelism.md)");
   };
-  not_built(c.tp > 1, "tp");
+  MOEX_CHECK(c.tp == 1 || c.zero_stage == 0, source,
+             ": parallel.zero_stage: ZeRO with tp > 1 is not built yet (docs/parallelism.md)");
   not_built(c.offload, "offload");
   not_built(c.dtd, "dtd");
   not_built(c.cac, "cac");

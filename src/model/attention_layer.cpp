@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "core/rng.h"
 #include "ops/attention.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
@@ -12,12 +11,16 @@
 
 namespace moex::model {
 
-AttentionLayer::AttentionLayer(const ModelConfig& config)
+AttentionLayer::AttentionLayer(const ModelConfig& config, const TensorParallel& tp)
     : config_(config),
+      tp_(tp),
       d_(config.hidden_size),
-      heads_(config.num_heads),
-      kv_heads_(config.num_kv_heads),
+      heads_(tp.part(config.num_heads)),
+      kv_heads_(tp.part(config.num_kv_heads)),
       head_dim_(config.head_dim) {
+  // A norm over the whole projection would need every rank's heads.
+  MOEX_CHECK(!tp.active() || config.qk_norm != QKNorm::kFull,
+             "tensor parallelism: a q/k norm over the whole projection (OLMoE) is not split");
   if (config.qk_norm == QKNorm::kPerHead) {
     q_norm_ = std::make_unique<NormLayer>(NormType::kRMSNorm, head_dim_, config.norm_eps);
     k_norm_ = std::make_unique<NormLayer>(NormType::kRMSNorm, head_dim_, config.norm_eps);
@@ -30,15 +33,16 @@ AttentionLayer::AttentionLayer(const ModelConfig& config)
 
 void AttentionLayer::declare(ParamBuffer& params, const std::string& prefix) {
   const int64_t qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
+  // Under tp: this rank's heads' rows of q/k/v (split_dim 0), their columns of o_proj (1).
   qkv_idx_ = params.declare_contiguous(
       {prefix + ".q_proj.weight", prefix + ".k_proj.weight", prefix + ".v_proj.weight"},
-      {Shape{qd, d_}, Shape{kd, d_}, Shape{kd, d_}});
+      {Shape{qd, d_}, Shape{kd, d_}, Shape{kd, d_}}, tp_.active() ? 0 : -1);
   if (config_.qkv_bias) {
     qkv_bias_idx_ = params.declare_contiguous(
         {prefix + ".q_proj.bias", prefix + ".k_proj.bias", prefix + ".v_proj.bias"},
-        {Shape{qd}, Shape{kd}, Shape{kd}});
+        {Shape{qd}, Shape{kd}, Shape{kd}}, tp_.active() ? 0 : -1);
   }
-  o_idx_ = params.declare(prefix + ".o_proj.weight", Shape{d_, qd});
+  o_idx_ = params.declare(prefix + ".o_proj.weight", Shape{d_, qd}, tp_.active() ? 1 : -1);
   if (q_norm_) {
     q_norm_->declare(params, prefix + ".q_norm");
     k_norm_->declare(params, prefix + ".k_norm");
@@ -64,12 +68,24 @@ void AttentionLayer::bind(const ParamViews& views) {
   }
 }
 
+std::vector<int> AttentionLayer::partial_grad_indices() const {
+  if (!q_norm_ || !tp_.active()) return {};
+  return {q_norm_->param_index(), k_norm_->param_index()};
+}
+
 void AttentionLayer::init(uint64_t seed, float std, float out_std) {
-  Rng rng(seed, 1);
-  float* w = qkv_w_.w.data<float>();
-  for (int64_t i = 0; i < qkv_w_.w.numel(); ++i) w[i] = std * rng.normal();
-  float* o = o_w_.w.data<float>();
-  for (int64_t i = 0; i < o_w_.w.numel(); ++i) o[i] = out_std * rng.normal();
+  // One stream over the whole fused [q; k; v] matrix, then o_proj: every rank draws the numbers
+  // its part has in the whole tensors.
+  const int64_t qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;  // this rank's rows
+  const int64_t q_all = config_.num_heads * head_dim_, kv_all = config_.num_kv_heads * head_dim_;
+  const Tensor& w = qkv_w_.w;
+  const int split = tp_.active() ? 0 : -1;
+  fill_normal_part(w.slice(0, qd), q_all, d_, split, tp_, std, seed, 1, 0);
+  fill_normal_part(w.slice(qd, qd + kd), kv_all, d_, split, tp_, std, seed, 1, q_all * d_);
+  fill_normal_part(w.slice(qd + kd, qd + 2 * kd), kv_all, d_, split, tp_, std, seed, 1,
+                   (q_all + kv_all) * d_);
+  fill_normal_part(o_w_.w, d_, q_all, tp_.active() ? 1 : -1, tp_, out_std, seed, 1,
+                   (q_all + 2 * kv_all) * d_);
   if (qkv_b_) std::fill(qkv_b_.w.data<float>(), qkv_b_.w.data<float>() + qkv_b_.w.numel(), 0.0f);
   if (q_norm_) {
     q_norm_->init();
@@ -117,6 +133,7 @@ void AttentionLayer::forward(const Tensor& x, int64_t batch, int64_t seq_len, co
   project_qkv(x, batch, seq_len, 0, q, k, v, arena, save);
   ops::attention(q, k, v, 0, attn.view(q.shape()), stats);
   ops::linear(attn, o_w_.w, Tensor(), y);
+  tp_.all_reduce(y);  // each rank's heads add their part
   if (save) {
     batch_ = batch;
     seq_len_ = seq_len;
@@ -152,6 +169,7 @@ void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) 
   ops::copy_columns(dk.view(Shape{n, kd}), 0, dqkv, qd, kd);
   ops::copy_columns(dv.view(Shape{n, kd}), 0, dqkv, qd + kd, kd);
   ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_b_.g);
+  tp_.all_reduce(dx);
 }
 
 void AttentionLayer::forward_cached(const Tensor& x, int64_t batch, int64_t new_len,

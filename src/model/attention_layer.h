@@ -4,11 +4,13 @@
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "model/model_config.h"
 #include "model/module.h"
 #include "model/norm_layer.h"
 #include "model/paged_kv.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::model {
 
@@ -19,11 +21,16 @@ struct KVCacheView {
 
 class AttentionLayer {
  public:
-  explicit AttentionLayer(const ModelConfig& config);
+  // Under tensor parallelism this rank holds H/tp query and Hkv/tp key/value heads; forward and
+  // backward all-reduce their partial results over the group (model/tensor_parallel.h).
+  explicit AttentionLayer(const ModelConfig& config, const TensorParallel& tp = {});
   void declare(ParamBuffer& params,
                const std::string& prefix);  // prefix = "model.layers.i.self_attn"
   void bind(const ParamViews& views);
   void init(uint64_t seed, float std, float out_std);
+  // The q/k norm weights, shared by the heads of every tp rank: their gradients here are this
+  // rank's heads' part (Model::finish_gradients sums them over the group).
+  std::vector<int> partial_grad_indices() const;
 
   // Training: x [N, d] (normed) -> y [N, d]; keeps what backward needs when `save`.
   void forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,
@@ -47,7 +54,8 @@ class AttentionLayer {
                    const Tensor& q, const Tensor& k, const Tensor& v, Arena& arena, bool save);
 
   const ModelConfig& config_;
-  int64_t d_, heads_, kv_heads_, head_dim_;
+  TensorParallel tp_;
+  int64_t d_, heads_, kv_heads_, head_dim_;            // heads on this rank
   int qkv_idx_ = -1, qkv_bias_idx_ = -1, o_idx_ = -1;  // first index of the contiguous q/k/v group
   Param qkv_w_, qkv_b_, o_w_;  // qkv_w_ [Q, d] and qkv_b_ [Q]: spans of the three entries
   std::unique_ptr<NormLayer> q_norm_, k_norm_;

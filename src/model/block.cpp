@@ -8,13 +8,14 @@
 
 namespace moex::model {
 
-Block::Block(const ModelConfig& config, int layer_idx, dist::Communicator* expert_group)
+Block::Block(const ModelConfig& config, int layer_idx, dist::Communicator* expert_group,
+             const TensorParallel& tp)
     : config_(config),
       layer_idx_(layer_idx),
       norm1_(config.norm, config.hidden_size, config.norm_eps),
       norm2_(config.norm, config.hidden_size, config.norm_eps),
-      attn_(config),
-      ffn_(config, config.layers.at(static_cast<size_t>(layer_idx)), expert_group) {}
+      attn_(config, tp),
+      ffn_(config, config.layers.at(static_cast<size_t>(layer_idx)), expert_group, tp) {}
 
 void Block::declare(ParamBuffer& params) {
   const std::string prefix = "model.layers." + std::to_string(layer_idx_);

@@ -11,8 +11,9 @@ namespace moex::model {
 
 class Block {
  public:
-  // expert_group: see FfnLayer.
-  Block(const ModelConfig& config, int layer_idx, dist::Communicator* expert_group = nullptr);
+  // expert_group and tp: see FfnLayer and AttentionLayer.
+  Block(const ModelConfig& config, int layer_idx, dist::Communicator* expert_group = nullptr,
+        const TensorParallel& tp = {});
   void declare(ParamBuffer& params);
   void bind(const ParamViews& views);
   void init(uint64_t seed);
@@ -33,6 +34,7 @@ class Block {
                      const Tensor& v_pool, const Tensor& y, Arena& arena);
 
   FfnLayer& ffn() { return ffn_; }
+  const AttentionLayer& attention() const { return attn_; }
 
  private:
   // x -> y; with `save` every module keeps its activations, otherwise they are freed at the end.

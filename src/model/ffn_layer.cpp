@@ -2,7 +2,6 @@
 
 #include <cmath>
 
-#include "core/rng.h"
 #include "ops/activation.h"
 #include "ops/elementwise.h"
 #include "ops/linear.h"
@@ -37,20 +36,11 @@ ops::Activation activation_kind(const ModelConfig& c) {
   return c.gelu_exact ? ops::Activation::kGeluExact : ops::Activation::kGeluTanh;
 }
 
-// Element i takes draw first + i of the stream (a normal uses two counters): a shard of experts
-// gets the numbers those experts have in the whole tensor.
-void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset,
-                 int64_t first = 0) {
-  Rng rng(seed, offset);
-  rng.set_state(offset, 2 * static_cast<uint64_t>(first));
-  for (int64_t i = 0; i < n; ++i) p[i] = std * rng.normal();
-}
-
 }  // namespace
 
 FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
-                   dist::Communicator* expert_group)
-    : config_(config), spec_(spec) {
+                   dist::Communicator* expert_group, const TensorParallel& tp)
+    : config_(config), spec_(spec), tp_(spec.moe ? TensorParallel{} : tp) {
   if (spec.moe) moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32, expert_group);
 }
 
@@ -62,15 +52,17 @@ std::vector<int> FfnLayer::expert_param_indices() const {
 void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   const int64_t d = config_.hidden_size;
   const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;
-  // Declares one MLP: SwiGLU gate/up back to back so they read as one [2F, d] matrix.
-  auto declare_mlp = [&](const std::string& p, int64_t ffn, int* w1, int* w2) {
+  // Declares one MLP: SwiGLU gate/up back to back so they read as one [2F, d] matrix. Under tp
+  // (the dense FFN only) this rank's rows of gate/up and columns of down.
+  auto declare_mlp = [&](const std::string& p, int64_t ffn, int* w1, int* w2, bool split) {
+    const int rows = split ? 0 : -1, cols = split ? 1 : -1;
     *w1 = swiglu ? params.declare_contiguous({p + ".gate_proj.weight", p + ".up_proj.weight"},
-                                             {Shape{ffn, d}, Shape{ffn, d}})
-                 : params.declare(p + ".up_proj.weight", Shape{ffn, d});
-    *w2 = params.declare(p + ".down_proj.weight", Shape{d, ffn});
+                                             {Shape{ffn, d}, Shape{ffn, d}}, rows)
+                 : params.declare(p + ".up_proj.weight", Shape{ffn, d}, rows);
+    *w2 = params.declare(p + ".down_proj.weight", Shape{d, ffn}, cols);
   };
   if (!moe_) {
-    declare_mlp(prefix, config_.ffn_size, &w1_idx_, &w2_idx_);
+    declare_mlp(prefix, tp_.part(config_.ffn_size), &w1_idx_, &w2_idx_, tp_.active());
     return;
   }
   const MoEConfig& m = spec_.moe_config;
@@ -84,12 +76,12 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   moe_idx_[kW2] = params.declare(prefix + ".experts.down_proj", Shape{el, d, f});
   if (m.residual) {
     declare_mlp(prefix + ".residual_mlp", m.residual_ffn_size ? m.residual_ffn_size : f,
-                &moe_idx_[kResW1], &moe_idx_[kResW2]);
+                &moe_idx_[kResW1], &moe_idx_[kResW2], false);
     moe_idx_[kResCoef] = params.declare(prefix + ".residual_coef.weight", Shape{2, d});
   }
   if (m.shared_ffn_size > 0) {
     declare_mlp(prefix + ".shared_expert", m.shared_ffn_size, &moe_idx_[kSharedW1],
-                &moe_idx_[kSharedW2]);
+                &moe_idx_[kSharedW2], false);
     if (m.shared_gate)
       moe_idx_[kSharedGate] = params.declare(prefix + ".shared_expert_gate.weight", Shape{1, d});
   }
@@ -128,8 +120,16 @@ void FfnLayer::bind(const ParamViews& views) {
 
 void FfnLayer::init(uint64_t seed, float std, float out_std) {
   if (!moe_) {
-    fill_normal(w1_.w.data<float>(), w1_.w.numel(), std, seed, 1);
-    fill_normal(w2_.w.data<float>(), w2_.w.numel(), out_std, seed, 2);
+    // Under tp each rank draws its part's numbers of the whole [F1, d] and [d, F] matrices.
+    const int64_t f = config_.ffn_size, fl = tp_.part(f), d = config_.hidden_size;
+    const int rows = tp_.active() ? 0 : -1;
+    if (config_.activation == ExpertActivation::kSwiGLU) {  // gate rows, then up rows
+      fill_normal_part(w1_.w.slice(0, fl), f, d, rows, tp_, std, seed, 1, 0);
+      fill_normal_part(w1_.w.slice(fl, 2 * fl), f, d, rows, tp_, std, seed, 1, f * d);
+    } else {
+      fill_normal_part(w1_.w, f, d, rows, tp_, std, seed, 1, 0);
+    }
+    fill_normal_part(w2_.w, d, f, tp_.active() ? 1 : -1, tp_, out_std, seed, 2, 0);
     return;
   }
   MoEWeights& w = moe_->weights();
@@ -158,6 +158,7 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
     ops::linear(x, w1_.w, Tensor(), h);
     ops::activation(activation_kind(config_), h, a);
     ops::linear(a, w2_.w, Tensor(), y);
+    tp_.all_reduce(y);  // each rank's columns add their part
     if (save) {
       x_ = x;
       h_ = h;
@@ -202,6 +203,7 @@ void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
     ops::linear_backward(dy, a_, w2_.w, da, false, w2_.g, Tensor());
     ops::activation_backward(activation_kind(config_), h_, da, dh);
     ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, Tensor());
+    tp_.all_reduce(dx);
     return;
   }
   const ops::ProfileScope profile("moe_backward", dy.device());

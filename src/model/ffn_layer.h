@@ -13,6 +13,7 @@
 
 #include "model/model_config.h"
 #include "model/module.h"
+#include "model/tensor_parallel.h"
 #include "moe/moe_layer.h"
 
 namespace moex::model {
@@ -35,8 +36,9 @@ class FfnLayer {
  public:
   // expert_group (expert parallelism): an MoE FFN holds only this rank's E/ep experts
   // (MoELayer); its experts.* tensors are those rows of the global ones (docs/parallelism.md).
+  // tp (tensor parallelism): a dense MLP holds F/tp of its hidden width; an MoE FFN is whole.
   FfnLayer(const ModelConfig& config, const LayerSpec& spec,
-           dist::Communicator* expert_group = nullptr);
+           dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {});
   void declare(ParamBuffer& params, const std::string& prefix);
   void bind(const ParamViews& views);
   void init(uint64_t seed, float std, float out_std);
@@ -61,6 +63,7 @@ class FfnLayer {
 
   const ModelConfig& config_;
   LayerSpec spec_;
+  TensorParallel tp_;  // a dense MLP's split; inactive for an MoE FFN
   // dense: w1 [F1, d] (SwiGLU gate and up as one matrix), w2 [d, F]
   int w1_idx_ = -1, w2_idx_ = -1;
   Param w1_, w2_;

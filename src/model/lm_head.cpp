@@ -1,6 +1,7 @@
 #include "model/lm_head.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "ops/cross_entropy.h"
 #include "ops/distill_loss.h"
@@ -8,11 +9,51 @@
 #include "ops/linear.h"
 
 namespace moex::model {
+namespace {
+
+// ops::cross_entropy over a vocabulary split across the tp group: logits [rows, Vl] are this
+// rank's columns. Every rank gathers every rank's (max, sum of exponentials, target logit) per
+// row and combines them in rank order, so all ranks get the same losses.
+void vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
+                                  const Tensor& loss_rows, const Tensor& dlogits,
+                                  const TensorParallel& tp, Arena& arena) {
+  const int64_t rows = logits.dim(0), vl = logits.dim(1), parts = tp.size();
+  ArenaScope scope(arena);
+  const Tensor stats = arena.alloc(Shape{rows, 3}, DType::kF32);
+  const Tensor all = arena.alloc(Shape{parts, rows, 3}, DType::kF32);
+  const Tensor lse = arena.alloc(Shape{rows}, DType::kF32);
+  ops::cross_entropy_partial_stats(logits, targets, tp.rank() * vl, parts * vl, stats);
+  tp.all_gather(stats, all);
+  const float* s = all.data<float>();
+  const int32_t* t = targets.data<int32_t>();
+  float* loss = loss_rows.data<float>();
+  float* l = lse.data<float>();
+  for (int64_t i = 0; i < rows; ++i) {
+    loss[i] = l[i] = 0.0f;
+    if (t[i] == ops::kIgnoreIndex) continue;
+    float mx = s[3 * i];
+    for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, s[(p * rows + i) * 3]);
+    double sum = 0, target_logit = 0;
+    for (int64_t p = 0; p < parts; ++p) {
+      const float* st = s + (p * rows + i) * 3;
+      sum += st[1] * std::exp(static_cast<double>(st[0]) - mx);
+      target_logit += st[2];  // only the owner's is not 0
+    }
+    l[i] = static_cast<float>(mx + std::log(sum));
+    loss[i] = static_cast<float>(l[i] - target_logit);
+  }
+  if (dlogits.defined())
+    ops::cross_entropy_partial_grad(logits, targets, tp.rank() * vl, lse, grad_scale, dlogits);
+}
+
+}  // namespace
 
 HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& targets,
                       double loss_scale, const Tensor& dhidden, Arena& arena,
-                      const SoftTargets* soft) {
+                      const SoftTargets* soft, const TensorParallel& tp) {
   const int64_t n = hidden.dim(0), vocab = head.w.dim(0);
+  MOEX_CHECK(!soft || !tp.active(),
+             "lm_head_loss: knowledge distillation under tensor parallelism is not built");
   if (soft)
     MOEX_CHECK(soft->hidden.dim(0) == n && soft->head.dim(0) == vocab &&
                    soft->hidden.dim(1) == soft->head.dim(1),
@@ -44,7 +85,12 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
     const Tensor h = hidden.slice(r0, r0 + rows);
     const Tensor chunk_targets = targets.slice(r0, r0 + rows);
     ops::linear(h, head.w, Tensor(), logits);
-    ops::cross_entropy(logits, chunk_targets, grad_scale, loss_rows.slice(r0, r0 + rows), dlogits);
+    if (tp.active())
+      vocab_parallel_cross_entropy(logits, chunk_targets, grad_scale,
+                                   loss_rows.slice(r0, r0 + rows), dlogits, tp, arena);
+    else
+      ops::cross_entropy(logits, chunk_targets, grad_scale, loss_rows.slice(r0, r0 + rows),
+                         dlogits);
     if (soft) {
       const Tensor teacher_logits = arena.alloc(Shape{rows, vocab}, DType::kF32);
       ops::linear(soft->hidden.slice(r0, r0 + rows), soft->head, Tensor(), teacher_logits);
@@ -56,6 +102,7 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
       ops::linear_backward(dlogits, h, head.w, dhidden.slice(r0, r0 + rows), false, head.g,
                            Tensor());
   }
+  if (training) tp.all_reduce(dhidden);  // each rank's vocabulary rows add their part
   result.loss_sum = ops::sum(loss_rows);
   if (soft) result.kd_sum = ops::sum(kd_rows);
   return result;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "model/module.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::model {
 
@@ -28,8 +29,11 @@ struct HeadLoss {
 // With dhidden defined: dhidden [N, d] = d(loss_scale * objective)/d hidden (written) and
 // head.g += d(loss_scale * objective)/d head, where objective = mean CE (+ weight * mean
 // tau^2 KL with soft targets), both means over the counted rows.
+// Under tensor parallelism head holds this rank's rows [rank * V/tp, (rank + 1) * V/tp) of the
+// vocabulary: the cross-entropy combines every rank's row statistics (vocabulary-parallel, no
+// rank holds the full logits) and dhidden is summed over the group.
 HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& targets,
                       double loss_scale, const Tensor& dhidden, Arena& arena,
-                      const SoftTargets* soft = nullptr);
+                      const SoftTargets* soft = nullptr, const TensorParallel& tp = {});
 
 }  // namespace moex::model

@@ -4,7 +4,6 @@
 #include <cstring>
 
 #include "core/logging.h"
-#include "core/rng.h"
 #include "model/lm_head.h"
 #include "ops/argmax.h"
 #include "ops/device.h"
@@ -16,31 +15,39 @@
 
 namespace moex::model {
 
-Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group)
+Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
+             dist::Communicator* tensor_group)
     : config_(config),
       device_((ops::use_device(device), device)),
       expert_group_(expert_group),
+      tp_{tensor_group},
       arena_(size_t{16} << 20, device, /*growable=*/true) {
   config_.validate();
+  MOEX_CHECK(!tp_.active() || device_.is_cpu(),
+             "tensor parallelism runs on CPU ranks only so far (docs/parallelism.md)");
   const int64_t d = config_.hidden_size;
+  const int vocab_split = tp_.active() ? 0 : -1;
+  const int64_t vocab_rows = tp_.part(config_.vocab_size);
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
-    blocks_.push_back(std::make_unique<Block>(config_, i, expert_group));
+    blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
   if (device_.is_cuda()) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each.
   for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
     if (buffer == nullptr) continue;
-    embed_idx_ = buffer->declare("model.embed_tokens.weight", Shape{config_.vocab_size, d});
+    embed_idx_ = buffer->declare("model.embed_tokens.weight", Shape{vocab_rows, d}, vocab_split);
     if (config_.positions == PositionType::kLearned)
       pos_idx_ = buffer->declare("model.embed_positions.weight", Shape{config_.max_seq_len, d});
     for (auto& block : blocks_) block->declare(*buffer);
     final_norm_->declare(*buffer, "model.norm");
     if (!config_.tie_embeddings)
-      head_idx_ = buffer->declare("lm_head.weight", Shape{config_.vocab_size, d});
+      head_idx_ = buffer->declare("lm_head.weight", Shape{vocab_rows, d}, vocab_split);
   }
   expert_param_.assign(master_.size(), false);
-  for (auto& block : blocks_)
+  for (auto& block : blocks_) {
     for (int index : block->ffn().expert_param_indices()) expert_param_[index] = true;
+    for (int index : block->attention().partial_grad_indices()) partial_grads_.push_back(index);
+  }
   master_.allocate(DType::kF32, device_);
   grads_.allocate(DType::kF32, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
@@ -91,18 +98,15 @@ void Model::init_weights(uint64_t seed) {
   if (device_.is_cuda()) bind_all({host, host, host});
   float* flat = host.flat().data<float>();
   std::fill(flat, flat + host.flat().numel(), 0.0f);
-  const int64_t d = config_.hidden_size;
-  Rng rng(seed, 0);
-  float* embed = embed_.w.data<float>();
-  for (int64_t i = 0; i < config_.vocab_size * d; ++i) embed[i] = config_.init_std * rng.normal();
-  if (pos_) {
-    float* pos = pos_.w.data<float>();
-    for (int64_t i = 0; i < config_.max_seq_len * d; ++i) pos[i] = config_.init_std * rng.normal();
-  }
-  if (!config_.tie_embeddings) {
-    float* head = head_.w.data<float>();
-    for (int64_t i = 0; i < config_.vocab_size * d; ++i) head[i] = config_.init_std * rng.normal();
-  }
+  // One stream: the embedding, the learned positions, the LM head. Under tp each rank draws the
+  // numbers of its vocabulary rows.
+  const int64_t d = config_.hidden_size, v = config_.vocab_size, l = config_.max_seq_len;
+  const int vocab_split = tp_.active() ? 0 : -1;
+  const float std = config_.init_std;
+  fill_normal_part(embed_.w, v, d, vocab_split, tp_, std, seed, 0, 0);
+  if (pos_) fill_normal_part(pos_.w, l, d, -1, tp_, std, seed, 0, v * d);
+  if (!config_.tie_embeddings)
+    fill_normal_part(head_.w, v, d, vocab_split, tp_, std, seed, 0, v * d + (pos_ ? l * d : 0));
   // Each block draws from its own Philox streams: blocks can fill in parallel, same numbers.
   const int num_blocks = static_cast<int>(blocks_.size());
 #pragma omp parallel for schedule(dynamic, 1)
@@ -120,6 +124,39 @@ void Model::zero_grad() {
   ops::zero(grads_.flat());
 }
 
+void Model::finish_gradients() {
+  for (int index : partial_grads_) tp_.all_reduce(grads_.tensor(index));
+}
+
+void Model::refuse_tensor_parallel(const char* what) const {
+  MOEX_CHECK(!tp_.active(), what,
+             " under tensor parallelism is not built (training and "
+             "evaluation are, docs/parallelism.md)");
+}
+
+void Model::embed_vocab_parallel(const Tensor& x) {
+  const int64_t rows = embed_.w.dim(0), first = tp_.rank() * rows, n = ids_.numel();
+  const int32_t* id = ids_.data<int32_t>();
+  std::vector<int32_t> local, where;
+  for (int64_t i = 0; i < n; ++i) {
+    MOEX_CHECK(id[i] >= 0 && id[i] < config_.vocab_size, "embedding: id ", id[i], " at position ",
+               i, " is outside the table's ", config_.vocab_size, " rows");
+    if (id[i] < first || id[i] >= first + rows) continue;
+    local.push_back(static_cast<int32_t>(id[i] - first));
+    where.push_back(static_cast<int32_t>(i));
+  }
+  local_ids_ = host_ids(local.data(), static_cast<int64_t>(local.size()));
+  local_rows_ = host_ids(where.data(), static_cast<int64_t>(where.size()));
+  ops::zero(x);
+  if (!local.empty()) {
+    ArenaScope scope(arena_);
+    const Tensor found = arena_.alloc(Shape{local_ids_.numel(), x.dim(1)}, x.dtype());
+    ops::embedding(local_ids_, embed_.w, found, false);
+    ops::scatter_rows(found, local_rows_, x);
+  }
+  tp_.all_reduce(x);
+}
+
 Tensor Model::host_ids(const int32_t* ids, int64_t n) const {
   Tensor t = Tensor::empty(Shape{n}, DType::kI32);
   std::memcpy(t.raw_data(), ids, static_cast<size_t>(n) * sizeof(int32_t));
@@ -130,7 +167,10 @@ void Model::embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t st
                   const Tensor& x) {
   const int64_t n = batch * seq_len;
   ids_ = host_ids(ids, n);
-  ops::embedding(ids_, embed_.w, x, false);
+  if (tp_.active())
+    embed_vocab_parallel(x);
+  else
+    ops::embedding(ids_, embed_.w, x, false);
   pos_ids_ = Tensor();
   if (!pos_) return;
   MOEX_CHECK(start_pos + seq_len <= config_.max_seq_len, "sequence of ", start_pos + seq_len,
@@ -170,7 +210,7 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   dhidden_ = options.for_backward ? arena_.alloc(Shape{n, d}, dt) : Tensor();
   // next-token targets are given aligned with ids: targets[t] is the token after ids[t]
   const HeadLoss head = lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale,
-                                     dhidden_, arena_, options.soft_targets);
+                                     dhidden_, arena_, options.soft_targets, tp_);
   result.num_targets = head.count;
   const double count = static_cast<double>(std::max<int64_t>(1, head.count));
   result.loss = head.loss_sum / count;
@@ -192,7 +232,14 @@ void Model::backward() {
   const Tensor& dh = dhidden_;
   final_norm_->backward(dh, dh);
   for (size_t i = blocks_.size(); i-- > 0;) blocks_[i]->backward(dh, dh, arena_);
-  ops::embedding_backward(ids_, dh, embed_.g);
+  if (!tp_.active()) {
+    ops::embedding_backward(ids_, dh, embed_.g);
+  } else if (local_ids_.numel() > 0) {  // this rank's vocabulary rows only
+    ArenaScope scope(arena_);
+    const Tensor found = arena_.alloc(Shape{local_ids_.numel(), dh.dim(1)}, dh.dtype());
+    ops::gather_rows(dh, local_rows_, found);
+    ops::embedding_backward(local_ids_, found, embed_.g);
+  }
   if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.g);
   dhidden_ = Tensor();
 }
@@ -212,6 +259,7 @@ Tensor Model::final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len) {
 }
 
 void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
+  refuse_tensor_parallel("Model::logits");
   const Tensor hidden = final_hidden(ids, batch, seq_len);
   const Tensor logits = arena_.alloc(Shape{batch * seq_len, config_.vocab_size}, DType::kF32);
   ops::linear(hidden, head_.w, Tensor(), logits);
@@ -235,6 +283,7 @@ KVCache Model::make_cache(int64_t batch, int64_t capacity) const {
 
 void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, KVCache& cache,
                            float* last_logits) {
+  refuse_tensor_parallel("decoding");
   MOEX_CHECK(batch == cache.batch, "batch ", batch, " does not match the KV cache's ", cache.batch);
   const int64_t d = config_.hidden_size, n = batch * new_len;
   const DType dt = compute_params().flat().dtype();
@@ -410,6 +459,7 @@ void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& k
 
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                           float* last_logits, int32_t* greedy) {
+  refuse_tensor_parallel("serving");
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   // Reading an output is also what tells the host the step's uploads are done with.
   MOEX_CHECK(last_logits != nullptr || greedy != nullptr,

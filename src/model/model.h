@@ -11,6 +11,7 @@
 #include "model/block.h"
 #include "model/lm_head.h"
 #include "model/model_config.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::model {
 
@@ -54,8 +55,12 @@ class Model {
   // expert_group (expert parallelism, docs/parallelism.md): every MoE layer holds only this
   // rank's E/ep experts, and forward/backward exchange tokens with the group's other ranks, which
   // run the same calls on their own batches. Null: every expert is here.
+  // tensor_group (tensor parallelism, model/tensor_parallel.h): attention heads, dense MLP widths
+  // and vocabulary rows are split over the group, whose ranks run the same calls on the same
+  // batch. Training and evaluation only; CPU only so far. Null: every weight is here.
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
-                 dist::Communicator* expert_group = nullptr);
+                 dist::Communicator* expert_group = nullptr,
+                 dist::Communicator* tensor_group = nullptr);
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();
@@ -84,6 +89,10 @@ class Model {
 
   void init_weights(uint64_t seed);
   void zero_grad();
+  // Under tensor parallelism: sums over the tp group the gradients of which each rank holds only
+  // its heads' part (the q/k norm weights, shared by all heads). Call it once after the last
+  // backward of an optimizer step, before the data-parallel reduction. A no-op otherwise.
+  void finish_gradients();
 
   // ids, targets [B, T] on the host; targets of -100 are ignored. Saves activations for backward.
   LossResult forward(const int32_t* ids, const int32_t* targets, int64_t batch, int64_t seq_len,
@@ -125,6 +134,9 @@ class Model {
   // `index` holds experts (experts.*: this rank's E/ep rows of the global tensor under ep).
   dist::Communicator* expert_group() const { return expert_group_; }
   bool is_expert_param(int index) const;
+  // The tensor-parallel group (inactive when every weight is here). Buffer entries with
+  // params().split_dim(i) >= 0 hold this rank's part of the named tensor.
+  const TensorParallel& tensor_parallel() const { return tp_; }
 
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
@@ -147,12 +159,17 @@ class Model {
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
              const Tensor& x);
+  // Under tp: x = the embeddings of the ids in this rank's vocabulary rows, summed over the group.
+  void embed_vocab_parallel(const Tensor& x);
+  void refuse_tensor_parallel(const char* what) const;
   Tensor host_ids(const int32_t* ids, int64_t n) const;
 
   ModelConfig config_;
   Device device_;
   dist::Communicator* expert_group_ = nullptr;
+  TensorParallel tp_;
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
+  std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy on CUDA; null on the CPU
   std::vector<std::unique_ptr<Block>> blocks_;
@@ -163,6 +180,9 @@ class Model {
   // saved by forward
   int64_t batch_ = 0, seq_len_ = 0;
   Tensor ids_, pos_ids_;  // [N] i32, host
+  // Under tp: the positions [M] among ids_ of this rank's vocabulary rows, and those ids minus
+  // the rank's first row [M] (i32, host).
+  Tensor local_rows_, local_ids_;
   Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
   // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
   // needed), the argmax download, and one captured decode step per batch size.

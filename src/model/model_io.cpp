@@ -11,10 +11,34 @@
 #include "model/hf_weights.h"
 
 namespace moex::model {
+namespace {
+
+// The whole of a tensor-parallel part along split_dim: the tp group's parts in rank order.
+Tensor gather_tensor_parallel(const TensorParallel& tp, int split_dim, const Tensor& local) {
+  const int64_t parts = tp.size(), rows = local.dim(0);
+  Tensor all = Tensor::empty(Shape{parts, local.numel()}, DType::kF32);
+  tp.all_gather(local, all);
+  Shape global = local.shape();
+  global[split_dim] *= parts;
+  if (split_dim == 0) return all.view(global);
+  // Columns: row i of the whole is row i of every part, side by side.
+  Tensor whole = Tensor::empty(global, DType::kF32);
+  const int64_t cols = local.numel() / rows;
+  const float* src = all.data<float>();
+  float* dst = whole.data<float>();
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy(src + (p * rows + i) * cols, src + (p * rows + i + 1) * cols,
+                dst + (i * parts + p) * cols);
+  return whole;
+}
+
+}  // namespace
 
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
   const ParamBuffer& params = model.params();
   dist::Communicator* group = model.expert_group();
+  const TensorParallel& tp = model.tensor_parallel();
   const int ep = group ? group->size() : 1;
   const auto* p0 = static_cast<const float*>(params.flat().raw_data());
   std::map<std::string, Tensor> out;
@@ -22,6 +46,10 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
     const Tensor& t = params.tensor(i);
     const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
     const Tensor local = flat.slice(offset, offset + t.numel()).view(t.shape());
+    if (tp.active() && params.split_dim(i) >= 0) {
+      out[params.name(i)] = gather_tensor_parallel(tp, params.split_dim(i), local);
+      continue;
+    }
     if (ep == 1 || !model.is_expert_param(i)) {
       out[params.name(i)] = local;
       continue;
@@ -38,6 +66,22 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
 Tensor local_part(const Model& model, int index, const Tensor& full) {
   dist::Communicator* group = model.expert_group();
   const Tensor& t = model.params().tensor(index);
+  const TensorParallel& tp = model.tensor_parallel();
+  const int split = model.params().split_dim(index);
+  if (tp.active() && split >= 0) {
+    Shape global = t.shape();
+    global[split] *= tp.size();
+    if (full.shape() != global) return full;
+    if (split == 0) return full.slice(tp.rank() * t.dim(0), (tp.rank() + 1) * t.dim(0));
+    // Columns: this rank's block of every row.
+    Tensor part = Tensor::empty(t.shape(), DType::kF32);
+    const int64_t rows = t.dim(0), cols = t.numel() / rows, first = tp.rank() * cols;
+    const float* src = full.data<float>();
+    for (int64_t i = 0; i < rows; ++i)
+      std::copy(src + i * cols * tp.size() + first, src + i * cols * tp.size() + first + cols,
+                part.data<float>() + i * cols);
+    return part;
+  }
   if (!group || group->size() == 1 || !model.is_expert_param(index) || full.ndim() == 0 ||
       full.dim(0) != t.dim(0) * group->size())
     return full;

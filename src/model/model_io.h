@@ -19,11 +19,14 @@ void save_model(const Model& model, const std::string& model_json, const std::st
 
 // Every tensor of `flat` (host f32, a buffer in the layout of model.params(): the weights or an
 // optimizer moment) under its parameter name. Expert tensors held as shards (Model::expert_group)
-// are gathered over the group into the global [E, ...] tensors, so the result equals a
-// single-process model's; every rank of the group must call it then.
+// are gathered over the group into the global [E, ...] tensors, and tensor-parallel parts over
+// the tp group into the whole tensors, so the result equals a single-process model's; every rank
+// of the groups must call it then.
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat);
 // What parameter `index` holds of a global tensor: the rows of this rank's experts for an expert
-// shard given the global [E, ...] tensor, `full` itself otherwise.
+// shard given the global [E, ...] tensor, this rank's rows or columns of a tensor-parallel part,
+// `full` itself otherwise (or when its shape is not the global one: the caller's shape check
+// then names the tensor).
 Tensor local_part(const Model& model, int index, const Tensor& full);
 
 // Opens a model directory: config.json names the architecture; weights are checked against the

@@ -13,6 +13,7 @@ class NormLayer {
   void declare(ParamBuffer& params, const std::string& prefix);  // prefix.weight (+ prefix.bias)
   void bind(const ParamViews& views);
   void init();  // weight = 1, bias = 0 (host weights)
+  int param_index() const { return weight_idx_; }  // the weight's buffer entry
 
   // x, y [n, dim] (y may alias x only when save is false); keeps x and the row statistics (from
   // the arena) for backward when `save`.

@@ -9,6 +9,28 @@
 #endif
 
 namespace moex::ops {
+namespace {
+
+// targets i32 [n] on the host, each ignore_index or in [0, vocab).
+const int32_t* checked_targets(const char* op, const Tensor& targets, int64_t n, int64_t vocab) {
+  MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
+                 targets.numel() == n,
+             op, ": targets must be i32 [", n, "] on the host");
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    MOEX_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), op, ": target ", t[i],
+               " at row ", i, " is outside the vocabulary of ", vocab);
+  return t;
+}
+
+// The vocabulary-parallel pieces have CPU kernels only: tensor parallelism runs on CPU ranks.
+void expect_cpu(const char* op, const Device& dev) {
+  MOEX_CHECK(dev.is_cpu(), op,
+             ": no GPU kernel yet (tensor parallelism runs on CPU ranks, "
+             "docs/parallelism.md)");
+}
+
+}  // namespace
 
 void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                    const Tensor& loss_rows, const Tensor& dlogits) {
@@ -21,13 +43,7 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
   detail::expect("cross_entropy", "loss_rows", loss_rows, DType::kF32, n);
   if (dlogits.defined())
     detail::expect("cross_entropy", "dlogits", dlogits, detail::compute_dtype(dev), n * vocab);
-  MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
-                 targets.numel() == n,
-             "cross_entropy: targets must be i32 [", n, "] on the host");
-  const int32_t* t = targets.data<int32_t>();
-  for (int64_t i = 0; i < n; ++i)
-    MOEX_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), "cross_entropy: target ",
-               t[i], " at row ", i, " is outside the vocabulary of ", vocab);
+  const int32_t* t = checked_targets("cross_entropy", targets, n, vocab);
   if (dev.is_cpu()) {
     const float* lp = logits.data<float>();
     float* loss = loss_rows.data<float>();
@@ -50,6 +66,40 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
                              dlogits.defined() ? dlogits.raw_data() : nullptr,
                              detail::stream(dev));
   });
+}
+
+void cross_entropy_partial_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                 int64_t vocab_size, const Tensor& stats) {
+  const char* op = "cross_entropy_partial_stats";
+  const Device dev = detail::common_device(op, {&logits, &stats});
+  expect_cpu(op, dev);
+  MOEX_CHECK(logits.ndim() == 2 && vocab_begin >= 0 && vocab_begin + logits.dim(1) <= vocab_size,
+             op, ": logits ", logits.shape().str(), " from column ", vocab_begin,
+             " are not a part of a ", vocab_size, "-token vocabulary");
+  const int64_t n = logits.dim(0), vl = logits.dim(1);
+  detail::expect(op, "logits", logits, DType::kF32, n * vl);
+  detail::expect(op, "stats", stats, DType::kF32, n * 3);
+  cpu::cross_entropy_partial_stats(logits.data<float>(),
+                                   checked_targets(op, targets, n, vocab_size), n, vl, vocab_begin,
+                                   kIgnoreIndex, stats.data<float>());
+}
+
+void cross_entropy_partial_grad(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                const Tensor& lse, float grad_scale, const Tensor& dlogits) {
+  const char* op = "cross_entropy_partial_grad";
+  const Device dev = detail::common_device(op, {&logits, &lse, &dlogits});
+  expect_cpu(op, dev);
+  MOEX_CHECK(logits.ndim() == 2, op, ": logits must be [n, Vl], got ", logits.shape().str());
+  const int64_t n = logits.dim(0), vl = logits.dim(1);
+  detail::expect(op, "logits", logits, DType::kF32, n * vl);
+  detail::expect(op, "lse", lse, DType::kF32, n);
+  detail::expect(op, "dlogits", dlogits, DType::kF32, n * vl);
+  MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
+                 targets.numel() == n,
+             op, ": targets must be i32 [", n, "] on the host");
+  cpu::cross_entropy_partial_grad(logits.data<float>(), targets.data<int32_t>(), lse.data<float>(),
+                                  n, vl, vocab_begin, kIgnoreIndex, grad_scale,
+                                  dlogits.data<float>());
 }
 
 }  // namespace moex::ops

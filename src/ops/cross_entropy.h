@@ -15,4 +15,16 @@ constexpr int32_t kIgnoreIndex = -100;  // torch.nn.CrossEntropyLoss default
 void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                    const Tensor& loss_rows, const Tensor& dlogits);
 
+// Vocabulary-parallel cross-entropy (tensor parallelism, docs/parallelism.md): logits [n, Vl] f32
+// hold columns [vocab_begin, vocab_begin + Vl) of the full vocabulary; the caller combines the
+// ranks' stats into each row's logsumexp. targets as above, checked against the full vocab_size.
+// stats [n, 3] f32: per row the local max, the sum of exp(logit - max), and the target's logit
+// when it is a local column (else 0); ignored rows 0.
+void cross_entropy_partial_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                 int64_t vocab_size, const Tensor& stats);
+// dlogits (may alias logits) = grad_scale * (exp(logits - lse) - onehot(target)) on these columns,
+// 0 on ignored rows; lse [n] f32: each full row's logsumexp.
+void cross_entropy_partial_grad(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
+                                const Tensor& lse, float grad_scale, const Tensor& dlogits);
+
 }  // namespace moex::ops

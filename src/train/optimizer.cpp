@@ -119,15 +119,23 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   const bool copy = model.device().is_cuda();
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
-  if (group == nullptr || group->size() == 1)
+  const model::TensorParallel& tp = model.tensor_parallel();
+  if ((group == nullptr || group->size() == 1) && !tp.active())
     return this->step(model.params(), model.grads(), lr, step, working_copy);
-  // Squares of the replicated tensors, and of this rank's experts summed over the group.
+  // Squares of the tensors every rank holds whole, of this rank's experts summed over the ep
+  // group, and of this rank's tensor-parallel parts summed over the tp group.
   const ParamBuffer& grads = model.grads();
-  double sums[2] = {0, 0};  // non-expert, expert
-  for (int i = 0; i < grads.size(); ++i)
-    sums[model.is_expert_param(i)] += ops::sum_of_squares(grads.tensor(i));
-  group->all_reduce_sum(&sums[1], 1);
-  const double norm = std::sqrt(sums[0] + sums[1]);
+  enum { kWhole, kExpert, kSplit };
+  double sums[3] = {0, 0, 0};
+  for (int i = 0; i < grads.size(); ++i) {
+    const int kind = model.is_expert_param(i)                          ? kExpert
+                     : tp.active() && model.params().split_dim(i) >= 0 ? kSplit
+                                                                       : kWhole;
+    sums[kind] += ops::sum_of_squares(grads.tensor(i));
+  }
+  if (group != nullptr) group->all_reduce_sum(&sums[kExpert], 1);
+  if (tp.active()) tp.group->all_reduce_sum(&sums[kSplit], 1);
+  const double norm = std::sqrt(sums[kWhole] + sums[kExpert] + sums[kSplit]);
   apply(model.params(), grads, lr, step, working_copy, norm);
   return norm;
 }

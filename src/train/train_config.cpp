@@ -26,20 +26,21 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
       par.fail(field, "is " + std::to_string(n) + ", which does not divide " + what + " (" +
                           std::to_string(size) + ")");
   };
+  // Tensor parallelism splits heads, the dense FFN's width and the vocabulary; MoE layers (their
+  // residual and shared MLPs included) stay whole on every tp rank.
   divides("tp", p.tp, model.num_heads, "model.num_heads");
   divides("tp", p.tp, model.num_kv_heads, "model.num_kv_heads");
   divides("tp", p.tp, model.ffn_size, "model.ffn_size");
+  divides("tp", p.tp, model.vocab_size, "model.vocab_size");
+  if (p.tp > 1 && model.qk_norm == QKNorm::kFull)
+    par.fail("tp",
+             "must be 1 for a q/k norm over the whole projection (model.qk_norm \"full\"): "
+             "it needs every head");
   for (size_t i = 0; i < model.layers.size(); ++i) {
     const LayerSpec& l = model.layers[i];
     if (!l.moe) continue;
-    const MoEConfig& m = l.moe_config;
-    const std::string layer = " of layer " + std::to_string(i);
-    divides("ep", p.ep, m.num_experts, "the number of experts" + layer);
-    divides("tp", p.tp, m.ffn_size, "the expert ffn size" + layer);
-    if (m.residual && m.residual_ffn_size > 0)
-      divides("tp", p.tp, m.residual_ffn_size, "the residual ffn size" + layer);
-    if (m.shared_ffn_size > 0)
-      divides("tp", p.tp, m.shared_ffn_size, "the shared expert ffn size" + layer);
+    divides("ep", p.ep, l.moe_config.num_experts,
+            "the number of experts of layer " + std::to_string(i));
   }
   return p;
 }

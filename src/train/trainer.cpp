@@ -166,7 +166,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const int64_t zero_stage = c.parallel.zero_stage;
   MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
              ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
-  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr);
+  const bool tp = layout.tp > 1;
+  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr,
+                     tp ? groups.tp.get() : nullptr);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   ZeroConfig zero;
@@ -176,8 +178,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.tile_elements = c.parallel.tile_elements;
   AdamW optimizer =
       zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
-  // Checkpoints gather experts (ep) and moment shards (ZeRO): every rank takes part then.
-  const bool collective_save = ep || zero_stage > 0;
+  // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
+  // rank takes part then.
+  const bool collective_save = ep || tp || zero_stage > 0;
   TrainerState state;
   if (!resume_dir.empty()) {
     state = load_checkpoint(resume_dir, model, optimizer);
@@ -195,7 +198,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                  resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
-              " data-parallel rank(s), ", layout.ep, " expert-parallel");
+              " data-parallel rank(s), ", layout.ep, " expert-parallel, ", layout.tp,
+              " tensor-parallel");
     MOEX_INFO("optimizer state: ", optimizer.state_bytes(), " bytes on this rank (ZeRO stage ",
               zero_stage, ")");
     // What the task and language temperatures make of the corpus (docs/data.md §Mixing).
@@ -255,6 +259,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       kd += r.kd_loss / micro_per_step;
       weighted_kd += r.weighted_kd / micro_per_step;
     }
+    model.finish_gradients();
     if (dp > 1) {
       // ZeRO stage 2: each rank needs only its shard's sum.
       if (zero_stage == 2)
@@ -306,8 +311,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       window_start = Clock::now();
       window_tokens = 0;
     }
-    // Under ep every rank evaluates (the same sequences): the experts need all of them.
-    if ((root || ep) && c.training.eval_every > 0 &&
+    // Under ep and tp every rank evaluates (the same sequences): the experts and the split
+    // layers need all of them.
+    if ((root || ep || tp) && c.training.eval_every > 0 &&
         (state.step % c.training.eval_every == 0 || last) && !eval_data.empty()) {
       const double eval_loss = evaluate(model, eval_data, c);
       line["eval_loss"] = eval_loss;

@@ -110,7 +110,12 @@ TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   };
   ParallelConfig c;
   c.tp = 2;
-  refused(c, "tp");
+  c.zero_stage = 1;
+  EXPECT_NE(error_of(4, c).find("run.json: parallel.zero_stage: ZeRO with tp > 1 is not built yet"),
+            std::string::npos)
+      << error_of(4, c);
+  c.zero_stage = 0;
+  EXPECT_EQ(error_of(4, c), "");
   c = ParallelConfig();
   c.offload = true;
   refused(c, "offload");

@@ -92,6 +92,22 @@ TEST_F(ParallelConfigTest, TensorParallelMustDivideHeadsAndWidths) {
   path = config_with(R"({"tp": 4})");  // 4 heads, but 2 kv heads
   EXPECT_EQ(error_of(path),
             path.string() + ": parallel.tp is 4, which does not divide model.num_kv_heads (2)");
+  // Vocabulary 40 splits over 2, not 3 (a model with 6 heads and 3 kv heads allows tp 3 there).
+  path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, "",
+                               R"(, "parallel": {"tp": 3})",
+                               R"(, "num_heads": 6, "num_kv_heads": 3, "hidden_size": 36)");
+  EXPECT_EQ(error_of(path),
+            path.string() + ": parallel.tp is 3, which does not divide model.vocab_size (40)");
+  path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, "",
+                               R"(, "parallel": {"tp": 2})", R"(, "qk_norm": "full")");
+  EXPECT_NE(error_of(path).find(path.string() + ": parallel.tp must be 1 for a q/k norm over the "
+                                                "whole projection"),
+            std::string::npos)
+      << error_of(path);
+  // The MoE layers stay whole: an expert width that tp does not divide is fine.
+  path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, R"(, "ffn_size": 25)",
+                               R"(, "parallel": {"tp": 2})");
+  EXPECT_EQ(error_of(path), "");
 }
 
 TEST_F(ParallelConfigTest, BadValuesAndUnknownFieldsAreErrors) {

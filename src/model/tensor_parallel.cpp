@@ -1,0 +1,58 @@
+#include "model/tensor_parallel.h"
+
+#include "core/error.h"
+#include "core/rng.h"
+
+namespace moex::model {
+
+int64_t TensorParallel::part(int64_t n) const {
+  MOEX_CHECK(n % size() == 0, "tensor parallelism: ", n, " does not split over ", size(), " ranks");
+  return n / size();
+}
+
+void TensorParallel::all_reduce(const Tensor& t) const {
+  if (!active()) return;
+  MOEX_CHECK(t.device().is_cpu() && t.dtype() == DType::kF32,
+             "tensor parallelism: the all-reduce takes f32 host tensors (the GPU path needs the "
+             "NCCL communicator, docs/parallelism.md), got ",
+             t.shape().str());
+  group->all_reduce_sum(t.data<float>(), t.numel());
+}
+
+void TensorParallel::all_gather(const Tensor& t, const Tensor& all) const {
+  MOEX_CHECK(t.device().is_cpu() && all.device().is_cpu() && t.dtype() == DType::kF32 &&
+                 all.dtype() == DType::kF32 && all.numel() == t.numel() * size(),
+             "tensor parallelism: all_gather takes f32 host tensors, [", size(), ", n]");
+  if (!active()) {
+    std::copy(t.data<float>(), t.data<float>() + t.numel(), all.data<float>());
+    return;
+  }
+  group->all_gather(t.data<float>(), all.data<float>(), t.numel());
+}
+
+void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset, int64_t first) {
+  Rng rng(seed, offset);
+  rng.set_state(offset, 2 * static_cast<uint64_t>(first));  // a normal takes two draws
+  for (int64_t i = 0; i < n; ++i) p[i] = std * rng.normal();
+}
+
+void fill_normal_part(const Tensor& local, int64_t rows, int64_t cols, int split_dim,
+                      const TensorParallel& tp, float std, uint64_t seed, uint64_t offset,
+                      int64_t first) {
+  const int64_t local_rows = split_dim == 0 ? tp.part(rows) : rows;
+  const int64_t local_cols = split_dim == 1 ? tp.part(cols) : cols;
+  MOEX_CHECK(local.numel() == local_rows * local_cols, "fill_normal_part: ", local.shape().str(),
+             " is not a part of a [", rows, ", ", cols, "] matrix");
+  const int64_t row0 = split_dim == 0 ? tp.rank() * local_rows : 0;
+  const int64_t col0 = split_dim == 1 ? tp.rank() * local_cols : 0;
+  float* p = local.data<float>();
+  if (local_cols == cols) {  // one run of whole rows
+    fill_normal(p, local.numel(), std, seed, offset, first + row0 * cols);
+    return;
+  }
+  for (int64_t i = 0; i < local_rows; ++i)
+    fill_normal(p + i * local_cols, local_cols, std, seed, offset,
+                first + (row0 + i) * cols + col0);
+}
+
+}  // namespace moex::model

@@ -1,0 +1,39 @@
+// Megatron-style tensor parallelism of one model over a tp group (docs/parallelism.md §Tensor
+// parallelism). Attention is split by heads (q/k/v projections by rows, o_proj by columns), a
+// dense MLP by its hidden width (gate/up by rows, down by columns), the embedding and the LM head
+// by vocabulary rows. Each split layer's output is a partial sum that one all-reduce completes;
+// its input gradient likewise. Norms, routers and MoE layers are whole on every rank, and the
+// residual stream between layers is the same on every rank of the group.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "dist/communicator.h"
+
+namespace moex::model {
+
+struct TensorParallel {
+  dist::Communicator* group = nullptr;  // null: this rank holds every weight
+
+  int size() const { return group ? group->size() : 1; }
+  int rank() const { return group ? group->rank() : 0; }
+  bool active() const { return size() > 1; }
+  // This rank's share of n columns, heads or rows (n divides by size(): the config checks it).
+  int64_t part(int64_t n) const;
+  // t = the sum of every rank's t, in place. Host tensors only: the collectives are MPI's.
+  void all_reduce(const Tensor& t) const;
+  // all [size, numel(t)] = every rank's t in rank order (host f32 tensors).
+  void all_gather(const Tensor& t, const Tensor& all) const;
+};
+
+// p[i] = std * normal draw (first + i) of the counter stream (seed, offset): a part of a larger
+// tensor gets the numbers its elements have in the whole.
+void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset, int64_t first = 0);
+// `local` is this rank's part along split_dim (0: rows, 1: columns, -1: whole) of a [rows, cols]
+// matrix whose element (i, j) is std * normal draw (first + i * cols + j) of (seed, offset).
+void fill_normal_part(const Tensor& local, int64_t rows, int64_t cols, int split_dim,
+                      const TensorParallel& tp, float std, uint64_t seed, uint64_t offset,
+                      int64_t first);
+
+}  // namespace moex::model
