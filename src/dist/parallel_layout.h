@@ -33,7 +33,7 @@ struct ParallelConfig {
   // collective handles at once (16 M: 64 MiB of fp32).
   int64_t tile_elements = int64_t{1} << 24;
   bool offload = false;  // ZeRO-Offload: master weights and Adam state in host memory
-  bool dtd = false;      // Duplicate Token Dropping (needs tp > 1)
+  bool dtd = false;      // Duplicate Token Dropping (needs tp > 1 and ep > 1)
   bool cac = false;      // Communication-aware Activation Checkpointing
 };
 
@@ -44,7 +44,7 @@ struct ParallelLayout {
 
   // Checks `config` against the world size, one error per problem naming `source` (the config
   // file) and the field: world divisible by tp, ep dividing dp, and no option that is not built
-  // yet (ZeRO with tp > 1, offload, dtd, cac).
+  // yet (ZeRO with tp > 1, offload, cac); dtd needs tp > 1 and ep > 1.
   static ParallelLayout make(int world_size, int rank, const ParallelConfig& config,
                              const std::string& source);
   // The mapping alone, for sizes already checked (tp divides world_size, ep divides dp); it also

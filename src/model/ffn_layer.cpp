@@ -41,7 +41,10 @@ ops::Activation activation_kind(const ModelConfig& c) {
 FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
                    dist::Communicator* expert_group, const TensorParallel& tp)
     : config_(config), spec_(spec), tp_(spec.moe ? TensorParallel{} : tp) {
-  if (spec.moe) moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32, expert_group);
+  if (!spec.moe) return;
+  moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32, expert_group);
+  // The tp ranks route the same tokens to the same experts: exchange each row once.
+  if (tp.active() && tp.drop_duplicate_tokens) moe_->drop_duplicate_tokens(tp.group);
 }
 
 std::vector<int> FfnLayer::expert_param_indices() const {

@@ -16,11 +16,11 @@
 namespace moex::model {
 
 Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
-             dist::Communicator* tensor_group)
+             const TensorParallel& tp)
     : config_(config),
       device_((ops::use_device(device), device)),
       expert_group_(expert_group),
-      tp_{tensor_group},
+      tp_(tp),
       arena_(size_t{16} << 20, device, /*growable=*/true) {
   config_.validate();
   MOEX_CHECK(!tp_.active() || device_.is_cpu(),

@@ -55,12 +55,11 @@ class Model {
   // expert_group (expert parallelism, docs/parallelism.md): every MoE layer holds only this
   // rank's E/ep experts, and forward/backward exchange tokens with the group's other ranks, which
   // run the same calls on their own batches. Null: every expert is here.
-  // tensor_group (tensor parallelism, model/tensor_parallel.h): attention heads, dense MLP widths
-  // and vocabulary rows are split over the group, whose ranks run the same calls on the same
-  // batch. Training and evaluation only; CPU only so far. Null: every weight is here.
+  // tp (tensor parallelism, model/tensor_parallel.h): attention heads, dense MLP widths and
+  // vocabulary rows are split over tp.group, whose ranks run the same calls on the same batch.
+  // Training and evaluation only; CPU only so far. No group: every weight is here.
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
-                 dist::Communicator* expert_group = nullptr,
-                 dist::Communicator* tensor_group = nullptr);
+                 dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {});
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();

@@ -15,6 +15,8 @@ namespace moex::model {
 
 struct TensorParallel {
   dist::Communicator* group = nullptr;  // null: this rank holds every weight
+  // Duplicate Token Dropping in the MoE layers' expert exchanges (MoELayer::drop_duplicate_tokens).
+  bool drop_duplicate_tokens = false;
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }

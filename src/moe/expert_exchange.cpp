@@ -76,14 +76,87 @@ void ExpertExchange::prepare(const DispatchPlan& plan, dist::Communicator& group
   }
 }
 
+namespace {
+
+// Share j of a block of `rows` rows split over `parts` ranks: rows [begin, begin + count).
+struct Share {
+  int64_t begin, count;
+};
+Share share_of(int64_t rows, int parts, int j) {
+  const int64_t per = (rows + parts - 1) / parts;
+  const int64_t begin = std::min(rows, j * per);
+  return {begin, std::min(rows, begin + per) - begin};
+}
+
+}  // namespace
+
+template <typename T>
+void ExpertExchange::exchange_shares(const T* send, T* recv, int64_t d,
+                                     const std::vector<int64_t>& out_rows,
+                                     const std::vector<int64_t>& in_rows) {
+  const int ep = group_->size(), parts = dedup_->size(), me = dedup_->rank();
+  // 1. This rank's share of every block to its peer (the peers with this tp rank).
+  std::vector<int64_t> counts(2 * ep), slot_rows(ep);  // send, receive elements; slot per peer
+  int64_t send_total = 0, recv_total = 0, slot_total = 0;
+  for (int p = 0; p < ep; ++p) {
+    counts[p] = share_of(out_rows[p], parts, me).count * d;
+    counts[ep + p] = share_of(in_rows[p], parts, me).count * d;
+    send_total += counts[p];
+    recv_total += counts[ep + p];
+    slot_rows[p] = (in_rows[p] + parts - 1) / parts;  // the largest share of peer p's block
+    slot_total += slot_rows[p];
+    if (p != group_->rank()) stats_.bytes_sent += counts[p] * static_cast<int64_t>(sizeof(T));
+  }
+  std::vector<T> shares(send_total), got(recv_total);
+  int64_t block = 0, at = 0;
+  for (int p = 0; p < ep; ++p) {
+    const Share s = share_of(out_rows[p], parts, me);
+    std::memcpy(shares.data() + at, send + (block + s.begin) * d, sizeof(T) * s.count * d);
+    at += s.count * d;
+    block += out_rows[p];
+  }
+  group_->all_to_all_v(shares.data(), counts.data(), got.data(), counts.data() + ep);
+
+  // 2. Every tp rank's received shares, each peer's in a fixed slot, gathered over tp.
+  std::vector<T> mine(slot_total * d, T(0)), all(parts * slot_total * d);
+  int64_t slot = 0;
+  at = 0;
+  for (int p = 0; p < ep; ++p) {
+    std::memcpy(mine.data() + slot * d, got.data() + at, sizeof(T) * counts[ep + p]);
+    at += counts[ep + p];
+    slot += slot_rows[p];
+  }
+  dedup_->all_gather(mine.data(), all.data(), slot_total * d);
+  stats_.gather_bytes_sent += (parts - 1) * slot_total * d * static_cast<int64_t>(sizeof(T));
+
+  // 3. Block p = share 0, share 1, ... of peer p, as the plain all-to-all would have put it.
+  block = slot = 0;
+  for (int p = 0; p < ep; ++p) {
+    for (int j = 0; j < parts; ++j) {
+      const Share s = share_of(in_rows[p], parts, j);
+      std::memcpy(recv + (block + s.begin) * d, all.data() + (j * slot_total + slot) * d,
+                  sizeof(T) * s.count * d);
+    }
+    block += in_rows[p];
+    slot += slot_rows[p];
+  }
+}
+
 template <typename T>
 void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
   const std::vector<int64_t>& out_rows = forward ? send_rows_ : recv_rows_;
   const std::vector<int64_t>& in_rows = forward ? recv_rows_ : send_rows_;
   const int ep = group_->size();
+  ++stats_.exchanges;
+  if (dedup_ != nullptr && dedup_->size() > 1) {
+    const auto start = std::chrono::steady_clock::now();
+    exchange_shares(send, recv, d, out_rows, in_rows);
+    stats_.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return;
+  }
   for (int p = 0; p < ep; ++p)
     if (p != group_->rank()) stats_.bytes_sent += out_rows[p] * d * static_cast<int64_t>(sizeof(T));
-  ++stats_.exchanges;
   const auto start = std::chrono::steady_clock::now();
   if (fixed_size_) {
     group_->all_to_all(send, recv, out_rows[0] * d);

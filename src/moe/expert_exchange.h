@@ -24,11 +24,13 @@
 namespace moex::moe {
 
 // What the exchanges of a layer cost so far: bytes of expert rows this rank sent to the other
-// ranks of its group (the per-expert counts of prepare() not included), and seconds spent in the
-// collectives, waiting for slower ranks included.
+// ranks of its group (the per-expert counts of prepare() not included), bytes it sent to the
+// other ranks of its tensor-parallel group in Duplicate Token Dropping's all-gathers, and seconds
+// spent in the collectives, waiting for slower ranks included.
 struct ExchangeStats {
   int64_t exchanges = 0;
   int64_t bytes_sent = 0;
+  int64_t gather_bytes_sent = 0;
   double seconds = 0;
 };
 
@@ -40,6 +42,11 @@ class ExpertExchange {
   const DispatchPlan& local_plan() const { return local_; }
   const DispatchPlan& source_plan(int peer) const { return sources_.at(peer); }
   const ExchangeStats& stats() const { return stats_; }
+  // Duplicate Token Dropping (DeepSpeed-TED, docs/parallelism.md): the ranks of `tp_group` hold
+  // the same tokens and the same send buffers, so each sends only its 1/tp share of every block
+  // through the all-to-all (to the peers with its own tp rank), and an all-gather over the tp
+  // group puts the blocks back together. The same rows arrive as without it. Null: off.
+  void drop_duplicates(dist::Communicator* tp_group) { dedup_ = tp_group; }
 
   // rows [R, d] in the plan's layout -> local [R_local, d] on the experts' owners.
   template <typename T>
@@ -51,11 +58,17 @@ class ExpertExchange {
  private:
   template <typename T>
   void exchange(const T* send, T* recv, int64_t d, bool forward);
+  // exchange() under Duplicate Token Dropping: blocks of out_rows[p] rows to peer p, in_rows[p]
+  // from it.
+  template <typename T>
+  void exchange_shares(const T* send, T* recv, int64_t d, const std::vector<int64_t>& out_rows,
+                       const std::vector<int64_t>& in_rows);
   // The receive-layout buffer for T, zeroed, sized for rows of d elements.
   template <typename T>
   T* staging(int64_t d);
 
   dist::Communicator* group_ = nullptr;
+  dist::Communicator* dedup_ = nullptr;  // the tp group under Duplicate Token Dropping
   bool fixed_size_ = false;  // every block [El, C, d] with the same C: a plain all-to-all
   DispatchPlan local_;
   std::vector<DispatchPlan> sources_;           // [ep]

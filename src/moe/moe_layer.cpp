@@ -20,6 +20,7 @@ struct MoELayer::Impl {
   virtual const MoEOutput& forward(const Tensor& x, const MoEForwardOptions& options) = 0;
   virtual const MoEGradients& backward(const Tensor& dy) = 0;
   virtual moe::ExchangeStats exchange_stats() const { return {}; }
+  virtual void drop_duplicates(dist::Communicator* tp_group) = 0;
 
   MoEConfig config;
   DType dtype = DType::kF32;
@@ -104,6 +105,9 @@ class LayerImpl final : public MoELayer::Impl {
   // layout (what the combine reads).
   moe::ExpertExchange exchange_;
   moe::ExchangeStats exchange_stats() const override { return exchange_.stats(); }
+  void drop_duplicates(dist::Communicator* tp_group) override {
+    exchange_.drop_duplicates(tp_group);
+  }
   std::vector<T> local_buf_, local_grad_;  // [R_local,d]
   std::vector<T> rows_out_;                // [R,d]
   std::vector<T> dw_tmp_;                  // [El*F1*d + El*d*F] one source block's dw1, dw2
@@ -481,6 +485,12 @@ MoEWeights& MoELayer::weights() {
 const MoERouting& MoELayer::routing() const {
   return impl_->routing;
 }
+void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group) {
+  MOEX_CHECK(tp_group == nullptr || impl_->expert_group != nullptr,
+             "MoELayer: Duplicate Token Dropping needs an expert group (ep > 1)");
+  impl_->drop_duplicates(tp_group);
+}
+
 moe::ExchangeStats MoELayer::exchange_stats() const {
   return impl_->exchange_stats();
 }

@@ -114,6 +114,10 @@ class MoELayer {
   int64_t first_local_expert() const;
   // The token exchanges with the expert group so far (zeros without one; CPU layer only).
   moe::ExchangeStats exchange_stats() const;
+  // Duplicate Token Dropping (docs/parallelism.md): the ranks of tp_group run this layer on the
+  // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
+  // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off.
+  void drop_duplicate_tokens(dist::Communicator* tp_group);
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

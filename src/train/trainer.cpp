@@ -167,8 +167,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
              ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
   const bool tp = layout.tp > 1;
-  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr,
-                     tp ? groups.tp.get() : nullptr);
+  model::TensorParallel tensor_parallel;
+  if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd};
+  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr, tensor_parallel);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   ZeroConfig zero;

@@ -94,7 +94,7 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
     const TrainConfig c = TrainConfig::from_file(
         testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
             .string());
-    model::Model split(c.model, Device::cpu(), nullptr, groups.tp.get());
+    model::Model split(c.model, Device::cpu(), nullptr, {groups.tp.get()});
     model::Model whole(c.model);
     split.init_weights(7);
     whole.init_weights(7);

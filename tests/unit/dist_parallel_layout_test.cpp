@@ -120,8 +120,14 @@ TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   c.offload = true;
   refused(c, "offload");
   c = ParallelConfig();
-  c.dtd = true;
-  refused(c, "dtd");
+  c.dtd = true;  // needs tp > 1 and ep > 1
+  EXPECT_NE(error_of(4, c).find("run.json: parallel.dtd: Duplicate Token Dropping needs tp > 1 and "
+                                "ep > 1"),
+            std::string::npos)
+      << error_of(4, c);
+  c.tp = 2;
+  c.ep = 2;
+  EXPECT_EQ(error_of(4, c), "");
   c = ParallelConfig();
   c.cac = true;
   refused(c, "cac");
