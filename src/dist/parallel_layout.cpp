@@ -18,7 +18,6 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
   not_built(c.tp > 1, "tp");
   not_built(c.offload, "offload");
   not_built(c.dtd, "dtd");
-  not_built(c.cac, "cac");
 
   return map(world_size, rank, static_cast<int>(c.tp), static_cast<int>(c.ep));
 }

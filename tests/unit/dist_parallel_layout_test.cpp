@@ -117,9 +117,14 @@ TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   c = ParallelConfig();
   c.dtd = true;
   refused(c, "dtd");
-  c = ParallelConfig();
+}
+
+// CAC is built (docs/parallelism.md); the config reader checks what it needs.
+TEST(ParallelLayout, CacIsAccepted) {
+  ParallelConfig c;
+  c.ep = 2;
   c.cac = true;
-  refused(c, "cac");
+  EXPECT_EQ(error_of(4, c), "");
 }
 
 }  // namespace

@@ -100,9 +100,11 @@ std::string moe_bench_json(const MoEBenchResult& r) {
   if (r.ep > 1) {
     std::snprintf(tail, sizeof(tail),
                   "\"ep\": %d, \"ranks\": %d, \"a2a_ms\": %.3f, \"a2a_bytes\": %lld, "
-                  "\"a2a_share\": %.3f}",
+                  "\"a2a_share\": %.3f, \"recompute\": %s, \"cac\": %s, "
+                  "\"a2a_saved_bytes\": %lld}",
                   r.ep, r.ranks, r.a2a_ms, static_cast<long long>(r.a2a_bytes),
-                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0);
+                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0, r.recompute ? "true" : "false",
+                  r.cac ? "true" : "false", static_cast<long long>(r.a2a_saved_bytes));
   } else {
     std::snprintf(tail, sizeof(tail), "\"dense_fwdbwd_gflops\": %.2f, \"moe_over_dense\": %.3f}",
                   r.dense_fwdbwd_gflops,
@@ -126,6 +128,8 @@ std::string moe_bench_text(const MoEBenchResult& r) {
 MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptions& options) {
   MOEX_CHECK(options.iters >= 1, "--iters must be >= 1, got ", options.iters);
   MOEX_CHECK(options.warmup >= 0, "--warmup must be >= 0, got ", options.warmup);
+  MOEX_CHECK(!options.cac || options.ep > 1,
+             "--cac needs --ep > 1 (without expert parallelism there is no all-to-all to keep)");
   const MoEConfig config = moe_bench_config(shape, options.dropless);
   // Expert parallelism: groups of ep consecutive ranks, as the training layout makes them; every
   // rank routes its own tokens.
@@ -166,8 +170,22 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   // The MoE and dense runs alternate so that load from other processes on a shared machine
   // falls on both alike; each reports its median.
   auto moe_fwd = [&] { layer.forward(x, fwd); };
+  const bool recompute = options.recompute || options.cac;
+  MoERouting held;
   auto moe_fwdbwd = [&] {
-    layer.forward(x, fwd);
+    if (recompute) {  // the first pass of a checkpointed layer, then its recompute
+      MoEForwardOptions first = fwd;
+      first.keep_for_backward = false;
+      first.keep_exchange = options.cac;
+      layer.forward(x, first);
+      held = layer.routing();
+      MoEForwardOptions again = fwd;
+      again.fixed_routing = &held;
+      again.reuse_exchange = options.cac;
+      layer.forward(x, again);
+    } else {
+      layer.forward(x, fwd);
+    }
     layer.backward(dy);
   };
   auto dense_fwdbwd = [&] {
@@ -192,6 +210,7 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
     const moe::ExchangeStats after = layer.exchange_stats();
     a2a.seconds += after.seconds - before.seconds;
     a2a.bytes_sent += after.bytes_sent - before.bytes_sent;
+    a2a.bytes_saved += after.bytes_saved - before.bytes_saved;
     if (!ep) t_dense.push_back(time_ms(dense_fwdbwd, 0, 1));
   }
   MoEBenchResult r;
@@ -210,6 +229,9 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   r.ranks = ranks;
   r.a2a_ms = a2a.seconds * 1e3 / options.iters;
   r.a2a_bytes = a2a.bytes_sent / options.iters;
+  r.recompute = recompute;
+  r.cac = options.cac;
+  r.a2a_saved_bytes = a2a.bytes_saved / options.iters;
   return r;
 }
 
