@@ -222,7 +222,7 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   r.fwdbwd_ms = median(t_fwdbwd);
   const double flops = moe_expert_flops(shape, rows);
   r.fwd_gflops = flops / (r.fwd_ms * 1e6);
-  r.fwdbwd_gflops = 3 * flops / (r.fwdbwd_ms * 1e6);
+  r.fwdbwd_gflops = (recompute ? 4 : 3) * flops / (r.fwdbwd_ms * 1e6);  // + the recompute
   if (!ep) r.dense_fwdbwd_gflops = 3 * flops / (median(t_dense) * 1e6);
   r.ep = options.ep;
   r.rank = rank;

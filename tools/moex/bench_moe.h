@@ -44,8 +44,9 @@ struct MoEBenchResult {
   int ep = 1, rank = 0, ranks = 1;
   double a2a_ms = 0;
   int64_t a2a_bytes = 0;
-  // --recompute / --cac: forward+backward ran as an activation-checkpointed layer runs it, and
-  // the bytes the recompute did not send under CAC (docs/parallelism.md §CAC).
+  // --recompute / --cac: forward+backward ran as an activation-checkpointed layer runs it (its
+  // fwdbwd_ms and fwdbwd_gflops count the recompute), and the bytes the recompute did not send
+  // under CAC (docs/parallelism.md §CAC).
   bool recompute = false, cac = false;
   int64_t a2a_saved_bytes = 0;
 };
