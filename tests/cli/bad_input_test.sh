@@ -77,6 +77,8 @@ expect_error "--device: unknown device 'tpu'" bench train-step --device tpu
 expect_error "--device: unknown device 'gpu0'" eval --model "$TMP/none" --input-ids x --device gpu0
 expect_error "--device: unknown device 'cuda:x'" generate --model "$TMP/none" --prompt hi --device cuda:x
 expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
+expect_error "--cac needs --ep > 1" bench moe-layer --cac
+expect_error "bench train-step does not take --cac" bench train-step --cac
 
 # prune: counts and directories are checked before anything is written
 expect_error "--keep-experts must be >= 1" prune --model "$TMP/model_dir" --out "$TMP/p" --keep-experts 0 --calibration x

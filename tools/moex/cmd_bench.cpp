@@ -111,6 +111,8 @@ int run_moe_layer(const Args& args) {
   options.cac = args.flag("cac");
   MOEX_CHECK(!(options.recompute || options.cac) || !cuda,
              "--recompute, --cac: the CPU layer only (the GPU layer has no expert group yet)");
+  MOEX_CHECK(!options.cac || options.ep > 1,
+             "--cac needs --ep > 1 (without expert parallelism there is no all-to-all to keep)");
   MOEX_CHECK(options.ep == 1 || !cuda,
              "--ep: expert parallelism runs on CPU ranks only (no NCCL path yet)");
   const bool json = args.flag("json");
