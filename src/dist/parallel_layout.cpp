@@ -21,7 +21,6 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
   MOEX_CHECK(!c.dtd || (c.tp > 1 && c.ep > 1), source,
              ": parallel.dtd: Duplicate Token Dropping needs tp > 1 and ep > 1 (it drops the "
              "copies that the tp ranks would send through the expert all-to-all)");
-  not_built(c.cac, "cac");
 
   return map(world_size, rank, static_cast<int>(c.tp), static_cast<int>(c.ep));
 }

@@ -179,6 +179,8 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   // A recompute's backward follows at once: its expert rows can live in the shared scratch.
   options.keep_in_scratch = save && hold_routing_;
   options.defer_stats = true;
+  options.keep_exchange = step.cac && !hold_routing_;
+  options.reuse_exchange = step.cac && hold_routing_;
   // Recompute (activation checkpointing) must route as the first pass did. The CPU layer is given
   // the first pass's routing. The GPU layer recomputes it: the same input bits, seed and stream
   // offset through deterministic kernels (router GEMM, fixed-order gating) give the same experts

@@ -26,6 +26,9 @@ struct StepOptions {
   uint64_t offset = 0;
   double loss_scale = 1.0;
   bool drop_tokens = true;  // MoEForwardOptions::drop_tokens
+  // A checkpointed block under CAC: its first pass keeps the MoE layer's all-to-all results and
+  // the recompute (hold_routing) reuses them (MoEForwardOptions::keep_exchange, reuse_exchange).
+  bool cac = false;
 };
 
 // What an MoE block reports after forward (losses, per-expert load and kept counts, drops):
@@ -54,6 +57,10 @@ class FfnLayer {
   // The last forward's statistics. On a GPU the forward does not wait for them: the first call
   // after it does (so a model reads them after its last layer, not between layers).
   const MoEStats& stats();
+  // The MoE layer's token exchanges so far (zeros for a dense FFN or without an expert group).
+  moe::ExchangeStats exchange_stats() const {
+    return moe_ ? moe_->exchange_stats() : moe::ExchangeStats{};
+  }
   // Re-run forward with the routing of the previous forward (activation-checkpoint recompute): on
   // the CPU the routing is held and reused; on a GPU it is recomputed, bit for bit the same.
   void hold_routing(bool hold) { hold_routing_ = hold; }

@@ -201,7 +201,8 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
     x[i + 1] = arena_.alloc(Shape{n, d}, dt);
     // one Philox stream per (step, layer)
     const uint64_t offset = options.step * 1024 + i;
-    const StepOptions step{options.training, options.seed, offset, options.loss_scale};
+    StepOptions step{options.training, options.seed, offset, options.loss_scale};
+    step.cac = options.cac && keep == Block::Keep::kInputOnly;
     blocks_[i]->forward(x[i], batch, seq_len, x[i + 1], arena_, keep, step);
   }
   const Tensor hidden = arena_.alloc(Shape{n, d}, dt);
@@ -516,6 +517,19 @@ std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {
     if (blocks_[i]->ffn().is_moe())
       out.emplace_back(static_cast<int>(i), blocks_[i]->ffn().stats());
   return out;
+}
+
+moe::ExchangeStats Model::exchange_stats() const {
+  moe::ExchangeStats sum;
+  for (const auto& block : blocks_) {
+    const moe::ExchangeStats s = block->ffn().exchange_stats();
+    sum.exchanges += s.exchanges;
+    sum.bytes_sent += s.bytes_sent;
+    sum.seconds += s.seconds;
+    sum.exchanges_saved += s.exchanges_saved;
+    sum.bytes_saved += s.bytes_saved;
+  }
+  return sum;
 }
 
 }  // namespace moex::model

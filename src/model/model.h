@@ -22,6 +22,9 @@ struct ForwardOptions {
   // weight's gradient, so follow it with backward(). False (evaluation): nothing is kept.
   bool for_backward = false;
   bool checkpoint_activations = false;  // keep block inputs only; recompute in backward
+  // With checkpoint_activations under expert parallelism: the recompute reuses the first pass's
+  // all-to-all results instead of exchanging again (CAC, docs/parallelism.md; CPU only).
+  bool cac = false;
   uint64_t seed = 0;                    // router noise (jitter, RSample, Gumbel, RTS) of this step
   uint64_t step = 0;                    // RNG offset: a fresh stream per step and layer
   // Weight of this forward's loss (cross-entropy and MoE aux/z terms) in the objective that
@@ -139,6 +142,8 @@ class Model {
 
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
+  // The token exchanges of every MoE layer so far, summed (zeros without an expert group).
+  moe::ExchangeStats exchange_stats() const;
   // Bytes of the activation arena at its fullest so far.
   size_t activation_bytes() const { return arena_.high_water(); }
 

@@ -203,9 +203,21 @@ void ExpertExchange::from_owners(const T* local, int64_t d, T* rows) {
   exchange(send, rows, d, false);
 }
 
+template <typename T>
+void ExpertExchange::reuse_forward(int64_t d) {
+  MOEX_CHECK(group_ != nullptr, "ExpertExchange::reuse_forward: no exchange was prepared");
+  const int ep = group_->size();
+  for (int p = 0; p < ep; ++p)
+    if (p != group_->rank())
+      stats_.bytes_saved += (send_rows_[p] + recv_rows_[p]) * d * static_cast<int64_t>(sizeof(T));
+  stats_.exchanges_saved += 2;
+}
+
 template void ExpertExchange::to_owners<float>(const float*, int64_t, float*);
 template void ExpertExchange::to_owners<double>(const double*, int64_t, double*);
 template void ExpertExchange::from_owners<float>(const float*, int64_t, float*);
 template void ExpertExchange::from_owners<double>(const double*, int64_t, double*);
+template void ExpertExchange::reuse_forward<float>(int64_t);
+template void ExpertExchange::reuse_forward<double>(int64_t);
 
 }  // namespace moex::moe

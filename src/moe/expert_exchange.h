@@ -26,12 +26,15 @@ namespace moex::moe {
 // What the exchanges of a layer cost so far: bytes of expert rows this rank sent to the other
 // ranks of its group (the per-expert counts of prepare() not included), bytes it sent to the
 // other ranks of its tensor-parallel group in Duplicate Token Dropping's all-gathers, and seconds
-// spent in the collectives, waiting for slower ranks included.
+// spent in the collectives, waiting for slower ranks included. Under CAC (reuse_forward) the
+// exchanges a recompute did not repeat and the bytes they would have sent count as saved.
 struct ExchangeStats {
   int64_t exchanges = 0;
   int64_t bytes_sent = 0;
   int64_t gather_bytes_sent = 0;
   double seconds = 0;
+  int64_t exchanges_saved = 0;
+  int64_t bytes_saved = 0;
 };
 
 class ExpertExchange {
@@ -54,6 +57,10 @@ class ExpertExchange {
   // local [R_local, d] -> rows [R, d] in the plan's layout (padding rows zero). The reverse.
   template <typename T>
   void from_owners(const T* local, int64_t d, T* rows);
+  // A recompute took the results of the last to_owners and from_owners of rows of d elements
+  // (kept by the caller) instead of exchanging again: counted as saved, nothing is sent.
+  template <typename T>
+  void reuse_forward(int64_t d);
 
  private:
   template <typename T>

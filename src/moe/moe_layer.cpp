@@ -111,6 +111,10 @@ class LayerImpl final : public MoELayer::Impl {
   std::vector<T> local_buf_, local_grad_;  // [R_local,d]
   std::vector<T> rows_out_;                // [R,d]
   std::vector<T> dw_tmp_;                  // [El*F1*d + El*d*F] one source block's dw1, dw2
+  // CAC: local_buf_, rows_out_ and exchange_'s plans hold a checkpointed first pass's all-to-all
+  // results for its recompute. They are this layer's own buffers, which nothing else writes
+  // before its next forward, so keeping them copies nothing.
+  bool exchange_kept_ = false;
   // The expert computation runs once per source rank of the rows (ExpertExchange::source_plan).
   int num_sources() const { return expert_group ? expert_group->size() : 1; }
   const moe::DispatchPlan& source_plan(int q) const {
@@ -154,6 +158,17 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   s_.resize(num_t * num_e);
   moe::router_logits<T>(router_in, ptr<T>(weights.router), num_t, d, num_e, z_.data());
   moe::router_scores<T>(z_.data(), num_t, num_e, c.score_func, s_.data());
+
+  // CAC recompute: the kept exchange must be the one of this routing (the first pass's).
+  const bool reuse = expert_group != nullptr && options.reuse_exchange;
+  if (reuse) {
+    MOEX_CHECK(exchange_kept_ && options.fixed_routing != nullptr &&
+                   options.fixed_routing->topk_idx == routing.topk_idx &&
+                   options.fixed_routing->plan.counts == routing.plan.counts,
+               "MoELayer::forward: reuse_exchange needs the previous forward to be a first pass "
+               "with keep_exchange and this forward to hold its routing (fixed_routing)");
+  }
+  exchange_kept_ = false;
 
   // 2-3. Selection and the dispatch plan (or the ones held fixed).
   if (options.fixed_routing != nullptr) {
@@ -228,9 +243,11 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   moe::moe_permute<T>(xp, plan, d, buf_.data());
   const T* expert_in = buf_.data();
   if (expert_group != nullptr) {
-    exchange_.prepare(plan, *expert_group);
-    local_buf_.resize(exchange_.local_plan().num_rows() * d);
-    exchange_.to_owners(buf_.data(), d, local_buf_.data());
+    if (!reuse) {
+      exchange_.prepare(plan, *expert_group);
+      local_buf_.resize(exchange_.local_plan().num_rows() * d);
+      exchange_.to_owners(buf_.data(), d, local_buf_.data());
+    }
     expert_in = local_buf_.data();
   }
   const moe::DispatchPlan& eplan = expert_group ? exchange_.local_plan() : plan;
@@ -240,10 +257,15 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
                             experts_.h.data(), experts_.a.data(), experts_.out.data());
   const T* expert_out = experts_.out.data();
   if (expert_group != nullptr) {
-    rows_out_.resize(rows * d);
-    exchange_.from_owners(experts_.out.data(), d, rows_out_.data());
+    if (reuse) {
+      exchange_.reuse_forward<T>(d);  // the owners' outputs are the first pass's, bit for bit
+    } else {
+      rows_out_.resize(rows * d);
+      exchange_.from_owners(experts_.out.data(), d, rows_out_.data());
+    }
     expert_out = rows_out_.data();
   }
+  exchange_kept_ = expert_group != nullptr && options.keep_exchange;
   if (!out_.y.defined() || out_.y.dim(0) != num_t) out_.y = Tensor::empty(Shape{num_t, d}, dtype);
   T* y = out_.y.data<T>();
 

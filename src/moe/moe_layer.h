@@ -55,6 +55,15 @@ struct MoEForwardOptions {
   // activation-checkpoint recompute), so the GPU layer may keep its expert activations in the
   // shared scratch instead of buffers of its own. Ignored on the CPU.
   bool keep_in_scratch = false;
+  // Communication-aware activation checkpointing (docs/parallelism.md §CAC; CPU layer with an
+  // expert group, ignored otherwise). keep_exchange: this forward is a checkpointed first pass
+  // that a recompute will repeat, so its all-to-all results (the rows this rank's experts
+  // received, the expert outputs brought back, the exchanged counts) stay valid for it.
+  // reuse_exchange: this forward is that recompute (fixed_routing = the first pass's routing):
+  // it takes the kept results instead of exchanging again, so it makes no collective call. The
+  // same input gives the same rows on every rank, so the result is bit for bit the same.
+  bool keep_exchange = false;
+  bool reuse_exchange = false;
   // True: on a GPU, the forward does not wait for the device; the statistics of its result
   // (losses, load, counts, dropped, capacity) are filled by finish_stats(). The CPU fills them at
   // once either way.

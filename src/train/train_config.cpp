@@ -7,7 +7,8 @@ namespace {
 
 // The layout's options and the checks that need only the model; the world size is checked when
 // training starts (dist::ParallelLayout::make).
-dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& model) {
+dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& model,
+                                    bool activation_checkpointing) {
   dist::ParallelConfig p;
   p.tp = par.get_int("tp", 1);
   p.ep = par.get_int("ep", 1);
@@ -21,6 +22,11 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   if (p.zero_stage < 0 || p.zero_stage > 2)
     par.fail("zero_stage", "must be 0, 1 or 2 (stage 3 is not built)");
   if (p.tile_elements < 1) par.fail("tile_elements", "must be >= 1");
+  // CAC changes what a checkpointed recompute exchanges: without either there is nothing to keep.
+  if (p.cac && !activation_checkpointing)
+    par.fail("cac", "needs training.activation_checkpointing");
+  if (p.cac && p.ep < 2)
+    par.fail("cac", "needs parallel.ep > 1 (without expert parallelism there is no all-to-all)");
   auto divides = [&](const char* field, int64_t n, int64_t size, const std::string& what) {
     if (size % n != 0)
       par.fail(field, "is " + std::to_string(n) + ", which does not divide " + what + " (" +
@@ -140,7 +146,7 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   for (const char* key : {"micro_batch_size", "grad_accum", "eval_batches"})
     if (tr.get_int(key, 0) > kMaxBatch)
       tr.fail(key, "must be at most " + std::to_string(kMaxBatch));
-  c.parallel = parse_parallel(root.child("parallel"), c.model);
+  c.parallel = parse_parallel(root.child("parallel"), c.model, c.training.activation_checkpointing);
   return c;
 }
 

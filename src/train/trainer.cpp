@@ -140,6 +140,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   dist::Communicator& comm = group ? *group : dist::Communicator::world();
   const dist::ParallelLayout layout =
       dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
+  // CAC keeps the exchange results of the CPU MoE layer; the GPU layer has no expert group yet.
+  MOEX_CHECK(!c.parallel.cac || c.training.device.is_cpu(), c.source,
+             ": parallel.cac: communication-aware activation checkpointing runs on CPU ranks only "
+             "so far (docs/parallelism.md)");
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
@@ -247,6 +251,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.training = true;
       opt.for_backward = true;
       opt.checkpoint_activations = c.training.activation_checkpointing;
+      opt.cac = c.parallel.cac;
       opt.seed = c.training.seed;
       opt.step = static_cast<uint64_t>(state.step * micro_per_step + micro);
       opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
@@ -342,6 +347,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
   }
   result.steps_done = state.step;
+  result.exchange = model.exchange_stats();
   result.final_loss = state.last_loss;
   return result;
 }

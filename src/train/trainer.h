@@ -21,6 +21,8 @@ struct TrainResult {
   bool interrupted = false;
   std::string last_checkpoint;
   int64_t optimizer_state_bytes = 0;  // Adam moments held by this rank (a ZeRO shard under ZeRO)
+  // This rank's expert-parallel token exchanges over the run, all MoE layers (docs/parallelism.md).
+  moe::ExchangeStats exchange;
 };
 
 // What a variant of training adds to the loop (train/distill.h: knowledge distillation), so that

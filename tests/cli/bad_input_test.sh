@@ -29,6 +29,8 @@ expect_error "nobias.json: optimizer.bias_update_rate needs MoE layers with a se
 # parallel layouts: checked at start-up, before any data is read (docs/parallelism.md)
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "parallel": {"ep": 2}}' > "$TMP/ep.json"
 expect_error "ep.json: parallel.ep: 2 must be >= 1 and divide dp = ranks / tp = 1 / 1 = 1" train --config "$TMP/ep.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "parallel": {"ep": 2, "cac": true}}' > "$TMP/cac.json"
+expect_error "cac.json: parallel.cac needs training.activation_checkpointing" train --config "$TMP/cac.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "parallel": {"zero_stage": 3}}' > "$TMP/zero.json"
 expect_error "zero.json: parallel.zero_stage must be 0, 1 or 2 (stage 3 is not built)" train --config "$TMP/zero.json"
 printf '{"model": ' > "$TMP/broken.json"
@@ -75,6 +77,8 @@ expect_error "--device: unknown device 'tpu'" bench train-step --device tpu
 expect_error "--device: unknown device 'gpu0'" eval --model "$TMP/none" --input-ids x --device gpu0
 expect_error "--device: unknown device 'cuda:x'" generate --model "$TMP/none" --prompt hi --device cuda:x
 expect_error "bench moe-layer does not take --tokens" bench moe-layer --tokens 8
+expect_error "--cac needs --ep > 1" bench moe-layer --cac
+expect_error "bench train-step does not take --cac" bench train-step --cac
 
 # prune: counts and directories are checked before anything is written
 expect_error "--keep-experts must be >= 1" prune --model "$TMP/model_dir" --out "$TMP/p" --keep-experts 0 --calibration x

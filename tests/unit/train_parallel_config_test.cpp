@@ -26,9 +26,9 @@ class ParallelConfigTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   // The fixture's config (4 experts in layer 1, 4 heads, 2 kv heads, ffn 48, expert ffn 24)
-  // with `parallel` as the "parallel" object.
-  fs::path config_with(const std::string& parallel) {
-    return testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, "",
+  // with `parallel` as the "parallel" object and `training` added to the "training" object.
+  fs::path config_with(const std::string& parallel, const std::string& training = "") {
+    return testing::write_config(dir_, (dir_ / "out").string(), training, nullptr, "",
                                  R"(, "parallel": )" + parallel);
   }
   // The error of loading `path`, or "" when it loads.
@@ -56,7 +56,8 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
 TEST_F(ParallelConfigTest, ReadsEveryField) {
   const TrainConfig c = TrainConfig::from_file(
       config_with(R"({"tp": 2, "ep": 4, "zero_stage": 2, "tile_elements": 1000,
-                      "offload": true, "dtd": true, "cac": true})")
+                      "offload": true, "dtd": true, "cac": true})",
+                  R"(, "activation_checkpointing": true)")
           .string());
   EXPECT_EQ(c.parallel.tp, 2);
   EXPECT_EQ(c.parallel.ep, 4);
@@ -107,6 +108,20 @@ TEST_F(ParallelConfigTest, TensorParallelMustDivideHeadsAndWidths) {
   // The MoE layers stay whole: an expert width that tp does not divide is fine.
   path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, R"(, "ffn_size": 25)",
                                R"(, "parallel": {"tp": 2})");
+  EXPECT_EQ(error_of(path), "");
+}
+
+// CAC changes only what a checkpointed recompute exchanges under ep: set where it cannot act, it
+// is an error rather than a silent no-op.
+TEST_F(ParallelConfigTest, CacNeedsCheckpointingAndExpertParallelism) {
+  fs::path path = config_with(R"({"ep": 2, "cac": true})");
+  EXPECT_EQ(error_of(path),
+            path.string() + ": parallel.cac needs training.activation_checkpointing");
+  path = config_with(R"({"cac": true})", R"(, "activation_checkpointing": true)");
+  EXPECT_EQ(error_of(path), path.string() +
+                                ": parallel.cac needs parallel.ep > 1 (without expert parallelism "
+                                "there is no all-to-all)");
+  path = config_with(R"({"ep": 2, "cac": true})", R"(, "activation_checkpointing": true)");
   EXPECT_EQ(error_of(path), "");
 }
 

@@ -100,9 +100,11 @@ std::string moe_bench_json(const MoEBenchResult& r) {
   if (r.ep > 1) {
     std::snprintf(tail, sizeof(tail),
                   "\"ep\": %d, \"ranks\": %d, \"a2a_ms\": %.3f, \"a2a_bytes\": %lld, "
-                  "\"a2a_share\": %.3f}",
+                  "\"a2a_share\": %.3f, \"recompute\": %s, \"cac\": %s, "
+                  "\"a2a_saved_bytes\": %lld}",
                   r.ep, r.ranks, r.a2a_ms, static_cast<long long>(r.a2a_bytes),
-                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0);
+                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0, r.recompute ? "true" : "false",
+                  r.cac ? "true" : "false", static_cast<long long>(r.a2a_saved_bytes));
   } else {
     std::snprintf(tail, sizeof(tail), "\"dense_fwdbwd_gflops\": %.2f, \"moe_over_dense\": %.3f}",
                   r.dense_fwdbwd_gflops,
@@ -166,8 +168,22 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   // The MoE and dense runs alternate so that load from other processes on a shared machine
   // falls on both alike; each reports its median.
   auto moe_fwd = [&] { layer.forward(x, fwd); };
+  const bool recompute = options.recompute || options.cac;
+  MoERouting held;
   auto moe_fwdbwd = [&] {
-    layer.forward(x, fwd);
+    if (recompute) {  // the first pass of a checkpointed layer, then its recompute
+      MoEForwardOptions first = fwd;
+      first.keep_for_backward = false;
+      first.keep_exchange = options.cac;
+      layer.forward(x, first);
+      held = layer.routing();
+      MoEForwardOptions again = fwd;
+      again.fixed_routing = &held;
+      again.reuse_exchange = options.cac;
+      layer.forward(x, again);
+    } else {
+      layer.forward(x, fwd);
+    }
     layer.backward(dy);
   };
   auto dense_fwdbwd = [&] {
@@ -192,6 +208,7 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
     const moe::ExchangeStats after = layer.exchange_stats();
     a2a.seconds += after.seconds - before.seconds;
     a2a.bytes_sent += after.bytes_sent - before.bytes_sent;
+    a2a.bytes_saved += after.bytes_saved - before.bytes_saved;
     if (!ep) t_dense.push_back(time_ms(dense_fwdbwd, 0, 1));
   }
   MoEBenchResult r;
@@ -203,13 +220,16 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   r.fwdbwd_ms = median(t_fwdbwd);
   const double flops = moe_expert_flops(shape, rows);
   r.fwd_gflops = flops / (r.fwd_ms * 1e6);
-  r.fwdbwd_gflops = 3 * flops / (r.fwdbwd_ms * 1e6);
+  r.fwdbwd_gflops = (recompute ? 4 : 3) * flops / (r.fwdbwd_ms * 1e6);  // + the recompute
   if (!ep) r.dense_fwdbwd_gflops = 3 * flops / (median(t_dense) * 1e6);
   r.ep = options.ep;
   r.rank = rank;
   r.ranks = ranks;
   r.a2a_ms = a2a.seconds * 1e3 / options.iters;
   r.a2a_bytes = a2a.bytes_sent / options.iters;
+  r.recompute = recompute;
+  r.cac = options.cac;
+  r.a2a_saved_bytes = a2a.bytes_saved / options.iters;
   return r;
 }
 

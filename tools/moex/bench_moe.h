@@ -44,6 +44,11 @@ struct MoEBenchResult {
   int ep = 1, rank = 0, ranks = 1;
   double a2a_ms = 0;
   int64_t a2a_bytes = 0;
+  // --recompute / --cac: forward+backward ran as an activation-checkpointed layer runs it (its
+  // fwdbwd_ms and fwdbwd_gflops count the recompute), and the bytes the recompute did not send
+  // under CAC (docs/parallelism.md §CAC).
+  bool recompute = false, cac = false;
+  int64_t a2a_saved_bytes = 0;
 };
 
 struct MoEBenchOptions {
@@ -51,11 +56,16 @@ struct MoEBenchOptions {
   int warmup = 1;
   int iters = 5;
   int ep = 1;  // > 1: experts spread over groups of ep MPI ranks (CPU only)
+  // Forward+backward as an activation-checkpointed layer: a first pass that keeps nothing, a
+  // recompute with its routing, then backward; with cac the recompute reuses the first pass's
+  // all-to-all results (needs ep > 1).
+  bool recompute = false;
+  bool cac = false;
 };
 
 // One JSON object on one line: shape, device, mode, fwd_ms, fwdbwd_ms, fwd_gflops, fwdbwd_gflops,
 // routed_tokens, then dense_fwdbwd_gflops and moe_over_dense, or with ep > 1: ep, ranks, a2a_ms,
-// a2a_bytes, a2a_share (of fwdbwd_ms).
+// a2a_bytes, a2a_share (of fwdbwd_ms), recompute, cac, a2a_saved_bytes.
 std::string moe_bench_json(const MoEBenchResult& result);
 std::string moe_bench_text(const MoEBenchResult& result);
 

@@ -22,7 +22,8 @@ namespace {
 void print_help() {
   std::printf(
       "usage: moex bench moe-layer [--device cpu|cuda] [--shape NAME] [--mode capacity|dropless]\n"
-      "                            [--iters N] [--warmup N] [--json] [--ep N]\n"
+      "                            [--iters N] [--warmup N] [--json] [--ep N] [--recompute]\n"
+      "                            [--cac]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
@@ -35,6 +36,9 @@ void print_help() {
       "  --device    cpu (default) or cuda\n"
       "  --ep        under mpirun (CPU): experts spread over groups of N ranks, each rank routing\n"
       "              its own tokens; reports the token exchanges' time and bytes (rank 0 prints)\n"
+      "  --recompute fwd+bwd as an activation-checkpointed layer: first pass, recompute, backward\n"
+      "  --cac       as --recompute, the recompute reusing the first pass's all-to-alls (--ep > "
+      "1)\n"
       "  --shape     one shape (default: every shape sized for the device):\n");
   for (const auto& s : bench::moe_bench_shapes()) {
     std::printf("                %-12s %-4s T=%lld d=%lld F=%lld E=%d k=%d %s cf=%.2f\n",
@@ -71,8 +75,8 @@ std::vector<int> batch_list(const std::string& text) {
 
 // Flags that a benchmark does not read are errors rather than silently ignored.
 void check_flags(const Args& args, const std::string& what, const std::set<std::string>& takes) {
-  for (const char* flag :
-       {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "json"}) {
+  for (const char* flag : {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "json",
+                           "recompute", "cac"}) {
     MOEX_CHECK(!args.has(flag) || takes.count(flag), "bench ", what, " does not take --", flag);
   }
 }
@@ -86,7 +90,8 @@ int count_flag(const Args& args, const std::string& flag, int64_t fallback, int6
 }
 
 int run_moe_layer(const Args& args) {
-  check_flags(args, "moe-layer", {"device", "shape", "mode", "iters", "warmup", "json", "ep"});
+  check_flags(args, "moe-layer",
+              {"device", "shape", "mode", "iters", "warmup", "json", "ep", "recompute", "cac"});
   const std::string device = args.get("device", "cpu");
   MOEX_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, got '", device,
              "'");
@@ -102,6 +107,12 @@ int run_moe_layer(const Args& args) {
   options.iters = count_flag(args, "iters", cuda ? 20 : 5, 1);
   options.warmup = count_flag(args, "warmup", cuda ? 3 : 1, 0);
   options.ep = count_flag(args, "ep", 1, 1);
+  options.recompute = args.flag("recompute");
+  options.cac = args.flag("cac");
+  MOEX_CHECK(!(options.recompute || options.cac) || !cuda,
+             "--recompute, --cac: the CPU layer only (the GPU layer has no expert group yet)");
+  MOEX_CHECK(!options.cac || options.ep > 1,
+             "--cac needs --ep > 1 (without expert parallelism there is no all-to-all to keep)");
   MOEX_CHECK(options.ep == 1 || !cuda,
              "--ep: expert parallelism runs on CPU ranks only (no NCCL path yet)");
   const bool json = args.flag("json");
@@ -133,7 +144,7 @@ int run_moe_layer(const Args& args) {
 int run_bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep"},
-                  {"json", "help"});
+                  {"json", "help", "recompute", "cac"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
