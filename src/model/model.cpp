@@ -525,6 +525,7 @@ moe::ExchangeStats Model::exchange_stats() const {
     const moe::ExchangeStats s = block->ffn().exchange_stats();
     sum.exchanges += s.exchanges;
     sum.bytes_sent += s.bytes_sent;
+    sum.gather_bytes_sent += s.gather_bytes_sent;
     sum.seconds += s.seconds;
     sum.exchanges_saved += s.exchanges_saved;
     sum.bytes_saved += s.bytes_saved;

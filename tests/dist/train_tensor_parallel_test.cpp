@@ -13,6 +13,7 @@
 // head, q/k/v biases, tied embeddings and learned positions.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <random>
@@ -151,6 +152,65 @@ TEST(TensorParallel, LayoutsEqualTheSingleProcessRun) {
   }
   SCOPED_TRACE("activation checkpointing");
   check_equals_single_process(2, world == 4 ? 2 : 1, "", checkpointing);
+}
+
+// Duplicate Token Dropping (tp 2 x ep 2, np 4) only changes how the expert rows travel: the runs
+// with it on and off give the same losses and the same final weights and moments (tolerance 0),
+// with activation checkpointing and CAC too, while each rank sends fewer all-to-all bytes (about
+// half; the rest goes through the all-gather over tp). At np 2 no layout has tp and ep > 1.
+TEST(TensorParallel, DuplicateTokenDroppingChangesNoNumber) {
+  dist::Communicator& world = dist::Communicator::world();
+  if (world.size() != 4) {
+    ASSERT_EQ(world.size(), 2) << "run with mpirun -np 2 or 4";
+    return;
+  }
+  const fs::path corpus = fs::current_path() / "tp_dtd_np4";
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  for (const bool checkpointing : {false, true}) {
+    SCOPED_TRACE(checkpointing ? "activation checkpointing and CAC" : "plain");
+    // No evaluation: its forwards exchange too.
+    const std::string training = std::string(R"(, "grad_accum": 1, "steps": 3, "eval_every": 0)") +
+                                 (checkpointing ? R"(, "activation_checkpointing": true)" : "");
+    const std::string extra = checkpointing ? R"(, "cac": true)" : "";
+    TrainResult runs[2];
+    for (const bool dtd : {false, true}) {
+      const std::string out =
+          (corpus / (std::string(dtd ? "on" : "off") + (checkpointing ? "_ckpt" : ""))).string();
+      const std::string parallel = std::string(R"(, "parallel": {"tp": 2, "ep": 2, "dtd": )") +
+                                   (dtd ? "true" : "false") + extra + "}";
+      runs[dtd] = run_training(
+          TrainConfig::from_file(
+              testing::write_config(corpus, out, training, &world, "", parallel).string()),
+          "", 0, &world);
+    }
+    const moe::ExchangeStats& off = runs[0].exchange;
+    const moe::ExchangeStats& on = runs[1].exchange;
+    EXPECT_EQ(on.exchanges, off.exchanges);
+    EXPECT_EQ(off.gather_bytes_sent, 0);
+    EXPECT_GT(on.gather_bytes_sent, 0);
+    EXPECT_LT(on.bytes_sent, off.bytes_sent);
+    EXPECT_GT(2 * on.bytes_sent + 64 * 32 * 4, off.bytes_sent);  // half, up to a row per block
+    if (world.is_root())  // the figures in docs/parallelism.md
+      std::printf("[dtd]%s rank 0: all-to-all bytes %lld off, %lld on; all-gather bytes %lld\n",
+                  checkpointing ? " checkpointing+cac" : "", static_cast<long long>(off.bytes_sent),
+                  static_cast<long long>(on.bytes_sent),
+                  static_cast<long long>(on.gather_bytes_sent));
+    if (world.is_root()) {
+      const std::string suffix = checkpointing ? "_ckpt" : "";
+      const testing::Metrics a =
+          testing::read_metrics((corpus / ("on" + suffix)).string() + "/metrics.jsonl");
+      const testing::Metrics b =
+          testing::read_metrics((corpus / ("off" + suffix)).string() + "/metrics.jsonl");
+      testing::expect_near_rel(a.loss, b.loss, "loss", 0.0);
+      testing::expect_near_rel(a.aux, b.aux, "aux loss", 0.0);
+      testing::expect_same_checkpoint((corpus / ("on" + suffix)).string() + "/final",
+                                      (corpus / ("off" + suffix)).string() + "/final", 0.0);
+    }
+    world.barrier();
+  }
+  if (world.is_root()) fs::remove_all(corpus);
+  world.barrier();
 }
 
 // A checkpoint written under tp 2 holds whole tensors: it resumes single-process and under
