@@ -121,7 +121,14 @@ Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
 }
 
 void ParamBuffer::allocate(DType dtype, Device device) {
-  flat_ = Tensor::empty(Shape{std::max<int64_t>(total_, 1)}, dtype, device);
+  allocate_in(Tensor::empty(Shape{std::max<int64_t>(total_, 1)}, dtype, device));
+}
+
+void ParamBuffer::allocate_in(const Tensor& flat) {
+  MOEX_CHECK(flat.numel() == std::max<int64_t>(total_, 1),
+             "ParamBuffer::allocate_in: ", flat.numel(), " elements for a buffer of ", total_);
+  flat_ = flat;
+  const Device device = flat.device();
   // Padding between entries is never written by its owners: zero it so that flat-buffer
   // reductions (gradient norms, optimizer steps) see zeros there, not leftover memory.
   if (device.is_cpu()) std::memset(flat_.raw_data(), 0, flat_.nbytes());

@@ -87,6 +87,8 @@ class ParamBuffer {
   // A view over entries first..last (contiguous ones), as one tensor of `shape`.
   Tensor span(int first, int last, const Shape& shape) const;
   void allocate(DType dtype, Device device = Device::cpu());
+  // Uses `flat` (total_elements() elements, e.g. pinned host memory) as the buffer's storage.
+  void allocate_in(const Tensor& flat);
   // The same layout with a copy of the values on another device (an allocated buffer).
   ParamBuffer copy_to(Device device) const;
   // The same layout, allocated on `device` (zeros on the CPU, uninitialized elsewhere).

@@ -16,7 +16,7 @@
 namespace moex::model {
 
 Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
-             const TensorParallel& tp)
+             const TensorParallel& tp, bool offload)
     : config_(config),
       device_((ops::use_device(device), device)),
       expert_group_(expert_group),
@@ -48,7 +48,11 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
     for (int index : block->ffn().expert_param_indices()) expert_param_[index] = true;
     for (int index : block->attention().partial_grad_indices()) partial_grads_.push_back(index);
   }
-  master_.allocate(DType::kF32, device_);
+  if (offload && device_.is_cuda())  // pinned, so the optimizer's copies run at full speed
+    master_.allocate_in(ops::staging_tensor(Shape{std::max<int64_t>(master_.total_elements(), 1)},
+                                            DType::kF32, device_));
+  else
+    master_.allocate(DType::kF32, device_);
   grads_.allocate(DType::kF32, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
@@ -83,18 +87,18 @@ void Model::copy_weights_from(const Model& other) {
 }
 
 ParamBuffer Model::host_params() const {
-  return device_.is_cpu() ? master_ : master_.copy_to(Device::cpu());
+  return master_on_host() ? master_ : master_.copy_to(Device::cpu());
 }
 
 void Model::store_host_params(const ParamBuffer& host) {
-  ops::copy(host.flat(), master_.flat());
+  if (host.flat().raw_data() != master_.flat().raw_data()) ops::copy(host.flat(), master_.flat());
   weights_changed();
 }
 
 void Model::init_weights(uint64_t seed) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
-  const ParamBuffer host = device_.is_cpu() ? master_ : master_.like(DType::kF32, Device::cpu());
+  const ParamBuffer host = master_on_host() ? master_ : master_.like(DType::kF32, Device::cpu());
   if (device_.is_cuda()) bind_all({host, host, host});
   float* flat = host.flat().data<float>();
   std::fill(flat, flat + host.flat().numel(), 0.0f);

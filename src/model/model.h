@@ -61,8 +61,12 @@ class Model {
   // tp (tensor parallelism, model/tensor_parallel.h): attention heads, dense MLP widths and
   // vocabulary rows are split over tp.group, whose ranks run the same calls on the same batch.
   // Training and evaluation only; CPU only so far. No group: every weight is here.
+  // offload (ZeRO-Offload, docs/parallelism.md): on a GPU the fp32 master weights live in pinned
+  // host memory (and so do the optimizer's moments, made beside them); the GPU holds the bf16
+  // copy the kernels read and the fp32 gradients.
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
-                 dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {});
+                 dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {},
+                 bool offload = false);
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();
@@ -73,10 +77,12 @@ class Model {
   const ModelConfig& config() const { return config_; }
   Device device() const { return device_; }
   // The fp32 master weights (what loading, saving and the optimizer use). On a GPU model, code
-  // that writes them calls weights_changed() after, so the bf16 copy follows.
+  // that writes them calls weights_changed() after, so the bf16 copy follows. They are on the
+  // model's device, or on the host under offload (master_on_host()).
   ParamBuffer& params() { return master_; }
   const ParamBuffer& params() const { return master_; }
   ParamBuffer& grads() { return grads_; }
+  bool master_on_host() const { return master_.flat().device().is_cpu(); }
   // What the kernels read: params() itself on the CPU, its bf16 copy on CUDA.
   const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }
   // Marks the master weights written and refreshes the compute copy from them.

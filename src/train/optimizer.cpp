@@ -4,6 +4,7 @@
 
 #include "model/model.h"
 #include "ops/elementwise.h"
+#include "ops/step_graph.h"
 
 namespace moex::train {
 namespace {
@@ -34,6 +35,9 @@ std::vector<ops::AdamWSegment> segments_within(const std::vector<ops::AdamWSegme
   }
   return out;
 }
+
+// Elements per offload tile (64 MiB of fp32): bounds the pinned gradient buffer.
+constexpr int64_t kOffloadTile = int64_t{1} << 24;
 
 Tensor zeros_like(const Tensor& t) {
   Tensor z = Tensor::empty(t.shape(), DType::kF32, t.device());
@@ -116,6 +120,7 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
   if (zero_.stage > 0) return zero_step(model, lr, step);
+  if (model.device().is_cuda() && model.master_on_host()) return offload_step(model, lr, step);
   const bool copy = model.device().is_cuda();
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
@@ -167,6 +172,39 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
     }
   }
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params.data<float>());
+  params.mark_written();
+  return norm;
+}
+
+double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
+  const Tensor& params = model.params().flat();           // f32, pinned host
+  const Tensor& grads = model.grads().flat();             // f32, GPU
+  const Tensor& compute = model.compute_params().flat();  // bf16, GPU
+  const int64_t total = params.numel();
+  if (offload_tiles_.empty()) {
+    const std::vector<ops::AdamWSegment> segments =
+        tensor_segments(model.params(), config_.weight_decay);
+    for (int64_t begin = 0; begin < total; begin += kOffloadTile) {
+      const FlatRange tile{begin, std::min(kOffloadTile, total - begin), 0};
+      offload_tiles_.push_back(tile);
+      offload_segments_.push_back(
+          std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
+    }
+    grad_tile_ =
+        ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kF32, model.device());
+  }
+  // The norm where the gradients are: one reduction on the GPU.
+  const double norm = std::sqrt(ops::sum_of_squares(grads));
+  const ops::AdamWHyper h = hyper(lr, step, norm);
+  for (size_t i = 0; i < offload_tiles_.size(); ++i) {
+    const FlatRange& t = offload_tiles_[i];
+    const int64_t end = t.flat + t.count;
+    const Tensor g = grad_tile_.slice(0, t.count);
+    ops::copy(grads.slice(t.flat, end), g);  // waits for the download
+    ops::adamw_step(params.slice(t.flat, end), Tensor(), g, exp_avg_.slice(t.flat, end),
+                    exp_avg_sq_.slice(t.flat, end), *offload_segments_[i], h);
+    ops::copy(params.slice(t.flat, end), compute.slice(t.flat, end));  // f32 -> bf16 upload
+  }
   params.mark_written();
   return norm;
 }

@@ -71,6 +71,9 @@ class AdamW {
              const ParamBuffer* working_copy, double norm);
   ops::AdamWHyper hyper(double lr, int64_t step, double norm) const;
   double zero_step(model::Model& model, double lr, int64_t step);
+  // ZeRO-Offload: master weights and moments on the host, gradients and the bf16 copy on the GPU.
+  // Tile by tile: gradients down, the CPU Adam, the updated weights up as bf16.
+  double offload_step(model::Model& model, double lr, int64_t step);
 
   OptimizerConfig config_;
   ZeroConfig zero_;
@@ -84,6 +87,11 @@ class AdamW {
   std::array<int64_t, 2> state_offset_{};
   std::array<std::vector<std::unique_ptr<ops::AdamWSegments>>, 2> piece_segments_;
   int64_t flat_size_ = 0;  // elements of the parameter buffer
+  // Offload: the tiles of the flat buffer, their weight-decay segments (offsets within the tile),
+  // and a pinned host buffer for one tile's gradients.
+  std::vector<FlatRange> offload_tiles_;
+  std::vector<std::unique_ptr<ops::AdamWSegments>> offload_segments_;
+  Tensor grad_tile_;
 };
 
 }  // namespace moex::train

@@ -144,6 +144,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.cac || c.training.device.is_cpu(), c.source,
              ": parallel.cac: communication-aware activation checkpointing runs on CPU ranks only "
              "so far (docs/parallelism.md)");
+  MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
+             ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
+             "training.device \"cuda\"");
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
@@ -151,11 +154,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto train_data = open_train_data(corpus, c);
   const auto eval_data = eval_sequences(corpus, c);
 
-  MOEX_CHECK(!(c.training.activation_checkpointing && c.training.device.is_cuda() &&
-               c.model.num_moe_layers() > 0),
-             c.source,
-             ": training.activation_checkpointing: not supported for MoE blocks on the "
-             "GPU yet (the GPU MoE layer cannot hold routing fixed for the recomputation)");
   // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x dp
   // micro-batches of one shared sample stream; micro-batch j runs on data-parallel rank j % dp,
   // so the run equals a single process with grad_accum x dp micro-batches. Under expert
@@ -173,7 +171,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const bool tp = layout.tp > 1;
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd};
-  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr, tensor_parallel);
+  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr, tensor_parallel,
+                     c.parallel.offload);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   ZeroConfig zero;

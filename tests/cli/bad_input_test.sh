@@ -31,6 +31,8 @@ printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_hea
 expect_error "ep.json: parallel.ep: 2 must be >= 1 and divide dp = ranks / tp = 1 / 1 = 1" train --config "$TMP/ep.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "parallel": {"ep": 2, "cac": true}}' > "$TMP/cac.json"
 expect_error "cac.json: parallel.cac needs training.activation_checkpointing" train --config "$TMP/cac.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "parallel": {"offload": true}}' > "$TMP/offload.json"
+expect_error "offload.json: parallel.offload: ZeRO-Offload moves GPU state to the host; it needs training.device \"cuda\"" train --config "$TMP/offload.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "parallel": {"zero_stage": 3}}' > "$TMP/zero.json"
 expect_error "zero.json: parallel.zero_stage must be 0, 1 or 2 (stage 3 is not built)" train --config "$TMP/zero.json"
 printf '{"model": ' > "$TMP/broken.json"

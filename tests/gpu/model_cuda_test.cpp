@@ -287,6 +287,44 @@ TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
   EXPECT_LT(curve[1][49], 0.6 * curve[1][0]);
 }
 
+// ZeRO-Offload: master weights and Adam moments in pinned host memory, the CPU Adam tile by
+// tile, the bf16 copy uploaded after each tile. The same fp32 update as the GPU optimizer, so ten
+// steps give the same losses (to bf16 rounding of the uploaded copy) and the same master
+// weights, while the GPU holds only the bf16 weights and the fp32 gradients of the parameters.
+TEST_F(GpuModel, OffloadTrainsLikeTheGpuOptimizer) {
+  const ModelConfig config = small_config();
+  train::OptimizerConfig oc;
+  oc.lr = 3e-3;
+  oc.weight_decay = 0.1;
+  oc.grad_clip = 1.0;
+  std::vector<double> losses[2];
+  std::vector<float> weights[2];
+  for (int offload = 0; offload < 2; ++offload) {
+    model::Model m(config, Device::cuda(), nullptr, {}, offload == 1);
+    EXPECT_EQ(m.master_on_host(), offload == 1);
+    m.init_weights(7);
+    train::AdamW adam(m.params(), oc);
+    EXPECT_EQ(adam.gather_moment(false).device().is_cpu(), true);
+    for (int step = 0; step < 10; ++step) {
+      std::vector<int32_t> ids, targets;
+      counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
+      m.zero_grad();
+      model::ForwardOptions opt;
+      opt.training = true;
+      opt.for_backward = true;
+      opt.step = step;
+      losses[offload].push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
+      m.backward();
+      adam.step(m, oc.lr, step + 1);
+    }
+    weights[offload] = host_floats(m.params().flat());
+  }
+  for (int s = 0; s < 10; ++s)
+    EXPECT_NEAR(losses[1][s], losses[0][s], 1e-3 * losses[0][s]) << "step " << s;
+  EXPECT_LT(rel_l2(weights[1], weights[0]), 1e-4);
+  EXPECT_LT(losses[1][9], losses[1][0]);
+}
+
 TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
   const ModelConfig config = small_config();
   model::Model m(config, Device::cuda());

@@ -103,11 +103,6 @@ TEST(ParallelLayout, ZeroStagesOneAndTwoAreAccepted) {
 }
 
 TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
-  auto refused = [](ParallelConfig c, const std::string& field) {
-    const std::string message = error_of(4, c);
-    EXPECT_NE(message.find("run.json: parallel." + field + ": not built yet"), std::string::npos)
-        << field << ": " << message;
-  };
   ParallelConfig c;
   c.tp = 2;
   c.zero_stage = 1;
@@ -117,8 +112,11 @@ TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
   c.zero_stage = 0;
   EXPECT_EQ(error_of(4, c), "");
   c = ParallelConfig();
-  c.offload = true;
-  refused(c, "offload");
+  c.offload = true;  // one GPU only
+  EXPECT_NE(error_of(4, c).find("run.json: parallel.offload: ZeRO-Offload runs on one GPU only"),
+            std::string::npos)
+      << error_of(4, c);
+  EXPECT_EQ(error_of(1, c), "");
   c = ParallelConfig();
   c.dtd = true;  // needs tp > 1 and ep > 1
   EXPECT_NE(error_of(4, c).find("run.json: parallel.dtd: Duplicate Token Dropping needs tp > 1 and "

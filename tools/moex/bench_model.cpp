@@ -44,13 +44,15 @@ nlohmann::json profile_budget(double steps) {
 }  // namespace
 
 std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
-                                 int warmup, int iters) {
+                                 int warmup, int iters, bool offload) {
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   const train::TrainConfig c = train::TrainConfig::from_file(config_path);
   const Device device =
       device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
-  model::Model m(c.model, device);
+  offload = offload || c.parallel.offload;
+  MOEX_CHECK(!offload || device.is_cuda(), "--offload needs --device cuda");
+  model::Model m(c.model, device, nullptr, {}, offload);
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
   const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
@@ -98,6 +100,8 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
                         {"moe_max_over_mean_load", routed > 0 ? computed / routed : 0.0},
                         {"config", config_path},
                         {"device", device.str()},
+                        {"offload", offload},
+                        {"parameters", mc.num_parameters()},
                         {"tokens", batch * seq},
                         {"step_ms", median},
                         {"tokens_per_s", tokens_per_s},

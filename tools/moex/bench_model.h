@@ -9,9 +9,10 @@ namespace moex::bench {
 
 // Forward + backward + AdamW step on [micro_batch_size, seq_len] tokens on `device` ("" takes
 // training.device), `warmup` untimed steps then the median of `iters` (>= 1): {"bench",
-// "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}.
+// "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}. offload (or the config's
+// parallel.offload): master weights and Adam state in host memory (ZeRO-Offload).
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
-                                 int warmup, int iters);
+                                 int warmup, int iters, bool offload = false);
 // For each batch size B: B sequences of a 16-token prompt decoding `new_tokens` (>= 2) greedy
 // tokens together through the serving scheduler (paged KV cache), on a config's model or a named
 // shape ("mixtral4l"), random weights drawn once: one JSON line per B, {"bench", "ms_per_step",

@@ -25,6 +25,7 @@ void print_help() {
       "                            [--iters N] [--warmup N] [--json] [--ep N] [--recompute]\n"
       "                            [--cac]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
+      "                             [--offload]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
@@ -157,12 +158,13 @@ int run_bench(const std::vector<std::string>& argv) {
              "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    check_flags(args, what, {"config", "device", "iters", "warmup", "json"});
+    check_flags(args, what, {"config", "device", "iters", "warmup", "json", "offload"});
     const int iters = count_flag(args, "iters", 5, 1);
     const int warmup = count_flag(args, "warmup", 1, 0);
     if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
-    std::printf("%s\n",
-                bench::run_train_step_bench(config, args.get("device"), warmup, iters).c_str());
+    std::printf("%s\n", bench::run_train_step_bench(config, args.get("device"), warmup, iters,
+                                                    args.flag("offload"))
+                            .c_str());
     return 0;
   }
   check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "json"});
