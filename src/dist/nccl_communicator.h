@@ -30,7 +30,7 @@ class Communicator;
 struct NcclOptions {
   // File bootstrap: rank 0 writes the unique id here and the other ranks read it. Empty: the
   // environment's MOEX_NCCL_ID_FILE. Ignored in an MPI group of several ranks (MPI broadcasts it).
-  // One file per communicator; rank 0 removes it once every rank has joined.
+  // One file per communicator; rank 0 removes it when its init ends (joined or failed).
   std::string id_file;
   // How long a rank waits for the id file and for the communicator to come up.
   double bootstrap_timeout_s = 120;

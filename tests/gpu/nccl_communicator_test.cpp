@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
@@ -128,7 +129,11 @@ class NcclCommunicatorTest : public ::testing::Test {
     NcclOptions options;
     options.id_file = fresh_path("suite");
     options.bootstrap_timeout_s = 60;
-    comm_ = new NcclCommunicator(0, 1, options);
+    try {
+      comm_ = new NcclCommunicator(0, 1, options);
+    } catch (const std::exception& e) {
+      setup_error_ = e.what();  // reported by every test of the suite
+    }
   }
   static void TearDownTestSuite() {
     delete comm_;
@@ -136,16 +141,18 @@ class NcclCommunicatorTest : public ::testing::Test {
   }
   void SetUp() override {
     if (cuda::device_count() == 0) GTEST_SKIP() << "no GPU visible";
-    ASSERT_NE(comm_, nullptr);
+    ASSERT_NE(comm_, nullptr) << "the one-rank NCCL communicator did not come up: " << setup_error_;
     CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   }
   void TearDown() override {
     if (stream_) cudaStreamDestroy(stream_);
   }
   static NcclCommunicator* comm_;
+  static std::string setup_error_;
   cudaStream_t stream_ = nullptr;
 };
 NcclCommunicator* NcclCommunicatorTest::comm_ = nullptr;
+std::string NcclCommunicatorTest::setup_error_;
 
 const DType kTypes[] = {DType::kF32, DType::kBF16, DType::kF64, DType::kI64};
 
