@@ -1,7 +1,7 @@
 // The process groups of a run (docs/parallelism.md): MPI when the program was started by mpirun
 // with more than one rank, a single local process otherwise (no MPI calls at all then). split()
-// makes the tensor-, data- and expert-parallel sub-groups. CPU traffic goes through MPI; a GPU
-// communicator (NCCL) is not written yet.
+// makes the tensor-, data- and expert-parallel sub-groups. CPU traffic goes through MPI; GPU
+// traffic goes through dist/nccl_communicator.h, built from one of these groups.
 //
 // Every collective must be called by every rank of the group, in the same order, with the sizes
 // its comment states. A group of size 1 never calls MPI: its collectives are local copies.
