@@ -44,7 +44,7 @@ struct ParallelLayout {
 
   // Checks `config` against the world size, one error per problem naming `source` (the config
   // file) and the field: world divisible by tp, ep dividing dp, and no option that is not built
-  // yet (ZeRO with tp > 1, offload over several ranks); dtd needs tp > 1 and ep > 1.
+  // yet (offload over several ranks); dtd needs tp > 1 and ep > 1.
   static ParallelLayout make(int world_size, int rank, const ParallelConfig& config,
                              const std::string& source);
   // The mapping alone, for sizes already checked (tp divides world_size, ep divides dp); it also

@@ -88,6 +88,15 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   }
   exp_avg_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
   exp_avg_sq_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
+  const model::TensorParallel& tp = model.tensor_parallel();
+  if (tp.active()) {
+    tp_group_ = tp.group;
+    for (int i = 0; i < params.size(); ++i)
+      if (params.split_dim(i) >= 0) {
+        const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
+        tp_split_ranges_.push_back({s.offset, s.count, 0});
+      }
+  }
 }
 
 ops::AdamWHyper AdamW::hyper(double lr, int64_t step, double norm) const {
@@ -153,13 +162,22 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   };
   // Every element of every kind lies in exactly one rank's shard of the dp group (the expert
   // shards of the edp groups of all ep ranks cover all experts once), so the squares of the
-  // shards summed over dp are the global norm's.
-  double sum = 0;
+  // shards summed over dp are the global norm's. Under tp the dp group holds one tp rank's parts
+  // of the split tensors: their squares are summed over tp as well.
+  double sums[2] = {0, 0};  // everything, the tensor-parallel parts among it
   for (int kind = 0; kind < 2; ++kind)
-    for (const FlatRange& p : partitions_[kind]->step_pieces())
-      sum += ops::sum_of_squares(view(grads, p.flat, p.count));
-  zero_.dp->all_reduce_sum(&sum, 1);
-  const double norm = std::sqrt(sum);
+    for (const FlatRange& p : partitions_[kind]->step_pieces()) {
+      sums[0] += ops::sum_of_squares(view(grads, p.flat, p.count));
+      for (const FlatRange& r : tp_split_ranges_) {
+        const int64_t lo = std::max(r.flat, p.flat);
+        const int64_t hi = std::min(r.flat + r.count, p.flat + p.count);
+        if (lo < hi) sums[1] += ops::sum_of_squares(view(grads, lo, hi - lo));
+      }
+    }
+  zero_.dp->all_reduce_sum(sums, 2);
+  double split = sums[1];
+  if (tp_group_ != nullptr) tp_group_->all_reduce_sum(&split, 1);
+  const double norm = std::sqrt(sums[0] - sums[1] + split);
   const ops::AdamWHyper h = hyper(lr, step, norm);
   for (int kind = 0; kind < 2; ++kind) {
     const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();

@@ -87,6 +87,11 @@ class AdamW {
   std::array<int64_t, 2> state_offset_{};
   std::array<std::vector<std::unique_ptr<ops::AdamWSegments>>, 2> piece_segments_;
   int64_t flat_size_ = 0;  // elements of the parameter buffer
+  // Under ZeRO with tensor parallelism: the flat ranges of tensor-parallel parts, whose squares
+  // the gradient norm also sums over the tp group (every other element is the same on each tp
+  // rank), and that group.
+  std::vector<FlatRange> tp_split_ranges_;
+  dist::Communicator* tp_group_ = nullptr;
   // Offload: the tiles of the flat buffer, their weight-decay segments (offsets within the tile),
   // and a pinned host buffer for one tile's gradients.
   std::vector<FlatRange> offload_tiles_;

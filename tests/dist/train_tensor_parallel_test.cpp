@@ -36,21 +36,22 @@ constexpr const char* kVariantModel =
     R"(, "qk_norm": "per_head", "qkv_bias": true, "tie_embeddings": true, "positions": "learned")";
 
 void check_equals_single_process(int tp, int ep, const std::string& extra_model,
-                                 const std::string& extra_training = "") {
+                                 const std::string& extra_training = "", int zero_stage = 0) {
   dist::Communicator& world = dist::Communicator::world();
   const int dp = world.size() / tp;
-  const std::string name = "tp_test_np" + std::to_string(world.size()) + "_tp" +
-                           std::to_string(tp) + "_ep" + std::to_string(ep) +
-                           (extra_model.empty() ? "" : "_variant") +
-                           (extra_training.empty() ? "" : "_extra");
+  const std::string name =
+      "tp_test_np" + std::to_string(world.size()) + "_tp" + std::to_string(tp) + "_ep" +
+      std::to_string(ep) + (extra_model.empty() ? "" : "_variant") +
+      (extra_training.empty() ? "" : "_extra") + "_zero" + std::to_string(zero_stage);
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
 
   const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)" + extra_training;
   const std::string out = (corpus / "tp").string(), ref_out = (corpus / "ref").string();
-  const std::string parallel =
-      R"(, "parallel": {"tp": )" + std::to_string(tp) + R"(, "ep": )" + std::to_string(ep) + "}";
+  const std::string parallel = R"(, "parallel": {"tp": )" + std::to_string(tp) + R"(, "ep": )" +
+                               std::to_string(ep) + R"(, "zero_stage": )" +
+                               std::to_string(zero_stage) + R"(, "tile_elements": 1000})";
   const TrainConfig config = TrainConfig::from_file(
       testing::write_config(corpus, out, training, &world, "", parallel, extra_model).string());
   run_training(config, "", 0, &world);
@@ -152,6 +153,11 @@ TEST(TensorParallel, LayoutsEqualTheSingleProcessRun) {
   }
   SCOPED_TRACE("activation checkpointing");
   check_equals_single_process(2, world == 4 ? 2 : 1, "", checkpointing);
+  // ZeRO over the dp group of each tp rank (np 2: dp 1, one shard), 1,000-element tiles.
+  for (const int stage : {1, 2}) {
+    SCOPED_TRACE("ZeRO stage " + std::to_string(stage));
+    check_equals_single_process(2, 1, kVariantModel, "", stage);
+  }
 }
 
 // Duplicate Token Dropping (tp 2 x ep 2, np 4) only changes how the expert rows travel: the runs
