@@ -4,8 +4,10 @@
 // one, the whole second and a chunk of the third together, the second step decodes the first
 // while the third's prefill finishes, then the first decodes alone. After every step, `check` gets
 // each sequence's logits from the step and from the full forward of that sequence alone at the
-// same position. The step's greedy ids must be the argmax of its logits. table_width > 0 pads
-// the block tables (and, on a GPU, replays decode steps from captured CUDA graphs).
+// same position. The step's next tokens must be those the host sampler draws from its logits:
+// the first sequence greedy (the argmax), the second with temperature and top-k, the third with
+// top-p, the draw counter advancing each step. table_width > 0 pads the block tables (and, on a
+// GPU, replays decode steps, sampling included, from captured CUDA graphs).
 #pragma once
 
 #include <algorithm>
@@ -15,7 +17,9 @@
 #include <string>
 #include <vector>
 
+#include "cpu/sample.h"
 #include "model/model.h"
+#include "ops/sample.h"
 
 namespace moex::testing {
 
@@ -46,14 +50,28 @@ inline void run_paged_serving_scenario(
       which.push_back(s);
     }
     std::vector<float> last(seqs.size() * vocab);
-    std::vector<int32_t> greedy(seqs.size(), -1);
-    m.forward_paged(step_ids.data(), seqs, kv, last.data(), greedy.data());
+    std::vector<int32_t> next(seqs.size(), -1);
+    std::vector<ops::SampleParams> sampling(seqs.size());
+    for (size_t i = 0; i < which.size(); ++i) {
+      sampling[i].temperature = which[i] == 0 ? 0.0 : which[i] == 1 ? 0.8 : 1.5;
+      sampling[i].top_k = which[i] == 1 ? 5 : 0;
+      sampling[i].top_p = which[i] == 2 ? 0.7 : 1.0;
+      sampling[i].seed = 17 + which[i];
+      sampling[i].draw = step;
+    }
+    m.forward_paged(step_ids.data(), seqs, kv, last.data(), next.data(), sampling.data());
     for (size_t i = 0; i < which.size(); ++i) {
       const int s = which[i];
       const float* row = last.data() + i * vocab;
-      if (greedy[i] != std::max_element(row, row + vocab) - row)
-        throw std::logic_error("paged scenario: step " + std::to_string(step) +
-                               " greedy id is not the argmax of its logits");
+      const ops::SampleParams& p = sampling[i];
+      const int32_t want =
+          cpu::sample_row(row, vocab, p.temperature, p.top_k, p.top_p, p.seed, p.draw);
+      if (s == 0 && want != std::max_element(row, row + vocab) - row)
+        throw std::logic_error("paged scenario: the greedy token is not the argmax");
+      if (next[i] != want)
+        throw std::logic_error("paged scenario: step " + std::to_string(step) + " sequence " +
+                               std::to_string(s) + " drew " + std::to_string(next[i]) +
+                               ", the host sampler " + std::to_string(want));
       done[s] += plan[step][s];
       if (done[s] > total[s]) throw std::logic_error("paged scenario: plan past a sequence");
       std::vector<float> full(done[s] * vocab);

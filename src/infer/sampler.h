@@ -1,5 +1,6 @@
 // Next-token sampling from logits: greedy at temperature 0, else temperature, top-k and top-p
-// (nucleus) filtering, drawn with the counter-based RNG so a seed repeats exactly.
+// (nucleus) filtering, drawn with the counter-based RNG so a seed repeats exactly. The per-row code
+// is cpu::sample_row, which is also ops::sample_rows on the CPU (serving draws on the device).
 #pragma once
 
 #include <cstdint>

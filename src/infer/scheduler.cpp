@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "ops/sample.h"
 
 namespace moex::infer {
 
@@ -194,16 +195,27 @@ bool Scheduler::step() {
     slices[i].num_blocks = static_cast<int64_t>(in_step[i]->blocks.size());
   }
 
-  // A step of greedy sequences only brings back each one's argmax, not its logits.
-  const int64_t vocab = model_.config().vocab_size;
-  bool all_greedy = true;
-  for (const Sequence* seq : in_step)
-    all_greedy = all_greedy && seq->request.sampling.temperature == 0.0;
-  std::vector<float> logits(all_greedy ? 0 : slices.size() * static_cast<size_t>(vocab));
-  std::vector<int32_t> greedy(all_greedy ? slices.size() : 0);
+  // Each sequence's next token is drawn on the device (ops::sample_rows), so only [S] ids come
+  // back, whatever the sampling. The draw counter is the number of tokens generated before this
+  // one, as in infer::generate; a sequence still prefilling after this step draws nothing used.
+  std::vector<ops::SampleParams> sampling(in_step.size());
+  for (size_t i = 0; i < in_step.size(); ++i) {
+    const Sequence& seq = *in_step[i];
+    const bool prefill_left =
+        seq.prefilling() &&
+        seq.prefilled + slices[i].len < static_cast<int64_t>(seq.request.prompt.size());
+    if (prefill_left) continue;  // greedy: the cheapest
+    const SamplingParams& p = seq.request.sampling;
+    sampling[i].temperature = p.temperature;
+    sampling[i].top_p = p.top_p;
+    sampling[i].top_k = p.top_k;
+    sampling[i].seed = p.seed;
+    // A decoding sequence adds its pending token to `generated` below.
+    sampling[i].draw = seq.pending < 0 ? 0 : static_cast<uint64_t>(seq.generated.size()) + 1;
+  }
+  std::vector<int32_t> next_ids(in_step.size());
   try {
-    model_.forward_paged(ids.data(), slices, kv_, all_greedy ? nullptr : logits.data(),
-                         all_greedy ? greedy.data() : nullptr);
+    model_.forward_paged(ids.data(), slices, kv_, nullptr, next_ids.data(), sampling.data());
   } catch (const Error& e) {  // the step's sequences end with the error; the others go on
     for (Sequence* seq : in_step) finish(*seq, FinishReason::kError, e.message());
     return true;
@@ -218,17 +230,11 @@ bool Scheduler::step() {
     } else {
       seq.generated.push_back(seq.pending);  // its keys/values are in the cache now
     }
-    // Sample from the logits after this sequence's last token; the draw counter is the number of
-    // tokens generated so far, as in infer::generate.
-    const int64_t draw = seq.pending < 0 ? 0 : static_cast<int64_t>(seq.generated.size());
-    const int32_t next = all_greedy
-                             ? greedy[i]
-                             : sample_token(logits.data() + i * vocab, vocab, seq.request.sampling,
-                                            static_cast<uint64_t>(draw));
+    const int32_t next = next_ids[i];
     seq.pending = next;
     ++new_tokens;
     const bool keep = !seq.request.on_token || seq.request.on_token(next);
-    const int64_t emitted = draw + 1;
+    const int64_t emitted = static_cast<int64_t>(sampling[i].draw) + 1;  // tokens so far
     const auto& stops = seq.request.stop_tokens;
     if (!keep)
       finish(seq, FinishReason::kCancelled);

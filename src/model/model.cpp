@@ -5,7 +5,6 @@
 
 #include "core/logging.h"
 #include "model/lm_head.h"
-#include "ops/argmax.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -329,7 +328,7 @@ PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
 struct Model::PagedGraph {
   explicit PagedGraph(const Device& device) : graph(device) {}
   ops::StepGraph graph;
-  Tensor logits, argmax;
+  Tensor logits, next;
   const void* kv_key = nullptr;  // the pool it was captured with (its first layer's keys)
   bool failed = false;           // the capture failed (logged): such steps run op by op
 };
@@ -349,7 +348,7 @@ int64_t Model::paged_graph_captures() const {
 }
 
 PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
-                            const PagedKV& kv) {
+                            const PagedKV& kv, const ops::SampleParams* sampling) {
   const int64_t num_seqs = static_cast<int64_t>(seqs.size()), block_size = kv.block_size;
   int64_t n = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
   for (const SequenceSlice& s : seqs) {
@@ -360,8 +359,9 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
     max_blocks = std::max(max_blocks, s.num_blocks);
   }
   // One host buffer for every index, uploaded once: ids [n], tables [S, max_blocks], then
-  // row_seq, row_pos, slots [n], then last_rows [S].
-  const int64_t tn = num_seqs * max_blocks, total = 4 * n + tn + num_seqs;
+  // row_seq, row_pos, slots [n], then last_rows [S], then sample_params [S, kSampleParamWords].
+  const int64_t tn = num_seqs * max_blocks, pw = ops::kSampleParamWords;
+  const int64_t total = 4 * n + tn + num_seqs + num_seqs * pw;
   if (!step_host_.defined() || step_host_.numel() < total) {
     // Room to spare, so the buffers settle after a few steps (a new device buffer makes captured
     // steps capture again).
@@ -395,6 +395,8 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
       slots[r] = static_cast<int32_t>(s.blocks[pos / block_size] * block_size + pos % block_size);
     }
     last[i] = static_cast<int32_t>(r - 1);
+    ops::write_sample_params(sampling != nullptr ? sampling[i] : ops::SampleParams{},
+                             last + num_seqs + i * pw);
   }
   auto part = [](const Tensor& t, int64_t begin, int64_t count) {
     return t.slice(begin, begin + count);
@@ -415,10 +417,11 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   rows.row_pos = part(dev, 2 * n + tn, n);
   rows.slots = part(dev, 3 * n + tn, n);
   rows.last_rows = part(dev, 4 * n + tn, num_seqs);
+  rows.sample_params = part(dev, 4 * n + tn + num_seqs, num_seqs * pw).view(Shape{num_seqs, pw});
   return rows;
 }
 
-void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& argmax) {
+void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& next) {
   const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.last_rows.numel();
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
@@ -435,18 +438,18 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   final_norm_->forward(last, normed, arena_, false);
   logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);
-  argmax = arena_.alloc(Shape{num_seqs}, DType::kI32);
-  ops::argmax_rows(logits, argmax);
+  next = arena_.alloc(Shape{num_seqs}, DType::kI32);
+  ops::sample_rows(logits, rows.sample_params, next);
 }
 
 void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& kv) {
   // Run once directly, so every buffer reaches its size for this batch, then capture the same
   // work over the settled arena (nothing may be allocated while capturing). The direct run's
   // outputs stand if the capture fails: capturing runs nothing.
-  paged_forward_body(rows, kv, g.logits, g.argmax);
+  paged_forward_body(rows, kv, g.logits, g.next);
   arena_.reset();
   try {
-    g.graph.capture([&] { paged_forward_body(rows, kv, g.logits, g.argmax); });
+    g.graph.capture([&] { paged_forward_body(rows, kv, g.logits, g.next); });
     g.kv_key = kv.k[0].raw_data();
   } catch (const Error& e) {
     // Warned once per model: every larger batch of a dropless model fails the same way.
@@ -463,12 +466,12 @@ void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& k
 }
 
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
-                          float* last_logits, int32_t* greedy) {
+                          float* last_logits, int32_t* next, const ops::SampleParams* sampling) {
   refuse_tensor_parallel("serving");
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   // Reading an output is also what tells the host the step's uploads are done with.
-  MOEX_CHECK(last_logits != nullptr || greedy != nullptr,
-             "forward_paged: ask for the logits, the greedy ids or both");
+  MOEX_CHECK(last_logits != nullptr || next != nullptr,
+             "forward_paged: ask for the logits, the next tokens or both");
   MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
              " layers, the model ", blocks_.size());
   bool decode = true;  // one new token per sequence
@@ -484,8 +487,8 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   }
   const int64_t num_seqs = static_cast<int64_t>(seqs.size());
   arena_.reset();
-  const PagedRows rows = paged_rows(ids, seqs, kv);
-  Tensor logits, argmax;
+  const PagedRows rows = paged_rows(ids, seqs, kv, sampling);
+  Tensor logits, next_dev;
   PagedGraph* g = nullptr;
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
     std::unique_ptr<PagedGraph>& owned = paged_graphs_[num_seqs];
@@ -493,22 +496,22 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
     if (!owned->failed) g = owned.get();
   }
   if (g == nullptr) {
-    paged_forward_body(rows, kv, logits, argmax);
+    paged_forward_body(rows, kv, logits, next_dev);
   } else {
     // A graph holds the addresses of the pool it was captured with.
     if (!g->graph.ready() || g->kv_key != kv.k[0].raw_data()) capture_paged_graph(*g, rows, kv);
     if (!g->failed) g->graph.launch();
     logits = g->logits;
-    argmax = g->argmax;
+    next_dev = g->next;
   }
-  if (greedy != nullptr) {
-    if (!argmax_host_.defined() || argmax_host_.numel() < num_seqs)
-      argmax_host_ =
+  if (next != nullptr) {
+    if (!next_host_.defined() || next_host_.numel() < num_seqs)
+      next_host_ =
           ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
-    const Tensor out = argmax_host_.slice(0, num_seqs);
-    ops::copy_async(argmax, out);
+    const Tensor out = next_host_.slice(0, num_seqs);
+    ops::copy_async(next_dev, out);
     ops::synchronize(device_);
-    std::copy(out.data<int32_t>(), out.data<int32_t>() + num_seqs, greedy);
+    std::copy(out.data<int32_t>(), out.data<int32_t>() + num_seqs, next);
   }
   if (last_logits != nullptr)
     ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));

@@ -12,6 +12,7 @@
 #include "model/lm_head.h"
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
+#include "ops/sample.h"
 
 namespace moex::model {
 
@@ -127,13 +128,15 @@ class Model {
   // Several sequences at once, each at its own position: ids holds their new tokens back to back
   // (seqs in order); keys and values go to each sequence's blocks, and each attends over its own
   // positions only. Writes the logits after each sequence's last new token, [S, V] (host, fp32),
-  // when last_logits is not null, and the argmax of each of those rows, [S] (computed on the
-  // device; only S ids come back), when greedy is not null. MoE routes are never dropped, so a
+  // when last_logits is not null, and the next token of each sequence from those logits, [S]
+  // (computed on the device by ops::sample_rows; only S ids come back), when next is not null:
+  // drawn with sampling[s] ([S]; null: greedy, the argmax). MoE routes are never dropped, so a
   // sequence's logits do not depend on the others in the batch.
   // With kv.table_width > 0 on a GPU, a step of one new token per sequence replays a CUDA graph
-  // captured for its batch size (docs/gpu-model.md §Decoding).
+  // captured for its batch size, sampling included (docs/gpu-model.md §Decoding).
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
-                     float* last_logits, int32_t* greedy = nullptr);
+                     float* last_logits, int32_t* next = nullptr,
+                     const ops::SampleParams* sampling = nullptr);
   // Decode steps that replayed a captured graph, and graphs captured, so far.
   int64_t paged_graph_replays() const;
   int64_t paged_graph_captures() const;
@@ -154,13 +157,13 @@ class Model {
   size_t activation_bytes() const { return arena_.high_water(); }
 
  private:
-  // The index tensors of one serving step (model/paged_kv.h), checked on the host and uploaded to
-  // the model's device once.
+  // The index tensors and sampling parameters of one serving step (model/paged_kv.h), checked on
+  // the host and uploaded to the model's device once.
   PagedRows paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
-                       const PagedKV& kv);
-  // The body of forward_paged after the upload: logits [S, V] f32 and their argmax [S] i32 in the
-  // arena.
-  void paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& argmax);
+                       const PagedKV& kv, const ops::SampleParams* sampling);
+  // The body of forward_paged after the upload: logits [S, V] f32 and the next tokens [S] i32 in
+  // the arena.
+  void paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& next);
   struct PagedGraph;
   // Runs the step directly, then captures it into g (g.failed, with one warning, if it cannot
   // be captured).
@@ -195,8 +198,8 @@ class Model {
   Tensor local_rows_, local_ids_;
   Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
   // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
-  // needed), the argmax download, and one captured decode step per batch size.
-  Tensor step_host_, step_dev_, argmax_host_;
+  // needed), the next-token download, and one captured decode step per batch size.
+  Tensor step_host_, step_dev_, next_host_;
   bool step_in_flight_ = false;  // an upload from step_host_ may not have run yet
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };

@@ -36,9 +36,10 @@ struct SequenceSlice {
 // and read by every layer, i32 tensors on the model's device (one upload per step). Row r of the
 // step is token ids[r] at position row_pos[r] of sequence row_seq[r]; its key and value go to pool
 // slot slots[r] (block * block_size + offset); tables [S, max_blocks] are the sequences' block
-// tables, and last_rows [S] the row of each sequence's last new token.
+// tables, and last_rows [S] the row of each sequence's last new token. sample_params [S,
+// ops::kSampleParamWords] say how each sequence's next token is drawn (ops/sample.h).
 struct PagedRows {
-  Tensor ids, tables, row_seq, row_pos, slots, last_rows;
+  Tensor ids, tables, row_seq, row_pos, slots, last_rows, sample_params;
 };
 
 }  // namespace moex::model

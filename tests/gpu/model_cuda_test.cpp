@@ -379,7 +379,8 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
 
 // Decode steps replayed from captured CUDA graphs give exactly the tokens of the same steps run
 // op by op (the same kernels on the same data), and the captured graphs really are replayed:
-// requests join at different steps, so decode steps of several batch sizes occur.
+// requests join at different steps, so decode steps of several batch sizes occur, and every other
+// request samples (temperature, top-k, top-p), so batches mix greedy and sampled rows.
 TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   const ModelConfig config = small_config();
   model::Model m(config, Device::cuda());
@@ -398,6 +399,12 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
       for (int t = 0; t < 3 + 5 * i; ++t)
         r.prompt.push_back(static_cast<int32_t>(philox_u32(31, i, t) % config.vocab_size));
       r.max_tokens = 24;
+      if (i % 2 == 1) {
+        r.sampling.temperature = 0.8;
+        r.sampling.top_k = 40;
+        r.sampling.top_p = 0.9;
+        r.sampling.seed = static_cast<uint64_t>(i);
+      }
       r.on_token = [&tokens, i](int32_t t) {
         tokens[i].push_back(t);
         return true;

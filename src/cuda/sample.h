@@ -1,0 +1,19 @@
+// Next-token sampling per row: greedy at temperature 0, else temperature, top-k and top-p drawn
+// with the counter RNG, the tokens the CPU twin (cpu/sample.h) picks. Twin: cpu/sample.h.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace moex::cuda {
+
+// out[s] = the token of row x[s * cols ..] under row s's parameters in params [rows, 10] i32 (the
+// bytes of {f64 temperature, f64 top_p, i64 top_k, u64 seed, u64 draw}, ops/sample.h); x, params,
+// out on the device. One block per row; no allocation and no host sync, so it can be captured.
+// Probabilities are fp64 as on the CPU, summed in another order: the token agrees with the CPU's
+// unless a running sum lies within rounding of the top-p or draw boundary.
+void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
+                     int32_t* out, cudaStream_t stream);
+
+}  // namespace moex::cuda
