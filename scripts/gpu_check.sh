@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -234,6 +234,37 @@ for shape in ["small", "medium"]:
         ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         print(f"{shape:8} {r.get('peer', 'moex'):12} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
               f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {ratio:12.2f}x")
+PY
+fi
+
+# ZeRO-Offload: the medium shape, and the same shape with 24 layers (7 B parameters), with and
+# without offload: GPU peak memory, step time, and whether the step fits at all. Activation
+# checkpointing on, so the weights and optimizer state decide what fits.
+if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
+  : >"$OUT/offload_bench.jsonl"
+  for layers in 16 24; do
+    cfg="$OUT/medium_${layers}l.json"
+    sed -e "s/\"num_layers\": 16/\"num_layers\": $layers/" \
+        -e 's/"micro_batch_size": 4/"micro_batch_size": 4, "activation_checkpointing": true/' \
+        configs/gpu-medium.json >"$cfg"
+    for flag in "" "--offload"; do
+      line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
+        $flag 2>>"$OUT/offload_bench.err" | grep '^{')
+      [ -n "$line" ] || line="{\"layers\": $layers, \"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"
+      echo "$line" | sed "s/^{/{\"layers\": $layers, /" >>"$OUT/offload_bench.jsonl"
+    done
+  done
+  python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "offload_bench.jsonl")) if l.startswith("{")]
+print("\n== ZeRO-Offload: medium shape, activation checkpointing, batch 4 x 2048 ==")
+print(f"{'layers':>6} {'offload':>7} {'params':>8} {'step_ms':>9} {'tokens/s':>9} {'peak GiB':>9}")
+for r in rows:
+    if "error" in r:
+        print(f"{r['layers']:6} {str(r.get('offload')):>7} error: {r['error'][:110]}")
+        continue
+    print(f"{r['layers']:6} {str(r['offload']):>7} {r['parameters']/1e9:7.2f}B {r['step_ms']:9.0f} "
+          f"{r['tokens_per_s']:9.0f} {r['peak_mem_gib']:9.1f}")
 PY
 fi
 exit $status
