@@ -237,17 +237,21 @@ for shape in ["small", "medium"]:
 PY
 fi
 
-# ZeRO-Offload: the medium shape, and the same shape with 24 layers (7 B parameters), with and
-# without offload: GPU peak memory, step time, and whether the step fits at all. Activation
-# checkpointing on, so the weights and optimizer state decide what fits.
+# ZeRO-Offload: the medium shape (16 layers, 4.8 B parameters) and deeper copies of it (24: 7.1 B,
+# 28: 8.3 B), with and without offload: GPU peak memory, step time, and whether the step fits at
+# all. Activation checkpointing on, so the weights and optimizer state decide what fits.
+# MOEX_OFFLOAD_LAYERS and MOEX_OFFLOAD_MODES ("plain offload") narrow the runs. Offload keeps 12
+# bytes per parameter on the host (master weights and moments): mind the host's memory.
 if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
   : >"$OUT/offload_bench.jsonl"
-  for layers in 16 24; do
+  for layers in ${MOEX_OFFLOAD_LAYERS:-16 24 28}; do
     cfg="$OUT/medium_${layers}l.json"
     sed -e "s/\"num_layers\": 16/\"num_layers\": $layers/" \
         -e 's/"micro_batch_size": 4/"micro_batch_size": 4, "activation_checkpointing": true/' \
         configs/gpu-medium.json >"$cfg"
-    for flag in "" "--offload"; do
+    for mode in ${MOEX_OFFLOAD_MODES:-plain offload}; do
+      flag=""
+      [ "$mode" = offload ] && flag="--offload"
       line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
         $flag 2>>"$OUT/offload_bench.err" | grep '^{')
       [ -n "$line" ] || line="{\"layers\": $layers, \"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"

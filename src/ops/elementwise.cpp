@@ -64,10 +64,12 @@ void cast_on_host(const Tensor& src, const Tensor& dst) {
   if (src.dtype() == DType::kF32) {
     const float* s = src.data<float>();
     uint16_t* d = static_cast<uint16_t*>(dst.raw_data());
+#pragma omp parallel for simd schedule(static) if (n >= (int64_t{1} << 20))
     for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(s[i]);
   } else {
     const uint16_t* s = static_cast<const uint16_t*>(src.raw_data());
     float* d = dst.data<float>();
+#pragma omp parallel for simd schedule(static) if (n >= (int64_t{1} << 20))
     for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_f32(s[i]);
   }
 }

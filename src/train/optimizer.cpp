@@ -1,8 +1,10 @@
 #include "train/optimizer.h"
 
+#include <array>
 #include <cmath>
 
 #include "model/model.h"
+#include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/step_graph.h"
 
@@ -198,6 +200,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   const Tensor& params = model.params().flat();           // f32, pinned host
   const Tensor& grads = model.grads().flat();             // f32, GPU
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
+  const Device gpu = model.device();
   const int64_t total = params.numel();
   if (offload_tiles_.empty()) {
     const std::vector<ops::AdamWSegment> segments =
@@ -208,21 +211,35 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
       offload_segments_.push_back(
           std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
     }
-    grad_tile_ =
-        ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kF32, model.device());
+    for (int b = 0; b < 2; ++b) {
+      grad_tiles_[b] = ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kF32, gpu);
+      weight_tiles_[b] =
+          ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kBF16, gpu);
+    }
   }
   // The norm where the gradients are: one reduction on the GPU.
   const double norm = std::sqrt(ops::sum_of_squares(grads));
   const ops::AdamWHyper h = hyper(lr, step, norm);
+  auto download = [&](size_t i) {
+    const FlatRange& t = offload_tiles_[i];
+    ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
+  };
+  // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
+  // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped.
+  download(0);
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i];
     const int64_t end = t.flat + t.count;
-    const Tensor g = grad_tile_.slice(0, t.count);
-    ops::copy(grads.slice(t.flat, end), g);  // waits for the download
-    ops::adamw_step(params.slice(t.flat, end), Tensor(), g, exp_avg_.slice(t.flat, end),
-                    exp_avg_sq_.slice(t.flat, end), *offload_segments_[i], h);
-    ops::copy(params.slice(t.flat, end), compute.slice(t.flat, end));  // f32 -> bf16 upload
+    ops::synchronize(gpu);  // tile i's gradients are here, tile i - 1's weights are up
+    if (i + 1 < offload_tiles_.size()) download(i + 1);
+    ops::adamw_step(params.slice(t.flat, end), Tensor(), grad_tiles_[i % 2].slice(0, t.count),
+                    exp_avg_.slice(t.flat, end), exp_avg_sq_.slice(t.flat, end),
+                    *offload_segments_[i], h);
+    const Tensor w = weight_tiles_[i % 2].slice(0, t.count);
+    ops::copy(params.slice(t.flat, end), w);  // f32 -> bf16 on the host (threads)
+    ops::copy_async(w, compute.slice(t.flat, end));
   }
+  ops::synchronize(gpu);
   params.mark_written();
   return norm;
 }

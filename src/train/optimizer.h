@@ -93,10 +93,11 @@ class AdamW {
   std::vector<FlatRange> tp_split_ranges_;
   dist::Communicator* tp_group_ = nullptr;
   // Offload: the tiles of the flat buffer, their weight-decay segments (offsets within the tile),
-  // and a pinned host buffer for one tile's gradients.
+  // and two pinned host buffers each for a tile's gradients (f32) and updated weights (bf16), so
+  // the copies of one tile run while the CPU steps the other.
   std::vector<FlatRange> offload_tiles_;
   std::vector<std::unique_ptr<ops::AdamWSegments>> offload_segments_;
-  Tensor grad_tile_;
+  std::array<Tensor, 2> grad_tiles_, weight_tiles_;
 };
 
 }  // namespace moex::train

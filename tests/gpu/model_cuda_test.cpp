@@ -50,6 +50,13 @@ std::vector<float> host_floats(const Tensor& t) {
   return {h.data<float>(), h.data<float>() + h.numel()};
 }
 
+// Any float tensor (bf16 too) as f32 values on the host.
+std::vector<float> widened(const Tensor& t) {
+  Tensor h = Tensor::empty(t.shape(), DType::kF32);
+  ops::copy(t, h);
+  return {h.data<float>(), h.data<float>() + h.numel()};
+}
+
 // A CPU model holding exactly the weights the GPU model computes with (its bf16 copy, widened):
 // the two then differ only by bf16 activations and fp32 accumulation order.
 std::unique_ptr<model::Model> cpu_twin(const model::Model& gpu) {
@@ -288,41 +295,48 @@ TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
 }
 
 // ZeRO-Offload: master weights and Adam moments in pinned host memory, the CPU Adam tile by
-// tile, the bf16 copy uploaded after each tile. The same fp32 update as the GPU optimizer, so ten
-// steps give the same losses (to bf16 rounding of the uploaded copy) and the same master
-// weights, while the GPU holds only the bf16 weights and the fp32 gradients of the parameters.
-TEST_F(GpuModel, OffloadTrainsLikeTheGpuOptimizer) {
+// tile, the bf16 copy uploaded after each tile. Given the same gradients (the GPU-optimizer
+// model's, copied over each step) it makes the GPU optimizer's fp32 update, so the master weights
+// agree to float rounding and the bf16 copies to a last-bit rounding here and there. (Trained on
+// their own gradients the two drift apart like any two runs: Adam turns last-bit gradient
+// differences on near-zero elements into full +-lr steps.) Trained alone, offload learns.
+TEST_F(GpuModel, OffloadStepsLikeTheGpuOptimizer) {
   const ModelConfig config = small_config();
   train::OptimizerConfig oc;
   oc.lr = 3e-3;
   oc.weight_decay = 0.1;
   oc.grad_clip = 1.0;
-  std::vector<double> losses[2];
-  std::vector<float> weights[2];
-  for (int offload = 0; offload < 2; ++offload) {
-    model::Model m(config, Device::cuda(), nullptr, {}, offload == 1);
-    EXPECT_EQ(m.master_on_host(), offload == 1);
-    m.init_weights(7);
-    train::AdamW adam(m.params(), oc);
-    EXPECT_EQ(adam.gather_moment(false).device().is_cpu(), true);
-    for (int step = 0; step < 10; ++step) {
-      std::vector<int32_t> ids, targets;
-      counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
-      m.zero_grad();
-      model::ForwardOptions opt;
-      opt.training = true;
-      opt.for_backward = true;
-      opt.step = step;
-      losses[offload].push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
-      m.backward();
-      adam.step(m, oc.lr, step + 1);
-    }
-    weights[offload] = host_floats(m.params().flat());
+  model::Model gpu(config, Device::cuda()), offloaded(config, Device::cuda(), nullptr, {}, true);
+  EXPECT_FALSE(gpu.master_on_host());
+  EXPECT_TRUE(offloaded.master_on_host());
+  gpu.init_weights(7);
+  offloaded.init_weights(7);
+  train::AdamW adam_gpu(gpu.params(), oc), adam_offload(offloaded.params(), oc);
+  std::vector<double> losses;
+  for (int step = 0; step < 10; ++step) {
+    std::vector<int32_t> ids, targets;
+    counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
+    model::ForwardOptions opt;
+    opt.training = true;
+    opt.for_backward = true;
+    opt.step = step;
+    gpu.zero_grad();
+    gpu.forward(ids.data(), targets.data(), 8, 64, opt);
+    gpu.backward();
+    ops::copy(gpu.grads().flat(), offloaded.grads().flat());
+    const double norm_gpu = adam_gpu.step(gpu, oc.lr, step + 1);
+    const double norm_offload = adam_offload.step(offloaded, oc.lr, step + 1);
+    EXPECT_NEAR(norm_offload, norm_gpu, 1e-5 * norm_gpu) << "step " << step;
+    const double master =
+        rel_l2(host_floats(offloaded.params().flat()), host_floats(gpu.params().flat()));
+    const double copy =
+        rel_l2(widened(offloaded.compute_params().flat()), widened(gpu.compute_params().flat()));
+    EXPECT_LT(master, 1e-6) << "master weights after step " << step + 1;
+    EXPECT_LT(copy, 1e-3) << "bf16 copy after step " << step + 1;
+    // The offloaded model's own weights: its loss on the batch it just stepped on falls.
+    losses.push_back(offloaded.forward(ids.data(), targets.data(), 8, 64, {}).loss);
   }
-  for (int s = 0; s < 10; ++s)
-    EXPECT_NEAR(losses[1][s], losses[0][s], 1e-3 * losses[0][s]) << "step " << s;
-  EXPECT_LT(rel_l2(weights[1], weights[0]), 1e-4);
-  EXPECT_LT(losses[1][9], losses[1][0]);
+  EXPECT_LT(losses.back(), losses.front());
 }
 
 TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
