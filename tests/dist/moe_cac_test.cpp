@@ -13,29 +13,18 @@
 #include "core/rng.h"
 #include "dist/communicator.h"
 #include "moe/moe_layer.h"
+#include "moe_test_inputs.h"
 #include "unit/cpu_kernel_checks.h"
 
 namespace moex {
 namespace {
 
-Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, uint64_t stream) {
-  Tensor t = Tensor::empty(shape, dtype);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const double v = 2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(i)) - 1.0;
-    if (dtype == DType::kF64) {
-      t.data<double>()[i] = v;
-    } else {
-      t.data<float>()[i] = static_cast<float>(v);
-    }
-  }
-  return t;
-}
+using testing::random_tensor;
 
 // Appends t's values as doubles (exact for f32 and f64): equal vectors mean the same values.
 void append(const Tensor& t, std::vector<double>& out) {
   if (!t.defined()) return;
-  for (int64_t i = 0; i < t.numel(); ++i)
-    out.push_back(t.dtype() == DType::kF64 ? t.data<double>()[i] : t.data<float>()[i]);
+  for (int64_t i = 0; i < t.numel(); ++i) out.push_back(testing::value_at(t, i));
 }
 
 struct Variant {

@@ -9,21 +9,15 @@
 
 #include <string>
 
-#include "core/error.h"
-#include "core/rng.h"
 #include "dist/parallel_layout.h"
 #include "moe/moe_layer.h"
+#include "moe_test_inputs.h"
+#include "unit/cpu_kernel_checks.h"
 
 namespace moex {
 namespace {
 
-// Philox-uniform values in [-1, 1) from (seed, stream).
-Tensor random_tensor(const Shape& shape, uint64_t seed, uint64_t stream) {
-  Tensor t = Tensor::empty(shape, DType::kF32);
-  for (int64_t i = 0; i < t.numel(); ++i)
-    t.data<float>()[i] = 2.0f * philox_uniform(seed, stream, static_cast<uint64_t>(i)) - 1.0f;
-  return t;
-}
+using testing::random_tensor;
 
 void expect_same_bits(const Tensor& a, const Tensor& b, const char* what) {
   ASSERT_EQ(a.defined(), b.defined()) << what;
@@ -59,8 +53,10 @@ void check_layout_of_four(bool dropless) {
   dtd.drop_duplicate_tokens(groups.tp.get());
   // The ranks of a tp group hold the same tokens (those of their dp rank).
   const int64_t tokens = 29, d = c.hidden_size;
-  const Tensor x = random_tensor(Shape{tokens, d}, 7, static_cast<uint64_t>(layout.dp_rank));
-  const Tensor dy = random_tensor(Shape{tokens, d}, 8, static_cast<uint64_t>(layout.dp_rank));
+  const Tensor x =
+      random_tensor(Shape{tokens, d}, DType::kF32, 7, static_cast<uint64_t>(layout.dp_rank));
+  const Tensor dy =
+      random_tensor(Shape{tokens, d}, DType::kF32, 8, static_cast<uint64_t>(layout.dp_rank));
   MoEForwardOptions options;
   options.training = true;
   options.seed = 11;
@@ -112,12 +108,8 @@ TEST(DuplicateTokenDropping, SameBitsFewerAllToAllBytes) {
   c.ffn_size = 5;
   c.num_experts = 8;
   MoELayer alone(c);
-  try {
-    alone.drop_duplicate_tokens(&world);
-    ADD_FAILURE() << "Duplicate Token Dropping without an expert group was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("needs an expert group"), std::string::npos) << e.what();
-  }
+  testing::expect_error_naming([&] { alone.drop_duplicate_tokens(&world); },
+                               {"Duplicate Token Dropping", "needs an expert group"});
 }
 
 }  // namespace

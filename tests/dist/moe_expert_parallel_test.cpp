@@ -16,33 +16,20 @@
 #include "core/rng.h"
 #include "dist/communicator.h"
 #include "moe/moe_layer.h"
+#include "moe_test_inputs.h"
 
 namespace moex {
 namespace {
 
-// Philox-uniform values in [-1, 1), from (seed, stream).
-Tensor random_tensor(const Shape& shape, DType dtype, uint64_t seed, uint64_t stream) {
-  Tensor t = Tensor::empty(shape, dtype);
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const double v = 2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(i)) - 1.0;
-    if (dtype == DType::kF64) {
-      t.data<double>()[i] = v;
-    } else {
-      t.data<float>()[i] = static_cast<float>(v);
-    }
-  }
-  return t;
-}
+using testing::random_tensor;
 
-double at(const Tensor& t, int64_t i) {
-  return t.dtype() == DType::kF64 ? t.data<double>()[i] : t.data<float>()[i];
-}
+using testing::value_at;
 
 // Relative L2 distance of a[offset_a ...] and b[offset_b ...] over n elements.
 double rel_l2(const Tensor& a, int64_t offset_a, const Tensor& b, int64_t offset_b, int64_t n) {
   double num = 0, den = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const double x = at(a, offset_a + i), y = at(b, offset_b + i);
+    const double x = value_at(a, offset_a + i), y = value_at(b, offset_b + i);
     num += (x - y) * (x - y);
     den += y * y;
   }

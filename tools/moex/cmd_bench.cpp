@@ -145,7 +145,7 @@ int run_moe_layer(const Args& args) {
 int run_bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep"},
-                  {"json", "help", "recompute", "cac"});
+                  {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
