@@ -359,6 +359,14 @@ TEST(Distill, ConfigErrorsNameFileAndField) {
   EXPECT_NE(config_error(json::object({{"init_from_teacher_layers", {1, 2, 3}}}))
                 .find("distill.init_from_teacher_layers has 3 entries"),
             std::string::npos);
+  {  // KD needs whole logits rows: tensor parallelism is refused, naming parallel.tp
+    const std::string path = write_distill_config(corpus, "tp", json::object());
+    json j = json::parse(std::ifstream(path));
+    j["parallel"] = {{"tp", 2}};
+    std::ofstream(path) << j.dump(2);
+    const std::string e = error_of([&] { DistillRunConfig::from_file(path); });
+    EXPECT_NE(e.find(path + ": parallel.tp must be 1 for distillation"), std::string::npos) << e;
+  }
   const DistillRunConfig ok =
       DistillRunConfig::from_file(write_distill_config(corpus, "x", json::object()));
   EXPECT_EQ(ok.distill.alpha, 1.0);
