@@ -232,6 +232,14 @@ void Communicator::all_to_all_v(const T* send, const int64_t* send_counts, T* re
 #endif
 }
 
+int Communicator::local_rank() const {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    const char* v = std::getenv(name);
+    if (v != nullptr && *v != '\0') return std::atoi(v);
+  }
+  return rank_;
+}
+
 int Communicator::all_reduce_max(int value) {
   if (!handle_) return value;
 #ifdef MOEX_WITH_MPI

@@ -54,6 +54,11 @@ class Communicator {
   template <typename T>
   void all_to_all_v(const T* send, const int64_t* send_counts, T* recv, const int64_t* recv_counts);
 
+  // This process's index among the job's processes on its node (the GPU it should use): the
+  // launcher's local rank (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID or
+  // Slurm's SLURM_LOCALID), else rank() (one node).
+  int local_rank() const;
+
   // Ends the whole job with exit status `code`: MPI_Abort on every rank when this process is one
   // rank of an MPI job, a plain exit otherwise. Use it where a failing rank would leave the others
   // waiting in a collective forever (a thrown error, a failed test).

@@ -14,6 +14,14 @@ void use_device(const Device& device) {
   });
 }
 
+int device_count() {
+#if MOEX_WITH_CUDA
+  return cuda::device_count();
+#else
+  return 0;
+#endif
+}
+
 void synchronize(const Device& device) {
   if (device.is_cpu()) return;
   MOEX_CUDA_TWIN("synchronize", cuda::default_context(device.ordinal).synchronize());

@@ -8,6 +8,8 @@ namespace moex::ops {
 // Checks that the device exists and registers its backend (allocator, copies); a CUDA device in a
 // build without CUDA, or on a machine without that GPU, is one clear error naming it.
 void use_device(const Device& device);
+// GPUs visible to this process (0 in a build without CUDA).
+int device_count();
 // Waits until every op queued on the device has finished (timing, host reads).
 void synchronize(const Device& device);
 // Bytes of device memory in use by tensors and at most so far (0 on the CPU).

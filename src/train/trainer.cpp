@@ -12,9 +12,12 @@
 #include "data/corpus.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
+#include "dist/nccl_communicator.h"
 #include "dist/parallel_layout.h"
 #include "io/atomic_file.h"
 #include "model/model.h"
+#include "ops/collective.h"
+#include "ops/device.h"
 #include "train/checkpoint.h"
 #include "train/load_balance.h"
 #include "train/loss_plot.h"
@@ -162,16 +165,27 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   dist::ProcessGroups groups = dist::ProcessGroups::make(comm, layout);
   const int64_t world = comm.size(), dp = layout.dp, dp_rank = layout.dp_rank;
   const bool ep = layout.ep > 1;
-  MOEX_CHECK(world == 1 || c.training.device.is_cpu(), c.source,
-             ": training.device: several MPI ranks train on the CPU only so far (the GPU "
-             "all-reduce over NCCL is not built yet)");
   const int64_t zero_stage = c.parallel.zero_stage;
   MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
              ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
   const bool tp = layout.tp > 1;
+  // GPU ranks: data parallelism over NCCL, one GPU per rank (the rank's local index on its node).
+  MOEX_CHECK(c.training.device.is_cpu() || (!tp && !ep), c.source,
+             ": parallel: tensor and expert parallelism run on CPU ranks only so far; GPU ranks "
+             "train data-parallel (docs/parallelism.md)");
+  const Device device = c.training.device.is_cuda() && world > 1
+                            ? Device::cuda(comm.local_rank() % std::max(1, ops::device_count()))
+                            : c.training.device;
+  std::unique_ptr<dist::NcclCommunicator> gpu_dp;
+  if (device.is_cuda() && dp > 1) {
+    ops::use_device(device);
+    dist::NcclOptions nccl;
+    nccl.device = device.ordinal;
+    gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
+  }
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd};
-  model::Model model(c.model, c.training.device, ep ? groups.ep.get() : nullptr, tensor_parallel,
+  model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
@@ -267,7 +281,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     model.finish_gradients();
     if (dp > 1) {
       // ZeRO stage 2: each rank needs only its shard's sum.
-      if (zero_stage == 2)
+      if (gpu_dp)  // on the device's stream: the optimizer's kernels read the sums
+        ops::all_reduce_sum(model.grads().flat(), *gpu_dp);
+      else if (zero_stage == 2)
         optimizer.reduce_scatter_gradients(model.grads());
       else
         all_reduce_gradients(model, *groups.dp, *groups.edp);

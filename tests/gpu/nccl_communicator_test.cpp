@@ -26,6 +26,8 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "dist/communicator.h"
+#include "ops/collective.h"
+#include "ops/elementwise.h"
 #include "unit/cpu_kernel_checks.h"
 
 namespace moex::dist {
@@ -214,6 +216,25 @@ TEST_F(NcclCommunicatorTest, AllReduceOfOneRankIsTheIdentity) {
       EXPECT_EQ(first_difference(data.download(), host, dtype), "");
     }
   }
+}
+
+// The op the trainer sums GPU gradients with (ops/collective.h): queued on the model device's
+// stream between the ops that write and read the tensor. One rank: the sum is the tensor.
+TEST_F(NcclCommunicatorTest, OpsAllReduceOnTheDeviceStreamKeepsOneRanksValues) {
+  const int64_t n = 1 << 20;
+  Tensor host = Tensor::empty(Shape{n}, DType::kF32);
+  for (int64_t i = 0; i < n; ++i)
+    host.data<float>()[i] = 0.25f * static_cast<float>(i % 977) - 3.0f;
+  Tensor dev = Tensor::empty(Shape{n}, DType::kF32, Device::cuda());
+  ops::copy(host, dev);
+  ops::all_reduce_sum(dev, *comm_);
+  ops::add_into(dev, dev);  // a later op on the same stream sees the sum: 2 x the values
+  Tensor back = Tensor::empty(Shape{n}, DType::kF32);
+  ops::copy(dev, back);
+  for (int64_t i = 0; i < n; i += 4099)
+    ASSERT_EQ(back.data<float>()[i], 2.0f * host.data<float>()[i]) << "element " << i;
+  testing::expect_error_naming([&] { ops::all_reduce_sum(host, *comm_); },
+                               {"all_reduce_sum", "GPU tensors"});
 }
 
 TEST_F(NcclCommunicatorTest, AllGatherReduceScatterBroadcastAllToAllCopyAtOneRank) {
