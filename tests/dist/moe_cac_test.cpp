@@ -27,23 +27,10 @@ void append(const Tensor& t, std::vector<double>& out) {
   for (int64_t i = 0; i < t.numel(); ++i) out.push_back(testing::value_at(t, i));
 }
 
-struct Variant {
-  const char* name;
-  MoEConfig config;
-  DType dtype = DType::kF32;
-  bool uneven_tokens = false;  // rank r has 24 + 5 r tokens: capacities differ between ranks
-};
+using Variant = testing::MoEVariant;
 
 std::vector<Variant> variants() {
-  MoEConfig base;
-  base.hidden_size = 6;
-  base.ffn_size = 5;
-  base.num_experts = 8;
-  base.top_k = 2;
-  base.capacity_factor_train = 1.0f;
-  base.min_capacity = 1;
-  base.aux_loss_coef = 0.01f;
-  base.z_loss_coef = 0.001f;
+  MoEConfig base = testing::small_moe_config();
   base.jitter_eps = 0.05f;
   std::vector<Variant> out;
   out.push_back({"top2_capacity", base});

@@ -37,15 +37,8 @@ void check_layout_of_four(bool dropless) {
   dist::Communicator& world = dist::Communicator::world();
   const dist::ParallelLayout layout = dist::ParallelLayout::map(4, world.rank(), 2, 2);
   dist::ProcessGroups groups = dist::ProcessGroups::make(world, layout);
-  MoEConfig c;
-  c.hidden_size = 6;
-  c.ffn_size = 5;
-  c.num_experts = 8;
-  c.top_k = 2;
-  c.capacity_factor_train = 1.0f;
-  c.min_capacity = 1;
+  MoEConfig c = testing::small_moe_config();
   c.jitter_eps = 0.05f;
-  c.aux_loss_coef = 0.01f;
   c.dropless = dropless;
   MoELayer plain(c, DType::kF32, groups.ep.get()), dtd(c, DType::kF32, groups.ep.get());
   plain.init_weights(3);
