@@ -528,15 +528,7 @@ std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {
 
 moe::ExchangeStats Model::exchange_stats() const {
   moe::ExchangeStats sum;
-  for (const auto& block : blocks_) {
-    const moe::ExchangeStats s = block->ffn().exchange_stats();
-    sum.exchanges += s.exchanges;
-    sum.bytes_sent += s.bytes_sent;
-    sum.gather_bytes_sent += s.gather_bytes_sent;
-    sum.seconds += s.seconds;
-    sum.exchanges_saved += s.exchanges_saved;
-    sum.bytes_saved += s.bytes_saved;
-  }
+  for (const auto& block : blocks_) sum += block->ffn().exchange_stats();
   return sum;
 }
 

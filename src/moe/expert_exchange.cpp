@@ -103,7 +103,7 @@ void ExpertExchange::exchange_shares(const T* send, T* recv, int64_t d,
     counts[ep + p] = share_of(in_rows[p], parts, me).count * d;
     send_total += counts[p];
     recv_total += counts[ep + p];
-    slot_rows[p] = (in_rows[p] + parts - 1) / parts;  // the largest share of peer p's block
+    slot_rows[p] = share_of(in_rows[p], parts, 0).count;  // share 0 is the largest
     slot_total += slot_rows[p];
     if (p != group_->rank()) stats_.bytes_sent += counts[p] * static_cast<int64_t>(sizeof(T));
   }
@@ -148,25 +148,23 @@ void ExpertExchange::exchange(const T* send, T* recv, int64_t d, bool forward) {
   const std::vector<int64_t>& in_rows = forward ? recv_rows_ : send_rows_;
   const int ep = group_->size();
   ++stats_.exchanges;
-  if (dedup_ != nullptr && dedup_->size() > 1) {
-    const auto start = std::chrono::steady_clock::now();
-    exchange_shares(send, recv, d, out_rows, in_rows);
-    stats_.seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    return;
-  }
-  for (int p = 0; p < ep; ++p)
-    if (p != group_->rank()) stats_.bytes_sent += out_rows[p] * d * static_cast<int64_t>(sizeof(T));
   const auto start = std::chrono::steady_clock::now();
-  if (fixed_size_) {
-    group_->all_to_all(send, recv, out_rows[0] * d);
+  if (dedup_ != nullptr && dedup_->size() > 1) {
+    exchange_shares(send, recv, d, out_rows, in_rows);  // counts the bytes of its shares
   } else {
-    counts_.resize(2 * ep);
-    for (int p = 0; p < ep; ++p) {
-      counts_[p] = out_rows[p] * d;
-      counts_[ep + p] = in_rows[p] * d;
+    for (int p = 0; p < ep; ++p)
+      if (p != group_->rank())
+        stats_.bytes_sent += out_rows[p] * d * static_cast<int64_t>(sizeof(T));
+    if (fixed_size_) {
+      group_->all_to_all(send, recv, out_rows[0] * d);
+    } else {
+      counts_.resize(2 * ep);
+      for (int p = 0; p < ep; ++p) {
+        counts_[p] = out_rows[p] * d;
+        counts_[ep + p] = in_rows[p] * d;
+      }
+      group_->all_to_all_v(send, counts_.data(), recv, counts_.data() + ep);
     }
-    group_->all_to_all_v(send, counts_.data(), recv, counts_.data() + ep);
   }
   stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }

@@ -35,6 +35,27 @@ struct ExchangeStats {
   double seconds = 0;
   int64_t exchanges_saved = 0;
   int64_t bytes_saved = 0;
+
+  // Field by field, so sums over layers and differences over a span of calls keep every counter.
+  ExchangeStats& operator+=(const ExchangeStats& o) {
+    exchanges += o.exchanges;
+    bytes_sent += o.bytes_sent;
+    gather_bytes_sent += o.gather_bytes_sent;
+    seconds += o.seconds;
+    exchanges_saved += o.exchanges_saved;
+    bytes_saved += o.bytes_saved;
+    return *this;
+  }
+  ExchangeStats operator-(const ExchangeStats& o) const {
+    ExchangeStats d = *this;
+    d.exchanges -= o.exchanges;
+    d.bytes_sent -= o.bytes_sent;
+    d.gather_bytes_sent -= o.gather_bytes_sent;
+    d.seconds -= o.seconds;
+    d.exchanges_saved -= o.exchanges_saved;
+    d.bytes_saved -= o.bytes_saved;
+    return d;
+  }
 };
 
 class ExpertExchange {

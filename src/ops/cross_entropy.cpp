@@ -11,12 +11,17 @@
 namespace moex::ops {
 namespace {
 
-// targets i32 [n] on the host, each ignore_index or in [0, vocab).
-const int32_t* checked_targets(const char* op, const Tensor& targets, int64_t n, int64_t vocab) {
+// targets i32 [n] on the host.
+const int32_t* host_targets(const char* op, const Tensor& targets, int64_t n) {
   MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
                  targets.numel() == n,
              op, ": targets must be i32 [", n, "] on the host");
-  const int32_t* t = targets.data<int32_t>();
+  return targets.data<int32_t>();
+}
+
+// host_targets, each ignore_index or in [0, vocab).
+const int32_t* checked_targets(const char* op, const Tensor& targets, int64_t n, int64_t vocab) {
+  const int32_t* t = host_targets(op, targets, n);
   for (int64_t i = 0; i < n; ++i)
     MOEX_CHECK(t[i] == kIgnoreIndex || (t[i] >= 0 && t[i] < vocab), op, ": target ", t[i],
                " at row ", i, " is outside the vocabulary of ", vocab);
@@ -94,11 +99,8 @@ void cross_entropy_partial_grad(const Tensor& logits, const Tensor& targets, int
   detail::expect(op, "logits", logits, DType::kF32, n * vl);
   detail::expect(op, "lse", lse, DType::kF32, n);
   detail::expect(op, "dlogits", dlogits, DType::kF32, n * vl);
-  MOEX_CHECK(targets.defined() && targets.device().is_cpu() && targets.dtype() == DType::kI32 &&
-                 targets.numel() == n,
-             op, ": targets must be i32 [", n, "] on the host");
-  cpu::cross_entropy_partial_grad(logits.data<float>(), targets.data<int32_t>(), lse.data<float>(),
-                                  n, vl, vocab_begin, kIgnoreIndex, grad_scale,
+  cpu::cross_entropy_partial_grad(logits.data<float>(), host_targets(op, targets, n),
+                                  lse.data<float>(), n, vl, vocab_begin, kIgnoreIndex, grad_scale,
                                   dlogits.data<float>());
 }
 

@@ -205,10 +205,7 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
     if (ep) group->barrier();
     const moe::ExchangeStats before = layer.exchange_stats();
     t_fwdbwd.push_back(time_ms(moe_fwdbwd, 0, 1));
-    const moe::ExchangeStats after = layer.exchange_stats();
-    a2a.seconds += after.seconds - before.seconds;
-    a2a.bytes_sent += after.bytes_sent - before.bytes_sent;
-    a2a.bytes_saved += after.bytes_saved - before.bytes_saved;
+    a2a += layer.exchange_stats() - before;
     if (!ep) t_dense.push_back(time_ms(dense_fwdbwd, 0, 1));
   }
   MoEBenchResult r;
