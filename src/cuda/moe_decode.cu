@@ -5,6 +5,7 @@
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
+#include "cuda/few_rows_mma.cuh"
 #include "cuda/moe_decode.h"
 
 namespace moex::cuda {
@@ -163,6 +164,107 @@ __global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
   }
 }
 
+// Tensor-core twin of decode_expert_kernel (cuda/few_rows_mma.cuh): the same grid of slots and
+// row lists; a block computes one unit of 32 weight rows against every routed row of its expert,
+// 8 * kNT rows per pass over the weights. A unit is SwiGLU gate rows 16u.. with the matching up
+// rows F + 16u.. (so one lane holds both halves of an output), otherwise rows 32u..32u+31.
+template <int kKind, int kNT>
+__global__ void __launch_bounds__(kFewRowsThreads) decode_expert_mma_kernel(KernelArgs p) {
+  __shared__ int src[kMaxDecodeCapacity];
+  __shared__ int dst[kMaxDecodeCapacity];
+  __shared__ int num_rows, expert;
+  __shared__ FewRowsSmem<kNT> smem;
+  if (threadIdx.x == 0) {
+    int e = -1;
+    for (int i = 0, seen = 0; i < p.num_experts; ++i)
+      if (p.counts[i] > 0 && seen++ == static_cast<int>(blockIdx.y)) {
+        e = i;
+        break;
+      }
+    expert = e;
+    if (e >= 0) {
+      const int C = p.info[0];
+      int n = 0;
+      for (int s = 0; s < C && n < kMaxDecodeCapacity; ++s) {
+        const int row = e * C + s, route = p.gather[row];
+        if (route < 0) continue;
+        src[n] = kKind == kDown ? row : route / p.top_k;
+        dst[n] = row;
+        ++n;
+      }
+      num_rows = n;
+    }
+  }
+  __syncthreads();
+  const int e = expert;
+  if (e < 0) return;  // fewer experts selected than slots; the same for the whole block
+  const int n = num_rows, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int64_t K = p.k_dim;
+  const int64_t units = kKind == kUpSwiGLU ? (p.positions + 15) / 16 : (p.positions + 31) / 32;
+  // Weight row of m-tile m, half h, clamped into the matrix (clamped rows' outputs are dropped).
+  auto weight_row = [&](int64_t unit, int m, int h) {
+    int64_t r = kKind == kUpSwiGLU ? unit * 16 + g + 8 * h : unit * 32 + 16 * m + g + 8 * h;
+    r = min(r, p.positions - 1);
+    if (kKind == kUpSwiGLU && m == 1) r += p.positions;
+    return p.w + (int64_t{e} * p.w_rows + r) * K;
+  };
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    const __nv_bfloat16* const wr[4] = {weight_row(unit, 0, 0), weight_row(unit, 0, 1),
+                                        weight_row(unit, 1, 0), weight_row(unit, 1, 1)};
+    for (int g0 = 0; g0 < n; g0 += 8 * kNT) {
+      const int tiles = min(kNT, (n - g0 + 7) / 8);
+      const __nv_bfloat16* xr[kNT];
+#pragma unroll
+      for (int t = 0; t < kNT; ++t) xr[t] = p.in + int64_t{src[min(g0 + 8 * t + g, n - 1)]} * K;
+      few_rows_unit<kNT>(wr, xr, K, tiles, smem, [&](int t, const float(&h)[2][4]) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = g0 + 8 * t + 2 * q + (i & 1);
+          if (r >= n) continue;
+          const int64_t row = dst[r];
+          const int feature = g + (i >= 2 ? 8 : 0);
+          if (kKind == kUpSwiGLU) {
+            const int64_t j = unit * 16 + feature;
+            if (j >= p.positions) continue;
+            const float gate = round_bf16(h[0][i]), up = round_bf16(h[1][i]);
+            p.out[row * p.positions + j] = __float2bfloat16(gate * sigmoid(gate) * up);
+          } else {
+#pragma unroll
+            for (int m = 0; m < 2; ++m) {
+              const int64_t j = unit * 32 + 16 * m + feature;
+              if (j >= p.positions) continue;
+              p.out[row * p.positions + j] = __float2bfloat16(
+                  kKind == kUpGelu ? gelu(round_bf16(h[m][i]), p.gelu_exact) : h[m][i]);
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+template <int kKind, int kNT>
+void launch_mma(const KernelArgs& a, int64_t slots, cudaStream_t stream) {
+  const int64_t units = kKind == kUpSwiGLU ? ceil_div(a.positions, 16) : ceil_div(a.positions, 32);
+  const int64_t blocks = std::min<int64_t>(units, 65535);
+  decode_expert_mma_kernel<kKind, kNT>
+      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kFewRowsThreads, 0,
+         stream>>>(a);
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// Routed rows per pass over the weights: 8 or 16 (registers); an expert with more takes further
+// passes (its weights read again).
+template <int kKind>
+void launch_mma(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
+  const int64_t slots = std::min<int64_t>(a.num_experts, num_tokens * a.top_k);
+  if (num_tokens <= 8) {
+    launch_mma<kKind, 1>(a, slots, stream);
+  } else {
+    launch_mma<kKind, 2>(a, slots, stream);
+  }
+}
+
 template <int kKind>
 void launch(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
   static const int sms = current_device_sms();
@@ -195,7 +297,13 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
                 p.top_k,
                 p.num_experts,
                 p.gelu_exact};
-  if (p.swiglu) {
+  if (p.tensor_cores) {
+    if (p.swiglu) {
+      launch_mma<kUpSwiGLU>(up, p.num_tokens, stream);
+    } else {
+      launch_mma<kUpGelu>(up, p.num_tokens, stream);
+    }
+  } else if (p.swiglu) {
     launch<kUpSwiGLU>(up, p.num_tokens, stream);
   } else {
     launch<kUpGelu>(up, p.num_tokens, stream);
@@ -207,7 +315,11 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   down.k_dim = p.f;
   down.positions = p.d;
   down.w_rows = p.d;
-  launch<kDown>(down, p.num_tokens, stream);
+  if (p.tensor_cores) {
+    launch_mma<kDown>(down, p.num_tokens, stream);
+  } else {
+    launch<kDown>(down, p.num_tokens, stream);
+  }
 }
 
 }  // namespace moex::cuda

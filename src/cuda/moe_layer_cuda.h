@@ -30,6 +30,7 @@
 #include "core/tensor.h"
 #include "cuda/device.h"
 #include "cuda/gemm.h"
+#include "cuda/moe_decode.h"
 #include "cuda/moe_gating.h"
 #include "cuda/moe_mix.h"
 #include "moe/moe_config.h"
@@ -81,10 +82,9 @@ struct MoELayerCudaOptions {
   // Forwards that keep nothing for backward over at most this many tokens run the decode kernels
   // (cuda/moe_decode.h: selected experts' weights only, no host sync) when the rows use the
   // padded layout (capacity mode, or dropless kPadded). 0 = never; at most kMaxDecodeCapacity.
-  // 16: measured on the H200 (docs/results.md), the kernels stream weights at ~60-77 % of the
-  // copy rate up to batch 8 (a few rows per expert) but at 32 % at batch 32, where each weight
-  // serves ~8 rows from L1 and a tensor-core GEMM is the better tool.
-  int64_t decode_max_tokens = 16;
+  // The tensor-core decode kernels serve every row count up to kMaxDecodeCapacity, and without a
+  // host sync the whole decode step can be captured into a CUDA graph (docs/gpu-model.md).
+  int64_t decode_max_tokens = kMaxDecodeCapacity;
 };
 
 // One forward's mode and random streams.

@@ -9,6 +9,19 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
+// The block's cos/sin table [half] of one position: (cos, sign * sin) of pos * inv_freq[i].
+__device__ __forceinline__ void form_table(float2* cos_sin, int half, int head_dim, float pos,
+                                           float theta, float sign) {
+  const int threads = blockDim.x * blockDim.y;
+  for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < half; i += threads) {
+    const float inv_freq =
+        1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    float sn, cs;
+    sincosf(pos * inv_freq, &sn, &cs);
+    cos_sin[i] = make_float2(cs, sign * sn);
+  }
+}
+
 // One block per token (b, t). Its cos/sin table [half] is formed once in shared memory (fp32, as
 // the twin and transformers: inv_freq, then pos * inv_freq, then cos/sin) and reused by every head,
 // so the transcendental cost is per token, not per element. threadIdx.x walks chunks of W pair
@@ -34,14 +47,7 @@ __global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num
   }
   const float pos =
       static_cast<float>(positions != nullptr ? positions[token] : start_pos + token % seq_len);
-  const int threads = blockDim.x * blockDim.y;
-  for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < half; i += threads) {
-    const float inv_freq =
-        1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
-    float sn, cs;
-    sincosf(pos * inv_freq, &sn, &cs);
-    cos_sin[i] = make_float2(cs, sign * sn);
-  }
+  form_table(cos_sin, half, head_dim, pos, theta, sign);
   __syncthreads();
   bool first = has_first;
   for (int i0 = first_i; i0 < half; i0 += blockDim.x * W) {
@@ -108,7 +114,82 @@ void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, flo
   MOEX_LAUNCH_CHECK();
 }
 
+// One block per row: the row's q heads rotated into q, its k heads rotated into its pool slot, its
+// v copied there. A work item is W pair indices of one q or k head, or W values of v.
+template <int W>
+__global__ void rope_qkv_paged_kernel(RopeQkvPagedParams p, float theta) {
+  extern __shared__ float2 cos_sin[];  // [half]
+  const int hd = static_cast<int>(p.head_dim), half = hd / 2;
+  const int64_t row = blockIdx.x, qw = p.q_width, kw = p.kv_width;
+  const bool rope = theta > 0.0f;
+  if (rope) {
+    form_table(cos_sin, half, hd, static_cast<float>(p.positions[row]), theta, 1.0f);
+    __syncthreads();
+  }
+  const bf16* src = static_cast<const bf16*>(p.qkv) + row * (qw + 2 * kw);
+  const int64_t slot = p.slots[row];
+  bf16* q = static_cast<bf16*>(p.q) + row * qw;
+  bf16* k = static_cast<bf16*>(p.k_pool) + slot * kw;
+  bf16* v = static_cast<bf16*>(p.v_pool) + slot * kw;
+  const int per_head = half / W;
+  const int64_t q_items = qw / hd * per_head, k_items = kw / hd * per_head, v_items = kw / W;
+  for (int64_t it = threadIdx.x; it < q_items + k_items + v_items; it += blockDim.x) {
+    if (it >= q_items + k_items) {
+      const int64_t j = (it - q_items - k_items) * W;
+      float x[W];
+      load_chunk<W>(src + qw + kw + j, x);
+      store_chunk<W>(v + j, x);
+      continue;
+    }
+    const bool is_q = it < q_items;
+    const int64_t item = is_q ? it : it - q_items;
+    const int64_t off = item / per_head * hd + item % per_head * W;
+    const bf16* in = src + (is_q ? 0 : qw) + off;
+    bf16* out = (is_q ? q : k) + off;
+    float x1[W], x2[W];
+    load_chunk<W>(in, x1);
+    load_chunk<W>(in + half, x2);
+    if (rope) {
+      const int i0 = static_cast<int>(item % per_head) * W;
+      float y1[W], y2[W];
+#pragma unroll
+      for (int j = 0; j < W; ++j) {
+        const float2 t = cos_sin[i0 + j];
+        y1[j] = x1[j] * t.x - x2[j] * t.y;
+        y2[j] = x2[j] * t.x + x1[j] * t.y;
+      }
+      store_chunk<W>(out, y1);
+      store_chunk<W>(out + half, y2);
+    } else {
+      store_chunk<W>(out, x1);
+      store_chunk<W>(out + half, x2);
+    }
+  }
+}
+
 }  // namespace
+
+void rope_qkv_paged_bf16(const RopeQkvPagedParams& p, cudaStream_t stream) {
+  const char* op = "rope_qkv_paged_bf16";
+  MOEX_CHECK(p.rows >= 0 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.head_dim <= 8192, op,
+             ": rows must be >= 0 and head_dim even in [2, 8192], got ", p.rows, ", ", p.head_dim);
+  MOEX_CHECK(p.q_width > 0 && p.kv_width > 0 && p.q_width % p.head_dim == 0 &&
+                 p.kv_width % p.head_dim == 0,
+             op, ": q_width (", p.q_width, ") and kv_width (", p.kv_width,
+             ") must be positive multiples of head_dim (", p.head_dim, ")");
+  if (p.rows == 0) return;
+  const int64_t half = p.head_dim / 2;
+  const bool vec = half % 8 == 0 && aligned16(p.qkv) && aligned16(p.q) && aligned16(p.k_pool) &&
+                   aligned16(p.v_pool);
+  const size_t smem = static_cast<size_t>(half) * sizeof(float2);
+  const float theta = static_cast<float>(p.theta);
+  if (vec) {
+    rope_qkv_paged_kernel<8><<<static_cast<unsigned>(p.rows), 256, smem, stream>>>(p, theta);
+  } else {
+    rope_qkv_paged_kernel<1><<<static_cast<unsigned>(p.rows), 256, smem, stream>>>(p, theta);
+  }
+  MOEX_LAUNCH_CHECK();
+}
 
 void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream) {
   rope_apply("rope_forward_bf16", x, y, p, 1.0f, stream);

@@ -18,6 +18,22 @@ struct RopeParams {
   const int32_t* positions = nullptr;  // [seq_len]
 };
 
+// A serving step's fused QKV rows into attention inputs: for each row r of qkv [R, Q + 2K]
+// ([q heads | k heads | v heads]), q[r] = RoPE(q part, positions[r]), k_pool[slots[r]] =
+// RoPE(k part, positions[r]) and v_pool[slots[r]] = v part; theta <= 0: no rotation. One launch for
+// what rope and scatter_rows do in five (docs/gpu-model.md §Decoding); the same rotation bits.
+struct RopeQkvPagedParams {
+  const void* qkv = nullptr;           // [R, q_width + 2 * kv_width] bf16
+  const int32_t* positions = nullptr;  // [R] (device)
+  const int32_t* slots = nullptr;      // [R] pool rows (device)
+  void* q = nullptr;                   // [R, q_width] bf16
+  void* k_pool = nullptr;              // [slots, kv_width] bf16
+  void* v_pool = nullptr;              // [slots, kv_width] bf16
+  int64_t rows = 0, q_width = 0, kv_width = 0, head_dim = 0;
+  double theta = 10000.0;
+};
+void rope_qkv_paged_bf16(const RopeQkvPagedParams& p, cudaStream_t stream);
+
 void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream);
 void rope_backward_bf16(const void* dy, void* dx, const RopeParams& p, cudaStream_t stream);
 

@@ -202,18 +202,27 @@ void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const
   const int64_t n = x.dim(0), kd = kv_heads_ * head_dim_;
   const DType dt = x.dtype();
   const Tensor q = arena.alloc(Shape{1, n, heads_, head_dim_}, dt);
-  const Tensor k = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
-  const Tensor v = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
   const Tensor attn = arena.alloc(Shape{n, heads_, head_dim_}, dt);
-  project_qkv(x, 1, n, /*start_pos=*/-1, q, k, v, arena, false);  // RoPE per row below
-  if (config_.positions == PositionType::kRope) {
-    ops::rope(q, rows.row_pos, config_.rope_theta, q);
-    ops::rope(k, rows.row_pos, config_.rope_theta, k);
-  }
-  // Every row's key and value first, so rows of one sequence in this step see each other.
+  const double theta = config_.positions == PositionType::kRope ? config_.rope_theta : 0.0;
+  // Every row's key and value go into the pool first, so rows of one sequence in this step see
+  // each other.
   const int64_t slots = k_pool.dim(0) * k_pool.dim(1);
-  ops::scatter_rows(k.view(Shape{n, kd}), rows.slots, k_pool.view(Shape{slots, kd}));
-  ops::scatter_rows(v.view(Shape{n, kd}), rows.slots, v_pool.view(Shape{slots, kd}));
+  if (!q_norm_) {
+    // Split, RoPE and the pool writes in one op.
+    const Tensor qkv = arena.alloc(Shape{n, heads_ * head_dim_ + 2 * kd}, dt);
+    ops::linear(x, qkv_w_.w, qkv_b_.w, qkv);
+    ops::write_paged_qkv(qkv, head_dim_, rows.row_pos, theta, rows.slots, q, k_pool, v_pool);
+  } else {
+    const Tensor k = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
+    const Tensor v = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
+    project_qkv(x, 1, n, /*start_pos=*/-1, q, k, v, arena, false);  // RoPE per row below
+    if (theta > 0) {
+      ops::rope(q, rows.row_pos, theta, q);
+      ops::rope(k, rows.row_pos, theta, k);
+    }
+    ops::scatter_rows(k.view(Shape{n, kd}), rows.slots, k_pool.view(Shape{slots, kd}));
+    ops::scatter_rows(v.view(Shape{n, kd}), rows.slots, v_pool.view(Shape{slots, kd}));
+  }
   ops::paged_attention(q.view(Shape{n, heads_, head_dim_}), k_pool, v_pool, rows.tables,
                        rows.row_seq, rows.row_pos, attn);
   ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);

@@ -1,11 +1,15 @@
 #include "ops/paged_attention.h"
 
+#include <algorithm>
+
 #include "cpu/paged_attention.h"
+#include "cpu/rope.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
 #include "cuda/paged_attention.h"
+#include "cuda/rope.h"
 #endif
 
 namespace moex::ops {
@@ -114,6 +118,67 @@ void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool) {
   }
   MOEX_CUDA_TWIN(op, cuda::scatter_rows_bf16(rows.raw_data(), slots.data<int32_t>(), rows.dim(0),
                                              width, pool.raw_data(), detail::stream(dev)));
+}
+
+void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos, double theta,
+                     const Tensor& slots, const Tensor& q, const Tensor& k_pool,
+                     const Tensor& v_pool) {
+  const char* op = "write_paged_qkv";
+  const Device dev = detail::common_device(op, {&qkv, &q, &k_pool, &v_pool});
+  const ProfileScope profile(op, dev);
+  MOEX_CHECK(qkv.ndim() == 2 && qkv.dim(0) > 0 && head_dim > 0 && head_dim % 2 == 0, op, ": qkv ",
+             qkv.shape().str(), " must be [R > 0, width], head_dim ", head_dim, " even");
+  // q holds R rows of qw values in any shape ([R, Q] or [1, R, H, Dh]).
+  const int64_t rows = qkv.dim(0), qw = q.numel() / rows, kw = (qkv.dim(1) - qw) / 2;
+  MOEX_CHECK(kw > 0 && q.numel() == rows * qw && qw + 2 * kw == qkv.dim(1) && qw % head_dim == 0 &&
+                 kw % head_dim == 0 && k_pool.numel() == v_pool.numel() && k_pool.numel() % kw == 0,
+             op, ": qkv ", qkv.shape().str(), " is not [R, q ", q.shape().str(),
+             " + 2 kv] of heads of ", head_dim, ", or the pools ", k_pool.shape().str(),
+             " do not hold kv rows");
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "qkv", qkv, dt, qkv.numel());
+  detail::expect(op, "q", q, dt, q.numel());
+  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
+  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
+  expect_indices(op, "row_pos", row_pos, dev, rows);
+  expect_indices(op, "slots", slots, dev, rows);
+  if (dev.is_cpu()) {
+    // The rows one by one through the copy, RoPE and scatter of the unfused path (same bits).
+    const int64_t num_slots = k_pool.numel() / kw;
+    const float* src = qkv.data<float>();
+    const int32_t *pos = row_pos.data<int32_t>(), *slot = slots.data<int32_t>();
+    float *qp = q.data<float>(), *kp = k_pool.data<float>(), *vp = v_pool.data<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      MOEX_CHECK(slot[r] >= 0 && slot[r] < num_slots, op, ": row ", r, " slot ", slot[r],
+                 " outside the pool of ", num_slots);
+      const float* in = src + r * (qw + 2 * kw);
+      float *qr = qp + r * qw, *kr = kp + int64_t{slot[r]} * kw, *vr = vp + int64_t{slot[r]} * kw;
+      std::copy(in, in + qw, qr);
+      std::copy(in + qw, in + qw + kw, kr);
+      std::copy(in + qw + kw, in + qw + 2 * kw, vr);
+      if (theta <= 0) continue;
+      cpu::RopeShape s{1, 1, qw / head_dim, head_dim, pos[r], theta, nullptr};
+      cpu::rope_forward<float>(qr, s, qr);
+      s.num_heads = kw / head_dim;
+      cpu::rope_forward<float>(kr, s, kr);
+    }
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    cuda::RopeQkvPagedParams p;
+    p.qkv = qkv.raw_data();
+    p.positions = row_pos.data<int32_t>();
+    p.slots = slots.data<int32_t>();
+    p.q = q.raw_data();
+    p.k_pool = k_pool.raw_data();
+    p.v_pool = v_pool.raw_data();
+    p.rows = rows;
+    p.q_width = qw;
+    p.kv_width = kw;
+    p.head_dim = head_dim;
+    p.theta = theta;
+    cuda::rope_qkv_paged_bf16(p, detail::stream(dev));
+  });
 }
 
 void gather_rows(const Tensor& src, const Tensor& index, const Tensor& out) {

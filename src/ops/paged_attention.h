@@ -22,6 +22,14 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
 
 // pool (viewed [slots, width]) row slots[r] = rows[r]: rows [R, width], slots [R] i32.
 void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool);
+// A step's fused QKV projection rows into the attention inputs, in one pass: qkv [R, Q + 2K] holds
+// each row's q heads, k heads and v heads (width head_dim each); q ([R, Q] elements) gets the q
+// part rotated by RoPE at row_pos[r], the pools (viewed [slots, K]) row slots[r] get the rotated k
+// part and the v part. theta <= 0: no rotation (learned positions). What copy_columns, rope and
+// scatter_rows give, bit for bit.
+void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos, double theta,
+                     const Tensor& slots, const Tensor& q, const Tensor& k_pool,
+                     const Tensor& v_pool);
 // out[r] = src[index[r]]: src [N, width], out [R, width], index [R] i32 (e.g. each sequence's
 // last row).
 void gather_rows(const Tensor& src, const Tensor& index, const Tensor& out);

@@ -984,3 +984,51 @@ TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
 
 }  // namespace
 }  // namespace moex
+
+namespace moex {
+namespace {
+
+// Decode-sized forwards of a Mixtral-shaped dropless layer (d 4096, FFN 14336, top-2 of 8, random
+// weights): the decode kernels against the GEMM path (with its counts sync). Printed, never
+// asserted; docs/gpu-model.md §Decoding explains the choice of decode_max_tokens.
+TEST_F(Gpu, ReportsDecodeForwardTimes) {
+  MoEConfig c;
+  c.hidden_size = 4096;
+  c.ffn_size = 14336;
+  c.num_experts = 8;
+  c.top_k = 2;
+  c.dropless = true;
+  CudaContext ctx;
+  for (const int64_t decode_max : {int64_t{cuda::kMaxDecodeCapacity}, int64_t{0}}) {
+    cuda::MoELayerCudaOptions opt;
+    opt.max_tokens = 64;
+    opt.decode_max_tokens = decode_max;
+    opt.dropless_gemm = cuda::DroplessGemm::kPadded;
+    opt.padded_row_multiple = 128;  // as the model's layers
+    cuda::MoELayerCuda layer(c, opt, ctx);
+    layer.init_random(3);
+    for (const int64_t T : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{32}, int64_t{64}}) {
+      DevBuf x = upload(to_bf16(rand_vec(T * c.hidden_size, 5 + T))), y(T * c.hidden_size * 2);
+      const Tensor xt =
+          Tensor::from_external(x.ptr, {T, c.hidden_size}, DType::kBF16, Device::cuda());
+      const Tensor yt =
+          Tensor::from_external(y.ptr, {T, c.hidden_size}, DType::kBF16, Device::cuda());
+      cuda::MoEStepCuda step;
+      step.keep_for_backward = false;
+      auto run = [&] { layer.forward(xt, yt, step); };
+      run();
+      run();
+      ctx.synchronize();
+      cuda::EventTimer timer;
+      timer.start(ctx.stream());
+      constexpr int kIters = 20;
+      for (int i = 0; i < kIters; ++i) run();
+      const double ms = timer.stop(ctx.stream()) / kIters;
+      std::printf("[ info ] mixtral MoE layer forward T=%ld %s: %.1f us\n", static_cast<long>(T),
+                  decode_max > 0 ? "decode kernels" : "GEMM path", ms * 1e3);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moex

@@ -11,7 +11,9 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "cpu_kernel_checks.h"
 #include "ops/attention.h"
+#include "ops/elementwise.h"
 #include "ops/paged_attention.h"
 #include "ops/rope.h"
 
@@ -114,6 +116,38 @@ TEST(PagedAttention, RopeAtAPositionPerRowEqualsRopeAtAStart) {
     ops::rope(one, positions[t], 10000.0, ref);
     EXPECT_EQ(max_abs_diff(y.data<float>() + t * H * Dh, ref.data<float>(), H * Dh), 0)
         << "row " << t;
+  }
+}
+
+// The fused split + RoPE + pool write against the unfused ops: copy_columns, rope at a position per
+// row, scatter_rows; bit for bit, with and without rotation; slots outside the pool are errors.
+TEST(PagedAttention, WritePagedQkvEqualsSplitRopeAndScatter) {
+  const int64_t R = 4, H = 4, KVH = 2, Dh = 8, qw = H * Dh, kw = KVH * Dh, slots = 9;
+  const Tensor qkv = random({R, qw + 2 * kw}, 7);
+  const Tensor pos = ints({9, 0, 3, 17}, {R}), where = ints({8, 2, 0, 5}, {R});
+  for (const double theta : {10000.0, 0.0}) {
+    Tensor q = Tensor::empty({1, R, H, Dh}, DType::kF32);
+    Tensor k_pool = random({3, 3, KVH, Dh}, 8), v_pool = random({3, 3, KVH, Dh}, 9);
+    Tensor q_ref = q.clone(), k_ref = k_pool.clone(), v_ref = v_pool.clone();
+    ops::write_paged_qkv(qkv, Dh, pos, theta, where, q, k_pool, v_pool);
+    Tensor k = Tensor::empty({1, R, KVH, Dh}, DType::kF32), v = k.clone();
+    ops::copy_columns(qkv, 0, q_ref.view({R, qw}), 0, qw);
+    ops::copy_columns(qkv, qw, k.view({R, kw}), 0, kw);
+    ops::copy_columns(qkv, qw + kw, v.view({R, kw}), 0, kw);
+    if (theta > 0) {
+      ops::rope(q_ref, pos, theta, q_ref);
+      ops::rope(k, pos, theta, k);
+    }
+    ops::scatter_rows(k.view({R, kw}), where, k_ref.view({slots, kw}));
+    ops::scatter_rows(v.view({R, kw}), where, v_ref.view({slots, kw}));
+    EXPECT_EQ(max_abs_diff(q.data<float>(), q_ref.data<float>(), q.numel()), 0) << theta;
+    EXPECT_EQ(max_abs_diff(k_pool.data<float>(), k_ref.data<float>(), k_pool.numel()), 0) << theta;
+    EXPECT_EQ(max_abs_diff(v_pool.data<float>(), v_ref.data<float>(), v_pool.numel()), 0) << theta;
+    testing::expect_error_naming(
+        [&] {
+          ops::write_paged_qkv(qkv, Dh, pos, theta, ints({8, 2, 9, 5}, {R}), q, k_pool, v_pool);
+        },
+        {"write_paged_qkv", "slot 9", "pool of 9"});
   }
 }
 

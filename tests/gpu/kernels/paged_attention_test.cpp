@@ -114,5 +114,63 @@ TEST_F(PagedAttentionTest, ScatterAndGatherRowsMatchCpu) {
   EXPECT_EQ(download_bf16(back.ptr, 3 * width), rows);
 }
 
+// The fused split + RoPE + pool write: bit for bit what the separate RoPE and scatter kernels give
+// (the same rotation code), with GQA widths, vectorised (Dh 64) and element-wise (Dh 12) loads, and
+// no rotation; the pools' untouched slots stay as they were.
+TEST_F(PagedAttentionTest, RopeQkvPagedEqualsRopeAndScatter) {
+  cuda::CudaContext ctx;
+  for (const int64_t Dh : {int64_t{64}, int64_t{12}})
+    for (const double theta : {1e6, 0.0}) {
+      const int64_t R = 5, H = 4, KVH = 2, qw = H * Dh, kw = KVH * Dh, slots = 11;
+      const std::vector<int32_t> positions = {300, 0, 7, 7, 4095}, where = {10, 3, 0, 6, 2};
+      const auto qkv = round_bf16(rand_vec(R * (qw + 2 * kw), 66, -2, 2));
+      const auto pool0 = round_bf16(rand_vec(slots * kw, 67));
+      DevBuf dqkv = upload(to_bf16(qkv)), dpos = upload(positions), dwhere = upload(where);
+      DevBuf q(R * qw * 2), kp = upload(to_bf16(pool0)), vp = upload(to_bf16(pool0));
+      cuda::RopeQkvPagedParams p;
+      p.qkv = dqkv.ptr;
+      p.positions = dpos.as<int32_t>();
+      p.slots = dwhere.as<int32_t>();
+      p.q = q.ptr;
+      p.k_pool = kp.ptr;
+      p.v_pool = vp.ptr;
+      p.rows = R;
+      p.q_width = qw;
+      p.kv_width = kw;
+      p.head_dim = Dh;
+      p.theta = theta;
+      cuda::rope_qkv_paged_bf16(p, ctx.stream());
+      // The reference: the q, k, v parts split on the host, then the separate kernels.
+      std::vector<float> qh(R * qw), kh(R * kw), vh(R * kw);
+      for (int64_t r = 0; r < R; ++r) {
+        const float* row = &qkv[r * (qw + 2 * kw)];
+        std::copy(row, row + qw, &qh[r * qw]);
+        std::copy(row + qw, row + qw + kw, &kh[r * kw]);
+        std::copy(row + qw + kw, row + qw + 2 * kw, &vh[r * kw]);
+      }
+      DevBuf rq = upload(to_bf16(qh)), rk = upload(to_bf16(kh)), rv = upload(to_bf16(vh));
+      DevBuf rkp = upload(to_bf16(pool0)), rvp = upload(to_bf16(pool0));
+      if (theta > 0) {
+        cuda::RopeParams rp{1, R, H, Dh, 0, theta};
+        rp.positions = dpos.as<int32_t>();
+        cuda::rope_forward_bf16(rq.ptr, rq.ptr, rp, ctx.stream());
+        rp.num_heads = KVH;
+        cuda::rope_forward_bf16(rk.ptr, rk.ptr, rp, ctx.stream());
+      }
+      cuda::scatter_rows_bf16(rk.ptr, dwhere.as<int32_t>(), R, kw, rkp.ptr, ctx.stream());
+      cuda::scatter_rows_bf16(rv.ptr, dwhere.as<int32_t>(), R, kw, rvp.ptr, ctx.stream());
+      const std::string what = "Dh " + std::to_string(Dh) + " theta " + std::to_string(theta);
+      EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(q.ptr, R * qw),
+                                kt::download<uint16_t>(rq.ptr, R * qw)))
+          << what;
+      EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(kp.ptr, slots * kw),
+                                kt::download<uint16_t>(rkp.ptr, slots * kw)))
+          << what;
+      EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(vp.ptr, slots * kw),
+                                kt::download<uint16_t>(rvp.ptr, slots * kw)))
+          << what;
+    }
+}
+
 }  // namespace
 }  // namespace moex
