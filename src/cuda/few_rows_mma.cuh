@@ -1,6 +1,5 @@
-// y = x W^T for a few rows of x (decoding: 1-64 rows) on tensor cores, with W streamed from memory
-// once. Shared by the MoE decode kernels (cuda/moe_decode.cu) and the few-row linear
-// (cuda/few_rows_linear.cu); docs/gpu-model.md §Decoding.
+// y = x W^T for a few rows of x (decoding) on tensor cores, with W streamed from memory once: the
+// core of the MoE decode kernels (cuda/moe_decode.cu); docs/gpu-model.md §Decoding.
 //
 // A block of kFewRowsWarps warps computes one "unit" of 32 weight rows (two 16-row m-tiles, whose
 // row pointers the caller picks) against up to 8 * kNT rows of x (the 8-wide N side of
@@ -65,7 +64,10 @@ __device__ __forceinline__ void few_rows_unit(const __nv_bfloat16* const (&w)[4]
                                               const __nv_bfloat16* const (&x)[kNT], int64_t K,
                                               int tiles, FewRowsSmem<kNT>& smem,
                                               Epilogue&& epilogue) {
-  constexpr int kU = 4;  // chunks of weight loads in flight per warp
+  // Chunks of weight loads in flight per warp (docs/gpu-model.md §Decoding): 8 with one n-tile
+  // (the few blocks of a one-token call need every byte in flight they can get), 4 with two (8 took
+  // the 16- and 32-token calls from 725 / 966 to 952 / 1245 us on the H200).
+  constexpr int kU = kNT == 1 ? 8 : 4;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, q = lane & 3;
   float acc[2][kNT][4];
 #pragma unroll

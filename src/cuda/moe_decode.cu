@@ -11,13 +11,8 @@
 namespace moex::cuda {
 namespace {
 
-constexpr int kWarps = 8, kThreads = kWarps * 32;
-// Routed rows handled per pass over a weight row: every weight element loaded is used this many
-// times from registers; more rows take another pass (the weight rows come back from L2).
-constexpr int kGroup = 8;
-// Blocks per SM the grid aims at (more than fit at once: the rest queue): with the weight loads
-// unrolled kUnroll deep, enough bytes in flight to keep HBM busy when one or two experts are
-// selected.
+// Blocks per SM the grid aims at (more than fit at once: the rest queue), each walking several
+// units, so that the few experts of a one-token call still fill the chip.
 constexpr int kBlocksPerSm = 8;
 
 enum Kind { kUpSwiGLU, kUpGelu, kDown };
@@ -37,168 +32,76 @@ struct KernelArgs {
   bool gelu_exact;
 };
 
-// Weights are read once: they are streamed past L1 (__ldcs) so the routed input rows stay there.
-constexpr int kUnroll = 4;
-
-__device__ __forceinline__ void unpack_bf16x8(const uint4& raw, float (&out)[8]) {
-  const auto* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __bfloat1622float2(h[i]);
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
-  }
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
+// h is rounded to bf16 before the activation, as the GEMM path stores it.
 __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
-// Grid: x splits an expert's units, y is a slot: slot y serves the y-th expert with routes (in
-// expert order), so only selected experts get blocks. There are min(E, T * k) slots, the most
-// experts T tokens can select.
-// One warp per "unit": a pair of weight rows of the slot's expert e and the outputs they make.
-//   kUpSwiGLU: rows j (gate) and F + j (up) -> a[row, j] = silu(g) * u
-//   kUpGelu:   rows 2u, 2u + 1             -> a[row, 2u..2u+1] = gelu(h)
-//   kDown:     rows 2u, 2u + 1 of w2       -> out[row, 2u..2u+1]
-// Each lane covers 8 consecutive reduction elements per 256, the warp sums at the end.
+// The block's slot: the blockIdx.y-th expert with routes (-1: fewer experts were selected than
+// there are slots) and its routed rows, in[r] the input row and out[r] the buffer row of each.
+// Warp 0 reads the counts and the rows 32 at a time and compacts them with ballots, so a block
+// starts after a few load latencies, not one per expert and row.
+struct SlotRows {
+  int in[kMaxDecodeCapacity];
+  int out[kMaxDecodeCapacity];
+  int count, expert;
+};
+
 template <int kKind>
-__global__ void __launch_bounds__(kThreads) decode_expert_kernel(KernelArgs p) {
-  __shared__ int src[kMaxDecodeCapacity];  // input row of each routed row
-  __shared__ int dst[kMaxDecodeCapacity];  // output row of each routed row
-  __shared__ int num_rows, expert;
-  if (threadIdx.x == 0) {
-    int e = -1;
-    for (int i = 0, seen = 0; i < p.num_experts; ++i)
-      if (p.counts[i] > 0 && seen++ == static_cast<int>(blockIdx.y)) {
-        e = i;
-        break;
-      }
-    expert = e;
+__device__ void load_slot_rows(const KernelArgs& p, SlotRows& rows) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  const unsigned below = (1u << lane) - 1;
+  int e = -1;
+  for (int base = 0, seen = 0; base < p.num_experts && e < 0; base += 32) {
+    const int i = base + lane;
+    const bool has = i < p.num_experts && p.counts[i] > 0;
+    const unsigned mask = __ballot_sync(0xffffffffu, has);
+    const int want = static_cast<int>(blockIdx.y) - seen;
+    const unsigned hit = __ballot_sync(0xffffffffu, has && __popc(mask & below) == want);
+    if (hit) e = base + __ffs(hit) - 1;
+    seen += __popc(mask);
   }
-  __syncthreads();
-  const int e = expert;
-  if (e < 0) return;  // fewer experts selected than slots; the same for the whole block
-  const int C = p.info[0];
-  if (threadIdx.x == 0) {
-    int n = 0;
-    for (int s = 0; s < C && n < kMaxDecodeCapacity; ++s) {
-      const int row = e * C + s, route = p.gather[row];
-      if (route < 0) continue;
-      src[n] = kKind == kDown ? row : route / p.top_k;
-      dst[n] = row;
-      ++n;
+  int n = 0;
+  if (e >= 0) {
+    const int C = p.info[0];
+    for (int base = 0; base < C && n < kMaxDecodeCapacity; base += 32) {
+      const int s = base + lane, row = e * C + s;
+      const int route = s < C ? p.gather[row] : -1;
+      const unsigned mask = __ballot_sync(0xffffffffu, route >= 0);
+      const int r = n + __popc(mask & below);
+      if (route >= 0 && r < kMaxDecodeCapacity) {
+        rows.in[r] = kKind == kDown ? row : route / p.top_k;
+        rows.out[r] = row;
+      }
+      n += __popc(mask);
     }
-    num_rows = n;
   }
-  __syncthreads();
-  const int n = num_rows, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t units = kKind == kUpSwiGLU ? p.positions : p.positions / 2;
-  for (int64_t unit = int64_t{blockIdx.x} * kWarps + warp; unit < units;
-       unit += int64_t{gridDim.x} * kWarps) {
-    const int64_t r0 = kKind == kUpSwiGLU ? unit : 2 * unit;
-    const int64_t r1 = kKind == kUpSwiGLU ? unit + p.positions : 2 * unit + 1;
-    const __nv_bfloat16* w0 = p.w + (int64_t{e} * p.w_rows + r0) * p.k_dim;
-    const __nv_bfloat16* w1 = p.w + (int64_t{e} * p.w_rows + r1) * p.k_dim;
-    for (int g0 = 0; g0 < n; g0 += kGroup) {
-      const int ng = min(kGroup, n - g0);
-      float acc0[kGroup], acc1[kGroup];
-#pragma unroll
-      for (int t = 0; t < kGroup; ++t) acc0[t] = acc1[t] = 0.0f;
-      // kUnroll reduction steps at a time: every weight load of the pass is issued before the
-      // first multiply, so each lane keeps 2 * kUnroll 16-byte loads in flight.
-      for (int64_t k0 = lane * 8; k0 < p.k_dim; k0 += 256 * kUnroll) {
-        uint4 ra[kUnroll], rb[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          ra[u] =
-              k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w0 + k)) : make_uint4(0, 0, 0, 0);
-          rb[u] =
-              k < p.k_dim ? __ldcs(reinterpret_cast<const uint4*>(w1 + k)) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int64_t k = k0 + 256 * u;
-          if (k >= p.k_dim) break;
-          float a[8], b[8];
-          unpack_bf16x8(ra[u], a);
-          unpack_bf16x8(rb[u], b);
-#pragma unroll
-          for (int t = 0; t < kGroup; ++t) {
-            if (t >= ng) break;
-            float x[8];
-            load_bf16x8(p.in + int64_t{src[g0 + t]} * p.k_dim + k, x);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-              acc0[t] = fmaf(a[i], x[i], acc0[t]);
-              acc1[t] = fmaf(b[i], x[i], acc1[t]);
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < kGroup; ++t) {
-        if (t >= ng) break;
-        const float h0 = warp_sum(acc0[t]), h1 = warp_sum(acc1[t]);
-        if (lane != t) continue;  // lane t writes routed row g0 + t
-        const int64_t row = dst[g0 + t];
-        if (kKind == kUpSwiGLU) {
-          const float g = round_bf16(h0), u = round_bf16(h1);
-          p.out[row * p.positions + unit] = __float2bfloat16(g * sigmoid(g) * u);
-        } else if (kKind == kUpGelu) {
-          p.out[row * p.positions + r0] = __float2bfloat16(gelu(round_bf16(h0), p.gelu_exact));
-          p.out[row * p.positions + r1] = __float2bfloat16(gelu(round_bf16(h1), p.gelu_exact));
-        } else {
-          p.out[row * p.positions + r0] = __float2bfloat16(h0);
-          p.out[row * p.positions + r1] = __float2bfloat16(h1);
-        }
-      }
-    }
+  if (lane == 0) {
+    rows.expert = e;
+    rows.count = min(n, kMaxDecodeCapacity);
   }
 }
 
-// Tensor-core twin of decode_expert_kernel (cuda/few_rows_mma.cuh): the same grid of slots and
-// row lists; a block computes one unit of 32 weight rows against every routed row of its expert,
-// 8 * kNT rows per pass over the weights. A unit is SwiGLU gate rows 16u.. with the matching up
-// rows F + 16u.. (so one lane holds both halves of an output), otherwise rows 32u..32u+31.
+// Grid: x splits an expert's units, y is a slot: slot y serves the y-th expert with routes (in
+// expert order), so only selected experts get blocks. There are min(E, T * k) slots, the most
+// experts T tokens can select. A block computes units of 32 weight rows (cuda/few_rows_mma.cuh)
+// against every routed row of its expert, 8 * kNT rows per pass over the weights. A unit is SwiGLU
+// gate rows 16u.. with the matching up rows F + 16u.. (so one lane holds both halves of an output
+// and a is formed in registers), otherwise rows 32u..32u+31.
+// The 3 blocks per SM of the launch bounds let ptxas use up to 170 registers, enough to keep every
+// weight load of a step in flight; left to itself it held the kernel to 72 and serialised them.
 template <int kKind, int kNT>
-__global__ void __launch_bounds__(kFewRowsThreads) decode_expert_mma_kernel(KernelArgs p) {
-  __shared__ int src[kMaxDecodeCapacity];
-  __shared__ int dst[kMaxDecodeCapacity];
-  __shared__ int num_rows, expert;
+__global__ void __launch_bounds__(kFewRowsThreads, 3) decode_expert_mma_kernel(KernelArgs p) {
+  __shared__ SlotRows slot;
   __shared__ FewRowsSmem<kNT> smem;
-  if (threadIdx.x == 0) {
-    int e = -1;
-    for (int i = 0, seen = 0; i < p.num_experts; ++i)
-      if (p.counts[i] > 0 && seen++ == static_cast<int>(blockIdx.y)) {
-        e = i;
-        break;
-      }
-    expert = e;
-    if (e >= 0) {
-      const int C = p.info[0];
-      int n = 0;
-      for (int s = 0; s < C && n < kMaxDecodeCapacity; ++s) {
-        const int row = e * C + s, route = p.gather[row];
-        if (route < 0) continue;
-        src[n] = kKind == kDown ? row : route / p.top_k;
-        dst[n] = row;
-        ++n;
-      }
-      num_rows = n;
-    }
-  }
+  load_slot_rows<kKind>(p, slot);
   __syncthreads();
-  const int e = expert;
+  const int e = slot.expert;
   if (e < 0) return;  // fewer experts selected than slots; the same for the whole block
-  const int n = num_rows, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+  const int* src = slot.in;
+  const int* dst = slot.out;
+  const int n = slot.count, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int64_t K = p.k_dim;
   const int64_t units = kKind == kUpSwiGLU ? (p.positions + 15) / 16 : (p.positions + 31) / 32;
   // Weight row of m-tile m, half h, clamped into the matrix (clamped rows' outputs are dropped).
@@ -246,7 +149,11 @@ __global__ void __launch_bounds__(kFewRowsThreads) decode_expert_mma_kernel(Kern
 template <int kKind, int kNT>
 void launch_mma(const KernelArgs& a, int64_t slots, cudaStream_t stream) {
   const int64_t units = kKind == kUpSwiGLU ? ceil_div(a.positions, 16) : ceil_div(a.positions, 32);
-  const int64_t blocks = std::min<int64_t>(units, 65535);
+  // As many blocks as keep the chip busy, each walking several units: a block's start (reading its
+  // slot's rows) is paid once, not once per unit.
+  static const int sms = current_device_sms();
+  const int64_t blocks =
+      std::max<int64_t>(1, std::min<int64_t>(units, ceil_div(int64_t{kBlocksPerSm} * sms, slots)));
   decode_expert_mma_kernel<kKind, kNT>
       <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kFewRowsThreads, 0,
          stream>>>(a);
@@ -263,19 +170,6 @@ void launch_mma(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
   } else {
     launch_mma<kKind, 2>(a, slots, stream);
   }
-}
-
-template <int kKind>
-void launch(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
-  static const int sms = current_device_sms();
-  const int64_t units = kKind == kUpSwiGLU ? a.positions : a.positions / 2;
-  const int64_t slots = std::min<int64_t>(a.num_experts, num_tokens * a.top_k);
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>(ceil_div(units, kWarps), ceil_div(int64_t{kBlocksPerSm} * sms, slots)));
-  decode_expert_kernel<kKind>
-      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kThreads, 0, stream>>>(
-          a);
-  CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -297,16 +191,10 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
                 p.top_k,
                 p.num_experts,
                 p.gelu_exact};
-  if (p.tensor_cores) {
-    if (p.swiglu) {
-      launch_mma<kUpSwiGLU>(up, p.num_tokens, stream);
-    } else {
-      launch_mma<kUpGelu>(up, p.num_tokens, stream);
-    }
-  } else if (p.swiglu) {
-    launch<kUpSwiGLU>(up, p.num_tokens, stream);
+  if (p.swiglu) {
+    launch_mma<kUpSwiGLU>(up, p.num_tokens, stream);
   } else {
-    launch<kUpGelu>(up, p.num_tokens, stream);
+    launch_mma<kUpGelu>(up, p.num_tokens, stream);
   }
   KernelArgs down = up;
   down.in = static_cast<const __nv_bfloat16*>(p.a);
@@ -315,11 +203,7 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   down.k_dim = p.f;
   down.positions = p.d;
   down.w_rows = p.d;
-  if (p.tensor_cores) {
-    launch_mma<kDown>(down, p.num_tokens, stream);
-  } else {
-    launch<kDown>(down, p.num_tokens, stream);
-  }
+  launch_mma<kDown>(down, p.num_tokens, stream);
 }
 
 }  // namespace moex::cuda

@@ -30,9 +30,6 @@ struct MoEDecodeParams {
   int num_experts = 0, top_k = 1;
   bool swiglu = true;  // else GELU
   bool gelu_exact = false;
-  // Tensor cores (mma.sync, routed rows as the N side) or the CUDA-core kernel (one warp per pair
-  // of weight rows, fp32 FMAs); both read each selected expert's weights once per pass.
-  bool tensor_cores = true;
 };
 
 // a = act(x W1[e]^T), then out = a W2[e]^T, for every routed row; h is rounded to bf16 before the

@@ -82,9 +82,11 @@ struct MoELayerCudaOptions {
   // Forwards that keep nothing for backward over at most this many tokens run the decode kernels
   // (cuda/moe_decode.h: selected experts' weights only, no host sync) when the rows use the
   // padded layout (capacity mode, or dropless kPadded). 0 = never; at most kMaxDecodeCapacity.
-  // The tensor-core decode kernels serve every row count up to kMaxDecodeCapacity, and without a
-  // host sync the whole decode step can be captured into a CUDA graph (docs/gpu-model.md).
-  int64_t decode_max_tokens = kMaxDecodeCapacity;
+  // 32: measured on the H200 with a Mixtral-shaped layer (docs/results.md), the decode kernels
+  // beat or equal the GEMM path up to 32 tokens (185 / 440 / 584 us against 213 / 511 / 579 us at
+  // 1 / 8 / 32) and need no host sync, so a decode step of up to 32 sequences is captured into a
+  // CUDA graph; at 64 tokens the GEMM path is faster (578 against 812 us).
+  int64_t decode_max_tokens = 32;
 };
 
 // One forward's mode and random streams.

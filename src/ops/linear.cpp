@@ -6,7 +6,6 @@
 
 #if MOEX_WITH_CUDA
 #include "cuda/elementwise.h"
-#include "cuda/few_rows_linear.h"
 #include "cuda/gemm.h"
 #endif
 
@@ -40,12 +39,6 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
   }
   MOEX_CUDA_TWIN("linear", {
     cuda::CudaContext& ctx = cuda::default_context(dev.ordinal);
-    // A decode step's few rows: the weights streamed once on tensor cores (docs/gpu-model.md).
-    if (cuda::few_rows_linear_fits(n, in, x.raw_data(), w.raw_data())) {
-      cuda::few_rows_linear_bf16(x.raw_data(), w.raw_data(), b.defined() ? b.raw_data() : nullptr,
-                                 y.raw_data(), y_f32, n, out, in, ctx.stream());
-      return;
-    }
     cuda::GemmShape s{false, true, n, out, in, in, in, out};
     cuda::gemm_bf16(ctx.cublas(), s, x.raw_data(), 0, w.raw_data(), 0, y.raw_data(), 0, y_f32, 1);
     if (b.defined()) cuda::add_bias_bf16(y.raw_data(), b.raw_data(), n, out, ctx.stream());

@@ -1,6 +1,6 @@
 // The MoE decode kernels (cuda/moe_decode.h) against naive loops on the host: random routes in
-// moe_gating's padded layout, random weights and inputs, poisoned outputs; both the tensor-core and
-// the CUDA-core kernel, SwiGLU and GELU, shapes whose sizes are not multiples of the tiles.
+// moe_gating's padded layout, random weights and inputs, poisoned outputs; SwiGLU and GELU, shapes
+// whose sizes are not multiples of the tiles, row counts that take several passes.
 #include "cuda/moe_decode.h"
 
 #include <algorithm>
@@ -88,6 +88,28 @@ std::vector<float> reference(const Shape& s, const Routes& r, int64_t T,
   return out;
 }
 
+// The kernel's arguments over device buffers.
+cuda::MoEDecodeParams decode_params(const DevBuf& x, const DevBuf& gather, const DevBuf& counts,
+                                    const DevBuf& info, const DevBuf& w1, const DevBuf& w2,
+                                    const DevBuf& a, const DevBuf& out, int64_t T, int64_t d,
+                                    int64_t F, int E, int k) {
+  cuda::MoEDecodeParams p;
+  p.x = x.ptr;
+  p.gather = gather.as<int32_t>();
+  p.counts = counts.as<int32_t>();
+  p.info = info.as<int32_t>();
+  p.w1 = w1.ptr;
+  p.w2 = w2.ptr;
+  p.a = a.ptr;
+  p.out = out.ptr;
+  p.num_tokens = T;
+  p.d = d;
+  p.f = F;
+  p.num_experts = E;
+  p.top_k = k;
+  return p;
+}
+
 class MoEDecodeTest : public kt::GpuKernel {};
 
 TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
@@ -106,24 +128,11 @@ TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
              dw2 = kt::upload(kt::to_bf16(w2)), dg = kt::upload(r.gather),
              dc = kt::upload(r.counts),
              di = kt::upload(std::vector<int32_t>{static_cast<int32_t>(r.capacity), 0, 0, 0});
-      for (const bool tensor_cores : {true, false}) {
+      {
         DevBuf da(s.E * T * F * 2), dout(s.E * T * d * 2);
-        cuda::MoEDecodeParams p;
-        p.x = dx.ptr;
-        p.gather = dg.as<int32_t>();
-        p.counts = dc.as<int32_t>();
-        p.info = di.as<int32_t>();
-        p.w1 = dw1.ptr;
-        p.w2 = dw2.ptr;
-        p.a = da.ptr;
-        p.out = dout.ptr;
-        p.num_tokens = T;
-        p.d = d;
-        p.f = F;
-        p.num_experts = s.E;
-        p.top_k = s.k;
+        cuda::MoEDecodeParams p =
+            decode_params(dx, dg, dc, di, dw1, dw2, da, dout, T, d, F, s.E, s.k);
         p.swiglu = s.swiglu;
-        p.tensor_cores = tensor_cores;
         cuda::moe_decode_experts(p, ctx.stream());
         const auto got_all = kt::download_bf16(dout.ptr, s.E * r.capacity * d);
         // Only the routed rows are outputs; padding rows stay poisoned.
@@ -137,7 +146,7 @@ TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
         // fp32 accumulation in another order than the double reference, and a in bf16.
         EXPECT_LT(kt::rel_l2(got, ref), 8e-3)
             << "d=" << d << " F=" << F << " E=" << s.E << " k=" << s.k << " T=" << T
-            << (s.swiglu ? " swiglu" : " gelu") << (tensor_cores ? " tensor cores" : " cuda cores");
+            << (s.swiglu ? " swiglu" : " gelu");
       }
     }
 }
@@ -156,25 +165,10 @@ TEST_F(MoEDecodeTest, ReportsBandwidth) {
     DevBuf x = kt::dev_rand_bf16(T * d, 8), a(E * T * F * 2), out(E * T * d * 2),
            dg = kt::upload(r.gather), dc = kt::upload(r.counts),
            di = kt::upload(std::vector<int32_t>{static_cast<int32_t>(r.capacity), 0, 0, 0});
-    for (const bool tensor_cores : {true, false}) {
-      cuda::MoEDecodeParams p;
-      p.x = x.ptr;
-      p.gather = dg.as<int32_t>();
-      p.counts = dc.as<int32_t>();
-      p.info = di.as<int32_t>();
-      p.w1 = w1.ptr;
-      p.w2 = w2.ptr;
-      p.a = a.ptr;
-      p.out = out.ptr;
-      p.num_tokens = T;
-      p.d = d;
-      p.f = F;
-      p.num_experts = E;
-      p.top_k = k;
-      p.tensor_cores = tensor_cores;
-      const std::string what = "moe_decode mixtral T=" + std::to_string(T) +
-                               " experts=" + std::to_string(selected) +
-                               (tensor_cores ? " mma" : " simt");
+    {
+      const cuda::MoEDecodeParams p = decode_params(x, dg, dc, di, w1, w2, a, out, T, d, F, E, k);
+      const std::string what =
+          "moe_decode mixtral T=" + std::to_string(T) + " experts=" + std::to_string(selected);
       kt::report_bandwidth(what.c_str(), selected * 3.0 * F * d * 2, ctx.stream(),
                            [&] { cuda::moe_decode_experts(p, ctx.stream()); });
     }
