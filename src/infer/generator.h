@@ -17,8 +17,16 @@ struct GenerateOptions {
 };
 
 // Returns the new tokens (stop token included if one ended it). `on_token` sees each as it comes.
+// One sequence over a dense KV cache, sampled on the host: the plain reference path.
 std::vector<int32_t> generate(model::Model& model, const std::vector<int32_t>& prompt,
                               const GenerateOptions& options,
                               const std::function<void(int32_t)>& on_token = nullptr);
+
+// The same tokens through the serving scheduler (infer/scheduler.h) with one sequence: paged KV
+// cache, prompt prefilled in chunks, tokens sampled on the model's device and, on a GPU, decode
+// steps replayed from a captured CUDA graph. What `moex generate` runs.
+std::vector<int32_t> generate_paged(model::Model& model, const std::vector<int32_t>& prompt,
+                                    const GenerateOptions& options,
+                                    const std::function<void(int32_t)>& on_token = nullptr);
 
 }  // namespace moex::infer

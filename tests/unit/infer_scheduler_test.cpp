@@ -116,6 +116,39 @@ TEST(Scheduler, BatchedPagedDecodingEqualsOneAtATime) {
   }
 }
 
+// generate_paged (what `moex generate` runs) against the dense-cache generate: greedy and sampled,
+// a stop token that ends it early, a run past max_seq_len with RoPE, and no tokens asked for.
+TEST(Scheduler, GeneratePagedEqualsGenerate) {
+  for (const bool learned : {false, true}) {
+    const ModelConfig c = config(learned);
+    model::Model m(c);
+    m.init_weights(5);
+    const auto ps = prompts(c.vocab_size);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      GenerateOptions g;
+      g.max_new_tokens = learned ? 12 : 64 - static_cast<int64_t>(ps[i].size()) + 3;
+      if (i % 2 == 1) {
+        g.sampling.temperature = 0.9;
+        g.sampling.top_p = 0.8;
+        g.sampling.seed = 40 + i;
+      }
+      const std::vector<int32_t> want = generate(m, ps[i], g);
+      std::vector<int32_t> streamed;
+      EXPECT_EQ(generate_paged(m, ps[i], g, [&](int32_t t) { streamed.push_back(t); }), want)
+          << "prompt " << i << " learned=" << learned;
+      EXPECT_EQ(streamed, want);
+      g.stop_tokens = {want[want.size() / 2]};
+      const std::vector<int32_t> stopped = generate(m, ps[i], g);
+      EXPECT_LE(stopped.size(), want.size() / 2 + 1);
+      EXPECT_EQ(stopped.back(), g.stop_tokens[0]);
+      EXPECT_EQ(generate_paged(m, ps[i], g), stopped) << "prompt " << i << " with a stop token";
+    }
+    GenerateOptions none;
+    none.max_new_tokens = 0;
+    EXPECT_TRUE(generate_paged(m, ps[0], none).empty());
+  }
+}
+
 TEST(Scheduler, SampledTokensRepeatTheSingleSequenceDraws) {
   const ModelConfig c = config(false);
   model::Model m(c);

@@ -77,7 +77,7 @@ int run_generate(const std::vector<std::string>& argv) {
     if (text) print(text->push(id));
   };
   if (text) print(text->prompt_text());
-  moex::infer::generate(*model, prompt, options, stream);
+  moex::infer::generate_paged(*model, prompt, options, stream);
   if (json) {
     std::printf("{\"tokens\": [");
     std::vector<int32_t> all = prompt;
