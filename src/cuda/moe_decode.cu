@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdint>
 
 #include "core/error.h"
 #include "cuda/activation_math.cuh"
@@ -177,6 +178,10 @@ void launch_mma(const KernelArgs& a, int64_t num_tokens, cudaStream_t stream) {
 void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   MOEX_CHECK(p.d % 8 == 0 && p.f % 8 == 0, "moe_decode_experts: d (", p.d, ") and F (", p.f,
              ") must be multiples of 8");
+  // 16-byte loads of weight and input rows.
+  for (const void* ptr : {p.x, p.w1, p.w2, static_cast<const void*>(p.a)})
+    MOEX_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0,
+               "moe_decode_experts: x, w1, w2 and a must be 16-byte aligned");
   MOEX_CHECK(p.num_tokens > 0 && p.num_tokens <= kMaxDecodeCapacity,
              "moe_decode_experts: T=", p.num_tokens, " outside [1, ", kMaxDecodeCapacity, "]");
   KernelArgs up{static_cast<const __nv_bfloat16*>(p.x),

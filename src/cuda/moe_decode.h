@@ -24,8 +24,9 @@ struct MoEDecodeParams {
   const int32_t* info = nullptr;    // info[0] = C
   const void* w1 = nullptr;         // [E, F1, d] bf16 (SwiGLU: the F gate rows, then the F up rows)
   const void* w2 = nullptr;         // [E, d, F] bf16
-  void* a = nullptr;                // [E * T, F] bf16 scratch, rows e*C + s
-  void* out = nullptr;              // [E * T, d] bf16, rows e*C + s (moe_combine reads them)
+  // C may exceed T in capacity mode (min_capacity): a and out hold E * C rows.
+  void* a = nullptr;    // [E * C, F] bf16 scratch, rows e*C + s
+  void* out = nullptr;  // [E * C, d] bf16, rows e*C + s (moe_combine reads them)
   int64_t num_tokens = 0, d = 0, f = 0;
   int num_experts = 0, top_k = 1;
   bool swiglu = true;  // else GELU

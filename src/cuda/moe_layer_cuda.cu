@@ -397,8 +397,10 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
 
   if (decode) {
-    // C stays on the device (info[0]); the decode kernels read it there.
-    decode_forward(x, y);
+    // C stays on the device (info[0]); the decode kernels read it there. The buffers hold E x C
+    // rows: C is the capacity in capacity mode (min_capacity may put it above T), at most T in
+    // dropless mode (a token picks an expert once).
+    decode_forward(x, y, config_.dropless ? T : std::max(T, capacity));
     return;
   }
   if (!config_.dropless) {
@@ -445,10 +447,10 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   finish_forward(x, y);
 }
 
-void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y) {
+void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity) {
   const int64_t T = tokens_;
-  capacity_ = -1;  // known on the device only
-  rows_ = E_ * T;  // the most rows C <= T can give
+  capacity_ = -1;             // known on the device only
+  rows_ = E_ * max_capacity;  // the most rows C <= max_capacity can give
   ensure_rows(rows_);
   MoEDecodeParams p;
   p.x = x.raw_data();

@@ -83,9 +83,10 @@ struct MoELayerCudaOptions {
   // (cuda/moe_decode.h: selected experts' weights only, no host sync) when the rows use the
   // padded layout (capacity mode, or dropless kPadded). 0 = never; at most kMaxDecodeCapacity.
   // 32: measured on the H200 with a Mixtral-shaped layer (docs/results.md), the decode kernels
-  // beat or equal the GEMM path up to 32 tokens (185 / 440 / 584 us against 213 / 511 / 579 us at
-  // 1 / 8 / 32) and need no host sync, so a decode step of up to 32 sequences is captured into a
-  // CUDA graph; at 64 tokens the GEMM path is faster (578 against 812 us).
+  // beat the GEMM path at 1 and 8 tokens (160 / 465 us against 195 / 490 us), are within 1 % of it
+  // at 16 and 32 (550 / 562 against 545 / 559 us) and need no host sync, so a decode step of up to
+  // 32 sequences is captured into a CUDA graph; at 64 tokens the GEMM path is faster (585 against
+  // 782 us).
   int64_t decode_max_tokens = 32;
 };
 
@@ -205,7 +206,7 @@ class MoELayerCuda {
   void upload_operands();
   void experts_forward();
   // The forward's expert stage on the decode kernels, and the stages after the experts.
-  void decode_forward(const Tensor& x, const Tensor& y);
+  void decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity);
   void finish_forward(const Tensor& x, const Tensor& y);
   void experts_backward();
   void build_grouped_pointers();

@@ -20,8 +20,9 @@ struct RopeParams {
 
 // A serving step's fused QKV rows into attention inputs: for each row r of qkv [R, Q + 2K]
 // ([q heads | k heads | v heads]), q[r] = RoPE(q part, positions[r]), k_pool[slots[r]] =
-// RoPE(k part, positions[r]) and v_pool[slots[r]] = v part; theta <= 0: no rotation. One launch for
-// what rope and scatter_rows do in five (docs/gpu-model.md §Decoding); the same rotation bits.
+// RoPE(k part, positions[r]) and v_pool[slots[r]] = v part; theta <= 0: no rotation. One launch
+// for what copy_columns, rope and scatter_rows do in seven (docs/gpu-model.md §Decoding), with the
+// same rotation bits.
 struct RopeQkvPagedParams {
   const void* qkv = nullptr;           // [R, q_width + 2 * kv_width] bf16
   const int32_t* positions = nullptr;  // [R] (device)

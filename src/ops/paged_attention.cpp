@@ -126,12 +126,15 @@ void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
   const char* op = "write_paged_qkv";
   const Device dev = detail::common_device(op, {&qkv, &q, &k_pool, &v_pool});
   const ProfileScope profile(op, dev);
-  MOEX_CHECK(qkv.ndim() == 2 && qkv.dim(0) > 0 && head_dim > 0 && head_dim % 2 == 0, op, ": qkv ",
-             qkv.shape().str(), " must be [R > 0, width], head_dim ", head_dim, " even");
+  MOEX_CHECK(qkv.ndim() == 2 && head_dim > 0 && head_dim % 2 == 0, op, ": qkv ", qkv.shape().str(),
+             " must be [R, width], head_dim ", head_dim, " even");
+  const int64_t rows = qkv.dim(0);
+  if (rows == 0) return;
   // q holds R rows of qw values in any shape ([R, Q] or [1, R, H, Dh]).
-  const int64_t rows = qkv.dim(0), qw = q.numel() / rows, kw = (qkv.dim(1) - qw) / 2;
-  MOEX_CHECK(kw > 0 && q.numel() == rows * qw && qw + 2 * kw == qkv.dim(1) && qw % head_dim == 0 &&
-                 kw % head_dim == 0 && k_pool.numel() == v_pool.numel() && k_pool.numel() % kw == 0,
+  const int64_t qw = q.numel() / rows, kw = (qkv.dim(1) - qw) / 2;
+  MOEX_CHECK(qw > 0 && kw > 0 && q.numel() == rows * qw && qw + 2 * kw == qkv.dim(1) &&
+                 qw % head_dim == 0 && kw % head_dim == 0 && k_pool.numel() == v_pool.numel() &&
+                 k_pool.numel() % kw == 0,
              op, ": qkv ", qkv.shape().str(), " is not [R, q ", q.shape().str(),
              " + 2 kv] of heads of ", head_dim, ", or the pools ", k_pool.shape().str(),
              " do not hold kv rows");
@@ -148,9 +151,13 @@ void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
     const float* src = qkv.data<float>();
     const int32_t *pos = row_pos.data<int32_t>(), *slot = slots.data<int32_t>();
     float *qp = q.data<float>(), *kp = k_pool.data<float>(), *vp = v_pool.data<float>();
+    // Every index first, so a bad one writes nothing.
     for (int64_t r = 0; r < rows; ++r) {
       MOEX_CHECK(slot[r] >= 0 && slot[r] < num_slots, op, ": row ", r, " slot ", slot[r],
                  " outside the pool of ", num_slots);
+      MOEX_CHECK(pos[r] >= 0, op, ": row ", r, " position ", pos[r], " is negative");
+    }
+    for (int64_t r = 0; r < rows; ++r) {
       const float* in = src + r * (qw + 2 * kw);
       float *qr = qp + r * qw, *kr = kp + int64_t{slot[r]} * kw, *vr = vp + int64_t{slot[r]} * kw;
       std::copy(in, in + qw, qr);

@@ -865,6 +865,34 @@ TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
 INSTANTIATE_TEST_SUITE_P(Cases, DecodePath, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
 
+// Capacity mode may give C above T (min_capacity 4 at one token over 64 experts): the decode
+// path's row buffers must hold E x C rows, not E x T.
+TEST_F(Gpu, DecodePathHoldsACapacityAboveTheTokenCount) {
+  MoEConfig c = base_config(64, 2);
+  c.min_capacity = 4;
+  c.dropless = false;
+  const LayerCase lc{"capacity_above_t", c};
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(29);
+  CudaContext ctx;
+  const auto gpu_layer = make_gpu_layer(lc, 32, weights.weights(), ctx);
+  cuda::MoELayerCuda& layer = *gpu_layer;
+  const int64_t d = c.hidden_size;
+  for (const int64_t T : {int64_t{1}, int64_t{3}}) {
+    DevBuf x = upload(to_bf16(rand_vec(T * d, 61 + T))), y_gemm(T * d * 2), y_dec(T * d * 2);
+    const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+    cuda::MoEStepCuda step{false, 9, 4};
+    layer.forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                  step);
+    const int64_t decodes = layer.decode_forwards();
+    step.keep_for_backward = false;
+    layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()), step);
+    EXPECT_EQ(layer.decode_forwards(), decodes + 1) << "T=" << T;
+    EXPECT_LT(rel_l2(download_bf16(y_dec.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
+        << "T=" << T;
+  }
+}
+
 }  // namespace
 }  // namespace moex
 

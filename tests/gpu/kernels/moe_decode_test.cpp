@@ -114,7 +114,10 @@ class MoEDecodeTest : public kt::GpuKernel {};
 
 TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
   cuda::CudaContext ctx;
-  const Shape shapes[] = {{64, 48, 8, 2, true}, {40, 56, 6, 2, false}, {96, 80, 4, 1, true}};
+  // The last shape: a reduction longer than one pass of the warps' chunks (K > 1024), SwiGLU with
+  // F not a multiple of 16, and more than 32 experts (the slot search's second ballot).
+  const Shape shapes[] = {
+      {64, 48, 8, 2, true}, {40, 56, 6, 2, false}, {96, 80, 4, 1, true}, {1096, 1160, 40, 2, true}};
   for (const Shape& s : shapes)
     for (const int64_t T : {int64_t{1}, int64_t{3}, int64_t{13}, int64_t{29}, int64_t{64}}) {
       const int64_t d = s.d, F = s.f, F1 = s.swiglu ? 2 * F : F;
@@ -135,10 +138,13 @@ TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
         p.swiglu = s.swiglu;
         cuda::moe_decode_experts(p, ctx.stream());
         const auto got_all = kt::download_bf16(dout.ptr, s.E * r.capacity * d);
-        // Only the routed rows are outputs; padding rows stay poisoned.
+        // Only the routed rows are outputs; padding rows stay poisoned (NaN).
         std::vector<float> got, ref;
         for (int64_t row = 0; row < s.E * r.capacity; ++row) {
-          if (r.gather[row] < 0) continue;
+          if (r.gather[row] < 0) {
+            EXPECT_TRUE(std::isnan(got_all[row * d])) << "padding row " << row << " was written";
+            continue;
+          }
           got.insert(got.end(), got_all.begin() + row * d, got_all.begin() + (row + 1) * d);
           ref.insert(ref.end(), want.begin() + row * d, want.begin() + (row + 1) * d);
         }
