@@ -1010,11 +1010,6 @@ TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 3);
 }
 
-}  // namespace
-}  // namespace moex
-
-namespace moex {
-namespace {
 
 // Decode-sized forwards of a Mixtral-shaped dropless layer (d 4096, FFN 14336, top-2 of 8, random
 // weights): the decode kernels against the GEMM path (with its counts sync). Printed, never
