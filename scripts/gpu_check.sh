@@ -5,7 +5,8 @@
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
 # MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
-# training peers (train_peers.py flags).
+# training peers (train_peers.py flags). MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
+# runs only the matching GPU tests, to spend little device time on a kernel change.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -33,7 +34,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 status=0
 if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
   for suite in moex_gpu_kernel_tests moex_gpu_tests; do
-    "$BIN/$suite" --gtest_brief=1 >"$OUT/$suite.log" 2>&1
+    "$BIN/$suite" --gtest_brief=1 ${MOEX_GPU_TEST_FILTER:+--gtest_filter="$MOEX_GPU_TEST_FILTER"} \
+      >"$OUT/$suite.log" 2>&1
     tests_exit=$?
     echo "$suite: exit $tests_exit"
     grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|FAILED|SKIPPED|Failure|error" "$OUT/$suite.log" | head -60
