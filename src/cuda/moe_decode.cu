@@ -1,8 +1,8 @@
 #include <algorithm>
-#include <cstdint>
 
 #include "core/error.h"
 #include "cuda/activation_math.cuh"
+#include "cuda/bf16_chunk.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
@@ -32,6 +32,12 @@ struct KernelArgs {
   int num_experts;
   bool gelu_exact;
 };
+
+// Units of one expert: SwiGLU takes 16 gate rows with their 16 up rows, the others 32 rows.
+template <int kKind>
+__host__ __device__ inline int64_t units_of(int64_t positions) {
+  return kKind == kUpSwiGLU ? (positions + 15) / 16 : (positions + 31) / 32;
+}
 
 // h is rounded to bf16 before the activation, as the GEMM path stores it.
 __device__ __forceinline__ float round_bf16(float v) {
@@ -104,7 +110,7 @@ __global__ void __launch_bounds__(kFewRowsThreads, 3) decode_expert_mma_kernel(K
   const int* dst = slot.out;
   const int n = slot.count, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
   const int64_t K = p.k_dim;
-  const int64_t units = kKind == kUpSwiGLU ? (p.positions + 15) / 16 : (p.positions + 31) / 32;
+  const int64_t units = units_of<kKind>(p.positions);
   // Weight row of m-tile m, half h, clamped into the matrix (clamped rows' outputs are dropped).
   auto weight_row = [&](int64_t unit, int m, int h) {
     int64_t r = kKind == kUpSwiGLU ? unit * 16 + g + 8 * h : unit * 32 + 16 * m + g + 8 * h;
@@ -149,7 +155,7 @@ __global__ void __launch_bounds__(kFewRowsThreads, 3) decode_expert_mma_kernel(K
 
 template <int kKind, int kNT>
 void launch_mma(const KernelArgs& a, int64_t slots, cudaStream_t stream) {
-  const int64_t units = kKind == kUpSwiGLU ? ceil_div(a.positions, 16) : ceil_div(a.positions, 32);
+  const int64_t units = units_of<kKind>(a.positions);
   // As many blocks as keep the chip busy, each walking several units: a block's start (reading its
   // slot's rows) is paid once, not once per unit.
   static const int sms = current_device_sms();
@@ -179,9 +185,8 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   MOEX_CHECK(p.d % 8 == 0 && p.f % 8 == 0, "moe_decode_experts: d (", p.d, ") and F (", p.f,
              ") must be multiples of 8");
   // 16-byte loads of weight and input rows.
-  for (const void* ptr : {p.x, p.w1, p.w2, static_cast<const void*>(p.a)})
-    MOEX_CHECK(reinterpret_cast<uintptr_t>(ptr) % 16 == 0,
-               "moe_decode_experts: x, w1, w2 and a must be 16-byte aligned");
+  MOEX_CHECK(aligned16(p.x) && aligned16(p.w1) && aligned16(p.w2) && aligned16(p.a),
+             "moe_decode_experts: x, w1, w2 and a must be 16-byte aligned");
   MOEX_CHECK(p.num_tokens > 0 && p.num_tokens <= kMaxDecodeCapacity,
              "moe_decode_experts: T=", p.num_tokens, " outside [1, ", kMaxDecodeCapacity, "]");
   KernelArgs up{static_cast<const __nv_bfloat16*>(p.x),

@@ -22,6 +22,20 @@ __device__ __forceinline__ void form_table(float2* cos_sin, int half, int head_d
   }
 }
 
+// y = x rotated: element j of the first half pairs with element j of the second, (c, s) the
+// table's (cos, sign * sin) at their pair index. Both kernels rotate with this, so they give the
+// same bits.
+template <int W>
+__device__ __forceinline__ void rotate(const float (&x1)[W], const float (&x2)[W],
+                                       const float (&c)[W], const float (&s)[W], float (&y1)[W],
+                                       float (&y2)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    y1[j] = x1[j] * c[j] - x2[j] * s[j];
+    y2[j] = x2[j] * c[j] + x1[j] * s[j];
+  }
+}
+
 // One block per token (b, t). Its cos/sin table [half] is formed once in shared memory (fp32, as
 // the twin and transformers: inv_freq, then pos * inv_freq, then cos/sin) and reused by every head,
 // so the transcendental cost is per token, not per element. threadIdx.x walks chunks of W pair
@@ -66,11 +80,7 @@ __global__ void rope_kernel(const bf16* x, bf16* y, int64_t seq_len, int64_t num
       }
       first = false;
       float y1[W], y2[W];
-#pragma unroll
-      for (int j = 0; j < W; ++j) {
-        y1[j] = x1[j] * c[j] - x2[j] * s[j];
-        y2[j] = x2[j] * c[j] + x1[j] * s[j];
-      }
+      rotate<W>(x1, x2, c, s, y1, y2);
       store_chunk<W>(yt + off, y1);  // y may alias x: this thread read both halves already
       store_chunk<W>(yt + off + half, y2);
     }
@@ -151,13 +161,13 @@ __global__ void rope_qkv_paged_kernel(RopeQkvPagedParams p, float theta) {
     load_chunk<W>(in + half, x2);
     if (rope) {
       const int i0 = static_cast<int>(item % per_head) * W;
-      float y1[W], y2[W];
+      float c[W], sn[W], y1[W], y2[W];
 #pragma unroll
       for (int j = 0; j < W; ++j) {
-        const float2 t = cos_sin[i0 + j];
-        y1[j] = x1[j] * t.x - x2[j] * t.y;
-        y2[j] = x2[j] * t.x + x1[j] * t.y;
+        c[j] = cos_sin[i0 + j].x;
+        sn[j] = cos_sin[i0 + j].y;
       }
+      rotate<W>(x1, x2, c, sn, y1, y2);
       store_chunk<W>(out, y1);
       store_chunk<W>(out + half, y2);
     } else {

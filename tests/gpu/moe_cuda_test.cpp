@@ -25,6 +25,7 @@
 #include "cuda/moe_layer_cuda.h"
 #include "cuda/moe_permute.h"
 #include "cuda/moe_router.h"
+#include "gpu/kernels/kernel_test_util.h"
 #include "moe/dispatch_plan.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
@@ -1038,15 +1039,7 @@ TEST_F(Gpu, ReportsDecodeForwardTimes) {
           Tensor::from_external(y.ptr, {T, c.hidden_size}, DType::kBF16, Device::cuda());
       cuda::MoEStepCuda step;
       step.keep_for_backward = false;
-      auto run = [&] { layer.forward(xt, yt, step); };
-      run();
-      run();
-      ctx.synchronize();
-      cuda::EventTimer timer;
-      timer.start(ctx.stream());
-      constexpr int kIters = 20;
-      for (int i = 0; i < kIters; ++i) run();
-      const double ms = timer.stop(ctx.stream()) / kIters;
+      const double ms = kt::mean_ms(ctx.stream(), [&] { layer.forward(xt, yt, step); });
       std::printf("[ info ] mixtral MoE layer forward T=%ld %s: %.1f us\n", static_cast<long>(T),
                   decode_max > 0 ? "decode kernels" : "GEMM path", ms * 1e3);
     }

@@ -120,18 +120,23 @@ class GpuKernel : public ::testing::Test {
   }
 };
 
-// Mean milliseconds of fn() over iters launches after two warm-up calls; prints GB/s for bytes
-// moved per call. Informational only.
+// Mean milliseconds of fn() on `stream` over iters calls after two warm-up calls.
 template <typename F>
-double report_bandwidth(const char* what, double bytes, cudaStream_t stream, F&& fn,
-                        int iters = 20) {
+double mean_ms(cudaStream_t stream, F&& fn, int iters = 20) {
   fn();
   fn();
   CUDA_CHECK(cudaStreamSynchronize(stream));
   cuda::EventTimer timer;
   timer.start(stream);
   for (int i = 0; i < iters; ++i) fn();
-  const double ms = timer.stop(stream) / iters;
+  return timer.stop(stream) / iters;
+}
+
+// mean_ms of fn(), printed with the GB/s of `bytes` moved per call. Informational only.
+template <typename F>
+double report_bandwidth(const char* what, double bytes, cudaStream_t stream, F&& fn,
+                        int iters = 20) {
+  const double ms = mean_ms(stream, fn, iters);
   const double gbs = bytes / (ms * 1e-3) / 1e9;
   std::printf("[bandwidth] %-44s %9.1f us  %7.0f GB/s\n", what, ms * 1e3, gbs);
   std::fflush(stdout);
