@@ -1,6 +1,7 @@
 #include "ops/paged_attention.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "cpu/paged_attention.h"
 #include "cpu/rope.h"
@@ -146,29 +147,31 @@ void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
   expect_indices(op, "row_pos", row_pos, dev, rows);
   expect_indices(op, "slots", slots, dev, rows);
   if (dev.is_cpu()) {
-    // The rows one by one through the copy, RoPE and scatter of the unfused path (same bits).
+    // The unfused path's calls (same bits): split, RoPE over all rows at their positions, scatter.
     const int64_t num_slots = k_pool.numel() / kw;
     const float* src = qkv.data<float>();
     const int32_t *pos = row_pos.data<int32_t>(), *slot = slots.data<int32_t>();
-    float *qp = q.data<float>(), *kp = k_pool.data<float>(), *vp = v_pool.data<float>();
+    float *qp = q.data<float>(), *vp = v_pool.data<float>();
     // Every index first, so a bad one writes nothing.
     for (int64_t r = 0; r < rows; ++r) {
       MOEX_CHECK(slot[r] >= 0 && slot[r] < num_slots, op, ": row ", r, " slot ", slot[r],
                  " outside the pool of ", num_slots);
       MOEX_CHECK(pos[r] >= 0, op, ": row ", r, " position ", pos[r], " is negative");
     }
+    std::vector<float> k(rows * kw);  // [R, K], rotated before its scatter
     for (int64_t r = 0; r < rows; ++r) {
       const float* in = src + r * (qw + 2 * kw);
-      float *qr = qp + r * qw, *kr = kp + int64_t{slot[r]} * kw, *vr = vp + int64_t{slot[r]} * kw;
-      std::copy(in, in + qw, qr);
-      std::copy(in + qw, in + qw + kw, kr);
-      std::copy(in + qw + kw, in + qw + 2 * kw, vr);
-      if (theta <= 0) continue;
-      cpu::RopeShape s{1, 1, qw / head_dim, head_dim, pos[r], theta, nullptr};
-      cpu::rope_forward<float>(qr, s, qr);
-      s.num_heads = kw / head_dim;
-      cpu::rope_forward<float>(kr, s, kr);
+      std::copy(in, in + qw, qp + r * qw);
+      std::copy(in + qw, in + qw + kw, k.data() + r * kw);
+      std::copy(in + qw + kw, in + qw + 2 * kw, vp + int64_t{slot[r]} * kw);
     }
+    if (theta > 0) {
+      cpu::RopeShape s{1, rows, qw / head_dim, head_dim, 0, theta, pos};
+      cpu::rope_forward<float>(qp, s, qp);
+      s.num_heads = kw / head_dim;
+      cpu::rope_forward<float>(k.data(), s, k.data());
+    }
+    cpu::scatter_rows(k.data(), slot, rows, kw, num_slots, k_pool.data<float>());
     return;
   }
   MOEX_CUDA_TWIN(op, {
