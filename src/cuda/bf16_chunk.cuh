@@ -63,6 +63,29 @@ __device__ __forceinline__ void load_chunk(const __nv_bfloat16* p, float (&out)[
 
 // Rounds to nearest even.
 template <int W>
+__device__ __forceinline__ RawChunk<W> pack(const float (&in)[W]) {
+  if constexpr (W == 8) {
+    RawChunk<8> r;
+    __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&r.u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+    return r;
+  } else {
+    return RawChunk<1>{__float2bfloat16_rn(in[0])};
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void store_raw(__nv_bfloat16* p, const RawChunk<W>& r) {
+  if constexpr (W == 8) {
+    *reinterpret_cast<uint4*>(p) = r.u;
+  } else {
+    *p = r.h;
+  }
+}
+
+// Rounds to nearest even.
+template <int W>
 __device__ __forceinline__ void store_chunk(__nv_bfloat16* p, const float (&in)[W]) {
   if constexpr (W == 8) {
     store_bf16x8(p, in);

@@ -1,7 +1,10 @@
+#include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <type_traits>
 
 #include "core/rng.h"
+#include "cuda/bf16_chunk.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/moe_gating.h"
@@ -134,6 +137,116 @@ __device__ Acc ordered_sum(const float (&v)[VPT], int num_experts) {
   return acc;
 }
 
+// One token's routing by one warp: z[i] holds logit 32 i + lane (-inf past E). Scores (softmax or
+// sigmoid, sums in expert order), then top-k as k rounds of warp arg-max on the CPU's double keys
+// (router_select: s or z + Gumbel, + bias; ties to the lower expert; a NaN key falls back to a
+// warp-serial scan with the CPU's exact semantics). Writes out.scores[t], out.expert and
+// out.route_score of the token's routes and sel[0..k) (lane 0); every lane gets norm (the sigmoid
+// sum, 1 for softmax) and lse^2 (the z-loss term).
+template <int VPT>
+__device__ void route_token(const float (&z)[VPT], const float* __restrict__ bias,
+                            const GatingParams& p, const GatingOutputs& out, int64_t t, int* sel,
+                            float& norm_out, double& lse2_out) {
+  constexpr unsigned kFull = 0xffffffffu;
+  const int E = p.num_experts, k = p.top_k, lane = threadIdx.x & 31;
+  const uint64_t gumbel_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kGumbel);
+  float st[VPT];
+  float m = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) m = fmaxf(m, z[i]);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) st[i] = i * 32 + lane < E ? expf(z[i] - m) : 0.0f;
+  const float sum = ordered_sum<VPT, float>(st, E);
+  const float lse = m + logf(sum);
+  double norm = 1.0;
+  if (p.score_func == ScoreFunc::kSoftmax) {
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) st[i] /= sum;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) st[i] = 1.0f / (1.0f + expf(-z[i]));
+    norm = ordered_sum<VPT, double>(st, E);
+  }
+  float* srow = out.scores + t * E;
+#pragma unroll
+  for (int i = 0; i < VPT; ++i)
+    if (i * 32 + lane < E) srow[i * 32 + lane] = st[i];
+  norm_out = static_cast<float>(norm);
+  lse2_out = static_cast<double>(lse) * lse;
+  // Top-k (router_select): key = s (or z + Gumbel), + bias; the best untaken key wins, ties to
+  // the lower expert id. k rounds of warp arg-max.
+  unsigned taken = 0;  // bit i: expert 32 i + lane already selected
+  for (int j = 0; j < k; ++j) {
+    const bool second = p.gumbel_second_expert && j >= 1;  // CPU: z + Gumbel, no bias
+    const bool gumbel_key = p.rsample || second;
+    double kv[VPT];
+    bool has_nan = false;
+    int lbest = INT_MAX;
+    double lkey = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+      const int e = i * 32 + lane;
+      double key = -INFINITY;
+      if (e < E) {
+        key = gumbel_key ? static_cast<double>(z[i]) +
+                               static_cast<double>(philox_gumbel(p.seed, gumbel_stream,
+                                                                 static_cast<uint64_t>(t * E + e)))
+                         : static_cast<double>(st[i]);
+        if (bias != nullptr && !second) key += static_cast<double>(bias[e]);
+        has_nan |= key != key;
+        if (!(taken >> i & 1u) && (lbest == INT_MAX || key > lkey)) {
+          lbest = e;
+          lkey = key;
+        }
+      }
+      kv[i] = key;
+    }
+    int best;
+    if (__any_sync(kFull, has_nan)) {
+      // The CPU's sequential scan, exactly (a NaN key only wins as the first untaken expert).
+      best = -1;
+      double bkey = 0.0;
+#pragma unroll
+      for (int i = 0; i < VPT; ++i) {
+        const int n = min(32, E - i * 32);
+        for (int l = 0; l < n; ++l) {
+          const double key = __shfl_sync(kFull, kv[i], l);
+          const bool tk = __shfl_sync(kFull, taken >> i & 1u, l) != 0u;
+          if (!tk && (best < 0 || key > bkey)) {
+            best = i * 32 + l;
+            bkey = key;
+          }
+        }
+      }
+    } else {
+      best = lbest;
+      double bkey = lkey;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        const double ok = __shfl_xor_sync(kFull, bkey, off);
+        const int oi = __shfl_xor_sync(kFull, best, off);
+        if (ok > bkey || (ok == bkey && oi < best)) {
+          bkey = ok;
+          best = oi;
+        }
+      }
+    }
+    float sv = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VPT; ++i)
+      if (i == (best >> 5)) sv = st[i];
+    sv = __shfl_sync(kFull, sv, best & 31);
+    if (lane == (best & 31)) taken |= 1u << (best >> 5);
+    if (lane == 0) {
+      out.expert[t * k + j] = best;
+      out.route_score[t * k + j] = sv;
+      sel[j] = best;
+    }
+  }
+}
+
 // Phase A shared memory: s_part [kThreads] double, s_lse2 [kBlockTokens] double, s_norm
 // [kBlockTokens] float, s_sel [kBlockTokens * k] int, s_wc [k * kBlockTokens / 32 * E] int.
 size_t phase_a_smem(int num_experts, int top_k) {
@@ -169,7 +282,6 @@ __global__ void __launch_bounds__(kThreads)
   int* s_sel = reinterpret_cast<int*>(s_norm + kBlockTokens);       // [kBlockTokens * k]
   int* s_wc = s_sel + kBlockTokens * k;                             // [k * kBlockTokens / 32, E]
   const int64_t t0 = static_cast<int64_t>(blockIdx.x) * kBlockTokens;
-  const uint64_t gumbel_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kGumbel);
   for (int q = 0; q < kTokensPerWarp; ++q) {
     const int tl = q * kWarps + warp;
     const int64_t t = t0 + tl;
@@ -182,106 +294,15 @@ __global__ void __launch_bounds__(kThreads)
       continue;
     }
     const float* zt = logits + t * E;
-    float z[VPT], st[VPT];
-    float m = -INFINITY;
+    float z[VPT];
 #pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-      const int e = i * 32 + lane;
-      z[i] = e < E ? zt[e] : -INFINITY;
-      m = fmaxf(m, z[i]);
-    }
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(kFull, m, off));
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) st[i] = i * 32 + lane < E ? expf(z[i] - m) : 0.0f;
-    const float sum = ordered_sum<VPT, float>(st, E);
-    const float lse = m + logf(sum);
-    double norm = 1.0;
-    if (p.score_func == ScoreFunc::kSoftmax) {
-#pragma unroll
-      for (int i = 0; i < VPT; ++i) st[i] /= sum;
-    } else {
-#pragma unroll
-      for (int i = 0; i < VPT; ++i) st[i] = 1.0f / (1.0f + expf(-z[i]));
-      norm = ordered_sum<VPT, double>(st, E);
-    }
-    float* srow = out.scores + t * E;
-#pragma unroll
-    for (int i = 0; i < VPT; ++i)
-      if (i * 32 + lane < E) srow[i * 32 + lane] = st[i];
+    for (int i = 0; i < VPT; ++i) z[i] = i * 32 + lane < E ? zt[i * 32 + lane] : -INFINITY;
+    float norm;
+    double lse2;
+    route_token<VPT>(z, bias, p, out, t, s_sel + tl * k, norm, lse2);
     if (lane == 0) {
-      s_norm[tl] = static_cast<float>(norm);
-      s_lse2[tl] = static_cast<double>(lse) * lse;
-    }
-    // Top-k (router_select): key = s (or z + Gumbel), + bias; the best untaken key wins, ties to
-    // the lower expert id. k rounds of warp arg-max.
-    unsigned taken = 0;  // bit i: expert 32 i + lane already selected
-    for (int j = 0; j < k; ++j) {
-      const bool second = p.gumbel_second_expert && j >= 1;  // CPU: z + Gumbel, no bias
-      const bool gumbel_key = p.rsample || second;
-      double kv[VPT];
-      bool has_nan = false;
-      int lbest = INT_MAX;
-      double lkey = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < VPT; ++i) {
-        const int e = i * 32 + lane;
-        double key = -INFINITY;
-        if (e < E) {
-          key = gumbel_key ? static_cast<double>(z[i]) +
-                                 static_cast<double>(philox_gumbel(
-                                     p.seed, gumbel_stream, static_cast<uint64_t>(t * E + e)))
-                           : static_cast<double>(st[i]);
-          if (bias != nullptr && !second) key += static_cast<double>(bias[e]);
-          has_nan |= key != key;
-          if (!(taken >> i & 1u) && (lbest == INT_MAX || key > lkey)) {
-            lbest = e;
-            lkey = key;
-          }
-        }
-        kv[i] = key;
-      }
-      int best;
-      if (__any_sync(kFull, has_nan)) {
-        // The CPU's sequential scan, exactly (a NaN key only wins as the first untaken expert).
-        best = -1;
-        double bkey = 0.0;
-#pragma unroll
-        for (int i = 0; i < VPT; ++i) {
-          const int n = min(32, E - i * 32);
-          for (int l = 0; l < n; ++l) {
-            const double key = __shfl_sync(kFull, kv[i], l);
-            const bool tk = __shfl_sync(kFull, taken >> i & 1u, l) != 0u;
-            if (!tk && (best < 0 || key > bkey)) {
-              best = i * 32 + l;
-              bkey = key;
-            }
-          }
-        }
-      } else {
-        best = lbest;
-        double bkey = lkey;
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
-          const double ok = __shfl_xor_sync(kFull, bkey, off);
-          const int oi = __shfl_xor_sync(kFull, best, off);
-          if (ok > bkey || (ok == bkey && oi < best)) {
-            bkey = ok;
-            best = oi;
-          }
-        }
-      }
-      float sv = 0.0f;
-#pragma unroll
-      for (int i = 0; i < VPT; ++i)
-        if (i == (best >> 5)) sv = st[i];
-      sv = __shfl_sync(kFull, sv, best & 31);
-      if (lane == (best & 31)) taken |= 1u << (best >> 5);
-      if (lane == 0) {
-        out.expert[t * k + j] = best;
-        out.route_score[t * k + j] = sv;
-        s_sel[tl * k + j] = best;
-      }
+      s_norm[tl] = norm;
+      s_lse2[tl] = lse2;
     }
   }
   __syncthreads();
@@ -556,6 +577,187 @@ __global__ void __launch_bounds__(kThreads)
   if (tid == 0) *ws.counter = 0;
 }
 
+// ---------------- a few tokens: one block, optionally the router too ----------------
+// With at most kGatingFewTokens tokens and no route that can be dropped (dropless, or C >= T: a
+// token picks an expert once), the plan fits one block: a warp per token routes it, a thread per
+// route ranks it. Every sum repeats gating_kernel's order at T <= 32 (one phase-A block), so the
+// outputs are the same bits (tests compare the two kernels). With the router fused (decoding: no
+// jitter), blocks (expert, group of kFewWarps tokens) first form the logits, and the last block to
+// finish (the workspace counter, as in gating_kernel) does the gating.
+constexpr int kFewThreads = 256;
+constexpr int kFewWarps = kFewThreads / 32;
+static_assert(kMaxGatingTopK * kGatingFewTokens <= kFewThreads, "one thread per route");
+static_assert(kGatingFewTokens <= 32, "the z-loss tree and the first-choice ranks take one warp");
+
+// Dynamic shared memory: s_wc [kFewWarps, E] int, s_load [E] int, s_lo [E + 1] int, s_aux [E]
+// double.
+size_t few_smem(int num_experts) {
+  return sizeof(int) * (kFewWarps * num_experts + 2 * num_experts + 2) +
+         sizeof(double) * num_experts + 16;
+}
+
+// z = x . w over d (d % 8 == 0, 16-byte aligned rows): lane l takes elements 8 l .. 8 l + 7 of
+// every 256, fp32 FMAs in element order, then a shuffle tree. Every lane gets the sum.
+__device__ float dot_bf16_f32(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
+                              int64_t d) {
+  const int lane = threadIdx.x & 31;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int64_t i = lane * 8; i < d; i += 256) {
+    float xv[8];
+    load_chunk<8>(x + i, xv);
+    const float4 w0 = __ldg(reinterpret_cast<const float4*>(w + i));
+    const float4 w1 = __ldg(reinterpret_cast<const float4*>(w + i + 4));
+    const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+    for (int q = 0; q < 8; ++q) acc = fmaf(xv[q], wv[q], acc);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  return acc;
+}
+
+// logits [T, E]: read (x == nullptr, one block) or formed first from x [T, d] bf16 and w [E, d].
+template <int VPT>
+__global__ void __launch_bounds__(kFewThreads)
+    gating_few_kernel(float* __restrict__ logits, const __nv_bfloat16* __restrict__ x,
+                      const float* __restrict__ w, int64_t d, const float* __restrict__ bias,
+                      GatingParams p, GatingOutputs out, int64_t max_rows, int* counter) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  constexpr unsigned kFull = 0xffffffffu;
+  const int E = p.num_experts, k = p.top_k;
+  const int T = static_cast<int>(p.num_tokens), num_routes = T * k;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  if (x != nullptr) {
+    const int e = static_cast<int>(blockIdx.x % E);
+    const int t = static_cast<int>(blockIdx.x / E) * kFewWarps + warp;
+    if (t < T) {
+      const float z =
+          dot_bf16_f32(x + static_cast<int64_t>(t) * d, w + static_cast<int64_t>(e) * d, d);
+      if (lane == 0) logits[t * E + e] = z;
+    }
+    if (gridDim.x > 1) {
+      __shared__ int s_last;
+      __threadfence();
+      __syncthreads();
+      if (tid == 0) s_last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
+      __syncthreads();
+      if (!s_last) return;
+      __threadfence();
+    } else {
+      __syncthreads();
+    }
+  }
+
+  __shared__ int s_sel[kGatingFewTokens * kMaxGatingTopK];
+  __shared__ float s_norm[kGatingFewTokens];
+  __shared__ double s_lse2[kGatingFewTokens];
+  __shared__ int s_rows;
+  int* s_wc = reinterpret_cast<int*>(smem);                                 // [kFewWarps, E]
+  int* s_load = s_wc + kFewWarps * E;                                       // [E]
+  int* s_lo = s_load + E;                                                   // [E + 1]
+  double* s_aux = reinterpret_cast<double*>(s_lo + E + 2 + ((E + 2) & 1));  // [E]
+  for (int i = tid; i < kFewWarps * E; i += kFewThreads) s_wc[i] = 0;
+  for (int t = warp; t < T; t += kFewWarps) {
+    float z[VPT];
+#pragma unroll
+    for (int i = 0; i < VPT; ++i)
+      z[i] = i * 32 + lane < E ? __ldcg(&logits[t * E + i * 32 + lane]) : -INFINITY;
+    float norm;
+    double lse2;
+    route_token<VPT>(z, bias, p, out, t, s_sel + t * k, norm, lse2);
+    if (lane == 0) {
+      s_norm[t] = norm;
+      s_lse2[t] = lse2;
+    }
+  }
+  __syncthreads();
+
+  // Route q in position order (choice-major: q = j T + t): its rank among the earlier routes to
+  // its expert = the earlier lanes of its warp with that expert + the earlier warps' counts.
+  const int q_t = tid % T, q_j = tid / T;
+  const int q_e = tid < num_routes ? s_sel[q_t * k + q_j] : -1;
+  const unsigned peers = __match_any_sync(kFull, q_e);
+  if (q_e >= 0 && lane == __ffs(peers) - 1) s_wc[warp * E + q_e] = __popc(peers);
+  __syncthreads();
+  int rank = __popc(peers & ((1u << lane) - 1u));
+  if (q_e >= 0)
+    for (int v = 0; v < warp; ++v) rank += s_wc[v * E + q_e];
+
+  // Per expert: loads and the aux-loss terms (p[t, e] summed in token order, as gating_kernel).
+  const bool first_only = p.aux_loss_type == AuxLossType::kDeepSpeed && k <= 2;
+  const double factor = (p.aux_loss_type == AuxLossType::kDeepSpeed && k > 2)
+                            ? static_cast<double>(E) / k
+                            : static_cast<double>(E);
+  for (int e = tid; e < E; e += kFewThreads) {
+    int load = 0, first = 0;
+    for (int v = 0; v < kFewWarps; ++v) load += s_wc[v * E + e];
+    double psum = 0.0;
+    for (int t = 0; t < T; ++t) {
+      first += s_sel[t * k] == e;
+      psum += static_cast<double>(out.scores[t * E + e]) / s_norm[t];
+    }
+    const double frac = static_cast<double>(first_only ? first : load) / T;
+    s_load[e] = load;
+    s_aux[e] = (psum / T) * frac;
+    out.aux_grad[e] = static_cast<float>(factor * frac / T);
+  }
+  __syncthreads();
+  if (warp == 0) {
+    double z2 = lane < T ? s_lse2[lane] : 0.0;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) z2 += __shfl_xor_sync(kFull, z2, off);
+    if (lane == 0) {
+      double aux = 0.0;
+      int mx = 0;
+      for (int e = 0; e < E; ++e) {
+        aux += s_aux[e];
+        mx = max(mx, s_load[e]);
+      }
+      const int C = p.dropless ? mx : static_cast<int>(p.capacity);
+      int run = 0;
+      for (int e = 0; e < E; ++e) {
+        out.load[e] = s_load[e];
+        out.counts[e] = s_load[e];  // nothing dropped: load <= T <= C
+        s_lo[e] = run;
+        out.offsets[e] = run;
+        run += p.padded ? C : s_load[e];
+      }
+      out.offsets[E] = run;
+      out.info[0] = C;
+      out.info[1] = run;
+      out.info[2] = 0;
+      out.info[3] = mx;
+      out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
+      out.losses[1] = z2 / T;
+      s_rows = run;
+    }
+  }
+  __syncthreads();
+  const bool write_rows = s_rows <= max_rows;
+  if (write_rows) {
+    for (int i = tid; i < s_rows; i += kFewThreads) out.gather[i] = -1;
+    __syncthreads();
+  }
+  if (q_e >= 0) {
+    const int r = q_t * k + q_j;
+    out.slot[r] = rank;
+    if (write_rows) {
+      out.row[r] = s_lo[q_e] + rank;
+      out.gather[s_lo[q_e] + rank] = r;
+    }
+  }
+  if (tid < T) {
+    double sum = 0.0;
+    for (int j = 0; j < k; ++j) sum += static_cast<double>(out.route_score[tid * k + j]);
+    const float denom =
+        p.renormalize ? static_cast<float>(fmax(sum, static_cast<double>(FLT_EPSILON))) : 1.0f;
+    for (int j = 0; j < k; ++j) out.gates[tid * k + j] = out.route_score[tid * k + j] / denom;
+  }
+  if (tid == 0 && gridDim.x > 1) *counter = 0;
+}
+
 template <int VPT>
 void launch(const float* logits, const float* bias, const GatingParams& params,
             const GatingOutputs& out, int64_t max_rows, const Workspace& ws, cudaStream_t stream) {
@@ -574,6 +776,54 @@ void launch(const float* logits, const float* bias, const GatingParams& params,
   MOEX_LAUNCH_CHECK();
 }
 
+// logits read (x == nullptr) or formed from x and w first (blocks: E x token groups).
+template <int VPT>
+void launch_few(float* logits, const void* x, const float* w, int64_t d, const float* bias,
+                const GatingParams& params, const GatingOutputs& out, int64_t max_rows,
+                int* counter, cudaStream_t stream) {
+  const int E = params.num_experts;
+  const unsigned blocks =
+      x == nullptr ? 1u
+                   : static_cast<unsigned>(E * ceil_div(params.num_tokens, int64_t{kFewWarps}));
+  gating_few_kernel<VPT><<<blocks, kFewThreads, few_smem(E), stream>>>(
+      logits, static_cast<const __nv_bfloat16*>(x), w, d, bias, params, out, max_rows, counter);
+  MOEX_LAUNCH_CHECK();
+}
+
+// Picks VPT (experts per lane) for E.
+template <class Fn>
+void with_vpt(int num_experts, Fn&& fn) {
+  if (num_experts <= 32) {
+    fn(std::integral_constant<int, 1>{});
+  } else if (num_experts <= 64) {
+    fn(std::integral_constant<int, 2>{});
+  } else if (num_experts <= 128) {
+    fn(std::integral_constant<int, 4>{});
+  } else if (num_experts <= 256) {
+    fn(std::integral_constant<int, 8>{});
+  } else {
+    fn(std::integral_constant<int, 16>{});
+  }
+}
+
+void check_params(const GatingParams& params) {
+  const int E = params.num_experts;
+  MOEX_CHECK(E > 0 && E <= kMaxGatingExperts, "moe_gating: num_experts must be in [1, ",
+             kMaxGatingExperts, "], got ", E);
+  MOEX_CHECK(params.top_k >= 1 && params.top_k <= std::min(kMaxGatingTopK, E), "moe_gating: top_k ",
+             params.top_k, " out of range");
+  MOEX_CHECK(params.num_tokens > 0, "moe_gating: num_tokens must be > 0, got ", params.num_tokens);
+  MOEX_CHECK(params.num_tokens * params.top_k < (int64_t{1} << 31), "moe_gating: too many routes");
+  MOEX_CHECK(params.dropless || params.padded, "moe_gating: the packed layout needs dropless");
+  MOEX_CHECK(params.dropless || params.capacity >= 0, "moe_gating: capacity must be >= 0");
+}
+
+// One block serves the plan: few tokens and nothing to drop.
+bool few_tokens(const GatingParams& p) {
+  return p.one_block_ok && p.num_tokens <= kGatingFewTokens &&
+         (p.dropless || p.capacity >= p.num_tokens);
+}
+
 }  // namespace
 
 size_t gating_workspace_bytes(int64_t num_tokens, int num_experts, int top_k) {
@@ -588,27 +838,34 @@ int64_t gating_max_rows(const GatingParams& p) {
 
 void moe_gating(const float* logits, const float* bias, const GatingParams& params,
                 const GatingOutputs& out, int64_t max_rows, void* workspace, cudaStream_t stream) {
-  const int E = params.num_experts;
-  MOEX_CHECK(E > 0 && E <= kMaxGatingExperts, "moe_gating: num_experts must be in [1, ",
-             kMaxGatingExperts, "], got ", E);
-  MOEX_CHECK(params.top_k >= 1 && params.top_k <= std::min(kMaxGatingTopK, E), "moe_gating: top_k ",
-             params.top_k, " out of range");
-  MOEX_CHECK(params.num_tokens > 0, "moe_gating: num_tokens must be > 0, got ", params.num_tokens);
-  MOEX_CHECK(params.num_tokens * params.top_k < (int64_t{1} << 31), "moe_gating: too many routes");
-  MOEX_CHECK(params.dropless || params.padded, "moe_gating: the packed layout needs dropless");
-  MOEX_CHECK(params.dropless || params.capacity >= 0, "moe_gating: capacity must be >= 0");
-  const Workspace ws = carve(workspace, params.num_tokens, E, params.top_k);
-  if (E <= 32) {
-    launch<1>(logits, bias, params, out, max_rows, ws, stream);
-  } else if (E <= 64) {
-    launch<2>(logits, bias, params, out, max_rows, ws, stream);
-  } else if (E <= 128) {
-    launch<4>(logits, bias, params, out, max_rows, ws, stream);
-  } else if (E <= 256) {
-    launch<8>(logits, bias, params, out, max_rows, ws, stream);
-  } else {
-    launch<16>(logits, bias, params, out, max_rows, ws, stream);
-  }
+  check_params(params);
+  const Workspace ws = carve(workspace, params.num_tokens, params.num_experts, params.top_k);
+  with_vpt(params.num_experts, [&](auto vpt) {
+    if (few_tokens(params)) {
+      launch_few<decltype(vpt)::value>(const_cast<float*>(logits), nullptr, nullptr, 0, bias,
+                                       params, out, max_rows, ws.counter, stream);
+    } else {
+      launch<decltype(vpt)::value>(logits, bias, params, out, max_rows, ws, stream);
+    }
+  });
+}
+
+bool moe_router_gating_fits(const GatingParams& params, int64_t d, const void* x, const float* w) {
+  return few_tokens(params) && d % 8 == 0 && aligned16(x) && aligned16(w);
+}
+
+void moe_router_gating(const void* x, const float* w, int64_t d, float* logits, const float* bias,
+                       const GatingParams& params, const GatingOutputs& out, int64_t max_rows,
+                       void* workspace, cudaStream_t stream) {
+  check_params(params);
+  MOEX_CHECK(moe_router_gating_fits(params, d, x, w), "moe_router_gating: T=", params.num_tokens,
+             " d=", d, " needs T <= ", kGatingFewTokens,
+             ", no droppable route, d % 8 == 0 and 16-byte aligned x and w");
+  const Workspace ws = carve(workspace, params.num_tokens, params.num_experts, params.top_k);
+  with_vpt(params.num_experts, [&](auto vpt) {
+    launch_few<decltype(vpt)::value>(logits, x, w, d, bias, params, out, max_rows, ws.counter,
+                                     stream);
+  });
 }
 
 }  // namespace moex::cuda

@@ -30,6 +30,7 @@ struct GatingParams {
   int64_t capacity = 0;  // C when !dropless; with dropless && padded C = the largest load
   AuxLossType aux_loss_type = AuxLossType::kDeepSpeed;
   uint64_t seed = 0, offset = 0;  // Philox streams as moe/router.h: moe_rng_offset(offset, use)
+  bool one_block_ok = true;  // false: always the grid kernel (tests compare it with the one block)
 };
 
 // Device outputs of the gating kernel (the dispatch plan on the device).
@@ -51,6 +52,10 @@ struct GatingOutputs {
 
 constexpr int kMaxGatingExperts = 512;
 constexpr int kMaxGatingTopK = 8;  // = kMaxTopK (moe_router.h)
+// Up to this many tokens, when no route can be dropped (dropless, or capacity >= T: a token picks
+// an expert once), one block computes the plan instead of the grid kernel and its last-block
+// hand-off (decoding); the outputs are the same bits.
+constexpr int kGatingFewTokens = 32;
 
 // Scratch the kernel needs (bytes); pass it zero-initialized once (its counter resets itself).
 size_t gating_workspace_bytes(int64_t num_tokens, int num_experts, int top_k);
@@ -60,5 +65,15 @@ int64_t gating_max_rows(const GatingParams& p);
 // logits [T, E] fp32 (device), bias [E] or null (sigmoid selection bias). max_rows bounds gather.
 void moe_gating(const float* logits, const float* bias, const GatingParams& params,
                 const GatingOutputs& out, int64_t max_rows, void* workspace, cudaStream_t stream);
+
+// The router and the gating in one launch for a few tokens without router jitter (decoding):
+// logits [T, E] = x [T, d] bf16 . w [E, d] fp32, each an fp32 sum in a fixed order (not cuBLAS's,
+// so a logit may differ from the SGEMM path's in its last bits), written to `logits`, then
+// moe_gating's decisions on them. Needs moe_router_gating_fits: the one-block case above, d % 8 ==
+// 0 and 16-byte aligned x and w.
+bool moe_router_gating_fits(const GatingParams& params, int64_t d, const void* x, const float* w);
+void moe_router_gating(const void* x, const float* w, int64_t d, float* logits, const float* bias,
+                       const GatingParams& params, const GatingOutputs& out, int64_t max_rows,
+                       void* workspace, cudaStream_t stream);
 
 }  // namespace moex::cuda

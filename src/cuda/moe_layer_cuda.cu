@@ -370,13 +370,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
   const bool decode = !kept_ && padded && T <= options_.decode_max_tokens;
 
-  // Router: fp32 input (jittered in training), logits = xj wg^T.
-  buf_.xj = static_cast<float*>(scratch_->get(MoEScratch::kXj, T * d_ * sizeof(float), ctx_));
-  router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, buf_.xj, stream);
-  gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, buf_.xj,
-           router_w_.data<float>(), z_.data<float>());
-
-  // The fused gating kernel.
+  // The gating kernel's parameters.
   GatingParams& g = gating_;
   g.num_tokens = T;
   g.num_experts = E_;
@@ -394,7 +388,19 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   g.seed = seed;
   g.offset = offset;
   const float* bias = config_.selection_bias && bias_.defined() ? bias_.data<float>() : nullptr;
-  moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
+  if (decode && !training && moe_router_gating_fits(g, d_, x.raw_data(), router_w_.data<float>())) {
+    // Decoding: router and gating in one launch (no jitter outside training). Training keeps the
+    // SGEMM below, whose logits a checkpointed recompute (GEMM path) repeats bit for bit.
+    moe_router_gating(x.raw_data(), router_w_.data<float>(), d_, z_.data<float>(), bias, g, plan_,
+                      gather_.numel(), workspace_.raw_data(), stream);
+  } else {
+    // Router: fp32 input (jittered in training), logits = xj wg^T; then the fused gating kernel.
+    buf_.xj = static_cast<float*>(scratch_->get(MoEScratch::kXj, T * d_ * sizeof(float), ctx_));
+    router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, buf_.xj, stream);
+    gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, buf_.xj,
+             router_w_.data<float>(), z_.data<float>());
+    moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
+  }
 
   if (decode) {
     // C stays on the device (info[0]); the decode kernels read it there. The buffers hold E x C

@@ -4,6 +4,9 @@
 // launch on the context's stream:
 //   router_input (cast + jitter) -> router SGEMM -> moe_gating (one fused kernel) -> moe_permute ->
 //   expert GEMM1 -> activation -> expert GEMM2 -> moe_combine
+// Decoding (at most decode_max_tokens tokens, nothing kept for backward) replaces the middle:
+//   moe_router_gating (router + gating in one launch; outside training) or the router stages ->
+//   moe_decode_experts (two launches) -> moe_combine
 // Backward mirrors it: moe_combine_backward (dgates, dout) -> router_backward -> router SGEMMs ->
 // expert GEMM backward (dA, dW2) -> activation backward -> (dW1, dXb) -> moe_permute_backward.
 //

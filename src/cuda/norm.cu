@@ -70,10 +70,10 @@ __device__ __forceinline__ float group_sum(float v, float* smem) {
 // are in flight per SM.
 template <typename C, bool kRms>
 __global__ void __launch_bounds__(C::kThreads)
-    norm_forward_kernel(const bf16* __restrict__ x, const bf16* __restrict__ w,
-                        const bf16* __restrict__ b, int64_t rows, int dim, float eps,
-                        bf16* __restrict__ y, float* __restrict__ mean_out,
-                        float* __restrict__ rstd_out) {
+    norm_forward_kernel(const bf16* __restrict__ x, const bf16* __restrict__ res,
+                        const bf16* __restrict__ w, const bf16* __restrict__ b, int64_t rows,
+                        int dim, float eps, bf16* __restrict__ sum_out, bf16* __restrict__ y,
+                        float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   constexpr int G = C::G, VPT = C::VPT, W = C::W;
   __shared__ float smem[32];
   const int t = threadIdx.x % G, group = threadIdx.x / G;
@@ -87,6 +87,16 @@ __global__ void __launch_bounds__(C::kThreads)
   for (int k = 0; k < VPT; ++k) {
     const int col = (k * G + t) * W;
     xraw[k] = (row_ok && col < dim) ? load_raw<W>(xr + col) : zero_raw<W>();
+    if (res != nullptr && row_ok && col < dim) {
+      // The residual add first, rounded to bf16 as add_bf16 rounds it; the norm reads the sum.
+      float v[W], r[W];
+      unpack<W>(xraw[k], v);
+      load_chunk<W>(res + row * dim + col, r);
+#pragma unroll
+      for (int i = 0; i < W; ++i) v[i] += r[i];
+      xraw[k] = pack<W>(v);
+      store_raw<W>(sum_out + row * dim + col, xraw[k]);
+    }
   }
   float sum = 0.0f;
 #pragma unroll
@@ -305,20 +315,25 @@ void check_norm(const char* op, int64_t rows, int64_t dim) {
   MOEX_CHECK(dim > 0 && dim <= (int64_t{1} << 30), op, ": dim must be in [1, 2^30], got ", dim);
 }
 
+// res and sum null, or sum = x + res written and normalized (the fused residual add).
 template <bool kRms>
-void forward(const char* op, const void* x, const void* w, const void* b, int64_t rows,
-             int64_t dim, float eps, void* y, float* mean, float* rstd, cudaStream_t stream) {
+void forward(const char* op, const void* x, const void* res, const void* w, const void* b,
+             int64_t rows, int64_t dim, float eps, void* sum, void* y, float* mean, float* rstd,
+             cudaStream_t stream) {
   check_norm(op, rows, dim);
   if (rows == 0) return;
+  MOEX_CHECK((res == nullptr) == (sum == nullptr), op, ": give both the residual and the sum");
   const bool vec = dim % 8 == 0 && aligned16(x) && aligned16(w) && aligned16(y) &&
-                   (b == nullptr || aligned16(b));
+                   (b == nullptr || aligned16(b)) && (res == nullptr || aligned16(res)) &&
+                   (sum == nullptr || aligned16(sum));
   dispatch(dim, vec, op, [&](auto cfg) {
     using C = decltype(cfg);
     const int64_t blocks = ceil_div(rows, C::kRowsPerBlock);
     MOEX_CHECK(blocks < (int64_t{1} << 31), op, ": rows = ", rows, " is too large");
     norm_forward_kernel<C, kRms><<<static_cast<unsigned>(blocks), C::kThreads, 0, stream>>>(
-        static_cast<const bf16*>(x), static_cast<const bf16*>(w), static_cast<const bf16*>(b),
-        rows, static_cast<int>(dim), eps, static_cast<bf16*>(y), mean, rstd);
+        static_cast<const bf16*>(x), static_cast<const bf16*>(res), static_cast<const bf16*>(w),
+        static_cast<const bf16*>(b), rows, static_cast<int>(dim), eps, static_cast<bf16*>(sum),
+        static_cast<bf16*>(y), mean, rstd);
     MOEX_LAUNCH_CHECK();
   });
 }
@@ -356,7 +371,8 @@ size_t norm_backward_workspace_bytes(int64_t rows, int64_t dim) {
 void layernorm_forward_bf16(const void* x, const void* w, const void* b, int64_t rows,
                             int64_t dim, float eps, void* y, float* mean, float* rstd,
                             cudaStream_t stream) {
-  forward<false>("layernorm_forward_bf16", x, w, b, rows, dim, eps, y, mean, rstd, stream);
+  forward<false>("layernorm_forward_bf16", x, nullptr, w, b, rows, dim, eps, nullptr, y, mean, rstd,
+                 stream);
 }
 
 void layernorm_backward_bf16(const void* dy, const void* x, const void* w, const float* mean,
@@ -368,7 +384,20 @@ void layernorm_backward_bf16(const void* dy, const void* x, const void* w, const
 
 void rmsnorm_forward_bf16(const void* x, const void* w, int64_t rows, int64_t dim, float eps,
                           void* y, float* rstd, cudaStream_t stream) {
-  forward<true>("rmsnorm_forward_bf16", x, w, nullptr, rows, dim, eps, y, nullptr, rstd, stream);
+  forward<true>("rmsnorm_forward_bf16", x, nullptr, w, nullptr, rows, dim, eps, nullptr, y, nullptr,
+                rstd, stream);
+}
+
+void add_norm_forward_bf16(bool rms, const void* x, const void* res, const void* w, const void* b,
+                           int64_t rows, int64_t dim, float eps, void* sum, void* y, float* mean,
+                           float* rstd, cudaStream_t stream) {
+  MOEX_CHECK(res != nullptr && sum != nullptr, "add_norm_forward_bf16: res and sum are needed");
+  if (rms)
+    forward<true>("add_rmsnorm_forward_bf16", x, res, w, nullptr, rows, dim, eps, sum, y, nullptr,
+                  rstd, stream);
+  else
+    forward<false>("add_layernorm_forward_bf16", x, res, w, b, rows, dim, eps, sum, y, mean, rstd,
+                   stream);
 }
 
 void rmsnorm_backward_bf16(const void* dy, const void* x, const void* w, const float* rstd,

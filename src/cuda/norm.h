@@ -26,6 +26,12 @@ void layernorm_backward_bf16(const void* dy, const void* x, const void* w, const
 // y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps); rstd [rows] fp32 saved.
 void rmsnorm_forward_bf16(const void* x, const void* w, int64_t rows, int64_t dim, float eps,
                           void* y, float* rstd, cudaStream_t stream);
+// The residual add and the next norm in one pass: sum = x + res (bf16, rounded as add_bf16),
+// then the norm above (RMSNorm when rms; b may be null) of sum. Same bits as add_bf16 and the norm
+// run one after the other. sum must not alias x, res or y.
+void add_norm_forward_bf16(bool rms, const void* x, const void* res, const void* w, const void* b,
+                           int64_t rows, int64_t dim, float eps, void* sum, void* y, float* mean,
+                           float* rstd, cudaStream_t stream);
 void rmsnorm_backward_bf16(const void* dy, const void* x, const void* w, const float* rstd,
                            int64_t rows, int64_t dim, void* dx, float* dw, void* workspace,
                            cudaStream_t stream);

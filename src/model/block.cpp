@@ -86,20 +86,22 @@ void Block::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   ops::add(dx1, g, dx);
 }
 
-void Block::forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
-                          const Tensor& v_pool, const Tensor& y, Arena& arena) {
+void Block::forward_paged(const Tensor& x, const Tensor& h, const PagedRows& rows,
+                          const Tensor& k_pool, const Tensor& v_pool, const Tensor& y,
+                          const NormLayer* next_norm, const Tensor& h_next, Arena& arena) {
   ArenaScope scope(arena);
   const Shape shape = x.shape();
-  const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
-               x1 = arena.alloc(shape, x.dtype());
-  norm1_.forward(x, h, arena, false);
+  const Tensor a = arena.alloc(shape, x.dtype()), x1 = arena.alloc(shape, x.dtype()),
+               h2 = arena.alloc(shape, x.dtype());
   attn_.forward_paged(h, rows, k_pool, v_pool, a, arena);
-  ops::add(x, a, x1);
-  norm2_.forward(x1, h, arena, false);
+  norm2_.add_forward(x, a, x1, h2, arena);  // x1 = x + a, h2 = norm2(x1)
   StepOptions step;
   step.drop_tokens = false;  // a token's output may not depend on its batch
-  ffn_.forward(h, a, arena, false, step);
-  ops::add(x1, a, y);
+  ffn_.forward(h2, a, arena, false, step);
+  if (next_norm != nullptr)
+    next_norm->add_forward(x1, a, y, h_next, arena);
+  else
+    ops::add(x1, a, y);
 }
 
 void Block::forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,

@@ -29,9 +29,14 @@ class Block {
   void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
                       const KVCacheView& cache, const Tensor& y, Arena& arena);
-  // Serving (AttentionLayer::forward_paged); MoE routes are never dropped here.
-  void forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,
-                     const Tensor& v_pool, const Tensor& y, Arena& arena);
+  // Serving (AttentionLayer::forward_paged); MoE routes are never dropped here. h = the input
+  // norm of x (input_norm(), formed by the caller, or by the previous block as its h_next); y =
+  // the block's output. With next_norm (the next block's input norm), h_next = next_norm(y) comes
+  // out of the same pass as the residual add.
+  void forward_paged(const Tensor& x, const Tensor& h, const PagedRows& rows, const Tensor& k_pool,
+                     const Tensor& v_pool, const Tensor& y, const NormLayer* next_norm,
+                     const Tensor& h_next, Arena& arena);
+  NormLayer& input_norm() { return norm1_; }
 
   FfnLayer& ffn() { return ffn_; }
   const AttentionLayer& attention() const { return attn_; }

@@ -425,11 +425,16 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.last_rows.numel();
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
+  Tensor h = arena_.alloc(Shape{n, d}, dt), h_next = arena_.alloc(Shape{n, d}, dt);
   ops::embedding(rows.ids, embed_.w, x, false);
   if (pos_) ops::embedding(rows.row_pos, pos_.w, x, true);
+  // Each block hands the next one its input norm, formed with its last residual add.
+  blocks_[0]->input_norm().forward(x, h, arena_, false);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    blocks_[i]->forward_paged(x, rows, kv.k[i], kv.v[i], y, arena_);
+    const NormLayer* next = i + 1 < blocks_.size() ? &blocks_[i + 1]->input_norm() : nullptr;
+    blocks_[i]->forward_paged(x, h, rows, kv.k[i], kv.v[i], y, next, h_next, arena_);
     std::swap(x, y);
+    std::swap(h, h_next);
   }
   // The row of each sequence's last new token.
   const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt),

@@ -34,6 +34,14 @@ void NormLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   }
 }
 
+void NormLayer::add_forward(const Tensor& x, const Tensor& res, const Tensor& sum, const Tensor& y,
+                            Arena& arena) const {
+  const int64_t n = x.numel() / dim_;
+  const Tensor rstd = arena.alloc(Shape{n}, DType::kF32);
+  const Tensor mean = rms() ? Tensor() : arena.alloc(Shape{n}, DType::kF32);
+  ops::add_norm(rms(), x, res, weight_.w, bias_.w, eps_, sum, y, mean, rstd);
+}
+
 void NormLayer::backward(const Tensor& dy, const Tensor& dx) {
   ops::norm_backward(rms(), dy, x_, weight_.w, mean_, rstd_, dx, weight_.g, bias_.g);
 }

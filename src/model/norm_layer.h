@@ -18,6 +18,10 @@ class NormLayer {
   // x, y [n, dim] (y may alias x only when save is false); keeps x and the row statistics (from
   // the arena) for backward when `save`.
   void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save);
+  // Inference: sum = x + res (the residual add before this norm), y = norm(sum), in one pass on
+  // the GPU; nothing kept. sum must not alias x, res or y.
+  void add_forward(const Tensor& x, const Tensor& res, const Tensor& sum, const Tensor& y,
+                   Arena& arena) const;
   // dx [n, dim] written (may alias dy); parameter gradients accumulated.
   void backward(const Tensor& dy, const Tensor& dx);
 

@@ -2,6 +2,7 @@
 
 #include "cpu/norm.h"
 #include "ops/device_dispatch.h"
+#include "ops/elementwise.h"
 #include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
@@ -45,6 +46,34 @@ void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, f
                                    y.raw_data(), mean.data<float>(), rstd.data<float>(),
                                    detail::stream(dev));
   });
+}
+
+void add_norm(bool rms, const Tensor& x, const Tensor& res, const Tensor& weight,
+              const Tensor& bias, float eps, const Tensor& sum, const Tensor& y, const Tensor& mean,
+              const Tensor& rstd) {
+  const char* op = "add_norm";
+  const Device dev = detail::common_device(op, {&x, &res, &weight, &bias, &sum, &y, &mean, &rstd});
+  if (dev.is_cpu()) {
+    add(x, res, sum);
+    norm(rms, sum, weight, bias, eps, y, mean, rstd);
+    return;
+  }
+  const ProfileScope profile(op, dev);
+  const DType dt = detail::compute_dtype(dev);
+  const int64_t dim = weight.numel(), rows = x.numel() / dim;
+  expect(op, "x", x, dt, rows * dim);
+  expect(op, "res", res, dt, rows * dim);
+  expect(op, "sum", sum, dt, rows * dim);
+  expect(op, "weight", weight, dt, dim);
+  expect(op, "y", y, dt, rows * dim);
+  expect(op, "rstd", rstd, DType::kF32, rows);
+  if (!rms) expect(op, "mean", mean, DType::kF32, rows);
+  if (bias.defined()) expect(op, "bias", bias, dt, dim);
+  MOEX_CUDA_TWIN(op, cuda::add_norm_forward_bf16(
+                         rms, x.raw_data(), res.raw_data(), weight.raw_data(),
+                         bias.defined() ? bias.raw_data() : nullptr, rows, dim, eps, sum.raw_data(),
+                         y.raw_data(), rms ? nullptr : mean.data<float>(), rstd.data<float>(),
+                         detail::stream(dev)));
 }
 
 void norm_backward(bool rms, const Tensor& dy, const Tensor& x, const Tensor& weight,

@@ -318,100 +318,206 @@ std::vector<GateCase> gate_cases() {
 
 class GatingVsCpu : public Gpu, public ::testing::WithParamInterface<GateCase> {};
 
+// Every output of one moe_gating (or moe_router_gating) call, downloaded.
+struct GatingResult {
+  std::vector<float> scores, route_score, gates, aux_grad, logits;
+  std::vector<int32_t> expert, slot, row, gather, load, counts, offsets, info;
+  std::vector<double> losses;
+};
+
+// Runs the gating on fresh poisoned buffers. With x (bf16 [T, d]) and w ([E, d]) the router is
+// fused (moe_router_gating) and its logits come back too; otherwise z holds the logits.
+GatingResult run_gating(const cuda::GatingParams& gp, const std::vector<float>& z,
+                        const std::vector<float>& bias, const std::vector<uint16_t>* x = nullptr,
+                        const std::vector<float>* w = nullptr, int64_t d = 0) {
+  CudaContext ctx;
+  const int64_t T = gp.num_tokens, E = gp.num_experts, k = gp.top_k;
+  const int64_t max_rows = cuda::gating_max_rows(gp);
+  DevBuf dz = x ? DevBuf(T * E * 4) : upload(z), dbias = upload(bias);
+  DevBuf scores(T * E * 4), expert(T * k * 4), rs(T * k * 4), slot(T * k * 4), row(T * k * 4),
+      g(T * k * 4), gather(max_rows * 4), load(E * 4), counts(E * 4), offsets((E + 1) * 4),
+      info(16), losses(16), aux_grad(E * 4), ws(cuda::gating_workspace_bytes(T, E, k));
+  CUDA_CHECK(cudaMemset(ws.ptr, 0, ws.bytes));
+  cuda::GatingOutputs out{scores.as<float>(),    expert.as<int32_t>(), rs.as<float>(),
+                          slot.as<int32_t>(),    row.as<int32_t>(),    g.as<float>(),
+                          gather.as<int32_t>(),  load.as<int32_t>(),   counts.as<int32_t>(),
+                          offsets.as<int32_t>(), info.as<int32_t>(),   losses.as<double>(),
+                          aux_grad.as<float>()};
+  const float* bias_d = bias.empty() ? nullptr : dbias.as<float>();
+  if (x) {
+    DevBuf dx = upload(*x), dw = upload(*w);
+    cuda::moe_router_gating(dx.ptr, dw.as<float>(), d, dz.as<float>(), bias_d, gp, out, max_rows,
+                            ws.ptr, ctx.stream());
+    ctx.synchronize();
+  } else {
+    cuda::moe_gating(dz.as<float>(), bias_d, gp, out, max_rows, ws.ptr, ctx.stream());
+    ctx.synchronize();
+  }
+  GatingResult r;
+  r.scores = download<float>(scores.ptr, T * E);
+  r.route_score = download<float>(rs.ptr, T * k);
+  r.gates = download<float>(g.ptr, T * k);
+  r.aux_grad = download<float>(aux_grad.ptr, E);
+  r.logits = download<float>(dz.ptr, T * E);
+  r.expert = download<int32_t>(expert.ptr, T * k);
+  r.slot = download<int32_t>(slot.ptr, T * k);
+  r.row = download<int32_t>(row.ptr, T * k);
+  r.info = download<int32_t>(info.ptr, 4);
+  r.gather = download<int32_t>(gather.ptr, std::min<int64_t>(r.info[1], max_rows));
+  r.load = download<int32_t>(load.ptr, E);
+  r.counts = download<int32_t>(counts.ptr, E);
+  r.offsets = download<int32_t>(offsets.ptr, E + 1);
+  r.losses = download<double>(losses.ptr, 2);
+  // The workspace counter is back at zero for the next call (the kernels reset it).
+  EXPECT_EQ(download<int32_t>(ws.ptr, 1)[0], 0);
+  return r;
+}
+
+// Two runs gave the same bits in every output.
+void expect_same_gating(const GatingResult& a, const GatingResult& b, const std::string& what) {
+  EXPECT_TRUE(kt::same_bits(a.scores, b.scores)) << what << ": scores";
+  EXPECT_TRUE(kt::same_bits(a.route_score, b.route_score)) << what << ": route scores";
+  EXPECT_TRUE(kt::same_bits(a.gates, b.gates)) << what << ": gates";
+  EXPECT_TRUE(kt::same_bits(a.aux_grad, b.aux_grad)) << what << ": aux_grad";
+  EXPECT_TRUE(kt::same_bits(a.losses, b.losses)) << what << ": losses";
+  EXPECT_EQ(a.expert, b.expert) << what;
+  EXPECT_EQ(a.slot, b.slot) << what;
+  EXPECT_EQ(a.row, b.row) << what;
+  EXPECT_EQ(a.gather, b.gather) << what;
+  EXPECT_EQ(a.load, b.load) << what;
+  EXPECT_EQ(a.counts, b.counts) << what;
+  EXPECT_EQ(a.offsets, b.offsets) << what;
+  EXPECT_EQ(a.info, b.info) << what;
+}
+
+cuda::GatingParams gating_params(const GateCase& gc, int64_t T, bool padded, uint64_t seed,
+                                 uint64_t offset) {
+  const MoEConfig& c = gc.config;
+  cuda::GatingParams gp;
+  gp.num_tokens = T;
+  gp.num_experts = c.num_experts;
+  gp.top_k = c.top_k;
+  gp.score_func = c.score_func;
+  gp.rsample = c.rsample && gc.training;
+  gp.gumbel_second_expert = c.gumbel_second_expert && gc.training;
+  gp.renormalize = c.renormalize;
+  gp.renormalize_after_drop = c.renormalize_after_drop;
+  gp.policy = c.drop_policy;
+  gp.dropless = c.dropless;
+  gp.padded = padded;
+  gp.capacity = c.dropless ? 0 : moe_capacity(T, c, gc.training);
+  gp.aux_loss_type = c.aux_loss_type;
+  gp.seed = seed;
+  gp.offset = offset;
+  return gp;
+}
+
+// 300 tokens take the grid kernel; 1, 5 and 32 the one-block kernel where nothing can be dropped
+// (dropless, or capacity >= T), which must also give the grid kernel's bits.
 TEST_P(GatingVsCpu, IdenticalRouting) {
   const GateCase& gc = GetParam();
   const MoEConfig& c = gc.config;
-  CudaContext ctx;
-  const int64_t T = 300, E = c.num_experts;
+  const int64_t E = c.num_experts;
   const int k = c.top_k;
   const uint64_t seed = 1234, offset = 7;
-  for (int rep = 0; rep < 2; ++rep) {
-    const auto z = rand_vec(T * E, 100 + rep, -2.0f, 2.0f);
-    const auto bias = rand_vec(E, 200 + rep, -0.1f, 0.1f);
-    // CPU: scores, selection, plan, gates, losses.
-    std::vector<float> s(T * E);
-    moe::router_scores<float>(z.data(), T, E, c.score_func, s.data());
-    std::vector<int32_t> topk(T * k);
-    moe::RouterSelectParams sp;
-    sp.top_k = k;
-    sp.score_func = c.score_func;
-    sp.rsample = c.rsample && gc.training;
-    sp.gumbel_second_expert = c.gumbel_second_expert && gc.training;
-    sp.seed = seed;
-    sp.offset = offset;
-    moe::router_select<float>(z.data(), s.data(), c.selection_bias ? bias.data() : nullptr, T, E,
-                              sp, topk.data());
-    std::vector<float> route_score(T * k);
-    for (int64_t r = 0; r < T * k; ++r) route_score[r] = s[(r / k) * E + topk[r]];
-    moe::DispatchParams dp;
-    dp.dropless = c.dropless;
-    dp.capacity = c.dropless ? 0 : moe_capacity(T, c, gc.training);
-    dp.policy = c.drop_policy;
-    dp.seed = seed;
-    dp.offset = offset;
-    moe::DispatchPlan plan;
-    moe::build_dispatch_plan<float>(topk.data(), route_score.data(), T, E, k, dp, &plan);
-    std::vector<float> gates(T * k);
-    moe::router_gates<float>(s.data(), topk.data(), plan.slot.data(), T, E, k,
-                             {c.renormalize, c.renormalize_after_drop}, gates.data());
-    const double aux = moe::router_aux_loss<float>(s.data(), topk.data(), T, E, k, c.aux_loss_type,
-                                                   c.score_func, 0.0, nullptr);
-    const double zl = moe::router_z_loss<float>(z.data(), T, E, 0.0, nullptr);
+  for (const int64_t T : {int64_t{300}, int64_t{1}, int64_t{5}, int64_t{32}}) {
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto z = rand_vec(T * E, 100 + rep + 10 * T, -2.0f, 2.0f);
+      const auto bias =
+          c.selection_bias ? rand_vec(E, 200 + rep, -0.1f, 0.1f) : std::vector<float>{};
+      // CPU: scores, selection, plan, gates, losses.
+      std::vector<float> s(T * E);
+      moe::router_scores<float>(z.data(), T, E, c.score_func, s.data());
+      std::vector<int32_t> topk(T * k);
+      moe::RouterSelectParams sp;
+      sp.top_k = k;
+      sp.score_func = c.score_func;
+      sp.rsample = c.rsample && gc.training;
+      sp.gumbel_second_expert = c.gumbel_second_expert && gc.training;
+      sp.seed = seed;
+      sp.offset = offset;
+      moe::router_select<float>(z.data(), s.data(), c.selection_bias ? bias.data() : nullptr, T, E,
+                                sp, topk.data());
+      std::vector<float> route_score(T * k);
+      for (int64_t r = 0; r < T * k; ++r) route_score[r] = s[(r / k) * E + topk[r]];
+      moe::DispatchParams dp;
+      dp.dropless = c.dropless;
+      dp.capacity = c.dropless ? 0 : moe_capacity(T, c, gc.training);
+      dp.policy = c.drop_policy;
+      dp.seed = seed;
+      dp.offset = offset;
+      moe::DispatchPlan plan;
+      moe::build_dispatch_plan<float>(topk.data(), route_score.data(), T, E, k, dp, &plan);
+      std::vector<float> gates(T * k);
+      moe::router_gates<float>(s.data(), topk.data(), plan.slot.data(), T, E, k,
+                               {c.renormalize, c.renormalize_after_drop}, gates.data());
+      const double aux = moe::router_aux_loss<float>(s.data(), topk.data(), T, E, k,
+                                                     c.aux_loss_type, c.score_func, 0.0, nullptr);
+      const double zl = moe::router_z_loss<float>(z.data(), T, E, 0.0, nullptr);
 
-    for (int layout = 0; layout < (c.dropless ? 2 : 1); ++layout) {
-      cuda::GatingParams gp;
-      gp.num_tokens = T;
-      gp.num_experts = static_cast<int>(E);
-      gp.top_k = k;
-      gp.score_func = c.score_func;
-      gp.rsample = sp.rsample;
-      gp.gumbel_second_expert = sp.gumbel_second_expert;
-      gp.renormalize = c.renormalize;
-      gp.renormalize_after_drop = c.renormalize_after_drop;
-      gp.policy = c.drop_policy;
-      gp.dropless = c.dropless;
-      gp.padded = !c.dropless || layout == 1;
-      gp.capacity = dp.capacity;
-      gp.aux_loss_type = c.aux_loss_type;
-      gp.seed = seed;
-      gp.offset = offset;
-      const int64_t max_rows = cuda::gating_max_rows(gp);
-      DevBuf dz = upload(z), dbias = upload(bias);
-      DevBuf scores(T * E * 4), expert(T * k * 4), rs(T * k * 4), slot(T * k * 4), row(T * k * 4),
-          g(T * k * 4), gather(max_rows * 4), load(E * 4), counts(E * 4), offsets((E + 1) * 4),
-          info(16), losses(16), aux_grad(E * 4), ws(cuda::gating_workspace_bytes(T, E, k));
-      CUDA_CHECK(cudaMemset(ws.ptr, 0, ws.bytes));
-      cuda::GatingOutputs out{scores.as<float>(),    expert.as<int32_t>(), rs.as<float>(),
-                              slot.as<int32_t>(),    row.as<int32_t>(),    g.as<float>(),
-                              gather.as<int32_t>(),  load.as<int32_t>(),   counts.as<int32_t>(),
-                              offsets.as<int32_t>(), info.as<int32_t>(),   losses.as<double>(),
-                              aux_grad.as<float>()};
-      cuda::moe_gating(dz.as<float>(), c.selection_bias ? dbias.as<float>() : nullptr, gp, out,
-                       max_rows, ws.ptr, ctx.stream());
-      ctx.synchronize();
-      const std::string what = gc.name + (layout ? " padded" : "") + " rep " + std::to_string(rep);
-      EXPECT_EQ(download<int32_t>(expert.ptr, T * k), topk) << what;
-      EXPECT_EQ(download<int32_t>(slot.ptr, T * k), plan.slot) << what;
-      const auto info_h = download<int32_t>(info.ptr, 4);
-      EXPECT_EQ(info_h[0], plan.capacity) << what;
-      EXPECT_EQ(info_h[2], plan.num_dropped) << what;
-      const auto load_h = download<int32_t>(load.ptr, E),
-                 counts_h = download<int32_t>(counts.ptr, E);
-      for (int64_t e = 0; e < E; ++e) {
-        EXPECT_EQ(load_h[e], plan.load[e]) << what;
-        EXPECT_EQ(counts_h[e], plan.counts[e]) << what;
+      for (int layout = 0; layout < (c.dropless ? 2 : 1); ++layout) {
+        const cuda::GatingParams gp =
+            gating_params(gc, T, !c.dropless || layout == 1, seed, offset);
+        const GatingResult r = run_gating(gp, z, bias);
+        const std::string what = gc.name + (layout ? " padded" : "") + " T " + std::to_string(T) +
+                                 " rep " + std::to_string(rep);
+        EXPECT_EQ(r.expert, topk) << what;
+        EXPECT_EQ(r.slot, plan.slot) << what;
+        EXPECT_EQ(r.info[0], plan.capacity) << what;
+        EXPECT_EQ(r.info[2], plan.num_dropped) << what;
+        for (int64_t e = 0; e < E; ++e) {
+          EXPECT_EQ(r.load[e], plan.load[e]) << what;
+          EXPECT_EQ(r.counts[e], plan.counts[e]) << what;
+        }
+        if (!gp.padded || !c.dropless) {  // the CPU's layout: rows and the gather table agree
+          EXPECT_EQ(r.row, plan.row) << what;
+          EXPECT_EQ(r.gather, plan.gather) << what;
+        }
+        EXPECT_LT(rel_l2(r.gates, gates), 1e-6) << what;
+        EXPECT_LT(rel_l2(r.scores, s), 1e-6) << what;
+        if (c.aux_loss_type != AuxLossType::kNone)
+          EXPECT_NEAR(r.losses[0], aux, 1e-5 * std::abs(aux)) << what;
+        EXPECT_NEAR(r.losses[1], zl, 1e-5 * std::abs(zl)) << what;
+        if (T <= cuda::kGatingFewTokens) {
+          cuda::GatingParams grid = gp;
+          grid.one_block_ok = false;
+          expect_same_gating(r, run_gating(grid, z, bias), what + " (one block against the grid)");
+        }
       }
-      if (!gp.padded || !c.dropless) {  // the CPU's layout: rows and the gather table agree exactly
-        EXPECT_EQ(download<int32_t>(row.ptr, T * k), plan.row) << what;
-        EXPECT_EQ(download<int32_t>(gather.ptr, plan.num_rows()), plan.gather) << what;
-      }
-      EXPECT_LT(rel_l2(download<float>(g.ptr, T * k), gates), 1e-6) << what;
-      EXPECT_LT(rel_l2(download<float>(scores.ptr, T * E), s), 1e-6) << what;
-      const auto losses_h = download<double>(losses.ptr, 2);
-      if (c.aux_loss_type != AuxLossType::kNone)
-        EXPECT_NEAR(losses_h[0], aux, 1e-5 * std::abs(aux)) << what;
-      EXPECT_NEAR(losses_h[1], zl, 1e-5 * std::abs(zl)) << what;
     }
+  }
+}
+
+// The router fused into the one-block gating (decoding): logits within fp32 rounding of a double
+// dot product, and the gating on those logits equal to moe_gating's on the same logits.
+TEST_P(GatingVsCpu, FusedRouterForFewTokens) {
+  const GateCase& gc = GetParam();
+  const MoEConfig& c = gc.config;
+  const int64_t E = c.num_experts, d = 1032;  // d % 256 != 0: the last lanes' chunks run short
+  for (const int64_t T : {int64_t{1}, int64_t{9}, int64_t{32}}) {
+    const cuda::GatingParams gp = gating_params(gc, T, true, 99, 3);
+    const auto xf = round_bf16(rand_vec(T * d, 500 + T));
+    const auto w = rand_vec(E * d, 600 + T, -0.2f, 0.2f);
+    const auto bias = c.selection_bias ? rand_vec(E, 700, -0.1f, 0.1f) : std::vector<float>{};
+    const std::vector<uint16_t> x = to_bf16(xf);
+    const std::string what = gc.name + " T " + std::to_string(T);
+    if (!gp.dropless && gp.capacity < T) {
+      DevBuf dx = upload(x), dw = upload(w);
+      EXPECT_FALSE(cuda::moe_router_gating_fits(gp, d, dx.ptr, dw.as<float>())) << what;
+      continue;
+    }
+    const GatingResult fused = run_gating(gp, {}, bias, &x, &w, d);
+    std::vector<float> ref(T * E);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < d; ++i) acc += double(xf[t * d + i]) * w[e * d + i];
+        ref[t * E + e] = static_cast<float>(acc);
+      }
+    EXPECT_LT(rel_l2(fused.logits, ref), 1e-6) << what;
+    cuda::GatingParams grid = gp;
+    grid.one_block_ok = false;
+    expect_same_gating(fused, run_gating(grid, fused.logits, bias), what + " (fused router)");
   }
 }
 

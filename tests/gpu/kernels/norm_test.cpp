@@ -1,12 +1,14 @@
 // LayerNorm / RMSNorm kernels against cpu/norm.h in fp32 on the same bf16-rounded inputs: every
 // row-group configuration (dims 8 .. 8192 vectorized, odd dims scalar), += semantics of the
 // parameter gradients on random initial values, dx aliasing dy, and bit-identical reruns.
+#include "cpu/norm.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "cpu/norm.h"
+#include "cuda/elementwise.h"
 #include "cuda/norm.h"
 #include "kernel_test_util.h"
 
@@ -153,6 +155,46 @@ TEST_F(NormTest, RmsNormUnalignedBuffersMatchCpu) {
   const auto out = download_bf16(y.as<uint16_t>() + 1, rows * dim);
   EXPECT_LT(rel_l2(out, y_ref), 4e-3);
   EXPECT_LT(rel_l2(download<float>(rstd.ptr, rows), rstd_ref), 1e-5);
+}
+
+// The fused residual add + norm gives the bits of add_bf16 then the norm: sum and y, both norms,
+// vectorized and scalar dims.
+TEST_F(NormTest, AddNormEqualsAddThenNorm) {
+  cuda::CudaContext ctx;
+  uint64_t seed = 400;
+  for (const NormCase& c : kCases) {
+    const int64_t n = c.rows * c.dim;
+    DevBuf x = kt::dev_rand_bf16(n, seed += 10, -2, 2), res = kt::dev_rand_bf16(n, seed + 1, -2, 2),
+           w = kt::dev_rand_bf16(c.dim, seed + 2, 0.5f, 1.5f),
+           b = kt::dev_rand_bf16(c.dim, seed + 3);
+    for (bool rms : {false, true}) {
+      DevBuf sum(n * 2), y(n * 2), mean(c.rows * 4), rstd(c.rows * 4);
+      DevBuf sum_ref(n * 2), y_ref(n * 2), mean_ref(c.rows * 4), rstd_ref(c.rows * 4);
+      cuda::add_norm_forward_bf16(rms, x.ptr, res.ptr, w.ptr, rms ? nullptr : b.ptr, c.rows, c.dim,
+                                  1e-5f, sum.ptr, y.ptr, mean.as<float>(), rstd.as<float>(),
+                                  ctx.stream());
+      cuda::add_bf16(x.ptr, res.ptr, sum_ref.ptr, n, ctx.stream());
+      if (rms)
+        cuda::rmsnorm_forward_bf16(sum_ref.ptr, w.ptr, c.rows, c.dim, 1e-5f, y_ref.ptr,
+                                   rstd_ref.as<float>(), ctx.stream());
+      else
+        cuda::layernorm_forward_bf16(sum_ref.ptr, w.ptr, b.ptr, c.rows, c.dim, 1e-5f, y_ref.ptr,
+                                     mean_ref.as<float>(), rstd_ref.as<float>(), ctx.stream());
+      ctx.synchronize();
+      const std::string what = std::string(rms ? "rms" : "layer") + " dim " + std::to_string(c.dim);
+      EXPECT_TRUE(kt::same_bits(download<uint16_t>(sum.ptr, n), download<uint16_t>(sum_ref.ptr, n)))
+          << what;
+      EXPECT_TRUE(kt::same_bits(download<uint16_t>(y.ptr, n), download<uint16_t>(y_ref.ptr, n)))
+          << what;
+      EXPECT_TRUE(
+          kt::same_bits(download<float>(rstd.ptr, c.rows), download<float>(rstd_ref.ptr, c.rows)))
+          << what;
+      if (!rms)
+        EXPECT_TRUE(
+            kt::same_bits(download<float>(mean.ptr, c.rows), download<float>(mean_ref.ptr, c.rows)))
+            << what;
+    }
+  }
 }
 
 TEST_F(NormTest, ParameterGradientsAreDeterministic) {
