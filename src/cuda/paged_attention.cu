@@ -11,7 +11,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 constexpr int kWarpsPerBlock = 8;
-constexpr int kMaxPairsPerLane = 4;   // head_dim <= 256, two dims per lane and pair
 constexpr int kPositionsPerPass = 4;  // positions a warp has in flight at once
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -20,41 +19,51 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// One block per (row, head); its warps split the row's positions into contiguous chunks and walk
-// them kPositionsPerPass at a time with an online softmax (fp32), so a decode row's positions are
-// read by many warps in parallel, each with several key and value rows in flight (a step is
-// latency-bound: one warp walking every position in order left the SMs idle). Lane l holds dims
-// 2l, 2l + 1 (+ 64 i) of q and of the output. The warps' partial softmaxes are merged through
-// shared memory at the end.
+// One block per (row, group of G query heads sharing one KV head): each key and value row is read
+// once for the G heads (grouped-query attention). The block's warps split the row's positions into
+// contiguous chunks and walk them kPositionsPerPass at a time with an online softmax per head
+// (fp32), so a decode row's positions are read by many warps in parallel, each with several key
+// and value rows in flight (a step is latency-bound). Lane l holds dims 2l, 2l + 1 (+ 64 i, i < P)
+// of q and of the output: P = 1, 2, 4 serve head_dim <= 64, 128, 256 with no idle registers. The
+// warps' partial softmaxes are merged through shared memory at the end.
+// Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G].
+template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     paged_attention_kernel(PagedAttentionParams p, float scale) {
-  __shared__ float part_m[kWarpsPerBlock], part_sum[kWarpsPerBlock];
-  __shared__ float part_acc[kWarpsPerBlock][2 * 32 * kMaxPairsPerLane];
-  const int64_t item = blockIdx.x;  // row * heads + head
+  extern __shared__ float smem[];
+  float* part_acc = smem;
+  float* part_m = part_acc + kWarpsPerBlock * G * 64 * P;
+  float* part_sum = part_m + kWarpsPerBlock * G;
+  const int64_t groups = p.heads / G;
+  const int64_t r = blockIdx.x / groups, h0 = (blockIdx.x % groups) * G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t r = item / p.heads, h = item % p.heads;
   const int64_t dh = p.head_dim, kd = p.kv_heads * dh;
-  const int64_t kv_off = (h / (p.heads / p.kv_heads)) * dh;
+  const int64_t kv_off = (h0 / (p.heads / p.kv_heads)) * dh;
   const int32_t* table = p.tables + int64_t{p.row_seq[r]} * p.max_blocks;
   const int64_t len = int64_t{p.row_pos[r]} + 1;
   const int64_t chunk = (len + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int64_t begin = min(len, warp * chunk), end = min(len, begin + chunk);
-  const auto* q =
-      reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(p.q) + item * dh);
   const bf16* kp = static_cast<const bf16*>(p.k_pool);
   const bf16* vp = static_cast<const bf16*>(p.v_pool);
-  float2 qv[kMaxPairsPerLane], acc[kMaxPairsPerLane];
+  float2 qv[G][P], acc[G][P];
+  float m[G], sum[G];
 #pragma unroll
-  for (int i = 0; i < kMaxPairsPerLane; ++i) {
-    const int64_t d = 2 * lane + 64 * i;
-    const float2 f = d < dh ? __bfloat1622float2(q[d / 2]) : make_float2(0.0f, 0.0f);
-    qv[i] = make_float2(f.x * scale, f.y * scale);
-    acc[i] = make_float2(0.0f, 0.0f);
+  for (int g = 0; g < G; ++g) {
+    const auto* q = reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(p.q) +
+                                                            (r * p.heads + h0 + g) * dh);
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int64_t d = 2 * lane + 64 * i;
+      const float2 f = d < dh ? __bfloat1622float2(q[d / 2]) : make_float2(0.0f, 0.0f);
+      qv[g][i] = make_float2(f.x * scale, f.y * scale);
+      acc[g][i] = make_float2(0.0f, 0.0f);
+    }
+    m[g] = -INFINITY;
+    sum[g] = 0.0f;
   }
-  float m = -INFINITY, sum = 0.0f;
   for (int64_t base = begin; base < end; base += kPositionsPerPass) {
     // Issue every load of the pass before the first reduction.
-    float2 kv[kPositionsPerPass][kMaxPairsPerLane], vv[kPositionsPerPass][kMaxPairsPerLane];
+    float2 kv[kPositionsPerPass][P], vv[kPositionsPerPass][P];
 #pragma unroll
     for (int j = 0; j < kPositionsPerPass; ++j) {
       const int64_t pos = min(base + j, end - 1);  // past the end: a repeat, weighted 0 below
@@ -63,69 +72,107 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       const auto* k2 = reinterpret_cast<const __nv_bfloat162*>(kp + slot);
       const auto* v2 = reinterpret_cast<const __nv_bfloat162*>(vp + slot);
 #pragma unroll
-      for (int i = 0; i < kMaxPairsPerLane; ++i) {
+      for (int i = 0; i < P; ++i) {
         const int64_t d = 2 * lane + 64 * i;
         kv[j][i] = d < dh ? __bfloat1622float2(k2[d / 2]) : make_float2(0.0f, 0.0f);
         vv[j][i] = d < dh ? __bfloat1622float2(v2[d / 2]) : make_float2(0.0f, 0.0f);
       }
     }
-    float s[kPositionsPerPass];
 #pragma unroll
-    for (int j = 0; j < kPositionsPerPass; ++j) {
-      float dot = 0.0f;
+    for (int g = 0; g < G; ++g) {
+      float s[kPositionsPerPass];
 #pragma unroll
-      for (int i = 0; i < kMaxPairsPerLane; ++i)
-        dot = fmaf(qv[i].x, kv[j][i].x, fmaf(qv[i].y, kv[j][i].y, dot));
-      s[j] = base + j < end ? warp_sum(dot) : -INFINITY;
-    }
-    float m_new = m;
+      for (int j = 0; j < kPositionsPerPass; ++j) {
+        float dot = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kPositionsPerPass; ++j) m_new = fmaxf(m_new, s[j]);
-    const float keep = __expf(m - m_new);
-    sum *= keep;
-#pragma unroll
-    for (int i = 0; i < kMaxPairsPerLane; ++i)
-      acc[i] = make_float2(acc[i].x * keep, acc[i].y * keep);
-#pragma unroll
-    for (int j = 0; j < kPositionsPerPass; ++j) {
-      const float w = __expf(s[j] - m_new);
-      sum += w;
-#pragma unroll
-      for (int i = 0; i < kMaxPairsPerLane; ++i) {
-        acc[i].x = fmaf(w, vv[j][i].x, acc[i].x);
-        acc[i].y = fmaf(w, vv[j][i].y, acc[i].y);
+        for (int i = 0; i < P; ++i)
+          dot = fmaf(qv[g][i].x, kv[j][i].x, fmaf(qv[g][i].y, kv[j][i].y, dot));
+        s[j] = base + j < end ? warp_sum(dot) : -INFINITY;
       }
+      float m_new = m[g];
+#pragma unroll
+      for (int j = 0; j < kPositionsPerPass; ++j) m_new = fmaxf(m_new, s[j]);
+      const float keep = __expf(m[g] - m_new);
+      sum[g] *= keep;
+#pragma unroll
+      for (int i = 0; i < P; ++i) acc[g][i] = make_float2(acc[g][i].x * keep, acc[g][i].y * keep);
+#pragma unroll
+      for (int j = 0; j < kPositionsPerPass; ++j) {
+        const float w = __expf(s[j] - m_new);
+        sum[g] += w;
+#pragma unroll
+        for (int i = 0; i < P; ++i) {
+          acc[g][i].x = fmaf(w, vv[j][i].x, acc[g][i].x);
+          acc[g][i].y = fmaf(w, vv[j][i].y, acc[g][i].y);
+        }
+      }
+      m[g] = m_new;
     }
-    m = m_new;
-  }
-  if (lane == 0) {
-    part_m[warp] = m;
-    part_sum[warp] = sum;
   }
 #pragma unroll
-  for (int i = 0; i < kMaxPairsPerLane; ++i) {
-    const int64_t d = 2 * lane + 64 * i;
-    if (d < dh) {
-      part_acc[warp][d] = acc[i].x;
-      part_acc[warp][d + 1] = acc[i].y;
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      part_m[warp * G + g] = m[g];
+      part_sum[warp * G + g] = sum[g];
+    }
+    float* pa = part_acc + (warp * G + g) * 64 * P;
+#pragma unroll
+    for (int i = 0; i < P; ++i) {
+      const int64_t d = 2 * lane + 64 * i;
+      if (d < dh) {
+        pa[d] = acc[g][i].x;
+        pa[d + 1] = acc[g][i].y;
+      }
     }
   }
   __syncthreads();
-  // Merge: the first warp's chunk is never empty (len >= 1), so the block's max is finite and a
+  // Merge, per head: the first warp's chunk is never empty (len >= 1), so the max is finite and a
   // warp without positions (m = -inf, sum = 0) weighs 0.
-  float m_all = -INFINITY;
+  for (int64_t e = threadIdx.x; e < G * dh; e += blockDim.x) {
+    const int g = static_cast<int>(e / dh);
+    const int64_t d = e % dh;
+    float m_all = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kWarpsPerBlock; ++w) m_all = fmaxf(m_all, part_m[w]);
-  float total = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) m_all = fmaxf(m_all, part_m[w * G + g]);
+    float total = 0.0f, o = 0.0f;
 #pragma unroll
-  for (int w = 0; w < kWarpsPerBlock; ++w) total += part_sum[w] * __expf(part_m[w] - m_all);
-  bf16* out = static_cast<bf16*>(p.out) + item * dh;
-  for (int64_t d = threadIdx.x; d < dh; d += blockDim.x) {
-    float o = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarpsPerBlock; ++w) o += part_acc[w][d] * __expf(part_m[w] - m_all);
-    out[d] = __float2bfloat16(o / total);
+    for (int w = 0; w < kWarpsPerBlock; ++w) {
+      const float f = __expf(part_m[w * G + g] - m_all);
+      total += part_sum[w * G + g] * f;
+      o += part_acc[(w * G + g) * 64 * P + d] * f;
+    }
+    static_cast<bf16*>(p.out)[(r * p.heads + h0 + g) * dh + d] = __float2bfloat16(o / total);
   }
+}
+
+template <int P, int G>
+void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
+  const size_t smem = sizeof(float) * kWarpsPerBlock * G * (64 * P + 2);
+  static bool attr_set = false;  // once per instantiation: above 48 KiB needs the opt-in
+  if (!attr_set) {
+    CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<P, G>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+    attr_set = true;
+  }
+  const auto blocks = static_cast<unsigned>(p.rows * (p.heads / G));
+  paged_attention_kernel<P, G><<<blocks, kWarpsPerBlock * 32, smem, stream>>>(
+      p, 1.0f / sqrtf(static_cast<float>(p.head_dim)));
+  CUDA_CHECK(cudaGetLastError());
+}
+
+// G: the most query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group).
+template <int P>
+void launch_for_group(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int64_t group = p.heads / p.kv_heads;
+  if (group % 8 == 0)
+    launch_paged_attention<P, 8>(p, stream);
+  else if (group % 4 == 0)
+    launch_paged_attention<P, 4>(p, stream);
+  else if (group % 2 == 0)
+    launch_paged_attention<P, 2>(p, stream);
+  else
+    launch_paged_attention<P, 1>(p, stream);
 }
 
 // One thread per element (grid-stride): a step moves a few rows. kScatter: dst[index[r]] =
@@ -159,17 +206,18 @@ void move_rows(const void* src, const int32_t* index, int64_t num_rows, int64_t 
 }  // namespace
 
 void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream) {
-  MOEX_CHECK(p.head_dim > 0 && p.head_dim <= 64 * kMaxPairsPerLane && p.head_dim % 2 == 0,
-             "paged_attention_bf16: head_dim must be even and in [2, ", 64 * kMaxPairsPerLane,
-             "], got ", p.head_dim);
+  MOEX_CHECK(p.head_dim > 0 && p.head_dim <= 256 && p.head_dim % 2 == 0,
+             "paged_attention_bf16: head_dim must be even and in [2, 256], got ", p.head_dim);
   MOEX_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
              "paged_attention_bf16: heads (", p.heads, ") must be a multiple of kv_heads (",
              p.kv_heads, ")");
   if (p.rows == 0) return;
-  const auto blocks = static_cast<unsigned>(p.rows * p.heads);
-  paged_attention_kernel<<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-      p, 1.0f / sqrtf(static_cast<float>(p.head_dim)));
-  CUDA_CHECK(cudaGetLastError());
+  if (p.head_dim <= 64)
+    launch_for_group<1>(p, stream);
+  else if (p.head_dim <= 128)
+    launch_for_group<2>(p, stream);
+  else
+    launch_for_group<4>(p, stream);
 }
 
 void scatter_rows_bf16(const void* rows, const int32_t* slots, int64_t num_rows, int64_t width,

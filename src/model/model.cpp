@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/logging.h"
@@ -345,6 +346,19 @@ int64_t Model::paged_graph_captures() const {
   int64_t n = 0;
   for (const auto& [batch, g] : paged_graphs_) n += g->graph.captures();
   return n;
+}
+
+double Model::paged_graph_ms(int64_t num_seqs, int iters) {
+  const auto it = paged_graphs_.find(num_seqs);
+  if (it == paged_graphs_.end() || !it->second->graph.ready() || iters <= 0) return 0.0;
+  ops::StepGraph& graph = it->second->graph;
+  graph.launch();  // warm
+  ops::synchronize(device_);
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < iters; ++i) graph.launch();  // queued: the device runs them back to back
+  ops::synchronize(device_);
+  const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
+  return took.count() / iters;
 }
 
 PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,

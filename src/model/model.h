@@ -140,6 +140,10 @@ class Model {
   // Decode steps that replayed a captured graph, and graphs captured, so far.
   int64_t paged_graph_replays() const;
   int64_t paged_graph_captures() const;
+  // Benchmarks: the device time of one captured decode step of num_seqs sequences, its graph
+  // replayed `iters` times back to back (its last inputs again: the same KV slots are rewritten
+  // with the same values); 0 when no graph is ready for that batch.
+  double paged_graph_ms(int64_t num_seqs, int iters);
 
   // The expert group the model was built with (null: all experts here), and whether buffer entry
   // `index` holds experts (experts.*: this rank's E/ep rows of the global tensor under ep).

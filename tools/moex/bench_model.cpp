@@ -187,6 +187,9 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
     budget = profile_budget(static_cast<double>(profiled_steps));
   }
   MOEX_CHECK(error.empty(), "bench decode: a sequence ended with an error: ", error);
+  // The step's device time alone (its graph back to back): the rest of ms_per_step is host work
+  // between steps (building the step, the upload, waiting for the sampled tokens).
+  const double graph_ms = device.is_cuda() ? m.paged_graph_ms(batch, 20) : 0.0;
 
   // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
   // expected to touch, the KV cache) over the device's copy rate.
@@ -219,6 +222,8 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
                         {"copy_gbps", rate / 1e9},
                         // decode steps replayed from captured CUDA graphs so far (0 on the CPU)
                         {"graph_replays", m.paged_graph_replays()},
+                        // device ms of one captured step replayed back to back (0: none)
+                        {"graph_ms", graph_ms},
                         {"floor_ms", floor_ms},
                         {"frac_of_floor", floor_ms / ms_per_step},
                         // GPU ms per step in each op, over the last steps (the rest of

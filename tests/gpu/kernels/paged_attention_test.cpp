@@ -32,7 +32,11 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
   struct Case {
     int64_t heads, kv_heads, head_dim, block_size;
   };
-  for (const Case c : {Case{4, 2, 8, 4}, Case{32, 8, 128, 16}, Case{6, 6, 40, 3}}) {
+  // Query heads per KV head 1, 2, 3 (one head a block), 4, 6 (two), 8; head dims over each of the
+  // kernel's 64, 128 and 256 register widths, full and partial.
+  for (const Case c : {Case{4, 2, 8, 4}, Case{32, 8, 128, 16}, Case{6, 6, 40, 3},
+                       Case{24, 3, 256, 8}, Case{12, 2, 64, 5}, Case{9, 3, 96, 16},
+                       Case{16, 2, 200, 4}}) {
     const std::string tag = "H " + std::to_string(c.heads) + " KVH " + std::to_string(c.kv_heads) +
                             " Dh " + std::to_string(c.head_dim) + " bs " +
                             std::to_string(c.block_size);
