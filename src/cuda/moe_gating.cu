@@ -582,8 +582,8 @@ __global__ void __launch_bounds__(kThreads)
 // token picks an expert once), the plan fits one block: a warp per token routes it, a thread per
 // route ranks it. Every sum repeats gating_kernel's order at T <= 32 (one phase-A block), so the
 // outputs are the same bits (tests compare the two kernels). With the router fused (decoding: no
-// jitter), blocks (expert, group of kFewWarps tokens) first form the logits, and the last block to
-// finish (the workspace counter, as in gating_kernel) does the gating.
+// jitter), a block per (token, expert) first forms that logit, and the last block to finish (the
+// workspace counter, as in gating_kernel) does the gating.
 constexpr int kFewThreads = 256;
 constexpr int kFewWarps = kFewThreads / 32;
 static_assert(kMaxGatingTopK * kGatingFewTokens <= kFewThreads, "one thread per route");
@@ -596,14 +596,20 @@ size_t few_smem(int num_experts) {
          sizeof(double) * num_experts + 16;
 }
 
-// z = x . w over d (d % 8 == 0, 16-byte aligned rows): lane l takes elements 8 l .. 8 l + 7 of
-// every 256, fp32 FMAs in element order, then a shuffle tree. Every lane gets the sum.
-__device__ float dot_bf16_f32(const __nv_bfloat16* __restrict__ x, const float* __restrict__ w,
-                              int64_t d) {
-  const int lane = threadIdx.x & 31;
+// z = x . w over d (d % 8 == 0, 16-byte aligned rows) by the whole block: warp v takes a
+// contiguous slice of d, its lane l elements 8 l .. 8 l + 7 of every 256 within it, fp32 FMAs in
+// element order, then a shuffle tree per warp and the warps' sums in warp order (a fixed order; a
+// decode step's dot products are latency-bound, so every warp of the block loads at once). Thread 0
+// gets the sum; every thread of the block must call it.
+__device__ float block_dot_bf16_f32(const __nv_bfloat16* __restrict__ x,
+                                    const float* __restrict__ w, int64_t d) {
+  __shared__ float s_part[kFewWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t slice = (d + 8 * kFewWarps - 1) / (8 * kFewWarps) * 8;  // a multiple of 8
+  const int64_t begin = warp * slice, end = min(d, begin + slice);
   float acc = 0.0f;
-#pragma unroll 4
-  for (int64_t i = lane * 8; i < d; i += 256) {
+#pragma unroll 2
+  for (int64_t i = begin + lane * 8; i < end; i += 256) {
     float xv[8];
     load_chunk<8>(x + i, xv);
     const float4 w0 = __ldg(reinterpret_cast<const float4*>(w + i));
@@ -614,7 +620,12 @@ __device__ float dot_bf16_f32(const __nv_bfloat16* __restrict__ x, const float* 
   }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  return acc;
+  if (lane == 0) s_part[warp] = acc;
+  __syncthreads();
+  float z = 0.0f;
+  if (threadIdx.x == 0)
+    for (int v = 0; v < kFewWarps; ++v) z += s_part[v];
+  return z;
 }
 
 // logits [T, E]: read (x == nullptr, one block) or formed first from x [T, d] bf16 and w [E, d].
@@ -630,13 +641,11 @@ __global__ void __launch_bounds__(kFewThreads)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 
   if (x != nullptr) {
-    const int e = static_cast<int>(blockIdx.x % E);
-    const int t = static_cast<int>(blockIdx.x / E) * kFewWarps + warp;
-    if (t < T) {
-      const float z =
-          dot_bf16_f32(x + static_cast<int64_t>(t) * d, w + static_cast<int64_t>(e) * d, d);
-      if (lane == 0) logits[t * E + e] = z;
-    }
+    // Block (t, e): one logit.
+    const int e = static_cast<int>(blockIdx.x % E), t = static_cast<int>(blockIdx.x / E);
+    const float z =
+        block_dot_bf16_f32(x + static_cast<int64_t>(t) * d, w + static_cast<int64_t>(e) * d, d);
+    if (tid == 0) logits[t * E + e] = z;
     if (gridDim.x > 1) {
       __shared__ int s_last;
       __threadfence();
@@ -784,7 +793,7 @@ void launch_few(float* logits, const void* x, const float* w, int64_t d, const f
   const int E = params.num_experts;
   const unsigned blocks =
       x == nullptr ? 1u
-                   : static_cast<unsigned>(E * ceil_div(params.num_tokens, int64_t{kFewWarps}));
+                   : static_cast<unsigned>(E * params.num_tokens);
   gating_few_kernel<VPT><<<blocks, kFewThreads, few_smem(E), stream>>>(
       logits, static_cast<const __nv_bfloat16*>(x), w, d, bias, params, out, max_rows, counter);
   MOEX_LAUNCH_CHECK();

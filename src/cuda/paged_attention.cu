@@ -161,15 +161,32 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
   CUDA_CHECK(cudaGetLastError());
 }
 
-// G: the most query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group).
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n;
+  }();
+  return count;
+}
+
+// G: the most query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group); one
+// head a block while a block per (row, KV head) would leave SMs idle (a few rows: the step is
+// latency-bound and the group's re-reads of short rows cost little).
 template <int P>
 void launch_for_group(const PagedAttentionParams& p, cudaStream_t stream) {
   const int64_t group = p.heads / p.kv_heads;
-  if (group % 8 == 0)
+  int g = p.heads_per_block;
+  if (g == 0) g = p.rows * p.kv_heads < sm_count() ? 1 : group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  MOEX_CHECK((g == 1 || g == 2 || g == 4 || g == 8) && group % g == 0,
+             "paged_attention_bf16: heads_per_block must be 1, 2, 4 or 8 and divide heads / kv_heads (",
+             group, "), got ", g);
+  if (g == 8)
     launch_paged_attention<P, 8>(p, stream);
-  else if (group % 4 == 0)
+  else if (g == 4)
     launch_paged_attention<P, 4>(p, stream);
-  else if (group % 2 == 0)
+  else if (g == 2)
     launch_paged_attention<P, 2>(p, stream);
   else
     launch_paged_attention<P, 1>(p, stream);

@@ -20,6 +20,9 @@ struct PagedAttentionParams {
   const int32_t* row_pos = nullptr;  // [R] (device)
   void* out = nullptr;               // [R, H, Dh] bf16
   int64_t rows = 0, heads = 0, kv_heads = 0, head_dim = 0, block_size = 0, max_blocks = 0;
+  // Query heads of one KV head per block: 0 lets the launcher choose; tests force 1, 2, 4 or 8
+  // (dividing heads / kv_heads) to run every variant.
+  int heads_per_block = 0;
 };
 
 void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream);
