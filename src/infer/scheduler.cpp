@@ -62,7 +62,12 @@ Scheduler::Scheduler(model::Model& model, const SchedulerOptions& options)
 }
 
 Scheduler::~Scheduler() {
-  // Requests still known get their on_finish, so no client waits forever.
+  // A launched step is read first (the model holds it); then requests still known get their
+  // on_finish, so no client waits forever.
+  if (launched_) {
+    collect(*launched_);
+    launched_.reset();
+  }
   for (auto& seq : running_) finish(*seq, FinishReason::kCancelled);
   for (auto& seq : waiting_)
     if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
@@ -149,11 +154,40 @@ void Scheduler::admit() {
       finish(*seq, FinishReason::kCancelled);
 }
 
+// A launched step whose tokens are not read yet: its sequences (kept alive until it is collected),
+// their slices and sampling, and whether every row is one decode token.
+struct Scheduler::Launched {
+  std::vector<Sequence*> seqs;
+  std::vector<model::SequenceSlice> slices;
+  std::vector<ops::SampleParams> sampling;
+  int64_t prompt_tokens = 0;
+  bool decode_only = false;
+};
+
 bool Scheduler::step() {
-  const auto ended = [](const std::unique_ptr<Sequence>& s) { return s->done; };
-  running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
+  // Steady decoding: the same sequences' next step goes out before the last step's tokens are
+  // read (the device feeds them in as the ids), so the host's work between steps overlaps the
+  // device's. The new step computes a token that is thrown away for a sequence the older step
+  // ends; its key and value land inside the sequence's reserved blocks.
+  if (launched_ && can_follow()) {
+    std::unique_ptr<Launched> next = following(*launched_);
+    const bool ok = launch(*next, /*follow=*/true);
+    if (ok) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.followed_steps;
+    }
+    collect(*launched_);
+    launched_ = ok ? std::move(next) : nullptr;
+    erase_ended();
+    return true;
+  }
+  if (launched_) {
+    collect(*launched_);
+    launched_.reset();
+  }
+  erase_ended();
   admit();  // may end cancelled ones
-  running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
+  erase_ended();
   if (running_.empty()) {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.running = 0;
@@ -162,9 +196,8 @@ bool Scheduler::step() {
   }
 
   // This step's tokens: one per decoding sequence, then prompt chunks within the token budget.
+  auto step = std::make_unique<Launched>();
   std::vector<int32_t> ids;
-  std::vector<model::SequenceSlice> slices;
-  std::vector<Sequence*> in_step;
   int64_t budget = options_.step_tokens;
   for (auto& seq : running_) {
     if (seq->prefilling()) continue;
@@ -172,11 +205,10 @@ bool Scheduler::step() {
     s.start_pos = seq->length();  // the pending token goes right after the cached ones
     s.len = 1;
     ids.push_back(seq->pending);
-    slices.push_back(s);
-    in_step.push_back(seq.get());
+    step->slices.push_back(s);
+    step->seqs.push_back(seq.get());
     --budget;
   }
-  int64_t prompt_tokens = 0;
   for (auto& seq : running_) {
     if (!seq->prefilling() || budget <= 0) continue;
     const std::vector<int32_t>& prompt = seq->request.prompt;
@@ -185,47 +217,90 @@ bool Scheduler::step() {
     s.start_pos = seq->prefilled;
     s.len = len;
     ids.insert(ids.end(), prompt.begin() + seq->prefilled, prompt.begin() + seq->prefilled + len);
-    slices.push_back(s);
-    in_step.push_back(seq.get());
+    step->slices.push_back(s);
+    step->seqs.push_back(seq.get());
     budget -= len;
-    prompt_tokens += len;
+    step->prompt_tokens += len;
   }
-  for (size_t i = 0; i < slices.size(); ++i) {
-    slices[i].blocks = in_step[i]->blocks.data();
-    slices[i].num_blocks = static_cast<int64_t>(in_step[i]->blocks.size());
-  }
+  step->decode_only = step->prompt_tokens == 0;
 
   // Each sequence's next token is drawn on the device (ops::sample_rows), so only [S] ids come
   // back, whatever the sampling. The draw counter is the number of tokens generated before this
   // one, as in infer::generate; a sequence still prefilling after this step draws nothing used.
-  std::vector<ops::SampleParams> sampling(in_step.size());
-  for (size_t i = 0; i < in_step.size(); ++i) {
-    const Sequence& seq = *in_step[i];
+  step->sampling.resize(step->seqs.size());
+  for (size_t i = 0; i < step->seqs.size(); ++i) {
+    const Sequence& seq = *step->seqs[i];
     const bool prefill_left =
         seq.prefilling() &&
-        seq.prefilled + slices[i].len < static_cast<int64_t>(seq.request.prompt.size());
+        seq.prefilled + step->slices[i].len < static_cast<int64_t>(seq.request.prompt.size());
     if (prefill_left) continue;  // greedy: the cheapest
+    ops::SampleParams& sp = step->sampling[i];
     const SamplingParams& p = seq.request.sampling;
-    sampling[i].temperature = p.temperature;
-    sampling[i].top_p = p.top_p;
-    sampling[i].top_k = p.top_k;
-    sampling[i].seed = p.seed;
-    // A decoding sequence adds its pending token to `generated` below.
-    sampling[i].draw = seq.pending < 0 ? 0 : static_cast<uint64_t>(seq.generated.size()) + 1;
+    sp.temperature = p.temperature;
+    sp.top_p = p.top_p;
+    sp.top_k = p.top_k;
+    sp.seed = p.seed;
+    // A decoding sequence adds its pending token to `generated` when the step is collected.
+    sp.draw = seq.pending < 0 ? 0 : static_cast<uint64_t>(seq.generated.size()) + 1;
   }
-  std::vector<int32_t> next_ids(in_step.size());
-  try {
-    model_.forward_paged(ids.data(), slices, kv_, nullptr, next_ids.data(), sampling.data());
-  } catch (const Error& e) {  // the step's sequences end with the error; the others go on
-    for (Sequence* seq : in_step) finish(*seq, FinishReason::kError, e.message());
-    return true;
+  if (launch(*step, /*follow=*/false, ids.data())) {
+    // A decode step stays in flight when the next call can follow it; any other is read now.
+    launched_ = std::move(step);
+    if (!can_follow()) {
+      collect(*launched_);
+      launched_.reset();
+    }
   }
+  erase_ended();
+  return true;
+}
 
+bool Scheduler::can_follow() const {
+  if (!launched_ || !launched_->decode_only) return false;
+  // Every running sequence is in the step and none has ended: the next step is the same rows.
+  if (launched_->seqs.size() != running_.size()) return false;
+  for (const Sequence* seq : launched_->seqs)
+    if (seq->done) return false;
+  std::lock_guard<std::mutex> lock(mutex_);
+  return waiting_.empty() && cancelled_.empty() && !stopping_;
+}
+
+std::unique_ptr<Scheduler::Launched> Scheduler::following(const Launched& last) const {
+  auto next = std::make_unique<Launched>(last);
+  next->prompt_tokens = 0;
+  for (model::SequenceSlice& s : next->slices) ++s.start_pos;  // after the token now in flight
+  for (ops::SampleParams& sp : next->sampling) ++sp.draw;
+  return next;
+}
+
+bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids) {
+  for (size_t i = 0; i < step.slices.size(); ++i) {
+    step.slices[i].blocks = step.seqs[i]->blocks.data();
+    step.slices[i].num_blocks = static_cast<int64_t>(step.seqs[i]->blocks.size());
+  }
+  try {
+    model_.launch_paged(ids, step.slices, kv_, step.sampling.data(), follow);
+  } catch (const Error& e) {  // the step's sequences end with the error; the others go on
+    for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
+    return false;
+  }
+  return true;
+}
+
+void Scheduler::collect(Launched& step) {
+  std::vector<int32_t> next_ids(step.seqs.size());
+  try {
+    model_.collect_paged(next_ids.data());
+  } catch (const Error& e) {
+    for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
+    return;
+  }
   int64_t new_tokens = 0;
-  for (size_t i = 0; i < in_step.size(); ++i) {
-    Sequence& seq = *in_step[i];
+  for (size_t i = 0; i < step.seqs.size(); ++i) {
+    Sequence& seq = *step.seqs[i];
+    if (seq.done) continue;  // ended by the step before (a following step's extra token)
     if (seq.prefilling()) {
-      seq.prefilled += slices[i].len;
+      seq.prefilled += step.slices[i].len;
       if (seq.prefilling()) continue;  // more prompt next step; these logits are not used
     } else {
       seq.generated.push_back(seq.pending);  // its keys/values are in the cache now
@@ -234,7 +309,7 @@ bool Scheduler::step() {
     seq.pending = next;
     ++new_tokens;
     const bool keep = !seq.request.on_token || seq.request.on_token(next);
-    const int64_t emitted = static_cast<int64_t>(sampling[i].draw) + 1;  // tokens so far
+    const int64_t emitted = static_cast<int64_t>(step.sampling[i].draw) + 1;  // tokens so far
     const auto& stops = seq.request.stop_tokens;
     if (!keep)
       finish(seq, FinishReason::kCancelled);
@@ -243,15 +318,24 @@ bool Scheduler::step() {
     else if (emitted >= seq.request.max_tokens)
       finish(seq, FinishReason::kLength);
   }
-  running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
   std::lock_guard<std::mutex> lock(mutex_);
   stats_.steps += 1;
-  stats_.last_batch = static_cast<int64_t>(in_step.size());
+  stats_.last_batch = static_cast<int64_t>(step.seqs.size());
   stats_.generated_tokens += new_tokens;
-  stats_.prompt_tokens += prompt_tokens;
-  stats_.running = static_cast<int64_t>(running_.size());
+  stats_.prompt_tokens += step.prompt_tokens;
+}
+
+// Drops ended sequences, except those a launched step still holds (collect skips them).
+void Scheduler::erase_ended() {
+  const auto ended = [this](const std::unique_ptr<Sequence>& s) {
+    return s->done && !(launched_ && std::find(launched_->seqs.begin(), launched_->seqs.end(),
+                                               s.get()) != launched_->seqs.end());
+  };
+  running_.erase(std::remove_if(running_.begin(), running_.end(), ended), running_.end());
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.running = static_cast<int64_t>(
+      std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->done; }));
   stats_.free_blocks = pool_.free_blocks();
-  return true;
 }
 
 void Scheduler::run() {
@@ -266,6 +350,10 @@ void Scheduler::run() {
       });
     }
     step();
+  }
+  if (launched_) {
+    collect(*launched_);
+    launched_.reset();
   }
   for (auto& seq : running_) finish(*seq, FinishReason::kCancelled);
   running_.clear();

@@ -51,6 +51,9 @@ struct SchedulerStats {
   int64_t waiting = 0, running = 0;
   int64_t finished = 0, generated_tokens = 0, prompt_tokens = 0, steps = 0;
   int64_t last_batch = 0;  // sequences in the last step
+  // Decode steps launched before the previous step's tokens were read (their ids taken on the
+  // device): the host's work between steps overlapped the device's.
+  int64_t followed_steps = 0;
   int64_t free_blocks = 0, total_blocks = 0;
 };
 
@@ -80,14 +83,24 @@ class Scheduler {
 
  private:
   struct Sequence;
+  struct Launched;
   void admit();
   void finish(Sequence& seq, FinishReason reason, const std::string& error = "");
+  // Launched steps (docs/gpu-model.md §Decoding): whether the next step can be the same decode
+  // rows with their ids taken on the device; that step; queueing one (false: it failed and its
+  // sequences ended); reading one's tokens and applying them; dropping ended sequences.
+  bool can_follow() const;
+  std::unique_ptr<Launched> following(const Launched& last) const;
+  bool launch(Launched& step, bool follow, const int32_t* ids = nullptr);
+  void collect(Launched& step);
+  void erase_ended();
 
   model::Model& model_;
   SchedulerOptions options_;
   KVBlockPool pool_;
   model::PagedKV kv_;
   std::vector<std::unique_ptr<Sequence>> running_;  // engine thread only
+  std::unique_ptr<Launched> launched_;              // a step not collected yet, or null
 
   mutable std::mutex mutex_;  // guards waiting_, cancelled_, stats_, stop flags
   std::condition_variable work_;

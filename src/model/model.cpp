@@ -391,8 +391,8 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   for (int64_t r = 0; r < n; ++r)
     MOEX_CHECK(ids[r] >= 0 && ids[r] < vocab, "forward_paged: token ", ids[r], " at row ", r,
                " is outside the vocabulary of ", vocab);
-  // A step that failed before reading its outputs may still have its upload queued.
-  if (step_in_flight_) ops::synchronize(device_);
+  // The last step's upload may still be queued (its step may still run).
+  if (upload_done_) upload_done_->wait();
   int32_t* host = step_host_.data<int32_t>();
   std::copy(ids, ids + n, host);
   int32_t* tables = host + n;
@@ -422,7 +422,8 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   const Tensor dev = device_.is_cpu() ? step_host_ : step_dev_;
   if (device_.is_cuda()) {
     ops::copy_async(part(step_host_, 0, total), part(dev, 0, total));
-    step_in_flight_ = true;
+    if (!upload_done_) upload_done_ = std::make_unique<ops::StreamMark>(device_);
+    upload_done_->record();
   }
   PagedRows rows;
   rows.ids = part(dev, 0, n);
@@ -486,11 +487,24 @@ void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& k
 
 void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                           float* last_logits, int32_t* next, const ops::SampleParams* sampling) {
-  refuse_tensor_parallel("serving");
-  MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   // Reading an output is also what tells the host the step's uploads are done with.
   MOEX_CHECK(last_logits != nullptr || next != nullptr,
              "forward_paged: ask for the logits, the next tokens or both");
+  MOEX_CHECK(in_flight_.empty(), "forward_paged: ", in_flight_.size(),
+             " launched steps are not collected");
+  launch_paged(ids, seqs, kv, sampling);
+  if (last_logits != nullptr)
+    ops::copy(last_logits_, Tensor::from_external(last_logits, last_logits_.shape(), DType::kF32));
+  std::vector<int32_t> tokens(seqs.size());
+  collect_paged(tokens.data());
+  if (next != nullptr) std::copy(tokens.begin(), tokens.end(), next);
+}
+
+void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
+                         const ops::SampleParams* sampling, bool ids_follow_last) {
+  refuse_tensor_parallel("serving");
+  MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
+  MOEX_CHECK(in_flight_.size() < 2, "launch_paged: collect a step first (two are in flight)");
   MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
              " layers, the model ", blocks_.size());
   bool decode = true;  // one new token per sequence
@@ -505,8 +519,18 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
     decode = decode && s.len == 1;
   }
   const int64_t num_seqs = static_cast<int64_t>(seqs.size());
+  MOEX_CHECK(!ids_follow_last ||
+                 (decode && !in_flight_.empty() && in_flight_.back().next_dev.numel() == num_seqs),
+             "launch_paged: ids follow the last step only for a decode step of its sequences");
+  // The ids of a following step are not known here: zeros pass the host's vocabulary check, and
+  // the device copy below replaces them before the step reads them.
+  std::vector<int32_t> zeros;
+  if (ids_follow_last) zeros.assign(static_cast<size_t>(num_seqs), 0);
+  // Only the host side of the arena is reset: the device runs queued steps in order, so a step
+  // still running is done with its buffers before the next one writes them.
   arena_.reset();
-  const PagedRows rows = paged_rows(ids, seqs, kv, sampling);
+  const PagedRows rows = paged_rows(ids_follow_last ? zeros.data() : ids, seqs, kv, sampling);
+  if (ids_follow_last) ops::copy(in_flight_.back().next_dev, rows.ids);
   Tensor logits, next_dev;
   PagedGraph* g = nullptr;
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
@@ -523,18 +547,28 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
     logits = g->logits;
     next_dev = g->next;
   }
-  if (next != nullptr) {
-    if (!next_host_.defined() || next_host_.numel() < num_seqs)
-      next_host_ =
-          ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
-    const Tensor out = next_host_.slice(0, num_seqs);
-    ops::copy_async(next_dev, out);
-    ops::synchronize(device_);
-    std::copy(out.data<int32_t>(), out.data<int32_t>() + num_seqs, next);
+  last_logits_ = logits;
+  // The tokens go to the host slot the other uncollected step (if any) does not use.
+  const int slot = next_slot_;
+  next_slot_ ^= 1;
+  if (!next_host_[slot].defined() || next_host_[slot].numel() < num_seqs) {
+    next_host_[slot] =
+        ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
+    next_marks_[slot] = std::make_shared<ops::StreamMark>(device_);
   }
-  if (last_logits != nullptr)
-    ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
-  step_in_flight_ = false;  // reading an output waited for the step
+  const Tensor out = next_host_[slot].slice(0, num_seqs);
+  ops::copy_async(next_dev, out);
+  next_marks_[slot]->record();
+  in_flight_.push_back({next_dev, out, next_marks_[slot]});
+}
+
+void Model::collect_paged(int32_t* next) {
+  MOEX_CHECK(!in_flight_.empty(), "collect_paged: no step in flight");
+  const InFlightStep step = in_flight_.front();
+  in_flight_.pop_front();
+  step.copied->wait();
+  std::copy(step.next_host.data<int32_t>(), step.next_host.data<int32_t>() + step.next_host.numel(),
+            next);
 }
 
 std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {

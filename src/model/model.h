@@ -4,6 +4,7 @@
 // Parameters and gradients live in two ParamBuffers of the same layout, under Hugging Face names.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
 #include "ops/sample.h"
+#include "ops/step_graph.h"
 
 namespace moex::model {
 
@@ -137,6 +139,16 @@ class Model {
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                      float* last_logits, int32_t* next = nullptr,
                      const ops::SampleParams* sampling = nullptr);
+  // The same step in two halves, so the host can prepare and launch a step while the device still
+  // runs the one before (docs/gpu-model.md §Decoding): launch_paged queues the step and returns;
+  // collect_paged waits for the oldest uncollected step and writes its next tokens [S]. At most
+  // two steps are uncollected at once. With ids_follow_last, every row is one decode token of the
+  // same sequences, in the same order, as the last launched step, and takes that step's sampled
+  // token as its id on the device (`ids` is not read): a decode step needs no host round trip.
+  void launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
+                    const ops::SampleParams* sampling, bool ids_follow_last = false);
+  void collect_paged(int32_t* next);
+  int64_t paged_steps_in_flight() const { return static_cast<int64_t>(in_flight_.size()); }
   // Decode steps that replayed a captured graph, and graphs captured, so far.
   int64_t paged_graph_replays() const;
   int64_t paged_graph_captures() const;
@@ -203,8 +215,19 @@ class Model {
   Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
   // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
   // needed), the next-token download, and one captured decode step per batch size.
-  Tensor step_host_, step_dev_, next_host_;
-  bool step_in_flight_ = false;  // an upload from step_host_ may not have run yet
+  Tensor step_host_, step_dev_;
+  std::unique_ptr<ops::StreamMark> upload_done_;  // after the last upload from step_host_
+  // Launched steps whose tokens are not read yet, oldest first: the device tokens [S], the host
+  // slot they are copied into (two slots, alternating), and a mark after that copy.
+  struct InFlightStep {
+    Tensor next_dev, next_host;
+    std::shared_ptr<ops::StreamMark> copied;
+  };
+  std::deque<InFlightStep> in_flight_;
+  Tensor next_host_[2];
+  std::shared_ptr<ops::StreamMark> next_marks_[2];
+  int next_slot_ = 0;
+  Tensor last_logits_;  // the last launched step's logits [S, V] f32 (device)
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 

@@ -55,6 +55,34 @@ void StepGraph::launch() {
   });
 }
 
+StreamMark::StreamMark(const Device& device) : device_(device) {
+  if (device.is_cpu()) return;
+  MOEX_CUDA_TWIN("StreamMark", {
+    cudaEvent_t event = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    event_ = event;
+  });
+}
+
+StreamMark::~StreamMark() {
+#if MOEX_WITH_CUDA
+  if (event_ != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+#endif
+}
+
+void StreamMark::record() {
+  recorded_ = true;
+  if (device_.is_cpu()) return;
+  MOEX_CUDA_TWIN("StreamMark::record", CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_),
+                                                                  detail::stream(device_))));
+}
+
+void StreamMark::wait() const {
+  if (!recorded_ || device_.is_cpu()) return;
+  MOEX_CUDA_TWIN("StreamMark::wait",
+                 CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_))));
+}
+
 Tensor staging_tensor(const Shape& shape, DType dtype, const Device& device) {
   if (device.is_cpu()) return Tensor::empty(shape, dtype);
   Tensor t;

@@ -40,6 +40,24 @@ class StepGraph {
   int64_t captures_ = 0, replays_ = 0;
 };
 
+// A point in the device's stream that the host can wait for: wait() returns once the work
+// queued before record() has finished (a CUDA event; on the CPU every op has finished when it
+// returns, so both are no-ops). Lets the host read one step's results while the next one runs.
+class StreamMark {
+ public:
+  explicit StreamMark(const Device& device);
+  ~StreamMark();
+  StreamMark(const StreamMark&) = delete;
+  StreamMark& operator=(const StreamMark&) = delete;
+  void record();
+  void wait() const;  // returns at once when nothing was recorded
+
+ private:
+  Device device_;
+  void* event_ = nullptr;  // cudaEvent_t
+  bool recorded_ = false;
+};
+
 // A host tensor whose copies to and from `device` can run asynchronously on the device's stream
 // (pinned memory on CUDA, plain memory for the CPU).
 Tensor staging_tensor(const Shape& shape, DType dtype, const Device& device);
