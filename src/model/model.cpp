@@ -502,6 +502,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
 
 void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                          const ops::SampleParams* sampling, bool ids_follow_last) {
+  const auto start = std::chrono::steady_clock::now();
   refuse_tensor_parallel("serving");
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   MOEX_CHECK(in_flight_.size() < 2, "launch_paged: collect a step first (two are in flight)");
@@ -560,13 +561,19 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   ops::copy_async(next_dev, out);
   next_marks_[slot]->record();
   in_flight_.push_back({next_dev, out, next_marks_[slot]});
+  host_times_.launch_ms +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  ++host_times_.launches;
 }
 
 void Model::collect_paged(int32_t* next) {
   MOEX_CHECK(!in_flight_.empty(), "collect_paged: no step in flight");
   const InFlightStep step = in_flight_.front();
   in_flight_.pop_front();
+  const auto start = std::chrono::steady_clock::now();
   step.copied->wait();
+  host_times_.wait_ms +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   std::copy(step.next_host.data<int32_t>(), step.next_host.data<int32_t>() + step.next_host.numel(),
             next);
 }

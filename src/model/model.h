@@ -149,6 +149,13 @@ class Model {
                     const ops::SampleParams* sampling, bool ids_follow_last = false);
   void collect_paged(int32_t* next);
   int64_t paged_steps_in_flight() const { return static_cast<int64_t>(in_flight_.size()); }
+  // Host milliseconds spent so far in launch_paged and waiting inside collect_paged (benchmarks:
+  // where a step's wall time goes besides the device).
+  struct PagedHostTimes {
+    double launch_ms = 0, wait_ms = 0;
+    int64_t launches = 0;
+  };
+  PagedHostTimes paged_host_times() const { return host_times_; }
   // Decode steps that replayed a captured graph, and graphs captured, so far.
   int64_t paged_graph_replays() const;
   int64_t paged_graph_captures() const;
@@ -228,6 +235,7 @@ class Model {
   std::shared_ptr<ops::StreamMark> next_marks_[2];
   int next_slot_ = 0;
   Tensor last_logits_;  // the last launched step's logits [S, V] f32 (device)
+  PagedHostTimes host_times_;
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 

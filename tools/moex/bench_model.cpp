@@ -173,11 +173,14 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   // The last few steps run with the per-op GPU timers on (op_ms) and are not timed.
   const int64_t profiled = device.is_cuda() ? std::min<int64_t>(8, new_tokens / 4) : 0;
   start = Clock::now();
+  const model::Model::PagedHostTimes host0 = m.paged_host_times();
   int64_t steps = 0;
   bool more = true;
   while (steps + profiled < new_tokens - 1 && (more = scheduler.step())) ++steps;
   ops::synchronize(device);
   const double decode_ms = ms_since(start);
+  const model::Model::PagedHostTimes host1 = m.paged_host_times();
+  const double per_launch = 1.0 / std::max<int64_t>(1, host1.launches - host0.launches);
   const double ms_per_step = decode_ms / std::max<int64_t>(steps, 1);
   nlohmann::json budget = nlohmann::json::object();
   if (profiled > 0 && more) {
@@ -224,6 +227,10 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
                         {"graph_replays", m.paged_graph_replays()},
                         // device ms of one captured step replayed back to back (0: none)
                         {"graph_ms", graph_ms},
+                        // host ms per step launching it, and waiting for a step's tokens
+                        {"host_launch_ms", (host1.launch_ms - host0.launch_ms) * per_launch},
+                        {"host_wait_ms", (host1.wait_ms - host0.wait_ms) * per_launch},
+                        {"followed_steps", scheduler.stats().followed_steps},
                         {"floor_ms", floor_ms},
                         {"frac_of_floor", floor_ms / ms_per_step},
                         // GPU ms per step in each op, over the last steps (the rest of
