@@ -137,18 +137,21 @@ __device__ Acc ordered_sum(const float (&v)[VPT], int num_experts) {
   return acc;
 }
 
-// One token's routing by one warp: z[i] holds logit 32 i + lane (-inf past E). Scores (softmax or
+// One token's routing by one warp from its logits zt [E] (lane l takes experts l, l + 32, ...). Scores (softmax or
 // sigmoid, sums in expert order), then top-k as k rounds of warp arg-max on the CPU's double keys
 // (router_select: s or z + Gumbel, + bias; ties to the lower expert; a NaN key falls back to a
 // warp-serial scan with the CPU's exact semantics). Writes out.scores[t], out.expert and
-// out.route_score of the token's routes and sel[0..k) (lane 0); every lane gets norm (the sigmoid
-// sum, 1 for softmax) and lse^2 (the z-loss term).
+// out.route_score of the token's routes, and (lane 0) sel[0..k), *norm_out (the sigmoid sum, 1 for
+// softmax) and *lse2_out (the z-loss term).
 template <int VPT>
-__device__ void route_token(const float (&z)[VPT], const float* __restrict__ bias,
+__device__ void route_token(const float* __restrict__ zt, const float* __restrict__ bias,
                             const GatingParams& p, const GatingOutputs& out, int64_t t, int* sel,
-                            float& norm_out, double& lse2_out) {
+                            float* norm_out, double* lse2_out) {
   constexpr unsigned kFull = 0xffffffffu;
   const int E = p.num_experts, k = p.top_k, lane = threadIdx.x & 31;
+  float z[VPT];  // L2 reads: the logits may come from other blocks of the same launch
+#pragma unroll
+  for (int i = 0; i < VPT; ++i) z[i] = i * 32 + lane < E ? __ldcg(&zt[i * 32 + lane]) : -INFINITY;
   const uint64_t gumbel_stream = moe::moe_rng_offset(p.offset, moe::MoERngUse::kGumbel);
   float st[VPT];
   float m = -INFINITY;
@@ -173,8 +176,10 @@ __device__ void route_token(const float (&z)[VPT], const float* __restrict__ bia
 #pragma unroll
   for (int i = 0; i < VPT; ++i)
     if (i * 32 + lane < E) srow[i * 32 + lane] = st[i];
-  norm_out = static_cast<float>(norm);
-  lse2_out = static_cast<double>(lse) * lse;
+  if (lane == 0) {
+    *norm_out = static_cast<float>(norm);
+    *lse2_out = static_cast<double>(lse) * lse;
+  }
   // Top-k (router_select): key = s (or z + Gumbel), + bias; the best untaken key wins, ties to
   // the lower expert id. k rounds of warp arg-max.
   unsigned taken = 0;  // bit i: expert 32 i + lane already selected
@@ -293,17 +298,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       continue;
     }
-    const float* zt = logits + t * E;
-    float z[VPT];
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) z[i] = i * 32 + lane < E ? zt[i * 32 + lane] : -INFINITY;
-    float norm;
-    double lse2;
-    route_token<VPT>(z, bias, p, out, t, s_sel + tl * k, norm, lse2);
-    if (lane == 0) {
-      s_norm[tl] = norm;
-      s_lse2[tl] = lse2;
-    }
+    route_token<VPT>(logits + t * E, bias, p, out, t, s_sel + tl * k, s_norm + tl, s_lse2 + tl);
   }
   __syncthreads();
   const int64_t block_tokens = min(static_cast<int64_t>(kBlockTokens), T - t0);
@@ -668,19 +663,8 @@ __global__ void __launch_bounds__(kFewThreads)
   int* s_lo = s_load + E;                                                   // [E + 1]
   double* s_aux = reinterpret_cast<double*>(s_lo + E + 2 + ((E + 2) & 1));  // [E]
   for (int i = tid; i < kFewWarps * E; i += kFewThreads) s_wc[i] = 0;
-  for (int t = warp; t < T; t += kFewWarps) {
-    float z[VPT];
-#pragma unroll
-    for (int i = 0; i < VPT; ++i)
-      z[i] = i * 32 + lane < E ? __ldcg(&logits[t * E + i * 32 + lane]) : -INFINITY;
-    float norm;
-    double lse2;
-    route_token<VPT>(z, bias, p, out, t, s_sel + t * k, norm, lse2);
-    if (lane == 0) {
-      s_norm[t] = norm;
-      s_lse2[t] = lse2;
-    }
-  }
+  for (int t = warp; t < T; t += kFewWarps)
+    route_token<VPT>(logits + t * E, bias, p, out, t, s_sel + t * k, s_norm + t, s_lse2 + t);
   __syncthreads();
 
   // Route q in position order (choice-major: q = j T + t): its rank among the earlier routes to

@@ -13,12 +13,13 @@ namespace moex::ops {
 
 using detail::expect;
 
-void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
-          const Tensor& y, const Tensor& mean, const Tensor& rstd) {
-  const char* op = rms ? "rms_norm" : "layer_norm";
-  const Device dev = detail::common_device(op, {&x, &weight, &bias, &y, &mean, &rstd});
-  const ProfileScope profile(op, dev);
-  const DType dt = detail::compute_dtype(dev);
+namespace {
+
+// The forward's operands: x and y [rows, dim], weight (and bias) [dim] in the compute dtype, the
+// fp32 statistics [rows]. Returns rows.
+int64_t check_forward(const char* op, bool rms, DType dt, const Tensor& x, const Tensor& weight,
+                      const Tensor& bias, const Tensor& y, const Tensor& mean,
+                      const Tensor& rstd) {
   const int64_t dim = weight.numel(), rows = x.numel() / dim;
   expect(op, "x", x, dt, rows * dim);
   expect(op, "weight", weight, dt, dim);
@@ -26,6 +27,19 @@ void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, f
   expect(op, "rstd", rstd, DType::kF32, rows);
   if (!rms) expect(op, "mean", mean, DType::kF32, rows);
   if (bias.defined()) expect(op, "bias", bias, dt, dim);
+  return rows;
+}
+
+}  // namespace
+
+void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, float eps,
+          const Tensor& y, const Tensor& mean, const Tensor& rstd) {
+  const char* op = rms ? "rms_norm" : "layer_norm";
+  const Device dev = detail::common_device(op, {&x, &weight, &bias, &y, &mean, &rstd});
+  const ProfileScope profile(op, dev);
+  const int64_t dim = weight.numel();
+  const int64_t rows =
+      check_forward(op, rms, detail::compute_dtype(dev), x, weight, bias, y, mean, rstd);
   if (dev.is_cpu()) {
     if (rms)
       cpu::rmsnorm_forward<float>(x.data<float>(), weight.data<float>(), rows, dim, eps,
@@ -60,15 +74,10 @@ void add_norm(bool rms, const Tensor& x, const Tensor& res, const Tensor& weight
   }
   const ProfileScope profile(op, dev);
   const DType dt = detail::compute_dtype(dev);
-  const int64_t dim = weight.numel(), rows = x.numel() / dim;
-  expect(op, "x", x, dt, rows * dim);
+  const int64_t dim = weight.numel();
+  const int64_t rows = check_forward(op, rms, dt, x, weight, bias, y, mean, rstd);
   expect(op, "res", res, dt, rows * dim);
   expect(op, "sum", sum, dt, rows * dim);
-  expect(op, "weight", weight, dt, dim);
-  expect(op, "y", y, dt, rows * dim);
-  expect(op, "rstd", rstd, DType::kF32, rows);
-  if (!rms) expect(op, "mean", mean, DType::kF32, rows);
-  if (bias.defined()) expect(op, "bias", bias, dt, dim);
   MOEX_CUDA_TWIN(op, cuda::add_norm_forward_bf16(
                          rms, x.raw_data(), res.raw_data(), weight.raw_data(),
                          bias.defined() ? bias.raw_data() : nullptr, rows, dim, eps, sum.raw_data(),

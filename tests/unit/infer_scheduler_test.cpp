@@ -81,7 +81,9 @@ std::vector<Outcome> serve(model::Model& m, const std::vector<std::vector<int32_
   EXPECT_EQ(st.finished, static_cast<int64_t>(ps.size()));
   // Steady decoding launched steps ahead of reading the last one's tokens (ids on the device),
   // and the tokens above are still those of one-at-a-time decoding.
-  if (stagger == 0) EXPECT_GT(st.followed_steps, 0);
+  if (stagger == 0) {
+    EXPECT_GT(st.followed_steps, 0);
+  }
   return out;
 }
 
