@@ -252,6 +252,17 @@ __device__ void route_token(const float* __restrict__ zt, const float* __restric
   }
 }
 
+// The aux-loss terms summed in expert order and the largest load (one thread; both kernels).
+__device__ void aux_total_and_max_load(const double* s_aux, const int* s_load, int num_experts,
+                                       double& aux, int& max_load) {
+  aux = 0.0;
+  max_load = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    aux += s_aux[e];
+    max_load = max(max_load, s_load[e]);
+  }
+}
+
 // Phase A shared memory: s_part [kThreads] double, s_lse2 [kBlockTokens] double, s_norm
 // [kBlockTokens] float, s_sel [kBlockTokens * k] int, s_wc [k * kBlockTokens / 32 * E] int.
 size_t phase_a_smem(int num_experts, int top_k) {
@@ -407,12 +418,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) z += __shfl_xor_sync(kFull, z, off);
     if (lane == 0) {
-      double aux = 0.0;
-      int mx = 0;
-      for (int e = 0; e < E; ++e) {
-        aux += s_aux[e];
-        mx = max(mx, s_load[e]);
-      }
+      double aux;
+      int mx;
+      aux_total_and_max_load(s_aux, s_load, E, aux, mx);
       out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
       out.losses[1] = z / T;
       s_max_load = mx;
@@ -702,12 +710,9 @@ __global__ void __launch_bounds__(kFewThreads)
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) z2 += __shfl_xor_sync(kFull, z2, off);
     if (lane == 0) {
-      double aux = 0.0;
-      int mx = 0;
-      for (int e = 0; e < E; ++e) {
-        aux += s_aux[e];
-        mx = max(mx, s_load[e]);
-      }
+      double aux;
+      int mx;
+      aux_total_and_max_load(s_aux, s_load, E, aux, mx);
       const int C = p.dropless ? mx : static_cast<int>(p.capacity);
       int run = 0;
       for (int e = 0; e < E; ++e) {
