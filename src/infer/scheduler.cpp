@@ -121,6 +121,8 @@ void Scheduler::finish(Sequence& seq, FinishReason reason, const std::string& er
 // Moves waiting requests into the running set while there is room: a free batch slot and KV
 // blocks for the whole request (prompt + max_tokens), so a running request never waits for memory.
 void Scheduler::admit() {
+  // Blocks freed by ended sequences are handed out here, so no launched step may still write them.
+  MOEX_CHECK(launched_ == nullptr, "Scheduler::admit with a launched step not collected");
   std::unique_lock<std::mutex> lock(mutex_);
   // Cancellations first: waiting ones leave the queue, running ones end below.
   std::vector<uint64_t> cancelled;
@@ -171,13 +173,16 @@ bool Scheduler::step() {
   // ends; its key and value land inside the sequence's reserved blocks.
   if (launched_ && can_follow()) {
     std::unique_ptr<Launched> next = following(*launched_);
-    const bool ok = launch(*next, /*follow=*/true);
+    // A following launch that fails ends nothing: step n is read as usual, and the next call
+    // builds its step from scratch (and reports the error there if it repeats).
+    const bool ok = launch(*next, /*follow=*/true, nullptr, /*finish_on_error=*/false);
     if (ok) {
       std::lock_guard<std::mutex> lock(mutex_);
       ++stats_.followed_steps;
     }
-    collect(*launched_);
-    launched_ = ok ? std::move(next) : nullptr;
+    std::unique_ptr<Launched> older = std::move(launched_);
+    launched_ = ok ? std::move(next) : nullptr;  // set before callbacks run in collect
+    collect(*older);
     erase_ended();
     return true;
   }
@@ -259,10 +264,18 @@ bool Scheduler::can_follow() const {
   if (!launched_ || !launched_->decode_only) return false;
   // Every running sequence is in the step and none has ended: the next step is the same rows.
   if (launched_->seqs.size() != running_.size()) return false;
-  for (const Sequence* seq : launched_->seqs)
-    if (seq->done) return false;
+  bool all_at_limit = true;  // then the next step would only make tokens to throw away
+  for (size_t i = 0; i < launched_->seqs.size(); ++i) {
+    const Sequence& seq = *launched_->seqs[i];
+    if (seq.done) return false;
+    all_at_limit = all_at_limit &&
+                   static_cast<int64_t>(launched_->sampling[i].draw) + 1 >= seq.request.max_tokens;
+  }
+  if (all_at_limit) return false;
+  // Nothing for admit() to do: no cancel, and no waiting request that a free slot could take.
   std::lock_guard<std::mutex> lock(mutex_);
-  return waiting_.empty() && cancelled_.empty() && !stopping_;
+  return cancelled_.empty() &&
+         (waiting_.empty() || static_cast<int64_t>(running_.size()) >= options_.max_batch);
 }
 
 std::unique_ptr<Scheduler::Launched> Scheduler::following(const Launched& last) const {
@@ -273,7 +286,7 @@ std::unique_ptr<Scheduler::Launched> Scheduler::following(const Launched& last) 
   return next;
 }
 
-bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids) {
+bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids, bool finish_on_error) {
   for (size_t i = 0; i < step.slices.size(); ++i) {
     step.slices[i].blocks = step.seqs[i]->blocks.data();
     step.slices[i].num_blocks = static_cast<int64_t>(step.seqs[i]->blocks.size());
@@ -281,7 +294,8 @@ bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids) {
   try {
     model_.launch_paged(ids, step.slices, kv_, step.sampling.data(), follow);
   } catch (const Error& e) {  // the step's sequences end with the error; the others go on
-    for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
+    if (finish_on_error)
+      for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
     return false;
   }
   return true;

@@ -70,7 +70,9 @@ class Scheduler {
   // Ends a request at the next step (its on_finish sees kCancelled); unknown ids are ignored.
   void cancel(uint64_t id);
 
-  // One step. Returns false when there was nothing to do.
+  // One step. Returns false when there was nothing to do. In steady decoding a step is launched
+  // before the previous one's tokens are read, so a call may deliver the tokens (on_token,
+  // on_finish) of the step launched by the call before it.
   bool step();
   // Steps until stop() (waiting for work when idle), then finishes what is left as cancelled
   // when `drain` is false, or serves it to the end when true.
@@ -91,7 +93,8 @@ class Scheduler {
   // sequences ended); reading one's tokens and applying them; dropping ended sequences.
   bool can_follow() const;
   std::unique_ptr<Launched> following(const Launched& last) const;
-  bool launch(Launched& step, bool follow, const int32_t* ids = nullptr);
+  bool launch(Launched& step, bool follow, const int32_t* ids = nullptr,
+              bool finish_on_error = true);
   void collect(Launched& step);
   void erase_ended();
 

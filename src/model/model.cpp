@@ -376,6 +376,9 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   // row_seq, row_pos, slots [n], then last_rows [S], then sample_params [S, kSampleParamWords].
   const int64_t tn = num_seqs * max_blocks, pw = ops::kSampleParamWords;
   const int64_t total = 4 * n + tn + num_seqs + num_seqs * pw;
+  // The last step's upload may still be queued (its step may still run): wait for it before the
+  // staging buffer is rewritten or replaced.
+  if (upload_done_) upload_done_->wait();
   if (!step_host_.defined() || step_host_.numel() < total) {
     // Room to spare, so the buffers settle after a few steps (a new device buffer makes captured
     // steps capture again).
@@ -391,8 +394,6 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   for (int64_t r = 0; r < n; ++r)
     MOEX_CHECK(ids[r] >= 0 && ids[r] < vocab, "forward_paged: token ", ids[r], " at row ", r,
                " is outside the vocabulary of ", vocab);
-  // The last step's upload may still be queued (its step may still run).
-  if (upload_done_) upload_done_->wait();
   int32_t* host = step_host_.data<int32_t>();
   std::copy(ids, ids + n, host);
   int32_t* tables = host + n;
@@ -520,18 +521,17 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
     decode = decode && s.len == 1;
   }
   const int64_t num_seqs = static_cast<int64_t>(seqs.size());
-  MOEX_CHECK(!ids_follow_last ||
-                 (decode && !in_flight_.empty() && in_flight_.back().next_dev.numel() == num_seqs),
+  MOEX_CHECK(!ids_follow_last || (decode && !in_flight_.empty() && sampled_count_ == num_seqs),
              "launch_paged: ids follow the last step only for a decode step of its sequences");
   // The ids of a following step are not known here: zeros pass the host's vocabulary check, and
   // the device copy below replaces them before the step reads them.
   std::vector<int32_t> zeros;
   if (ids_follow_last) zeros.assign(static_cast<size_t>(num_seqs), 0);
+  const PagedRows rows = paged_rows(ids_follow_last ? zeros.data() : ids, seqs, kv, sampling);
+  if (ids_follow_last) ops::copy(sampled_.slice(0, num_seqs), rows.ids);
   // Only the host side of the arena is reset: the device runs queued steps in order, so a step
   // still running is done with its buffers before the next one writes them.
   arena_.reset();
-  const PagedRows rows = paged_rows(ids_follow_last ? zeros.data() : ids, seqs, kv, sampling);
-  if (ids_follow_last) ops::copy(in_flight_.back().next_dev, rows.ids);
   Tensor logits, next_dev;
   PagedGraph* g = nullptr;
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
@@ -549,9 +549,14 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
     next_dev = g->next;
   }
   last_logits_ = logits;
+  // The tokens again where nothing else writes (the arena and a graph's outputs are rewritten by
+  // any later forward of this model): a following step takes its ids from here.
+  if (!sampled_.defined() || sampled_.numel() < num_seqs)
+    sampled_ = Tensor::empty(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
+  ops::copy(next_dev, sampled_.slice(0, num_seqs));
+  sampled_count_ = num_seqs;
   // The tokens go to the host slot the other uncollected step (if any) does not use.
   const int slot = next_slot_;
-  next_slot_ ^= 1;
   if (!next_host_[slot].defined() || next_host_[slot].numel() < num_seqs) {
     next_host_[slot] =
         ops::staging_tensor(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
@@ -561,6 +566,7 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   ops::copy_async(next_dev, out);
   next_marks_[slot]->record();
   in_flight_.push_back({next_dev, out, next_marks_[slot]});
+  next_slot_ ^= 1;
   host_times_.launch_ms +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   ++host_times_.launches;

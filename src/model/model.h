@@ -236,6 +236,8 @@ class Model {
   int next_slot_ = 0;
   Tensor last_logits_;  // the last launched step's logits [S, V] f32 (device)
   PagedHostTimes host_times_;
+  Tensor sampled_;             // [>= S] i32 on the device: the last launched step's tokens
+  int64_t sampled_count_ = 0;  // S of that step
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 

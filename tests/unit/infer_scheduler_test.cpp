@@ -39,6 +39,13 @@ std::vector<std::vector<int32_t>> prompts(int64_t vocab) {
   return out;
 }
 
+Request request(std::vector<int32_t> prompt, int64_t max_tokens) {
+  Request r;
+  r.prompt = std::move(prompt);
+  r.max_tokens = max_tokens;
+  return r;
+}
+
 struct Outcome {
   std::vector<int32_t> tokens;
   FinishReason reason = FinishReason::kError;
@@ -194,12 +201,6 @@ TEST(Scheduler, StopTokensCancelAndLimits) {
   Scheduler s(m, opt);
   // Refused at submit, nothing queued: empty prompt, bad max_tokens, too long, larger than the
   // pool, a token outside the vocabulary.
-  auto request = [&](std::vector<int32_t> prompt, int64_t max_tokens) {
-    Request r;
-    r.prompt = std::move(prompt);
-    r.max_tokens = max_tokens;
-    return r;
-  };
   EXPECT_THROW(s.submit(request({}, 4)), Error);
   EXPECT_THROW(s.submit(request(ps[0], 0)), Error);
   EXPECT_THROW(s.submit(request(std::vector<int32_t>(30, 1), 5)), Error);
@@ -243,6 +244,106 @@ TEST(Scheduler, StopTokensCancelAndLimits) {
   EXPECT_EQ(cancelled.reason, FinishReason::kCancelled);
   EXPECT_EQ(tail.reason, FinishReason::kCancelled);
   EXPECT_EQ(s.stats().free_blocks, opt.num_blocks);
+}
+
+// Requests arriving at random steps with random prompts and limits, stop tokens, clients that go
+// away after a few tokens and a cancel by id, over random batch sizes, prefill chunks, block sizes
+// and tight pools: every request ends once, its tokens are the start of what one-at-a-time
+// decoding gives (all of them, up to the stop token, the client's cut or max_tokens), and every
+// block comes back. Steady decoding runs steps launched ahead, so a sequence ended by one step
+// still has a token in flight; it must never reach the client. The reference decoding runs on the
+// same model between steps, as a second user of the model would (it rewrites the model's
+// activation memory while a step is launched).
+TEST(Scheduler, RandomArrivalsStopsAndCancelsMatchOneAtATime) {
+  const ModelConfig c = config(true);
+  model::Model m(c);
+  m.init_weights(3);
+  constexpr int kRequests = 8;
+  int64_t followed = 0;
+  for (int trial = 0; trial < 24; ++trial) {
+    SchedulerOptions opt;
+    opt.max_batch = 1 + trial % 4;
+    opt.step_tokens = std::max<int64_t>(opt.max_batch, 3 + trial % 7);
+    opt.block_size = 1 + trial % 5;
+    opt.max_context = 40;
+    // Every third trial: a pool with room for little more than one full request.
+    if (trial % 3 == 0) opt.num_blocks = (40 + opt.block_size - 1) / opt.block_size + 2;
+    Scheduler s(m, opt);
+    std::vector<Outcome> out(kRequests);
+    std::vector<std::vector<int32_t>> want(kRequests);
+    std::vector<size_t> expect_len(kRequests);
+    std::vector<uint64_t> ids(kRequests);
+    int submitted = 0;
+    auto submit_next = [&] {
+      const int i = submitted++;
+      auto draw = [&](uint64_t what, uint32_t n) { return philox_u32(trial, i, 1000 + what) % n; };
+      std::vector<int32_t> prompt(1 + draw(0, 12));
+      for (size_t t = 0; t < prompt.size(); ++t) prompt[t] = philox_u32(trial, i, t) % 97;
+      GenerateOptions g;
+      g.max_new_tokens = 1 + draw(1, 20);
+      want[i] = generate(m, prompt, g);
+      Request r = request(prompt, g.max_new_tokens);
+      expect_len[i] = want[i].size();
+      if (draw(2, 3) == 0 && want[i].size() > 2) {  // a stop token: its first occurrence ends it
+        r.stop_tokens = {want[i][2]};
+        const auto at = std::find(want[i].begin(), want[i].end(), want[i][2]);
+        expect_len[i] = std::min<size_t>(expect_len[i], at - want[i].begin() + 1);
+      }
+      const size_t cut = draw(3, 25);  // the client goes away after `cut` tokens (0: never)
+      if (cut > 0) expect_len[i] = std::min(expect_len[i], cut);
+      Outcome* o = &out[i];
+      r.on_token = [o, cut](int32_t t) {
+        o->tokens.push_back(t);
+        return cut == 0 || o->tokens.size() < cut;
+      };
+      r.on_finish = [o](FinishReason reason, const std::string&) {
+        EXPECT_FALSE(o->finished) << "a second on_finish";
+        o->reason = reason;
+        o->finished = true;
+      };
+      ids[i] = s.submit(std::move(r));
+    };
+    for (int step = 0; step < 2000; ++step) {
+      if (submitted < kRequests && step % (1 + trial % 3) == 0) submit_next();
+      if (step == 7 && submitted > 3) s.cancel(ids[3]);
+      const bool more = s.step();
+      EXPECT_LE(s.stats().running, opt.max_batch);
+      if (!more && submitted == kRequests) break;
+    }
+    const SchedulerStats st = s.stats();
+    followed += st.followed_steps;
+    EXPECT_EQ(st.free_blocks, st.total_blocks) << "trial " << trial;
+    EXPECT_EQ(st.finished, kRequests) << "trial " << trial;
+    EXPECT_EQ(st.running, 0) << "trial " << trial;
+    for (int i = 0; i < kRequests; ++i) {
+      const std::string what = "trial " + std::to_string(trial) + " request " + std::to_string(i);
+      EXPECT_TRUE(out[i].finished) << what;
+      ASSERT_LE(out[i].tokens.size(), want[i].size()) << what;
+      EXPECT_TRUE(std::equal(out[i].tokens.begin(), out[i].tokens.end(), want[i].begin())) << what;
+      if (i != 3) {  // 3: cancelled by id, at whatever point it had reached
+        EXPECT_EQ(out[i].tokens.size(), expect_len[i]) << what;
+      }
+    }
+  }
+  EXPECT_GT(followed, 0);
+}
+
+// A request queued behind a full batch leaves admission nothing to do, so the running batch still
+// launches its steps ahead: two requests of 20 tokens (a prefill step, then 19 decode steps, of
+// which the first is built from scratch and the other 18 follow) while a third waits for a slot,
+// then the third alone the same way. Not following while anything waits would give 18.
+TEST(Scheduler, AQueuedRequestWithoutASlotKeepsStepsLaunchedAhead) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  SchedulerOptions opt;
+  opt.max_batch = 2;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  for (int i = 0; i < 3; ++i) s.submit(request({1, 2, 3}, 20));
+  while (s.step()) {
+  }
+  EXPECT_EQ(s.stats().followed_steps, 2 * 18);
 }
 
 // run() on its own thread serves requests submitted from others; stop(drain) finishes them.

@@ -192,6 +192,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   MOEX_CHECK(error.empty(), "bench decode: a sequence ended with an error: ", error);
   // The step's device time alone (its graph back to back): the rest of ms_per_step is host work
   // between steps (building the step, the upload, waiting for the sampled tokens).
+  const int64_t graph_replays = m.paged_graph_replays();  // before the timing replays below
   const double graph_ms = device.is_cuda() ? m.paged_graph_ms(batch, 20) : 0.0;
 
   // The floor: bytes a step must read (every non-expert weight, the experts the batch can be
@@ -224,7 +225,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
                         {"bytes_per_step", bytes},
                         {"copy_gbps", rate / 1e9},
                         // decode steps replayed from captured CUDA graphs so far (0 on the CPU)
-                        {"graph_replays", m.paged_graph_replays()},
+                        {"graph_replays", graph_replays},
                         // device ms of one captured step replayed back to back (0: none)
                         {"graph_ms", graph_ms},
                         // host ms per step launching it, and waiting for a step's tokens
