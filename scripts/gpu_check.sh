@@ -162,14 +162,15 @@ if [ -z "${MOEX_SKIP_DECODE_BENCH:-}" ]; then
 import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "decode_bench.jsonl")) if l.startswith("{")]
 print("\n== decode, mixtral4l, bf16 ==")
-print(f"{'impl':12} {'batch':>5} {'ms/step':>8} {'tokens/s':>9} {'floor ms':>8} {'of floor':>8} {'graph ms':>8}")
+print(f"{'impl':12} {'batch':>5} {'ms/step':>8} {'tokens/s':>9} {'floor ms':>8} {'of floor':>8} {'graph ms':>8} {'launch ms':>9} {'wait ms':>8}")
 for r in rows:
     impl = r.get("impl", "moex")
     if "error" in r:
         print(f"{impl:12} {r.get('batch', '?'):>5} error: {str(r['error'])[:100]}")
         continue
     print(f"{impl:12} {r['batch']:5d} {r['ms_per_step']:8.3f} {r['tokens_per_s']:9.0f} "
-          f"{r['floor_ms']:8.3f} {r['frac_of_floor']:8.2f} {r.get('graph_ms', 0):8.3f}")
+          f"{r['floor_ms']:8.3f} {r['frac_of_floor']:8.2f} {r.get('graph_ms', 0):8.3f} "
+          f"{r.get('host_launch_ms', 0):9.3f} {r.get('host_wait_ms', 0):8.3f}")
 PY
 fi
 

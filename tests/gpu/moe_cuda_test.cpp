@@ -926,6 +926,31 @@ TEST_P(SharedScratch, InterleavedLayersMatchLayersWithTheirOwn) {
 INSTANTIATE_TEST_SUITE_P(Cases, SharedScratch, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
 
+// One forward of random x [T, d] through the GEMM path (kept for backward), then one through the
+// decode path (nothing kept): the decode kernels ran, with no host sync where the layout is padded,
+// and gave the GEMM path's counts, capacity and y (both round h and a to bf16 and accumulate in
+// fp32; only the summation order differs).
+void expect_decode_path_equals_gemm_path(cuda::MoELayerCuda& layer, int64_t T, int64_t d,
+                                         uint64_t seed, bool drop_tokens, bool padded,
+                                         const std::string& what) {
+  DevBuf x = upload(to_bf16(rand_vec(T * d, seed))), y_gemm(T * d * 2), y_dec(T * d * 2);
+  const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+  cuda::MoEStepCuda step{false, 9, 4};
+  step.drop_tokens = drop_tokens;
+  layer.forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()), step);
+  const cuda::MoEStatsCuda st_gemm = layer.stats();
+  const int64_t syncs = layer.host_syncs(), decodes = layer.decode_forwards();
+  step.keep_for_backward = false;
+  layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()), step);
+  const cuda::MoEStatsCuda st_dec = layer.stats();
+  if (padded) EXPECT_EQ(layer.host_syncs(), syncs) << what << ": the decode path waited for the host";
+  EXPECT_EQ(layer.decode_forwards(), decodes + (padded ? 1 : 0)) << what;
+  EXPECT_EQ(st_dec.counts, st_gemm.counts) << what;
+  EXPECT_EQ(st_dec.capacity, st_gemm.capacity) << what;
+  EXPECT_LT(rel_l2(download_bf16(y_dec.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
+      << what;
+}
+
 // Forwards that keep nothing over few tokens run the decode kernels (selected experts' weights
 // only, no host sync): their y must equal the GEMM path's, with every route kept or with the
 // layer's own capacity, at batch 1 and at a few dozen tokens.
@@ -935,38 +960,16 @@ TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
   const LayerCase& lc = GetParam();
   const MoEConfig& c = lc.config;
   const bool padded = !c.dropless || lc.dropless_gemm == cuda::DroplessGemm::kPadded;
-  const int64_t d = c.hidden_size;
   MoELayer weights(c, DType::kF32);
   weights.init_weights(23);
   CudaContext ctx;
   const auto gpu_layer = make_gpu_layer(lc, 32, weights.weights(), ctx);
-  cuda::MoELayerCuda& layer = *gpu_layer;
-  for (const int64_t T : {int64_t{1}, int64_t{29}}) {
-    for (const bool drop_tokens : {true, false}) {
-      const std::string what = lc.name + " T=" + std::to_string(T) +
-                               (drop_tokens ? " own capacity" : " every route kept");
-      DevBuf x = upload(to_bf16(rand_vec(T * d, 51 + T))), y_gemm(T * d * 2), y_dec(T * d * 2);
-      const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
-      cuda::MoEStepCuda step{false, 9, 4};
-      step.drop_tokens = drop_tokens;
-      layer.forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()),
-                    step);
-      const cuda::MoEStatsCuda st_gemm = layer.stats();
-      const int64_t syncs = layer.host_syncs(), decodes = layer.decode_forwards();
-      step.keep_for_backward = false;
-      layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()),
-                    step);
-      const cuda::MoEStatsCuda st_dec = layer.stats();
-      if (padded)
-        EXPECT_EQ(layer.host_syncs(), syncs) << what << ": the decode path waited for the host";
-      EXPECT_EQ(layer.decode_forwards(), decodes + (padded ? 1 : 0)) << what;
-      EXPECT_EQ(st_dec.counts, st_gemm.counts) << what;
-      EXPECT_EQ(st_dec.capacity, st_gemm.capacity) << what;
-      // Both round h and a to bf16 and accumulate in fp32; only the summation order differs.
-      EXPECT_LT(rel_l2(download_bf16(y_dec.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
-          << what;
-    }
-  }
+  for (const int64_t T : {int64_t{1}, int64_t{29}})
+    for (const bool drop_tokens : {true, false})
+      expect_decode_path_equals_gemm_path(
+          *gpu_layer, T, c.hidden_size, 51 + T, drop_tokens, padded,
+          lc.name + " T=" + std::to_string(T) +
+              (drop_tokens ? " own capacity" : " every route kept"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, DecodePath, ::testing::ValuesIn(layer_cases()),
@@ -983,21 +986,9 @@ TEST_F(Gpu, DecodePathHoldsACapacityAboveTheTokenCount) {
   weights.init_weights(29);
   CudaContext ctx;
   const auto gpu_layer = make_gpu_layer(lc, 32, weights.weights(), ctx);
-  cuda::MoELayerCuda& layer = *gpu_layer;
-  const int64_t d = c.hidden_size;
-  for (const int64_t T : {int64_t{1}, int64_t{3}}) {
-    DevBuf x = upload(to_bf16(rand_vec(T * d, 61 + T))), y_gemm(T * d * 2), y_dec(T * d * 2);
-    const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
-    cuda::MoEStepCuda step{false, 9, 4};
-    layer.forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()),
-                  step);
-    const int64_t decodes = layer.decode_forwards();
-    step.keep_for_backward = false;
-    layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()), step);
-    EXPECT_EQ(layer.decode_forwards(), decodes + 1) << "T=" << T;
-    EXPECT_LT(rel_l2(download_bf16(y_dec.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
-        << "T=" << T;
-  }
+  for (const int64_t T : {int64_t{1}, int64_t{3}})
+    expect_decode_path_equals_gemm_path(*gpu_layer, T, c.hidden_size, 61 + T, true, true,
+                                        "T=" + std::to_string(T));
 }
 
 }  // namespace
