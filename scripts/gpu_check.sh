@@ -5,7 +5,8 @@
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
 # MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
-# training peers (train_peers.py flags). MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
+# training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
+# adds a per-kernel profile of one batch-1 step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
 # runs only the matching GPU tests, to spend little device time on a kernel change.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -151,10 +152,38 @@ fi
 if [ -z "${MOEX_SKIP_DECODE_BENCH:-}" ]; then
   : >"$OUT/decode_bench.jsonl"
   # One process for every batch size: drawing the 6-billion-parameter model's weights takes longest.
-  timeout 300 "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch 1,8,32 --tokens 64 \
+  # MOEX_DECODE_BATCHES narrows the batch sizes (moex and the peer), e.g. "1".
+  BATCHES=${MOEX_DECODE_BATCHES:-1,8,32}
+  timeout 300 "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch "$BATCHES" --tokens 64 \
     --json >>"$OUT/decode_bench.jsonl" 2>>"$OUT/decode_bench.err" || echo "moex decode failed"
+  # MOEX_DECODE_NCU=1: every kernel of one batch-1 decode step, each timed alone by Nsight Compute
+  # (the weights' random fill runs first: give it minutes), summed per kernel name.
+  if [ -n "${MOEX_DECODE_NCU:-}" ]; then
+    timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \
+      --metrics gpu__time_duration.sum --csv "$BIN/moex" bench decode --device cuda \
+      --shape mixtral4l --batch 1 --tokens 2 --json >"$OUT/decode_ncu.csv" 2>"$OUT/decode_ncu.err" ||
+      echo "ncu exit $?"
+    python3 - "$OUT/decode_ncu.csv" <<'PY'
+import collections, csv, re, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10 and r[0].isdigit()]
+starts = [i for i, r in enumerate(rows) if "embedding" in r[4]]
+if not starts:
+    sys.exit("decode ncu: no step found")
+total, per = 0.0, collections.Counter()
+counts = collections.Counter()
+for r in rows[starts[-1]:]:  # the last step: from its embedding lookup on
+    name = re.sub(r"\(.*", "", r[4]).replace("void ", "")[:70]
+    us = float(r[-1].replace(",", "")) / 1000
+    total += us
+    per[name] += us
+    counts[name] += 1
+print(f"\n== decode batch 1, one step's kernels (ncu): {len(rows) - starts[-1]} kernels, {total:.1f} us ==")
+for name, us in per.most_common():
+    print(f"{counts[name]:4d} {us:8.1f}  {name}")
+PY
+  fi
   if [ -z "${MOEX_SKIP_DECODE_PEER:-}" ]; then
-    PYTHONUNBUFFERED=1 timeout 420 python3 bench/peers/decode_peer.py --batch 1,8,32 --tokens 64 \
+    PYTHONUNBUFFERED=1 timeout 420 python3 bench/peers/decode_peer.py --batch "$BATCHES" --tokens 64 \
       >>"$OUT/decode_bench.jsonl" 2>"$OUT/decode_peer.err" || echo "decode peer exit $?"
     tail -n 5 "$OUT/decode_peer.err"
   fi
