@@ -263,6 +263,55 @@ __device__ void aux_total_and_max_load(const double* s_aux, const int* s_load, i
   }
 }
 
+// The aux loss's weighting (router_aux_loss): DeepSpeed's top-1/top-2 loss counts first choices
+// only; its top-k form scales by E / k.
+struct AuxWeights {
+  bool first_only;
+  double factor;
+};
+__device__ AuxWeights aux_weights(const GatingParams& p) {
+  const bool deepspeed = p.aux_loss_type == AuxLossType::kDeepSpeed;
+  return {deepspeed && p.top_k <= 2, deepspeed && p.top_k > 2
+                                         ? static_cast<double>(p.num_experts) / p.top_k
+                                         : static_cast<double>(p.num_experts)};
+}
+
+// Per expert (one thread): loads, kept counts (at most C), the first row of each expert
+// (padded: C rows each), rows in all, and info. s_lo [E + 1] gets the offsets. Returns the rows.
+__device__ int write_counts_and_offsets(const int* s_load, int num_experts, int C, int max_load,
+                                        int64_t num_routes, bool padded, const GatingOutputs& out,
+                                        int* s_lo) {
+  int run = 0, kept = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    const int cnt = min(s_load[e], C);
+    out.load[e] = s_load[e];
+    out.counts[e] = cnt;
+    s_lo[e] = run;
+    out.offsets[e] = run;
+    run += padded ? C : cnt;
+    kept += cnt;
+  }
+  s_lo[num_experts] = run;
+  out.offsets[num_experts] = run;
+  out.info[0] = C;
+  out.info[1] = run;
+  out.info[2] = static_cast<int>(num_routes - kept);
+  out.info[3] = max_load;
+  return run;
+}
+
+// The last-block hand-off: every block calls it after writing its part; it returns true in the
+// one block that finished last (the others may return), with the other blocks' writes visible.
+__device__ bool finished_last(int* counter) {
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
+  __syncthreads();
+  if (s_last) __threadfence();
+  return s_last != 0;
+}
+
 // Phase A shared memory: s_part [kThreads] double, s_lse2 [kBlockTokens] double, s_norm
 // [kBlockTokens] float, s_sel [kBlockTokens * k] int, s_wc [k * kBlockTokens / 32 * E] int.
 size_t phase_a_smem(int num_experts, int top_k) {
@@ -285,10 +334,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t T = p.num_tokens, num_routes = T * k;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int nb = static_cast<int>(gridDim.x);
-  const bool first_only = p.aux_loss_type == AuxLossType::kDeepSpeed && k <= 2;
-  const double factor = (p.aux_loss_type == AuxLossType::kDeepSpeed && k > 2)
-                            ? static_cast<double>(E) / k
-                            : static_cast<double>(E);
+  const auto [first_only, factor] = aux_weights(p);
   constexpr unsigned kFull = 0xffffffffu;
 
   // ---------------- phase A: one warp per token ----------------
@@ -360,13 +406,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // ---------------- hand-off: the last block continues ----------------
-  __threadfence();
-  __shared__ int s_last;
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(ws.counter, 1) == nb - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
+  if (!finished_last(ws.counter)) return;
 
   // ---------------- phase B: the last block alone ----------------
   int* s_wcb = reinterpret_cast<int*>(smem);                                // [kWarps * E]
@@ -489,25 +529,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Counts, offsets, info.
-  if (tid == 0) {
-    int run = 0, kept = 0;
-    for (int e = 0; e < E; ++e) {
-      const int cnt = min(s_load[e], C);
-      out.load[e] = s_load[e];
-      out.counts[e] = cnt;
-      s_lo[e] = run;
-      out.offsets[e] = run;
-      run += p.padded ? C : cnt;
-      kept += cnt;
-    }
-    s_lo[E] = run;
-    out.offsets[E] = run;
-    s_rows = run;
-    out.info[0] = C;
-    out.info[1] = run;
-    out.info[2] = static_cast<int>(num_routes - kept);
-    out.info[3] = s_max_load;
-  }
+  if (tid == 0)
+    s_rows = write_counts_and_offsets(s_load, E, C, s_max_load, num_routes, p.padded, out, s_lo);
   __syncthreads();
   const int64_t rows = s_rows;
   const bool write_rows = rows <= max_rows;
@@ -650,13 +673,7 @@ __global__ void __launch_bounds__(kFewThreads)
         block_dot_bf16_f32(x + static_cast<int64_t>(t) * d, w + static_cast<int64_t>(e) * d, d);
     if (tid == 0) logits[t * E + e] = z;
     if (gridDim.x > 1) {
-      __shared__ int s_last;
-      __threadfence();
-      __syncthreads();
-      if (tid == 0) s_last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
-      __syncthreads();
-      if (!s_last) return;
-      __threadfence();
+      if (!finished_last(counter)) return;
     } else {
       __syncthreads();
     }
@@ -687,10 +704,7 @@ __global__ void __launch_bounds__(kFewThreads)
     for (int v = 0; v < warp; ++v) rank += s_wc[v * E + q_e];
 
   // Per expert: loads and the aux-loss terms (p[t, e] summed in token order, as gating_kernel).
-  const bool first_only = p.aux_loss_type == AuxLossType::kDeepSpeed && k <= 2;
-  const double factor = (p.aux_loss_type == AuxLossType::kDeepSpeed && k > 2)
-                            ? static_cast<double>(E) / k
-                            : static_cast<double>(E);
+  const auto [first_only, factor] = aux_weights(p);
   for (int e = tid; e < E; e += kFewThreads) {
     int load = 0, first = 0;
     for (int v = 0; v < kFewWarps; ++v) load += s_wc[v * E + e];
@@ -713,23 +727,11 @@ __global__ void __launch_bounds__(kFewThreads)
       double aux;
       int mx;
       aux_total_and_max_load(s_aux, s_load, E, aux, mx);
+      // Nothing is dropped here (load <= T <= C): counts = loads, info[2] = 0.
       const int C = p.dropless ? mx : static_cast<int>(p.capacity);
-      int run = 0;
-      for (int e = 0; e < E; ++e) {
-        out.load[e] = s_load[e];
-        out.counts[e] = s_load[e];  // nothing dropped: load <= T <= C
-        s_lo[e] = run;
-        out.offsets[e] = run;
-        run += p.padded ? C : s_load[e];
-      }
-      out.offsets[E] = run;
-      out.info[0] = C;
-      out.info[1] = run;
-      out.info[2] = 0;
-      out.info[3] = mx;
+      s_rows = write_counts_and_offsets(s_load, E, C, mx, num_routes, p.padded, out, s_lo);
       out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
       out.losses[1] = z2 / T;
-      s_rows = run;
     }
   }
   __syncthreads();
@@ -774,7 +776,7 @@ void launch(const float* logits, const float* bias, const GatingParams& params,
   MOEX_LAUNCH_CHECK();
 }
 
-// logits read (x == nullptr) or formed from x and w first (blocks: E x token groups).
+// logits read (x == nullptr) or formed from x and w first (a block per token and expert).
 template <int VPT>
 void launch_few(float* logits, const void* x, const float* w, int64_t d, const float* bias,
                 const GatingParams& params, const GatingOutputs& out, int64_t max_rows,
