@@ -521,7 +521,8 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
     decode = decode && s.len == 1;
   }
   const int64_t num_seqs = static_cast<int64_t>(seqs.size());
-  MOEX_CHECK(!ids_follow_last || (decode && !in_flight_.empty() && sampled_count_ == num_seqs),
+  MOEX_CHECK(!ids_follow_last ||
+                 (decode && !in_flight_.empty() && in_flight_.back().next_host.numel() == num_seqs),
              "launch_paged: ids follow the last step only for a decode step of its sequences");
   // The ids of a following step are not known here: zeros pass the host's vocabulary check, and
   // the device copy below replaces them before the step reads them.
@@ -554,7 +555,6 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   if (!sampled_.defined() || sampled_.numel() < num_seqs)
     sampled_ = Tensor::empty(Shape{std::max<int64_t>(num_seqs, 64)}, DType::kI32, device_);
   ops::copy(next_dev, sampled_.slice(0, num_seqs));
-  sampled_count_ = num_seqs;
   // The tokens go to the host slot the other uncollected step (if any) does not use.
   const int slot = next_slot_;
   if (!next_host_[slot].defined() || next_host_[slot].numel() < num_seqs) {
@@ -565,7 +565,7 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   const Tensor out = next_host_[slot].slice(0, num_seqs);
   ops::copy_async(next_dev, out);
   next_marks_[slot]->record();
-  in_flight_.push_back({next_dev, out, next_marks_[slot]});
+  in_flight_.push_back({out, next_marks_[slot]});
   next_slot_ ^= 1;
   host_times_.launch_ms +=
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

@@ -224,10 +224,10 @@ class Model {
   // needed), the next-token download, and one captured decode step per batch size.
   Tensor step_host_, step_dev_;
   std::unique_ptr<ops::StreamMark> upload_done_;  // after the last upload from step_host_
-  // Launched steps whose tokens are not read yet, oldest first: the device tokens [S], the host
-  // slot they are copied into (two slots, alternating), and a mark after that copy.
+  // Launched steps whose tokens are not read yet, oldest first: the host slot [S] their tokens
+  // are copied into (two slots, alternating) and a mark after that copy.
   struct InFlightStep {
-    Tensor next_dev, next_host;
+    Tensor next_host;
     std::shared_ptr<ops::StreamMark> copied;
   };
   std::deque<InFlightStep> in_flight_;
@@ -236,8 +236,7 @@ class Model {
   int next_slot_ = 0;
   Tensor last_logits_;  // the last launched step's logits [S, V] f32 (device)
   PagedHostTimes host_times_;
-  Tensor sampled_;             // [>= S] i32 on the device: the last launched step's tokens
-  int64_t sampled_count_ = 0;  // S of that step
+  Tensor sampled_;  // [>= S] i32 on the device: the last launched step's tokens
   std::map<int64_t, std::unique_ptr<PagedGraph>> paged_graphs_;
 };
 
