@@ -64,10 +64,7 @@ Scheduler::Scheduler(model::Model& model, const SchedulerOptions& options)
 Scheduler::~Scheduler() {
   // A launched step is read first (the model holds it); then requests still known get their
   // on_finish, so no client waits forever.
-  if (launched_) {
-    collect(*launched_);
-    launched_.reset();
-  }
+  collect_launched();
   for (auto& seq : running_) finish(*seq, FinishReason::kCancelled);
   for (auto& seq : waiting_)
     if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
@@ -170,7 +167,8 @@ bool Scheduler::step() {
   // Steady decoding: the same sequences' next step goes out before the last step's tokens are
   // read (the device feeds them in as the ids), so the host's work between steps overlaps the
   // device's. The new step computes a token that is thrown away for a sequence the older step
-  // ends; its key and value land inside the sequence's reserved blocks.
+  // ends; its key and value land inside the blocks that sequence held, which admit() hands out
+  // only after this step is collected.
   if (launched_ && can_follow()) {
     std::unique_ptr<Launched> next = following(*launched_);
     // A following launch that fails ends nothing: step n is read as usual, and the next call
@@ -186,10 +184,7 @@ bool Scheduler::step() {
     erase_ended();
     return true;
   }
-  if (launched_) {
-    collect(*launched_);
-    launched_.reset();
-  }
+  collect_launched();
   erase_ended();
   admit();  // may end cancelled ones
   erase_ended();
@@ -251,10 +246,7 @@ bool Scheduler::step() {
   if (launch(*step, /*follow=*/false, ids.data())) {
     // A decode step stays in flight when the next call can follow it; any other is read now.
     launched_ = std::move(step);
-    if (!can_follow()) {
-      collect(*launched_);
-      launched_.reset();
-    }
+    if (!can_follow()) collect_launched();
   }
   erase_ended();
   return true;
@@ -339,6 +331,12 @@ void Scheduler::collect(Launched& step) {
   stats_.prompt_tokens += step.prompt_tokens;
 }
 
+void Scheduler::collect_launched() {
+  if (!launched_) return;
+  const std::unique_ptr<Launched> step = std::move(launched_);  // none launched while callbacks run
+  collect(*step);
+}
+
 // Drops ended sequences, except those a launched step still holds (collect skips them).
 void Scheduler::erase_ended() {
   const auto ended = [this](const std::unique_ptr<Sequence>& s) {
@@ -365,10 +363,7 @@ void Scheduler::run() {
     }
     step();
   }
-  if (launched_) {
-    collect(*launched_);
-    launched_.reset();
-  }
+  collect_launched();
   for (auto& seq : running_) finish(*seq, FinishReason::kCancelled);
   running_.clear();
   std::deque<std::unique_ptr<Sequence>> left;

@@ -96,6 +96,7 @@ class Scheduler {
   bool launch(Launched& step, bool follow, const int32_t* ids = nullptr,
               bool finish_on_error = true);
   void collect(Launched& step);
+  void collect_launched();  // collect(launched_), if any, leaving launched_ empty
   void erase_ended();
 
   model::Model& model_;
