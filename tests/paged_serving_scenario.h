@@ -7,7 +7,8 @@
 // same position. The step's next tokens must be those the host sampler draws from its logits:
 // the first sequence greedy (the argmax), the second with temperature and top-k, the third with
 // top-p, the draw counter advancing each step. table_width > 0 pads the block tables (and, on a
-// GPU, replays decode steps, sampling included, from captured CUDA graphs).
+// GPU, replays decode steps, sampling included, from captured CUDA graphs). run_following_steps
+// below checks steps launched ahead the same way on both devices.
 #pragma once
 
 #include <algorithm>
@@ -82,6 +83,60 @@ inline void run_paged_serving_scenario(
             std::vector<float>(full.end() - vocab, full.end()));
     }
   }
+}
+
+// Decode steps launched ahead (Model::launch_paged with ids_follow_last: ids taken on the device
+// from the last step's sampled tokens, collected one step later, with another forward of the
+// model between launch and collect) and the same steps fed their ids from the host, on two models
+// with the same weights. Two sequences, the prompt's first `split` tokens and the rest, in three
+// blocks each, then `steps` greedy decode steps. Returns {the ahead model's tokens, the fed
+// model's}, both [steps, 2].
+struct FollowingTokens {
+  std::vector<int32_t> ahead, fed;
+};
+inline FollowingTokens run_following_steps(model::Model& ahead, model::Model& fed,
+                                           const std::vector<int32_t>& prompt, int64_t split,
+                                           int64_t steps, int64_t block_size,
+                                           int64_t table_width) {
+  const std::vector<int32_t> blocks0 = {0, 1, 2}, blocks1 = {3, 4, 5};
+  const int64_t rest = static_cast<int64_t>(prompt.size()) - split;
+  auto make_kv = [&](model::Model& m) {
+    model::PagedKV kv = m.make_paged_kv(/*num_blocks=*/6, block_size);
+    kv.table_width = table_width;
+    return kv;
+  };
+  model::PagedKV kv_ahead = make_kv(ahead), kv_fed = make_kv(fed);
+  auto prefill = [&](model::Model& m, model::PagedKV& kv) {
+    std::vector<int32_t> next(2);
+    m.forward_paged(prompt.data(), {{0, split, blocks0.data(), 3}, {0, rest, blocks1.data(), 3}},
+                    kv, nullptr, next.data());
+    return next;
+  };
+  auto decode_step = [&](int64_t k) {  // step k: each sequence's k-th generated token goes in
+    return std::vector<model::SequenceSlice>{{split + k, 1, blocks0.data(), 3},
+                                             {rest + k, 1, blocks1.data(), 3}};
+  };
+  FollowingTokens out;
+  std::vector<int32_t> tokens = prefill(fed, kv_fed);
+  for (int64_t k = 0; k < steps; ++k) {
+    fed.forward_paged(tokens.data(), decode_step(k), kv_fed, nullptr, tokens.data());
+    out.fed.insert(out.fed.end(), tokens.begin(), tokens.end());
+  }
+  const std::vector<int32_t> first = prefill(ahead, kv_ahead);
+  ahead.launch_paged(first.data(), decode_step(0), kv_ahead, nullptr);
+  std::vector<int32_t> next(2);
+  std::vector<float> logits(prompt.size() * static_cast<size_t>(ahead.config().vocab_size));
+  for (int64_t k = 1; k < steps; ++k) {
+    ahead.launch_paged(nullptr, decode_step(k), kv_ahead, nullptr, /*ids_follow_last=*/true);
+    if (ahead.paged_steps_in_flight() != 2) throw std::logic_error("two steps should be in flight");
+    ahead.collect_paged(next.data());
+    out.ahead.insert(out.ahead.end(), next.begin(), next.end());
+    // Another user of the model in between: it rewrites the step's activation memory.
+    ahead.logits(prompt.data(), 1, static_cast<int64_t>(prompt.size()), logits.data());
+  }
+  ahead.collect_paged(next.data());
+  out.ahead.insert(out.ahead.end(), next.begin(), next.end());
+  return out;
 }
 
 }  // namespace moex::testing

@@ -446,47 +446,20 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
 }
 
 // Steps launched ahead on the GPU (ids taken on the device from the last step's sampled tokens,
-// replayed from a captured graph) give the tokens of steps fed their ids from the host, with
-// another forward of the model between launch and collect (it reuses the step's activations).
+// replayed from captured graphs) give the tokens of host-fed steps (testing::run_following_steps,
+// also run on the CPU).
 TEST_F(GpuModel, FollowingDecodeStepsEqualStepsFedTheirTokens) {
   const ModelConfig config = small_config();
-  model::Model fed(config, Device::cuda()), ahead(config, Device::cuda());
-  fed.init_weights(17);
+  model::Model ahead(config, Device::cuda()), fed(config, Device::cuda());
   ahead.init_weights(17);
-  model::PagedKV kv_fed = fed.make_paged_kv(8, 8), kv_ahead = ahead.make_paged_kv(8, 8);
-  kv_fed.table_width = kv_ahead.table_width = 3;  // fixed shapes: decode steps replay graphs
-  const std::vector<int32_t> blocks0 = {0, 1, 2}, blocks1 = {3, 4, 5};
+  fed.init_weights(17);
   std::vector<int32_t> prompt(9);
   for (size_t t = 0; t < prompt.size(); ++t)
     prompt[t] = static_cast<int32_t>(philox_u32(41, 0, t) % config.vocab_size);
-  auto prefill = [&](model::Model& m, model::PagedKV& kv) {
-    std::vector<int32_t> next(2);
-    m.forward_paged(prompt.data(), {{0, 5, blocks0.data(), 3}, {0, 4, blocks1.data(), 3}}, kv,
-                    nullptr, next.data());
-    return next;
-  };
-  auto decode_step = [&](int64_t k) {
-    return std::vector<model::SequenceSlice>{{5 + k, 1, blocks0.data(), 3},
-                                             {4 + k, 1, blocks1.data(), 3}};
-  };
-  std::vector<int32_t> tokens = prefill(fed, kv_fed), want;
-  for (int64_t k = 0; k < 8; ++k) {
-    fed.forward_paged(tokens.data(), decode_step(k), kv_fed, nullptr, tokens.data());
-    want.insert(want.end(), tokens.begin(), tokens.end());
-  }
-  const std::vector<int32_t> first = prefill(ahead, kv_ahead);
-  ahead.launch_paged(first.data(), decode_step(0), kv_ahead, nullptr);
-  std::vector<int32_t> got, next(2), ids = prompt;
-  std::vector<float> logits(prompt.size() * config.vocab_size);
-  for (int64_t k = 1; k < 8; ++k) {
-    ahead.launch_paged(nullptr, decode_step(k), kv_ahead, nullptr, /*ids_follow_last=*/true);
-    ahead.collect_paged(next.data());
-    got.insert(got.end(), next.begin(), next.end());
-    ahead.logits(ids.data(), 1, static_cast<int64_t>(ids.size()), logits.data());
-  }
-  ahead.collect_paged(next.data());
-  got.insert(got.end(), next.begin(), next.end());
-  EXPECT_EQ(got, want);
+  const testing::FollowingTokens t = testing::run_following_steps(
+      ahead, fed, prompt, /*split=*/5, /*steps=*/8, /*block_size=*/8, /*table_width=*/3);
+  EXPECT_EQ(t.ahead.size(), 16u);
+  EXPECT_EQ(t.ahead, t.fed);
   EXPECT_GT(ahead.paged_graph_replays(), 0);
 }
 

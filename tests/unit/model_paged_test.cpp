@@ -73,61 +73,45 @@ TEST(ModelPaged, BadStepsAreClearErrors) {
   EXPECT_NO_THROW(step(7, 1));
 }
 
-// Steps launched ahead (Model::launch_paged with ids_follow_last, collected later) give the tokens
-// of steps fed their ids from the host, even with another forward of the model in between; the
-// API's misuses are clear errors.
+// Steps launched ahead give the tokens of steps fed their ids from the host
+// (testing::run_following_steps, also run on the GPU).
 TEST(ModelPaged, FollowingStepsEqualStepsFedTheirTokens) {
   const ModelConfig config =
       ModelConfig::from_json(JsonReader::from_string(kConfig, "model_paged_test"));
-  model::Model fed(config), ahead(config);
-  fed.init_weights(5);
+  model::Model ahead(config), fed(config);
   ahead.init_weights(5);
-  model::PagedKV kv_fed = fed.make_paged_kv(8, 4), kv_ahead = ahead.make_paged_kv(8, 4);
-  const std::vector<int32_t> blocks0 = {0, 1, 2}, blocks1 = {3, 4, 5};
-  const std::vector<int32_t> prompt = {11, 200, 37, 5, 90, 64, 3};  // 4 + 3 tokens
-  auto prefill = [&](model::Model& m, model::PagedKV& kv) {
-    std::vector<int32_t> next(2);
-    m.forward_paged(prompt.data(), {{0, 4, blocks0.data(), 3}, {0, 3, blocks1.data(), 3}}, kv,
-                    nullptr, next.data());
-    return next;
-  };
-  auto decode_step = [&](int64_t k) {  // step k: sequence 0 at 4 + k, sequence 1 at 3 + k
-    return std::vector<model::SequenceSlice>{{4 + k, 1, blocks0.data(), 3},
-                                             {3 + k, 1, blocks1.data(), 3}};
-  };
-  std::vector<int32_t> tokens = prefill(fed, kv_fed), want;
-  for (int64_t k = 0; k < 6; ++k) {
-    fed.forward_paged(tokens.data(), decode_step(k), kv_fed, nullptr, tokens.data());
-    want.insert(want.end(), tokens.begin(), tokens.end());
-  }
-  const std::vector<int32_t> first = prefill(ahead, kv_ahead);
-  ahead.launch_paged(first.data(), decode_step(0), kv_ahead, nullptr);
-  std::vector<int32_t> got, next(2);
-  for (int64_t k = 1; k < 6; ++k) {
-    ahead.launch_paged(nullptr, decode_step(k), kv_ahead, nullptr, /*ids_follow_last=*/true);
-    EXPECT_EQ(ahead.paged_steps_in_flight(), 2);
-    ahead.collect_paged(next.data());
-    got.insert(got.end(), next.begin(), next.end());
-    std::vector<float> logits(4 * config.vocab_size);  // another user of the model in between
-    ahead.logits(prompt.data(), 1, 4, logits.data());
-  }
-  ahead.collect_paged(next.data());
-  got.insert(got.end(), next.begin(), next.end());
-  EXPECT_EQ(got, want);
+  fed.init_weights(5);
+  const testing::FollowingTokens t = testing::run_following_steps(
+      ahead, fed, {11, 200, 37, 5, 90, 64, 3}, /*split=*/4, /*steps=*/6, /*block_size=*/4,
+      /*table_width=*/0);
+  EXPECT_EQ(t.ahead.size(), 12u);
+  EXPECT_EQ(t.ahead, t.fed);
+}
 
-  testing::expect_error_naming([&] { ahead.collect_paged(next.data()); }, {"no step in flight"});
-  ahead.launch_paged(first.data(), decode_step(6), kv_ahead, nullptr);
-  const std::vector<model::SequenceSlice> one = {{10, 1, blocks0.data(), 3}};
+// Misusing launch_paged / collect_paged is a clear error.
+TEST(ModelPaged, LaunchAndCollectMisuseAreClearErrors) {
+  const ModelConfig config =
+      ModelConfig::from_json(JsonReader::from_string(kConfig, "model_paged_test"));
+  model::Model m(config);
+  m.init_weights(5);
+  model::PagedKV kv = m.make_paged_kv(8, 4);
+  const std::vector<int32_t> blocks0 = {0, 1, 2}, blocks1 = {3, 4, 5}, ids = {7, 8};
+  const std::vector<model::SequenceSlice> two = {{0, 1, blocks0.data(), 3},
+                                                 {0, 1, blocks1.data(), 3}};
+  const std::vector<model::SequenceSlice> one = {{1, 1, blocks0.data(), 3}};
+  std::vector<int32_t> next(2);
+  testing::expect_error_naming([&] { m.collect_paged(next.data()); }, {"no step in flight"});
+  testing::expect_error_naming([&] { m.launch_paged(nullptr, two, kv, nullptr, true); },
+                               {"ids follow the last step only for a decode step of its sequences"});
+  m.launch_paged(ids.data(), two, kv, nullptr);
+  testing::expect_error_naming([&] { m.launch_paged(nullptr, one, kv, nullptr, true); },
+                               {"ids follow the last step only for a decode step of its sequences"});
   testing::expect_error_naming(
-      [&] { ahead.launch_paged(nullptr, one, kv_ahead, nullptr, true); },
-      {"ids follow the last step only for a decode step of its sequences"});
-  testing::expect_error_naming(
-      [&] { ahead.forward_paged(first.data(), decode_step(7), kv_ahead, nullptr, next.data()); },
+      [&] { m.forward_paged(ids.data(), two, kv, nullptr, next.data()); },
       {"1 launched steps are not collected"});
-  ahead.launch_paged(nullptr, decode_step(7), kv_ahead, nullptr, true);
-  testing::expect_error_naming(
-      [&] { ahead.launch_paged(nullptr, decode_step(8), kv_ahead, nullptr, true); },
-      {"collect a step first (two are in flight)"});
+  m.launch_paged(nullptr, two, kv, nullptr, true);
+  testing::expect_error_naming([&] { m.launch_paged(nullptr, two, kv, nullptr, true); },
+                               {"collect a step first (two are in flight)"});
 }
 
 }  // namespace
