@@ -1,6 +1,8 @@
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "cuda/cuda_check.h"
@@ -47,6 +49,14 @@ int current_device_sms() {
   CUDA_CHECK(cudaGetDevice(&device));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return sms;
+}
+
+bool programmatic_launch_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("MOEX_PDL");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
 }
 
 namespace {

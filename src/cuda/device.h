@@ -20,6 +20,10 @@ int device_count();
 // not a CudaContext).
 int current_device_sms();
 
+// Whether launch_kernel (cuda/launch.cuh) lets kernels launch before the one ahead of them
+// finishes: on unless the environment sets MOEX_PDL=0 (to measure it, or to rule it out).
+bool programmatic_launch_enabled();
+
 // Registers the caching device allocator and the device copy with core. Idempotent, thread-safe.
 // Throws moex::Error when no GPU is visible.
 void init();

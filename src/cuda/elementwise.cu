@@ -5,6 +5,7 @@
 #include "cuda/column_partials.h"
 #include "cuda/cuda_check.h"
 #include "cuda/elementwise.h"
+#include "cuda/launch.cuh"
 
 namespace moex::cuda {
 namespace {
@@ -15,6 +16,7 @@ constexpr int kThreads = 256;
 // Vector body (nv 16-byte vectors, when every pointer is 16-byte aligned) plus a scalar tail
 // from element tail_start; unaligned buffers take the scalar loop for everything (nv = 0).
 __global__ void add_bf16_kernel(const bf16* a, const bf16* b, bf16* y, int64_t n, int64_t nv) {
+  wait_for_previous_kernel();
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t tid = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   for (int64_t v = tid; v < nv; v += stride) {
@@ -166,8 +168,9 @@ void add_bf16(const void* a, const void* b, void* y, int64_t n, cudaStream_t str
   MOEX_CHECK(n >= 0, "add_bf16: n must be >= 0, got ", n);
   if (n == 0) return;
   const int64_t nv = aligned16(a) && aligned16(b) && aligned16(y) ? n / 8 : 0;
-  add_bf16_kernel<<<grid_for(std::max(nv, n - nv * 8), kThreads), kThreads, 0, stream>>>(
-      static_cast<const bf16*>(a), static_cast<const bf16*>(b), static_cast<bf16*>(y), n, nv);
+  launch_kernel(add_bf16_kernel, grid_for(std::max(nv, n - nv * 8), kThreads), kThreads, 0, stream,
+                static_cast<const bf16*>(a), static_cast<const bf16*>(b), static_cast<bf16*>(y), n,
+                nv);
   MOEX_LAUNCH_CHECK();
 }
 

@@ -1,10 +1,10 @@
-#include <cub/device/device_radix_sort.cuh>
-
 #include <algorithm>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/embedding.h"
+#include "cuda/launch.cuh"
 
 namespace moex::cuda {
 namespace {
@@ -17,6 +17,7 @@ template <int W>
 __global__ void embedding_forward_kernel(const int32_t* __restrict__ ids,
                                          const bf16* __restrict__ table, int64_t n, int64_t dim,
                                          bf16* __restrict__ out, bool accumulate) {
+  wait_for_previous_kernel();
   const int64_t per_row = dim / W, chunks = n * per_row;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < chunks;
        v += int64_t{gridDim.x} * blockDim.x) {
@@ -103,11 +104,11 @@ void embedding_forward_bf16(const int32_t* ids, const void* table, int64_t n, in
   const auto* t = static_cast<const bf16*>(table);
   auto* o = static_cast<bf16*>(out);
   if (dim % 8 == 0 && aligned16(table) && aligned16(out)) {
-    embedding_forward_kernel<8><<<grid_for(n * dim / 8, kThreads), kThreads, 0, stream>>>(
-        ids, t, n, dim, o, accumulate);
+    launch_kernel(embedding_forward_kernel<8>, grid_for(n * dim / 8, kThreads), kThreads, 0, stream,
+                  ids, t, n, dim, o, accumulate);
   } else {
-    embedding_forward_kernel<1><<<grid_for(n * dim, kThreads), kThreads, 0, stream>>>(
-        ids, t, n, dim, o, accumulate);
+    launch_kernel(embedding_forward_kernel<1>, grid_for(n * dim, kThreads), kThreads, 0, stream,
+                  ids, t, n, dim, o, accumulate);
   }
   MOEX_LAUNCH_CHECK();
 }

@@ -7,6 +7,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "cuda/few_rows_mma.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/moe_decode.h"
 
 namespace moex::cuda {
@@ -102,6 +103,7 @@ template <int kKind, int kNT>
 __global__ void __launch_bounds__(kFewRowsThreads, 3) decode_expert_mma_kernel(KernelArgs p) {
   __shared__ SlotRows slot;
   __shared__ FewRowsSmem<kNT> smem;
+  wait_for_previous_kernel();
   load_slot_rows<kKind>(p, slot);
   __syncthreads();
   const int e = slot.expert;
@@ -161,9 +163,9 @@ void launch_mma(const KernelArgs& a, int64_t slots, cudaStream_t stream) {
   static const int sms = current_device_sms();
   const int64_t blocks =
       std::max<int64_t>(1, std::min<int64_t>(units, ceil_div(int64_t{kBlocksPerSm} * sms, slots)));
-  decode_expert_mma_kernel<kKind, kNT>
-      <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kFewRowsThreads, 0,
-         stream>>>(a);
+  launch_kernel(decode_expert_mma_kernel<kKind, kNT>,
+                dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(slots)), kFewRowsThreads,
+                0, stream, a);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -7,6 +7,8 @@
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/last_block.cuh"
+#include "cuda/launch.cuh"
 #include "cuda/moe_gating.h"
 #include "moe/router.h"
 
@@ -300,18 +302,6 @@ __device__ int write_counts_and_offsets(const int* s_load, int num_experts, int 
   return run;
 }
 
-// The last-block hand-off: every block calls it after writing its part; it returns true in the
-// one block that finished last (the others may return), with the other blocks' writes visible.
-__device__ bool finished_last(int* counter) {
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == static_cast<int>(gridDim.x) - 1;
-  __syncthreads();
-  if (s_last) __threadfence();
-  return s_last != 0;
-}
-
 // Phase A shared memory: s_part [kThreads] double, s_lse2 [kBlockTokens] double, s_norm
 // [kBlockTokens] float, s_sel [kBlockTokens * k] int, s_wc [k * kBlockTokens / 32 * E] int.
 size_t phase_a_smem(int num_experts, int top_k) {
@@ -406,7 +396,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // ---------------- hand-off: the last block continues ----------------
-  if (!finished_last(ws.counter)) return;
+  if (!finished_last(ws.counter, static_cast<int>(gridDim.x))) return;
 
   // ---------------- phase B: the last block alone ----------------
   int* s_wcb = reinterpret_cast<int*>(smem);                                // [kWarps * E]
@@ -661,6 +651,7 @@ __global__ void __launch_bounds__(kFewThreads)
                       const float* __restrict__ w, int64_t d, const float* __restrict__ bias,
                       GatingParams p, GatingOutputs out, int64_t max_rows, int* counter) {
   extern __shared__ __align__(16) unsigned char smem[];
+  wait_for_previous_kernel();
   constexpr unsigned kFull = 0xffffffffu;
   const int E = p.num_experts, k = p.top_k;
   const int T = static_cast<int>(p.num_tokens), num_routes = T * k;
@@ -673,7 +664,7 @@ __global__ void __launch_bounds__(kFewThreads)
         block_dot_bf16_f32(x + static_cast<int64_t>(t) * d, w + static_cast<int64_t>(e) * d, d);
     if (tid == 0) logits[t * E + e] = z;
     if (gridDim.x > 1) {
-      if (!finished_last(counter)) return;
+      if (!finished_last(counter, static_cast<int>(gridDim.x))) return;
     } else {
       __syncthreads();
     }
@@ -785,8 +776,8 @@ void launch_few(float* logits, const void* x, const float* w, int64_t d, const f
   const unsigned blocks =
       x == nullptr ? 1u
                    : static_cast<unsigned>(E * params.num_tokens);
-  gating_few_kernel<VPT><<<blocks, kFewThreads, few_smem(E), stream>>>(
-      logits, static_cast<const __nv_bfloat16*>(x), w, d, bias, params, out, max_rows, counter);
+  launch_kernel(gating_few_kernel<VPT>, blocks, kFewThreads, few_smem(E), stream, logits,
+                static_cast<const __nv_bfloat16*>(x), w, d, bias, params, out, max_rows, counter);
   MOEX_LAUNCH_CHECK();
 }
 

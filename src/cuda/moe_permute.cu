@@ -1,6 +1,7 @@
 #include "core/rng.h"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/moe_permute.h"
 #include "moe/router.h"
 
@@ -27,6 +28,7 @@ __global__ void permute_kernel(const __nv_bfloat16* __restrict__ x,
 __global__ void combine_kernel(const __nv_bfloat16* __restrict__ ob,
                                const int32_t* __restrict__ row, const float* __restrict__ gates,
                                int64_t d, int top_k, __nv_bfloat16* __restrict__ y) {
+  wait_for_previous_kernel();
   const int64_t t = blockIdx.x;
   for (int64_t c = threadIdx.x * 8; c < d; c += kThreads * 8) {
     float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -140,8 +142,9 @@ void moe_combine(const void* ob, const int32_t* row, const float* gates, int64_t
   check_rows(ob, d, "moe_combine");
   check_rows(y, d, "moe_combine");
   if (num_tokens == 0) return;
-  combine_kernel<<<static_cast<unsigned>(num_tokens), kThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(ob), row, gates, d, top_k, static_cast<__nv_bfloat16*>(y));
+  launch_kernel(combine_kernel, static_cast<unsigned>(num_tokens), kThreads, 0, stream,
+                static_cast<const __nv_bfloat16*>(ob), row, gates, d, top_k,
+                static_cast<__nv_bfloat16*>(y));
   MOEX_LAUNCH_CHECK();
 }
 

@@ -3,6 +3,7 @@
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/column_partials.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/norm.h"
 
 namespace moex::cuda {
@@ -76,6 +77,7 @@ __global__ void __launch_bounds__(C::kThreads)
                         float* __restrict__ mean_out, float* __restrict__ rstd_out) {
   constexpr int G = C::G, VPT = C::VPT, W = C::W;
   __shared__ float smem[32];
+  wait_for_previous_kernel();
   const int t = threadIdx.x % G, group = threadIdx.x / G;
   const float inv_dim = 1.0f / static_cast<float>(dim);
   // Groups past the last row still take part in every group_sum (shuffles and barriers).
@@ -330,10 +332,11 @@ void forward(const char* op, const void* x, const void* res, const void* w, cons
     using C = decltype(cfg);
     const int64_t blocks = ceil_div(rows, C::kRowsPerBlock);
     MOEX_CHECK(blocks < (int64_t{1} << 31), op, ": rows = ", rows, " is too large");
-    norm_forward_kernel<C, kRms><<<static_cast<unsigned>(blocks), C::kThreads, 0, stream>>>(
-        static_cast<const bf16*>(x), static_cast<const bf16*>(res), static_cast<const bf16*>(w),
-        static_cast<const bf16*>(b), rows, static_cast<int>(dim), eps, static_cast<bf16*>(sum),
-        static_cast<bf16*>(y), mean, rstd);
+    launch_kernel(norm_forward_kernel<C, kRms>, static_cast<unsigned>(blocks), C::kThreads, 0,
+                  stream, static_cast<const bf16*>(x), static_cast<const bf16*>(res),
+                  static_cast<const bf16*>(w), static_cast<const bf16*>(b), rows,
+                  static_cast<int>(dim), eps, static_cast<bf16*>(sum), static_cast<bf16*>(y), mean,
+                  rstd);
     MOEX_LAUNCH_CHECK();
   });
 }

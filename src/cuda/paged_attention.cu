@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/paged_attention.h"
 
 namespace moex::cuda {
@@ -31,6 +32,7 @@ template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     paged_attention_kernel(PagedAttentionParams p, float scale) {
   extern __shared__ float smem[];
+  wait_for_previous_kernel();
   float* part_acc = smem;
   float* part_m = part_acc + kWarpsPerBlock * G * 64 * P;
   float* part_sum = part_m + kWarpsPerBlock * G;
@@ -156,8 +158,8 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
     attr_set = true;
   }
   const auto blocks = static_cast<unsigned>(p.rows * (p.heads / G));
-  paged_attention_kernel<P, G><<<blocks, kWarpsPerBlock * 32, smem, stream>>>(
-      p, 1.0f / sqrtf(static_cast<float>(p.head_dim)));
+  launch_kernel(paged_attention_kernel<P, G>, blocks, kWarpsPerBlock * 32, smem, stream, p,
+                1.0f / sqrtf(static_cast<float>(p.head_dim)));
   CUDA_CHECK(cudaGetLastError());
 }
 
@@ -197,6 +199,7 @@ void launch_for_group(const PagedAttentionParams& p, cudaStream_t stream) {
 template <bool kScatter>
 __global__ void move_rows_kernel(const bf16* src, const int32_t* index, int64_t num_rows,
                                  int64_t width, bf16* dst) {
+  wait_for_previous_kernel();
   const int64_t n = num_rows * width;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -215,8 +218,8 @@ void move_rows(const void* src, const int32_t* index, int64_t num_rows, int64_t 
   if (n == 0) return;
   const int threads = 256;
   const auto blocks = static_cast<unsigned>(std::min<int64_t>((n + threads - 1) / threads, 4096));
-  move_rows_kernel<kScatter><<<blocks, threads, 0, stream>>>(
-      static_cast<const bf16*>(src), index, num_rows, width, static_cast<bf16*>(dst));
+  launch_kernel(move_rows_kernel<kScatter>, blocks, threads, 0, stream,
+                static_cast<const bf16*>(src), index, num_rows, width, static_cast<bf16*>(dst));
   CUDA_CHECK(cudaGetLastError());
 }
 

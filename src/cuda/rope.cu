@@ -2,6 +2,7 @@
 
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/rope.h"
 
 namespace moex::cuda {
@@ -129,6 +130,7 @@ void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, flo
 template <int W>
 __global__ void rope_qkv_paged_kernel(RopeQkvPagedParams p, float theta) {
   extern __shared__ float2 cos_sin[];  // [half]
+  wait_for_previous_kernel();
   const int hd = static_cast<int>(p.head_dim), half = hd / 2;
   const int64_t row = blockIdx.x, qw = p.q_width, kw = p.kv_width;
   const bool rope = theta > 0.0f;
@@ -194,9 +196,11 @@ void rope_qkv_paged_bf16(const RopeQkvPagedParams& p, cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(half) * sizeof(float2);
   const float theta = static_cast<float>(p.theta);
   if (vec) {
-    rope_qkv_paged_kernel<8><<<static_cast<unsigned>(p.rows), 256, smem, stream>>>(p, theta);
+    launch_kernel(rope_qkv_paged_kernel<8>, static_cast<unsigned>(p.rows), 256, smem, stream, p,
+                  theta);
   } else {
-    rope_qkv_paged_kernel<1><<<static_cast<unsigned>(p.rows), 256, smem, stream>>>(p, theta);
+    launch_kernel(rope_qkv_paged_kernel<1>, static_cast<unsigned>(p.rows), 256, smem, stream, p,
+                  theta);
   }
   MOEX_LAUNCH_CHECK();
 }

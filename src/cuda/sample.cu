@@ -12,6 +12,7 @@
 #include "core/rng.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/launch.cuh"
 #include "cuda/sample.h"
 
 namespace moex::cuda {
@@ -20,7 +21,7 @@ namespace {
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBits = 4, kBins = 1 << kBits;  // key bits fixed per pass
-constexpr int kUnroll = 4;                    // loads in flight per thread
+constexpr int kUnroll = 16;                   // loads in flight per thread
 constexpr int kParamWords = 10;               // ops::kSampleParamWords
 
 struct RowParams {
@@ -199,6 +200,7 @@ __device__ uint64_t select_key(const float* row, int64_t cols, uint64_t lo, W we
 
 __global__ void __launch_bounds__(kThreads)
     sample_rows_kernel(const float* x, int64_t cols, const int32_t* params, int32_t* out) {
+  wait_for_previous_kernel();
   const float* row = x + static_cast<int64_t>(blockIdx.x) * cols;
   const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
   // The first token in order: the greedy answer, and the largest logit of the softmax.
@@ -247,7 +249,8 @@ __global__ void __launch_bounds__(kThreads)
 void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
                      int32_t* out, cudaStream_t stream) {
   if (rows == 0) return;
-  sample_rows_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, cols, params, out);
+  launch_kernel(sample_rows_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, cols,
+                params, out);
   CUDA_CHECK(cudaGetLastError());
 }
 

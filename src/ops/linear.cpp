@@ -6,6 +6,7 @@
 
 #if MOEX_WITH_CUDA
 #include "cuda/elementwise.h"
+#include "cuda/few_rows_linear.h"
 #include "cuda/gemm.h"
 #endif
 
@@ -39,6 +40,20 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
   }
   MOEX_CUDA_TWIN("linear", {
     cuda::CudaContext& ctx = cuda::default_context(dev.ordinal);
+    // A few rows (decoding) stream W once at full bandwidth; cuBLAS takes the rest.
+    cuda::FewRowsLinearParams few;
+    few.x = x.raw_data();
+    few.w = w.raw_data();
+    few.bias = b.defined() ? b.raw_data() : nullptr;
+    few.y = y.raw_data();
+    few.y_f32 = y_f32;
+    few.rows = n;
+    few.n = out;
+    few.k = in;
+    if (cuda::few_rows_linear_fits(few)) {
+      cuda::few_rows_linear(few, ctx.stream());
+      return;
+    }
     cuda::GemmShape s{false, true, n, out, in, in, in, out};
     cuda::gemm_bf16(ctx.cublas(), s, x.raw_data(), 0, w.raw_data(), 0, y.raw_data(), 0, y_f32, 1);
     if (b.defined()) cuda::add_bias_bf16(y.raw_data(), b.raw_data(), n, out, ctx.stream());
