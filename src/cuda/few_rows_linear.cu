@@ -135,14 +135,21 @@ __global__ void __launch_bounds__(kFewRowsThreads, 3)
   }
 }
 
+// Blocks of the kernel that fit on the device at once.
 template <int kNT>
-void launch(const FewRowsLinearParams& p, cudaStream_t stream) {
+int64_t resident_blocks() {
   static const int64_t resident = [] {
     int per_sm = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, few_rows_linear_kernel<kNT>,
                                                              kFewRowsThreads, 0));
     return int64_t{std::max(1, per_sm)} * current_device_sms();
   }();
+  return resident;
+}
+
+template <int kNT>
+void launch(const FewRowsLinearParams& p, cudaStream_t stream) {
+  const int64_t resident = resident_blocks<kNT>();
   Plan plan;
   plan.units = ceil_div(p.n, 32);
   plan.splits = static_cast<int>(
@@ -165,6 +172,12 @@ bool few_rows_linear_fits(const FewRowsLinearParams& p) {
   return p.k < (int64_t{1} << 30) && p.n < (int64_t{1} << 30) && p.rows >= 1 &&
          p.rows <= kFewRowsLinearMaxRows && p.n >= 1 && p.k >= 8 && p.k % 8 == 0 &&
          aligned16(p.x) && aligned16(p.w);
+}
+
+bool few_rows_linear_wins(const FewRowsLinearParams& p) {
+  if (!few_rows_linear_fits(p)) return false;
+  const int64_t resident = p.rows <= 8 ? resident_blocks<1>() : resident_blocks<2>();
+  return 2 * ceil_div(p.n, 32) <= resident;
 }
 
 void few_rows_linear(const FewRowsLinearParams& p, cudaStream_t stream) {

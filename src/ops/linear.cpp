@@ -40,7 +40,8 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
   }
   MOEX_CUDA_TWIN("linear", {
     cuda::CudaContext& ctx = cuda::default_context(dev.ordinal);
-    // A few rows (decoding) stream W once at full bandwidth; cuBLAS takes the rest.
+    // A few rows of a small matrix (decoding's attention projections): cuBLAS's split-K kernels
+    // leave bandwidth unused there; it takes the rest.
     cuda::FewRowsLinearParams few;
     few.x = x.raw_data();
     few.w = w.raw_data();
@@ -50,7 +51,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
     few.rows = n;
     few.n = out;
     few.k = in;
-    if (cuda::few_rows_linear_fits(few)) {
+    if (cuda::few_rows_linear_wins(few)) {
       cuda::few_rows_linear(few, ctx.stream());
       return;
     }

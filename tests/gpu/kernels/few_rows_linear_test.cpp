@@ -95,6 +95,10 @@ TEST_F(FewRowsLinearTest, RefusesWhatItCannotTake) {
   auto p = params(x, w, nullptr, y, false, 1, 4, 16);
   p.x = static_cast<const char*>(x.ptr) + 2;
   EXPECT_FALSE(cuda::few_rows_linear_fits(p));
+  EXPECT_FALSE(cuda::few_rows_linear_wins(p));
+  // ops::linear takes it for a small matrix (split along k), cuBLAS for an LM head's.
+  EXPECT_TRUE(cuda::few_rows_linear_wins(params(x, w, nullptr, y, false, 1, 4096, 4096)));
+  EXPECT_FALSE(cuda::few_rows_linear_wins(params(x, w, nullptr, y, true, 1, 32000, 4096)));
 }
 
 // The decode step's projections (mixtral4l: QKV, output, LM head) at 1 and 8 rows, beside cuBLAS.
