@@ -28,10 +28,11 @@ struct FewRowsLinearParams {
 // x, w 16-byte aligned (its 16-byte loads).
 bool few_rows_linear_fits(const FewRowsLinearParams& p);
 
-// Whether few_rows_linear beats cuBLAS here: it fits and the matrix is small enough to be split
-// along k (fewer 32-row units than half the resident blocks). On the H200 it read the 4096 x 4096
-// output projection of one row in 14.5 us against cuBLAS's 18.1, and the 6144 x 4096 QKV as fast;
-// at 32000 x 4096 (an LM head, unsplit) cuBLAS was 6% faster (docs/gpu-model.md §Decoding).
+// Whether few_rows_linear beats cuBLAS here: one row of a matrix small enough to be split along k
+// (fewer 32-row units than half the resident blocks). On the H200 (docs/gpu-model.md §Decoding) it
+// read one row's 4096 x 4096 output projection in 14.4-14.5 us against cuBLAS's 14.4-18.1 and the
+// 6144 x 4096 QKV in 17.0-17.3 against 17.6-18.4; at 8 rows cuBLAS was 2-3 us faster, and at
+// 32000 x 4096 (an LM head, unsplit) 6-10% faster.
 bool few_rows_linear_wins(const FewRowsLinearParams& p);
 
 // y = x W^T with fp32 accumulation; a bf16 y is rounded once, then the bias added (as

@@ -96,8 +96,10 @@ TEST_F(FewRowsLinearTest, RefusesWhatItCannotTake) {
   p.x = static_cast<const char*>(x.ptr) + 2;
   EXPECT_FALSE(cuda::few_rows_linear_fits(p));
   EXPECT_FALSE(cuda::few_rows_linear_wins(p));
-  // ops::linear takes it for a small matrix (split along k), cuBLAS for an LM head's.
+  // ops::linear takes it for one row of a small matrix (split along k), cuBLAS for an LM head's
+  // and for more rows.
   EXPECT_TRUE(cuda::few_rows_linear_wins(params(x, w, nullptr, y, false, 1, 4096, 4096)));
+  EXPECT_FALSE(cuda::few_rows_linear_wins(params(x, w, nullptr, y, false, 8, 4096, 4096)));
   EXPECT_FALSE(cuda::few_rows_linear_wins(params(x, w, nullptr, y, true, 1, 32000, 4096)));
 }
 
