@@ -75,12 +75,18 @@ int64_t ParamBuffer::num_elements() const {
   return n;
 }
 
-int ParamBuffer::declare(const std::string& name, const Shape& shape, int split_dim) {
+int ParamBuffer::declare(const std::string& name, const Shape& shape, int split_dim,
+                         int split_blocks) {
   MOEX_CHECK(!flat_.defined(), "parameter '", name, "' declared after the buffer was allocated");
   MOEX_CHECK(index_of(name) < 0, "parameter '", name, "' declared twice");
   names_.push_back(name);
   shapes_.push_back(shape);
+  MOEX_CHECK(split_blocks >= 1 && (split_dim < 0 || (split_dim < shape.ndim() &&
+                                                     shape[split_dim] % split_blocks == 0)),
+             "parameter '", name, "': ", split_blocks, " blocks of dimension ", split_dim, " of ",
+             shape.str());
   split_dims_.push_back(split_dim);
+  split_blocks_.push_back(split_blocks);
   offsets_.push_back(total_);
   total_ += (shape.numel() + 63) / 64 * 64;
   return size() - 1;
@@ -98,6 +104,7 @@ int ParamBuffer::declare_contiguous(const std::vector<std::string>& names,
     names_.push_back(names[i]);
     shapes_.push_back(shapes[i]);
     split_dims_.push_back(split_dim);
+    split_blocks_.push_back(1);
     offsets_.push_back(total_);
     total_ += shapes[i].numel();
   }
@@ -154,6 +161,7 @@ ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
   out.names_ = names_;
   out.shapes_ = shapes_;
   out.split_dims_ = split_dims_;
+  out.split_blocks_ = split_blocks_;
   out.offsets_ = offsets_;
   out.total_ = total_;
   out.allocate(dtype, device);

@@ -78,8 +78,11 @@ class ParamBuffer {
  public:
   // Returns the index of the new entry; the shapes are fixed from here on. split_dim >= 0 marks
   // a tensor-parallel part: the entry holds this rank's 1/tp of the named tensor along that
-  // dimension (docs/parallelism.md §Tensor parallelism); -1: the whole tensor.
-  int declare(const std::string& name, const Shape& shape, int split_dim = -1);
+  // dimension (docs/parallelism.md §Tensor parallelism); -1: the whole tensor. split_blocks > 1:
+  // that dimension is that many equal blocks, each split alike (a fused [gate; up] projection:
+  // this rank's gate rows, then its up rows).
+  int declare(const std::string& name, const Shape& shape, int split_dim = -1,
+              int split_blocks = 1);
   // Declares entries back to back with no padding between them, so that one view can span them
   // (e.g. gate_proj then up_proj read as one fused [2F, d] matrix). Returns the first index.
   int declare_contiguous(const std::vector<std::string>& names, const std::vector<Shape>& shapes,
@@ -98,6 +101,7 @@ class ParamBuffer {
   const std::string& name(int i) const { return names_.at(i); }
   const Tensor& tensor(int i) const { return tensors_.at(i); }
   int split_dim(int i) const { return split_dims_.at(i); }
+  int split_blocks(int i) const { return split_blocks_.at(i); }
   int index_of(const std::string& name) const;       // -1 if absent
   const Tensor& flat() const { return flat_; }       // [total] of the buffer's dtype
   int64_t total_elements() const { return total_; }  // with the 64-element alignment padding
@@ -107,6 +111,7 @@ class ParamBuffer {
   std::vector<std::string> names_;
   std::vector<Shape> shapes_;
   std::vector<int> split_dims_;   // [entries] tensor-parallel split dimension, -1: whole
+  std::vector<int> split_blocks_;  // [entries] blocks of that dimension, each split alike
   std::vector<int64_t> offsets_;  // element offset of each entry, aligned to 64 elements
   std::vector<Tensor> tensors_;
   Tensor flat_;

@@ -35,6 +35,8 @@ struct ParallelConfig {
   bool offload = false;  // ZeRO-Offload: master weights and Adam state in host memory
   bool dtd = false;      // Duplicate Token Dropping (needs tp > 1 and ep > 1)
   bool cac = false;      // Communication-aware Activation Checkpointing
+  // Expert tensor-slicing: each expert's hidden width split over the tp ranks (needs tp > 1).
+  bool expert_slicing = false;
 };
 
 struct ParallelLayout {

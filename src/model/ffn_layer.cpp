@@ -40,9 +40,20 @@ ops::Activation activation_kind(const ModelConfig& c) {
 
 FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
                    dist::Communicator* expert_group, const TensorParallel& tp)
-    : config_(config), spec_(spec), tp_(spec.moe ? TensorParallel{} : tp) {
+    : config_(config),
+      spec_(spec),
+      tp_(spec.moe ? TensorParallel{} : tp),
+      expert_tp_(spec.moe && tp.slice_experts ? tp : TensorParallel{}) {
   if (!spec.moe) return;
-  moe_ = std::make_unique<MoELayer>(spec.moe_config, DType::kF32, expert_group);
+  // Under expert tensor-slicing the layer computes this rank's F/tp of every expert's hidden
+  // width; the residual and shared MLPs stay whole.
+  MoEConfig local = spec.moe_config;
+  if (expert_tp_.active()) {
+    if (local.residual && local.residual_ffn_size == 0) local.residual_ffn_size = local.ffn_size;
+    local.ffn_size = expert_tp_.part(local.ffn_size);
+  }
+  moe_ = std::make_unique<MoELayer>(local, DType::kF32, expert_group);
+  if (expert_tp_.active()) moe_->slice_experts(tp.group);
   // The tp ranks route the same tokens to the same experts: exchange each row once.
   if (tp.active() && tp.drop_duplicate_tokens) moe_->drop_duplicate_tokens(tp.group);
 }
@@ -69,14 +80,19 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
     return;
   }
   const MoEConfig& m = spec_.moe_config;
-  const int64_t e = m.num_experts, el = moe_->num_local_experts(), f = m.ffn_size;
+  const int64_t e = m.num_experts, el = moe_->num_local_experts(), f = m.ffn_size,
+                fl = expert_tp_.part(f);
   moe_idx_.assign(kCount, -1);
   moe_idx_[kRouter] = params.declare(prefix + ".gate.weight", Shape{e, d});
   if (m.selection_bias)
     moe_idx_[kSelectionBias] = params.declare(prefix + ".gate.e_score_correction_bias", Shape{e});
+  // Sliced: this rank's rows of each expert's first projection (of its gate and of its up half
+  // under SwiGLU) and columns of its second.
+  const bool sliced = expert_tp_.active();
   moe_idx_[kW1] = params.declare(prefix + (swiglu ? ".experts.gate_up_proj" : ".experts.up_proj"),
-                                 Shape{el, m.first_proj_rows(f), d});
-  moe_idx_[kW2] = params.declare(prefix + ".experts.down_proj", Shape{el, d, f});
+                                 Shape{el, m.first_proj_rows(fl), d}, sliced ? 1 : -1,
+                                 static_cast<int>(m.first_proj_rows(1)));
+  moe_idx_[kW2] = params.declare(prefix + ".experts.down_proj", Shape{el, d, fl}, sliced ? 2 : -1);
   if (m.residual) {
     declare_mlp(prefix + ".residual_mlp", m.residual_ffn_size ? m.residual_ffn_size : f,
                 &moe_idx_[kResW1], &moe_idx_[kResW2], false);
@@ -121,6 +137,25 @@ void FfnLayer::bind(const ParamViews& views) {
   w2_ = bind_param(views, w2_idx_);
 }
 
+void FfnLayer::init_sliced_experts(const Tensor& local, bool first, uint64_t seed, uint64_t offset,
+                                   float std) const {
+  const MoEConfig& m = spec_.moe_config;
+  const int64_t d = config_.hidden_size, f = m.ffn_size, fl = expert_tp_.part(f);
+  const int64_t blocks = m.first_proj_rows(1), f1 = blocks * f;
+  for (int64_t e = 0; e < moe_->num_local_experts(); ++e) {
+    const int64_t expert = moe_->first_local_expert() + e;
+    const Tensor mine = local.slice(e, e + 1);
+    if (!first) {  // [d, F]: this rank's columns
+      fill_normal_part(mine.view(Shape{d, fl}), d, f, 1, expert_tp_, std, seed, offset,
+                       expert * d * f);
+      continue;
+    }
+    for (int64_t b = 0; b < blocks; ++b)  // [F1, d]: this rank's rows of each block
+      fill_normal_part(mine.view(Shape{blocks * fl, d}).slice(b * fl, (b + 1) * fl), f, d, 0,
+                       expert_tp_, std, seed, offset, expert * f1 * d + b * f * d);
+  }
+}
+
 void FfnLayer::init(uint64_t seed, float std, float out_std) {
   if (!moe_) {
     // Under tp each rank draws its part's numbers of the whole [F1, d] and [d, F] matrices.
@@ -142,6 +177,8 @@ void FfnLayer::init(uint64_t seed, float std, float out_std) {
     float* p = t->data<float>();
     if (i == kSelectionBias) {
       std::fill(p, p + t->numel(), 0.0f);
+    } else if ((i == kW1 || i == kW2) && expert_tp_.active()) {
+      init_sliced_experts(*t, i == kW1, seed, 10 + i, i == kW1 ? std : out_std);
     } else {
       const bool out_proj = i == kW2 || i == kResW2 || i == kSharedW2;
       const bool experts = i == kW1 || i == kW2;

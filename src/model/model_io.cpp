@@ -13,23 +13,40 @@
 namespace moex::model {
 namespace {
 
-// The whole of a tensor-parallel part along split_dim: the tp group's parts in rank order.
-Tensor gather_tensor_parallel(const TensorParallel& tp, int split_dim, const Tensor& local) {
-  const int64_t parts = tp.size(), rows = local.dim(0);
+// A tensor-parallel split along `dim` of a tensor of shape s, in `blocks` equal blocks of that
+// dimension each split alike, seen as [outer, len, inner]: outer = s[0..dim) * blocks, len =
+// s[dim] / blocks, inner = s[dim+1..). Part p of the whole holds, for each outer index o, elements
+// [p * len, (p + 1) * len) of the whole's [outer, parts * len, inner] view.
+struct SplitView {
+  int64_t outer = 1, len = 1, inner = 1;
+};
+
+SplitView split_view(const Shape& local, int dim, int blocks) {
+  SplitView v;
+  for (int i = 0; i < dim; ++i) v.outer *= local[i];
+  v.outer *= blocks;
+  v.len = local[dim] / blocks;
+  for (int i = dim + 1; i < local.ndim(); ++i) v.inner *= local[i];
+  return v;
+}
+
+// The whole of entry i's tensor-parallel part: the tp group's parts in rank order.
+Tensor gather_tensor_parallel(const TensorParallel& tp, const ParamBuffer& params, int i,
+                              const Tensor& local) {
+  const int64_t parts = tp.size();
   Tensor all = Tensor::empty(Shape{parts, local.numel()}, DType::kF32);
   tp.all_gather(local, all);
   Shape global = local.shape();
-  global[split_dim] *= parts;
-  if (split_dim == 0) return all.view(global);
-  // Columns: row i of the whole is row i of every part, side by side.
+  global[params.split_dim(i)] *= parts;
   Tensor whole = Tensor::empty(global, DType::kF32);
-  const int64_t cols = local.numel() / rows;
+  const SplitView v = split_view(local.shape(), params.split_dim(i), params.split_blocks(i));
+  const int64_t block = v.len * v.inner;
   const float* src = all.data<float>();
   float* dst = whole.data<float>();
   for (int64_t p = 0; p < parts; ++p)
-    for (int64_t i = 0; i < rows; ++i)
-      std::copy(src + (p * rows + i) * cols, src + (p * rows + i + 1) * cols,
-                dst + (i * parts + p) * cols);
+    for (int64_t o = 0; o < v.outer; ++o)
+      std::copy(src + (p * v.outer + o) * block, src + (p * v.outer + o + 1) * block,
+                dst + (o * parts + p) * block);
   return whole;
 }
 
@@ -45,16 +62,16 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
     const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
-    const Tensor local = flat.slice(offset, offset + t.numel()).view(t.shape());
-    if (tp.active() && params.split_dim(i) >= 0) {
-      out[params.name(i)] = gather_tensor_parallel(tp, params.split_dim(i), local);
-      continue;
-    }
+    Tensor local = flat.slice(offset, offset + t.numel()).view(t.shape());
+    // Tensor-parallel parts first (the tp group holds the same experts), then the ep group's
+    // experts.
+    if (tp.active() && params.split_dim(i) >= 0)
+      local = gather_tensor_parallel(tp, params, i, local);
     if (ep == 1 || !model.is_expert_param(i)) {
       out[params.name(i)] = local;
       continue;
     }
-    Shape global = t.shape();
+    Shape global = local.shape();
     global[0] *= ep;  // rank p holds experts [p * El, (p + 1) * El): rank order is expert order
     Tensor full = Tensor::empty(global, DType::kF32);
     group->all_gather(local.data<float>(), full.data<float>(), local.numel());
@@ -65,27 +82,29 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
 
 Tensor local_part(const Model& model, int index, const Tensor& full) {
   dist::Communicator* group = model.expert_group();
-  const Tensor& t = model.params().tensor(index);
+  const ParamBuffer& params = model.params();
+  const Tensor& t = params.tensor(index);
   const TensorParallel& tp = model.tensor_parallel();
-  const int split = model.params().split_dim(index);
-  if (tp.active() && split >= 0) {
-    Shape global = t.shape();
-    global[split] *= tp.size();
-    if (full.shape() != global) return full;
-    if (split == 0) return full.slice(tp.rank() * t.dim(0), (tp.rank() + 1) * t.dim(0));
-    // Columns: this rank's block of every row.
-    Tensor part = Tensor::empty(t.shape(), DType::kF32);
-    const int64_t rows = t.dim(0), cols = t.numel() / rows, first = tp.rank() * cols;
-    const float* src = full.data<float>();
-    for (int64_t i = 0; i < rows; ++i)
-      std::copy(src + i * cols * tp.size() + first, src + i * cols * tp.size() + first + cols,
-                part.data<float>() + i * cols);
-    return part;
-  }
-  if (!group || group->size() == 1 || !model.is_expert_param(index) || full.ndim() == 0 ||
-      full.dim(0) != t.dim(0) * group->size())
-    return full;
-  return full.slice(group->rank() * t.dim(0), (group->rank() + 1) * t.dim(0));
+  const int split = params.split_dim(index);
+  const int64_t parts = tp.active() && split >= 0 ? tp.size() : 1;
+  // This rank's experts (dim 0), then its tensor-parallel part. A shape that fits neither is
+  // returned as it is, for the caller to report.
+  Tensor part = full;
+  if (group && group->size() > 1 && model.is_expert_param(index) && full.ndim() > 0 &&
+      full.dim(0) == t.dim(0) * group->size())
+    part = full.slice(group->rank() * t.dim(0), (group->rank() + 1) * t.dim(0));
+  if (parts == 1) return part;
+  Shape global = t.shape();
+  global[split] *= parts;
+  if (part.shape() != global) return part;
+  Tensor local = Tensor::empty(t.shape(), DType::kF32);
+  const SplitView v = split_view(t.shape(), split, params.split_blocks(index));
+  const int64_t block = v.len * v.inner;
+  const float* src = part.data<float>();
+  for (int64_t o = 0; o < v.outer; ++o)
+    std::copy(src + (o * parts + tp.rank()) * block, src + (o * parts + tp.rank() + 1) * block,
+              local.data<float>() + o * block);
+  return local;
 }
 
 void save_model(const Model& model, const std::string& model_json, const std::string& dir,

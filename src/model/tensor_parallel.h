@@ -17,6 +17,9 @@ struct TensorParallel {
   dist::Communicator* group = nullptr;  // null: this rank holds every weight
   // Duplicate Token Dropping in the MoE layers' expert exchanges (MoELayer::drop_duplicate_tokens).
   bool drop_duplicate_tokens = false;
+  // Expert tensor-slicing: each expert's hidden width F split over the group like a dense MLP's
+  // (MoELayer::slice_experts); otherwise MoE layers are whole on every rank.
+  bool slice_experts = false;
 
   int size() const { return group ? group->size() : 1; }
   int rank() const { return group ? group->rank() : 0; }

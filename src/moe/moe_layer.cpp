@@ -27,6 +27,7 @@ struct MoELayer::Impl {
   MoEWeights weights;
   MoERouting routing;
   dist::Communicator* expert_group = nullptr;  // set when ep > 1 (experts spread over ranks)
+  dist::Communicator* slice_group = nullptr;   // expert tensor-slicing over these ranks
   int64_t num_local_experts = 0, first_local_expert = 0;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
 };
@@ -255,6 +256,10 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   for (int q = 0; q < num_sources(); ++q)
     moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
                             experts_.h.data(), experts_.a.data(), experts_.out.data());
+  // Sliced experts: each rank's out rows are its slice's part of the sum over F. A CAC recompute
+  // takes the first pass's outputs and skips it.
+  if (slice_group != nullptr && !reuse)
+    slice_group->all_reduce_sum(experts_.out.data(), eplan.num_rows() * d);
   const T* expert_out = experts_.out.data();
   if (expert_group != nullptr) {
     if (reuse) {
@@ -431,6 +436,7 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
     for (int64_t i = 0; i < g.w1.numel(); ++i) ptr<T>(g.w1)[i] += dw1[i];
     for (int64_t i = 0; i < g.w2.numel(); ++i) ptr<T>(g.w2)[i] += dw2[i];
   }
+  if (slice_group != nullptr) slice_group->all_reduce_sum(expert_din, eplan.num_rows() * d);
   if (expert_group != nullptr) exchange_.from_owners(expert_din, d, dbuf_.data());
   moe::moe_permute_backward<T>(dbuf_.data(), plan, d, dx);
 
@@ -513,6 +519,10 @@ void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group) {
   impl_->drop_duplicates(tp_group);
 }
 
+void MoELayer::slice_experts(dist::Communicator* tp_group) {
+  impl_->slice_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
+}
+
 moe::ExchangeStats MoELayer::exchange_stats() const {
   return impl_->exchange_stats();
 }
@@ -564,8 +574,9 @@ std::vector<std::pair<std::string, Tensor>> MoELayer::named_parameters() const {
 
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
-    MOEX_CHECK(impl_->expert_group == nullptr,
-               "MoELayer: expert parallelism runs on the CPU only so far (docs/parallelism.md)");
+    MOEX_CHECK(impl_->expert_group == nullptr && impl_->slice_group == nullptr,
+               "MoELayer: expert parallelism and expert slicing run on the CPU only so far "
+               "(docs/parallelism.md)");
     if (!impl_->device)
       impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, x.device());
     return impl_->device->forward(impl_->weights, x, options);

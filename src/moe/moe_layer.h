@@ -127,6 +127,11 @@ class MoELayer {
   // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
   // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off.
   void drop_duplicate_tokens(dist::Communicator* tp_group);
+  // Expert tensor-slicing (docs/parallelism.md): the layer's config holds this rank's F/tp of each
+  // expert's hidden width and its weights that slice; the ranks of tp_group, which run the layer
+  // on the same tokens, sum their experts' outputs, and in backward their input gradients, over
+  // tp_group. CPU only; null: off.
+  void slice_experts(dist::Communicator* tp_group);
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

@@ -139,17 +139,20 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   if ((group == nullptr || group->size() == 1) && !tp.active())
     return this->step(model.params(), model.grads(), lr, step, working_copy);
   // Squares of the tensors every rank holds whole, of this rank's experts summed over the ep
-  // group, and of this rank's tensor-parallel parts summed over the tp group.
+  // group, of this rank's tensor-parallel parts summed over the tp group, and of its slices of
+  // its experts (expert tensor-slicing) summed over both.
   const ParamBuffer& grads = model.grads();
-  enum { kWhole, kExpert, kSplit };
-  double sums[3] = {0, 0, 0};
+  enum { kWhole, kSplit, kExpert, kExpertSplit };
+  double sums[4] = {0, 0, 0, 0};
   for (int i = 0; i < grads.size(); ++i) {
-    const int kind = model.is_expert_param(i)                          ? kExpert
-                     : tp.active() && model.params().split_dim(i) >= 0 ? kSplit
-                                                                       : kWhole;
+    const bool split = tp.active() && model.params().split_dim(i) >= 0;
+    const int kind = model.is_expert_param(i) ? (split ? kExpertSplit : kExpert)
+                     : split                  ? kSplit
+                                              : kWhole;
     sums[kind] += ops::sum_of_squares(grads.tensor(i));
   }
-  if (group != nullptr) group->all_reduce_sum(&sums[kExpert], 1);
+  if (group != nullptr) group->all_reduce_sum(&sums[kExpert], 2);  // kExpert, kExpertSplit
+  sums[kSplit] += sums[kExpertSplit];
   if (tp.active()) tp.group->all_reduce_sum(&sums[kSplit], 1);
   const double norm = std::sqrt(sums[kWhole] + sums[kExpert] + sums[kSplit]);
   apply(model.params(), grads, lr, step, working_copy, norm);

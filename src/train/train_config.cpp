@@ -17,6 +17,7 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   p.offload = par.get_bool("offload", false);
   p.dtd = par.get_bool("dtd", false);
   p.cac = par.get_bool("cac", false);
+  p.expert_slicing = par.get_bool("expert_slicing", false);
   if (p.tp < 1) par.fail("tp", "must be >= 1");
   if (p.ep < 1) par.fail("ep", "must be >= 1");
   if (p.zero_stage < 0 || p.zero_stage > 2)
@@ -27,13 +28,16 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
     par.fail("cac", "needs training.activation_checkpointing");
   if (p.cac && p.ep < 2)
     par.fail("cac", "needs parallel.ep > 1 (without expert parallelism there is no all-to-all)");
+  if (p.expert_slicing && p.tp < 2)
+    par.fail("expert_slicing", "needs parallel.tp > 1 (it splits each expert over the tp ranks)");
   auto divides = [&](const char* field, int64_t n, int64_t size, const std::string& what) {
     if (size % n != 0)
       par.fail(field, "is " + std::to_string(n) + ", which does not divide " + what + " (" +
                           std::to_string(size) + ")");
   };
   // Tensor parallelism splits heads, the dense FFN's width and the vocabulary; MoE layers (their
-  // residual and shared MLPs included) stay whole on every tp rank.
+  // residual and shared MLPs included) stay whole on every tp rank, or with expert_slicing each
+  // expert's hidden width is split too.
   divides("tp", p.tp, model.num_heads, "model.num_heads");
   divides("tp", p.tp, model.num_kv_heads, "model.num_kv_heads");
   divides("tp", p.tp, model.ffn_size, "model.ffn_size");
@@ -47,6 +51,10 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
     if (!l.moe) continue;
     divides("ep", p.ep, l.moe_config.num_experts,
             "the number of experts of layer " + std::to_string(i));
+    if (p.expert_slicing && l.moe_config.ffn_size % p.tp != 0)
+      par.fail("expert_slicing", "splits each expert's ffn_size over tp = " + std::to_string(p.tp) +
+                                     ", which does not divide layer " + std::to_string(i) + "'s (" +
+                                     std::to_string(l.moe_config.ffn_size) + ")");
   }
   return p;
 }

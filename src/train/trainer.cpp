@@ -184,7 +184,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
   }
   model::TensorParallel tensor_parallel;
-  if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd};
+  if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
   model.init_weights(c.training.seed);

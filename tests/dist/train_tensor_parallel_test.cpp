@@ -10,11 +10,14 @@
 // flips into a full +-lr step, so those differences grow over the steps. The gradient test above
 // checks one step's gradients to 1e-5. Layouts: tp 2 (np 2); tp 2 x dp 2
 // and tp 2 x ep 2 (np 4), each with the fixture's model and with a variant that has q/k norms per
-// head, q/k/v biases, tied embeddings and learned positions.
+// head, q/k/v biases, tied embeddings and learned positions; and the same with expert
+// tensor-slicing (each expert's hidden width split over tp as well), whose only difference from
+// the single process is again the order of the split sums.
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <random>
 
@@ -35,14 +38,18 @@ constexpr double kTrainedTolerance = 1e-4;  // relative L2 of trained weights an
 constexpr const char* kVariantModel =
     R"(, "qk_norm": "per_head", "qkv_bias": true, "tie_embeddings": true, "positions": "learned")";
 
+// The layout's parallel fields beyond tp, ep and ZeRO (e.g. expert slicing).
 void check_equals_single_process(int tp, int ep, const std::string& extra_model,
-                                 const std::string& extra_training = "", int zero_stage = 0) {
+                                 const std::string& extra_training = "", int zero_stage = 0,
+                                 const std::string& extra_parallel = "") {
   dist::Communicator& world = dist::Communicator::world();
   const int dp = world.size() / tp;
   const std::string name =
       "tp_test_np" + std::to_string(world.size()) + "_tp" + std::to_string(tp) + "_ep" +
       std::to_string(ep) + (extra_model.empty() ? "" : "_variant") +
-      (extra_training.empty() ? "" : "_extra") + "_zero" + std::to_string(zero_stage);
+      (extra_training.empty() ? "" : "_extra") + "_zero" + std::to_string(zero_stage) +
+      (extra_parallel.empty() ? ""
+                              : "_" + std::to_string(std::hash<std::string>()(extra_parallel)));
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -51,7 +58,8 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
   const std::string out = (corpus / "tp").string(), ref_out = (corpus / "ref").string();
   const std::string parallel = R"(, "parallel": {"tp": )" + std::to_string(tp) + R"(, "ep": )" +
                                std::to_string(ep) + R"(, "zero_stage": )" +
-                               std::to_string(zero_stage) + R"(, "tile_elements": 1000})";
+                               std::to_string(zero_stage) + R"(, "tile_elements": 1000)" +
+                               extra_parallel + "}";
   const TrainConfig config = TrainConfig::from_file(
       testing::write_config(corpus, out, training, &world, "", parallel, extra_model).string());
   run_training(config, "", 0, &world);
@@ -160,6 +168,21 @@ TEST(TensorParallel, LayoutsEqualTheSingleProcessRun) {
   }
 }
 
+// Expert tensor-slicing: each expert's hidden width split over the tp ranks too (np 2: tp 2;
+// np 4: tp 2 x dp 2, tp 2 x ep 2 with and without DTD, with checkpointing and CAC, and ZeRO 2).
+TEST(TensorParallel, ExpertSlicingEqualsTheSingleProcessRun) {
+  const int world = dist::Communicator::world().size();
+  ASSERT_TRUE(world == 2 || world == 4) << "run this test with mpirun -np 2 or 4";
+  const std::string slicing = R"(, "expert_slicing": true)";
+  check_equals_single_process(2, 1, "", "", 0, slicing);
+  check_equals_single_process(2, 1, kVariantModel, "", 2, slicing);
+  if (world != 4) return;
+  check_equals_single_process(2, 2, "", "", 0, slicing);
+  check_equals_single_process(2, 2, kVariantModel, "", 0, slicing + R"(, "dtd": true)");
+  check_equals_single_process(2, 2, "", R"(, "activation_checkpointing": true)", 0,
+                              slicing + R"(, "dtd": true, "cac": true)");
+}
+
 // Duplicate Token Dropping (tp 2 x ep 2, np 4) only changes how the expert rows travel: the runs
 // with it on and off give the same losses and the same final weights and moments (tolerance 0),
 // with activation checkpointing and CAC too, while each rank sends fewer all-to-all bytes (about
@@ -220,49 +243,56 @@ TEST(TensorParallel, DuplicateTokenDroppingChangesNoNumber) {
 }
 
 // A checkpoint written under tp 2 holds whole tensors: it resumes single-process and under
-// another layout (np 4: tp 2 x ep 2) with the same result.
+// another layout (np 4: tp 2 x ep 2) with the same result, also with the experts sliced over tp
+// in the resumed run (which loads its slices and saves them whole again).
 TEST(TensorParallel, CheckpointMovesBetweenLayouts) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
-  const fs::path corpus = fs::current_path() / ("tp_resume_np" + std::to_string(world.size()));
-  if (world.is_root()) testing::make_corpus(corpus);
-  world.barrier();
-  // Both layouts keep dp = world / 2, so the single-process reference has grad_accum dp.
-  const int dp = world.size() / 2, resume_ep = world.size() >= 4 ? 2 : 1;
-  const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 0)";
-  auto parallel = [](int ep) {
-    return R"(, "parallel": {"tp": 2, "ep": )" + std::to_string(ep) + "}";
-  };
-  const std::string first_out = (corpus / "first").string(), tp_out = (corpus / "tp").string(),
-                    ref_out = (corpus / "ref").string();
-  const TrainConfig first = TrainConfig::from_file(
-      testing::write_config(corpus, first_out, training, &world, "", parallel(1), kVariantModel)
-          .string());
-  run_training(first, "", 2, &world);  // two steps, then a "latest" checkpoint
-  const std::string saved = first_out + "/latest";
-
-  const TrainConfig resumed =
-      TrainConfig::from_file(testing::write_config(corpus, tp_out, training, &world, "",
-                                                   parallel(resume_ep), kVariantModel)
-                                 .string());
-  run_training(resumed, saved, 0, &world);
-
-  if (world.is_root()) {
-    const TrainConfig ref =
-        TrainConfig::from_file(testing::write_config(corpus, ref_out,
-                                                     R"(, "grad_accum": )" + std::to_string(dp) +
-                                                         R"(, "steps": 4, "eval_every": 0)",
-                                                     nullptr, "", "", kVariantModel)
+  for (const bool slicing : {false, true}) {
+    SCOPED_TRACE(slicing ? "resumed with expert slicing" : "plain");
+    const fs::path corpus = fs::current_path() / ("tp_resume_np" + std::to_string(world.size()) +
+                                                  (slicing ? "_sliced" : ""));
+    if (world.is_root()) testing::make_corpus(corpus);
+    world.barrier();
+    // Both layouts keep dp = world / 2, so the single-process reference has grad_accum dp.
+    const int dp = world.size() / 2, resume_ep = world.size() >= 4 ? 2 : 1;
+    const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 0)";
+    auto parallel = [](int ep, bool sliced) {
+      return R"(, "parallel": {"tp": 2, "ep": )" + std::to_string(ep) +
+             (sliced ? R"(, "expert_slicing": true})" : "}");
+    };
+    const std::string first_out = (corpus / "first").string(), tp_out = (corpus / "tp").string(),
+                      ref_out = (corpus / "ref").string();
+    const TrainConfig first =
+        TrainConfig::from_file(testing::write_config(corpus, first_out, training, &world, "",
+                                                     parallel(1, false), kVariantModel)
                                    .string());
-    run_training(ref, saved, 0, &dist::Communicator::local());
-    const testing::Metrics a = testing::read_metrics(tp_out + "/metrics.jsonl");
-    const testing::Metrics b = testing::read_metrics(ref_out + "/metrics.jsonl");
-    ASSERT_EQ(b.loss.size(), 2u);  // steps 3 and 4
-    testing::expect_near_rel(a.loss, b.loss, "loss after resuming");
-    testing::expect_same_checkpoint(tp_out + "/final", ref_out + "/final", kTrainedTolerance);
-    fs::remove_all(corpus);
+    run_training(first, "", 2, &world);  // two steps, then a "latest" checkpoint
+    const std::string saved = first_out + "/latest";
+
+    const TrainConfig resumed =
+        TrainConfig::from_file(testing::write_config(corpus, tp_out, training, &world, "",
+                                                     parallel(resume_ep, slicing), kVariantModel)
+                                   .string());
+    run_training(resumed, saved, 0, &world);
+
+    if (world.is_root()) {
+      const TrainConfig ref =
+          TrainConfig::from_file(testing::write_config(corpus, ref_out,
+                                                       R"(, "grad_accum": )" + std::to_string(dp) +
+                                                           R"(, "steps": 4, "eval_every": 0)",
+                                                       nullptr, "", "", kVariantModel)
+                                     .string());
+      run_training(ref, saved, 0, &dist::Communicator::local());
+      const testing::Metrics a = testing::read_metrics(tp_out + "/metrics.jsonl");
+      const testing::Metrics b = testing::read_metrics(ref_out + "/metrics.jsonl");
+      ASSERT_EQ(b.loss.size(), 2u);  // steps 3 and 4
+      testing::expect_near_rel(a.loss, b.loss, "loss after resuming");
+      testing::expect_same_checkpoint(tp_out + "/final", ref_out + "/final", kTrainedTolerance);
+      fs::remove_all(corpus);
+    }
+    world.barrier();
   }
-  world.barrier();
 }
 
 }  // namespace

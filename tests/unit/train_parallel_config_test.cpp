@@ -50,20 +50,20 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
   EXPECT_EQ(c.parallel.ep, 1);
   EXPECT_EQ(c.parallel.zero_stage, 0);
   EXPECT_EQ(c.parallel.tile_elements, int64_t{1} << 24);
-  EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac);
+  EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac || c.parallel.expert_slicing);
 }
 
 TEST_F(ParallelConfigTest, ReadsEveryField) {
   const TrainConfig c = TrainConfig::from_file(
       config_with(R"({"tp": 2, "ep": 4, "zero_stage": 2, "tile_elements": 1000,
-                      "offload": true, "dtd": true, "cac": true})",
+                      "offload": true, "dtd": true, "cac": true, "expert_slicing": true})",
                   R"(, "activation_checkpointing": true)")
           .string());
   EXPECT_EQ(c.parallel.tp, 2);
   EXPECT_EQ(c.parallel.ep, 4);
   EXPECT_EQ(c.parallel.zero_stage, 2);
   EXPECT_EQ(c.parallel.tile_elements, 1000);
-  EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac);
+  EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac && c.parallel.expert_slicing);
 }
 
 TEST_F(ParallelConfigTest, ExpertsNotDivisibleByEpIsAnError) {
@@ -105,9 +105,24 @@ TEST_F(ParallelConfigTest, TensorParallelMustDivideHeadsAndWidths) {
                                                 "whole projection"),
             std::string::npos)
       << error_of(path);
-  // The MoE layers stay whole: an expert width that tp does not divide is fine.
+  // The MoE layers stay whole: an expert width that tp does not divide is fine, unless the
+  // experts are sliced over tp.
   path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, R"(, "ffn_size": 25)",
                                R"(, "parallel": {"tp": 2})");
+  EXPECT_EQ(error_of(path), "");
+  path = testing::write_config(dir_, (dir_ / "out").string(), "", nullptr, R"(, "ffn_size": 25)",
+                               R"(, "parallel": {"tp": 2, "expert_slicing": true})");
+  EXPECT_EQ(error_of(path), path.string() +
+                                ": parallel.expert_slicing splits each expert's ffn_size over tp "
+                                "= 2, which does not divide layer 1's (25)");
+}
+
+TEST_F(ParallelConfigTest, ExpertSlicingNeedsTensorParallelism) {
+  fs::path path = config_with(R"({"expert_slicing": true})");
+  EXPECT_EQ(error_of(path), path.string() +
+                                ": parallel.expert_slicing needs parallel.tp > 1 (it "
+                                "splits each expert over the tp ranks)");
+  path = config_with(R"({"tp": 2, "expert_slicing": true})");
   EXPECT_EQ(error_of(path), "");
 }
 
