@@ -27,11 +27,14 @@ namespace moex::moe {
 // ranks of its group (the per-expert counts of prepare() not included), bytes it sent to the
 // other ranks of its tensor-parallel group in Duplicate Token Dropping's all-gathers, and seconds
 // spent in the collectives, waiting for slower ranks included. Under CAC (reuse_forward) the
-// exchanges a recompute did not repeat and the bytes they would have sent count as saved.
+// exchanges a recompute did not repeat and the bytes they would have sent count as saved. Under
+// expert tensor-slicing the layer also counts the bytes of the expert rows it all-reduces over its
+// tensor-parallel group (MoELayer::slice_experts): each all-reduce's buffer size.
 struct ExchangeStats {
   int64_t exchanges = 0;
   int64_t bytes_sent = 0;
   int64_t gather_bytes_sent = 0;
+  int64_t slice_reduce_bytes = 0;
   double seconds = 0;
   int64_t exchanges_saved = 0;
   int64_t bytes_saved = 0;
@@ -41,6 +44,7 @@ struct ExchangeStats {
     exchanges += o.exchanges;
     bytes_sent += o.bytes_sent;
     gather_bytes_sent += o.gather_bytes_sent;
+    slice_reduce_bytes += o.slice_reduce_bytes;
     seconds += o.seconds;
     exchanges_saved += o.exchanges_saved;
     bytes_saved += o.bytes_saved;
@@ -51,6 +55,7 @@ struct ExchangeStats {
     d.exchanges -= o.exchanges;
     d.bytes_sent -= o.bytes_sent;
     d.gather_bytes_sent -= o.gather_bytes_sent;
+    d.slice_reduce_bytes -= o.slice_reduce_bytes;
     d.seconds -= o.seconds;
     d.exchanges_saved -= o.exchanges_saved;
     d.bytes_saved -= o.bytes_saved;

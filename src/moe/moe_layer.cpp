@@ -105,7 +105,17 @@ class LayerImpl final : public MoELayer::Impl {
   // Expert parallelism: the rows this rank's experts compute, and their outputs in the plan's
   // layout (what the combine reads).
   moe::ExpertExchange exchange_;
-  moe::ExchangeStats exchange_stats() const override { return exchange_.stats(); }
+  moe::ExchangeStats exchange_stats() const override {
+    moe::ExchangeStats s = exchange_.stats();
+    s.slice_reduce_bytes = slice_reduce_bytes_;
+    return s;
+  }
+  int64_t slice_reduce_bytes_ = 0;  // expert rows all-reduced over slice_group so far
+  // Sums this rank's slice's part of n values over slice_group (expert tensor-slicing).
+  void reduce_slices(T* data, int64_t n) {
+    slice_group->all_reduce_sum(data, n);
+    slice_reduce_bytes_ += n * static_cast<int64_t>(sizeof(T));
+  }
   void drop_duplicates(dist::Communicator* tp_group) override {
     exchange_.drop_duplicates(tp_group);
   }
@@ -259,7 +269,7 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
   // Sliced experts: each rank's out rows are its slice's part of the sum over F. A CAC recompute
   // takes the first pass's outputs and skips it.
   if (slice_group != nullptr && !reuse)
-    slice_group->all_reduce_sum(experts_.out.data(), eplan.num_rows() * d);
+    reduce_slices(experts_.out.data(), eplan.num_rows() * d);
   const T* expert_out = experts_.out.data();
   if (expert_group != nullptr) {
     if (reuse) {
@@ -436,7 +446,7 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
     for (int64_t i = 0; i < g.w1.numel(); ++i) ptr<T>(g.w1)[i] += dw1[i];
     for (int64_t i = 0; i < g.w2.numel(); ++i) ptr<T>(g.w2)[i] += dw2[i];
   }
-  if (slice_group != nullptr) slice_group->all_reduce_sum(expert_din, eplan.num_rows() * d);
+  if (slice_group != nullptr) reduce_slices(expert_din, eplan.num_rows() * d);
   if (expert_group != nullptr) exchange_.from_owners(expert_din, d, dbuf_.data());
   moe::moe_permute_backward<T>(dbuf_.data(), plan, d, dx);
 

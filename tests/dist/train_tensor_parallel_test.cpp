@@ -38,10 +38,12 @@ constexpr double kTrainedTolerance = 1e-4;  // relative L2 of trained weights an
 constexpr const char* kVariantModel =
     R"(, "qk_norm": "per_head", "qkv_bias": true, "tie_embeddings": true, "positions": "learned")";
 
-// The layout's parallel fields beyond tp, ep and ZeRO (e.g. expert slicing).
+// The layout's parallel fields beyond tp, ep and ZeRO (e.g. expert slicing); `result` (if not
+// null) gets the distributed run's result on this rank.
 void check_equals_single_process(int tp, int ep, const std::string& extra_model,
                                  const std::string& extra_training = "", int zero_stage = 0,
-                                 const std::string& extra_parallel = "") {
+                                 const std::string& extra_parallel = "",
+                                 TrainResult* result = nullptr) {
   dist::Communicator& world = dist::Communicator::world();
   const int dp = world.size() / tp;
   const std::string name =
@@ -62,7 +64,8 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
                                extra_parallel + "}";
   const TrainConfig config = TrainConfig::from_file(
       testing::write_config(corpus, out, training, &world, "", parallel, extra_model).string());
-  run_training(config, "", 0, &world);
+  const TrainResult run = run_training(config, "", 0, &world);
+  if (result != nullptr) *result = run;
 
   if (world.is_root()) {
     const std::string ref_training = R"(, "grad_accum": )" + std::to_string(dp) +
@@ -156,7 +159,10 @@ TEST(TensorParallel, LayoutsEqualTheSingleProcessRun) {
   const std::string checkpointing = R"(, "activation_checkpointing": true)";
   for (const std::string& model : {std::string(), std::string(kVariantModel)}) {
     SCOPED_TRACE(model.empty() ? "fixture model" : "variant model");
-    check_equals_single_process(2, 1, model);                  // np 4: tp 2 x dp 2
+    // np 4: tp 2 x dp 2. Whole experts: nothing is all-reduced in the MoE layer.
+    TrainResult whole;
+    check_equals_single_process(2, 1, model, "", 0, "", &whole);
+    EXPECT_EQ(whole.exchange.slice_reduce_bytes, 0);
     if (world == 4) check_equals_single_process(2, 2, model);  // tp 2 x ep 2
   }
   SCOPED_TRACE("activation checkpointing");
@@ -174,7 +180,13 @@ TEST(TensorParallel, ExpertSlicingEqualsTheSingleProcessRun) {
   const int world = dist::Communicator::world().size();
   ASSERT_TRUE(world == 2 || world == 4) << "run this test with mpirun -np 2 or 4";
   const std::string slicing = R"(, "expert_slicing": true)";
-  check_equals_single_process(2, 1, "", "", 0, slicing);
+  // The all-reduced expert rows: none without slicing (the figure in docs/parallelism.md).
+  TrainResult sliced;
+  check_equals_single_process(2, 1, "", "", 0, slicing, &sliced);
+  EXPECT_GT(sliced.exchange.slice_reduce_bytes, 0);
+  if (dist::Communicator::world().is_root())
+    std::printf("[slicing] np %d tp 2: expert rows all-reduced over tp, rank 0: %lld bytes\n",
+                world, static_cast<long long>(sliced.exchange.slice_reduce_bytes));
   check_equals_single_process(2, 1, kVariantModel, "", 2, slicing);
   if (world != 4) return;
   check_equals_single_process(2, 2, "", "", 0, slicing);
