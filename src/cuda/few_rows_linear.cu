@@ -37,29 +37,6 @@ struct SplitWorkspace {
   int* counters = nullptr;
 };
 
-SplitWorkspace split_workspace(int64_t resident, cudaStream_t stream) {
-  static std::mutex mutex;
-  static SplitWorkspace per_device[kMaxDevices];
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  MOEX_CHECK(device < kMaxDevices, "few_rows_linear: device ", device, " of more than ",
-             kMaxDevices);
-  std::lock_guard<std::mutex> lock(mutex);
-  SplitWorkspace& ws = per_device[device];
-  if (ws.partial == nullptr) {
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-    MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
-               "few_rows_linear: its workspace is made on the first call, which must not be "
-               "captured (run the step once directly first)");
-    CUDA_CHECK(cudaMalloc(&ws.partial, sizeof(float) * resident * 32 * kFewRowsLinearMaxRows));
-    CUDA_CHECK(cudaMalloc(&ws.counters, sizeof(int) * resident));
-    CUDA_CHECK(cudaMemset(ws.counters, 0, sizeof(int) * resident));
-    CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  return ws;
-}
-
 // y[r, j] from its fp32 sum: a bf16 y is rounded, then the bias added (as gemm + add_bias).
 __device__ __forceinline__ void store_output(void* y, const void* bias, bool y_f32, int64_t n,
                                              int r, int64_t j, float v) {
@@ -147,6 +124,31 @@ int64_t resident_blocks() {
   return resident;
 }
 
+SplitWorkspace split_workspace(cudaStream_t stream) {
+  // Sized for the kernel variant with the most resident blocks, whichever asks first.
+  const int64_t resident = std::max(resident_blocks<1>(), resident_blocks<2>());
+  static std::mutex mutex;
+  static SplitWorkspace per_device[kMaxDevices];
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  MOEX_CHECK(device < kMaxDevices, "few_rows_linear: device ", device, " of more than ",
+             kMaxDevices);
+  std::lock_guard<std::mutex> lock(mutex);
+  SplitWorkspace& ws = per_device[device];
+  if (ws.partial == nullptr) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
+               "few_rows_linear: its workspace is made on the first call, which must not be "
+               "captured (run the step once directly first)");
+    CUDA_CHECK(cudaMalloc(&ws.partial, sizeof(float) * resident * 32 * kFewRowsLinearMaxRows));
+    CUDA_CHECK(cudaMalloc(&ws.counters, sizeof(int) * resident));
+    CUDA_CHECK(cudaMemset(ws.counters, 0, sizeof(int) * resident));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  return ws;
+}
+
 template <int kNT>
 void launch(const FewRowsLinearParams& p, cudaStream_t stream) {
   const int64_t resident = resident_blocks<kNT>();
@@ -160,7 +162,7 @@ void launch(const FewRowsLinearParams& p, cudaStream_t stream) {
   const int64_t items = plan.units * plan.splits;
   // Every block the same number of items, all resident at once (no half-empty last wave).
   plan.blocks = ceil_div(items, ceil_div(items, resident));
-  const SplitWorkspace ws = plan.splits > 1 ? split_workspace(resident, stream) : SplitWorkspace{};
+  const SplitWorkspace ws = plan.splits > 1 ? split_workspace(stream) : SplitWorkspace{};
   launch_kernel(few_rows_linear_kernel<kNT>, static_cast<unsigned>(plan.blocks), kFewRowsThreads, 0,
                 stream, p, plan, ws);
 }
