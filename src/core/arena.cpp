@@ -79,12 +79,12 @@ int ParamBuffer::declare(const std::string& name, const Shape& shape, int split_
                          int split_blocks) {
   MOEX_CHECK(!flat_.defined(), "parameter '", name, "' declared after the buffer was allocated");
   MOEX_CHECK(index_of(name) < 0, "parameter '", name, "' declared twice");
-  names_.push_back(name);
-  shapes_.push_back(shape);
   MOEX_CHECK(split_blocks >= 1 && (split_dim < 0 || (split_dim < shape.ndim() &&
                                                      shape[split_dim] % split_blocks == 0)),
              "parameter '", name, "': ", split_blocks, " blocks of dimension ", split_dim, " of ",
              shape.str());
+  names_.push_back(name);
+  shapes_.push_back(shape);
   split_dims_.push_back(split_dim);
   split_blocks_.push_back(split_blocks);
   offsets_.push_back(total_);

@@ -80,6 +80,16 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
   return out;
 }
 
+Shape whole_shape(const Model& model, int index) {
+  dist::Communicator* group = model.expert_group();
+  const ParamBuffer& params = model.params();
+  const TensorParallel& tp = model.tensor_parallel();
+  Shape whole = params.tensor(index).shape();
+  if (group && group->size() > 1 && model.is_expert_param(index)) whole[0] *= group->size();
+  if (tp.active() && params.split_dim(index) >= 0) whole[params.split_dim(index)] *= tp.size();
+  return whole;
+}
+
 Tensor local_part(const Model& model, int index, const Tensor& full) {
   dist::Communicator* group = model.expert_group();
   const ParamBuffer& params = model.params();
@@ -87,16 +97,14 @@ Tensor local_part(const Model& model, int index, const Tensor& full) {
   const TensorParallel& tp = model.tensor_parallel();
   const int split = params.split_dim(index);
   const int64_t parts = tp.active() && split >= 0 ? tp.size() : 1;
-  // This rank's experts (dim 0), then its tensor-parallel part. A shape that fits neither is
-  // returned as it is, for the caller to report.
+  MOEX_CHECK(full.shape() == whole_shape(model, index), "local_part: '", params.name(index),
+             "' of shape ", full.shape().str(), " is not the whole ",
+             whole_shape(model, index).str());
+  // This rank's experts (dim 0), then its tensor-parallel part.
   Tensor part = full;
-  if (group && group->size() > 1 && model.is_expert_param(index) && full.ndim() > 0 &&
-      full.dim(0) == t.dim(0) * group->size())
+  if (group && group->size() > 1 && model.is_expert_param(index))
     part = full.slice(group->rank() * t.dim(0), (group->rank() + 1) * t.dim(0));
   if (parts == 1) return part;
-  Shape global = t.shape();
-  global[split] *= parts;
-  if (part.shape() != global) return part;
   Tensor local = Tensor::empty(t.shape(), DType::kF32);
   const SplitView v = split_view(t.shape(), split, params.split_blocks(index));
   const int64_t block = v.len * v.inner;
@@ -126,10 +134,12 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     MOEX_CHECK(ckpt.contains(name), checkpoint_path, ": tensor '", name, "' is missing");
-    const Tensor src = local_part(model, i, ckpt.weight_f32(name));
+    const Tensor full = ckpt.weight_f32(name);
+    const Shape whole = whole_shape(model, i);
+    MOEX_CHECK(full.shape() == whole, checkpoint_path, ": tensor '", name, "' has shape ",
+               full.shape().str(), ", the model expects ", whole.str());
+    const Tensor src = local_part(model, i, full);
     const Tensor& dst = params.tensor(i);
-    MOEX_CHECK(src.shape() == dst.shape(), checkpoint_path, ": tensor '", name, "' has shape ",
-               src.shape().str(), ", the model expects ", dst.shape().str());
     std::copy(src.data<float>(), src.data<float>() + src.numel(), dst.data<float>());
   }
   for (const std::string& name : ckpt.names())

@@ -17,7 +17,9 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <random>
 
@@ -305,6 +307,49 @@ TEST(TensorParallel, CheckpointMovesBetweenLayouts) {
     }
     world.barrier();
   }
+}
+
+// A checkpoint is checked against the whole tensors, not this rank's parts: a model with half the
+// expert width has exactly the shape of a sliced rank's experts, and must still be refused.
+TEST(TensorParallel, ACheckpointOfHalfTheExpertWidthIsRefusedUnderSlicing) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = fs::current_path() / ("tp_width_np" + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  const std::string training = R"(, "grad_accum": 1, "steps": 2, "eval_every": 0)";
+  const std::string small_out = (corpus / "small").string();
+  if (world.is_root())  // experts of width 24 (the fixture's), one process
+    run_training(TrainConfig::from_file(
+                     testing::write_config(corpus, small_out, training, nullptr).string()),
+                 "", 0, &dist::Communicator::local());
+  world.barrier();
+  // The same model with experts of width 48, sliced over tp 2: 24 columns a rank.
+  const fs::path config = testing::write_config(corpus, (corpus / "wide").string(), training,
+                                                &world, "",
+                                                R"(, "parallel": {"tp": 2, "expert_slicing": true})");
+  if (world.is_root()) {
+    std::ifstream in(config);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string from = R"("ffn_size": 24)", to = R"("ffn_size": 48)";
+    ASSERT_NE(text.find(from), std::string::npos);
+    text.replace(text.find(from), from.size(), to);
+    std::ofstream(config.string() + ".tmp") << text;
+    fs::rename(config.string() + ".tmp", config);
+  }
+  world.barrier();
+  std::string error;
+  try {
+    run_training(TrainConfig::from_file(config.string()), small_out + "/final", 0, &world);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  EXPECT_NE(error.find("tensor 'model.layers.1.mlp.experts.gate_up_proj' has shape [4, 48, 32], "
+                       "the model expects [4, 96, 32]"),
+            std::string::npos)
+      << error;
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
 }
 
 }  // namespace
