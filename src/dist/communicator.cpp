@@ -40,14 +40,21 @@ int launched_world_size() {
   return 1;
 }
 
-// MPI counts are ints: all-reduce sends large buffers in chunks; the other collectives refuse
-// counts past INT_MAX (a layer that large needs a chunked exchange first).
-[[maybe_unused]] constexpr int64_t kChunk = int64_t{1} << 30;
+// MPI counts are ints: a collective of more than message_limit() elements a rank goes in pieces.
+int64_t g_message_limit = int64_t{1} << 30;
+// Pieces that need a staging buffer (all_gather, reduce_scatter_sum, all_to_all) stage at most
+// this many elements over all ranks at once.
+[[maybe_unused]] constexpr int64_t kStagingElements = int64_t{1} << 26;
 
 [[maybe_unused]] int mpi_count(int64_t n, const char* op) {
   MOEX_CHECK(n >= 0 && n <= INT_MAX, "Communicator::", op, ": ", n,
              " elements do not fit an MPI count");
   return static_cast<int>(n);
+}
+
+// Elements a rank moves per piece of a staged collective over `ranks` ranks.
+[[maybe_unused]] int64_t staged_piece(int ranks) {
+  return std::max<int64_t>(1, std::min(g_message_limit, kStagingElements / ranks));
 }
 
 #ifdef MOEX_WITH_MPI
@@ -168,10 +175,10 @@ template <typename T>
 void Communicator::all_reduce_sum(T* data, int64_t n) {
   if (!handle_) return;
 #ifdef MOEX_WITH_MPI
-  for (int64_t start = 0; start < n; start += kChunk)
+  for (int64_t start = 0; start < n; start += g_message_limit)
     MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data + start,
-                            static_cast<int>(std::min(kChunk, n - start)), mpi_type<T>(), MPI_SUM,
-                            handle_->comm));
+                            static_cast<int>(std::min(g_message_limit, n - start)), mpi_type<T>(),
+                            MPI_SUM, handle_->comm));
 #endif
 }
 
@@ -179,8 +186,20 @@ template <typename T>
 void Communicator::all_gather(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Allgather(send, mpi_count(n, "all_gather"), mpi_type<T>(), recv,
-                          static_cast<int>(n), mpi_type<T>(), handle_->comm));
+  if (n <= g_message_limit) {
+    MPI_CHECK(MPI_Allgather(send, static_cast<int>(n), mpi_type<T>(), recv, static_cast<int>(n),
+                            mpi_type<T>(), handle_->comm));
+    return;
+  }
+  // Piece [s, s + c) of every rank's block: gathered side by side, then put in place.
+  const int64_t piece = staged_piece(size_);
+  std::vector<T> staged(static_cast<size_t>(size_ * piece));
+  for (int64_t s = 0; s < n; s += piece) {
+    const int64_t c = std::min(piece, n - s);
+    MPI_CHECK(MPI_Allgather(send + s, static_cast<int>(c), mpi_type<T>(), staged.data(),
+                            static_cast<int>(c), mpi_type<T>(), handle_->comm));
+    for (int p = 0; p < size_; ++p) copy_elems(staged.data() + p * c, recv + p * n + s, c);
+  }
 #endif
 }
 
@@ -188,8 +207,20 @@ template <typename T>
 void Communicator::reduce_scatter_sum(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Reduce_scatter_block(send, recv, mpi_count(n, "reduce_scatter_sum"), mpi_type<T>(),
-                                     MPI_SUM, handle_->comm));
+  if (n <= g_message_limit) {
+    MPI_CHECK(MPI_Reduce_scatter_block(send, recv, static_cast<int>(n), mpi_type<T>(), MPI_SUM,
+                                       handle_->comm));
+    return;
+  }
+  // Piece [s, s + c) of every block, packed side by side, reduced and scattered.
+  const int64_t piece = staged_piece(size_);
+  std::vector<T> staged(static_cast<size_t>(size_ * piece));
+  for (int64_t s = 0; s < n; s += piece) {
+    const int64_t c = std::min(piece, n - s);
+    for (int p = 0; p < size_; ++p) copy_elems(send + p * n + s, staged.data() + p * c, c);
+    MPI_CHECK(MPI_Reduce_scatter_block(staged.data(), recv + s, static_cast<int>(c),
+                                       mpi_type<T>(), MPI_SUM, handle_->comm));
+  }
 #endif
 }
 
@@ -199,7 +230,9 @@ void Communicator::broadcast(T* data, int64_t n, int root) {
              " is not a rank of a group of ", size_);
   if (!handle_) return;
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Bcast(data, mpi_count(n, "broadcast"), mpi_type<T>(), root, handle_->comm));
+  for (int64_t s = 0; s < n; s += g_message_limit)
+    MPI_CHECK(MPI_Bcast(data + s, static_cast<int>(std::min(g_message_limit, n - s)),
+                        mpi_type<T>(), root, handle_->comm));
 #endif
 }
 
@@ -207,8 +240,21 @@ template <typename T>
 void Communicator::all_to_all(const T* send, T* recv, int64_t n) {
   if (!handle_) return copy_elems(send, recv, n);
 #ifdef MOEX_WITH_MPI
-  MPI_CHECK(MPI_Alltoall(send, mpi_count(n, "all_to_all"), mpi_type<T>(), recv, static_cast<int>(n),
-                         mpi_type<T>(), handle_->comm));
+  if (n <= g_message_limit) {
+    MPI_CHECK(MPI_Alltoall(send, static_cast<int>(n), mpi_type<T>(), recv, static_cast<int>(n),
+                           mpi_type<T>(), handle_->comm));
+    return;
+  }
+  // Piece [s, s + c) of every block: packed, exchanged, unpacked.
+  const int64_t piece = staged_piece(size_);
+  std::vector<T> out(static_cast<size_t>(size_ * piece)), in(out.size());
+  for (int64_t s = 0; s < n; s += piece) {
+    const int64_t c = std::min(piece, n - s);
+    for (int p = 0; p < size_; ++p) copy_elems(send + p * n + s, out.data() + p * c, c);
+    MPI_CHECK(MPI_Alltoall(out.data(), static_cast<int>(c), mpi_type<T>(), in.data(),
+                           static_cast<int>(c), mpi_type<T>(), handle_->comm));
+    for (int p = 0; p < size_; ++p) copy_elems(in.data() + p * c, recv + p * n + s, c);
+  }
 #endif
 }
 
@@ -230,6 +276,16 @@ void Communicator::all_to_all_v(const T* send, const int64_t* send_counts, T* re
   MPI_CHECK(MPI_Alltoallv(send, sc.data(), sd.data(), mpi_type<T>(), recv, rc.data(), rd.data(),
                           mpi_type<T>(), handle_->comm));
 #endif
+}
+
+int64_t Communicator::message_limit() {
+  return g_message_limit;
+}
+
+void Communicator::set_message_limit(int64_t elements) {
+  MOEX_CHECK(elements >= 1 && elements <= INT_MAX, "Communicator::set_message_limit: ", elements,
+             " is not in [1, 2^31 - 1]");
+  g_message_limit = elements;
 }
 
 int Communicator::local_rank() const {

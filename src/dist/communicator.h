@@ -50,9 +50,16 @@ class Communicator {
   void all_to_all(const T* send, T* recv, int64_t n);
   // Variable sizes: send_counts[p] elements go to rank p (blocks back to back in send), and
   // recv_counts[p] come from rank p (back to back in recv). Rank p's send_counts[q] must equal
-  // rank q's recv_counts[p] (exchange the counts with all_to_all first).
+  // rank q's recv_counts[p] (exchange the counts with all_to_all first). Counts and offsets must
+  // fit an MPI count (2^31 - 1); the collectives above take any n, in pieces of at most
+  // message_limit() elements a rank.
   template <typename T>
   void all_to_all_v(const T* send, const int64_t* send_counts, T* recv, const int64_t* recv_counts);
+
+  // The most elements a rank sends in one MPI call of the collectives above (MPI counts are ints):
+  // 2^30 unless set_message_limit lowered it (tests cut small messages into pieces that way).
+  static int64_t message_limit();
+  static void set_message_limit(int64_t elements);
 
   // This process's index among the job's processes on its node (the GPU it should use): the
   // launcher's local rank (Open MPI's OMPI_COMM_WORLD_LOCAL_RANK, MPICH's MPI_LOCALRANKID or

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/error.h"
 #include "dist/communicator.h"
 #include "dist/parallel_layout.h"
 
@@ -103,6 +104,21 @@ TEST(Collectives, WorldGroup) {
   Communicator& world = Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
   check_group(world);
+}
+
+// Past message_limit() elements a rank, a collective goes in pieces (MPI counts are ints): with
+// the limit at 2 every collective above (3 or 5 elements a rank) is cut into 2 or 3 pieces, and
+// must still give every element its place. all_to_all_v takes no pieces (its counts fit).
+TEST(Collectives, MessagesPastTheLimitGoInPieces) {
+  Communicator& world = Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const int64_t limit = Communicator::message_limit();
+  Communicator::set_message_limit(2);
+  check_group(world);
+  auto halves = world.split(world.rank() % 2, world.rank());
+  check_group(*halves);
+  Communicator::set_message_limit(limit);
+  EXPECT_THROW(Communicator::set_message_limit(0), Error);
 }
 
 TEST(Collectives, SizeOneGroupsCopyLocally) {
