@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 
@@ -38,6 +39,43 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
         std::filesystem::copy_options::overwrite_existing);
   }
   out->commit();
+}
+
+namespace {
+
+// Every leaf (or whole array) where a and b differ, under `path`.
+void json_changes(const nlohmann::json& a, const nlohmann::json& b, const std::string& path,
+                  std::vector<std::string>& out) {
+  if (a.is_object() && b.is_object()) {
+    for (auto it = a.begin(); it != a.end(); ++it) {
+      const std::string key = path.empty() ? it.key() : path + "." + it.key();
+      json_changes(it.value(), b.contains(it.key()) ? b.at(it.key()) : nlohmann::json(), key, out);
+    }
+    for (auto it = b.begin(); it != b.end(); ++it)
+      if (!a.contains(it.key()))
+        json_changes(nlohmann::json(), it.value(), path.empty() ? it.key() : path + "." + it.key(),
+                     out);
+    return;
+  }
+  if (a != b)
+    out.push_back(path + ": " + (a.is_null() ? "(absent)" : a.dump()) + " -> " +
+                  (b.is_null() ? "(absent)" : b.dump()));
+}
+
+}  // namespace
+
+std::vector<std::string> model_config_changes(const std::string& dir,
+                                              const std::string& model_json) {
+  const std::string path = dir + "/config.json";
+  if (!std::filesystem::exists(path)) return {};
+  std::ifstream in(path);
+  const nlohmann::json saved = nlohmann::json::parse(in, nullptr, false);
+  if (saved.is_discarded() || !saved.is_object() || !saved.contains("moex_model")) return {};
+  const nlohmann::json now = nlohmann::json::parse(model_json, nullptr, false);
+  if (now.is_discarded()) return {};
+  std::vector<std::string> out;
+  json_changes(saved.at("moex_model"), now, "", out);
+  return out;
 }
 
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "model/model.h"
 #include "train/optimizer.h"
@@ -27,5 +28,11 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& tokenizer_path, bool write = true);
 // Loads weights, optimizer moments and state from `dir` into an already built model/optimizer.
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer);
+// The fields of the "model" object in which `model_json` (a run's) differs from the one `dir`'s
+// config.json was saved with, as "path: saved -> now" (e.g. "moe.top_k: 2 -> 1"); empty when they
+// agree or `dir` has no moex config. A resume refuses tensors of other shapes; a change that
+// keeps every shape (top_k, rope_theta, ...) loads, so the trainer warns with these.
+std::vector<std::string> model_config_changes(const std::string& dir,
+                                              const std::string& model_json);
 
 }  // namespace moex::train

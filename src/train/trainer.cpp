@@ -204,6 +204,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     state = load_checkpoint(resume_dir, model, optimizer);
     train_data->restore_json(state.data_state);
     MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
+    if (comm.is_root())
+      for (const std::string& change : model_config_changes(resume_dir, c.model_json))
+        MOEX_WARN("resuming with another model config than ", resume_dir,
+                  "/config.json was saved with: ", change);
   }
   const bool root = comm.is_root();
   std::ofstream metrics;

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "core/rng.h"
 #include "data/indexed_dataset.h"
 #include "model/model_io.h"
@@ -98,6 +100,32 @@ TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
       ASSERT_EQ(p0[offset + i], before[offset + i] + shift)
           << loaded.params().name(e) << " element " << i;
   }
+  fs::remove_all(corpus);
+}
+
+// A resume refuses tensors of other shapes; a model change that keeps every shape loads, and the
+// trainer names each changed field (model_config_changes) in a warning.
+TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
+  const fs::path corpus = make_corpus("moex_config_changes");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
+  model::Model model(config.model);
+  model.init_weights(1);
+  AdamW optimizer(model.params(), config.optimizer);
+  TrainerState state;
+  state.data_state = "{}";
+  const std::string dir = out + "/ckpt";
+  fs::create_directories(out);
+  save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  EXPECT_TRUE(model_config_changes(dir, config.model_json).empty());
+  nlohmann::json changed = nlohmann::json::parse(config.model_json);
+  changed["moe"]["top_k"] = 1;
+  changed["rope_theta"] = 500.0;
+  changed["moe"].erase("jitter_eps");
+  const std::vector<std::string> changes = model_config_changes(dir, changed.dump());
+  EXPECT_EQ(changes, (std::vector<std::string>{"moe.jitter_eps: 0.01 -> (absent)",
+                                               "moe.top_k: 2 -> 1", "rope_theta: (absent) -> 500.0"}));
+  EXPECT_TRUE(model_config_changes(out + "/nothing_here", config.model_json).empty());
   fs::remove_all(corpus);
 }
 
