@@ -55,19 +55,35 @@ TEST(Training, LossFallsAndResumeIsExact) {
   fs::remove_all(corpus);
 }
 
+// The fixture's model, freshly initialised, with its optimizer, saved at `step` to corpus/run/ckpt.
+struct SavedModel {
+  SavedModel(const fs::path& corpus, int64_t step)
+      : config(TrainConfig::from_file(
+            write_config(corpus, (corpus / "run").string(), "").string())),
+        model(config.model),
+        optimizer(model.params(), config.optimizer),
+        dir((corpus / "run" / "ckpt").string()) {
+    model.init_weights(1);
+    state.step = step;
+    state.data_state = "{}";
+    fs::create_directories(corpus / "run");
+    save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  }
+  TrainConfig config;
+  model::Model model;
+  AdamW optimizer;
+  TrainerState state;
+  std::string dir;
+};
+
 TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
   const fs::path corpus = make_corpus("moex_kill");
-  const std::string out = (corpus / "run").string();
-  const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
-  model::Model model(config.model);
-  model.init_weights(1);
-  AdamW optimizer(model.params(), config.optimizer);
-  TrainerState state;
-  state.step = 7;
-  state.data_state = "{}";
-  const std::string dir = out + "/ckpt";
-  fs::create_directories(out);
-  save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  SavedModel saved(corpus, 7);
+  const TrainConfig& config = saved.config;
+  model::Model& model = saved.model;
+  AdamW& optimizer = saved.optimizer;
+  TrainerState& state = saved.state;
+  const std::string& dir = saved.dir;
   const std::vector<float> before(
       model.params().flat().data<float>(),
       model.params().flat().data<float>() + model.params().flat().numel());
@@ -107,16 +123,9 @@ TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
 // trainer names each changed field (model_config_changes) in a warning.
 TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
   const fs::path corpus = make_corpus("moex_config_changes");
-  const std::string out = (corpus / "run").string();
-  const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
-  model::Model model(config.model);
-  model.init_weights(1);
-  AdamW optimizer(model.params(), config.optimizer);
-  TrainerState state;
-  state.data_state = "{}";
-  const std::string dir = out + "/ckpt";
-  fs::create_directories(out);
-  save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+  const SavedModel saved(corpus, 0);
+  const TrainConfig& config = saved.config;
+  const std::string& dir = saved.dir;
   EXPECT_TRUE(model_config_changes(dir, config.model_json).empty());
   nlohmann::json changed = nlohmann::json::parse(config.model_json);
   changed["moe"]["top_k"] = 1;
@@ -125,7 +134,7 @@ TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
   const std::vector<std::string> changes = model_config_changes(dir, changed.dump());
   EXPECT_EQ(changes, (std::vector<std::string>{"moe.jitter_eps: 0.01 -> (absent)",
                                                "moe.top_k: 2 -> 1", "rope_theta: (absent) -> 500.0"}));
-  EXPECT_TRUE(model_config_changes(out + "/nothing_here", config.model_json).empty());
+  EXPECT_TRUE(model_config_changes((corpus / "nothing_here").string(), config.model_json).empty());
   fs::remove_all(corpus);
 }
 
