@@ -36,6 +36,20 @@ ops::Activation activation_kind(const ModelConfig& c) {
   return c.gelu_exact ? ops::Activation::kGeluExact : ops::Activation::kGeluTanh;
 }
 
+// This rank's part (tp) of one MLP's w1 [blocks * F/tp, d] (SwiGLU: 2 blocks, its gate rows then
+// its up rows) and w2 [d, F/tp], with the numbers their elements have in the whole [blocks * F, d]
+// and [d, F] matrices, whose first elements are draws first1 and first2 of streams offset1 and
+// offset2. With tp inactive, the whole matrices.
+void fill_mlp_part(const Tensor& w1, const Tensor& w2, int64_t f, int64_t d, int64_t blocks,
+                   const TensorParallel& tp, float std, float out_std, uint64_t seed,
+                   uint64_t offset1, int64_t first1, uint64_t offset2, int64_t first2) {
+  const int64_t fl = tp.part(f);
+  for (int64_t b = 0; b < blocks; ++b)
+    fill_normal_part(w1.slice(b * fl, (b + 1) * fl), f, d, tp.active() ? 0 : -1, tp, std, seed,
+                     offset1, first1 + b * f * d);
+  fill_normal_part(w2, d, f, tp.active() ? 1 : -1, tp, out_std, seed, offset2, first2);
+}
+
 }  // namespace
 
 FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
@@ -137,54 +151,34 @@ void FfnLayer::bind(const ParamViews& views) {
   w2_ = bind_param(views, w2_idx_);
 }
 
-void FfnLayer::init_sliced_experts(const Tensor& local, bool first, uint64_t seed, uint64_t offset,
-                                   float std) const {
-  const MoEConfig& m = spec_.moe_config;
-  const int64_t d = config_.hidden_size, f = m.ffn_size, fl = expert_tp_.part(f);
-  const int64_t blocks = m.first_proj_rows(1), f1 = blocks * f;
-  for (int64_t e = 0; e < moe_->num_local_experts(); ++e) {
-    const int64_t expert = moe_->first_local_expert() + e;
-    const Tensor mine = local.slice(e, e + 1);
-    if (!first) {  // [d, F]: this rank's columns
-      fill_normal_part(mine.view(Shape{d, fl}), d, f, 1, expert_tp_, std, seed, offset,
-                       expert * d * f);
-      continue;
-    }
-    for (int64_t b = 0; b < blocks; ++b)  // [F1, d]: this rank's rows of each block
-      fill_normal_part(mine.view(Shape{blocks * fl, d}).slice(b * fl, (b + 1) * fl), f, d, 0,
-                       expert_tp_, std, seed, offset, expert * f1 * d + b * f * d);
-  }
-}
-
 void FfnLayer::init(uint64_t seed, float std, float out_std) {
+  const int64_t d = config_.hidden_size;
   if (!moe_) {
     // Under tp each rank draws its part's numbers of the whole [F1, d] and [d, F] matrices.
-    const int64_t f = config_.ffn_size, fl = tp_.part(f), d = config_.hidden_size;
-    const int rows = tp_.active() ? 0 : -1;
-    if (config_.activation == ExpertActivation::kSwiGLU) {  // gate rows, then up rows
-      fill_normal_part(w1_.w.slice(0, fl), f, d, rows, tp_, std, seed, 1, 0);
-      fill_normal_part(w1_.w.slice(fl, 2 * fl), f, d, rows, tp_, std, seed, 1, f * d);
-    } else {
-      fill_normal_part(w1_.w, f, d, rows, tp_, std, seed, 1, 0);
-    }
-    fill_normal_part(w2_.w, d, f, tp_.active() ? 1 : -1, tp_, out_std, seed, 2, 0);
+    const int64_t blocks = config_.activation == ExpertActivation::kSwiGLU ? 2 : 1;
+    fill_mlp_part(w1_.w, w2_.w, config_.ffn_size, d, blocks, tp_, std, out_std, seed, 1, 0, 2, 0);
     return;
   }
   MoEWeights& w = moe_->weights();
+  // Each local expert draws its numbers of the whole [E, F1, d] and [E, d, F] tensors (its slice
+  // of them under expert slicing).
+  const MoEConfig& m = spec_.moe_config;
+  const int64_t f = m.ffn_size, fl = expert_tp_.part(f), blocks = m.first_proj_rows(1);
+  for (int64_t e = 0; e < moe_->num_local_experts(); ++e) {
+    const int64_t expert = moe_->first_local_expert() + e;
+    fill_mlp_part(w.w1.slice(e, e + 1).view(Shape{blocks * fl, d}),
+                  w.w2.slice(e, e + 1).view(Shape{d, fl}), f, d, blocks, expert_tp_, std, out_std,
+                  seed, 10 + kW1, expert * blocks * f * d, 10 + kW2, expert * d * f);
+  }
   for (int i = 0; i < kCount; ++i) {
     Tensor* t = moe_weight(w, i);
-    if (!t->defined()) continue;
+    if (!t->defined() || i == kW1 || i == kW2) continue;
     float* p = t->data<float>();
     if (i == kSelectionBias) {
       std::fill(p, p + t->numel(), 0.0f);
-    } else if ((i == kW1 || i == kW2) && expert_tp_.active()) {
-      init_sliced_experts(*t, i == kW1, seed, 10 + i, i == kW1 ? std : out_std);
     } else {
-      const bool out_proj = i == kW2 || i == kResW2 || i == kSharedW2;
-      const bool experts = i == kW1 || i == kW2;
-      const int64_t first =
-          experts ? moe_->first_local_expert() * (t->numel() / moe_->num_local_experts()) : 0;
-      fill_normal(p, t->numel(), out_proj ? out_std : std, seed, 10 + i, first);
+      const bool out_proj = i == kResW2 || i == kSharedW2;
+      fill_normal(p, t->numel(), out_proj ? out_std : std, seed, 10 + i, 0);
     }
   }
 }

@@ -67,10 +67,6 @@ class FfnLayer {
 
  private:
   Tensor view_of(const ParamBuffer& buffer, int idx, bool first_proj) const;
-  // This rank's slices of its experts' w1 [El, F1/tp, d] (first) or w2 [El, d, F/tp], drawn with
-  // the numbers their elements have in the whole [E, F1, d] / [E, d, F] tensor.
-  void init_sliced_experts(const Tensor& local, bool first, uint64_t seed, uint64_t offset,
-                           float std) const;
 
   const ModelConfig& config_;
   LayerSpec spec_;
