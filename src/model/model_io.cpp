@@ -50,6 +50,17 @@ Tensor gather_tensor_parallel(const TensorParallel& tp, const ParamBuffer& param
   return whole;
 }
 
+// The shape of the whole tensor of which parameter `index` holds a part.
+Shape whole_shape(const Model& model, int index) {
+  dist::Communicator* group = model.expert_group();
+  const ParamBuffer& params = model.params();
+  const TensorParallel& tp = model.tensor_parallel();
+  Shape whole = params.tensor(index).shape();
+  if (group && group->size() > 1 && model.is_expert_param(index)) whole[0] *= group->size();
+  if (tp.active() && params.split_dim(index) >= 0) whole[params.split_dim(index)] *= tp.size();
+  return whole;
+}
+
 }  // namespace
 
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
@@ -80,26 +91,17 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
   return out;
 }
 
-Shape whole_shape(const Model& model, int index) {
-  dist::Communicator* group = model.expert_group();
-  const ParamBuffer& params = model.params();
-  const TensorParallel& tp = model.tensor_parallel();
-  Shape whole = params.tensor(index).shape();
-  if (group && group->size() > 1 && model.is_expert_param(index)) whole[0] *= group->size();
-  if (tp.active() && params.split_dim(index) >= 0) whole[params.split_dim(index)] *= tp.size();
-  return whole;
-}
 
-Tensor local_part(const Model& model, int index, const Tensor& full) {
+Tensor local_part(const Model& model, int index, const Tensor& full, const std::string& what) {
   dist::Communicator* group = model.expert_group();
   const ParamBuffer& params = model.params();
   const Tensor& t = params.tensor(index);
   const TensorParallel& tp = model.tensor_parallel();
   const int split = params.split_dim(index);
   const int64_t parts = tp.active() && split >= 0 ? tp.size() : 1;
-  MOEX_CHECK(full.shape() == whole_shape(model, index), "local_part: '", params.name(index),
-             "' of shape ", full.shape().str(), " is not the whole ",
-             whole_shape(model, index).str());
+  const Shape whole = whole_shape(model, index);
+  MOEX_CHECK(full.shape() == whole, what, " has shape ", full.shape().str(),
+             ", the model expects ", whole.str());
   // This rank's experts (dim 0), then its tensor-parallel part.
   Tensor part = full;
   if (group && group->size() > 1 && model.is_expert_param(index))
@@ -134,11 +136,8 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     MOEX_CHECK(ckpt.contains(name), checkpoint_path, ": tensor '", name, "' is missing");
-    const Tensor full = ckpt.weight_f32(name);
-    const Shape whole = whole_shape(model, i);
-    MOEX_CHECK(full.shape() == whole, checkpoint_path, ": tensor '", name, "' has shape ",
-               full.shape().str(), ", the model expects ", whole.str());
-    const Tensor src = local_part(model, i, full);
+    const Tensor src =
+        local_part(model, i, ckpt.weight_f32(name), checkpoint_path + ": tensor '" + name + "'");
     const Tensor& dst = params.tensor(i);
     std::copy(src.data<float>(), src.data<float>() + src.numel(), dst.data<float>());
   }

@@ -23,14 +23,12 @@ void save_model(const Model& model, const std::string& model_json, const std::st
 // the tp group into the whole tensors, so the result equals a single-process model's; every rank
 // of the groups must call it then.
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat);
-// The shape of the whole tensor of which parameter `index` holds a part (all experts, every
-// tensor-parallel part): what a checkpoint stores under its name. Check a checkpoint's tensor
-// against it before local_part: a smaller whole tensor can have exactly the shape of a part.
-Shape whole_shape(const Model& model, int index);
-// What parameter `index` holds of its whole tensor (shape whole_shape): the rows of this rank's
-// experts for an expert shard, then this rank's part of a tensor-parallel split, `full` itself
-// for a tensor held whole.
-Tensor local_part(const Model& model, int index, const Tensor& full);
+// What parameter `index` holds of its whole tensor `full` (all experts, every tensor-parallel part:
+// what a checkpoint stores under its name): the rows of this rank's experts for an expert shard,
+// then this rank's part of a tensor-parallel split, `full` itself for a tensor held whole. A
+// `full` of another shape is an error "<what> has shape ..., the model expects <whole shape>"
+// (checked against the whole, since a smaller tensor can have exactly the shape of a part).
+Tensor local_part(const Model& model, int index, const Tensor& full, const std::string& what);
 
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and

@@ -93,11 +93,8 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
     for (const bool second : {false, true}) {
       const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
       MOEX_CHECK(moments.contains(name), opt_path, ": tensor '", name, "' is missing");
-      const Tensor full = moments.weight_f32(name);
-      const Shape whole = model::whole_shape(model, i);
-      MOEX_CHECK(full.shape() == whole, opt_path, ": tensor '", name, "' has shape ",
-                 full.shape().str(), ", the model expects ", whole.str());
-      const Tensor src = model::local_part(model, i, full);
+      const Tensor src =
+          model::local_part(model, i, moments.weight_f32(name), opt_path + ": tensor '" + name + "'");
       float* dst = moment[second].data<float>() + offset;
       std::copy(src.data<float>(), src.data<float>() + src.numel(), dst);
     }
