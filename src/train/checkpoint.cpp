@@ -47,14 +47,12 @@ namespace {
 void json_changes(const nlohmann::json& a, const nlohmann::json& b, const std::string& path,
                   std::vector<std::string>& out) {
   if (a.is_object() && b.is_object()) {
-    for (auto it = a.begin(); it != a.end(); ++it) {
-      const std::string key = path.empty() ? it.key() : path + "." + it.key();
-      json_changes(it.value(), b.contains(it.key()) ? b.at(it.key()) : nlohmann::json(), key, out);
-    }
+    auto child = [&](const std::string& key) { return path.empty() ? key : path + "." + key; };
+    for (auto it = a.begin(); it != a.end(); ++it)
+      json_changes(it.value(), b.contains(it.key()) ? b.at(it.key()) : nlohmann::json(),
+                   child(it.key()), out);
     for (auto it = b.begin(); it != b.end(); ++it)
-      if (!a.contains(it.key()))
-        json_changes(nlohmann::json(), it.value(), path.empty() ? it.key() : path + "." + it.key(),
-                     out);
+      if (!a.contains(it.key())) json_changes(nlohmann::json(), it.value(), child(it.key()), out);
     return;
   }
   if (a != b)
