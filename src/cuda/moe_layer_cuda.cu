@@ -358,6 +358,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   training_ = training;
   kept_ = step.keep_for_backward;
   kept_in_scratch_ = kept_ && step.keep_in_scratch;
+  stats_copied_ = step.copy_stats;
   seed_ = seed;
   offset_ = offset;
   x_ = x.raw_data();
@@ -490,6 +491,7 @@ void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y) {
     if (sh_.defined()) dense_forward(sh_, x.raw_data(), T);
     moe_mix_forward(mix_params(T), y.raw_data(), stream);
   }
+  if (!stats_copied_) return;
   // The statistics travel to pinned memory behind the layer's work (one copy of their block);
   // stats() waits for them only. Inside a captured CUDA graph the event is recorded as an external
   // node, so stats() after a replay waits for that replay's copy.
@@ -785,6 +787,7 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
 
 MoEStatsCuda MoELayerCuda::stats() const {
   MOEX_CHECK(tokens_ > 0, "MoELayerCuda::stats before forward");
+  MOEX_CHECK(stats_copied_, "MoELayerCuda::stats: the last forward did not copy its statistics");
   CUDA_CHECK(cudaEventSynchronize(stats_ready_));
   const char* host = static_cast<const char*>(stats_host_);
   double losses[2];

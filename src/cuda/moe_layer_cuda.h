@@ -106,6 +106,9 @@ struct MoEStepCuda {
   bool keep_in_scratch = false;
   // False: capacity-mode layers keep every route (C = T), as MoEForwardOptions::drop_tokens.
   bool drop_tokens = true;
+  // False: the statistics are not copied to the host (stats() is then an error until a forward
+  // that copies them): a captured decode step keeps no host copy in its graph.
+  bool copy_stats = true;
 };
 
 // Results of the last forward, copied to pinned host memory on the stream.
@@ -258,6 +261,7 @@ class MoELayerCuda {
   size_t stats_bytes() const;  // the statistics block on the device and its pinned copy
   void* stats_host_ = nullptr;
   cudaEvent_t stats_ready_ = nullptr;
+  bool stats_copied_ = false;  // the last forward queued the statistics' copy
   Tensor grouped_ptrs_;  // [6, 3, E] device pointer arrays (dropless kGrouped)
   std::vector<const void*> host_ptrs_;
   std::vector<int> group_experts_;    // experts with rows, in order

@@ -97,6 +97,7 @@ void Block::forward_paged(const Tensor& x, const Tensor& h, const PagedRows& row
   norm2_.add_forward(x, a, x1, h2, arena);  // x1 = x + a, h2 = norm2(x1)
   StepOptions step;
   step.drop_tokens = false;  // a token's output may not depend on its batch
+  step.stats = false;        // nothing reads a serving step's MoE statistics
   ffn_.forward(h2, a, arena, false, step);
   if (next_norm != nullptr)
     next_norm->add_forward(x1, a, y, h_next, arena);

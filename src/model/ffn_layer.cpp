@@ -210,6 +210,8 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   // A recompute's backward follows at once: its expert rows can live in the shared scratch.
   options.keep_in_scratch = save && hold_routing_;
   options.defer_stats = true;
+  options.want_stats = step.stats;
+  options.out = y;  // the GPU layer writes y itself
   options.keep_exchange = step.cac && !hold_routing_;
   options.reuse_exchange = step.cac && hold_routing_;
   // Recompute (activation checkpointing) must route as the first pass did. The CPU layer is given
@@ -221,7 +223,7 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   const ops::ProfileScope profile("moe_forward", x.device());
   const MoEOutput& out = moe_->forward(x, options);
   if (!hold_routing_ && cpu) held_ = moe_->routing();
-  ops::copy(out.y, y);
+  if (out.y.raw_data() != y.raw_data()) ops::copy(out.y, y);
   stats_ = &out;
 }
 

@@ -29,6 +29,7 @@ struct StepOptions {
   // A checkpointed block under CAC: its first pass keeps the MoE layer's all-to-all results and
   // the recompute (hold_routing) reuses them (MoEForwardOptions::keep_exchange, reuse_exchange).
   bool cac = false;
+  bool stats = true;  // MoEForwardOptions::want_stats
 };
 
 // What an MoE block reports after forward (losses, per-expert load and kept counts, drops):
@@ -55,7 +56,8 @@ class FfnLayer {
   // dx [n, d] written; parameter gradients accumulated (MoE: aux and z losses included).
   void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
   // The last forward's statistics. On a GPU the forward does not wait for them: the first call
-  // after it does (so a model reads them after its last layer, not between layers).
+  // after it does (so a model reads them after its last layer, not between layers). Zeros after a
+  // forward with StepOptions::stats false.
   const MoEStats& stats();
   // The MoE layer's token exchanges so far (zeros for a dense FFN or without an expert group).
   moe::ExchangeStats exchange_stats() const {

@@ -68,6 +68,12 @@ struct MoEForwardOptions {
   // (losses, load, counts, dropped, capacity) are filled by finish_stats(). The CPU fills them at
   // once either way.
   bool defer_stats = false;
+  // False: nobody reads this forward's statistics (a decode step), so a GPU forward does not copy
+  // them to the host; they read as zeros until a forward that wants them.
+  bool want_stats = true;
+  // Where the GPU layer writes y ([T, d] bf16 on the layer's GPU) instead of a buffer of its own,
+  // saving the caller a copy; MoEOutput::y is then this tensor. The CPU layer ignores it.
+  Tensor out;
 };
 
 struct MoEOutput {

@@ -104,7 +104,10 @@ class CudaMoELayer final : public MoEDeviceLayer {
       y_buf_ = Tensor::empty({max_tokens_, d}, DType::kBF16, dev);
       buffers_moved();
     }
-    const Tensor yb = y_buf_.slice(0, T);
+    const Tensor& out = options.out;
+    const bool write_out = out.defined() && out.dtype() == DType::kBF16 && out.device() == dev &&
+                           out.shape() == Shape{T, d};
+    const Tensor yb = write_out ? out : y_buf_.slice(0, T);
     layer_->set_loss_scale(static_cast<float>(options.loss_scale));
     {
       const ops::ProfileScope profile("moe_forward.layer", dev);
@@ -115,6 +118,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       step.keep_for_backward = options.keep_for_backward;
       step.keep_in_scratch = options.keep_in_scratch;
       step.drop_tokens = options.drop_tokens;
+      step.copy_stats = options.want_stats;
       layer_->forward(xb_, yb, step);
     }
     x_dtype_ = x.dtype();
@@ -122,7 +126,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
     if (x.dtype() == DType::kF32)
       cuda::bf16_to_f32(yb.raw_data(), out_.y.data<float>(), yb.numel(), ctx_.stream());
     tokens_ = T;
-    stats_pending_ = true;
+    stats_pending_ = options.want_stats;
+    if (!options.want_stats) clear_stats();
     if (!options.defer_stats) finish_stats();
     return out_;
   }
@@ -140,6 +145,12 @@ class CudaMoELayer final : public MoEDeviceLayer {
     out_.num_dropped = st.num_dropped;
     out_.capacity = st.capacity;
     stats_pending_ = false;
+  }
+
+  void clear_stats() {
+    const Tensor y = out_.y;
+    out_ = MoEOutput();
+    out_.y = y;
   }
 
   const MoEGradients& backward(const Tensor& dy) override {

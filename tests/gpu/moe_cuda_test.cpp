@@ -1034,6 +1034,46 @@ TEST_F(Gpu, MoELayerDispatchesOnCudaInput) {
   EXPECT_LT(rel_l2(tensor_f32(g.weights.w1), dw1_cpu), 2e-2);
 }
 
+// A decode-style forward (nothing kept, no statistics wanted, y written into the caller's
+// tensor) gives the bits of an ordinary forward, copies nothing to the host, and leaves its
+// statistics at zero; the next forward that wants them has them again.
+TEST_F(Gpu, MoELayerWritesTheCallersOutputAndSkipsUnwantedStatistics) {
+  MoEConfig c = base_config(8, 2);
+  c.activation = ExpertActivation::kSwiGLU;
+  c.aux_loss_type = AuxLossType::kMixtral;
+  c.aux_loss_coef = 0.01f;
+  const int64_t T = 4, d = c.hidden_size;
+  MoELayer layer(c, DType::kF32);
+  layer.init_weights(7);
+  const auto xv = round_bf16(rand_vec(T * d, 51));
+  Tensor x = Tensor::empty({T, d}, DType::kBF16);
+  auto* xb = static_cast<uint16_t*>(x.raw_data());
+  for (int64_t i = 0; i < T * d; ++i) xb[i] = f32_to_bf16(xv[i]);
+  const Tensor xg = x.to(Device::cuda());
+  MoEForwardOptions plain;
+  plain.keep_for_backward = false;
+  plain.drop_tokens = false;
+  const MoEOutput& first = layer.forward(xg, plain);
+  const std::vector<float> y_plain = tensor_f32(first.y);
+  const double aux_plain = first.aux_loss;
+  ASSERT_GT(aux_plain, 0.0);
+  const std::vector<int64_t> load_plain = first.load;
+
+  const Tensor out = Tensor::empty({T, d}, DType::kBF16, Device::cuda());
+  MoEForwardOptions quiet = plain;
+  quiet.want_stats = false;
+  quiet.out = out;
+  const MoEOutput& second = layer.forward(xg, quiet);
+  EXPECT_EQ(second.y.raw_data(), out.raw_data()) << "y was not written into options.out";
+  EXPECT_EQ(tensor_f32(out), y_plain);
+  EXPECT_EQ(second.aux_loss, 0.0);
+  EXPECT_TRUE(second.load.empty());
+
+  const MoEOutput& third = layer.forward(xg, plain);
+  EXPECT_EQ(third.aux_loss, aux_plain);
+  EXPECT_EQ(third.load, load_plain);
+}
+
 // Residual + shared expert through MoELayer's device dispatch, and the cached device weights:
 // no upload while the weights are unchanged, a re-upload after every in-place update marked with
 // Tensor::mark_written (whole tensors, and a sparse edit confined to one expert among many), and
