@@ -366,6 +366,7 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   const int64_t num_seqs = static_cast<int64_t>(seqs.size()), block_size = kv.block_size;
   int64_t n = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
   for (const SequenceSlice& s : seqs) {
+    MOEX_CHECK(s.len >= 1, "forward_paged: a sequence slice of ", s.len, " tokens (at least 1)");
     n += s.len;
     MOEX_CHECK(kv.table_width == 0 || s.num_blocks <= kv.table_width,
                "forward_paged: a block table of ", s.num_blocks,
@@ -444,19 +445,28 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   Tensor h = arena_.alloc(Shape{n, d}, dt), h_next = arena_.alloc(Shape{n, d}, dt);
   ops::embedding(rows.ids, embed_.w, x, false);
   if (pos_) ops::embedding(rows.row_pos, pos_.w, x, true);
+  // A decode step has one row a sequence, each its sequence's last: the last block then forms the
+  // final norm with its residual add, and no rows are gathered.
+  const bool one_row_each = n == num_seqs;
+  const Tensor normed = arena_.alloc(Shape{num_seqs, d}, dt);
   // Each block hands the next one its input norm, formed with its last residual add.
   blocks_[0]->input_norm().forward(x, h, arena_, false);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    const NormLayer* next = i + 1 < blocks_.size() ? &blocks_[i + 1]->input_norm() : nullptr;
-    blocks_[i]->forward_paged(x, h, rows, kv.k[i], kv.v[i], y, next, h_next, arena_);
+    const bool last_block = i + 1 == blocks_.size();
+    const NormLayer* next = !last_block    ? &blocks_[i + 1]->input_norm()
+                            : one_row_each ? final_norm_.get()
+                                           : nullptr;
+    blocks_[i]->forward_paged(x, h, rows, kv.k[i], kv.v[i], y, next, last_block ? normed : h_next,
+                              arena_);
     std::swap(x, y);
     std::swap(h, h_next);
   }
-  // The row of each sequence's last new token.
-  const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt),
-               normed = arena_.alloc(Shape{num_seqs, d}, dt);
-  ops::gather_rows(x, rows.last_rows, last);
-  final_norm_->forward(last, normed, arena_, false);
+  if (!one_row_each) {
+    // The row of each sequence's last new token.
+    const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt);
+    ops::gather_rows(x, rows.last_rows, last);
+    final_norm_->forward(last, normed, arena_, false);
+  }
   logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);
   next = arena_.alloc(Shape{num_seqs}, DType::kI32);
