@@ -7,7 +7,6 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "cuda/few_rows_mma.cuh"
-#include "cuda/last_block.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/moe_decode.h"
 
@@ -33,12 +32,6 @@ struct KernelArgs {
   int top_k;
   int num_experts;
   bool gelu_exact;
-  // down with the combine fused (MoEDecodeParams): y == nullptr leaves it to moe_combine.
-  int64_t num_tokens = 0;
-  const int32_t* row = nullptr;
-  const float* gates = nullptr;
-  __nv_bfloat16* y = nullptr;
-  int* unit_counters = nullptr;
 };
 
 // Units of one expert: SwiGLU takes 16 gate rows with their 16 up rows, the others 32 rows.
@@ -60,7 +53,6 @@ struct SlotRows {
   int in[kMaxDecodeCapacity];
   int out[kMaxDecodeCapacity];
   int count, expert;
-  int selected;  // experts with routes: the blocks that compute each unit
 };
 
 template <int kKind>
@@ -68,14 +60,14 @@ __device__ void load_slot_rows(const KernelArgs& p, SlotRows& rows) {
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
   const unsigned below = (1u << lane) - 1;
-  int e = -1, seen = 0;
-  for (int base = 0; base < p.num_experts; base += 32) {
+  int e = -1;
+  for (int base = 0, seen = 0; base < p.num_experts && e < 0; base += 32) {
     const int i = base + lane;
     const bool has = i < p.num_experts && p.counts[i] > 0;
     const unsigned mask = __ballot_sync(0xffffffffu, has);
     const int want = static_cast<int>(blockIdx.y) - seen;
     const unsigned hit = __ballot_sync(0xffffffffu, has && __popc(mask & below) == want);
-    if (hit && e < 0) e = base + __ffs(hit) - 1;
+    if (hit) e = base + __ffs(hit) - 1;
     seen += __popc(mask);
   }
   int n = 0;
@@ -96,25 +88,6 @@ __device__ void load_slot_rows(const KernelArgs& p, SlotRows& rows) {
   if (lane == 0) {
     rows.expert = e;
     rows.count = min(n, kMaxDecodeCapacity);
-    rows.selected = seen;
-  }
-}
-
-// Columns [32 unit, 32 unit + 32) of y for every token, by moe_combine's expression (cuda/
-// moe_permute.cu): the out rows come from other blocks, through L2.
-__device__ void combine_unit(const KernelArgs& p, int64_t unit) {
-  const int64_t d = p.positions;
-  for (int64_t idx = threadIdx.x; idx < p.num_tokens * 32; idx += blockDim.x) {
-    const int64_t t = idx / 32, c = unit * 32 + idx % 32;
-    if (c >= d) continue;
-    float acc = 0.0f;
-    for (int j = 0; j < p.top_k; ++j) {
-      const int rw = p.row[t * p.top_k + j];
-      if (rw < 0) continue;
-      const auto bits = __ldcg(reinterpret_cast<const unsigned short*>(p.out) + rw * d + c);
-      acc = fmaf(p.gates[t * p.top_k + j], __bfloat162float(__ushort_as_bfloat16(bits)), acc);
-    }
-    p.y[t * d + c] = __float2bfloat16_rn(acc);
   }
 }
 
@@ -179,10 +152,6 @@ __global__ void __launch_bounds__(kFewRowsThreads, 3) decode_expert_mma_kernel(K
         }
       });
     }
-    if (kKind == kDown && p.y != nullptr && finished_last(p.unit_counters + unit, slot.selected)) {
-      combine_unit(p, unit);
-      if (threadIdx.x == 0) p.unit_counters[unit] = 0;
-    }
   }
 }
 
@@ -246,15 +215,6 @@ void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream) {
   down.k_dim = p.f;
   down.positions = p.d;
   down.w_rows = p.d;
-  const bool combine = p.y != nullptr;
-  MOEX_CHECK(combine == (p.row != nullptr) && combine == (p.gates != nullptr) &&
-                 combine == (p.unit_counters != nullptr),
-             "moe_decode_experts: y, row, gates and unit_counters go together");
-  down.num_tokens = p.num_tokens;
-  down.row = p.row;
-  down.gates = p.gates;
-  down.y = static_cast<__nv_bfloat16*>(p.y);
-  down.unit_counters = p.unit_counters;
   launch_mma<kDown>(down, p.num_tokens, stream);
 }
 

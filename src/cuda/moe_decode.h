@@ -31,25 +31,11 @@ struct MoEDecodeParams {
   int num_experts = 0, top_k = 1;
   bool swiglu = true;  // else GELU
   bool gelu_exact = false;
-  // Optional, all or none: moe_combine inside the down kernel, y [T, d] bf16 = sum over j of
-  // gates[t, j] * out[row[t, j]] with moe_combine's bits, so the layer needs no combine launch. The
-  // last block to finish a 32-column unit of out (the unit's selected experts each have one block
-  // on it) forms those columns of y for every token; unit_counters [ceil(d / 32)] i32 must be 0
-  // before the call and are 0 again after it.
-  const int32_t* row = nullptr;  // [T, k] buffer row of each route
-  const float* gates = nullptr;  // [T, k]
-  void* y = nullptr;
-  int* unit_counters = nullptr;
 };
 
 // a = act(x W1[e]^T), then out = a W2[e]^T, for every routed row; h is rounded to bf16 before the
 // activation and a is stored in bf16, as on the GEMM path. d and F must be multiples of 8 and
 // T <= kMaxDecodeCapacity.
 void moe_decode_experts(const MoEDecodeParams& p, cudaStream_t stream);
-
-// The counters moe_decode_experts' combine needs for rows of d columns.
-inline int64_t moe_decode_combine_counters(int64_t d) {
-  return (d + 31) / 32;
-}
 
 }  // namespace moex::cuda

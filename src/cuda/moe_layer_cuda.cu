@@ -118,9 +118,6 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   aux_grad_ = dev({E_}, DType::kF32, ctx);
   workspace_ = dev({static_cast<int64_t>(gating_workspace_bytes(T, E_, k_))}, DType::kU8, ctx);
   CUDA_CHECK(cudaMemsetAsync(workspace_.raw_data(), 0, workspace_.nbytes(), ctx.stream()));
-  combine_counters_ = dev({moe_decode_combine_counters(d_)}, DType::kI32, ctx);
-  CUDA_CHECK(
-      cudaMemsetAsync(combine_counters_.raw_data(), 0, combine_counters_.nbytes(), ctx.stream()));
   grouped_ptrs_ = dev({6 * 3 * E_}, DType::kI64, ctx);
   host_ptrs_.resize(6 * 3 * E_);
 
@@ -478,24 +475,17 @@ void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_
   p.top_k = k_;
   p.swiglu = config_.activation == ExpertActivation::kSwiGLU;
   p.gelu_exact = config_.gelu_exact;
-  // The combine inside the down kernel: one launch fewer.
-  const bool mix = res_.defined() || sh_.defined();
-  p.row = plan_.row;
-  p.gates = plan_.gates;
-  p.y = mix ? ym_.raw_data() : y.raw_data();
-  p.unit_counters = combine_counters_.data<int32_t>();
   moe_decode_experts(p, ctx_.stream());
   ++decode_forwards_;
-  finish_forward(x, y, /*combined=*/true);
+  finish_forward(x, y);
 }
 
-void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y, bool combined) {
+void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y) {
   const int64_t T = tokens_;
   cudaStream_t stream = ctx_.stream();
   const bool mix = res_.defined() || sh_.defined();
-  if (!combined)
-    moe_combine(buf_.out, plan_.row, plan_.gates, T, d_, k_, mix ? ym_.raw_data() : y.raw_data(),
-                stream);
+  moe_combine(buf_.out, plan_.row, plan_.gates, T, d_, k_, mix ? ym_.raw_data() : y.raw_data(),
+              stream);
   if (mix) {
     if (res_.defined()) dense_forward(res_, x.raw_data(), T);
     if (sh_.defined()) dense_forward(sh_, x.raw_data(), T);

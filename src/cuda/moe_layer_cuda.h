@@ -213,8 +213,7 @@ class MoELayerCuda {
   void experts_forward();
   // The forward's expert stage on the decode kernels, and the stages after the experts.
   void decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity);
-  // combined: the decode kernels already formed the experts' combine in y (or ym_ with a mix).
-  void finish_forward(const Tensor& x, const Tensor& y, bool combined = false);
+  void finish_forward(const Tensor& x, const Tensor& y);
   void experts_backward();
   void build_grouped_pointers();
 
@@ -245,7 +244,6 @@ class MoELayerCuda {
   Tensor expert_, route_score_, slot_, row_, gates_, dgates_;  // [T*k]
   Tensor gather_, offsets_, stats_dev_, aux_grad_;
   Tensor workspace_;
-  Tensor combine_counters_;  // [ceil(d / 32)] i32, 0 between calls: the decode kernels' combine
   Tensor saved_h_, saved_a_, saved_out_;  // a training forward's rows [R,F1] [R,F] [R,d] bf16
   int64_t saved_rows_ = 0;                // rows the saved buffers hold
   MoEScratch own_scratch_;

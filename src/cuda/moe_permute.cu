@@ -38,9 +38,8 @@ __global__ void combine_kernel(const __nv_bfloat16* __restrict__ ob,
       const float g = gates[t * top_k + j];
       float v[8];
       load_bf16x8(ob + static_cast<int64_t>(rw) * d + c, v);
-      // An explicit fma: the decode kernels' fused combine (cuda/moe_decode.cu) repeats these bits.
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] = fmaf(g, v[i], acc[i]);
+      for (int i = 0; i < 8; ++i) acc[i] += g * v[i];
     }
     store_bf16x8(y + t * d + c, acc);
   }

@@ -6,7 +6,6 @@
 #include "cuda/cuda_check.h"
 #include "cuda/launch.cuh"
 #include "cuda/paged_attention.h"
-#include "cuda/rope_math.cuh"
 
 namespace moex::cuda {
 namespace {
@@ -28,58 +27,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 // and value rows in flight (a step is latency-bound). Lane l holds dims 2l, 2l + 1 (+ 64 i, i < P)
 // of q and of the output: P = 1, 2, 4 serve head_dim <= 64, 128, 256 with no idle registers. The
 // warps' partial softmaxes are merged through shared memory at the end.
-// Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G]; with qkv (a decode
-// step) also the row's own new_q [G, Dh], new_k and new_v [Dh] and the RoPE table [Dh / 2] float2.
-constexpr int64_t decode_smem_floats(int G, int64_t head_dim) {
-  return G * head_dim + 3 * head_dim;
-}
-
-// A decode step's own row: its G query heads from h0 rotated into new_q, its KV head's key rotated
-// into new_k and value into new_v (each value rounded to bf16, as rope_qkv_paged_bf16 stores
-// them), and the first block of each KV head writes the key and value into the row's pool slot.
-template <int G>
-__device__ void load_own_row(const PagedAttentionParams& p, int64_t r, int64_t h0, int64_t kv_off,
-                             float* new_q, float* new_k, float* new_v, float2* cos_sin) {
-  const int hd = static_cast<int>(p.head_dim), half = hd / 2;
-  const int64_t qw = p.heads * p.head_dim, kw = p.kv_heads * p.head_dim;
-  const bf16* src = static_cast<const bf16*>(p.qkv) + r * (qw + 2 * kw);
-  const bool rope = p.theta > 0.0f;
-  if (rope) {
-    form_table(cos_sin, half, hd, static_cast<float>(p.row_pos[r]), p.theta, 1.0f);
-    __syncthreads();
-  }
-  // Items: half pairs of each q head, then of the key; then the value's hd elements.
-  const int pairs = (G + 1) * half;
-  for (int it = threadIdx.x; it < pairs + hd; it += blockDim.x) {
-    if (it >= pairs) {
-      const int j = it - pairs;
-      new_v[j] = __bfloat162float(src[qw + kw + kv_off + j]);
-      continue;
-    }
-    const int head = it / half, i = it % half;
-    const bf16* in = head < G ? src + (h0 + head) * hd : src + qw + kv_off;
-    float x1[1] = {__bfloat162float(in[i])}, x2[1] = {__bfloat162float(in[i + half])};
-    float y1[1] = {x1[0]}, y2[1] = {x2[0]};
-    if (rope) {
-      const float c[1] = {cos_sin[i].x}, s[1] = {cos_sin[i].y};
-      rotate<1>(x1, x2, c, s, y1, y2);
-    }
-    float* dst = head < G ? new_q + head * hd : new_k;
-    dst[i] = __bfloat162float(__float2bfloat16(y1[0]));
-    dst[i + half] = __bfloat162float(__float2bfloat16(y2[0]));
-  }
-  __syncthreads();
-  if (h0 % (p.heads / p.kv_heads) == 0) {
-    const int64_t at = int64_t{p.slots[r]} * kw + kv_off;
-    bf16* kp = const_cast<bf16*>(static_cast<const bf16*>(p.k_pool)) + at;
-    bf16* vp = const_cast<bf16*>(static_cast<const bf16*>(p.v_pool)) + at;
-    for (int j = threadIdx.x; j < hd; j += blockDim.x) {
-      kp[j] = __float2bfloat16(new_k[j]);
-      vp[j] = __float2bfloat16(new_v[j]);
-    }
-  }
-}
-
+// Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G].
 template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     paged_attention_kernel(PagedAttentionParams p, float scale) {
@@ -88,11 +36,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float* part_acc = smem;
   float* part_m = part_acc + kWarpsPerBlock * G * 64 * P;
   float* part_sum = part_m + kWarpsPerBlock * G;
-  float* new_q = part_sum + kWarpsPerBlock * G;  // decode step only, as the launcher sized it
-  float* new_k = new_q + G * p.head_dim;
-  float* new_v = new_k + p.head_dim;
-  auto* cos_sin = reinterpret_cast<float2*>(new_v + p.head_dim);  // an even float offset
-  const bool own_row = p.qkv != nullptr;
   const int64_t groups = p.heads / G;
   const int64_t r = blockIdx.x / groups, h0 = (blockIdx.x % groups) * G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -104,7 +47,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t begin = min(len, warp * chunk), end = min(len, begin + chunk);
   const bf16* kp = static_cast<const bf16*>(p.k_pool);
   const bf16* vp = static_cast<const bf16*>(p.v_pool);
-  if (own_row) load_own_row<G>(p, r, h0, kv_off, new_q, new_k, new_v, cos_sin);
   float2 qv[G][P], acc[G][P];
   float m[G], sum[G];
 #pragma unroll
@@ -114,9 +56,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int i = 0; i < P; ++i) {
       const int64_t d = 2 * lane + 64 * i;
-      const float2 f = d >= dh   ? make_float2(0.0f, 0.0f)
-                       : own_row ? make_float2(new_q[g * dh + d], new_q[g * dh + d + 1])
-                                 : __bfloat1622float2(q[d / 2]);
+      const float2 f = d < dh ? __bfloat1622float2(q[d / 2]) : make_float2(0.0f, 0.0f);
       qv[g][i] = make_float2(f.x * scale, f.y * scale);
       acc[g][i] = make_float2(0.0f, 0.0f);
     }
@@ -133,17 +73,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
           (int64_t{table[pos / p.block_size]} * p.block_size + pos % p.block_size) * kd + kv_off;
       const auto* k2 = reinterpret_cast<const __nv_bfloat162*>(kp + slot);
       const auto* v2 = reinterpret_cast<const __nv_bfloat162*>(vp + slot);
-      const bool own = own_row && pos == len - 1;  // in shared memory, maybe not yet in the pool
 #pragma unroll
       for (int i = 0; i < P; ++i) {
         const int64_t d = 2 * lane + 64 * i;
-        const float2 zero = make_float2(0.0f, 0.0f);
-        kv[j][i] = d >= dh ? zero
-                   : own   ? make_float2(new_k[d], new_k[d + 1])
-                           : __bfloat1622float2(k2[d / 2]);
-        vv[j][i] = d >= dh ? zero
-                   : own   ? make_float2(new_v[d], new_v[d + 1])
-                           : __bfloat1622float2(v2[d / 2]);
+        kv[j][i] = d < dh ? __bfloat1622float2(k2[d / 2]) : make_float2(0.0f, 0.0f);
+        vv[j][i] = d < dh ? __bfloat1622float2(v2[d / 2]) : make_float2(0.0f, 0.0f);
       }
     }
 #pragma unroll
@@ -215,15 +149,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 template <int P, int G>
 void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) {
-  const size_t plain = sizeof(float) * kWarpsPerBlock * G * (64 * P + 2);
-  const size_t most = plain + sizeof(float) * decode_smem_floats(G, 64 * P);
-  const size_t smem =
-      plain + (p.qkv != nullptr ? sizeof(float) * decode_smem_floats(G, p.head_dim) : 0);
+  const size_t smem = sizeof(float) * kWarpsPerBlock * G * (64 * P + 2);
   static bool attr_set = false;  // once per instantiation: above 48 KiB needs the opt-in
   if (!attr_set) {
     CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<P, G>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(most)));
+                                    static_cast<int>(smem)));
     attr_set = true;
   }
   const auto blocks = static_cast<unsigned>(p.rows * (p.heads / G));
@@ -300,8 +231,6 @@ void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream) {
   MOEX_CHECK(p.heads > 0 && p.kv_heads > 0 && p.heads % p.kv_heads == 0,
              "paged_attention_bf16: heads (", p.heads, ") must be a multiple of kv_heads (",
              p.kv_heads, ")");
-  MOEX_CHECK((p.q == nullptr) == (p.qkv != nullptr) && (p.qkv == nullptr || p.slots != nullptr),
-             "paged_attention_bf16: give q, or qkv with slots (a decode step)");
   if (p.rows == 0) return;
   if (p.head_dim <= 64)
     launch_for_group<1>(p, stream);

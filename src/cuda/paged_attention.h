@@ -23,15 +23,6 @@ struct PagedAttentionParams {
   // Query heads of one KV head per block: 0 lets the launcher choose; tests force 1, 2, 4 or 8
   // (dividing heads / kv_heads) to run every variant.
   int heads_per_block = 0;
-  // A decode step, where no two rows share a sequence: q is null and qkv [R, H*Dh + 2*KVH*Dh] bf16
-  // (a fused QKV projection's rows) is given instead. Each block forms its row's q heads rotated
-  // by RoPE at row_pos (theta > 0; 0: no rotation) and the row's k and v in shared memory, one
-  // block per (row, KV head) writes k and v into the row's pool slot (slots [R]), and the row's own
-  // position is attended from shared memory: what rope_qkv_paged_bf16 then this kernel give, bit
-  // for bit, in one launch. The pools are written then (const above for the plain kernel).
-  const void* qkv = nullptr;
-  const int32_t* slots = nullptr;
-  float theta = 0.0f;
 };
 
 void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream);

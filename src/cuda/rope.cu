@@ -4,12 +4,38 @@
 #include "cuda/cuda_check.h"
 #include "cuda/launch.cuh"
 #include "cuda/rope.h"
-#include "cuda/rope_math.cuh"
 
 namespace moex::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
+
+// The block's cos/sin table [half] of one position: (cos, sign * sin) of pos * inv_freq[i].
+__device__ __forceinline__ void form_table(float2* cos_sin, int half, int head_dim, float pos,
+                                           float theta, float sign) {
+  const int threads = blockDim.x * blockDim.y;
+  for (int i = threadIdx.y * blockDim.x + threadIdx.x; i < half; i += threads) {
+    const float inv_freq =
+        1.0f / powf(theta, static_cast<float>(2 * i) / static_cast<float>(head_dim));
+    float sn, cs;
+    sincosf(pos * inv_freq, &sn, &cs);
+    cos_sin[i] = make_float2(cs, sign * sn);
+  }
+}
+
+// y = x rotated: element j of the first half pairs with element j of the second, (c, s) the
+// table's (cos, sign * sin) at their pair index. Both kernels rotate with this, so they give the
+// same bits.
+template <int W>
+__device__ __forceinline__ void rotate(const float (&x1)[W], const float (&x2)[W],
+                                       const float (&c)[W], const float (&s)[W], float (&y1)[W],
+                                       float (&y2)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    y1[j] = x1[j] * c[j] - x2[j] * s[j];
+    y2[j] = x2[j] * c[j] + x1[j] * s[j];
+  }
+}
 
 // One block per token (b, t). Its cos/sin table [half] is formed once in shared memory (fp32, as
 // the twin and transformers: inv_freq, then pos * inv_freq, then cos/sin) and reused by every head,

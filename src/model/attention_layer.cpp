@@ -207,18 +207,10 @@ void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const
   // Every row's key and value go into the pool first, so rows of one sequence in this step see
   // each other.
   const int64_t slots = k_pool.dim(0) * k_pool.dim(1);
-  const Tensor q3 = q.view(Shape{n, heads_, head_dim_});
   if (!q_norm_) {
+    // Split, RoPE and the pool writes in one op.
     const Tensor qkv = arena.alloc(Shape{n, heads_ * head_dim_ + 2 * kd}, dt);
     ops::linear(x, qkv_w_.w, qkv_b_.w, qkv);
-    if (n == rows.tables.dim(0)) {
-      // A decode step (a row a sequence): split, RoPE, the pool writes and the attention in one op.
-      ops::paged_decode_attention(qkv, head_dim_, rows.row_pos, theta, rows.slots, q3, k_pool,
-                                  v_pool, rows.tables, rows.row_seq, attn);
-      ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);
-      return;
-    }
-    // Split, RoPE and the pool writes in one op.
     ops::write_paged_qkv(qkv, head_dim_, rows.row_pos, theta, rows.slots, q, k_pool, v_pool);
   } else {
     const Tensor k = arena.alloc(Shape{1, n, kv_heads_, head_dim_}, dt);
@@ -231,7 +223,8 @@ void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const
     ops::scatter_rows(k.view(Shape{n, kd}), rows.slots, k_pool.view(Shape{slots, kd}));
     ops::scatter_rows(v.view(Shape{n, kd}), rows.slots, v_pool.view(Shape{slots, kd}));
   }
-  ops::paged_attention(q3, k_pool, v_pool, rows.tables, rows.row_seq, rows.row_pos, attn);
+  ops::paged_attention(q.view(Shape{n, heads_, head_dim_}), k_pool, v_pool, rows.tables,
+                       rows.row_seq, rows.row_pos, attn);
   ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);
 }
 

@@ -1,7 +1,6 @@
 #include "ops/paged_attention.h"
 
 #include <algorithm>
-#include <utility>
 #include <vector>
 
 #include "cpu/paged_attention.h"
@@ -26,75 +25,6 @@ void expect_indices(const char* op, const char* what, const Tensor& t, const Dev
              t.defined() ? t.shape().str() : std::string("none"));
   MOEX_CHECK(t.device() == dev, op, ": ", what, " must be on ", dev.str(), " like the activations");
 }
-
-// The shapes, dtypes and devices of paged_attention's arguments.
-void check_attention(const char* op, const Device& dev, const Tensor& q, const Tensor& k_pool,
-                     const Tensor& v_pool, const Tensor& tables, const Tensor& row_seq,
-                     const Tensor& row_pos, const Tensor& out) {
-  MOEX_CHECK(q.ndim() == 3 && k_pool.ndim() == 4 && k_pool.shape() == v_pool.shape() &&
-                 k_pool.dim(3) == q.dim(2) && k_pool.dim(2) > 0 && q.dim(1) % k_pool.dim(2) == 0,
-             op, ": q ", q.shape().str(), " does not fit the pool ", k_pool.shape().str());
-  MOEX_CHECK(tables.ndim() == 2, op, ": tables must be [S, max_blocks], got ",
-             tables.shape().str());
-  const DType dt = detail::compute_dtype(dev);
-  detail::expect(op, "q", q, dt, q.numel());
-  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
-  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
-  detail::expect(op, "out", out, dt, q.numel());
-  expect_indices(op, "tables", tables, dev, tables.numel());
-  expect_indices(op, "row_seq", row_seq, dev, q.dim(0));
-  expect_indices(op, "row_pos", row_pos, dev, q.dim(0));
-}
-
-// The shapes, dtypes and devices of write_paged_qkv's arguments; returns the q and the k (= v)
-// widths of a row.
-std::pair<int64_t, int64_t> check_qkv(const char* op, const Device& dev, const Tensor& qkv,
-                                      int64_t head_dim, const Tensor& row_pos, const Tensor& slots,
-                                      const Tensor& q, const Tensor& k_pool, const Tensor& v_pool) {
-  MOEX_CHECK(qkv.ndim() == 2 && qkv.dim(0) > 0 && head_dim > 0 && head_dim % 2 == 0, op, ": qkv ",
-             qkv.shape().str(), " must be [R > 0, width], head_dim ", head_dim, " even");
-  const int64_t rows = qkv.dim(0);
-  // q holds R rows of qw values in any shape ([R, Q] or [1, R, H, Dh]).
-  const int64_t qw = q.numel() / rows, kw = (qkv.dim(1) - qw) / 2;
-  MOEX_CHECK(qw > 0 && kw > 0 && q.numel() == rows * qw && qw + 2 * kw == qkv.dim(1) &&
-                 qw % head_dim == 0 && kw % head_dim == 0 && k_pool.numel() == v_pool.numel() &&
-                 k_pool.numel() % kw == 0,
-             op, ": qkv ", qkv.shape().str(), " is not [R, q ", q.shape().str(),
-             " + 2 kv] of heads of ", head_dim, ", or the pools ", k_pool.shape().str(),
-             " do not hold kv rows");
-  const DType dt = detail::compute_dtype(dev);
-  detail::expect(op, "qkv", qkv, dt, qkv.numel());
-  detail::expect(op, "q", q, dt, q.numel());
-  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
-  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
-  expect_indices(op, "row_pos", row_pos, dev, rows);
-  expect_indices(op, "slots", slots, dev, rows);
-  return {qw, kw};
-}
-
-#if MOEX_WITH_CUDA
-// The CUDA kernel's arguments for paged_attention's (checked) tensors.
-cuda::PagedAttentionParams attention_params(const Tensor& q, const Tensor& k_pool,
-                                            const Tensor& v_pool, const Tensor& tables,
-                                            const Tensor& row_seq, const Tensor& row_pos,
-                                            const Tensor& out) {
-  cuda::PagedAttentionParams p;
-  p.q = q.raw_data();
-  p.k_pool = k_pool.raw_data();
-  p.v_pool = v_pool.raw_data();
-  p.tables = tables.data<int32_t>();
-  p.row_seq = row_seq.data<int32_t>();
-  p.row_pos = row_pos.data<int32_t>();
-  p.out = out.raw_data();
-  p.rows = q.dim(0);
-  p.heads = q.dim(1);
-  p.kv_heads = k_pool.dim(2);
-  p.head_dim = q.dim(2);
-  p.block_size = k_pool.dim(1);
-  p.max_blocks = tables.dim(1);
-  return p;
-}
-#endif
 
 }  // namespace
 
@@ -128,8 +58,20 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   const char* op = "paged_attention";
   const Device dev = detail::common_device(op, {&q, &k_pool, &v_pool, &out});
   const ProfileScope profile(op, dev);
-  check_attention(op, dev, q, k_pool, v_pool, tables, row_seq, row_pos, out);
+  MOEX_CHECK(q.ndim() == 3 && k_pool.ndim() == 4 && k_pool.shape() == v_pool.shape() &&
+                 k_pool.dim(3) == q.dim(2) && k_pool.dim(2) > 0 && q.dim(1) % k_pool.dim(2) == 0,
+             op, ": q ", q.shape().str(), " does not fit the pool ", k_pool.shape().str());
+  MOEX_CHECK(tables.ndim() == 2, op, ": tables must be [S, max_blocks], got ",
+             tables.shape().str());
   const int64_t rows = q.dim(0);
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "q", q, dt, q.numel());
+  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
+  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
+  detail::expect(op, "out", out, dt, q.numel());
+  expect_indices(op, "tables", tables, dev, tables.numel());
+  expect_indices(op, "row_seq", row_seq, dev, rows);
+  expect_indices(op, "row_pos", row_pos, dev, rows);
   if (dev.is_cpu()) {
     check_paged_rows(tables, row_seq, row_pos, k_pool.dim(1), k_pool.dim(0));
     const cpu::PagedAttentionShape s{rows,          q.dim(1),      k_pool.dim(2), q.dim(2),
@@ -139,9 +81,23 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
                          s, out.data<float>());
     return;
   }
-  MOEX_CUDA_TWIN(op, cuda::paged_attention_bf16(
-                         attention_params(q, k_pool, v_pool, tables, row_seq, row_pos, out),
-                         detail::stream(dev)));
+  MOEX_CUDA_TWIN(op, {
+    cuda::PagedAttentionParams p;
+    p.q = q.raw_data();
+    p.k_pool = k_pool.raw_data();
+    p.v_pool = v_pool.raw_data();
+    p.tables = tables.data<int32_t>();
+    p.row_seq = row_seq.data<int32_t>();
+    p.row_pos = row_pos.data<int32_t>();
+    p.out = out.raw_data();
+    p.rows = rows;
+    p.heads = q.dim(1);
+    p.kv_heads = k_pool.dim(2);
+    p.head_dim = q.dim(2);
+    p.block_size = k_pool.dim(1);
+    p.max_blocks = tables.dim(1);
+    cuda::paged_attention_bf16(p, detail::stream(dev));
+  });
 }
 
 void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool) {
@@ -171,9 +127,25 @@ void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
   const char* op = "write_paged_qkv";
   const Device dev = detail::common_device(op, {&qkv, &q, &k_pool, &v_pool});
   const ProfileScope profile(op, dev);
-  if (qkv.ndim() == 2 && qkv.dim(0) == 0) return;
-  const auto [qw, kw] = check_qkv(op, dev, qkv, head_dim, row_pos, slots, q, k_pool, v_pool);
+  MOEX_CHECK(qkv.ndim() == 2 && head_dim > 0 && head_dim % 2 == 0, op, ": qkv ", qkv.shape().str(),
+             " must be [R, width], head_dim ", head_dim, " even");
   const int64_t rows = qkv.dim(0);
+  if (rows == 0) return;
+  // q holds R rows of qw values in any shape ([R, Q] or [1, R, H, Dh]).
+  const int64_t qw = q.numel() / rows, kw = (qkv.dim(1) - qw) / 2;
+  MOEX_CHECK(qw > 0 && kw > 0 && q.numel() == rows * qw && qw + 2 * kw == qkv.dim(1) &&
+                 qw % head_dim == 0 && kw % head_dim == 0 && k_pool.numel() == v_pool.numel() &&
+                 k_pool.numel() % kw == 0,
+             op, ": qkv ", qkv.shape().str(), " is not [R, q ", q.shape().str(),
+             " + 2 kv] of heads of ", head_dim, ", or the pools ", k_pool.shape().str(),
+             " do not hold kv rows");
+  const DType dt = detail::compute_dtype(dev);
+  detail::expect(op, "qkv", qkv, dt, qkv.numel());
+  detail::expect(op, "q", q, dt, q.numel());
+  detail::expect(op, "k_pool", k_pool, dt, k_pool.numel());
+  detail::expect(op, "v_pool", v_pool, dt, v_pool.numel());
+  expect_indices(op, "row_pos", row_pos, dev, rows);
+  expect_indices(op, "slots", slots, dev, rows);
   if (dev.is_cpu()) {
     // The unfused path's calls (same bits): split, RoPE over all rows at their positions, scatter.
     const int64_t num_slots = k_pool.numel() / kw;
@@ -216,34 +188,6 @@ void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
     p.head_dim = head_dim;
     p.theta = theta;
     cuda::rope_qkv_paged_bf16(p, detail::stream(dev));
-  });
-}
-
-void paged_decode_attention(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
-                            double theta, const Tensor& slots, const Tensor& q,
-                            const Tensor& k_pool, const Tensor& v_pool, const Tensor& tables,
-                            const Tensor& row_seq, const Tensor& out) {
-  const char* op = "paged_decode_attention";
-  const Device dev = detail::common_device(op, {&qkv, &q, &k_pool, &v_pool, &out});
-  MOEX_CHECK(qkv.ndim() == 2 && tables.ndim() == 2 && tables.dim(0) == qkv.dim(0), op,
-             ": a decode step has one row a sequence, got ", qkv.shape().str(), " rows for tables ",
-             tables.shape().str());
-  if (dev.is_cpu()) {
-    write_paged_qkv(qkv, head_dim, row_pos, theta, slots, q, k_pool, v_pool);
-    paged_attention(q, k_pool, v_pool, tables, row_seq, row_pos, out);
-    return;
-  }
-  const ProfileScope profile(op, dev);
-  check_qkv(op, dev, qkv, head_dim, row_pos, slots, q, k_pool, v_pool);
-  check_attention(op, dev, q, k_pool, v_pool, tables, row_seq, row_pos, out);
-  MOEX_CUDA_TWIN(op, {
-    cuda::PagedAttentionParams p =
-        attention_params(q, k_pool, v_pool, tables, row_seq, row_pos, out);
-    p.q = nullptr;  // formed in the kernel from qkv
-    p.qkv = qkv.raw_data();
-    p.slots = slots.data<int32_t>();
-    p.theta = static_cast<float>(theta > 0 ? theta : 0.0);
-    cuda::paged_attention_bf16(p, detail::stream(dev));
   });
 }
 

@@ -30,14 +30,6 @@ void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool);
 void write_paged_qkv(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos, double theta,
                      const Tensor& slots, const Tensor& q, const Tensor& k_pool,
                      const Tensor& v_pool);
-// write_paged_qkv, then paged_attention of its q, for a decode step: every row is the only row of
-// its sequence (tables has one row a row of qkv), so a GPU forms each row's rotated q, k and v in
-// the attention kernel itself and attends its own position from there (one launch, the same
-// bits). q [R, H, Dh]: the CPU writes the rotated queries there, a GPU leaves it unwritten.
-void paged_decode_attention(const Tensor& qkv, int64_t head_dim, const Tensor& row_pos,
-                            double theta, const Tensor& slots, const Tensor& q,
-                            const Tensor& k_pool, const Tensor& v_pool, const Tensor& tables,
-                            const Tensor& row_seq, const Tensor& out);
 // out[r] = src[index[r]]: src [N, width], out [R, width], index [R] i32 (e.g. each sequence's
 // last row).
 void gather_rows(const Tensor& src, const Tensor& index, const Tensor& out);

@@ -151,36 +151,6 @@ TEST(PagedAttention, WritePagedQkvEqualsSplitRopeAndScatter) {
   }
 }
 
-// The decode-step op against write_paged_qkv then paged_attention on copies of the pools, and its
-// one-row-a-sequence precondition as a clear error.
-TEST(PagedAttention, DecodeAttentionEqualsTheQkvWriteThenAttention) {
-  const int64_t R = 3, H = 4, KVH = 2, Dh = 8, qw = H * Dh, kw = KVH * Dh, bs = 4;
-  const Tensor qkv = random({R, qw + 2 * kw}, 11);
-  // Sequence r holds blocks {2r, 2r + 1} of 6; its row is at position pos[r].
-  const Tensor tables = ints({0, 1, 2, 3, 4, 5}, {R, 2}), seq = ints({0, 1, 2}, {R});
-  const Tensor pos = ints({0, 5, 7}, {R}), where = ints({0, 13, 23}, {R});  // their slots
-  for (const double theta : {10000.0, 0.0}) {
-    Tensor k_pool = random({6, bs, KVH, Dh}, 12), v_pool = random({6, bs, KVH, Dh}, 13);
-    Tensor k_ref = k_pool.clone(), v_ref = v_pool.clone();
-    Tensor q = Tensor::empty({R, H, Dh}, DType::kF32), q_ref = q.clone();
-    Tensor out = Tensor::empty({R, H, Dh}, DType::kF32), out_ref = out.clone();
-    ops::paged_decode_attention(qkv, Dh, pos, theta, where, q, k_pool, v_pool, tables, seq, out);
-    ops::write_paged_qkv(qkv, Dh, pos, theta, where, q_ref, k_ref, v_ref);
-    ops::paged_attention(q_ref, k_ref, v_ref, tables, seq, pos, out_ref);
-    EXPECT_EQ(max_abs_diff(out.data<float>(), out_ref.data<float>(), out.numel()), 0) << theta;
-    EXPECT_EQ(max_abs_diff(k_pool.data<float>(), k_ref.data<float>(), k_pool.numel()), 0);
-    EXPECT_EQ(max_abs_diff(v_pool.data<float>(), v_ref.data<float>(), v_pool.numel()), 0);
-  }
-  Tensor k_pool = random({6, bs, KVH, Dh}, 12), v_pool = k_pool.clone();
-  Tensor q = Tensor::empty({R, H, Dh}, DType::kF32), out = q.clone();
-  testing::expect_error_naming(
-      [&] {
-        ops::paged_decode_attention(qkv, Dh, pos, 10000.0, where, q, k_pool, v_pool,
-                                    ints({0, 1, 2, 3}, {2, 2}), ints({0, 1, 1}, {R}), out);
-      },
-      {"paged_decode_attention", "one row a sequence"});
-}
-
 TEST(PagedAttention, BadBlockTablesAreClearErrors) {
   const Tensor table = ints({0, 1, 7, -1}, {2, 2});
   auto message = [&](const std::vector<int32_t>& seq, const std::vector<int32_t>& pos) {

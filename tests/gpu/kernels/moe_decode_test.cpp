@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "cuda/moe_permute.h"
 #include "kernel_test_util.h"
 
 namespace moex {
@@ -154,32 +153,6 @@ TEST_F(MoEDecodeTest, MatchesNaiveLoops) {
         EXPECT_LT(kt::rel_l2(got, ref), 8e-3)
             << "d=" << d << " F=" << F << " E=" << s.E << " k=" << s.k << " T=" << T
             << (s.swiglu ? " swiglu" : " gelu");
-
-        // The combine fused into the down kernel: moe_combine's bits over the same out rows, on
-        // every call (its counters go back to 0), every element of the poisoned y written.
-        std::vector<int32_t> row(T * s.k, -1);
-        for (int64_t i = 0; i < s.E * r.capacity; ++i)
-          if (r.gather[i] >= 0) row[r.gather[i]] = static_cast<int32_t>(i);
-        DevBuf drow = kt::upload(row), dgates = kt::upload(kt::rand_vec(T * s.k, 4, 0.1f, 1.0f)),
-               dwant(T * d * 2), dy(T * d * 2),
-               dcount = kt::upload(std::vector<int32_t>(cuda::moe_decode_combine_counters(d), 0));
-        cuda::moe_combine(dout.ptr, drow.as<int32_t>(), dgates.as<float>(), T, d, s.k, dwant.ptr,
-                          ctx.stream());
-        const auto want_y = kt::download<uint16_t>(dwant.ptr, T * d);
-        p.row = drow.as<int32_t>();
-        p.gates = dgates.as<float>();
-        p.y = dy.ptr;
-        p.unit_counters = dcount.as<int>();
-        for (int call = 0; call < 2; ++call) {
-          dy.poison();
-          cuda::moe_decode_experts(p, ctx.stream());
-          EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(dy.ptr, T * d), want_y))
-              << "fused combine, call " << call << ", d=" << d << " E=" << s.E << " T=" << T;
-        }
-        const auto counters =
-            kt::download<int32_t>(dcount.ptr, cuda::moe_decode_combine_counters(d));
-        EXPECT_TRUE(
-            std::all_of(counters.begin(), counters.end(), [](int32_t c) { return c == 0; }));
       }
     }
 }

@@ -27,48 +27,6 @@ using kt::upload;
 
 class PagedAttentionTest : public kt::GpuKernel {};
 
-// paged_attention_bf16's arguments: R rows of q [R, H, Dh] over pools of blocks of bs positions.
-cuda::PagedAttentionParams attention_args(const DevBuf& q, const DevBuf& k_pool,
-                                          const DevBuf& v_pool, const DevBuf& tables,
-                                          const DevBuf& row_seq, const DevBuf& row_pos,
-                                          const DevBuf& out, int64_t R, int64_t H, int64_t KVH,
-                                          int64_t Dh, int64_t bs, int64_t max_blocks) {
-  cuda::PagedAttentionParams p;
-  p.q = q.ptr;
-  p.k_pool = k_pool.ptr;
-  p.v_pool = v_pool.ptr;
-  p.tables = tables.as<int32_t>();
-  p.row_seq = row_seq.as<int32_t>();
-  p.row_pos = row_pos.as<int32_t>();
-  p.out = out.ptr;
-  p.rows = R;
-  p.heads = H;
-  p.kv_heads = KVH;
-  p.head_dim = Dh;
-  p.block_size = bs;
-  p.max_blocks = max_blocks;
-  return p;
-}
-
-// rope_qkv_paged_bf16's arguments: R rows of qkv [R, qw + 2 kw] into q and the pools.
-cuda::RopeQkvPagedParams qkv_write(const DevBuf& qkv, const DevBuf& positions, const DevBuf& slots,
-                                   const DevBuf& q, const DevBuf& k_pool, const DevBuf& v_pool,
-                                   int64_t R, int64_t qw, int64_t kw, int64_t Dh, double theta) {
-  cuda::RopeQkvPagedParams p;
-  p.qkv = qkv.ptr;
-  p.positions = positions.as<int32_t>();
-  p.slots = slots.as<int32_t>();
-  p.q = q.ptr;
-  p.k_pool = k_pool.ptr;
-  p.v_pool = v_pool.ptr;
-  p.rows = R;
-  p.q_width = qw;
-  p.kv_width = kw;
-  p.head_dim = Dh;
-  p.theta = theta;
-  return p;
-}
-
 TEST_F(PagedAttentionTest, MatchesCpu) {
   cuda::CudaContext ctx;
   struct Case {
@@ -108,8 +66,20 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
                          s, ref.data());
     DevBuf dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v));
     DevBuf dt = upload(table), dseq = upload(row_seq), dpos = upload(row_pos), out(q_n * 2);
-    cuda::PagedAttentionParams p = attention_args(dq, dk, dv, dt, dseq, dpos, out, R, c.heads,
-                                                  c.kv_heads, c.head_dim, c.block_size, max_blocks);
+    cuda::PagedAttentionParams p;
+    p.q = dq.ptr;
+    p.k_pool = dk.ptr;
+    p.v_pool = dv.ptr;
+    p.tables = dt.as<int32_t>();
+    p.row_seq = dseq.as<int32_t>();
+    p.row_pos = dpos.as<int32_t>();
+    p.out = out.ptr;
+    p.rows = R;
+    p.heads = c.heads;
+    p.kv_heads = c.kv_heads;
+    p.head_dim = c.head_dim;
+    p.block_size = c.block_size;
+    p.max_blocks = max_blocks;
     // The launcher's choice, then every number of query heads per block the group allows.
     for (const int g : {0, 1, 2, 4, 8}) {
       if (g > 0 && (c.heads / c.kv_heads) % g != 0) continue;
@@ -168,8 +138,19 @@ TEST_F(PagedAttentionTest, RopeQkvPagedEqualsRopeAndScatter) {
       const auto pool0 = round_bf16(rand_vec(slots * kw, 67));
       DevBuf dqkv = upload(to_bf16(qkv)), dpos = upload(positions), dwhere = upload(where);
       DevBuf q(R * qw * 2), kp = upload(to_bf16(pool0)), vp = upload(to_bf16(pool0));
-      cuda::rope_qkv_paged_bf16(qkv_write(dqkv, dpos, dwhere, q, kp, vp, R, qw, kw, Dh, theta),
-                                ctx.stream());
+      cuda::RopeQkvPagedParams p;
+      p.qkv = dqkv.ptr;
+      p.positions = dpos.as<int32_t>();
+      p.slots = dwhere.as<int32_t>();
+      p.q = q.ptr;
+      p.k_pool = kp.ptr;
+      p.v_pool = vp.ptr;
+      p.rows = R;
+      p.q_width = qw;
+      p.kv_width = kw;
+      p.head_dim = Dh;
+      p.theta = theta;
+      cuda::rope_qkv_paged_bf16(p, ctx.stream());
       // The reference: the q, k, v parts split on the host, then the separate kernels.
       std::vector<float> qh(R * qw), kh(R * kw), vh(R * kw);
       for (int64_t r = 0; r < R; ++r) {
@@ -199,67 +180,6 @@ TEST_F(PagedAttentionTest, RopeQkvPagedEqualsRopeAndScatter) {
       EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(vp.ptr, slots * kw),
                                 kt::download<uint16_t>(rvp.ptr, slots * kw)))
           << what;
-    }
-}
-
-// A decode step in one launch (PagedAttentionParams::qkv): the bits of rope_qkv_paged_bf16 then
-// the plain kernel, in the output and in both pools, for one row a sequence at positions from 0
-// (the row's own key alone) to past several warps' passes, with and without RoPE, every number of
-// query heads per block.
-TEST_F(PagedAttentionTest, DecodeStepInOneLaunchEqualsTheQkvWriteThenAttention) {
-  cuda::CudaContext ctx;
-  struct Case {
-    int64_t heads, kv_heads, head_dim;
-  };
-  for (const Case c : {Case{32, 8, 128}, Case{4, 2, 64}, Case{6, 3, 40}, Case{8, 8, 256}})
-    for (const double theta : {1e6, 0.0}) {
-      const int64_t H = c.heads, KVH = c.kv_heads, Dh = c.head_dim, bs = 16;
-      const int64_t qw = H * Dh, kw = KVH * Dh, num_blocks = 64, max_blocks = 20;
-      const std::vector<int32_t> positions = {0, 37, 300, 5, 16};
-      const int64_t R = static_cast<int64_t>(positions.size());
-      std::vector<int32_t> table(R * max_blocks, -1), row_seq, slots;
-      int32_t next = 0;
-      for (int64_t s = 0; s < R; ++s) {
-        for (int64_t b = 0; b <= positions[s] / bs; ++b)
-          table[s * max_blocks + b] = (next++ * 7) % num_blocks;  // distinct, out of order
-        row_seq.push_back(static_cast<int32_t>(s));
-        const int32_t pos = positions[s];
-        slots.push_back(static_cast<int32_t>(table[s * max_blocks + pos / bs] * bs + pos % bs));
-      }
-      const auto qkv = round_bf16(rand_vec(R * (qw + 2 * kw), 71, -2, 2));
-      const auto pool0 = to_bf16(round_bf16(rand_vec(num_blocks * bs * kw, 72)));
-      DevBuf dqkv = upload(to_bf16(qkv)), dpos = upload(positions), dslots = upload(slots);
-      DevBuf dt = upload(table), dseq = upload(row_seq);
-      const std::string what = "H " + std::to_string(H) + " KVH " + std::to_string(KVH) + " Dh " +
-                               std::to_string(Dh) + " theta " + std::to_string(theta);
-      // The reference: the q/k/v write, then the plain kernel.
-      DevBuf q(R * qw * 2), rk = upload(pool0), rv = upload(pool0), ref(R * qw * 2);
-      cuda::rope_qkv_paged_bf16(qkv_write(dqkv, dpos, dslots, q, rk, rv, R, qw, kw, Dh, theta),
-                                ctx.stream());
-      const cuda::PagedAttentionParams p =
-          attention_args(q, rk, rv, dt, dseq, dpos, ref, R, H, KVH, Dh, bs, max_blocks);
-      cuda::paged_attention_bf16(p, ctx.stream());
-      const auto want = kt::download<uint16_t>(ref.ptr, R * qw);
-      const auto want_k = kt::download<uint16_t>(rk.ptr, pool0.size());
-      const auto want_v = kt::download<uint16_t>(rv.ptr, pool0.size());
-      for (const int g : {0, 1, 2, 4, 8}) {
-        if (g > 0 && (H / KVH) % g != 0) continue;
-        DevBuf fk = upload(pool0), fv = upload(pool0), out(R * qw * 2);
-        cuda::PagedAttentionParams f = p;
-        f.q = nullptr;
-        f.qkv = dqkv.ptr;
-        f.slots = dslots.as<int32_t>();
-        f.theta = static_cast<float>(theta);
-        f.k_pool = fk.ptr;
-        f.v_pool = fv.ptr;
-        f.out = out.ptr;
-        f.heads_per_block = g;
-        cuda::paged_attention_bf16(f, ctx.stream());
-        EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(out.ptr, R * qw), want))
-            << what << " heads per block " << g;
-        EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(fk.ptr, pool0.size()), want_k)) << what;
-        EXPECT_TRUE(kt::same_bits(kt::download<uint16_t>(fv.ptr, pool0.size()), want_v)) << what;
-      }
     }
 }
 
