@@ -111,10 +111,9 @@ void Model::init_weights(uint64_t seed) {
   if (pos_) fill_normal_part(pos_.w, l, d, -1, tp_, std, seed, 0, v * d);
   if (!config_.tie_embeddings)
     fill_normal_part(head_.w, v, d, vocab_split, tp_, std, seed, 0, v * d + (pos_ ? l * d : 0));
-  // Each block draws from its own Philox streams: blocks can fill in parallel, same numbers.
-  const int num_blocks = static_cast<int>(blocks_.size());
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int i = 0; i < num_blocks; ++i) blocks_[i]->init(seed);
+  // Each block draws from its own Philox streams; the large fills are parallel inside
+  // (fill_normal).
+  for (auto& block : blocks_) block->init(seed);
   final_norm_->init();
   if (device_.is_cuda()) {
     bind_all({master_, compute_params(), grads_});

@@ -1,5 +1,7 @@
 #include "model/tensor_parallel.h"
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -31,9 +33,17 @@ void TensorParallel::all_gather(const Tensor& t, const Tensor& all) const {
 }
 
 void fill_normal(float* p, int64_t n, float std, uint64_t seed, uint64_t offset, int64_t first) {
-  Rng rng(seed, offset);
-  rng.set_state(offset, 2 * static_cast<uint64_t>(first));  // a normal takes two draws
-  for (int64_t i = 0; i < n; ++i) p[i] = std * rng.normal();
+  // Element i is draw first + i of a counter-based stream, so chunks fill in parallel with the
+  // numbers of one serial pass (a model's experts are billions of them).
+  constexpr int64_t kChunk = int64_t{1} << 16;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, end = std::min(n, begin + kChunk);
+    Rng rng(seed, offset);
+    rng.set_state(offset, 2 * static_cast<uint64_t>(first + begin));  // a normal takes two draws
+    for (int64_t i = begin; i < end; ++i) p[i] = std * rng.normal();
+  }
 }
 
 void fill_normal_part(const Tensor& local, int64_t rows, int64_t cols, int split_dim,

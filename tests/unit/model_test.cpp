@@ -3,14 +3,37 @@
 #include "model/model.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
+#include <vector>
 
+#include "core/rng.h"
 #include "gradcheck.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::model {
 namespace {
+
+// fill_normal fills chunks in parallel: the numbers are those of one serial pass over the stream
+// (a Philox normal per element, two draws each), from any start, with any thread count.
+TEST(FillNormal, ParallelChunksGiveTheSerialStream) {
+  const int64_t n = 300001, first = 12345;
+  std::vector<float> want(n);
+  Rng rng(7, 3);
+  rng.set_state(3, 2 * first);
+  for (float& v : want) v = 0.5f * rng.normal();
+  for (const int threads : {1, 3}) {
+    const int saved = omp_get_max_threads();
+    omp_set_num_threads(threads);
+    std::vector<float> got(n, -1.0f);
+    fill_normal(got.data(), n, 0.5f, 7, 3, first);
+    omp_set_num_threads(saved);
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), n * sizeof(float)), 0) << threads << " threads";
+  }
+}
 
 ModelConfig tiny_config(const std::string& extra_moe, bool learned_positions = false) {
   const std::string text = std::string(R"({
