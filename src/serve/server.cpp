@@ -43,7 +43,8 @@ int64_t unix_time() {
 
 void send_json(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // Invalid UTF-8 echoed from a request (an error message quoting it) is replaced, not thrown on.
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 
 void send_error(httplib::Response& res, const ApiError& e) {
@@ -89,6 +90,8 @@ struct Server::Impl {
     if (options.model_name.empty()) options.model_name = "moex";
     model = model::load_model(options.model_dir, options.device);
     tokenizer = infer::open_model_tokenizer(options.model_dir);
+    MOEX_CHECK(tokenizer != nullptr, options.model_dir,
+               ": no tokenizer (tokenizer.json or *.model) to serve text with");
     chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
     special_tokens = load_special_tokens(options.model_dir);
     // A moex model directory has no tokenizer_config.json: the tokenizer's own BOS/EOS serve.
@@ -248,7 +251,8 @@ struct Server::Impl {
         "text/event-stream",
         [=](size_t, httplib::DataSink& sink) {
           auto event = [&](const json& j) {
-            const std::string line = "data: " + j.dump() + "\n\n";
+            const std::string line =
+                "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
             return sink.is_writable() && sink.write(line.data(), line.size());
           };
           if (*done) return false;

@@ -90,5 +90,32 @@ TEST(OpenAiApi, ParsingNamesTheField) {
   EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
 }
 
+// A body nested tens of thousands of levels deep is a 400, not a stack overflow (the chat
+// messages are converted recursively); invalid UTF-8 quoted back in an error still serializes.
+TEST(OpenAiApi, DeeplyNestedAndInvalidUtf8BodiesAreClearErrors) {
+  std::string deep = R"({"model": "m", "messages": [{"role": "user", "content": "hi", "x": )";
+  for (int i = 0; i < 30000; ++i) deep += R"({"a": )";
+  deep += "1";
+  for (int i = 0; i < 30000; ++i) deep += "}";
+  deep += "}]}";
+  try {
+    parse_generation_request(deep, true);
+    ADD_FAILURE() << "a 30000-level body was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(e.message.find("levels deep"), std::string::npos) << e.message;
+  }
+  const std::string bad_utf8 = std::string(R"({"model": "m", "prompt": ")") + "\xff\xfe" + "\"";
+  try {
+    parse_generation_request(bad_utf8, false);
+    ADD_FAILURE() << "invalid UTF-8 was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    const std::string body =
+        e.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    EXPECT_NE(body.find("not valid JSON"), std::string::npos) << body;
+  }
+}
+
 }  // namespace
 }  // namespace moex::serve
