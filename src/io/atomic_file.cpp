@@ -71,6 +71,18 @@ void fsync_parent_directory(const std::string& path) {
   ::close(dfd);
 }
 
+void check_model_output_dir(const std::string& path, const char* flag) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) return;
+  MOEX_CHECK(fs::is_directory(status), flag, " ", path,
+             " exists and is not a directory; it is not replaced (choose another path)");
+  MOEX_CHECK(fs::is_empty(path, ec) || fs::is_regular_file(fs::path(path) / "config.json"), flag,
+             " ", path,
+             " is a directory that holds no model (no config.json); it is not replaced (choose "
+             "another path or empty it)");
+}
+
 AtomicDirectory::AtomicDirectory(const std::string& path) : path_(path) {
   std::string trimmed = path;
   while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();

@@ -117,6 +117,15 @@ expect_error "denoise: noise_rate must be in (0, 1)" data prepare --out "$TMP/d"
 # export: the output may not be the model directory itself
 mkdir -p "$TMP/model_dir"
 expect_error "is the model directory itself" export --model "$TMP/model_dir" --out "$TMP/model_dir" --architecture MixtralForCausalLM
+# export and prune replace an earlier model at --out, never a file or a directory of other things
+echo "keep me" > "$TMP/notes.txt"
+mkdir -p "$TMP/mine" && echo "keep me" > "$TMP/mine/notes.txt"
+expect_error "exists and is not a directory" export --model "$TMP/model_dir" --out "$TMP/notes.txt" --architecture MixtralForCausalLM
+expect_error "holds no model (no config.json)" export --model "$TMP/model_dir" --out "$TMP/mine" --architecture MixtralForCausalLM
+expect_error "holds no model (no config.json)" prune --model "$MIXTRAL/model" --out "$TMP/mine" --keep-layers 1
+for f in "$TMP/notes.txt" "$TMP/mine/notes.txt"; do
+  [ "$(cat "$f")" = "keep me" ] || { echo "FAIL: $f was replaced"; exit 1; }
+done
 
 if [ "$failures" -ne 0 ]; then echo "$failures case(s) failed"; exit 1; fi
 echo "all bad-input cases gave one clear error"

@@ -39,6 +39,7 @@ int run_export(const std::vector<std::string>& argv) {
   std::error_code ec;
   MOEX_CHECK(!fs::equivalent(in, out, ec), "--out ", out,
              " is the model directory itself; export to another directory");
+  moex::io::check_model_output_dir(out, "--out");
   auto model = moex::model::load_model(in);
   moex::io::AtomicDirectory dir(out);
   moex::model::save_hf_model(*model, dir.temp_path(), architecture,

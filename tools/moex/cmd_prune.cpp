@@ -59,6 +59,7 @@ int run_prune(const std::vector<std::string>& argv) {
     return 0;
   }
   const std::string dir = args.require("model"), out = args.require("out");
+  moex::io::check_model_output_dir(out, "--out");
   moex::train::PruneSpec spec;
   const int64_t keep = args.get_int("keep-experts", 0);
   MOEX_CHECK(!args.has("keep-experts") || keep >= 1, "--keep-experts must be >= 1, got ", keep);
