@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -297,6 +298,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     }
     const double lm_loss = loss;
     loss += weighted_kd;  // the objective (without the router terms, as in plain training)
+    // A diverged run ends here, before the optimizer writes non-finite weights (every rank sees
+    // the same reduced loss, so all stop together); the last checkpoint stays as it was.
+    MOEX_CHECK(std::isfinite(loss), c.source, ": training diverged: the loss of step ",
+               state.step + 1, " is ", loss,
+               " (lower optimizer.lr or model.init_std, or resume from an earlier checkpoint)");
     const double grad_norm = optimizer.step(model, lr, state.step + 1);
     if (c.optimizer.bias_update_rate > 0) {
       // Every rank applies the same rule to the same (summed) loads: the biases stay equal.

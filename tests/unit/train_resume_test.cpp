@@ -138,6 +138,27 @@ TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
   fs::remove_all(corpus);
 }
 
+// A run whose loss is not finite stops at that step with one error naming the config, before
+// the optimizer writes non-finite weights, and saves no checkpoint.
+TEST(Training, ADivergedRunStopsWithAClearErrorAndNoCheckpoint) {
+  const fs::path corpus = make_corpus("moex_diverged");
+  const std::string out = (corpus / "run").string();
+  const fs::path path = write_config(corpus, out, "", nullptr, "", "", R"(, "init_std": 1e30)");
+  const TrainConfig config = TrainConfig::from_file(path.string());
+  std::string message = "(no error)";
+  try {
+    run_training(config, "");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find(path.string() + ": training diverged: the loss of step "),
+            std::string::npos)
+      << message;
+  EXPECT_FALSE(fs::exists(out + "/final"));
+  EXPECT_FALSE(fs::exists(out + "/latest"));
+  fs::remove_all(corpus);
+}
+
 TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
   const fs::path corpus = make_corpus("moex_sigint");
   const std::string out = (corpus / "run").string();
