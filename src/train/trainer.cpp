@@ -157,6 +157,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              corpus.vocab_size, ")");
   auto train_data = open_train_data(corpus, c);
   const auto eval_data = eval_sequences(corpus, c);
+  // Every checkpoint carries the corpus tokenizer: a missing one is an error now, not at the end.
+  MOEX_CHECK(corpus.tokenizer.empty() || std::filesystem::is_regular_file(corpus.tokenizer),
+             c.data.path, "/corpus.json: tokenizer: ", corpus.tokenizer, " is not a file");
 
   // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x dp
   // micro-batches of one shared sample stream; micro-batch j runs on data-parallel rank j % dp,

@@ -159,6 +159,27 @@ TEST(Training, ADivergedRunStopsWithAClearErrorAndNoCheckpoint) {
   fs::remove_all(corpus);
 }
 
+// The corpus tokenizer goes into every checkpoint: a missing one fails at start-up, naming the
+// corpus file, instead of after the last step.
+TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
+  const fs::path corpus = make_corpus("moex_no_tokenizer");
+  fs::remove(corpus / "tok.model");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
+  std::string message = "(no error)";
+  try {
+    run_training(config, "");
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("corpus.json: tokenizer: " + (corpus / "tok.model").string() +
+                         " is not a file"),
+            std::string::npos)
+      << message;
+  EXPECT_FALSE(fs::exists(out + "/metrics.jsonl"));
+  fs::remove_all(corpus);
+}
+
 TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
   const fs::path corpus = make_corpus("moex_sigint");
   const std::string out = (corpus / "run").string();
