@@ -19,6 +19,7 @@ class Evaluator {
   }
 
   Value evaluate(const Node& node, Scope& scope) {
+    const Nest nest(*this);
     try {
       return evaluate_here(node, scope);
     } catch (RenderError& e) {
@@ -31,7 +32,24 @@ class Evaluator {
   }
 
  private:
+  // Rendering recurses through nested nodes and macro calls: bounded, so a recursive macro is an
+  // error, not a stack overflow.
+  static constexpr int kMaxDepth = 500;
+  struct Nest {
+    explicit Nest(Evaluator& evaluator) : e(evaluator) {
+      if (++e.depth_ > kMaxDepth) {
+        --e.depth_;
+        throw RenderError("the template nests or recurses more than " +
+                          std::to_string(kMaxDepth) + " levels deep");
+      }
+    }
+    ~Nest() { --e.depth_; }
+    Evaluator& e;
+  };
+  int depth_ = 0;
+
   void render_statement(const Node& node, Scope& scope, std::string& out) {
+    const Nest nest(*this);
     switch (node.kind) {
       case NodeKind::Text:
         out += node.text;

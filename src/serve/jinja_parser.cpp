@@ -92,8 +92,21 @@ class Parser {
 
   static NodePtr make(NodeKind kind, size_t offset) { return std::make_unique<Node>(kind, offset); }
 
+  // The nesting the parser recurses through (blocks, expressions, unary operators) is bounded, so
+  // a hostile template is a syntax error, not a stack overflow.
+  static constexpr int kMaxDepth = 200;
+  struct Nest {
+    explicit Nest(Parser& parser) : p(parser) {
+      if (++p.depth_ > kMaxDepth)
+        p.fail("blocks or expressions nested more than " + std::to_string(kMaxDepth) + " deep");
+    }
+    ~Nest() { --p.depth_; }
+    Parser& p;
+  };
+
   // ---- statements ----
   NodePtr parse_any() {
+    const Nest nest(*this);
     const Token& t = tokens_[current_];
     switch (t.type) {
       case TokenType::Comment: {
@@ -235,7 +248,10 @@ class Parser {
     return tuple;
   }
 
-  NodePtr parse_expression() { return parse_if_expression(); }
+  NodePtr parse_expression() {
+    const Nest nest(*this);
+    return parse_if_expression();
+  }
 
   NodePtr parse_if_expression() {
     NodePtr value = parse_or();
@@ -284,6 +300,7 @@ class Parser {
   }
 
   NodePtr parse_not() {
+    const Nest nest(*this);
     if (is_identifier("not")) {
       auto node = make(NodeKind::Unary, here());
       node->text = "not";
@@ -379,6 +396,7 @@ class Parser {
   }
 
   NodePtr parse_unary_sign() {
+    const Nest nest(*this);
     const Token* t = peek();
     if (t != nullptr && (t->type == TokenType::UnaryOperator || t->type == TokenType::AdditiveBinaryOperator) &&
         (t->value == "-" || t->value == "+")) {
@@ -561,6 +579,7 @@ class Parser {
   const SourceLocator& locator_;
   size_t end_offset_;
   size_t current_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -328,6 +328,31 @@ TEST_F(ChatTemplateLoad, ListFormWithoutDefaultIsAnError) {
   }
 }
 
+// Hostile templates are errors, not stack overflows: nesting 20000 deep when parsed, a macro
+// that calls itself forever when rendered; moderate nesting still works.
+TEST(ChatTemplateLimits, DeepNestingAndEndlessRecursionAreErrors) {
+  std::string parens, ifs;
+  for (int i = 0; i < 20000; ++i) parens += "(";
+  parens += "1";
+  for (int i = 0; i < 20000; ++i) parens += ")";
+  for (int i = 0; i < 20000; ++i) ifs += "{% if true %}";
+  for (int i = 0; i < 20000; ++i) ifs += "{% endif %}";
+  EXPECT_NE(parse_error("{{ " + parens + " }}").find("nested more than 200 deep"), std::string::npos);
+  EXPECT_NE(parse_error(ifs).find("nested more than 200 deep"), std::string::npos);
+  EXPECT_NE(parse_error("{{ " + std::string(20000, '-') + "1 }}").find("nested more than"),
+            std::string::npos);
+  EXPECT_NE(render_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}")
+                .find("recurses more than 500 levels deep"),
+            std::string::npos);
+  EXPECT_EQ(render("{{ ((((((((1)))))))) }}{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}"
+                   "{% endif %}{{ n }}{% endmacro %}{{ f(20) }}"),
+            "1" + [] {
+              std::string s;
+              for (int n = 0; n <= 20; ++n) s += std::to_string(n);
+              return s;
+            }());
+}
+
 TEST_F(ChatTemplateLoad, WithoutTemplateUsesMoexDefault) {
   write("tokenizer_config.json", R"({"eos_token": "</s>"})");
   EXPECT_EQ(load_chat_template(dir_.string()).text(), kDefaultChatTemplate);
