@@ -761,6 +761,10 @@ void install_globals(Scope& scope) {
     const int64_t stop = bounds.size() == 1 ? bounds[0] : bounds[1];
     const int64_t step = bounds.size() == 3 ? bounds[2] : 1;
     if (step == 0) fail("range() step must not be zero");
+    // A chat template loops over a conversation: more than this is a runaway, not a prompt.
+    constexpr int64_t kMaxItems = 1000000;
+    const double count = (static_cast<double>(stop) - static_cast<double>(start)) / step;
+    if (count > kMaxItems) fail("range() of more than " + std::to_string(kMaxItems) + " items");
     Array out;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.push_back(Value::from_int(i));
     return Value::from_array(std::move(out));

@@ -47,6 +47,9 @@ class Evaluator {
     Evaluator& e;
   };
   int depth_ = 0;
+  // Loop iterations of one render, bounded so a runaway template ends its request.
+  static constexpr int64_t kMaxIterations = 1000000;
+  int64_t iterations_ = 0;
 
   void render_statement(const Node& node, Scope& scope, std::string& out) {
     const Nest nest(*this);
@@ -131,6 +134,9 @@ class Evaluator {
     bool no_iteration = true;
     const int64_t length = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < length; ++i) {
+      if (++iterations_ > kMaxIterations)
+        throw RenderError("the template's loops ran more than " +
+                          std::to_string(kMaxIterations) + " iterations");
       Object loop;
       loop.entries = {
           {"index", Value::from_int(i + 1)},

@@ -328,8 +328,9 @@ TEST_F(ChatTemplateLoad, ListFormWithoutDefaultIsAnError) {
   }
 }
 
-// Hostile templates are errors, not stack overflows: nesting 20000 deep when parsed, a macro
-// that calls itself forever when rendered; moderate nesting still works.
+// Hostile templates are errors, not stack overflows or endless renders: nesting 20000 deep when
+// parsed, a macro that calls itself forever, a huge range and nested loops of 10^10 iterations (stopped at 10^6)
+// when rendered; moderate nesting and recursion still work.
 TEST(ChatTemplateLimits, DeepNestingAndEndlessRecursionAreErrors) {
   std::string parens, ifs;
   for (int i = 0; i < 20000; ++i) parens += "(";
@@ -343,6 +344,13 @@ TEST(ChatTemplateLimits, DeepNestingAndEndlessRecursionAreErrors) {
             std::string::npos);
   EXPECT_NE(render_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}")
                 .find("recurses more than 500 levels deep"),
+            std::string::npos);
+  EXPECT_NE(render_error("{% for i in range(1000000000) %}{% endfor %}")
+                .find("range() of more than 1000000 items"),
+            std::string::npos);
+  EXPECT_NE(render_error("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                         "{% endfor %}")
+                .find("loops ran more than 1000000 iterations"),
             std::string::npos);
   EXPECT_EQ(render("{{ ((((((((1)))))))) }}{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}"
                    "{% endif %}{{ n }}{% endmacro %}{{ f(20) }}"),
