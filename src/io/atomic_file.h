@@ -36,14 +36,14 @@ class AtomicFile {
 // Writes `contents` to `path` atomically (JSON manifests, configs, small files).
 void write_file_atomic(const std::string& path, const std::string& contents);
 
-// A directory built under `<path>.tmp/` and swapped in by commit(): an existing `<path>` is
-// first renamed to `<path>.old` and removed after the new one is in place. Destroying it
-// without commit() removes the temporary directory.
 // Throws (naming `flag` and the path) unless `path` is absent, an empty directory, or a directory
 // that holds a model (config.json): what a command writing a model there may replace. Anything
 // else (a file, a directory of other things) is the user's, and is not deleted.
 void check_model_output_dir(const std::string& path, const char* flag);
 
+// A directory built under `<path>.tmp/` and swapped in by commit(): an existing `<path>` is
+// first renamed to `<path>.old` and removed after the new one is in place. Destroying it
+// without commit() removes the temporary directory.
 class AtomicDirectory {
  public:
   explicit AtomicDirectory(const std::string& path);

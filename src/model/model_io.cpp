@@ -91,7 +91,6 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
   return out;
 }
 
-
 Tensor local_part(const Model& model, int index, const Tensor& full, const std::string& what) {
   dist::Communicator* group = model.expert_group();
   const ParamBuffer& params = model.params();
