@@ -9,7 +9,7 @@ MOEX=${MOEX:-./build/moex}
 if [ ! -f data/default/corpus.json ]; then
   $MOEX data prepare --out data/default
 fi
-$MOEX train --config configs/tiny-moe.json
+$MOEX train --config configs/tiny-moe.json --overwrite  # a re-run of the demo starts over
 echo
 for prompt in "The Debian system" "In the beginning God"; do
   $MOEX generate --model runs/tiny/final --prompt "$prompt" --max-new-tokens 40 --temperature 0.7 --top-k 40 --seed 1

@@ -44,6 +44,13 @@ inline fs::path make_corpus(const fs::path& dir) {
 // rank waits at a barrier until the file is complete, so no rank reads a half-written config.
 // extra_moe is appended to the "moe" object, extra_root to the top-level one (e.g. "parallel"),
 // extra_model to the "model" object.
+// The extras above may repeat a base field to change it: nlohmann keeps the last value of a
+// repeated key, so re-dumping the text gives the overridden config with each key once (moex's
+// reader refuses repeated keys).
+inline std::string overridden(const std::string& json_text) {
+  return nlohmann::json::parse(json_text).dump(2);
+}
+
 inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
                              const std::string& extra_training, dist::Communicator* group = nullptr,
                              const std::string& extra_moe = "", const std::string& extra_root = "",
@@ -55,19 +62,20 @@ inline fs::path write_config(const fs::path& corpus, const std::string& out_dir,
     return path;
   }
   const fs::path partial = path.string() + ".partial";
-  std::ofstream(partial) << R"({
+  std::ofstream(partial) << overridden(R"({
     "model": {"vocab_size": 40, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
               "max_seq_len": 32, "ffn_size": 48,
               "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 24, "capacity_factor": 1.0,
                       "jitter_eps": 0.01, "aux_loss_coef": 0.01)" +
-                                extra_moe + "}" + extra_model + R"(},
+                                       extra_moe + "}" + extra_model + R"(},
     "data": {"path": ")" + corpus.string() +
-                                R"(", "seq_len": 16, "temperature": 2.0},
+                                       R"(", "seq_len": 16, "temperature": 2.0},
     "optimizer": {"lr": 0.01, "grad_clip": 1.0},
     "schedule": {"warmup_steps": 2},
     "training": {"steps": 12, "micro_batch_size": 4, "grad_accum": 2, "log_every": 1, "eval_every": 6,
                  "eval_batches": 1, "out_dir": ")" +
-                                out_dir + R"(" )" + extra_training + R"(})" + extra_root + R"(})";
+                                       out_dir + R"(" )" + extra_training + R"(})" + extra_root +
+                                       R"(})");
   fs::rename(partial, path);
   if (group) group->barrier();
   return path;

@@ -4,13 +4,15 @@
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <unordered_set>
+#include <vector>
 
 #include "core/file_util.h"
 
 namespace moex {
 
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
-                          const char* what) {
+                          const char* what, int max_depth) {
   // Depth first, skipping strings, so that the parser never builds a value too deep to copy.
   int depth = 0;
   bool in_string = false;
@@ -24,15 +26,39 @@ nlohmann::json parse_json(const char* begin, const char* end, const std::string&
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
-      if (++depth > kMaxJsonDepth)
-        MOEX_THROW(source, ": ", what, ": nesting deeper than ", kMaxJsonDepth, " levels at byte ",
-                   p - begin);
+      if (++depth > max_depth)
+        MOEX_THROW(source, ": ", what, ": nested more than ", max_depth, " levels deep (at byte ",
+                   p - begin, ")");
     } else if (c == ']' || c == '}') {
       --depth;
     }
   }
+  // nlohmann keeps the last of duplicate keys; a config with one field twice is a mistake (which
+  // one did the author mean?), so each object's keys are tracked and a repeat is an error.
+  struct Object {
+    std::unordered_set<std::string> keys;
+    std::string key;  // the key whose value is being parsed
+  };
+  std::vector<Object> objects;
+  auto no_duplicate_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& value) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) {
+      objects.emplace_back();
+    } else if (event == Event::object_end) {
+      objects.pop_back();
+    } else if (event == Event::key) {
+      Object& top = objects.back();
+      top.key = value.get<std::string>();
+      if (!top.keys.insert(top.key).second) {
+        std::string path;
+        for (const Object& o : objects) path += (path.empty() ? "" : ".") + o.key;
+        MOEX_THROW(source, ": ", what, ": the key \"", path, "\" appears twice in one object");
+      }
+    }
+    return true;
+  };
   try {
-    return nlohmann::json::parse(begin, end);
+    return nlohmann::json::parse(begin, end, no_duplicate_keys);
   } catch (const nlohmann::json::exception& e) {
     MOEX_THROW(source, ": ", what, ": ", e.what());
   }
@@ -59,7 +85,9 @@ JsonReader JsonReader::from_string(const std::string& text, const std::string& s
 }
 
 JsonReader JsonReader::from_file(const std::string& path) {
-  return from_string(read_file(path), path);
+  // A config is kilobytes: a far lower bound than other files' keeps /dev/zero cheap to refuse.
+  constexpr int64_t kMaxConfigBytes = int64_t{64} << 20;
+  return from_string(read_file(path, kMaxConfigBytes), path);
 }
 
 std::string JsonReader::where(const std::string& key) const {

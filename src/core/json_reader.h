@@ -17,14 +17,14 @@ namespace moex {
 // stops at 128 as well).
 constexpr int kMaxJsonDepth = 128;
 
-// Parses JSON read from a file. Malformed text, a number too large for a double (nlohmann
-// reports those as out_of_range, not parse_error) and nesting deeper than kMaxJsonDepth are one
-// moex::Error: "<source>: <what>: <details>".
+// Parses JSON read from a file or a request. Malformed text, a number too large for a double
+// (nlohmann reports those as out_of_range, not parse_error), nesting deeper than max_depth and a
+// key given twice in one object are one moex::Error: "<source>: <what>: <details>".
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
-                          const char* what = "invalid JSON");
+                          const char* what = "invalid JSON", int max_depth = kMaxJsonDepth);
 inline nlohmann::json parse_json(const std::string& text, const std::string& source,
-                                 const char* what = "invalid JSON") {
-  return parse_json(text.data(), text.data() + text.size(), source, what);
+                                 const char* what = "invalid JSON", int max_depth = kMaxJsonDepth) {
+  return parse_json(text.data(), text.data() + text.size(), source, what, max_depth);
 }
 
 class JsonReader {
@@ -66,6 +66,7 @@ class JsonReader {
   void finish() const;
   // "file: path.to.field"
   std::string where(const std::string& key) const;
+  const std::string& source() const { return shared_->source; }  // the file's name
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
 
  private:

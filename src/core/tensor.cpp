@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include <sys/sysinfo.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -12,6 +14,24 @@ DeviceAllocator* g_cuda_allocator = nullptr;
 DeviceCopyFn g_device_copy = nullptr;
 
 constexpr size_t kHostAlignment = 64;
+
+// The machine's memory and swap: a host tensor larger than this can never be backed. Linux
+// overcommits, so such a malloc may succeed and the process die later to the OOM killer; asking
+// first turns an absurd size (a mistyped batch or cache size) into an error naming the tensor.
+size_t host_memory_bytes() {
+  struct sysinfo info {};
+  if (sysinfo(&info) != 0) return SIZE_MAX;
+  return (static_cast<size_t>(info.totalram) + info.totalswap) * info.mem_unit;
+}
+
+// numel(shape) * element bytes, or an error where that does not fit in 63 bits.
+size_t checked_bytes(const Shape& shape, DType dtype) {
+  int64_t bytes = static_cast<int64_t>(dtype_size(dtype));
+  for (int i = 0; i < shape.ndim(); ++i)
+    MOEX_CHECK(!__builtin_mul_overflow(bytes, shape[i], &bytes), "a ", dtype_name(dtype), " ",
+               shape.str(), " tensor is too large to address (more than 2^63 bytes)");
+  return static_cast<size_t>(bytes);
+}
 
 }  // namespace
 
@@ -94,10 +114,15 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   t.dtype_ = dtype;
   auto storage = std::make_shared<Storage>();
   storage->device = device;
-  storage->bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  storage->bytes = checked_bytes(shape, dtype);
   const size_t alloc_bytes = std::max<size_t>(
       kHostAlignment, (storage->bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment);
   if (device.is_cpu()) {
+    const size_t memory = host_memory_bytes();
+    MOEX_CHECK(alloc_bytes <= memory, "allocating ", dtype_name(dtype), " ", shape.str(), " (",
+               static_cast<double>(alloc_bytes) / (1 << 30),
+               " GiB) on cpu: more than this machine's ", static_cast<double>(memory) / (1 << 30),
+               " GiB of memory and swap");
     storage->data = std::aligned_alloc(kHostAlignment, alloc_bytes);
     MOEX_CHECK(storage->data != nullptr, "out of host memory allocating ", alloc_bytes, " bytes");
     storage->deleter = [](void* p) { std::free(p); };

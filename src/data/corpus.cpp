@@ -16,6 +16,7 @@
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "core/json_reader.h"
 #include "core/rng.h"
 #include "data/bible.h"
 #include "data/html_text.h"
@@ -511,18 +512,22 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
 
 CorpusManifest load_corpus_manifest(const std::string& dir) {
   const std::string path = (fs::path(dir) / "corpus.json").string();
-  json j;
-  try {
-    j = json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    MOEX_THROW(path, ": not valid JSON (", e.what(), ")");
-  }
+  const json j = parse_json(read_file(path), path);
   auto need = [&](const json& obj, const char* field, const std::string& where) -> const json& {
     MOEX_CHECK(obj.is_object() && obj.contains(field), path, ": ", where, field, " is missing");
     return obj[field];
   };
   CorpusManifest m;
   m.dir = dir;
+  MOEX_CHECK(j.is_object(), path, ": the top level must be a JSON object");
+  // Optional (a hand-written manifest may leave them out), but never another value: the .idx
+  // headers give each dataset's dtype, so these only describe the corpus.
+  if (j.contains("format"))
+    MOEX_CHECK(j["format"] == "moex-corpus-1", path, ": format must be \"moex-corpus-1\", got ",
+               j["format"].dump());
+  if (j.contains("token_dtype"))
+    MOEX_CHECK(j["token_dtype"] == "uint16" || j["token_dtype"] == "int32", path,
+               ": token_dtype must be \"uint16\" or \"int32\", got ", j["token_dtype"].dump());
   const json& tok = need(j, "tokenizer", "");
   MOEX_CHECK(tok.is_string(), path, ": tokenizer must be a string");
   m.tokenizer = (fs::path(dir) / tok.get<std::string>()).string();
@@ -530,6 +535,12 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
              ": vocab_size must be an integer");
   m.vocab_size = j["vocab_size"].get<int64_t>();
   m.eos_id = j.value("eos_id", -1);
+  const int64_t bos_id = j.value("bos_id", int64_t{-1});
+  MOEX_CHECK(m.vocab_size > 0, path, ": vocab_size must be > 0, got ", m.vocab_size);
+  MOEX_CHECK(m.eos_id >= -1 && m.eos_id < m.vocab_size, path, ": eos_id ", m.eos_id,
+             " is outside the vocabulary of ", m.vocab_size);
+  MOEX_CHECK(bos_id >= -1 && bos_id < m.vocab_size, path, ": bos_id ", bos_id,
+             " is outside the vocabulary of ", m.vocab_size);
   const json& sources = need(j, "sources", "");
   MOEX_CHECK(sources.is_array(), path, ": sources must be an array");
   for (size_t i = 0; i < sources.size(); ++i) {
@@ -540,6 +551,8 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
       c.name = need(s, "name", where).get<std::string>();
       c.language = need(s, "language", where).get<std::string>();
       c.task = s.value("task", "lm");
+      MOEX_CHECK(c.task == "lm" || c.task == "translate" || c.task == "denoise", path, ": ", where,
+                 "task must be \"lm\", \"translate\" or \"denoise\", got \"", c.task, "\"");
       c.origin = s.value("origin", "");
       c.text_path = s.value("text", "");
       c.text_bytes = s.value("text_bytes", int64_t{0});

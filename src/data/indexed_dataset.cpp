@@ -246,9 +246,10 @@ void IndexedDatasetBuilder::finish() {
 
 // ---- reader ----
 
-IndexedDataset IndexedDataset::open(const std::string& prefix) {
+IndexedDataset IndexedDataset::open(const std::string& prefix, int64_t vocab_size) {
   IndexedDataset ds;
   ds.prefix_ = prefix;
+  ds.vocab_size_ = vocab_size;
   const std::string idx_path = prefix + ".idx";
   const auto idx = io::MappedFile::open(idx_path);
   ds.bin_ = io::MappedFile::open(prefix + ".bin");
@@ -338,6 +339,11 @@ void IndexedDataset::read(int64_t i, int64_t offset, int64_t count, int32_t* out
   MOEX_CHECK(bad < 0, prefix_, ".bin: token ", offset + bad, " of sequence ", i, " is ",
              token_text(p + bad * esize, dtype_),
              ", not a token id (a whole number in [0, 2^31 - 1])");
+  if (vocab_size_ > 0)
+    for (int64_t k = 0; k < count; ++k)
+      MOEX_CHECK(out[k] < vocab_size_, prefix_, ".bin: token ", offset + k, " of sequence ", i,
+                 " is id ", out[k], ", outside the model's vocabulary of ", vocab_size_,
+                 " (a corpus made with another tokenizer?)");
 }
 
 std::vector<int32_t> IndexedDataset::get(int64_t i) const {

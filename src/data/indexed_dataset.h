@@ -71,10 +71,11 @@ class IndexedDatasetBuilder {
 // Reads a `.bin/.idx` pair through mmap. An index that does not match its data (bad magic,
 // wrong version, unknown dtype, truncated, pointers past the end of .bin, ...) is an Error
 // naming the file and the field. Reading a token that is not an id (negative, above INT32_MAX,
-// or a float that is NaN, infinite or fractional) is an Error naming the .bin file.
+// or a float that is NaN, infinite or fractional) is an Error naming the .bin file, as is an id
+// >= vocab_size when one is given (a corpus made with another tokenizer).
 class IndexedDataset {
  public:
-  static IndexedDataset open(const std::string& prefix);
+  static IndexedDataset open(const std::string& prefix, int64_t vocab_size = 0);
 
   const std::string& prefix() const { return prefix_; }
   TokenDType dtype() const { return dtype_; }
@@ -92,6 +93,7 @@ class IndexedDataset {
  private:
   std::string prefix_;
   TokenDType dtype_ = TokenDType::kU16;
+  int64_t vocab_size_ = 0;  // > 0: ids must be below it
   std::shared_ptr<const io::MappedFile> bin_;
   std::vector<int32_t> sizes_;
   std::vector<int64_t> pointers_;

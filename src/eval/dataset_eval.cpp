@@ -137,7 +137,8 @@ DatasetEval evaluate_dataset(model::Model& model, const data::CorpusManifest& co
   for (const data::CorpusSource& source : corpus.sources) {
     const data::CorpusSplitStats& split = o.split == "train" ? source.train : source.valid;
     if (split.tokens < 2) continue;
-    const data::IndexedDataset ds = data::IndexedDataset::open(corpus.dir + "/" + split.prefix);
+    const data::IndexedDataset ds =
+        data::IndexedDataset::open(corpus.dir + "/" + split.prefix, model.config().vocab_size);
     SourceEval s;
     s.name = source.name;
     s.task = source.task;

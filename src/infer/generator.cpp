@@ -1,6 +1,7 @@
 #include "infer/generator.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "core/logging.h"
 #include "infer/scheduler.h"
@@ -13,17 +14,14 @@ namespace {
 int64_t check_request(const model::Model& model, const std::vector<int32_t>& prompt,
                       const GenerateOptions& options) {
   MOEX_CHECK(!prompt.empty(), "generate: the prompt is empty (no tokens)");
-  MOEX_CHECK(options.max_new_tokens >= 0, "max_new_tokens must be >= 0 (got ",
-             options.max_new_tokens, ")");
+  MOEX_CHECK(options.max_new_tokens >= 0 && options.max_new_tokens <= INT32_MAX,
+             "max_new_tokens must be in [0, 2^31 - 1] (got ", options.max_new_tokens, ")");
   check_sampling_params(options.sampling);
   const int64_t capacity = static_cast<int64_t>(prompt.size()) + options.max_new_tokens;
   const ModelConfig& config = model.config();
   MOEX_CHECK(config.positions != PositionType::kLearned || capacity <= config.max_seq_len,
              "prompt + max_new_tokens (", capacity, ") exceeds the model's max_seq_len (",
              config.max_seq_len, ")");
-  if (capacity > config.max_seq_len)
-    MOEX_WARN("prompt + max_new_tokens (", capacity, ") runs past the model's max_seq_len (",
-              config.max_seq_len, "): RoPE positions beyond the trained length");
   return capacity;
 }
 
@@ -34,6 +32,9 @@ std::vector<int32_t> generate(model::Model& model, const std::vector<int32_t>& p
                               const std::function<void(int32_t)>& on_token) {
   const int64_t capacity = check_request(model, prompt, options);
   const ModelConfig& config = model.config();
+  if (capacity > config.max_seq_len)  // the paged path's scheduler says the same
+    MOEX_WARN("prompt + max_new_tokens (", capacity, ") runs past the model's max_seq_len (",
+              config.max_seq_len, "): RoPE positions beyond the trained length");
   model::KVCache cache = model.make_cache(1, std::max<int64_t>(capacity, 1));
   std::vector<float> logits(static_cast<size_t>(config.vocab_size));
   model.forward_cached(prompt.data(), 1, static_cast<int64_t>(prompt.size()), cache, logits.data());

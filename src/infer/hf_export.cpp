@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/file_util.h"
+#include "core/json_reader.h"
 #include "data/tokenizer.h"
 #include "infer/model_tokenizer.h"
 #include "io/atomic_file.h"
@@ -316,7 +317,7 @@ void save_hf_tokenizer_files(const model::Model& model, const std::string& model
   write_json(out_dir + "/generation_config.json", gc);
 
   const std::string config_path = out_dir + "/config.json";
-  json config = json::parse(read_file(config_path));
+  json config = parse_json(read_file(config_path), config_path);
   bool changed = false;
   if ((!config.contains("bos_token_id") || config["bos_token_id"].is_null()) && bos >= 0) {
     config["bos_token_id"] = bos;

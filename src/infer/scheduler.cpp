@@ -1,8 +1,10 @@
 #include "infer/scheduler.h"
 
 #include <algorithm>
+#include <climits>
 
 #include "core/error.h"
+#include "core/logging.h"
 #include "ops/sample.h"
 
 namespace moex::infer {
@@ -36,16 +38,37 @@ struct Scheduler::Sequence {
 namespace {
 
 SchedulerOptions resolved(const model::Model& model, SchedulerOptions o) {
-  MOEX_CHECK(o.max_batch >= 1, "serving: max_batch must be >= 1, got ", o.max_batch);
-  MOEX_CHECK(o.step_tokens >= o.max_batch, "serving: step_tokens (", o.step_tokens,
-             ") must be at least max_batch (", o.max_batch, ")");
-  MOEX_CHECK(o.block_size >= 1, "serving: block_size must be >= 1, got ", o.block_size);
-  if (o.max_context <= 0) o.max_context = model.config().max_seq_len;
-  if (model.config().positions == PositionType::kLearned)
-    MOEX_CHECK(o.max_context <= model.config().max_seq_len, "serving: max_context (", o.max_context,
-               ") exceeds the learned positions of the model (", model.config().max_seq_len, ")");
-  if (o.num_blocks <= 0)
+  // Bounds far above any real setting, so that the products below cannot overflow; the memory
+  // a setting asks for is checked when the pool is allocated.
+  constexpr int64_t kMaxBatch = int64_t{1} << 16, kMaxBlockSize = int64_t{1} << 16;
+  constexpr int64_t kMaxContext = INT32_MAX;
+  MOEX_CHECK(o.max_batch >= 1 && o.max_batch <= kMaxBatch, "serving: max_batch must be in [1, ",
+             kMaxBatch, "], got ", o.max_batch);
+  MOEX_CHECK(o.step_tokens >= o.max_batch && o.step_tokens <= kMaxContext, "serving: step_tokens (",
+             o.step_tokens, ") must be in [max_batch (", o.max_batch, "), ", kMaxContext, "]");
+  MOEX_CHECK(o.block_size >= 1 && o.block_size <= kMaxBlockSize,
+             "serving: block_size must be in [1, ", kMaxBlockSize, "], got ", o.block_size);
+  MOEX_CHECK(o.max_context >= 0 && o.max_context <= kMaxContext,
+             "serving: max_context must be in [0, ", kMaxContext,
+             "] (0: the model's max_seq_len), got ", o.max_context);
+  MOEX_CHECK(o.num_blocks >= 0 && o.num_blocks <= INT32_MAX, "serving: num_blocks (the KV cache's ",
+             "blocks) must be in [0, ", INT32_MAX, "] (0: enough for max_batch sequences), got ",
+             o.num_blocks);
+  const ModelConfig& config = model.config();
+  if (o.max_context == 0) o.max_context = config.max_seq_len;
+  if (config.positions == PositionType::kLearned)
+    MOEX_CHECK(o.max_context <= config.max_seq_len, "serving: max_context (", o.max_context,
+               ") exceeds the learned positions of the model (", config.max_seq_len, ")");
+  else if (o.max_context > config.max_seq_len)
+    MOEX_WARN("serving: max_context (", o.max_context, ") runs past the model's max_seq_len (",
+              config.max_seq_len, "): RoPE positions beyond the trained length");
+  if (o.num_blocks == 0) {
     o.num_blocks = o.max_batch * ((o.max_context + o.block_size - 1) / o.block_size);
+    MOEX_CHECK(o.num_blocks <= INT32_MAX, "serving: max_batch (", o.max_batch,
+               ") sequences of max_context (", o.max_context, ") positions need ", o.num_blocks,
+               " KV blocks of ", o.block_size, ", more than ", INT32_MAX,
+               "; lower them or size the cache with num_blocks");
+  }
   return o;
 }
 

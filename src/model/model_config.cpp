@@ -124,8 +124,18 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
     }
     moe.finish();
   }
+  if (c.bos_id < -1 || c.bos_id >= c.vocab_size)
+    m.fail("bos_id", "is " + std::to_string(c.bos_id) + ", outside the vocabulary of " +
+                         std::to_string(c.vocab_size) + " (-1: none)");
+  if (c.eos_id < -1 || c.eos_id >= c.vocab_size)
+    m.fail("eos_id", "is " + std::to_string(c.eos_id) + ", outside the vocabulary of " +
+                         std::to_string(c.vocab_size) + " (-1: none)");
   m.finish();
-  c.validate();
+  try {
+    c.validate();
+  } catch (const Error& e) {  // name the file: validate() names only the field
+    MOEX_THROW(m.source(), ": ", e.message());
+  }
   return c;
 }
 

@@ -1,9 +1,8 @@
 #include "serve/chat_template.h"
 
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 
+#include "core/file_util.h"
 #include "core/json_reader.h"
 #include "serve/jinja_ast.h"
 #include "serve/jinja_builtins.h"
@@ -76,16 +75,8 @@ std::string ChatTemplate::render_json(const nlohmann::ordered_json& variables) c
 
 namespace {
 
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  MOEX_CHECK(in.good(), "cannot read ", path.string());
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 nlohmann::json read_tokenizer_config(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
+  const std::string text = read_file(path.string());
   return parse_json(text, path.string());
 }
 
@@ -94,7 +85,8 @@ nlohmann::json read_tokenizer_config(const std::filesystem::path& path) {
 ChatTemplate load_chat_template(const std::string& model_dir) {
   const std::filesystem::path dir(model_dir);
   const std::filesystem::path jinja_file = dir / "chat_template.jinja";
-  if (std::filesystem::is_regular_file(jinja_file)) return ChatTemplate::parse(read_file(jinja_file), jinja_file.string());
+  if (std::filesystem::is_regular_file(jinja_file))
+    return ChatTemplate::parse(read_file(jinja_file.string()), jinja_file.string());
 
   const std::filesystem::path config_path = dir / "tokenizer_config.json";
   if (!std::filesystem::is_regular_file(config_path)) {

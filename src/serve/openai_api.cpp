@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "core/json_reader.h"
+
 namespace moex::serve {
 namespace {
 
@@ -70,20 +72,14 @@ json ApiError::to_json() const {
 
 GenerationRequest parse_generation_request(const std::string& body_text, bool chat) {
   json body;
-  // Deeper nesting than any request needs is refused while parsing: converting or freeing a
+  // Deeper nesting than any request needs is refused before parsing: converting or freeing a
   // value tens of thousands of levels deep recurses past the thread's stack.
   constexpr int kMaxDepth = 64;
-  bool too_deep = false;
   try {
-    body = json::parse(body_text, [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxDepth) too_deep = true;
-      return !too_deep;  // a refused value is dropped, so nothing deep is built
-    });
-  } catch (const json::exception& e) {
-    bad("", std::string("the request body is not valid JSON: ") + e.what());
+    body = parse_json(body_text, "the request body", "not valid JSON", kMaxDepth);
+  } catch (const Error& e) {
+    bad("", e.message());
   }
-  if (too_deep)
-    bad("", "the request body nests JSON more than " + std::to_string(kMaxDepth) + " levels deep");
   if (!body.is_object()) bad("", "the request body must be a JSON object");
   GenerationRequest r;
   r.chat = chat;

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -357,14 +358,42 @@ struct Server::Impl {
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& s) {
       s.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
-    // Anything else: OpenAI-shaped 404 / 405, and 413 for an oversized body.
+    // A body whose length two headers disagree on is refused before any handler reads it: a
+    // proxy in front could have framed the request by the other one (request smuggling).
+    http.set_pre_routing_handler([](const httplib::Request& q, httplib::Response& s) {
+      const size_t lengths = q.get_header_value_count("Content-Length");
+      bool conflicting = lengths > 0 && q.has_header("Transfer-Encoding");
+      for (size_t i = 1; i < lengths; ++i)
+        conflicting |=
+            q.get_header_value("Content-Length", i) != q.get_header_value("Content-Length");
+      if (!conflicting) return httplib::Server::HandlerResponse::Unhandled;
+      s.set_header("Connection", "close");
+      send_error(s,
+                 api_error(400,
+                           "conflicting message length: Content-Length given twice with different "
+                           "values, or with Transfer-Encoding",
+                           "invalid_request_error"));
+      return httplib::Server::HandlerResponse::Handled;
+    });
+    // Anything else: OpenAI-shaped 404 / 405 (with Allow), and 413 for an oversized body.
     http.set_error_handler([](const httplib::Request& q, httplib::Response& s) {
       if (!s.body.empty()) return;
+      static const std::map<std::string, std::string> kAllowed = {{"/v1/completions", "POST"},
+                                                                  {"/v1/chat/completions", "POST"},
+                                                                  {"/v1/models", "GET, HEAD"},
+                                                                  {"/health", "GET, HEAD"},
+                                                                  {"/metrics", "GET, HEAD"}};
+      const auto endpoint = kAllowed.find(q.path);
+      if (s.status == 404 && endpoint != kAllowed.end()) {
+        s.status = 405;
+        s.set_header("Allow", endpoint->second);
+      }
       const int status = s.status;
       send_error(
           s, api_error(status,
                        status == 413   ? "the request body is too large"
                        : status == 404 ? "no such endpoint: " + q.method + " " + q.path
+                       : status == 405 ? q.path + " takes " + endpoint->second + ", not " + q.method
                                        : "the request failed (HTTP " + std::to_string(status) + ")",
                        "invalid_request_error"));
     });

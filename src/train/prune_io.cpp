@@ -168,7 +168,7 @@ void save_pruned_model(const PruneResult& pruned, const std::string& source_dir,
         pruned_moex_json(config.get_json_text("moex_model"), pruned.model->config());
     model::save_model(*pruned.model, json, dir);
   } else {
-    const nlohmann::json source = nlohmann::json::parse(read_file(config_path));
+    const nlohmann::json source = parse_json(read_file(config_path), config_path);
     const nlohmann::json config = pruned_hf_config(source, pruned.model->config(), pruned.layers);
     model::save_hf_model(*pruned.model, dir, pruned.model->config().architecture);
     io::write_file_atomic(dir + "/config.json", config.dump(2) + "\n");

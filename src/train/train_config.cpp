@@ -135,6 +135,7 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   c.training.eval_batches = tr.get_int("eval_batches", 4);
   c.training.checkpoint_every = tr.get_int("checkpoint_every", 0);
   c.training.out_dir = tr.get_string("out_dir", "runs/default");
+  c.training.overwrite_out_dir = tr.get_bool("overwrite_out_dir", false);
   c.training.activation_checkpointing = tr.get_bool("activation_checkpointing", false);
   c.training.device = Device::parse(tr.get_string("device", "cpu"), path + ": training.device");
   const int64_t num_threads = tr.get_int("num_threads", 0);

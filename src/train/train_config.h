@@ -47,6 +47,9 @@ struct TrainingConfig {
   int64_t eval_batches = 4;
   int64_t checkpoint_every = 0;  // 0: only the final checkpoint
   std::string out_dir = "runs/default";
+  // A fresh run into an out_dir that holds an earlier run's metrics or checkpoints is an error
+  // unless this is set (`moex train --overwrite`): then that run's files are deleted first.
+  bool overwrite_out_dir = false;
   bool activation_checkpointing = false;
   int num_threads = 0;  // 0: all cores
   Device device;        // "cpu" (default), "cuda" or "cuda:N"

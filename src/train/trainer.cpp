@@ -2,12 +2,14 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "core/logging.h"
 #include "data/corpus.h"
@@ -37,6 +39,40 @@ bool wanted(const data::CorpusSource& s, const std::string& tasks) {
   return tasks == "all" || s.task == tasks;
 }
 
+// A run that does not resume starts from an out_dir without another run's files: their metrics
+// would be truncated and their checkpoints replaced one by one, leaving a mix of both runs.
+// Returns those files where overwrite_out_dir allows deleting them; an error otherwise.
+std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
+  namespace fs = std::filesystem;
+  std::vector<fs::path> earlier;
+  std::error_code error;
+  for (const fs::directory_entry& e : fs::directory_iterator(c.training.out_dir, error)) {
+    const std::string name = e.path().filename().string();
+    const bool checkpoint = e.is_directory(error) &&
+                            (name == "final" || name == "latest" || name.rfind("step-", 0) == 0);
+    if (checkpoint || name == "metrics.jsonl" || name == "loss.svg") earlier.push_back(e.path());
+  }
+  if (earlier.empty()) return earlier;
+  std::sort(earlier.begin(), earlier.end());
+  MOEX_CHECK(c.training.overwrite_out_dir, c.source, ": training.out_dir '", c.training.out_dir,
+             "' holds an earlier run (", earlier.front().filename().string(),
+             earlier.size() > 1 ? ", ..." : "",
+             "): resume it with --resume <checkpoint>, choose another out_dir, or delete it and "
+             "start over with --overwrite (training.overwrite_out_dir)");
+  return earlier;
+}
+
+void delete_earlier_run(const TrainConfig& c, const std::vector<std::filesystem::path>& files) {
+  for (const std::filesystem::path& p : files) {
+    std::error_code error;
+    std::filesystem::remove_all(p, error);
+    MOEX_CHECK(!error, p.string(), ": cannot delete the earlier run's file: ", error.message());
+  }
+  if (!files.empty())
+    MOEX_INFO("deleted an earlier run's ", files.size(), " files and checkpoints in ",
+              c.training.out_dir, " (overwrite_out_dir)");
+}
+
 // Training sequences: every wanted source's train split, mixed by task and language temperature.
 std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest& corpus,
                                                       const TrainConfig& c) {
@@ -46,7 +82,7 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
     data::MixtureDataset::Input in;
     in.source = {s.name, s.language, s.train.tokens, s.task};
     in.dataset = std::make_shared<data::IndexedDataset>(
-        data::IndexedDataset::open(corpus.dir + "/" + s.train.prefix));
+        data::IndexedDataset::open(corpus.dir + "/" + s.train.prefix, c.model.vocab_size));
     inputs.push_back(std::move(in));
   }
   MOEX_CHECK(!inputs.empty(), c.source, ": data.path '", c.data.path,
@@ -64,7 +100,7 @@ std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& cor
   for (const auto& s : corpus.sources) {
     if (!wanted(s, c.data.tasks) || s.valid.tokens <= c.data.seq_len) continue;
     auto ds = std::make_shared<data::IndexedDataset>(
-        data::IndexedDataset::open(corpus.dir + "/" + s.valid.prefix));
+        data::IndexedDataset::open(corpus.dir + "/" + s.valid.prefix, c.model.vocab_size));
     samplers.emplace_back(ds, c.data.seq_len, 0);
   }
   const int64_t want = c.training.eval_batches * c.training.micro_batch_size;
@@ -151,6 +187,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
+  // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
+  const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
+                                                             ? earlier_run_files(c)
+                                                             : std::vector<std::filesystem::path>{};
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
@@ -187,6 +227,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     nccl.device = device.ordinal;
     gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
   }
+  delete_earlier_run(c, earlier_run);
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,

@@ -38,6 +38,13 @@ expect_error "zero.json: parallel.zero_stage must be 0, 1 or 2 (stage 3 is not b
 printf '{"model": ' > "$TMP/broken.json"
 expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
 expect_error "unknown flag --stepz" train --stepz 3
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "num_layers": 2}, "data": {"path": "x"}}' > "$TMP/twice.json"
+expect_error 'twice.json: invalid JSON: the key "model.num_layers" appears twice' train --config "$TMP/twice.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "bos_id": 10}, "data": {"path": "x"}}' > "$TMP/bos.json"
+expect_error "bos.json: model.bos_id is 10, outside the vocabulary of 10" train --config "$TMP/bos.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2, "capacity_factor": 0}}, "data": {"path": "x"}}' > "$TMP/cf.json"
+expect_error "cf.json: model.moe.capacity_factor must be > 0" train --config "$TMP/cf.json"
+expect_error "/dev/zero: larger than 64 MiB" train --config /dev/zero
 
 # model directories
 mkdir -p "$TMP/arch"
@@ -62,6 +69,26 @@ cp "$TMP/corpus/a.train.idx" "$TMP/corpus/a.valid.idx"; : > "$TMP/corpus/a.valid
 printf '{"tokenizer": "t.model", "vocab_size": 10, "sources": [{"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 1000}, "valid": {"prefix": "a.valid", "tokens": 100}}]}' > "$TMP/corpus/corpus.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/data.json"
 expect_error "a.train.idx" train --config "$TMP/data.json"
+# a manifest field the reader does not know the value of
+sed 's/"language": "en",/"language": "en", "task": "summarize",/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
+expect_error 'corpus.json: sources[0].task must be "lm", "translate" or "denoise", got "summarize"' train --config "$TMP/data.json"
+# a dataset of ids 0..999 (another tokenizer) for a model of 10 tokens: refused at the first read,
+# naming the file, before any step
+python3 - "$TMP/corpus/a.train" "$TMP/corpus/a.valid" <<'PY'
+import struct, sys
+for prefix in sys.argv[1:]:
+    ids = list(range(1000))
+    open(prefix + ".bin", "wb").write(struct.pack("<1000H", *ids))
+    idx = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + bytes([8]) + struct.pack("<QQ", 1, 2)
+    idx += struct.pack("<i", 1000) + struct.pack("<q", 0) + struct.pack("<qq", 0, 1)
+    open(prefix + ".idx", "wb").write(idx)
+PY
+sed 's/, "task": "summarize"//' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
+expect_error "outside the model's vocabulary of 10" train --config "$TMP/data.json"
+# a fresh run into the out_dir of an earlier one
+mkdir -p "$TMP/run" && echo '{"step": 1}' > "$TMP/run/metrics.jsonl"
+expect_error "holds an earlier run (metrics.jsonl)" train --config "$TMP/data.json"
+[ -s "$TMP/run/metrics.jsonl" ] || { echo "FAIL: the earlier run's metrics.jsonl was touched"; failures=$((failures + 1)); }
 
 # benchmark flags: counts are checked before anything runs, on either device (cuda included,
 # whether or not this build has CUDA), and a flag the benchmark does not read is an error
@@ -97,6 +124,18 @@ expect_error "--keep-experts needs --calibration" prune --model "$MIXTRAL/model"
 expect_error "--calibration-tokens applies to a dataset prefix or corpus directory" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-experts 2 --calibration "$CALIB" --calibration-tokens 64
 expect_error "is a hf model directory and is written as one" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 1 --format moex
 expect_error "nothing to prune" prune --model "$MIXTRAL/model" --out "$TMP/p"
+# generation lengths: refused before any text is printed (expect_error checks stderr's one line;
+# stdout must stay empty too)
+expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --max-new-tokens 99999999999
+# (past this RoPE model's 256 positions: a warning says so, then the cache is refused)
+out="$("$MOEX" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --max-new-tokens 2000000000 2>"$TMP/gen.err")"
+rc=$?
+if [ "$rc" -ne 1 ] || [ -n "$out" ] || ! tail -1 "$TMP/gen.err" | grep -q "error: allocating .* GiB of memory and swap"; then
+  echo "FAIL: generate --max-new-tokens 2000000000 -> rc=$rc, stdout '$out', stderr:"; cat "$TMP/gen.err"
+  failures=$((failures + 1))
+else
+  echo "ok: moex generate ... -> $(tail -1 "$TMP/gen.err")"
+fi
 # a dataset of another tokenizer (one document of ids 0..999 as uint16, Megatron's layout) for
 # the 128-token model
 python3 - "$TMP/big" <<'PY'

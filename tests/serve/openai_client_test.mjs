@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import net from 'node:net';
 import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
 
@@ -47,7 +48,7 @@ async function raw(path, body, method = 'POST') {
   const text = await res.text();
   let json = null;
   try { json = JSON.parse(text); } catch { /* metrics are text */ }
-  return { status: res.status, json, text };
+  return { status: res.status, json, text, allow: res.headers.get('allow') };
 }
 
 async function metrics() {
@@ -192,6 +193,29 @@ try {
   r = await raw('/v1/nope', '{}');
   assert.equal(r.status, 404);
   assert.ok(r.json.error.message.includes('/v1/nope'));
+  r = await raw('/v1/completions', null, 'GET');
+  assert.equal(r.status, 405);
+  assert.equal(r.allow, 'POST');
+  r = await raw('/v1/models', '{}', 'POST');
+  assert.equal(r.status, 405);
+  assert.ok(r.allow.startsWith('GET'));
+  r = await raw('/v1/completions', `{"model": "${model}", "prompt": "x", "prompt": "y"}`);
+  assert.equal(r.status, 400);
+  assert.ok(r.json.error.message.includes('"prompt" appears twice'), r.json.error.message);
+  // Two Content-Length headers that disagree (fetch would refuse to send them: a raw socket; the
+  // server closes it after the answer).
+  const conflicting = await new Promise((resolve, reject) => {
+    const body = '{"prompt": "x"}';
+    const sock = net.connect(new URL(listening).port, new URL(listening).hostname, () =>
+      sock.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+               `Content-Length: ${body.length}\r\nContent-Length: 3\r\n\r\n${body}`));
+    let answer = '';
+    sock.on('data', (d) => { answer += d; });
+    sock.on('end', () => resolve(answer));
+    sock.on('error', reject);
+  });
+  assert.match(conflicting, /^HTTP\/1\.1 400/);
+  assert.ok(conflicting.includes('conflicting message length'));
   await expectError(client.completions.create({ ...base, model: 'no-such-model', prompt: 'x' }), 404, { code: 'model_not_found' });
   await expectError(client.completions.create({ ...base, prompt: 'x', max_tokens: -1 }), 400, { param: 'max_tokens' });
   await expectError(client.completions.create({ ...base, prompt: 'x', max_tokens: 1e9 }), 400, { code: 'context_length_exceeded' });
@@ -207,7 +231,7 @@ try {
   for (const k of ['moex_requests_total', 'moex_request_errors_total', 'moex_generated_tokens_total',
                    'moex_queue_depth', 'moex_batch_size', 'moex_generated_tokens_per_second'])
     assert.ok(k in m, `/metrics has ${k}`);
-  assert.ok(m.moex_request_errors_total >= 10);  // the ten rejected generation requests above
+  assert.ok(m.moex_request_errors_total >= 10);  // the rejected generation requests above
   ok('/metrics in Prometheus text');
 
   // ---- load: 45 waves of 12 concurrent streaming clients, no error, no memory growth ----

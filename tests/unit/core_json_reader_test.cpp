@@ -45,6 +45,26 @@ TEST(JsonReader, WrongTypesAndChoicesNameTheField) {
   EXPECT_NE(error_of([&] { r.get_int("absent"); }).find("absent is required"), std::string::npos);
 }
 
+// nlohmann would keep the last of two equal keys; which one the author meant is unknowable, so a
+// repeated key is an error naming its path, at any depth, in files and in requests alike.
+TEST(JsonReader, RepeatedKeysAreErrorsNamingThePath) {
+  const std::string nested =
+      error_of([] { parse_json(R"({"a": 1, "m": {"k": [{"x": 1, "x": 2}]}})", "c.json"); });
+  EXPECT_NE(nested.find("c.json: invalid JSON: the key \"m.k.x\" appears twice in one object"),
+            std::string::npos)
+      << nested;
+  EXPECT_NE(error_of([] {
+              JsonReader::from_string(R"({"a": 1, "a": 1})", "t.json");
+            }).find("t.json: invalid JSON: the key \"a\" appears twice"),
+            std::string::npos);
+  // The same key in sibling objects is no repeat.
+  EXPECT_EQ(parse_json(R"({"p": {"x": 1}, "q": {"x": 2}, "r": [{"x": 3}, {"x": 4}]})", "ok.json")
+                .at("r")
+                .at(1)
+                .at("x"),
+            4);
+}
+
 TEST(JsonReader, MalformedJsonNamesTheFile) {
   const std::string msg = error_of([] { JsonReader::from_string("{\"a\": 1,", "broken.json"); });
   EXPECT_NE(msg.find("broken.json: invalid JSON"), std::string::npos) << msg;

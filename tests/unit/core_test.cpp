@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/arena.h"
+#include "core/file_util.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 
@@ -65,6 +66,37 @@ TEST(ParamBuffer, EntriesShareTheFlatBuffersWriteVersion) {
 TEST(Tensor, AtMostFiveDims) {
   EXPECT_THROW((Shape{1, 2, 3, 4, 5, 6}), Error);
   EXPECT_EQ((Shape{1, 2, 3, 4, 5}).numel(), 120);
+}
+
+// A host tensor larger than the machine's memory and swap, or than 2^63 bytes, is one error naming
+// its shape, never a malloc that Linux overcommits and the OOM killer answers later.
+TEST(Tensor, ImpossibleHostSizesAreErrorsNamingTheShape) {
+  auto error_of = [](const Shape& shape) {
+    try {
+      Tensor::empty(shape, DType::kF32);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string();
+  };
+  const std::string huge = error_of(Shape{int64_t{1} << 30, int64_t{1} << 20});  // 4 PiB
+  EXPECT_NE(huge.find("allocating F32 [1073741824, 1048576]"), std::string::npos) << huge;
+  EXPECT_NE(huge.find("GiB of memory and swap"), std::string::npos) << huge;
+  const std::string overflow = error_of(Shape{int64_t{1} << 40, int64_t{1} << 40});
+  EXPECT_NE(overflow.find("too large to address"), std::string::npos) << overflow;
+  EXPECT_EQ(Tensor::empty(Shape{3, 5}, DType::kF32).numel(), 15);
+}
+
+// Reading stops at the bound, so an endless stream (/dev/zero) costs that much and no more.
+TEST(ReadFile, EndlessStreamsStopAtTheBound) {
+  try {
+    read_file("/dev/zero", 1 << 20);
+    ADD_FAILURE() << "/dev/zero was read whole";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.message(),
+              "/dev/zero: larger than 1 MiB, the most moex reads as one file of this kind");
+  }
+  EXPECT_THROW(read_file("/no/such/file"), Error);
 }
 
 TEST(DType, HalfConversionsRoundTrip) {

@@ -205,6 +205,17 @@ TEST(Scheduler, StopTokensCancelAndLimits) {
   EXPECT_THROW(s.submit(request(ps[0], 0)), Error);
   EXPECT_THROW(s.submit(request(std::vector<int32_t>(30, 1), 5)), Error);
   EXPECT_THROW(s.submit(request({200}, 1)), Error);
+  // Settings beyond what any cache can hold are refused when the scheduler is made, naming them.
+  for (auto [field, value] : std::vector<std::pair<int64_t SchedulerOptions::*, int64_t>>{
+           {&SchedulerOptions::num_blocks, int64_t{100000000000}},
+           {&SchedulerOptions::block_size, int64_t{1000000000}},
+           {&SchedulerOptions::max_batch, int64_t{1} << 40},
+           {&SchedulerOptions::max_context, -1}}) {
+    SchedulerOptions bad = opt;
+    bad.*field = value;
+    bad.step_tokens = std::max(bad.step_tokens, std::min<int64_t>(bad.max_batch, 1 << 20));
+    EXPECT_THROW(Scheduler(m, bad), Error) << value;
+  }
   SchedulerOptions tiny = opt;
   tiny.num_blocks = 2;
   Scheduler small(m, tiny);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "core/rng.h"
@@ -45,7 +46,9 @@ ModelConfig tiny_config(const std::string& extra_moe, bool learned_positions = f
     "moe": {"layer_freq": 2, "num_experts": 4, "top_k": 2, "ffn_size": 12, "capacity_factor": 2.0,
             "aux_loss_coef": 0.1, "z_loss_coef": 0.01)" +
                            extra_moe + R"(}})";
-  return ModelConfig::from_json(JsonReader::from_string(text, "tiny.json"));
+  // extra_moe may repeat a field to override it: re-dumped, the last value stands alone.
+  return ModelConfig::from_json(
+      JsonReader::from_string(nlohmann::json::parse(text).dump(), "tiny.json"));
 }
 
 struct Batch {

@@ -187,10 +187,10 @@ TEST(MoEConfig, BadArgumentsNameTheField) {
   EXPECT_NE(message(c).find("top_k"), std::string::npos);
   c = good;
   c.capacity_factor_train = 0;
-  EXPECT_NE(message(c).find("capacity_factor_train"), std::string::npos);
+  EXPECT_NE(message(c).find("moe.capacity_factor"), std::string::npos);
   c = good;
   c.capacity_factor_eval = -1;
-  EXPECT_NE(message(c).find("capacity_factor_eval"), std::string::npos);
+  EXPECT_NE(message(c).find("moe.eval_capacity_factor"), std::string::npos);
   c = good;
   c.min_capacity = -1;
   EXPECT_NE(message(c).find("min_capacity"), std::string::npos);
@@ -210,7 +210,7 @@ TEST(MoEConfig, BadArgumentsNameTheField) {
     moe_capacity(10, c, false);
     ADD_FAILURE() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("capacity_factor_eval"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("moe.eval_capacity_factor"), std::string::npos);
   }
   std::vector<int32_t> idx = {0, 7};
   EXPECT_THROW(plan_for(idx, 1, 4, 2, DropPolicy::kPosition), Error);  // expert 7 does not exist

@@ -52,6 +52,24 @@ TEST(Training, LossFallsAndResumeIsExact) {
   const std::vector<double> b = losses_of(split + "/metrics.jsonl");
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+
+  // A fresh run into that directory is refused and touches nothing; with overwrite_out_dir it
+  // deletes the earlier run (its `latest` too, which the new run would not replace) and starts
+  // over, the straight run again.
+  try {
+    run_training(split_config, "");
+    ADD_FAILURE() << "a fresh run replaced an earlier one";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("holds an earlier run (final, ...)"), std::string::npos)
+        << e.message();
+  }
+  EXPECT_EQ(losses_of(split + "/metrics.jsonl").size(), 12u);
+  ASSERT_TRUE(fs::exists(split + "/latest"));
+  TrainConfig overwrite = split_config;
+  overwrite.training.overwrite_out_dir = true;
+  EXPECT_EQ(run_training(overwrite, "").steps_done, 12);
+  EXPECT_FALSE(fs::exists(split + "/latest"));
+  EXPECT_EQ(losses_of(split + "/metrics.jsonl"), a);
   fs::remove_all(corpus);
 }
 

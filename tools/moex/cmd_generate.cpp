@@ -72,12 +72,20 @@ int run_generate(const std::vector<std::string>& argv) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
   };
+  // The prompt is printed with the first token, so a request that fails to start (a cache too
+  // large for the machine) prints its error alone.
+  bool prompt_printed = false;
+  auto print_prompt = [&] {
+    if (text && !prompt_printed) print(text->prompt_text());
+    prompt_printed = true;
+  };
   auto stream = [&](int32_t id) {
+    print_prompt();
     generated.push_back(id);
     if (text) print(text->push(id));
   };
-  if (text) print(text->prompt_text());
   moex::infer::generate_paged(*model, prompt, options, stream);
+  print_prompt();
   if (json) {
     std::printf("{\"tokens\": [");
     std::vector<int32_t> all = prompt;

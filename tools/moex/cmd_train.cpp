@@ -1,4 +1,4 @@
-// moex train --config F [--device cpu|cuda[:N]] [--resume DIR] [--stop-after N]
+// moex train --config F [--device cpu|cuda[:N]] [--resume DIR] [--stop-after N] [--overwrite]
 #include <cstdio>
 
 #include "args.h"
@@ -9,21 +9,25 @@
 namespace {
 
 int run_train(const std::vector<std::string>& argv) {
-  const moex::cli::Args args(argv, {"config", "device", "resume", "stop-after"}, {"help"});
+  const moex::cli::Args args(argv, {"config", "device", "resume", "stop-after"},
+                             {"help", "overwrite"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex train --config FILE [--device cpu|cuda[:N]] [--resume CHECKPOINT_DIR]\n"
-        "                  [--stop-after STEPS]\n"
+        "                  [--stop-after STEPS] [--overwrite]\n"
         "  Trains the model the config describes on a prepared corpus (moex data prepare).\n"
         "  Progress goes to stderr; metrics.jsonl, loss.svg and checkpoints go to "
         "training.out_dir.\n"
         "  --device overrides training.device (cpu by default; cuda trains in bf16 on a GPU).\n"
-        "  Ctrl-C stops after the current step and writes a checkpoint to out_dir/latest.\n");
+        "  Ctrl-C stops after the current step and writes a checkpoint to out_dir/latest.\n"
+        "  --overwrite (training.overwrite_out_dir) deletes an earlier run's metrics and\n"
+        "  checkpoints in out_dir; without it a run that does not resume refuses them.\n");
     return 0;
   }
   moex::train::TrainConfig config = moex::train::TrainConfig::from_file(args.require("config"));
   if (args.has("device"))  // overrides training.device
     config.training.device = moex::Device::parse(args.get("device"), "--device");
+  if (args.flag("overwrite")) config.training.overwrite_out_dir = true;
   const auto result =
       moex::train::run_training(config, args.get("resume"), args.get_int("stop-after", 0));
   return moex::cli::report_training(result);
