@@ -85,8 +85,6 @@ JsonReader JsonReader::from_string(const std::string& text, const std::string& s
 }
 
 JsonReader JsonReader::from_file(const std::string& path) {
-  // A config is kilobytes: a far lower bound than other files' keeps /dev/zero cheap to refuse.
-  constexpr int64_t kMaxConfigBytes = int64_t{64} << 20;
   return from_string(read_file(path, kMaxConfigBytes), path);
 }
 

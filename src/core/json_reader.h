@@ -2,6 +2,7 @@
 // (a mistyped or unknown field) is an error naming the file and the field's path.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -16,6 +17,9 @@ namespace moex {
 // file of a million '[' would overflow the stack (serde_json, which writes tokenizer.json,
 // stops at 128 as well).
 constexpr int kMaxJsonDepth = 128;
+// A config file is kilobytes: a far lower bound than other files' (read_file) keeps /dev/zero or
+// a runaway pipe cheap to refuse.
+constexpr int64_t kMaxConfigBytes = int64_t{64} << 20;
 
 // Parses JSON read from a file or a request. Malformed text, a number too large for a double
 // (nlohmann reports those as out_of_range, not parse_error), nesting deeper than max_depth and a

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/file_util.h"
 
 namespace moex::data {
 
@@ -18,8 +19,11 @@ SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
 std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::open(
     const std::string& model_path) {
+  // Read here, bounded, rather than by SentencePiece's Load, which reads any stream to its end.
+  constexpr int64_t kMaxModelBytes = int64_t{256} << 20;
+  const std::string bytes = read_file(model_path, kMaxModelBytes);
   auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  const auto status = sp->Load(model_path);
+  const auto status = sp->LoadFromSerializedProto(absl::string_view(bytes.data(), bytes.size()));
   MOEX_CHECK(status.ok(), model_path,
              ": not a SentencePiece model (and not a tokenizer.json): ", status.ToString());
   return std::unique_ptr<SentencePieceTokenizer>(

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/file_util.h"
+#include "core/json_reader.h"
 
 namespace moex::model {
 namespace {
@@ -247,7 +248,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
 }
 
 ModelConfig hf_config_from_file(const std::string& config_path) {
-  const std::string text = read_file(config_path);
+  const std::string text = read_file(config_path, kMaxConfigBytes);
   try {
     return hf_config_from_string(text, config_path);
   } catch (const nlohmann::json::exception& e) {  // the strict reader reports syntax first

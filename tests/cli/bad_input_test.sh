@@ -59,6 +59,7 @@ expect_error "model.safetensors" eval --model "$TMP/trunc" --input-ids "$TMP/non
 # tokenizers
 printf '{"model": {"type": "BPE", "merges": []}}' > "$TMP/tok.json"
 expect_error "tok.json" tokenize --tokenizer "$TMP/tok.json" --text hi
+expect_error "/dev/zero: larger than 256 MiB" tokenize --tokenizer /dev/zero --text hi
 printf '{"version": "1.0", ' > "$TMP/tok2.json"
 expect_error "tok2.json" tokenize --tokenizer "$TMP/tok2.json" --text hi
 
