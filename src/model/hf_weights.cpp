@@ -14,7 +14,7 @@ namespace {
 
 const std::string kFusedGateUp = ".experts.gate_up_proj";
 const std::string kFusedDown = ".experts.down_proj";
-const std::string kRouter = ".gate.weight";
+const std::string kRouterSuffix = ".gate.weight";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -142,9 +142,9 @@ void load_hf_weights(Model& model, const std::string& path) {
     float* out = dst.data<float>();
     if (ends_with(name, ".mlp" + kFusedGateUp) || ends_with(name, ".mlp" + kFusedDown)) {
       load_experts(in, name, dst.shape(), out);
-    } else if (ends_with(name, ".mlp" + kRouter)) {
-      const std::string mlp = name.substr(0, name.size() - kRouter.size());
-      copy_rows(in.read(in.pick({name, mixtral_prefix(mlp) + kRouter}), dst.shape()), out);
+    } else if (ends_with(name, ".mlp" + kRouterSuffix)) {
+      const std::string mlp = name.substr(0, name.size() - kRouterSuffix.size());
+      copy_rows(in.read(in.pick({name, mixtral_prefix(mlp) + kRouterSuffix}), dst.shape()), out);
     } else {
       copy_rows(in.read(in.pick({name}), dst.shape()), out);
     }
@@ -167,18 +167,18 @@ void save_hf_model(const Model& model, const std::string& dir, const std::string
     const Tensor& t = params.tensor(i);
     const bool gate_up = ends_with(name, ".mlp" + kFusedGateUp);
     const bool down = ends_with(name, ".mlp" + kFusedDown);
-    const bool router = ends_with(name, ".mlp" + kRouter);
+    const bool router = ends_with(name, ".mlp" + kRouterSuffix);
     if (!gate_up && !down && !router) {
       tensors[name] = t;
       continue;
     }
     const std::string mlp = name.substr(0, name.size() - (gate_up ? kFusedGateUp
                                                           : down  ? kFusedDown
-                                                                  : kRouter)
+                                                                  : kRouterSuffix)
                                                              .size());
     const std::string prefix = mixtral ? mixtral_prefix(mlp) : mlp;
     if (router) {
-      tensors[prefix + kRouter] = t;
+      tensors[prefix + kRouterSuffix] = t;
       continue;
     }
     const int64_t rows = t.dim(1), cols = t.dim(2);

@@ -11,8 +11,6 @@
 namespace moex::serve::jinja {
 namespace {
 
-[[noreturn]] void fail(const std::string& message) { throw RenderError(message); }
-
 Value arg_or(const CallArgs& args, size_t index, const char* keyword, Value fallback) {
   if (index < args.positional.size()) return args.positional[index];
   if (keyword != nullptr) {

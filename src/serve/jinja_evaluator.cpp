@@ -10,8 +10,6 @@ namespace {
 struct LoopBreak {};
 struct LoopContinue {};
 
-[[noreturn]] void fail(const std::string& message) { throw RenderError(message); }
-
 class Evaluator {
  public:
   void render_block(const std::vector<NodePtr>& statements, Scope& scope, std::string& out) {

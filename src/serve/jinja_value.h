@@ -23,6 +23,10 @@ struct RenderError : std::runtime_error {
   size_t offset = 0;  // in the template text, once located
 };
 
+[[noreturn]] inline void fail(const std::string& message) {
+  throw RenderError(message);
+}
+
 enum class ValueType { Undefined, None, Boolean, Integer, Float, String, Array, Object, Namespace, Function };
 
 struct Value;

@@ -14,17 +14,14 @@
 
 #include "cpu_kernel_checks.h"
 #include "dist/file_store.h"
+#include "temp_path.h"
 
 namespace moex::dist {
 namespace {
 
 // A fresh path per test (the file itself does not exist yet).
 std::string fresh_path(const char* name) {
-  const std::string dir = ::testing::TempDir();
-  std::string path = dir + (dir.empty() || dir.back() == '/' ? "" : "/") + "moex_store_" + name +
-                     "_" + std::to_string(::getpid());
-  std::remove(path.c_str());
-  return path;
+  return testing::fresh_temp_path(std::string("moex_store_") + name);
 }
 
 std::vector<unsigned char> pattern(size_t n) {

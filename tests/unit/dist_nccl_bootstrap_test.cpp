@@ -14,16 +14,13 @@
 #include "cpu_kernel_checks.h"
 #include "dist/communicator.h"
 #include "dist/nccl_communicator.h"
+#include "temp_path.h"
 
 namespace moex::dist {
 namespace {
 
-std::string fresh_path(const char* name) {
-  const std::string dir = ::testing::TempDir();
-  std::string path = dir + (dir.empty() || dir.back() == '/' ? "" : "/") + "moex_nccl_" + name +
-                     "_" + std::to_string(::getpid());
-  std::remove(path.c_str());
-  return path;
+std::string nccl_id_path(const char* name) {
+  return testing::fresh_temp_path(std::string("moex_nccl_") + name);
 }
 
 TEST(NcclBootstrap, BuildWithoutNcclRefusesClearly) {
@@ -36,7 +33,7 @@ TEST(NcclBootstrap, BuildWithoutNcclRefusesClearly) {
 TEST(NcclBootstrap, MissingIdFileIsAClearErrorWithinTheWait) {
   if (!NcclCommunicator::built()) return;
   NcclOptions options;
-  options.id_file = fresh_path("missing");
+  options.id_file = nccl_id_path("missing");
   options.bootstrap_timeout_s = 0.5;
   const auto start = std::chrono::steady_clock::now();
   testing::expect_error_naming([&] { NcclCommunicator comm(1, 2, options); },
@@ -47,7 +44,7 @@ TEST(NcclBootstrap, MissingIdFileIsAClearErrorWithinTheWait) {
 TEST(NcclBootstrap, GarbledIdFileIsAClearError) {
   if (!NcclCommunicator::built()) return;
   NcclOptions options;
-  options.id_file = fresh_path("garbled");
+  options.id_file = nccl_id_path("garbled");
   {
     std::ofstream out(options.id_file);
     out << "garbage";
@@ -72,7 +69,7 @@ TEST(NcclBootstrap, BadTimeoutInTheEnvironmentIsAClearError) {
   if (!NcclCommunicator::built()) return;
   setenv("MOEX_NCCL_TIMEOUT_S", "soon", 1);
   NcclOptions options;
-  options.id_file = fresh_path("timeout");
+  options.id_file = nccl_id_path("timeout");
   testing::expect_error_naming([&] { NcclCommunicator comm(1, 2, options); },
                                {"MOEX_NCCL_TIMEOUT_S", "soon"});
   unsetenv("MOEX_NCCL_TIMEOUT_S");

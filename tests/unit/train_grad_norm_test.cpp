@@ -25,7 +25,7 @@ StepResult step_with_threads(int threads) {
     b->declare("bias", Shape{1001});
     b->allocate(DType::kF32);
   }
-  Rng rng(3, 0);
+  moex::Rng rng(3, 0);
   float* g = grads.flat().data<float>();
   float* p = params.flat().data<float>();
   for (int64_t i = 0; i < grads.flat().numel(); ++i) {

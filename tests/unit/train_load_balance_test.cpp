@@ -12,7 +12,7 @@
 namespace moex::train {
 namespace {
 
-ModelConfig config() {
+ModelConfig balance_config() {
   const std::string text = R"({
     "vocab_size": 64, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
     "max_seq_len": 32, "ffn_size": 24, "init_std": 0.2,
@@ -28,7 +28,7 @@ std::vector<float> bias_of(const model::Model& m, int layer) {
 }
 
 TEST(LoadBalance, StepIsRateTimesSignOfTheGapToTheMean) {
-  model::Model m(config());
+  model::Model m(balance_config());
   m.init_weights(1);
   ExpertLoads loads;
   loads[0] = {10, 2, 2, 2};  // mean 4
@@ -44,7 +44,7 @@ TEST(LoadBalance, StepIsRateTimesSignOfTheGapToTheMean) {
 }
 
 TEST(LoadBalance, SkewedRoutingEvensOut) {
-  model::Model m(config());
+  model::Model m(balance_config());
   m.init_weights(2);
   // Start with expert 0 favoured in every layer: its bias dominates the sigmoid scores.
   for (int layer = 0; layer < 2; ++layer) {
