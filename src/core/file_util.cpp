@@ -16,7 +16,9 @@ std::string read_file(const std::string& path, int64_t max_bytes) {
     in.read(chunk, sizeof(chunk));
     text.append(chunk, static_cast<size_t>(in.gcount()));
     MOEX_CHECK(static_cast<int64_t>(text.size()) <= max_bytes, path, ": larger than ",
-               max_bytes >> 20, " MiB, the most moex reads as one file of this kind");
+               max_bytes >= (1 << 20) ? std::to_string(max_bytes >> 20) + " MiB"
+                                      : std::to_string(max_bytes) + " bytes",
+               ", the most moex reads as one file of this kind");
   }
   MOEX_CHECK(!in.bad(), path, ": read error");
   return text;

@@ -11,6 +11,48 @@
 
 namespace moex {
 
+namespace {
+
+// The SAX events of a document that parses: records the path of the first key an object repeats.
+struct DuplicateKeyFinder : nlohmann::json_sax<nlohmann::json> {
+  struct Object {
+    std::unordered_set<std::string> keys;
+    std::string key;  // the key whose value is being read
+  };
+  std::vector<Object> objects;
+  std::string duplicate;  // "a.b.c", or empty
+
+  bool start_object(std::size_t) override {
+    objects.emplace_back();
+    return true;
+  }
+  bool end_object() override {
+    objects.pop_back();
+    return true;
+  }
+  bool key(string_t& k) override {
+    Object& top = objects.back();
+    top.key = k;
+    if (top.keys.insert(k).second) return true;
+    for (const Object& o : objects) duplicate += (duplicate.empty() ? "" : ".") + o.key;
+    return false;  // stops the pass
+  }
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_array(std::size_t) override { return true; }
+  bool end_array() override { return true; }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+    return false;
+  }
+};
+
+}  // namespace
+
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
                           const char* what, int max_depth) {
   // Depth first, skipping strings, so that the parser never builds a value too deep to copy.
@@ -33,35 +75,21 @@ nlohmann::json parse_json(const char* begin, const char* end, const std::string&
       --depth;
     }
   }
-  // nlohmann keeps the last of duplicate keys; a config with one field twice is a mistake (which
-  // one did the author mean?), so each object's keys are tracked and a repeat is an error.
-  struct Object {
-    std::unordered_set<std::string> keys;
-    std::string key;  // the key whose value is being parsed
-  };
-  std::vector<Object> objects;
-  auto no_duplicate_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& value) {
-    using Event = nlohmann::json::parse_event_t;
-    if (event == Event::object_start) {
-      objects.emplace_back();
-    } else if (event == Event::object_end) {
-      objects.pop_back();
-    } else if (event == Event::key) {
-      Object& top = objects.back();
-      top.key = value.get<std::string>();
-      if (!top.keys.insert(top.key).second) {
-        std::string path;
-        for (const Object& o : objects) path += (path.empty() ? "" : ".") + o.key;
-        MOEX_THROW(source, ": ", what, ": the key \"", path, "\" appears twice in one object");
-      }
-    }
-    return true;
-  };
+  nlohmann::json value;
   try {
-    return nlohmann::json::parse(begin, end, no_duplicate_keys);
+    value = nlohmann::json::parse(begin, end);
   } catch (const nlohmann::json::exception& e) {
     MOEX_THROW(source, ": ", what, ": ", e.what());
   }
+  // nlohmann keeps the last of duplicate keys; a config with one field twice is a mistake (which
+  // one did the author mean?). A second, SAX pass tracks each open object's keys: linear, where a
+  // parser callback would rescan a container each time one of its objects closes.
+  DuplicateKeyFinder finder;
+  nlohmann::json::sax_parse(begin, end, &finder);
+  if (!finder.duplicate.empty())
+    MOEX_THROW(source, ": ", what, ": the key \"", finder.duplicate,
+               "\" appears twice in one object");
+  return value;
 }
 
 namespace {

@@ -19,13 +19,18 @@ constexpr size_t kHostAlignment = 64;
 // overcommits, so such a malloc may succeed and the process die later to the OOM killer; asking
 // first turns an absurd size (a mistyped batch or cache size) into an error naming the tensor.
 size_t host_memory_bytes() {
-  struct sysinfo info {};
-  if (sysinfo(&info) != 0) return SIZE_MAX;
-  return (static_cast<size_t>(info.totalram) + info.totalswap) * info.mem_unit;
+  static const size_t bytes = [] {
+    struct sysinfo info {};
+    if (sysinfo(&info) != 0) return SIZE_MAX;
+    return (static_cast<size_t>(info.totalram) + info.totalswap) * info.mem_unit;
+  }();
+  return bytes;
 }
 
 // numel(shape) * element bytes, or an error where that does not fit in 63 bits.
 size_t checked_bytes(const Shape& shape, DType dtype) {
+  for (int i = 0; i < shape.ndim(); ++i)
+    if (shape[i] == 0) return 0;
   int64_t bytes = static_cast<int64_t>(dtype_size(dtype));
   for (int i = 0; i < shape.ndim(); ++i)
     MOEX_CHECK(!__builtin_mul_overflow(bytes, shape[i], &bytes), "a ", dtype_name(dtype), " ",

@@ -359,7 +359,9 @@ struct Server::Impl {
       s.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
     // A body whose length two headers disagree on is refused before any handler reads it: a
-    // proxy in front could have framed the request by the other one (request smuggling).
+    // proxy in front could have framed the request by the other one (request smuggling). The
+    // response asks the client to close; cpp-httplib 0.11 frames the body by the first
+    // Content-Length and keeps the connection itself open (a handler cannot close it).
     http.set_pre_routing_handler([](const httplib::Request& q, httplib::Response& s) {
       const size_t lengths = q.get_header_value_count("Content-Length");
       bool conflicting = lengths > 0 && q.has_header("Transfer-Encoding");

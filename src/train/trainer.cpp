@@ -48,8 +48,11 @@ std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
   std::error_code error;
   for (const fs::directory_entry& e : fs::directory_iterator(c.training.out_dir, error)) {
     const std::string name = e.path().filename().string();
-    const bool checkpoint = e.is_directory(error) &&
-                            (name == "final" || name == "latest" || name.rfind("step-", 0) == 0);
+    const bool step = name.size() > 5 && name.rfind("step-", 0) == 0 &&
+                      name.find_first_not_of("0123456789", 5) == std::string::npos;
+    const bool checkpoint =
+        (name == "final" || name == "latest" || step) &&
+        std::filesystem::is_regular_file(e.path() / "trainer_state.json", error);
     if (checkpoint || name == "metrics.jsonl" || name == "loss.svg") earlier.push_back(e.path());
   }
   if (earlier.empty()) return earlier;
@@ -227,7 +230,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     nccl.device = device.ordinal;
     gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
   }
-  delete_earlier_run(c, earlier_run);
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
@@ -257,6 +259,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const bool root = comm.is_root();
   std::ofstream metrics;
   if (root) {
+    delete_earlier_run(c, earlier_run);  // the run has started: model, data and state are ready
     std::error_code error;
     std::filesystem::create_directories(c.training.out_dir, error);
     MOEX_CHECK(!error, c.source, ": training.out_dir: cannot create '", c.training.out_dir,

@@ -202,15 +202,23 @@ try {
   r = await raw('/v1/completions', `{"model": "${model}", "prompt": "x", "prompt": "y"}`);
   assert.equal(r.status, 400);
   assert.ok(r.json.error.message.includes('"prompt" appears twice'), r.json.error.message);
-  // Two Content-Length headers that disagree (fetch would refuse to send them: a raw socket; the
-  // server closes it after the answer).
+  // Two Content-Length headers that disagree (fetch would refuse to send them: a raw socket, ended
+  // once the whole error body has come).
   const conflicting = await new Promise((resolve, reject) => {
     const body = '{"prompt": "x"}';
     const sock = net.connect(new URL(listening).port, new URL(listening).hostname, () =>
       sock.write(`POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
                `Content-Length: ${body.length}\r\nContent-Length: 3\r\n\r\n${body}`));
     let answer = '';
-    sock.on('data', (d) => { answer += d; });
+    sock.on('data', (d) => {
+      answer += d;
+      const length = answer.match(/content-length: (\d+)\r\n/i);
+      const head = answer.indexOf('\r\n\r\n');
+      if (length && head >= 0 && answer.length >= head + 4 + Number(length[1])) {
+        sock.destroy();
+        resolve(answer);
+      }
+    });
     sock.on('end', () => resolve(answer));
     sock.on('error', reject);
   });

@@ -13,6 +13,10 @@
 namespace moex::cli {
 namespace {
 
+// A text to tokenize may be a whole corpus file, far above read_file's default bound; this one
+// still stops an endless stream.
+constexpr int64_t kMaxInputBytes = int64_t{16} << 30;
+
 const char* kUsage =
     "usage: moex tokenize --tokenizer FILE (--text TEXT | --file F) [--json] [--no-special]\n"
     "       moex tokenize --tokenizer FILE --decode (--ids 1,2,3 | --text 1,2,3 | --file F)\n"
@@ -98,7 +102,7 @@ int run_tokenize(const std::vector<std::string>& argv) {
     else if (args.has("text"))
       ids = parse_ids(args.get("text"), "--text");
     else
-      ids = parse_ids(read_file(args.get("file")), args.get("file"));
+      ids = parse_ids(read_file(args.get("file"), kMaxInputBytes), args.get("file"));
     const std::string text = tok->decode(ids, !args.flag("keep-special"));
     if (args.flag("json")) {
       const std::string quoted =
@@ -112,7 +116,8 @@ int run_tokenize(const std::vector<std::string>& argv) {
   }
 
   MOEX_CHECK(!args.has("ids"), "--ids needs --decode");
-  const std::string text = args.has("text") ? args.get("text") : read_file(args.get("file"));
+  const std::string text =
+      args.has("text") ? args.get("text") : read_file(args.get("file"), kMaxInputBytes);
   const std::vector<int32_t> ids = tok->encode(text, !args.flag("no-special"));
   if (args.flag("json")) {
     // Written by hand to keep the documented layout: {"ids": [1, 22557, 1526]}.
