@@ -1,6 +1,8 @@
 // A synthetic corpus and training config shared by the training tests (unit and mpirun).
 #pragma once
 
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -38,6 +40,11 @@ inline fs::path make_corpus(const fs::path& dir) {
     {"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 3000}, "valid": {"prefix": "a.valid", "tokens": 300}},
     {"name": "b", "language": "es", "train": {"prefix": "b.train", "tokens": 3000}, "valid": {"prefix": "b.valid", "tokens": 300}}]})";
   return dir;
+}
+
+// make_corpus in the temporary directory, under `name` and this process's id.
+inline fs::path make_temp_corpus(const std::string& name) {
+  return make_corpus(fs::temp_directory_path() / (name + "_" + std::to_string(::getpid())));
 }
 
 // Under mpirun pass the group: only its root writes (to a temporary name, then renamed), and every

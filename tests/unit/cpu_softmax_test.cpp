@@ -16,7 +16,7 @@ using testing::project;
 using testing::random_vector;
 using testing::relative_l2;
 
-constexpr int64_t kRows = 5, kCols = 7;
+constexpr int64_t kSoftmaxRows = 5, kSoftmaxCols = 7;
 
 std::vector<double> naive_softmax(const std::vector<double>& x, int64_t rows, int64_t cols) {
   std::vector<double> y(x.size());
@@ -29,28 +29,28 @@ std::vector<double> naive_softmax(const std::vector<double>& x, int64_t rows, in
 }
 
 TEST(CpuSoftmax, ForwardMatchesNaive) {
-  const auto x = random_vector<double>(kRows * kCols, 1, -3, 3);
-  const auto expect = naive_softmax(x, kRows, kCols);
+  const auto x = random_vector<double>(kSoftmaxRows * kSoftmaxCols, 1, -3, 3);
+  const auto expect = naive_softmax(x, kSoftmaxRows, kSoftmaxCols);
   std::vector<double> y(x.size()), ly(x.size());
-  cpu::softmax_forward(x.data(), kRows, kCols, y.data());
+  cpu::softmax_forward(x.data(), kSoftmaxRows, kSoftmaxCols, y.data());
   EXPECT_LT(relative_l2(y, expect), 1e-14);
-  cpu::log_softmax_forward(x.data(), kRows, kCols, ly.data());
+  cpu::log_softmax_forward(x.data(), kSoftmaxRows, kSoftmaxCols, ly.data());
   for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(ly[i], std::log(expect[i]), 1e-12);
 
   const auto xf = testing::cast_vector<float>(x);
   std::vector<float> yf(x.size());
-  cpu::softmax_forward(xf.data(), kRows, kCols, yf.data());
+  cpu::softmax_forward(xf.data(), kSoftmaxRows, kSoftmaxCols, yf.data());
   EXPECT_LT(relative_l2(testing::cast_vector<double>(yf), expect), 1e-6);
 }
 
 TEST(CpuSoftmax, LargeLogitsStayFinite) {
   // exp(1000) overflows: a kernel without max subtraction returns NaN here.
-  auto x = random_vector<double>(kRows * kCols, 2, -3, 3);
-  const auto expect = naive_softmax(x, kRows, kCols);
+  auto x = random_vector<double>(kSoftmaxRows * kSoftmaxCols, 2, -3, 3);
+  const auto expect = naive_softmax(x, kSoftmaxRows, kSoftmaxCols);
   for (double& v : x) v += 1000.0;
   std::vector<float> xf = testing::cast_vector<float>(x), yf(x.size()), lyf(x.size());
-  cpu::softmax_forward(xf.data(), kRows, kCols, yf.data());
-  cpu::log_softmax_forward(xf.data(), kRows, kCols, lyf.data());
+  cpu::softmax_forward(xf.data(), kSoftmaxRows, kSoftmaxCols, yf.data());
+  cpu::log_softmax_forward(xf.data(), kSoftmaxRows, kSoftmaxCols, lyf.data());
   for (size_t i = 0; i < x.size(); ++i) {
     ASSERT_TRUE(std::isfinite(yf[i]) && std::isfinite(lyf[i]));
     EXPECT_NEAR(yf[i], expect[i], 1e-4);
@@ -59,15 +59,15 @@ TEST(CpuSoftmax, LargeLogitsStayFinite) {
 }
 
 TEST(CpuSoftmax, BackwardMatchesFiniteDifferences) {
-  auto x = random_vector<double>(kRows * kCols, 3, -3, 3);
-  const auto proj = random_vector<double>(kRows * kCols, 4);
+  auto x = random_vector<double>(kSoftmaxRows * kSoftmaxCols, 3, -3, 3);
+  const auto proj = random_vector<double>(kSoftmaxRows * kSoftmaxCols, 4);
   std::vector<double> y(x.size());
   for (bool log : {false, true}) {
     auto loss = [&] {
       if (log) {
-        cpu::log_softmax_forward(x.data(), kRows, kCols, y.data());
+        cpu::log_softmax_forward(x.data(), kSoftmaxRows, kSoftmaxCols, y.data());
       } else {
-        cpu::softmax_forward(x.data(), kRows, kCols, y.data());
+        cpu::softmax_forward(x.data(), kSoftmaxRows, kSoftmaxCols, y.data());
       }
       return project(y, proj);
     };
@@ -75,17 +75,18 @@ TEST(CpuSoftmax, BackwardMatchesFiniteDifferences) {
     loss();
     std::vector<double> dx(x.size(), 99.0);
     if (log) {
-      cpu::log_softmax_backward(y.data(), proj.data(), kRows, kCols, dx.data());
+      cpu::log_softmax_backward(y.data(), proj.data(), kSoftmaxRows, kSoftmaxCols, dx.data());
     } else {
-      cpu::softmax_backward(y.data(), proj.data(), kRows, kCols, dx.data());
+      cpu::softmax_backward(y.data(), proj.data(), kSoftmaxRows, kSoftmaxCols, dx.data());
     }
     EXPECT_LT(relative_l2(dx, numeric), 1e-6) << (log ? "log_softmax" : "softmax");
     // In place: dx aliases dy.
     std::vector<double> inplace = proj;
     if (log) {
-      cpu::log_softmax_backward(y.data(), inplace.data(), kRows, kCols, inplace.data());
+      cpu::log_softmax_backward(y.data(), inplace.data(), kSoftmaxRows, kSoftmaxCols,
+                                inplace.data());
     } else {
-      cpu::softmax_backward(y.data(), inplace.data(), kRows, kCols, inplace.data());
+      cpu::softmax_backward(y.data(), inplace.data(), kSoftmaxRows, kSoftmaxCols, inplace.data());
     }
     EXPECT_LT(relative_l2(inplace, dx), 1e-15);
   }

@@ -24,11 +24,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-fs::path make_corpus(const std::string& name) {
-  return testing::make_corpus(fs::temp_directory_path() /
-                              (name + "_" + std::to_string(::getpid())));
-}
-
 // The fixture's training config with a "distill" section and training fields overridden.
 std::string write_distill_config(const fs::path& corpus, const std::string& out_dir,
                                  const json& distill, const json& training = json::object()) {
@@ -215,7 +210,7 @@ TEST(DistillLoss, TeacherEqualToStudentAddsNothing) {
 }
 
 TEST(Distill, StagedKdSwitchesOffAtItsStepThenEqualsPlainTraining) {
-  const fs::path corpus = make_corpus("moex_distill_staged");
+  const fs::path corpus = testing::make_temp_corpus("moex_distill_staged");
   const std::string teacher = make_teacher(corpus, 4);
   const std::string out = (corpus / "kd").string(), plain_out = (corpus / "plain").string();
   const double alpha = 0.5;
@@ -258,7 +253,7 @@ TEST(Distill, StagedKdSwitchesOffAtItsStepThenEqualsPlainTraining) {
 }
 
 TEST(Distill, InterruptedAndResumedRunEqualsStraightRun) {
-  const fs::path corpus = make_corpus("moex_distill_resume");
+  const fs::path corpus = testing::make_temp_corpus("moex_distill_resume");
   const std::string teacher = make_teacher(corpus, 4);
   const json distill = {{"alpha", 1.0},
                         {"temperature", 1.5},
@@ -285,7 +280,7 @@ TEST(Distill, InterruptedAndResumedRunEqualsStraightRun) {
 }
 
 TEST(Distill, InitFromTeacherLayersCopiesTheListedLayers) {
-  const fs::path corpus = make_corpus("moex_distill_init");
+  const fs::path corpus = testing::make_temp_corpus("moex_distill_init");
   const std::string teacher_dir = make_teacher(corpus, 4);
   auto teacher = model::load_model(teacher_dir);
   model::Model student(config_of(model_json(2)));
@@ -338,7 +333,7 @@ std::string error_of(const std::function<void()>& f) {
 }
 
 TEST(Distill, ConfigErrorsNameFileAndField) {
-  const fs::path corpus = make_corpus("moex_distill_cfg");
+  const fs::path corpus = testing::make_temp_corpus("moex_distill_cfg");
   auto config_error = [&](const json& distill) {
     const std::string path = write_distill_config(corpus, "x", distill);
     const std::string e = error_of([&] { DistillRunConfig::from_file(path); });
@@ -376,7 +371,7 @@ TEST(Distill, ConfigErrorsNameFileAndField) {
 }
 
 TEST(Distill, BadTeacherIsOneClearErrorAndNothingIsWritten) {
-  const fs::path corpus = make_corpus("moex_distill_teacher");
+  const fs::path corpus = testing::make_temp_corpus("moex_distill_teacher");
   const std::string out = (corpus / "run").string();
   const DistillRunConfig config = DistillRunConfig::from_file(
       write_distill_config(corpus, out, json::object({{"init_from_teacher_layers", {0, 7}}})));

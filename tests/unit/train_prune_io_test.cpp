@@ -18,10 +18,14 @@
 #include "model/hf_config.h"
 #include "model/hf_weights.h"
 #include "model/model_io.h"
+#include "model_probe.h"
 #include "train/prune_io.h"
 
 namespace moex::train {
 namespace {
+
+using testing::model_logits;
+using testing::random_ids;
 
 namespace fs = std::filesystem;
 
@@ -36,18 +40,6 @@ struct TempDir {
   std::string sub(const std::string& name) const { return (path / name).string(); }
 };
 
-std::vector<int32_t> random_ids(size_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(philox_u32(seed, 0, i) % vocab);
-  return ids;
-}
-
-std::vector<float> logits(model::Model& m, const std::vector<int32_t>& ids, int64_t batch) {
-  std::vector<float> out(ids.size() * static_cast<size_t>(m.config().vocab_size));
-  m.logits(ids.data(), batch, static_cast<int64_t>(ids.size()) / batch, out.data());
-  return out;
-}
-
 // Prunes the model in `src` by `spec`, writes it to `out`, and checks that it loads back into
 // the same logits.
 PruneResult prune_and_reload(const std::string& src, const std::string& out,
@@ -60,7 +52,7 @@ PruneResult prune_and_reload(const std::string& src, const std::string& out,
   save_pruned_model(p, src, out);
   auto back = model::load_model(out);
   const std::vector<int32_t> ids = random_ids(2 * 10, m->config().vocab_size, 22);
-  const std::vector<float> a = logits(*p.model, ids, 2), b = logits(*back, ids, 2);
+  const std::vector<float> a = model_logits(*p.model, ids, 2), b = model_logits(*back, ids, 2);
   double diff = 0;
   for (size_t i = 0; i < a.size(); ++i) diff = std::max(diff, std::fabs(double(a[i]) - b[i]));
   EXPECT_LT(diff, 1e-6) << out;

@@ -11,10 +11,14 @@
 
 #include "core/json_reader.h"
 #include "core/rng.h"
+#include "model_probe.h"
 #include "train/prune.h"
 
 namespace moex::train {
 namespace {
+
+using testing::model_logits;
+using testing::random_ids;
 
 const char* kConfig = R"({
   "vocab_size": 50, "hidden_size": 16, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
@@ -33,19 +37,6 @@ const Tensor& param(model::Model& m, const std::string& name) {
   const int i = m.params().index_of(name);
   EXPECT_GE(i, 0) << name;
   return m.params().tensor(i);
-}
-
-std::vector<int32_t> random_ids(size_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(philox_u32(seed, 0, i) % vocab);
-  return ids;
-}
-
-std::vector<float> logits(model::Model& m, const std::vector<int32_t>& ids, int64_t batch) {
-  const int64_t seq_len = static_cast<int64_t>(ids.size()) / batch;
-  std::vector<float> out(ids.size() * static_cast<size_t>(m.config().vocab_size));
-  m.logits(ids.data(), batch, seq_len, out.data());
-  return out;
 }
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
@@ -132,7 +123,7 @@ TEST(Prune, SameLogitsWhenTheDroppedExpertsAreNeverRouted) {
   const PruneResult p = prune_model(*m, loads, experts_spec(4));
   for (const auto& [layer, kept] : p.kept) EXPECT_EQ(kept, (std::vector<int>{0, 2, 3, 5}));
   const std::vector<int32_t> ids = random_ids(3 * 12, 50, 11);  // not the calibration tokens
-  EXPECT_LT(max_abs_diff(logits(*m, ids, 3), logits(*p.model, ids, 3)), 1e-5);
+  EXPECT_LT(max_abs_diff(model_logits(*m, ids, 3), model_logits(*p.model, ids, 3)), 1e-5);
 }
 
 // Softmax scores, renormalized top-2 (Mixtral): router rows 5v, -5v, 5u, -5u for experts 0, 2, 3,
@@ -159,7 +150,7 @@ TEST(Prune, SameLogitsWithSoftmaxRoutingWhenTheDroppedExpertsLose) {
   const PruneResult p = prune_model(*m, mass, experts_spec(4, RankBy::kGateMass));
   EXPECT_EQ(p.kept.at(0).second, (std::vector<int>{0, 2, 3, 5}));
   const std::vector<int32_t> ids = random_ids(2 * 10, 50, 12);
-  EXPECT_LT(max_abs_diff(logits(*m, ids, 2), logits(*p.model, ids, 2)), 1e-5);
+  EXPECT_LT(max_abs_diff(model_logits(*m, ids, 2), model_logits(*p.model, ids, 2)), 1e-5);
 }
 
 // A one-layer model with attention switched off (o_proj = 0), so the router sees
@@ -262,7 +253,7 @@ TEST(Prune, KeepLayersEqualsTheModelOfThoseBlocks) {
   EXPECT_EQ(p.layers, (std::vector<int64_t>{1, 2}));
   EXPECT_TRUE(p.kept.empty());
   const std::vector<int32_t> ids = random_ids(2 * 12, 50, 13);
-  EXPECT_LT(max_abs_diff(logits(*m, ids, 2), logits(*p.model, ids, 2)), 1e-5);
+  EXPECT_LT(max_abs_diff(model_logits(*m, ids, 2), model_logits(*p.model, ids, 2)), 1e-5);
   // The pruned block 1 is the source block 2, tensor for tensor.
   const Tensor& a = param(*m, "model.layers.2.mlp.up_proj.weight");
   const Tensor& b = param(*p.model, "model.layers.1.mlp.up_proj.weight");

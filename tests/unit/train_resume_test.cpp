@@ -27,13 +27,8 @@ namespace fs = std::filesystem;
 using testing::losses_of;
 using testing::write_config;
 
-fs::path make_corpus(const std::string& name) {
-  return testing::make_corpus(fs::temp_directory_path() /
-                              (name + "_" + std::to_string(::getpid())));
-}
-
 TEST(Training, LossFallsAndResumeIsExact) {
-  const fs::path corpus = make_corpus("moex_train");
+  const fs::path corpus = testing::make_temp_corpus("moex_train");
   const std::string straight = (corpus / "straight").string(), split = (corpus / "split").string();
   const TrainResult full =
       run_training(TrainConfig::from_file(write_config(corpus, straight, "").string()), "");
@@ -95,7 +90,7 @@ struct SavedModel {
 };
 
 TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
-  const fs::path corpus = make_corpus("moex_kill");
+  const fs::path corpus = testing::make_temp_corpus("moex_kill");
   SavedModel saved(corpus, 7);
   const TrainConfig& config = saved.config;
   model::Model& model = saved.model;
@@ -140,7 +135,7 @@ TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
 // A resume refuses tensors of other shapes; a model change that keeps every shape loads, and the
 // trainer names each changed field (model_config_changes) in a warning.
 TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
-  const fs::path corpus = make_corpus("moex_config_changes");
+  const fs::path corpus = testing::make_temp_corpus("moex_config_changes");
   const SavedModel saved(corpus, 0);
   const TrainConfig& config = saved.config;
   const std::string& dir = saved.dir;
@@ -159,7 +154,7 @@ TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
 // A run whose loss is not finite stops at that step with one error naming the config, before
 // the optimizer writes non-finite weights, and saves no checkpoint.
 TEST(Training, ADivergedRunStopsWithAClearErrorAndNoCheckpoint) {
-  const fs::path corpus = make_corpus("moex_diverged");
+  const fs::path corpus = testing::make_temp_corpus("moex_diverged");
   const std::string out = (corpus / "run").string();
   const fs::path path = write_config(corpus, out, "", nullptr, "", "", R"(, "init_std": 1e30)");
   const TrainConfig config = TrainConfig::from_file(path.string());
@@ -180,7 +175,7 @@ TEST(Training, ADivergedRunStopsWithAClearErrorAndNoCheckpoint) {
 // The corpus tokenizer goes into every checkpoint: a missing one fails at start-up, naming the
 // corpus file, instead of after the last step.
 TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
-  const fs::path corpus = make_corpus("moex_no_tokenizer");
+  const fs::path corpus = testing::make_temp_corpus("moex_no_tokenizer");
   fs::remove(corpus / "tok.model");
   const std::string out = (corpus / "run").string();
   const TrainConfig config = TrainConfig::from_file(write_config(corpus, out, "").string());
@@ -199,7 +194,7 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
 }
 
 TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
-  const fs::path corpus = make_corpus("moex_sigint");
+  const fs::path corpus = testing::make_temp_corpus("moex_sigint");
   const std::string out = (corpus / "run").string();
   const TrainConfig config =
       TrainConfig::from_file(write_config(corpus, out, R"(, "steps": 100000)").string());
@@ -221,7 +216,7 @@ TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
 }
 
 TEST(TrainConfig, ErrorsNameFileAndField) {
-  const fs::path corpus = make_corpus("moex_cfg");
+  const fs::path corpus = testing::make_temp_corpus("moex_cfg");
   auto error_of = [&](const std::string& extra) {
     try {
       TrainConfig::from_file(write_config(corpus, "x", extra).string());

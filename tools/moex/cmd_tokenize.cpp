@@ -17,7 +17,7 @@ namespace {
 // still stops an endless stream.
 constexpr int64_t kMaxInputBytes = int64_t{16} << 30;
 
-const char* kUsage =
+const char* kTokenizeUsage =
     "usage: moex tokenize --tokenizer FILE (--text TEXT | --file F) [--json] [--no-special]\n"
     "       moex tokenize --tokenizer FILE --decode (--ids 1,2,3 | --text 1,2,3 | --file F)\n"
     "                     [--json] [--keep-special]\n"
@@ -80,12 +80,12 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& what)
 int run_tokenize(const std::vector<std::string>& argv) {
   for (const auto& a : argv) {
     if (a == "--help" || a == "-h") {
-      std::printf("%s", kUsage);
+      std::printf("%s", kTokenizeUsage);
       return 0;
     }
   }
   if (argv.empty()) {
-    std::fprintf(stderr, "%s", kUsage);
+    std::fprintf(stderr, "%s", kTokenizeUsage);
     return 2;
   }
   const Args args(argv, {"tokenizer", "text", "file", "ids"},
