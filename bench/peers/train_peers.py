@@ -8,6 +8,10 @@ step_ms, mfu (model FLOPs per token x tokens/s / 737e12, the same FLOP count as 
 peak_mem_gib (torch.cuda.max_memory_allocated over the timed steps).
 
   python3 bench/peers/train_peers.py [--shape small|medium] [--mode eager|compile] [--iters N]
+      [--layers L] [--checkpointing]
+
+--layers changes the shape's depth and --checkpointing turns on transformers' gradient
+checkpointing: bench/peers/largest_peer.py uses them to find the deepest model that trains.
 """
 import argparse
 import json
@@ -36,10 +40,12 @@ def flops_per_token(s):
     return 6.0 * active + 6.0 * s["layers"] * s["seq"] * s["heads"] * dh
 
 
-def run(shape, mode, iters, warmup):
+def run(shape, mode, iters, warmup, layers=None, checkpointing=False):
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    s = SHAPES[shape]
+    s = dict(SHAPES[shape])
+    if layers:
+        s["layers"] = layers
     config = MixtralConfig(
         vocab_size=s["vocab"], hidden_size=s["d"], intermediate_size=s["ffn"],
         num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
@@ -48,6 +54,8 @@ def run(shape, mode, iters, warmup):
         router_aux_loss_coef=0.02, output_router_logits=True, tie_word_embeddings=False,
         attn_implementation="sdpa")
     model = build_bf16_on_gpu(MixtralForCausalLM, config)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
                             fused=True)
@@ -77,7 +85,9 @@ def run(shape, mode, iters, warmup):
     tokens = s["batch"] * s["seq"]
     tps = tokens / (step_ms / 1e3)
     fpt = flops_per_token(s)
-    result = dict(bench="train-step", peer="hf_" + mode, shape=shape, tokens=tokens,
+    result = dict(bench="train-step", peer="hf_" + mode, shape=shape, layers=s["layers"],
+                  checkpointing=checkpointing,
+                  parameters=sum(p.numel() for p in model.parameters()), tokens=tokens,
                   step_ms=step_ms, tokens_per_s=tps, flops_per_token=fpt,
                   mfu=fpt * tps / PEAK_BF16,
                   peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30)
@@ -92,11 +102,13 @@ def main():
     ap.add_argument("--mode", choices=["eager", "compile"], action="append")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--layers", type=int, help="the shape with this many layers")
+    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
     a = ap.parse_args()
     for shape in a.shape or list(SHAPES):
         for mode in a.mode or ["eager", "compile"]:
             try:
-                r = run(shape, mode, a.iters, a.warmup)
+                r = run(shape, mode, a.iters, a.warmup, a.layers, a.checkpointing)
             except Exception as e:  # report and go on with the other rows
                 r = dict(bench="train-step", peer="hf_" + mode, shape=shape, error=repr(e)[:300])
             print(json.dumps(r), flush=True)
