@@ -73,6 +73,8 @@ struct Server::Impl {
   std::map<std::string, std::string> special_tokens;
   std::unique_ptr<infer::Scheduler> scheduler;
   httplib::Server http;
+  // Each routed path and the methods it answers (the Allow header of a 405), filled by get/post.
+  std::map<std::string, std::string> allowed_methods;
   std::thread engine, drainer;
   std::atomic<bool> engine_started{false}, engine_done{false};
   int bound_port = -1;
@@ -337,14 +339,23 @@ struct Server::Impl {
     return o.str();
   }
 
+  void get(const std::string& path, httplib::Server::Handler handler) {
+    http.Get(path, std::move(handler));  // cpp-httplib answers HEAD with it too
+    allowed_methods[path] = "GET, HEAD";
+  }
+  void post(const std::string& path, httplib::Server::Handler handler) {
+    http.Post(path, std::move(handler));
+    allowed_methods[path] = "POST";
+  }
+
   void routes() {
     http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(n); };
     http.set_payload_max_length(options.max_body_bytes);
-    http.Post("/v1/completions",
-              [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });
-    http.Post("/v1/chat/completions",
-              [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, true); });
-    http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& s) {
+    post("/v1/completions",
+         [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });
+    post("/v1/chat/completions",
+         [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, true); });
+    get("/v1/models", [this](const httplib::Request&, httplib::Response& s) {
       send_json(s, 200,
                 {{"object", "list"},
                  {"data", json::array({{{"id", options.model_name},
@@ -352,10 +363,10 @@ struct Server::Impl {
                                         {"created", 0},
                                         {"owned_by", "moex"}}})}});
     });
-    http.Get("/health", [this](const httplib::Request&, httplib::Response& s) {
+    get("/health", [this](const httplib::Request&, httplib::Response& s) {
       send_json(s, shutting_down ? 503 : 200, {{"status", shutting_down ? "shutting_down" : "ok"}});
     });
-    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& s) {
+    get("/metrics", [this](const httplib::Request&, httplib::Response& s) {
       s.set_content(metrics_text(), "text/plain; version=0.0.4");
     });
     // A body whose length two headers disagree on is refused before any handler reads it: a
@@ -378,15 +389,10 @@ struct Server::Impl {
       return httplib::Server::HandlerResponse::Handled;
     });
     // Anything else: OpenAI-shaped 404 / 405 (with Allow), and 413 for an oversized body.
-    http.set_error_handler([](const httplib::Request& q, httplib::Response& s) {
+    http.set_error_handler([this](const httplib::Request& q, httplib::Response& s) {
       if (!s.body.empty()) return;
-      static const std::map<std::string, std::string> kAllowed = {{"/v1/completions", "POST"},
-                                                                  {"/v1/chat/completions", "POST"},
-                                                                  {"/v1/models", "GET, HEAD"},
-                                                                  {"/health", "GET, HEAD"},
-                                                                  {"/metrics", "GET, HEAD"}};
-      const auto endpoint = kAllowed.find(q.path);
-      if (s.status == 404 && endpoint != kAllowed.end()) {
+      const auto endpoint = allowed_methods.find(q.path);
+      if (s.status == 404 && endpoint != allowed_methods.end()) {
         s.status = 405;
         s.set_header("Allow", endpoint->second);
       }

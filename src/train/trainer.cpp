@@ -52,7 +52,7 @@ std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
                       name.find_first_not_of("0123456789", 5) == std::string::npos;
     const bool checkpoint =
         (name == "final" || name == "latest" || step) &&
-        std::filesystem::is_regular_file(e.path() / "trainer_state.json", error);
+        fs::is_regular_file(e.path() / "trainer_state.json", error);
     if (checkpoint || name == "metrics.jsonl" || name == "loss.svg") earlier.push_back(e.path());
   }
   if (earlier.empty()) return earlier;
