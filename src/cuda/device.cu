@@ -5,6 +5,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "cuda/cublas_api.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "cuda/graph.h"
@@ -194,21 +195,19 @@ CudaContext::CudaContext(int ordinal, bool own_stream)
   // calls (tests, Tensor::to, user code) are never overtaken by this stream's kernels or vice
   // versa. A non-blocking stream raced pageable uploads (see copy_bytes).
   if (own_stream_) CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamDefault));
-  CUBLAS_CHECK(cublasCreate(&cublas_));
-  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-  CUBLAS_CHECK(cublasLtCreate(&cublas_lt_));
+  CUBLAS_CHECK(cublas_api().create(&cublas_));
+  CUBLAS_CHECK(cublas_api().set_stream(cublas_, stream_));
   // cuBLAS recommends 32 MiB of workspace on Hopper; giving it one avoids its own allocations.
   workspace_bytes_ = size_t{32} << 20;
   CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
-  CUBLAS_CHECK(cublasSetWorkspace(cublas_, workspace_, workspace_bytes_));
+  CUBLAS_CHECK(cublas_api().set_workspace(cublas_, workspace_, workspace_bytes_));
   // Router GEMMs are fp32 by contract: keep cuBLAS off TF32.
-  CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  CUBLAS_CHECK(cublas_api().set_math_mode(cublas_, CUBLAS_DEFAULT_MATH));
 }
 
 CudaContext::~CudaContext() {
   if (stream_) cudaStreamSynchronize(stream_);
-  if (cublas_lt_) cublasLtDestroy(cublas_lt_);
-  if (cublas_) cublasDestroy(cublas_);
+  if (cublas_) cublas_api().destroy(cublas_);
   if (workspace_) cudaFree(workspace_);
   if (own_stream_ && stream_) cudaStreamDestroy(stream_);
 }

@@ -3,7 +3,6 @@
 // holding the cuBLAS handles and their workspace.
 #pragma once
 
-#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -55,7 +54,6 @@ class CudaContext {
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
-  cublasLtHandle_t cublas_lt() const { return cublas_lt_; }
   int ordinal() const { return ordinal_; }
   int num_sms() const { return num_sms_; }
   void synchronize() const;
@@ -66,7 +64,6 @@ class CudaContext {
   bool own_stream_ = true;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
-  cublasLtHandle_t cublas_lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };

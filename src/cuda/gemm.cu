@@ -1,3 +1,4 @@
+#include "cuda/cublas_api.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
 
@@ -28,12 +29,12 @@ void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t
   const cublasOperation_t op_a = s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cudaDataType_t c_type = c_is_f32 ? CUDA_R_32F : CUDA_R_16BF;
   if (batch == 1) {
-    CUBLAS_CHECK(cublasGemmEx(
+    CUBLAS_CHECK(cublas_api().gemm_ex(
         handle, op_b, op_a, static_cast<int>(s.n), static_cast<int>(s.m), static_cast<int>(s.k),
         &alpha, b, CUDA_R_16BF, static_cast<int>(s.ldb), a, CUDA_R_16BF, static_cast<int>(s.lda),
         &beta, c, c_type, static_cast<int>(s.ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   } else {
-    CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+    CUBLAS_CHECK(cublas_api().gemm_strided_batched_ex(
         handle, op_b, op_a, static_cast<int>(s.n), static_cast<int>(s.m), static_cast<int>(s.k),
         &alpha, b, CUDA_R_16BF, static_cast<int>(s.ldb), stride_b, a, CUDA_R_16BF,
         static_cast<int>(s.lda), stride_a, &beta, c, c_type, static_cast<int>(s.ldc), stride_c,
@@ -47,7 +48,7 @@ void gemm_batched_bf16(cublasHandle_t handle, const GemmShape& s, const void* co
   check_shape(s);
   MOEX_CHECK(batch >= 1, "gemm_batched_bf16: batch must be >= 1, got ", batch);
   if (s.m == 0 || s.n == 0) return;
-  CUBLAS_CHECK(cublasGemmBatchedEx(
+  CUBLAS_CHECK(cublas_api().gemm_batched_ex(
       handle, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
       static_cast<int>(s.n), static_cast<int>(s.m), static_cast<int>(s.k), &alpha, b_ptrs,
       CUDA_R_16BF, static_cast<int>(s.ldb), a_ptrs, CUDA_R_16BF, static_cast<int>(s.lda), &beta,
@@ -59,7 +60,7 @@ void gemm_f32(cublasHandle_t handle, const GemmShape& s, const float* a, const f
               float alpha, float beta) {
   check_shape(s);
   if (s.m == 0 || s.n == 0) return;
-  CUBLAS_CHECK(cublasSgemm(
+  CUBLAS_CHECK(cublas_api().sgemm(
       handle, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
       static_cast<int>(s.n), static_cast<int>(s.m), static_cast<int>(s.k), &alpha, b,
       static_cast<int>(s.ldb), a, static_cast<int>(s.lda), &beta, c, static_cast<int>(s.ldc)));
@@ -101,7 +102,7 @@ void gemm_grouped_bf16(cublasHandle_t handle, const GroupedGemm& g, const void* 
   std::vector<float> alphas(count, alpha), betas(count, beta);
   std::vector<int> group_size(count, 1);
   // Column-major view: swap A and B (and m and n), as in gemm_bf16.
-  const cublasStatus_t st = cublasGemmGroupedBatchedEx(
+  const cublasStatus_t st = cublas_api().gemm_grouped_batched_ex(
       handle, op_b.data(), op_a.data(), g.n.data(), g.m.data(), g.k.data(), alphas.data(), b_ptrs,
       CUDA_R_16BF, g.ldb.data(), a_ptrs, CUDA_R_16BF, g.lda.data(), betas.data(), c_ptrs,
       CUDA_R_16BF, g.ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F);
