@@ -60,6 +60,97 @@ std::string content_text(const json& content, size_t index) {
   return text;
 }
 
+bool flag(const json& body, const char* field) {
+  if (!body.contains(field) || body[field].is_null()) return false;
+  if (!body[field].is_boolean()) bad(field, std::string("'") + field + "' must be a boolean");
+  return body[field].get<bool>();
+}
+
+// Token ids of one prompt given as a list of integers.
+std::vector<int32_t> token_ids(const json& list, const std::string& param) {
+  std::vector<int32_t> ids;
+  for (const json& t : list) {
+    if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > INT32_MAX)
+      bad(param, "'" + param + "' token ids must be integers in [0, 2^31)");
+    ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
+  }
+  return ids;
+}
+
+// Completions' prompt: a string, a list of token ids, or a batch: a list of strings or of token
+// id lists (one choice group per prompt, as OpenAI answers them).
+std::vector<Prompt> read_prompts(const json& body) {
+  if (!body.contains("prompt")) bad("prompt", "'prompt' is required");
+  const json& p = body["prompt"];
+  const char* shape =
+      "'prompt' must be a string, a list of token ids, or a list of strings or of token id lists";
+  std::vector<Prompt> prompts;
+  if (p.is_string()) {
+    prompts.push_back({p.get<std::string>(), {}});
+  } else if (!p.is_array() || p.empty()) {
+    bad("prompt", shape);
+  } else if (p[0].is_number()) {
+    prompts.push_back({std::nullopt, token_ids(p, "prompt")});
+  } else {
+    if (static_cast<int64_t>(p.size()) > kMaxChoices)
+      bad("prompt", "at most " + std::to_string(kMaxChoices) + " prompts in one request, got " +
+                        std::to_string(p.size()));
+    for (size_t i = 0; i < p.size(); ++i) {
+      const std::string param = "prompt[" + std::to_string(i) + "]";
+      if (p[i].is_string())
+        prompts.push_back({p[i].get<std::string>(), {}});
+      else if (p[i].is_array() && !p[i].empty())
+        prompts.push_back({std::nullopt, token_ids(p[i], param)});
+      else
+        bad(param, shape);
+    }
+  }
+  return prompts;
+}
+
+// Fields whose effect moex does not build: accepted at their neutral values (clients send those
+// by default), a 400 naming the field otherwise, so that no client gets an answer that silently
+// ignored what it asked for.
+void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
+  auto set = [&](const char* field) { return body.contains(field) && !body[field].is_null(); };
+  auto refuse = [](const char* field, const std::string& what) {
+    bad(field, std::string("'") + field + "': " + what + " is not supported by moex serve");
+  };
+  for (const char* penalty : {"frequency_penalty", "presence_penalty"})
+    if (set(penalty) && !(body[penalty].is_number() && body[penalty].get<double>() == 0.0))
+      refuse(penalty, "a non-zero penalty");
+  if (set("logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
+    refuse("logit_bias", "a logit bias");
+  // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens').
+  // Chat: logprobs is a boolean and top_logprobs the number.
+  if (set("logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+    refuse("logprobs", "returning log-probabilities");
+  if (set("top_logprobs") &&
+      !(body["top_logprobs"].is_number_integer() && body["top_logprobs"].get<int64_t>() == 0))
+    refuse("top_logprobs", "returning log-probabilities");
+  if (!chat && set("best_of") &&
+      !(body["best_of"].is_number_integer() && body["best_of"].get<int64_t>() == n))
+    refuse("best_of", "best_of other than n");
+  if (!chat && set("suffix") &&
+      !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
+    refuse("suffix", "a suffix (insertion)");
+  if (!chat) return;
+  const bool has_tools = set("tools") && !(body["tools"].is_array() && body["tools"].empty());
+  std::string tool_choice;  // "" when absent; an object (a named function) reads as "function"
+  if (set("tool_choice"))
+    tool_choice =
+        body["tool_choice"].is_string() ? body["tool_choice"].get<std::string>() : "function";
+  if (has_tools && tool_choice != "none")
+    refuse("tools", "calling tools (tool_choice other than \"none\")");
+  if (!tool_choice.empty() && tool_choice != "none" && !(tool_choice == "auto" && !has_tools))
+    refuse("tool_choice", "calling tools");
+  if (set("functions") && !(body["functions"].is_array() && body["functions"].empty()))
+    refuse("functions", "calling functions");
+  if (set("response_format") && !(body["response_format"].is_object() &&
+                                  body["response_format"].value("type", std::string()) == "text"))
+    refuse("response_format", "a response format other than text");
+}
+
 }  // namespace
 
 json ApiError::to_json() const {
@@ -99,38 +190,40 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
       ChatMessage msg;
       msg.role = m["role"].get<std::string>();
       if (msg.role != "system" && msg.role != "user" && msg.role != "assistant" &&
-          msg.role != "developer" && msg.role != "tool")
+          msg.role != "developer" && msg.role != "tool" && msg.role != "function")
         bad(param + ".role", "unknown role '" + msg.role + "'");
+      // OpenAI's older names: templates know system and tool.
       if (msg.role == "developer") msg.role = "system";
+      if (msg.role == "function") msg.role = "tool";
       msg.content = content_text(m.contains("content") ? m["content"] : json(nullptr), i);
       for (auto it = m.begin(); it != m.end(); ++it)
         if (it.key() != "role" && it.key() != "content") msg.extra[it.key()] = it.value();
       r.messages.push_back(std::move(msg));
     }
   } else {
-    if (!body.contains("prompt")) bad("prompt", "'prompt' is required");
-    const json& p = body["prompt"];
-    if (p.is_string()) {
-      r.prompt_text = p.get<std::string>();
-    } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
-      r.prompt_text = p[0].get<std::string>();
-    } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-      for (const json& t : p) {
-        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > INT32_MAX)
-          bad("prompt", "'prompt' token ids must be integers in [0, 2^31)");
-        r.prompt_ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
-      }
-    } else {
-      bad("prompt", "'prompt' must be a string, a list of one string, or a list of token ids");
-    }
+    r.prompts = read_prompts(body);
+    r.echo = flag(body, "echo");
   }
 
-  if (const auto n = integer(body, "n"); n && *n != 1) bad("n", "only n = 1 is supported");
-  auto max_tokens = integer(body, chat && body.contains("max_completion_tokens")
-                                      ? "max_completion_tokens"
-                                      : "max_tokens");
+  if (const auto n = integer(body, "n")) {
+    if (*n < 1 || *n > kMaxChoices)
+      bad("n",
+          "'n' must be in [1, " + std::to_string(kMaxChoices) + "], got " + std::to_string(*n));
+    r.n = *n;
+  }
+  const int64_t prompts = chat ? 1 : static_cast<int64_t>(r.prompts.size());
+  if (prompts * r.n > kMaxChoices)
+    bad(chat ? "n" : "prompt", std::to_string(prompts) + " prompts x n = " + std::to_string(r.n) +
+                                   " asks for " + std::to_string(prompts * r.n) +
+                                   " choices; at most " + std::to_string(kMaxChoices) +
+                                   " in one request");
+  // Chat's newer name wins when it is set (a client may send both, the other as null).
+  if (chat && body.contains("max_completion_tokens") && !body["max_completion_tokens"].is_null())
+    r.max_tokens_field = "max_completion_tokens";
+  const std::string& max_field = r.max_tokens_field;
+  const auto max_tokens = integer(body, max_field.c_str());
   if (max_tokens && *max_tokens < 1)
-    bad("max_tokens", "'max_tokens' must be >= 1, got " + std::to_string(*max_tokens));
+    bad(max_field, "'" + max_field + "' must be >= 1, got " + std::to_string(*max_tokens));
   r.max_tokens = max_tokens;
   r.temperature = number_in(body, "temperature", 1.0, 0.0, 2.0, false);
   r.top_p = number_in(body, "top_p", 1.0, 0.0, 1.0, true);
@@ -139,26 +232,25 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     const json& s = body["stop"];
     if (s.is_string()) {
       r.stop.push_back(s.get<std::string>());
-    } else if (s.is_array() && s.size() <= 4) {
+    } else if (s.is_array() && s.size() <= kMaxStopStrings) {
       for (const json& x : s) {
         if (!x.is_string()) bad("stop", "'stop' entries must be strings");
         r.stop.push_back(x.get<std::string>());
       }
     } else {
-      bad("stop", "'stop' must be a string or a list of at most 4 strings");
+      bad("stop", "'stop' must be a string or a list of at most " +
+                      std::to_string(kMaxStopStrings) + " strings");
     }
     for (const std::string& x : r.stop)
       if (x.empty()) bad("stop", "'stop' strings must not be empty");
   }
-  if (body.contains("stream") && !body["stream"].is_null()) {
-    if (!body["stream"].is_boolean()) bad("stream", "'stream' must be a boolean");
-    r.stream = body["stream"].get<bool>();
-  }
+  r.stream = flag(body, "stream");
   if (body.contains("stream_options") && body["stream_options"].is_object()) {
     const json& so = body["stream_options"];
     if (so.contains("include_usage") && so["include_usage"].is_boolean())
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
+  refuse_unbuilt_options(body, chat, r.n);
   return r;
 }
 
@@ -177,28 +269,29 @@ json finish_json(const std::string& reason) {
 }  // namespace
 
 json completion_response(const std::string& id, const std::string& model, int64_t created,
-                         const std::string& text, const std::string& finish_reason,
-                         const Usage& usage, bool chat) {
-  json choice = {{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
-  if (chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
+                         const std::vector<Choice>& choices, const Usage& usage, bool chat) {
+  json list = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    json choice = {{"index", i}, {"finish_reason", finish_json(choices[i].finish_reason)}};
+    if (chat)
+      choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
+    else
+      choice["text"] = choices[i].text;
     choice["logprobs"] = nullptr;
-  } else {
-    choice["text"] = text;
-    choice["logprobs"] = nullptr;
+    list.push_back(std::move(choice));
   }
   return {{"id", id},
           {"object", chat ? "chat.completion" : "text_completion"},
           {"created", created},
           {"model", model},
-          {"choices", json::array({choice})},
+          {"choices", std::move(list)},
           {"usage", usage_json(usage)}};
 }
 
 json completion_chunk(const std::string& id, const std::string& model, int64_t created,
-                      const std::string& text, const std::string& finish_reason, bool chat,
-                      bool first) {
-  json choice = {{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
+                      int64_t index, const std::string& text, const std::string& finish_reason,
+                      bool chat, bool first, bool include_usage) {
+  json choice = {{"index", index}, {"finish_reason", finish_json(finish_reason)}};
   if (chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";
@@ -208,13 +301,14 @@ json completion_chunk(const std::string& id, const std::string& model, int64_t c
     choice["text"] = text;
   }
   choice["logprobs"] = nullptr;
-  return {{"id", id},
-          {"object", chat ? "chat.completion.chunk" : "text_completion"},
-          {"created", created},
-          {"model", model},
-          {"choices", json::array({choice})}};
+  json chunk = {{"id", id},
+                {"object", chat ? "chat.completion.chunk" : "text_completion"},
+                {"created", created},
+                {"model", model},
+                {"choices", json::array({choice})}};
+  if (include_usage) chunk["usage"] = nullptr;
+  return chunk;
 }
-
 json usage_chunk(const std::string& id, const std::string& model, int64_t created,
                  const Usage& usage, bool chat) {
   return {{"id", id},

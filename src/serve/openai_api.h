@@ -24,14 +24,27 @@ struct ApiError {
   nlohmann::json to_json() const;
 };
 
+// One completions prompt: text, or token ids.
+struct Prompt {
+  std::optional<std::string> text;
+  std::vector<int32_t> ids;
+};
+
+// Most choices one request may ask for (prompts x n).
+constexpr int64_t kMaxChoices = 128;
+// Most stop strings one request may give.
+constexpr size_t kMaxStopStrings = 64;
+
 struct GenerationRequest {
   bool chat = false;
   std::string model;
-  // Completions: the prompt as text, or as token ids. Chat: the messages.
-  std::optional<std::string> prompt_text;
-  std::vector<int32_t> prompt_ids;
+  // Completions: one or more prompts (a batch). Chat: the messages.
+  std::vector<Prompt> prompts;
   std::vector<ChatMessage> messages;
+  int64_t n = 1;                      // choices per prompt; choice index = prompt index * n + j
+  bool echo = false;                  // completions: each choice's text starts with its prompt
   std::optional<int64_t> max_tokens;  // absent: as much as the context allows (chat) or 16
+  std::string max_tokens_field = "max_tokens";  // or "max_completion_tokens": what errors name
   double temperature = 1.0;
   double top_p = 1.0;
   std::optional<int64_t> seed;
@@ -41,23 +54,29 @@ struct GenerationRequest {
 };
 
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
-// out of range, n != 1 and missing required fields. Unknown fields are ignored, as OpenAI's
-// clients send many (user, logprobs, presence_penalty, ...).
+// out of range and missing required fields. Fields that would change the answer in a way moex
+// does not build (logprobs, penalties, logit_bias, tools, a JSON response_format, best_of, suffix)
+// are refused with a 400 when set to anything but their neutral value, never silently ignored;
+// unknown fields are ignored, as OpenAI's clients send many (user, metadata, ...).
 GenerationRequest parse_generation_request(const std::string& body, bool chat);
 
 // The finished (non-streamed) response objects and one streamed chunk.
 struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;
 };
-nlohmann::json completion_response(const std::string& id, const std::string& model,
-                                   int64_t created, const std::string& text,
-                                   const std::string& finish_reason, const Usage& usage,
+struct Choice {
+  std::string text, finish_reason;
+};
+nlohmann::json completion_response(const std::string& id, const std::string& model, int64_t created,
+                                   const std::vector<Choice>& choices, const Usage& usage,
                                    bool chat);
-// A chunk with `text` as its delta; finish_reason "" while the generation goes on. The first
-// chat chunk carries the assistant role.
+// A chunk of choice `index` with `text` as its delta; finish_reason "" while the generation goes
+// on. A choice's first chat chunk carries the assistant role. With include_usage every chunk has
+// "usage": null (the usage chunk comes last), as OpenAI sends them.
 nlohmann::json completion_chunk(const std::string& id, const std::string& model, int64_t created,
-                                const std::string& text, const std::string& finish_reason,
-                                bool chat, bool first);
+                                int64_t index, const std::string& text,
+                                const std::string& finish_reason, bool chat, bool first,
+                                bool include_usage);
 // The final usage-only chunk (stream_options.include_usage).
 nlohmann::json usage_chunk(const std::string& id, const std::string& model, int64_t created,
                            const Usage& usage, bool chat);

@@ -25,15 +25,35 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-// What the engine thread hands one HTTP handler: tokens as they come, then the end.
-struct Channel {
-  std::mutex mutex;
-  std::condition_variable ready;
+// What the engine thread hands one HTTP handler for one choice of its request: tokens as they
+// come, then the end.
+struct Feed {
   std::deque<int32_t> tokens;
   bool finished = false;
   infer::FinishReason reason = infer::FinishReason::kError;
   std::string error;
-  std::atomic<bool> abandoned{false};  // the client went away: the engine cancels at its next token
+  bool cancelled = false;  // the handler is done with it: the engine cancels at its next token
+};
+
+// Every choice's feed behind one lock, so that a handler waits for news from any of them.
+struct Channel {
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::vector<Feed> feeds;
+};
+
+// What a handler keeps of one choice while it turns tokens into text.
+struct ChoiceState {
+  uint64_t engine_id = 0;
+  std::unique_ptr<StopText> text;
+  std::string echo;  // the prompt's text, sent first (completions with echo)
+  int64_t completion_tokens = 0;
+  bool started = false;       // a chunk of it was sent (streaming)
+  bool text_done = false;     // its last text was taken (stop string or the engine's end)
+  bool finish_sent = false;   // its finish chunk was sent (streaming)
+  bool ended = false;         // text done and the engine finished with it
+  std::string finish_reason;  // "stop" or "length"; "error" when the engine failed it
+  std::string error;
 };
 
 int64_t unix_time() {
@@ -106,20 +126,119 @@ struct Server::Impl {
     routes();
   }
 
-  // The prompt's token ids, or an ApiError.
-  std::vector<int32_t> prompt_ids(const GenerationRequest& r) {
-    if (r.chat) {
-      std::string text;
-      try {
-        text = chat_template->render(r.messages, true, special_tokens);
-      } catch (const ChatTemplateRaised& e) {
-        throw api_error(400, "the model's chat template refused the conversation: " + e.reason(),
-                        "invalid_request_error", "", "messages");
-      }
-      return tokenizer->encode(text, /*add_special_tokens=*/false);  // the template adds BOS
+  // Each choice's prompt (prompt index * n + j), or an ApiError.
+  std::vector<std::vector<int32_t>> choice_prompts(const GenerationRequest& r) {
+    std::vector<std::vector<int32_t>> prompts;
+    if (r.chat) prompts.push_back(chat_prompt(r));
+    for (const Prompt& p : r.prompts)
+      prompts.push_back(p.text ? tokenizer->encode(*p.text, true)
+                               : p.ids);  // Scheduler::submit checks ids against the vocabulary
+
+    const int64_t context = scheduler->max_context();
+    const std::string prompt_param = r.chat ? "messages" : "prompt";
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const int64_t len = static_cast<int64_t>(prompts[i].size());
+      const std::string which = prompts.size() > 1 ? " (prompt " + std::to_string(i) + ")" : "";
+      if (len == 0)
+        throw api_error(400, "the prompt is empty" + which, "invalid_request_error", "",
+                        prompt_param);
+      if (len >= context)
+        throw api_error(400,
+                        "this model's maximum context length is " + std::to_string(context) +
+                            " tokens; the prompt" + which + " has " + std::to_string(len),
+                        "invalid_request_error", "context_length_exceeded", prompt_param);
+      if (r.max_tokens && len + *r.max_tokens > context)
+        throw api_error(400,
+                        "this model's maximum context length is " + std::to_string(context) +
+                            " tokens; the request has " + std::to_string(len) + " prompt tokens" +
+                            which + " and asks for " + std::to_string(*r.max_tokens) + " more",
+                        "invalid_request_error", "context_length_exceeded", r.max_tokens_field);
     }
-    if (r.prompt_text) return tokenizer->encode(*r.prompt_text, true);
-    return r.prompt_ids;  // Scheduler::submit checks them against the vocabulary (a 400)
+    std::vector<std::vector<int32_t>> choices;
+    for (const auto& p : prompts)
+      for (int64_t j = 0; j < r.n; ++j) choices.push_back(p);
+    return choices;
+  }
+
+  std::vector<int32_t> chat_prompt(const GenerationRequest& r) {
+    std::string text;
+    try {
+      text = chat_template->render(r.messages, true, special_tokens);
+    } catch (const ChatTemplateRaised& e) {
+      throw api_error(400, "the model's chat template refused the conversation: " + e.reason(),
+                      "invalid_request_error", "", "messages");
+    }
+    return tokenizer->encode(text, /*add_special_tokens=*/false);  // the template adds BOS
+  }
+
+  // Cancels the choices the handler is done with (all when `which` < 0) in the engine.
+  void cancel(Channel& channel, const std::vector<ChoiceState>& choices, int64_t which) {
+    std::vector<uint64_t> ids;
+    {
+      std::lock_guard<std::mutex> lock(channel.mutex);
+      for (size_t i = 0; i < choices.size(); ++i) {
+        if (which >= 0 && static_cast<int64_t>(i) != which) continue;
+        if (channel.feeds[i].finished || channel.feeds[i].cancelled) continue;
+        channel.feeds[i].cancelled = true;
+        if (choices[i].engine_id != 0) ids.push_back(choices[i].engine_id);
+      }
+    }
+    for (uint64_t id : ids) scheduler->cancel(id);
+  }
+
+  // Waits until some choice not yet ended has tokens or has finished, then turns every choice's
+  // new tokens into text: pieces[i] is what choice i may send now. A choice's text is done when
+  // its stop string appears (it is then cancelled in the engine, and tokens still on their way
+  // are not counted) or when the engine finishes it; the choice has ended once the engine has
+  // finished it too, so no request outlives its response.
+  void advance(Channel& channel, std::vector<ChoiceState>& choices,
+               std::vector<std::string>& pieces) {
+    std::vector<std::vector<int32_t>> got(choices.size());
+    std::vector<Feed> ends(choices.size());  // each feed's end (finished, reason, error)
+    {
+      std::unique_lock<std::mutex> lock(channel.mutex);
+      channel.ready.wait(lock, [&] {
+        for (size_t i = 0; i < choices.size(); ++i)
+          if (!choices[i].ended && (!channel.feeds[i].tokens.empty() || channel.feeds[i].finished))
+            return true;
+        return false;
+      });
+      for (size_t i = 0; i < choices.size(); ++i) {
+        Feed& f = channel.feeds[i];
+        got[i].assign(f.tokens.begin(), f.tokens.end());
+        f.tokens.clear();
+        ends[i].finished = f.finished;
+        ends[i].reason = f.reason;
+        ends[i].error = f.error;
+      }
+    }
+    pieces.assign(choices.size(), std::string());
+    for (size_t i = 0; i < choices.size(); ++i) {
+      ChoiceState& c = choices[i];
+      if (c.ended) continue;
+      if (!c.text_done) {
+        for (int32_t t : got[i]) {
+          ++c.completion_tokens;
+          pieces[i] += c.text->push(t);
+          if (c.text->stopped()) break;
+        }
+        if (c.text->stopped()) {
+          cancel(channel, choices, static_cast<int64_t>(i));
+          c.finish_reason = "stop";
+        } else if (ends[i].finished) {
+          const infer::FinishReason reason = ends[i].reason;
+          c.finish_reason = reason == infer::FinishReason::kError    ? "error"
+                            : reason == infer::FinishReason::kLength ? "length"
+                                                                     : "stop";
+          c.error = ends[i].error;
+        }
+        if (c.text->stopped() || ends[i].finished) {
+          pieces[i] += c.text->finish();
+          c.text_done = true;
+        }
+      }
+      c.ended = ends[i].finished;
+    }
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -129,7 +248,7 @@ struct Server::Impl {
       return send_error(res, api_error(503, "the server is shutting down", "server_error"));
     }
     GenerationRequest r;
-    std::vector<int32_t> prompt;
+    std::vector<std::vector<int32_t>> prompts;  // one per choice
     try {
       r = parse_generation_request(req.body, chat);
       if (r.model != options.model_name)
@@ -137,9 +256,7 @@ struct Server::Impl {
                         "the model '" + r.model + "' does not exist; this server serves '" +
                             options.model_name + "'",
                         "invalid_request_error", "model_not_found", "model");
-      prompt = prompt_ids(r);
-      if (prompt.empty())
-        throw api_error(400, "the prompt is empty", "invalid_request_error", "", "prompt");
+      prompts = choice_prompts(r);
     } catch (const ApiError& e) {
       ++request_errors;
       return send_error(res, e);
@@ -147,108 +264,101 @@ struct Server::Impl {
       ++request_errors;
       return send_error(res, api_error(400, e.message(), "invalid_request_error"));
     }
-    const int64_t context = scheduler->max_context();
-    const int64_t prompt_len = static_cast<int64_t>(prompt.size());
-    const int64_t max_tokens = r.max_tokens.value_or(
-        chat ? context - prompt_len : std::min<int64_t>(16, context - prompt_len));
-    if (prompt_len >= context || prompt_len + max_tokens > context) {
-      ++request_errors;
-      return send_error(
-          res, api_error(400,
-                         "this model's maximum context length is " + std::to_string(context) +
-                             " tokens; the request has " + std::to_string(prompt_len) +
-                             " prompt tokens and asks for " + std::to_string(max_tokens) + " more",
-                         "invalid_request_error", "context_length_exceeded",
-                         r.max_tokens ? "max_tokens" : "messages"));
-    }
     if (scheduler->stats().waiting >= options.max_waiting) {
       ++request_errors;
-      return send_error(
-          res, api_error(429, "too many requests are waiting; retry later", "rate_limit_exceeded"));
+      return send_error(res, api_error(429, "too many requests are waiting; retry later",
+                                       "rate_limit_exceeded", "rate_limit_exceeded"));
     }
 
+    const int64_t context = scheduler->max_context();
     auto channel = std::make_shared<Channel>();
-    infer::Request er;
-    er.prompt = prompt;
-    er.max_tokens = max_tokens;
-    er.sampling.temperature = r.temperature;
-    er.sampling.top_p = r.top_p;
-    er.sampling.seed = r.seed ? static_cast<uint64_t>(*r.seed) : next_seed++;
-    if (tokenizer->eos_id() >= 0) er.stop_tokens.push_back(tokenizer->eos_id());
-    er.on_token = [channel](int32_t t) {
-      std::lock_guard<std::mutex> lock(channel->mutex);
-      channel->tokens.push_back(t);
-      channel->ready.notify_one();
-      return !channel->abandoned.load();
-    };
-    er.on_finish = [channel](infer::FinishReason reason, const std::string& error) {
-      std::lock_guard<std::mutex> lock(channel->mutex);
-      channel->finished = true;
-      channel->reason = reason;
-      channel->error = error;
-      channel->ready.notify_one();
-    };
-    uint64_t engine_id = 0;
-    try {
-      engine_id = scheduler->submit(std::move(er));
-    } catch (const Error& e) {
-      ++request_errors;
-      return send_error(res, api_error(shutting_down ? 503 : 400, e.message(),
-                                       shutting_down ? "server_error" : "invalid_request_error"));
+    channel->feeds.resize(prompts.size());
+    auto choices = std::make_shared<std::vector<ChoiceState>>(prompts.size());
+    Usage usage;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const std::vector<int32_t>& prompt = prompts[i];
+      const int64_t len = static_cast<int64_t>(prompt.size());
+      const int64_t j = static_cast<int64_t>(i) % r.n;  // the choice's index among its prompt's
+      if (j == 0) usage.prompt_tokens += len;           // a prompt counts once, whatever n
+      ChoiceState& c = (*choices)[i];
+      c.text = std::make_unique<StopText>(*tokenizer, prompt, r.stop);
+      if (r.echo) {
+        const Prompt& p = r.prompts[i / r.n];
+        c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/false);
+      }
+      infer::Request er;
+      er.prompt = prompt;
+      er.max_tokens =
+          r.max_tokens.value_or(chat ? context - len : std::min<int64_t>(16, context - len));
+      er.sampling.temperature = r.temperature;
+      er.sampling.top_p = r.top_p;
+      // A given seed gives the n choices of a prompt the seeds seed, seed + 1, ...
+      er.sampling.seed =
+          r.seed ? static_cast<uint64_t>(*r.seed) + static_cast<uint64_t>(j) : next_seed++;
+      if (tokenizer->eos_id() >= 0) er.stop_tokens.push_back(tokenizer->eos_id());
+      er.on_token = [channel, i](int32_t t) {
+        std::lock_guard<std::mutex> lock(channel->mutex);
+        channel->feeds[i].tokens.push_back(t);
+        channel->ready.notify_one();
+        return !channel->feeds[i].cancelled;
+      };
+      er.on_finish = [channel, i](infer::FinishReason reason, const std::string& error) {
+        std::lock_guard<std::mutex> lock(channel->mutex);
+        Feed& f = channel->feeds[i];
+        f.finished = true;
+        f.reason = reason;
+        f.error = error;
+        channel->ready.notify_one();
+      };
+      try {
+        c.engine_id = scheduler->submit(std::move(er));
+      } catch (const Error& e) {
+        cancel(*channel, *choices, -1);  // the choices submitted before this one
+        ++request_errors;
+        return send_error(res, api_error(shutting_down ? 503 : 400, e.message(),
+                                         shutting_down ? "server_error" : "invalid_request_error"));
+      }
     }
     ++active;
     const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++);
     const int64_t created = unix_time();
-    auto text = std::make_shared<StopText>(*tokenizer, prompt, r.stop);
-    Usage usage;
-    usage.prompt_tokens = prompt_len;
-
-    // Takes the next tokens (or the end) from the channel; returns false at the end.
-    auto next = [channel](std::vector<int32_t>& out, bool* finished) {
-      std::unique_lock<std::mutex> lock(channel->mutex);
-      channel->ready.wait(lock, [&] { return !channel->tokens.empty() || channel->finished; });
-      out.assign(channel->tokens.begin(), channel->tokens.end());
-      channel->tokens.clear();
-      *finished = channel->finished && out.empty();
+    auto all_ended = [choices] {
+      for (const ChoiceState& c : *choices)
+        if (!c.ended) return false;
+      return true;
     };
-    auto reason_of = [channel, text]() -> std::string {
-      if (text->stopped()) return "stop";
-      return channel->reason == infer::FinishReason::kLength ? "length" : "stop";
-    };
-    auto stop_engine = [this, channel, engine_id] {
-      channel->abandoned = true;
-      scheduler->cancel(engine_id);
+    auto total_usage = [choices, usage] {
+      Usage u = usage;
+      for (const ChoiceState& c : *choices) u.completion_tokens += c.completion_tokens;
+      return u;
     };
 
     if (!r.stream) {
-      std::string out;
-      std::vector<int32_t> got;
-      for (bool finished = false;;) {
-        next(got, &finished);
-        if (finished) break;
-        for (int32_t t : got) {
-          ++usage.completion_tokens;
-          out += text->push(t);
-          if (text->stopped()) stop_engine();
-        }
+      std::vector<Choice> out(choices->size());
+      std::vector<std::string> pieces;
+      while (!all_ended()) {
+        advance(*channel, *choices, pieces);
+        for (size_t i = 0; i < pieces.size(); ++i) out[i].text += pieces[i];
       }
-      out += text->finish();
       --active;
-      if (channel->reason == infer::FinishReason::kError) {
-        ++request_errors;
-        return send_error(res,
-                          api_error(500, "generation failed: " + channel->error, "server_error"));
+      for (size_t i = 0; i < out.size(); ++i) {
+        const ChoiceState& c = (*choices)[i];
+        if (c.finish_reason == "error") {
+          ++request_errors;
+          return send_error(res, api_error(500, "generation failed: " + c.error, "server_error"));
+        }
+        out[i].text = c.echo + out[i].text;
+        out[i].finish_reason = c.finish_reason;
       }
       return send_json(
-          res, 200,
-          completion_response(id, options.model_name, created, out, reason_of(), usage, chat));
+          res, 200, completion_response(id, options.model_name, created, out, total_usage(), chat));
     }
 
-    // Streaming: server-sent events, one chunk per piece of text, then [DONE].
+    // Streaming: server-sent events, chunks of each choice's text as it comes, each choice's
+    // finish, the usage chunk when asked for, then [DONE]. An engine failure is sent as an
+    // OpenAI error object, which the clients raise.
     const bool include_usage = r.include_usage_in_stream;
-    auto first = std::make_shared<bool>(true);
     auto done = std::make_shared<bool>(false);
-    auto usage_ptr = std::make_shared<Usage>(usage);
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
@@ -258,55 +368,59 @@ struct Server::Impl {
                 "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
             return sink.is_writable() && sink.write(line.data(), line.size());
           };
+          auto end_stream = [&] {
+            static const std::string kDone = "data: [DONE]\n\n";
+            sink.write(kDone.data(), kDone.size());
+            sink.done();
+            *done = true;
+            return true;
+          };
           if (*done) return false;
-          std::vector<int32_t> got;
-          bool finished = false;
-          next(got, &finished);
-          std::string piece;
-          for (int32_t t : got) {
-            ++usage_ptr->completion_tokens;
-            piece += text->push(t);
-          }
-          if (text->stopped()) {
-            stop_engine();
-            finished = true;
-          }
-          if (!piece.empty() || *first) {
-            if (!event(
-                    completion_chunk(id, options.model_name, created, piece, "", chat, *first))) {
-              stop_engine();  // the client went away: free its sequence
+          std::vector<std::string> pieces;
+          advance(*channel, *choices, pieces);
+          for (size_t i = 0; i < pieces.size(); ++i) {
+            ChoiceState& c = (*choices)[i];
+            if (c.finish_reason == "error") {
+              cancel(*channel, *choices, -1);
+              ++request_errors;
+              if (!event(api_error(500, "generation failed: " + c.error, "server_error").to_json()))
+                return false;
+              return end_stream();
+            }
+            const auto index = static_cast<int64_t>(i);
+            const bool first = !c.started;
+            const std::string piece = first ? c.echo + pieces[i] : pieces[i];
+            // A choice's first chunk goes out even when empty: chat's carries the role.
+            bool ok = true;
+            if (!piece.empty() || first)
+              ok = event(completion_chunk(id, options.model_name, created, index, piece, "", chat,
+                                          first, include_usage));
+            c.started = true;
+            if (ok && c.text_done && !c.finish_sent) {
+              ok = event(completion_chunk(id, options.model_name, created, index, "",
+                                          c.finish_reason, chat, false, include_usage));
+              c.finish_sent = true;
+            }
+            if (!ok) {
+              cancel(*channel, *choices, -1);  // the client went away: free its sequences
               return false;
             }
-            *first = false;
           }
-          if (!finished) return true;
-          // Drain whatever the engine still sends for a stopped request, then end the stream.
-          if (text->stopped()) {
-            std::vector<int32_t> rest;
-            for (bool end = false; !end;) next(rest, &end);
-          }
-          const std::string tail = text->finish();
-          const std::string reason =
-              channel->reason == infer::FinishReason::kError ? "error" : reason_of();
-          bool ok =
-              event(completion_chunk(id, options.model_name, created, tail, reason, chat, false));
-          if (ok && include_usage)
-            ok = event(usage_chunk(id, options.model_name, created, *usage_ptr, chat));
-          static const std::string kDone = "data: [DONE]\n\n";
-          if (ok) sink.write(kDone.data(), kDone.size());
-          sink.done();
-          *done = true;
-          return true;
+          if (!all_ended()) return true;
+          if (include_usage &&
+              !event(usage_chunk(id, options.model_name, created, total_usage(), chat)))
+            return false;
+          return end_stream();
         },
-        [this, channel, stop_engine](bool success) {
-          bool finished = false;
+        [this, channel, choices](bool success) {
+          bool finished = true;
           {
             std::lock_guard<std::mutex> lock(channel->mutex);
-            finished = channel->finished;
+            for (const Feed& f : channel->feeds) finished &= f.finished || f.cancelled;
           }
           if (!success || !finished) {
             ++disconnects;
-            stop_engine();
+            cancel(*channel, *choices, -1);
           }
           --active;
         });
@@ -316,6 +430,7 @@ struct Server::Impl {
     const infer::SchedulerStats s = scheduler->stats();
     const double uptime = std::chrono::duration<double>(Clock::now() - started).count();
     std::ostringstream o;
+    o.precision(15);  // counters print as whole numbers (the default 6 digits turn to 1.2e+06)
     auto metric = [&](const char* name, const char* type, const char* help, double value) {
       o << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n'
         << name << ' ' << value << '\n';
@@ -355,13 +470,18 @@ struct Server::Impl {
          [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });
     post("/v1/chat/completions",
          [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, true); });
-    get("/v1/models", [this](const httplib::Request&, httplib::Response& s) {
-      send_json(s, 200,
-                {{"object", "list"},
-                 {"data", json::array({{{"id", options.model_name},
-                                        {"object", "model"},
-                                        {"created", 0},
-                                        {"owned_by", "moex"}}})}});
+    const json model_object = {
+        {"id", options.model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "moex"}};
+    get("/v1/models", [model_object](const httplib::Request&, httplib::Response& s) {
+      send_json(s, 200, {{"object", "list"}, {"data", json::array({model_object})}});
+    });
+    get("/v1/models/(.+)", [this, model_object](const httplib::Request& q, httplib::Response& s) {
+      if (q.matches[1] == options.model_name) return send_json(s, 200, model_object);
+      send_error(s,
+                 api_error(404,
+                           "the model '" + q.matches[1].str() +
+                               "' does not exist; this server serves '" + options.model_name + "'",
+                           "invalid_request_error", "model_not_found", "model"));
     });
     get("/health", [this](const httplib::Request&, httplib::Response& s) {
       send_json(s, shutting_down ? 503 : 200, {{"status", shutting_down ? "shutting_down" : "ok"}});
@@ -388,6 +508,19 @@ struct Server::Impl {
                            "invalid_request_error"));
       return httplib::Server::HandlerResponse::Handled;
     });
+    // Browsers: every answer allows the configured origin, and a CORS preflight (OPTIONS) on any
+    // path is answered with the methods and headers a client may use.
+    if (!options.cors_origin.empty()) {
+      http.set_default_headers({{"Access-Control-Allow-Origin", options.cors_origin}});
+      http.Options(R"(/.*)", [](const httplib::Request& q, httplib::Response& s) {
+        s.status = 204;
+        s.set_header("Access-Control-Allow-Methods", "GET, HEAD, POST, OPTIONS");
+        const std::string asked = q.get_header_value("Access-Control-Request-Headers");
+        s.set_header("Access-Control-Allow-Headers",
+                     asked.empty() ? "Authorization, Content-Type" : asked);
+        s.set_header("Access-Control-Max-Age", "600");
+      });
+    }
     // Anything else: OpenAI-shaped 404 / 405 (with Allow), and 413 for an oversized body.
     http.set_error_handler([this](const httplib::Request& q, httplib::Response& s) {
       if (!s.body.empty()) return;
@@ -400,6 +533,8 @@ struct Server::Impl {
       send_error(
           s, api_error(status,
                        status == 413   ? "the request body is too large"
+                       : status == 400 ? "malformed HTTP request (a POST needs a Content-Length "
+                                         "or chunked body)"
                        : status == 404 ? "no such endpoint: " + q.method + " " + q.path
                        : status == 405 ? q.path + " takes " + endpoint->second + ", not " + q.method
                                        : "the request failed (HTTP " + std::to_string(status) + ")",

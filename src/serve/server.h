@@ -25,6 +25,9 @@ struct ServerOptions {
   int64_t max_waiting = 256;  // requests queued beyond the running batch; more get 429
   int http_threads = 64;      // concurrent connections (a streaming response holds one)
   size_t max_body_bytes = size_t{8} << 20;
+  // Access-Control-Allow-Origin of every answer, and CORS preflights answered; "" turns both off.
+  // "*" by default, as vLLM and llama.cpp's server do: browser clients work out of the box.
+  std::string cors_origin = "*";
 };
 
 class Server {

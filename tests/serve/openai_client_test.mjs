@@ -156,10 +156,83 @@ try {
     for await (const chunk of await client.completions.create({ ...base, prompt: 'The server', max_tokens: 16, stop: stopAt, stream: true }))
       s += chunk.choices[0]?.text ?? '';
     assert.equal(s, cut.choices[0].text);
-    ok('stop strings end the text before them, streamed too');
+    let stoppedUsage = null;
+    for await (const chunk of await client.completions.create({ ...base, prompt: 'The server', max_tokens: 16, stop: stopAt, stream: true, stream_options: { include_usage: true } }))
+      if (chunk.usage) stoppedUsage = chunk.usage;
+    assert.deepEqual(stoppedUsage, cut.usage);  // tokens after the stop string are not counted
+    ok('stop strings end the text before them, streamed too, with the same usage');
   } else {
     assert.fail(`the greedy continuation is too short to test stop strings: ${JSON.stringify(long)}`);
   }
+
+  // ---- several choices: n per prompt and batched prompts, whole and streamed ----
+  const alsoA = (await client.completions.create({ ...base, prompt: 'A' })).choices[0].text;
+  const batch = await client.completions.create({ ...base, prompt: ['The server', 'A'], n: 2 });
+  assert.deepEqual(batch.choices.map((c) => c.index), [0, 1, 2, 3]);
+  assert.deepEqual(batch.choices.map((c) => c.text), [g.text, g.text, alsoA, alsoA]);
+  const onePromptTokens = greedy.usage.prompt_tokens;
+  const aPromptTokens = (await client.completions.create({ ...base, prompt: 'A', max_tokens: 1 })).usage.prompt_tokens;
+  assert.equal(batch.usage.prompt_tokens, onePromptTokens + aPromptTokens);  // a prompt counts once, whatever n
+  const perChoice = new Map();
+  const finishes = new Map();
+  let batchUsage = null;
+  for await (const chunk of await client.completions.create({ ...base, prompt: ['The server', 'A'], n: 2, stream: true, stream_options: { include_usage: true } })) {
+    if (chunk.usage) batchUsage = chunk.usage;
+    for (const c of chunk.choices) {
+      perChoice.set(c.index, (perChoice.get(c.index) ?? '') + (c.text ?? ''));
+      if (c.finish_reason) finishes.set(c.index, c.finish_reason);
+    }
+  }
+  assert.deepEqual([0, 1, 2, 3].map((i) => perChoice.get(i)), [g.text, g.text, alsoA, alsoA]);
+  assert.equal(finishes.size, 4);
+  assert.deepEqual(batchUsage, batch.usage);
+  const seededTwo = await client.completions.create({ ...base, prompt: 'The server', temperature: 1, seed: 7, n: 2 });
+  const seed7 = await client.completions.create({ ...base, prompt: 'The server', temperature: 1, seed: 7 });
+  const seed8 = await client.completions.create({ ...base, prompt: 'The server', temperature: 1, seed: 8 });
+  assert.deepEqual(seededTwo.choices.map((c) => c.text), [seed7.choices[0].text, seed8.choices[0].text]);
+  const chatTwo = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, n: 2 });
+  assert.deepEqual(chatTwo.choices.map((c) => c.message.content), [chat.choices[0].message.content, chat.choices[0].message.content]);
+  ok('n choices and batched prompts: each choice is its own run, streamed too; usage counts a prompt once');
+
+  const echoed = await client.completions.create({ ...base, prompt: 'The server', echo: true });
+  assert.equal(echoed.choices[0].text, 'The server' + g.text);
+  ok('echo puts the prompt before the text');
+
+  // Client defaults are accepted; asking for what moex does not build is a 400 naming the field.
+  const defaults = await client.completions.create({ ...base, prompt: 'The server', frequency_penalty: 0, presence_penalty: 0, logit_bias: {}, logprobs: null, best_of: 1, suffix: null, user: 'u' });
+  assert.equal(defaults.choices[0].text, g.text);
+  const chatDefaults = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: false, response_format: { type: 'text' }, tools: [], max_completion_tokens: null });
+  assert.equal(chatDefaults.choices[0].message.content, chat.choices[0].message.content);
+  await expectError(client.completions.create({ ...base, prompt: 'x', logprobs: 2 }), 400, { param: 'logprobs' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', echo: true, logprobs: 0 }), 400, { param: 'logprobs' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', frequency_penalty: 0.5 }), 400, { param: 'frequency_penalty' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 5: 100 } }), 400, { param: 'logit_bias' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', best_of: 3 }), 400, { param: 'best_of' });
+  await expectError(client.chat.completions.create({ model, messages, top_logprobs: 2, logprobs: true }), 400, { param: 'logprobs' });
+  await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_object' } }), 400, { param: 'response_format' });
+  const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];
+  await expectError(client.chat.completions.create({ model, messages, tools }), 400, { param: 'tools' });
+  const noTools = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, tools, tool_choice: 'none' });
+  assert.equal(noTools.choices[0].message.content, chat.choices[0].message.content);
+  // A null max_completion_tokens leaves max_tokens in force.
+  const capped = await client.chat.completions.create({ model, messages, temperature: 0, max_tokens: 3, max_completion_tokens: null });
+  assert.ok(capped.usage.completion_tokens <= 3, `${capped.usage.completion_tokens} tokens`);
+  await expectError(client.chat.completions.create({ model, messages, max_completion_tokens: 0 }), 400, { param: 'max_completion_tokens' });
+  const legacy = await client.chat.completions.create({ model, max_tokens: 4, messages: [...messages, { role: 'assistant', content: 'f()' }, { role: 'function', name: 'f', content: '1' }] });
+  assert.equal(legacy.choices[0].message.role, 'assistant');
+  ok('neutral values of unbuilt options accepted, others refused with the field named; legacy role');
+
+  const retrieved = await client.models.retrieve(model);
+  assert.equal(retrieved.id, model);
+  await expectError(client.models.retrieve('no-such-model'), 404, { code: 'model_not_found' });
+  const preflight = await fetch(`${listening}/v1/chat/completions`, { method: 'OPTIONS', headers: { Origin: 'http://example.com', 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'authorization,content-type' } });
+  assert.equal(preflight.status, 204);
+  assert.equal(preflight.headers.get('access-control-allow-origin'), '*');
+  assert.ok(preflight.headers.get('access-control-allow-methods').includes('POST'));
+  assert.equal(preflight.headers.get('access-control-allow-headers'), 'authorization,content-type');
+  const fromBrowser = await fetch(`${listening}/v1/models`, { headers: { Origin: 'http://example.com' } });
+  assert.equal(fromBrowser.headers.get('access-control-allow-origin'), '*');
+  ok('models.retrieve; CORS preflight and header');
 
   // ---- a client that disconnects mid-stream: its sequence is freed ----
   const before = await metrics();
@@ -229,7 +302,11 @@ try {
   await expectError(client.completions.create({ ...base, prompt: 'x', max_tokens: 1e9 }), 400, { code: 'context_length_exceeded' });
   await expectError(client.completions.create({ ...base, prompt: 'word '.repeat(500) }), 400, { code: 'context_length_exceeded' });
   await expectError(client.completions.create({ ...base, prompt: 'x', temperature: 'hot' }), 400, { param: 'temperature' });
-  await expectError(client.completions.create({ ...base, prompt: 'x', n: 2 }), 400, { param: 'n' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', n: 200 }), 400, { param: 'n' });
+  await expectError(client.completions.create({ ...base, prompt: Array(100).fill('x'), n: 2 }), 400, { param: 'prompt' });
+  // A prompt longer than the context, no max_tokens: the prompt is named, no negative count.
+  const tooLong = await expectError(client.completions.create({ model, prompt: 'word '.repeat(500) }), 400, { code: 'context_length_exceeded', param: 'prompt' });
+  assert.ok(!tooLong.error.message.includes('-'), tooLong.error.message);
   await expectError(client.completions.create({ ...base, prompt: 'x', top_p: 0 }), 400, { param: 'top_p' });
   await expectError(client.chat.completions.create({ model, messages: [{ role: 'wizard', content: 'x' }] }), 400);
   assert.equal((await client.completions.create({ ...base, prompt: 'The server' })).choices[0].text, g.text);

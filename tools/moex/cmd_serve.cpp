@@ -15,22 +15,25 @@ std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop = true; }  // async-signal-safe: a watcher thread acts on it
 
 int run_serve(const std::vector<std::string>& argv) {
-  const moex::cli::Args args(argv,
-                             {"model", "device", "host", "port", "model-name", "max-batch",
-                              "step-tokens", "block-size", "kv-blocks", "max-context",
-                              "max-waiting"},
-                             {"help", "no-cuda-graphs"});
+  const moex::cli::Args args(
+      argv,
+      {"model", "device", "host", "port", "model-name", "max-batch", "step-tokens", "block-size",
+       "kv-blocks", "max-context", "max-waiting", "cors-origin"},
+      {"help", "no-cuda-graphs"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex serve --model DIR [--device cpu|cuda[:N]] [--host 127.0.0.1] [--port 8000]\n"
         "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
-        "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting 256]\n"
-        "                  [--no-cuda-graphs]\n"
+        "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting "
+        "256]\n"
+        "                  [--cors-origin '*'] [--no-cuda-graphs]\n"
         "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
         "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
         "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
         "  sequences; prompts are prefilled in chunks of at most --step-tokens per step.\n"
         "  --kv-blocks sizes the KV cache (default: max-batch sequences of the full context).\n"
+        "  --cors-origin: the Access-Control-Allow-Origin browsers get (default '*'; '' for "
+        "none).\n"
         "  On a GPU, decode steps replay one captured CUDA graph per batch size; --no-cuda-graphs\n"
         "  runs every step op by op (for debugging).\n"
         "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n");
@@ -52,6 +55,7 @@ int run_serve(const std::vector<std::string>& argv) {
   o.scheduler.cuda_graphs = !args.flag("no-cuda-graphs");
   o.max_waiting = args.get_int("max-waiting", 256);
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
+  o.cors_origin = args.get("cors-origin", "*");
 
   moex::serve::Server server(o);
   const int bound = server.bind();

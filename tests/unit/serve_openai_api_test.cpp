@@ -1,0 +1,180 @@
+// Request parsing (serve/openai_api.h): each bad field is a 400 that names it; options moex does
+// not build are refused unless they hold their neutral value; batches of prompts and n choices.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "serve/openai_api.h"
+
+namespace moex::serve {
+namespace {
+
+TEST(OpenAiApi, ParsingNamesTheField) {
+  auto param_of = [](const std::string& body, bool chat) {
+    try {
+      parse_generation_request(body, chat);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      return e.param;
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(param_of("{", false), "");
+  EXPECT_EQ(param_of(R"({"prompt": "x"})", false), "model");
+  EXPECT_EQ(param_of(R"({"model": "m"})", false), "prompt");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": {"a": 1}})", false), "prompt");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "x", "max_tokens": 0})", false), "max_tokens");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "x", "max_tokens": 1.5})", false), "max_tokens");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "x", "temperature": 3})", false), "temperature");
+  std::string many_stops = R"({"model": "m", "prompt": "x", "stop": [)";
+  for (size_t i = 0; i <= kMaxStopStrings; ++i)
+    many_stops += (i ? ", " : "") + std::string("\"s\"");
+  EXPECT_EQ(param_of(many_stops + "]}", false), "stop");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "x", "stream": "yes"})", false), "stream");
+  EXPECT_EQ(param_of(R"({"model": "m", "messages": []})", true), "messages");
+  EXPECT_EQ(param_of(R"({"model": "m", "messages": [{"role": "user", "content": 3}]})", true),
+            "messages[0].content");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": [1, 2, 3], "seed": 7, "user": "u"})", false),
+            "(accepted)");
+  const GenerationRequest r = parse_generation_request(
+      R"({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+          {"type": "text", "text": "b"}]}], "max_completion_tokens": 5, "stop": "x"})",
+      true);
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0].content, "ab");
+  EXPECT_EQ(r.max_tokens.value_or(-1), 5);
+  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+}
+
+// A body nested tens of thousands of levels deep is a 400, not a stack overflow (the chat
+// messages are converted recursively); invalid UTF-8 quoted back in an error still serializes.
+TEST(OpenAiApi, DeeplyNestedAndInvalidUtf8BodiesAreClearErrors) {
+  std::string deep = R"({"model": "m", "messages": [{"role": "user", "content": "hi", "x": )";
+  for (int i = 0; i < 30000; ++i) deep += R"({"a": )";
+  deep += "1";
+  for (int i = 0; i < 30000; ++i) deep += "}";
+  deep += "}]}";
+  try {
+    parse_generation_request(deep, true);
+    ADD_FAILURE() << "a 30000-level body was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(e.message.find("levels deep"), std::string::npos) << e.message;
+  }
+  const std::string bad_utf8 = std::string(R"({"model": "m", "prompt": ")") + "\xff\xfe" + "\"";
+  try {
+    parse_generation_request(bad_utf8, false);
+    ADD_FAILURE() << "invalid UTF-8 was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    const std::string body =
+        e.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    EXPECT_NE(body.find("not valid JSON"), std::string::npos) << body;
+  }
+}
+
+// Client defaults of options moex does not build are accepted; any other value is a 400 naming
+// the field, never an answer that silently ignored it.
+TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
+  auto param_of = [](const std::string& fields, bool chat) {
+    const std::string body =
+        std::string(R"({"model": "m", )") +
+        (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
+        (fields.empty() ? "" : ", " + fields) + "}";
+    try {
+      parse_generation_request(body, chat);
+    } catch (const ApiError& e) {
+      return e.param;
+    }
+    return std::string("(accepted)");
+  };
+  for (bool chat : {false, true}) {
+    EXPECT_EQ(param_of(R"("frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
+                          "logprobs": null, "top_logprobs": 0, "user": "u", "n": 1)",
+                       chat),
+              "(accepted)");
+    EXPECT_EQ(param_of(R"("frequency_penalty": 0.5)", chat), "frequency_penalty");
+    EXPECT_EQ(param_of(R"("presence_penalty": -1)", chat), "presence_penalty");
+    EXPECT_EQ(param_of(R"("logit_bias": {"5": 100})", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("top_logprobs": 3)", chat), "top_logprobs");
+  }
+  EXPECT_EQ(param_of(R"("logprobs": 0)", false), "logprobs");  // asks for the chosen tokens'
+  EXPECT_EQ(param_of(R"("logprobs": 5)", false), "logprobs");
+  EXPECT_EQ(param_of(R"("logprobs": false)", true), "(accepted)");
+  EXPECT_EQ(param_of(R"("logprobs": true)", true), "logprobs");
+  EXPECT_EQ(param_of(R"("best_of": 1, "suffix": "", "echo": false)", false), "(accepted)");
+  EXPECT_EQ(param_of(R"("best_of": 2, "n": 2)", false), "(accepted)");
+  EXPECT_EQ(param_of(R"("best_of": 3)", false), "best_of");
+  EXPECT_EQ(param_of(R"("suffix": "end")", false), "suffix");
+  EXPECT_EQ(param_of(R"("echo": "yes")", false), "echo");
+  const std::string tool = R"([{"type": "function", "function": {"name": "f"}}])";
+  EXPECT_EQ(
+      param_of(R"("tools": [], "tool_choice": "auto", "response_format": {"type": "text"})", true),
+      "(accepted)");
+  EXPECT_EQ(param_of(R"("tools": )" + tool, true), "tools");
+  EXPECT_EQ(param_of(R"("tools": )" + tool + R"(, "tool_choice": "auto")", true), "tools");
+  EXPECT_EQ(param_of(R"("tools": )" + tool + R"(, "tool_choice": "none")", true), "(accepted)");
+  EXPECT_EQ(param_of(R"("tool_choice": "required")", true), "tool_choice");
+  EXPECT_EQ(param_of(R"("tool_choice": {"type": "function", "function": {"name": "f"}})", true),
+            "tool_choice");
+  EXPECT_EQ(param_of(R"("functions": [{"name": "f"}])", true), "functions");
+  EXPECT_EQ(param_of(R"("response_format": {"type": "json_object"})", true), "response_format");
+}
+
+TEST(OpenAiApi, BatchesOfPromptsAndChoices) {
+  GenerationRequest r =
+      parse_generation_request(R"({"model": "m", "prompt": ["a", "b c"], "n": 3})", false);
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_EQ(r.prompts[0].text.value_or(""), "a");
+  EXPECT_EQ(r.prompts[1].text.value_or(""), "b c");
+  EXPECT_EQ(r.n, 3);
+  r = parse_generation_request(R"({"model": "m", "prompt": [[1, 2], [3]], "echo": true})", false);
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_FALSE(r.prompts[0].text.has_value());
+  EXPECT_EQ(r.prompts[0].ids, (std::vector<int32_t>{1, 2}));
+  EXPECT_EQ(r.prompts[1].ids, (std::vector<int32_t>{3}));
+  EXPECT_TRUE(r.echo);
+  r = parse_generation_request(R"({"model": "m", "prompt": [5, 6]})", false);
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].ids, (std::vector<int32_t>{5, 6}));
+  auto param_of = [](const std::string& body) {
+    try {
+      parse_generation_request(body, false);
+    } catch (const ApiError& e) {
+      return e.param;
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": []})"), "prompt");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": ["a", 3]})"), "prompt[1]");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": [[1], []]})"), "prompt[1]");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": [[1], [-2]]})"), "prompt[1]");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "a", "n": 0})"), "n");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": "a", "n": 129})"), "n");
+  EXPECT_EQ(param_of(R"({"model": "m", "prompt": ["a", "b"], "n": 65})"), "prompt");
+  // Chat: a null max_completion_tokens leaves max_tokens in force; errors name the key used.
+  r = parse_generation_request(R"({"model": "m", "messages": [{"role": "user", "content": "a"}],
+                                   "max_completion_tokens": null, "max_tokens": 7})",
+                               true);
+  EXPECT_EQ(r.max_tokens.value_or(-1), 7);
+  EXPECT_EQ(r.max_tokens_field, "max_tokens");
+  try {
+    parse_generation_request(R"({"model": "m", "messages": [{"role": "user", "content": "a"}],
+                                 "max_completion_tokens": 0})",
+                             true);
+    ADD_FAILURE() << "max_completion_tokens 0 was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param, "max_completion_tokens");
+  }
+  // OpenAI's older role names reach the template as the ones templates know.
+  r = parse_generation_request(R"({"model": "m", "messages": [{"role": "developer", "content": "a"},
+                                   {"role": "function", "name": "f", "content": "1"}]})",
+                               true);
+  ASSERT_EQ(r.messages.size(), 2u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[1].role, "tool");
+}
+
+}  // namespace
+}  // namespace moex::serve
