@@ -29,7 +29,7 @@ void append(const Tensor& t, std::vector<double>& out) {
 
 using Variant = testing::MoEVariant;
 
-std::vector<Variant> variants() {
+std::vector<Variant> cac_variants() {
   MoEConfig base = testing::small_moe_config();
   base.jitter_eps = 0.05f;
   std::vector<Variant> out;
@@ -87,7 +87,7 @@ Pass checkpointed_pass(MoELayer& layer, bool cac, const Tensor& x, const Tensor&
   return p;
 }
 
-void check_variant(const Variant& v, dist::Communicator& group, int world_rank) {
+void check_cac_variant(const Variant& v, dist::Communicator& group, int world_rank) {
   SCOPED_TRACE(std::string(v.name) + ", ep " + std::to_string(group.size()));
   const MoEConfig& c = v.config;
   const int ep = group.size(), me = group.rank();
@@ -149,7 +149,7 @@ TEST(MoECac, RecomputeReusesTheExchangeBitForBit) {
   for (int ep = 2; ep <= world.size(); ep *= 2) {
     if (world.size() % ep != 0) continue;
     auto group = world.split(world.rank() / ep, world.rank() % ep);
-    for (const Variant& v : variants()) check_variant(v, *group, world.rank());
+    for (const Variant& v : cac_variants()) check_cac_variant(v, *group, world.rank());
   }
 }
 
@@ -158,7 +158,7 @@ TEST(MoECac, RecomputeReusesTheExchangeBitForBit) {
 TEST(MoECac, ReuseWithoutAKeptFirstPassIsRefused) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
-  const Variant v = variants().front();
+  const Variant v = cac_variants().front();
   MoELayer layer(v.config, v.dtype, &world);
   layer.init_weights(3);
   const Tensor x = random_tensor(Shape{24, v.config.hidden_size}, v.dtype, 7, world.rank());

@@ -106,7 +106,7 @@ void check_cac(int ep, bool dropless) {
 
 // Every ep >= 2 (powers of two) that divides the world size: np 2 runs ep 2; np 4 runs
 // ep 2 x edp 2 and ep 4.
-void check_every_ep(bool dropless) {
+void check_cac_every_ep(bool dropless) {
   const int world = dist::Communicator::world().size();
   ASSERT_GE(world, 2) << "run this test with mpirun -np 2 (or more)";
   for (int ep = 2; ep <= world; ep *= 2)
@@ -114,11 +114,11 @@ void check_every_ep(bool dropless) {
 }
 
 TEST(TrainCac, CapacityRoutingEqualsCacOffAndTheSingleProcessRun) {
-  check_every_ep(false);
+  check_cac_every_ep(false);
 }
 
 TEST(TrainCac, DroplessRoutingEqualsCacOffAndTheSingleProcessRun) {
-  check_every_ep(true);
+  check_cac_every_ep(true);
 }
 
 // The GPU MoE layer has no expert group: cac on a GPU model is refused at start-up, before any

@@ -11,7 +11,7 @@ namespace {
 // Flat buffer [100] with runs [3, 13), [20, 27), [50, 80): domain of 47 elements.
 constexpr int64_t kFlat = 100;
 const std::vector<FlatRange> kRuns = {{3, 10, 0}, {20, 7, 0}, {50, 30, 0}};
-constexpr int64_t kTile = 5;
+constexpr int64_t kPartTile = 5;
 
 // Domain position of flat element i, or -1 outside the runs (worked out from kRuns by hand).
 int64_t domain_pos(int64_t i) {
@@ -23,7 +23,7 @@ int64_t domain_pos(int64_t i) {
 
 TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
   dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kRuns, world, kTile);
+  const ZeroPartition part(kRuns, world, kPartTile);
   const int64_t g = world.size();
   EXPECT_EQ(part.domain_size(), 47);
   EXPECT_EQ(part.shard_size(), (47 + g - 1) / g);
@@ -31,7 +31,7 @@ TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
   // must be marked once and nothing else.
   std::vector<double> marks(kFlat, 0.0);
   for (const FlatRange& p : part.step_pieces()) {
-    EXPECT_LE(p.count, kTile);
+    EXPECT_LE(p.count, kPartTile);
     for (int64_t k = 0; k < p.count; ++k) {
       marks[p.flat + k] += 1;
       EXPECT_EQ(domain_pos(p.flat + k), part.shard_begin(world.rank()) + p.pos + k);
@@ -43,7 +43,7 @@ TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
 
 TEST(ZeroPartition, ReduceScatterSumsOnlyThisRanksShard) {
   dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kRuns, world, kTile);
+  const ZeroPartition part(kRuns, world, kPartTile);
   const int64_t g = world.size(), rank = world.rank(), s = part.shard_size();
   std::vector<float> flat(kFlat);
   for (int64_t i = 0; i < kFlat; ++i) flat[i] = static_cast<float>((rank + 1) * (i + 1));
@@ -58,7 +58,7 @@ TEST(ZeroPartition, ReduceScatterSumsOnlyThisRanksShard) {
 
 TEST(ZeroPartition, AllGatherTakesEachElementFromItsOwner) {
   dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kRuns, world, kTile);
+  const ZeroPartition part(kRuns, world, kPartTile);
   const int64_t rank = world.rank(), s = part.shard_size();
   std::vector<float> flat(kFlat);
   for (int64_t i = 0; i < kFlat; ++i) flat[i] = static_cast<float>(1000 * rank + i);
@@ -72,7 +72,7 @@ TEST(ZeroPartition, AllGatherTakesEachElementFromItsOwner) {
 
 TEST(ZeroPartition, ShardsGatherIntoTheFlatLayoutAndBack) {
   dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kRuns, world, kTile);
+  const ZeroPartition part(kRuns, world, kPartTile);
   const int64_t rank = world.rank(), s = part.shard_size();
   std::vector<float> shard(static_cast<size_t>(s)), flat(kFlat, -1.0f);
   for (int64_t k = 0; k < s; ++k) shard[k] = static_cast<float>(1000 * rank + k);
