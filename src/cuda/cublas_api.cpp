@@ -18,15 +18,13 @@ void* open_cublas() {
 #endif
   candidates.push_back("/usr/local/cuda/lib64/" + soname);
   candidates.push_back("/usr/local/cuda/lib/" + soname);
-  std::string first_error;
+  std::string errors;  // what dlopen said for each candidate
   for (const std::string& path : candidates) {
     if (void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)) return lib;
-    if (first_error.empty()) {
-      const char* e = dlerror();
-      first_error = e != nullptr ? e : "unknown error";
-    }
+    const char* e = dlerror();
+    errors += (errors.empty() ? "" : "; ") + (e != nullptr ? std::string(e) : path + ": failed");
   }
-  MOEX_THROW("cannot load ", soname, " (cuBLAS, which the CUDA backend needs): ", first_error,
+  MOEX_THROW("cannot load ", soname, " (cuBLAS, which the CUDA backend needs): ", errors,
              ". Put the CUDA toolkit's library directory on LD_LIBRARY_PATH");
 }
 

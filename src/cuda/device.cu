@@ -189,6 +189,7 @@ void release_cached_blocks() {
 CudaContext::CudaContext(int ordinal, bool own_stream)
     : ordinal_(ordinal), own_stream_(own_stream) {
   init();
+  cublas_api();  // loaded before anything this constructor would have to release on failure
   CUDA_CHECK(cudaSetDevice(ordinal));
   CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, ordinal));
   // A blocking stream: it is ordered with the legacy default stream, so plain cudaMemcpy/cudaMemset

@@ -264,7 +264,8 @@ struct Server::Impl {
       ++request_errors;
       return send_error(res, api_error(400, e.message(), "invalid_request_error"));
     }
-    if (scheduler->stats().waiting >= options.max_waiting) {
+    // Every choice waits as one sequence.
+    if (scheduler->stats().waiting + static_cast<int64_t>(prompts.size()) > options.max_waiting) {
       ++request_errors;
       return send_error(res, api_error(429, "too many requests are waiting; retry later",
                                        "rate_limit_exceeded", "rate_limit_exceeded"));
@@ -275,19 +276,28 @@ struct Server::Impl {
     channel->feeds.resize(prompts.size());
     auto choices = std::make_shared<std::vector<ChoiceState>>(prompts.size());
     Usage usage;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      const std::vector<int32_t>& prompt = prompts[i];
-      const int64_t len = static_cast<int64_t>(prompt.size());
-      const int64_t j = static_cast<int64_t>(i) % r.n;  // the choice's index among its prompt's
-      if (j == 0) usage.prompt_tokens += len;           // a prompt counts once, whatever n
-      ChoiceState& c = (*choices)[i];
-      c.text = std::make_unique<StopText>(*tokenizer, prompt, r.stop);
-      if (r.echo) {
-        const Prompt& p = r.prompts[i / r.n];
-        c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/false);
+    // Each choice's text state first (decoding a prompt id the tokenizer lacks is the client's
+    // error, a 400), so that nothing is submitted for a request refused halfway.
+    try {
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        ChoiceState& c = (*choices)[i];
+        c.text = std::make_unique<StopText>(*tokenizer, prompts[i], r.stop);
+        if (r.echo) {
+          const Prompt& p = r.prompts[i / r.n];
+          c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/false);
+        }
+        if (i % r.n == 0) usage.prompt_tokens += static_cast<int64_t>(prompts[i].size());
       }
+    } catch (const Error& e) {
+      ++request_errors;
+      return send_error(res, api_error(400, e.message(), "invalid_request_error", "",
+                                       chat ? "messages" : "prompt"));
+    }
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const int64_t len = static_cast<int64_t>(prompts[i].size());
+      const int64_t j = static_cast<int64_t>(i) % r.n;  // the choice's index among its prompt's
       infer::Request er;
-      er.prompt = prompt;
+      er.prompt = prompts[i];
       er.max_tokens =
           r.max_tokens.value_or(chat ? context - len : std::min<int64_t>(16, context - len));
       er.sampling.temperature = r.temperature;
@@ -311,7 +321,7 @@ struct Server::Impl {
         channel->ready.notify_one();
       };
       try {
-        c.engine_id = scheduler->submit(std::move(er));
+        (*choices)[i].engine_id = scheduler->submit(std::move(er));
       } catch (const Error& e) {
         cancel(*channel, *choices, -1);  // the choices submitted before this one
         ++request_errors;
@@ -336,17 +346,32 @@ struct Server::Impl {
     if (!r.stream) {
       std::vector<Choice> out(choices->size());
       std::vector<std::string> pieces;
+      std::string failure;  // the first choice the engine failed, or a decoding error
       while (!all_ended()) {
-        advance(*channel, *choices, pieces);
-        for (size_t i = 0; i < pieces.size(); ++i) out[i].text += pieces[i];
+        try {
+          advance(*channel, *choices, pieces);
+        } catch (const Error& e) {  // a generated id the tokenizer cannot decode
+          if (failure.empty()) failure = e.message();
+          cancel(*channel, *choices, -1);
+          for (ChoiceState& c : *choices) c.text_done = true;
+          continue;  // the choices end once the engine has finished them
+        }
+        for (size_t i = 0; i < pieces.size(); ++i) {
+          out[i].text += pieces[i];
+          const ChoiceState& c = (*choices)[i];
+          if (c.finish_reason == "error" && failure.empty()) {
+            failure = c.error;
+            cancel(*channel, *choices, -1);  // the other choices' answers would be thrown away
+          }
+        }
       }
       --active;
+      if (!failure.empty()) {
+        ++request_errors;
+        return send_error(res, api_error(500, "generation failed: " + failure, "server_error"));
+      }
       for (size_t i = 0; i < out.size(); ++i) {
         const ChoiceState& c = (*choices)[i];
-        if (c.finish_reason == "error") {
-          ++request_errors;
-          return send_error(res, api_error(500, "generation failed: " + c.error, "server_error"));
-        }
         out[i].text = c.echo + out[i].text;
         out[i].finish_reason = c.finish_reason;
       }
@@ -377,7 +402,16 @@ struct Server::Impl {
           };
           if (*done) return false;
           std::vector<std::string> pieces;
-          advance(*channel, *choices, pieces);
+          try {
+            advance(*channel, *choices, pieces);
+          } catch (const Error& e) {  // a generated id the tokenizer cannot decode
+            cancel(*channel, *choices, -1);
+            ++request_errors;
+            if (!event(
+                    api_error(500, "generation failed: " + e.message(), "server_error").to_json()))
+              return false;
+            return end_stream();
+          }
           for (size_t i = 0; i < pieces.size(); ++i) {
             ChoiceState& c = (*choices)[i];
             if (c.finish_reason == "error") {
