@@ -29,8 +29,27 @@ namespace moex::train {
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) {
+// SIGINT (Ctrl-C) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what schedulers send
+// before preempting a job): finish the step, checkpoint, stop.
+void on_stop_signal(int) {
   g_interrupted = 1;
+}
+
+// A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
+// after that checkpoint by the run that stopped) and a line cut short by a hard kill are dropped,
+// so every step appears once.
+void cut_metrics_after(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  while (std::getline(in, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+        j["step"].get<int64_t>() <= step)
+      kept += line + "\n";
+  }
+  in.close();
+  io::write_file_atomic(path, kept);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -264,8 +283,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     std::filesystem::create_directories(c.training.out_dir, error);
     MOEX_CHECK(!error, c.source, ": training.out_dir: cannot create '", c.training.out_dir,
                "': ", error.message());
-    metrics.open(c.training.out_dir + "/metrics.jsonl",
-                 resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    const std::string metrics_path = c.training.out_dir + "/metrics.jsonl";
+    if (!resume_dir.empty()) cut_metrics_after(metrics_path, state.step);
+    metrics.open(metrics_path, resume_dir.empty() ? std::ios::trunc : std::ios::app);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
               " data-parallel rank(s), ", layout.ep, " expert-parallel, ", layout.tp,
@@ -284,7 +304,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   }
 
   g_interrupted = 0;
-  auto previous_handler = std::signal(SIGINT, on_sigint);
+  auto previous_sigint = std::signal(SIGINT, on_stop_signal);
+  auto previous_sigterm = std::signal(SIGTERM, on_stop_signal);
   const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
   const int64_t micro_per_step = c.training.grad_accum * dp;
   const int64_t tokens_per_step = mb * seq_len * micro_per_step;
@@ -413,7 +434,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       break;
     }
   }
-  std::signal(SIGINT, previous_handler);
+  std::signal(SIGINT, previous_sigint);
+  std::signal(SIGTERM, previous_sigterm);
   if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
   if (root) {
     write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");

@@ -47,6 +47,10 @@ TEST(Training, LossFallsAndResumeIsExact) {
   const std::vector<double> b = losses_of(split + "/metrics.jsonl");
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  // Resuming from the step-6 checkpoint again (the run went on to 12 after it) rewrites the steps
+  // after it: metrics.jsonl holds each step once.
+  EXPECT_EQ(run_training(split_config, split + "/latest", 2).steps_done, 8);
+  EXPECT_EQ(losses_of(split + "/metrics.jsonl"), std::vector<double>(a.begin(), a.begin() + 8));
 
   // A fresh run into that directory is refused and touches nothing; with overwrite_out_dir it
   // deletes the earlier run (its `latest` too, which the new run would not replace) and starts
@@ -58,7 +62,7 @@ TEST(Training, LossFallsAndResumeIsExact) {
     EXPECT_NE(e.message().find("holds an earlier run (final, ...)"), std::string::npos)
         << e.message();
   }
-  EXPECT_EQ(losses_of(split + "/metrics.jsonl").size(), 12u);
+  EXPECT_EQ(losses_of(split + "/metrics.jsonl").size(), 8u);
   ASSERT_TRUE(fs::exists(split + "/latest"));
   TrainConfig overwrite = split_config;
   overwrite.training.overwrite_out_dir = true;
@@ -193,26 +197,31 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
   fs::remove_all(corpus);
 }
 
-TEST(Training, SigintStopsAfterTheStepAndCheckpoints) {
-  const fs::path corpus = testing::make_temp_corpus("moex_sigint");
-  const std::string out = (corpus / "run").string();
-  const TrainConfig config =
-      TrainConfig::from_file(write_config(corpus, out, R"(, "steps": 100000)").string());
-  std::thread interrupter([&] {
-    // Ctrl-C once the first step has been logged.
-    while (!fs::exists(out + "/metrics.jsonl") || fs::file_size(out + "/metrics.jsonl") == 0)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    std::raise(SIGINT);
-  });
-  const TrainResult r = run_training(config, "");
-  interrupter.join();
-  EXPECT_TRUE(r.interrupted);
-  EXPECT_LT(r.steps_done, 100000);
-  EXPECT_EQ(r.last_checkpoint, out + "/latest");
-  model::Model m(config.model);
-  AdamW opt(m.params(), config.optimizer);
-  EXPECT_EQ(load_checkpoint(out + "/latest", m, opt).step, r.steps_done);
-  fs::remove_all(corpus);
+// Ctrl-C (SIGINT) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what job schedulers
+// send before preempting) both end the run after its step, with a checkpoint.
+TEST(Training, StopSignalsEndTheStepAndCheckpoint) {
+  for (const int signal : {SIGINT, SIGTERM}) {
+    SCOPED_TRACE(signal == SIGINT ? "SIGINT" : "SIGTERM");
+    const fs::path corpus = testing::make_temp_corpus("moex_stop_signal");
+    const std::string out = (corpus / "run").string();
+    const TrainConfig config =
+        TrainConfig::from_file(write_config(corpus, out, R"(, "steps": 100000)").string());
+    std::thread interrupter([&] {
+      // The signal once the first step has been logged.
+      while (!fs::exists(out + "/metrics.jsonl") || fs::file_size(out + "/metrics.jsonl") == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::raise(signal);
+    });
+    const TrainResult r = run_training(config, "");
+    interrupter.join();
+    EXPECT_TRUE(r.interrupted);
+    EXPECT_LT(r.steps_done, 100000);
+    EXPECT_EQ(r.last_checkpoint, out + "/latest");
+    model::Model m(config.model);
+    AdamW opt(m.params(), config.optimizer);
+    EXPECT_EQ(load_checkpoint(out + "/latest", m, opt).step, r.steps_done);
+    fs::remove_all(corpus);
+  }
 }
 
 TEST(TrainConfig, ErrorsNameFileAndField) {
