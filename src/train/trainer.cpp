@@ -35,6 +35,18 @@ void on_stop_signal(int) {
   g_interrupted = 1;
 }
 
+// A run's out_dir is not a checkpoint; its checkpoints are directories inside it. Said before
+// anything is read, naming one of them.
+void check_resume_dir(const std::string& resume_dir) {
+  if (resume_dir.empty()) return;
+  const std::filesystem::path dir(resume_dir);
+  if (std::filesystem::exists(dir / "trainer_state.json")) return;
+  for (const char* inside : {"latest", "final"})
+    MOEX_CHECK(!std::filesystem::exists(dir / inside / "trainer_state.json"), "--resume ",
+               resume_dir, ": this is a run's out_dir, not a checkpoint; resume from one of its ",
+               "checkpoints, e.g. ", (dir / inside).string());
+}
+
 // A resumed run continues metrics.jsonl from the checkpoint's step: lines of later steps (written
 // after that checkpoint by the run that stopped) and a line cut short by a hard kill are dropped,
 // so every step appears once.
@@ -209,6 +221,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
+  check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
                                                              ? earlier_run_files(c)

@@ -86,6 +86,9 @@ for prefix in sys.argv[1:]:
 PY
 sed 's/, "task": "summarize"//' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
 expect_error "outside the model's vocabulary of 10" train --config "$TMP/data.json"
+# --resume given a run's out_dir instead of one of its checkpoints
+mkdir -p "$TMP/oldrun/latest" && echo '{}' > "$TMP/oldrun/latest/trainer_state.json"
+expect_error "oldrun: this is a run's out_dir, not a checkpoint; resume from one of its checkpoints, e.g. $TMP/oldrun/latest" train --config "$TMP/data.json" --resume "$TMP/oldrun"
 # a fresh run into the out_dir of an earlier one
 mkdir -p "$TMP/run" && echo '{"step": 1}' > "$TMP/run/metrics.jsonl"
 expect_error "holds an earlier run (metrics.jsonl)" train --config "$TMP/data.json"
