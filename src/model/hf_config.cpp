@@ -6,6 +6,7 @@
 
 #include "core/file_util.h"
 #include "core/json_reader.h"
+#include "core/logging.h"
 
 namespace moex::model {
 namespace {
@@ -302,6 +303,16 @@ nlohmann::json hf_config_to_json(const ModelConfig& c, const std::string& archit
     need(moe->shared_ffn_size == 0, "moe.shared_ffn_size", "must be 0 (no shared expert)");
   need(arch != Arch::kMixtral || moe->ffn_size == c.ffn_size || dense_layers.empty(), "ffn_size",
        "differs from the expert size");
+  // What the format cannot say but the weights survive: the export routes as Hugging Face does.
+  if (!moe->dropless)
+    MOEX_WARN("export as ", architecture, ": model.moe.capacity_factor (",
+              moe->capacity_factor_train, ", eval ", moe->capacity_factor_eval,
+              ") has no Hugging Face equivalent; the exported model routes every token (dropless), "
+              "so its outputs differ where this model drops tokens");
+  if (moe->aux_loss_type == AuxLossType::kDeepSpeed && moe->aux_loss_coef > 0)
+    MOEX_WARN("export as ", architecture, ": model.moe.aux_loss_type \"deepspeed\" has no ",
+              "Hugging Face equivalent; router_aux_loss_coef applies to the Mixtral/Switch form ",
+              "there");
 
   nlohmann::json j;
   j["architectures"] = {architecture};

@@ -265,7 +265,11 @@ PY
 # ---- export: the Hugging Face directory loads back into moex with the same function ----
 step "moex export"
 EXPORT="$TMP/export"
-"$MOEX" export --model "$MODEL" --out "$EXPORT" --architecture Qwen3MoeForCausalLM >/dev/null
+"$MOEX" export --model "$MODEL" --out "$EXPORT" --architecture Qwen3MoeForCausalLM >/dev/null \
+  2>"$TMP/export.err"
+# The model trains with DeepSpeed's aux-loss form, which Hugging Face does not have: said, by field.
+grep -q 'model.moe.aux_loss_type "deepspeed" has no Hugging Face equivalent' "$TMP/export.err" ||
+  fail "export did not warn about model.moe.aux_loss_type: $(cat "$TMP/export.err")"
 for f in config.json model.safetensors generation_config.json tokenizer.model tokenizer.json \
   tokenizer_config.json; do
   [ -f "$EXPORT/$f" ] || fail "export has no $f"

@@ -28,7 +28,10 @@ int run_export(const std::vector<std::string>& argv) {
         "  tokenizer.json, plus tokenizer_config.json). OUT is built as OUT.tmp and replaces OUT "
         "when\n"
         "  complete. A model option the architecture cannot express is an error naming the "
-        "config field.\n");
+        "config field;\n"
+        "  routing options it only approximates (a capacity factor: Hugging Face routes every "
+        "token;\n"
+        "  DeepSpeed's aux-loss form) are warnings naming the field.\n");
     return 0;
   }
   namespace fs = std::filesystem;
