@@ -129,10 +129,20 @@ expect_error "--calibration-tokens applies to a dataset prefix or corpus directo
 expect_error "is a hf model directory and is written as one" prune --model "$MIXTRAL/model" --out "$TMP/p" --keep-layers 1 --format moex
 expect_error "nothing to prune" prune --model "$MIXTRAL/model" --out "$TMP/p"
 # generation lengths: refused before any text is printed (expect_error checks stderr's one line;
-# stdout must stay empty too)
-expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --max-new-tokens 99999999999
+# stdout must stay empty too), on a prompt of one row (generate warns that it takes the first of
+# several)
+python3 - "$TMP/one_row.safetensors" <<'PY'
+import json, struct, sys
+head = json.dumps({"input_ids": {"dtype": "I32", "shape": [1, 3], "data_offsets": [0, 12]}}).encode()
+head += b" " * (-len(head) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack("<3i", 1, 2, 3))
+PY
+PROMPT_IDS="$TMP/one_row.safetensors"
+expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
+# generate takes --prompt or --input-ids, not both
+expect_error "give --prompt TEXT or --input-ids FILE, not both" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --prompt hi
 # (past this RoPE model's 256 positions: a warning says so, then the cache is refused)
-out="$("$MOEX" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --max-new-tokens 2000000000 2>"$TMP/gen.err")"
+out="$("$MOEX" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 2000000000 2>"$TMP/gen.err")"
 rc=$?
 if [ "$rc" -ne 1 ] || [ -n "$out" ] || ! tail -1 "$TMP/gen.err" | grep -q "error: allocating .* GiB of memory and swap"; then
   echo "FAIL: generate --max-new-tokens 2000000000 -> rc=$rc, stdout '$out', stderr:"; cat "$TMP/gen.err"

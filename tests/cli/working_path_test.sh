@@ -270,6 +270,10 @@ EXPORT="$TMP/export"
 # The model trains with DeepSpeed's aux-loss form, which Hugging Face does not have: said, by field.
 grep -q 'model.moe.aux_loss_type "deepspeed" has no Hugging Face equivalent' "$TMP/export.err" ||
   fail "export did not warn about model.moe.aux_loss_type: $(cat "$TMP/export.err")"
+# tokenize reads the export's directory as generate does (its tokenizer.json is a Unigram copy of
+# the SentencePiece model beside it): the same ids as the corpus tokenizer.
+[ "$("$MOEX" tokenize --tokenizer "$EXPORT" --text "$PROMPT")" = \
+  "$("$MOEX" tokenize --tokenizer "$TOK" --text "$PROMPT")" ] || fail "tokenize of the export's directory"
 for f in config.json model.safetensors generation_config.json tokenizer.model tokenizer.json \
   tokenizer_config.json; do
   [ -f "$EXPORT/$f" ] || fail "export has no $f"

@@ -1,4 +1,4 @@
-// moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) --max-new-tokens N
+// moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) [--max-new-tokens 32]
 //               [--temperature T --top-k K --top-p P --seed S] [--device D] [--json]
 #include <cstdio>
 #include <memory>
@@ -6,6 +6,7 @@
 
 #include "args.h"
 #include "command.h"
+#include "core/logging.h"
 #include "infer/generator.h"
 #include "infer/model_tokenizer.h"
 #include "infer/text_stream.h"
@@ -23,7 +24,7 @@ int run_generate(const std::vector<std::string>& argv) {
   if (args.flag("help")) {
     std::printf(
         "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "
-        "--max-new-tokens N\n"
+        "[--max-new-tokens 32]\n"
         "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
         "                     [--device cpu|cuda[:N]]\n"
         "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
@@ -37,8 +38,13 @@ int run_generate(const std::vector<std::string>& argv) {
 
   std::vector<int32_t> prompt;
   if (args.has("input-ids")) {
+    MOEX_CHECK(!args.has("prompt"), "give --prompt TEXT or --input-ids FILE, not both");
     const moex::Tensor ids = moex::cli::read_input_ids(args.get("input-ids"));
-    prompt.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.dim(1));  // first row
+    if (ids.dim(0) > 1)
+      MOEX_WARN(args.get("input-ids"),
+                ": generate continues one sequence, the first of the file's ", ids.dim(0),
+                " rows (moex serve takes batches)");
+    prompt.assign(ids.data<int32_t>(), ids.data<int32_t>() + ids.dim(1));  // the first row
   } else {
     MOEX_CHECK(args.has("prompt"), "give --prompt TEXT or --input-ids FILE");
     MOEX_CHECK(tokenizer != nullptr, dir,
