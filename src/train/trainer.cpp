@@ -226,6 +226,12 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
                                                              ? earlier_run_files(c)
                                                              : std::vector<std::filesystem::path>{};
+  // A relative data.path is taken from the current directory, not from the config's.
+  MOEX_CHECK(std::filesystem::is_regular_file(std::filesystem::path(c.data.path) / "corpus.json"),
+             c.source, ": data.path: ", c.data.path,
+             " holds no corpus.json (make one with moex data prepare; a relative path is taken "
+             "from the current directory, ",
+             std::filesystem::current_path().string(), ")");
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
   MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
              c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",

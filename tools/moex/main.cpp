@@ -28,7 +28,8 @@ void print_usage() {
   std::sort(entries.begin(), entries.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
   std::printf(
-      "usage: moex <command> [options]   (moex <command> --help for its options)\n\ncommands:\n");
+      "usage: moex <command> [options]   (moex <command> --help for its options; moex "
+      "--version)\n\ncommands:\n");
   for (const auto& e : entries) std::printf("  %-12s %s\n", e.name.c_str(), e.summary.c_str());
 }
 
@@ -40,6 +41,11 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string name = argv[1];
+  if (name == "--version" || name == "version") {
+    // The version of the project and the commit it was configured from (CMakeLists.txt).
+    std::printf("moex %s (%s)\n", MOEX_VERSION, MOEX_GIT_COMMIT);
+    return 0;
+  }
   std::vector<std::string> args(argv + 2, argv + argc);
   for (const auto& e : moex::cli::commands()) {
     if (e.name != name) continue;
