@@ -84,7 +84,8 @@ std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
     const bool checkpoint =
         (name == "final" || name == "latest" || step) &&
         fs::is_regular_file(e.path() / "trainer_state.json", error);
-    if (checkpoint || name == "metrics.jsonl" || name == "loss.svg") earlier.push_back(e.path());
+    if (checkpoint || name == "metrics.jsonl" || name == "loss.svg" || name == "loss.html")
+      earlier.push_back(e.path());
   }
   if (earlier.empty()) return earlier;
   std::sort(earlier.begin(), earlier.end());
@@ -456,6 +457,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   std::signal(SIGINT, previous_sigint);
   std::signal(SIGTERM, previous_sigterm);
   if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
+  if (root && result.interrupted)
+    MOEX_INFO("stopped at step ", state.step, " of ", c.training.steps, "; continue with --resume ",
+              c.training.out_dir, "/latest");
   if (root) {
     write_loss_plot(c.training.out_dir + "/metrics.jsonl", c.training.out_dir + "/loss.svg");
   }

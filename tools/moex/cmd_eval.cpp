@@ -85,7 +85,10 @@ int run_eval(const std::vector<std::string>& argv) {
                "--data and --input-ids/--logits-out are two different evaluations: pass one");
     return eval_dataset(args, *model);
   }
-  const std::string path = args.require("input-ids");
+  MOEX_CHECK(args.has("input-ids"),
+             "give --input-ids F.safetensors (token ids) or --data DIR "
+             "(a prepared corpus)");
+  const std::string path = args.get("input-ids");
   const moex::Tensor ids = moex::cli::read_input_ids(path);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;
   MOEX_CHECK(seq_len >= 2, path, ": input_ids needs at least 2 tokens per row");
