@@ -63,6 +63,10 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
 
 TrainConfig TrainConfig::from_file(const std::string& path) {
   const JsonReader root = JsonReader::from_file(path);
+  MOEX_CHECK(!root.has("distill"), path,
+             ": the 'distill' section makes this a distillation config: run it with moex distill "
+             "--config ",
+             path);
   TrainConfig c = from_reader(root, path);
   root.finish();
   return c;

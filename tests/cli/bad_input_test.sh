@@ -44,6 +44,8 @@ printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_hea
 expect_error "bos.json: model.bos_id is 10, outside the vocabulary of 10" train --config "$TMP/bos.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2, "capacity_factor": 0}}, "data": {"path": "x"}}' > "$TMP/cf.json"
 expect_error "cf.json: model.moe.capacity_factor must be > 0" train --config "$TMP/cf.json"
+printf '{"distill": {}}' > "$TMP/kd.json"
+expect_error "kd.json: the 'distill' section makes this a distillation config: run it with moex distill" train --config "$TMP/kd.json"
 expect_error "/dev/zero: larger than 64 MiB" train --config /dev/zero
 
 # model directories
