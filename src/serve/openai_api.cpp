@@ -16,13 +16,18 @@ using json = nlohmann::json;
   throw e;
 }
 
+// A field counts as given unless it is absent or null (clients send null for "unset").
+bool given(const json& body, const char* field) {
+  return body.contains(field) && !body[field].is_null();
+}
+
 const char* type_name(const json& v) {
   return v.type_name();  // "null", "string", "number", "array", ...
 }
 
 double number_in(const json& body, const char* field, double fallback, double lo, double hi,
                  bool lo_open) {
-  if (!body.contains(field) || body[field].is_null()) return fallback;
+  if (!given(body, field)) return fallback;
   const json& v = body[field];
   if (!v.is_number())
     bad(field, std::string("'") + field + "' must be a number, got " + type_name(v));
@@ -35,7 +40,7 @@ double number_in(const json& body, const char* field, double fallback, double lo
 }
 
 std::optional<int64_t> integer(const json& body, const char* field) {
-  if (!body.contains(field) || body[field].is_null()) return std::nullopt;
+  if (!given(body, field)) return std::nullopt;
   const json& v = body[field];
   if (!v.is_number_integer())
     bad(field, std::string("'") + field + "' must be an integer, got " + v.dump());
@@ -61,7 +66,7 @@ std::string content_text(const json& content, size_t index) {
 }
 
 bool flag(const json& body, const char* field) {
-  if (!body.contains(field) || body[field].is_null()) return false;
+  if (!given(body, field)) return false;
   if (!body[field].is_boolean()) bad(field, std::string("'") + field + "' must be a boolean");
   return body[field].get<bool>();
 }
@@ -112,42 +117,43 @@ std::vector<Prompt> read_prompts(const json& body) {
 // by default), a 400 naming the field otherwise, so that no client gets an answer that silently
 // ignored what it asked for.
 void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
-  auto set = [&](const char* field) { return body.contains(field) && !body[field].is_null(); };
   auto refuse = [](const char* field, const std::string& what) {
     bad(field, std::string("'") + field + "': " + what + " is not supported by moex serve");
   };
   for (const char* penalty : {"frequency_penalty", "presence_penalty"})
-    if (set(penalty) && !(body[penalty].is_number() && body[penalty].get<double>() == 0.0))
+    if (given(body, penalty) && !(body[penalty].is_number() && body[penalty].get<double>() == 0.0))
       refuse(penalty, "a non-zero penalty");
-  if (set("logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
+  if (given(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
     refuse("logit_bias", "a logit bias");
   // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens').
   // Chat: logprobs is a boolean and top_logprobs the number.
-  if (set("logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+  if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
     refuse("logprobs", "returning log-probabilities");
-  if (set("top_logprobs") &&
+  if (given(body, "top_logprobs") &&
       !(body["top_logprobs"].is_number_integer() && body["top_logprobs"].get<int64_t>() == 0))
     refuse("top_logprobs", "returning log-probabilities");
-  if (!chat && set("best_of") &&
+  if (!chat && given(body, "best_of") &&
       !(body["best_of"].is_number_integer() && body["best_of"].get<int64_t>() == n))
     refuse("best_of", "best_of other than n");
-  if (!chat && set("suffix") &&
+  if (!chat && given(body, "suffix") &&
       !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
     refuse("suffix", "a suffix (insertion)");
   if (!chat) return;
-  const bool has_tools = set("tools") && !(body["tools"].is_array() && body["tools"].empty());
+  const bool has_tools =
+      given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty());
   std::string tool_choice;  // "" when absent; an object (a named function) reads as "function"
-  if (set("tool_choice"))
+  if (given(body, "tool_choice"))
     tool_choice =
         body["tool_choice"].is_string() ? body["tool_choice"].get<std::string>() : "function";
   if (has_tools && tool_choice != "none")
     refuse("tools", "calling tools (tool_choice other than \"none\")");
   if (!tool_choice.empty() && tool_choice != "none" && !(tool_choice == "auto" && !has_tools))
     refuse("tool_choice", "calling tools");
-  if (set("functions") && !(body["functions"].is_array() && body["functions"].empty()))
+  if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
     refuse("functions", "calling functions");
-  if (set("response_format") && !(body["response_format"].is_object() &&
-                                  body["response_format"].value("type", std::string()) == "text"))
+  if (given(body, "response_format") &&
+      !(body["response_format"].is_object() &&
+        body["response_format"].value("type", std::string()) == "text"))
     refuse("response_format", "a response format other than text");
 }
 
@@ -218,8 +224,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
                                    " choices; at most " + std::to_string(kMaxChoices) +
                                    " in one request");
   // Chat's newer name wins when it is set (a client may send both, the other as null).
-  if (chat && body.contains("max_completion_tokens") && !body["max_completion_tokens"].is_null())
-    r.max_tokens_field = "max_completion_tokens";
+  if (chat && given(body, "max_completion_tokens")) r.max_tokens_field = "max_completion_tokens";
   const std::string& max_field = r.max_tokens_field;
   const auto max_tokens = integer(body, max_field.c_str());
   if (max_tokens && *max_tokens < 1)
@@ -228,7 +233,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   r.temperature = number_in(body, "temperature", 1.0, 0.0, 2.0, false);
   r.top_p = number_in(body, "top_p", 1.0, 0.0, 1.0, true);
   r.seed = integer(body, "seed");
-  if (body.contains("stop") && !body["stop"].is_null()) {
+  if (given(body, "stop")) {
     const json& s = body["stop"];
     if (s.is_string()) {
       r.stop.push_back(s.get<std::string>());
