@@ -2,22 +2,49 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "core/file_util.h"
 #include "data/sentencepiece_tokenizer.h"
 #include "data/tokenizer_json.h"
 
 namespace moex::data {
 
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string sentencepiece_file(const std::string& dir) {
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().extension() == ".model") return entry.path().string();
+  return "";
+}
+
+bool is_unigram_tokenizer_json(const std::string& path) {
+  const nlohmann::json j = nlohmann::json::parse(read_file(path), nullptr, false);
+  return j.is_object() && j.contains("model") && j["model"].is_object() &&
+         j["model"].value("type", "") == "Unigram";
+}
+
+}  // namespace
+
+std::string tokenizer_file_in(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return "";
+  const std::string json_path = (fs::path(dir) / "tokenizer.json").string();
+  const std::string spm_path = sentencepiece_file(dir);
+  if (fs::exists(json_path, ec))
+    return !spm_path.empty() && is_unigram_tokenizer_json(json_path) ? spm_path : json_path;
+  return spm_path;
+}
+
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
-  namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
-    for (const char* name : {"tokenizer.json", "tokenizer.model"}) {
-      const fs::path candidate = fs::path(path) / name;
-      if (fs::exists(candidate, ec)) return open_tokenizer(candidate.string());
-    }
-    MOEX_THROW(path, ": directory holds neither tokenizer.json nor tokenizer.model");
+    const std::string file = tokenizer_file_in(path);
+    MOEX_CHECK(!file.empty(), path, ": directory holds neither tokenizer.json nor a *.model file");
+    return open_tokenizer(file);
   }
   std::ifstream in(path, std::ios::binary);
   MOEX_CHECK(in.good(), path, ": cannot open tokenizer file");

@@ -32,9 +32,15 @@ class Tokenizer {
   virtual bool is_special(int32_t id) const = 0;  // BOS/EOS/control tokens that decode skips
 };
 
+// The tokenizer file of a directory (a model's, or a tokenizer's), "" when it holds none:
+// tokenizer.json, except a Unigram one written by `moex export` from the SentencePiece model
+// beside it (moex reads tokenizer.json BPE models only), where that .model file is the tokenizer;
+// else the directory's one *.model file.
+std::string tokenizer_file_in(const std::string& dir);
+
 // Opens `path` by type: a file whose content starts with '{' (tokenizer.json) is read as a
-// Hugging Face tokenizer, anything else as a SentencePiece model. A directory is searched for
-// tokenizer.json, then tokenizer.model. Errors name the file and, for JSON, the field.
+// Hugging Face tokenizer, anything else as a SentencePiece model. A directory opens its
+// tokenizer_file_in. Errors name the file and, for JSON, the field.
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path);
 
 }  // namespace moex::data

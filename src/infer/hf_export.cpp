@@ -261,7 +261,7 @@ std::string sentencepiece_tokenizer_json(const SentencePieceModelInfo& spm) {
 void save_hf_tokenizer_files(const model::Model& model, const std::string& model_dir,
                              const std::string& out_dir) {
   const auto& mc = model.config();
-  const std::string tokenizer_path = model_tokenizer_path(model_dir);
+  const std::string tokenizer_path = data::tokenizer_file_in(model_dir);
   std::unique_ptr<data::Tokenizer> tok;
   json tc;  // tokenizer_config.json
   int32_t pad_id = -1;

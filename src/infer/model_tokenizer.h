@@ -1,4 +1,4 @@
-// The tokenizer saved beside a model: tokenizer.json, else the one *.model (SentencePiece) file.
+// The tokenizer saved beside a model (data::tokenizer_file_in), and the tokens that end generation.
 #pragma once
 
 #include <memory>
@@ -10,12 +10,7 @@
 
 namespace moex::infer {
 
-// The tokenizer file of a model directory, "" when it holds none: tokenizer.json, except a
-// Unigram one written by `moex export` from the SentencePiece model beside it (moex reads
-// tokenizer.json BPE models only), where that .model file is the tokenizer.
-std::string model_tokenizer_path(const std::string& model_dir);
-
-// Null when the directory holds no tokenizer.
+// The tokenizer of a model directory (data::tokenizer_file_in); null when it holds none.
 std::unique_ptr<data::Tokenizer> open_model_tokenizer(const std::string& model_dir);
 
 // Tokens that end generation: the tokenizer's EOS (if any) and the model config's eos_id (if set).

@@ -1,6 +1,5 @@
 // moex tokenize: text -> ids and back with any tokenizer file (src/data/tokenizer.h).
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -10,7 +9,6 @@
 #include "core/error.h"
 #include "core/file_util.h"
 #include "data/tokenizer.h"
-#include "infer/model_tokenizer.h"
 
 namespace moex::cli {
 namespace {
@@ -92,15 +90,7 @@ int run_tokenize(const std::vector<std::string>& argv) {
   }
   const Args args(argv, {"tokenizer", "text", "file", "ids"},
                   {"decode", "json", "tokens", "no-special", "keep-special"});
-  // A directory resolves as a model directory does for generate and serve (a moex export's
-  // tokenizer.json is a Unigram copy of the SentencePiece model beside it, which is read instead).
-  std::string tokenizer_path = args.require("tokenizer");
-  if (std::filesystem::is_directory(tokenizer_path)) {
-    const std::string inside = infer::model_tokenizer_path(tokenizer_path);
-    MOEX_CHECK(!inside.empty(), tokenizer_path, ": no tokenizer.json or *.model in this directory");
-    tokenizer_path = inside;
-  }
-  const auto tok = data::open_tokenizer(tokenizer_path);
+  const auto tok = data::open_tokenizer(args.require("tokenizer"));
   const int num_inputs = args.has("text") + args.has("file") + args.has("ids");
   MOEX_CHECK(num_inputs == 1, "give exactly one of --text, --file",
              args.flag("decode") ? ", --ids" : "");
