@@ -1,8 +1,8 @@
 // cuBLAS, loaded the first time a CUDA context needs it rather than when the program starts.
 // Linking libcublas made every process pay ~0.4 s at start-up (the dynamic loader relocating
 // libcublasLt, ~0.5 GB) whether or not it touched a GPU: every `moex` command and every CPU test
-// (docs/architecture.md §Start-up). Call sites use cublas_api().gemm_ex(...) where they would have
-// called cublasGemmEx(...): the same functions, resolved from the library once.
+// (docs/architecture.md §Testing, "Start-up"). Call sites use cublas_api().gemm_ex(...) where
+// they would have called cublasGemmEx(...): the same functions, resolved from the library once.
 #pragma once
 
 #include <cublas_v2.h>

@@ -1,6 +1,6 @@
 // CUDA backend foundation: the device allocator registered with core (Tensor::empty(...,
 // Device::cuda()) works once init() ran), host<->device copies, and the per-stream context
-// holding the cuBLAS handles and their workspace.
+// holding the cuBLAS handle and its workspace.
 #pragma once
 
 #include <cublas_v2.h>
