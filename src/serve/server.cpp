@@ -402,25 +402,23 @@ struct Server::Impl {
           };
           if (*done) return false;
           std::vector<std::string> pieces;
+          std::string failure;  // a decoding error, or the first choice the engine failed
           try {
             advance(*channel, *choices, pieces);
           } catch (const Error& e) {  // a generated id the tokenizer cannot decode
+            failure = e.message();
+          }
+          for (const ChoiceState& c : *choices)
+            if (failure.empty() && c.finish_reason == "error") failure = c.error;
+          if (!failure.empty()) {
             cancel(*channel, *choices, -1);
             ++request_errors;
-            if (!event(
-                    api_error(500, "generation failed: " + e.message(), "server_error").to_json()))
+            if (!event(api_error(500, "generation failed: " + failure, "server_error").to_json()))
               return false;
             return end_stream();
           }
           for (size_t i = 0; i < pieces.size(); ++i) {
             ChoiceState& c = (*choices)[i];
-            if (c.finish_reason == "error") {
-              cancel(*channel, *choices, -1);
-              ++request_errors;
-              if (!event(api_error(500, "generation failed: " + c.error, "server_error").to_json()))
-                return false;
-              return end_stream();
-            }
             const auto index = static_cast<int64_t>(i);
             const bool first = !c.started;
             const std::string piece = first ? c.echo + pieces[i] : pieces[i];
