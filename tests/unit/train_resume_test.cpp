@@ -202,7 +202,7 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
 TEST(Training, StopSignalsEndTheStepAndCheckpoint) {
   for (const int signal : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(signal == SIGINT ? "SIGINT" : "SIGTERM");
-    const fs::path corpus = testing::make_temp_corpus("moex_stop_signal");
+    const fs::path corpus = testing::make_temp_corpus("moex_stop_signal" + std::to_string(signal));
     const std::string out = (corpus / "run").string();
     const TrainConfig config =
         TrainConfig::from_file(write_config(corpus, out, R"(, "steps": 100000)").string());
