@@ -6,7 +6,7 @@
 # Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
 # MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
-# adds a per-kernel profile of one batch-1 step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
+# adds a per-kernel profile of one batch-1 step, MOEX_TRAIN_NCU=small|medium one of a training step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
 # runs only the matching GPU tests, to spend little device time on a kernel change.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -266,6 +266,47 @@ for shape in ["small", "medium"]:
         ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         print(f"{shape:8} {r.get('peer', 'moex'):12} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
               f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {ratio:12.2f}x")
+PY
+fi
+
+# MOEX_TRAIN_NCU=small|medium: every kernel of one training step of that shape, each timed alone by
+# Nsight Compute: summed per kernel name, and the step's kernels in order (one layer's worth). The
+# step time without ncu minus the kernels' sum is the time the GPU waits (host syncs, launches).
+if [ -n "${MOEX_TRAIN_NCU:-}" ]; then
+  timeout 400 ncu --clock-control none --cache-control none \
+    --metrics gpu__time_duration.sum,launch__grid_size --csv "$BIN/moex" bench train-step \
+    --device cuda --config "configs/gpu-$MOEX_TRAIN_NCU.json" --warmup 0 --iters 1 --json \
+    >"$OUT/train_ncu.csv" 2>"$OUT/train_ncu.err" || echo "ncu exit $?"
+  python3 - "$OUT/train_ncu.csv" <<'PY'
+import collections, csv, re, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10 and r[0].isdigit()]
+# One row per (kernel, metric): pair them up by kernel id.
+kern = collections.OrderedDict()
+for r in rows:
+    k = kern.setdefault(r[0], {"name": r[4]})
+    k[r[-3]] = r[-1]
+ks = list(kern.values())
+def metric(k, prefix):
+    for key, v in k.items():
+        if key.startswith(prefix):
+            return float(v.replace(",", ""))
+    return 0.0
+starts = [i for i, k in enumerate(ks) if "embedding_forward" in k["name"]]
+if len(starts) < 2:
+    sys.exit(f"train ncu: fewer than two steps found ({len(ks)} kernels)")
+step = ks[starts[-2]:starts[-1]]
+total, per, counts = 0.0, collections.Counter(), collections.Counter()
+for k in step:
+    name = re.sub(r"\(.*", "", k["name"]).replace("void ", "")[:90]
+    us = metric(k, "gpu__time_duration") / 1000
+    total += us; per[name] += us; counts[name] += 1
+print(f"\n== one training step's kernels (ncu): {len(step)} kernels, {total / 1000:.2f} ms ==")
+for name, us in per.most_common(40):
+    print(f"{counts[name]:5d} {us / 1000:8.3f} ms  {name}")
+print("\n-- the step's first 120 kernels in order (us, grid) --")
+for k in step[:120]:
+    name = re.sub(r"\(.*", "", k["name"]).replace("void ", "")[:100]
+    print(f"{metric(k, 'gpu__time_duration') / 1000:9.1f} {int(metric(k, 'launch__grid_size')):7d}  {name}")
 PY
 fi
 

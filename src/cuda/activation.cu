@@ -2,15 +2,18 @@
 #include "cuda/activation_math.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/padded_rows.cuh"
 
 namespace moex::cuda {
 namespace {
 
-// One thread per 8 consecutive elements of a row; grid-stride over rows * ffn / 8 vectors.
+// One thread per 8 consecutive elements of a row; grid-stride over rows * ffn / 8 vectors
+// (per_row vectors a row), skipping rows no expert uses.
 __global__ void gelu_forward_kernel(const __nv_bfloat16* h, __nv_bfloat16* a, int64_t vectors,
-                                    bool exact) {
+                                    int64_t per_row, bool exact, PaddedRows used) {
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
+    if (!padded_row_used(used, v / per_row)) continue;
     float x[8];
     load_bf16x8(h + v * 8, x);
 #pragma unroll
@@ -20,9 +23,11 @@ __global__ void gelu_forward_kernel(const __nv_bfloat16* h, __nv_bfloat16* a, in
 }
 
 __global__ void gelu_backward_kernel(const __nv_bfloat16* h, const __nv_bfloat16* da,
-                                     __nv_bfloat16* dh, int64_t vectors, bool exact) {
+                                     __nv_bfloat16* dh, int64_t vectors, int64_t per_row,
+                                     bool exact, PaddedRows used) {
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
+    if (!padded_row_used(used, v / per_row)) continue;
     float x[8], g[8];
     load_bf16x8(h + v * 8, x);
     load_bf16x8(da + v * 8, g);
@@ -33,11 +38,12 @@ __global__ void gelu_backward_kernel(const __nv_bfloat16* h, const __nv_bfloat16
 }
 
 __global__ void swiglu_forward_kernel(const __nv_bfloat16* h, __nv_bfloat16* a, int64_t rows,
-                                      int64_t ffn) {
+                                      int64_t ffn, PaddedRows used) {
   const int64_t per_row = ffn / 8, vectors = rows * per_row;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = v / per_row, col = (v - row * per_row) * 8;
+    if (!padded_row_used(used, row)) continue;
     const __nv_bfloat16* hr = h + row * 2 * ffn;
     float g[8], u[8];
     load_bf16x8(hr + col, g);
@@ -49,11 +55,13 @@ __global__ void swiglu_forward_kernel(const __nv_bfloat16* h, __nv_bfloat16* a, 
 }
 
 __global__ void swiglu_backward_kernel(const __nv_bfloat16* h, const __nv_bfloat16* da,
-                                       __nv_bfloat16* dh, int64_t rows, int64_t ffn) {
+                                       __nv_bfloat16* dh, int64_t rows, int64_t ffn,
+                                       PaddedRows used) {
   const int64_t per_row = ffn / 8, vectors = rows * per_row;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = v / per_row, col = (v - row * per_row) * 8;
+    if (!padded_row_used(used, row)) continue;
     const __nv_bfloat16* hr = h + row * 2 * ffn;
     float g[8], u[8], d[8], dg[8], du[8];
     load_bf16x8(hr + col, g);
@@ -93,18 +101,19 @@ constexpr int kThreads = 256;
 }  // namespace
 
 void gelu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, bool exact,
-                       cudaStream_t stream) {
+                       cudaStream_t stream, const PaddedRows& used) {
   check_vec(h, ffn, "gelu_forward_bf16");
   check_vec(a, ffn, "gelu_forward_bf16");
   const int64_t vectors = rows * ffn / 8;
   if (vectors == 0) return;
   gelu_forward_kernel<<<grid_for(vectors, kThreads), kThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(a), vectors, exact);
+      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(a), vectors, ffn / 8, exact,
+      used);
   MOEX_LAUNCH_CHECK();
 }
 
 void gelu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows, int64_t ffn,
-                        bool exact, cudaStream_t stream) {
+                        bool exact, cudaStream_t stream, const PaddedRows& used) {
   check_vec(h, ffn, "gelu_backward_bf16");
   check_vec(da, ffn, "gelu_backward_bf16");
   check_vec(dh, ffn, "gelu_backward_bf16");
@@ -112,22 +121,23 @@ void gelu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows, i
   if (vectors == 0) return;
   gelu_backward_kernel<<<grid_for(vectors, kThreads), kThreads, 0, stream>>>(
       static_cast<const __nv_bfloat16*>(h), static_cast<const __nv_bfloat16*>(da),
-      static_cast<__nv_bfloat16*>(dh), vectors, exact);
+      static_cast<__nv_bfloat16*>(dh), vectors, ffn / 8, exact, used);
   MOEX_LAUNCH_CHECK();
 }
 
-void swiglu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, cudaStream_t stream) {
+void swiglu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, cudaStream_t stream,
+                         const PaddedRows& used) {
   check_vec(h, ffn, "swiglu_forward_bf16");
   check_vec(a, ffn, "swiglu_forward_bf16");
   const int64_t vectors = rows * ffn / 8;
   if (vectors == 0) return;
   swiglu_forward_kernel<<<grid_for(vectors, kThreads), kThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(a), rows, ffn);
+      static_cast<const __nv_bfloat16*>(h), static_cast<__nv_bfloat16*>(a), rows, ffn, used);
   MOEX_LAUNCH_CHECK();
 }
 
 void swiglu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows, int64_t ffn,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, const PaddedRows& used) {
   check_vec(h, ffn, "swiglu_backward_bf16");
   check_vec(da, ffn, "swiglu_backward_bf16");
   check_vec(dh, ffn, "swiglu_backward_bf16");
@@ -135,7 +145,7 @@ void swiglu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows,
   if (vectors == 0) return;
   swiglu_backward_kernel<<<grid_for(vectors, kThreads), kThreads, 0, stream>>>(
       static_cast<const __nv_bfloat16*>(h), static_cast<const __nv_bfloat16*>(da),
-      static_cast<__nv_bfloat16*>(dh), rows, ffn);
+      static_cast<__nv_bfloat16*>(dh), rows, ffn, used);
   MOEX_LAUNCH_CHECK();
 }
 

@@ -2,22 +2,26 @@
 //   GELU:   h [rows, F]  -> a [rows, F];    backward (h, da [rows, F]) -> dh [rows, F]
 //   SwiGLU: h [rows, 2F] (gate columns 0..F-1, then up F..2F-1) -> a [rows, F] = silu(gate) * up;
 //           backward (h, da [rows, F]) -> dh [rows, 2F]
-// F must be a multiple of 8 (16-byte vectors). Twins: cpu/activation.h.
+// F must be a multiple of 8 (16-byte vectors). Twins: cpu/activation.h. `used` limits the rows
+// computed to those an expert uses (cuda/padded_rows.h); by default every row.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
+#include "cuda/padded_rows.h"
+
 namespace moex::cuda {
 
 void gelu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, bool exact,
-                       cudaStream_t stream);
+                       cudaStream_t stream, const PaddedRows& used = {});
 void gelu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows, int64_t ffn,
-                        bool exact, cudaStream_t stream);
-void swiglu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, cudaStream_t stream);
+                        bool exact, cudaStream_t stream, const PaddedRows& used = {});
+void swiglu_forward_bf16(const void* h, void* a, int64_t rows, int64_t ffn, cudaStream_t stream,
+                         const PaddedRows& used = {});
 void swiglu_backward_bf16(const void* h, const void* da, void* dh, int64_t rows, int64_t ffn,
-                          cudaStream_t stream);
+                          cudaStream_t stream, const PaddedRows& used = {});
 
 // Conversions used at the layer boundary and by tests: n elements, any n.
 void f32_to_bf16(const float* src, void* dst, int64_t n, cudaStream_t stream);

@@ -10,8 +10,9 @@
 namespace moex::cuda {
 namespace {
 
-void* open_cublas() {
-  const std::string soname = "libcublas.so." + std::to_string(CUBLAS_VER_MAJOR);
+// libcublas or libcublasLt (`name`), of the major version moex was built against.
+void* open_library(const std::string& name) {
+  const std::string soname = name + ".so." + std::to_string(CUBLAS_VER_MAJOR);
   std::vector<std::string> candidates = {soname};
 #ifdef MOEX_CUBLAS_DIR
   candidates.push_back(std::string(MOEX_CUBLAS_DIR) + "/" + soname);
@@ -24,37 +25,67 @@ void* open_cublas() {
     const char* e = dlerror();
     errors += (errors.empty() ? "" : "; ") + (e != nullptr ? std::string(e) : path + ": failed");
   }
-  MOEX_THROW("cannot load ", soname, " (cuBLAS, which the CUDA backend needs): ", errors,
+  MOEX_THROW("cannot load ", soname, " (", name, ", which the CUDA backend needs): ", errors,
              ". Put the CUDA toolkit's library directory on LD_LIBRARY_PATH");
 }
 
 template <class Fn>
-void resolve(void* lib, const char* name, Fn* out) {
+void resolve(void* lib, const char* library, const char* name, Fn* out) {
   *out = reinterpret_cast<Fn>(dlsym(lib, name));
-  MOEX_CHECK(*out != nullptr, "libcublas.so.", CUBLAS_VER_MAJOR, " has no function ", name,
+  MOEX_CHECK(*out != nullptr, library, ".so.", CUBLAS_VER_MAJOR, " has no function ", name,
              " (a cuBLAS older than the headers moex was built with?)");
 }
 
 CublasApi load() {
-  void* lib = open_cublas();
+  void* lib = open_library("libcublas");
+  const auto resolve = [lib](const char* name, auto* out) {
+    return ::moex::cuda::resolve(lib, "libcublas", name, out);
+  };
   CublasApi api{};
-  resolve(lib, "cublasCreate_v2", &api.create);
-  resolve(lib, "cublasDestroy_v2", &api.destroy);
-  resolve(lib, "cublasSetStream_v2", &api.set_stream);
-  resolve(lib, "cublasSetWorkspace_v2", &api.set_workspace);
-  resolve(lib, "cublasSetMathMode", &api.set_math_mode);
-  resolve(lib, "cublasSgemm_v2", &api.sgemm);
-  resolve(lib, "cublasGemmEx", &api.gemm_ex);
-  resolve(lib, "cublasGemmBatchedEx", &api.gemm_batched_ex);
-  resolve(lib, "cublasGemmStridedBatchedEx", &api.gemm_strided_batched_ex);
-  resolve(lib, "cublasGemmGroupedBatchedEx", &api.gemm_grouped_batched_ex);
+  resolve("cublasCreate_v2", &api.create);
+  resolve("cublasDestroy_v2", &api.destroy);
+  resolve("cublasSetStream_v2", &api.set_stream);
+  resolve("cublasSetWorkspace_v2", &api.set_workspace);
+  resolve("cublasSetMathMode", &api.set_math_mode);
+  resolve("cublasSgemm_v2", &api.sgemm);
+  resolve("cublasGemmEx", &api.gemm_ex);
+  resolve("cublasGemmBatchedEx", &api.gemm_batched_ex);
+  resolve("cublasGemmStridedBatchedEx", &api.gemm_strided_batched_ex);
+  resolve("cublasGemmGroupedBatchedEx", &api.gemm_grouped_batched_ex);
   return api;  // the library stays open for the life of the process
+}
+
+CublasLtApi load_lt() {
+  void* lib = open_library("libcublasLt");
+  const auto resolve = [lib](const char* name, auto* out) {
+    return ::moex::cuda::resolve(lib, "libcublasLt", name, out);
+  };
+  CublasLtApi api{};
+  resolve("cublasLtCreate", &api.create);
+  resolve("cublasLtDestroy", &api.destroy);
+  resolve("cublasLtMatmulDescCreate", &api.matmul_desc_create);
+  resolve("cublasLtMatmulDescDestroy", &api.matmul_desc_destroy);
+  resolve("cublasLtMatmulDescSetAttribute", &api.matmul_desc_set_attribute);
+  resolve("cublasLtMatrixLayoutCreate", &api.matrix_layout_create);
+  resolve("cublasLtMatrixLayoutDestroy", &api.matrix_layout_destroy);
+  resolve("cublasLtMatrixLayoutSetAttribute", &api.matrix_layout_set_attribute);
+  resolve("cublasLtMatmulPreferenceCreate", &api.preference_create);
+  resolve("cublasLtMatmulPreferenceDestroy", &api.preference_destroy);
+  resolve("cublasLtMatmulPreferenceSetAttribute", &api.preference_set_attribute);
+  resolve("cublasLtMatmulAlgoGetHeuristic", &api.algo_get_heuristic);
+  resolve("cublasLtMatmul", &api.matmul);
+  return api;
 }
 
 }  // namespace
 
 const CublasApi& cublas_api() {
   static const CublasApi api = load();  // a failed load throws and is retried on the next call
+  return api;
+}
+
+const CublasLtApi& cublaslt_api() {
+  static const CublasLtApi api = load_lt();
   return api;
 }
 

@@ -5,6 +5,7 @@
 // they would have called cublasGemmEx(...): the same functions, resolved from the library once.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 namespace moex::cuda {
@@ -42,5 +43,24 @@ struct CublasApi {
 // path, then the toolkit's library directory of the build, then /usr/local/cuda); an error names
 // the library and what dlopen said when it cannot be loaded or lacks a function.
 const CublasApi& cublas_api();
+
+// The cuBLASLt functions moex uses (cuda/varying_gemm.h), from libcublasLt.so.<major>, found the
+// same way. libcublas loads it anyway, so opening it costs nothing more.
+struct CublasLtApi {
+  decltype(&cublasLtCreate) create;
+  decltype(&cublasLtDestroy) destroy;
+  decltype(&cublasLtMatmulDescCreate) matmul_desc_create;
+  decltype(&cublasLtMatmulDescDestroy) matmul_desc_destroy;
+  decltype(&cublasLtMatmulDescSetAttribute) matmul_desc_set_attribute;
+  decltype(&cublasLtMatrixLayoutCreate) matrix_layout_create;
+  decltype(&cublasLtMatrixLayoutDestroy) matrix_layout_destroy;
+  decltype(&cublasLtMatrixLayoutSetAttribute) matrix_layout_set_attribute;
+  decltype(&cublasLtMatmulPreferenceCreate) preference_create;
+  decltype(&cublasLtMatmulPreferenceDestroy) preference_destroy;
+  decltype(&cublasLtMatmulPreferenceSetAttribute) preference_set_attribute;
+  decltype(&cublasLtMatmulAlgoGetHeuristic) algo_get_heuristic;
+  decltype(&cublasLtMatmul) matmul;
+};
+const CublasLtApi& cublaslt_api();
 
 }  // namespace moex::cuda

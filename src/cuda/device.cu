@@ -9,6 +9,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
 #include "cuda/graph.h"
+#include "cuda/varying_gemm.h"
 
 namespace moex::cuda {
 
@@ -206,8 +207,14 @@ CudaContext::CudaContext(int ordinal, bool own_stream)
   CUBLAS_CHECK(cublas_api().set_math_mode(cublas_, CUBLAS_DEFAULT_MATH));
 }
 
+VaryingSizeGemm& CudaContext::varying_gemm() {
+  if (!varying_gemm_) varying_gemm_ = std::make_unique<VaryingSizeGemm>(ordinal_);
+  return *varying_gemm_;
+}
+
 CudaContext::~CudaContext() {
   if (stream_) cudaStreamSynchronize(stream_);
+  varying_gemm_.reset();
   if (cublas_) cublas_api().destroy(cublas_);
   if (workspace_) cudaFree(workspace_);
   if (own_stream_ && stream_) cudaStreamDestroy(stream_);

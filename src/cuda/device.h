@@ -8,10 +8,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "core/tensor.h"
 
 namespace moex::cuda {
+
+class VaryingSizeGemm;
 
 // Number of visible GPUs (0 when there is no driver or no device; never throws).
 int device_count();
@@ -54,6 +57,8 @@ class CudaContext {
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
+  // GEMMs whose sizes change from call to call (cuda/varying_gemm.h), made on first use.
+  VaryingSizeGemm& varying_gemm();
   int ordinal() const { return ordinal_; }
   int num_sms() const { return num_sms_; }
   void synchronize() const;
@@ -66,6 +71,7 @@ class CudaContext {
   cublasHandle_t cublas_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  std::unique_ptr<VaryingSizeGemm> varying_gemm_;
 };
 
 // The context every op and module on GPU `ordinal` issues its work on, created on first use and

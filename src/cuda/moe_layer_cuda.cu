@@ -13,6 +13,7 @@
 #include "cuda/moe_permute.h"
 #include "cuda/moe_router.h"
 #include "cuda/random_fill.h"
+#include "cuda/varying_gemm.h"
 
 namespace moex::cuda {
 namespace {
@@ -449,7 +450,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   ensure_rows(rows_);
   upload_operands();
 
-  moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream);
+  moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
   experts_forward();
   finish_forward(x, y);
 }
@@ -536,6 +537,7 @@ void MoELayerCuda::upload_operands() {
     row0[e] = grouped ? (e > 0 ? row0[e - 1] + host_counts_[e - 1] : 0) : e * capacity_;
   for (int i = 0; i < static_cast<int>(slot_experts_.size()); ++i)
     set_expert_operands(i, slot_experts_[i], row0[slot_experts_[i]]);
+  if (!grouped) return;  // bucketed GEMMs run one expert at a time from host_ptrs_
   // Pageable source: staged at once, so host_ptrs_ may change after this returns.
   CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
                              host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
@@ -589,18 +591,33 @@ void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
 }
 
 void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
-  void** p = static_cast<void**>(grouped_ptrs_.raw_data());
+  // One GEMM per expert, from the host copies of the operand pointers: the kernel choice is kept
+  // per band of row counts (cuda/varying_gemm.h), where a batched call per bucket made cuBLAS
+  // choose again for every new load.
+  const VaryingDim varying = rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM;
+  const void* const* p = host_ptrs_.data();
   for (const PadBucket& b : buckets_) {
     GemmShape s = shape;
-    if (rows_are_k(gi)) {
-      s.k = b.m;
-    } else {
-      s.m = b.m;
-    }
-    gemm_batched_bf16(ctx_.cublas(), s, p + (gi * 3 + 0) * E_ + b.begin,
-                      p + (gi * 3 + 1) * E_ + b.begin, p + (gi * 3 + 2) * E_ + b.begin, c_f32,
-                      b.count, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f);
+    (rows_are_k(gi) ? s.k : s.m) = b.m;
+    for (int slot = b.begin; slot < b.begin + b.count; ++slot)
+      ctx_.varying_gemm().run(varying, s, p[(gi * 3 + 0) * E_ + slot], 0,
+                              p[(gi * 3 + 1) * E_ + slot], 0,
+                              const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
+                              c_f32 ? weight_grad_beta_ : 0.0f, ctx_.stream());
   }
+}
+
+PaddedRows MoELayerCuda::used_rows() const {
+  if (buckets_.empty()) return {};  // the GEMMs run over all E x C rows (or packed rows)
+  return PaddedRows{plan_.counts, capacity_, options_.padded_row_multiple};
+}
+
+void MoELayerCuda::strided_gemm(int gi, const GemmShape& shape, const void* a, int64_t stride_a,
+                                const void* b, int64_t stride_b, void* c, int64_t stride_c,
+                                bool c_f32) {
+  ctx_.varying_gemm().run(rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM, shape, a, stride_a, b,
+                          stride_b, c, stride_c, c_f32, E_, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f,
+                          ctx_.stream());
 }
 
 MixParams MoELayerCuda::mix_params(int64_t T) const {
@@ -623,7 +640,6 @@ MixParams MoELayerCuda::mix_params(int64_t T) const {
 }
 
 void MoELayerCuda::experts_forward() {
-  cublasHandle_t h = ctx_.cublas();
   cudaStream_t stream = ctx_.stream();
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
   if (!grouped) {
@@ -632,24 +648,24 @@ void MoELayerCuda::experts_forward() {
     if (!buckets_.empty()) {
       padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
     } else {
-      gemm_bf16(h, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, buf_.xb, C * d_, w1_.raw_data(),
-                f1_ * d_, buf_.h, C * f1_, false, E_);
+      strided_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, buf_.xb, C * d_,
+                   w1_.raw_data(), f1_ * d_, buf_.h, C * f1_, false);
     }
   } else {
     grouped_gemm(0, GemmShape{false, true, 0, f1_, d_, d_, d_, f1_}, false);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_forward_bf16(buf_.h, buf_.a, rows_, f_, stream);
+    swiglu_forward_bf16(buf_.h, buf_.a, rows_, f_, stream, used_rows());
   } else {
-    gelu_forward_bf16(buf_.h, buf_.a, rows_, f_, config_.gelu_exact, stream);
+    gelu_forward_bf16(buf_.h, buf_.a, rows_, f_, config_.gelu_exact, stream, used_rows());
   }
   if (!grouped) {
     const int64_t C = capacity_;
     if (!buckets_.empty()) {
       padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
     } else {
-      gemm_bf16(h, GemmShape{false, true, C, d_, f_, f_, f_, d_}, buf_.a, C * f_, w2_.raw_data(),
-                d_ * f_, buf_.out, C * d_, false, E_);
+      strided_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, buf_.a, C * f_, w2_.raw_data(),
+                   d_ * f_, buf_.out, C * d_, false);
     }
   } else {
     grouped_gemm(1, GemmShape{false, true, 0, d_, f_, f_, f_, d_}, false);
@@ -657,7 +673,6 @@ void MoELayerCuda::experts_forward() {
 }
 
 void MoELayerCuda::experts_backward() {
-  cublasHandle_t h = ctx_.cublas();
   cudaStream_t stream = ctx_.stream();
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
   const int64_t C = capacity_;
@@ -684,28 +699,29 @@ void MoELayerCuda::experts_backward() {
     padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
     padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
   } else if (!grouped) {
-    gemm_bf16(h, GemmShape{false, false, C, f_, d_, d_, f_, f_}, buf_.dout, C * d_, w2_.raw_data(),
-              d_ * f_, buf_.da, C * f_, false, E_);
-    gemm_bf16(h, GemmShape{true, false, d_, f_, C, d_, f_, f_}, buf_.dout, C * d_, buf_.a, C * f_,
-              dw2_.raw_data(), d_ * f_, true, E_, 1.0f, weight_grad_beta_);
+    strided_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, buf_.dout, C * d_,
+                 w2_.raw_data(), d_ * f_, buf_.da, C * f_, false);
+    strided_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, buf_.dout, C * d_, buf_.a,
+                 C * f_, dw2_.raw_data(), d_ * f_, true);
   } else {
     grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
     grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, stream);
+    swiglu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, stream, used_rows());
   } else {
-    gelu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, config_.gelu_exact, stream);
+    gelu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, config_.gelu_exact, stream,
+                       used_rows());
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
   if (!grouped && !buckets_.empty()) {
     padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
     padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
   } else if (!grouped) {
-    gemm_bf16(h, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, buf_.dh, C * f1_, buf_.xb, C * d_,
-              dw1_.raw_data(), f1_ * d_, true, E_, 1.0f, weight_grad_beta_);
-    gemm_bf16(h, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, buf_.dh, C * f1_, w1_.raw_data(),
-              f1_ * d_, buf_.dout, C * d_, false, E_);
+    strided_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, buf_.dh, C * f1_, buf_.xb,
+                 C * d_, dw1_.raw_data(), f1_ * d_, true);
+    strided_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, buf_.dh, C * f1_,
+                 w1_.raw_data(), f1_ * d_, buf_.dout, C * d_, false);
   } else {
     grouped_gemm(4, GemmShape{true, false, f1_, d_, 0, f1_, d_, d_}, true);
     grouped_gemm(5, GemmShape{false, false, 0, d_, f1_, f1_, d_, d_}, false);
@@ -732,7 +748,7 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   // (the router's weight gradient reads it); the jitter is the same Philox draw.
   point_scratch(rows_, true);
   upload_operands();
-  moe_permute(x_, plan_.gather, rows_, d_, k_, buf_.xb, stream);
+  moe_permute(x_, plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
   router_input_bf16(x_, T, d_, eps, seed_, offset_, buf_.xj, stream);
   // Residual / shared mix: split dy into the MoE part and the dense MLPs' output gradients.
   const bool mix = res_.defined() || sh_.defined();
@@ -748,7 +764,7 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
     if (res_.defined()) dy_moe = dym_.raw_data();
   }
   moe_combine_backward(dy_moe, buf_.out, plan_.gather, plan_.gates, rows_, d_, k_, buf_.dout,
-                       dgates_.data<float>(), stream);
+                       dgates_.data<float>(), stream, used_rows());
   RouterBackwardParams rp;
   rp.num_tokens = T;
   rp.num_experts = E_;

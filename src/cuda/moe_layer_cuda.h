@@ -36,6 +36,7 @@
 #include "cuda/moe_decode.h"
 #include "cuda/moe_gating.h"
 #include "cuda/moe_mix.h"
+#include "cuda/padded_rows.h"
 #include "moe/moe_config.h"
 
 namespace moex::cuda {
@@ -267,7 +268,7 @@ class MoELayerCuda {
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
   std::vector<int> slot_experts_;     // expert of each operand-pointer slot (grouped / buckets)
-  // kPadded with padded_row_multiple: experts grouped by rounded rows; grouped_ptrs_ holds their
+  // kPadded with padded_row_multiple: experts grouped by rounded rows; host_ptrs_ holds their
   // pointers in bucket order. Empty = one strided-batched call per GEMM.
   struct PadBucket {
     int64_t m = 0;
@@ -280,8 +281,14 @@ class MoELayerCuda {
   void set_expert_operands(int slot, int e, int64_t row0);
   // Expert GEMM gi (0..5) over the buckets / over group_experts_; the rows dimension of `shape`
   // (m, or k for the weight gradients) is replaced by each bucket's / expert's rows.
-  void padded_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per bucket
+  void padded_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per expert
   void grouped_gemm(int gi, const GemmShape& shape, bool c_f32);
+  // The rows the bucketed GEMMs compute on (kernels over all rows skip the rest); every row when
+  // the GEMMs run unbucketed.
+  PaddedRows used_rows() const;
+  // Expert GEMM gi over all E experts at once (capacity mode, unbucketed padded rows).
+  void strided_gemm(int gi, const GemmShape& shape, const void* a, int64_t stride_a, const void* b,
+                    int64_t stride_b, void* c, int64_t stride_c, bool c_f32);
 
   // Residual / shared expert state.
   DenseMlp res_, sh_;

@@ -3,6 +3,7 @@
 #include "cuda/cuda_check.h"
 #include "cuda/launch.cuh"
 #include "cuda/moe_permute.h"
+#include "cuda/padded_rows.cuh"
 #include "moe/router.h"
 
 namespace moex::cuda {
@@ -12,8 +13,9 @@ constexpr int kThreads = 128;  // one block per row; 16-byte vectors
 
 __global__ void permute_kernel(const __nv_bfloat16* __restrict__ x,
                                const int32_t* __restrict__ gather, int64_t d, int top_k,
-                               __nv_bfloat16* __restrict__ xb) {
+                               __nv_bfloat16* __restrict__ xb, PaddedRows used) {
   const int64_t r = blockIdx.x;
+  if (!padded_row_used(used, r)) return;
   const int q = gather[r];
   __nv_bfloat16* dst = xb + r * d;
   if (q < 0) {
@@ -49,9 +51,10 @@ __global__ void combine_backward_kernel(const __nv_bfloat16* __restrict__ dy,
                                         const __nv_bfloat16* __restrict__ ob,
                                         const int32_t* __restrict__ gather,
                                         const float* __restrict__ gates, int64_t d, int top_k,
-                                        __nv_bfloat16* __restrict__ dob,
-                                        float* __restrict__ dgates) {
+                                        __nv_bfloat16* __restrict__ dob, float* __restrict__ dgates,
+                                        PaddedRows used) {
   const int64_t r = blockIdx.x;
+  if (!padded_row_used(used, r)) return;
   const int q = gather[r];
   __nv_bfloat16* dst = dob + r * d;
   if (q < 0) {
@@ -128,12 +131,13 @@ void check_rows(const void* p, int64_t d, const char* what) {
 }  // namespace
 
 void moe_permute(const void* x, const int32_t* gather, int64_t num_rows, int64_t d, int top_k,
-                 void* xb, cudaStream_t stream) {
+                 void* xb, cudaStream_t stream, const PaddedRows& used) {
   check_rows(x, d, "moe_permute");
   check_rows(xb, d, "moe_permute");
   if (num_rows == 0) return;
   permute_kernel<<<static_cast<unsigned>(num_rows), kThreads, 0, stream>>>(
-      static_cast<const __nv_bfloat16*>(x), gather, d, top_k, static_cast<__nv_bfloat16*>(xb));
+      static_cast<const __nv_bfloat16*>(x), gather, d, top_k, static_cast<__nv_bfloat16*>(xb),
+      used);
   MOEX_LAUNCH_CHECK();
 }
 
@@ -150,14 +154,14 @@ void moe_combine(const void* ob, const int32_t* row, const float* gates, int64_t
 
 void moe_combine_backward(const void* dy, const void* ob, const int32_t* gather, const float* gates,
                           int64_t num_rows, int64_t d, int top_k, void* dob, float* dgates,
-                          cudaStream_t stream) {
+                          cudaStream_t stream, const PaddedRows& used) {
   check_rows(dy, d, "moe_combine_backward");
   check_rows(ob, d, "moe_combine_backward");
   check_rows(dob, d, "moe_combine_backward");
   if (num_rows == 0) return;
   combine_backward_kernel<<<static_cast<unsigned>(num_rows), kThreads, 0, stream>>>(
       static_cast<const __nv_bfloat16*>(dy), static_cast<const __nv_bfloat16*>(ob), gather, gates,
-      d, top_k, static_cast<__nv_bfloat16*>(dob), dgates);
+      d, top_k, static_cast<__nv_bfloat16*>(dob), dgates, used);
   MOEX_LAUNCH_CHECK();
 }
 

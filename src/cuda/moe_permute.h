@@ -8,11 +8,14 @@
 
 #include <cstdint>
 
+#include "cuda/padded_rows.h"
+
 namespace moex::cuda {
 
-// xb [R, d] = x[gather[r] / k] (zeros for padding rows).
+// xb [R, d] = x[gather[r] / k] (zeros for padding rows). Rows outside `used`
+// (cuda/padded_rows.h) are left unwritten, here and in moe_combine_backward.
 void moe_permute(const void* x, const int32_t* gather, int64_t num_rows, int64_t d, int top_k,
-                 void* xb, cudaStream_t stream);
+                 void* xb, cudaStream_t stream, const PaddedRows& used = {});
 
 // y [T, d] = sum_j gates[t*k+j] * ob[row[t*k+j]] over kept routes (zeros if none): the
 // un-permute fused with the weighted combine.
@@ -24,7 +27,7 @@ void moe_combine(const void* ob, const int32_t* row, const float* gates, int64_t
 // dgates of dropped routes is left unwritten (consumers check the slot).
 void moe_combine_backward(const void* dy, const void* ob, const int32_t* gather, const float* gates,
                           int64_t num_rows, int64_t d, int top_k, void* dob, float* dgates,
-                          cudaStream_t stream);
+                          cudaStream_t stream, const PaddedRows& used = {});
 
 // Backward of moe_permute plus the router's input gradient:
 //   dx [T, d] = sum_j dxb[row[t*k+j]] (kept routes) + u[t] * dxj[t]

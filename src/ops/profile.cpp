@@ -1,6 +1,7 @@
 #include "ops/profile.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "ops/device_dispatch.h"
@@ -13,13 +14,22 @@ namespace moex::ops {
 namespace {
 
 bool g_enabled = false;
+std::map<std::string, double> g_host_ms;  // host wall time per scope name
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 #if MOEX_WITH_CUDA
 struct Record {
   std::string name;
   cudaEvent_t start = nullptr, stop = nullptr;
+  bool outermost = false;  // not inside another scope
 };
 std::vector<Record> g_records;
+int g_depth = 0;  // scopes open now
 #endif
 
 }  // namespace
@@ -38,6 +48,8 @@ ProfileScope::ProfileScope(const char* name, const Device& device) {
 #if MOEX_WITH_CUDA
   Record r;
   r.name = name;
+  r.outermost = g_depth++ == 0;
+  host_start_ms_ = now_ms();
   CUDA_CHECK(cudaEventCreate(&r.start));
   CUDA_CHECK(cudaEventCreate(&r.stop));
   CUDA_CHECK(cudaEventRecord(r.start, detail::stream(device)));
@@ -52,19 +64,35 @@ ProfileScope::ProfileScope(const char* name, const Device& device) {
 ProfileScope::~ProfileScope() {
   if (!g_enabled) return;
 #if MOEX_WITH_CUDA
-  if (slot_ >= 0)
+  if (slot_ >= 0) {
     cudaEventRecord(g_records[slot_].stop, detail::stream(Device::cuda(stream_ordinal_)));
+    --g_depth;
+    g_host_ms["host." + g_records[slot_].name] += now_ms() - host_start_ms_;
+  }
 #endif
 }
 
 std::vector<std::pair<std::string, double>> profile_report() {
   std::map<std::string, double> ms;
+  ms.swap(g_host_ms);
 #if MOEX_WITH_CUDA
-  for (Record& r : g_records) {
+  const Record* previous = nullptr;  // the last outermost scope
+  for (const Record& r : g_records) {
     CUDA_CHECK(cudaEventSynchronize(r.stop));
     float t = 0;
     CUDA_CHECK(cudaEventElapsedTime(&t, r.start, r.stop));
     ms[r.name] += t;
+    if (r.outermost) {
+      // The device time between two outermost scopes: unscoped work, or the GPU waiting for the
+      // host (a synchronisation, launches slower than the kernels they start).
+      if (previous != nullptr) {
+        CUDA_CHECK(cudaEventElapsedTime(&t, previous->stop, r.start));
+        ms["gap_before." + r.name] += t;
+      }
+      previous = &r;
+    }
+  }
+  for (Record& r : g_records) {
     cudaEventDestroy(r.start);
     cudaEventDestroy(r.stop);
   }

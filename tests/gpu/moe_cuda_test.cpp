@@ -176,6 +176,72 @@ TEST_F(Gpu, ActivationsMatchCpu) {
   }
 }
 
+// Padded dropless rows (cuda/padded_rows.h): E = 3 experts of C = 12 rows, 3, 12 and 0 routed rows,
+// computed in steps of 4. The kernels write expert 0's first 4 rows and all of expert 1's, as the
+// unrestricted kernels do, and leave every other row as it was (poisoned).
+TEST_F(Gpu, KernelsSkipUnusedPaddedRows) {
+  CudaContext ctx;
+  const int64_t E = 3, C = 12, rows = E * C, ffn = 40, d = 16;
+  const std::vector<int32_t> counts = {3, 12, 0};
+  DevBuf dcounts = upload(counts);
+  const cuda::PaddedRows used{static_cast<const int32_t*>(dcounts.ptr), C, 4};
+  auto is_used = [&](int64_t r) { return (r / C == 0 && r % C < 4) || r / C == 1; };
+  // Compares the used rows with `want` and checks the others still hold the poison bits.
+  auto check = [&](const DevBuf& got_buf, const std::vector<float>& want, int64_t width,
+                   const std::string& what) {
+    const auto raw = download<uint16_t>(got_buf.ptr, rows * width);
+    std::vector<float> got_used, want_used;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < width; ++c) {
+        if (is_used(r)) {
+          got_used.push_back(bf16_to_f32(raw[r * width + c]));
+          want_used.push_back(want[r * width + c]);
+        } else {
+          ASSERT_EQ(raw[r * width + c], 0xFFFF) << what << ": unused row " << r << " written";
+        }
+      }
+    EXPECT_LT(rel_l2(got_used, want_used), 1e-2) << what;
+  };
+  for (int variant = 0; variant < 3; ++variant) {  // gelu tanh, gelu exact, swiglu
+    const bool swiglu = variant == 2, exact = variant == 1;
+    const int64_t f1 = swiglu ? 2 * ffn : ffn;
+    const auto h = round_bf16(rand_vec(rows * f1, 50 + variant, -3, 3));
+    const auto da = round_bf16(rand_vec(rows * ffn, 60 + variant));
+    std::vector<float> a_ref(rows * ffn), dh_ref(rows * f1);
+    DevBuf dh_in = upload(to_bf16(h)), dda = upload(to_bf16(da));
+    DevBuf a(rows * ffn * 2), dh(rows * f1 * 2);
+    if (swiglu) {
+      cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
+      cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
+      cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream(), used);
+      cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream(), used);
+    } else {
+      cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
+      cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
+      cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream(), used);
+      cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream(), used);
+    }
+    ctx.synchronize();
+    check(a, a_ref, ffn, "activation forward, variant " + std::to_string(variant));
+    check(dh, dh_ref, f1, "activation backward, variant " + std::to_string(variant));
+  }
+  // Permute: expert 0 holds routes 0..2 (tokens 0..2 with k = 1), expert 1 routes 3..14; padding
+  // rows inside the used ones are zeroed.
+  const int64_t T = 15;
+  const auto x = round_bf16(rand_vec(T * d, 70));
+  std::vector<int32_t> gather(rows, -1);
+  for (int64_t r = 0; r < 3; ++r) gather[r] = static_cast<int32_t>(r);
+  for (int64_t r = 0; r < 12; ++r) gather[C + r] = static_cast<int32_t>(3 + r);
+  std::vector<float> xb_ref(rows * d, 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < d && gather[r] >= 0; ++c) xb_ref[r * d + c] = x[gather[r] * d + c];
+  DevBuf dx = upload(to_bf16(x)), dgather = upload(gather), xb(rows * d * 2);
+  cuda::moe_permute(dx.ptr, static_cast<const int32_t*>(dgather.ptr), rows, d, 1, xb.ptr,
+                    ctx.stream(), used);
+  ctx.synchronize();
+  check(xb, xb_ref, d, "permute");
+}
+
 // ---------------- GEMM ----------------
 TEST_F(Gpu, BatchedGemmMatchesCpu) {
   CudaContext ctx;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "core/json_reader.h"
 #include "core/rng.h"
@@ -61,7 +62,9 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   std::vector<double> times;
   // Two more steps after the timed ones give the per-op time budget (CUDA events around each op).
   const int profiled = device.is_cuda() ? 2 : 0;
+  uint64_t generation0 = 0, generation1 = 0;  // buffer_generation() around the timed steps
   for (int i = 0; i < warmup + iters + profiled; ++i) {
+    if (i == warmup) generation0 = buffer_generation();
     if (i == warmup + iters) ops::profile_enable(true);
     ops::synchronize(device);
     const auto start = Clock::now();
@@ -76,6 +79,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     opt.step(m, c.optimizer.lr, i + 1);
     ops::synchronize(device);
     if (i >= warmup && i < warmup + iters) times.push_back(ms_since(start));
+    if (i == warmup + iters - 1) generation1 = buffer_generation();
   }
   const nlohmann::json budget = profiled > 0 ? profile_budget(profiled) : nlohmann::json::object();
   std::sort(times.begin(), times.end());
@@ -96,23 +100,26 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     computed += static_cast<double>(st.capacity) * e.num_experts;
     routed += static_cast<double>(batch * seq) * e.top_k;
   }
-  return nlohmann::json{{"bench", "train-step"},
-                        {"moe_max_over_mean_load", routed > 0 ? computed / routed : 0.0},
-                        {"config", config_path},
-                        {"device", device.str()},
-                        {"offload", offload},
-                        {"parameters", mc.num_parameters()},
-                        {"tokens", batch * seq},
-                        {"step_ms", median},
-                        {"tokens_per_s", tokens_per_s},
-                        {"flops_per_token", flops_per_token},
-                        // against the dense bf16 GEMM rate measured on the H200 (docs/results.md)
-                        {"mfu", flops_per_token * tokens_per_s / 737e12},
-                        {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
-                        {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
-                        // GPU ms per step in each op (outermost ops; the rest of step_ms is
-                        // launch gaps and host work)
-                        {"op_ms", budget}}
+  return nlohmann::json{
+      {"bench", "train-step"},
+      {"moe_max_over_mean_load", routed > 0 ? computed / routed : 0.0},
+      {"config", config_path},
+      {"device", device.str()},
+      {"offload", offload},
+      {"parameters", mc.num_parameters()},
+      {"tokens", batch * seq},
+      {"step_ms", median},
+      {"tokens_per_s", tokens_per_s},
+      {"flops_per_token", flops_per_token},
+      // against the dense bf16 GEMM rate measured on the H200 (docs/results.md)
+      {"mfu", flops_per_token * tokens_per_s / 737e12},
+      {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
+      {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
+      // buffers replaced (grown) per timed step: each one waited for the device
+      {"buffer_moves_per_step", static_cast<double>(generation1 - generation0) / iters},
+      // GPU ms per step in each op (outermost ops; the rest of step_ms is
+      // launch gaps and host work)
+      {"op_ms", budget}}
       .dump();
 }
 

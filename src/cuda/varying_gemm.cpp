@@ -1,0 +1,175 @@
+#include "cuda/varying_gemm.h"
+
+#include <utility>
+
+#include "cuda/cublas_api.h"
+#include "cuda/cuda_check.h"
+
+namespace moex::cuda {
+namespace {
+
+// The largest power of two (at most 256) that divides the address: what cuBLASLt may assume.
+int alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  int align = 256;
+  while (align > 1 && a % align != 0) align /= 2;
+  return align;
+}
+
+// The descriptors of one call, destroyed with it. Column-major view of the row-major product, as
+// in cuda/gemm.cu: C^T[N,M] = op(B)^T op(A)^T, so cuBLASLt's A is our B and its B is our A.
+struct Descriptors {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+
+  Descriptors(const GemmShape& s, bool c_is_f32, int batch, int64_t stride_a, int64_t stride_b,
+              int64_t stride_c) {
+    try {
+      create(s, c_is_f32, batch, stride_a, stride_b, stride_c);
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~Descriptors() { release(); }
+  Descriptors(const Descriptors&) = delete;
+  Descriptors& operator=(const Descriptors&) = delete;
+
+ private:
+  void create(const GemmShape& s, bool c_is_f32, int batch, int64_t stride_a, int64_t stride_b,
+              int64_t stride_c) {
+    const CublasLtApi& lt = cublaslt_api();
+    CUBLAS_CHECK(lt.matmul_desc_create(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t op_b = s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_a = s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(
+        lt.matmul_desc_set_attribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &op_b, sizeof(op_b)));
+    CUBLAS_CHECK(
+        lt.matmul_desc_set_attribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &op_a, sizeof(op_a)));
+    // Stored (untransposed) column-major shapes: B is [K,N] row-major = [N,K] column-major, etc.
+    CUBLAS_CHECK(lt.matrix_layout_create(&a, CUDA_R_16BF, s.trans_b ? s.k : s.n,
+                                         s.trans_b ? s.n : s.k, s.ldb));
+    CUBLAS_CHECK(lt.matrix_layout_create(&b, CUDA_R_16BF, s.trans_a ? s.m : s.k,
+                                         s.trans_a ? s.k : s.m, s.lda));
+    CUBLAS_CHECK(lt.matrix_layout_create(&c, c_is_f32 ? CUDA_R_32F : CUDA_R_16BF, s.n, s.m, s.ldc));
+    if (batch == 1) return;
+    const int32_t count = batch;
+    const std::pair<cublasLtMatrixLayout_t, int64_t> strided[] = {
+        {a, stride_b}, {b, stride_a}, {c, stride_c}};
+    for (const auto& [layout, stride] : strided) {
+      CUBLAS_CHECK(lt.matrix_layout_set_attribute(layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                  &count, sizeof(count)));
+      CUBLAS_CHECK(lt.matrix_layout_set_attribute(
+          layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
+    }
+  }
+  void release() {
+    const CublasLtApi& lt = cublaslt_api();
+    for (cublasLtMatrixLayout_t l : {a, b, c})
+      if (l != nullptr) lt.matrix_layout_destroy(l);
+    if (op != nullptr) lt.matmul_desc_destroy(op);
+    op = nullptr;
+    a = b = c = nullptr;
+  }
+};
+}  // namespace
+
+int64_t VaryingSizeGemm::band(int64_t size) {
+  int64_t p = 1;
+  while (p < size) {
+    if (p >= 2 && p / 2 * 3 >= size) return p / 2 * 3;
+    p *= 2;
+  }
+  return p;
+}
+
+VaryingSizeGemm::VaryingSizeGemm(int device) {
+  const CublasLtApi& lt = cublaslt_api();
+  CUDA_CHECK(cudaSetDevice(device));
+  CUBLAS_CHECK(lt.create(&handle_));
+  workspace_bytes_ = size_t{32} << 20;  // what cuBLAS recommends on Hopper
+  const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_);
+  if (st != cudaSuccess) {
+    lt.destroy(handle_);
+    CUDA_CHECK(st);
+  }
+}
+
+VaryingSizeGemm::~VaryingSizeGemm() {
+  if (handle_ != nullptr) cublaslt_api().destroy(handle_);
+  if (workspace_ != nullptr) cudaFree(workspace_);
+}
+
+bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int align_a, int align_b,
+                             int align_c, cublasLtMatmulAlgo_t* algo) {
+  const CublasLtApi& lt = cublaslt_api();
+  // Strides of the chosen shape: packed, as large as the band's matrices.
+  const int64_t stride_a = (s.trans_a ? s.k : s.m) * s.lda;
+  const int64_t stride_b = (s.trans_b ? s.n : s.k) * s.ldb;
+  const Descriptors d(s, c_is_f32, batch, stride_a, stride_b, s.m * s.ldc);
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_CHECK(lt.preference_create(&pref));
+  const uint32_t aligns[] = {static_cast<uint32_t>(align_b), static_cast<uint32_t>(align_a),
+                             static_cast<uint32_t>(align_c), static_cast<uint32_t>(align_c)};
+  const cublasLtMatmulPreferenceAttributes_t names[] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  cublasStatus_t st = lt.preference_set_attribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                  &workspace_bytes_, sizeof(workspace_bytes_));
+  for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
+    st = lt.preference_set_attribute(pref, names[i], &aligns[i], sizeof(aligns[i]));
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  if (st == CUBLAS_STATUS_SUCCESS)
+    st = lt.algo_get_heuristic(handle_, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
+  lt.preference_destroy(pref);
+  CUBLAS_CHECK(st);
+  ++choices_;
+  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return false;
+  *algo = result.algo;
+  return true;
+}
+
+void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a,
+                          const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32,
+                          int batch, float alpha, float beta, cudaStream_t stream) {
+  MOEX_CHECK(s.m >= 0 && s.n >= 0 && s.k >= 0 && batch >= 1, "VaryingSizeGemm: bad shape m=", s.m,
+             " n=", s.n, " k=", s.k, " batch=", batch);
+  MOEX_CHECK(s.lda >= (s.trans_a ? s.m : s.k) && s.ldb >= (s.trans_b ? s.k : s.n) && s.ldc >= s.n,
+             "VaryingSizeGemm: a leading dimension is too small");
+  if (s.m == 0 || s.n == 0) return;
+  if (s.k == 0 && beta == 1.0f) return;  // C += 0
+  const CublasLtApi& lt = cublaslt_api();
+  const int align_a = alignment_of(a), align_b = alignment_of(b), align_c = alignment_of(c);
+  // The band's largest shape, the one the kernel is chosen for; the exact shape where the band's
+  // top would not fit the leading dimensions (the changing size is a stored row's length).
+  GemmShape top = s;
+  if (varying == VaryingDim::kM) top.m = band(s.m);
+  if (varying == VaryingDim::kK) top.k = band(s.k);
+  if (top.lda < (s.trans_a ? top.m : top.k) || top.ldb < (s.trans_b ? top.k : top.n)) top = s;
+  const Key key{s.trans_a, s.trans_b, c_is_f32, top.m,   s.n,     top.k,  s.lda,
+                s.ldb,     s.ldc,     batch,    align_a, align_b, align_c};
+  auto it = chosen_.find(key);
+  if (it == chosen_.end()) {
+    cublasLtMatmulAlgo_t algo{};
+    if (!choose(top, c_is_f32, batch, align_a, align_b, align_c, &algo)) {
+      MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &algo),
+                 "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
+                 " batch=", batch);
+    }
+    it = chosen_.emplace(key, algo).first;
+  }
+  const Descriptors d(s, c_is_f32, batch, stride_a, stride_b, stride_c);
+  cublasStatus_t st = lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c,
+                                &it->second, workspace_, workspace_bytes_, stream);
+  if (st == CUBLAS_STATUS_SUCCESS) return;
+  // The band's kernel cannot run this shape: choose for the exact shape (not kept).
+  cublasLtMatmulAlgo_t exact{};
+  MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &exact),
+             "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
+             " batch=", batch, " (", cublas_status_name(st), " with the band's)");
+  CUBLAS_CHECK(lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c, &exact,
+                         workspace_, workspace_bytes_, stream));
+}
+
+}  // namespace moex::cuda

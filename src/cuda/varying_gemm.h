@@ -1,0 +1,60 @@
+// bf16 GEMMs whose sizes change from call to call: the MoE layer's per-expert GEMMs, whose row
+// counts come from each step's routing. cuBLAS picks a kernel for every exact shape, and a shape
+// it has not seen costs about 0.6 ms of host time (14 us once seen; measured on the GPU machine's
+// host). A training step meets dozens of new expert loads, so its first steps starved the GPU
+// (docs/gpu-model.md §Kernel choice for changing shapes). Here the kernel is chosen once per band
+// of sizes (the changing size rounded up to 2^i or 1.5 x 2^i) for the top of the band, and reused
+// for every shape in it; only a shape the chosen kernel cannot run asks cuBLAS again.
+//
+// The shapes are those of cuda/gemm.h: row-major C[M,N] = alpha op(A) op(B) + beta C, bf16 A and
+// B, C bf16 or fp32, fp32 accumulation, `batch` entries at element strides.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "cuda/gemm.h"
+
+namespace moex::cuda {
+
+// Which size of the GEMM changes from call to call: m (rows of A and C) or k (the reduction).
+enum class VaryingDim { kM, kK };
+
+class VaryingSizeGemm {
+ public:
+  explicit VaryingSizeGemm(int device);
+  ~VaryingSizeGemm();
+  VaryingSizeGemm(const VaryingSizeGemm&) = delete;
+  VaryingSizeGemm& operator=(const VaryingSizeGemm&) = delete;
+
+  void run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a, const void* b,
+           int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32, int batch, float alpha,
+           float beta, cudaStream_t stream);
+
+  // Kernel choices asked of cuBLAS so far: one per band, plus one per exact shape that the band's
+  // kernel could not run.
+  int64_t choices() const { return choices_; }
+
+  // The band a changing size falls in: the smallest 2^i or 3 x 2^(i-1) at or above it (>= 1).
+  static int64_t band(int64_t size);
+
+ private:
+  // Everything a kernel choice depends on: transposes, C's type, the sizes (the changing one
+  // banded), leading dimensions, batch and the operands' address alignment.
+  using Key = std::tuple<bool, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                         int, int, int, int>;
+  bool choose(const GemmShape& s, bool c_is_f32, int batch, int align_a, int align_b, int align_c,
+              cublasLtMatmulAlgo_t* algo);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<Key, cublasLtMatmulAlgo_t> chosen_;
+  int64_t choices_ = 0;
+};
+
+}  // namespace moex::cuda

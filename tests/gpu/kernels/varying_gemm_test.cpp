@@ -1,0 +1,113 @@
+// VaryingSizeGemm (cuda/varying_gemm.h) against cpu::gemm: every transpose pair, a changing m
+// and a changing k through several sizes of one band and of different bands, bf16 and fp32 C,
+// beta 0 (poisoned C) and beta 1 (C += A B), strided batches, and operands 16-byte but not
+// 256-byte aligned. The kernel is chosen once per band: later sizes of the band ask cuBLAS for
+// nothing.
+#include "cuda/varying_gemm.h"
+
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "kernel_test_util.h"
+
+namespace moex {
+namespace {
+
+using kt::DevBuf;
+
+class VaryingGemmTest : public kt::GpuKernel {};
+
+// Runs one GEMM of `s` (packed leading dimensions) with operands placed `offset` elements into
+// their buffers, against the CPU product of the same bf16 numbers.
+double run_case(cuda::CudaContext& ctx, cuda::VaryingDim varying, bool ta, bool tb, int64_t m,
+                int64_t n, int64_t k, bool c_f32, float beta, int batch, int64_t offset,
+                uint64_t seed) {
+  const cuda::GemmShape s{ta, tb, m, n, k, ta ? m : k, tb ? k : n, n};
+  const int64_t sa = m * k, sb = k * n, sc = m * n;
+  const auto a = kt::round_bf16(kt::rand_vec(batch * sa, seed));
+  const auto b = kt::round_bf16(kt::rand_vec(batch * sb, seed + 1));
+  const auto c0 = kt::round_bf16(kt::rand_vec(batch * sc, seed + 2));
+  std::vector<float> want = c0;
+  for (int i = 0; i < batch; ++i)
+    cpu::gemm<float>(ta, tb, m, n, k, 1.0f, a.data() + i * sa, b.data() + i * sb, beta,
+                     want.data() + i * sc);
+  std::vector<uint16_t> a16(offset, 0), b16(offset, 0);
+  const auto a_bits = kt::to_bf16(a), b_bits = kt::to_bf16(b);
+  a16.insert(a16.end(), a_bits.begin(), a_bits.end());
+  b16.insert(b16.end(), b_bits.begin(), b_bits.end());
+  DevBuf da = kt::upload(a16), db = kt::upload(b16);
+  const size_t c_elem = c_f32 ? 4 : 2;
+  DevBuf dc((offset + batch * sc) * c_elem);  // poisoned
+  char* c_ptr = static_cast<char*>(dc.ptr) + offset * c_elem;
+  if (beta != 0.0f) {
+    if (c_f32) {
+      kt::upload_to(c_ptr, c0);
+    } else {
+      kt::upload_to(c_ptr, kt::to_bf16(c0));
+    }
+  }
+  ctx.varying_gemm().run(varying, s, static_cast<const uint16_t*>(da.ptr) + offset, sa,
+                         static_cast<const uint16_t*>(db.ptr) + offset, sb, c_ptr, sc, c_f32, batch,
+                         1.0f, beta, ctx.stream());
+  ctx.synchronize();
+  const std::vector<float> got =
+      c_f32 ? kt::download<float>(c_ptr, batch * sc) : kt::download_bf16(c_ptr, batch * sc);
+  return kt::rel_l2(got, want);
+}
+
+TEST_F(VaryingGemmTest, MatchesCpuAcrossSizesAndBands) {
+  cuda::CudaContext ctx;
+  uint64_t seed = 100;
+  for (int variant = 0; variant < 4; ++variant) {
+    const bool ta = variant & 1, tb = variant & 2;
+    for (const bool c_f32 : {false, true}) {
+      // Changing m (forward and dx GEMMs): 130..192 share a band, 320 and 40 do not.
+      for (const int64_t m : {130, 192, 150, 320, 40}) {
+        const double err =
+            run_case(ctx, cuda::VaryingDim::kM, ta, tb, m, 96, 72, c_f32, 0.0f, 1, 0, seed++);
+        EXPECT_LT(err, c_f32 ? 1e-5 : 1e-2) << "ta=" << ta << " tb=" << tb << " m=" << m;
+      }
+      // Changing k (weight gradients), accumulated into C.
+      for (const int64_t k : {200, 256, 129, 24}) {
+        const double err =
+            run_case(ctx, cuda::VaryingDim::kK, ta, tb, 64, 80, k, c_f32, 1.0f, 1, 0, seed++);
+        EXPECT_LT(err, c_f32 ? 1e-5 : 1e-2) << "ta=" << ta << " tb=" << tb << " k=" << k;
+      }
+    }
+  }
+}
+
+TEST_F(VaryingGemmTest, StridedBatchesAndSmallAlignment) {
+  cuda::CudaContext ctx;
+  for (const int64_t offset : {0, 8}) {  // 8 bf16 = 16 bytes: aligned for vectors, not for 256
+    for (const int64_t m : {96, 72}) {
+      const double err = run_case(ctx, cuda::VaryingDim::kM, false, true, m, 48, 40, false, 0.0f, 3,
+                                  offset, 700 + m + offset);
+      EXPECT_LT(err, 1e-2) << "m=" << m << " offset=" << offset;
+    }
+    const double err = run_case(ctx, cuda::VaryingDim::kK, true, false, 48, 56, 100, true, 1.0f, 3,
+                                offset, 800 + offset);
+    EXPECT_LT(err, 1e-5) << "offset=" << offset;
+  }
+}
+
+TEST_F(VaryingGemmTest, ChoosesOncePerBand) {
+  cuda::CudaContext ctx;
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(1), 1);
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(130), 192);
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(192), 192);
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(193), 256);
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(257), 384);
+  EXPECT_EQ(cuda::VaryingSizeGemm::band(2049), 3072);
+  const int64_t before = ctx.varying_gemm().choices();
+  for (const int64_t m : {1100, 1536, 1025, 1300})  // one band: 1536
+    EXPECT_LT(run_case(ctx, cuda::VaryingDim::kM, false, true, m, 64, 64, false, 0.0f, 1, 0, m),
+              1e-2);
+  EXPECT_EQ(ctx.varying_gemm().choices(), before + 1);
+  EXPECT_LT(run_case(ctx, cuda::VaryingDim::kM, false, true, 1537, 64, 64, false, 0.0f, 1, 0, 9),
+            1e-2);
+  EXPECT_EQ(ctx.varying_gemm().choices(), before + 2);  // the next band
+}
+
+}  // namespace
+}  // namespace moex
