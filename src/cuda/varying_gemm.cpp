@@ -8,9 +8,11 @@
 namespace moex::cuda {
 namespace {
 
-// The largest power of two (at most 256) that divides the address: what cuBLASLt may assume.
-int alignment_of(const void* p) {
-  const auto a = reinterpret_cast<uintptr_t>(p);
+// The largest power of two (at most 256) that divides the operand's address, its row stride and
+// its batch stride (in bytes): what cuBLASLt may assume of every row of every batch entry.
+int alignment_of(const void* p, int64_t ld, int64_t stride, int batch, int64_t elem_bytes) {
+  uint64_t a = reinterpret_cast<uintptr_t>(p) | static_cast<uint64_t>(ld * elem_bytes);
+  if (batch > 1) a |= static_cast<uint64_t>(stride * elem_bytes);
   int align = 256;
   while (align > 1 && a % align != 0) align /= 2;
   return align;
@@ -140,7 +142,9 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
   if (s.m == 0 || s.n == 0) return;
   if (s.k == 0 && beta == 1.0f) return;  // C += 0
   const CublasLtApi& lt = cublaslt_api();
-  const int align_a = alignment_of(a), align_b = alignment_of(b), align_c = alignment_of(c);
+  const int align_a = alignment_of(a, s.lda, stride_a, batch, 2);
+  const int align_b = alignment_of(b, s.ldb, stride_b, batch, 2);
+  const int align_c = alignment_of(c, s.ldc, stride_c, batch, c_is_f32 ? 4 : 2);
   // The band's largest shape, the one the kernel is chosen for; the exact shape where the band's
   // top would not fit the leading dimensions (the changing size is a stored row's length).
   GemmShape top = s;
