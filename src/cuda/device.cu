@@ -212,9 +212,41 @@ VaryingSizeGemm& CudaContext::varying_gemm() {
   return *varying_gemm_;
 }
 
+cudaStream_t CudaContext::lane(int i) {
+  MOEX_CHECK(i >= 0 && i < kMaxLanes, "CudaContext::lane ", i, " out of range");
+  if (i == 0) return stream_;
+  if (lanes_[i] == nullptr) {
+    CUDA_CHECK(cudaSetDevice(ordinal_));
+    // Non-blocking: ordered with stream() by the fork/join events only.
+    CUDA_CHECK(cudaStreamCreateWithFlags(&lanes_[i], cudaStreamNonBlocking));
+  }
+  return lanes_[i];
+}
+
+void CudaContext::fork_lanes(int lanes) {
+  MOEX_CHECK(lanes >= 1 && lanes <= kMaxLanes, "CudaContext::fork_lanes: ", lanes, " lanes");
+  if (lanes == 1) return;
+  for (int i = 0; i < lanes; ++i)
+    if (lane_events_[i] == nullptr)
+      CUDA_CHECK(cudaEventCreateWithFlags(&lane_events_[i], cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(lane_events_[0], stream_));
+  for (int i = 1; i < lanes; ++i) CUDA_CHECK(cudaStreamWaitEvent(lane(i), lane_events_[0], 0));
+}
+
+void CudaContext::join_lanes(int lanes) {
+  for (int i = 1; i < lanes; ++i) {
+    CUDA_CHECK(cudaEventRecord(lane_events_[i], lanes_[i]));
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, lane_events_[i], 0));
+  }
+}
+
 CudaContext::~CudaContext() {
   if (stream_) cudaStreamSynchronize(stream_);
   varying_gemm_.reset();
+  for (int i = 0; i < kMaxLanes; ++i) {
+    if (lanes_[i] != nullptr) cudaStreamDestroy(lanes_[i]);
+    if (lane_events_[i] != nullptr) cudaEventDestroy(lane_events_[i]);
+  }
   if (cublas_) cublas_api().destroy(cublas_);
   if (workspace_) cudaFree(workspace_);
   if (own_stream_ && stream_) cudaStreamDestroy(stream_);

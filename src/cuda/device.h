@@ -59,6 +59,15 @@ class CudaContext {
   cublasHandle_t cublas() const { return cublas_; }
   // GEMMs whose sizes change from call to call (cuda/varying_gemm.h), made on first use.
   VaryingSizeGemm& varying_gemm();
+
+  // Independent work spread over `lanes` streams: lane 0 is stream(), the others are side streams
+  // made on first use. fork_lanes orders lanes 1..n-1 after the work queued on stream() so far;
+  // join_lanes orders stream() after everything queued on them. For GEMMs too small to fill the
+  // GPU alone (one expert's), which then run side by side.
+  static constexpr int kMaxLanes = 4;
+  cudaStream_t lane(int i);
+  void fork_lanes(int lanes);
+  void join_lanes(int lanes);
   int ordinal() const { return ordinal_; }
   int num_sms() const { return num_sms_; }
   void synchronize() const;
@@ -72,6 +81,8 @@ class CudaContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::unique_ptr<VaryingSizeGemm> varying_gemm_;
+  cudaStream_t lanes_[kMaxLanes] = {};       // [0] unused: lane 0 is stream_
+  cudaEvent_t lane_events_[kMaxLanes] = {};  // [0] forks, [i] marks lane i's end
 };
 
 // The context every op and module on GPU `ordinal` issues its work on, created on first use and

@@ -593,18 +593,24 @@ void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
 void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
   // One GEMM per expert, from the host copies of the operand pointers: the kernel choice is kept
   // per band of row counts (cuda/varying_gemm.h), where a batched call per bucket made cuBLAS
-  // choose again for every new load.
+  // choose again for every new load. One expert's GEMM may not fill the GPU (its [rows, d]
+  // output is a few waves of tiles), so the experts take turns on up to four streams.
   const VaryingDim varying = rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM;
   const void* const* p = host_ptrs_.data();
+  const int slots = static_cast<int>(slot_experts_.size());
+  const int lanes = std::min({slots, CudaContext::kMaxLanes, VaryingSizeGemm::kLanes});
+  if (lanes == 0) return;
+  ctx_.fork_lanes(lanes);
   for (const PadBucket& b : buckets_) {
     GemmShape s = shape;
     (rows_are_k(gi) ? s.k : s.m) = b.m;
     for (int slot = b.begin; slot < b.begin + b.count; ++slot)
-      ctx_.varying_gemm().run(varying, s, p[(gi * 3 + 0) * E_ + slot], 0,
-                              p[(gi * 3 + 1) * E_ + slot], 0,
-                              const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
-                              c_f32 ? weight_grad_beta_ : 0.0f, ctx_.stream());
+      ctx_.varying_gemm().run(
+          varying, s, p[(gi * 3 + 0) * E_ + slot], 0, p[(gi * 3 + 1) * E_ + slot], 0,
+          const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
+          c_f32 ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes), slot % lanes);
   }
+  ctx_.join_lanes(lanes);
 }
 
 PaddedRows MoELayerCuda::used_rows() const {

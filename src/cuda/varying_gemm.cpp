@@ -89,8 +89,8 @@ VaryingSizeGemm::VaryingSizeGemm(int device) {
   const CublasLtApi& lt = cublaslt_api();
   CUDA_CHECK(cudaSetDevice(device));
   CUBLAS_CHECK(lt.create(&handle_));
-  workspace_bytes_ = size_t{32} << 20;  // what cuBLAS recommends on Hopper
-  const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_);
+  workspace_bytes_ = size_t{16} << 20;  // per lane; cuBLAS recommends 32 MiB on Hopper in all
+  const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_ * kLanes);
   if (st != cudaSuccess) {
     lt.destroy(handle_);
     CUDA_CHECK(st);
@@ -134,7 +134,9 @@ bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int a
 
 void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a,
                           const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32,
-                          int batch, float alpha, float beta, cudaStream_t stream) {
+                          int batch, float alpha, float beta, cudaStream_t stream, int lane) {
+  MOEX_CHECK(lane >= 0 && lane < kLanes, "VaryingSizeGemm: lane ", lane, " out of range");
+  void* workspace = static_cast<char*>(workspace_) + workspace_bytes_ * lane;
   MOEX_CHECK(s.m >= 0 && s.n >= 0 && s.k >= 0 && batch >= 1, "VaryingSizeGemm: bad shape m=", s.m,
              " n=", s.n, " k=", s.k, " batch=", batch);
   MOEX_CHECK(s.lda >= (s.trans_a ? s.m : s.k) && s.ldb >= (s.trans_b ? s.k : s.n) && s.ldc >= s.n,
@@ -165,7 +167,7 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
   }
   const Descriptors d(s, c_is_f32, batch, stride_a, stride_b, stride_c);
   cublasStatus_t st = lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c,
-                                &it->second, workspace_, workspace_bytes_, stream);
+                                &it->second, workspace, workspace_bytes_, stream);
   if (st == CUBLAS_STATUS_SUCCESS) return;
   // The band's kernel cannot run this shape: choose for the exact shape (not kept).
   cublasLtMatmulAlgo_t exact{};
@@ -173,7 +175,7 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
              "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
              " batch=", batch, " (", cublas_status_name(st), " with the band's)");
   CUBLAS_CHECK(lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c, &exact,
-                         workspace_, workspace_bytes_, stream));
+                         workspace, workspace_bytes_, stream));
 }
 
 }  // namespace moex::cuda

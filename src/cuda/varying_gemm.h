@@ -31,9 +31,12 @@ class VaryingSizeGemm {
   VaryingSizeGemm(const VaryingSizeGemm&) = delete;
   VaryingSizeGemm& operator=(const VaryingSizeGemm&) = delete;
 
+  // `lane` (0 .. kLanes-1) picks the workspace: calls that may run at the same time on different
+  // streams must use different lanes.
+  static constexpr int kLanes = 4;
   void run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a, const void* b,
            int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32, int batch, float alpha,
-           float beta, cudaStream_t stream);
+           float beta, cudaStream_t stream, int lane = 0);
 
   // Kernel choices asked of cuBLAS so far: one per band, plus one per exact shape that the band's
   // kernel could not run.
@@ -51,7 +54,7 @@ class VaryingSizeGemm {
               cublasLtMatmulAlgo_t* algo);
 
   cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
+  void* workspace_ = nullptr;  // kLanes slices of workspace_bytes_
   size_t workspace_bytes_ = 0;
   std::map<Key, cublasLtMatmulAlgo_t> chosen_;
   int64_t choices_ = 0;
