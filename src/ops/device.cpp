@@ -1,5 +1,10 @@
 #include "ops/device.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+
 #include "ops/device_dispatch.h"
 
 namespace moex::ops {
@@ -29,7 +34,18 @@ void synchronize(const Device& device) {
 
 DeviceMemory device_memory(const Device& device) {
   DeviceMemory m;
-  if (device.is_cpu()) return m;
+  if (device.is_cpu()) {
+    // The process's resident memory: tensors are not counted apart on the CPU.
+    rusage usage{};
+    if (getrusage(RUSAGE_SELF, &usage) == 0) m.peak = static_cast<size_t>(usage.ru_maxrss) * 1024;
+    long pages = 0, resident = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(f, "%ld %ld", &pages, &resident) == 2)
+        m.in_use = static_cast<size_t>(resident) * static_cast<size_t>(sysconf(_SC_PAGESIZE));
+      std::fclose(f);
+    }
+    return m;
+  }
   MOEX_CUDA_TWIN("device_memory", {
     const cuda::AllocatorStats s = cuda::allocator_stats();
     m.in_use = s.bytes_in_use;

@@ -12,7 +12,8 @@ void use_device(const Device& device);
 int device_count();
 // Waits until every op queued on the device has finished (timing, host reads).
 void synchronize(const Device& device);
-// Bytes of device memory in use by tensors and at most so far (0 on the CPU).
+// Bytes of device memory in use by tensors and at most so far; on the CPU, the process's resident
+// memory now and at its peak (everything, not only tensors).
 struct DeviceMemory {
   size_t in_use = 0, peak = 0;
 };

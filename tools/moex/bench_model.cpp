@@ -113,6 +113,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"flops_per_token", flops_per_token},
       // against the dense bf16 GEMM rate measured on the H200 (docs/results.md)
       {"mfu", flops_per_token * tokens_per_s / 737e12},
+      // the GPU's peak tensor memory; on the CPU, the process's peak resident memory
       {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
       // buffers replaced (grown) per timed step: each one waited for the device
