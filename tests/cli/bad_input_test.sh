@@ -106,6 +106,7 @@ expect_error "--iters must be between 1 and" bench train-step --iters 0
 expect_error "--tokens must be between 2 and" bench decode --tokens 1
 expect_error "--batch: '0' is not a batch size in [1, 4096]" bench decode --batch 0
 expect_error "unknown --shape 'nope'" bench decode --shape nope
+expect_error "give one of --tokenizer or --model" tokenize --text hi
 expect_error "--shape mixtral is sized for --device cuda; pass --device cuda" bench moe-layer --shape mixtral
 expect_error "bench decode does not take --iters" bench decode --iters 3
 expect_error "--device: unknown device 'tpu'" bench decode --device tpu

@@ -111,6 +111,9 @@ PY
   fail "moex tokenize --json"
 DECODED="$("$MOEX" tokenize --tokenizer "$TOK" --decode --ids "$(python3 -c 'import json,sys; print(",".join(map(str, json.loads(sys.argv[1])["ids"])))' "$PROMPT_IDS")")"
 [ "$DECODED" = "$PROMPT" ] || fail "decode(encode(prompt)) = '$DECODED'"
+# --model DIR, as generate, eval and serve take it: the trained model's tokenizer, the same ids.
+[ "$("$MOEX" tokenize --model "$MODEL" --text "$PROMPT")" = \
+  "$("$MOEX" tokenize --tokenizer "$TOK" --text "$PROMPT")" ] || fail "tokenize --model"
 
 # ---- generate: greedy is reproducible and agrees with eval's logits; sampling follows --seed ----
 step "moex generate"

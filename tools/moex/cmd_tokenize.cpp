@@ -18,8 +18,10 @@ namespace {
 constexpr int64_t kMaxInputBytes = int64_t{16} << 30;
 
 const char* kTokenizeUsage =
-    "usage: moex tokenize --tokenizer FILE (--text TEXT | --file F) [--json] [--no-special]\n"
-    "       moex tokenize --tokenizer FILE --decode (--ids 1,2,3 | --text 1,2,3 | --file F)\n"
+    "usage: moex tokenize (--tokenizer FILE | --model DIR) (--text TEXT | --file F) [--json]\n"
+    "                     [--no-special]\n"
+    "       moex tokenize (--tokenizer FILE | --model DIR) --decode (--ids 1,2,3 | --text 1,2,3 |\n"
+    "                     --file F)\n"
     "                     [--json] [--keep-special]\n"
     "\n"
     "FILE is a Hugging Face tokenizer.json, a SentencePiece .model, or a directory holding one.\n"
@@ -28,6 +30,7 @@ const char* kTokenizeUsage =
     "\n"
     "options:\n"
     "  --tokenizer FILE   tokenizer file or directory\n"
+    "  --model DIR        a model directory (as for generate, eval, serve): its tokenizer\n"
     "  --text TEXT        text to encode (with --decode: ids separated by commas or spaces)\n"
     "  --file F           read the text (or, with --decode, the ids) from F\n"
     "  --ids LIST         ids to decode, e.g. 1,22557,1526\n"
@@ -88,9 +91,10 @@ int run_tokenize(const std::vector<std::string>& argv) {
     std::fprintf(stderr, "%s", kTokenizeUsage);
     return 2;
   }
-  const Args args(argv, {"tokenizer", "text", "file", "ids"},
+  const Args args(argv, {"tokenizer", "model", "text", "file", "ids"},
                   {"decode", "json", "tokens", "no-special", "keep-special"});
-  const auto tok = data::open_tokenizer(args.require("tokenizer"));
+  MOEX_CHECK(args.has("tokenizer") != args.has("model"), "give one of --tokenizer or --model");
+  const auto tok = data::open_tokenizer(args.get(args.has("model") ? "model" : "tokenizer"));
   const int num_inputs = args.has("text") + args.has("file") + args.has("ids");
   MOEX_CHECK(num_inputs == 1, "give exactly one of --text, --file",
              args.flag("decode") ? ", --ids" : "");
