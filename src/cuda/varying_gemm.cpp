@@ -1,5 +1,6 @@
 #include "cuda/varying_gemm.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "cuda/cublas_api.h"
@@ -77,12 +78,11 @@ struct Descriptors {
 }  // namespace
 
 int64_t VaryingSizeGemm::band(int64_t size) {
-  int64_t p = 1;
-  while (p < size) {
-    if (p >= 2 && p / 2 * 3 >= size) return p / 2 * 3;
-    p *= 2;
-  }
-  return p;
+  if (size <= 16) return size;
+  int64_t p = 1;  // the largest power of two below size
+  while (p * 2 < size) p *= 2;
+  const int64_t step = std::max<int64_t>(1, p / kBandsPerOctave);
+  return (size + step - 1) / step * step;
 }
 
 VaryingSizeGemm::VaryingSizeGemm(int device) {

@@ -3,8 +3,8 @@
 // it has not seen costs about 0.6 ms of host time (14 us once seen; measured on the GPU machine's
 // host). A training step meets dozens of new expert loads, so its first steps starved the GPU
 // (docs/gpu-model.md §Kernel choice for changing shapes). Here the kernel is chosen once per band
-// of sizes (the changing size rounded up to 2^i or 1.5 x 2^i) for the top of the band, and reused
-// for every shape in it; only a shape the chosen kernel cannot run asks cuBLAS again.
+// of sizes (eight bands per octave of the changing size) for the top of the band, and reused for
+// every shape in it; only a shape the chosen kernel cannot run asks cuBLAS again.
 //
 // The shapes are those of cuda/gemm.h: row-major C[M,N] = alpha op(A) op(B) + beta C, bf16 A and
 // B, C bf16 or fp32, fp32 accumulation, `batch` entries at element strides.
@@ -42,7 +42,10 @@ class VaryingSizeGemm {
   // kernel could not run.
   int64_t choices() const { return choices_; }
 
-  // The band a changing size falls in: the smallest 2^i or 3 x 2^(i-1) at or above it (>= 1).
+  // The band a changing size falls in, named by its top: sizes up to 16 are their own band; above,
+  // a size between 2^i and 2^(i+1) is rounded up to a multiple of 2^i / kBandsPerOctave. The
+  // kernel chosen for the top then works on at most 12.5 % more than the shape it runs.
+  static constexpr int kBandsPerOctave = 8;
   static int64_t band(int64_t size);
 
  private:
