@@ -120,6 +120,20 @@ step "moex generate"
 gen() { "$MOEX" generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 12 --json "$@"; }
 GREEDY="$(gen)"
 [ "$GREEDY" = "$(gen)" ] || fail "greedy generation differs between two runs"
+# --json's text is what the plain run prints after the prompt.
+PLAIN="$("$MOEX" generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 12)"
+python3 - "$GREEDY" "$PLAIN" "$PROMPT" <<'PY' || fail "generate --json text"
+import json, sys
+g = json.loads(sys.argv[1])
+# $(...) drops the trailing newlines of the plain run's output
+assert g["text"] is not None and sys.argv[2] == (sys.argv[3] + g["text"]).rstrip("\n"), (g, sys.argv[2])
+new = g["tokens"][g["prompt_tokens"]:]
+assert g["prompt_tokens"] >= 4, g
+if g["finish_reason"] == "stop":
+    assert new and new[-1] == 2, g  # EOS
+else:
+    assert g["finish_reason"] == "length" and len(new) == 12 and new[-1] != 2, g
+PY
 SAMPLED="$(gen --temperature 1.0 --top-k 50 --seed 7)"
 [ "$SAMPLED" = "$(gen --temperature 1.0 --top-k 50 --seed 7)" ] ||
   fail "sampled generation differs between two runs with --seed 7"

@@ -1,7 +1,9 @@
 // moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) [--max-new-tokens 32]
 //               [--temperature T --top-k K --top-p P --seed S] [--device D] [--json]
+#include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "args.h"
@@ -28,7 +30,9 @@ int run_generate(const std::vector<std::string>& argv) {
         "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
         "                     [--device cpu|cuda[:N]]\n"
         "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
-        "  with --json it prints {\"tokens\": [...]}: the prompt ids followed by the new ids.\n");
+        "  with --json it prints {\"tokens\": [...], \"prompt_tokens\": N, \"text\": \"...\",\n"
+        "  \"finish_reason\": \"stop\" | \"length\"}: the prompt ids followed by the new ids, and\n"
+        "  the new text (null without a tokenizer).\n");
     return 0;
   }
   const std::string dir = args.require("model");
@@ -73,7 +77,7 @@ int run_generate(const std::vector<std::string>& argv) {
   // Text streams as decode(prompt + generated) minus decode(prompt): decoding the new ids alone
   // would drop the space of a SentencePiece word piece ("▁is") right after the prompt.
   std::unique_ptr<moex::infer::TextStream> text;
-  if (!json && tokenizer) text = std::make_unique<moex::infer::TextStream>(*tokenizer, prompt);
+  if (tokenizer) text = std::make_unique<moex::infer::TextStream>(*tokenizer, prompt);
   auto print = [](const std::string& piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
@@ -82,22 +86,33 @@ int run_generate(const std::vector<std::string>& argv) {
   // large for the machine) prints its error alone.
   bool prompt_printed = false;
   auto print_prompt = [&] {
-    if (text && !prompt_printed) print(text->prompt_text());
+    if (text && !json && !prompt_printed) print(text->prompt_text());
     prompt_printed = true;
   };
   auto stream = [&](int32_t id) {
     print_prompt();
     generated.push_back(id);
-    if (text) print(text->push(id));
+    if (text && !json) print(text->push(id));
   };
   moex::infer::generate_paged(*model, prompt, options, stream);
   print_prompt();
   if (json) {
-    std::printf("{\"tokens\": [");
     std::vector<int32_t> all = prompt;
     all.insert(all.end(), generated.begin(), generated.end());
-    for (size_t i = 0; i < all.size(); ++i) std::printf("%s%d", i ? ", " : "", all[i]);
-    std::printf("]}\n");
+    // Stopped by an end-of-sequence token, or by the length limit.
+    const bool stopped =
+        !generated.empty() && std::find(options.stop_tokens.begin(), options.stop_tokens.end(),
+                                        generated.back()) != options.stop_tokens.end();
+    nlohmann::json out = {{"tokens", all},
+                          {"prompt_tokens", prompt.size()},
+                          {"text", nullptr},
+                          {"finish_reason", stopped ? "stop" : "length"}};
+    if (text) {
+      for (int32_t id : generated) text->push(id);
+      out["text"] = text->generated_text();
+    }
+    // A generated piece may end inside a character: its bytes become U+FFFD, not an exception.
+    std::printf("%s\n", out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else if (!tokenizer) {
     for (int32_t id : generated) std::printf("%d ", id);
     std::printf("\n");
