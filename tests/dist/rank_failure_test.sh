@@ -37,7 +37,7 @@ expect_job_fails "gtest throwing on one rank" "${mpi[@]}" "$rank_throws"
 
 touch "$work/not_a_directory"
 config=$("$write_fixture" "$work/corpus" "$work/not_a_directory/run") || exit 1
-EXPECTED_MESSAGE="moex train: error:"
+EXPECTED_MESSAGE="moex train: error (rank 0 of 2):"
 expect_job_fails "moex train failing on the root rank only" "${mpi[@]}" "$moex" train --config "$config"
 
 rm -rf "$work"

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "command.h"
 #include "core/error.h"
@@ -33,6 +34,14 @@ void print_usage() {
   for (const auto& e : entries) std::printf("  %-12s %s\n", e.name.c_str(), e.summary.c_str());
 }
 
+// " (rank r of n)" in an MPI job of several processes, where each rank prints its own error.
+std::string failing_rank() {
+  if (!moex::dist::Communicator::in_mpi_job()) return "";
+  const moex::dist::Communicator& world = moex::dist::Communicator::world();
+  if (world.size() < 2) return "";
+  return " (rank " + std::to_string(world.rank()) + " of " + std::to_string(world.size()) + ")";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -54,10 +63,11 @@ int main(int argc, char** argv) {
     } catch (const moex::Error& err) {
       // The source location helps developers only: shown with MOEX_LOG_LEVEL=debug.
       const bool debug = moex::log_level() == moex::LogLevel::kDebug;
-      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(),
+      std::fprintf(stderr, "moex %s: error%s: %s\n", name.c_str(), failing_rank().c_str(),
                    debug ? err.what() : err.message().c_str());
     } catch (const std::exception& err) {
-      std::fprintf(stderr, "moex %s: error: %s\n", name.c_str(), err.what());
+      std::fprintf(stderr, "moex %s: error%s: %s\n", name.c_str(), failing_rank().c_str(),
+                   err.what());
     }
     // Under mpirun the other ranks may be waiting in a collective for this one: end them all.
     if (moex::dist::Communicator::in_mpi_job()) moex::dist::Communicator::abort_job(1);
