@@ -49,7 +49,6 @@ CublasApi load() {
   resolve("cublasSetMathMode", &api.set_math_mode);
   resolve("cublasSgemm_v2", &api.sgemm);
   resolve("cublasGemmEx", &api.gemm_ex);
-  resolve("cublasGemmBatchedEx", &api.gemm_batched_ex);
   resolve("cublasGemmStridedBatchedEx", &api.gemm_strided_batched_ex);
   resolve("cublasGemmGroupedBatchedEx", &api.gemm_grouped_batched_ex);
   return api;  // the library stays open for the life of the process

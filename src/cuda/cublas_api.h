@@ -10,17 +10,12 @@
 
 namespace moex::cuda {
 
-// The three GEMMs below have C++ overloads in cublas_api.h (an older compute-type argument), so
+// The two GEMMs below have C++ overloads in cublas_api.h (an older compute-type argument), so
 // their pointer types are spelled out: the C functions the library exports.
 using CublasGemmEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int,
                                         int, int, const void*, const void*, cudaDataType, int,
                                         const void*, cudaDataType, int, const void*, void*,
                                         cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
-using CublasGemmBatchedEx = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
-                                               int, int, int, const void*, const void* const[],
-                                               cudaDataType, int, const void* const[], cudaDataType,
-                                               int, const void*, void* const[], cudaDataType, int,
-                                               int, cublasComputeType_t, cublasGemmAlgo_t);
 using CublasGemmStridedBatchedEx = cublasStatus_t (*)(
     cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*, const void*,
     cudaDataType, int, long long, const void*, cudaDataType, int, long long, const void*, void*,
@@ -34,7 +29,6 @@ struct CublasApi {
   decltype(&cublasSetMathMode) set_math_mode;
   decltype(&cublasSgemm_v2) sgemm;
   CublasGemmEx gemm_ex;
-  CublasGemmBatchedEx gemm_batched_ex;
   CublasGemmStridedBatchedEx gemm_strided_batched_ex;
   decltype(&cublasGemmGroupedBatchedEx) gemm_grouped_batched_ex;
 };

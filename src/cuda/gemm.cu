@@ -42,20 +42,6 @@ void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t
   }
 }
 
-void gemm_batched_bf16(cublasHandle_t handle, const GemmShape& s, const void* const* a_ptrs,
-                       const void* const* b_ptrs, void* const* c_ptrs, bool c_is_f32, int batch,
-                       float alpha, float beta) {
-  check_shape(s);
-  MOEX_CHECK(batch >= 1, "gemm_batched_bf16: batch must be >= 1, got ", batch);
-  if (s.m == 0 || s.n == 0) return;
-  CUBLAS_CHECK(cublas_api().gemm_batched_ex(
-      handle, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
-      static_cast<int>(s.n), static_cast<int>(s.m), static_cast<int>(s.k), &alpha, b_ptrs,
-      CUDA_R_16BF, static_cast<int>(s.ldb), a_ptrs, CUDA_R_16BF, static_cast<int>(s.lda), &beta,
-      c_ptrs, c_is_f32 ? CUDA_R_32F : CUDA_R_16BF, static_cast<int>(s.ldc), batch,
-      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-}
-
 void gemm_f32(cublasHandle_t handle, const GemmShape& s, const float* a, const float* b, float* c,
               float alpha, float beta) {
   check_shape(s);

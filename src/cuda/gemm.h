@@ -29,12 +29,6 @@ void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t
 void gemm_f32(cublasHandle_t handle, const GemmShape& s, const float* a, const float* b, float* c,
               float alpha = 1.0f, float beta = 0.0f);
 
-// Pointer-array batched bf16 GEMM (cublasGemmBatchedEx): one shape for all `batch` entries,
-// device arrays of per-entry A, B, C pointers; C bf16 or fp32, fp32 accumulation.
-void gemm_batched_bf16(cublasHandle_t handle, const GemmShape& s, const void* const* a_ptrs,
-                       const void* const* b_ptrs, void* const* c_ptrs, bool c_is_f32, int batch,
-                       float alpha = 1.0f, float beta = 0.0f);
-
 // Grouped bf16 GEMM: problem g has sizes m[g], n[g], k[g] (host arrays) and device pointer
 // arrays a_ptrs/b_ptrs/c_ptrs. Shared transposes and leading dimensions (per problem below).
 // Problems with a zero size must be filtered out by the caller.

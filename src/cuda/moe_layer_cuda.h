@@ -72,8 +72,9 @@ struct MoELayerCudaOptions {
   // fp32 weight gradients (bf16 in / fp32 out is not a grouped-API type combination).
   DroplessGemm dropless_gemm = DroplessGemm::kPadded;
   // kPadded only: expert e's GEMMs cover its rows rounded up to this multiple (capped at the max
-  // load) instead of the max load, experts with equal rounded rows batched in one
-  // cublasGemmBatchedEx call each. 0 = one strided-batched call over [E, max load] (the old way).
+  // load) instead of the max load, one GEMM per expert over up to four streams (the kernel chosen
+  // per band of row counts, cuda/varying_gemm.h). 0 = one strided-batched call over
+  // [E, max load] (the old way).
   // Used when it saves at least 3% of the padded rows. Off by default: measured no gain on H100
   // (finegrained 6.09 ms at 0 vs 6.11 at 64 vs 6.36 at 16; max load is only 6.6% over the mean).
   int64_t padded_row_multiple = 0;
@@ -216,7 +217,6 @@ class MoELayerCuda {
   void decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity);
   void finish_forward(const Tensor& x, const Tensor& y);
   void experts_backward();
-  void build_grouped_pointers();
 
   // A dense MLP (residual or shared expert): one "expert" over all T rows.
   struct DenseMlp {
