@@ -212,11 +212,30 @@ VaryingSizeGemm& CudaContext::varying_gemm() {
   return *varying_gemm_;
 }
 
+namespace {
+
+// Makes `ordinal` the current device for its scope, then restores the one before.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int ordinal) {
+    CUDA_CHECK(cudaGetDevice(&previous_));
+    CUDA_CHECK(cudaSetDevice(ordinal));
+  }
+  ~DeviceGuard() { cudaSetDevice(previous_); }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = 0;
+};
+
+}  // namespace
+
 cudaStream_t CudaContext::lane(int i) {
   MOEX_CHECK(i >= 0 && i < kMaxLanes, "CudaContext::lane ", i, " out of range");
   if (i == 0) return stream_;
   if (lanes_[i] == nullptr) {
-    CUDA_CHECK(cudaSetDevice(ordinal_));
+    const DeviceGuard on(ordinal_);
     // Non-blocking: ordered with stream() by the fork/join events only.
     CUDA_CHECK(cudaStreamCreateWithFlags(&lanes_[i], cudaStreamNonBlocking));
   }
@@ -226,9 +245,11 @@ cudaStream_t CudaContext::lane(int i) {
 void CudaContext::fork_lanes(int lanes) {
   MOEX_CHECK(lanes >= 1 && lanes <= kMaxLanes, "CudaContext::fork_lanes: ", lanes, " lanes");
   if (lanes == 1) return;
-  for (int i = 0; i < lanes; ++i)
-    if (lane_events_[i] == nullptr)
-      CUDA_CHECK(cudaEventCreateWithFlags(&lane_events_[i], cudaEventDisableTiming));
+  for (int i = 0; i < lanes; ++i) {
+    if (lane_events_[i] != nullptr) continue;
+    const DeviceGuard on(ordinal_);
+    CUDA_CHECK(cudaEventCreateWithFlags(&lane_events_[i], cudaEventDisableTiming));
+  }
   CUDA_CHECK(cudaEventRecord(lane_events_[0], stream_));
   for (int i = 1; i < lanes; ++i) CUDA_CHECK(cudaStreamWaitEvent(lane(i), lane_events_[0], 0));
 }

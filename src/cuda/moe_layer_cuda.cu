@@ -601,6 +601,12 @@ void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
   const int lanes = std::min({slots, CudaContext::kMaxLanes, VaryingSizeGemm::kLanes});
   if (lanes == 0) return;
   ctx_.fork_lanes(lanes);
+  // Joined on the way out, an error included, so stream() stays ordered after every lane.
+  struct Join {
+    CudaContext& ctx;
+    int lanes;
+    ~Join() { ctx.join_lanes(lanes); }
+  } join{ctx_, lanes};
   for (const PadBucket& b : buckets_) {
     GemmShape s = shape;
     (rows_are_k(gi) ? s.k : s.m) = b.m;
@@ -610,7 +616,6 @@ void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
           const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
           c_f32 ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes), slot % lanes);
   }
-  ctx_.join_lanes(lanes);
 }
 
 PaddedRows MoELayerCuda::used_rows() const {

@@ -125,8 +125,9 @@ bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int a
   if (st == CUBLAS_STATUS_SUCCESS)
     st = lt.algo_get_heuristic(handle_, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
   lt.preference_destroy(pref);
-  CUBLAS_CHECK(st);
   ++choices_;
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) return false;  // how cuBLASLt says it found none
+  CUBLAS_CHECK(st);
   if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return false;
   *algo = result.algo;
   return true;
@@ -143,6 +144,7 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
              "VaryingSizeGemm: a leading dimension is too small");
   if (s.m == 0 || s.n == 0) return;
   if (s.k == 0 && beta == 1.0f) return;  // C += 0
+  MOEX_CHECK(s.k > 0, "VaryingSizeGemm: k = 0 with beta ", beta, " (no product to compute)");
   const CublasLtApi& lt = cublaslt_api();
   const int align_a = alignment_of(a, s.lda, stride_a, batch, 2);
   const int align_b = alignment_of(b, s.ldb, stride_b, batch, 2);
@@ -169,13 +171,22 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
   cublasStatus_t st = lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c,
                                 &it->second, workspace, workspace_bytes_, stream);
   if (st == CUBLAS_STATUS_SUCCESS) return;
-  // The band's kernel cannot run this shape: choose for the exact shape (not kept).
-  cublasLtMatmulAlgo_t exact{};
-  MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &exact),
-             "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
-             " batch=", batch, " (", cublas_status_name(st), " with the band's)");
-  CUBLAS_CHECK(lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c, &exact,
-                         workspace, workspace_bytes_, stream));
+  // The band's kernel cannot run this shape: the choice for the exact shape, kept apart.
+  MOEX_CHECK(st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_INVALID_VALUE,
+             "VaryingSizeGemm: cuBLASLt failed (", cublas_status_name(st), ") for m=", s.m,
+             " n=", s.n, " k=", s.k, " batch=", batch);
+  const Key exact_key{s.trans_a, s.trans_b, c_is_f32, s.m,     s.n,     s.k,    s.lda,
+                      s.ldb,     s.ldc,     batch,    align_a, align_b, align_c};
+  auto exact = exact_.find(exact_key);
+  if (exact == exact_.end()) {
+    cublasLtMatmulAlgo_t algo{};
+    MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &algo),
+               "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
+               " batch=", batch, " (", cublas_status_name(st), " with the band's)");
+    exact = exact_.emplace(exact_key, algo).first;
+  }
+  CUBLAS_CHECK(lt.matmul(handle_, d.op, &alpha, b, d.a, a, d.b, &beta, c, d.c, c, d.c,
+                         &exact->second, workspace, workspace_bytes_, stream));
 }
 
 }  // namespace moex::cuda

@@ -59,7 +59,8 @@ class VaryingSizeGemm {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // kLanes slices of workspace_bytes_
   size_t workspace_bytes_ = 0;
-  std::map<Key, cublasLtMatmulAlgo_t> chosen_;
+  std::map<Key, cublasLtMatmulAlgo_t> chosen_;  // per band
+  std::map<Key, cublasLtMatmulAlgo_t> exact_;   // per exact shape the band's kernel cannot run
   int64_t choices_ = 0;
 };
 

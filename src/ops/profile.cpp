@@ -16,21 +16,21 @@ namespace {
 bool g_enabled = false;
 std::map<std::string, double> g_host_ms;  // host wall time per scope name
 
+#if MOEX_WITH_CUDA
 double now_ms() {
   return std::chrono::duration<double, std::milli>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
-#if MOEX_WITH_CUDA
 struct Record {
   std::string name;
   cudaEvent_t start = nullptr, stop = nullptr;
   bool outermost = false;  // not inside another scope
 };
 std::vector<Record> g_records;
-int g_depth = 0;  // scopes open now
 #endif
+int g_depth = 0;  // scopes open now
 
 }  // namespace
 
@@ -40,7 +40,10 @@ bool profile_enabled() {
 
 void profile_enable(bool on) {
   g_enabled = on;
-  if (on) profile_report();
+  if (on) {
+    profile_report();
+    g_depth = 0;  // a scope left open when profiling went off closed uncounted
+  }
 }
 
 ProfileScope::ProfileScope(const char* name, const Device& device) {

@@ -176,16 +176,17 @@ TEST_F(Gpu, ActivationsMatchCpu) {
   }
 }
 
-// Padded dropless rows (cuda/padded_rows.h): E = 3 experts of C = 12 rows, 3, 12 and 0 routed rows,
-// computed in steps of 4. The kernels write expert 0's first 4 rows and all of expert 1's, as the
-// unrestricted kernels do, and leave every other row as it was (poisoned).
+// Padded dropless rows (cuda/padded_rows.h): E = 3 experts of C = 12 rows holding 3, 11 and 0
+// routed rows, computed in steps of 8: expert 0 uses its first 8 rows, expert 1 all 12 (11 rounds
+// up past C), expert 2 none. The kernels write the used rows as the unrestricted kernels do and
+// leave every other row as it was (poisoned).
 TEST_F(Gpu, KernelsSkipUnusedPaddedRows) {
   CudaContext ctx;
   const int64_t E = 3, C = 12, rows = E * C, ffn = 40, d = 16;
-  const std::vector<int32_t> counts = {3, 12, 0};
+  const std::vector<int32_t> counts = {3, 11, 0};
   DevBuf dcounts = upload(counts);
-  const cuda::PaddedRows used{static_cast<const int32_t*>(dcounts.ptr), C, 4};
-  auto is_used = [&](int64_t r) { return (r / C == 0 && r % C < 4) || r / C == 1; };
+  const cuda::PaddedRows used{static_cast<const int32_t*>(dcounts.ptr), C, 8};
+  auto is_used = [&](int64_t r) { return (r / C == 0 && r % C < 8) || r / C == 1; };
   // Compares the used rows with `want` and checks the others still hold the poison bits.
   auto check = [&](const DevBuf& got_buf, const std::vector<float>& want, int64_t width,
                    const std::string& what) {
@@ -225,21 +226,36 @@ TEST_F(Gpu, KernelsSkipUnusedPaddedRows) {
     check(a, a_ref, ffn, "activation forward, variant " + std::to_string(variant));
     check(dh, dh_ref, f1, "activation backward, variant " + std::to_string(variant));
   }
-  // Permute: expert 0 holds routes 0..2 (tokens 0..2 with k = 1), expert 1 routes 3..14; padding
-  // rows inside the used ones are zeroed.
-  const int64_t T = 15;
+  // Permute and combine backward (k = 1): expert 0 holds routes 0..2, expert 1 routes 3..13;
+  // padding rows inside the used ones are zeroed.
+  const int64_t T = 14;
   const auto x = round_bf16(rand_vec(T * d, 70));
+  const auto dy = round_bf16(rand_vec(T * d, 71));
+  const auto ob = round_bf16(rand_vec(rows * d, 72));
+  const auto gates = rand_vec(T, 73, 0.1f, 1.0f);
   std::vector<int32_t> gather(rows, -1);
   for (int64_t r = 0; r < 3; ++r) gather[r] = static_cast<int32_t>(r);
-  for (int64_t r = 0; r < 12; ++r) gather[C + r] = static_cast<int32_t>(3 + r);
-  std::vector<float> xb_ref(rows * d, 0.0f);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < d && gather[r] >= 0; ++c) xb_ref[r * d + c] = x[gather[r] * d + c];
-  DevBuf dx = upload(to_bf16(x)), dgather = upload(gather), xb(rows * d * 2);
-  cuda::moe_permute(dx.ptr, static_cast<const int32_t*>(dgather.ptr), rows, d, 1, xb.ptr,
-                    ctx.stream(), used);
+  for (int64_t r = 0; r < 11; ++r) gather[C + r] = static_cast<int32_t>(3 + r);
+  std::vector<float> xb_ref(rows * d, 0.0f), dob_ref(rows * d, 0.0f), dgates_ref(T, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int q = gather[r];
+    for (int64_t c = 0; c < d && q >= 0; ++c) {
+      xb_ref[r * d + c] = x[q * d + c];
+      dob_ref[r * d + c] = gates[q] * dy[q * d + c];
+      dgates_ref[q] += dy[q * d + c] * ob[r * d + c];
+    }
+  }
+  DevBuf dx = upload(to_bf16(x)), ddy = upload(to_bf16(dy)), dob_in = upload(to_bf16(ob)),
+         dgather = upload(gather), dgates_in = upload(gates), xb(rows * d * 2), dob(rows * d * 2),
+         dgates(T * 4);
+  const auto* g = static_cast<const int32_t*>(dgather.ptr);
+  cuda::moe_permute(dx.ptr, g, rows, d, 1, xb.ptr, ctx.stream(), used);
+  cuda::moe_combine_backward(ddy.ptr, dob_in.ptr, g, static_cast<const float*>(dgates_in.ptr), rows,
+                             d, 1, dob.ptr, static_cast<float*>(dgates.ptr), ctx.stream(), used);
   ctx.synchronize();
   check(xb, xb_ref, d, "permute");
+  check(dob, dob_ref, d, "combine backward");
+  EXPECT_LT(rel_l2(download<float>(dgates.ptr, T), dgates_ref), 1e-4) << "combine backward dgates";
 }
 
 // ---------------- GEMM ----------------

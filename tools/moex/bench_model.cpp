@@ -116,7 +116,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       // the GPU's peak tensor memory; on the CPU, the process's peak resident memory
       {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
-      // buffers replaced (grown) per timed step: each one waited for the device
+      // long-lived buffers replaced (grown, re-planned) per timed step
       {"buffer_moves_per_step", static_cast<double>(generation1 - generation0) / iters},
       // GPU ms per step in each op (outermost ops; the rest of step_ms is
       // launch gaps and host work)

@@ -110,41 +110,48 @@ TEST_F(VaryingGemmTest, ChoosesOncePerBand) {
   EXPECT_EQ(ctx.varying_gemm().choices(), before + 2);  // the next band
 }
 
-// Products on side lanes (CudaContext::fork_lanes / join_lanes), each with its own workspace, then
-// one on the main stream that reads them: the join must order it after all of them.
-TEST_F(VaryingGemmTest, LanesJoinBeforeTheNextProduct) {
+// Products on lanes (CudaContext::fork_lanes / join_lanes), each with its own workspace. The main
+// stream writes the lanes' input just before the fork (a lane running early would read the
+// poison), lane 0 (the main stream) has little to do and the side lanes much, and the main
+// stream's next product reads every lane's output (running early, it would read the poison).
+TEST_F(VaryingGemmTest, LanesForkAfterAndJoinBeforeTheMainStream) {
   cuda::CudaContext ctx;
   const int lanes = cuda::CudaContext::kMaxLanes;
-  const int64_t m = 640, n = 256, k = 512, n2 = 64;
-  const auto a = kt::round_bf16(kt::rand_vec(lanes * m * k, 900));
-  const auto b = kt::round_bf16(kt::rand_vec(k * n, 901));
-  const auto w = kt::round_bf16(kt::rand_vec(n * n2, 902));
-  DevBuf da = kt::upload(kt::to_bf16(a)), db = kt::upload(kt::to_bf16(b)),
-         dw = kt::upload(kt::to_bf16(w));
-  DevBuf x(lanes * m * n * 2), y(lanes * m * n2 * 4);  // poisoned
-  // The main stream is busy first, so an unordered read of x would see the poison.
-  DevBuf big_a = kt::dev_rand_bf16(8192 * 4096, 903), big_b = kt::dev_rand_bf16(4096 * 4096, 904);
-  DevBuf big_c(8192 * 4096 * 2);
-  ctx.varying_gemm().run(cuda::VaryingDim::kM, {false, true, 8192, 4096, 4096, 4096, 4096, 4096},
-                         big_a.ptr, 0, big_b.ptr, 0, big_c.ptr, 0, false, 1, 1.0f, 0.0f,
-                         ctx.stream());
+  std::vector<int64_t> first(lanes + 1, 0);  // lane i's rows: first[i] .. first[i + 1]
+  for (int i = 0; i < lanes; ++i) first[i + 1] = first[i] + (i == 0 ? 64 : 2048);
+  const int64_t rows = first[lanes], k0 = 1024, k = 1024, n = 2048, n2 = 64;
+  const auto src = kt::round_bf16(kt::rand_vec(rows * k0, 900));
+  const float scale = 1.0f / 32.0f;  // 1 / sqrt(1024): the products stay near 1
+  const auto p = kt::round_bf16(kt::rand_vec(k0 * k, 901, -scale, scale));
+  const auto b = kt::round_bf16(kt::rand_vec(k * n, 902, -scale, scale));
+  const auto w = kt::round_bf16(kt::rand_vec(n * n2, 903, -scale, scale));
+  DevBuf dsrc = kt::upload(kt::to_bf16(src)), dp = kt::upload(kt::to_bf16(p)),
+         db = kt::upload(kt::to_bf16(b)), dw = kt::upload(kt::to_bf16(w));
+  DevBuf ain(rows * k * 2), x(rows * n * 2), y(rows * n2 * 4);  // poisoned
+  auto* ain_rows = static_cast<uint16_t*>(ain.ptr);
+  auto* x_rows = static_cast<uint16_t*>(x.ptr);
+  ctx.varying_gemm().run(cuda::VaryingDim::kM, {false, false, rows, k, k0, k0, k, k}, dsrc.ptr, 0,
+                         dp.ptr, 0, ain.ptr, 0, false, 1, 1.0f, 0.0f, ctx.stream());
   ctx.fork_lanes(lanes);
-  for (int i = 0; i < lanes; ++i)
+  for (int i = 0; i < lanes; ++i) {
+    const int64_t m = first[i + 1] - first[i];
     ctx.varying_gemm().run(cuda::VaryingDim::kM, {false, false, m, n, k, k, n, n},
-                           static_cast<const uint16_t*>(da.ptr) + i * m * k, 0, db.ptr, 0,
-                           static_cast<uint16_t*>(x.ptr) + i * m * n, 0, false, 1, 1.0f, 0.0f,
-                           ctx.lane(i), i);
+                           ain_rows + first[i] * k, 0, db.ptr, 0, x_rows + first[i] * n, 0, false,
+                           1, 1.0f, 0.0f, ctx.lane(i), i);
+  }
   ctx.join_lanes(lanes);
-  ctx.varying_gemm().run(cuda::VaryingDim::kM, {false, false, lanes * m, n2, n, n, n2, n2}, x.ptr,
-                         0, dw.ptr, 0, y.ptr, 0, true, 1, 1.0f, 0.0f, ctx.stream());
+  ctx.varying_gemm().run(cuda::VaryingDim::kM, {false, false, rows, n2, n, n, n2, n2}, x.ptr, 0,
+                         dw.ptr, 0, y.ptr, 0, true, 1, 1.0f, 0.0f, ctx.stream());
   ctx.synchronize();
-  const auto got_x = kt::download_bf16(x.ptr, lanes * m * n);
-  std::vector<float> want_x(lanes * m * n), want_y(lanes * m * n2);
-  cpu::gemm<float>(false, false, lanes * m, n, k, 1.0f, a.data(), b.data(), 0.0f, want_x.data());
-  EXPECT_LT(kt::rel_l2(got_x, want_x), 1e-2);
-  cpu::gemm<float>(false, false, lanes * m, n2, n, 1.0f, got_x.data(), w.data(), 0.0f,
-                   want_y.data());
-  EXPECT_LT(kt::rel_l2(kt::download<float>(y.ptr, lanes * m * n2), want_y), 1e-5);
+  // Each stage against the CPU product of the stage before as the GPU stored it.
+  const auto got_ain = kt::download_bf16(ain.ptr, rows * k);
+  const auto got_x = kt::download_bf16(x.ptr, rows * n);
+  std::vector<float> want_x(rows * n), want_y(rows * n2);
+  cpu::gemm<float>(false, false, rows, n, k, 1.0f, got_ain.data(), b.data(), 0.0f, want_x.data());
+  cpu::gemm<float>(false, false, rows, n2, n, 1.0f, got_x.data(), w.data(), 0.0f, want_y.data());
+  EXPECT_LT(kt::rel_l2(got_x, want_x), 1e-2) << "a lane ran before the fork";
+  EXPECT_LT(kt::rel_l2(kt::download<float>(y.ptr, rows * n2), want_y), 1e-5)
+      << "the main stream ran before the join";
 }
 
 }  // namespace
