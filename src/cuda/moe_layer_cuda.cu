@@ -414,7 +414,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   if (!config_.dropless) {
     capacity_ = g.capacity;
     rows_ = E_ * capacity_;
-    buckets_.clear();
+    slot_rows_.clear();
   } else if (reuse_counts_ && have_counts_ && T == counts_tokens_) {
     // Benchmark-only: the counts of the last forward, no copy and no sync (see the header).
   } else {
@@ -442,7 +442,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     for (int e = 0; e < E_; ++e)
       (host_counts_[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
     if (options_.dropless_gemm == DroplessGemm::kPadded) {
-      build_padded_buckets(host_counts_);
+      build_padded_slots(host_counts_);
     } else {
       slot_experts_ = group_experts_;
     }
@@ -505,8 +505,8 @@ void MoELayerCuda::finish_forward(const Tensor& x, const Tensor& y) {
       capture == cudaStreamCaptureStatusActive ? cudaEventRecordExternal : cudaEventRecordDefault));
 }
 
-void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
-  buckets_.clear();
+void MoELayerCuda::build_padded_slots(const std::vector<int64_t>& counts) {
+  slot_rows_.clear();
   const int64_t mult = options_.padded_row_multiple, C = capacity_;
   if (mult <= 0 || C == 0) return;
   std::vector<int64_t> m(E_);
@@ -520,24 +520,20 @@ void MoELayerCuda::build_padded_buckets(const std::vector<int64_t>& counts) {
   for (int e = 0; e < E_; ++e)
     if (m[e] > 0) order.push_back(e);  // m[e] == 0 exactly when counts[e] == 0 (zero_experts_)
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return m[a] < m[b]; });
-  for (int i = 0; i < static_cast<int>(order.size()); ++i) {
-    const int e = order[i];
-    if (buckets_.empty() || buckets_.back().m != m[e]) buckets_.push_back({m[e], i, 0});
-    ++buckets_.back().count;
-  }
+  for (int e : order) slot_rows_.push_back(m[e]);
   slot_experts_ = order;
 }
 
 void MoELayerCuda::upload_operands() {
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
-  if (!grouped && buckets_.empty()) return;  // strided-batched calls take buf_ directly
+  if (!grouped && slot_rows_.empty()) return;  // strided-batched calls take buf_ directly
   // Grouped: expert e's rows start at its offset in the packed rows; padded: at e * C.
   std::vector<int64_t> row0(E_, 0);
   for (int e = 0; e < E_; ++e)
     row0[e] = grouped ? (e > 0 ? row0[e - 1] + host_counts_[e - 1] : 0) : e * capacity_;
   for (int i = 0; i < static_cast<int>(slot_experts_.size()); ++i)
     set_expert_operands(i, slot_experts_[i], row0[slot_experts_[i]]);
-  if (!grouped) return;  // bucketed GEMMs run one expert at a time from host_ptrs_
+  if (!grouped) return;  // padded GEMMs run one expert at a time from host_ptrs_
   // Pageable source: staged at once, so host_ptrs_ may change after this returns.
   CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
                              host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
@@ -607,19 +603,18 @@ void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
     int lanes;
     ~Join() { ctx.join_lanes(lanes); }
   } join{ctx_, lanes};
-  for (const PadBucket& b : buckets_) {
+  for (int slot = 0; slot < slots; ++slot) {
     GemmShape s = shape;
-    (rows_are_k(gi) ? s.k : s.m) = b.m;
-    for (int slot = b.begin; slot < b.begin + b.count; ++slot)
-      ctx_.varying_gemm().run(
-          varying, s, p[(gi * 3 + 0) * E_ + slot], 0, p[(gi * 3 + 1) * E_ + slot], 0,
-          const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
-          c_f32 ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes), slot % lanes);
+    (rows_are_k(gi) ? s.k : s.m) = slot_rows_[slot];
+    ctx_.varying_gemm().run(varying, s, p[(gi * 3 + 0) * E_ + slot], 0, p[(gi * 3 + 1) * E_ + slot],
+                            0, const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
+                            c_f32 ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes),
+                            slot % lanes);
   }
 }
 
 PaddedRows MoELayerCuda::used_rows() const {
-  if (buckets_.empty()) return {};  // the GEMMs run over all E x C rows (or packed rows)
+  if (slot_rows_.empty()) return {};  // the GEMMs run over all E x C rows (or packed rows)
   return PaddedRows{plan_.counts, capacity_, options_.padded_row_multiple};
 }
 
@@ -656,7 +651,7 @@ void MoELayerCuda::experts_forward() {
   if (!grouped) {
     const int64_t C = capacity_;
     if (C == 0) return;
-    if (!buckets_.empty()) {
+    if (!slot_rows_.empty()) {
       padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
     } else {
       strided_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, buf_.xb, C * d_,
@@ -672,7 +667,7 @@ void MoELayerCuda::experts_forward() {
   }
   if (!grouped) {
     const int64_t C = capacity_;
-    if (!buckets_.empty()) {
+    if (!slot_rows_.empty()) {
       padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
     } else {
       strided_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, buf_.a, C * f_, w2_.raw_data(),
@@ -698,7 +693,7 @@ void MoELayerCuda::experts_backward() {
   }
   // da = dout w2 ; dw2 = dout^T a
   // Experts without rows get zero weight gradients: the per-expert GEMMs never touch their slices.
-  if ((grouped || !buckets_.empty()) && !accumulate) {
+  if ((grouped || !slot_rows_.empty()) && !accumulate) {
     for (int e : zero_experts_) {
       CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
                                  f1_ * d_ * 4, stream));
@@ -706,7 +701,7 @@ void MoELayerCuda::experts_backward() {
                                  stream));
     }
   }
-  if (!grouped && !buckets_.empty()) {
+  if (!grouped && !slot_rows_.empty()) {
     padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
     padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
   } else if (!grouped) {
@@ -725,7 +720,7 @@ void MoELayerCuda::experts_backward() {
                        used_rows());
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
-  if (!grouped && !buckets_.empty()) {
+  if (!grouped && !slot_rows_.empty()) {
     padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
     padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
   } else if (!grouped) {

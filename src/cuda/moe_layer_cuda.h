@@ -210,7 +210,7 @@ class MoELayerCuda {
   // grown and moved since the forward).
   void ensure_rows(int64_t rows);
   void point_scratch(int64_t rows, bool backward);
-  // The per-expert operand pointers of the grouped / bucketed GEMMs, for the current buf_.
+  // The per-expert operand pointers of the grouped / padded GEMMs, for the current buf_.
   void upload_operands();
   void experts_forward();
   // The forward's expert stage on the decode kernels, and the stages after the experts.
@@ -267,26 +267,23 @@ class MoELayerCuda {
   std::vector<const void*> host_ptrs_;
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
-  std::vector<int> slot_experts_;     // expert of each operand-pointer slot (grouped / buckets)
-  // kPadded with padded_row_multiple: experts grouped by rounded rows; host_ptrs_ holds their
-  // pointers in bucket order. Empty = one strided-batched call per GEMM.
-  struct PadBucket {
-    int64_t m = 0;
-    int begin = 0, count = 0;
-  };
-  std::vector<PadBucket> buckets_;
+  std::vector<int> slot_experts_;     // expert of each operand-pointer slot (grouped / padded)
+  // kPadded with padded_row_multiple: the rows each slot's GEMMs compute on (its expert's load
+  // rounded up), slots ordered by rows; host_ptrs_ holds their pointers. Empty = one
+  // strided-batched call per GEMM.
+  std::vector<int64_t> slot_rows_;
   std::vector<int> zero_experts_;  // dropless: experts with no rows (weight gradients zeroed)
-  void build_padded_buckets(const std::vector<int64_t>& counts);
+  void build_padded_slots(const std::vector<int64_t>& counts);
   // Operand pointers of the six expert GEMMs for expert e whose rows start at row0, at `slot`.
   void set_expert_operands(int slot, int e, int64_t row0);
-  // Expert GEMM gi (0..5) over the buckets / over group_experts_; the rows dimension of `shape`
-  // (m, or k for the weight gradients) is replaced by each bucket's / expert's rows.
+  // Expert GEMM gi (0..5) over the padded slots / over group_experts_; the rows dimension of
+  // `shape` (m, or k for the weight gradients) is replaced by each slot's / expert's rows.
   void padded_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per expert
   void grouped_gemm(int gi, const GemmShape& shape, bool c_f32);
-  // The rows the bucketed GEMMs compute on (kernels over all rows skip the rest); every row when
-  // the GEMMs run unbucketed.
+  // The rows the padded per-expert GEMMs compute on (kernels over all rows skip the rest); every
+  // row when the GEMMs run as one strided batch.
   PaddedRows used_rows() const;
-  // Expert GEMM gi over all E experts at once (capacity mode, unbucketed padded rows).
+  // Expert GEMM gi over all E experts at once (capacity mode, or padding that saves < 3%).
   void strided_gemm(int gi, const GemmShape& shape, const void* a, int64_t stride_a, const void* b,
                     int64_t stride_b, void* c, int64_t stride_c, bool c_f32);
 
