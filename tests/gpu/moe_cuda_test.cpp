@@ -145,32 +145,44 @@ TEST_F(Gpu, CudaCheckThrowsWithLocation) {
 }
 
 // ---------------- activations ----------------
+// Activation variant 0 (GELU tanh), 1 (GELU erf) or 2 (SwiGLU) on random h [rows, F1] and
+// da [rows, F] (seeds `seed` and seed + 10): the CPU twin's a and dh into a_ref / dh_ref, the GPU
+// kernels' into a / dh ([rows, F] / [rows, F1] bf16) under `used`.
+int64_t activation_f1(int variant, int64_t ffn) {
+  return variant == 2 ? 2 * ffn : ffn;
+}
+void run_activation(const CudaContext& ctx, int variant, int64_t rows, int64_t ffn, uint64_t seed,
+                    const DevBuf& a, const DevBuf& dh, std::vector<float>& a_ref,
+                    std::vector<float>& dh_ref, const cuda::PaddedRows& used = {}) {
+  const bool swiglu = variant == 2, exact = variant == 1;
+  const int64_t f1 = activation_f1(variant, ffn);
+  const auto h = round_bf16(rand_vec(rows * f1, seed, -3, 3));
+  const auto da = round_bf16(rand_vec(rows * ffn, seed + 10));
+  a_ref.assign(rows * ffn, 0.0f);
+  dh_ref.assign(rows * f1, 0.0f);
+  DevBuf dh_in = upload(to_bf16(h)), dda = upload(to_bf16(da));
+  if (swiglu) {
+    cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
+    cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
+    cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream(), used);
+    cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream(), used);
+  } else {
+    cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
+    cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
+    cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream(), used);
+    cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream(), used);
+  }
+  ctx.synchronize();
+}
+
 TEST_F(Gpu, ActivationsMatchCpu) {
   CudaContext ctx;
   const int64_t rows = 37, ffn = 72;
   for (int variant = 0; variant < 3; ++variant) {  // gelu tanh, gelu exact, swiglu
-    const bool swiglu = variant == 2, exact = variant == 1;
-    const int64_t f1 = swiglu ? 2 * ffn : ffn;
-    const auto h = round_bf16(rand_vec(rows * f1, 10 + variant, -3, 3));
-    const auto da = round_bf16(rand_vec(rows * ffn, 20 + variant));
-    std::vector<float> a_ref(rows * ffn), dh_ref(rows * f1);
-    if (swiglu) {
-      cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
-      cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
-    } else {
-      cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
-      cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
-    }
-    DevBuf dh_in = upload(to_bf16(h)), dda = upload(to_bf16(da));
+    const int64_t f1 = activation_f1(variant, ffn);
     DevBuf a(rows * ffn * 2), dh(rows * f1 * 2);
-    if (swiglu) {
-      cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream());
-      cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream());
-    } else {
-      cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream());
-      cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream());
-    }
-    ctx.synchronize();
+    std::vector<float> a_ref, dh_ref;
+    run_activation(ctx, variant, rows, ffn, 10 + variant, a, dh, a_ref, dh_ref);
     EXPECT_LT(rel_l2(download_bf16(a.ptr, rows * ffn), a_ref), 1e-2) << "variant " << variant;
     EXPECT_LT(rel_l2(download_bf16(dh.ptr, rows * f1), dh_ref), 1e-2) << "variant " << variant;
   }
@@ -204,25 +216,10 @@ TEST_F(Gpu, KernelsSkipUnusedPaddedRows) {
     EXPECT_LT(rel_l2(got_used, want_used), 1e-2) << what;
   };
   for (int variant = 0; variant < 3; ++variant) {  // gelu tanh, gelu exact, swiglu
-    const bool swiglu = variant == 2, exact = variant == 1;
-    const int64_t f1 = swiglu ? 2 * ffn : ffn;
-    const auto h = round_bf16(rand_vec(rows * f1, 50 + variant, -3, 3));
-    const auto da = round_bf16(rand_vec(rows * ffn, 60 + variant));
-    std::vector<float> a_ref(rows * ffn), dh_ref(rows * f1);
-    DevBuf dh_in = upload(to_bf16(h)), dda = upload(to_bf16(da));
+    const int64_t f1 = activation_f1(variant, ffn);
     DevBuf a(rows * ffn * 2), dh(rows * f1 * 2);
-    if (swiglu) {
-      cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
-      cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
-      cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream(), used);
-      cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream(), used);
-    } else {
-      cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
-      cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
-      cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream(), used);
-      cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream(), used);
-    }
-    ctx.synchronize();
+    std::vector<float> a_ref, dh_ref;
+    run_activation(ctx, variant, rows, ffn, 50 + variant, a, dh, a_ref, dh_ref, used);
     check(a, a_ref, ffn, "activation forward, variant " + std::to_string(variant));
     check(dh, dh_ref, f1, "activation backward, variant " + std::to_string(variant));
   }
