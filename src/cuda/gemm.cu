@@ -3,11 +3,8 @@
 #include "cuda/gemm.h"
 
 namespace moex::cuda {
-namespace {
 
-// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and pass
-// each one's own transpose flag (a row-major [R, C] buffer is a column-major [C, R] one).
-void check_shape(const GemmShape& s) {
+void check_gemm_shape(const GemmShape& s) {
   MOEX_CHECK(s.m >= 0 && s.n >= 0 && s.k >= 0, "gemm: negative size m=", s.m, " n=", s.n,
              " k=", s.k);
   MOEX_CHECK(s.lda >= (s.trans_a ? s.m : s.k), "gemm: lda ", s.lda, " too small");
@@ -17,12 +14,13 @@ void check_shape(const GemmShape& s) {
              "gemm: sizes must fit in int");
 }
 
-}  // namespace
+// Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands and pass
+// each one's own transpose flag (a row-major [R, C] buffer is a column-major [C, R] one).
 
 void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t stride_a,
                const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32, int batch,
                float alpha, float beta) {
-  check_shape(s);
+  check_gemm_shape(s);
   MOEX_CHECK(batch >= 1, "gemm_bf16: batch must be >= 1, got ", batch);
   if (s.m == 0 || s.n == 0) return;
   const cublasOperation_t op_b = s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -44,7 +42,7 @@ void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t
 
 void gemm_f32(cublasHandle_t handle, const GemmShape& s, const float* a, const float* b, float* c,
               float alpha, float beta) {
-  check_shape(s);
+  check_gemm_shape(s);
   if (s.m == 0 || s.n == 0) return;
   CUBLAS_CHECK(cublas_api().sgemm(
       handle, s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, s.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,

@@ -20,6 +20,10 @@ struct GemmShape {
   int64_t lda = 0, ldb = 0, ldc = 0;
 };
 
+// Sizes non-negative and below 2^31, leading dimensions at least the stored rows' lengths; an
+// error naming the first that is not.
+void check_gemm_shape(const GemmShape& s);
+
 // bf16 A, B; C bf16 (c_is_f32 false) or fp32; fp32 accumulation. batch >= 1 with element strides.
 void gemm_bf16(cublasHandle_t handle, const GemmShape& s, const void* a, int64_t stride_a,
                const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32, int batch,

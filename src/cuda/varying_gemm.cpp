@@ -138,10 +138,8 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
                           int batch, float alpha, float beta, cudaStream_t stream, int lane) {
   MOEX_CHECK(lane >= 0 && lane < kLanes, "VaryingSizeGemm: lane ", lane, " out of range");
   void* workspace = static_cast<char*>(workspace_) + workspace_bytes_ * lane;
-  MOEX_CHECK(s.m >= 0 && s.n >= 0 && s.k >= 0 && batch >= 1, "VaryingSizeGemm: bad shape m=", s.m,
-             " n=", s.n, " k=", s.k, " batch=", batch);
-  MOEX_CHECK(s.lda >= (s.trans_a ? s.m : s.k) && s.ldb >= (s.trans_b ? s.k : s.n) && s.ldc >= s.n,
-             "VaryingSizeGemm: a leading dimension is too small");
+  check_gemm_shape(s);
+  MOEX_CHECK(batch >= 1, "VaryingSizeGemm: batch must be >= 1, got ", batch);
   if (s.m == 0 || s.n == 0) return;
   if (s.k == 0 && beta == 1.0f) return;  // C += 0
   MOEX_CHECK(s.k > 0, "VaryingSizeGemm: k = 0 with beta ", beta, " (no product to compute)");
