@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace moex::infer {
 
@@ -21,5 +23,31 @@ void check_sampling_params(const SamplingParams& params);
 // `draw` is the index of this draw in the sequence (the RNG counter).
 int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingParams& params,
                      uint64_t draw);
+
+// Changes to a row's logits before it is sampled (OpenAI's logit_bias, presence_penalty and
+// frequency_penalty): logit[t] += bias(t) - presence_penalty * (c_t > 0) - frequency_penalty * c_t,
+// c_t = how often t occurs among the tokens generated so far (the prompt does not count).
+struct LogitAdjustments {
+  std::vector<std::pair<int32_t, float>> bias;  // (token, added to its logit); tokens unique
+  double presence_penalty = 0;
+  double frequency_penalty = 0;
+  bool empty() const { return bias.empty() && presence_penalty == 0 && frequency_penalty == 0; }
+};
+// Errors name the field: a bias token outside [0, vocab_size) or given twice, a bias or a penalty
+// that is not finite.
+void check_logit_adjustments(const LogitAdjustments& adjustments, int64_t vocab_size);
+void apply_logit_adjustments(float* logits, int64_t vocab_size, const LogitAdjustments& adjustments,
+                             const std::vector<int32_t>& generated);
+
+// A token's log-probability under the model: log-softmax of the raw logits (before bias,
+// penalties, temperature and top-k/top-p, as vLLM reports them), with the top_n most likely tokens
+// of the same row, most likely first (ties: lower id first).
+constexpr int64_t kMaxTopLogprobs = 20;
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;  // [top_n] (token, logprob)
+};
+TokenLogprob token_logprob(const float* logits, int64_t vocab_size, int32_t token, int64_t top_n);
 
 }  // namespace moex::infer

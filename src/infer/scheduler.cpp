@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 
 #include "core/error.h"
 #include "core/logging.h"
@@ -33,6 +34,14 @@ struct Scheduler::Sequence {
   bool done = false;
   int64_t length() const { return prefilled + static_cast<int64_t>(generated.size()); }
   bool prefilling() const { return prefilled < static_cast<int64_t>(request.prompt.size()); }
+  // Its steps need the logits on the host: they are changed before sampling, or reported.
+  bool on_host() const { return request.logprobs >= 0 || !request.adjustments.empty(); }
+  // The tokens generated so far, the one not yet in the cache included (what penalties count).
+  std::vector<int32_t> output() const {
+    std::vector<int32_t> out = generated;
+    if (pending >= 0) out.push_back(pending);
+    return out;
+  }
 };
 
 namespace {
@@ -98,6 +107,12 @@ uint64_t Scheduler::submit(Request request) {
   MOEX_CHECK(request.max_tokens >= 1, "max_tokens must be >= 1, got ", request.max_tokens);
   check_sampling_params(request.sampling);
   const int64_t vocab = model_.config().vocab_size;
+  check_logit_adjustments(request.adjustments, vocab);
+  MOEX_CHECK(request.logprobs >= -1 && request.logprobs <= kMaxTopLogprobs,
+             "logprobs must be in [0, ", kMaxTopLogprobs, "] (or -1: none), got ",
+             request.logprobs);
+  MOEX_CHECK(!request.prompt_logprobs || request.logprobs >= 0,
+             "prompt log-probabilities need logprobs >= 0");
   for (int32_t t : request.prompt)
     MOEX_CHECK(t >= 0 && t < vocab, "prompt token ", t, " is outside the vocabulary of ", vocab);
   const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
@@ -266,6 +281,12 @@ bool Scheduler::step() {
     // A decoding sequence adds its pending token to `generated` when the step is collected.
     sp.draw = seq.pending < 0 ? 0 : static_cast<uint64_t>(seq.generated.size()) + 1;
   }
+  if (std::any_of(step->seqs.begin(), step->seqs.end(),
+                  [](const Sequence* seq) { return seq->on_host(); })) {
+    run_on_host(*step, ids);
+    erase_ended();
+    return true;
+  }
   if (launch(*step, /*follow=*/false, ids.data())) {
     // A decode step stays in flight when the next call can follow it; any other is read now.
     launched_ = std::move(step);
@@ -324,6 +345,68 @@ void Scheduler::collect(Launched& step) {
     for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
     return;
   }
+  deliver(step, next_ids, {});
+}
+
+// The step with its logits on the host: prompt log-probabilities of slices that ask for them,
+// bias and penalties, sampling (what the device would draw from the same logits) and each new
+// token's log-probability. Nothing is in flight (step() collected the last launched step).
+void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
+  const int64_t vocab = model_.config().vocab_size;
+  int64_t rows = 0;
+  for (size_t i = 0; i < step.slices.size(); ++i) {
+    const Sequence& seq = *step.seqs[i];
+    model::SequenceSlice& s = step.slices[i];
+    s.blocks = seq.blocks.data();
+    s.num_blocks = static_cast<int64_t>(seq.blocks.size());
+    s.all_logits = seq.prefilling() && seq.request.prompt_logprobs;
+    rows += s.all_logits ? s.len : 1;
+  }
+  std::vector<float> logits(static_cast<size_t>(rows * vocab));  // [rows, V]
+  try {
+    model_.forward_paged(ids.data(), step.slices, kv_, logits.data());
+  } catch (const Error& e) {
+    for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
+    return;
+  }
+  std::vector<int32_t> next(step.seqs.size());
+  std::vector<std::optional<TokenLogprob>> next_logprobs(step.seqs.size());
+  std::vector<float> adjusted;
+  const float* row = logits.data();
+  for (size_t i = 0; i < step.seqs.size(); ++i) {
+    const Sequence& seq = *step.seqs[i];
+    const model::SequenceSlice& s = step.slices[i];
+    const Request& r = seq.request;
+    if (s.all_logits) {
+      // Row t predicts the token at position start_pos + t + 1: a prompt token's, until the last.
+      for (int64_t t = 0; t < s.len; ++t) {
+        const auto pos = static_cast<size_t>(s.start_pos + t + 1);
+        if (pos < r.prompt.size() && r.on_logprob && !seq.done)
+          r.on_logprob(token_logprob(row, vocab, r.prompt[pos], r.logprobs));
+        if (t + 1 < s.len) row += vocab;
+      }
+    }
+    const ops::SampleParams& sp = step.sampling[i];
+    SamplingParams params;
+    params.temperature = sp.temperature;
+    params.top_k = sp.top_k;
+    params.top_p = sp.top_p;
+    params.seed = sp.seed;
+    const float* sample_from = row;
+    if (!r.adjustments.empty()) {
+      adjusted.assign(row, row + vocab);
+      apply_logit_adjustments(adjusted.data(), vocab, r.adjustments, seq.output());
+      sample_from = adjusted.data();
+    }
+    next[i] = sample_token(sample_from, vocab, params, sp.draw);
+    if (r.logprobs >= 0) next_logprobs[i] = token_logprob(row, vocab, next[i], r.logprobs);
+    row += vocab;
+  }
+  deliver(step, next, next_logprobs);
+}
+
+void Scheduler::deliver(Launched& step, const std::vector<int32_t>& next_ids,
+                        const std::vector<std::optional<TokenLogprob>>& logprobs) {
   int64_t new_tokens = 0;
   for (size_t i = 0; i < step.seqs.size(); ++i) {
     Sequence& seq = *step.seqs[i];
@@ -337,6 +420,8 @@ void Scheduler::collect(Launched& step) {
     const int32_t next = next_ids[i];
     seq.pending = next;
     ++new_tokens;
+    if (i < logprobs.size() && logprobs[i] && seq.request.on_logprob)
+      seq.request.on_logprob(*logprobs[i]);
     const bool keep = !seq.request.on_token || seq.request.on_token(next);
     const int64_t emitted = static_cast<int64_t>(step.sampling[i].draw) + 1;  // tokens so far
     const auto& stops = seq.request.stop_tokens;

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,16 @@ struct Request {
   int64_t max_tokens = 16;  // new tokens at most (>= 1)
   SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
+  // Bias and penalties on the logits before sampling. A request with any, or one that asks for
+  // log-probabilities, makes its steps run with the logits on the host (slower, exact).
+  LogitAdjustments adjustments;
+  // >= 0: each new token's log-probability with this many alternatives (<= kMaxTopLogprobs).
+  int64_t logprobs = -1;
+  // With logprobs >= 0: also each prompt token's from the second on (the first has no context).
+  bool prompt_logprobs = false;
+  // Each token's log-probabilities: the prompt's (positions 1 .. in order) while it is prefilled,
+  // then each new token's just before on_token sees it.
+  std::function<void(const TokenLogprob& logprob)> on_logprob;
   // Each new token as it is sampled; returning false cancels the request (a client went away).
   std::function<bool(int32_t token)> on_token;
   // Called once when the request ends, with the reason (and a message for kError).
@@ -96,6 +107,12 @@ class Scheduler {
   bool launch(Launched& step, bool follow, const int32_t* ids = nullptr,
               bool finish_on_error = true);
   void collect(Launched& step);
+  // A step whose sequences need their logits on the host (Sequence::on_host), run to the end.
+  void run_on_host(Launched& step, const std::vector<int32_t>& ids);
+  // Hands a read step's tokens to their sequences (logprobs[i]: row i's, when it has one) and ends
+  // those that stop.
+  void deliver(Launched& step, const std::vector<int32_t>& next_ids,
+               const std::vector<std::optional<TokenLogprob>>& logprobs);
   void collect_launched();  // collect(launched_), if any, leaving launched_ empty
   void erase_ended();
 

@@ -363,19 +363,20 @@ double Model::paged_graph_ms(int64_t num_seqs, int iters) {
 PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
                             const PagedKV& kv, const ops::SampleParams* sampling) {
   const int64_t num_seqs = static_cast<int64_t>(seqs.size()), block_size = kv.block_size;
-  int64_t n = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
+  int64_t n = 0, num_logits = 0, max_blocks = std::max<int64_t>(1, kv.table_width);
   for (const SequenceSlice& s : seqs) {
     MOEX_CHECK(s.len >= 1, "forward_paged: a sequence slice of ", s.len, " tokens (at least 1)");
     n += s.len;
+    num_logits += s.all_logits ? s.len : 1;
     MOEX_CHECK(kv.table_width == 0 || s.num_blocks <= kv.table_width,
                "forward_paged: a block table of ", s.num_blocks,
                " blocks is wider than the paged KV's table_width (", kv.table_width, ")");
     max_blocks = std::max(max_blocks, s.num_blocks);
   }
   // One host buffer for every index, uploaded once: ids [n], tables [S, max_blocks], then
-  // row_seq, row_pos, slots [n], then last_rows [S], then sample_params [S, kSampleParamWords].
+  // row_seq, row_pos, slots [n], then logit_rows [L], then sample_params [S, kSampleParamWords].
   const int64_t tn = num_seqs * max_blocks, pw = ops::kSampleParamWords;
-  const int64_t total = 4 * n + tn + num_seqs + num_seqs * pw;
+  const int64_t total = 4 * n + tn + num_logits + num_seqs * pw;
   // The last step's upload may still be queued (its step may still run): wait for it before the
   // staging buffer is rewritten or replaced.
   if (upload_done_) upload_done_->wait();
@@ -397,9 +398,10 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   int32_t* host = step_host_.data<int32_t>();
   std::copy(ids, ids + n, host);
   int32_t* tables = host + n;
-  int32_t *row_seq = tables + tn, *row_pos = row_seq + n, *slots = row_pos + n, *last = slots + n;
+  int32_t *row_seq = tables + tn, *row_pos = row_seq + n, *slots = row_pos + n;
+  int32_t *logit_rows = slots + n, *params = logit_rows + num_logits;
   std::fill(tables, tables + tn, -1);
-  int64_t r = 0;
+  int64_t r = 0, l = 0;
   for (int64_t i = 0; i < num_seqs; ++i) {
     const SequenceSlice& s = seqs[i];
     std::copy(s.blocks, s.blocks + s.num_blocks, tables + i * max_blocks);
@@ -408,10 +410,10 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
       row_seq[r] = static_cast<int32_t>(i);
       row_pos[r] = static_cast<int32_t>(pos);
       slots[r] = static_cast<int32_t>(s.blocks[pos / block_size] * block_size + pos % block_size);
+      if (s.all_logits || t + 1 == s.len) logit_rows[l++] = static_cast<int32_t>(r);
     }
-    last[i] = static_cast<int32_t>(r - 1);
     ops::write_sample_params(sampling != nullptr ? sampling[i] : ops::SampleParams{},
-                             last + num_seqs + i * pw);
+                             params + i * pw);
   }
   auto part = [](const Tensor& t, int64_t begin, int64_t count) {
     return t.slice(begin, begin + count);
@@ -432,13 +434,14 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
   rows.row_seq = part(dev, n + tn, n);
   rows.row_pos = part(dev, 2 * n + tn, n);
   rows.slots = part(dev, 3 * n + tn, n);
-  rows.last_rows = part(dev, 4 * n + tn, num_seqs);
-  rows.sample_params = part(dev, 4 * n + tn + num_seqs, num_seqs * pw).view(Shape{num_seqs, pw});
+  rows.logit_rows = part(dev, 4 * n + tn, num_logits);
+  rows.sample_params = part(dev, 4 * n + tn + num_logits, num_seqs * pw).view(Shape{num_seqs, pw});
   return rows;
 }
 
 void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logits, Tensor& next) {
-  const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.last_rows.numel();
+  const int64_t d = config_.hidden_size, n = rows.ids.numel(), num_seqs = rows.sample_params.dim(0);
+  const int64_t num_logits = rows.logit_rows.numel();
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
   Tensor h = arena_.alloc(Shape{n, d}, dt), h_next = arena_.alloc(Shape{n, d}, dt);
@@ -447,7 +450,7 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   // A decode step has one row a sequence, each its sequence's last: the last block then forms the
   // final norm with its residual add, and no rows are gathered.
   const bool one_row_each = n == num_seqs;
-  const Tensor normed = arena_.alloc(Shape{num_seqs, d}, dt);
+  const Tensor normed = arena_.alloc(Shape{num_logits, d}, dt);
   // Each block hands the next one its input norm, formed with its last residual add.
   blocks_[0]->input_norm().forward(x, h, arena_, false);
   for (size_t i = 0; i < blocks_.size(); ++i) {
@@ -461,15 +464,18 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
     std::swap(h, h_next);
   }
   if (!one_row_each) {
-    // The row of each sequence's last new token.
-    const Tensor last = arena_.alloc(Shape{num_seqs, d}, dt);
-    ops::gather_rows(x, rows.last_rows, last);
+    // The rows the logits are for: each sequence's last new token (or all of its new tokens).
+    const Tensor last = arena_.alloc(Shape{num_logits, d}, dt);
+    ops::gather_rows(x, rows.logit_rows, last);
     final_norm_->forward(last, normed, arena_, false);
   }
-  logits = arena_.alloc(Shape{num_seqs, config_.vocab_size}, DType::kF32);
+  logits = arena_.alloc(Shape{num_logits, config_.vocab_size}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);
   next = arena_.alloc(Shape{num_seqs}, DType::kI32);
-  ops::sample_rows(logits, rows.sample_params, next);
+  if (num_logits == num_seqs)
+    ops::sample_rows(logits, rows.sample_params, next);
+  else  // a slice with all_logits: forward_paged's caller samples from the logits itself
+    ops::zero(next);
 }
 
 void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& kv) {
@@ -483,7 +489,7 @@ void Model::capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& k
     g.kv_key = kv.k[0].raw_data();
   } catch (const Error& e) {
     // Warned once per model: every larger batch of a dropless model fails the same way.
-    const int64_t num_seqs = rows.last_rows.numel();
+    const int64_t num_seqs = rows.sample_params.dim(0);
     const bool first = std::none_of(paged_graphs_.begin(), paged_graphs_.end(),
                                     [](const auto& entry) { return entry.second->failed; });
     if (first)
@@ -500,6 +506,9 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
   // Reading an output is also what tells the host the step's uploads are done with.
   MOEX_CHECK(last_logits != nullptr || next != nullptr,
              "forward_paged: ask for the logits, the next tokens or both");
+  MOEX_CHECK(next == nullptr || std::none_of(seqs.begin(), seqs.end(),
+                                             [](const SequenceSlice& s) { return s.all_logits; }),
+             "forward_paged: a slice with all_logits has no next token drawn; sample its logits");
   MOEX_CHECK(in_flight_.empty(), "forward_paged: ", in_flight_.size(),
              " launched steps are not collected");
   launch_paged(ids, seqs, kv, sampling);

@@ -133,7 +133,9 @@ class Model {
   // when last_logits is not null, and the next token of each sequence from those logits, [S]
   // (computed on the device by ops::sample_rows; only S ids come back), when next is not null:
   // drawn with sampling[s] ([S]; null: greedy, the argmax). MoE routes are never dropped, so a
-  // sequence's logits do not depend on the others in the batch.
+  // sequence's logits do not depend on the others in the batch. A slice with all_logits has the
+  // logits after each of its new tokens, in order ([L, V] in all, L = the rows asked for); `next`
+  // must then be null (the caller samples them).
   // With kv.table_width > 0 on a GPU, a step of one new token per sequence replays a CUDA graph
   // captured for its batch size, sampling included (docs/gpu-model.md §Decoding).
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,

@@ -30,16 +30,20 @@ struct SequenceSlice {
   int64_t len = 0;
   const int32_t* blocks = nullptr;
   int64_t num_blocks = 0;
+  // The logits of every new token of this slice instead of only its last (prompt
+  // log-probabilities; Model::forward_paged).
+  bool all_logits = false;
 };
 
 // One serving step's tokens and where each row lives, built once per step by Model::forward_paged
 // and read by every layer, i32 tensors on the model's device (one upload per step). Row r of the
 // step is token ids[r] at position row_pos[r] of sequence row_seq[r]; its key and value go to pool
 // slot slots[r] (block * block_size + offset); tables [S, max_blocks] are the sequences' block
-// tables, and last_rows [S] the row of each sequence's last new token. sample_params [S,
+// tables, and logit_rows [L] the rows the logits are computed for: each sequence's last new token,
+// or all its new tokens for a slice with all_logits (L = S when none has). sample_params [S,
 // ops::kSampleParamWords] say how each sequence's next token is drawn (ops/sample.h).
 struct PagedRows {
-  Tensor ids, tables, row_seq, row_pos, slots, last_rows, sample_params;
+  Tensor ids, tables, row_seq, row_pos, slots, logit_rows, sample_params;
 };
 
 }  // namespace moex::model

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/json_reader.h"
+#include "infer/sampler.h"
 
 namespace moex::serve {
 namespace {
@@ -32,10 +33,10 @@ double number_in(const json& body, const char* field, double fallback, double lo
   if (!v.is_number())
     bad(field, std::string("'") + field + "' must be a number, got " + type_name(v));
   const double x = v.get<double>();
+  auto str = [](double bound) { return json(bound).dump(); };  // 2.0 reads "2.0", not "2.00"
   if (!std::isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
-    bad(field, std::string("'") + field + "' must be in " + (lo_open ? "(" : "[") +
-                   std::to_string(lo).substr(0, 4) + ", " + std::to_string(hi).substr(0, 4) +
-                   "], got " + v.dump());
+    bad(field, std::string("'") + field + "' must be in " + (lo_open ? "(" : "[") + str(lo) + ", " +
+                   str(hi) + "], got " + v.dump());
   return x;
 }
 
@@ -120,18 +121,6 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   auto refuse = [](const char* field, const std::string& what) {
     bad(field, std::string("'") + field + "': " + what + " is not supported by moex serve");
   };
-  for (const char* penalty : {"frequency_penalty", "presence_penalty"})
-    if (given(body, penalty) && !(body[penalty].is_number() && body[penalty].get<double>() == 0.0))
-      refuse(penalty, "a non-zero penalty");
-  if (given(body, "logit_bias") && !(body["logit_bias"].is_object() && body["logit_bias"].empty()))
-    refuse("logit_bias", "a logit bias");
-  // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens').
-  // Chat: logprobs is a boolean and top_logprobs the number.
-  if (given(body, "logprobs") && !(body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
-    refuse("logprobs", "returning log-probabilities");
-  if (given(body, "top_logprobs") &&
-      !(body["top_logprobs"].is_number_integer() && body["top_logprobs"].get<int64_t>() == 0))
-    refuse("top_logprobs", "returning log-probabilities");
   if (!chat && given(body, "best_of") &&
       !(body["best_of"].is_number_integer() && body["best_of"].get<int64_t>() == n))
     refuse("best_of", "best_of other than n");
@@ -155,6 +144,56 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
       !(body["response_format"].is_object() &&
         body["response_format"].value("type", std::string()) == "text"))
     refuse("response_format", "a response format other than text");
+}
+
+// Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens'; false
+// reads as absent). Chat: logprobs is a boolean and top_logprobs the number, which needs it.
+int64_t read_logprobs(const json& body, bool chat) {
+  const std::string range = "[0, " + std::to_string(infer::kMaxTopLogprobs) + "]";
+  auto count = [&](const char* field) -> int64_t {
+    const auto n = integer(body, field);
+    if (*n < 0 || *n > infer::kMaxTopLogprobs)
+      bad(field,
+          std::string("'") + field + "' must be in " + range + ", got " + std::to_string(*n));
+    return *n;
+  };
+  if (!chat) {
+    if (!given(body, "logprobs") ||
+        (body["logprobs"].is_boolean() && !body["logprobs"].get<bool>()))
+      return -1;
+    return count("logprobs");
+  }
+  const bool on = flag(body, "logprobs");
+  if (!given(body, "top_logprobs")) return on ? 0 : -1;
+  const int64_t top = count("top_logprobs");
+  if (!on && top > 0) bad("top_logprobs", "'top_logprobs' needs 'logprobs' to be true");
+  return on ? top : -1;
+}
+
+// logit_bias: {"token id": bias}; the ids are checked against the vocabulary by the server.
+std::vector<std::pair<int32_t, float>> read_logit_bias(const json& body) {
+  std::vector<std::pair<int32_t, float>> out;
+  if (!given(body, "logit_bias")) return out;
+  const json& b = body["logit_bias"];
+  if (!b.is_object())
+    bad("logit_bias", "'logit_bias' must be an object mapping token ids to biases");
+  if (b.size() > kMaxLogitBias)
+    bad("logit_bias", "at most " + std::to_string(kMaxLogitBias) + " 'logit_bias' entries, got " +
+                          std::to_string(b.size()));
+  for (auto it = b.begin(); it != b.end(); ++it) {
+    const std::string& key = it.key();
+    const bool digits = !key.empty() && key.size() <= 10 &&
+                        key.find_first_not_of("0123456789") == std::string::npos;
+    if (!digits || std::stoll(key) > INT32_MAX)
+      bad("logit_bias",
+          "'logit_bias' keys must be token ids (integers as strings), got \"" + key + "\"");
+    const json& v = it.value();
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || std::fabs(v.get<double>()) > 100)
+      bad("logit_bias", "'logit_bias' values must be numbers in [-100, 100], got " + v.dump() +
+                            " for token " + key);
+    out.emplace_back(static_cast<int32_t>(std::stoll(key)), v.get<float>());
+  }
+  return out;
 }
 
 }  // namespace
@@ -255,6 +294,10 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     if (so.contains("include_usage") && so["include_usage"].is_boolean())
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
+  r.logprobs = read_logprobs(body, chat);
+  r.logit_bias = read_logit_bias(body);
+  r.presence_penalty = number_in(body, "presence_penalty", 0.0, -2.0, 2.0, false);
+  r.frequency_penalty = number_in(body, "frequency_penalty", 0.0, -2.0, 2.0, false);
   refuse_unbuilt_options(body, chat, r.n);
   return r;
 }
@@ -273,6 +316,48 @@ json finish_json(const std::string& reason) {
 
 }  // namespace
 
+json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat, int64_t offset) {
+  auto value = [](const std::optional<float>& x) { return x ? json(*x) : json(nullptr); };
+  if (chat) {
+    auto bytes = [](const std::string& s) {
+      json list = json::array();
+      for (unsigned char ch : s) list.push_back(static_cast<int>(ch));
+      return list;
+    };
+    json content = json::array();
+    for (const LogprobEntry& e : entries) {
+      json top = json::array();
+      for (const auto& [token, lp] : e.top)
+        top.push_back({{"token", token}, {"logprob", lp}, {"bytes", bytes(token)}});
+      content.push_back({{"token", e.token},
+                         {"logprob", value(e.logprob)},
+                         {"bytes", bytes(e.token)},
+                         {"top_logprobs", std::move(top)}});
+    }
+    return {{"content", std::move(content)}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(),
+       text_offset = json::array();
+  for (const LogprobEntry& e : entries) {
+    tokens.push_back(e.token);
+    token_logprobs.push_back(value(e.logprob));
+    if (e.logprob) {
+      json top = json::object();
+      for (const auto& [token, lp] : e.top)
+        if (!top.contains(token)) top[token] = lp;  // two ids may read the same; the likelier
+      top_logprobs.push_back(std::move(top));
+    } else {
+      top_logprobs.push_back(nullptr);
+    }
+    text_offset.push_back(offset);
+    offset += static_cast<int64_t>(e.token.size());
+  }
+  return {{"tokens", std::move(tokens)},
+          {"token_logprobs", std::move(token_logprobs)},
+          {"top_logprobs", std::move(top_logprobs)},
+          {"text_offset", std::move(text_offset)}};
+}
+
 json completion_response(const std::string& id, const std::string& model, int64_t created,
                          const std::vector<Choice>& choices, const Usage& usage, bool chat) {
   json list = json::array();
@@ -282,7 +367,7 @@ json completion_response(const std::string& id, const std::string& model, int64_
       choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
     else
       choice["text"] = choices[i].text;
-    choice["logprobs"] = nullptr;
+    choice["logprobs"] = choices[i].logprobs;
     list.push_back(std::move(choice));
   }
   return {{"id", id},
@@ -295,7 +380,7 @@ json completion_response(const std::string& id, const std::string& model, int64_
 
 json completion_chunk(const std::string& id, const std::string& model, int64_t created,
                       int64_t index, const std::string& text, const std::string& finish_reason,
-                      bool chat, bool first, bool include_usage) {
+                      bool chat, bool first, bool include_usage, const json& logprobs) {
   json choice = {{"index", index}, {"finish_reason", finish_json(finish_reason)}};
   if (chat) {
     json delta = json::object();
@@ -305,7 +390,7 @@ json completion_chunk(const std::string& id, const std::string& model, int64_t c
   } else {
     choice["text"] = text;
   }
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] = logprobs;
   json chunk = {{"id", id},
                 {"object", chat ? "chat.completion.chunk" : "text_completion"},
                 {"created", created},

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "serve/chat_template.h"
@@ -51,32 +52,57 @@ struct GenerationRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage_in_stream = false;  // stream_options.include_usage
+  // Log-probabilities: -1 none, else the alternatives reported per token (completions'
+  // `logprobs`; chat's `top_logprobs` once `logprobs` is true). With echo, the prompt's too.
+  int64_t logprobs = -1;
+  std::vector<std::pair<int32_t, float>> logit_bias;   // (token, bias in [-100, 100])
+  double presence_penalty = 0, frequency_penalty = 0;  // in [-2, 2]
 };
+
+// Most logit_bias entries one request may give.
+constexpr size_t kMaxLogitBias = 1024;
 
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
 // out of range and missing required fields. Fields that would change the answer in a way moex
-// does not build (logprobs, penalties, logit_bias, tools, a JSON response_format, best_of, suffix)
-// are refused with a 400 when set to anything but their neutral value, never silently ignored;
-// unknown fields are ignored, as OpenAI's clients send many (user, metadata, ...).
+// does not build (tools, a JSON response_format, best_of, suffix) are refused with a 400 when set
+// to anything but their neutral value, never silently ignored; unknown fields are ignored, as
+// OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked against the
+// vocabulary by the server, which knows it.
 GenerationRequest parse_generation_request(const std::string& body, bool chat);
 
 // The finished (non-streamed) response objects and one streamed chunk.
 struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;
 };
+// One token's log-probability as reported: its text, and the most likely alternatives' (most
+// likely first). The first prompt token of an echo has none (logprob and top read null).
+struct LogprobEntry {
+  std::string token;
+  std::optional<float> logprob;
+  std::vector<std::pair<std::string, float>> top;
+};
+// The `logprobs` object of a choice: completions' {tokens, token_logprobs, top_logprobs,
+// text_offset} (text_offset: byte offsets into the choice's text, from `offset` for the first
+// entry), or chat's {content: [{token, logprob, bytes, top_logprobs}], refusal: null}.
+nlohmann::json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat,
+                             int64_t offset = 0);
+
 struct Choice {
   std::string text, finish_reason;
+  nlohmann::json logprobs;  // null when not asked for
 };
 nlohmann::json completion_response(const std::string& id, const std::string& model, int64_t created,
                                    const std::vector<Choice>& choices, const Usage& usage,
                                    bool chat);
-// A chunk of choice `index` with `text` as its delta; finish_reason "" while the generation goes
-// on. A choice's first chat chunk carries the assistant role. With include_usage every chunk has
-// "usage": null (the usage chunk comes last), as OpenAI sends them.
+// A chunk of choice `index` with `text` as its delta (and `logprobs`, logprobs_json of its new
+// tokens, or null); finish_reason "" while the generation goes on. A choice's first chat chunk
+// carries the assistant role. With include_usage every chunk has "usage": null (the usage chunk
+// comes last), as OpenAI sends them.
 nlohmann::json completion_chunk(const std::string& id, const std::string& model, int64_t created,
                                 int64_t index, const std::string& text,
                                 const std::string& finish_reason, bool chat, bool first,
-                                bool include_usage);
+                                bool include_usage,
+                                const nlohmann::json& logprobs = nlohmann::json());
 // The final usage-only chunk (stream_options.include_usage).
 nlohmann::json usage_chunk(const std::string& id, const std::string& model, int64_t created,
                            const Usage& usage, bool chat);

@@ -29,6 +29,11 @@ using Clock = std::chrono::steady_clock;
 // come, then the end.
 struct Feed {
   std::deque<int32_t> tokens;
+  // Log-probabilities, when asked for: the prompt's (expected_prompt_logprobs of them, which come
+  // first), then one per token in `tokens`, in step with it.
+  int64_t expected_prompt_logprobs = 0;
+  std::vector<infer::TokenLogprob> prompt_logprobs;
+  std::deque<infer::TokenLogprob> logprobs;
   bool finished = false;
   infer::FinishReason reason = infer::FinishReason::kError;
   std::string error;
@@ -48,6 +53,12 @@ struct ChoiceState {
   std::unique_ptr<StopText> text;
   std::string echo;  // the prompt's text, sent first (completions with echo)
   int64_t completion_tokens = 0;
+  // With log-probabilities: one entry per counted completion token (after the prompt's, with
+  // echo), and how many of them went out in chunks (streaming).
+  std::vector<LogprobEntry> logprobs;
+  size_t logprobs_sent = 0;
+  int64_t logprob_offset = 0;  // text_offset of the next entry: the token texts before it
+  int32_t last_token = -1;     // the token before the next one (the prompt's last at first)
   bool started = false;       // a chunk of it was sent (streaming)
   bool text_done = false;     // its last text was taken (stop string or the engine's end)
   bool finish_sent = false;   // its finish chunk was sent (streaming)
@@ -134,6 +145,13 @@ struct Server::Impl {
       prompts.push_back(p.text ? tokenizer->encode(*p.text, true)
                                : p.ids);  // Scheduler::submit checks ids against the vocabulary
 
+    const int64_t vocab = model->config().vocab_size;
+    for (const auto& [token, bias] : r.logit_bias)
+      if (token >= vocab)
+        throw api_error(400,
+                        "'logit_bias' token " + std::to_string(token) +
+                            " is outside the vocabulary of " + std::to_string(vocab),
+                        "invalid_request_error", "", "logit_bias");
     const int64_t context = scheduler->max_context();
     const std::string prompt_param = r.chat ? "messages" : "prompt";
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -194,6 +212,7 @@ struct Server::Impl {
   void advance(Channel& channel, std::vector<ChoiceState>& choices,
                std::vector<std::string>& pieces) {
     std::vector<std::vector<int32_t>> got(choices.size());
+    std::vector<std::vector<infer::TokenLogprob>> got_logprobs(choices.size());
     std::vector<Feed> ends(choices.size());  // each feed's end (finished, reason, error)
     {
       std::unique_lock<std::mutex> lock(channel.mutex);
@@ -207,6 +226,8 @@ struct Server::Impl {
         Feed& f = channel.feeds[i];
         got[i].assign(f.tokens.begin(), f.tokens.end());
         f.tokens.clear();
+        got_logprobs[i].assign(f.logprobs.begin(), f.logprobs.end());
+        f.logprobs.clear();
         ends[i].finished = f.finished;
         ends[i].reason = f.reason;
         ends[i].error = f.error;
@@ -217,9 +238,12 @@ struct Server::Impl {
       ChoiceState& c = choices[i];
       if (c.ended) continue;
       if (!c.text_done) {
-        for (int32_t t : got[i]) {
+        for (size_t k = 0; k < got[i].size(); ++k) {
           ++c.completion_tokens;
-          pieces[i] += c.text->push(t);
+          if (k < got_logprobs[i].size())
+            c.logprobs.push_back(entry(c.last_token, got_logprobs[i][k]));
+          c.last_token = got[i][k];
+          pieces[i] += c.text->push(got[i][k]);
           if (c.text->stopped()) break;
         }
         if (c.text->stopped()) {
@@ -239,6 +263,59 @@ struct Server::Impl {
       }
       c.ended = ends[i].finished;
     }
+  }
+
+  // The text token t adds after token `prev` (-1: at the start). Tokens do not decode alone: a
+  // SentencePiece "▁the" loses its space at the start of a decode (infer/text_stream.h).
+  std::string token_text(int32_t prev, int32_t t) {
+    if (prev < 0) return tokenizer->decode({t}, /*skip_special_tokens=*/false);
+    const std::string before = tokenizer->decode({prev}, false);
+    const std::string both = tokenizer->decode({prev, t}, false);
+    if (both.compare(0, before.size(), before) == 0) return both.substr(before.size());
+    return tokenizer->decode({t}, false);
+  }
+
+  // One token's log-probabilities as the API reports them: texts instead of ids, read after the
+  // token before it.
+  LogprobEntry entry(int32_t prev, const infer::TokenLogprob& lp) {
+    LogprobEntry e;
+    e.token = token_text(prev, lp.token);
+    e.logprob = lp.logprob;
+    for (const auto& [token, logprob] : lp.top)
+      e.top.emplace_back(token_text(prev, token), logprob);
+    return e;
+  }
+
+  // An echoed prompt's entries: its first token (no log-probability), then the engine's.
+  std::vector<LogprobEntry> prompt_entries(const std::vector<int32_t>& prompt,
+                                           const std::vector<infer::TokenLogprob>& logprobs) {
+    std::vector<LogprobEntry> out(1);
+    out[0].token = token_text(-1, prompt[0]);
+    for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k)
+      out.push_back(entry(prompt[k], logprobs[k]));
+    return out;
+  }
+
+  // The logprobs object of choice i's entries not sent yet, with the echoed prompt's first when
+  // `with_prompt`; null when the request asked for none.
+  json take_logprobs(Channel& channel, ChoiceState& c, size_t i, const GenerationRequest& r,
+                     const std::vector<int32_t>& prompt, bool with_prompt) {
+    if (r.logprobs < 0) return json();
+    std::vector<LogprobEntry> entries;
+    if (with_prompt && r.echo) {
+      std::vector<infer::TokenLogprob> prompt_lps;
+      {
+        std::lock_guard<std::mutex> lock(channel.mutex);
+        prompt_lps = channel.feeds[i].prompt_logprobs;
+      }
+      entries = prompt_entries(prompt, prompt_lps);
+    }
+    entries.insert(entries.end(), c.logprobs.begin() + static_cast<int64_t>(c.logprobs_sent),
+                   c.logprobs.end());
+    c.logprobs_sent = c.logprobs.size();
+    json out = logprobs_json(entries, r.chat, c.logprob_offset);
+    for (const LogprobEntry& e : entries) c.logprob_offset += static_cast<int64_t>(e.token.size());
+    return out;
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -282,6 +359,7 @@ struct Server::Impl {
       for (size_t i = 0; i < prompts.size(); ++i) {
         ChoiceState& c = (*choices)[i];
         c.text = std::make_unique<StopText>(*tokenizer, prompts[i], r.stop);
+        c.last_token = prompts[i].back();
         if (r.echo) {
           const Prompt& p = r.prompts[i / r.n];
           c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/false);
@@ -306,6 +384,20 @@ struct Server::Impl {
       er.sampling.seed =
           r.seed ? static_cast<uint64_t>(*r.seed) + static_cast<uint64_t>(j) : next_seed++;
       if (tokenizer->eos_id() >= 0) er.stop_tokens.push_back(tokenizer->eos_id());
+      er.adjustments.bias = r.logit_bias;
+      er.adjustments.presence_penalty = r.presence_penalty;
+      er.adjustments.frequency_penalty = r.frequency_penalty;
+      er.logprobs = r.logprobs;
+      er.prompt_logprobs = r.echo && r.logprobs >= 0;
+      channel->feeds[i].expected_prompt_logprobs = er.prompt_logprobs ? len - 1 : 0;
+      er.on_logprob = [channel, i](const infer::TokenLogprob& lp) {
+        std::lock_guard<std::mutex> lock(channel->mutex);
+        Feed& f = channel->feeds[i];
+        if (static_cast<int64_t>(f.prompt_logprobs.size()) < f.expected_prompt_logprobs)
+          f.prompt_logprobs.push_back(lp);
+        else
+          f.logprobs.push_back(lp);
+      };
       er.on_token = [channel, i](int32_t t) {
         std::lock_guard<std::mutex> lock(channel->mutex);
         channel->feeds[i].tokens.push_back(t);
@@ -371,9 +463,10 @@ struct Server::Impl {
         return send_error(res, api_error(500, "generation failed: " + failure, "server_error"));
       }
       for (size_t i = 0; i < out.size(); ++i) {
-        const ChoiceState& c = (*choices)[i];
+        ChoiceState& c = (*choices)[i];
         out[i].text = c.echo + out[i].text;
         out[i].finish_reason = c.finish_reason;
+        out[i].logprobs = take_logprobs(*channel, c, i, r, prompts[i], true);
       }
       return send_json(
           res, 200, completion_response(id, options.model_name, created, out, total_usage(), chat));
@@ -422,15 +515,21 @@ struct Server::Impl {
             const auto index = static_cast<int64_t>(i);
             const bool first = !c.started;
             const std::string piece = first ? c.echo + pieces[i] : pieces[i];
-            // A choice's first chunk goes out even when empty: chat's carries the role.
+            // A choice's first chunk goes out even when empty: chat's carries the role. The
+            // log-probabilities of tokens whose text is held back (a possible stop string) go
+            // with a later chunk.
             bool ok = true;
             if (!piece.empty() || first)
               ok = event(completion_chunk(id, options.model_name, created, index, piece, "", chat,
-                                          first, include_usage));
+                                          first, include_usage,
+                                          take_logprobs(*channel, c, i, r, prompts[i], first)));
             c.started = true;
             if (ok && c.text_done && !c.finish_sent) {
-              ok = event(completion_chunk(id, options.model_name, created, index, "",
-                                          c.finish_reason, chat, false, include_usage));
+              const bool left = r.logprobs >= 0 && c.logprobs_sent < c.logprobs.size();
+              ok = event(completion_chunk(
+                  id, options.model_name, created, index, "", c.finish_reason, chat, false,
+                  include_usage,
+                  left ? take_logprobs(*channel, c, i, r, prompts[i], false) : json()));
               c.finish_sent = true;
             }
             if (!ok) {

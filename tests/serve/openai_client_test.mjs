@@ -1,5 +1,6 @@
 // moex serve driven by the official `openai` npm client (an oracle nobody here wrote): model
-// listing, completions and chat, streamed and whole, concurrent requests, seeds, stop strings, a
+// listing, completions and chat, streamed and whole, concurrent requests, seeds, stop strings,
+// log-probabilities, logit_bias and penalties, a
 // client that disconnects mid-stream, malformed requests, metrics, a few seconds of concurrent
 // streaming load (same answers, bounded memory), and a drain on SIGTERM.
 //   node tests/serve/openai_client_test.mjs MOEX MODEL_DIR
@@ -203,12 +204,7 @@ try {
   assert.equal(defaults.choices[0].text, g.text);
   const chatDefaults = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: false, response_format: { type: 'text' }, tools: [], max_completion_tokens: null });
   assert.equal(chatDefaults.choices[0].message.content, chat.choices[0].message.content);
-  await expectError(client.completions.create({ ...base, prompt: 'x', logprobs: 2 }), 400, { param: 'logprobs' });
-  await expectError(client.completions.create({ ...base, prompt: 'x', echo: true, logprobs: 0 }), 400, { param: 'logprobs' });
-  await expectError(client.completions.create({ ...base, prompt: 'x', frequency_penalty: 0.5 }), 400, { param: 'frequency_penalty' });
-  await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 5: 100 } }), 400, { param: 'logit_bias' });
   await expectError(client.completions.create({ ...base, prompt: 'x', best_of: 3 }), 400, { param: 'best_of' });
-  await expectError(client.chat.completions.create({ model, messages, top_logprobs: 2, logprobs: true }), 400, { param: 'logprobs' });
   await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_object' } }), 400, { param: 'response_format' });
   const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];
   await expectError(client.chat.completions.create({ model, messages, tools }), 400, { param: 'tools' });
@@ -221,6 +217,69 @@ try {
   const legacy = await client.chat.completions.create({ model, max_tokens: 4, messages: [...messages, { role: 'assistant', content: 'f()' }, { role: 'function', name: 'f', content: '1' }] });
   assert.equal(legacy.choices[0].message.role, 'assistant');
   ok('neutral values of unbuilt options accepted, others refused with the field named; legacy role');
+
+  // ---- log-probabilities, logit_bias and penalties ----
+  // Asking for log-probabilities changes nothing that is sampled; a greedy token is its
+  // position's most likely one, so its log-probability is the largest of its alternatives.
+  const withLp = await client.completions.create({ ...base, prompt: 'The server', logprobs: 3 });
+  const lp = withLp.choices[0].logprobs;
+  assert.equal(withLp.choices[0].text, g.text);
+  assert.equal(lp.tokens.length, withLp.usage.completion_tokens);
+  assert.deepEqual([lp.token_logprobs.length, lp.top_logprobs.length, lp.text_offset.length], Array(3).fill(lp.tokens.length));
+  const near = (a, b, what) => assert.ok(Math.abs(a - b) < 1e-5, `${what}: ${a} vs ${b}`);
+  for (let i = 0; i < lp.tokens.length; i += 1) {
+    const alternatives = Object.values(lp.top_logprobs[i]);
+    assert.ok(alternatives.length >= 1 && alternatives.length <= 3, `alternatives ${alternatives.length}`);
+    near(Math.max(...alternatives), lp.token_logprobs[i], `token ${i} is the most likely`);
+    assert.ok(alternatives.reduce((sum, x) => sum + Math.exp(x), 0) <= 1 + 1e-5, 'probabilities sum to at most 1');
+    assert.equal(lp.text_offset[i], Buffer.byteLength(lp.tokens.slice(0, i).join('')), 'text_offset: bytes of the tokens before');
+  }
+  // Echo: the prompt's tokens first, the first with none (it has no context).
+  const echoLp = await client.completions.create({ ...base, prompt: 'The server', echo: true, logprobs: 0 });
+  const elp = echoLp.choices[0].logprobs;
+  assert.equal(elp.tokens.length, echoLp.usage.prompt_tokens + echoLp.usage.completion_tokens);
+  assert.equal(elp.token_logprobs[0], null);
+  assert.equal(elp.top_logprobs[0], null);
+  for (let i = 1; i < elp.tokens.length; i += 1) assert.ok(elp.token_logprobs[i] <= 0, `logprob ${i}`);
+  // The generated part is the request without echo's, token for token.
+  const tail = elp.token_logprobs.slice(echoLp.usage.prompt_tokens);
+  assert.equal(tail.length, lp.token_logprobs.length);
+  tail.forEach((x, i) => near(x, lp.token_logprobs[i], `generated token ${i} with echo`));
+  // Streamed: the chunks' entries put together are the whole answer's.
+  const lpStream = await client.completions.create({ ...base, prompt: 'The server', logprobs: 3, stream: true });
+  const lpChunks = { tokens: [], token_logprobs: [], text_offset: [] };
+  for await (const chunk of lpStream)
+    for (const c of chunk.choices)
+      if (c.logprobs) for (const k of Object.keys(lpChunks)) lpChunks[k].push(...c.logprobs[k]);
+  assert.deepEqual(lpChunks.tokens, lp.tokens);
+  assert.deepEqual(lpChunks.text_offset, lp.text_offset);
+  lpChunks.token_logprobs.forEach((x, i) => near(x, lp.token_logprobs[i], `streamed token ${i}`));
+  // Chat: logprobs is a flag, top_logprobs the count; bytes are the token's UTF-8.
+  const chatLp = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: true, top_logprobs: 2 });
+  assert.equal(chatLp.choices[0].message.content, chat.choices[0].message.content);
+  const content = chatLp.choices[0].logprobs.content;
+  assert.equal(content.length, chatLp.usage.completion_tokens);
+  for (const t of content) {
+    assert.equal(t.top_logprobs.length, 2);
+    near(t.top_logprobs[0].logprob, t.logprob, 'greedy chat token is the most likely');
+    if (!t.token.includes('\ufffd')) assert.deepEqual(t.bytes, [...Buffer.from(t.token)]);
+  }
+  const chatPlain = await client.chat.completions.create({ model, messages, max_tokens: 4, temperature: 0 });
+  assert.equal(chatPlain.choices[0].logprobs, null);
+  // A bias of +100 decides every token; log-probabilities stay the model's own.
+  const forced = await client.completions.create({ ...base, prompt: 'The server', logit_bias: { 300: 100 }, logprobs: 1 });
+  const forcedTokens = forced.choices[0].logprobs.tokens;
+  assert.equal(forcedTokens.length, 10);
+  assert.ok(forcedTokens.slice(1).every((t) => t === forcedTokens[1]), `forced tokens ${JSON.stringify(forcedTokens)}`);
+  assert.ok(forced.choices[0].logprobs.token_logprobs.every((x) => x < Math.log(0.9)), 'raw log-probabilities, not the biased ones');
+  const penalized = await client.completions.create({ ...base, prompt: 'The server', frequency_penalty: 2, presence_penalty: 2 });
+  assert.equal(penalized.usage.completion_tokens, 10);
+  await expectError(client.completions.create({ ...base, prompt: 'x', logprobs: 21 }), 400, { param: 'logprobs' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', frequency_penalty: 2.5 }), 400, { param: 'frequency_penalty' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 5: 101 } }), 400, { param: 'logit_bias' });
+  await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 99999: 1 } }), 400, { param: 'logit_bias' });
+  await expectError(client.chat.completions.create({ model, messages, top_logprobs: 2 }), 400, { param: 'top_logprobs' });
+  ok('log-probabilities (echo, streamed, chat), logit_bias and penalties; bad values refused with the field named');
 
   const retrieved = await client.models.retrieve(model);
   assert.equal(retrieved.id, model);

@@ -1,6 +1,7 @@
 // The next-token sampler (infer/sampler.h) against references written here: softmax(logits / T)
 // probabilities checked by a chi-square test over many seeded draws, the k largest logits and
-// the top-p nucleus found by naive loops, seeds, and greedy decoding at temperature 0.
+// the top-p nucleus found by naive loops, seeds, and greedy decoding at temperature 0; logit bias
+// and penalties, and log-probabilities with their top alternatives, against naive loops.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -315,6 +316,76 @@ TEST(InferSampler, OutOfRangeParametersAreErrorsNamingThem) {
   p.top_k = -1;
   EXPECT_NE(message(p).find("top_k"), std::string::npos);
   EXPECT_THROW(sample_token(logits.data(), 0, SamplingParams{}, 0), Error);
+}
+
+// Bias and penalties against the formula written out token by token.
+TEST(InferSampler, LogitAdjustmentsFollowOpenAIsFormula) {
+  const int64_t vocab = 11;
+  std::vector<float> logits(vocab);
+  for (int64_t v = 0; v < vocab; ++v) logits[v] = 4 * philox_uniform(4, 0, v) - 2;
+  LogitAdjustments a;
+  a.bias = {{3, 2.5f}, {7, -100.0f}, {0, 0.25f}};
+  a.presence_penalty = 0.5;
+  a.frequency_penalty = -0.3;
+  const std::vector<int32_t> generated = {3, 5, 5, 9, 5, 3};
+  std::vector<float> got = logits;
+  apply_logit_adjustments(got.data(), vocab, a, generated);
+  for (int64_t v = 0; v < vocab; ++v) {
+    double want = logits[v];
+    for (const auto& [t, b] : a.bias)
+      if (t == v) want += b;
+    int count = 0;
+    for (int32_t t : generated) count += t == v;
+    if (count > 0) want -= a.presence_penalty;
+    want -= a.frequency_penalty * count;
+    EXPECT_NEAR(got[v], want, 1e-5) << "token " << v;
+  }
+  auto message = [&](const LogitAdjustments& bad) -> std::string {
+    try {
+      check_logit_adjustments(bad, vocab);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_EQ(message(a), "");
+  LogitAdjustments bad;
+  bad.bias = {{11, 1.0f}};
+  EXPECT_NE(message(bad).find("outside the vocabulary"), std::string::npos);
+  bad.bias = {{2, 1.0f}, {2, 3.0f}};
+  EXPECT_NE(message(bad).find("given twice"), std::string::npos);
+  bad.bias = {{2, std::nanf("")}};
+  EXPECT_NE(message(bad).find("not finite"), std::string::npos);
+  bad.bias.clear();
+  bad.frequency_penalty = INFINITY;
+  EXPECT_NE(message(bad).find("frequency_penalty"), std::string::npos);
+}
+
+// log-softmax and the top alternatives against a full sort of the row (ties: lower id first).
+TEST(InferSampler, TokenLogprobIsTheLogSoftmaxWithTheLargestAlternatives) {
+  const int64_t vocab = 300;
+  std::vector<float> logits(vocab);
+  for (int64_t v = 0; v < vocab; ++v)
+    logits[v] = 0.25f * std::round(16 * philox_uniform(9, 1, v));  // many exact ties
+  const std::vector<double> p = softmax(logits, 1.0);
+  std::vector<int32_t> order(vocab);
+  for (int64_t v = 0; v < vocab; ++v) order[v] = static_cast<int32_t>(v);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  for (const int64_t top_n : {0, 1, 5, 20}) {
+    for (const int32_t token : {0, 17, 299, order[0], order[250]}) {
+      const TokenLogprob lp = token_logprob(logits.data(), vocab, token, top_n);
+      EXPECT_EQ(lp.token, token);
+      EXPECT_NEAR(lp.logprob, std::log(p[token]), 1e-5);
+      ASSERT_EQ(static_cast<int64_t>(lp.top.size()), top_n);
+      for (int64_t i = 0; i < top_n; ++i) {
+        EXPECT_EQ(lp.top[i].first, order[i]) << "alternative " << i;
+        EXPECT_NEAR(lp.top[i].second, std::log(p[order[i]]), 1e-5);
+      }
+    }
+  }
+  EXPECT_THROW(token_logprob(logits.data(), vocab, 300, 1), Error);
+  EXPECT_THROW(token_logprob(logits.data(), vocab, 0, kMaxTopLogprobs + 1), Error);
 }
 
 }  // namespace

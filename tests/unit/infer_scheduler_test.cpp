@@ -4,9 +4,12 @@
 // pool's bookkeeping (nothing leaks, a request that can never fit is refused at submit).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 #include <thread>
 
+#include "core/error.h"
 #include "core/json_reader.h"
 #include "core/rng.h"
 #include "infer/generator.h"
@@ -17,14 +20,17 @@ namespace {
 
 // A capacity-mode MoE (tokens would be dropped under batching if serving dropped them) with
 // RoPE and GQA, and one with learned positions and LayerNorm.
-ModelConfig config(bool learned) {
+// eval_capacity_factor 8: evaluation keeps every route too, so Model::logits over a whole sequence
+// is a reference for what serving computes.
+ModelConfig config(bool learned, double eval_capacity_factor = 1.0) {
   const std::string text = std::string(R"({
     "vocab_size": 97, "hidden_size": 32, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
     "max_seq_len": 64, "ffn_size": 48, "init_std": 0.3, "positions": ")") +
                            (learned ? "learned" : "rope") + R"(", "norm": ")" +
                            (learned ? "layernorm" : "rmsnorm") + R"(",
     "moe": {"layer_freq": 1, "num_experts": 4, "top_k": 2, "ffn_size": 24,
-            "capacity_factor": 1.0, "eval_capacity_factor": 1.0, "min_capacity": 1}})";
+            "capacity_factor": 1.0, "eval_capacity_factor": )" +
+                           std::to_string(eval_capacity_factor) + R"(, "min_capacity": 1}})";
   return ModelConfig::from_json(JsonReader::from_string(text, "scheduler_test.json"));
 }
 
@@ -182,6 +188,173 @@ TEST(Scheduler, SampledTokensRepeatTheSingleSequenceDraws) {
     g.sampling = sp;
     EXPECT_EQ(got[i].tokens, generate(m, ps[i], g)) << "prompt " << i;
   }
+}
+
+// What one request received: its tokens, and its log-probabilities in the order they came.
+struct Received {
+  std::vector<int32_t> tokens;
+  std::vector<TokenLogprob> logprobs;
+  bool finished = false;
+};
+
+void receive(Request& r, Received* out) {
+  r.on_token = [out](int32_t t) {
+    out->tokens.push_back(t);
+    return true;
+  };
+  r.on_logprob = [out](const TokenLogprob& lp) { out->logprobs.push_back(lp); };
+  r.on_finish = [out](FinishReason, const std::string&) { out->finished = true; };
+}
+
+void run_to_end(Scheduler& s) {
+  for (int step = 0; step < 10000 && s.step(); ++step) {
+  }
+}
+
+// The logits after every position of `ids` from one forward over the whole sequence [T, V].
+std::vector<float> whole_sequence_logits(model::Model& m, const std::vector<int32_t>& ids) {
+  std::vector<float> out(ids.size() * static_cast<size_t>(m.config().vocab_size));
+  m.logits(ids.data(), 1, static_cast<int64_t>(ids.size()), out.data());
+  return out;
+}
+
+double log_softmax_at(const float* row, int64_t vocab, int32_t token) {
+  double max = row[0], sum = 0;
+  for (int64_t v = 1; v < vocab; ++v) max = std::max(max, static_cast<double>(row[v]));
+  for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+  return row[token] - max - std::log(sum);
+}
+
+// The log-probabilities of the prompt (chunked prefill) and of sampled and greedy tokens, next to
+// requests that want none, against a forward over each whole sequence; the requests that want
+// none still get one-at-a-time decoding's tokens.
+TEST(Scheduler, LogprobsAreTheLogSoftmaxOfAWholeSequenceForward) {
+  const ModelConfig c = config(false, 8.0);
+  const int64_t vocab = c.vocab_size;
+  model::Model m(c);
+  m.init_weights(5);
+  const auto ps = prompts(vocab);
+  SchedulerOptions opt;
+  opt.max_batch = 3;
+  opt.step_tokens = 8;  // the 19-token prompt is prefilled in pieces
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  Received with_prompt, sampled, plain;
+  Request a = request(ps[3], 6);
+  a.logprobs = 5;
+  a.prompt_logprobs = true;
+  receive(a, &with_prompt);
+  Request b = request(ps[4], 5);
+  b.logprobs = 0;
+  b.sampling.temperature = 0.9;
+  b.sampling.seed = 3;
+  receive(b, &sampled);
+  Request p = request(ps[1], 6);
+  receive(p, &plain);
+  const SamplingParams b_sampling = b.sampling;
+  s.submit(std::move(a));
+  s.submit(std::move(b));
+  s.submit(std::move(p));
+  run_to_end(s);
+  ASSERT_TRUE(with_prompt.finished && sampled.finished && plain.finished);
+  GenerateOptions g;
+  g.max_new_tokens = 6;
+  EXPECT_EQ(plain.tokens, generate(m, ps[1], g));
+  EXPECT_TRUE(plain.logprobs.empty());
+  EXPECT_EQ(with_prompt.tokens, generate(m, ps[3], g));
+  g.max_new_tokens = 5;
+  g.sampling = b_sampling;
+  EXPECT_EQ(sampled.tokens, generate(m, ps[4], g));
+
+  // Entry k is the token at position k + 1 (prompt tokens from the second on, then the new ones)
+  // or, without prompt log-probabilities, new token k.
+  auto check = [&](const std::vector<int32_t>& prompt, const Received& got, bool with_prompt_lps,
+                   int64_t top_n) {
+    std::vector<int32_t> seq = prompt;
+    seq.insert(seq.end(), got.tokens.begin(), got.tokens.end());
+    const std::vector<float> logits = whole_sequence_logits(m, seq);
+    const size_t first = with_prompt_lps ? 1 : prompt.size();
+    ASSERT_EQ(got.logprobs.size(), seq.size() - first);
+    for (size_t k = 0; k < got.logprobs.size(); ++k) {
+      const size_t pos = first + k;
+      const float* row = logits.data() + (pos - 1) * vocab;
+      const TokenLogprob& lp = got.logprobs[k];
+      EXPECT_EQ(lp.token, seq[pos]) << "position " << pos;
+      EXPECT_NEAR(lp.logprob, log_softmax_at(row, vocab, seq[pos]), 1e-4) << "position " << pos;
+      ASSERT_EQ(static_cast<int64_t>(lp.top.size()), top_n);
+      for (int64_t i = 0; i < top_n; ++i) {
+        EXPECT_NEAR(lp.top[i].second, log_softmax_at(row, vocab, lp.top[i].first), 1e-4);
+        if (i > 0) {
+          EXPECT_GE(lp.top[i - 1].second, lp.top[i].second);
+        }
+      }
+      // The most likely alternative is the row's largest logit (greedy picks it).
+      if (top_n > 0) {
+        EXPECT_EQ(lp.top[0].first, std::max_element(row, row + vocab) - row) << "position " << pos;
+      }
+    }
+  };
+  check(ps[3], with_prompt, true, 5);
+  check(ps[4], sampled, false, 0);
+}
+
+// Greedy decoding with a bias and both penalties, against the formula applied by hand to a
+// forward over the sequence so far, step by step (compared while the top two adjusted logits are
+// further apart than the two forwards' rounding); and a large bias that decides every token.
+TEST(Scheduler, BiasAndPenaltiesChangeTheLogitsAsOpenAIDefinesThem) {
+  const ModelConfig c = config(false, 8.0);
+  const int64_t vocab = c.vocab_size;
+  model::Model m(c);
+  m.init_weights(7);
+  const auto ps = prompts(vocab);
+  SchedulerOptions opt;
+  opt.max_batch = 2;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  Received adjusted, forced;
+  Request a = request(ps[2], 16);
+  a.adjustments.bias = {{5, 1.5f}, {11, -2.0f}};
+  a.adjustments.presence_penalty = 0.6;
+  a.adjustments.frequency_penalty = 0.4;
+  receive(a, &adjusted);
+  const LogitAdjustments adj = a.adjustments;
+  Request f = request(ps[0], 5);
+  f.adjustments.bias = {{42, 100.0f}};
+  receive(f, &forced);
+  s.submit(std::move(a));
+  s.submit(std::move(f));
+  run_to_end(s);
+  EXPECT_EQ(forced.tokens, std::vector<int32_t>(5, 42));
+  ASSERT_EQ(adjusted.tokens.size(), 16u);
+  int compared = 0;
+  for (size_t j = 0; j < adjusted.tokens.size(); ++j) {
+    std::vector<int32_t> seq = ps[2];
+    seq.insert(seq.end(), adjusted.tokens.begin(), adjusted.tokens.begin() + j);
+    const std::vector<float> logits = whole_sequence_logits(m, seq);
+    std::vector<double> row(logits.end() - vocab, logits.end());
+    for (const auto& [t, bias] : adj.bias) row[t] += bias;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const auto count = std::count(adjusted.tokens.begin(), adjusted.tokens.begin() + j, v);
+      row[v] -= (count > 0 ? adj.presence_penalty : 0.0) + adj.frequency_penalty * count;
+    }
+    std::vector<double> sorted = row;
+    std::sort(sorted.rbegin(), sorted.rend());
+    if (sorted[0] - sorted[1] < 1e-3) break;  // a near tie: the forwards' rounding may decide it
+    EXPECT_EQ(adjusted.tokens[j], std::max_element(row.begin(), row.end()) - row.begin())
+        << "token " << j;
+    ++compared;
+  }
+  EXPECT_GE(compared, 8);
+  // Checked at submit: a bias token outside the vocabulary, logprobs out of range.
+  Request bad = request(ps[0], 2);
+  bad.adjustments.bias = {{static_cast<int32_t>(vocab), 1.0f}};
+  EXPECT_THROW(s.submit(std::move(bad)), Error);
+  Request too_many = request(ps[0], 2);
+  too_many.logprobs = kMaxTopLogprobs + 1;
+  EXPECT_THROW(s.submit(std::move(too_many)), Error);
+  Request prompt_only = request(ps[0], 2);
+  prompt_only.prompt_logprobs = true;
+  EXPECT_THROW(s.submit(std::move(prompt_only)), Error);
 }
 
 TEST(Scheduler, StopTokensCancelAndLimits) {

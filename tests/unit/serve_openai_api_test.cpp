@@ -2,6 +2,7 @@
 // not build are refused unless they hold their neutral value; batches of prompts and n choices.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -75,34 +76,66 @@ TEST(OpenAiApi, DeeplyNestedAndInvalidUtf8BodiesAreClearErrors) {
 }
 
 // Client defaults of options moex does not build are accepted; any other value is a 400 naming
-// the field, never an answer that silently ignored it.
+// the field, never an answer that silently ignored it. Log-probabilities, penalties and
+// logit_bias are read, and their bad values are 400s naming them.
 TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
-  auto param_of = [](const std::string& fields, bool chat) {
-    const std::string body =
-        std::string(R"({"model": "m", )") +
-        (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
-        (fields.empty() ? "" : ", " + fields) + "}";
+  auto body_of = [](const std::string& fields, bool chat) {
+    return std::string(R"({"model": "m", )") +
+           (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
+           (fields.empty() ? "" : ", " + fields) + "}";
+  };
+  auto param_of = [&](const std::string& fields, bool chat) {
     try {
-      parse_generation_request(body, chat);
+      parse_generation_request(body_of(fields, chat), chat);
     } catch (const ApiError& e) {
       return e.param;
     }
     return std::string("(accepted)");
+  };
+  auto read = [&](const std::string& fields, bool chat) {
+    return parse_generation_request(body_of(fields, chat), chat);
   };
   for (bool chat : {false, true}) {
     EXPECT_EQ(param_of(R"("frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
                           "logprobs": null, "top_logprobs": 0, "user": "u", "n": 1)",
                        chat),
               "(accepted)");
-    EXPECT_EQ(param_of(R"("frequency_penalty": 0.5)", chat), "frequency_penalty");
-    EXPECT_EQ(param_of(R"("presence_penalty": -1)", chat), "presence_penalty");
-    EXPECT_EQ(param_of(R"("logit_bias": {"5": 100})", chat), "logit_bias");
-    EXPECT_EQ(param_of(R"("top_logprobs": 3)", chat), "top_logprobs");
+    const GenerationRequest neutral = read("", chat);
+    EXPECT_EQ(neutral.logprobs, -1);
+    EXPECT_TRUE(neutral.logit_bias.empty());
+    EXPECT_EQ(neutral.presence_penalty, 0.0);
+    const GenerationRequest r = read(
+        R"("frequency_penalty": 0.5, "presence_penalty": -1, "logit_bias": {"5": 100, "0": -2.5})",
+        chat);
+    EXPECT_EQ(r.frequency_penalty, 0.5);
+    EXPECT_EQ(r.presence_penalty, -1.0);
+    ASSERT_EQ(r.logit_bias.size(), 2u);
+    std::map<int32_t, float> bias(r.logit_bias.begin(), r.logit_bias.end());
+    EXPECT_EQ(bias[5], 100.0f);
+    EXPECT_EQ(bias[0], -2.5f);
+    EXPECT_EQ(param_of(R"("frequency_penalty": 2.5)", chat), "frequency_penalty");
+    EXPECT_EQ(param_of(R"("presence_penalty": "1")", chat), "presence_penalty");
+    EXPECT_EQ(param_of(R"("logit_bias": {"5": 101})", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("logit_bias": {"-5": 1})", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("logit_bias": {"five": 1})", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("logit_bias": {"5": "1"})", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("logit_bias": [5])", chat), "logit_bias");
+    EXPECT_EQ(param_of(R"("logit_bias": {"99999999999": 1})", chat), "logit_bias");
   }
-  EXPECT_EQ(param_of(R"("logprobs": 0)", false), "logprobs");  // asks for the chosen tokens'
-  EXPECT_EQ(param_of(R"("logprobs": 5)", false), "logprobs");
-  EXPECT_EQ(param_of(R"("logprobs": false)", true), "(accepted)");
-  EXPECT_EQ(param_of(R"("logprobs": true)", true), "logprobs");
+  // Completions: logprobs counts the alternatives (0: the chosen tokens' only).
+  EXPECT_EQ(read(R"("logprobs": 0)", false).logprobs, 0);
+  EXPECT_EQ(read(R"("logprobs": 5)", false).logprobs, 5);
+  EXPECT_EQ(read(R"("logprobs": false)", false).logprobs, -1);
+  EXPECT_EQ(param_of(R"("logprobs": 21)", false), "logprobs");
+  EXPECT_EQ(param_of(R"("logprobs": -1)", false), "logprobs");
+  EXPECT_EQ(param_of(R"("logprobs": true)", false), "logprobs");
+  // Chat: logprobs is a flag and top_logprobs the count, which needs it.
+  EXPECT_EQ(read(R"("logprobs": false)", true).logprobs, -1);
+  EXPECT_EQ(read(R"("logprobs": true)", true).logprobs, 0);
+  EXPECT_EQ(read(R"("logprobs": true, "top_logprobs": 3)", true).logprobs, 3);
+  EXPECT_EQ(param_of(R"("top_logprobs": 3)", true), "top_logprobs");
+  EXPECT_EQ(param_of(R"("logprobs": true, "top_logprobs": 21)", true), "top_logprobs");
+  EXPECT_EQ(param_of(R"("logprobs": 2)", true), "logprobs");
   EXPECT_EQ(param_of(R"("best_of": 1, "suffix": "", "echo": false)", false), "(accepted)");
   EXPECT_EQ(param_of(R"("best_of": 2, "n": 2)", false), "(accepted)");
   EXPECT_EQ(param_of(R"("best_of": 3)", false), "best_of");
