@@ -445,6 +445,84 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   EXPECT_GT(replays, 2 * m.paged_graph_captures()) << "captures " << m.paged_graph_captures();
 }
 
+// Requests that want log-probabilities (the prompt's too, over chunked prefill) or a logit bias
+// run their steps with the logits on the host: the tokens are those of the same requests served
+// on the device (host and device samplers draw alike), and the log-probabilities are the
+// log-softmax of a full forward over each whole sequence, within bf16 noise.
+TEST_F(GpuModel, ServingLogprobsAndBiasOnTheHost) {
+  const ModelConfig config =
+      small_config_with(R"("eval_capacity_factor": 2.0)", R"("eval_capacity_factor": 4.0)");
+  const int64_t vocab = config.vocab_size;
+  model::Model m(config, Device::cuda());
+  m.init_weights(23);
+  std::vector<std::vector<int32_t>> prompts(2);
+  for (int i = 0; i < 2; ++i)
+    for (int t = 0; t < 13 + 4 * i; ++t)
+      prompts[i].push_back(static_cast<int32_t>(philox_u32(47, i, t) % vocab));
+  struct Got {
+    std::vector<int32_t> tokens;
+    std::vector<infer::TokenLogprob> logprobs;
+  };
+  auto serve_both = [&](bool on_host) {
+    infer::SchedulerOptions so;
+    so.max_batch = 2;
+    so.step_tokens = 8;  // prompts prefilled in pieces
+    so.block_size = 8;
+    so.max_context = 64;
+    infer::Scheduler s(m, so);
+    std::vector<Got> got(2);
+    for (int i = 0; i < 2; ++i) {
+      infer::Request r;
+      r.prompt = prompts[i];
+      r.max_tokens = 10;
+      if (i == 1) {
+        r.sampling.temperature = 0.8;
+        r.sampling.seed = 5;
+      }
+      if (on_host && i == 0) {
+        r.logprobs = 4;
+        r.prompt_logprobs = true;
+      }
+      if (on_host && i == 1) r.adjustments.bias = {{0, 0.0f}};  // no change, but on the host
+      Got* g = &got[i];
+      r.on_token = [g](int32_t t) {
+        g->tokens.push_back(t);
+        return true;
+      };
+      r.on_logprob = [g](const infer::TokenLogprob& lp) { g->logprobs.push_back(lp); };
+      s.submit(std::move(r));
+    }
+    while (s.step()) {
+    }
+    return got;
+  };
+  const std::vector<Got> device = serve_both(false), host = serve_both(true);
+  EXPECT_EQ(host[0].tokens, device[0].tokens);
+  EXPECT_EQ(host[1].tokens, device[1].tokens);
+  ASSERT_EQ(host[0].tokens.size(), 10u);
+  std::vector<int32_t> seq = prompts[0];
+  seq.insert(seq.end(), host[0].tokens.begin(), host[0].tokens.end());
+  ASSERT_EQ(host[0].logprobs.size(), seq.size() - 1);
+  std::vector<float> full(seq.size() * vocab);
+  m.logits(seq.data(), 1, static_cast<int64_t>(seq.size()), full.data());
+  std::vector<float> got, want;
+  for (size_t pos = 1; pos < seq.size(); ++pos) {
+    const float* row = full.data() + (pos - 1) * vocab;
+    double max = row[0], sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) max = std::max(max, static_cast<double>(row[v]));
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - max);
+    const infer::TokenLogprob& lp = host[0].logprobs[pos - 1];
+    EXPECT_EQ(lp.token, seq[pos]);
+    ASSERT_EQ(lp.top.size(), 4u);
+    if (pos >= prompts[0].size()) {
+      EXPECT_EQ(lp.top[0].first, lp.token) << "a greedy token is its row's most likely";
+    }
+    got.push_back(lp.logprob);
+    want.push_back(static_cast<float>(row[seq[pos]] - max - std::log(sum)));
+  }
+  EXPECT_LT(rel_l2(got, want), 2e-2);
+}
+
 // Steps launched ahead on the GPU (ids taken on the device from the last step's sampled tokens,
 // replayed from captured graphs) give the tokens of host-fed steps (testing::run_following_steps,
 // also run on the CPU).
