@@ -33,8 +33,10 @@ ChatTemplate ChatTemplate::parse(const std::string& text, const std::string& sou
   return result;
 }
 
-std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                                 const std::map<std::string, std::string>& special_tokens) const {
+std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
+                                 bool add_generation_prompt,
+                                 const std::map<std::string, std::string>& special_tokens,
+                                 const nlohmann::ordered_json& tools) const {
   nlohmann::ordered_json variables = nlohmann::ordered_json::object();
   nlohmann::ordered_json list = nlohmann::ordered_json::array();
   for (const ChatMessage& message : messages) {
@@ -48,6 +50,7 @@ std::string ChatTemplate::render(const std::vector<ChatMessage>& messages, bool 
   }
   variables["messages"] = std::move(list);
   variables["add_generation_prompt"] = add_generation_prompt;
+  if (tools.is_array() && !tools.empty()) variables["tools"] = tools;
   for (const auto& token : special_tokens) variables[token.first] = token.second;
   return render_json(variables);
 }

@@ -47,8 +47,10 @@ class ChatTemplate {
   // special tokens (bos_token, eos_token, ... any string variables). Runtime errors (unknown
   // filter, a type error) throw moex::Error naming source:line:column; raise_exception(...)
   // throws ChatTemplateRaised.
+  // `tools` (a list of function tools, as OpenAI's request has them) is passed when not empty.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                     const std::map<std::string, std::string>& special_tokens) const;
+                     const std::map<std::string, std::string>& special_tokens,
+                     const nlohmann::ordered_json& tools = nlohmann::ordered_json()) const;
   // The same with any variables as JSON (an object): "messages", "add_generation_prompt",
   // "tools", "enable_thinking", "bos_token", ...
   std::string render_json(const nlohmann::ordered_json& variables) const;

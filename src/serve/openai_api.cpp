@@ -128,16 +128,6 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
       !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
     refuse("suffix", "a suffix (insertion)");
   if (!chat) return;
-  const bool has_tools =
-      given(body, "tools") && !(body["tools"].is_array() && body["tools"].empty());
-  std::string tool_choice;  // "" when absent; an object (a named function) reads as "function"
-  if (given(body, "tool_choice"))
-    tool_choice =
-        body["tool_choice"].is_string() ? body["tool_choice"].get<std::string>() : "function";
-  if (has_tools && tool_choice != "none")
-    refuse("tools", "calling tools (tool_choice other than \"none\")");
-  if (!tool_choice.empty() && tool_choice != "none" && !(tool_choice == "auto" && !has_tools))
-    refuse("tool_choice", "calling tools");
   if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
     refuse("functions", "calling functions");
   if (given(body, "response_format") &&
@@ -196,6 +186,40 @@ std::vector<std::pair<int32_t, float>> read_logit_bias(const json& body) {
   return out;
 }
 
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], offered to
+// the model unless tool_choice is "none". Forcing a call ("required", a named function) would
+// need decoding constrained to the call's form, which moex does not build.
+nlohmann::ordered_json read_tools(const nlohmann::ordered_json& body) {
+  nlohmann::ordered_json tools = nlohmann::ordered_json::array();
+  if (given(body, "tools")) {
+    if (!body["tools"].is_array()) bad("tools", "'tools' must be a list of function tools");
+    for (size_t i = 0; i < body["tools"].size(); ++i) {
+      const auto& t = body["tools"][i];
+      const std::string param = "tools[" + std::to_string(i) + "]";
+      if (!t.is_object() || t.value("type", std::string()) != "function" ||
+          !t.contains("function") || !t["function"].is_object() ||
+          !t["function"].contains("name") || !t["function"]["name"].is_string() ||
+          t["function"]["name"].get<std::string>().empty())
+        bad(param,
+            "'" + param + "' must be {\"type\": \"function\", \"function\": {\"name\": ...}}");
+      const auto& f = t["function"];
+      if (f.contains("parameters") && !f["parameters"].is_null() && !f["parameters"].is_object())
+        bad(param, "'" + param + ".function.parameters' must be a JSON Schema object");
+      tools.push_back(t);
+    }
+  }
+  std::string choice = "auto";
+  if (given(body, "tool_choice")) {
+    const auto& c = body["tool_choice"];
+    choice = c.is_string() ? c.get<std::string>() : "a named function";
+    if (choice != "none" && choice != "auto")
+      bad("tool_choice", "'tool_choice': forcing a tool call (" + choice +
+                             ") is not supported by moex serve; use \"auto\" or \"none\"");
+  }
+  if (choice == "none") tools.clear();
+  return tools;
+}
+
 }  // namespace
 
 json ApiError::to_json() const {
@@ -243,6 +267,20 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
       msg.content = content_text(m.contains("content") ? m["content"] : json(nullptr), i);
       for (auto it = m.begin(); it != m.end(); ++it)
         if (it.key() != "role" && it.key() != "content") msg.extra[it.key()] = it.value();
+      // OpenAI sends a call's arguments as JSON text; templates write them with tojson, as
+      // transformers expects them: an object.
+      if (msg.extra.contains("tool_calls") && msg.extra["tool_calls"].is_array())
+        for (auto& call : msg.extra["tool_calls"]) {
+          if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
+            bad(param + ".tool_calls", "'" + param +
+                                           ".tool_calls' entries must be {\"type\": \"function\", "
+                                           "\"function\": {\"name\", \"arguments\"}}");
+          auto& args = call["function"]["arguments"];
+          if (args.is_string()) {
+            auto parsed = nlohmann::ordered_json::parse(args.get<std::string>(), nullptr, false);
+            if (parsed.is_object()) args = std::move(parsed);
+          }
+        }
       r.messages.push_back(std::move(msg));
     }
   } else {
@@ -294,6 +332,10 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     if (so.contains("include_usage") && so["include_usage"].is_boolean())
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
+  // Tools again in their own key order (json sorts keys): a template writes them with tojson,
+  // and models learned them in the order clients send (type, then function's name, description,
+  // parameters).
+  if (chat) r.tools = read_tools(nlohmann::ordered_json::parse(body_text));
   r.logprobs = read_logprobs(body, chat);
   r.logit_bias = read_logit_bias(body);
   r.presence_penalty = number_in(body, "presence_penalty", 0.0, -2.0, 2.0, false);
@@ -363,9 +405,15 @@ json completion_response(const std::string& id, const std::string& model, int64_
   json list = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     json choice = {{"index", i}, {"finish_reason", finish_json(choices[i].finish_reason)}};
-    if (chat)
+    if (chat && !choices[i].tool_calls.is_null()) {
+      // A turn that calls tools has no content unless the model wrote text beside the calls.
+      choice["message"] = {
+          {"role", "assistant"},
+          {"content", choices[i].text.empty() ? json(nullptr) : json(choices[i].text)},
+          {"tool_calls", choices[i].tool_calls}};
+    } else if (chat) {
       choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
-    else
+    } else
       choice["text"] = choices[i].text;
     choice["logprobs"] = choices[i].logprobs;
     list.push_back(std::move(choice));
@@ -399,6 +447,26 @@ json completion_chunk(const std::string& id, const std::string& model, int64_t c
   if (include_usage) chunk["usage"] = nullptr;
   return chunk;
 }
+json tool_calls_json(const std::vector<ToolCall>& calls, const std::string& id_prefix,
+                     bool indexed) {
+  json list = json::array();
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json call = {{"id", id_prefix + "_" + std::to_string(i)},
+                 {"type", "function"},
+                 {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+    if (indexed) call["index"] = i;
+    list.push_back(std::move(call));
+  }
+  return list;
+}
+
+json tool_calls_chunk(const std::string& id, const std::string& model, int64_t created,
+                      int64_t index, const json& calls, bool include_usage) {
+  json chunk = completion_chunk(id, model, created, index, "", "", true, false, include_usage);
+  chunk["choices"][0]["delta"] = {{"tool_calls", calls}};
+  return chunk;
+}
+
 json usage_chunk(const std::string& id, const std::string& model, int64_t created,
                  const Usage& usage, bool chat) {
   return {{"id", id},

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "serve/chat_template.h"
+#include "serve/tool_calls.h"
 
 namespace moex::serve {
 
@@ -57,6 +58,9 @@ struct GenerationRequest {
   int64_t logprobs = -1;
   std::vector<std::pair<int32_t, float>> logit_bias;   // (token, bias in [-100, 100])
   double presence_penalty = 0, frequency_penalty = 0;  // in [-2, 2]
+  // Chat: the function tools offered to the model (empty: none, or tool_choice "none"), as the
+  // client sent them.
+  nlohmann::ordered_json tools = nlohmann::ordered_json::array();
 };
 
 // Most logit_bias entries one request may give.
@@ -64,10 +68,10 @@ constexpr size_t kMaxLogitBias = 1024;
 
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
 // out of range and missing required fields. Fields that would change the answer in a way moex
-// does not build (tools, a JSON response_format, best_of, suffix) are refused with a 400 when set
-// to anything but their neutral value, never silently ignored; unknown fields are ignored, as
-// OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked against the
-// vocabulary by the server, which knows it.
+// does not build (a forced tool call, a JSON response_format, best_of, suffix) are refused with a
+// 400 when set to anything but their neutral value, never silently ignored; unknown fields are
+// ignored, as OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked
+// against the vocabulary by the server, which knows it.
 GenerationRequest parse_generation_request(const std::string& body, bool chat);
 
 // The finished (non-streamed) response objects and one streamed chunk.
@@ -89,8 +93,16 @@ nlohmann::json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat
 
 struct Choice {
   std::string text, finish_reason;
-  nlohmann::json logprobs;  // null when not asked for
+  nlohmann::json logprobs;    // null when not asked for
+  nlohmann::json tool_calls;  // chat: tool_calls_json of the calls read from the text, or null
 };
+// OpenAI's tool_calls list: {id: "<id_prefix>_<i>", type: "function", function: {name,
+// arguments}}, each with its "index" when `indexed` (stream deltas carry it).
+nlohmann::json tool_calls_json(const std::vector<ToolCall>& calls, const std::string& id_prefix,
+                               bool indexed);
+// A chat chunk whose delta holds tool calls (tool_calls_json with indexed).
+nlohmann::json tool_calls_chunk(const std::string& id, const std::string& model, int64_t created,
+                                int64_t index, const nlohmann::json& calls, bool include_usage);
 nlohmann::json completion_response(const std::string& id, const std::string& model, int64_t created,
                                    const std::vector<Choice>& choices, const Usage& usage,
                                    bool chat);

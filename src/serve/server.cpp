@@ -18,6 +18,7 @@
 #include "serve/chat_template.h"
 #include "serve/openai_api.h"
 #include "serve/stop_text.h"
+#include "serve/tool_calls.h"
 
 namespace moex::serve {
 namespace {
@@ -59,6 +60,9 @@ struct ChoiceState {
   size_t logprobs_sent = 0;
   int64_t logprob_offset = 0;  // text_offset of the next entry: the token texts before it
   int32_t last_token = -1;     // the token before the next one (the prompt's last at first)
+  // With tools offered (streaming): the text so far, and how much of it went out as content.
+  std::string tool_text;
+  size_t tool_sent = 0;
   bool started = false;       // a chunk of it was sent (streaming)
   bool text_done = false;     // its last text was taken (stop string or the engine's end)
   bool finish_sent = false;   // its finish chunk was sent (streaming)
@@ -101,6 +105,7 @@ struct Server::Impl {
   std::unique_ptr<model::Model> model;
   std::unique_ptr<data::Tokenizer> tokenizer;
   std::unique_ptr<ChatTemplate> chat_template;
+  ToolCallFormat tool_format = ToolCallFormat::kNone;  // how the template's model writes calls
   std::map<std::string, std::string> special_tokens;
   std::unique_ptr<infer::Scheduler> scheduler;
   httplib::Server http;
@@ -127,6 +132,7 @@ struct Server::Impl {
     MOEX_CHECK(tokenizer != nullptr, options.model_dir,
                ": no tokenizer (tokenizer.json or *.model) to serve text with");
     chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
+    tool_format = tool_call_format(chat_template->text());
     special_tokens = load_special_tokens(options.model_dir);
     // A moex model directory has no tokenizer_config.json: the tokenizer's own BOS/EOS serve.
     if (special_tokens["bos_token"].empty() && tokenizer->bos_id() >= 0)
@@ -179,9 +185,15 @@ struct Server::Impl {
   }
 
   std::vector<int32_t> chat_prompt(const GenerationRequest& r) {
+    if (!r.tools.empty() && tool_format == ToolCallFormat::kNone)
+      throw api_error(400,
+                      "'tools': the chat template of '" + options.model_name +
+                          "' does not teach tool calls in a form moex reads (Hermes "
+                          "<tool_call> blocks, as Qwen2.5 and Qwen3 templates do)",
+                      "invalid_request_error", "", "tools");
     std::string text;
     try {
-      text = chat_template->render(r.messages, true, special_tokens);
+      text = chat_template->render(r.messages, true, special_tokens, r.tools);
     } catch (const ChatTemplateRaised& e) {
       throw api_error(400, "the model's chat template refused the conversation: " + e.reason(),
                       "invalid_request_error", "", "messages");
@@ -316,6 +328,11 @@ struct Server::Impl {
     json out = logprobs_json(entries, r.chat, c.logprob_offset);
     for (const LogprobEntry& e : entries) c.logprob_offset += static_cast<int64_t>(e.token.size());
     return out;
+  }
+
+  // The id prefix of choice i's tool calls in response `id` ("chatcmpl-7" -> "call_7_0").
+  static std::string call_id(const std::string& id, size_t i) {
+    return "call_" + id.substr(id.find('-') + 1) + "_" + std::to_string(i);
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -466,6 +483,14 @@ struct Server::Impl {
         ChoiceState& c = (*choices)[i];
         out[i].text = c.echo + out[i].text;
         out[i].finish_reason = c.finish_reason;
+        if (!r.tools.empty()) {
+          ParsedToolCalls parsed = parse_tool_calls(out[i].text, tool_format);
+          if (!parsed.calls.empty()) {
+            out[i].text = parsed.content;
+            out[i].tool_calls = tool_calls_json(parsed.calls, call_id(id, i), false);
+            out[i].finish_reason = "tool_calls";
+          }
+        }
         out[i].logprobs = take_logprobs(*channel, c, i, r, prompts[i], true);
       }
       return send_json(
@@ -514,7 +539,25 @@ struct Server::Impl {
             ChoiceState& c = (*choices)[i];
             const auto index = static_cast<int64_t>(i);
             const bool first = !c.started;
-            const std::string piece = first ? c.echo + pieces[i] : pieces[i];
+            std::string piece = first ? c.echo + pieces[i] : pieces[i];
+            // With tools offered, text from a call's opening tag on is held, and read as calls
+            // once the choice's text is done.
+            json calls;
+            if (!r.tools.empty()) {
+              c.tool_text += piece;
+              size_t can = streamable_prefix(c.tool_text, tool_format);
+              if (c.text_done) {
+                ParsedToolCalls parsed = parse_tool_calls(c.tool_text, tool_format);
+                if (parsed.calls.empty()) {
+                  can = c.tool_text.size();
+                } else {
+                  calls = tool_calls_json(parsed.calls, call_id(id, i), true);
+                  c.finish_reason = "tool_calls";
+                }
+              }
+              piece = can > c.tool_sent ? c.tool_text.substr(c.tool_sent, can - c.tool_sent) : "";
+              c.tool_sent = std::max(c.tool_sent, can);
+            }
             // A choice's first chunk goes out even when empty: chat's carries the role. The
             // log-probabilities of tokens whose text is held back (a possible stop string) go
             // with a later chunk.
@@ -524,6 +567,9 @@ struct Server::Impl {
                                           first, include_usage,
                                           take_logprobs(*channel, c, i, r, prompts[i], first)));
             c.started = true;
+            if (ok && !calls.is_null())
+              ok = event(
+                  tool_calls_chunk(id, options.model_name, created, index, calls, include_usage));
             if (ok && c.text_done && !c.finish_sent) {
               const bool left = r.logprobs >= 0 && c.logprobs_sent < c.logprobs.size();
               ok = event(completion_chunk(

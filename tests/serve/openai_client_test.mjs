@@ -1,13 +1,15 @@
 // moex serve driven by the official `openai` npm client (an oracle nobody here wrote): model
 // listing, completions and chat, streamed and whole, concurrent requests, seeds, stop strings,
-// log-probabilities, logit_bias and penalties, a
+// log-probabilities, logit_bias and penalties, tools, a
 // client that disconnects mid-stream, malformed requests, metrics, a few seconds of concurrent
 // streaming load (same answers, bounded memory), and a drain on SIGTERM.
 //   node tests/serve/openai_client_test.mjs MOEX MODEL_DIR
 // Exits non-zero on the first failed check. serve_client_test.sh makes the model and runs it.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
@@ -413,6 +415,60 @@ try {
   assert.equal(m.moex_running_requests, 0);
   assert.equal(m.moex_kv_blocks_free, m.moex_kv_blocks_total);
   ok(`load: ${waves} waves of 12 concurrent streams, same answers, memory grew ${growthKiB} KiB over the last 15`);
+
+  // ---- tools with a template that teaches them (Qwen2.5's, on a copy of the model) ----
+  {
+    const dir = mkdtempSync(join(tmpdir(), 'moex-tools-'));
+    cpSync(modelDir, dir, { recursive: true });
+    const configPath = join(dir, 'tokenizer_config.json');
+    const tokConfig = existsSync(configPath) ? JSON.parse(readFileSync(configPath, 'utf8')) : {};
+    tokConfig.chat_template = readFileSync(new URL('../fixtures/chat_templates/qwen2_5_instruct.jinja', import.meta.url), 'utf8');
+    writeFileSync(configPath, JSON.stringify(tokConfig));
+    const qwen = spawn(moex, ['serve', '--model', dir, '--port', '0', '--max-context', '1024'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const qwenExit = new Promise((resolve) => qwen.on('exit', (code, signal) => resolve({ code, signal })));
+    try {
+      const line = await new Promise((resolve, reject) => {
+        createInterface({ input: qwen.stdout }).once('line', resolve);
+        qwen.once('exit', () => reject(new Error('the second moex serve exited before listening')));
+      });
+      const info = JSON.parse(line);
+      const qc = new OpenAI({ baseURL: `${info.listening}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const weather = [{ type: 'function', function: { name: 'get_weather', description: 'The weather in a city', parameters: { type: 'object', properties: { city: { type: 'string' } }, required: ['city'] } } }];
+      const ask = { model: info.model, messages: [{ role: 'user', content: 'Weather in Paris?' }], max_tokens: 12, temperature: 0 };
+      const plain = await qc.chat.completions.create(ask);
+      const offered = await qc.chat.completions.create({ ...ask, tools: weather });
+      // The template writes the tools into the prompt.
+      assert.ok(offered.usage.prompt_tokens > plain.usage.prompt_tokens + 20, `${offered.usage.prompt_tokens} vs ${plain.usage.prompt_tokens} prompt tokens`);
+      const none = await qc.chat.completions.create({ ...ask, tools: weather, tool_choice: 'none' });
+      assert.equal(none.usage.prompt_tokens, plain.usage.prompt_tokens);
+      // Streamed, the same content and calls (the tiny model writes no call; unit tests read them).
+      const msg = offered.choices[0].message;
+      const stream = await qc.chat.completions.create({ ...ask, tools: weather, stream: true });
+      let content = '';
+      const calls = [];
+      let finish = null;
+      for await (const chunk of stream)
+        for (const c of chunk.choices) {
+          content += c.delta?.content ?? '';
+          for (const t of c.delta?.tool_calls ?? []) calls[t.index] = { id: t.id, type: t.type, function: t.function };
+          finish = c.finish_reason ?? finish;
+        }
+      assert.equal(content.trim(), (msg.content ?? '').trim());
+      assert.deepEqual(calls, msg.tool_calls ?? []);
+      assert.equal(finish, offered.choices[0].finish_reason);
+      // A conversation that went through a call renders (the call's arguments arrive as JSON text).
+      const followUp = await qc.chat.completions.create({ ...ask, tools: weather, messages: [...ask.messages,
+        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }] },
+        { role: 'tool', tool_call_id: 'call_1', content: '18 C, sunny' }] });
+      assert.ok(followUp.usage.prompt_tokens > offered.usage.prompt_tokens);
+      await expectError(qc.chat.completions.create({ ...ask, tools: weather, tool_choice: 'required' }), 400, { param: 'tool_choice' });
+      ok('tools: written into the prompt by the model\'s template, streamed like whole answers, forced calls refused');
+    } finally {
+      qwen.kill('SIGTERM');
+      await qwenExit;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
 
   // ---- SIGTERM drains: a request in flight still completes, then the process exits 0 ----
   const inflight = client.completions.create({ ...base, prompt: 'A', max_tokens: 30, stream: true });
