@@ -35,7 +35,10 @@ struct Scheduler::Sequence {
   int64_t length() const { return prefilled + static_cast<int64_t>(generated.size()); }
   bool prefilling() const { return prefilled < static_cast<int64_t>(request.prompt.size()); }
   // Its steps need the logits on the host: they are changed before sampling, or reported.
-  bool on_host() const { return request.logprobs >= 0 || !request.adjustments.empty(); }
+  bool on_host() const {
+    return request.logprobs >= 0 || !request.adjustments.empty() || json != nullptr;
+  }
+  std::unique_ptr<JsonConstraint> json;  // the request's JSON constraint, if any
   // The tokens generated so far, the one not yet in the cache included (what penalties count).
   std::vector<int32_t> output() const {
     std::vector<int32_t> out = generated;
@@ -122,6 +125,12 @@ uint64_t Scheduler::submit(Request request) {
   MOEX_CHECK(pool_.blocks_for(total) <= pool_.num_blocks(), "the request needs ",
              pool_.blocks_for(total), " KV blocks, the pool holds ", pool_.num_blocks());
   auto seq = std::make_unique<Sequence>();
+  if (request.json_object) {
+    MOEX_CHECK(static_cast<int64_t>(request.json_object->size()) == vocab,
+               "json_object: ", request.json_object->size(), " token texts for a vocabulary of ",
+               vocab);
+    seq->json = std::make_unique<JsonConstraint>(request.json_object);
+  }
   seq->request = std::move(request);
   std::lock_guard<std::mutex> lock(mutex_);
   MOEX_CHECK(!stopping_, "the server is shutting down");
@@ -374,7 +383,7 @@ void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
   std::vector<float> adjusted;
   const float* row = logits.data();
   for (size_t i = 0; i < step.seqs.size(); ++i) {
-    const Sequence& seq = *step.seqs[i];
+    Sequence& seq = *step.seqs[i];
     const model::SequenceSlice& s = step.slices[i];
     const Request& r = seq.request;
     if (s.all_logits) {
@@ -392,13 +401,29 @@ void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
     params.top_k = sp.top_k;
     params.top_p = sp.top_p;
     params.seed = sp.seed;
+    // Whether this row's token is the sequence's next (not a prompt still being prefilled).
+    const bool emits =
+        !seq.prefilling() || seq.prefilled + s.len >= static_cast<int64_t>(r.prompt.size());
     const float* sample_from = row;
-    if (!r.adjustments.empty()) {
+    bool nothing_left = false;  // the JSON constraint left no token
+    if (!r.adjustments.empty() || seq.json) {
       adjusted.assign(row, row + vocab);
-      apply_logit_adjustments(adjusted.data(), vocab, r.adjustments, seq.output());
+      if (!r.adjustments.empty())
+        apply_logit_adjustments(adjusted.data(), vocab, r.adjustments, seq.output());
+      if (seq.json && emits)
+        nothing_left = seq.json->mask(adjusted.data(), vocab, r.stop_tokens) == 0;
       sample_from = adjusted.data();
     }
     next[i] = sample_token(sample_from, vocab, params, sp.draw);
+    if (nothing_left) {
+      // A whole object with no stop token to end it, or a vocabulary that cannot go on.
+      if (seq.json->complete())
+        finish(seq, FinishReason::kStop);
+      else
+        finish(seq, FinishReason::kError, "no token of the vocabulary continues the JSON");
+    } else if (seq.json && emits) {
+      seq.json->advance(next[i]);
+    }
     if (r.logprobs >= 0) next_logprobs[i] = token_logprob(row, vocab, next[i], r.logprobs);
     row += vocab;
   }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "infer/json_constraint.h"
 #include "infer/kv_block_pool.h"
 #include "infer/sampler.h"
 #include "model/model.h"
@@ -32,9 +33,12 @@ struct Request {
   int64_t max_tokens = 16;  // new tokens at most (>= 1)
   SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
-  // Bias and penalties on the logits before sampling. A request with any, or one that asks for
-  // log-probabilities, makes its steps run with the logits on the host (slower, exact).
+  // Bias and penalties on the logits before sampling. A request with any, one that asks for
+  // log-probabilities or one held to JSON makes its steps run with the logits on the host.
   LogitAdjustments adjustments;
+  // Not null: the new tokens must write one JSON object (each token's text in this table [V]),
+  // then a stop token (infer/json_constraint.h).
+  std::shared_ptr<const TokenTexts> json_object;
   // >= 0: each new token's log-probability with this many alternatives (<= kMaxTopLogprobs).
   int64_t logprobs = -1;
   // With logprobs >= 0: also each prompt token's from the second on (the first has no context).

@@ -130,10 +130,18 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (!chat) return;
   if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
     refuse("functions", "calling functions");
-  if (given(body, "response_format") &&
-      !(body["response_format"].is_object() &&
-        body["response_format"].value("type", std::string()) == "text"))
-    refuse("response_format", "a response format other than text");
+  if (given(body, "response_format")) {
+    const json& f = body["response_format"];
+    const std::string type = f.is_object() && f.contains("type") && f["type"].is_string()
+                                 ? f["type"].get<std::string>()
+                                 : "";
+    if (type == "json_schema")
+      bad("response_format",
+          "'response_format': json_schema is not supported by moex serve (json_object is)");
+    if (type != "text" && type != "json_object")
+      bad("response_format",
+          "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}");
+  }
 }
 
 // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens'; false
@@ -341,6 +349,8 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   r.presence_penalty = number_in(body, "presence_penalty", 0.0, -2.0, 2.0, false);
   r.frequency_penalty = number_in(body, "frequency_penalty", 0.0, -2.0, 2.0, false);
   refuse_unbuilt_options(body, chat, r.n);
+  r.json_object = given(body, "response_format") &&
+                  body["response_format"]["type"].get<std::string>() == "json_object";
   return r;
 }
 

@@ -61,6 +61,8 @@ struct GenerationRequest {
   // Chat: the function tools offered to the model (empty: none, or tool_choice "none"), as the
   // client sent them.
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
+  // response_format json_object: the answer is one JSON object (infer/json_constraint.h).
+  bool json_object = false;
 };
 
 // Most logit_bias entries one request may give.
@@ -68,7 +70,7 @@ constexpr size_t kMaxLogitBias = 1024;
 
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
 // out of range and missing required fields. Fields that would change the answer in a way moex
-// does not build (a forced tool call, a JSON response_format, best_of, suffix) are refused with a
+// does not build (a forced tool call, a JSON schema, best_of, suffix) are refused with a
 // 400 when set to anything but their neutral value, never silently ignored; unknown fields are
 // ignored, as OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked
 // against the vocabulary by the server, which knows it.

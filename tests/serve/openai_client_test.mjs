@@ -207,7 +207,7 @@ try {
   const chatDefaults = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: false, response_format: { type: 'text' }, tools: [], max_completion_tokens: null });
   assert.equal(chatDefaults.choices[0].message.content, chat.choices[0].message.content);
   await expectError(client.completions.create({ ...base, prompt: 'x', best_of: 3 }), 400, { param: 'best_of' });
-  await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_object' } }), 400, { param: 'response_format' });
+  await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {} } } }), 400, { param: 'response_format' });
   const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];
   await expectError(client.chat.completions.create({ model, messages, tools }), 400, { param: 'tools' });
   const noTools = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, tools, tool_choice: 'none' });
@@ -274,6 +274,19 @@ try {
   assert.equal(forcedTokens.length, 10);
   assert.ok(forcedTokens.slice(1).every((t) => t === forcedTokens[1]), `forced tokens ${JSON.stringify(forcedTokens)}`);
   assert.ok(forced.choices[0].logprobs.token_logprobs.every((x) => x < Math.log(0.9)), 'raw log-probabilities, not the biased ones');
+  // JSON mode: the answer is an object as far as it goes, and whole when it stopped.
+  let wholeObjects = 0;
+  for (let seed = 0; seed < 8; seed += 1) {
+    const j = await client.chat.completions.create({ model, messages, max_tokens: 24, temperature: 1, seed, response_format: { type: 'json_object' } });
+    const text = j.choices[0].message.content;
+    assert.equal(text.trimStart()[0], '{', `JSON mode text ${JSON.stringify(text)}`);
+    if (j.choices[0].finish_reason === 'stop') {
+      assert.equal(typeof JSON.parse(text), 'object', text);
+      wholeObjects += 1;
+    } else {
+      assert.equal(j.choices[0].finish_reason, 'length');
+    }
+  }
   const penalized = await client.completions.create({ ...base, prompt: 'The server', frequency_penalty: 2, presence_penalty: 2 });
   assert.equal(penalized.usage.completion_tokens, 10);
   await expectError(client.completions.create({ ...base, prompt: 'x', logprobs: 21 }), 400, { param: 'logprobs' });
@@ -281,7 +294,7 @@ try {
   await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 5: 101 } }), 400, { param: 'logit_bias' });
   await expectError(client.completions.create({ ...base, prompt: 'x', logit_bias: { 99999: 1 } }), 400, { param: 'logit_bias' });
   await expectError(client.chat.completions.create({ model, messages, top_logprobs: 2 }), 400, { param: 'top_logprobs' });
-  ok('log-probabilities (echo, streamed, chat), logit_bias and penalties; bad values refused with the field named');
+  ok(`log-probabilities (echo, streamed, chat), logit_bias and penalties, JSON mode (${wholeObjects} of 8 whole); bad values refused with the field named`);
 
   const retrieved = await client.models.retrieve(model);
   assert.equal(retrieved.id, model);

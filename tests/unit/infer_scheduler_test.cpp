@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "core/error.h"
@@ -355,6 +356,62 @@ TEST(Scheduler, BiasAndPenaltiesChangeTheLogitsAsOpenAIDefinesThem) {
   Request prompt_only = request(ps[0], 2);
   prompt_only.prompt_logprobs = true;
   EXPECT_THROW(s.submit(std::move(prompt_only)), Error);
+}
+
+// Requests held to one JSON object (a vocabulary of JSON fragments, token 0 the stop token):
+// greedy and sampled text is always a JSON prefix, and whole JSON when it stopped; with a bias
+// towards "}" the object closes at once and the stop token is forced after it.
+TEST(Scheduler, JsonObjectRequestsWriteJson) {
+  const ModelConfig c = config(false);
+  const int64_t vocab = c.vocab_size;
+  model::Model m(c);
+  m.init_weights(9);
+  const std::vector<std::string> fragments = {"{", "}",    "\"a\"", ":",   "1", ",",   " ", "[",
+                                              "]", "true", "\"b",   "c\"", "x", "0.5", "\n"};
+  auto texts = std::make_shared<TokenTexts>(vocab);
+  for (int64_t v = 1; v < vocab; ++v) (*texts)[v] = fragments[v % fragments.size()];
+  SchedulerOptions opt;
+  opt.max_batch = 3;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  const auto ps = prompts(vocab);
+  std::vector<Received> got(3);
+  for (int i = 0; i < 3; ++i) {
+    Request r = request(ps[i + 1], 40);
+    r.json_object = texts;
+    r.stop_tokens = {0};
+    if (i == 1) {
+      r.sampling.temperature = 1.0;
+      r.sampling.seed = 4;
+    }
+    if (i == 2)
+      for (int64_t v = 0; v < vocab; ++v)
+        if ((*texts)[v] == "}") r.adjustments.bias.emplace_back(static_cast<int32_t>(v), 50.0f);
+    receive(r, &got[i]);
+    s.submit(std::move(r));
+  }
+  run_to_end(s);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(got[i].finished);
+    std::string text;
+    bool stopped = false;
+    for (int32_t t : got[i].tokens) {
+      ASSERT_FALSE(stopped) << "a token after the stop token";
+      stopped = t == 0;
+      text += (*texts)[t];
+    }
+    JsonPrefix json(/*object_only=*/true);
+    EXPECT_TRUE(json.feed(text)) << "request " << i << ": " << text;
+    if (stopped) {
+      EXPECT_TRUE(json.complete()) << text;
+      EXPECT_TRUE(nlohmann::json::parse(text).is_object()) << text;
+    } else {
+      EXPECT_EQ(got[i].tokens.size(), 40u);
+    }
+  }
+  ASSERT_EQ(got[2].tokens.size(), 3u);
+  EXPECT_EQ((*texts)[got[2].tokens[0]] + (*texts)[got[2].tokens[1]], "{}");
+  EXPECT_EQ(got[2].tokens[2], 0);
 }
 
 TEST(Scheduler, StopTokensCancelAndLimits) {
