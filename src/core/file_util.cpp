@@ -1,5 +1,6 @@
 #include "core/file_util.h"
 
+#include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
@@ -7,6 +8,8 @@
 namespace moex {
 
 std::string read_file(const std::string& path, int64_t max_bytes) {
+  std::error_code ec;
+  MOEX_CHECK(!std::filesystem::is_directory(path, ec), path, ": is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   MOEX_CHECK(in.good(), path, ": cannot open file");
   // Chunked, never trusting a size the file reports: a device or a pipe reports none.

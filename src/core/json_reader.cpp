@@ -126,9 +126,10 @@ void JsonReader::fail(const std::string& key, const std::string& message) const 
 
 const nlohmann::json* JsonReader::find(const std::string& key) const {
   auto it = node_->find(key);
-  if (it == node_->end() || it->is_null()) return nullptr;
+  if (it == node_->end()) return nullptr;
+  // A known field set to null reads as unset (its default, or "is required"), not as unknown.
   shared_->read.insert(full(key));
-  return &*it;
+  return it->is_null() ? nullptr : &*it;
 }
 
 bool JsonReader::has(const std::string& key) const {

@@ -10,7 +10,8 @@
 namespace moex::infer {
 
 void check_sampling_params(const SamplingParams& p) {
-  MOEX_CHECK(p.temperature >= 0, "temperature must be >= 0 (got ", p.temperature, ")");
+  MOEX_CHECK(std::isfinite(p.temperature) && p.temperature >= 0,
+             "temperature must be a finite number >= 0 (got ", p.temperature, ")");
   MOEX_CHECK(p.top_p > 0 && p.top_p <= 1, "top_p must be in (0, 1] (got ", p.top_p, ")");
   MOEX_CHECK(p.top_k >= 0, "top_k must be >= 0 (got ", p.top_k, ")");
 }

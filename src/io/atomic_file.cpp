@@ -71,16 +71,20 @@ void fsync_parent_directory(const std::string& path) {
   ::close(dfd);
 }
 
-void check_model_output_dir(const std::string& path, const char* flag) {
+void check_output_dir(const std::string& path, const char* flag, const char* marker,
+                      const char* what) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) return;
   MOEX_CHECK(fs::is_directory(status), flag, " ", path,
              " exists and is not a directory; it is not replaced (choose another path)");
-  MOEX_CHECK(fs::is_empty(path, ec) || fs::is_regular_file(fs::path(path) / "config.json"), flag,
-             " ", path,
-             " is a directory that holds no model (no config.json); it is not replaced (choose "
-             "another path or empty it)");
+  MOEX_CHECK(fs::is_empty(path, ec) || fs::is_regular_file(fs::path(path) / marker), flag, " ",
+             path, " is a directory that holds no ", what, " (no ", marker,
+             "); it is not replaced (choose another path or empty it)");
+}
+
+void check_model_output_dir(const std::string& path, const char* flag) {
+  check_output_dir(path, flag, "config.json", "model");
 }
 
 AtomicDirectory::AtomicDirectory(const std::string& path) : path_(path) {

@@ -40,6 +40,10 @@ void write_file_atomic(const std::string& path, const std::string& contents);
 // that holds a model (config.json): what a command writing a model there may replace. Anything
 // else (a file, a directory of other things) is the user's, and is not deleted.
 void check_model_output_dir(const std::string& path, const char* flag);
+// The same for any output directory that holds a `marker` file when it is one of `what` (e.g.
+// "corpus.json", "corpus").
+void check_output_dir(const std::string& path, const char* flag, const char* marker,
+                      const char* what);
 
 // A directory built under `<path>.tmp/` and swapped in by commit(): an existing `<path>` is
 // first renamed to `<path>.old` and removed after the new one is in place. Destroying it

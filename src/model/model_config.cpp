@@ -64,6 +64,10 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   c.num_layers = m.get_int("num_layers");
   c.num_heads = m.get_int("num_heads");
   c.num_kv_heads = m.get_int("num_kv_heads", c.num_heads);
+  if (!m.has("head_dim") && c.num_heads > 0)
+    MOEX_CHECK(c.hidden_size % c.num_heads == 0, m.where("hidden_size"), " (", c.hidden_size,
+               ") is not a multiple of model.num_heads (", c.num_heads,
+               "); set model.head_dim to choose the head size");
   c.head_dim = m.get_int("head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
   // The default 4 * hidden_size must not overflow; an absurd hidden_size fails validate().
   const int64_t default_ffn =

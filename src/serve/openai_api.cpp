@@ -127,7 +127,21 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (!chat && given(body, "suffix") &&
       !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
     refuse("suffix", "a suffix (insertion)");
+  // vLLM's sampling extensions that moex does not build.
+  if (given(body, "min_p") && !(body["min_p"].is_number() && body["min_p"].get<double>() == 0.0))
+    refuse("min_p", "min_p sampling");
+  if (given(body, "repetition_penalty") &&
+      !(body["repetition_penalty"].is_number() && body["repetition_penalty"].get<double>() == 1.0))
+    refuse("repetition_penalty",
+           "a repetition penalty (presence_penalty and frequency_penalty are)");
+  if (given(body, "min_tokens") &&
+      !(body["min_tokens"].is_number_integer() && body["min_tokens"].get<int64_t>() == 0))
+    refuse("min_tokens", "a minimum number of tokens");
   if (!chat) return;
+  if (given(body, "modalities") && body["modalities"] != json::array({"text"}))
+    refuse("modalities", "output other than text");
+  if (given(body, "prediction")) refuse("prediction", "a predicted output");
+  if (given(body, "audio")) refuse("audio", "audio output");
   if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
     refuse("functions", "calling functions");
   if (given(body, "response_format")) {
@@ -272,6 +286,10 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
       // OpenAI's older names: templates know system and tool.
       if (msg.role == "developer") msg.role = "system";
       if (msg.role == "function") msg.role = "tool";
+      // Only an assistant turn may leave out its content (one that calls tools).
+      if (msg.role != "assistant" && (!m.contains("content") || m["content"].is_null()))
+        bad(param + ".content",
+            "'" + param + ".content' is required for a " + msg.role + " message");
       msg.content = content_text(m.contains("content") ? m["content"] : json(nullptr), i);
       for (auto it = m.begin(); it != m.end(); ++it)
         if (it.key() != "role" && it.key() != "content") msg.extra[it.key()] = it.value();
@@ -344,6 +362,19 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   // and models learned them in the order clients send (type, then function's name, description,
   // parameters).
   if (chat) r.tools = read_tools(nlohmann::ordered_json::parse(body_text));
+  // vLLM's extensions that moex builds: top_k (-1 or 0: no limit), ignore_eos, stop_token_ids.
+  if (const auto k = integer(body, "top_k")) {
+    if (*k < -1)
+      bad("top_k", "'top_k' must be >= -1 (-1 or 0: no limit), got " + std::to_string(*k));
+    r.top_k = std::max<int64_t>(*k, 0);
+  }
+  r.ignore_eos = flag(body, "ignore_eos");
+  if (given(body, "stop_token_ids")) {
+    if (!body["stop_token_ids"].is_array() || body["stop_token_ids"].size() > kMaxStopStrings)
+      bad("stop_token_ids", "'stop_token_ids' must be a list of at most " +
+                                std::to_string(kMaxStopStrings) + " token ids");
+    r.stop_token_ids = token_ids(body["stop_token_ids"], "stop_token_ids");
+  }
   r.logprobs = read_logprobs(body, chat);
   r.logit_bias = read_logit_bias(body);
   r.presence_penalty = number_in(body, "presence_penalty", 0.0, -2.0, 2.0, false);
@@ -402,7 +433,7 @@ json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat, int64_t 
       top_logprobs.push_back(nullptr);
     }
     text_offset.push_back(offset);
-    offset += static_cast<int64_t>(e.token.size());
+    if (e.in_text) offset += static_cast<int64_t>(e.token.size());
   }
   return {{"tokens", std::move(tokens)},
           {"token_logprobs", std::move(token_logprobs)},

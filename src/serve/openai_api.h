@@ -63,6 +63,11 @@ struct GenerationRequest {
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
   // response_format json_object: the answer is one JSON object (infer/json_constraint.h).
   bool json_object = false;
+  // vLLM's extensions: top-k sampling (0: no limit), generation past the end-of-sequence token,
+  // and more stop tokens (ids the server checks against the vocabulary).
+  int64_t top_k = 0;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_token_ids;
 };
 
 // Most logit_bias entries one request may give.
@@ -86,10 +91,12 @@ struct LogprobEntry {
   std::string token;
   std::optional<float> logprob;
   std::vector<std::pair<std::string, float>> top;
+  bool in_text = true;  // false for special tokens (BOS, EOS), which the choice's text leaves out
 };
 // The `logprobs` object of a choice: completions' {tokens, token_logprobs, top_logprobs,
 // text_offset} (text_offset: byte offsets into the choice's text, from `offset` for the first
-// entry), or chat's {content: [{token, logprob, bytes, top_logprobs}], refusal: null}.
+// entry; an entry not in_text takes no room), or chat's {content: [{token, logprob, bytes,
+// top_logprobs}], refusal: null}.
 nlohmann::json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat,
                              int64_t offset = 0);
 

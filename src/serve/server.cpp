@@ -154,6 +154,12 @@ struct Server::Impl {
                                : p.ids);  // Scheduler::submit checks ids against the vocabulary
 
     const int64_t vocab = model->config().vocab_size;
+    for (int32_t token : r.stop_token_ids)
+      if (token >= vocab)
+        throw api_error(400,
+                        "'stop_token_ids' token " + std::to_string(token) +
+                            " is outside the vocabulary of " + std::to_string(vocab),
+                        "invalid_request_error", "", "stop_token_ids");
     for (const auto& [token, bias] : r.logit_bias)
       if (token >= vocab)
         throw api_error(400,
@@ -311,6 +317,7 @@ struct Server::Impl {
   LogprobEntry entry(int32_t prev, const infer::TokenLogprob& lp) {
     LogprobEntry e;
     e.token = token_text(prev, lp.token);
+    e.in_text = !tokenizer->is_special(lp.token);
     e.logprob = lp.logprob;
     for (const auto& [token, logprob] : lp.top)
       e.top.emplace_back(token_text(prev, token), logprob);
@@ -322,6 +329,7 @@ struct Server::Impl {
                                            const std::vector<infer::TokenLogprob>& logprobs) {
     std::vector<LogprobEntry> out(1);
     out[0].token = token_text(-1, prompt[0]);
+    out[0].in_text = !tokenizer->is_special(prompt[0]);
     for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k)
       out.push_back(entry(prompt[k], logprobs[k]));
     return out;
@@ -345,7 +353,8 @@ struct Server::Impl {
                    c.logprobs.end());
     c.logprobs_sent = c.logprobs.size();
     json out = logprobs_json(entries, r.chat, c.logprob_offset);
-    for (const LogprobEntry& e : entries) c.logprob_offset += static_cast<int64_t>(e.token.size());
+    for (const LogprobEntry& e : entries)
+      if (e.in_text) c.logprob_offset += static_cast<int64_t>(e.token.size());
     return out;
   }
 
@@ -398,7 +407,9 @@ struct Server::Impl {
         c.last_token = prompts[i].back();
         if (r.echo) {
           const Prompt& p = r.prompts[i / r.n];
-          c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/false);
+          // Special tokens are left out of every text (the generated one too), so a prompt of
+          // ids echoes as the same prompt given as text would.
+          c.echo = p.text ? *p.text : tokenizer->decode(p.ids, /*skip_special_tokens=*/true);
         }
         if (i % r.n == 0) usage.prompt_tokens += static_cast<int64_t>(prompts[i].size());
       }
@@ -419,7 +430,9 @@ struct Server::Impl {
       // A given seed gives the n choices of a prompt the seeds seed, seed + 1, ...
       er.sampling.seed =
           r.seed ? static_cast<uint64_t>(*r.seed) + static_cast<uint64_t>(j) : next_seed++;
-      if (tokenizer->eos_id() >= 0) er.stop_tokens.push_back(tokenizer->eos_id());
+      if (tokenizer->eos_id() >= 0 && !r.ignore_eos) er.stop_tokens.push_back(tokenizer->eos_id());
+      er.stop_tokens.insert(er.stop_tokens.end(), r.stop_token_ids.begin(), r.stop_token_ids.end());
+      er.sampling.top_k = r.top_k;
       er.adjustments.bias = r.logit_bias;
       er.adjustments.presence_penalty = r.presence_penalty;
       er.adjustments.frequency_penalty = r.frequency_penalty;

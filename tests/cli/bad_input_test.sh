@@ -47,6 +47,24 @@ expect_error "cf.json: model.moe.capacity_factor must be > 0" train --config "$T
 printf '{"distill": {}}' > "$TMP/kd.json"
 expect_error "kd.json: the 'distill' section makes this a distillation config: run it with moex distill" train --config "$TMP/kd.json"
 expect_error "/dev/zero: larger than 64 MiB" train --config /dev/zero
+mkdir -p "$TMP/a_dir"
+expect_error "a_dir: is a directory, not a file" train --config "$TMP/a_dir"
+# a known field set to null is unset (here: required), not unknown
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": null, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x"}}' > "$TMP/null.json"
+expect_error "null.json: model.num_layers" train --config "$TMP/null.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 10, "num_layers": 1, "num_heads": 4, "max_seq_len": 8}, "data": {"path": "x"}}' > "$TMP/heads.json"
+expect_error "heads.json: model.hidden_size (10) is not a multiple of model.num_heads (4); set model.head_dim" train --config "$TMP/heads.json"
+expect_error "--stop-after must be >= 1 (got 0)" train --config "$TMP/heads.json" --stop-after 0
+# data prepare: what is at --out is not replaced unless it is a corpus; ranges checked up front
+echo precious > "$TMP/notes.txt"
+expect_error "--out $TMP/notes.txt exists and is not a directory; it is not replaced" data prepare --out "$TMP/notes.txt"
+mkdir -p "$TMP/proj/src" && echo code > "$TMP/proj/src/code.c"
+expect_error "--out $TMP/proj is a directory that holds no corpus (no corpus.json); it is not replaced" data prepare --out "$TMP/proj"
+[ "$(cat "$TMP/notes.txt")" = precious ] && [ -f "$TMP/proj/src/code.c" ] ||
+  { echo "FAIL: data prepare touched what was at --out"; failures=$((failures + 1)); }
+expect_error "--valid-fraction must be in [0, 1), got 1.5" data prepare --out "$TMP/c" --valid-fraction 1.5
+expect_error "--threads must be in [1, 4096], got 0" data prepare --out "$TMP/c" --threads 0
+expect_error "--max-source-mb must be in (0, 1048576], got 0" data prepare --out "$TMP/c" --max-source-mb 0
 
 # model directories
 mkdir -p "$TMP/arch"
@@ -143,6 +161,7 @@ open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack(
 PY
 PROMPT_IDS="$TMP/one_row.safetensors"
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
+expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both
 expect_error "give --prompt TEXT or --input-ids FILE, not both" generate --model "$MIXTRAL/model" --input-ids "$CALIB" --prompt hi
 # (past this RoPE model's 256 positions: a warning says so, then the cache is refused)

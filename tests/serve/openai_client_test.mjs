@@ -197,6 +197,9 @@ try {
   assert.deepEqual(chatTwo.choices.map((c) => c.message.content), [chat.choices[0].message.content, chat.choices[0].message.content]);
   ok('n choices and batched prompts: each choice is its own run, streamed too; usage counts a prompt once');
 
+  // vLLM's top_k: keeping one token is greedy whatever the temperature.
+  const topOne = await client.completions.create({ ...base, prompt: 'The server', temperature: 1, top_k: 1, seed: 3 });
+  assert.equal(topOne.choices[0].text, g.text);
   const echoed = await client.completions.create({ ...base, prompt: 'The server', echo: true });
   assert.equal(echoed.choices[0].text, 'The server' + g.text);
   ok('echo puts the prompt before the text');
@@ -243,6 +246,15 @@ try {
   assert.equal(elp.token_logprobs[0], null);
   assert.equal(elp.top_logprobs[0], null);
   for (let i = 1; i < elp.tokens.length; i += 1) assert.ok(elp.token_logprobs[i] <= 0, `logprob ${i}`);
+  // Each token's text sits at its text_offset in the echoed text (special tokens such as BOS are
+  // not in the text and take no room).
+  const echoedText = Buffer.from(echoLp.choices[0].text);
+  elp.tokens.forEach((t, i) => {
+    if (/^<[^>]*>$/.test(t) || t.includes('\ufffd')) return;
+    const at = elp.text_offset[i];
+    assert.equal(echoedText.subarray(at, at + Buffer.byteLength(t)).toString(), t, `token ${i} ${JSON.stringify(t)} at ${at}`);
+  });
+  assert.equal(elp.text_offset[0], 0);
   // The generated part is the request without echo's, token for token.
   const tail = elp.token_logprobs.slice(echoLp.usage.prompt_tokens);
   assert.equal(tail.length, lp.token_logprobs.length);

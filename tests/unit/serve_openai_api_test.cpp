@@ -136,6 +136,31 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
   EXPECT_EQ(param_of(R"("top_logprobs": 3)", true), "top_logprobs");
   EXPECT_EQ(param_of(R"("logprobs": true, "top_logprobs": 21)", true), "top_logprobs");
   EXPECT_EQ(param_of(R"("logprobs": 2)", true), "logprobs");
+  // vLLM's extensions: top_k, ignore_eos and stop_token_ids are read; the sampling ones moex does
+  // not build are refused unless neutral.
+  const GenerationRequest ext =
+      read(R"("top_k": 5, "ignore_eos": true, "stop_token_ids": [3, 9])", false);
+  EXPECT_EQ(ext.top_k, 5);
+  EXPECT_TRUE(ext.ignore_eos);
+  EXPECT_EQ(ext.stop_token_ids, (std::vector<int32_t>{3, 9}));
+  EXPECT_EQ(read(R"("top_k": -1)", false).top_k, 0);
+  EXPECT_EQ(param_of(R"("top_k": -2)", false), "top_k");
+  EXPECT_EQ(param_of(R"("stop_token_ids": [-1])", false), "stop_token_ids");
+  EXPECT_EQ(param_of(R"("min_p": 0, "repetition_penalty": 1.0, "min_tokens": 0)", false),
+            "(accepted)");
+  EXPECT_EQ(param_of(R"("min_p": 0.1)", false), "min_p");
+  EXPECT_EQ(param_of(R"("repetition_penalty": 1.2)", true), "repetition_penalty");
+  EXPECT_EQ(param_of(R"("min_tokens": 4)", true), "min_tokens");
+  EXPECT_EQ(param_of(R"("modalities": ["text"])", true), "(accepted)");
+  EXPECT_EQ(param_of(R"("modalities": ["text", "audio"])", true), "modalities");
+  EXPECT_EQ(param_of(R"("prediction": {"type": "content", "content": "x"})", true), "prediction");
+  // A user turn without content is malformed; an assistant turn that calls tools may have none.
+  try {
+    parse_generation_request(R"({"model": "m", "messages": [{"role": "user"}]})", true);
+    ADD_FAILURE() << "a user message without content was accepted";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.param, "messages[0].content");
+  }
   EXPECT_EQ(param_of(R"("best_of": 1, "suffix": "", "echo": false)", false), "(accepted)");
   EXPECT_EQ(param_of(R"("best_of": 2, "n": 2)", false), "(accepted)");
   EXPECT_EQ(param_of(R"("best_of": 3)", false), "best_of");
@@ -153,7 +178,11 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
   EXPECT_EQ(param_of(R"("tool_choice": {"type": "function", "function": {"name": "f"}})", true),
             "tool_choice");
   EXPECT_EQ(param_of(R"("functions": [{"name": "f"}])", true), "functions");
-  EXPECT_EQ(param_of(R"("response_format": {"type": "json_object"})", true), "response_format");
+  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", true).json_object);
+  EXPECT_FALSE(read(R"("response_format": {"type": "text"})", true).json_object);
+  EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {}})", true),
+            "response_format");
+  EXPECT_EQ(param_of(R"("response_format": {"type": "yaml"})", true), "response_format");
 }
 
 TEST(OpenAiApi, BatchesOfPromptsAndChoices) {

@@ -1,4 +1,5 @@
 // moex data prepare: builds the default tokenized corpus (src/data/corpus.h).
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -6,6 +7,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "data/corpus.h"
+#include "io/atomic_file.h"
 
 namespace moex::cli {
 namespace {
@@ -21,7 +23,8 @@ const char* kUsage =
     "described by DIR/corpus.json.\n"
     "\n"
     "options:\n"
-    "  --out DIR               output directory (replaced atomically when complete)\n"
+    "  --out DIR               output directory (replaced atomically when complete; an existing\n"
+    "                          one must be empty or hold a corpus)\n"
     "  --vocab-size N          SentencePiece vocabulary size (default 8000)\n"
     "  --languages a,b,...     handbook/Bible languages (default en,es,fr,de,it,pt)\n"
     "  --no-parallel           leave out the en<->es translation pairs\n"
@@ -69,6 +72,8 @@ int run_data(const std::vector<std::string>& argv) {
             {"no-parallel", "denoise"});
   data::CorpusOptions o;
   o.out_dir = args.require("out");
+  // A directory of something else, or a file, is the user's: it is not replaced.
+  io::check_output_dir(o.out_dir, "--out", "corpus.json", "corpus");
   o.vocab_size = static_cast<int>(args.get_int("vocab-size", o.vocab_size));
   if (args.has("languages")) o.languages = split_list(args.get("languages"));
   o.parallel = !args.flag("no-parallel");
@@ -80,10 +85,17 @@ int run_data(const std::vector<std::string>& argv) {
   o.denoise_options.mean_span = args.get_double("mean-span", o.denoise_options.mean_span);
   o.denoise_options.chunk_tokens = args.get_int("denoise-chunk", o.denoise_options.chunk_tokens);
   if (o.denoise) data::check_denoise_options(o.denoise_options);
-  o.max_source_bytes = static_cast<int64_t>(args.get_double("max-source-mb", 8.0) * (1 << 20));
+  const double max_mb = args.get_double("max-source-mb", 8.0);
+  MOEX_CHECK(std::isfinite(max_mb) && max_mb > 0 && max_mb <= 1 << 20,
+             "--max-source-mb must be in (0, 1048576], got ", max_mb);
+  o.max_source_bytes = static_cast<int64_t>(max_mb * (1 << 20));
   o.valid_fraction = args.get_double("valid-fraction", o.valid_fraction);
+  MOEX_CHECK(o.valid_fraction >= 0 && o.valid_fraction < 1,
+             "--valid-fraction must be in [0, 1), got ", o.valid_fraction);
   o.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(o.seed)));
-  o.num_threads = static_cast<int>(args.get_int("threads", o.num_threads));
+  const int64_t threads = args.get_int("threads", o.num_threads);
+  MOEX_CHECK(threads >= 1 && threads <= 4096, "--threads must be in [1, 4096], got ", threads);
+  o.num_threads = static_cast<int>(threads);
   o.handbook_dir = args.get("handbook-dir", o.handbook_dir);
   o.bible_text_dir = args.get("bible-text-dir", "");
   o.log = [](const std::string& line) {

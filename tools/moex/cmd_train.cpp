@@ -3,6 +3,7 @@
 
 #include "args.h"
 #include "command.h"
+#include "core/error.h"
 #include "train/trainer.h"
 #include "train_report.h"
 
@@ -26,12 +27,14 @@ int run_train(const std::vector<std::string>& argv) {
         "  checkpoints in out_dir; without it a run that does not resume refuses them.\n");
     return 0;
   }
+  const int64_t stop_after = args.get_int("stop-after", 0);
+  MOEX_CHECK(!args.has("stop-after") || stop_after >= 1, "--stop-after must be >= 1 (got ",
+             stop_after, ")");
   moex::train::TrainConfig config = moex::train::TrainConfig::from_file(args.require("config"));
   if (args.has("device"))  // overrides training.device
     config.training.device = moex::Device::parse(args.get("device"), "--device");
   if (args.flag("overwrite")) config.training.overwrite_out_dir = true;
-  const auto result =
-      moex::train::run_training(config, args.get("resume"), args.get_int("stop-after", 0));
+  const auto result = moex::train::run_training(config, args.get("resume"), stop_after);
   return moex::cli::report_training(result);
 }
 
