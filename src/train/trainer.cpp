@@ -11,12 +11,14 @@
 #include <fstream>
 #include <vector>
 
+#include "core/file_util.h"
 #include "core/logging.h"
 #include "data/corpus.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
 #include "dist/nccl_communicator.h"
 #include "dist/parallel_layout.h"
+#include "dist/rank_agreement.h"
 #include "io/atomic_file.h"
 #include "model/model.h"
 #include "ops/collective.h"
@@ -206,6 +208,23 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// What every rank must agree on: the config file as written (the model object when the config
+// did not come from a file), and the flags that change the run.
+nlohmann::json run_settings(const TrainConfig& c, const std::string& resume_dir,
+                            int64_t stop_after) {
+  nlohmann::json s;
+  s["config"] = c.model_json;
+  if (std::filesystem::is_regular_file(c.source)) {
+    const nlohmann::json file = nlohmann::json::parse(read_file(c.source), nullptr, false);
+    if (!file.is_discarded()) s["config"] = file;
+  }
+  s["device"] = c.training.device.str();  // --device overrides the config's
+  s["overwrite"] = c.training.overwrite_out_dir;
+  s["resume"] = resume_dir;
+  s["stop_after"] = stop_after;
+  return s;
+}
+
 }  // namespace
 
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
@@ -213,6 +232,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
   // The layout first: a layout that cannot run is refused before any data is read.
   dist::Communicator& comm = group ? *group : dist::Communicator::world();
+  dist::check_same_on_all_ranks(comm, run_settings(c, resume_dir, stop_after), c.source);
   const dist::ParallelLayout layout =
       dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
   // CAC keeps the exchange results of the CPU MoE layer; the GPU layer has no expert group yet.

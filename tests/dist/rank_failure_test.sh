@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A failing rank must end the whole mpirun job with a non-zero status, not leave the other ranks
-# waiting in a collective. Two cases: a gtest that throws on one rank (the dist tests' main), and
+# waiting in a collective. Three cases: a gtest that throws on one rank (the dist tests' main), and
 # the moex binary where only the root rank fails (it alone creates training.out_dir, here a path
-# under a regular file) while the other rank goes on to the gradient all-reduce.
+# under a regular file) while the other rank goes on to the gradient all-reduce. And ranks started
+# with different flags, which are refused before any of them trains.
 # usage: rank_failure_test.sh MPIRUN RANK_THROWS_PROBE WRITE_TRAIN_FIXTURE MOEX WORK_DIR
 set -uo pipefail
 mpirun=$1 rank_throws=$2 write_fixture=$3 moex=$4 work=$5
@@ -39,6 +40,13 @@ touch "$work/not_a_directory"
 config=$("$write_fixture" "$work/corpus" "$work/not_a_directory/run") || exit 1
 EXPECTED_MESSAGE="moex train: error (rank 0 of 2):"
 expect_job_fails "moex train failing on the root rank only" "${mpi[@]}" "$moex" train --config "$config"
+
+# Ranks started with different flags (here --stop-after on one of them) would wait in different
+# collectives forever: the job ends at start-up naming the difference.
+config=$("$write_fixture" "$work/corpus2" "$work/run2") || exit 1
+mpmd=("$mpirun" --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1)
+EXPECTED_MESSAGE="stop_after is 5 on rank 1 and 0 on rank 0; every rank must run the same config and flags"
+expect_job_fails "moex train with other flags on one rank" "${mpmd[@]}" -np 1 "$moex" train --config "$config" : -np 1 "$moex" train --config "$config" --stop-after 5
 
 rm -rf "$work"
 [ "$failures" -eq 0 ]
