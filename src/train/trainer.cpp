@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <omp.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -31,10 +32,24 @@ namespace moex::train {
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
+volatile std::sig_atomic_t g_say_stopping = 0;  // this rank tells the user (rank 0)
 // SIGINT (Ctrl-C) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what schedulers send
-// before preempting a job): finish the step, checkpoint, stop.
+// before preempting a job): finish the step, checkpoint, stop. Until that checkpoint is written,
+// another one changes nothing (a second Ctrl-C would otherwise cut the checkpoint short); the
+// user hears of both at once.
 void on_stop_signal(int) {
+  static const char kFirst[] =
+      "\nmoex train: stopping after this step, then writing a checkpoint\n";
+  static const char kAgain[] =
+      "\nmoex train: still stopping: the step ends and the checkpoint is written first (kill -9 "
+      "abandons it)\n";
+  const bool again = g_interrupted != 0;
   g_interrupted = 1;
+  if (g_say_stopping) {
+    const char* text = again ? kAgain : kFirst;
+    const size_t len = again ? sizeof(kAgain) - 1 : sizeof(kFirst) - 1;
+    [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, text, len);
+  }
 }
 
 // A run's out_dir is not a checkpoint; its checkpoints are directories inside it. Said before
@@ -344,6 +359,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   }
 
   g_interrupted = 0;
+  g_say_stopping = root ? 1 : 0;
   auto previous_sigint = std::signal(SIGINT, on_stop_signal);
   auto previous_sigterm = std::signal(SIGTERM, on_stop_signal);
   const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
@@ -474,9 +490,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       break;
     }
   }
+  if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
   std::signal(SIGINT, previous_sigint);
   std::signal(SIGTERM, previous_sigterm);
-  if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
   if (root && result.interrupted)
     MOEX_INFO("stopped at step ", state.step, " of ", c.training.steps, "; continue with --resume ",
               c.training.out_dir, "/latest");

@@ -198,7 +198,8 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
 }
 
 // Ctrl-C (SIGINT) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what job schedulers
-// send before preempting) both end the run after its step, with a checkpoint.
+// send before preempting) both end the run after its step, with a checkpoint; a second one (a
+// user pressing Ctrl-C again) changes nothing.
 TEST(Training, StopSignalsEndTheStepAndCheckpoint) {
   for (const int signal : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(signal == SIGINT ? "SIGINT" : "SIGTERM");
@@ -210,6 +211,7 @@ TEST(Training, StopSignalsEndTheStepAndCheckpoint) {
       // The signal once the first step has been logged.
       while (!fs::exists(out + "/metrics.jsonl") || fs::file_size(out + "/metrics.jsonl") == 0)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::raise(signal);
       std::raise(signal);
     });
     const TrainResult r = run_training(config, "");

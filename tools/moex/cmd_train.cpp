@@ -22,6 +22,7 @@ int run_train(const std::vector<std::string>& argv) {
         "  --device overrides training.device (cpu by default; cuda trains in bf16 on a GPU).\n"
         "  Ctrl-C (or SIGTERM, what mpirun passes its ranks) stops after the current step and\n"
         "  writes a checkpoint to out_dir/latest; --resume out_dir/latest goes on from there.\n"
+        "  Pressing it again changes nothing until that checkpoint is written (kill -9 does).\n"
         "  --stop-after N stops after N steps of this run (not at step N), with a checkpoint.\n"
         "  --overwrite (training.overwrite_out_dir) deletes an earlier run's metrics and\n"
         "  checkpoints in out_dir; without it a run that does not resume refuses them.\n");
