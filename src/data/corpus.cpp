@@ -344,6 +344,8 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   const auto t0 = Clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   auto log = [&](const std::string& msg) {
+    MOEX_CHECK(!(o.interrupted && o.interrupted()), "interrupted; nothing was written to ",
+               o.out_dir);
     if (o.log) {
       char prefix[32];
       std::snprintf(prefix, sizeof(prefix), "[%6.1fs] ", elapsed());

@@ -46,6 +46,9 @@ struct CorpusOptions {
   uint64_t seed = 1234;
   int num_threads = 2;
   std::function<void(const std::string&)> log;  // progress lines
+  // Asked between steps (at every progress line): true ends the preparation with an error, and
+  // the partial output is removed (Ctrl-C).
+  std::function<bool()> interrupted;
 };
 
 struct CorpusSplitStats {

@@ -1,5 +1,6 @@
 // moex data prepare: builds the default tokenized corpus (src/data/corpus.h).
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <sstream>
 
@@ -11,6 +12,12 @@
 
 namespace moex::cli {
 namespace {
+
+volatile std::sig_atomic_t g_interrupted = 0;
+// Ctrl-C / SIGTERM: the preparation stops at its next step and removes its partial output.
+void on_stop_signal(int) {
+  g_interrupted = 1;
+}
 
 const char* kUsage =
     "usage: moex data prepare --out DIR [options]\n"
@@ -102,6 +109,16 @@ int run_data(const std::vector<std::string>& argv) {
     std::fprintf(stderr, "%s\n", line.c_str());
     std::fflush(stderr);
   };
+  o.interrupted = [] { return g_interrupted != 0; };
+  // The stop handlers for the preparation only, put back however it ends.
+  struct StopHandlers {
+    void (*sigint)(int) = std::signal(SIGINT, on_stop_signal);
+    void (*sigterm)(int) = std::signal(SIGTERM, on_stop_signal);
+    ~StopHandlers() {
+      std::signal(SIGINT, sigint);
+      std::signal(SIGTERM, sigterm);
+    }
+  } handlers;
   const data::CorpusManifest m = data::prepare_corpus(o);
   int64_t train = 0, valid = 0;
   std::printf("%-24s %-8s %-10s %10s %12s %12s\n", "source", "lang", "task", "text MB", "train tok",
