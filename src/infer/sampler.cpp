@@ -26,6 +26,8 @@ int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingPara
 void check_logit_adjustments(const LogitAdjustments& a, int64_t vocab_size) {
   MOEX_CHECK(std::isfinite(a.presence_penalty), "presence_penalty must be finite");
   MOEX_CHECK(std::isfinite(a.frequency_penalty), "frequency_penalty must be finite");
+  MOEX_CHECK(std::isfinite(a.repetition_penalty) && a.repetition_penalty > 0,
+             "repetition_penalty must be > 0 (1: none), got ", a.repetition_penalty);
   std::vector<int32_t> tokens;
   tokens.reserve(a.bias.size());
   for (const auto& [token, bias] : a.bias) {
@@ -41,7 +43,17 @@ void check_logit_adjustments(const LogitAdjustments& a, int64_t vocab_size) {
 }
 
 void apply_logit_adjustments(float* logits, int64_t vocab_size, const LogitAdjustments& a,
+                             const std::vector<int32_t>& prompt,
                              const std::vector<int32_t>& generated) {
+  if (a.repetition_penalty != 1) {
+    std::vector<bool> seen(static_cast<size_t>(vocab_size), false);
+    for (const auto* tokens : {&prompt, &generated})
+      for (int32_t t : *tokens)
+        if (t >= 0 && t < vocab_size) seen[static_cast<size_t>(t)] = true;
+    const auto r = static_cast<float>(a.repetition_penalty);
+    for (int64_t t = 0; t < vocab_size; ++t)
+      if (seen[static_cast<size_t>(t)]) logits[t] = logits[t] > 0 ? logits[t] / r : logits[t] * r;
+  }
   for (const auto& [token, bias] : a.bias) logits[token] += bias;
   if (a.presence_penalty == 0 && a.frequency_penalty == 0) return;
   std::unordered_map<int32_t, int64_t> counts;

@@ -24,19 +24,27 @@ void check_sampling_params(const SamplingParams& params);
 int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingParams& params,
                      uint64_t draw);
 
-// Changes to a row's logits before it is sampled (OpenAI's logit_bias, presence_penalty and
-// frequency_penalty): logit[t] += bias(t) - presence_penalty * (c_t > 0) - frequency_penalty * c_t,
-// c_t = how often t occurs among the tokens generated so far (the prompt does not count).
+// Changes to a row's logits before it is sampled, in this order:
+//   repetition_penalty r (transformers' and vLLM's): every token t seen in the prompt or the
+//     output so far has logit[t] / r when it is positive, logit[t] * r otherwise;
+//   OpenAI's logit_bias, presence_penalty and frequency_penalty:
+//     logit[t] += bias(t) - presence_penalty * (c_t > 0) - frequency_penalty * c_t, c_t = how often
+//     t occurs among the tokens generated so far (the prompt does not count).
 struct LogitAdjustments {
   std::vector<std::pair<int32_t, float>> bias;  // (token, added to its logit); tokens unique
   double presence_penalty = 0;
   double frequency_penalty = 0;
-  bool empty() const { return bias.empty() && presence_penalty == 0 && frequency_penalty == 0; }
+  double repetition_penalty = 1;  // > 0; 1: none
+  bool empty() const {
+    return bias.empty() && presence_penalty == 0 && frequency_penalty == 0 &&
+           repetition_penalty == 1;
+  }
 };
 // Errors name the field: a bias token outside [0, vocab_size) or given twice, a bias or a penalty
-// that is not finite.
+// that is not finite, a repetition_penalty that is not > 0.
 void check_logit_adjustments(const LogitAdjustments& adjustments, int64_t vocab_size);
 void apply_logit_adjustments(float* logits, int64_t vocab_size, const LogitAdjustments& adjustments,
+                             const std::vector<int32_t>& prompt,
                              const std::vector<int32_t>& generated);
 
 // A token's log-probability under the model: log-softmax of the raw logits (before bias,

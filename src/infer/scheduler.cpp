@@ -409,7 +409,7 @@ void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
     if (!r.adjustments.empty() || seq.json) {
       adjusted.assign(row, row + vocab);
       if (!r.adjustments.empty())
-        apply_logit_adjustments(adjusted.data(), vocab, r.adjustments, seq.output());
+        apply_logit_adjustments(adjusted.data(), vocab, r.adjustments, r.prompt, seq.output());
       if (seq.json && emits)
         nothing_left = seq.json->mask(adjusted.data(), vocab, r.stop_tokens) == 0;
       sample_from = adjusted.data();

@@ -130,10 +130,6 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   // vLLM's sampling extensions that moex does not build.
   if (given(body, "min_p") && !(body["min_p"].is_number() && body["min_p"].get<double>() == 0.0))
     refuse("min_p", "min_p sampling");
-  if (given(body, "repetition_penalty") &&
-      !(body["repetition_penalty"].is_number() && body["repetition_penalty"].get<double>() == 1.0))
-    refuse("repetition_penalty",
-           "a repetition penalty (presence_penalty and frequency_penalty are)");
   if (given(body, "min_tokens") &&
       !(body["min_tokens"].is_number_integer() && body["min_tokens"].get<int64_t>() == 0))
     refuse("min_tokens", "a minimum number of tokens");
@@ -379,6 +375,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   r.logit_bias = read_logit_bias(body);
   r.presence_penalty = number_in(body, "presence_penalty", 0.0, -2.0, 2.0, false);
   r.frequency_penalty = number_in(body, "frequency_penalty", 0.0, -2.0, 2.0, false);
+  r.repetition_penalty = number_in(body, "repetition_penalty", 1.0, 0.0, 10.0, true);
   refuse_unbuilt_options(body, chat, r.n);
   r.json_object = given(body, "response_format") &&
                   body["response_format"]["type"].get<std::string>() == "json_object";

@@ -58,6 +58,7 @@ struct GenerationRequest {
   int64_t logprobs = -1;
   std::vector<std::pair<int32_t, float>> logit_bias;   // (token, bias in [-100, 100])
   double presence_penalty = 0, frequency_penalty = 0;  // in [-2, 2]
+  double repetition_penalty = 1;                       // vLLM's, in (0, 10]; 1: none
   // Chat: the function tools offered to the model (empty: none, or tool_choice "none"), as the
   // client sent them.
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();

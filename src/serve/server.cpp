@@ -436,6 +436,7 @@ struct Server::Impl {
       er.adjustments.bias = r.logit_bias;
       er.adjustments.presence_penalty = r.presence_penalty;
       er.adjustments.frequency_penalty = r.frequency_penalty;
+      er.adjustments.repetition_penalty = r.repetition_penalty;
       if (r.json_object) er.json_object = json_token_texts();
       er.logprobs = r.logprobs;
       er.prompt_logprobs = r.echo && r.logprobs >= 0;

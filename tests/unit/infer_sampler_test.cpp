@@ -327,11 +327,14 @@ TEST(InferSampler, LogitAdjustmentsFollowOpenAIsFormula) {
   a.bias = {{3, 2.5f}, {7, -100.0f}, {0, 0.25f}};
   a.presence_penalty = 0.5;
   a.frequency_penalty = -0.3;
-  const std::vector<int32_t> generated = {3, 5, 5, 9, 5, 3};
+  a.repetition_penalty = 1.3;
+  const std::vector<int32_t> prompt = {1, 2, 3}, generated = {3, 5, 5, 9, 5, 3};
   std::vector<float> got = logits;
-  apply_logit_adjustments(got.data(), vocab, a, generated);
+  apply_logit_adjustments(got.data(), vocab, a, prompt, generated);
   for (int64_t v = 0; v < vocab; ++v) {
     double want = logits[v];
+    const bool seen = v == 1 || v == 2 || v == 3 || v == 5 || v == 9;  // prompt or output
+    if (seen) want = want > 0 ? want / 1.3 : want * 1.3;
     for (const auto& [t, b] : a.bias)
       if (t == v) want += b;
     int count = 0;
@@ -359,6 +362,9 @@ TEST(InferSampler, LogitAdjustmentsFollowOpenAIsFormula) {
   bad.bias.clear();
   bad.frequency_penalty = INFINITY;
   EXPECT_NE(message(bad).find("frequency_penalty"), std::string::npos);
+  bad.frequency_penalty = 0;
+  bad.repetition_penalty = 0;
+  EXPECT_NE(message(bad).find("repetition_penalty"), std::string::npos);
 }
 
 // log-softmax and the top alternatives against a full sort of the row (ties: lower id first).

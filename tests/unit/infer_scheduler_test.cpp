@@ -299,7 +299,7 @@ TEST(Scheduler, LogprobsAreTheLogSoftmaxOfAWholeSequenceForward) {
   check(ps[4], sampled, false, 0);
 }
 
-// Greedy decoding with a bias and both penalties, against the formula applied by hand to a
+// Greedy decoding with a bias and the three penalties, against the formulas applied by hand to a
 // forward over the sequence so far, step by step (compared while the top two adjusted logits are
 // further apart than the two forwards' rounding); and a large bias that decides every token.
 TEST(Scheduler, BiasAndPenaltiesChangeTheLogitsAsOpenAIDefinesThem) {
@@ -317,6 +317,7 @@ TEST(Scheduler, BiasAndPenaltiesChangeTheLogitsAsOpenAIDefinesThem) {
   a.adjustments.bias = {{5, 1.5f}, {11, -2.0f}};
   a.adjustments.presence_penalty = 0.6;
   a.adjustments.frequency_penalty = 0.4;
+  a.adjustments.repetition_penalty = 1.25;
   receive(a, &adjusted);
   const LogitAdjustments adj = a.adjustments;
   Request f = request(ps[0], 5);
@@ -333,6 +334,9 @@ TEST(Scheduler, BiasAndPenaltiesChangeTheLogitsAsOpenAIDefinesThem) {
     seq.insert(seq.end(), adjusted.tokens.begin(), adjusted.tokens.begin() + j);
     const std::vector<float> logits = whole_sequence_logits(m, seq);
     std::vector<double> row(logits.end() - vocab, logits.end());
+    for (int64_t v = 0; v < vocab; ++v)  // seen in the prompt or the output so far
+      if (std::count(seq.begin(), seq.end(), v) > 0)
+        row[v] = row[v] > 0 ? row[v] / adj.repetition_penalty : row[v] * adj.repetition_penalty;
     for (const auto& [t, bias] : adj.bias) row[t] += bias;
     for (int64_t v = 0; v < vocab; ++v) {
       const auto count = std::count(adjusted.tokens.begin(), adjusted.tokens.begin() + j, v);

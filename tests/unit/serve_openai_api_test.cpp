@@ -149,7 +149,8 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
   EXPECT_EQ(param_of(R"("min_p": 0, "repetition_penalty": 1.0, "min_tokens": 0)", false),
             "(accepted)");
   EXPECT_EQ(param_of(R"("min_p": 0.1)", false), "min_p");
-  EXPECT_EQ(param_of(R"("repetition_penalty": 1.2)", true), "repetition_penalty");
+  EXPECT_EQ(read(R"("repetition_penalty": 1.2)", true).repetition_penalty, 1.2);
+  EXPECT_EQ(param_of(R"("repetition_penalty": 0)", true), "repetition_penalty");
   EXPECT_EQ(param_of(R"("min_tokens": 4)", true), "min_tokens");
   EXPECT_EQ(param_of(R"("modalities": ["text"])", true), "(accepted)");
   EXPECT_EQ(param_of(R"("modalities": ["text", "audio"])", true), "modalities");
