@@ -53,9 +53,10 @@ struct DuplicateKeyFinder : nlohmann::json_sax<nlohmann::json> {
 
 }  // namespace
 
-nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
-                          const char* what, int max_depth) {
-  // Depth first, skipping strings, so that the parser never builds a value too deep to copy.
+namespace {
+
+// The first byte where the nesting passes max_depth, or end.
+const char* too_deep_at(const char* begin, const char* end, int max_depth) {
   int depth = 0;
   bool in_string = false;
   for (const char* p = begin; p != end; ++p) {
@@ -68,13 +69,27 @@ nlohmann::json parse_json(const char* begin, const char* end, const std::string&
     } else if (c == '"') {
       in_string = true;
     } else if (c == '[' || c == '{') {
-      if (++depth > max_depth)
-        MOEX_THROW(source, ": ", what, ": nested more than ", max_depth, " levels deep (at byte ",
-                   p - begin, ")");
+      if (++depth > max_depth) return p;
     } else if (c == ']' || c == '}') {
       --depth;
     }
   }
+  return end;
+}
+
+}  // namespace
+
+bool json_nesting_within(const char* begin, const char* end, int max_depth) {
+  return too_deep_at(begin, end, max_depth) == end;
+}
+
+nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
+                          const char* what, int max_depth) {
+  // Depth first, skipping strings, so that the parser never builds a value too deep to copy.
+  const char* deep = too_deep_at(begin, end, max_depth);
+  if (deep != end)
+    MOEX_THROW(source, ": ", what, ": nested more than ", max_depth, " levels deep (at byte ",
+               deep - begin, ")");
   nlohmann::json value;
   try {
     value = nlohmann::json::parse(begin, end);
@@ -134,7 +149,10 @@ const nlohmann::json* JsonReader::find(const std::string& key) const {
 
 bool JsonReader::has(const std::string& key) const {
   auto it = node_->find(key);
-  return it != node_->end() && !it->is_null();
+  if (it == node_->end()) return false;
+  // A known field set to null reads as unset (find() says why), not as unknown.
+  if (it->is_null()) shared_->read.insert(full(key));
+  return !it->is_null();
 }
 
 // An integer field as int64_t; an unsigned value above INT64_MAX would wrap to a negative one.

@@ -26,6 +26,9 @@ constexpr int64_t kMaxConfigBytes = int64_t{64} << 20;
 // key given twice in one object are one moex::Error: "<source>: <what>: <details>".
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& source,
                           const char* what = "invalid JSON", int max_depth = kMaxJsonDepth);
+// Whether JSON text nests at most max_depth levels of arrays and objects (strings skipped; the
+// text need not be valid): check it before a parser builds a value too deep to copy.
+bool json_nesting_within(const char* begin, const char* end, int max_depth);
 inline nlohmann::json parse_json(const std::string& text, const std::string& source,
                                  const char* what = "invalid JSON", int max_depth = kMaxJsonDepth) {
   return parse_json(text.data(), text.data() + text.size(), source, what, max_depth);

@@ -343,9 +343,10 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   MOEX_CHECK(o.vocab_size >= 300, "corpus: vocab size ", o.vocab_size, " is too small");
   const auto t0 = Clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  bool committed = false;  // past the commit an interrupt changes nothing: the corpus is there
   auto log = [&](const std::string& msg) {
-    MOEX_CHECK(!(o.interrupted && o.interrupted()), "interrupted; nothing was written to ",
-               o.out_dir);
+    MOEX_CHECK(committed || !(o.interrupted && o.interrupted()),
+               "interrupted; nothing was written to ", o.out_dir);
     if (o.log) {
       char prefix[32];
       std::snprintf(prefix, sizeof(prefix), "[%6.1fs] ", elapsed());
@@ -506,6 +507,7 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   j["seconds"] = manifest.seconds;
   io::write_file_atomic(tmp + "/corpus.json", j.dump(2) + "\n");
   out.commit();
+  committed = true;
   manifest.dir = o.out_dir;
   manifest.tokenizer = (fs::path(o.out_dir) / "tokenizer.model").string();
   log("corpus written to " + o.out_dir);

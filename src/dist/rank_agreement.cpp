@@ -13,28 +13,33 @@ std::string joined(const std::string& path, const std::string& key) {
   return path.empty() ? key : path + "." + key;
 }
 
-void find_difference(const nlohmann::json& a, const nlohmann::json& b, const std::string& path,
+// a or b null: absent on that side.
+void find_difference(const nlohmann::json* a, const nlohmann::json* b, const std::string& path,
                      JsonDifference* out) {
-  if (a.is_object() && b.is_object()) {
+  if (a && b && a->is_object() && b->is_object()) {
     std::set<std::string> keys;
-    for (auto it = a.begin(); it != a.end(); ++it) keys.insert(it.key());
-    for (auto it = b.begin(); it != b.end(); ++it) keys.insert(it.key());
+    for (auto it = a->begin(); it != a->end(); ++it) keys.insert(it.key());
+    for (auto it = b->begin(); it != b->end(); ++it) keys.insert(it.key());
     for (const std::string& k : keys) {
-      const nlohmann::json none;
-      find_difference(a.contains(k) ? a[k] : none, b.contains(k) ? b[k] : none, joined(path, k),
-                      out);
+      find_difference(a->contains(k) ? &(*a)[k] : nullptr, b->contains(k) ? &(*b)[k] : nullptr,
+                      joined(path, k), out);
       if (!out->same) return;
     }
     return;
   }
-  if (a.is_array() && b.is_array() && a.size() == b.size()) {
-    for (size_t i = 0; i < a.size() && out->same; ++i)
-      find_difference(a[i], b[i], path + "[" + std::to_string(i) + "]", out);
+  if (a && b && a->is_array() && b->is_array() && a->size() == b->size()) {
+    for (size_t i = 0; i < a->size() && out->same; ++i)
+      find_difference(&(*a)[i], &(*b)[i], path + "[" + std::to_string(i) + "]", out);
     return;
   }
-  if (a != b) {
+  if (!a || !b || *a != *b) {
     out->same = false;
     out->path = path;
+    auto text = [](const nlohmann::json* v) {
+      return v ? v->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) : "absent";
+    };
+    out->a_value = text(a);
+    out->b_value = text(b);
   }
 }
 
@@ -55,47 +60,26 @@ std::string broadcast_string(Communicator& comm, const std::string& s) {
   return as_string(data);
 }
 
-std::string shown(const nlohmann::json& settings, const std::string& path) {
-  const nlohmann::json* v = &settings;
-  // Walk "a.b[2].c"; a missing part reads as absent.
-  size_t at = 0;
-  while (at < path.size() && v != nullptr) {
-    if (path[at] == '.') ++at;
-    if (path[at] == '[') {
-      const size_t end = path.find(']', at);
-      const size_t i = std::stoul(path.substr(at + 1, end - at - 1));
-      v = v->is_array() && i < v->size() ? &(*v)[i] : nullptr;
-      at = end + 1;
-      continue;
-    }
-    const size_t end = std::min(path.find('.', at), path.find('[', at));
-    const std::string key = path.substr(at, end - at);
-    v = v->is_object() && v->contains(key) ? &(*v)[key] : nullptr;
-    at = end == std::string::npos ? path.size() : end;
-  }
-  return v == nullptr ? "absent" : v->dump();
-}
-
 }  // namespace
 
 JsonDifference first_difference(const nlohmann::json& a, const nlohmann::json& b) {
   JsonDifference d;
-  find_difference(a, b, "", &d);
+  find_difference(&a, &b, "", &d);
   return d;
 }
 
 void check_same_on_all_ranks(Communicator& comm, const nlohmann::json& settings,
                              const std::string& source) {
   if (comm.size() <= 1) return;
-  const std::string mine = settings.dump();
+  const std::string mine = settings.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   const std::string root = broadcast_string(comm, mine);
   std::string message;
   if (root != mine) {
     const nlohmann::json root_settings = nlohmann::json::parse(root);
     const JsonDifference d = first_difference(settings, root_settings);
     const std::string path = d.path.empty() ? "the settings" : d.path;
-    message = source + ": " + path + " is " + shown(settings, d.path) + " on rank " +
-              std::to_string(comm.rank()) + " and " + shown(root_settings, d.path) +
+    message = source + ": " + path + " is " + d.a_value + " on rank " +
+              std::to_string(comm.rank()) + " and " + d.b_value +
               " on rank 0; every rank must run the same config and flags";
   }
   // The lowest rank that differs tells every rank what differs.

@@ -15,6 +15,7 @@ namespace moex::dist {
 struct JsonDifference {
   bool same = true;
   std::string path;
+  std::string a_value, b_value;  // the two values there as JSON text, "absent" when missing
 };
 JsonDifference first_difference(const nlohmann::json& a, const nlohmann::json& b);
 

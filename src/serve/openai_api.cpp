@@ -133,13 +133,7 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (given(body, "min_tokens") &&
       !(body["min_tokens"].is_number_integer() && body["min_tokens"].get<int64_t>() == 0))
     refuse("min_tokens", "a minimum number of tokens");
-  if (!chat) return;
-  if (given(body, "modalities") && body["modalities"] != json::array({"text"}))
-    refuse("modalities", "output other than text");
-  if (given(body, "prediction")) refuse("prediction", "a predicted output");
-  if (given(body, "audio")) refuse("audio", "audio output");
-  if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
-    refuse("functions", "calling functions");
+  // Both endpoints: vLLM takes response_format on completions too.
   if (given(body, "response_format")) {
     const json& f = body["response_format"];
     const std::string type = f.is_object() && f.contains("type") && f["type"].is_string()
@@ -152,6 +146,13 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
       bad("response_format",
           "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}");
   }
+  if (!chat) return;
+  if (given(body, "modalities") && body["modalities"] != json::array({"text"}))
+    refuse("modalities", "output other than text");
+  if (given(body, "prediction")) refuse("prediction", "a predicted output");
+  if (given(body, "audio")) refuse("audio", "audio output");
+  if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
+    refuse("functions", "calling functions");
 }
 
 // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens'; false
@@ -298,8 +299,12 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
                                            ".tool_calls' entries must be {\"type\": \"function\", "
                                            "\"function\": {\"name\", \"arguments\"}}");
           auto& args = call["function"]["arguments"];
-          if (args.is_string()) {
-            auto parsed = nlohmann::ordered_json::parse(args.get<std::string>(), nullptr, false);
+          // Text nested past the body's own limit stays text (a value that deep would overflow
+          // the stack when copied).
+          const std::string text = args.is_string() ? args.get<std::string>() : "";
+          if (args.is_string() &&
+              json_nesting_within(text.data(), text.data() + text.size(), kMaxDepth)) {
+            auto parsed = nlohmann::ordered_json::parse(text, nullptr, false);
             if (parsed.is_object()) args = std::move(parsed);
           }
         }
@@ -378,7 +383,10 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   r.repetition_penalty = number_in(body, "repetition_penalty", 1.0, 0.0, 10.0, true);
   refuse_unbuilt_options(body, chat, r.n);
   r.json_object = given(body, "response_format") &&
-                  body["response_format"]["type"].get<std::string>() == "json_object";
+                  body["response_format"]["type"] == "json_object";  // checked above
+  // JSON mode forces '{' first, so a tool call could never be written.
+  if (r.json_object && !r.tools.empty())
+    bad("response_format", "'response_format' json_object cannot be combined with tools");
   return r;
 }
 

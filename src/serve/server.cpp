@@ -246,8 +246,11 @@ struct Server::Impl {
         Feed& f = channel.feeds[i];
         got[i].assign(f.tokens.begin(), f.tokens.end());
         f.tokens.clear();
-        got_logprobs[i].assign(f.logprobs.begin(), f.logprobs.end());
-        f.logprobs.clear();
+        // A token's log-probability arrives just before the token, in its own lock section:
+        // take one per token taken, and leave a next token's for the next call.
+        const size_t paired = std::min(f.logprobs.size(), got[i].size());
+        got_logprobs[i].assign(f.logprobs.begin(), f.logprobs.begin() + paired);
+        f.logprobs.erase(f.logprobs.begin(), f.logprobs.begin() + paired);
         ends[i].finished = f.finished;
         ends[i].reason = f.reason;
         ends[i].error = f.error;
@@ -288,7 +291,10 @@ struct Server::Impl {
   // The text token t adds after token `prev` (-1: at the start). Tokens do not decode alone: a
   // SentencePiece "▁the" loses its space at the start of a decode (infer/text_stream.h).
   std::string token_text(int32_t prev, int32_t t) {
-    if (prev < 0) return tokenizer->decode({t}, /*skip_special_tokens=*/false);
+    // Rows of a vocabulary padded past the tokenizer's have no text.
+    const int64_t known = tokenizer->vocab_size();
+    if (t < 0 || t >= known) return "";
+    if (prev < 0 || prev >= known) return tokenizer->decode({t}, /*skip_special_tokens=*/false);
     const std::string before = tokenizer->decode({prev}, false);
     const std::string both = tokenizer->decode({prev, t}, false);
     if (both.compare(0, before.size(), before) == 0) return both.substr(before.size());
@@ -537,9 +543,9 @@ struct Server::Impl {
     const bool include_usage = r.include_usage_in_stream;
     auto done = std::make_shared<bool>(false);
     res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [=](size_t, httplib::DataSink& sink) {
+    // One call of the provider: what is new since the last, or false when the client is gone.
+    auto provide =
+        [=](httplib::DataSink& sink) {
           auto event = [&](const json& j) {
             const std::string line =
                 "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
@@ -571,6 +577,7 @@ struct Server::Impl {
           }
           for (size_t i = 0; i < pieces.size(); ++i) {
             ChoiceState& c = (*choices)[i];
+            if (c.finish_sent) continue;  // its last chunk went out (the others may go on)
             const auto index = static_cast<int64_t>(i);
             const bool first = !c.started;
             std::string piece = first ? c.echo + pieces[i] : pieces[i];
@@ -622,6 +629,28 @@ struct Server::Impl {
               !event(usage_chunk(id, options.model_name, created, total_usage(), chat)))
             return false;
           return end_stream();
+        };
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [=](size_t, httplib::DataSink& sink) {
+          // cpp-httplib does not catch what a provider throws (the process would abort): any
+          // failure ends this stream with an error event, and the server goes on.
+          try {
+            return provide(sink);
+          } catch (const std::exception& e) {
+            cancel(*channel, *choices, -1);
+            ++request_errors;
+            const std::string line =
+                "data: " +
+                api_error(500, std::string("streaming failed: ") + e.what(), "server_error")
+                    .to_json()
+                    .dump(-1, ' ', false, json::error_handler_t::replace) +
+                "\n\ndata: [DONE]\n\n";
+            if (!*done && sink.is_writable()) sink.write(line.data(), line.size());
+            if (!*done) sink.done();
+            *done = true;
+            return true;
+          }
         },
         [this, channel, choices](bool success) {
           bool finished = true;

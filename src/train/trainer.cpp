@@ -14,6 +14,7 @@
 
 #include "core/file_util.h"
 #include "core/logging.h"
+#include "core/stop_signals.h"
 #include "data/corpus.h"
 #include "data/mixture.h"
 #include "dist/communicator.h"
@@ -360,8 +361,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
 
   g_interrupted = 0;
   g_say_stopping = root ? 1 : 0;
-  auto previous_sigint = std::signal(SIGINT, on_stop_signal);
-  auto previous_sigterm = std::signal(SIGTERM, on_stop_signal);
+  // Kept until the stop checkpoint is written (a second signal must not cut it short).
+  const StopSignalHandlers handlers(on_stop_signal);
   const int64_t seq_len = c.data.seq_len, mb = c.training.micro_batch_size;
   const int64_t micro_per_step = c.training.grad_accum * dp;
   const int64_t tokens_per_step = mb * seq_len * micro_per_step;
@@ -491,8 +492,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     }
   }
   if (root || collective_save) checkpoint(state.step == c.training.steps ? "final" : "latest");
-  std::signal(SIGINT, previous_sigint);
-  std::signal(SIGTERM, previous_sigterm);
   if (root && result.interrupted)
     MOEX_INFO("stopped at step ", state.step, " of ", c.training.steps, "; continue with --resume ",
               c.training.out_dir, "/latest");

@@ -519,6 +519,8 @@ TEST_F(GpuModel, ServingLogprobsAndBiasOnTheHost) {
     }
     got.push_back(lp.logprob);
     want.push_back(static_cast<float>(row[seq[pos]] - max - std::log(sum)));
+    // Each entry too: a wrong row at a few positions would hide in the sum (bf16 noise is ~0.01).
+    EXPECT_NEAR(got.back(), want.back(), 0.1) << "position " << pos;
   }
   EXPECT_LT(rel_l2(got, want), 2e-2);
 }

@@ -1,6 +1,8 @@
 // Strict config reading: typed getters, defaults, and errors that name the file and the field.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "core/json_reader.h"
 
 namespace moex {
@@ -25,6 +27,22 @@ TEST(JsonReader, ReadsTypedFieldsAndDefaults) {
   JsonReader m = r.child("m");
   EXPECT_EQ(m.get_int_list("k", 2, 0), (std::vector<int64_t>{1, 2}));
   EXPECT_NO_THROW(r.finish());
+}
+
+// A known field set to null is unset: the default of a getter that has one, "is required" for
+// one that has none; never an unknown field. An unknown field set to null still is one.
+TEST(JsonReader, NullFieldsReadAsUnset) {
+  JsonReader r = JsonReader::from_string(
+      R"({"a": null, "b": null, "c": null, "d": null, "e": null, "m": null})", "n.json");
+  EXPECT_EQ(r.get_int("a", 7), 7);
+  EXPECT_DOUBLE_EQ(r.get_double("b", 0.5), 0.5);
+  EXPECT_EQ(r.get_string("c", "x"), "x");
+  EXPECT_FALSE(r.get_bool("d", false));
+  EXPECT_NE(error_of([&] { r.get_int("e"); }).find("n.json: e"), std::string::npos);
+  r.child("m");
+  EXPECT_NO_THROW(r.finish());
+  JsonReader u = JsonReader::from_string(R"({"stray": null})", "u.json");
+  EXPECT_NE(error_of([&] { u.finish(); }).find("unknown field 'stray'"), std::string::npos);
 }
 
 TEST(JsonReader, UnknownFieldNamesFileAndPath) {

@@ -184,6 +184,11 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
   EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {}})", true),
             "response_format");
   EXPECT_EQ(param_of(R"("response_format": {"type": "yaml"})", true), "response_format");
+  // Completions take response_format too (as vLLM does).
+  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", false).json_object);
+  EXPECT_EQ(param_of(R"("response_format": "json")", false), "response_format");
+  EXPECT_EQ(param_of(R"("response_format": {})", false), "response_format");
+  EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema"})", false), "response_format");
 }
 
 TEST(OpenAiApi, BatchesOfPromptsAndChoices) {

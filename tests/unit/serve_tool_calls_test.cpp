@@ -115,6 +115,8 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
   EXPECT_EQ(
       param_of(R"("tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}])"),
       "tools[0]");
+  EXPECT_EQ(param_of(R"("tools": [)" + tool + R"(], "response_format": {"type": "json_object"})"),
+            "response_format");
   // An assistant turn's call arguments (JSON text from the client) reach the template as an
   // object.
   const GenerationRequest history = parse_generation_request(
@@ -131,6 +133,21 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
   } catch (const ApiError& e) {
     EXPECT_EQ(e.param, "messages[0].tool_calls");
   }
+}
+
+// Call arguments nested past the request's depth limit stay text: as an object they would
+// overflow the stack when copied or rendered.
+TEST(ToolCalls, DeeplyNestedArgumentsStayText) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const nlohmann::json body = {
+      {"model", "m"},
+      {"messages",
+       {{{"role", "assistant"},
+         {"tool_calls",
+          {{{"type", "function"},
+            {"function", {{"name", "f"}, {"arguments", "{\"a\": " + deep + "}"}}}}}}}}}};
+  const GenerationRequest r = parse_generation_request(body.dump(), true);
+  EXPECT_TRUE(r.messages[0].extra["tool_calls"][0]["function"]["arguments"].is_string());
 }
 
 TEST(ToolCalls, ResponsesCarryTheCalls) {

@@ -7,6 +7,7 @@
 #include "args.h"
 #include "command.h"
 #include "core/error.h"
+#include "core/stop_signals.h"
 #include "data/corpus.h"
 #include "io/atomic_file.h"
 
@@ -110,15 +111,7 @@ int run_data(const std::vector<std::string>& argv) {
     std::fflush(stderr);
   };
   o.interrupted = [] { return g_interrupted != 0; };
-  // The stop handlers for the preparation only, put back however it ends.
-  struct StopHandlers {
-    void (*sigint)(int) = std::signal(SIGINT, on_stop_signal);
-    void (*sigterm)(int) = std::signal(SIGTERM, on_stop_signal);
-    ~StopHandlers() {
-      std::signal(SIGINT, sigint);
-      std::signal(SIGTERM, sigterm);
-    }
-  } handlers;
+  const StopSignalHandlers handlers(on_stop_signal);
   const data::CorpusManifest m = data::prepare_corpus(o);
   int64_t train = 0, valid = 0;
   std::printf("%-24s %-8s %-10s %10s %12s %12s\n", "source", "lang", "task", "text MB", "train tok",
