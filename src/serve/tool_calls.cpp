@@ -47,7 +47,8 @@ ParsedToolCalls parse_tool_calls(const std::string& text, ToolCallFormat format)
   }
   const std::string open = kOpen, close = kClose;
   size_t at = text.find(open);
-  out.content = trimmed(text.substr(0, at));
+  // The text before the first call as written (what a stream sends of it), or none if blank.
+  out.content = trimmed(text.substr(0, at)).empty() ? "" : text.substr(0, at);
   while (at < text.size()) {
     const size_t start = text.find(open, at);
     if (start == std::string::npos) break;  // text after the calls is not read (as vLLM)

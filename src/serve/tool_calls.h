@@ -23,7 +23,7 @@ struct ToolCall {
 };
 
 struct ParsedToolCalls {
-  std::string content;  // the text before the first call, trimmed ("" when none)
+  std::string content;  // the text before the first call as written ("" when blank)
   std::vector<ToolCall> calls;
 };
 

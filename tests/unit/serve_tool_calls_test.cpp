@@ -36,7 +36,7 @@ TEST(ToolCalls, CallsAndContentAreSplit) {
       "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": "
       "\"Paris\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"now\"}\n</tool_call>",
       h);
-  EXPECT_EQ(p.content, "Let me look.");
+  EXPECT_EQ(p.content, "Let me look.\n");  // as a stream sends it
   ASSERT_EQ(p.calls.size(), 2u);
   EXPECT_EQ(p.calls[0].name, "get_weather");
   EXPECT_EQ(nlohmann::json::parse(p.calls[0].arguments),
