@@ -49,6 +49,8 @@ struct Scheduler::Sequence {
 
 namespace {
 
+constexpr int64_t kMaxLogitBytes = int64_t{64} << 20;
+
 SchedulerOptions resolved(const model::Model& model, SchedulerOptions o) {
   // Bounds far above any real setting, so that the products below cannot overflow; the memory
   // a setting asks for is checked when the pool is allocated.
@@ -259,7 +261,11 @@ bool Scheduler::step() {
   for (auto& seq : running_) {
     if (!seq->prefilling() || budget <= 0) continue;
     const std::vector<int32_t>& prompt = seq->request.prompt;
-    const int64_t len = std::min(budget, static_cast<int64_t>(prompt.size()) - seq->prefilled);
+    int64_t len = std::min(budget, static_cast<int64_t>(prompt.size()) - seq->prefilled);
+    // Prompt log-probabilities bring a [len, V] f32 block of logits to the host: at most
+    // kMaxLogitBytes a step, so a long echo prompt does not grow the step's buffers for good.
+    if (seq->request.prompt_logprobs)
+      len = std::min(len, std::max<int64_t>(1, kMaxLogitBytes / (4 * model_.config().vocab_size)));
     model::SequenceSlice s;
     s.start_pos = seq->prefilled;
     s.len = len;
