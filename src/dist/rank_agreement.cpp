@@ -43,21 +43,14 @@ void find_difference(const nlohmann::json* a, const nlohmann::json* b, const std
   }
 }
 
-// A string through the int64 collectives, one element a byte.
-std::vector<int64_t> as_elements(const std::string& s) {
-  return std::vector<int64_t>(s.begin(), s.end());
-}
-std::string as_string(const std::vector<int64_t>& v) {
-  return std::string(v.begin(), v.end());
-}
-
-// Root's string on every rank.
-std::string broadcast_string(Communicator& comm, const std::string& s) {
+// Rank `root`'s string on every rank, through the int64 collectives (one element a byte).
+std::string broadcast_string(Communicator& comm, const std::string& s, int root) {
   int64_t n = static_cast<int64_t>(s.size());
-  comm.broadcast(&n, 1, 0);
-  std::vector<int64_t> data = comm.is_root() ? as_elements(s) : std::vector<int64_t>(n);
-  comm.broadcast(data.data(), n, 0);
-  return as_string(data);
+  comm.broadcast(&n, 1, root);
+  std::vector<int64_t> data =
+      comm.rank() == root ? std::vector<int64_t>(s.begin(), s.end()) : std::vector<int64_t>(n);
+  comm.broadcast(data.data(), n, root);
+  return std::string(data.begin(), data.end());
 }
 
 }  // namespace
@@ -72,7 +65,7 @@ void check_same_on_all_ranks(Communicator& comm, const nlohmann::json& settings,
                              const std::string& source) {
   if (comm.size() <= 1) return;
   const std::string mine = settings.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  const std::string root = broadcast_string(comm, mine);
+  const std::string root = broadcast_string(comm, mine, 0);
   std::string message;
   if (root != mine) {
     const nlohmann::json root_settings = nlohmann::json::parse(root);
@@ -86,11 +79,7 @@ void check_same_on_all_ranks(Communicator& comm, const nlohmann::json& settings,
   const int first =
       comm.size() - comm.all_reduce_max(message.empty() ? 0 : comm.size() - comm.rank());
   if (first == comm.size()) return;
-  int64_t n = static_cast<int64_t>(message.size());
-  comm.broadcast(&n, 1, first);
-  std::vector<int64_t> data = comm.rank() == first ? as_elements(message) : std::vector<int64_t>(n);
-  comm.broadcast(data.data(), n, first);
-  MOEX_THROW(as_string(data));
+  MOEX_THROW(broadcast_string(comm, message, first));
 }
 
 }  // namespace moex::dist

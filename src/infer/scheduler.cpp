@@ -210,6 +210,13 @@ struct Scheduler::Launched {
   std::vector<ops::SampleParams> sampling;
   int64_t prompt_tokens = 0;
   bool decode_only = false;
+  // Slices are built without their block tables: point each at its sequence's before a forward.
+  void point_at_blocks() {
+    for (size_t i = 0; i < slices.size(); ++i) {
+      slices[i].blocks = seqs[i]->blocks.data();
+      slices[i].num_blocks = static_cast<int64_t>(seqs[i]->blocks.size());
+    }
+  }
 };
 
 bool Scheduler::step() {
@@ -338,10 +345,7 @@ std::unique_ptr<Scheduler::Launched> Scheduler::following(const Launched& last) 
 }
 
 bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids, bool finish_on_error) {
-  for (size_t i = 0; i < step.slices.size(); ++i) {
-    step.slices[i].blocks = step.seqs[i]->blocks.data();
-    step.slices[i].num_blocks = static_cast<int64_t>(step.seqs[i]->blocks.size());
-  }
+  step.point_at_blocks();
   try {
     model_.launch_paged(ids, step.slices, kv_, step.sampling.data(), follow);
   } catch (const Error& e) {  // the step's sequences end with the error; the others go on
@@ -368,12 +372,11 @@ void Scheduler::collect(Launched& step) {
 // token's log-probability. Nothing is in flight (step() collected the last launched step).
 void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
   const int64_t vocab = model_.config().vocab_size;
+  step.point_at_blocks();
   int64_t rows = 0;
   for (size_t i = 0; i < step.slices.size(); ++i) {
     const Sequence& seq = *step.seqs[i];
     model::SequenceSlice& s = step.slices[i];
-    s.blocks = seq.blocks.data();
-    s.num_blocks = static_cast<int64_t>(seq.blocks.size());
     s.all_logits = seq.prefilling() && seq.request.prompt_logprobs;
     rows += s.all_logits ? s.len : 1;
   }
@@ -401,12 +404,6 @@ void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
         if (t + 1 < s.len) row += vocab;
       }
     }
-    const ops::SampleParams& sp = step.sampling[i];
-    SamplingParams params;
-    params.temperature = sp.temperature;
-    params.top_k = sp.top_k;
-    params.top_p = sp.top_p;
-    params.seed = sp.seed;
     // Whether this row's token is the sequence's next (not a prompt still being prefilled).
     const bool emits =
         !seq.prefilling() || seq.prefilled + s.len >= static_cast<int64_t>(r.prompt.size());
@@ -420,7 +417,8 @@ void Scheduler::run_on_host(Launched& step, const std::vector<int32_t>& ids) {
         nothing_left = seq.json->mask(adjusted.data(), vocab, r.stop_tokens) == 0;
       sample_from = adjusted.data();
     }
-    next[i] = sample_token(sample_from, vocab, params, sp.draw);
+    // The request's own sampling (step() gave a row still prefilling greedy, unused here).
+    next[i] = sample_token(sample_from, vocab, r.sampling, step.sampling[i].draw);
     if (nothing_left) {
       // A whole object with no stop token to end it, or a vocabulary that cannot go on.
       if (seq.json->complete())

@@ -193,27 +193,32 @@ std::vector<std::pair<int32_t, float>> read_logit_bias(const json& body) {
     const std::string& key = it.key();
     const bool digits = !key.empty() && key.size() <= 10 &&
                         key.find_first_not_of("0123456789") == std::string::npos;
-    if (!digits || std::stoll(key) > INT32_MAX)
+    const long long token = digits ? std::stoll(key) : -1;  // ten digits at most: no overflow
+    if (token < 0 || token > INT32_MAX)
       bad("logit_bias",
           "'logit_bias' keys must be token ids (integers as strings), got \"" + key + "\"");
     const json& v = it.value();
     if (!v.is_number() || !std::isfinite(v.get<double>()) || std::fabs(v.get<double>()) > 100)
       bad("logit_bias", "'logit_bias' values must be numbers in [-100, 100], got " + v.dump() +
                             " for token " + key);
-    out.emplace_back(static_cast<int32_t>(std::stoll(key)), v.get<float>());
+    out.emplace_back(static_cast<int32_t>(token), v.get<float>());
   }
   return out;
 }
 
 // tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], offered to
 // the model unless tool_choice is "none". Forcing a call ("required", a named function) would
-// need decoding constrained to the call's form, which moex does not build.
-nlohmann::ordered_json read_tools(const nlohmann::ordered_json& body) {
+// need decoding constrained to the call's form, which moex does not build. The tools are read
+// again from body_text in their own key order (json sorts keys): a template writes them with
+// tojson, and models learned them in the order clients send (type, then function's name,
+// description, parameters).
+nlohmann::ordered_json read_tools(const json& body, const std::string& body_text) {
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
   if (given(body, "tools")) {
     if (!body["tools"].is_array()) bad("tools", "'tools' must be a list of function tools");
-    for (size_t i = 0; i < body["tools"].size(); ++i) {
-      const auto& t = body["tools"][i];
+    const nlohmann::ordered_json listed = nlohmann::ordered_json::parse(body_text)["tools"];
+    for (size_t i = 0; i < listed.size(); ++i) {
+      const auto& t = listed[i];
       const std::string param = "tools[" + std::to_string(i) + "]";
       if (!t.is_object() || t.value("type", std::string()) != "function" ||
           !t.contains("function") || !t["function"].is_object() ||
@@ -359,10 +364,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     if (so.contains("include_usage") && so["include_usage"].is_boolean())
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
-  // Tools again in their own key order (json sorts keys): a template writes them with tojson,
-  // and models learned them in the order clients send (type, then function's name, description,
-  // parameters).
-  if (chat) r.tools = read_tools(nlohmann::ordered_json::parse(body_text));
+  if (chat) r.tools = read_tools(body, body_text);
   // vLLM's extensions that moex builds: top_k (-1 or 0: no limit), ignore_eos, stop_token_ids.
   if (const auto k = integer(body, "top_k")) {
     if (*k < -1)

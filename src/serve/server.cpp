@@ -87,6 +87,18 @@ void send_error(httplib::Response& res, const ApiError& e) {
   send_json(res, e.status, e.to_json());
 }
 
+// Ends a stream with an error object, which OpenAI's clients raise, then [DONE]. False when the
+// client is gone.
+bool end_stream_with_error(httplib::DataSink& sink, const ApiError& e, bool* done) {
+  const std::string text =
+      "data: " + e.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+      "\n\ndata: [DONE]\n\n";
+  if (!sink.is_writable() || !sink.write(text.data(), text.size())) return false;
+  sink.done();
+  *done = true;
+  return true;
+}
+
 ApiError api_error(int status, const std::string& message, const std::string& type,
                    const std::string& code = "", const std::string& param = "") {
   ApiError e;
@@ -153,19 +165,17 @@ struct Server::Impl {
       prompts.push_back(p.text ? tokenizer->encode(*p.text, true)
                                : p.ids);  // Scheduler::submit checks ids against the vocabulary
 
+    // Token ids the request names (the parser checked they are >= 0).
     const int64_t vocab = model->config().vocab_size;
-    for (int32_t token : r.stop_token_ids)
+    auto in_vocabulary = [&](int32_t token, const char* param) {
       if (token >= vocab)
         throw api_error(400,
-                        "'stop_token_ids' token " + std::to_string(token) +
+                        std::string("'") + param + "' token " + std::to_string(token) +
                             " is outside the vocabulary of " + std::to_string(vocab),
-                        "invalid_request_error", "", "stop_token_ids");
-    for (const auto& [token, bias] : r.logit_bias)
-      if (token >= vocab)
-        throw api_error(400,
-                        "'logit_bias' token " + std::to_string(token) +
-                            " is outside the vocabulary of " + std::to_string(vocab),
-                        "invalid_request_error", "", "logit_bias");
+                        "invalid_request_error", "", param);
+    };
+    for (int32_t token : r.stop_token_ids) in_vocabulary(token, "stop_token_ids");
+    for (const auto& [token, bias] : r.logit_bias) in_vocabulary(token, "logit_bias");
     const int64_t context = scheduler->max_context();
     const std::string prompt_param = r.chat ? "messages" : "prompt";
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -571,9 +581,8 @@ struct Server::Impl {
           if (!failure.empty()) {
             cancel(*channel, *choices, -1);
             ++request_errors;
-            if (!event(api_error(500, "generation failed: " + failure, "server_error").to_json()))
-              return false;
-            return end_stream();
+            return end_stream_with_error(
+                sink, api_error(500, "generation failed: " + failure, "server_error"), done.get());
           }
           for (size_t i = 0; i < pieces.size(); ++i) {
             ChoiceState& c = (*choices)[i];
@@ -640,16 +649,10 @@ struct Server::Impl {
           } catch (const std::exception& e) {
             cancel(*channel, *choices, -1);
             ++request_errors;
-            const std::string line =
-                "data: " +
-                api_error(500, std::string("streaming failed: ") + e.what(), "server_error")
-                    .to_json()
-                    .dump(-1, ' ', false, json::error_handler_t::replace) +
-                "\n\ndata: [DONE]\n\n";
-            if (!*done && sink.is_writable()) sink.write(line.data(), line.size());
-            if (!*done) sink.done();
-            *done = true;
-            return true;
+            if (*done) return false;  // it failed after its end: nothing more to send
+            return end_stream_with_error(
+                sink, api_error(500, std::string("streaming failed: ") + e.what(), "server_error"),
+                done.get());
           }
         },
         [this, channel, choices](bool success) {
