@@ -1,7 +1,7 @@
-// Decoding constrained to one JSON object (OpenAI's response_format json_object): before each
-// draw, every token whose text cannot continue the JSON written so far is masked out (and so is
-// whitespace before the object), and once the object is whole only the request's stop tokens may
-// follow.
+// Decoding held to a format (OpenAI's response_format json_object and json_schema, forced tool
+// calls): before each draw, every token whose text cannot continue the output so far is masked
+// out (and so is whitespace before it starts), and once the output is whole only the request's
+// stop tokens may follow.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "infer/json_prefix.h"
+#include "infer/json_schema.h"
 
 namespace moex::infer {
 
@@ -17,19 +18,39 @@ namespace moex::infer {
 // under the constraint (special tokens).
 using TokenTexts = std::vector<std::string>;
 
+// What the new tokens must write: `prefix` as written, then one JSON text matching `schema`
+// (no whitespace after it), then `suffix` as written. A tool call in Hermes markup is
+// "<tool_call>\n", the call's object, "\n</tool_call>".
+struct OutputFormat {
+  std::string prefix;
+  std::shared_ptr<const JsonSchema> schema;
+  std::string suffix;
+};
+
 class JsonConstraint {
  public:
-  explicit JsonConstraint(std::shared_ptr<const TokenTexts> texts);
+  JsonConstraint(std::shared_ptr<const OutputFormat> format,
+                 std::shared_ptr<const TokenTexts> texts);
   // logits [vocab]: -inf for every token that cannot come next; the stop tokens stay only once
-  // the object is whole. Returns how many tokens stay.
+  // the output is whole. Returns how many tokens stay.
   int64_t mask(float* logits, int64_t vocab, const std::vector<int32_t>& stop_tokens) const;
   // The token was drawn (it must have stayed in mask).
   void advance(int32_t token);
-  bool complete() const { return json_.complete(); }
+  bool complete() const;
 
  private:
+  // How far the output has come: into the prefix, the JSON text, then the suffix.
+  struct Progress {
+    size_t prefix = 0;
+    JsonPrefix json;
+    size_t suffix = 0;
+  };
+  bool feed(Progress& p, char c) const;
+  bool done(const Progress& p) const;
+
+  std::shared_ptr<const OutputFormat> format_;
   std::shared_ptr<const TokenTexts> texts_;
-  JsonPrefix json_{/*object_only=*/true};
+  Progress progress_;
 };
 
 }  // namespace moex::infer

@@ -1,5 +1,10 @@
 #include "infer/json_prefix.h"
 
+#include <algorithm>
+#include <string_view>
+
+#include "core/error.h"
+
 namespace moex::infer {
 namespace {
 
@@ -12,9 +17,37 @@ bool is_digit(char c) {
 bool is_hex(char c) {
   return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
-constexpr const char* kLiterals[] = {"true", "false", "null"};
+uint64_t bit(int i) {
+  return uint64_t{1} << i;
+}
+// The bits of the first n members.
+uint64_t first_bits(size_t n) {
+  return n >= 64 ? ~uint64_t{0} : bit(static_cast<int>(n)) - 1;
+}
+constexpr std::string_view kWords[] = {"true", "false", "null"};
+constexpr uint8_t kEscape = 1;  // Frame::lex after '\'; kEscape + n: n hex digits of \u due
+// Hops through anyOf/$ref nodes before a value begins: a cycle of references that never
+// reaches a value is refused instead of followed forever.
+constexpr int kMaxHops = 64;
 
 }  // namespace
+
+JsonPrefix::Reading& JsonPrefix::Reading::operator=(const Reading& other) {
+  depth = other.depth;
+  std::copy(other.frames, other.frames + other.depth, frames);
+  return *this;
+}
+
+JsonPrefix::JsonPrefix(bool object_only)
+    : JsonPrefix(object_only ? JsonSchema::any_object() : JsonSchema::any()) {}
+
+JsonPrefix::JsonPrefix(std::shared_ptr<const JsonSchema> schema) : schema_(std::move(schema)) {
+  MOEX_CHECK(schema_ != nullptr, "JsonPrefix: no schema");
+  first_.depth = 1;
+  first_.frames[0] = Frame{};
+  first_.frames[0].node = schema_->root();
+  first_.frames[0].phase = Phase::kValue;
+}
 
 bool JsonPrefix::feed(std::string_view bytes) {
   for (char c : bytes)
@@ -22,183 +55,348 @@ bool JsonPrefix::feed(std::string_view bytes) {
   return true;
 }
 
-bool JsonPrefix::in_number() const {
-  switch (state_) {
-    case State::kZero:
-    case State::kInteger:
-    case State::kFraction:
-    case State::kExponentDigits:
+bool JsonPrefix::feed(char c) {
+  std::vector<Reading> forks;  // allocates only when an anyOf forks
+  const bool first_alive = step(first_, c, forks);
+  size_t kept = 0;
+  for (size_t i = 0; i < more_.size(); ++i) {
+    if (!step(more_[i], c, forks)) continue;
+    if (kept != i) more_[kept] = more_[i];
+    ++kept;
+  }
+  more_.resize(kept);
+  more_.insert(more_.end(), forks.begin(), forks.end());
+  if (!first_alive) {
+    if (more_.empty()) return false;
+    first_ = more_.back();
+    more_.pop_back();
+  }
+  if (1 + more_.size() > static_cast<size_t>(kMaxReadings)) return false;
+  if (!is_space(c)) started_ = true;
+  return true;
+}
+
+bool JsonPrefix::complete() const {
+  if (reading_complete(first_)) return true;
+  return std::any_of(more_.begin(), more_.end(),
+                     [this](const Reading& r) { return reading_complete(r); });
+}
+
+bool JsonPrefix::reading_complete(const Reading& r) const {
+  if (r.depth != 1) return false;
+  const Frame& f = r.frames[0];
+  switch (f.phase) {
+    case Phase::kDone:
+    case Phase::kZero:
+    case Phase::kInteger:
+    case Phase::kFraction:
+    case Phase::kExponentDigits:
       return true;
+    case Phase::kLiteral:
+    case Phase::kWord: {
+      const JsonSchema::Node& n = schema_->node(f.node);
+      for (int i = 0; i < JsonSchema::kMaxMembers; ++i) {
+        if (!(f.cand & bit(i))) continue;
+        const std::string_view text =
+            f.phase == Phase::kWord ? kWords[i] : std::string_view(n.literals[i]);
+        if (text.size() == f.pos) return true;
+      }
+      return false;
+    }
     default:
       return false;
   }
 }
 
-bool JsonPrefix::complete() const {
-  return depth_ == 0 && started_ && (state_ == State::kAfterValue || in_number());
+bool JsonPrefix::push_child(Reading& r, int node) const {
+  if (r.depth > kMaxDepth) return false;
+  Frame& child = r.frames[r.depth++];
+  child = Frame{};
+  child.node = node;
+  child.phase = Phase::kValue;
+  return true;
 }
 
-bool JsonPrefix::value_start(char c) {
+bool JsonPrefix::end_value(Reading& r) const {
+  if (r.depth == 1) {
+    r.frames[0].phase = Phase::kDone;
+    return true;
+  }
+  --r.depth;
+  Frame& parent = r.top();
+  if (parent.phase == Phase::kObjectValue) {
+    if (parent.key >= 0) parent.seen |= bit(parent.key);
+    parent.phase = Phase::kObjectAfter;
+  } else {
+    parent.phase = Phase::kArrayAfter;
+  }
+  return true;
+}
+
+bool JsonPrefix::start_value(Reading& r, char c, std::vector<Reading>& forks) const {
   if (is_space(c)) return true;
-  const bool top = depth_ == 0;
-  if (top && started_) return false;
-  if (top && object_only_ && c != '{') return false;
-  started_ = true;
+  Frame& f = r.top();
+  // anyOf and $ref: each further alternative is tried on a copy of this reading.
+  for (int hops = 0; !schema_->node(f.node).alternatives.empty(); ++hops) {
+    if (hops == kMaxHops) return false;
+    const std::vector<int>& alternatives = schema_->node(f.node).alternatives;
+    for (size_t i = 1; i < alternatives.size(); ++i) {
+      if (forks.size() >= static_cast<size_t>(kMaxReadings)) return false;
+      Reading copy = r;
+      copy.top().node = alternatives[i];
+      if (start_value(copy, c, forks)) forks.push_back(copy);
+    }
+    f.node = alternatives[0];
+  }
+  const JsonSchema::Node& n = schema_->node(f.node);
+  if (!n.literals.empty()) {
+    uint64_t cand = 0;
+    for (size_t i = 0; i < n.literals.size(); ++i)
+      if (n.literals[i][0] == c) cand |= bit(static_cast<int>(i));
+    if (cand == 0) return false;
+    f.phase = Phase::kLiteral;
+    f.cand = cand;
+    f.pos = 1;
+    return true;
+  }
+  auto allows = [&](uint8_t kinds) { return (n.kinds & kinds) != 0; };
   switch (c) {
     case '{':
+      if (!allows(JsonSchema::kObject) || r.depth > kMaxDepth) return false;
+      f.phase = Phase::kObjectFirst;
+      f.seen = 0;
+      f.key = -1;
+      return true;
     case '[':
-      if (depth_ == kMaxDepth) return false;
-      stack_[depth_++] = c == '{';
-      state_ = c == '{' ? State::kObjectFirst : State::kArrayFirst;
+      if (!allows(JsonSchema::kArray) || r.depth > kMaxDepth) return false;
+      f.phase = Phase::kArrayFirst;
+      f.count = 0;
       return true;
     case '"':
-      key_ = false;
-      state_ = State::kString;
-      return true;
-    case '-':
-      state_ = State::kMinus;
+      if (!allows(JsonSchema::kString)) return false;
+      f.phase = Phase::kString;
+      f.count = 0;
+      f.lex = 0;
       return true;
     case 't':
     case 'f':
     case 'n':
-      literal_ = c == 't' ? 0 : c == 'f' ? 1 : 2;
-      literal_pos_ = 1;
-      state_ = State::kLiteral;
+      if (!allows(c == 'n' ? JsonSchema::kNull : JsonSchema::kBoolean)) return false;
+      f.phase = Phase::kWord;
+      f.cand = bit(c == 't' ? 0 : c == 'f' ? 1 : 2);
+      f.pos = 1;
       return true;
     default:
+      if (!allows(JsonSchema::kNumber | JsonSchema::kInteger)) return false;
+      if (c == '-') {
+        f.phase = Phase::kMinus;
+        return true;
+      }
       if (!is_digit(c)) return false;
-      state_ = c == '0' ? State::kZero : State::kInteger;
+      f.phase = c == '0' ? Phase::kZero : Phase::kInteger;
       return true;
   }
 }
 
-bool JsonPrefix::end_value() {
-  state_ = State::kAfterValue;
+bool JsonPrefix::string_byte(Frame& f, char c) const {
+  const auto u = static_cast<unsigned char>(c);
+  if (f.lex == kEscape) {
+    if (c == 'u') {
+      f.lex = kEscape + 4;
+      return true;
+    }
+    f.lex = 0;
+    return c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
+           c == 't';
+  }
+  if (f.lex > kEscape) {
+    if (!is_hex(c)) return false;
+    f.lex = f.lex == kEscape + 1 ? 0 : f.lex - 1;
+    return true;
+  }
+  if (u < 0x20) return false;  // control characters must be escaped
+  if (c == '\\') f.lex = kEscape;
+  // A character begins at any byte but a UTF-8 continuation byte (an escape counts once).
+  if ((u & 0xC0) != 0x80 && f.count < INT32_MAX) ++f.count;
   return true;
 }
 
-bool JsonPrefix::after_value(char c) {
-  if (is_space(c)) return true;
-  if (depth_ == 0) return false;  // only whitespace after the whole text
-  const bool object = stack_[depth_ - 1] == 1;
-  if (c == ',') {
-    state_ = object ? State::kKey : State::kValue;
+bool JsonPrefix::key_byte(Frame& f, char c) const {
+  const JsonSchema::Node& n = schema_->node(f.node);
+  if (f.lex == 0 && c == '"') {
+    int exact = -1;
+    for (size_t i = 0; i < n.property_names.size(); ++i)
+      if ((f.cand & bit(static_cast<int>(i))) && n.property_names[i].size() == f.pos)
+        exact = static_cast<int>(i);
+    if (exact >= 0) {
+      if (f.seen & bit(exact)) return false;  // a key given twice
+      f.key = exact;
+    } else {
+      if (n.additional < 0) return false;
+      f.key = -1;
+    }
+    f.phase = Phase::kColon;
     return true;
   }
-  if (c == (object ? '}' : ']')) {
-    --depth_;
-    return end_value();
+  if (!string_byte(f, c)) return false;
+  uint64_t next = 0;
+  for (size_t i = 0; i < n.property_names.size(); ++i) {
+    const std::string& name = n.property_names[i];
+    if ((f.cand & bit(static_cast<int>(i))) && f.pos < name.size() && name[f.pos] == c)
+      next |= bit(static_cast<int>(i));
   }
-  return false;
+  f.cand = next;
+  if (f.pos == UINT16_MAX)
+    f.cand = 0;  // longer than any name
+  else
+    ++f.pos;
+  return f.cand != 0 || n.additional >= 0;
 }
 
-bool JsonPrefix::number_end(char c) {
-  state_ = State::kAfterValue;
-  return after_value(c);
+bool JsonPrefix::literal_byte(Reading& r, char c, std::vector<Reading>& forks) const {
+  Frame& f = r.top();
+  const JsonSchema::Node& n = schema_->node(f.node);
+  uint64_t next = 0;
+  bool whole = false;  // a candidate ends here
+  for (int i = 0; i < JsonSchema::kMaxMembers; ++i) {
+    if (!(f.cand & bit(i))) continue;
+    const std::string_view text =
+        f.phase == Phase::kWord ? kWords[i] : std::string_view(n.literals[i]);
+    if (text.size() == f.pos)
+      whole = true;
+    else if (text[f.pos] == c)
+      next |= bit(i);
+  }
+  if (next != 0) {
+    f.cand = next;
+    ++f.pos;
+    return true;
+  }
+  // The byte follows the finished value.
+  return whole && end_value(r) && step(r, c, forks);
 }
 
-bool JsonPrefix::feed(char c) {
-  switch (state_) {
-    case State::kValue:
-      return value_start(c);
-    case State::kArrayFirst:
-      if (c == ']') {
-        --depth_;
-        return end_value();
-      }
-      return value_start(c);
-    case State::kObjectFirst:
-    case State::kKey:
-      if (is_space(c)) return true;
-      if (c == '}' && state_ == State::kObjectFirst) {
-        --depth_;
-        return end_value();
-      }
-      if (c != '"') return false;
-      key_ = true;
-      state_ = State::kString;
-      return true;
-    case State::kColon:
-      if (is_space(c)) return true;
-      if (c != ':') return false;
-      state_ = State::kValue;
-      return true;
-    case State::kAfterValue:
-      return after_value(c);
-    case State::kString:
-      if (c == '"') {
-        if (key_) {
-          state_ = State::kColon;
-          return true;
-        }
-        return end_value();
-      }
-      if (c == '\\') {
-        state_ = State::kEscape;
-        return true;
-      }
-      return static_cast<unsigned char>(c) >= 0x20;  // control characters must be escaped
-    case State::kEscape:
-      if (c == 'u') {
-        hex_left_ = 4;
-        state_ = State::kHex;
-        return true;
-      }
-      state_ = State::kString;
-      return c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
-             c == 't';
-    case State::kHex:
-      if (!is_hex(c)) return false;
-      if (--hex_left_ == 0) state_ = State::kString;
-      return true;
-    case State::kLiteral: {
-      const char* word = kLiterals[literal_];
-      if (c != word[literal_pos_]) return false;
-      if (word[++literal_pos_] == '\0') return end_value();
-      return true;
-    }
-    case State::kMinus:
+bool JsonPrefix::number_byte(Reading& r, char c, std::vector<Reading>& forks) const {
+  Frame& f = r.top();
+  const bool integer_only = !(schema_->node(f.node).kinds & JsonSchema::kNumber);
+  auto ends = [&] { return end_value(r) && step(r, c, forks); };
+  switch (f.phase) {
+    case Phase::kMinus:
       if (!is_digit(c)) return false;
-      state_ = c == '0' ? State::kZero : State::kInteger;
+      f.phase = c == '0' ? Phase::kZero : Phase::kInteger;
       return true;
-    case State::kZero:
-    case State::kInteger:
-      if (is_digit(c) && state_ == State::kInteger) return true;
-      if (c == '.') {
-        state_ = State::kDot;
+    case Phase::kZero:
+    case Phase::kInteger:
+      if (is_digit(c) && f.phase == Phase::kInteger) return true;
+      if (c == '.' && !integer_only) {
+        f.phase = Phase::kDot;
         return true;
       }
-      if (c == 'e' || c == 'E') {
-        state_ = State::kExponent;
+      if ((c == 'e' || c == 'E') && !integer_only) {
+        f.phase = Phase::kExponent;
         return true;
       }
-      return number_end(c);
-    case State::kDot:
+      return ends();
+    case Phase::kDot:
       if (!is_digit(c)) return false;
-      state_ = State::kFraction;
+      f.phase = Phase::kFraction;
       return true;
-    case State::kFraction:
+    case Phase::kFraction:
       if (is_digit(c)) return true;
       if (c == 'e' || c == 'E') {
-        state_ = State::kExponent;
+        f.phase = Phase::kExponent;
         return true;
       }
-      return number_end(c);
-    case State::kExponent:
+      return ends();
+    case Phase::kExponent:
       if (c == '+' || c == '-') {
-        state_ = State::kExponentSign;
+        f.phase = Phase::kExponentSign;
         return true;
       }
       [[fallthrough]];
-    case State::kExponentSign:
+    case Phase::kExponentSign:
       if (!is_digit(c)) return false;
-      state_ = State::kExponentDigits;
+      f.phase = Phase::kExponentDigits;
       return true;
-    case State::kExponentDigits:
+    case Phase::kExponentDigits:
       if (is_digit(c)) return true;
-      return number_end(c);
+      return ends();
+    default:
+      return false;
   }
-  return false;
+}
+
+bool JsonPrefix::step(Reading& r, char c, std::vector<Reading>& forks) const {
+  Frame& f = r.top();
+  const JsonSchema::Node& n = schema_->node(f.node);
+  switch (f.phase) {
+    case Phase::kValue:
+      return start_value(r, c, forks);
+    case Phase::kObjectFirst:
+    case Phase::kObjectKey: {
+      if (is_space(c)) return true;
+      if (c == '}' && f.phase == Phase::kObjectFirst) return n.required == 0 && end_value(r);
+      if (c != '"') return false;
+      // Declared names still to come; with other keys allowed, every name (a repeat is caught
+      // when the key ends).
+      const uint64_t declared = first_bits(n.property_names.size());
+      f.cand = n.additional >= 0 ? declared : declared & ~f.seen;
+      if (f.cand == 0 && n.additional < 0) return false;
+      f.pos = 0;
+      f.lex = 0;
+      f.phase = Phase::kKey;
+      return true;
+    }
+    case Phase::kKey:
+      return key_byte(f, c);
+    case Phase::kColon:
+      if (is_space(c)) return true;
+      if (c != ':') return false;
+      f.phase = Phase::kObjectValue;
+      return push_child(r,
+                        f.key >= 0 ? n.property_nodes[static_cast<size_t>(f.key)] : n.additional);
+    case Phase::kObjectAfter:
+      if (is_space(c)) return true;
+      if (c == ',') {
+        // Only when another key may follow.
+        if (n.additional < 0 && f.seen == first_bits(n.property_names.size())) return false;
+        f.phase = Phase::kObjectKey;
+        return true;
+      }
+      if (c == '}') return (f.seen & n.required) == n.required && end_value(r);
+      return false;
+    case Phase::kArrayFirst:
+      if (c == ']') return n.min_items == 0 && end_value(r);
+      [[fallthrough]];
+    case Phase::kArrayNext:
+      if (is_space(c)) return true;
+      if (n.max_items >= 0 && f.count >= n.max_items) return false;
+      ++f.count;
+      f.phase = Phase::kArrayValue;
+      return push_child(r, n.items) && start_value(r, c, forks);
+    case Phase::kArrayAfter:
+      if (is_space(c)) return true;
+      if (c == ',') {
+        if (n.max_items >= 0 && f.count >= n.max_items) return false;
+        f.phase = Phase::kArrayNext;
+        return true;
+      }
+      if (c == ']') return f.count >= n.min_items && end_value(r);
+      return false;
+    case Phase::kString:
+      if (f.lex == 0 && c == '"') return f.count >= n.min_length && end_value(r);
+      return string_byte(f, c) && (n.max_length < 0 || f.count <= n.max_length);
+    case Phase::kLiteral:
+    case Phase::kWord:
+      return literal_byte(r, c, forks);
+    case Phase::kObjectValue:
+    case Phase::kArrayValue:
+      return false;  // the frame above is the one being written
+    case Phase::kDone:
+      return is_space(c);
+    default:
+      return number_byte(r, c, forks);
+  }
 }
 
 }  // namespace moex::infer

@@ -1,43 +1,56 @@
-// JSON read byte by byte (RFC 8259), for decoding constrained to JSON (OpenAI's response_format
-// json_object): feed() says whether the bytes so far can still begin a JSON text, complete()
-// whether they are one. A small copyable state, so that a decoding step can try every token of
-// the vocabulary from the same point (infer/json_constraint.h).
+// JSON read byte by byte (RFC 8259) and held to a schema (infer/json_schema.h), for decoding
+// constrained to JSON: feed() says whether the bytes so far can still begin a JSON text that
+// matches, complete() whether they are one. Copyable, so that a decoding step can try every
+// token of the vocabulary from the same point (infer/json_constraint.h).
+//
+// An anyOf whose alternatives could begin with the same byte keeps one reading per alternative
+// until the bytes tell them apart (at most kMaxReadings at once; past that a byte is refused).
 #pragma once
 
-#include <array>
 #include <cstdint>
+#include <memory>
 #include <string_view>
+#include <vector>
+
+#include "infer/json_schema.h"
 
 namespace moex::infer {
 
 class JsonPrefix {
  public:
-  static constexpr int kMaxDepth = 64;  // deeper nesting is refused
+  static constexpr int kMaxDepth = 64;     // deeper nesting is refused
+  static constexpr int kMaxReadings = 64;  // live anyOf readings
 
-  // object_only: the text must be one object (leading and trailing whitespace allowed).
-  explicit JsonPrefix(bool object_only = false) : object_only_(object_only) {}
+  // Any JSON text, or (object_only) one object; leading and trailing whitespace allowed.
+  explicit JsonPrefix(bool object_only = false);
+  // A JSON text matching `schema`.
+  explicit JsonPrefix(std::shared_ptr<const JsonSchema> schema);
 
-  // Adds bytes; false when they cannot continue any JSON text (the state is then unusable: copy
-  // the object before trying bytes that may fail).
+  // Adds bytes; false when they cannot continue any matching JSON text (the state is then
+  // unusable: copy the object before trying bytes that may fail).
   bool feed(char c);
   bool feed(std::string_view bytes);
-  // The bytes so far are one whole JSON text (a number at the end counts as finished).
+  // The bytes so far are one whole matching JSON text (a number at the end counts as finished).
   bool complete() const;
   // The top-level value has begun (anything but whitespace was read).
   bool started() const { return started_; }
 
  private:
-  enum class State : uint8_t {
-    kValue,         // a value is due (whitespace allowed)
-    kArrayFirst,    // after '[': a value or ']'
+  enum class Phase : uint8_t {
+    kValue,         // a value of `node` is due (whitespace allowed)
     kObjectFirst,   // after '{': a key or '}'
-    kKey,           // after ',' in an object: a key
+    kObjectKey,     // after ',' in an object: a key
+    kKey,           // inside a key (cand: declared names still matching)
     kColon,         // after a key
-    kAfterValue,    // a value ended: ',', the closing bracket, or the end
-    kString,        // inside a string (key_ says which kind)
-    kEscape,        // after '\' in a string
-    kHex,           // in \uXXXX (hex_left_ digits to go)
-    kLiteral,       // in true / false / null (literal_ and literal_pos_)
+    kObjectValue,   // the frame above writes the value of property `key`
+    kObjectAfter,   // a property's value ended: ',' or '}'
+    kArrayFirst,    // after '[': an item or ']'
+    kArrayValue,    // the frame above writes an item
+    kArrayAfter,    // an item ended: ',' or ']'
+    kArrayNext,     // after ',' in an array: an item
+    kString,        // inside a string value
+    kLiteral,       // inside one of the node's enum/const texts (cand, pos)
+    kWord,          // inside true / false / null (cand: which, pos)
     kMinus,         // number: after '-'
     kZero,          // number: a leading 0
     kInteger,       // number: integer digits
@@ -46,21 +59,44 @@ class JsonPrefix {
     kExponent,      // number: after 'e'
     kExponentSign,  // number: after the exponent's sign
     kExponentDigits,
+    kDone,  // the top-level value ended: whitespace only
   };
-  bool value_start(char c);
-  bool end_value();          // a value ended: to kAfterValue
-  bool after_value(char c);  // c read in kAfterValue
-  bool number_end(char c);   // c ends a number: read it in kAfterValue
-  bool in_number() const;
+  // One value being written. No member initializers: a Reading's unused frames stay untouched.
+  struct Frame {
+    int32_t node;  // its schema node
+    Phase phase;
+    uint8_t lex;    // strings and keys: 0 plain, kEscape after '\', kEscape + n: n hex digits due
+    uint16_t pos;   // bytes of the key or literal read
+    int32_t count;  // array: items begun; string: characters
+    int32_t key;    // object: the property being written (-1: a key not declared)
+    uint64_t seen;  // object: properties written
+    uint64_t cand;  // key or literal candidates (bits)
+  };
+  // One way of reading the bytes so far: the stack of values being written (frames[0] the top
+  // level). Copies move only the frames in use.
+  struct Reading {
+    int depth = 0;
+    Frame frames[kMaxDepth + 1];
+    Reading() = default;
+    Reading(const Reading& other) { *this = other; }
+    Reading& operator=(const Reading& other);
+    Frame& top() { return frames[depth - 1]; }
+  };
 
-  std::array<uint8_t, kMaxDepth> stack_{};  // 1 = object, 0 = array
-  int depth_ = 0;
-  State state_ = State::kValue;
-  bool key_ = false;  // the string being read is an object key
-  bool object_only_ = false;
-  bool started_ = false;  // the top-level value has begun
-  uint8_t hex_left_ = 0;
-  uint8_t literal_ = 0, literal_pos_ = 0;
+  bool step(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool start_value(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool end_value(Reading& r) const;  // the top frame's value is whole: pop it
+  bool push_child(Reading& r, int node) const;
+  bool key_byte(Frame& f, char c) const;
+  bool string_byte(Frame& f, char c) const;
+  bool literal_byte(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool number_byte(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool reading_complete(const Reading& r) const;
+
+  std::shared_ptr<const JsonSchema> schema_;
+  Reading first_;
+  std::vector<Reading> more_;  // further readings (anyOf), rarely any
+  bool started_ = false;
 };
 
 }  // namespace moex::infer

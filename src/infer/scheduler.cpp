@@ -38,7 +38,7 @@ struct Scheduler::Sequence {
   bool on_host() const {
     return request.logprobs >= 0 || !request.adjustments.empty() || json != nullptr;
   }
-  std::unique_ptr<JsonConstraint> json;  // the request's JSON constraint, if any
+  std::unique_ptr<JsonConstraint> json;  // the request's format constraint, if any
   // The tokens generated so far, the one not yet in the cache included (what penalties count).
   std::vector<int32_t> output() const {
     std::vector<int32_t> out = generated;
@@ -127,11 +127,12 @@ uint64_t Scheduler::submit(Request request) {
   MOEX_CHECK(pool_.blocks_for(total) <= pool_.num_blocks(), "the request needs ",
              pool_.blocks_for(total), " KV blocks, the pool holds ", pool_.num_blocks());
   auto seq = std::make_unique<Sequence>();
-  if (request.json_object) {
-    MOEX_CHECK(static_cast<int64_t>(request.json_object->size()) == vocab,
-               "json_object: ", request.json_object->size(), " token texts for a vocabulary of ",
-               vocab);
-    seq->json = std::make_unique<JsonConstraint>(request.json_object);
+  if (request.format) {
+    MOEX_CHECK(request.token_texts != nullptr &&
+                   static_cast<int64_t>(request.token_texts->size()) == vocab,
+               "format: ", request.token_texts ? request.token_texts->size() : 0,
+               " token texts for a vocabulary of ", vocab);
+    seq->json = std::make_unique<JsonConstraint>(request.format, request.token_texts);
   }
   seq->request = std::move(request);
   std::lock_guard<std::mutex> lock(mutex_);

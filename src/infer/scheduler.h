@@ -34,11 +34,12 @@ struct Request {
   SamplingParams sampling;
   std::vector<int32_t> stop_tokens;  // generation ends after emitting one of these
   // Bias and penalties on the logits before sampling. A request with any, one that asks for
-  // log-probabilities or one held to JSON makes its steps run with the logits on the host.
+  // log-probabilities or one held to a format makes its steps run with the logits on the host.
   LogitAdjustments adjustments;
-  // Not null: the new tokens must write one JSON object (each token's text in this table [V]),
-  // then a stop token (infer/json_constraint.h).
-  std::shared_ptr<const TokenTexts> json_object;
+  // Not null: the new tokens must write this format, then a stop token, each token's text read
+  // from token_texts [V] (infer/json_constraint.h).
+  std::shared_ptr<const OutputFormat> format;
+  std::shared_ptr<const TokenTexts> token_texts;
   // >= 0: each new token's log-probability with this many alternatives (<= kMaxTopLogprobs).
   int64_t logprobs = -1;
   // With logprobs >= 0: also each prompt token's from the second on (the first has no context).

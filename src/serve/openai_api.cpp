@@ -133,19 +133,6 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (given(body, "min_tokens") &&
       !(body["min_tokens"].is_number_integer() && body["min_tokens"].get<int64_t>() == 0))
     refuse("min_tokens", "a minimum number of tokens");
-  // Both endpoints: vLLM takes response_format on completions too.
-  if (given(body, "response_format")) {
-    const json& f = body["response_format"];
-    const std::string type = f.is_object() && f.contains("type") && f["type"].is_string()
-                                 ? f["type"].get<std::string>()
-                                 : "";
-    if (type == "json_schema")
-      bad("response_format",
-          "'response_format': json_schema is not supported by moex serve (json_object is)");
-    if (type != "text" && type != "json_object")
-      bad("response_format",
-          "'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}");
-  }
   if (!chat) return;
   if (given(body, "modalities") && body["modalities"] != json::array({"text"}))
     refuse("modalities", "output other than text");
@@ -206,13 +193,40 @@ std::vector<std::pair<int32_t, float>> read_logit_bias(const json& body) {
   return out;
 }
 
+// Both endpoints (vLLM takes response_format on completions too): the schema the answer must
+// match, or null for plain text.
+std::shared_ptr<const infer::JsonSchema> read_response_format(const json& body) {
+  if (!given(body, "response_format")) return nullptr;
+  const json& f = body["response_format"];
+  const std::string type = f.is_object() && f.contains("type") && f["type"].is_string()
+                               ? f["type"].get<std::string>()
+                               : "";
+  if (type == "text") return nullptr;
+  if (type == "json_object") return infer::JsonSchema::any_object();
+  if (type != "json_schema")
+    bad("response_format",
+        "'response_format' must be {\"type\": \"text\"}, {\"type\": "
+        "\"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": "
+        "{\"name\": ..., \"schema\": {...}}}");
+  if (!f.contains("json_schema") || !f["json_schema"].is_object() ||
+      !f["json_schema"].contains("schema"))
+    bad("response_format", "'response_format.json_schema.schema' is required");
+  try {
+    return infer::JsonSchema::compile(f["json_schema"]["schema"],
+                                      "response_format.json_schema.schema");
+  } catch (const Error& e) {
+    bad("response_format", e.message());
+  }
+}
+
 // tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], offered to
-// the model unless tool_choice is "none". Forcing a call ("required", a named function) would
-// need decoding constrained to the call's form, which moex does not build. The tools are read
-// again from body_text in their own key order (json sorts keys): a template writes them with
-// tojson, and models learned them in the order clients send (type, then function's name,
-// description, parameters).
-nlohmann::ordered_json read_tools(const json& body, const std::string& body_text) {
+// the model unless tool_choice is "none". tool_choice "required" or {"type": "function",
+// "function": {"name": ...}} forces one call (of any tool, or of that one): `forced` gets the
+// call's schema. The tools are read again from body_text in their own key order (json sorts
+// keys): a template writes them with tojson, and models learned them in the order clients send
+// (type, then function's name, description, parameters).
+nlohmann::ordered_json read_tools(const json& body, const std::string& body_text,
+                                  std::shared_ptr<const infer::JsonSchema>* forced) {
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
   if (given(body, "tools")) {
     if (!body["tools"].is_array()) bad("tools", "'tools' must be a list of function tools");
@@ -232,15 +246,47 @@ nlohmann::ordered_json read_tools(const json& body, const std::string& body_text
       tools.push_back(t);
     }
   }
-  std::string choice = "auto";
+  std::string choice = "auto", named;
   if (given(body, "tool_choice")) {
     const auto& c = body["tool_choice"];
-    choice = c.is_string() ? c.get<std::string>() : "a named function";
-    if (choice != "none" && choice != "auto")
-      bad("tool_choice", "'tool_choice': forcing a tool call (" + choice +
-                             ") is not supported by moex serve; use \"auto\" or \"none\"");
+    const char* shape =
+        "'tool_choice' must be \"none\", \"auto\", \"required\" or {\"type\": "
+        "\"function\", \"function\": {\"name\": ...}}";
+    if (c.is_string()) {
+      choice = c.get<std::string>();
+      if (choice != "none" && choice != "auto" && choice != "required") bad("tool_choice", shape);
+    } else if (c.is_object() && c.value("type", std::string()) == "function" &&
+               c.contains("function") && c["function"].is_object() &&
+               c["function"].contains("name") && c["function"]["name"].is_string()) {
+      choice = "named";
+      named = c["function"]["name"].get<std::string>();
+    } else {
+      bad("tool_choice", shape);
+    }
   }
   if (choice == "none") tools.clear();
+  if (choice != "required" && choice != "named") return tools;
+  if (tools.empty()) bad("tool_choice", "'tool_choice' forces a call, but no tools are given");
+  std::vector<infer::JsonSchema::Tool> callable;
+  for (size_t i = 0; i < tools.size(); ++i) {
+    const auto& f = tools[i]["function"];
+    const std::string name = f["name"].get<std::string>();
+    if (choice == "named" && name != named) continue;
+    const json parameters = f.contains("parameters") ? json(f["parameters"]) : json();
+    callable.push_back({name, parameters, "tools[" + std::to_string(i) + "].function.parameters"});
+  }
+  if (callable.empty())
+    bad("tool_choice",
+        "'tool_choice' names the function " + json(named).dump() + ", which is not in 'tools'");
+  if (callable.size() > static_cast<size_t>(infer::JsonSchema::kMaxMembers))
+    bad("tool_choice", "'tool_choice' \"required\" with more than " +
+                           std::to_string(infer::JsonSchema::kMaxMembers) +
+                           " tools is not supported; name one");
+  try {
+    *forced = infer::JsonSchema::tool_call(callable);
+  } catch (const Error& e) {
+    bad("tools", e.message());
+  }
   return tools;
 }
 
@@ -364,7 +410,8 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     if (so.contains("include_usage") && so["include_usage"].is_boolean())
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
-  if (chat) r.tools = read_tools(body, body_text);
+  std::shared_ptr<const infer::JsonSchema> forced;
+  if (chat) r.tools = read_tools(body, body_text, &forced);
   // vLLM's extensions that moex builds: top_k (-1 or 0: no limit), ignore_eos, stop_token_ids.
   if (const auto k = integer(body, "top_k")) {
     if (*k < -1)
@@ -384,11 +431,16 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   r.frequency_penalty = number_in(body, "frequency_penalty", 0.0, -2.0, 2.0, false);
   r.repetition_penalty = number_in(body, "repetition_penalty", 1.0, 0.0, 10.0, true);
   refuse_unbuilt_options(body, chat, r.n);
-  r.json_object = given(body, "response_format") &&
-                  body["response_format"]["type"] == "json_object";  // checked above
-  // JSON mode forces '{' first, so a tool call could never be written.
-  if (r.json_object && !r.tools.empty())
-    bad("response_format", "'response_format' json_object cannot be combined with tools");
+  r.schema = read_response_format(body);
+  // A JSON answer forces '{' first, so a tool call could never be written.
+  if (r.schema && !r.tools.empty())
+    bad("response_format",
+        "'response_format' json_object or json_schema cannot be combined "
+        "with tools");
+  if (forced) {
+    r.schema = forced;
+    r.forced_tool_call = true;
+  }
   return r;
 }
 

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "infer/json_schema.h"
 #include "serve/chat_template.h"
 #include "serve/tool_calls.h"
 
@@ -62,8 +63,12 @@ struct GenerationRequest {
   // Chat: the function tools offered to the model (empty: none, or tool_choice "none"), as the
   // client sent them.
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
-  // response_format json_object: the answer is one JSON object (infer/json_constraint.h).
-  bool json_object = false;
+  // Not null: the answer is one JSON text matching this schema (infer/json_constraint.h):
+  // response_format json_object (any object) or json_schema, or a forced tool call
+  // (tool_choice "required" or a named function), which the server writes in its template's
+  // markup.
+  std::shared_ptr<const infer::JsonSchema> schema;
+  bool forced_tool_call = false;
   // vLLM's extensions: top-k sampling (0: no limit), generation past the end-of-sequence token,
   // and more stop tokens (ids the server checks against the vocabulary).
   int64_t top_k = 0;
@@ -76,7 +81,7 @@ constexpr size_t kMaxLogitBias = 1024;
 
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
 // out of range and missing required fields. Fields that would change the answer in a way moex
-// does not build (a forced tool call, a JSON schema, best_of, suffix) are refused with a
+// does not build (best_of, suffix, min_p, ...) are refused with a
 // 400 when set to anything but their neutral value, never silently ignored; unknown fields are
 // ignored, as OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked
 // against the vocabulary by the server, which knows it.

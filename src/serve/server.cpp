@@ -311,7 +311,7 @@ struct Server::Impl {
     return tokenizer->decode({t}, false);
   }
 
-  // What each token adds to a text, for requests held to JSON: its text after an ordinary token
+  // What each token adds to a text, for requests held to a format: its text after an ordinary token
   // ("" for special tokens and ids past the tokenizer's, which are never drawn there). Built once.
   std::shared_ptr<const infer::TokenTexts> json_token_texts() {
     std::call_once(json_texts_once, [this] {
@@ -434,6 +434,17 @@ struct Server::Impl {
       return send_error(res, api_error(400, e.message(), "invalid_request_error", "",
                                        chat ? "messages" : "prompt"));
     }
+    // What a JSON answer or a forced tool call must write (the call in the template's markup).
+    std::shared_ptr<infer::OutputFormat> format;
+    if (r.schema) {
+      format = std::make_shared<infer::OutputFormat>();
+      format->schema = r.schema;
+      if (r.forced_tool_call) {
+        const ToolCallMarkup markup = tool_call_markup(tool_format);
+        format->prefix = markup.open;
+        format->suffix = markup.close;
+      }
+    }
     for (size_t i = 0; i < prompts.size(); ++i) {
       const int64_t len = static_cast<int64_t>(prompts[i].size());
       const int64_t j = static_cast<int64_t>(i) % r.n;  // the choice's index among its prompt's
@@ -453,7 +464,10 @@ struct Server::Impl {
       er.adjustments.presence_penalty = r.presence_penalty;
       er.adjustments.frequency_penalty = r.frequency_penalty;
       er.adjustments.repetition_penalty = r.repetition_penalty;
-      if (r.json_object) er.json_object = json_token_texts();
+      if (format) {
+        er.format = format;
+        er.token_texts = json_token_texts();
+      }
       er.logprobs = r.logprobs;
       er.prompt_logprobs = r.echo && r.logprobs >= 0;
       channel->feeds[i].expected_prompt_logprobs = er.prompt_logprobs ? len - 1 : 0;

@@ -39,6 +39,11 @@ ToolCallFormat tool_call_format(const std::string& template_text) {
                                                         : ToolCallFormat::kNone;
 }
 
+ToolCallMarkup tool_call_markup(ToolCallFormat format) {
+  if (format == ToolCallFormat::kNone) return {};
+  return {std::string(kOpen) + "\n", "\n" + std::string(kClose)};
+}
+
 ParsedToolCalls parse_tool_calls(const std::string& text, ToolCallFormat format) {
   ParsedToolCalls out;
   if (format == ToolCallFormat::kNone || text.find(kOpen) == std::string::npos) {

@@ -17,6 +17,12 @@ namespace moex::serve {
 enum class ToolCallFormat { kNone, kHermes };
 ToolCallFormat tool_call_format(const std::string& template_text);
 
+// What a forced call is written between: "<tool_call>\n" and "\n</tool_call>" (kHermes).
+struct ToolCallMarkup {
+  std::string open, close;
+};
+ToolCallMarkup tool_call_markup(ToolCallFormat format);
+
 struct ToolCall {
   std::string name;
   std::string arguments;  // a JSON object's text, as OpenAI sends it

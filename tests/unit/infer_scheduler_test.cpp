@@ -382,7 +382,8 @@ TEST(Scheduler, JsonObjectRequestsWriteJson) {
   std::vector<Received> got(3);
   for (int i = 0; i < 3; ++i) {
     Request r = request(ps[i + 1], 40);
-    r.json_object = texts;
+    r.format = std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), ""});
+    r.token_texts = texts;
     r.stop_tokens = {0};
     if (i == 1) {
       r.sampling.temperature = 1.0;

@@ -171,21 +171,27 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
   EXPECT_EQ(
       param_of(R"("tools": [], "tool_choice": "auto", "response_format": {"type": "text"})", true),
       "(accepted)");
-  // Tools are offered to the model (serve_tool_calls_test.cpp); forcing a call is refused.
+  // Tools are offered to the model or forced (serve_tool_calls_test.cpp).
   EXPECT_EQ(param_of(R"("tools": )" + tool, true), "(accepted)");
   EXPECT_EQ(param_of(R"("tools": )" + tool + R"(, "tool_choice": "auto")", true), "(accepted)");
   EXPECT_EQ(param_of(R"("tools": )" + tool + R"(, "tool_choice": "none")", true), "(accepted)");
-  EXPECT_EQ(param_of(R"("tool_choice": "required")", true), "tool_choice");
-  EXPECT_EQ(param_of(R"("tool_choice": {"type": "function", "function": {"name": "f"}})", true),
-            "tool_choice");
+  EXPECT_EQ(param_of(R"("tool_choice": "required")", true), "tool_choice");  // no tools
   EXPECT_EQ(param_of(R"("functions": [{"name": "f"}])", true), "functions");
-  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", true).json_object);
-  EXPECT_FALSE(read(R"("response_format": {"type": "text"})", true).json_object);
+  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", true).schema);
+  EXPECT_FALSE(read(R"("response_format": {"type": "text"})", true).schema);
+  EXPECT_TRUE(read(R"("response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                   "schema": {"type": "object"}}})",
+                   true)
+                  .schema);
   EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {}})", true),
+            "response_format");
+  EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema", "json_schema": {"schema":
+                     {"type": "integer", "minimum": 0}}})",
+                     true),
             "response_format");
   EXPECT_EQ(param_of(R"("response_format": {"type": "yaml"})", true), "response_format");
   // Completions take response_format too (as vLLM does).
-  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", false).json_object);
+  EXPECT_TRUE(read(R"("response_format": {"type": "json_object"})", false).schema);
   EXPECT_EQ(param_of(R"("response_format": "json")", false), "response_format");
   EXPECT_EQ(param_of(R"("response_format": {})", false), "response_format");
   EXPECT_EQ(param_of(R"("response_format": {"type": "json_schema"})", false), "response_format");

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "infer/json_prefix.h"
 #include "serve/openai_api.h"
 #include "serve/tool_calls.h"
 
@@ -106,9 +107,42 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
   EXPECT_TRUE(
       parse_generation_request(body(R"("tools": [)" + tool + R"(], "tool_choice": "none")"), true)
           .tools.empty());
-  EXPECT_EQ(param_of(R"("tools": [)" + tool + R"(], "tool_choice": "required")"), "tool_choice");
   EXPECT_EQ(param_of(R"("tool_choice": {"type": "function", "function": {"name": "f"}})"),
+            "tool_choice");  // no tools
+  EXPECT_EQ(param_of(R"("tools": [)" + tool + R"(], "tool_choice": "sometimes")"), "tool_choice");
+  // A forced call: the answer must be the call object of the named tool, or of any tool
+  // ("required"), in either key order.
+  const std::string two = tool + R"(, {"type": "function", "function": {"name": "g",
+      "parameters": {"type": "object", "properties": {"n": {"type": "integer"}},
+      "required": ["n"]}}})";
+  auto matches = [](const GenerationRequest& r, const std::string& text) {
+    infer::JsonPrefix p(r.schema);
+    return p.feed(text) && p.complete();
+  };
+  const GenerationRequest named = parse_generation_request(
+      body(R"("tools": [)" + two +
+           R"(], "tool_choice": {"type": "function", "function": {"name": "g"}})"),
+      true);
+  ASSERT_TRUE(named.forced_tool_call && named.schema);
+  EXPECT_TRUE(matches(named, R"({"name": "g", "arguments": {"n": 3}})"));
+  EXPECT_TRUE(matches(named, R"({"arguments": {"n": 3}, "name": "g"})"));
+  EXPECT_FALSE(matches(named, R"({"name": "f", "arguments": {}})"));
+  EXPECT_FALSE(matches(named, R"({"name": "g", "arguments": {"n": 1.5}})"));
+  EXPECT_FALSE(matches(named, R"({"name": "g", "arguments": {}})"));
+  const GenerationRequest any = parse_generation_request(
+      body(R"("tools": [)" + two + R"(], "tool_choice": "required")"), true);
+  ASSERT_TRUE(any.forced_tool_call && any.schema);
+  EXPECT_TRUE(matches(any, R"({"name": "f", "arguments": {}})"));
+  EXPECT_TRUE(matches(any, R"({"arguments": {"n": -2}, "name": "g"})"));
+  EXPECT_FALSE(matches(any, R"({"name": "f", "arguments": {"n": 1}})"));
+  EXPECT_FALSE(matches(any, R"({"name": "h", "arguments": {}})"));
+  EXPECT_EQ(param_of(R"("tools": [)" + two +
+                     R"(], "tool_choice": {"type": "function", "function": {"name": "h"}})"),
             "tool_choice");
+  EXPECT_EQ(param_of(R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
+                     {"type": "object", "properties": {"s": {"type": "string", "pattern": "x"}}}}}],
+                     "tool_choice": "required")"),
+            "tools");
   EXPECT_EQ(param_of(R"("tools": {"type": "function"})"), "tools");
   EXPECT_EQ(param_of(R"("tools": [{"type": "function", "function": {}}])"), "tools[0]");
   EXPECT_EQ(param_of(R"("tools": [{"type": "retrieval"}])"), "tools[0]");
