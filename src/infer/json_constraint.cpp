@@ -7,12 +7,25 @@
 
 namespace moex::infer {
 
+namespace {
+
+// Spaces after a newline between tokens: a pretty-printed object a few levels deep.
+constexpr int kMaxIndent = 16;
+
+const JsonSchema& schema_of(const std::shared_ptr<const OutputFormat>& format) {
+  MOEX_CHECK(format != nullptr && format->schema != nullptr, "JsonConstraint: no schema");
+  return *format->schema;
+}
+
+}  // namespace
+
 JsonConstraint::JsonConstraint(std::shared_ptr<const OutputFormat> format,
                                std::shared_ptr<const TokenTexts> texts)
     : format_(std::move(format)),
       texts_(std::move(texts)),
-      progress_{0, JsonPrefix(format_ ? format_->schema : nullptr), 0} {
+      progress_{0, JsonPrefix(schema_of(format_)), 0} {
   MOEX_CHECK(texts_ != nullptr, "JsonConstraint: no token texts");
+  progress_.json.limit_whitespace(kMaxIndent);
 }
 
 bool JsonConstraint::feed(Progress& p, char c) const {
@@ -24,7 +37,7 @@ bool JsonConstraint::feed(Progress& p, char c) const {
     return c == suffix[p.suffix++];
   }
   // Whitespace after the whole text would only delay the suffix (or the stop token).
-  if (p.json.complete() && (c == ' ' || c == '\n' || c == '\t' || c == '\r')) return false;
+  if ((c == ' ' || c == '\n' || c == '\t' || c == '\r') && p.json.complete()) return false;
   return p.json.feed(c);
 }
 

@@ -34,15 +34,16 @@ constexpr int kMaxHops = 64;
 
 JsonPrefix::Reading& JsonPrefix::Reading::operator=(const Reading& other) {
   depth = other.depth;
+  whitespace = other.whitespace;
+  newline = other.newline;
   std::copy(other.frames, other.frames + other.depth, frames);
   return *this;
 }
 
 JsonPrefix::JsonPrefix(bool object_only)
-    : JsonPrefix(object_only ? JsonSchema::any_object() : JsonSchema::any()) {}
+    : JsonPrefix(object_only ? *JsonSchema::any_object() : *JsonSchema::any()) {}
 
-JsonPrefix::JsonPrefix(std::shared_ptr<const JsonSchema> schema) : schema_(std::move(schema)) {
-  MOEX_CHECK(schema_ != nullptr, "JsonPrefix: no schema");
+JsonPrefix::JsonPrefix(const JsonSchema& schema) : schema_(&schema) {
   first_.depth = 1;
   first_.frames[0] = Frame{};
   first_.frames[0].node = schema_->root();
@@ -55,12 +56,30 @@ bool JsonPrefix::feed(std::string_view bytes) {
   return true;
 }
 
+bool JsonPrefix::whitespace_allowed(Reading& r, char c) const {
+  const Phase phase = r.top().phase;
+  if (phase == Phase::kString || phase == Phase::kKey || !is_space(c)) {
+    r.whitespace = 0;
+    return true;
+  }
+  if (max_indent_ < 0) return true;
+  if (r.whitespace++ == 0) {
+    r.newline = c == '\n';
+    return c == ' ' || c == '\n';
+  }
+  return r.newline && c == ' ' && r.whitespace <= 1 + max_indent_;
+}
+
 bool JsonPrefix::feed(char c) {
   std::vector<Reading> forks;  // allocates only when an anyOf forks
-  const bool first_alive = step(first_, c, forks);
+  const bool first_alive = whitespace_allowed(first_, c) && step(first_, c, forks);
+  if (more_.empty() && forks.empty()) {  // one reading: the common case
+    if (first_alive && !is_space(c)) started_ = true;
+    return first_alive;
+  }
   size_t kept = 0;
   for (size_t i = 0; i < more_.size(); ++i) {
-    if (!step(more_[i], c, forks)) continue;
+    if (!whitespace_allowed(more_[i], c) || !step(more_[i], c, forks)) continue;
     if (kept != i) more_[kept] = more_[i];
     ++kept;
   }

@@ -23,8 +23,9 @@ class JsonPrefix {
 
   // Any JSON text, or (object_only) one object; leading and trailing whitespace allowed.
   explicit JsonPrefix(bool object_only = false);
-  // A JSON text matching `schema`.
-  explicit JsonPrefix(std::shared_ptr<const JsonSchema> schema);
+  // A JSON text matching `schema`, which must outlive this reader and its copies (they are made
+  // for every token of a vocabulary, so they hold no reference count).
+  explicit JsonPrefix(const JsonSchema& schema);
 
   // Adds bytes; false when they cannot continue any matching JSON text (the state is then
   // unusable: copy the object before trying bytes that may fail).
@@ -34,6 +35,10 @@ class JsonPrefix {
   bool complete() const;
   // The top-level value has begun (anything but whitespace was read).
   bool started() const { return started_; }
+  // Between tokens (not inside strings) allows only one space, or a newline and at most `indent`
+  // spaces: JSON allows any whitespace, and a model held to JSON can otherwise write it until its
+  // token limit. Compact and pretty-printed JSON (spaces for indents) stay allowed.
+  void limit_whitespace(int indent) { max_indent_ = indent; }
 
  private:
   enum class Phase : uint8_t {
@@ -76,6 +81,8 @@ class JsonPrefix {
   // level). Copies move only the frames in use.
   struct Reading {
     int depth = 0;
+    int whitespace = 0;    // whitespace bytes in a row, outside strings
+    bool newline = false;  // that run began with a newline
     Frame frames[kMaxDepth + 1];
     Reading() = default;
     Reading(const Reading& other) { *this = other; }
@@ -84,6 +91,7 @@ class JsonPrefix {
   };
 
   bool step(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool whitespace_allowed(Reading& r, char c) const;  // counts c if it is whitespace between tokens
   bool start_value(Reading& r, char c, std::vector<Reading>& forks) const;
   bool end_value(Reading& r) const;  // the top frame's value is whole: pop it
   bool push_child(Reading& r, int node) const;
@@ -93,10 +101,11 @@ class JsonPrefix {
   bool number_byte(Reading& r, char c, std::vector<Reading>& forks) const;
   bool reading_complete(const Reading& r) const;
 
-  std::shared_ptr<const JsonSchema> schema_;
+  const JsonSchema* schema_;
   Reading first_;
   std::vector<Reading> more_;  // further readings (anyOf), rarely any
   bool started_ = false;
+  int max_indent_ = -1;  // -1: any whitespace
 };
 
 }  // namespace moex::infer

@@ -210,7 +210,8 @@ try {
   const chatDefaults = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: false, response_format: { type: 'text' }, tools: [], max_completion_tokens: null });
   assert.equal(chatDefaults.choices[0].message.content, chat.choices[0].message.content);
   await expectError(client.completions.create({ ...base, prompt: 'x', best_of: 3 }), 400, { param: 'best_of' });
-  await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: {} } } }), 400, { param: 'response_format' });
+  const unbuilt = await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'integer', minimum: 0 } } } }), 400, { param: 'response_format' });
+  assert.match(unbuilt.error.message, /'minimum' is not supported/);
   const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];
   await expectError(client.chat.completions.create({ model, messages, tools }), 400, { param: 'tools' });
   const noTools = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, tools, tool_choice: 'none' });
@@ -286,6 +287,33 @@ try {
   assert.equal(forcedTokens.length, 10);
   assert.ok(forcedTokens.slice(1).every((t) => t === forcedTokens[1]), `forced tokens ${JSON.stringify(forcedTokens)}`);
   assert.ok(forced.choices[0].logprobs.token_logprobs.every((x) => x < Math.log(0.9)), 'raw log-probabilities, not the biased ones');
+  // Structured output: every whole answer matches the schema (enums, a boolean, a bounded list),
+  // on both endpoints, streamed or not.
+  const verdict = { type: 'object', properties: { answer: { enum: ['yes', 'no'] }, sure: { type: 'boolean' }, tags: { type: 'array', items: { enum: ['a', 'b'] }, maxItems: 2 } }, required: ['answer', 'sure'], additionalProperties: false };
+  const schemaFormat = { type: 'json_schema', json_schema: { name: 'verdict', schema: verdict, strict: true } };
+  const matchesVerdict = (text) => {
+    const v = JSON.parse(text);
+    assert.ok(['yes', 'no'].includes(v.answer) && typeof v.sure === 'boolean', text);
+    assert.ok(Object.keys(v).every((k) => ['answer', 'sure', 'tags'].includes(k)), text);
+    assert.ok(v.tags === undefined || (v.tags.length <= 2 && v.tags.every((t) => ['a', 'b'].includes(t))), text);
+  };
+  let wholeVerdicts = 0;
+  for (let seed = 0; seed < 6; seed += 1) {
+    const a = await client.chat.completions.create({ model, messages, max_tokens: 60, temperature: 1, seed, response_format: schemaFormat });
+    const text = a.choices[0].message.content;
+    if (a.choices[0].finish_reason === 'stop') {
+      matchesVerdict(text);
+      wholeVerdicts += 1;
+    }
+    const streamed = await client.chat.completions.create({ model, messages, max_tokens: 60, temperature: 1, seed, response_format: schemaFormat, stream: true });
+    let streamedText = '';
+    for await (const chunk of streamed) streamedText += chunk.choices[0]?.delta?.content ?? '';
+    assert.equal(streamedText, text);
+  }
+  assert.ok(wholeVerdicts >= 3, `${wholeVerdicts} of 6 structured answers whole`);
+  const completed = await client.completions.create({ ...base, prompt: 'Verdict:', max_tokens: 60, temperature: 0, response_format: schemaFormat });
+  if (completed.choices[0].finish_reason === 'stop') matchesVerdict(completed.choices[0].text);
+  ok(`json_schema: ${wholeVerdicts} of 6 sampled answers whole, each matching the schema; streamed the same`);
   // JSON mode: the answer is an object as far as it goes, and whole when it stopped.
   let wholeObjects = 0;
   for (let seed = 0; seed < 8; seed += 1) {
@@ -486,8 +514,36 @@ try {
         { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }] },
         { role: 'tool', tool_call_id: 'call_1', content: '18 C, sunny' }] });
       assert.ok(followUp.usage.prompt_tokens > offered.usage.prompt_tokens);
-      await expectError(qc.chat.completions.create({ ...ask, tools: weather, tool_choice: 'required' }), 400, { param: 'tool_choice' });
-      ok('tools: written into the prompt by the model\'s template, streamed like whole answers, forced calls refused');
+      // Forced calls: the answer is a call of the named tool (or of any, "required") whose
+      // arguments match its parameters, streamed as the whole answer is.
+      const two = [
+        { type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Rome'] }, metric: { type: 'boolean' } }, required: ['city'] } } },
+        { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { enum: ['UTC', 'CET'] } }, required: ['zone'], additionalProperties: false } } },
+      ];
+      const checkCall = (message, names) => {
+        assert.equal(message.tool_calls?.length, 1, JSON.stringify(message));
+        const call = message.tool_calls[0].function;
+        assert.ok(names.includes(call.name), call.name);
+        const args = JSON.parse(call.arguments);
+        if (call.name === 'get_weather') assert.ok(['Paris', 'Rome'].includes(args.city), call.arguments);
+        else assert.deepEqual(Object.keys(args), ['zone'], call.arguments);
+      };
+      const forcedAsk = { ...ask, max_tokens: 160, tools: two };
+      const named = await qc.chat.completions.create({ ...forcedAsk, tool_choice: { type: 'function', function: { name: 'get_time' } } });
+      assert.equal(named.choices[0].finish_reason, 'tool_calls', JSON.stringify(named.choices[0]));
+      checkCall(named.choices[0].message, ['get_time']);
+      for (let seed = 0; seed < 3; seed += 1) {
+        const any = await qc.chat.completions.create({ ...forcedAsk, temperature: 1, seed, tool_choice: 'required' });
+        assert.equal(any.choices[0].finish_reason, 'tool_calls', JSON.stringify(any.choices[0]));
+        checkCall(any.choices[0].message, ['get_weather', 'get_time']);
+      }
+      const namedStream = await qc.chat.completions.create({ ...forcedAsk, tool_choice: { type: 'function', function: { name: 'get_time' } }, stream: true });
+      const streamedCalls = [];
+      for await (const chunk of namedStream)
+        for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) streamedCalls[t.index] = t.function;
+      assert.deepEqual(streamedCalls, named.choices[0].message.tool_calls.map((t) => t.function));
+      await expectError(qc.chat.completions.create({ ...ask, tools: two, tool_choice: { type: 'function', function: { name: 'nope' } } }), 400, { param: 'tool_choice' });
+      ok('tools: written into the prompt by the model\'s template, streamed like whole answers; forced calls match their tool\'s parameters');
     } finally {
       qwen.kill('SIGTERM');
       await qwenExit;

@@ -116,7 +116,7 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
       "parameters": {"type": "object", "properties": {"n": {"type": "integer"}},
       "required": ["n"]}}})";
   auto matches = [](const GenerationRequest& r, const std::string& text) {
-    infer::JsonPrefix p(r.schema);
+    infer::JsonPrefix p(*r.schema);
     return p.feed(text) && p.complete();
   };
   const GenerationRequest named = parse_generation_request(

@@ -1,0 +1,327 @@
+// JSON held to a schema (infer/json_schema.h, infer/json_prefix.h) against a reference validator
+// written here straight from the schema document, on many random values near each schema (most
+// valid, many one mistake away); what the compiler refuses, naming the path; and the constraint's
+// mask with a prefix and a suffix (infer/json_constraint.h) against the set of whole outputs.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "infer/json_constraint.h"
+#include "infer/json_prefix.h"
+#include "infer/json_schema.h"
+
+namespace moex::infer {
+namespace {
+
+using nlohmann::json;
+
+const json& resolve(const json& s, const json& root) {
+  if (!s.is_object() || !s.contains("$ref")) return s;
+  const std::string ref = s["$ref"].get<std::string>();
+  return resolve(ref == "#" ? root : root.at(json::json_pointer(ref.substr(1))), root);
+}
+
+size_t code_points(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+bool has_type(const json& v, const std::string& type) {
+  if (type == "object") return v.is_object();
+  if (type == "array") return v.is_array();
+  if (type == "string") return v.is_string();
+  if (type == "integer") return v.is_number_integer() || v.is_number_unsigned();
+  if (type == "number") return v.is_number();
+  if (type == "boolean") return v.is_boolean();
+  return v.is_null();
+}
+
+// The subset's meaning, read from the document (declared properties without
+// additionalProperties allow no other keys; integers are written without a fraction).
+bool valid(const json& v, const json& schema, const json& root) {
+  const json& s = resolve(schema, root);
+  if (s.is_boolean()) return s.get<bool>();
+  if (s.contains("anyOf")) {
+    for (const json& alternative : s["anyOf"])
+      if (valid(v, alternative, root)) return true;
+    return false;
+  }
+  if (s.contains("type")) {
+    const json types = s["type"].is_array() ? s["type"] : json::array({s["type"]});
+    bool any = false;
+    for (const json& t : types) any = any || has_type(v, t.get<std::string>());
+    if (!any) return false;
+  }
+  if (s.contains("enum") || s.contains("const")) {
+    const json values = s.contains("enum") ? s["enum"] : json::array({s["const"]});
+    bool any = false;
+    for (const json& e : values) any = any || e.dump() == v.dump();
+    if (!any) return false;
+  }
+  if (v.is_object()) {
+    const json props = s.value("properties", json::object());
+    const json extra = s.contains("additionalProperties") ? s["additionalProperties"]
+                                                          : json(!s.contains("properties"));
+    for (const auto& [key, value] : v.items()) {
+      if (props.contains(key) ? !valid(value, props[key], root) : !valid(value, extra, root))
+        return false;
+    }
+    for (const json& name : s.value("required", json::array()))
+      if (!v.contains(name.get<std::string>())) return false;
+  }
+  if (v.is_array()) {
+    if (v.size() < s.value("minItems", size_t{0}) || v.size() > s.value("maxItems", size_t{1000}))
+      return false;
+    for (const json& item : v)
+      if (!valid(item, s.value("items", json(true)), root)) return false;
+  }
+  if (v.is_string()) {
+    const size_t n = code_points(v.get<std::string>());
+    if (n < s.value("minLength", size_t{0}) || n > s.value("maxLength", size_t{1000})) return false;
+  }
+  return true;
+}
+
+// Random values near a schema: what it describes, with a mistake now and then.
+class Generator {
+ public:
+  Generator(const json& root, uint64_t seed) : root_(root), seed_(seed) {}
+
+  json value(const json& schema, int depth) {
+    const json& s = resolve(schema, root_);
+    if (chance(12) || s.is_boolean() || depth > 4) return anything();
+    if (s.contains("anyOf")) return value(s["anyOf"][pick(s["anyOf"].size())], depth);
+    if (s.contains("enum")) return s["enum"][pick(s["enum"].size())];
+    if (s.contains("const")) return s["const"];
+    std::string type = "object";
+    if (s.contains("type"))
+      type = s["type"].is_array() ? s["type"][pick(s["type"].size())].get<std::string>()
+                                  : s["type"].get<std::string>();
+    if (type == "object") {
+      json out = json::object();
+      const json props = s.value("properties", json::object());
+      std::vector<std::string> required;
+      for (const json& r : s.value("required", json::array()))
+        required.push_back(r.get<std::string>());
+      for (const auto& [key, sub] : props.items()) {
+        const bool needed = std::find(required.begin(), required.end(), key) != required.end();
+        if (needed ? !chance(15) : chance(2)) out[key] = value(sub, depth + 1);
+      }
+      if (chance(8)) out["zz"] = value(s.value("additionalProperties", json(true)), depth + 1);
+      return out;
+    }
+    if (type == "array") {
+      const int64_t lo = s.value("minItems", int64_t{0}), hi = s.value("maxItems", lo + 3);
+      const int64_t n = std::max<int64_t>(0, lo - 1 + static_cast<int64_t>(pick(hi - lo + 3)));
+      json out = json::array();
+      for (int64_t i = 0; i < n; ++i) out.push_back(value(s.value("items", json(true)), depth + 1));
+      return out;
+    }
+    if (type == "string") {
+      const int64_t lo = s.value("minLength", int64_t{0}), hi = s.value("maxLength", lo + 4);
+      const int64_t n = std::max<int64_t>(0, lo - 1 + static_cast<int64_t>(pick(hi - lo + 3)));
+      const char* pieces[] = {"a", "Z", "\xc3\xa9", "\"", "\\", "\n", " ", "/", "7"};
+      std::string text;
+      for (int64_t i = 0; i < n; ++i) text += pieces[pick(9)];
+      return text;
+    }
+    if (type == "integer") return static_cast<int64_t>(pick(2001)) - 1000;
+    if (type == "number")
+      return chance(2) ? json(1.5 * (static_cast<double>(pick(9)) - 4)) : json(3);
+    if (type == "boolean") return chance(2);
+    return nullptr;
+  }
+
+ private:
+  uint64_t pick(uint64_t n) { return philox_u32(seed_, counter_++, 0) % n; }
+  bool chance(uint64_t one_in) { return pick(one_in) == 0; }
+  json anything() {
+    const json options[] = {"q",           7,           2.5,
+                            true,          nullptr,     json::object(),
+                            json::array(), {{"zz", 1}}, json::array({1, "a"}),
+                            -0.0};
+    return options[pick(10)];
+  }
+  const json& root_;
+  uint64_t seed_, counter_ = 0;
+};
+
+bool matches(const std::shared_ptr<const JsonSchema>& schema, const std::string& text) {
+  JsonPrefix p(*schema);
+  return p.feed(text) && p.complete();
+}
+
+const char* const kSchemas[] = {
+    // Nested objects through $defs, an optional reference, bounded strings and arrays, an enum.
+    R"({"type": "object", "properties": {
+          "name": {"type": "string", "minLength": 1, "maxLength": 5},
+          "age": {"type": "integer", "description": "years"},
+          "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b", "ç"]},
+                   "minItems": 1, "maxItems": 3},
+          "spouse": {"anyOf": [{"$ref": "#/$defs/P"}, {"type": "null"}]}},
+        "required": ["name", "age"],
+        "$defs": {"P": {"type": "object", "properties": {"name": {"type": "string"}},
+                        "required": ["name"], "additionalProperties": false}}})",
+    // Recursion through "#".
+    R"({"type": "object", "properties": {"v": {"type": "number"},
+          "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}}, "required": ["v"]})",
+    // Two objects told apart only by a value: both readings live until then.
+    R"({"anyOf": [
+          {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "number"}},
+           "required": ["kind", "r"]},
+          {"type": "object", "properties": {"kind": {"const": "square"},
+           "side": {"type": "integer"}}, "required": ["kind", "side"]}]})",
+    // Any keys, each value of a list of types.
+    R"({"type": "object", "additionalProperties": {"type": ["integer", "null"]}})",
+    // Literals, one a prefix of another.
+    R"({"enum": [1, 12, "x", true, null, {"a": [1]}]})",
+    // Any items; declared and other keys.
+    R"({"type": "array", "items": true, "minItems": 2})",
+    R"({"type": "object", "properties": {"a": {"type": "boolean"}},
+        "additionalProperties": true})",
+};
+
+TEST(JsonSchema, AcceptsExactlyWhatTheReferenceValidatorDoes) {
+  for (size_t k = 0; k < std::size(kSchemas); ++k) {
+    const json document = json::parse(kSchemas[k]);
+    const auto schema = JsonSchema::compile(document, "schema");
+    Generator gen(document, 100 + k);
+    int valid_count = 0, invalid_count = 0;
+    for (int i = 0; i < 3000; ++i) {
+      const json v = gen.value(document, 0);
+      const bool want = valid(v, document, document);
+      // Compact, and (without container literals, which must be written compact) indented.
+      const std::string compact = v.dump();
+      ASSERT_EQ(matches(schema, compact), want) << "schema " << k << ": " << compact;
+      if (k != 4)
+        ASSERT_EQ(matches(schema, v.dump(2)), want) << "schema " << k << ": " << v.dump(2);
+      (want ? valid_count : invalid_count)++;
+    }
+    // Both outcomes were seen often: the comparison is not one-sided.
+    EXPECT_GT(valid_count, 150) << "schema " << k;
+    EXPECT_GT(invalid_count, 150) << "schema " << k;
+  }
+}
+
+TEST(JsonSchema, PrefixesOfMatchingTextsStayViable) {
+  const auto schema = JsonSchema::compile(json::parse(kSchemas[0]), "schema");
+  const std::string text = R"({"tags": ["ç", "a"], "age": -3, "name": "a\"\u00e9",
+      "spouse": {"name": ""}})";
+  JsonPrefix p(*schema);
+  for (size_t i = 0; i < text.size(); ++i) {
+    ASSERT_TRUE(p.feed(text[i])) << "at " << i << ": " << text.substr(0, i + 1);
+    EXPECT_EQ(p.complete(), i + 1 == text.size());
+  }
+  // The first byte no matching text could have is refused: a sixth character, a key not declared,
+  // a second "age", a fraction in an integer, a closing brace before "age".
+  for (const std::string& bad : {R"({"name": "abcdef)", R"({"nam_)", R"({"age": 1, "age)",
+                                 R"({"age": 1.)", R"({"name": "x"})"}) {
+    JsonPrefix q(*schema);
+    EXPECT_FALSE(q.feed(bad)) << bad;
+  }
+}
+
+TEST(JsonPrefix, LimitsWhitespaceBetweenTokensNotInStrings) {
+  JsonPrefix p(/*object_only=*/true);
+  p.limit_whitespace(3);
+  // Compact, one space, or a newline and an indent; anything inside strings.
+  EXPECT_TRUE(p.feed("{\n   \"a      b\": 1,\"c\" :"));
+  for (const std::string& bad : {"  ", "\t", "\r\n", " \n", "\n    "}) {
+    JsonPrefix q = p;
+    EXPECT_FALSE(q.feed(bad)) << "'" << bad << "'";
+  }
+  EXPECT_TRUE(p.feed("\n   2\n}"));
+  EXPECT_TRUE(p.complete());
+}
+
+std::string compile_error(const std::string& schema) {
+  try {
+    JsonSchema::compile(json::parse(schema), "response_format.json_schema.schema");
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "(compiled)";
+}
+
+TEST(JsonSchema, RefusesWhatItCannotEnforceNamingThePath) {
+  EXPECT_EQ(compile_error(R"({"properties": {"age": {"type": "integer", "minimum": 0}}})"),
+            "response_format.json_schema.schema.properties.age: 'minimum' is not supported by "
+            "moex's structured output");
+  EXPECT_NE(compile_error(R"({"type": "strng"})").find("'type' must be one of"), std::string::npos);
+  EXPECT_NE(compile_error(R"({"$ref": "#/$defs/Missing"})").find("names nothing"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"$ref": "https://example.com/s.json"})").find("not supported"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"properties": {}, "required": ["x"]})").find("not in 'properties'"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"type": "integer", "enum": ["a"]})").find("no value"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"minLength": 3, "maxLength": 2})").find("above"), std::string::npos);
+  EXPECT_NE(compile_error(R"({"anyOf": [{"type": "string"}], "type": "string"})").find("beside"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"items": [{"type": "string"}]})").find("tuple"), std::string::npos);
+  EXPECT_NE(compile_error("false").find("matches no value"), std::string::npos);
+  // Annotations and format are accepted; a cycle of references that never reaches a value is
+  // compiled but matches nothing.
+  EXPECT_EQ(compile_error(R"({"type": "string", "format": "date-time", "title": "t"})"),
+            "(compiled)");
+  const auto loop = JsonSchema::compile(
+      json::parse(R"({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}})"), "s");
+  EXPECT_FALSE(JsonPrefix(*loop).feed("1"));
+}
+
+// A format of a prefix, a schema and a suffix over a vocabulary of fragments: at every step the
+// mask keeps exactly the tokens after which the output is still a beginning of a whole output.
+TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
+  const std::vector<std::string> whole = {R"(<a>{"k":"x"}</a>)", R"(<a>{"k":"y"}</a>)"};
+  auto format = std::make_shared<OutputFormat>(OutputFormat{
+      "<a>",
+      JsonSchema::compile(json::parse(R"({"type": "object", "properties": {"k": {"enum": ["x",
+          "y"]}}, "required": ["k"]})"),
+                          "s"),
+      "</a>"});
+  auto texts = std::make_shared<TokenTexts>(TokenTexts{"", "<a>", "<", "a>", "{", "{\"k\"", ":",
+                                                       "\"x\"", "\"y\"", "\"z\"", "}", "}</a>",
+                                                       "</a>", "\"k\":\"y\"}", "a", "<a>{", "/a>"});
+  const int64_t vocab = static_cast<int64_t>(texts->size());
+  const std::vector<int32_t> stop = {0};
+  // Follows each path of greedy choices of the lowest and of the highest kept token.
+  for (bool lowest : {true, false}) {
+    JsonConstraint c(format, texts);
+    std::string so_far;
+    for (int step = 0; step < 12; ++step) {
+      std::vector<float> logits(vocab, 0.0f);
+      c.mask(logits.data(), vocab, stop);
+      std::vector<int32_t> kept;
+      for (int64_t v = 0; v < vocab; ++v)
+        if (std::isfinite(logits[v])) kept.push_back(static_cast<int32_t>(v));
+      std::vector<int32_t> want;
+      const bool done = std::find(whole.begin(), whole.end(), so_far) != whole.end();
+      for (int32_t v = 0; v < vocab; ++v) {
+        const std::string next = so_far + (*texts)[v];
+        bool ok = v == 0 ? done : !(*texts)[v].empty() && !done;
+        if (v != 0 && ok) {
+          ok = false;
+          for (const std::string& w : whole) ok = ok || w.compare(0, next.size(), next) == 0;
+        }
+        if (ok) want.push_back(v);
+      }
+      ASSERT_EQ(kept, want) << "after '" << so_far << "'";
+      if (done) break;
+      ASSERT_FALSE(kept.empty()) << "after '" << so_far << "'";
+      const int32_t t = lowest ? kept.front() : kept.back();
+      c.advance(t);
+      so_far += (*texts)[t];
+    }
+    EXPECT_TRUE(c.complete()) << so_far;
+  }
+}
+
+}  // namespace
+}  // namespace moex::infer
