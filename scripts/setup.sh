@@ -19,8 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 fi
-# The official OpenAI client, the oracle of the server test (tests/serve/package-lock.json).
-[ -d tests/serve/node_modules/openai ] || npm ci --prefix tests/serve --no-audit --no-fund
+# The official OpenAI client and zod, the oracles of the server test (tests/serve/package-lock.json).
+[ -d tests/serve/node_modules/openai ] && [ -d tests/serve/node_modules/zod ] || npm ci --prefix tests/serve --no-audit --no-fund
 
 export PATH="/usr/local/cuda/bin:$PATH"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release

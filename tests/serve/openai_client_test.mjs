@@ -13,6 +13,8 @@ import { join } from 'node:path';
 import net from 'node:net';
 import { createInterface } from 'node:readline';
 import OpenAI from 'openai';
+import { zodFunction, zodResponseFormat } from 'openai/helpers/zod';
+import { z } from 'zod';
 
 const [moex, modelDir] = process.argv.slice(2);
 if (!moex || !modelDir) {
@@ -314,6 +316,25 @@ try {
   const completed = await client.completions.create({ ...base, prompt: 'Verdict:', max_tokens: 60, temperature: 0, response_format: schemaFormat });
   if (completed.choices[0].finish_reason === 'stop') matchesVerdict(completed.choices[0].text);
   ok(`json_schema: ${wholeVerdicts} of 6 sampled answers whole, each matching the schema; streamed the same`);
+  // The client's own structured-output helper: a zod schema sent as OpenAI's strict json_schema
+  // (nested objects, a reused one as a $ref into definitions, array bound, nullable enum, string
+  // bound, integer), and the answer parsed and checked by zod.
+  const Step = z.object({ action: z.enum(['go', 'stop']), count: z.number().int() });
+  const Plan = z.object({ steps: z.array(Step).max(2), priority: z.enum(['low', 'high']).nullable(), note: z.string().max(3), done: z.boolean(), last: Step });
+  assert.match(JSON.stringify(zodResponseFormat(Plan, 'plan').json_schema.schema), /"\$ref":"#\/definitions\//);
+  let parsedPlans = 0;
+  for (let seed = 0; seed < 6; seed += 1) {
+    try {
+      const p = await client.beta.chat.completions.parse({ model, messages, max_tokens: 190, temperature: 1, seed, response_format: zodResponseFormat(Plan, 'plan') });
+      assert.deepEqual(Plan.parse(JSON.parse(p.choices[0].message.content)), p.choices[0].message.parsed);
+      parsedPlans += 1;
+    } catch (e) {
+      // The only way out is the token limit (then the client refuses to parse a cut answer).
+      assert.equal(e.constructor.name, 'LengthFinishReasonError', String(e));
+    }
+  }
+  assert.ok(parsedPlans >= 3, `${parsedPlans} of 6 zod plans parsed`);
+  ok(`zodResponseFormat: ${parsedPlans} of 6 answers parsed and checked by zod, the rest cut by max_tokens`);
   // JSON mode: the answer is an object as far as it goes, and whole when it stopped.
   let wholeObjects = 0;
   for (let seed = 0; seed < 8; seed += 1) {
@@ -543,6 +564,11 @@ try {
         for (const t of chunk.choices[0]?.delta?.tool_calls ?? []) streamedCalls[t.index] = t.function;
       assert.deepEqual(streamedCalls, named.choices[0].message.tool_calls.map((t) => t.function));
       await expectError(qc.chat.completions.create({ ...ask, tools: two, tool_choice: { type: 'function', function: { name: 'nope' } } }), 400, { param: 'tool_choice' });
+      // The client's zodFunction (strict tools) and its parser of the call's arguments.
+      const lookup = zodFunction({ name: 'lookup', parameters: z.object({ table: z.enum(['users', 'orders']), limit: z.number().int().nullable() }) });
+      const parsedCall = await qc.beta.chat.completions.parse({ ...ask, max_tokens: 160, tools: [lookup], tool_choice: 'required' });
+      const parsedArgs = parsedCall.choices[0].message.tool_calls[0].function.parsed_arguments;
+      assert.ok(['users', 'orders'].includes(parsedArgs.table), JSON.stringify(parsedArgs));
       ok('tools: written into the prompt by the model\'s template, streamed like whole answers; forced calls match their tool\'s parameters');
     } finally {
       qwen.kill('SIGTERM');

@@ -16,8 +16,8 @@ trap 'rm -rf "$TMP"' EXIT
 if [ -n "${ASAN_OPTIONS:-}" ]; then
   export ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=4" MOEX_SANITIZED=1
 fi
-[ -d "$HERE/node_modules/openai" ] ||
-  { echo "FAIL: tests/serve/node_modules/openai is missing: run scripts/setup.sh (npm ci)" >&2; exit 1; }
+[ -d "$HERE/node_modules/openai" ] && [ -d "$HERE/node_modules/zod" ] ||
+  { echo "FAIL: tests/serve/node_modules/openai or zod is missing: run scripts/setup.sh (npm ci)" >&2; exit 1; }
 MODEL="${2:-}"
 if [ -z "$MODEL" ]; then
   "$HERE/../cli/working_path_test.sh" "$MOEX" "$TMP/keep" >"$TMP/model.log" 2>&1 ||
