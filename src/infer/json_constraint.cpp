@@ -19,12 +19,28 @@ const JsonSchema& schema_of(const std::shared_ptr<const OutputFormat>& format) {
 
 }  // namespace
 
+TokenTable::TokenTable(TokenTexts texts) : texts_(std::move(texts)) {
+  for (size_t v = 0; v < texts_.size(); ++v)
+    if (!texts_[v].empty()) sorted_.push_back(static_cast<int32_t>(v));
+  std::sort(sorted_.begin(), sorted_.end(),
+            [this](int32_t a, int32_t b) { return texts_[a] < texts_[b]; });
+  shared_.resize(sorted_.size());
+  for (size_t i = 0; i < sorted_.size(); ++i) {
+    const std::string& text = texts_[sorted_[i]];
+    longest_ = std::max(longest_, text.size());
+    if (i == 0) continue;
+    const std::string& before = texts_[sorted_[i - 1]];
+    const auto mismatch = std::mismatch(text.begin(), text.end(), before.begin(), before.end());
+    shared_[i] = static_cast<int32_t>(mismatch.first - text.begin());
+  }
+}
+
 JsonConstraint::JsonConstraint(std::shared_ptr<const OutputFormat> format,
-                               std::shared_ptr<const TokenTexts> texts)
+                               std::shared_ptr<const TokenTable> tokens)
     : format_(std::move(format)),
-      texts_(std::move(texts)),
+      tokens_(std::move(tokens)),
       progress_{0, JsonPrefix(schema_of(format_)), 0} {
-  MOEX_CHECK(texts_ != nullptr, "JsonConstraint: no token texts");
+  MOEX_CHECK(tokens_ != nullptr, "JsonConstraint: no token texts");
   progress_.json.limit_whitespace(kMaxIndent);
 }
 
@@ -51,25 +67,55 @@ bool JsonConstraint::complete() const {
 }
 
 int64_t JsonConstraint::mask(float* logits, int64_t vocab, const std::vector<int32_t>& stop) const {
-  MOEX_CHECK(static_cast<int64_t>(texts_->size()) == vocab, "JsonConstraint: ", texts_->size(),
+  MOEX_CHECK(tokens_->size() == vocab, "JsonConstraint: ", tokens_->size(),
              " token texts for a vocabulary of ", vocab);
+  const TokenTexts& texts = tokens_->texts();
+  std::vector<uint8_t> keep(static_cast<size_t>(vocab), 0);
+  if (done(progress_)) {
+    // The output is written: end here.
+    for (int32_t t : stop)
+      if (t >= 0 && t < vocab) keep[static_cast<size_t>(t)] = 1;
+  } else {
+    // states[j]: the progress after the first j bytes of the text being tried; the first
+    // `valid` + 1 of them belong to the text tried last.
+    std::vector<Progress> states;
+    states.reserve(tokens_->longest() + 1);
+    states.push_back(progress_);
+    size_t valid = 0;
+    const std::vector<int32_t>& sorted = tokens_->sorted();
+    const std::vector<int32_t>& shared = tokens_->shared();
+    for (size_t i = 0; i < sorted.size();) {
+      const std::string& text = texts[static_cast<size_t>(sorted[i])];
+      size_t j = std::min(static_cast<size_t>(shared[i]), valid);
+      bool alive = true;
+      for (; j < text.size(); ++j) {
+        if (states.size() == j + 1)
+          states.push_back(states[j]);
+        else
+          states[j + 1] = states[j];
+        if (!feed(states[j + 1], text[j])) {
+          alive = false;
+          break;
+        }
+      }
+      valid = j;
+      if (!alive) {
+        // Every text that shares the j + 1 bytes that cannot continue is ruled out with it.
+        for (++i; i < sorted.size() && static_cast<size_t>(shared[i]) > j;) ++i;
+        continue;
+      }
+      // Whitespace before the output adds nothing, and a model can repeat it without end.
+      const Progress& after = states[text.size()];
+      if (after.prefix > 0 || after.json.started()) keep[static_cast<size_t>(sorted[i])] = 1;
+      ++i;
+    }
+    for (int32_t t : stop)  // never before the output is whole
+      if (t >= 0 && t < vocab) keep[static_cast<size_t>(t)] = 0;
+  }
   constexpr float kNever = -std::numeric_limits<float>::infinity();
-  const bool whole = done(progress_);
   int64_t kept = 0;
   for (int64_t v = 0; v < vocab; ++v) {
-    const bool is_stop = std::find(stop.begin(), stop.end(), v) != stop.end();
-    bool ok;
-    if (whole || is_stop) {
-      ok = whole && is_stop;  // the output is written: end here
-    } else {
-      const std::string& text = (*texts_)[static_cast<size_t>(v)];
-      Progress next = progress_;
-      ok = !text.empty();
-      for (size_t i = 0; ok && i < text.size(); ++i) ok = feed(next, text[i]);
-      // Whitespace before the output adds nothing, and a model can repeat it without end.
-      ok = ok && (next.prefix > 0 || next.json.started());
-    }
-    if (ok)
+    if (keep[static_cast<size_t>(v)])
       ++kept;
     else
       logits[v] = kNever;
@@ -79,7 +125,7 @@ int64_t JsonConstraint::mask(float* logits, int64_t vocab, const std::vector<int
 
 void JsonConstraint::advance(int32_t token) {
   if (done(progress_)) return;  // a stop token
-  const std::string& text = (*texts_)[static_cast<size_t>(token)];
+  const std::string& text = tokens_->texts()[static_cast<size_t>(token)];
   bool ok = true;
   for (size_t i = 0; ok && i < text.size(); ++i) ok = feed(progress_, text[i]);
   MOEX_CHECK(ok, "JsonConstraint: token ", token, " does not continue the output (masked out?)");

@@ -18,6 +18,25 @@ namespace moex::infer {
 // under the constraint (special tokens).
 using TokenTexts = std::vector<std::string>;
 
+// A vocabulary's texts, and its tokens sorted by text: the mask walks them in that order, so the
+// bytes a token shares with the one before it are read once, and a beginning that cannot
+// continue the output rules out every token that shares it at once.
+class TokenTable {
+ public:
+  explicit TokenTable(TokenTexts texts);
+  const TokenTexts& texts() const { return texts_; }
+  int64_t size() const { return static_cast<int64_t>(texts_.size()); }
+  // Token ids with a text, by text; shared()[i]: the bytes sorted()[i] shares with the one before.
+  const std::vector<int32_t>& sorted() const { return sorted_; }
+  const std::vector<int32_t>& shared() const { return shared_; }
+  size_t longest() const { return longest_; }  // bytes of the longest text
+
+ private:
+  TokenTexts texts_;
+  std::vector<int32_t> sorted_, shared_;
+  size_t longest_ = 0;
+};
+
 // What the new tokens must write: `prefix` as written, then one JSON text matching `schema`
 // (no whitespace after it), then `suffix` as written. A tool call in Hermes markup is
 // "<tool_call>\n", the call's object, "\n</tool_call>".
@@ -30,7 +49,7 @@ struct OutputFormat {
 class JsonConstraint {
  public:
   JsonConstraint(std::shared_ptr<const OutputFormat> format,
-                 std::shared_ptr<const TokenTexts> texts);
+                 std::shared_ptr<const TokenTable> tokens);
   // logits [vocab]: -inf for every token that cannot come next; the stop tokens stay only once
   // the output is whole. Returns how many tokens stay.
   int64_t mask(float* logits, int64_t vocab, const std::vector<int32_t>& stop_tokens) const;
@@ -49,7 +68,7 @@ class JsonConstraint {
   bool done(const Progress& p) const;
 
   std::shared_ptr<const OutputFormat> format_;
-  std::shared_ptr<const TokenTexts> texts_;
+  std::shared_ptr<const TokenTable> tokens_;
   Progress progress_;
 };
 

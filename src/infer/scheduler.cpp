@@ -128,11 +128,10 @@ uint64_t Scheduler::submit(Request request) {
              pool_.blocks_for(total), " KV blocks, the pool holds ", pool_.num_blocks());
   auto seq = std::make_unique<Sequence>();
   if (request.format) {
-    MOEX_CHECK(request.token_texts != nullptr &&
-                   static_cast<int64_t>(request.token_texts->size()) == vocab,
-               "format: ", request.token_texts ? request.token_texts->size() : 0,
+    MOEX_CHECK(request.tokens != nullptr && request.tokens->size() == vocab,
+               "format: ", request.tokens ? request.tokens->size() : 0,
                " token texts for a vocabulary of ", vocab);
-    seq->json = std::make_unique<JsonConstraint>(request.format, request.token_texts);
+    seq->json = std::make_unique<JsonConstraint>(request.format, request.tokens);
   }
   seq->request = std::move(request);
   std::lock_guard<std::mutex> lock(mutex_);

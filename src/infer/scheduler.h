@@ -37,9 +37,9 @@ struct Request {
   // log-probabilities or one held to a format makes its steps run with the logits on the host.
   LogitAdjustments adjustments;
   // Not null: the new tokens must write this format, then a stop token, each token's text read
-  // from token_texts [V] (infer/json_constraint.h).
+  // from `tokens` (infer/json_constraint.h).
   std::shared_ptr<const OutputFormat> format;
-  std::shared_ptr<const TokenTexts> token_texts;
+  std::shared_ptr<const TokenTable> tokens;
   // >= 0: each new token's log-probability with this many alternatives (<= kMaxTopLogprobs).
   int64_t logprobs = -1;
   // With logprobs >= 0: also each prompt token's from the second on (the first has no context).

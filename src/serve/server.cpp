@@ -118,8 +118,8 @@ struct Server::Impl {
   std::unique_ptr<data::Tokenizer> tokenizer;
   std::unique_ptr<ChatTemplate> chat_template;
   ToolCallFormat tool_format = ToolCallFormat::kNone;  // how the template's model writes calls
-  std::once_flag json_texts_once;
-  std::shared_ptr<const infer::TokenTexts> json_texts;  // json_token_texts()
+  std::once_flag json_tokens_once;
+  std::shared_ptr<const infer::TokenTable> json_tokens;  // json_token_table()
   std::map<std::string, std::string> special_tokens;
   std::unique_ptr<infer::Scheduler> scheduler;
   httplib::Server http;
@@ -313,19 +313,19 @@ struct Server::Impl {
 
   // What each token adds to a text, for requests held to a format: its text after an ordinary token
   // ("" for special tokens and ids past the tokenizer's, which are never drawn there). Built once.
-  std::shared_ptr<const infer::TokenTexts> json_token_texts() {
-    std::call_once(json_texts_once, [this] {
+  std::shared_ptr<const infer::TokenTable> json_token_table() {
+    std::call_once(json_tokens_once, [this] {
       const int64_t vocab = model->config().vocab_size;
       const std::vector<int32_t> zero = tokenizer->encode("0", /*add_special_tokens=*/false);
       const int32_t anchor = zero.empty() ? -1 : zero.back();
-      auto texts = std::make_shared<infer::TokenTexts>(static_cast<size_t>(vocab));
+      infer::TokenTexts texts(static_cast<size_t>(vocab));
       for (int64_t v = 0; v < std::min(vocab, tokenizer->vocab_size()); ++v) {
         const auto id = static_cast<int32_t>(v);
-        if (!tokenizer->is_special(id)) (*texts)[static_cast<size_t>(v)] = token_text(anchor, id);
+        if (!tokenizer->is_special(id)) texts[static_cast<size_t>(v)] = token_text(anchor, id);
       }
-      json_texts = std::move(texts);
+      json_tokens = std::make_shared<infer::TokenTable>(std::move(texts));
     });
-    return json_texts;
+    return json_tokens;
   }
 
   // One token's log-probabilities as the API reports them: texts instead of ids, read after the
@@ -466,7 +466,7 @@ struct Server::Impl {
       er.adjustments.repetition_penalty = r.repetition_penalty;
       if (format) {
         er.format = format;
-        er.token_texts = json_token_texts();
+        er.tokens = json_token_table();
       }
       er.logprobs = r.logprobs;
       er.prompt_logprobs = r.echo && r.logprobs >= 0;

@@ -4,6 +4,7 @@
 // mask with a prefix and a suffix (infer/json_constraint.h) against the set of whole outputs.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -286,10 +287,10 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
           "y"]}}, "required": ["k"]})"),
                           "s"),
       "</a>"});
-  auto texts = std::make_shared<TokenTexts>(TokenTexts{"", "<a>", "<", "a>", "{", "{\"k\"", ":",
+  auto texts = std::make_shared<TokenTable>(TokenTexts{"", "<a>", "<", "a>", "{", "{\"k\"", ":",
                                                        "\"x\"", "\"y\"", "\"z\"", "}", "}</a>",
                                                        "</a>", "\"k\":\"y\"}", "a", "<a>{", "/a>"});
-  const int64_t vocab = static_cast<int64_t>(texts->size());
+  const int64_t vocab = texts->size();
   const std::vector<int32_t> stop = {0};
   // Follows each path of greedy choices of the lowest and of the highest kept token.
   for (bool lowest : {true, false}) {
@@ -304,8 +305,9 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
       std::vector<int32_t> want;
       const bool done = std::find(whole.begin(), whole.end(), so_far) != whole.end();
       for (int32_t v = 0; v < vocab; ++v) {
-        const std::string next = so_far + (*texts)[v];
-        bool ok = v == 0 ? done : !(*texts)[v].empty() && !done;
+        const std::string& text = texts->texts()[v];
+        const std::string next = so_far + text;
+        bool ok = v == 0 ? done : !text.empty() && !done;
         if (v != 0 && ok) {
           ok = false;
           for (const std::string& w : whole) ok = ok || w.compare(0, next.size(), next) == 0;
@@ -317,10 +319,63 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
       ASSERT_FALSE(kept.empty()) << "after '" << so_far << "'";
       const int32_t t = lowest ? kept.front() : kept.back();
       c.advance(t);
-      so_far += (*texts)[t];
+      so_far += texts->texts()[t];
     }
     EXPECT_TRUE(c.complete()) << so_far;
   }
+}
+
+// Random vocabularies of JSON-ish fragments (many sharing beginnings) and random points along
+// random outputs: the mask, which walks the tokens sorted and rules out shared beginnings at
+// once, keeps exactly the tokens that a reader tried on each token's text alone keeps.
+TEST(JsonConstraint, SortedWalkKeepsWhatEachTokenAloneWould) {
+  const char* pieces[] = {"{",        "}",       "[",    "]",    "\"", ":",  ",",    " ",
+                          "\n",       "a",       "b",    "1",    "0",  ".",  "-",    "e",
+                          "t",        "r",       "u",    "n",    "l",  "\\", "name", "age",
+                          "\"name\"", "\"age\"", "true", "null", "  "};
+  const json document = json::parse(kSchemas[0]);
+  const auto schema = JsonSchema::compile(document, "schema");
+  auto format = std::make_shared<OutputFormat>(OutputFormat{"", schema, ""});
+  int compared = 0, whole = 0;
+  for (uint64_t trial = 0; trial < 40; ++trial) {
+    TokenTexts texts(600);
+    for (size_t v = 1; v < texts.size(); ++v) {
+      const int n = 1 + static_cast<int>(philox_u32(trial, v, 0) % 4);
+      for (int k = 0; k < n; ++k)
+        texts[v] += pieces[philox_u32(trial, v, k + 1) % std::size(pieces)];
+    }
+    auto tokens = std::make_shared<TokenTable>(texts);
+    const int64_t vocab = tokens->size();
+    JsonConstraint c(format, tokens);
+    JsonPrefix alone(*schema);
+    alone.limit_whitespace(16);
+    // Walks 30 steps along a random path of kept tokens, comparing the masks at each.
+    for (int step = 0; step < 30; ++step) {
+      std::vector<float> logits(vocab, 0.0f);
+      c.mask(logits.data(), vocab, {0});
+      std::vector<int32_t> kept, want;
+      for (int32_t v = 0; v < vocab; ++v) {
+        if (std::isfinite(logits[v])) kept.push_back(v);
+        if (v == 0 || texts[v].empty()) continue;
+        // Byte by byte, with no whitespace after the whole text (the constraint's rule).
+        JsonPrefix p = alone;
+        bool ok = true;
+        for (char b : texts[v])
+          ok = ok && !(std::isspace(static_cast<unsigned char>(b)) && p.complete()) && p.feed(b);
+        if (ok && p.started() && !alone.complete()) want.push_back(v);
+      }
+      if (alone.complete()) want = {0};
+      ASSERT_EQ(kept, want) << "trial " << trial << " step " << step;
+      ++compared;
+      whole += alone.complete();
+      if (kept.empty() || kept == std::vector<int32_t>{0}) break;
+      const int32_t t = kept[philox_u32(trial, 1000 + step, 0) % kept.size()];
+      c.advance(t);
+      ASSERT_TRUE(alone.feed(texts[t]));
+    }
+  }
+  EXPECT_GT(compared, 600);  // most walks went far
+  EXPECT_GT(whole, 3);       // and some reached a whole object
 }
 
 }  // namespace

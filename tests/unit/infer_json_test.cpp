@@ -86,9 +86,9 @@ TEST(JsonPrefix, WholeTextsAreWhatNlohmannAccepts) {
 // A vocabulary of JSON fragments: the constraint keeps exactly the tokens whose text continues
 // the JSON, then only the stop token.
 TEST(JsonConstraint, MasksWhatCannotFollowThenEndsAtTheStopToken) {
-  auto texts = std::make_shared<TokenTexts>(
+  auto texts = std::make_shared<TokenTable>(
       TokenTexts{"", "{", "}", "\"k\"", ":", "1", ",", " ", "[", "]", "<s>", ""});
-  const int64_t vocab = static_cast<int64_t>(texts->size());
+  const int64_t vocab = texts->size();
   const std::vector<int32_t> stop = {0};
   JsonConstraint c(std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), ""}),
                    texts);

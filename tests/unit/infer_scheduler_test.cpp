@@ -372,8 +372,10 @@ TEST(Scheduler, JsonObjectRequestsWriteJson) {
   m.init_weights(9);
   const std::vector<std::string> fragments = {"{", "}",    "\"a\"", ":",   "1", ",",   " ", "[",
                                               "]", "true", "\"b",   "c\"", "x", "0.5", "\n"};
-  auto texts = std::make_shared<TokenTexts>(vocab);
-  for (int64_t v = 1; v < vocab; ++v) (*texts)[v] = fragments[v % fragments.size()];
+  TokenTexts fragment_of(vocab);
+  for (int64_t v = 1; v < vocab; ++v) fragment_of[v] = fragments[v % fragments.size()];
+  auto tokens = std::make_shared<TokenTable>(fragment_of);
+  const TokenTexts* texts = &tokens->texts();
   SchedulerOptions opt;
   opt.max_batch = 3;
   opt.block_size = 4;
@@ -383,7 +385,7 @@ TEST(Scheduler, JsonObjectRequestsWriteJson) {
   for (int i = 0; i < 3; ++i) {
     Request r = request(ps[i + 1], 40);
     r.format = std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), ""});
-    r.token_texts = texts;
+    r.tokens = tokens;
     r.stop_tokens = {0};
     if (i == 1) {
       r.sampling.temperature = 1.0;
