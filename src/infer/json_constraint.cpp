@@ -71,11 +71,9 @@ int64_t JsonConstraint::mask(float* logits, int64_t vocab, const std::vector<int
              " token texts for a vocabulary of ", vocab);
   const TokenTexts& texts = tokens_->texts();
   std::vector<uint8_t> keep(static_cast<size_t>(vocab), 0);
-  if (done(progress_)) {
-    // The output is written: end here.
-    for (int32_t t : stop)
-      if (t >= 0 && t < vocab) keep[static_cast<size_t>(t)] = 1;
-  } else {
+  // A whole output may still go on (a number at the top level: "1" may become "12"), so the
+  // tokens are tried even then; the stop tokens stay only once it is whole.
+  {
     // states[j]: the progress after the first j bytes of the text being tried; the first
     // `valid` + 1 of them belong to the text tried last.
     std::vector<Progress> states;
@@ -109,8 +107,9 @@ int64_t JsonConstraint::mask(float* logits, int64_t vocab, const std::vector<int
       if (after.prefix > 0 || after.json.started()) keep[static_cast<size_t>(sorted[i])] = 1;
       ++i;
     }
-    for (int32_t t : stop)  // never before the output is whole
-      if (t >= 0 && t < vocab) keep[static_cast<size_t>(t)] = 0;
+    const bool whole = done(progress_);
+    for (int32_t t : stop)
+      if (t >= 0 && t < vocab) keep[static_cast<size_t>(t)] = whole;
   }
   constexpr float kNever = -std::numeric_limits<float>::infinity();
   int64_t kept = 0;
@@ -124,11 +123,13 @@ int64_t JsonConstraint::mask(float* logits, int64_t vocab, const std::vector<int
 }
 
 void JsonConstraint::advance(int32_t token) {
-  if (done(progress_)) return;  // a stop token
   const std::string& text = tokens_->texts()[static_cast<size_t>(token)];
-  bool ok = true;
-  for (size_t i = 0; ok && i < text.size(); ++i) ok = feed(progress_, text[i]);
+  Progress next = progress_;
+  bool ok = !text.empty();
+  for (size_t i = 0; ok && i < text.size(); ++i) ok = feed(next, text[i]);
+  if (!ok && done(progress_)) return;  // a stop token after the whole output
   MOEX_CHECK(ok, "JsonConstraint: token ", token, " does not continue the output (masked out?)");
+  progress_ = std::move(next);
 }
 
 }  // namespace moex::infer

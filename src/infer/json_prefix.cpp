@@ -26,9 +26,6 @@ uint64_t first_bits(size_t n) {
 }
 constexpr std::string_view kWords[] = {"true", "false", "null"};
 constexpr uint8_t kEscape = 1;  // Frame::lex after '\'; kEscape + n: n hex digits of \u due
-// Hops through anyOf/$ref nodes before a value begins: a cycle of references that never
-// reaches a value is refused instead of followed forever.
-constexpr int kMaxHops = 64;
 
 }  // namespace
 
@@ -58,7 +55,9 @@ bool JsonPrefix::feed(std::string_view bytes) {
 
 bool JsonPrefix::whitespace_allowed(Reading& r, char c) const {
   const Phase phase = r.top().phase;
-  if (phase == Phase::kString || phase == Phase::kKey || !is_space(c)) {
+  const bool inside_text = phase == Phase::kString || phase == Phase::kKey ||
+                           phase == Phase::kLiteral || phase == Phase::kWord;
+  if (inside_text || !is_space(c)) {
     r.whitespace = 0;
     return true;
   }
@@ -90,9 +89,34 @@ bool JsonPrefix::feed(char c) {
     first_ = more_.back();
     more_.pop_back();
   }
+  merge_readings();
   if (1 + more_.size() > static_cast<size_t>(kMaxReadings)) return false;
   if (!is_space(c)) started_ = true;
   return true;
+}
+
+bool JsonPrefix::same(const Reading& a, const Reading& b) {
+  if (a.depth != b.depth || a.whitespace != b.whitespace || a.newline != b.newline) return false;
+  for (int i = 0; i < a.depth; ++i) {
+    const Frame &x = a.frames[i], &y = b.frames[i];
+    if (x.node != y.node || x.phase != y.phase || x.lex != y.lex || x.pos != y.pos ||
+        x.count != y.count || x.key != y.key || x.seen != y.seen || x.cand != y.cand ||
+        x.hex != y.hex || x.low_due != y.low_due)
+      return false;
+  }
+  return true;
+}
+
+void JsonPrefix::merge_readings() {
+  size_t kept = 0;
+  for (size_t i = 0; i < more_.size(); ++i) {
+    bool repeat = same(more_[i], first_);
+    for (size_t j = 0; j < kept && !repeat; ++j) repeat = same(more_[i], more_[j]);
+    if (repeat) continue;
+    if (kept != i) more_[kept] = more_[i];
+    ++kept;
+  }
+  more_.resize(kept);
 }
 
 bool JsonPrefix::complete() const {
@@ -155,18 +179,22 @@ bool JsonPrefix::end_value(Reading& r) const {
 bool JsonPrefix::start_value(Reading& r, char c, std::vector<Reading>& forks) const {
   if (is_space(c)) return true;
   Frame& f = r.top();
-  // anyOf and $ref: each further alternative is tried on a copy of this reading.
-  for (int hops = 0; !schema_->node(f.node).alternatives.empty(); ++hops) {
-    if (hops == kMaxHops) return false;
-    const std::vector<int>& alternatives = schema_->node(f.node).alternatives;
-    for (size_t i = 1; i < alternatives.size(); ++i) {
-      if (forks.size() >= static_cast<size_t>(kMaxReadings)) return false;
+  // anyOf and $ref: each further plain schema the value may match is tried on a copy of this
+  // reading (JsonSchema flattened them, at most kMaxMembers).
+  const JsonSchema::Node& n = schema_->node(f.node);
+  if (!n.alternatives.empty()) {
+    if (n.leaves.empty()) return false;
+    for (size_t i = 1; i < n.leaves.size(); ++i) {
       Reading copy = r;
-      copy.top().node = alternatives[i];
-      if (start_value(copy, c, forks)) forks.push_back(copy);
+      copy.top().node = n.leaves[i];
+      if (start_plain(copy.top(), c, copy.depth)) forks.push_back(copy);
     }
-    f.node = alternatives[0];
+    f.node = n.leaves[0];
   }
+  return start_plain(f, c, r.depth);
+}
+
+bool JsonPrefix::start_plain(Frame& f, char c, int depth) const {
   const JsonSchema::Node& n = schema_->node(f.node);
   if (!n.literals.empty()) {
     uint64_t cand = 0;
@@ -181,13 +209,13 @@ bool JsonPrefix::start_value(Reading& r, char c, std::vector<Reading>& forks) co
   auto allows = [&](uint8_t kinds) { return (n.kinds & kinds) != 0; };
   switch (c) {
     case '{':
-      if (!allows(JsonSchema::kObject) || r.depth > kMaxDepth) return false;
+      if (!allows(JsonSchema::kObject) || depth > kMaxDepth) return false;
       f.phase = Phase::kObjectFirst;
       f.seen = 0;
       f.key = -1;
       return true;
     case '[':
-      if (!allows(JsonSchema::kArray) || r.depth > kMaxDepth) return false;
+      if (!allows(JsonSchema::kArray) || depth > kMaxDepth) return false;
       f.phase = Phase::kArrayFirst;
       f.count = 0;
       return true;
@@ -196,6 +224,7 @@ bool JsonPrefix::start_value(Reading& r, char c, std::vector<Reading>& forks) co
       f.phase = Phase::kString;
       f.count = 0;
       f.lex = 0;
+      f.low_due = false;
       return true;
     case 't':
     case 'f':
@@ -217,32 +246,59 @@ bool JsonPrefix::start_value(Reading& r, char c, std::vector<Reading>& forks) co
   }
 }
 
-bool JsonPrefix::string_byte(Frame& f, char c) const {
+bool JsonPrefix::string_byte(Frame& f, char c, int* decoded) const {
   const auto u = static_cast<unsigned char>(c);
+  if (decoded) *decoded = -1;
   if (f.lex == kEscape) {
     if (c == 'u') {
       f.lex = kEscape + 4;
+      f.hex = 0;
       return true;
     }
+    if (f.low_due) return false;  // a high surrogate needs its low half
     f.lex = 0;
-    return c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
-           c == 't';
+    static constexpr char kEscaped[] = "\"\\/bfnrt", kMeant[] = "\"\\/\b\f\n\r\t";
+    for (int i = 0; kEscaped[i] != '\0'; ++i) {
+      if (c != kEscaped[i]) continue;
+      if (decoded) *decoded = static_cast<unsigned char>(kMeant[i]);
+      return true;
+    }
+    return false;
   }
   if (f.lex > kEscape) {
     if (!is_hex(c)) return false;
-    f.lex = f.lex == kEscape + 1 ? 0 : f.lex - 1;
+    const int digit = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
+    f.hex = static_cast<uint16_t>(f.hex * 16 + digit);
+    const int left = f.lex - kEscape - 1;  // digits still due after this one
+    // Surrogates pair up: a high half (D800-DBFF) must be followed by a low one (DC00-DFFF), and
+    // a low one comes only after a high one. The first two digits tell which.
+    if (left == 2 && f.hex >= 0xD8 && f.hex <= 0xDF) {
+      if (f.low_due != (f.hex >= 0xDC)) return false;
+    } else if (left == 2 && f.low_due) {
+      return false;
+    }
+    if (left > 0) {
+      --f.lex;
+      return true;
+    }
+    f.lex = 0;
+    f.low_due = f.hex >= 0xD800 && f.hex <= 0xDBFF;
     return true;
   }
   if (u < 0x20) return false;  // control characters must be escaped
+  if (f.low_due && c != '\\') return false;
   if (c == '\\') f.lex = kEscape;
-  // A character begins at any byte but a UTF-8 continuation byte (an escape counts once).
-  if ((u & 0xC0) != 0x80 && f.count < INT32_MAX) ++f.count;
+  // A character begins at any byte but a UTF-8 continuation byte or the backslash of a
+  // surrogate pair's low half (an escape counts once, a pair once).
+  if ((u & 0xC0) != 0x80 && !f.low_due && f.count < INT32_MAX) ++f.count;
+  if (decoded && c != '\\') *decoded = u;
   return true;
 }
 
 bool JsonPrefix::key_byte(Frame& f, char c) const {
   const JsonSchema::Node& n = schema_->node(f.node);
   if (f.lex == 0 && c == '"') {
+    if (f.low_due) return false;
     int exact = -1;
     for (size_t i = 0; i < n.property_names.size(); ++i)
       if ((f.cand & bit(static_cast<int>(i))) && n.property_names[i].size() == f.pos)
@@ -257,11 +313,28 @@ bool JsonPrefix::key_byte(Frame& f, char c) const {
     f.phase = Phase::kColon;
     return true;
   }
-  if (!string_byte(f, c)) return false;
+  // Without other keys, a backslash only where an escape can write a declared name's next byte.
+  if (c == '\\' && f.lex == 0 && n.additional < 0) {
+    bool escapable = false;
+    for (size_t i = 0; i < n.property_names.size() && !escapable; ++i) {
+      const std::string& name = n.property_names[i];
+      escapable = (f.cand & bit(static_cast<int>(i))) && f.pos < name.size() &&
+                  std::string_view("\"\\/\b\f\n\r\t").find(name[f.pos]) != std::string_view::npos;
+    }
+    if (!escapable) return false;
+  }
+  int decoded = -1;
+  if (!string_byte(f, c, &decoded)) return false;
+  // Keys are matched to the declared names on the bytes they stand for. A \u escape is refused
+  // where names are declared (the character itself can be written), so that no key spells a
+  // declared name another way.
+  if (f.lex == kEscape + 4 && !n.property_names.empty()) return false;
+  if (decoded < 0) return true;  // a backslash or an unfinished escape: nothing to match yet
   uint64_t next = 0;
   for (size_t i = 0; i < n.property_names.size(); ++i) {
     const std::string& name = n.property_names[i];
-    if ((f.cand & bit(static_cast<int>(i))) && f.pos < name.size() && name[f.pos] == c)
+    if ((f.cand & bit(static_cast<int>(i))) && f.pos < name.size() &&
+        static_cast<unsigned char>(name[f.pos]) == decoded)
       next |= bit(static_cast<int>(i));
   }
   f.cand = next;
@@ -363,6 +436,7 @@ bool JsonPrefix::step(Reading& r, char c, std::vector<Reading>& forks) const {
       if (f.cand == 0 && n.additional < 0) return false;
       f.pos = 0;
       f.lex = 0;
+      f.low_due = false;
       f.phase = Phase::kKey;
       return true;
     }
@@ -403,7 +477,7 @@ bool JsonPrefix::step(Reading& r, char c, std::vector<Reading>& forks) const {
       if (c == ']') return f.count >= n.min_items && end_value(r);
       return false;
     case Phase::kString:
-      if (f.lex == 0 && c == '"') return f.count >= n.min_length && end_value(r);
+      if (f.lex == 0 && c == '"') return !f.low_due && f.count >= n.min_length && end_value(r);
       return string_byte(f, c) && (n.max_length < 0 || f.count <= n.max_length);
     case Phase::kLiteral:
     case Phase::kWord:

@@ -71,11 +71,13 @@ class JsonPrefix {
     int32_t node;  // its schema node
     Phase phase;
     uint8_t lex;    // strings and keys: 0 plain, kEscape after '\', kEscape + n: n hex digits due
-    uint16_t pos;   // bytes of the key or literal read
+    uint16_t pos;   // bytes of the key (unescaped) or literal read
     int32_t count;  // array: items begun; string: characters
     int32_t key;    // object: the property being written (-1: a key not declared)
     uint64_t seen;  // object: properties written
     uint64_t cand;  // key or literal candidates (bits)
+    uint16_t hex;   // the \u escape's digits so far
+    bool low_due;   // a high surrogate was read: a \uDC00-\uDFFF must follow
   };
   // One way of reading the bytes so far: the stack of values being written (frames[0] the top
   // level). Copies move only the frames in use.
@@ -91,12 +93,17 @@ class JsonPrefix {
   };
 
   bool step(Reading& r, char c, std::vector<Reading>& forks) const;
+  bool start_plain(Frame& f, char c, int depth) const;  // a value of a node without alternatives
+  static bool same(const Reading& a, const Reading& b);
+  void merge_readings();  // drops readings equal to another (an anyOf's readings rejoined)
   bool whitespace_allowed(Reading& r, char c) const;  // counts c if it is whitespace between tokens
   bool start_value(Reading& r, char c, std::vector<Reading>& forks) const;
   bool end_value(Reading& r) const;  // the top frame's value is whole: pop it
   bool push_child(Reading& r, int node) const;
   bool key_byte(Frame& f, char c) const;
-  bool string_byte(Frame& f, char c) const;
+  // One byte of a string's or key's text; `decoded` gets the byte it stands for (-1 for a
+  // backslash or an unfinished escape; a \u escape leaves it -1 too).
+  bool string_byte(Frame& f, char c, int* decoded = nullptr) const;
   bool literal_byte(Reading& r, char c, std::vector<Reading>& forks) const;
   bool number_byte(Reading& r, char c, std::vector<Reading>& forks) const;
   bool reading_complete(const Reading& r) const;

@@ -17,13 +17,21 @@ class SchemaCompiler {
       : document_(document), where_(std::move(where)), out_(out) {}
 
   int compile(const json& s, const std::string& path);
+  // Flattens every anyOf and $ref into the plain nodes it may be (Node::leaves); run once all
+  // the document's nodes exist.
+  void finish();
 
  private:
   [[noreturn]] void fail(const std::string& path, const std::string& what) const {
     throw Error(path + ": " + what);
   }
-  int new_node() {
+  int new_node(const std::string& path) {
+    if (out_.nodes_.size() >= JsonSchema::kMaxNodes)
+      fail(path, "the schema has more than " + std::to_string(JsonSchema::kMaxNodes) +
+                     " parts, which is not supported");
     out_.nodes_.emplace_back();
+    paths_.resize(out_.nodes_.size());
+    paths_.back() = path;
     return static_cast<int>(out_.nodes_.size()) - 1;
   }
   int reference(const std::string& ref, const std::string& path);
@@ -36,6 +44,8 @@ class SchemaCompiler {
   std::string where_;
   JsonSchema& out_;
   std::map<std::string, int> refs_;  // "#/$defs/X" -> its node
+  std::vector<std::string> paths_;   // each node's path, for errors
+  int depth_ = 0;                    // schemas being compiled, one inside the other
 };
 
 namespace {
@@ -134,18 +144,18 @@ int SchemaCompiler::reference(const std::string& ref, const std::string& path) {
     fail(path, "'$ref' " + json(ref).dump() +
                    " is not supported (only references inside the "
                    "schema: \"#\", \"#/$defs/...\")");
-  json::json_pointer pointer;
+  const json* target = nullptr;
   try {
-    pointer = json::json_pointer(ref.substr(1));
+    const json::json_pointer pointer(ref.substr(1));
+    if (document_.contains(pointer)) target = &document_.at(pointer);
   } catch (const json::exception&) {
-    fail(path, "'$ref' " + json(ref).dump() + " is not a JSON pointer");
+    fail(path, "'$ref' " + json(ref).dump() + " is not a JSON pointer into the schema");
   }
-  if (!document_.contains(pointer))
-    fail(path, "'$ref' " + json(ref).dump() + " names nothing in the schema");
+  if (target == nullptr) fail(path, "'$ref' " + json(ref).dump() + " names nothing in the schema");
   // Reserved before compiling, so that a schema referring to itself finds its node.
-  const int index = new_node();
+  const int index = new_node(path);
   refs_[ref] = index;
-  const int compiled = compile(document_.at(pointer), where_ + ref.substr(1));
+  const int compiled = compile(*target, where_ + ref.substr(1));
   out_.nodes_[static_cast<size_t>(index)].alternatives = {compiled};
   return index;
 }
@@ -162,8 +172,10 @@ void SchemaCompiler::object_keywords(const json& s, const std::string& path, int
       fail(path, "more than " + std::to_string(JsonSchema::kMaxMembers) +
                      " properties in one object are not supported");
     for (const auto& [name, sub] : props.items()) {
-      const std::string quoted = json(name).dump();
-      node.property_names.push_back(quoted.substr(1, quoted.size() - 2));
+      if (name.size() > JsonSchema::kMaxText)
+        fail(path, "a property name longer than " + std::to_string(JsonSchema::kMaxText) +
+                       " bytes is not supported");
+      node.property_names.push_back(name);
       node.property_nodes.push_back(compile(sub, path + ".properties." + name));
     }
   }
@@ -172,12 +184,10 @@ void SchemaCompiler::object_keywords(const json& s, const std::string& path, int
     if (!req.is_array()) fail(path, "'required' must be a list of property names");
     for (const json& name : req) {
       if (!name.is_string()) fail(path, "'required' must be a list of property names");
-      const std::string quoted = name.dump();
-      const std::string body = quoted.substr(1, quoted.size() - 2);
       size_t i = 0;
-      while (i < node.property_names.size() && node.property_names[i] != body) ++i;
+      while (i < node.property_names.size() && node.property_names[i] != name) ++i;
       if (i == node.property_names.size())
-        fail(path, "'required' names " + quoted + ", which is not in 'properties'");
+        fail(path, "'required' names " + name.dump() + ", which is not in 'properties'");
       node.required |= uint64_t{1} << i;
     }
   }
@@ -206,16 +216,34 @@ void SchemaCompiler::literals(const json& s, const std::string& path, int index)
     values.push_back(s["const"]);
   }
   if (values.empty()) return;
+  // The values are the schema: other constraints beside them would have to be checked against
+  // each value, which is not built.
+  for (const char* key : {"properties", "required", "additionalProperties", "items", "minItems",
+                          "maxItems", "minLength", "maxLength"})
+    if (s.contains(key))
+      fail(path, std::string("'") + key + "' beside 'enum' or 'const' is not supported");
   if (values.size() > JsonSchema::kMaxMembers)
     fail(path, "more than " + std::to_string(JsonSchema::kMaxMembers) +
                    " values in one enum are not supported");
   JsonSchema::Node& node = out_.nodes_[static_cast<size_t>(index)];
-  for (const json& v : values)
-    if (allows(node.kinds, v)) node.literals.push_back(v.dump());
+  for (const json& v : values) {
+    if (!allows(node.kinds, v)) continue;
+    node.literals.push_back(v.dump(-1, ' ', false, json::error_handler_t::replace));
+    if (node.literals.back().size() > JsonSchema::kMaxText)
+      fail(path, "an 'enum' or 'const' value longer than " + std::to_string(JsonSchema::kMaxText) +
+                     " bytes is not supported");
+  }
   if (node.literals.empty()) fail(path, "no value of 'enum' or 'const' has the schema's 'type'");
 }
 
 int SchemaCompiler::compile(const json& s, const std::string& path) {
+  struct Nested {
+    int& depth;
+    ~Nested() { --depth; }
+  } nested{++depth_};
+  if (depth_ > JsonSchema::kMaxNesting)
+    fail(path, "schemas nest deeper than " + std::to_string(JsonSchema::kMaxNesting) +
+                   " (references followed included), which is not supported");
   if (s.is_boolean()) {
     if (!s.get<bool>()) fail(path, "the schema false matches no value");
     return JsonSchema::kAny;
@@ -249,7 +277,7 @@ int SchemaCompiler::compile(const json& s, const std::string& path) {
     other_keywords("allOf");
     return compile(all[0], path + ".allOf[0]");
   }
-  const int index = new_node();
+  const int index = new_node(path);
   for (const char* combinator : {"anyOf", "oneOf"}) {
     if (!s.contains(combinator)) continue;
     other_keywords(combinator);
@@ -287,6 +315,33 @@ int SchemaCompiler::compile(const json& s, const std::string& path) {
   return index;
 }
 
+void SchemaCompiler::finish() {
+  for (size_t start = 0; start < out_.nodes_.size(); ++start) {
+    if (out_.nodes_[start].alternatives.empty()) continue;
+    // Depth first through alternatives, each node once (a cycle adds nothing).
+    std::vector<int> leaves, todo = {static_cast<int>(start)};
+    std::vector<bool> seen(out_.nodes_.size(), false);
+    while (!todo.empty()) {
+      const int n = todo.back();
+      todo.pop_back();
+      if (seen[static_cast<size_t>(n)]) continue;
+      seen[static_cast<size_t>(n)] = true;
+      const std::vector<int>& alternatives = out_.nodes_[static_cast<size_t>(n)].alternatives;
+      if (alternatives.empty()) {
+        leaves.push_back(n);
+        continue;
+      }
+      for (auto it = alternatives.rbegin(); it != alternatives.rend(); ++it) todo.push_back(*it);
+    }
+    const std::string& path = start < paths_.size() ? paths_[start] : where_;
+    if (leaves.empty()) fail(path, "a cycle of '$ref's that never reaches a schema");
+    if (leaves.size() > JsonSchema::kMaxMembers)
+      fail(path, "more than " + std::to_string(JsonSchema::kMaxMembers) +
+                     " alternatives in all (anyOf and $ref followed) are not supported");
+    out_.nodes_[start].leaves = std::move(leaves);
+  }
+}
+
 JsonSchema::JsonSchema() {
   nodes_.emplace_back();  // kAny: every kind, any keys, any items
 }
@@ -296,6 +351,7 @@ std::shared_ptr<const JsonSchema> JsonSchema::compile(const json& schema,
   auto out = std::shared_ptr<JsonSchema>(new JsonSchema());
   SchemaCompiler compiler(schema, where, *out);
   out->root_ = compiler.compile(schema, where);
+  compiler.finish();
   return out;
 }
 
@@ -306,9 +362,18 @@ std::shared_ptr<const JsonSchema> JsonSchema::tool_call(const std::vector<Tool>&
   const json no_parameters = {{"type", "object"}, {"properties", json::object()}};
   std::vector<int> calls;
   for (const Tool& tool : tools) {
-    const json& parameters = tool.parameters.is_null() ? no_parameters : tool.parameters;
+    // Arguments are an object: a schema without a type gets type object; another type is refused.
+    json parameters = tool.parameters.is_null() ? no_parameters : tool.parameters;
+    if (!parameters.is_object())
+      throw Error(tool.where + ": the parameters must be a JSON Schema object");
+    if (!parameters.contains("type")) parameters["type"] = "object";
+    if (parameters["type"] != "object")
+      throw Error(tool.where +
+                  ": the parameters must describe an object (type: object), got type " +
+                  parameters["type"].dump());
     SchemaCompiler compiler(parameters, tool.where, *out);
     const int arguments = compiler.compile(parameters, tool.where);
+    compiler.finish();
     Node call;
     call.kinds = kObject;
     call.property_names = {"name", "arguments"};
@@ -318,7 +383,7 @@ std::shared_ptr<const JsonSchema> JsonSchema::tool_call(const std::vector<Tool>&
     out->nodes_.push_back(std::move(call));
     Node name;
     name.kinds = kString;
-    name.literals = {json(tool.name).dump()};
+    name.literals = {json(tool.name).dump(-1, ' ', false, json::error_handler_t::replace)};
     out->nodes_.push_back(std::move(name));
     calls.push_back(static_cast<int>(out->nodes_.size()) - 2);
   }
@@ -326,6 +391,7 @@ std::shared_ptr<const JsonSchema> JsonSchema::tool_call(const std::vector<Tool>&
     out->root_ = calls[0];
   } else {
     Node any_call;
+    any_call.leaves = calls;
     any_call.alternatives = std::move(calls);
     out->nodes_.push_back(std::move(any_call));
     out->root_ = static_cast<int>(out->nodes_.size()) - 1;

@@ -34,14 +34,18 @@ class JsonSchema {
     kAnyKind = 127,
   };
   static constexpr int kAny = 0;  // node 0: any JSON value
-  // Properties of one object, values of one enum and alternatives of one anyOf (bit masks).
+  // Properties of one object, values of one enum and the plain schemas one anyOf (with the
+  // anyOfs and $refs inside it) may be: bit masks and readings (infer/json_prefix.h).
   static constexpr int kMaxMembers = 64;
+  // Bounds that keep a client's schema from costing the server more than a request should.
+  static constexpr size_t kMaxNodes = 4096;  // schemas in one document
+  static constexpr int kMaxNesting = 128;    // schemas one inside the other, $refs followed
+  static constexpr size_t kMaxText = 65535;  // bytes of a property name or an enum value
 
   struct Node {
     uint8_t kinds = kAnyKind;
-    // Object: the declared properties (names as their JSON string bodies, escapes written as
-    // JSON writes them), the node of each, the required ones (bits), and the node of any other
-    // key (-1: no other key).
+    // Object: the declared properties (names as UTF-8, unescaped), the node of each, the
+    // required ones (bits), and the node of any other key (-1: no other key).
     std::vector<std::string> property_names;
     std::vector<int> property_nodes;
     uint64_t required = 0;
@@ -53,8 +57,10 @@ class JsonSchema {
     int64_t min_length = 0, max_length = -1;
     // enum / const: the value must be one of these texts (compact JSON, nlohmann's dump).
     std::vector<std::string> literals;
-    // anyOf / oneOf: the value matches one of these nodes (empty: this node alone).
+    // anyOf / oneOf / $ref: the value matches one of these nodes (empty: this node alone), and
+    // the nodes without alternatives that this comes to (each once, cycles left out).
     std::vector<int> alternatives;
+    std::vector<int> leaves;
   };
 
   // Compiles `schema`. `where` names it in errors ("response_format.json_schema.schema"): a

@@ -22,6 +22,14 @@ bool given(const json& body, const char* field) {
   return body.contains(field) && !body[field].is_null();
 }
 
+// o[key] when it is a string, else "" (json::value would throw for another type: a 500).
+template <typename Json>
+std::string string_or_empty(const Json& o, const char* key) {
+  if (!o.is_object()) return "";
+  const auto it = o.find(key);
+  return it != o.end() && it->is_string() ? it->template get<std::string>() : "";
+}
+
 const char* type_name(const json& v) {
   return v.type_name();  // "null", "string", "number", "array", ...
 }
@@ -58,7 +66,7 @@ std::string content_text(const json& content, size_t index) {
   if (!content.is_array()) bad(param, "'" + param + "' must be a string or a list of parts");
   std::string text;
   for (const json& part : content) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+    if (!part.is_object() || string_or_empty(part, "type") != "text" || !part.contains("text") ||
         !part["text"].is_string())
       bad(param, "'" + param + "' parts must be {\"type\": \"text\", \"text\": \"...\"}");
     text += part["text"].get<std::string>();
@@ -234,10 +242,9 @@ nlohmann::ordered_json read_tools(const json& body, const std::string& body_text
     for (size_t i = 0; i < listed.size(); ++i) {
       const auto& t = listed[i];
       const std::string param = "tools[" + std::to_string(i) + "]";
-      if (!t.is_object() || t.value("type", std::string()) != "function" ||
-          !t.contains("function") || !t["function"].is_object() ||
-          !t["function"].contains("name") || !t["function"]["name"].is_string() ||
-          t["function"]["name"].get<std::string>().empty())
+      if (!t.is_object() || string_or_empty(t, "type") != "function" || !t.contains("function") ||
+          !t["function"].is_object() || !t["function"].contains("name") ||
+          !t["function"]["name"].is_string() || t["function"]["name"].get<std::string>().empty())
         bad(param,
             "'" + param + "' must be {\"type\": \"function\", \"function\": {\"name\": ...}}");
       const auto& f = t["function"];
@@ -255,9 +262,9 @@ nlohmann::ordered_json read_tools(const json& body, const std::string& body_text
     if (c.is_string()) {
       choice = c.get<std::string>();
       if (choice != "none" && choice != "auto" && choice != "required") bad("tool_choice", shape);
-    } else if (c.is_object() && c.value("type", std::string()) == "function" &&
-               c.contains("function") && c["function"].is_object() &&
-               c["function"].contains("name") && c["function"]["name"].is_string()) {
+    } else if (string_or_empty(c, "type") == "function" && c.contains("function") &&
+               c["function"].is_object() && c["function"].contains("name") &&
+               c["function"]["name"].is_string()) {
       choice = "named";
       named = c["function"]["name"].get<std::string>();
     } else {

@@ -268,13 +268,72 @@ TEST(JsonSchema, RefusesWhatItCannotEnforceNamingThePath) {
             std::string::npos);
   EXPECT_NE(compile_error(R"({"items": [{"type": "string"}]})").find("tuple"), std::string::npos);
   EXPECT_NE(compile_error("false").find("matches no value"), std::string::npos);
-  // Annotations and format are accepted; a cycle of references that never reaches a value is
-  // compiled but matches nothing.
+  // Annotations and format are accepted.
   EXPECT_EQ(compile_error(R"({"type": "string", "format": "date-time", "title": "t"})"),
             "(compiled)");
-  const auto loop = JsonSchema::compile(
-      json::parse(R"({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}})"), "s");
-  EXPECT_FALSE(JsonPrefix(*loop).feed("1"));
+  // What would cost the server more than a request should, or could match nothing.
+  EXPECT_NE(compile_error(R"({"$ref": "#/$defs/A", "$defs": {"A": {"$ref": "#/$defs/A"}}})")
+                .find("never reaches"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"$ref": "#"})").find("never reaches"), std::string::npos);
+  EXPECT_NE(compile_error(R"({"$ref": "#/anyOf/99999999999999999999999"})").find("'$ref'"),
+            std::string::npos);
+  json chain = {{"$ref", "#/$defs/a0"}, {"$defs", json::object()}};
+  for (int i = 0; i < 300; ++i)
+    chain["$defs"]["a" + std::to_string(i)] = {{"$ref", "#/$defs/a" + std::to_string(i + 1)}};
+  chain["$defs"]["a300"] = {{"type", "null"}};
+  EXPECT_NE(compile_error(chain.dump()).find("nest deeper than"), std::string::npos);
+  json wide = {{"anyOf", json::array()}};
+  for (int i = 0; i < 40; ++i)
+    wide["anyOf"].push_back({{"anyOf", {{{"const", i}}, {{"const", -i - 100}}}}});
+  EXPECT_NE(compile_error(wide.dump()).find("alternatives in all"), std::string::npos);
+  EXPECT_NE(compile_error(R"({"enum": ["abc", "a"], "minLength": 2})").find("beside 'enum'"),
+            std::string::npos);
+}
+
+TEST(JsonSchema, UnionsRejoinEscapesAndSurrogatesAreRead) {
+  // list[int | float]: the two readings of each item join again when it ends.
+  const auto numbers =
+      JsonSchema::compile(json::parse(R"({"type": "array", "items": {"anyOf": [{"type": "integer"},
+          {"type": "number"}]}})"),
+                          "s");
+  std::string list = "[";
+  for (int i = 0; i < 200; ++i) list += std::to_string(i) + (i % 3 ? ".5," : ",");
+  list += "1]";
+  EXPECT_TRUE(matches(numbers, list));
+  // A nullable self-reference.
+  const auto chain = JsonSchema::compile(
+      json::parse(R"({"anyOf": [{"type": "null"}, {"type": "array", "items": {"$ref": "#"}}]})"),
+      "s");
+  EXPECT_TRUE(matches(chain, "[[null],[[]]]"));
+  // Declared keys are matched on what their escapes stand for; \u is refused there.
+  const auto keys = JsonSchema::compile(
+      json::parse(R"({"type": "object", "properties": {"a\"b": {"type": "integer"}, "ab":
+          {"type": "integer"}}, "additionalProperties": true})"),
+      "s");
+  EXPECT_TRUE(matches(keys, R"({"a\"b": 1, "ab": 2, "c": 3})"));
+  EXPECT_FALSE(matches(keys, R"({"ab": 1, "ab": 2})"));
+  EXPECT_FALSE(JsonPrefix(*keys).feed(R"({"a\u0062)"));
+  // Without other keys a backslash comes only where an escape writes the name's next byte, so
+  // that every accepted prefix can still be finished.
+  const auto closed = JsonSchema::compile(
+      json::parse(R"({"type": "object", "properties": {"a\"b": {"type": "integer"}, "sure":
+          {"type": "integer"}}})"),
+      "s");
+  EXPECT_FALSE(JsonPrefix(*closed).feed(R"({"sure\)"));
+  EXPECT_TRUE(matches(closed, R"({"a\"b": 1})"));
+  // Surrogates pair up, and a pair is one character.
+  const auto one = JsonSchema::compile(json::parse(R"({"type": "string", "maxLength": 1})"), "s");
+  EXPECT_TRUE(matches(one, R"("\ud83d\ude00")"));
+  EXPECT_FALSE(matches(one, R"("\ud83d\ude00x")"));
+  EXPECT_FALSE(matches(JsonSchema::any(), R"("\ud800")"));
+  EXPECT_FALSE(matches(JsonSchema::any(), R"("\ude00")"));
+  EXPECT_FALSE(matches(JsonSchema::any(), R"("\ud800x")"));
+  // Whitespace inside an enum's text is the text's, not limited.
+  const auto spaced_schema = JsonSchema::compile(json::parse(R"({"enum": ["a    b"]})"), "s");
+  JsonPrefix spaced(*spaced_schema);
+  spaced.limit_whitespace(1);
+  EXPECT_TRUE(spaced.feed(R"("a    b")"));
 }
 
 // A format of a prefix, a schema and a suffix over a vocabulary of fragments: at every step the
@@ -325,6 +384,30 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
   }
 }
 
+// A whole output that may still go on (a number at the top level) keeps both the stop token and
+// the tokens that continue it.
+TEST(JsonConstraint, AWholeNumberMayStillGrow) {
+  auto tokens = std::make_shared<TokenTable>(TokenTexts{"", "1", "2", "x", " "});
+  JsonConstraint c(std::make_shared<OutputFormat>(OutputFormat{
+                       "", JsonSchema::compile(json::parse(R"({"type": "integer"})"), "s"), ""}),
+                   tokens);
+  auto kept = [&] {
+    std::vector<float> logits(5, 0.0f);
+    c.mask(logits.data(), 5, {0});
+    std::vector<int32_t> ids;
+    for (int32_t v = 0; v < 5; ++v)
+      if (std::isfinite(logits[v])) ids.push_back(v);
+    return ids;
+  };
+  EXPECT_EQ(kept(), (std::vector<int32_t>{1, 2}));
+  c.advance(1);
+  EXPECT_EQ(kept(), (std::vector<int32_t>{0, 1, 2}));
+  c.advance(2);
+  EXPECT_TRUE(c.complete());
+  c.advance(0);  // the stop token
+  EXPECT_TRUE(c.complete());
+}
+
 // Random vocabularies of JSON-ish fragments (many sharing beginnings) and random points along
 // random outputs: the mask, which walks the tokens sorted and rules out shared beginnings at
 // once, keeps exactly the tokens that a reader tried on each token's text alone keeps.
@@ -337,7 +420,7 @@ TEST(JsonConstraint, SortedWalkKeepsWhatEachTokenAloneWould) {
   const auto schema = JsonSchema::compile(document, "schema");
   auto format = std::make_shared<OutputFormat>(OutputFormat{"", schema, ""});
   int compared = 0, whole = 0;
-  for (uint64_t trial = 0; trial < 40; ++trial) {
+  for (uint64_t trial = 0; trial < 60; ++trial) {
     TokenTexts texts(600);
     for (size_t v = 1; v < texts.size(); ++v) {
       const int n = 1 + static_cast<int>(philox_u32(trial, v, 0) % 4);

@@ -110,6 +110,14 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
   EXPECT_EQ(param_of(R"("tool_choice": {"type": "function", "function": {"name": "f"}})"),
             "tool_choice");  // no tools
   EXPECT_EQ(param_of(R"("tools": [)" + tool + R"(], "tool_choice": "sometimes")"), "tool_choice");
+  // Fields of the wrong type are the client's error (a 400), never a 500.
+  EXPECT_EQ(param_of(R"("tools": [)" + tool +
+                     R"(], "tool_choice": {"type": 5, "function": {"name": "f"}})"),
+            "tool_choice");
+  EXPECT_EQ(param_of(R"("tools": [{"type": 5}])"), "tools[0]");
+  EXPECT_EQ(param_of(R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
+                     {"type": "string"}}}], "tool_choice": "required")"),
+            "tools");
   // A forced call: the answer must be the call object of the named tool, or of any tool
   // ("required"), in either key order.
   const std::string two = tool + R"(, {"type": "function", "function": {"name": "g",
