@@ -16,6 +16,8 @@
 #include "core/json_reader.h"
 #include "core/rng.h"
 #include "cuda/device.h"
+#include "infer/json_constraint.h"
+#include "infer/json_prefix.h"
 #include "infer/scheduler.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -523,6 +525,75 @@ TEST_F(GpuModel, ServingLogprobsAndBiasOnTheHost) {
     EXPECT_NEAR(got.back(), want.back(), 0.1) << "position " << pos;
   }
   EXPECT_LT(rel_l2(got, want), 2e-2);
+}
+
+// A request held to a JSON schema on the GPU model (its steps on the host path): with a
+// vocabulary of JSON fragments, every answer is a prefix of a matching text, and a whole one when
+// it stopped; a request beside it, not held, keeps the device's own path.
+TEST_F(GpuModel, ServingHeldToASchema) {
+  const ModelConfig config = small_config();
+  const int64_t vocab = config.vocab_size;
+  model::Model m(config, Device::cuda());
+  m.init_weights(29);
+  const std::vector<std::string> fragments = {"{",     "}", "\"ok\"", ":", "true", "false", ",",
+                                              "\"n\"", "1", "2",      " ", "\"",   "x",     "["};
+  infer::TokenTexts texts(static_cast<size_t>(vocab));
+  for (int64_t v = 1; v < vocab; ++v) texts[v] = fragments[v % fragments.size()];
+  auto tokens = std::make_shared<infer::TokenTable>(texts);
+  auto format = std::make_shared<infer::OutputFormat>(infer::OutputFormat{
+      "",
+      infer::JsonSchema::compile(
+          nlohmann::json::parse(R"({"type": "object", "properties": {"ok": {"type": "boolean"},
+              "n": {"type": "integer"}}, "required": ["ok"], "additionalProperties": false})"),
+          "s"),
+      ""});
+  infer::SchedulerOptions so;
+  so.max_batch = 4;
+  so.block_size = 8;
+  so.max_context = 64;
+  infer::Scheduler s(m, so);
+  std::vector<std::vector<int32_t>> got(4);
+  for (int i = 0; i < 4; ++i) {
+    infer::Request r;
+    for (int t = 0; t < 7; ++t)
+      r.prompt.push_back(static_cast<int32_t>(philox_u32(53, i, t) % vocab));
+    r.max_tokens = 30;
+    r.sampling.temperature = i == 0 ? 0.0 : 1.0;
+    r.sampling.seed = static_cast<uint64_t>(i);
+    if (i < 3) {
+      r.stop_tokens = {0};
+      r.format = format;
+      r.tokens = tokens;
+    }
+    std::vector<int32_t>* g = &got[static_cast<size_t>(i)];
+    r.on_token = [g](int32_t t) {
+      g->push_back(t);
+      return true;
+    };
+    s.submit(std::move(r));
+  }
+  while (s.step()) {
+  }
+  int whole = 0;
+  for (int i = 0; i < 3; ++i) {
+    std::string text;
+    bool stopped = false;
+    for (int32_t t : got[i]) {
+      ASSERT_FALSE(stopped) << "a token after the stop token";
+      stopped = t == 0;
+      text += texts[static_cast<size_t>(t)];
+    }
+    infer::JsonPrefix json(*format->schema);
+    EXPECT_TRUE(json.feed(text)) << "request " << i << ": " << text;
+    if (stopped) {
+      EXPECT_TRUE(json.complete()) << text;
+      const nlohmann::json v = nlohmann::json::parse(text);
+      EXPECT_TRUE(v["ok"].is_boolean()) << text;
+      ++whole;
+    }
+  }
+  EXPECT_GE(whole, 1);
+  EXPECT_EQ(got[3].size(), 30u);  // not held: the whole budget, any tokens
 }
 
 // Steps launched ahead on the GPU (ids taken on the device from the last step's sampled tokens,
