@@ -37,16 +37,32 @@ TokenTable::TokenTable(TokenTexts texts) : texts_(std::move(texts)) {
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const OutputFormat> format,
                                std::shared_ptr<const TokenTable> tokens)
-    : format_(std::move(format)),
-      tokens_(std::move(tokens)),
-      progress_{0, JsonPrefix(schema_of(format_)), 0} {
+    : format_(std::move(format)), tokens_(std::move(tokens)), progress_(first_block()) {
   MOEX_CHECK(tokens_ != nullptr, "JsonConstraint: no token texts");
-  progress_.json.limit_whitespace(kMaxIndent);
+}
+
+JsonConstraint::Progress JsonConstraint::first_block() const {
+  Progress p{0, JsonPrefix(schema_of(format_)), 0, 0, 1};
+  p.json.limit_whitespace(kMaxIndent);
+  return p;
 }
 
 bool JsonConstraint::feed(Progress& p, char c) const {
   const std::string& prefix = format_->prefix;
   const std::string& suffix = format_->suffix;
+  if (format_->max_blocks > 1 && block_done(p)) {
+    // Another block, after the text between blocks.
+    const std::string& between = format_->between;
+    if (p.blocks >= format_->max_blocks) return false;
+    if (p.between < between.size()) {
+      if (c != between[p.between++]) return false;
+      if (p.between < between.size()) return true;
+    }
+    const int blocks = p.blocks + 1;
+    p = first_block();
+    p.blocks = blocks;
+    if (p.between == 0 && !between.empty()) return true;  // c ended the text between
+  }
   if (p.prefix < prefix.size()) return c == prefix[p.prefix++];
   if (p.suffix > 0 || (!suffix.empty() && p.json.complete() && c == suffix[0])) {
     if (p.suffix == suffix.size()) return false;
@@ -57,9 +73,13 @@ bool JsonConstraint::feed(Progress& p, char c) const {
   return p.json.feed(c);
 }
 
-bool JsonConstraint::done(const Progress& p) const {
+bool JsonConstraint::block_done(const Progress& p) const {
   return p.prefix == format_->prefix.size() &&
          (format_->suffix.empty() ? p.json.complete() : p.suffix == format_->suffix.size());
+}
+
+bool JsonConstraint::done(const Progress& p) const {
+  return block_done(p) && p.between == 0;
 }
 
 bool JsonConstraint::complete() const {

@@ -37,13 +37,16 @@ class TokenTable {
   size_t longest_ = 0;
 };
 
-// What the new tokens must write: `prefix` as written, then one JSON text matching `schema`
-// (no whitespace after it), then `suffix` as written. A tool call in Hermes markup is
-// "<tool_call>\n", the call's object, "\n</tool_call>".
+// What the new tokens must write: a block of `prefix` as written, one JSON text matching
+// `schema` (no whitespace after it) and `suffix` as written; then, up to `max_blocks`, more
+// blocks each after `between`. A tool call in Hermes markup is "<tool_call>\n", the call's
+// object, "\n</tool_call>"; parallel calls are such blocks one per line.
 struct OutputFormat {
   std::string prefix;
   std::shared_ptr<const JsonSchema> schema;
   std::string suffix;
+  int max_blocks = 1;
+  std::string between;
 };
 
 class JsonConstraint {
@@ -58,14 +61,19 @@ class JsonConstraint {
   bool complete() const;
 
  private:
-  // How far the output has come: into the prefix, the JSON text, then the suffix.
+  // How far the output has come: into a block's prefix, its JSON text, its suffix, then into
+  // the text between it and the next block.
   struct Progress {
     size_t prefix = 0;
     JsonPrefix json;
     size_t suffix = 0;
+    size_t between = 0;
+    int blocks = 1;  // begun
   };
   bool feed(Progress& p, char c) const;
+  bool block_done(const Progress& p) const;
   bool done(const Progress& p) const;
+  Progress first_block() const;
 
   std::shared_ptr<const OutputFormat> format_;
   std::shared_ptr<const TokenTable> tokens_;

@@ -229,12 +229,13 @@ std::shared_ptr<const infer::JsonSchema> read_response_format(const json& body) 
 
 // tools: [{"type": "function", "function": {"name", "description"?, "parameters"?}}], offered to
 // the model unless tool_choice is "none". tool_choice "required" or {"type": "function",
-// "function": {"name": ...}} forces one call (of any tool, or of that one): `forced` gets the
-// call's schema. The tools are read again from body_text in their own key order (json sorts
-// keys): a template writes them with tojson, and models learned them in the order clients send
-// (type, then function's name, description, parameters).
+// "function": {"name": ...}} forces a call (of any tool, or of that one): `forced` gets the
+// call's schema and `named` whether one function was named. The tools are read again from body_text
+// in their own key order (json sorts keys): a template writes them with tojson, and models learned
+// them in the order clients send (type, then function's name, description, parameters).
 nlohmann::ordered_json read_tools(const json& body, const std::string& body_text,
-                                  std::shared_ptr<const infer::JsonSchema>* forced) {
+                                  std::shared_ptr<const infer::JsonSchema>* forced,
+                                  bool* one_named) {
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
   if (given(body, "tools")) {
     if (!body["tools"].is_array()) bad("tools", "'tools' must be a list of function tools");
@@ -289,6 +290,7 @@ nlohmann::ordered_json read_tools(const json& body, const std::string& body_text
     bad("tool_choice", "'tool_choice' \"required\" with more than " +
                            std::to_string(infer::JsonSchema::kMaxMembers) +
                            " tools is not supported; name one");
+  *one_named = choice == "named";
   try {
     *forced = infer::JsonSchema::tool_call(callable);
   } catch (const Error& e) {
@@ -418,7 +420,10 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
       r.include_usage_in_stream = so["include_usage"].get<bool>();
   }
   std::shared_ptr<const infer::JsonSchema> forced;
-  if (chat) r.tools = read_tools(body, body_text, &forced);
+  bool one_named = false;
+  if (chat) r.tools = read_tools(body, body_text, &forced, &one_named);
+  // Parallel calls are allowed unless the client says false (OpenAI's default).
+  const bool parallel = !given(body, "parallel_tool_calls") || flag(body, "parallel_tool_calls");
   // vLLM's extensions that moex builds: top_k (-1 or 0: no limit), ignore_eos, stop_token_ids.
   if (const auto k = integer(body, "top_k")) {
     if (*k < -1)
@@ -447,6 +452,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   if (forced) {
     r.schema = forced;
     r.forced_tool_call = true;
+    r.max_tool_calls = parallel && !one_named ? kMaxForcedToolCalls : 1;
   }
   return r;
 }

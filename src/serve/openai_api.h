@@ -69,12 +69,18 @@ struct GenerationRequest {
   // markup.
   std::shared_ptr<const infer::JsonSchema> schema;
   bool forced_tool_call = false;
+  // A forced call: how many calls the answer may make (tool_choice "required" with
+  // parallel_tool_calls, the default, allows kMaxForcedToolCalls; a named function one).
+  int max_tool_calls = 1;
   // vLLM's extensions: top-k sampling (0: no limit), generation past the end-of-sequence token,
   // and more stop tokens (ids the server checks against the vocabulary).
   int64_t top_k = 0;
   bool ignore_eos = false;
   std::vector<int32_t> stop_token_ids;
 };
+
+// Most calls a forced answer may make (tool_choice "required", parallel_tool_calls).
+constexpr int kMaxForcedToolCalls = 8;
 
 // Most logit_bias entries one request may give.
 constexpr size_t kMaxLogitBias = 1024;

@@ -443,6 +443,8 @@ struct Server::Impl {
         const ToolCallMarkup markup = tool_call_markup(tool_format);
         format->prefix = markup.open;
         format->suffix = markup.close;
+        format->max_blocks = r.max_tool_calls;
+        format->between = "\n";  // parallel calls, one block a line
       }
     }
     for (size_t i = 0; i < prompts.size(); ++i) {

@@ -541,20 +541,25 @@ try {
         { type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { enum: ['Paris', 'Rome'] }, metric: { type: 'boolean' } }, required: ['city'] } } },
         { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: { zone: { enum: ['UTC', 'CET'] } }, required: ['zone'], additionalProperties: false } } },
       ];
+      // A named function is called once; "required" may make parallel calls, each valid.
+      let parallelCalls = 0;
       const checkCall = (message, names) => {
-        assert.equal(message.tool_calls?.length, 1, JSON.stringify(message));
-        const call = message.tool_calls[0].function;
-        assert.ok(names.includes(call.name), call.name);
-        const args = JSON.parse(call.arguments);
-        if (call.name === 'get_weather') assert.ok(['Paris', 'Rome'].includes(args.city), call.arguments);
-        else assert.deepEqual(Object.keys(args), ['zone'], call.arguments);
+        assert.ok(message.tool_calls?.length >= 1, JSON.stringify(message));
+        if (names.length === 1) assert.equal(message.tool_calls.length, 1, JSON.stringify(message));
+        parallelCalls = Math.max(parallelCalls, message.tool_calls.length);
+        for (const { function: call } of message.tool_calls) {
+          assert.ok(names.includes(call.name), call.name);
+          const args = JSON.parse(call.arguments);
+          if (call.name === 'get_weather') assert.ok(['Paris', 'Rome'].includes(args.city), call.arguments);
+          else assert.deepEqual(Object.keys(args), ['zone'], call.arguments);
+        }
       };
       const forcedAsk = { ...ask, max_tokens: 160, tools: two };
       const named = await qc.chat.completions.create({ ...forcedAsk, tool_choice: { type: 'function', function: { name: 'get_time' } } });
       assert.equal(named.choices[0].finish_reason, 'tool_calls', JSON.stringify(named.choices[0]));
       checkCall(named.choices[0].message, ['get_time']);
       for (let seed = 0; seed < 3; seed += 1) {
-        const any = await qc.chat.completions.create({ ...forcedAsk, temperature: 1, seed, tool_choice: 'required' });
+        const any = await qc.chat.completions.create({ ...forcedAsk, max_tokens: 230, temperature: 1, seed, tool_choice: 'required' });
         assert.equal(any.choices[0].finish_reason, 'tool_calls', JSON.stringify(any.choices[0]));
         checkCall(any.choices[0].message, ['get_weather', 'get_time']);
       }
@@ -569,7 +574,9 @@ try {
       const parsedCall = await qc.beta.chat.completions.parse({ ...ask, max_tokens: 160, tools: [lookup], tool_choice: 'required' });
       const parsedArgs = parsedCall.choices[0].message.tool_calls[0].function.parsed_arguments;
       assert.ok(['users', 'orders'].includes(parsedArgs.table), JSON.stringify(parsedArgs));
-      ok('tools: written into the prompt by the model\'s template, streamed like whole answers; forced calls match their tool\'s parameters');
+      const single = await qc.chat.completions.create({ ...forcedAsk, max_tokens: 230, temperature: 1, seed: 1, tool_choice: 'required', parallel_tool_calls: false });
+      assert.equal(single.choices[0].message.tool_calls?.length, 1, JSON.stringify(single.choices[0]));
+      ok(`tools: written into the prompt by the model's template, streamed like whole answers; forced calls match their tool's parameters (up to ${parallelCalls} parallel calls)`);
     } finally {
       qwen.kill('SIGTERM');
       await qwenExit;

@@ -336,37 +336,26 @@ TEST(JsonSchema, UnionsRejoinEscapesAndSurrogatesAreRead) {
   EXPECT_TRUE(spaced.feed(R"("a    b")"));
 }
 
-// A format of a prefix, a schema and a suffix over a vocabulary of fragments: at every step the
-// mask keeps exactly the tokens after which the output is still a beginning of a whole output.
-TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
-  const std::vector<std::string> whole = {R"(<a>{"k":"x"}</a>)", R"(<a>{"k":"y"}</a>)"};
-  auto format = std::make_shared<OutputFormat>(OutputFormat{
-      "<a>",
-      JsonSchema::compile(json::parse(R"({"type": "object", "properties": {"k": {"enum": ["x",
-          "y"]}}, "required": ["k"]})"),
-                          "s"),
-      "</a>"});
-  auto texts = std::make_shared<TokenTable>(TokenTexts{"", "<a>", "<", "a>", "{", "{\"k\"", ":",
-                                                       "\"x\"", "\"y\"", "\"z\"", "}", "}</a>",
-                                                       "</a>", "\"k\":\"y\"}", "a", "<a>{", "/a>"});
+// Follows the paths of the lowest and of the highest kept token through a format over a
+// vocabulary of fragments: at every step the mask keeps exactly the tokens after which the
+// output is still a beginning of a whole output, and the stop token (0) once it is whole.
+void expect_masks_lead_to(const std::shared_ptr<const OutputFormat>& format,
+                          const std::vector<std::string>& whole, const TokenTexts& fragments) {
+  auto texts = std::make_shared<TokenTable>(fragments);
   const int64_t vocab = texts->size();
-  const std::vector<int32_t> stop = {0};
-  // Follows each path of greedy choices of the lowest and of the highest kept token.
   for (bool lowest : {true, false}) {
     JsonConstraint c(format, texts);
     std::string so_far;
-    for (int step = 0; step < 12; ++step) {
+    for (int step = 0; step < 40; ++step) {
       std::vector<float> logits(vocab, 0.0f);
-      c.mask(logits.data(), vocab, stop);
-      std::vector<int32_t> kept;
-      for (int64_t v = 0; v < vocab; ++v)
-        if (std::isfinite(logits[v])) kept.push_back(static_cast<int32_t>(v));
-      std::vector<int32_t> want;
+      c.mask(logits.data(), vocab, {0});
+      std::vector<int32_t> kept, want;
+      for (int32_t v = 0; v < vocab; ++v)
+        if (std::isfinite(logits[v])) kept.push_back(v);
       const bool done = std::find(whole.begin(), whole.end(), so_far) != whole.end();
       for (int32_t v = 0; v < vocab; ++v) {
-        const std::string& text = texts->texts()[v];
-        const std::string next = so_far + text;
-        bool ok = v == 0 ? done : !text.empty() && !done;
+        const std::string next = so_far + fragments[v];
+        bool ok = v == 0 ? done : !fragments[v].empty();
         if (v != 0 && ok) {
           ok = false;
           for (const std::string& w : whole) ok = ok || w.compare(0, next.size(), next) == 0;
@@ -374,14 +363,34 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
         if (ok) want.push_back(v);
       }
       ASSERT_EQ(kept, want) << "after '" << so_far << "'";
-      if (done) break;
       ASSERT_FALSE(kept.empty()) << "after '" << so_far << "'";
       const int32_t t = lowest ? kept.front() : kept.back();
+      if (t == 0) break;
       c.advance(t);
-      so_far += texts->texts()[t];
+      so_far += fragments[t];
     }
     EXPECT_TRUE(c.complete()) << so_far;
+    EXPECT_NE(std::find(whole.begin(), whole.end(), so_far), whole.end()) << so_far;
   }
+}
+
+TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
+  const auto schema = JsonSchema::compile(
+      json::parse(R"({"type": "object", "properties": {"k": {"enum": ["x", "y"]}},
+          "required": ["k"]})"),
+      "s");
+  const TokenTexts fragments = {"",     "<a>",          "<",     "a>",    "{",   "{\"k\"",
+                                ":",    "\"x\"",        "\"y\"", "\"z\"", "}",   "}</a>",
+                                "</a>", "\"k\":\"y\"}", "a",     "<a>{",  "/a>", "\n<a>"};
+  const std::vector<std::string> blocks = {R"(<a>{"k":"x"}</a>)", R"(<a>{"k":"y"}</a>)"};
+  expect_masks_lead_to(std::make_shared<OutputFormat>(OutputFormat{"<a>", schema, "</a>"}), blocks,
+                       fragments);
+  // Up to two blocks, one a line (parallel tool calls).
+  std::vector<std::string> one_or_two = blocks;
+  for (const std::string& first : blocks)
+    for (const std::string& second : blocks) one_or_two.push_back(first + "\n" + second);
+  expect_masks_lead_to(std::make_shared<OutputFormat>(OutputFormat{"<a>", schema, "</a>", 2, "\n"}),
+                       one_or_two, fragments);
 }
 
 // A whole output that may still go on (a number at the top level) keeps both the stop token and

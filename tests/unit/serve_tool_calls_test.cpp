@@ -140,6 +140,18 @@ TEST(ToolCalls, RequestToolsAreReadOrRefused) {
   const GenerationRequest any = parse_generation_request(
       body(R"("tools": [)" + two + R"(], "tool_choice": "required")"), true);
   ASSERT_TRUE(any.forced_tool_call && any.schema);
+  // Parallel calls unless the client says not; a named function is called once.
+  EXPECT_EQ(any.max_tool_calls, kMaxForcedToolCalls);
+  EXPECT_EQ(named.max_tool_calls, 1);
+  EXPECT_EQ(parse_generation_request(body(R"("tools": [)" + two +
+                                          R"(], "tool_choice": "required",
+                                          "parallel_tool_calls": false)"),
+                                     true)
+                .max_tool_calls,
+            1);
+  EXPECT_EQ(param_of(R"("tools": [)" + two +
+                     R"(], "tool_choice": "required", "parallel_tool_calls": "yes")"),
+            "parallel_tool_calls");
   EXPECT_TRUE(matches(any, R"({"name": "f", "arguments": {}})"));
   EXPECT_TRUE(matches(any, R"({"arguments": {"n": -2}, "name": "g"})"));
   EXPECT_FALSE(matches(any, R"({"name": "f", "arguments": {"n": 1}})"));
