@@ -101,7 +101,8 @@ bool JsonPrefix::same(const Reading& a, const Reading& b) {
     const Frame &x = a.frames[i], &y = b.frames[i];
     if (x.node != y.node || x.phase != y.phase || x.lex != y.lex || x.pos != y.pos ||
         x.count != y.count || x.key != y.key || x.seen != y.seen || x.cand != y.cand ||
-        x.hex != y.hex || x.low_due != y.low_due)
+        x.hex != y.hex || x.low_due != y.low_due || x.utf8_left != y.utf8_left ||
+        x.utf8_lead != y.utf8_lead)
       return false;
   }
   return true;
@@ -225,6 +226,7 @@ bool JsonPrefix::start_plain(Frame& f, char c, int depth) const {
       f.count = 0;
       f.lex = 0;
       f.low_due = false;
+      f.utf8_left = 0;
       return true;
     case 't':
     case 'f':
@@ -270,6 +272,7 @@ bool JsonPrefix::string_byte(Frame& f, char c, int* decoded) const {
     const int digit = is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10;
     f.hex = static_cast<uint16_t>(f.hex * 16 + digit);
     const int left = f.lex - kEscape - 1;  // digits still due after this one
+    if (left == 3 && f.low_due && digit != 0xD) return false;  // only D can begin a low half
     // Surrogates pair up: a high half (D800-DBFF) must be followed by a low one (DC00-DFFF), and
     // a low one comes only after a high one. The first two digits tell which.
     if (left == 2 && f.hex >= 0xD8 && f.hex <= 0xDF) {
@@ -287,6 +290,26 @@ bool JsonPrefix::string_byte(Frame& f, char c, int* decoded) const {
   }
   if (u < 0x20) return false;  // control characters must be escaped
   if (f.low_due && c != '\\') return false;
+  // UTF-8: a lead byte announces its continuation bytes, whose range RFC 3629 fixes (no
+  // overlong forms, no surrogates, nothing past U+10FFFF).
+  if (f.utf8_left > 0) {
+    uint8_t lo = 0x80, hi = 0xBF;
+    if (f.utf8_lead != 0) {  // the sequence's second byte
+      if (f.utf8_lead == 0xE0) lo = 0xA0;
+      if (f.utf8_lead == 0xED) hi = 0x9F;
+      if (f.utf8_lead == 0xF0) lo = 0x90;
+      if (f.utf8_lead == 0xF4) hi = 0x8F;
+      f.utf8_lead = 0;
+    }
+    if (u < lo || u > hi) return false;
+    --f.utf8_left;
+    return true;
+  }
+  if (u >= 0x80) {
+    if (u < 0xC2 || u > 0xF4) return false;  // a stray continuation byte or no lead byte
+    f.utf8_left = u < 0xE0 ? 1 : u < 0xF0 ? 2 : 3;
+    f.utf8_lead = static_cast<uint8_t>(u);
+  }
   if (c == '\\') f.lex = kEscape;
   // A character begins at any byte but a UTF-8 continuation byte or the backslash of a
   // surrogate pair's low half (an escape counts once, a pair once).
@@ -297,7 +320,7 @@ bool JsonPrefix::string_byte(Frame& f, char c, int* decoded) const {
 
 bool JsonPrefix::key_byte(Frame& f, char c) const {
   const JsonSchema::Node& n = schema_->node(f.node);
-  if (f.lex == 0 && c == '"') {
+  if (f.lex == 0 && f.utf8_left == 0 && c == '"') {
     if (f.low_due) return false;
     int exact = -1;
     for (size_t i = 0; i < n.property_names.size(); ++i)
@@ -437,6 +460,7 @@ bool JsonPrefix::step(Reading& r, char c, std::vector<Reading>& forks) const {
       f.pos = 0;
       f.lex = 0;
       f.low_due = false;
+      f.utf8_left = 0;
       f.phase = Phase::kKey;
       return true;
     }
@@ -477,7 +501,8 @@ bool JsonPrefix::step(Reading& r, char c, std::vector<Reading>& forks) const {
       if (c == ']') return f.count >= n.min_items && end_value(r);
       return false;
     case Phase::kString:
-      if (f.lex == 0 && c == '"') return !f.low_due && f.count >= n.min_length && end_value(r);
+      if (f.lex == 0 && f.utf8_left == 0 && c == '"')
+        return !f.low_due && f.count >= n.min_length && end_value(r);
       return string_byte(f, c) && (n.max_length < 0 || f.count <= n.max_length);
     case Phase::kLiteral:
     case Phase::kWord:

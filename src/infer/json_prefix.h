@@ -78,6 +78,8 @@ class JsonPrefix {
     uint64_t cand;  // key or literal candidates (bits)
     uint16_t hex;   // the \u escape's digits so far
     bool low_due;   // a high surrogate was read: a \uDC00-\uDFFF must follow
+    uint8_t utf8_left;  // continuation bytes the UTF-8 sequence being read still needs
+    uint8_t utf8_lead;  // that sequence's first byte (its second byte's range depends on it)
   };
   // One way of reading the bytes so far: the stack of values being written (frames[0] the top
   // level). Copies move only the frames in use.

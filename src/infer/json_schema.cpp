@@ -175,6 +175,9 @@ void SchemaCompiler::object_keywords(const json& s, const std::string& path, int
       if (name.size() > JsonSchema::kMaxText)
         fail(path, "a property name longer than " + std::to_string(JsonSchema::kMaxText) +
                        " bytes is not supported");
+      for (char c : name)
+        if (static_cast<unsigned char>(c) < 0x20)
+          fail(path, "a property name with a control character is not supported");
       node.property_names.push_back(name);
       node.property_nodes.push_back(compile(sub, path + ".properties." + name));
     }

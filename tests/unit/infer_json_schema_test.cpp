@@ -289,6 +289,8 @@ TEST(JsonSchema, RefusesWhatItCannotEnforceNamingThePath) {
   EXPECT_NE(compile_error(wide.dump()).find("alternatives in all"), std::string::npos);
   EXPECT_NE(compile_error(R"({"enum": ["abc", "a"], "minLength": 2})").find("beside 'enum'"),
             std::string::npos);
+  EXPECT_NE(compile_error(R"({"properties": {"\u0001": {}}})").find("control character"),
+            std::string::npos);
 }
 
 TEST(JsonSchema, UnionsRejoinEscapesAndSurrogatesAreRead) {
@@ -329,6 +331,14 @@ TEST(JsonSchema, UnionsRejoinEscapesAndSurrogatesAreRead) {
   EXPECT_FALSE(matches(JsonSchema::any(), R"("\ud800")"));
   EXPECT_FALSE(matches(JsonSchema::any(), R"("\ude00")"));
   EXPECT_FALSE(matches(JsonSchema::any(), R"("\ud800x")"));
+  EXPECT_FALSE(JsonPrefix().feed(R"("\ud800\u0)"));  // only D can begin the low half
+  // UTF-8 is read as RFC 3629 has it: what nlohmann accepts.
+  EXPECT_TRUE(matches(JsonSchema::any(), "\"caf\xc3\xa9 \xf0\x9f\x98\x80\""));
+  for (const char* bad : {"\"\xff\x80\"", "\"\x80\"", "\"\xc3\"", "\"\xe0\x80\x80\"",
+                          "\"\xed\xa0\x80\"", "\"\xf4\x90\x80\x80\""}) {
+    EXPECT_FALSE(matches(JsonSchema::any(), bad)) << bad;
+    EXPECT_FALSE(nlohmann::json::accept(bad)) << bad;
+  }
   // Whitespace inside an enum's text is the text's, not limited.
   const auto spaced_schema = JsonSchema::compile(json::parse(R"({"enum": ["a    b"]})"), "s");
   JsonPrefix spaced(*spaced_schema);
