@@ -529,14 +529,20 @@ TEST_F(GpuModel, ServingLogprobsAndBiasOnTheHost) {
 
 // A request held to a JSON schema on the GPU model (its steps on the host path): with a
 // vocabulary of JSON fragments, every answer is a prefix of a matching text, and a whole one when
-// it stopped; a request beside it, not held, keeps the device's own path.
+// it stopped; a request beside it, not held, keeps the device's own path. The schema admits no
+// text longer than 22 of these fragments (`{ "ok" : false , "n" : false }` with the keys spelled
+// a character a token, one space between tokens at most), so within 30 tokens every held request
+// must have stopped.
 TEST_F(GpuModel, ServingHeldToASchema) {
   const ModelConfig config = small_config();
   const int64_t vocab = config.vocab_size;
   model::Model m(config, Device::cuda());
   m.init_weights(29);
-  const std::vector<std::string> fragments = {"{",     "}", "\"ok\"", ":", "true", "false", ",",
-                                              "\"n\"", "1", "2",      " ", "\"",   "x",     "["};
+  // Every prefix the schema admits can be finished from these (a key begun with a bare quote
+  // by "o", "k", "n"), so no request meets a dead end; "x", "1" and "[" are never admitted.
+  const std::vector<std::string> fragments = {"{", "}",     "\"ok\"", ":",  "true", "false",
+                                              ",", "\"n\"", " ",      "\"", "o",    "k",
+                                              "n", "x",     "1",      "["};
   infer::TokenTexts texts(static_cast<size_t>(vocab));
   for (int64_t v = 1; v < vocab; ++v) texts[v] = fragments[v % fragments.size()];
   auto tokens = std::make_shared<infer::TokenTable>(texts);
@@ -544,7 +550,7 @@ TEST_F(GpuModel, ServingHeldToASchema) {
       "",
       infer::JsonSchema::compile(
           nlohmann::json::parse(R"({"type": "object", "properties": {"ok": {"type": "boolean"},
-              "n": {"type": "integer"}}, "required": ["ok"], "additionalProperties": false})"),
+              "n": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false})"),
           "s"),
       ""});
   infer::SchedulerOptions so;
@@ -592,7 +598,7 @@ TEST_F(GpuModel, ServingHeldToASchema) {
       ++whole;
     }
   }
-  EXPECT_GE(whole, 1);
+  EXPECT_EQ(whole, 3);
   EXPECT_EQ(got[3].size(), 30u);  // not held: the whole budget, any tokens
 }
 
