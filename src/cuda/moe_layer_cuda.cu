@@ -90,6 +90,14 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   f1_ = config.first_proj_rows(f_);
   E_ = config.num_experts;
   k_ = config.top_k;
+  group_ = options.expert_group;
+  ep_ = group_ != nullptr ? group_->size() : 1;
+  MOEX_CHECK(E_ % ep_ == 0, "MoELayerCuda: ", E_, " experts do not split over ", ep_,
+             " expert-parallel ranks");
+  MOEX_CHECK(ep_ == 1 || !config.dropless || options.dropless_gemm == DroplessGemm::kPadded,
+             "MoELayerCuda: expert parallelism needs dropless_gemm kPadded (the grouped GEMMs "
+             "are single-GPU only)");
+  El_ = E_ / ep_;
   MOEX_CHECK(d_ % 8 == 0 && f_ % 8 == 0,
              "MoELayerCuda: hidden_size and ffn_size must be multiples of 8 (", kBf16Size,
              "), got ", d_, " and ", f_);
@@ -97,11 +105,12 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   router_w_ = dev({E_, d_}, DType::kF32, ctx);
   d_router_w_ = dev({E_, d_}, DType::kF32, ctx);
   if (!options.external_expert_buffers) {
-    w1_ = dev({E_, f1_, d_}, DType::kBF16, ctx);
-    w2_ = dev({E_, d_, f_}, DType::kBF16, ctx);
-    dw1_ = dev({E_, f1_, d_}, DType::kF32, ctx);
-    dw2_ = dev({E_, d_, f_}, DType::kF32, ctx);
+    w1_ = dev({El_, f1_, d_}, DType::kBF16, ctx);
+    w2_ = dev({El_, d_, f_}, DType::kBF16, ctx);
+    dw1_ = dev({El_, f1_, d_}, DType::kF32, ctx);
+    dw2_ = dev({El_, d_, f_}, DType::kF32, ctx);
   }
+  if (expert_parallel()) ep_caps_dev_ = dev({ep_}, DType::kI32, ctx);
 
   scratch_ = options.scratch != nullptr ? options.scratch : &own_scratch_;
   z_ = dev({T, E_}, DType::kF32, ctx);
@@ -232,8 +241,8 @@ void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, cons
   MOEX_CHECK(w1.defined() == w2.defined() && (w1.defined() || weight_grad_beta_ != 0.0f),
              "MoELayerCuda::set_parameters: give w1 and w2, or bind_expert_buffers first");
   if (w1.defined()) {
-    w1_ = upload(w1, DType::kBF16, "w1", {E_, f1_, d_}, ctx_);
-    w2_ = upload(w2, DType::kBF16, "w2", {E_, d_, f_}, ctx_);
+    w1_ = upload(w1, DType::kBF16, "w1", {El_, f1_, d_}, ctx_);
+    w2_ = upload(w2, DType::kBF16, "w2", {El_, d_, f_}, ctx_);
   }
   if (bias.defined()) {
     bias_ = upload(bias, DType::kF32, "bias", {E_}, ctx_);
@@ -244,10 +253,10 @@ void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, cons
 
 void MoELayerCuda::bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                                        const Tensor& dw2) {
-  check_tensor(w1, "MoELayerCuda::bind_expert_buffers w1", DType::kBF16, Shape{E_, f1_, d_});
-  check_tensor(w2, "MoELayerCuda::bind_expert_buffers w2", DType::kBF16, Shape{E_, d_, f_});
-  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", DType::kF32, Shape{E_, f1_, d_});
-  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", DType::kF32, Shape{E_, d_, f_});
+  check_tensor(w1, "MoELayerCuda::bind_expert_buffers w1", DType::kBF16, Shape{El_, f1_, d_});
+  check_tensor(w2, "MoELayerCuda::bind_expert_buffers w2", DType::kBF16, Shape{El_, d_, f_});
+  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", DType::kF32, Shape{El_, f1_, d_});
+  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", DType::kF32, Shape{El_, d_, f_});
   for (const Tensor* t : {&w1, &w2, &dw1, &dw2})
     MOEX_CHECK(t->device() == Device::cuda(ctx_.ordinal()),
                "MoELayerCuda::bind_expert_buffers: tensors must be on the layer's GPU");
@@ -370,7 +379,8 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                            : step.drop_tokens ? moe_capacity(T, config_, training)
                                               : T;
   const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
-  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens;
+  // The decode kernels read every expert's weights here: single-GPU only.
+  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel();
 
   // The gating kernel's parameters.
   GatingParams& g = gating_;
@@ -411,6 +421,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     decode_forward(x, y, config_.dropless ? T : std::max(T, capacity));
     return;
   }
+  if (expert_parallel()) gather_capacities();
   if (!config_.dropless) {
     capacity_ = g.capacity;
     rows_ = E_ * capacity_;
@@ -441,18 +452,139 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     host_counts_.assign(info.begin() + 4, info.end());
     for (int e = 0; e < E_; ++e)
       (host_counts_[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
-    if (options_.dropless_gemm == DroplessGemm::kPadded) {
+    if (expert_parallel()) {
+      slot_rows_.clear();  // the owners' rows cover every C row of each source
+    } else if (options_.dropless_gemm == DroplessGemm::kPadded) {
       build_padded_slots(host_counts_);
     } else {
       slot_experts_ = group_experts_;
     }
   }
+  if (expert_parallel()) {
+    MOEX_CHECK(ep_caps_[group_->rank()] == capacity_ && rows_ == E_ * capacity_,
+               "MoELayerCuda: the gathered capacity ", ep_caps_[group_->rank()],
+               " is not this rank's ", capacity_, " (", rows_, " rows)");
+    point_ep_buffers(false);
+    moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
+    to_owners(buf_.xb, ep_rows_.xb);
+    experts_forward(ep_rows_);
+    from_owners(ep_rows_.out, buf_.out);
+    finish_forward(x, y);
+    return;
+  }
   ensure_rows(rows_);
   upload_operands();
 
   moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
-  experts_forward();
+  experts_forward(local_rows());
   finish_forward(x, y);
+}
+
+void MoELayerCuda::gather_capacities() {
+  // info[0] is C on the device in both modes (capacity mode: the capacity; dropless: the largest
+  // load). Pageable destination: the copy returns once the value is here.
+  group_->all_gather(plan_.info, ep_caps_dev_.raw_data(), 1, DType::kI32, ctx_.stream());
+  std::vector<int32_t> caps(static_cast<size_t>(ep_));
+  CUDA_CHECK(cudaMemcpyAsync(caps.data(), ep_caps_dev_.raw_data(), ep_ * sizeof(int32_t),
+                             cudaMemcpyDeviceToHost, ctx_.stream()));
+  CUDA_CHECK(cudaStreamSynchronize(ctx_.stream()));
+  ep_caps_.assign(caps.begin(), caps.end());
+  ep_total_ = 0;
+  for (int64_t c : ep_caps_) ep_total_ += c;
+}
+
+void MoELayerCuda::point_ep_buffers(bool backward) {
+  MoEScratch& s = *scratch_;
+  const int64_t owner_rows = El_ * ep_total_;
+  const size_t local = static_cast<size_t>(grown_rows(rows_)) * 2;  // bytes per bf16 column
+  const size_t owner = static_cast<size_t>(grown_rows(owner_rows)) * 2;
+  const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
+  auto grow = [&](Tensor& t, int64_t rows, int64_t cols) {
+    if (t.defined() && t.dim(0) >= rows) return;
+    if (t.defined()) {  // queued kernels may still read the old block
+      ctx_.synchronize();
+      buffers_moved();
+    }
+    t = Tensor();
+    t = dev({grown_rows(rows), cols}, DType::kBF16, ctx_);
+  };
+  ExpertRows& r = ep_rows_;
+  r.experts = El_;
+  r.capacity = ep_total_;
+  r.rows = owner_rows;
+  if (kept_) {  // x rows, h, a on the owner and the local outputs stay for backward
+    if (!backward) {
+      grow(ep_x_, owner_rows, d_);
+      grow(ep_h_, owner_rows, f1_);
+      grow(ep_a_, owner_rows, f_);
+      grow(ep_out_, rows_, d_);
+    }
+    r.xb = ep_x_.raw_data();
+    r.h = ep_h_.raw_data();
+    r.a = ep_a_.raw_data();
+    buf_.out = ep_out_.raw_data();
+  } else {
+    r.xb = s.get(MoEScratch::kEpX, owner * d_, ctx_);
+    r.h = s.get(MoEScratch::kH, owner * f1_, ctx_);
+    r.a = s.get(MoEScratch::kA, owner * f_, ctx_);
+    buf_.out = s.get(MoEScratch::kOut, local * d_, ctx_);
+  }
+  // The owner's outputs (forward) or dout, then dxb (backward).
+  r.out = r.dout = s.get(MoEScratch::kEpRows, owner * d_, ctx_);
+  buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
+  s.get(MoEScratch::kEpStage, std::max(local, owner) * d_, ctx_);
+  if (!backward) {
+    buf_.xb = s.get(MoEScratch::kXb, local * d_, ctx_);
+    return;
+  }
+  buf_.dout = s.get(MoEScratch::kDout, local * d_, ctx_);
+  r.da = s.get(MoEScratch::kDa, owner * f_, ctx_);
+  r.dh = s.get(MoEScratch::kDh, owner * f1_, ctx_);
+  buf_.dxj = static_cast<float*>(s.get(MoEScratch::kDxj, td, ctx_));
+  if (res_.defined() || sh_.defined())
+    buf_.dxe = static_cast<float*>(s.get(MoEScratch::kDxe, td, ctx_));
+}
+
+void MoELayerCuda::to_owners(const void* local, void* owner) {
+  cudaStream_t stream = ctx_.stream();
+  // Receive buffer: [El, C_q, d] from every rank q, back to back.
+  char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
+  const size_t row = static_cast<size_t>(d_) * 2;  // bytes of one bf16 row
+  std::vector<int64_t> send(ep_), recv(ep_);
+  for (int q = 0; q < ep_; ++q) {
+    send[q] = El_ * capacity_ * d_;
+    recv[q] = El_ * ep_caps_[q] * d_;
+  }
+  group_->all_to_all_v(local, send.data(), stage, recv.data(), DType::kBF16, stream);
+  // Expert-major on the owner: expert e's rows from rank q start at row e*sum C + sum_{r<q} C_r.
+  int64_t before = 0;  // sum of C_r for r < q
+  for (int q = 0; q < ep_; ++q) {
+    const size_t cq = static_cast<size_t>(ep_caps_[q]);
+    if (cq > 0)
+      CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(owner) + before * row, ep_total_ * row,
+                                   stage + El_ * before * row, cq * row, cq * row, El_,
+                                   cudaMemcpyDeviceToDevice, stream));
+    before += ep_caps_[q];
+  }
+}
+
+void MoELayerCuda::from_owners(const void* owner, void* local) {
+  cudaStream_t stream = ctx_.stream();
+  char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
+  const size_t row = static_cast<size_t>(d_) * 2;
+  std::vector<int64_t> send(ep_), recv(ep_);
+  int64_t before = 0;
+  for (int q = 0; q < ep_; ++q) {
+    const size_t cq = static_cast<size_t>(ep_caps_[q]);
+    if (cq > 0)
+      CUDA_CHECK(cudaMemcpy2DAsync(stage + El_ * before * row, cq * row,
+                                   static_cast<const char*>(owner) + before * row, ep_total_ * row,
+                                   cq * row, El_, cudaMemcpyDeviceToDevice, stream));
+    before += ep_caps_[q];
+    send[q] = El_ * ep_caps_[q] * d_;
+    recv[q] = El_ * capacity_ * d_;
+  }
+  group_->all_to_all_v(stage, send.data(), local, recv.data(), DType::kBF16, stream);
 }
 
 void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity) {
@@ -618,12 +750,12 @@ PaddedRows MoELayerCuda::used_rows() const {
   return PaddedRows{plan_.counts, capacity_, options_.padded_row_multiple};
 }
 
-void MoELayerCuda::strided_gemm(int gi, const GemmShape& shape, const void* a, int64_t stride_a,
-                                const void* b, int64_t stride_b, void* c, int64_t stride_c,
-                                bool c_f32) {
+void MoELayerCuda::strided_gemm(int gi, int experts, const GemmShape& shape, const void* a,
+                                int64_t stride_a, const void* b, int64_t stride_b, void* c,
+                                int64_t stride_c, bool c_f32) {
   ctx_.varying_gemm().run(rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM, shape, a, stride_a, b,
-                          stride_b, c, stride_c, c_f32, E_, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f,
-                          ctx_.stream());
+                          stride_b, c, stride_c, c_f32, experts, 1.0f,
+                          c_f32 ? weight_grad_beta_ : 0.0f, ctx_.stream());
 }
 
 MixParams MoELayerCuda::mix_params(int64_t T) const {
@@ -645,43 +777,58 @@ MixParams MoELayerCuda::mix_params(int64_t T) const {
   return p;
 }
 
-void MoELayerCuda::experts_forward() {
+MoELayerCuda::ExpertRows MoELayerCuda::local_rows() const {
+  ExpertRows r;
+  r.experts = E_;
+  r.capacity = capacity_;
+  r.rows = rows_;
+  r.xb = buf_.xb;
+  r.h = buf_.h;
+  r.a = buf_.a;
+  r.out = buf_.out;
+  r.dout = buf_.dout;
+  r.da = buf_.da;
+  r.dh = buf_.dh;
+  return r;
+}
+
+void MoELayerCuda::experts_forward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  const int64_t C = r.capacity;
   if (!grouped) {
-    const int64_t C = capacity_;
     if (C == 0) return;
     if (!slot_rows_.empty()) {
       padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
     } else {
-      strided_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, buf_.xb, C * d_,
-                   w1_.raw_data(), f1_ * d_, buf_.h, C * f1_, false);
+      strided_gemm(0, r.experts, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, r.xb, C * d_,
+                   w1_.raw_data(), f1_ * d_, r.h, C * f1_, false);
     }
   } else {
     grouped_gemm(0, GemmShape{false, true, 0, f1_, d_, d_, d_, f1_}, false);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_forward_bf16(buf_.h, buf_.a, rows_, f_, stream, used_rows());
+    swiglu_forward_bf16(r.h, r.a, r.rows, f_, stream, used_rows());
   } else {
-    gelu_forward_bf16(buf_.h, buf_.a, rows_, f_, config_.gelu_exact, stream, used_rows());
+    gelu_forward_bf16(r.h, r.a, r.rows, f_, config_.gelu_exact, stream, used_rows());
   }
   if (!grouped) {
-    const int64_t C = capacity_;
     if (!slot_rows_.empty()) {
       padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
     } else {
-      strided_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, buf_.a, C * f_, w2_.raw_data(),
-                   d_ * f_, buf_.out, C * d_, false);
+      strided_gemm(1, r.experts, GemmShape{false, true, C, d_, f_, f_, f_, d_}, r.a, C * f_,
+                   w2_.raw_data(), d_ * f_, r.out, C * d_, false);
     }
   } else {
     grouped_gemm(1, GemmShape{false, true, 0, d_, f_, f_, f_, d_}, false);
   }
 }
 
-void MoELayerCuda::experts_backward() {
+void MoELayerCuda::experts_backward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
   const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
-  const int64_t C = capacity_;
+  const int64_t C = r.capacity;
+  const int E = r.experts;
   const bool empty = grouped ? group_experts_.empty() : C == 0;
   const bool accumulate = weight_grad_beta_ != 0.0f;  // model mode: nothing to clear
   if (empty) {
@@ -705,29 +852,28 @@ void MoELayerCuda::experts_backward() {
     padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
     padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
   } else if (!grouped) {
-    strided_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, buf_.dout, C * d_,
-                 w2_.raw_data(), d_ * f_, buf_.da, C * f_, false);
-    strided_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, buf_.dout, C * d_, buf_.a,
-                 C * f_, dw2_.raw_data(), d_ * f_, true);
+    strided_gemm(2, E, GemmShape{false, false, C, f_, d_, d_, f_, f_}, r.dout, C * d_,
+                 w2_.raw_data(), d_ * f_, r.da, C * f_, false);
+    strided_gemm(3, E, GemmShape{true, false, d_, f_, C, d_, f_, f_}, r.dout, C * d_, r.a, C * f_,
+                 dw2_.raw_data(), d_ * f_, true);
   } else {
     grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
     grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
   }
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, stream, used_rows());
+    swiglu_backward_bf16(r.h, r.da, r.dh, r.rows, f_, stream, used_rows());
   } else {
-    gelu_backward_bf16(buf_.h, buf_.da, buf_.dh, rows_, f_, config_.gelu_exact, stream,
-                       used_rows());
+    gelu_backward_bf16(r.h, r.da, r.dh, r.rows, f_, config_.gelu_exact, stream, used_rows());
   }
   // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
   if (!grouped && !slot_rows_.empty()) {
     padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
     padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
   } else if (!grouped) {
-    strided_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, buf_.dh, C * f1_, buf_.xb,
-                 C * d_, dw1_.raw_data(), f1_ * d_, true);
-    strided_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, buf_.dh, C * f1_,
-                 w1_.raw_data(), f1_ * d_, buf_.dout, C * d_, false);
+    strided_gemm(4, E, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, r.dh, C * f1_, r.xb, C * d_,
+                 dw1_.raw_data(), f1_ * d_, true);
+    strided_gemm(5, E, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, r.dh, C * f1_,
+                 w1_.raw_data(), f1_ * d_, r.dout, C * d_, false);
   } else {
     grouped_gemm(4, GemmShape{true, false, f1_, d_, 0, f1_, d_, d_}, true);
     grouped_gemm(5, GemmShape{false, false, 0, d_, f1_, f1_, d_, d_}, false);
@@ -752,9 +898,14 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   // Other layers used the scratch since this layer's forward: take its pointers again and
   // rebuild what lived there, the routed rows xb (dw1 reads them) and the fp32 router input xj
   // (the router's weight gradient reads it); the jitter is the same Philox draw.
-  point_scratch(rows_, true);
-  upload_operands();
-  moe_permute(x_, plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
+  // Under expert parallelism the owners kept their x rows: nothing to rebuild but xj.
+  if (expert_parallel()) {
+    point_ep_buffers(true);
+  } else {
+    point_scratch(rows_, true);
+    upload_operands();
+    moe_permute(x_, plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
+  }
   router_input_bf16(x_, T, d_, eps, seed_, offset_, buf_.xj, stream);
   // Residual / shared mix: split dy into the MoE part and the dense MLPs' output gradients.
   const bool mix = res_.defined() || sh_.defined();
@@ -787,7 +938,13 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
            d_router_w_.data<float>());
   gemm_f32(ctx_.cublas(), GemmShape{false, false, T, d_, E_, E_, d_, d_}, dz_.data<float>(),
            router_w_.data<float>(), buf_.dxj);
-  experts_backward();
+  if (expert_parallel()) {
+    to_owners(buf_.dout, ep_rows_.dout);
+    experts_backward(ep_rows_);
+    from_owners(ep_rows_.dout, buf_.dout);  // dxb, back in this rank's layout
+  } else {
+    experts_backward(local_rows());
+  }
   moe_permute_backward(buf_.dout, plan_.row, buf_.dxj, T, d_, k_, eps, seed_, offset_,
                        dx.raw_data(), stream);
   if (mix) {

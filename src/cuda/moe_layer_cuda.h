@@ -23,8 +23,16 @@
 //   y = moe(x) c0 + mlp(x) c1 (c = softmax(x Wc^T)),   y += shared_mlp(x) [sigmoid(x ws^T)].
 // Their backward adds into dx in fp32 before the single bf16 rounding; no host sync either.
 //
+// Expert parallelism (options.expert_group of ep ranks, docs/parallelism.md §Expert parallelism):
+// this rank holds El = E/ep experts, [rank El, (rank + 1) El). After the permute, the [E, C, d]
+// rows go to the experts' owners by one all-to-all-v (rank p receives [El, C_q, d] from every rank
+// q, C_q being q's capacity or largest load, gathered over the group: one host sync per forward);
+// the owner lays them out expert-major, [El, sum_q C_q, d], runs its experts as one strided batch
+// and sends the outputs back the same way. Backward exchanges dout and dxb likewise. Decoding and
+// the grouped and padded-slot GEMMs are single-GPU only (the padded rows then cover every C row).
+//
 // Legend: T tokens, d hidden, F ffn, F1 = F (GELU) or 2F (SwiGLU), E experts, k, C capacity, R
-// rows.
+// rows, El experts on this rank.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +45,7 @@
 #include "cuda/moe_gating.h"
 #include "cuda/moe_mix.h"
 #include "cuda/padded_rows.h"
+#include "dist/device_group.h"
 #include "moe/moe_config.h"
 
 namespace moex::cuda {
@@ -51,7 +60,24 @@ enum class DroplessGemm { kGrouped, kPadded };
 // its pointers afresh in every call.
 class MoEScratch {
  public:
-  enum Slot { kXb, kH, kA, kOut, kDout, kDa, kDh, kXj, kDxj, kDxe, kNumSlots };
+  // kEpX, kEpStage, kEpRows: expert parallelism's rows on the owner, the exchanges' receive
+  // buffer, and the owner's output or gradient rows.
+  enum Slot {
+    kXb,
+    kH,
+    kA,
+    kOut,
+    kDout,
+    kDa,
+    kDh,
+    kXj,
+    kDxj,
+    kDxe,
+    kEpX,
+    kEpStage,
+    kEpRows,
+    kNumSlots
+  };
   // Slot s with room for at least `bytes`; grows it (after a stream sync) when smaller.
   void* get(Slot s, size_t bytes, CudaContext& ctx);
   size_t bytes() const;  // held in all slots
@@ -93,6 +119,10 @@ struct MoELayerCudaOptions {
   // 32 sequences is captured into a CUDA graph; at 64 tokens the GEMM path is faster (585 against
   // 782 us).
   int64_t decode_max_tokens = 32;
+  // Expert parallelism: the group of ranks that share this layer's experts (this rank holds
+  // E / size() of them, see the header comment). Null or a group of one: every expert is here.
+  // Must outlive the layer. Incompatible with DroplessGemm::kGrouped.
+  dist::DeviceGroup* expert_group = nullptr;
 };
 
 // One forward's mode and random streams.
@@ -131,16 +161,16 @@ class MoELayerCuda {
   MoELayerCuda(const MoELayerCuda&) = delete;
   MoELayerCuda& operator=(const MoELayerCuda&) = delete;
 
-  // fp32 tensors on any device: router_w [E,d], w1 [E,F1,d], w2 [E,d,F], bias [E] (may be
-  // undefined). The router stays fp32; expert weights are stored bf16.
+  // fp32 tensors on any device: router_w [E,d], w1 [El,F1,d], w2 [El,d,F] (this rank's experts),
+  // bias [E] (may be undefined). The router stays fp32; expert weights are stored bf16.
   void set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                       const Tensor& bias = Tensor());
   // PR-MoE residual MLP: w1 [Fr1,d], w2 [d,Fr], coef [2,d] (fp32, any device; coef stays fp32).
   void set_residual_parameters(const Tensor& w1, const Tensor& w2, const Tensor& coef);
   // Shared expert: w1 [Fs1,d], w2 [d,Fs], gate [1,d] (only with config.shared_gate).
   void set_shared_parameters(const Tensor& w1, const Tensor& w2, const Tensor& gate = Tensor());
-  // Model mode (docs/gpu-model.md): compute with these bf16 expert weights, w1 [E,F1,d] and
-  // w2 [E,d,F] (views of a model's bf16 compute copy), and ADD the expert weight gradients into
+  // Model mode (docs/gpu-model.md): compute with these bf16 expert weights, w1 [El,F1,d] and
+  // w2 [El,d,F] (views of a model's bf16 compute copy), and ADD the expert weight gradients into
   // dw1, dw2 (fp32 views of its gradient buffer) instead of overwriting buffers of the layer's
   // own. set_parameters then takes undefined w1/w2 and leaves the bound ones in place. The views
   // must stay valid while the layer uses them.
@@ -167,14 +197,15 @@ class MoELayerCuda {
   MoEStatsCuda stats() const;  // waits for the last forward's statistics copy
 
   const MoEConfig& config() const { return config_; }
+  int local_experts() const { return El_; }            // El: the experts this rank holds
   const GatingOutputs& plan() const { return plan_; }  // device arrays of the last forward
   int64_t num_rows() const { return rows_; }           // R of the last forward
   int64_t capacity() const { return capacity_; }
-  // Parameters (device): router_w [E,d] f32, bias [E] f32, w1 [E,F1,d] bf16, w2 [E,d,F] bf16.
+  // Parameters (device): router_w [E,d] f32, bias [E] f32, w1 [El,F1,d] bf16, w2 [El,d,F] bf16.
   const Tensor& router_w() const { return router_w_; }
   const Tensor& w1() const { return w1_; }
   const Tensor& w2() const { return w2_; }
-  // Gradients (device, fp32): d_router_w [E,d], dw1 [E,F1,d], dw2 [E,d,F].
+  // Gradients (device, fp32): d_router_w [E,d], dw1 [El,F1,d], dw2 [El,d,F].
   const Tensor& grad_router_w() const { return d_router_w_; }
   const Tensor& grad_w1() const { return dw1_; }
   const Tensor& grad_w2() const { return dw2_; }
@@ -212,11 +243,30 @@ class MoELayerCuda {
   void point_scratch(int64_t rows, bool backward);
   // The per-expert operand pointers of the grouped / padded GEMMs, for the current buf_.
   void upload_operands();
-  void experts_forward();
+  // The rows the expert GEMMs run on: `experts` blocks of `capacity` rows (padded layouts; the
+  // grouped path packs `rows` rows), with their buffers.
+  struct ExpertRows {
+    int experts = 0;
+    int64_t capacity = 0, rows = 0;
+    void *xb = nullptr, *h = nullptr, *a = nullptr, *out = nullptr;
+    void *dout = nullptr, *da = nullptr, *dh = nullptr;
+  };
+  ExpertRows local_rows() const;  // this rank's own layout: all E experts, buf_
+  void experts_forward(const ExpertRows& r);
+  void experts_backward(const ExpertRows& r);
+  // Expert parallelism (see the header comment).
+  bool expert_parallel() const { return ep_ > 1; }
+  void gather_capacities();  // ep_caps_ and ep_total_ of this forward (one host sync)
+  // Points buf_ and ep_rows_ at the rows of this call: kept activations in the layer's own
+  // buffers, the rest in the scratch.
+  void point_ep_buffers(bool backward);
+  // local [E, C, d] rows (peer-major: experts p El.. belong to rank p) -> owner [El, sum C_q, d].
+  void to_owners(const void* local, void* owner);
+  // owner [El, sum C_q, d] -> local [E, C, d]: the reverse.
+  void from_owners(const void* owner, void* local);
   // The forward's expert stage on the decode kernels, and the stages after the experts.
   void decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity);
   void finish_forward(const Tensor& x, const Tensor& y);
-  void experts_backward();
 
   // A dense MLP (residual or shared expert): one "expert" over all T rows.
   struct DenseMlp {
@@ -236,6 +286,13 @@ class MoELayerCuda {
   CudaContext& ctx_;
   int64_t d_, f_, f1_;
   int E_, k_;
+  dist::DeviceGroup* group_ = nullptr;  // options_.expert_group
+  int ep_ = 1, El_ = 0;                 // group size; experts held here (E / ep)
+  std::vector<int64_t> ep_caps_;        // [ep] C of every rank of the group in the last forward
+  int64_t ep_total_ = 0;                // sum of ep_caps_: rows of each expert held here
+  Tensor ep_caps_dev_;                  // [ep] i32, the all-gather's result
+  Tensor ep_x_, ep_h_, ep_a_, ep_out_;  // kept rows: owner [El*sum C, d|F1|F], local out [E*C, d]
+  ExpertRows ep_rows_;                  // the owner's rows of the current call
 
   Tensor router_w_, bias_, w1_, w2_;
   Tensor d_router_w_, dw1_, dw2_;
@@ -284,8 +341,8 @@ class MoELayerCuda {
   // row when the GEMMs run as one strided batch.
   PaddedRows used_rows() const;
   // Expert GEMM gi over all E experts at once (capacity mode, or padding that saves < 3%).
-  void strided_gemm(int gi, const GemmShape& shape, const void* a, int64_t stride_a, const void* b,
-                    int64_t stride_b, void* c, int64_t stride_c, bool c_f32);
+  void strided_gemm(int gi, int experts, const GemmShape& shape, const void* a, int64_t stride_a,
+                    const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_f32);
 
   // Residual / shared expert state.
   DenseMlp res_, sh_;

@@ -19,9 +19,7 @@
 #include <string>
 
 #include "core/dtype.h"
-
-struct CUstream_st;  // cudaStream_t is CUstream_st*
-struct CUevent_st;   // cudaEvent_t is CUevent_st*
+#include "dist/device_group.h"
 
 namespace moex::dist {
 
@@ -42,10 +40,9 @@ struct NcclOptions {
   int device = -1;
 };
 
-class NcclCommunicator {
+class NcclCommunicator : public DeviceGroup {
  public:
-  using Stream = CUstream_st*;  // cudaStream_t; nullptr is the default stream
-  using Event = CUevent_st*;    // cudaEvent_t
+  // Stream (cudaStream_t; nullptr is the default stream) and Event come from DeviceGroup.
 
   // True when this build has NCCL (the constructors throw otherwise).
   static bool built();
@@ -62,8 +59,8 @@ class NcclCommunicator {
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
-  int rank() const;
-  int size() const;
+  int rank() const override;
+  int size() const override;
   // The communicator's own stream (collectives run there).
   Stream stream() const;
 
@@ -73,13 +70,13 @@ class NcclCommunicator {
   // communicator and may be recorded again by a later collective, which only makes a wait on it
   // longer. Buffers must stay allocated until the collective has finished.
   Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream);
-  Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
+  Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override;
   Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
   Event broadcast(void* data, int64_t n, DType dtype, int root, Stream stream);
   Event all_to_all(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
   // send_counts / recv_counts: host arrays of size() element counts (grouped ncclSend/ncclRecv).
   Event all_to_all_v(const void* send, const int64_t* send_counts, void* recv,
-                     const int64_t* recv_counts, DType dtype, Stream stream);
+                     const int64_t* recv_counts, DType dtype, Stream stream) override;
 
   // Blocks the host until every queued collective has finished.
   void synchronize();

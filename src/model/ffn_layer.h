@@ -48,6 +48,10 @@ class FfnLayer {
   void init(uint64_t seed, float std, float out_std);
 
   bool is_moe() const { return moe_ != nullptr; }
+  // Expert parallelism on the GPU (MoELayer::set_device_expert_group); a dense FFN ignores it.
+  void set_device_expert_group(dist::DeviceGroup* group) {
+    if (moe_) moe_->set_device_expert_group(group);
+  }
   // Buffer indices of the expert tensors (experts.*), whose first dim is this rank's experts.
   std::vector<int> expert_param_indices() const;
   // x [n, d] -> y [n, d]; x must stay alive until backward when `save` (it does: both live in the

@@ -65,6 +65,10 @@ bool Model::is_expert_param(int index) const {
   return expert_param_.at(static_cast<size_t>(index));
 }
 
+void Model::set_device_expert_group(dist::DeviceGroup* group) {
+  for (auto& block : blocks_) block->ffn().set_device_expert_group(group);
+}
+
 void Model::bind_all(const ParamViews& views) {
   embed_ = bind_param(views, embed_idx_);
   pos_ = bind_param(views, pos_idx_);

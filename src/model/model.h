@@ -169,6 +169,9 @@ class Model {
   // The expert group the model was built with (null: all experts here), and whether buffer entry
   // `index` holds experts (experts.*: this rank's E/ep rows of the global tensor under ep).
   dist::Communicator* expert_group() const { return expert_group_; }
+  // Expert parallelism on the GPU: the expert group's ranks as a GPU communicator (NCCL), which
+  // every MoE layer exchanges its tokens over. Must outlive the model; set before the first step.
+  void set_device_expert_group(dist::DeviceGroup* group);
   bool is_expert_param(int index) const;
   // The tensor-parallel group (inactive when every weight is here). Buffer entries with
   // params().split_dim(i) >= 0 hold this rank's part of the named tensor.

@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "cpu/gemm.h"
 #include "dist/communicator.h"
+#include "dist/device_group.h"
 #include "moe/expert_exchange.h"
 #include "moe/experts.h"
 #include "moe/moe_layer_dispatch.h"
@@ -27,6 +28,7 @@ struct MoELayer::Impl {
   MoEWeights weights;
   MoERouting routing;
   dist::Communicator* expert_group = nullptr;  // set when ep > 1 (experts spread over ranks)
+  dist::DeviceGroup* device_group = nullptr;  // the same ranks on the GPU (set_device_expert_group)
   dist::Communicator* slice_group = nullptr;   // expert tensor-slicing over these ranks
   int64_t num_local_experts = 0, first_local_expert = 0;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
@@ -584,11 +586,14 @@ std::vector<std::pair<std::string, Tensor>> MoELayer::named_parameters() const {
 
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
-    MOEX_CHECK(impl_->expert_group == nullptr && impl_->slice_group == nullptr,
-               "MoELayer: expert parallelism and expert slicing run on the CPU only so far "
-               "(docs/parallelism.md)");
+    MOEX_CHECK(impl_->slice_group == nullptr,
+               "MoELayer: expert slicing runs on the CPU only so far (docs/parallelism.md)");
+    MOEX_CHECK(impl_->expert_group == nullptr || impl_->device_group != nullptr,
+               "MoELayer: expert parallelism on ", x.device().str(),
+               " needs the expert group's GPU communicator (set_device_expert_group)");
     if (!impl_->device)
-      impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, x.device());
+      impl_->device =
+          make_moe_device_layer(impl_->config, impl_->dtype, x.device(), impl_->device_group);
     return impl_->device->forward(impl_->weights, x, options);
   }
   return impl_->forward(x, options);
@@ -600,8 +605,18 @@ void MoELayer::finish_stats() {
 
 void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                           const Tensor& dw1, const Tensor& dw2) {
-  if (!impl_->device) impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, device);
+  if (!impl_->device)
+    impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, device, impl_->device_group);
   impl_->device->bind_expert_buffers(w1, w2, dw1, dw2);
+}
+
+void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
+  MOEX_CHECK(group == nullptr ||
+                 (impl_->expert_group != nullptr && group->size() == impl_->expert_group->size() &&
+                  group->rank() == impl_->expert_group->rank()),
+             "MoELayer::set_device_expert_group: the GPU group must hold the expert group's ranks");
+  impl_->device_group = group;
+  if (impl_->device) impl_->device->set_expert_group(group);
 }
 
 const MoEGradients& MoELayer::backward(const Tensor& dy) {

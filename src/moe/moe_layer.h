@@ -27,6 +27,7 @@ namespace moex {
 
 namespace dist {
 class Communicator;
+class DeviceGroup;
 }
 
 // One forward's routing decision: the selection and the plan built from it. Passing it back to
@@ -158,6 +159,10 @@ class MoELayer {
   // expert gradients. The other weights stay as weights() says. `device` is the GPU.
   void bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                   const Tensor& dw1, const Tensor& dw2);
+  // Expert parallelism on the GPU: the expert group's ranks as a GPU communicator (the same ranks
+  // in the same order as expert_group), over which the GPU path exchanges tokens. Must outlive
+  // the layer; required before a GPU forward of a layer built with an expert group.
+  void set_device_expert_group(dist::DeviceGroup* group);
 
   struct Impl;
 

@@ -59,8 +59,8 @@ cuda::MoEScratch& shared_scratch(int ordinal) {
 
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
-  CudaMoELayer(const MoEConfig& config, int ordinal)
-      : config_(config), ctx_(cuda::default_context(ordinal)) {}
+  CudaMoELayer(const MoEConfig& config, int ordinal, dist::DeviceGroup* expert_group)
+      : config_(config), ctx_(cuda::default_context(ordinal)), expert_group_(expert_group) {}
 
   const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
@@ -79,6 +79,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       // Dropless: experts' rows rounded to 128 instead of all padded to the largest load, when
       // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
       opt.padded_row_multiple = 128;
+      opt.expert_group = expert_group_;
       layer_.reset();  // its buffers go back to the allocator before the new ones are taken
       buffers_moved();
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
@@ -222,10 +223,16 @@ class CudaMoELayer final : public MoEDeviceLayer {
     layer_.reset();  // the next forward builds a layer in model mode
   }
 
+  void set_expert_group(dist::DeviceGroup* group) override {
+    expert_group_ = group;
+    layer_.reset();  // the next forward builds a layer over the group
+  }
+
   std::vector<WeightStamp> stamps_;
   Tensor bound_w1_, bound_w2_, bound_dw1_, bound_dw2_;  // model mode (undefined otherwise)
   MoEConfig config_;
   cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
+  dist::DeviceGroup* expert_group_ = nullptr;
   std::unique_ptr<cuda::MoELayerCuda> layer_;
   int64_t max_tokens_ = 0, tokens_ = 0;
   DType x_dtype_ = DType::kF32;  // y and dx come back in it
@@ -240,16 +247,18 @@ class CudaMoELayer final : public MoEDeviceLayer {
 #endif
 
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
-                                                      const Device& device) {
+                                                      const Device& device,
+                                                      dist::DeviceGroup* expert_group) {
 #ifdef MOEX_WITH_CUDA
   if (device.is_cuda()) {
     MOEX_CHECK(dtype == DType::kF32, "MoELayer on CUDA: only f32 layers run on the GPU, got ",
                dtype_name(dtype));
-    return std::make_unique<CudaMoELayer>(config, device.ordinal);
+    return std::make_unique<CudaMoELayer>(config, device.ordinal, expert_group);
   }
 #else
   (void)config;
   (void)dtype;
+  (void)expert_group;
 #endif
   MOEX_CHECK(false, "MoELayer: no implementation for device ", device.str(),
              " (built without MOEX_WITH_CUDA?)");

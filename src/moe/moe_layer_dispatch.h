@@ -17,6 +17,8 @@
 //     in place calls Tensor::mark_written() on them (MoELayer::init_weights, Model::init_weights,
 //     weight loading and the optimizer do); an unmarked in-place edit is not seen.
 //     moe_device_weight_uploads() counts uploads.
+//   - expert parallelism: the layer holds this rank's E/ep experts and exchanges tokens over the
+//     expert group's GPU communicator (cuda/moe_layer_cuda.h);
 //   - not supported (MOEX_CHECK): f64 layers, fixed_routing;
 //   - routing() is not updated by a GPU forward (the plan stays on the device).
 #pragma once
@@ -40,13 +42,17 @@ class MoEDeviceLayer {
   // Model mode: see MoELayer::bind_device_expert_buffers.
   virtual void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                                    const Tensor& dw2) = 0;
+  // See MoELayer::set_device_expert_group (null: every expert here).
+  virtual void set_expert_group(dist::DeviceGroup* group) = 0;
 };
 
 // Weight uploads done by device layers in this process (tests, diagnostics).
 int64_t moe_device_weight_uploads();
 
 // The implementation for x's device, or an error naming why there is none (a build without CUDA).
+// expert_group: see MoELayer::set_device_expert_group.
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
-                                                      const Device& device);
+                                                      const Device& device,
+                                                      dist::DeviceGroup* expert_group = nullptr);
 
 }  // namespace moex

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <vector>
 
 #include "core/file_util.h"
@@ -200,18 +201,21 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
   return total / std::max<int64_t>(1, count);
 }
 
-// Sums the gradients of the replicas: expert tensors over the ranks that hold the same experts
-// (edp), everything else over all data-parallel ranks. Runs of neighbouring tensors of one kind
-// go in one call.
-void all_reduce_gradients(model::Model& model, dist::Communicator& dp, dist::Communicator& edp) {
+// The gradient buffer in runs of neighbouring tensors of one kind, expert or not, each a view of
+// the flat buffer: reduce(run, expert). The replicas' gradients are summed per run, the expert
+// tensors over the ranks that hold the same experts (edp), the rest over all data-parallel ranks.
+void for_each_gradient_run(model::Model& model,
+                           const std::function<void(const Tensor&, bool)>& reduce) {
   const ParamBuffer& grads = model.grads();
+  const Tensor& flat = grads.flat();
+  const auto* base = static_cast<const float*>(flat.raw_data());
+  auto offset = [&](const Tensor& t) { return static_cast<const float*>(t.raw_data()) - base; };
   int begin = 0;
   for (int i = 1; i <= grads.size(); ++i) {
     const bool expert = model.is_expert_param(begin);
     if (i < grads.size() && model.is_expert_param(i) == expert) continue;
-    float* first = grads.tensor(begin).data<float>();
     const Tensor& last = grads.tensor(i - 1);
-    (expert ? edp : dp).all_reduce_sum(first, last.data<float>() + last.numel() - first);
+    reduce(flat.slice(offset(grads.tensor(begin)), offset(last) + last.numel()), expert);
     begin = i;
   }
 }
@@ -291,24 +295,31 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
              ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
   const bool tp = layout.tp > 1;
-  // GPU ranks: data parallelism over NCCL, one GPU per rank (the rank's local index on its node).
-  MOEX_CHECK(c.training.device.is_cpu() || (!tp && !ep), c.source,
-             ": parallel: tensor and expert parallelism run on CPU ranks only so far; GPU ranks "
-             "train data-parallel (docs/parallelism.md)");
+  // GPU ranks: data and expert parallelism over NCCL, one GPU per rank (the rank's local index on
+  // its node).
+  MOEX_CHECK(c.training.device.is_cpu() || !tp, c.source,
+             ": parallel.tp: tensor parallelism runs on CPU ranks only so far; GPU ranks train "
+             "data- and expert-parallel (docs/parallelism.md)");
   const Device device = c.training.device.is_cuda() && world > 1
                             ? Device::cuda(comm.local_rank() % std::max(1, ops::device_count()))
                             : c.training.device;
-  std::unique_ptr<dist::NcclCommunicator> gpu_dp;
+  // The GPU communicators of the groups with more than one rank, made in the same order on
+  // every rank: dp (the gradients of the replicated weights), ep (the MoE layers' token exchanges)
+  // and edp (the expert gradients).
+  std::unique_ptr<dist::NcclCommunicator> gpu_dp, gpu_ep, gpu_edp;
   if (device.is_cuda() && dp > 1) {
     ops::use_device(device);
     dist::NcclOptions nccl;
     nccl.device = device.ordinal;
     gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
+    if (ep) gpu_ep = std::make_unique<dist::NcclCommunicator>(*groups.ep, nccl);
+    if (ep && layout.edp > 1) gpu_edp = std::make_unique<dist::NcclCommunicator>(*groups.edp, nccl);
   }
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
+  if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   ZeroConfig zero;
@@ -411,12 +422,19 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     model.finish_gradients();
     if (dp > 1) {
       // ZeRO stage 2: each rank needs only its shard's sum.
-      if (gpu_dp)  // on the device's stream: the optimizer's kernels read the sums
+      if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
         ops::all_reduce_sum(model.grads().flat(), *gpu_dp);
+      else if (gpu_dp)
+        for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
+          if (!expert) ops::all_reduce_sum(run, *gpu_dp);
+          if (expert && gpu_edp) ops::all_reduce_sum(run, *gpu_edp);
+        });
       else if (zero_stage == 2)
         optimizer.reduce_scatter_gradients(model.grads());
       else
-        all_reduce_gradients(model, *groups.dp, *groups.edp);
+        for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
+          (expert ? *groups.edp : *groups.dp).all_reduce_sum(run.data<float>(), run.numel());
+        });
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
       groups.dp->all_reduce_sum(sums, 5);
       loss = sums[0], aux = sums[1], zl = sums[2], kd = sums[3], weighted_kd = sums[4];

@@ -26,6 +26,7 @@
 #include "cuda/moe_permute.h"
 #include "cuda/moe_router.h"
 #include "gpu/kernels/kernel_test_util.h"
+#include "gpu/thread_device_group.h"
 #include "moe/dispatch_plan.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
@@ -785,9 +786,11 @@ std::vector<LayerCase> layer_cases() {
 }
 
 // A GPU layer of the case's config and GEMM options holding the weights w (fp32, host).
+// With an expert group of ep ranks the layer holds rank r's experts, [r E/ep, (r + 1) E/ep).
 std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t max_tokens,
                                                    const MoEWeights& w, CudaContext& ctx,
-                                                   cuda::MoEScratch* scratch = nullptr) {
+                                                   cuda::MoEScratch* scratch = nullptr,
+                                                   dist::DeviceGroup* expert_group = nullptr) {
   const MoEConfig& c = lc.config;
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = max_tokens;
@@ -795,8 +798,12 @@ std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t 
   opt.dropless_gemm = lc.dropless_gemm;
   opt.padded_row_multiple = lc.pad_multiple;
   opt.scratch = scratch;
+  opt.expert_group = expert_group;
   auto layer = std::make_unique<cuda::MoELayerCuda>(c, opt, ctx);
-  layer->set_parameters(w.router, w.w1, w.w2, w.selection_bias);
+  const int64_t el = layer->local_experts();
+  const int64_t first = expert_group != nullptr ? expert_group->rank() * el : 0;
+  layer->set_parameters(w.router, w.w1.slice(first, first + el), w.w2.slice(first, first + el),
+                        w.selection_bias);
   if (c.residual) layer->set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
   if (c.shared_ffn_size > 0) layer->set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
   return layer;
@@ -908,6 +915,125 @@ INSTANTIATE_TEST_SUITE_P(Cases, LayerVsCpu, ::testing::ValuesIn(layer_cases()),
 struct LayerRun {
   std::vector<float> y, dx, drouter, dw1, dw2;
 };
+
+// Expert parallelism: ep ranks (threads of this process on the one GPU, each on its own stream,
+// exchanging through tests/gpu/thread_device_group.h), each holding E/ep experts and its own
+// tokens (a different count on every rank, so capacities and loads differ), give every rank the
+// y, dx and router gradient of the single-GPU layer run on that rank's tokens, and each expert's
+// weight gradient summed over the ranks' tokens. The routing is each rank's own, so the loads
+// must agree exactly.
+class ExpertParallel : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t d = c.hidden_size;
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(51);
+  const MoEWeights& w = weights.weights();
+  for (const int ep : {2, 4}) {
+    if (c.num_experts % ep != 0) continue;
+    std::vector<int64_t> tokens(ep);
+    for (int r = 0; r < ep; ++r) tokens[r] = 96 + 40 * r;
+    const int64_t t_max = tokens.back();
+    struct Rank {
+      std::vector<float> x, dy;
+      LayerRun run;
+      std::vector<int32_t> counts;
+    };
+    std::vector<Rank> want(ep), got(ep);
+    // The single-GPU layer on each rank's tokens; expert gradients summed over the ranks.
+    std::vector<float> dw1_sum, dw2_sum;
+    {
+      CudaContext ctx;
+      auto layer = make_gpu_layer(lc, t_max, w, ctx);
+      for (int r = 0; r < ep; ++r) {
+        const int64_t T = tokens[r];
+        want[r].x = rand_vec(T * d, 60 + r);
+        want[r].dy = rand_vec(T * d, 70 + r);
+        DevBuf x(upload(to_bf16(want[r].x))), dy(upload(to_bf16(want[r].dy)));
+        DevBuf y(T * d * 2), dx(T * d * 2);
+        layer->forward(Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                       Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda()), true, 5,
+                       static_cast<uint64_t>(r));
+        layer->backward(Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                        Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda()));
+        want[r].run = LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
+                               tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
+                               tensor_f32(layer->grad_w2())};
+        want[r].counts = layer->stats().counts;
+        if (r == 0) {
+          dw1_sum = want[r].run.dw1;
+          dw2_sum = want[r].run.dw2;
+        } else {
+          for (size_t i = 0; i < dw1_sum.size(); ++i) dw1_sum[i] += want[r].run.dw1[i];
+          for (size_t i = 0; i < dw2_sum.size(); ++i) dw2_sum[i] += want[r].run.dw2[i];
+        }
+      }
+    }
+    testing::ThreadDeviceGroups groups(ep);
+    groups.run([&](int r) {
+      CudaContext ctx;
+      auto layer = make_gpu_layer(lc, t_max, w, ctx, nullptr, &groups.member(r));
+      const int64_t T = tokens[r];
+      DevBuf x(upload(to_bf16(want[r].x))), dy(upload(to_bf16(want[r].dy)));
+      DevBuf y(T * d * 2), dx(T * d * 2);
+      // Two steps: the second finds the buffers the first grew (and must not see its rows).
+      for (int step = 0; step < 2; ++step) {
+        layer->forward(Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                       Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda()), true, 5,
+                       static_cast<uint64_t>(r));
+        layer->backward(Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                        Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda()));
+      }
+      ctx.synchronize();
+      got[r].run = LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
+                            tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
+                            tensor_f32(layer->grad_w2())};
+      got[r].counts = layer->stats().counts;
+    });
+    const int64_t el = c.num_experts / ep;
+    const size_t w1_block = dw1_sum.size() / c.num_experts * el;
+    const size_t w2_block = dw2_sum.size() / c.num_experts * el;
+    const double tol = 1e-2;  // bf16 rows; the expert GEMMs see other row counts than alone
+    for (int r = 0; r < ep; ++r) {
+      const std::string what = lc.name + " ep " + std::to_string(ep) + " rank " + std::to_string(r);
+      EXPECT_EQ(got[r].counts, want[r].counts) << what;
+      EXPECT_LT(rel_l2(got[r].run.y, want[r].run.y), tol) << what << " y";
+      EXPECT_LT(rel_l2(got[r].run.dx, want[r].run.dx), tol) << what << " dx";
+      EXPECT_LT(rel_l2(got[r].run.drouter, want[r].run.drouter), tol) << what << " drouter";
+      const std::vector<float> dw1(dw1_sum.begin() + r * w1_block,
+                                   dw1_sum.begin() + (r + 1) * w1_block);
+      const std::vector<float> dw2(dw2_sum.begin() + r * w2_block,
+                                   dw2_sum.begin() + (r + 1) * w2_block);
+      EXPECT_LT(rel_l2(got[r].run.dw1, dw1), tol) << what << " dw1 (summed over the ranks)";
+      EXPECT_LT(rel_l2(got[r].run.dw2, dw2), tol) << what << " dw2 (summed over the ranks)";
+    }
+  }
+}
+
+// Capacity mode and dropless on the padded layout (the grouped GEMMs are single-GPU only).
+std::vector<LayerCase> expert_parallel_cases() {
+  std::vector<LayerCase> out;
+  for (const LayerCase& lc : layer_cases())
+    if (!lc.config.dropless || lc.dropless_gemm == cuda::DroplessGemm::kPadded) out.push_back(lc);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, ExpertParallel, ::testing::ValuesIn(expert_parallel_cases()),
+                         [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
+
+TEST_F(Gpu, ExpertParallelRefusesTheGroupedGemms) {
+  MoEConfig c = base_config(8, 2);
+  c.dropless = true;
+  testing::ThreadDeviceGroups groups(2);
+  CudaContext ctx;
+  cuda::MoELayerCudaOptions opt;
+  opt.max_tokens = 16;
+  opt.dropless_gemm = cuda::DroplessGemm::kGrouped;
+  opt.expert_group = &groups.member(0);
+  EXPECT_THROW(cuda::MoELayerCuda(c, opt, ctx), Error);
+}
 
 // A model's layers share one MoEScratch: layer A's forward, then B's forwards (more tokens, so
 // the scratch grows and moves; one that keeps nothing, one that keeps), B's backward, then A's

@@ -1,0 +1,39 @@
+// Collectives on device buffers among the ranks of one group (docs/parallelism.md §Communicators):
+// what a GPU module needs from its process group, without knowing how the bytes travel. The
+// NCCL communicator (dist/nccl_communicator.h) is the one a run uses, one rank per GPU; the GPU
+// tests also run ranks as threads of one process on one GPU (tests/gpu/thread_device_group.h),
+// which NCCL refuses.
+//
+// Each collective is ordered after the work queued so far on `stream`, and work queued on `stream`
+// afterwards sees its result; no host synchronization. Every rank of the group must call the same
+// collectives in the same order. The returned event is recorded when the collective has finished
+// (for host waits or other streams) and may be recorded again by a later collective.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*
+struct CUevent_st;   // cudaEvent_t is CUevent_st*
+
+namespace moex::dist {
+
+class DeviceGroup {
+ public:
+  using Stream = CUstream_st*;
+  using Event = CUevent_st*;
+  virtual ~DeviceGroup() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // recv [size, n] = every rank's send [n], in rank order.
+  virtual Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) = 0;
+  // send_counts[p] elements go to rank p (blocks back to back in send) and recv_counts[p] come
+  // from rank p (back to back in recv); the counts are host arrays of size() entries, and rank p's
+  // send_counts[q] must equal rank q's recv_counts[p].
+  virtual Event all_to_all_v(const void* send, const int64_t* send_counts, void* recv,
+                             const int64_t* recv_counts, DType dtype, Stream stream) = 0;
+};
+
+}  // namespace moex::dist
