@@ -3,7 +3,7 @@
 # moex's benchmarks (MoE layer, attention, whole training step) and their PyTorch peers, write
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
-# Parts can be skipped: MOEX_SKIP_TESTS=1, MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
+# Parts can be skipped: MOEX_SKIP_TESTS=1 (every test), MOEX_SKIP_DIST_GPU=1 (the mpirun tests), MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
 # MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
 # adds a per-kernel profile of one batch-1 step, MOEX_TRAIN_NCU=small|medium one of a training step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
@@ -47,6 +47,36 @@ if [ -z "${MOEX_SKIP_TESTS:-}" ]; then
     fi
     if ! grep -q "^\[  PASSED  \]" "$OUT/$suite.log"; then status=1; fi
   done
+fi
+
+# Distributed training on GPU ranks: mpirun -np 2 on the one GPU, the GPU collectives through MPI
+# in host memory (MOEX_GPU_COLLECTIVES=host; NCCL refuses two ranks on one GPU). The GPU image has
+# no MPI: make_devcarry.sh carries Open MPI's runtime (.devcarry/ompi.tar.xz), unpacked and
+# relocated here with OPAL_PREFIX. No mpirun at all counts as a failure, like a skipped test.
+if [ -z "${MOEX_SKIP_TESTS:-}" ] && [ -z "${MOEX_SKIP_DIST_GPU:-}" ]; then
+  MPIRUN=$(command -v mpirun || true)
+  if [ -z "$MPIRUN" ] && [ -f .devcarry/ompi.tar.xz ]; then
+    OMPI_ROOT=/tmp/moex_ompi
+    mkdir -p "$OMPI_ROOT" && tar xJf .devcarry/ompi.tar.xz -C "$OMPI_ROOT"
+    export OPAL_PREFIX="$OMPI_ROOT/usr" OMPI_MCA_mca_base_component_show_load_errors=0
+    export PMIX_INSTALL_PREFIX="$OMPI_ROOT/usr/lib/x86_64-linux-gnu/pmix2"
+    export LD_LIBRARY_PATH="$OMPI_ROOT/usr/lib/x86_64-linux-gnu:$OMPI_ROOT/usr/lib/x86_64-linux-gnu/openmpi/lib:$LD_LIBRARY_PATH"
+    MPIRUN="$OMPI_ROOT/usr/bin/orterun"
+  fi
+  if [ -z "$MPIRUN" ] || [ ! -x "$BIN/moex_dist_gpu_tests" ]; then
+    echo "moex_dist_gpu_tests: no mpirun or no binary: not run (counts as a failure)"
+    status=1
+  else
+    (cd "$OUT" && MOEX_GPU_COLLECTIVES=host timeout 900 "$MPIRUN" --allow-run-as-root --oversubscribe \
+      -np 2 -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH -x OMP_NUM_THREADS=4 \
+      "$OLDPWD/$BIN/moex_dist_gpu_tests" --gtest_brief=1) >"$OUT/moex_dist_gpu_tests.log" 2>&1
+    dist_exit=$?
+    echo "moex_dist_gpu_tests (mpirun -np 2, one GPU): exit $dist_exit"
+    grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|Failure|rror" \
+      "$OUT/moex_dist_gpu_tests.log" | head -40
+    if [ "$dist_exit" -ne 0 ] || ! grep -q "^\[  PASSED  \]" "$OUT/moex_dist_gpu_tests.log" ||
+       grep -q "^\[  SKIPPED \]" "$OUT/moex_dist_gpu_tests.log"; then status=1; fi
+  fi
 fi
 
 # Export check: tests/cli/working_path_test.sh trains a tiny model on the CPU with $BIN/moex and

@@ -7,7 +7,7 @@
 #   MOEX_SERVE_MODEL_SRC=runs/x/final scripts/make_devcarry.sh   (also a model for the serving bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BINS=(moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention)
+BINS=(moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention moex_dist_gpu_tests)
 cmake --build build --target "${BINS[@]}"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT
@@ -29,5 +29,14 @@ if [ -n "${MOEX_SERVE_MODEL_SRC:-}" ]; then
   for f in config.json model.safetensors tokenizer.model tokenizer.json tokenizer_config.json; do
     [ -f "$MOEX_SERVE_MODEL_SRC/$f" ] && cp "$MOEX_SERVE_MODEL_SRC/$f" .devcarry/serve_model/
   done
+fi
+# Open MPI's runtime as this machine has it (Debian's packages), for gpu_check.sh's mpirun tests:
+# the GPU image has no MPI. Unpacked there under a prefix of its own (OPAL_PREFIX).
+OMPI_PACKAGES=(libopenmpi3 openmpi-bin openmpi-common libpmix2 libhwloc15 libhwloc-plugins
+  libevent-core-2.1-7 libevent-pthreads-2.1-7 libevent-2.1-7 libevent-extra-2.1-7)
+if dpkg -s "${OMPI_PACKAGES[@]}" >/dev/null 2>&1; then
+  dpkg -L "${OMPI_PACKAGES[@]}" | grep -v -E '/share/(doc|man|lintian)/|java|mpifh|usempi|\.a$' |
+    while read -r f; do if [ -f "$f" ]; then echo "$f"; fi; done >"$STAGE/ompi_files.txt"
+  tar cJf .devcarry/ompi.tar.xz -T "$STAGE/ompi_files.txt" 2>/dev/null
 fi
 du -sh .devcarry

@@ -275,9 +275,12 @@ CudaContext::~CudaContext() {
 
 CudaContext& default_context(int ordinal) {
   static std::mutex mutex;
-  static std::map<int, std::unique_ptr<CudaContext>> contexts;
+  // Never destroyed: at exit the cuBLAS teardown could run after MPI_Finalize, whose memory hooks
+  // (Open MPI's patcher) then abort the process inside cublasLtDestroy, as the mpirun GPU tests
+  // did; the driver releases the streams and handles with the process anyway.
+  static auto* contexts = new std::map<int, std::unique_ptr<CudaContext>>();
   std::lock_guard<std::mutex> lock(mutex);
-  std::unique_ptr<CudaContext>& ctx = contexts[ordinal];
+  std::unique_ptr<CudaContext>& ctx = (*contexts)[ordinal];
   if (!ctx) ctx = std::make_unique<CudaContext>(ordinal);
   return *ctx;
 }

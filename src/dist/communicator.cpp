@@ -72,6 +72,10 @@ template <>
 MPI_Datatype mpi_type<int64_t>() {
   return MPI_INT64_T;
 }
+template <>
+MPI_Datatype mpi_type<uint8_t>() {
+  return MPI_BYTE;
+}
 #endif
 
 template <typename T>
@@ -316,6 +320,7 @@ template void Communicator::all_reduce_sum(int64_t*, int64_t);
 template void Communicator::all_gather(const float*, float*, int64_t);
 template void Communicator::all_gather(const double*, double*, int64_t);
 template void Communicator::all_gather(const int64_t*, int64_t*, int64_t);
+template void Communicator::all_gather(const uint8_t*, uint8_t*, int64_t);
 template void Communicator::reduce_scatter_sum(const float*, float*, int64_t);
 template void Communicator::reduce_scatter_sum(const double*, double*, int64_t);
 template void Communicator::broadcast(float*, int64_t, int);
@@ -326,5 +331,6 @@ template void Communicator::all_to_all(const double*, double*, int64_t);
 template void Communicator::all_to_all(const int64_t*, int64_t*, int64_t);
 template void Communicator::all_to_all_v(const float*, const int64_t*, float*, const int64_t*);
 template void Communicator::all_to_all_v(const double*, const int64_t*, double*, const int64_t*);
+template void Communicator::all_to_all_v(const uint8_t*, const int64_t*, uint8_t*, const int64_t*);
 
 }  // namespace moex::dist

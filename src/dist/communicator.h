@@ -28,7 +28,8 @@ class Communicator {
   std::unique_ptr<Communicator> split(int color, int key) const;
 
   // The collectives below take T = float, double or int64_t (all_to_all_v and
-  // reduce_scatter_sum: float or double).
+  // reduce_scatter_sum: float or double); all_gather and all_to_all_v also move raw bytes
+  // (T = uint8_t).
   // In place: data[i] = sum over ranks of data[i]. Every rank must call with the same n.
   template <typename T>
   void all_reduce_sum(T* data, int64_t n);

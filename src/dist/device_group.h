@@ -1,8 +1,9 @@
 // Collectives on device buffers among the ranks of one group (docs/parallelism.md §Communicators):
 // what a GPU module needs from its process group, without knowing how the bytes travel. The
-// NCCL communicator (dist/nccl_communicator.h) is the one a run uses, one rank per GPU; the GPU
-// tests also run ranks as threads of one process on one GPU (tests/gpu/thread_device_group.h),
-// which NCCL refuses.
+// NCCL communicator (dist/nccl_communicator.h) is the one a run uses, one rank per GPU; the
+// host-staged group (dist/host_staged_group.h) goes through MPI in host memory, so ranks may share
+// a GPU; the GPU tests also run ranks as threads of one process on one GPU
+// (tests/gpu/thread_device_group.h).
 //
 // Each collective is ordered after the work queued so far on `stream`, and work queued on `stream`
 // afterwards sees its result; no host synchronization. Every rank of the group must call the same
@@ -11,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "core/dtype.h"
 
@@ -27,6 +29,8 @@ class DeviceGroup {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // In place: data[i] = the sum over ranks of data[i] (f32; NCCL takes more types).
+  virtual Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) = 0;
   // recv [size, n] = every rank's send [n], in rank order.
   virtual Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) = 0;
   // send_counts[p] elements go to rank p (blocks back to back in send) and recv_counts[p] come
@@ -35,5 +39,13 @@ class DeviceGroup {
   virtual Event all_to_all_v(const void* send, const int64_t* send_counts, void* recv,
                              const int64_t* recv_counts, DType dtype, Stream stream) = 0;
 };
+
+class Communicator;
+struct NcclOptions;
+
+// The GPU group of `group`'s ranks for a run: NCCL (one rank per GPU), or the host-staged group
+// when the environment sets MOEX_GPU_COLLECTIVES=host (ranks sharing a GPU, or no NCCL). Every
+// rank of `group` must call it; an unknown MOEX_GPU_COLLECTIVES is an error naming it.
+std::unique_ptr<DeviceGroup> make_device_group(Communicator& group, const NcclOptions& options);
 
 }  // namespace moex::dist

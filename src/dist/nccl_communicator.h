@@ -69,7 +69,7 @@ class NcclCommunicator : public DeviceGroup {
   // recorded when it finishes, for host waits or other streams. The event belongs to the
   // communicator and may be recorded again by a later collective, which only makes a wait on it
   // longer. Buffers must stay allocated until the collective has finished.
-  Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream);
+  Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override;
   Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override;
   Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
   Event broadcast(void* data, int64_t n, DType dtype, int root, Stream stream);

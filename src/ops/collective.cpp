@@ -5,7 +5,7 @@
 
 namespace moex::ops {
 
-void all_reduce_sum(const Tensor& t, dist::NcclCommunicator& comm) {
+void all_reduce_sum(const Tensor& t, dist::DeviceGroup& comm) {
   const Device dev = detail::common_device("all_reduce_sum", {&t});
   MOEX_CHECK(dev.is_cuda(), "all_reduce_sum: the GPU communicator takes GPU tensors, got ",
              dev.str(), " (CPU ranks use dist::Communicator)");

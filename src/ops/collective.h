@@ -1,14 +1,14 @@
-// Collectives on tensors of the model's device through the GPU communicator (dist/
-// nccl_communicator.h): queued on the device's stream like any op, so the ops before it have
-// written the tensor and the ops after it read the sum; the host does not wait.
+// Collectives on tensors of the model's device through a GPU group (dist/device_group.h): queued
+// on the device's stream like any op, so the ops before it have written the tensor and the ops
+// after it read the sum (the host does not wait, except on the host-staged group).
 #pragma once
 
 #include "core/tensor.h"
-#include "dist/nccl_communicator.h"
+#include "dist/device_group.h"
 
 namespace moex::ops {
 
 // t = the sum over the communicator's ranks of every rank's t, in place (f32 or bf16 on a GPU).
-void all_reduce_sum(const Tensor& t, dist::NcclCommunicator& comm);
+void all_reduce_sum(const Tensor& t, dist::DeviceGroup& comm);
 
 }  // namespace moex::ops

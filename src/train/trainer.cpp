@@ -306,14 +306,15 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // The GPU communicators of the groups with more than one rank, made in the same order on
   // every rank: dp (the gradients of the replicated weights), ep (the MoE layers' token exchanges)
   // and edp (the expert gradients).
-  std::unique_ptr<dist::NcclCommunicator> gpu_dp, gpu_ep, gpu_edp;
+  // NCCL unless MOEX_GPU_COLLECTIVES=host (dist::make_device_group).
+  std::unique_ptr<dist::DeviceGroup> gpu_dp, gpu_ep, gpu_edp;
   if (device.is_cuda() && dp > 1) {
     ops::use_device(device);
     dist::NcclOptions nccl;
     nccl.device = device.ordinal;
-    gpu_dp = std::make_unique<dist::NcclCommunicator>(*groups.dp, nccl);
-    if (ep) gpu_ep = std::make_unique<dist::NcclCommunicator>(*groups.ep, nccl);
-    if (ep && layout.edp > 1) gpu_edp = std::make_unique<dist::NcclCommunicator>(*groups.edp, nccl);
+    gpu_dp = dist::make_device_group(*groups.dp, nccl);
+    if (ep) gpu_ep = dist::make_device_group(*groups.ep, nccl);
+    if (ep && layout.edp > 1) gpu_edp = dist::make_device_group(*groups.edp, nccl);
   }
   model::TensorParallel tensor_parallel;
   if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};

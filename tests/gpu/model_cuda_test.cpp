@@ -552,7 +552,7 @@ TEST_F(GpuModel, ServingHeldToASchema) {
           nlohmann::json::parse(R"({"type": "object", "properties": {"ok": {"type": "boolean"},
               "n": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false})"),
           "s"),
-      ""});
+      "", 1, ""});
   infer::SchedulerOptions so;
   so.max_batch = 4;
   so.block_size = 8;

@@ -75,6 +75,25 @@ class ThreadDeviceGroups {
     Member(ThreadDeviceGroups& g, int rank) : g_(g), rank_(rank) {}
     int rank() const override { return rank_; }
     int size() const override { return g_.size(); }
+    // f32 only: every rank sums the others' buffers into a host copy of its own (the ranks wait
+    // for their streams here, unlike the copies below).
+    Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override {
+      MOEX_CHECK(dtype == DType::kF32, "ThreadDeviceGroups::all_reduce_sum: f32 only");
+      const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      g_.posts_[rank_] = Post{static_cast<const char*>(data), {}, {}};
+      g_.barrier();  // every rank's buffer is written
+      std::vector<float> sum(static_cast<size_t>(n), 0.0f), part(sum.size());
+      for (int p = 0; p < size(); ++p) {
+        CUDA_CHECK(cudaMemcpy(part.data(), g_.posts_[p].send, bytes, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < part.size(); ++i) sum[i] += part[i];
+      }
+      g_.barrier();  // every rank has read every buffer
+      CUDA_CHECK(cudaMemcpyAsync(data, sum.data(), bytes, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      CUDA_CHECK(cudaEventRecord(g_.done_[rank_], stream));
+      return g_.done_[rank_];
+    }
     Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override {
       const std::vector<int64_t> counts(size(), n);
       // Every peer gets the same block: all offsets 0.

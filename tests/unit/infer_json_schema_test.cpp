@@ -200,8 +200,9 @@ TEST(JsonSchema, AcceptsExactlyWhatTheReferenceValidatorDoes) {
       // Compact, and (without container literals, which must be written compact) indented.
       const std::string compact = v.dump();
       ASSERT_EQ(matches(schema, compact), want) << "schema " << k << ": " << compact;
-      if (k != 4)
+      if (k != 4) {
         ASSERT_EQ(matches(schema, v.dump(2)), want) << "schema " << k << ": " << v.dump(2);
+      }
       (want ? valid_count : invalid_count)++;
     }
     // Both outcomes were seen often: the comparison is not one-sided.
@@ -221,8 +222,8 @@ TEST(JsonSchema, PrefixesOfMatchingTextsStayViable) {
   }
   // The first byte no matching text could have is refused: a sixth character, a key not declared,
   // a second "age", a fraction in an integer, a closing brace before "age".
-  for (const std::string& bad : {R"({"name": "abcdef)", R"({"nam_)", R"({"age": 1, "age)",
-                                 R"({"age": 1.)", R"({"name": "x"})"}) {
+  for (const char* bad : {R"({"name": "abcdef)", R"({"nam_)", R"({"age": 1, "age)", R"({"age": 1.)",
+                          R"({"name": "x"})"}) {
     JsonPrefix q(*schema);
     EXPECT_FALSE(q.feed(bad)) << bad;
   }
@@ -233,7 +234,7 @@ TEST(JsonPrefix, LimitsWhitespaceBetweenTokensNotInStrings) {
   p.limit_whitespace(3);
   // Compact, one space, or a newline and an indent; anything inside strings.
   EXPECT_TRUE(p.feed("{\n   \"a      b\": 1,\"c\" :"));
-  for (const std::string& bad : {"  ", "\t", "\r\n", " \n", "\n    "}) {
+  for (const char* bad : {"  ", "\t", "\r\n", " \n", "\n    "}) {
     JsonPrefix q = p;
     EXPECT_FALSE(q.feed(bad)) << "'" << bad << "'";
   }
@@ -393,8 +394,8 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
                                 ":",    "\"x\"",        "\"y\"", "\"z\"", "}",   "}</a>",
                                 "</a>", "\"k\":\"y\"}", "a",     "<a>{",  "/a>", "\n<a>"};
   const std::vector<std::string> blocks = {R"(<a>{"k":"x"}</a>)", R"(<a>{"k":"y"}</a>)"};
-  expect_masks_lead_to(std::make_shared<OutputFormat>(OutputFormat{"<a>", schema, "</a>"}), blocks,
-                       fragments);
+  expect_masks_lead_to(std::make_shared<OutputFormat>(OutputFormat{"<a>", schema, "</a>", 1, ""}),
+                       blocks, fragments);
   // Up to two blocks, one a line (parallel tool calls).
   std::vector<std::string> one_or_two = blocks;
   for (const std::string& first : blocks)
@@ -407,9 +408,10 @@ TEST(JsonConstraint, KeepsTheTokensThatLeadToAWholeOutput) {
 // the tokens that continue it.
 TEST(JsonConstraint, AWholeNumberMayStillGrow) {
   auto tokens = std::make_shared<TokenTable>(TokenTexts{"", "1", "2", "x", " "});
-  JsonConstraint c(std::make_shared<OutputFormat>(OutputFormat{
-                       "", JsonSchema::compile(json::parse(R"({"type": "integer"})"), "s"), ""}),
-                   tokens);
+  JsonConstraint c(
+      std::make_shared<OutputFormat>(OutputFormat{
+          "", JsonSchema::compile(json::parse(R"({"type": "integer"})"), "s"), "", 1, ""}),
+      tokens);
   auto kept = [&] {
     std::vector<float> logits(5, 0.0f);
     c.mask(logits.data(), 5, {0});
@@ -437,7 +439,7 @@ TEST(JsonConstraint, SortedWalkKeepsWhatEachTokenAloneWould) {
                           "\"name\"", "\"age\"", "true", "null", "  "};
   const json document = json::parse(kSchemas[0]);
   const auto schema = JsonSchema::compile(document, "schema");
-  auto format = std::make_shared<OutputFormat>(OutputFormat{"", schema, ""});
+  auto format = std::make_shared<OutputFormat>(OutputFormat{"", schema, "", 1, ""});
   int compared = 0, whole = 0;
   for (uint64_t trial = 0; trial < 60; ++trial) {
     TokenTexts texts(600);

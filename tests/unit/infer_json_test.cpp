@@ -90,8 +90,8 @@ TEST(JsonConstraint, MasksWhatCannotFollowThenEndsAtTheStopToken) {
       TokenTexts{"", "{", "}", "\"k\"", ":", "1", ",", " ", "[", "]", "<s>", ""});
   const int64_t vocab = texts->size();
   const std::vector<int32_t> stop = {0};
-  JsonConstraint c(std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), ""}),
-                   texts);
+  JsonConstraint c(
+      std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), "", 1, ""}), texts);
   auto kept = [&] {
     std::vector<float> logits(vocab, 0.0f);
     c.mask(logits.data(), vocab, stop);

@@ -384,7 +384,8 @@ TEST(Scheduler, JsonObjectRequestsWriteJson) {
   std::vector<Received> got(3);
   for (int i = 0; i < 3; ++i) {
     Request r = request(ps[i + 1], 40);
-    r.format = std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), ""});
+    r.format =
+        std::make_shared<OutputFormat>(OutputFormat{"", JsonSchema::any_object(), "", 1, ""});
     r.tokens = tokens;
     r.stop_tokens = {0};
     if (i == 1) {

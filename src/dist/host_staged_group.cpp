@@ -1,0 +1,96 @@
+#include "dist/host_staged_group.h"
+
+#include <cuda_runtime.h>
+
+#include "core/error.h"
+#include "dist/communicator.h"
+
+namespace moex::dist {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  MOEX_CHECK(e == cudaSuccess, "HostStagedGroup: ", what, ": ", cudaGetErrorString(e));
+}
+
+// Waits for the work queued on `stream` (it wrote the buffer about to be read), then copies
+// `bytes` from the device to the host.
+void download(std::vector<uint8_t>& host, const void* device, size_t bytes, cudaStream_t stream) {
+  host.resize(bytes);
+  check(cudaStreamSynchronize(stream), "wait for the stream");
+  if (bytes > 0)
+    check(cudaMemcpyAsync(host.data(), device, bytes, cudaMemcpyDeviceToHost, stream), "download");
+  check(cudaStreamSynchronize(stream), "download");
+}
+
+// Copies the host result to the device on `stream` and waits, so `host` may change afterwards.
+void upload(void* device, const std::vector<uint8_t>& host, size_t bytes, cudaStream_t stream) {
+  if (bytes > 0)
+    check(cudaMemcpyAsync(device, host.data(), bytes, cudaMemcpyHostToDevice, stream), "upload");
+  check(cudaStreamSynchronize(stream), "upload");
+}
+
+}  // namespace
+
+HostStagedGroup::HostStagedGroup(Communicator& group, int device) : group_(group), device_(device) {
+  check(cudaSetDevice(device), "cudaSetDevice");
+  cudaEvent_t e = nullptr;
+  check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
+  done_ = e;
+}
+
+HostStagedGroup::~HostStagedGroup() {
+  if (done_ != nullptr) cudaEventDestroy(done_);
+}
+
+int HostStagedGroup::rank() const {
+  return group_.rank();
+}
+int HostStagedGroup::size() const {
+  return group_.size();
+}
+
+HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void* data, int64_t n, DType dtype,
+                                                       Stream stream) {
+  MOEX_CHECK(dtype == DType::kF32, "HostStagedGroup::all_reduce_sum: f32 only, got ",
+             dtype_name(dtype));
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  download(recv_, data, bytes, stream);
+  group_.all_reduce_sum(reinterpret_cast<float*>(recv_.data()), n);
+  upload(data, recv_, bytes, stream);
+  check(cudaEventRecord(done_, stream), "event");
+  return done_;
+}
+
+HostStagedGroup::Event HostStagedGroup::all_gather(const void* send, void* recv, int64_t n,
+                                                   DType dtype, Stream stream) {
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  download(send_, send, bytes, stream);
+  recv_.resize(bytes * static_cast<size_t>(size()));
+  group_.all_gather(send_.data(), recv_.data(), static_cast<int64_t>(bytes));
+  upload(recv, recv_, recv_.size(), stream);
+  check(cudaEventRecord(done_, stream), "event");
+  return done_;
+}
+
+HostStagedGroup::Event HostStagedGroup::all_to_all_v(const void* send, const int64_t* send_counts,
+                                                     void* recv, const int64_t* recv_counts,
+                                                     DType dtype, Stream stream) {
+  const int64_t es = static_cast<int64_t>(dtype_size(dtype));
+  std::vector<int64_t> sb(size()), rb(size());
+  int64_t send_total = 0, recv_total = 0;
+  for (int p = 0; p < size(); ++p) {
+    sb[p] = send_counts[p] * es;
+    rb[p] = recv_counts[p] * es;
+    send_total += sb[p];
+    recv_total += rb[p];
+  }
+  download(send_, send, static_cast<size_t>(send_total), stream);
+  recv_.resize(static_cast<size_t>(recv_total));
+  group_.all_to_all_v(send_.data(), sb.data(), recv_.data(), rb.data());
+  upload(recv, recv_, static_cast<size_t>(recv_total), stream);
+  check(cudaEventRecord(done_, stream), "event");
+  return done_;
+}
+
+}  // namespace moex::dist

@@ -1,0 +1,36 @@
+// The host-staged GPU group of a build without CUDA (CMakeLists.txt compiles this file instead of
+// host_staged_group.cpp): constructing one is a clear error, nothing else is reachable.
+#include "core/error.h"
+#include "dist/host_staged_group.h"
+
+namespace moex::dist {
+
+namespace {
+[[noreturn]] void refuse() {
+  MOEX_THROW("HostStagedGroup: this moex was built without CUDA (MOEX_CUDA=OFF, or no NCCL); GPU ",
+             "collectives need a CUDA build");
+}
+}  // namespace
+
+HostStagedGroup::HostStagedGroup(Communicator& group, int) : group_(group) {
+  refuse();
+}
+HostStagedGroup::~HostStagedGroup() = default;
+int HostStagedGroup::rank() const {
+  refuse();
+}
+int HostStagedGroup::size() const {
+  refuse();
+}
+HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void*, int64_t, DType, Stream) {
+  refuse();
+}
+HostStagedGroup::Event HostStagedGroup::all_gather(const void*, void*, int64_t, DType, Stream) {
+  refuse();
+}
+HostStagedGroup::Event HostStagedGroup::all_to_all_v(const void*, const int64_t*, void*,
+                                                     const int64_t*, DType, Stream) {
+  refuse();
+}
+
+}  // namespace moex::dist
