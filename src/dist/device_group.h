@@ -31,6 +31,9 @@ class DeviceGroup {
   virtual int size() const = 0;
   // In place: data[i] = the sum over ranks of data[i] (f32; NCCL takes more types).
   virtual Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) = 0;
+  // send [size, n]: recv [n] = the sum over ranks of their send block [rank(), n] (f32).
+  virtual Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
+                                   Stream stream) = 0;
   // recv [size, n] = every rank's send [n], in rank order.
   virtual Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) = 0;
   // send_counts[p] elements go to rank p (blocks back to back in send) and recv_counts[p] come

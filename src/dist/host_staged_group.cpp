@@ -62,6 +62,20 @@ HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void* data, int64_t n, DT
   return done_;
 }
 
+HostStagedGroup::Event HostStagedGroup::reduce_scatter_sum(const void* send, void* recv, int64_t n,
+                                                           DType dtype, Stream stream) {
+  MOEX_CHECK(dtype == DType::kF32, "HostStagedGroup::reduce_scatter_sum: f32 only, got ",
+             dtype_name(dtype));
+  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  download(send_, send, bytes * static_cast<size_t>(size()), stream);
+  recv_.resize(bytes);
+  group_.reduce_scatter_sum(reinterpret_cast<const float*>(send_.data()),
+                            reinterpret_cast<float*>(recv_.data()), n);
+  upload(recv, recv_, bytes, stream);
+  check(cudaEventRecord(done_, stream), "event");
+  return done_;
+}
+
 HostStagedGroup::Event HostStagedGroup::all_gather(const void* send, void* recv, int64_t n,
                                                    DType dtype, Stream stream) {
   const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);

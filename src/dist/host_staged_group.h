@@ -27,6 +27,8 @@ class HostStagedGroup final : public DeviceGroup {
   int rank() const override;
   int size() const override;
   Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override;
+  Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
+                           Stream stream) override;
   Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override;
   Event all_to_all_v(const void* send, const int64_t* send_counts, void* recv,
                      const int64_t* recv_counts, DType dtype, Stream stream) override;

@@ -25,6 +25,10 @@ int HostStagedGroup::size() const {
 HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void*, int64_t, DType, Stream) {
   refuse();
 }
+HostStagedGroup::Event HostStagedGroup::reduce_scatter_sum(const void*, void*, int64_t, DType,
+                                                           Stream) {
+  refuse();
+}
 HostStagedGroup::Event HostStagedGroup::all_gather(const void*, void*, int64_t, DType, Stream) {
   refuse();
 }

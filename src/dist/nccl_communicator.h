@@ -71,7 +71,8 @@ class NcclCommunicator : public DeviceGroup {
   // longer. Buffers must stay allocated until the collective has finished.
   Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override;
   Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override;
-  Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
+  Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
+                           Stream stream) override;
   Event broadcast(void* data, int64_t n, DType dtype, int root, Stream stream);
   Event all_to_all(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
   // send_counts / recv_counts: host arrays of size() element counts (grouped ncclSend/ncclRecv).

@@ -10,5 +10,9 @@ namespace moex::ops {
 
 // t = the sum over the communicator's ranks of every rank's t, in place (f32 or bf16 on a GPU).
 void all_reduce_sum(const Tensor& t, dist::DeviceGroup& comm);
+// send [size * n]: recv [n] = the sum over ranks of their send block [rank * n, n) (f32).
+void reduce_scatter_sum(const Tensor& send, const Tensor& recv, dist::DeviceGroup& comm);
+// recv [size * n] = every rank's send [n], in rank order.
+void all_gather(const Tensor& send, const Tensor& recv, dist::DeviceGroup& comm);
 
 }  // namespace moex::ops

@@ -41,10 +41,14 @@ std::vector<ops::AdamWSegment> segments_within(const std::vector<ops::AdamWSegme
 // Elements per offload tile (64 MiB of fp32): bounds the pinned gradient buffer.
 constexpr int64_t kOffloadTile = int64_t{1} << 24;
 
-Tensor zeros_like(const Tensor& t) {
-  Tensor z = Tensor::empty(t.shape(), DType::kF32, t.device());
+Tensor zeros(const Shape& shape, const Device& device) {
+  Tensor z = Tensor::empty(shape, DType::kF32, device);
   ops::zero(z);
   return z;
+}
+
+Tensor zeros_like(const Tensor& t) {
+  return zeros(t.shape(), t.device());
 }
 
 }  // namespace
@@ -63,8 +67,8 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   MOEX_CHECK(zero.dp != nullptr && zero.edp != nullptr, "AdamW: ZeRO needs the dp and edp groups");
   const ParamBuffer& params = model.params();
   flat_size_ = params.flat().numel();
-  MOEX_CHECK(params.flat().device().is_cpu(),
-             "AdamW: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
+  MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
+             "AdamW: ZeRO with offload is not built");
   const std::vector<ops::AdamWSegment> segments = tensor_segments(params, config_.weight_decay);
   // Runs of neighbouring tensors of one kind; the padding between them comes along (zeros).
   std::array<std::vector<FlatRange>, 2> runs;
@@ -80,16 +84,17 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   int64_t state_size = 0;
   for (int kind = 0; kind < 2; ++kind) {
     dist::Communicator& group = kind == 0 ? *zero.dp : *zero.edp;
-    partitions_[kind] =
-        std::make_unique<ZeroPartition>(std::move(runs[kind]), group, zero.tile_elements);
+    partitions_[kind] = std::make_unique<ZeroPartition>(
+        std::move(runs[kind]), group, zero.tile_elements, kind == 0 ? zero.gpu_dp : zero.gpu_edp);
     state_offset_[kind] = state_size;
     state_size += partitions_[kind]->shard_size();
     for (const FlatRange& piece : partitions_[kind]->step_pieces())
       piece_segments_[kind].push_back(std::make_unique<ops::AdamWSegments>(
           segments_within(segments, piece), params.flat().device()));
   }
-  exp_avg_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
-  exp_avg_sq_ = Tensor::zeros(Shape{std::max<int64_t>(state_size, 1)}, DType::kF32);
+  const Shape state{std::max<int64_t>(state_size, 1)};
+  exp_avg_ = zeros(state, params.flat().device());
+  exp_avg_sq_ = zeros(state, params.flat().device());
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
     tp_group_ = tp.group;
@@ -194,7 +199,9 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
                       *piece_segments_[kind][i], h);
     }
   }
-  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params.data<float>());
+  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
+  // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
+  if (model.device().is_cuda()) ops::copy(params, model.compute_params().flat());
   params.mark_written();
   return norm;
 }
@@ -247,19 +254,23 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   return norm;
 }
 
+Tensor AdamW::shard_of(const Tensor& state, int kind) const {
+  const int64_t begin = state_offset_[kind];
+  return state.slice(begin, begin + partitions_[kind]->shard_size());
+}
+
 void AdamW::reduce_scatter_gradients(const ParamBuffer& grads) {
   MOEX_CHECK(zero_.stage == 2, "AdamW::reduce_scatter_gradients: ZeRO stage 2 only");
-  for (int kind = 0; kind < 2; ++kind)
-    partitions_[kind]->reduce_scatter(grads.flat().data<float>());
+  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->reduce_scatter(grads.flat());
 }
 
 Tensor AdamW::gather_moment(bool second) const {
   const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
   if (zero_.stage == 0) return state.to(Device::cpu());
-  Tensor flat = Tensor::zeros(Shape{flat_size_}, DType::kF32);
+  const Tensor flat = zeros(Shape{flat_size_}, state.device());
   for (int kind = 0; kind < 2; ++kind)
-    partitions_[kind]->gather_shards(state.data<float>() + state_offset_[kind], flat.data<float>());
-  return flat;
+    partitions_[kind]->gather_shards(shard_of(state, kind), flat);
+  return flat.device().is_cpu() ? flat : flat.to(Device::cpu());
 }
 
 void AdamW::load_moment(bool second, const Tensor& flat) {
@@ -269,8 +280,8 @@ void AdamW::load_moment(bool second, const Tensor& flat) {
   } else {
     MOEX_CHECK(flat.numel() == flat_size_, "AdamW::load_moment: ", flat.numel(),
                " elements for a buffer of ", flat_size_);
-    for (int kind = 0; kind < 2; ++kind)
-      partitions_[kind]->take_shard(flat.data<float>(), state.data<float>() + state_offset_[kind]);
+    const Tensor src = flat.device() == state.device() ? flat : flat.to(state.device());
+    for (int kind = 0; kind < 2; ++kind) partitions_[kind]->take_shard(src, shard_of(state, kind));
   }
   state.mark_written();
 }

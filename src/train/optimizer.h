@@ -30,6 +30,9 @@ struct ZeroConfig {
   int64_t stage = 0;                  // 1: moments sharded; 2: gradients reduce-scattered too
   dist::Communicator* dp = nullptr;   // shards the non-expert parameters
   dist::Communicator* edp = nullptr;  // shards this rank's experts
+  // The same groups on the GPU (a GPU model whose group has several ranks needs them).
+  dist::DeviceGroup* gpu_dp = nullptr;
+  dist::DeviceGroup* gpu_edp = nullptr;
   int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
 };
 
@@ -85,6 +88,8 @@ class AdamW {
   // moments, and the weight-decay segments of each step piece (offsets within the piece).
   std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
   std::array<int64_t, 2> state_offset_{};
+  // The part of a moment buffer (exp_avg_ or exp_avg_sq_) that holds kind's shard.
+  Tensor shard_of(const Tensor& state, int kind) const;
   std::array<std::vector<std::unique_ptr<ops::AdamWSegments>>, 2> piece_segments_;
   int64_t flat_size_ = 0;  // elements of the parameter buffer
   // Under ZeRO with tensor parallelism: the flat ranges of tensor-parallel parts, whose squares

@@ -292,8 +292,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const int64_t world = comm.size(), dp = layout.dp, dp_rank = layout.dp_rank;
   const bool ep = layout.ep > 1;
   const int64_t zero_stage = c.parallel.zero_stage;
-  MOEX_CHECK(zero_stage == 0 || c.training.device.is_cpu(), c.source,
-             ": parallel.zero_stage: ZeRO runs on CPU ranks only so far (docs/parallelism.md)");
+  MOEX_CHECK(zero_stage == 0 || !c.parallel.offload, c.source,
+             ": parallel.zero_stage: ZeRO together with parallel.offload is not built "
+             "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
   // GPU ranks: data and expert parallelism over NCCL, one GPU per rank (the rank's local index on
   // its node).
@@ -327,6 +328,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.stage = zero_stage;
   zero.dp = groups.dp.get();
   zero.edp = groups.edp.get();
+  zero.gpu_dp = gpu_dp.get();
+  zero.gpu_edp = gpu_edp.get();
   zero.tile_elements = c.parallel.tile_elements;
   AdamW optimizer =
       zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
@@ -423,15 +426,15 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     model.finish_gradients();
     if (dp > 1) {
       // ZeRO stage 2: each rank needs only its shard's sum.
-      if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
+      if (zero_stage == 2)
+        optimizer.reduce_scatter_gradients(model.grads());
+      else if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
         ops::all_reduce_sum(model.grads().flat(), *gpu_dp);
       else if (gpu_dp)
         for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
           if (!expert) ops::all_reduce_sum(run, *gpu_dp);
           if (expert && gpu_edp) ops::all_reduce_sum(run, *gpu_edp);
         });
-      else if (zero_stage == 2)
-        optimizer.reduce_scatter_gradients(model.grads());
       else
         for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
           (expert ? *groups.edp : *groups.dp).all_reduce_sum(run.data<float>(), run.numel());

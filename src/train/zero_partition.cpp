@@ -3,12 +3,27 @@
 #include <algorithm>
 
 #include "core/error.h"
+#include "ops/collective.h"
+#include "ops/elementwise.h"
 
 namespace moex::train {
 
-ZeroPartition::ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile)
-    : runs_(std::move(runs)), group_(&group), tile_(tile) {
+namespace {
+
+// A staging buffer of n f32 elements on `like`'s device.
+Tensor staging(int64_t n, const Tensor& like) {
+  return Tensor::empty(Shape{n}, DType::kF32, like.device());
+}
+
+}  // namespace
+
+ZeroPartition::ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile,
+                             dist::DeviceGroup* device_group)
+    : runs_(std::move(runs)), group_(&group), device_group_(device_group), tile_(tile) {
   MOEX_CHECK(tile_ >= 1, "ZeroPartition: tile must be >= 1, got ", tile_);
+  MOEX_CHECK(device_group == nullptr ||
+                 (device_group->size() == group.size() && device_group->rank() == group.rank()),
+             "ZeroPartition: the device group must hold the group's ranks");
   for (FlatRange& r : runs_) {
     r.pos = size_;
     size_ += r.count;
@@ -35,64 +50,82 @@ void ZeroPartition::for_each_piece(int64_t begin, int64_t end, Fn&& fn) const {
   }
 }
 
-void ZeroPartition::pack(const float* flat, int64_t begin, int64_t n, float* buf) const {
-  std::fill(buf, buf + n, 0.0f);
+void ZeroPartition::pack(const Tensor& flat, int64_t begin, int64_t n, const Tensor& buf) const {
+  ops::zero(buf.slice(0, n));
   for_each_piece(begin, begin + n, [&](const FlatRange& p) {
-    std::copy(flat + p.flat, flat + p.flat + p.count, buf + p.pos);
+    ops::copy(flat.slice(p.flat, p.flat + p.count), buf.slice(p.pos, p.pos + p.count));
   });
 }
 
-void ZeroPartition::unpack(const float* buf, int64_t begin, int64_t n, float* flat) const {
+void ZeroPartition::unpack(const Tensor& buf, int64_t begin, int64_t n, const Tensor& flat) const {
   for_each_piece(begin, begin + n, [&](const FlatRange& p) {
-    std::copy(buf + p.pos, buf + p.pos + p.count, flat + p.flat);
+    ops::copy(buf.slice(p.pos, p.pos + p.count), flat.slice(p.flat, p.flat + p.count));
   });
+}
+
+void ZeroPartition::reduce_scatter_sum(const Tensor& send, const Tensor& recv) const {
+  if (group_->size() == 1) return ops::copy(send, recv);
+  if (send.device().is_cpu()) {
+    group_->reduce_scatter_sum(send.data<float>(), recv.data<float>(), recv.numel());
+    return;
+  }
+  MOEX_CHECK(device_group_ != nullptr, "ZeroPartition: GPU buffers need the device group");
+  ops::reduce_scatter_sum(send, recv, *device_group_);
+}
+
+void ZeroPartition::all_gather_blocks(const Tensor& send, const Tensor& recv) const {
+  if (group_->size() == 1) return ops::copy(send, recv);
+  if (send.device().is_cpu()) {
+    group_->all_gather(send.data<float>(), recv.data<float>(), send.numel());
+    return;
+  }
+  MOEX_CHECK(device_group_ != nullptr, "ZeroPartition: GPU buffers need the device group");
+  ops::all_gather(send, recv, *device_group_);
 }
 
 int64_t ZeroPartition::comm_tile() const {
   return std::max<int64_t>(1, tile_ / group_->size());
 }
 
-void ZeroPartition::reduce_scatter(float* flat) const {
+void ZeroPartition::reduce_scatter(const Tensor& flat) const {
   const int g = group_->size(), rank = group_->rank();
   if (g == 1) return;
   const int64_t len = comm_tile();
-  std::vector<float> send(static_cast<size_t>(g * len)),
-      recv(static_cast<size_t>(len));  // [g, len], [len]
+  const Tensor send = staging(g * len, flat), recv = staging(len, flat);  // [g, len], [len]
   for (int64_t t = 0; t < shard_; t += len) {
     const int64_t n = std::min(len, shard_ - t);
-    for (int p = 0; p < g; ++p) pack(flat, shard_begin(p) + t, n, send.data() + p * n);
-    group_->reduce_scatter_sum(send.data(), recv.data(), n);
-    unpack(recv.data(), shard_begin(rank) + t, n, flat);
+    for (int p = 0; p < g; ++p) pack(flat, shard_begin(p) + t, n, send.slice(p * n, (p + 1) * n));
+    reduce_scatter_sum(send.slice(0, g * n), recv.slice(0, n));
+    unpack(recv, shard_begin(rank) + t, n, flat);
   }
 }
 
-void ZeroPartition::all_gather(float* flat) const {
+void ZeroPartition::all_gather(const Tensor& flat) const {
   const int g = group_->size(), rank = group_->rank();
   if (g == 1) return;
   const int64_t len = comm_tile();
-  std::vector<float> send(static_cast<size_t>(len)),
-      recv(static_cast<size_t>(g * len));  // [len], [g, len]
+  const Tensor send = staging(len, flat), recv = staging(g * len, flat);  // [len], [g, len]
   for (int64_t t = 0; t < shard_; t += len) {
     const int64_t n = std::min(len, shard_ - t);
-    pack(flat, shard_begin(rank) + t, n, send.data());
-    group_->all_gather(send.data(), recv.data(), n);
+    pack(flat, shard_begin(rank) + t, n, send);
+    all_gather_blocks(send.slice(0, n), recv.slice(0, g * n));
     for (int p = 0; p < g; ++p)
-      if (p != rank) unpack(recv.data() + p * n, shard_begin(p) + t, n, flat);
+      if (p != rank) unpack(recv.slice(p * n, (p + 1) * n), shard_begin(p) + t, n, flat);
   }
 }
 
-void ZeroPartition::gather_shards(const float* shard, float* flat) const {
+void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const {
   const int g = group_->size();
   const int64_t len = comm_tile();
-  std::vector<float> recv(static_cast<size_t>(g * len));  // [g, len]
+  const Tensor recv = staging(g * len, flat);  // [g, len]
   for (int64_t t = 0; t < shard_; t += len) {
     const int64_t n = std::min(len, shard_ - t);
-    group_->all_gather(shard + t, recv.data(), n);
-    for (int p = 0; p < g; ++p) unpack(recv.data() + p * n, shard_begin(p) + t, n, flat);
+    all_gather_blocks(shard.slice(t, t + n), recv.slice(0, g * n));
+    for (int p = 0; p < g; ++p) unpack(recv.slice(p * n, (p + 1) * n), shard_begin(p) + t, n, flat);
   }
 }
 
-void ZeroPartition::take_shard(const float* flat, float* shard) const {
+void ZeroPartition::take_shard(const Tensor& flat, const Tensor& shard) const {
   pack(flat, shard_begin(group_->rank()), shard_, shard);
 }
 

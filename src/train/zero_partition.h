@@ -7,13 +7,16 @@
 // The collectives move gradients, weights and moments in tiles of at most `tile` elements
 // in all (the g blocks of one collective together), so their temporary buffers do not grow
 // with the model (DeepSpeed-TED's tiled optimizer); the optimizer steps the shard in pieces of at
-// most `tile` elements. They run on host buffers: ZeRO is built for CPU ranks.
+// most `tile` elements. Buffers on the CPU go through the group's MPI collectives, buffers on a
+// GPU through its device group (the same ranks; dist/device_group.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
 #include "dist/communicator.h"
+#include "dist/device_group.h"
 
 namespace moex::train {
 
@@ -27,8 +30,10 @@ struct FlatRange {
 
 class ZeroPartition {
  public:
-  // runs: the kind's contiguous flat ranges in buffer order (pos ignored); group: dp or edp.
-  ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile);
+  // runs: the kind's contiguous flat ranges in buffer order (pos ignored); group: dp or edp;
+  // device_group: the same ranks on the GPU (needed for GPU buffers when the group has several).
+  ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile,
+                dist::DeviceGroup* device_group = nullptr);
 
   int64_t domain_size() const { return size_; }  // N
   int64_t shard_size() const { return shard_; }  // S: every rank's shard, padding included
@@ -38,15 +43,16 @@ class ZeroPartition {
   const std::vector<FlatRange>& step_pieces() const { return step_pieces_; }
   dist::Communicator& group() const { return *group_; }
 
-  // flat: the rank's f32 gradient buffer [total]. Afterwards this rank's shard holds the sum
-  // over the group; the rest of the buffer is left as it was (not summed).
-  void reduce_scatter(float* flat) const;
+  // The buffers are f32 tensors on one device.
+  // flat: the rank's gradient buffer [total]. Afterwards this rank's shard holds the sum over the
+  // group; the rest of the buffer is left as it was (not summed).
+  void reduce_scatter(const Tensor& flat) const;
   // flat: the weights [total]; every rank's shard goes to every rank.
-  void all_gather(float* flat) const;
+  void all_gather(const Tensor& flat) const;
   // shard [S] on every rank -> flat [total]: the kind's elements of the whole group.
-  void gather_shards(const float* shard, float* flat) const;
+  void gather_shards(const Tensor& shard, const Tensor& flat) const;
   // flat [total] -> this rank's shard [S] (padding zeroed).
-  void take_shard(const float* flat, float* shard) const;
+  void take_shard(const Tensor& flat, const Tensor& shard) const;
 
  private:
   // Calls fn(range) for the contiguous flat pieces of domain elements [begin, end) (clipped to N);
@@ -54,13 +60,18 @@ class ZeroPartition {
   template <typename Fn>
   void for_each_piece(int64_t begin, int64_t end, Fn&& fn) const;
   // Copies domain [begin, begin + n) of flat into buf [n] (zeros past N), or back.
-  void pack(const float* flat, int64_t begin, int64_t n, float* buf) const;
-  void unpack(const float* buf, int64_t begin, int64_t n, float* flat) const;
+  void pack(const Tensor& flat, int64_t begin, int64_t n, const Tensor& buf) const;
+  void unpack(const Tensor& buf, int64_t begin, int64_t n, const Tensor& flat) const;
+  // The group's collectives on buffers of one device: send [g, n] -> recv [n] summed, and
+  // send [n] -> recv [g, n].
+  void reduce_scatter_sum(const Tensor& send, const Tensor& recv) const;
+  void all_gather_blocks(const Tensor& send, const Tensor& recv) const;
   // Elements per rank in one collective tile.
   int64_t comm_tile() const;
 
   std::vector<FlatRange> runs_;  // pos = start in the domain
   dist::Communicator* group_;
+  dist::DeviceGroup* device_group_;
   int64_t tile_;
   int64_t size_ = 0, shard_ = 0;
   std::vector<FlatRange> step_pieces_;

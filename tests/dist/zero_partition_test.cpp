@@ -21,6 +21,12 @@ int64_t domain_pos(int64_t i) {
   return -1;
 }
 
+// A host vector as a tensor (the partition's buffers).
+Tensor host(std::vector<float>& v) {
+  return Tensor::from_external(v.data(), Shape{static_cast<int64_t>(v.size())}, DType::kF32,
+                               Device::cpu());
+}
+
 TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
   dist::Communicator& world = dist::Communicator::world();
   const ZeroPartition part(kRuns, world, kPartTile);
@@ -47,7 +53,7 @@ TEST(ZeroPartition, ReduceScatterSumsOnlyThisRanksShard) {
   const int64_t g = world.size(), rank = world.rank(), s = part.shard_size();
   std::vector<float> flat(kFlat);
   for (int64_t i = 0; i < kFlat; ++i) flat[i] = static_cast<float>((rank + 1) * (i + 1));
-  part.reduce_scatter(flat.data());
+  part.reduce_scatter(host(flat));
   const float all_ranks = static_cast<float>(g * (g + 1) / 2);
   for (int64_t i = 0; i < kFlat; ++i) {
     const int64_t d = domain_pos(i);
@@ -62,7 +68,7 @@ TEST(ZeroPartition, AllGatherTakesEachElementFromItsOwner) {
   const int64_t rank = world.rank(), s = part.shard_size();
   std::vector<float> flat(kFlat);
   for (int64_t i = 0; i < kFlat; ++i) flat[i] = static_cast<float>(1000 * rank + i);
-  part.all_gather(flat.data());
+  part.all_gather(host(flat));
   for (int64_t i = 0; i < kFlat; ++i) {
     const int64_t d = domain_pos(i);
     const int64_t owner = d >= 0 ? d / s : rank;  // outside the runs: left alone
@@ -76,13 +82,13 @@ TEST(ZeroPartition, ShardsGatherIntoTheFlatLayoutAndBack) {
   const int64_t rank = world.rank(), s = part.shard_size();
   std::vector<float> shard(static_cast<size_t>(s)), flat(kFlat, -1.0f);
   for (int64_t k = 0; k < s; ++k) shard[k] = static_cast<float>(1000 * rank + k);
-  part.gather_shards(shard.data(), flat.data());
+  part.gather_shards(host(shard), host(flat));
   for (int64_t i = 0; i < kFlat; ++i) {
     const int64_t d = domain_pos(i);
     EXPECT_EQ(flat[i], d >= 0 ? static_cast<float>(1000 * (d / s) + d % s) : -1.0f) << i;
   }
   std::vector<float> back(static_cast<size_t>(s), -1.0f);
-  part.take_shard(flat.data(), back.data());
+  part.take_shard(host(flat), host(back));
   for (int64_t k = 0; k < s; ++k) {
     const bool padding = rank * s + k >= part.domain_size();
     EXPECT_EQ(back[k], padding ? 0.0f : shard[k]) << k;

@@ -30,16 +30,18 @@ using testing::read_metrics;
 
 constexpr double kTolerance = 2e-2;
 
-// ep 1: data parallelism alone (the gradients summed over dp through the GPU group).
-void check_equals_single_process(int ep, bool dropless) {
+// ep 1: data parallelism alone (the gradients summed over dp through the GPU group). zero_stage
+// 1 or 2: the Adam moments sharded over dp (non-expert) and edp (experts), with a 10,000-element
+// tile so that every shard takes several tiles; stage 2 reduce-scatters the gradients.
+void check_equals_single_process(int ep, bool dropless, int zero_stage = 0) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
   const char* collectives = std::getenv("MOEX_GPU_COLLECTIVES");
   const bool host = collectives != nullptr && std::strcmp(collectives, "host") == 0;
   ASSERT_TRUE(host || ops::device_count() >= world.size())
       << "ranks sharing a GPU need MOEX_GPU_COLLECTIVES=host (NCCL takes one rank per GPU)";
-  const std::string name =
-      "gpu_ep" + std::to_string(ep) + "_test_" + (dropless ? "dropless" : "capacity");
+  const std::string name = "gpu_ep" + std::to_string(ep) + "_zero" + std::to_string(zero_stage) +
+                           "_test_" + (dropless ? "dropless" : "capacity");
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -54,7 +56,9 @@ void check_equals_single_process(int ep, bool dropless) {
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
   const TrainConfig ep_config = TrainConfig::from_file(
       testing::write_config(corpus, ep_out, training, &world, moe,
-                            ep > 1 ? R"(, "parallel": {"ep": )" + std::to_string(ep) + "}" : "",
+                            R"(, "parallel": {"ep": )" + std::to_string(ep) +
+                                R"(, "zero_stage": )" + std::to_string(zero_stage) +
+                                R"(, "tile_elements": 10000})",
                             model)
           .string());
   run_training(ep_config, "", 0, &world);
@@ -91,6 +95,13 @@ void check_equals_single_process(int ep, bool dropless) {
 
 TEST(GpuDataParallel, EqualsTheSingleProcessRun) {
   check_equals_single_process(1, false);
+}
+
+TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
+  check_equals_single_process(1, false, 1);
+  check_equals_single_process(1, false, 2);
+  // Experts sharded by ep, the rest of the state by ZeRO over dp.
+  check_equals_single_process(dist::Communicator::world().size(), true, 2);
 }
 
 // ep = every rank: each holds 1/W of the experts.

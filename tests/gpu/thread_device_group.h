@@ -75,24 +75,14 @@ class ThreadDeviceGroups {
     Member(ThreadDeviceGroups& g, int rank) : g_(g), rank_(rank) {}
     int rank() const override { return rank_; }
     int size() const override { return g_.size(); }
-    // f32 only: every rank sums the others' buffers into a host copy of its own (the ranks wait
-    // for their streams here, unlike the copies below).
+    // The sums (f32) go through the host: the ranks wait for their streams here, unlike the
+    // copies below.
     Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override {
-      MOEX_CHECK(dtype == DType::kF32, "ThreadDeviceGroups::all_reduce_sum: f32 only");
-      const size_t bytes = static_cast<size_t>(n) * sizeof(float);
-      CUDA_CHECK(cudaStreamSynchronize(stream));
-      g_.posts_[rank_] = Post{static_cast<const char*>(data), {}, {}};
-      g_.barrier();  // every rank's buffer is written
-      std::vector<float> sum(static_cast<size_t>(n), 0.0f), part(sum.size());
-      for (int p = 0; p < size(); ++p) {
-        CUDA_CHECK(cudaMemcpy(part.data(), g_.posts_[p].send, bytes, cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < part.size(); ++i) sum[i] += part[i];
-      }
-      g_.barrier();  // every rank has read every buffer
-      CUDA_CHECK(cudaMemcpyAsync(data, sum.data(), bytes, cudaMemcpyHostToDevice, stream));
-      CUDA_CHECK(cudaStreamSynchronize(stream));
-      CUDA_CHECK(cudaEventRecord(g_.done_[rank_], stream));
-      return g_.done_[rank_];
+      return sum_blocks(data, data, n, 0, dtype, stream);
+    }
+    Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
+                             Stream stream) override {
+      return sum_blocks(send, recv, n, rank_ * n, dtype, stream);
     }
     Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override {
       const std::vector<int64_t> counts(size(), n);
@@ -108,6 +98,26 @@ class ThreadDeviceGroups {
     }
 
    private:
+    // recv [n] = the sum over ranks of their send[at .. at + n).
+    Event sum_blocks(const void* send, void* recv, int64_t n, int64_t at, DType dtype,
+                     Stream stream) {
+      MOEX_CHECK(dtype == DType::kF32, "ThreadDeviceGroups: sums in f32 only");
+      const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      g_.posts_[rank_] = Post{static_cast<const char*>(send), {}, {}};
+      g_.barrier();  // every rank's buffer is written
+      std::vector<float> sum(static_cast<size_t>(n), 0.0f), part(sum.size());
+      for (int p = 0; p < size(); ++p) {
+        CUDA_CHECK(cudaMemcpy(part.data(), g_.posts_[p].send + at * sizeof(float), bytes,
+                              cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < part.size(); ++i) sum[i] += part[i];
+      }
+      g_.barrier();  // every rank has read every buffer
+      CUDA_CHECK(cudaMemcpyAsync(recv, sum.data(), bytes, cudaMemcpyHostToDevice, stream));
+      CUDA_CHECK(cudaStreamSynchronize(stream));
+      CUDA_CHECK(cudaEventRecord(g_.done_[rank_], stream));
+      return g_.done_[rank_];
+    }
     Event exchange(const void* send, const std::vector<int64_t>& offset,
                    const std::vector<int64_t>& count, void* recv,
                    const std::vector<int64_t>& recv_counts, DType dtype, Stream stream) {
