@@ -52,11 +52,19 @@ int HostStagedGroup::size() const {
 
 HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void* data, int64_t n, DType dtype,
                                                        Stream stream) {
-  MOEX_CHECK(dtype == DType::kF32, "HostStagedGroup::all_reduce_sum: f32 only, got ",
-             dtype_name(dtype));
-  const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+  MOEX_CHECK(dtype == DType::kF32 || dtype == DType::kBF16,
+             "HostStagedGroup::all_reduce_sum: f32 or bf16, got ", dtype_name(dtype));
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
   download(recv_, data, bytes, stream);
-  group_.all_reduce_sum(reinterpret_cast<float*>(recv_.data()), n);
+  if (dtype == DType::kF32) {
+    group_.all_reduce_sum(reinterpret_cast<float*>(recv_.data()), n);
+  } else {  // summed in f32 (MPI has no bf16), rounded once
+    auto* b = reinterpret_cast<uint16_t*>(recv_.data());
+    std::vector<float> sum(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) sum[i] = bf16_to_f32(b[i]);
+    group_.all_reduce_sum(sum.data(), n);
+    for (int64_t i = 0; i < n; ++i) b[i] = f32_to_bf16(sum[i]);
+  }
   upload(data, recv_, bytes, stream);
   check(cudaEventRecord(done_, stream), "event");
   return done_;

@@ -13,21 +13,26 @@ namespace {
 
 // ops::cross_entropy over a vocabulary split across the tp group: logits [rows, Vl] are this
 // rank's columns. Every rank gathers every rank's (max, sum of exponentials, target logit) per
-// row and combines them in rank order, so all ranks get the same losses.
+// row and combines them in rank order, so all ranks get the same losses. The combination runs on
+// the host (on a GPU the gathered statistics come down and the results go up: one wait a chunk).
 void vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
                                   const Tensor& loss_rows, const Tensor& dlogits,
                                   const TensorParallel& tp, Arena& arena) {
   const int64_t rows = logits.dim(0), vl = logits.dim(1), parts = tp.size();
+  const bool host = logits.device().is_cpu();
   ArenaScope scope(arena);
   const Tensor stats = arena.alloc(Shape{rows, 3}, DType::kF32);
   const Tensor all = arena.alloc(Shape{parts, rows, 3}, DType::kF32);
   const Tensor lse = arena.alloc(Shape{rows}, DType::kF32);
   ops::cross_entropy_partial_stats(logits, targets, tp.rank() * vl, parts * vl, stats);
   tp.all_gather(stats, all);
-  const float* s = all.data<float>();
+  const Tensor all_host = host ? all : all.to(Device::cpu());
+  const Tensor loss_host = host ? loss_rows : Tensor::empty(Shape{rows}, DType::kF32);
+  const Tensor lse_host = host ? lse : Tensor::empty(Shape{rows}, DType::kF32);
+  const float* s = all_host.data<float>();
   const int32_t* t = targets.data<int32_t>();
-  float* loss = loss_rows.data<float>();
-  float* l = lse.data<float>();
+  float* loss = loss_host.data<float>();
+  float* l = lse_host.data<float>();
   for (int64_t i = 0; i < rows; ++i) {
     loss[i] = l[i] = 0.0f;
     if (t[i] == ops::kIgnoreIndex) continue;
@@ -41,6 +46,10 @@ void vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets, f
     }
     l[i] = static_cast<float>(mx + std::log(sum));
     loss[i] = static_cast<float>(l[i] - target_logit);
+  }
+  if (!host) {
+    ops::copy(loss_host, loss_rows);
+    ops::copy(lse_host, lse);
   }
   if (dlogits.defined())
     ops::cross_entropy_partial_grad(logits, targets, tp.rank() * vl, lse, grad_scale, dlogits);

@@ -23,8 +23,9 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
       tp_(tp),
       arena_(size_t{16} << 20, device, /*growable=*/true) {
   config_.validate();
-  MOEX_CHECK(!tp_.active() || device_.is_cpu(),
-             "tensor parallelism runs on CPU ranks only so far (docs/parallelism.md)");
+  MOEX_CHECK(!tp_.active() || device_.is_cpu() || tp_.device_group != nullptr,
+             "tensor parallelism on ", device_.str(),
+             " needs the tp group's GPU communicator (TensorParallel::device_group)");
   const int64_t d = config_.hidden_size;
   const int vocab_split = tp_.active() ? 0 : -1;
   const int64_t vocab_rows = tp_.part(config_.vocab_size);
@@ -154,6 +155,7 @@ void Model::embed_vocab_parallel(const Tensor& x) {
   }
   local_ids_ = host_ids(local.data(), static_cast<int64_t>(local.size()));
   local_rows_ = host_ids(where.data(), static_cast<int64_t>(where.size()));
+  if (device_.is_cuda() && !where.empty()) local_rows_ = local_rows_.to(device_);  // GPU indices
   ops::zero(x);
   if (!local.empty()) {
     ArenaScope scope(arena_);

@@ -4,6 +4,8 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "ops/collective.h"
+#include "ops/elementwise.h"
 
 namespace moex::model {
 
@@ -14,19 +16,31 @@ int64_t TensorParallel::part(int64_t n) const {
 
 void TensorParallel::all_reduce(const Tensor& t) const {
   if (!active()) return;
-  MOEX_CHECK(t.device().is_cpu() && t.dtype() == DType::kF32,
-             "tensor parallelism: the all-reduce takes f32 host tensors (the GPU path needs the "
-             "NCCL communicator, docs/parallelism.md), got ",
-             t.shape().str());
+  if (t.device().is_cuda()) {
+    MOEX_CHECK(device_group != nullptr,
+               "tensor parallelism on a GPU needs the tp group's GPU communicator");
+    ops::all_reduce_sum(t, *device_group);
+    return;
+  }
+  MOEX_CHECK(t.dtype() == DType::kF32,
+             "tensor parallelism: the all-reduce takes f32 host tensors, "
+             "got ",
+             dtype_name(t.dtype()), " ", t.shape().str());
   group->all_reduce_sum(t.data<float>(), t.numel());
 }
 
 void TensorParallel::all_gather(const Tensor& t, const Tensor& all) const {
-  MOEX_CHECK(t.device().is_cpu() && all.device().is_cpu() && t.dtype() == DType::kF32 &&
-                 all.dtype() == DType::kF32 && all.numel() == t.numel() * size(),
-             "tensor parallelism: all_gather takes f32 host tensors, [", size(), ", n]");
+  MOEX_CHECK(t.device() == all.device() && t.dtype() == DType::kF32 && all.dtype() == DType::kF32 &&
+                 all.numel() == t.numel() * size(),
+             "tensor parallelism: all_gather takes f32 tensors on one device, [", size(), ", n]");
   if (!active()) {
-    std::copy(t.data<float>(), t.data<float>() + t.numel(), all.data<float>());
+    ops::copy(t, all);
+    return;
+  }
+  if (t.device().is_cuda()) {
+    MOEX_CHECK(device_group != nullptr,
+               "tensor parallelism on a GPU needs the tp group's GPU communicator");
+    ops::all_gather(t, all, *device_group);
     return;
   }
   group->all_gather(t.data<float>(), all.data<float>(), t.numel());

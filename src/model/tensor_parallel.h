@@ -10,11 +10,14 @@
 
 #include "core/tensor.h"
 #include "dist/communicator.h"
+#include "dist/device_group.h"
 
 namespace moex::model {
 
 struct TensorParallel {
   dist::Communicator* group = nullptr;  // null: this rank holds every weight
+  // The same ranks on the GPU (a GPU model's activations and gradients); null on CPU ranks.
+  dist::DeviceGroup* device_group = nullptr;
   // Duplicate Token Dropping in the MoE layers' expert exchanges (MoELayer::drop_duplicate_tokens).
   bool drop_duplicate_tokens = false;
   // Expert tensor-slicing: each expert's hidden width F split over the group like a dense MLP's
@@ -26,9 +29,10 @@ struct TensorParallel {
   bool active() const { return size() > 1; }
   // This rank's share of n columns, heads or rows (n divides by size(): the config checks it).
   int64_t part(int64_t n) const;
-  // t = the sum of every rank's t, in place. Host tensors only: the collectives are MPI's.
+  // t = the sum of every rank's t, in place: host f32 tensors over MPI, GPU f32 or bf16 tensors
+  // over device_group.
   void all_reduce(const Tensor& t) const;
-  // all [size, numel(t)] = every rank's t in rank order (host f32 tensors).
+  // all [size, numel(t)] = every rank's t in rank order (f32, on one device).
   void all_gather(const Tensor& t, const Tensor& all) const;
 };
 

@@ -28,13 +28,6 @@ const int32_t* checked_targets(const char* op, const Tensor& targets, int64_t n,
   return t;
 }
 
-// The vocabulary-parallel pieces have CPU kernels only: tensor parallelism runs on CPU ranks.
-void expect_cpu(const char* op, const Device& dev) {
-  MOEX_CHECK(dev.is_cpu(), op,
-             ": no GPU kernel yet (tensor parallelism runs on CPU ranks, "
-             "docs/parallelism.md)");
-}
-
 }  // namespace
 
 void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale,
@@ -77,31 +70,49 @@ void cross_entropy_partial_stats(const Tensor& logits, const Tensor& targets, in
                                  int64_t vocab_size, const Tensor& stats) {
   const char* op = "cross_entropy_partial_stats";
   const Device dev = detail::common_device(op, {&logits, &stats});
-  expect_cpu(op, dev);
+  const ProfileScope profile(op, dev);
   MOEX_CHECK(logits.ndim() == 2 && vocab_begin >= 0 && vocab_begin + logits.dim(1) <= vocab_size,
              op, ": logits ", logits.shape().str(), " from column ", vocab_begin,
              " are not a part of a ", vocab_size, "-token vocabulary");
   const int64_t n = logits.dim(0), vl = logits.dim(1);
   detail::expect(op, "logits", logits, DType::kF32, n * vl);
   detail::expect(op, "stats", stats, DType::kF32, n * 3);
-  cpu::cross_entropy_partial_stats(logits.data<float>(),
-                                   checked_targets(op, targets, n, vocab_size), n, vl, vocab_begin,
-                                   kIgnoreIndex, stats.data<float>());
+  const int32_t* t = checked_targets(op, targets, n, vocab_size);
+  if (dev.is_cpu()) {
+    cpu::cross_entropy_partial_stats(logits.data<float>(), t, n, vl, vocab_begin, kIgnoreIndex,
+                                     stats.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    const Tensor dev_targets = targets.to(dev);
+    cuda::cross_entropy_partial_stats(logits.data<float>(), dev_targets.data<int32_t>(), n, vl,
+                                      vocab_begin, kIgnoreIndex, stats.data<float>(),
+                                      detail::stream(dev));
+  });
 }
 
 void cross_entropy_partial_grad(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
                                 const Tensor& lse, float grad_scale, const Tensor& dlogits) {
   const char* op = "cross_entropy_partial_grad";
   const Device dev = detail::common_device(op, {&logits, &lse, &dlogits});
-  expect_cpu(op, dev);
+  const ProfileScope profile(op, dev);
   MOEX_CHECK(logits.ndim() == 2, op, ": logits must be [n, Vl], got ", logits.shape().str());
   const int64_t n = logits.dim(0), vl = logits.dim(1);
   detail::expect(op, "logits", logits, DType::kF32, n * vl);
   detail::expect(op, "lse", lse, DType::kF32, n);
-  detail::expect(op, "dlogits", dlogits, DType::kF32, n * vl);
-  cpu::cross_entropy_partial_grad(logits.data<float>(), host_targets(op, targets, n),
-                                  lse.data<float>(), n, vl, vocab_begin, kIgnoreIndex, grad_scale,
-                                  dlogits.data<float>());
+  detail::expect(op, "dlogits", dlogits, detail::compute_dtype(dev), n * vl);
+  const int32_t* t = host_targets(op, targets, n);
+  if (dev.is_cpu()) {
+    cpu::cross_entropy_partial_grad(logits.data<float>(), t, lse.data<float>(), n, vl, vocab_begin,
+                                    kIgnoreIndex, grad_scale, dlogits.data<float>());
+    return;
+  }
+  MOEX_CUDA_TWIN(op, {
+    const Tensor dev_targets = targets.to(dev);
+    cuda::cross_entropy_partial_grad(logits.data<float>(), dev_targets.data<int32_t>(),
+                                     lse.data<float>(), n, vl, vocab_begin, kIgnoreIndex,
+                                     grad_scale, dlogits.raw_data(), detail::stream(dev));
+  });
 }
 
 }  // namespace moex::ops

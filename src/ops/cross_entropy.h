@@ -22,8 +22,9 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
 // when it is a local column (else 0); ignored rows 0.
 void cross_entropy_partial_stats(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
                                  int64_t vocab_size, const Tensor& stats);
-// dlogits (may alias logits) = grad_scale * (exp(logits - lse) - onehot(target)) on these columns,
-// 0 on ignored rows; lse [n] f32: each full row's logsumexp.
+// dlogits (the compute dtype: f32 on the CPU, where it may alias logits; bf16 on a GPU) =
+// grad_scale * (exp(logits - lse) - onehot(target)) on these columns, 0 on ignored rows; lse [n]
+// f32: each full row's logsumexp.
 void cross_entropy_partial_grad(const Tensor& logits, const Tensor& targets, int64_t vocab_begin,
                                 const Tensor& lse, float grad_scale, const Tensor& dlogits);
 

@@ -296,29 +296,38 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              ": parallel.zero_stage: ZeRO together with parallel.offload is not built "
              "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
-  // GPU ranks: data and expert parallelism over NCCL, one GPU per rank (the rank's local index on
-  // its node).
-  MOEX_CHECK(c.training.device.is_cpu() || !tp, c.source,
-             ": parallel.tp: tensor parallelism runs on CPU ranks only so far; GPU ranks train "
-             "data- and expert-parallel (docs/parallelism.md)");
+  // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
+  // index on its node). Duplicate Token Dropping and expert slicing are CPU-only so far.
+  MOEX_CHECK(c.training.device.is_cpu() || !c.parallel.dtd, c.source,
+             ": parallel.dtd: Duplicate Token Dropping runs on CPU ranks only so far "
+             "(docs/parallelism.md)");
+  MOEX_CHECK(c.training.device.is_cpu() || !c.parallel.expert_slicing, c.source,
+             ": parallel.expert_slicing: expert tensor-slicing runs on CPU ranks only so far "
+             "(docs/parallelism.md)");
   const Device device = c.training.device.is_cuda() && world > 1
                             ? Device::cuda(comm.local_rank() % std::max(1, ops::device_count()))
                             : c.training.device;
   // The GPU communicators of the groups with more than one rank, made in the same order on
-  // every rank: dp (the gradients of the replicated weights), ep (the MoE layers' token exchanges)
-  // and edp (the expert gradients).
+  // every rank: dp (the gradients of the replicated weights), ep (the MoE layers' token
+  // exchanges), edp (the expert gradients) and tp (the split layers' sums).
   // NCCL unless MOEX_GPU_COLLECTIVES=host (dist::make_device_group).
-  std::unique_ptr<dist::DeviceGroup> gpu_dp, gpu_ep, gpu_edp;
-  if (device.is_cuda() && dp > 1) {
+  std::unique_ptr<dist::DeviceGroup> gpu_dp, gpu_ep, gpu_edp, gpu_tp;
+  if (device.is_cuda() && world > 1) {
     ops::use_device(device);
     dist::NcclOptions nccl;
     nccl.device = device.ordinal;
-    gpu_dp = dist::make_device_group(*groups.dp, nccl);
+    if (dp > 1) gpu_dp = dist::make_device_group(*groups.dp, nccl);
     if (ep) gpu_ep = dist::make_device_group(*groups.ep, nccl);
     if (ep && layout.edp > 1) gpu_edp = dist::make_device_group(*groups.edp, nccl);
+    if (tp) gpu_tp = dist::make_device_group(*groups.tp, nccl);
   }
   model::TensorParallel tensor_parallel;
-  if (tp) tensor_parallel = {groups.tp.get(), c.parallel.dtd, c.parallel.expert_slicing};
+  if (tp) {
+    tensor_parallel.group = groups.tp.get();
+    tensor_parallel.device_group = gpu_tp.get();
+    tensor_parallel.drop_duplicate_tokens = c.parallel.dtd;
+    tensor_parallel.slice_experts = c.parallel.expert_slicing;
+  }
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());

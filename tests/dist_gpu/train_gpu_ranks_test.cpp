@@ -1,8 +1,8 @@
-// Data- and expert-parallel training on GPU ranks. scripts/gpu_check.sh runs it on ONE GPU:
-// mpirun -np 2 with MOEX_GPU_COLLECTIVES=host (NCCL refuses two ranks on one GPU, so the GPU
-// collectives go through MPI in host memory; everything else is the code a multi-GPU run uses:
-// the trainer's dp, ep and edp groups, the GPU MoE layer's exchange, the expert gradients summed
-// over edp). With a GPU per rank it runs over NCCL as it is. As on CPU ranks
+// Data-, expert- and tensor-parallel training and ZeRO on GPU ranks. scripts/gpu_check.sh runs it
+// on ONE GPU: mpirun -np 2 with MOEX_GPU_COLLECTIVES=host (NCCL refuses two ranks on one GPU, so
+// the GPU collectives go through MPI in host memory; everything else is the code a multi-GPU run
+// uses: the trainer's dp, ep and edp groups, the GPU MoE layer's exchange, the expert gradients
+// summed over edp). With a GPU per rank it runs over NCCL as it is. As on CPU ranks
 // (tests/dist/train_expert_parallel_test.cpp) the run must equal the single process holding every
 // expert with grad_accum W, here within bf16 rounding: the expert GEMMs see other row counts on
 // the owners than in the single process, so the tolerance is 2e-2 relative (a wrong exchange or
@@ -30,18 +30,28 @@ using testing::read_metrics;
 
 constexpr double kTolerance = 2e-2;
 
-// ep 1: data parallelism alone (the gradients summed over dp through the GPU group). zero_stage
-// 1 or 2: the Adam moments sharded over dp (non-expert) and edp (experts), with a 10,000-element
-// tile so that every shard takes several tiles; stage 2 reduce-scatters the gradients.
-void check_equals_single_process(int ep, bool dropless, int zero_stage = 0) {
+// The layout on all ranks: tp and ep (1, 1: data parallelism alone, the gradients summed over dp
+// through the GPU group); zero_stage 1 or 2: the Adam moments sharded over dp (non-expert) and
+// edp (experts), with a 10,000-element tile so that every shard takes several tiles; stage 2
+// reduce-scatters the gradients. The reference runs the dp = W / tp micro-batches of a step as
+// gradient accumulation.
+struct Layout {
+  int tp = 1, ep = 1;
+  bool dropless = false;
+  int zero_stage = 0;
+};
+
+void check_equals_single_process(const Layout& l) {
+  const int ep = l.ep, zero_stage = l.zero_stage;
+  const bool dropless = l.dropless;
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
   const char* collectives = std::getenv("MOEX_GPU_COLLECTIVES");
   const bool host = collectives != nullptr && std::strcmp(collectives, "host") == 0;
   ASSERT_TRUE(host || ops::device_count() >= world.size())
       << "ranks sharing a GPU need MOEX_GPU_COLLECTIVES=host (NCCL takes one rank per GPU)";
-  const std::string name = "gpu_ep" + std::to_string(ep) + "_zero" + std::to_string(zero_stage) +
-                           "_test_" + (dropless ? "dropless" : "capacity");
+  const std::string name = "gpu_tp" + std::to_string(l.tp) + "_ep" + std::to_string(ep) + "_zero" +
+                           std::to_string(zero_stage) + "_" + (dropless ? "dropless" : "capacity");
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -56,16 +66,16 @@ void check_equals_single_process(int ep, bool dropless, int zero_stage = 0) {
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
   const TrainConfig ep_config = TrainConfig::from_file(
       testing::write_config(corpus, ep_out, training, &world, moe,
-                            R"(, "parallel": {"ep": )" + std::to_string(ep) +
-                                R"(, "zero_stage": )" + std::to_string(zero_stage) +
-                                R"(, "tile_elements": 10000})",
+                            R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" +
+                                std::to_string(ep) + R"(, "zero_stage": )" +
+                                std::to_string(zero_stage) + R"(, "tile_elements": 10000})",
                             model)
           .string());
   run_training(ep_config, "", 0, &world);
 
   if (world.is_root()) {
     const std::string ref_training = R"(, "device": "cuda", "grad_accum": )" +
-                                     std::to_string(world.size()) +
+                                     std::to_string(world.size() / l.tp) +
                                      R"(, "steps": 4, "eval_every": 2)";
     const TrainConfig ref = TrainConfig::from_file(
         testing::write_config(corpus, ref_out, ref_training, nullptr, moe, "", model).string());
@@ -94,23 +104,30 @@ void check_equals_single_process(int ep, bool dropless, int zero_stage = 0) {
 }
 
 TEST(GpuDataParallel, EqualsTheSingleProcessRun) {
-  check_equals_single_process(1, false);
+  check_equals_single_process({});
+}
+
+// Megatron splits of attention, the dense MLP, the embedding and the LM head (vocabulary-parallel
+// cross-entropy) over tp = every rank.
+TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
+  check_equals_single_process({dist::Communicator::world().size()});
 }
 
 TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
-  check_equals_single_process(1, false, 1);
-  check_equals_single_process(1, false, 2);
+  const int w = dist::Communicator::world().size();
+  check_equals_single_process({1, 1, false, 1});
+  check_equals_single_process({1, 1, false, 2});
   // Experts sharded by ep, the rest of the state by ZeRO over dp.
-  check_equals_single_process(dist::Communicator::world().size(), true, 2);
+  check_equals_single_process({1, w, true, 2});
 }
 
 // ep = every rank: each holds 1/W of the experts.
 TEST(GpuExpertParallel, CapacityRoutingEqualsTheSingleProcessRun) {
-  check_equals_single_process(dist::Communicator::world().size(), false);
+  check_equals_single_process({1, dist::Communicator::world().size(), false});
 }
 
 TEST(GpuExpertParallel, DroplessRoutingEqualsTheSingleProcessRun) {
-  check_equals_single_process(dist::Communicator::world().size(), true);
+  check_equals_single_process({1, dist::Communicator::world().size(), true});
 }
 
 }  // namespace

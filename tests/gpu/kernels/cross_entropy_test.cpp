@@ -1,12 +1,15 @@
 // cross_entropy_rows against cpu/cross_entropy.h row by row (a one-row call returns that row's loss
 // and, with dloss = grad_scale, its gradient grad_scale * (softmax - onehot)): tiny, odd and 32k
 // vocabularies, ignored rows, with and without the gradient.
+#include "cpu/cross_entropy.h"
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
-#include "cpu/cross_entropy.h"
 #include "cuda/cross_entropy.h"
 #include "kernel_test_util.h"
 
@@ -71,6 +74,71 @@ TEST_F(CrossEntropyTest, RowsMatchCpu) {
     cuda::cross_entropy_rows(dlog.as<float>(), dt.as<int32_t>(), c.rows, c.vocab, ignore,
                              grad_scale, loss2.as<float>(), nullptr, ctx.stream());
     EXPECT_TRUE(kt::same_bits(download<float>(loss2.ptr, c.rows), loss_gpu)) << tag;
+  }
+}
+
+// Tensor parallelism's pieces: a vocabulary of 3 parts (one odd-sized, one holding no target of
+// some rows), each part's stats and gradient against the CPU twins on the same columns; the parts'
+// stats combined give the whole row's loss of cross_entropy_rows.
+TEST_F(CrossEntropyTest, VocabularyPartsMatchCpu) {
+  cuda::CudaContext ctx;
+  const int64_t rows = 37;
+  const int64_t parts[] = {0, 1200, 2401, 4000};  // part p holds columns [parts[p], parts[p + 1])
+  const int64_t vocab = parts[3];
+  const int32_t ignore = cpu::kIgnoreIndex;
+  const auto logits = rand_vec(rows * vocab, 901, -9.0f, 9.0f);
+  std::vector<int32_t> targets(rows);
+  for (int64_t r = 0; r < rows; ++r)
+    targets[r] = r % 5 == 3 ? ignore : static_cast<int32_t>((r * 977) % vocab);
+  std::vector<float> loss_whole(rows);
+  {
+    DevBuf dl = upload(logits), dt = upload(targets), loss(rows * 4);
+    cuda::cross_entropy_rows(dl.as<float>(), dt.as<int32_t>(), rows, vocab, ignore, 1.0f,
+                             loss.as<float>(), nullptr, ctx.stream());
+    loss_whole = download<float>(loss.ptr, rows);
+  }
+  DevBuf dt = upload(targets);
+  std::vector<std::vector<float>> stats(3), part_logits(3);
+  for (int p = 0; p < 3; ++p) {
+    const int64_t begin = parts[p], vl = parts[p + 1] - parts[p];
+    for (int64_t r = 0; r < rows; ++r)
+      part_logits[p].insert(part_logits[p].end(), logits.begin() + r * vocab + begin,
+                            logits.begin() + r * vocab + begin + vl);
+    std::vector<float> want(rows * 3);
+    cpu::cross_entropy_partial_stats(part_logits[p].data(), targets.data(), rows, vl, begin, ignore,
+                                     want.data());
+    DevBuf dl = upload(part_logits[p]), st(rows * 3 * 4);
+    cuda::cross_entropy_partial_stats(dl.as<float>(), dt.as<int32_t>(), rows, vl, begin, ignore,
+                                      st.as<float>(), ctx.stream());
+    stats[p] = download<float>(st.ptr, rows * 3);
+    EXPECT_LT(rel_l2(stats[p], want), 1e-5) << "part " << p;
+  }
+  // Combined as the LM head does: the whole row's logsumexp and loss.
+  std::vector<float> lse(rows, 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] == ignore) continue;
+    float mx = stats[0][3 * r];
+    for (int p = 1; p < 3; ++p) mx = std::max(mx, stats[p][3 * r]);
+    double sum = 0, target = 0;
+    for (int p = 0; p < 3; ++p) {
+      sum += stats[p][3 * r + 1] * std::exp(static_cast<double>(stats[p][3 * r]) - mx);
+      target += stats[p][3 * r + 2];
+    }
+    lse[r] = static_cast<float>(mx + std::log(sum));
+    EXPECT_NEAR(lse[r] - target, loss_whole[r], 1e-4 * std::abs(loss_whole[r]) + 1e-5)
+        << "row " << r;
+  }
+  DevBuf dlse = upload(lse);
+  const float grad_scale = 0.29f;
+  for (int p = 0; p < 3; ++p) {
+    const int64_t begin = parts[p], vl = parts[p + 1] - parts[p];
+    std::vector<float> want(rows * vl);
+    cpu::cross_entropy_partial_grad(part_logits[p].data(), targets.data(), lse.data(), rows, vl,
+                                    begin, ignore, grad_scale, want.data());
+    DevBuf dl = upload(part_logits[p]), dg(rows * vl * 2);
+    cuda::cross_entropy_partial_grad(dl.as<float>(), dt.as<int32_t>(), dlse.as<float>(), rows, vl,
+                                     begin, ignore, grad_scale, dg.ptr, ctx.stream());
+    EXPECT_LT(rel_l2(download_bf16(dg.ptr, rows * vl), want), 4e-3) << "part " << p;
   }
 }
 
