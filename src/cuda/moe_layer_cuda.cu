@@ -464,11 +464,21 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     MOEX_CHECK(ep_caps_[group_->rank()] == capacity_ && rows_ == E_ * capacity_,
                "MoELayerCuda: the gathered capacity ", ep_caps_[group_->rank()],
                " is not this rank's ", capacity_, " (", rows_, " rows)");
-    point_ep_buffers(false);
-    moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
-    to_owners(buf_.xb, ep_rows_.xb);
-    experts_forward(ep_rows_);
-    from_owners(ep_rows_.out, buf_.out);
+    // CAC (docs/parallelism.md §Expert parallelism on GPU ranks): a checkpointed first pass keeps
+    // its exchanged rows in the layer's own buffers, where the recompute finds them.
+    point_ep_buffers(false, kept_ || step.keep_exchange);
+    if (step.reuse_exchange) {
+      MOEX_CHECK(exchange_kept_ && ep_caps_ == kept_caps_,
+                 "MoELayerCuda: reuse_exchange needs the previous forward to be a first pass with "
+                 "keep_exchange and the same routing");
+    } else {
+      moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
+      to_owners(buf_.xb, ep_rows_.xb);
+    }
+    experts_forward(ep_rows_);  // the recompute needs h and a again; its outputs are kept
+    if (!step.reuse_exchange) from_owners(ep_rows_.out, buf_.out);
+    exchange_kept_ = step.keep_exchange;
+    kept_caps_ = ep_caps_;
     finish_forward(x, y);
     return;
   }
@@ -493,7 +503,7 @@ void MoELayerCuda::gather_capacities() {
   for (int64_t c : ep_caps_) ep_total_ += c;
 }
 
-void MoELayerCuda::point_ep_buffers(bool backward) {
+void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
   MoEScratch& s = *scratch_;
   const int64_t owner_rows = El_ * ep_total_;
   const size_t local = static_cast<size_t>(grown_rows(rows_)) * 2;  // bytes per bf16 column
@@ -512,7 +522,7 @@ void MoELayerCuda::point_ep_buffers(bool backward) {
   r.experts = El_;
   r.capacity = ep_total_;
   r.rows = owner_rows;
-  if (kept_) {  // x rows, h, a on the owner and the local outputs stay for backward
+  if (own) {  // x rows, h, a on the owner and the local outputs stay for backward (or a recompute)
     if (!backward) {
       grow(ep_x_, owner_rows, d_);
       grow(ep_h_, owner_rows, f1_);
@@ -556,6 +566,7 @@ void MoELayerCuda::to_owners(const void* local, void* owner) {
     recv[q] = El_ * ep_caps_[q] * d_;
   }
   group_->all_to_all_v(local, send.data(), stage, recv.data(), DType::kBF16, stream);
+  ++row_exchanges_;
   // Expert-major on the owner: expert e's rows from rank q start at row e*sum C + sum_{r<q} C_r.
   int64_t before = 0;  // sum of C_r for r < q
   for (int q = 0; q < ep_; ++q) {
@@ -585,6 +596,7 @@ void MoELayerCuda::from_owners(const void* owner, void* local) {
     recv[q] = El_ * capacity_ * d_;
   }
   group_->all_to_all_v(stage, send.data(), local, recv.data(), DType::kBF16, stream);
+  ++row_exchanges_;
 }
 
 void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity) {
@@ -900,7 +912,7 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   // (the router's weight gradient reads it); the jitter is the same Philox draw.
   // Under expert parallelism the owners kept their x rows: nothing to rebuild but xj.
   if (expert_parallel()) {
-    point_ep_buffers(true);
+    point_ep_buffers(true, true);
   } else {
     point_scratch(rows_, true);
     upload_operands();

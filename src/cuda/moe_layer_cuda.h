@@ -141,6 +141,12 @@ struct MoEStepCuda {
   // False: the statistics are not copied to the host (stats() is then an error until a forward
   // that copies them): a captured decode step keeps no host copy in its graph.
   bool copy_stats = true;
+  // Communication-aware activation checkpointing under expert parallelism: keep_exchange marks a
+  // checkpointed first pass, whose exchanged rows (the owners' x rows, the outputs brought back)
+  // stay in the layer's own buffers; reuse_exchange marks its recompute (same routing), which
+  // takes them instead of exchanging again. Ignored without an expert group.
+  bool keep_exchange = false;
+  bool reuse_exchange = false;
 };
 
 // Results of the last forward, copied to pinned host memory on the stream.
@@ -197,7 +203,10 @@ class MoELayerCuda {
   MoEStatsCuda stats() const;  // waits for the last forward's statistics copy
 
   const MoEConfig& config() const { return config_; }
-  int local_experts() const { return El_; }            // El: the experts this rank holds
+  int local_experts() const { return El_; }  // El: the experts this rank holds
+  // All-to-alls of expert rows so far (two a forward and two a backward under expert
+  // parallelism, none in a CAC recompute).
+  int64_t row_exchanges() const { return row_exchanges_; }
   const GatingOutputs& plan() const { return plan_; }  // device arrays of the last forward
   int64_t num_rows() const { return rows_; }           // R of the last forward
   int64_t capacity() const { return capacity_; }
@@ -259,7 +268,9 @@ class MoELayerCuda {
   void gather_capacities();  // ep_caps_ and ep_total_ of this forward (one host sync)
   // Points buf_ and ep_rows_ at the rows of this call: kept activations in the layer's own
   // buffers, the rest in the scratch.
-  void point_ep_buffers(bool backward);
+  // own: kept rows in the layer's own buffers (a forward keeping for backward or for a CAC
+  // recompute), else the scratch.
+  void point_ep_buffers(bool backward, bool own);
   // local [E, C, d] rows (peer-major: experts p El.. belong to rank p) -> owner [El, sum C_q, d].
   void to_owners(const void* local, void* owner);
   // owner [El, sum C_q, d] -> local [E, C, d]: the reverse.
@@ -293,6 +304,9 @@ class MoELayerCuda {
   Tensor ep_caps_dev_;                  // [ep] i32, the all-gather's result
   Tensor ep_x_, ep_h_, ep_a_, ep_out_;  // kept rows: owner [El*sum C, d|F1|F], local out [E*C, d]
   ExpertRows ep_rows_;                  // the owner's rows of the current call
+  bool exchange_kept_ = false;          // the last forward kept its exchange (keep_exchange)
+  std::vector<int64_t> kept_caps_;      // ep_caps_ of the last forward
+  int64_t row_exchanges_ = 0;           // all-to-alls of expert rows so far
 
   Tensor router_w_, bias_, w1_, w2_;
   Tensor d_router_w_, dw1_, dw2_;

@@ -120,6 +120,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
       step.keep_in_scratch = options.keep_in_scratch;
       step.drop_tokens = options.drop_tokens;
       step.copy_stats = options.want_stats;
+      step.keep_exchange = options.keep_exchange;
+      step.reuse_exchange = options.reuse_exchange;
       layer_->forward(xb_, yb, step);
     }
     x_dtype_ = x.dtype();

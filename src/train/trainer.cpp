@@ -255,10 +255,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   dist::check_same_on_all_ranks(comm, run_settings(c, resume_dir, stop_after), c.source);
   const dist::ParallelLayout layout =
       dist::ParallelLayout::make(comm.size(), comm.rank(), c.parallel, c.source);
-  // CAC keeps the exchange results of the CPU MoE layer; the GPU layer has no expert group yet.
-  MOEX_CHECK(!c.parallel.cac || c.training.device.is_cpu(), c.source,
-             ": parallel.cac: communication-aware activation checkpointing runs on CPU ranks only "
-             "so far (docs/parallelism.md)");
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");

@@ -121,26 +121,5 @@ TEST(TrainCac, DroplessRoutingEqualsCacOffAndTheSingleProcessRun) {
   check_cac_every_ep(true);
 }
 
-// The GPU MoE layer has no expert group: cac on a GPU model is refused at start-up, before any
-// data is read.
-TEST(TrainCac, RefusedOnAGpuModel) {
-  dist::Communicator& world = dist::Communicator::world();
-  const fs::path dir = fs::current_path() / ("cac_gpu_np" + std::to_string(world.size()));
-  if (world.is_root()) {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-  }
-  world.barrier();
-  const TrainConfig config = TrainConfig::from_file(
-      testing::write_config(dir, (dir / "out").string(),
-                            R"(, "activation_checkpointing": true, "device": "cuda")", &world, "",
-                            R"(, "parallel": {"ep": 2, "cac": true})")
-          .string());
-  testing::expect_error_naming([&] { run_training(config, "", 0, &world); },
-                               {"parallel.cac", "CPU ranks only"});
-  world.barrier();
-  if (world.is_root()) fs::remove_all(dir);
-}
-
 }  // namespace
 }  // namespace moex::train

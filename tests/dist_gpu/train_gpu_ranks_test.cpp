@@ -39,6 +39,7 @@ struct Layout {
   int tp = 1, ep = 1;
   bool dropless = false;
   int zero_stage = 0;
+  bool cac = false;  // activation checkpointing with CAC (the reference checkpoints too)
 };
 
 void check_equals_single_process(const Layout& l) {
@@ -51,7 +52,9 @@ void check_equals_single_process(const Layout& l) {
   ASSERT_TRUE(host || ops::device_count() >= world.size())
       << "ranks sharing a GPU need MOEX_GPU_COLLECTIVES=host (NCCL takes one rank per GPU)";
   const std::string name = "gpu_tp" + std::to_string(l.tp) + "_ep" + std::to_string(ep) + "_zero" +
-                           std::to_string(zero_stage) + "_" + (dropless ? "dropless" : "capacity");
+                           std::to_string(zero_stage) + (l.cac ? "_cac_" : "_") +
+                           (dropless ? "dropless" : "capacity");
+  const std::string checkpointing = l.cac ? R"(, "activation_checkpointing": true)" : "";
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -62,21 +65,22 @@ void check_equals_single_process(const Layout& l) {
   const std::string moe =
       std::string(R"(, "ffn_size": 64)") + (dropless ? R"(, "dropless": true)" : "");
   const std::string training =
-      R"(, "device": "cuda", "grad_accum": 1, "steps": 4, "eval_every": 2)";
+      R"(, "device": "cuda", "grad_accum": 1, "steps": 4, "eval_every": 2)" + checkpointing;
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
   const TrainConfig ep_config = TrainConfig::from_file(
-      testing::write_config(corpus, ep_out, training, &world, moe,
-                            R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" +
-                                std::to_string(ep) + R"(, "zero_stage": )" +
-                                std::to_string(zero_stage) + R"(, "tile_elements": 10000})",
-                            model)
+      testing::write_config(
+          corpus, ep_out, training, &world, moe,
+          R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" + std::to_string(ep) +
+              R"(, "zero_stage": )" + std::to_string(zero_stage) +
+              R"(, "tile_elements": 10000, "cac": )" + (l.cac ? "true" : "false") + "}",
+          model)
           .string());
   run_training(ep_config, "", 0, &world);
 
   if (world.is_root()) {
     const std::string ref_training = R"(, "device": "cuda", "grad_accum": )" +
                                      std::to_string(world.size() / l.tp) +
-                                     R"(, "steps": 4, "eval_every": 2)";
+                                     R"(, "steps": 4, "eval_every": 2)" + checkpointing;
     const TrainConfig ref = TrainConfig::from_file(
         testing::write_config(corpus, ref_out, ref_training, nullptr, moe, "", model).string());
     run_training(ref, "", 0, &dist::Communicator::local());
@@ -124,6 +128,11 @@ TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
 // ep = every rank: each holds 1/W of the experts.
 TEST(GpuExpertParallel, CapacityRoutingEqualsTheSingleProcessRun) {
   check_equals_single_process({1, dist::Communicator::world().size(), false});
+}
+
+// Communication-aware activation checkpointing: the recompute reuses the first pass's exchange.
+TEST(GpuExpertParallel, CacEqualsTheSingleProcessRun) {
+  check_equals_single_process({1, dist::Communicator::world().size(), false, 0, true});
 }
 
 TEST(GpuExpertParallel, DroplessRoutingEqualsTheSingleProcessRun) {

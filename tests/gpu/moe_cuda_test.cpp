@@ -941,7 +941,7 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       LayerRun run;
       std::vector<int32_t> counts;
     };
-    std::vector<Rank> want(ep), got(ep);
+    std::vector<Rank> want(ep), got(ep), cac(ep);
     // The single-GPU layer on each rank's tokens; expert gradients summed over the ranks.
     std::vector<float> dw1_sum, dw2_sum;
     {
@@ -991,6 +991,30 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
                             tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
                             tensor_f32(layer->grad_w2())};
       got[r].counts = layer->stats().counts;
+      // Communication-aware activation checkpointing: a first pass that keeps nothing for
+      // backward but its exchange, the recompute that reuses it (no all-to-all), the backward.
+      const int64_t before = layer->row_exchanges();
+      cuda::MoEStepCuda first{true, 5, static_cast<uint64_t>(r)};
+      first.keep_for_backward = false;
+      first.keep_exchange = true;
+      cuda::MoEStepCuda recompute{true, 5, static_cast<uint64_t>(r)};
+      recompute.keep_in_scratch = true;
+      recompute.reuse_exchange = true;
+      const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+      const Tensor yt = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
+      layer->forward(xt, yt, first);
+      const int64_t after_first = layer->row_exchanges();
+      layer->forward(xt, yt, recompute);
+      EXPECT_EQ(layer->row_exchanges(), after_first) << "the recompute exchanged rows";
+      EXPECT_EQ(after_first - before, 2);
+      layer->backward(Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                      Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda()));
+      ctx.synchronize();
+      cac[r].run = LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
+                            tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
+                            tensor_f32(layer->grad_w2())};
+      // A recompute without a kept first pass is refused.
+      EXPECT_THROW(layer->forward(xt, yt, recompute), Error);
     });
     const int64_t el = c.num_experts / ep;
     const size_t w1_block = dw1_sum.size() / c.num_experts * el;
@@ -1008,6 +1032,12 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
                                    dw2_sum.begin() + (r + 1) * w2_block);
       EXPECT_LT(rel_l2(got[r].run.dw1, dw1), tol) << what << " dw1 (summed over the ranks)";
       EXPECT_LT(rel_l2(got[r].run.dw2, dw2), tol) << what << " dw2 (summed over the ranks)";
+      // CAC changes no number: the recompute's rows are the first pass's.
+      EXPECT_EQ(cac[r].run.y, got[r].run.y) << what << " CAC y";
+      EXPECT_EQ(cac[r].run.dx, got[r].run.dx) << what << " CAC dx";
+      EXPECT_EQ(cac[r].run.drouter, got[r].run.drouter) << what << " CAC drouter";
+      EXPECT_EQ(cac[r].run.dw1, got[r].run.dw1) << what << " CAC dw1";
+      EXPECT_EQ(cac[r].run.dw2, got[r].run.dw2) << what << " CAC dw2";
     }
   }
 }
