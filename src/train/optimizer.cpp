@@ -189,19 +189,22 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   if (tp_group_ != nullptr) tp_group_->all_reduce_sum(&split, 1);
   const double norm = std::sqrt(sums[0] - sums[1] + split);
   const ops::AdamWHyper h = hyper(lr, step, norm);
+  const Tensor compute = model.device().is_cuda() ? model.compute_params().flat() : Tensor();
   for (int kind = 0; kind < 2; ++kind) {
     const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();
     for (size_t i = 0; i < pieces.size(); ++i) {
       const FlatRange& p = pieces[i];
       const int64_t state = state_offset_[kind] + p.pos;
-      ops::adamw_step(view(params, p.flat, p.count), Tensor(), view(grads, p.flat, p.count),
+      // A GPU step writes the piece's bf16 copy too (the all-gather below recasts every element).
+      const Tensor copy = compute.defined() ? view(compute, p.flat, p.count) : Tensor();
+      ops::adamw_step(view(params, p.flat, p.count), copy, view(grads, p.flat, p.count),
                       view(exp_avg_, state, p.count), view(exp_avg_sq_, state, p.count),
                       *piece_segments_[kind][i], h);
     }
   }
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
-  if (model.device().is_cuda()) ops::copy(params, model.compute_params().flat());
+  if (compute.defined()) ops::copy(params, compute);
   params.mark_written();
   return norm;
 }

@@ -111,12 +111,6 @@ TEST(GpuDataParallel, EqualsTheSingleProcessRun) {
   check_equals_single_process({});
 }
 
-// Megatron splits of attention, the dense MLP, the embedding and the LM head (vocabulary-parallel
-// cross-entropy) over tp = every rank.
-TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
-  check_equals_single_process({dist::Communicator::world().size()});
-}
-
 TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
   const int w = dist::Communicator::world().size();
   check_equals_single_process({1, 1, false, 1});
@@ -137,6 +131,14 @@ TEST(GpuExpertParallel, CacEqualsTheSingleProcessRun) {
 
 TEST(GpuExpertParallel, DroplessRoutingEqualsTheSingleProcessRun) {
   check_equals_single_process({1, dist::Communicator::world().size(), true});
+}
+
+// Megatron splits of attention, the dense MLP, the embedding and the LM head (vocabulary-parallel
+// cross-entropy) over tp = every rank. Last in the file: on the H200 its losses agreed (step 1 to
+// 2e-5 relative) but its final weights (4.6 % relative L2) and Adam moments (3-7 %) did not meet
+// the 2e-2 tolerance, and a failure ends the job (docs/parallelism.md §Tests says what is open).
+TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
+  check_equals_single_process({dist::Communicator::world().size()});
 }
 
 }  // namespace
