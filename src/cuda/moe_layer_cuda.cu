@@ -194,18 +194,21 @@ MoELayerCuda::~MoELayerCuda() {
   if (stats_host_ != nullptr) cudaFreeHost(stats_host_);
 }
 
+void MoELayerCuda::grow_rows(Tensor& t, int64_t rows, int64_t cols) {
+  if (t.defined() && t.dim(0) >= rows) return;
+  if (t.defined()) {  // queued kernels may still read the old block
+    ctx_.synchronize();
+    buffers_moved();
+  }
+  t = Tensor();  // back to the allocator before the larger block is taken
+  t = dev({grown_rows(rows), cols}, DType::kBF16, ctx_);
+}
+
 void MoELayerCuda::ensure_rows(int64_t rows) {
-  if (keeps_own_rows() && rows > saved_rows_) {
-    // Grows only when a load exceeds every earlier one (capacity mode sizes it once).
-    if (saved_rows_ > 0) {
-      ctx_.synchronize();
-      buffers_moved();
-    }
-    saved_h_ = saved_a_ = saved_out_ = Tensor();
-    saved_rows_ = grown_rows(rows);
-    saved_h_ = dev({saved_rows_, f1_}, DType::kBF16, ctx_);
-    saved_a_ = dev({saved_rows_, f_}, DType::kBF16, ctx_);
-    saved_out_ = dev({saved_rows_, d_}, DType::kBF16, ctx_);
+  if (keeps_own_rows()) {
+    grow_rows(saved_h_, rows, f1_);
+    grow_rows(saved_a_, rows, f_);
+    grow_rows(saved_out_, rows, d_);
   }
   point_scratch(rows, false);
 }
@@ -509,25 +512,16 @@ void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
   const size_t local = static_cast<size_t>(grown_rows(rows_)) * 2;  // bytes per bf16 column
   const size_t owner = static_cast<size_t>(grown_rows(owner_rows)) * 2;
   const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
-  auto grow = [&](Tensor& t, int64_t rows, int64_t cols) {
-    if (t.defined() && t.dim(0) >= rows) return;
-    if (t.defined()) {  // queued kernels may still read the old block
-      ctx_.synchronize();
-      buffers_moved();
-    }
-    t = Tensor();
-    t = dev({grown_rows(rows), cols}, DType::kBF16, ctx_);
-  };
   ExpertRows& r = ep_rows_;
   r.experts = El_;
   r.capacity = ep_total_;
   r.rows = owner_rows;
   if (own) {  // x rows, h, a on the owner and the local outputs stay for backward (or a recompute)
     if (!backward) {
-      grow(ep_x_, owner_rows, d_);
-      grow(ep_h_, owner_rows, f1_);
-      grow(ep_a_, owner_rows, f_);
-      grow(ep_out_, rows_, d_);
+      grow_rows(ep_x_, owner_rows, d_);
+      grow_rows(ep_h_, owner_rows, f1_);
+      grow_rows(ep_a_, owner_rows, f_);
+      grow_rows(ep_out_, rows_, d_);
     }
     r.xb = ep_x_.raw_data();
     r.h = ep_h_.raw_data();
@@ -555,47 +549,41 @@ void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
     buf_.dxe = static_cast<float*>(s.get(MoEScratch::kDxe, td, ctx_));
 }
 
-void MoELayerCuda::to_owners(const void* local, void* owner) {
-  cudaStream_t stream = ctx_.stream();
-  // Receive buffer: [El, C_q, d] from every rank q, back to back.
-  char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
+std::vector<int64_t> MoELayerCuda::exchange_counts(bool this_rank) const {
+  std::vector<int64_t> n(static_cast<size_t>(ep_));
+  for (int q = 0; q < ep_; ++q) n[q] = El_ * (this_rank ? capacity_ : ep_caps_[q]) * d_;
+  return n;
+}
+
+void MoELayerCuda::relayout_owner_rows(char* stage, char* owner, bool into_owner) {
   const size_t row = static_cast<size_t>(d_) * 2;  // bytes of one bf16 row
-  std::vector<int64_t> send(ep_), recv(ep_);
-  for (int q = 0; q < ep_; ++q) {
-    send[q] = El_ * capacity_ * d_;
-    recv[q] = El_ * ep_caps_[q] * d_;
-  }
-  group_->all_to_all_v(local, send.data(), stage, recv.data(), DType::kBF16, stream);
-  ++row_exchanges_;
-  // Expert-major on the owner: expert e's rows from rank q start at row e*sum C + sum_{r<q} C_r.
+  const size_t owner_pitch = static_cast<size_t>(ep_total_) * row;
   int64_t before = 0;  // sum of C_r for r < q
   for (int q = 0; q < ep_; ++q) {
-    const size_t cq = static_cast<size_t>(ep_caps_[q]);
-    if (cq > 0)
-      CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(owner) + before * row, ep_total_ * row,
-                                   stage + El_ * before * row, cq * row, cq * row, El_,
-                                   cudaMemcpyDeviceToDevice, stream));
+    const size_t width = static_cast<size_t>(ep_caps_[q]) * row;  // one expert's rows from q
+    char* s = stage + El_ * before * row;
+    char* o = owner + before * row;
+    if (width > 0)
+      CUDA_CHECK(cudaMemcpy2DAsync(into_owner ? o : s, into_owner ? owner_pitch : width,
+                                   into_owner ? s : o, into_owner ? width : owner_pitch, width, El_,
+                                   cudaMemcpyDeviceToDevice, ctx_.stream()));
     before += ep_caps_[q];
   }
 }
 
-void MoELayerCuda::from_owners(const void* owner, void* local) {
-  cudaStream_t stream = ctx_.stream();
+void MoELayerCuda::to_owners(const void* local, void* owner) {
   char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
-  const size_t row = static_cast<size_t>(d_) * 2;
-  std::vector<int64_t> send(ep_), recv(ep_);
-  int64_t before = 0;
-  for (int q = 0; q < ep_; ++q) {
-    const size_t cq = static_cast<size_t>(ep_caps_[q]);
-    if (cq > 0)
-      CUDA_CHECK(cudaMemcpy2DAsync(stage + El_ * before * row, cq * row,
-                                   static_cast<const char*>(owner) + before * row, ep_total_ * row,
-                                   cq * row, El_, cudaMemcpyDeviceToDevice, stream));
-    before += ep_caps_[q];
-    send[q] = El_ * ep_caps_[q] * d_;
-    recv[q] = El_ * capacity_ * d_;
-  }
-  group_->all_to_all_v(stage, send.data(), local, recv.data(), DType::kBF16, stream);
+  group_->all_to_all_v(local, exchange_counts(true).data(), stage, exchange_counts(false).data(),
+                       DType::kBF16, ctx_.stream());
+  ++row_exchanges_;
+  relayout_owner_rows(stage, static_cast<char*>(owner), true);
+}
+
+void MoELayerCuda::from_owners(const void* owner, void* local) {
+  char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
+  relayout_owner_rows(stage, static_cast<char*>(const_cast<void*>(owner)), false);
+  group_->all_to_all_v(stage, exchange_counts(false).data(), local, exchange_counts(true).data(),
+                       DType::kBF16, ctx_.stream());
   ++row_exchanges_;
 }
 

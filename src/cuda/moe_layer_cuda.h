@@ -249,6 +249,9 @@ class MoELayerCuda {
   // layer's own, the rest comes from the scratch. Backward calls it again (the scratch may have
   // grown and moved since the forward).
   void ensure_rows(int64_t rows);
+  // t [>= rows, cols] bf16, the layer's own: grown (rounded up by grown_rows) only when a load
+  // exceeds every earlier one, after the kernels queued on the old block have finished.
+  void grow_rows(Tensor& t, int64_t rows, int64_t cols);
   void point_scratch(int64_t rows, bool backward);
   // The per-expert operand pointers of the grouped / padded GEMMs, for the current buf_.
   void upload_operands();
@@ -275,6 +278,12 @@ class MoELayerCuda {
   void to_owners(const void* local, void* owner);
   // owner [El, sum C_q, d] -> local [E, C, d]: the reverse.
   void from_owners(const void* owner, void* local);
+  // Elements of the exchange per rank q: this rank's El x C rows (this_rank) or q's El x C_q.
+  std::vector<int64_t> exchange_counts(bool this_rank) const;
+  // Between the exchange's receive layout (stage: [El, C_q, d] from every rank q, back to back)
+  // and the owner's expert-major one (expert e's rows from q at row e sum C + sum_{r<q} C_r): one
+  // 2-D copy per rank, stage -> owner when into_owner, else back.
+  void relayout_owner_rows(char* stage, char* owner, bool into_owner);
   // The forward's expert stage on the decode kernels, and the stages after the experts.
   void decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity);
   void finish_forward(const Tensor& x, const Tensor& y);
@@ -317,7 +326,6 @@ class MoELayerCuda {
   Tensor gather_, offsets_, stats_dev_, aux_grad_;
   Tensor workspace_;
   Tensor saved_h_, saved_a_, saved_out_;  // a training forward's rows [R,F1] [R,F] [R,d] bf16
-  int64_t saved_rows_ = 0;                // rows the saved buffers hold
   MoEScratch own_scratch_;
   MoEScratch* scratch_ = nullptr;  // options_.scratch or &own_scratch_
   // The buffers of the current call. Rows: xb [R,d], h [R,F1], a [R,F], out [R,d], dout [R,d],

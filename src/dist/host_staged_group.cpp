@@ -13,26 +13,26 @@ void check(cudaError_t e, const char* what) {
   MOEX_CHECK(e == cudaSuccess, "HostStagedGroup: ", what, ": ", cudaGetErrorString(e));
 }
 
-// Waits for the work queued on `stream` (it wrote the buffer about to be read), then copies
-// `bytes` from the device to the host.
+// Copies `bytes` from the device to the host behind the work queued on `stream` (which wrote
+// them), and waits for it.
 void download(std::vector<uint8_t>& host, const void* device, size_t bytes, cudaStream_t stream) {
   host.resize(bytes);
-  check(cudaStreamSynchronize(stream), "wait for the stream");
   if (bytes > 0)
     check(cudaMemcpyAsync(host.data(), device, bytes, cudaMemcpyDeviceToHost, stream), "download");
   check(cudaStreamSynchronize(stream), "download");
 }
 
-// Copies the host result to the device on `stream` and waits, so `host` may change afterwards.
-void upload(void* device, const std::vector<uint8_t>& host, size_t bytes, cudaStream_t stream) {
-  if (bytes > 0)
-    check(cudaMemcpyAsync(device, host.data(), bytes, cudaMemcpyHostToDevice, stream), "upload");
-  check(cudaStreamSynchronize(stream), "upload");
-}
-
 }  // namespace
 
-HostStagedGroup::HostStagedGroup(Communicator& group, int device) : group_(group), device_(device) {
+HostStagedGroup::Event HostStagedGroup::upload(void* device, size_t bytes, Stream stream) {
+  if (bytes > 0)
+    check(cudaMemcpyAsync(device, recv_.data(), bytes, cudaMemcpyHostToDevice, stream), "upload");
+  check(cudaStreamSynchronize(stream), "upload");  // recv_ may change once this returns
+  check(cudaEventRecord(done_, stream), "event");
+  return done_;
+}
+
+HostStagedGroup::HostStagedGroup(Communicator& group, int device) : group_(group) {
   check(cudaSetDevice(device), "cudaSetDevice");
   cudaEvent_t e = nullptr;
   check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "event");
@@ -65,9 +65,7 @@ HostStagedGroup::Event HostStagedGroup::all_reduce_sum(void* data, int64_t n, DT
     group_.all_reduce_sum(sum.data(), n);
     for (int64_t i = 0; i < n; ++i) b[i] = f32_to_bf16(sum[i]);
   }
-  upload(data, recv_, bytes, stream);
-  check(cudaEventRecord(done_, stream), "event");
-  return done_;
+  return upload(data, bytes, stream);
 }
 
 HostStagedGroup::Event HostStagedGroup::reduce_scatter_sum(const void* send, void* recv, int64_t n,
@@ -79,9 +77,7 @@ HostStagedGroup::Event HostStagedGroup::reduce_scatter_sum(const void* send, voi
   recv_.resize(bytes);
   group_.reduce_scatter_sum(reinterpret_cast<const float*>(send_.data()),
                             reinterpret_cast<float*>(recv_.data()), n);
-  upload(recv, recv_, bytes, stream);
-  check(cudaEventRecord(done_, stream), "event");
-  return done_;
+  return upload(recv, bytes, stream);
 }
 
 HostStagedGroup::Event HostStagedGroup::all_gather(const void* send, void* recv, int64_t n,
@@ -90,9 +86,7 @@ HostStagedGroup::Event HostStagedGroup::all_gather(const void* send, void* recv,
   download(send_, send, bytes, stream);
   recv_.resize(bytes * static_cast<size_t>(size()));
   group_.all_gather(send_.data(), recv_.data(), static_cast<int64_t>(bytes));
-  upload(recv, recv_, recv_.size(), stream);
-  check(cudaEventRecord(done_, stream), "event");
-  return done_;
+  return upload(recv, recv_.size(), stream);
 }
 
 HostStagedGroup::Event HostStagedGroup::all_to_all_v(const void* send, const int64_t* send_counts,
@@ -110,9 +104,7 @@ HostStagedGroup::Event HostStagedGroup::all_to_all_v(const void* send, const int
   download(send_, send, static_cast<size_t>(send_total), stream);
   recv_.resize(static_cast<size_t>(recv_total));
   group_.all_to_all_v(send_.data(), sb.data(), recv_.data(), rb.data());
-  upload(recv, recv_, static_cast<size_t>(recv_total), stream);
-  check(cudaEventRecord(done_, stream), "event");
-  return done_;
+  return upload(recv, static_cast<size_t>(recv_total), stream);
 }
 
 }  // namespace moex::dist

@@ -34,8 +34,10 @@ class HostStagedGroup final : public DeviceGroup {
                      const int64_t* recv_counts, DType dtype, Stream stream) override;
 
  private:
+  // Copies recv_'s first `bytes` to `device` on `stream`, waits, and records done_ there.
+  Event upload(void* device, size_t bytes, Stream stream);
+
   Communicator& group_;
-  int device_ = 0;
   std::vector<uint8_t> send_, recv_;  // host copies of the device buffers
   Event done_ = nullptr;              // recorded on the caller's stream after each collective
 };

@@ -14,12 +14,16 @@ int64_t TensorParallel::part(int64_t n) const {
   return n / size();
 }
 
+dist::DeviceGroup& TensorParallel::gpu_group() const {
+  MOEX_CHECK(device_group != nullptr,
+             "tensor parallelism on a GPU needs the tp group's GPU communicator");
+  return *device_group;
+}
+
 void TensorParallel::all_reduce(const Tensor& t) const {
   if (!active()) return;
   if (t.device().is_cuda()) {
-    MOEX_CHECK(device_group != nullptr,
-               "tensor parallelism on a GPU needs the tp group's GPU communicator");
-    ops::all_reduce_sum(t, *device_group);
+    ops::all_reduce_sum(t, gpu_group());
     return;
   }
   MOEX_CHECK(t.dtype() == DType::kF32,
@@ -38,9 +42,7 @@ void TensorParallel::all_gather(const Tensor& t, const Tensor& all) const {
     return;
   }
   if (t.device().is_cuda()) {
-    MOEX_CHECK(device_group != nullptr,
-               "tensor parallelism on a GPU needs the tp group's GPU communicator");
-    ops::all_gather(t, all, *device_group);
+    ops::all_gather(t, all, gpu_group());
     return;
   }
   group->all_gather(t.data<float>(), all.data<float>(), t.numel());

@@ -34,6 +34,8 @@ struct TensorParallel {
   void all_reduce(const Tensor& t) const;
   // all [size, numel(t)] = every rank's t in rank order (f32, on one device).
   void all_gather(const Tensor& t, const Tensor& all) const;
+  // device_group, which GPU tensors need (an error naming it when missing).
+  dist::DeviceGroup& gpu_group() const;
 };
 
 // p[i] = std * normal draw (first + i) of the counter stream (seed, offset): a part of a larger
