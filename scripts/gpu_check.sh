@@ -67,15 +67,32 @@ if [ -z "${MOEX_SKIP_TESTS:-}" ] && [ -z "${MOEX_SKIP_DIST_GPU:-}" ]; then
     echo "moex_dist_gpu_tests: no mpirun or no binary: not run (counts as a failure)"
     status=1
   else
-    (cd "$OUT" && MOEX_GPU_COLLECTIVES=host timeout 900 "$MPIRUN" --allow-run-as-root --oversubscribe \
-      -np 2 -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH -x OMP_NUM_THREADS=4 \
-      "$OLDPWD/$BIN/moex_dist_gpu_tests" --gtest_brief=1) >"$OUT/moex_dist_gpu_tests.log" 2>&1
-    dist_exit=$?
-    echo "moex_dist_gpu_tests (mpirun -np 2, one GPU): exit $dist_exit"
+    # Two ranks for every layout but tp x ep (with and without DTD), which takes four.
+    dist_exit=0
+    for np in 2 4; do
+      filter='-GpuFourRanks.*'
+      [ "$np" = 4 ] && filter='GpuFourRanks.*'
+      (cd "$OUT" && MOEX_GPU_COLLECTIVES=host timeout 900 "$MPIRUN" --allow-run-as-root --oversubscribe \
+        -np "$np" -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH -x OMP_NUM_THREADS=4 \
+        "$OLDPWD/$BIN/moex_dist_gpu_tests" --gtest_brief=1 --gtest_color=no --gtest_filter="$filter") \
+        >>"$OUT/moex_dist_gpu_tests.log" 2>&1 || dist_exit=1
+    done
+    echo "moex_dist_gpu_tests (mpirun -np 2 and -np 4, one GPU): exit $dist_exit"
     grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|^\[ info \]|Failure|rror" \
       "$OUT/moex_dist_gpu_tests.log" | head -40
-    if [ "$dist_exit" -ne 0 ] || ! grep -q "^\[  PASSED  \]" "$OUT/moex_dist_gpu_tests.log" ||
+    if [ "$dist_exit" -ne 0 ] || [ "$(grep -c "^\[  PASSED  \]" "$OUT/moex_dist_gpu_tests.log")" -lt 2 ] ||
        grep -q "^\[  SKIPPED \]" "$OUT/moex_dist_gpu_tests.log"; then status=1; fi
+    # The GPU layer with its experts over the two ranks (mixtral shape): the exchanges' bytes per
+    # forward+backward, plain and as a checkpointed layer with CAC. Through host memory on one GPU,
+    # so the times say little; the bytes are what a run over NCCL sends.
+    if [ -z "${MOEX_SKIP_BENCH:-}" ]; then
+      for extra in "" "--cac"; do
+        (cd "$OUT" && MOEX_GPU_COLLECTIVES=host timeout 300 "$MPIRUN" --allow-run-as-root \
+          --oversubscribe -np 2 -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH \
+          "$OLDPWD/$BIN/moex" bench moe-layer --device cuda --ep 2 --shape mixtral --json \
+          --iters 5 $extra) 2>&1 | tee -a "$OUT/moe_layer_ep.log" | grep -E '^\{|rror'
+      done
+    fi
   fi
 fi
 

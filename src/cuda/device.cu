@@ -308,4 +308,45 @@ float EventTimer::stop(cudaStream_t stream) {
   return ms;
 }
 
+SpanTimer::~SpanTimer() {
+  for (const std::vector<Span>* list : {&recorded_, &free_})
+    for (const Span& s : *list) {
+      cudaEventDestroy(s.begin);
+      cudaEventDestroy(s.end);
+    }
+}
+
+void SpanTimer::begin(cudaStream_t stream) {
+  MOEX_CHECK(!open_, "SpanTimer: begin() twice without end()");
+  if (free_.empty()) {
+    Span s;
+    CUDA_CHECK(cudaEventCreate(&s.begin));
+    CUDA_CHECK(cudaEventCreate(&s.end));
+    free_.push_back(s);
+  }
+  recorded_.push_back(free_.back());
+  free_.pop_back();
+  CUDA_CHECK(cudaEventRecord(recorded_.back().begin, stream));
+  open_ = true;
+}
+
+void SpanTimer::end(cudaStream_t stream) {
+  MOEX_CHECK(open_, "SpanTimer: end() without begin()");
+  CUDA_CHECK(cudaEventRecord(recorded_.back().end, stream));
+  open_ = false;
+}
+
+double SpanTimer::total_ms() {
+  const size_t closed = recorded_.size() - (open_ ? 1 : 0);
+  for (size_t i = 0; i < closed; ++i) {
+    CUDA_CHECK(cudaEventSynchronize(recorded_[i].end));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, recorded_[i].begin, recorded_[i].end));
+    total_ms_ += ms;
+    free_.push_back(recorded_[i]);
+  }
+  recorded_.erase(recorded_.begin(), recorded_.begin() + static_cast<std::ptrdiff_t>(closed));
+  return total_ms_;
+}
+
 }  // namespace moex::cuda

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -100,6 +101,28 @@ class EventTimer {
 
  private:
   cudaEvent_t begin_ = nullptr, end_ = nullptr;
+};
+
+// The summed stream time of many spans, without waiting at each: begin() and end() record events
+// on the stream, total_ms() waits for the spans recorded so far and adds them up. Events are
+// reused once folded in.
+class SpanTimer {
+ public:
+  SpanTimer() = default;
+  ~SpanTimer();
+  SpanTimer(const SpanTimer&) = delete;
+  SpanTimer& operator=(const SpanTimer&) = delete;
+  void begin(cudaStream_t stream);
+  void end(cudaStream_t stream);  // closes the span begin() opened
+  double total_ms();
+
+ private:
+  struct Span {
+    cudaEvent_t begin = nullptr, end = nullptr;
+  };
+  std::vector<Span> recorded_, free_;  // recorded_.back() may be open (end not yet recorded)
+  bool open_ = false;
+  double total_ms_ = 0;
 };
 
 }  // namespace moex::cuda

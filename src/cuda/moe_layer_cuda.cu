@@ -14,6 +14,7 @@
 #include "cuda/moe_router.h"
 #include "cuda/random_fill.h"
 #include "cuda/varying_gemm.h"
+#include "moe/row_share.h"
 
 namespace moex::cuda {
 namespace {
@@ -98,6 +99,10 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
              "MoELayerCuda: expert parallelism needs dropless_gemm kPadded (the grouped GEMMs "
              "are single-GPU only)");
   El_ = E_ / ep_;
+  MOEX_CHECK(options.duplicate_group == nullptr || ep_ > 1,
+             "MoELayerCuda: Duplicate Token Dropping needs an expert group (ep > 1)");
+  if (options.duplicate_group != nullptr && options.duplicate_group->size() > 1)
+    dedup_ = options.duplicate_group;
   MOEX_CHECK(d_ % 8 == 0 && f_ % 8 == 0,
              "MoELayerCuda: hidden_size and ffn_size must be multiples of 8 (", kBf16Size,
              "), got ", d_, " and ", f_);
@@ -468,12 +473,16 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                "MoELayerCuda: the gathered capacity ", ep_caps_[group_->rank()],
                " is not this rank's ", capacity_, " (", rows_, " rows)");
     // CAC (docs/parallelism.md §Expert parallelism on GPU ranks): a checkpointed first pass keeps
-    // its exchanged rows in the layer's own buffers, where the recompute finds them.
+    // its exchanged rows in the layer's own buffers, where the recompute finds them. Kept rows
+    // always stay there under ep (backward takes them there), keep_in_scratch or not.
+    kept_in_scratch_ = false;
     point_ep_buffers(false, kept_ || step.keep_exchange);
     if (step.reuse_exchange) {
       MOEX_CHECK(exchange_kept_ && ep_caps_ == kept_caps_,
                  "MoELayerCuda: reuse_exchange needs the previous forward to be a first pass with "
                  "keep_exchange and the same routing");
+      exchanged_.exchanges_saved += 2;  // to the owners and back
+      exchanged_.bytes_saved += exchange_bytes(true) + exchange_bytes(false);
     } else {
       moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
       to_owners(buf_.xb, ep_rows_.xb);
@@ -549,9 +558,9 @@ void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
     buf_.dxe = static_cast<float*>(s.get(MoEScratch::kDxe, td, ctx_));
 }
 
-std::vector<int64_t> MoELayerCuda::exchange_counts(bool this_rank) const {
+std::vector<int64_t> MoELayerCuda::exchange_rows(bool this_rank) const {
   std::vector<int64_t> n(static_cast<size_t>(ep_));
-  for (int q = 0; q < ep_; ++q) n[q] = El_ * (this_rank ? capacity_ : ep_caps_[q]) * d_;
+  for (int q = 0; q < ep_; ++q) n[q] = El_ * (this_rank ? capacity_ : ep_caps_[q]);
   return n;
 }
 
@@ -571,20 +580,112 @@ void MoELayerCuda::relayout_owner_rows(char* stage, char* owner, bool into_owner
   }
 }
 
+// The parts of an exchange's blocks this rank sends: the whole block, or its DTD share.
+int64_t MoELayerCuda::sent_rows(int64_t block_rows) const {
+  if (dedup_ == nullptr) return block_rows;
+  return moe::row_share(block_rows, dedup_->size(), dedup_->rank()).count;
+}
+
+int64_t MoELayerCuda::exchange_bytes(bool to_owners_direction) const {
+  const std::vector<int64_t> n = exchange_rows(to_owners_direction);
+  int64_t rows = 0;
+  for (int q = 0; q < ep_; ++q)
+    if (q != group_->rank()) rows += sent_rows(n[q]);
+  return rows * d_ * 2;  // bf16
+}
+
+void MoELayerCuda::exchange(const void* send, void* recv, const std::vector<int64_t>& out_rows,
+                            const std::vector<int64_t>& in_rows) {
+  exchange_timer_.begin(ctx_.stream());
+  if (dedup_ != nullptr) {
+    exchange_shares(static_cast<const char*>(send), static_cast<char*>(recv), out_rows, in_rows);
+  } else {
+    std::vector<int64_t> out(out_rows), in(in_rows);  // elements
+    for (int q = 0; q < ep_; ++q) {
+      out[q] *= d_;
+      in[q] *= d_;
+    }
+    group_->all_to_all_v(send, out.data(), recv, in.data(), DType::kBF16, ctx_.stream());
+  }
+  exchange_timer_.end(ctx_.stream());
+  ++exchanged_.exchanges;
+  for (int q = 0; q < ep_; ++q)
+    if (q != group_->rank()) exchanged_.bytes_sent += sent_rows(out_rows[q]) * d_ * 2;
+}
+
+// Duplicate Token Dropping, as the CPU exchange (docs/parallelism.md §DTD): (1) this rank's
+// share of every block goes to the peer with its tp rank, (2) the received shares, each peer's in
+// a slot of the largest share's size, are all-gathered over the tp group, (3) every block is put
+// back together from its tp shares exactly where the plain exchange writes it.
+void MoELayerCuda::exchange_shares(const char* send, char* recv,
+                                   const std::vector<int64_t>& out_rows,
+                                   const std::vector<int64_t>& in_rows) {
+  const int parts = dedup_->size(), me = dedup_->rank();
+  const size_t row = static_cast<size_t>(d_) * 2;  // bytes of one bf16 row
+  cudaStream_t stream = ctx_.stream();
+  std::vector<int64_t> send_counts(ep_), recv_counts(ep_), slot_rows(ep_);  // elements; rows
+  int64_t send_total = 0, recv_total = 0, slot_total = 0;                   // rows
+  for (int q = 0; q < ep_; ++q) {
+    send_counts[q] = sent_rows(out_rows[q]) * d_;
+    recv_counts[q] = sent_rows(in_rows[q]) * d_;
+    send_total += send_counts[q] / d_;
+    recv_total += recv_counts[q] / d_;
+    slot_rows[q] = moe::row_share(in_rows[q], parts, 0).count;
+    slot_total += slot_rows[q];
+  }
+  MoEScratch& s = *scratch_;
+  char* shares = static_cast<char*>(s.get(MoEScratch::kDtdShares, send_total * row, ctx_));
+  char* got = static_cast<char*>(s.get(MoEScratch::kDtdGot, recv_total * row, ctx_));
+  char* mine = static_cast<char*>(s.get(MoEScratch::kDtdMine, slot_total * row, ctx_));
+  char* all = static_cast<char*>(s.get(MoEScratch::kDtdAll, parts * slot_total * row, ctx_));
+  auto copy_rows = [&](char* to, const char* from, int64_t rows) {
+    if (rows > 0)
+      CUDA_CHECK(cudaMemcpyAsync(to, from, rows * row, cudaMemcpyDeviceToDevice, stream));
+  };
+  int64_t block = 0, at = 0;  // rows
+  for (int q = 0; q < ep_; ++q) {
+    const moe::RowShare sh = moe::row_share(out_rows[q], parts, me);
+    copy_rows(shares + at * row, send + (block + sh.begin) * row, sh.count);
+    at += sh.count;
+    block += out_rows[q];
+  }
+  group_->all_to_all_v(shares, send_counts.data(), got, recv_counts.data(), DType::kBF16, stream);
+  int64_t slot = 0;
+  at = 0;
+  for (int q = 0; q < ep_; ++q) {
+    copy_rows(mine + slot * row, got + at * row, recv_counts[q] / d_);
+    at += recv_counts[q] / d_;
+    slot += slot_rows[q];
+  }
+  dedup_->all_gather(mine, all, slot_total * d_, DType::kBF16, stream);
+  exchanged_.gather_bytes_sent += (parts - 1) * slot_total * static_cast<int64_t>(row);
+  block = slot = 0;
+  for (int q = 0; q < ep_; ++q) {
+    for (int j = 0; j < parts; ++j) {
+      const moe::RowShare sh = moe::row_share(in_rows[q], parts, j);
+      copy_rows(recv + (block + sh.begin) * row, all + (j * slot_total + slot) * row, sh.count);
+    }
+    block += in_rows[q];
+    slot += slot_rows[q];
+  }
+}
+
 void MoELayerCuda::to_owners(const void* local, void* owner) {
   char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
-  group_->all_to_all_v(local, exchange_counts(true).data(), stage, exchange_counts(false).data(),
-                       DType::kBF16, ctx_.stream());
-  ++row_exchanges_;
+  exchange(local, stage, exchange_rows(true), exchange_rows(false));
   relayout_owner_rows(stage, static_cast<char*>(owner), true);
 }
 
 void MoELayerCuda::from_owners(const void* owner, void* local) {
   char* stage = static_cast<char*>(scratch_->get(MoEScratch::kEpStage, 0, ctx_));
   relayout_owner_rows(stage, static_cast<char*>(const_cast<void*>(owner)), false);
-  group_->all_to_all_v(stage, exchange_counts(false).data(), local, exchange_counts(true).data(),
-                       DType::kBF16, ctx_.stream());
-  ++row_exchanges_;
+  exchange(stage, local, exchange_rows(false), exchange_rows(true));
+}
+
+ExchangeStatsCuda MoELayerCuda::exchange_stats() {
+  ExchangeStatsCuda s = exchanged_;
+  s.ms = exchange_timer_.total_ms();
+  return s;
 }
 
 void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_capacity) {

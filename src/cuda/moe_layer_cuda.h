@@ -76,6 +76,10 @@ class MoEScratch {
     kEpX,
     kEpStage,
     kEpRows,
+    kDtdShares,  // Duplicate Token Dropping: this rank's shares, sent
+    kDtdGot,     //   the shares received
+    kDtdMine,    //   the received shares in per-peer slots
+    kDtdAll,     //   every tp rank's slots, gathered
     kNumSlots
   };
   // Slot s with room for at least `bytes`; grows it (after a stream sync) when smaller.
@@ -123,6 +127,10 @@ struct MoELayerCudaOptions {
   // E / size() of them, see the header comment). Null or a group of one: every expert is here.
   // Must outlive the layer. Incompatible with DroplessGemm::kGrouped.
   dist::DeviceGroup* expert_group = nullptr;
+  // Duplicate Token Dropping (docs/parallelism.md §DTD), with an expert group: the tensor-parallel
+  // group whose ranks run this layer on the same tokens. Each exchange then sends only this
+  // rank's share of every block and all-gathers the shares over this group. Null: off.
+  dist::DeviceGroup* duplicate_group = nullptr;
 };
 
 // One forward's mode and random streams.
@@ -135,6 +143,7 @@ struct MoEStepCuda {
   // With keep_for_backward: keep h, a and the expert outputs in the shared scratch (MoEScratch)
   // rather than in this layer's own buffers. Its backward must come before any other forward
   // that uses the scratch's activation slots (an activation-checkpoint recompute); it checks.
+  // Ignored under expert parallelism, whose kept rows stay in the layer's own buffers.
   bool keep_in_scratch = false;
   // False: capacity-mode layers keep every route (C = T), as MoEForwardOptions::drop_tokens.
   bool drop_tokens = true;
@@ -147,6 +156,16 @@ struct MoEStepCuda {
   // takes them instead of exchanging again. Ignored without an expert group.
   bool keep_exchange = false;
   bool reuse_exchange = false;
+};
+
+// The expert-row exchanges of a layer so far (expert parallelism; all zero without it).
+struct ExchangeStatsCuda {
+  int64_t exchanges = 0;          // all-to-alls of expert rows: two a forward, two a backward
+  int64_t bytes_sent = 0;         // bytes of rows this rank sent to the other ranks of its group
+  int64_t gather_bytes_sent = 0;  // DTD: bytes sent to the other tp ranks in the all-gathers
+  // CAC: the all-to-alls a recompute took from its first pass instead, and their bytes.
+  int64_t exchanges_saved = 0, bytes_saved = 0;
+  double ms = 0;  // stream time inside the all-to-alls (CUDA events), waits for peers included
 };
 
 // Results of the last forward, copied to pinned host memory on the stream.
@@ -204,9 +223,8 @@ class MoELayerCuda {
 
   const MoEConfig& config() const { return config_; }
   int local_experts() const { return El_; }  // El: the experts this rank holds
-  // All-to-alls of expert rows so far (two a forward and two a backward under expert
-  // parallelism, none in a CAC recompute).
-  int64_t row_exchanges() const { return row_exchanges_; }
+  // The exchanges so far; waits for the ones queued to finish (their time is read then).
+  ExchangeStatsCuda exchange_stats();
   const GatingOutputs& plan() const { return plan_; }  // device arrays of the last forward
   int64_t num_rows() const { return rows_; }           // R of the last forward
   int64_t capacity() const { return capacity_; }
@@ -278,8 +296,18 @@ class MoELayerCuda {
   void to_owners(const void* local, void* owner);
   // owner [El, sum C_q, d] -> local [E, C, d]: the reverse.
   void from_owners(const void* owner, void* local);
-  // Elements of the exchange per rank q: this rank's El x C rows (this_rank) or q's El x C_q.
-  std::vector<int64_t> exchange_counts(bool this_rank) const;
+  // Rows of the exchange per rank q: this rank's El x C rows (this_rank) or q's El x C_q.
+  std::vector<int64_t> exchange_rows(bool this_rank) const;
+  // One exchange of bf16 rows: out_rows[q] rows to rank q (blocks back to back in send),
+  // in_rows[q] from it (likewise in recv); counted and timed. Under DTD through exchange_shares.
+  void exchange(const void* send, void* recv, const std::vector<int64_t>& out_rows,
+                const std::vector<int64_t>& in_rows);
+  void exchange_shares(const char* send, char* recv, const std::vector<int64_t>& out_rows,
+                       const std::vector<int64_t>& in_rows);
+  int64_t sent_rows(int64_t block_rows) const;  // of a block: all, or this rank's DTD share
+  // Bytes one exchange sends to the other ranks (to_owners_direction: this rank's blocks, else
+  // the owner's), as exchange() counts them: for the bytes a CAC recompute saves.
+  int64_t exchange_bytes(bool to_owners_direction) const;
   // Between the exchange's receive layout (stage: [El, C_q, d] from every rank q, back to back)
   // and the owner's expert-major one (expert e's rows from q at row e sum C + sum_{r<q} C_r): one
   // 2-D copy per rank, stage -> owner when into_owner, else back.
@@ -307,6 +335,7 @@ class MoELayerCuda {
   int64_t d_, f_, f1_;
   int E_, k_;
   dist::DeviceGroup* group_ = nullptr;  // options_.expert_group
+  dist::DeviceGroup* dedup_ = nullptr;  // options_.duplicate_group when it has several ranks
   int ep_ = 1, El_ = 0;                 // group size; experts held here (E / ep)
   std::vector<int64_t> ep_caps_;        // [ep] C of every rank of the group in the last forward
   int64_t ep_total_ = 0;                // sum of ep_caps_: rows of each expert held here
@@ -315,7 +344,8 @@ class MoELayerCuda {
   ExpertRows ep_rows_;                  // the owner's rows of the current call
   bool exchange_kept_ = false;          // the last forward kept its exchange (keep_exchange)
   std::vector<int64_t> kept_caps_;      // ep_caps_ of the last forward
-  int64_t row_exchanges_ = 0;           // all-to-alls of expert rows so far
+  ExchangeStatsCuda exchanged_;         // counted as queued (ms: see exchange_timer_)
+  SpanTimer exchange_timer_;            // spans of the all-to-alls on the stream
 
   Tensor router_w_, bias_, w1_, w2_;
   Tensor d_router_w_, dw1_, dw2_;

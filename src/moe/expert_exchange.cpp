@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "core/error.h"
+#include "moe/row_share.h"
 
 namespace moex::moe {
 
@@ -76,20 +77,6 @@ void ExpertExchange::prepare(const DispatchPlan& plan, dist::Communicator& group
   }
 }
 
-namespace {
-
-// Share j of a block of `rows` rows split over `parts` ranks: rows [begin, begin + count).
-struct Share {
-  int64_t begin, count;
-};
-Share share_of(int64_t rows, int parts, int j) {
-  const int64_t per = (rows + parts - 1) / parts;
-  const int64_t begin = std::min(rows, j * per);
-  return {begin, std::min(rows, begin + per) - begin};
-}
-
-}  // namespace
-
 template <typename T>
 void ExpertExchange::exchange_shares(const T* send, T* recv, int64_t d,
                                      const std::vector<int64_t>& out_rows,
@@ -99,18 +86,18 @@ void ExpertExchange::exchange_shares(const T* send, T* recv, int64_t d,
   std::vector<int64_t> counts(2 * ep), slot_rows(ep);  // send, receive elements; slot per peer
   int64_t send_total = 0, recv_total = 0, slot_total = 0;
   for (int p = 0; p < ep; ++p) {
-    counts[p] = share_of(out_rows[p], parts, me).count * d;
-    counts[ep + p] = share_of(in_rows[p], parts, me).count * d;
+    counts[p] = row_share(out_rows[p], parts, me).count * d;
+    counts[ep + p] = row_share(in_rows[p], parts, me).count * d;
     send_total += counts[p];
     recv_total += counts[ep + p];
-    slot_rows[p] = share_of(in_rows[p], parts, 0).count;  // share 0 is the largest
+    slot_rows[p] = row_share(in_rows[p], parts, 0).count;  // share 0 is the largest
     slot_total += slot_rows[p];
     if (p != group_->rank()) stats_.bytes_sent += counts[p] * static_cast<int64_t>(sizeof(T));
   }
   std::vector<T> shares(send_total), got(recv_total);
   int64_t block = 0, at = 0;
   for (int p = 0; p < ep; ++p) {
-    const Share s = share_of(out_rows[p], parts, me);
+    const RowShare s = row_share(out_rows[p], parts, me);
     std::memcpy(shares.data() + at, send + (block + s.begin) * d, sizeof(T) * s.count * d);
     at += s.count * d;
     block += out_rows[p];
@@ -133,7 +120,7 @@ void ExpertExchange::exchange_shares(const T* send, T* recv, int64_t d,
   block = slot = 0;
   for (int p = 0; p < ep; ++p) {
     for (int j = 0; j < parts; ++j) {
-      const Share s = share_of(in_rows[p], parts, j);
+      const RowShare s = row_share(in_rows[p], parts, j);
       std::memcpy(recv + (block + s.begin) * d, all.data() + (j * slot_total + slot) * d,
                   sizeof(T) * s.count * d);
     }

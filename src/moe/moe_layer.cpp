@@ -29,6 +29,8 @@ struct MoELayer::Impl {
   MoERouting routing;
   dist::Communicator* expert_group = nullptr;  // set when ep > 1 (experts spread over ranks)
   dist::DeviceGroup* device_group = nullptr;  // the same ranks on the GPU (set_device_expert_group)
+  dist::Communicator* duplicate_group = nullptr;  // drop_duplicate_tokens' tp group (ranks > 1)
+  dist::DeviceGroup* device_duplicate_group = nullptr;  // its ranks on the GPU
   dist::Communicator* slice_group = nullptr;   // expert tensor-slicing over these ranks
   int64_t num_local_experts = 0, first_local_expert = 0;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
@@ -529,6 +531,7 @@ void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group) {
   MOEX_CHECK(tp_group == nullptr || impl_->expert_group != nullptr,
              "MoELayer: Duplicate Token Dropping needs an expert group (ep > 1)");
   impl_->drop_duplicates(tp_group);
+  impl_->duplicate_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
 }
 
 void MoELayer::slice_experts(dist::Communicator* tp_group) {
@@ -536,7 +539,9 @@ void MoELayer::slice_experts(dist::Communicator* tp_group) {
 }
 
 moe::ExchangeStats MoELayer::exchange_stats() const {
-  return impl_->exchange_stats();
+  moe::ExchangeStats s = impl_->exchange_stats();
+  if (impl_->device) s += impl_->device->exchange_stats();  // the GPU path's exchanges
+  return s;
 }
 
 int64_t MoELayer::num_local_experts() const {
@@ -584,6 +589,15 @@ std::vector<std::pair<std::string, Tensor>> MoELayer::named_parameters() const {
   return out;
 }
 
+namespace {
+// The GPU path of `impl`'s layer, over its device groups.
+std::unique_ptr<MoEDeviceLayer> make_device_layer(const MoELayer::Impl& impl,
+                                                  const Device& device) {
+  return make_moe_device_layer(impl.config, impl.dtype, device, impl.device_group,
+                               impl.device_duplicate_group);
+}
+}  // namespace
+
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
     MOEX_CHECK(impl_->slice_group == nullptr,
@@ -591,9 +605,10 @@ const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& opt
     MOEX_CHECK(impl_->expert_group == nullptr || impl_->device_group != nullptr,
                "MoELayer: expert parallelism on ", x.device().str(),
                " needs the expert group's GPU communicator (set_device_expert_group)");
-    if (!impl_->device)
-      impl_->device =
-          make_moe_device_layer(impl_->config, impl_->dtype, x.device(), impl_->device_group);
+    MOEX_CHECK(impl_->duplicate_group == nullptr || impl_->device_duplicate_group != nullptr,
+               "MoELayer: Duplicate Token Dropping on ", x.device().str(),
+               " needs the tp group's GPU communicator (set_device_expert_group)");
+    if (!impl_->device) impl_->device = make_device_layer(*impl_, x.device());
     return impl_->device->forward(impl_->weights, x, options);
   }
   return impl_->forward(x, options);
@@ -605,18 +620,23 @@ void MoELayer::finish_stats() {
 
 void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                           const Tensor& dw1, const Tensor& dw2) {
-  if (!impl_->device)
-    impl_->device = make_moe_device_layer(impl_->config, impl_->dtype, device, impl_->device_group);
+  if (!impl_->device) impl_->device = make_device_layer(*impl_, device);
   impl_->device->bind_expert_buffers(w1, w2, dw1, dw2);
 }
 
-void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
-  MOEX_CHECK(group == nullptr ||
-                 (impl_->expert_group != nullptr && group->size() == impl_->expert_group->size() &&
-                  group->rank() == impl_->expert_group->rank()),
+void MoELayer::set_device_expert_group(dist::DeviceGroup* group,
+                                       dist::DeviceGroup* duplicate_group) {
+  auto same_ranks = [](dist::DeviceGroup* g, dist::Communicator* c) {
+    return g == nullptr || (c != nullptr && g->size() == c->size() && g->rank() == c->rank());
+  };
+  MOEX_CHECK(same_ranks(group, impl_->expert_group),
              "MoELayer::set_device_expert_group: the GPU group must hold the expert group's ranks");
+  MOEX_CHECK(same_ranks(duplicate_group, impl_->duplicate_group),
+             "MoELayer::set_device_expert_group: the GPU duplicate group must hold the ranks of "
+             "drop_duplicate_tokens' group");
   impl_->device_group = group;
-  if (impl_->device) impl_->device->set_expert_group(group);
+  impl_->device_duplicate_group = duplicate_group;
+  if (impl_->device) impl_->device->set_expert_group(group, duplicate_group);
 }
 
 const MoEGradients& MoELayer::backward(const Tensor& dy) {

@@ -128,7 +128,7 @@ class MoELayer {
   // The experts this rank holds: [first_local_expert(), + num_local_experts()).
   int64_t num_local_experts() const;
   int64_t first_local_expert() const;
-  // The token exchanges with the expert group so far (zeros without one; CPU layer only).
+  // The token exchanges with the expert group so far (zeros without one), on either device.
   moe::ExchangeStats exchange_stats() const;
   // Duplicate Token Dropping (docs/parallelism.md): the ranks of tp_group run this layer on the
   // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
@@ -160,9 +160,11 @@ class MoELayer {
   void bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                   const Tensor& dw1, const Tensor& dw2);
   // Expert parallelism on the GPU: the expert group's ranks as a GPU communicator (the same ranks
-  // in the same order as expert_group), over which the GPU path exchanges tokens. Must outlive
-  // the layer; required before a GPU forward of a layer built with an expert group.
-  void set_device_expert_group(dist::DeviceGroup* group);
+  // in the same order as expert_group), over which the GPU path exchanges tokens, and under
+  // Duplicate Token Dropping the tp group's (drop_duplicate_tokens' ranks). Must outlive the
+  // layer; required before a GPU forward of a layer built with an expert group.
+  void set_device_expert_group(dist::DeviceGroup* group,
+                               dist::DeviceGroup* duplicate_group = nullptr);
 
   struct Impl;
 

@@ -59,8 +59,12 @@ cuda::MoEScratch& shared_scratch(int ordinal) {
 
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
-  CudaMoELayer(const MoEConfig& config, int ordinal, dist::DeviceGroup* expert_group)
-      : config_(config), ctx_(cuda::default_context(ordinal)), expert_group_(expert_group) {}
+  CudaMoELayer(const MoEConfig& config, int ordinal, dist::DeviceGroup* expert_group,
+               dist::DeviceGroup* duplicate_group)
+      : config_(config),
+        ctx_(cuda::default_context(ordinal)),
+        expert_group_(expert_group),
+        duplicate_group_(duplicate_group) {}
 
   const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
@@ -80,7 +84,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
       // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
       opt.padded_row_multiple = 128;
       opt.expert_group = expert_group_;
-      layer_.reset();  // its buffers go back to the allocator before the new ones are taken
+      opt.duplicate_group = duplicate_group_;
+      retire_layer();  // its buffers go back to the allocator before the new ones are taken
       buffers_moved();
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
       if (bound_w1_.defined())
@@ -222,12 +227,36 @@ class CudaMoELayer final : public MoEDeviceLayer {
     bound_w2_ = w2;
     bound_dw1_ = dw1;
     bound_dw2_ = dw2;
-    layer_.reset();  // the next forward builds a layer in model mode
+    retire_layer();  // the next forward builds a layer in model mode
   }
 
-  void set_expert_group(dist::DeviceGroup* group) override {
+  void set_expert_group(dist::DeviceGroup* group, dist::DeviceGroup* duplicate_group) override {
     expert_group_ = group;
-    layer_.reset();  // the next forward builds a layer over the group
+    duplicate_group_ = duplicate_group;
+    retire_layer();  // the next forward builds a layer over the group
+  }
+
+  moe::ExchangeStats exchange_stats() override {
+    moe::ExchangeStats s = retired_exchanges_;
+    if (layer_) s += converted(layer_->exchange_stats());
+    return s;
+  }
+
+  static moe::ExchangeStats converted(const cuda::ExchangeStatsCuda& c) {
+    moe::ExchangeStats s;
+    s.exchanges = c.exchanges;
+    s.bytes_sent = c.bytes_sent;
+    s.gather_bytes_sent = c.gather_bytes_sent;
+    s.exchanges_saved = c.exchanges_saved;
+    s.bytes_saved = c.bytes_saved;
+    s.seconds = c.ms * 1e-3;
+    return s;
+  }
+
+  // Drops the GPU layer (the next forward builds another), keeping its exchange counts.
+  void retire_layer() {
+    if (layer_) retired_exchanges_ += converted(layer_->exchange_stats());
+    layer_.reset();
   }
 
   std::vector<WeightStamp> stamps_;
@@ -235,7 +264,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
   MoEConfig config_;
   cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
   dist::DeviceGroup* expert_group_ = nullptr;
+  dist::DeviceGroup* duplicate_group_ = nullptr;  // the tp group under DTD
   std::unique_ptr<cuda::MoELayerCuda> layer_;
+  moe::ExchangeStats retired_exchanges_;  // of the layers retire_layer() dropped
   int64_t max_tokens_ = 0, tokens_ = 0;
   DType x_dtype_ = DType::kF32;  // y and dx come back in it
   bool stats_pending_ = false;   // out_'s statistics wait for finish_stats
@@ -250,17 +281,19 @@ class CudaMoELayer final : public MoEDeviceLayer {
 
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
                                                       const Device& device,
-                                                      dist::DeviceGroup* expert_group) {
+                                                      dist::DeviceGroup* expert_group,
+                                                      dist::DeviceGroup* duplicate_group) {
 #ifdef MOEX_WITH_CUDA
   if (device.is_cuda()) {
     MOEX_CHECK(dtype == DType::kF32, "MoELayer on CUDA: only f32 layers run on the GPU, got ",
                dtype_name(dtype));
-    return std::make_unique<CudaMoELayer>(config, device.ordinal, expert_group);
+    return std::make_unique<CudaMoELayer>(config, device.ordinal, expert_group, duplicate_group);
   }
 #else
   (void)config;
   (void)dtype;
   (void)expert_group;
+  (void)duplicate_group;
 #endif
   MOEX_CHECK(false, "MoELayer: no implementation for device ", device.str(),
              " (built without MOEX_WITH_CUDA?)");

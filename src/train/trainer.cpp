@@ -293,10 +293,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
-  // index on its node). Duplicate Token Dropping and expert slicing are CPU-only so far.
-  MOEX_CHECK(c.training.device.is_cpu() || !c.parallel.dtd, c.source,
-             ": parallel.dtd: Duplicate Token Dropping runs on CPU ranks only so far "
-             "(docs/parallelism.md)");
+  // index on its node). Expert slicing is CPU-only so far.
   MOEX_CHECK(c.training.device.is_cpu() || !c.parallel.expert_slicing, c.source,
              ": parallel.expert_slicing: expert tensor-slicing runs on CPU ranks only so far "
              "(docs/parallelism.md)");
@@ -334,7 +331,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.dp = groups.dp.get();
   zero.edp = groups.edp.get();
   zero.gpu_dp = gpu_dp.get();
-  zero.gpu_edp = gpu_edp.get();
+  zero.gpu_edp = ep ? gpu_edp.get() : gpu_dp.get();  // without ep, edp holds the dp ranks
   zero.tile_elements = c.parallel.tile_elements;
   AdamW optimizer =
       zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);

@@ -790,7 +790,8 @@ std::vector<LayerCase> layer_cases() {
 std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t max_tokens,
                                                    const MoEWeights& w, CudaContext& ctx,
                                                    cuda::MoEScratch* scratch = nullptr,
-                                                   dist::DeviceGroup* expert_group = nullptr) {
+                                                   dist::DeviceGroup* expert_group = nullptr,
+                                                   dist::DeviceGroup* duplicate_group = nullptr) {
   const MoEConfig& c = lc.config;
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = max_tokens;
@@ -799,6 +800,7 @@ std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t 
   opt.padded_row_multiple = lc.pad_multiple;
   opt.scratch = scratch;
   opt.expert_group = expert_group;
+  opt.duplicate_group = duplicate_group;
   auto layer = std::make_unique<cuda::MoELayerCuda>(c, opt, ctx);
   const int64_t el = layer->local_experts();
   const int64_t first = expert_group != nullptr ? expert_group->rank() * el : 0;
@@ -942,6 +944,7 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       std::vector<int32_t> counts;
     };
     std::vector<Rank> want(ep), got(ep), cac(ep);
+    std::vector<int64_t> capacities(ep), first_pass_bytes(ep);  // of each rank's CAC first pass
     // The single-GPU layer on each rank's tokens; expert gradients summed over the ranks.
     std::vector<float> dw1_sum, dw2_sum;
     {
@@ -993,7 +996,7 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       got[r].counts = layer->stats().counts;
       // Communication-aware activation checkpointing: a first pass that keeps nothing for
       // backward but its exchange, the recompute that reuses it (no all-to-all), the backward.
-      const int64_t before = layer->row_exchanges();
+      const cuda::ExchangeStatsCuda before = layer->exchange_stats();
       cuda::MoEStepCuda first{true, 5, static_cast<uint64_t>(r)};
       first.keep_for_backward = false;
       first.keep_exchange = true;
@@ -1003,13 +1006,24 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
       const Tensor yt = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
       layer->forward(xt, yt, first);
-      const int64_t after_first = layer->row_exchanges();
+      const cuda::ExchangeStatsCuda after_first = layer->exchange_stats();
+      capacities[r] = layer->capacity();
       layer->forward(xt, yt, recompute);
-      EXPECT_EQ(layer->row_exchanges(), after_first) << "the recompute exchanged rows";
-      EXPECT_EQ(after_first - before, 2);
+      const cuda::ExchangeStatsCuda after_recompute = layer->exchange_stats();
       layer->backward(Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda()),
                       Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda()));
       ctx.synchronize();
+      const cuda::ExchangeStatsCuda after_backward = layer->exchange_stats();
+      // The first pass exchanges twice; the recompute saves both exchanges and their bytes; the
+      // backward sends the same rows' gradients the same way.
+      first_pass_bytes[r] = after_first.bytes_sent - before.bytes_sent;
+      EXPECT_EQ(after_first.exchanges - before.exchanges, 2);
+      EXPECT_EQ(after_recompute.exchanges, after_first.exchanges) << "the recompute exchanged rows";
+      EXPECT_EQ(after_recompute.exchanges_saved - after_first.exchanges_saved, 2);
+      EXPECT_EQ(after_recompute.bytes_saved - after_first.bytes_saved, first_pass_bytes[r]);
+      EXPECT_EQ(after_backward.exchanges - after_recompute.exchanges, 2);
+      EXPECT_EQ(after_backward.bytes_sent - after_recompute.bytes_sent, first_pass_bytes[r]);
+      EXPECT_GT(after_backward.ms, before.ms);
       cac[r].run = LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
                             tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
                             tensor_f32(layer->grad_w2())};
@@ -1017,6 +1031,14 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       EXPECT_THROW(layer->forward(xt, yt, recompute), Error);
     });
     const int64_t el = c.num_experts / ep;
+    // Each rank r sends its El x C_r rows of every other rank's experts there and each C_q of its
+    // own experts' outputs back: over the group, 2 (ep - 1) El d sum_r C_r bf16 values.
+    int64_t sent = 0, rows = 0;
+    for (int r = 0; r < ep; ++r) {
+      sent += first_pass_bytes[r];
+      rows += capacities[r];
+    }
+    EXPECT_EQ(sent, 2 * (ep - 1) * el * d * rows * 2) << lc.name << " ep " << ep;
     const size_t w1_block = dw1_sum.size() / c.num_experts * el;
     const size_t w2_block = dw2_sum.size() / c.num_experts * el;
     const double tol = 1e-2;  // bf16 rows; the expert GEMMs see other row counts than alone
@@ -1039,6 +1061,82 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
       EXPECT_EQ(cac[r].run.dw1, got[r].run.dw1) << what << " CAC dw1";
       EXPECT_EQ(cac[r].run.dw2, got[r].run.dw2) << what << " CAC dw2";
     }
+  }
+}
+
+// Duplicate Token Dropping: tp 2 x ep 2 as four threads; the two tp ranks of an ep rank hold the
+// same tokens. With DTD each sends only its share of every block and the shares are all-gathered
+// over tp, so the same rows arrive: every result is the plain exchange's, bit for bit, and the tp
+// ranks' bytes to the other ep rank add up to what one rank sends without DTD.
+TEST_P(ExpertParallel, DuplicateTokenDroppingMovesTheSameRows) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t d = c.hidden_size;
+  constexpr int ep = 2, tp = 2;
+  ASSERT_EQ(c.num_experts % ep, 0) << "every layer case has an even number of experts";
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(51);
+  const MoEWeights& w = weights.weights();
+  // Rank r = ep_rank * tp + tp_rank: ep groups by tp rank, tp groups by ep rank.
+  std::vector<std::unique_ptr<testing::ThreadDeviceGroups>> ep_groups, tp_groups;
+  for (int i = 0; i < tp; ++i)
+    ep_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(ep));
+  for (int i = 0; i < ep; ++i)
+    tp_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(tp));
+  struct Result {
+    LayerRun run;
+    cuda::ExchangeStatsCuda stats;
+  };
+  std::vector<Result> plain(ep * tp), dtd(ep * tp);
+  testing::ThreadDeviceGroups threads(ep * tp);
+  threads.run([&](int r) {
+    const int e = r / tp, t = r % tp;
+    try {
+      const int64_t T = 96 + 40 * e;
+      DevBuf x(upload(to_bf16(rand_vec(T * d, 60 + e)))),
+          dy(upload(to_bf16(rand_vec(T * d, 70 + e))));
+      DevBuf y(T * d * 2), dx(T * d * 2);
+      const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+      const Tensor yt = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
+      const Tensor dyt = Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda());
+      const Tensor dxt = Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda());
+      for (const bool drop : {false, true}) {
+        CudaContext ctx;
+        auto layer = make_gpu_layer(lc, T, w, ctx, nullptr, &ep_groups[t]->member(e),
+                                    drop ? &tp_groups[e]->member(t) : nullptr);
+        layer->forward(xt, yt, true, 5, static_cast<uint64_t>(e));
+        layer->backward(dyt, dxt);
+        ctx.synchronize();
+        (drop ? dtd : plain)[r] = {
+            LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
+                     tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
+                     tensor_f32(layer->grad_w2())},
+            layer->exchange_stats()};
+      }
+    } catch (...) {  // wake the ranks waiting for this one in the other groups
+      for (auto& g : ep_groups) g->abort();
+      for (auto& g : tp_groups) g->abort();
+      throw;
+    }
+  });
+  for (int e = 0; e < ep; ++e) {
+    int64_t shares = 0;
+    for (int t = 0; t < tp; ++t) {
+      const int r = e * tp + t;
+      const std::string what =
+          lc.name + " ep rank " + std::to_string(e) + " tp rank " + std::to_string(t);
+      EXPECT_EQ(dtd[r].run.y, plain[r].run.y) << what << " y";
+      EXPECT_EQ(dtd[r].run.dx, plain[r].run.dx) << what << " dx";
+      EXPECT_EQ(dtd[r].run.drouter, plain[r].run.drouter) << what << " drouter";
+      EXPECT_EQ(dtd[r].run.dw1, plain[r].run.dw1) << what << " dw1";
+      EXPECT_EQ(dtd[r].run.dw2, plain[r].run.dw2) << what << " dw2";
+      EXPECT_EQ(dtd[r].stats.exchanges, 4) << what;
+      EXPECT_EQ(plain[r].stats.gather_bytes_sent, 0) << what;
+      EXPECT_GT(dtd[r].stats.gather_bytes_sent, 0) << what;
+      EXPECT_EQ(plain[r].stats.bytes_sent, plain[e * tp].stats.bytes_sent) << what;
+      shares += dtd[r].stats.bytes_sent;
+    }
+    EXPECT_EQ(shares, plain[e * tp].stats.bytes_sent) << lc.name << " ep rank " << e;
   }
 }
 

@@ -42,6 +42,14 @@ class ThreadDeviceGroups {
   int size() const { return static_cast<int>(members_.size()); }
   dist::DeviceGroup& member(int rank) { return *members_.at(rank); }
 
+  // Wakes every rank waiting in a collective of this group with an error: for threads that are
+  // members of several groups (a tp x ep layout), whose failure run() cannot see in the others.
+  void abort() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    failed_ = true;
+    cv_.notify_all();
+  }
+
   // fn(rank) on size() threads. A rank that throws wakes the others' collectives with an error
   // instead of leaving them waiting; the first exception is rethrown once all have joined.
   void run(const std::function<void(int)>& fn) {
@@ -53,9 +61,7 @@ class ThreadDeviceGroups {
           fn(r);
         } catch (...) {
           errors[r] = std::current_exception();
-          std::lock_guard<std::mutex> lock(mutex_);
-          failed_ = true;
-          cv_.notify_all();
+          abort();
         }
       });
     for (std::thread& t : threads) t.join();

@@ -88,28 +88,30 @@ double moe_expert_flops(const MoEBenchShape& shape, int64_t routed) {
   return 2.0 * static_cast<double>(shape.hidden) * shape.ffn * matrices * routed;
 }
 
+std::string moe_exchange_json(const MoEExchangeReport& x, double fwdbwd_ms) {
+  char buf[320];
+  std::snprintf(buf, sizeof(buf),
+                ", \"ep\": %d, \"ranks\": %d, \"a2a_ms\": %.3f, \"a2a_bytes\": %lld, "
+                "\"a2a_share\": %.3f, \"recompute\": %s, \"cac\": %s, \"a2a_saved_bytes\": %lld",
+                x.ep, x.ranks, x.a2a_ms, static_cast<long long>(x.a2a_bytes),
+                fwdbwd_ms > 0 ? x.a2a_ms / fwdbwd_ms : 0.0, x.recompute ? "true" : "false",
+                x.cac ? "true" : "false", static_cast<long long>(x.a2a_saved_bytes));
+  return buf;
+}
+
 std::string moe_bench_json(const MoEBenchResult& r) {
   char line[512];
   std::snprintf(line, sizeof(line),
                 "{\"shape\": \"%s\", \"device\": \"%s\", \"mode\": \"%s\", \"fwd_ms\": %.3f, "
                 "\"fwdbwd_ms\": %.3f, \"fwd_gflops\": %.2f, \"fwdbwd_gflops\": %.2f, "
-                "\"routed_tokens\": %lld, ",
+                "\"routed_tokens\": %lld",
                 r.shape.c_str(), r.device.c_str(), r.mode.c_str(), r.fwd_ms, r.fwdbwd_ms,
                 r.fwd_gflops, r.fwdbwd_gflops, static_cast<long long>(r.routed));
-  char tail[256];
-  if (r.ep > 1) {
-    std::snprintf(tail, sizeof(tail),
-                  "\"ep\": %d, \"ranks\": %d, \"a2a_ms\": %.3f, \"a2a_bytes\": %lld, "
-                  "\"a2a_share\": %.3f, \"recompute\": %s, \"cac\": %s, "
-                  "\"a2a_saved_bytes\": %lld}",
-                  r.ep, r.ranks, r.a2a_ms, static_cast<long long>(r.a2a_bytes),
-                  r.fwdbwd_ms > 0 ? r.a2a_ms / r.fwdbwd_ms : 0.0, r.recompute ? "true" : "false",
-                  r.cac ? "true" : "false", static_cast<long long>(r.a2a_saved_bytes));
-  } else {
-    std::snprintf(tail, sizeof(tail), "\"dense_fwdbwd_gflops\": %.2f, \"moe_over_dense\": %.3f}",
-                  r.dense_fwdbwd_gflops,
-                  r.dense_fwdbwd_gflops > 0 ? r.fwdbwd_gflops / r.dense_fwdbwd_gflops : 0.0);
-  }
+  if (r.exchange.ep > 1) return line + moe_exchange_json(r.exchange, r.fwdbwd_ms) + "}";
+  char tail[128];
+  std::snprintf(tail, sizeof(tail), ", \"dense_fwdbwd_gflops\": %.2f, \"moe_over_dense\": %.3f}",
+                r.dense_fwdbwd_gflops,
+                r.dense_fwdbwd_gflops > 0 ? r.fwdbwd_gflops / r.dense_fwdbwd_gflops : 0.0);
   return std::string(line) + tail;
 }
 
@@ -125,22 +127,39 @@ std::string moe_bench_text(const MoEBenchResult& r) {
   return line;
 }
 
+std::unique_ptr<dist::Communicator> split_expert_groups(int ep, int* rank, int* ranks) {
+  *rank = 0;
+  *ranks = 1;
+  if (ep <= 1) return nullptr;
+  dist::Communicator& world = dist::Communicator::world();
+  *rank = world.rank();
+  *ranks = world.size();
+  MOEX_CHECK(*ranks % ep == 0, "--ep ", ep, " must divide the number of ranks (", *ranks,
+             "): launch with mpirun -np N, N a multiple of --ep");
+  return world.split(*rank / ep, *rank % ep);
+}
+
+MoEExchangeReport exchange_report(const MoEBenchOptions& options, int rank, int ranks,
+                                  double a2a_ms, int64_t bytes_sent, int64_t bytes_saved) {
+  MoEExchangeReport x;
+  x.ep = options.ep;
+  x.rank = rank;
+  x.ranks = ranks;
+  x.a2a_ms = a2a_ms / options.iters;
+  x.a2a_bytes = bytes_sent / options.iters;
+  x.recompute = options.recompute || options.cac;
+  x.cac = options.cac;
+  x.a2a_saved_bytes = bytes_saved / options.iters;
+  return x;
+}
+
 MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptions& options) {
   MOEX_CHECK(options.iters >= 1, "--iters must be >= 1, got ", options.iters);
   MOEX_CHECK(options.warmup >= 0, "--warmup must be >= 0, got ", options.warmup);
   const MoEConfig config = moe_bench_config(shape, options.dropless);
-  // Expert parallelism: groups of ep consecutive ranks, as the training layout makes them; every
-  // rank routes its own tokens.
-  std::unique_ptr<dist::Communicator> group;
+  // Expert parallelism: every rank routes its own tokens.
   int rank = 0, ranks = 1;
-  if (options.ep > 1) {
-    dist::Communicator& world = dist::Communicator::world();
-    rank = world.rank();
-    ranks = world.size();
-    MOEX_CHECK(ranks % options.ep == 0, "--ep ", options.ep, " must divide the number of ranks (",
-               ranks, "): launch with mpirun -np N, N a multiple of --ep");
-    group = world.split(rank / options.ep, rank % options.ep);
-  }
+  std::unique_ptr<dist::Communicator> group = split_expert_groups(options.ep, &rank, &ranks);
   MoELayer layer(config, DType::kF32, group.get());
   layer.init_weights(1);
   const int64_t num_t = shape.tokens, d = shape.hidden;
@@ -219,14 +238,8 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   r.fwd_gflops = flops / (r.fwd_ms * 1e6);
   r.fwdbwd_gflops = (recompute ? 4 : 3) * flops / (r.fwdbwd_ms * 1e6);  // + the recompute
   if (!ep) r.dense_fwdbwd_gflops = 3 * flops / (median(t_dense) * 1e6);
-  r.ep = options.ep;
-  r.rank = rank;
-  r.ranks = ranks;
-  r.a2a_ms = a2a.seconds * 1e3 / options.iters;
-  r.a2a_bytes = a2a.bytes_sent / options.iters;
-  r.recompute = recompute;
-  r.cac = options.cac;
-  r.a2a_saved_bytes = a2a.bytes_saved / options.iters;
+  r.exchange =
+      exchange_report(options, rank, ranks, a2a.seconds * 1e3, a2a.bytes_sent, a2a.bytes_saved);
   return r;
 }
 

@@ -14,6 +14,8 @@
 #include "cuda/gemm.h"
 #include "cuda/moe_layer_cuda.h"
 #include "cuda/random_fill.h"
+#include "dist/device_group.h"
+#include "dist/nccl_communicator.h"
 #endif
 
 namespace moex::bench {
@@ -27,6 +29,7 @@ std::string moe_cuda_bench_json(const MoECudaBenchResult& r) {
                 r.shape.c_str(), r.mode.c_str(), r.fwd_ms, r.fwdbwd_ms, r.fwd_tflops,
                 r.fwdbwd_tflops, r.dense_fwdbwd_tflops);
   std::string out = buf;
+  if (r.exchange.ep > 1) out += moe_exchange_json(r.exchange, r.fwdbwd_ms);
   if (r.has_host_sync) {
     std::snprintf(buf, sizeof(buf),
                   ", \"host_sync_ms\": %.4f, \"host_wait_ms\": %.4f, \"fwd_known_counts_ms\": %.4f",
@@ -54,23 +57,29 @@ std::string moe_cuda_bench_text(const MoECudaBenchResult& r) {
 }
 
 #if !defined(MOEX_WITH_CUDA)
-MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape&, const std::string&, int warmup,
-                                      int iters) {
-  MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
-  MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
+MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape&, const std::string&,
+                                      const MoEBenchOptions& options) {
+  MOEX_CHECK(options.iters >= 1, "--iters must be >= 1, got ", options.iters);
+  MOEX_CHECK(options.warmup >= 0, "--warmup must be >= 0, got ", options.warmup);
   MOEX_THROW("moe-layer --device cuda: built without CUDA");
 }
 #else
 
 namespace {
 
+// align: the ranks of an expert group start each timed call together (null: one process).
 template <class Fn>
-double median_ms(cuda::CudaContext& ctx, int warmup, int iters, Fn&& fn) {
+double median_ms(cuda::CudaContext& ctx, int warmup, int iters, Fn&& fn,
+                 dist::Communicator* align = nullptr) {
   for (int i = 0; i < warmup; ++i) fn();
   ctx.synchronize();
   cuda::EventTimer timer;
   std::vector<double> ms;
   for (int i = 0; i < iters; ++i) {
+    if (align != nullptr) {
+      ctx.synchronize();
+      align->barrier();
+    }
     timer.start(ctx.stream());
     fn();
     ms.push_back(timer.stop(ctx.stream()));
@@ -140,7 +149,8 @@ struct DenseFfn {
 }  // namespace
 
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
-                                      int warmup, int iters) {
+                                      const MoEBenchOptions& options) {
+  const int warmup = options.warmup, iters = options.iters;
   // dropless = dropless-padded (strided-batched GEMMs over [E, max load, d]); dropless-grouped =
   // exact rows through cublasGemmGroupedBatchedEx (+ one GEMM per expert for fp32 dW).
   MOEX_CHECK(mode == "capacity" || mode == "dropless" || mode == "dropless-padded" ||
@@ -149,8 +159,21 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
              mode, "'");
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
+  // Expert parallelism: one GPU per rank (its local index), the tokens exchanged over NCCL, or
+  // through host memory with MOEX_GPU_COLLECTIVES=host (ranks may then share a GPU).
+  int rank = 0, ranks = 1;
+  const std::unique_ptr<dist::Communicator> group = split_expert_groups(options.ep, &rank, &ranks);
+  const int ordinal =
+      group ? dist::Communicator::world().local_rank() % std::max(1, cuda::device_count()) : 0;
   cuda::init();
-  cuda::CudaContext ctx;
+  CUDA_CHECK(cudaSetDevice(ordinal));
+  cuda::CudaContext ctx(ordinal);
+  std::unique_ptr<dist::DeviceGroup> gpu_group;
+  if (group) {
+    dist::NcclOptions nccl;
+    nccl.device = ordinal;
+    gpu_group = dist::make_device_group(*group, nccl);
+  }
   const bool dropless = mode != "capacity";
   MoEConfig config = moe_bench_config(shape, dropless);
   config.aux_loss_coef = 0.01f;
@@ -158,6 +181,7 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
   opt.max_tokens = shape.tokens;
   opt.dropless_gemm =
       mode == "dropless-grouped" ? cuda::DroplessGemm::kGrouped : cuda::DroplessGemm::kPadded;
+  opt.expert_group = gpu_group.get();
   // MOEX_PAD_MULTIPLE overrides padded_row_multiple (0: one strided-batched call over max load).
   if (const char* pm = std::getenv("MOEX_PAD_MULTIPLE")) opt.padded_row_multiple = std::atoll(pm);
   MoECudaBenchResult r;
@@ -172,12 +196,14 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
     Tensor y = Tensor::empty({T, d}, DType::kBF16, Device::cuda());
     Tensor dy = Tensor::empty({T, d}, DType::kBF16, Device::cuda());
     Tensor dx = Tensor::empty({T, d}, DType::kBF16, Device::cuda());
-    cuda::fill_uniform_bf16(x.raw_data(), x.numel(), 9, 0, -1, 1, ctx.stream());
-    cuda::fill_uniform_bf16(dy.raw_data(), dy.numel(), 9, 1, -1, 1, ctx.stream());
+    // Each rank its own tokens (and so its own routing).
+    cuda::fill_uniform_bf16(x.raw_data(), x.numel(), 9 + 2 * rank, 0, -1, 1, ctx.stream());
+    cuda::fill_uniform_bf16(dy.raw_data(), dy.numel(), 10 + 2 * rank, 1, -1, 1, ctx.stream());
     const double wait0 = layer.host_wait_ms();
     const int64_t syncs0 = layer.host_syncs();
-    r.fwd_ms = median_ms(ctx, warmup, iters, [&] { layer.forward(x, y, true, 1, 0); });
-    if (dropless) {
+    r.fwd_ms = median_ms(
+        ctx, warmup, iters, [&] { layer.forward(x, y, true, 1, 0); }, group.get());
+    if (dropless && !group) {
       // The dropless host sync's cost: the same forward with the counts known in advance.
       r.has_host_sync = true;
       const int64_t syncs = layer.host_syncs() - syncs0;
@@ -188,10 +214,32 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
       layer.reuse_dropless_counts(false);
       r.host_sync_ms = r.fwd_ms - r.fwd_known_counts_ms;
     }
-    r.fwdbwd_ms = median_ms(ctx, warmup, iters, [&] {
-      layer.forward(x, y, true, 1, 0);
+    // --recompute: as an activation-checkpointed layer runs, a first pass that keeps nothing (but
+    // its exchange under --cac), the recompute with the same routing, then backward.
+    const bool recompute = options.recompute || options.cac;
+    auto fwdbwd = [&] {
+      if (recompute) {
+        cuda::MoEStepCuda first{true, 1, 0};
+        first.keep_for_backward = false;
+        first.keep_exchange = options.cac;
+        layer.forward(x, y, first);
+        cuda::MoEStepCuda again{true, 1, 0};
+        again.keep_in_scratch = true;
+        again.reuse_exchange = options.cac;
+        layer.forward(x, y, again);
+      } else {
+        layer.forward(x, y, true, 1, 0);
+      }
       layer.backward(dy, dx);
-    });
+    };
+    for (int i = 0; i < warmup; ++i) fwdbwd();
+    const cuda::ExchangeStatsCuda before = layer.exchange_stats();
+    r.fwdbwd_ms = median_ms(ctx, 0, iters, fwdbwd, group.get());
+    const cuda::ExchangeStatsCuda after = layer.exchange_stats();
+    if (group)
+      r.exchange = exchange_report(options, rank, ranks, after.ms - before.ms,
+                                   after.bytes_sent - before.bytes_sent,
+                                   after.bytes_saved - before.bytes_saved);
     const cuda::MoEStatsCuda st = layer.stats();
     const int64_t routed = T * shape.top_k - st.num_dropped;  // rows the experts computed usefully
     expert_fwd_flops = moe_expert_flops(shape, routed);
@@ -208,8 +256,9 @@ MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::str
     }
   }
   r.fwd_tflops = expert_fwd_flops / (r.fwd_ms * 1e-3) / 1e12;
-  r.fwdbwd_tflops = 3 * expert_fwd_flops / (r.fwdbwd_ms * 1e-3) / 1e12;
-  {
+  const int passes = options.recompute || options.cac ? 4 : 3;  // + the recompute's forward
+  r.fwdbwd_tflops = passes * expert_fwd_flops / (r.fwdbwd_ms * 1e-3) / 1e12;
+  if (!group) {
     // Dense FFN over T*k rows: the same FLOPs as the routed tokens at capacity factor 1.
     const int64_t rows = T * shape.top_k;
     DenseFfn dense(rows, d, shape.ffn, shape.activation == ExpertActivation::kSwiGLU, ctx.stream());

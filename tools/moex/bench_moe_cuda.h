@@ -18,16 +18,23 @@ struct MoECudaBenchResult {
   // in advance (MoELayerCuda::reuse_dropless_counts; same x and seed, so the same routing);
   // host_wait_ms = mean wall time the host sat blocked in that sync per forward (it includes the
   // router and gating GPU work queued before it, so it bounds the bubble from above).
+  // Not measured under expert parallelism.
   bool has_host_sync = false;
   double host_sync_ms = 0, host_wait_ms = 0, fwd_known_counts_ms = 0;
+  // options.ep > 1: the exchanges (the TFLOP/s then count this rank's routed tokens, which the
+  // owners compute; no dense comparison).
+  MoEExchangeReport exchange;
 };
 
-// mode: "capacity", "dropless" (grouped cuBLAS GEMM) or "dropless-padded"; medians of `iters`
-// (>= 1) timed runs after `warmup` (>= 0). Throws without CUDA.
+// mode: "capacity", "dropless" (= dropless-padded) or "dropless-grouped"; medians of
+// options.iters (>= 1) timed runs after options.warmup (>= 0); options.ep > 1 under mpirun spreads
+// the experts over the ranks (one GPU each, or MOEX_GPU_COLLECTIVES=host); options.recompute and
+// options.cac as on the CPU. Throws without CUDA.
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
-                                      int warmup, int iters);
+                                      const MoEBenchOptions& options);
 // {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops","dense_fwdbwd_tflops"}, plus
-// "host_sync_ms", "host_wait_ms", "fwd_known_counts_ms" on dropless lines.
+// the exchange keys of moe_exchange_json under ep, and "host_sync_ms", "host_wait_ms",
+// "fwd_known_counts_ms" on dropless lines.
 std::string moe_cuda_bench_json(const MoECudaBenchResult& r);
 // The same numbers as one line of text.
 std::string moe_cuda_bench_text(const MoECudaBenchResult& r);

@@ -35,8 +35,9 @@ void print_help() {
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
-      "  --ep        under mpirun (CPU): experts spread over groups of N ranks, each rank routing\n"
-      "              its own tokens; reports the token exchanges' time and bytes (rank 0 prints)\n"
+      "  --ep        under mpirun: experts spread over groups of N ranks, each rank routing its\n"
+      "              own tokens; reports the token exchanges' time and bytes (rank 0 prints).\n"
+      "              cuda: one GPU per rank over NCCL, or MOEX_GPU_COLLECTIVES=host to share one\n"
       "  --recompute fwd+bwd as an activation-checkpointed layer: first pass, recompute, backward\n"
       "  --cac       as --recompute, the recompute reusing the first pass's all-to-alls (--ep > "
       "1)\n"
@@ -110,12 +111,8 @@ int run_moe_layer(const Args& args) {
   options.ep = count_flag(args, "ep", 1, 1);
   options.recompute = args.flag("recompute");
   options.cac = args.flag("cac");
-  MOEX_CHECK(!(options.recompute || options.cac) || !cuda,
-             "--recompute, --cac: the CPU layer only (the GPU layer has no expert group yet)");
   MOEX_CHECK(!options.cac || options.ep > 1,
              "--cac needs --ep > 1 (without expert parallelism there is no all-to-all to keep)");
-  MOEX_CHECK(options.ep == 1 || !cuda,
-             "--ep: expert parallelism runs on CPU ranks only (no NCCL path yet)");
   const bool json = args.flag("json");
 
   std::vector<bench::MoEBenchShape> shapes;
@@ -133,12 +130,12 @@ int run_moe_layer(const Args& args) {
   for (const auto& shape : shapes) {
     std::string line;
     if (cuda) {  // the GPU runner: tools/moex/bench_moe_cuda.cpp
-      const bench::MoECudaBenchResult r =
-          bench::run_moe_bench_cuda(shape, mode, options.warmup, options.iters);
+      const bench::MoECudaBenchResult r = bench::run_moe_bench_cuda(shape, mode, options);
+      if (r.exchange.rank != 0) continue;  // under mpirun, rank 0 reports
       line = json ? bench::moe_cuda_bench_json(r) : bench::moe_cuda_bench_text(r);
     } else {
       const bench::MoEBenchResult r = bench::run_moe_bench_cpu(shape, options);
-      if (r.rank != 0) continue;  // under mpirun, rank 0 reports
+      if (r.exchange.rank != 0) continue;  // under mpirun, rank 0 reports
       line = json ? bench::moe_bench_json(r) : bench::moe_bench_text(r);
     }
     std::printf("%s\n", line.c_str());
