@@ -103,6 +103,8 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
              "MoELayerCuda: Duplicate Token Dropping needs an expert group (ep > 1)");
   if (options.duplicate_group != nullptr && options.duplicate_group->size() > 1)
     dedup_ = options.duplicate_group;
+  if (options.slice_group != nullptr && options.slice_group->size() > 1)
+    slices_ = options.slice_group;
   MOEX_CHECK(d_ % 8 == 0 && f_ % 8 == 0,
              "MoELayerCuda: hidden_size and ffn_size must be multiples of 8 (", kBf16Size,
              "), got ", d_, " and ", f_);
@@ -388,7 +390,8 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                                               : T;
   const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
   // The decode kernels read every expert's weights here: single-GPU only.
-  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel();
+  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel() &&
+                      slices_ == nullptr;
 
   // The gating kernel's parameters.
   GatingParams& g = gating_;
@@ -488,7 +491,10 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
       to_owners(buf_.xb, ep_rows_.xb);
     }
     experts_forward(ep_rows_);  // the recompute needs h and a again; its outputs are kept
-    if (!step.reuse_exchange) from_owners(ep_rows_.out, buf_.out);
+    if (!step.reuse_exchange) {  // a CAC recompute has the first pass's summed rows
+      sum_slices(ep_rows_.out, ep_rows_.rows);
+      from_owners(ep_rows_.out, buf_.out);
+    }
     exchange_kept_ = step.keep_exchange;
     kept_caps_ = ep_caps_;
     finish_forward(x, y);
@@ -499,7 +505,14 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
 
   moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, used_rows());
   experts_forward(local_rows());
+  sum_slices(buf_.out, rows_);
   finish_forward(x, y);
+}
+
+void MoELayerCuda::sum_slices(void* rows_buf, int64_t rows) {
+  if (slices_ == nullptr || rows == 0) return;
+  slices_->all_reduce_sum(rows_buf, rows * d_, DType::kBF16, ctx_.stream());
+  exchanged_.slice_reduce_bytes += rows * d_ * 2;
 }
 
 void MoELayerCuda::gather_capacities() {
@@ -1042,9 +1055,11 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   if (expert_parallel()) {
     to_owners(buf_.dout, ep_rows_.dout);
     experts_backward(ep_rows_);
+    sum_slices(ep_rows_.dout, ep_rows_.rows);
     from_owners(ep_rows_.dout, buf_.dout);  // dxb, back in this rank's layout
   } else {
     experts_backward(local_rows());
+    sum_slices(buf_.dout, rows_);  // dxb
   }
   moe_permute_backward(buf_.dout, plan_.row, buf_.dxj, T, d_, k_, eps, seed_, offset_,
                        dx.raw_data(), stream);

@@ -131,6 +131,11 @@ struct MoELayerCudaOptions {
   // group whose ranks run this layer on the same tokens. Each exchange then sends only this
   // rank's share of every block and all-gathers the shares over this group. Null: off.
   dist::DeviceGroup* duplicate_group = nullptr;
+  // Expert tensor-slicing (docs/parallelism.md §Expert tensor-slicing): the tensor-parallel group
+  // whose ranks run this layer on the same tokens, each with its F/tp slice of every expert's
+  // hidden width (config.ffn_size is the slice's). The expert output rows, and in backward their
+  // input gradients, are summed over this group. Null: off. No decode kernels then.
+  dist::DeviceGroup* slice_group = nullptr;
 };
 
 // One forward's mode and random streams.
@@ -163,6 +168,7 @@ struct ExchangeStatsCuda {
   int64_t exchanges = 0;          // all-to-alls of expert rows: two a forward, two a backward
   int64_t bytes_sent = 0;         // bytes of rows this rank sent to the other ranks of its group
   int64_t gather_bytes_sent = 0;  // DTD: bytes sent to the other tp ranks in the all-gathers
+  int64_t slice_reduce_bytes = 0;  // expert slicing: the all-reduced rows' bytes
   // CAC: the all-to-alls a recompute took from its first pass instead, and their bytes.
   int64_t exchanges_saved = 0, bytes_saved = 0;
   double ms = 0;  // stream time inside the all-to-alls (CUDA events), waits for peers included
@@ -336,6 +342,9 @@ class MoELayerCuda {
   int E_, k_;
   dist::DeviceGroup* group_ = nullptr;  // options_.expert_group
   dist::DeviceGroup* dedup_ = nullptr;  // options_.duplicate_group when it has several ranks
+  dist::DeviceGroup* slices_ = nullptr;  // options_.slice_group when it has several ranks
+  // Expert slicing: sums `rows` bf16 rows of d over slices_ in place (nothing without slicing).
+  void sum_slices(void* rows_buf, int64_t rows);
   int ep_ = 1, El_ = 0;                 // group size; experts held here (E / ep)
   std::vector<int64_t> ep_caps_;        // [ep] C of every rank of the group in the last forward
   int64_t ep_total_ = 0;                // sum of ep_caps_: rows of each expert held here

@@ -27,11 +27,10 @@ struct MoELayer::Impl {
   DType dtype = DType::kF32;
   MoEWeights weights;
   MoERouting routing;
-  dist::Communicator* expert_group = nullptr;  // set when ep > 1 (experts spread over ranks)
-  dist::DeviceGroup* device_group = nullptr;  // the same ranks on the GPU (set_device_expert_group)
+  dist::Communicator* expert_group = nullptr;     // set when ep > 1 (experts spread over ranks)
   dist::Communicator* duplicate_group = nullptr;  // drop_duplicate_tokens' tp group (ranks > 1)
-  dist::DeviceGroup* device_duplicate_group = nullptr;  // its ranks on the GPU
-  dist::Communicator* slice_group = nullptr;   // expert tensor-slicing over these ranks
+  dist::Communicator* slice_group = nullptr;      // expert tensor-slicing over these ranks
+  MoEDeviceGroups device_groups;                  // the GPU twins of the three groups above
   int64_t num_local_experts = 0, first_local_expert = 0;
   std::unique_ptr<MoEDeviceLayer> device;  // GPU path (moe_layer_dispatch.h), made on first use
 };
@@ -534,8 +533,14 @@ void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group) {
   impl_->duplicate_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
 }
 
-void MoELayer::slice_experts(dist::Communicator* tp_group) {
+void MoELayer::slice_experts(dist::Communicator* tp_group, dist::DeviceGroup* device_group) {
   impl_->slice_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
+  MOEX_CHECK(device_group == nullptr || (impl_->slice_group != nullptr &&
+                                         device_group->size() == impl_->slice_group->size() &&
+                                         device_group->rank() == impl_->slice_group->rank()),
+             "MoELayer::slice_experts: the GPU group must hold tp_group's ranks");
+  impl_->device_groups.slice = device_group;
+  if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
 moe::ExchangeStats MoELayer::exchange_stats() const {
@@ -593,19 +598,20 @@ namespace {
 // The GPU path of `impl`'s layer, over its device groups.
 std::unique_ptr<MoEDeviceLayer> make_device_layer(const MoELayer::Impl& impl,
                                                   const Device& device) {
-  return make_moe_device_layer(impl.config, impl.dtype, device, impl.device_group,
-                               impl.device_duplicate_group);
+  return make_moe_device_layer(impl.config, impl.dtype, device, impl.device_groups);
 }
 }  // namespace
 
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
-    MOEX_CHECK(impl_->slice_group == nullptr,
-               "MoELayer: expert slicing runs on the CPU only so far (docs/parallelism.md)");
-    MOEX_CHECK(impl_->expert_group == nullptr || impl_->device_group != nullptr,
+    const MoEDeviceGroups& groups = impl_->device_groups;
+    MOEX_CHECK(impl_->slice_group == nullptr || groups.slice != nullptr,
+               "MoELayer: expert slicing on ", x.device().str(),
+               " needs the tp group's GPU communicator (slice_experts)");
+    MOEX_CHECK(impl_->expert_group == nullptr || groups.expert != nullptr,
                "MoELayer: expert parallelism on ", x.device().str(),
                " needs the expert group's GPU communicator (set_device_expert_group)");
-    MOEX_CHECK(impl_->duplicate_group == nullptr || impl_->device_duplicate_group != nullptr,
+    MOEX_CHECK(impl_->duplicate_group == nullptr || groups.duplicate != nullptr,
                "MoELayer: Duplicate Token Dropping on ", x.device().str(),
                " needs the tp group's GPU communicator (set_device_expert_group)");
     if (!impl_->device) impl_->device = make_device_layer(*impl_, x.device());
@@ -634,9 +640,9 @@ void MoELayer::set_device_expert_group(dist::DeviceGroup* group,
   MOEX_CHECK(same_ranks(duplicate_group, impl_->duplicate_group),
              "MoELayer::set_device_expert_group: the GPU duplicate group must hold the ranks of "
              "drop_duplicate_tokens' group");
-  impl_->device_group = group;
-  impl_->device_duplicate_group = duplicate_group;
-  if (impl_->device) impl_->device->set_expert_group(group, duplicate_group);
+  impl_->device_groups.expert = group;
+  impl_->device_groups.duplicate = duplicate_group;
+  if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
 const MoEGradients& MoELayer::backward(const Tensor& dy) {

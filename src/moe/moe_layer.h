@@ -137,8 +137,9 @@ class MoELayer {
   // Expert tensor-slicing (docs/parallelism.md): the layer's config holds this rank's F/tp of each
   // expert's hidden width and its weights that slice; the ranks of tp_group, which run the layer
   // on the same tokens, sum their experts' outputs, and in backward their input gradients, over
-  // tp_group. CPU only; null: off.
-  void slice_experts(dist::Communicator* tp_group);
+  // tp_group; on the GPU over device_group, its ranks as a GPU communicator (required before a GPU
+  // forward). Null: off.
+  void slice_experts(dist::Communicator* tp_group, dist::DeviceGroup* device_group = nullptr);
   // Every defined weight with its name ("router.weight", "experts.w1", ...).
   std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 

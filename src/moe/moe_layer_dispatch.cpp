@@ -59,12 +59,8 @@ cuda::MoEScratch& shared_scratch(int ordinal) {
 
 class CudaMoELayer final : public MoEDeviceLayer {
  public:
-  CudaMoELayer(const MoEConfig& config, int ordinal, dist::DeviceGroup* expert_group,
-               dist::DeviceGroup* duplicate_group)
-      : config_(config),
-        ctx_(cuda::default_context(ordinal)),
-        expert_group_(expert_group),
-        duplicate_group_(duplicate_group) {}
+  CudaMoELayer(const MoEConfig& config, int ordinal, const MoEDeviceGroups& groups)
+      : config_(config), ctx_(cuda::default_context(ordinal)), groups_(groups) {}
 
   const MoEOutput& forward(const MoEWeights& w, const Tensor& x,
                            const MoEForwardOptions& options) override {
@@ -83,8 +79,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
       // Dropless: experts' rows rounded to 128 instead of all padded to the largest load, when
       // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
       opt.padded_row_multiple = 128;
-      opt.expert_group = expert_group_;
-      opt.duplicate_group = duplicate_group_;
+      opt.expert_group = groups_.expert;
+      opt.duplicate_group = groups_.duplicate;
+      opt.slice_group = groups_.slice;
       retire_layer();  // its buffers go back to the allocator before the new ones are taken
       buffers_moved();
       layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
@@ -230,9 +227,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
     retire_layer();  // the next forward builds a layer in model mode
   }
 
-  void set_expert_group(dist::DeviceGroup* group, dist::DeviceGroup* duplicate_group) override {
-    expert_group_ = group;
-    duplicate_group_ = duplicate_group;
+  void set_groups(const MoEDeviceGroups& groups) override {
+    groups_ = groups;
     retire_layer();  // the next forward builds a layer over the group
   }
 
@@ -247,6 +243,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
     s.exchanges = c.exchanges;
     s.bytes_sent = c.bytes_sent;
     s.gather_bytes_sent = c.gather_bytes_sent;
+    s.slice_reduce_bytes = c.slice_reduce_bytes;
     s.exchanges_saved = c.exchanges_saved;
     s.bytes_saved = c.bytes_saved;
     s.seconds = c.ms * 1e-3;
@@ -263,8 +260,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
   Tensor bound_w1_, bound_w2_, bound_dw1_, bound_dw2_;  // model mode (undefined otherwise)
   MoEConfig config_;
   cuda::CudaContext& ctx_;  // the device's one stream, shared with the model's ops
-  dist::DeviceGroup* expert_group_ = nullptr;
-  dist::DeviceGroup* duplicate_group_ = nullptr;  // the tp group under DTD
+  MoEDeviceGroups groups_;
   std::unique_ptr<cuda::MoELayerCuda> layer_;
   moe::ExchangeStats retired_exchanges_;  // of the layers retire_layer() dropped
   int64_t max_tokens_ = 0, tokens_ = 0;
@@ -281,19 +277,17 @@ class CudaMoELayer final : public MoEDeviceLayer {
 
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
                                                       const Device& device,
-                                                      dist::DeviceGroup* expert_group,
-                                                      dist::DeviceGroup* duplicate_group) {
+                                                      const MoEDeviceGroups& groups) {
 #ifdef MOEX_WITH_CUDA
   if (device.is_cuda()) {
     MOEX_CHECK(dtype == DType::kF32, "MoELayer on CUDA: only f32 layers run on the GPU, got ",
                dtype_name(dtype));
-    return std::make_unique<CudaMoELayer>(config, device.ordinal, expert_group, duplicate_group);
+    return std::make_unique<CudaMoELayer>(config, device.ordinal, groups);
   }
 #else
   (void)config;
   (void)dtype;
-  (void)expert_group;
-  (void)duplicate_group;
+  (void)groups;
 #endif
   MOEX_CHECK(false, "MoELayer: no implementation for device ", device.str(),
              " (built without MOEX_WITH_CUDA?)");

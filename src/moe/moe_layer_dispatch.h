@@ -31,6 +31,15 @@
 
 namespace moex {
 
+// The GPU communicators of a layer's groups, each holding the ranks of its CPU twin (null: none):
+// expert parallelism's (MoELayer::set_device_expert_group), Duplicate Token Dropping's tp group
+// (the same call) and expert tensor-slicing's tp group (MoELayer::slice_experts).
+struct MoEDeviceGroups {
+  dist::DeviceGroup* expert = nullptr;
+  dist::DeviceGroup* duplicate = nullptr;
+  dist::DeviceGroup* slice = nullptr;
+};
+
 class MoEDeviceLayer {
  public:
   virtual ~MoEDeviceLayer() = default;
@@ -42,8 +51,8 @@ class MoEDeviceLayer {
   // Model mode: see MoELayer::bind_device_expert_buffers.
   virtual void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                                    const Tensor& dw2) = 0;
-  // See MoELayer::set_device_expert_group (null: every expert here; duplicate_group null: no DTD).
-  virtual void set_expert_group(dist::DeviceGroup* group, dist::DeviceGroup* duplicate_group) = 0;
+  // The layer's groups (see MoEDeviceGroups); the next forward builds its GPU layer over them.
+  virtual void set_groups(const MoEDeviceGroups& groups) = 0;
   // The expert-row exchanges so far (see moe::ExchangeStats; DTD and slicing do not run on the
   // GPU). Waits for the queued ones, whose stream time it reads.
   virtual moe::ExchangeStats exchange_stats() = 0;
@@ -53,10 +62,8 @@ class MoEDeviceLayer {
 int64_t moe_device_weight_uploads();
 
 // The implementation for x's device, or an error naming why there is none (a build without CUDA).
-// expert_group, duplicate_group: see MoELayer::set_device_expert_group.
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
                                                       const Device& device,
-                                                      dist::DeviceGroup* expert_group = nullptr,
-                                                      dist::DeviceGroup* duplicate_group = nullptr);
+                                                      const MoEDeviceGroups& groups = {});
 
 }  // namespace moex

@@ -293,10 +293,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
-  // index on its node). Expert slicing is CPU-only so far.
-  MOEX_CHECK(c.training.device.is_cpu() || !c.parallel.expert_slicing, c.source,
-             ": parallel.expert_slicing: expert tensor-slicing runs on CPU ranks only so far "
-             "(docs/parallelism.md)");
+  // index on its node).
   const Device device = c.training.device.is_cuda() && world > 1
                             ? Device::cuda(comm.local_rank() % std::max(1, ops::device_count()))
                             : c.training.device;

@@ -52,6 +52,7 @@ struct Layout {
   bool cac = false;  // activation checkpointing with CAC (the reference checkpoints too)
   bool checkpointing = false;  // activation checkpointing (implied by cac)
   bool dtd = false;            // Duplicate Token Dropping (tp > 1 and ep > 1)
+  bool expert_slicing = false;  // each expert's hidden width split over tp
   int steps = 4;               // 1: the Adam moments compare the first step's gradients
   bool all_experts = false;    // top_k = E, dropless: no routing ties (see the file comment)
   // 0 with cac: evaluation's forwards exchange too, and are no part of what CAC saves.
@@ -85,6 +86,7 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
       << "ranks sharing a GPU need MOEX_GPU_COLLECTIVES=host (NCCL takes one rank per GPU)";
   const std::string name = "gpu_tp" + std::to_string(l.tp) + "_ep" + std::to_string(ep) + "_zero" +
                            std::to_string(zero_stage) + (l.dtd ? "_dtd" : "") +
+                           (l.expert_slicing ? "_sliced" : "") +
                            (l.cac             ? "_cac_"
                             : l.checkpointing ? "_ckpt_"
                                               : "_") +
@@ -115,7 +117,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
           R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" + std::to_string(ep) +
               R"(, "zero_stage": )" + std::to_string(zero_stage) +
               R"(, "tile_elements": 10000, "cac": )" + (l.cac ? "true" : "false") + R"(, "dtd": )" +
-              (l.dtd ? "true" : "false") + "}" + optimizer,
+              (l.dtd ? "true" : "false") + R"(, "expert_slicing": )" +
+              (l.expert_slicing ? "true" : "false") + "}" + optimizer,
           model)
           .string());
   const TrainResult run = run_training(ep_config, "", 0, &world);
@@ -220,6 +223,17 @@ TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
   check_equals_single_process(tp);
 }
 
+// Expert tensor-slicing: each tp rank holds half of every expert's hidden width; the expert rows
+// are summed over tp.
+TEST(GpuTensorParallel, ExpertSlicingEqualsTheSingleProcessRun) {
+  Layout tp{dist::Communicator::world().size()};
+  tp.all_experts = true;
+  tp.expert_slicing = true;
+  TrainResult run;
+  check_equals_single_process(tp, &run);
+  EXPECT_GT(run.exchange.slice_reduce_bytes, 0);
+}
+
 // Four ranks (gpu_check.sh runs the GpuFourRanks tests under mpirun -np 4): tp 2 x ep 2, then the
 // same with Duplicate Token Dropping, which sends each expert row once per tp group instead of
 // once per tp rank: over the world, half the exchanged bytes, and the same numbers.
@@ -239,6 +253,11 @@ TEST(GpuFourRanks, TensorTimesExpertParallelWithAndWithoutDtd) {
   EXPECT_EQ(bytes[1] * 2, bytes[0]) << "DTD sends each tp group's rows once";
   EXPECT_EQ(plain.exchange.gather_bytes_sent, 0);
   EXPECT_GT(dtd.exchange.gather_bytes_sent, 0);
+  // And with the experts sliced over tp on top: tp, ep, DTD and slicing together.
+  layout.expert_slicing = true;
+  TrainResult sliced;
+  check_equals_single_process(layout, &sliced);
+  EXPECT_GT(sliced.exchange.slice_reduce_bytes, 0);
 }
 
 }  // namespace

@@ -1064,6 +1064,63 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
   }
 }
 
+// One rank of a tp x ep layout run as threads (run_tp_ep_ranks): ep rank e's T = 96 + 40 e tokens,
+// x and dy drawn from its seeds (the tp ranks of an ep rank hold the same tokens), y and dx
+// poisoned buffers on the GPU, and the rank's groups (ep null when ep is 1).
+struct TpEpRank {
+  int e = 0, t = 0;
+  int64_t tokens = 0;
+  Tensor x, y, dy, dx;  // [T, d] bf16
+  dist::DeviceGroup* ep_group = nullptr;
+  dist::DeviceGroup* tp_group = nullptr;
+};
+
+// fn(rank) on tp x ep threads, rank r = e tp + t: ep groups join the ranks with one tp rank, tp
+// groups those with one ep rank. A rank that throws wakes the others in every group.
+void run_tp_ep_ranks(int tp, int ep, int64_t d, uint64_t seed,
+                     const std::function<void(const TpEpRank&)>& fn) {
+  std::vector<std::unique_ptr<testing::ThreadDeviceGroups>> ep_groups, tp_groups;
+  for (int i = 0; i < tp; ++i)
+    ep_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(ep));
+  for (int i = 0; i < ep; ++i)
+    tp_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(tp));
+  testing::ThreadDeviceGroups threads(ep * tp);
+  threads.run([&](int r) {
+    TpEpRank rank;
+    rank.e = r / tp;
+    rank.t = r % tp;
+    try {
+      const int64_t T = 96 + 40 * rank.e;
+      DevBuf x(upload(to_bf16(rand_vec(T * d, seed + 2 * rank.e)))),
+          dy(upload(to_bf16(rand_vec(T * d, seed + 2 * rank.e + 1))));
+      DevBuf y(T * d * 2), dx(T * d * 2);
+      rank.tokens = T;
+      rank.x = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+      rank.y = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
+      rank.dy = Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda());
+      rank.dx = Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda());
+      rank.ep_group = ep > 1 ? &ep_groups[rank.t]->member(rank.e) : nullptr;
+      rank.tp_group = &tp_groups[rank.e]->member(rank.t);
+      fn(rank);
+    } catch (...) {
+      for (auto& g : ep_groups) g->abort();
+      for (auto& g : tp_groups) g->abort();
+      throw;
+    }
+  });
+}
+
+// A training forward and backward of `layer` on the rank's tokens, and what it produced.
+LayerRun run_layer(cuda::MoELayerCuda& layer, const TpEpRank& rank, CudaContext& ctx) {
+  const int64_t n = rank.y.numel();
+  layer.forward(rank.x, rank.y, true, 5, static_cast<uint64_t>(rank.e));
+  layer.backward(rank.dy, rank.dx);
+  ctx.synchronize();
+  return LayerRun{download_bf16(rank.y.raw_data(), n), download_bf16(rank.dx.raw_data(), n),
+                  tensor_f32(layer.grad_router_w()), tensor_f32(layer.grad_w1()),
+                  tensor_f32(layer.grad_w2())};
+}
+
 // Duplicate Token Dropping: tp 2 x ep 2 as four threads; the two tp ranks of an ep rank hold the
 // same tokens. With DTD each sends only its share of every block and the shares are all-gathered
 // over tp, so the same rows arrive: every result is the plain exchange's, bit for bit, and the tp
@@ -1071,52 +1128,22 @@ TEST_P(ExpertParallel, RanksMatchTheSingleGpuLayerOnTheirTokens) {
 TEST_P(ExpertParallel, DuplicateTokenDroppingMovesTheSameRows) {
   const LayerCase& lc = GetParam();
   const MoEConfig& c = lc.config;
-  const int64_t d = c.hidden_size;
   constexpr int ep = 2, tp = 2;
   ASSERT_EQ(c.num_experts % ep, 0) << "every layer case has an even number of experts";
   MoELayer weights(c, DType::kF32);
   weights.init_weights(51);
-  const MoEWeights& w = weights.weights();
-  // Rank r = ep_rank * tp + tp_rank: ep groups by tp rank, tp groups by ep rank.
-  std::vector<std::unique_ptr<testing::ThreadDeviceGroups>> ep_groups, tp_groups;
-  for (int i = 0; i < tp; ++i)
-    ep_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(ep));
-  for (int i = 0; i < ep; ++i)
-    tp_groups.push_back(std::make_unique<testing::ThreadDeviceGroups>(tp));
   struct Result {
     LayerRun run;
     cuda::ExchangeStatsCuda stats;
   };
   std::vector<Result> plain(ep * tp), dtd(ep * tp);
-  testing::ThreadDeviceGroups threads(ep * tp);
-  threads.run([&](int r) {
-    const int e = r / tp, t = r % tp;
-    try {
-      const int64_t T = 96 + 40 * e;
-      DevBuf x(upload(to_bf16(rand_vec(T * d, 60 + e)))),
-          dy(upload(to_bf16(rand_vec(T * d, 70 + e))));
-      DevBuf y(T * d * 2), dx(T * d * 2);
-      const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
-      const Tensor yt = Tensor::from_external(y.ptr, {T, d}, DType::kBF16, Device::cuda());
-      const Tensor dyt = Tensor::from_external(dy.ptr, {T, d}, DType::kBF16, Device::cuda());
-      const Tensor dxt = Tensor::from_external(dx.ptr, {T, d}, DType::kBF16, Device::cuda());
-      for (const bool drop : {false, true}) {
-        CudaContext ctx;
-        auto layer = make_gpu_layer(lc, T, w, ctx, nullptr, &ep_groups[t]->member(e),
-                                    drop ? &tp_groups[e]->member(t) : nullptr);
-        layer->forward(xt, yt, true, 5, static_cast<uint64_t>(e));
-        layer->backward(dyt, dxt);
-        ctx.synchronize();
-        (drop ? dtd : plain)[r] = {
-            LayerRun{download_bf16(y.ptr, T * d), download_bf16(dx.ptr, T * d),
-                     tensor_f32(layer->grad_router_w()), tensor_f32(layer->grad_w1()),
-                     tensor_f32(layer->grad_w2())},
-            layer->exchange_stats()};
-      }
-    } catch (...) {  // wake the ranks waiting for this one in the other groups
-      for (auto& g : ep_groups) g->abort();
-      for (auto& g : tp_groups) g->abort();
-      throw;
+  run_tp_ep_ranks(tp, ep, c.hidden_size, 60, [&](const TpEpRank& rank) {
+    for (const bool drop : {false, true}) {
+      CudaContext ctx;
+      auto layer = make_gpu_layer(lc, rank.tokens, weights.weights(), ctx, nullptr, rank.ep_group,
+                                  drop ? rank.tp_group : nullptr);
+      const LayerRun run = run_layer(*layer, rank, ctx);
+      (drop ? dtd : plain)[rank.e * tp + rank.t] = {run, layer->exchange_stats()};
     }
   });
   for (int e = 0; e < ep; ++e) {
@@ -1137,6 +1164,105 @@ TEST_P(ExpertParallel, DuplicateTokenDroppingMovesTheSameRows) {
       shares += dtd[r].stats.bytes_sent;
     }
     EXPECT_EQ(shares, plain[e * tp].stats.bytes_sent) << lc.name << " ep rank " << e;
+  }
+}
+
+// Slice t of tp of every expert's hidden width, as expert tensor-slicing splits it
+// (model/ffn_layer.cpp): w1 [E, blocks F, d] -> [E, blocks F/tp, d] (each block's rows t F/tp ..),
+// w2 [E, d, F] -> [E, d, F/tp] (those columns).
+std::vector<float> slice_w1(const std::vector<float>& w1, int64_t E, int blocks, int64_t d, int tp,
+                            int t) {
+  const int64_t f = static_cast<int64_t>(w1.size()) / (E * blocks * d), fl = f / tp;
+  std::vector<float> out;
+  for (int64_t e = 0; e < E; ++e)
+    for (int b = 0; b < blocks; ++b) {
+      const auto from = w1.begin() + ((e * blocks + b) * f + t * fl) * d;
+      out.insert(out.end(), from, from + fl * d);
+    }
+  return out;
+}
+std::vector<float> slice_w2(const std::vector<float>& w2, int64_t E, int64_t d, int tp, int t) {
+  const int64_t f = static_cast<int64_t>(w2.size()) / (E * d), fl = f / tp;
+  std::vector<float> out;
+  for (int64_t row = 0; row < E * d; ++row) {
+    const auto from = w2.begin() + row * f + t * fl;
+    out.insert(out.end(), from, from + fl);
+  }
+  return out;
+}
+
+Tensor cpu_tensor(const std::vector<float>& v, const Shape& shape) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  std::copy(v.begin(), v.end(), t.data<float>());
+  return t;
+}
+
+// Expert tensor-slicing: tp 2 ranks (threads) each hold F/2 of every expert's hidden width and sum
+// their experts' outputs, and in backward their input gradients, over tp. With ep 1 and ep 2 (four
+// threads; the unsliced layer over the same ep groups is the reference, which the test above ties
+// to one GPU) every rank ends with the unsliced y, dx and router gradient, and its slice of the
+// unsliced expert weight gradients, within bf16 rounding (the partial outputs are rounded before
+// the sum).
+TEST_P(ExpertParallel, ExpertSlicingMatchesWholeExperts) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t d = c.hidden_size;
+  constexpr int tp = 2;
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(53);
+  const MoEWeights& w = weights.weights();
+  MoEConfig sliced = c;  // the slice's width; the residual MLP stays whole
+  if (sliced.residual && sliced.residual_ffn_size == 0) sliced.residual_ffn_size = c.ffn_size;
+  sliced.ffn_size = c.ffn_size / tp;
+  const int blocks = c.activation == ExpertActivation::kSwiGLU ? 2 : 1;
+  const std::vector<float> w1 = tensor_f32(w.w1), w2 = tensor_f32(w.w2);
+  for (const int ep : {1, 2}) {
+    const int64_t el = c.num_experts / ep;
+    std::vector<LayerRun> whole(ep * tp), parts(ep * tp);
+    std::vector<int64_t> reduced(ep * tp);
+    run_tp_ep_ranks(tp, ep, d, 80, [&](const TpEpRank& rank) {
+      const int r = rank.e * tp + rank.t;
+      {
+        CudaContext ctx;
+        auto layer = make_gpu_layer(lc, rank.tokens, w, ctx, nullptr, rank.ep_group);
+        whole[r] = run_layer(*layer, rank, ctx);
+      }
+      CudaContext ctx;
+      cuda::MoELayerCudaOptions opt;
+      opt.max_tokens = rank.tokens;
+      opt.dropless_gemm = lc.dropless_gemm;
+      opt.padded_row_multiple = lc.pad_multiple;
+      opt.expert_group = rank.ep_group;
+      opt.slice_group = rank.tp_group;
+      cuda::MoELayerCuda layer(sliced, opt, ctx);
+      const int64_t first = rank.e * el;
+      const int64_t f1 = blocks * c.ffn_size * d, f2 = d * c.ffn_size;  // elements per expert
+      const std::vector<float> mine1(w1.begin() + first * f1, w1.begin() + (first + el) * f1);
+      const std::vector<float> mine2(w2.begin() + first * f2, w2.begin() + (first + el) * f2);
+      layer.set_parameters(
+          w.router,
+          cpu_tensor(slice_w1(mine1, el, blocks, d, tp, rank.t), {el, blocks * sliced.ffn_size, d}),
+          cpu_tensor(slice_w2(mine2, el, d, tp, rank.t), {el, d, sliced.ffn_size}),
+          w.selection_bias);
+      if (c.residual) layer.set_residual_parameters(w.residual_w1, w.residual_w2, w.residual_coef);
+      if (c.shared_ffn_size > 0)
+        layer.set_shared_parameters(w.shared_w1, w.shared_w2, w.shared_gate);
+      parts[r] = run_layer(layer, rank, ctx);
+      reduced[r] = layer.exchange_stats().slice_reduce_bytes;
+    });
+    const double tol = 1e-2;
+    for (int r = 0; r < ep * tp; ++r) {
+      const int t = r % tp;
+      const std::string what = lc.name + " ep " + std::to_string(ep) + " rank " + std::to_string(r);
+      EXPECT_LT(rel_l2(parts[r].y, whole[r].y), tol) << what << " y";
+      EXPECT_LT(rel_l2(parts[r].dx, whole[r].dx), tol) << what << " dx";
+      EXPECT_LT(rel_l2(parts[r].drouter, whole[r].drouter), tol) << what << " drouter";
+      EXPECT_LT(rel_l2(parts[r].dw1, slice_w1(whole[r].dw1, el, blocks, d, tp, t)), tol)
+          << what << " dw1 slice";
+      EXPECT_LT(rel_l2(parts[r].dw2, slice_w2(whole[r].dw2, el, d, tp, t)), tol)
+          << what << " dw2 slice";
+      EXPECT_GT(reduced[r], 0) << what << " no all-reduce of expert rows counted";
+    }
   }
 }
 

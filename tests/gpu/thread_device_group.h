@@ -81,8 +81,8 @@ class ThreadDeviceGroups {
     Member(ThreadDeviceGroups& g, int rank) : g_(g), rank_(rank) {}
     int rank() const override { return rank_; }
     int size() const override { return g_.size(); }
-    // The sums (f32) go through the host: the ranks wait for their streams here, unlike the
-    // copies below.
+    // The sums (f32, or bf16 summed in f32 and rounded once) go through the host: the ranks wait
+    // for their streams here, unlike the copies below.
     Event all_reduce_sum(void* data, int64_t n, DType dtype, Stream stream) override {
       return sum_blocks(data, data, n, 0, dtype, stream);
     }
@@ -107,19 +107,25 @@ class ThreadDeviceGroups {
     // recv [n] = the sum over ranks of their send[at .. at + n).
     Event sum_blocks(const void* send, void* recv, int64_t n, int64_t at, DType dtype,
                      Stream stream) {
-      MOEX_CHECK(dtype == DType::kF32, "ThreadDeviceGroups: sums in f32 only");
-      const size_t bytes = static_cast<size_t>(n) * sizeof(float);
+      MOEX_CHECK(dtype == DType::kF32 || dtype == DType::kBF16,
+                 "ThreadDeviceGroups: sums in f32 or bf16 only");
+      const bool bf16 = dtype == DType::kBF16;
+      const size_t es = dtype_size(dtype), bytes = static_cast<size_t>(n) * es;
       CUDA_CHECK(cudaStreamSynchronize(stream));
       g_.posts_[rank_] = Post{static_cast<const char*>(send), {}, {}};
       g_.barrier();  // every rank's buffer is written
       std::vector<float> sum(static_cast<size_t>(n), 0.0f), part(sum.size());
+      std::vector<uint16_t> half(bf16 ? sum.size() : 0);
       for (int p = 0; p < size(); ++p) {
-        CUDA_CHECK(cudaMemcpy(part.data(), g_.posts_[p].send + at * sizeof(float), bytes,
-                              cudaMemcpyDeviceToHost));
-        for (size_t i = 0; i < part.size(); ++i) sum[i] += part[i];
+        CUDA_CHECK(cudaMemcpy(bf16 ? static_cast<void*>(half.data()) : part.data(),
+                              g_.posts_[p].send + at * es, bytes, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < part.size(); ++i) sum[i] += bf16 ? bf16_to_f32(half[i]) : part[i];
       }
       g_.barrier();  // every rank has read every buffer
-      CUDA_CHECK(cudaMemcpyAsync(recv, sum.data(), bytes, cudaMemcpyHostToDevice, stream));
+      if (bf16)
+        for (size_t i = 0; i < sum.size(); ++i) half[i] = f32_to_bf16(sum[i]);
+      CUDA_CHECK(cudaMemcpyAsync(recv, bf16 ? static_cast<void*>(half.data()) : sum.data(), bytes,
+                                 cudaMemcpyHostToDevice, stream));
       CUDA_CHECK(cudaStreamSynchronize(stream));
       CUDA_CHECK(cudaEventRecord(g_.done_[rank_], stream));
       return g_.done_[rank_];
