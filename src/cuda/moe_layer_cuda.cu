@@ -485,7 +485,8 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                  "MoELayerCuda: reuse_exchange needs the previous forward to be a first pass with "
                  "keep_exchange and the same routing");
       exchanged_.exchanges_saved += 2;  // to the owners and back
-      exchanged_.bytes_saved += exchange_bytes(true) + exchange_bytes(false);
+      exchanged_.bytes_saved +=
+          bytes_to_others(exchange_rows(true)) + bytes_to_others(exchange_rows(false));
     } else {
       moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
       to_owners(buf_.xb, ep_rows_.xb);
@@ -599,11 +600,10 @@ int64_t MoELayerCuda::sent_rows(int64_t block_rows) const {
   return moe::row_share(block_rows, dedup_->size(), dedup_->rank()).count;
 }
 
-int64_t MoELayerCuda::exchange_bytes(bool to_owners_direction) const {
-  const std::vector<int64_t> n = exchange_rows(to_owners_direction);
+int64_t MoELayerCuda::bytes_to_others(const std::vector<int64_t>& block_rows) const {
   int64_t rows = 0;
   for (int q = 0; q < ep_; ++q)
-    if (q != group_->rank()) rows += sent_rows(n[q]);
+    if (q != group_->rank()) rows += sent_rows(block_rows[q]);
   return rows * d_ * 2;  // bf16
 }
 
@@ -622,8 +622,7 @@ void MoELayerCuda::exchange(const void* send, void* recv, const std::vector<int6
   }
   exchange_timer_.end(ctx_.stream());
   ++exchanged_.exchanges;
-  for (int q = 0; q < ep_; ++q)
-    if (q != group_->rank()) exchanged_.bytes_sent += sent_rows(out_rows[q]) * d_ * 2;
+  exchanged_.bytes_sent += bytes_to_others(out_rows);
 }
 
 // Duplicate Token Dropping, as the CPU exchange (docs/parallelism.md §DTD): (1) this rank's

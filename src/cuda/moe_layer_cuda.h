@@ -311,9 +311,8 @@ class MoELayerCuda {
   void exchange_shares(const char* send, char* recv, const std::vector<int64_t>& out_rows,
                        const std::vector<int64_t>& in_rows);
   int64_t sent_rows(int64_t block_rows) const;  // of a block: all, or this rank's DTD share
-  // Bytes one exchange sends to the other ranks (to_owners_direction: this rank's blocks, else
-  // the owner's), as exchange() counts them: for the bytes a CAC recompute saves.
-  int64_t exchange_bytes(bool to_owners_direction) const;
+  // Bytes an exchange of blocks of block_rows[q] rows to rank q sends to the other ranks.
+  int64_t bytes_to_others(const std::vector<int64_t>& block_rows) const;
   // Between the exchange's receive layout (stage: [El, C_q, d] from every rank q, back to back)
   // and the owner's expert-major one (expert e's rows from q at row e sum C + sum_{r<q} C_r): one
   // 2-D copy per rank, stage -> owner when into_owner, else back.

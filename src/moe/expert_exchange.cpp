@@ -192,9 +192,14 @@ template <typename T>
 void ExpertExchange::reuse_forward(int64_t d) {
   MOEX_CHECK(group_ != nullptr, "ExpertExchange::reuse_forward: no exchange was prepared");
   const int ep = group_->size();
+  // Under DTD the exchanges would have sent this rank's shares only.
+  const int parts = dedup_ != nullptr ? dedup_->size() : 1,
+            me = dedup_ != nullptr ? dedup_->rank() : 0;
   for (int p = 0; p < ep; ++p)
     if (p != group_->rank())
-      stats_.bytes_saved += (send_rows_[p] + recv_rows_[p]) * d * static_cast<int64_t>(sizeof(T));
+      stats_.bytes_saved +=
+          (row_share(send_rows_[p], parts, me).count + row_share(recv_rows_[p], parts, me).count) *
+          d * static_cast<int64_t>(sizeof(T));
   stats_.exchanges_saved += 2;
 }
 

@@ -234,6 +234,11 @@ TEST(TensorParallel, DuplicateTokenDroppingChangesNoNumber) {
     EXPECT_GT(on.gather_bytes_sent, 0);
     EXPECT_LT(on.bytes_sent, off.bytes_sent);
     EXPECT_GT(2 * on.bytes_sent + 64 * 32 * 4, off.bytes_sent);  // half, up to a row per block
+    if (checkpointing) {  // CAC saves the recompute's two exchanges, as many bytes as the
+                          // backward's
+      EXPECT_EQ(off.bytes_sent, 2 * off.bytes_saved);
+      EXPECT_EQ(on.bytes_sent, 2 * on.bytes_saved) << "under DTD the saved bytes are shares too";
+    }
     if (world.is_root())  // the figures in docs/parallelism.md
       std::printf("[dtd]%s rank 0: all-to-all bytes %lld off, %lld on; all-gather bytes %lld\n",
                   checkpointing ? " checkpointing+cac" : "", static_cast<long long>(off.bytes_sent),
