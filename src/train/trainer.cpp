@@ -292,6 +292,16 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              ": parallel.zero_stage: ZeRO together with parallel.offload is not built "
              "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
+  // The GPU expert kernels take widths in whole 16-byte vectors (8 bf16): so must every slice.
+  for (size_t i = 0; i < c.model.layers.size() && c.training.device.is_cuda(); ++i) {
+    const LayerSpec& l = c.model.layers[i];
+    if (!l.moe || !c.parallel.expert_slicing) continue;
+    const int64_t f = l.moe_config.ffn_size, part = f / layout.tp;
+    MOEX_CHECK(part % 8 == 0, c.source,
+               ": parallel.expert_slicing: on the GPU each rank's slice of ",
+               "an expert must be a multiple of 8 wide; layer ", i, "'s ffn_size ", f, " / tp ",
+               layout.tp, " is ", part);
+  }
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
   // index on its node).
   const Device device = c.training.device.is_cuda() && world > 1

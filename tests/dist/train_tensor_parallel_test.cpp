@@ -316,6 +316,31 @@ TEST(TensorParallel, CheckpointMovesBetweenLayouts) {
 
 // A checkpoint is checked against the whole tensors, not this rank's parts: a model with half the
 // expert width has exactly the shape of a sliced rank's experts, and must still be refused.
+// On the GPU every slice must be a multiple of 8 wide: the fixture's experts (24) over tp 2 give
+// 12, an error naming the field before any GPU work (so it holds on a build without CUDA too).
+TEST(TensorParallel, GpuExpertSlicesNarrowerThanTheKernelsAreRefused) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = fs::current_path() / ("tp_gpu_slice_np" + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  const fs::path config = testing::write_config(
+      corpus, (corpus / "out").string(), R"(, "device": "cuda", "grad_accum": 1, "steps": 1)",
+      &world, "", R"(, "parallel": {"tp": 2, "expert_slicing": true})");
+  std::string error;
+  try {
+    run_training(TrainConfig::from_file(config.string()), "", 0, &world);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  EXPECT_NE(error.find("parallel.expert_slicing: on the GPU each rank's slice of an expert must "
+                       "be a multiple of 8 wide; layer 1's ffn_size 24 / tp 2 is 12"),
+            std::string::npos)
+      << error;
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
+}
+
 TEST(TensorParallel, ACheckpointOfHalfTheExpertWidthIsRefusedUnderSlicing) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
