@@ -32,8 +32,8 @@ struct MoECudaBenchResult {
 // options.cac as on the CPU. Throws without CUDA.
 MoECudaBenchResult run_moe_bench_cuda(const MoEBenchShape& shape, const std::string& mode,
                                       const MoEBenchOptions& options);
-// {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops","dense_fwdbwd_tflops"}, plus
-// the exchange keys of moe_exchange_json under ep, and "host_sync_ms", "host_wait_ms",
+// {"shape","mode","fwd_ms","fwdbwd_ms","fwd_tflops","fwdbwd_tflops"}, then "dense_fwdbwd_tflops",
+// or under ep the exchange keys of moe_exchange_json, and "host_sync_ms", "host_wait_ms",
 // "fwd_known_counts_ms" on dropless lines.
 std::string moe_cuda_bench_json(const MoECudaBenchResult& r);
 // The same numbers as one line of text.
