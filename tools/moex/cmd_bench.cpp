@@ -120,10 +120,9 @@ int run_moe_layer(const Args& args) {
   if (args.has("shape")) {
     shapes.push_back(bench::moe_bench_shape(args.get("shape")));
     // A GPU-sized shape on the default device would run for minutes on the CPU: say so instead.
-    MOEX_CHECK(args.has("device") || shapes.back().device == device, "--shape ",
-               shapes.back().name, " is sized for --device ", shapes.back().device,
-               "; pass --device ", shapes.back().device, " (or --device ", device,
-               " to run it there anyway)");
+    MOEX_CHECK(args.has("device") || shapes.back().device == device, "--shape ", shapes.back().name,
+               " is sized for --device ", shapes.back().device, "; pass --device ",
+               shapes.back().device, " (or --device ", device, " to run it there anyway)");
   } else {
     for (const auto& s : bench::moe_bench_shapes())
       if (s.device == device) shapes.push_back(s);
