@@ -69,10 +69,8 @@ FfnLayer::FfnLayer(const ModelConfig& config, const LayerSpec& spec,
   moe_ = std::make_unique<MoELayer>(local, DType::kF32, expert_group);
   if (expert_tp_.active()) moe_->slice_experts(tp.group, tp.device_group);
   // The tp ranks route the same tokens to the same experts: exchange each row once.
-  if (tp.active() && tp.drop_duplicate_tokens) {
-    moe_->drop_duplicate_tokens(tp.group);
-    duplicate_device_ = tp.device_group;
-  }
+  if (tp.active() && tp.drop_duplicate_tokens)
+    moe_->drop_duplicate_tokens(tp.group, tp.device_group);
 }
 
 std::vector<int> FfnLayer::expert_param_indices() const {

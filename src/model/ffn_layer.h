@@ -48,10 +48,9 @@ class FfnLayer {
   void init(uint64_t seed, float std, float out_std);
 
   bool is_moe() const { return moe_ != nullptr; }
-  // Expert parallelism on the GPU (MoELayer::set_device_expert_group, with the tp group's GPU
-  // communicator under Duplicate Token Dropping); a dense FFN ignores it.
+  // Expert parallelism on the GPU (MoELayer::set_device_expert_group); a dense FFN ignores it.
   void set_device_expert_group(dist::DeviceGroup* group) {
-    if (moe_) moe_->set_device_expert_group(group, group != nullptr ? duplicate_device_ : nullptr);
+    if (moe_) moe_->set_device_expert_group(group);
   }
   // Buffer indices of the expert tensors (experts.*), whose first dim is this rank's experts.
   std::vector<int> expert_param_indices() const;
@@ -79,7 +78,6 @@ class FfnLayer {
   LayerSpec spec_;
   TensorParallel tp_;         // a dense MLP's split; inactive for an MoE FFN
   TensorParallel expert_tp_;  // the experts' split (expert tensor-slicing); else inactive
-  dist::DeviceGroup* duplicate_device_ = nullptr;  // tp's GPU group under DTD, else null
   // dense: w1 [F1, d] (SwiGLU gate and up as one matrix), w2 [d, F]
   int w1_idx_ = -1, w2_idx_ = -1;
   Param w1_, w2_;

@@ -526,19 +526,30 @@ MoEWeights& MoELayer::weights() {
 const MoERouting& MoELayer::routing() const {
   return impl_->routing;
 }
-void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group) {
+namespace {
+// A GPU twin must hold its CPU group's ranks (null twins are always fine).
+void check_same_ranks(dist::DeviceGroup* gpu, dist::Communicator* cpu, const char* call,
+                      const char* group) {
+  MOEX_CHECK(gpu == nullptr ||
+                 (cpu != nullptr && gpu->size() == cpu->size() && gpu->rank() == cpu->rank()),
+             "MoELayer::", call, ": the GPU group must hold the ", group, "'s ranks");
+}
+}  // namespace
+
+void MoELayer::drop_duplicate_tokens(dist::Communicator* tp_group,
+                                     dist::DeviceGroup* device_group) {
   MOEX_CHECK(tp_group == nullptr || impl_->expert_group != nullptr,
              "MoELayer: Duplicate Token Dropping needs an expert group (ep > 1)");
   impl_->drop_duplicates(tp_group);
   impl_->duplicate_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
+  check_same_ranks(device_group, impl_->duplicate_group, "drop_duplicate_tokens", "tp group");
+  impl_->device_groups.duplicate = device_group;
+  if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
 void MoELayer::slice_experts(dist::Communicator* tp_group, dist::DeviceGroup* device_group) {
   impl_->slice_group = tp_group != nullptr && tp_group->size() > 1 ? tp_group : nullptr;
-  MOEX_CHECK(device_group == nullptr || (impl_->slice_group != nullptr &&
-                                         device_group->size() == impl_->slice_group->size() &&
-                                         device_group->rank() == impl_->slice_group->rank()),
-             "MoELayer::slice_experts: the GPU group must hold tp_group's ranks");
+  check_same_ranks(device_group, impl_->slice_group, "slice_experts", "tp group");
   impl_->device_groups.slice = device_group;
   if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
@@ -613,7 +624,7 @@ const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& opt
                " needs the expert group's GPU communicator (set_device_expert_group)");
     MOEX_CHECK(impl_->duplicate_group == nullptr || groups.duplicate != nullptr,
                "MoELayer: Duplicate Token Dropping on ", x.device().str(),
-               " needs the tp group's GPU communicator (set_device_expert_group)");
+               " needs the tp group's GPU communicator (drop_duplicate_tokens)");
     if (!impl_->device) impl_->device = make_device_layer(*impl_, x.device());
     return impl_->device->forward(impl_->weights, x, options);
   }
@@ -630,18 +641,9 @@ void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1
   impl_->device->bind_expert_buffers(w1, w2, dw1, dw2);
 }
 
-void MoELayer::set_device_expert_group(dist::DeviceGroup* group,
-                                       dist::DeviceGroup* duplicate_group) {
-  auto same_ranks = [](dist::DeviceGroup* g, dist::Communicator* c) {
-    return g == nullptr || (c != nullptr && g->size() == c->size() && g->rank() == c->rank());
-  };
-  MOEX_CHECK(same_ranks(group, impl_->expert_group),
-             "MoELayer::set_device_expert_group: the GPU group must hold the expert group's ranks");
-  MOEX_CHECK(same_ranks(duplicate_group, impl_->duplicate_group),
-             "MoELayer::set_device_expert_group: the GPU duplicate group must hold the ranks of "
-             "drop_duplicate_tokens' group");
+void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
+  check_same_ranks(group, impl_->expert_group, "set_device_expert_group", "expert group");
   impl_->device_groups.expert = group;
-  impl_->device_groups.duplicate = duplicate_group;
   if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 

@@ -132,8 +132,11 @@ class MoELayer {
   moe::ExchangeStats exchange_stats() const;
   // Duplicate Token Dropping (docs/parallelism.md): the ranks of tp_group run this layer on the
   // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
-  // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off.
-  void drop_duplicate_tokens(dist::Communicator* tp_group);
+  // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off. On
+  // the GPU over device_group, tp_group's ranks as a GPU communicator (required before a GPU
+  // forward).
+  void drop_duplicate_tokens(dist::Communicator* tp_group,
+                             dist::DeviceGroup* device_group = nullptr);
   // Expert tensor-slicing (docs/parallelism.md): the layer's config holds this rank's F/tp of each
   // expert's hidden width and its weights that slice; the ranks of tp_group, which run the layer
   // on the same tokens, sum their experts' outputs, and in backward their input gradients, over
@@ -161,11 +164,9 @@ class MoELayer {
   void bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                   const Tensor& dw1, const Tensor& dw2);
   // Expert parallelism on the GPU: the expert group's ranks as a GPU communicator (the same ranks
-  // in the same order as expert_group), over which the GPU path exchanges tokens, and under
-  // Duplicate Token Dropping the tp group's (drop_duplicate_tokens' ranks). Must outlive the
-  // layer; required before a GPU forward of a layer built with an expert group.
-  void set_device_expert_group(dist::DeviceGroup* group,
-                               dist::DeviceGroup* duplicate_group = nullptr);
+  // in the same order as expert_group), over which the GPU path exchanges tokens. Must outlive
+  // the layer; required before a GPU forward of a layer built with an expert group.
+  void set_device_expert_group(dist::DeviceGroup* group);
 
   struct Impl;
 

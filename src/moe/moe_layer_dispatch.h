@@ -33,7 +33,7 @@ namespace moex {
 
 // The GPU communicators of a layer's groups, each holding the ranks of its CPU twin (null: none):
 // expert parallelism's (MoELayer::set_device_expert_group), Duplicate Token Dropping's tp group
-// (the same call) and expert tensor-slicing's tp group (MoELayer::slice_experts).
+// (MoELayer::drop_duplicate_tokens) and expert tensor-slicing's (MoELayer::slice_experts).
 struct MoEDeviceGroups {
   dist::DeviceGroup* expert = nullptr;
   dist::DeviceGroup* duplicate = nullptr;
