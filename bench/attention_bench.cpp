@@ -2,15 +2,24 @@
 // JSON line per shape: median of 20 timed runs (CUDA events) after warm-up, forward alone and
 // forward + backward. FLOPs count the causal half: fwd = 2 * 2 * B * H * T * T * Dh / 2, bwd =
 // 2.5 x fwd. Peer: bench/peers/attention_peer.py (PyTorch scaled_dot_product_attention).
+//
+// Then serving prefill over the paged KV pool (cuda/paged_attention.h): the rows of one sequence
+// at positions [first, first + rows), Mixtral's heads (32 of 128, 8 KV heads), 16-position blocks
+// in shuffled order, attended three ways: every row alone (the decode kernel), in tiles of 64 rows
+// on tensor cores (the flash kernel reading the block table), and the contiguous flash forward
+// over the same keys unpaged. One JSON line each with "prefill": true; FLOPs = 2 * 2 * H * Dh *
+// (keys summed over the rows).
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "cuda/attention.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
+#include "cuda/paged_attention.h"
 #include "cuda/random_fill.h"
 
 namespace {
@@ -79,6 +88,88 @@ void run(const BenchShape& s, cudaStream_t stream) {
   CUDA_CHECK(cudaFree(lse));
 }
 
+struct PrefillShape {
+  const char* name;
+  int64_t first, rows;
+};
+
+void run_prefill(const PrefillShape& s, cudaStream_t stream) {
+  const int64_t heads = 32, kv_heads = 8, dh = 128, bs = 16;
+  const int64_t len = s.first + s.rows, num_blocks = (len + bs - 1) / bs;
+  std::vector<int32_t> table(num_blocks), row_seq(s.rows, 0), row_pos(s.rows), tiles, rest;
+  for (int64_t b = 0; b < num_blocks; ++b)
+    table[b] = static_cast<int32_t>((b * 7919) % num_blocks);  // a permutation (7919 is prime)
+  for (int64_t r = 0; r < s.rows; ++r) row_pos[r] = static_cast<int32_t>(s.first + r);
+  for (int64_t r = 0; r < s.rows; r += 64)  // the most keys first, as ops::plan_paged_tiles
+    tiles.insert(tiles.begin(),
+                 {static_cast<int32_t>(r), static_cast<int32_t>(std::min<int64_t>(64, s.rows - r)),
+                  0, static_cast<int32_t>(s.first + r)});
+  const int64_t nq = s.rows * heads * dh, nkv = num_blocks * bs * kv_heads * dh;
+  void *q, *k, *v, *out, *lse;
+  int32_t *d_table, *d_seq, *d_pos, *d_tiles, *d_rest;
+  CUDA_CHECK(cudaMalloc(&q, nq * 2));    // [R, H, Dh]
+  CUDA_CHECK(cudaMalloc(&out, nq * 2));  // [R, H, Dh]
+  CUDA_CHECK(cudaMalloc(&k, nkv * 2));   // [blocks, bs, Hkv, Dh]; unpaged: [len, Hkv, Dh]
+  CUDA_CHECK(cudaMalloc(&v, nkv * 2));
+  CUDA_CHECK(cudaMalloc(&lse, s.rows * heads * 4));
+  auto upload = [&](int32_t** dst, const std::vector<int32_t>& src) {
+    CUDA_CHECK(cudaMalloc(dst, std::max<size_t>(src.size(), 1) * 4));
+    CUDA_CHECK(cudaMemcpy(*dst, src.data(), src.size() * 4, cudaMemcpyHostToDevice));
+  };
+  upload(&d_table, table);
+  upload(&d_seq, row_seq);
+  upload(&d_pos, row_pos);
+  upload(&d_tiles, tiles);
+  upload(&d_rest, rest);
+  cuda::fill_uniform_bf16(q, nq, 5, 0, -1.0f, 1.0f, stream);
+  cuda::fill_uniform_bf16(k, nkv, 6, 0, -1.0f, 1.0f, stream);
+  cuda::fill_uniform_bf16(v, nkv, 7, 0, -1.0f, 1.0f, stream);
+  cuda::PagedAttentionParams p;
+  p.q = q;
+  p.k_pool = k;
+  p.v_pool = v;
+  p.tables = d_table;
+  p.row_seq = d_seq;
+  p.row_pos = d_pos;
+  p.out = out;
+  p.rows = s.rows;
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = dh;
+  p.block_size = bs;
+  p.max_blocks = num_blocks;
+  cuda::PagedAttentionParams tiled = p;
+  tiled.tiles = d_tiles;
+  tiled.num_tiles = static_cast<int64_t>(tiles.size()) / 4;
+  tiled.tile_rows = 64;
+  tiled.rest_rows = d_rest;
+  tiled.num_rest = 0;
+  const cuda::AttentionParams contiguous{1, s.rows, len, heads, kv_heads, dh, s.first, 0.0f};
+  double keys = 0;
+  for (int64_t r = 0; r < s.rows; ++r) keys += static_cast<double>(s.first + r + 1);
+  const double flops = 2.0 * 2.0 * heads * dh * keys;
+  const std::pair<const char*, std::function<void()>> impls[] = {
+      {"moex_paged_rows", [&] { cuda::paged_attention_bf16(p, stream); }},
+      {"moex_paged_tiles", [&] { cuda::paged_attention_bf16(tiled, stream); }},
+      {"moex_contiguous",
+       [&] {
+         cuda::attention_forward_bf16(q, k, v, out, static_cast<float*>(lse), contiguous, stream);
+       }},
+  };
+  for (const auto& [impl, fn] : impls) {
+    const float ms = median_ms(fn, stream);
+    std::printf(
+        "{\"prefill\": true, \"shape\": \"%s\", \"impl\": \"%s\", \"first\": %lld, "
+        "\"rows\": %lld, \"H\": %lld, \"Hkv\": %lld, \"Dh\": %lld, \"fwd_ms\": %.4f, "
+        "\"fwd_tflops\": %.1f}\n",
+        s.name, impl, (long long)s.first, (long long)s.rows, (long long)heads, (long long)kv_heads,
+        (long long)dh, ms, flops / (ms * 1e9));
+    std::fflush(stdout);
+  }
+  for (void* ptr : {q, k, v, out, lse}) CUDA_CHECK(cudaFree(ptr));
+  for (int32_t* ptr : {d_table, d_seq, d_pos, d_tiles, d_rest}) CUDA_CHECK(cudaFree(ptr));
+}
+
 }  // namespace
 
 int main() {
@@ -87,6 +178,12 @@ int main() {
   CUDA_CHECK(cudaStreamCreate(&stream));
   const BenchShape shapes[] = {{"small", 8, 1024, 16, 4, 64}, {"medium", 4, 2048, 16, 8, 128}};
   for (const BenchShape& s : shapes) run(s, stream);
+  // Whole prompts in one step, the last 512-row chunk of a chunked 8K prompt, and short chunks
+  // far into a sequence (where a tile has few rows to share its keys).
+  const PrefillShape prefill[] = {{"prompt2k", 0, 2048},       {"prompt8k", 0, 8192},
+                                  {"chunk512at8k", 7680, 512}, {"chunk64at4k", 4032, 64},
+                                  {"chunk16at4k", 4080, 16},   {"chunk8at4k", 4088, 8}};
+  for (const PrefillShape& s : prefill) run_prefill(s, stream);
   CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }

@@ -184,7 +184,9 @@ if [ -z "${MOEX_SKIP_ATTN_BENCH:-}" ] && [ -x "$BIN/moex_bench_attention" ]; the
   python3 bench/peers/attention_peer.py >>"$OUT/attn_bench.jsonl" 2>>"$OUT/attn_bench.err" || echo "attention peer failed"
   python3 - "$OUT" <<'PY'
 import json, sys, os
-rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "attn_bench.jsonl")) if l.startswith("{")]
+lines = [json.loads(l) for l in open(os.path.join(sys.argv[1], "attn_bench.jsonl")) if l.startswith("{")]
+rows = [r for r in lines if "fwdbwd_ms" in r]
+prefill = [r for r in lines if r.get("prefill")]
 print("\n== causal GQA attention, bf16 ==")
 print(f"{'shape':8} {'impl':12} {'fwd_ms':>8} {'fwdbwd_ms':>10} {'fwd TF/s':>9} {'fwdbwd TF/s':>11}")
 for r in rows:
@@ -194,6 +196,15 @@ for shape in sorted({r['shape'] for r in rows}):
     t = [r for r in rows if r['shape'] == shape and r['impl'] != 'moex']
     if m and t:
         print(f"{shape}: torch/moex time ratio fwd {t[0]['fwd_ms'] / m[0]['fwd_ms']:.2f}, fwd+bwd {t[0]['fwdbwd_ms'] / m[0]['fwdbwd_ms']:.2f} (>1: moex faster)")
+print("\n== serving prefill over the paged pool (32/8 heads of 128, 16-position blocks), forward ms ==")
+impls = ["moex_paged_rows", "moex_paged_tiles", "moex_contiguous", "torch_sdpa"]
+print(f"{'shape':14} {'first':>6} {'rows':>5} " + " ".join(f"{i:>17}" for i in impls) + "  sdpa/tiles")
+for shape in dict.fromkeys(r["shape"] for r in prefill):
+    by = {r["impl"]: r for r in prefill if r["shape"] == shape}
+    any_r = next(iter(by.values()))
+    cells = [f"{by[i]['fwd_ms']:8.3f} ({by[i]['fwd_tflops']:5.0f}T)" if "fwd_ms" in by.get(i, {}) else f"{'-':>17}" for i in impls]
+    ratio = by["torch_sdpa"]["fwd_ms"] / by["moex_paged_tiles"]["fwd_ms"] if "fwd_ms" in by.get("torch_sdpa", {}) and "moex_paged_tiles" in by else float("nan")
+    print(f"{shape:14} {any_r.get('first', 0):6} {any_r.get('rows', 0):5} " + " ".join(cells) + f"  {ratio:.2f}")
 PY
 fi
 

@@ -71,12 +71,47 @@ def run(s, expanded):
         fwdbwd_tflops=round(3.5 * flops / (fwdbwd_ms * 1e9), 1))), flush=True)
 
 
+# Serving prefill (moex_bench_attention's "prefill" lines): rows at positions [first, first + rows)
+# of one sequence, forward only. A chunk after cached keys takes the lower-right causal mask
+# (torch.nn.attention.bias.causal_lower_right), the mask moex's paged rows follow.
+PREFILL = [("prompt2k", 0, 2048), ("prompt8k", 0, 8192), ("chunk512at8k", 7680, 512),
+           ("chunk64at4k", 4032, 64), ("chunk16at4k", 4080, 16), ("chunk8at4k", 4088, 8)]
+
+
+def run_prefill(name, first, rows, H=32, Hkv=8, Dh=128):
+    from torch.nn.attention.bias import causal_lower_right
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = (torch.rand(1, H, rows, Dh, device="cuda", generator=g) * 2 - 1).bfloat16()
+    k = (torch.rand(1, Hkv, first + rows, Dh, device="cuda", generator=g) * 2 - 1).bfloat16()
+    v = (torch.rand(1, Hkv, first + rows, Dh, device="cuda", generator=g) * 2 - 1).bfloat16()
+
+    def fwd():
+        with torch.no_grad():
+            if first == 0:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=causal_lower_right(rows, first + rows), enable_gqa=True)
+
+    fwd_ms = median_ms(fwd, warmup=5)
+    keys = sum(first + r + 1 for r in range(rows))
+    print(json.dumps(dict(
+        prefill=True, shape=name, impl="torch_sdpa", backend=backend_of(fwd), first=first,
+        rows=rows, H=H, Hkv=Hkv, Dh=Dh, fwd_ms=round(fwd_ms, 4),
+        fwd_tflops=round(2.0 * 2.0 * H * Dh * keys / (fwd_ms * 1e9), 1))), flush=True)
+
+
 def main():
     print(json.dumps(dict(torch=torch.__version__, device=torch.cuda.get_device_name())),
           flush=True)
     for s in SHAPES:
         for expanded in (False, True):
             run(s, expanded)
+    for name, first, rows in PREFILL:
+        try:
+            run_prefill(name, first, rows)
+        except Exception as e:  # a backend without this mask: say so, keep the other lines
+            print(json.dumps(dict(prefill=True, shape=name, impl="torch_sdpa", error=str(e))),
+                  flush=True)
 
 
 if __name__ == "__main__":

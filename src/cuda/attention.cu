@@ -16,6 +16,7 @@
 #include "cuda/attention_fwd.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/paged_attention.h"
 
 namespace moex::cuda {
 namespace {
@@ -52,16 +53,34 @@ bool allow_smem(Kernel kernel, int bytes) {
   return true;
 }
 
-template <int kD, int kWarps, int kBc, int kMT, bool kQRegs>
-void launch_fwd(const attn::FwdArgs& a, int64_t batch, cudaStream_t stream) {
+// ctas: batch (contiguous) or tiles (paged); a CTA per head of each, and per kBr query rows of a
+// contiguous batch.
+template <int kD, int kWarps, int kBc, int kMT, bool kQRegs, bool kPaged>
+void launch_fwd(const attn::FwdArgs& a, int64_t ctas, cudaStream_t stream) {
   using Tile = attn::FwdTile<kD, kWarps, kBc, kMT>;
-  auto kernel = attn::attention_fwd_kernel<kD, kWarps, kBc, kMT, kQRegs>;
+  MOEX_CHECK(!kPaged || a.tile_rows <= Tile::kBr, "paged attention: tiles of ", a.tile_rows,
+             " rows, the kernel's hold ", Tile::kBr);
+  auto kernel = attn::attention_fwd_kernel<kD, kWarps, kBc, kMT, kQRegs, kPaged>;
   static const bool smem_ok = allow_smem(kernel, Tile::kSmemBytes);
   (void)smem_ok;
-  const dim3 grid(static_cast<unsigned>(batch * a.num_heads),
-                  static_cast<unsigned>(ceil_div(a.q_len, Tile::kBr)));
+  const dim3 grid(static_cast<unsigned>(ctas * a.num_heads),
+                  kPaged ? 1u : static_cast<unsigned>(ceil_div(a.q_len, Tile::kBr)));
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(a);
   MOEX_LAUNCH_CHECK();
+}
+
+// The forward kernel for a's head size (padded up to 32, 64, 128 or 256).
+template <bool kPaged>
+void launch_fwd_for_head_dim(const attn::FwdArgs& a, int64_t ctas, cudaStream_t stream) {
+  if (a.head_dim <= 32) {
+    launch_fwd<32, 4, 64, 1, false, kPaged>(a, ctas, stream);
+  } else if (a.head_dim <= 64) {
+    launch_fwd<64, 4, 64, 1, true, kPaged>(a, ctas, stream);
+  } else if (a.head_dim <= 128) {
+    launch_fwd<128, 4, 64, 1, true, kPaged>(a, ctas, stream);
+  } else {
+    launch_fwd<256, 4, 32, 1, false, kPaged>(a, ctas, stream);
+  }
 }
 
 template <int kD, int kWarps, int kBm>
@@ -100,15 +119,31 @@ void attention_forward_bf16(const void* q, const void* k, const void* v, void* o
   a.start_pos = static_cast<int>(p.start_pos);
   a.scale_log2 = softmax_scale(p) * kLog2e;
   a.vec = p.head_dim % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
-  if (p.head_dim <= 32) {
-    launch_fwd<32, 4, 64, 1, false>(a, p.batch, stream);
-  } else if (p.head_dim <= 64) {
-    launch_fwd<64, 4, 64, 1, true>(a, p.batch, stream);
-  } else if (p.head_dim <= 128) {
-    launch_fwd<128, 4, 64, 1, true>(a, p.batch, stream);
-  } else {
-    launch_fwd<256, 4, 32, 1, false>(a, p.batch, stream);
-  }
+  launch_fwd_for_head_dim<false>(a, p.batch, stream);
+}
+
+void paged_attention_tiles_bf16(const PagedAttentionParams& p, cudaStream_t stream) {
+  if (p.num_tiles == 0) return;
+  MOEX_CHECK(p.heads < 65536 && p.num_tiles * p.heads < (int64_t{1} << 31) &&
+                 p.max_blocks * p.block_size < (int64_t{1} << 31),
+             "paged_attention_tiles_bf16: sizes out of range");
+  attn::FwdArgs a{};
+  a.q = static_cast<const bf16*>(p.q);
+  a.k = static_cast<const bf16*>(p.k_pool);
+  a.v = static_cast<const bf16*>(p.v_pool);
+  a.out = static_cast<bf16*>(p.out);
+  a.lse = nullptr;
+  a.num_heads = static_cast<int>(p.heads);
+  a.num_kv_heads = static_cast<int>(p.kv_heads);
+  a.head_dim = static_cast<int>(p.head_dim);
+  a.scale_log2 = kLog2e / std::sqrt(static_cast<float>(p.head_dim));
+  a.vec = p.head_dim % 8 == 0 && aligned16(p.q) && aligned16(p.k_pool) && aligned16(p.v_pool);
+  a.tiles = p.tiles;
+  a.tables = p.tables;
+  a.block_size = static_cast<int>(p.block_size);
+  a.max_blocks = static_cast<int>(p.max_blocks);
+  a.tile_rows = static_cast<int>(p.tile_rows);
+  launch_fwd_for_head_dim<true>(a, p.num_tiles, stream);
 }
 
 size_t attention_backward_workspace_bytes(const AttentionParams& p) {

@@ -3,6 +3,10 @@
 // online softmax in fp32 registers. K/V tiles are double-buffered through cp.async; Q stays in
 // shared memory. Causal masking runs only on tiles that cross the diagonal; tiles wholly above it
 // are not loaded (for the CTA) or not computed (for a warp whose rows all end before the tile).
+//
+// The paged variant (kPaged) serves prompt chunks of a serving step (docs/gpu-model.md
+// §Decoding): a CTA owns one tile of up to kBr consecutive rows of one sequence, listed by the
+// host, and reads the sequence's keys and values through its block table in the paged pool.
 #pragma once
 
 #include <cmath>
@@ -20,6 +24,14 @@ struct FwdArgs {
   int q_len, kv_len, num_heads, num_kv_heads, head_dim, start_pos;
   float scale_log2;  // softmax scale * log2(e): exponentials are exp2
   bool vec;          // 16-byte loads allowed
+  // Paged variant: q and out are a step's rows [R, H, d], k and v the pools [blocks, bs, Hkv, d];
+  // tile t is tiles[4t..4t+3] = {first row, rows (<= kBr), sequence, position of the first row},
+  // and sequence s's position n sits in pool row tables[s * max_blocks + n / bs] * bs + n % bs.
+  // lse is not written (null). q_len, kv_len, start_pos and batch are unused.
+  const int32_t* tiles = nullptr;
+  const int32_t* tables = nullptr;
+  int block_size = 0, max_blocks = 0;
+  int tile_rows = 0;  // the most rows of a tile (checked against kBr at launch)
 };
 
 template <int kD, int kWarps, int kBc, int kMT>
@@ -33,7 +45,7 @@ struct FwdTile {
 // kMT: 16-row query tiles per warp; each K/V fragment read from shared memory feeds kMT MMAs.
 // kQRegs: the warp's Q fragments stay in registers across key tiles instead of being re-read
 // from shared memory for every tile (fewer shared loads, more registers).
-template <int kD, int kWarps, int kBc, int kMT, bool kQRegs>
+template <int kD, int kWarps, int kBc, int kMT, bool kQRegs, bool kPaged>
 __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArgs a) {
   using Tile = FwdTile<kD, kWarps, kBc, kMT>;
   constexpr int kBr = Tile::kBr, kS = Tile::kStride, kThreads = Tile::kThreads;
@@ -43,28 +55,70 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
   bf16* sV = sK + 2 * kBc * kS;              // [2][kBc][kS]
 
   const int H = a.num_heads, d = a.head_dim;
-  const int b = blockIdx.x / H, h = blockIdx.x % H;
+  const int h = blockIdx.x % H;
   const int kvh = h / (H / a.num_kv_heads);
-  const int m_block = gridDim.y - 1 - blockIdx.y;  // the longest rows start first
-  const int m0 = m_block * kBr;
-  const int rows_q = min(kBr, a.q_len - m0);
   const int64_t q_stride = int64_t{H} * d, kv_stride = int64_t{a.num_kv_heads} * d;
-  const bf16* q = a.q + (int64_t{b} * a.q_len + m0) * q_stride + int64_t{h} * d;
-  const bf16* k = a.k + int64_t{b} * a.kv_len * kv_stride + int64_t{kvh} * d;
-  const bf16* v = a.v + int64_t{b} * a.kv_len * kv_stride + int64_t{kvh} * d;
+  // This CTA's queries: rows [m0, m0 + rows_q) of a q_len-row sequence at positions start_pos..,
+  // the first of them row q_row0 of q and out; keys [0, kv_len).
+  int m0, rows_q, start_pos, kv_len;
+  int64_t q_row0;
+  const bf16 *k, *v;
+  const int32_t* table = nullptr;  // paged: the sequence's block table
+  float* lse = nullptr;            // [q_len] of this (batch, head)
+  if constexpr (kPaged) {
+    const int32_t* tile = a.tiles + 4 * (blockIdx.x / H);
+    q_row0 = tile[0];
+    rows_q = tile[1];
+    table = a.tables + int64_t{tile[2]} * a.max_blocks;
+    start_pos = tile[3];
+    m0 = 0;
+    kv_len = start_pos + rows_q;
+    k = a.k + int64_t{kvh} * d;
+    v = a.v + int64_t{kvh} * d;
+  } else {
+    const int b = blockIdx.x / H;
+    const int m_block = gridDim.y - 1 - blockIdx.y;  // the longest rows start first
+    m0 = m_block * kBr;
+    rows_q = min(kBr, a.q_len - m0);
+    start_pos = a.start_pos;
+    kv_len = a.kv_len;
+    q_row0 = int64_t{b} * a.q_len + m0;
+    k = a.k + int64_t{b} * a.kv_len * kv_stride + int64_t{kvh} * d;
+    v = a.v + int64_t{b} * a.kv_len * kv_stride + int64_t{kvh} * d;
+    lse = a.lse + (int64_t{b} * H + h) * a.q_len + m0;
+  }
+  const bf16* q = a.q + q_row0 * q_stride + int64_t{h} * d;
   // Keys [0, kv_end) are visible to some row of this tile.
-  const int kv_end = min(a.kv_len, a.start_pos + m0 + rows_q);
+  const int kv_end = min(kv_len, start_pos + m0 + rows_q);
   const int n_tiles = (kv_end + kBc - 1) / kBc;
+  // Keys and values n0 .. n0 + rows - 1 into shared buffer `buf`.
+  auto load_kv = [&](int buf, int n0, int rows) {
+    bf16* tk = sK + buf * kBc * kS;
+    bf16* tv = sV + buf * kBc * kS;
+    if constexpr (kPaged) {
+      const int bs = a.block_size;
+      auto slot = [=](int r) {
+        const int n = n0 + r;
+        return (int64_t{table[n / bs]} * bs + n % bs) * kv_stride;
+      };
+      load_rows<kBc, kD, kS, kThreads>(
+          tk, [=](int r) { return k + slot(r); }, k, rows, d, a.vec);
+      load_rows<kBc, kD, kS, kThreads>(
+          tv, [=](int r) { return v + slot(r); }, v, rows, d, a.vec);
+    } else {
+      load_tile<kBc, kD, kS, kThreads>(tk, k + n0 * kv_stride, kv_stride, rows, d, a.vec);
+      load_tile<kBc, kD, kS, kThreads>(tv, v + n0 * kv_stride, kv_stride, rows, d, a.vec);
+    }
+  };
 
   load_tile<kBr, kD, kS, kThreads>(sQ, q, q_stride, rows_q, d, a.vec);
-  load_tile<kBc, kD, kS, kThreads>(sK, k, kv_stride, min(kBc, a.kv_len), d, a.vec);
-  load_tile<kBc, kD, kS, kThreads>(sV, v, kv_stride, min(kBc, a.kv_len), d, a.vec);
+  load_kv(0, 0, min(kBc, kv_len));
   cp_async_commit();
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, c = 2 * (lane % 4);
   const int wrow0 = 16 * kMT * warp;                 // warp's first row in the tile
-  const int pos0 = a.start_pos + m0 + wrow0;         // its position
+  const int pos0 = start_pos + m0 + wrow0;           // its position
   const int warp_pos_max = pos0 + 16 * kMT - 1;
 
   float o[kMT][kD / 8][4];  // out accumulator, 16 * kMT x kD per warp
@@ -84,12 +138,8 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
 
   for (int j = 0; j < n_tiles; ++j) {
     if (j + 1 < n_tiles) {
-      const int n1 = (j + 1) * kBc, buf = (j + 1) & 1;
-      const int rows = min(kBc, a.kv_len - n1);
-      load_tile<kBc, kD, kS, kThreads>(sK + buf * kBc * kS, k + n1 * kv_stride, kv_stride, rows,
-                                       d, a.vec);
-      load_tile<kBc, kD, kS, kThreads>(sV + buf * kBc * kS, v + n1 * kv_stride, kv_stride, rows,
-                                       d, a.vec);
+      const int n1 = (j + 1) * kBc;
+      load_kv((j + 1) & 1, n1, min(kBc, kv_len - n1));
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -203,16 +253,15 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
   }
 
   // Epilogue: out = O / l, lse = ln(sum exp(scale * q.k)).
-  const int64_t lse_row0 = (int64_t{b} * H + h) * a.q_len;
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float l = quad_sum(l_run[mt][r]);
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const int row = m0 + wrow0 + 16 * mt + g + 8 * r;
-      if (row >= a.q_len) continue;
-      bf16* orow = a.out + (int64_t{b} * a.q_len + row) * q_stride + int64_t{h} * d;
+      const int row = wrow0 + 16 * mt + g + 8 * r;  // in the tile
+      if (row >= rows_q) continue;
+      bf16* orow = a.out + (q_row0 + row) * q_stride + int64_t{h} * d;
 #pragma unroll
       for (int i = 0; i < kD / 8; ++i) {
         const int col = i * 8 + c;
@@ -220,7 +269,8 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
           *reinterpret_cast<__nv_bfloat162*>(orow + col) =
               __floats2bfloat162_rn(o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
       }
-      if (lane % 4 == 0) a.lse[lse_row0 + row] = (m_run[mt][r] + log2f(l)) * 0.69314718055994531f;
+      if (lse != nullptr && lane % 4 == 0)
+        lse[row] = (m_run[mt][r] + log2f(l)) * 0.69314718055994531f;
     }
   }
 }

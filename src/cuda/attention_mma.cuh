@@ -59,11 +59,13 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-// Copies rows [0, rows) x columns [0, d) of a strided bf16 matrix into a [kRows][kStride] shared
-// tile of kCols (>= d) columns, zero-filling the rest. vec: d % 8 == 0 and 16-byte aligned rows,
-// so whole 16-byte chunks go through cp.async; otherwise element by element (odd head sizes).
-template <int kRows, int kCols, int kStride, int kThreads>
-__device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t row_stride, int rows,
+// Copies rows [0, rows) x columns [0, d) of a bf16 matrix into a [kRows][kStride] shared tile of
+// kCols (>= d) columns, zero-filling the rest; row_ptr(r) is where row r starts (called for rows
+// < rows only), and `global` any global address (the source of the zero-byte copies). vec: d % 8
+// == 0 and 16-byte aligned rows, so whole 16-byte chunks go through cp.async; otherwise element by
+// element (odd head sizes).
+template <int kRows, int kCols, int kStride, int kThreads, typename RowPtr>
+__device__ __forceinline__ void load_rows(bf16* s, RowPtr row_ptr, const bf16* global, int rows,
                                           int d, bool vec) {
   constexpr int kChunksPerRow = kCols / 8;
   constexpr int kChunks = kRows * kChunksPerRow;
@@ -74,18 +76,27 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t row_st
       if (kChunks % kThreads != 0 && i >= kChunks) break;
       const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
       const bool in = r < rows && c < d;
-      cp_async16(s + r * kStride + c, in ? g + r * row_stride + c : g, in ? 16 : 0);
+      cp_async16(s + r * kStride + c, in ? row_ptr(r) + c : global, in ? 16 : 0);
     }
   } else {
     for (int i = threadIdx.x; i < kChunks; i += kThreads) {
       const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
+      const bf16* src = r < rows ? row_ptr(r) : nullptr;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const bool in = r < rows && c + e < d;
-        s[r * kStride + c + e] = in ? g[r * row_stride + c + e] : __float2bfloat16(0.0f);
+        s[r * kStride + c + e] = in ? src[c + e] : __float2bfloat16(0.0f);
       }
     }
   }
+}
+
+// load_rows of a strided matrix: row r at g + r * row_stride.
+template <int kRows, int kCols, int kStride, int kThreads>
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t row_stride, int rows,
+                                          int d, bool vec) {
+  load_rows<kRows, kCols, kStride, kThreads>(
+      s, [=](int r) { return g + r * row_stride; }, g, rows, d, vec);
 }
 
 __device__ __forceinline__ float quad_max(float x) {

@@ -37,7 +37,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float* part_m = part_acc + kWarpsPerBlock * G * 64 * P;
   float* part_sum = part_m + kWarpsPerBlock * G;
   const int64_t groups = p.heads / G;
-  const int64_t r = blockIdx.x / groups, h0 = (blockIdx.x % groups) * G;
+  // With tiles, the launch covers the rows outside them (rest_rows).
+  const int64_t row_of_launch = blockIdx.x / groups, h0 = (blockIdx.x % groups) * G;
+  const int64_t r = p.tiles != nullptr ? p.rest_rows[row_of_launch] : row_of_launch;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t dh = p.head_dim, kd = p.kv_heads * dh;
   const int64_t kv_off = (h0 / (p.heads / p.kv_heads)) * dh;
@@ -232,12 +234,20 @@ void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream) {
              "paged_attention_bf16: heads (", p.heads, ") must be a multiple of kv_heads (",
              p.kv_heads, ")");
   if (p.rows == 0) return;
+  PagedAttentionParams one_by_one = p;  // rows: how many the per-row kernel attends
+  if (p.tiles != nullptr) {
+    MOEX_CHECK(p.rest_rows != nullptr || p.num_rest == 0,
+               "paged_attention_bf16: tiles need the list of the other rows");
+    paged_attention_tiles_bf16(p, stream);
+    one_by_one.rows = p.num_rest;
+    if (one_by_one.rows == 0) return;
+  }
   if (p.head_dim <= 64)
-    launch_for_group<1>(p, stream);
+    launch_for_group<1>(one_by_one, stream);
   else if (p.head_dim <= 128)
-    launch_for_group<2>(p, stream);
+    launch_for_group<2>(one_by_one, stream);
   else
-    launch_for_group<4>(p, stream);
+    launch_for_group<4>(one_by_one, stream);
 }
 
 void scatter_rows_bf16(const void* rows, const int32_t* slots, int64_t num_rows, int64_t width,

@@ -23,9 +23,21 @@ struct PagedAttentionParams {
   // Query heads of one KV head per block: 0 lets the launcher choose; tests force 1, 2, 4 or 8
   // (dividing heads / kv_heads) to run every variant.
   int heads_per_block = 0;
+  // Prompt chunks on tensor cores (null: every row alone): tile t = tiles[4t..4t+3] = {first row,
+  // rows (<= tile_rows), sequence, position of the first row} is a run of consecutive rows of one
+  // sequence at consecutive positions, attended by the flash forward kernel (cuda/attention.h)
+  // reading the pool through the block table; the rows outside every tile are rest_rows
+  // [num_rest], attended one by one. Both lists on the device.
+  const int32_t* tiles = nullptr;
+  int64_t num_tiles = 0, tile_rows = 0;
+  const int32_t* rest_rows = nullptr;
+  int64_t num_rest = 0;
 };
 
+// Every row of p: the tiles (if any) on tensor cores, then the other rows one by one.
 void paged_attention_bf16(const PagedAttentionParams& p, cudaStream_t stream);
+// The tiles of p alone (cuda/attention.cu).
+void paged_attention_tiles_bf16(const PagedAttentionParams& p, cudaStream_t stream);
 
 // pool[slots[r]] = rows[r]: rows [R, width] bf16, pool [num_slots, width] bf16, slots on the
 // device.

@@ -224,7 +224,7 @@ void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const
     ops::scatter_rows(v.view(Shape{n, kd}), rows.slots, v_pool.view(Shape{slots, kd}));
   }
   ops::paged_attention(q.view(Shape{n, heads_, head_dim_}), k_pool, v_pool, rows.tables,
-                       rows.row_seq, rows.row_pos, attn);
+                       rows.row_seq, rows.row_pos, attn, rows.tiles, rows.rest_rows);
   ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);
 }
 

@@ -41,9 +41,12 @@ struct SequenceSlice {
 // slot slots[r] (block * block_size + offset); tables [S, max_blocks] are the sequences' block
 // tables, and logit_rows [L] the rows the logits are computed for: each sequence's last new token,
 // or all its new tokens for a slice with all_logits (L = S when none has). sample_params [S,
-// ops::kSampleParamWords] say how each sequence's next token is drawn (ops/sample.h).
+// ops::kSampleParamWords] say how each sequence's next token is drawn (ops/sample.h). tiles and
+// rest_rows: the prompt chunks the GPU attends a tile at a time, and the other rows
+// (ops::plan_paged_tiles; undefined when the step has no chunk long enough).
 struct PagedRows {
   Tensor ids, tables, row_seq, row_pos, slots, logit_rows, sample_params;
+  Tensor tiles, rest_rows;
 };
 
 }  // namespace moex::model

@@ -1,6 +1,7 @@
 #include "ops/paged_attention.h"
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #include "cpu/paged_attention.h"
@@ -52,9 +53,35 @@ void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor&
   }
 }
 
+PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows) {
+  PagedTilePlan plan;
+  std::vector<std::array<int32_t, kPagedTileWords>> tiles;
+  for (int64_t begin = 0, end = 0; begin < rows; begin = end) {
+    // [begin, end): one sequence at consecutive positions.
+    for (end = begin + 1;
+         end < rows && row_seq[end] == row_seq[begin] && row_pos[end] == row_pos[end - 1] + 1;
+         ++end) {
+    }
+    if (end - begin < kPagedTileMinRows) {
+      for (int64_t r = begin; r < end; ++r) plan.rest.push_back(static_cast<int32_t>(r));
+      continue;
+    }
+    for (int64_t r = begin; r < end; r += kPagedTileRows)
+      tiles.push_back({static_cast<int32_t>(r),
+                       static_cast<int32_t>(std::min(kPagedTileRows, end - r)), row_seq[r],
+                       row_pos[r]});
+  }
+  if (tiles.empty()) return {};
+  // The most keys first: the longest CTAs start before the short ones fill the gaps.
+  std::stable_sort(tiles.begin(), tiles.end(),
+                   [](const auto& a, const auto& b) { return a[3] + a[1] > b[3] + b[1]; });
+  for (const auto& t : tiles) plan.tiles.insert(plan.tiles.end(), t.begin(), t.end());
+  return plan;
+}
+
 void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                      const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
-                     const Tensor& out) {
+                     const Tensor& out, const Tensor& tiles, const Tensor& rest_rows) {
   const char* op = "paged_attention";
   const Device dev = detail::common_device(op, {&q, &k_pool, &v_pool, &out});
   const ProfileScope profile(op, dev);
@@ -72,7 +99,17 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
   expect_indices(op, "tables", tables, dev, tables.numel());
   expect_indices(op, "row_seq", row_seq, dev, rows);
   expect_indices(op, "row_pos", row_pos, dev, rows);
+  MOEX_CHECK(tiles.defined() == rest_rows.defined(), op, ": tiles and rest_rows come together");
+  if (tiles.defined()) {
+    MOEX_CHECK(tiles.ndim() == 2 && tiles.dim(1) == kPagedTileWords, op, ": tiles must be [T, ",
+               kPagedTileWords, "], got ", tiles.shape().str());
+    expect_indices(op, "tiles", tiles, dev, tiles.numel());
+    expect_indices(op, "rest_rows", rest_rows, dev, rest_rows.numel());
+    MOEX_CHECK(rest_rows.numel() < rows, op, ": ", rest_rows.numel(), " rest rows of ", rows,
+               " leave none for the tiles");
+  }
   if (dev.is_cpu()) {
+    // Every row alone: the tiles only choose the GPU's kernels.
     check_paged_rows(tables, row_seq, row_pos, k_pool.dim(1), k_pool.dim(0));
     const cpu::PagedAttentionShape s{rows,          q.dim(1),      k_pool.dim(2), q.dim(2),
                                      k_pool.dim(1), tables.dim(1), k_pool.dim(0)};
@@ -96,6 +133,13 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
     p.head_dim = q.dim(2);
     p.block_size = k_pool.dim(1);
     p.max_blocks = tables.dim(1);
+    if (tiles.defined()) {
+      p.tiles = tiles.data<int32_t>();
+      p.num_tiles = tiles.dim(0);
+      p.tile_rows = kPagedTileRows;
+      p.rest_rows = rest_rows.data<int32_t>();
+      p.num_rest = rest_rows.numel();
+    }
     cuda::paged_attention_bf16(p, detail::stream(dev));
   });
 }

@@ -5,6 +5,9 @@
 // (one upload per step, not one per op).
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace moex::ops {
@@ -14,11 +17,29 @@ namespace moex::ops {
 void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
                       int64_t block_size, int64_t num_blocks);
 
+// Prompt chunks on a GPU's tensor cores: a run of at least kPagedTileMinRows consecutive rows of
+// one sequence at consecutive positions is cut into tiles of at most kPagedTileRows rows, each
+// attended by the flash kernel; every other row (decode rows, short chunks) is attended alone.
+constexpr int64_t kPagedTileRows = 64;
+constexpr int64_t kPagedTileMinRows = 8;
+constexpr int64_t kPagedTileWords = 4;
+struct PagedTilePlan {
+  // [T, kPagedTileWords]: first row, rows, sequence, position of the first row; the tiles with the
+  // most keys first (they take longest).
+  std::vector<int32_t> tiles;
+  std::vector<int32_t> rest;  // the rows outside every tile, in order
+};
+// Host arrays row_seq [R], row_pos [R]. No tiles (and no rest) when no run is long enough.
+PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows);
+
 // out[r, h] = causal attention of q[r, h] over positions 0..row_pos[r] of sequence row_seq[r]:
 // q [R, H, Dh], k_pool / v_pool [blocks, bs, KVH, Dh], out [R, H, Dh] in the compute dtype.
+// tiles [T, kPagedTileWords] and rest_rows [R - tiled rows] (plan_paged_tiles, on the op's
+// device, or both undefined) only choose the GPU's kernels; the result is the same function.
 void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                      const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
-                     const Tensor& out);
+                     const Tensor& out, const Tensor& tiles = Tensor(),
+                     const Tensor& rest_rows = Tensor());
 
 // pool (viewed [slots, width]) row slots[r] = rows[r]: rows [R, width], slots [R] i32.
 void scatter_rows(const Tensor& rows, const Tensor& slots, const Tensor& pool);

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
+#include <climits>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -167,6 +169,91 @@ TEST(PagedAttention, BadBlockTablesAreClearErrors) {
   EXPECT_NE(message({1}, {0}).find("block 0 is 7, outside the pool of 4"), std::string::npos);
   EXPECT_NE(message({0}, {8}).find("past its block table"), std::string::npos);
   EXPECT_NE(message({2}, {0}).find("names sequence 2 of 2"), std::string::npos);
+}
+
+// The GPU's tile plan against the properties it promises, on steps of prompt chunks and decode
+// rows (runs split by a new sequence or by a gap in positions): every row lies in exactly one
+// tile or in the rest; a tile is at most kPagedTileRows consecutive rows of one sequence at
+// consecutive positions, cut from a run of at least kPagedTileMinRows; a rest row's run is
+// shorter; tiles come with the most keys first.
+TEST(PagedAttention, TilePlanCoversEveryRowOnce) {
+  const int64_t min_run = ops::kPagedTileMinRows, tile = ops::kPagedTileRows;
+  // Runs {sequence, first position, rows}; neighbouring runs of one sequence leave a gap.
+  const std::vector<std::vector<std::array<int32_t, 3>>> steps = {
+      {{0, 0, 1}, {1, 7, 1}},  // decode rows only: no plan
+      {{0, 100, 200}, {1, 50, 1}, {2, 0, 17}, {3, 30, static_cast<int32_t>(min_run) - 1}},
+      {{0, 0, static_cast<int32_t>(min_run)}, {0, 20, 64}, {1, 3, 129}, {2, 9, 1}},
+  };
+  for (size_t step = 0; step < steps.size(); ++step) {
+    std::vector<int32_t> seq, pos, run_len;  // per row; run_len: the rows of the row's run
+    for (const auto& run : steps[step])
+      for (int32_t t = 0; t < run[2]; ++t) {
+        seq.push_back(run[0]);
+        pos.push_back(run[1] + t);
+        run_len.push_back(run[2]);
+      }
+    const int64_t rows = static_cast<int64_t>(seq.size());
+    const ops::PagedTilePlan plan = ops::plan_paged_tiles(seq.data(), pos.data(), rows);
+    const bool any_long =
+        std::any_of(run_len.begin(), run_len.end(), [&](int32_t n) { return n >= min_run; });
+    ASSERT_EQ(plan.tiles.empty(), !any_long) << "step " << step;
+    if (plan.tiles.empty()) {
+      EXPECT_TRUE(plan.rest.empty());
+      continue;
+    }
+    ASSERT_EQ(plan.tiles.size() % ops::kPagedTileWords, 0u);
+    std::vector<int> seen(rows, 0);
+    int64_t last_keys = INT64_MAX;
+    for (size_t t = 0; t < plan.tiles.size(); t += ops::kPagedTileWords) {
+      const int32_t first = plan.tiles[t], n = plan.tiles[t + 1];
+      ASSERT_TRUE(n >= 1 && n <= tile && first >= 0 && first + n <= rows) << "tile " << t;
+      EXPECT_EQ(plan.tiles[t + 2], seq[first]);
+      EXPECT_EQ(plan.tiles[t + 3], pos[first]);
+      for (int32_t r = first; r < first + n; ++r) {
+        ++seen[r];
+        EXPECT_EQ(seq[r], seq[first]);
+        EXPECT_EQ(pos[r], pos[first] + (r - first));
+        EXPECT_GE(run_len[r], min_run);
+      }
+      const int64_t keys = int64_t{pos[first]} + n;
+      EXPECT_LE(keys, last_keys) << "tiles with the most keys first";
+      last_keys = keys;
+    }
+    for (const int32_t r : plan.rest) {
+      ASSERT_TRUE(r >= 0 && r < rows);
+      ++seen[r];
+      EXPECT_LT(run_len[r], min_run) << "row " << r;
+    }
+    EXPECT_TRUE(std::is_sorted(plan.rest.begin(), plan.rest.end()));
+    for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(seen[r], 1) << "step " << step << " row " << r;
+  }
+}
+
+// The tiles only choose the GPU's kernels: on the CPU the op gives the same bits with or without
+// them, and a malformed tile list is refused.
+TEST(PagedAttention, TilesChangeNothingOnTheCpu) {
+  const int64_t heads = 4, kv_heads = 2, dh = 8, bs = 4, num_blocks = 12;
+  const std::vector<int32_t> table = {5, 2, 9, 0, 11, 7};  // one sequence, 24 positions
+  std::vector<int32_t> seq(20, 0), pos(20);
+  std::iota(pos.begin(), pos.end(), 3);
+  const Tensor q = random({20, heads, dh}, 1), k = random({num_blocks, bs, kv_heads, dh}, 2),
+               v = random({num_blocks, bs, kv_heads, dh}, 3);
+  const Tensor tables = ints(table, {1, 6}), row_seq = ints(seq, {20}), row_pos = ints(pos, {20});
+  const ops::PagedTilePlan plan = ops::plan_paged_tiles(seq.data(), pos.data(), 20);
+  ASSERT_FALSE(plan.tiles.empty());
+  const Tensor tiles = ints(plan.tiles, {static_cast<int64_t>(plan.tiles.size()) / 4, 4});
+  const Tensor rest = ints(plan.rest, {static_cast<int64_t>(plan.rest.size())});
+  Tensor plain = Tensor::empty(q.shape(), DType::kF32),
+         tiled = Tensor::empty(q.shape(), DType::kF32);
+  ops::paged_attention(q, k, v, tables, row_seq, row_pos, plain);
+  ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles, rest);
+  EXPECT_EQ(max_abs_diff(plain.data<float>(), tiled.data<float>(), q.numel()), 0.0);
+  EXPECT_THROW(ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles, Tensor()),
+               Error);
+  EXPECT_THROW(
+      ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled,
+                           ints(plan.tiles, {static_cast<int64_t>(plan.tiles.size())}), rest),
+      Error);
 }
 
 }  // namespace

@@ -7,8 +7,10 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "core/error.h"
 #include "cpu/rope.h"
 #include "cuda/paged_attention.h"
 #include "cuda/rope.h"
@@ -90,6 +92,89 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
       EXPECT_LT(rel_l2(download_bf16(out.ptr, q_n), ref), 4e-3)
           << tag << " heads per block " << g;
     }
+  }
+}
+
+// Prompt chunks on tensor cores: tiles of consecutive rows of one sequence (a chunk of 200 rows
+// after 100 cached positions, cut into 64-row tiles and a tail; a 17-row chunk from position 0),
+// listed out of order, and the other rows (decode rows, a short chunk) one by one, in one call,
+// against the CPU twin attending every row alone. Head sizes over each of the flash kernel's
+// widths (32, 64, 128, 256), one that takes element-wise loads (36), block sizes that cut the
+// kernel's key tiles anywhere.
+TEST_F(PagedAttentionTest, PromptTilesOnTensorCoresMatchCpu) {
+  cuda::CudaContext ctx;
+  struct Case {
+    int64_t heads, kv_heads, head_dim, block_size;
+  };
+  for (const Case c : {Case{32, 8, 128, 16}, Case{16, 4, 64, 5}, Case{6, 6, 40, 3},
+                       Case{8, 2, 36, 7}, Case{24, 3, 256, 8}, Case{4, 1, 32, 16}}) {
+    const std::string tag = "H " + std::to_string(c.heads) + " KVH " + std::to_string(c.kv_heads) +
+                            " Dh " + std::to_string(c.head_dim) + " bs " +
+                            std::to_string(c.block_size);
+    // Sequence s holds positions [0, ends[s]); its rows this step are [firsts[s], ends[s]).
+    const int64_t num_blocks = 200, max_blocks = 110, seqs = 5;
+    const int64_t firsts[] = {100, 50, 0, 30, 0}, ends[] = {300, 51, 17, 35, 1};
+    std::vector<int32_t> table(seqs * max_blocks, -1), row_seq, row_pos;
+    int32_t next = 0;
+    for (int s = 0; s < seqs; ++s) {
+      for (int64_t b = 0; b * c.block_size < ends[s]; ++b)
+        table[s * max_blocks + b] = (next++ * 37) % num_blocks;  // distinct, out of order
+      for (int64_t p = firsts[s]; p < ends[s]; ++p) {
+        row_seq.push_back(s);
+        row_pos.push_back(static_cast<int32_t>(p));
+      }
+    }
+    // Rows 0-199: sequence 0; 200: sequence 1; 201-217: sequence 2; 218-222: 3; 223: 4.
+    const std::vector<int32_t> tiles = {201, 17,  2, 0,  64, 64,  0,   164, 192, 8,
+                                        0,   292, 0, 64, 0,  100, 128, 64,  0,   228};
+    std::vector<int32_t> rest = {200, 218, 219, 220, 221, 222, 223};
+    const int64_t R = static_cast<int64_t>(row_seq.size());
+    ASSERT_EQ(R, 224);
+    const int64_t pool_n = num_blocks * c.block_size * c.kv_heads * c.head_dim;
+    const int64_t q_n = R * c.heads * c.head_dim;
+    const auto k = round_bf16(rand_vec(pool_n, 71)), v = round_bf16(rand_vec(pool_n, 72));
+    const auto q = round_bf16(rand_vec(q_n, 73, -2, 2));
+    std::vector<float> ref(q_n);
+    const cpu::PagedAttentionShape s{R,          c.heads,   c.kv_heads, c.head_dim, c.block_size,
+                                     max_blocks, num_blocks};
+    cpu::paged_attention(q.data(), k.data(), v.data(), table.data(), row_seq.data(), row_pos.data(),
+                         s, ref.data());
+    DevBuf dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v));
+    DevBuf dt = upload(table), dseq = upload(row_seq), dpos = upload(row_pos), out(q_n * 2);
+    DevBuf dtiles = upload(tiles), drest = upload(rest);
+    cuda::PagedAttentionParams p;
+    p.q = dq.ptr;
+    p.k_pool = dk.ptr;
+    p.v_pool = dv.ptr;
+    p.tables = dt.as<int32_t>();
+    p.row_seq = dseq.as<int32_t>();
+    p.row_pos = dpos.as<int32_t>();
+    p.out = out.ptr;
+    p.rows = R;
+    p.heads = c.heads;
+    p.kv_heads = c.kv_heads;
+    p.head_dim = c.head_dim;
+    p.block_size = c.block_size;
+    p.max_blocks = max_blocks;
+    p.tiles = dtiles.as<int32_t>();
+    p.num_tiles = static_cast<int64_t>(tiles.size()) / 4;
+    p.tile_rows = 64;
+    p.rest_rows = drest.as<int32_t>();
+    p.num_rest = static_cast<int64_t>(rest.size());
+    cuda::paged_attention_bf16(p, ctx.stream());
+    const std::vector<float> got = download_bf16(out.ptr, q_n);
+    // fp32 softmax and accumulation; the probabilities are rounded to bf16 before P V.
+    EXPECT_LT(rel_l2(got, ref), 1e-2) << tag;
+    // Each tiled sequence alone, so an error in one tile is not averaged away.
+    const int64_t w = c.heads * c.head_dim;
+    for (const auto& [first, rows] : {std::pair<int64_t, int64_t>{0, 200}, {201, 17}}) {
+      const std::vector<float> a(got.begin() + first * w, got.begin() + (first + rows) * w);
+      const std::vector<float> b(ref.begin() + first * w, ref.begin() + (first + rows) * w);
+      EXPECT_LT(rel_l2(a, b), 1e-2) << tag << " rows from " << first;
+    }
+    // A tile longer than the kernel's tiles is refused.
+    p.tile_rows = 65;
+    EXPECT_THROW(cuda::paged_attention_bf16(p, ctx.stream()), Error) << tag;
   }
 }
 
