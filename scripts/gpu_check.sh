@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1 (every test), MOEX_SKIP_DIST_GPU=1 (the mpirun tests), MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_PREFILL_BENCH=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
 # adds a per-kernel profile of one batch-1 step, MOEX_TRAIN_NCU=small|medium one of a training step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
 # runs only the matching GPU tests, to spend little device time on a kernel change.
@@ -262,6 +262,25 @@ for r in rows:
     print(f"{impl:12} {r['batch']:5d} {r['ms_per_step']:8.3f} {r['tokens_per_s']:9.0f} "
           f"{r['floor_ms']:8.3f} {r['frac_of_floor']:8.2f} {r.get('graph_ms', 0):8.3f} "
           f"{r.get('host_launch_ms', 0):9.3f} {r.get('host_wait_ms', 0):8.3f}")
+PY
+fi
+
+# Prefill: one sequence's 4000-token prompt in one serving step on mixtral4l (prefill_ms, the
+# second of two runs on one model, so warm), with the prompt's attention in tiles on tensor cores
+# and, for comparison, with every row attended alone (MOEX_PAGED_TILES=0).
+if [ -z "${MOEX_SKIP_PREFILL_BENCH:-}" ]; then
+  : >"$OUT/prefill_bench.jsonl"
+  for tiles in 1 0; do
+    MOEX_PAGED_TILES=$tiles "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch 1,1 \
+      --prompt 4000 --tokens 8 --json 2>>"$OUT/prefill_bench.err" | tail -1 |
+      sed "s/^{/{\"paged_tiles\": $tiles, /" >>"$OUT/prefill_bench.jsonl"
+  done
+  python3 - "$OUT" <<'PY'
+import json, os, sys
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "prefill_bench.jsonl")) if l.startswith("{")]
+print("\n== prefill of a 4000-token prompt in one step, mixtral4l ==")
+for r in rows:
+    print(f"paged tiles {r['paged_tiles']}: prefill {r['prefill_ms']:.1f} ms, then {r['ms_per_step']:.3f} ms/step")
 PY
 fi
 

@@ -61,11 +61,12 @@ void launch_fwd(const attn::FwdArgs& a, int64_t ctas, cudaStream_t stream) {
   MOEX_CHECK(!kPaged || a.tile_rows <= Tile::kBr, "paged attention: tiles of ", a.tile_rows,
              " rows, the kernel's hold ", Tile::kBr);
   auto kernel = attn::attention_fwd_kernel<kD, kWarps, kBc, kMT, kQRegs, kPaged>;
-  static const bool smem_ok = allow_smem(kernel, Tile::kSmemBytes);
+  constexpr int kSmem = kPaged ? Tile::kPagedSmemBytes : Tile::kSmemBytes;
+  static const bool smem_ok = allow_smem(kernel, kSmem);
   (void)smem_ok;
   const dim3 grid(static_cast<unsigned>(ctas * a.num_heads),
                   kPaged ? 1u : static_cast<unsigned>(ceil_div(a.q_len, Tile::kBr)));
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(a);
+  kernel<<<grid, Tile::kThreads, kSmem, stream>>>(a);
   MOEX_LAUNCH_CHECK();
 }
 

@@ -40,6 +40,8 @@ struct FwdTile {
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kStride = kD + 8;  // +16 bytes per row: ldmatrix rows hit distinct banks
   static constexpr int kSmemBytes = (kBr + 4 * kBc) * kStride * 2;  // Q + 2 x (K, V)
+  // The paged variant adds the pool rows of two key tiles.
+  static constexpr int kPagedSmemBytes = kSmemBytes + 2 * kBc * 4;
 };
 
 // kMT: 16-row query tiles per warp; each K/V fragment read from shared memory feeds kMT MMAs.
@@ -53,6 +55,9 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
   bf16* sQ = reinterpret_cast<bf16*>(smem);  // [kBr][kS]
   bf16* sK = sQ + kBr * kS;                  // [2][kBc][kS]
   bf16* sV = sK + 2 * kBc * kS;              // [2][kBc][kS]
+  // Paged: the pool row of each key of the next two key tiles, [2][kBc] (tile t in t & 1).
+  int* s_rows = reinterpret_cast<int*>(sV + 2 * kBc * kS);
+  static_assert(!kPaged || kThreads >= kBc, "a thread per key row finds the tile's pool rows");
 
   const int H = a.num_heads, d = a.head_dim;
   const int h = blockIdx.x % H;
@@ -91,26 +96,37 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
   // Keys [0, kv_end) are visible to some row of this tile.
   const int kv_end = min(kv_len, start_pos + m0 + rows_q);
   const int n_tiles = (kv_end + kBc - 1) / kBc;
-  // Keys and values n0 .. n0 + rows - 1 into shared buffer `buf`.
+  // Paged: the pool row of key (t * kBc + threadIdx.x), for threads < kBc. Its table load is
+  // issued a tile ahead (the value is stored to s_rows after the math of the tile between), so
+  // no load of keys or values waits on a table lookup.
+  auto pool_row = [&](int t) {
+    const int n = t * kBc + threadIdx.x, bs = a.block_size;
+    return threadIdx.x < kBc && n < kv_len ? table[n / bs] * bs + n % bs : 0;
+  };
+  // Keys and values n0 .. n0 + rows - 1 into shared buffer `buf` (paged: of key tile n0 / kBc).
   auto load_kv = [&](int buf, int n0, int rows) {
     bf16* tk = sK + buf * kBc * kS;
     bf16* tv = sV + buf * kBc * kS;
     if constexpr (kPaged) {
-      const int bs = a.block_size;
-      auto slot = [=](int r) {
-        const int n = n0 + r;
-        return (int64_t{table[n / bs]} * bs + n % bs) * kv_stride;
-      };
-      load_rows<kBc, kD, kS, kThreads>(
-          tk, [=](int r) { return k + slot(r); }, k, rows, d, a.vec);
-      load_rows<kBc, kD, kS, kThreads>(
-          tv, [=](int r) { return v + slot(r); }, v, rows, d, a.vec);
+      const int* tile_rows = s_rows + buf * kBc;
+      auto row_k = [=](int r) { return k + tile_rows[r] * kv_stride; };
+      auto row_v = [=](int r) { return v + tile_rows[r] * kv_stride; };
+      load_rows<kBc, kD, kS, kThreads>(tk, row_k, k, rows, d, a.vec);
+      load_rows<kBc, kD, kS, kThreads>(tv, row_v, v, rows, d, a.vec);
     } else {
       load_tile<kBc, kD, kS, kThreads>(tk, k + n0 * kv_stride, kv_stride, rows, d, a.vec);
       load_tile<kBc, kD, kS, kThreads>(tv, v + n0 * kv_stride, kv_stride, rows, d, a.vec);
     }
   };
 
+  int next_rows = 0;  // paged: this thread's pool row in key tile j + 2, stored after tile j
+  if constexpr (kPaged) {
+    if (threadIdx.x < kBc) {
+      s_rows[threadIdx.x] = pool_row(0);
+      s_rows[kBc + threadIdx.x] = pool_row(1);
+    }
+    __syncthreads();
+  }
   load_tile<kBr, kD, kS, kThreads>(sQ, q, q_stride, rows_q, d, a.vec);
   load_kv(0, 0, min(kBc, kv_len));
   cp_async_commit();
@@ -140,6 +156,7 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
     if (j + 1 < n_tiles) {
       const int n1 = (j + 1) * kBc;
       load_kv((j + 1) & 1, n1, min(kBc, kv_len - n1));
+      if constexpr (kPaged) next_rows = pool_row(j + 2);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -249,6 +266,10 @@ __global__ void __launch_bounds__(32 * kWarps) attention_fwd_kernel(const FwdArg
         }
       }
     }
+    // Tile j's rows were used when its loads were issued (the iteration before): tile j + 2's
+    // take their place, seen by every thread after the barrier.
+    if constexpr (kPaged)
+      if (threadIdx.x < kBc && j + 2 < n_tiles) s_rows[(j & 1) * kBc + threadIdx.x] = next_rows;
     __syncthreads();  // the next iteration's prefetch overwrites this buffer
   }
 

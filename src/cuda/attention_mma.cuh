@@ -70,13 +70,24 @@ __device__ __forceinline__ void load_rows(bf16* s, RowPtr row_ptr, const bf16* g
   constexpr int kChunksPerRow = kCols / 8;
   constexpr int kChunks = kRows * kChunksPerRow;
   if (vec) {
+    // Every source address first, then the copies: a row_ptr that reads memory (a block table)
+    // does not stall each copy behind its own lookup.
+    constexpr int kIters = (kChunks + kThreads - 1) / kThreads;
+    const bf16* src[kIters];
 #pragma unroll
-    for (int it = 0; it < (kChunks + kThreads - 1) / kThreads; ++it) {
+    for (int it = 0; it < kIters; ++it) {
+      const int i = it * kThreads + threadIdx.x;
+      const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
+      const bool in = (kChunks % kThreads == 0 || i < kChunks) && r < rows && c < d;
+      src[it] = in ? row_ptr(r) + c : nullptr;
+    }
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
       const int i = it * kThreads + threadIdx.x;
       if (kChunks % kThreads != 0 && i >= kChunks) break;
       const int r = i / kChunksPerRow, c = (i % kChunksPerRow) * 8;
-      const bool in = r < rows && c < d;
-      cp_async16(s + r * kStride + c, in ? row_ptr(r) + c : global, in ? 16 : 0);
+      cp_async16(s + r * kStride + c, src[it] != nullptr ? src[it] : global,
+                 src[it] != nullptr ? 16 : 0);
     }
   } else {
     for (int i = threadIdx.x; i < kChunks; i += kThreads) {

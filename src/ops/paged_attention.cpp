@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cpu/paged_attention.h"
@@ -54,7 +56,13 @@ void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor&
 }
 
 PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows) {
+  // MOEX_PAGED_TILES=0: every row alone, to measure the tiles against (docs/gpu-model.md).
+  static const bool enabled = [] {
+    const char* env = std::getenv("MOEX_PAGED_TILES");
+    return env == nullptr || std::string(env) != "0";
+  }();
   PagedTilePlan plan;
+  if (!enabled) return plan;
   std::vector<std::array<int32_t, kPagedTileWords>> tiles;
   for (int64_t begin = 0, end = 0; begin < rows; begin = end) {
     // [begin, end): one sequence at consecutive positions.

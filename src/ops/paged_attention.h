@@ -29,7 +29,8 @@ struct PagedTilePlan {
   std::vector<int32_t> tiles;
   std::vector<int32_t> rest;  // the rows outside every tile, in order
 };
-// Host arrays row_seq [R], row_pos [R]. No tiles (and no rest) when no run is long enough.
+// Host arrays row_seq [R], row_pos [R]. No tiles (and no rest) when no run is long enough, or
+// with MOEX_PAGED_TILES=0 in the environment (for measurements).
 PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows);
 
 // out[r, h] = causal attention of q[r, h] over positions 0..row_pos[r] of sequence row_seq[r]:

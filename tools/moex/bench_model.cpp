@@ -154,11 +154,11 @@ double copy_rate(const Device& device, int64_t bytes) {
 
 // One batch size of run_decode_bench on an initialised model; `rate` is the copy rate in bytes/s.
 std::string decode_one_batch(model::Model& m, const std::string& model_name, int batch,
-                             int new_tokens, double rate) {
+                             int new_tokens, int64_t prompt_len, double rate) {
   const ModelConfig& mc = m.config();
   const Device device = m.device();
-  // B sequences of a 16-token prompt decode together through the serving scheduler (paged KV).
-  const int64_t prompt_len = 16;
+  // B sequences of a prompt_len-token prompt decode together through the serving scheduler
+  // (paged KV).
   infer::SchedulerOptions so;
   so.max_batch = batch;
   so.step_tokens = std::max<int64_t>(batch * prompt_len, batch);
@@ -257,19 +257,23 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
 
 std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
                                           const std::string& device_flag,
-                                          const std::vector<int>& batches, int new_tokens) {
+                                          const std::vector<int>& batches, int new_tokens,
+                                          int prompt_len) {
   MOEX_CHECK(new_tokens >= 2, "--tokens must be >= 2, got ", new_tokens);
+  MOEX_CHECK(prompt_len >= 1, "--prompt must be >= 1, got ", prompt_len);
   for (const int batch : batches) MOEX_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
   const ModelConfig mc =
       shape.empty() ? train::TrainConfig::from_file(config_path).model : decode_shape(shape);
   const Device device = Device::parse(device_flag.empty() ? "cpu" : device_flag, "--device");
+  MOEX_CHECK(prompt_len + new_tokens <= mc.max_seq_len, "--prompt + --tokens (", prompt_len, " + ",
+             new_tokens, ") exceed the model's max_seq_len (", mc.max_seq_len, ")");
   model::Model m(mc, device);
   m.init_weights(1);
   const double rate = copy_rate(device, device.is_cuda() ? (int64_t{1} << 30) : (int64_t{1} << 28));
   std::vector<std::string> lines;
   for (const int batch : batches)
-    lines.push_back(
-        decode_one_batch(m, shape.empty() ? config_path : shape, batch, new_tokens, rate));
+    lines.push_back(decode_one_batch(m, shape.empty() ? config_path : shape, batch, new_tokens,
+                                     prompt_len, rate));
   return lines;
 }
 

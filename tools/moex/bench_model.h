@@ -13,7 +13,8 @@ namespace moex::bench {
 // parallel.offload): master weights and Adam state in host memory (ZeRO-Offload).
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
                                  int warmup, int iters, bool offload = false);
-// For each batch size B: B sequences of a 16-token prompt decoding `new_tokens` (>= 2) greedy
+// For each batch size B: B sequences of a `prompt_len`-token prompt (prefilled in one step, timed
+// as prefill_ms) decoding `new_tokens` (>= 2) greedy
 // tokens together through the serving scheduler (paged KV cache), on a config's model or a named
 // shape ("mixtral4l"), random weights drawn once: one JSON line per B, {"bench", "ms_per_step",
 // "tokens_per_s", "floor_ms", "frac_of_floor", ...}. The floor is the bytes a step must read
@@ -21,6 +22,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
 // device's measured copy rate.
 std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
                                           const std::string& device,
-                                          const std::vector<int>& batches, int new_tokens);
+                                          const std::vector<int>& batches, int new_tokens,
+                                          int prompt_len = 16);
 
 }  // namespace moex::bench

@@ -29,7 +29,8 @@ void print_help() {
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
-      "                         [--tokens N]   greedy decode of B sequences (each B of a comma\n"
+      "                         [--tokens N] [--prompt N]   greedy decode of B sequences (each B "
+      "of a comma\n"
       "                                        list, one model): ms/step against the bandwidth "
       "floor\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
@@ -57,7 +58,8 @@ void print_help() {
       "cuda)\n"
       "  --warmup    untimed runs first, >= 0 (default 1 on cpu, 3 on cuda)\n"
       "  --json      one JSON object per line per shape (default: one text line)\n"
-      "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n");
+      "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n"
+      "  --prompt    decode: prompt tokens of each sequence, prefilled in one step (default 16)\n");
 }
 
 // --batch of the decode benchmark: "B" or "B1,B2,..." (each >= 1).
@@ -145,9 +147,10 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv,
-                  {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep"},
-                  {"json", "help", "recompute", "cac", "offload"});
+  const Args args(
+      argv,
+      {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep", "prompt"},
+      {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
@@ -169,12 +172,13 @@ int run_bench(const std::vector<std::string>& argv) {
                             .c_str());
     return 0;
   }
-  check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "json"});
+  check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "prompt", "json"});
   const int tokens = count_flag(args, "tokens", 64, 2);
+  const int prompt = count_flag(args, "prompt", 16, 1);
   const std::vector<int> batches = batch_list(args.get("batch", "1"));
   if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
-  for (const std::string& line :
-       bench::run_decode_bench(config, args.get("shape"), args.get("device"), batches, tokens))
+  for (const std::string& line : bench::run_decode_bench(
+           config, args.get("shape"), args.get("device"), batches, tokens, prompt))
     std::printf("%s\n", line.c_str());
   return 0;
 }
