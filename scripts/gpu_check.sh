@@ -265,22 +265,23 @@ for r in rows:
 PY
 fi
 
-# Prefill: one sequence's 4000-token prompt in one serving step on mixtral4l (prefill_ms, the
-# second of two runs on one model, so warm), with the prompt's attention in tiles on tensor cores
-# and, for comparison, with every row attended alone (MOEX_PAGED_TILES=0).
+# Long context: one sequence's 4000-token prompt in one serving step on mixtral4l (prefill_ms, the
+# second of two runs on one model, so warm), then batch-1 decode steps at ~4K positions: as built
+# (prompt tiles on tensor cores, decode rows' positions split over blocks), with every prompt row
+# attended alone (MOEX_PAGED_TILES=0), and with one block per decode row (MOEX_POSITION_SPLITS=1).
 if [ -z "${MOEX_SKIP_PREFILL_BENCH:-}" ]; then
   : >"$OUT/prefill_bench.jsonl"
-  for tiles in 1 0; do
-    MOEX_PAGED_TILES=$tiles "$BIN/moex" bench decode --device cuda --shape mixtral4l --batch 1,1 \
-      --prompt 4000 --tokens 8 --json 2>>"$OUT/prefill_bench.err" | tail -1 |
-      sed "s/^{/{\"paged_tiles\": $tiles, /" >>"$OUT/prefill_bench.jsonl"
+  for variant in "as_built" "MOEX_PAGED_TILES=0" "MOEX_POSITION_SPLITS=1"; do
+    env $([ "$variant" = as_built ] || echo "$variant") "$BIN/moex" bench decode --device cuda \
+      --shape mixtral4l --batch 1,1 --prompt 4000 --tokens 24 --json 2>>"$OUT/prefill_bench.err" |
+      tail -1 | sed "s/^{/{\"variant\": \"$variant\", /" >>"$OUT/prefill_bench.jsonl"
   done
   python3 - "$OUT" <<'PY'
 import json, os, sys
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "prefill_bench.jsonl")) if l.startswith("{")]
-print("\n== prefill of a 4000-token prompt in one step, mixtral4l ==")
+print("\n== a 4000-token prompt prefilled in one step, then batch-1 decode, mixtral4l ==")
 for r in rows:
-    print(f"paged tiles {r['paged_tiles']}: prefill {r['prefill_ms']:.1f} ms, then {r['ms_per_step']:.3f} ms/step")
+    print(f"{r['variant']:24} prefill {r['prefill_ms']:8.1f} ms, decode {r['ms_per_step']:.3f} ms/step (graph {r.get('graph_ms', 0):.3f}, floor {r['floor_ms']:.3f})")
 PY
 fi
 

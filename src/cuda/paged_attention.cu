@@ -1,9 +1,13 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <string>
 
 #include "core/error.h"
 #include "cuda/cuda_check.h"
+#include "cuda/last_block.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/paged_attention.h"
 
@@ -13,6 +17,19 @@ namespace {
 using bf16 = __nv_bfloat16;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kPositionsPerPass = 4;  // positions a warp has in flight at once
+// A split gets at least this many positions of the block tables' reach (a pass of every warp, 8
+// times over), so short contexts are not split.
+constexpr int64_t kMinSplitPositions = 256;
+constexpr int kMaxSplits = 32;
+
+// Where the blocks of a split row leave their partial softmaxes: partial [blocks, G, dh + 2]
+// (the unnormalised output, then the running max and sum), counters [rows * groups] (zero
+// between launches; the last block of a (row, group) sets its counter back).
+struct SplitWorkspace {
+  int splits = 1;
+  float* partial = nullptr;
+  int* counters = nullptr;
+};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -28,25 +45,32 @@ __device__ __forceinline__ float warp_sum(float v) {
 // of q and of the output: P = 1, 2, 4 serve head_dim <= 64, 128, 256 with no idle registers. The
 // warps' partial softmaxes are merged through shared memory at the end.
 // Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G].
+// With ws.splits > 1, ws.splits blocks serve one (row, head group), each a contiguous share of the
+// row's positions; the last to finish merges their partial softmaxes.
 template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    paged_attention_kernel(PagedAttentionParams p, float scale) {
+    paged_attention_kernel(PagedAttentionParams p, float scale, SplitWorkspace ws) {
   extern __shared__ float smem[];
   wait_for_previous_kernel();
   float* part_acc = smem;
   float* part_m = part_acc + kWarpsPerBlock * G * 64 * P;
   float* part_sum = part_m + kWarpsPerBlock * G;
   const int64_t groups = p.heads / G;
-  // With tiles, the launch covers the rows outside them (rest_rows).
-  const int64_t row_of_launch = blockIdx.x / groups, h0 = (blockIdx.x % groups) * G;
+  // unit: this block's (row of the launch, head group); with tiles, the launch covers the rows
+  // outside them (rest_rows).
+  const int64_t unit = blockIdx.x / ws.splits, split = blockIdx.x % ws.splits;
+  const int64_t row_of_launch = unit / groups, h0 = (unit % groups) * G;
   const int64_t r = p.tiles != nullptr ? p.rest_rows[row_of_launch] : row_of_launch;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t dh = p.head_dim, kd = p.kv_heads * dh;
   const int64_t kv_off = (h0 / (p.heads / p.kv_heads)) * dh;
   const int32_t* table = p.tables + int64_t{p.row_seq[r]} * p.max_blocks;
   const int64_t len = int64_t{p.row_pos[r]} + 1;
-  const int64_t chunk = (len + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t begin = min(len, warp * chunk), end = min(len, begin + chunk);
+  // This block's positions [first, last), split among its warps.
+  const int64_t share = (len + ws.splits - 1) / ws.splits;
+  const int64_t first = min(len, split * share), last = min(len, first + share);
+  const int64_t chunk = (last - first + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  const int64_t begin = min(last, first + warp * chunk), end = min(last, begin + chunk);
   const bf16* kp = static_cast<const bf16*>(p.k_pool);
   const bf16* vp = static_cast<const bf16*>(p.v_pool);
   float2 qv[G][P], acc[G][P];
@@ -130,8 +154,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
   }
   __syncthreads();
-  // Merge, per head: the first warp's chunk is never empty (len >= 1), so the max is finite and a
-  // warp without positions (m = -inf, sum = 0) weighs 0.
+  // Merge, per head. A warp without positions (m = -inf, sum = 0) weighs 0; so does a block
+  // without any (a split past a short row's end), whose max stays -inf. The first split's first
+  // warp always has a position (len >= 1), so the final max is finite.
+  bf16* out = static_cast<bf16*>(p.out);
+  const int64_t slot = dh + 2;  // a head's partial: the output, then max and sum
   for (int64_t e = threadIdx.x; e < G * dh; e += blockDim.x) {
     const int g = static_cast<int>(e / dh);
     const int64_t d = e % dh;
@@ -139,14 +166,114 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int w = 0; w < kWarpsPerBlock; ++w) m_all = fmaxf(m_all, part_m[w * G + g]);
     float total = 0.0f, o = 0.0f;
+    if (m_all != -INFINITY) {
 #pragma unroll
-    for (int w = 0; w < kWarpsPerBlock; ++w) {
-      const float f = __expf(part_m[w * G + g] - m_all);
-      total += part_sum[w * G + g] * f;
-      o += part_acc[(w * G + g) * 64 * P + d] * f;
+      for (int w = 0; w < kWarpsPerBlock; ++w) {
+        const float f = __expf(part_m[w * G + g] - m_all);
+        total += part_sum[w * G + g] * f;
+        o += part_acc[(w * G + g) * 64 * P + d] * f;
+      }
     }
-    static_cast<bf16*>(p.out)[(r * p.heads + h0 + g) * dh + d] = __float2bfloat16(o / total);
+    if (ws.splits == 1) {
+      out[(r * p.heads + h0 + g) * dh + d] = __float2bfloat16(o / total);
+    } else {
+      float* mine = ws.partial + (int64_t{blockIdx.x} * G + g) * slot;
+      mine[d] = o;
+      if (d == 0) {
+        mine[dh] = m_all;
+        mine[dh + 1] = total;
+      }
+    }
   }
+  if (ws.splits == 1 || !finished_last(ws.counters + unit, ws.splits)) return;
+  // The last block of the unit: the splits' partials, merged the same way.
+  for (int64_t e = threadIdx.x; e < G * dh; e += blockDim.x) {
+    const int g = static_cast<int>(e / dh);
+    const int64_t d = e % dh;
+    const float* parts = ws.partial + (unit * ws.splits * G + g) * slot;  // split s: + s G slot
+    float m_all = -INFINITY;
+    for (int s = 0; s < ws.splits; ++s) m_all = fmaxf(m_all, parts[s * G * slot + dh]);
+    float total = 0.0f, o = 0.0f;
+    for (int s = 0; s < ws.splits; ++s) {
+      const float* part = parts + s * G * slot;
+      const float f = part[dh] == -INFINITY ? 0.0f : __expf(part[dh] - m_all);
+      total += part[dh + 1] * f;
+      o += part[d] * f;
+    }
+    out[(r * p.heads + h0 + g) * dh + d] = __float2bfloat16(o / total);
+  }
+  if (threadIdx.x == 0) ws.counters[unit] = 0;
+}
+
+int sm_count() {
+  static const int count = [] {
+    int device = 0, n = 0;
+    CUDA_CHECK(cudaGetDevice(&device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    return n;
+  }();
+  return count;
+}
+
+// Splits per (row, head group) of a launch of `units` of them: enough blocks for two waves when
+// the units alone leave SMs idle, each split at least kMinSplitPositions of the tables' reach.
+// MOEX_POSITION_SPLITS=1 in the environment keeps one block per unit (for measurements).
+int choose_splits(const PagedAttentionParams& p, int64_t units) {
+  if (p.position_splits > 0) return p.position_splits;
+  static const bool allowed = [] {
+    const char* env = std::getenv("MOEX_POSITION_SPLITS");
+    return env == nullptr || std::string(env) != "1";
+  }();
+  if (!allowed || units >= sm_count()) return 1;
+  const int64_t reach = p.max_blocks * p.block_size;  // no row has more positions
+  const int64_t by_sms = (2 * sm_count() + units - 1) / units;
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({by_sms, reach / kMinSplitPositions, kMaxSplits})));
+}
+
+// The workspace of split launches, per device, grown (never while a graph is captured) to the
+// largest launch so far.
+SplitWorkspace split_workspace(int64_t blocks, int64_t units, int64_t slot_floats,
+                               cudaStream_t stream) {
+  struct Buffers {
+    float* partial = nullptr;
+    int* counters = nullptr;
+    int64_t partial_floats = 0, counter_count = 0;
+  };
+  constexpr int kMaxDevices = 64;
+  static std::mutex mutex;
+  static Buffers per_device[kMaxDevices];
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  MOEX_CHECK(device < kMaxDevices, "paged_attention_bf16: device ", device, " of more than ",
+             kMaxDevices);
+  std::lock_guard<std::mutex> lock(mutex);
+  Buffers& b = per_device[device];
+  const int64_t floats = blocks * slot_floats;
+  if (b.partial_floats < floats || b.counter_count < units) {
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+    MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
+               "paged_attention_bf16: the split workspace grows outside a captured graph only "
+               "(run the step once directly first)");
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // a running launch may still use the old one
+    if (b.partial_floats < floats) {
+      CUDA_CHECK(cudaFree(b.partial));
+      CUDA_CHECK(cudaMalloc(&b.partial, sizeof(float) * floats));
+      b.partial_floats = floats;
+    }
+    if (b.counter_count < units) {
+      CUDA_CHECK(cudaFree(b.counters));
+      CUDA_CHECK(cudaMalloc(&b.counters, sizeof(int) * units));
+      CUDA_CHECK(cudaMemset(b.counters, 0, sizeof(int) * units));
+      b.counter_count = units;
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  SplitWorkspace ws;
+  ws.partial = b.partial;
+  ws.counters = b.counters;
+  return ws;
 }
 
 template <int P, int G>
@@ -159,20 +286,17 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
                                     static_cast<int>(smem)));
     attr_set = true;
   }
-  const auto blocks = static_cast<unsigned>(p.rows * (p.heads / G));
-  launch_kernel(paged_attention_kernel<P, G>, blocks, kWarpsPerBlock * 32, smem, stream, p,
-                1.0f / sqrtf(static_cast<float>(p.head_dim)));
+  const int64_t units = p.rows * (p.heads / G);
+  const int splits = choose_splits(p, units);
+  SplitWorkspace ws;
+  if (splits > 1) ws = split_workspace(units * splits, units, G * (p.head_dim + 2), stream);
+  ws.splits = splits;
+  MOEX_CHECK(units * splits < (int64_t{1} << 31), "paged_attention_bf16: ", units, " x ", splits,
+             " blocks");
+  launch_kernel(paged_attention_kernel<P, G>, static_cast<unsigned>(units * splits),
+                kWarpsPerBlock * 32, smem, stream, p, 1.0f / sqrtf(static_cast<float>(p.head_dim)),
+                ws);
   CUDA_CHECK(cudaGetLastError());
-}
-
-int sm_count() {
-  static const int count = [] {
-    int device = 0, n = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    return n;
-  }();
-  return count;
 }
 
 // G: the most query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group); one

@@ -23,6 +23,10 @@ struct PagedAttentionParams {
   // Query heads of one KV head per block: 0 lets the launcher choose; tests force 1, 2, 4 or 8
   // (dividing heads / kv_heads) to run every variant.
   int heads_per_block = 0;
+  // Blocks per (row, head group), each taking a contiguous share of the row's positions, the last
+  // to finish merging their softmaxes (flash-decoding): 0 lets the launcher choose (several only
+  // when few rows would leave SMs idle and the block tables reach far); tests force any >= 1.
+  int position_splits = 0;
   // Prompt chunks on tensor cores (null: every row alone): tile t = tiles[4t..4t+3] = {first row,
   // rows (<= tile_rows), sequence, position of the first row} is a run of consecutive rows of one
   // sequence at consecutive positions, attended by the flash forward kernel (cuda/attention.h)

@@ -380,8 +380,9 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
   m.init_weights(5);
   std::vector<int32_t> ids, unused;
   counting_batch(3, 20, config.vocab_size, 12, &ids, &unused);
-  // Tables as wide as each step needs, then padded: its decode steps replay captured graphs.
-  for (const int64_t width : {0, 6}) {
+  // Tables as wide as each step needs, then padded: its decode steps replay captured graphs. Padded
+  // to 160 blocks (640 positions), the few decode rows split their positions over blocks.
+  for (const int64_t width : {0, 6, 160}) {
     testing::run_paged_serving_scenario(
         m, ids,
         [width](const std::string& what, const std::vector<float>& paged,

@@ -82,15 +82,19 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
     p.head_dim = c.head_dim;
     p.block_size = c.block_size;
     p.max_blocks = max_blocks;
-    // The launcher's choice, then every number of query heads per block the group allows.
+    // The launcher's choice, then every number of query heads per block the group allows, each
+    // with the positions split over 1, 3 and 32 blocks (a split past a short row's end is empty).
     for (const int g : {0, 1, 2, 4, 8}) {
       if (g > 0 && (c.heads / c.kv_heads) % g != 0) continue;
-      p.heads_per_block = g;
-      out.poison();
-      cuda::paged_attention_bf16(p, ctx.stream());
-      // fp32 softmax and accumulation, one bf16 rounding of the output.
-      EXPECT_LT(rel_l2(download_bf16(out.ptr, q_n), ref), 4e-3)
-          << tag << " heads per block " << g;
+      for (const int splits : {0, 1, 3, 32}) {
+        p.heads_per_block = g;
+        p.position_splits = splits;
+        out.poison();
+        cuda::paged_attention_bf16(p, ctx.stream());
+        // fp32 softmax and accumulation, one bf16 rounding of the output.
+        EXPECT_LT(rel_l2(download_bf16(out.ptr, q_n), ref), 4e-3)
+            << tag << " heads per block " << g << " position splits " << splits;
+      }
     }
   }
 }
