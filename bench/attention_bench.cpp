@@ -170,6 +170,61 @@ void run_prefill(const PrefillShape& s, cudaStream_t stream) {
   for (int32_t* ptr : {d_table, d_seq, d_pos, d_tiles, d_rest}) CUDA_CHECK(cudaFree(ptr));
 }
 
+// Decode rows over the paged pool: `rows` sequences of `len` positions each (their last position
+// attends all), Mixtral's heads, one launch per (heads per block, position splits) pair; 0 lets the
+// launcher choose. One JSON line each with "decode": true and the KV bytes read per microsecond.
+void run_decode_attention(int64_t rows, int64_t len, cudaStream_t stream) {
+  const int64_t heads = 32, kv_heads = 8, dh = 128, bs = 16;
+  const int64_t per_seq = (len + bs - 1) / bs, num_blocks = rows * per_seq;
+  std::vector<int32_t> table(num_blocks), row_seq(rows),
+      row_pos(rows, static_cast<int32_t>(len - 1));
+  for (int64_t b = 0; b < num_blocks; ++b) table[b] = static_cast<int32_t>((b * 7919) % num_blocks);
+  for (int64_t r = 0; r < rows; ++r) row_seq[r] = static_cast<int32_t>(r);
+  const int64_t nq = rows * heads * dh, nkv = num_blocks * bs * kv_heads * dh;
+  void *q, *k, *v, *out;
+  int32_t *d_table, *d_seq, *d_pos;
+  CUDA_CHECK(cudaMalloc(&q, nq * 2));
+  CUDA_CHECK(cudaMalloc(&out, nq * 2));
+  CUDA_CHECK(cudaMalloc(&k, nkv * 2));
+  CUDA_CHECK(cudaMalloc(&v, nkv * 2));
+  for (auto [dst, src] : {std::pair{&d_table, &table}, {&d_seq, &row_seq}, {&d_pos, &row_pos}}) {
+    CUDA_CHECK(cudaMalloc(dst, src->size() * 4));
+    CUDA_CHECK(cudaMemcpy(*dst, src->data(), src->size() * 4, cudaMemcpyHostToDevice));
+  }
+  cuda::fill_uniform_bf16(q, nq, 8, 0, -1.0f, 1.0f, stream);
+  cuda::fill_uniform_bf16(k, nkv, 9, 0, -1.0f, 1.0f, stream);
+  cuda::fill_uniform_bf16(v, nkv, 10, 0, -1.0f, 1.0f, stream);
+  cuda::PagedAttentionParams p;
+  p.q = q;
+  p.k_pool = k;
+  p.v_pool = v;
+  p.tables = d_table;
+  p.row_seq = d_seq;
+  p.row_pos = d_pos;
+  p.out = out;
+  p.rows = rows;
+  p.heads = heads;
+  p.kv_heads = kv_heads;
+  p.head_dim = dh;
+  p.block_size = bs;
+  p.max_blocks = per_seq;
+  const double kv_bytes = 2.0 * rows * len * kv_heads * dh * 2;
+  const std::pair<int, int> variants[] = {{0, 0}, {1, 1}, {1, 4},  {1, 9},  {1, 16},
+                                          {4, 1}, {4, 8}, {4, 16}, {4, 32}, {2, 16}};
+  for (const auto& [g, splits] : variants) {
+    p.heads_per_block = g;
+    p.position_splits = splits;
+    const float ms = median_ms([&] { cuda::paged_attention_bf16(p, stream); }, stream);
+    std::printf(
+        "{\"decode\": true, \"rows\": %lld, \"len\": %lld, \"heads_per_block\": %d, "
+        "\"splits\": %d, \"us\": %.2f, \"kv_gbps\": %.0f}\n",
+        (long long)rows, (long long)len, g, splits, ms * 1e3, kv_bytes / (ms * 1e6));
+    std::fflush(stdout);
+  }
+  for (void* ptr : {q, k, v, out}) CUDA_CHECK(cudaFree(ptr));
+  for (int32_t* ptr : {d_table, d_seq, d_pos}) CUDA_CHECK(cudaFree(ptr));
+}
+
 }  // namespace
 
 int main() {
@@ -184,6 +239,8 @@ int main() {
                                   {"chunk512at8k", 7680, 512}, {"chunk64at4k", 4032, 64},
                                   {"chunk16at4k", 4080, 16},   {"chunk8at4k", 4088, 8}};
   for (const PrefillShape& s : prefill) run_prefill(s, stream);
+  for (const int64_t rows : {1, 8})
+    for (const int64_t len : {1024, 4096, 16384}) run_decode_attention(rows, len, stream);
   CUDA_CHECK(cudaStreamDestroy(stream));
   return 0;
 }

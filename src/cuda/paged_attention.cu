@@ -191,9 +191,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     const int g = static_cast<int>(e / dh);
     const int64_t d = e % dh;
     const float* parts = ws.partial + (unit * ws.splits * G + g) * slot;  // split s: + s G slot
+    // Unrolled so the splits' loads are in flight together.
     float m_all = -INFINITY;
+#pragma unroll 8
     for (int s = 0; s < ws.splits; ++s) m_all = fmaxf(m_all, parts[s * G * slot + dh]);
     float total = 0.0f, o = 0.0f;
+#pragma unroll 8
     for (int s = 0; s < ws.splits; ++s) {
       const float* part = parts + s * G * slot;
       const float f = part[dh] == -INFINITY ? 0.0f : __expf(part[dh] - m_all);
