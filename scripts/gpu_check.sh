@@ -268,10 +268,11 @@ fi
 # Long context: one sequence's 4000-token prompt in one serving step on mixtral4l (prefill_ms, the
 # second of two runs on one model, so warm), then batch-1 decode steps at ~4K positions: as built
 # (prompt tiles on tensor cores, decode rows' positions split over blocks), with every prompt row
-# attended alone (MOEX_PAGED_TILES=0), and with one block per decode row (MOEX_POSITION_SPLITS=1).
+# attended alone (MOEX_PAGED_TILES=0), and with one block per decode row (MOEX_POSITION_SPLITS=1);
+# MOEX_LONG_VARIANTS narrows the list.
 if [ -z "${MOEX_SKIP_PREFILL_BENCH:-}" ]; then
   : >"$OUT/prefill_bench.jsonl"
-  for variant in "as_built" "MOEX_PAGED_TILES=0" "MOEX_POSITION_SPLITS=1"; do
+  for variant in ${MOEX_LONG_VARIANTS:-as_built MOEX_PAGED_TILES=0 MOEX_POSITION_SPLITS=1}; do
     env $([ "$variant" = as_built ] || echo "$variant") "$BIN/moex" bench decode --device cuda \
       --shape mixtral4l --batch 1,1 --prompt 4000 --tokens 24 --json 2>>"$OUT/prefill_bench.err" |
       tail -1 | sed "s/^{/{\"variant\": \"$variant\", /" >>"$OUT/prefill_bench.jsonl"

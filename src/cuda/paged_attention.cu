@@ -17,9 +17,10 @@ namespace {
 using bf16 = __nv_bfloat16;
 constexpr int kWarpsPerBlock = 8;
 constexpr int kPositionsPerPass = 4;  // positions a warp has in flight at once
-// A split gets at least this many positions of the block tables' reach (a pass of every warp, 8
-// times over), so short contexts are not split.
-constexpr int64_t kMinSplitPositions = 256;
+// A split gets at least this many positions of the block tables' reach (two passes of every
+// warp), so short contexts are not split; tables reaching twice as far split (docs/gpu-model.md
+// §Decoding has the measurements behind these numbers).
+constexpr int64_t kMinSplitPositions = 64;
 constexpr int kMaxSplits = 32;
 
 // Where the blocks of a split row leave their partial softmaxes: partial [blocks, G, dh + 2]
@@ -218,18 +219,24 @@ int sm_count() {
   return count;
 }
 
-// Splits per (row, head group) of a launch of `units` of them: enough blocks for two waves when
-// the units alone leave SMs idle, each split at least kMinSplitPositions of the tables' reach.
-// MOEX_POSITION_SPLITS=1 in the environment keeps one block per unit (for measurements).
-int choose_splits(const PagedAttentionParams& p, int64_t units) {
-  if (p.position_splits > 0) return p.position_splits;
+// Whether a launch splits positions: its block tables reach at least two splits' worth (no row
+// has more positions than that reach). MOEX_POSITION_SPLITS=1 in the environment turns splitting
+// off, with the head grouping of before (for measurements).
+bool long_reach(const PagedAttentionParams& p) {
   static const bool allowed = [] {
     const char* env = std::getenv("MOEX_POSITION_SPLITS");
     return env == nullptr || std::string(env) != "1";
   }();
-  if (!allowed || units >= sm_count()) return 1;
-  const int64_t reach = p.max_blocks * p.block_size;  // no row has more positions
-  const int64_t by_sms = (2 * sm_count() + units - 1) / units;
+  return allowed && p.max_blocks * p.block_size >= 2 * kMinSplitPositions;
+}
+
+// Splits per (row, head group) of a launch of `units` of them: about four blocks per SM, each
+// split at least kMinSplitPositions of the tables' reach, at most kMaxSplits.
+int choose_splits(const PagedAttentionParams& p, int64_t units) {
+  if (p.position_splits > 0) return p.position_splits;
+  if (!long_reach(p)) return 1;
+  const int64_t reach = p.max_blocks * p.block_size;
+  const int64_t by_sms = (4 * sm_count() + units - 1) / units;
   return static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({by_sms, reach / kMinSplitPositions, kMaxSplits})));
 }
@@ -302,14 +309,16 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
   CUDA_CHECK(cudaGetLastError());
 }
 
-// G: the most query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group); one
-// head a block while a block per (row, KV head) would leave SMs idle (a few rows: the step is
-// latency-bound and the group's re-reads of short rows cost little).
+// G: the query heads of one KV head a block takes (1, 2, 4 or 8, dividing the group). The most
+// the group allows, so each key and value row is read once for them, when the positions are split
+// (the splits supply the blocks) or the rows alone fill the SMs; otherwise one head a block (a few
+// short rows: the step is latency-bound and the group's re-reads of short rows cost little).
 template <int P>
 void launch_for_group(const PagedAttentionParams& p, cudaStream_t stream) {
   const int64_t group = p.heads / p.kv_heads;
+  const int full = group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
   int g = p.heads_per_block;
-  if (g == 0) g = p.rows * p.kv_heads < sm_count() ? 1 : group % 8 == 0 ? 8 : group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+  if (g == 0) g = long_reach(p) || p.rows * p.kv_heads >= sm_count() ? full : 1;
   MOEX_CHECK((g == 1 || g == 2 || g == 4 || g == 8) && group % g == 0,
              "paged_attention_bf16: heads_per_block must be 1, 2, 4 or 8 and divide heads / kv_heads (",
              group, "), got ", g);
