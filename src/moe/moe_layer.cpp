@@ -265,14 +265,17 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
     expert_in = local_buf_.data();
   }
   const moe::DispatchPlan& eplan = expert_group ? exchange_.local_plan() : plan;
-  experts_.resize(es, eplan.num_rows());
-  for (int q = 0; q < num_sources(); ++q)
-    moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
-                            experts_.h.data(), experts_.a.data(), experts_.out.data());
-  // Sliced experts: each rank's out rows are its slice's part of the sum over F. A CAC recompute
-  // takes the first pass's outputs and skips it.
-  if (slice_group != nullptr && !reuse)
-    reduce_slices(experts_.out.data(), eplan.num_rows() * d);
+  // A CAC recompute's expert rows are the first pass's (the kept exchange), and so are their
+  // activations: that pass was this layer's last forward, so experts_ still holds them (the
+  // reuse check above), sliced experts' sums included. Nothing is computed again.
+  if (!reuse) {
+    experts_.resize(es, eplan.num_rows());
+    for (int q = 0; q < num_sources(); ++q)
+      moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
+                              experts_.h.data(), experts_.a.data(), experts_.out.data());
+    // Sliced experts: each rank's out rows are its slice's part of the sum over F.
+    if (slice_group != nullptr) reduce_slices(experts_.out.data(), eplan.num_rows() * d);
+  }
   const T* expert_out = experts_.out.data();
   if (expert_group != nullptr) {
     if (reuse) {
