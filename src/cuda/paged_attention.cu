@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 
+#include "core/arena.h"
 #include "core/error.h"
 #include "cuda/cuda_check.h"
 #include "cuda/last_block.cuh"
@@ -46,8 +47,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 // of q and of the output: P = 1, 2, 4 serve head_dim <= 64, 128, 256 with no idle registers. The
 // warps' partial softmaxes are merged through shared memory at the end.
 // Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G].
-// With ws.splits > 1, ws.splits blocks serve one (row, head group), each a contiguous share of the
-// row's positions; the last to finish merges their partial softmaxes.
+// With ws.splits > 1, up to ws.splits blocks serve one (row, head group), each a contiguous share
+// of the row's positions; the last to finish merges their partial softmaxes.
 template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     paged_attention_kernel(PagedAttentionParams p, float scale, SplitWorkspace ws) {
@@ -67,8 +68,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t kv_off = (h0 / (p.heads / p.kv_heads)) * dh;
   const int32_t* table = p.tables + int64_t{p.row_seq[r]} * p.max_blocks;
   const int64_t len = int64_t{p.row_pos[r]} + 1;
+  // The splits this row uses: no more than its length fills with kMinSplitPositions each, so a
+  // short row in a launch sized for long ones (tables padded to the longest context) is one block
+  // writing its output itself; the unit's other blocks leave at once, without arriving.
+  const int splits = static_cast<int>(min(
+      int64_t{ws.splits}, max(int64_t{1}, (len + kMinSplitPositions - 1) / kMinSplitPositions)));
+  if (split >= splits) return;
   // This block's positions [first, last), split among its warps.
-  const int64_t share = (len + ws.splits - 1) / ws.splits;
+  const int64_t share = (len + splits - 1) / splits;
   const int64_t first = min(len, split * share), last = min(len, first + share);
   const int64_t chunk = (last - first + kWarpsPerBlock - 1) / kWarpsPerBlock;
   const int64_t begin = min(last, first + warp * chunk), end = min(last, begin + chunk);
@@ -175,7 +182,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         o += part_acc[(w * G + g) * 64 * P + d] * f;
       }
     }
-    if (ws.splits == 1) {
+    if (splits == 1) {
       out[(r * p.heads + h0 + g) * dh + d] = __float2bfloat16(o / total);
     } else {
       float* mine = ws.partial + (int64_t{blockIdx.x} * G + g) * slot;
@@ -186,7 +193,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       }
     }
   }
-  if (ws.splits == 1 || !finished_last(ws.counters + unit, ws.splits)) return;
+  if (splits == 1 || !finished_last(ws.counters + unit, splits)) return;
   // The last block of the unit: the splits' partials, merged the same way.
   for (int64_t e = threadIdx.x; e < G * dh; e += blockDim.x) {
     const int g = static_cast<int>(e / dh);
@@ -195,10 +202,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     // Unrolled so the splits' loads are in flight together.
     float m_all = -INFINITY;
 #pragma unroll 8
-    for (int s = 0; s < ws.splits; ++s) m_all = fmaxf(m_all, parts[s * G * slot + dh]);
+    for (int s = 0; s < splits; ++s) m_all = fmaxf(m_all, parts[s * G * slot + dh]);
     float total = 0.0f, o = 0.0f;
 #pragma unroll 8
-    for (int s = 0; s < ws.splits; ++s) {
+    for (int s = 0; s < splits; ++s) {
       const float* part = parts + s * G * slot;
       const float f = part[dh] == -INFINITY ? 0.0f : __expf(part[dh] - m_all);
       total += part[dh + 1] * f;
@@ -241,8 +248,12 @@ int choose_splits(const PagedAttentionParams& p, int64_t units) {
       std::max<int64_t>(1, std::min<int64_t>({by_sms, reach / kMinSplitPositions, kMaxSplits})));
 }
 
-// The workspace of split launches, per device, grown (never while a graph is captured) to the
-// largest launch so far.
+// The workspace of split launches, per device. The first call makes it large enough for any
+// launch whose splits the launcher chooses (at most 8 blocks per SM, 4 units per SM, 8 heads of
+// 256), so captured decode steps never see it move; a larger forced launch (tests) grows it
+// outside capture only, and then announces the move (buffers_moved()) so captured steps that hold
+// the old addresses are captured again before they run. One stream of a device uses it at a
+// time (serving runs one).
 SplitWorkspace split_workspace(int64_t blocks, int64_t units, int64_t slot_floats,
                                cudaStream_t stream) {
   struct Buffers {
@@ -259,8 +270,10 @@ SplitWorkspace split_workspace(int64_t blocks, int64_t units, int64_t slot_float
              kMaxDevices);
   std::lock_guard<std::mutex> lock(mutex);
   Buffers& b = per_device[device];
-  const int64_t floats = blocks * slot_floats;
+  const int64_t floats = std::max<int64_t>(blocks * slot_floats, 8 * sm_count() * 8 * 258);
+  units = std::max<int64_t>(units, 4 * sm_count());
   if (b.partial_floats < floats || b.counter_count < units) {
+    const bool moved = b.partial != nullptr;
     cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
     CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
     MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
@@ -279,6 +292,7 @@ SplitWorkspace split_workspace(int64_t blocks, int64_t units, int64_t slot_float
       b.counter_count = units;
     }
     CUDA_CHECK(cudaDeviceSynchronize());
+    if (moved) buffers_moved();
   }
   SplitWorkspace ws;
   ws.partial = b.partial;
@@ -298,11 +312,11 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
   }
   const int64_t units = p.rows * (p.heads / G);
   const int splits = choose_splits(p, units);
+  MOEX_CHECK(units * splits < (int64_t{1} << 31), "paged_attention_bf16: ", units, " x ", splits,
+             " blocks");
   SplitWorkspace ws;
   if (splits > 1) ws = split_workspace(units * splits, units, G * (p.head_dim + 2), stream);
   ws.splits = splits;
-  MOEX_CHECK(units * splits < (int64_t{1} << 31), "paged_attention_bf16: ", units, " x ", splits,
-             " blocks");
   launch_kernel(paged_attention_kernel<P, G>, static_cast<unsigned>(units * splits),
                 kWarpsPerBlock * 32, smem, stream, p, 1.0f / sqrtf(static_cast<float>(p.head_dim)),
                 ws);

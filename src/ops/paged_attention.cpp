@@ -87,6 +87,35 @@ PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, i
   return plan;
 }
 
+void check_paged_tiles(const Tensor& tiles, const Tensor& rest_rows, const Tensor& row_seq,
+                       const Tensor& row_pos) {
+  const char* op = "paged attention";
+  const int64_t rows = row_seq.numel();
+  const int32_t *seq = row_seq.data<int32_t>(), *pos = row_pos.data<int32_t>();
+  const int32_t *t = tiles.data<int32_t>(), *rest = rest_rows.data<int32_t>();
+  std::vector<int> seen(static_cast<size_t>(rows), 0);
+  for (int64_t i = 0; i < tiles.dim(0); ++i) {
+    const int32_t* tile = t + i * kPagedTileWords;
+    const int64_t first = tile[0], n = tile[1];
+    MOEX_CHECK(n >= 1 && n <= kPagedTileRows && first >= 0 && first + n <= rows, op, ": tile ", i,
+               " holds rows ", first, "..", first + n - 1, " of ", rows, " (at most ",
+               kPagedTileRows, ")");
+    for (int64_t r = first; r < first + n; ++r) {
+      MOEX_CHECK(seq[r] == tile[2] && pos[r] == tile[3] + (r - first), op, ": tile ", i,
+                 " says row ", r, " is position ", tile[3] + (r - first), " of sequence ", tile[2],
+                 ", it is ", pos[r], " of ", seq[r]);
+      ++seen[static_cast<size_t>(r)];
+    }
+  }
+  for (int64_t i = 0; i < rest_rows.numel(); ++i) {
+    MOEX_CHECK(rest[i] >= 0 && rest[i] < rows, op, ": rest row ", rest[i], " of ", rows);
+    ++seen[static_cast<size_t>(rest[i])];
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    MOEX_CHECK(seen[static_cast<size_t>(r)] == 1, op, ": row ", r, " is in ", seen[r],
+               " tiles and rest rows, not one");
+}
+
 void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool,
                      const Tensor& tables, const Tensor& row_seq, const Tensor& row_pos,
                      const Tensor& out, const Tensor& tiles, const Tensor& rest_rows) {
@@ -115,10 +144,15 @@ void paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool
     expect_indices(op, "rest_rows", rest_rows, dev, rest_rows.numel());
     MOEX_CHECK(rest_rows.numel() < rows, op, ": ", rest_rows.numel(), " rest rows of ", rows,
                " leave none for the tiles");
+    // The tile kernel keeps a pool row index in 32 bits.
+    MOEX_CHECK(k_pool.dim(0) * k_pool.dim(1) < (int64_t{1} << 31), op, ": a pool of ",
+               k_pool.dim(0) * k_pool.dim(1), " slots is too large for the tiles");
   }
   if (dev.is_cpu()) {
-    // Every row alone: the tiles only choose the GPU's kernels.
+    // Every row alone: the tiles only choose the GPU's kernels, but a plan must still be one the
+    // GPU could run.
     check_paged_rows(tables, row_seq, row_pos, k_pool.dim(1), k_pool.dim(0));
+    if (tiles.defined()) check_paged_tiles(tiles, rest_rows, row_seq, row_pos);
     const cpu::PagedAttentionShape s{rows,          q.dim(1),      k_pool.dim(2), q.dim(2),
                                      k_pool.dim(1), tables.dim(1), k_pool.dim(0)};
     cpu::paged_attention(q.data<float>(), k_pool.data<float>(), v_pool.data<float>(),

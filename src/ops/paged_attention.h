@@ -33,6 +33,12 @@ struct PagedTilePlan {
 // with MOEX_PAGED_TILES=0 in the environment (for measurements).
 PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows);
 
+// Throws unless the plan's tiles and rest rows (host tensors, as paged_attention takes them) cover
+// every one of the R rows exactly once, each tile being at most kPagedTileRows consecutive rows of
+// its sequence at consecutive positions from its first. Host row_seq [R], row_pos [R].
+void check_paged_tiles(const Tensor& tiles, const Tensor& rest_rows, const Tensor& row_seq,
+                       const Tensor& row_pos);
+
 // out[r, h] = causal attention of q[r, h] over positions 0..row_pos[r] of sequence row_seq[r]:
 // q [R, H, Dh], k_pool / v_pool [blocks, bs, KVH, Dh], out [R, H, Dh] in the compute dtype.
 // tiles [T, kPagedTileWords] and rest_rows [R - tiled rows] (plan_paged_tiles, on the op's

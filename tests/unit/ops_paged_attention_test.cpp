@@ -230,30 +230,53 @@ TEST(PagedAttention, TilePlanCoversEveryRowOnce) {
 }
 
 // The tiles only choose the GPU's kernels: on the CPU the op gives the same bits with or without
-// them, and a malformed tile list is refused.
-TEST(PagedAttention, TilesChangeNothingOnTheCpu) {
-  const int64_t heads = 4, kv_heads = 2, dh = 8, bs = 4, num_blocks = 12;
-  const std::vector<int32_t> table = {5, 2, 9, 0, 11, 7};  // one sequence, 24 positions
-  std::vector<int32_t> seq(20, 0), pos(20);
-  std::iota(pos.begin(), pos.end(), 3);
-  const Tensor q = random({20, heads, dh}, 1), k = random({num_blocks, bs, kv_heads, dh}, 2),
+// them, and refuses a plan the GPU could not run (the GPU trusts it): a malformed tile list, a
+// tile whose rows are not its sequence's consecutive positions, a row covered twice or not at
+// all, a tile over kPagedTileRows rows.
+TEST(PagedAttention, TilePlansAreCheckedOnTheCpu) {
+  const int64_t heads = 4, kv_heads = 2, dh = 8, bs = 4, num_blocks = 30, rows = 100;
+  std::vector<int32_t> table(25), seq(rows, 0), pos(rows);
+  for (int32_t b = 0; b < 25; ++b) table[b] = (b * 7) % num_blocks;  // one sequence, shuffled
+  std::iota(pos.begin(), pos.end(), 0);
+  const Tensor q = random({rows, heads, dh}, 1), k = random({num_blocks, bs, kv_heads, dh}, 2),
                v = random({num_blocks, bs, kv_heads, dh}, 3);
-  const Tensor tables = ints(table, {1, 6}), row_seq = ints(seq, {20}), row_pos = ints(pos, {20});
-  const ops::PagedTilePlan plan = ops::plan_paged_tiles(seq.data(), pos.data(), 20);
-  ASSERT_FALSE(plan.tiles.empty());
-  const Tensor tiles = ints(plan.tiles, {static_cast<int64_t>(plan.tiles.size()) / 4, 4});
-  const Tensor rest = ints(plan.rest, {static_cast<int64_t>(plan.rest.size())});
+  const Tensor tables = ints(table, {1, 25}), row_seq = ints(seq, {rows}),
+               row_pos = ints(pos, {rows});
+  const ops::PagedTilePlan plan = ops::plan_paged_tiles(seq.data(), pos.data(), rows);
+  ASSERT_EQ(plan.tiles.size(), 8u);  // 64 + 36 rows
+  auto tiles_of = [](const std::vector<int32_t>& t) {
+    return ints(t, {static_cast<int64_t>(t.size()) / 4, 4});
+  };
+  auto rest_of = [](const std::vector<int32_t>& r) {
+    return ints(r, {static_cast<int64_t>(r.size())});
+  };
   Tensor plain = Tensor::empty(q.shape(), DType::kF32),
          tiled = Tensor::empty(q.shape(), DType::kF32);
   ops::paged_attention(q, k, v, tables, row_seq, row_pos, plain);
-  ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles, rest);
+  ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles_of(plan.tiles),
+                       rest_of(plan.rest));
   EXPECT_EQ(max_abs_diff(plain.data<float>(), tiled.data<float>(), q.numel()), 0.0);
-  EXPECT_THROW(ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles, Tensor()),
+  auto message = [&](const std::vector<int32_t>& t, const std::vector<int32_t>& rest) {
+    try {
+      ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles_of(t), rest_of(rest));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_EQ(message({0, 64, 0, 0, 64, 36, 0, 64}, {}), "no error");
+  EXPECT_NE(message({0, 64, 0, 0, 64, 36, 0, 65}, {}).find("tile 1 says row 64 is position 65"),
+            std::string::npos);
+  EXPECT_NE(message({0, 64, 0, 0, 64, 36, 0, 64}, {3}).find("row 3 is in 2"), std::string::npos);
+  EXPECT_NE(message({0, 64, 0, 0, 64, 35, 0, 64}, {}).find("row 99 is in 0"), std::string::npos);
+  EXPECT_NE(message({0, 65, 0, 0, 65, 35, 0, 65}, {}).find("(at most 64)"), std::string::npos);
+  EXPECT_THROW(ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled, tiles_of(plan.tiles),
+                                    Tensor()),
                Error);
-  EXPECT_THROW(
-      ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled,
-                           ints(plan.tiles, {static_cast<int64_t>(plan.tiles.size())}), rest),
-      Error);
+  EXPECT_THROW(ops::paged_attention(q, k, v, tables, row_seq, row_pos, tiled,
+                                    ints(plan.tiles, {static_cast<int64_t>(plan.tiles.size())}),
+                                    rest_of(plan.rest)),
+               Error);
 }
 
 }  // namespace

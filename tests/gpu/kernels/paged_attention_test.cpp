@@ -83,7 +83,8 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
     p.block_size = c.block_size;
     p.max_blocks = max_blocks;
     // The launcher's choice, then every number of query heads per block the group allows, each
-    // with the positions split over 1, 3 and 32 blocks (a split past a short row's end is empty).
+    // with the positions split over 1, 3 and 32 blocks (a row takes at most one split per 64 of its
+    // positions, so the 300-position row merges 3 and 5 splits; shorter rows fewer).
     for (const int g : {0, 1, 2, 4, 8}) {
       if (g > 0 && (c.heads / c.kv_heads) % g != 0) continue;
       for (const int splits : {0, 1, 3, 32}) {
