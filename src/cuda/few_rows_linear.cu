@@ -1,5 +1,4 @@
 #include <algorithm>
-#include <mutex>
 
 #include "core/error.h"
 #include "cuda/bf16_chunk.cuh"
@@ -10,6 +9,7 @@
 #include "cuda/few_rows_mma.cuh"
 #include "cuda/last_block.cuh"
 #include "cuda/launch.cuh"
+#include "cuda/split_workspace.h"
 
 namespace moex::cuda {
 namespace {
@@ -17,7 +17,6 @@ namespace {
 // The shortest piece of k a split takes: below it a block spends more on its start and the
 // hand-off than on loads.
 constexpr int64_t kMinSplitLength = 256;
-constexpr int kMaxDevices = 64;
 
 // How a call is cut: units of 32 weight rows (cuda/few_rows_mma.cuh), each split `splits` ways
 // along k so that a small matrix still has a block in every resident slot (a 4096 x 4096 one has
@@ -25,16 +24,6 @@ constexpr int kMaxDevices = 64;
 struct Plan {
   int64_t units = 0, split_length = 0, blocks = 0;
   int splits = 1;
-};
-
-// fp32 partial sums [splits, rows, n] of split calls and one arrival counter per unit (kept at 0
-// between calls). A split call has units * splits <= resident blocks, so resident * 32 * the
-// most rows bounds the partials: one allocation per device, made on the first call (before any
-// graph capture, which runs each step once directly first). Split calls on one device must
-// therefore not overlap: moex issues them on the device's one stream.
-struct SplitWorkspace {
-  float* partial = nullptr;
-  int* counters = nullptr;
 };
 
 // y[r, j] from its fp32 sum: a bf16 y is rounded, then the bias added (as gemm + add_bias).
@@ -124,29 +113,14 @@ int64_t resident_blocks() {
   return resident;
 }
 
+// fp32 partial sums [splits, rows, n] of split calls and one arrival counter per unit. A split
+// call has units * splits <= resident blocks, so resident * 32 * the most rows bounds the
+// partials, sized for the kernel variant with the most resident blocks: made on the first call,
+// never grown after.
 SplitWorkspace split_workspace(cudaStream_t stream) {
-  // Sized for the kernel variant with the most resident blocks, whichever asks first.
+  static SplitWorkspaces workspaces("few_rows_linear");
   const int64_t resident = std::max(resident_blocks<1>(), resident_blocks<2>());
-  static std::mutex mutex;
-  static SplitWorkspace per_device[kMaxDevices];
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  MOEX_CHECK(device < kMaxDevices, "few_rows_linear: device ", device, " of more than ",
-             kMaxDevices);
-  std::lock_guard<std::mutex> lock(mutex);
-  SplitWorkspace& ws = per_device[device];
-  if (ws.partial == nullptr) {
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-    MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
-               "few_rows_linear: its workspace is made on the first call, which must not be "
-               "captured (run the step once directly first)");
-    CUDA_CHECK(cudaMalloc(&ws.partial, sizeof(float) * resident * 32 * kFewRowsLinearMaxRows));
-    CUDA_CHECK(cudaMalloc(&ws.counters, sizeof(int) * resident));
-    CUDA_CHECK(cudaMemset(ws.counters, 0, sizeof(int) * resident));
-    CUDA_CHECK(cudaDeviceSynchronize());
-  }
-  return ws;
+  return workspaces.get(resident * 32 * kFewRowsLinearMaxRows, resident, stream);
 }
 
 template <int kNT>

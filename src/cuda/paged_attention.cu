@@ -2,15 +2,14 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 
-#include "core/arena.h"
 #include "core/error.h"
 #include "cuda/cuda_check.h"
 #include "cuda/last_block.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/paged_attention.h"
+#include "cuda/split_workspace.h"
 
 namespace moex::cuda {
 namespace {
@@ -23,15 +22,6 @@ constexpr int kPositionsPerPass = 4;  // positions a warp has in flight at once
 // §Decoding has the measurements behind these numbers).
 constexpr int64_t kMinSplitPositions = 64;
 constexpr int kMaxSplits = 32;
-
-// Where the blocks of a split row leave their partial softmaxes: partial [blocks, G, dh + 2]
-// (the unnormalised output, then the running max and sum), counters [rows * groups] (zero
-// between launches; the last block of a (row, group) sets its counter back).
-struct SplitWorkspace {
-  int splits = 1;
-  float* partial = nullptr;
-  int* counters = nullptr;
-};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -47,11 +37,14 @@ __device__ __forceinline__ float warp_sum(float v) {
 // of q and of the output: P = 1, 2, 4 serve head_dim <= 64, 128, 256 with no idle registers. The
 // warps' partial softmaxes are merged through shared memory at the end.
 // Shared memory: part_acc [warps, G, 64 P], part_m and part_sum [warps, G].
-// With ws.splits > 1, up to ws.splits blocks serve one (row, head group), each a contiguous share
-// of the row's positions; the last to finish merges their partial softmaxes.
+// With launch_splits > 1, up to launch_splits blocks serve one (row, head group), each a
+// contiguous share of the row's positions; the last to finish merges their partial softmaxes,
+// left in ws: partial [blocks, G, dh + 2] (the unnormalised output, then the running max and
+// sum), a counter per (row, group).
 template <int P, int G>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    paged_attention_kernel(PagedAttentionParams p, float scale, SplitWorkspace ws) {
+    paged_attention_kernel(PagedAttentionParams p, float scale, SplitWorkspace ws,
+                           int launch_splits) {
   extern __shared__ float smem[];
   wait_for_previous_kernel();
   float* part_acc = smem;
@@ -60,7 +53,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t groups = p.heads / G;
   // unit: this block's (row of the launch, head group); with tiles, the launch covers the rows
   // outside them (rest_rows).
-  const int64_t unit = blockIdx.x / ws.splits, split = blockIdx.x % ws.splits;
+  const int64_t unit = blockIdx.x / launch_splits, split = blockIdx.x % launch_splits;
   const int64_t row_of_launch = unit / groups, h0 = (unit % groups) * G;
   const int64_t r = p.tiles != nullptr ? p.rest_rows[row_of_launch] : row_of_launch;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -71,8 +64,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   // The splits this row uses: no more than its length fills with kMinSplitPositions each, so a
   // short row in a launch sized for long ones (tables padded to the longest context) is one block
   // writing its output itself; the unit's other blocks leave at once, without arriving.
-  const int splits = static_cast<int>(min(
-      int64_t{ws.splits}, max(int64_t{1}, (len + kMinSplitPositions - 1) / kMinSplitPositions)));
+  const int splits =
+      static_cast<int>(min(int64_t{launch_splits},
+                           max(int64_t{1}, (len + kMinSplitPositions - 1) / kMinSplitPositions)));
   if (split >= splits) return;
   // This block's positions [first, last), split among its warps.
   const int64_t share = (len + splits - 1) / splits;
@@ -198,7 +192,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   for (int64_t e = threadIdx.x; e < G * dh; e += blockDim.x) {
     const int g = static_cast<int>(e / dh);
     const int64_t d = e % dh;
-    const float* parts = ws.partial + (unit * ws.splits * G + g) * slot;  // split s: + s G slot
+    const float* parts = ws.partial + (unit * launch_splits * G + g) * slot;  // split s: + s G slot
     // Unrolled so the splits' loads are in flight together.
     float m_all = -INFINITY;
 #pragma unroll 8
@@ -248,56 +242,14 @@ int choose_splits(const PagedAttentionParams& p, int64_t units) {
       std::max<int64_t>(1, std::min<int64_t>({by_sms, reach / kMinSplitPositions, kMaxSplits})));
 }
 
-// The workspace of split launches, per device. The first call makes it large enough for any
-// launch whose splits the launcher chooses (at most 8 blocks per SM, 4 units per SM, 8 heads of
-// 256), so captured decode steps never see it move; a larger forced launch (tests) grows it
-// outside capture only, and then announces the move (buffers_moved()) so captured steps that hold
-// the old addresses are captured again before they run. One stream of a device uses it at a
-// time (serving runs one).
+// The workspace of split launches: made at the first one large enough for any launch whose
+// splits the launcher chooses (at most 8 blocks per SM, 4 units per SM, 8 heads of 256), so
+// captured decode steps never see it move; a larger forced launch (tests) grows it.
 SplitWorkspace split_workspace(int64_t blocks, int64_t units, int64_t slot_floats,
                                cudaStream_t stream) {
-  struct Buffers {
-    float* partial = nullptr;
-    int* counters = nullptr;
-    int64_t partial_floats = 0, counter_count = 0;
-  };
-  constexpr int kMaxDevices = 64;
-  static std::mutex mutex;
-  static Buffers per_device[kMaxDevices];
-  int device = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  MOEX_CHECK(device < kMaxDevices, "paged_attention_bf16: device ", device, " of more than ",
-             kMaxDevices);
-  std::lock_guard<std::mutex> lock(mutex);
-  Buffers& b = per_device[device];
-  const int64_t floats = std::max<int64_t>(blocks * slot_floats, 8 * sm_count() * 8 * 258);
-  units = std::max<int64_t>(units, 4 * sm_count());
-  if (b.partial_floats < floats || b.counter_count < units) {
-    const bool moved = b.partial != nullptr;
-    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
-    MOEX_CHECK(capturing == cudaStreamCaptureStatusNone,
-               "paged_attention_bf16: the split workspace grows outside a captured graph only "
-               "(run the step once directly first)");
-    CUDA_CHECK(cudaStreamSynchronize(stream));  // a running launch may still use the old one
-    if (b.partial_floats < floats) {
-      CUDA_CHECK(cudaFree(b.partial));
-      CUDA_CHECK(cudaMalloc(&b.partial, sizeof(float) * floats));
-      b.partial_floats = floats;
-    }
-    if (b.counter_count < units) {
-      CUDA_CHECK(cudaFree(b.counters));
-      CUDA_CHECK(cudaMalloc(&b.counters, sizeof(int) * units));
-      CUDA_CHECK(cudaMemset(b.counters, 0, sizeof(int) * units));
-      b.counter_count = units;
-    }
-    CUDA_CHECK(cudaDeviceSynchronize());
-    if (moved) buffers_moved();
-  }
-  SplitWorkspace ws;
-  ws.partial = b.partial;
-  ws.counters = b.counters;
-  return ws;
+  static SplitWorkspaces workspaces("paged_attention_bf16");
+  return workspaces.get(std::max<int64_t>(blocks * slot_floats, 8 * sm_count() * 8 * 258),
+                        std::max<int64_t>(units, 4 * sm_count()), stream);
 }
 
 template <int P, int G>
@@ -314,12 +266,12 @@ void launch_paged_attention(const PagedAttentionParams& p, cudaStream_t stream) 
   const int splits = choose_splits(p, units);
   MOEX_CHECK(units * splits < (int64_t{1} << 31), "paged_attention_bf16: ", units, " x ", splits,
              " blocks");
-  SplitWorkspace ws;
-  if (splits > 1) ws = split_workspace(units * splits, units, G * (p.head_dim + 2), stream);
-  ws.splits = splits;
+  const SplitWorkspace ws =
+      splits > 1 ? split_workspace(units * splits, units, G * (p.head_dim + 2), stream)
+                 : SplitWorkspace{};
   launch_kernel(paged_attention_kernel<P, G>, static_cast<unsigned>(units * splits),
                 kWarpsPerBlock * 32, smem, stream, p, 1.0f / sqrtf(static_cast<float>(p.head_dim)),
-                ws);
+                ws, splits);
   CUDA_CHECK(cudaGetLastError());
 }
 
