@@ -379,33 +379,20 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
                " blocks is wider than the paged KV's table_width (", kv.table_width, ")");
     max_blocks = std::max(max_blocks, s.num_blocks);
   }
-  // Prompt chunks long enough for the GPU's tensor-core attention (ops/paged_attention.h).
-  ops::PagedTilePlan plan;
-  if (std::any_of(seqs.begin(), seqs.end(),
-                  [](const SequenceSlice& s) { return s.len >= ops::kPagedTileMinRows; })) {
-    std::vector<int32_t> seq_of, pos_of;  // [n]
-    for (int64_t i = 0; i < num_seqs; ++i)
-      for (int64_t t = 0; t < seqs[i].len; ++t) {
-        seq_of.push_back(static_cast<int32_t>(i));
-        pos_of.push_back(static_cast<int32_t>(seqs[i].start_pos + t));
-      }
-    plan = ops::plan_paged_tiles(seq_of.data(), pos_of.data(), n);
-  }
-  const int64_t tile_words = static_cast<int64_t>(plan.tiles.size());
-  const int64_t rest_rows = static_cast<int64_t>(plan.rest.size());
   // One host buffer for every index, uploaded once: ids [n], tables [S, max_blocks], then
   // row_seq, row_pos, slots [n], then logit_rows [L], then sample_params [S, kSampleParamWords],
-  // then the attention tiles [T, kPagedTileWords] and the rows outside them.
+  // then the attention tiles [T, kPagedTileWords] and the rows outside them (planned from row_seq
+  // and row_pos below; at most a tile per row, or every row outside them).
   const int64_t tn = num_seqs * max_blocks, pw = ops::kSampleParamWords;
   const int64_t params_end = 4 * n + tn + num_logits + num_seqs * pw;
-  const int64_t total = params_end + tile_words + rest_rows;
+  const int64_t most = params_end + ops::kPagedTileWords * n + n;
   // The last step's upload may still be queued (its step may still run): wait for it before the
   // staging buffer is rewritten or replaced.
   if (upload_done_) upload_done_->wait();
-  if (!step_host_.defined() || step_host_.numel() < total) {
+  if (!step_host_.defined() || step_host_.numel() < most) {
     // Room to spare, so the buffers settle after a few steps (a new device buffer makes captured
     // steps capture again).
-    const int64_t room = std::max<int64_t>(total * 2, 4096);
+    const int64_t room = std::max<int64_t>(most * 2, 4096);
     step_host_ = ops::staging_tensor(Shape{room}, DType::kI32, device_);
     if (device_.is_cuda()) {
       step_dev_ = Tensor();
@@ -437,6 +424,14 @@ PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>
     ops::write_sample_params(sampling != nullptr ? sampling[i] : ops::SampleParams{},
                              params + i * pw);
   }
+  // Prompt chunks long enough for the GPU's tensor-core attention (ops/paged_attention.h).
+  ops::PagedTilePlan plan;
+  if (std::any_of(seqs.begin(), seqs.end(),
+                  [](const SequenceSlice& s) { return s.len >= ops::kPagedTileMinRows; }))
+    plan = ops::plan_paged_tiles(row_seq, row_pos, n);
+  const int64_t tile_words = static_cast<int64_t>(plan.tiles.size());
+  const int64_t rest_rows = static_cast<int64_t>(plan.rest.size());
+  const int64_t total = params_end + tile_words + rest_rows;
   std::copy(plan.tiles.begin(), plan.tiles.end(), host + params_end);
   std::copy(plan.rest.begin(), plan.rest.end(), host + params_end + tile_words);
   auto part = [](const Tensor& t, int64_t begin, int64_t count) {
