@@ -29,59 +29,87 @@ using kt::upload;
 
 class PagedAttentionTest : public kt::GpuKernel {};
 
+struct PagedCase {
+  int64_t heads, kv_heads, head_dim, block_size;
+  std::string tag() const {
+    return "H " + std::to_string(heads) + " KVH " + std::to_string(kv_heads) + " Dh " +
+           std::to_string(head_dim) + " bs " + std::to_string(block_size);
+  }
+};
+
+// One step's rows over a pool of num_blocks blocks: sequence s holds positions [0, ends[s]) in
+// blocks handed out in a shuffled order (`shuffle` apart, modulo num_blocks), and its rows this
+// step are positions [firsts[s], ends[s]). Random q, k and v (seeds seed..seed + 2) rounded to
+// bf16, the CPU twin's output of every row, and the device copies with `params` for a launch over
+// every row into `out()` (poisoned).
+struct PagedStep {
+  std::vector<int32_t> table, row_seq, row_pos;
+  std::vector<float> ref;
+  int64_t rows = 0, q_n = 0;
+  std::vector<DevBuf> bufs;  // q, k, v, tables, row_seq, row_pos, out
+  cuda::PagedAttentionParams params;
+  DevBuf& out() { return bufs.back(); }
+};
+
+PagedStep make_paged_step(const PagedCase& c, int64_t num_blocks, int64_t max_blocks,
+                          const std::vector<int64_t>& firsts, const std::vector<int64_t>& ends,
+                          int32_t shuffle, uint64_t seed) {
+  PagedStep st;
+  const int64_t seqs = static_cast<int64_t>(ends.size());
+  st.table.assign(seqs * max_blocks, -1);
+  int32_t next = 0;
+  for (int64_t s = 0; s < seqs; ++s) {
+    for (int64_t b = 0; b * c.block_size < ends[s]; ++b)
+      st.table[s * max_blocks + b] = (next++ * shuffle) % num_blocks;  // distinct, out of order
+    for (int64_t p = firsts[s]; p < ends[s]; ++p) {
+      st.row_seq.push_back(static_cast<int32_t>(s));
+      st.row_pos.push_back(static_cast<int32_t>(p));
+    }
+  }
+  st.rows = static_cast<int64_t>(st.row_seq.size());
+  const int64_t pool_n = num_blocks * c.block_size * c.kv_heads * c.head_dim;
+  st.q_n = st.rows * c.heads * c.head_dim;
+  const auto k = round_bf16(rand_vec(pool_n, seed)), v = round_bf16(rand_vec(pool_n, seed + 1));
+  const auto q = round_bf16(rand_vec(st.q_n, seed + 2, -2, 2));
+  st.ref.resize(st.q_n);
+  const cpu::PagedAttentionShape shape{st.rows,      c.heads,    c.kv_heads, c.head_dim,
+                                       c.block_size, max_blocks, num_blocks};
+  cpu::paged_attention(q.data(), k.data(), v.data(), st.table.data(), st.row_seq.data(),
+                       st.row_pos.data(), shape, st.ref.data());
+  st.bufs.reserve(7);
+  for (const auto* host : {&q, &k, &v}) st.bufs.push_back(upload(to_bf16(*host)));
+  for (const auto* host : {&st.table, &st.row_seq, &st.row_pos}) st.bufs.push_back(upload(*host));
+  st.bufs.emplace_back(st.q_n * 2);
+  cuda::PagedAttentionParams& p = st.params;
+  p.q = st.bufs[0].ptr;
+  p.k_pool = st.bufs[1].ptr;
+  p.v_pool = st.bufs[2].ptr;
+  p.tables = st.bufs[3].as<int32_t>();
+  p.row_seq = st.bufs[4].as<int32_t>();
+  p.row_pos = st.bufs[5].as<int32_t>();
+  p.out = st.out().ptr;
+  p.rows = st.rows;
+  p.heads = c.heads;
+  p.kv_heads = c.kv_heads;
+  p.head_dim = c.head_dim;
+  p.block_size = c.block_size;
+  p.max_blocks = max_blocks;
+  return st;
+}
+
 TEST_F(PagedAttentionTest, MatchesCpu) {
   cuda::CudaContext ctx;
-  struct Case {
-    int64_t heads, kv_heads, head_dim, block_size;
-  };
   // Query heads per KV head 1, 2, 3 (one head a block), 4, 6 (two), 8; head dims over each of the
   // kernel's 64, 128 and 256 register widths, full and partial.
-  for (const Case c : {Case{4, 2, 8, 4}, Case{32, 8, 128, 16}, Case{6, 6, 40, 3},
-                       Case{24, 3, 256, 8}, Case{12, 2, 64, 5}, Case{9, 3, 96, 16},
-                       Case{16, 2, 200, 4}}) {
-    const std::string tag = "H " + std::to_string(c.heads) + " KVH " + std::to_string(c.kv_heads) +
-                            " Dh " + std::to_string(c.head_dim) + " bs " +
-                            std::to_string(c.block_size);
-    // Sequence s owns blocks in a shuffled order; its rows this step are positions first..len-1.
-    // The last sequence is long enough that every warp of a row walks several passes.
-    const int64_t num_blocks = 160, max_blocks = 110;
-    const int64_t lens[] = {9, 37, 3, 300}, firsts[] = {5, 36, 0, 298};
-    std::vector<int32_t> table(4 * max_blocks, -1), row_seq, row_pos;
-    int32_t next = 0;
-    for (int s = 0; s < 4; ++s) {
-      for (int64_t b = 0; b * c.block_size < lens[s]; ++b)
-        table[s * max_blocks + b] = (next++ * 17) % num_blocks;  // distinct, out of order
-      for (int64_t p = firsts[s]; p < lens[s]; ++p) {
-        row_seq.push_back(s);
-        row_pos.push_back(static_cast<int32_t>(p));
-      }
-    }
-    const int64_t R = static_cast<int64_t>(row_seq.size());
-    const int64_t pool_n = num_blocks * c.block_size * c.kv_heads * c.head_dim;
-    const int64_t q_n = R * c.heads * c.head_dim;
-    const auto k = round_bf16(rand_vec(pool_n, 61)), v = round_bf16(rand_vec(pool_n, 62));
-    const auto q = round_bf16(rand_vec(q_n, 63, -2, 2));
-    std::vector<float> ref(q_n);
-    const cpu::PagedAttentionShape s{R,          c.heads,   c.kv_heads, c.head_dim, c.block_size,
-                                     max_blocks, num_blocks};
-    cpu::paged_attention(q.data(), k.data(), v.data(), table.data(), row_seq.data(), row_pos.data(),
-                         s, ref.data());
-    DevBuf dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v));
-    DevBuf dt = upload(table), dseq = upload(row_seq), dpos = upload(row_pos), out(q_n * 2);
-    cuda::PagedAttentionParams p;
-    p.q = dq.ptr;
-    p.k_pool = dk.ptr;
-    p.v_pool = dv.ptr;
-    p.tables = dt.as<int32_t>();
-    p.row_seq = dseq.as<int32_t>();
-    p.row_pos = dpos.as<int32_t>();
-    p.out = out.ptr;
-    p.rows = R;
-    p.heads = c.heads;
-    p.kv_heads = c.kv_heads;
-    p.head_dim = c.head_dim;
-    p.block_size = c.block_size;
-    p.max_blocks = max_blocks;
+  for (const PagedCase c :
+       {PagedCase{4, 2, 8, 4}, PagedCase{32, 8, 128, 16}, PagedCase{6, 6, 40, 3},
+        PagedCase{24, 3, 256, 8}, PagedCase{12, 2, 64, 5}, PagedCase{9, 3, 96, 16},
+        PagedCase{16, 2, 200, 4}}) {
+    // Prefill chunks, a decode row, and a last sequence long enough that every warp of a row
+    // walks several passes.
+    PagedStep st = make_paged_step(c, /*num_blocks=*/160, /*max_blocks=*/110, {5, 36, 0, 298},
+                                   {9, 37, 3, 300}, /*shuffle=*/17, /*seed=*/61);
+    cuda::PagedAttentionParams p = st.params;
     // The launcher's choice, then every number of query heads per block the group allows, each
     // with the positions split over 1, 3 and 32 blocks (a row takes at most one split per 64 of its
     // positions, so the 300-position row merges 3 and 5 splits; shorter rows fewer).
@@ -90,11 +118,11 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
       for (const int splits : {0, 1, 3, 32}) {
         p.heads_per_block = g;
         p.position_splits = splits;
-        out.poison();
+        st.out().poison();
         cuda::paged_attention_bf16(p, ctx.stream());
         // fp32 softmax and accumulation, one bf16 rounding of the output.
-        EXPECT_LT(rel_l2(download_bf16(out.ptr, q_n), ref), 4e-3)
-            << tag << " heads per block " << g << " position splits " << splits;
+        EXPECT_LT(rel_l2(download_bf16(st.out().ptr, st.q_n), st.ref), 4e-3)
+            << c.tag() << " heads per block " << g << " position splits " << splits;
       }
     }
   }
@@ -108,78 +136,37 @@ TEST_F(PagedAttentionTest, MatchesCpu) {
 // kernel's key tiles anywhere.
 TEST_F(PagedAttentionTest, PromptTilesOnTensorCoresMatchCpu) {
   cuda::CudaContext ctx;
-  struct Case {
-    int64_t heads, kv_heads, head_dim, block_size;
-  };
-  for (const Case c : {Case{32, 8, 128, 16}, Case{16, 4, 64, 5}, Case{6, 6, 40, 3},
-                       Case{8, 2, 36, 7}, Case{24, 3, 256, 8}, Case{4, 1, 32, 16}}) {
-    const std::string tag = "H " + std::to_string(c.heads) + " KVH " + std::to_string(c.kv_heads) +
-                            " Dh " + std::to_string(c.head_dim) + " bs " +
-                            std::to_string(c.block_size);
-    // Sequence s holds positions [0, ends[s]); its rows this step are [firsts[s], ends[s]).
-    const int64_t num_blocks = 200, max_blocks = 110, seqs = 5;
-    const int64_t firsts[] = {100, 50, 0, 30, 0}, ends[] = {300, 51, 17, 35, 1};
-    std::vector<int32_t> table(seqs * max_blocks, -1), row_seq, row_pos;
-    int32_t next = 0;
-    for (int s = 0; s < seqs; ++s) {
-      for (int64_t b = 0; b * c.block_size < ends[s]; ++b)
-        table[s * max_blocks + b] = (next++ * 37) % num_blocks;  // distinct, out of order
-      for (int64_t p = firsts[s]; p < ends[s]; ++p) {
-        row_seq.push_back(s);
-        row_pos.push_back(static_cast<int32_t>(p));
-      }
-    }
+  for (const PagedCase c :
+       {PagedCase{32, 8, 128, 16}, PagedCase{16, 4, 64, 5}, PagedCase{6, 6, 40, 3},
+        PagedCase{8, 2, 36, 7}, PagedCase{24, 3, 256, 8}, PagedCase{4, 1, 32, 16}}) {
+    PagedStep st = make_paged_step(c, /*num_blocks=*/200, /*max_blocks=*/110, {100, 50, 0, 30, 0},
+                                   {300, 51, 17, 35, 1}, /*shuffle=*/37, /*seed=*/71);
     // Rows 0-199: sequence 0; 200: sequence 1; 201-217: sequence 2; 218-222: 3; 223: 4.
+    ASSERT_EQ(st.rows, 224);
     const std::vector<int32_t> tiles = {201, 17,  2, 0,  64, 64,  0,   164, 192, 8,
                                         0,   292, 0, 64, 0,  100, 128, 64,  0,   228};
-    std::vector<int32_t> rest = {200, 218, 219, 220, 221, 222, 223};
-    const int64_t R = static_cast<int64_t>(row_seq.size());
-    ASSERT_EQ(R, 224);
-    const int64_t pool_n = num_blocks * c.block_size * c.kv_heads * c.head_dim;
-    const int64_t q_n = R * c.heads * c.head_dim;
-    const auto k = round_bf16(rand_vec(pool_n, 71)), v = round_bf16(rand_vec(pool_n, 72));
-    const auto q = round_bf16(rand_vec(q_n, 73, -2, 2));
-    std::vector<float> ref(q_n);
-    const cpu::PagedAttentionShape s{R,          c.heads,   c.kv_heads, c.head_dim, c.block_size,
-                                     max_blocks, num_blocks};
-    cpu::paged_attention(q.data(), k.data(), v.data(), table.data(), row_seq.data(), row_pos.data(),
-                         s, ref.data());
-    DevBuf dq = upload(to_bf16(q)), dk = upload(to_bf16(k)), dv = upload(to_bf16(v));
-    DevBuf dt = upload(table), dseq = upload(row_seq), dpos = upload(row_pos), out(q_n * 2);
+    const std::vector<int32_t> rest = {200, 218, 219, 220, 221, 222, 223};
     DevBuf dtiles = upload(tiles), drest = upload(rest);
-    cuda::PagedAttentionParams p;
-    p.q = dq.ptr;
-    p.k_pool = dk.ptr;
-    p.v_pool = dv.ptr;
-    p.tables = dt.as<int32_t>();
-    p.row_seq = dseq.as<int32_t>();
-    p.row_pos = dpos.as<int32_t>();
-    p.out = out.ptr;
-    p.rows = R;
-    p.heads = c.heads;
-    p.kv_heads = c.kv_heads;
-    p.head_dim = c.head_dim;
-    p.block_size = c.block_size;
-    p.max_blocks = max_blocks;
+    cuda::PagedAttentionParams p = st.params;
     p.tiles = dtiles.as<int32_t>();
     p.num_tiles = static_cast<int64_t>(tiles.size()) / 4;
     p.tile_rows = 64;
     p.rest_rows = drest.as<int32_t>();
     p.num_rest = static_cast<int64_t>(rest.size());
     cuda::paged_attention_bf16(p, ctx.stream());
-    const std::vector<float> got = download_bf16(out.ptr, q_n);
+    const std::vector<float> got = download_bf16(st.out().ptr, st.q_n);
     // fp32 softmax and accumulation; the probabilities are rounded to bf16 before P V.
-    EXPECT_LT(rel_l2(got, ref), 1e-2) << tag;
+    EXPECT_LT(rel_l2(got, st.ref), 1e-2) << c.tag();
     // Each tiled sequence alone, so an error in one tile is not averaged away.
     const int64_t w = c.heads * c.head_dim;
     for (const auto& [first, rows] : {std::pair<int64_t, int64_t>{0, 200}, {201, 17}}) {
       const std::vector<float> a(got.begin() + first * w, got.begin() + (first + rows) * w);
-      const std::vector<float> b(ref.begin() + first * w, ref.begin() + (first + rows) * w);
-      EXPECT_LT(rel_l2(a, b), 1e-2) << tag << " rows from " << first;
+      const std::vector<float> b(st.ref.begin() + first * w, st.ref.begin() + (first + rows) * w);
+      EXPECT_LT(rel_l2(a, b), 1e-2) << c.tag() << " rows from " << first;
     }
     // A tile longer than the kernel's tiles is refused.
     p.tile_rows = 65;
-    EXPECT_THROW(cuda::paged_attention_bf16(p, ctx.stream()), Error) << tag;
+    EXPECT_THROW(cuda::paged_attention_bf16(p, ctx.stream()), Error) << c.tag();
   }
 }
 
