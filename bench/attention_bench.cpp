@@ -88,72 +88,98 @@ void run(const BenchShape& s, cudaStream_t stream) {
   CUDA_CHECK(cudaFree(lse));
 }
 
+// Rows of sequences over a paged pool with Mixtral's attention heads (32 of 128, 8 KV heads),
+// 16-position blocks handed out in a shuffled order: sequence s owns `per_seq` blocks, row r is
+// position row_pos[r] of sequence row_seq[r]. Random q, k and v on the device (seeds seed..seed +
+// 2), `params` for a launch over every row; the buffers are freed with the pool.
+struct PagedPool {
+  static constexpr int64_t kHeads = 32, kKvHeads = 8, kDh = 128, kBs = 16;
+  std::vector<void*> device;  // q, out, k, v, table, row_seq, row_pos
+  cuda::PagedAttentionParams params;
+
+  PagedPool(int64_t seqs, int64_t per_seq, const std::vector<int32_t>& row_seq,
+            const std::vector<int32_t>& row_pos, uint64_t seed, cudaStream_t stream) {
+    const int64_t num_blocks = seqs * per_seq, rows = static_cast<int64_t>(row_seq.size());
+    std::vector<int32_t> table(num_blocks);
+    for (int64_t b = 0; b < num_blocks; ++b)
+      table[b] = static_cast<int32_t>((b * 7919) % num_blocks);  // a permutation (7919 is prime)
+    const int64_t nq = rows * kHeads * kDh, nkv = num_blocks * kBs * kKvHeads * kDh;
+    // [R, H, Dh] twice, then [blocks, bs, Hkv, Dh] twice (unpaged: [positions, Hkv, Dh]).
+    for (const int64_t elems : {nq, nq, nkv, nkv}) {
+      device.push_back(nullptr);
+      CUDA_CHECK(cudaMalloc(&device.back(), elems * 2));
+    }
+    for (const std::vector<int32_t>* host : {&std::as_const(table), &row_seq, &row_pos}) {
+      device.push_back(nullptr);
+      CUDA_CHECK(cudaMalloc(&device.back(), std::max<size_t>(host->size(), 1) * 4));
+      CUDA_CHECK(cudaMemcpy(device.back(), host->data(), host->size() * 4, cudaMemcpyHostToDevice));
+    }
+    cuda::fill_uniform_bf16(q(), nq, seed, 0, -1.0f, 1.0f, stream);
+    cuda::fill_uniform_bf16(k(), nkv, seed + 1, 0, -1.0f, 1.0f, stream);
+    cuda::fill_uniform_bf16(v(), nkv, seed + 2, 0, -1.0f, 1.0f, stream);
+    params.q = q();
+    params.out = out();
+    params.k_pool = k();
+    params.v_pool = v();
+    params.tables = static_cast<const int32_t*>(device[4]);
+    params.row_seq = static_cast<const int32_t*>(device[5]);
+    params.row_pos = static_cast<const int32_t*>(device[6]);
+    params.rows = rows;
+    params.heads = kHeads;
+    params.kv_heads = kKvHeads;
+    params.head_dim = kDh;
+    params.block_size = kBs;
+    params.max_blocks = per_seq;
+  }
+  ~PagedPool() {
+    for (void* ptr : device) CUDA_CHECK(cudaFree(ptr));
+  }
+  PagedPool(const PagedPool&) = delete;
+  PagedPool& operator=(const PagedPool&) = delete;
+  void* q() const { return device[0]; }
+  void* out() const { return device[1]; }
+  void* k() const { return device[2]; }
+  void* v() const { return device[3]; }
+};
+
 struct PrefillShape {
   const char* name;
   int64_t first, rows;
 };
 
 void run_prefill(const PrefillShape& s, cudaStream_t stream) {
-  const int64_t heads = 32, kv_heads = 8, dh = 128, bs = 16;
-  const int64_t len = s.first + s.rows, num_blocks = (len + bs - 1) / bs;
-  std::vector<int32_t> table(num_blocks), row_seq(s.rows, 0), row_pos(s.rows), tiles, rest;
-  for (int64_t b = 0; b < num_blocks; ++b)
-    table[b] = static_cast<int32_t>((b * 7919) % num_blocks);  // a permutation (7919 is prime)
+  using P = PagedPool;
+  const int64_t len = s.first + s.rows;
+  std::vector<int32_t> row_seq(s.rows, 0), row_pos(s.rows), tiles, rest;
   for (int64_t r = 0; r < s.rows; ++r) row_pos[r] = static_cast<int32_t>(s.first + r);
   for (int64_t r = 0; r < s.rows; r += 64)  // the most keys first, as ops::plan_paged_tiles
     tiles.insert(tiles.begin(),
                  {static_cast<int32_t>(r), static_cast<int32_t>(std::min<int64_t>(64, s.rows - r)),
                   0, static_cast<int32_t>(s.first + r)});
-  const int64_t nq = s.rows * heads * dh, nkv = num_blocks * bs * kv_heads * dh;
-  void *q, *k, *v, *out, *lse;
-  int32_t *d_table, *d_seq, *d_pos, *d_tiles, *d_rest;
-  CUDA_CHECK(cudaMalloc(&q, nq * 2));    // [R, H, Dh]
-  CUDA_CHECK(cudaMalloc(&out, nq * 2));  // [R, H, Dh]
-  CUDA_CHECK(cudaMalloc(&k, nkv * 2));   // [blocks, bs, Hkv, Dh]; unpaged: [len, Hkv, Dh]
-  CUDA_CHECK(cudaMalloc(&v, nkv * 2));
-  CUDA_CHECK(cudaMalloc(&lse, s.rows * heads * 4));
-  auto upload = [&](int32_t** dst, const std::vector<int32_t>& src) {
-    CUDA_CHECK(cudaMalloc(dst, std::max<size_t>(src.size(), 1) * 4));
-    CUDA_CHECK(cudaMemcpy(*dst, src.data(), src.size() * 4, cudaMemcpyHostToDevice));
-  };
-  upload(&d_table, table);
-  upload(&d_seq, row_seq);
-  upload(&d_pos, row_pos);
-  upload(&d_tiles, tiles);
-  upload(&d_rest, rest);
-  cuda::fill_uniform_bf16(q, nq, 5, 0, -1.0f, 1.0f, stream);
-  cuda::fill_uniform_bf16(k, nkv, 6, 0, -1.0f, 1.0f, stream);
-  cuda::fill_uniform_bf16(v, nkv, 7, 0, -1.0f, 1.0f, stream);
-  cuda::PagedAttentionParams p;
-  p.q = q;
-  p.k_pool = k;
-  p.v_pool = v;
-  p.tables = d_table;
-  p.row_seq = d_seq;
-  p.row_pos = d_pos;
-  p.out = out;
-  p.rows = s.rows;
-  p.heads = heads;
-  p.kv_heads = kv_heads;
-  p.head_dim = dh;
-  p.block_size = bs;
-  p.max_blocks = num_blocks;
+  const PagedPool pool(1, (len + P::kBs - 1) / P::kBs, row_seq, row_pos, 5, stream);
+  void *d_tiles, *lse;
+  CUDA_CHECK(cudaMalloc(&d_tiles, tiles.size() * 4));
+  CUDA_CHECK(cudaMemcpy(d_tiles, tiles.data(), tiles.size() * 4, cudaMemcpyHostToDevice));
+  CUDA_CHECK(cudaMalloc(&lse, s.rows * P::kHeads * 4));  // [H, R] of the unpaged forward
+  const cuda::PagedAttentionParams& p = pool.params;
   cuda::PagedAttentionParams tiled = p;
-  tiled.tiles = d_tiles;
+  tiled.tiles = static_cast<const int32_t*>(d_tiles);
   tiled.num_tiles = static_cast<int64_t>(tiles.size()) / 4;
   tiled.tile_rows = 64;
-  tiled.rest_rows = d_rest;
+  tiled.rest_rows = static_cast<const int32_t*>(d_tiles);  // none: num_rest 0
   tiled.num_rest = 0;
-  const cuda::AttentionParams contiguous{1, s.rows, len, heads, kv_heads, dh, s.first, 0.0f};
+  const cuda::AttentionParams contiguous{1,           s.rows, len,     P::kHeads,
+                                         P::kKvHeads, P::kDh, s.first, 0.0f};
   double keys = 0;
   for (int64_t r = 0; r < s.rows; ++r) keys += static_cast<double>(s.first + r + 1);
-  const double flops = 2.0 * 2.0 * heads * dh * keys;
+  const double flops = 2.0 * 2.0 * P::kHeads * P::kDh * keys;
   const std::pair<const char*, std::function<void()>> impls[] = {
       {"moex_paged_rows", [&] { cuda::paged_attention_bf16(p, stream); }},
       {"moex_paged_tiles", [&] { cuda::paged_attention_bf16(tiled, stream); }},
       {"moex_contiguous",
        [&] {
-         cuda::attention_forward_bf16(q, k, v, out, static_cast<float*>(lse), contiguous, stream);
+         cuda::attention_forward_bf16(pool.q(), pool.k(), pool.v(), pool.out(),
+                                      static_cast<float*>(lse), contiguous, stream);
        }},
   };
   for (const auto& [impl, fn] : impls) {
@@ -162,53 +188,23 @@ void run_prefill(const PrefillShape& s, cudaStream_t stream) {
         "{\"prefill\": true, \"shape\": \"%s\", \"impl\": \"%s\", \"first\": %lld, "
         "\"rows\": %lld, \"H\": %lld, \"Hkv\": %lld, \"Dh\": %lld, \"fwd_ms\": %.4f, "
         "\"fwd_tflops\": %.1f}\n",
-        s.name, impl, (long long)s.first, (long long)s.rows, (long long)heads, (long long)kv_heads,
-        (long long)dh, ms, flops / (ms * 1e9));
+        s.name, impl, (long long)s.first, (long long)s.rows, (long long)P::kHeads,
+        (long long)P::kKvHeads, (long long)P::kDh, ms, flops / (ms * 1e9));
     std::fflush(stdout);
   }
-  for (void* ptr : {q, k, v, out, lse}) CUDA_CHECK(cudaFree(ptr));
-  for (int32_t* ptr : {d_table, d_seq, d_pos, d_tiles, d_rest}) CUDA_CHECK(cudaFree(ptr));
+  for (void* ptr : {d_tiles, lse}) CUDA_CHECK(cudaFree(ptr));
 }
 
 // Decode rows over the paged pool: `rows` sequences of `len` positions each (their last position
-// attends all), Mixtral's heads, one launch per (heads per block, position splits) pair; 0 lets the
-// launcher choose. One JSON line each with "decode": true and the KV bytes read per microsecond.
+// attends all), one launch per (heads per block, position splits) pair; 0 lets the launcher
+// choose. One JSON line each with "decode": true and the KV bytes read per microsecond.
 void run_decode_attention(int64_t rows, int64_t len, cudaStream_t stream) {
-  const int64_t heads = 32, kv_heads = 8, dh = 128, bs = 16;
-  const int64_t per_seq = (len + bs - 1) / bs, num_blocks = rows * per_seq;
-  std::vector<int32_t> table(num_blocks), row_seq(rows),
-      row_pos(rows, static_cast<int32_t>(len - 1));
-  for (int64_t b = 0; b < num_blocks; ++b) table[b] = static_cast<int32_t>((b * 7919) % num_blocks);
+  using P = PagedPool;
+  std::vector<int32_t> row_seq(rows), row_pos(rows, static_cast<int32_t>(len - 1));
   for (int64_t r = 0; r < rows; ++r) row_seq[r] = static_cast<int32_t>(r);
-  const int64_t nq = rows * heads * dh, nkv = num_blocks * bs * kv_heads * dh;
-  void *q, *k, *v, *out;
-  int32_t *d_table, *d_seq, *d_pos;
-  CUDA_CHECK(cudaMalloc(&q, nq * 2));
-  CUDA_CHECK(cudaMalloc(&out, nq * 2));
-  CUDA_CHECK(cudaMalloc(&k, nkv * 2));
-  CUDA_CHECK(cudaMalloc(&v, nkv * 2));
-  for (auto [dst, src] : {std::pair{&d_table, &table}, {&d_seq, &row_seq}, {&d_pos, &row_pos}}) {
-    CUDA_CHECK(cudaMalloc(dst, src->size() * 4));
-    CUDA_CHECK(cudaMemcpy(*dst, src->data(), src->size() * 4, cudaMemcpyHostToDevice));
-  }
-  cuda::fill_uniform_bf16(q, nq, 8, 0, -1.0f, 1.0f, stream);
-  cuda::fill_uniform_bf16(k, nkv, 9, 0, -1.0f, 1.0f, stream);
-  cuda::fill_uniform_bf16(v, nkv, 10, 0, -1.0f, 1.0f, stream);
-  cuda::PagedAttentionParams p;
-  p.q = q;
-  p.k_pool = k;
-  p.v_pool = v;
-  p.tables = d_table;
-  p.row_seq = d_seq;
-  p.row_pos = d_pos;
-  p.out = out;
-  p.rows = rows;
-  p.heads = heads;
-  p.kv_heads = kv_heads;
-  p.head_dim = dh;
-  p.block_size = bs;
-  p.max_blocks = per_seq;
-  const double kv_bytes = 2.0 * rows * len * kv_heads * dh * 2;
+  const PagedPool pool(rows, (len + P::kBs - 1) / P::kBs, row_seq, row_pos, 8, stream);
+  cuda::PagedAttentionParams p = pool.params;
+  const double kv_bytes = 2.0 * rows * len * P::kKvHeads * P::kDh * 2;
   const std::pair<int, int> variants[] = {{0, 0}, {1, 1}, {1, 4},  {1, 9},  {1, 16},
                                           {4, 1}, {4, 8}, {4, 16}, {4, 32}, {2, 16}};
   for (const auto& [g, splits] : variants) {
@@ -221,8 +217,6 @@ void run_decode_attention(int64_t rows, int64_t len, cudaStream_t stream) {
         (long long)rows, (long long)len, g, splits, ms * 1e3, kv_bytes / (ms * 1e6));
     std::fflush(stdout);
   }
-  for (void* ptr : {q, k, v, out}) CUDA_CHECK(cudaFree(ptr));
-  for (int32_t* ptr : {d_table, d_seq, d_pos}) CUDA_CHECK(cudaFree(ptr));
 }
 
 }  // namespace
