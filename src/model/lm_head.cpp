@@ -55,19 +55,54 @@ void vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets, f
     ops::cross_entropy_partial_grad(logits, targets, tp.rank() * vl, lse, grad_scale, dlogits);
 }
 
+// ops::distill_loss over a vocabulary split across the tp group: student and teacher logits
+// [rows, Vl] are this rank's columns. Every rank gathers every rank's (max, sum of exponentials)
+// of both rows and combines them in rank order into the rows' log-sum-exps (on the host, in
+// double); each rank then forms its columns' terms of the KL and of the gradient, and the terms
+// are summed over the group.
+void vocab_parallel_distill(const Tensor& student, const Tensor& teacher, const Tensor& targets,
+                            float temperature, float grad_scale, const Tensor& loss_rows,
+                            const Tensor& dstudent, const TensorParallel& tp, Arena& arena) {
+  const int64_t rows = student.dim(0), parts = tp.size();
+  const bool host = student.device().is_cpu();
+  ArenaScope scope(arena);
+  const Tensor stats = arena.alloc(Shape{rows, 4}, DType::kF32);
+  const Tensor all = arena.alloc(Shape{parts, rows, 4}, DType::kF32);
+  ops::distill_partial_stats(student, teacher, temperature, stats);
+  tp.all_gather(stats, all);
+  const Tensor all_host = host ? all : all.to(Device::cpu());
+  const Tensor lse_host = Tensor::empty(Shape{rows, 2}, DType::kF64);
+  const float* s = all_host.data<float>();
+  double* lse = lse_host.data<double>();
+  for (int64_t i = 0; i < rows; ++i)
+    for (int side = 0; side < 2; ++side) {  // student, teacher
+      auto stat = [&](int64_t p, int j) { return static_cast<double>(s[(p * rows + i) * 4 + j]); };
+      double mx = stat(0, 2 * side);
+      for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, stat(p, 2 * side));
+      double sum = 0;
+      for (int64_t p = 0; p < parts; ++p)
+        sum += stat(p, 2 * side + 1) * std::exp(stat(p, 2 * side) - mx);
+      lse[2 * i + side] = mx + std::log(sum);
+    }
+  ops::distill_partial_loss(student, teacher, targets, temperature,
+                            host ? lse_host : lse_host.to(student.device()), grad_scale, loss_rows,
+                            dstudent);
+  tp.all_reduce(loss_rows);  // each rank's columns' share of the KL
+}
+
 }  // namespace
 
 HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& targets,
                       double loss_scale, const Tensor& dhidden, Arena& arena,
                       const SoftTargets* soft, const TensorParallel& tp) {
+  // vocab: this rank's rows of the head (all of them without tensor parallelism).
   const int64_t n = hidden.dim(0), vocab = head.w.dim(0);
-  MOEX_CHECK(!soft || !tp.active(),
-             "lm_head_loss: knowledge distillation under tensor parallelism is not built");
   if (soft)
-    MOEX_CHECK(soft->hidden.dim(0) == n && soft->head.dim(0) == vocab &&
+    MOEX_CHECK(soft->hidden.dim(0) == n && soft->head.dim(0) == vocab * tp.size() &&
                    soft->hidden.dim(1) == soft->head.dim(1),
                "lm_head_loss: the teacher's hidden ", soft->hidden.shape().str(), " and head ",
-               soft->head.shape().str(), " do not fit ", n, " rows of a ", vocab, "-token vocab");
+               soft->head.shape().str(), " do not fit ", n, " rows of a ", vocab * tp.size(),
+               "-token vocab");
   HeadLoss result;
   const int32_t* t = targets.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) result.count += t[i] != ops::kIgnoreIndex;
@@ -102,10 +137,18 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
                          dlogits);
     if (soft) {
       const Tensor teacher_logits = arena.alloc(Shape{rows, vocab}, DType::kF32);
-      ops::linear(soft->hidden.slice(r0, r0 + rows), soft->head, Tensor(), teacher_logits);
-      ops::distill_loss(
-          logits, teacher_logits, chunk_targets, static_cast<float>(soft->temperature),
-          static_cast<float>(per_row * soft->weight), kd_rows.slice(r0, r0 + rows), dlogits);
+      // The teacher is whole on every rank: its logits of this rank's vocabulary rows.
+      const Tensor teacher_head =
+          tp.active() ? soft->head.slice(tp.rank() * vocab, (tp.rank() + 1) * vocab) : soft->head;
+      ops::linear(soft->hidden.slice(r0, r0 + rows), teacher_head, Tensor(), teacher_logits);
+      const float tau = static_cast<float>(soft->temperature);
+      const float kd_scale = static_cast<float>(per_row * soft->weight);
+      const Tensor kd_chunk = kd_rows.slice(r0, r0 + rows);
+      if (tp.active())
+        vocab_parallel_distill(logits, teacher_logits, chunk_targets, tau, kd_scale, kd_chunk,
+                               dlogits, tp, arena);
+      else
+        ops::distill_loss(logits, teacher_logits, chunk_targets, tau, kd_scale, kd_chunk, dlogits);
     }
     if (training)
       ops::linear_backward(dlogits, h, head.w, dhidden.slice(r0, r0 + rows), false, head.g,

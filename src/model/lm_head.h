@@ -31,7 +31,9 @@ struct HeadLoss {
 // tau^2 KL with soft targets), both means over the counted rows.
 // Under tensor parallelism head holds this rank's rows [rank * V/tp, (rank + 1) * V/tp) of the
 // vocabulary: the cross-entropy combines every rank's row statistics (vocabulary-parallel, no
-// rank holds the full logits) and dhidden is summed over the group.
+// rank holds the full logits) and dhidden is summed over the group. The teacher (soft) is whole on
+// every rank: its head [V, d_teacher] is sliced to this rank's rows, and the KD term combines the
+// ranks' row statistics as the cross-entropy does.
 HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& targets,
                       double loss_scale, const Tensor& dhidden, Arena& arena,
                       const SoftTargets* soft = nullptr, const TensorParallel& tp = {});

@@ -16,4 +16,16 @@ void distill_loss(const Tensor& student, const Tensor& teacher, const Tensor& ta
                   float temperature, float grad_scale, const Tensor& loss_rows,
                   const Tensor& dstudent);
 
+// Vocabulary-parallel KD (tensor parallelism, docs/parallelism.md): student and teacher f32
+// [n, Vl] hold the same columns of the full vocabulary. stats f32 [n, 4] is written: per row the
+// max of student/tau over these columns, the sum of exp(student/tau - max), then the teacher's two.
+void distill_partial_stats(const Tensor& student, const Tensor& teacher, float temperature,
+                           const Tensor& stats);
+// distill_loss on these columns, given lse f64 [n, 2] on the logits' device: each whole row's
+// log-sum-exp of student/tau and of teacher/tau (every rank's stats combined). loss_rows gets
+// these columns' terms of the KL sum (the rows' losses are their sums over the ranks).
+void distill_partial_loss(const Tensor& student, const Tensor& teacher, const Tensor& targets,
+                          float temperature, const Tensor& lse, float grad_scale,
+                          const Tensor& loss_rows, const Tensor& dstudent);
+
 }  // namespace moex::ops

@@ -36,12 +36,6 @@ DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
     kd.fail("init_from_teacher_layers", "has " + std::to_string(d.init_from_teacher_layers.size()) +
                                             " entries; the student has model.num_layers = " +
                                             std::to_string(c.train.model.num_layers));
-  // The KD term needs the student's whole logits rows, which tensor parallelism splits.
-  if (c.train.parallel.tp > 1)
-    root.child("parallel")
-        .fail("tp",
-              "must be 1 for distillation (KD under tensor parallelism is "
-              "not built, docs/parallelism.md)");
   root.finish();
   return c;
 }

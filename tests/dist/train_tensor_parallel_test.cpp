@@ -25,6 +25,7 @@
 
 #include "dist/parallel_layout.h"
 #include "model/model_io.h"
+#include "train/distill.h"
 #include "train/trainer.h"
 #include "train_compare.h"
 #include "train_fixture.h"
@@ -41,11 +42,13 @@ constexpr const char* kVariantModel =
     R"(, "qk_norm": "per_head", "qkv_bias": true, "tie_embeddings": true, "positions": "learned")";
 
 // The layout's parallel fields beyond tp, ep and ZeRO (e.g. expert slicing); `result` (if not
-// null) gets the distributed run's result on this rank.
+// null) gets the distributed run's result on this rank. With `distill` (a "distill" section's
+// fields) both runs are distillations (moex distill) from one random teacher of the student's
+// shape.
 void check_equals_single_process(int tp, int ep, const std::string& extra_model,
                                  const std::string& extra_training = "", int zero_stage = 0,
                                  const std::string& extra_parallel = "",
-                                 TrainResult* result = nullptr) {
+                                 TrainResult* result = nullptr, const std::string& distill = "") {
   dist::Communicator& world = dist::Communicator::world();
   const int dp = world.size() / tp;
   const std::string name =
@@ -53,7 +56,8 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
       std::to_string(ep) + (extra_model.empty() ? "" : "_variant") +
       (extra_training.empty() ? "" : "_extra") + "_zero" + std::to_string(zero_stage) +
       (extra_parallel.empty() ? ""
-                              : "_" + std::to_string(std::hash<std::string>()(extra_parallel)));
+                              : "_" + std::to_string(std::hash<std::string>()(extra_parallel))) +
+      (distill.empty() ? "" : "_distill");
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -64,18 +68,32 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
                                std::to_string(ep) + R"(, "zero_stage": )" +
                                std::to_string(zero_stage) + R"(, "tile_elements": 1000)" +
                                extra_parallel + "}";
-  const TrainConfig config = TrainConfig::from_file(
-      testing::write_config(corpus, out, training, &world, "", parallel, extra_model).string());
-  const TrainResult run = run_training(config, "", 0, &world);
+  const std::string distill_section = distill.empty() ? "" : R"(, "distill": {)" + distill + "}";
+  const fs::path config_path = testing::write_config(corpus, out, training, &world, "",
+                                                     parallel + distill_section, extra_model);
+  const std::string teacher = (corpus / "teacher").string();
+  if (!distill.empty() && world.is_root()) {
+    const nlohmann::json model_json = nlohmann::json::parse(std::ifstream(config_path)).at("model");
+    model::Model t(DistillRunConfig::from_file(config_path.string()).train.model);
+    t.init_weights(77);
+    fs::create_directories(teacher);
+    model::save_model(t, model_json.dump(2), teacher);
+  }
+  world.barrier();
+  // One run of the config at `path`: moex train, or moex distill from the teacher.
+  auto run_config = [&](const fs::path& path, dist::Communicator* group) {
+    if (distill.empty()) return run_training(TrainConfig::from_file(path.string()), "", 0, group);
+    return run_distillation(DistillRunConfig::from_file(path.string()), teacher, "", 0, group);
+  };
+  const TrainResult run = run_config(config_path, &world);
   if (result != nullptr) *result = run;
 
   if (world.is_root()) {
     const std::string ref_training = R"(, "grad_accum": )" + std::to_string(dp) +
                                      R"(, "steps": 4, "eval_every": 2)" + extra_training;
-    const TrainConfig ref = TrainConfig::from_file(
-        testing::write_config(corpus, ref_out, ref_training, nullptr, "", "", extra_model)
-            .string());
-    run_training(ref, "", 0, &dist::Communicator::local());
+    run_config(testing::write_config(corpus, ref_out, ref_training, nullptr, "", distill_section,
+                                     extra_model),
+               &dist::Communicator::local());
 
     const testing::Metrics a = testing::read_metrics(out + "/metrics.jsonl");
     const testing::Metrics b = testing::read_metrics(ref_out + "/metrics.jsonl");
@@ -104,8 +122,11 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
   const fs::path corpus = fs::current_path() / ("tp_grads_np" + std::to_string(world.size()));
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
-  for (const std::string& variant : {std::string(), std::string(kVariantModel)}) {
-    SCOPED_TRACE(variant.empty() ? "fixture model" : "variant model");
+  for (const auto& [variant, with_teacher] :
+       {std::pair{std::string(), false}, std::pair{std::string(kVariantModel), false},
+        std::pair{std::string(), true}, std::pair{std::string(kVariantModel), true}}) {
+    SCOPED_TRACE((variant.empty() ? "fixture model" : "variant model") +
+                 std::string(with_teacher ? ", distilled" : ""));
     const TrainConfig c = TrainConfig::from_file(
         testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
             .string());
@@ -124,6 +145,18 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
     opt.training = true;
     opt.for_backward = true;
     opt.seed = 5;
+    // Knowledge distillation's soft targets from a whole teacher (hidden 24) on every rank: the
+    // KD term's vocabulary-parallel statistics must give the single process's loss and gradients.
+    const int64_t vocab = c.model.vocab_size, teacher_d = 24;
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    const Tensor teacher_hidden = Tensor::empty(Shape{n, teacher_d}, DType::kF32);
+    const Tensor teacher_head = Tensor::empty(Shape{vocab, teacher_d}, DType::kF32);
+    for (const Tensor* t : {&teacher_hidden, &teacher_head})
+      for (int64_t i = 0; i < t->numel(); ++i) t->data<float>()[i] = normal(gen);
+    const model::SoftTargets soft{teacher_hidden, teacher_head, 2.0, 0.7};
+    if (with_teacher) opt.soft_targets = &soft;
+    split.zero_grad();
+    whole.zero_grad();
     const model::LossResult a = split.forward(ids.data(), targets.data(), batch, seq, opt);
     split.backward();
     split.finish_gradients();
@@ -131,6 +164,8 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
     whole.backward();
     EXPECT_NEAR(a.loss, b.loss, 1e-6 * b.loss);
     EXPECT_NEAR(a.aux_loss, b.aux_loss, 1e-6 * b.aux_loss);
+    EXPECT_NEAR(a.kd_loss, b.kd_loss, 1e-6 * b.kd_loss);
+    if (with_teacher) EXPECT_GT(b.kd_loss, 1e-3);
 
     const std::map<std::string, Tensor> weights =
         model::gather_named_tensors(split, split.params().flat());
@@ -152,6 +187,16 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
   }
   world.barrier();
   if (world.is_root()) fs::remove_all(corpus);
+}
+
+// Distillation (moex distill) under tp 2 (np 2) and tp 2 x dp 2 (np 4), on both models: the
+// student's vocabulary-parallel KD term against the single process's, with ZeRO 1 on the variant.
+TEST(TensorParallel, DistillationEqualsTheSingleProcessRun) {
+  ASSERT_TRUE(dist::Communicator::world().size() == 2 || dist::Communicator::world().size() == 4)
+      << "run this test with mpirun -np 2 or 4";
+  const std::string kd = R"("alpha": 0.5, "temperature": 2.0)";
+  check_equals_single_process(2, 1, "", "", 0, "", nullptr, kd);
+  check_equals_single_process(2, 1, kVariantModel, "", 1, "", nullptr, kd);
 }
 
 // The layouts the world size allows: tp 2 alone at np 2; tp 2 x dp 2 and tp 2 x ep 2 at np 4.

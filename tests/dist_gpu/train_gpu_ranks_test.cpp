@@ -22,8 +22,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
+#include "model/model_io.h"
 #include "ops/device.h"
+#include "train/distill.h"
 #include "train/trainer.h"
 #include "train_compare.h"
 #include "train_fixture.h"
@@ -57,6 +60,7 @@ struct Layout {
   bool all_experts = false;    // top_k = E, dropless: no routing ties (see the file comment)
   // 0 with cac: evaluation's forwards exchange too, and are no part of what CAC saves.
   int eval_every = 2;
+  bool distill = false;  // both runs are moex distill from one random teacher of the same shape
 };
 
 // Prints each tensor's relative L2 difference (weights, then Adam moments), so that a failing
@@ -93,7 +97,7 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                            (l.all_experts ? "all_experts"
                             : dropless    ? "dropless"
                                           : "capacity") +
-                           "_steps" + std::to_string(l.steps);
+                           "_steps" + std::to_string(l.steps) + (l.distill ? "_distill" : "");
   const std::string checkpointing =
       l.cac || l.checkpointing ? R"(, "activation_checkpointing": true)" : "";
   const fs::path corpus = fs::current_path() / name;
@@ -111,17 +115,32 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                                std::to_string(l.steps) + R"(, "eval_every": )" +
                                std::to_string(l.eval_every) + checkpointing;
   const std::string ep_out = (corpus / "ep").string(), ref_out = (corpus / "ref").string();
-  const TrainConfig ep_config = TrainConfig::from_file(
-      testing::write_config(
-          corpus, ep_out, training, &world, moe,
-          R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" + std::to_string(ep) +
-              R"(, "zero_stage": )" + std::to_string(zero_stage) +
-              R"(, "tile_elements": 10000, "cac": )" + (l.cac ? "true" : "false") + R"(, "dtd": )" +
-              (l.dtd ? "true" : "false") + R"(, "expert_slicing": )" +
-              (l.expert_slicing ? "true" : "false") + "}" + optimizer,
-          model)
-          .string());
-  const TrainResult run = run_training(ep_config, "", 0, &world);
+  const std::string distill = l.distill ? R"(, "distill": {"alpha": 0.5, "temperature": 2.0})" : "";
+  const fs::path ep_path = testing::write_config(
+      corpus, ep_out, training, &world, moe,
+      R"(, "parallel": {"tp": )" + std::to_string(l.tp) + R"(, "ep": )" + std::to_string(ep) +
+          R"(, "zero_stage": )" + std::to_string(zero_stage) +
+          R"(, "tile_elements": 10000, "cac": )" + (l.cac ? "true" : "false") + R"(, "dtd": )" +
+          (l.dtd ? "true" : "false") + R"(, "expert_slicing": )" +
+          (l.expert_slicing ? "true" : "false") + "}" + optimizer + distill,
+      model);
+  const TrainConfig ep_config = l.distill ? DistillRunConfig::from_file(ep_path.string()).train
+                                          : TrainConfig::from_file(ep_path.string());
+  // The teacher: the student's shape with other random weights, written once.
+  const std::string teacher = (corpus / "teacher").string();
+  if (l.distill && world.is_root()) {
+    model::Model t(ep_config.model);
+    t.init_weights(77);
+    fs::create_directories(teacher);
+    model::save_model(t, nlohmann::json::parse(std::ifstream(ep_path)).at("model").dump(2),
+                      teacher);
+  }
+  world.barrier();
+  auto run_config = [&](const fs::path& path, dist::Communicator* group) {
+    if (!l.distill) return run_training(TrainConfig::from_file(path.string()), "", 0, group);
+    return run_distillation(DistillRunConfig::from_file(path.string()), teacher, "", 0, group);
+  };
+  const TrainResult run = run_config(ep_path, &world);
   if (result != nullptr) *result = run;
   if (l.cac) {
     // Every rank: one micro-batch a step, each MoE layer's recompute takes its first pass's two
@@ -139,10 +158,9 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                                      std::to_string(world.size() / l.tp) + R"(, "steps": )" +
                                      std::to_string(l.steps) + R"(, "eval_every": )" +
                                      std::to_string(l.eval_every) + checkpointing;
-    const TrainConfig ref = TrainConfig::from_file(
-        testing::write_config(corpus, ref_out, ref_training, nullptr, moe, optimizer, model)
-            .string());
-    run_training(ref, "", 0, &dist::Communicator::local());
+    run_config(testing::write_config(corpus, ref_out, ref_training, nullptr, moe,
+                                     optimizer + distill, model),
+               &dist::Communicator::local());
 
     const Metrics a = read_metrics(ep_out + "/metrics.jsonl");
     const Metrics b = read_metrics(ref_out + "/metrics.jsonl");
@@ -220,6 +238,15 @@ TEST(GpuTensorParallel, FirstStepEqualsTheSingleProcessRun) {
 TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
   Layout tp{dist::Communicator::world().size()};
   tp.all_experts = true;
+  check_equals_single_process(tp);
+}
+
+// Distillation under tp: the student's vocabulary-parallel KD term (the teacher whole on every
+// rank, its logits of each rank's vocabulary rows).
+TEST(GpuTensorParallel, DistillationEqualsTheSingleProcessRun) {
+  Layout tp{dist::Communicator::world().size()};
+  tp.all_experts = true;
+  tp.distill = true;
   check_equals_single_process(tp);
 }
 

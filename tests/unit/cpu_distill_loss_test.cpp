@@ -3,7 +3,9 @@
 // overwritten) gradient.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cpu/distill_loss.h"
 #include "cpu_kernel_checks.h"
@@ -87,6 +89,41 @@ TEST(CpuDistillLoss, LargeLogitsStayFinite) {
   for (int64_t c = 0; c < kVocab; ++c) s0[c] = s[c] - 800.0, t0[c] = t[c] - 900.0;
   EXPECT_NEAR(got, naive_kd(s0.data(), t0.data(), kVocab, 1.0), 1e-10);
   for (double g : grad) EXPECT_TRUE(std::isfinite(g));
+}
+
+// A row split into column slices (tensor parallelism): each slice's (max, sum), merged into the
+// row's log-sum-exps, then each slice's terms with them: the terms add up to the naive KL and the
+// slices' gradients are the whole row's.
+TEST(CpuDistillLoss, ColumnSlicesAddUpToTheWholeRow) {
+  constexpr int64_t kWide = 23;
+  const auto s = random_vector<float>(kWide, 5, -4, 4);
+  const auto t = random_vector<float>(kWide, 6, -4, 4);
+  const double tau = 1.5;
+  std::vector<float> whole_grad(kWide, 0.0f), slice_grad(kWide, 0.0f);
+  cpu::distill_loss_row<float>(s.data(), t.data(), kWide, 1.5f, 0.3f, whole_grad.data());
+  const std::vector<double> sd(s.begin(), s.end()), td(t.begin(), t.end());
+  const int64_t starts[] = {0, 10, 11, kWide};  // one slice of a single column
+  double lse[2];
+  for (int side = 0; side < 2; ++side) {
+    const float* x = side == 0 ? s.data() : t.data();
+    double mx = -INFINITY, sum = 0;
+    cpu::MaxSum parts[3];
+    for (int p = 0; p < 3; ++p) {
+      parts[p] = cpu::max_sum_scaled(x + starts[p], starts[p + 1] - starts[p], 1.0 / tau);
+      mx = std::max(mx, parts[p].max);
+    }
+    for (const cpu::MaxSum& p : parts) sum += p.sum * std::exp(p.max - mx);
+    lse[side] = mx + std::log(sum);
+  }
+  double kd = 0;
+  for (int p = 0; p < 3; ++p)
+    kd +=
+        cpu::distill_columns(s.data() + starts[p], t.data() + starts[p], starts[p + 1] - starts[p],
+                             tau, lse[0], lse[1], 0.3, slice_grad.data() + starts[p]);
+  EXPECT_NEAR(kd, naive_kd(sd.data(), td.data(), kWide, tau), 1e-9);
+  EXPECT_LT(relative_l2(std::vector<double>(slice_grad.begin(), slice_grad.end()),
+                        std::vector<double>(whole_grad.begin(), whole_grad.end())),
+            1e-6);
 }
 
 TEST(CpuDistillLoss, BadArgumentsNameTheArgument) {
