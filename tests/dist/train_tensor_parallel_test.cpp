@@ -165,7 +165,9 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
     EXPECT_NEAR(a.loss, b.loss, 1e-6 * b.loss);
     EXPECT_NEAR(a.aux_loss, b.aux_loss, 1e-6 * b.aux_loss);
     EXPECT_NEAR(a.kd_loss, b.kd_loss, 1e-6 * b.kd_loss);
-    if (with_teacher) EXPECT_GT(b.kd_loss, 1e-3);
+    if (with_teacher) {
+      EXPECT_GT(b.kd_loss, 1e-3);
+    }
 
     const std::map<std::string, Tensor> weights =
         model::gather_named_tensors(split, split.params().flat());
