@@ -3,6 +3,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+
 #if defined(MOEX_WITH_DNNL)
 #include <dnnl.h>
 #endif
@@ -16,6 +18,37 @@
 
 namespace moex::cpu {
 namespace {
+
+#if defined(MOEX_WITH_DNNL)
+// oneDNN forks a team of omp_get_max_threads() for every product, however small: a decode step's
+// products of a few rows then pay for waking every thread (on a 16-vCPU machine, batch-2 decode
+// of a small model took 4.3 ms a step with 16 threads and 0.29 ms with 8; docs/cpu-blas.md).
+// This caps the team at one thread per kFlopsPerThread of the product while it lives.
+class SmallProductTeam {
+ public:
+  SmallProductTeam(int64_t m, int64_t n, int64_t k) {
+    constexpr double kFlopsPerThread = 4.0 * (1 << 20);
+    if (omp_in_parallel()) return;  // already one thread inside a parallel region
+    const double flops =
+        2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
+    const int most = omp_get_max_threads();
+    const int want =
+        static_cast<int>(std::min<double>(most, std::max(1.0, flops / kFlopsPerThread)));
+    if (want < most) {
+      saved_ = most;
+      omp_set_num_threads(want);
+    }
+  }
+  ~SmallProductTeam() {
+    if (saved_ > 0) omp_set_num_threads(saved_);
+  }
+  SmallProductTeam(const SmallProductTeam&) = delete;
+  SmallProductTeam& operator=(const SmallProductTeam&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+#endif
 
 template <typename T>
 void check_gemm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T* c) {
@@ -41,6 +74,7 @@ void gemm<float>(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, fl
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
+  const SmallProductTeam team(m, n, k);
   const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha,
                                           a, lda, b, ldb, beta, c, ldc);
   MOEX_CHECK(status == dnnl_success, "dnnl_sgemm failed with status ", static_cast<int>(status),

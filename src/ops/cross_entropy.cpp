@@ -1,6 +1,7 @@
 #include "ops/cross_entropy.h"
 
 #include "cpu/cross_entropy.h"
+#include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
 
@@ -48,7 +49,7 @@ void cross_entropy(const Tensor& logits, const Tensor& targets, float grad_scale
     float* dp = dlogits.defined() ? dlogits.data<float>() : nullptr;
     // One row per call: the kernel's mean over one counted row is that row's loss, and its
     // gradient scale dloss / 1 is grad_scale.
-#pragma omp parallel for
+#pragma omp parallel for if (n * vocab >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
       const bool counted = t[i] != kIgnoreIndex;
       loss[i] = cpu::cross_entropy_forward_backward<float>(

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "cpu/distill_loss.h"
+#include "cpu/parallel.h"
 #include "ops/cross_entropy.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
@@ -55,7 +56,7 @@ void distill_rows(const char* what, const Tensor& student, const Tensor& teacher
     const double* lp = lse.defined() ? lse.data<double>() : nullptr;
     float* loss = loss_rows.data<float>();
     float* dp = dstudent.defined() ? dstudent.data<float>() : nullptr;
-#pragma omp parallel for
+#pragma omp parallel for if (n * vocab >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
       if (t[i] == kIgnoreIndex) {
         loss[i] = 0.0f;
@@ -109,7 +110,7 @@ void distill_partial_stats(const Tensor& student, const Tensor& teacher, float t
     const float* tp = teacher.data<float>();
     float* st = stats.data<float>();
     const double inv_tau = 1.0 / static_cast<double>(temperature);
-#pragma omp parallel for
+#pragma omp parallel for if (n * vocab >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) {
       const cpu::MaxSum s = cpu::max_sum_scaled(sp + i * vocab, vocab, inv_tau);
       const cpu::MaxSum t = cpu::max_sum_scaled(tp + i * vocab, vocab, inv_tau);

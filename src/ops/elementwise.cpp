@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
 
@@ -26,7 +27,7 @@ void add(const Tensor& a, const Tensor& b, const Tensor& y) {
   if (dev.is_cpu()) {
     const float *ap = a.data<float>(), *bp = b.data<float>();
     float* yp = y.data<float>();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) yp[i] = ap[i] + bp[i];
     return;
   }
@@ -46,7 +47,7 @@ void add_into(const Tensor& x, const Tensor& y) {
   if (dev.is_cpu()) {
     const float* xp = x.data<float>();
     float* yp = y.data<float>();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i) yp[i] += xp[i];
     return;
   }
@@ -150,7 +151,7 @@ void copy_columns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t
   char* d = static_cast<char*>(dst.raw_data()) + dst_col * es;
   const size_t spitch = src.dim(1) * es, dpitch = dst.dim(1) * es, width = cols * es;
   if (dev.is_cpu()) {
-#pragma omp parallel for
+#pragma omp parallel for if (rows * cols >= cpu::kMinParallelWork)
     for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * dpitch, s + r * spitch, width);
     return;
   }

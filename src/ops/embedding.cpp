@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu/embedding.h"
+#include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
 
@@ -46,7 +47,7 @@ void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool acc
     const int32_t* id = ids.data<int32_t>();
     const float* t = table.data<float>();
     float* out = y.data<float>();
-#pragma omp parallel for
+#pragma omp parallel for if (n * d >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < d; ++j) out[i * d + j] += t[id[i] * d + j];
     return;

@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
 
@@ -33,7 +34,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
     cpu::gemm<float>(false, true, n, out, in, 1.0f, x.data<float>(), w.data<float>(), 0.0f, yp);
     if (!b.defined()) return;
     const float* bp = b.data<float>();
-#pragma omp parallel for
+#pragma omp parallel for if (n * out >= cpu::kMinParallelWork)
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < out; ++j) yp[i * out + j] += bp[j];
     return;

@@ -16,13 +16,13 @@ namespace {
 bool g_enabled = false;
 std::map<std::string, double> g_host_ms;  // host wall time per scope name
 
-#if MOEX_WITH_CUDA
 double now_ms() {
   return std::chrono::duration<double, std::milli>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
 
+#if MOEX_WITH_CUDA
 struct Record {
   std::string name;
   cudaEvent_t start = nullptr, stop = nullptr;
@@ -47,7 +47,13 @@ void profile_enable(bool on) {
 }
 
 ProfileScope::ProfileScope(const char* name, const Device& device) {
-  if (!g_enabled || device.is_cpu()) return;
+  if (!g_enabled) return;
+  if (device.is_cpu()) {
+    // A CPU op runs on this thread before it returns: its wall time is its time.
+    cpu_name_ = name;
+    host_start_ms_ = now_ms();
+    return;
+  }
 #if MOEX_WITH_CUDA
   Record r;
   r.name = name;
@@ -66,6 +72,10 @@ ProfileScope::ProfileScope(const char* name, const Device& device) {
 
 ProfileScope::~ProfileScope() {
   if (!g_enabled) return;
+  if (cpu_name_ != nullptr) {
+    g_host_ms[cpu_name_] += now_ms() - host_start_ms_;
+    return;
+  }
 #if MOEX_WITH_CUDA
   if (slot_ >= 0) {
     cudaEventRecord(g_records[slot_].stop, detail::stream(Device::cuda(stream_ordinal_)));

@@ -1,10 +1,10 @@
-// Per-op GPU time for benchmarks: while enabled, every op (and the MoE layer, the optimizer) is
-// bracketed by CUDA events on its stream; the report sums the elapsed time per op name. Off by
-// default (then a scope costs one branch). CPU ops are not timed. Scopes may nest: a name
-// "a.b" is a part of op "a" (its time is inside a's too). "gap_before.a" is the device time between
-// the end of the outermost scope before an outermost "a" and its start: unscoped work, or the
-// device idle while the host synchronises or launches. "host.a" is the host's wall time inside
-// "a": launches, host work and waits for the device.
+// Per-op time for benchmarks: while enabled, every op (and the MoE layer, the optimizer) on a GPU
+// is bracketed by CUDA events on its stream, and one on the CPU by the host clock (its wall time);
+// the report sums the time per op name. Off by default (then a scope costs one branch). Scopes may
+// nest: a name "a.b" is a part of op "a" (its time is inside a's too). "gap_before.a" is the device
+// time between the end of the outermost scope before an outermost "a" and its start: unscoped work,
+// or the device idle while the host synchronises or launches. "host.a" is the host's wall time
+// inside "a": launches, host work and waits for the device.
 #pragma once
 
 #include <string>
@@ -27,6 +27,7 @@ class ProfileScope {
 
  private:
   int slot_ = -1;
+  const char* cpu_name_ = nullptr;  // a CPU op's name (string literals only)
   int stream_ordinal_ = 0;
   double host_start_ms_ = 0;
 };

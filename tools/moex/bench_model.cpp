@@ -33,8 +33,8 @@ std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
   return ids;
 }
 
-// The per-op GPU time (ops/profile.h) since profiling was enabled, per step over `steps` steps,
-// as {"op": ms}; profiling ends.
+// The per-op time (ops/profile.h: GPU events, CPU wall time) since profiling was enabled, per step
+// over `steps` steps, as {"op": ms}; profiling ends.
 nlohmann::json profile_budget(double steps) {
   nlohmann::json budget = nlohmann::json::object();
   for (const auto& [name, ms] : ops::profile_report()) budget[name] = ms / std::max(steps, 1.0);
@@ -60,8 +60,8 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
   const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
   std::vector<double> times;
-  // Two more steps after the timed ones give the per-op time budget (CUDA events around each op).
-  const int profiled = device.is_cuda() ? 2 : 0;
+  // Two more steps after the timed ones give the per-op time budget (ops/profile.h).
+  const int profiled = 2;
   uint64_t generation0 = 0, generation1 = 0;  // buffer_generation() around the timed steps
   for (int i = 0; i < warmup + iters + profiled; ++i) {
     if (i == warmup) generation0 = buffer_generation();
@@ -179,7 +179,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   ops::synchronize(device);
   const double prefill_ms = ms_since(start);
   // The last few steps run with the per-op GPU timers on (op_ms) and are not timed.
-  const int64_t profiled = device.is_cuda() ? std::min<int64_t>(8, new_tokens / 4) : 0;
+  const int64_t profiled = std::min<int64_t>(8, new_tokens / 4);
   // Nor are the first two decode steps: the first captures the batch's CUDA graph (a one-off
   // cost of a few ms per batch size, like a server's start-up capture), and the second reaches
   // the steady state of one step launched ahead of the one being read.
