@@ -10,10 +10,32 @@
 
 namespace moex::cpu {
 
+namespace {
+
+// std::max_element's answer (the first largest; a NaN is never larger, one in front wins) in two
+// passes the compiler vectorizes: the largest value (`v > m ? v : m` is one max instruction),
+// then its first index. Greedy decoding's whole sampling cost.
+int64_t first_argmax(const float* x, int64_t n) {
+  // 16 running maxima, one per lane (a select per lane vectorizes; one running value does not).
+  constexpr int kLanes = 16;
+  float lane[kLanes];
+  for (float& l : lane) l = x[0];
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+  float m = x[0];
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  for (const float l : lane) m = l > m ? l : m;
+  for (i = 0; i < n; ++i)
+    if (x[i] == m) return i;
+  return 0;  // x[0] is NaN
+}
+
+}  // namespace
+
 int32_t sample_row(const float* logits, int64_t vocab_size, double temperature, int64_t top_k,
                    double top_p, uint64_t seed, uint64_t draw) {
-  if (temperature == 0.0)
-    return static_cast<int32_t>(std::max_element(logits, logits + vocab_size) - logits);
+  if (temperature == 0.0) return static_cast<int32_t>(first_argmax(logits, vocab_size));
 
   std::vector<int32_t> order(static_cast<size_t>(vocab_size));
   std::iota(order.begin(), order.end(), 0);

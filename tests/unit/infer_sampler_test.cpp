@@ -4,6 +4,7 @@
 // and penalties, and log-probabilities with their top alternatives, against naive loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <set>
@@ -175,6 +176,24 @@ TEST(InferSampler, TopKNeverLeavesTheKLargestAndKeepsTheirOdds) {
     if (k > 1) {
       const std::vector<double> p = restricted(softmax(logits, params.temperature), top);
       EXPECT_LT(chi_square(c, p), chi_square_limit(static_cast<int>(k) - 1)) << "k " << k;
+    }
+  }
+}
+
+// Greedy decoding (temperature 0) returns std::max_element's index: the first of tied largest
+// logits, NaNs never chosen unless in front (then the first position), at every vocabulary length
+// around the vector widths.
+TEST(InferSampler, GreedyIsTheFirstLargestLogit) {
+  SamplingParams greedy;  // temperature 0
+  for (const int64_t n : {1, 2, 7, 8, 15, 16, 17, 33, 1000, 8001}) {
+    for (uint64_t seed = 0; seed < 6; ++seed) {
+      std::vector<float> logits = random_logits(static_cast<int>(n), 300 + seed, 4.0);
+      if (seed % 2 == 1 && n > 3)
+        logits[static_cast<size_t>(n / 3)] = logits[static_cast<size_t>(n - 1)] = 9.0f;
+      if (seed == 2 && n > 2) logits[1] = std::nanf("");
+      if (seed == 4) logits[0] = std::nanf("");
+      const auto want = std::max_element(logits.begin(), logits.end()) - logits.begin();
+      EXPECT_EQ(sample_token(logits.data(), n, greedy, 0), want) << "n " << n << " seed " << seed;
     }
   }
 }
