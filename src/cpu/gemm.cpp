@@ -3,13 +3,12 @@
 #include <cblas.h>
 #include <omp.h>
 
-#include <algorithm>
-
 #if defined(MOEX_WITH_DNNL)
 #include <dnnl.h>
 #endif
 
 #include "core/error.h"
+#include "cpu/parallel.h"
 
 // fp32 goes through oneDNN when the build found it (docs/cpu-blas.md: on this machine it is as
 // fast as OpenBLAS's best kernel, about 1.8x OpenBLAS under the OPENBLAS_CORETYPE=Haswell the
@@ -23,17 +22,15 @@ namespace {
 // oneDNN forks a team of omp_get_max_threads() for every product, however small: a decode step's
 // products of a few rows then pay for waking every thread (on a 16-vCPU machine, batch-2 decode
 // of a small model took 4.3 ms a step with 16 threads and 0.29 ms with 8; docs/cpu-blas.md).
-// This caps the team at one thread per kFlopsPerThread of the product while it lives.
+// This caps the team at threads_for(the product's flops and bytes) while it lives.
 class SmallProductTeam {
  public:
   SmallProductTeam(int64_t m, int64_t n, int64_t k) {
-    constexpr double kFlopsPerThread = 4.0 * (1 << 20);
     if (omp_in_parallel()) return;  // already one thread inside a parallel region
-    const double flops =
-        2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k);
     const int most = omp_get_max_threads();
-    const int want =
-        static_cast<int>(std::min<double>(most, std::max(1.0, flops / kFlopsPerThread)));
+    const double dm = static_cast<double>(m), dn = static_cast<double>(n),
+                 dk = static_cast<double>(k);
+    const int want = threads_for(2.0 * dm * dn * dk, 4.0 * (dm * dk + dk * dn + dm * dn));
     if (want < most) {
       saved_ = most;
       omp_set_num_threads(want);

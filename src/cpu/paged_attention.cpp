@@ -19,7 +19,12 @@ void paged_attention(const float* q, const float* k_pool, const float* v_pool,
              "paged_attention: head_dim, block_size and max_blocks must be > 0");
   const int64_t group = s.heads / s.kv_heads, dh = s.head_dim, kd = s.kv_heads * dh;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dh));
-#pragma omp parallel if (s.rows * s.heads >= 8)
+  // Each (row, head) dots its query with a key and weighs a value at each of its positions.
+  double positions = 0;
+  for (int64_t r = 0; r < s.rows; ++r) positions += static_cast<double>(row_pos[r] + 1);
+  const int team =
+      threads_for(4.0 * s.heads * dh * positions, 8.0 * s.heads * dh * positions, s.rows * s.heads);
+#pragma omp parallel num_threads(team) if (team > 1)
   {
     std::vector<float> score;
 #pragma omp for schedule(static) collapse(2)

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "cpu/activation.h"
 #include "cpu/gemm.h"
+#include "cpu/parallel.h"
 
 namespace moex::moe {
 namespace {
@@ -47,6 +48,18 @@ template <typename T>
 bool experts_in_parallel(const DispatchPlan& plan) {
   return cpu::gemm_nests_in_openmp<T>() && omp_get_max_threads() > 1 && plan.num_experts > 1 &&
          !omp_in_parallel();
+}
+
+// The team for the busy experts' pass: their products (`passes` of them per row and weight, 1
+// forward, 2 backward) and weights, a thread per expert at most.
+template <typename T>
+int experts_team(const FfnShape& shape, const DispatchPlan& plan, int64_t num_busy, int passes) {
+  if (!experts_in_parallel<T>(plan)) return 1;
+  int64_t rows = 0;
+  for (int64_t n : plan.counts) rows += n;
+  const double weights = static_cast<double>(shape.first_rows() + shape.ffn) * shape.d;
+  return cpu::threads_for(2.0 * passes * static_cast<double>(rows) * weights,
+                          static_cast<double>(sizeof(T)) * weights * num_busy, num_busy);
 }
 
 // Experts with rows, largest first (the dynamic schedule then balances the threads).
@@ -137,7 +150,8 @@ void experts_forward(const FfnShape& shape, const DispatchPlan& plan, const T* b
   const int64_t d = shape.d, f = shape.ffn, f1 = shape.first_rows();
   const std::vector<int64_t> order = busy_experts(plan);
   const int64_t num_busy = static_cast<int64_t>(order.size());
-#pragma omp parallel for schedule(dynamic, 1) if (experts_in_parallel <T>(plan))
+  const int team = experts_team<T>(shape, plan, num_busy, 1);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
   for (int64_t i = 0; i < num_busy; ++i) {
     const int64_t e = order[i], n = plan.counts[e], begin = plan.offsets[e];
     ffn_forward<T>(shape, buf + begin * d, n, w1 + e * f1 * d, w2 + e * d * f, h + begin * f1,
@@ -168,7 +182,8 @@ void experts_backward(const FfnShape& shape, const DispatchPlan& plan, const T* 
   }
   const std::vector<int64_t> order = busy_experts(plan);
   const int64_t num_busy = static_cast<int64_t>(order.size());
-#pragma omp parallel for schedule(dynamic, 1) if (experts_in_parallel <T>(plan))
+  const int team = experts_team<T>(shape, plan, num_busy, 2);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team) if (team > 1)
   for (int64_t i = 0; i < num_busy; ++i) {
     const int64_t e = order[i], n = plan.counts[e], begin = plan.offsets[e];
     T* ws = workspace + per_thread * omp_get_thread_num();
