@@ -194,6 +194,7 @@ void AttentionLayer::forward_cached(const Tensor& x, int64_t batch, int64_t new_
       ops::attention_saved_shape(x.device(), batch, heads_, new_len, capacity), DType::kF32);
   ops::attention(q, cache.k, cache.v, start_pos, attn.view(q.shape()), stats);
   ops::linear(attn, o_w_.w, Tensor(), y);
+  tp_.all_reduce(y);  // each rank's heads add their part
 }
 
 void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const Tensor& k_pool,

@@ -138,8 +138,27 @@ void Model::finish_gradients() {
 
 void Model::refuse_tensor_parallel(const char* what) const {
   MOEX_CHECK(!tp_.active(), what,
-             " under tensor parallelism is not built (training and "
-             "evaluation are, docs/parallelism.md)");
+             " under tensor parallelism is not built (training, evaluation and cached decoding "
+             "are, docs/parallelism.md)");
+}
+
+void Model::gather_logits(const Tensor& logits, float* out) {
+  if (!tp_.active()) {
+    ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
+    return;
+  }
+  // Each rank's rows hold its vocabulary slice [rank * Vl, (rank + 1) * Vl): every rank gathers
+  // all slices, in rank order, into whole rows.
+  const int64_t rows = logits.dim(0), vl = logits.dim(1), parts = tp_.size();
+  ArenaScope scope(arena_);
+  const Tensor all = arena_.alloc(Shape{parts, rows, vl}, DType::kF32);
+  tp_.all_gather(logits, all);
+  const Tensor host = all.device().is_cpu() ? all : all.to(Device::cpu());
+  const float* src = host.data<float>();
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(src + (p * rows + r) * vl, src + (p * rows + r + 1) * vl,
+                out + r * parts * vl + p * vl);
 }
 
 void Model::embed_vocab_parallel(const Tensor& x) {
@@ -269,18 +288,18 @@ Tensor Model::final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len) {
 }
 
 void Model::logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out) {
-  refuse_tensor_parallel("Model::logits");
   const Tensor hidden = final_hidden(ids, batch, seq_len);
-  const Tensor logits = arena_.alloc(Shape{batch * seq_len, config_.vocab_size}, DType::kF32);
+  const Tensor logits = arena_.alloc(Shape{batch * seq_len, head_.w.dim(0)}, DType::kF32);
   ops::linear(hidden, head_.w, Tensor(), logits);
-  ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
+  gather_logits(logits, out);
 }
 
 KVCache Model::make_cache(int64_t batch, int64_t capacity) const {
   KVCache cache;
   cache.batch = batch;
   cache.capacity = capacity;
-  const Shape shape{batch, capacity, config_.num_kv_heads, config_.head_dim};
+  // This rank's kv heads under tensor parallelism.
+  const Shape shape{batch, capacity, tp_.part(config_.num_kv_heads), config_.head_dim};
   const DType dt = compute_params().flat().dtype();
   for (size_t i = 0; i < blocks_.size(); ++i) {
     cache.k.push_back(Tensor::empty(shape, dt, device_));
@@ -293,7 +312,6 @@ KVCache Model::make_cache(int64_t batch, int64_t capacity) const {
 
 void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, KVCache& cache,
                            float* last_logits) {
-  refuse_tensor_parallel("decoding");
   MOEX_CHECK(batch == cache.batch, "batch ", batch, " does not match the KV cache's ", cache.batch);
   const int64_t d = config_.hidden_size, n = batch * new_len;
   const DType dt = compute_params().flat().dtype();
@@ -310,9 +328,9 @@ void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, K
   const Tensor last = arena_.alloc(Shape{batch, d}, dt), normed = arena_.alloc(Shape{batch, d}, dt);
   ops::copy_columns(x.view(Shape{batch, new_len * d}), (new_len - 1) * d, last, 0, d);
   final_norm_->forward(last, normed, arena_, false);
-  const Tensor logits = arena_.alloc(Shape{batch, config_.vocab_size}, DType::kF32);
+  const Tensor logits = arena_.alloc(Shape{batch, head_.w.dim(0)}, DType::kF32);
   ops::linear(normed, head_.w, Tensor(), logits);
-  ops::copy(logits, Tensor::from_external(last_logits, logits.shape(), DType::kF32));
+  gather_logits(logits, last_logits);
 }
 
 PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {

@@ -111,7 +111,8 @@ class Model {
   // Accumulates into grads(): d(loss + weighted aux) / d(params), times the forward's loss_scale.
   void backward();
 
-  // Logits [B, T, V] (host, fp32) without saving anything (evaluation).
+  // Logits [B, T, V] (host, fp32) without saving anything (evaluation). Under tensor parallelism
+  // every tp rank calls it with the same ids and gets the whole rows.
   void logits(const int32_t* ids, int64_t batch, int64_t seq_len, float* out);
   // The final-normed hidden states [B*T, d] (compute dtype, on the device) without saving
   // anything: a teacher's side of the KD loss. The tensor lives in this model's arena until its
@@ -120,7 +121,9 @@ class Model {
   // The LM head weight [V, d] the kernels read (the embedding when tied).
   const Tensor& lm_head_weight() const { return head_.w; }
   // Decoding: appends new_len tokens per sequence to the cache and writes the logits of the
-  // last new token of each sequence, [B, V] (host, fp32).
+  // last new token of each sequence, [B, V] (host, fp32). Under tensor parallelism the cache
+  // holds this rank's kv heads, every tp rank calls forward_cached with the same ids, and each
+  // gets the whole logits rows.
   KVCache make_cache(int64_t batch, int64_t capacity) const;
   void forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, KVCache& cache,
                       float* last_logits);
@@ -203,6 +206,9 @@ class Model {
   // Under tp: x = the embeddings of the ids in this rank's vocabulary rows, summed over the group.
   void embed_vocab_parallel(const Tensor& x);
   void refuse_tensor_parallel(const char* what) const;
+  // out [rows, V] (host) = logits [rows, V or V/tp] (f32, the model's device); under tensor
+  // parallelism each rank's vocabulary slice, gathered over the group. Every tp rank calls it.
+  void gather_logits(const Tensor& logits, float* out);
   Tensor host_ids(const int32_t* ids, int64_t n) const;
 
   ModelConfig config_;

@@ -151,30 +151,34 @@ namespace {
 // mistaken): that is an error before gigabytes are allocated for it. Smaller mismatches go on to
 // the per-tensor checks of the weight loaders, whose errors name the missing or misshapen tensor.
 std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std::string& dir,
-                                            const std::string& config_path, Device device) {
+                                            const std::string& config_path, Device device,
+                                            const TensorParallel& tp = {}) {
   const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(dir);
   int64_t stored = 0;
   for (const std::string& name : ckpt.names()) stored += ckpt.entry(name).shape.numel();
   MOEX_CHECK(config.num_parameters() <= 2 * stored + (int64_t{1} << 20), config_path,
              ": describes a model of ", config.num_parameters(),
              " parameters, but the checkpoint in ", dir, " holds ", stored, " values");
-  return std::make_unique<Model>(config, device);
+  return std::make_unique<Model>(config, device, nullptr, tp);
 }
 
 }  // namespace
 
-std::unique_ptr<Model> load_model(const std::string& dir, Device device) {
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
   const std::string config_path = dir + "/config.json";
   const JsonReader config = JsonReader::from_file(config_path);
   const std::string type = config.get_string("model_type");
   if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
+    MOEX_CHECK(!tp.active(), dir,
+               ": a Hugging Face directory loads whole; tensor parallelism takes a moex model "
+               "directory (what moex train writes)");
     auto model = build_for_checkpoint(hf_config_from_file(config_path), dir, config_path, device);
     load_hf_weights(*model, dir);
     return model;
   }
   config.ignore("architectures");
   auto model = build_for_checkpoint(ModelConfig::from_json(config.child("moex_model")), dir,
-                                    config_path, device);
+                                    config_path, device, tp);
   load_weights(*model, dir);
   return model;
 }

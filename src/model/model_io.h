@@ -32,8 +32,10 @@ Tensor local_part(const Model& model, int index, const Tensor& full, const std::
 
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
-// tensor).
-std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu());
+// tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (moex
+// directories only; every rank of the group calls it).
+std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu(),
+                                  const TensorParallel& tp = {});
 
 // Copies the checkpoint's tensors into the model's parameters (f32; bf16/f16 converted).
 void load_weights(Model& model, const std::string& checkpoint_path);

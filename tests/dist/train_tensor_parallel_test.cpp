@@ -24,6 +24,7 @@
 #include <random>
 
 #include "dist/parallel_layout.h"
+#include "infer/generator.h"
 #include "model/model_io.h"
 #include "train/distill.h"
 #include "train/trainer.h"
@@ -186,6 +187,56 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
       EXPECT_LT(testing::rel_l2(g.data<float>(), g_ref.data<float>(), g.numel()), 1e-5)
           << "gradient of " << name;
     }
+  }
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
+}
+
+// Decoding with a KV cache under tp 2 (every rank of the world's first tp group; the others of
+// np 4 decode in their own group): Model::logits, the cached step's logits and greedy tokens
+// (infer::generate) against one process holding the whole model with the same initial weights.
+TEST(TensorParallel, CachedDecodingEqualsTheSingleProcess) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_TRUE(world.size() == 2 || world.size() == 4) << "run with mpirun -np 2 or 4";
+  const dist::ParallelLayout layout = dist::ParallelLayout::map(world.size(), world.rank(), 2, 1);
+  dist::ProcessGroups groups = dist::ProcessGroups::make(world, layout);
+  const fs::path corpus = fs::current_path() / ("tp_decode_np" + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  for (const std::string& variant : {std::string(), std::string(kVariantModel)}) {
+    SCOPED_TRACE(variant.empty() ? "fixture model" : "variant model");
+    const TrainConfig c = TrainConfig::from_file(
+        testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
+            .string());
+    model::Model split(c.model, Device::cpu(), nullptr, {groups.tp.get()});
+    model::Model whole(c.model);
+    split.init_weights(9);
+    whole.init_weights(9);
+    const int64_t vocab = c.model.vocab_size, batch = 2, seq = 8;
+    std::mt19937 gen(13);  // the same ids on every rank
+    std::vector<int32_t> ids(batch * seq);
+    for (int32_t& id : ids) id = static_cast<int32_t>(gen() % vocab);
+    std::vector<float> a(batch * seq * vocab), b(a.size());
+    split.logits(ids.data(), batch, seq, a.data());
+    whole.logits(ids.data(), batch, seq, b.data());
+    EXPECT_LT(testing::rel_l2(a.data(), b.data(), static_cast<int64_t>(a.size())), 1e-5)
+        << "Model::logits";
+
+    // A prompt prefilled, then one token at a time through the cache.
+    model::KVCache cs = split.make_cache(1, 32), cw = whole.make_cache(1, 32);
+    std::vector<float> la(vocab), lb(vocab);
+    split.forward_cached(ids.data(), 1, seq, cs, la.data());
+    whole.forward_cached(ids.data(), 1, seq, cw, lb.data());
+    for (int step = 0; step < 6; ++step) {
+      EXPECT_LT(testing::rel_l2(la.data(), lb.data(), vocab), 1e-5) << "cached step " << step;
+      const int32_t next = ids[static_cast<size_t>(step)];
+      split.forward_cached(&next, 1, 1, cs, la.data());
+      whole.forward_cached(&next, 1, 1, cw, lb.data());
+    }
+    infer::GenerateOptions greedy;
+    greedy.max_new_tokens = 12;
+    const std::vector<int32_t> prompt(ids.begin(), ids.begin() + seq);
+    EXPECT_EQ(infer::generate(split, prompt, greedy), infer::generate(whole, prompt, greedy));
   }
   world.barrier();
   if (world.is_root()) fs::remove_all(corpus);
