@@ -187,7 +187,8 @@ void Model::embed_vocab_parallel(const Tensor& x) {
 
 Tensor Model::host_ids(const int32_t* ids, int64_t n) const {
   Tensor t = Tensor::empty(Shape{n}, DType::kI32);
-  std::memcpy(t.raw_data(), ids, static_cast<size_t>(n) * sizeof(int32_t));
+  // n may be 0 with ids null (a tp rank none of whose vocabulary rows a one-token step looks up).
+  if (n > 0) std::memcpy(t.raw_data(), ids, static_cast<size_t>(n) * sizeof(int32_t));
   return t;
 }
 
