@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "cuda/cuda_check.h"
+#include "cuda/device.h"
 #include "cuda/last_block.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/paged_attention.h"
@@ -210,13 +211,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (threadIdx.x == 0) ws.counters[unit] = 0;
 }
 
+// The device's SM count, asked once: every launch reads it.
 int sm_count() {
-  static const int count = [] {
-    int device = 0, n = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
-    CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    return n;
-  }();
+  static const int count = current_device_sms();
   return count;
 }
 

@@ -11,6 +11,17 @@
 namespace moex::model {
 namespace {
 
+// The log-sum-exp of a row split over `parts` ranks, from each part's (max, sum of exp(x - max))
+// = stat(p, 0), stat(p, 1), merged in part order (the same on every rank).
+template <typename Stat>
+double merged_log_sum_exp(int64_t parts, Stat stat) {
+  double mx = stat(0, 0);
+  for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, stat(p, 0));
+  double sum = 0;
+  for (int64_t p = 0; p < parts; ++p) sum += stat(p, 1) * std::exp(stat(p, 0) - mx);
+  return mx + std::log(sum);
+}
+
 // ops::cross_entropy over a vocabulary split across the tp group: logits [rows, Vl] are this
 // rank's columns. Every rank gathers every rank's (max, sum of exponentials, target logit) per
 // row and combines them in rank order, so all ranks get the same losses. The combination runs on
@@ -36,15 +47,10 @@ void vocab_parallel_cross_entropy(const Tensor& logits, const Tensor& targets, f
   for (int64_t i = 0; i < rows; ++i) {
     loss[i] = l[i] = 0.0f;
     if (t[i] == ops::kIgnoreIndex) continue;
-    float mx = s[3 * i];
-    for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, s[(p * rows + i) * 3]);
-    double sum = 0, target_logit = 0;
-    for (int64_t p = 0; p < parts; ++p) {
-      const float* st = s + (p * rows + i) * 3;
-      sum += st[1] * std::exp(static_cast<double>(st[0]) - mx);
-      target_logit += st[2];  // only the owner's is not 0
-    }
-    l[i] = static_cast<float>(mx + std::log(sum));
+    l[i] = static_cast<float>(merged_log_sum_exp(
+        parts, [&](int64_t p, int j) { return static_cast<double>(s[(p * rows + i) * 3 + j]); }));
+    double target_logit = 0;  // only the owner's part is not 0
+    for (int64_t p = 0; p < parts; ++p) target_logit += s[(p * rows + i) * 3 + 2];
     loss[i] = static_cast<float>(l[i] - target_logit);
   }
   if (!host) {
@@ -75,15 +81,10 @@ void vocab_parallel_distill(const Tensor& student, const Tensor& teacher, const 
   const float* s = all_host.data<float>();
   double* lse = lse_host.data<double>();
   for (int64_t i = 0; i < rows; ++i)
-    for (int side = 0; side < 2; ++side) {  // student, teacher
-      auto stat = [&](int64_t p, int j) { return static_cast<double>(s[(p * rows + i) * 4 + j]); };
-      double mx = stat(0, 2 * side);
-      for (int64_t p = 1; p < parts; ++p) mx = std::max(mx, stat(p, 2 * side));
-      double sum = 0;
-      for (int64_t p = 0; p < parts; ++p)
-        sum += stat(p, 2 * side + 1) * std::exp(stat(p, 2 * side) - mx);
-      lse[2 * i + side] = mx + std::log(sum);
-    }
+    for (int side = 0; side < 2; ++side)  // student, teacher
+      lse[2 * i + side] = merged_log_sum_exp(parts, [&](int64_t p, int j) {
+        return static_cast<double>(s[(p * rows + i) * 4 + 2 * side + j]);
+      });
   ops::distill_partial_loss(student, teacher, targets, temperature,
                             host ? lse_host : lse_host.to(student.device()), grad_scale, loss_rows,
                             dstudent);

@@ -1,7 +1,5 @@
 #include "ops/distill_loss.h"
 
-#include <cmath>
-
 #include "cpu/distill_loss.h"
 #include "cpu/parallel.h"
 #include "ops/cross_entropy.h"

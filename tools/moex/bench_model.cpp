@@ -178,7 +178,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   scheduler.step();  // admits and prefills every sequence, samples their first tokens
   ops::synchronize(device);
   const double prefill_ms = ms_since(start);
-  // The last few steps run with the per-op GPU timers on (op_ms) and are not timed.
+  // The last few steps run with the per-op timers on (op_ms) and are not timed.
   const int64_t profiled = std::min<int64_t>(8, new_tokens / 4);
   // Nor are the first two decode steps: the first captures the batch's CUDA graph (a one-off
   // cost of a few ms per batch size, like a server's start-up capture), and the second reaches
