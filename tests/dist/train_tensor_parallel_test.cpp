@@ -110,28 +110,50 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
   world.barrier();
 }
 
+// tp 2 over the world (np 2: one group; np 4: two, on the same inputs) and a corpus for the
+// fixture's configs, for the tests that compare one split model with one whole model directly.
+// Every rank makes it; the corpus is removed when it goes.
+struct SplitAgainstWhole {
+  explicit SplitAgainstWhole(const std::string& name)
+      : world(dist::Communicator::world()),
+        groups(dist::ProcessGroups::make(
+            world, dist::ParallelLayout::map(world.size(), world.rank(), 2, 1))),
+        corpus(fs::current_path() / (name + "_np" + std::to_string(world.size()))) {
+    if (world.is_root()) testing::make_corpus(corpus);
+    world.barrier();
+  }
+  ~SplitAgainstWhole() {
+    world.barrier();
+    if (world.is_root()) fs::remove_all(corpus);
+  }
+  // The fixture's config with `variant`'s model fields.
+  TrainConfig config(const std::string& variant) const {
+    return TrainConfig::from_file(
+        testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
+            .string());
+  }
+
+  dist::Communicator& world;
+  dist::ProcessGroups groups;
+  fs::path corpus;
+};
+
 // One forward and backward of a tp 2 model against one process on the same batch: the initial
 // weights are the same bits (each part draws its elements' numbers of the whole tensor), and the
 // loss and every gradient, gathered into the whole tensors, agree to fp32 rounding of the split
 // sums' order. This checks the splits' arithmetic directly; the training runs below check the
 // whole loop.
 TEST(TensorParallel, GradientsEqualTheSingleProcess) {
-  dist::Communicator& world = dist::Communicator::world();
-  ASSERT_TRUE(world.size() == 2 || world.size() == 4) << "run with mpirun -np 2 or 4";
-  const dist::ParallelLayout layout = dist::ParallelLayout::map(world.size(), world.rank(), 2, 1);
-  dist::ProcessGroups groups = dist::ProcessGroups::make(world, layout);
-  const fs::path corpus = fs::current_path() / ("tp_grads_np" + std::to_string(world.size()));
-  if (world.is_root()) testing::make_corpus(corpus);
-  world.barrier();
+  const int np = dist::Communicator::world().size();
+  ASSERT_TRUE(np == 2 || np == 4) << "run with mpirun -np 2 or 4";
+  const SplitAgainstWhole fixture("tp_grads");
   for (const auto& [variant, with_teacher] :
        {std::pair{std::string(), false}, std::pair{std::string(kVariantModel), false},
         std::pair{std::string(), true}, std::pair{std::string(kVariantModel), true}}) {
     SCOPED_TRACE((variant.empty() ? "fixture model" : "variant model") +
                  std::string(with_teacher ? ", distilled" : ""));
-    const TrainConfig c = TrainConfig::from_file(
-        testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
-            .string());
-    model::Model split(c.model, Device::cpu(), nullptr, {groups.tp.get()});
+    const TrainConfig c = fixture.config(variant);
+    model::Model split(c.model, Device::cpu(), nullptr, {fixture.groups.tp.get()});
     model::Model whole(c.model);
     split.init_weights(7);
     whole.init_weights(7);
@@ -188,27 +210,19 @@ TEST(TensorParallel, GradientsEqualTheSingleProcess) {
           << "gradient of " << name;
     }
   }
-  world.barrier();
-  if (world.is_root()) fs::remove_all(corpus);
 }
 
 // Decoding with a KV cache under tp 2 (every rank of the world's first tp group; the others of
 // np 4 decode in their own group): Model::logits, the cached step's logits and greedy tokens
 // (infer::generate) against one process holding the whole model with the same initial weights.
 TEST(TensorParallel, CachedDecodingEqualsTheSingleProcess) {
-  dist::Communicator& world = dist::Communicator::world();
-  ASSERT_TRUE(world.size() == 2 || world.size() == 4) << "run with mpirun -np 2 or 4";
-  const dist::ParallelLayout layout = dist::ParallelLayout::map(world.size(), world.rank(), 2, 1);
-  dist::ProcessGroups groups = dist::ProcessGroups::make(world, layout);
-  const fs::path corpus = fs::current_path() / ("tp_decode_np" + std::to_string(world.size()));
-  if (world.is_root()) testing::make_corpus(corpus);
-  world.barrier();
+  const int np = dist::Communicator::world().size();
+  ASSERT_TRUE(np == 2 || np == 4) << "run with mpirun -np 2 or 4";
+  const SplitAgainstWhole fixture("tp_decode");
   for (const std::string& variant : {std::string(), std::string(kVariantModel)}) {
     SCOPED_TRACE(variant.empty() ? "fixture model" : "variant model");
-    const TrainConfig c = TrainConfig::from_file(
-        testing::write_config(corpus, (corpus / "unused").string(), "", &world, "", "", variant)
-            .string());
-    model::Model split(c.model, Device::cpu(), nullptr, {groups.tp.get()});
+    const TrainConfig c = fixture.config(variant);
+    model::Model split(c.model, Device::cpu(), nullptr, {fixture.groups.tp.get()});
     model::Model whole(c.model);
     split.init_weights(9);
     whole.init_weights(9);
@@ -238,8 +252,6 @@ TEST(TensorParallel, CachedDecodingEqualsTheSingleProcess) {
     const std::vector<int32_t> prompt(ids.begin(), ids.begin() + seq);
     EXPECT_EQ(infer::generate(split, prompt, greedy), infer::generate(whole, prompt, greedy));
   }
-  world.barrier();
-  if (world.is_root()) fs::remove_all(corpus);
 }
 
 // Distillation (moex distill) under tp 2 (np 2) and tp 2 x dp 2 (np 4), on both models: the
