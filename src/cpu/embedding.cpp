@@ -37,6 +37,22 @@ void embedding_forward(const int32_t* ids, const T* weight, int64_t num_tokens, 
 }
 
 template <typename T>
+void embedding_slice_forward(const int32_t* ids, const T* weight, int64_t num_tokens,
+                             int64_t first_row, int64_t rows, int64_t dim, T* out) {
+  MOEX_CHECK(num_tokens >= 0 && first_row >= 0 && rows > 0 && dim > 0,
+             "embedding_slice_forward: bad sizes (tokens ", num_tokens, ", rows ", first_row, "+",
+             rows, ", dim ", dim, ")");
+#pragma omp parallel for schedule(static) if (num_tokens * dim >= kMinParallelWork)
+  for (int64_t i = 0; i < num_tokens; ++i) {
+    const int64_t row = ids[i] - first_row;
+    if (row >= 0 && row < rows)
+      std::copy(weight + row * dim, weight + (row + 1) * dim, out + i * dim);
+    else
+      std::fill(out + i * dim, out + (i + 1) * dim, T(0));
+  }
+}
+
+template <typename T>
 void embedding_backward(const int32_t* ids, const T* dout, int64_t num_tokens, int64_t vocab_size,
                         int64_t dim, T* dweight) {
   check_embedding<T>(ids, dout, dweight, num_tokens, vocab_size, dim);
@@ -54,6 +70,8 @@ template void embedding_forward<float>(const int32_t*, const float*, int64_t, in
                                        float*);
 template void embedding_forward<double>(const int32_t*, const double*, int64_t, int64_t, int64_t,
                                         double*);
+template void embedding_slice_forward<float>(const int32_t*, const float*, int64_t, int64_t,
+                                             int64_t, int64_t, float*);
 template void embedding_backward<float>(const int32_t*, const float*, int64_t, int64_t, int64_t,
                                         float*);
 template void embedding_backward<double>(const int32_t*, const double*, int64_t, int64_t, int64_t,

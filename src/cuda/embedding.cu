@@ -16,14 +16,17 @@ constexpr int kRunThreads = 128;
 template <int W>
 __global__ void embedding_forward_kernel(const int32_t* __restrict__ ids,
                                          const bf16* __restrict__ table, int64_t n, int64_t dim,
+                                         int64_t first_row, int64_t rows,
                                          bf16* __restrict__ out, bool accumulate) {
   wait_for_previous_kernel();
   const int64_t per_row = dim / W, chunks = n * per_row;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < chunks;
        v += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = v / per_row, c = (v - row * per_row) * W;
-    float t[W];
-    load_chunk<W>(table + int64_t{ids[row]} * dim + c, t);
+    // Outside this table's rows (a tensor-parallel vocabulary slice): zeros.
+    const int64_t id = int64_t{ids[row]} - first_row;
+    float t[W] = {};
+    if (id >= 0 && id < rows) load_chunk<W>(table + id * dim + c, t);
     if (accumulate) {
       float o[W];
       load_chunk<W>(out + v * W, o);
@@ -98,17 +101,19 @@ void check_embedding(const char* op, int64_t n, int64_t vocab, int64_t dim) {
 }  // namespace
 
 void embedding_forward_bf16(const int32_t* ids, const void* table, int64_t n, int64_t vocab,
-                            int64_t dim, void* out, bool accumulate, cudaStream_t stream) {
+                            int64_t dim, void* out, bool accumulate, cudaStream_t stream,
+                            int64_t first_row) {
   check_embedding("embedding_forward_bf16", n, vocab, dim);
+  MOEX_CHECK(first_row >= 0, "embedding_forward_bf16: first_row must be >= 0, got ", first_row);
   if (n == 0) return;
   const auto* t = static_cast<const bf16*>(table);
   auto* o = static_cast<bf16*>(out);
   if (dim % 8 == 0 && aligned16(table) && aligned16(out)) {
     launch_kernel(embedding_forward_kernel<8>, grid_for(n * dim / 8, kThreads), kThreads, 0, stream,
-                  ids, t, n, dim, o, accumulate);
+                  ids, t, n, dim, first_row, vocab, o, accumulate);
   } else {
     launch_kernel(embedding_forward_kernel<1>, grid_for(n * dim, kThreads), kThreads, 0, stream,
-                  ids, t, n, dim, o, accumulate);
+                  ids, t, n, dim, first_row, vocab, o, accumulate);
   }
   MOEX_LAUNCH_CHECK();
 }

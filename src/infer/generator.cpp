@@ -62,6 +62,10 @@ std::vector<int32_t> generate_paged(model::Model& model, const std::vector<int32
   so.max_batch = 1;
   so.max_context = capacity;
   Scheduler scheduler(model, so);
+  if (model.tensor_parallel().rank() != 0) {  // tp rank 0 decodes; this rank runs its steps
+    scheduler.mirror();
+    return {};
+  }
   std::vector<int32_t> out;
   FinishReason reason = FinishReason::kCancelled;
   std::string error;

@@ -24,7 +24,8 @@ std::vector<int32_t> generate(model::Model& model, const std::vector<int32_t>& p
 
 // The same tokens through the serving scheduler (infer/scheduler.h) with one sequence: paged KV
 // cache, prompt prefilled in chunks, tokens sampled on the model's device and, on a GPU, decode
-// steps replayed from a captured CUDA graph. What `moex generate` runs.
+// steps replayed from a captured CUDA graph. What `moex generate` runs. Under tensor parallelism
+// every tp rank calls it; rank 0 gets the tokens, the others run its steps and get none.
 std::vector<int32_t> generate_paged(model::Model& model, const std::vector<int32_t>& prompt,
                                     const GenerateOptions& options,
                                     const std::function<void(int32_t)>& on_token = nullptr);

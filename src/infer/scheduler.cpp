@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/logging.h"
+#include "dist/communicator.h"
 #include "ops/sample.h"
 
 namespace moex::infer {
@@ -105,6 +106,17 @@ Scheduler::~Scheduler() {
   for (auto& seq : running_) finish(*seq, FinishReason::kCancelled);
   for (auto& seq : waiting_)
     if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
+  // The mirroring tp ranks wait for the next step: tell them there is none.
+  try {
+    model_.end_mirrored_steps();
+  } catch (const std::exception& e) {
+    MOEX_LOG(kError, "ending the tensor-parallel serving steps: ", e.what());
+    dist::Communicator::abort_job(1);
+  }
+}
+
+void Scheduler::mirror() {
+  model_.mirror_paged_steps(kv_);
 }
 
 uint64_t Scheduler::submit(Request request) {

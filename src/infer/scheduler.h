@@ -94,6 +94,10 @@ class Scheduler {
   // when `drain` is false, or serves it to the end when true.
   void run();
   void stop(bool drain);
+  // Tensor-parallel serving (docs/parallelism.md §Serving under tensor parallelism): on the tp
+  // ranks other than 0, runs the steps tp rank 0's scheduler launches, on this scheduler's KV
+  // pool, until that scheduler is destroyed. Rank 0 takes the requests; this one takes none.
+  void mirror();
 
   SchedulerStats stats() const;
   const SchedulerOptions& options() const { return options_; }

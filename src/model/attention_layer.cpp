@@ -227,6 +227,7 @@ void AttentionLayer::forward_paged(const Tensor& x, const PagedRows& rows, const
   ops::paged_attention(q.view(Shape{n, heads_, head_dim_}), k_pool, v_pool, rows.tables,
                        rows.row_seq, rows.row_pos, attn, rows.tiles, rows.rest_rows);
   ops::linear(attn.view(Shape{n, heads_ * head_dim_}), o_w_.w, Tensor(), y);
+  tp_.all_reduce(y);  // each rank's heads add their part
 }
 
 }  // namespace moex::model

@@ -8,6 +8,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/hf_config.h"
+#include "model/model_io.h"
 
 namespace moex::model {
 namespace {
@@ -139,14 +140,21 @@ void load_hf_weights(Model& model, const std::string& path) {
   for (int i = 0; i < params.size(); ++i) {
     const std::string& name = params.name(i);
     const Tensor& dst = params.tensor(i);
-    float* out = dst.data<float>();
+    // A tensor-parallel part is read whole, then this rank's part is kept.
+    const Shape whole = whole_shape(model, i);
+    const Tensor read = whole == dst.shape() ? dst : Tensor::empty(whole, DType::kF32);
+    float* out = read.data<float>();
     if (ends_with(name, ".mlp" + kFusedGateUp) || ends_with(name, ".mlp" + kFusedDown)) {
-      load_experts(in, name, dst.shape(), out);
+      load_experts(in, name, whole, out);
     } else if (ends_with(name, ".mlp" + kRouterSuffix)) {
       const std::string mlp = name.substr(0, name.size() - kRouterSuffix.size());
-      copy_rows(in.read(in.pick({name, mixtral_prefix(mlp) + kRouterSuffix}), dst.shape()), out);
+      copy_rows(in.read(in.pick({name, mixtral_prefix(mlp) + kRouterSuffix}), whole), out);
     } else {
-      copy_rows(in.read(in.pick({name}), dst.shape()), out);
+      copy_rows(in.read(in.pick({name}), whole), out);
+    }
+    if (read.raw_data() != dst.raw_data()) {
+      const Tensor part = local_part(model, i, read, path + ": tensor '" + name + "'");
+      std::copy(part.data<float>(), part.data<float>() + part.numel(), dst.data<float>());
     }
   }
   // A tied checkpoint may still carry the head; the model reads the embedding.

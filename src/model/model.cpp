@@ -6,6 +6,7 @@
 
 #include "core/logging.h"
 #include "model/lm_head.h"
+#include "model/paged_step_relay.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/embedding.h"
@@ -136,29 +137,22 @@ void Model::finish_gradients() {
   for (int index : partial_grads_) tp_.all_reduce(grads_.tensor(index));
 }
 
-void Model::refuse_tensor_parallel(const char* what) const {
-  MOEX_CHECK(!tp_.active(), what,
-             " under tensor parallelism is not built (training, evaluation and cached decoding "
-             "are, docs/parallelism.md)");
+Tensor Model::whole_logits(const Tensor& local) {
+  // Each rank's rows hold its vocabulary slice [rank * Vl, (rank + 1) * Vl): every rank gathers
+  // all slices, in rank order, into whole rows.
+  const int64_t rows = local.dim(0), vl = local.dim(1), parts = tp_.size();
+  const Tensor all = arena_.alloc(Shape{parts, rows, vl}, DType::kF32);
+  tp_.all_gather(local, all);
+  const Tensor whole = arena_.alloc(Shape{rows, parts * vl}, DType::kF32);
+  for (int64_t p = 0; p < parts; ++p)
+    ops::copy_columns(all.slice(p, p + 1).view(Shape{rows, vl}), 0, whole, p * vl, vl);
+  return whole;
 }
 
 void Model::gather_logits(const Tensor& logits, float* out) {
-  if (!tp_.active()) {
-    ops::copy(logits, Tensor::from_external(out, logits.shape(), DType::kF32));
-    return;
-  }
-  // Each rank's rows hold its vocabulary slice [rank * Vl, (rank + 1) * Vl): every rank gathers
-  // all slices, in rank order, into whole rows.
-  const int64_t rows = logits.dim(0), vl = logits.dim(1), parts = tp_.size();
   ArenaScope scope(arena_);
-  const Tensor all = arena_.alloc(Shape{parts, rows, vl}, DType::kF32);
-  tp_.all_gather(logits, all);
-  const Tensor host = all.device().is_cpu() ? all : all.to(Device::cpu());
-  const float* src = host.data<float>();
-  for (int64_t p = 0; p < parts; ++p)
-    for (int64_t r = 0; r < rows; ++r)
-      std::copy(src + (p * rows + r) * vl, src + (p * rows + r + 1) * vl,
-                out + r * parts * vl + p * vl);
+  const Tensor whole = tp_.active() ? whole_logits(logits) : logits;
+  ops::copy(whole, Tensor::from_external(out, whole.shape(), DType::kF32));
 }
 
 void Model::embed_vocab_parallel(const Tensor& x) {
@@ -172,16 +166,11 @@ void Model::embed_vocab_parallel(const Tensor& x) {
     local.push_back(static_cast<int32_t>(id[i] - first));
     where.push_back(static_cast<int32_t>(i));
   }
+  // Backward adds the gradient rows of these ids only.
   local_ids_ = host_ids(local.data(), static_cast<int64_t>(local.size()));
   local_rows_ = host_ids(where.data(), static_cast<int64_t>(where.size()));
   if (device_.is_cuda() && !where.empty()) local_rows_ = local_rows_.to(device_);  // GPU indices
-  ops::zero(x);
-  if (!local.empty()) {
-    ArenaScope scope(arena_);
-    const Tensor found = arena_.alloc(Shape{local_ids_.numel(), x.dim(1)}, x.dtype());
-    ops::embedding(local_ids_, embed_.w, found, false);
-    ops::scatter_rows(found, local_rows_, x);
-  }
+  ops::embedding_slice(ids_, embed_.w, first, x);
   tp_.all_reduce(x);
 }
 
@@ -340,7 +329,8 @@ PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
   PagedKV kv;
   kv.num_blocks = num_blocks;
   kv.block_size = block_size;
-  const Shape shape{num_blocks, block_size, config_.num_kv_heads, config_.head_dim};
+  // This rank's kv heads under tensor parallelism.
+  const Shape shape{num_blocks, block_size, tp_.part(config_.num_kv_heads), config_.head_dim};
   const DType dt = compute_params().flat().dtype();
   for (size_t i = 0; i < blocks_.size(); ++i) {
     kv.k.push_back(Tensor::empty(shape, dt, device_));
@@ -488,7 +478,12 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
   Tensor h = arena_.alloc(Shape{n, d}, dt), h_next = arena_.alloc(Shape{n, d}, dt);
-  ops::embedding(rows.ids, embed_.w, x, false);
+  if (tp_.active()) {  // this rank's vocabulary rows, summed over the group
+    ops::embedding_slice(rows.ids, embed_.w, tp_.rank() * embed_.w.dim(0), x);
+    tp_.all_reduce(x);
+  } else {
+    ops::embedding(rows.ids, embed_.w, x, false);
+  }
   if (pos_) ops::embedding(rows.row_pos, pos_.w, x, true);
   // A decode step has one row a sequence, each its sequence's last: the last block then forms the
   // final norm with its residual add, and no rows are gathered.
@@ -512,8 +507,11 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
     ops::gather_rows(x, rows.logit_rows, last);
     final_norm_->forward(last, normed, arena_, false);
   }
-  logits = arena_.alloc(Shape{num_logits, config_.vocab_size}, DType::kF32);
-  ops::linear(normed, head_.w, Tensor(), logits);
+  // Under tensor parallelism every rank samples from the same whole rows, so all draw the same
+  // tokens.
+  const Tensor head_out = arena_.alloc(Shape{num_logits, head_.w.dim(0)}, DType::kF32);
+  ops::linear(normed, head_.w, Tensor(), head_out);
+  logits = tp_.active() ? whole_logits(head_out) : head_out;
   next = arena_.alloc(Shape{num_seqs}, DType::kI32);
   if (num_logits == num_seqs)
     ops::sample_rows(logits, rows.sample_params, next);
@@ -565,7 +563,6 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
 void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                          const ops::SampleParams* sampling, bool ids_follow_last) {
   const auto start = std::chrono::steady_clock::now();
-  refuse_tensor_parallel("serving");
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   MOEX_CHECK(in_flight_.size() < 2, "launch_paged: collect a step first (two are in flight)");
   MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
@@ -590,13 +587,37 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   std::vector<int32_t> zeros;
   if (ids_follow_last) zeros.assign(static_cast<size_t>(num_seqs), 0);
   const PagedRows rows = paged_rows(ids_follow_last ? zeros.data() : ids, seqs, kv, sampling);
+  if (!tp_.active()) {
+    queue_paged_step(rows, kv, decode, ids_follow_last);
+  } else {
+    // Checked: the group's other ranks run the same step (mirror_paged_steps).
+    if (tp_.rank() == 0) send_paged_step(*tp_.group, ids, seqs, sampling, ids_follow_last);
+    try {
+      queue_paged_step(rows, kv, decode, ids_follow_last);
+    } catch (const std::exception& e) {
+      MOEX_LOG(kError, "tensor-parallel serving step failed on tp rank ", tp_.rank(), ": ",
+               e.what());
+      dist::Communicator::abort_job(1);
+    }
+  }
+  host_times_.launch_ms +=
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  ++host_times_.launches;
+}
+
+void Model::queue_paged_step(const PagedRows& rows, PagedKV& kv, bool decode,
+                             bool ids_follow_last) {
+  const int64_t num_seqs = rows.sample_params.dim(0);
   if (ids_follow_last) ops::copy(sampled_.slice(0, num_seqs), rows.ids);
   // Only the host side of the arena is reset: the device runs queued steps in order, so a step
   // still running is done with its buffers before the next one writes them.
   arena_.reset();
   Tensor logits, next_dev;
   PagedGraph* g = nullptr;
-  if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed()) {
+  // Under tensor parallelism a step runs op by op: a graph cannot capture the host-staged
+  // group's collectives (NCCL's could; not built).
+  if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed() &&
+      !tp_.active()) {
     std::unique_ptr<PagedGraph>& owned = paged_graphs_[num_seqs];
     if (!owned) owned = std::make_unique<PagedGraph>(device_);
     if (!owned->failed) g = owned.get();
@@ -628,9 +649,34 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
   next_marks_[slot]->record();
   in_flight_.push_back({out, next_marks_[slot]});
   next_slot_ ^= 1;
-  host_times_.launch_ms +=
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  ++host_times_.launches;
+}
+
+void Model::mirror_paged_steps(PagedKV& kv) {
+  MOEX_CHECK(tp_.active() && tp_.rank() != 0,
+             "mirror_paged_steps: for the tensor-parallel ranks other than 0");
+  PagedStepMessage step;
+  std::vector<int32_t> next;
+  auto collect_oldest = [&] {
+    next.resize(static_cast<size_t>(in_flight_.front().next_host.numel()));
+    collect_paged(next.data());
+  };
+  try {
+    while (receive_paged_step(*tp_.group, step)) {
+      launch_paged(step.ids.data(), step.seqs, kv,
+                   step.sampling.empty() ? nullptr : step.sampling.data(), step.ids_follow_last);
+      // The last step stays in flight: the next one's ids may follow it on the device.
+      while (in_flight_.size() > 1) collect_oldest();
+    }
+    while (!in_flight_.empty()) collect_oldest();
+  } catch (const std::exception& e) {
+    MOEX_LOG(kError, "tensor-parallel serving step failed on tp rank ", tp_.rank(), ": ",
+             e.what());
+    dist::Communicator::abort_job(1);
+  }
+}
+
+void Model::end_mirrored_steps() {
+  if (tp_.active() && tp_.rank() == 0) send_paged_end(*tp_.group);
 }
 
 void Model::collect_paged(int32_t* next) {

@@ -63,7 +63,7 @@ class Model {
   // run the same calls on their own batches. Null: every expert is here.
   // tp (tensor parallelism, model/tensor_parallel.h): attention heads, dense MLP widths and
   // vocabulary rows are split over tp.group, whose ranks run the same calls on the same batch.
-  // Training and evaluation only; CPU only so far. No group: every weight is here.
+  // No group: every weight is here.
   // offload (ZeRO-Offload, docs/parallelism.md): on a GPU the fp32 master weights live in pinned
   // host memory (and so do the optimizer's moments, made beside them); the GPU holds the bf16
   // copy the kernels read and the fp32 gradients.
@@ -153,6 +153,13 @@ class Model {
   void launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                     const ops::SampleParams* sampling, bool ids_follow_last = false);
   void collect_paged(int32_t* next);
+  // Serving under tensor parallelism (docs/parallelism.md §Serving under tensor parallelism):
+  // tp rank 0 runs the scheduler and sends every step it launches to the group's other ranks;
+  // they call mirror_paged_steps, which launches each step on this rank's parts of the model (its
+  // own pool `kv`, sized like rank 0's) until rank 0 calls end_mirrored_steps. A step that fails
+  // on any rank after it was sent ends the whole job (the others would wait in its collectives).
+  void mirror_paged_steps(PagedKV& kv);
+  void end_mirrored_steps();
   int64_t paged_steps_in_flight() const { return static_cast<int64_t>(in_flight_.size()); }
   // Host milliseconds spent so far in launch_paged and waiting inside collect_paged (benchmarks:
   // where a step's wall time goes besides the device).
@@ -205,10 +212,14 @@ class Model {
              const Tensor& x);
   // Under tp: x = the embeddings of the ids in this rank's vocabulary rows, summed over the group.
   void embed_vocab_parallel(const Tensor& x);
-  void refuse_tensor_parallel(const char* what) const;
   // out [rows, V] (host) = logits [rows, V or V/tp] (f32, the model's device); under tensor
   // parallelism each rank's vocabulary slice, gathered over the group. Every tp rank calls it.
   void gather_logits(const Tensor& logits, float* out);
+  // Under tensor parallelism: [rows, V] f32 in the arena = every rank's slice `local` [rows, V/tp]
+  // side by side in rank order. Every tp rank calls it.
+  Tensor whole_logits(const Tensor& local);
+  // launch_paged once the step's rows are checked and uploaded.
+  void queue_paged_step(const PagedRows& rows, PagedKV& kv, bool decode, bool ids_follow_last);
   Tensor host_ids(const int32_t* ids, int64_t n) const;
 
   ModelConfig config_;

@@ -50,7 +50,8 @@ Tensor gather_tensor_parallel(const TensorParallel& tp, const ParamBuffer& param
   return whole;
 }
 
-// The shape of the whole tensor of which parameter `index` holds a part.
+}  // namespace
+
 Shape whole_shape(const Model& model, int index) {
   dist::Communicator* group = model.expert_group();
   const ParamBuffer& params = model.params();
@@ -60,8 +61,6 @@ Shape whole_shape(const Model& model, int index) {
   if (tp.active() && params.split_dim(index) >= 0) whole[params.split_dim(index)] *= tp.size();
   return whole;
 }
-
-}  // namespace
 
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
   const ParamBuffer& params = model.params();
@@ -169,10 +168,8 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device, const T
   const JsonReader config = JsonReader::from_file(config_path);
   const std::string type = config.get_string("model_type");
   if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
-    MOEX_CHECK(!tp.active(), dir,
-               ": a Hugging Face directory loads whole; tensor parallelism takes a moex model "
-               "directory (what moex train writes)");
-    auto model = build_for_checkpoint(hf_config_from_file(config_path), dir, config_path, device);
+    auto model =
+        build_for_checkpoint(hf_config_from_file(config_path), dir, config_path, device, tp);
     load_hf_weights(*model, dir);
     return model;
   }

@@ -29,11 +29,13 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
 // `full` of another shape is an error "<what> has shape ..., the model expects <whole shape>"
 // (checked against the whole, since a smaller tensor can have exactly the shape of a part).
 Tensor local_part(const Model& model, int index, const Tensor& full, const std::string& what);
+// The shape of the whole tensor of which parameter `index` holds a part.
+Shape whole_shape(const Model& model, int index);
 
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
-// tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (moex
-// directories only; every rank of the group calls it).
+// tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (every
+// rank of the group calls it).
 std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu(),
                                   const TensorParallel& tp = {});
 

@@ -57,6 +57,27 @@ void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool acc
                                               d, y.raw_data(), accumulate, detail::stream(dev)));
 }
 
+void embedding_slice(const Tensor& ids, const Tensor& table, int64_t first_row, const Tensor& y) {
+  const Device dev = detail::common_device("embedding_slice", {&table, &y});
+  const ProfileScope profile("embedding_slice", dev);
+  const DType dt = detail::compute_dtype(dev);
+  MOEX_CHECK(table.ndim() == 2, "embedding_slice: table must be [V, d], got ", table.shape().str());
+  const int64_t rows = table.dim(0), d = table.dim(1), n = ids.numel();
+  detail::expect("embedding_slice", "table", table, dt, rows * d);
+  detail::expect("embedding_slice", "y", y, dt, n * d);
+  MOEX_CHECK(ids.dtype() == DType::kI32 && (ids.device() == dev || ids.device().is_cpu()),
+             "embedding_slice: ids must be i32 on the host or on the table's device");
+  if (dev.is_cpu()) {
+    cpu::embedding_slice_forward<float>(ids.data<int32_t>(), table.data<float>(), n, first_row,
+                                        rows, d, y.data<float>());
+    return;
+  }
+  const Tensor dev_ids = ids.device() == dev ? ids : ids.to(dev);
+  MOEX_CUDA_TWIN("embedding_slice",
+                 cuda::embedding_forward_bf16(dev_ids.data<int32_t>(), table.raw_data(), n, rows, d,
+                                              y.raw_data(), false, detail::stream(dev), first_row));
+}
+
 void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable) {
   const Device dev = detail::common_device("embedding_backward", {&dy, &dtable});
   const ProfileScope profile("embedding_backward", dev);

@@ -14,6 +14,13 @@ void embedding(const Tensor& ids,    // [N] i32, CPU (or checked, on the table's
                const Tensor& table,  // [V, d]
                const Tensor& y,      // [N, d]
                bool accumulate);
+// Tensor parallelism's vocabulary slice: table holds rows [first_row, first_row + V) of the whole
+// one; y[i] = table[ids[i] - first_row] for the ids among them, zeros for the others. ids on the
+// host or on the table's GPU, checked against the whole vocabulary by the caller.
+void embedding_slice(const Tensor& ids,    // [N] i32
+                     const Tensor& table,  // [V, d], this rank's rows
+                     int64_t first_row,
+                     const Tensor& y);  // [N, d]
 // dtable[ids[i]] += dy[i].
 void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtable);
 

@@ -141,7 +141,7 @@ struct Server::Impl {
     if (options.model_name.empty())
       options.model_name = std::filesystem::path(options.model_dir).filename().string();
     if (options.model_name.empty()) options.model_name = "moex";
-    model = model::load_model(options.model_dir, options.device);
+    model = model::load_model(options.model_dir, options.device, options.tp);
     tokenizer = infer::open_model_tokenizer(options.model_dir);
     MOEX_CHECK(tokenizer != nullptr, options.model_dir,
                ": no tokenizer (tokenizer.json or *.model) to serve text with");

@@ -12,12 +12,16 @@
 
 #include "core/tensor.h"
 #include "infer/scheduler.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::serve {
 
 struct ServerOptions {
   std::string model_dir;
   Device device;
+  // The model split over a tensor-parallel group: this server runs on its rank 0, and the other
+  // ranks run the steps (infer::Scheduler::mirror). Inactive: the whole model here.
+  model::TensorParallel tp;
   std::string model_name;  // what /v1/models lists and requests must name; "" = model_dir's name
   std::string host = "127.0.0.1";
   int port = 8000;  // 0: any free port (port() tells which)

@@ -21,23 +21,25 @@ int run_generate(const std::vector<std::string>& argv) {
   const moex::cli::Args args(
       argv,
       {"model", "prompt", "input-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-       "device"},
+       "device", "tp"},
       {"json", "help"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "
         "[--max-new-tokens 32]\n"
         "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
-        "                     [--device cpu|cuda[:N]]\n"
+        "                     [--device cpu|cuda[:N]] [--tp N]\n"
         "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
         "  with --json it prints {\"tokens\": [...], \"prompt_tokens\": N, \"text\": \"...\",\n"
         "  \"finish_reason\": \"stop\" | \"length\"}: the prompt ids followed by the new ids, and\n"
-        "  the new text (null without a tokenizer).\n");
+        "  the new text (null without a tokenizer). --tp N under mpirun -np N: the model split\n"
+        "  over the N ranks (tensor parallelism); rank 0 prints.\n");
     return 0;
   }
   const std::string dir = args.require("model");
-  auto model =
-      moex::model::load_model(dir, moex::Device::parse(args.get("device", "cpu"), "--device"));
+  const moex::cli::ServingLayout layout = moex::cli::serving_layout(
+      args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"));
+  auto model = moex::model::load_model(dir, layout.device, layout.tp);
   auto tokenizer = moex::infer::open_model_tokenizer(dir);
 
   std::vector<int32_t> prompt;
@@ -95,6 +97,7 @@ int run_generate(const std::vector<std::string>& argv) {
     if (text && !json) print(text->push(id));
   };
   moex::infer::generate_paged(*model, prompt, options, stream);
+  if (!layout.is_root()) return 0;  // it ran rank 0's steps; rank 0 prints
   print_prompt();
   if (json) {
     std::vector<int32_t> all = prompt;

@@ -7,6 +7,8 @@
 
 #include "args.h"
 #include "command.h"
+#include "model/model_io.h"
+#include "model_dir.h"
 #include "serve/server.h"
 
 namespace {
@@ -18,7 +20,7 @@ int run_serve(const std::vector<std::string>& argv) {
   const moex::cli::Args args(
       argv,
       {"model", "device", "host", "port", "model-name", "max-batch", "step-tokens", "block-size",
-       "kv-blocks", "max-context", "max-waiting", "cors-origin"},
+       "kv-blocks", "max-context", "max-waiting", "cors-origin", "tp"},
       {"help", "no-cuda-graphs"});
   if (args.flag("help")) {
     std::printf(
@@ -26,7 +28,7 @@ int run_serve(const std::vector<std::string>& argv) {
         "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
         "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting "
         "256]\n"
-        "                  [--cors-origin '*'] [--no-cuda-graphs]\n"
+        "                  [--cors-origin '*'] [--no-cuda-graphs] [--tp N]\n"
         "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
         "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
         "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
@@ -36,7 +38,9 @@ int run_serve(const std::vector<std::string>& argv) {
         "none).\n"
         "  On a GPU, decode steps replay one captured CUDA graph per batch size; --no-cuda-graphs\n"
         "  runs every step op by op (for debugging).\n"
-        "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n");
+        "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n"
+        "  --tp N under mpirun -np N: the model split over the N ranks (tensor parallelism; a\n"
+        "  GPU each with --device cuda); rank 0 serves, the others run its steps.\n");
     return 0;
   }
   moex::serve::ServerOptions o;
@@ -56,6 +60,18 @@ int run_serve(const std::vector<std::string>& argv) {
   o.max_waiting = args.get_int("max-waiting", 256);
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
   o.cors_origin = args.get("cors-origin", "*");
+  const moex::cli::ServingLayout layout = moex::cli::serving_layout(args.get_int("tp", 1), o.device);
+  o.device = layout.device;
+  o.tp = layout.tp;
+  if (!layout.is_root()) {
+    // Rank 0 takes the requests, drains on a signal and then ends the steps this rank mirrors.
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGTERM, SIG_IGN);
+    auto model = moex::model::load_model(o.model_dir, o.device, o.tp);
+    moex::infer::Scheduler scheduler(*model, o.scheduler);
+    scheduler.mirror();
+    return 0;
+  }
 
   moex::serve::Server server(o);
   const int bound = server.bind();

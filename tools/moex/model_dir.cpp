@@ -1,8 +1,31 @@
 #include "model_dir.h"
 
+#include "dist/communicator.h"
+#include "dist/nccl_communicator.h"
 #include "io/safetensors.h"
+#include "ops/device.h"
 
 namespace moex::cli {
+
+ServingLayout serving_layout(int64_t tp, const Device& device) {
+  ServingLayout layout;
+  layout.device = device;
+  MOEX_CHECK(tp >= 1, "--tp must be >= 1, got ", tp);
+  if (tp == 1) return layout;
+  dist::Communicator& world = dist::Communicator::world();
+  MOEX_CHECK(world.size() == tp, "--tp ", tp, " splits the model over the job's ranks: start it ",
+             "with mpirun -np ", tp, " (this job has ", world.size(), ")");
+  layout.tp.group = &world;
+  if (device.is_cuda()) {
+    layout.device = Device::cuda(world.local_rank() % std::max(1, ops::device_count()));
+    ops::use_device(layout.device);
+    dist::NcclOptions nccl;
+    nccl.device = layout.device.ordinal;
+    layout.gpu_group = dist::make_device_group(world, nccl);
+    layout.tp.device_group = layout.gpu_group.get();
+  }
+  return layout;
+}
 
 Tensor read_input_ids(const std::string& path) {
   const auto file = io::SafetensorsFile::open(path);
