@@ -16,8 +16,8 @@ constexpr int kRunThreads = 128;
 template <int W>
 __global__ void embedding_forward_kernel(const int32_t* __restrict__ ids,
                                          const bf16* __restrict__ table, int64_t n, int64_t dim,
-                                         int64_t first_row, int64_t rows,
-                                         bf16* __restrict__ out, bool accumulate) {
+                                         int64_t first_row, int64_t rows, bf16* __restrict__ out,
+                                         bool accumulate) {
   wait_for_previous_kernel();
   const int64_t per_row = dim / W, chunks = n * per_row;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < chunks;

@@ -669,8 +669,7 @@ void Model::mirror_paged_steps(PagedKV& kv) {
     }
     while (!in_flight_.empty()) collect_oldest();
   } catch (const std::exception& e) {
-    MOEX_LOG(kError, "tensor-parallel serving step failed on tp rank ", tp_.rank(), ": ",
-             e.what());
+    MOEX_LOG(kError, "tensor-parallel serving step failed on tp rank ", tp_.rank(), ": ", e.what());
     dist::Communicator::abort_job(1);
   }
 }

@@ -25,6 +25,7 @@
 
 #include "dist/parallel_layout.h"
 #include "infer/generator.h"
+#include "infer/scheduler.h"
 #include "model/model_io.h"
 #include "train/distill.h"
 #include "train/trainer.h"
@@ -251,6 +252,115 @@ TEST(TensorParallel, CachedDecodingEqualsTheSingleProcess) {
     greedy.max_new_tokens = 12;
     const std::vector<int32_t> prompt(ids.begin(), ids.begin() + seq);
     EXPECT_EQ(infer::generate(split, prompt, greedy), infer::generate(whole, prompt, greedy));
+  }
+}
+
+// Serving requests under tp: the scheduler on tp rank 0 while the group's other rank mirrors its
+// steps (the paged KV cache, chunked prefill, batched decode steps whose ids follow the last step
+// on the device, sampling on the device, and a request with log-probabilities, whose steps bring
+// the logits to the host). Returns rank 0's tokens and log-probabilities, nothing elsewhere.
+struct Served {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<float>> logprobs;
+  int64_t followed_steps = 0;  // decode steps that took their ids from the last step on the device
+};
+Served serve_requests(model::Model& model, const std::vector<std::vector<int32_t>>& prompts) {
+  infer::SchedulerOptions options;
+  options.max_batch = 3;    // the fourth request waits for a free slot
+  options.step_tokens = 8;  // prompts longer than that are prefilled in chunks
+  options.block_size = 4;
+  options.max_context = 32;  // the variant model's learned positions
+  infer::Scheduler scheduler(model, options);
+  if (model.tensor_parallel().rank() != 0) {
+    scheduler.mirror();
+    return {};
+  }
+  Served out;
+  out.tokens.resize(prompts.size());
+  out.logprobs.resize(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    infer::Request r;
+    r.prompt = prompts[i];
+    r.max_tokens = 10;
+    if (i % 2 == 1) r.sampling = {0.8, 0, 0.9, 100 + i};  // temperature, top_k, top_p, seed
+    if (i == 2) {
+      r.logprobs = 2;
+      r.on_logprob = [&out, i](const infer::TokenLogprob& p) {
+        out.logprobs[i].push_back(p.logprob);
+      };
+    }
+    r.on_token = [&out, i](int32_t t) {
+      out.tokens[i].push_back(t);
+      return true;
+    };
+    scheduler.submit(std::move(r));
+  }
+  while (scheduler.step()) {
+  }
+  out.followed_steps = scheduler.stats().followed_steps;
+  return out;
+}
+
+// Serving under tp 2 (moex serve / generate --tp; np 4: each tp group on its own): one paged
+// step's logits, then a scheduler serving four requests, against one process holding the whole
+// model with the same initial weights: logits to 1e-5, tokens exactly, log-probabilities to 1e-4.
+TEST(TensorParallel, PagedServingEqualsTheSingleProcess) {
+  const int np = dist::Communicator::world().size();
+  ASSERT_TRUE(np == 2 || np == 4) << "run with mpirun -np 2 or 4";
+  const SplitAgainstWhole fixture("tp_serve");
+  for (const std::string& variant : {std::string(), std::string(kVariantModel)}) {
+    SCOPED_TRACE(variant.empty() ? "fixture model" : "variant model");
+    const TrainConfig c = fixture.config(variant);
+    model::Model split(c.model, Device::cpu(), nullptr, {fixture.groups.tp.get()});
+    model::Model whole(c.model);
+    split.init_weights(21);
+    whole.init_weights(21);
+    const bool root = split.tensor_parallel().rank() == 0;
+    const int64_t vocab = c.model.vocab_size;
+    std::mt19937 gen(17);  // the same prompts on every rank
+    std::vector<std::vector<int32_t>> prompts;
+    for (const int len : {5, 13, 3, 21}) {
+      std::vector<int32_t> p(static_cast<size_t>(len));
+      for (int32_t& id : p) id = static_cast<int32_t>(gen() % vocab);
+      prompts.push_back(p);
+    }
+
+    // Two prompts in one step, then a decode step of both: every row's logits.
+    model::PagedKV kv_split = split.make_paged_kv(8, 4), kv_whole = whole.make_paged_kv(8, 4);
+    const std::vector<int32_t> blocks0{0, 1}, blocks1{5, 2};
+    std::vector<model::SequenceSlice> prefill{{0, 5, blocks0.data(), 2, false},
+                                              {0, 3, blocks1.data(), 2, false}};
+    std::vector<int32_t> ids(prompts[0]);
+    ids.insert(ids.end(), prompts[2].begin(), prompts[2].end());
+    const std::vector<model::SequenceSlice> decode{{5, 1, blocks0.data(), 2, false},
+                                                   {3, 1, blocks1.data(), 2, false}};
+    const std::vector<int32_t> decode_ids{7, 11};
+    if (root) {
+      std::vector<float> a(2 * vocab), b(a.size());
+      std::vector<int32_t> next_a(2), next_b(2);
+      split.forward_paged(ids.data(), prefill, kv_split, a.data(), next_a.data());
+      whole.forward_paged(ids.data(), prefill, kv_whole, b.data(), next_b.data());
+      EXPECT_LT(testing::rel_l2(a.data(), b.data(), 2 * vocab), 1e-5) << "prefill step";
+      EXPECT_EQ(next_a, next_b);
+      split.forward_paged(decode_ids.data(), decode, kv_split, a.data());
+      whole.forward_paged(decode_ids.data(), decode, kv_whole, b.data());
+      EXPECT_LT(testing::rel_l2(a.data(), b.data(), 2 * vocab), 1e-5) << "decode step";
+      split.end_mirrored_steps();
+    } else {
+      split.mirror_paged_steps(kv_split);
+    }
+
+    const Served a = serve_requests(split, prompts);
+    if (!root) continue;
+    const Served b = serve_requests(whole, prompts);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(a.tokens[i].size(), 10u) << "request " << i;
+      EXPECT_EQ(a.tokens[i], b.tokens[i]) << "request " << i;
+    }
+    EXPECT_GT(a.followed_steps, 0);
+    ASSERT_EQ(a.logprobs[2].size(), 10u);
+    ASSERT_EQ(b.logprobs[2].size(), 10u);
+    for (size_t t = 0; t < 10; ++t) EXPECT_NEAR(a.logprobs[2][t], b.logprobs[2][t], 1e-4);
   }
 }
 

@@ -24,6 +24,9 @@
 #include <cstring>
 #include <fstream>
 
+#include "dist/device_group.h"
+#include "dist/nccl_communicator.h"
+#include "infer/scheduler.h"
 #include "model/model_io.h"
 #include "ops/device.h"
 #include "train/distill.h"
@@ -259,6 +262,121 @@ TEST(GpuTensorParallel, ExpertSlicingEqualsTheSingleProcessRun) {
   TrainResult run;
   check_equals_single_process(tp, &run);
   EXPECT_GT(run.exchange.slice_reduce_bytes, 0);
+}
+
+// Serving under tp = every rank (moex serve / generate --tp) on GPU ranks: one paged prefill
+// step and one decode step of two sequences (the vocabulary-slice embedding of device ids, the
+// attention output all-reduced, the logits' slices gathered on the device before sampling)
+// within bf16 rounding of one process holding the whole model (2e-2 relative L2, as the GPU's
+// Hugging Face parity); then tp rank 0's scheduler serving four greedy requests while the other
+// ranks mirror its steps (decode steps take their ids from the last step on the device): each
+// token equals the whole model's wherever the whole model's top-2 margin exceeds bf16 noise,
+// up to the first token where the two differ (their contexts differ after it).
+TEST(GpuTensorParallel, PagedServingEqualsTheSingleProcess) {
+  dist::Communicator& world = dist::Communicator::world();
+  const fs::path corpus =
+      testing::make_temp_corpus("gpu_tp_serve_r" + std::to_string(world.rank()));
+  const TrainConfig c = TrainConfig::from_file(
+      testing::write_config(corpus, (corpus / "unused").string(), "").string());
+  fs::remove_all(corpus);
+  // Weights far larger than a fresh model's: decisive logits, so most greedy tokens have a top-2
+  // margin above bf16 noise and are compared below.
+  ModelConfig config = c.model;
+  config.init_std = 0.5f;
+  const Device gpu = Device::cuda(0);
+  dist::NcclOptions nccl;
+  nccl.device = 0;
+  const std::unique_ptr<dist::DeviceGroup> group = dist::make_device_group(world, nccl);
+  model::Model split(config, gpu, nullptr, {&world, group.get()});
+  model::Model whole(config, gpu);
+  split.init_weights(21);
+  whole.init_weights(21);
+  const bool root = world.rank() == 0;
+  const int64_t vocab = config.vocab_size;
+  model::PagedKV kv_split = split.make_paged_kv(8, 4), kv_whole = whole.make_paged_kv(8, 4);
+  const std::vector<int32_t> blocks0{0, 1}, blocks1{5, 2};
+  const std::vector<model::SequenceSlice> prefill{{0, 5, blocks0.data(), 2, false},
+                                                  {0, 3, blocks1.data(), 2, false}};
+  const std::vector<int32_t> ids{3, 14, 15, 9, 26, 5, 35, 8};
+  const std::vector<model::SequenceSlice> decode{{5, 1, blocks0.data(), 2, false},
+                                                 {3, 1, blocks1.data(), 2, false}};
+  const std::vector<int32_t> decode_ids{7, 11};
+  if (root) {
+    std::vector<float> a(2 * vocab), b(a.size());
+    split.forward_paged(ids.data(), prefill, kv_split, a.data());
+    whole.forward_paged(ids.data(), prefill, kv_whole, b.data());
+    const double prefill_diff = testing::rel_l2(a.data(), b.data(), 2 * vocab);
+    split.forward_paged(decode_ids.data(), decode, kv_split, a.data());
+    whole.forward_paged(decode_ids.data(), decode, kv_whole, b.data());
+    const double decode_diff = testing::rel_l2(a.data(), b.data(), 2 * vocab);
+    split.end_mirrored_steps();
+    std::printf(
+        "paged steps' logits, relative L2 against the whole model: prefill %.2e, decode "
+        "%.2e\n",
+        prefill_diff, decode_diff);
+    EXPECT_LT(prefill_diff, kTolerance);
+    EXPECT_LT(decode_diff, kTolerance);
+  } else {
+    split.mirror_paged_steps(kv_split);
+  }
+
+  infer::SchedulerOptions options;
+  options.max_batch = 3;
+  options.step_tokens = 8;
+  options.block_size = 4;
+  options.max_context = 32;
+  const std::vector<std::vector<int32_t>> prompts{
+      {1, 2, 3, 4, 5}, {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13}, {20, 21, 22}, {30, 31}};
+  constexpr int64_t kTokens = 10;
+  auto serve = [&](model::Model& m, bool with_logprobs, std::vector<std::vector<int32_t>>& tokens,
+                   std::vector<std::vector<infer::TokenLogprob>>& logprobs) {
+    infer::Scheduler scheduler(m, options);
+    if (m.tensor_parallel().rank() != 0) {
+      scheduler.mirror();
+      return;
+    }
+    tokens.assign(prompts.size(), {});
+    logprobs.assign(prompts.size(), {});
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      infer::Request r;
+      r.prompt = prompts[i];
+      r.max_tokens = kTokens;
+      if (with_logprobs) {
+        r.logprobs = 2;
+        r.on_logprob = [&logprobs, i](const infer::TokenLogprob& p) { logprobs[i].push_back(p); };
+      }
+      r.on_token = [&tokens, i](int32_t t) {
+        tokens[i].push_back(t);
+        return true;
+      };
+      scheduler.submit(std::move(r));
+    }
+    while (scheduler.step()) {
+    }
+  };
+  std::vector<std::vector<int32_t>> a, b;
+  std::vector<std::vector<infer::TokenLogprob>> unused, lp;
+  serve(split, false, a, unused);
+  if (!root) return;
+  serve(whole, true, b, lp);
+  int64_t compared = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(a[i].size(), static_cast<size_t>(kTokens)) << "request " << i;
+    ASSERT_EQ(lp[i].size(), static_cast<size_t>(kTokens)) << "request " << i;
+    for (int64_t t = 0; t < kTokens; ++t) {
+      const infer::TokenLogprob& p = lp[i][static_cast<size_t>(t)];
+      ASSERT_EQ(p.top.size(), 2u);
+      if (p.top[0].second - p.top[1].second > 0.05) {
+        EXPECT_EQ(a[i][static_cast<size_t>(t)], b[i][static_cast<size_t>(t)])
+            << "request " << i << " token " << t;
+        ++compared;
+      }
+      if (a[i][static_cast<size_t>(t)] != b[i][static_cast<size_t>(t)]) break;
+    }
+  }
+  std::printf("served tokens compared with the whole model's: %lld of %lld\n",
+              static_cast<long long>(compared), static_cast<long long>(prompts.size() * kTokens));
+  EXPECT_GE(compared, 10);
 }
 
 // Four ranks (gpu_check.sh runs the GpuFourRanks tests under mpirun -np 4): tp 2 x ep 2, then the

@@ -18,11 +18,10 @@
 namespace {
 
 int run_generate(const std::vector<std::string>& argv) {
-  const moex::cli::Args args(
-      argv,
-      {"model", "prompt", "input-ids", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
-       "device", "tp"},
-      {"json", "help"});
+  const moex::cli::Args args(argv,
+                             {"model", "prompt", "input-ids", "max-new-tokens", "temperature",
+                              "top-k", "top-p", "seed", "device", "tp"},
+                             {"json", "help"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "

@@ -60,7 +60,8 @@ int run_serve(const std::vector<std::string>& argv) {
   o.max_waiting = args.get_int("max-waiting", 256);
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
   o.cors_origin = args.get("cors-origin", "*");
-  const moex::cli::ServingLayout layout = moex::cli::serving_layout(args.get_int("tp", 1), o.device);
+  const moex::cli::ServingLayout layout =
+      moex::cli::serving_layout(args.get_int("tp", 1), o.device);
   o.device = layout.device;
   o.tp = layout.tp;
   if (!layout.is_root()) {

@@ -63,6 +63,30 @@ TEST_F(EmbeddingTest, ForwardMatchesCpu) {
   }
 }
 
+// A tensor-parallel vocabulary slice: the table holds rows [first, first + rows) of the whole
+// vocabulary; ids outside read zeros (over a poisoned output), as in cpu::embedding_slice_forward.
+TEST_F(EmbeddingTest, VocabularySliceMatchesCpu) {
+  cuda::CudaContext ctx;
+  uint64_t seed = 930;
+  for (const EmbCase& c : kCases) {
+    for (const int64_t parts : {2, 3}) {
+      const int64_t rows = (c.vocab + parts - 1) / parts, first = (parts - 1) * rows / 2;
+      const std::string tag = "n " + std::to_string(c.n) + " rows " + std::to_string(first) + "+" +
+                              std::to_string(rows) + " dim " + std::to_string(c.dim);
+      const auto ids = make_ids(c.n, c.vocab, seed += 5);
+      const auto table = round_bf16(rand_vec(rows * c.dim, seed + 1));
+      std::vector<float> ref(c.n * c.dim);
+      cpu::embedding_slice_forward<float>(ids.data(), table.data(), c.n, first, rows, c.dim,
+                                          ref.data());
+      DevBuf dids = upload(ids), dtable = upload(to_bf16(table));
+      DevBuf out = upload(to_bf16(std::vector<float>(c.n * c.dim, 7.0f)));
+      cuda::embedding_forward_bf16(dids.as<int32_t>(), dtable.ptr, c.n, rows, c.dim, out.ptr, false,
+                                   ctx.stream(), first);
+      EXPECT_TRUE(kt::same_bits(download_bf16(out.ptr, c.n * c.dim), ref)) << tag;
+    }
+  }
+}
+
 TEST_F(EmbeddingTest, BackwardIsBitIdenticalToCpu) {
   cuda::CudaContext ctx;
   uint64_t seed = 950;

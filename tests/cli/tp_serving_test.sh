@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# moex generate and moex serve with --tp 2 under mpirun -np 2 (the model split over two CPU ranks,
+# docs/parallelism.md §Serving under tensor parallelism) on a Hugging Face directory (the
+# working-path test's Qwen3-MoE export): the tokens and texts equal the single process's, the
+# split server answers concurrent requests and drains on SIGTERM, and --tp without the ranks is
+# one clear error.
+#   tp_serving_test.sh MPIRUN MOEX MODEL_DIR
+set -euo pipefail
+MPIRUN="$1"
+MOEX="$(realpath "$2")"
+MODEL="$3"
+TMP="$(mktemp -d)"
+SERVER=""
+cleanup() {
+  [ -n "$SERVER" ] && kill -9 "$SERVER" 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# The pid of rank $1 among mpirun $SERVER's children.
+rank_pid() {
+  local pid
+  for pid in $(pgrep -P "$SERVER"); do
+    if tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      echo "$pid"
+      return
+    fi
+  done
+  fail "no rank $1 process under mpirun ($SERVER)"
+}
+[ -f "$MODEL/config.json" ] || fail "$MODEL/config.json is missing"
+export OMP_NUM_THREADS=1
+MPI=("$MPIRUN" --allow-run-as-root --oversubscribe -np 2 -x OMP_NUM_THREADS)
+
+# ---- generate: greedy and sampled, split against whole ----
+for sampling in "" "--temperature 0.9 --top-p 0.9 --seed 5"; do
+  # shellcheck disable=SC2086
+  "$MOEX" generate --model "$MODEL" --prompt "the river" --max-new-tokens 20 --json $sampling \
+    >"$TMP/whole.json"
+  # shellcheck disable=SC2086
+  "${MPI[@]}" "$MOEX" generate --model "$MODEL" --prompt "the river" --max-new-tokens 20 --json \
+    --tp 2 $sampling >"$TMP/split.json" 2>"$TMP/split.err" ||
+    { cat "$TMP/split.err" >&2; fail "mpirun -np 2 moex generate --tp 2 $sampling"; }
+  [ "$(wc -l <"$TMP/split.json")" = 1 ] || fail "rank 0 alone prints: got $(cat "$TMP/split.json")"
+  cmp -s "$TMP/whole.json" "$TMP/split.json" ||
+    fail "generate --tp 2 $sampling: $(cat "$TMP/split.json") != $(cat "$TMP/whole.json")"
+done
+echo "ok: generate --tp 2 equals the single process (greedy and sampled)"
+
+# ---- --tp that does not match the job ----
+if "$MOEX" generate --model "$MODEL" --prompt x --tp 2 >/dev/null 2>"$TMP/err"; then
+  fail "--tp 2 without mpirun succeeded"
+fi
+grep -q "mpirun -np 2" "$TMP/err" || fail "unclear --tp error: $(cat "$TMP/err")"
+echo "ok: --tp 2 in a one-rank job is one clear error"
+
+# ---- serve: concurrent requests against the split model, then SIGTERM ----
+"${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 --model-name m >"$TMP/serve.out" \
+  2>"$TMP/serve.err" &
+SERVER=$!
+for _ in $(seq 200); do
+  grep -q listening "$TMP/serve.out" 2>/dev/null && break
+  kill -0 "$SERVER" 2>/dev/null || { cat "$TMP/serve.err" >&2; fail "the server ended"; }
+  sleep 0.1
+done
+URL="$(sed -n 's/.*"listening": "\([^"]*\)".*/\1/p' "$TMP/serve.out")"
+[ -n "$URL" ] || fail "no listening line: $(cat "$TMP/serve.out")"
+# Four concurrent greedy completions of two prompts: each equals moex generate's text.
+for prompt in "the river" "once upon"; do
+  "$MOEX" generate --model "$MODEL" --prompt "$prompt" --max-new-tokens 12 --json |
+    node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>process.stdout.write(JSON.parse(s).text))' \
+      >"$TMP/expect_${prompt// /_}"
+done
+node - "$URL" "$TMP" <<'JS'
+const [url, tmp] = process.argv.slice(2);
+const fs = require("fs");
+const ask = (prompt) =>
+  fetch(`${url}/v1/completions`, {
+    method: "POST",
+    headers: {"content-type": "application/json"},
+    body: JSON.stringify({model: "m", prompt, max_tokens: 12, temperature: 0}),
+  }).then(async (r) => {
+    const body = await r.json();
+    if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${JSON.stringify(body)}`);
+    return body.choices[0].text;
+  });
+const prompts = ["the river", "once upon", "the river", "once upon"];
+Promise.all(prompts.map(ask)).then((texts) => {
+  texts.forEach((text, i) => {
+    const expect = fs.readFileSync(`${tmp}/expect_${prompts[i].replace(/ /g, "_")}`, "utf8");
+    if (text !== expect) {
+      console.error(`FAIL: request ${i}: ${JSON.stringify(text)} != ${JSON.stringify(expect)}`);
+      process.exit(1);
+    }
+  });
+}).catch((e) => { console.error(`FAIL: ${e.message}`); process.exit(1); });
+JS
+echo "ok: the split server's completions equal the single process's"
+# The serving rank drains and ends the steps the other rank mirrors (which ignores the signal):
+# both return 0. (mpirun itself, signalled, would forward the signal and report the job killed.)
+kill -TERM "$(rank_pid 0)"
+for _ in $(seq 100); do
+  kill -0 "$SERVER" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$SERVER" 2>/dev/null && fail "the split server still runs 10 s after SIGTERM"
+wait "$SERVER" || fail "the split server exited with status $? after SIGTERM: $(cat "$TMP/serve.err")"
+SERVER=""
+echo "ok: SIGTERM drains and ends both ranks"
+
+# ---- a mirroring rank that dies takes the job down (no hang) ----
+"${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 >"$TMP/serve2.out" 2>"$TMP/serve2.err" &
+SERVER=$!
+for _ in $(seq 200); do
+  grep -q listening "$TMP/serve2.out" 2>/dev/null && break
+  sleep 0.1
+done
+kill -KILL "$(rank_pid 1)"
+for _ in $(seq 100); do
+  kill -0 "$SERVER" 2>/dev/null || break
+  sleep 0.1
+done
+kill -0 "$SERVER" 2>/dev/null && fail "the job still runs 10 s after its rank 1 died"
+if wait "$SERVER"; then fail "the job exited 0 after its rank 1 died"; fi
+SERVER=""
+echo "ok: a dead mirroring rank ends the job, non-zero"
+echo "PASS"
