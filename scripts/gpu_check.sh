@@ -86,6 +86,22 @@ if [ -z "${MOEX_SKIP_TESTS:-}" ] && [ -z "${MOEX_SKIP_DIST_GPU:-}" ]; then
       "$OUT/moex_dist_gpu_tests.log" | head -40
     if [ "$dist_exit" -ne 0 ] ||
        grep -q "^\[  SKIPPED \]" "$OUT/moex_dist_gpu_tests.log"; then status=1; fi
+    # moex generate --tp 2 --device cuda through the command line (its GPU group, both ranks on
+    # this GPU), whole and with sliced experts, beside the one-GPU run, on the carried serving
+    # model (scripts/make_devcarry.sh with MOEX_SERVE_MODEL_SRC). bf16 split sums may move a
+    # near-tie, so the tokens are printed side by side; a failed run fails the check.
+    if [ -d .devcarry/serve_model ]; then
+      gen=("$BIN/moex" generate --model .devcarry/serve_model --device cuda --prompt "The history of"
+           --max-new-tokens 24 --json)
+      echo "== moex generate on the GPU: one rank, --tp 2, --tp 2 --expert-slicing =="
+      "${gen[@]}" 2>>"$OUT/tp_generate.err" || status=1
+      for extra in "" "--expert-slicing"; do
+        # shellcheck disable=SC2086
+        MOEX_GPU_COLLECTIVES=host timeout 300 "$MPIRUN" --allow-run-as-root --oversubscribe -np 2 \
+          -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH -x OMP_NUM_THREADS=4 "${gen[@]}" --tp 2 $extra \
+          2>>"$OUT/tp_generate.err" || { echo "generate --tp 2 $extra failed"; status=1; }
+      done
+    fi
     # The GPU layer with its experts over the two ranks (mixtral shape): the exchanges' bytes per
     # forward+backward, plain and as a checkpointed layer with CAC. Through host memory on one GPU,
     # so the times say little; the bytes are what a run over NCCL sends.

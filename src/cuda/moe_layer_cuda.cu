@@ -389,9 +389,9 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                            : step.drop_tokens ? moe_capacity(T, config_, training)
                                               : T;
   const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
-  // The decode kernels read every expert's weights here: single-GPU only.
-  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel() &&
-                      slices_ == nullptr;
+  // The decode kernels read every expert's weights (or this rank's slice of each) here: no
+  // expert parallelism.
+  const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel();
 
   // The gating kernel's parameters.
   GatingParams& g = gating_;
@@ -723,6 +723,9 @@ void MoELayerCuda::decode_forward(const Tensor& x, const Tensor& y, int64_t max_
   p.gelu_exact = config_.gelu_exact;
   moe_decode_experts(p, ctx_.stream());
   ++decode_forwards_;
+  // Expert slicing: each rank's rows are its slice's part of the expert outputs (the rows past
+  // the device's count are summed too, and never read).
+  sum_slices(buf_.out, rows_);
   finish_forward(x, y);
 }
 

@@ -45,7 +45,13 @@ for sampling in "" "--temperature 0.9 --top-p 0.9 --seed 5"; do
   cmp -s "$TMP/whole.json" "$TMP/split.json" ||
     fail "generate --tp 2 $sampling: $(cat "$TMP/split.json") != $(cat "$TMP/whole.json")"
 done
-echo "ok: generate --tp 2 equals the single process (greedy and sampled)"
+# Every expert's hidden width split over the two ranks too.
+"${MPI[@]}" "$MOEX" generate --model "$MODEL" --prompt "the river" --max-new-tokens 20 --json \
+  --tp 2 --expert-slicing --temperature 0.9 --top-p 0.9 --seed 5 >"$TMP/sliced.json" 2>"$TMP/split.err" ||
+  { cat "$TMP/split.err" >&2; fail "mpirun -np 2 moex generate --tp 2 --expert-slicing"; }
+cmp -s "$TMP/whole.json" "$TMP/sliced.json" ||
+  fail "generate --tp 2 --expert-slicing: $(cat "$TMP/sliced.json") != $(cat "$TMP/whole.json")"
+echo "ok: generate --tp 2 (whole and sliced experts) equals the single process (greedy and sampled)"
 
 # ---- --tp that does not match the job ----
 if "$MOEX" generate --model "$MODEL" --prompt x --tp 2 >/dev/null 2>"$TMP/err"; then

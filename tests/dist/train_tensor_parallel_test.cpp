@@ -301,17 +301,23 @@ Served serve_requests(model::Model& model, const std::vector<std::vector<int32_t
   return out;
 }
 
-// Serving under tp 2 (moex serve / generate --tp; np 4: each tp group on its own): one paged
-// step's logits, then a scheduler serving four requests, against one process holding the whole
-// model with the same initial weights: logits to 1e-5, tokens exactly, log-probabilities to 1e-4.
+// Serving under tp 2 (moex serve / generate --tp; np 4: each tp group on its own), with whole
+// experts and with each expert's width sliced over tp (--expert-slicing): one paged step's logits,
+// then a scheduler serving four requests, against one process holding the whole model with the
+// same initial weights: logits to 1e-5, tokens exactly, log-probabilities to 1e-4.
 TEST(TensorParallel, PagedServingEqualsTheSingleProcess) {
   const int np = dist::Communicator::world().size();
   ASSERT_TRUE(np == 2 || np == 4) << "run with mpirun -np 2 or 4";
   const SplitAgainstWhole fixture("tp_serve");
-  for (const std::string& variant : {std::string(), std::string(kVariantModel)}) {
-    SCOPED_TRACE(variant.empty() ? "fixture model" : "variant model");
+  for (const auto& [variant, slicing] :
+       {std::pair{std::string(), false}, std::pair{std::string(kVariantModel), false},
+        std::pair{std::string(), true}, std::pair{std::string(kVariantModel), true}}) {
+    SCOPED_TRACE((variant.empty() ? "fixture model" : "variant model") +
+                 std::string(slicing ? ", experts sliced" : ""));
     const TrainConfig c = fixture.config(variant);
-    model::Model split(c.model, Device::cpu(), nullptr, {fixture.groups.tp.get()});
+    model::TensorParallel tp{fixture.groups.tp.get()};
+    tp.slice_experts = slicing;
+    model::Model split(c.model, Device::cpu(), nullptr, tp);
     model::Model whole(c.model);
     split.init_weights(21);
     whole.init_weights(21);

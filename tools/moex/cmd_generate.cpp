@@ -21,23 +21,26 @@ int run_generate(const std::vector<std::string>& argv) {
   const moex::cli::Args args(argv,
                              {"model", "prompt", "input-ids", "max-new-tokens", "temperature",
                               "top-k", "top-p", "seed", "device", "tp"},
-                             {"json", "help"});
+                             {"json", "help", "expert-slicing"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex generate --model DIR (--prompt TEXT | --input-ids F.safetensors) "
         "[--max-new-tokens 32]\n"
         "                     [--temperature T] [--top-k K] [--top-p P] [--seed S] [--json]\n"
-        "                     [--device cpu|cuda[:N]] [--tp N]\n"
+        "                     [--device cpu|cuda[:N]] [--tp N [--expert-slicing]]\n"
         "  Temperature 0 (the default) is greedy. Without --json the text streams to stdout;\n"
         "  with --json it prints {\"tokens\": [...], \"prompt_tokens\": N, \"text\": \"...\",\n"
         "  \"finish_reason\": \"stop\" | \"length\"}: the prompt ids followed by the new ids, and\n"
         "  the new text (null without a tokenizer). --tp N under mpirun -np N: the model split\n"
-        "  over the N ranks (tensor parallelism); rank 0 prints.\n");
+        "  over the N ranks (tensor parallelism; --expert-slicing splits every expert's width "
+        "too);\n"
+        "  rank 0 prints.\n");
     return 0;
   }
   const std::string dir = args.require("model");
   const moex::cli::ServingLayout layout = moex::cli::serving_layout(
-      args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"));
+      args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"),
+      args.flag("expert-slicing"));
   auto model = moex::model::load_model(dir, layout.device, layout.tp);
   auto tokenizer = moex::infer::open_model_tokenizer(dir);
 

@@ -21,14 +21,14 @@ int run_serve(const std::vector<std::string>& argv) {
       argv,
       {"model", "device", "host", "port", "model-name", "max-batch", "step-tokens", "block-size",
        "kv-blocks", "max-context", "max-waiting", "cors-origin", "tp"},
-      {"help", "no-cuda-graphs"});
+      {"help", "no-cuda-graphs", "expert-slicing"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex serve --model DIR [--device cpu|cuda[:N]] [--host 127.0.0.1] [--port 8000]\n"
         "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
         "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting "
         "256]\n"
-        "                  [--cors-origin '*'] [--no-cuda-graphs] [--tp N]\n"
+        "                  [--cors-origin '*'] [--no-cuda-graphs] [--tp N [--expert-slicing]]\n"
         "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
         "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
         "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
@@ -40,7 +40,9 @@ int run_serve(const std::vector<std::string>& argv) {
         "  runs every step op by op (for debugging).\n"
         "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n"
         "  --tp N under mpirun -np N: the model split over the N ranks (tensor parallelism; a\n"
-        "  GPU each with --device cuda); rank 0 serves, the others run its steps.\n");
+        "  GPU each with --device cuda); rank 0 serves, the others run its steps.\n"
+        "  --expert-slicing: each expert's hidden width split over the N ranks too (each reads\n"
+        "  1/N of every expert); without it every rank holds every expert whole.\n");
     return 0;
   }
   moex::serve::ServerOptions o;
@@ -61,7 +63,7 @@ int run_serve(const std::vector<std::string>& argv) {
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
   o.cors_origin = args.get("cors-origin", "*");
   const moex::cli::ServingLayout layout =
-      moex::cli::serving_layout(args.get_int("tp", 1), o.device);
+      moex::cli::serving_layout(args.get_int("tp", 1), o.device, args.flag("expert-slicing"));
   o.device = layout.device;
   o.tp = layout.tp;
   if (!layout.is_root()) {

@@ -7,10 +7,13 @@
 
 namespace moex::cli {
 
-ServingLayout serving_layout(int64_t tp, const Device& device) {
+ServingLayout serving_layout(int64_t tp, const Device& device, bool expert_slicing) {
   ServingLayout layout;
   layout.device = device;
   MOEX_CHECK(tp >= 1, "--tp must be >= 1, got ", tp);
+  MOEX_CHECK(!expert_slicing || tp > 1,
+             "--expert-slicing splits the experts over --tp ranks: ", "give --tp N > 1");
+  layout.tp.slice_experts = expert_slicing;
   if (tp == 1) return layout;
   dist::Communicator& world = dist::Communicator::world();
   MOEX_CHECK(world.size() == tp, "--tp ", tp, " splits the model over the job's ranks: start it ",

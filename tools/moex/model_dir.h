@@ -12,6 +12,7 @@ namespace moex::cli {
 
 // --tp N of the serving commands: the model split over the N ranks of `mpirun -np N` (the whole
 // job), each rank on its own GPU (its local rank) for --device cuda. tp 1: whole, as asked.
+// expert_slicing (--expert-slicing): each expert's hidden width split over the ranks too.
 // Holds the groups the TensorParallel points to; keep it alive as long as the model.
 struct ServingLayout {
   Device device;
@@ -19,7 +20,7 @@ struct ServingLayout {
   std::unique_ptr<dist::DeviceGroup> gpu_group;
   bool is_root() const { return tp.rank() == 0; }
 };
-ServingLayout serving_layout(int64_t tp, const Device& device);
+ServingLayout serving_layout(int64_t tp, const Device& device, bool expert_slicing);
 
 // The int32 tensor `input_ids` [B, T] of a safetensors file; errors name the file and the tensor.
 Tensor read_input_ids(const std::string& path);
