@@ -165,17 +165,23 @@ std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std
 
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
   const std::string config_path = dir + "/config.json";
+  auto check_split = [&](const ModelConfig& config) {
+    const TensorParallelMisfit m = tensor_parallel_misfit(config, tp.size(), tp.slice_experts);
+    MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
+  };
   const JsonReader config = JsonReader::from_file(config_path);
   const std::string type = config.get_string("model_type");
   if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
-    auto model =
-        build_for_checkpoint(hf_config_from_file(config_path), dir, config_path, device, tp);
+    const ModelConfig config = hf_config_from_file(config_path);
+    check_split(config);
+    auto model = build_for_checkpoint(config, dir, config_path, device, tp);
     load_hf_weights(*model, dir);
     return model;
   }
   config.ignore("architectures");
-  auto model = build_for_checkpoint(ModelConfig::from_json(config.child("moex_model")), dir,
-                                    config_path, device, tp);
+  const ModelConfig model_config = ModelConfig::from_json(config.child("moex_model"));
+  check_split(model_config);
+  auto model = build_for_checkpoint(model_config, dir, config_path, device, tp);
   load_weights(*model, dir);
   return model;
 }

@@ -14,6 +14,30 @@ int64_t TensorParallel::part(int64_t n) const {
   return n / size();
 }
 
+TensorParallelMisfit tensor_parallel_misfit(const ModelConfig& model, int64_t tp,
+                                            bool expert_slicing) {
+  const std::string tps = std::to_string(tp);
+  for (const auto& [n, what] : {std::pair{model.num_heads, "model.num_heads"},
+                                std::pair{model.num_kv_heads, "model.num_kv_heads"},
+                                std::pair{model.ffn_size, "model.ffn_size"},
+                                std::pair{model.vocab_size, "model.vocab_size"}})
+    if (n % tp != 0)
+      return {"tp",
+              "is " + tps + ", which does not divide " + what + " (" + std::to_string(n) + ")"};
+  if (tp > 1 && model.qk_norm == QKNorm::kFull)
+    return {"tp",
+            "must be 1 for a q/k norm over the whole projection (model.qk_norm \"full\"): it "
+            "needs every head"};
+  for (size_t i = 0; expert_slicing && i < model.layers.size(); ++i) {
+    const int64_t f = model.layers[i].moe_config.ffn_size;
+    if (model.layers[i].moe && f % tp != 0)
+      return {"expert_slicing", "splits each expert's ffn_size over tp = " + tps +
+                                    ", which does not divide layer " + std::to_string(i) + "'s (" +
+                                    std::to_string(f) + ")"};
+  }
+  return {};
+}
+
 dist::DeviceGroup& TensorParallel::gpu_group() const {
   MOEX_CHECK(device_group != nullptr,
              "tensor parallelism on a GPU needs the tp group's GPU communicator");

@@ -7,10 +7,12 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 #include "dist/communicator.h"
 #include "dist/device_group.h"
+#include "model/model_config.h"
 
 namespace moex::model {
 
@@ -37,6 +39,16 @@ struct TensorParallel {
   // device_group, which GPU tensors need (an error naming it when missing).
   dist::DeviceGroup& gpu_group() const;
 };
+
+// Why `model` cannot be split over tp ranks, or an empty message when it can: tp splits the heads,
+// the kv heads, the dense FFN's width and the vocabulary, and needs q/k norms per head; with
+// expert_slicing each MoE layer's expert width too. option: "tp" or "expert_slicing", the
+// setting the message goes after ("tp is 3, which does not divide model.num_heads (4)").
+struct TensorParallelMisfit {
+  std::string option, message;
+};
+TensorParallelMisfit tensor_parallel_misfit(const ModelConfig& model, int64_t tp,
+                                            bool expert_slicing);
 
 // p[i] = std * normal draw (first + i) of the counter stream (seed, offset): a part of a larger
 // tensor gets the numbers its elements have in the whole.

@@ -38,23 +38,14 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   // Tensor parallelism splits heads, the dense FFN's width and the vocabulary; MoE layers (their
   // residual and shared MLPs included) stay whole on every tp rank, or with expert_slicing each
   // expert's hidden width is split too.
-  divides("tp", p.tp, model.num_heads, "model.num_heads");
-  divides("tp", p.tp, model.num_kv_heads, "model.num_kv_heads");
-  divides("tp", p.tp, model.ffn_size, "model.ffn_size");
-  divides("tp", p.tp, model.vocab_size, "model.vocab_size");
-  if (p.tp > 1 && model.qk_norm == QKNorm::kFull)
-    par.fail("tp",
-             "must be 1 for a q/k norm over the whole projection (model.qk_norm \"full\"): "
-             "it needs every head");
+  const model::TensorParallelMisfit misfit =
+      model::tensor_parallel_misfit(model, p.tp, p.expert_slicing);
+  if (!misfit.message.empty()) par.fail(misfit.option, misfit.message);
   for (size_t i = 0; i < model.layers.size(); ++i) {
     const LayerSpec& l = model.layers[i];
-    if (!l.moe) continue;
-    divides("ep", p.ep, l.moe_config.num_experts,
-            "the number of experts of layer " + std::to_string(i));
-    if (p.expert_slicing && l.moe_config.ffn_size % p.tp != 0)
-      par.fail("expert_slicing", "splits each expert's ffn_size over tp = " + std::to_string(p.tp) +
-                                     ", which does not divide layer " + std::to_string(i) + "'s (" +
-                                     std::to_string(l.moe_config.ffn_size) + ")");
+    if (l.moe)
+      divides("ep", p.ep, l.moe_config.num_experts,
+              "the number of experts of layer " + std::to_string(i));
   }
   return p;
 }

@@ -58,7 +58,14 @@ if "$MOEX" generate --model "$MODEL" --prompt x --tp 2 >/dev/null 2>"$TMP/err"; 
   fail "--tp 2 without mpirun succeeded"
 fi
 grep -q "mpirun -np 2" "$TMP/err" || fail "unclear --tp error: $(cat "$TMP/err")"
-echo "ok: --tp 2 in a one-rank job is one clear error"
+# A model whose 2 kv heads do not split over 4 ranks: one error naming its config.
+if "$MPIRUN" --allow-run-as-root --oversubscribe -np 4 -x OMP_NUM_THREADS "$MOEX" generate \
+  --model "$MODEL" --prompt x --tp 4 >/dev/null 2>"$TMP/err"; then
+  fail "--tp 4 of a model with 2 kv heads succeeded"
+fi
+grep -q "config.json: tensor parallelism: tp is 4, which does not divide model.num_kv_heads (2)" \
+  "$TMP/err" || fail "unclear error for --tp 4: $(cat "$TMP/err")"
+echo "ok: --tp 2 in a one-rank job and --tp 4 of 2 kv heads are clear errors"
 
 # ---- serve: concurrent requests against the split model, then SIGTERM ----
 "${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 --model-name m >"$TMP/serve.out" \
