@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# moex generate and moex serve with --tp 2 under mpirun -np 2 (the model split over two CPU ranks,
+# moex generate, eval and serve with --tp 2 under mpirun -np 2 (the model split over two CPU ranks,
 # docs/parallelism.md §Serving under tensor parallelism) on a Hugging Face directory (the
-# working-path test's Qwen3-MoE export): the tokens and texts equal the single process's, the
-# split server answers concurrent requests and drains on SIGTERM, and --tp without the ranks is
-# one clear error.
-#   tp_serving_test.sh MPIRUN MOEX MODEL_DIR
+# working-path test's Qwen3-MoE export): the tokens, texts, loss and logits equal the single
+# process's, the split server answers concurrent requests and drains on SIGTERM, and a --tp that
+# does not fit is one clear error.
+#   tp_serving_test.sh MPIRUN MOEX MODEL_DIR IDS   (IDS: int32 input_ids [B, T] for moex eval)
 set -euo pipefail
 MPIRUN="$1"
 MOEX="$(realpath "$2")"
 MODEL="$3"
+IDS="$4"
 TMP="$(mktemp -d)"
 SERVER=""
 cleanup() {
@@ -52,6 +53,35 @@ done
 cmp -s "$TMP/whole.json" "$TMP/sliced.json" ||
   fail "generate --tp 2 --expert-slicing: $(cat "$TMP/sliced.json") != $(cat "$TMP/whole.json")"
 echo "ok: generate --tp 2 (whole and sliced experts) equals the single process (greedy and sampled)"
+
+# ---- eval: loss and logits, split against whole ----
+"$MOEX" eval --model "$MODEL" --input-ids "$IDS" --logits-out "$TMP/whole.safetensors" >"$TMP/whole_eval.json"
+"${MPI[@]}" "$MOEX" eval --model "$MODEL" --input-ids "$IDS" --logits-out "$TMP/split.safetensors" \
+  --tp 2 >"$TMP/split_eval.json" 2>"$TMP/split.err" ||
+  { cat "$TMP/split.err" >&2; fail "mpirun -np 2 moex eval --tp 2"; }
+node - "$TMP" <<'JS'
+const fs = require("fs");
+const tmp = process.argv[2];
+// The f32 tensor "logits" of a safetensors file.
+const logits = (path) => {
+  const buf = fs.readFileSync(path);
+  const n = Number(buf.readBigUInt64LE(0));
+  const entry = JSON.parse(buf.subarray(8, 8 + n).toString()).logits;
+  const [begin, end] = entry.data_offsets;
+  const data = buf.subarray(8 + n + begin, 8 + n + end);
+  return new Float32Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.length));
+};
+const [a, b] = [logits(`${tmp}/split.safetensors`), logits(`${tmp}/whole.safetensors`)];
+let diff = 0, norm = 0;
+for (let i = 0; i < b.length; ++i) { diff += (a[i] - b[i]) ** 2; norm += b[i] ** 2; }
+const rel = Math.sqrt(diff / norm);
+const [la, lb] = ["split_eval", "whole_eval"].map((f) => JSON.parse(fs.readFileSync(`${tmp}/${f}.json`)).loss);
+if (a.length !== b.length || !(rel < 1e-5) || !(Math.abs(la - lb) <= 1e-5 * Math.abs(lb))) {
+  console.error(`FAIL: eval --tp 2: logits relative L2 ${rel}, loss ${la} against ${lb}`);
+  process.exit(1);
+}
+JS
+echo "ok: eval --tp 2 gives the single process's loss and logits (1e-5)"
 
 # ---- --tp that does not match the job ----
 if "$MOEX" generate --model "$MODEL" --prompt x --tp 2 >/dev/null 2>"$TMP/err"; then

@@ -16,7 +16,7 @@
 namespace {
 
 // Perplexity of every source of a corpus split, and BLEU/chrF of greedy translations.
-int eval_dataset(const moex::cli::Args& args, moex::model::Model& model) {
+int eval_dataset(const moex::cli::Args& args, moex::model::Model& model, bool print) {
   const moex::data::CorpusManifest corpus = moex::data::load_corpus_manifest(args.require("data"));
   moex::eval::DatasetEvalOptions o;
   o.split = args.get("split", "valid");
@@ -28,6 +28,7 @@ int eval_dataset(const moex::cli::Args& args, moex::model::Model& model) {
   MOEX_CHECK(o.max_new_tokens >= 1, "--max-new-tokens must be >= 1");
   const auto tokenizer = moex::data::open_tokenizer(corpus.tokenizer);
   const moex::eval::DatasetEval r = moex::eval::evaluate_dataset(model, corpus, tokenizer.get(), o);
+  if (!print) return 0;
   nlohmann::json sources = nlohmann::json::array();
   for (const auto& s : r.sources) {
     nlohmann::json j = {{"name", s.name},
@@ -60,12 +61,12 @@ int eval_dataset(const moex::cli::Args& args, moex::model::Model& model) {
 int run_eval(const std::vector<std::string>& argv) {
   const moex::cli::Args args(argv,
                              {"model", "input-ids", "logits-out", "device", "data", "split",
-                              "seq-len", "batch", "max-translations", "max-new-tokens"},
+                              "seq-len", "batch", "max-translations", "max-new-tokens", "tp"},
                              {"help"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex eval --model DIR --input-ids F.safetensors [--logits-out OUT.safetensors]\n"
-        "                 [--device cpu|cuda[:N]]\n"
+        "                 [--device cpu|cuda[:N]] [--tp N]\n"
         "       moex eval --model DIR --data CORPUS_DIR [--split valid|train] [--seq-len N]\n"
         "                 [--batch N] [--max-translations N] [--max-new-tokens N] [--device D]\n"
         "  With --input-ids: F holds int32 input_ids [B, T]. Prints {\"loss\", \"aux_loss\"}: the\n"
@@ -75,15 +76,19 @@ int run_eval(const std::vector<std::string>& argv) {
         "  source over the split (windows of --seq-len, default the model's max_seq_len), and\n"
         "  for translation sources greedy translations of the first --max-translations (50)\n"
         "  documents scored with BLEU and chrF (sacrebleu's defaults, docs/eval.md). Prints "
-        "JSON.\n");
+        "JSON.\n"
+        "  --tp N under mpirun -np N: the model split over the N ranks (tensor parallelism);\n"
+        "  rank 0 prints and writes.\n");
     return 0;
   }
-  auto model = moex::model::load_model(args.require("model"),
-                                       moex::Device::parse(args.get("device", "cpu"), "--device"));
+  const moex::cli::ServingLayout layout = moex::cli::serving_layout(
+      args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"), false);
+  auto model = moex::model::load_model(args.require("model"), layout.device, layout.tp);
+  // Under tp every rank runs the same evaluation (the split layers' sums need all of them).
   if (args.has("data")) {
     MOEX_CHECK(!args.has("input-ids") && !args.has("logits-out"),
                "--data and --input-ids/--logits-out are two different evaluations: pass one");
-    return eval_dataset(args, *model);
+    return eval_dataset(args, *model, layout.is_root());
   }
   MOEX_CHECK(args.has("input-ids"),
              "give --input-ids F.safetensors (token ids) or --data DIR "
@@ -102,8 +107,9 @@ int run_eval(const std::vector<std::string>& argv) {
     moex::Tensor logits =
         moex::Tensor::empty(moex::Shape{batch, seq_len, vocab}, moex::DType::kF32);
     model->logits(id, batch, seq_len, logits.data<float>());
-    moex::io::save_safetensors(args.get("logits-out"), {{"logits", logits}});
+    if (layout.is_root()) moex::io::save_safetensors(args.get("logits-out"), {{"logits", logits}});
   }
+  if (!layout.is_root()) return 0;
   std::printf("{\"loss\": %.8f, \"aux_loss\": %.8f}\n", r.loss, r.aux_loss);
   return 0;
 }
