@@ -11,8 +11,9 @@ ParallelLayout ParallelLayout::make(int world_size, int rank, const ParallelConf
   const int64_t dp = world_size / c.tp;
   MOEX_CHECK(c.ep >= 1 && dp % c.ep == 0, source, ": parallel.ep: ", c.ep,
              " must be >= 1 and divide dp = ranks / tp = ", world_size, " / ", c.tp, " = ", dp);
-  MOEX_CHECK(!c.offload || world_size == 1, source,
-             ": parallel.offload: ZeRO-Offload runs on one GPU only so far (docs/parallelism.md)");
+  MOEX_CHECK(!c.offload || world_size == 1 || c.zero_stage > 0, source,
+             ": parallel.offload: on several ranks ZeRO-Offload needs parallel.zero_stage 1 or 2 "
+             "(each rank steps its shard of the optimizer on the host)");
   MOEX_CHECK(!c.dtd || (c.tp > 1 && c.ep > 1), source,
              ": parallel.dtd: Duplicate Token Dropping needs tp > 1 and ep > 1 (it drops the "
              "copies that the tp ranks would send through the expert all-to-all)");

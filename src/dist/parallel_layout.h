@@ -45,8 +45,8 @@ struct ParallelLayout {
   int tp_rank = 0, dp_rank = 0, ep_rank = 0, edp_rank = 0;
 
   // Checks `config` against the world size, one error per problem naming `source` (the config
-  // file) and the field: world divisible by tp, ep dividing dp, and no option that is not built
-  // yet (offload over several ranks); dtd needs tp > 1 and ep > 1.
+  // file) and the field: world divisible by tp, ep dividing dp; offload over several ranks needs
+  // ZeRO (each rank steps its shard on the host); dtd needs tp > 1 and ep > 1.
   static ParallelLayout make(int world_size, int rank, const ParallelConfig& config,
                              const std::string& source);
   // The mapping alone, for sizes already checked (tp divides world_size, ep divides dp); it also

@@ -67,8 +67,6 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   MOEX_CHECK(zero.dp != nullptr && zero.edp != nullptr, "AdamW: ZeRO needs the dp and edp groups");
   const ParamBuffer& params = model.params();
   flat_size_ = params.flat().numel();
-  MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
-             "AdamW: ZeRO with offload is not built");
   const std::vector<ops::AdamWSegment> segments = tensor_segments(params, config_.weight_decay);
   // Runs of neighbouring tensors of one kind; the padding between them comes along (zeros).
   std::array<std::vector<FlatRange>, 2> runs;
@@ -135,8 +133,8 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
 }
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
-  if (zero_.stage > 0) return zero_step(model, lr, step);
   if (model.device().is_cuda() && model.master_on_host()) return offload_step(model, lr, step);
+  if (zero_.stage > 0) return zero_step(model, lr, step);
   const bool copy = model.device().is_cuda();
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
@@ -164,12 +162,7 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   return norm;
 }
 
-double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
-  const Tensor& params = model.params().flat();
-  const Tensor& grads = model.grads().flat();
-  auto view = [](const Tensor& t, int64_t begin, int64_t count) {
-    return t.slice(begin, begin + count);
-  };
+double AdamW::zero_grad_norm(const Tensor& grads) const {
   // Every element of every kind lies in exactly one rank's shard of the dp group (the expert
   // shards of the edp groups of all ep ranks cover all experts once), so the squares of the
   // shards summed over dp are the global norm's. Under tp the dp group holds one tp rank's parts
@@ -177,17 +170,26 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   double sums[2] = {0, 0};  // everything, the tensor-parallel parts among it
   for (int kind = 0; kind < 2; ++kind)
     for (const FlatRange& p : partitions_[kind]->step_pieces()) {
-      sums[0] += ops::sum_of_squares(view(grads, p.flat, p.count));
+      sums[0] += ops::sum_of_squares(grads.slice(p.flat, p.flat + p.count));
       for (const FlatRange& r : tp_split_ranges_) {
         const int64_t lo = std::max(r.flat, p.flat);
         const int64_t hi = std::min(r.flat + r.count, p.flat + p.count);
-        if (lo < hi) sums[1] += ops::sum_of_squares(view(grads, lo, hi - lo));
+        if (lo < hi) sums[1] += ops::sum_of_squares(grads.slice(lo, hi));
       }
     }
   zero_.dp->all_reduce_sum(sums, 2);
   double split = sums[1];
   if (tp_group_ != nullptr) tp_group_->all_reduce_sum(&split, 1);
-  const double norm = std::sqrt(sums[0] - sums[1] + split);
+  return std::sqrt(sums[0] - sums[1] + split);
+}
+
+double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
+  const Tensor& params = model.params().flat();
+  const Tensor& grads = model.grads().flat();
+  auto view = [](const Tensor& t, int64_t begin, int64_t count) {
+    return t.slice(begin, begin + count);
+  };
+  const double norm = zero_grad_norm(grads);
   const ops::AdamWHyper h = hyper(lr, step, norm);
   const Tensor compute = model.device().is_cuda() ? model.compute_params().flat() : Tensor();
   for (int kind = 0; kind < 2; ++kind) {
@@ -214,45 +216,65 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   const Tensor& grads = model.grads().flat();             // f32, GPU
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();
-  const int64_t total = params.numel();
+  const bool zero = zero_.stage > 0;
   if (offload_tiles_.empty()) {
-    const std::vector<ops::AdamWSegment> segments =
-        tensor_segments(model.params(), config_.weight_decay);
-    for (int64_t begin = 0; begin < total; begin += kOffloadTile) {
-      const FlatRange tile{begin, std::min(kOffloadTile, total - begin), 0};
-      offload_tiles_.push_back(tile);
-      offload_segments_.push_back(
-          std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
+    // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
+    // tile_elements), whose moments sit at the kind's shard offset.
+    if (zero) {
+      for (int kind = 0; kind < 2; ++kind) {
+        const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();
+        for (size_t i = 0; i < pieces.size(); ++i)
+          offload_tiles_.push_back(
+              {pieces[i], state_offset_[kind] + pieces[i].pos, piece_segments_[kind][i].get()});
+      }
+    } else {
+      const std::vector<ops::AdamWSegment> segments =
+          tensor_segments(model.params(), config_.weight_decay);
+      const int64_t total = params.numel();
+      for (int64_t begin = 0; begin < total; begin += kOffloadTile) {
+        const FlatRange tile{begin, std::min(kOffloadTile, total - begin), 0};
+        offload_segments_.push_back(
+            std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
+        offload_tiles_.push_back({tile, begin, offload_segments_.back().get()});
+      }
     }
+    int64_t most = 1;
+    for (const OffloadTile& t : offload_tiles_) most = std::max(most, t.range.count);
     for (int b = 0; b < 2; ++b) {
-      grad_tiles_[b] = ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kF32, gpu);
-      weight_tiles_[b] =
-          ops::staging_tensor(Shape{std::min(kOffloadTile, total)}, DType::kBF16, gpu);
+      grad_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kF32, gpu);
+      weight_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kBF16, gpu);
     }
   }
-  // The norm where the gradients are: one reduction on the GPU.
-  const double norm = std::sqrt(ops::sum_of_squares(grads));
+  // The norm where the gradients are: reductions on the GPU (under ZeRO over this rank's shards,
+  // summed over the groups).
+  const double norm = zero ? zero_grad_norm(grads) : std::sqrt(ops::sum_of_squares(grads));
   const ops::AdamWHyper h = hyper(lr, step, norm);
   auto download = [&](size_t i) {
-    const FlatRange& t = offload_tiles_[i];
+    const FlatRange& t = offload_tiles_[i].range;
     ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
   };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
   // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped.
   download(0);
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
-    const FlatRange& t = offload_tiles_[i];
-    const int64_t end = t.flat + t.count;
+    const FlatRange& t = offload_tiles_[i].range;
+    const int64_t end = t.flat + t.count, state = offload_tiles_[i].state;
     ops::synchronize(gpu);  // tile i's gradients are here, tile i - 1's weights are up
     if (i + 1 < offload_tiles_.size()) download(i + 1);
     ops::adamw_step(params.slice(t.flat, end), Tensor(), grad_tiles_[i % 2].slice(0, t.count),
-                    exp_avg_.slice(t.flat, end), exp_avg_sq_.slice(t.flat, end),
-                    *offload_segments_[i], h);
+                    exp_avg_.slice(state, state + t.count),
+                    exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
+    if (zero) continue;  // the weights go up whole below, once every rank's shards are here
     const Tensor w = weight_tiles_[i % 2].slice(0, t.count);
     ops::copy(params.slice(t.flat, end), w);  // f32 -> bf16 on the host (threads)
     ops::copy_async(w, compute.slice(t.flat, end));
   }
   ops::synchronize(gpu);
+  if (zero) {
+    // Every rank's updated shards over its groups (host buffers: MPI), then the whole bf16 copy.
+    for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
+    ops::copy(params, compute);
+  }
   params.mark_written();
   return norm;
 }

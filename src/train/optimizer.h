@@ -74,8 +74,13 @@ class AdamW {
              const ParamBuffer* working_copy, double norm);
   ops::AdamWHyper hyper(double lr, int64_t step, double norm) const;
   double zero_step(model::Model& model, double lr, int64_t step);
+  // Under ZeRO: the global gradient norm from this rank's shards of grads [total], summed over the
+  // groups.
+  double zero_grad_norm(const Tensor& grads) const;
   // ZeRO-Offload: master weights and moments on the host, gradients and the bf16 copy on the GPU.
-  // Tile by tile: gradients down, the CPU Adam, the updated weights up as bf16.
+  // Tile by tile: gradients down, the CPU Adam, the updated weights up as bf16. Under ZeRO the
+  // tiles are this rank's shard pieces, and the updated master weights are all-gathered over the
+  // groups on the host before the whole bf16 copy goes up.
   double offload_step(model::Model& model, double lr, int64_t step);
 
   OptimizerConfig config_;
@@ -97,11 +102,17 @@ class AdamW {
   // rank), and that group.
   std::vector<FlatRange> tp_split_ranges_;
   dist::Communicator* tp_group_ = nullptr;
-  // Offload: the tiles of the flat buffer, their weight-decay segments (offsets within the tile),
-  // and two pinned host buffers each for a tile's gradients (f32) and updated weights (bf16), so
-  // the copies of one tile run while the CPU steps the other.
-  std::vector<FlatRange> offload_tiles_;
-  std::vector<std::unique_ptr<ops::AdamWSegments>> offload_segments_;
+  // Offload: the tiles of the flat buffer (under ZeRO this rank's step pieces), where each one's
+  // moments start, its weight-decay segments (offsets within the tile), and two pinned host
+  // buffers each for a tile's gradients (f32) and updated weights (bf16), so the copies of one
+  // tile run while the CPU steps the other.
+  struct OffloadTile {
+    FlatRange range;
+    int64_t state = 0;
+    const ops::AdamWSegments* segments = nullptr;
+  };
+  std::vector<OffloadTile> offload_tiles_;
+  std::vector<std::unique_ptr<ops::AdamWSegments>> offload_segments_;  // without ZeRO
   std::array<Tensor, 2> grad_tiles_, weight_tiles_;
 };
 

@@ -288,9 +288,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const int64_t world = comm.size(), dp = layout.dp, dp_rank = layout.dp_rank;
   const bool ep = layout.ep > 1;
   const int64_t zero_stage = c.parallel.zero_stage;
-  MOEX_CHECK(zero_stage == 0 || !c.parallel.offload, c.source,
-             ": parallel.zero_stage: ZeRO together with parallel.offload is not built "
-             "(docs/parallelism.md)");
   const bool tp = layout.tp > 1;
   // The GPU expert kernels take widths in whole 16-byte vectors (8 bf16): so must every slice.
   for (size_t i = 0; i < c.model.layers.size() && c.training.device.is_cuda(); ++i) {

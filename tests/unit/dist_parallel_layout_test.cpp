@@ -102,13 +102,17 @@ TEST(ParallelLayout, ZeroStagesOneAndTwoAreAccepted) {
   }
 }
 
-TEST(ParallelLayout, OptionsNotBuiltYetAreRefused) {
+TEST(ParallelLayout, OffloadAndDtdNeedTheirLayouts) {
   ParallelConfig c;
-  c.offload = true;  // one GPU only
-  EXPECT_NE(error_of(4, c).find("run.json: parallel.offload: ZeRO-Offload runs on one GPU only"),
+  c.offload = true;  // several ranks: each steps its ZeRO shard on the host
+  EXPECT_NE(error_of(4, c).find("run.json: parallel.offload: on several ranks ZeRO-Offload needs "
+                                "parallel.zero_stage 1 or 2"),
             std::string::npos)
       << error_of(4, c);
   EXPECT_EQ(error_of(1, c), "");
+  c.zero_stage = 1;
+  EXPECT_EQ(error_of(4, c), "");
+  c.zero_stage = 0;
   c = ParallelConfig();
   c.dtd = true;  // needs tp > 1 and ep > 1
   EXPECT_NE(error_of(4, c).find("run.json: parallel.dtd: Duplicate Token Dropping needs tp > 1 and "
