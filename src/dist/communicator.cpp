@@ -101,14 +101,21 @@ Communicator::Communicator(bool join_world) {
   MOEX_THROW("launched with ", launched_world_size(),
              " ranks, but this moex was built without MPI");
 #else
+  // Serialized: one thread at a time, not always the main one (the server's engine thread runs
+  // the tensor-parallel serving steps; docs/parallelism.md).
   int provided = 0;
-  MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+  MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided));
+  serialized_ = provided >= MPI_THREAD_SERIALIZED;
   owns_world_ = true;
   abort_job_on_terminate();  // an uncaught error on one rank must not leave the others waiting
   MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
   MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
   if (size_ > 1) handle_ = std::make_unique<Handle>(Handle{MPI_COMM_WORLD});
 #endif
+}
+
+bool Communicator::calls_from_any_thread() {
+  return serialized_;
 }
 
 void Communicator::abort_job_on_terminate() {

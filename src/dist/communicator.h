@@ -73,6 +73,9 @@ class Communicator {
   [[noreturn]] static void abort_job(int code);
   // True when MPI has been initialized in this process (and not finalized).
   static bool in_mpi_job();
+  // Whether MPI may be called from any one thread at a time (MPI_THREAD_SERIALIZED, which the
+  // world asks for): the server's engine thread runs tensor-parallel steps. True without MPI.
+  static bool calls_from_any_thread();
   // Makes std::terminate (an uncaught exception anywhere) end the whole job via abort_job(1).
   static void abort_job_on_terminate();
 
@@ -88,6 +91,7 @@ class Communicator {
   int rank_ = 0;
   int size_ = 1;
   bool owns_world_ = false;         // MPI_Finalize at exit
+  static inline bool serialized_ = true;  // the thread level MPI granted allows it
   std::unique_ptr<Handle> handle_;  // null when size_ == 1: no MPI calls
 };
 

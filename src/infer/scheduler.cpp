@@ -240,7 +240,8 @@ bool Scheduler::step() {
   if (launched_ && can_follow()) {
     std::unique_ptr<Launched> next = following(*launched_);
     // A following launch that fails ends nothing: step n is read as usual, and the next call
-    // builds its step from scratch (and reports the error there if it repeats).
+    // builds its step from scratch (and reports the error there if it repeats). Under tensor
+    // parallelism a step that fails once the other ranks have it ends the job instead.
     const bool ok = launch(*next, /*follow=*/true, nullptr, /*finish_on_error=*/false);
     if (ok) {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -361,6 +362,7 @@ bool Scheduler::launch(Launched& step, bool follow, const int32_t* ids, bool fin
   try {
     model_.launch_paged(ids, step.slices, kv_, step.sampling.data(), follow);
   } catch (const Error& e) {  // the step's sequences end with the error; the others go on
+    // (under tensor parallelism only for an error before the step reached the other ranks)
     if (finish_on_error)
       for (Sequence* seq : step.seqs) finish(*seq, FinishReason::kError, e.message());
     return false;

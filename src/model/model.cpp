@@ -614,8 +614,8 @@ void Model::queue_paged_step(const PagedRows& rows, PagedKV& kv, bool decode,
   arena_.reset();
   Tensor logits, next_dev;
   PagedGraph* g = nullptr;
-  // Under tensor parallelism a step runs op by op: a graph cannot capture the host-staged
-  // group's collectives (NCCL's could; not built).
+  // Under tensor parallelism a step runs op by op: its collectives are not captured (the
+  // host-staged group's cannot be; capturing NCCL's is not built).
   if (decode && kv.table_width > 0 && device_.is_cuda() && ops::step_graphs_allowed() &&
       !tp_.active()) {
     std::unique_ptr<PagedGraph>& owned = paged_graphs_[num_seqs];

@@ -140,7 +140,9 @@ class Model {
   // logits after each of its new tokens, in order ([L, V] in all, L = the rows asked for); `next`
   // must then be null (the caller samples them).
   // With kv.table_width > 0 on a GPU, a step of one new token per sequence replays a CUDA graph
-  // captured for its batch size, sampling included (docs/gpu-model.md §Decoding).
+  // captured for its batch size, sampling included (docs/gpu-model.md §Decoding); not under
+  // tensor parallelism, where only tp rank 0 calls this (and launch_paged) while the other ranks
+  // are inside mirror_paged_steps.
   void forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                      float* last_logits, int32_t* next = nullptr,
                      const ops::SampleParams* sampling = nullptr);

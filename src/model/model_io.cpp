@@ -166,7 +166,8 @@ std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
   const std::string config_path = dir + "/config.json";
   auto check_split = [&](const ModelConfig& config) {
-    const TensorParallelMisfit m = tensor_parallel_misfit(config, tp.size(), tp.slice_experts);
+    const TensorParallelMisfit m =
+        tensor_parallel_misfit(config, tp.size(), tp.slice_experts, device.is_cuda());
     MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
   };
   const JsonReader config = JsonReader::from_file(config_path);

@@ -15,12 +15,16 @@ int64_t TensorParallel::part(int64_t n) const {
 }
 
 TensorParallelMisfit tensor_parallel_misfit(const ModelConfig& model, int64_t tp,
-                                            bool expert_slicing) {
+                                            bool expert_slicing, bool on_gpu) {
   const std::string tps = std::to_string(tp);
-  for (const auto& [n, what] : {std::pair{model.num_heads, "model.num_heads"},
-                                std::pair{model.num_kv_heads, "model.num_kv_heads"},
-                                std::pair{model.ffn_size, "model.ffn_size"},
-                                std::pair{model.vocab_size, "model.vocab_size"}})
+  const bool dense = std::any_of(model.layers.begin(), model.layers.end(),
+                                 [](const LayerSpec& l) { return !l.moe; });
+  // The dense FFN's width only where a layer has one.
+  const int64_t ffn = dense ? model.ffn_size : tp;
+  for (const auto& [n, what] :
+       {std::pair{model.num_heads, "model.num_heads"},
+        std::pair{model.num_kv_heads, "model.num_kv_heads"}, std::pair{ffn, "model.ffn_size"},
+        std::pair{model.vocab_size, "model.vocab_size"}})
     if (n % tp != 0)
       return {"tp",
               "is " + tps + ", which does not divide " + what + " (" + std::to_string(n) + ")"};
@@ -30,10 +34,17 @@ TensorParallelMisfit tensor_parallel_misfit(const ModelConfig& model, int64_t tp
             "needs every head"};
   for (size_t i = 0; expert_slicing && i < model.layers.size(); ++i) {
     const int64_t f = model.layers[i].moe_config.ffn_size;
-    if (model.layers[i].moe && f % tp != 0)
+    if (!model.layers[i].moe) continue;
+    if (f % tp != 0)
       return {"expert_slicing", "splits each expert's ffn_size over tp = " + tps +
                                     ", which does not divide layer " + std::to_string(i) + "'s (" +
                                     std::to_string(f) + ")"};
+    if (on_gpu && (f / tp) % 8 != 0)
+      return {"expert_slicing",
+              "on the GPU needs each rank's slice of an expert a multiple of 8 "
+              "wide; layer " +
+                  std::to_string(i) + "'s ffn_size " + std::to_string(f) + " / tp " + tps + " is " +
+                  std::to_string(f / tp)};
   }
   return {};
 }

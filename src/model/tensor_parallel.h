@@ -42,13 +42,14 @@ struct TensorParallel {
 
 // Why `model` cannot be split over tp ranks, or an empty message when it can: tp splits the heads,
 // the kv heads, the dense FFN's width and the vocabulary, and needs q/k norms per head; with
-// expert_slicing each MoE layer's expert width too. option: "tp" or "expert_slicing", the
-// setting the message goes after ("tp is 3, which does not divide model.num_heads (4)").
+// expert_slicing each MoE layer's expert width too, and on a GPU (on_gpu) each slice a multiple
+// of 8 wide (the expert kernels' 16-byte rows). option: "tp" or "expert_slicing", the setting the
+// message goes after ("tp is 3, which does not divide model.num_heads (4)").
 struct TensorParallelMisfit {
   std::string option, message;
 };
 TensorParallelMisfit tensor_parallel_misfit(const ModelConfig& model, int64_t tp,
-                                            bool expert_slicing);
+                                            bool expert_slicing, bool on_gpu = false);
 
 // p[i] = std * normal draw (first + i) of the counter stream (seed, offset): a part of a larger
 // tensor gets the numbers its elements have in the whole.

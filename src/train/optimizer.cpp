@@ -255,7 +255,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
   // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped.
-  download(0);
+  if (!offload_tiles_.empty()) download(0);  // a rank may own no elements of a tiny model
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i].range;
     const int64_t end = t.flat + t.count, state = offload_tiles_[i].state;
@@ -271,9 +271,18 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   }
   ops::synchronize(gpu);
   if (zero) {
-    // Every rank's updated shards over its groups (host buffers: MPI), then the whole bf16 copy.
+    // Every rank's updated shards over its groups (host buffers: MPI), then the whole bf16 copy
+    // through the pinned tiles, two uploads in flight.
     for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
-    ops::copy(params, compute);
+    const int64_t chunk = weight_tiles_[0].numel(), total = params.numel();
+    for (int64_t begin = 0, i = 0; begin < total; begin += chunk, ++i) {
+      const int64_t n = std::min(chunk, total - begin);
+      if (i >= 2) ops::synchronize(gpu);  // chunk i - 2's upload has left this tile
+      const Tensor w = weight_tiles_[i % 2].slice(0, n);
+      ops::copy(params.slice(begin, begin + n), w);
+      ops::copy_async(w, compute.slice(begin, begin + n));
+    }
+    ops::synchronize(gpu);
   }
   params.mark_written();
   return norm;

@@ -289,16 +289,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const bool ep = layout.ep > 1;
   const int64_t zero_stage = c.parallel.zero_stage;
   const bool tp = layout.tp > 1;
-  // The GPU expert kernels take widths in whole 16-byte vectors (8 bf16): so must every slice.
-  for (size_t i = 0; i < c.model.layers.size() && c.training.device.is_cuda(); ++i) {
-    const LayerSpec& l = c.model.layers[i];
-    if (!l.moe || !c.parallel.expert_slicing) continue;
-    const int64_t f = l.moe_config.ffn_size, part = f / layout.tp;
-    MOEX_CHECK(part % 8 == 0, c.source,
-               ": parallel.expert_slicing: on the GPU each rank's slice of ",
-               "an expert must be a multiple of 8 wide; layer ", i, "'s ffn_size ", f, " / tp ",
-               layout.tp, " is ", part);
-  }
+  // On the GPU the expert kernels take widths in whole 16-byte vectors (8 bf16): so must every
+  // slice (the rest was checked when the config was read).
+  const model::TensorParallelMisfit misfit = model::tensor_parallel_misfit(
+      c.model, layout.tp, c.parallel.expert_slicing, c.training.device.is_cuda());
+  MOEX_CHECK(misfit.message.empty(), c.source, ": parallel.", misfit.option, " ", misfit.message);
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
   // index on its node).
   const Device device = c.training.device.is_cuda() && world > 1

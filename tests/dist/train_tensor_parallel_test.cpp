@@ -559,8 +559,8 @@ TEST(TensorParallel, GpuExpertSlicesNarrowerThanTheKernelsAreRefused) {
   } catch (const Error& e) {
     error = e.what();
   }
-  EXPECT_NE(error.find("parallel.expert_slicing: on the GPU each rank's slice of an expert must "
-                       "be a multiple of 8 wide; layer 1's ffn_size 24 / tp 2 is 12"),
+  EXPECT_NE(error.find("parallel.expert_slicing on the GPU needs each rank's slice of an expert "
+                       "a multiple of 8 wide; layer 1's ffn_size 24 / tp 2 is 12"),
             std::string::npos)
       << error;
   world.barrier();

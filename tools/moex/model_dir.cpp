@@ -18,6 +18,9 @@ ServingLayout serving_layout(int64_t tp, const Device& device, bool expert_slici
   dist::Communicator& world = dist::Communicator::world();
   MOEX_CHECK(world.size() == tp, "--tp ", tp, " splits the model over the job's ranks: start it ",
              "with mpirun -np ", tp, " (this job has ", world.size(), ")");
+  MOEX_CHECK(dist::Communicator::calls_from_any_thread(), "--tp: this MPI does not grant ",
+             "MPI_THREAD_SERIALIZED, which tensor-parallel serving needs (its steps run on the ",
+             "server's engine thread)");
   layout.tp.group = &world;
   if (device.is_cuda()) {
     layout.device = Device::cuda(world.local_rank() % std::max(1, ops::device_count()));
