@@ -1,11 +1,13 @@
 #include "dist/communicator.h"
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -244,6 +246,25 @@ void Communicator::broadcast(T* data, int64_t n, int root) {
   for (int64_t s = 0; s < n; s += g_message_limit)
     MPI_CHECK(MPI_Bcast(data + s, static_cast<int>(std::min(g_message_limit, n - s)),
                         mpi_type<T>(), root, handle_->comm));
+#endif
+}
+
+void Communicator::broadcast_yielding(int64_t& value, int root) {
+  MOEX_CHECK(root >= 0 && root < size_, "Communicator::broadcast_yielding: root ", root,
+             " is not a rank of a group of ", size_);
+  if (!handle_) return;
+#ifdef MOEX_WITH_MPI
+  MPI_Request request;
+  MPI_CHECK(MPI_Ibcast(&value, 1, MPI_INT64_T, root, handle_->comm, &request));
+  const auto start = std::chrono::steady_clock::now();
+  int64_t sleep_us = 0;
+  for (int done = 0;;) {
+    MPI_CHECK(MPI_Test(&request, &done, MPI_STATUS_IGNORE));
+    if (done) return;
+    if (std::chrono::steady_clock::now() - start < std::chrono::milliseconds(50)) continue;
+    sleep_us = std::min<int64_t>(1000, sleep_us + 50);
+    std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+  }
 #endif
 }
 

@@ -46,6 +46,11 @@ class Communicator {
   // data [n] on every rank becomes root's data [n].
   template <typename T>
   void broadcast(T* data, int64_t n, int root);
+  // value on every rank becomes root's value, with the waiting ranks polling for the first 50 ms
+  // and then sleeping between polls (up to 1 ms apart), so a rank that waits long (a server's
+  // mirroring rank while no request comes) leaves its core free. Every rank of the group must
+  // call this one (a blocking broadcast does not match it).
+  void broadcast_yielding(int64_t& value, int root);
   // send [size, n]: block p goes to rank p; recv [size, n]: block p came from rank p.
   template <typename T>
   void all_to_all(const T* send, T* recv, int64_t n);

@@ -14,9 +14,10 @@ constexpr int64_t kSampleWords =
 // The message: [kind (1 step, 0 end), ids_follow_last, S, rows, has_sampling], the ids [rows]
 // unless they follow, then per sequence [start_pos, len, all_logits, num_blocks, blocks...], then
 // S sampling records when has_sampling.
+// The length goes first and the others may wait for it long (an idle server): they yield.
 void broadcast_words(dist::Communicator& group, std::vector<int64_t>& words) {
   int64_t size = static_cast<int64_t>(words.size());
-  group.broadcast(&size, 1, 0);
+  group.broadcast_yielding(size, 0);
   words.resize(static_cast<size_t>(size));
   group.broadcast(words.data(), size, 0);
 }

@@ -139,6 +139,15 @@ Promise.all(prompts.map(ask)).then((texts) => {
 }).catch((e) => { console.error(`FAIL: ${e.message}`); process.exit(1); });
 JS
 echo "ok: the split server's completions equal the single process's"
+# Idle, the mirroring rank waits for rank 0's next step without keeping its core busy.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+RANK1="$(rank_pid 1)"
+before="$(cpu_ticks "$RANK1")"
+sleep 2
+used=$(( $(cpu_ticks "$RANK1") - before ))
+limit=$(( $(getconf CLK_TCK) / 2 ))  # half a second of CPU in two idle seconds
+[ "$used" -lt "$limit" ] || fail "the idle mirroring rank used $used CPU ticks in 2 s (limit $limit)"
+echo "ok: the idle mirroring rank used $used CPU ticks in 2 s"
 # The serving rank drains and ends the steps the other rank mirrors (which ignores the signal):
 # both return 0. (mpirun itself, signalled, would forward the signal and report the job killed.)
 kill -TERM "$(rank_pid 0)"

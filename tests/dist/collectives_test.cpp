@@ -4,7 +4,9 @@
 // came from.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "core/error.h"
@@ -104,6 +106,23 @@ TEST(Collectives, WorldGroup) {
   Communicator& world = Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
   check_group(world);
+}
+
+// The yielding broadcast: the root sends late (past the waiting ranks' 50 ms of polling, so they
+// sleep between polls), from every rank in turn, each value naming its root; and it still orders
+// with the blocking collectives around it.
+TEST(Collectives, YieldingBroadcastDeliversTheRootsValue) {
+  Communicator& world = Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  for (int root = 0; root < world.size(); ++root) {
+    int64_t v = world.rank() == root ? 7000 + root : -1;
+    if (world.rank() == root) std::this_thread::sleep_for(std::chrono::milliseconds(120));
+    world.broadcast_yielding(v, root);
+    EXPECT_EQ(v, 7000 + root) << "root " << root;
+    int64_t sum = 1;
+    world.all_reduce_sum(&sum, 1);
+    EXPECT_EQ(sum, world.size());
+  }
 }
 
 // Past message_limit() elements a rank, a collective goes in pieces (MPI counts are ints): with
