@@ -231,8 +231,8 @@ void Communicator::reduce_scatter_sum(const T* send, T* recv, int64_t n) {
   for (int64_t s = 0; s < n; s += piece) {
     const int64_t c = std::min(piece, n - s);
     for (int p = 0; p < size_; ++p) copy_elems(send + p * n + s, staged.data() + p * c, c);
-    MPI_CHECK(MPI_Reduce_scatter_block(staged.data(), recv + s, static_cast<int>(c),
-                                       mpi_type<T>(), MPI_SUM, handle_->comm));
+    MPI_CHECK(MPI_Reduce_scatter_block(staged.data(), recv + s, static_cast<int>(c), mpi_type<T>(),
+                                       MPI_SUM, handle_->comm));
   }
 #endif
 }
@@ -244,8 +244,8 @@ void Communicator::broadcast(T* data, int64_t n, int root) {
   if (!handle_) return;
 #ifdef MOEX_WITH_MPI
   for (int64_t s = 0; s < n; s += g_message_limit)
-    MPI_CHECK(MPI_Bcast(data + s, static_cast<int>(std::min(g_message_limit, n - s)),
-                        mpi_type<T>(), root, handle_->comm));
+    MPI_CHECK(MPI_Bcast(data + s, static_cast<int>(std::min(g_message_limit, n - s)), mpi_type<T>(),
+                        root, handle_->comm));
 #endif
 }
 

@@ -95,9 +95,9 @@ class Communicator {
   explicit Communicator(bool join_world);
   int rank_ = 0;
   int size_ = 1;
-  bool owns_world_ = false;         // MPI_Finalize at exit
+  bool owns_world_ = false;               // MPI_Finalize at exit
   static inline bool serialized_ = true;  // the thread level MPI granted allows it
-  std::unique_ptr<Handle> handle_;  // null when size_ == 1: no MPI calls
+  std::unique_ptr<Handle> handle_;        // null when size_ == 1: no MPI calls
 };
 
 }  // namespace moex::dist

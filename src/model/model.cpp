@@ -155,7 +155,16 @@ void Model::gather_logits(const Tensor& logits, float* out) {
   ops::copy(whole, Tensor::from_external(out, whole.shape(), DType::kF32));
 }
 
-void Model::embed_vocab_parallel(const Tensor& x) {
+void Model::embed_ids(const Tensor& ids, const Tensor& x) {
+  if (!tp_.active()) {
+    ops::embedding(ids, embed_.w, x, false);
+    return;
+  }
+  ops::embedding_slice(ids, embed_.w, tp_.rank() * embed_.w.dim(0), x);
+  tp_.all_reduce(x);
+}
+
+void Model::keep_local_vocab_rows() {
   const int64_t rows = embed_.w.dim(0), first = tp_.rank() * rows, n = ids_.numel();
   const int32_t* id = ids_.data<int32_t>();
   std::vector<int32_t> local, where;
@@ -166,12 +175,9 @@ void Model::embed_vocab_parallel(const Tensor& x) {
     local.push_back(static_cast<int32_t>(id[i] - first));
     where.push_back(static_cast<int32_t>(i));
   }
-  // Backward adds the gradient rows of these ids only.
   local_ids_ = host_ids(local.data(), static_cast<int64_t>(local.size()));
   local_rows_ = host_ids(where.data(), static_cast<int64_t>(where.size()));
   if (device_.is_cuda() && !where.empty()) local_rows_ = local_rows_.to(device_);  // GPU indices
-  ops::embedding_slice(ids_, embed_.w, first, x);
-  tp_.all_reduce(x);
 }
 
 Tensor Model::host_ids(const int32_t* ids, int64_t n) const {
@@ -185,10 +191,8 @@ void Model::embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t st
                   const Tensor& x) {
   const int64_t n = batch * seq_len;
   ids_ = host_ids(ids, n);
-  if (tp_.active())
-    embed_vocab_parallel(x);
-  else
-    ops::embedding(ids_, embed_.w, x, false);
+  if (tp_.active()) keep_local_vocab_rows();
+  embed_ids(ids_, x);
   pos_ids_ = Tensor();
   if (!pos_) return;
   MOEX_CHECK(start_pos + seq_len <= config_.max_seq_len, "sequence of ", start_pos + seq_len,
@@ -478,12 +482,7 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   const DType dt = compute_params().flat().dtype();
   Tensor x = arena_.alloc(Shape{n, d}, dt), y = arena_.alloc(Shape{n, d}, dt);
   Tensor h = arena_.alloc(Shape{n, d}, dt), h_next = arena_.alloc(Shape{n, d}, dt);
-  if (tp_.active()) {  // this rank's vocabulary rows, summed over the group
-    ops::embedding_slice(rows.ids, embed_.w, tp_.rank() * embed_.w.dim(0), x);
-    tp_.all_reduce(x);
-  } else {
-    ops::embedding(rows.ids, embed_.w, x, false);
-  }
+  embed_ids(rows.ids, x);
   if (pos_) ops::embedding(rows.row_pos, pos_.w, x, true);
   // A decode step has one row a sequence, each its sequence's last: the last block then forms the
   // final norm with its residual add, and no rows are gathered.

@@ -212,8 +212,12 @@ class Model {
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
              const Tensor& x);
-  // Under tp: x = the embeddings of the ids in this rank's vocabulary rows, summed over the group.
-  void embed_vocab_parallel(const Tensor& x);
+  // x [N, d] = the token embeddings of ids [N] (i32, on the host or checked on the device); under
+  // tp each rank looks up its vocabulary rows (zeros for other ids) and the group sums them.
+  void embed_ids(const Tensor& ids, const Tensor& x);
+  // Under tp: checks ids_ and keeps the positions of this rank's vocabulary rows among them and
+  // those rows, which backward adds the gradient of (local_rows_, local_ids_).
+  void keep_local_vocab_rows();
   // out [rows, V] (host) = logits [rows, V or V/tp] (f32, the model's device); under tensor
   // parallelism each rank's vocabulary slice, gathered over the group. Every tp rank calls it.
   void gather_logits(const Tensor& logits, float* out);

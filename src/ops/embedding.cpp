@@ -27,16 +27,26 @@ Tensor checked_ids(const char* op, const Tensor& ids, int64_t vocab, const Devic
   return dev.is_cpu() ? ids : ids.to(dev);
 }
 
+// A lookup's sizes once table [rows, d] and y [n, d] are checked (compute dtype, dev).
+struct LookupSizes {
+  int64_t rows, d, n;
+};
+LookupSizes check_lookup(const char* op, const Device& dev, const Tensor& ids, const Tensor& table,
+                         const Tensor& y) {
+  const DType dt = detail::compute_dtype(dev);
+  MOEX_CHECK(table.ndim() == 2, op, ": table must be [V, d], got ", table.shape().str());
+  const int64_t rows = table.dim(0), d = table.dim(1), n = ids.numel();
+  detail::expect(op, "table", table, dt, rows * d);
+  detail::expect(op, "y", y, dt, n * d);
+  return {rows, d, n};
+}
+
 }  // namespace
 
 void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool accumulate) {
   const Device dev = detail::common_device("embedding", {&table, &y});
   const ProfileScope profile("embedding", dev);
-  const DType dt = detail::compute_dtype(dev);
-  MOEX_CHECK(table.ndim() == 2, "embedding: table must be [V, d], got ", table.shape().str());
-  const int64_t vocab = table.dim(0), d = table.dim(1), n = ids.numel();
-  detail::expect("embedding", "table", table, dt, vocab * d);
-  detail::expect("embedding", "y", y, dt, n * d);
+  const auto [vocab, d, n] = check_lookup("embedding", dev, ids, table, y);
   const Tensor dev_ids = checked_ids("embedding", ids, vocab, dev);
   if (dev.is_cpu()) {
     if (!accumulate) {
@@ -60,11 +70,7 @@ void embedding(const Tensor& ids, const Tensor& table, const Tensor& y, bool acc
 void embedding_slice(const Tensor& ids, const Tensor& table, int64_t first_row, const Tensor& y) {
   const Device dev = detail::common_device("embedding_slice", {&table, &y});
   const ProfileScope profile("embedding_slice", dev);
-  const DType dt = detail::compute_dtype(dev);
-  MOEX_CHECK(table.ndim() == 2, "embedding_slice: table must be [V, d], got ", table.shape().str());
-  const int64_t rows = table.dim(0), d = table.dim(1), n = ids.numel();
-  detail::expect("embedding_slice", "table", table, dt, rows * d);
-  detail::expect("embedding_slice", "y", y, dt, n * d);
+  const auto [rows, d, n] = check_lookup("embedding_slice", dev, ids, table, y);
   MOEX_CHECK(ids.dtype() == DType::kI32 && (ids.device() == dev || ids.device().is_cpu()),
              "embedding_slice: ids must be i32 on the host or on the table's device");
   if (dev.is_cpu()) {

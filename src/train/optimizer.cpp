@@ -253,6 +253,13 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     const FlatRange& t = offload_tiles_[i].range;
     ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
   };
+  // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned tile
+  // b.
+  auto upload = [&](int64_t begin, int64_t n, int64_t b) {
+    const Tensor w = weight_tiles_[b].slice(0, n);
+    ops::copy(params.slice(begin, begin + n), w);
+    ops::copy_async(w, compute.slice(begin, begin + n));
+  };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
   // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped.
   if (!offload_tiles_.empty()) download(0);  // a rank may own no elements of a tiny model
@@ -264,10 +271,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     ops::adamw_step(params.slice(t.flat, end), Tensor(), grad_tiles_[i % 2].slice(0, t.count),
                     exp_avg_.slice(state, state + t.count),
                     exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
-    if (zero) continue;  // the weights go up whole below, once every rank's shards are here
-    const Tensor w = weight_tiles_[i % 2].slice(0, t.count);
-    ops::copy(params.slice(t.flat, end), w);  // f32 -> bf16 on the host (threads)
-    ops::copy_async(w, compute.slice(t.flat, end));
+    if (!zero) upload(t.flat, t.count, i % 2);  // under ZeRO whole below, once every shard is in
   }
   ops::synchronize(gpu);
   if (zero) {
@@ -278,9 +282,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     for (int64_t begin = 0, i = 0; begin < total; begin += chunk, ++i) {
       const int64_t n = std::min(chunk, total - begin);
       if (i >= 2) ops::synchronize(gpu);  // chunk i - 2's upload has left this tile
-      const Tensor w = weight_tiles_[i % 2].slice(0, n);
-      ops::copy(params.slice(begin, begin + n), w);
-      ops::copy_async(w, compute.slice(begin, begin + n));
+      upload(begin, n, i % 2);
     }
     ops::synchronize(gpu);
   }

@@ -13,7 +13,8 @@ IDS="$4"
 TMP="$(mktemp -d)"
 SERVER=""
 cleanup() {
-  [ -n "$SERVER" ] && kill -9 "$SERVER" 2>/dev/null || true
+  # The ranks first: mpirun killed with SIGKILL would leave them behind.
+  [ -n "$SERVER" ] && { pkill -9 -P "$SERVER" 2>/dev/null; kill -9 "$SERVER" 2>/dev/null; } || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -28,6 +29,27 @@ rank_pid() {
     fi
   done
   fail "no rank $1 process under mpirun ($SERVER)"
+}
+# Starts `moex serve --tp 2` under mpirun (SERVER: mpirun's pid; logs $TMP/$1.out and .err) and
+# waits for its listening line.
+start_split_server() {
+  "${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 --model-name m >"$TMP/$1.out" \
+    2>"$TMP/$1.err" &
+  SERVER=$!
+  for _ in $(seq 600); do
+    grep -q listening "$TMP/$1.out" 2>/dev/null && return
+    kill -0 "$SERVER" 2>/dev/null || { cat "$TMP/$1.err" >&2; fail "the server ended"; }
+    sleep 0.1
+  done
+  fail "no listening line in 60 s: $(cat "$TMP/$1.out")"
+}
+# Waits until mpirun $SERVER has ended, at most 30 s after $1.
+wait_job_end() {
+  for _ in $(seq 300); do
+    kill -0 "$SERVER" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  fail "the job still runs 30 s after $1"
 }
 [ -f "$MODEL/config.json" ] || fail "$MODEL/config.json is missing"
 export OMP_NUM_THREADS=1
@@ -98,14 +120,7 @@ grep -q "config.json: tensor parallelism: tp is 4, which does not divide model.n
 echo "ok: --tp 2 in a one-rank job and --tp 4 of 2 kv heads are clear errors"
 
 # ---- serve: concurrent requests against the split model, then SIGTERM ----
-"${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 --model-name m >"$TMP/serve.out" \
-  2>"$TMP/serve.err" &
-SERVER=$!
-for _ in $(seq 200); do
-  grep -q listening "$TMP/serve.out" 2>/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$TMP/serve.err" >&2; fail "the server ended"; }
-  sleep 0.1
-done
+start_split_server serve
 URL="$(sed -n 's/.*"listening": "\([^"]*\)".*/\1/p' "$TMP/serve.out")"
 [ -n "$URL" ] || fail "no listening line: $(cat "$TMP/serve.out")"
 # Four concurrent greedy completions of two prompts: each equals moex generate's text.
@@ -151,28 +166,15 @@ echo "ok: the idle mirroring rank used $used CPU ticks in 2 s"
 # The serving rank drains and ends the steps the other rank mirrors (which ignores the signal):
 # both return 0. (mpirun itself, signalled, would forward the signal and report the job killed.)
 kill -TERM "$(rank_pid 0)"
-for _ in $(seq 100); do
-  kill -0 "$SERVER" 2>/dev/null || break
-  sleep 0.1
-done
-kill -0 "$SERVER" 2>/dev/null && fail "the split server still runs 10 s after SIGTERM"
+wait_job_end SIGTERM
 wait "$SERVER" || fail "the split server exited with status $? after SIGTERM: $(cat "$TMP/serve.err")"
 SERVER=""
 echo "ok: SIGTERM drains and ends both ranks"
 
 # ---- a mirroring rank that dies takes the job down (no hang) ----
-"${MPI[@]}" "$MOEX" serve --model "$MODEL" --tp 2 --port 0 >"$TMP/serve2.out" 2>"$TMP/serve2.err" &
-SERVER=$!
-for _ in $(seq 200); do
-  grep -q listening "$TMP/serve2.out" 2>/dev/null && break
-  sleep 0.1
-done
+start_split_server serve2
 kill -KILL "$(rank_pid 1)"
-for _ in $(seq 100); do
-  kill -0 "$SERVER" 2>/dev/null || break
-  sleep 0.1
-done
-kill -0 "$SERVER" 2>/dev/null && fail "the job still runs 10 s after its rank 1 died"
+wait_job_end "its rank 1 died"
 if wait "$SERVER"; then fail "the job exited 0 after its rank 1 died"; fi
 SERVER=""
 echo "ok: a dead mirroring rank ends the job, non-zero"
