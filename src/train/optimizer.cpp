@@ -86,9 +86,12 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
         std::move(runs[kind]), group, zero.tile_elements, kind == 0 ? zero.gpu_dp : zero.gpu_edp);
     state_offset_[kind] = state_size;
     state_size += partitions_[kind]->shard_size();
-    for (const FlatRange& piece : partitions_[kind]->step_pieces())
-      piece_segments_[kind].push_back(std::make_unique<ops::AdamWSegments>(
+    for (const FlatRange& piece : partitions_[kind]->step_pieces()) {
+      piece_segments_.push_back(std::make_unique<ops::AdamWSegments>(
           segments_within(segments, piece), params.flat().device()));
+      zero_pieces_.push_back(
+          {piece, state_offset_[kind] + piece.pos, piece_segments_.back().get()});
+    }
   }
   const Shape state{std::max<int64_t>(state_size, 1)};
   exp_avg_ = zeros(state, params.flat().device());
@@ -192,17 +195,13 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   const double norm = zero_grad_norm(grads);
   const ops::AdamWHyper h = hyper(lr, step, norm);
   const Tensor compute = model.device().is_cuda() ? model.compute_params().flat() : Tensor();
-  for (int kind = 0; kind < 2; ++kind) {
-    const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();
-    for (size_t i = 0; i < pieces.size(); ++i) {
-      const FlatRange& p = pieces[i];
-      const int64_t state = state_offset_[kind] + p.pos;
-      // A GPU step writes the piece's bf16 copy too (the all-gather below recasts every element).
-      const Tensor copy = compute.defined() ? view(compute, p.flat, p.count) : Tensor();
-      ops::adamw_step(view(params, p.flat, p.count), copy, view(grads, p.flat, p.count),
-                      view(exp_avg_, state, p.count), view(exp_avg_sq_, state, p.count),
-                      *piece_segments_[kind][i], h);
-    }
+  for (const StepPiece& piece : zero_pieces_) {
+    const FlatRange& p = piece.range;
+    // A GPU step writes the piece's bf16 copy too (the all-gather below recasts every element).
+    const Tensor copy = compute.defined() ? view(compute, p.flat, p.count) : Tensor();
+    ops::adamw_step(view(params, p.flat, p.count), copy, view(grads, p.flat, p.count),
+                    view(exp_avg_, piece.state, p.count), view(exp_avg_sq_, piece.state, p.count),
+                    *piece.segments, h);
   }
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
@@ -221,25 +220,20 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
     // tile_elements), whose moments sit at the kind's shard offset.
     if (zero) {
-      for (int kind = 0; kind < 2; ++kind) {
-        const std::vector<FlatRange>& pieces = partitions_[kind]->step_pieces();
-        for (size_t i = 0; i < pieces.size(); ++i)
-          offload_tiles_.push_back(
-              {pieces[i], state_offset_[kind] + pieces[i].pos, piece_segments_[kind][i].get()});
-      }
+      offload_tiles_ = zero_pieces_;
     } else {
       const std::vector<ops::AdamWSegment> segments =
           tensor_segments(model.params(), config_.weight_decay);
       const int64_t total = params.numel();
       for (int64_t begin = 0; begin < total; begin += kOffloadTile) {
         const FlatRange tile{begin, std::min(kOffloadTile, total - begin), 0};
-        offload_segments_.push_back(
+        piece_segments_.push_back(
             std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
-        offload_tiles_.push_back({tile, begin, offload_segments_.back().get()});
+        offload_tiles_.push_back({tile, begin, piece_segments_.back().get()});
       }
     }
     int64_t most = 1;
-    for (const OffloadTile& t : offload_tiles_) most = std::max(most, t.range.count);
+    for (const StepPiece& t : offload_tiles_) most = std::max(most, t.range.count);
     for (int b = 0; b < 2; ++b) {
       grad_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kF32, gpu);
       weight_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kBF16, gpu);

@@ -89,30 +89,32 @@ class AdamW {
   // shard [S0 + S1].
   Tensor exp_avg_, exp_avg_sq_;
   std::unique_ptr<ops::AdamWSegments> segments_;  // without ZeRO
-  // Under ZeRO, per kind (0 non-expert, 1 expert): the partition, where its shard starts in the
-  // moments, and the weight-decay segments of each step piece (offsets within the piece).
+  // A range of the flat buffer the optimizer steps at once, where its moments start in exp_avg_
+  // and exp_avg_sq_, and its weight-decay segments (offsets within the range).
+  struct StepPiece {
+    FlatRange range;
+    int64_t state = 0;
+    const ops::AdamWSegments* segments = nullptr;
+  };
+  // The weight-decay segments the step pieces point to (ZeRO's and offload's).
+  std::vector<std::unique_ptr<ops::AdamWSegments>> piece_segments_;
+  // Under ZeRO, per kind (0 non-expert, 1 expert): the partition and where its shard starts in the
+  // moments; and this rank's step pieces of both kinds.
   std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
   std::array<int64_t, 2> state_offset_{};
+  std::vector<StepPiece> zero_pieces_;
   // The part of a moment buffer (exp_avg_ or exp_avg_sq_) that holds kind's shard.
   Tensor shard_of(const Tensor& state, int kind) const;
-  std::array<std::vector<std::unique_ptr<ops::AdamWSegments>>, 2> piece_segments_;
   int64_t flat_size_ = 0;  // elements of the parameter buffer
   // Under ZeRO with tensor parallelism: the flat ranges of tensor-parallel parts, whose squares
   // the gradient norm also sums over the tp group (every other element is the same on each tp
   // rank), and that group.
   std::vector<FlatRange> tp_split_ranges_;
   dist::Communicator* tp_group_ = nullptr;
-  // Offload: the tiles of the flat buffer (under ZeRO this rank's step pieces), where each one's
-  // moments start, its weight-decay segments (offsets within the tile), and two pinned host
-  // buffers each for a tile's gradients (f32) and updated weights (bf16), so the copies of one
-  // tile run while the CPU steps the other.
-  struct OffloadTile {
-    FlatRange range;
-    int64_t state = 0;
-    const ops::AdamWSegments* segments = nullptr;
-  };
-  std::vector<OffloadTile> offload_tiles_;
-  std::vector<std::unique_ptr<ops::AdamWSegments>> offload_segments_;  // without ZeRO
+  // Offload: the tiles of the flat buffer (under ZeRO this rank's step pieces), and two pinned
+  // host buffers each for a tile's gradients (f32) and updated weights (bf16), so the copies of
+  // one tile run while the CPU steps the other.
+  std::vector<StepPiece> offload_tiles_;
   std::array<Tensor, 2> grad_tiles_, weight_tiles_;
 };
 

@@ -112,7 +112,6 @@ TEST(ParallelLayout, OffloadAndDtdNeedTheirLayouts) {
   EXPECT_EQ(error_of(1, c), "");
   c.zero_stage = 1;
   EXPECT_EQ(error_of(4, c), "");
-  c.zero_stage = 0;
   c = ParallelConfig();
   c.dtd = true;  // needs tp > 1 and ep > 1
   EXPECT_NE(error_of(4, c).find("run.json: parallel.dtd: Duplicate Token Dropping needs tp > 1 and "
