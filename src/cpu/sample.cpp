@@ -1,12 +1,11 @@
 #include "cpu/sample.h"
 
 #include <algorithm>
-#include <cmath>
+#include <cstddef>
 #include <cstring>
-#include <numeric>
 #include <vector>
 
-#include "core/rng.h"
+#include "core/sampling_math.h"
 
 namespace moex::cpu {
 
@@ -31,46 +30,91 @@ int64_t first_argmax(const float* x, int64_t n) {
   return 0;  // x[0] is NaN
 }
 
+// A token of the row: its order key (core/sampling_math.h) and fixed-point weight.
+struct Token {
+  uint64_t key;
+  uint64_t weight;
+};
+
+uint64_t median_key(uint64_t a, uint64_t b, uint64_t c) {
+  return std::max(std::min(a, b), std::min(std::max(a, b), c));
+}
+
+enum class Goal { kTopP, kDraw };  // the running weight must reach (>=) or pass (>) the target
+
+// Of tokens [0, n), the first in key order (largest first) at which the running weight reaches
+// target (kTopP: >=; kDraw: >, strictly); the last in order when it never does. Reorders the
+// range so that every token before the returned position comes before it in order and every token
+// after it comes after it (a quickselect over weighted partitions, O(n) expected, where a sort
+// would be O(n log n)), and sets *through to the running total through the returned token.
+size_t select_first(std::vector<Token>& tokens, size_t n, Goal goal, uint64_t target,
+                    uint64_t* through) {
+  const bool strict = goal == Goal::kDraw;
+  const auto reached = [strict, target](uint64_t total) {
+    return strict ? total > target : total >= target;
+  };
+  size_t lo = 0, hi = n;  // the answer lies in [lo, hi); [0, lo) precede it, [hi, n) follow
+  uint64_t above = 0;     // the running total over [0, lo)
+  for (;;) {
+    const auto last = tokens.begin() + static_cast<ptrdiff_t>(hi);
+    const uint64_t pivot =
+        median_key(tokens[lo].key, tokens[lo + (hi - lo) / 2].key, tokens[hi - 1].key);
+    const auto mid = std::partition(tokens.begin() + static_cast<ptrdiff_t>(lo), last,
+                                    [pivot](const Token& t) { return t.key > pivot; });
+    uint64_t before = above;
+    for (auto t = tokens.begin() + static_cast<ptrdiff_t>(lo); t != mid; ++t) before += t->weight;
+    const size_t at = static_cast<size_t>(mid - tokens.begin());
+    std::iter_swap(mid,
+                   std::find_if(mid, last, [pivot](const Token& t) { return t.key == pivot; }));
+    if (at > lo && reached(before)) {
+      hi = at;  // reached among the tokens ahead of the pivot
+      continue;
+    }
+    above = before + mid->weight;
+    if (reached(above) || at + 1 == hi) {  // the pivot, or the last token in order
+      *through = above;
+      return at;
+    }
+    lo = at + 1;
+  }
+}
+
 }  // namespace
 
 int32_t sample_row(const float* logits, int64_t vocab_size, double temperature, int64_t top_k,
                    double top_p, uint64_t seed, uint64_t draw) {
   if (temperature == 0.0) return static_cast<int32_t>(first_argmax(logits, vocab_size));
 
-  std::vector<int32_t> order(static_cast<size_t>(vocab_size));
-  std::iota(order.begin(), order.end(), 0);
-  const int64_t keep = top_k > 0 ? std::min(top_k, vocab_size) : vocab_size;
-  auto by_logit = [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  };
-  std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
-  order.resize(static_cast<size_t>(keep));
+  thread_local std::vector<Token> tokens;  // kept between calls: a fresh one costs page faults
+  tokens.resize(static_cast<size_t>(vocab_size));
+  uint64_t first = 0;
+  for (int64_t i = 0; i < vocab_size; ++i) {
+    tokens[i] = {sampling_order_key(logits[i], i), 0};
+    first = std::max(first, tokens[i].key);
+  }
+  uint64_t through = 0;
+  size_t kept = tokens.size();
+  if (top_k > 0 && top_k < vocab_size) {  // the top_k largest keys to the front
+    kept = static_cast<size_t>(top_k);
+    const auto by_key = [](const Token& a, const Token& b) { return a.key > b.key; };
+    // A few: a heap of them over one pass, whose branch is rarely taken. Many: a quickselect.
+    if (top_k <= std::max<int64_t>(64, vocab_size / 64))
+      std::partial_sort(tokens.begin(), tokens.begin() + top_k, tokens.end(), by_key);
+    else
+      std::nth_element(tokens.begin(), tokens.begin() + top_k - 1, tokens.end(), by_key);
+  }
 
-  std::vector<double> probs(order.size());
-  const double max_logit = logits[order[0]];
-  double sum = 0;
-  for (size_t i = 0; i < order.size(); ++i)
-    sum += probs[i] = std::exp((logits[order[i]] - max_logit) / temperature);
-  size_t kept = order.size();
-  if (top_p < 1.0) {
-    double cumulative = 0;
-    for (size_t i = 0; i < order.size(); ++i) {
-      cumulative += probs[i] / sum;
-      if (cumulative >= top_p) {
-        kept = i + 1;
-        break;
-      }
-    }
-  }
-  double total = 0;
-  for (size_t i = 0; i < kept; ++i) total += probs[i];
-  const double u = philox_uniform(seed, 0x5a3d1e, draw) * total;
-  double acc = 0;
-  for (size_t i = 0; i < kept; ++i) {
-    acc += probs[i];
-    if (u < acc) return order[i];
-  }
-  return order[kept - 1];
+  // Fixed-point weights of the kept tokens, summed exactly (core/sampling_math.h).
+  const float max_logit = logits[sampling_key_id(first)];
+  const float inverse_t = sampling_inverse_temperature(temperature);
+  uint64_t total = 0;
+  for (size_t i = 0; i < kept; ++i)
+    total += tokens[i].weight =
+        sampling_weight(logits[sampling_key_id(tokens[i].key)], max_logit, inverse_t);
+  if (top_p < 1.0)
+    kept = select_first(tokens, kept, Goal::kTopP, top_p_target(top_p, total), &total) + 1;
+  const uint64_t target = draw_target(sampling_uniform(seed, draw), total);
+  return sampling_key_id(tokens[select_first(tokens, kept, Goal::kDraw, target, &through)].key);
 }
 
 void sample_rows(const float* x, int64_t rows, int64_t cols, const int32_t* params, int32_t* out) {

@@ -9,9 +9,10 @@ namespace moex::cpu {
 
 // One row's token from logits [vocab]: the largest logit (lowest id on ties) at temperature 0;
 // otherwise the tokens in order of logit (ties: lower id first), the first top_k of them (0: all),
-// then the fewest whose probability (softmax of logit / temperature, in double) reaches top_p, and
-// the first whose running probability passes u * their total, u = philox_uniform(seed, 0x5a3d1e,
-// draw). Parameters are not checked here (infer::check_sampling_params).
+// then the fewest whose running weight reaches top_p_target, and the first whose running weight
+// passes draw_target(u) of their total, with the fixed-point weights of core/sampling_math.h and
+// u = sampling_uniform(seed, draw). Parameters are not checked here
+// (infer::check_sampling_params).
 int32_t sample_row(const float* logits, int64_t vocab, double temperature, int64_t top_k,
                    double top_p, uint64_t seed, uint64_t draw);
 

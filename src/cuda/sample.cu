@@ -1,15 +1,21 @@
-// Sampling as the CPU twin does it, without sorting the vocabulary. Every token gets a distinct
-// 64-bit key that orders tokens as the host's sort does (larger logit first, lower id first among
-// equal logits). "The first token in that order whose running total of some weight passes a
-// target" is then found by a radix descent over the key, 4 bits a pass: a pass sums the weights
-// of the tokens under the prefix fixed so far into 16 bins, and the bin in which the running total
-// passes the target fixes the next 4 bits, until one token is left. That one descent finds the
-// top-k cutoff (weight 1, target k), the top-p cutoff (weight exp((logit - max) / T), target
-// top_p times the kept total) and the draw (target u times the nucleus total). Sums are fp64 in a
-// fixed order, so a row gives the same token on every run.
+// Sampling as the CPU twin does it, without sorting the vocabulary (docs/gpu-model.md §Decoding).
+//
+// Every token gets a distinct 64-bit key that orders tokens as the host's sort does (larger logit
+// first, lower id first among equal logits). "The first token in that order whose running total
+// of some weight reaches a target" is found by a radix descent over the key, 4 bits a level: a
+// level sums the weights (and counts) of the candidates under the prefix fixed so far into 16
+// bins, and the bin in which the running total reaches the target fixes the next 4 bits, until
+// one token is left. One descent finds the top-k cut-off (counts, target k), one the top-p cut-off
+// and one the draw (fixed-point weights, core/sampling_math.h). Weights are integers, so every
+// sum is exact and the order in which threads add them does not matter: the token is the CPU's.
+//
+// A level over the whole row re-reads the row (from L2) and pays an exponential per candidate
+// under the prefix. Once the candidates of a level are few (kCompact), they are gathered into
+// shared memory with their weights and the remaining levels, and any later descent over a kept
+// set that small, run there.
 #include <cstdint>
 
-#include "core/rng.h"
+#include "core/sampling_math.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/launch.cuh"
@@ -20,9 +26,11 @@ namespace {
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kBits = 4, kBins = 1 << kBits;  // key bits fixed per pass
-constexpr int kUnroll = 16;                   // loads in flight per thread
+constexpr int kBits = 4, kBins = 1 << kBits;  // key bits fixed per level
+constexpr int kUnroll = 16;                   // loads in flight per thread over a row
+constexpr int kCompact = 4096;                // candidates held in shared memory
 constexpr int kParamWords = 10;               // ops::kSampleParamWords
+static_assert(kWarps == kBins, "a level's bins are reduced one warp a bin");
 
 struct RowParams {
   double temperature, top_p;
@@ -45,19 +53,8 @@ __device__ __forceinline__ RowParams read_params(const int32_t* w) {
   return p;
 }
 
-// Larger key = earlier in the host's order: the logit's bits made monotone (-0 taken as +0, as the
-// host's comparisons see them equal), then the complement of the id. Distinct, and never 0.
-__device__ __forceinline__ uint64_t order_key(float v, int64_t id) {
-  uint32_t b = __float_as_uint(v == 0.0f ? 0.0f : v);
-  b ^= (b & 0x80000000u) ? 0xffffffffu : 0x80000000u;
-  return (static_cast<uint64_t>(b) << 32) | ~static_cast<uint32_t>(id);
-}
-__device__ __forceinline__ int32_t key_id(uint64_t key) {
-  return static_cast<int32_t>(~static_cast<uint32_t>(key));
-}
-
-// f(value, id) for each element of the row this thread owns, kUnroll loads in flight (a row is
-// read many times, from L2, by one block: latency, not bandwidth, bounds a pass).
+// f(value, id) for each element of the row, kUnroll loads in flight per thread (a row is read
+// several times by one block, from L2: latency, not bandwidth, bounds a pass).
 template <typename F>
 __device__ __forceinline__ void for_each(const float* row, int64_t cols, F&& f) {
   for (int64_t base = threadIdx.x; base < cols; base += kUnroll * kThreads) {
@@ -92,156 +89,196 @@ __device__ __forceinline__ uint64_t block_max(uint64_t k) {
   return k;
 }
 
-// The key of the first kept token (key >= lo) in key order at which the running total of
-// weight(logit) passes target (> target when strict, >= otherwise), and in *through the running
-// total there. When rounding leaves the total short of target, the last kept token and the whole
-// total, as the CPU's loops end. 0 when nothing is kept. Every thread of the block calls it and
+// Dynamic shared memory of a block (~164 KiB).
+struct Shared {
+  uint64_t thread_w[kBins][kThreads];  // each thread's bins of a level (no atomics, exact)
+  uint32_t thread_c[kBins][kThreads];
+  uint64_t cand_key[kCompact];  // the gathered candidates, in no particular order
+  uint64_t cand_w[kCompact];
+  uint64_t level_w[kBins];  // a level's bins summed over the block
+  uint32_t level_c[kBins];
+  int n_cand;       // gathered candidates
+  int cand_kept;    // the gathered ones are every token with key >= lo (else one descent's bin)
+  uint64_t target;  // of the running descent
+  uint64_t prefix, above_w;  // key bits fixed so far; the weight and count of the candidates
+  uint32_t above_c, bin_c;   // ordered before the chosen bin; the chosen bin's count
+  uint64_t bin_w;
+};
+
+enum class Goal { kCount, kTopP, kDraw };  // what a descent's target counts
+
+struct RowState {
+  const float* row;
+  int64_t cols;
+  float max_logit, inverse_t;
+  uint64_t lo = 0;  // the kept tokens: key >= lo
+  __device__ uint64_t weight(float v) const { return sampling_weight(v, max_logit, inverse_t); }
+};
+
+// Gathers the row's tokens with key >= lo that pass `keep(key)` into the candidate list.
+template <typename Keep>
+__device__ void gather(Shared& s, const RowState& r, Keep keep) {
+  if (threadIdx.x == 0) s.n_cand = 0;
+  __syncthreads();
+  for_each(r.row, r.cols, [&](float v, int64_t i) {
+    const uint64_t key = sampling_order_key(v, i);
+    if (key < r.lo || !keep(key)) return;
+    const int at = atomicAdd(&s.n_cand, 1);
+    s.cand_key[at] = key;
+    s.cand_w[at] = r.weight(v);
+  });
+  __syncthreads();
+}
+
+// The first candidate (key >= r.lo, in key order from the top) at which the running count
+// (kCount) or weight reaches the goal's target: count >= k; weight >= top_p_target(top_p, total);
+// weight > draw_target(u, total), total being the weight of all candidates. When the target is
+// never reached (every weight 0), the last candidate, as the CPU's walk ends. Sets *through_w and
+// *through_c to the running weight and count through the chosen token. Every thread calls it and
 // gets the answer.
-template <typename W>
-__device__ uint64_t select_key(const float* row, int64_t cols, uint64_t lo, W weight, double target,
-                               bool strict, double* through) {
-  __shared__ double part_w[kWarps][kBins];  // per warp, then per bin over the block
-  __shared__ int part_c[kWarps][kBins];
-  __shared__ double bin_w[kBins];
-  __shared__ int bin_c[kBins];
-  __shared__ uint64_t s_prefix;
-  __shared__ double s_above, s_through;  // running total before / through the chosen bin
-  __shared__ int s_short, s_single;      // short of target: follow the last bins; one token left
+__device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goal, double param,
+                            uint64_t* through_w, uint32_t* through_c) {
   if (threadIdx.x == 0) {
-    s_prefix = 0;
-    s_above = s_through = 0;
-    s_short = s_single = 0;
+    s.prefix = s.above_w = 0;
+    s.above_c = 0;
   }
   __syncthreads();
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  uint64_t prefix = 0, mask = 0;  // the key bits fixed so far
+  uint64_t mask = 0;  // the key bits fixed so far
   for (int shift = 64 - kBits;; shift -= kBits) {
-    double w[kBins];
-    int c[kBins];
-#pragma unroll
+    const uint64_t prefix = s.prefix;
     for (int d = 0; d < kBins; ++d) {
-      w[d] = 0;
-      c[d] = 0;
+      s.thread_w[d][threadIdx.x] = 0;
+      s.thread_c[d][threadIdx.x] = 0;
     }
-    for_each(row, cols, [&](float v, int64_t i) {
-      const uint64_t key = order_key(v, i);
-      if (key < lo || (key & mask) != prefix) return;
+    const auto add = [&](uint64_t key, uint64_t w) {
       const int bin = static_cast<int>(key >> shift) & (kBins - 1);
-      const double x = weight(v);
-#pragma unroll
-      for (int d = 0; d < kBins; ++d)  // registers, not an indexed (local memory) array
-        if (d == bin) {
-          w[d] += x;
-          ++c[d];
-        }
-    });
-#pragma unroll
-    for (int d = 0; d < kBins; ++d) {
-      const double sw = warp_sum(w[d]);
-      const int sc = warp_sum(c[d]);
-      if (lane == 0) {
-        part_w[warp][d] = sw;
-        part_c[warp][d] = sc;
+      s.thread_w[bin][threadIdx.x] += w;
+      s.thread_c[bin][threadIdx.x] += 1;
+    };
+    if (compact) {
+      for (int j = threadIdx.x; j < s.n_cand; j += kThreads) {
+        const uint64_t key = s.cand_key[j];
+        if (key >= r.lo && (key & mask) == prefix) add(key, s.cand_w[j]);
       }
+    } else {
+      for_each(r.row, r.cols, [&](float v, int64_t i) {
+        const uint64_t key = sampling_order_key(v, i);
+        if (key >= r.lo && (key & mask) == prefix) add(key, goal == Goal::kCount ? 0 : r.weight(v));
+      });
     }
     __syncthreads();
-    if (threadIdx.x < kBins) {
-      double sw = 0;
-      int sc = 0;
-      for (int k = 0; k < kWarps; ++k) {
-        sw += part_w[k][threadIdx.x];
-        sc += part_c[k][threadIdx.x];
+    {  // warp w sums bin w over the block's threads
+      const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+      uint64_t w = 0;
+      uint32_t c = 0;
+      for (int t = lane; t < kThreads; t += 32) {
+        w += s.thread_w[warp][t];
+        c += s.thread_c[warp][t];
       }
-      bin_w[threadIdx.x] = sw;
-      bin_c[threadIdx.x] = sc;
+      w = warp_sum(w);
+      c = warp_sum(c);
+      if (lane == 0) {
+        s.level_w[warp] = w;
+        s.level_c[warp] = c;
+      }
     }
     __syncthreads();
     if (threadIdx.x == 0) {
+      if (mask == 0) {  // the first level sees every candidate: the total fixes the target
+        uint64_t total = 0;
+        for (int d = 0; d < kBins; ++d) total += s.level_w[d];
+        s.target = goal == Goal::kCount  ? static_cast<uint64_t>(param)
+                   : goal == Goal::kTopP ? top_p_target(param, total)
+                                         : draw_target(static_cast<float>(param), total);
+      }
       // Bins from the highest key down, as the CPU walks its sorted tokens.
-      double acc = s_above, before = s_above;
+      uint64_t acc_w = s.above_w;
+      uint32_t acc_c = s.above_c;
       int pick = -1;
-      bool passed = false;
+      uint64_t before_w = acc_w;
+      uint32_t before_c = acc_c;
       for (int d = kBins - 1; d >= 0; --d) {
-        if (bin_c[d] == 0) continue;
+        if (s.level_c[d] == 0) continue;
         pick = d;
-        before = acc;
-        acc += bin_w[d];
-        if (!s_short && (strict ? acc > target : acc >= target)) {
-          passed = true;
-          break;
-        }
+        before_w = acc_w;
+        before_c = acc_c;
+        acc_w += s.level_w[d];
+        acc_c += s.level_c[d];
+        const bool reached = goal == Goal::kCount  ? acc_c >= s.target
+                             : goal == Goal::kTopP ? acc_w >= s.target
+                                                   : acc_w > s.target;
+        if (reached) break;  // else the loop ends on the lowest bin: the last candidate
       }
-      if (!passed) s_short = 1;  // the last non-empty bin, from here on the lowest
-      if (pick >= 0) {
-        s_prefix |= static_cast<uint64_t>(pick) << shift;
-        s_above = before;
-        s_through = before + bin_w[pick];
-        s_single = bin_c[pick] == 1;
-      } else {
-        s_single = 1;  // nothing kept
-      }
+      // pick < 0 only without candidates, which a descent never has (the first token is kept).
+      s.prefix |= static_cast<uint64_t>(pick < 0 ? 0 : pick) << shift;
+      s.above_w = before_w;
+      s.above_c = before_c;
+      s.bin_w = pick < 0 ? 0 : s.level_w[pick];
+      s.bin_c = pick < 0 ? 0 : s.level_c[pick];
     }
     __syncthreads();
-    prefix = s_prefix;
     mask |= static_cast<uint64_t>(kBins - 1) << shift;
-    if (s_single || shift == 0) break;
+    const uint64_t chosen = s.prefix;
+    const uint32_t above = s.above_c, in_bin = s.bin_c;
+    if (!compact && in_bin <= kCompact) {
+      // Few enough to hold: every token from the top through this bin if they fit (later
+      // descents keep a subset of them), else this bin's.
+      const bool from_top = static_cast<uint64_t>(above) + in_bin <= kCompact;
+      gather(s, r, [&](uint64_t key) { return from_top ? key >= chosen : (key & mask) == chosen; });
+      if (threadIdx.x == 0) s.cand_kept = from_top;
+      compact = true;
+    }
+    if (in_bin <= 1 || shift == 0) break;
   }
-  // The one kept token under the prefix (0 when there is none).
-  const double total = s_through;
+  // The one candidate under the prefix.
+  const uint64_t prefix = s.prefix;
   uint64_t best = 0;
-  for_each(row, cols, [&](float v, int64_t i) {
-    const uint64_t key = order_key(v, i);
-    if (key >= lo && (key & mask) == prefix && key > best) best = key;
-  });
-  best = block_max(best);  // its barriers end this call's reads of the shared state
-  *through = total;
-  return best;
+  for (int j = threadIdx.x; j < s.n_cand; j += kThreads) {
+    const uint64_t key = s.cand_key[j];
+    if (key >= r.lo && (key & mask) == prefix && key > best) best = key;
+  }
+  *through_w = s.above_w + s.bin_w;
+  *through_c = s.above_c + s.bin_c;
+  return block_max(best);  // its barriers end this call's reads of the shared state
 }
 
 __global__ void __launch_bounds__(kThreads)
     sample_rows_kernel(const float* x, int64_t cols, const int32_t* params, int32_t* out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  Shared& s = *reinterpret_cast<Shared*>(smem);
   wait_for_previous_kernel();
-  const float* row = x + static_cast<int64_t>(blockIdx.x) * cols;
+  RowState r;
+  r.row = x + static_cast<int64_t>(blockIdx.x) * cols;
+  r.cols = cols;
   const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
-  // The first token in order: the greedy answer, and the largest logit of the softmax.
+  // The first token in order: the greedy answer, and the largest logit of the weights.
   uint64_t first = 0;
-  for_each(row, cols, [&](float v, int64_t i) {
-    const uint64_t key = order_key(v, i);
+  for_each(r.row, cols, [&](float v, int64_t i) {
+    const uint64_t key = sampling_order_key(v, i);
     first = key > first ? key : first;
   });
   first = block_max(first);
   if (!(p.temperature > 0.0)) {  // 0 (the host refuses negative ones): greedy
-    if (threadIdx.x == 0) out[blockIdx.x] = key_id(first);
+    if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(first);
     return;
   }
-  const double temperature = p.temperature, max_logit = row[key_id(first)];
-  const auto prob = [=](float v) {
-    return exp((static_cast<double>(v) - max_logit) / temperature);
+  r.max_logit = r.row[sampling_key_id(first)];
+  r.inverse_t = sampling_inverse_temperature(p.temperature);
+  bool compact = false;  // the candidate list holds every token with key >= r.lo
+  uint64_t through_w = 0;
+  uint32_t through_c = 0;
+  const auto keep_from = [&](uint64_t key) {
+    r.lo = key;
+    compact = compact || (s.cand_kept && through_c <= kCompact);
   };
-  uint64_t lo = 0;  // the kept tokens are those with key >= lo
-  double through = 0;
-  if (p.top_k > 0 && p.top_k < cols) {
-    const uint64_t kth = select_key(
-        row, cols, 0, [](float) { return 1.0; }, static_cast<double>(p.top_k), false, &through);
-    if (kth != 0) lo = kth;
-  }
-  double total = 0;
-  for_each(row, cols, [&](float v, int64_t i) {
-    if (order_key(v, i) >= lo) total += prob(v);
-  });
-  total = block_sum<kThreads>(total);
-  if (p.top_p < 1.0) {
-    // The CPU adds probabilities divided by the total and compares with top_p.
-    double nucleus = total;
-    const uint64_t last = select_key(row, cols, lo, prob, p.top_p * total, false, &nucleus);
-    if (last != 0) {
-      lo = last;
-      total = nucleus;
-    }
-  }
-  const double u = static_cast<double>(philox_uniform(p.seed, 0x5a3d1e, p.draw)) * total;
-  const uint64_t drawn = select_key(row, cols, lo, prob, u, true, &through);
-  if (threadIdx.x == 0) out[blockIdx.x] = key_id(drawn != 0 ? drawn : first);
+  if (p.top_k > 0 && p.top_k < cols)
+    keep_from(
+        descend(s, r, compact, Goal::kCount, static_cast<double>(p.top_k), &through_w, &through_c));
+  if (p.top_p < 1.0)
+    keep_from(descend(s, r, compact, Goal::kTopP, p.top_p, &through_w, &through_c));
+  const uint64_t drawn =
+      descend(s, r, compact, Goal::kDraw, sampling_uniform(p.seed, p.draw), &through_w, &through_c);
+  if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(drawn != 0 ? drawn : first);
 }
 
 }  // namespace
@@ -249,8 +286,14 @@ __global__ void __launch_bounds__(kThreads)
 void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
                      int32_t* out, cudaStream_t stream) {
   if (rows == 0) return;
-  launch_kernel(sample_rows_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, x, cols,
-                params, out);
+  static bool smem_allowed = false;  // above 48 KiB needs the opt-in, once
+  if (!smem_allowed) {
+    CUDA_CHECK(cudaFuncSetAttribute(sample_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(Shared))));
+    smem_allowed = true;
+  }
+  launch_kernel(sample_rows_kernel, static_cast<unsigned>(rows), kThreads, sizeof(Shared), stream,
+                x, cols, params, out);
   CUDA_CHECK(cudaGetLastError());
 }
 

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/sampling_math.h"
 #include "cpu/sample.h"
 
 namespace moex::infer {
@@ -18,7 +19,8 @@ void check_sampling_params(const SamplingParams& p) {
 
 int32_t sample_token(const float* logits, int64_t vocab_size, const SamplingParams& p,
                      uint64_t draw) {
-  MOEX_CHECK(vocab_size > 0, "sample_token: vocab_size must be > 0");
+  MOEX_CHECK(vocab_size > 0 && vocab_size <= kMaxSampledVocab,
+             "sample_token: vocab_size must be in [1, ", kMaxSampledVocab, "], got ", vocab_size);
   check_sampling_params(p);
   return cpu::sample_row(logits, vocab_size, p.temperature, p.top_k, p.top_p, p.seed, draw);
 }

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core/sampling_math.h"
 #include "cpu/sample.h"
 #include "ops/device_dispatch.h"
 #include "ops/profile.h"
@@ -30,7 +31,8 @@ void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out) {
   MOEX_CHECK(x.ndim() == 2 && x.dim(1) > 0, "sample_rows: x must be [S, V] with V > 0, got ",
              x.shape().str());
   const int64_t rows = x.dim(0), cols = x.dim(1);
-  MOEX_CHECK(cols <= INT32_MAX, "sample_rows: a vocabulary of ", cols, " does not fit int32 ids");
+  MOEX_CHECK(cols <= kMaxSampledVocab, "sample_rows: a vocabulary of ", cols,
+             " is over the sampler's limit of ", kMaxSampledVocab, " tokens");
   detail::expect("sample_rows", "x", x, DType::kF32, rows * cols);
   detail::expect("sample_rows", "params", params, DType::kI32, rows * kSampleParamWords);
   detail::expect("sample_rows", "out", out, DType::kI32, rows);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "core/sampling_math.h"
 #include "cpu_kernel_checks.h"
 #include "ops/argmax.h"
 #include "ops/sample.h"
@@ -19,9 +20,14 @@
 namespace moex {
 namespace {
 
-// The reference: a full sort of the vocabulary, then the host sampler's arithmetic as specified
-// (probabilities divided by the kept sum, added in order and compared with top_p; the draw walks
-// the nucleus in order), so even tied logits at an exact top_p boundary agree.
+// The reference: a full sort of the vocabulary, then the sampler's definition in fp64
+// (weights added in order until they reach top_p times the kept sum; the draw walks the nucleus in
+// order), with the one rule of its fixed-point weights (core/sampling_math.h) that
+// changes tokens by more than rounding: a token under 2^-40 of the top token's weight weighs 0.
+// So even tied logits at an exact top_p boundary agree (a cold row's e^-40 tails would otherwise
+// push the nucleus one token further). The sampler's weights are fp32 exponentials in units of
+// 2^-40; a token could differ from this reference only where a running sum lies within ~1e-7 of a
+// boundary, which these fixed rows do not.
 int32_t naive_sample(const std::vector<float>& logits, const ops::SampleParams& p) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   std::vector<int32_t> order(logits.size());
@@ -33,14 +39,16 @@ int32_t naive_sample(const std::vector<float>& logits, const ops::SampleParams& 
   const int64_t keep = p.top_k == 0 ? vocab : std::min(p.top_k, vocab);
   std::vector<double> w(static_cast<size_t>(keep));
   double sum = 0;
-  for (int64_t i = 0; i < keep; ++i)
-    sum += w[i] =
-        std::exp((static_cast<double>(logits[order[i]]) - logits[order[0]]) / p.temperature);
+  for (int64_t i = 0; i < keep; ++i) {
+    w[i] = std::exp((static_cast<double>(logits[order[i]]) - logits[order[0]]) / p.temperature);
+    if (w[i] < std::ldexp(1.0, -40)) w[i] = 0;  // the sampler's fixed point ends at 2^-40
+    sum += w[i];
+  }
   int64_t nucleus = keep;
   double mass = 0;
   for (int64_t i = 0; i < keep && p.top_p < 1; ++i) {
-    mass += w[i] / sum;
-    if (mass >= p.top_p) {
+    mass += w[i];  // the mass w / sum reaches top_p; exact for tied weights of 1
+    if (mass >= p.top_p * sum) {
       nucleus = i + 1;
       break;
     }
@@ -99,6 +107,41 @@ void expect_reference(const std::vector<float>& logits, int64_t vocab,
         << what << " row " << r << ": T " << ps[r].temperature << " top_k " << ps[r].top_k
         << " top_p " << ps[r].top_p << " seed " << ps[r].seed << " draw " << ps[r].draw;
   }
+}
+
+// The fixed-point weight against the fp64 exponential: within fp32 rounding of the exponent (its
+// product with 1/T is rounded once), 0 from 28 temperatures below the top, 2^40 at the top (also
+// when the top is -inf), never increasing as the logit falls; and the two targets' edges.
+TEST(OpsSample, WeightsAreTheFixedPointExponential) {
+  const double one = std::ldexp(1.0, 40);
+  for (const double t : {0.05, 0.7, 1.0, 3.0}) {
+    const float top = 2.5f, inverse_t = sampling_inverse_temperature(t);
+    uint64_t last = sampling_weight(top, top, inverse_t);
+    EXPECT_EQ(last, uint64_t{1} << 40);
+    for (int i = 1; i <= 4000; ++i) {
+      const float v = top - static_cast<float>(i) * static_cast<float>(t) * 0.0075f;
+      const uint64_t w = sampling_weight(v, top, inverse_t);
+      const double x = (static_cast<double>(v) - top) / t, exact = one * std::exp(x);
+      if (x < -28.001) {
+        EXPECT_EQ(w, 0u) << "T " << t << " logit " << v;
+      } else if (x > -27.999) {
+        EXPECT_NEAR(static_cast<double>(w), exact, exact * 4e-6 + 1) << "T " << t << " logit " << v;
+      }
+      EXPECT_LE(w, last) << "T " << t << " logit " << v;
+      last = w;
+    }
+  }
+  EXPECT_EQ(sampling_weight(-INFINITY, -INFINITY, 1.0f), uint64_t{1} << 40);
+  EXPECT_EQ(sampling_weight(NAN, 1.0f, 1.0f), 0u);
+  const uint64_t total = (uint64_t{1} << 40) * 3 + 12345;
+  EXPECT_EQ(top_p_target(1.0, total), total);
+  EXPECT_EQ(top_p_target(1e-30, total), 1u);
+  EXPECT_EQ(top_p_target(0.5, 10), 5u);
+  EXPECT_EQ(top_p_target(0.51, 10), 6u);
+  EXPECT_EQ(draw_target(0.99999994f, 1), 0u);
+  EXPECT_EQ(draw_target(0.5f, 10), 5u);
+  EXPECT_EQ(draw_target(0.5f, 0), 0u);
+  EXPECT_LT(draw_target(0.99999994f, total), total);
 }
 
 TEST(OpsSample, EqualsANaiveSortOnRandomLogits) {

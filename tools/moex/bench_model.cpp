@@ -154,7 +154,8 @@ double copy_rate(const Device& device, int64_t bytes) {
 
 // One batch size of run_decode_bench on an initialised model; `rate` is the copy rate in bytes/s.
 std::string decode_one_batch(model::Model& m, const std::string& model_name, int batch,
-                             int new_tokens, int64_t prompt_len, double rate) {
+                             int new_tokens, int64_t prompt_len, double rate,
+                             const infer::SamplingParams& sampling) {
   const ModelConfig& mc = m.config();
   const Device device = m.device();
   // B sequences of a prompt_len-token prompt decode together through the serving scheduler
@@ -169,6 +170,8 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
     infer::Request r;
     r.prompt = random_tokens(prompt_len, mc.vocab_size, 2 + b);
     r.max_tokens = new_tokens;
+    r.sampling = sampling;
+    r.sampling.seed += static_cast<uint64_t>(b);
     r.on_finish = [&error](infer::FinishReason reason, const std::string& message) {
       if (reason == infer::FinishReason::kError && error.empty()) error = message;
     };
@@ -232,6 +235,9 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
                         {"batch", batch},
                         {"prompt_tokens", prompt_len},
                         {"new_tokens", new_tokens},
+                        {"temperature", sampling.temperature},
+                        {"top_k", sampling.top_k},
+                        {"top_p", sampling.top_p},
                         {"prefill_ms", prefill_ms},
                         {"ms_per_step", ms_per_step},
                         {"tokens_per_s", batch * steps / (decode_ms / 1000.0)},
@@ -258,7 +264,8 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
 std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
                                           const std::string& device_flag,
                                           const std::vector<int>& batches, int new_tokens,
-                                          int prompt_len) {
+                                          int prompt_len, const infer::SamplingParams& sampling) {
+  infer::check_sampling_params(sampling);
   MOEX_CHECK(new_tokens >= 2, "--tokens must be >= 2, got ", new_tokens);
   MOEX_CHECK(prompt_len >= 1, "--prompt must be >= 1, got ", prompt_len);
   for (const int batch : batches) MOEX_CHECK(batch >= 1, "--batch must be >= 1, got ", batch);
@@ -273,7 +280,7 @@ std::vector<std::string> run_decode_bench(const std::string& config_path, const 
   std::vector<std::string> lines;
   for (const int batch : batches)
     lines.push_back(decode_one_batch(m, shape.empty() ? config_path : shape, batch, new_tokens,
-                                     prompt_len, rate));
+                                     prompt_len, rate, sampling));
   return lines;
 }
 

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "infer/sampler.h"
+
 namespace moex::bench {
 
 // Forward + backward + AdamW step on [micro_batch_size, seq_len] tokens on `device` ("" takes
@@ -14,8 +16,8 @@ namespace moex::bench {
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
                                  int warmup, int iters, bool offload = false);
 // For each batch size B: B sequences of a `prompt_len`-token prompt (prefilled in one step, timed
-// as prefill_ms) decoding `new_tokens` (>= 2) greedy
-// tokens together through the serving scheduler (paged KV cache), on a config's model or a named
+// as prefill_ms) decoding `new_tokens` (>= 2) tokens together (greedy, or drawn with `sampling`)
+// through the serving scheduler (paged KV cache), on a config's model or a named
 // shape ("mixtral4l"), random weights drawn once: one JSON line per B, {"bench", "ms_per_step",
 // "tokens_per_s", "floor_ms", "frac_of_floor", ...}. The floor is the bytes a step must read
 // (non-expert weights, the experts the batch is expected to touch, the KV cache) over the
@@ -23,6 +25,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
 std::vector<std::string> run_decode_bench(const std::string& config_path, const std::string& shape,
                                           const std::string& device,
                                           const std::vector<int>& batches, int new_tokens,
-                                          int prompt_len = 16);
+                                          int prompt_len = 16,
+                                          const infer::SamplingParams& sampling = {});
 
 }  // namespace moex::bench

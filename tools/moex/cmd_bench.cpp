@@ -29,10 +29,10 @@ void print_help() {
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
-      "                         [--tokens N] [--prompt N]   greedy decode of B sequences (each B "
-      "of a comma\n"
-      "                                        list, one model): ms/step against the bandwidth "
-      "floor\n\n"
+      "                         [--tokens N] [--prompt N] [--temperature T --top-k K --top-p P\n"
+      "                         --seed S]   decode of B sequences (each B of a comma list, one\n"
+      "                         model; greedy unless --temperature > 0): ms/step against the\n"
+      "                         bandwidth floor\n\n"
       "  moe-layer   MoE layer forward and forward+backward against a dense FFN with the same "
       "FLOPs\n"
       "  --device    cpu (default) or cuda\n"
@@ -147,10 +147,10 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(
-      argv,
-      {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep", "prompt"},
-      {"json", "help", "recompute", "cac", "offload"});
+  const Args args(argv,
+                  {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep",
+                   "prompt", "temperature", "top-k", "top-p", "seed"},
+                  {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
@@ -172,13 +172,20 @@ int run_bench(const std::vector<std::string>& argv) {
                             .c_str());
     return 0;
   }
-  check_flags(args, what, {"config", "shape", "device", "batch", "tokens", "prompt", "json"});
+  check_flags(args, what,
+              {"config", "shape", "device", "batch", "tokens", "prompt", "json", "temperature",
+               "top-k", "top-p", "seed"});
+  infer::SamplingParams sampling;  // checked by run_decode_bench
+  sampling.temperature = args.get_double("temperature", 0.0);
+  sampling.top_k = args.get_int("top-k", 0);
+  sampling.top_p = args.get_double("top-p", 1.0);
+  sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
   const int tokens = count_flag(args, "tokens", 64, 2);
   const int prompt = count_flag(args, "prompt", 16, 1);
   const std::vector<int> batches = batch_list(args.get("batch", "1"));
   if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
   for (const std::string& line : bench::run_decode_bench(
-           config, args.get("shape"), args.get("device"), batches, tokens, prompt))
+           config, args.get("shape"), args.get("device"), batches, tokens, prompt, sampling))
     std::printf("%s\n", line.c_str());
   return 0;
 }

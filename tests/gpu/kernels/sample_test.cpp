@@ -1,10 +1,12 @@
 // Device sampling (cuda::sample_rows_f32) against its CPU twin, token for token: random rows of
 // LM-head widths (32000 and 152064) with greedy and sampled rows mixed in one call (temperature
-// small to large, top_k 1, mid and past the vocabulary, top_p tiny to 1), rows with many tied
-// logits (the lower id first), a -0 / +0 tie, a row of -inf, parameters at an odd word (4-byte
-// aligned only), and a CUDA graph replayed with new parameters. Outputs start poisoned. The twins
-// sum fp64 probabilities in different orders, so a token could differ only where a running sum
-// lies within rounding of a boundary; random rows never come that close.
+// small to large, top_k 1, mid, either side of the kernel's 4096 shared-memory candidates and past
+// the vocabulary, top_p tiny to 1), rows with many tied logits (the lower id first), a -0 / +0
+// tie, a row of -inf, parameters at an odd word (4-byte aligned only), and a CUDA graph replayed
+// with new parameters. Outputs start poisoned. Both twins sum the same fixed-point weights
+// exactly (core/sampling_math.h); their fp32 exponentials may differ in the last bit, so a token
+// could differ only where a running sum lies within ~1e-7 of a boundary, which random rows never
+// come near.
 #include "cpu/sample.h"
 
 #include <gtest/gtest.h>
@@ -48,14 +50,14 @@ std::vector<int32_t> words(const std::vector<Params>& ps, size_t lead = 0) {
 // A spread of parameters, row r of rows (every fifth row greedy).
 std::vector<Params> spread(int64_t rows, int64_t vocab, uint64_t seed) {
   const double temperatures[] = {0.0, 0.03, 0.6, 1.0, 1.7, 50.0};
-  const int64_t top_ks[] = {0, 1, 7, 100, vocab - 1, vocab, vocab + 5};
+  const int64_t top_ks[] = {0, 1, 7, 100, 4096, 4097, vocab - 1, vocab, vocab + 5};
   // Not round fractions: with tied logits at a tiny temperature the nucleus is a count of equal
   // weights, and top_p = 0.5 of an even count would sit on a boundary.
   const double top_ps[] = {1.0, 0.9137, 0.4829, 0.1173, 1e-9};
   std::vector<Params> ps;
   for (int64_t r = 0; r < rows; ++r)
     ps.push_back(r % 5 == 0 ? Params{}
-                            : make(temperatures[r % 6], top_ks[(r / 2) % 7], top_ps[(r / 3) % 5],
+                            : make(temperatures[r % 6], top_ks[(r / 2) % 9], top_ps[(r / 3) % 5],
                                    seed + r % 4, static_cast<uint64_t>(r * 13)));
   return ps;
 }
@@ -87,7 +89,7 @@ class SampleTest : public kt::GpuKernel {};
 TEST_F(SampleTest, MatchesCpuOnMixedRows) {
   cuda::CudaContext ctx;
   for (const int64_t cols : {int64_t{32000}, int64_t{152064}}) {
-    const int64_t rows = 70;
+    const int64_t rows = 90;
     const std::vector<Params> ps = spread(rows, cols, 41);
     for (const bool ties : {false, true}) {
       std::vector<float> x = kt::rand_vec(rows * cols, 72 + cols, -6, 6);
@@ -151,7 +153,8 @@ TEST_F(SampleTest, ReportsTime) {
   cuda::CudaContext ctx;
   const int64_t rows = 64, cols = 152064;
   kt::DevBuf dx = kt::dev_rand_f32(rows * cols, 75, -8, 8), out(rows * 4);
-  for (const Params& p : {Params{}, make(0.8, 0, 1.0, 1, 0), make(0.8, 50, 0.9, 1, 0)}) {
+  for (const Params& p :
+       {Params{}, make(0.8, 0, 1.0, 1, 0), make(1.0, 0, 0.95, 1, 0), make(0.8, 50, 0.9, 1, 0)}) {
     kt::DevBuf dp = kt::upload(words(std::vector<Params>(rows, p)));
     char what[80];
     std::snprintf(what, sizeof(what), "sample_rows 64x152064 T %.1f top_k %ld top_p %.1f",
