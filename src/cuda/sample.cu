@@ -1,18 +1,23 @@
 // Sampling as the CPU twin does it, without sorting the vocabulary (docs/gpu-model.md §Decoding).
 //
 // Every token gets a distinct 64-bit key that orders tokens as the host's sort does (larger logit
-// first, lower id first among equal logits). "The first token in that order whose running total
-// of some weight reaches a target" is found by a radix descent over the key, 4 bits a level: a
-// level sums the weights (and counts) of the candidates under the prefix fixed so far into 16
-// bins, and the bin in which the running total reaches the target fixes the next 4 bits, until
-// one token is left. One descent finds the top-k cut-off (counts, target k), one the top-p cut-off
-// and one the draw (fixed-point weights, core/sampling_math.h). Weights are integers, so every
-// sum is exact and the order in which threads add them does not matter: the token is the CPU's.
+// first, lower id first among equal logits), and a fixed-point weight (core/sampling_math.h).
+// Each selection (the top-k cut-off by count, the top-p cut-off and the draw by weight) finds
+// "the first token in key order at which the running total reaches a target" in two stages:
 //
-// A level over the whole row re-reads the row (from L2) and pays an exponential per candidate
-// under the prefix. Once the candidates of a level are few (kCompact), they are gathered into
-// shared memory with their weights and the remaining levels, and any later descent over a kept
-// set that small, run there.
+// 1. One pass puts every token in one of 2048 bins of (logit - max) / T, which orders them as the
+//    keys do (bins never invert the order; equal logits share a bin), counting and weighing each
+//    bin. All three selections read this one histogram: a scan over the bins finds the bin in
+//    which the target is reached.
+// 2. That bin's tokens (a few dozen to a few thousand) are gathered into shared memory, and a
+//    radix descent over their keys, 4 bits a level, finds the token: a level sums the candidates
+//    under the prefix fixed so far into 16 bins and keeps the one in which the running total
+//    reaches the target, until one token is left. A bin of more than 4096 tokens (many tied or
+//    nearly equal logits) runs the same descent over the whole row instead, re-reading it (from
+//    L2) once a level until few enough are left to gather.
+//
+// Weights are integers, so every sum is exact whatever order the threads add in: the token is the
+// CPU's.
 #include <cstdint>
 
 #include "core/sampling_math.h"
@@ -28,7 +33,10 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kBits = 4, kBins = 1 << kBits;  // key bits fixed per level
 constexpr int kUnroll = 16;                   // loads in flight per thread over a row
+constexpr int kUnroll4 = 8;                   // ... of 16 bytes
 constexpr int kCompact = 4096;                // candidates held in shared memory
+constexpr int kRankMax = 512;                 // gathered candidates ranked pairwise
+constexpr int kLogitBins = 2048;              // the first histogram's bins of (logit - max) / T
 constexpr int kParamWords = 10;               // ops::kSampleParamWords
 static_assert(kWarps == kBins, "a level's bins are reduced one warp a bin");
 
@@ -53,10 +61,35 @@ __device__ __forceinline__ RowParams read_params(const int32_t* w) {
   return p;
 }
 
-// f(value, id) for each element of the row, kUnroll loads in flight per thread (a row is read
-// several times by one block, from L2: latency, not bandwidth, bounds a pass).
+// f(value, id) for each element of the row. A row is read several times by one block (from L2
+// after the first), so a pass is bound by how many loads each thread keeps in flight: 16-byte
+// loads where the row allows them (kUnroll4 of them, 32 values), else kUnroll single ones.
 template <typename F>
 __device__ __forceinline__ void for_each(const float* row, int64_t cols, F&& f) {
+  if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int64_t n4 = cols / 4;
+    for (int64_t base = threadIdx.x; base < n4; base += kUnroll4 * kThreads) {
+      float4 v[kUnroll4];
+#pragma unroll
+      for (int j = 0; j < kUnroll4; ++j) {
+        const int64_t i = base + static_cast<int64_t>(j) * kThreads;
+        v[j] = i < n4 ? row4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int j = 0; j < kUnroll4; ++j) {
+        const int64_t i = base + static_cast<int64_t>(j) * kThreads;
+        if (i < n4) {
+          f(v[j].x, 4 * i);
+          f(v[j].y, 4 * i + 1);
+          f(v[j].z, 4 * i + 2);
+          f(v[j].w, 4 * i + 3);
+        }
+      }
+    }
+    for (int64_t i = 4 * n4 + threadIdx.x; i < cols; i += kThreads) f(row[i], i);
+    return;
+  }
   for (int64_t base = threadIdx.x; base < cols; base += kUnroll * kThreads) {
     float v[kUnroll];
 #pragma unroll
@@ -89,40 +122,54 @@ __device__ __forceinline__ uint64_t block_max(uint64_t k) {
   return k;
 }
 
-// Dynamic shared memory of a block (~164 KiB).
+// Dynamic shared memory of a block (~184 KiB).
 struct Shared {
-  uint64_t thread_w[kBins][kThreads];  // each thread's bins of a level (no atomics, exact)
+  uint64_t logit_w[kLogitBins];  // the row's weights and counts by logit bin
+  uint32_t logit_c[kLogitBins];
+  uint64_t thread_w[kBins][kThreads];  // each thread's bins of a radix level (no atomics)
   uint32_t thread_c[kBins][kThreads];
-  uint64_t cand_key[kCompact];  // the gathered candidates, in no particular order
+  uint64_t cand_key[kCompact];  // gathered candidates, in no particular order
   uint64_t cand_w[kCompact];
-  uint64_t level_w[kBins];  // a level's bins summed over the block
+  uint64_t level_w[kBins];  // a radix level's bins summed over the block
   uint32_t level_c[kBins];
-  int n_cand;       // gathered candidates
-  int cand_kept;    // the gathered ones are every token with key >= lo (else one descent's bin)
-  uint64_t target;  // of the running descent
-  uint64_t prefix, above_w;  // key bits fixed so far; the weight and count of the candidates
-  uint32_t above_c, bin_c;   // ordered before the chosen bin; the chosen bin's count
+  int n_cand;             // gathered candidates
+  int pick;               // the logit bin a selection falls in
+  uint64_t pick_above_w;  // the kept weight and count of the logit bins before it
+  uint32_t pick_above_c;
+  uint64_t prefix, above_w;  // radix descent: key bits fixed so far; the weight and count of the
+  uint32_t above_c, bin_c;   // candidates ordered before the chosen bin; the chosen bin's count
   uint64_t bin_w;
+  uint64_t total_w;           // the row's weight
+  uint64_t key_and, key_or;   // over the candidates: the bits they all have, and any has
+  uint64_t rank_key, rank_w;  // rank_select's answer
+  uint32_t rank_c;
 };
-
-enum class Goal { kCount, kTopP, kDraw };  // what a descent's target counts
 
 struct RowState {
   const float* row;
   int64_t cols;
   float max_logit, inverse_t;
+  float bin_scale;  // logit bins per unit of (logit - max) / T
   uint64_t lo = 0;  // the kept tokens: key >= lo
   __device__ uint64_t weight(float v) const { return sampling_weight(v, max_logit, inverse_t); }
+  // The logit bin of a value: 0 for the largest logit, rising as the weight falls, the last bin
+  // for weight 0 (and NaN). Rounding is monotone, so a larger key never has a later bin.
+  __device__ int logit_bin(float v) const {
+    if (v == max_logit) return 0;
+    const float x = (v - max_logit) * inverse_t;  // as sampling_weight computes it
+    if (!(x > -28.0f)) return kLogitBins - 1;
+    return min(kLogitBins - 2, static_cast<int>(-x * bin_scale));
+  }
 };
 
-// Gathers the row's tokens with key >= lo that pass `keep(key)` into the candidate list.
+// Gathers the row's tokens with key >= lo that pass `keep(value, key)` into the candidate list.
 template <typename Keep>
 __device__ void gather(Shared& s, const RowState& r, Keep keep) {
   if (threadIdx.x == 0) s.n_cand = 0;
   __syncthreads();
   for_each(r.row, r.cols, [&](float v, int64_t i) {
     const uint64_t key = sampling_order_key(v, i);
-    if (key < r.lo || !keep(key)) return;
+    if (key < r.lo || !keep(v, key)) return;
     const int at = atomicAdd(&s.n_cand, 1);
     s.cand_key[at] = key;
     s.cand_w[at] = r.weight(v);
@@ -130,21 +177,99 @@ __device__ void gather(Shared& s, const RowState& r, Keep keep) {
   __syncthreads();
 }
 
-// The first candidate (key >= r.lo, in key order from the top) at which the running count
-// (kCount) or weight reaches the goal's target: count >= k; weight >= top_p_target(top_p, total);
-// weight > draw_target(u, total), total being the weight of all candidates. When the target is
-// never reached (every weight 0), the last candidate, as the CPU's walk ends. Sets *through_w and
-// *through_c to the running weight and count through the chosen token. Every thread calls it and
-// gets the answer.
-__device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goal, double param,
-                            uint64_t* through_w, uint32_t* through_c) {
-  if (threadIdx.x == 0) {
-    s.prefix = s.above_w = 0;
-    s.above_c = 0;
+// A selection's target and how the running total must reach it.
+struct Target {
+  bool by_count;  // the running count (top-k) instead of the running weight
+  bool strict;    // must pass (the draw) instead of reach
+  uint64_t value;
+  __device__ bool reached(uint64_t w, uint32_t c) const {
+    return by_count ? c >= value : strict ? w > value : w >= value;
+  }
+};
+
+// descend() over a gathered list of at most kRankMax: each candidate's running totals are the
+// sums over the candidates with larger keys (n^2 / kThreads compares a thread, a few hundred), and
+// the chosen one is the candidate at which the target is first reached.
+__device__ uint64_t rank_select(Shared& s, const RowState& r, const Target& t, uint64_t above_w,
+                                uint32_t above_c, uint64_t* through_w, uint32_t* through_c) {
+  const int n = s.n_cand;
+  for (int i = threadIdx.x; i < n; i += kThreads) {
+    const uint64_t key = s.cand_key[i];
+    if (key < r.lo) continue;
+    uint64_t before_w = above_w;
+    uint32_t before_c = above_c, kept = 0;
+    for (int j = 0; j < n; ++j) {  // every thread reads the same j: a broadcast
+      const uint64_t other = s.cand_key[j];
+      kept += other >= r.lo;
+      if (other > key) {
+        before_w += s.cand_w[j];
+        ++before_c;
+      }
+    }
+    const uint64_t w = before_w + s.cand_w[i];
+    const uint32_t c = before_c + 1;
+    const bool last = c - above_c == kept;  // the last kept candidate: where an unreached walk ends
+    if (t.reached(w, c) ? !t.reached(before_w, before_c) : last) {
+      s.rank_key = key;
+      s.rank_w = w;
+      s.rank_c = c;
+    }
   }
   __syncthreads();
-  uint64_t mask = 0;  // the key bits fixed so far
-  for (int shift = 64 - kBits;; shift -= kBits) {
+  const uint64_t key = s.rank_key;
+  *through_w = s.rank_w;
+  *through_c = s.rank_c;
+  __syncthreads();  // read before a later selection writes them
+  return key;
+}
+
+// Radix descent: the first candidate (key >= r.lo, in key order from the top) at which the
+// running total, starting from (above_w, above_c), reaches the target; the last candidate when it
+// never does. Candidates are the gathered list (compact) or the whole row. Sets *through_w /
+// *through_c to the running totals through the chosen token. Every thread calls it and gets the
+// answer.
+__device__ uint64_t descend(Shared& s, const RowState& r, bool compact, const Target& t,
+                            uint64_t above_w, uint32_t above_c, uint64_t* through_w,
+                            uint32_t* through_c) {
+  if (compact && s.n_cand <= kRankMax)
+    return rank_select(s, r, t, above_w, above_c, through_w, through_c);
+  int shift = 64 - kBits;  // the level's key bits
+  uint64_t mask = 0;       // the key bits fixed so far
+  if (threadIdx.x == 0) {
+    s.prefix = 0;
+    s.above_w = above_w;
+    s.above_c = above_c;
+    s.key_and = ~uint64_t{0};
+    s.key_or = 0;
+  }
+  __syncthreads();
+  if (compact) {  // skip the levels above the highest bit in which the candidates differ
+    uint64_t all = ~uint64_t{0}, any = 0;
+    for (int j = threadIdx.x; j < s.n_cand; j += kThreads) {
+      const uint64_t key = s.cand_key[j];
+      if (key >= r.lo) {
+        all &= key;
+        any |= key;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      all &= __shfl_xor_sync(0xffffffffu, all, o);
+      any |= __shfl_xor_sync(0xffffffffu, any, o);
+    }
+    if (threadIdx.x % 32 == 0) {
+      atomicAnd(reinterpret_cast<unsigned long long*>(&s.key_and), all);
+      atomicOr(reinterpret_cast<unsigned long long*>(&s.key_or), any);
+    }
+    __syncthreads();
+    const uint64_t differ = s.key_and ^ s.key_or;
+    shift = differ == 0 ? 0 : (63 - __clzll(static_cast<long long>(differ))) / kBits * kBits;
+    mask = shift + kBits >= 64 ? 0 : ~uint64_t{0} << (shift + kBits);
+    __syncthreads();  // every thread has read key_and before thread 0 writes the prefix
+    if (threadIdx.x == 0) s.prefix = s.key_and & mask;
+    __syncthreads();
+  }
+  for (;; shift -= kBits) {
     const uint64_t prefix = s.prefix;
     for (int d = 0; d < kBins; ++d) {
       s.thread_w[d][threadIdx.x] = 0;
@@ -163,7 +288,7 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
     } else {
       for_each(r.row, r.cols, [&](float v, int64_t i) {
         const uint64_t key = sampling_order_key(v, i);
-        if (key >= r.lo && (key & mask) == prefix) add(key, goal == Goal::kCount ? 0 : r.weight(v));
+        if (key >= r.lo && (key & mask) == prefix) add(key, r.weight(v));
       });
     }
     __syncthreads();
@@ -171,9 +296,9 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
       const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
       uint64_t w = 0;
       uint32_t c = 0;
-      for (int t = lane; t < kThreads; t += 32) {
-        w += s.thread_w[warp][t];
-        c += s.thread_c[warp][t];
+      for (int k = lane; k < kThreads; k += 32) {
+        w += s.thread_w[warp][k];
+        c += s.thread_c[warp][k];
       }
       w = warp_sum(w);
       c = warp_sum(c);
@@ -184,19 +309,10 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
     }
     __syncthreads();
     if (threadIdx.x == 0) {
-      if (mask == 0) {  // the first level sees every candidate: the total fixes the target
-        uint64_t total = 0;
-        for (int d = 0; d < kBins; ++d) total += s.level_w[d];
-        s.target = goal == Goal::kCount  ? static_cast<uint64_t>(param)
-                   : goal == Goal::kTopP ? top_p_target(param, total)
-                                         : draw_target(static_cast<float>(param), total);
-      }
       // Bins from the highest key down, as the CPU walks its sorted tokens.
-      uint64_t acc_w = s.above_w;
-      uint32_t acc_c = s.above_c;
+      uint64_t acc_w = s.above_w, before_w = acc_w;
+      uint32_t acc_c = s.above_c, before_c = acc_c;
       int pick = -1;
-      uint64_t before_w = acc_w;
-      uint32_t before_c = acc_c;
       for (int d = kBins - 1; d >= 0; --d) {
         if (s.level_c[d] == 0) continue;
         pick = d;
@@ -204,12 +320,9 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
         before_c = acc_c;
         acc_w += s.level_w[d];
         acc_c += s.level_c[d];
-        const bool reached = goal == Goal::kCount  ? acc_c >= s.target
-                             : goal == Goal::kTopP ? acc_w >= s.target
-                                                   : acc_w > s.target;
-        if (reached) break;  // else the loop ends on the lowest bin: the last candidate
+        if (t.reached(acc_w, acc_c)) break;  // else the loop ends on the lowest bin
       }
-      // pick < 0 only without candidates, which a descent never has (the first token is kept).
+      // pick < 0 only without candidates, which a descent never has (its first token is kept).
       s.prefix |= static_cast<uint64_t>(pick < 0 ? 0 : pick) << shift;
       s.above_w = before_w;
       s.above_c = before_c;
@@ -219,13 +332,9 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
     __syncthreads();
     mask |= static_cast<uint64_t>(kBins - 1) << shift;
     const uint64_t chosen = s.prefix;
-    const uint32_t above = s.above_c, in_bin = s.bin_c;
-    if (!compact && in_bin <= kCompact) {
-      // Few enough to hold: every token from the top through this bin if they fit (later
-      // descents keep a subset of them), else this bin's.
-      const bool from_top = static_cast<uint64_t>(above) + in_bin <= kCompact;
-      gather(s, r, [&](uint64_t key) { return from_top ? key >= chosen : (key & mask) == chosen; });
-      if (threadIdx.x == 0) s.cand_kept = from_top;
+    const uint32_t in_bin = s.bin_c;
+    if (!compact && in_bin <= kCompact) {  // few enough to hold: on in shared memory
+      gather(s, r, [&](float, uint64_t key) { return (key & mask) == chosen; });
       compact = true;
     }
     if (in_bin <= 1 || shift == 0) break;
@@ -242,6 +351,124 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, Goal goa
   return block_max(best);  // its barriers end this call's reads of the shared state
 }
 
+// The kept part of the logit histogram: bins before `cut` whole, bin `cut` with (cut_w, cut_c)
+// (the tokens of it at or above the last cut-off), none after.
+struct Kept {
+  int cut = kLogitBins;  // no cut yet
+  uint64_t cut_w = 0;
+  uint32_t cut_c = 0;
+  __device__ uint64_t w(const Shared& s, int b) const {
+    return b < cut ? s.logit_w[b] : b == cut ? cut_w : 0;
+  }
+  __device__ uint32_t c(const Shared& s, int b) const {
+    return b < cut ? s.logit_c[b] : b == cut ? cut_c : 0;
+  }
+};
+constexpr int kBinsPerLane = kLogitBins / 32;
+
+// Warp 0: the kept weight over every logit bin (all lanes get it).
+__device__ uint64_t kept_total(const Shared& s, const Kept& k) {
+  uint64_t w = 0;
+  for (int b = threadIdx.x * kBinsPerLane; b < (threadIdx.x + 1) * kBinsPerLane; ++b)
+    w += k.w(s, b);
+  return warp_sum(w);
+}
+
+// Warp 0: the logit bin in which the kept running total reaches the target (the last non-empty
+// kept bin if it never does), into s.pick with the kept totals of the bins before it. Lanes own
+// consecutive bins; a scan over the lanes finds the one whose bins hold the crossing.
+__device__ void pick_logit_bin(Shared& s, const Kept& k, const Target& t) {
+  const int lane = threadIdx.x, first = lane * kBinsPerLane;
+  uint64_t w = 0;
+  uint32_t c = 0;
+  int last = -1;  // this lane's last non-empty kept bin
+  for (int b = first; b < first + kBinsPerLane; ++b) {
+    const uint32_t bc = k.c(s, b);
+    w += k.w(s, b);
+    c += bc;
+    if (bc > 0) last = b;
+  }
+  uint64_t incl_w = w;  // inclusive scan over the lanes
+  uint32_t incl_c = c;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t ow = __shfl_up_sync(0xffffffffu, incl_w, o);
+    const uint32_t oc = __shfl_up_sync(0xffffffffu, incl_c, o);
+    if (lane >= o) {
+      incl_w += ow;
+      incl_c += oc;
+    }
+  }
+  const unsigned hits = __ballot_sync(0xffffffffu, t.reached(incl_w, incl_c));
+  const int last_lane = __reduce_max_sync(0xffffffffu, last >= 0 ? lane : -1);
+  const int owner = hits ? __ffs(hits) - 1 : last_lane;  // never reached: the last kept token
+  if (lane == owner) {
+    uint64_t acc_w = incl_w - w;
+    uint32_t acc_c = incl_c - c;
+    int pick = last;
+    for (int b = first; b < first + kBinsPerLane; ++b) {
+      const uint32_t bc = k.c(s, b);
+      if (bc == 0) continue;
+      if (t.reached(acc_w + k.w(s, b), acc_c + bc) || b == last) {
+        pick = b;
+        break;
+      }
+      acc_w += k.w(s, b);
+      acc_c += bc;
+    }
+    s.pick = pick;
+    s.pick_above_w = acc_w;
+    s.pick_above_c = acc_c;
+  }
+}
+
+// One selection (top-k, top-p or the draw) over the kept tokens: its logit bin from the
+// histogram, then the token inside that bin from its gathered tokens (a radix descent over the
+// whole row when the bin holds more than kCompact). Moves the cut-off to the chosen token and
+// returns it; *through_w is the running weight through it.
+__device__ uint64_t select_kept(Shared& s, RowState& r, Kept& k, int& gathered_bin, const Target& t,
+                                uint64_t* through_w) {
+  if (threadIdx.x < 32) pick_logit_bin(s, k, t);
+  __syncthreads();
+  int bin = s.pick;                    // the chosen token's logit bin
+  uint64_t before_w = s.pick_above_w;  // the kept totals of the bins before it
+  uint32_t before_c = s.pick_above_c;
+  uint64_t key;
+  uint32_t through_c;
+  if (s.logit_c[bin] <= kCompact) {
+    if (gathered_bin != bin) gather(s, r, [&](float v, uint64_t) { return r.logit_bin(v) == bin; });
+    gathered_bin = bin;
+    key = descend(s, r, true, t, before_w, before_c, through_w, &through_c);
+  } else {  // a crowded bin (many tied or close logits): the descent over the whole row
+    key = descend(s, r, false, t, 0, 0, through_w, &through_c);
+    gathered_bin = -1;                               // the list now holds one radix bin
+    bin = r.logit_bin(r.row[sampling_key_id(key)]);  // the same bin unless never reached
+    if (threadIdx.x < 32) {
+      uint64_t w = 0;
+      uint32_t c = 0;
+      for (int b = threadIdx.x; b < bin; b += 32) {
+        w += k.w(s, b);
+        c += k.c(s, b);
+      }
+      w = warp_sum(w);
+      c = warp_sum(c);
+      if (threadIdx.x == 0) {
+        s.pick_above_w = w;
+        s.pick_above_c = c;
+      }
+    }
+    __syncthreads();
+    before_w = s.pick_above_w;
+    before_c = s.pick_above_c;
+  }
+  k.cut = bin;
+  k.cut_w = *through_w - before_w;
+  k.cut_c = through_c - before_c;
+  r.lo = key;
+  __syncthreads();  // s.pick and friends are read before the next selection writes them
+  return key;
+}
+
 __global__ void __launch_bounds__(kThreads)
     sample_rows_kernel(const float* x, int64_t cols, const int32_t* params, int32_t* out) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -251,33 +478,62 @@ __global__ void __launch_bounds__(kThreads)
   r.row = x + static_cast<int64_t>(blockIdx.x) * cols;
   r.cols = cols;
   const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
-  // The first token in order: the greedy answer, and the largest logit of the weights.
-  uint64_t first = 0;
+  // The first token in order (the greedy answer, and the largest logit of the weights) and the
+  // last (the smallest logit, which sizes the logit bins).
+  uint64_t first = 0, last = 0;  // last as its complement
   for_each(r.row, cols, [&](float v, int64_t i) {
     const uint64_t key = sampling_order_key(v, i);
     first = key > first ? key : first;
+    last = ~key > last ? ~key : last;
   });
   first = block_max(first);
   if (!(p.temperature > 0.0)) {  // 0 (the host refuses negative ones): greedy
     if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(first);
     return;
   }
+  last = ~block_max(last);
   r.max_logit = r.row[sampling_key_id(first)];
   r.inverse_t = sampling_inverse_temperature(p.temperature);
-  bool compact = false;  // the candidate list holds every token with key >= r.lo
-  uint64_t through_w = 0;
-  uint32_t through_c = 0;
-  const auto keep_from = [&](uint64_t key) {
-    r.lo = key;
-    compact = compact || (s.cand_kept && through_c <= kCompact);
-  };
+  // Bins span the logits' range in units of T, up to the 28 where weights reach 0.
+  const float span = -((r.row[sampling_key_id(last)] - r.max_logit) * r.inverse_t);
+  r.bin_scale = static_cast<float>(kLogitBins - 2) / (span > 1e-3f && span < 28.0f ? span : 28.0f);
+
+  for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
+    s.logit_w[b] = 0;
+    s.logit_c[b] = 0;
+  }
+  __syncthreads();
+  uint32_t zero = 0;  // tokens of the last bin (weight 0): often most of them, so counted here
+  for_each(r.row, cols, [&](float v, int64_t) {
+    const int b = r.logit_bin(v);
+    if (b == kLogitBins - 1) {
+      ++zero;
+      return;
+    }
+    atomicAdd(&s.logit_c[b], 1u);
+    atomicAdd(reinterpret_cast<unsigned long long*>(&s.logit_w[b]),
+              static_cast<unsigned long long>(r.weight(v)));
+  });
+  if (zero > 0) atomicAdd(&s.logit_c[kLogitBins - 1], zero);
+  __syncthreads();
+
+  Kept k;
+  int gathered_bin = -1;
+  if (threadIdx.x < 32) {
+    const uint64_t total = kept_total(s, k);
+    if (threadIdx.x == 0) s.total_w = total;
+  }
+  __syncthreads();
+  uint64_t kept_w = s.total_w;
   if (p.top_k > 0 && p.top_k < cols)
-    keep_from(
-        descend(s, r, compact, Goal::kCount, static_cast<double>(p.top_k), &through_w, &through_c));
+    select_kept(s, r, k, gathered_bin, Target{true, false, static_cast<uint64_t>(p.top_k)},
+                &kept_w);
   if (p.top_p < 1.0)
-    keep_from(descend(s, r, compact, Goal::kTopP, p.top_p, &through_w, &through_c));
-  const uint64_t drawn =
-      descend(s, r, compact, Goal::kDraw, sampling_uniform(p.seed, p.draw), &through_w, &through_c);
+    select_kept(s, r, k, gathered_bin, Target{false, false, top_p_target(p.top_p, kept_w)},
+                &kept_w);
+  uint64_t through = 0;
+  const uint64_t target = draw_target(sampling_uniform(p.seed, p.draw), kept_w);
+  const uint64_t drawn = select_kept(s, r, k, gathered_bin, Target{false, true, target}, &through);
   if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(drawn != 0 ? drawn : first);
 }
 
