@@ -124,8 +124,9 @@ __device__ __forceinline__ uint64_t block_max(uint64_t k) {
 
 // Dynamic shared memory of a block (~184 KiB).
 struct Shared {
-  uint64_t logit_w[kLogitBins];  // the row's weights and counts by logit bin
-  uint32_t logit_c[kLogitBins];
+  uint32_t logit_c[kLogitBins];        // the row's tokens by logit bin,
+  uint32_t logit_lo[kLogitBins];       // and their weights: the low words' sum mod 2^32, and the
+  uint32_t logit_hi[kLogitBins];       // high words' sum plus the low sum's wraps (32-bit atomics)
   uint64_t thread_w[kBins][kThreads];  // each thread's bins of a radix level (no atomics)
   uint32_t thread_c[kBins][kThreads];
   uint64_t cand_key[kCompact];  // gathered candidates, in no particular order
@@ -136,10 +137,12 @@ struct Shared {
   int pick;               // the logit bin a selection falls in
   uint64_t pick_above_w;  // the kept weight and count of the logit bins before it
   uint32_t pick_above_c;
+  int last_kept;            // the last non-empty kept logit bin
+  uint64_t warp_w[kWarps];  // a block scan's per-warp sums
+  uint32_t warp_c[kWarps];
   uint64_t prefix, above_w;  // radix descent: key bits fixed so far; the weight and count of the
   uint32_t above_c, bin_c;   // candidates ordered before the chosen bin; the chosen bin's count
   uint64_t bin_w;
-  uint64_t total_w;           // the row's weight
   uint64_t key_and, key_or;   // over the candidates: the bits they all have, and any has
   uint64_t rank_key, rank_w;  // rank_select's answer
   uint32_t rank_c;
@@ -209,7 +212,8 @@ __device__ uint64_t rank_select(Shared& s, const RowState& r, const Target& t, u
     const uint64_t w = before_w + s.cand_w[i];
     const uint32_t c = before_c + 1;
     const bool last = c - above_c == kept;  // the last kept candidate: where an unreached walk ends
-    if (t.reached(w, c) ? !t.reached(before_w, before_c) : last) {
+    const bool first = before_c == above_c;  // reached with nothing before it (a target of 0)
+    if (t.reached(w, c) ? !t.reached(before_w, before_c) || first : last) {
       s.rank_key = key;
       s.rank_w = w;
       s.rank_c = c;
@@ -351,6 +355,11 @@ __device__ uint64_t descend(Shared& s, const RowState& r, bool compact, const Ta
   return block_max(best);  // its barriers end this call's reads of the shared state
 }
 
+// A bin's weight from its two words.
+__device__ __forceinline__ uint64_t logit_weight(const Shared& s, int b) {
+  return (static_cast<uint64_t>(s.logit_hi[b]) << 32) + s.logit_lo[b];
+}
+
 // The kept part of the logit histogram: bins before `cut` whole, bin `cut` with (cut_w, cut_c)
 // (the tokens of it at or above the last cut-off), none after.
 struct Kept {
@@ -358,38 +367,51 @@ struct Kept {
   uint64_t cut_w = 0;
   uint32_t cut_c = 0;
   __device__ uint64_t w(const Shared& s, int b) const {
-    return b < cut ? s.logit_w[b] : b == cut ? cut_w : 0;
+    return b < cut ? logit_weight(s, b) : b == cut ? cut_w : 0;
   }
   __device__ uint32_t c(const Shared& s, int b) const {
     return b < cut ? s.logit_c[b] : b == cut ? cut_c : 0;
   }
 };
-constexpr int kBinsPerLane = kLogitBins / 32;
+constexpr int kBinsPerThread = kLogitBins / kThreads;
+static_assert(kLogitBins % kThreads == 0, "whole bins a thread");
 
-// Warp 0: the kept weight over every logit bin (all lanes get it).
-__device__ uint64_t kept_total(const Shared& s, const Kept& k) {
-  uint64_t w = 0;
-  for (int b = threadIdx.x * kBinsPerLane; b < (threadIdx.x + 1) * kBinsPerLane; ++b)
-    w += k.w(s, b);
-  return warp_sum(w);
+// The kept weight and count of this thread's bins (kBinsPerThread consecutive ones), and its last
+// non-empty kept bin (-1: none).
+__device__ void thread_bins(const Shared& s, const Kept& k, uint64_t* w, uint32_t* c, int* last) {
+  *w = 0;
+  *c = 0;
+  *last = -1;
+  for (int b = threadIdx.x * kBinsPerThread; b < (threadIdx.x + 1) * kBinsPerThread; ++b) {
+    const uint32_t bc = k.c(s, b);
+    *w += k.w(s, b);
+    *c += bc;
+    if (bc > 0) *last = b;
+  }
 }
 
-// Warp 0: the logit bin in which the kept running total reaches the target (the last non-empty
-// kept bin if it never does), into s.pick with the kept totals of the bins before it. Lanes own
-// consecutive bins; a scan over the lanes finds the one whose bins hold the crossing.
+// The kept weight of the whole histogram; every thread gets it.
+__device__ uint64_t kept_total(const Shared& s, const Kept& k) {
+  uint64_t w;
+  uint32_t c;
+  int last;
+  thread_bins(s, k, &w, &c, &last);
+  return block_sum<kThreads>(w);
+}
+
+// The logit bin in which the kept running total reaches the target (the last non-empty kept bin
+// if it never does), into s.pick with the kept totals of the bins before it. Threads own
+// consecutive bins; a block scan gives each the totals before its bins, and the thread whose bins
+// hold the crossing walks them.
 __device__ void pick_logit_bin(Shared& s, const Kept& k, const Target& t) {
-  const int lane = threadIdx.x, first = lane * kBinsPerLane;
-  uint64_t w = 0;
-  uint32_t c = 0;
-  int last = -1;  // this lane's last non-empty kept bin
-  for (int b = first; b < first + kBinsPerLane; ++b) {
-    const uint32_t bc = k.c(s, b);
-    w += k.w(s, b);
-    c += bc;
-    if (bc > 0) last = b;
-  }
-  uint64_t incl_w = w;  // inclusive scan over the lanes
+  uint64_t w;
+  uint32_t c;
+  int last;
+  thread_bins(s, k, &w, &c, &last);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  uint64_t incl_w = w;  // inclusive scan over the warp
   uint32_t incl_c = c;
+  int warp_last = last;
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
     const uint64_t ow = __shfl_up_sync(0xffffffffu, incl_w, o);
@@ -399,14 +421,31 @@ __device__ void pick_logit_bin(Shared& s, const Kept& k, const Target& t) {
       incl_c += oc;
     }
   }
-  const unsigned hits = __ballot_sync(0xffffffffu, t.reached(incl_w, incl_c));
-  const int last_lane = __reduce_max_sync(0xffffffffu, last >= 0 ? lane : -1);
-  const int owner = hits ? __ffs(hits) - 1 : last_lane;  // never reached: the last kept token
-  if (lane == owner) {
-    uint64_t acc_w = incl_w - w;
-    uint32_t acc_c = incl_c - c;
+  warp_last = __reduce_max_sync(0xffffffffu, warp_last);
+  if (lane == 31) {
+    s.warp_w[warp] = incl_w;
+    s.warp_c[warp] = incl_c;
+  }
+  if (threadIdx.x == 0) s.last_kept = -1;
+  __syncthreads();
+  if (lane == 0 && warp_last >= 0) atomicMax(&s.last_kept, warp_last);
+  for (int v = 0; v < warp; ++v) {  // the warps before this one
+    incl_w += s.warp_w[v];
+    incl_c += s.warp_c[v];
+  }
+  __syncthreads();
+  const uint64_t before_w = incl_w - w;
+  const uint32_t before_c = incl_c - c;
+  // The thread where the running total first reaches the target (the first one holding kept
+  // tokens when it is reached with none, as a top-p target of 0 is).
+  const bool crossing =
+      t.reached(incl_w, incl_c) && (!t.reached(before_w, before_c) || (before_c == 0 && c > 0));
+  const bool unreached_last = !t.reached(incl_w, incl_c) && last >= 0 && last == s.last_kept;
+  if (crossing || unreached_last) {  // one thread: the target is reached once, or never
+    uint64_t acc_w = before_w;
+    uint32_t acc_c = before_c;
     int pick = last;
-    for (int b = first; b < first + kBinsPerLane; ++b) {
+    for (int b = threadIdx.x * kBinsPerThread; b < (threadIdx.x + 1) * kBinsPerThread; ++b) {
       const uint32_t bc = k.c(s, b);
       if (bc == 0) continue;
       if (t.reached(acc_w + k.w(s, b), acc_c + bc) || b == last) {
@@ -428,7 +467,7 @@ __device__ void pick_logit_bin(Shared& s, const Kept& k, const Target& t) {
 // returns it; *through_w is the running weight through it.
 __device__ uint64_t select_kept(Shared& s, RowState& r, Kept& k, int& gathered_bin, const Target& t,
                                 uint64_t* through_w) {
-  if (threadIdx.x < 32) pick_logit_bin(s, k, t);
+  pick_logit_bin(s, k, t);
   __syncthreads();
   int bin = s.pick;                    // the chosen token's logit bin
   uint64_t before_w = s.pick_above_w;  // the kept totals of the bins before it
@@ -499,8 +538,9 @@ __global__ void __launch_bounds__(kThreads)
   r.bin_scale = static_cast<float>(kLogitBins - 2) / (span > 1e-3f && span < 28.0f ? span : 28.0f);
 
   for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
-    s.logit_w[b] = 0;
     s.logit_c[b] = 0;
+    s.logit_lo[b] = 0;
+    s.logit_hi[b] = 0;
   }
   __syncthreads();
   uint32_t zero = 0;  // tokens of the last bin (weight 0): often most of them, so counted here
@@ -510,21 +550,19 @@ __global__ void __launch_bounds__(kThreads)
       ++zero;
       return;
     }
+    const uint64_t w = r.weight(v);
+    const uint32_t lo = static_cast<uint32_t>(w), hi = static_cast<uint32_t>(w >> 32);
     atomicAdd(&s.logit_c[b], 1u);
-    atomicAdd(reinterpret_cast<unsigned long long*>(&s.logit_w[b]),
-              static_cast<unsigned long long>(r.weight(v)));
+    const uint32_t old = atomicAdd(&s.logit_lo[b], lo);
+    const uint32_t wrapped = old + lo < old;  // the low sum passed 2^32
+    if (hi + wrapped > 0) atomicAdd(&s.logit_hi[b], hi + wrapped);
   });
   if (zero > 0) atomicAdd(&s.logit_c[kLogitBins - 1], zero);
   __syncthreads();
 
   Kept k;
   int gathered_bin = -1;
-  if (threadIdx.x < 32) {
-    const uint64_t total = kept_total(s, k);
-    if (threadIdx.x == 0) s.total_w = total;
-  }
-  __syncthreads();
-  uint64_t kept_w = s.total_w;
+  uint64_t kept_w = kept_total(s, k);
   if (p.top_k > 0 && p.top_k < cols)
     select_kept(s, r, k, gathered_bin, Target{true, false, static_cast<uint64_t>(p.top_k)},
                 &kept_w);
