@@ -9,12 +9,13 @@
 //    keys do (bins never invert the order; equal logits share a bin), counting and weighing each
 //    bin. All three selections read this one histogram: a scan over the bins finds the bin in
 //    which the target is reached.
-// 2. That bin's tokens (a few dozen to a few thousand) are gathered into shared memory, and a
-//    radix descent over their keys, 4 bits a level, finds the token: a level sums the candidates
-//    under the prefix fixed so far into 16 bins and keeps the one in which the running total
-//    reaches the target, until one token is left. A bin of more than 4096 tokens (many tied or
-//    nearly equal logits) runs the same descent over the whole row instead, re-reading it (from
-//    L2) once a level until few enough are left to gather.
+// 2. That bin's tokens (a few dozen to a few thousand) are gathered into shared memory. Up to 512
+//    are ranked pairwise (each one's running totals are the sums over the larger keys); more go
+//    through a radix descent over their keys, 4 bits a level from the first bit in which they
+//    differ: a level sums the candidates under the prefix fixed so far into 16 bins and keeps
+//    the one in which the running total reaches the target, until one token is left. A bin of
+//    more than 4096 tokens (many tied or nearly equal logits) runs the same descent over the
+//    whole row instead, re-reading it (from L2) once a level until few enough are left to gather.
 //
 // Weights are integers, so every sum is exact whatever order the threads add in: the token is the
 // CPU's.
