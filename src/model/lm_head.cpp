@@ -98,8 +98,11 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
                       const SoftTargets* soft, const TensorParallel& tp) {
   // vocab: this rank's rows of the head (all of them without tensor parallelism).
   const int64_t n = hidden.dim(0), vocab = head.w.dim(0);
+  // The teacher's head: whole, or this rank's rows of it (a teacher split like the student).
+  const bool teacher_split = soft && tp.active() && soft->head.dim(0) == vocab;
   if (soft)
-    MOEX_CHECK(soft->hidden.dim(0) == n && soft->head.dim(0) == vocab * tp.size() &&
+    MOEX_CHECK(soft->hidden.dim(0) == n &&
+                   (teacher_split || soft->head.dim(0) == vocab * tp.size()) &&
                    soft->hidden.dim(1) == soft->head.dim(1),
                "lm_head_loss: the teacher's hidden ", soft->hidden.shape().str(), " and head ",
                soft->head.shape().str(), " do not fit ", n, " rows of a ", vocab * tp.size(),
@@ -138,9 +141,10 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
                          dlogits);
     if (soft) {
       const Tensor teacher_logits = arena.alloc(Shape{rows, vocab}, DType::kF32);
-      // The teacher is whole on every rank: its logits of this rank's vocabulary rows.
-      const Tensor teacher_head =
-          tp.active() ? soft->head.slice(tp.rank() * vocab, (tp.rank() + 1) * vocab) : soft->head;
+      // The teacher's logits of this rank's vocabulary rows.
+      const Tensor teacher_head = tp.active() && !teacher_split
+                                      ? soft->head.slice(tp.rank() * vocab, (tp.rank() + 1) * vocab)
+                                      : soft->head;
       ops::linear(soft->hidden.slice(r0, r0 + rows), teacher_head, Tensor(), teacher_logits);
       const float tau = static_cast<float>(soft->temperature);
       const float kd_scale = static_cast<float>(per_row * soft->weight);

@@ -98,8 +98,8 @@ Tensor local_part(const Model& model, int index, const Tensor& full, const std::
   const int split = params.split_dim(index);
   const int64_t parts = tp.active() && split >= 0 ? tp.size() : 1;
   const Shape whole = whole_shape(model, index);
-  MOEX_CHECK(full.shape() == whole, what, " has shape ", full.shape().str(),
-             ", the model expects ", whole.str());
+  MOEX_CHECK(full.shape() == whole, what, " has shape ", full.shape().str(), ", the model expects ",
+             whole.str());
   // This rank's experts (dim 0), then its tensor-parallel part.
   Tensor part = full;
   if (group && group->size() > 1 && model.is_expert_param(index))
@@ -163,27 +163,36 @@ std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std
 
 }  // namespace
 
+namespace {
+
+// Whether the directory is moex's own (config.json's model_type "moex") rather than a Hugging
+// Face model's.
+bool is_moex_model_dir(const std::string& config_path) {
+  return JsonReader::from_file(config_path).get_string("model_type") == "moex";
+}
+
+}  // namespace
+
+ModelConfig load_model_config(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  if (!is_moex_model_dir(config_path)) return hf_config_from_file(config_path);
+  const JsonReader config = JsonReader::from_file(config_path);
+  config.ignore("architectures");
+  config.get_string("model_type");
+  return ModelConfig::from_json(config.child("moex_model"));
+}
+
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
   const std::string config_path = dir + "/config.json";
-  auto check_split = [&](const ModelConfig& config) {
-    const TensorParallelMisfit m =
-        tensor_parallel_misfit(config, tp.size(), tp.slice_experts, device.is_cuda());
-    MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
-  };
-  const JsonReader config = JsonReader::from_file(config_path);
-  const std::string type = config.get_string("model_type");
-  if (type != "moex") {  // a Hugging Face model directory: hf_config.h lists what is supported
-    const ModelConfig config = hf_config_from_file(config_path);
-    check_split(config);
-    auto model = build_for_checkpoint(config, dir, config_path, device, tp);
+  const ModelConfig config = load_model_config(dir);
+  const TensorParallelMisfit m =
+      tensor_parallel_misfit(config, tp.size(), tp.slice_experts, device.is_cuda());
+  MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
+  auto model = build_for_checkpoint(config, dir, config_path, device, tp);
+  if (is_moex_model_dir(config_path))
+    load_weights(*model, dir);
+  else  // a Hugging Face model directory: hf_config.h lists what is supported
     load_hf_weights(*model, dir);
-    return model;
-  }
-  config.ignore("architectures");
-  const ModelConfig model_config = ModelConfig::from_json(config.child("moex_model"));
-  check_split(model_config);
-  auto model = build_for_checkpoint(model_config, dir, config_path, device, tp);
-  load_weights(*model, dir);
   return model;
 }
 

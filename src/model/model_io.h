@@ -32,6 +32,10 @@ Tensor local_part(const Model& model, int index, const Tensor& full, const std::
 // The shape of the whole tensor of which parameter `index` holds a part.
 Shape whole_shape(const Model& model, int index);
 
+// The model a directory's config.json describes (moex's own or a Hugging Face architecture);
+// errors name the file and field.
+ModelConfig load_model_config(const std::string& dir);
+
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
 // tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (every

@@ -4,9 +4,11 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/logging.h"
 #include "io/safetensors.h"
 #include "model/layer_names.h"
 #include "model/model_io.h"
+#include "model/tensor_parallel.h"
 
 namespace moex::train {
 namespace {
@@ -40,8 +42,7 @@ DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
   return c;
 }
 
-std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainConfig& student,
-                                           Device device) {
+ModelConfig check_teacher(const std::string& dir, const TrainConfig& student) {
   MOEX_CHECK(!dir.empty(), "--teacher: a model directory is required");
   MOEX_CHECK(fs::is_directory(dir), "--teacher ", dir, ": no such directory");
   MOEX_CHECK(fs::exists(fs::path(dir) / "config.json"), "--teacher ", dir,
@@ -51,8 +52,7 @@ std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainCo
                  fs::exists(fs::path(dir) / io::kSafetensorsIndexName),
              "--teacher ", dir, ": no weights (", io::kSafetensorsSingleName, " or ",
              io::kSafetensorsIndexName, ")");
-  auto teacher = model::load_model(dir, device);
-  const ModelConfig& t = teacher->config();
+  const ModelConfig t = model::load_model_config(dir);
   MOEX_CHECK(t.vocab_size == student.model.vocab_size, "--teacher ", dir,
              "/config.json: vocab_size ", t.vocab_size, " differs from the student's (",
              student.source, ": model.vocab_size = ", student.model.vocab_size,
@@ -60,7 +60,24 @@ std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainCo
   MOEX_CHECK(t.max_seq_len >= student.data.seq_len, "--teacher ", dir, "/config.json: max_seq_len ",
              t.max_seq_len, " is shorter than ", student.source,
              ": data.seq_len = ", student.data.seq_len);
-  return teacher;
+  return t;
+}
+
+std::unique_ptr<model::Model> load_teacher(const std::string& dir, Device device,
+                                           const model::TensorParallel& tp) {
+  model::TensorParallel teacher_tp = tp;
+  teacher_tp.drop_duplicate_tokens = false;  // the teacher has no expert parallelism
+  teacher_tp.slice_experts = false;
+  if (tp.active()) {
+    const model::TensorParallelMisfit misfit = model::tensor_parallel_misfit(
+        model::load_model_config(dir), tp.size(), false, device.is_cuda());
+    if (!misfit.message.empty()) {
+      MOEX_INFO("distill: the teacher stays whole on each of the ", tp.size(),
+                " tensor-parallel ranks (", misfit.option, " ", misfit.message, ")");
+      teacher_tp = model::TensorParallel{};
+    }
+  }
+  return model::load_model(dir, device, teacher_tp);
 }
 
 void init_from_teacher_layers(model::Model& student, const model::Model& teacher,
@@ -92,15 +109,24 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
   student.store_host_params(dst);
 }
 
+void DistillHooks::start(const model::TensorParallel& tp, Device device) {
+  teacher_ = load_teacher(teacher_dir_, device, tp);
+}
+
+int64_t DistillHooks::teacher_parameters() const {
+  return teacher_ ? teacher_->params().num_elements() : 0;
+}
+
 void DistillHooks::init_weights(model::Model& model) {
-  if (!config_.init_from_teacher_layers.empty()) init_from_teacher_layers(model, teacher_, config_);
+  if (!config_.init_from_teacher_layers.empty())
+    init_from_teacher_layers(model, *teacher_, config_);
 }
 
 void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
                                   model::ForwardOptions& options) {
   if (!config_.kd_active(step)) return;  // staged KD: past the stop the teacher is not run
-  soft_.hidden = teacher_.final_hidden(ids, batch, seq_len);
-  soft_.head = teacher_.lm_head_weight();
+  soft_.hidden = teacher_->final_hidden(ids, batch, seq_len);
+  soft_.head = teacher_->lm_head_weight();
   soft_.temperature = config_.temperature;
   soft_.weight = config_.alpha;
   options.soft_targets = &soft_;
@@ -113,11 +139,13 @@ void DistillHooks::add_metrics(int64_t step, nlohmann::json& line) {
 TrainResult run_distillation(const DistillRunConfig& config, const std::string& teacher_dir,
                              const std::string& resume_dir, int64_t stop_after,
                              dist::Communicator* group) {
-  auto teacher = load_teacher(teacher_dir, config.train, config.train.training.device);
-  // run_training calls hooks.init_weights before it writes anything, so a bad layer list leaves
-  // nothing on disk.
-  DistillHooks hooks(config.distill, *teacher);
-  return run_training(config.train, resume_dir, stop_after, group, &hooks);
+  check_teacher(teacher_dir, config.train);
+  // run_training calls hooks.start and hooks.init_weights before it writes anything, so a bad
+  // teacher or layer list leaves nothing on disk.
+  DistillHooks hooks(config.distill, teacher_dir);
+  TrainResult result = run_training(config.train, resume_dir, stop_after, group, &hooks);
+  result.teacher_parameters = hooks.teacher_parameters();
+  return result;
 }
 
 }  // namespace moex::train

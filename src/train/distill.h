@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "train/trainer.h"
@@ -37,11 +38,17 @@ struct DistillRunConfig {
   static DistillRunConfig from_file(const std::string& path);
 };
 
-// Opens the teacher model directory on `device` and checks it against the student's config:
-// missing directory, config.json or weights, a vocabulary other than the student's, or a
+// Checks the teacher model directory against the student's config before anything is loaded:
+// a missing directory, config.json or weights, a vocabulary other than the student's, or a
 // max_seq_len shorter than data.seq_len are errors naming the directory (or file) and the field.
-std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainConfig& student,
-                                           Device device);
+// Returns the teacher's model config.
+ModelConfig check_teacher(const std::string& dir, const TrainConfig& student);
+
+// Opens the teacher on `device`, split over `tp` like the student when its shape allows it
+// (heads, kv heads, FFN width and vocabulary divisible by tp; experts stay whole), else whole on
+// every rank (logged). Every rank of tp calls it.
+std::unique_ptr<model::Model> load_teacher(const std::string& dir, Device device,
+                                           const model::TensorParallel& tp);
 
 // Copies the listed teacher layers into the student's blocks, and the embedding, learned
 // positions, final norm and LM head (a tied teacher's embedding serves an untied student's head).
@@ -49,23 +56,29 @@ std::unique_ptr<model::Model> load_teacher(const std::string& dir, const TrainCo
 void init_from_teacher_layers(model::Model& student, const model::Model& teacher,
                               const DistillConfig& config);
 
-// The trainer hooks of a distillation run.
+// The trainer hooks of a distillation run: the teacher is opened in start(), once the student's
+// tensor-parallel group exists, so that it is split over the same ranks.
 class DistillHooks : public TrainHooks {
  public:
-  DistillHooks(const DistillConfig& config, model::Model& teacher)
-      : config_(config), teacher_(teacher) {}
+  DistillHooks(const DistillConfig& config, std::string teacher_dir)
+      : config_(config), teacher_dir_(std::move(teacher_dir)) {}
+  void start(const model::TensorParallel& tp, Device device) override;
   void init_weights(model::Model& model) override;
   void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
                       model::ForwardOptions& options) override;
   void add_metrics(int64_t step, nlohmann::json& line) override;
+  // The teacher's parameters held by this rank (its tp part when split); 0 before start().
+  int64_t teacher_parameters() const;
 
  private:
   DistillConfig config_;
-  model::Model& teacher_;
+  std::string teacher_dir_;
+  std::unique_ptr<model::Model> teacher_;
   model::SoftTargets soft_;  // the current micro-batch's teacher side
 };
 
-// Loads and checks the teacher, then trains the student through run_training (same arguments).
+// Checks the teacher, then trains the student through run_training (same arguments); the
+// result's teacher_parameters is what this rank held of the teacher.
 TrainResult run_distillation(const DistillRunConfig& config, const std::string& teacher_dir,
                              const std::string& resume_dir, int64_t stop_after = 0,
                              dist::Communicator* group = nullptr);

@@ -100,9 +100,8 @@ std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
     const std::string name = e.path().filename().string();
     const bool step = name.size() > 5 && name.rfind("step-", 0) == 0 &&
                       name.find_first_not_of("0123456789", 5) == std::string::npos;
-    const bool checkpoint =
-        (name == "final" || name == "latest" || step) &&
-        fs::is_regular_file(e.path() / "trainer_state.json", error);
+    const bool checkpoint = (name == "final" || name == "latest" || step) &&
+                            fs::is_regular_file(e.path() / "trainer_state.json", error);
     if (checkpoint || name == "metrics.jsonl" || name == "loss.svg" || name == "loss.html")
       earlier.push_back(e.path());
   }
@@ -320,6 +319,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     tensor_parallel.drop_duplicate_tokens = c.parallel.dtd;
     tensor_parallel.slice_experts = c.parallel.expert_slicing;
   }
+  if (hooks) hooks->start(tensor_parallel, device);
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());

@@ -23,6 +23,7 @@ struct TrainResult {
   int64_t optimizer_state_bytes = 0;  // Adam moments held by this rank (a ZeRO shard under ZeRO)
   // This rank's expert-parallel token exchanges over the run, all MoE layers (docs/parallelism.md).
   moe::ExchangeStats exchange;
+  int64_t teacher_parameters = 0;  // distillation: the teacher's parameters this rank held
 };
 
 // What a variant of training adds to the loop (train/distill.h: knowledge distillation), so that
@@ -30,6 +31,10 @@ struct TrainResult {
 class TrainHooks {
  public:
   virtual ~TrainHooks() = default;
+  // Once the run's layout is made (before init_weights, fresh run or resume), with the student's
+  // tensor-parallel group (inactive without tp) and device: a variant's own models can be split
+  // and placed like the student.
+  virtual void start(const model::TensorParallel& tp, Device device) {}
   // A fresh run only (a resume takes the checkpoint's weights), after init_weights.
   virtual void init_weights(model::Model& model) {}
   // Before the forward of each micro-batch of optimizer step `step` (0-based); ids [batch,
