@@ -2,13 +2,13 @@
 // cuda/sample.h) share, so that they draw the same token (docs/gpu-model.md §Decoding).
 //
 // A token's weight is its unnormalized probability as a 64-bit fixed-point integer:
-//   w = floor(2^40 * expf((logit - max_logit) * (1/T)))      (fp32 exponent, w(max) = 2^40).
+//   w = floor(2^40 * sampling_exp((logit - max_logit) * (1/T)))        (w(max) = 2^40),
+// where sampling_exp is written here from single correctly rounded fp32 operations that no
+// compiler may fuse, so it gives the same bits on the CPU and the GPU (a library expf does not).
 // Integer sums are exact, so a running total is the same in every summation order: the GPU sums
-// its bins in any thread order and still matches the CPU's sorted walk. The fp32 exponentials of
-// the two twins may differ in the last bit, which moves a token's weight by a few units of 2^-40;
-// a draw can then differ only when it lands that close to a boundary (~1e-9 of draws).
+// its bins in any thread order and still walks exactly the CPU's sorted running totals.
 // Tokens below max_logit - 27.7 T weigh 0 (probability under 2^-40 of the top token's): they
-// are counted by top-k but are never drawn.
+// are counted by top-k but are never drawn. NaN logits come after every other logit and weigh 0.
 // Header-only and usable from CUDA code (MOEX_HD).
 #pragma once
 
@@ -25,8 +25,8 @@ constexpr int kSampleWeightBits = 40;
 constexpr int64_t kMaxSampledVocab = int64_t{1} << 23;
 
 // A token's place in the sampling order as one distinct 64-bit key, larger first: the logit's bits
-// made monotone (-0 taken as +0, which compares equal to it), then the complement of the id (lower
-// ids first among equal logits). Never 0.
+// made monotone (-0 taken as +0, which compares equal to it; NaN below -inf), then the complement
+// of the id (lower ids first among equal logits). Never 0.
 MOEX_HD uint64_t sampling_order_key(float logit, int64_t id) {
 #if defined(__CUDA_ARCH__)
   uint32_t b = __float_as_uint(logit);
@@ -34,10 +34,12 @@ MOEX_HD uint64_t sampling_order_key(float logit, int64_t id) {
   uint32_t b;
   std::memcpy(&b, &logit, sizeof(b));
 #endif
+  const bool nan = (b & 0x7fffffffu) > 0x7f800000u;
   b = (b << 1) == 0 ? 0 : b;  // -0 as +0
   // Negative: every bit flipped; otherwise the sign bit set. Without branches: random signs would
-  // mispredict half the time on the CPU.
+  // mispredict half the time on the CPU. -inf becomes 0x007fffff, so 0 is below it.
   b ^= static_cast<uint32_t>(static_cast<int32_t>(b) >> 31) | 0x80000000u;
+  b = nan ? 0 : b;
   return (static_cast<uint64_t>(b) << 32) | ~static_cast<uint32_t>(id);
 }
 MOEX_HD int32_t sampling_key_id(uint64_t key) {
@@ -49,14 +51,55 @@ MOEX_HD float sampling_inverse_temperature(double temperature) {
   return static_cast<float>(1.0 / temperature);
 }
 
+// a * b and a + b rounded to nearest, never fused into an fma (nvcc fuses unless told; the host
+// build passes -ffp-contract=off): the same bits on every device.
+MOEX_HD float sampling_mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+MOEX_HD float sampling_add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// e^x for x in (-28, 0], within ~1e-6 relative, bit for bit the same on the CPU and the GPU:
+// x = k ln2 + r (|r| <= ln2 / 2, ln2 in two parts, the first with 12 bits so k * it is exact),
+// e^r by its Taylor polynomial to r^7 (error under 1e-8), times 2^k (exact: k >= -41).
+MOEX_HD float sampling_exp(float x) {
+  // k = x / ln2 rounded to the nearest integer: adding and taking away 1.5 * 2^23 rounds (|k| <
+  // 2^22).
+  constexpr float kRound = 12582912.0f;
+  const float k = sampling_add(sampling_add(sampling_mul(x, 1.44269504f), kRound), -kRound);
+  float r = sampling_add(x, sampling_mul(-k, 0.693145751953125f));
+  r = sampling_add(r, sampling_mul(-k, 1.42860677e-6f));
+  const float taylor[] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f};
+  float p = taylor[0];
+  for (int i = 1; i < 7; ++i) p = sampling_add(sampling_mul(p, r), taylor[i]);
+  p = sampling_add(sampling_mul(p, r), 1.0f);
+  const uint32_t bits = static_cast<uint32_t>(127 + static_cast<int>(k)) << 23;  // 2^k
+#if defined(__CUDA_ARCH__)
+  const float scale = __uint_as_float(bits);
+#else
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+#endif
+  return sampling_mul(p, scale);
+}
+
 // The fixed-point weight of a logit. A logit equal to the maximum weighs 2^40 exactly (also when
 // both are -inf); NaN gives 0.
 MOEX_HD uint64_t sampling_weight(float logit, float max_logit, float inverse_temperature) {
   constexpr float kOne = static_cast<float>(uint64_t{1} << kSampleWeightBits);
   if (logit == max_logit) return uint64_t{1} << kSampleWeightBits;
-  const float x = (logit - max_logit) * inverse_temperature;
-  if (!(x > -28.0f)) return 0;  // expf(-28) * 2^40 < 1; also NaN
-  return static_cast<uint64_t>(expf(x) * kOne);
+  const float x = sampling_mul(sampling_add(logit, -max_logit), inverse_temperature);
+  if (!(x > -28.0f)) return 0;  // e^-28 * 2^40 < 1; also NaN
+  return static_cast<uint64_t>(sampling_mul(sampling_exp(x), kOne));
 }
 
 // The top-p cut-off: the fewest tokens (in order) whose running weight reaches this.

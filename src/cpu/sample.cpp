@@ -1,6 +1,7 @@
 #include "cpu/sample.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -11,23 +12,24 @@ namespace moex::cpu {
 
 namespace {
 
-// std::max_element's answer (the first largest; a NaN is never larger, one in front wins) in two
-// passes the compiler vectorizes: the largest value (`v > m ? v : m` is one max instruction),
-// then its first index. Greedy decoding's whole sampling cost.
+// The first largest logit, NaNs passed over (they come last in the sampling order, as on the
+// GPU; a row of NaNs gives 0), in two passes the compiler vectorizes: the largest value
+// (`v > m ? v : m` is one max instruction), then its first index. Greedy decoding's whole
+// sampling cost.
 int64_t first_argmax(const float* x, int64_t n) {
   // 16 running maxima, one per lane (a select per lane vectorizes; one running value does not).
   constexpr int kLanes = 16;
   float lane[kLanes];
-  for (float& l : lane) l = x[0];
+  for (float& l : lane) l = -INFINITY;
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes)
     for (int j = 0; j < kLanes; ++j) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
-  float m = x[0];
+  float m = -INFINITY;
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   for (const float l : lane) m = l > m ? l : m;
   for (i = 0; i < n; ++i)
     if (x[i] == m) return i;
-  return 0;  // x[0] is NaN
+  return 0;  // every logit is NaN
 }
 
 // A token of the row: its order key (core/sampling_math.h) and fixed-point weight.

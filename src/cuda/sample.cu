@@ -160,7 +160,7 @@ struct RowState {
   // for weight 0 (and NaN). Rounding is monotone, so a larger key never has a later bin.
   __device__ int logit_bin(float v) const {
     if (v == max_logit) return 0;
-    const float x = (v - max_logit) * inverse_t;  // as sampling_weight computes it
+    const float x = sampling_mul(sampling_add(v, -max_logit), inverse_t);  // as sampling_weight
     if (!(x > -28.0f)) return kLogitBins - 1;
     return min(kLogitBins - 2, static_cast<int>(-x * bin_scale));
   }
@@ -470,9 +470,9 @@ __device__ uint64_t select_kept(Shared& s, RowState& r, Kept& k, int& gathered_b
                                 uint64_t* through_w) {
   pick_logit_bin(s, k, t);
   __syncthreads();
-  int bin = s.pick;                    // the chosen token's logit bin
-  uint64_t before_w = s.pick_above_w;  // the kept totals of the bins before it
-  uint32_t before_c = s.pick_above_c;
+  const int bin = s.pick;                    // the chosen token's logit bin
+  const uint64_t before_w = s.pick_above_w;  // the kept totals of the bins before it
+  const uint32_t before_c = s.pick_above_c;
   uint64_t key;
   uint32_t through_c;
   if (s.logit_c[bin] <= kCompact) {
@@ -480,26 +480,9 @@ __device__ uint64_t select_kept(Shared& s, RowState& r, Kept& k, int& gathered_b
     gathered_bin = bin;
     key = descend(s, r, true, t, before_w, before_c, through_w, &through_c);
   } else {  // a crowded bin (many tied or close logits): the descent over the whole row
+    // Sums are exact, so it ends in the bin picked above: the crossing, or the last kept token.
     key = descend(s, r, false, t, 0, 0, through_w, &through_c);
-    gathered_bin = -1;                               // the list now holds one radix bin
-    bin = r.logit_bin(r.row[sampling_key_id(key)]);  // the same bin unless never reached
-    if (threadIdx.x < 32) {
-      uint64_t w = 0;
-      uint32_t c = 0;
-      for (int b = threadIdx.x; b < bin; b += 32) {
-        w += k.w(s, b);
-        c += k.c(s, b);
-      }
-      w = warp_sum(w);
-      c = warp_sum(c);
-      if (threadIdx.x == 0) {
-        s.pick_above_w = w;
-        s.pick_above_c = c;
-      }
-    }
-    __syncthreads();
-    before_w = s.pick_above_w;
-    before_c = s.pick_above_c;
+    gathered_bin = -1;  // the list now holds one radix bin
   }
   k.cut = bin;
   k.cut_w = *through_w - before_w;
@@ -573,7 +556,7 @@ __global__ void __launch_bounds__(kThreads)
   uint64_t through = 0;
   const uint64_t target = draw_target(sampling_uniform(p.seed, p.draw), kept_w);
   const uint64_t drawn = select_kept(s, r, k, gathered_bin, Target{false, true, target}, &through);
-  if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(drawn != 0 ? drawn : first);
+  if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(drawn);
 }
 
 }  // namespace

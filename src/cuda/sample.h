@@ -10,10 +10,9 @@ namespace moex::cuda {
 
 // out[s] = the token of row x[s * cols ..] under row s's parameters in params [rows, 10] i32 (the
 // bytes of {f64 temperature, f64 top_p, i64 top_k, u64 seed, u64 draw}, ops/sample.h); x, params,
-// out on the device. One block per row (164 KiB of shared memory); no allocation and no host
-// sync, so it can be captured. The weights and their exact integer sums are the CPU's
-// (core/sampling_math.h): the token agrees with the CPU's unless the two fp32 exponentials differ
-// at a running sum within ~1e-7 of the top-p or draw boundary.
+// out on the device. One block per row (~185 KiB of shared memory); no allocation and no host
+// sync, so it can be captured. The weights and their exact integer sums are the CPU's, bit for bit
+// (core/sampling_math.h), so the token is the CPU's.
 void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
                      int32_t* out, cudaStream_t stream);
 

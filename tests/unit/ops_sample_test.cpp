@@ -25,9 +25,9 @@ namespace {
 // order), with the one rule of its fixed-point weights (core/sampling_math.h) that
 // changes tokens by more than rounding: a token under 2^-40 of the top token's weight weighs 0.
 // So even tied logits at an exact top_p boundary agree (a cold row's e^-40 tails would otherwise
-// push the nucleus one token further). The sampler's weights are fp32 exponentials in units of
-// 2^-40; a token could differ from this reference only where a running sum lies within ~1e-7 of a
-// boundary, which these fixed rows do not.
+// push the nucleus one token further). The sampler's weights are fp32 exponentials (within ~1e-6)
+// in units of 2^-40; a token could differ from this reference only where a running sum lies that
+// close to a boundary, which these fixed rows do not.
 int32_t naive_sample(const std::vector<float>& logits, const ops::SampleParams& p) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
   std::vector<int32_t> order(logits.size());
@@ -209,6 +209,28 @@ TEST(OpsSample, EdgesOfTheParameters) {
     EXPECT_TRUE(got[r + 3] == 17 || got[r + 3] == 250) << got[r + 3];
     EXPECT_EQ(got[r + 5], got[r + 6]);
   }
+}
+
+// NaN logits come after every other logit and weigh 0 (as on the GPU, where they sort below
+// -inf): greedy passes over them even in front, sampling never draws them, and a row of NaNs
+// gives its first token.
+TEST(OpsSample, NanLogitsAreNeverChosen) {
+  const int64_t vocab = 6;
+  const std::vector<float> row = {NAN, 1.0f, NAN, 2.0f, -5.0f, NAN};
+  std::vector<float> all;
+  std::vector<ops::SampleParams> ps;
+  for (uint64_t d = 0; d < 40; ++d) {
+    ps.push_back(d == 0 ? ops::SampleParams{}
+                        : params(d % 2 ? 1.0 : 4.0, 0, d % 3 ? 1.0 : 0.7, 5, d));
+    all.insert(all.end(), row.begin(), row.end());
+  }
+  const std::vector<int32_t> got = run(all, vocab, ps);
+  EXPECT_EQ(got[0], 3);
+  for (size_t r = 0; r < got.size(); ++r)
+    EXPECT_TRUE(got[r] == 1 || got[r] == 3 || got[r] == 4) << "row " << r << ": " << got[r];
+  const std::vector<float> nans(vocab, NAN);
+  EXPECT_EQ(run(nans, vocab, {ops::SampleParams{}}), std::vector<int32_t>{0});
+  EXPECT_EQ(run(nans, vocab, {params(1.0, 0, 0.5, 5, 1)}), std::vector<int32_t>{0});
 }
 
 TEST(OpsSample, GreedyRowsAreTheArgmaxBesideSampledRows) {

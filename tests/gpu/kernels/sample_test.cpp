@@ -3,10 +3,9 @@
 // small to large, top_k 1, mid, either side of the kernel's 4096 shared-memory candidates and past
 // the vocabulary, top_p tiny to 1), rows with many tied logits (the lower id first), a -0 / +0
 // tie, rows of -inf and of NaN (greedy and sampled), parameters at an odd word (4-byte aligned
-// only), and a CUDA graph replayed with new parameters. Outputs start poisoned. Both twins sum the
-// same fixed-point weights exactly (core/sampling_math.h); their fp32 exponentials may differ in
-// the last bit, so a token could differ only where a running sum lies within ~1e-7 of a boundary,
-// which random rows never come near.
+// only), a NaN among finite logits, and a CUDA graph replayed with new parameters. Outputs start
+// poisoned. Both twins compute the same fixed-point weights bit for bit and sum them exactly
+// (core/sampling_math.h), so every token must be the CPU's.
 #include "cpu/sample.h"
 
 #include <gtest/gtest.h>
@@ -106,7 +105,7 @@ TEST_F(SampleTest, MatchesCpuOnMixedRows) {
 
 TEST_F(SampleTest, SpecialRowsAndUnalignedParameters) {
   cuda::CudaContext ctx;
-  const int64_t rows = 8, cols = 5001;  // odd: rows at every 4-byte alignment, and a tail
+  const int64_t rows = 10, cols = 5001;  // odd: rows at every 4-byte alignment, and a tail
   std::vector<float> x = kt::rand_vec(rows * cols, 73, -3, 3);
   x[0 * cols + 9] = -0.0f;  // the largest logit as -0 then +0: equal, 9 first
   x[0 * cols + 30] = 0.0f;
@@ -119,6 +118,11 @@ TEST_F(SampleTest, SpecialRowsAndUnalignedParameters) {
     x[6 * cols + c] = NAN;        // sampled: every weight 0, so the first token
     x[7 * cols + c] = -INFINITY;  // sampled: all tied at the largest logit
   }
+  for (const int64_t r : {8, 9}) {  // NaNs among finite logits: passed over, weight 0
+    x[r * cols] = NAN;
+    x[r * cols + 77] = NAN;
+    x[r * cols + 78] = 20.0f;
+  }
   const std::vector<Params> ps = {Params{},
                                   Params{},
                                   make(1.0, 1, 1, 3, 5),
@@ -126,13 +130,17 @@ TEST_F(SampleTest, SpecialRowsAndUnalignedParameters) {
                                   make(0.5, 2, 1, 3, 7),
                                   make(2.0, 0, 0.3, 3, 8),
                                   make(1.0, 0, 0.5, 3, 9),
-                                  make(1.0, 0, 0.5, 3, 10)};
+                                  make(1.0, 0, 0.5, 3, 10),
+                                  Params{},
+                                  make(3.0, 0, 1.0, 3, 11)};
   const std::vector<int32_t> want = on_cpu(x, rows, cols, ps);
   EXPECT_EQ(want[0], 9);
   EXPECT_EQ(want[1], 0);
   EXPECT_EQ(want[2], cols - 1);
   EXPECT_EQ(want[6], 0);
   EXPECT_LT(want[7], (cols + 1) / 2);  // the nucleus: the first half, in id order
+  EXPECT_EQ(want[8], 78);
+  EXPECT_TRUE(want[9] != 0 && want[9] != 77) << want[9];
   for (size_t lead : {size_t{0}, size_t{1}})
     EXPECT_EQ(on_gpu(ctx, x, rows, cols, ps, lead), want) << "lead words " << lead;
 }
