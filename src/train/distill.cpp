@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <map>
 
 #include "core/logging.h"
 #include "io/safetensors.h"
@@ -90,21 +91,28 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
   for (const int64_t l : layers)
     MOEX_CHECK(l >= 0 && l < teacher_layers, config.layers_field, ": layer ", l,
                " is outside the teacher's [0, ", teacher_layers, ")");
-  const ParamBuffer src = teacher.host_params();
+  // The teacher's whole tensors (its tp parts gathered, so every rank of its group takes part),
+  // then the student's part of each: teacher and student may be split differently (a whole
+  // teacher, experts sliced or spread over ep in the student).
+  const std::map<std::string, Tensor> src =
+      model::gather_named_tensors(teacher, teacher.host_params().flat());
   const ParamBuffer dst = student.host_params();
   for (int i = 0; i < dst.size(); ++i) {
     const std::string& name = dst.name(i);
     std::string from_name = model::source_layer_param(name, layers);
-    if (src.index_of(from_name) < 0 && from_name == "lm_head.weight")
+    if (!src.count(from_name) && from_name == "lm_head.weight")
       from_name = "model.embed_tokens.weight";  // the teacher ties its head to the embedding
-    const int s = src.index_of(from_name);
-    MOEX_CHECK(s >= 0, config.layers_field, ": the teacher has no '", from_name,
+    const auto from = src.find(from_name);
+    MOEX_CHECK(from != src.end(), config.layers_field, ": the teacher has no '", from_name,
                "' for the student's '", name, "' (the two blocks differ in kind)");
-    const Tensor& from = src.tensor(s);
+    const Shape whole = model::whole_shape(student, i);
+    MOEX_CHECK(from->second.shape() == whole, config.layers_field, ": the student's '", name,
+               "' is ", whole.str(), " but the teacher's '", from_name, "' is ",
+               from->second.shape().str());
+    const Tensor part =
+        model::local_part(student, i, from->second, "the teacher's '" + from_name + "'");
     const Tensor& to = dst.tensor(i);
-    MOEX_CHECK(from.shape() == to.shape(), config.layers_field, ": the student's '", name, "' is ",
-               to.shape().str(), " but the teacher's '", from_name, "' is ", from.shape().str());
-    std::memcpy(to.raw_data(), from.raw_data(), to.nbytes());
+    std::memcpy(to.raw_data(), part.raw_data(), to.nbytes());
   }
   student.store_host_params(dst);
 }

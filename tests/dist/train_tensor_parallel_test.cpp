@@ -388,6 +388,10 @@ TEST(TensorParallel, DistillationEqualsTheSingleProcessRun) {
   TrainResult runs[2], whole;
   check_equals_single_process(2, 1, "", "", 0, "", &runs[0], kd);
   check_equals_single_process(2, 1, kVariantModel, "", 1, "", &runs[1], kd);
+  // Student blocks started from the teacher's layers while the student's experts are sliced
+  // over tp and the teacher's are whole: each rank copies its part of the gathered teacher.
+  check_equals_single_process(2, 1, "", "", 0, R"(, "expert_slicing": true)", nullptr,
+                              kd + R"(, "init_from_teacher_layers": [0, 1])");
   // A teacher with one kv head cannot be split over 2 ranks: it stays whole on each. At np 2 only:
   // under tp 2 x dp 2 this teacher's run ends with Adam moments 1.1-3.4e-4 off the single
   // process's, beyond the 1e-4 here, whether the teacher is split or not (the same numbers with a
