@@ -110,9 +110,14 @@ int32_t sample_row(const float* logits, int64_t vocab_size, double temperature, 
   const float max_logit = logits[sampling_key_id(first)];
   const float inverse_t = sampling_inverse_temperature(temperature);
   uint64_t total = 0;
-  for (size_t i = 0; i < kept; ++i)
-    total += tokens[i].weight =
-        sampling_weight(logits[sampling_key_id(tokens[i].key)], max_logit, inverse_t);
+  if (kept == tokens.size()) {  // still in id order: a contiguous pass over the logits
+    for (size_t i = 0; i < kept; ++i)
+      total += tokens[i].weight = sampling_weight(logits[i], max_logit, inverse_t);
+  } else {
+    for (size_t i = 0; i < kept; ++i)
+      total += tokens[i].weight =
+          sampling_weight(logits[sampling_key_id(tokens[i].key)], max_logit, inverse_t);
+  }
   if (top_p < 1.0)
     kept = select_first(tokens, kept, Goal::kTopP, top_p_target(top_p, total), &total) + 1;
   const uint64_t target = draw_target(sampling_uniform(seed, draw), total);
