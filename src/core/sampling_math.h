@@ -92,13 +92,22 @@ MOEX_HD float sampling_exp(float x) {
   return sampling_mul(p, scale);
 }
 
+// A scaled logit at or below this weighs 0 (e^-28 * 2^40 < 1).
+constexpr float kSampleWeightCutoff = -28.0f;
+
+// (logit - max_logit) / T as the weight rounds it: the sampler's other uses of it (the GPU's logit
+// bins) must see the same value.
+MOEX_HD float sampling_scaled_logit(float logit, float max_logit, float inverse_temperature) {
+  return sampling_mul(sampling_add(logit, -max_logit), inverse_temperature);
+}
+
 // The fixed-point weight of a logit. A logit equal to the maximum weighs 2^40 exactly (also when
 // both are -inf); NaN gives 0.
 MOEX_HD uint64_t sampling_weight(float logit, float max_logit, float inverse_temperature) {
   constexpr float kOne = static_cast<float>(uint64_t{1} << kSampleWeightBits);
   if (logit == max_logit) return uint64_t{1} << kSampleWeightBits;
-  const float x = sampling_mul(sampling_add(logit, -max_logit), inverse_temperature);
-  if (!(x > -28.0f)) return 0;  // e^-28 * 2^40 < 1; also NaN
+  const float x = sampling_scaled_logit(logit, max_logit, inverse_temperature);
+  if (!(x > kSampleWeightCutoff)) return 0;  // also NaN
   return static_cast<uint64_t>(sampling_mul(sampling_exp(x), kOne));
 }
 

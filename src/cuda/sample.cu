@@ -160,8 +160,8 @@ struct RowState {
   // for weight 0 (and NaN). Rounding is monotone, so a larger key never has a later bin.
   __device__ int logit_bin(float v) const {
     if (v == max_logit) return 0;
-    const float x = sampling_mul(sampling_add(v, -max_logit), inverse_t);  // as sampling_weight
-    if (!(x > -28.0f)) return kLogitBins - 1;
+    const float x = sampling_scaled_logit(v, max_logit, inverse_t);
+    if (!(x > kSampleWeightCutoff)) return kLogitBins - 1;  // weight 0, as sampling_weight says
     return min(kLogitBins - 2, static_cast<int>(-x * bin_scale));
   }
 };
@@ -517,9 +517,10 @@ __global__ void __launch_bounds__(kThreads)
   last = ~block_max(last);
   r.max_logit = r.row[sampling_key_id(first)];
   r.inverse_t = sampling_inverse_temperature(p.temperature);
-  // Bins span the logits' range in units of T, up to the 28 where weights reach 0.
-  const float span = -((r.row[sampling_key_id(last)] - r.max_logit) * r.inverse_t);
-  r.bin_scale = static_cast<float>(kLogitBins - 2) / (span > 1e-3f && span < 28.0f ? span : 28.0f);
+  // Bins span the logits' range in units of T, up to the cut-off where weights reach 0.
+  const float span = -sampling_scaled_logit(r.row[sampling_key_id(last)], r.max_logit, r.inverse_t);
+  r.bin_scale = static_cast<float>(kLogitBins - 2) /
+                (span > 1e-3f && span < -kSampleWeightCutoff ? span : -kSampleWeightCutoff);
 
   for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
     s.logit_c[b] = 0;

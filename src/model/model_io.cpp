@@ -161,35 +161,35 @@ std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std
   return std::make_unique<Model>(config, device, nullptr, tp);
 }
 
-}  // namespace
+// A model directory's config.json: the model, and whether the directory is moex's own
+// ("model_type": "moex") rather than a Hugging Face model's.
+struct DirConfig {
+  ModelConfig model;
+  bool moex = false;
+};
 
-namespace {
-
-// Whether the directory is moex's own (config.json's model_type "moex") rather than a Hugging
-// Face model's.
-bool is_moex_model_dir(const std::string& config_path) {
-  return JsonReader::from_file(config_path).get_string("model_type") == "moex";
+DirConfig read_dir_config(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  const JsonReader config = JsonReader::from_file(config_path);
+  if (config.get_string("model_type") != "moex") return {hf_config_from_file(config_path), false};
+  config.ignore("architectures");
+  return {ModelConfig::from_json(config.child("moex_model")), true};
 }
 
 }  // namespace
 
 ModelConfig load_model_config(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  if (!is_moex_model_dir(config_path)) return hf_config_from_file(config_path);
-  const JsonReader config = JsonReader::from_file(config_path);
-  config.ignore("architectures");
-  config.get_string("model_type");
-  return ModelConfig::from_json(config.child("moex_model"));
+  return read_dir_config(dir).model;
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
   const std::string config_path = dir + "/config.json";
-  const ModelConfig config = load_model_config(dir);
+  const DirConfig config = read_dir_config(dir);
   const TensorParallelMisfit m =
-      tensor_parallel_misfit(config, tp.size(), tp.slice_experts, device.is_cuda());
+      tensor_parallel_misfit(config.model, tp.size(), tp.slice_experts, device.is_cuda());
   MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
-  auto model = build_for_checkpoint(config, dir, config_path, device, tp);
-  if (is_moex_model_dir(config_path))
+  auto model = build_for_checkpoint(config.model, dir, config_path, device, tp);
+  if (config.moex)
     load_weights(*model, dir);
   else  // a Hugging Face model directory: hf_config.h lists what is supported
     load_hf_weights(*model, dir);

@@ -15,6 +15,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/tensor.h"
+#include "sampling_flags.h"
 
 namespace moex::cli {
 namespace {
@@ -175,11 +176,7 @@ int run_bench(const std::vector<std::string>& argv) {
   check_flags(args, what,
               {"config", "shape", "device", "batch", "tokens", "prompt", "json", "temperature",
                "top-k", "top-p", "seed"});
-  infer::SamplingParams sampling;  // checked by run_decode_bench
-  sampling.temperature = args.get_double("temperature", 0.0);
-  sampling.top_k = args.get_int("top-k", 0);
-  sampling.top_p = args.get_double("top-p", 1.0);
-  sampling.seed = static_cast<uint64_t>(args.get_int("seed", 0));
+  const infer::SamplingParams sampling = sampling_from_flags(args);
   const int tokens = count_flag(args, "tokens", 64, 2);
   const int prompt = count_flag(args, "prompt", 16, 1);
   const std::vector<int> batches = batch_list(args.get("batch", "1"));

@@ -14,6 +14,7 @@
 #include "infer/text_stream.h"
 #include "model/model_io.h"
 #include "model_dir.h"
+#include "sampling_flags.h"
 
 namespace {
 
@@ -65,15 +66,9 @@ int run_generate(const std::vector<std::string>& argv) {
 
   moex::infer::GenerateOptions options;
   options.max_new_tokens = args.get_int("max-new-tokens", 32);
-  options.sampling.temperature = args.get_double("temperature", 0.0);
-  options.sampling.top_k = args.get_int("top-k", 0);
-  options.sampling.top_p = args.get_double("top-p", 1.0);
-  const int64_t seed = args.get_int("seed", 0);
-  MOEX_CHECK(seed >= 0, "--seed must be >= 0 (got ", seed, ")");
-  options.sampling.seed = static_cast<uint64_t>(seed);
+  options.sampling = moex::cli::sampling_from_flags(args);
   MOEX_CHECK(options.max_new_tokens >= 0, "--max-new-tokens must be >= 0 (got ",
              options.max_new_tokens, ")");
-  moex::infer::check_sampling_params(options.sampling);
   options.stop_tokens = moex::infer::end_of_sequence_tokens(*model, tokenizer.get());
 
   const bool json = args.flag("json");
