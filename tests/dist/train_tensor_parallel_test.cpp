@@ -398,7 +398,9 @@ TEST(TensorParallel, DistillationEqualsTheSingleProcessRun) {
   // forced whole teacher; not traced further), while the runs above stay within it.
   if (world.size() == 2) check_equals_single_process(2, 1, "", "", 0, "", &whole, kd, 1);
   if (!world.is_root()) return;  // rank 0's part (the tp parts are alike in size)
-  const fs::path corpus = fs::current_path() / "tp_teacher_size";
+  // Named by the world size: the np 2 and np 4 runs of this test may run at once.
+  const fs::path corpus =
+      fs::current_path() / ("tp_teacher_size_np" + std::to_string(world.size()));
   testing::make_corpus(corpus);
   for (int variant = 0; variant < 2; ++variant) {
     TrainConfig c =
