@@ -151,14 +151,15 @@ namespace {
 // the per-tensor checks of the weight loaders, whose errors name the missing or misshapen tensor.
 std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std::string& dir,
                                             const std::string& config_path, Device device,
-                                            const TensorParallel& tp = {}) {
+                                            const TensorParallel& tp,
+                                            dist::Communicator* expert_group) {
   const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(dir);
   int64_t stored = 0;
   for (const std::string& name : ckpt.names()) stored += ckpt.entry(name).shape.numel();
   MOEX_CHECK(config.num_parameters() <= 2 * stored + (int64_t{1} << 20), config_path,
              ": describes a model of ", config.num_parameters(),
              " parameters, but the checkpoint in ", dir, " holds ", stored, " values");
-  return std::make_unique<Model>(config, device, nullptr, tp);
+  return std::make_unique<Model>(config, device, expert_group, tp);
 }
 
 // A model directory's config.json: the model, and whether the directory is moex's own
@@ -182,13 +183,14 @@ ModelConfig load_model_config(const std::string& dir) {
   return read_dir_config(dir).model;
 }
 
-std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp) {
+std::unique_ptr<Model> load_model(const std::string& dir, Device device, const TensorParallel& tp,
+                                  dist::Communicator* expert_group) {
   const std::string config_path = dir + "/config.json";
   const DirConfig config = read_dir_config(dir);
   const TensorParallelMisfit m =
       tensor_parallel_misfit(config.model, tp.size(), tp.slice_experts, device.is_cuda());
   MOEX_CHECK(m.message.empty(), config_path, ": tensor parallelism: ", m.option, " ", m.message);
-  auto model = build_for_checkpoint(config.model, dir, config_path, device, tp);
+  auto model = build_for_checkpoint(config.model, dir, config_path, device, tp, expert_group);
   if (config.moex)
     load_weights(*model, dir);
   else  // a Hugging Face model directory: hf_config.h lists what is supported

@@ -39,9 +39,11 @@ ModelConfig load_model_config(const std::string& dir);
 // Opens a model directory: config.json names the architecture; weights are checked against the
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
 // tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (every
-// rank of the group calls it).
+// rank of the group calls it). With an `expert_group` every MoE layer keeps only this rank's E/ep
+// experts (Model's constructor; every rank of the group calls it).
 std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu(),
-                                  const TensorParallel& tp = {});
+                                  const TensorParallel& tp = {},
+                                  dist::Communicator* expert_group = nullptr);
 
 // Copies the checkpoint's tensors into the model's parameters (f32; bf16/f16 converted).
 void load_weights(Model& model, const std::string& checkpoint_path);

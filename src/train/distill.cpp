@@ -16,6 +16,18 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Why the teacher's experts cannot be spread over `ep` expert-parallel ranks; "" when they can.
+std::string teacher_expert_misfit(const ModelConfig& teacher, int ep) {
+  if (teacher.num_moe_layers() == 0) return "it has no MoE layers";
+  for (size_t i = 0; i < teacher.layers.size(); ++i) {
+    const LayerSpec& l = teacher.layers[i];
+    if (l.moe && l.moe_config.num_experts % ep != 0)
+      return "its layer " + std::to_string(i) + " has " + std::to_string(l.moe_config.num_experts) +
+             " experts, which " + std::to_string(ep) + " does not divide";
+  }
+  return "";
+}
+
 }  // namespace
 
 DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
@@ -65,20 +77,36 @@ ModelConfig check_teacher(const std::string& dir, const TrainConfig& student) {
 }
 
 std::unique_ptr<model::Model> load_teacher(const std::string& dir, Device device,
-                                           const model::TensorParallel& tp) {
+                                           const model::TensorParallel& tp,
+                                           dist::Communicator* expert_group,
+                                           dist::DeviceGroup* device_expert_group) {
+  const ModelConfig config = model::load_model_config(dir);
   model::TensorParallel teacher_tp = tp;
-  teacher_tp.drop_duplicate_tokens = false;  // the teacher has no expert parallelism
+  // Forward only: Duplicate Token Dropping and expert slicing would change no number of it.
+  teacher_tp.drop_duplicate_tokens = false;
   teacher_tp.slice_experts = false;
   if (tp.active()) {
-    const model::TensorParallelMisfit misfit = model::tensor_parallel_misfit(
-        model::load_model_config(dir), tp.size(), false, device.is_cuda());
+    const model::TensorParallelMisfit misfit =
+        model::tensor_parallel_misfit(config, tp.size(), false, device.is_cuda());
     if (!misfit.message.empty()) {
       MOEX_INFO("distill: the teacher stays whole on each of the ", tp.size(),
                 " tensor-parallel ranks (", misfit.option, " ", misfit.message, ")");
       teacher_tp = model::TensorParallel{};
     }
   }
-  return model::load_model(dir, device, teacher_tp);
+  if (expert_group == nullptr || expert_group->size() < 2)
+    return model::load_model(dir, device, teacher_tp);
+  const std::string misfit = teacher_expert_misfit(config, expert_group->size());
+  if (!misfit.empty()) {
+    MOEX_INFO("distill: the teacher stays whole on each of the ", expert_group->size(),
+              " expert-parallel ranks (", misfit, ")");
+    return model::load_model(dir, device, teacher_tp);
+  }
+  // The student's expert group: the teacher's MoE layers exchange tokens over it like the
+  // student's, so its forward is collective there (DistillHooks::before_forward).
+  auto teacher = model::load_model(dir, device, teacher_tp, expert_group);
+  if (device_expert_group != nullptr) teacher->set_device_expert_group(device_expert_group);
+  return teacher;
 }
 
 void init_from_teacher_layers(model::Model& student, const model::Model& teacher,
@@ -91,9 +119,10 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
   for (const int64_t l : layers)
     MOEX_CHECK(l >= 0 && l < teacher_layers, config.layers_field, ": layer ", l,
                " is outside the teacher's [0, ", teacher_layers, ")");
-  // The teacher's whole tensors (its tp parts gathered, so every rank of its group takes part),
-  // then the student's part of each: teacher and student may be split differently (a whole
-  // teacher, experts sliced or spread over ep in the student).
+  // The teacher's whole tensors (its tp parts and, when spread over ep, its experts gathered, so
+  // every rank of those groups takes part: init_weights runs on every rank), then the student's
+  // part of each: teacher and student may be split differently (a whole teacher, experts sliced
+  // or spread over ep in the student).
   const std::map<std::string, Tensor> src =
       model::gather_named_tensors(teacher, teacher.host_params().flat());
   const ParamBuffer dst = student.host_params();
@@ -117,8 +146,9 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
   student.store_host_params(dst);
 }
 
-void DistillHooks::start(const model::TensorParallel& tp, Device device) {
-  teacher_ = load_teacher(teacher_dir_, device, tp);
+void DistillHooks::start(const model::TensorParallel& tp, dist::Communicator* expert_group,
+                         dist::DeviceGroup* device_expert_group, Device device) {
+  teacher_ = load_teacher(teacher_dir_, device, tp, expert_group, device_expert_group);
 }
 
 int64_t DistillHooks::teacher_parameters() const {
@@ -133,6 +163,11 @@ void DistillHooks::init_weights(model::Model& model) {
 void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
                                   model::ForwardOptions& options) {
   if (!config_.kd_active(step)) return;  // staged KD: past the stop the teacher is not run
+  // Collective when the teacher is split: its split layers all-reduce over tp and its MoE layers
+  // exchange tokens over ep. Every rank gets here in lockstep: run_training calls before_forward
+  // on every rank for each of its micro-batches (grad_accum a step on every rank; the tp ranks
+  // share theirs), before the student's forward, and `step` and the config (so kd_active) are the
+  // same on every rank.
   soft_.hidden = teacher_->final_hidden(ids, batch, seq_len);
   soft_.head = teacher_->lm_head_weight();
   soft_.temperature = config_.temperature;

@@ -45,10 +45,16 @@ struct DistillRunConfig {
 ModelConfig check_teacher(const std::string& dir, const TrainConfig& student);
 
 // Opens the teacher on `device`, split over `tp` like the student when its shape allows it
-// (heads, kv heads, FFN width and vocabulary divisible by tp; experts stay whole), else whole on
-// every rank (logged). Every rank of tp calls it.
+// (heads, kv heads, FFN width and vocabulary divisible by tp; experts never sliced), else whole on
+// every rank (logged). With an `expert_group` (the student's, under expert parallelism) every MoE
+// layer holds only this rank's E/ep experts, as the student's do, when ep divides the expert count
+// of every teacher MoE layer; else (or without MoE layers) every rank holds all of them (logged).
+// `device_expert_group`: that group's GPU communicator, for a teacher on a GPU. Every rank of tp
+// and of the expert group calls it; a teacher spread over ep makes its forward collective there.
 std::unique_ptr<model::Model> load_teacher(const std::string& dir, Device device,
-                                           const model::TensorParallel& tp);
+                                           const model::TensorParallel& tp,
+                                           dist::Communicator* expert_group = nullptr,
+                                           dist::DeviceGroup* device_expert_group = nullptr);
 
 // Copies the listed teacher layers into the student's blocks, and the embedding, learned
 // positions, final norm and LM head (a tied teacher's embedding serves an untied student's head).
@@ -57,17 +63,19 @@ void init_from_teacher_layers(model::Model& student, const model::Model& teacher
                               const DistillConfig& config);
 
 // The trainer hooks of a distillation run: the teacher is opened in start(), once the student's
-// tensor-parallel group exists, so that it is split over the same ranks.
+// tensor- and expert-parallel groups exist, so that it is split over the same ranks.
 class DistillHooks : public TrainHooks {
  public:
   DistillHooks(const DistillConfig& config, std::string teacher_dir)
       : config_(config), teacher_dir_(std::move(teacher_dir)) {}
-  void start(const model::TensorParallel& tp, Device device) override;
+  void start(const model::TensorParallel& tp, dist::Communicator* expert_group,
+             dist::DeviceGroup* device_expert_group, Device device) override;
   void init_weights(model::Model& model) override;
   void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
                       model::ForwardOptions& options) override;
   void add_metrics(int64_t step, nlohmann::json& line) override;
-  // The teacher's parameters held by this rank (its tp part when split); 0 before start().
+  // The teacher's parameters held by this rank (its tp part and its experts when split); 0 before
+  // start().
   int64_t teacher_parameters() const;
 
  private:

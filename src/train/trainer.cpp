@@ -319,7 +319,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     tensor_parallel.drop_duplicate_tokens = c.parallel.dtd;
     tensor_parallel.slice_experts = c.parallel.expert_slicing;
   }
-  if (hooks) hooks->start(tensor_parallel, device);
+  if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload);
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());

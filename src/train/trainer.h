@@ -32,9 +32,11 @@ class TrainHooks {
  public:
   virtual ~TrainHooks() = default;
   // Once the run's layout is made (before init_weights, fresh run or resume), with the student's
-  // tensor-parallel group (inactive without tp) and device: a variant's own models can be split
-  // and placed like the student.
-  virtual void start(const model::TensorParallel& tp, Device device) {}
+  // tensor-parallel group (inactive without tp), expert group (null without ep), that group's GPU
+  // communicator (on GPU ranks under ep; else null) and device: a variant's own models can be
+  // split and placed like the student.
+  virtual void start(const model::TensorParallel& tp, dist::Communicator* expert_group,
+                     dist::DeviceGroup* device_expert_group, Device device) {}
   // A fresh run only (a resume takes the checkpoint's weights), after init_weights.
   virtual void init_weights(model::Model& model) {}
   // Before the forward of each micro-batch of optimizer step `step` (0-based); ids [batch,

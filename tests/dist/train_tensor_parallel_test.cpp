@@ -46,12 +46,13 @@ constexpr const char* kVariantModel =
 // The layout's parallel fields beyond tp, ep and ZeRO (e.g. expert slicing); `result` (if not
 // null) gets the distributed run's result on this rank. With `distill` (a "distill" section's
 // fields) both runs are distillations (moex distill) from one random teacher of the student's
-// shape, or with `teacher_kv_heads` > 0 that many kv heads.
+// shape, or of that shape with `teacher_model` (a JSON merge patch of the "model" object, e.g.
+// {"num_kv_heads": 1}) applied.
 void check_equals_single_process(int tp, int ep, const std::string& extra_model,
                                  const std::string& extra_training = "", int zero_stage = 0,
                                  const std::string& extra_parallel = "",
                                  TrainResult* result = nullptr, const std::string& distill = "",
-                                 int64_t teacher_kv_heads = 0) {
+                                 const std::string& teacher_model = "") {
   dist::Communicator& world = dist::Communicator::world();
   const int dp = world.size() / tp;
   const std::string name =
@@ -61,7 +62,9 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
       (extra_parallel.empty() ? ""
                               : "_" + std::to_string(std::hash<std::string>()(extra_parallel))) +
       (distill.empty() ? "" : "_distill") +
-      (teacher_kv_heads > 0 ? "_kv" + std::to_string(teacher_kv_heads) : "");
+      (teacher_model.empty()
+           ? ""
+           : "_teacher" + std::to_string(std::hash<std::string>()(teacher_model)));
   const fs::path corpus = fs::current_path() / name;
   if (world.is_root()) testing::make_corpus(corpus);
   world.barrier();
@@ -78,11 +81,9 @@ void check_equals_single_process(int tp, int ep, const std::string& extra_model,
   const std::string teacher = (corpus / "teacher").string();
   if (!distill.empty() && world.is_root()) {
     nlohmann::json model_json = nlohmann::json::parse(std::ifstream(config_path)).at("model");
-    ModelConfig teacher_config = DistillRunConfig::from_file(config_path.string()).train.model;
-    if (teacher_kv_heads > 0) {
-      model_json["num_kv_heads"] = teacher_kv_heads;
-      teacher_config.num_kv_heads = teacher_kv_heads;
-    }
+    if (!teacher_model.empty()) model_json.merge_patch(nlohmann::json::parse(teacher_model));
+    const ModelConfig teacher_config =
+        ModelConfig::from_json(JsonReader::from_string(model_json.dump(), "teacher"));
     model::Model t(teacher_config);
     t.init_weights(77);
     fs::create_directories(teacher);
@@ -396,7 +397,8 @@ TEST(TensorParallel, DistillationEqualsTheSingleProcessRun) {
   // under tp 2 x dp 2 this teacher's run ends with Adam moments 1.1-3.4e-4 off the single
   // process's, beyond the 1e-4 here, whether the teacher is split or not (the same numbers with a
   // forced whole teacher; not traced further), while the runs above stay within it.
-  if (world.size() == 2) check_equals_single_process(2, 1, "", "", 0, "", &whole, kd, 1);
+  if (world.size() == 2)
+    check_equals_single_process(2, 1, "", "", 0, "", &whole, kd, R"({"num_kv_heads": 1})");
   if (!world.is_root()) return;  // rank 0's part (the tp parts are alike in size)
   // Named by the world size: the np 2 and np 4 runs of this test may run at once.
   const fs::path corpus =
@@ -415,6 +417,83 @@ TEST(TensorParallel, DistillationEqualsTheSingleProcessRun) {
       EXPECT_EQ(whole.teacher_parameters, model::Model(c.model).params().num_elements());
     }
   }
+  fs::remove_all(corpus);
+}
+
+// Distillation under expert parallelism: the teacher's MoE layers hold only this rank's E/ep
+// experts, on the student's expert group, and exchange tokens over it in the teacher's forward.
+// np 2: ep 2; np 4: ep 2 x edp 2, ep 4, and tp 2 x ep 2 (the teacher split over tp as well). Each
+// run equals the single process, and every rank holds exactly what a model of the teacher's shape
+// built on its groups holds: less than the whole teacher (under tp 2 x ep 2, less than its tp
+// split alone). Student blocks started from a spread teacher's layers take its experts gathered
+// over ep (and its parts over tp); that run also stops KD after step 2. A teacher whose expert
+// count ep does not divide (3 experts) and one without MoE layers stay whole on every rank, equal
+// to the single process too.
+TEST(TensorParallel, DistillationUnderExpertParallelismEqualsTheSingleProcessRun) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_TRUE(world.size() == 2 || world.size() == 4) << "run this test with mpirun -np 2 or 4";
+  const std::string kd = R"("alpha": 0.5, "temperature": 2.0)";
+  // Staged KD too: every rank stops running the teacher after the same step.
+  const std::string from_layers =
+      kd + R"(, "init_from_teacher_layers": [0, 1], "stop_kd_at_step": 2)";
+  const std::string three_experts = R"({"moe": {"num_experts": 3}})";
+  const std::string dense = R"({"moe": null})";
+  TrainResult ep2, odd, no_moe, ep4, tp_ep;
+  check_equals_single_process(1, 2, "", "", 0, "", &ep2, kd);
+  check_equals_single_process(1, 2, "", "", 0, "", nullptr, from_layers);
+  check_equals_single_process(1, 2, "", "", 0, "", &odd, kd, three_experts);
+  check_equals_single_process(1, 2, "", "", 0, "", &no_moe, kd, dense);
+  if (world.size() == 4) {
+    check_equals_single_process(1, 4, "", "", 0, "", &ep4, kd);
+    check_equals_single_process(2, 2, kVariantModel, "", 1, "", &tp_ep, kd);
+    check_equals_single_process(2, 2, "", "", 0, "", nullptr, from_layers);
+  }
+
+  // What each rank should hold. Named by the world size: the np 2 and np 4 runs of this test may
+  // run at once.
+  const fs::path corpus =
+      fs::current_path() / ("tp_ep_teacher_size_np" + std::to_string(world.size()));
+  if (world.is_root()) testing::make_corpus(corpus);
+  world.barrier();
+  // (Each model its own out_dir, so its own config file: ranks may still read the first.)
+  auto fixture_model = [&](const std::string& variant) {
+    const std::string out = (corpus / (variant.empty() ? "fixture" : "variant")).string();
+    return TrainConfig::from_file(
+        testing::write_config(corpus, out, "", &world, "", "", variant).string());
+  };
+  // A teacher's model: the fixture's with a merge patch.
+  auto patched = [](const TrainConfig& c, const std::string& patch) {
+    nlohmann::json j = nlohmann::json::parse(c.model_json);
+    j.merge_patch(nlohmann::json::parse(patch));
+    return ModelConfig::from_json(JsonReader::from_string(j.dump(), "teacher"));
+  };
+  // The parameters this rank holds of a model built on the groups of tp x ep (every rank calls it).
+  auto held = [&](const ModelConfig& m, int tp, int ep) {
+    const dist::ProcessGroups g = dist::ProcessGroups::make(
+        world, dist::ParallelLayout::map(world.size(), world.rank(), tp, ep));
+    const model::TensorParallel split =
+        tp > 1 ? model::TensorParallel{g.tp.get()} : model::TensorParallel{};
+    return model::Model(m, Device::cpu(), ep > 1 ? g.ep.get() : nullptr, split)
+        .params()
+        .num_elements();
+  };
+  const TrainConfig fixture = fixture_model("");
+  const int64_t all = model::Model(fixture.model).params().num_elements();
+  EXPECT_EQ(ep2.teacher_parameters, held(fixture.model, 1, 2));
+  EXPECT_LT(ep2.teacher_parameters, all);
+  EXPECT_EQ(odd.teacher_parameters,
+            model::Model(patched(fixture, three_experts)).params().num_elements());
+  EXPECT_EQ(no_moe.teacher_parameters,
+            model::Model(patched(fixture, dense)).params().num_elements());
+  if (world.size() == 4) {
+    EXPECT_EQ(ep4.teacher_parameters, held(fixture.model, 1, 4));
+    EXPECT_LT(ep4.teacher_parameters, ep2.teacher_parameters);
+    const TrainConfig variant = fixture_model(kVariantModel);
+    EXPECT_EQ(tp_ep.teacher_parameters, held(variant.model, 2, 2));
+    EXPECT_LT(tp_ep.teacher_parameters, held(variant.model, 2, 1));
+  }
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
 }
 
 // The layouts the world size allows: tp 2 alone at np 2; tp 2 x dp 2 and tp 2 x ep 2 at np 4.
