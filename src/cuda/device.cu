@@ -61,6 +61,14 @@ bool programmatic_launch_enabled() {
   return enabled;
 }
 
+bool weight_preload_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("MOEX_WEIGHT_PRELOAD");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
+}
+
 namespace {
 
 // Size classes: 512 B granularity below 1 MiB, 2 MiB above, so a freed block is reused by any

@@ -26,6 +26,9 @@ int current_device_sms();
 // Whether launch_kernel (cuda/launch.cuh) lets kernels launch before the one ahead of them
 // finishes: on unless the environment sets MOEX_PDL=0 (to measure it, or to rule it out).
 bool programmatic_launch_enabled();
+// Whether the few-row kernels issue their first weight loads before that wait (few_rows_mma.cuh):
+// on unless MOEX_WEIGHT_PRELOAD=0.
+bool weight_preload_enabled();
 
 // Registers the caching device allocator and the device copy with core. Idempotent, thread-safe.
 // Throws moex::Error when no GPU is visible.

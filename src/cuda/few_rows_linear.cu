@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <type_traits>
 
 #include "core/error.h"
 #include "cuda/bf16_chunk.cuh"
@@ -24,6 +25,7 @@ constexpr int64_t kMinSplitLength = 256;
 struct Plan {
   int64_t units = 0, split_length = 0, blocks = 0;
   int splits = 1;
+  bool preload = true;  // weight_preload_enabled()
 };
 
 // y[r, j] from its fp32 sum: a bf16 y is rounded, then the bias added (as gemm + add_bias).
@@ -46,7 +48,12 @@ template <int kNT>
 __global__ void __launch_bounds__(kFewRowsThreads, 3)
     few_rows_linear_kernel(FewRowsLinearParams p, Plan plan, SplitWorkspace ws) {
   __shared__ FewRowsSmem<kNT> smem;
-  wait_for_previous_kernel();
+  // With one n-tile the first weight loads go out before the wait for the kernel ahead
+  // (few_rows_unit's BeforeX; with two the split first batch was slower in the expert kernels).
+  // Waiting again costs nothing, so every unit passes it.
+  constexpr bool kEarly = kNT == 1;
+  using BeforeX = std::conditional_t<kEarly, WaitForPreviousKernel, NothingBeforeX>;
+  if (!kEarly || !plan.preload) wait_for_previous_kernel();
   const auto* x = static_cast<const __nv_bfloat16*>(p.x);
   const auto* w = static_cast<const __nv_bfloat16*>(p.w);
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -69,7 +76,7 @@ __global__ void __launch_bounds__(kFewRowsThreads, 3)
       const __nv_bfloat16* xr[kNT];
 #pragma unroll
       for (int t = 0; t < kNT; ++t) xr[t] = x + int64_t{min(r0 + 8 * t + g, rows - 1)} * K + k0;
-      few_rows_unit<kNT>(wr, xr, length, tiles, smem, [&](int t, const float(&h)[2][4]) {
+      few_rows_unit<kNT, BeforeX>(wr, xr, length, tiles, smem, [&](int t, const float(&h)[2][4]) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int r = r0 + 8 * t + 2 * q + (i & 1);
@@ -127,6 +134,7 @@ template <int kNT>
 void launch(const FewRowsLinearParams& p, cudaStream_t stream) {
   const int64_t resident = resident_blocks<kNT>();
   Plan plan;
+  plan.preload = weight_preload_enabled();
   plan.units = ceil_div(p.n, 32);
   plan.splits = static_cast<int>(
       std::max<int64_t>(1, std::min(resident / plan.units, p.k / kMinSplitLength)));

@@ -16,6 +16,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace moex::cuda {
 
@@ -59,11 +60,19 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
 // are used, warp-uniform). Then epilogue(t, h) runs once per used n-tile, in warp t %
 // kFewRowsWarps, with h[m][i] the sum of m-tile m at weight row g + 8 (i >= 2) and x row 8t + 2q +
 // (i & 1). Every thread of the block must call this (it synchronises).
-template <int kNT, typename Epilogue>
+// BeforeX{}() runs once in every thread, after its first batch of weight loads is issued and before
+// anything reads x or writes memory: a kernel launched early passes its wait for the kernel ahead
+// there, so that batch streams while the kernel ahead finishes (the weights are never written by
+// a kernel of the step; docs/gpu-model.md §Decoding).
+struct NothingBeforeX {
+  __device__ void operator()() const {}
+};
+template <int kNT, typename BeforeX = NothingBeforeX, typename Epilogue>
 __device__ __forceinline__ void few_rows_unit(const __nv_bfloat16* const (&w)[4],
                                               const __nv_bfloat16* const (&x)[kNT], int64_t K,
                                               int tiles, FewRowsSmem<kNT>& smem,
                                               Epilogue&& epilogue) {
+  const BeforeX before_x;
   // Chunks of weight loads in flight per warp (docs/gpu-model.md §Decoding): 8 with one n-tile
   // (the few blocks of a one-token call need every byte in flight they can get), 4 with two (8 took
   // the 16- and 32-token calls from 725 / 966 to 952 / 1245 us on the H200).
@@ -76,10 +85,11 @@ __device__ __forceinline__ void few_rows_unit(const __nv_bfloat16* const (&w)[4]
     for (int t = 0; t < kNT; ++t)
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[m][t][i] = 0.0f;
-  for (int64_t c0 = warp; c0 * 32 < K; c0 += int64_t{kFewRowsWarps} * kU) {
-    // Every weight load of the kU chunks is issued before the first multiply, unconditionally (a
-    // chunk past K reads offset 0 and its x is zeroed), so nothing branches between them. The x
-    // loads (L1/L2 hits) follow one chunk at a time, which keeps registers for weights in flight.
+  // One batch: every weight load of the kU chunks from c0 is issued before the first multiply,
+  // unconditionally (a chunk past K reads offset 0 and its x is zeroed), so nothing branches
+  // between them; then between(); then the x loads (L1/L2 hits) one chunk at a time, which keeps
+  // registers for weights in flight.
+  auto batch = [&](int64_t c0, auto&& between) {
     uint4 wv[kU][4];
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
@@ -88,6 +98,7 @@ __device__ __forceinline__ void few_rows_unit(const __nv_bfloat16* const (&w)[4]
 #pragma unroll
       for (int i = 0; i < 4; ++i) wv[u][i] = load_weights16(w[i] + kc);
     }
+    between();
 #pragma unroll
     for (int u = 0; u < kU; ++u) {
       const int64_t k = (c0 + int64_t{kFewRowsWarps} * u) * 32 + 8 * q;
@@ -107,6 +118,20 @@ __device__ __forceinline__ void few_rows_unit(const __nv_bfloat16* const (&w)[4]
                         word_of(xv, 2 * s), word_of(xv, 2 * s + 1));
       }
     }
+  };
+  constexpr int64_t kStep = int64_t{kFewRowsWarps} * kU;
+  if constexpr (std::is_same_v<BeforeX, NothingBeforeX>) {
+    for (int64_t c0 = warp; c0 * 32 < K; c0 += kStep) batch(c0, NothingBeforeX{});
+  } else {
+    // The first batch apart, so that the loop has no branch of its own for before_x.
+    int64_t c0 = warp;
+    if (c0 * 32 < K) {
+      batch(c0, before_x);
+      c0 += kStep;
+    } else {
+      before_x();  // a warp with no chunk (K under 32 * warps)
+    }
+    for (; c0 * 32 < K; c0 += kStep) batch(c0, NothingBeforeX{});
   }
 #pragma unroll
   for (int m = 0; m < 2; ++m)

@@ -27,6 +27,11 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 #endif
 }
 
+// wait_for_previous_kernel() as a function object (few_rows_unit's before_x).
+struct WaitForPreviousKernel {
+  __device__ void operator()() const { wait_for_previous_kernel(); }
+};
+
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to launch before the kernel ahead of it
 // finishes when programmatic_launch_enabled().
 template <typename... Params, typename... Args>
