@@ -55,12 +55,12 @@ struct Layout {
   int tp = 1, ep = 1;
   bool dropless = false;
   int zero_stage = 0;
-  bool cac = false;  // activation checkpointing with CAC (the reference checkpoints too)
-  bool checkpointing = false;  // activation checkpointing (implied by cac)
-  bool dtd = false;            // Duplicate Token Dropping (tp > 1 and ep > 1)
+  bool cac = false;             // activation checkpointing with CAC (the reference checkpoints too)
+  bool checkpointing = false;   // activation checkpointing (implied by cac)
+  bool dtd = false;             // Duplicate Token Dropping (tp > 1 and ep > 1)
   bool expert_slicing = false;  // each expert's hidden width split over tp
-  int steps = 4;               // 1: the Adam moments compare the first step's gradients
-  bool all_experts = false;    // top_k = E, dropless: no routing ties (see the file comment)
+  int steps = 4;                // 1: the Adam moments compare the first step's gradients
+  bool all_experts = false;     // top_k = E, dropless: no routing ties (see the file comment)
   // 0 with cac: evaluation's forwards exchange too, and are no part of what CAC saves.
   int eval_every = 2;
   bool distill = false;  // both runs are moex distill from one random teacher of the same shape
@@ -150,6 +150,11 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
   };
   const TrainResult run = run_config(ep_path, &world);
   if (result != nullptr) *result = run;
+  if (l.distill && (l.tp > 1 || ep > 1)) {
+    // The teacher (the student's shape) split over tp or its experts spread over ep.
+    EXPECT_GT(run.teacher_parameters, 0);
+    EXPECT_LT(run.teacher_parameters, model::Model(ep_config.model).params().num_elements());
+  }
   if (l.cac) {
     // Every rank: one micro-batch a step, each MoE layer's recompute takes its first pass's two
     // exchanges, which sent as many bytes as the backward's two.
@@ -251,6 +256,16 @@ TEST(GpuExpertParallel, DroplessRoutingEqualsTheSingleProcessRun) {
   check_equals_single_process({1, dist::Communicator::world().size(), true});
 }
 
+// Distillation under ep = every rank: the teacher's MoE layers hold this rank's experts too and
+// exchange tokens over the GPU expert group in its forward; every token to every expert (see the
+// file comment).
+TEST(GpuExpertParallel, DistillationEqualsTheSingleProcessRun) {
+  Layout ep{1, dist::Communicator::world().size()};
+  ep.all_experts = true;
+  ep.distill = true;
+  check_equals_single_process(ep);
+}
+
 // Megatron splits of attention, the dense MLP, the embedding and the LM head (vocabulary-parallel
 // cross-entropy) over tp = every rank, every token to every expert (see the file comment). One
 // step first: its Adam moments are the first gradients, compared tensor by tensor.
@@ -267,8 +282,8 @@ TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
   check_equals_single_process(tp);
 }
 
-// Distillation under tp: the student's vocabulary-parallel KD term (the teacher whole on every
-// rank, its logits of each rank's vocabulary rows).
+// Distillation under tp: the student's vocabulary-parallel KD term (the teacher split over tp like
+// the student, its logits of each rank's vocabulary rows).
 TEST(GpuTensorParallel, DistillationEqualsTheSingleProcessRun) {
   Layout tp{dist::Communicator::world().size()};
   tp.all_experts = true;
