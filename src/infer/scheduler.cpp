@@ -30,6 +30,7 @@ struct Scheduler::Sequence {
   Request request;
   std::vector<int32_t> blocks;  // block table
   int64_t prefilled = 0;        // prompt tokens whose keys/values are in the cache
+  int64_t registered = 0;       // leading blocks offered to the prefix cache (KVBlockPool)
   std::vector<int32_t> generated;
   int32_t pending = -1;  // the last sampled token, not yet in the cache
   bool done = false;
@@ -200,7 +201,19 @@ void Scheduler::admit() {
     Sequence& next = *waiting_.front();
     const int64_t total =
         static_cast<int64_t>(next.request.prompt.size()) + next.request.max_tokens;
-    if (!pool_.reserve(next.blocks, total)) break;  // first come, first served: wait for blocks
+    // The prompt's whole blocks another prompt computed, up to its last token, whose logits
+    // give the first new token (all of them when the request wants the prompt's logits).
+    const std::vector<int32_t>& prompt = next.request.prompt;
+    if (options_.prefix_caching && !next.request.prompt_logprobs)
+      next.prefilled =
+          pool_.match_prefix(prompt, static_cast<int64_t>(prompt.size()) - 1, next.blocks);
+    next.registered = static_cast<int64_t>(next.blocks.size());
+    if (!pool_.reserve(next.blocks, total)) {  // first come, first served: wait for blocks
+      pool_.release(next.blocks);
+      next.prefilled = next.registered = 0;
+      break;
+    }
+    stats_.cached_prompt_tokens += next.prefilled;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     --stats_.waiting;
@@ -261,6 +274,7 @@ bool Scheduler::step() {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.running = 0;
     stats_.free_blocks = pool_.free_blocks();
+    stats_.cached_blocks = pool_.cached_blocks();
     return false;
   }
 
@@ -456,6 +470,8 @@ void Scheduler::deliver(Launched& step, const std::vector<int32_t>& next_ids,
     if (seq.done) continue;  // ended by the step before (a following step's extra token)
     if (seq.prefilling()) {
       seq.prefilled += step.slices[i].len;
+      if (options_.prefix_caching)
+        pool_.register_prefix(seq.request.prompt, seq.prefilled, seq.blocks, seq.registered);
       if (seq.prefilling()) continue;  // more prompt next step; these logits are not used
     } else {
       seq.generated.push_back(seq.pending);  // its keys/values are in the cache now
@@ -499,6 +515,7 @@ void Scheduler::erase_ended() {
   stats_.running = static_cast<int64_t>(
       std::count_if(running_.begin(), running_.end(), [](const auto& s) { return !s->done; }));
   stats_.free_blocks = pool_.free_blocks();
+  stats_.cached_blocks = pool_.cached_blocks();
 }
 
 void Scheduler::run() {

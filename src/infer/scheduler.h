@@ -61,6 +61,9 @@ struct SchedulerOptions {
   int64_t max_context = 0;    // prompt + max_tokens limit; 0: the model's max_seq_len
   // On a GPU, decode steps replay one captured CUDA graph per batch size (model/paged_kv.h).
   bool cuda_graphs = true;
+  // A prompt that starts with whole KV blocks an earlier prompt computed takes them instead of
+  // computing them again (infer/kv_block_pool.h; docs/architecture.md, "Prefix caching").
+  bool prefix_caching = true;
 };
 
 struct SchedulerStats {
@@ -71,6 +74,9 @@ struct SchedulerStats {
   // device): the host's work between steps overlapped the device's.
   int64_t followed_steps = 0;
   int64_t free_blocks = 0, total_blocks = 0;
+  // Prompt tokens whose keys and values came from the prefix cache (not computed; not in
+  // prompt_tokens), and the blocks the cache holds.
+  int64_t cached_prompt_tokens = 0, cached_blocks = 0;
 };
 
 class Scheduler {

@@ -700,6 +700,9 @@ struct Server::Impl {
     metric("moex_client_disconnects_total", "counter", "streams the client closed early",
            disconnects.load());
     metric("moex_prompt_tokens_total", "counter", "prompt tokens prefilled", s.prompt_tokens);
+    metric("moex_prompt_tokens_cached_total", "counter",
+           "prompt tokens taken from the prefix cache instead of prefilled",
+           s.cached_prompt_tokens);
     metric("moex_generated_tokens_total", "counter", "tokens generated", s.generated_tokens);
     metric("moex_requests_finished_total", "counter", "requests the engine finished", s.finished);
     metric("moex_queue_depth", "gauge", "requests waiting for a batch slot", s.waiting);
@@ -708,6 +711,8 @@ struct Server::Impl {
     metric("moex_engine_steps_total", "counter", "engine steps", s.steps);
     metric("moex_kv_blocks_free", "gauge", "free KV-cache blocks", s.free_blocks);
     metric("moex_kv_blocks_total", "gauge", "KV-cache blocks", s.total_blocks);
+    metric("moex_kv_blocks_cached", "gauge", "KV-cache blocks the prefix cache holds",
+           s.cached_blocks);
     metric("moex_generated_tokens_per_second", "gauge", "generated tokens / uptime",
            uptime > 0 ? s.generated_tokens / uptime : 0.0);
     return o.str();

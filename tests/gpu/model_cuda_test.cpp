@@ -449,6 +449,48 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   EXPECT_GT(replays, 2 * m.paged_graph_captures()) << "captures " << m.paged_graph_captures();
 }
 
+// A prompt served again takes its whole KV blocks from the prefix cache (32 of its 40 tokens with
+// blocks of 8) and computes the last 8 rows alone, where the first run computed all 40 in one step
+// (other GEMM shapes, so other bf16 roundings): the first new token's log-probabilities agree with
+// the first run's within bf16 noise, and the token is the same unless the first run's top two were
+// within that noise. Without the cache the repeat computes everything again.
+TEST_F(GpuModel, PrefixCachedPromptGivesTheFirstRunsNextToken) {
+  const ModelConfig config = small_config();
+  model::Model m(config, Device::cuda());
+  m.init_weights(29);
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 40; ++t)
+    prompt.push_back(static_cast<int32_t>(philox_u32(53, 0, t) % config.vocab_size));
+  for (const bool caching : {true, false}) {
+    infer::SchedulerOptions so;
+    so.max_batch = 2;
+    so.step_tokens = 64;
+    so.block_size = 8;
+    so.max_context = 96;
+    so.prefix_caching = caching;
+    infer::Scheduler s(m, so);
+    std::vector<infer::TokenLogprob> first(2);
+    for (int run = 0; run < 2; ++run) {
+      infer::Request r;
+      r.prompt = prompt;
+      r.max_tokens = 1;
+      r.logprobs = 2;
+      r.on_logprob = [&first, run](const infer::TokenLogprob& lp) { first[run] = lp; };
+      s.submit(std::move(r));
+      while (s.step()) {
+      }
+    }
+    EXPECT_EQ(s.stats().cached_prompt_tokens, caching ? 32 : 0);
+    ASSERT_EQ(first[0].top.size(), 2u);
+    ASSERT_EQ(first[1].top.size(), 2u);
+    for (int i = 0; i < 2; ++i)
+      EXPECT_NEAR(first[1].top[i].second, first[0].top[i].second, 3e-2) << "caching " << caching;
+    const float margin = first[0].top[0].second - first[0].top[1].second;
+    if (margin > 6e-2) EXPECT_EQ(first[1].token, first[0].token) << "caching " << caching;
+    if (!caching) EXPECT_EQ(first[1].logprob, first[0].logprob);  // the same computation
+  }
+}
+
 // Requests that want log-probabilities (the prompt's too, over chunked prefill) or a logit bias
 // run their steps with the logits on the host: the tokens are those of the same requests served
 // on the device (host and device samplers draw alike), and the log-probabilities are the

@@ -458,6 +458,20 @@ try {
   assert.ok(m.moex_request_errors_total >= 10);  // the rejected generation requests above
   ok('/metrics in Prometheus text');
 
+  // ---- prefix caching: a repeated prompt takes its whole KV blocks (8 tokens) from the cache ----
+  {
+    const long = 'In the beginning the town had one road, one well and one bell. '.repeat(3);
+    const before = (await metrics()).moex_prompt_tokens_cached_total;
+    const first = await client.completions.create({ ...base, prompt: long });
+    const again = await client.completions.create({ ...base, prompt: long });
+    assert.equal(again.choices[0].text, first.choices[0].text);
+    assert.equal(again.usage.prompt_tokens, first.usage.prompt_tokens);
+    const cached = (await metrics()).moex_prompt_tokens_cached_total - before;
+    assert.ok(cached >= 16 && cached % 8 === 0 && cached < first.usage.prompt_tokens,
+              `prompt tokens from the cache: ${cached} of ${first.usage.prompt_tokens}`);
+    ok(`prefix caching: the repeated prompt took ${cached} of its ${first.usage.prompt_tokens} tokens from the cache, same answer`);
+  }
+
   // ---- load: 45 waves of 12 concurrent streaming clients, no error, no memory growth ----
   const rss = () => Number(readFileSync(`/proc/${server.pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)[1]);
   const wave = () => Promise.all(Array.from({ length: 12 }, async (_, i) => {

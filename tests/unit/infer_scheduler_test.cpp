@@ -46,6 +46,14 @@ std::vector<std::vector<int32_t>> prompts(int64_t vocab) {
   return out;
 }
 
+// n tokens drawn from the vocabulary by (seed, stream).
+std::vector<int32_t> random_tokens(uint64_t seed, uint64_t stream, int n, int64_t vocab) {
+  std::vector<int32_t> out;
+  for (int t = 0; t < n; ++t)
+    out.push_back(static_cast<int32_t>(philox_u32(seed, stream, t) % vocab));
+  return out;
+}
+
 Request request(std::vector<int32_t> prompt, int64_t max_tokens) {
   Request r;
   r.prompt = std::move(prompt);
@@ -63,7 +71,7 @@ struct Outcome {
 // every `stagger` steps), and returns each request's tokens.
 std::vector<Outcome> serve(model::Model& m, const std::vector<std::vector<int32_t>>& ps,
                            const SchedulerOptions& opt, int64_t max_tokens, int stagger,
-                           const SamplingParams& sampling = {}) {
+                           const SamplingParams& sampling = {}, SchedulerStats* stats = nullptr) {
   Scheduler s(m, opt);
   std::vector<Outcome> out(ps.size());
   size_t submitted = 0;
@@ -91,6 +99,7 @@ std::vector<Outcome> serve(model::Model& m, const std::vector<std::vector<int32_
     if (!s.step() && submitted == ps.size()) break;
   }
   const SchedulerStats st = s.stats();
+  if (stats != nullptr) *stats = st;
   EXPECT_EQ(st.free_blocks, st.total_blocks) << "blocks leaked";
   EXPECT_EQ(st.finished, static_cast<int64_t>(ps.size()));
   // Steady decoding launched steps ahead of reading the last one's tokens (ids on the device),
@@ -575,6 +584,145 @@ TEST(Scheduler, RandomArrivalsStopsAndCancelsMatchOneAtATime) {
     }
   }
   EXPECT_GT(followed, 0);
+}
+
+// The pool's prefix cache: registered whole blocks are found again by the same leading tokens
+// (and only those: the same block of tokens after another prefix is not a match), shared while
+// held, kept once released, and evicted leaves first, the one released longest ago first.
+TEST(KVBlockPool, PrefixCacheSharesWholeBlocksAndEvictsTheOldest) {
+  KVBlockPool pool(6, 2);
+  const std::vector<int32_t> a = {1, 2, 3, 4, 5, 6, 7};
+  std::vector<int32_t> first;
+  ASSERT_TRUE(pool.reserve(first, 7));  // 4 blocks
+  int64_t registered = 0;
+  pool.register_prefix(a, 3, first, registered);  // positions 0..2 written: block 0 whole
+  EXPECT_EQ(registered, 1);
+  EXPECT_EQ(pool.cached_blocks(), 1);
+  pool.register_prefix(a, 7, first, registered);  // blocks 1 and 2; block 3 holds one token
+  EXPECT_EQ(registered, 3);
+  EXPECT_EQ(pool.cached_blocks(), 3);
+
+  std::vector<int32_t> same, shares_two, other_start;
+  EXPECT_EQ(pool.match_prefix(a, 6, same), 6);
+  EXPECT_EQ(same, std::vector<int32_t>(first.begin(), first.begin() + 3));
+  EXPECT_EQ(pool.match_prefix({1, 2, 3, 4, 9, 9, 7}, 6, shares_two), 4);
+  EXPECT_EQ(pool.match_prefix({9, 9, 3, 4, 5, 6}, 6, other_start), 0);  // blocks 1, 2 follow 0
+  std::vector<int32_t> skips_one;
+  EXPECT_EQ(pool.match_prefix({1, 2, 5, 6}, 4, skips_one), 2);  // {5, 6} follows {3, 4}
+  pool.release(skips_one);
+  std::vector<int32_t> limited;
+  EXPECT_EQ(pool.match_prefix(a, 5, limited), 4);  // whole blocks within max_tokens only
+  pool.release(limited);
+  EXPECT_EQ(pool.free_blocks(), 2);
+
+  pool.release(first);  // block 3 is free again; 0-2 are still held
+  EXPECT_EQ(pool.free_blocks(), 3);
+  pool.release(same);  // block 2 nobody holds: cached, evictable
+  pool.release(shares_two);
+  pool.release(other_start);
+  EXPECT_EQ(pool.free_blocks(), 6);
+  EXPECT_EQ(pool.cached_blocks(), 3);
+
+  std::vector<int32_t> big;
+  ASSERT_TRUE(pool.reserve(big, 8));  // the 3 free blocks, then block 2 (released first)
+  EXPECT_EQ(pool.cached_blocks(), 2);
+  std::vector<int32_t> again;
+  EXPECT_EQ(pool.match_prefix(a, 6, again), 4);
+  pool.release(again);
+  EXPECT_FALSE(pool.reserve(big, 14));  // 7 blocks of 6
+  ASSERT_TRUE(pool.reserve(big, 12));
+  EXPECT_EQ(pool.cached_blocks(), 0);
+  EXPECT_EQ(pool.match_prefix(a, 6, again), 0);
+  pool.release(big);
+  EXPECT_EQ(pool.free_blocks(), 6);
+}
+
+// Prompts that share leading blocks take them from the prefix cache instead of computing them,
+// and every token is still that of one-at-a-time decoding: with the cache and without it, a
+// roomy pool and one so tight that cached blocks are evicted for new requests, one request at a
+// time and several at once. The cache's count of prompt tokens is what the shared blocks hold.
+TEST(Scheduler, PrefixCachingGivesTheTokensOfOneAtATime) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  const std::vector<int32_t> shared = random_tokens(5, 0, 13, c.vocab_size);
+  std::vector<std::vector<int32_t>> ps;
+  for (int i = 0; i < 5; ++i) {
+    std::vector<int32_t> p(shared.begin(), shared.begin() + (i == 4 ? 6 : 13));
+    const std::vector<int32_t> own = random_tokens(5, 1 + i, i, c.vocab_size);
+    p.insert(p.end(), own.begin(), own.end());
+    ps.push_back(p);
+  }
+  ps.push_back(ps[1]);  // the same prompt again: all but its last token's block
+  std::vector<std::vector<int32_t>> want;
+  for (const auto& p : ps) {
+    GenerateOptions g;
+    g.max_new_tokens = 6;
+    want.push_back(generate(m, p, g));
+  }
+  for (const bool caching : {true, false}) {
+    for (const int64_t num_blocks : {int64_t{0}, int64_t{10}}) {
+      for (const int stagger : {4, 0}) {
+        SchedulerOptions opt;
+        opt.max_batch = 3;
+        opt.step_tokens = 8;
+        opt.block_size = 4;
+        opt.num_blocks = num_blocks;
+        opt.prefix_caching = caching;
+        SchedulerStats st;
+        const auto got = serve(m, ps, opt, 6, stagger, {}, &st);
+        const std::string what = std::string("caching ") + (caching ? "on" : "off") + " blocks " +
+                                 std::to_string(num_blocks) + " stagger " + std::to_string(stagger);
+        for (size_t i = 0; i < ps.size(); ++i) EXPECT_EQ(got[i].tokens, want[i]) << what;
+        int64_t prompt_tokens = 0;
+        for (const auto& p : ps) prompt_tokens += static_cast<int64_t>(p.size());
+        EXPECT_EQ(st.prompt_tokens + st.cached_prompt_tokens, prompt_tokens) << what;
+        EXPECT_EQ(st.cached_prompt_tokens % opt.block_size, 0) << what;
+        if (!caching) {
+          EXPECT_EQ(st.cached_prompt_tokens, 0) << what;
+          EXPECT_EQ(st.cached_blocks, 0) << what;
+        } else if (stagger > 0 && num_blocks == 0) {
+          // One request at a time, each admitted after the one before it prefilled: requests
+          // 1-3 take the shared 12 tokens, 4 its 4, the repeat of 1 its first 12 too.
+          EXPECT_EQ(st.cached_prompt_tokens, 3 * 12 + 4 + 12) << what;
+        } else {
+          EXPECT_GT(st.cached_prompt_tokens, 0) << what;
+        }
+      }
+    }
+  }
+}
+
+// Only blocks whose keys and values were written are offered to the cache: a request cancelled
+// after the first 8-token chunk of its 21-token prompt leaves its first two blocks of 4 cached,
+// not the three more its prompt would fill, and a later request with the same prompt takes those
+// two and computes the rest (its tokens those of one-at-a-time decoding).
+TEST(Scheduler, APromptCancelledWhilePrefillingLeavesOnlyItsWrittenBlocksCached) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  const std::vector<int32_t> prompt = random_tokens(6, 0, 21, c.vocab_size);
+  SchedulerOptions opt;
+  opt.max_batch = 2;
+  opt.step_tokens = 8;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  const uint64_t first = s.submit(request(prompt, 4));
+  ASSERT_TRUE(s.step());  // the first chunk, read at once (a prefill step is not followed)
+  s.cancel(first);
+  std::vector<int32_t> tokens;
+  Request again = request(prompt, 6);
+  again.on_token = [&](int32_t t) {
+    tokens.push_back(t);
+    return true;
+  };
+  s.submit(std::move(again));
+  run_to_end(s);
+  GenerateOptions g;
+  g.max_new_tokens = 6;
+  EXPECT_EQ(tokens, generate(m, prompt, g));
+  EXPECT_EQ(s.stats().cached_prompt_tokens, 8);
+  EXPECT_EQ(s.stats().free_blocks, s.stats().total_blocks);
 }
 
 // A request queued behind a full batch leaves admission nothing to do, so the running batch still

@@ -21,14 +21,15 @@ int run_serve(const std::vector<std::string>& argv) {
       argv,
       {"model", "device", "host", "port", "model-name", "max-batch", "step-tokens", "block-size",
        "kv-blocks", "max-context", "max-waiting", "cors-origin", "tp"},
-      {"help", "no-cuda-graphs", "expert-slicing"});
+      {"help", "no-cuda-graphs", "no-prefix-caching", "expert-slicing"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex serve --model DIR [--device cpu|cuda[:N]] [--host 127.0.0.1] [--port 8000]\n"
         "                  [--model-name NAME] [--max-batch 8] [--step-tokens 512]\n"
         "                  [--block-size 16] [--kv-blocks N] [--max-context N] [--max-waiting "
         "256]\n"
-        "                  [--cors-origin '*'] [--no-cuda-graphs] [--tp N [--expert-slicing]]\n"
+        "                  [--cors-origin '*'] [--no-cuda-graphs] [--no-prefix-caching]\n"
+        "                  [--tp N [--expert-slicing]]\n"
         "  An OpenAI-compatible server: POST /v1/completions and /v1/chat/completions (streamed\n"
         "  with \"stream\": true), GET /v1/models, /health, /metrics. Requests name the model as\n"
         "  --model-name (default: the directory's name). Continuous batching of up to --max-batch\n"
@@ -38,6 +39,8 @@ int run_serve(const std::vector<std::string>& argv) {
         "none).\n"
         "  On a GPU, decode steps replay one captured CUDA graph per batch size; --no-cuda-graphs\n"
         "  runs every step op by op (for debugging).\n"
+        "  A prompt that starts with whole KV blocks (--block-size tokens) of an earlier prompt\n"
+        "  reuses their keys and values (prefix caching); --no-prefix-caching computes them.\n"
         "  Ctrl-C / SIGTERM: stops taking requests, finishes the running ones, exits.\n"
         "  --tp N under mpirun -np N: the model split over the N ranks (tensor parallelism; a\n"
         "  GPU each with --device cuda); rank 0 serves, the others run its steps.\n"
@@ -59,6 +62,7 @@ int run_serve(const std::vector<std::string>& argv) {
   o.scheduler.num_blocks = args.get_int("kv-blocks", 0);
   o.scheduler.max_context = args.get_int("max-context", 0);
   o.scheduler.cuda_graphs = !args.flag("no-cuda-graphs");
+  o.scheduler.prefix_caching = !args.flag("no-prefix-caching");
   o.max_waiting = args.get_int("max-waiting", 256);
   MOEX_CHECK(o.max_waiting >= 0, "--max-waiting must be >= 0, got ", o.max_waiting);
   o.cors_origin = args.get("cors-origin", "*");
@@ -100,7 +104,6 @@ int run_serve(const std::vector<std::string>& argv) {
   return 0;
 }
 
-const moex::cli::Command kServe("serve", "an OpenAI-compatible HTTP server for a model",
-                                run_serve);
+const moex::cli::Command kServe("serve", "an OpenAI-compatible HTTP server for a model", run_serve);
 
 }  // namespace
