@@ -197,6 +197,7 @@ void Scheduler::admit() {
       ++it;
     }
   }
+  std::vector<Sequence*> admitted;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
     const int64_t total =
@@ -214,12 +215,15 @@ void Scheduler::admit() {
       break;
     }
     stats_.cached_prompt_tokens += next.prefilled;
+    admitted.push_back(&next);
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
     --stats_.waiting;
     ++stats_.running;
   }
   lock.unlock();
+  for (Sequence* seq : admitted)
+    if (seq->request.on_admitted) seq->request.on_admitted(seq->prefilled);
   for (auto& seq : dropped)
     if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
   for (auto& seq : running_)

@@ -49,6 +49,9 @@ struct Request {
   std::function<void(const TokenLogprob& logprob)> on_logprob;
   // Each new token as it is sampled; returning false cancels the request (a client went away).
   std::function<bool(int32_t token)> on_token;
+  // Called once when the request gets its batch slot and KV blocks, with the prompt tokens taken
+  // from the prefix cache (not computed).
+  std::function<void(int64_t cached_tokens)> on_admitted;
   // Called once when the request ends, with the reason (and a message for kError).
   std::function<void(FinishReason reason, const std::string& error)> on_finish;
 };

@@ -96,6 +96,7 @@ GenerationRequest parse_generation_request(const std::string& body, bool chat);
 // The finished (non-streamed) response objects and one streamed chunk.
 struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;
+  int64_t cached_tokens = 0;  // prompt tokens whose keys and values the prefix cache held
 };
 // One token's log-probability as reported: its text, and the most likely alternatives' (most
 // likely first). The first prompt token of an echo has none (logprob and top read null).

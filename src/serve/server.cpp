@@ -39,6 +39,7 @@ struct Feed {
   infer::FinishReason reason = infer::FinishReason::kError;
   std::string error;
   bool cancelled = false;  // the handler is done with it: the engine cancels at its next token
+  int64_t cached_tokens = 0;  // prompt tokens the prefix cache held (set when admitted)
 };
 
 // Every choice's feed behind one lock, so that a handler waits for news from any of them.
@@ -487,6 +488,10 @@ struct Server::Impl {
         channel->ready.notify_one();
         return !channel->feeds[i].cancelled;
       };
+      er.on_admitted = [channel, i](int64_t cached) {
+        std::lock_guard<std::mutex> lock(channel->mutex);
+        channel->feeds[i].cached_tokens = cached;
+      };
       er.on_finish = [channel, i](infer::FinishReason reason, const std::string& error) {
         std::lock_guard<std::mutex> lock(channel->mutex);
         Feed& f = channel->feeds[i];
@@ -512,9 +517,14 @@ struct Server::Impl {
         if (!c.ended) return false;
       return true;
     };
-    auto total_usage = [choices, usage] {
+    // A prompt counts once, as in prompt_tokens: its first choice's cached tokens (the usage is
+    // read once every choice has ended, so each was admitted).
+    auto total_usage = [choices, usage, channel, n = r.n] {
       Usage u = usage;
       for (const ChoiceState& c : *choices) u.completion_tokens += c.completion_tokens;
+      std::lock_guard<std::mutex> lock(channel->mutex);
+      for (size_t i = 0; i < channel->feeds.size(); i += static_cast<size_t>(n))
+        u.cached_tokens += channel->feeds[i].cached_tokens;
       return u;
     };
 

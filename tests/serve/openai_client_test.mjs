@@ -469,6 +469,9 @@ try {
     const cached = (await metrics()).moex_prompt_tokens_cached_total - before;
     assert.ok(cached >= 16 && cached % 8 === 0 && cached < first.usage.prompt_tokens,
               `prompt tokens from the cache: ${cached} of ${first.usage.prompt_tokens}`);
+    // OpenAI's usage field for it: none the first time, the metric's count the second.
+    assert.equal(first.usage.prompt_tokens_details.cached_tokens, 0);
+    assert.equal(again.usage.prompt_tokens_details.cached_tokens, cached);
     ok(`prefix caching: the repeated prompt took ${cached} of its ${first.usage.prompt_tokens} tokens from the cache, same answer`);
   }
 

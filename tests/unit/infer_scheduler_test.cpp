@@ -711,17 +711,20 @@ TEST(Scheduler, APromptCancelledWhilePrefillingLeavesOnlyItsWrittenBlocksCached)
   ASSERT_TRUE(s.step());  // the first chunk, read at once (a prefill step is not followed)
   s.cancel(first);
   std::vector<int32_t> tokens;
+  int64_t admitted_cached = -1;
   Request again = request(prompt, 6);
   again.on_token = [&](int32_t t) {
     tokens.push_back(t);
     return true;
   };
+  again.on_admitted = [&](int64_t cached) { admitted_cached = cached; };
   s.submit(std::move(again));
   run_to_end(s);
   GenerateOptions g;
   g.max_new_tokens = 6;
   EXPECT_EQ(tokens, generate(m, prompt, g));
   EXPECT_EQ(s.stats().cached_prompt_tokens, 8);
+  EXPECT_EQ(admitted_cached, 8);  // what the request itself hears
   EXPECT_EQ(s.stats().free_blocks, s.stats().total_blocks);
 }
 
