@@ -4,6 +4,10 @@
 Prints one JSON line: generated tokens/s over the run and time to first token p50/p99.
 
   python3 bench/serve_bench.py URL MODEL [--clients K] [--requests N] [--max-tokens T] [--prompt P]
+                                          [--shared-prefix-words W]
+
+--shared-prefix-words W puts the same W-word passage before every prompt, as a system prompt or
+a shared document would (what a server's prefix cache serves).
 
 Python's standard library only (http.client, threads), so it runs wherever python3 does.
 """
@@ -58,7 +62,12 @@ def main():
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--prompt", default="The expert layer routes each token to")
+    ap.add_argument("--shared-prefix-words", type=int, default=0)
     a = ap.parse_args()
+    words = ("the river ran past the old mill and the town kept its bell in the square where "
+             "traders met each morning").split()
+    prefix = " ".join(words[i % len(words)] for i in range(a.shared_prefix_words))
+    prompt = f"{prefix} {a.prompt}" if prefix else a.prompt
     stats = {"ttft": [], "tokens": 0, "errors": 0, "issued": 0}
     lock = threading.Lock()
 
@@ -69,7 +78,7 @@ def main():
                     return
                 i = stats["issued"]
                 stats["issued"] += 1
-            one(a.url, a.model, f"{a.prompt} {i}", a.max_tokens, stats, lock)
+            one(a.url, a.model, f"{prompt} {i}", a.max_tokens, stats, lock)
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(a.clients)]
@@ -85,6 +94,7 @@ def main():
 
     print(json.dumps({"bench": "serve", "url": a.url, "clients": a.clients,
                       "requests": a.requests, "max_tokens": a.max_tokens,
+                      "shared_prefix_words": a.shared_prefix_words,
                       "errors": stats["errors"], "generated_tokens": stats["tokens"],
                       "seconds": round(seconds, 3),
                       "tokens_per_s": round(stats["tokens"] / seconds, 1),
