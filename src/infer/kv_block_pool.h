@@ -1,8 +1,9 @@
 // Hands out the blocks of a paged KV cache (model/paged_kv.h): a free list of block ids; each
 // sequence's block table grows as it does and goes back whole when it ends.
 //
-// Prefix caching (docs/architecture.md, "Prefix caching"): a block whose positions all hold prompt
-// keys and values can be registered under its tokens and the block before it. A later sequence
+// Prefix caching (docs/architecture.md, "Prefix caching"): a block whose positions all hold the
+// keys and values of known tokens (a prompt's, then the ones generated after it) can be registered
+// under its tokens and the block before it. A later sequence
 // whose prompt starts with the same tokens takes those blocks (shared, reference-counted) instead
 // of computing them again. A registered block nobody holds stays cached until its id is needed:
 // reserve() takes never-registered free blocks first, then evicts the cached block released

@@ -479,6 +479,13 @@ void Scheduler::deliver(Launched& step, const std::vector<int32_t>& next_ids,
       if (seq.prefilling()) continue;  // more prompt next step; these logits are not used
     } else {
       seq.generated.push_back(seq.pending);  // its keys/values are in the cache now
+      // A block this filled holds known tokens (prompt, then generated ones): cached too, for a
+      // next chat turn that sends the conversation so far as its prompt.
+      if (options_.prefix_caching && seq.length() % pool_.block_size() == 0) {
+        std::vector<int32_t> tokens = seq.request.prompt;
+        tokens.insert(tokens.end(), seq.generated.begin(), seq.generated.end());
+        pool_.register_prefix(tokens, seq.length(), seq.blocks, seq.registered);
+      }
     }
     const int32_t next = next_ids[i];
     seq.pending = next;

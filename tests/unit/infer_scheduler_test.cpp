@@ -728,6 +728,45 @@ TEST(Scheduler, APromptCancelledWhilePrefillingLeavesOnlyItsWrittenBlocksCached)
   EXPECT_EQ(s.stats().free_blocks, s.stats().total_blocks);
 }
 
+// A chat's next turn sends the conversation so far as its prompt: the blocks the first turn's
+// generated tokens filled are cached too, so the second turn computes only what follows them
+// (with blocks of 4: a 10-token prompt and 14 new tokens write the keys and values of 23
+// positions, the last new token's never: 5 whole blocks), and its tokens are those of
+// one-at-a-time decoding.
+TEST(Scheduler, ANextChatTurnReusesTheBlocksOfTheAnswerBeforeIt) {
+  const ModelConfig c = config(false);
+  model::Model m(c);
+  m.init_weights(3);
+  SchedulerOptions opt;
+  opt.max_batch = 2;
+  opt.block_size = 4;
+  Scheduler s(m, opt);
+  auto turn = [&](const std::vector<int32_t>& prompt, int64_t max_tokens) {
+    std::vector<int32_t> tokens;
+    Request r = request(prompt, max_tokens);
+    r.on_token = [&](int32_t t) {
+      tokens.push_back(t);
+      return true;
+    };
+    s.submit(std::move(r));
+    run_to_end(s);
+    GenerateOptions g;
+    g.max_new_tokens = max_tokens;
+    EXPECT_EQ(tokens, generate(m, prompt, g));
+    return tokens;
+  };
+  std::vector<int32_t> conversation = random_tokens(7, 0, 10, c.vocab_size);
+  const std::vector<int32_t> answer = turn(conversation, 14);
+  ASSERT_EQ(answer.size(), 14u);
+  EXPECT_EQ(s.stats().cached_prompt_tokens, 0);
+  conversation.insert(conversation.end(), answer.begin(), answer.end());
+  const std::vector<int32_t> question = random_tokens(7, 1, 5, c.vocab_size);
+  conversation.insert(conversation.end(), question.begin(), question.end());
+  turn(conversation, 6);
+  EXPECT_EQ(s.stats().cached_prompt_tokens, 20);
+  EXPECT_EQ(s.stats().free_blocks, s.stats().total_blocks);
+}
+
 // A request queued behind a full batch leaves admission nothing to do, so the running batch still
 // launches its steps ahead: two requests of 20 tokens (a prefill step, then 19 decode steps, of
 // which the first is built from scratch and the other 18 follow) while a third waits for a slot,
