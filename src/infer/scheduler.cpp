@@ -182,21 +182,30 @@ void Scheduler::finish(Sequence& seq, FinishReason reason, const std::string& er
 void Scheduler::admit() {
   // Blocks freed by ended sequences are handed out here, so no launched step may still write them.
   MOEX_CHECK(launched_ == nullptr, "Scheduler::admit with a launched step not collected");
-  std::unique_lock<std::mutex> lock(mutex_);
-  // Cancellations first: waiting ones leave the queue, running ones end below.
+  // Cancellations first: waiting ones leave the queue and running ones end, so their batch slots
+  // and blocks are free (and no one waits for prompt blocks they will not compute).
   std::vector<uint64_t> cancelled;
-  cancelled.swap(cancelled_);
   std::vector<std::unique_ptr<Sequence>> dropped;
-  for (auto it = waiting_.begin(); it != waiting_.end();) {
-    if (std::find(cancelled.begin(), cancelled.end(), (*it)->id) != cancelled.end()) {
-      dropped.push_back(std::move(*it));
-      it = waiting_.erase(it);
-      --stats_.waiting;
-      ++stats_.finished;  // cancelled before it ran: ended all the same
-    } else {
-      ++it;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    cancelled.swap(cancelled_);
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      if (std::find(cancelled.begin(), cancelled.end(), (*it)->id) != cancelled.end()) {
+        dropped.push_back(std::move(*it));
+        it = waiting_.erase(it);
+        --stats_.waiting;
+        ++stats_.finished;  // cancelled before it ran: ended all the same
+      } else {
+        ++it;
+      }
     }
   }
+  for (auto& seq : dropped)
+    if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
+  for (auto& seq : running_)
+    if (std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end())
+      finish(*seq, FinishReason::kCancelled);
+  std::unique_lock<std::mutex> lock(mutex_);
   std::vector<Sequence*> admitted;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_batch) {
     Sequence& next = *waiting_.front();
@@ -205,11 +214,14 @@ void Scheduler::admit() {
     // The prompt's whole blocks another prompt computed, up to its last token, whose logits
     // give the first new token (all of them when the request wants the prompt's logits).
     const std::vector<int32_t>& prompt = next.request.prompt;
-    if (options_.prefix_caching && !next.request.prompt_logprobs)
+    const bool cacheable = options_.prefix_caching && !next.request.prompt_logprobs;
+    if (cacheable)
       next.prefilled =
           pool_.match_prefix(prompt, static_cast<int64_t>(prompt.size()) - 1, next.blocks);
     next.registered = static_cast<int64_t>(next.blocks.size());
-    if (!pool_.reserve(next.blocks, total)) {  // first come, first served: wait for blocks
+    // First come, first served: wait for blocks, or for a running prompt's blocks this one
+    // starts with (a step or two, instead of computing them alongside it).
+    if ((cacheable && prefix_in_progress(next)) || !pool_.reserve(next.blocks, total)) {
       pool_.release(next.blocks);
       next.prefilled = next.registered = 0;
       break;
@@ -224,11 +236,23 @@ void Scheduler::admit() {
   lock.unlock();
   for (Sequence* seq : admitted)
     if (seq->request.on_admitted) seq->request.on_admitted(seq->prefilled);
-  for (auto& seq : dropped)
-    if (seq->request.on_finish) seq->request.on_finish(FinishReason::kCancelled, "");
-  for (auto& seq : running_)
-    if (std::find(cancelled.begin(), cancelled.end(), seq->id) != cancelled.end())
-      finish(*seq, FinishReason::kCancelled);
+}
+
+bool Scheduler::prefix_in_progress(const Sequence& next) const {
+  const std::vector<int32_t>& prompt = next.request.prompt;
+  const int64_t block = pool_.block_size();
+  // The most a prompt takes from the cache: its whole blocks before its last token.
+  const int64_t usable = (static_cast<int64_t>(prompt.size()) - 1) / block * block;
+  for (const auto& running : running_) {
+    if (running->done) continue;
+    const std::vector<int32_t>& other = running->request.prompt;
+    const size_t n = static_cast<size_t>(std::min<int64_t>(usable, other.size()));
+    size_t same = 0;
+    while (same < n && prompt[same] == other[same]) ++same;
+    const int64_t shared = static_cast<int64_t>(same) / block * block;
+    if (shared > next.prefilled && shared > running->registered * block) return true;
+  }
+  return false;
 }
 
 // A launched step whose tokens are not read yet: its sequences (kept alive until it is collected),

@@ -116,6 +116,9 @@ class Scheduler {
   struct Sequence;
   struct Launched;
   void admit();
+  // Whether a running sequence is still to register whole blocks that `next`'s prompt starts with,
+  // beyond the next.prefilled tokens it took from the cache.
+  bool prefix_in_progress(const Sequence& next) const;
   void finish(Sequence& seq, FinishReason reason, const std::string& error = "");
   // Launched steps (docs/gpu-model.md §Decoding): whether the next step can be the same decode
   // rows with their ids taken on the device; that step; queueing one (false: it failed and its
