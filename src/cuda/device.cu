@@ -53,19 +53,23 @@ int current_device_sms() {
   return sms;
 }
 
+namespace {
+
+// A switch that is on unless the environment sets it to "0".
+bool on_unless_zero(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::string(env) != "0";
+}
+
+}  // namespace
+
 bool programmatic_launch_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("MOEX_PDL");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  static const bool enabled = on_unless_zero("MOEX_PDL");
   return enabled;
 }
 
 bool weight_preload_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("MOEX_WEIGHT_PRELOAD");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  static const bool enabled = on_unless_zero("MOEX_WEIGHT_PRELOAD");
   return enabled;
 }
 
