@@ -61,6 +61,16 @@ Request request(std::vector<int32_t> prompt, int64_t max_tokens) {
   return r;
 }
 
+// The same, with each new token appended to *tokens.
+Request collecting(std::vector<int32_t> prompt, int64_t max_tokens, std::vector<int32_t>* tokens) {
+  Request r = request(std::move(prompt), max_tokens);
+  r.on_token = [tokens](int32_t t) {
+    tokens->push_back(t);
+    return true;
+  };
+  return r;
+}
+
 struct Outcome {
   std::vector<int32_t> tokens;
   FinishReason reason = FinishReason::kError;
@@ -470,12 +480,8 @@ TEST(Scheduler, StopTokensCancelAndLimits) {
 
   // A stop token ends the request after emitting it.
   Outcome stopped, cancelled, tail;
-  Request r = request(ps[3], 9);
+  Request r = collecting(ps[3], 9, &stopped.tokens);
   r.stop_tokens = {free_run[2]};
-  r.on_token = [&](int32_t t) {
-    stopped.tokens.push_back(t);
-    return true;
-  };
   r.on_finish = [&](FinishReason reason, const std::string&) { stopped.reason = reason; };
   s.submit(std::move(r));
   // A client that goes away after two tokens.
@@ -713,11 +719,7 @@ TEST(Scheduler, APromptCancelledWhilePrefillingLeavesOnlyItsWrittenBlocksCached)
   s.cancel(first);
   std::vector<int32_t> tokens;
   int64_t admitted_cached = -1;
-  Request again = request(prompt, 6);
-  again.on_token = [&](int32_t t) {
-    tokens.push_back(t);
-    return true;
-  };
+  Request again = collecting(prompt, 6, &tokens);
   again.on_admitted = [&](int64_t cached) { admitted_cached = cached; };
   s.submit(std::move(again));
   run_to_end(s);
@@ -744,12 +746,7 @@ TEST(Scheduler, ANextChatTurnReusesTheBlocksOfTheAnswerBeforeIt) {
   Scheduler s(m, opt);
   auto turn = [&](const std::vector<int32_t>& prompt, int64_t max_tokens) {
     std::vector<int32_t> tokens;
-    Request r = request(prompt, max_tokens);
-    r.on_token = [&](int32_t t) {
-      tokens.push_back(t);
-      return true;
-    };
-    s.submit(std::move(r));
+    s.submit(collecting(prompt, max_tokens, &tokens));
     run_to_end(s);
     GenerateOptions g;
     g.max_new_tokens = max_tokens;
