@@ -168,10 +168,10 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
     rows = E_ * std::max(moe_capacity(T, c, true), moe_capacity(T, c, false));
   }
   // Padded layouts can need E*T rows: dropless by the largest load, capacity mode when every route
-  // is kept (MoEStepCuda::drop_tokens false).
-  const int64_t gather_rows = !config.dropless || options.dropless_gemm == DroplessGemm::kPadded
-                                  ? std::max(rows, E_ * T)
-                                  : rows;
+  // is kept (MoEStepCuda::drop_tokens false or token_rows_max_tokens).
+  const bool padded = !config.dropless || options.dropless_gemm == DroplessGemm::kPadded ||
+                      options.token_rows_max_tokens > options.decode_max_tokens;
+  const int64_t gather_rows = padded ? std::max(rows, E_ * T) : rows;
   gather_ = dev({gather_rows}, DType::kI32, ctx);
   CUDA_CHECK(cudaMallocHost(&stats_host_, stats_bytes()));
   CUDA_CHECK(cudaEventCreateWithFlags(&stats_ready_, cudaEventDisableTiming));
@@ -384,11 +384,20 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   x_ = x.raw_data();
   cudaStream_t stream = ctx_.stream();
   const float eps = training ? config_.jitter_eps : 0.0f;
+  // A dropless forward that keeps nothing, past the decode kernels' reach: capacity mode's layout
+  // with C = T, which keeps every route, instead of the counts sync (see MoELayerCudaOptions).
+  // Forwards that copy statistics keep the dropless capacity (the largest load) in them.
+  const bool token_rows = config_.dropless && !kept_ && !training && !step.copy_stats &&
+                          !expert_parallel() && T > options_.decode_max_tokens &&
+                          T <= options_.token_rows_max_tokens;
+  const bool dropless = config_.dropless && !token_rows;
   // Capacity mode keeping every route: C = T (a token picks an expert at most once).
-  const int64_t capacity = config_.dropless   ? 0
-                           : step.drop_tokens ? moe_capacity(T, config_, training)
-                                              : T;
-  const bool padded = !config_.dropless || options_.dropless_gemm == DroplessGemm::kPadded;
+  const int64_t capacity = dropless ? 0
+                           : step.drop_tokens && !config_.dropless
+                               ? moe_capacity(T, config_, training)
+                               : T;
+  const bool padded = !dropless || options_.dropless_gemm == DroplessGemm::kPadded;
+  grouped_ = !padded;
   // The decode kernels read every expert's weights (or this rank's slice of each) here: no
   // expert parallelism.
   const bool decode = !kept_ && padded && T <= options_.decode_max_tokens && !expert_parallel();
@@ -404,7 +413,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   g.renormalize = config_.renormalize;
   g.renormalize_after_drop = config_.renormalize_after_drop;
   g.policy = config_.drop_policy;
-  g.dropless = config_.dropless;
+  g.dropless = dropless;
   g.padded = padded;
   g.capacity = capacity;
   g.aux_loss_type = config_.aux_loss_type;
@@ -433,7 +442,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     return;
   }
   if (expert_parallel()) gather_capacities();
-  if (!config_.dropless) {
+  if (!dropless) {
     capacity_ = g.capacity;
     rows_ = E_ * capacity_;
     slot_rows_.clear();
@@ -773,7 +782,7 @@ void MoELayerCuda::build_padded_slots(const std::vector<int64_t>& counts) {
 }
 
 void MoELayerCuda::upload_operands() {
-  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  const bool grouped = grouped_;
   if (!grouped && slot_rows_.empty()) return;  // strided-batched calls take buf_ directly
   // Grouped: expert e's rows start at its offset in the packed rows; padded: at e * C.
   std::vector<int64_t> row0(E_, 0);
@@ -910,7 +919,7 @@ MoELayerCuda::ExpertRows MoELayerCuda::local_rows() const {
 
 void MoELayerCuda::experts_forward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
-  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  const bool grouped = grouped_;
   const int64_t C = r.capacity;
   if (!grouped) {
     if (C == 0) return;
@@ -942,7 +951,7 @@ void MoELayerCuda::experts_forward(const ExpertRows& r) {
 
 void MoELayerCuda::experts_backward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
-  const bool grouped = config_.dropless && options_.dropless_gemm == DroplessGemm::kGrouped;
+  const bool grouped = grouped_;
   const int64_t C = r.capacity;
   const int E = r.experts;
   const bool empty = grouped ? group_experts_.empty() : C == 0;

@@ -399,6 +399,18 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
 // op by op (the same kernels on the same data), and the captured graphs really are replayed:
 // requests join at different steps, so decode steps of several batch sizes occur, and every other
 // request samples (temperature, top-k, top-p), so batches mix greedy and sampled rows.
+// Request callbacks that append each token to *out and fail the test when the request ends in an
+// error.
+void collect_tokens(infer::Request& r, std::vector<int32_t>* out, const std::string& what) {
+  r.on_token = [out](int32_t t) {
+    out->push_back(t);
+    return true;
+  };
+  r.on_finish = [what](infer::FinishReason reason, const std::string& error) {
+    EXPECT_NE(reason, infer::FinishReason::kError) << what << ": " << error;
+  };
+}
+
 TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   const ModelConfig config = small_config();
   model::Model m(config, Device::cuda());
@@ -423,13 +435,7 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
         r.sampling.top_p = 0.9;
         r.sampling.seed = static_cast<uint64_t>(i);
       }
-      r.on_token = [&tokens, i](int32_t t) {
-        tokens[i].push_back(t);
-        return true;
-      };
-      r.on_finish = [graphs](infer::FinishReason reason, const std::string& error) {
-        EXPECT_NE(reason, infer::FinishReason::kError) << "graphs " << graphs << ": " << error;
-      };
+      collect_tokens(r, &tokens[i], "graphs " + std::to_string(graphs));
       s.submit(std::move(r));
       if (i % 2 == 1) s.step();  // later requests join running decodes
     }
@@ -447,6 +453,47 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   for (const auto& t : direct) EXPECT_EQ(t.size(), 24u);
   const int64_t replays = m.paged_graph_replays() - replays_before;
   EXPECT_GT(replays, 2 * m.paged_graph_captures()) << "captures " << m.paged_graph_captures();
+}
+
+// A dropless model's decode steps of more sequences than the MoE decode kernels take (40 here) lay
+// the expert rows out by token count instead of reading the expert loads on the host
+// (MoELayerCudaOptions::token_rows_max_tokens), so they too replay captured graphs, and give the
+// tokens of direct steps. With the counts sync back (MOEX_TOKEN_ROWS_MAX_TOKENS=0) the captures
+// fail and nothing is replayed.
+TEST_F(GpuModel, DroplessDecodeStepsOfManySequencesReplayGraphs) {
+  const ModelConfig config =
+      small_config_with("\"renormalize\": true", "\"renormalize\": true, \"dropless\": true");
+  ASSERT_TRUE(config.layers.at(1).moe && config.layers.at(1).moe_config.dropless);
+  model::Model m(config, Device::cuda());
+  m.init_weights(23);
+  constexpr int kRequests = 40;
+  auto serve_all = [&](bool graphs) {
+    infer::SchedulerOptions so;
+    so.max_batch = kRequests;
+    so.step_tokens = 512;  // every prompt in the first step, then decode steps of all 40
+    so.block_size = 8;
+    so.max_context = 32;
+    so.cuda_graphs = graphs;
+    infer::Scheduler s(m, so);
+    std::vector<std::vector<int32_t>> tokens(kRequests);
+    for (int i = 0; i < kRequests; ++i) {
+      infer::Request r;
+      for (int t = 0; t < 2 + i % 6; ++t)
+        r.prompt.push_back(static_cast<int32_t>(philox_u32(41, i, t) % config.vocab_size));
+      r.max_tokens = 12;
+      collect_tokens(r, &tokens[i], "graphs " + std::to_string(graphs));
+      s.submit(std::move(r));
+    }
+    while (s.step()) {
+    }
+    return tokens;
+  };
+  const auto direct = serve_all(false);
+  const int64_t replays_before = m.paged_graph_replays();
+  const auto graphed = serve_all(true);
+  EXPECT_EQ(graphed, direct);
+  for (const auto& t : direct) EXPECT_EQ(t.size(), 12u);
+  EXPECT_GT(m.paged_graph_replays() - replays_before, 5) << "captures " << m.paged_graph_captures();
 }
 
 // A prompt served again takes its whole KV blocks from the prefix cache (32 of its 40 tokens with

@@ -791,11 +791,13 @@ std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t 
                                                    const MoEWeights& w, CudaContext& ctx,
                                                    cuda::MoEScratch* scratch = nullptr,
                                                    dist::DeviceGroup* expert_group = nullptr,
-                                                   dist::DeviceGroup* duplicate_group = nullptr) {
+                                                   dist::DeviceGroup* duplicate_group = nullptr,
+                                                   int64_t token_rows_max_tokens = 0) {
   const MoEConfig& c = lc.config;
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = max_tokens;
   opt.decode_max_tokens = 32;  // the decode tests cover up to 32 tokens
+  opt.token_rows_max_tokens = token_rows_max_tokens;
   opt.dropless_gemm = lc.dropless_gemm;
   opt.padded_row_multiple = lc.pad_multiple;
   opt.scratch = scratch;
@@ -1434,6 +1436,50 @@ TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
 INSTANTIATE_TEST_SUITE_P(Cases, DecodePath, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
 
+// Dropless forwards that keep nothing over more tokens than the decode kernels take, up to
+// token_rows_max_tokens, lay their rows out as capacity mode with C = T: no host sync and no decode
+// kernels, and y equals the dropless GEMM path's (same routes; the GEMMs cover other row counts,
+// so only the summation order can differ). Above that bound the counts sync is back.
+class TokenRowsPath : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
+
+TEST_P(TokenRowsPath, MatchesTheDroplessGemmPathWithoutAHostSync) {
+  const LayerCase& lc = GetParam();
+  const MoEConfig& c = lc.config;
+  const int64_t d = c.hidden_size, bound = 48;
+  MoELayer weights(c, DType::kF32);
+  weights.init_weights(37);
+  CudaContext ctx;
+  const auto layer =
+      make_gpu_layer(lc, 64, weights.weights(), ctx, nullptr, nullptr, nullptr, bound);
+  for (const int64_t T : {int64_t{33}, int64_t{48}, int64_t{64}}) {
+    const std::string what = lc.name + " T=" + std::to_string(T);
+    DevBuf x = upload(to_bf16(rand_vec(T * d, 71 + T))), y_gemm(T * d * 2), y_rows(T * d * 2);
+    const Tensor xt = Tensor::from_external(x.ptr, {T, d}, DType::kBF16, Device::cuda());
+    cuda::MoEStepCuda step{false, 9, 4};
+    layer->forward(xt, Tensor::from_external(y_gemm.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                   step);  // kept for backward: the dropless GEMM path, with its counts sync
+    const int64_t syncs = layer->host_syncs(), decodes = layer->decode_forwards();
+    step.keep_for_backward = false;
+    step.copy_stats = false;
+    layer->forward(xt, Tensor::from_external(y_rows.ptr, {T, d}, DType::kBF16, Device::cuda()),
+                   step);
+    EXPECT_EQ(layer->host_syncs(), syncs + (T > bound ? 1 : 0)) << what;
+    EXPECT_EQ(layer->decode_forwards(), decodes) << what;
+    EXPECT_LT(rel_l2(download_bf16(y_rows.ptr, T * d), download_bf16(y_gemm.ptr, T * d)), 5e-3)
+        << what;
+  }
+}
+
+std::vector<LayerCase> dropless_layer_cases() {
+  std::vector<LayerCase> out;
+  for (const LayerCase& lc : layer_cases())
+    if (lc.config.dropless) out.push_back(lc);
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, TokenRowsPath, ::testing::ValuesIn(dropless_layer_cases()),
+                         [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
+
 // Capacity mode may give C above T (min_capacity 4 at one token over 64 experts): the decode
 // path's row buffers must hold E x C rows, not E x T.
 TEST_F(Gpu, DecodePathHoldsACapacityAboveTheTokenCount) {
@@ -1607,7 +1653,6 @@ TEST_F(Gpu, MoELayerDispatchResidualSharedAndWeightCache) {
   EXPECT_EQ(moe_device_weight_uploads(), u0 + 3);
 }
 
-
 // Decode-sized forwards of a Mixtral-shaped dropless layer (d 4096, FFN 14336, top-2 of 8, random
 // weights): the decode kernels against the GEMM path (with its counts sync). Printed, never
 // asserted; docs/gpu-model.md §Decoding explains the choice of decode_max_tokens.
@@ -1619,15 +1664,22 @@ TEST_F(Gpu, ReportsDecodeForwardTimes) {
   c.top_k = 2;
   c.dropless = true;
   CudaContext ctx;
-  for (const int64_t decode_max : {int64_t{cuda::kMaxDecodeCapacity}, int64_t{0}}) {
+  // Decode kernels up to 64 tokens; the GEMM path with its counts sync; and from 33 tokens on,
+  // capacity mode's rows with C = T (token_rows_max_tokens), without the sync.
+  for (const int64_t decode_max : {int64_t{cuda::kMaxDecodeCapacity}, int64_t{0}, int64_t{32}}) {
     cuda::MoELayerCudaOptions opt;
-    opt.max_tokens = 64;
+    opt.max_tokens = 128;
     opt.decode_max_tokens = decode_max;
+    opt.token_rows_max_tokens = decode_max == 32 ? 128 : 0;
     opt.dropless_gemm = cuda::DroplessGemm::kPadded;
     opt.padded_row_multiple = 128;  // as the model's layers
     cuda::MoELayerCuda layer(c, opt, ctx);
     layer.init_random(3);
-    for (const int64_t T : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{32}, int64_t{64}}) {
+    for (const int64_t T : {int64_t{1}, int64_t{8}, int64_t{16}, int64_t{32}, int64_t{48},
+                            int64_t{64}, int64_t{96}, int64_t{128}}) {
+      if ((decode_max == cuda::kMaxDecodeCapacity && T > decode_max) ||
+          (decode_max == 32 && T <= 32))
+        continue;
       DevBuf x = upload(to_bf16(rand_vec(T * c.hidden_size, 5 + T))), y(T * c.hidden_size * 2);
       const Tensor xt =
           Tensor::from_external(x.ptr, {T, c.hidden_size}, DType::kBF16, Device::cuda());
@@ -1635,9 +1687,13 @@ TEST_F(Gpu, ReportsDecodeForwardTimes) {
           Tensor::from_external(y.ptr, {T, c.hidden_size}, DType::kBF16, Device::cuda());
       cuda::MoEStepCuda step;
       step.keep_for_backward = false;
+      step.copy_stats = false;  // as serving steps
       const double ms = kt::mean_ms(ctx.stream(), [&] { layer.forward(xt, yt, step); });
       std::printf("[ info ] mixtral MoE layer forward T=%ld %s: %.1f us\n", static_cast<long>(T),
-                  decode_max > 0 ? "decode kernels" : "GEMM path", ms * 1e3);
+                  decode_max == 32 ? "rows C = T, no sync"
+                  : decode_max > 0 ? "decode kernels"
+                                   : "GEMM path",
+                  ms * 1e3);
     }
   }
 }
