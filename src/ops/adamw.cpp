@@ -36,7 +36,11 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
   for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})
     detail::expect("adamw_step", "state", *t, DType::kF32, n);
   if (dev.is_cpu()) {
-    MOEX_CHECK(!working_copy.defined(), "adamw_step: no working copy on the CPU");
+    // A host bf16 copy is ZeRO-Offload's upload buffer (docs/parallelism.md, "ZeRO-Offload").
+    if (working_copy.defined())
+      detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
+    uint16_t* copy =
+        working_copy.defined() ? static_cast<uint16_t*>(working_copy.raw_data()) : nullptr;
     float *p = master.data<float>(), *m = exp_avg.data<float>(), *v = exp_avg_sq.data<float>();
     const float* g = grad.data<float>();
     for (const AdamWSegment& s : segments.host()) {
@@ -48,7 +52,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       c.weight_decay = s.weight_decay;
       c.grad_scale = h.grad_scale;
       cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
-                             h.step, c);
+                             h.step, c, copy != nullptr ? copy + s.offset : nullptr);
     }
     return;
   }

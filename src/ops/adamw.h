@@ -35,7 +35,8 @@ class AdamWSegments {
 };
 
 // master, grad, exp_avg, exp_avg_sq: f32 [total] on one device; working_copy: bf16 [total] on
-// CUDA, undefined on the CPU (where the master is the weight the model computes with).
+// CUDA; on the CPU, where the master is the weight the model computes with, undefined, or the host
+// buffer ZeRO-Offload uploads into a GPU model's bf16 copy (written in the same pass).
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& hyper);

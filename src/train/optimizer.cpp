@@ -1,6 +1,7 @@
 #include "train/optimizer.h"
 
 #include <array>
+#include <chrono>
 #include <cmath>
 
 #include "model/model.h"
@@ -10,6 +11,8 @@
 
 namespace moex::train {
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 // Every tensor of the buffer as a segment of the flat buffer, with its weight decay.
 std::vector<ops::AdamWSegment> tensor_segments(const ParamBuffer& params, double weight_decay) {
@@ -239,36 +242,53 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
       weight_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kBF16, gpu);
     }
   }
+  OffloadTimes& times = offload_times_;
+  auto since = [](Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  };
+  Clock::time_point start = Clock::now();
   // The norm where the gradients are: reductions on the GPU (under ZeRO over this rank's shards,
   // summed over the groups).
   const double norm = zero ? zero_grad_norm(grads) : std::sqrt(ops::sum_of_squares(grads));
   const ops::AdamWHyper h = hyper(lr, step, norm);
+  times.norm_ms += since(start);
   auto download = [&](size_t i) {
     const FlatRange& t = offload_tiles_[i].range;
     ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
   };
-  // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned tile
-  // b.
-  auto upload = [&](int64_t begin, int64_t n, int64_t b) {
-    const Tensor w = weight_tiles_[b].slice(0, n);
-    ops::copy(params.slice(begin, begin + n), w);
-    ops::copy_async(w, compute.slice(begin, begin + n));
-  };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
-  // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped.
+  // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped. Without ZeRO the
+  // step writes them into the tile's pinned upload buffer in its own pass over the weights (under
+  // ZeRO the whole copy goes up below, once every shard is in).
   if (!offload_tiles_.empty()) download(0);  // a rank may own no elements of a tiny model
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i].range;
     const int64_t end = t.flat + t.count, state = offload_tiles_[i].state;
+    start = Clock::now();
     ops::synchronize(gpu);  // tile i's gradients are here, tile i - 1's weights are up
+    times.wait_ms += since(start);
     if (i + 1 < offload_tiles_.size()) download(i + 1);
-    ops::adamw_step(params.slice(t.flat, end), Tensor(), grad_tiles_[i % 2].slice(0, t.count),
+    start = Clock::now();
+    const Tensor up = zero ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
+    ops::adamw_step(params.slice(t.flat, end), up, grad_tiles_[i % 2].slice(0, t.count),
                     exp_avg_.slice(state, state + t.count),
                     exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
-    if (!zero) upload(t.flat, t.count, i % 2);  // under ZeRO whole below, once every shard is in
+    times.adam_ms += since(start);
+    if (!zero) ops::copy_async(up, compute.slice(t.flat, end));
   }
+  start = Clock::now();
   ops::synchronize(gpu);
+  times.wait_ms += since(start);
+  ++times.steps;
   if (zero) {
+    start = Clock::now();
+    // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned
+    // tile b.
+    auto upload = [&](int64_t begin, int64_t n, int64_t b) {
+      const Tensor w = weight_tiles_[b].slice(0, n);
+      ops::copy(params.slice(begin, begin + n), w);
+      ops::copy_async(w, compute.slice(begin, begin + n));
+    };
     // Every rank's updated shards over its groups (host buffers: MPI), then the whole bf16 copy
     // through the pinned tiles, two uploads in flight.
     for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
@@ -279,6 +299,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
       upload(begin, n, i % 2);
     }
     ops::synchronize(gpu);
+    times.gather_ms += since(start);
   }
   params.mark_written();
   return norm;

@@ -68,6 +68,16 @@ class AdamW {
   // Bytes of Adam state (both moments) this rank holds.
   int64_t state_bytes() const { return static_cast<int64_t>(exp_avg_.nbytes() * 2); }
 
+  // ZeRO-Offload: the host's milliseconds in the offload steps so far, by phase.
+  struct OffloadTimes {
+    double norm_ms = 0;    // the gradient norm (reductions on the GPU, read by the host)
+    double wait_ms = 0;    // waiting for the tiles' gradient downloads and weight uploads
+    double adam_ms = 0;    // the CPU AdamW (without ZeRO with the bf16 cast of the weights)
+    double gather_ms = 0;  // under ZeRO: the master all-gather, the cast and the whole upload
+    int64_t steps = 0;
+  };
+  const OffloadTimes& offload_times() const { return offload_times_; }
+
  private:
   // The update of step() once the global gradient norm is known.
   void apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
@@ -116,6 +126,7 @@ class AdamW {
   // one tile run while the CPU steps the other.
   std::vector<StepPiece> offload_tiles_;
   std::array<Tensor, 2> grad_tiles_, weight_tiles_;
+  OffloadTimes offload_times_;
 };
 
 }  // namespace moex::train

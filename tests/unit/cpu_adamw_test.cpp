@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/dtype.h"
 #include "cpu/adamw.h"
 #include "cpu_kernel_checks.h"
 #include "gradcheck.h"
@@ -58,6 +59,30 @@ TEST(CpuAdamW, TwoStepsMatchHandWrittenReference) {
   cpu::adamw_step(pf.data(), g1f.data(), mf.data(), vf.data(), n, 1, cfg);
   cpu::adamw_step(pf.data(), g2f.data(), mf.data(), vf.data(), n, 2, cfg);
   for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(pf[i], expect[i], 1e-6) << i;
+}
+
+// ZeRO-Offload's fused upload buffer: the same update, and each updated weight rounded to bf16 as
+// the separate cast rounds it. Large enough for the threaded loop, with weights near bf16 ties.
+TEST(CpuAdamW, Bf16CopyHoldsTheUpdatedWeightsRounded) {
+  const int64_t n = 70001;
+  cpu::AdamWConfig cfg;
+  cfg.lr = 0.01;
+  cfg.weight_decay = 0.1;
+  const auto p0 = random_vector<float>(n, 6, -2, 2);
+  const auto g = random_vector<float>(n, 7, -1, 1);
+  std::vector<float> p = p0, m(n, 0.f), v(n, 0.f), p_ref = p0, m_ref(n, 0.f), v_ref(n, 0.f);
+  std::vector<uint16_t> copy(n, 0x7fc0);  // NaN: every element must be written
+  cpu::adamw_step(p.data(), g.data(), m.data(), v.data(), n, 1, cfg, copy.data());
+  cpu::adamw_step(p_ref.data(), g.data(), m_ref.data(), v_ref.data(), n, 1, cfg);
+  int64_t rounded_up = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(p[i], p_ref[i]) << i;
+    ASSERT_EQ(m[i], m_ref[i]) << i;
+    ASSERT_EQ(v[i], v_ref[i]) << i;
+    ASSERT_EQ(copy[i], f32_to_bf16(p_ref[i])) << i;
+    rounded_up += std::fabs(bf16_to_f32(copy[i])) > std::fabs(p_ref[i]);
+  }
+  EXPECT_GT(rounded_up, n / 4) << "rounded to nearest, not truncated";
 }
 
 TEST(CpuAdamW, FirstStepMovesEachParameterByLrAgainstTheGradientSign) {

@@ -63,8 +63,12 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   // Two more steps after the timed ones give the per-op time budget (ops/profile.h).
   const int profiled = 2;
   uint64_t generation0 = 0, generation1 = 0;  // buffer_generation() around the timed steps
+  train::AdamW::OffloadTimes offload0, offload1;  // the same for the offload step's phases
   for (int i = 0; i < warmup + iters + profiled; ++i) {
-    if (i == warmup) generation0 = buffer_generation();
+    if (i == warmup) {
+      generation0 = buffer_generation();
+      offload0 = opt.offload_times();
+    }
     if (i == warmup + iters) ops::profile_enable(true);
     ops::synchronize(device);
     const auto start = Clock::now();
@@ -79,7 +83,10 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     opt.step(m, c.optimizer.lr, i + 1);
     ops::synchronize(device);
     if (i >= warmup && i < warmup + iters) times.push_back(ms_since(start));
-    if (i == warmup + iters - 1) generation1 = buffer_generation();
+    if (i == warmup + iters - 1) {
+      generation1 = buffer_generation();
+      offload1 = opt.offload_times();
+    }
   }
   const nlohmann::json budget = profiled > 0 ? profile_budget(profiled) : nlohmann::json::object();
   std::sort(times.begin(), times.end());
@@ -120,7 +127,13 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"buffer_moves_per_step", static_cast<double>(generation1 - generation0) / iters},
       // GPU ms per step in each op (outermost ops; the rest of step_ms is
       // launch gaps and host work)
-      {"op_ms", budget}}
+      {"op_ms", budget},
+      // offload: the host's ms per timed step in each phase of the optimizer step
+      {"offload_ms",
+       {{"norm", (offload1.norm_ms - offload0.norm_ms) / iters},
+        {"wait", (offload1.wait_ms - offload0.wait_ms) / iters},
+        {"adam", (offload1.adam_ms - offload0.adam_ms) / iters},
+        {"gather", (offload1.gather_ms - offload0.gather_ms) / iters}}}}
       .dump();
 }
 
