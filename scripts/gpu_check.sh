@@ -4,7 +4,7 @@
 # logs to $OUT, print ratio tables last.
 #   OUT=/tmp/out scripts/gpu_check.sh
 # Parts can be skipped: MOEX_SKIP_TESTS=1 (every test), MOEX_SKIP_DIST_GPU=1 (the mpirun tests), MOEX_SKIP_EXPORT=1, MOEX_SKIP_BENCH=1 (the MoE layer),
-# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_PREFILL_BENCH=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
+# MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_PREFILL_BENCH=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_PREFIX_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
 # adds a per-kernel profile of one batch-1 step, MOEX_TRAIN_NCU=small|medium one of a training step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
 # runs only the matching GPU tests, to spend little device time on a kernel change.
@@ -335,6 +335,46 @@ for r in rows:
     print(f"{r['device']:6} {r['clients']:7d} {r['tokens_per_s']:9.0f} {r['ttft_p50_ms']:9.1f} "
           f"{r['ttft_p99_ms']:9.1f} {r['errors']:6d}")
 PY
+fi
+
+# Prefix caching on the GPU: a 2.3 B-parameter Mixtral-style model with random weights
+# (bench/random_mixtral.py), 8 clients whose prompts share a ~2000-token passage, with and without
+# the cache (each after a warm-up run without the passage). MOEX_SKIP_PREFIX_BENCH=1 skips this.
+if [ -z "${MOEX_SKIP_PREFIX_BENCH:-}" ]; then
+  : >"$OUT/prefix_bench.jsonl"
+  if python3 bench/random_mixtral.py /tmp/moex_random_mixtral >"$OUT/random_mixtral.log" 2>&1; then
+    for flag in "" "--no-prefix-caching"; do
+      # shellcheck disable=SC2086
+      "$BIN/moex" serve --model /tmp/moex_random_mixtral --model-name bench --device cuda --port 0 \
+        --max-batch 8 --max-context 4096 $flag >"$OUT/serve_prefix.log" 2>&1 &
+      pid=$!
+      url=""
+      for _ in $(seq 1 240); do
+        url=$(grep -o '"listening": "[^"]*"' "$OUT/serve_prefix.log" 2>/dev/null | cut -d'"' -f4)
+        [ -n "$url" ] && break
+        sleep 0.5
+      done
+      if [ -z "$url" ]; then echo "moex serve (prefix) did not start"; kill $pid; continue; fi
+      for words in 0 1500; do
+        timeout 200 python3 bench/serve_bench.py "$url" bench --clients 8 --requests 32 \
+          --max-tokens 32 --shared-prefix-words $words |
+          sed "s/^{/{\"server_flags\": \"$flag\", /" >>"$OUT/prefix_bench.jsonl"
+      done
+      kill -INT $pid
+      wait $pid
+    done
+    python3 - "$OUT" <<'PY'
+import json, sys, os
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "prefix_bench.jsonl")) if l.startswith("{")]
+print("\n== moex serve on the GPU, prefix caching: 8 clients, 32 requests of 32 tokens ==")
+print(f"{'server flags':22} {'shared words':>12} {'seconds':>8} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9}")
+for r in rows:
+    print(f"{r['server_flags'] or '(default)':22} {r['shared_prefix_words']:12d} {r['seconds']:8.2f} "
+          f"{r['tokens_per_s']:9.0f} {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:9.1f}")
+PY
+  else
+    echo "bench/random_mixtral.py failed: $(tail -n 1 "$OUT/random_mixtral.log")"
+  fi
 fi
 
 # Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.
