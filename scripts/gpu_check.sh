@@ -306,25 +306,40 @@ fi
 # on this machine's CPU cores, with the model in $MOEX_SERVE_MODEL (default .devcarry/serve_model,
 # a small trained moex directory; MOEX_SKIP_SERVE_BENCH=1 skips this).
 SERVE_MODEL=${MOEX_SERVE_MODEL:-.devcarry/serve_model}
+# Starts `moex serve --port 0` with the given arguments, its output in the log file $1, and sets
+# SERVE_PID and SERVE_URL; returns non-zero (the server killed) when it is not listening within
+# two minutes.
+start_serve() {
+  local log=$1
+  shift
+  "$BIN/moex" serve --port 0 "$@" >"$log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 1 240); do
+    SERVE_URL=$(grep -o '"listening": "[^"]*"' "$log" 2>/dev/null | cut -d'"' -f4)
+    [ -n "$SERVE_URL" ] && return 0
+    sleep 0.5
+  done
+  echo "moex serve $* did not start"
+  tail -5 "$log"
+  kill "$SERVE_PID"
+  return 1
+}
+# Ends the server start_serve started (SIGINT: it drains, then exits).
+stop_serve() {
+  kill -INT "$SERVE_PID"
+  wait "$SERVE_PID"
+}
+
 if [ -z "${MOEX_SKIP_SERVE_BENCH:-}" ] && [ -f "$SERVE_MODEL/config.json" ]; then
   : >"$OUT/serve_bench.jsonl"
   for dev in cuda cpu; do
-    "$BIN/moex" serve --model "$SERVE_MODEL" --model-name bench --device $dev --port 0 \
-      --max-batch 8 --max-context 256 >"$OUT/serve_$dev.log" 2>&1 &
-    pid=$!
-    url=""
-    for _ in $(seq 1 120); do
-      url=$(grep -o '"listening": "[^"]*"' "$OUT/serve_$dev.log" 2>/dev/null | cut -d'"' -f4)
-      [ -n "$url" ] && break
-      sleep 0.5
-    done
-    if [ -z "$url" ]; then echo "moex serve ($dev) did not start"; tail -5 "$OUT/serve_$dev.log"; kill $pid; continue; fi
+    start_serve "$OUT/serve_$dev.log" --model "$SERVE_MODEL" --model-name bench --device $dev \
+      --max-batch 8 --max-context 256 || continue
     for clients in 1 8; do
-      timeout 300 python3 bench/serve_bench.py "$url" bench --clients $clients --requests 32 \
+      timeout 300 python3 bench/serve_bench.py "$SERVE_URL" bench --clients $clients --requests 32 \
         --max-tokens 32 | sed "s/^{/{\"device\": \"$dev\", /" >>"$OUT/serve_bench.jsonl"
     done
-    kill -INT $pid
-    wait $pid
+    stop_serve
   done
   python3 - "$OUT" <<'PY'
 import json, sys, os
@@ -345,23 +360,14 @@ if [ -z "${MOEX_SKIP_PREFIX_BENCH:-}" ]; then
   if python3 bench/random_mixtral.py /tmp/moex_random_mixtral >"$OUT/random_mixtral.log" 2>&1; then
     for flag in "" "--no-prefix-caching"; do
       # shellcheck disable=SC2086
-      "$BIN/moex" serve --model /tmp/moex_random_mixtral --model-name bench --device cuda --port 0 \
-        --max-batch 8 --max-context 4096 $flag >"$OUT/serve_prefix.log" 2>&1 &
-      pid=$!
-      url=""
-      for _ in $(seq 1 240); do
-        url=$(grep -o '"listening": "[^"]*"' "$OUT/serve_prefix.log" 2>/dev/null | cut -d'"' -f4)
-        [ -n "$url" ] && break
-        sleep 0.5
-      done
-      if [ -z "$url" ]; then echo "moex serve (prefix) did not start"; kill $pid; continue; fi
+      start_serve "$OUT/serve_prefix.log" --model /tmp/moex_random_mixtral --model-name bench \
+        --device cuda --max-batch 8 --max-context 4096 $flag || continue
       for words in 0 1500; do
-        timeout 200 python3 bench/serve_bench.py "$url" bench --clients 8 --requests 32 \
+        timeout 200 python3 bench/serve_bench.py "$SERVE_URL" bench --clients 8 --requests 32 \
           --max-tokens 32 --shared-prefix-words $words |
           sed "s/^{/{\"server_flags\": \"$flag\", /" >>"$OUT/prefix_bench.jsonl"
       done
-      kill -INT $pid
-      wait $pid
+      stop_serve
     done
     python3 - "$OUT" <<'PY'
 import json, sys, os
