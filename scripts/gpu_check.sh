@@ -306,22 +306,25 @@ fi
 # on this machine's CPU cores, with the model in $MOEX_SERVE_MODEL (default .devcarry/serve_model,
 # a small trained moex directory; MOEX_SKIP_SERVE_BENCH=1 skips this).
 SERVE_MODEL=${MOEX_SERVE_MODEL:-.devcarry/serve_model}
-# Starts `moex serve --port 0` with the given arguments, its output in the log file $1, and sets
-# SERVE_PID and SERVE_URL; returns non-zero (the server killed) when it is not listening within
-# two minutes.
+# Starts `moex serve --port 0` with the given arguments, its output in the log file $1 (emptied
+# first, so an earlier run's URL is never read), and sets SERVE_PID and SERVE_URL; returns non-zero
+# when the server exits or is not listening within two minutes (then it is stopped).
 start_serve() {
   local log=$1
   shift
+  : >"$log"
   "$BIN/moex" serve --port 0 "$@" >"$log" 2>&1 &
   SERVE_PID=$!
   for _ in $(seq 1 240); do
     SERVE_URL=$(grep -o '"listening": "[^"]*"' "$log" 2>/dev/null | cut -d'"' -f4)
     [ -n "$SERVE_URL" ] && return 0
+    kill -0 "$SERVE_PID" 2>/dev/null || break
     sleep 0.5
   done
   echo "moex serve $* did not start"
   tail -5 "$log"
-  kill "$SERVE_PID"
+  kill "$SERVE_PID" 2>/dev/null
+  wait "$SERVE_PID"
   return 1
 }
 # Ends the server start_serve started (SIGINT: it drains, then exits).
@@ -344,11 +347,12 @@ if [ -z "${MOEX_SKIP_SERVE_BENCH:-}" ] && [ -f "$SERVE_MODEL/config.json" ]; the
   python3 - "$OUT" <<'PY'
 import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "serve_bench.jsonl")) if l.startswith("{")]
+ms = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # null when no request answered
 print("\n== moex serve, 32 streamed requests of 32 tokens, greedy ==")
 print(f"{'device':6} {'clients':>7} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
 for r in rows:
-    print(f"{r['device']:6} {r['clients']:7d} {r['tokens_per_s']:9.0f} {r['ttft_p50_ms']:9.1f} "
-          f"{r['ttft_p99_ms']:9.1f} {r['errors']:6d}")
+    print(f"{r['device']:6} {r['clients']:7d} {r['tokens_per_s']:9.0f} {ms(r['ttft_p50_ms'])} "
+          f"{ms(r['ttft_p99_ms'])} {r['errors']:6d}")
 PY
 fi
 
@@ -357,11 +361,13 @@ fi
 # the cache (each after a warm-up run without the passage). MOEX_SKIP_PREFIX_BENCH=1 skips this.
 if [ -z "${MOEX_SKIP_PREFIX_BENCH:-}" ]; then
   : >"$OUT/prefix_bench.jsonl"
-  if python3 bench/random_mixtral.py /tmp/moex_random_mixtral >"$OUT/random_mixtral.log" 2>&1; then
+  RANDOM_MODEL=/tmp/moex_random_mixtral  # kept between runs on one machine (4.7 GB)
+  if [ -f "$RANDOM_MODEL/model.safetensors" ] ||
+     python3 bench/random_mixtral.py "$RANDOM_MODEL" >"$OUT/random_mixtral.log" 2>&1; then
     for flag in "" "--no-prefix-caching"; do
       # shellcheck disable=SC2086
-      start_serve "$OUT/serve_prefix.log" --model /tmp/moex_random_mixtral --model-name bench \
-        --device cuda --max-batch 8 --max-context 4096 $flag || continue
+      start_serve "$OUT/serve_prefix${flag:+_nocache}.log" --model "$RANDOM_MODEL" \
+        --model-name bench --device cuda --max-batch 8 --max-context 4096 $flag || continue
       for words in 0 1500; do
         timeout 200 python3 bench/serve_bench.py "$SERVE_URL" bench --clients 8 --requests 32 \
           --max-tokens 32 --shared-prefix-words $words |
@@ -372,11 +378,13 @@ if [ -z "${MOEX_SKIP_PREFIX_BENCH:-}" ]; then
     python3 - "$OUT" <<'PY'
 import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "prefix_bench.jsonl")) if l.startswith("{")]
+ms = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # null when no request answered
 print("\n== moex serve on the GPU, prefix caching: 8 clients, 32 requests of 32 tokens ==")
-print(f"{'server flags':22} {'shared words':>12} {'seconds':>8} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9}")
+print(f"{'server flags':22} {'shared words':>12} {'seconds':>8} {'tokens/s':>9} {'TTFT p50':>9} "
+      f"{'TTFT p99':>9} {'errors':>6}")
 for r in rows:
     print(f"{r['server_flags'] or '(default)':22} {r['shared_prefix_words']:12d} {r['seconds']:8.2f} "
-          f"{r['tokens_per_s']:9.0f} {r['ttft_p50_ms']:9.1f} {r['ttft_p99_ms']:9.1f}")
+          f"{r['tokens_per_s']:9.0f} {ms(r['ttft_p50_ms'])} {ms(r['ttft_p99_ms'])} {r['errors']:6d}")
 PY
   else
     echo "bench/random_mixtral.py failed: $(tail -n 1 "$OUT/random_mixtral.log")"

@@ -6,6 +6,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "cpu/parallel.h"
+#include "cpu/simd_clones.h"
 
 namespace moex::cpu {
 namespace {
@@ -18,11 +19,11 @@ struct Coefficients {
 
 // The update over [0, n), one loop the compiler vectorizes (plain arguments, no closure: loads
 // through a captured struct keep GCC from vectorizing); with kCopy each updated weight also goes to
-// param_bf16, rounded. An AVX2 clone beside the baseline one is chosen at load time: the bf16
-// rounding's narrowing runs about twice as fast in it (docs/parallelism.md, "ZeRO-Offload").
+// param_bf16, rounded. The AVX2 clone runs the bf16 rounding's narrowing about twice as fast
+// (docs/parallelism.md, "ZeRO-Offload").
 template <typename T, bool kCopy>
-__attribute__((target_clones("avx2", "default"))) void update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, uint16_t* param_bf16, int64_t n,
-            const Coefficients<T>& k) {
+MOEX_AVX2_CLONE void update(T* param, const T* grad, T* exp_avg, T* exp_avg_sq,
+                            uint16_t* param_bf16, int64_t n, const Coefficients<T>& k) {
   const T decay = k.decay, b1 = k.b1, one_minus_b1 = k.one_minus_b1, b2 = k.b2;
   const T one_minus_b2 = k.one_minus_b2, step_size = k.step_size, inv_sqrt_bc2 = k.inv_sqrt_bc2;
   const T eps = k.eps, gscale = k.gscale;

@@ -3,9 +3,8 @@
 #include <cmath>
 #include <cstring>
 
-// The 32-byte vector helpers below are internal and always inlined into each clone, so the
-// baseline clone's note that such values would pass differently between functions does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "cpu/simd_clones.h"
+
 
 namespace moex::cpu {
 namespace {
@@ -45,9 +44,7 @@ __attribute__((always_inline)) inline VecF exp_lanes(VecF x) {
 
 }  // namespace
 
-__attribute__((target_clones("avx2", "default"))) float exp_shifted_sum(const float* x,
-                                                                         float shift, int64_t n,
-                                                                         float* y) {
+MOEX_AVX2_CLONE float exp_shifted_sum(const float* x, float shift, int64_t n, float* y) {
   VecF acc = splat(0.0f);
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {

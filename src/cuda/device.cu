@@ -73,14 +73,14 @@ bool weight_preload_enabled() {
   return enabled;
 }
 
-int64_t token_rows_max_tokens() {
+int64_t token_rows_max_rows() {
   static const int64_t tokens = [] {
-    const char* env = std::getenv("MOEX_TOKEN_ROWS_MAX_TOKENS");
-    if (env == nullptr) return int64_t{64};
+    const char* env = std::getenv("MOEX_TOKEN_ROWS_MAX_ROWS");
+    if (env == nullptr) return int64_t{512};
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
     MOEX_CHECK(end != env && *end == '\0' && v >= 0,
-               "MOEX_TOKEN_ROWS_MAX_TOKENS must be a count >= 0, got '", env, "'");
+               "MOEX_TOKEN_ROWS_MAX_ROWS must be a count >= 0, got '", env, "'");
     return static_cast<int64_t>(v);
   }();
   return tokens;

@@ -29,12 +29,13 @@ bool programmatic_launch_enabled();
 // Whether the few-row kernels issue their first weight loads before that wait (few_rows_mma.cuh):
 // on unless MOEX_WEIGHT_PRELOAD=0.
 bool weight_preload_enabled();
-// The most tokens of a model's dropless MoE forward that keeps nothing to take capacity mode's
-// layout with C = T instead of the counts sync (MoELayerCudaOptions::token_rows_max_tokens):
-// 64 unless MOEX_TOKEN_ROWS_MAX_TOKENS sets another count (0: never). 64 from whole decode steps
-// on the H200 (docs/gpu-model.md §Decoding): faster than the sync at 48 and 64 sequences, even
-// at 96, slower at 128.
-int64_t token_rows_max_tokens();
+// The most expert rows (experts x tokens) of a model's dropless MoE forward that keeps nothing to
+// take capacity mode's layout with C = T instead of the counts sync
+// (MoELayerCudaOptions::token_rows_max_rows): 512 unless MOEX_TOKEN_ROWS_MAX_ROWS sets another
+// count (0: never). 512 = Mixtral's 8 experts x 64 tokens, from whole decode steps on the H200
+// (docs/gpu-model.md §Decoding): faster than the sync at 48 and 64 sequences, even at 96, slower
+// at 128.
+int64_t token_rows_max_rows();
 
 // Registers the caching device allocator and the device copy with core. Idempotent, thread-safe.
 // Throws moex::Error when no GPU is visible.

@@ -168,9 +168,9 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
     rows = E_ * std::max(moe_capacity(T, c, true), moe_capacity(T, c, false));
   }
   // Padded layouts can need E*T rows: dropless by the largest load, capacity mode when every route
-  // is kept (MoEStepCuda::drop_tokens false or token_rows_max_tokens).
+  // is kept (MoEStepCuda::drop_tokens false or token_rows_max_rows).
   const bool padded = !config.dropless || options.dropless_gemm == DroplessGemm::kPadded ||
-                      options.token_rows_max_tokens > options.decode_max_tokens;
+                      options.token_rows_max_rows > 0;
   const int64_t gather_rows = padded ? std::max(rows, E_ * T) : rows;
   gather_ = dev({gather_rows}, DType::kI32, ctx);
   CUDA_CHECK(cudaMallocHost(&stats_host_, stats_bytes()));
@@ -389,7 +389,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   // Forwards that copy statistics keep the dropless capacity (the largest load) in them.
   const bool token_rows = config_.dropless && !kept_ && !training && !step.copy_stats &&
                           !expert_parallel() && T > options_.decode_max_tokens &&
-                          T <= options_.token_rows_max_tokens;
+                          E_ * T <= options_.token_rows_max_rows;
   const bool dropless = config_.dropless && !token_rows;
   // Capacity mode keeping every route: C = T (a token picks an expert at most once).
   const int64_t capacity = dropless ? 0
@@ -434,6 +434,8 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
   }
 
+  // Only a dropless GEMM forward leaves host counts that a later one may reuse (benchmarks).
+  if (decode || !dropless) have_counts_ = false;
   if (decode) {
     // C stays on the device (info[0]); the decode kernels read it there. The buffers hold E x C
     // rows: C is the capacity in capacity mode (min_capacity may put it above T), at most T in

@@ -13,7 +13,7 @@
 // Capacity mode: the expert buffer is [E, C, d] and every expert GEMM is one strided-batched cuBLAS
 // call over all experts; nothing syncs with the host. Dropless mode needs per-expert row counts on
 // the host for cuBLAS: the layer copies them once per forward (one stream sync; not for forwards
-// under token_rows_max_tokens, which take capacity mode's layout) and then runs
+// under token_rows_max_rows, which take capacity mode's layout) and then runs
 // either cublasGemmGroupedBatchedEx over the packed [T*k, d] rows (kGrouped, exact work) or
 // strided-batched GEMMs over [E, max load, d] (kPadded). A device-offset grouped GEMM is not
 // written yet.
@@ -124,13 +124,14 @@ struct MoELayerCudaOptions {
   // 32 sequences is captured into a CUDA graph; at 64 tokens the GEMM path is faster (585 against
   // 782 us).
   int64_t decode_max_tokens = 32;
-  // Dropless forwards that keep nothing over more than decode_max_tokens tokens and at most this
-  // many lay their rows out as capacity mode with C = T: a token picks an expert at most once, so
-  // no route can drop and the routes are the dropless ones, and the GEMMs take T rows an expert
-  // without the counts sync, so such a decode step is captured into a CUDA graph too. They compute
-  // E x T rows where the routes fill k x T, which costs little while the layer is bound by reading
-  // the weights (docs/gpu-model.md §Decoding). 0 = never.
-  int64_t token_rows_max_tokens = 0;
+  // Dropless forwards that keep nothing over more than decode_max_tokens tokens, whose E x T rows
+  // are at most this many, lay their rows out as capacity mode with C = T: a token picks an expert
+  // at most once, so no route can drop and the routes are the dropless ones, and the GEMMs take T
+  // rows an expert without the counts sync, so such a decode step is captured into a CUDA graph
+  // too. They compute E x T rows where the routes fill k x T, which costs little while the layer is
+  // bound by reading the weights (docs/gpu-model.md §Decoding); bounding the rows rather than the
+  // tokens keeps many-expert layers (E / k large) on the sync. 0 = never.
+  int64_t token_rows_max_rows = 0;
   // Expert parallelism: the group of ranks that share this layer's experts (this rank holds
   // E / size() of them, see the header comment). Null or a group of one: every expert is here.
   // Must outlive the layer. Incompatible with DroplessGemm::kGrouped.
@@ -429,7 +430,7 @@ class MoELayerCuda {
   bool training_ = false, kept_ = false;
   bool kept_in_scratch_ = false;  // kept_, with h, a and out in the shared scratch
   // The last forward's rows are packed (dropless kGrouped) rather than E x C (capacity mode's or
-  // dropless kPadded's layout, a forward under token_rows_max_tokens included).
+  // dropless kPadded's layout, a forward under token_rows_max_rows included).
   bool grouped_ = false;
   // The last forward kept h, a and out in this layer's saved buffers (not the scratch).
   bool keeps_own_rows() const { return kept_ && !kept_in_scratch_; }

@@ -79,7 +79,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
       // Dropless: experts' rows rounded to 128 instead of all padded to the largest load, when
       // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
       opt.padded_row_multiple = 128;
-      opt.token_rows_max_tokens = cuda::token_rows_max_tokens();
+      opt.token_rows_max_rows = cuda::token_rows_max_rows();
       opt.expert_group = groups_.expert;
       opt.duplicate_group = groups_.duplicate;
       opt.slice_group = groups_.slice;

@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/dtype.h"
 #include "cpu/adamw.h"
 #include "cpu/reduce.h"
 #include "ops/device_dispatch.h"
@@ -20,8 +21,8 @@ static_assert(sizeof(AdamWSegment) == sizeof(cuda::AdamWSegment), "segment layou
 AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& device)
     : host_(std::move(segments)) {
   if (device.is_cpu()) return;
-  Tensor bytes = Tensor::empty(
-      Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1}, DType::kU8);
+  Tensor bytes = Tensor::empty(Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1},
+                               DType::kU8);
   std::memcpy(bytes.raw_data(), host_.data(), host_.size() * sizeof(AdamWSegment));
   device_ = bytes.to(device);
 }
@@ -29,8 +30,8 @@ AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& d
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& h) {
-  const Device dev = detail::common_device(
-      "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
+  const Device dev =
+      detail::common_device("adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
   for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})
@@ -43,7 +44,19 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
         working_copy.defined() ? static_cast<uint16_t*>(working_copy.raw_data()) : nullptr;
     float *p = master.data<float>(), *m = exp_avg.data<float>(), *v = exp_avg_sq.data<float>();
     const float* g = grad.data<float>();
+    // The copy covers all n elements: what no segment updates (the buffer's alignment padding) is
+    // cast from the master as it is, so the upload carries no stale values.
+    int64_t covered = 0;
+    auto cast_until = [&](int64_t end) {
+      for (; covered < end; ++covered) copy[covered] = f32_to_bf16(p[covered]);
+    };
     for (const AdamWSegment& s : segments.host()) {
+      if (copy != nullptr) {
+        MOEX_CHECK(s.offset >= covered,
+                   "adamw_step: a working copy needs the segments in buffer order");
+        cast_until(s.offset);
+        covered = s.offset + s.count;
+      }
       cpu::AdamWConfig c;
       c.lr = h.lr;
       c.beta1 = h.beta1;
@@ -54,6 +67,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
                              h.step, c, copy != nullptr ? copy + s.offset : nullptr);
     }
+    if (copy != nullptr) cast_until(n);
     return;
   }
   MOEX_CUDA_TWIN("adamw_step", {

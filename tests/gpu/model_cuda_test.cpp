@@ -395,10 +395,6 @@ TEST_F(GpuModel, PagedServingMatchesFullForward) {
   EXPECT_GT(m.paged_graph_replays(), 0);
 }
 
-// Decode steps replayed from captured CUDA graphs give exactly the tokens of the same steps run
-// op by op (the same kernels on the same data), and the captured graphs really are replayed:
-// requests join at different steps, so decode steps of several batch sizes occur, and every other
-// request samples (temperature, top-k, top-p), so batches mix greedy and sampled rows.
 // Request callbacks that append each token to *out and fail the test when the request ends in an
 // error.
 void collect_tokens(infer::Request& r, std::vector<int32_t>* out, const std::string& what) {
@@ -411,6 +407,10 @@ void collect_tokens(infer::Request& r, std::vector<int32_t>* out, const std::str
   };
 }
 
+// Decode steps replayed from captured CUDA graphs give exactly the tokens of the same steps run
+// op by op (the same kernels on the same data), and the captured graphs really are replayed:
+// requests join at different steps, so decode steps of several batch sizes occur, and every other
+// request samples (temperature, top-k, top-p), so batches mix greedy and sampled rows.
 TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
   const ModelConfig config = small_config();
   model::Model m(config, Device::cuda());
@@ -457,8 +457,8 @@ TEST_F(GpuModel, DecodeGraphsGiveTheTokensOfDirectSteps) {
 
 // A dropless model's decode steps of more sequences than the MoE decode kernels take (40 here) lay
 // the expert rows out by token count instead of reading the expert loads on the host
-// (MoELayerCudaOptions::token_rows_max_tokens), so they too replay captured graphs, and give the
-// tokens of direct steps. With the counts sync back (MOEX_TOKEN_ROWS_MAX_TOKENS=0) the captures
+// (MoELayerCudaOptions::token_rows_max_rows), so they too replay captured graphs, and give the
+// tokens of direct steps. With the counts sync back (MOEX_TOKEN_ROWS_MAX_ROWS=0) the captures
 // fail and nothing is replayed.
 TEST_F(GpuModel, DroplessDecodeStepsOfManySequencesReplayGraphs) {
   const ModelConfig config =

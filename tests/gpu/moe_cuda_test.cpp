@@ -792,12 +792,12 @@ std::unique_ptr<cuda::MoELayerCuda> make_gpu_layer(const LayerCase& lc, int64_t 
                                                    cuda::MoEScratch* scratch = nullptr,
                                                    dist::DeviceGroup* expert_group = nullptr,
                                                    dist::DeviceGroup* duplicate_group = nullptr,
-                                                   int64_t token_rows_max_tokens = 0) {
+                                                   int64_t token_rows_max_rows = 0) {
   const MoEConfig& c = lc.config;
   cuda::MoELayerCudaOptions opt;
   opt.max_tokens = max_tokens;
   opt.decode_max_tokens = 32;  // the decode tests cover up to 32 tokens
-  opt.token_rows_max_tokens = token_rows_max_tokens;
+  opt.token_rows_max_rows = token_rows_max_rows;
   opt.dropless_gemm = lc.dropless_gemm;
   opt.padded_row_multiple = lc.pad_multiple;
   opt.scratch = scratch;
@@ -1436,21 +1436,21 @@ TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
 INSTANTIATE_TEST_SUITE_P(Cases, DecodePath, ::testing::ValuesIn(layer_cases()),
                          [](const ::testing::TestParamInfo<LayerCase>& i) { return i.param.name; });
 
-// Dropless forwards that keep nothing over more tokens than the decode kernels take, up to
-// token_rows_max_tokens, lay their rows out as capacity mode with C = T: no host sync and no decode
-// kernels, and y equals the dropless GEMM path's (same routes; the GEMMs cover other row counts,
-// so only the summation order can differ). Above that bound the counts sync is back.
+// Dropless forwards that keep nothing over more tokens than the decode kernels take, with E x T up
+// to token_rows_max_rows, lay their rows out as capacity mode with C = T: no host sync and no
+// decode kernels, and y equals the dropless GEMM path's (same routes; the GEMMs cover other row
+// counts, so only the summation order can differ). Above that bound the counts sync is back.
 class TokenRowsPath : public Gpu, public ::testing::WithParamInterface<LayerCase> {};
 
 TEST_P(TokenRowsPath, MatchesTheDroplessGemmPathWithoutAHostSync) {
   const LayerCase& lc = GetParam();
   const MoEConfig& c = lc.config;
-  const int64_t d = c.hidden_size, bound = 48;
+  const int64_t d = c.hidden_size, bound = 48;  // tokens
   MoELayer weights(c, DType::kF32);
   weights.init_weights(37);
   CudaContext ctx;
-  const auto layer =
-      make_gpu_layer(lc, 64, weights.weights(), ctx, nullptr, nullptr, nullptr, bound);
+  const auto layer = make_gpu_layer(lc, 64, weights.weights(), ctx, nullptr, nullptr, nullptr,
+                                    bound * c.num_experts);
   for (const int64_t T : {int64_t{33}, int64_t{48}, int64_t{64}}) {
     const std::string what = lc.name + " T=" + std::to_string(T);
     DevBuf x = upload(to_bf16(rand_vec(T * d, 71 + T))), y_gemm(T * d * 2), y_rows(T * d * 2);
@@ -1665,12 +1665,12 @@ TEST_F(Gpu, ReportsDecodeForwardTimes) {
   c.dropless = true;
   CudaContext ctx;
   // Decode kernels up to 64 tokens; the GEMM path with its counts sync; and from 33 tokens on,
-  // capacity mode's rows with C = T (token_rows_max_tokens), without the sync.
+  // capacity mode's rows with C = T (token_rows_max_rows), without the sync.
   for (const int64_t decode_max : {int64_t{cuda::kMaxDecodeCapacity}, int64_t{0}, int64_t{32}}) {
     cuda::MoELayerCudaOptions opt;
     opt.max_tokens = 128;
     opt.decode_max_tokens = decode_max;
-    opt.token_rows_max_tokens = decode_max == 32 ? 128 : 0;
+    opt.token_rows_max_rows = decode_max == 32 ? 128 * c.num_experts : 0;
     opt.dropless_gemm = cuda::DroplessGemm::kPadded;
     opt.padded_row_multiple = 128;  // as the model's layers
     cuda::MoELayerCuda layer(c, opt, ctx);

@@ -62,7 +62,8 @@ TEST(CpuAdamW, TwoStepsMatchHandWrittenReference) {
 }
 
 // ZeRO-Offload's fused upload buffer: the same update, and each updated weight rounded to bf16 as
-// the separate cast rounds it. Large enough for the threaded loop, with weights near bf16 ties.
+// the separate cast rounds it (core/dtype.h: to nearest, ties to even). Large enough for the
+// threaded loop.
 TEST(CpuAdamW, Bf16CopyHoldsTheUpdatedWeightsRounded) {
   const int64_t n = 70001;
   cpu::AdamWConfig cfg;
