@@ -5,7 +5,6 @@
 
 #include "cpu/simd_clones.h"
 
-
 namespace moex::cpu {
 namespace {
 

@@ -392,10 +392,9 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
                           E_ * T <= options_.token_rows_max_rows;
   const bool dropless = config_.dropless && !token_rows;
   // Capacity mode keeping every route: C = T (a token picks an expert at most once).
-  const int64_t capacity = dropless ? 0
-                           : step.drop_tokens && !config_.dropless
-                               ? moe_capacity(T, config_, training)
-                               : T;
+  const int64_t capacity = dropless                          ? 0
+                           : token_rows || !step.drop_tokens ? T
+                                                             : moe_capacity(T, config_, training);
   const bool padded = !dropless || options_.dropless_gemm == DroplessGemm::kPadded;
   grouped_ = !padded;
   // The decode kernels read every expert's weights (or this rank's slice of each) here: no

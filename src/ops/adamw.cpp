@@ -21,8 +21,8 @@ static_assert(sizeof(AdamWSegment) == sizeof(cuda::AdamWSegment), "segment layou
 AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& device)
     : host_(std::move(segments)) {
   if (device.is_cpu()) return;
-  Tensor bytes = Tensor::empty(Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1},
-                               DType::kU8);
+  Tensor bytes = Tensor::empty(
+      Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1}, DType::kU8);
   std::memcpy(bytes.raw_data(), host_.data(), host_.size() * sizeof(AdamWSegment));
   device_ = bytes.to(device);
 }
@@ -30,8 +30,8 @@ AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& d
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& h) {
-  const Device dev =
-      detail::common_device("adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
+  const Device dev = detail::common_device(
+      "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
   for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})

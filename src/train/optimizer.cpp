@@ -279,7 +279,6 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   start = Clock::now();
   ops::synchronize(gpu);
   times.wait_ms += since(start);
-  ++times.steps;
   if (zero) {
     start = Clock::now();
     // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned

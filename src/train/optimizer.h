@@ -74,7 +74,6 @@ class AdamW {
     double wait_ms = 0;    // waiting for the tiles' gradient downloads and weight uploads
     double adam_ms = 0;    // the CPU AdamW (without ZeRO with the bf16 cast of the weights)
     double gather_ms = 0;  // under ZeRO: the master all-gather, the cast and the whole upload
-    int64_t steps = 0;
   };
   const OffloadTimes& offload_times() const { return offload_times_; }
 
