@@ -332,6 +332,26 @@ stop_serve() {
   kill -INT "$SERVE_PID"
   wait "$SERVE_PID"
 }
+# Prints the bench/serve_bench.py lines of the file $1 as a table titled $2: first the columns
+# named by the other arguments, each KEY:HEADER:FORMAT[:SHOWN FOR AN EMPTY VALUE] (a Python format
+# spec: a number alone is a left-aligned text width), then tokens/s, TTFT p50 and p99, and errors.
+serve_table() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, title, *specs = sys.argv[1:]
+rows = [json.loads(l) for l in open(path) if l.startswith("{")]
+cols = [(s.split(":") + [""])[:4] for s in specs]
+def width(fmt):  # the header's alignment follows the value's: numbers to the right
+    return fmt if fmt.isdigit() else ">" + fmt.rstrip("df").split(".")[0]
+ms = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # null when no request answered
+print(f"\n== {title} ==")
+print(" ".join(f"{header:{width(fmt)}}" for _, header, fmt, _ in cols) +
+      f" {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
+for r in rows:
+    print(" ".join(f"{empty if r[key] == '' else r[key]:{fmt}}" for key, _, fmt, empty in cols) +
+          f" {r['tokens_per_s']:9.0f} {ms(r['ttft_p50_ms'])} {ms(r['ttft_p99_ms'])} {r['errors']:6d}")
+PY
+}
 
 if [ -z "${MOEX_SKIP_SERVE_BENCH:-}" ] && [ -f "$SERVE_MODEL/config.json" ]; then
   : >"$OUT/serve_bench.jsonl"
@@ -344,16 +364,8 @@ if [ -z "${MOEX_SKIP_SERVE_BENCH:-}" ] && [ -f "$SERVE_MODEL/config.json" ]; the
     done
     stop_serve
   done
-  python3 - "$OUT" <<'PY'
-import json, sys, os
-rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "serve_bench.jsonl")) if l.startswith("{")]
-ms = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # null when no request answered
-print("\n== moex serve, 32 streamed requests of 32 tokens, greedy ==")
-print(f"{'device':6} {'clients':>7} {'tokens/s':>9} {'TTFT p50':>9} {'TTFT p99':>9} {'errors':>6}")
-for r in rows:
-    print(f"{r['device']:6} {r['clients']:7d} {r['tokens_per_s']:9.0f} {ms(r['ttft_p50_ms'])} "
-          f"{ms(r['ttft_p99_ms'])} {r['errors']:6d}")
-PY
+  serve_table "$OUT/serve_bench.jsonl" "moex serve, 32 streamed requests of 32 tokens, greedy" \
+    device:device:6 clients:clients:7d
 fi
 
 # Prefix caching on the GPU: a 2.3 B-parameter Mixtral-style model with random weights
@@ -375,17 +387,10 @@ if [ -z "${MOEX_SKIP_PREFIX_BENCH:-}" ]; then
       done
       stop_serve
     done
-    python3 - "$OUT" <<'PY'
-import json, sys, os
-rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "prefix_bench.jsonl")) if l.startswith("{")]
-ms = lambda v: f"{v:9.1f}" if v is not None else f"{'-':>9}"  # null when no request answered
-print("\n== moex serve on the GPU, prefix caching: 8 clients, 32 requests of 32 tokens ==")
-print(f"{'server flags':22} {'shared words':>12} {'seconds':>8} {'tokens/s':>9} {'TTFT p50':>9} "
-      f"{'TTFT p99':>9} {'errors':>6}")
-for r in rows:
-    print(f"{r['server_flags'] or '(default)':22} {r['shared_prefix_words']:12d} {r['seconds']:8.2f} "
-          f"{r['tokens_per_s']:9.0f} {ms(r['ttft_p50_ms'])} {ms(r['ttft_p99_ms'])} {r['errors']:6d}")
-PY
+    serve_table "$OUT/prefix_bench.jsonl" \
+      "moex serve on the GPU, prefix caching: 8 clients, 32 requests of 32 tokens" \
+      "server_flags:server flags:22:(default)" "shared_prefix_words:shared words:12d" \
+      seconds:seconds:8.2f
   else
     echo "bench/random_mixtral.py failed: $(tail -n 1 "$OUT/random_mixtral.log")"
   fi
