@@ -399,9 +399,15 @@ fi
 # Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.
 if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
   : >"$OUT/train_bench.jsonl"
+  # MOEX_TRAIN_MOMENTS: the optimizer.moments_dtype values to run (fp32 and bf16 by default).
   for shape in small medium; do
-    "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 8 --json \
-      2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", /" >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape failed"
+    for moments in ${MOEX_TRAIN_MOMENTS:-fp32 bf16}; do
+      cfg="$OUT/gpu-$shape-$moments.json"
+      sed -e "s/\"optimizer\": {/\"optimizer\": {\"moments_dtype\": \"$moments\", /" configs/gpu-$shape.json >"$cfg"
+      "$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 3 --iters 8 --json \
+        2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", \"moments\": \"$moments\", /" \
+        >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape $moments failed"
+    done
   done
   # MOEX_TRAIN_PEER_ARGS narrows the peers (e.g. "--shape medium --mode compile") when time is short.
   # shellcheck disable=SC2086
@@ -413,17 +419,20 @@ import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "train_bench.jsonl")) if l.startswith("{")]
 gpu = open(os.path.join(sys.argv[1], "gpu.txt")).read().strip()
 print(f"\n== training step (fwd + bwd + clip + AdamW), bf16, {gpu} ==")
-print(f"{'shape':8} {'impl':12} {'tokens/s':>10} {'step_ms':>8} {'MFU':>6} {'peak GiB':>9} {'vs HF compile':>13}")
+print(f"{'shape':8} {'impl':17} {'tokens/s':>10} {'step_ms':>8} {'MFU':>6} {'peak GiB':>9} {'AdamW ms':>8} {'vs HF compile':>13}")
 for shape in ["small", "medium"]:
     rs = [r for r in rows if r.get("shape") == shape]
     ref = next((r for r in rs if r.get("peer") == "hf_compile" and "error" not in r), None)
     for r in rs:
+        impl = r.get("peer") or f"moex {r.get('moments', '')} moments"
         if "error" in r:
-            print(f"{shape:8} {r.get('peer', 'moex'):12} error: {r['error'][:100]}")
+            print(f"{shape:8} {impl:17} error: {r['error'][:100]}")
             continue
         ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
-        print(f"{shape:8} {r.get('peer', 'moex'):12} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
-              f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {ratio:12.2f}x")
+        adam = r.get("op_ms", {}).get("adamw")
+        adam = f"{adam:8.2f}" if isinstance(adam, (int, float)) else f"{'-':>8}"
+        print(f"{shape:8} {impl:17} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
+              f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {adam} {ratio:12.2f}x")
 PY
 fi
 
@@ -475,31 +484,37 @@ fi
 # bytes per parameter on the host (master weights and moments): mind the host's memory.
 if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
   : >"$OUT/offload_bench.jsonl"
+  # MOEX_OFFLOAD_MOMENTS: optimizer.moments_dtype values (fp32 by default; bf16 halves the moments).
   for layers in ${MOEX_OFFLOAD_LAYERS:-16 24 28}; do
-    cfg="$OUT/medium_${layers}l.json"
-    sed -e "s/\"num_layers\": 16/\"num_layers\": $layers/" \
-        -e 's/"micro_batch_size": 4/"micro_batch_size": 4, "activation_checkpointing": true/' \
-        configs/gpu-medium.json >"$cfg"
-    for mode in ${MOEX_OFFLOAD_MODES:-plain offload}; do
-      flag=""
-      [ "$mode" = offload ] && flag="--offload"
-      line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
-        $flag 2>>"$OUT/offload_bench.err" | grep '^{')
-      [ -n "$line" ] || line="{\"layers\": $layers, \"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"
-      echo "$line" | sed "s/^{/{\"layers\": $layers, /" >>"$OUT/offload_bench.jsonl"
+    for moments in ${MOEX_OFFLOAD_MOMENTS:-fp32}; do
+      cfg="$OUT/medium_${layers}l_$moments.json"
+      sed -e "s/\"num_layers\": 16/\"num_layers\": $layers/" \
+          -e 's/"micro_batch_size": 4/"micro_batch_size": 4, "activation_checkpointing": true/' \
+          -e "s/\"optimizer\": {/\"optimizer\": {\"moments_dtype\": \"$moments\", /" \
+          configs/gpu-medium.json >"$cfg"
+      for mode in ${MOEX_OFFLOAD_MODES:-plain offload}; do
+        flag=""
+        [ "$mode" = offload ] && flag="--offload"
+        line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
+          $flag 2>>"$OUT/offload_bench.err" | grep '^{')
+        [ -n "$line" ] || line="{\"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"
+        echo "$line" | sed "s/^{/{\"layers\": $layers, \"moments\": \"$moments\", /" >>"$OUT/offload_bench.jsonl"
+      done
     done
   done
   python3 - "$OUT" <<'PY'
 import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "offload_bench.jsonl")) if l.startswith("{")]
 print("\n== ZeRO-Offload: medium shape, activation checkpointing, batch 4 x 2048 ==")
-print(f"{'layers':>6} {'offload':>7} {'params':>8} {'step_ms':>9} {'tokens/s':>9} {'peak GiB':>9}")
+print(f"{'layers':>6} {'moments':>7} {'offload':>7} {'params':>8} {'step_ms':>9} {'tokens/s':>9} {'peak GiB':>9} {'host adam ms':>12}")
 for r in rows:
     if "error" in r:
-        print(f"{r['layers']:6} {str(r.get('offload')):>7} error: {r['error'][:110]}")
+        print(f"{r['layers']:6} {r['moments']:>7} {str(r.get('offload')):>7} error: {r['error'][:110]}")
         continue
-    print(f"{r['layers']:6} {str(r['offload']):>7} {r['parameters']/1e9:7.2f}B {r['step_ms']:9.0f} "
-          f"{r['tokens_per_s']:9.0f} {r['peak_mem_gib']:9.1f}")
+    adam = r.get("offload_ms", {}).get("adam")
+    adam = f"{adam:12.0f}" if isinstance(adam, (int, float)) else f"{'-':>12}"
+    print(f"{r['layers']:6} {r['moments']:>7} {str(r['offload']):>7} {r['parameters']/1e9:7.2f}B {r['step_ms']:9.0f} "
+          f"{r['tokens_per_s']:9.0f} {r['peak_mem_gib']:9.1f} {adam}")
 PY
 fi
 exit $status

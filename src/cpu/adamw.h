@@ -21,11 +21,13 @@ struct AdamWConfig {
 // step is 1-based (the count after this update), as torch's state["step"].
 // param_bf16 (T = float only; may be null): also receives each updated weight rounded to bf16 in
 // the same pass (core/dtype.h f32_to_bf16), as ZeRO-Offload's upload to the GPU needs it.
-template <typename T>
+// Moments M: T, or (T = float) uint16_t bf16 bits: read as fp32, the update computed in fp32,
+// then stored with stochastic rounding (core/stochastic_round.h).
+template <typename T, typename M = T>
 void adamw_step(T* param,       // [n]
                 const T* grad,  // [n]
-                T* exp_avg,     // [n], first moment m
-                T* exp_avg_sq,  // [n], second moment v
+                M* exp_avg,     // [n], first moment m
+                M* exp_avg_sq,  // [n], second moment v
                 int64_t n, int64_t step, const AdamWConfig& config,
                 uint16_t* param_bf16 = nullptr);  // [n]
 

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include <type_traits>
+
+#include "core/stochastic_round.h"
 #include "cuda/adamw.h"
 #include "cuda/bf16_util.cuh"
 #include "cuda/block_reduce.cuh"
@@ -20,12 +23,49 @@ constexpr int64_t kChunk = int64_t{kThreads} * kPerThread;  // a multiple of 4: 
 struct Scalars {
   double lr;
   float b1, one_minus_b1, b2, one_minus_b2, step_size, inv_sqrt_bc2, eps, grad_scale;
+  uint32_t step;  // seeds the stochastic rounding of bf16 moments
 };
 
+// Moments are stored as M (float or bf16) and computed in fp32. A bf16 store takes 16 random bits
+// (core/stochastic_round.h); an fp32 store ignores them.
+__device__ __forceinline__ float load_moment(const float* p) { return *p; }
+__device__ __forceinline__ float load_moment(const __nv_bfloat16* p) {
+  return bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(p));
+}
+__device__ __forceinline__ void store_moment(float* p, float x, uint32_t) { *p = x; }
+__device__ __forceinline__ void store_moment(__nv_bfloat16* p, float x, uint32_t random) {
+  *reinterpret_cast<uint16_t*>(p) = f32_to_bf16_stochastic(x, random);
+}
+// Four moments from 16-byte aligned fp32 or 8-byte aligned bf16 (element 0 in the low half).
+__device__ __forceinline__ float4 load_moments4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load_moments4(const __nv_bfloat16* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  return make_float4(bits_float(u.x << 16), bits_float(u.x & 0xffff0000u), bits_float(u.y << 16),
+                     bits_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ void store_moments4(float* p, float4 x, const uint32_t*, int) {
+  *reinterpret_cast<float4*>(p) = x;
+}
+// random[k] >> shift holds element k's bits.
+__device__ __forceinline__ void store_moments4(__nv_bfloat16* p, float4 x, const uint32_t* random,
+                                               int shift) {
+  uint2 u;
+  u.x = f32_to_bf16_stochastic(x.x, random[0] >> shift) |
+        (uint32_t{f32_to_bf16_stochastic(x.y, random[1] >> shift)} << 16);
+  u.y = f32_to_bf16_stochastic(x.z, random[2] >> shift) |
+        (uint32_t{f32_to_bf16_stochastic(x.w, random[3] >> shift)} << 16);
+  *reinterpret_cast<uint2*>(p) = u;
+}
+
 // The twin's expression, operation by operation, with explicit round-to-nearest intrinsics so no
-// multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop.
-__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, float grad,
-                                              float decay, const Scalars& s) {
+// multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop. For bf16
+// moments `random` receives the element's rounding bits (from the weight before the step).
+template <typename M>
+__device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint32_t& random,
+                                              float grad, float decay, const Scalars& s) {
+  if constexpr (std::is_same_v<M, __nv_bfloat16>) random = adam_rounding_bits(grad, p, s.step);
   const float g = __fmul_rn(grad, s.grad_scale);
   m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
   v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
@@ -34,29 +74,38 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, floa
 }
 
 // Elements [begin, end) of one segment; begin % 4 == 0 on the vector path.
-template <bool kVec>
+template <bool kVec, typename M>
 __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
                                             __nv_bfloat16* __restrict__ param,
                                             const float* __restrict__ grad,
-                                            float* __restrict__ exp_avg,
-                                            float* __restrict__ exp_avg_sq, int64_t begin,
-                                            int64_t end, float decay, const Scalars& s) {
+                                            M* __restrict__ exp_avg, M* __restrict__ exp_avg_sq,
+                                            int64_t begin, int64_t end, float decay,
+                                            const Scalars& s) {
+  uint32_t random[4] = {0, 0, 0, 0};
+  auto one = [&](int64_t j) {
+    float p = master[j], m = load_moment(exp_avg + j), v = load_moment(exp_avg_sq + j);
+    adamw_element<M>(p, m, v, random[0], grad[j], decay, s);
+    master[j] = p;
+    store_moment(exp_avg + j, m, random[0]);
+    store_moment(exp_avg_sq + j, v, random[0] >> 16);
+    if (param != nullptr) param[j] = __float2bfloat16_rn(p);
+  };
   if constexpr (kVec) {
 #pragma unroll
     for (int k = 0; k < kPerThread / 4; ++k) {
       const int64_t i = begin + (int64_t{k} * kThreads + threadIdx.x) * 4;
       if (i + 4 <= end) {
         float4 p = *reinterpret_cast<const float4*>(master + i);
-        float4 m = *reinterpret_cast<const float4*>(exp_avg + i);
-        float4 v = *reinterpret_cast<const float4*>(exp_avg_sq + i);
+        float4 m = load_moments4(exp_avg + i);
+        float4 v = load_moments4(exp_avg_sq + i);
         const float4 g = *reinterpret_cast<const float4*>(grad + i);
-        adamw_element(p.x, m.x, v.x, g.x, decay, s);
-        adamw_element(p.y, m.y, v.y, g.y, decay, s);
-        adamw_element(p.z, m.z, v.z, g.z, decay, s);
-        adamw_element(p.w, m.w, v.w, g.w, decay, s);
+        adamw_element<M>(p.x, m.x, v.x, random[0], g.x, decay, s);
+        adamw_element<M>(p.y, m.y, v.y, random[1], g.y, decay, s);
+        adamw_element<M>(p.z, m.z, v.z, random[2], g.z, decay, s);
+        adamw_element<M>(p.w, m.w, v.w, random[3], g.w, decay, s);
         *reinterpret_cast<float4*>(master + i) = p;
-        *reinterpret_cast<float4*>(exp_avg + i) = m;
-        *reinterpret_cast<float4*>(exp_avg_sq + i) = v;
+        store_moments4(exp_avg + i, m, random, 0);
+        store_moments4(exp_avg_sq + i, v, random, 16);
         if (param != nullptr) {
           const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
           const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
@@ -66,24 +115,14 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
           *reinterpret_cast<uint2*>(param + i) = packed;
         }
       } else {
-        for (int64_t j = i; j < end && j < i + 4; ++j) {
-          adamw_element(master[j], exp_avg[j], exp_avg_sq[j], grad[j], decay, s);
-          if (param != nullptr) param[j] = __float2bfloat16_rn(master[j]);
-        }
+        for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
       }
     }
   } else {
 #pragma unroll 4
     for (int k = 0; k < kPerThread; ++k) {
       const int64_t i = begin + int64_t{k} * kThreads + threadIdx.x;
-      if (i < end) {
-        float p = master[i], m = exp_avg[i], v = exp_avg_sq[i];
-        adamw_element(p, m, v, grad[i], decay, s);
-        master[i] = p;
-        exp_avg[i] = m;
-        exp_avg_sq[i] = v;
-        if (param != nullptr) param[i] = __float2bfloat16_rn(p);
-      }
+      if (i < end) one(i);
     }
   }
 }
@@ -91,9 +130,10 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
 // One launch over all segments. Chunks of kChunk elements are numbered across the segments in
 // order; block b takes global chunks b, b + gridDim.x, ... so large and small tensors spread over
 // the whole grid. Elements between segments (padding) are never touched.
+template <typename M>
 __global__ void __launch_bounds__(kThreads)
-    adamw_kernel(float* master, __nv_bfloat16* param, const float* grad, float* exp_avg,
-                 float* exp_avg_sq, const AdamWSegment* __restrict__ segments, int num_segments,
+    adamw_kernel(float* master, __nv_bfloat16* param, const float* grad, M* exp_avg,
+                 M* exp_avg_sq, const AdamWSegment* __restrict__ segments, int num_segments,
                  bool aligned, Scalars s) {
   const int64_t grid = gridDim.x;
   int64_t first_chunk = 0;  // global number of the current segment's chunk 0
@@ -153,16 +193,34 @@ __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t
   if (threadIdx.x == 0) out[0] = acc;
 }
 
+template <typename M>
 int adamw_grid() {
   int per_sm = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel, kThreads, 0));
+  CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<M>, kThreads, 0));
   return std::max(1, current_device_sms() * std::max(1, per_sm));
+}
+
+template <typename M>
+void launch_adamw(float* master, void* param_bf16, const float* grad, void* exp_avg,
+                  void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
+                  const Scalars& s, cudaStream_t stream) {
+  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  const uintptr_t moment_align = sizeof(M) * 4;
+  const bool aligned = addr(master) % 16 == 0 && addr(grad) % 16 == 0 &&
+                       addr(exp_avg) % moment_align == 0 && addr(exp_avg_sq) % moment_align == 0 &&
+                       addr(param_bf16) % 8 == 0;
+  const int grid = adamw_grid<M>();  // a few microseconds of host queries, once per step
+  adamw_kernel<M><<<grid, kThreads, 0, stream>>>(
+      master, static_cast<__nv_bfloat16*>(param_bf16), grad, static_cast<M*>(exp_avg),
+      static_cast<M*>(exp_avg_sq), segments, num_segments, aligned, s);
+  MOEX_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, float* exp_avg,
-                        float* exp_avg_sq, const AdamWSegment* segments, int num_segments,
+void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void* exp_avg,
+                        void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                         const AdamWStep& st, cudaStream_t stream) {
   MOEX_CHECK(num_segments >= 0, "adamw_multi_tensor: num_segments must be >= 0, got ",
              num_segments);
@@ -186,15 +244,14 @@ void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, floa
   s.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   s.eps = static_cast<float>(static_cast<double>(st.eps));
   s.grad_scale = static_cast<float>(static_cast<double>(st.grad_scale));
-  const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  const bool aligned = addr(master) % 16 == 0 && addr(grad) % 16 == 0 &&
-                       addr(exp_avg) % 16 == 0 && addr(exp_avg_sq) % 16 == 0 &&
-                       addr(param_bf16) % 8 == 0;
-  const int grid = adamw_grid();  // a few microseconds of host queries, once per step
-  adamw_kernel<<<grid, kThreads, 0, stream>>>(master, static_cast<__nv_bfloat16*>(param_bf16),
-                                              grad, exp_avg, exp_avg_sq, segments, num_segments,
-                                              aligned, s);
-  MOEX_LAUNCH_CHECK();
+  s.step = static_cast<uint32_t>(st.step);
+  if (st.bf16_moments) {
+    launch_adamw<__nv_bfloat16>(master, param_bf16, grad, exp_avg, exp_avg_sq, segments,
+                                num_segments, s, stream);
+  } else {
+    launch_adamw<float>(master, param_bf16, grad, exp_avg, exp_avg_sq, segments, num_segments, s,
+                        stream);
+  }
 }
 
 size_t sum_of_squares_workspace_bytes(int64_t n) {

@@ -2,8 +2,9 @@
 // Matches cpu/adamw.h (torch.optim.AdamW, amsgrad off) per element:
 //   g = grad * grad_scale;  p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
 //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-// Master weights, moments and gradients are fp32; the bf16 working copy the model computes with is
-// rewritten from the new master in the same pass.
+// Master weights and gradients are fp32; the moments fp32, or bf16 read as fp32 and stored with
+// stochastic rounding (core/stochastic_round.h, the CPU twin's bits); the bf16 working copy the
+// model computes with is rewritten from the new master in the same pass.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -24,12 +25,13 @@ struct AdamWStep {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   int64_t step = 1;         // 1-based
   float grad_scale = 1.0f;  // clipping coefficient (or 1)
+  bool bf16_moments = false;  // exp_avg and exp_avg_sq hold bf16, else fp32
 };
 
 // segments: device array of num_segments entries (sorted by offset, disjoint). master, grad, m, v
-// fp32 and param_bf16 (may be null) share the flat layout.
-void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, float* exp_avg,
-                        float* exp_avg_sq, const AdamWSegment* segments, int num_segments,
+// (fp32, or bf16 with s.bf16_moments) and param_bf16 (may be null) share the flat layout.
+void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void* exp_avg,
+                        void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                         const AdamWStep& s, cudaStream_t stream);
 
 // out[0] = sum of grad[i]^2 over [0, n), fp32 partials reduced in a fixed order into one double

@@ -34,15 +34,19 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
-  for (const Tensor* t : {&master, &grad, &exp_avg, &exp_avg_sq})
-    detail::expect("adamw_step", "state", *t, DType::kF32, n);
+  for (const Tensor* t : {&master, &grad})
+    detail::expect("adamw_step", "weights and gradients", *t, DType::kF32, n);
+  // Both moments fp32, or both bf16 (optimizer.moments_dtype).
+  const bool bf16_moments = exp_avg.dtype() == DType::kBF16;
+  for (const Tensor* t : {&exp_avg, &exp_avg_sq})
+    detail::expect("adamw_step", "moments", *t, bf16_moments ? DType::kBF16 : DType::kF32, n);
   if (dev.is_cpu()) {
     // A host bf16 copy is ZeRO-Offload's upload buffer (docs/parallelism.md, "ZeRO-Offload").
     if (working_copy.defined())
       detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
     uint16_t* copy =
         working_copy.defined() ? static_cast<uint16_t*>(working_copy.raw_data()) : nullptr;
-    float *p = master.data<float>(), *m = exp_avg.data<float>(), *v = exp_avg_sq.data<float>();
+    float* p = master.data<float>();
     const float* g = grad.data<float>();
     // The copy covers all n elements: what no segment updates (the buffer's alignment padding) is
     // cast from the master as it is, so the upload carries no stale values.
@@ -64,8 +68,15 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       c.eps = h.eps;
       c.weight_decay = s.weight_decay;
       c.grad_scale = h.grad_scale;
-      cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
-                             h.step, c, copy != nullptr ? copy + s.offset : nullptr);
+      uint16_t* copy_at = copy != nullptr ? copy + s.offset : nullptr;
+      if (bf16_moments) {
+        uint16_t* m = static_cast<uint16_t*>(exp_avg.raw_data()) + s.offset;
+        uint16_t* v = static_cast<uint16_t*>(exp_avg_sq.raw_data()) + s.offset;
+        cpu::adamw_step<float>(p + s.offset, g + s.offset, m, v, s.count, h.step, c, copy_at);
+      } else {
+        cpu::adamw_step<float>(p + s.offset, g + s.offset, exp_avg.data<float>() + s.offset,
+                               exp_avg_sq.data<float>() + s.offset, s.count, h.step, c, copy_at);
+      }
     }
     if (copy != nullptr) cast_until(n);
     return;
@@ -79,9 +90,10 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
     s.eps = static_cast<float>(h.eps);
     s.step = h.step;
     s.grad_scale = static_cast<float>(h.grad_scale);
+    s.bf16_moments = bf16_moments;
     cuda::adamw_multi_tensor(
-        master.data<float>(), working_copy.raw_data(), grad.data<float>(), exp_avg.data<float>(),
-        exp_avg_sq.data<float>(),
+        master.data<float>(), working_copy.raw_data(), grad.data<float>(), exp_avg.raw_data(),
+        exp_avg_sq.raw_data(),
         static_cast<const cuda::AdamWSegment*>(segments.device_table().raw_data()),
         static_cast<int>(segments.host().size()), s, detail::stream(dev));
   });

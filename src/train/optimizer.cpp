@@ -44,21 +44,25 @@ std::vector<ops::AdamWSegment> segments_within(const std::vector<ops::AdamWSegme
 // Elements per offload tile (64 MiB of fp32): bounds the pinned gradient buffer.
 constexpr int64_t kOffloadTile = int64_t{1} << 24;
 
-Tensor zeros(const Shape& shape, const Device& device) {
-  Tensor z = Tensor::empty(shape, DType::kF32, device);
+Tensor zeros(const Shape& shape, const Device& device, DType dtype = DType::kF32) {
+  Tensor z = Tensor::empty(shape, dtype, device);
   ops::zero(z);
   return z;
 }
 
-Tensor zeros_like(const Tensor& t) {
-  return zeros(t.shape(), t.device());
+// t as f32 on its device (itself if it is f32 already).
+Tensor as_f32(const Tensor& t) {
+  if (t.dtype() == DType::kF32) return t;
+  Tensor f = Tensor::empty(t.shape(), DType::kF32, t.device());
+  ops::copy(t, f);
+  return f;
 }
 
 }  // namespace
 
 AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
-  exp_avg_ = zeros_like(params.flat());
-  exp_avg_sq_ = zeros_like(params.flat());
+  exp_avg_ = zeros(params.flat().shape(), params.flat().device(), config_.moments_dtype);
+  exp_avg_sq_ = zeros(params.flat().shape(), params.flat().device(), config_.moments_dtype);
   segments_ = std::make_unique<ops::AdamWSegments>(tensor_segments(params, config_.weight_decay),
                                                    params.flat().device());
 }
@@ -97,8 +101,8 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
     }
   }
   const Shape state{std::max<int64_t>(state_size, 1)};
-  exp_avg_ = zeros(state, params.flat().device());
-  exp_avg_sq_ = zeros(state, params.flat().device());
+  exp_avg_ = zeros(state, params.flat().device(), config_.moments_dtype);
+  exp_avg_sq_ = zeros(state, params.flat().device(), config_.moments_dtype);
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
     tp_group_ = tp.group;
@@ -315,11 +319,12 @@ void AdamW::reduce_scatter_gradients(const ParamBuffer& grads) {
 }
 
 Tensor AdamW::gather_moment(bool second) const {
+  // bf16 moments are widened first: checkpoints hold fp32 whatever the optimizer keeps.
   const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
-  if (zero_.stage == 0) return state.to(Device::cpu());
+  if (zero_.stage == 0) return as_f32(state.to(Device::cpu()));
   const Tensor flat = zeros(Shape{flat_size_}, state.device());
   for (int kind = 0; kind < 2; ++kind)
-    partitions_[kind]->gather_shards(shard_of(state, kind), flat);
+    partitions_[kind]->gather_shards(as_f32(shard_of(state, kind)), flat);
   return flat.device().is_cpu() ? flat : flat.to(Device::cpu());
 }
 

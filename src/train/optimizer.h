@@ -1,7 +1,9 @@
 // AdamW over the model's parameter buffer. Weight decay applies to matrices (>= 2 dims) only, as
 // is usual for transformers. Without ZeRO, exp_avg and exp_avg_sq share the buffer's layout and
 // live on its device, and one fused pass updates every tensor (ops/adamw.h); on a GPU model it
-// also rewrites the bf16 working copy the kernels compute with.
+// also rewrites the bf16 working copy the kernels compute with. The moments are fp32, or bf16 with
+// config.moments_dtype (stochastic rounding, docs/architecture.md §Numerics); gather_moment and
+// load_moment speak fp32 either way, so checkpoints do not depend on it.
 //
 // ZeRO stages 1 and 2 (docs/parallelism.md): each rank keeps the moments of its shard only
 // (non-expert parameters sharded over dp, experts over edp, train/zero_partition.h), steps that

@@ -98,6 +98,9 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   c.optimizer.weight_decay = opt.get_double("weight_decay", 0.1);
   c.optimizer.grad_clip = opt.get_double("grad_clip", 1.0);
   c.optimizer.bias_update_rate = opt.get_double("bias_update_rate", 0.0);
+  c.optimizer.moments_dtype =
+      opt.get_choice("moments_dtype", {"fp32", "bf16"}, "fp32") == "bf16" ? DType::kBF16
+                                                                          : DType::kF32;
   if (c.optimizer.lr <= 0) opt.fail("lr", "must be > 0");
   if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
   if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");

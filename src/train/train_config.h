@@ -27,6 +27,10 @@ struct OptimizerConfig {
   double eps = 1e-8;
   double weight_decay = 0.1;  // matrices only; norms and biases are not decayed
   double grad_clip = 1.0;     // global L2 norm; 0 turns clipping off
+  // How exp_avg and exp_avg_sq are stored: kF32, or kBF16 (half the state's bytes and traffic;
+  // stored with stochastic rounding, docs/architecture.md §Numerics). Checkpoints hold fp32 either
+  // way.
+  DType moments_dtype = DType::kF32;
   // Auxiliary-loss-free balancing (train/load_balance.h): the selection bias's step per optimizer
   // step; 0 = off. Needs model.moe.selection_bias.
   double bias_update_rate = 0.0;

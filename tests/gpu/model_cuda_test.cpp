@@ -302,43 +302,54 @@ TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
 // agree to float rounding and the bf16 copies to a last-bit rounding here and there. (Trained on
 // their own gradients the two drift apart like any two runs: Adam turns last-bit gradient
 // differences on near-zero elements into full +-lr steps.) Trained alone, offload learns.
+// With fp32 moments, and with bf16 moments (optimizer.moments_dtype): the CPU twin stores them with
+// the same stochastic rounding bits as the GPU kernel (both hash the same gradient and weight
+// bits), so the host's bf16 moments step like the GPU's.
 TEST_F(GpuModel, OffloadStepsLikeTheGpuOptimizer) {
   const ModelConfig config = small_config();
-  train::OptimizerConfig oc;
-  oc.lr = 3e-3;
-  oc.weight_decay = 0.1;
-  oc.grad_clip = 1.0;
-  model::Model gpu(config, Device::cuda()), offloaded(config, Device::cuda(), nullptr, {}, true);
-  EXPECT_FALSE(gpu.master_on_host());
-  EXPECT_TRUE(offloaded.master_on_host());
-  gpu.init_weights(7);
-  offloaded.init_weights(7);
-  train::AdamW adam_gpu(gpu.params(), oc), adam_offload(offloaded.params(), oc);
-  std::vector<double> losses;
-  for (int step = 0; step < 10; ++step) {
-    std::vector<int32_t> ids, targets;
-    counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
-    model::ForwardOptions opt;
-    opt.training = true;
-    opt.for_backward = true;
-    opt.step = step;
-    gpu.zero_grad();
-    gpu.forward(ids.data(), targets.data(), 8, 64, opt);
-    gpu.backward();
-    ops::copy(gpu.grads().flat(), offloaded.grads().flat());
-    const double norm_gpu = adam_gpu.step(gpu, oc.lr, step + 1);
-    const double norm_offload = adam_offload.step(offloaded, oc.lr, step + 1);
-    EXPECT_NEAR(norm_offload, norm_gpu, 1e-5 * norm_gpu) << "step " << step;
-    const double master =
-        rel_l2(host_floats(offloaded.params().flat()), host_floats(gpu.params().flat()));
-    const double copy =
-        rel_l2(widened(offloaded.compute_params().flat()), widened(gpu.compute_params().flat()));
-    EXPECT_LT(master, 1e-6) << "master weights after step " << step + 1;
-    EXPECT_LT(copy, 1e-3) << "bf16 copy after step " << step + 1;
-    // The offloaded model's own weights: its loss on the batch it just stepped on falls.
-    losses.push_back(offloaded.forward(ids.data(), targets.data(), 8, 64, {}).loss);
+  for (const DType moments : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string("moments ") + dtype_name(moments));
+    train::OptimizerConfig oc;
+    oc.lr = 3e-3;
+    oc.weight_decay = 0.1;
+    oc.grad_clip = 1.0;
+    oc.moments_dtype = moments;
+    model::Model gpu(config, Device::cuda()), offloaded(config, Device::cuda(), nullptr, {}, true);
+    EXPECT_FALSE(gpu.master_on_host());
+    EXPECT_TRUE(offloaded.master_on_host());
+    gpu.init_weights(7);
+    offloaded.init_weights(7);
+    train::AdamW adam_gpu(gpu.params(), oc), adam_offload(offloaded.params(), oc);
+    EXPECT_EQ(adam_gpu.state_bytes(), gpu.params().flat().numel() * 2 *
+                                          static_cast<int64_t>(dtype_size(moments)));
+    std::vector<double> losses;
+    for (int step = 0; step < 10; ++step) {
+      std::vector<int32_t> ids, targets;
+      counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
+      model::ForwardOptions opt;
+      opt.training = true;
+      opt.for_backward = true;
+      opt.step = step;
+      gpu.zero_grad();
+      gpu.forward(ids.data(), targets.data(), 8, 64, opt);
+      gpu.backward();
+      ops::copy(gpu.grads().flat(), offloaded.grads().flat());
+      const double norm_gpu = adam_gpu.step(gpu, oc.lr, step + 1);
+      const double norm_offload = adam_offload.step(offloaded, oc.lr, step + 1);
+      EXPECT_NEAR(norm_offload, norm_gpu, 1e-5 * norm_gpu) << "step " << step;
+      const double master =
+          rel_l2(host_floats(offloaded.params().flat()), host_floats(gpu.params().flat()));
+      const double copy =
+          rel_l2(widened(offloaded.compute_params().flat()), widened(gpu.compute_params().flat()));
+      EXPECT_LT(master, 1e-6) << "master weights after step " << step + 1;
+      EXPECT_LT(copy, 1e-3) << "bf16 copy after step " << step + 1;
+      // The offloaded model's own weights: its loss on the batch it just stepped on falls.
+      losses.push_back(offloaded.forward(ids.data(), targets.data(), 8, 64, {}).loss);
+    }
+    EXPECT_LT(losses.back(), losses.front());
+    const Tensor m_gpu = adam_gpu.gather_moment(true), m_host = adam_offload.gather_moment(true);
+    EXPECT_LT(rel_l2(host_floats(m_host), host_floats(m_gpu)), 1e-6) << "exp_avg_sq";
   }
-  EXPECT_LT(losses.back(), losses.front());
 }
 
 TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {

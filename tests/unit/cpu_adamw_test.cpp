@@ -1,10 +1,11 @@
 // AdamW against a hand-written two-step reference (decoupled decay, bias correction) and the
-// known first-step property |update| ~= lr.
+// known first-step property |update| ~= lr; bf16 moments against the fp32 step and a long fp32 run.
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/dtype.h"
+#include "core/stochastic_round.h"
 #include "cpu/adamw.h"
 #include "cpu_kernel_checks.h"
 #include "gradcheck.h"
@@ -84,6 +85,88 @@ TEST(CpuAdamW, Bf16CopyHoldsTheUpdatedWeightsRounded) {
     rounded_up += std::fabs(bf16_to_f32(copy[i])) > std::fabs(p_ref[i]);
   }
   EXPECT_GT(rounded_up, n / 4) << "rounded to nearest, not truncated";
+}
+
+// Moments stored as bf16: the step computes with the fp32 moments before rounding (so the weights
+// are the fp32-moment step's), and each stored moment is one of the two bf16 values around the fp32
+// one, picked at random: about half rounded up, about a quarter not the nearest (none when rounding
+// to nearest, half when truncating).
+TEST(CpuAdamW, Bf16MomentsStepLikeFp32AndStoreARandomNeighbour) {
+  const int64_t n = 70001;
+  cpu::AdamWConfig cfg;
+  cfg.lr = 0.01;
+  cfg.weight_decay = 0.1;
+  cfg.grad_scale = 0.7;
+  const auto p0 = random_vector<float>(n, 16, -2, 2);
+  const auto g = random_vector<float>(n, 17, -1, 1);
+  const auto m_init = random_vector<float>(n, 18, -0.1f, 0.1f);
+  const auto v_init = random_vector<float>(n, 19, 1e-4f, 1e-2f);
+  std::vector<uint16_t> m16(n), v16(n);
+  std::vector<float> m32(n), v32(n);
+  for (int64_t i = 0; i < n; ++i) {
+    m16[i] = f32_to_bf16(m_init[i]);
+    v16[i] = f32_to_bf16(v_init[i]);
+    m32[i] = bf16_to_f32(m16[i]);
+    v32[i] = bf16_to_f32(v16[i]);
+  }
+  std::vector<float> p = p0, p_ref = p0;
+  std::vector<uint16_t> copy(n, 0x7fc0);
+  cpu::adamw_step(p.data(), g.data(), m16.data(), v16.data(), n, 5, cfg, copy.data());
+  cpu::adamw_step(p_ref.data(), g.data(), m32.data(), v32.data(), n, 5, cfg);
+  int64_t up = 0, not_nearest = 0, inexact = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(p[i], p_ref[i]) << i;
+    ASSERT_EQ(copy[i], f32_to_bf16(p_ref[i])) << i;
+    for (const auto& [stored, exact] : {std::pair{m16[i], m32[i]}, std::pair{v16[i], v32[i]}}) {
+      const float s = bf16_to_f32(stored);
+      // Truncation toward zero and one unit up in magnitude bracket the exact value.
+      const uint16_t down = static_cast<uint16_t>(float_bits(exact) >> 16);
+      ASSERT_TRUE(stored == down || stored == down + 1) << i << ": " << s << " for " << exact;
+      if (s == exact) continue;
+      ++inexact;
+      up += stored != down;
+      not_nearest += stored != f32_to_bf16(exact);
+    }
+  }
+  ASSERT_GT(inexact, n);
+  EXPECT_NEAR(static_cast<double>(up) / inexact, 0.5, 0.05);
+  EXPECT_NEAR(static_cast<double>(not_nearest) / inexact, 0.25, 0.05);
+}
+
+// Why the rounding is stochastic: with beta2 = 0.999 a second moment four times g^2 shrinks by
+// 0.075 % a step, under half a bf16 unit, so rounding to nearest would keep it where it is. Stored
+// with stochastic rounding it follows the fp32 run over 1500 steps: the mean over elements within
+// 1 %; one element's rounding noise (about 0.4 units a step, remembered over ~1/(1 - beta2) steps)
+// is about 5 % rms here.
+TEST(CpuAdamW, Bf16MomentsFollowASlowlyDecayingSecondMoment) {
+  const int64_t n = 4096;
+  cpu::AdamWConfig cfg;
+  cfg.lr = 1e-3;
+  cfg.beta2 = 0.999;
+  cfg.weight_decay = 0;
+  const auto g = random_vector<float>(n, 20, 0.5f, 1.0f);
+  std::vector<float> p32 = random_vector<float>(n, 21, -1, 1), p16 = p32, m32(n, 0.f), v32(n);
+  std::vector<uint16_t> m16(n, 0), v16(n);
+  for (int64_t i = 0; i < n; ++i) {
+    v16[i] = f32_to_bf16(4.0f * g[i] * g[i]);
+    v32[i] = bf16_to_f32(v16[i]);
+  }
+  for (int64_t step = 1; step <= 1500; ++step) {
+    cpu::adamw_step(p32.data(), g.data(), m32.data(), v32.data(), n, step, cfg);
+    cpu::adamw_step(p16.data(), g.data(), m16.data(), v16.data(), n, step, cfg);
+  }
+  double ratio_sum = 0, worst = 0, sq = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double r = bf16_to_f32(v16[i]) / v32[i];
+    ratio_sum += r;
+    sq += (r - 1) * (r - 1);
+    worst = std::max(worst, std::fabs(r - 1));
+  }
+
+  ASSERT_LT(v32[0], 0.5f * 4.0f * g[0] * g[0]) << "the fp32 moment decays";
+  EXPECT_NEAR(ratio_sum / n, 1.0, 0.01);
+  EXPECT_LT(std::sqrt(sq / n), 0.08);
+  EXPECT_LT(worst, 0.3);
 }
 
 TEST(CpuAdamW, FirstStepMovesEachParameterByLrAgainstTheGradientSign) {

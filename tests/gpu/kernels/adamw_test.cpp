@@ -1,7 +1,9 @@
 // Multi-tensor AdamW against cpu::adamw_step<float> segment by segment (the kernel repeats the
 // twin's fp32 operations unfused, so it should match to the bit; the bound is 1e-6 relative),
 // padding between segments untouched, the bf16 copy rounded to nearest even from the new master,
-// and sum_of_squares against cpu::sum_of_squares with bit-identical reruns.
+// and sum_of_squares against cpu::sum_of_squares with bit-identical reruns. bf16 moments: the
+// kernel hashes the same bits as the CPU twin for its stochastic rounding, so it stores the same
+// bf16 values.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -22,6 +24,28 @@ using kt::rel_l2;
 using kt::upload;
 
 class AdamWTest : public kt::GpuKernel {};
+
+// The CPU twin over each segment (moments M: float, or bf16 bits); returns which elements lie in a
+// segment.
+template <typename M>
+std::vector<char> cpu_twin_step(const std::vector<cuda::AdamWSegment>& segs,
+                                const cuda::AdamWStep& st, const std::vector<float>& grad,
+                                std::vector<float>* master, std::vector<M>* m, std::vector<M>* v) {
+  std::vector<char> inside(master->size(), 0);
+  for (const auto& s : segs) {
+    cpu::AdamWConfig c;
+    c.lr = st.lr;
+    c.beta1 = st.beta1;
+    c.beta2 = st.beta2;
+    c.eps = st.eps;
+    c.weight_decay = s.weight_decay;
+    c.grad_scale = st.grad_scale;
+    cpu::adamw_step<float>(master->data() + s.offset, grad.data() + s.offset, m->data() + s.offset,
+                           v->data() + s.offset, s.count, st.step, c);
+    std::fill(inside.begin() + s.offset, inside.begin() + s.offset + s.count, 1);
+  }
+  return inside;
+}
 
 TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
   cuda::CudaContext ctx;
@@ -60,19 +84,7 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
       const auto m = download<float>(dm.ptr, total), v = download<float>(dv.ptr, total);
       const auto param = download<uint16_t>(dparam.ptr, total);
       std::vector<float> master_ref = master0, m_ref = m0, v_ref = v0;
-      std::vector<char> inside(total, 0);
-      for (const auto& s : segs) {
-        cpu::AdamWConfig c;
-        c.lr = st.lr;
-        c.beta1 = st.beta1;
-        c.beta2 = st.beta2;
-        c.eps = st.eps;
-        c.weight_decay = s.weight_decay;
-        c.grad_scale = st.grad_scale;
-        cpu::adamw_step<float>(master_ref.data() + s.offset, grad.data() + s.offset,
-                               m_ref.data() + s.offset, v_ref.data() + s.offset, s.count, step, c);
-        std::fill(inside.begin() + s.offset, inside.begin() + s.offset + s.count, 1);
-      }
+      const std::vector<char> inside = cpu_twin_step(segs, st, grad, &master_ref, &m_ref, &v_ref);
       const std::string tag = std::string(with_bf16 ? "bf16 copy" : "no copy") + " step " +
                               std::to_string(step);
       EXPECT_LT(rel_l2(master, master_ref), 1e-6) << tag;
@@ -97,6 +109,56 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
                   static_cast<long long>(inside_count));
     }
   }
+}
+
+TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
+  cuda::CudaContext ctx;
+  // Vector path (aligned, a multiple of 4), scalar path (offset 1) and a ragged tail.
+  const std::vector<cuda::AdamWSegment> segs = {{0, 40000, 0.1f}, {40001, 4099, 0.0f},
+                                                {44104, 70001, 0.02f}};
+  const int64_t total = 44104 + 70001 + 3;
+  const auto master0 = rand_vec(total, 140, -2, 2), grad = rand_vec(total, 141, -2, 2);
+  const auto m_init = rand_vec(total, 142, -0.1f, 0.1f), v_init = rand_vec(total, 143, 1e-4f, 1e-2f);
+  std::vector<uint16_t> m0(total), v0(total);
+  for (int64_t i = 0; i < total; ++i) {
+    m0[i] = f32_to_bf16(m_init[i]);
+    v0[i] = f32_to_bf16(v_init[i]);
+  }
+  cuda::AdamWStep st;
+  st.lr = 3e-3f;
+  st.beta2 = 0.999f;
+  st.step = 9;
+  st.grad_scale = 0.61f;
+  st.bf16_moments = true;
+  DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m0), dv = upload(v0);
+  DevBuf dparam(total * 2), dsegs = upload(segs);
+  cuda::adamw_multi_tensor(dmaster.as<float>(), dparam.ptr, dgrad.as<float>(), dm.ptr, dv.ptr,
+                           dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st,
+                           ctx.stream());
+  const auto master = download<float>(dmaster.ptr, total);
+  const auto m = download<uint16_t>(dm.ptr, total), v = download<uint16_t>(dv.ptr, total);
+  std::vector<float> master_ref = master0;
+  std::vector<uint16_t> m_ref = m0, v_ref = v0;
+  const std::vector<char> inside = cpu_twin_step(segs, st, grad, &master_ref, &m_ref, &v_ref);
+  EXPECT_LT(rel_l2(master, master_ref), 1e-6);
+  int64_t same = 0, count = 0, changed = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    if (!inside[i]) {
+      ASSERT_EQ(m[i], m0[i]) << "padding " << i;
+      ASSERT_EQ(v[i], v0[i]) << "padding " << i;
+      continue;
+    }
+    for (const auto& [got, want] : {std::pair{m[i], m_ref[i]}, std::pair{v[i], v_ref[i]}}) {
+      ASSERT_LE(std::abs(int{got} - int{want}), 1) << i << ": more than one bf16 unit apart";
+      same += got == want;
+      ++count;
+    }
+    changed += m[i] != m0[i];
+  }
+  std::printf("[adamw] bf16 moments: %lld of %lld identical to the CPU twin\n",
+              static_cast<long long>(same), static_cast<long long>(count));
+  EXPECT_GE(same, count - count / 1000) << "the rounding bits differ from the CPU twin's";
+  EXPECT_GT(changed, count / 4) << "the moments were not updated";
 }
 
 TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {

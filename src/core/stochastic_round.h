@@ -1,0 +1,70 @@
+// Stochastic rounding of fp32 to bf16, for state kept in bf16 that moves by small steps (Adam's
+// moments with optimizer.moments_dtype "bf16", docs/architecture.md §Numerics). Rounding to
+// nearest would lose every change under half a bf16 unit: with beta2 = 0.999 the second moment
+// could then neither grow nor decay. Rounding up with probability (distance to the lower
+// neighbour) / (gap) keeps each stored value unbiased.
+//
+// The random bits of an Adam element are a hash of its gradient, its weight before the step and
+// the step number: no position, so every parallel layout (tp, ep, ZeRO shards, offload tiles)
+// rounds an element alike, and the CPU and CUDA twins give the same bits.
+// Header-only and usable from CUDA code (MOEX_HD).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "core/rng.h"
+
+namespace moex {
+
+MOEX_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  return b;
+#endif
+}
+
+MOEX_HD float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+#endif
+}
+
+// The murmur3 finaliser: every input bit flips about half of the output bits.
+MOEX_HD uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x85ebca6bu;
+  x ^= x >> 13;
+  x *= 0xc2b2ae35u;
+  x ^= x >> 16;
+  return x;
+}
+
+// f as bf16 bits, rounded down or up (in magnitude) by the low 16 bits of `random`: adding them
+// below the kept half carries into it with probability (dropped bits) / 2^16. Infinities stay;
+// NaN stays a quiet NaN.
+MOEX_HD uint16_t f32_to_bf16_stochastic(float f, uint32_t random) {
+  const uint32_t bits = float_bits(f);
+  const bool special = (bits & 0x7f800000u) == 0x7f800000u;
+  const bool nan = (bits & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (bits + (random & 0xffffu)) >> 16;
+  const uint32_t kept = (bits >> 16) | (nan ? 0x40u : 0u);
+  return static_cast<uint16_t>(special ? kept : rounded);
+}
+
+MOEX_HD float bf16_bits_to_f32(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+
+// 32 random bits for one Adam element's two moments (low half: exp_avg, high half: exp_avg_sq)
+// from its raw gradient, its weight before the step and the 1-based step.
+MOEX_HD uint32_t adam_rounding_bits(float grad, float param, uint32_t step) {
+  return mix32(float_bits(grad) ^ mix32(float_bits(param) + step * 0x9e3779b9u));
+}
+
+}  // namespace moex
