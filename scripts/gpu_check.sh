@@ -7,7 +7,8 @@
 # MOEX_SKIP_ATTN_BENCH=1, MOEX_SKIP_DECODE_BENCH=1, MOEX_SKIP_DECODE_PEER=1, MOEX_SKIP_PREFILL_BENCH=1, MOEX_SKIP_SERVE_BENCH=1, MOEX_SKIP_PREFIX_BENCH=1, MOEX_SKIP_TRAIN_BENCH=1, MOEX_SKIP_OFFLOAD_BENCH=1; MOEX_TRAIN_PEER_ARGS picks
 # training peers (train_peers.py flags). MOEX_DECODE_BATCHES narrows the decode batches, MOEX_DECODE_NCU=1
 # adds a per-kernel profile of one batch-1 step, MOEX_TRAIN_NCU=small|medium one of a training step. MOEX_GPU_TEST_FILTER (a gtest filter, e.g. "MoEDecode*:Gpu.Decode*")
-# runs only the matching GPU tests, to spend little device time on a kernel change.
+# runs only the matching GPU tests, to spend little device time on a kernel change; MOEX_DIST_GPU_FILTER
+# does the same for the mpirun tests (two ranks only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/moex_gpu_check}
@@ -70,9 +71,14 @@ if [ -z "${MOEX_SKIP_TESTS:-}" ] && [ -z "${MOEX_SKIP_DIST_GPU:-}" ]; then
     # Two ranks for every layout but tp x ep (with and without DTD), which takes four.
     dist_exit=0
     : >"$OUT/moex_dist_gpu_tests.log"
+    # MOEX_DIST_GPU_FILTER (a gtest filter) runs only those tests, at two ranks.
     for np in 2 4; do
       filter='-GpuFourRanks.*'
       [ "$np" = 4 ] && filter='GpuFourRanks.*'
+      if [ -n "${MOEX_DIST_GPU_FILTER:-}" ]; then
+        [ "$np" = 4 ] && continue
+        filter="$MOEX_DIST_GPU_FILTER"
+      fi
       log="$OUT/moex_dist_gpu_tests_np$np.log"
       (cd "$OUT" && MOEX_GPU_COLLECTIVES=host timeout 900 "$MPIRUN" --allow-run-as-root --oversubscribe \
         -np "$np" -x MOEX_GPU_COLLECTIVES -x LD_LIBRARY_PATH -x OMP_NUM_THREADS=4 \

@@ -242,8 +242,8 @@ void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void
   s.one_minus_b2 = static_cast<float>(1.0 - b2);
   s.step_size = static_cast<float>(lr / bc1);
   s.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
-  s.eps = static_cast<float>(static_cast<double>(st.eps));
-  s.grad_scale = static_cast<float>(static_cast<double>(st.grad_scale));
+  s.eps = static_cast<float>(st.eps);
+  s.grad_scale = static_cast<float>(st.grad_scale);
   s.step = static_cast<uint32_t>(st.step);
   if (st.bf16_moments) {
     launch_adamw<__nv_bfloat16>(master, param_bf16, grad, exp_avg, exp_avg_sq, segments,

@@ -21,10 +21,12 @@ struct AdamWSegment {
   float weight_decay = 0.0f;
 };
 
+// In double, as cpu::AdamWConfig: the kernel's fp32 coefficients are then rounded from the same
+// values as the CPU twin's, so both give the same bits (which bf16 moments' rounding bits need).
 struct AdamWStep {
-  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
-  int64_t step = 1;         // 1-based
-  float grad_scale = 1.0f;  // clipping coefficient (or 1)
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  int64_t step = 1;          // 1-based
+  double grad_scale = 1.0;   // clipping coefficient (or 1)
   bool bf16_moments = false;  // exp_avg and exp_avg_sq hold bf16, else fp32
 };
 

@@ -84,12 +84,12 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
   MOEX_CUDA_TWIN("adamw_step", {
     detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
     cuda::AdamWStep s;
-    s.lr = static_cast<float>(h.lr);
-    s.beta1 = static_cast<float>(h.beta1);
-    s.beta2 = static_cast<float>(h.beta2);
-    s.eps = static_cast<float>(h.eps);
+    s.lr = h.lr;
+    s.beta1 = h.beta1;
+    s.beta2 = h.beta2;
+    s.eps = h.eps;
     s.step = h.step;
-    s.grad_scale = static_cast<float>(h.grad_scale);
+    s.grad_scale = h.grad_scale;
     s.bf16_moments = bf16_moments;
     cuda::adamw_multi_tensor(
         master.data<float>(), working_copy.raw_data(), grad.data<float>(), exp_avg.raw_data(),
