@@ -19,7 +19,14 @@
 //
 // Weights are integers, so every sum is exact whatever order the threads add in: the token is the
 // CPU's.
+//
+// The two passes every row needs (its first and last keys, then the histogram) run over chunks of
+// the row in blocks of their own, two short kernels before the selecting one, so that a batch of
+// one row reads its logits with a dozen SMs instead of one; their results (each chunk's extreme
+// keys, the row's histogram summed with global atomics, exact as integers) wait in a workspace.
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "core/sampling_math.h"
 #include "cuda/block_reduce.cuh"
@@ -39,7 +46,17 @@ constexpr int kCompact = 4096;                // candidates held in shared memor
 constexpr int kRankMax = 512;                 // gathered candidates ranked pairwise
 constexpr int kLogitBins = 2048;              // the first histogram's bins of (logit - max) / T
 constexpr int kParamWords = 10;               // ops::kSampleParamWords
+constexpr int kMaxChunks = 32;                // blocks a row's first two passes are split over
+constexpr int64_t kMinChunkCols = 2048;       // ... each reading at least this many logits
 static_assert(kWarps == kBins, "a level's bins are reduced one warp a bin");
+
+// What the first two passes leave for the selecting kernel, per row.
+struct RowWorkspace {
+  uint64_t ends[2 * kMaxChunks];  // per chunk: its first key, and the complement of its last
+  uint32_t hist_c[kLogitBins];    // the row's tokens by logit bin and their weights, as in Shared
+  uint32_t hist_lo[kLogitBins];
+  uint32_t hist_hi[kLogitBins];
+};
 
 struct RowParams {
   double temperature, top_p;
@@ -104,6 +121,12 @@ __device__ __forceinline__ void for_each(const float* row, int64_t cols, F&& f) 
       if (i < cols) f(v[j], i);
     }
   }
+}
+
+// Columns [begin, end) of a row: f(value, column).
+template <typename F>
+__device__ __forceinline__ void for_each(const float* row, int64_t begin, int64_t end, F&& f) {
+  for_each(row + begin, end - begin, [&](float v, int64_t i) { f(v, begin + i); });
 }
 
 // The largest key over the block; every thread gets it.
@@ -492,44 +515,96 @@ __device__ uint64_t select_kept(Shared& s, RowState& r, Kept& k, int& gathered_b
   return key;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    sample_rows_kernel(const float* x, int64_t cols, const int32_t* params, int32_t* out) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  Shared& s = *reinterpret_cast<Shared*>(smem);
-  wait_for_previous_kernel();
+// Chunk `c` of a row split into `chunks`: columns [*begin, *end), whole float4s but the last.
+__device__ __forceinline__ void chunk_columns(int64_t cols, int chunks, int c, int64_t* begin,
+                                              int64_t* end) {
+  const int64_t len = ((cols + chunks - 1) / chunks + 3) / 4 * 4;
+  *begin = min(cols, c * len);
+  *end = min(cols, *begin + len);
+}
+
+// The row's first key (the largest logit's, the greedy answer) and last key (the smallest
+// logit's) from its chunks' ends.
+__device__ __forceinline__ void row_ends(const RowWorkspace& ws, int chunks, uint64_t* first,
+                                         uint64_t* last) {
+  uint64_t f = 0, l = 0;  // l as its complement
+  for (int c = 0; c < chunks; ++c) {
+    f = ws.ends[2 * c] > f ? ws.ends[2 * c] : f;
+    l = ws.ends[2 * c + 1] > l ? ws.ends[2 * c + 1] : l;
+  }
+  *first = f;
+  *last = ~l;
+}
+
+// The weights' and logit bins' scale of a row at temperature p.temperature (> 0).
+__device__ RowState row_state(const float* row, int64_t cols, uint64_t first, uint64_t last,
+                              const RowParams& p) {
   RowState r;
-  r.row = x + static_cast<int64_t>(blockIdx.x) * cols;
+  r.row = row;
   r.cols = cols;
-  const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
-  // The first token in order (the greedy answer, and the largest logit of the weights) and the
-  // last (the smallest logit, which sizes the logit bins).
+  r.max_logit = row[sampling_key_id(first)];
+  r.inverse_t = sampling_inverse_temperature(p.temperature);
+  // Bins span the logits' range in units of T, up to the cut-off where weights reach 0.
+  const float span = -sampling_scaled_logit(row[sampling_key_id(last)], r.max_logit, r.inverse_t);
+  r.bin_scale = static_cast<float>(kLogitBins - 2) /
+                (span > 1e-3f && span < -kSampleWeightCutoff ? span : -kSampleWeightCutoff);
+  return r;
+}
+
+// Pass 1, block (chunk, row): the chunk's first and last keys; it also zeroes its share of the
+// row's histogram for pass 2.
+__global__ void __launch_bounds__(kThreads)
+    sample_ends_kernel(const float* x, int64_t cols, RowWorkspace* workspace) {
+  wait_for_previous_kernel();
+  const int c = blockIdx.x, chunks = gridDim.x;
+  RowWorkspace& ws = workspace[blockIdx.y];
+  int64_t begin, end;
+  chunk_columns(cols, chunks, c, &begin, &end);
   uint64_t first = 0, last = 0;  // last as its complement
-  for_each(r.row, cols, [&](float v, int64_t i) {
+  for_each(x + static_cast<int64_t>(blockIdx.y) * cols, begin, end, [&](float v, int64_t i) {
     const uint64_t key = sampling_order_key(v, i);
     first = key > first ? key : first;
     last = ~key > last ? ~key : last;
   });
   first = block_max(first);
-  if (!(p.temperature > 0.0)) {  // 0 (the host refuses negative ones): greedy
-    if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(first);
-    return;
+  last = block_max(last);
+  if (threadIdx.x == 0) {
+    ws.ends[2 * c] = first;
+    ws.ends[2 * c + 1] = last;
   }
-  last = ~block_max(last);
-  r.max_logit = r.row[sampling_key_id(first)];
-  r.inverse_t = sampling_inverse_temperature(p.temperature);
-  // Bins span the logits' range in units of T, up to the cut-off where weights reach 0.
-  const float span = -sampling_scaled_logit(r.row[sampling_key_id(last)], r.max_logit, r.inverse_t);
-  r.bin_scale = static_cast<float>(kLogitBins - 2) /
-                (span > 1e-3f && span < -kSampleWeightCutoff ? span : -kSampleWeightCutoff);
+  for (int b = c * kThreads + threadIdx.x; b < kLogitBins; b += chunks * kThreads) {
+    ws.hist_c[b] = 0;
+    ws.hist_lo[b] = 0;
+    ws.hist_hi[b] = 0;
+  }
+}
 
+// Pass 2, block (chunk, row) of a sampled row: the chunk's logit histogram in shared memory, then
+// added into the row's with global atomics. Each weight's two words are summed as 32-bit words
+// (the low word modulo 2^32, its wraps carried into the high word), so the sum is exact.
+__global__ void __launch_bounds__(kThreads)
+    sample_histogram_kernel(const float* x, int64_t cols, const int32_t* params,
+                            RowWorkspace* workspace) {
+  __shared__ uint32_t bin_c[kLogitBins], bin_lo[kLogitBins], bin_hi[kLogitBins];
+  wait_for_previous_kernel();
+  const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.y) * kParamWords);
+  if (!(p.temperature > 0.0)) return;  // greedy: pass 1 found the token
+  RowWorkspace& ws = workspace[blockIdx.y];
+  const int c = blockIdx.x, chunks = gridDim.x;
+  uint64_t first, last;
+  row_ends(ws, chunks, &first, &last);
+  const float* row = x + static_cast<int64_t>(blockIdx.y) * cols;
+  const RowState r = row_state(row, cols, first, last, p);
   for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
-    s.logit_c[b] = 0;
-    s.logit_lo[b] = 0;
-    s.logit_hi[b] = 0;
+    bin_c[b] = 0;
+    bin_lo[b] = 0;
+    bin_hi[b] = 0;
   }
   __syncthreads();
+  int64_t begin, end;
+  chunk_columns(cols, chunks, c, &begin, &end);
   uint32_t zero = 0;  // tokens of the last bin (weight 0): often most of them, so counted here
-  for_each(r.row, cols, [&](float v, int64_t) {
+  for_each(row, begin, end, [&](float v, int64_t) {
     const int b = r.logit_bin(v);
     if (b == kLogitBins - 1) {
       ++zero;
@@ -537,12 +612,43 @@ __global__ void __launch_bounds__(kThreads)
     }
     const uint64_t w = r.weight(v);
     const uint32_t lo = static_cast<uint32_t>(w), hi = static_cast<uint32_t>(w >> 32);
-    atomicAdd(&s.logit_c[b], 1u);
-    const uint32_t old = atomicAdd(&s.logit_lo[b], lo);
+    atomicAdd(&bin_c[b], 1u);
+    const uint32_t old = atomicAdd(&bin_lo[b], lo);
     const uint32_t wrapped = old + lo < old;  // the low sum passed 2^32
-    if (hi + wrapped > 0) atomicAdd(&s.logit_hi[b], hi + wrapped);
+    if (hi + wrapped > 0) atomicAdd(&bin_hi[b], hi + wrapped);
   });
-  if (zero > 0) atomicAdd(&s.logit_c[kLogitBins - 1], zero);
+  if (zero > 0) atomicAdd(&bin_c[kLogitBins - 1], zero);
+  __syncthreads();
+  for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
+    if (bin_c[b] == 0) continue;
+    atomicAdd(&ws.hist_c[b], bin_c[b]);
+    const uint32_t old = atomicAdd(&ws.hist_lo[b], bin_lo[b]);
+    const uint32_t wrapped = old + bin_lo[b] < old;
+    if (bin_hi[b] + wrapped > 0) atomicAdd(&ws.hist_hi[b], bin_hi[b] + wrapped);
+  }
+}
+
+// Pass 3, one block a row: the selections over the row's histogram and its gathered bins.
+__global__ void __launch_bounds__(kThreads)
+    sample_rows_kernel(const float* x, int64_t cols, const int32_t* params,
+                       const RowWorkspace* workspace, int chunks, int32_t* out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  Shared& s = *reinterpret_cast<Shared*>(smem);
+  wait_for_previous_kernel();
+  const RowWorkspace& ws = workspace[blockIdx.x];
+  const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
+  uint64_t first, last;
+  row_ends(ws, chunks, &first, &last);
+  if (!(p.temperature > 0.0)) {  // 0 (the host refuses negative ones): greedy
+    if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(first);
+    return;
+  }
+  RowState r = row_state(x + static_cast<int64_t>(blockIdx.x) * cols, cols, first, last, p);
+  for (int b = threadIdx.x; b < kLogitBins; b += kThreads) {
+    s.logit_c[b] = ws.hist_c[b];
+    s.logit_lo[b] = ws.hist_lo[b];
+    s.logit_hi[b] = ws.hist_hi[b];
+  }
   __syncthreads();
 
   Kept k;
@@ -560,19 +666,45 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out[blockIdx.x] = sampling_key_id(drawn);
 }
 
+// Chunks per row for the first two passes: about two blocks per SM over the batch, each chunk at
+// least kMinChunkCols logits, at most kMaxChunks. MOEX_SAMPLE_CHUNKS=N in the environment fixes N
+// (1: one block a row, to measure the split against).
+int sample_chunks(int64_t rows, int64_t cols) {
+  static const int forced = [] {
+    const char* env = std::getenv("MOEX_SAMPLE_CHUNKS");
+    return env == nullptr ? 0 : std::max(0, std::min(kMaxChunks, std::atoi(env)));
+  }();
+  if (forced > 0) return forced;
+  const int64_t by_grid = (2 * current_device_sms() + rows - 1) / rows;
+  const int64_t by_size = cols / kMinChunkCols;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({by_grid, by_size, kMaxChunks})));
+}
+
 }  // namespace
 
+size_t sample_rows_workspace_bytes(int64_t rows) {
+  return static_cast<size_t>(rows) * sizeof(RowWorkspace);
+}
+
 void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
-                     int32_t* out, cudaStream_t stream) {
+                     void* workspace, int32_t* out, cudaStream_t stream) {
   if (rows == 0) return;
+  MOEX_CHECK(rows <= 65535, "sample_rows: ", rows, " rows are more than one launch's 65535");
+  MOEX_CHECK(reinterpret_cast<uintptr_t>(workspace) % alignof(RowWorkspace) == 0,
+             "sample_rows: the workspace must be 8-byte aligned");
   static bool smem_allowed = false;  // above 48 KiB needs the opt-in, once
   if (!smem_allowed) {
     CUDA_CHECK(cudaFuncSetAttribute(sample_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(sizeof(Shared))));
     smem_allowed = true;
   }
+  RowWorkspace* ws = static_cast<RowWorkspace*>(workspace);
+  const int chunks = sample_chunks(rows, cols);
+  const dim3 chunk_grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
+  launch_kernel(sample_ends_kernel, chunk_grid, kThreads, 0, stream, x, cols, ws);
+  launch_kernel(sample_histogram_kernel, chunk_grid, kThreads, 0, stream, x, cols, params, ws);
   launch_kernel(sample_rows_kernel, static_cast<unsigned>(rows), kThreads, sizeof(Shared), stream,
-                x, cols, params, out);
+                x, cols, params, static_cast<const RowWorkspace*>(ws), chunks, out);
   CUDA_CHECK(cudaGetLastError());
 }
 

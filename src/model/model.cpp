@@ -513,7 +513,11 @@ void Model::paged_forward_body(const PagedRows& rows, PagedKV& kv, Tensor& logit
   logits = tp_.active() ? whole_logits(head_out) : head_out;
   next = arena_.alloc(Shape{num_seqs}, DType::kI32);
   if (num_logits == num_seqs)
-    ops::sample_rows(logits, rows.sample_params, next);
+    ops::sample_rows(
+        logits, rows.sample_params, next,
+        device_.is_cuda()
+            ? arena_.alloc(Shape{ops::sample_rows_workspace_bytes(num_seqs)}, DType::kU8)
+            : Tensor());
   else  // a slice with all_logits: forward_paged's caller samples from the logits itself
     ops::zero(next);
 }

@@ -25,7 +25,17 @@ void write_sample_params(const SampleParams& p, int32_t* words) {
   std::memcpy(words, &p, sizeof(p));
 }
 
-void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out) {
+int64_t sample_rows_workspace_bytes(int64_t rows) {
+#if MOEX_WITH_CUDA
+  return static_cast<int64_t>(cuda::sample_rows_workspace_bytes(rows));
+#else
+  (void)rows;
+  return 0;
+#endif
+}
+
+void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out,
+                 const Tensor& workspace) {
   const Device dev = detail::common_device("sample_rows", {&x, &params, &out});
   const ProfileScope profile("sample_rows", dev);
   MOEX_CHECK(x.ndim() == 2 && x.dim(1) > 0, "sample_rows: x must be [S, V] with V > 0, got ",
@@ -50,9 +60,16 @@ void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out) {
     cpu::sample_rows(x.data<float>(), rows, cols, words, out.data<int32_t>());
     return;
   }
-  MOEX_CUDA_TWIN("sample_rows",
-                 cuda::sample_rows_f32(x.data<float>(), rows, cols, params.data<int32_t>(),
-                                       out.data<int32_t>(), detail::stream(dev)));
+  MOEX_CUDA_TWIN("sample_rows", {
+    const int64_t bytes = sample_rows_workspace_bytes(rows);
+    const Tensor ws =
+        workspace.defined() ? workspace : Tensor::empty(Shape{bytes}, DType::kU8, dev);
+    MOEX_CHECK(ws.device() == dev && ws.nbytes() >= static_cast<size_t>(bytes),
+               "sample_rows: the workspace must hold ", bytes, " bytes on ", dev.str(), ", got ",
+               ws.nbytes(), " on ", ws.device().str());
+    cuda::sample_rows_f32(x.data<float>(), rows, cols, params.data<int32_t>(), ws.raw_data(),
+                          out.data<int32_t>(), detail::stream(dev));
+  });
 }
 
 }  // namespace moex::ops
