@@ -49,7 +49,8 @@ MOEX_HD uint32_t mix32(uint32_t x) {
 
 // f as bf16 bits, rounded down or up (in magnitude) by the low 16 bits of `random`: adding them
 // below the kept half carries into it with probability (dropped bits) / 2^16. Infinities stay;
-// NaN stays a quiet NaN.
+// NaN stays a quiet NaN; a finite value above the largest bf16 becomes infinite with the
+// probability of rounding up (to nearest, most of that range does so always).
 MOEX_HD uint16_t f32_to_bf16_stochastic(float f, uint32_t random) {
   const uint32_t bits = float_bits(f);
   const bool special = (bits & 0x7f800000u) == 0x7f800000u;

@@ -143,7 +143,9 @@ __global__ void __launch_bounds__(kThreads)
     int64_t j = (int64_t{blockIdx.x} - first_chunk % grid + grid) % grid;
     first_chunk += chunks;
     if (j >= chunks) continue;
-    const float decay = static_cast<float>(1.0 - s.lr * static_cast<double>(seg.weight_decay));
+    // Rounded as the CPU twin's unfused double expression (no contraction into a DFMA).
+    const float decay = static_cast<float>(
+        __dadd_rn(1.0, -__dmul_rn(s.lr, static_cast<double>(seg.weight_decay))));
     const int64_t seg_end = seg.offset + seg.count;
     const bool vec = aligned && seg.offset % 4 == 0;
     for (; j < chunks; j += grid) {

@@ -1,6 +1,6 @@
 // AdamW over a model's flat buffers (torch.optim.AdamW semantics, cpu/adamw.h), all tensors in
-// one pass, and the global gradient norm. The fp32 master weights, gradients and both moments (fp32
-// or bf16) share the parameter buffer's layout; on the GPU a bf16 working copy is rewritten in the same pass.
+// one pass, and the global gradient norm. The fp32 master weights, gradients and both moments
+// (fp32 or bf16) share the parameter buffer's layout; on the GPU a bf16 working copy is rewritten in the same pass.
 #pragma once
 
 #include <vector>

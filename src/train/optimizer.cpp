@@ -321,10 +321,13 @@ void AdamW::reduce_scatter_gradients(const ParamBuffer& grads) {
 Tensor AdamW::gather_moment(bool second) const {
   // bf16 moments are widened first: checkpoints hold fp32 whatever the optimizer keeps.
   const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
-  if (zero_.stage == 0) return as_f32(state.to(Device::cpu()));
+  if (zero_.stage == 0) {
+    if (state.dtype() == DType::kF32) return state.to(Device::cpu());  // a copy
+    return as_f32(state.device().is_cpu() ? state : state.to(Device::cpu()));  // widened: a copy
+  }
   const Tensor flat = zeros(Shape{flat_size_}, state.device());
   for (int kind = 0; kind < 2; ++kind)
-    partitions_[kind]->gather_shards(as_f32(shard_of(state, kind)), flat);
+    partitions_[kind]->gather_shards(shard_of(state, kind), flat);  // widened a tile at a time
   return flat.device().is_cpu() ? flat : flat.to(Device::cpu());
 }
 

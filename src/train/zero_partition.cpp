@@ -118,9 +118,16 @@ void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const
   const int g = group_->size();
   const int64_t len = comm_tile();
   const Tensor recv = staging(g * len, flat);  // [g, len]
+  // A bf16 shard (moments) is widened one tile at a time into f32 [len].
+  const Tensor widened = shard.dtype() == DType::kF32 ? Tensor() : staging(len, shard);
   for (int64_t t = 0; t < shard_; t += len) {
     const int64_t n = std::min(len, shard_ - t);
-    all_gather_blocks(shard.slice(t, t + n), recv.slice(0, g * n));
+    Tensor send = shard.slice(t, t + n);
+    if (widened.defined()) {
+      ops::copy(send, widened.slice(0, n));
+      send = widened.slice(0, n);
+    }
+    all_gather_blocks(send, recv.slice(0, g * n));
     for (int p = 0; p < g; ++p) unpack(recv.slice(p * n, (p + 1) * n), shard_begin(p) + t, n, flat);
   }
 }

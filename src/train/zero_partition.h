@@ -49,7 +49,8 @@ class ZeroPartition {
   void reduce_scatter(const Tensor& flat) const;
   // flat: the weights [total]; every rank's shard goes to every rank.
   void all_gather(const Tensor& flat) const;
-  // shard [S] on every rank -> flat [total]: the kind's elements of the whole group.
+  // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32: the
+  // kind's elements of the whole group.
   void gather_shards(const Tensor& shard, const Tensor& flat) const;
   // flat [total] -> this rank's shard [S] (padding zeroed).
   void take_shard(const Tensor& flat, const Tensor& shard) const;

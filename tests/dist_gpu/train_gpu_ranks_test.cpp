@@ -119,8 +119,9 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
   const std::string moe = std::string(R"(, "ffn_size": 64)") +
                           (dropless || l.all_experts ? R"(, "dropless": true)" : "") +
                           (l.all_experts ? R"(, "top_k": 4)" : "");  // the fixture's 4 experts
-  const std::string optimizer = std::string(R"(, "optimizer": {"lr": 0.01, "grad_clip": 1.0, "eps": 0.01)") +
-                                (l.bf16_moments ? R"(, "moments_dtype": "bf16")" : "") + "}";
+  const std::string optimizer =
+      std::string(R"(, "optimizer": {"lr": 0.01, "grad_clip": 1.0, "eps": 0.01)") +
+      (l.bf16_moments ? R"(, "moments_dtype": "bf16")" : "") + "}";
   const std::string training = R"(, "device": "cuda", "grad_accum": 1, "steps": )" +
                                std::to_string(l.steps) + R"(, "eval_every": )" +
                                std::to_string(l.eval_every) + checkpointing;
@@ -237,7 +238,6 @@ TEST(GpuZero, OffloadedStagesEqualTheSingleProcessRun) {
   check_equals_single_process(ep);
 }
 
-// ep = every rank: each holds 1/W of the experts.
 // bf16 moments (optimizer.moments_dtype) in both runs: ZeRO stage 2 with ep sharding them on the
 // GPUs, and offloaded to the hosts' CPU AdamW. Without ep the runs are equal. With ep the experts'
 // gradients differ from the single process's in their last bits, each such element draws other
@@ -256,6 +256,7 @@ TEST(GpuZero, Bf16MomentsEqualTheSingleProcessRun) {
   check_equals_single_process(offloaded);
 }
 
+// ep = every rank: each holds 1/W of the experts.
 TEST(GpuExpertParallel, CapacityRoutingEqualsTheSingleProcessRun) {
   check_equals_single_process({1, dist::Communicator::world().size(), false});
 }

@@ -75,7 +75,8 @@ TEST(Training, LossFallsAndResumeIsExact) {
 
 // optimizer.moments_dtype "bf16": the moments take half the bytes, the losses follow the fp32
 // moments' run (within 1e-3 relative over 12 steps; 1.1e-4 at most when written), the checkpoint
-// holds them widened to fp32 and a resumed run continues exactly.
+// holds them widened to fp32, a resumed run continues exactly, and a run of fp32 moments resumes
+// with bf16 ones.
 TEST(Training, Bf16MomentsFollowTheFp32RunAndResumeExactly) {
   const fs::path corpus = testing::make_temp_corpus("moex_bf16m");
   const std::string optimizer_bf16 =
@@ -103,6 +104,14 @@ TEST(Training, Bf16MomentsFollowTheFp32RunAndResumeExactly) {
   EXPECT_EQ(run_training(split, "", 6).steps_done, 6);
   EXPECT_EQ(run_training(split, (corpus / "split" / "latest").string()).steps_done, 12);
   EXPECT_EQ(losses_of((corpus / "split" / "metrics.jsonl").string()), b);
+
+  // A checkpoint of fp32 moments resumes with bf16 ones (rounded once on loading).
+  EXPECT_EQ(run_training(config("cross", ""), "", 6).steps_done, 6);
+  TrainConfig cross = config("cross", optimizer_bf16);
+  EXPECT_EQ(run_training(cross, (corpus / "cross" / "latest").string()).steps_done, 12);
+  const std::vector<double> c = losses_of((corpus / "cross" / "metrics.jsonl").string());
+  ASSERT_EQ(c.size(), 12u);
+  for (size_t i = 0; i < c.size(); ++i) EXPECT_NEAR(c[i], b[i], 1e-3 * b[i]) << "step " << i + 1;
   fs::remove_all(corpus);
 }
 

@@ -113,7 +113,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"config", config_path},
       {"device", device.str()},
       {"offload", offload},
-      {"moments_dtype", dtype_name(c.optimizer.moments_dtype)},
+      {"moments_dtype", c.optimizer.moments_dtype == DType::kBF16 ? "bf16" : "fp32"},
       {"parameters", mc.num_parameters()},
       {"tokens", batch * seq},
       {"step_ms", median},

@@ -111,6 +111,8 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
   }
 }
 
+// Every stored bf16 moment is the CPU twin's, on the vector path and (moments one element off
+// 8-byte alignment, as a ZeRO shard's moments can be) the scalar path.
 TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
   cuda::CudaContext ctx;
   // Vector path (aligned, a multiple of 4), scalar path (offset 1) and a ragged tail.
@@ -118,47 +120,47 @@ TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
                                                 {44104, 70001, 0.02f}};
   const int64_t total = 44104 + 70001 + 3;
   const auto master0 = rand_vec(total, 140, -2, 2), grad = rand_vec(total, 141, -2, 2);
-  const auto m_init = rand_vec(total, 142, -0.1f, 0.1f), v_init = rand_vec(total, 143, 1e-4f, 1e-2f);
+  const auto m_init = rand_vec(total, 142, -0.1f, 0.1f);
+  const auto v_init = rand_vec(total, 143, 1e-4f, 1e-2f);
   std::vector<uint16_t> m0(total), v0(total);
   for (int64_t i = 0; i < total; ++i) {
     m0[i] = f32_to_bf16(m_init[i]);
     v0[i] = f32_to_bf16(v_init[i]);
   }
   cuda::AdamWStep st;
-  st.lr = 3e-3f;
-  st.beta2 = 0.999f;
+  st.lr = 3e-3;
+  st.beta2 = 0.999;
   st.step = 9;
-  st.grad_scale = 0.61f;
+  st.grad_scale = 0.61;
   st.bf16_moments = true;
-  DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m0), dv = upload(v0);
-  DevBuf dparam(total * 2), dsegs = upload(segs);
-  cuda::adamw_multi_tensor(dmaster.as<float>(), dparam.ptr, dgrad.as<float>(), dm.ptr, dv.ptr,
-                           dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st,
-                           ctx.stream());
-  const auto master = download<float>(dmaster.ptr, total);
-  const auto m = download<uint16_t>(dm.ptr, total), v = download<uint16_t>(dv.ptr, total);
-  std::vector<float> master_ref = master0;
-  std::vector<uint16_t> m_ref = m0, v_ref = v0;
-  const std::vector<char> inside = cpu_twin_step(segs, st, grad, &master_ref, &m_ref, &v_ref);
-  EXPECT_LT(rel_l2(master, master_ref), 1e-6);
-  int64_t same = 0, count = 0, changed = 0;
-  for (int64_t i = 0; i < total; ++i) {
-    if (!inside[i]) {
-      ASSERT_EQ(m[i], m0[i]) << "padding " << i;
-      ASSERT_EQ(v[i], v0[i]) << "padding " << i;
-      continue;
+  for (const int64_t shift : {0, 1}) {  // moments at element `shift` of their buffers
+    SCOPED_TRACE("moments " + std::to_string(shift * 2) + " bytes past alignment");
+    std::vector<uint16_t> m_buf(shift, 0), v_buf(shift, 0);
+    m_buf.insert(m_buf.end(), m0.begin(), m0.end());
+    v_buf.insert(v_buf.end(), v0.begin(), v0.end());
+    DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m_buf),
+           dv = upload(v_buf);
+    DevBuf dparam(total * 2), dsegs = upload(segs);
+    uint16_t* m_dev = dm.as<uint16_t>() + shift;
+    uint16_t* v_dev = dv.as<uint16_t>() + shift;
+    cuda::adamw_multi_tensor(dmaster.as<float>(), dparam.ptr, dgrad.as<float>(), m_dev, v_dev,
+                             dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st,
+                             ctx.stream());
+    const auto master = download<float>(dmaster.ptr, total);
+    const auto m = download<uint16_t>(m_dev, total), v = download<uint16_t>(v_dev, total);
+    std::vector<float> master_ref = master0;
+    std::vector<uint16_t> m_ref = m0, v_ref = v0;
+    const std::vector<char> inside = cpu_twin_step(segs, st, grad, &master_ref, &m_ref, &v_ref);
+    int64_t changed = 0, count = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      ASSERT_EQ(master[i], master_ref[i]) << i;
+      ASSERT_EQ(m[i], m_ref[i]) << i << (inside[i] ? "" : " (padding)");
+      ASSERT_EQ(v[i], v_ref[i]) << i << (inside[i] ? "" : " (padding)");
+      count += inside[i];
+      changed += inside[i] && m[i] != m0[i];
     }
-    for (const auto& [got, want] : {std::pair{m[i], m_ref[i]}, std::pair{v[i], v_ref[i]}}) {
-      ASSERT_LE(std::abs(int{got} - int{want}), 1) << i << ": more than one bf16 unit apart";
-      same += got == want;
-      ++count;
-    }
-    changed += m[i] != m0[i];
+    EXPECT_GT(changed, count / 2) << "the moments were not updated";
   }
-  std::printf("[adamw] bf16 moments: %lld of %lld identical to the CPU twin\n",
-              static_cast<long long>(same), static_cast<long long>(count));
-  EXPECT_GE(same, count - count / 1000) << "the rounding bits differ from the CPU twin's";
-  EXPECT_GT(changed, count / 4) << "the moments were not updated";
 }
 
 TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {
