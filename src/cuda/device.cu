@@ -5,6 +5,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/env.h"
 #include "cuda/cublas_api.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
@@ -53,37 +54,19 @@ int current_device_sms() {
   return sms;
 }
 
-namespace {
-
-// A switch that is on unless the environment sets it to "0".
-bool on_unless_zero(const char* name) {
-  const char* env = std::getenv(name);
-  return env == nullptr || std::string(env) != "0";
-}
-
-}  // namespace
-
 bool programmatic_launch_enabled() {
-  static const bool enabled = on_unless_zero("MOEX_PDL");
+  static const bool enabled = env_on_unless_zero("MOEX_PDL");
   return enabled;
 }
 
 bool weight_preload_enabled() {
-  static const bool enabled = on_unless_zero("MOEX_WEIGHT_PRELOAD");
+  static const bool enabled = env_on_unless_zero("MOEX_WEIGHT_PRELOAD");
   return enabled;
 }
 
 int64_t token_rows_max_rows() {
-  static const int64_t tokens = [] {
-    const char* env = std::getenv("MOEX_TOKEN_ROWS_MAX_ROWS");
-    if (env == nullptr) return int64_t{512};
-    char* end = nullptr;
-    const long long v = std::strtoll(env, &end, 10);
-    MOEX_CHECK(end != env && *end == '\0' && v >= 0,
-               "MOEX_TOKEN_ROWS_MAX_ROWS must be a count >= 0, got '", env, "'");
-    return static_cast<int64_t>(v);
-  }();
-  return tokens;
+  static const int64_t rows = env_count("MOEX_TOKEN_ROWS_MAX_ROWS", 512);
+  return rows;
 }
 
 namespace {

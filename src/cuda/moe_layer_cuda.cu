@@ -1,9 +1,9 @@
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
 #include "core/arena.h"
+#include "core/timer.h"
 #include "cuda/activation.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
@@ -453,14 +453,13 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     // Dropless: the one host sync of the layer (row counts for cuBLAS).
     std::vector<int32_t> info(4 + E_);
     // Pageable destination: the copy itself blocks the host, so the wait is timed from here.
-    const auto wait0 = std::chrono::steady_clock::now();
+    const auto wait0 = SteadyClock::now();
     CUDA_CHECK(cudaMemcpyAsync(info.data(), plan_.info, 4 * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                stream));
     CUDA_CHECK(cudaMemcpyAsync(info.data() + 4, plan_.counts, E_ * sizeof(int32_t),
                                cudaMemcpyDeviceToHost, stream));
     CUDA_CHECK(cudaStreamSynchronize(stream));
-    host_wait_ms_ +=
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - wait0).count();
+    host_wait_ms_ += ms_since(wait0);
     ++host_syncs_;
     have_counts_ = true;
     counts_tokens_ = T;

@@ -1,9 +1,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "cuda/cuda_check.h"
 #include "cuda/device.h"
@@ -221,10 +220,7 @@ int sm_count() {
 // has more positions than that reach). MOEX_POSITION_SPLITS=1 in the environment turns splitting
 // off, with the head grouping of before (for measurements).
 bool long_reach(const PagedAttentionParams& p) {
-  static const bool allowed = [] {
-    const char* env = std::getenv("MOEX_POSITION_SPLITS");
-    return env == nullptr || std::string(env) != "1";
-  }();
+  static const bool allowed = env_count("MOEX_POSITION_SPLITS", 0) != 1;
   return allowed && p.max_blocks * p.block_size >= 2 * kMinSplitPositions;
 }
 

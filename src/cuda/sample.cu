@@ -26,8 +26,8 @@
 // keys, the row's histogram summed with global atomics, exact as integers) wait in a workspace.
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
+#include "core/env.h"
 #include "core/sampling_math.h"
 #include "cuda/block_reduce.cuh"
 #include "cuda/cuda_check.h"
@@ -670,10 +670,8 @@ __global__ void __launch_bounds__(kThreads)
 // least kMinChunkCols logits, at most kMaxChunks. MOEX_SAMPLE_CHUNKS=N in the environment fixes N
 // (1: one block a row, to measure the split against).
 int sample_chunks(int64_t rows, int64_t cols) {
-  static const int forced = [] {
-    const char* env = std::getenv("MOEX_SAMPLE_CHUNKS");
-    return env == nullptr ? 0 : std::max(0, std::min(kMaxChunks, std::atoi(env)));
-  }();
+  static const int forced =
+      static_cast<int>(std::min<int64_t>(kMaxChunks, env_count("MOEX_SAMPLE_CHUNKS", 0)));
   if (forced > 0) return forced;
   const int64_t by_grid = (2 * current_device_sms() + rows - 1) / rows;
   const int64_t by_size = cols / kMinChunkCols;

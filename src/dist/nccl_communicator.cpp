@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "cuda/cuda_check.h"
 #include "dist/communicator.h"
@@ -66,13 +67,7 @@ ncclDataType_t nccl_type(DType dtype, const char* op) {
 
 double op_timeout_from(double option) {
   if (option >= 0) return option;
-  const char* env = std::getenv("MOEX_NCCL_TIMEOUT_S");
-  if (env == nullptr || *env == '\0') return 600;
-  char* end = nullptr;
-  const double value = std::strtod(env, &end);
-  MOEX_CHECK(end != env && *end == '\0' && value > 0, "MOEX_NCCL_TIMEOUT_S is '", env,
-             "', not a positive number of seconds");
-  return value;
+  return env_positive("MOEX_NCCL_TIMEOUT_S", 600);  // seconds
 }
 
 std::string id_file_from(const std::string& option) {

@@ -1,10 +1,10 @@
 #include "model/model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 
 #include "core/logging.h"
+#include "core/timer.h"
 #include "model/lm_head.h"
 #include "model/paged_step_relay.h"
 #include "ops/device.h"
@@ -372,11 +372,10 @@ double Model::paged_graph_ms(int64_t num_seqs, int iters) {
   ops::StepGraph& graph = it->second->graph;
   graph.launch();  // warm
   ops::synchronize(device_);
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = SteadyClock::now();
   for (int i = 0; i < iters; ++i) graph.launch();  // queued: the device runs them back to back
   ops::synchronize(device_);
-  const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
-  return took.count() / iters;
+  return ms_since(start) / iters;
 }
 
 PagedRows Model::paged_rows(const int32_t* ids, const std::vector<SequenceSlice>& seqs,
@@ -565,7 +564,7 @@ void Model::forward_paged(const int32_t* ids, const std::vector<SequenceSlice>& 
 
 void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& seqs, PagedKV& kv,
                          const ops::SampleParams* sampling, bool ids_follow_last) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = SteadyClock::now();
   MOEX_CHECK(!seqs.empty(), "forward_paged: no sequences");
   MOEX_CHECK(in_flight_.size() < 2, "launch_paged: collect a step first (two are in flight)");
   MOEX_CHECK(kv.k.size() == blocks_.size(), "forward_paged: the paged KV has ", kv.k.size(),
@@ -603,8 +602,7 @@ void Model::launch_paged(const int32_t* ids, const std::vector<SequenceSlice>& s
       dist::Communicator::abort_job(1);
     }
   }
-  host_times_.launch_ms +=
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  host_times_.launch_ms += ms_since(start);
   ++host_times_.launches;
 }
 
@@ -685,10 +683,9 @@ void Model::collect_paged(int32_t* next) {
   MOEX_CHECK(!in_flight_.empty(), "collect_paged: no step in flight");
   const InFlightStep step = in_flight_.front();
   in_flight_.pop_front();
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = SteadyClock::now();
   step.copied->wait();
-  host_times_.wait_ms +=
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  host_times_.wait_ms += ms_since(start);
   std::copy(step.next_host.data<int32_t>(), step.next_host.data<int32_t>() + step.next_host.numel(),
             next);
 }

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "core/env.h"
 #include "cpu/paged_attention.h"
 #include "cpu/rope.h"
 #include "ops/device_dispatch.h"
@@ -57,10 +57,7 @@ void check_paged_rows(const Tensor& tables, const Tensor& row_seq, const Tensor&
 
 PagedTilePlan plan_paged_tiles(const int32_t* row_seq, const int32_t* row_pos, int64_t rows) {
   // MOEX_PAGED_TILES=0: every row alone, to measure the tiles against (docs/gpu-model.md).
-  static const bool enabled = [] {
-    const char* env = std::getenv("MOEX_PAGED_TILES");
-    return env == nullptr || std::string(env) != "0";
-  }();
+  static const bool enabled = env_on_unless_zero("MOEX_PAGED_TILES");
   PagedTilePlan plan;
   if (!enabled) return plan;
   std::vector<std::array<int32_t, kPagedTileWords>> tiles;

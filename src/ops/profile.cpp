@@ -1,9 +1,9 @@
 #include "ops/profile.h"
 
 #include <algorithm>
-#include <chrono>
 #include <map>
 
+#include "core/timer.h"
 #include "ops/device_dispatch.h"
 
 #if MOEX_WITH_CUDA
@@ -15,12 +15,6 @@ namespace {
 
 bool g_enabled = false;
 std::map<std::string, double> g_host_ms;  // host wall time per scope name
-
-double now_ms() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 #if MOEX_WITH_CUDA
 struct Record {

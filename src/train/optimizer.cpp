@@ -1,9 +1,9 @@
 #include "train/optimizer.h"
 
 #include <array>
-#include <chrono>
 #include <cmath>
 
+#include "core/timer.h"
 #include "model/model.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
@@ -11,8 +11,6 @@
 
 namespace moex::train {
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 // Every tensor of the buffer as a segment of the flat buffer, with its weight decay.
 std::vector<ops::AdamWSegment> tensor_segments(const ParamBuffer& params, double weight_decay) {
@@ -247,15 +245,12 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     }
   }
   OffloadTimes& times = offload_times_;
-  auto since = [](Clock::time_point start) {
-    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-  };
-  Clock::time_point start = Clock::now();
+  SteadyClock::time_point start = SteadyClock::now();
   // The norm where the gradients are: reductions on the GPU (under ZeRO over this rank's shards,
   // summed over the groups).
   const double norm = zero ? zero_grad_norm(grads) : std::sqrt(ops::sum_of_squares(grads));
   const ops::AdamWHyper h = hyper(lr, step, norm);
-  times.norm_ms += since(start);
+  times.norm_ms += ms_since(start);
   auto download = [&](size_t i) {
     const FlatRange& t = offload_tiles_[i].range;
     ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
@@ -268,23 +263,23 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i].range;
     const int64_t end = t.flat + t.count, state = offload_tiles_[i].state;
-    start = Clock::now();
+    start = SteadyClock::now();
     ops::synchronize(gpu);  // tile i's gradients are here, tile i - 1's weights are up
-    times.wait_ms += since(start);
+    times.wait_ms += ms_since(start);
     if (i + 1 < offload_tiles_.size()) download(i + 1);
-    start = Clock::now();
+    start = SteadyClock::now();
     const Tensor up = zero ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
     ops::adamw_step(params.slice(t.flat, end), up, grad_tiles_[i % 2].slice(0, t.count),
                     exp_avg_.slice(state, state + t.count),
                     exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
-    times.adam_ms += since(start);
+    times.adam_ms += ms_since(start);
     if (!zero) ops::copy_async(up, compute.slice(t.flat, end));
   }
-  start = Clock::now();
+  start = SteadyClock::now();
   ops::synchronize(gpu);
-  times.wait_ms += since(start);
+  times.wait_ms += ms_since(start);
   if (zero) {
-    start = Clock::now();
+    start = SteadyClock::now();
     // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned
     // tile b.
     auto upload = [&](int64_t begin, int64_t n, int64_t b) {
@@ -302,7 +297,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
       upload(begin, n, i % 2);
     }
     ops::synchronize(gpu);
-    times.gather_ms += since(start);
+    times.gather_ms += ms_since(start);
   }
   params.mark_written();
   return norm;

@@ -1,7 +1,6 @@
 #include "bench_model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -10,6 +9,7 @@
 #include "core/error.h"
 #include "core/json_reader.h"
 #include "core/rng.h"
+#include "core/timer.h"
 #include "infer/generator.h"
 #include "infer/scheduler.h"
 #include "ops/device.h"
@@ -20,12 +20,6 @@
 
 namespace moex::bench {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double ms_since(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 std::vector<int32_t> random_tokens(int64_t n, int64_t vocab, uint64_t stream) {
   std::vector<int32_t> ids(static_cast<size_t>(n));
@@ -71,7 +65,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     }
     if (i == warmup + iters) ops::profile_enable(true);
     ops::synchronize(device);
-    const auto start = Clock::now();
+    const auto start = SteadyClock::now();
     m.zero_grad();
     model::ForwardOptions fo;
     fo.training = true;
@@ -160,7 +154,7 @@ double copy_rate(const Device& device, int64_t bytes) {
   ops::copy(a, b);  // warm-up (pages touched)
   ops::synchronize(device);
   const int reps = 5;
-  const auto start = Clock::now();
+  const auto start = SteadyClock::now();
   for (int i = 0; i < reps; ++i) ops::copy(i % 2 ? b : a, i % 2 ? a : b);
   ops::synchronize(device);
   return 2.0 * reps * static_cast<double>(bytes) / (ms_since(start) / 1000.0);
@@ -191,7 +185,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
     };
     scheduler.submit(std::move(r));
   }
-  auto start = Clock::now();
+  auto start = SteadyClock::now();
   scheduler.step();  // admits and prefills every sequence, samples their first tokens
   ops::synchronize(device);
   const double prefill_ms = ms_since(start);
@@ -203,7 +197,7 @@ std::string decode_one_batch(model::Model& m, const std::string& model_name, int
   const int64_t warmup = std::min<int64_t>(2, (new_tokens - 1 - profiled) / 2);
   bool more = true;
   for (int64_t i = 0; i < warmup && more; ++i) more = scheduler.step();
-  start = Clock::now();
+  start = SteadyClock::now();
   const model::Model::PagedHostTimes host0 = m.paged_host_times();
   int64_t steps = 0;
   while (more && steps + warmup + profiled < new_tokens - 1 && (more = scheduler.step())) ++steps;

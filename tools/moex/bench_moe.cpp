@@ -1,7 +1,6 @@
 #include "bench_moe.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -9,17 +8,13 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "core/timer.h"
 #include "dist/communicator.h"
 #include "moe/experts.h"
 #include "moe/moe_layer.h"
 
 namespace moex::bench {
 namespace {
-
-double now_ms() {
-  using clock = std::chrono::steady_clock;
-  return std::chrono::duration<double, std::milli>(clock::now().time_since_epoch()).count();
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
