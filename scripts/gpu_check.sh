@@ -408,10 +408,9 @@ if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
   # MOEX_TRAIN_MOMENTS: the optimizer.moments_dtype values to run (fp32 and bf16 by default).
   for shape in small medium; do
     for moments in ${MOEX_TRAIN_MOMENTS:-fp32 bf16}; do
-      cfg="$OUT/gpu-$shape-$moments.json"
-      sed -e "s/\"optimizer\": {/\"optimizer\": {\"moments_dtype\": \"$moments\", /" configs/gpu-$shape.json >"$cfg"
-      "$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 3 --iters 8 --json \
-        2>>"$OUT/train_bench.err" | sed "s/^{/{\"shape\": \"$shape\", \"moments\": \"$moments\", /" \
+      "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 8 \
+        --moments-dtype "$moments" --json 2>>"$OUT/train_bench.err" |
+        sed "s/^{/{\"shape\": \"$shape\", \"moments\": \"$moments\", /" \
         >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape $moments failed"
     done
   done
@@ -493,16 +492,15 @@ if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
   # MOEX_OFFLOAD_MOMENTS: optimizer.moments_dtype values (fp32 by default; bf16 halves the moments).
   for layers in ${MOEX_OFFLOAD_LAYERS:-16 24 28}; do
     for moments in ${MOEX_OFFLOAD_MOMENTS:-fp32}; do
-      cfg="$OUT/medium_${layers}l_$moments.json"
+      cfg="$OUT/medium_${layers}l.json"
       sed -e "s/\"num_layers\": 16/\"num_layers\": $layers/" \
           -e 's/"micro_batch_size": 4/"micro_batch_size": 4, "activation_checkpointing": true/' \
-          -e "s/\"optimizer\": {/\"optimizer\": {\"moments_dtype\": \"$moments\", /" \
           configs/gpu-medium.json >"$cfg"
       for mode in ${MOEX_OFFLOAD_MODES:-plain offload}; do
         flag=""
         [ "$mode" = offload ] && flag="--offload"
         line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
-          $flag 2>>"$OUT/offload_bench.err" | grep '^{')
+          --moments-dtype "$moments" $flag 2>>"$OUT/offload_bench.err" | grep '^{')
         [ -n "$line" ] || line="{\"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"
         echo "$line" | sed "s/^{/{\"layers\": $layers, \"moments\": \"$moments\", /" >>"$OUT/offload_bench.jsonl"
       done

@@ -39,10 +39,13 @@ nlohmann::json profile_budget(double steps) {
 }  // namespace
 
 std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
-                                 int warmup, int iters, bool offload) {
+                                 int warmup, int iters, bool offload,
+                                 const std::string& moments_dtype) {
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
-  const train::TrainConfig c = train::TrainConfig::from_file(config_path);
+  train::TrainConfig c = train::TrainConfig::from_file(config_path);
+  if (!moments_dtype.empty())
+    c.optimizer.moments_dtype = moments_dtype == "bf16" ? DType::kBF16 : DType::kF32;
   const Device device =
       device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
   offload = offload || c.parallel.offload;

@@ -12,9 +12,11 @@ namespace moex::bench {
 // Forward + backward + AdamW step on [micro_batch_size, seq_len] tokens on `device` ("" takes
 // training.device), `warmup` untimed steps then the median of `iters` (>= 1): {"bench",
 // "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}. offload (or the config's
-// parallel.offload): master weights and Adam state in host memory (ZeRO-Offload).
+// parallel.offload): master weights and Adam state in host memory (ZeRO-Offload). moments_dtype
+// "fp32" or "bf16" overrides the config's optimizer.moments_dtype ("" keeps it).
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
-                                 int warmup, int iters, bool offload = false);
+                                 int warmup, int iters, bool offload = false,
+                                 const std::string& moments_dtype = "");
 // For each batch size B: B sequences of a `prompt_len`-token prompt (prefilled in one step, timed
 // as prefill_ms) decoding `new_tokens` (>= 2) tokens together (greedy, or drawn with `sampling`)
 // through the serving scheduler (paged KV cache), on a config's model or a named

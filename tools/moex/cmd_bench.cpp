@@ -26,7 +26,7 @@ void print_help() {
       "                            [--iters N] [--warmup N] [--json] [--ep N] [--recompute]\n"
       "                            [--cac]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
-      "                             [--offload]\n"
+      "                             [--offload] [--moments-dtype fp32|bf16]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
@@ -60,7 +60,9 @@ void print_help() {
       "  --warmup    untimed runs first, >= 0 (default 1 on cpu, 3 on cuda)\n"
       "  --json      one JSON object per line per shape (default: one text line)\n"
       "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n"
-      "  --prompt    decode: prompt tokens of each sequence, prefilled in one step (default 16)\n");
+      "  --prompt    decode: prompt tokens of each sequence, prefilled in one step (default 16)\n"
+      "  --moments-dtype  train-step: fp32 or bf16 Adam moments (overrides "
+      "optimizer.moments_dtype)\n");
 }
 
 // --batch of the decode benchmark: "B" or "B1,B2,..." (each >= 1).
@@ -150,7 +152,7 @@ int run_moe_layer(const Args& args) {
 int run_bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep",
-                   "prompt", "temperature", "top-k", "top-p", "seed"},
+                   "prompt", "temperature", "top-k", "top-p", "seed", "moments-dtype"},
                   {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
@@ -164,12 +166,17 @@ int run_bench(const std::vector<std::string>& argv) {
              "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    check_flags(args, what, {"config", "device", "iters", "warmup", "json", "offload"});
+    check_flags(args, what,
+                {"config", "device", "iters", "warmup", "json", "offload", "moments-dtype"});
     const int iters = count_flag(args, "iters", 5, 1);
     const int warmup = count_flag(args, "warmup", 1, 0);
     if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
+    const std::string moments = args.get("moments-dtype", "");
+    MOEX_CHECK(moments.empty() || moments == "fp32" || moments == "bf16",
+               "--moments-dtype must be fp32 or bf16 (optimizer.moments_dtype), got '", moments,
+               "'");
     std::printf("%s\n", bench::run_train_step_bench(config, args.get("device"), warmup, iters,
-                                                    args.flag("offload"))
+                                                    args.flag("offload"), moments)
                             .c_str());
     return 0;
   }
