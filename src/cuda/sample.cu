@@ -79,9 +79,10 @@ __device__ __forceinline__ RowParams read_params(const int32_t* w) {
   return p;
 }
 
-// f(value, id) for each element of the row. A row is read several times by one block (from L2
-// after the first), so a pass is bound by how many loads each thread keeps in flight: 16-byte
-// loads where the row allows them (kUnroll4 of them, 32 values), else kUnroll single ones.
+// f(value, id) for each element of the row (or chunk). The selecting block reads its row again
+// once per gathered bin (from L2), so a pass is bound by how many loads each thread keeps in
+// flight: 16-byte loads where the row allows them (kUnroll4 of them, 32 values), else kUnroll
+// single ones.
 template <typename F>
 __device__ __forceinline__ void for_each(const float* row, int64_t cols, F&& f) {
   if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
@@ -586,6 +587,8 @@ __global__ void __launch_bounds__(kThreads)
     sample_histogram_kernel(const float* x, int64_t cols, const int32_t* params,
                             RowWorkspace* workspace) {
   __shared__ uint32_t bin_c[kLogitBins], bin_lo[kLogitBins], bin_hi[kLogitBins];
+  // Every block waits before anything else, greedy ones too: pass 3 reads pass 1's ends, ordered
+  // only through this kernel's completion (programmatic launch waits for the kernel just ahead).
   wait_for_previous_kernel();
   const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.y) * kParamWords);
   if (!(p.temperature > 0.0)) return;  // greedy: pass 1 found the token
@@ -634,7 +637,7 @@ __global__ void __launch_bounds__(kThreads)
                        const RowWorkspace* workspace, int chunks, int32_t* out) {
   extern __shared__ __align__(16) unsigned char smem[];
   Shared& s = *reinterpret_cast<Shared*>(smem);
-  wait_for_previous_kernel();
+  wait_for_previous_kernel();  // pass 2 has finished, so pass 1 had too: the ends are written
   const RowWorkspace& ws = workspace[blockIdx.x];
   const RowParams p = read_params(params + static_cast<int64_t>(blockIdx.x) * kParamWords);
   uint64_t first, last;

@@ -11,7 +11,8 @@ namespace moex::cuda {
 
 // out[s] = the token of row x[s * cols ..] under row s's parameters in params [rows, 10] i32 (the
 // bytes of {f64 temperature, f64 top_p, i64 top_k, u64 seed, u64 draw}, ops/sample.h); x, params,
-// workspace (sample_rows_workspace_bytes(rows), 8-byte aligned) and out on the device. Three
+// workspace (sample_rows_workspace_bytes(rows), 8-byte aligned) and out on the device; at most
+// 65535 rows a call (a grid dimension). Three
 // kernels: two passes over chunks of each row in blocks of their own, then one block per row
 // (~185 KiB of shared memory); no allocation and no host sync, so it can be captured. The weights
 // and their exact integer sums are the CPU's, bit for bit (core/sampling_math.h), so the token is
