@@ -14,8 +14,8 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
+#include "core/float_bits.h"
 #include "core/rng.h"
 
 namespace moex {
@@ -28,12 +28,7 @@ constexpr int64_t kMaxSampledVocab = int64_t{1} << 23;
 // made monotone (-0 taken as +0, which compares equal to it; NaN below -inf), then the complement
 // of the id (lower ids first among equal logits). Never 0.
 MOEX_HD uint64_t sampling_order_key(float logit, int64_t id) {
-#if defined(__CUDA_ARCH__)
-  uint32_t b = __float_as_uint(logit);
-#else
-  uint32_t b;
-  std::memcpy(&b, &logit, sizeof(b));
-#endif
+  uint32_t b = float_bits(logit);
   const bool nan = (b & 0x7fffffffu) > 0x7f800000u;
   b = (b << 1) == 0 ? 0 : b;  // -0 as +0
   // Negative: every bit flipped; otherwise the sign bit set. Without branches: random signs would
@@ -82,13 +77,7 @@ MOEX_HD float sampling_exp(float x) {
   float p = taylor[0];
   for (int i = 1; i < 7; ++i) p = sampling_add(sampling_mul(p, r), taylor[i]);
   p = sampling_add(sampling_mul(p, r), 1.0f);
-  const uint32_t bits = static_cast<uint32_t>(127 + static_cast<int>(k)) << 23;  // 2^k
-#if defined(__CUDA_ARCH__)
-  const float scale = __uint_as_float(bits);
-#else
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-#endif
+  const float scale = bits_float(static_cast<uint32_t>(127 + static_cast<int>(k)) << 23);  // 2^k
   return sampling_mul(p, scale);
 }
 

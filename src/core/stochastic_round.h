@@ -11,31 +11,10 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
-#include "core/rng.h"
+#include "core/float_bits.h"
 
 namespace moex {
-
-MOEX_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t b;
-  std::memcpy(&b, &f, sizeof(b));
-  return b;
-#endif
-}
-
-MOEX_HD float bits_float(uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(b);
-#else
-  float f;
-  std::memcpy(&f, &b, sizeof(f));
-  return f;
-#endif
-}
 
 // The murmur3 finaliser: every input bit flips about half of the output bits.
 MOEX_HD uint32_t mix32(uint32_t x) {

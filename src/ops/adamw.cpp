@@ -68,15 +68,16 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       c.eps = h.eps;
       c.weight_decay = s.weight_decay;
       c.grad_scale = h.grad_scale;
-      uint16_t* copy_at = copy != nullptr ? copy + s.offset : nullptr;
-      if (bf16_moments) {
-        uint16_t* m = static_cast<uint16_t*>(exp_avg.raw_data()) + s.offset;
-        uint16_t* v = static_cast<uint16_t*>(exp_avg_sq.raw_data()) + s.offset;
-        cpu::adamw_step<float>(p + s.offset, g + s.offset, m, v, s.count, h.step, c, copy_at);
-      } else {
-        cpu::adamw_step<float>(p + s.offset, g + s.offset, exp_avg.data<float>() + s.offset,
-                               exp_avg_sq.data<float>() + s.offset, s.count, h.step, c, copy_at);
-      }
+      // m, v: the moments' elements as stored (float, or uint16_t bf16 bits).
+      const auto step = [&](auto* m, auto* v) {
+        cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
+                               h.step, c, copy != nullptr ? copy + s.offset : nullptr);
+      };
+      if (bf16_moments)
+        step(static_cast<uint16_t*>(exp_avg.raw_data()),
+             static_cast<uint16_t*>(exp_avg_sq.raw_data()));
+      else
+        step(exp_avg.data<float>(), exp_avg_sq.data<float>());
     }
     if (copy != nullptr) cast_until(n);
     return;

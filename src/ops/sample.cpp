@@ -62,13 +62,11 @@ void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out,
   }
   MOEX_CUDA_TWIN("sample_rows", {
     const int64_t bytes = sample_rows_workspace_bytes(rows);
-    const Tensor ws =
-        workspace.defined() ? workspace : Tensor::empty(Shape{bytes}, DType::kU8, dev);
-    MOEX_CHECK(ws.device() == dev && ws.nbytes() >= static_cast<size_t>(bytes),
-               "sample_rows: the workspace must hold ", bytes, " bytes on ", dev.str(), ", got ",
-               ws.nbytes(), " on ", ws.device().str());
-    cuda::sample_rows_f32(x.data<float>(), rows, cols, params.data<int32_t>(), ws.raw_data(),
-                          out.data<int32_t>(), detail::stream(dev));
+    MOEX_CHECK(workspace.defined() && workspace.device() == dev &&
+                   workspace.nbytes() >= static_cast<size_t>(bytes),
+               "sample_rows: the workspace must hold ", bytes, " bytes on ", dev.str());
+    cuda::sample_rows_f32(x.data<float>(), rows, cols, params.data<int32_t>(),
+                          workspace.raw_data(), out.data<int32_t>(), detail::stream(dev));
   });
 }
 

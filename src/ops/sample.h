@@ -26,10 +26,9 @@ void write_sample_params(const SampleParams& p, int32_t* words);
 
 // out[s] = the token of logits x[s, :] under params[s]: x [S, V] f32, params [S,
 // kSampleParamWords] i32, out [S] i32, on one device. On the CPU, a bad parameter is an error
-// naming it; the device reads them as they are (check them where they come in). A CUDA sampler
-// needs a workspace of sample_rows_workspace_bytes(S) u8 (from a step's arena, so a captured step
-// allocates nothing); without one it allocates its own. The CPU needs none. The GPU takes at most
-// 65535 rows a call.
+// naming it; the device reads them as they are (check them where they come in). On CUDA,
+// workspace is sample_rows_workspace_bytes(S) u8 on the device (from a step's arena, so a captured
+// step allocates nothing), and at most 65535 rows a call; the CPU needs none.
 void sample_rows(const Tensor& x, const Tensor& params, const Tensor& out,
                  const Tensor& workspace = Tensor());
 int64_t sample_rows_workspace_bytes(int64_t rows);

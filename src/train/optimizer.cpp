@@ -48,14 +48,6 @@ Tensor zeros(const Shape& shape, const Device& device, DType dtype = DType::kF32
   return z;
 }
 
-// t as f32 on its device (itself if it is f32 already).
-Tensor as_f32(const Tensor& t) {
-  if (t.dtype() == DType::kF32) return t;
-  Tensor f = Tensor::empty(t.shape(), DType::kF32, t.device());
-  ops::copy(t, f);
-  return f;
-}
-
 }  // namespace
 
 AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
@@ -317,8 +309,9 @@ Tensor AdamW::gather_moment(bool second) const {
   // bf16 moments are widened first: checkpoints hold fp32 whatever the optimizer keeps.
   const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
   if (zero_.stage == 0) {
-    if (state.dtype() == DType::kF32) return state.to(Device::cpu());  // a copy
-    return as_f32(state.device().is_cpu() ? state : state.to(Device::cpu()));  // widened: a copy
+    Tensor host = Tensor::empty(state.shape(), DType::kF32, Device::cpu());
+    ops::copy(state, host);  // any device, bf16 widened
+    return host;
   }
   const Tensor flat = zeros(Shape{flat_size_}, state.device());
   for (int kind = 0; kind < 2; ++kind)
