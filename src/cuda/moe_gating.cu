@@ -279,10 +279,11 @@ __device__ AuxWeights aux_weights(const GatingParams& p) {
 }
 
 // Per expert (one thread): loads, kept counts (at most C), the first row of each expert
-// (padded: C rows each), rows in all, and info. s_lo [E + 1] gets the offsets. Returns the rows.
+// (padded: C rows each; packed: its count rounded up to row_align), rows in all, and info. s_lo
+// [E + 1] gets the offsets. Returns the rows.
 __device__ int write_counts_and_offsets(const int* s_load, int num_experts, int C, int max_load,
-                                        int64_t num_routes, bool padded, const GatingOutputs& out,
-                                        int* s_lo) {
+                                        int64_t num_routes, bool padded, int row_align,
+                                        const GatingOutputs& out, int* s_lo) {
   int run = 0, kept = 0;
   for (int e = 0; e < num_experts; ++e) {
     const int cnt = min(s_load[e], C);
@@ -290,7 +291,7 @@ __device__ int write_counts_and_offsets(const int* s_load, int num_experts, int 
     out.counts[e] = cnt;
     s_lo[e] = run;
     out.offsets[e] = run;
-    run += padded ? C : cnt;
+    run += padded ? C : (cnt + row_align - 1) / row_align * row_align;
     kept += cnt;
   }
   s_lo[num_experts] = run;
@@ -520,7 +521,8 @@ __global__ void __launch_bounds__(kThreads)
 
   // Counts, offsets, info.
   if (tid == 0)
-    s_rows = write_counts_and_offsets(s_load, E, C, s_max_load, num_routes, p.padded, out, s_lo);
+    s_rows = write_counts_and_offsets(s_load, E, C, s_max_load, num_routes, p.padded, p.row_align,
+                                      out, s_lo);
   __syncthreads();
   const int64_t rows = s_rows;
   const bool write_rows = rows <= max_rows;
@@ -720,7 +722,8 @@ __global__ void __launch_bounds__(kFewThreads)
       aux_total_and_max_load(s_aux, s_load, E, aux, mx);
       // Nothing is dropped here (load <= T <= C): counts = loads, info[2] = 0.
       const int C = p.dropless ? mx : static_cast<int>(p.capacity);
-      s_rows = write_counts_and_offsets(s_load, E, C, mx, num_routes, p.padded, out, s_lo);
+      s_rows = write_counts_and_offsets(s_load, E, C, mx, num_routes, p.padded, p.row_align, out,
+                                        s_lo);
       out.losses[0] = p.aux_loss_type == AuxLossType::kNone ? 0.0 : aux * factor;
       out.losses[1] = z2 / T;
     }
@@ -806,6 +809,7 @@ void check_params(const GatingParams& params) {
   MOEX_CHECK(params.num_tokens > 0, "moe_gating: num_tokens must be > 0, got ", params.num_tokens);
   MOEX_CHECK(params.num_tokens * params.top_k < (int64_t{1} << 31), "moe_gating: too many routes");
   MOEX_CHECK(params.dropless || params.padded, "moe_gating: the packed layout needs dropless");
+  MOEX_CHECK(params.row_align >= 1, "moe_gating: row_align must be >= 1, got ", params.row_align);
   MOEX_CHECK(params.dropless || params.capacity >= 0, "moe_gating: capacity must be >= 0");
 }
 
@@ -823,7 +827,7 @@ size_t gating_workspace_bytes(int64_t num_tokens, int num_experts, int top_k) {
 
 int64_t gating_max_rows(const GatingParams& p) {
   if (!p.dropless) return p.num_experts * p.capacity;
-  if (!p.padded) return p.num_tokens * p.top_k;
+  if (!p.padded) return p.num_tokens * p.top_k + int64_t{p.num_experts} * (p.row_align - 1);
   return p.num_experts * p.num_tokens;
 }
 

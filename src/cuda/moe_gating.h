@@ -27,6 +27,9 @@ struct GatingParams {
   DropPolicy policy = DropPolicy::kPosition;
   bool dropless = false;
   bool padded = true;    // rows [E, C, d] (true) or packed [T*k, d] (dropless only)
+  // Packed: each expert's rows start at a multiple of this (its count rounded up; the rows
+  // between are padding, gather -1), so per-expert GEMMs see row counts in steps of it.
+  int row_align = 1;
   int64_t capacity = 0;  // C when !dropless; with dropless && padded C = the largest load
   AuxLossType aux_loss_type = AuxLossType::kDeepSpeed;
   uint64_t seed = 0, offset = 0;  // Philox streams as moe/router.h: moe_rng_offset(offset, use)
@@ -59,7 +62,8 @@ constexpr int kGatingFewTokens = 32;
 
 // Scratch the kernel needs (bytes); pass it zero-initialized once (its counter resets itself).
 size_t gating_workspace_bytes(int64_t num_tokens, int num_experts, int top_k);
-// Rows the buffer can need: E*C (padded capacity), T*k (packed), E*T worst case (dropless padded).
+// Rows the buffer can need: E*C (padded capacity), T*k + E*(row_align-1) (packed), E*T worst case
+// (dropless padded).
 int64_t gating_max_rows(const GatingParams& p);
 
 // logits [T, E] fp32 (device), bias [E] or null (sigmoid selection bias). max_rows bounds gather.

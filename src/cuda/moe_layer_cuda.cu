@@ -95,9 +95,9 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
   ep_ = group_ != nullptr ? group_->size() : 1;
   MOEX_CHECK(E_ % ep_ == 0, "MoELayerCuda: ", E_, " experts do not split over ", ep_,
              " expert-parallel ranks");
-  MOEX_CHECK(ep_ == 1 || !config.dropless || options.dropless_gemm == DroplessGemm::kPadded,
-             "MoELayerCuda: expert parallelism needs dropless_gemm kPadded (the grouped GEMMs "
-             "are single-GPU only)");
+  MOEX_CHECK(ep_ == 1 || !config.dropless || options.dropless_gemm != DroplessGemm::kGrouped,
+             "MoELayerCuda: expert parallelism needs dropless_gemm kPadded or kPacked (the grouped "
+             "GEMMs are single-GPU only)");
   El_ = E_ / ep_;
   MOEX_CHECK(options.duplicate_group == nullptr || ep_ > 1,
              "MoELayerCuda: Duplicate Token Dropping needs an expert group (ep > 1)");
@@ -168,10 +168,13 @@ MoELayerCuda::MoELayerCuda(const MoEConfig& config, const MoELayerCudaOptions& o
     rows = E_ * std::max(moe_capacity(T, c, true), moe_capacity(T, c, false));
   }
   // Padded layouts can need E*T rows: dropless by the largest load, capacity mode when every route
-  // is kept (MoEStepCuda::drop_tokens false or token_rows_max_rows).
-  const bool padded = !config.dropless || options.dropless_gemm == DroplessGemm::kPadded ||
+  // is kept (MoEStepCuda::drop_tokens false or token_rows_max_rows). kPacked takes them too (for
+  // decoding and under expert parallelism).
+  const bool padded = !config.dropless || options.dropless_gemm != DroplessGemm::kGrouped ||
                       options.token_rows_max_rows > 0;
-  const int64_t gather_rows = padded ? std::max(rows, E_ * T) : rows;
+  int64_t gather_rows = padded ? std::max(rows, E_ * T) : rows;
+  if (options.dropless_gemm == DroplessGemm::kPacked)  // packed rows with padding between experts
+    gather_rows = std::max(gather_rows, T * k_ + E_ * (packed_row_align() - 1));
   gather_ = dev({gather_rows}, DType::kI32, ctx);
   CUDA_CHECK(cudaMallocHost(&stats_host_, stats_bytes()));
   CUDA_CHECK(cudaEventCreateWithFlags(&stats_ready_, cudaEventDisableTiming));
@@ -214,7 +217,6 @@ void MoELayerCuda::grow_rows(Tensor& t, int64_t rows, int64_t cols) {
 void MoELayerCuda::ensure_rows(int64_t rows) {
   if (keeps_own_rows()) {
     grow_rows(saved_h_, rows, f1_);
-    grow_rows(saved_a_, rows, f_);
     grow_rows(saved_out_, rows, d_);
   }
   point_scratch(rows, false);
@@ -226,19 +228,18 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
   const size_t td = static_cast<size_t>(tokens_ * d_) * sizeof(float);
   buf_.xb = s.get(MoEScratch::kXb, r * d_, ctx_);
   buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
+  // a lives only inside a call: backward writes da there and then a again (experts_backward).
+  buf_.a = buf_.da = s.get(MoEScratch::kA, r * f_, ctx_);
   if (keeps_own_rows()) {
     buf_.h = saved_h_.raw_data();
-    buf_.a = saved_a_.raw_data();
     buf_.out = saved_out_.raw_data();
   } else {
     buf_.h = s.get(MoEScratch::kH, r * f1_, ctx_);
-    buf_.a = s.get(MoEScratch::kA, r * f_, ctx_);
     buf_.out = s.get(MoEScratch::kOut, r * d_, ctx_);
     if (!backward) scratch_ticket_ = s.claim_activations();
   }
   if (!backward) return;
   buf_.dout = s.get(MoEScratch::kDout, r * d_, ctx_);
-  buf_.da = s.get(MoEScratch::kDa, r * f_, ctx_);
   buf_.dh = s.get(MoEScratch::kDh, r * f1_, ctx_);
   buf_.dxj = static_cast<float*>(s.get(MoEScratch::kDxj, td, ctx_));
   if (res_.defined() || sh_.defined())
@@ -288,8 +289,7 @@ void MoELayerCuda::dense_init(DenseMlp& m, int64_t ffn, int64_t T) {
   m.dw2 = dev({d_, m.f}, DType::kF32, ctx_);
   m.h = dev({T, m.f1}, DType::kBF16, ctx_);
   m.dh = dev({T, m.f1}, DType::kBF16, ctx_);
-  m.a = dev({T, m.f}, DType::kBF16, ctx_);
-  m.da = dev({T, m.f}, DType::kBF16, ctx_);
+  m.da = dev({T, m.f}, DType::kBF16, ctx_);  // a in forward; da, then a again, in backward
   m.out = dev({T, d_}, DType::kBF16, ctx_);
   m.dout = dev({T, d_}, DType::kBF16, ctx_);
 }
@@ -316,27 +316,29 @@ void MoELayerCuda::dense_forward(DenseMlp& m, const void* x, int64_t T) {
   gemm_bf16(h, GemmShape{false, true, T, m.f1, d_, d_, d_, m.f1}, x, 0, m.w1.raw_data(), 0,
             m.h.raw_data(), 0, false, 1);
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_forward_bf16(m.h.raw_data(), m.a.raw_data(), T, m.f, ctx_.stream());
+    swiglu_forward_bf16(m.h.raw_data(), m.da.raw_data(), T, m.f, ctx_.stream());
   } else {
-    gelu_forward_bf16(m.h.raw_data(), m.a.raw_data(), T, m.f, config_.gelu_exact, ctx_.stream());
+    gelu_forward_bf16(m.h.raw_data(), m.da.raw_data(), T, m.f, config_.gelu_exact, ctx_.stream());
   }
-  gemm_bf16(h, GemmShape{false, true, T, d_, m.f, m.f, m.f, d_}, m.a.raw_data(), 0, m.w2.raw_data(),
-            0, m.out.raw_data(), 0, false, 1);
+  gemm_bf16(h, GemmShape{false, true, T, d_, m.f, m.f, m.f, d_}, m.da.raw_data(), 0,
+            m.w2.raw_data(), 0, m.out.raw_data(), 0, false, 1);
 }
 
 void MoELayerCuda::dense_backward(DenseMlp& m, const void* x, int64_t T, float beta) {
   cublasHandle_t h = ctx_.cublas();
-  // da = dout w2 ; dw2 = dout^T a ; dh = act'(h, da) ; dw1 = dh^T x ; dxe (+)= dh w1 (fp32)
+  // da = dout w2 ; dh = act'(h, da) with a again over da ; dw2 = dout^T a ; dw1 = dh^T x ;
+  // dxe (+)= dh w1 (fp32)
   gemm_bf16(h, GemmShape{false, false, T, m.f, d_, d_, m.f, m.f}, m.dout.raw_data(), 0,
             m.w2.raw_data(), 0, m.da.raw_data(), 0, false, 1);
-  gemm_bf16(h, GemmShape{true, false, d_, m.f, T, d_, m.f, m.f}, m.dout.raw_data(), 0,
-            m.a.raw_data(), 0, m.dw2.raw_data(), 0, true, 1);
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_backward_bf16(m.h.raw_data(), m.da.raw_data(), m.dh.raw_data(), T, m.f, ctx_.stream());
+    swiglu_backward_bf16(m.h.raw_data(), m.da.raw_data(), m.dh.raw_data(), m.da.raw_data(), T, m.f,
+                         ctx_.stream());
   } else {
-    gelu_backward_bf16(m.h.raw_data(), m.da.raw_data(), m.dh.raw_data(), T, m.f, config_.gelu_exact,
-                       ctx_.stream());
+    gelu_backward_bf16(m.h.raw_data(), m.da.raw_data(), m.dh.raw_data(), m.da.raw_data(), T, m.f,
+                       config_.gelu_exact, ctx_.stream());
   }
+  gemm_bf16(h, GemmShape{true, false, d_, m.f, T, d_, m.f, m.f}, m.dout.raw_data(), 0,
+            m.da.raw_data(), 0, m.dw2.raw_data(), 0, true, 1);
   gemm_bf16(h, GemmShape{true, false, m.f1, d_, T, m.f1, d_, d_}, m.dh.raw_data(), 0, x, 0,
             m.dw1.raw_data(), 0, true, 1);
   gemm_bf16(h, GemmShape{false, false, T, d_, m.f1, m.f1, d_, d_}, m.dh.raw_data(), 0,
@@ -395,7 +397,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   const int64_t capacity = dropless                          ? 0
                            : token_rows || !step.drop_tokens ? T
                                                              : moe_capacity(T, config_, training);
-  const bool padded = !dropless || options_.dropless_gemm == DroplessGemm::kPadded;
+  const bool padded = !dropless || !packs_rows(T, kept_);
   grouped_ = !padded;
   // The decode kernels read every expert's weights (or this rank's slice of each) here: no
   // expert parallelism.
@@ -414,6 +416,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   g.policy = config_.drop_policy;
   g.dropless = dropless;
   g.padded = padded;
+  g.row_align = padded ? 1 : static_cast<int>(packed_row_align());
   g.capacity = capacity;
   g.aux_loss_type = config_.aux_loss_type;
   g.seed = seed;
@@ -474,9 +477,12 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
       (host_counts_[e] > 0 ? group_experts_ : zero_experts_).push_back(e);
     if (expert_parallel()) {
       slot_rows_.clear();  // the owners' rows cover every C row of each source
-    } else if (options_.dropless_gemm == DroplessGemm::kPadded) {
+    } else if (!grouped_) {
       build_padded_slots(host_counts_);
+    } else if (options_.dropless_gemm == DroplessGemm::kPacked) {
+      set_slots(packed_rows(host_counts_));
     } else {
+      slot_rows_.clear();
       slot_experts_ = group_experts_;
     }
   }
@@ -500,7 +506,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
       moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
       to_owners(buf_.xb, ep_rows_.xb);
     }
-    experts_forward(ep_rows_);  // the recompute needs h and a again; its outputs are kept
+    experts_forward(ep_rows_);  // the recompute needs h again; its outputs are kept
     if (!step.reuse_exchange) {  // a CAC recompute has the first pass's summed rows
       sum_slices(ep_rows_.out, ep_rows_.rows);
       from_owners(ep_rows_.out, buf_.out);
@@ -548,23 +554,22 @@ void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
   r.experts = El_;
   r.capacity = ep_total_;
   r.rows = owner_rows;
-  if (own) {  // x rows, h, a on the owner and the local outputs stay for backward (or a recompute)
+  if (own) {  // x rows and h on the owner and the local outputs stay for backward (or a recompute)
     if (!backward) {
       grow_rows(ep_x_, owner_rows, d_);
       grow_rows(ep_h_, owner_rows, f1_);
-      grow_rows(ep_a_, owner_rows, f_);
       grow_rows(ep_out_, rows_, d_);
     }
     r.xb = ep_x_.raw_data();
     r.h = ep_h_.raw_data();
-    r.a = ep_a_.raw_data();
     buf_.out = ep_out_.raw_data();
   } else {
     r.xb = s.get(MoEScratch::kEpX, owner * d_, ctx_);
     r.h = s.get(MoEScratch::kH, owner * f1_, ctx_);
-    r.a = s.get(MoEScratch::kA, owner * f_, ctx_);
     buf_.out = s.get(MoEScratch::kOut, local * d_, ctx_);
   }
+  // a lives only inside a call (backward: da, then a again over it; experts_backward).
+  r.a = r.da = s.get(MoEScratch::kA, owner * f_, ctx_);
   // The owner's outputs (forward) or dout, then dxb (backward).
   r.out = r.dout = s.get(MoEScratch::kEpRows, owner * d_, ctx_);
   buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
@@ -574,7 +579,6 @@ void MoELayerCuda::point_ep_buffers(bool backward, bool own) {
     return;
   }
   buf_.dout = s.get(MoEScratch::kDout, local * d_, ctx_);
-  r.da = s.get(MoEScratch::kDa, owner * f_, ctx_);
   r.dh = s.get(MoEScratch::kDh, owner * f1_, ctx_);
   buf_.dxj = static_cast<float*>(s.get(MoEScratch::kDxj, td, ctx_));
   if (res_.defined() || sh_.defined())
@@ -773,24 +777,55 @@ void MoELayerCuda::build_padded_slots(const std::vector<int64_t>& counts) {
     total += m[e];
   }
   if (total * 100 > int64_t{97} * E_ * C) return;  // saves < 3%: one strided-batched call
+  set_slots(m);
+}
+
+void MoELayerCuda::set_slots(const std::vector<int64_t>& m) {
   std::vector<int> order;
   for (int e = 0; e < E_; ++e)
     if (m[e] > 0) order.push_back(e);  // m[e] == 0 exactly when counts[e] == 0 (zero_experts_)
   std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return m[a] < m[b]; });
+  slot_rows_.clear();
   for (int e : order) slot_rows_.push_back(m[e]);
   slot_experts_ = order;
+}
+
+int64_t MoELayerCuda::packed_row_align() const {
+  const bool aligned =
+      options_.dropless_gemm == DroplessGemm::kPacked && options_.padded_row_multiple > 0;
+  return aligned ? options_.padded_row_multiple : 1;
+}
+
+std::vector<int64_t> MoELayerCuda::packed_rows(const std::vector<int64_t>& counts) const {
+  const int64_t align = packed_row_align();
+  std::vector<int64_t> rows(counts.size());
+  for (size_t e = 0; e < counts.size(); ++e) rows[e] = ceil_div_i64(counts[e], align) * align;
+  return rows;
+}
+
+bool MoELayerCuda::packs_rows(int64_t tokens, bool keep) const {
+  switch (options_.dropless_gemm) {
+    case DroplessGemm::kGrouped:
+      return true;
+    case DroplessGemm::kPacked:  // the decode kernels and the exchanges read E x C rows
+      return !expert_parallel() && (keep || tokens > options_.decode_max_tokens);
+    case DroplessGemm::kPadded:
+      break;
+  }
+  return false;
 }
 
 void MoELayerCuda::upload_operands() {
   const bool grouped = grouped_;
   if (!grouped && slot_rows_.empty()) return;  // strided-batched calls take buf_ directly
-  // Grouped: expert e's rows start at its offset in the packed rows; padded: at e * C.
+  // Packed: expert e's rows start at its offset in the packed rows; padded: at e * C.
+  const std::vector<int64_t> packed = grouped ? packed_rows(host_counts_) : std::vector<int64_t>();
   std::vector<int64_t> row0(E_, 0);
   for (int e = 0; e < E_; ++e)
-    row0[e] = grouped ? (e > 0 ? row0[e - 1] + host_counts_[e - 1] : 0) : e * capacity_;
+    row0[e] = grouped ? (e > 0 ? row0[e - 1] + packed[e - 1] : 0) : e * capacity_;
   for (int i = 0; i < static_cast<int>(slot_experts_.size()); ++i)
     set_expert_operands(i, slot_experts_[i], row0[slot_experts_[i]]);
-  if (!grouped) return;  // padded GEMMs run one expert at a time from host_ptrs_
+  if (!slot_rows_.empty()) return;  // per-expert GEMMs run from host_ptrs_
   // Pageable source: staged at once, so host_ptrs_ may change after this returns.
   CUDA_CHECK(cudaMemcpyAsync(grouped_ptrs_.raw_data(), host_ptrs_.data(),
                              host_ptrs_.size() * sizeof(void*), cudaMemcpyHostToDevice,
@@ -810,7 +845,7 @@ void MoELayerCuda::set_expert_operands(int slot, int e, int64_t row0) {
       {bf(buf_.xb, o * d_), bf(w1, e * f1_ * d_), bf(buf_.h, o * f1_)},       // h = xb w1^T
       {bf(buf_.a, o * f_), bf(w2, e * d_ * f_), bf(buf_.out, o * d_)},        // out = a w2^T
       {bf(buf_.dout, o * d_), bf(w2, e * d_ * f_), bf(buf_.da, o * f_)},      // da = dout w2
-      {bf(buf_.dout, o * d_), bf(buf_.a, o * f_), f32p(dw2_, e * d_ * f_)},   // dw2 = dout^T a
+      {bf(buf_.dout, o * d_), bf(buf_.da, o * f_), f32p(dw2_, e * d_ * f_)},  // dw2 = dout^T a
       {bf(buf_.dh, o * f1_), bf(buf_.xb, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
       {bf(buf_.dh, o * f1_), bf(w1, e * f1_ * d_), bf(buf_.dout, o * d_)},    // dxb = dh w1
   };
@@ -843,7 +878,7 @@ void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
                     hp + (gi * 3 + 2) * E_, c_f32, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f);
 }
 
-void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
+void MoELayerCuda::per_expert_gemm(int gi, const GemmShape& shape, bool c_f32) {
   // One GEMM per expert, from the host copies of the operand pointers: the kernel choice is kept
   // per band of row counts (cuda/varying_gemm.h), where a batched call per bucket made cuBLAS
   // choose again for every new load. One expert's GEMM may not fill the GPU (its [rows, d]
@@ -871,7 +906,8 @@ void MoELayerCuda::padded_gemm(int gi, const GemmShape& shape, bool c_f32) {
 }
 
 PaddedRows MoELayerCuda::used_rows() const {
-  if (slot_rows_.empty()) return {};  // the GEMMs run over all E x C rows (or packed rows)
+  // Every row when the GEMMs run over all E x C rows, and packed rows are all routed.
+  if (slot_rows_.empty() || grouped_) return {};
   return PaddedRows{plan_.counts, capacity_, options_.padded_row_multiple};
 }
 
@@ -917,44 +953,41 @@ MoELayerCuda::ExpertRows MoELayerCuda::local_rows() const {
   return r;
 }
 
+void MoELayerCuda::expert_gemm(int gi, const GemmShape& shape, bool c_f32, int experts,
+                               const void* a, int64_t stride_a, const void* b, int64_t stride_b,
+                               void* c, int64_t stride_c) {
+  if (!slot_rows_.empty()) {
+    per_expert_gemm(gi, shape, c_f32);
+  } else if (grouped_) {
+    grouped_gemm(gi, shape, c_f32);
+  } else {
+    strided_gemm(gi, experts, shape, a, stride_a, b, stride_b, c, stride_c, c_f32);
+  }
+}
+
 void MoELayerCuda::experts_forward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
-  const bool grouped = grouped_;
   const int64_t C = r.capacity;
-  if (!grouped) {
-    if (C == 0) return;
-    if (!slot_rows_.empty()) {
-      padded_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false);
-    } else {
-      strided_gemm(0, r.experts, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, r.xb, C * d_,
-                   w1_.raw_data(), f1_ * d_, r.h, C * f1_, false);
-    }
-  } else {
-    grouped_gemm(0, GemmShape{false, true, 0, f1_, d_, d_, d_, f1_}, false);
-  }
+  const int E = r.experts;
+  if (!grouped_ && C == 0) return;
+  // h = xb w1^T
+  expert_gemm(0, GemmShape{false, true, C, f1_, d_, d_, d_, f1_}, false, E, r.xb, C * d_,
+              w1_.raw_data(), f1_ * d_, r.h, C * f1_);
   if (config_.activation == ExpertActivation::kSwiGLU) {
     swiglu_forward_bf16(r.h, r.a, r.rows, f_, stream, used_rows());
   } else {
     gelu_forward_bf16(r.h, r.a, r.rows, f_, config_.gelu_exact, stream, used_rows());
   }
-  if (!grouped) {
-    if (!slot_rows_.empty()) {
-      padded_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false);
-    } else {
-      strided_gemm(1, r.experts, GemmShape{false, true, C, d_, f_, f_, f_, d_}, r.a, C * f_,
-                   w2_.raw_data(), d_ * f_, r.out, C * d_, false);
-    }
-  } else {
-    grouped_gemm(1, GemmShape{false, true, 0, d_, f_, f_, f_, d_}, false);
-  }
+  // out = a w2^T
+  expert_gemm(1, GemmShape{false, true, C, d_, f_, f_, f_, d_}, false, E, r.a, C * f_,
+              w2_.raw_data(), d_ * f_, r.out, C * d_);
 }
 
 void MoELayerCuda::experts_backward(const ExpertRows& r) {
   cudaStream_t stream = ctx_.stream();
-  const bool grouped = grouped_;
   const int64_t C = r.capacity;
   const int E = r.experts;
-  const bool empty = grouped ? group_experts_.empty() : C == 0;
+  const bool empty = grouped_ ? group_experts_.empty() : C == 0;
   const bool accumulate = weight_grad_beta_ != 0.0f;  // model mode: nothing to clear
   if (empty) {
     if (!accumulate) {
@@ -963,9 +996,8 @@ void MoELayerCuda::experts_backward(const ExpertRows& r) {
     }
     return;
   }
-  // da = dout w2 ; dw2 = dout^T a
   // Experts without rows get zero weight gradients: the per-expert GEMMs never touch their slices.
-  if ((grouped || !slot_rows_.empty()) && !accumulate) {
+  if ((grouped_ || !slot_rows_.empty()) && !accumulate) {
     for (int e : zero_experts_) {
       CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
                                  f1_ * d_ * 4, stream));
@@ -973,36 +1005,22 @@ void MoELayerCuda::experts_backward(const ExpertRows& r) {
                                  stream));
     }
   }
-  if (!grouped && !slot_rows_.empty()) {
-    padded_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false);
-    padded_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true);
-  } else if (!grouped) {
-    strided_gemm(2, E, GemmShape{false, false, C, f_, d_, d_, f_, f_}, r.dout, C * d_,
-                 w2_.raw_data(), d_ * f_, r.da, C * f_, false);
-    strided_gemm(3, E, GemmShape{true, false, d_, f_, C, d_, f_, f_}, r.dout, C * d_, r.a, C * f_,
-                 dw2_.raw_data(), d_ * f_, true);
-  } else {
-    grouped_gemm(2, GemmShape{false, false, 0, f_, d_, d_, f_, f_}, false);
-    grouped_gemm(3, GemmShape{true, false, d_, f_, 0, d_, f_, f_}, true);
-  }
+  // da = dout w2
+  expert_gemm(2, GemmShape{false, false, C, f_, d_, d_, f_, f_}, false, E, r.dout, C * d_,
+              w2_.raw_data(), d_ * f_, r.da, C * f_);
+  // dh = act'(h) da, and the forward's a recomputed over da (dead after this): no layer keeps a.
   if (config_.activation == ExpertActivation::kSwiGLU) {
-    swiglu_backward_bf16(r.h, r.da, r.dh, r.rows, f_, stream, used_rows());
+    swiglu_backward_bf16(r.h, r.da, r.dh, r.da, r.rows, f_, stream, used_rows());
   } else {
-    gelu_backward_bf16(r.h, r.da, r.dh, r.rows, f_, config_.gelu_exact, stream, used_rows());
+    gelu_backward_bf16(r.h, r.da, r.dh, r.da, r.rows, f_, config_.gelu_exact, stream, used_rows());
   }
-  // dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
-  if (!grouped && !slot_rows_.empty()) {
-    padded_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true);
-    padded_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false);
-  } else if (!grouped) {
-    strided_gemm(4, E, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, r.dh, C * f1_, r.xb, C * d_,
-                 dw1_.raw_data(), f1_ * d_, true);
-    strided_gemm(5, E, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, r.dh, C * f1_,
-                 w1_.raw_data(), f1_ * d_, r.dout, C * d_, false);
-  } else {
-    grouped_gemm(4, GemmShape{true, false, f1_, d_, 0, f1_, d_, d_}, true);
-    grouped_gemm(5, GemmShape{false, false, 0, d_, f1_, f1_, d_, d_}, false);
-  }
+  // dw2 = dout^T a ; dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
+  expert_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true, E, r.dout, C * d_, r.da,
+              C * f_, dw2_.raw_data(), d_ * f_);
+  expert_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true, E, r.dh, C * f1_, r.xb,
+              C * d_, dw1_.raw_data(), f1_ * d_);
+  expert_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false, E, r.dh, C * f1_,
+              w1_.raw_data(), f1_ * d_, r.dout, C * d_);
 }
 
 void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {

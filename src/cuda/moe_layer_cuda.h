@@ -8,15 +8,16 @@
 //   moe_router_gating (router + gating in one launch; outside training) or the router stages ->
 //   moe_decode_experts (two launches) -> moe_combine
 // Backward mirrors it: moe_combine_backward (dgates, dout) -> router_backward -> router SGEMMs ->
-// expert GEMM backward (dA, dW2) -> activation backward -> (dW1, dXb) -> moe_permute_backward.
+// expert GEMM dA -> activation backward (which writes a again over dA) -> (dW2, dW1, dXb) ->
+// moe_permute_backward. A training forward keeps h and the expert outputs, not a.
 //
 // Capacity mode: the expert buffer is [E, C, d] and every expert GEMM is one strided-batched cuBLAS
 // call over all experts; nothing syncs with the host. Dropless mode needs per-expert row counts on
 // the host for cuBLAS: the layer copies them once per forward (one stream sync; not for forwards
 // under token_rows_max_rows, which take capacity mode's layout) and then runs
-// either cublasGemmGroupedBatchedEx over the packed [T*k, d] rows (kGrouped, exact work) or
-// strided-batched GEMMs over [E, max load, d] (kPadded). A device-offset grouped GEMM is not
-// written yet.
+// either cublasGemmGroupedBatchedEx over the packed [T*k, d] rows (kGrouped, exact work),
+// GEMMs over [E, max load, d] (kPadded), or one GEMM per expert over the packed rows (kPacked).
+// A device-offset grouped GEMM is not written yet.
 //
 // PR-MoE residual (config.residual) and the shared expert (shared_ffn_size > 0) run as dense MLPs
 // over all T rows with the same GEMM wrappers and activation kernels ("one expert over T rows"),
@@ -51,7 +52,7 @@
 
 namespace moex::cuda {
 
-enum class DroplessGemm { kGrouped, kPadded };
+enum class DroplessGemm { kGrouped, kPadded, kPacked };
 
 // Buffers a MoE layer needs only inside one forward or one backward call: the routed input rows,
 // the backward's row gradients, the fp32 router input and its gradient, and (for forwards that
@@ -66,10 +67,9 @@ class MoEScratch {
   enum Slot {
     kXb,
     kH,
-    kA,
+    kA,  // the expert activations a; in backward da, then a recomputed over it
     kOut,
     kDout,
-    kDa,
     kDh,
     kXj,
     kDxj,
@@ -86,7 +86,7 @@ class MoEScratch {
   // Slot s with room for at least `bytes`; grows it (after a stream sync) when smaller.
   void* get(Slot s, size_t bytes, CudaContext& ctx);
   size_t bytes() const;  // held in all slots
-  // A forward that writes its expert activations (kH, kA, kOut) here takes a new ticket; a
+  // A forward that writes its expert activations (kH, kOut) here takes a new ticket; a
   // backward reading them back checks that the ticket is still its own.
   uint64_t claim_activations() { return ++activations_ticket_; }
   uint64_t activations_ticket() const { return activations_ticket_; }
@@ -101,11 +101,16 @@ struct MoELayerCudaOptions {
   // kPadded: strided-batched GEMMs over [E, max load, d]. kGrouped: exact rows;
   // cublasGemmGroupedBatchedEx for the bf16-output GEMMs, one cublasGemmEx per expert for the
   // fp32 weight gradients (bf16 in / fp32 out is not a grouped-API type combination).
+  // kPacked: kGrouped's packed rows, each expert's rounded up to padded_row_multiple (about
+  // T x k rows, not E x the largest load: the rows a training forward keeps take that much less
+  // memory), with kPadded's per-expert GEMMs; forwards within the decode kernels' reach and
+  // expert-parallel ones take kPadded's layout, which those need.
   DroplessGemm dropless_gemm = DroplessGemm::kPadded;
-  // kPadded only: expert e's GEMMs cover its rows rounded up to this multiple (capped at the max
+  // kPadded: expert e's GEMMs cover its rows rounded up to this multiple (capped at the max
   // load) instead of the max load, one GEMM per expert over up to four streams (the kernel chosen
   // per band of row counts, cuda/varying_gemm.h). 0 = one strided-batched call over
-  // [E, max load] (the old way).
+  // [E, max load] (the old way). kPacked: each expert's packed block is its rows rounded up to
+  // this (0: exact rows; cuBLASLt then chose kernels afresh for many row counts, docs/gpu-model.md).
   // Used when it saves at least 3% of the padded rows. Off by default: measured no gain on H100
   // (finegrained 6.09 ms at 0 vs 6.11 at 64 vs 6.36 at 16; max load is only 6.6% over the mean).
   int64_t padded_row_multiple = 0;
@@ -117,7 +122,8 @@ struct MoELayerCudaOptions {
   MoEScratch* scratch = nullptr;
   // Forwards that keep nothing for backward over at most this many tokens run the decode kernels
   // (cuda/moe_decode.h: selected experts' weights only, no host sync) when the rows use the
-  // padded layout (capacity mode, or dropless kPadded). 0 = never; at most kMaxDecodeCapacity.
+  // padded layout (capacity mode, or dropless kPadded or kPacked). 0 = never; at most
+  // kMaxDecodeCapacity.
   // 32: measured on the H200 with a Mixtral-shaped layer (docs/results.md), the decode kernels
   // beat the GEMM path at 1 and 8 tokens (160 / 465 us against 195 / 490 us), are within 1 % of it
   // at 16 and 32 (550 / 562 against 545 / 559 us) and need no host sync, so a decode step of up to
@@ -154,7 +160,7 @@ struct MoEStepCuda {
   // False: nothing is kept (the expert rows use the scratch) and backward is an error until the
   // next forward that keeps.
   bool keep_for_backward = true;
-  // With keep_for_backward: keep h, a and the expert outputs in the shared scratch (MoEScratch)
+  // With keep_for_backward: keep h and the expert outputs in the shared scratch (MoEScratch)
   // rather than in this layer's own buffers. Its backward must come before any other forward
   // that uses the scratch's activation slots (an activation-checkpoint recompute); it checks.
   // Ignored under expert parallelism, whose kept rows stay in the layer's own buffers.
@@ -278,7 +284,7 @@ class MoELayerCuda {
  private:
   float loss_scale_ = 1.0f;
   float weight_grad_beta_ = 0.0f;  // 1 in model mode: expert weight gradients accumulate
-  // Points buf_ at room for `rows` expert rows: the saved h/a/out of a training forward are the
+  // Points buf_ at room for `rows` expert rows: the saved h/out of a training forward are the
   // layer's own, the rest comes from the scratch. Backward calls it again (the scratch may have
   // grown and moved since the forward).
   void ensure_rows(int64_t rows);
@@ -334,7 +340,8 @@ class MoELayerCuda {
   struct DenseMlp {
     int64_t f = 0, f1 = 0;
     Tensor w1, w2, dw1, dw2;         // [F1,d] [d,F] bf16; grads fp32
-    Tensor h, a, out, dout, da, dh;  // [T,F1] [T,F] [T,d] [T,d] [T,F] [T,F1] bf16
+    // [T,F1] [T,d] [T,d] [T,F] [T,F1] bf16; da holds a in forward (backward recomputes it).
+    Tensor h, out, dout, da, dh;
     bool defined() const { return f > 0; }
   };
   void dense_init(DenseMlp& m, int64_t ffn, int64_t max_tokens);
@@ -357,7 +364,7 @@ class MoELayerCuda {
   std::vector<int64_t> ep_caps_;        // [ep] C of every rank of the group in the last forward
   int64_t ep_total_ = 0;                // sum of ep_caps_: rows of each expert held here
   Tensor ep_caps_dev_;                  // [ep] i32, the all-gather's result
-  Tensor ep_x_, ep_h_, ep_a_, ep_out_;  // kept rows: owner [El*sum C, d|F1|F], local out [E*C, d]
+  Tensor ep_x_, ep_h_, ep_out_;  // kept rows: owner [El*sum C, d|F1], local out [E*C, d]
   ExpertRows ep_rows_;                  // the owner's rows of the current call
   bool exchange_kept_ = false;          // the last forward kept its exchange (keep_exchange)
   std::vector<int64_t> kept_caps_;      // ep_caps_ of the last forward
@@ -372,7 +379,8 @@ class MoELayerCuda {
   Tensor expert_, route_score_, slot_, row_, gates_, dgates_;  // [T*k]
   Tensor gather_, offsets_, stats_dev_, aux_grad_;
   Tensor workspace_;
-  Tensor saved_h_, saved_a_, saved_out_;  // a training forward's rows [R,F1] [R,F] [R,d] bf16
+  // A training forward's rows [R,F1] [R,d] bf16 (backward recomputes a from h).
+  Tensor saved_h_, saved_out_;
   MoEScratch own_scratch_;
   MoEScratch* scratch_ = nullptr;  // options_.scratch or &own_scratch_
   // The buffers of the current call. Rows: xb [R,d], h [R,F1], a [R,F], out [R,d], dout [R,d],
@@ -394,21 +402,34 @@ class MoELayerCuda {
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)
   std::vector<int> slot_experts_;     // expert of each operand-pointer slot (grouped / padded)
-  // kPadded with padded_row_multiple: the rows each slot's GEMMs compute on (its expert's load
-  // rounded up), slots ordered by rows; host_ptrs_ holds their pointers. Empty = one
-  // strided-batched call per GEMM.
+  // The rows each slot's GEMMs compute on, slots ordered by rows; host_ptrs_ holds their
+  // pointers. kPadded with padded_row_multiple: the expert's load rounded up; kPacked: its load.
+  // Empty = one strided-batched (E x C rows) or grouped (kGrouped) call per GEMM.
   std::vector<int64_t> slot_rows_;
   std::vector<int> zero_experts_;  // dropless: experts with no rows (weight gradients zeroed)
   void build_padded_slots(const std::vector<int64_t>& counts);
+  // Slots of the experts with rows, m[e] rows each, ordered by rows.
+  void set_slots(const std::vector<int64_t>& m);
+  // Forwards whose dropless rows are packed (kGrouped's layout) rather than E x C.
+  bool packs_rows(int64_t tokens, bool keep) const;
+  // Packed rows: each expert's block is its count rounded up to this (kPacked:
+  // padded_row_multiple, so the per-expert GEMMs see row counts in its steps; kGrouped: 1).
+  int64_t packed_row_align() const;
+  std::vector<int64_t> packed_rows(const std::vector<int64_t>& counts) const;  // [E] -> [E]
   // Operand pointers of the six expert GEMMs for expert e whose rows start at row0, at `slot`.
   void set_expert_operands(int slot, int e, int64_t row0);
   // Expert GEMM gi (0..5) over the padded slots / over group_experts_; the rows dimension of
   // `shape` (m, or k for the weight gradients) is replaced by each slot's / expert's rows.
-  void padded_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per expert
+  void per_expert_gemm(int gi, const GemmShape& shape, bool c_f32);  // one call per slot
   void grouped_gemm(int gi, const GemmShape& shape, bool c_f32);
   // The rows the padded per-expert GEMMs compute on (kernels over all rows skip the rest); every
   // row when the GEMMs run as one strided batch.
   PaddedRows used_rows() const;
+  // Expert GEMM gi over this call's rows: per expert when slot_rows_ is set, else one grouped call
+  // (packed rows) or one strided batch over `experts` blocks of the shape's rows (E x C rows; a,
+  // b, c and their strides are that batch's operands).
+  void expert_gemm(int gi, const GemmShape& shape, bool c_f32, int experts, const void* a,
+                   int64_t stride_a, const void* b, int64_t stride_b, void* c, int64_t stride_c);
   // Expert GEMM gi over all E experts at once (capacity mode, or padding that saves < 3%).
   void strided_gemm(int gi, int experts, const GemmShape& shape, const void* a, int64_t stride_a,
                     const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_f32);
@@ -428,11 +449,12 @@ class MoELayerCuda {
   GatingParams gating_;
   int64_t tokens_ = 0, rows_ = 0, capacity_ = 0;
   bool training_ = false, kept_ = false;
-  bool kept_in_scratch_ = false;  // kept_, with h, a and out in the shared scratch
-  // The last forward's rows are packed (dropless kGrouped) rather than E x C (capacity mode's or
-  // dropless kPadded's layout, a forward under token_rows_max_rows included).
+  bool kept_in_scratch_ = false;  // kept_, with h and out in the shared scratch
+  // The last forward's rows are packed (dropless kGrouped, or kPacked's packs_rows) rather than
+  // E x C (capacity mode's or dropless kPadded's layout, a forward under token_rows_max_rows
+  // included).
   bool grouped_ = false;
-  // The last forward kept h, a and out in this layer's saved buffers (not the scratch).
+  // The last forward kept h and out in this layer's saved buffers (not the scratch).
   bool keeps_own_rows() const { return kept_ && !kept_in_scratch_; }
   uint64_t scratch_ticket_ = 0;  // MoEScratch::claim_activations of the last forward
   uint64_t seed_ = 0, offset_ = 0;

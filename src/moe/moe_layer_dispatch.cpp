@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "core/env.h"
 #include "core/error.h"
 #include "ops/profile.h"
 
@@ -76,8 +77,12 @@ class CudaMoELayer final : public MoEDeviceLayer {
       opt.max_tokens = T;
       opt.external_expert_buffers = bound_w1_.defined();
       opt.scratch = &shared_scratch(ctx_.ordinal());
-      // Dropless: experts' rows rounded to 128 instead of all padded to the largest load, when
-      // that saves >= 3% of the rows (an untrained router can load one expert far above the mean).
+      // Dropless: each expert's rows packed one after the other (T x k rows, not E x the largest
+      // load, which an untrained router puts far above the mean), one GEMM per expert.
+      // MOEX_PACKED_EXPERT_ROWS=0: the padded layout, each expert's rows rounded up to 128 where
+      // that saves >= 3% of them (docs/gpu-model.md §MoE row buffers has both measured).
+      static const bool packed = env_on_unless_zero("MOEX_PACKED_EXPERT_ROWS");
+      opt.dropless_gemm = packed ? cuda::DroplessGemm::kPacked : cuda::DroplessGemm::kPadded;
       opt.padded_row_multiple = 128;
       opt.token_rows_max_rows = cuda::token_rows_max_rows();
       opt.expert_group = groups_.expert;

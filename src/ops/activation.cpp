@@ -62,10 +62,10 @@ void activation_backward(Activation kind, const Tensor& h, const Tensor& da, con
   }
   MOEX_CUDA_TWIN("activation_backward", {
     if (kind == Activation::kSwiGLU)
-      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), rows, f,
+      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f,
                                  detail::stream(dev));
     else
-      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), rows, f, exact,
+      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f, exact,
                                detail::stream(dev));
   });
 }

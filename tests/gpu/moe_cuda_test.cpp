@@ -166,14 +166,35 @@ void run_activation(const CudaContext& ctx, int variant, int64_t rows, int64_t f
     cpu::swiglu_forward<float>(h.data(), a_ref.data(), rows, ffn);
     cpu::swiglu_backward<float>(h.data(), da.data(), dh_ref.data(), rows, ffn);
     cuda::swiglu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, ctx.stream(), used);
-    cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, ctx.stream(), used);
+    cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, nullptr, rows, ffn, ctx.stream(), used);
   } else {
     cpu::gelu_forward<float>(h.data(), a_ref.data(), rows * ffn, exact);
     cpu::gelu_backward<float>(h.data(), da.data(), dh_ref.data(), rows * ffn, exact);
     cuda::gelu_forward_bf16(dh_in.ptr, a.ptr, rows, ffn, exact, ctx.stream(), used);
-    cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, rows, ffn, exact, ctx.stream(), used);
+    cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh.ptr, nullptr, rows, ffn, exact, ctx.stream(),
+                             used);
   }
+  // The backward again, writing a over da itself (what the MoE layer does instead of keeping a):
+  // dh unchanged, and a the forward's bits, on every row the kernels use.
+  DevBuf dh2(rows * f1 * 2);
+  if (swiglu)
+    cuda::swiglu_backward_bf16(dh_in.ptr, dda.ptr, dh2.ptr, dda.ptr, rows, ffn, ctx.stream(), used);
+  else
+    cuda::gelu_backward_bf16(dh_in.ptr, dda.ptr, dh2.ptr, dda.ptr, rows, ffn, exact, ctx.stream(),
+                             used);
   ctx.synchronize();
+  const auto a_fwd = download<uint16_t>(a.ptr, rows * ffn);
+  const auto a_again = download<uint16_t>(dda.ptr, rows * ffn);
+  const auto dh1 = download<uint16_t>(dh.ptr, rows * f1);
+  const auto dh_again = download<uint16_t>(dh2.ptr, rows * f1);
+  const auto da_bits = to_bf16(da);
+  for (int64_t i = 0; i < rows * ffn; ++i) {
+    // Rows the kernels skip keep da (a_fwd holds the poison there).
+    if (a_fwd[i] == 0xFFFF && a_again[i] == da_bits[i]) continue;
+    ASSERT_EQ(a_again[i], a_fwd[i]) << "variant " << variant << ": recomputed a, element " << i;
+  }
+  for (int64_t i = 0; i < rows * f1; ++i)
+    ASSERT_EQ(dh_again[i], dh1[i]) << "variant " << variant << ": dh with a over da, element " << i;
 }
 
 TEST_F(Gpu, ActivationsMatchCpu) {
@@ -782,6 +803,24 @@ std::vector<LayerCase> layer_cases() {
     c.dropless = false;
     out.push_back({"residual_shared_nogate_capacity", c});
   }
+  // kPacked: kGrouped's packed rows through kPadded's per-expert GEMMs, for every grouped case.
+  const size_t grouped_cases = out.size();
+  for (size_t i = 0; i < grouped_cases; ++i) {
+    if (!out[i].config.dropless || out[i].dropless_gemm != cuda::DroplessGemm::kGrouped) continue;
+    LayerCase p = out[i];
+    const std::string suffix = "_grouped";
+    if (p.name.size() > suffix.size() &&
+        p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      p.name.resize(p.name.size() - suffix.size());
+    p.name += "_packed";
+    p.dropless_gemm = cuda::DroplessGemm::kPacked;
+    out.push_back(p);  // each expert's block rounded up to 64 rows
+    if (p.name == "mixtral_dropless_packed") {
+      p.name += "_exact";
+      p.pad_multiple = 0;
+      out.push_back(p);
+    }
+  }
   return out;
 }
 
@@ -1268,11 +1307,12 @@ TEST_P(ExpertParallel, ExpertSlicingMatchesWholeExperts) {
   }
 }
 
-// Capacity mode and dropless on the padded layout (the grouped GEMMs are single-GPU only).
+// Capacity mode and dropless on the padded layout (the grouped GEMMs are single-GPU only; kPacked
+// takes the padded layout under expert parallelism).
 std::vector<LayerCase> expert_parallel_cases() {
   std::vector<LayerCase> out;
   for (const LayerCase& lc : layer_cases())
-    if (!lc.config.dropless || lc.dropless_gemm == cuda::DroplessGemm::kPadded) out.push_back(lc);
+    if (!lc.config.dropless || lc.dropless_gemm != cuda::DroplessGemm::kGrouped) out.push_back(lc);
   return out;
 }
 
@@ -1404,7 +1444,8 @@ void expect_decode_path_equals_gemm_path(cuda::MoELayerCuda& layer, int64_t T, i
   step.keep_for_backward = false;
   layer.forward(xt, Tensor::from_external(y_dec.ptr, {T, d}, DType::kBF16, Device::cuda()), step);
   const cuda::MoEStatsCuda st_dec = layer.stats();
-  if (padded) EXPECT_EQ(layer.host_syncs(), syncs) << what << ": the decode path waited for the host";
+  if (padded)
+    EXPECT_EQ(layer.host_syncs(), syncs) << what << ": the decode path waited for the host";
   EXPECT_EQ(layer.decode_forwards(), decodes + (padded ? 1 : 0)) << what;
   EXPECT_EQ(st_dec.counts, st_gemm.counts) << what;
   EXPECT_EQ(st_dec.capacity, st_gemm.capacity) << what;
@@ -1420,7 +1461,7 @@ class DecodePath : public Gpu, public ::testing::WithParamInterface<LayerCase> {
 TEST_P(DecodePath, MatchesTheGemmPathWithoutAHostSync) {
   const LayerCase& lc = GetParam();
   const MoEConfig& c = lc.config;
-  const bool padded = !c.dropless || lc.dropless_gemm == cuda::DroplessGemm::kPadded;
+  const bool padded = !c.dropless || lc.dropless_gemm != cuda::DroplessGemm::kGrouped;
   MoELayer weights(c, DType::kF32);
   weights.init_weights(23);
   CudaContext ctx;

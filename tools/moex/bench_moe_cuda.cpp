@@ -139,9 +139,10 @@ struct DenseFfn {
     cuda::gemm_bf16(ctx.cublas(), {true, false, d, f, rows, d, f, f}, dy.raw_data(), 0,
                     a.raw_data(), 0, dw2.raw_data(), 0, true, 1);
     if (swiglu)
-      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), rows, f, ctx.stream());
+      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f,
+                                 ctx.stream());
     else
-      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), rows, f, false,
+      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f, false,
                                ctx.stream());
     cuda::gemm_bf16(ctx.cublas(), {true, false, f1, d, rows, f1, d, d}, dh.raw_data(), 0,
                     x.raw_data(), 0, dw1.raw_data(), 0, true, 1);
