@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "core/env.h"
 #include "cuda/cublas_api.h"
 #include "cuda/cuda_check.h"
 
@@ -89,6 +90,7 @@ VaryingSizeGemm::VaryingSizeGemm(int device) {
   const CublasLtApi& lt = cublaslt_api();
   CUDA_CHECK(cudaSetDevice(device));
   CUBLAS_CHECK(lt.create(&handle_));
+  autotune_ = env_count("MOEX_GEMM_AUTOTUNE", 0) > 0;
   workspace_bytes_ = size_t{16} << 20;  // per lane; cuBLAS recommends 32 MiB on Hopper in all
   const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_ * kLanes);
   if (st != cudaSuccess) {
@@ -100,10 +102,11 @@ VaryingSizeGemm::VaryingSizeGemm(int device) {
 VaryingSizeGemm::~VaryingSizeGemm() {
   if (handle_ != nullptr) cublaslt_api().destroy(handle_);
   if (workspace_ != nullptr) cudaFree(workspace_);
+  if (timing_c_ != nullptr) cudaFree(timing_c_);
 }
 
 bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int align_a, int align_b,
-                             int align_c, cublasLtMatmulAlgo_t* algo) {
+                             int align_c, cublasLtMatmulAlgo_t* algo, const Call* call) {
   const CublasLtApi& lt = cublaslt_api();
   // Strides of the chosen shape: packed, as large as the band's matrices.
   const int64_t stride_a = (s.trans_a ? s.k : s.m) * s.lda;
@@ -120,17 +123,71 @@ bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int a
                                                   &workspace_bytes_, sizeof(workspace_bytes_));
   for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
     st = lt.preference_set_attribute(pref, names[i], &aligns[i], sizeof(aligns[i]));
-  cublasLtMatmulHeuristicResult_t result{};
+  // Timed choice: up to kTimedCandidates of cuBLASLt's ranking; else its first.
+  const bool timed = call != nullptr && autotune_;
+  cublasLtMatmulHeuristicResult_t results[kTimedCandidates]{};
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = lt.algo_get_heuristic(handle_, d.op, d.a, d.b, d.c, d.c, pref, 1, &result, &found);
+    st = lt.algo_get_heuristic(handle_, d.op, d.a, d.b, d.c, d.c, pref,
+                               timed ? kTimedCandidates : 1, results, &found);
   lt.preference_destroy(pref);
   ++choices_;
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) return false;  // how cuBLASLt says it found none
   CUBLAS_CHECK(st);
-  if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) return false;
-  *algo = result.algo;
+  if (found == 0 || results[0].state != CUBLAS_STATUS_SUCCESS) return false;
+  *algo = results[0].algo;
+  if (timed && found > 1) *algo = fastest(results, found, *call);
   return true;
+}
+
+cublasLtMatmulAlgo_t VaryingSizeGemm::fastest(const cublasLtMatmulHeuristicResult_t* results,
+                                              int found, const Call& call) {
+  // Timed on the call's own shape and operands, with C in a scratch buffer (zeroed once, so a
+  // beta of 1 reads finite values) so the real C is not touched.
+  const GemmShape& s = call.shape;
+  const size_t c_elems =
+      static_cast<size_t>(call.batch - 1) * call.stride_c + static_cast<size_t>(s.m) * s.ldc;
+  const size_t c_bytes = c_elems * (call.c_is_f32 ? 4 : 2);
+  if (c_bytes > timing_c_bytes_) {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (timing_c_ != nullptr) CUDA_CHECK(cudaFree(timing_c_));
+    timing_c_ = nullptr;
+    timing_c_bytes_ = 0;
+    CUDA_CHECK(cudaMalloc(&timing_c_, c_bytes));
+    CUDA_CHECK(cudaMemset(timing_c_, 0, c_bytes));
+    timing_c_bytes_ = c_bytes;
+  }
+  const CublasLtApi& lt = cublaslt_api();
+  const Descriptors d(s, call.c_is_f32, call.batch, call.stride_a, call.stride_b, call.stride_c);
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_CHECK(cudaEventCreate(&start));
+  CUDA_CHECK(cudaEventCreate(&stop));
+  cublasLtMatmulAlgo_t best = results[0].algo;
+  float best_ms = -1.0f;
+  for (int i = 0; i < found; ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto once = [&] {
+      return lt.matmul(handle_, d.op, &call.alpha, call.b, d.a, call.a, d.b, &call.beta, timing_c_,
+                       d.c, timing_c_, d.c, &results[i].algo, call.workspace, workspace_bytes_,
+                       call.stream);
+    };
+    if (once() != CUBLAS_STATUS_SUCCESS) continue;  // cannot run this member of the band
+    CUDA_CHECK(cudaEventRecord(start, call.stream));
+    constexpr int kReps = 3;
+    for (int r = 0; r < kReps; ++r) CUBLAS_CHECK(once());
+    CUDA_CHECK(cudaEventRecord(stop, call.stream));
+    CUDA_CHECK(cudaEventSynchronize(stop));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+    if (best_ms < 0 || ms < best_ms) {
+      best_ms = ms;
+      best = results[i].algo;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  ++timed_choices_;
+  return best;
 }
 
 void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a,
@@ -158,7 +215,13 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
   auto it = chosen_.find(key);
   if (it == chosen_.end()) {
     cublasLtMatmulAlgo_t algo{};
-    if (!choose(top, c_is_f32, batch, align_a, align_b, align_c, &algo)) {
+    // No timing while the stream is captured into a graph (it would sync inside the capture).
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    const Call call{s,        a,     stride_a, b,    stride_b, stride_c,
+                    c_is_f32, batch, alpha,    beta, stream,   workspace};
+    const Call* timed = capture == cudaStreamCaptureStatusNone ? &call : nullptr;
+    if (!choose(top, c_is_f32, batch, align_a, align_b, align_c, &algo, timed)) {
       MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &algo),
                  "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,
                  " batch=", batch);

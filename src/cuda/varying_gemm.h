@@ -4,7 +4,8 @@
 // host). A training step meets dozens of new expert loads, so its first steps starved the GPU
 // (docs/gpu-model.md §Kernel choice for changing shapes). Here the kernel is chosen once per band
 // of sizes (eight bands per octave of the changing size) for the top of the band, and reused for
-// every shape in it; only a shape the chosen kernel cannot run asks cuBLAS again.
+// every shape in it; only a shape the chosen kernel cannot run asks cuBLAS again. Optionally
+// (MOEX_GEMM_AUTOTUNE=1) the band's kernel is the fastest of cuBLASLt's first few, timed once.
 //
 // The shapes are those of cuda/gemm.h: row-major C[M,N] = alpha op(A) op(B) + beta C, bf16 A and
 // B, C bf16 or fp32, fp32 accumulation, `batch` entries at element strides.
@@ -41,6 +42,11 @@ class VaryingSizeGemm {
   // Kernel choices asked of cuBLAS so far: one per band, plus one per exact shape that the band's
   // kernel could not run.
   int64_t choices() const { return choices_; }
+  // Choices made by timing cuBLASLt's first kTimedCandidates kernels on the first call of the
+  // band (MOEX_GEMM_AUTOTUNE=1; off by default, and never while the stream is captured).
+  int64_t timed_choices() const { return timed_choices_; }
+  void set_autotune(bool on) { autotune_ = on; }  // tests; MOEX_GEMM_AUTOTUNE sets it at start
+  static constexpr int kTimedCandidates = 8;
 
   // The band a changing size falls in, named by its top: sizes up to 16 are their own band; above,
   // a size between 2^i and 2^(i+1) is rounded up to a multiple of 2^i / kBandsPerOctave. The
@@ -53,15 +59,34 @@ class VaryingSizeGemm {
   // banded), leading dimensions, batch and the operands' address alignment.
   using Key = std::tuple<bool, bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                          int, int, int, int>;
+  // The call a timed choice runs its candidates on.
+  struct Call {
+    GemmShape shape;
+    const void* a;
+    int64_t stride_a;
+    const void* b;
+    int64_t stride_b, stride_c;
+    bool c_is_f32;
+    int batch;
+    float alpha, beta;
+    cudaStream_t stream;
+    void* workspace;
+  };
+  // cuBLASLt's first kernel for s, or with `call` and autotune_ the fastest of its first few on it.
   bool choose(const GemmShape& s, bool c_is_f32, int batch, int align_a, int align_b, int align_c,
-              cublasLtMatmulAlgo_t* algo);
+              cublasLtMatmulAlgo_t* algo, const Call* call = nullptr);
+  cublasLtMatmulAlgo_t fastest(const cublasLtMatmulHeuristicResult_t* results, int found,
+                               const Call& call);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;  // kLanes slices of workspace_bytes_
   size_t workspace_bytes_ = 0;
   std::map<Key, cublasLtMatmulAlgo_t> chosen_;  // per band
   std::map<Key, cublasLtMatmulAlgo_t> exact_;   // per exact shape the band's kernel cannot run
-  int64_t choices_ = 0;
+  int64_t choices_ = 0, timed_choices_ = 0;
+  bool autotune_ = false;
+  void* timing_c_ = nullptr;  // the timed candidates' C
+  size_t timing_c_bytes_ = 0;
 };
 
 }  // namespace moex::cuda

@@ -77,6 +77,25 @@ TEST_F(VaryingGemmTest, MatchesCpuAcrossSizesAndBands) {
   }
 }
 
+// Timed kernel choice (MOEX_GEMM_AUTOTUNE): the candidates run on a scratch C, so a first call of
+// a band that accumulates (beta 1) still adds A B into C exactly once.
+TEST_F(VaryingGemmTest, TimedChoiceRunsTheCandidatesAsideAndMatchesCpu) {
+  cuda::CudaContext ctx;
+  ctx.varying_gemm().set_autotune(true);
+  uint64_t seed = 400;
+  for (const bool c_f32 : {false, true}) {
+    for (const int64_t k : {200, 1000, 24}) {
+      const double err =
+          run_case(ctx, cuda::VaryingDim::kK, true, false, 192, 160, k, c_f32, 1.0f, 1, 0, seed++);
+      EXPECT_LT(err, c_f32 ? 1e-5 : 1e-2) << "k=" << k;
+    }
+    const double err =
+        run_case(ctx, cuda::VaryingDim::kM, false, true, 300, 96, 72, c_f32, 1.0f, 3, 8, seed++);
+    EXPECT_LT(err, c_f32 ? 1e-5 : 1e-2) << "strided batch";
+  }
+  EXPECT_GT(ctx.varying_gemm().timed_choices(), 0) << "no choice was timed";
+}
+
 TEST_F(VaryingGemmTest, StridedBatchesAndSmallAlignment) {
   cuda::CudaContext ctx;
   for (const int64_t offset : {0, 8}) {  // 8 bf16 = 16 bytes: aligned for vectors, not for 256
