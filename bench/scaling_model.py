@@ -15,22 +15,27 @@ from dataclasses import dataclass, replace
 
 GIB = 1024**3
 
-# ---- measured: docs/results.md, one H200, moex bf16, small shape, 8 x 1024 tokens ------------
-# ms per training step, by op (the "Per-op GPU time of one small step" table).
+# ---- measured: docs/results.md run h, one H200, moex bf16 with bf16 Adam moments, small shape,
+# 8 x 1024 tokens: `moex bench train-step --config configs/gpu-small.json --moments-dtype bf16
+# --warmup 10 --json`, its op_ms (CUDA events around each op; they sum to 46.7 ms of a 45.9 ms
+# step, the events' own cost included).
 MEASURED_MS = {
-    "moe_fwd": 11.2,     # 12 MoE layers: gating, permute, expert GEMMs
-    "moe_bwd": 17.8,
-    "moe_misc": 2.0,     # stats copy, router upload, casts
-    "attention": 5.3,    # forward + backward
-    "dense": 4.9,        # QKV, O, LM head GEMMs, forward + backward
-    "other": 4.6,        # norms, RoPE, residuals, cross-entropy, embedding
-    "gaps": 2.4,         # launch gaps and host work
-    "adamw": 7.1,        # one pass over 950 M parameters (memory-bound)
+    "moe_fwd": 8.3,      # 12 MoE layers: router, gating, permute, expert GEMMs, weight upload
+    "moe_bwd": 16.1,
+    "moe_misc": 0.0,     # (the statistics copy and casts are inside the two above)
+    "attention": 5.6,    # forward 1.2 + backward 4.3
+    "dense": 5.0,        # QKV, O, LM head GEMMs, forward + backward
+    "other": 4.6,        # norms, RoPE, residual adds, QKV split, cross-entropy, embedding
+    "gaps": 0.0,         # launch gaps: hidden (the host runs ahead of the GPU)
+    "adamw": 5.4,        # one pass over 928 M parameters (memory-bound, bf16 moments)
     "grad_norm": 1.7,    # with zero_grad: two passes over the fp32 gradients
 }
-MEASURED_PARAMS = 950e6
-MEASURED_PEAK_GIB = 35.8
+MEASURED_PARAMS = 927.6e6
+MEASURED_PEAK_GIB = 19.69
 MEASURED_TOKENS = 8 * 1024
+# Bytes of both Adam moments a parameter: 4 with optimizer.moments_dtype "bf16" (measured above),
+# 8 with fp32 moments.
+MOMENT_BYTES = 4
 
 # ---- hardware: cited, see docs/scaling.md ------------------------------------------------------
 GPUS_PER_NODE = 8          # NVIDIA DGX H200 (8 GPUs on NVSwitch)
@@ -45,7 +50,12 @@ A2A_EFFICIENCY = 0.6       # share of the link an all-to-all reaches (NCCL allto
 RING_EFFICIENCY = 0.8      # share of the link a ring all-reduce / reduce-scatter reaches
 MEMORY_HEADROOM = 0.9      # share of HBM a run may plan to use (fragmentation, workspaces)
 HOST_EFFICIENCY = 0.5      # share of DRAM and PCIe bandwidth CPU Adam and the copies reach
-CPU_ADAM_BYTES = 28        # per parameter: read master, m, v, grad (16), write master, m, v (12)
+# per parameter: read master, moments, grad; write master, moments (28 with fp32 moments)
+CPU_ADAM_BYTES = 4 + MOMENT_BYTES + 4 + 4 + MOMENT_BYTES
+# fp32 master and the moments: what ZeRO-1 shards
+MASTER_MOMENT_BYTES = 4 + MOMENT_BYTES
+# everything a parameter costs on one GPU without ZeRO: bf16 copy, master, moments, fp32 gradient
+STATE_BYTES = 2 + MASTER_MOMENT_BYTES + 4
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class Layout:
     gpus: int
     tp: int = 1
     ep: int = 1
-    zero: int = 0          # 0, 1 or 2 (DeepSpeed's: fp32 master, m, v, and at 2 the gradients)
+    zero: int = 0          # 0, 1 or 2 (DeepSpeed's: master and moments, and at 2 the gradients)
     offload: bool = False  # ZeRO-Offload: master, m, v and fp32 gradients in host memory
     dtd: bool = False      # Duplicate Token Dropping
     cac: bool = False      # communication-aware activation checkpointing
@@ -201,10 +211,11 @@ def step(shape, layout):
 
 
 def activation_gib(shape, layout):
-    """Fitted to the measured small step: its peak minus its 18 bytes a parameter of state is
+    """Fitted to the measured small step: its peak minus its STATE_BYTES a parameter of state is
     the activations and MoE buffers of 8 x 1024 tokens, taken as proportional to layers x d."""
     s = SMALL
-    alpha = (MEASURED_PEAK_GIB * GIB - 18 * MEASURED_PARAMS) / (MEASURED_TOKENS * s.layers * s.d)
+    alpha = (MEASURED_PEAK_GIB * GIB - STATE_BYTES * MEASURED_PARAMS) / (
+        MEASURED_TOKENS * s.layers * s.d)
     per_layer = alpha * MEASURED_TOKENS * shape.d / layout.tp
     if layout.checkpointing:  # each block's bf16 input, plus one block's activations at a time
         return (MEASURED_TOKENS * shape.d * 2 * shape.layers + per_layer) / GIB
@@ -222,7 +233,7 @@ def memory_gib(shape, layout):
         return bytes_per_param * (ne + ex)
 
     weights = 2 * (ne + ex)            # bf16 working copy
-    master_moments = sharded(12, 1)    # fp32 master, m, v
+    master_moments = sharded(MASTER_MOMENT_BYTES, 1)  # fp32 master, m, v
     grads = sharded(4, 2)              # fp32 gradients
     host = 0.0
     if layout.offload:
