@@ -189,15 +189,18 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   const int64_t n = x.dim(0);
   if (!moe_) {
     const int64_t f = w2_.w.dim(1), f1 = w1_.w.dim(0);
-    const Tensor h = arena.alloc(Shape{n, f1}, x.dtype()), a = arena.alloc(Shape{n, f}, x.dtype());
+    const Tensor h = arena.alloc(Shape{n, f1}, x.dtype());
     ops::linear(x, w1_.w, Tensor(), h);
-    ops::activation(activation_kind(config_), h, a);
-    ops::linear(a, w2_.w, Tensor(), y);
+    {
+      ArenaScope scope(arena);  // a lives until the down projection; backward recomputes it
+      const Tensor a = arena.alloc(Shape{n, f}, x.dtype());
+      ops::activation(activation_kind(config_), h, a);
+      ops::linear(a, w2_.w, Tensor(), y);
+    }
     tp_.all_reduce(y);  // each rank's columns add their part
     if (save) {
       x_ = x;
       h_ = h;
-      a_ = a;
     }
     return;
   }
@@ -238,9 +241,12 @@ const MoEStats& FfnLayer::stats() {
 void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   if (!moe_) {
     ArenaScope scope(arena);
-    const Tensor da = arena.alloc(a_.shape(), dy.dtype()), dh = arena.alloc(h_.shape(), dy.dtype());
-    ops::linear_backward(dy, a_, w2_.w, da, false, w2_.g, Tensor());
-    ops::activation_backward(activation_kind(config_), h_, da, dh);
+    const Tensor da = arena.alloc(Shape{h_.dim(0), w2_.w.dim(1)}, dy.dtype());
+    const Tensor dh = arena.alloc(h_.shape(), dy.dtype());
+    ops::linear_backward(dy, Tensor(), w2_.w, da, false, Tensor(), Tensor());  // da = dy w2
+    // dh, and the forward's a again over da (the same bits), which dw2 = dy^T a then reads.
+    ops::activation_backward(activation_kind(config_), h_, da, dh, da);
+    ops::linear_backward(dy, da, w2_.w, Tensor(), false, w2_.g, Tensor());
     ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, Tensor());
     tp_.all_reduce(dx);
     return;

@@ -81,7 +81,7 @@ class FfnLayer {
   // dense: w1 [F1, d] (SwiGLU gate and up as one matrix), w2 [d, F]
   int w1_idx_ = -1, w2_idx_ = -1;
   Param w1_, w2_;
-  Tensor x_, h_, a_;  // saved: x [n,d], h [n,F1], a [n,F]
+  Tensor x_, h_;  // saved: x [n,d], h [n,F1] (backward recomputes a [n,F] from h)
   // MoE: indices of each weight in the buffer (-1 when unused), in MoEWeights order. The layer
   // reads f32 views of the master weights (it keeps its own device copy, moe_layer_dispatch.h).
   std::unique_ptr<MoELayer> moe_;

@@ -22,6 +22,15 @@ void shape_of(const char* op, Activation kind, const Tensor& h, const Tensor& a,
   detail::expect(op, "a", a, dt, *rows * *ffn);
 }
 
+// The CPU forward: a [rows, f] from h.
+void cpu_activation(Activation kind, const Tensor& h, const Tensor& a, int64_t rows, int64_t f) {
+  if (kind == Activation::kSwiGLU)
+    cpu::swiglu_forward<float>(h.data<float>(), a.data<float>(), rows, f);
+  else
+    cpu::gelu_forward<float>(h.data<float>(), a.data<float>(), rows * f,
+                             kind == Activation::kGeluExact);
+}
+
 }  // namespace
 
 void activation(Activation kind, const Tensor& h, const Tensor& a) {
@@ -31,10 +40,7 @@ void activation(Activation kind, const Tensor& h, const Tensor& a) {
   shape_of("activation", kind, h, a, &rows, &f);
   const bool exact = kind == Activation::kGeluExact;
   if (dev.is_cpu()) {
-    if (kind == Activation::kSwiGLU)
-      cpu::swiglu_forward<float>(h.data<float>(), a.data<float>(), rows, f);
-    else
-      cpu::gelu_forward<float>(h.data<float>(), a.data<float>(), rows * f, exact);
+    cpu_activation(kind, h, a, rows, f);
     return;
   }
   MOEX_CUDA_TWIN("activation", {
@@ -45,12 +51,14 @@ void activation(Activation kind, const Tensor& h, const Tensor& a) {
   });
 }
 
-void activation_backward(Activation kind, const Tensor& h, const Tensor& da, const Tensor& dh) {
-  const Device dev = detail::common_device("activation_backward", {&h, &da, &dh});
+void activation_backward(Activation kind, const Tensor& h, const Tensor& da, const Tensor& dh,
+                         const Tensor& a) {
+  const Device dev = detail::common_device("activation_backward", {&h, &da, &dh, &a});
   const ProfileScope profile("activation_backward", dev);
   int64_t rows = 0, f = 0;
   shape_of("activation_backward", kind, h, da, &rows, &f);
   detail::expect("activation_backward", "dh", dh, h.dtype(), h.numel());
+  if (a.defined()) detail::expect("activation_backward", "a", a, da.dtype(), da.numel());
   const bool exact = kind == Activation::kGeluExact;
   if (dev.is_cpu()) {
     if (kind == Activation::kSwiGLU)
@@ -58,14 +66,16 @@ void activation_backward(Activation kind, const Tensor& h, const Tensor& da, con
     else
       cpu::gelu_backward<float>(h.data<float>(), da.data<float>(), dh.data<float>(), rows * f,
                                 exact);
+    if (a.defined()) cpu_activation(kind, h, a, rows, f);  // da has been read: a may overwrite it
     return;
   }
   MOEX_CUDA_TWIN("activation_backward", {
+    void* a_out = a.defined() ? a.raw_data() : nullptr;
     if (kind == Activation::kSwiGLU)
-      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f,
+      cuda::swiglu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), a_out, rows, f,
                                  detail::stream(dev));
     else
-      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), nullptr, rows, f, exact,
+      cuda::gelu_backward_bf16(h.raw_data(), da.raw_data(), dh.raw_data(), a_out, rows, f, exact,
                                detail::stream(dev));
   });
 }

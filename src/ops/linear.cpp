@@ -67,11 +67,11 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
   const Device dev = detail::common_device("linear_backward", {&dy, &x, &w, &dx, &dw, &db});
   const ProfileScope profile("linear_backward", dev);
   const DType dt = detail::compute_dtype(dev);
-  const int64_t in = w.dim(1), out = w.dim(0), n = x.numel() / in;
+  const int64_t in = w.dim(1), out = w.dim(0), n = dy.numel() / out;
   expect("linear_backward", "dy", dy, dt, n * out);
-  expect("linear_backward", "x", x, dt, n * in);
+  if (dw.defined() || x.defined()) expect("linear_backward", "x", x, dt, n * in);
   expect("linear_backward", "w", w, dt, out * in);
-  expect("linear_backward", "dw", dw, DType::kF32, out * in);
+  if (dw.defined()) expect("linear_backward", "dw", dw, DType::kF32, out * in);
   if (dx.defined()) expect("linear_backward", "dx", dx, dt, n * in);
   if (db.defined()) expect("linear_backward", "db", db, DType::kF32, out);
   if (dev.is_cpu()) {
@@ -79,7 +79,9 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
     if (dx.defined())
       cpu::gemm<float>(false, false, n, in, out, 1.0f, dyp, w.data<float>(),
                        accumulate_dx ? 1.0f : 0.0f, dx.data<float>());
-    cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(), 1.0f, dw.data<float>());
+    if (dw.defined())
+      cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(), 1.0f,
+                       dw.data<float>());
     if (!db.defined()) return;
     float* dbp = db.data<float>();
     for (int64_t i = 0; i < n; ++i)
@@ -93,9 +95,11 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, w.raw_data(), 0, dx.raw_data(), 0, false,
                       1, 1.0f, accumulate_dx ? 1.0f : 0.0f);
     }
-    cuda::GemmShape s{true, false, out, in, n, out, in, in};
-    cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true, 1,
-                    1.0f, 1.0f);
+    if (dw.defined()) {
+      cuda::GemmShape s{true, false, out, in, n, out, in, in};
+      cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true,
+                      1, 1.0f, 1.0f);
+    }
     if (db.defined()) {
       Tensor ws = Tensor::empty(
           Shape{static_cast<int64_t>(cuda::column_sum_workspace_bytes(n, out)) + 1}, DType::kU8,

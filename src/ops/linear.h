@@ -12,13 +12,14 @@ void linear(const Tensor& x,  // [N, in]
             const Tensor& b,  // [out] or undefined
             const Tensor& y);  // [N, out], written; may be f32 on CUDA too (no bias then)
 
-// dx = dy W (written, or added when accumulate_dx); dW += dy^T x; db += colsum(dy).
+// dx = dy W (written, or added when accumulate_dx); dW += dy^T x; db += colsum(dy). Without dw
+// (only dx) x may be undefined.
 void linear_backward(const Tensor& dy,  // [N, out]
-                     const Tensor& x,   // [N, in]
+                     const Tensor& x,   // [N, in] (undefined without dw)
                      const Tensor& w,   // [out, in]
                      const Tensor& dx,  // [N, in] or undefined
                      bool accumulate_dx,
-                     const Tensor& dw,   // [out, in] f32, accumulated
+                     const Tensor& dw,   // [out, in] f32, accumulated; or undefined
                      const Tensor& db);  // [out] f32 or undefined, accumulated
 
 }  // namespace moex::ops
