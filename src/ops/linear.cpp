@@ -80,8 +80,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       cpu::gemm<float>(false, false, n, in, out, 1.0f, dyp, w.data<float>(),
                        accumulate_dx ? 1.0f : 0.0f, dx.data<float>());
     if (dw.defined())
-      cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(), 1.0f,
-                       dw.data<float>());
+      cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(), 1.0f, dw.data<float>());
     if (!db.defined()) return;
     float* dbp = db.data<float>();
     for (int64_t i = 0; i < n; ++i)
@@ -97,13 +96,13 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
     }
     if (dw.defined()) {
       cuda::GemmShape s{true, false, out, in, n, out, in, in};
-      cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true,
-                      1, 1.0f, 1.0f);
+      cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true, 1,
+                      1.0f, 1.0f);
     }
     if (db.defined()) {
-      Tensor ws = Tensor::empty(
-          Shape{static_cast<int64_t>(cuda::column_sum_workspace_bytes(n, out)) + 1}, DType::kU8,
-          dev);
+      Tensor ws =
+          Tensor::empty(Shape{static_cast<int64_t>(cuda::column_sum_workspace_bytes(n, out)) + 1},
+                        DType::kU8, dev);
       cuda::column_sum_bf16(dy.raw_data(), n, out, db.data<float>(), ws.raw_data(), ctx.stream());
     }
   });
