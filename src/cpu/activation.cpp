@@ -72,7 +72,7 @@ void gelu_forward(const T* x, T* y, int64_t n, bool exact) {
 }
 
 template <typename T>
-void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact) {
+void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact, T* y) {
   check_sizes(x, dx, n, "gelu_backward");
   MOEX_CHECK(n == 0 || dy, "gelu_backward: null dy");
   if (exact) {
@@ -80,17 +80,20 @@ void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact) {
 #pragma omp parallel for if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) {
       const T v = x[i];
-      const T cdf = T(0.5) * (T(1) + std::erf(v * static_cast<T>(M_SQRT1_2)));
+      const T e = std::erf(v * static_cast<T>(M_SQRT1_2));
+      const T cdf = T(0.5) * (T(1) + e);
       dx[i] = dy[i] * (cdf + v * inv_sqrt_2pi * std::exp(T(-0.5) * v * v));
+      if (y != nullptr) y[i] = T(0.5) * v * (T(1) + e);  // after dy[i] is read: y may be dy
     }
   } else {
 #pragma omp parallel for if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) {
       const T v = x[i];
-      const T th = T(2) * sigmoid(T(2) * kSqrt2OverPi<T> * (v + kGeluCubic<T> * v * v * v)) -
-                   T(1);  // tanh(u)
+      const T sg = sigmoid(T(2) * kSqrt2OverPi<T> * (v + kGeluCubic<T> * v * v * v));
+      const T th = T(2) * sg - T(1);  // tanh(u)
       const T dinner = kSqrt2OverPi<T> * (T(1) + T(3) * kGeluCubic<T> * v * v);
       dx[i] = dy[i] * (T(0.5) * (T(1) + th) + T(0.5) * v * (T(1) - th * th) * dinner);
+      if (y != nullptr) y[i] = v * sg;  // after dy[i] is read: y may be dy
     }
   }
 }
@@ -128,7 +131,7 @@ void swiglu_forward(const T* h, T* y, int64_t rows, int64_t ffn) {
 }
 
 template <typename T>
-void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn) {
+void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn, T* y) {
   MOEX_CHECK(rows >= 0 && ffn >= 0, "swiglu_backward: rows and ffn must be >= 0, got ", rows, ", ",
              ffn);
   check_sizes(h, dh, rows * ffn, "swiglu_backward");
@@ -140,22 +143,25 @@ void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn) 
     const T* g = dy + r * ffn;
     T* dgate = dh + r * 2 * ffn;
     T* dup = dgate + ffn;
+    T* out = y != nullptr ? y + r * ffn : nullptr;
     for (int64_t j = 0; j < ffn; ++j) {
       const T s = sigmoid(gate[j]);
       const T silu = gate[j] * s;
-      dup[j] = g[j] * silu;
-      dgate[j] = g[j] * up[j] * s * (T(1) + gate[j] * (T(1) - s));
+      const T gj = g[j];
+      dup[j] = gj * silu;
+      dgate[j] = gj * up[j] * s * (T(1) + gate[j] * (T(1) - s));
+      if (out != nullptr) out[j] = silu * up[j];  // after g[j] is read: y may be dy
     }
   }
 }
 
-#define MOEX_INSTANTIATE_ACTIVATION(T)                                   \
-  template void gelu_forward<T>(const T*, T*, int64_t, bool);            \
-  template void gelu_backward<T>(const T*, const T*, T*, int64_t, bool); \
-  template void silu_forward<T>(const T*, T*, int64_t);                  \
-  template void silu_backward<T>(const T*, const T*, T*, int64_t);       \
-  template void swiglu_forward<T>(const T*, T*, int64_t, int64_t);       \
-  template void swiglu_backward<T>(const T*, const T*, T*, int64_t, int64_t);
+#define MOEX_INSTANTIATE_ACTIVATION(T)                                       \
+  template void gelu_forward<T>(const T*, T*, int64_t, bool);                \
+  template void gelu_backward<T>(const T*, const T*, T*, int64_t, bool, T*); \
+  template void silu_forward<T>(const T*, T*, int64_t);                      \
+  template void silu_backward<T>(const T*, const T*, T*, int64_t);           \
+  template void swiglu_forward<T>(const T*, T*, int64_t, int64_t);           \
+  template void swiglu_backward<T>(const T*, const T*, T*, int64_t, int64_t, T*);
 MOEX_INSTANTIATE_ACTIVATION(float)
 MOEX_INSTANTIATE_ACTIVATION(double)
 #undef MOEX_INSTANTIATE_ACTIVATION

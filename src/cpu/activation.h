@@ -1,5 +1,8 @@
 // Element-wise activations on the CPU, forward and backward, templated on the float type.
 // x, y, dx, dy: [n] unless stated; backward functions take the forward input (not the output).
+// The GELU and SwiGLU backwards also write the forward's output y again when y is not null (the
+// forward's bits; y may be dy itself, each element is read before it is overwritten), so a layer
+// need not keep it (docs/gpu-model.md §What a training forward keeps).
 #pragma once
 
 #include <cstdint>
@@ -11,7 +14,7 @@ namespace moex::cpu {
 template <typename T>
 void gelu_forward(const T* x, T* y, int64_t n, bool exact);
 template <typename T>
-void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact);
+void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, bool exact, T* y = nullptr);
 
 // SiLU: x * sigmoid(x).
 template <typename T>
@@ -25,6 +28,7 @@ template <typename T>
 void swiglu_forward(const T* h, T* y, int64_t rows, int64_t ffn);
 // dh [rows, 2F] from h [rows, 2F] and dy [rows, F].
 template <typename T>
-void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn);
+void swiglu_backward(const T* h, const T* dy, T* dh, int64_t rows, int64_t ffn,
+                     T* y = nullptr);
 
 }  // namespace moex::cpu

@@ -22,15 +22,6 @@ void shape_of(const char* op, Activation kind, const Tensor& h, const Tensor& a,
   detail::expect(op, "a", a, dt, *rows * *ffn);
 }
 
-// The CPU forward: a [rows, f] from h.
-void cpu_activation(Activation kind, const Tensor& h, const Tensor& a, int64_t rows, int64_t f) {
-  if (kind == Activation::kSwiGLU)
-    cpu::swiglu_forward<float>(h.data<float>(), a.data<float>(), rows, f);
-  else
-    cpu::gelu_forward<float>(h.data<float>(), a.data<float>(), rows * f,
-                             kind == Activation::kGeluExact);
-}
-
 }  // namespace
 
 void activation(Activation kind, const Tensor& h, const Tensor& a) {
@@ -40,7 +31,10 @@ void activation(Activation kind, const Tensor& h, const Tensor& a) {
   shape_of("activation", kind, h, a, &rows, &f);
   const bool exact = kind == Activation::kGeluExact;
   if (dev.is_cpu()) {
-    cpu_activation(kind, h, a, rows, f);
+    if (kind == Activation::kSwiGLU)
+      cpu::swiglu_forward<float>(h.data<float>(), a.data<float>(), rows, f);
+    else
+      cpu::gelu_forward<float>(h.data<float>(), a.data<float>(), rows * f, exact);
     return;
   }
   MOEX_CUDA_TWIN("activation", {
@@ -61,12 +55,13 @@ void activation_backward(Activation kind, const Tensor& h, const Tensor& da, con
   if (a.defined()) detail::expect("activation_backward", "a", a, da.dtype(), da.numel());
   const bool exact = kind == Activation::kGeluExact;
   if (dev.is_cpu()) {
+    float* a_out = a.defined() ? a.data<float>() : nullptr;
     if (kind == Activation::kSwiGLU)
-      cpu::swiglu_backward<float>(h.data<float>(), da.data<float>(), dh.data<float>(), rows, f);
+      cpu::swiglu_backward<float>(h.data<float>(), da.data<float>(), dh.data<float>(), rows, f,
+                                  a_out);
     else
       cpu::gelu_backward<float>(h.data<float>(), da.data<float>(), dh.data<float>(), rows * f,
-                                exact);
-    if (a.defined()) cpu_activation(kind, h, a, rows, f);  // da has been read: a may overwrite it
+                                exact, a_out);
     return;
   }
   MOEX_CUDA_TWIN("activation_backward", {
