@@ -124,7 +124,7 @@ bool VaryingSizeGemm::choose(const GemmShape& s, bool c_is_f32, int batch, int a
   for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; ++i)
     st = lt.preference_set_attribute(pref, names[i], &aligns[i], sizeof(aligns[i]));
   // Timed choice: up to kTimedCandidates of cuBLASLt's ranking; else its first.
-  const bool timed = call != nullptr && autotune_;
+  const bool timed = call != nullptr;
   cublasLtMatmulHeuristicResult_t results[kTimedCandidates]{};
   int found = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
@@ -215,12 +215,13 @@ void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a,
   auto it = chosen_.find(key);
   if (it == chosen_.end()) {
     cublasLtMatmulAlgo_t algo{};
-    // No timing while the stream is captured into a graph (it would sync inside the capture).
+    // Timed with autotune_, but not while the stream is captured into a graph (it would sync
+    // inside the capture).
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (autotune_) CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     const Call call{s,        a,     stride_a, b,    stride_b, stride_c,
                     c_is_f32, batch, alpha,    beta, stream,   workspace};
-    const Call* timed = capture == cudaStreamCaptureStatusNone ? &call : nullptr;
+    const Call* timed = autotune_ && capture == cudaStreamCaptureStatusNone ? &call : nullptr;
     if (!choose(top, c_is_f32, batch, align_a, align_b, align_c, &algo, timed)) {
       MOEX_CHECK(choose(s, c_is_f32, batch, align_a, align_b, align_c, &algo),
                  "VaryingSizeGemm: cuBLASLt has no kernel for m=", s.m, " n=", s.n, " k=", s.k,

@@ -72,7 +72,8 @@ class VaryingSizeGemm {
     cudaStream_t stream;
     void* workspace;
   };
-  // cuBLASLt's first kernel for s, or with `call` and autotune_ the fastest of its first few on it.
+  // cuBLASLt's first kernel for s, or with `call` (run() passes one under autotune_) the fastest
+  // of its first few, timed on that call.
   bool choose(const GemmShape& s, bool c_is_f32, int batch, int align_a, int align_b, int align_c,
               cublasLtMatmulAlgo_t* algo, const Call* call = nullptr);
   cublasLtMatmulAlgo_t fastest(const cublasLtMatmulHeuristicResult_t* results, int found,

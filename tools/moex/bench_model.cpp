@@ -45,7 +45,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   train::TrainConfig c = train::TrainConfig::from_file(config_path);
   if (!moments_dtype.empty())
-    c.optimizer.moments_dtype = moments_dtype == "bf16" ? DType::kBF16 : DType::kF32;
+    c.optimizer.moments_dtype = train::OptimizerConfig::moments_dtype_of(moments_dtype);
   const Device device =
       device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
   offload = offload || c.parallel.offload;
@@ -110,7 +110,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"config", config_path},
       {"device", device.str()},
       {"offload", offload},
-      {"moments_dtype", c.optimizer.moments_dtype == DType::kBF16 ? "bf16" : "fp32"},
+      {"moments_dtype", train::OptimizerConfig::moments_dtype_name(c.optimizer.moments_dtype)},
       {"parameters", mc.num_parameters()},
       {"tokens", batch * seq},
       {"step_ms", median},

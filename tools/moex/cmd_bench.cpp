@@ -1,6 +1,7 @@
 // moex bench moe-layer|train-step|decode: benchmarks that print JSON lines (docs/architecture.md
 // §Testing: benchmarks are not tests; peers are compared side by side in one run on the same
 // machine).
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -16,6 +17,7 @@
 #include "core/error.h"
 #include "core/tensor.h"
 #include "sampling_flags.h"
+#include "train/train_config.h"
 
 namespace moex::cli {
 namespace {
@@ -172,7 +174,8 @@ int run_bench(const std::vector<std::string>& argv) {
     const int warmup = count_flag(args, "warmup", 1, 0);
     if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
     const std::string moments = args.get("moments-dtype", "");
-    MOEX_CHECK(moments.empty() || moments == "fp32" || moments == "bf16",
+    const auto& names = train::OptimizerConfig::moments_dtype_names();
+    MOEX_CHECK(moments.empty() || std::find(names.begin(), names.end(), moments) != names.end(),
                "--moments-dtype must be fp32 or bf16 (optimizer.moments_dtype), got '", moments,
                "'");
     std::printf("%s\n", bench::run_train_step_bench(config, args.get("device"), warmup, iters,
