@@ -112,6 +112,13 @@ int ParamBuffer::declare_contiguous(const std::vector<std::string>& names,
   return first;
 }
 
+Tensor ParamBuffer::flat_range(int first, int last) const {
+  MOEX_CHECK(0 <= first && first <= last && last < size(), "flat_range [", first, ", ", last,
+             "] out of range");
+  MOEX_CHECK(flat_.defined(), "flat_range of an unallocated buffer");
+  return flat_.slice(offsets_[first], offsets_[last] + shapes_[last].numel());
+}
+
 Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
   MOEX_CHECK(0 <= first && first <= last && last < size(), "span [", first, ", ", last,
              "] out of range");

@@ -89,6 +89,8 @@ class ParamBuffer {
                          int split_dim = -1);
   // A view over entries first..last (contiguous ones), as one tensor of `shape`.
   Tensor span(int first, int last, const Shape& shape) const;
+  // The flat buffer from entry first's start to entry last's end, alignment padding included.
+  Tensor flat_range(int first, int last) const;
   void allocate(DType dtype, Device device = Device::cpu());
   // Uses `flat` (total_elements() elements, e.g. pinned host memory) as the buffer's storage.
   void allocate_in(const Tensor& flat);
@@ -110,9 +112,9 @@ class ParamBuffer {
  private:
   std::vector<std::string> names_;
   std::vector<Shape> shapes_;
-  std::vector<int> split_dims_;   // [entries] tensor-parallel split dimension, -1: whole
+  std::vector<int> split_dims_;    // [entries] tensor-parallel split dimension, -1: whole
   std::vector<int> split_blocks_;  // [entries] blocks of that dimension, each split alike
-  std::vector<int64_t> offsets_;  // element offset of each entry, aligned to 64 elements
+  std::vector<int64_t> offsets_;   // element offset of each entry, aligned to 64 elements
   std::vector<Tensor> tensors_;
   Tensor flat_;
   int64_t total_ = 0;

@@ -249,7 +249,7 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
 void MoELayerCuda::set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                                   const Tensor& bias) {
   router_w_ = upload(router_w, DType::kF32, "router_w", {E_, d_}, ctx_);
-  MOEX_CHECK(w1.defined() == w2.defined() && (w1.defined() || weight_grad_beta_ != 0.0f),
+  MOEX_CHECK(w1.defined() == w2.defined() && (w1.defined() || bound_experts_),
              "MoELayerCuda::set_parameters: give w1 and w2, or bind_expert_buffers first");
   if (w1.defined()) {
     w1_ = upload(w1, DType::kBF16, "w1", {El_, f1_, d_}, ctx_);
@@ -276,6 +276,12 @@ void MoELayerCuda::bind_expert_buffers(const Tensor& w1, const Tensor& w2, const
   dw1_ = dw1;
   dw2_ = dw2;
   weight_grad_beta_ = 1.0f;
+  bound_experts_ = true;
+}
+
+void MoELayerCuda::set_bound_expert_grads_accumulate(bool accumulate) {
+  MOEX_CHECK(bound_experts_, "MoELayerCuda: expert gradients are the layer's own (no model mode)");
+  weight_grad_beta_ = accumulate ? 1.0f : 0.0f;
 }
 
 void MoELayerCuda::dense_init(DenseMlp& m, int64_t ffn, int64_t T) {
@@ -506,7 +512,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
       moe_permute(x.raw_data(), plan_.gather, rows_, d_, k_, buf_.xb, stream, PaddedRows{});
       to_owners(buf_.xb, ep_rows_.xb);
     }
-    experts_forward(ep_rows_);  // the recompute needs h again; its outputs are kept
+    experts_forward(ep_rows_);   // the recompute needs h again; its outputs are kept
     if (!step.reuse_exchange) {  // a CAC recompute has the first pass's summed rows
       sum_slices(ep_rows_.out, ep_rows_.rows);
       from_owners(ep_rows_.out, buf_.out);
@@ -988,7 +994,7 @@ void MoELayerCuda::experts_backward(const ExpertRows& r) {
   const int64_t C = r.capacity;
   const int E = r.experts;
   const bool empty = grouped_ ? group_experts_.empty() : C == 0;
-  const bool accumulate = weight_grad_beta_ != 0.0f;  // model mode: nothing to clear
+  const bool accumulate = weight_grad_beta_ != 0.0f;  // nothing to clear then
   if (empty) {
     if (!accumulate) {
       CUDA_CHECK(cudaMemsetAsync(dw1_.raw_data(), 0, dw1_.nbytes(), stream));

@@ -110,9 +110,10 @@ struct MoELayerCudaOptions {
   // load) instead of the max load, one GEMM per expert over up to four streams (the kernel chosen
   // per band of row counts, cuda/varying_gemm.h). 0 = one strided-batched call over
   // [E, max load] (the old way). kPacked: each expert's packed block is its rows rounded up to
-  // this (0: exact rows; cuBLASLt then chose kernels afresh for many row counts, docs/gpu-model.md).
-  // Used when it saves at least 3% of the padded rows. Off by default: measured no gain on H100
-  // (finegrained 6.09 ms at 0 vs 6.11 at 64 vs 6.36 at 16; max load is only 6.6% over the mean).
+  // this (0: exact rows; cuBLASLt then chose kernels afresh for many row counts,
+  // docs/gpu-model.md). Used when it saves at least 3% of the padded rows. Off by default: measured
+  // no gain on H100 (finegrained 6.09 ms at 0 vs 6.11 at 64 vs 6.36 at 16; max load is only 6.6%
+  // over the mean).
   int64_t padded_row_multiple = 0;
   // The expert weights and their gradients come from bind_expert_buffers (a model's buffers):
   // the layer allocates neither.
@@ -180,9 +181,9 @@ struct MoEStepCuda {
 
 // The expert-row exchanges of a layer so far (expert parallelism; all zero without it).
 struct ExchangeStatsCuda {
-  int64_t exchanges = 0;          // all-to-alls of expert rows: two a forward, two a backward
-  int64_t bytes_sent = 0;         // bytes of rows this rank sent to the other ranks of its group
-  int64_t gather_bytes_sent = 0;  // DTD: bytes sent to the other tp ranks in the all-gathers
+  int64_t exchanges = 0;           // all-to-alls of expert rows: two a forward, two a backward
+  int64_t bytes_sent = 0;          // bytes of rows this rank sent to the other ranks of its group
+  int64_t gather_bytes_sent = 0;   // DTD: bytes sent to the other tp ranks in the all-gathers
   int64_t slice_reduce_bytes = 0;  // expert slicing: the all-reduced rows' bytes
   // CAC: the all-to-alls a recompute took from its first pass instead, and their bytes.
   int64_t exchanges_saved = 0, bytes_saved = 0;
@@ -222,6 +223,9 @@ class MoELayerCuda {
   // must stay valid while the layer uses them.
   void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                            const Tensor& dw2);
+  // Model mode: the next backwards add into dw1, dw2 (the default) or write over them, zeroing
+  // the experts that got no rows.
+  void set_bound_expert_grads_accumulate(bool accumulate);
   // Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) drawn on the device from Philox(seed) (benchmarks).
   void init_random(uint64_t seed);
 
@@ -283,7 +287,8 @@ class MoELayerCuda {
 
  private:
   float loss_scale_ = 1.0f;
-  float weight_grad_beta_ = 0.0f;  // 1 in model mode: expert weight gradients accumulate
+  float weight_grad_beta_ = 0.0f;  // 1: expert weight gradients accumulate (model mode's default)
+  bool bound_experts_ = false;     // model mode (bind_expert_buffers)
   // Points buf_ at room for `rows` expert rows: the saved h/out of a training forward are the
   // layer's own, the rest comes from the scratch. Backward calls it again (the scratch may have
   // grown and moved since the forward).
@@ -339,7 +344,7 @@ class MoELayerCuda {
   // A dense MLP (residual or shared expert): one "expert" over all T rows.
   struct DenseMlp {
     int64_t f = 0, f1 = 0;
-    Tensor w1, w2, dw1, dw2;         // [F1,d] [d,F] bf16; grads fp32
+    Tensor w1, w2, dw1, dw2;  // [F1,d] [d,F] bf16; grads fp32
     // [T,F1] [T,d] [T,d] [T,F] [T,F1] bf16; da holds a in forward (backward recomputes it).
     Tensor h, out, dout, da, dh;
     bool defined() const { return f > 0; }
@@ -355,21 +360,21 @@ class MoELayerCuda {
   CudaContext& ctx_;
   int64_t d_, f_, f1_;
   int E_, k_;
-  dist::DeviceGroup* group_ = nullptr;  // options_.expert_group
-  dist::DeviceGroup* dedup_ = nullptr;  // options_.duplicate_group when it has several ranks
+  dist::DeviceGroup* group_ = nullptr;   // options_.expert_group
+  dist::DeviceGroup* dedup_ = nullptr;   // options_.duplicate_group when it has several ranks
   dist::DeviceGroup* slices_ = nullptr;  // options_.slice_group when it has several ranks
   // Expert slicing: sums `rows` bf16 rows of d over slices_ in place (nothing without slicing).
   void sum_slices(void* rows_buf, int64_t rows);
-  int ep_ = 1, El_ = 0;                 // group size; experts held here (E / ep)
-  std::vector<int64_t> ep_caps_;        // [ep] C of every rank of the group in the last forward
-  int64_t ep_total_ = 0;                // sum of ep_caps_: rows of each expert held here
-  Tensor ep_caps_dev_;                  // [ep] i32, the all-gather's result
-  Tensor ep_x_, ep_h_, ep_out_;  // kept rows: owner [El*sum C, d|F1], local out [E*C, d]
-  ExpertRows ep_rows_;                  // the owner's rows of the current call
-  bool exchange_kept_ = false;          // the last forward kept its exchange (keep_exchange)
-  std::vector<int64_t> kept_caps_;      // ep_caps_ of the last forward
-  ExchangeStatsCuda exchanged_;         // counted as queued (ms: see exchange_timer_)
-  SpanTimer exchange_timer_;            // spans of the all-to-alls on the stream
+  int ep_ = 1, El_ = 0;             // group size; experts held here (E / ep)
+  std::vector<int64_t> ep_caps_;    // [ep] C of every rank of the group in the last forward
+  int64_t ep_total_ = 0;            // sum of ep_caps_: rows of each expert held here
+  Tensor ep_caps_dev_;              // [ep] i32, the all-gather's result
+  Tensor ep_x_, ep_h_, ep_out_;     // kept rows: owner [El*sum C, d|F1], local out [E*C, d]
+  ExpertRows ep_rows_;              // the owner's rows of the current call
+  bool exchange_kept_ = false;      // the last forward kept its exchange (keep_exchange)
+  std::vector<int64_t> kept_caps_;  // ep_caps_ of the last forward
+  ExchangeStatsCuda exchanged_;     // counted as queued (ms: see exchange_timer_)
+  SpanTimer exchange_timer_;        // spans of the all-to-alls on the stream
 
   Tensor router_w_, bias_, w1_, w2_;
   Tensor d_router_w_, dw1_, dw2_;
@@ -397,7 +402,7 @@ class MoELayerCuda {
   void* stats_host_ = nullptr;
   cudaEvent_t stats_ready_ = nullptr;
   bool stats_copied_ = false;  // the last forward queued the statistics' copy
-  Tensor grouped_ptrs_;  // [6, 3, E] device pointer arrays (dropless kGrouped)
+  Tensor grouped_ptrs_;        // [6, 3, E] device pointer arrays (dropless kGrouped)
   std::vector<const void*> host_ptrs_;
   std::vector<int> group_experts_;    // experts with rows, in order
   std::vector<int64_t> host_counts_;  // [E] rows per expert (dropless)

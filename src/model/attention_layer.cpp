@@ -55,6 +55,8 @@ void AttentionLayer::bind(const ParamViews& views) {
   auto fused = [&](int first, const Shape& shape) {
     Param p;
     p.index = first;
+    p.entries = 3;
+    p.writes = views.writes;
     p.w = views.compute.span(first, first + 2, shape);
     p.g = views.grads.span(first, first + 2, shape);
     return p;
@@ -151,7 +153,7 @@ void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) 
   const int64_t n = batch_ * seq_len_, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
   const DType dt = dy.dtype();
   const Tensor dattn = arena.alloc(Shape{n, qd}, dt);
-  ops::linear_backward(dy, attn_, o_w_.w, dattn, false, o_w_.g, Tensor());
+  ops::linear_backward(dy, attn_, o_w_.w, dattn, false, o_w_.g, o_w_.grad_accumulates(), Tensor());
   const Tensor dq = arena.alloc(q_.shape(), dt), dk = arena.alloc(k_.shape(), dt),
                dv = arena.alloc(v_.shape(), dt);
   ops::attention_backward(dattn.view(q_.shape()), q_, k_, v_, attn_.view(q_.shape()), stats_, dq,
@@ -168,7 +170,8 @@ void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) 
   ops::copy_columns(dq.view(Shape{n, qd}), 0, dqkv, 0, qd);
   ops::copy_columns(dk.view(Shape{n, kd}), 0, dqkv, qd, kd);
   ops::copy_columns(dv.view(Shape{n, kd}), 0, dqkv, qd + kd, kd);
-  ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_b_.g);
+  ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_w_.grad_accumulates(),
+                       qkv_b_.grad_to_add());
   tp_.all_reduce(dx);
 }
 

@@ -129,16 +129,22 @@ Tensor FfnLayer::view_of(const ParamBuffer& buffer, int idx, bool first_proj) co
   return buffer.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
 }
 
+Param FfnLayer::param_of(const ParamViews& views, int idx, bool first_proj) const {
+  const bool fused = first_proj && config_.activation == ExpertActivation::kSwiGLU;
+  return {view_of(views.compute, idx, first_proj), view_of(views.grads, idx, first_proj), idx,
+          fused ? 2 : 1, views.writes};
+}
+
 void FfnLayer::bind(const ParamViews& views) {
   if (moe_) {
     // The layer reads f32 master weights; the residual and shared MLPs' first projections fused.
     MoEWeights& w = moe_->weights();
-    moe_grads_.assign(kCount, Tensor());
+    moe_grads_.assign(kCount, Param());
     for (int i = 0; i < kCount; ++i) {
       if (moe_idx_[i] < 0) continue;
       const bool first_proj = i == kResW1 || i == kSharedW1;
       *moe_weight(w, i) = view_of(views.master, moe_idx_[i], first_proj);
-      moe_grads_[i] = view_of(views.grads, moe_idx_[i], first_proj);
+      moe_grads_[i] = param_of(views, moe_idx_[i], first_proj);
     }
     // On a GPU the layer computes with the model's bf16 experts and adds into its gradients.
     const Tensor& w1 = views.compute.tensor(moe_idx_[kW1]);
@@ -148,7 +154,7 @@ void FfnLayer::bind(const ParamViews& views) {
                                        views.grads.tensor(moe_idx_[kW2]));
     return;
   }
-  w1_ = {view_of(views.compute, w1_idx_, true), view_of(views.grads, w1_idx_, true), w1_idx_};
+  w1_ = param_of(views, w1_idx_, true);
   w2_ = bind_param(views, w2_idx_);
 }
 
@@ -243,22 +249,32 @@ void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
     ArenaScope scope(arena);
     const Tensor da = arena.alloc(Shape{h_.dim(0), w2_.w.dim(1)}, dy.dtype());
     const Tensor dh = arena.alloc(h_.shape(), dy.dtype());
-    ops::linear_backward(dy, Tensor(), w2_.w, da, false, Tensor(), Tensor());  // da = dy w2
+    ops::linear_backward(dy, Tensor(), w2_.w, da, false, Tensor(), false, Tensor());  // da = dy w2
     // dh, and the forward's a again over da (the same bits), which dw2 = dy^T a then reads.
     ops::activation_backward(activation_kind(config_), h_, da, dh, da);
-    ops::linear_backward(dy, da, w2_.w, Tensor(), false, w2_.g, Tensor());
-    ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, Tensor());
+    ops::linear_backward(dy, da, w2_.w, Tensor(), false, w2_.g, w2_.grad_accumulates(), Tensor());
+    ops::linear_backward(dh, x_, w1_.w, dx, false, w1_.g, w1_.grad_accumulates(), Tensor());
     tp_.all_reduce(dx);
     return;
   }
   const ops::ProfileScope profile("moe_backward", dy.device());
-  const MoEGradients& g = moe_->backward(dy);
+  // A GPU layer writes its experts' gradients into the model's buffer itself (bound buffers).
+  const bool bound = moe_->has_device_expert_buffers();
+  const bool add_w1 = bound && moe_grads_[kW1].grad_accumulates();
+  const bool add_w2 = bound && moe_grads_[kW2].grad_accumulates();
+  MOEX_CHECK(add_w1 == add_w2, "FfnLayer: expert gradients w1 and w2 written apart");
+  const MoEGradients& g = moe_->backward(dy, add_w1);
   ops::copy(g.dx, dx);
   const MoEWeights& gw = g.weights;
   for (int i = 0; i < kCount; ++i) {
     const Tensor* t = moe_weight(const_cast<MoEWeights&>(gw), i);
     if (moe_idx_[i] < 0 || !t->defined()) continue;
-    ops::add_into(t->view(moe_grads_[i].shape()), moe_grads_[i]);
+    const Param& p = moe_grads_[i];
+    const Tensor grad = t->view(p.g.shape());
+    if (p.grad_accumulates())
+      ops::add_into(grad, p.g);
+    else
+      ops::copy(grad, p.g);
   }
 }
 

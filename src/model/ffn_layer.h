@@ -73,6 +73,7 @@ class FfnLayer {
 
  private:
   Tensor view_of(const ParamBuffer& buffer, int idx, bool first_proj) const;
+  Param param_of(const ParamViews& views, int idx, bool first_proj) const;  // view_of's Param
 
   const ModelConfig& config_;
   LayerSpec spec_;
@@ -86,7 +87,7 @@ class FfnLayer {
   // reads f32 views of the master weights (it keeps its own device copy, moe_layer_dispatch.h).
   std::unique_ptr<MoELayer> moe_;
   std::vector<int> moe_idx_;
-  std::vector<Tensor> moe_grads_;  // gradient views, same order (fused views for the MLP parts)
+  std::vector<Param> moe_grads_;  // gradient views, same order (fused views for the MLP parts)
   MoERouting held_;
   bool hold_routing_ = false;
   const MoEStats* stats_ = nullptr;  // the MoE layer's last result (valid until its next forward)

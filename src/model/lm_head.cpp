@@ -155,9 +155,9 @@ HeadLoss lm_head_loss(const Tensor& hidden, const Param& head, const Tensor& tar
       else
         ops::distill_loss(logits, teacher_logits, chunk_targets, tau, kd_scale, kd_chunk, dlogits);
     }
-    if (training)
+    if (training)  // the first chunk may overwrite the gradient, the others add to it
       ops::linear_backward(dlogits, h, head.w, dhidden.slice(r0, r0 + rows), false, head.g,
-                           Tensor());
+                           r0 > 0 || head.grad_accumulates(), Tensor());
   }
   if (training) tp.all_reduce(dhidden);  // each rank's vocabulary rows add their part
   result.loss_sum = ops::sum(loss_rows);

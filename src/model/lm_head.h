@@ -27,8 +27,9 @@ struct HeadLoss {
 
 // hidden [N, d] (after the final norm), head [V, d], targets i32 [N] on the host (-100 ignored).
 // With dhidden defined: dhidden [N, d] = d(loss_scale * objective)/d hidden (written) and
-// head.g += d(loss_scale * objective)/d head, where objective = mean CE (+ weight * mean
-// tau^2 KL with soft targets), both means over the counted rows.
+// head.g += d(loss_scale * objective)/d head (written over it when it holds nothing of this step,
+// Param::grad_accumulates), where objective = mean CE (+ weight * mean tau^2 KL with soft
+// targets), both means over the counted rows.
 // Under tensor parallelism head holds this rank's rows [rank * V/tp, (rank + 1) * V/tp) of the
 // vocabulary: the cross-entropy combines every rank's row statistics (vocabulary-parallel, no
 // rank holds the full logits) and dhidden is summed over the group. The teacher (soft) is whole on

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/env.h"
 #include "core/logging.h"
 #include "core/timer.h"
 #include "model/lm_head.h"
@@ -58,7 +59,8 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   grads_.allocate(DType::kF32, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
-  bind_all({master_, compute_params(), grads_});
+  bind_all({master_, compute_params(), grads_, &writes_});
+  ops::zero(grads_.flat());  // once: no op writes the alignment padding between entries
   zero_grad();
   weights_changed();
 }
@@ -122,7 +124,7 @@ void Model::init_weights(uint64_t seed) {
   for (auto& block : blocks_) block->init(seed);
   final_norm_->init();
   if (device_.is_cuda()) {
-    bind_all({master_, compute_params(), grads_});
+    bind_all({master_, compute_params(), grads_, &writes_});
     store_host_params(host);
   } else {
     weights_changed();
@@ -130,7 +132,10 @@ void Model::init_weights(uint64_t seed) {
 }
 
 void Model::zero_grad() {
-  ops::zero(grads_.flat());
+  writes_.reset();
+  // MOEX_LAZY_ZERO_GRAD=0 (for measurements): clear the buffer now, so every write adds.
+  static const bool lazy = env_on_unless_zero("MOEX_LAZY_ZERO_GRAD");
+  if (!lazy) writes_.zero_unwritten();
 }
 
 void Model::finish_gradients() {
@@ -256,14 +261,15 @@ void Model::backward() {
   final_norm_->backward(dh, dh);
   for (size_t i = blocks_.size(); i-- > 0;) blocks_[i]->backward(dh, dh, arena_);
   if (!tp_.active()) {
-    ops::embedding_backward(ids_, dh, embed_.g);
+    ops::embedding_backward(ids_, dh, embed_.grad_to_add());
   } else if (local_ids_.numel() > 0) {  // this rank's vocabulary rows only
     ArenaScope scope(arena_);
     const Tensor found = arena_.alloc(Shape{local_ids_.numel(), dh.dim(1)}, dh.dtype());
     ops::gather_rows(dh, local_rows_, found);
-    ops::embedding_backward(local_ids_, found, embed_.g);
+    ops::embedding_backward(local_ids_, found, embed_.grad_to_add());
   }
-  if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.g);
+  if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.grad_to_add());
+  writes_.zero_unwritten();  // parameters without a gradient this step (e.g. unused experts)
   dhidden_ = Tensor();
 }
 

@@ -28,8 +28,8 @@ struct ForwardOptions {
   // With checkpoint_activations under expert parallelism: the recompute reuses the first pass's
   // all-to-all results instead of exchanging again (CAC, docs/parallelism.md; CPU only).
   bool cac = false;
-  uint64_t seed = 0;                    // router noise (jitter, RSample, Gumbel, RTS) of this step
-  uint64_t step = 0;                    // RNG offset: a fresh stream per step and layer
+  uint64_t seed = 0;  // router noise (jitter, RSample, Gumbel, RTS) of this step
+  uint64_t step = 0;  // RNG offset: a fresh stream per step and layer
   // Weight of this forward's loss (cross-entropy and MoE aux/z terms) in the objective that
   // backward differentiates: 1/grad_accum when micro-batches are averaged.
   double loss_scale = 1.0;
@@ -84,7 +84,12 @@ class Model {
   // model's device, or on the host under offload (master_on_host()).
   ParamBuffer& params() { return master_; }
   const ParamBuffer& params() const { return master_; }
-  ParamBuffer& grads() { return grads_; }
+  // The gradients; entries no backward wrote since zero_grad() read as zeros (they are zeroed
+  // here, model/gradient_writes.h).
+  ParamBuffer& grads() {
+    writes_.zero_unwritten();
+    return grads_;
+  }
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
   // What the kernels read: params() itself on the CPU, its bf16 copy on CUDA.
   const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }
@@ -99,6 +104,8 @@ class Model {
   void store_host_params(const ParamBuffer& host);
 
   void init_weights(uint64_t seed);
+  // Starts a step's gradients: the next backward writes each entry over its stale contents
+  // instead of adding (no memset; model/gradient_writes.h).
   void zero_grad();
   // Under tensor parallelism: sums over the tp group the gradients of which each rank holds only
   // its heads' part (the q/k norm weights, shared by all heads). Call it once after the last
@@ -235,6 +242,7 @@ class Model {
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
+  GradientWrites writes_{grads_};         // which gradient entries hold this step's values
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy on CUDA; null on the CPU
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<NormLayer> final_norm_;
@@ -247,7 +255,7 @@ class Model {
   // Under tp: the positions [M] among ids_ of this rank's vocabulary rows, and those ids minus
   // the rank's first row [M] (i32, host).
   Tensor local_rows_, local_ids_;
-  Tensor dhidden_;        // [N, d]: the LM head's gradient, made in forward
+  Tensor dhidden_;  // [N, d]: the LM head's gradient, made in forward
   // Serving steps: the host staging of the step's indices and their device copy (i32, grown as
   // needed), the next-token download, and one captured decode step per batch size.
   Tensor step_host_, step_dev_;

@@ -43,7 +43,8 @@ void NormLayer::add_forward(const Tensor& x, const Tensor& res, const Tensor& su
 }
 
 void NormLayer::backward(const Tensor& dy, const Tensor& dx) {
-  ops::norm_backward(rms(), dy, x_, weight_.w, mean_, rstd_, dx, weight_.g, bias_.g);
+  ops::norm_backward(rms(), dy, x_, weight_.w, mean_, rstd_, dx, weight_.grad_to_add(),
+                     bias_.grad_to_add());
 }
 
 }  // namespace moex::model

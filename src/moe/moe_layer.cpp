@@ -29,6 +29,7 @@ struct MoELayer::Impl {
   MoERouting routing;
   dist::Communicator* expert_group = nullptr;     // set when ep > 1 (experts spread over ranks)
   dist::Communicator* duplicate_group = nullptr;  // drop_duplicate_tokens' tp group (ranks > 1)
+  bool bound_expert_buffers = false;              // bind_device_expert_buffers was called
   dist::Communicator* slice_group = nullptr;      // expert tensor-slicing over these ranks
   MoEDeviceGroups device_groups;                  // the GPU twins of the three groups above
   int64_t num_local_experts = 0, first_local_expert = 0;
@@ -642,6 +643,11 @@ void MoELayer::bind_device_expert_buffers(const Device& device, const Tensor& w1
                                           const Tensor& dw1, const Tensor& dw2) {
   if (!impl_->device) impl_->device = make_device_layer(*impl_, device);
   impl_->device->bind_expert_buffers(w1, w2, dw1, dw2);
+  impl_->bound_expert_buffers = true;
+}
+
+bool MoELayer::has_device_expert_buffers() const {
+  return impl_->bound_expert_buffers;
 }
 
 void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
@@ -650,11 +656,11 @@ void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
   if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
-const MoEGradients& MoELayer::backward(const Tensor& dy) {
+const MoEGradients& MoELayer::backward(const Tensor& dy, bool add_bound_expert_grads) {
   if (!dy.device().is_cpu()) {
     MOEX_CHECK(impl_->device != nullptr, "MoELayer::backward: dy is on ", dy.device().str(),
                " but no forward ran there");
-    return impl_->device->backward(dy);
+    return impl_->device->backward(dy, add_bound_expert_grads);
   }
   return impl_->backward(dy);
 }

@@ -28,7 +28,7 @@ namespace moex {
 namespace dist {
 class Communicator;
 class DeviceGroup;
-}
+}  // namespace dist
 
 // One forward's routing decision: the selection and the plan built from it. Passing it back to
 // forward holds routing fixed while weights or inputs move (finite-difference checks,
@@ -150,7 +150,10 @@ class MoELayer {
   const MoEOutput& forward(const Tensor& x, const MoEForwardOptions& options);
   // dy [T,d]: gradients of the last forward with respect to x and every weight, with the
   // weighted aux and z losses included (their upstream gradient is 1). Valid until the next call.
-  const MoEGradients& backward(const Tensor& dy);
+  // In model mode (bind_device_expert_buffers) the expert gradients are added into the bound
+  // buffers, or written over them when add_bound_expert_grads is false (the first write of a
+  // step, docs/gpu-model.md §Gradients without zero_grad).
+  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads = true);
   // The routing the last forward used.
   const MoERouting& routing() const;
   // Fills the statistics of the last forward's result (the object forward returned) when that
@@ -163,6 +166,7 @@ class MoELayer {
   // expert gradients. The other weights stay as weights() says. `device` is the GPU.
   void bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                   const Tensor& dw1, const Tensor& dw2);
+  bool has_device_expert_buffers() const;
   // Expert parallelism on the GPU: the expert group's ranks as a GPU communicator (the same ranks
   // in the same order as expert_group), over which the GPU path exchanges tokens. Must outlive
   // the layer; required before a GPU forward of a layer built with an expert group.

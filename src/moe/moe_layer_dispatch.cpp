@@ -164,7 +164,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
     out_.y = y;
   }
 
-  const MoEGradients& backward(const Tensor& dy) override {
+  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads) override {
     MOEX_CHECK(layer_ && tokens_ > 0, "MoELayer on CUDA: backward before forward");
     const int64_t T = tokens_, d = config_.hidden_size;
     check_tensor(dy, "MoELayer on CUDA: dy", dy.dtype(), Shape{T, d});
@@ -179,6 +179,7 @@ class CudaMoELayer final : public MoEDeviceLayer {
     Tensor dxb = Tensor::empty({T, d}, DType::kBF16, dev);
     {
       const ops::ProfileScope profile("moe_backward.layer", dev);
+      if (bound_w1_.defined()) layer_->set_bound_expert_grads_accumulate(add_bound_expert_grads);
       layer_->backward(dyb, dxb);
     }
     grads_.dx = dxb;

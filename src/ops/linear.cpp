@@ -63,7 +63,7 @@ void linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y) 
 }
 
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& dx,
-                     bool accumulate_dx, const Tensor& dw, const Tensor& db) {
+                     bool accumulate_dx, const Tensor& dw, bool accumulate_dw, const Tensor& db) {
   const Device dev = detail::common_device("linear_backward", {&dy, &x, &w, &dx, &dw, &db});
   const ProfileScope profile("linear_backward", dev);
   const DType dt = detail::compute_dtype(dev);
@@ -80,7 +80,8 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       cpu::gemm<float>(false, false, n, in, out, 1.0f, dyp, w.data<float>(),
                        accumulate_dx ? 1.0f : 0.0f, dx.data<float>());
     if (dw.defined())
-      cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(), 1.0f, dw.data<float>());
+      cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(),
+                       accumulate_dw ? 1.0f : 0.0f, dw.data<float>());
     if (!db.defined()) return;
     float* dbp = db.data<float>();
     for (int64_t i = 0; i < n; ++i)
@@ -97,7 +98,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
     if (dw.defined()) {
       cuda::GemmShape s{true, false, out, in, n, out, in, in};
       cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true, 1,
-                      1.0f, 1.0f);
+                      1.0f, accumulate_dw ? 1.0f : 0.0f);
     }
     if (db.defined()) {
       Tensor ws =

@@ -206,15 +206,11 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
 void for_each_gradient_run(model::Model& model,
                            const std::function<void(const Tensor&, bool)>& reduce) {
   const ParamBuffer& grads = model.grads();
-  const Tensor& flat = grads.flat();
-  const auto* base = static_cast<const float*>(flat.raw_data());
-  auto offset = [&](const Tensor& t) { return static_cast<const float*>(t.raw_data()) - base; };
   int begin = 0;
   for (int i = 1; i <= grads.size(); ++i) {
     const bool expert = model.is_expert_param(begin);
     if (i < grads.size() && model.is_expert_param(i) == expert) continue;
-    const Tensor& last = grads.tensor(i - 1);
-    reduce(flat.slice(offset(grads.tensor(begin)), offset(last) + last.numel()), expert);
+    reduce(grads.flat_range(begin, i - 1), expert);
     begin = i;
   }
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "core/rng.h"
 #include "gradcheck.h"
 #include "model/tensor_parallel.h"
+#include "ops/elementwise.h"
 
 namespace moex::model {
 namespace {
@@ -203,6 +205,55 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
   }
   EXPECT_GT(max_abs, 0.0);
   EXPECT_LE(max_diff, 1e-6 * max_abs);
+}
+
+// zero_grad() leaves the buffer as it is and the first write of each gradient overwrites it
+// (model/gradient_writes.h). Against the buffer zeroed and every write adding: after one and after
+// two micro-batches the gradients are the same bits, with the buffer full of NaN or of the last
+// step's gradients beforehand. The configs cover a tied head (written by the head, then added to
+// by the embedding), learned positions and LayerNorm biases, and a selection bias that gets no
+// gradient at all.
+TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
+  std::vector<ModelConfig> configs = {
+      tiny_config(R"(, "score_func": "sigmoid", "selection_bias": true)"),
+      tiny_config("", /*learned_positions=*/true)};
+  configs[0].tie_embeddings = true;
+  configs[0].validate();
+  for (const ModelConfig& config : configs) {
+    Batch batches[2] = {make_batch(config.vocab_size), make_batch(config.vocab_size)};
+    std::reverse(batches[1].ids.begin(), batches[1].ids.end());
+    auto micro_batch = [&](Model& m, const Batch& b) {
+      total_loss(m, b, /*for_backward=*/true);
+      m.backward();
+      const Tensor& g = m.grads().flat();
+      return std::vector<float>(g.data<float>(), g.data<float>() + g.numel());
+    };
+    Model ref(config);
+    ref.init_weights(3);
+    ops::zero(ref.grads().flat());  // every entry written: each backward adds
+    const std::vector<float> want1 = micro_batch(ref, batches[0]);
+    const std::vector<float> want2 = micro_batch(ref, batches[1]);
+    double largest = 0;
+    for (float v : want2) largest = std::max(largest, static_cast<double>(std::fabs(v)));
+    ASSERT_GT(largest, 0.0);
+
+    Model m(config);
+    m.init_weights(3);
+    const ParamBuffer& grads = m.grads();
+    for (int i = 0; i < grads.size(); ++i) {  // the entries (the padding between stays zero)
+      float* g = grads.tensor(i).data<float>();
+      std::fill(g, g + grads.tensor(i).numel(), std::nanf(""));
+    }
+    for (int step = 0; step < 2; ++step) {  // NaN left over, then the first step's gradients
+      m.zero_grad();
+      EXPECT_EQ(micro_batch(m, batches[0]), want1) << "step " << step;
+      EXPECT_EQ(micro_batch(m, batches[1]), want2) << "step " << step;
+    }
+    // A read between zero_grad and backward sees zeros.
+    m.zero_grad();
+    const Tensor& flat = m.grads().flat();
+    for (int64_t i = 0; i < flat.numel(); ++i) ASSERT_EQ(flat.data<float>()[i], 0.0f);
+  }
 }
 
 TEST(Model, KVCacheDecodeMatchesFullForward) {
