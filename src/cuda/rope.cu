@@ -125,39 +125,57 @@ void rope_apply(const char* op, const void* x, void* y, const RopeParams& p, flo
   MOEX_LAUNCH_CHECK();
 }
 
-// One block per row: the row's q heads rotated into q, its k heads rotated into its pool slot, its
-// v copied there. A work item is W pair indices of one q or k head, or W values of v.
+// Rows of q, k and v moved between the fused [q heads | k heads | v heads] layout and separate
+// tensors, q and k rotated on the way (the serving write, the training split and its backward).
+// Part j (q, k, v) of row r is read at src[j] + r * src_stride[j] and written at dst[j] +
+// row * dst_stride[j], row = slots[r] for k and v when slots is set (pool rows), r otherwise.
+struct QkvMove {
+  const bf16* src[3] = {nullptr, nullptr, nullptr};
+  bf16* dst[3] = {nullptr, nullptr, nullptr};
+  int64_t src_stride[3] = {0, 0, 0}, dst_stride[3] = {0, 0, 0};
+  const int32_t* slots = nullptr;      // [rows] k/v destination rows, or null
+  const int32_t* positions = nullptr;  // [rows] positions, or null: start_pos + r % seq_len
+  int64_t start_pos = 0, seq_len = 1;
+  int64_t rows = 0, q_width = 0, kv_width = 0, head_dim = 0;
+  float theta = 0.0f;  // <= 0: no rotation
+  float sign = 1.0f;   // -1: rotate back (backward)
+};
+
+// One block per row. A work item is W pair indices of one q or k head, or W values of v.
 template <int W>
-__global__ void rope_qkv_paged_kernel(RopeQkvPagedParams p, float theta) {
+__global__ void rope_qkv_move_kernel(QkvMove p) {
   extern __shared__ float2 cos_sin[];  // [half]
   wait_for_previous_kernel();
   const int hd = static_cast<int>(p.head_dim), half = hd / 2;
   const int64_t row = blockIdx.x, qw = p.q_width, kw = p.kv_width;
-  const bool rope = theta > 0.0f;
+  const bool rope = p.theta > 0.0f;
   if (rope) {
-    form_table(cos_sin, half, hd, static_cast<float>(p.positions[row]), theta, 1.0f);
+    const int64_t pos = p.positions != nullptr ? p.positions[row] : p.start_pos + row % p.seq_len;
+    form_table(cos_sin, half, hd, static_cast<float>(pos), p.theta, p.sign);
     __syncthreads();
   }
-  const bf16* src = static_cast<const bf16*>(p.qkv) + row * (qw + 2 * kw);
-  const int64_t slot = p.slots[row];
-  bf16* q = static_cast<bf16*>(p.q) + row * qw;
-  bf16* k = static_cast<bf16*>(p.k_pool) + slot * kw;
-  bf16* v = static_cast<bf16*>(p.v_pool) + slot * kw;
+  const int64_t kv_row = p.slots != nullptr ? p.slots[row] : row;
+  const bf16* q_in = p.src[0] + row * p.src_stride[0];
+  const bf16* k_in = p.src[1] + row * p.src_stride[1];
+  const bf16* v_in = p.src[2] + row * p.src_stride[2];
+  bf16* q_out = p.dst[0] + row * p.dst_stride[0];
+  bf16* k_out = p.dst[1] + kv_row * p.dst_stride[1];
+  bf16* v_out = p.dst[2] + kv_row * p.dst_stride[2];
   const int per_head = half / W;
   const int64_t q_items = qw / hd * per_head, k_items = kw / hd * per_head, v_items = kw / W;
   for (int64_t it = threadIdx.x; it < q_items + k_items + v_items; it += blockDim.x) {
     if (it >= q_items + k_items) {
       const int64_t j = (it - q_items - k_items) * W;
       float x[W];
-      load_chunk<W>(src + qw + kw + j, x);
-      store_chunk<W>(v + j, x);
+      load_chunk<W>(v_in + j, x);
+      store_chunk<W>(v_out + j, x);
       continue;
     }
     const bool is_q = it < q_items;
     const int64_t item = is_q ? it : it - q_items;
     const int64_t off = item / per_head * hd + item % per_head * W;
-    const bf16* in = src + (is_q ? 0 : qw) + off;
-    bf16* out = (is_q ? q : k) + off;
+    const bf16* in = (is_q ? q_in : k_in) + off;
+    bf16* out = (is_q ? q_out : k_out) + off;
     float x1[W], x2[W];
     load_chunk<W>(in, x1);
     load_chunk<W>(in + half, x2);
@@ -179,30 +197,106 @@ __global__ void rope_qkv_paged_kernel(RopeQkvPagedParams p, float theta) {
   }
 }
 
+void check_qkv_widths(const char* op, int64_t rows, int64_t q_width, int64_t kv_width,
+                      int64_t head_dim) {
+  MOEX_CHECK(rows >= 0 && head_dim > 0 && head_dim % 2 == 0 && head_dim <= 8192, op,
+             ": rows must be >= 0 and head_dim even in [2, 8192], got ", rows, ", ", head_dim);
+  MOEX_CHECK(q_width > 0 && kv_width > 0 && q_width % head_dim == 0 && kv_width % head_dim == 0, op,
+             ": q_width (", q_width, ") and kv_width (", kv_width,
+             ") must be positive multiples of head_dim (", head_dim, ")");
+  MOEX_CHECK(rows < (int64_t{1} << 31), op, ": ", rows, " rows is too many");
+}
+
+void launch_qkv_move(const QkvMove& m, cudaStream_t stream) {
+  if (m.rows == 0) return;
+  const int64_t half = m.head_dim / 2;
+  bool vec = half % 8 == 0;
+  for (int j = 0; j < 3; ++j)
+    vec = vec && aligned16(m.src[j]) && aligned16(m.dst[j]) && m.src_stride[j] % 8 == 0 &&
+          m.dst_stride[j] % 8 == 0;
+  const int w = vec ? 8 : 1;
+  const int64_t items = (m.q_width + m.kv_width) / m.head_dim * (half / w) + m.kv_width / w;
+  const int threads = static_cast<int>(std::clamp<int64_t>(ceil_div(items, 32) * 32, 32, 256));
+  const size_t smem = static_cast<size_t>(half) * sizeof(float2);
+  const auto blocks = static_cast<unsigned>(m.rows);
+  if (vec) {
+    launch_kernel(rope_qkv_move_kernel<8>, blocks, threads, smem, stream, m);
+  } else {
+    launch_kernel(rope_qkv_move_kernel<1>, blocks, threads, smem, stream, m);
+  }
+  MOEX_LAUNCH_CHECK();
+}
+
+// A move of `rows` rows whose fused side ([R, Q + 2K], parts at columns 0, Q, Q + K) is the source
+// (split) or the destination (merge); the caller sets the other side.
+QkvMove fused_move(const char* op, void* qkv, bool fused_is_source, int64_t rows, int64_t qw,
+                   int64_t kw, int64_t head_dim, double theta) {
+  check_qkv_widths(op, rows, qw, kw, head_dim);
+  QkvMove m;
+  const int64_t column[3] = {0, qw, qw + kw};
+  for (int j = 0; j < 3; ++j) {
+    bf16* part = static_cast<bf16*>(qkv) + column[j];
+    if (fused_is_source) {
+      m.src[j] = part;
+      m.src_stride[j] = qw + 2 * kw;
+    } else {
+      m.dst[j] = part;
+      m.dst_stride[j] = qw + 2 * kw;
+    }
+  }
+  m.rows = rows;
+  m.q_width = qw;
+  m.kv_width = kw;
+  m.head_dim = head_dim;
+  m.theta = static_cast<float>(theta);
+  return m;
+}
+
+// A training split (q, k, v the destinations) or merge (their sources), row r at start_pos +
+// r % seq_len.
+QkvMove training_move(const RopeQkvTrainParams& p, bool backward) {
+  QkvMove m = fused_move(backward ? "rope_qkv_merge_backward_bf16" : "rope_qkv_split_bf16", p.qkv,
+                         !backward, p.rows, p.q_width, p.kv_width, p.head_dim, p.theta);
+  MOEX_CHECK(p.seq_len > 0 && p.start_pos >= 0, "rope_qkv: seq_len must be > 0 and start_pos >= 0",
+             ", got ", p.seq_len, ", ", p.start_pos);
+  bf16* parts[3] = {static_cast<bf16*>(p.q), static_cast<bf16*>(p.k), static_cast<bf16*>(p.v)};
+  const int64_t part_width[3] = {p.q_width, p.kv_width, p.kv_width};
+  for (int j = 0; j < 3; ++j) {
+    if (backward) {
+      m.src[j] = parts[j];
+      m.src_stride[j] = part_width[j];
+    } else {
+      m.dst[j] = parts[j];
+      m.dst_stride[j] = part_width[j];
+    }
+  }
+  m.start_pos = p.start_pos;
+  m.seq_len = p.seq_len;
+  m.sign = backward ? -1.0f : 1.0f;
+  return m;
+}
+
 }  // namespace
 
 void rope_qkv_paged_bf16(const RopeQkvPagedParams& p, cudaStream_t stream) {
-  const char* op = "rope_qkv_paged_bf16";
-  MOEX_CHECK(p.rows >= 0 && p.head_dim > 0 && p.head_dim % 2 == 0 && p.head_dim <= 8192, op,
-             ": rows must be >= 0 and head_dim even in [2, 8192], got ", p.rows, ", ", p.head_dim);
-  MOEX_CHECK(p.q_width > 0 && p.kv_width > 0 && p.q_width % p.head_dim == 0 &&
-                 p.kv_width % p.head_dim == 0,
-             op, ": q_width (", p.q_width, ") and kv_width (", p.kv_width,
-             ") must be positive multiples of head_dim (", p.head_dim, ")");
-  if (p.rows == 0) return;
-  const int64_t half = p.head_dim / 2;
-  const bool vec = half % 8 == 0 && aligned16(p.qkv) && aligned16(p.q) && aligned16(p.k_pool) &&
-                   aligned16(p.v_pool);
-  const size_t smem = static_cast<size_t>(half) * sizeof(float2);
-  const float theta = static_cast<float>(p.theta);
-  if (vec) {
-    launch_kernel(rope_qkv_paged_kernel<8>, static_cast<unsigned>(p.rows), 256, smem, stream, p,
-                  theta);
-  } else {
-    launch_kernel(rope_qkv_paged_kernel<1>, static_cast<unsigned>(p.rows), 256, smem, stream, p,
-                  theta);
-  }
-  MOEX_LAUNCH_CHECK();
+  QkvMove m = fused_move("rope_qkv_paged_bf16", const_cast<void*>(p.qkv), true, p.rows, p.q_width,
+                         p.kv_width, p.head_dim, p.theta);
+  m.dst[0] = static_cast<bf16*>(p.q);
+  m.dst[1] = static_cast<bf16*>(p.k_pool);
+  m.dst[2] = static_cast<bf16*>(p.v_pool);
+  m.dst_stride[0] = p.q_width;
+  m.dst_stride[1] = m.dst_stride[2] = p.kv_width;
+  m.slots = p.slots;
+  m.positions = p.positions;
+  launch_qkv_move(m, stream);
+}
+
+void rope_qkv_split_bf16(const RopeQkvTrainParams& p, cudaStream_t stream) {
+  launch_qkv_move(training_move(p, false), stream);
+}
+
+void rope_qkv_merge_backward_bf16(const RopeQkvTrainParams& p, cudaStream_t stream) {
+  launch_qkv_move(training_move(p, true), stream);
 }
 
 void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream) {

@@ -35,6 +35,20 @@ struct RopeQkvPagedParams {
 };
 void rope_qkv_paged_bf16(const RopeQkvPagedParams& p, cudaStream_t stream);
 
+// Training's fused QKV projection rows and the attention inputs, both ways: split writes q [R, Q],
+// k [R, K] and v [R, K] from qkv [R, Q + 2K], q and k rotated to their positions; merge (the
+// split's backward) writes qkv from q, k and v, q and k rotated back. Row r sits at position
+// start_pos + r % seq_len; theta <= 0: no rotation. One launch for what three column copies and
+// two RoPE passes did, with the same rotation bits (docs/gpu-model.md §Attention's QKV split).
+struct RopeQkvTrainParams {
+  void* qkv = nullptr;                            // [R, q_width + 2 * kv_width] bf16
+  void *q = nullptr, *k = nullptr, *v = nullptr;  // [R, q_width], [R, kv_width] x 2, bf16
+  int64_t rows = 0, seq_len = 1, start_pos = 0, q_width = 0, kv_width = 0, head_dim = 0;
+  double theta = 10000.0;
+};
+void rope_qkv_split_bf16(const RopeQkvTrainParams& p, cudaStream_t stream);
+void rope_qkv_merge_backward_bf16(const RopeQkvTrainParams& p, cudaStream_t stream);
+
 void rope_forward_bf16(const void* x, void* y, const RopeParams& p, cudaStream_t stream);
 void rope_backward_bf16(const void* dy, void* dx, const RopeParams& p, cudaStream_t stream);
 
