@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-
 #include <type_traits>
 
 #include "core/stochastic_round.h"
@@ -16,7 +15,7 @@ namespace moex::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kPerThread = 16;                           // elements per thread per chunk
+constexpr int kPerThread = 16;                              // elements per thread per chunk
 constexpr int64_t kChunk = int64_t{kThreads} * kPerThread;  // a multiple of 4: float4 stays aligned
 
 // Step scalars formed on the host in double, rounded to fp32 as cpu::adamw_step does.
@@ -28,11 +27,15 @@ struct Scalars {
 
 // Moments are stored as M (float or bf16) and computed in fp32. A bf16 store takes 16 random bits
 // (core/stochastic_round.h); an fp32 store ignores them.
-__device__ __forceinline__ float load_moment(const float* p) { return *p; }
+__device__ __forceinline__ float load_moment(const float* p) {
+  return *p;
+}
 __device__ __forceinline__ float load_moment(const __nv_bfloat16* p) {
   return bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(p));
 }
-__device__ __forceinline__ void store_moment(float* p, float x, uint32_t) { *p = x; }
+__device__ __forceinline__ void store_moment(float* p, float x, uint32_t) {
+  *p = x;
+}
 __device__ __forceinline__ void store_moment(__nv_bfloat16* p, float x, uint32_t random) {
   *reinterpret_cast<uint16_t*>(p) = f32_to_bf16_stochastic(x, random);
 }
@@ -73,18 +76,18 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint
   p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
-// Elements [begin, end) of one segment; begin % 4 == 0 on the vector path.
-template <bool kVec, typename M>
+// Elements [begin, end) of one segment; begin % 4 == 0 on the vector path. Gradients G are fp32
+// or bf16 (read as fp32, as the moments are).
+template <bool kVec, typename M, typename G>
 __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
                                             __nv_bfloat16* __restrict__ param,
-                                            const float* __restrict__ grad,
-                                            M* __restrict__ exp_avg, M* __restrict__ exp_avg_sq,
-                                            int64_t begin, int64_t end, float decay,
-                                            const Scalars& s) {
+                                            const G* __restrict__ grad, M* __restrict__ exp_avg,
+                                            M* __restrict__ exp_avg_sq, int64_t begin, int64_t end,
+                                            float decay, const Scalars& s) {
   uint32_t random[4] = {0, 0, 0, 0};
   auto one = [&](int64_t j) {
     float p = master[j], m = load_moment(exp_avg + j), v = load_moment(exp_avg_sq + j);
-    adamw_element<M>(p, m, v, random[0], grad[j], decay, s);
+    adamw_element<M>(p, m, v, random[0], load_moment(grad + j), decay, s);
     master[j] = p;
     store_moment(exp_avg + j, m, random[0]);
     store_moment(exp_avg_sq + j, v, random[0] >> 16);
@@ -98,7 +101,7 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
         float4 p = *reinterpret_cast<const float4*>(master + i);
         float4 m = load_moments4(exp_avg + i);
         float4 v = load_moments4(exp_avg_sq + i);
-        const float4 g = *reinterpret_cast<const float4*>(grad + i);
+        const float4 g = load_moments4(grad + i);
         adamw_element<M>(p.x, m.x, v.x, random[0], g.x, decay, s);
         adamw_element<M>(p.y, m.y, v.y, random[1], g.y, decay, s);
         adamw_element<M>(p.z, m.z, v.z, random[2], g.z, decay, s);
@@ -130,11 +133,11 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
 // One launch over all segments. Chunks of kChunk elements are numbered across the segments in
 // order; block b takes global chunks b, b + gridDim.x, ... so large and small tensors spread over
 // the whole grid. Elements between segments (padding) are never touched.
-template <typename M>
+template <typename M, typename G>
 __global__ void __launch_bounds__(kThreads)
-    adamw_kernel(float* master, __nv_bfloat16* param, const float* grad, M* exp_avg,
-                 M* exp_avg_sq, const AdamWSegment* __restrict__ segments, int num_segments,
-                 bool aligned, Scalars s) {
+    adamw_kernel(float* master, __nv_bfloat16* param, const G* grad, M* exp_avg, M* exp_avg_sq,
+                 const AdamWSegment* __restrict__ segments, int num_segments, bool aligned,
+                 Scalars s) {
   const int64_t grid = gridDim.x;
   int64_t first_chunk = 0;  // global number of the current segment's chunk 0
   for (int si = 0; si < num_segments; ++si) {
@@ -144,17 +147,17 @@ __global__ void __launch_bounds__(kThreads)
     first_chunk += chunks;
     if (j >= chunks) continue;
     // Rounded as the CPU twin's unfused double expression (no contraction into a DFMA).
-    const float decay = static_cast<float>(
-        __dadd_rn(1.0, -__dmul_rn(s.lr, static_cast<double>(seg.weight_decay))));
+    const float decay =
+        static_cast<float>(__dadd_rn(1.0, -__dmul_rn(s.lr, static_cast<double>(seg.weight_decay))));
     const int64_t seg_end = seg.offset + seg.count;
     const bool vec = aligned && seg.offset % 4 == 0;
     for (; j < chunks; j += grid) {
       const int64_t begin = seg.offset + j * kChunk;
       const int64_t end = min(seg_end, begin + kChunk);
       if (vec) {
-        adamw_chunk<true>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<true, M, G>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
       } else {
-        adamw_chunk<false>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<false, M, G>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
       }
     }
   }
@@ -166,21 +169,24 @@ constexpr int kSqPerThread = 32;
 constexpr int64_t kSqChunk = int64_t{kThreads} * kSqPerThread;
 constexpr int kFinalThreads = 1024;
 
-__global__ void squares_partials_kernel(const float* __restrict__ x, int64_t n, bool vec,
+template <typename G>
+__global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool vec,
                                         double* __restrict__ partial) {
   const int64_t begin = blockIdx.x * kSqChunk;
   float acc = 0.0f;
   if (vec && begin + kSqChunk <= n) {
-    const float4* x4 = reinterpret_cast<const float4*>(x + begin);
 #pragma unroll
     for (int k = 0; k < kSqPerThread / 4; ++k) {
-      const float4 v = x4[threadIdx.x + k * kThreads];
+      const float4 v = load_moments4(x + begin + (threadIdx.x + int64_t{k} * kThreads) * 4);
       acc += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
     }
   } else {
     for (int k = 0; k < kSqPerThread; ++k) {
       const int64_t i = begin + threadIdx.x + int64_t{k} * kThreads;
-      if (i < n) acc += x[i] * x[i];
+      if (i < n) {
+        const float v = load_moment(x + i);
+        acc += v * v;
+      }
     }
   }
   acc = block_sum<kThreads>(acc);
@@ -195,33 +201,33 @@ __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t
   if (threadIdx.x == 0) out[0] = acc;
 }
 
-template <typename M>
+template <typename M, typename G>
 int adamw_grid() {
   int per_sm = 0;
   CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<M>, kThreads, 0));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<M, G>, kThreads, 0));
   return std::max(1, current_device_sms() * std::max(1, per_sm));
 }
 
-template <typename M>
-void launch_adamw(float* master, void* param_bf16, const float* grad, void* exp_avg,
+template <typename M, typename G>
+void launch_adamw(float* master, void* param_bf16, const void* grad, void* exp_avg,
                   void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                   const Scalars& s, cudaStream_t stream) {
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  const uintptr_t moment_align = sizeof(M) * 4;
-  const bool aligned = addr(master) % 16 == 0 && addr(grad) % 16 == 0 &&
+  const uintptr_t moment_align = sizeof(M) * 4, grad_align = sizeof(G) * 4;
+  const bool aligned = addr(master) % 16 == 0 && addr(grad) % grad_align == 0 &&
                        addr(exp_avg) % moment_align == 0 && addr(exp_avg_sq) % moment_align == 0 &&
                        addr(param_bf16) % 8 == 0;
-  const int grid = adamw_grid<M>();  // a few microseconds of host queries, once per step
-  adamw_kernel<M><<<grid, kThreads, 0, stream>>>(
-      master, static_cast<__nv_bfloat16*>(param_bf16), grad, static_cast<M*>(exp_avg),
-      static_cast<M*>(exp_avg_sq), segments, num_segments, aligned, s);
+  const int grid = adamw_grid<M, G>();  // a few microseconds of host queries, once per step
+  adamw_kernel<M, G><<<grid, kThreads, 0, stream>>>(
+      master, static_cast<__nv_bfloat16*>(param_bf16), static_cast<const G*>(grad),
+      static_cast<M*>(exp_avg), static_cast<M*>(exp_avg_sq), segments, num_segments, aligned, s);
   MOEX_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void* exp_avg,
+void adamw_multi_tensor(float* master, void* param_bf16, const void* grad, void* exp_avg,
                         void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                         const AdamWStep& st, cudaStream_t stream) {
   MOEX_CHECK(num_segments >= 0, "adamw_multi_tensor: num_segments must be >= 0, got ",
@@ -247,20 +253,18 @@ void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void
   s.eps = static_cast<float>(st.eps);
   s.grad_scale = static_cast<float>(st.grad_scale);
   s.step = static_cast<uint32_t>(st.step);
-  if (st.bf16_moments) {
-    launch_adamw<__nv_bfloat16>(master, param_bf16, grad, exp_avg, exp_avg_sq, segments,
-                                num_segments, s, stream);
-  } else {
-    launch_adamw<float>(master, param_bf16, grad, exp_avg, exp_avg_sq, segments, num_segments, s,
-                        stream);
-  }
+  using bf16 = __nv_bfloat16;
+  const auto launch =
+      st.bf16_moments ? (st.bf16_grads ? launch_adamw<bf16, bf16> : launch_adamw<bf16, float>)
+                      : (st.bf16_grads ? launch_adamw<float, bf16> : launch_adamw<float, float>);
+  launch(master, param_bf16, grad, exp_avg, exp_avg_sq, segments, num_segments, s, stream);
 }
 
 size_t sum_of_squares_workspace_bytes(int64_t n) {
   return static_cast<size_t>(std::max<int64_t>(ceil_div(n, kSqChunk), 1)) * sizeof(double);
 }
 
-void sum_of_squares(const float* grad, int64_t n, double* out, void* workspace,
+void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* workspace,
                     cudaStream_t stream) {
   MOEX_CHECK(n >= 0, "sum_of_squares: n must be >= 0, got ", n);
   if (n == 0) {
@@ -271,8 +275,14 @@ void sum_of_squares(const float* grad, int64_t n, double* out, void* workspace,
   const int64_t parts = ceil_div(n, kSqChunk);
   MOEX_CHECK(parts < (int64_t{1} << 31), "sum_of_squares: n = ", n, " is too large");
   auto* partial = static_cast<double*>(workspace);
-  squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
-      grad, n, reinterpret_cast<uintptr_t>(grad) % 16 == 0, partial);
+  const bool vec = reinterpret_cast<uintptr_t>(grad) % (bf16 ? 8 : 16) == 0;
+  if (bf16) {
+    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(grad), n, vec, partial);
+  } else {
+    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
+        static_cast<const float*>(grad), n, vec, partial);
+  }
   MOEX_LAUNCH_CHECK();
   squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(partial, parts, out);
   MOEX_LAUNCH_CHECK();

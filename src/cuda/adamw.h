@@ -25,21 +25,24 @@ struct AdamWSegment {
 // values as the CPU twin's, so both give the same bits (which bf16 moments' rounding bits need).
 struct AdamWStep {
   double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  int64_t step = 1;          // 1-based
-  double grad_scale = 1.0;   // clipping coefficient (or 1)
+  int64_t step = 1;           // 1-based
+  double grad_scale = 1.0;    // clipping coefficient (or 1)
   bool bf16_moments = false;  // exp_avg and exp_avg_sq hold bf16, else fp32
+  bool bf16_grads = false;    // grad holds bf16, else fp32 (optimizer.grads_dtype)
 };
 
-// segments: device array of num_segments entries (sorted by offset, disjoint). master, grad, m, v
-// (fp32, or bf16 with s.bf16_moments) and param_bf16 (may be null) share the flat layout.
-void adamw_multi_tensor(float* master, void* param_bf16, const float* grad, void* exp_avg,
+// segments: device array of num_segments entries (sorted by offset, disjoint). master, grad
+// (fp32, or bf16 with s.bf16_grads), m, v (fp32, or bf16 with s.bf16_moments) and param_bf16 (may
+// be null) share the flat layout.
+void adamw_multi_tensor(float* master, void* param_bf16, const void* grad, void* exp_avg,
                         void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                         const AdamWStep& s, cudaStream_t stream);
 
-// out[0] = sum of grad[i]^2 over [0, n), fp32 partials reduced in a fixed order into one double
-// (deterministic). workspace: sum_of_squares_workspace_bytes(n) bytes; out is device memory.
+// out[0] = sum of grad[i]^2 over [0, n) (fp32, or bf16 when bf16), fp32 partials reduced in a
+// fixed order into one double (deterministic). workspace: sum_of_squares_workspace_bytes(n)
+// bytes; out is device memory.
 size_t sum_of_squares_workspace_bytes(int64_t n);
-void sum_of_squares(const float* grad, int64_t n, double* out, void* workspace,
+void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* workspace,
                     cudaStream_t stream);
 
 }  // namespace moex::cuda

@@ -266,8 +266,10 @@ void MoELayerCuda::bind_expert_buffers(const Tensor& w1, const Tensor& w2, const
                                        const Tensor& dw2) {
   check_tensor(w1, "MoELayerCuda::bind_expert_buffers w1", DType::kBF16, Shape{El_, f1_, d_});
   check_tensor(w2, "MoELayerCuda::bind_expert_buffers w2", DType::kBF16, Shape{El_, d_, f_});
-  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", DType::kF32, Shape{El_, f1_, d_});
-  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", DType::kF32, Shape{El_, d_, f_});
+  // Gradients fp32, or bf16 (a model's bf16 gradients, docs/gpu-model.md §bf16 gradients).
+  const DType gt = dw1.defined() && dw1.dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", gt, Shape{El_, f1_, d_});
+  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", gt, Shape{El_, d_, f_});
   for (const Tensor* t : {&w1, &w2, &dw1, &dw2})
     MOEX_CHECK(t->device() == Device::cuda(ctx_.ordinal()),
                "MoELayerCuda::bind_expert_buffers: tensors must be on the layer's GPU");
@@ -842,18 +844,19 @@ void MoELayerCuda::set_expert_operands(int slot, int e, int64_t row0) {
   auto bf = [](const void* base, int64_t elems) {
     return static_cast<const void*>(static_cast<const char*>(base) + elems * 2);
   };
-  auto f32p = [](const Tensor& t, int64_t elems) {
-    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) + elems * 4);
+  auto gradp = [](const Tensor& t, int64_t elems) {  // fp32 or bf16 weight gradients
+    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) +
+                                    elems * static_cast<int64_t>(dtype_size(t.dtype())));
   };
   const int64_t o = row0;
   const void *w1 = w1_.raw_data(), *w2 = w2_.raw_data();
   const void* p[6][3] = {
-      {bf(buf_.xb, o * d_), bf(w1, e * f1_ * d_), bf(buf_.h, o * f1_)},       // h = xb w1^T
-      {bf(buf_.a, o * f_), bf(w2, e * d_ * f_), bf(buf_.out, o * d_)},        // out = a w2^T
-      {bf(buf_.dout, o * d_), bf(w2, e * d_ * f_), bf(buf_.da, o * f_)},      // da = dout w2
-      {bf(buf_.dout, o * d_), bf(buf_.da, o * f_), f32p(dw2_, e * d_ * f_)},  // dw2 = dout^T a
-      {bf(buf_.dh, o * f1_), bf(buf_.xb, o * d_), f32p(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
-      {bf(buf_.dh, o * f1_), bf(w1, e * f1_ * d_), bf(buf_.dout, o * d_)},    // dxb = dh w1
+      {bf(buf_.xb, o * d_), bf(w1, e * f1_ * d_), bf(buf_.h, o * f1_)},        // h = xb w1^T
+      {bf(buf_.a, o * f_), bf(w2, e * d_ * f_), bf(buf_.out, o * d_)},         // out = a w2^T
+      {bf(buf_.dout, o * d_), bf(w2, e * d_ * f_), bf(buf_.da, o * f_)},       // da = dout w2
+      {bf(buf_.dout, o * d_), bf(buf_.da, o * f_), gradp(dw2_, e * d_ * f_)},  // dw2 = dout^T a
+      {bf(buf_.dh, o * f1_), bf(buf_.xb, o * d_), gradp(dw1_, e * f1_ * d_)},  // dw1 = dh^T xb
+      {bf(buf_.dh, o * f1_), bf(w1, e * f1_ * d_), bf(buf_.dout, o * d_)},     // dxb = dh w1
   };
   for (int gi = 0; gi < 6; ++gi)
     for (int op = 0; op < 3; ++op) host_ptrs_[(gi * 3 + op) * E_ + slot] = p[gi][op];
@@ -881,7 +884,7 @@ void MoELayerCuda::grouped_gemm(int gi, const GemmShape& shape, bool c_f32) {
   const void* const* hp = host_ptrs_.data();
   gemm_grouped_bf16(ctx_.cublas(), g, p + (gi * 3 + 0) * E_, p + (gi * 3 + 1) * E_,
                     p + (gi * 3 + 2) * E_, hp + (gi * 3 + 0) * E_, hp + (gi * 3 + 1) * E_,
-                    hp + (gi * 3 + 2) * E_, c_f32, 1.0f, c_f32 ? weight_grad_beta_ : 0.0f);
+                    hp + (gi * 3 + 2) * E_, c_f32, 1.0f, rows_are_k(gi) ? weight_grad_beta_ : 0.0f);
 }
 
 void MoELayerCuda::per_expert_gemm(int gi, const GemmShape& shape, bool c_f32) {
@@ -906,7 +909,7 @@ void MoELayerCuda::per_expert_gemm(int gi, const GemmShape& shape, bool c_f32) {
     (rows_are_k(gi) ? s.k : s.m) = slot_rows_[slot];
     ctx_.varying_gemm().run(varying, s, p[(gi * 3 + 0) * E_ + slot], 0, p[(gi * 3 + 1) * E_ + slot],
                             0, const_cast<void*>(p[(gi * 3 + 2) * E_ + slot]), 0, c_f32, 1, 1.0f,
-                            c_f32 ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes),
+                            rows_are_k(gi) ? weight_grad_beta_ : 0.0f, ctx_.lane(slot % lanes),
                             slot % lanes);
   }
 }
@@ -922,7 +925,7 @@ void MoELayerCuda::strided_gemm(int gi, int experts, const GemmShape& shape, con
                                 int64_t stride_c, bool c_f32) {
   ctx_.varying_gemm().run(rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM, shape, a, stride_a, b,
                           stride_b, c, stride_c, c_f32, experts, 1.0f,
-                          c_f32 ? weight_grad_beta_ : 0.0f, ctx_.stream());
+                          rows_are_k(gi) ? weight_grad_beta_ : 0.0f, ctx_.stream());
 }
 
 MixParams MoELayerCuda::mix_params(int64_t T) const {
@@ -1005,10 +1008,11 @@ void MoELayerCuda::experts_backward(const ExpertRows& r) {
   // Experts without rows get zero weight gradients: the per-expert GEMMs never touch their slices.
   if ((grouped_ || !slot_rows_.empty()) && !accumulate) {
     for (int e : zero_experts_) {
-      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw1_.raw_data()) + e * f1_ * d_, 0,
-                                 f1_ * d_ * 4, stream));
-      CUDA_CHECK(cudaMemsetAsync(static_cast<float*>(dw2_.raw_data()) + e * d_ * f_, 0, d_ * f_ * 4,
-                                 stream));
+      const int64_t es = static_cast<int64_t>(dtype_size(dw1_.dtype()));
+      CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(dw1_.raw_data()) + e * f1_ * d_ * es, 0,
+                                 f1_ * d_ * es, stream));
+      CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(dw2_.raw_data()) + e * d_ * f_ * es, 0,
+                                 d_ * f_ * es, stream));
     }
   }
   // da = dout w2
@@ -1021,9 +1025,10 @@ void MoELayerCuda::experts_backward(const ExpertRows& r) {
     gelu_backward_bf16(r.h, r.da, r.dh, r.da, r.rows, f_, config_.gelu_exact, stream, used_rows());
   }
   // dw2 = dout^T a ; dw1 = dh^T xb ; dxb = dh w1 (written over dout, which is dead now)
-  expert_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, true, E, r.dout, C * d_, r.da,
+  const bool dw_f32 = dw1_.dtype() == DType::kF32;  // bf16 with bf16 model gradients
+  expert_gemm(3, GemmShape{true, false, d_, f_, C, d_, f_, f_}, dw_f32, E, r.dout, C * d_, r.da,
               C * f_, dw2_.raw_data(), d_ * f_);
-  expert_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, true, E, r.dh, C * f1_, r.xb,
+  expert_gemm(4, GemmShape{true, false, f1_, d_, C, f1_, d_, d_}, dw_f32, E, r.dh, C * f1_, r.xb,
               C * d_, dw1_.raw_data(), f1_ * d_);
   expert_gemm(5, GemmShape{false, false, C, d_, f1_, f1_, d_, d_}, false, E, r.dh, C * f1_,
               w1_.raw_data(), f1_ * d_, r.dout, C * d_);

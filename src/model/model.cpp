@@ -18,7 +18,7 @@
 namespace moex::model {
 
 Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
-             const TensorParallel& tp, bool offload)
+             const TensorParallel& tp, bool offload, DType grads_dtype)
     : config_(config),
       device_((ops::use_device(device), device)),
       expert_group_(expert_group),
@@ -56,7 +56,12 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
                                             DType::kF32, device_));
   else
     master_.allocate(DType::kF32, device_);
-  grads_.allocate(DType::kF32, device_);
+  MOEX_CHECK(grads_dtype == DType::kF32 || (grads_dtype == DType::kBF16 && device_.is_cuda() &&
+                                            !offload && !tp_.active() && expert_group == nullptr),
+             "bf16 gradients need a model on one GPU, without offload, tensor or expert "
+             "parallelism (got ",
+             dtype_name(grads_dtype), " on ", device_.str(), ")");
+  grads_.allocate(grads_dtype, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
   bind_all({master_, compute_params(), grads_, &writes_});

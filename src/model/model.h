@@ -67,9 +67,11 @@ class Model {
   // offload (ZeRO-Offload, docs/parallelism.md): on a GPU the fp32 master weights live in pinned
   // host memory (and so do the optimizer's moments, made beside them); the GPU holds the bf16
   // copy the kernels read and the fp32 gradients.
+  // grads_dtype: kF32, or kBF16 on one GPU without offload, tp or an expert group
+  // (optimizer.grads_dtype, docs/gpu-model.md §bf16 gradients).
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
                  dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {},
-                 bool offload = false);
+                 bool offload = false, DType grads_dtype = DType::kF32);
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();

@@ -21,8 +21,8 @@ static_assert(sizeof(AdamWSegment) == sizeof(cuda::AdamWSegment), "segment layou
 AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& device)
     : host_(std::move(segments)) {
   if (device.is_cpu()) return;
-  Tensor bytes = Tensor::empty(
-      Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1}, DType::kU8);
+  Tensor bytes = Tensor::empty(Shape{static_cast<int64_t>(host_.size() * sizeof(AdamWSegment)) + 1},
+                               DType::kU8);
   std::memcpy(bytes.raw_data(), host_.data(), host_.size() * sizeof(AdamWSegment));
   device_ = bytes.to(device);
 }
@@ -30,12 +30,14 @@ AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& d
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& h) {
-  const Device dev = detail::common_device(
-      "adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
+  const Device dev =
+      detail::common_device("adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
-  for (const Tensor* t : {&master, &grad})
-    detail::expect("adamw_step", "weights and gradients", *t, DType::kF32, n);
+  detail::expect("adamw_step", "weights", master, DType::kF32, n);
+  // Gradients fp32, or bf16 on a GPU (optimizer.grads_dtype).
+  const bool bf16_grads = grad.dtype() == DType::kBF16 && dev.is_cuda();
+  detail::expect("adamw_step", "gradients", grad, bf16_grads ? DType::kBF16 : DType::kF32, n);
   // Both moments fp32, or both bf16 (optimizer.moments_dtype).
   const bool bf16_moments = exp_avg.dtype() == DType::kBF16;
   for (const Tensor* t : {&exp_avg, &exp_avg_sq})
@@ -92,8 +94,9 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
     s.step = h.step;
     s.grad_scale = h.grad_scale;
     s.bf16_moments = bf16_moments;
+    s.bf16_grads = bf16_grads;
     cuda::adamw_multi_tensor(
-        master.data<float>(), working_copy.raw_data(), grad.data<float>(), exp_avg.raw_data(),
+        master.data<float>(), working_copy.raw_data(), grad.raw_data(), exp_avg.raw_data(),
         exp_avg_sq.raw_data(),
         static_cast<const cuda::AdamWSegment*>(segments.device_table().raw_data()),
         static_cast<int>(segments.host().size()), s, detail::stream(dev));
@@ -101,7 +104,8 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
 }
 
 double sum_of_squares(const Tensor& grad) {
-  detail::expect("sum_of_squares", "grad", grad, DType::kF32, grad.numel());
+  const bool bf16 = grad.dtype() == DType::kBF16 && grad.device().is_cuda();
+  detail::expect("sum_of_squares", "grad", grad, bf16 ? DType::kBF16 : DType::kF32, grad.numel());
   const ProfileScope profile("grad_norm", grad.device());
   if (grad.device().is_cpu()) return cpu::sum_of_squares(grad.data<float>(), grad.numel());
   double result = 0;
@@ -111,7 +115,7 @@ double sum_of_squares(const Tensor& grad) {
     Tensor ws = Tensor::empty(
         Shape{static_cast<int64_t>(cuda::sum_of_squares_workspace_bytes(n)) + 1}, DType::kU8, dev);
     Tensor out = Tensor::empty(Shape{1}, DType::kF64, dev);
-    cuda::sum_of_squares(grad.data<float>(), n, out.data<double>(), ws.raw_data(),
+    cuda::sum_of_squares(grad.raw_data(), bf16, n, out.data<double>(), ws.raw_data(),
                          detail::stream(dev));
     result = out.to(Device::cpu()).data<double>()[0];
   });

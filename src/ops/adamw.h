@@ -1,6 +1,7 @@
 // AdamW over a model's flat buffers (torch.optim.AdamW semantics, cpu/adamw.h), all tensors in
 // one pass, and the global gradient norm. The fp32 master weights, gradients and both moments
-// (fp32 or bf16) share the parameter buffer's layout; on the GPU a bf16 working copy is rewritten in the same pass.
+// (fp32 or bf16) share the parameter buffer's layout; on the GPU a bf16 working copy is rewritten
+// in the same pass.
 #pragma once
 
 #include <vector>
@@ -34,7 +35,8 @@ class AdamWSegments {
   Tensor device_;
 };
 
-// master, grad: f32 [total] on one device; exp_avg, exp_avg_sq: both f32, or both bf16 (read as
+// master: f32 [total]; grad: f32 [total], or bf16 on CUDA (optimizer.grads_dtype), on the same
+// device; exp_avg, exp_avg_sq: both f32, or both bf16 (read as
 // fp32, stored with stochastic rounding: core/stochastic_round.h); working_copy: bf16 [total] on
 // CUDA; on the CPU, where the master is the weight the model computes with, undefined, or the host
 // buffer ZeRO-Offload uploads into a GPU model's bf16 copy (written in the same pass).
@@ -42,7 +44,8 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& hyper);
 
-// sum(grad^2) in a fixed order (the same bits for any thread count), returned to the host.
+// sum(grad^2) in a fixed order (the same bits for any thread count), returned to the host; grad
+// f32, or bf16 on CUDA.
 double sum_of_squares(const Tensor& grad);
 
 }  // namespace moex::ops

@@ -31,14 +31,20 @@ void add(const Tensor& a, const Tensor& b, const Tensor& y) {
     for (int64_t i = 0; i < n; ++i) yp[i] = ap[i] + bp[i];
     return;
   }
-  MOEX_CUDA_TWIN("add", cuda::add_bf16(a.raw_data(), b.raw_data(), y.raw_data(), n,
-                                       detail::stream(dev)));
+  MOEX_CUDA_TWIN("add",
+                 cuda::add_bf16(a.raw_data(), b.raw_data(), y.raw_data(), n, detail::stream(dev)));
 }
 
 void add_into(const Tensor& x, const Tensor& y) {
   const Device dev = detail::common_device("add_into", {&x, &y});
   const ProfileScope profile("add_into", dev);
   const int64_t n = y.numel();
+  if (x.dtype() == DType::kF32 && y.dtype() == DType::kBF16) {  // into a bf16 gradient
+    const Tensor xb = Tensor::empty(x.shape(), DType::kBF16, dev);
+    copy(x, xb);
+    add(xb.view(y.shape()), y, y);
+    return;
+  }
   detail::expect("add_into", "x", x, y.dtype(), n);
   if (y.dtype() != DType::kF32) {
     add(x, y, y);
@@ -51,13 +57,15 @@ void add_into(const Tensor& x, const Tensor& y) {
     for (int64_t i = 0; i < n; ++i) yp[i] += xp[i];
     return;
   }
-  MOEX_CUDA_TWIN("add_into", cuda::add_f32(x.data<float>(), y.data<float>(), n,
-                                           detail::stream(dev)));
+  MOEX_CUDA_TWIN("add_into",
+                 cuda::add_f32(x.data<float>(), y.data<float>(), n, detail::stream(dev)));
 }
 
 namespace {
 
-bool is_float(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+bool is_float(DType t) {
+  return t == DType::kF32 || t == DType::kBF16;
+}
 
 // Host-side cast between f32 and bf16 (same count).
 void cast_on_host(const Tensor& src, const Tensor& dst) {
@@ -78,13 +86,14 @@ void cast_on_host(const Tensor& src, const Tensor& dst) {
 }  // namespace
 
 void copy(const Tensor& src, const Tensor& dst) {
-  MOEX_CHECK(src.defined() && dst.defined() && src.numel() == dst.numel(), "copy: ",
-             src.shape().str(), " into ", dst.shape().str());
+  MOEX_CHECK(src.defined() && dst.defined() && src.numel() == dst.numel(),
+             "copy: ", src.shape().str(), " into ", dst.shape().str());
   const Device sd = src.device(), dd = dst.device();
   const ProfileScope profile("copy", dd.is_cuda() ? dd : sd);
   if (src.dtype() == dst.dtype()) {
     if (sd.is_cpu() && dd.is_cpu()) {
-      if (src.raw_data() != dst.raw_data()) std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
+      if (src.raw_data() != dst.raw_data())
+        std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
       return;
     }
     MOEX_CUDA_TWIN("copy", {
@@ -132,8 +141,8 @@ void zero(const Tensor& t) {
     std::memset(t.raw_data(), 0, t.nbytes());
     return;
   }
-  MOEX_CUDA_TWIN("zero", CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(),
-                                                    detail::stream(t.device()))));
+  MOEX_CUDA_TWIN(
+      "zero", CUDA_CHECK(cudaMemsetAsync(t.raw_data(), 0, t.nbytes(), detail::stream(t.device()))));
 }
 
 void copy_columns(const Tensor& src, int64_t src_col, const Tensor& dst, int64_t dst_col,

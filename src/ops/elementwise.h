@@ -8,7 +8,8 @@ namespace moex::ops {
 
 // y = a + b (compute dtype, same element count); y may alias a or b.
 void add(const Tensor& a, const Tensor& b, const Tensor& y);
-// y += x; f32 + f32 (gradients) or compute dtype.
+// y += x; f32 + f32 (gradients), compute dtype, or f32 into bf16 (x rounded to bf16 first; bf16
+// gradients, docs/gpu-model.md §bf16 gradients).
 void add_into(const Tensor& x, const Tensor& y);
 // dst = src element by element: same count; f32/bf16 in any pair; any devices (a copy to the host
 // waits for the device).

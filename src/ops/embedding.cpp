@@ -5,6 +5,7 @@
 #include "cpu/embedding.h"
 #include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
+#include "ops/grad_output.h"
 #include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
@@ -90,19 +91,19 @@ void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dtabl
   MOEX_CHECK(dtable.ndim() == 2, "embedding_backward: dtable must be [V, d]");
   const int64_t vocab = dtable.dim(0), d = dtable.dim(1), n = ids.numel();
   detail::expect("embedding_backward", "dy", dy, detail::compute_dtype(dev), n * d);
-  detail::expect("embedding_backward", "dtable", dtable, DType::kF32, vocab * d);
+  const detail::GradOutput dt("embedding_backward", "dtable", dtable, vocab * d);
   const Tensor dev_ids = checked_ids("embedding_backward", ids, vocab, dev);
   if (dev.is_cpu()) {
-    cpu::embedding_backward<float>(ids.data<int32_t>(), dy.data<float>(), n, vocab, d,
-                                   dtable.data<float>());
+    cpu::embedding_backward<float>(ids.data<int32_t>(), dy.data<float>(), n, vocab, d, dt.data());
     return;
   }
   MOEX_CUDA_TWIN("embedding_backward", {
     Tensor ws = Tensor::empty(
         Shape{static_cast<int64_t>(cuda::embedding_backward_workspace_bytes(n, vocab)) + 1},
         DType::kU8, dev);
-    cuda::embedding_backward_bf16(dev_ids.data<int32_t>(), dy.raw_data(), n, vocab, d,
-                                  dtable.data<float>(), ws.raw_data(), detail::stream(dev));
+    cuda::embedding_backward_bf16(dev_ids.data<int32_t>(), dy.raw_data(), n, vocab, d, dt.data(),
+                                  ws.raw_data(), detail::stream(dev));
+    dt.finish();
   });
 }
 

@@ -3,6 +3,7 @@
 #include "cpu/gemm.h"
 #include "cpu/parallel.h"
 #include "ops/device_dispatch.h"
+#include "ops/grad_output.h"
 #include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
@@ -71,9 +72,11 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
   expect("linear_backward", "dy", dy, dt, n * out);
   if (dw.defined() || x.defined()) expect("linear_backward", "x", x, dt, n * in);
   expect("linear_backward", "w", w, dt, out * in);
-  if (dw.defined()) expect("linear_backward", "dw", dw, DType::kF32, out * in);
+  // dw f32, or bf16 on CUDA (optimizer.grads_dtype): the GEMM writes either.
+  const bool dw_f32 = !(dw.defined() && dw.dtype() == DType::kBF16 && dev.is_cuda());
+  if (dw.defined()) expect("linear_backward", "dw", dw, dw_f32 ? DType::kF32 : dt, out * in);
   if (dx.defined()) expect("linear_backward", "dx", dx, dt, n * in);
-  if (db.defined()) expect("linear_backward", "db", db, DType::kF32, out);
+  const detail::GradOutput dbias("linear_backward", "db", db, out);
   if (dev.is_cpu()) {
     const float* dyp = dy.data<float>();
     if (dx.defined())
@@ -83,7 +86,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
       cpu::gemm<float>(true, false, out, in, n, 1.0f, dyp, x.data<float>(),
                        accumulate_dw ? 1.0f : 0.0f, dw.data<float>());
     if (!db.defined()) return;
-    float* dbp = db.data<float>();
+    float* dbp = dbias.data();
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < out; ++j) dbp[j] += dyp[i * out + j];
     return;
@@ -97,14 +100,15 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
     }
     if (dw.defined()) {
       cuda::GemmShape s{true, false, out, in, n, out, in, in};
-      cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, true, 1,
-                      1.0f, accumulate_dw ? 1.0f : 0.0f);
+      cuda::gemm_bf16(ctx.cublas(), s, dy.raw_data(), 0, x.raw_data(), 0, dw.raw_data(), 0, dw_f32,
+                      1, 1.0f, accumulate_dw ? 1.0f : 0.0f);
     }
     if (db.defined()) {
       Tensor ws =
           Tensor::empty(Shape{static_cast<int64_t>(cuda::column_sum_workspace_bytes(n, out)) + 1},
                         DType::kU8, dev);
-      cuda::column_sum_bf16(dy.raw_data(), n, out, db.data<float>(), ws.raw_data(), ctx.stream());
+      cuda::column_sum_bf16(dy.raw_data(), n, out, dbias.data(), ws.raw_data(), ctx.stream());
+      dbias.finish();
     }
   });
 }

@@ -19,8 +19,8 @@ void linear_backward(const Tensor& dy,  // [N, out]
                      const Tensor& w,   // [out, in]
                      const Tensor& dx,  // [N, in] or undefined
                      bool accumulate_dx,
-                     const Tensor& dw,  // [out, in] f32 or undefined
+                     const Tensor& dw,  // [out, in] f32 (or bf16 on CUDA) or undefined
                      bool accumulate_dw,
-                     const Tensor& db);  // [out] f32 or undefined, accumulated
+                     const Tensor& db);  // [out] f32 (or bf16 on CUDA) or undefined, accumulated
 
 }  // namespace moex::ops

@@ -3,6 +3,7 @@
 #include "cpu/norm.h"
 #include "ops/device_dispatch.h"
 #include "ops/elementwise.h"
+#include "ops/grad_output.h"
 #include "ops/profile.h"
 
 #if MOEX_WITH_CUDA
@@ -18,8 +19,7 @@ namespace {
 // The forward's operands: x and y [rows, dim], weight (and bias) [dim] in the compute dtype, the
 // fp32 statistics [rows]. Returns rows.
 int64_t check_forward(const char* op, bool rms, DType dt, const Tensor& x, const Tensor& weight,
-                      const Tensor& bias, const Tensor& y, const Tensor& mean,
-                      const Tensor& rstd) {
+                      const Tensor& bias, const Tensor& y, const Tensor& mean, const Tensor& rstd) {
   const int64_t dim = weight.numel(), rows = x.numel() / dim;
   expect(op, "x", x, dt, rows * dim);
   expect(op, "weight", weight, dt, dim);
@@ -55,10 +55,9 @@ void norm(bool rms, const Tensor& x, const Tensor& weight, const Tensor& bias, f
       cuda::rmsnorm_forward_bf16(x.raw_data(), weight.raw_data(), rows, dim, eps, y.raw_data(),
                                  rstd.data<float>(), detail::stream(dev));
     else
-      cuda::layernorm_forward_bf16(x.raw_data(), weight.raw_data(),
-                                   bias.defined() ? bias.raw_data() : nullptr, rows, dim, eps,
-                                   y.raw_data(), mean.data<float>(), rstd.data<float>(),
-                                   detail::stream(dev));
+      cuda::layernorm_forward_bf16(
+          x.raw_data(), weight.raw_data(), bias.defined() ? bias.raw_data() : nullptr, rows, dim,
+          eps, y.raw_data(), mean.data<float>(), rstd.data<float>(), detail::stream(dev));
   });
 }
 
@@ -86,8 +85,8 @@ void add_norm(bool rms, const Tensor& x, const Tensor& res, const Tensor& weight
 }
 
 void norm_backward(bool rms, const Tensor& dy, const Tensor& x, const Tensor& weight,
-                   const Tensor& mean, const Tensor& rstd, const Tensor& dx,
-                   const Tensor& dweight, const Tensor& dbias) {
+                   const Tensor& mean, const Tensor& rstd, const Tensor& dx, const Tensor& dweight,
+                   const Tensor& dbias) {
   const char* op = rms ? "rms_norm_backward" : "layer_norm_backward";
   const Device dev =
       detail::common_device(op, {&dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias});
@@ -98,35 +97,33 @@ void norm_backward(bool rms, const Tensor& dy, const Tensor& x, const Tensor& we
   expect(op, "x", x, dt, rows * dim);
   expect(op, "dx", dx, dt, rows * dim);
   expect(op, "rstd", rstd, DType::kF32, rows);
-  expect(op, "dweight", dweight, DType::kF32, dim);
+  MOEX_CHECK(dweight.defined(), op, ": dweight is undefined");
+  const detail::GradOutput dw(op, "dweight", dweight, dim), db(op, "dbias", dbias, dim);
   if (!rms) expect(op, "mean", mean, DType::kF32, rows);
-  if (dbias.defined()) expect(op, "dbias", dbias, DType::kF32, dim);
   if (dev.is_cpu()) {
     if (rms)
       cpu::rmsnorm_backward<float>(dy.data<float>(), x.data<float>(), weight.data<float>(),
-                                   rstd.data<float>(), rows, dim, dx.data<float>(),
-                                   dweight.data<float>());
+                                   rstd.data<float>(), rows, dim, dx.data<float>(), dw.data());
     else
       cpu::layernorm_backward<float>(dy.data<float>(), x.data<float>(), weight.data<float>(),
                                      mean.data<float>(), rstd.data<float>(), rows, dim,
-                                     dx.data<float>(), dweight.data<float>(),
-                                     dbias.defined() ? dbias.data<float>() : nullptr);
+                                     dx.data<float>(), dw.data(), db.data());
     return;
   }
   MOEX_CUDA_TWIN(op, {
     Tensor ws = Tensor::empty(
-        Shape{static_cast<int64_t>(cuda::norm_backward_workspace_bytes(rows, dim)) + 1},
-        DType::kU8, dev);
+        Shape{static_cast<int64_t>(cuda::norm_backward_workspace_bytes(rows, dim)) + 1}, DType::kU8,
+        dev);
     if (rms)
       cuda::rmsnorm_backward_bf16(dy.raw_data(), x.raw_data(), weight.raw_data(),
-                                  rstd.data<float>(), rows, dim, dx.raw_data(),
-                                  dweight.data<float>(), ws.raw_data(), detail::stream(dev));
+                                  rstd.data<float>(), rows, dim, dx.raw_data(), dw.data(),
+                                  ws.raw_data(), detail::stream(dev));
     else
-      cuda::layernorm_backward_bf16(dy.raw_data(), x.raw_data(), weight.raw_data(),
-                                    mean.data<float>(), rstd.data<float>(), rows, dim,
-                                    dx.raw_data(), dweight.data<float>(),
-                                    dbias.defined() ? dbias.data<float>() : nullptr,
-                                    ws.raw_data(), detail::stream(dev));
+      cuda::layernorm_backward_bf16(
+          dy.raw_data(), x.raw_data(), weight.raw_data(), mean.data<float>(), rstd.data<float>(),
+          rows, dim, dx.raw_data(), dw.data(), db.data(), ws.raw_data(), detail::stream(dev));
+    dw.finish();
+    db.finish();
   });
 }
 

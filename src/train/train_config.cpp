@@ -52,17 +52,17 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
 
 }  // namespace
 
-const std::vector<std::string>& OptimizerConfig::moments_dtype_names() {
+const std::vector<std::string>& OptimizerConfig::precision_names() {
   static const std::vector<std::string> names = {"fp32", "bf16"};
   return names;
 }
 
-DType OptimizerConfig::moments_dtype_of(const std::string& name) {
-  MOEX_CHECK(name == "fp32" || name == "bf16", "moments dtype '", name, "' is not fp32 or bf16");
+DType OptimizerConfig::precision_of(const std::string& name) {
+  MOEX_CHECK(name == "fp32" || name == "bf16", "dtype '", name, "' is not fp32 or bf16");
   return name == "bf16" ? DType::kBF16 : DType::kF32;
 }
 
-const char* OptimizerConfig::moments_dtype_name(DType dtype) {
+const char* OptimizerConfig::precision_name(DType dtype) {
   return dtype == DType::kBF16 ? "bf16" : "fp32";
 }
 
@@ -112,8 +112,10 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   c.optimizer.weight_decay = opt.get_double("weight_decay", 0.1);
   c.optimizer.grad_clip = opt.get_double("grad_clip", 1.0);
   c.optimizer.bias_update_rate = opt.get_double("bias_update_rate", 0.0);
-  c.optimizer.moments_dtype = OptimizerConfig::moments_dtype_of(
-      opt.get_choice("moments_dtype", OptimizerConfig::moments_dtype_names(), "fp32"));
+  c.optimizer.moments_dtype = OptimizerConfig::precision_of(
+      opt.get_choice("moments_dtype", OptimizerConfig::precision_names(), "fp32"));
+  c.optimizer.grads_dtype = OptimizerConfig::precision_of(
+      opt.get_choice("grads_dtype", OptimizerConfig::precision_names(), "fp32"));
   if (c.optimizer.lr <= 0) opt.fail("lr", "must be > 0");
   if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
   if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");

@@ -32,10 +32,14 @@ struct OptimizerConfig {
   // stored with stochastic rounding, docs/architecture.md §Numerics). Checkpoints hold fp32 either
   // way.
   DType moments_dtype = DType::kF32;
-  // moments_dtype's names in configs and on the command line, in DType order: "fp32", "bf16".
-  static const std::vector<std::string>& moments_dtype_names();
-  static DType moments_dtype_of(const std::string& name);  // one of moments_dtype_names()
-  static const char* moments_dtype_name(DType dtype);
+  // How a GPU model stores its gradients: kF32, or kBF16 (half the bytes; each write rounds, so
+  // micro-batches add in bf16; one GPU only; docs/gpu-model.md §bf16 gradients).
+  DType grads_dtype = DType::kF32;
+  // moments_dtype's and grads_dtype's names in configs and on the command line, in DType order:
+  // "fp32", "bf16".
+  static const std::vector<std::string>& precision_names();
+  static DType precision_of(const std::string& name);  // one of precision_names()
+  static const char* precision_name(DType dtype);
   // Auxiliary-loss-free balancing (train/load_balance.h): the selection bias's step per optimizer
   // step; 0 = off. Needs model.moe.selection_bias.
   double bias_update_rate = 0.0;

@@ -158,6 +158,43 @@ TEST_F(GpuModel, HfFixtureLogitsMatchTheCpu) {
 // flip) must agree per tensor within bf16 accumulation error; in the MoE model a few tokens may
 // take another expert under bf16 inputs, which moves the gradients of that layer's experts, so
 // its bound is looser, and the whole gradient must still agree within 5%.
+// The losses of 50 AdamW steps (lr 3e-3, beta2 0.95, weight decay 0.1, clipping at 1) on counting
+// batches of 8 x 64 tokens, from init_weights(7).
+std::vector<double> fifty_step_losses(model::Model& m) {
+  train::OptimizerConfig oc;
+  oc.lr = 3e-3;
+  oc.beta2 = 0.95;
+  oc.weight_decay = 0.1;
+  oc.grad_clip = 1.0;
+  m.init_weights(7);
+  train::AdamW adam(m.params(), oc);
+  std::vector<double> curve;
+  for (int step = 0; step < 50; ++step) {
+    std::vector<int32_t> ids, targets;
+    counting_batch(8, 64, m.config().vocab_size, 100 + step, &ids, &targets);
+    m.zero_grad();
+    model::ForwardOptions opt;
+    opt.training = true;
+    opt.for_backward = true;
+    opt.step = step;
+    curve.push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
+    m.backward();
+    adam.step(m, oc.lr, step + 1);
+  }
+  return curve;
+}
+
+// The largest relative step-by-step difference of two loss curves (printed with their ends).
+double worst_curve_gap(const std::vector<double>& ref, const std::vector<double>& other,
+                       const char* ref_name, const char* other_name) {
+  double worst = 0;
+  for (size_t s = 0; s < ref.size(); ++s)
+    worst = std::max(worst, std::fabs(other[s] - ref[s]) / ref[s]);
+  std::printf("[ info ] loss %s %.4f -> %.4f, %s %.4f -> %.4f, worst step diff %.3g\n", ref_name,
+              ref.front(), ref.back(), other_name, other.front(), other.back(), worst);
+  return worst;
+}
+
 void check_one_step_gradients(const std::string& config_text, double per_tensor, double total) {
   const ModelConfig config =
       ModelConfig::from_json(JsonReader::from_string(config_text, "gradient_config"));
@@ -228,6 +265,53 @@ TEST_F(GpuModel, GradientsAccumulateOverMicroBatches) {
   }
 }
 
+// optimizer.grads_dtype "bf16" (docs/gpu-model.md §bf16 gradients): the same kernels write their
+// gradients rounded to bf16 (the dW GEMMs' outputs, the experts' too) or add fp32 partial sums
+// into them (norm weights, the embedding). One micro-batch gives the fp32 model's gradients to
+// about one bf16 rounding in every tensor, a second one adds in bf16, and 50 steps of training
+// follow the fp32-gradient run's losses.
+TEST_F(GpuModel, Bf16GradientsAreTheFp32GradientsRounded) {
+  const ModelConfig config = small_config();
+  model::Model m32(config, Device::cuda());
+  model::Model m16(config, Device::cuda(), nullptr, {}, false, DType::kBF16);
+  m32.init_weights(13);
+  m16.init_weights(13);
+  ASSERT_EQ(m16.grads().flat().dtype(), DType::kBF16);
+  std::vector<int32_t> ids, targets;
+  counting_batch(4, 32, config.vocab_size, 4, &ids, &targets);
+  model::ForwardOptions opt;
+  opt.for_backward = true;  // eval-mode routing: the same experts in both models
+  std::vector<float> g32[2], g16[2];
+  for (int micro = 0; micro < 2; ++micro) {
+    for (model::Model* m : {&m32, &m16}) {
+      if (micro == 0) m->zero_grad();
+      m->forward(ids.data(), targets.data(), 4, 32, opt);
+      m->backward();
+    }
+    g32[micro] = widened(m32.grads().flat());
+    g16[micro] = widened(m16.grads().flat());
+    for (int i = 0; i < m16.grads().size(); ++i) {
+      const std::vector<float> a = widened(m16.grads().tensor(i));
+      const std::vector<float> b = widened(m32.grads().tensor(i));
+      double norm = 0;
+      for (float v : a) norm += double(v) * v;
+      EXPECT_GT(norm, 0.0) << m16.grads().name(i) << " got no gradient";
+      EXPECT_LT(rel_l2(a, b), 1e-2) << m16.grads().name(i) << " micro-batch " << micro;
+    }
+    const double all = rel_l2(g16[micro], g32[micro]);
+    std::printf("[ info ] bf16 gradients after %d micro-batch(es): rel L2 %.3g\n", micro + 1, all);
+    EXPECT_LT(all, 5e-3);
+  }
+
+  model::Model f32_run(config, Device::cuda());
+  model::Model bf16_run(config, Device::cuda(), nullptr, {}, false, DType::kBF16);
+  const std::vector<double> f32_curve = fifty_step_losses(f32_run);
+  const std::vector<double> bf16_curve = fifty_step_losses(bf16_run);
+  // As TrainingFollowsTheCpuLossCurve: rounding differences drift the runs apart slowly.
+  EXPECT_LT(worst_curve_gap(f32_curve, bf16_curve, "fp32 gradients", "bf16"), 5e-2);
+  EXPECT_LT(bf16_curve.back(), 0.6 * bf16_curve.front());
+}
+
 // A checkpointed training step (block inputs kept, blocks recomputed in backward) against the plain
 // one on the GPU: training mode, so the router's jitter noise must be redrawn identically, and the
 // recomputed routing must repeat the first pass's without being stored (docs/gpu-model.md
@@ -260,40 +344,14 @@ TEST_F(GpuModel, ActivationCheckpointingGivesTheSameStep) {
 }
 
 TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
-  const ModelConfig config = small_config();
-  train::OptimizerConfig oc;
-  oc.lr = 3e-3;
-  oc.beta2 = 0.95;
-  oc.weight_decay = 0.1;
-  oc.grad_clip = 1.0;
-  std::vector<double> curve[2];
-  for (int dev = 0; dev < 2; ++dev) {
-    model::Model m(config, dev == 0 ? Device::cpu() : Device::cuda());
-    m.init_weights(7);
-    train::AdamW adam(m.params(), oc);
-    for (int step = 0; step < 50; ++step) {
-      std::vector<int32_t> ids, targets;
-      counting_batch(8, 64, config.vocab_size, 100 + step, &ids, &targets);
-      m.zero_grad();
-      model::ForwardOptions opt;
-      opt.training = true;
-      opt.for_backward = true;
-      opt.step = step;
-      curve[dev].push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
-      m.backward();
-      adam.step(m, oc.lr, step + 1);
-    }
-  }
+  model::Model cpu(small_config(), Device::cpu()), gpu(small_config(), Device::cuda());
+  const std::vector<double> cpu_curve = fifty_step_losses(cpu);
+  const std::vector<double> gpu_curve = fifty_step_losses(gpu);
   // bf16 activations and weight copies change each step's numbers by ~1%, and routing decisions
   // near a tie flip, so the curves drift apart slowly; they must stay within 5% at every step,
   // and the GPU run must learn (the loss falls by more than 40%; the CPU's falls by 48%).
-  double worst = 0;
-  for (int s = 0; s < 50; ++s)
-    worst = std::max(worst, std::fabs(curve[1][s] - curve[0][s]) / curve[0][s]);
-  std::printf("[ info ] loss CPU %.4f -> %.4f, GPU %.4f -> %.4f, worst step diff %.3g\n",
-              curve[0][0], curve[0][49], curve[1][0], curve[1][49], worst);
-  EXPECT_LT(worst, 5e-2);
-  EXPECT_LT(curve[1][49], 0.6 * curve[1][0]);
+  EXPECT_LT(worst_curve_gap(cpu_curve, gpu_curve, "CPU", "GPU"), 5e-2);
+  EXPECT_LT(gpu_curve.back(), 0.6 * gpu_curve.front());
 }
 
 // ZeRO-Offload: master weights and Adam moments in pinned host memory, the CPU Adam tile by
@@ -321,8 +379,8 @@ TEST_F(GpuModel, OffloadStepsLikeTheGpuOptimizer) {
     gpu.init_weights(7);
     offloaded.init_weights(7);
     train::AdamW adam_gpu(gpu.params(), oc), adam_offload(offloaded.params(), oc);
-    EXPECT_EQ(adam_gpu.state_bytes(), gpu.params().flat().numel() * 2 *
-                                          static_cast<int64_t>(dtype_size(moments)));
+    EXPECT_EQ(adam_gpu.state_bytes(),
+              gpu.params().flat().numel() * 2 * static_cast<int64_t>(dtype_size(moments)));
     std::vector<double> losses;
     for (int step = 0; step < 10; ++step) {
       std::vector<int32_t> ids, targets;

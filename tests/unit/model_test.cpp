@@ -256,6 +256,17 @@ TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
   }
 }
 
+// bf16 gradients (optimizer.grads_dtype) are built for one GPU: a CPU model refuses them by name.
+// The GPU side: tests/gpu/model_cuda_test.cpp Bf16GradientsAreTheFp32GradientsRounded.
+TEST(Model, Bf16GradientsAreRefusedOnTheCpu) {
+  try {
+    Model cpu(tiny_config(""), Device::cpu(), nullptr, {}, false, DType::kBF16);
+    ADD_FAILURE() << "bf16 gradients on the CPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 gradients"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Model, KVCacheDecodeMatchesFullForward) {
   for (bool learned : {false, true}) {
     const ModelConfig config = tiny_config(R"(, "capacity_factor": 4.0)", learned);

@@ -9,9 +9,8 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
-#include <thread>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "core/rng.h"
 #include "data/indexed_dataset.h"
@@ -118,8 +117,8 @@ TEST(Training, Bf16MomentsFollowTheFp32RunAndResumeExactly) {
 // The fixture's model, freshly initialised, with its optimizer, saved at `step` to corpus/run/ckpt.
 struct SavedModel {
   SavedModel(const fs::path& corpus, int64_t step)
-      : config(TrainConfig::from_file(
-            write_config(corpus, (corpus / "run").string(), "").string())),
+      : config(
+            TrainConfig::from_file(write_config(corpus, (corpus / "run").string(), "").string())),
         model(config.model),
         optimizer(model.params(), config.optimizer),
         dir((corpus / "run" / "ckpt").string()) {
@@ -192,8 +191,9 @@ TEST(Training, ResumeNamesTheModelFieldsThatChanged) {
   changed["rope_theta"] = 500.0;
   changed["moe"].erase("jitter_eps");
   const std::vector<std::string> changes = model_config_changes(dir, changed.dump());
-  EXPECT_EQ(changes, (std::vector<std::string>{"moe.jitter_eps: 0.01 -> (absent)",
-                                               "moe.top_k: 2 -> 1", "rope_theta: (absent) -> 500.0"}));
+  EXPECT_EQ(changes,
+            (std::vector<std::string>{"moe.jitter_eps: 0.01 -> (absent)", "moe.top_k: 2 -> 1",
+                                      "rope_theta: (absent) -> 500.0"}));
   EXPECT_TRUE(model_config_changes((corpus / "nothing_here").string(), config.model_json).empty());
   fs::remove_all(corpus);
 }
@@ -232,9 +232,9 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
   } catch (const Error& e) {
     message = e.what();
   }
-  EXPECT_NE(message.find("corpus.json: tokenizer: " + (corpus / "tok.model").string() +
-                         " is not a file"),
-            std::string::npos)
+  EXPECT_NE(
+      message.find("corpus.json: tokenizer: " + (corpus / "tok.model").string() + " is not a file"),
+      std::string::npos)
       << message;
   EXPECT_FALSE(fs::exists(out + "/metrics.jsonl"));
   fs::remove_all(corpus);
@@ -283,15 +283,29 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
   EXPECT_NE(error_of(R"(, "steps": 0)").find("training.steps must be >= 1"), std::string::npos);
   EXPECT_NE(error_of(R"(, "grad_accum": "two")").find("training.grad_accum must be an integer"),
             std::string::npos);
-  try {
-    TrainConfig::from_file(
-        write_config(corpus, "x", "", nullptr, "", R"(, "optimizer": {"moments_dtype": "fp16"})")
-            .string());
-    ADD_FAILURE() << "moments_dtype fp16 was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer.moments_dtype"), std::string::npos)
-        << e.what();
+  // An optimizer section's error, naming the field.
+  for (const char* field : {"moments_dtype", "grads_dtype"}) {
+    const std::string section = std::string(R"(, "optimizer": {")") + field + R"(": "fp16"})";
+    try {
+      TrainConfig::from_file(write_config(corpus, "x", "", nullptr, "", section).string());
+      ADD_FAILURE() << field << " fp16 was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("optimizer.") + field), std::string::npos)
+          << e.what();
+    }
   }
+  // bf16 gradients: parsed, then refused by name on the CPU before anything is read or written.
+  const fs::path bf16_grads = write_config(corpus, (corpus / "bf16_grads").string(), "", nullptr,
+                                           "", R"(, "optimizer": {"grads_dtype": "bf16"})");
+  const TrainConfig parsed = TrainConfig::from_file(bf16_grads.string());
+  EXPECT_EQ(parsed.optimizer.grads_dtype, DType::kBF16);
+  try {
+    run_training(parsed, "");
+    ADD_FAILURE() << "bf16 gradients ran on the CPU";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer.grads_dtype"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(corpus / "bf16_grads"));
   fs::remove_all(corpus);
 }
 

@@ -40,17 +40,19 @@ nlohmann::json profile_budget(double steps) {
 
 std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
                                  int warmup, int iters, bool offload,
-                                 const std::string& moments_dtype) {
+                                 const std::string& moments_dtype, const std::string& grads_dtype) {
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   train::TrainConfig c = train::TrainConfig::from_file(config_path);
   if (!moments_dtype.empty())
-    c.optimizer.moments_dtype = train::OptimizerConfig::moments_dtype_of(moments_dtype);
+    c.optimizer.moments_dtype = train::OptimizerConfig::precision_of(moments_dtype);
+  if (!grads_dtype.empty())
+    c.optimizer.grads_dtype = train::OptimizerConfig::precision_of(grads_dtype);
   const Device device =
       device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
   offload = offload || c.parallel.offload;
   MOEX_CHECK(!offload || device.is_cuda(), "--offload needs --device cuda");
-  model::Model m(c.model, device, nullptr, {}, offload);
+  model::Model m(c.model, device, nullptr, {}, offload, c.optimizer.grads_dtype);
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
   const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
@@ -59,7 +61,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   std::vector<double> times;
   // Two more steps after the timed ones give the per-op time budget (ops/profile.h).
   const int profiled = 2;
-  uint64_t generation0 = 0, generation1 = 0;  // buffer_generation() around the timed steps
+  uint64_t generation0 = 0, generation1 = 0;      // buffer_generation() around the timed steps
   train::AdamW::OffloadTimes offload0, offload1;  // the same for the offload step's phases
   for (int i = 0; i < warmup + iters + profiled; ++i) {
     if (i == warmup) {
@@ -110,7 +112,8 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"config", config_path},
       {"device", device.str()},
       {"offload", offload},
-      {"moments_dtype", train::OptimizerConfig::moments_dtype_name(c.optimizer.moments_dtype)},
+      {"moments_dtype", train::OptimizerConfig::precision_name(c.optimizer.moments_dtype)},
+      {"grads_dtype", train::OptimizerConfig::precision_name(c.optimizer.grads_dtype)},
       {"parameters", mc.num_parameters()},
       {"tokens", batch * seq},
       {"step_ms", median},

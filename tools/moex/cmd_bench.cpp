@@ -28,7 +28,8 @@ void print_help() {
       "                            [--iters N] [--warmup N] [--json] [--ep N] [--recompute]\n"
       "                            [--cac]\n"
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
-      "                             [--offload] [--moments-dtype fp32|bf16]\n"
+      "                             [--offload] [--moments-dtype fp32|bf16] [--grads-dtype "
+      "fp32|bf16]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
@@ -64,7 +65,9 @@ void print_help() {
       "  --tokens    decode: new tokens to generate, >= 1 (default 64)\n"
       "  --prompt    decode: prompt tokens of each sequence, prefilled in one step (default 16)\n"
       "  --moments-dtype  train-step: fp32 or bf16 Adam moments (overrides "
-      "optimizer.moments_dtype)\n");
+      "optimizer.moments_dtype)\n"
+      "  --grads-dtype    train-step: fp32 or bf16 gradients on one GPU (overrides "
+      "optimizer.grads_dtype)\n");
 }
 
 // --batch of the decode benchmark: "B" or "B1,B2,..." (each >= 1).
@@ -152,10 +155,11 @@ int run_moe_layer(const Args& args) {
 }
 
 int run_bench(const std::vector<std::string>& argv) {
-  const Args args(argv,
-                  {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep",
-                   "prompt", "temperature", "top-k", "top-p", "seed", "moments-dtype"},
-                  {"json", "help", "recompute", "cac", "offload"});
+  const Args args(
+      argv,
+      {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep", "prompt",
+       "temperature", "top-k", "top-p", "seed", "moments-dtype", "grads-dtype"},
+      {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
     return args.flag("help") ? 0 : 2;
@@ -168,18 +172,23 @@ int run_bench(const std::vector<std::string>& argv) {
              "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    check_flags(args, what,
-                {"config", "device", "iters", "warmup", "json", "offload", "moments-dtype"});
+    check_flags(
+        args, what,
+        {"config", "device", "iters", "warmup", "json", "offload", "moments-dtype", "grads-dtype"});
     const int iters = count_flag(args, "iters", 5, 1);
     const int warmup = count_flag(args, "warmup", 1, 0);
     if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
-    const std::string moments = args.get("moments-dtype", "");
-    const auto& names = train::OptimizerConfig::moments_dtype_names();
-    MOEX_CHECK(moments.empty() || std::find(names.begin(), names.end(), moments) != names.end(),
-               "--moments-dtype must be fp32 or bf16 (optimizer.moments_dtype), got '", moments,
-               "'");
+    const auto& names = train::OptimizerConfig::precision_names();
+    auto precision = [&](const char* flag, const char* field) {
+      const std::string value = args.get(flag, "");
+      MOEX_CHECK(value.empty() || std::find(names.begin(), names.end(), value) != names.end(), "--",
+                 flag, " must be fp32 or bf16 (optimizer.", field, "), got '", value, "'");
+      return value;
+    };
+    const std::string moments = precision("moments-dtype", "moments_dtype");
+    const std::string grads = precision("grads-dtype", "grads_dtype");
     std::printf("%s\n", bench::run_train_step_bench(config, args.get("device"), warmup, iters,
-                                                    args.flag("offload"), moments)
+                                                    args.flag("offload"), moments, grads)
                             .c_str());
     return 0;
   }

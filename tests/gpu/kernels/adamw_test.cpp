@@ -4,12 +4,13 @@
 // and sum_of_squares against cpu::sum_of_squares with bit-identical reruns. bf16 moments: the
 // kernel hashes the same bits as the CPU twin for its stochastic rounding, so it stores the same
 // bf16 values.
+#include "cpu/adamw.h"
+
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "cpu/adamw.h"
 #include "cpu/reduce.h"
 #include "cuda/adamw.h"
 #include "kernel_test_util.h"
@@ -51,9 +52,10 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
   cuda::CudaContext ctx;
   // Sizes around the 4096-element chunk, tiny ones, and offsets not a multiple of 4 (scalar path);
   // gaps between segments are padding the kernel must not touch.
-  const std::vector<std::pair<int64_t, int64_t>> layout = {  // (gap before, count)
-      {0, 1},     {3, 4096}, {0, 4097}, {5, 7},    {1, 100000}, {16, 12288},
-      {2, 33},    {0, 1},    {4, 1000}, {7, 4095}, {0, 65536}};
+  const std::vector<std::pair<int64_t, int64_t>> layout = {
+      // (gap before, count)
+      {0, 1},  {3, 4096}, {0, 4097}, {5, 7},    {1, 100000}, {16, 12288},
+      {2, 33}, {0, 1},    {4, 1000}, {7, 4095}, {0, 65536}};
   std::vector<cuda::AdamWSegment> segs;
   int64_t total = 0;
   for (size_t i = 0; i < layout.size(); ++i) {
@@ -85,8 +87,8 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
       const auto param = download<uint16_t>(dparam.ptr, total);
       std::vector<float> master_ref = master0, m_ref = m0, v_ref = v0;
       const std::vector<char> inside = cpu_twin_step(segs, st, grad, &master_ref, &m_ref, &v_ref);
-      const std::string tag = std::string(with_bf16 ? "bf16 copy" : "no copy") + " step " +
-                              std::to_string(step);
+      const std::string tag =
+          std::string(with_bf16 ? "bf16 copy" : "no copy") + " step " + std::to_string(step);
       EXPECT_LT(rel_l2(master, master_ref), 1e-6) << tag;
       EXPECT_LT(rel_l2(m, m_ref), 1e-6) << tag;
       EXPECT_LT(rel_l2(v, v_ref), 1e-6) << tag;
@@ -105,8 +107,7 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
         ASSERT_EQ(param[i], want) << tag << " bf16 copy " << i;
       }
       std::printf("[adamw] %s: %lld of %lld master values bit-identical to the CPU twin\n",
-                  tag.c_str(), static_cast<long long>(exact),
-                  static_cast<long long>(inside_count));
+                  tag.c_str(), static_cast<long long>(exact), static_cast<long long>(inside_count));
     }
   }
 }
@@ -116,8 +117,8 @@ TEST_F(AdamWTest, MultiTensorMatchesCpuSegmentBySegment) {
 TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
   cuda::CudaContext ctx;
   // Vector path (aligned, a multiple of 4), scalar path (offset 1) and a ragged tail.
-  const std::vector<cuda::AdamWSegment> segs = {{0, 40000, 0.1f}, {40001, 4099, 0.0f},
-                                                {44104, 70001, 0.02f}};
+  const std::vector<cuda::AdamWSegment> segs = {
+      {0, 40000, 0.1f}, {40001, 4099, 0.0f}, {44104, 70001, 0.02f}};
   const int64_t total = 44104 + 70001 + 3;
   const auto master0 = rand_vec(total, 140, -2, 2), grad = rand_vec(total, 141, -2, 2);
   const auto m_init = rand_vec(total, 142, -0.1f, 0.1f);
@@ -138,8 +139,7 @@ TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
     std::vector<uint16_t> m_buf(shift, 0), v_buf(shift, 0);
     m_buf.insert(m_buf.end(), m0.begin(), m0.end());
     v_buf.insert(v_buf.end(), v0.begin(), v0.end());
-    DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m_buf),
-           dv = upload(v_buf);
+    DevBuf dmaster = upload(master0), dgrad = upload(grad), dm = upload(m_buf), dv = upload(v_buf);
     DevBuf dparam(total * 2), dsegs = upload(segs);
     uint16_t* m_dev = dm.as<uint16_t>() + shift;
     uint16_t* v_dev = dv.as<uint16_t>() + shift;
@@ -170,11 +170,11 @@ TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {
       const auto g = rand_vec(n + off, 130 + n, -2, 2);
       const double ref = cpu::sum_of_squares(g.data() + off, n);
       DevBuf dg = upload(g), ws(cuda::sum_of_squares_workspace_bytes(n)), out(8);
-      cuda::sum_of_squares(dg.as<float>() + off, n, out.as<double>(), ws.ptr, ctx.stream());
+      cuda::sum_of_squares(dg.as<float>() + off, false, n, out.as<double>(), ws.ptr, ctx.stream());
       const auto a = download<double>(out.ptr, 1);
       out.poison();
       ws.poison();
-      cuda::sum_of_squares(dg.as<float>() + off, n, out.as<double>(), ws.ptr, ctx.stream());
+      cuda::sum_of_squares(dg.as<float>() + off, false, n, out.as<double>(), ws.ptr, ctx.stream());
       const auto b = download<double>(out.ptr, 1);
       const std::string tag = "n " + std::to_string(n) + " offset " + std::to_string(off);
       EXPECT_NEAR(a[0], ref, 1e-6 * ref) << tag;
@@ -200,7 +200,8 @@ TEST_F(AdamWTest, Bandwidth) {
   int64_t elems = 0;
   for (const auto& sg : segs) elems += sg.count;
   DevBuf master = kt::dev_rand_f32(total, 141), grad = kt::dev_rand_f32(total, 142);
-  DevBuf m = kt::dev_rand_f32(total, 143, -0.1f, 0.1f), v = kt::dev_rand_f32(total, 144, 1e-4f, 1e-2f);
+  DevBuf m = kt::dev_rand_f32(total, 143, -0.1f, 0.1f),
+         v = kt::dev_rand_f32(total, 144, 1e-4f, 1e-2f);
   DevBuf param(total * 2), dsegs = upload(segs);
   cuda::AdamWStep st;
   kt::report_bandwidth("adamw 64M fp32 + bf16 copy (30 B/elem)", 30.0 * elems, s, [&] {
@@ -215,7 +216,7 @@ TEST_F(AdamWTest, Bandwidth) {
   });
   DevBuf ws(cuda::sum_of_squares_workspace_bytes(total)), out(8);
   kt::report_bandwidth("sum_of_squares 64M", 4.0 * total, s, [&] {
-    cuda::sum_of_squares(grad.as<float>(), total, out.as<double>(), ws.ptr, s);
+    cuda::sum_of_squares(grad.as<float>(), false, total, out.as<double>(), ws.ptr, s);
   });
 }
 
