@@ -162,8 +162,8 @@ class MoELayer {
 
   // Model mode of the GPU path (docs/gpu-model.md): compute the experts with the model's bf16
   // copy w1 [E,F1,d], w2 [E,d,F] instead of a converted copy of weights(), and add their
-  // gradients into dw1, dw2 (the model's fp32 gradient views); backward() then returns undefined
-  // expert gradients. The other weights stay as weights() says. `device` is the GPU.
+  // gradients into dw1, dw2 (the model's fp32 or bf16 gradient views); backward() then returns
+  // undefined expert gradients. The other weights stay as weights() says. `device` is the GPU.
   void bind_device_expert_buffers(const Device& device, const Tensor& w1, const Tensor& w2,
                                   const Tensor& dw1, const Tensor& dw2);
   bool has_device_expert_buffers() const;
