@@ -27,12 +27,14 @@ void activation_forward(const FfnShape& shape, const T* h, T* a, int64_t n) {
   }
 }
 
+// dh = act'(h) da, and a = act(h) written over da in the same loop (each da element is read
+// before it is overwritten): the forward's bits, so no layer keeps a for backward.
 template <typename T>
-void activation_backward(const FfnShape& shape, const T* h, const T* da, T* dh, int64_t n) {
+void activation_backward(const FfnShape& shape, const T* h, T* da, T* dh, int64_t n) {
   if (shape.activation == ExpertActivation::kSwiGLU) {
-    cpu::swiglu_backward<T>(h, da, dh, n, shape.ffn);
+    cpu::swiglu_backward<T>(h, da, dh, n, shape.ffn, da);
   } else {
-    cpu::gelu_backward<T>(h, da, dh, n * shape.ffn, shape.gelu_exact);
+    cpu::gelu_backward<T>(h, da, dh, n * shape.ffn, shape.gelu_exact, da);
   }
 }
 
@@ -91,8 +93,8 @@ int64_t ffn_workspace_elems(const FfnShape& shape, int64_t n) {
 
 template <typename T>
 void ffn_backward(const FfnShape& shape, const T* x, int64_t n, const T* w1, const T* w2,
-                  const T* h, const T* a, const T* dout, T* workspace, T* dx, T dx_beta, T* dw1,
-                  T* dw2, T beta_w) {
+                  const T* h, const T* dout, T* workspace, T* dx, T dx_beta, T* dw1, T* dw2,
+                  T beta_w) {
   check_shape(shape, "ffn_backward");
   const int64_t d = shape.d, f = shape.ffn, f1 = shape.first_rows();
   if (n == 0) {
@@ -105,8 +107,8 @@ void ffn_backward(const FfnShape& shape, const T* x, int64_t n, const T* w1, con
   T* da = workspace;                                                // [n,F]
   T* dh = workspace + n * f;                                        // [n,F1]
   cpu::gemm<T>(false, false, n, f, d, T(1), dout, w2, T(0), da);    // da = dout w2
-  cpu::gemm<T>(true, false, d, f, n, T(1), dout, a, beta_w, dw2);   // dw2 = dout^T a
-  activation_backward(shape, h, da, dh, n);                         // dh = act'(h) da
+  activation_backward(shape, h, da, dh, n);                         // dh = act'(h) da; a in da
+  cpu::gemm<T>(true, false, d, f, n, T(1), dout, da, beta_w, dw2);  // dw2 = dout^T a
   cpu::gemm<T>(true, false, f1, d, n, T(1), dh, x, beta_w, dw1);    // dw1 = dh^T x
   cpu::gemm<T>(false, false, n, d, f1, T(1), dh, w1, dx_beta, dx);  // dx = dh w1
 }
@@ -167,8 +169,8 @@ int64_t experts_workspace_elems(const FfnShape& shape, const DispatchPlan& plan)
 
 template <typename T>
 void experts_backward(const FfnShape& shape, const DispatchPlan& plan, const T* buf, const T* w1,
-                      const T* w2, const T* h, const T* a, const T* dout, T* workspace, T* dbuf,
-                      T* dw1, T* dw2) {
+                      const T* w2, const T* h, const T* dout, T* workspace, T* dbuf, T* dw1,
+                      T* dw2) {
   check_shape(shape, "experts_backward");
   const int64_t d = shape.d, f = shape.ffn, f1 = shape.first_rows();
   int64_t most = 0;
@@ -188,8 +190,8 @@ void experts_backward(const FfnShape& shape, const DispatchPlan& plan, const T* 
     const int64_t e = order[i], n = plan.counts[e], begin = plan.offsets[e];
     T* ws = workspace + per_thread * omp_get_thread_num();
     ffn_backward<T>(shape, buf + begin * d, n, w1 + e * f1 * d, w2 + e * d * f, h + begin * f1,
-                    a + begin * f, dout + begin * d, ws, dbuf + begin * d, T(0), dw1 + e * f1 * d,
-                    dw2 + e * d * f, T(0));
+                    dout + begin * d, ws, dbuf + begin * d, T(0), dw1 + e * f1 * d, dw2 + e * d * f,
+                    T(0));
   }
 }
 
@@ -243,13 +245,13 @@ void moe_combine_backward(const T* dy, const T* out, const DispatchPlan& plan, c
   template void ffn_forward<T>(const FfnShape&, const T*, int64_t, const T*, const T*, T*, T*,    \
                                T*);                                                               \
   template void ffn_backward<T>(const FfnShape&, const T*, int64_t, const T*, const T*, const T*, \
-                                const T*, const T*, T*, T*, T, T*, T*, T);                        \
+                                const T*, T*, T*, T, T*, T*, T);                                  \
   template void moe_permute<T>(const T*, const DispatchPlan&, int64_t, T*);                       \
   template void moe_permute_backward<T>(const T*, const DispatchPlan&, int64_t, T*);              \
   template void experts_forward<T>(const FfnShape&, const DispatchPlan&, const T*, const T*,      \
                                    const T*, T*, T*, T*);                                         \
   template void experts_backward<T>(const FfnShape&, const DispatchPlan&, const T*, const T*,     \
-                                    const T*, const T*, const T*, const T*, T*, T*, T*, T*);      \
+                                    const T*, const T*, const T*, T*, T*, T*, T*);                \
   template void moe_combine<T>(const T*, const DispatchPlan&, const T*, int64_t, T*);             \
   template void moe_combine_backward<T>(const T*, const T*, const DispatchPlan&, const T*,        \
                                         int64_t, T*, T*);

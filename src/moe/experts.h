@@ -6,6 +6,7 @@
 // R = plan.num_rows() buffer rows (E*C padded, or sum(counts) packed).
 //   x [T,d]  buf [R,d]  w1 [E,F1,d]  w2 [E,d,F]  h [R,F1]  a [R,F]  out [R,d]  gates [T,k]  y [T,d]
 // Padding rows of h, a, out are never written or read; only the counts[e] rows of each expert are.
+// a is the forward's only: backward recomputes it from h.
 #pragma once
 
 #include <cstdint>
@@ -31,11 +32,12 @@ void ffn_forward(const FfnShape& shape, const T* x, int64_t n, const T* w1, cons
 // Elements of scratch ffn_backward needs for n rows.
 int64_t ffn_workspace_elems(const FfnShape& shape, int64_t n);
 // dx [n,d] = dx_beta * dx + dout . dW-chain;  dw1 [F1,d], dw2 [d,F] = beta_w * dw + (this batch's
-// gradient).
+// gradient). Needs h, not a: a = act(h) is recomputed in the activation gradient's loop (the
+// forward's bits), so the forward's a need not outlive its down projection.
 template <typename T>
 void ffn_backward(const FfnShape& shape, const T* x, int64_t n, const T* w1, const T* w2,
-                  const T* h, const T* a, const T* dout, T* workspace, T* dx, T dx_beta, T* dw1,
-                  T* dw2, T beta_w);
+                  const T* h, const T* dout, T* workspace, T* dx, T dx_beta, T* dw1, T* dw2,
+                  T beta_w);
 
 // ---- the expert buffer ----
 // buf[row] = x[token of row]; padding rows are zeroed (what DeepSpeed's dispatch einsum leaves
@@ -57,8 +59,8 @@ int64_t experts_workspace_elems(const FfnShape& shape, const DispatchPlan& plan)
 // experts).
 template <typename T>
 void experts_backward(const FfnShape& shape, const DispatchPlan& plan, const T* buf, const T* w1,
-                      const T* w2, const T* h, const T* a, const T* dout, T* workspace, T* dbuf,
-                      T* dw1, T* dw2);
+                      const T* w2, const T* h, const T* dout, T* workspace, T* dbuf, T* dw1,
+                      T* dw2);
 
 // y [T,d] = sum_j gates[t,j] * out[row(t,j)], dropped routes skipped (the un-permute, fused).
 template <typename T>

@@ -69,13 +69,21 @@ T* ptr(const Tensor& t) {
 // Buffers of one forward kept for backward; vectors grow once and are reused across steps.
 template <typename T>
 struct FfnSaved {
-  std::vector<T> h, a, out;  // [n,F1] [n,F] [n,d]
+  std::vector<T> h, out;  // [n,F1] [n,d]
   void resize(const FfnShape& s, int64_t n) {
     h.resize(n * s.first_rows());
-    a.resize(n * s.ffn);
     out.resize(n * s.d);
   }
 };
+
+// The activations a [n,F] of an MLP's forward, dead after its down projection (backward recomputes
+// them from h): one buffer shared by every layer the thread runs, grown to the largest use.
+template <typename T>
+T* activation_scratch(const FfnShape& s, int64_t n) {
+  thread_local std::vector<T> a;
+  if (a.size() < static_cast<size_t>(n * s.ffn)) a.resize(static_cast<size_t>(n * s.ffn));
+  return a.data();
+}
 
 template <typename T>
 class LayerImpl final : public MoELayer::Impl {
@@ -273,7 +281,8 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
     experts_.resize(es, eplan.num_rows());
     for (int q = 0; q < num_sources(); ++q)
       moe::experts_forward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
-                              experts_.h.data(), experts_.a.data(), experts_.out.data());
+                              experts_.h.data(), activation_scratch<T>(es, eplan.num_rows()),
+                              experts_.out.data());
     // Sliced experts: each rank's out rows are its slice's part of the sum over F.
     if (slice_group != nullptr) reduce_slices(experts_.out.data(), eplan.num_rows() * d);
   }
@@ -298,7 +307,7 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
     const FfnShape rs = residual_shape();
     residual_.resize(rs, num_t);
     moe::ffn_forward<T>(rs, xp, num_t, ptr<T>(weights.residual_w1), ptr<T>(weights.residual_w2),
-                        residual_.h.data(), residual_.a.data(), residual_.out.data());
+                        residual_.h.data(), activation_scratch<T>(rs, num_t), residual_.out.data());
     coef_.resize(num_t * 2);
     cpu::gemm<T>(false, true, num_t, 2, d, T(1), xp, ptr<T>(weights.residual_coef), T(0),
                  coef_.data());
@@ -320,7 +329,7 @@ const MoEOutput& LayerImpl<T>::forward(const Tensor& x, const MoEForwardOptions&
     const FfnShape ss = shared_shape();
     shared_.resize(ss, num_t);
     moe::ffn_forward<T>(ss, xp, num_t, ptr<T>(weights.shared_w1), ptr<T>(weights.shared_w2),
-                        shared_.h.data(), shared_.a.data(), shared_.out.data());
+                        shared_.h.data(), activation_scratch<T>(ss, num_t), shared_.out.data());
     shared_gate_.assign(num_t, T(1));
     if (c.shared_gate) {
       cpu::gemm<T>(false, true, num_t, 1, d, T(1), xp, ptr<T>(weights.shared_gate), T(0),
@@ -383,9 +392,9 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
                    dx);
     }
     moe::ffn_backward<T>(shared_shape(), xp, num_t, ptr<T>(weights.shared_w1),
-                         ptr<T>(weights.shared_w2), shared_.h.data(), shared_.a.data(),
-                         dtmp_.data(), workspace_.data(), dx, T(1), ptr<T>(g.shared_w1),
-                         ptr<T>(g.shared_w2), T(0));
+                         ptr<T>(weights.shared_w2), shared_.h.data(), dtmp_.data(),
+                         workspace_.data(), dx, T(1), ptr<T>(g.shared_w1), ptr<T>(g.shared_w2),
+                         T(0));
   }
 
   // Residual mix: dy_moe = dy c0, d(mlp) = dy c1, dc = (<dy, y_moe>, <dy, mlp>) -> softmax
@@ -412,9 +421,9 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
     cpu::gemm<T>(false, false, num_t, d, 2, T(1), dcl.data(), ptr<T>(weights.residual_coef), T(1),
                  dx);
     moe::ffn_backward<T>(residual_shape(), xp, num_t, ptr<T>(weights.residual_w1),
-                         ptr<T>(weights.residual_w2), residual_.h.data(), residual_.a.data(),
-                         dtmp_.data(), workspace_.data(), dx, T(1), ptr<T>(g.residual_w1),
-                         ptr<T>(g.residual_w2), T(0));
+                         ptr<T>(weights.residual_w2), residual_.h.data(), dtmp_.data(),
+                         workspace_.data(), dx, T(1), ptr<T>(g.residual_w1), ptr<T>(g.residual_w2),
+                         T(0));
     y_moe_.swap(dy_m);  // y_moe is not needed any more; reuse its storage for dy_moe
     dy_moe = y_moe_.data();
   }
@@ -447,8 +456,8 @@ const MoEGradients& LayerImpl<T>::backward(const Tensor& dy_tensor) {
       dw2 = dw_tmp_.data() + g.w1.numel();
     }
     moe::experts_backward<T>(es, source_plan(q), expert_in, ptr<T>(weights.w1), ptr<T>(weights.w2),
-                             experts_.h.data(), experts_.a.data(), expert_dout, workspace_.data(),
-                             expert_din, dw1, dw2);
+                             experts_.h.data(), expert_dout, workspace_.data(), expert_din, dw1,
+                             dw2);
     if (q == 0) continue;
     for (int64_t i = 0; i < g.w1.numel(); ++i) ptr<T>(g.w1)[i] += dw1[i];
     for (int64_t i = 0; i < g.w2.numel(); ++i) ptr<T>(g.w2)[i] += dw2[i];

@@ -52,8 +52,8 @@ void check_experts_grad(ExpertActivation act, bool dropless, bool exact) {
   std::vector<double> dx(num_t * d, 0.0), ws(experts_workspace_elems(shape, plan));
   moe_combine_backward<double>(w.data(), out.data(), plan, gates.data(), d, dout.data(),
                                dgates.data());
-  experts_backward<double>(shape, plan, buf.data(), w1.data(), w2.data(), h.data(), a.data(),
-                           dout.data(), ws.data(), dbuf.data(), dw1.data(), dw2.data());
+  experts_backward<double>(shape, plan, buf.data(), w1.data(), w2.data(), h.data(), dout.data(),
+                           ws.data(), dbuf.data(), dw1.data(), dw2.data());
   moe_permute_backward<double>(dbuf.data(), plan, d, dx.data());
   EXPECT_LT(relative_l2(dx, numeric_gradient(x, loss)), 1e-6);
   EXPECT_LT(relative_l2(dw1, numeric_gradient(w1, loss)), 1e-6);  // empty experts' gradients zeroed

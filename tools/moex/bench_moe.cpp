@@ -203,8 +203,8 @@ MoEBenchResult run_moe_bench_cpu(const MoEBenchShape& shape, const MoEBenchOptio
   auto dense_fwdbwd = [&] {
     moe::ffn_forward<float>(fs, xd.data(), rows, w1.data(), w2.data(), h.data(), a.data(),
                             out.data());
-    moe::ffn_backward<float>(fs, xd.data(), rows, w1.data(), w2.data(), h.data(), a.data(),
-                             dout.data(), ws.data(), dx.data(), 0.0f, dw1.data(), dw2.data(), 0.0f);
+    moe::ffn_backward<float>(fs, xd.data(), rows, w1.data(), w2.data(), h.data(), dout.data(),
+                             ws.data(), dx.data(), 0.0f, dw1.data(), dw2.data(), 0.0f);
   };
   const bool ep = group != nullptr;
   for (int i = 0; i < options.warmup; ++i) {
