@@ -103,29 +103,21 @@ void AttentionLayer::project_qkv(const Tensor& x, int64_t batch, int64_t seq_len
   // Normed q/k need their inputs kept for the norm's backward: allocate those before the scope.
   const Tensor q_in = q_norm_ ? arena.alloc(Shape{n, qd}, dt) : q.view(Shape{n, qd});
   const Tensor k_in = q_norm_ ? arena.alloc(Shape{n, kd}, dt) : k.view(Shape{n, kd});
-  // start_pos < 0: the caller rotates (each row at its own position).
+  // start_pos < 0: the caller rotates (each row at its own position). Without q/k norms the split
+  // rotates as well; with them the rotation follows the norms.
   const bool rotate = config_.positions == PositionType::kRope && start_pos >= 0;
-  if (!q_norm_) {  // split and rotate in one op
-    ArenaScope scope(arena);
-    const Tensor qkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
-    ops::linear(x, qkv_w_.w, qkv_b_.w, qkv);
-    ops::split_qkv(qkv, std::max<int64_t>(start_pos, 0), rotate ? config_.rope_theta : 0.0, q, k,
-                   v);
-    return;
-  }
   {
     ArenaScope scope(arena);
     const Tensor qkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
     ops::linear(x, qkv_w_.w, qkv_b_.w, qkv);
-    ops::copy_columns(qkv, 0, q_in, 0, qd);
-    ops::copy_columns(qkv, qd, k_in, 0, kd);
-    ops::copy_columns(qkv, qd + kd, v.view(Shape{n, kd}), 0, kd);
+    ops::split_qkv(qkv, std::max<int64_t>(start_pos, 0),
+                   rotate && !q_norm_ ? config_.rope_theta : 0.0, q_in.view(q.shape()),
+                   k_in.view(k.shape()), v);
   }
-  if (q_norm_) {
-    const bool per_head = config_.qk_norm == QKNorm::kPerHead;
-    q_norm_->forward(per_head ? q_in.view(Shape{n * heads_, head_dim_}) : q_in, q, arena, save);
-    k_norm_->forward(per_head ? k_in.view(Shape{n * kv_heads_, head_dim_}) : k_in, k, arena, save);
-  }
+  if (!q_norm_) return;
+  const bool per_head = config_.qk_norm == QKNorm::kPerHead;
+  q_norm_->forward(per_head ? q_in.view(Shape{n * heads_, head_dim_}) : q_in, q, arena, save);
+  k_norm_->forward(per_head ? k_in.view(Shape{n * kv_heads_, head_dim_}) : k_in, k, arena, save);
   if (rotate) {
     ops::rope(q, start_pos, config_.rope_theta, q);
     ops::rope(k, start_pos, config_.rope_theta, k);
@@ -169,20 +161,16 @@ void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) 
   ops::attention_backward(dattn.view(q_.shape()), q_, k_, v_, attn_.view(q_.shape()), stats_, dq,
                           dk, dv);
   const bool rope = config_.positions == PositionType::kRope;
-  const Tensor dqkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
-  if (!q_norm_) {                                              // rotated back and merged in one op
-    ops::merge_qkv_backward(dq, dk, dv, 0, rope ? config_.rope_theta : 0.0, dqkv);
-  } else {
+  if (q_norm_) {  // the rotation came after the norms; without them the merge rotates back
     if (rope) {
       ops::rope_backward(dq, 0, config_.rope_theta, dq);
       ops::rope_backward(dk, 0, config_.rope_theta, dk);
     }
     q_norm_->backward(dq, dq);
     k_norm_->backward(dk, dk);
-    ops::copy_columns(dq.view(Shape{n, qd}), 0, dqkv, 0, qd);
-    ops::copy_columns(dk.view(Shape{n, kd}), 0, dqkv, qd, kd);
-    ops::copy_columns(dv.view(Shape{n, kd}), 0, dqkv, qd + kd, kd);
   }
+  const Tensor dqkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
+  ops::merge_qkv_backward(dq, dk, dv, 0, rope && !q_norm_ ? config_.rope_theta : 0.0, dqkv);
   ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_w_.grad_accumulates(),
                        qkv_b_.grad_to_add());
   tp_.all_reduce(dx);

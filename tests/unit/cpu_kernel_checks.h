@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/tensor.h"
+#include "gradcheck.h"
 
 namespace moex::testing {
 
@@ -22,6 +24,14 @@ void expect_error_naming(F&& f, const std::vector<std::string>& names) {
       EXPECT_NE(what.find(name), std::string::npos) << "message lacks '" << name << "': " << what;
     }
   }
+}
+
+// An f32 host tensor of `shape` filled with random_vector's uniform numbers in [lo, hi).
+inline Tensor random_tensor(const Shape& shape, uint64_t seed, double lo, double hi) {
+  Tensor t = Tensor::empty(shape, DType::kF32);
+  const std::vector<float> v = random_vector<float>(static_cast<size_t>(t.numel()), seed, lo, hi);
+  std::copy(v.begin(), v.end(), t.data<float>());
+  return t;
 }
 
 template <typename To, typename From>

@@ -16,10 +16,7 @@ namespace moex {
 namespace {
 
 Tensor filled(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape, DType::kF32);
-  const std::vector<float> v = testing::random_vector<float>(t.numel(), seed, -3.0, 3.0);
-  std::copy(v.begin(), v.end(), t.data<float>());
-  return t;
+  return testing::random_tensor(shape, seed, -3.0, 3.0);
 }
 
 bool same_bits(const Tensor& x, const Tensor& y) {

@@ -18,10 +18,7 @@ namespace moex {
 namespace {
 
 Tensor random_tensor(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape, DType::kF32);
-  const std::vector<float> v = testing::random_vector<float>(t.numel(), seed, -2.0, 2.0);
-  std::copy(v.begin(), v.end(), t.data<float>());
-  return t;
+  return testing::random_tensor(shape, seed, -2.0, 2.0);
 }
 
 double dot(const Tensor& a, const Tensor& b) {
