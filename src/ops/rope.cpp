@@ -1,6 +1,5 @@
 #include "ops/rope.h"
 
-#include <algorithm>
 #include <utility>
 
 #include "cpu/rope.h"
@@ -92,8 +91,7 @@ void split_qkv(const Tensor& qkv, int64_t start_pos, double theta, const Tensor&
   const char* op = "split_qkv";
   const Device dev = detail::common_device(op, {&qkv, &q, &k, &v});
   check_qkv(op, dev, qkv, q, k, v);
-  const int64_t n = qkv.dim(0), qd = q.numel() / std::max<int64_t>(n, 1),
-                kd = k.numel() / std::max<int64_t>(n, 1);
+  const int64_t n = qkv.dim(0), qd = q.dim(2) * q.dim(3), kd = k.dim(2) * k.dim(3);
   if (dev.is_cpu()) {  // the unfused steps
     copy_columns(qkv, 0, q.view(Shape{n, qd}), 0, qd);
     copy_columns(qkv, qd, k.view(Shape{n, kd}), 0, kd);
@@ -114,8 +112,7 @@ void merge_qkv_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, in
   const char* op = "merge_qkv_backward";
   const Device dev = detail::common_device(op, {&dqkv, &dq, &dk, &dv});
   check_qkv(op, dev, dqkv, dq, dk, dv);
-  const int64_t n = dqkv.dim(0), qd = dq.numel() / std::max<int64_t>(n, 1),
-                kd = dk.numel() / std::max<int64_t>(n, 1);
+  const int64_t n = dqkv.dim(0), qd = dq.dim(2) * dq.dim(3), kd = dk.dim(2) * dk.dim(3);
   if (dev.is_cpu()) {  // the unfused steps, dq and dk rotated in copies (the inputs stay)
     const Tensor rq = theta > 0 ? Tensor::empty(dq.shape(), dq.dtype()) : dq;
     const Tensor rk = theta > 0 ? Tensor::empty(dk.shape(), dk.dtype()) : dk;
