@@ -405,15 +405,17 @@ fi
 # Whole training step: moex on configs/gpu-{small,medium}.json against HF Mixtral eager and compiled.
 if [ -z "${MOEX_SKIP_TRAIN_BENCH:-}" ]; then
   : >"$OUT/train_bench.jsonl"
-  # MOEX_TRAIN_PRECISIONS: the optimizer.moments_dtype/grads_dtype pairs to run (by default fp32
-  # moments and gradients, bf16 moments, and bf16 moments and gradients: the peer's precision).
+  # MOEX_TRAIN_PRECISIONS: the optimizer.moments_dtype/grads_dtype/master_dtype triples to run (by
+  # default fp32 state, bf16 moments, bf16 moments and gradients, and all three bf16: the peer's
+  # state).
   for shape in small medium; do
-    for pair in ${MOEX_TRAIN_PRECISIONS:-fp32/fp32 bf16/fp32 bf16/bf16}; do
-      moments=${pair%/*} grads=${pair#*/}
+    for triple in ${MOEX_TRAIN_PRECISIONS:-fp32/fp32/fp32 bf16/fp32/fp32 bf16/bf16/fp32 bf16/bf16/bf16}; do
+      IFS=/ read -r moments grads master <<<"$triple"
       "$BIN/moex" bench train-step --device cuda --config configs/gpu-$shape.json --warmup 3 --iters 8 \
-        --moments-dtype "$moments" --grads-dtype "$grads" --json 2>>"$OUT/train_bench.err" |
-        sed "s/^{/{\"shape\": \"$shape\", \"moments\": \"$moments\", \"grads\": \"$grads\", /" \
-        >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape $pair failed"
+        --moments-dtype "$moments" --grads-dtype "$grads" --master-dtype "$master" --json \
+        2>>"$OUT/train_bench.err" |
+        sed "s/^{/{\"shape\": \"$shape\", \"moments\": \"$moments\", \"grads\": \"$grads\", \"master\": \"$master\", /" \
+        >>"$OUT/train_bench.jsonl" || echo "moex train-step $shape $triple failed"
     done
   done
   # MOEX_TRAIN_PEER_ARGS narrows the peers (e.g. "--shape medium --mode compile") when time is short.
@@ -426,19 +428,20 @@ import json, sys, os
 rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "train_bench.jsonl")) if l.startswith("{")]
 gpu = open(os.path.join(sys.argv[1], "gpu.txt")).read().strip()
 print(f"\n== training step (fwd + bwd + clip + AdamW), bf16, {gpu} ==")
-print(f"{'shape':8} {'impl':26} {'tokens/s':>10} {'step_ms':>8} {'MFU':>6} {'peak GiB':>9} {'AdamW ms':>8} {'vs HF compile':>13}")
+print(f"{'shape':8} {'impl':32} {'tokens/s':>10} {'step_ms':>8} {'MFU':>6} {'peak GiB':>9} {'AdamW ms':>8} {'vs HF compile':>13}")
 for shape in ["small", "medium"]:
     rs = [r for r in rows if r.get("shape") == shape]
     ref = next((r for r in rs if r.get("peer") == "hf_compile" and "error" not in r), None)
     for r in rs:
-        impl = r.get("peer") or f"moex {r.get('moments', '')} m, {r.get('grads', '')} grads"
+        impl = r.get("peer") or (f"moex {r.get('moments', '')} m, {r.get('grads', '')} g, "
+                                 f"{r.get('master', '')} w")
         if "error" in r:
-            print(f"{shape:8} {impl:26} error: {r['error'][:100]}")
+            print(f"{shape:8} {impl:32} error: {r['error'][:100]}")
             continue
         ratio = r["tokens_per_s"] / ref["tokens_per_s"] if ref else float("nan")
         adam = r.get("op_ms", {}).get("adamw")
         adam = f"{adam:8.2f}" if isinstance(adam, (int, float)) else f"{'-':>8}"
-        print(f"{shape:8} {impl:26} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
+        print(f"{shape:8} {impl:32} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
               f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {adam} {ratio:12.2f}x")
 PY
 fi

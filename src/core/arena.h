@@ -104,10 +104,11 @@ class ParamBuffer {
   const Tensor& tensor(int i) const { return tensors_.at(i); }
   int split_dim(int i) const { return split_dims_.at(i); }
   int split_blocks(int i) const { return split_blocks_.at(i); }
-  int index_of(const std::string& name) const;       // -1 if absent
-  const Tensor& flat() const { return flat_; }       // [total] of the buffer's dtype
-  int64_t total_elements() const { return total_; }  // with the 64-element alignment padding
-  int64_t num_elements() const;                      // declared elements, without padding
+  int index_of(const std::string& name) const;            // -1 if absent
+  int64_t offset(int i) const { return offsets_.at(i); }  // entry i's first element in flat()
+  const Tensor& flat() const { return flat_; }            // [total] of the buffer's dtype
+  int64_t total_elements() const { return total_; }       // with the 64-element alignment padding
+  int64_t num_elements() const;                           // declared elements, without padding
 
  private:
   std::vector<std::string> names_;

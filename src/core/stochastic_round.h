@@ -1,5 +1,6 @@
 // Stochastic rounding of fp32 to bf16, for state kept in bf16 that moves by small steps (Adam's
-// moments with optimizer.moments_dtype "bf16", docs/architecture.md §Numerics). Rounding to
+// moments with optimizer.moments_dtype "bf16", docs/architecture.md §Numerics, and bf16 master
+// weights, docs/gpu-model.md §bf16 master weights). Rounding to
 // nearest would lose every change under half a bf16 unit: with beta2 = 0.999 the second moment
 // could then neither grow nor decay. Rounding up with probability (distance to the lower
 // neighbour) / (gap) keeps each stored value unbiased.
@@ -39,12 +40,20 @@ MOEX_HD uint16_t f32_to_bf16_stochastic(float f, uint32_t random) {
   return static_cast<uint16_t>(special ? kept : rounded);
 }
 
-MOEX_HD float bf16_bits_to_f32(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+MOEX_HD float bf16_bits_to_f32(uint16_t h) {
+  return bits_float(static_cast<uint32_t>(h) << 16);
+}
 
 // 32 random bits for one Adam element's two moments (low half: exp_avg, high half: exp_avg_sq)
 // from its raw gradient, its weight before the step and the 1-based step.
 MOEX_HD uint32_t adam_rounding_bits(float grad, float param, uint32_t step) {
   return mix32(float_bits(grad) ^ mix32(float_bits(param) + step * 0x9e3779b9u));
+}
+
+// The bits that round a bf16 master weight's update (optimizer.master_dtype "bf16"), from the
+// element's moment bits above: independent of the moments' halves.
+MOEX_HD uint32_t adam_weight_rounding_bits(uint32_t moment_bits) {
+  return mix32(moment_bits + 0x7f4a7c15u);
 }
 
 }  // namespace moex

@@ -25,34 +25,34 @@ struct Scalars {
   uint32_t step;  // seeds the stochastic rounding of bf16 moments
 };
 
-// Moments are stored as M (float or bf16) and computed in fp32. A bf16 store takes 16 random bits
-// (core/stochastic_round.h); an fp32 store ignores them.
-__device__ __forceinline__ float load_moment(const float* p) {
+// Weights, moments and gradients are stored as float or bf16 and computed in fp32. A bf16 store
+// takes 16 random bits (core/stochastic_round.h); an fp32 store ignores them.
+__device__ __forceinline__ float load_f32(const float* p) {
   return *p;
 }
-__device__ __forceinline__ float load_moment(const __nv_bfloat16* p) {
+__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) {
   return bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(p));
 }
-__device__ __forceinline__ void store_moment(float* p, float x, uint32_t) {
+__device__ __forceinline__ void store_rounded(float* p, float x, uint32_t) {
   *p = x;
 }
-__device__ __forceinline__ void store_moment(__nv_bfloat16* p, float x, uint32_t random) {
+__device__ __forceinline__ void store_rounded(__nv_bfloat16* p, float x, uint32_t random) {
   *reinterpret_cast<uint16_t*>(p) = f32_to_bf16_stochastic(x, random);
 }
-// Four moments from 16-byte aligned fp32 or 8-byte aligned bf16 (element 0 in the low half).
-__device__ __forceinline__ float4 load_moments4(const float* p) {
+// Four values from 16-byte aligned fp32 or 8-byte aligned bf16 (element 0 in the low half).
+__device__ __forceinline__ float4 load4_f32(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
-__device__ __forceinline__ float4 load_moments4(const __nv_bfloat16* p) {
+__device__ __forceinline__ float4 load4_f32(const __nv_bfloat16* p) {
   const uint2 u = *reinterpret_cast<const uint2*>(p);
   return make_float4(bits_float(u.x << 16), bits_float(u.x & 0xffff0000u), bits_float(u.y << 16),
                      bits_float(u.y & 0xffff0000u));
 }
-__device__ __forceinline__ void store_moments4(float* p, float4 x, const uint32_t*, int) {
+__device__ __forceinline__ void store4_rounded(float* p, float4 x, const uint32_t*, int) {
   *reinterpret_cast<float4*>(p) = x;
 }
 // random[k] >> shift holds element k's bits.
-__device__ __forceinline__ void store_moments4(__nv_bfloat16* p, float4 x, const uint32_t* random,
+__device__ __forceinline__ void store4_rounded(__nv_bfloat16* p, float4 x, const uint32_t* random,
                                                int shift) {
   uint2 u;
   u.x = f32_to_bf16_stochastic(x.x, random[0] >> shift) |
@@ -62,13 +62,17 @@ __device__ __forceinline__ void store_moments4(__nv_bfloat16* p, float4 x, const
   *reinterpret_cast<uint2*>(p) = u;
 }
 
+template <typename T>
+constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
+
 // The twin's expression, operation by operation, with explicit round-to-nearest intrinsics so no
-// multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop. For bf16
-// moments `random` receives the element's rounding bits (from the weight before the step).
-template <typename M>
+// multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop. When a
+// bf16 store follows (moments M or master P), `random` receives the element's rounding bits (from
+// the weight before the step).
+template <typename P, typename M>
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint32_t& random,
                                               float grad, float decay, const Scalars& s) {
-  if constexpr (std::is_same_v<M, __nv_bfloat16>) random = adam_rounding_bits(grad, p, s.step);
+  if constexpr (kIsBf16<M> || kIsBf16<P>) random = adam_rounding_bits(grad, p, s.step);
   const float g = __fmul_rn(grad, s.grad_scale);
   m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
   v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
@@ -76,21 +80,22 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint
   p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
-// Elements [begin, end) of one segment; begin % 4 == 0 on the vector path. Gradients G are fp32
-// or bf16 (read as fp32, as the moments are).
-template <bool kVec, typename M, typename G>
-__device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
+// Elements [begin, end) of one segment; begin % 4 == 0 on the vector path. The master P (fp32, or
+// bf16 stored with its own rounding bits), moments M and gradients G (fp32 or bf16) are all read
+// as fp32. param: the bf16 copy of an fp32 master, or null.
+template <bool kVec, typename P, typename M, typename G>
+__device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
                                             __nv_bfloat16* __restrict__ param,
                                             const G* __restrict__ grad, M* __restrict__ exp_avg,
                                             M* __restrict__ exp_avg_sq, int64_t begin, int64_t end,
                                             float decay, const Scalars& s) {
   uint32_t random[4] = {0, 0, 0, 0};
   auto one = [&](int64_t j) {
-    float p = master[j], m = load_moment(exp_avg + j), v = load_moment(exp_avg_sq + j);
-    adamw_element<M>(p, m, v, random[0], load_moment(grad + j), decay, s);
-    master[j] = p;
-    store_moment(exp_avg + j, m, random[0]);
-    store_moment(exp_avg_sq + j, v, random[0] >> 16);
+    float p = load_f32(master + j), m = load_f32(exp_avg + j), v = load_f32(exp_avg_sq + j);
+    adamw_element<P, M>(p, m, v, random[0], load_f32(grad + j), decay, s);
+    store_rounded(master + j, p, adam_weight_rounding_bits(random[0]));
+    store_rounded(exp_avg + j, m, random[0]);
+    store_rounded(exp_avg_sq + j, v, random[0] >> 16);
     if (param != nullptr) param[j] = __float2bfloat16_rn(p);
   };
   if constexpr (kVec) {
@@ -98,17 +103,20 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
     for (int k = 0; k < kPerThread / 4; ++k) {
       const int64_t i = begin + (int64_t{k} * kThreads + threadIdx.x) * 4;
       if (i + 4 <= end) {
-        float4 p = *reinterpret_cast<const float4*>(master + i);
-        float4 m = load_moments4(exp_avg + i);
-        float4 v = load_moments4(exp_avg_sq + i);
-        const float4 g = load_moments4(grad + i);
-        adamw_element<M>(p.x, m.x, v.x, random[0], g.x, decay, s);
-        adamw_element<M>(p.y, m.y, v.y, random[1], g.y, decay, s);
-        adamw_element<M>(p.z, m.z, v.z, random[2], g.z, decay, s);
-        adamw_element<M>(p.w, m.w, v.w, random[3], g.w, decay, s);
-        *reinterpret_cast<float4*>(master + i) = p;
-        store_moments4(exp_avg + i, m, random, 0);
-        store_moments4(exp_avg_sq + i, v, random, 16);
+        float4 p = load4_f32(master + i);
+        float4 m = load4_f32(exp_avg + i);
+        float4 v = load4_f32(exp_avg_sq + i);
+        const float4 g = load4_f32(grad + i);
+        adamw_element<P, M>(p.x, m.x, v.x, random[0], g.x, decay, s);
+        adamw_element<P, M>(p.y, m.y, v.y, random[1], g.y, decay, s);
+        adamw_element<P, M>(p.z, m.z, v.z, random[2], g.z, decay, s);
+        adamw_element<P, M>(p.w, m.w, v.w, random[3], g.w, decay, s);
+        uint32_t weight_random[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) weight_random[e] = adam_weight_rounding_bits(random[e]);
+        store4_rounded(master + i, p, weight_random, 0);
+        store4_rounded(exp_avg + i, m, random, 0);
+        store4_rounded(exp_avg_sq + i, v, random, 16);
         if (param != nullptr) {
           const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
           const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
@@ -133,9 +141,9 @@ __device__ __forceinline__ void adamw_chunk(float* __restrict__ master,
 // One launch over all segments. Chunks of kChunk elements are numbered across the segments in
 // order; block b takes global chunks b, b + gridDim.x, ... so large and small tensors spread over
 // the whole grid. Elements between segments (padding) are never touched.
-template <typename M, typename G>
+template <typename P, typename M, typename G>
 __global__ void __launch_bounds__(kThreads)
-    adamw_kernel(float* master, __nv_bfloat16* param, const G* grad, M* exp_avg, M* exp_avg_sq,
+    adamw_kernel(P* master, __nv_bfloat16* param, const G* grad, M* exp_avg, M* exp_avg_sq,
                  const AdamWSegment* __restrict__ segments, int num_segments, bool aligned,
                  Scalars s) {
   const int64_t grid = gridDim.x;
@@ -155,9 +163,9 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t begin = seg.offset + j * kChunk;
       const int64_t end = min(seg_end, begin + kChunk);
       if (vec) {
-        adamw_chunk<true, M, G>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<true>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
       } else {
-        adamw_chunk<false, M, G>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<false>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
       }
     }
   }
@@ -177,14 +185,14 @@ __global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool
   if (vec && begin + kSqChunk <= n) {
 #pragma unroll
     for (int k = 0; k < kSqPerThread / 4; ++k) {
-      const float4 v = load_moments4(x + begin + (threadIdx.x + int64_t{k} * kThreads) * 4);
+      const float4 v = load4_f32(x + begin + (threadIdx.x + int64_t{k} * kThreads) * 4);
       acc += (v.x * v.x + v.y * v.y) + (v.z * v.z + v.w * v.w);
     }
   } else {
     for (int k = 0; k < kSqPerThread; ++k) {
       const int64_t i = begin + threadIdx.x + int64_t{k} * kThreads;
       if (i < n) {
-        const float v = load_moment(x + i);
+        const float v = load_f32(x + i);
         acc += v * v;
       }
     }
@@ -201,33 +209,46 @@ __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t
   if (threadIdx.x == 0) out[0] = acc;
 }
 
-template <typename M, typename G>
+template <typename P, typename M, typename G>
 int adamw_grid() {
   int per_sm = 0;
   CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<M, G>, kThreads, 0));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<P, M, G>, kThreads, 0));
   return std::max(1, current_device_sms() * std::max(1, per_sm));
 }
 
-template <typename M, typename G>
-void launch_adamw(float* master, void* param_bf16, const void* grad, void* exp_avg,
-                  void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
-                  const Scalars& s, cudaStream_t stream) {
+template <typename P, typename M, typename G>
+void launch_adamw(void* master, void* param_bf16, const void* grad, void* exp_avg, void* exp_avg_sq,
+                  const AdamWSegment* segments, int num_segments, const Scalars& s,
+                  cudaStream_t stream) {
   const auto addr = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  const uintptr_t moment_align = sizeof(M) * 4, grad_align = sizeof(G) * 4;
-  const bool aligned = addr(master) % 16 == 0 && addr(grad) % grad_align == 0 &&
-                       addr(exp_avg) % moment_align == 0 && addr(exp_avg_sq) % moment_align == 0 &&
-                       addr(param_bf16) % 8 == 0;
-  const int grid = adamw_grid<M, G>();  // a few microseconds of host queries, once per step
-  adamw_kernel<M, G><<<grid, kThreads, 0, stream>>>(
-      master, static_cast<__nv_bfloat16*>(param_bf16), static_cast<const G*>(grad),
+  const bool aligned = addr(master) % (sizeof(P) * 4) == 0 && addr(grad) % (sizeof(G) * 4) == 0 &&
+                       addr(exp_avg) % (sizeof(M) * 4) == 0 &&
+                       addr(exp_avg_sq) % (sizeof(M) * 4) == 0 && addr(param_bf16) % 8 == 0;
+  const int grid = adamw_grid<P, M, G>();  // a few microseconds of host queries, once per step
+  adamw_kernel<P, M, G><<<grid, kThreads, 0, stream>>>(
+      static_cast<P*>(master), static_cast<__nv_bfloat16*>(param_bf16), static_cast<const G*>(grad),
       static_cast<M*>(exp_avg), static_cast<M*>(exp_avg_sq), segments, num_segments, aligned, s);
   MOEX_LAUNCH_CHECK();
 }
 
+using LaunchAdamW = void (*)(void*, void*, const void*, void*, void*, const AdamWSegment*, int,
+                             const Scalars&, cudaStream_t);
+
+// The instantiation for the step's storage types.
+template <typename P, typename M>
+LaunchAdamW pick_launch(bool bf16_grads) {
+  return bf16_grads ? launch_adamw<P, M, __nv_bfloat16> : launch_adamw<P, M, float>;
+}
+template <typename P>
+LaunchAdamW pick_launch(bool bf16_moments, bool bf16_grads) {
+  return bf16_moments ? pick_launch<P, __nv_bfloat16>(bf16_grads)
+                      : pick_launch<P, float>(bf16_grads);
+}
+
 }  // namespace
 
-void adamw_multi_tensor(float* master, void* param_bf16, const void* grad, void* exp_avg,
+void adamw_multi_tensor(void* master, void* param_bf16, const void* grad, void* exp_avg,
                         void* exp_avg_sq, const AdamWSegment* segments, int num_segments,
                         const AdamWStep& st, cudaStream_t stream) {
   MOEX_CHECK(num_segments >= 0, "adamw_multi_tensor: num_segments must be >= 0, got ",
@@ -253,10 +274,11 @@ void adamw_multi_tensor(float* master, void* param_bf16, const void* grad, void*
   s.eps = static_cast<float>(st.eps);
   s.grad_scale = static_cast<float>(st.grad_scale);
   s.step = static_cast<uint32_t>(st.step);
-  using bf16 = __nv_bfloat16;
-  const auto launch =
-      st.bf16_moments ? (st.bf16_grads ? launch_adamw<bf16, bf16> : launch_adamw<bf16, float>)
-                      : (st.bf16_grads ? launch_adamw<float, bf16> : launch_adamw<float, float>);
+  MOEX_CHECK(!st.bf16_master || param_bf16 == nullptr,
+             "adamw_multi_tensor: a bf16 master is the weight the model reads; it has no copy");
+  const LaunchAdamW launch = st.bf16_master
+                                 ? pick_launch<__nv_bfloat16>(st.bf16_moments, st.bf16_grads)
+                                 : pick_launch<float>(st.bf16_moments, st.bf16_grads);
   launch(master, param_bf16, grad, exp_avg, exp_avg_sq, segments, num_segments, s, stream);
 }
 

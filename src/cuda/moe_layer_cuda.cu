@@ -26,11 +26,16 @@ Tensor dev(const Shape& shape, DType dtype, const CudaContext& ctx) {
 // fp32 (any device) -> device tensor of dtype (f32 or bf16).
 Tensor upload(const Tensor& src, DType dtype, const char* what, const Shape& shape,
               const CudaContext& ctx) {
-  check_tensor(src, what, DType::kF32, shape);
-  Tensor f32 = src.device().is_cuda() ? src : src.to(Device::cuda(ctx.ordinal()));
-  if (dtype == DType::kF32) return src.device().is_cuda() ? src.clone() : f32;
-  Tensor out = dev(shape, DType::kBF16, ctx);
-  f32_to_bf16(f32.data<float>(), out.raw_data(), src.numel(), ctx.stream());
+  // fp32, or bf16 (a model's bf16 master weights, docs/gpu-model.md §bf16 master weights).
+  const DType from = src.defined() && src.dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
+  check_tensor(src, what, from, shape);
+  Tensor here = src.device().is_cuda() ? src : src.to(Device::cuda(ctx.ordinal()));
+  if (dtype == from) return src.device().is_cuda() ? src.clone() : here;
+  Tensor out = dev(shape, dtype, ctx);
+  if (from == DType::kF32)
+    f32_to_bf16(here.data<float>(), out.raw_data(), src.numel(), ctx.stream());
+  else
+    bf16_to_f32(here.raw_data(), out.data<float>(), src.numel(), ctx.stream());
   // A host source went through a temporary device copy: wait before it is freed. A device source
   // needs no wait (the conversion is ordered on the stream before anything that reuses memory).
   if (!src.device().is_cuda()) ctx.synchronize();

@@ -208,11 +208,12 @@ class MoELayerCuda {
   MoELayerCuda(const MoELayerCuda&) = delete;
   MoELayerCuda& operator=(const MoELayerCuda&) = delete;
 
-  // fp32 tensors on any device: router_w [E,d], w1 [El,F1,d], w2 [El,d,F] (this rank's experts),
-  // bias [E] (may be undefined). The router stays fp32; expert weights are stored bf16.
+  // fp32 (or bf16) tensors on any device: router_w [E,d], w1 [El,F1,d], w2 [El,d,F] (this rank's
+  // experts), bias [E] (may be undefined). The router is kept fp32; expert weights bf16.
   void set_parameters(const Tensor& router_w, const Tensor& w1, const Tensor& w2,
                       const Tensor& bias = Tensor());
-  // PR-MoE residual MLP: w1 [Fr1,d], w2 [d,Fr], coef [2,d] (fp32, any device; coef stays fp32).
+  // PR-MoE residual MLP: w1 [Fr1,d], w2 [d,Fr], coef [2,d] (fp32 or bf16, any device; coef kept
+  // fp32).
   void set_residual_parameters(const Tensor& w1, const Tensor& w2, const Tensor& coef);
   // Shared expert: w1 [Fs1,d], w2 [d,Fs], gate [1,d] (only with config.shared_gate).
   void set_shared_parameters(const Tensor& w1, const Tensor& w2, const Tensor& gate = Tensor());

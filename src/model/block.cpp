@@ -46,15 +46,16 @@ void Block::run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   std::optional<ArenaScope> scope;
   if (!save) scope.emplace(arena);
   const Shape shape = x.shape();
-  const Tensor h = arena.alloc(shape, x.dtype()), a = arena.alloc(shape, x.dtype()),
-               x1 = arena.alloc(shape, x.dtype()), h2 = arena.alloc(shape, x.dtype()),
-               f = arena.alloc(shape, x.dtype());
+  // The attention's and the FFN's outputs land in x1 and y, and the residual adds in place: no
+  // backward reads them, so a kept step holds no buffer for them.
+  const Tensor h = arena.alloc(shape, x.dtype()), x1 = arena.alloc(shape, x.dtype()),
+               h2 = arena.alloc(shape, x.dtype());
   norm1_.forward(x, h, arena, save);
-  attn_.forward(h, batch_, seq_len_, a, arena, save);
-  ops::add(x, a, x1);
+  attn_.forward(h, batch_, seq_len_, x1, arena, save);
+  ops::add(x, x1, x1);
   norm2_.forward(x1, h2, arena, save);
-  ffn_.forward(h2, f, arena, save, step_);
-  ops::add(x1, f, y);
+  ffn_.forward(h2, y, arena, save, step_);
+  ops::add(x1, y, y);
 }
 
 void Block::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,

@@ -137,7 +137,8 @@ Param FfnLayer::param_of(const ParamViews& views, int idx, bool first_proj) cons
 
 void FfnLayer::bind(const ParamViews& views) {
   if (moe_) {
-    // The layer reads f32 master weights; the residual and shared MLPs' first projections fused.
+    // The layer reads the master weights (f32, or a GPU model's bf16 master); the residual and
+    // shared MLPs' first projections fused.
     MoEWeights& w = moe_->weights();
     moe_grads_.assign(kCount, Param());
     for (int i = 0; i < kCount; ++i) {

@@ -84,7 +84,7 @@ class FfnLayer {
   Param w1_, w2_;
   Tensor x_, h_;  // saved: x [n,d], h [n,F1] (backward recomputes a [n,F] from h)
   // MoE: indices of each weight in the buffer (-1 when unused), in MoEWeights order. The layer
-  // reads f32 views of the master weights (it keeps its own device copy, moe_layer_dispatch.h).
+  // reads views of the master weights (it keeps its own device copy, moe_layer_dispatch.h).
   std::unique_ptr<MoELayer> moe_;
   std::vector<int> moe_idx_;
   std::vector<Param> moe_grads_;  // gradient views, same order (fused views for the MLP parts)

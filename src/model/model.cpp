@@ -18,7 +18,7 @@
 namespace moex::model {
 
 Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
-             const TensorParallel& tp, bool offload, DType grads_dtype)
+             const TensorParallel& tp, bool offload, const StateDTypes& dtypes)
     : config_(config),
       device_((ops::use_device(device), device)),
       expert_group_(expert_group),
@@ -34,7 +34,15 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
-  if (device_.is_cuda()) compute_ = std::make_unique<ParamBuffer>();
+  // A bf16 state buffer needs a model on one GPU: the CPU kernels, the offload step, and the
+  // collectives of the parallel layouts speak fp32 state.
+  const bool one_gpu = device_.is_cuda() && !offload && !tp_.active() && expert_group == nullptr;
+  for (const auto& [what, dtype] :
+       {std::pair{"gradients", dtypes.grads}, std::pair{"master weights", dtypes.master}})
+    MOEX_CHECK(dtype == DType::kF32 || (dtype == DType::kBF16 && one_gpu), "bf16 ", what,
+               " need a model on one GPU, without offload, tensor or expert parallelism (got ",
+               dtype_name(dtype), " on ", device_.str(), ")");
+  if (device_.is_cuda() && dtypes.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each.
   for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
     if (buffer == nullptr) continue;
@@ -55,13 +63,8 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
     master_.allocate_in(ops::staging_tensor(Shape{std::max<int64_t>(master_.total_elements(), 1)},
                                             DType::kF32, device_));
   else
-    master_.allocate(DType::kF32, device_);
-  MOEX_CHECK(grads_dtype == DType::kF32 || (grads_dtype == DType::kBF16 && device_.is_cuda() &&
-                                            !offload && !tp_.active() && expert_group == nullptr),
-             "bf16 gradients need a model on one GPU, without offload, tensor or expert "
-             "parallelism (got ",
-             dtype_name(grads_dtype), " on ", device_.str(), ")");
-  grads_.allocate(grads_dtype, device_);
+    master_.allocate(dtypes.master, device_);
+  grads_.allocate(dtypes.grads, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
   bind_all({master_, compute_params(), grads_, &writes_});
@@ -100,7 +103,11 @@ void Model::copy_weights_from(const Model& other) {
 }
 
 ParamBuffer Model::host_params() const {
-  return master_on_host() ? master_ : master_.copy_to(Device::cpu());
+  if (master_on_host()) return master_;
+  if (master_.flat().dtype() == DType::kF32) return master_.copy_to(Device::cpu());
+  ParamBuffer host = master_.like(DType::kF32, Device::cpu());
+  ops::copy(master_.flat(), host.flat());  // bf16 widens to fp32 exactly
+  return host;
 }
 
 void Model::store_host_params(const ParamBuffer& host) {

@@ -54,6 +54,15 @@ struct KVCache {
   std::vector<Tensor> k, v;
 };
 
+// How a model stores the state training writes: the weights the optimizer updates (master) and
+// the gradients. kF32 each, or kBF16 on one GPU without offload, tensor or expert parallelism
+// (optimizer.master_dtype, optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and
+// §bf16 gradients). With a bf16 master the kernels read the master itself: there is no copy.
+struct StateDTypes {
+  DType master = DType::kF32;
+  DType grads = DType::kF32;
+};
+
 class Model {
  public:
   // Parameters, gradients and activations live on `device`; on CUDA the kernels compute in bf16
@@ -67,11 +76,9 @@ class Model {
   // offload (ZeRO-Offload, docs/parallelism.md): on a GPU the fp32 master weights live in pinned
   // host memory (and so do the optimizer's moments, made beside them); the GPU holds the bf16
   // copy the kernels read and the fp32 gradients.
-  // grads_dtype: kF32, or kBF16 on one GPU without offload, tp or an expert group
-  // (optimizer.grads_dtype, docs/gpu-model.md §bf16 gradients).
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
                  dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {},
-                 bool offload = false, DType grads_dtype = DType::kF32);
+                 bool offload = false, const StateDTypes& dtypes = {});
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();
@@ -81,9 +88,11 @@ class Model {
   Model& operator=(Model&&) = delete;
   const ModelConfig& config() const { return config_; }
   Device device() const { return device_; }
-  // The fp32 master weights (what loading, saving and the optimizer use). On a GPU model, code
-  // that writes them calls weights_changed() after, so the bf16 copy follows. They are on the
-  // model's device, or on the host under offload (master_on_host()).
+  // The master weights (what loading, saving and the optimizer use): fp32, or bf16 with
+  // StateDTypes::master (then they are also what the kernels read). On a GPU model, code that
+  // writes them calls weights_changed() after, so the bf16 copy follows. They are on the model's
+  // device, or on the host under offload (master_on_host()). Loaders and savers go through
+  // host_params(), which is fp32 either way.
   ParamBuffer& params() { return master_; }
   const ParamBuffer& params() const { return master_; }
   // The gradients; entries no backward wrote since zero_grad() read as zeros (they are zeroed
@@ -93,15 +102,17 @@ class Model {
     return grads_;
   }
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
-  // What the kernels read: params() itself on the CPU, its bf16 copy on CUDA.
+  // What the kernels read: params() itself on the CPU and for a bf16 master, else its bf16 copy
+  // on CUDA.
   const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }
   // Marks the master weights written and refreshes the compute copy from them.
   void weights_changed();
   // Copies every master weight from a model of the same config on any device.
   void copy_weights_from(const Model& other);
-  // The master weights on the host: the buffer itself on the CPU, a copy for a GPU model. Loaders
-  // fill it and hand it back to store_host_params(), which copies it to the device (a no-op on
-  // the CPU) and calls weights_changed().
+  // The master weights on the host in fp32: the buffer itself on the CPU, a copy for a GPU model
+  // (widened from a bf16 master, exactly). Loaders fill it and hand it back to
+  // store_host_params(), which copies it to the device (a no-op on the CPU; rounded to nearest
+  // into a bf16 master) and calls weights_changed().
   ParamBuffer host_params() const;
   void store_host_params(const ParamBuffer& host);
 
@@ -245,7 +256,7 @@ class Model {
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
   GradientWrites writes_{grads_};         // which gradient entries hold this step's values
-  std::unique_ptr<ParamBuffer> compute_;  // bf16 copy on CUDA; null on the CPU
+  std::unique_ptr<ParamBuffer> compute_;  // bf16 copy of an fp32 master on CUDA; else null
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<NormLayer> final_norm_;
   int embed_idx_ = -1, pos_idx_ = -1, head_idx_ = -1;

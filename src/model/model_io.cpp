@@ -67,12 +67,10 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
   dist::Communicator* group = model.expert_group();
   const TensorParallel& tp = model.tensor_parallel();
   const int ep = group ? group->size() : 1;
-  const auto* p0 = static_cast<const float*>(params.flat().raw_data());
   std::map<std::string, Tensor> out;
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
-    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
-    Tensor local = flat.slice(offset, offset + t.numel()).view(t.shape());
+    Tensor local = flat.slice(params.offset(i), params.offset(i) + t.numel()).view(t.shape());
     // Tensor-parallel parts first (the tp group holds the same experts), then the ep group's
     // experts.
     if (tp.active() && params.split_dim(i) >= 0)

@@ -107,15 +107,16 @@ class CudaMoELayer final : public MoEDeviceLayer {
       xb_ = Tensor::empty({T, d}, DType::kBF16, dev);
       cuda::f32_to_bf16(x.data<float>(), xb_.raw_data(), x.numel(), ctx_.stream());
     }
-    // The output buffer is kept from call to call (a captured step must find it at one address).
-    if (!y_buf_.defined() || y_buf_.dim(0) < T) {
+    const Tensor& out = options.out;
+    const bool write_out = out.defined() && out.dtype() == DType::kBF16 && out.device() == dev &&
+                           out.shape() == Shape{T, d};
+    // Without a caller's bf16 output (a model's layer always gives one) the layer writes into a
+    // buffer of its own, kept from call to call (a captured step must find it at one address).
+    if (!write_out && (!y_buf_.defined() || y_buf_.dim(0) < T)) {
       y_buf_ = Tensor();
       y_buf_ = Tensor::empty({max_tokens_, d}, DType::kBF16, dev);
       buffers_moved();
     }
-    const Tensor& out = options.out;
-    const bool write_out = out.defined() && out.dtype() == DType::kBF16 && out.device() == dev &&
-                           out.shape() == Shape{T, d};
     const Tensor yb = write_out ? out : y_buf_.slice(0, T);
     layer_->set_loss_scale(static_cast<float>(options.loss_scale));
     {

@@ -34,7 +34,11 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       detail::common_device("adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
-  detail::expect("adamw_step", "weights", master, DType::kF32, n);
+  // Weights fp32, or bf16 on a GPU (optimizer.master_dtype), which then have no working copy.
+  const bool bf16_master = master.dtype() == DType::kBF16 && dev.is_cuda();
+  detail::expect("adamw_step", "weights", master, bf16_master ? DType::kBF16 : DType::kF32, n);
+  MOEX_CHECK(!bf16_master || !working_copy.defined(),
+             "adamw_step: bf16 weights are what the model reads; they take no working copy");
   // Gradients fp32, or bf16 on a GPU (optimizer.grads_dtype).
   const bool bf16_grads = grad.dtype() == DType::kBF16 && dev.is_cuda();
   detail::expect("adamw_step", "gradients", grad, bf16_grads ? DType::kBF16 : DType::kF32, n);
@@ -85,7 +89,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
     return;
   }
   MOEX_CUDA_TWIN("adamw_step", {
-    detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
+    if (!bf16_master) detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
     cuda::AdamWStep s;
     s.lr = h.lr;
     s.beta1 = h.beta1;
@@ -95,9 +99,10 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
     s.grad_scale = h.grad_scale;
     s.bf16_moments = bf16_moments;
     s.bf16_grads = bf16_grads;
+    s.bf16_master = bf16_master;
     cuda::adamw_multi_tensor(
-        master.data<float>(), working_copy.raw_data(), grad.raw_data(), exp_avg.raw_data(),
-        exp_avg_sq.raw_data(),
+        master.raw_data(), bf16_master ? nullptr : working_copy.raw_data(), grad.raw_data(),
+        exp_avg.raw_data(), exp_avg_sq.raw_data(),
         static_cast<const cuda::AdamWSegment*>(segments.device_table().raw_data()),
         static_cast<int>(segments.host().size()), s, detail::stream(dev));
   });

@@ -1,7 +1,7 @@
 // AdamW over a model's flat buffers (torch.optim.AdamW semantics, cpu/adamw.h), all tensors in
-// one pass, and the global gradient norm. The fp32 master weights, gradients and both moments
-// (fp32 or bf16) share the parameter buffer's layout; on the GPU a bf16 working copy is rewritten
-// in the same pass.
+// one pass, and the global gradient norm. The master weights, gradients and both moments share
+// the parameter buffer's layout; on the GPU a bf16 working copy of fp32 master weights is
+// rewritten in the same pass.
 #pragma once
 
 #include <vector>
@@ -35,11 +35,13 @@ class AdamWSegments {
   Tensor device_;
 };
 
-// master: f32 [total]; grad: f32 [total], or bf16 on CUDA (optimizer.grads_dtype), on the same
-// device; exp_avg, exp_avg_sq: both f32, or both bf16 (read as
-// fp32, stored with stochastic rounding: core/stochastic_round.h); working_copy: bf16 [total] on
-// CUDA; on the CPU, where the master is the weight the model computes with, undefined, or the host
-// buffer ZeRO-Offload uploads into a GPU model's bf16 copy (written in the same pass).
+// master: f32 [total], or bf16 on CUDA (optimizer.master_dtype: the update is stored with
+// stochastic rounding, core/stochastic_round.h); grad: f32 [total], or bf16 on CUDA
+// (optimizer.grads_dtype), on the same device; exp_avg, exp_avg_sq: both f32, or both bf16 (read
+// as fp32, stored with stochastic rounding); working_copy: bf16 [total] on CUDA with an f32
+// master, undefined with a bf16 one; on the CPU, where the master is the weight the model
+// computes with, undefined, or the host buffer ZeRO-Offload uploads into a GPU model's bf16 copy
+// (written in the same pass).
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& hyper);

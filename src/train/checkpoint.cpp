@@ -81,18 +81,17 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   const std::string opt_path = dir + "/optimizer.safetensors";
   const io::SafetensorsFile moments = io::SafetensorsFile::open(opt_path);
   const ParamBuffer& params = model.params();
-  const float* p0 = params.flat().data<float>();
   // The moments in the buffer's layout (zero padding); the optimizer keeps its part.
   const Tensor moment[2] = {Tensor::zeros(params.flat().shape(), DType::kF32),
                             Tensor::zeros(params.flat().shape(), DType::kF32)};
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
-    const int64_t offset = static_cast<const float*>(t.raw_data()) - p0;
+    const int64_t offset = params.offset(i);
     for (const bool second : {false, true}) {
       const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
       MOEX_CHECK(moments.contains(name), opt_path, ": tensor '", name, "' is missing");
-      const Tensor src =
-          model::local_part(model, i, moments.weight_f32(name), opt_path + ": tensor '" + name + "'");
+      const Tensor src = model::local_part(model, i, moments.weight_f32(name),
+                                           opt_path + ": tensor '" + name + "'");
       float* dst = moment[second].data<float>() + offset;
       std::copy(src.data<float>(), src.data<float>() + src.numel(), dst);
     }

@@ -27,8 +27,10 @@ int update_selection_bias(model::Model& model, const ExpertLoads& loads, double 
     double mean = 0;
     for (double l : load) mean += l;
     mean /= static_cast<double>(load.size());
-    // The bias is a handful of floats: update a host copy, write it back (on any device).
-    Tensor host = bias.to(Device::cpu());
+    // The bias is a handful of numbers: update an fp32 host copy, write it back (on any device,
+    // into an fp32 or bf16 master).
+    Tensor host = Tensor::empty(bias.shape(), DType::kF32);
+    ops::copy(bias, host);
     float* b = host.data<float>();
     for (size_t e = 0; e < load.size(); ++e) {
       const double gap = mean - load[e];
@@ -37,7 +39,7 @@ int update_selection_bias(model::Model& model, const ExpertLoads& loads, double 
     ops::copy(host, bias);
     ++moved;
   }
-  // The MoE layers read the fp32 master copy of the bias; a new version makes the GPU layer
+  // The MoE layers read the master copy of the bias; a new version makes the GPU layer
   // upload it again (the bf16 compute copy of a bias is never read).
   model.params().flat().mark_written();
   return moved;

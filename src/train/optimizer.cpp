@@ -14,12 +14,11 @@ namespace {
 
 // Every tensor of the buffer as a segment of the flat buffer, with its weight decay.
 std::vector<ops::AdamWSegment> tensor_segments(const ParamBuffer& params, double weight_decay) {
-  const char* p0 = static_cast<const char*>(params.flat().raw_data());
   std::vector<ops::AdamWSegment> segments;
   for (int i = 0; i < params.size(); ++i) {
     const Tensor& t = params.tensor(i);
     ops::AdamWSegment s;
-    s.offset = (static_cast<const char*>(t.raw_data()) - p0) / static_cast<int64_t>(sizeof(float));
+    s.offset = params.offset(i);
     s.count = t.numel();
     s.weight_decay = t.ndim() >= 2 ? static_cast<float>(weight_decay) : 0.0f;
     segments.push_back(s);
@@ -135,7 +134,8 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
 double AdamW::step(model::Model& model, double lr, int64_t step) {
   if (model.device().is_cuda() && model.master_on_host()) return offload_step(model, lr, step);
   if (zero_.stage > 0) return zero_step(model, lr, step);
-  const bool copy = model.device().is_cuda();
+  // A GPU model's fp32 master has a bf16 copy to rewrite; a bf16 master is what the kernels read.
+  const bool copy = &model.compute_params() != &model.params();
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
   const model::TensorParallel& tp = model.tensor_parallel();

@@ -47,7 +47,8 @@ class AdamW {
 
   // Clips the global gradient norm to config.grad_clip (if > 0), then updates every parameter.
   // Returns the gradient norm before clipping. `step` is 1-based. working_copy: the bf16 copy of
-  // params on CUDA (null on the CPU). Without ZeRO only.
+  // fp32 params on CUDA (null on the CPU and for bf16 params, updated in place with stochastic
+  // rounding). Without ZeRO only.
   double step(ParamBuffer& params, const ParamBuffer& grads, double lr, int64_t step,
               const ParamBuffer* working_copy = nullptr);
   // The same on a model's master weights, gradients and working copy. Under expert parallelism

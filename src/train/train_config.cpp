@@ -116,6 +116,8 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
       opt.get_choice("moments_dtype", OptimizerConfig::precision_names(), "fp32"));
   c.optimizer.grads_dtype = OptimizerConfig::precision_of(
       opt.get_choice("grads_dtype", OptimizerConfig::precision_names(), "fp32"));
+  c.optimizer.master_dtype = OptimizerConfig::precision_of(
+      opt.get_choice("master_dtype", OptimizerConfig::precision_names(), "fp32"));
   if (c.optimizer.lr <= 0) opt.fail("lr", "must be > 0");
   if (c.optimizer.beta1 < 0 || c.optimizer.beta1 >= 1) opt.fail("beta1", "must be in [0, 1)");
   if (c.optimizer.beta2 < 0 || c.optimizer.beta2 >= 1) opt.fail("beta2", "must be in [0, 1)");

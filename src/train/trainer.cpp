@@ -253,13 +253,14 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
-  MOEX_CHECK(c.optimizer.grads_dtype == DType::kF32 ||
-                 (c.training.device.is_cuda() && comm.size() == 1 && !c.parallel.offload),
-             c.source,
-             ": optimizer.grads_dtype \"bf16\" runs on one GPU (training.device \"cuda\", one "
-             "rank, no parallel.offload); got training.device \"",
-             c.training.device.is_cuda() ? "cuda" : "cpu", "\", ", comm.size(), " rank(s)",
-             c.parallel.offload ? ", offload" : "");
+  const bool one_gpu = c.training.device.is_cuda() && comm.size() == 1 && !c.parallel.offload;
+  for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
+                                     std::pair{"master_dtype", c.optimizer.master_dtype}})
+    MOEX_CHECK(dtype == DType::kF32 || one_gpu, c.source, ": optimizer.", field,
+               " \"bf16\" runs on one GPU (training.device \"cuda\", one rank, no "
+               "parallel.offload); got training.device \"",
+               c.training.device.is_cuda() ? "cuda" : "cpu", "\", ", comm.size(), " rank(s)",
+               c.parallel.offload ? ", offload" : "");
   check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
@@ -324,7 +325,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   }
   if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
-                     c.parallel.offload, c.optimizer.grads_dtype);
+                     c.parallel.offload,
+                     model::StateDTypes{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);

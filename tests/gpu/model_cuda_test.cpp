@@ -15,6 +15,7 @@
 
 #include "core/json_reader.h"
 #include "core/rng.h"
+#include "core/stochastic_round.h"
 #include "cuda/device.h"
 #include "infer/json_constraint.h"
 #include "infer/json_prefix.h"
@@ -273,7 +274,7 @@ TEST_F(GpuModel, GradientsAccumulateOverMicroBatches) {
 TEST_F(GpuModel, Bf16GradientsAreTheFp32GradientsRounded) {
   const ModelConfig config = small_config();
   model::Model m32(config, Device::cuda());
-  model::Model m16(config, Device::cuda(), nullptr, {}, false, DType::kBF16);
+  model::Model m16(config, Device::cuda(), nullptr, {}, false, {DType::kF32, DType::kBF16});
   m32.init_weights(13);
   m16.init_weights(13);
   ASSERT_EQ(m16.grads().flat().dtype(), DType::kBF16);
@@ -304,11 +305,55 @@ TEST_F(GpuModel, Bf16GradientsAreTheFp32GradientsRounded) {
   }
 
   model::Model f32_run(config, Device::cuda());
-  model::Model bf16_run(config, Device::cuda(), nullptr, {}, false, DType::kBF16);
+  model::Model bf16_run(config, Device::cuda(), nullptr, {}, false, {DType::kF32, DType::kBF16});
   const std::vector<double> f32_curve = fifty_step_losses(f32_run);
   const std::vector<double> bf16_curve = fifty_step_losses(bf16_run);
   // As TrainingFollowsTheCpuLossCurve: rounding differences drift the runs apart slowly.
   EXPECT_LT(worst_curve_gap(f32_curve, bf16_curve, "fp32 gradients", "bf16"), 5e-2);
+  EXPECT_LT(bf16_curve.back(), 0.6 * bf16_curve.front());
+}
+
+// optimizer.master_dtype "bf16" (docs/gpu-model.md §bf16 master weights): the bf16 weights are the
+// master and what the kernels read, with no copy. Loading rounds to nearest and saving widens
+// exactly, so host weights come back as their bf16 rounding, and those go in and out unchanged (a
+// checkpoint round trip is exact). The forward matches the fp32-master model's, whose kernels read
+// the same bf16 weights (only the fp32 router differs by rounding), and 50 steps with bf16 master
+// weights and gradients (the HF peer's state) follow the fp32 run's losses.
+TEST_F(GpuModel, Bf16MasterWeightsLoadSaveAndTrain) {
+  const ModelConfig config = small_config();
+  const model::StateDTypes bf16_state{DType::kBF16, DType::kBF16};
+  model::Model m32(config, Device::cuda());
+  model::Model m16(config, Device::cuda(), nullptr, {}, false, bf16_state);
+  ASSERT_EQ(m16.params().flat().dtype(), DType::kBF16);
+  EXPECT_EQ(&m16.compute_params(), &m16.params());
+  m32.init_weights(13);
+  m16.init_weights(13);
+  const ParamBuffer h32 = m32.host_params(), h16 = m16.host_params();
+  ASSERT_EQ(h16.flat().dtype(), DType::kF32);
+  const float* a = h32.flat().data<float>();
+  const float* b = h16.flat().data<float>();
+  int64_t rounded = 0;
+  for (int64_t i = 0; i < h32.flat().numel(); ++i) {
+    ASSERT_EQ(b[i], bf16_bits_to_f32(f32_to_bf16(a[i]))) << i;
+    rounded += a[i] != b[i];
+  }
+  EXPECT_GT(rounded, h32.flat().numel() / 2) << "the fp32 weights were already bf16 values";
+  m16.store_host_params(h16);
+  const std::vector<float> again = widened(m16.params().flat());
+  ASSERT_EQ(again, std::vector<float>(b, b + h16.flat().numel()));
+
+  std::vector<int32_t> ids, targets;
+  counting_batch(2, 32, config.vocab_size, 5, &ids, &targets);
+  std::vector<float> logits32(2 * 32 * config.vocab_size), logits16(logits32.size());
+  m32.logits(ids.data(), 2, 32, logits32.data());
+  m16.logits(ids.data(), 2, 32, logits16.data());
+  EXPECT_LT(rel_l2(logits16, logits32), 1e-2);
+
+  model::Model f32_run(config, Device::cuda());
+  model::Model bf16_run(config, Device::cuda(), nullptr, {}, false, bf16_state);
+  const std::vector<double> f32_curve = fifty_step_losses(f32_run);
+  const std::vector<double> bf16_curve = fifty_step_losses(bf16_run);
+  EXPECT_LT(worst_curve_gap(f32_curve, bf16_curve, "fp32 master", "bf16 master"), 5e-2);
   EXPECT_LT(bf16_curve.back(), 0.6 * bf16_curve.front());
 }
 

@@ -256,14 +256,19 @@ TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
   }
 }
 
-// bf16 gradients (optimizer.grads_dtype) are built for one GPU: a CPU model refuses them by name.
-// The GPU side: tests/gpu/model_cuda_test.cpp Bf16GradientsAreTheFp32GradientsRounded.
-TEST(Model, Bf16GradientsAreRefusedOnTheCpu) {
-  try {
-    Model cpu(tiny_config(""), Device::cpu(), nullptr, {}, false, DType::kBF16);
-    ADD_FAILURE() << "bf16 gradients on the CPU";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("bf16 gradients"), std::string::npos) << e.what();
+// bf16 gradients and master weights (optimizer.grads_dtype, master_dtype) are built for one GPU:
+// a CPU model refuses each by name. The GPU side: tests/gpu/model_cuda_test.cpp
+// Bf16GradientsAreTheFp32GradientsRounded, Bf16MasterWeightsLoadSaveAndTrain.
+TEST(Model, Bf16StateIsRefusedOnTheCpu) {
+  for (const auto& [dtypes, what] :
+       {std::pair{StateDTypes{DType::kF32, DType::kBF16}, "bf16 gradients"},
+        std::pair{StateDTypes{DType::kBF16, DType::kF32}, "bf16 master weights"}}) {
+    try {
+      Model cpu(tiny_config(""), Device::cpu(), nullptr, {}, false, dtypes);
+      ADD_FAILURE() << what << " on the CPU";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
   }
 }
 

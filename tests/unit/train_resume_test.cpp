@@ -284,7 +284,7 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
   EXPECT_NE(error_of(R"(, "grad_accum": "two")").find("training.grad_accum must be an integer"),
             std::string::npos);
   // An optimizer section's error, naming the field.
-  for (const char* field : {"moments_dtype", "grads_dtype"}) {
+  for (const char* field : {"moments_dtype", "grads_dtype", "master_dtype"}) {
     const std::string section = std::string(R"(, "optimizer": {")") + field + R"(": "fp16"})";
     try {
       TrainConfig::from_file(write_config(corpus, "x", "", nullptr, "", section).string());
@@ -294,18 +294,26 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
           << e.what();
     }
   }
-  // bf16 gradients: parsed, then refused by name on the CPU before anything is read or written.
-  const fs::path bf16_grads = write_config(corpus, (corpus / "bf16_grads").string(), "", nullptr,
-                                           "", R"(, "optimizer": {"grads_dtype": "bf16"})");
-  const TrainConfig parsed = TrainConfig::from_file(bf16_grads.string());
-  EXPECT_EQ(parsed.optimizer.grads_dtype, DType::kBF16);
-  try {
-    run_training(parsed, "");
-    ADD_FAILURE() << "bf16 gradients ran on the CPU";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer.grads_dtype"), std::string::npos) << e.what();
+  // bf16 gradients and master weights: parsed, then refused by name on the CPU before anything is
+  // read or written.
+  for (const char* field : {"grads_dtype", "master_dtype"}) {
+    const std::string out = (corpus / field).string();
+    const fs::path path =
+        write_config(corpus, out, "", nullptr, "",
+                     std::string(R"(, "optimizer": {")") + field + R"(": "bf16"})");
+    const TrainConfig parsed = TrainConfig::from_file(path.string());
+    EXPECT_EQ(std::string(field) == "grads_dtype" ? parsed.optimizer.grads_dtype
+                                                  : parsed.optimizer.master_dtype,
+              DType::kBF16);
+    try {
+      run_training(parsed, "");
+      ADD_FAILURE() << field << " bf16 ran on the CPU";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("optimizer.") + field), std::string::npos)
+          << e.what();
+    }
+    EXPECT_FALSE(fs::exists(out));
   }
-  EXPECT_FALSE(fs::exists(corpus / "bf16_grads"));
   fs::remove_all(corpus);
 }
 

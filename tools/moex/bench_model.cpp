@@ -40,21 +40,24 @@ nlohmann::json profile_budget(double steps) {
 
 std::string run_train_step_bench(const std::string& config_path, const std::string& device_flag,
                                  int warmup, int iters, bool offload,
-                                 const std::string& moments_dtype, const std::string& grads_dtype) {
+                                 const StateDTypeFlags& dtypes) {
   MOEX_CHECK(iters >= 1, "--iters must be >= 1, got ", iters);
   MOEX_CHECK(warmup >= 0, "--warmup must be >= 0, got ", warmup);
   train::TrainConfig c = train::TrainConfig::from_file(config_path);
-  if (!moments_dtype.empty())
-    c.optimizer.moments_dtype = train::OptimizerConfig::precision_of(moments_dtype);
-  if (!grads_dtype.empty())
-    c.optimizer.grads_dtype = train::OptimizerConfig::precision_of(grads_dtype);
+  for (const auto& [flag, field] : {std::pair{&dtypes.moments_dtype, &c.optimizer.moments_dtype},
+                                    std::pair{&dtypes.grads_dtype, &c.optimizer.grads_dtype},
+                                    std::pair{&dtypes.master_dtype, &c.optimizer.master_dtype}})
+    if (!flag->empty()) *field = train::OptimizerConfig::precision_of(*flag);
   const Device device =
       device_flag.empty() ? c.training.device : Device::parse(device_flag, "--device");
   offload = offload || c.parallel.offload;
   MOEX_CHECK(!offload || device.is_cuda(), "--offload needs --device cuda");
-  model::Model m(c.model, device, nullptr, {}, offload, c.optimizer.grads_dtype);
+  model::Model m(c.model, device, nullptr, {}, offload,
+                 model::StateDTypes{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
+  // Weights, gradients and moments: what the device holds before the first step.
+  const size_t state_bytes = ops::device_memory(device).in_use;
   const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
   const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
   const std::vector<int32_t> targets = random_tokens(batch * seq, c.model.vocab_size, 1);
@@ -114,6 +117,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"offload", offload},
       {"moments_dtype", train::OptimizerConfig::precision_name(c.optimizer.moments_dtype)},
       {"grads_dtype", train::OptimizerConfig::precision_name(c.optimizer.grads_dtype)},
+      {"master_dtype", train::OptimizerConfig::precision_name(c.optimizer.master_dtype)},
       {"parameters", mc.num_parameters()},
       {"tokens", batch * seq},
       {"step_ms", median},
@@ -123,6 +127,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"mfu", flops_per_token * tokens_per_s / 737e12},
       // the GPU's peak tensor memory; on the CPU, the process's peak resident memory
       {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
+      {"state_gib", static_cast<double>(state_bytes) / (1u << 30)},
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
       // long-lived buffers replaced (grown, re-planned) per timed step
       {"buffer_moves_per_step", static_cast<double>(generation1 - generation0) / iters},

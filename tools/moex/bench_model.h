@@ -12,13 +12,14 @@ namespace moex::bench {
 // Forward + backward + AdamW step on [micro_batch_size, seq_len] tokens on `device` ("" takes
 // training.device), `warmup` untimed steps then the median of `iters` (>= 1): {"bench",
 // "tokens_per_s", "step_ms", "mfu", "peak_mem_gib", ...}. offload (or the config's
-// parallel.offload): master weights and Adam state in host memory (ZeRO-Offload). moments_dtype
-// "fp32" or "bf16" overrides the config's optimizer.moments_dtype ("" keeps it), grads_dtype its
-// optimizer.grads_dtype.
+// parallel.offload): master weights and Adam state in host memory (ZeRO-Offload). Each field of
+// `dtypes`, "fp32" or "bf16", overrides the config's optimizer field of that name ("" keeps it).
+struct StateDTypeFlags {
+  std::string moments_dtype, grads_dtype, master_dtype;
+};
 std::string run_train_step_bench(const std::string& config_path, const std::string& device,
                                  int warmup, int iters, bool offload = false,
-                                 const std::string& moments_dtype = "",
-                                 const std::string& grads_dtype = "");
+                                 const StateDTypeFlags& dtypes = {});
 // For each batch size B: B sequences of a `prompt_len`-token prompt (prefilled in one step, timed
 // as prefill_ms) decoding `new_tokens` (>= 2) tokens together (greedy, or drawn with `sampling`)
 // through the serving scheduler (paged KV cache), on a config's model or a named

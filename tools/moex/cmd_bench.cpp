@@ -67,7 +67,9 @@ void print_help() {
       "  --moments-dtype  train-step: fp32 or bf16 Adam moments (overrides "
       "optimizer.moments_dtype)\n"
       "  --grads-dtype    train-step: fp32 or bf16 gradients on one GPU (overrides "
-      "optimizer.grads_dtype)\n");
+      "optimizer.grads_dtype)\n"
+      "  --master-dtype   train-step: fp32 or bf16 master weights on one GPU (overrides "
+      "optimizer.master_dtype)\n");
 }
 
 // --batch of the decode benchmark: "B" or "B1,B2,..." (each >= 1).
@@ -172,9 +174,9 @@ int run_bench(const std::vector<std::string>& argv) {
              "' (moe-layer, train-step or decode)");
   const std::string config = args.get("config", "configs/tiny-moe.json");
   if (what == "train-step") {
-    check_flags(
-        args, what,
-        {"config", "device", "iters", "warmup", "json", "offload", "moments-dtype", "grads-dtype"});
+    check_flags(args, what,
+                {"config", "device", "iters", "warmup", "json", "offload", "moments-dtype",
+                 "grads-dtype", "master-dtype"});
     const int iters = count_flag(args, "iters", 5, 1);
     const int warmup = count_flag(args, "warmup", 1, 0);
     if (args.has("device")) moex::Device::parse(args.get("device"), "--device");  // before work
@@ -185,10 +187,11 @@ int run_bench(const std::vector<std::string>& argv) {
                  flag, " must be fp32 or bf16 (optimizer.", field, "), got '", value, "'");
       return value;
     };
-    const std::string moments = precision("moments-dtype", "moments_dtype");
-    const std::string grads = precision("grads-dtype", "grads_dtype");
+    const bench::StateDTypeFlags dtypes{precision("moments-dtype", "moments_dtype"),
+                                        precision("grads-dtype", "grads_dtype"),
+                                        precision("master-dtype", "master_dtype")};
     std::printf("%s\n", bench::run_train_step_bench(config, args.get("device"), warmup, iters,
-                                                    args.flag("offload"), moments, grads)
+                                                    args.flag("offload"), dtypes)
                             .c_str());
     return 0;
   }

@@ -3,7 +3,8 @@
 // padding between segments untouched, the bf16 copy rounded to nearest even from the new master,
 // and sum_of_squares against cpu::sum_of_squares with bit-identical reruns. bf16 moments: the
 // kernel hashes the same bits as the CPU twin for its stochastic rounding, so it stores the same
-// bf16 values.
+// bf16 values. bf16 master weights: the twin's step, stochastically rounded with bits the host
+// recomputes, and unbiased for steps below the bf16 resolution.
 #include "cpu/adamw.h"
 
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/stochastic_round.h"
 #include "cpu/reduce.h"
 #include "cuda/adamw.h"
 #include "kernel_test_util.h"
@@ -161,6 +163,107 @@ TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
     }
     EXPECT_GT(changed, count / 2) << "the moments were not updated";
   }
+}
+
+// A bf16 master (optimizer.master_dtype): the kernel computes the fp32 step from the widened
+// weight, exactly as the CPU twin does from the same fp32 value, then stores it with stochastic
+// rounding whose bits the host can recompute (core/stochastic_round.h): every stored weight must
+// be that rounding of the twin's result, bit for bit, with fp32 or bf16 moments, on the vector
+// and the scalar path (the master one element off 8-byte alignment), padding untouched.
+TEST_F(AdamWTest, Bf16MasterIsTheTwinsStepStochasticallyRounded) {
+  cuda::CudaContext ctx;
+  const std::vector<cuda::AdamWSegment> segs = {
+      {0, 40000, 0.1f}, {40001, 4099, 0.0f}, {44104, 70001, 0.02f}};
+  const int64_t total = 44104 + 70001 + 3;
+  const auto w_init = rand_vec(total, 150, -2, 2), grad = rand_vec(total, 151, -2, 2);
+  const auto m_init = rand_vec(total, 152, -0.1f, 0.1f);
+  const auto v_init = rand_vec(total, 153, 1e-4f, 1e-2f);
+  std::vector<uint16_t> w0(total);
+  std::vector<float> widened0(total);
+  for (int64_t i = 0; i < total; ++i) {
+    w0[i] = f32_to_bf16(w_init[i]);
+    widened0[i] = bf16_bits_to_f32(w0[i]);
+  }
+  cuda::AdamWStep st;
+  st.lr = 3e-3;
+  st.beta2 = 0.999;
+  st.step = 5;
+  st.grad_scale = 0.61;
+  st.bf16_master = true;
+  auto check = [&](auto moment_zero, int64_t shift) {
+    using M = decltype(moment_zero);
+    st.bf16_moments = sizeof(M) == 2;
+    std::vector<M> m0(total), v0(total);
+    for (int64_t i = 0; i < total; ++i) {
+      if constexpr (sizeof(M) == 2) {
+        m0[i] = f32_to_bf16(m_init[i]);
+        v0[i] = f32_to_bf16(v_init[i]);
+      } else {
+        m0[i] = m_init[i];
+        v0[i] = v_init[i];
+      }
+    }
+    std::vector<uint16_t> w_buf(shift, 0);
+    w_buf.insert(w_buf.end(), w0.begin(), w0.end());
+    DevBuf dw = upload(w_buf), dgrad = upload(grad), dm = upload(m0), dv = upload(v0);
+    DevBuf dsegs = upload(segs);
+    uint16_t* w_dev = dw.as<uint16_t>() + shift;
+    cuda::adamw_multi_tensor(w_dev, nullptr, dgrad.as<float>(), dm.ptr, dv.ptr,
+                             dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st,
+                             ctx.stream());
+    const auto w = download<uint16_t>(w_dev, total);
+    const auto m = download<M>(dm.ptr, total), v = download<M>(dv.ptr, total);
+    std::vector<float> w_ref = widened0;
+    std::vector<M> m_ref = m0, v_ref = v0;
+    const std::vector<char> inside = cpu_twin_step(segs, st, grad, &w_ref, &m_ref, &v_ref);
+    int64_t moved = 0, count = 0;
+    for (int64_t i = 0; i < total; ++i) {
+      ASSERT_EQ(m[i], m_ref[i]) << i;
+      ASSERT_EQ(v[i], v_ref[i]) << i;
+      if (!inside[i]) {
+        ASSERT_EQ(w[i], w0[i]) << "padding " << i;
+        continue;
+      }
+      const uint32_t bits = adam_weight_rounding_bits(
+          adam_rounding_bits(grad[i], widened0[i], static_cast<uint32_t>(st.step)));
+      ASSERT_EQ(w[i], f32_to_bf16_stochastic(w_ref[i], bits)) << i;
+      ++count;
+      moved += w[i] != w0[i];
+    }
+    EXPECT_GT(moved, count / 2) << "the weights were not updated";
+  };
+  for (const int64_t shift : {0, 1}) {
+    SCOPED_TRACE("master " + std::to_string(shift * 2) + " bytes past alignment");
+    check(float{}, shift);
+    check(uint16_t{}, shift);
+  }
+}
+
+// Stochastic rounding keeps a bf16 master's small updates in expectation: a million weights of
+// 1.0 (bf16 unit below 1.0: 2^-8) each take a step of -lr = -1e-4 (first step, positive gradients,
+// no decay). Rounding to nearest would leave every weight at 1.0; the mean change must be -1e-4
+// (about 2.6 % of the weights step down by 2^-8; the binomial spread is 0.6 % of the mean).
+TEST_F(AdamWTest, Bf16MasterKeepsUpdatesBelowItsResolutionOnAverage) {
+  cuda::CudaContext ctx;
+  const int64_t n = int64_t{1} << 20;
+  const std::vector<uint16_t> w0(n, f32_to_bf16(1.0f));
+  const auto grad = rand_vec(n, 160, 0.5f, 2.0f);
+  const std::vector<float> zeros(n, 0.0f);
+  const std::vector<cuda::AdamWSegment> segs = {{0, n, 0.0f}};
+  cuda::AdamWStep st;
+  st.lr = 1e-4;
+  st.step = 1;
+  st.bf16_master = true;
+  DevBuf dw = upload(w0), dgrad = upload(grad), dm = upload(zeros), dv = upload(zeros);
+  DevBuf dsegs = upload(segs);
+  cuda::adamw_multi_tensor(dw.ptr, nullptr, dgrad.as<float>(), dm.ptr, dv.ptr,
+                           dsegs.as<cuda::AdamWSegment>(), 1, st, ctx.stream());
+  const auto w = download<uint16_t>(dw.ptr, n);
+  double sum = 0;
+  for (uint16_t b : w) sum += static_cast<double>(bf16_bits_to_f32(b)) - 1.0;
+  const double mean = sum / static_cast<double>(n);
+  std::printf("[adamw] bf16 master, a step of -1e-4 from 1.0: mean change %.4g\n", mean);
+  EXPECT_NEAR(mean, -1e-4, 3e-6);
 }
 
 TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {
