@@ -30,6 +30,7 @@ void print_help() {
       "       moex bench train-step [--config F] [--device cpu|cuda] [--iters N] [--warmup N]\n"
       "                             [--offload] [--moments-dtype fp32|bf16] [--grads-dtype "
       "fp32|bf16]\n"
+      "                             [--master-dtype fp32|bf16]\n"
       "                             forward+backward+AdamW: tokens/s, step ms, MFU, peak memory\n"
       "       moex bench decode [--config F | --shape mixtral4l] [--device cpu|cuda] [--batch "
       "B,...]\n"
@@ -160,7 +161,7 @@ int run_bench(const std::vector<std::string>& argv) {
   const Args args(
       argv,
       {"device", "shape", "mode", "iters", "warmup", "config", "tokens", "batch", "ep", "prompt",
-       "temperature", "top-k", "top-p", "seed", "moments-dtype", "grads-dtype"},
+       "temperature", "top-k", "top-p", "seed", "moments-dtype", "grads-dtype", "master-dtype"},
       {"json", "help", "recompute", "cac", "offload"});
   if (args.flag("help") || args.positional().empty()) {
     print_help();
