@@ -141,7 +141,7 @@ void AttentionLayer::forward(const Tensor& x, int64_t batch, int64_t seq_len, co
   if (save) {
     batch_ = batch;
     seq_len_ = seq_len;
-    x_ = x;
+    x_ = y.raw_data() == x.raw_data() ? Tensor() : x;
     q_ = q;
     k_ = k;
     v_ = v;
@@ -150,7 +150,11 @@ void AttentionLayer::forward(const Tensor& x, int64_t batch, int64_t seq_len, co
   }
 }
 
-void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
+void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena,
+                              const Tensor& input) {
+  const Tensor& x = x_.defined() ? x_ : input;
+  MOEX_CHECK(x.defined(), "AttentionLayer::backward: the forward's output overwrote its input; "
+                          "pass the input again");
   ArenaScope scope(arena);
   const int64_t n = batch_ * seq_len_, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
   const DType dt = dy.dtype();
@@ -171,7 +175,7 @@ void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) 
   }
   const Tensor dqkv = arena.alloc(Shape{n, qd + 2 * kd}, dt);  // [N, Q]
   ops::merge_qkv_backward(dq, dk, dv, 0, rope && !q_norm_ ? config_.rope_theta : 0.0, dqkv);
-  ops::linear_backward(dqkv, x_, qkv_w_.w, dx, false, qkv_w_.g, qkv_w_.grad_accumulates(),
+  ops::linear_backward(dqkv, x, qkv_w_.w, dx, false, qkv_w_.g, qkv_w_.grad_accumulates(),
                        qkv_b_.grad_to_add());
   tp_.all_reduce(dx);
 }

@@ -32,11 +32,13 @@ class AttentionLayer {
   // rank's heads' part (Model::finish_gradients sums them over the group).
   std::vector<int> partial_grad_indices() const;
 
-  // Training: x [N, d] (normed) -> y [N, d]; keeps what backward needs when `save`.
+  // Training: x [N, d] (normed) -> y [N, d]; keeps what backward needs when `save`. y may alias x
+  // (x is read only before y is written); x is then not kept, and backward takes it again.
   void forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,
                bool save);
-  // dx [N, d] written; parameter gradients accumulated.
-  void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
+  // dx [N, d] written; parameter gradients accumulated. input: the forward's x, when its y
+  // overwrote it (else undefined).
+  void backward(const Tensor& dy, const Tensor& dx, Arena& arena, const Tensor& input = Tensor());
   // Decoding: the new tokens x [B*Tn, d] at positions start_pos.., keys/values written into the
   // cache at those positions.
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,
@@ -61,7 +63,7 @@ class AttentionLayer {
   std::unique_ptr<NormLayer> q_norm_, k_norm_;
   // saved for backward
   int64_t batch_ = 0, seq_len_ = 0;
-  Tensor x_;             // [N, d]
+  Tensor x_;             // [N, d]; undefined when y overwrote it
   Tensor q_, k_, v_;     // after norm and RoPE: [B,T,H,Dh], [B,T,Hkv,Dh] x2
   Tensor attn_, stats_;  // [N, H*Dh] (input of o_proj); ops::attention_saved_shape
 };

@@ -47,11 +47,13 @@ void Block::run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   if (!save) scope.emplace(arena);
   const Shape shape = x.shape();
   // The attention's and the FFN's outputs land in x1 and y, and the residual adds in place: no
-  // backward reads them, so a kept step holds no buffer for them.
-  const Tensor h = arena.alloc(shape, x.dtype()), x1 = arena.alloc(shape, x.dtype()),
-               h2 = arena.alloc(shape, x.dtype());
-  norm1_.forward(x, h, arena, save);
-  attn_.forward(h, batch_, seq_len_, x1, arena, save);
+  // backward reads them, so a kept step holds no buffer for them. The attention's input h =
+  // norm1(x) lives in x1 too: the attention reads it only before it writes its output there, and
+  // backward recomputes it from x (one norm pass; docs/gpu-model.md §What a training forward
+  // keeps).
+  const Tensor x1 = arena.alloc(shape, x.dtype()), h2 = arena.alloc(shape, x.dtype());
+  norm1_.forward(x, x1, arena, save);
+  attn_.forward(x1, batch_, seq_len_, x1, arena, save);
   ops::add(x, x1, x1);
   norm2_.forward(x1, h2, arena, save);
   ffn_.forward(h2, y, arena, save, step_);
@@ -82,7 +84,9 @@ void Block::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   ffn_.backward(dy, g, arena);
   norm2_.backward(g, g);
   ops::add(dy, g, dx1);
-  attn_.backward(dx1, g, arena);
+  const Tensor h = arena.alloc(shape, dy.dtype());
+  norm1_.recompute(h, arena);  // the attention's input, overwritten by its output in forward
+  attn_.backward(dx1, g, arena, h);
   norm1_.backward(g, g);
   ops::add(dx1, g, dx);
 }

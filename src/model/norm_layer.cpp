@@ -34,6 +34,14 @@ void NormLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   }
 }
 
+void NormLayer::recompute(const Tensor& y, Arena& arena) const {
+  MOEX_CHECK(x_.defined(), "NormLayer::recompute: no forward kept its input");
+  const int64_t n = x_.numel() / dim_;
+  const Tensor rstd = arena.alloc(Shape{n}, DType::kF32);
+  const Tensor mean = rms() ? Tensor() : arena.alloc(Shape{n}, DType::kF32);
+  ops::norm(rms(), x_, weight_.w, bias_.w, eps_, y, mean, rstd);
+}
+
 void NormLayer::add_forward(const Tensor& x, const Tensor& res, const Tensor& sum, const Tensor& y,
                             Arena& arena) const {
   const int64_t n = x.numel() / dim_;

@@ -22,6 +22,9 @@ class NormLayer {
   // the GPU; nothing kept. sum must not alias x, res or y.
   void add_forward(const Tensor& x, const Tensor& res, const Tensor& sum, const Tensor& y,
                    Arena& arena) const;
+  // y = the kept forward's output again, from its saved input (the same kernel on the same bits;
+  // the statistics go to the arena): for callers that did not keep the output.
+  void recompute(const Tensor& y, Arena& arena) const;
   // dx [n, dim] written (may alias dy); parameter gradients accumulated.
   void backward(const Tensor& dy, const Tensor& dx);
 
