@@ -318,6 +318,24 @@ TEST_F(AdamWTest, Bandwidth) {
                              v.as<float>(), dsegs.as<cuda::AdamWSegment>(),
                              static_cast<int>(segs.size()), st, s);
   });
+  // The peer's state: bf16 moments and gradients, with an fp32 master (20 bytes an element with
+  // the copy) and with a bf16 master (14 bytes).
+  DevBuf master16 = kt::dev_rand_bf16(total, 145), grad16 = kt::dev_rand_bf16(total, 146);
+  DevBuf m16 = kt::dev_rand_bf16(total, 147, -0.1f, 0.1f),
+         v16 = kt::dev_rand_bf16(total, 148, 1e-4f, 1e-2f);
+  cuda::AdamWStep st16;
+  st16.bf16_moments = st16.bf16_grads = true;
+  kt::report_bandwidth("adamw 64M fp32 master + copy, bf16 m, g (20 B/elem)", 20.0 * elems, s, [&] {
+    cuda::adamw_multi_tensor(master.as<float>(), param.ptr, grad16.ptr, m16.ptr, v16.ptr,
+                             dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st16,
+                             s);
+  });
+  st16.bf16_master = true;
+  kt::report_bandwidth("adamw 64M bf16 master, m, g (14 B/elem)", 14.0 * elems, s, [&] {
+    cuda::adamw_multi_tensor(master16.ptr, nullptr, grad16.ptr, m16.ptr, v16.ptr,
+                             dsegs.as<cuda::AdamWSegment>(), static_cast<int>(segs.size()), st16,
+                             s);
+  });
   DevBuf ws(cuda::sum_of_squares_workspace_bytes(total)), out(8);
   kt::report_bandwidth("sum_of_squares 64M", 4.0 * total, s, [&] {
     cuda::sum_of_squares(grad.as<float>(), false, total, out.as<double>(), ws.ptr, s);
