@@ -119,10 +119,16 @@ Tensor ParamBuffer::flat_range(int first, int last) const {
   return flat_.slice(offsets_[first], offsets_[last] + shapes_[last].numel());
 }
 
+const Tensor& ParamBuffer::tensor(int i) const {
+  static const Tensor kUnallocated;
+  MOEX_CHECK(0 <= i && i < size(), "entry ", i, " of a buffer of ", size());
+  return flat_.defined() ? tensors_[static_cast<size_t>(i)] : kUnallocated;
+}
+
 Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
   MOEX_CHECK(0 <= first && first <= last && last < size(), "span [", first, ", ", last,
              "] out of range");
-  MOEX_CHECK(flat_.defined(), "span of an unallocated buffer");
+  if (!flat_.defined()) return Tensor();
   int64_t elems = 0;
   for (int i = first; i <= last; ++i) {
     MOEX_CHECK(offsets_[i] == offsets_[first] + elems, "entries ", names_[first], "..",

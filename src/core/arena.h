@@ -101,7 +101,9 @@ class ParamBuffer {
 
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }
-  const Tensor& tensor(int i) const { return tensors_.at(i); }
+  // Entry i, a view of flat(); undefined while the buffer is unallocated (e.g. an inference
+  // model's gradients), and so are span()'s views.
+  const Tensor& tensor(int i) const;
   int split_dim(int i) const { return split_dims_.at(i); }
   int split_blocks(int i) const { return split_blocks_.at(i); }
   int index_of(const std::string& name) const;            // -1 if absent

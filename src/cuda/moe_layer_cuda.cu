@@ -271,12 +271,17 @@ void MoELayerCuda::bind_expert_buffers(const Tensor& w1, const Tensor& w2, const
                                        const Tensor& dw2) {
   check_tensor(w1, "MoELayerCuda::bind_expert_buffers w1", DType::kBF16, Shape{El_, f1_, d_});
   check_tensor(w2, "MoELayerCuda::bind_expert_buffers w2", DType::kBF16, Shape{El_, d_, f_});
-  // Gradients fp32, or bf16 (a model's bf16 gradients, docs/gpu-model.md §bf16 gradients).
-  const DType gt = dw1.defined() && dw1.dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
-  check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", gt, Shape{El_, f1_, d_});
-  check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", gt, Shape{El_, d_, f_});
+  // Gradients fp32, or bf16 (a model's bf16 gradients, docs/gpu-model.md §bf16 gradients), or
+  // neither for an inference model (no backward).
+  MOEX_CHECK(dw1.defined() == dw2.defined(),
+             "MoELayerCuda::bind_expert_buffers: give both expert gradients or neither");
+  if (dw1.defined()) {
+    const DType gt = dw1.dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
+    check_tensor(dw1, "MoELayerCuda::bind_expert_buffers dw1", gt, Shape{El_, f1_, d_});
+    check_tensor(dw2, "MoELayerCuda::bind_expert_buffers dw2", gt, Shape{El_, d_, f_});
+  }
   for (const Tensor* t : {&w1, &w2, &dw1, &dw2})
-    MOEX_CHECK(t->device() == Device::cuda(ctx_.ordinal()),
+    MOEX_CHECK(!t->defined() || t->device() == Device::cuda(ctx_.ordinal()),
                "MoELayerCuda::bind_expert_buffers: tensors must be on the layer's GPU");
   w1_ = w1;
   w2_ = w2;
@@ -1048,6 +1053,9 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   MOEX_CHECK(kept_,
              "MoELayerCuda::backward after a forward that kept nothing for it "
              "(keep_for_backward false)");
+  MOEX_CHECK(dw1_.defined(),
+             "MoELayerCuda::backward: the bound expert weights have no gradients "
+             "(an inference model)");
   MOEX_CHECK(!kept_in_scratch_ || scratch_->activations_ticket() == scratch_ticket_,
              "MoELayerCuda::backward: its forward kept its activations in the shared scratch "
              "(keep_in_scratch) and another forward has written over them since");

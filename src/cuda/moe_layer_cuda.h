@@ -219,9 +219,10 @@ class MoELayerCuda {
   void set_shared_parameters(const Tensor& w1, const Tensor& w2, const Tensor& gate = Tensor());
   // Model mode (docs/gpu-model.md): compute with these bf16 expert weights, w1 [El,F1,d] and
   // w2 [El,d,F] (views of a model's bf16 compute copy), and ADD the expert weight gradients into
-  // dw1, dw2 (fp32 or bf16 views of its gradient buffer) instead of overwriting buffers of the
-  // layer's own. set_parameters then takes undefined w1/w2 and leaves the bound ones in place. The
-  // views must stay valid while the layer uses them.
+  // dw1, dw2 (fp32 or bf16 views of its gradient buffer; both undefined for an inference model,
+  // whose backward is refused) instead of overwriting buffers of the layer's own. set_parameters
+  // then takes undefined w1/w2 and leaves the bound ones in place. The views must stay valid while
+  // the layer uses them.
   void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
                            const Tensor& dw2);
   // Model mode: the next backwards add into dw1, dw2 (the default) or write over them, zeroing

@@ -124,8 +124,8 @@ void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
 // Entry idx of `buffer`; with SwiGLU, a first projection (gate_proj then up_proj, declared back
 // to back) is one fused [2F, d] view.
 Tensor FfnLayer::view_of(const ParamBuffer& buffer, int idx, bool first_proj) const {
-  const Tensor& t = buffer.tensor(idx);
-  if (!first_proj || config_.activation != ExpertActivation::kSwiGLU) return t;
+  const Tensor& t = buffer.tensor(idx);  // undefined in an unallocated buffer
+  if (!t.defined() || !first_proj || config_.activation != ExpertActivation::kSwiGLU) return t;
   return buffer.span(idx, idx + 1, Shape{2 * t.dim(0), t.dim(1)});
 }
 

@@ -18,9 +18,10 @@
 namespace moex::model {
 
 Model::Model(const ModelConfig& config, Device device, dist::Communicator* expert_group,
-             const TensorParallel& tp, bool offload, const StateDTypes& dtypes)
+             const TensorParallel& tp, bool offload, const ModelState& state)
     : config_(config),
       device_((ops::use_device(device), device)),
+      trainable_(state.trainable),
       expert_group_(expert_group),
       tp_(tp),
       arena_(size_t{16} << 20, device, /*growable=*/true) {
@@ -34,15 +35,17 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
-  // A bf16 state buffer needs a model on one GPU: the CPU kernels, the offload step, and the
-  // collectives of the parallel layouts speak fp32 state.
+  // A bf16 state buffer needs a GPU, and for training one GPU alone: the CPU kernels, the
+  // offload step, and the collectives of the parallel layouts speak fp32 state.
+  MOEX_CHECK(trainable_ || !offload, "offload moves training state; an inference model has none");
   const bool one_gpu = device_.is_cuda() && !offload && !tp_.active() && expert_group == nullptr;
+  const bool bf16_ok = trainable_ ? one_gpu : device_.is_cuda();
   for (const auto& [what, dtype] :
-       {std::pair{"gradients", dtypes.grads}, std::pair{"master weights", dtypes.master}})
-    MOEX_CHECK(dtype == DType::kF32 || (dtype == DType::kBF16 && one_gpu), "bf16 ", what,
+       {std::pair{"gradients", state.grads}, std::pair{"master weights", state.master}})
+    MOEX_CHECK(dtype == DType::kF32 || (dtype == DType::kBF16 && bf16_ok), "bf16 ", what,
                " need a model on one GPU, without offload, tensor or expert parallelism (got ",
                dtype_name(dtype), " on ", device_.str(), ")");
-  if (device_.is_cuda() && dtypes.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
+  if (device_.is_cuda() && state.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each.
   for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
     if (buffer == nullptr) continue;
@@ -63,11 +66,12 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
     master_.allocate_in(ops::staging_tensor(Shape{std::max<int64_t>(master_.total_elements(), 1)},
                                             DType::kF32, device_));
   else
-    master_.allocate(dtypes.master, device_);
-  grads_.allocate(dtypes.grads, device_);
+    master_.allocate(state.master, device_);
+  // An inference model binds its modules to the unallocated gradient buffer: undefined views.
+  if (trainable_) grads_.allocate(state.grads, device_);
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
-  bind_all({master_, compute_params(), grads_, &writes_});
+  bind_all(own_views());
   ops::zero(grads_.flat());  // once: no op writes the alignment padding between entries
   zero_grad();
   weights_changed();
@@ -79,6 +83,10 @@ bool Model::is_expert_param(int index) const {
 
 void Model::set_device_expert_group(dist::DeviceGroup* group) {
   for (auto& block : blocks_) block->ffn().set_device_expert_group(group);
+}
+
+ParamViews Model::own_views() {
+  return {master_, compute_params(), grads_, trainable_ ? &writes_ : nullptr};
 }
 
 void Model::bind_all(const ParamViews& views) {
@@ -136,14 +144,21 @@ void Model::init_weights(uint64_t seed) {
   for (auto& block : blocks_) block->init(seed);
   final_norm_->init();
   if (device_.is_cuda()) {
-    bind_all({master_, compute_params(), grads_, &writes_});
+    bind_all(own_views());
     store_host_params(host);
   } else {
     weights_changed();
   }
 }
 
+ParamBuffer& Model::grads() {
+  MOEX_CHECK(trainable_, "this model was made for inference: it has no gradients");
+  writes_.zero_unwritten();
+  return grads_;
+}
+
 void Model::zero_grad() {
+  if (!trainable_) return;
   writes_.reset();
   // MOEX_LAZY_ZERO_GRAD=0 (for measurements): clear the buffer now, so every write adds.
   static const bool lazy = env_on_unless_zero("MOEX_LAZY_ZERO_GRAD");
@@ -223,6 +238,8 @@ void Model::embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t st
 
 LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t batch,
                           int64_t seq_len, const ForwardOptions& options) {
+  MOEX_CHECK(trainable_ || !options.for_backward,
+             "this model was made for inference: a forward for backward needs a trainable model");
   const int64_t d = config_.hidden_size, n = batch * seq_len;
   const DType dt = compute_params().flat().dtype();
   arena_.reset();

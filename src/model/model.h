@@ -54,13 +54,22 @@ struct KVCache {
   std::vector<Tensor> k, v;
 };
 
-// How a model stores the state training writes: the weights the optimizer updates (master) and
-// the gradients. kF32 each, or kBF16 on one GPU without offload, tensor or expert parallelism
+// How a model stores its state: the weights the optimizer updates (master) and the gradients.
+// For training, kF32 each, or kBF16 on one GPU without offload, tensor or expert parallelism
 // (optimizer.master_dtype, optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and
 // §bf16 gradients). With a bf16 master the kernels read the master itself: there is no copy.
-struct StateDTypes {
+struct ModelState {
   DType master = DType::kF32;
   DType grads = DType::kF32;
+  // false: a model for inference (evaluation, generation, serving, a distillation teacher). It
+  // holds no gradient buffer; forward(for_backward) and backward() are refused.
+  bool trainable = true;
+  // An inference model on `device`: on a GPU its bf16 weights alone (2 bytes a parameter, against
+  // 10 with an fp32 master, its bf16 copy and fp32 gradients), under any layout; on the CPU its
+  // fp32 weights.
+  static ModelState inference(const Device& device) {
+    return {device.is_cuda() ? DType::kBF16 : DType::kF32, DType::kF32, false};
+  }
 };
 
 class Model {
@@ -78,7 +87,7 @@ class Model {
   // copy the kernels read and the fp32 gradients.
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
                  dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {},
-                 bool offload = false, const StateDTypes& dtypes = {});
+                 bool offload = false, const ModelState& state = {});
   // Blocks and layers hold references into config_ and views into the parameter buffers, so a
   // Model stays where it was built (hold it by unique_ptr to pass it around).
   ~Model();
@@ -88,19 +97,17 @@ class Model {
   Model& operator=(Model&&) = delete;
   const ModelConfig& config() const { return config_; }
   Device device() const { return device_; }
+  bool trainable() const { return trainable_; }
   // The master weights (what loading, saving and the optimizer use): fp32, or bf16 with
-  // StateDTypes::master (then they are also what the kernels read). On a GPU model, code that
+  // ModelState::master (then they are also what the kernels read). On a GPU model, code that
   // writes them calls weights_changed() after, so the bf16 copy follows. They are on the model's
   // device, or on the host under offload (master_on_host()). Loaders and savers go through
   // host_params(), which is fp32 either way.
   ParamBuffer& params() { return master_; }
   const ParamBuffer& params() const { return master_; }
   // The gradients; entries no backward wrote since zero_grad() read as zeros (they are zeroed
-  // here, model/gradient_writes.h).
-  ParamBuffer& grads() {
-    writes_.zero_unwritten();
-    return grads_;
-  }
+  // here, model/gradient_writes.h). A trainable model's only.
+  ParamBuffer& grads();
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
   // What the kernels read: params() itself on the CPU and for a bf16 master, else its bf16 copy
   // on CUDA.
@@ -118,7 +125,7 @@ class Model {
 
   void init_weights(uint64_t seed);
   // Starts a step's gradients: the next backward writes each entry over its stale contents
-  // instead of adding (no memset; model/gradient_writes.h).
+  // instead of adding (no memset; model/gradient_writes.h). A no-op for an inference model.
   void zero_grad();
   // Under tensor parallelism: sums over the tp group the gradients of which each rank holds only
   // its heads' part (the q/k norm weights, shared by all heads). Call it once after the last
@@ -229,6 +236,8 @@ class Model {
   // be captured).
   void capture_paged_graph(PagedGraph& g, const PagedRows& rows, PagedKV& kv);
   void bind_all(const ParamViews& views);
+  // The views of this model's own buffers (gradient views undefined for an inference model).
+  ParamViews own_views();
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
              const Tensor& x);
@@ -250,6 +259,7 @@ class Model {
 
   ModelConfig config_;
   Device device_;
+  bool trainable_ = true;
   dist::Communicator* expert_group_ = nullptr;
   TensorParallel tp_;
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param

@@ -157,7 +157,8 @@ std::unique_ptr<Model> build_for_checkpoint(const ModelConfig& config, const std
   MOEX_CHECK(config.num_parameters() <= 2 * stored + (int64_t{1} << 20), config_path,
              ": describes a model of ", config.num_parameters(),
              " parameters, but the checkpoint in ", dir, " holds ", stored, " values");
-  return std::make_unique<Model>(config, device, expert_group, tp);
+  return std::make_unique<Model>(config, device, expert_group, tp, false,
+                                 ModelState::inference(device));
 }
 
 // A model directory's config.json: the model, and whether the directory is moex's own

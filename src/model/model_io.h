@@ -40,7 +40,9 @@ ModelConfig load_model_config(const std::string& dir);
 // model's parameters (missing, unexpected or misshapen tensors are errors naming the file and
 // tensor). With an active `tp` each rank of its group keeps its parts of the split tensors (every
 // rank of the group calls it). With an `expert_group` every MoE layer keeps only this rank's E/ep
-// experts (Model's constructor; every rank of the group calls it).
+// experts (Model's constructor; every rank of the group calls it). The model is made for inference
+// (ModelState::inference: no gradients; bf16 weights alone on a GPU); a run that trains loaded
+// weights loads them into its own model (load_weights, load_hf_weights).
 std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device::cpu(),
                                   const TensorParallel& tp = {},
                                   dist::Communicator* expert_group = nullptr);

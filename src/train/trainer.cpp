@@ -326,7 +326,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload,
-                     model::StateDTypes{c.optimizer.master_dtype, c.optimizer.grads_dtype});
+                     model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);

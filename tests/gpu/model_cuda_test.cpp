@@ -23,6 +23,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "model/model_io.h"
+#include "ops/device.h"
 #include "ops/elementwise.h"
 #include "paged_serving_scenario.h"
 #include "train/optimizer.h"
@@ -321,7 +322,7 @@ TEST_F(GpuModel, Bf16GradientsAreTheFp32GradientsRounded) {
 // weights and gradients (the HF peer's state) follow the fp32 run's losses.
 TEST_F(GpuModel, Bf16MasterWeightsLoadSaveAndTrain) {
   const ModelConfig config = small_config();
-  const model::StateDTypes bf16_state{DType::kBF16, DType::kBF16};
+  const model::ModelState bf16_state{DType::kBF16, DType::kBF16};
   model::Model m32(config, Device::cuda());
   model::Model m16(config, Device::cuda(), nullptr, {}, false, bf16_state);
   ASSERT_EQ(m16.params().flat().dtype(), DType::kBF16);
@@ -830,33 +831,82 @@ TEST_F(GpuModel, FollowingDecodeStepsEqualStepsFedTheirTokens) {
   EXPECT_GT(ahead.paged_graph_replays(), 0);
 }
 
+// load_model on a GPU makes an inference model (ModelState::inference): its bf16 weights are the
+// master and what the kernels read, with no fp32 copy and no gradients: 8 bytes a parameter fewer
+// than a trainable model (an fp32 master 4, its bf16 copy 2 and fp32 gradients 4, against the bf16
+// weights 2). Its logits are the trainable model's to bf16 rounding (the router reads bf16
+// weights too).
+TEST_F(GpuModel, InferenceModelHoldsItsBf16WeightsAlone) {
+  const ModelConfig config = small_config();
+  const Device gpu = Device::cuda();
+  auto held_by = [&](auto make) {
+    const size_t before = ops::device_memory(gpu).in_use;
+    auto m = make();
+    return std::make_pair(std::move(m), ops::device_memory(gpu).in_use - before);
+  };
+  auto [trained, trained_bytes] =
+      held_by([&] { return std::make_unique<model::Model>(config, gpu); });
+  trained->init_weights(21);
+  const fs::path dir = fs::temp_directory_path() / ("moex_gpu_infer_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  model::save_model(*trained, kSmallConfig, dir.string());
+  auto [loaded, loaded_bytes] = held_by([&] { return model::load_model(dir.string(), gpu); });
+  fs::remove_all(dir);
+  EXPECT_FALSE(loaded->trainable());
+  EXPECT_EQ(loaded->params().flat().dtype(), DType::kBF16);
+  EXPECT_EQ(&loaded->compute_params(), &loaded->params());
+  const double saved_per_element = (static_cast<double>(trained_bytes) - loaded_bytes) /
+                                   static_cast<double>(trained->params().total_elements());
+  std::printf("[ info ] inference model: %zu bytes against %zu, %.2f bytes an element fewer\n",
+              loaded_bytes, trained_bytes, saved_per_element);
+  EXPECT_NEAR(saved_per_element, 8.0, 0.1);
+  std::vector<int32_t> ids, targets;
+  counting_batch(2, 32, config.vocab_size, 9, &ids, &targets);
+  std::vector<float> a(2 * 32 * config.vocab_size), b(a.size());
+  trained->logits(ids.data(), 2, 32, a.data());
+  loaded->logits(ids.data(), 2, 32, b.data());
+  EXPECT_LT(rel_l2(b, a), 1e-2);
+}
+
+// A checkpoint saved from a GPU model (fp32 master, or bf16 master: widened exactly on the way
+// out) loads on the CPU with the same weights, and back into a GPU model of the same master dtype
+// with the same bits.
 TEST_F(GpuModel, GpuCheckpointLoadsOnTheCpu) {
   const ModelConfig config = small_config();
-  model::Model gpu_model(config, Device::cuda());
-  gpu_model.init_weights(11);
-  train::OptimizerConfig oc;
-  train::AdamW adam(gpu_model.params(), oc);
-  std::vector<int32_t> ids, targets;
-  counting_batch(4, 32, config.vocab_size, 2, &ids, &targets);
-  for (int step = 0; step < 3; ++step) {  // weights that no longer equal their init
-    gpu_model.zero_grad();
-    model::ForwardOptions opt;
-    opt.training = true;
-    opt.for_backward = true;
-    gpu_model.forward(ids.data(), targets.data(), 4, 32, opt);
-    gpu_model.backward();
-    adam.step(gpu_model, 1e-3, step + 1);
+  for (const DType master : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string("master ") + dtype_name(master));
+    const model::ModelState dtypes{master, DType::kF32};
+    model::Model gpu_model(config, Device::cuda(), nullptr, {}, false, dtypes);
+    gpu_model.init_weights(11);
+    train::OptimizerConfig oc;
+    train::AdamW adam(gpu_model.params(), oc);
+    std::vector<int32_t> ids, targets;
+    counting_batch(4, 32, config.vocab_size, 2, &ids, &targets);
+    for (int step = 0; step < 3; ++step) {  // weights that no longer equal their init
+      gpu_model.zero_grad();
+      model::ForwardOptions opt;
+      opt.training = true;
+      opt.for_backward = true;
+      gpu_model.forward(ids.data(), targets.data(), 4, 32, opt);
+      gpu_model.backward();
+      adam.step(gpu_model, 1e-3, step + 1);
+    }
+    const fs::path dir =
+        fs::temp_directory_path() / ("moex_gpu_ckpt_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    model::save_model(gpu_model, kSmallConfig, dir.string());
+    auto cpu_model = model::load_model(dir.string());
+    const std::vector<float> saved = widened(gpu_model.params().flat());
+    EXPECT_EQ(host_floats(cpu_model->params().flat()), saved);
+    std::vector<float> a(4 * 32 * config.vocab_size), b(a.size());
+    gpu_model.logits(ids.data(), 4, 32, a.data());
+    cpu_model->logits(ids.data(), 4, 32, b.data());
+    EXPECT_LT(rel_l2(a, b), 2e-2);
+    model::Model reloaded(config, Device::cuda(), nullptr, {}, false, dtypes);
+    model::load_weights(reloaded, (dir / io::kSafetensorsSingleName).string());
+    EXPECT_EQ(widened(reloaded.params().flat()), saved);
+    fs::remove_all(dir);
   }
-  const fs::path dir = fs::temp_directory_path() / ("moex_gpu_ckpt_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  model::save_model(gpu_model, kSmallConfig, dir.string());
-  auto cpu_model = model::load_model(dir.string());
-  EXPECT_EQ(host_floats(cpu_model->params().flat()), host_floats(gpu_model.params().flat()));
-  std::vector<float> a(4 * 32 * config.vocab_size), b(a.size());
-  gpu_model.logits(ids.data(), 4, 32, a.data());
-  cpu_model->logits(ids.data(), 4, 32, b.data());
-  EXPECT_LT(rel_l2(a, b), 2e-2);
-  fs::remove_all(dir);
 }
 
 }  // namespace

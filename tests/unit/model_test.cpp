@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "cpu_kernel_checks.h"
 #include "gradcheck.h"
 #include "model/tensor_parallel.h"
 #include "ops/elementwise.h"
@@ -261,8 +262,8 @@ TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
 // Bf16GradientsAreTheFp32GradientsRounded, Bf16MasterWeightsLoadSaveAndTrain.
 TEST(Model, Bf16StateIsRefusedOnTheCpu) {
   for (const auto& [dtypes, what] :
-       {std::pair{StateDTypes{DType::kF32, DType::kBF16}, "bf16 gradients"},
-        std::pair{StateDTypes{DType::kBF16, DType::kF32}, "bf16 master weights"}}) {
+       {std::pair{ModelState{DType::kF32, DType::kBF16}, "bf16 gradients"},
+        std::pair{ModelState{DType::kBF16, DType::kF32}, "bf16 master weights"}}) {
     try {
       Model cpu(tiny_config(""), Device::cpu(), nullptr, {}, false, dtypes);
       ADD_FAILURE() << what << " on the CPU";
@@ -270,6 +271,37 @@ TEST(Model, Bf16StateIsRefusedOnTheCpu) {
       EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
     }
   }
+}
+
+// An inference model (ModelState::inference, what load_model makes) computes what a trainable
+// model with its weights computes, holds no gradient buffer, and refuses what would need one, each
+// with an error that says why.
+TEST(Model, InferenceModelHasNoGradientsAndRefusesBackward) {
+  const ModelConfig config = tiny_config("");
+  Model trainable(config);
+  trainable.init_weights(4);
+  Model inference(config, Device::cpu(), nullptr, {}, false, ModelState::inference(Device::cpu()));
+  inference.copy_weights_from(trainable);
+  EXPECT_TRUE(trainable.trainable());
+  EXPECT_FALSE(inference.trainable());
+  const Batch b = make_batch(config.vocab_size);
+  std::vector<float> want(b.batch * b.seq_len * config.vocab_size), got(want.size());
+  trainable.logits(b.ids.data(), b.batch, b.seq_len, want.data());
+  inference.logits(b.ids.data(), b.batch, b.seq_len, got.data());
+  EXPECT_EQ(got, want);
+  inference.zero_grad();  // a no-op
+  ForwardOptions opt;
+  opt.for_backward = true;
+  testing::expect_error_naming([&] { inference.grads(); }, {"made for inference"});
+  testing::expect_error_naming(
+      [&] { inference.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt); },
+      {"made for inference"});
+  opt.for_backward = false;
+  const LossResult r = inference.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt);
+  EXPECT_NEAR(r.loss,
+              trainable.forward(b.ids.data(), b.targets.data(), b.batch, b.seq_len, opt).loss,
+              1e-12);
+  testing::expect_error_naming([&] { inference.backward(); }, {"for_backward"});
 }
 
 TEST(Model, KVCacheDecodeMatchesFullForward) {

@@ -53,7 +53,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   offload = offload || c.parallel.offload;
   MOEX_CHECK(!offload || device.is_cuda(), "--offload needs --device cuda");
   model::Model m(c.model, device, nullptr, {}, offload,
-                 model::StateDTypes{c.optimizer.master_dtype, c.optimizer.grads_dtype});
+                 model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
   // Weights, gradients and moments: what the device holds before the first step.
@@ -293,7 +293,7 @@ std::vector<std::string> run_decode_bench(const std::string& config_path, const 
   const Device device = Device::parse(device_flag.empty() ? "cpu" : device_flag, "--device");
   MOEX_CHECK(prompt_len + new_tokens <= mc.max_seq_len, "--prompt + --tokens (", prompt_len, " + ",
              new_tokens, ") exceed the model's max_seq_len (", mc.max_seq_len, ")");
-  model::Model m(mc, device);
+  model::Model m(mc, device, nullptr, {}, false, model::ModelState::inference(device));
   m.init_weights(1);
   const double rate = copy_rate(device, device.is_cuda() ? (int64_t{1} << 30) : (int64_t{1} << 28));
   std::vector<std::string> lines;
