@@ -286,6 +286,11 @@ class MoELayerCuda {
   // training forward's; a forward without training keeps none).
   const Tensor& logits() const { return z_; }
   const Tensor& expert_out() const { return saved_out_; }
+  // Bytes of the rows this layer keeps for backward in buffers of its own (saved h and outputs).
+  size_t kept_bytes() const {
+    return (saved_h_.defined() ? saved_h_.nbytes() : 0) +
+           (saved_out_.defined() ? saved_out_.nbytes() : 0);
+  }
 
  private:
   float loss_scale_ = 1.0f;

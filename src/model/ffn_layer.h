@@ -64,6 +64,7 @@ class FfnLayer {
   // forward with StepOptions::stats false.
   const MoEStats& stats();
   // The MoE layer's token exchanges so far (zeros for a dense FFN or without an expert group).
+  size_t moe_kept_bytes() const { return moe_ ? moe_->device_kept_bytes() : 0; }
   moe::ExchangeStats exchange_stats() const {
     return moe_ ? moe_->exchange_stats() : moe::ExchangeStats{};
   }

@@ -733,6 +733,12 @@ std::vector<std::pair<int, MoEStats>> Model::moe_stats() const {
   return out;
 }
 
+size_t Model::moe_kept_bytes() const {
+  size_t sum = 0;
+  for (const auto& block : blocks_) sum += block->ffn().moe_kept_bytes();
+  return sum;
+}
+
 moe::ExchangeStats Model::exchange_stats() const {
   moe::ExchangeStats sum;
   for (const auto& block : blocks_) sum += block->ffn().exchange_stats();

@@ -222,6 +222,8 @@ class Model {
   moe::ExchangeStats exchange_stats() const;
   // Bytes of the activation arena at its fullest so far.
   size_t activation_bytes() const { return arena_.high_water(); }
+  // Device bytes the GPU MoE layers keep for backward in buffers of their own (0 on the CPU).
+  size_t moe_kept_bytes() const;
 
  private:
   // The index tensors and sampling parameters of one serving step (model/paged_kv.h), checked on

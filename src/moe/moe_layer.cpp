@@ -567,6 +567,10 @@ void MoELayer::slice_experts(dist::Communicator* tp_group, dist::DeviceGroup* de
   if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
+size_t MoELayer::device_kept_bytes() const {
+  return impl_->device ? impl_->device->kept_bytes() : 0;
+}
+
 moe::ExchangeStats MoELayer::exchange_stats() const {
   moe::ExchangeStats s = impl_->exchange_stats();
   if (impl_->device) s += impl_->device->exchange_stats();  // the GPU path's exchanges

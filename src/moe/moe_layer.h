@@ -130,6 +130,8 @@ class MoELayer {
   int64_t first_local_expert() const;
   // The token exchanges with the expert group so far (zeros without one), on either device.
   moe::ExchangeStats exchange_stats() const;
+  // Device bytes the GPU path keeps for backward between calls (0 on the CPU).
+  size_t device_kept_bytes() const;
   // Duplicate Token Dropping (docs/parallelism.md): the ranks of tp_group run this layer on the
   // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
   // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off. On

@@ -240,6 +240,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
     retire_layer();  // the next forward builds a layer over the group
   }
 
+  size_t kept_bytes() const override { return layer_ ? layer_->kept_bytes() : 0; }
+
   moe::ExchangeStats exchange_stats() override {
     moe::ExchangeStats s = retired_exchanges_;
     if (layer_) s += converted(layer_->exchange_stats());
@@ -282,6 +284,15 @@ class CudaMoELayer final : public MoEDeviceLayer {
 
 }  // namespace
 #endif
+
+size_t moe_device_scratch_bytes(int ordinal) {
+#ifdef MOEX_WITH_CUDA
+  return shared_scratch(ordinal).bytes();
+#else
+  (void)ordinal;
+  return 0;
+#endif
+}
 
 std::unique_ptr<MoEDeviceLayer> make_moe_device_layer(const MoEConfig& config, DType dtype,
                                                       const Device& device,

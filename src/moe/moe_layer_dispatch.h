@@ -57,7 +57,13 @@ class MoEDeviceLayer {
   // The expert-row exchanges so far (see moe::ExchangeStats; DTD and slicing do not run on the
   // GPU). Waits for the queued ones, whose stream time it reads.
   virtual moe::ExchangeStats exchange_stats() = 0;
+  // Device bytes the layer holds for backward between calls (its kept expert rows).
+  virtual size_t kept_bytes() const = 0;
 };
+
+// Device bytes of the row scratch every MoE layer on GPU `ordinal` shares (docs/gpu-model.md §MoE
+// row buffers); 0 in a build without CUDA.
+size_t moe_device_scratch_bytes(int ordinal);
 
 // Weight uploads done by device layers in this process (tests, diagnostics).
 int64_t moe_device_weight_uploads();

@@ -12,6 +12,7 @@
 #include "core/timer.h"
 #include "infer/generator.h"
 #include "infer/scheduler.h"
+#include "moe/moe_layer_dispatch.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/profile.h"
@@ -56,7 +57,8 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
                  model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   m.init_weights(1);
   train::AdamW opt(m.params(), c.optimizer);
-  // Weights, gradients and moments: what the device holds before the first step.
+  // Weights, gradients and moments: what the GPU holds before the first step (on the CPU the
+  // process's resident memory then).
   const size_t state_bytes = ops::device_memory(device).in_use;
   const int64_t batch = c.training.micro_batch_size, seq = c.data.seq_len;
   const std::vector<int32_t> ids = random_tokens(batch * seq, c.model.vocab_size, 0);
@@ -129,6 +131,11 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
       {"state_gib", static_cast<double>(state_bytes) / (1u << 30)},
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
+      // the GPU MoE layers' kept rows, and the row scratch they share
+      {"moe_kept_gib", static_cast<double>(m.moe_kept_bytes()) / (1u << 30)},
+      {"moe_scratch_gib",
+       static_cast<double>(device.is_cuda() ? moe_device_scratch_bytes(device.ordinal) : 0) /
+           (1u << 30)},
       // long-lived buffers replaced (grown, re-planned) per timed step
       {"buffer_moves_per_step", static_cast<double>(generation1 - generation0) / iters},
       // GPU ms per step in each op (outermost ops; the rest of step_ms is
