@@ -443,6 +443,12 @@ for shape in ["small", "medium"]:
         adam = f"{adam:8.2f}" if isinstance(adam, (int, float)) else f"{'-':>8}"
         print(f"{shape:8} {impl:32} {r['tokens_per_s']:10.0f} {r['step_ms']:8.1f} "
               f"{r['mfu']:6.3f} {r['peak_mem_gib']:9.1f} {adam} {ratio:12.2f}x")
+        if "state_gib" in r:  # where moex's peak goes (GiB); the rest is other buffers
+            parts = [r.get(k, 0.0) for k in ("state_gib", "activation_gib", "moe_kept_gib",
+                                             "moe_scratch_gib")]
+            print(f"{'':8} {'  state, arena, MoE kept, scratch':32} " +
+                  " ".join(f"{p:.2f}" for p in parts) +
+                  f", other {r['peak_mem_gib'] - sum(parts):.2f}")
 PY
 fi
 
