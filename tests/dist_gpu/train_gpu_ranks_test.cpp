@@ -68,6 +68,7 @@ struct Layout {
   // weights and moments stepped on the host; the reference steps on the GPU.
   bool offload = false;
   bool bf16_moments = false;  // optimizer.moments_dtype "bf16" in both runs
+  bool bf16_master = false;   // optimizer.master_dtype "bf16" in both runs (plain dp only)
   double moment_tolerance = kTolerance;
 };
 
@@ -106,7 +107,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                             : dropless    ? "dropless"
                                           : "capacity") +
                            "_steps" + std::to_string(l.steps) + (l.distill ? "_distill" : "") +
-                           (l.offload ? "_offload" : "") + (l.bf16_moments ? "_bf16m" : "");
+                           (l.offload ? "_offload" : "") + (l.bf16_moments ? "_bf16m" : "") +
+                           (l.bf16_master ? "_bf16w" : "");
   const std::string checkpointing =
       l.cac || l.checkpointing ? R"(, "activation_checkpointing": true)" : "";
   const fs::path corpus = fs::current_path() / name;
@@ -121,7 +123,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                           (l.all_experts ? R"(, "top_k": 4)" : "");  // the fixture's 4 experts
   const std::string optimizer =
       std::string(R"(, "optimizer": {"lr": 0.01, "grad_clip": 1.0, "eps": 0.01)") +
-      (l.bf16_moments ? R"(, "moments_dtype": "bf16")" : "") + "}";
+      (l.bf16_moments ? R"(, "moments_dtype": "bf16")" : "") +
+      (l.bf16_master ? R"(, "master_dtype": "bf16")" : "") + "}";
   const std::string training = R"(, "device": "cuda", "grad_accum": 1, "steps": )" +
                                std::to_string(l.steps) + R"(, "eval_every": )" +
                                std::to_string(l.eval_every) + checkpointing;
@@ -209,6 +212,16 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
 
 TEST(GpuDataParallel, EqualsTheSingleProcessRun) {
   check_equals_single_process({});
+}
+
+// bf16 master weights (optimizer.master_dtype) under plain data parallelism: two ranks' gradients
+// summed equal the single process's two micro-batches added (a sum of two is exact whichever
+// comes first), so every rank steps its replica as the single process steps its model, the
+// stochastic rounding included (its bits come from the gradient and the weight).
+TEST(GpuDataParallel, Bf16MasterEqualsTheSingleProcessRun) {
+  Layout l;
+  l.bf16_master = true;
+  check_equals_single_process(l);
 }
 
 TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
