@@ -253,24 +253,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
-  // bf16 gradients run on one GPU (the collectives sum fp32). A bf16 master also runs under plain
-  // data parallelism: every rank steps the same replica with the same summed gradients, and the
-  // stochastic rounding's bits come from those, so the replicas stay equal (docs/gpu-model.md
-  // §bf16 master weights). ZeRO shards and offload tiles step fp32 masters.
-  const bool cuda = c.training.device.is_cuda() && !c.parallel.offload;
-  const bool one_gpu = cuda && comm.size() == 1;
-  const bool plain_dp = cuda && layout.tp == 1 && layout.ep == 1 && c.parallel.zero_stage == 0;
-  MOEX_CHECK(c.optimizer.grads_dtype == DType::kF32 || one_gpu, c.source,
-             ": optimizer.grads_dtype \"bf16\" runs on one GPU (training.device \"cuda\", one "
-             "rank, no parallel.offload); got training.device \"",
-             c.training.device.is_cuda() ? "cuda" : "cpu", "\", ", comm.size(), " rank(s)",
-             c.parallel.offload ? ", offload" : "");
-  MOEX_CHECK(c.optimizer.master_dtype == DType::kF32 || plain_dp, c.source,
-             ": optimizer.master_dtype \"bf16\" runs on GPUs under data parallelism alone "
-             "(training.device \"cuda\"; no parallel.tp, ep, zero_stage or offload); got "
-             "training.device \"",
-             c.training.device.is_cuda() ? "cuda" : "cpu", "\", tp ", layout.tp, ", ep ", layout.ep,
-             ", zero_stage ", c.parallel.zero_stage, c.parallel.offload ? ", offload" : "");
+  // bf16 gradients and master weights run on one GPU, and on GPU ranks under plain data
+  // parallelism: the ranks' gradients are summed in one all-reduce (in bf16 for bf16 gradients),
+  // and every rank steps the same replica with the same sums; the stochastic rounding's bits come
+  // from those, so the replicas stay equal (docs/gpu-model.md §bf16 master weights). Tensor and
+  // expert parallelism, ZeRO's shards and offload's tiles reduce and step fp32 state.
+  const bool plain_dp = c.training.device.is_cuda() && !c.parallel.offload && layout.tp == 1 &&
+                        layout.ep == 1 && c.parallel.zero_stage == 0;
+  for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
+                                     std::pair{"master_dtype", c.optimizer.master_dtype}})
+    MOEX_CHECK(dtype == DType::kF32 || plain_dp, c.source, ": optimizer.", field,
+               " \"bf16\" runs on GPUs under data parallelism alone (training.device \"cuda\"; no "
+               "parallel.tp, ep, zero_stage or offload); got training.device \"",
+               c.training.device.is_cuda() ? "cuda" : "cpu", "\", tp ", layout.tp, ", ep ",
+               layout.ep, ", zero_stage ", c.parallel.zero_stage,
+               c.parallel.offload ? ", offload" : "");
   check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
