@@ -688,7 +688,9 @@ size_t sample_rows_workspace_bytes(int64_t rows) {
 }
 
 void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* params,
-                     void* workspace, int32_t* out, cudaStream_t stream) {
+                     void* workspace, int32_t* out, cudaStream_t stream, int chunks) {
+  MOEX_CHECK(chunks >= 0 && chunks <= kMaxChunks, "sample_rows: chunks must be in [0, ", kMaxChunks,
+             "], got ", chunks);
   if (rows == 0) return;
   MOEX_CHECK(rows <= 65535, "sample_rows: ", rows, " rows are more than one launch's 65535");
   MOEX_CHECK(reinterpret_cast<uintptr_t>(workspace) % alignof(RowWorkspace) == 0,
@@ -700,7 +702,7 @@ void sample_rows_f32(const float* x, int64_t rows, int64_t cols, const int32_t* 
     smem_allowed = true;
   }
   RowWorkspace* ws = static_cast<RowWorkspace*>(workspace);
-  const int chunks = sample_chunks(rows, cols);
+  if (chunks == 0) chunks = sample_chunks(rows, cols);
   const dim3 chunk_grid(static_cast<unsigned>(chunks), static_cast<unsigned>(rows));
   launch_kernel(sample_ends_kernel, chunk_grid, kThreads, 0, stream, x, cols, ws);
   launch_kernel(sample_histogram_kernel, chunk_grid, kThreads, 0, stream, x, cols, params, ws);

@@ -69,13 +69,15 @@ std::vector<int32_t> on_cpu(const std::vector<float>& x, int64_t rows, int64_t c
   return out;
 }
 
+// chunks: the first two passes' blocks a row (0: the kernel's choice).
 std::vector<int32_t> on_gpu(const cuda::CudaContext& ctx, const std::vector<float>& x, int64_t rows,
-                            int64_t cols, const std::vector<Params>& ps, size_t lead = 0) {
+                            int64_t cols, const std::vector<Params>& ps, size_t lead = 0,
+                            int chunks = 0) {
   kt::DevBuf dx = kt::upload(x), dp = kt::upload(words(ps, lead)), out(rows * 4);
   kt::DevBuf ws(cuda::sample_rows_workspace_bytes(rows));
   ws.poison();  // every word the passes read must be written first
   cuda::sample_rows_f32(dx.as<float>(), rows, cols, dp.as<int32_t>() + lead, ws.ptr,
-                        out.as<int32_t>(), ctx.stream());
+                        out.as<int32_t>(), ctx.stream(), chunks);
   return kt::download<int32_t>(out.ptr, rows);
 }
 
@@ -101,6 +103,29 @@ TEST_F(SampleTest, MatchesCpuOnMixedRows) {
         EXPECT_EQ(got[r], want[r])
             << "cols " << cols << (ties ? " tied" : "") << " row " << r << ": T "
             << ps[r].temperature << " top_k " << ps[r].top_k << " top_p " << ps[r].top_p;
+    }
+  }
+}
+
+// The chunk counts the shapes above do not reach: one block a row, the most (32), and narrow rows
+// that leave chunks empty (70 columns in 32 chunks of 4: chunks 18 to 31 hold nothing, and their
+// extremes and histogram counts must not disturb the row's).
+TEST_F(SampleTest, ForcedChunkCountsMatchTheCpu) {
+  cuda::CudaContext ctx;
+  for (const int64_t cols : {int64_t{32000}, int64_t{70}}) {
+    const int64_t rows = 30;
+    const std::vector<Params> ps = spread(rows, cols, 43);
+    for (const bool ties : {false, true}) {
+      std::vector<float> x = kt::rand_vec(rows * cols, 91 + cols, -6, 6);
+      if (ties) x = tied(x);
+      const std::vector<int32_t> want = on_cpu(x, rows, cols, ps);
+      for (const int chunks : {1, 2, 31, 32}) {
+        const std::vector<int32_t> got = on_gpu(ctx, x, rows, cols, ps, 0, chunks);
+        for (int64_t r = 0; r < rows; ++r)
+          EXPECT_EQ(got[r], want[r]) << "cols " << cols << (ties ? " tied" : "") << ", " << chunks
+                                     << " chunks, row " << r << ": T " << ps[r].temperature
+                                     << " top_k " << ps[r].top_k << " top_p " << ps[r].top_p;
+      }
     }
   }
 }
