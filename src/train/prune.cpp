@@ -144,7 +144,9 @@ PruneResult prune_model(const model::Model& model, const ExpertLoads& scores,
       experts_of[j] = top_experts(it->second, spec.keep_experts);
       out.kept.emplace_back(layer, experts_of[j]);
     }
-  out.model = std::make_unique<model::Model>(pruned);
+  out.model =
+      std::make_unique<model::Model>(pruned, Device::cpu(), nullptr, model::TensorParallel{}, false,
+                                     model::ModelState::inference(Device::cpu()));
 
   const ParamBuffer src = model.host_params();
   const ParamBuffer dst = out.model->host_params();

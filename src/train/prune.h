@@ -38,8 +38,9 @@ struct ParamCounts {
 ParamCounts count_parameters(const ModelConfig& config);
 
 struct PruneResult {
-  std::unique_ptr<model::Model> model;  // on the CPU
-  std::vector<int64_t> layers;          // the source block of each block of the pruned model
+  // On the CPU, made for inference (no gradient buffer: pruning writes a model to serve or save).
+  std::unique_ptr<model::Model> model;
+  std::vector<int64_t> layers;  // the source block of each block of the pruned model
   std::vector<std::pair<int, std::vector<int>>> kept;  // per kept MoE block (source index)
   ParamCounts before, after;
 };
