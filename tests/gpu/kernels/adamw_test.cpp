@@ -125,11 +125,7 @@ TEST_F(AdamWTest, Bf16MomentsMatchTheCpuTwin) {
   const auto master0 = rand_vec(total, 140, -2, 2), grad = rand_vec(total, 141, -2, 2);
   const auto m_init = rand_vec(total, 142, -0.1f, 0.1f);
   const auto v_init = rand_vec(total, 143, 1e-4f, 1e-2f);
-  std::vector<uint16_t> m0(total), v0(total);
-  for (int64_t i = 0; i < total; ++i) {
-    m0[i] = f32_to_bf16(m_init[i]);
-    v0[i] = f32_to_bf16(v_init[i]);
-  }
+  const std::vector<uint16_t> m0 = kt::to_bf16(m_init), v0 = kt::to_bf16(v_init);
   cuda::AdamWStep st;
   st.lr = 3e-3;
   st.beta2 = 0.999;
@@ -179,12 +175,8 @@ TEST_F(AdamWTest, Bf16MasterIsTheTwinsStepStochasticallyRounded) {
   const auto w_init = rand_vec(total, 150, -0.05f, 0.05f), grad = rand_vec(total, 151, -2, 2);
   const auto m_init = rand_vec(total, 152, -0.1f, 0.1f);
   const auto v_init = rand_vec(total, 153, 1e-4f, 1e-2f);
-  std::vector<uint16_t> w0(total);
-  std::vector<float> widened0(total);
-  for (int64_t i = 0; i < total; ++i) {
-    w0[i] = f32_to_bf16(w_init[i]);
-    widened0[i] = bf16_bits_to_f32(w0[i]);
-  }
+  const std::vector<uint16_t> w0 = kt::to_bf16(w_init);
+  const std::vector<float> widened0 = kt::round_bf16(w_init);
   cuda::AdamWStep st;
   st.lr = 3e-3;
   st.beta2 = 0.999;
@@ -194,15 +186,13 @@ TEST_F(AdamWTest, Bf16MasterIsTheTwinsStepStochasticallyRounded) {
   auto check = [&](auto moment_zero, int64_t shift) {
     using M = decltype(moment_zero);
     st.bf16_moments = sizeof(M) == 2;
-    std::vector<M> m0(total), v0(total);
-    for (int64_t i = 0; i < total; ++i) {
-      if constexpr (sizeof(M) == 2) {
-        m0[i] = f32_to_bf16(m_init[i]);
-        v0[i] = f32_to_bf16(v_init[i]);
-      } else {
-        m0[i] = m_init[i];
-        v0[i] = v_init[i];
-      }
+    std::vector<M> m0, v0;
+    if constexpr (sizeof(M) == 2) {
+      m0 = kt::to_bf16(m_init);
+      v0 = kt::to_bf16(v_init);
+    } else {
+      m0 = m_init;
+      v0 = v_init;
     }
     std::vector<uint16_t> w_buf(shift, 0);
     w_buf.insert(w_buf.end(), w0.begin(), w0.end());

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 #include "cuda/graph.h"
@@ -89,22 +90,31 @@ std::vector<float> tied(std::vector<float> x) {
 
 class SampleTest : public kt::GpuKernel {};
 
-TEST_F(SampleTest, MatchesCpuOnMixedRows) {
-  cuda::CudaContext ctx;
-  for (const int64_t cols : {int64_t{32000}, int64_t{152064}}) {
-    const int64_t rows = 90;
-    const std::vector<Params> ps = spread(rows, cols, 41);
-    for (const bool ties : {false, true}) {
-      std::vector<float> x = kt::rand_vec(rows * cols, 72 + cols, -6, 6);
-      if (ties) x = tied(x);
-      const std::vector<int32_t> want = on_cpu(x, rows, cols, ps),
-                                 got = on_gpu(ctx, x, rows, cols, ps);
+// Random rows of `cols` logits under spread()'s parameters, without and with many tied logits:
+// the GPU's token for each row, split over each count of `chunk_counts` (0: the kernel's choice),
+// must be the CPU's.
+void expect_cpu_tokens(const cuda::CudaContext& ctx, int64_t rows, int64_t cols,
+                       uint64_t params_seed, uint64_t logits_seed,
+                       std::initializer_list<int> chunk_counts) {
+  const std::vector<Params> ps = spread(rows, cols, params_seed);
+  for (const bool ties : {false, true}) {
+    std::vector<float> x = kt::rand_vec(rows * cols, logits_seed, -6, 6);
+    if (ties) x = tied(x);
+    const std::vector<int32_t> want = on_cpu(x, rows, cols, ps);
+    for (const int chunks : chunk_counts) {
+      const std::vector<int32_t> got = on_gpu(ctx, x, rows, cols, ps, 0, chunks);
       for (int64_t r = 0; r < rows; ++r)
         EXPECT_EQ(got[r], want[r])
-            << "cols " << cols << (ties ? " tied" : "") << " row " << r << ": T "
-            << ps[r].temperature << " top_k " << ps[r].top_k << " top_p " << ps[r].top_p;
+            << "cols " << cols << (ties ? " tied" : "") << ", " << chunks << " chunks, row " << r
+            << ": T " << ps[r].temperature << " top_k " << ps[r].top_k << " top_p " << ps[r].top_p;
     }
   }
+}
+
+TEST_F(SampleTest, MatchesCpuOnMixedRows) {
+  cuda::CudaContext ctx;
+  for (const int64_t cols : {int64_t{32000}, int64_t{152064}})
+    expect_cpu_tokens(ctx, 90, cols, 41, 72 + cols, {0});
 }
 
 // The chunk counts the shapes above do not reach: one block a row, the most (32), and narrow rows
@@ -112,22 +122,8 @@ TEST_F(SampleTest, MatchesCpuOnMixedRows) {
 // extremes and histogram counts must not disturb the row's).
 TEST_F(SampleTest, ForcedChunkCountsMatchTheCpu) {
   cuda::CudaContext ctx;
-  for (const int64_t cols : {int64_t{32000}, int64_t{70}}) {
-    const int64_t rows = 30;
-    const std::vector<Params> ps = spread(rows, cols, 43);
-    for (const bool ties : {false, true}) {
-      std::vector<float> x = kt::rand_vec(rows * cols, 91 + cols, -6, 6);
-      if (ties) x = tied(x);
-      const std::vector<int32_t> want = on_cpu(x, rows, cols, ps);
-      for (const int chunks : {1, 2, 31, 32}) {
-        const std::vector<int32_t> got = on_gpu(ctx, x, rows, cols, ps, 0, chunks);
-        for (int64_t r = 0; r < rows; ++r)
-          EXPECT_EQ(got[r], want[r]) << "cols " << cols << (ties ? " tied" : "") << ", " << chunks
-                                     << " chunks, row " << r << ": T " << ps[r].temperature
-                                     << " top_k " << ps[r].top_k << " top_p " << ps[r].top_p;
-      }
-    }
-  }
+  for (const int64_t cols : {int64_t{32000}, int64_t{70}})
+    expect_cpu_tokens(ctx, 30, cols, 43, 91 + cols, {1, 2, 31, 32});
 }
 
 TEST_F(SampleTest, SpecialRowsAndUnalignedParameters) {
