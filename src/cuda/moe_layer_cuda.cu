@@ -23,10 +23,10 @@ Tensor dev(const Shape& shape, DType dtype, const CudaContext& ctx) {
   return Tensor::empty(shape, dtype, Device::cuda(ctx.ordinal()));
 }
 
-// fp32 (any device) -> device tensor of dtype (f32 or bf16).
+// fp32, or bf16 (a model's bf16 master weights, docs/gpu-model.md §bf16 master weights), on any
+// device -> device tensor of dtype (f32 or bf16).
 Tensor upload(const Tensor& src, DType dtype, const char* what, const Shape& shape,
               const CudaContext& ctx) {
-  // fp32, or bf16 (a model's bf16 master weights, docs/gpu-model.md §bf16 master weights).
   const DType from = src.defined() && src.dtype() == DType::kBF16 ? DType::kBF16 : DType::kF32;
   check_tensor(src, what, from, shape);
   Tensor here = src.device().is_cuda() ? src : src.to(Device::cuda(ctx.ordinal()));

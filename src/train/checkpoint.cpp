@@ -85,7 +85,6 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   const Tensor moment[2] = {Tensor::zeros(params.flat().shape(), DType::kF32),
                             Tensor::zeros(params.flat().shape(), DType::kF32)};
   for (int i = 0; i < params.size(); ++i) {
-    const Tensor& t = params.tensor(i);
     const int64_t offset = params.offset(i);
     for (const bool second : {false, true}) {
       const std::string name = (second ? "exp_avg_sq." : "exp_avg.") + params.name(i);
