@@ -35,13 +35,11 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
   // Weights fp32, or bf16 on a GPU (optimizer.master_dtype), which then have no working copy.
-  const bool bf16_master = master.dtype() == DType::kBF16 && dev.is_cuda();
-  detail::expect("adamw_step", "weights", master, bf16_master ? DType::kBF16 : DType::kF32, n);
+  const bool bf16_master = detail::expect_f32_or_gpu_bf16("adamw_step", "weights", master, n);
   MOEX_CHECK(!bf16_master || !working_copy.defined(),
              "adamw_step: bf16 weights are what the model reads; they take no working copy");
   // Gradients fp32, or bf16 on a GPU (optimizer.grads_dtype).
-  const bool bf16_grads = grad.dtype() == DType::kBF16 && dev.is_cuda();
-  detail::expect("adamw_step", "gradients", grad, bf16_grads ? DType::kBF16 : DType::kF32, n);
+  const bool bf16_grads = detail::expect_f32_or_gpu_bf16("adamw_step", "gradients", grad, n);
   // Both moments fp32, or both bf16 (optimizer.moments_dtype).
   const bool bf16_moments = exp_avg.dtype() == DType::kBF16;
   for (const Tensor* t : {&exp_avg, &exp_avg_sq})
@@ -109,8 +107,7 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
 }
 
 double sum_of_squares(const Tensor& grad) {
-  const bool bf16 = grad.dtype() == DType::kBF16 && grad.device().is_cuda();
-  detail::expect("sum_of_squares", "grad", grad, bf16 ? DType::kBF16 : DType::kF32, grad.numel());
+  const bool bf16 = detail::expect_f32_or_gpu_bf16("sum_of_squares", "grad", grad, grad.numel());
   const ProfileScope profile("grad_norm", grad.device());
   if (grad.device().is_cpu()) return cpu::sum_of_squares(grad.data<float>(), grad.numel());
   double result = 0;

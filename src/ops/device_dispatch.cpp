@@ -30,6 +30,12 @@ void expect(const char* op, const char* what, const Tensor& t, DType dtype, int6
              numel, " elements");
 }
 
+bool expect_f32_or_gpu_bf16(const char* op, const char* what, const Tensor& t, int64_t numel) {
+  const bool bf16 = t.defined() && t.dtype() == DType::kBF16 && t.device().is_cuda();
+  expect(op, what, t, bf16 ? DType::kBF16 : DType::kF32, numel);
+  return bf16;
+}
+
 void no_cuda(const char* op) {
   MOEX_CHECK(false, op, ": a CUDA tensor was given, but this moex was built without CUDA "
              "(configure with -DMOEX_CUDA=ON on a machine with the CUDA toolkit)");

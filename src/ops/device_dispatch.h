@@ -22,11 +22,16 @@ DType compute_dtype(const Device& device);
 
 // Throws unless t is defined with this dtype and element count (shape checks name the op).
 void expect(const char* op, const char* what, const Tensor& t, DType dtype, int64_t numel);
+// expect() for training state that is fp32, or bf16 on a GPU (optimizer.grads_dtype and
+// master_dtype); returns whether t is bf16.
+bool expect_f32_or_gpu_bf16(const char* op, const char* what, const Tensor& t, int64_t numel);
 
 [[noreturn]] void no_cuda(const char* op);
 
 #if MOEX_WITH_CUDA
-inline cudaStream_t stream(const Device& d) { return cuda::default_context(d.ordinal).stream(); }
+inline cudaStream_t stream(const Device& d) {
+  return cuda::default_context(d.ordinal).stream();
+}
 #endif
 
 }  // namespace moex::ops::detail

@@ -8,9 +8,7 @@ namespace moex::ops::detail {
 GradOutput::GradOutput(const char* op, const char* what, const Tensor& grad, int64_t numel)
     : grad_(grad) {
   if (!grad.defined()) return;
-  const bool bf16 = grad.dtype() == DType::kBF16 && grad.device().is_cuda();
-  expect(op, what, grad, bf16 ? DType::kBF16 : DType::kF32, numel);
-  if (!bf16) {
+  if (!expect_f32_or_gpu_bf16(op, what, grad, numel)) {
     f32_ = grad;
     return;
   }

@@ -73,8 +73,8 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const T
   if (dw.defined() || x.defined()) expect("linear_backward", "x", x, dt, n * in);
   expect("linear_backward", "w", w, dt, out * in);
   // dw f32, or bf16 on CUDA (optimizer.grads_dtype): the GEMM writes either.
-  const bool dw_f32 = !(dw.defined() && dw.dtype() == DType::kBF16 && dev.is_cuda());
-  if (dw.defined()) expect("linear_backward", "dw", dw, dw_f32 ? DType::kF32 : dt, out * in);
+  const bool dw_f32 =
+      !dw.defined() || !detail::expect_f32_or_gpu_bf16("linear_backward", "dw", dw, out * in);
   if (dx.defined()) expect("linear_backward", "dx", dx, dt, n * in);
   const detail::GradOutput dbias("linear_backward", "db", db, out);
   if (dev.is_cpu()) {
