@@ -112,23 +112,43 @@ int ParamBuffer::declare_contiguous(const std::vector<std::string>& names,
   return first;
 }
 
-Tensor ParamBuffer::flat_range(int first, int last) const {
-  MOEX_CHECK(0 <= first && first <= last && last < size(), "flat_range [", first, ", ", last,
+int64_t ParamBuffer::range_elements(int first, int last) const {
+  MOEX_CHECK(0 <= first && first <= last && last < size(), "entries [", first, ", ", last,
              "] out of range");
-  MOEX_CHECK(flat_.defined(), "flat_range of an unallocated buffer");
-  return flat_.slice(offsets_[first], offsets_[last] + shapes_[last].numel());
+  return offsets_[last] + shapes_[last].numel() - offsets_[first];
+}
+
+bool ParamBuffer::same_storage(int i, int j) const {
+  if (backing_.size() != names_.size()) return false;
+  const Tensor &a = backing_.at(i), &b = backing_.at(j);
+  return a.defined() && b.defined() && a.raw_data() == b.raw_data() &&
+         backing_begin_[i] == backing_begin_[j];
+}
+
+Tensor ParamBuffer::backed_slice(int first, int last, int64_t begin, int64_t end) const {
+  MOEX_CHECK(!backing_.empty(), "entries ", names_[first], "..", names_[last],
+             " of an unallocated buffer");
+  MOEX_CHECK(same_storage(first, last), "entries ", names_[first], "..", names_[last],
+             " are not in one allocation of the buffer");
+  const int64_t base = backing_begin_[first];
+  return backing_[first].slice(begin - base, end - base);
+}
+
+Tensor ParamBuffer::flat_range(int first, int last) const {
+  const int64_t n = range_elements(first, last);
+  return backed_slice(first, last, offsets_[first], offsets_[first] + n);
 }
 
 const Tensor& ParamBuffer::tensor(int i) const {
   static const Tensor kUnallocated;
   MOEX_CHECK(0 <= i && i < size(), "entry ", i, " of a buffer of ", size());
-  return flat_.defined() ? tensors_[static_cast<size_t>(i)] : kUnallocated;
+  return static_cast<size_t>(i) < tensors_.size() ? tensors_[static_cast<size_t>(i)] : kUnallocated;
 }
 
 Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
   MOEX_CHECK(0 <= first && first <= last && last < size(), "span [", first, ", ", last,
              "] out of range");
-  if (!flat_.defined()) return Tensor();
+  if (!tensor(first).defined()) return Tensor();
   int64_t elems = 0;
   for (int i = first; i <= last; ++i) {
     MOEX_CHECK(offsets_[i] == offsets_[first] + elems, "entries ", names_[first], "..",
@@ -137,7 +157,7 @@ Tensor ParamBuffer::span(int first, int last, const Shape& shape) const {
   }
   MOEX_CHECK(shape.numel() == elems, "span shape ", shape.str(), " does not cover ", elems,
              " elements");
-  return flat_.slice(offsets_[first], offsets_[first] + elems).view(shape);
+  return backed_slice(first, last, offsets_[first], offsets_[first] + elems).view(shape);
 }
 
 void ParamBuffer::allocate(DType dtype, Device device) {
@@ -147,25 +167,42 @@ void ParamBuffer::allocate(DType dtype, Device device) {
 void ParamBuffer::allocate_in(const Tensor& flat) {
   MOEX_CHECK(flat.numel() == std::max<int64_t>(total_, 1),
              "ParamBuffer::allocate_in: ", flat.numel(), " elements for a buffer of ", total_);
-  flat_ = flat;
-  const Device device = flat.device();
   // Padding between entries is never written by its owners: zero it so that flat-buffer
   // reductions (gradient norms, optimizer steps) see zeros there, not leftover memory.
-  if (device.is_cpu()) std::memset(flat_.raw_data(), 0, flat_.nbytes());
+  if (flat.device().is_cpu()) std::memset(flat.raw_data(), 0, flat.nbytes());
+  use_flat(flat);
+}
+
+void ParamBuffer::use_flat(const Tensor& flat) {
+  flat_ = flat;
   // Entries are views of flat_: they share its storage, and so its write version.
   tensors_.clear();
   for (int i = 0; i < size(); ++i)
     tensors_.push_back(flat_.slice(offsets_[i], offsets_[i] + shapes_[i].numel()).view(shapes_[i]));
+  backing_.assign(names_.size(), flat_);
+  backing_begin_.assign(names_.size(), 0);
+}
+
+void ParamBuffer::bind_range(int first, int last, const Tensor& storage) {
+  const int64_t n = range_elements(first, last);
+  MOEX_CHECK(storage.defined() && storage.numel() >= n, "ParamBuffer::bind_range: entries ",
+             names_[first], "..", names_[last], " need ", n, " elements");
+  flat_ = Tensor();
+  tensors_.resize(names_.size());
+  backing_.resize(names_.size());
+  backing_begin_.resize(names_.size(), 0);
+  for (int i = first; i <= last; ++i) {
+    const int64_t begin = offsets_[i] - offsets_[first];
+    tensors_[i] = storage.slice(begin, begin + shapes_[i].numel()).view(shapes_[i]);
+    backing_[i] = storage;
+    backing_begin_[i] = offsets_[first];
+  }
 }
 
 ParamBuffer ParamBuffer::copy_to(Device device) const {
   MOEX_CHECK(flat_.defined(), "copy_to of an unallocated buffer");
   ParamBuffer out = *this;
-  out.flat_ = flat_.to(device);
-  out.tensors_.clear();
-  for (int i = 0; i < size(); ++i)
-    out.tensors_.push_back(
-        out.flat_.slice(offsets_[i], offsets_[i] + shapes_[i].numel()).view(shapes_[i]));
+  out.use_flat(flat_.to(device));
   return out;
 }
 

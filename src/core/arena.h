@@ -94,6 +94,16 @@ class ParamBuffer {
   void allocate(DType dtype, Device device = Device::cpu());
   // Uses `flat` (total_elements() elements, e.g. pinned host memory) as the buffer's storage.
   void allocate_in(const Tensor& flat);
+  // Backs entries [first, last] with `storage` (at least range_elements(first, last) elements)
+  // instead of the flat buffer: for a buffer that never holds all its entries at once (ZeRO
+  // stage 2's gradients, docs/parallelism.md §ZeRO). Several ranges may share one storage. Once
+  // a range is bound, flat() is undefined and flat_range / span work within one bound range;
+  // entries bound to nothing have undefined views.
+  void bind_range(int first, int last, const Tensor& storage);
+  // Elements from entry first's start to entry last's end, alignment padding included.
+  int64_t range_elements(int first, int last) const;
+  // True when entries i and j lie in one allocation, at their layout's distance.
+  bool same_storage(int i, int j) const;
   // The same layout with a copy of the values on another device (an allocated buffer).
   ParamBuffer copy_to(Device device) const;
   // The same layout, allocated on `device` (zeros on the CPU, uninitialized elsewhere).
@@ -119,6 +129,14 @@ class ParamBuffer {
   std::vector<int> split_blocks_;  // [entries] blocks of that dimension, each split alike
   std::vector<int64_t> offsets_;   // element offset of each entry, aligned to 64 elements
   std::vector<Tensor> tensors_;
+  // [entries] the storage each entry is a view of, and the flat offset of that storage's element
+  // 0 (flat_ and 0 when allocated whole).
+  std::vector<Tensor> backing_;
+  std::vector<int64_t> backing_begin_;
+  // Makes every entry a view of `flat` [total].
+  void use_flat(const Tensor& flat);
+  // The storage of entries [first, last] from flat element `begin` to `end` (same_storage).
+  Tensor backed_slice(int first, int last, int64_t begin, int64_t end) const;
   Tensor flat_;
   int64_t total_ = 0;
 };

@@ -12,6 +12,11 @@ void GradientWrites::reset() {
   all_written_ = false;
 }
 
+void GradientWrites::reset(int first, int last) {
+  for (int i = first; i <= last; ++i) written_.at(static_cast<size_t>(i)) = false;
+  all_written_ = false;
+}
+
 bool GradientWrites::claim(int first, int count) {
   if (all_written_) return false;
   const bool fresh = !written_.at(static_cast<size_t>(first));
@@ -30,19 +35,25 @@ void GradientWrites::zero_if_unwritten(int first, int count) {
 
 void GradientWrites::zero_unwritten() {
   if (all_written_) return;
-  const int n = grads_.size();
-  for (int begin = 0; begin < n;) {
+  zero_unwritten(0, grads_.size() - 1);
+  all_written_ = true;
+}
+
+void GradientWrites::zero_unwritten(int first, int last) {
+  if (all_written_) return;
+  for (int begin = first; begin <= last;) {
     if (written_[static_cast<size_t>(begin)]) {
       ++begin;
       continue;
     }
     int end = begin;
-    while (end + 1 < n && !written_[static_cast<size_t>(end + 1)]) ++end;
+    while (end + 1 <= last && !written_[static_cast<size_t>(end + 1)] &&
+           grads_.same_storage(begin, end + 1))
+      ++end;
     ops::zero(grads_.flat_range(begin, end));
+    for (int i = begin; i <= end; ++i) written_[static_cast<size_t>(i)] = true;
     begin = end + 1;
   }
-  written_.assign(written_.size(), true);
-  all_written_ = true;
 }
 
 }  // namespace moex::model

@@ -17,6 +17,8 @@ class GradientWrites {
 
   // Every entry holds nothing of this step (its contents are stale).
   void reset();
+  // The same for entries [first, last] (a window the next micro-batch's backward reuses).
+  void reset(int first, int last);
   // True when entries [first, first + count) hold nothing of this step: the caller then writes
   // them whole instead of adding. Either way they count as written from here on. The entries of
   // one call must be all written or all not (a fused view is claimed as one).
@@ -24,8 +26,11 @@ class GradientWrites {
   // Zeroes entries [first, first + count) unless written (for writers that only add, such as a
   // scatter) and marks them written.
   void zero_if_unwritten(int first, int count);
-  // Zeroes every unwritten entry (each run of neighbours with one fill) and marks all written.
+  // Zeroes every unwritten entry (each run of neighbours in one allocation with one fill) and marks
+  // all written.
   void zero_unwritten();
+  // The same for entries [first, last].
+  void zero_unwritten(int first, int last);
 
  private:
   const ParamBuffer& grads_;

@@ -46,16 +46,26 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
                " need a model on one GPU, without offload, tensor or expert parallelism (got ",
                dtype_name(dtype), " on ", device_.str(), ")");
   if (device_.is_cuda() && state.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
-  // Every buffer gets the same declarations, so an index means the same tensor in each.
+  // Every buffer gets the same declarations, so an index means the same tensor in each. The
+  // gradient buckets follow them: embedding (and positions), each block, final norm (and head).
   for (ParamBuffer* buffer : {&master_, &grads_, compute_.get()}) {
     if (buffer == nullptr) continue;
+    buckets_.clear();
+    auto bucket_ends = [&] {
+      buckets_.push_back({buckets_.empty() ? 0 : buckets_.back().last + 1, buffer->size() - 1});
+    };
     embed_idx_ = buffer->declare("model.embed_tokens.weight", Shape{vocab_rows, d}, vocab_split);
     if (config_.positions == PositionType::kLearned)
       pos_idx_ = buffer->declare("model.embed_positions.weight", Shape{config_.max_seq_len, d});
-    for (auto& block : blocks_) block->declare(*buffer);
+    bucket_ends();
+    for (auto& block : blocks_) {
+      block->declare(*buffer);
+      bucket_ends();
+    }
     final_norm_->declare(*buffer, "model.norm");
     if (!config_.tie_embeddings)
       head_idx_ = buffer->declare("lm_head.weight", Shape{vocab_rows, d}, vocab_split);
+    bucket_ends();
   }
   expert_param_.assign(master_.size(), false);
   for (auto& block : blocks_) {
@@ -68,11 +78,19 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   else
     master_.allocate(state.master, device_);
   // An inference model binds its modules to the unallocated gradient buffer: undefined views.
-  if (trainable_) grads_.allocate(state.grads, device_);
+  MOEX_CHECK(!state.stream_gradients || (trainable_ && state.grads == DType::kF32),
+             "streamed gradients (ZeRO stage 2) need a trainable model with fp32 gradients");
+  if (trainable_ && state.stream_gradients) {
+    allocate_streamed_grads(state.grads);
+  } else if (trainable_) {
+    grads_.allocate(state.grads, device_);
+    grad_storage_ = {grads_.flat()};
+  }
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
   bind_all(own_views());
-  ops::zero(grads_.flat());  // once: no op writes the alignment padding between entries
+  // once: no op writes the alignment padding between entries
+  for (const Tensor& storage : grad_storage_) ops::zero(storage);
   zero_grad();
   weights_changed();
 }
@@ -151,8 +169,47 @@ void Model::init_weights(uint64_t seed) {
   }
 }
 
+void Model::allocate_streamed_grads(DType dtype) {
+  streams_ = true;
+  const EntryRange &front = buckets_.front(), &back = buckets_.back();
+  int64_t window = 0;
+  for (size_t b = 1; b + 1 < buckets_.size(); ++b)
+    window = std::max(window, grads_.range_elements(buckets_[b].first, buckets_[b].last));
+  for (const EntryRange& edge : {front, back}) {
+    grad_storage_.push_back(
+        Tensor::empty(Shape{grads_.range_elements(edge.first, edge.last)}, dtype, device_));
+    grads_.bind_range(edge.first, edge.last, grad_storage_.back());
+  }
+  if (window == 0) return;  // no blocks
+  grad_storage_.push_back(Tensor::empty(Shape{window}, dtype, device_));
+  for (size_t b = 1; b + 1 < buckets_.size(); ++b)
+    grads_.bind_range(buckets_[b].first, buckets_[b].last, grad_storage_.back());
+}
+
+int64_t Model::gradient_bytes() const {
+  int64_t bytes = 0;
+  for (const Tensor& storage : grad_storage_) bytes += static_cast<int64_t>(storage.nbytes());
+  return bytes;
+}
+
+void Model::sum_partial_grads(int first, int last) {
+  for (int index : partial_grads_)
+    if (first <= index && index <= last) tp_.all_reduce(grads_.tensor(index));
+}
+
+void Model::hand_over(int bucket) {
+  MOEX_CHECK(sink_ != nullptr, "a model with streamed gradients needs a sink before backward");
+  const EntryRange& r = buckets_.at(static_cast<size_t>(bucket));
+  writes_.zero_unwritten(r.first, r.last);
+  sum_partial_grads(r.first, r.last);
+  sink_->take(bucket, grads_.flat_range(r.first, r.last));
+}
+
 ParamBuffer& Model::grads() {
   MOEX_CHECK(trainable_, "this model was made for inference: it has no gradients");
+  MOEX_CHECK(!streams_,
+             "this model streams its gradients to ZeRO stage 2's shards: it holds no "
+             "whole gradient buffer");
   writes_.zero_unwritten();
   return grads_;
 }
@@ -166,7 +223,9 @@ void Model::zero_grad() {
 }
 
 void Model::finish_gradients() {
-  for (int index : partial_grads_) tp_.all_reduce(grads_.tensor(index));
+  if (!streams_) return sum_partial_grads(0, grads_.size() - 1);
+  hand_over(0);  // the blocks went during backward
+  hand_over(static_cast<int>(buckets_.size()) - 1);
 }
 
 Tensor Model::whole_logits(const Tensor& local) {
@@ -287,8 +346,16 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
 void Model::backward() {
   MOEX_CHECK(dhidden_.defined(), "Model::backward needs a forward with for_backward first");
   const Tensor& dh = dhidden_;
+  MOEX_CHECK(!streams_ || sink_ != nullptr,
+             "a model with streamed gradients needs a sink (set_gradient_sink) before backward");
   final_norm_->backward(dh, dh);
-  for (size_t i = blocks_.size(); i-- > 0;) blocks_[i]->backward(dh, dh, arena_);
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    // Streamed: block i's bucket (i + 1) holds the window, where the last block left its own.
+    const EntryRange& bucket = buckets_[i + 1];
+    if (streams_) writes_.reset(bucket.first, bucket.last);
+    blocks_[i]->backward(dh, dh, arena_);
+    if (streams_) hand_over(static_cast<int>(i) + 1);
+  }
   if (!tp_.active()) {
     ops::embedding_backward(ids_, dh, embed_.grad_to_add());
   } else if (local_ids_.numel() > 0) {  // this rank's vocabulary rows only

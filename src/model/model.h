@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/block.h"
+#include "model/gradient_sink.h"
 #include "model/lm_head.h"
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
@@ -70,6 +71,11 @@ struct ModelState {
   static ModelState inference(const Device& device) {
     return {device.is_cuda() ? DType::kBF16 : DType::kF32, DType::kF32, false};
   }
+  // ZeRO stage 2 (docs/parallelism.md §ZeRO): no whole gradient buffer. The model holds the
+  // gradients of the embedding (and learned positions), of the final norm and head, and one window
+  // the size of the largest block, which every block's backward reuses; each bucket's gradients go
+  // to the GradientSink as soon as they are made (model/gradient_sink.h). fp32 gradients only.
+  bool stream_gradients = false;
 };
 
 class Model {
@@ -106,8 +112,16 @@ class Model {
   ParamBuffer& params() { return master_; }
   const ParamBuffer& params() const { return master_; }
   // The gradients; entries no backward wrote since zero_grad() read as zeros (they are zeroed
-  // here, model/gradient_writes.h). A trainable model's only.
+  // here, model/gradient_writes.h). A trainable model's only, without streamed gradients.
   ParamBuffer& grads();
+  // Streamed gradients (ModelState::stream_gradients): the buckets in buffer order, as entry
+  // ranges: the embedding (and positions), each block, the final norm (and head). The sink gets
+  // each bucket's gradients; backward() needs one.
+  const std::vector<EntryRange>& gradient_buckets() const { return buckets_; }
+  void set_gradient_sink(GradientSink* sink) { sink_ = sink; }
+  bool streams_gradients() const { return streams_; }
+  // Bytes of gradient storage the model holds (the whole buffer, or the streamed buckets').
+  int64_t gradient_bytes() const;
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
   // What the kernels read: params() itself on the CPU and for a bf16 master, else its bf16 copy
   // on CUDA.
@@ -128,8 +142,9 @@ class Model {
   // instead of adding (no memset; model/gradient_writes.h). A no-op for an inference model.
   void zero_grad();
   // Under tensor parallelism: sums over the tp group the gradients of which each rank holds only
-  // its heads' part (the q/k norm weights, shared by all heads). Call it once after the last
-  // backward of an optimizer step, before the data-parallel reduction. A no-op otherwise.
+  // its heads' part (the q/k norm weights, shared by all heads). With streamed gradients, hands
+  // the edge buckets to the sink. Call it once after the last backward of an optimizer step,
+  // before the data-parallel reduction. A no-op otherwise.
   void finish_gradients();
 
   // ids, targets [B, T] on the host; targets of -100 are ignored. Saves activations for backward.
@@ -267,6 +282,20 @@ class Model {
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
+  std::vector<Tensor>
+      grad_storage_;  // what backs grads_: its flat buffer, or the streamed buckets'
+  // Streamed gradients: the buckets (embedding, each block, head), the sink.
+  bool streams_ = false;
+  std::vector<EntryRange> buckets_;
+  GradientSink* sink_ = nullptr;
+  // Backs the entries of streamed gradients: each edge bucket with its own storage, every block
+  // with one shared window.
+  void allocate_streamed_grads(DType dtype);
+  // Completes bucket b's gradients (zeroes what nothing wrote, sums tp-partial entries) and hands
+  // them to the sink.
+  void hand_over(int bucket);
+  // Sums entries [first, last]'s tp-partial gradients over the tp group.
+  void sum_partial_grads(int first, int last);
   GradientWrites writes_{grads_};         // which gradient entries hold this step's values
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy of an fp32 master on CUDA; else null
   std::vector<std::unique_ptr<Block>> blocks_;

@@ -64,16 +64,22 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   const ParamBuffer& params = model.params();
   flat_size_ = params.flat().numel();
   const std::vector<ops::AdamWSegment> segments = tensor_segments(params, config_.weight_decay);
-  // Runs of neighbouring tensors of one kind; the padding between them comes along (zeros).
-  std::array<std::vector<FlatRange>, 2> runs;
-  for (int i = 0; i < params.size(); ++i) {
-    const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
-    std::vector<FlatRange>& r = runs[model.is_expert_param(i)];
-    const bool extends = i > 0 && model.is_expert_param(i - 1) == model.is_expert_param(i);
-    if (extends)
-      r.back().count = s.offset + s.count - r.back().flat;
-    else
-      r.push_back({s.offset, s.count, 0});
+  // Per kind and gradient bucket: runs of neighbouring tensors of the kind with no padding between
+  // them (a streamed bucket's padding holds arbitrary values, so it is kept out of the shards).
+  const std::vector<model::EntryRange>& buckets = model.gradient_buckets();
+  std::array<std::vector<std::vector<FlatRange>>, 2> runs;
+  for (const model::EntryRange& bucket : buckets) {
+    bucket_flat_begin_.push_back(params.offset(bucket.first));
+    for (auto& kind : runs) kind.emplace_back();
+    for (int i = bucket.first; i <= bucket.last; ++i) {
+      const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
+      std::vector<FlatRange>& r = runs[model.is_expert_param(i)].back();
+      if (!r.empty() && r.back().flat + r.back().count == s.offset &&
+          model.is_expert_param(i - 1) == model.is_expert_param(i))
+        r.back().count += s.count;
+      else
+        r.push_back({s.offset, s.count, 0});
+    }
   }
   int64_t state_size = 0;
   for (int kind = 0; kind < 2; ++kind) {
@@ -92,6 +98,10 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   const Shape state{std::max<int64_t>(state_size, 1)};
   exp_avg_ = zeros(state, params.flat().device(), config_.moments_dtype);
   exp_avg_sq_ = zeros(state, params.flat().device(), config_.moments_dtype);
+  MOEX_CHECK(model.streams_gradients() == (zero.stage == 2), "AdamW: ZeRO stage ", zero.stage,
+             model.streams_gradients() ? " with" : " without",
+             " a model that streams its gradients (stage 2 needs one, stage 1 does not)");
+  if (zero.stage == 2) grad_shard_ = zeros(state, model.device());
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
     tp_group_ = tp.group;
@@ -162,21 +172,28 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   return norm;
 }
 
+Tensor AdamW::piece_grads(const StepPiece& piece, const Tensor& grads, int64_t lo,
+                          int64_t hi) const {
+  if (!grad_shard_.defined()) return grads.slice(lo, hi);
+  const int64_t at = piece.state + (lo - piece.range.flat);
+  return grad_shard_.slice(at, at + (hi - lo));
+}
+
 double AdamW::zero_grad_norm(const Tensor& grads) const {
   // Every element of every kind lies in exactly one rank's shard of the dp group (the expert
   // shards of the edp groups of all ep ranks cover all experts once), so the squares of the
   // shards summed over dp are the global norm's. Under tp the dp group holds one tp rank's parts
   // of the split tensors: their squares are summed over tp as well.
   double sums[2] = {0, 0};  // everything, the tensor-parallel parts among it
-  for (int kind = 0; kind < 2; ++kind)
-    for (const FlatRange& p : partitions_[kind]->step_pieces()) {
-      sums[0] += ops::sum_of_squares(grads.slice(p.flat, p.flat + p.count));
-      for (const FlatRange& r : tp_split_ranges_) {
-        const int64_t lo = std::max(r.flat, p.flat);
-        const int64_t hi = std::min(r.flat + r.count, p.flat + p.count);
-        if (lo < hi) sums[1] += ops::sum_of_squares(grads.slice(lo, hi));
-      }
+  for (const StepPiece& piece : zero_pieces_) {
+    const FlatRange& p = piece.range;
+    sums[0] += ops::sum_of_squares(piece_grads(piece, grads, p.flat, p.flat + p.count));
+    for (const FlatRange& r : tp_split_ranges_) {
+      const int64_t lo = std::max(r.flat, p.flat);
+      const int64_t hi = std::min(r.flat + r.count, p.flat + p.count);
+      if (lo < hi) sums[1] += ops::sum_of_squares(piece_grads(piece, grads, lo, hi));
     }
+  }
   zero_.dp->all_reduce_sum(sums, 2);
   double split = sums[1];
   if (tp_group_ != nullptr) tp_group_->all_reduce_sum(&split, 1);
@@ -185,7 +202,8 @@ double AdamW::zero_grad_norm(const Tensor& grads) const {
 
 double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   const Tensor& params = model.params().flat();
-  const Tensor& grads = model.grads().flat();
+  // Stage 2: the gradients are the shard's sums (grad_shard_).
+  const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   auto view = [](const Tensor& t, int64_t begin, int64_t count) {
     return t.slice(begin, begin + count);
   };
@@ -196,10 +214,12 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
     const FlatRange& p = piece.range;
     // A GPU step writes the piece's bf16 copy too (the all-gather below recasts every element).
     const Tensor copy = compute.defined() ? view(compute, p.flat, p.count) : Tensor();
-    ops::adamw_step(view(params, p.flat, p.count), copy, view(grads, p.flat, p.count),
+    ops::adamw_step(view(params, p.flat, p.count), copy,
+                    piece_grads(piece, grads, p.flat, p.flat + p.count),
                     view(exp_avg_, piece.state, p.count), view(exp_avg_sq_, piece.state, p.count),
                     *piece.segments, h);
   }
+  if (grad_shard_.defined()) ops::zero(grad_shard_);  // the next step's sums start from zero
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
   if (compute.defined()) ops::copy(params, compute);
@@ -208,8 +228,9 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
 }
 
 double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
-  const Tensor& params = model.params().flat();           // f32, pinned host
-  const Tensor& grads = model.grads().flat();             // f32, GPU
+  const Tensor& params = model.params().flat();  // f32, pinned host
+  // f32, GPU: the whole buffer, or under ZeRO stage 2 the shard's sums (grad_shard_)
+  const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();
   const bool zero = zero_.stage > 0;
@@ -245,7 +266,8 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   times.norm_ms += ms_since(start);
   auto download = [&](size_t i) {
     const FlatRange& t = offload_tiles_[i].range;
-    ops::copy_async(grads.slice(t.flat, t.flat + t.count), grad_tiles_[i % 2].slice(0, t.count));
+    ops::copy_async(piece_grads(offload_tiles_[i], grads, t.flat, t.flat + t.count),
+                    grad_tiles_[i % 2].slice(0, t.count));
   };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
   // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped. Without ZeRO the
@@ -270,6 +292,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   start = SteadyClock::now();
   ops::synchronize(gpu);
   times.wait_ms += ms_since(start);
+  if (grad_shard_.defined()) ops::zero(grad_shard_);  // every tile came down
   if (zero) {
     start = SteadyClock::now();
     // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned
@@ -300,9 +323,11 @@ Tensor AdamW::shard_of(const Tensor& state, int kind) const {
   return state.slice(begin, begin + partitions_[kind]->shard_size());
 }
 
-void AdamW::reduce_scatter_gradients(const ParamBuffer& grads) {
-  MOEX_CHECK(zero_.stage == 2, "AdamW::reduce_scatter_gradients: ZeRO stage 2 only");
-  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->reduce_scatter(grads.flat());
+void AdamW::take(int bucket, const Tensor& grads) {
+  MOEX_CHECK(grad_shard_.defined(), "AdamW::take: only ZeRO stage 2 takes streamed gradients");
+  const int64_t begin = bucket_flat_begin_.at(static_cast<size_t>(bucket));
+  for (int kind = 0; kind < 2; ++kind)
+    partitions_[kind]->reduce_scatter_bucket(bucket, grads, begin, shard_of(grad_shard_, kind));
 }
 
 Tensor AdamW::gather_moment(bool second) const {

@@ -9,7 +9,9 @@
 // (non-expert parameters sharded over dp, experts over edp, train/zero_partition.h), steps that
 // shard in tiles through the same op on views of the buffers, and all-gathers the updated
 // weights. The update is element-wise, so sharding changes no number; the gradient norm is the
-// sum of the shards' squares over the group. CPU ranks only.
+// sum of the shards' squares over the group. Under stage 2 the optimizer is the model's gradient
+// sink: it reduce-scatters each bucket the model streams (ModelState::stream_gradients) into the
+// gradient sums of its shard, and the model holds no whole gradient buffer.
 #pragma once
 
 #include <array>
@@ -18,6 +20,7 @@
 
 #include "core/arena.h"
 #include "dist/communicator.h"
+#include "model/gradient_sink.h"
 #include "ops/adamw.h"
 #include "train/train_config.h"
 #include "train/zero_partition.h"
@@ -29,7 +32,7 @@ class Model;
 namespace moex::train {
 
 struct ZeroConfig {
-  int64_t stage = 0;                  // 1: moments sharded; 2: gradients reduce-scattered too
+  int64_t stage = 0;  // 1: moments sharded; 2: gradients streamed and reduce-scattered too
   dist::Communicator* dp = nullptr;   // shards the non-expert parameters
   dist::Communicator* edp = nullptr;  // shards this rank's experts
   // The same groups on the GPU (a GPU model whose group has several ranks needs them).
@@ -38,11 +41,13 @@ struct ZeroConfig {
   int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
 };
 
-class AdamW {
+class AdamW : public model::GradientSink {
  public:
   // Without ZeRO: every moment of `params` on its device.
   AdamW(const ParamBuffer& params, const OptimizerConfig& config);
-  // ZeRO stage zero.stage (1 or 2) over the model's parameters (a CPU model).
+  // ZeRO stage zero.stage (1 or 2) over the model's parameters. Stage 2 needs a model that
+  // streams its gradients (ModelState::stream_gradients); the caller makes this optimizer its
+  // sink (Model::set_gradient_sink).
   AdamW(const model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero);
 
   // Clips the global gradient norm to config.grad_clip (if > 0), then updates every parameter.
@@ -54,14 +59,18 @@ class AdamW {
   // The same on a model's master weights, gradients and working copy. Under expert parallelism
   // the norm covers every expert of the expert group (each rank holds E/ep of them), so every
   // rank clips by the same global norm; under ZeRO the gradients of this rank's shards must be
-  // summed over their groups (all-reduced, or reduce_scatter_gradients) and the weights are
+  // summed over their groups (all-reduced, or streamed under stage 2) and the weights are
   // all-gathered afterwards. Every rank of the groups must call it.
   double step(model::Model& model, double lr, int64_t step);
 
   int64_t zero_stage() const { return zero_.stage; }
-  // ZeRO stage 2: sums each shard's gradients over its group into this rank's gradient buffer
-  // (the rest of the buffer is left unsummed).
-  void reduce_scatter_gradients(const ParamBuffer& grads);
+  // ZeRO stage 2: adds the group's sums of this rank's shard of the bucket to the shard's
+  // gradients (model::GradientSink). step() consumes and clears them.
+  void take(int bucket, const Tensor& grads) override;
+  // Bytes of gradients this optimizer holds (ZeRO stage 2's shard sums; 0 otherwise).
+  int64_t gradient_bytes() const {
+    return grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0;
+  }
 
   // A moment (second: exp_avg_sq) on the host in the buffer's layout [total]; under ZeRO the
   // shards are gathered over their groups (every rank must call it).
@@ -108,6 +117,13 @@ class AdamW {
     int64_t state = 0;
     const ops::AdamWSegments* segments = nullptr;
   };
+  // The gradients of flat elements [lo, hi) of a step piece: of grads [total], or under stage 2 of
+  // the shard's sums (grads unused).
+  Tensor piece_grads(const StepPiece& piece, const Tensor& grads, int64_t lo, int64_t hi) const;
+  // ZeRO stage 2: the gradient sums of this rank's shards, laid out as the moments [S0 + S1] f32,
+  // and each gradient bucket's first flat element.
+  Tensor grad_shard_;
+  std::vector<int64_t> bucket_flat_begin_;
   // The weight-decay segments the step pieces point to (ZeRO's and offload's).
   std::vector<std::unique_ptr<ops::AdamWSegments>> piece_segments_;
   // Under ZeRO, per kind (0 non-expert, 1 expert): the partition and where its shard starts in the

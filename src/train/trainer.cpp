@@ -331,9 +331,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     tensor_parallel.slice_experts = c.parallel.expert_slicing;
   }
   if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
-  model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
-                     c.parallel.offload,
-                     model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
+  // ZeRO stage 2: the model streams each bucket's gradients to the optimizer, which keeps only
+  // its shard's sums (docs/parallelism.md §ZeRO).
+  model::Model model(
+      c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel, c.parallel.offload,
+      model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype, true, zero_stage == 2});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
@@ -346,6 +348,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.tile_elements = c.parallel.tile_elements;
   AdamW optimizer =
       zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
+  if (zero_stage == 2) model.set_gradient_sink(&optimizer);
   // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
   // rank takes part then.
   const bool collective_save = ep || tp || zero_stage > 0;
@@ -375,7 +378,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
               " data-parallel rank(s), ", layout.ep, " expert-parallel, ", layout.tp,
               " tensor-parallel");
     MOEX_INFO("optimizer state: ", optimizer.state_bytes(), " bytes on this rank (ZeRO stage ",
-              zero_stage, ")");
+              zero_stage, "); gradients: ", model.gradient_bytes() + optimizer.gradient_bytes(),
+              " bytes");
     // What the task and language temperatures make of the corpus (docs/data.md §Mixing).
     std::string mix;
     const data::MixtureSampler& mixer = train_data->mixer();
@@ -396,6 +400,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const int64_t tokens_per_step = mb * seq_len * micro_per_step;
   TrainResult result;
   result.optimizer_state_bytes = optimizer.state_bytes();
+  result.gradient_bytes = model.gradient_bytes() + optimizer.gradient_bytes();
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
   std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
@@ -437,11 +442,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       weighted_kd += r.weighted_kd / micro_per_step;
     }
     model.finish_gradients();
-    if (dp > 1) {
-      // ZeRO stage 2: each rank needs only its shard's sum.
-      if (zero_stage == 2)
-        optimizer.reduce_scatter_gradients(model.grads());
-      else if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
+    // Under ZeRO stage 2 the optimizer has reduce-scattered every bucket as the model streamed it.
+    if (dp > 1 && zero_stage < 2) {
+      if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
         ops::all_reduce_sum(model.grads().flat(), *gpu_dp);
       else if (gpu_dp)
         for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
@@ -452,6 +455,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
         for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
           (expert ? *groups.edp : *groups.dp).all_reduce_sum(run.data<float>(), run.numel());
         });
+    }
+    if (dp > 1) {
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
       groups.dp->all_reduce_sum(sums, 5);
       loss = sums[0], aux = sums[1], zl = sums[2], kd = sums[3], weighted_kd = sums[4];

@@ -21,6 +21,9 @@ struct TrainResult {
   bool interrupted = false;
   std::string last_checkpoint;
   int64_t optimizer_state_bytes = 0;  // Adam moments held by this rank (a ZeRO shard under ZeRO)
+  // Gradient storage of this rank: the model's buffer and, under ZeRO stage 2, the optimizer's
+  // shard sums (the model then holds only its streamed buckets, docs/parallelism.md §ZeRO).
+  int64_t gradient_bytes = 0;
   // This rank's expert-parallel token exchanges over the run, all MoE layers (docs/parallelism.md).
   moe::ExchangeStats exchange;
   int64_t teacher_parameters = 0;  // distillation: the teacher's parameters this rank held

@@ -17,25 +17,38 @@ Tensor staging(int64_t n, const Tensor& like) {
 
 }  // namespace
 
-ZeroPartition::ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile,
+ZeroPartition::ZeroPartition(const std::vector<std::vector<FlatRange>>& buckets,
+                             dist::Communicator& group, int64_t tile,
                              dist::DeviceGroup* device_group)
-    : runs_(std::move(runs)), group_(&group), device_group_(device_group), tile_(tile) {
+    : group_(&group), device_group_(device_group), tile_(tile) {
   MOEX_CHECK(tile_ >= 1, "ZeroPartition: tile must be >= 1, got ", tile_);
   MOEX_CHECK(device_group == nullptr ||
                  (device_group->size() == group.size() && device_group->rank() == group.rank()),
              "ZeroPartition: the device group must hold the group's ranks");
-  for (FlatRange& r : runs_) {
-    r.pos = size_;
-    size_ += r.count;
-  }
   const int64_t g = group.size();
-  shard_ = (size_ + g - 1) / g;
-  const int64_t begin = shard_begin(group.rank());
-  for_each_piece(begin, begin + shard_, [&](const FlatRange& piece) {
-    for (int64_t done = 0; done < piece.count; done += tile_)
-      step_pieces_.push_back(
-          {piece.flat + done, std::min(tile_, piece.count - done), piece.pos + done});
-  });
+  for (const std::vector<FlatRange>& runs : buckets) {
+    Bucket b;
+    b.begin = size_;
+    for (FlatRange r : runs) {
+      r.pos = size_;
+      size_ += r.count;
+      runs_.push_back(r);
+    }
+    b.size = size_ - b.begin;
+    b.slice = (b.size + g - 1) / g;
+    b.shard = shard_;
+    shard_ += b.slice;
+    buckets_.push_back(b);
+  }
+  const int rank = group.rank();
+  for (const Bucket& b : buckets_) {
+    const auto [first, end] = slice_range(b, rank, 0, b.slice);
+    for_each_piece(first, end, [&](const FlatRange& piece) {
+      for (int64_t done = 0; done < piece.count; done += tile_)
+        step_pieces_.push_back(
+            {piece.flat + done, std::min(tile_, piece.count - done), b.shard + piece.pos + done});
+    });
+  }
 }
 
 template <typename Fn>
@@ -50,16 +63,34 @@ void ZeroPartition::for_each_piece(int64_t begin, int64_t end, Fn&& fn) const {
   }
 }
 
-void ZeroPartition::pack(const Tensor& flat, int64_t begin, int64_t n, const Tensor& buf) const {
+template <typename Fn>
+void ZeroPartition::for_each_tile(Fn&& fn) const {
+  const int64_t len = comm_tile();
+  for (const Bucket& b : buckets_)
+    for (int64_t t = 0; t < b.slice; t += len) fn(b, t, std::min(len, b.slice - t));
+}
+
+std::pair<int64_t, int64_t> ZeroPartition::slice_range(const Bucket& b, int p, int64_t t,
+                                                       int64_t n) const {
+  const int64_t end = b.begin + b.size, first = std::min(end, b.begin + p * b.slice + t);
+  return {first, std::min(end, first + n)};
+}
+
+void ZeroPartition::pack(const Tensor& src, int64_t src_begin, const Bucket& b, int p, int64_t t,
+                         int64_t n, const Tensor& buf) const {
   ops::zero(buf.slice(0, n));
-  for_each_piece(begin, begin + n, [&](const FlatRange& p) {
-    ops::copy(flat.slice(p.flat, p.flat + p.count), buf.slice(p.pos, p.pos + p.count));
+  const auto [first, end] = slice_range(b, p, t, n);
+  for_each_piece(first, end, [&](const FlatRange& r) {
+    const int64_t at = r.flat - src_begin;
+    ops::copy(src.slice(at, at + r.count), buf.slice(r.pos, r.pos + r.count));
   });
 }
 
-void ZeroPartition::unpack(const Tensor& buf, int64_t begin, int64_t n, const Tensor& flat) const {
-  for_each_piece(begin, begin + n, [&](const FlatRange& p) {
-    ops::copy(buf.slice(p.pos, p.pos + p.count), flat.slice(p.flat, p.flat + p.count));
+void ZeroPartition::unpack(const Tensor& buf, const Bucket& b, int p, int64_t t, int64_t n,
+                           const Tensor& flat) const {
+  const auto [first, end] = slice_range(b, p, t, n);
+  for_each_piece(first, end, [&](const FlatRange& r) {
+    ops::copy(buf.slice(r.pos, r.pos + r.count), flat.slice(r.flat, r.flat + r.count));
   });
 }
 
@@ -92,11 +123,25 @@ void ZeroPartition::reduce_scatter(const Tensor& flat) const {
   if (g == 1) return;
   const int64_t len = comm_tile();
   const Tensor send = staging(g * len, flat), recv = staging(len, flat);  // [g, len], [len]
-  for (int64_t t = 0; t < shard_; t += len) {
-    const int64_t n = std::min(len, shard_ - t);
-    for (int p = 0; p < g; ++p) pack(flat, shard_begin(p) + t, n, send.slice(p * n, (p + 1) * n));
+  for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
+    for (int p = 0; p < g; ++p) pack(flat, 0, b, p, t, n, send.slice(p * n, (p + 1) * n));
     reduce_scatter_sum(send.slice(0, g * n), recv.slice(0, n));
-    unpack(recv, shard_begin(rank) + t, n, flat);
+    unpack(recv, b, rank, t, n, flat);
+  });
+}
+
+void ZeroPartition::reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
+                                          const Tensor& shard) const {
+  const Bucket& b = buckets_.at(static_cast<size_t>(bucket));
+  if (b.size == 0) return;
+  const int g = group_->size();
+  const int64_t len = std::min(comm_tile(), b.slice);
+  const Tensor send = staging(g * len, grads), recv = staging(len, grads);  // [g, len], [len]
+  for (int64_t t = 0; t < b.slice; t += len) {
+    const int64_t n = std::min(len, b.slice - t);
+    for (int p = 0; p < g; ++p) pack(grads, flat_begin, b, p, t, n, send.slice(p * n, (p + 1) * n));
+    reduce_scatter_sum(send.slice(0, g * n), recv.slice(0, n));
+    ops::add_into(recv.slice(0, n), shard.slice(b.shard + t, b.shard + t + n));
   }
 }
 
@@ -105,13 +150,12 @@ void ZeroPartition::all_gather(const Tensor& flat) const {
   if (g == 1) return;
   const int64_t len = comm_tile();
   const Tensor send = staging(len, flat), recv = staging(g * len, flat);  // [len], [g, len]
-  for (int64_t t = 0; t < shard_; t += len) {
-    const int64_t n = std::min(len, shard_ - t);
-    pack(flat, shard_begin(rank) + t, n, send);
+  for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
+    pack(flat, 0, b, rank, t, n, send);
     all_gather_blocks(send.slice(0, n), recv.slice(0, g * n));
     for (int p = 0; p < g; ++p)
-      if (p != rank) unpack(recv.slice(p * n, (p + 1) * n), shard_begin(p) + t, n, flat);
-  }
+      if (p != rank) unpack(recv.slice(p * n, (p + 1) * n), b, p, t, n, flat);
+  });
 }
 
 void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const {
@@ -120,20 +164,20 @@ void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const
   const Tensor recv = staging(g * len, flat);  // [g, len]
   // A bf16 shard (moments) is widened one tile at a time into f32 [len].
   const Tensor widened = shard.dtype() == DType::kF32 ? Tensor() : staging(len, shard);
-  for (int64_t t = 0; t < shard_; t += len) {
-    const int64_t n = std::min(len, shard_ - t);
-    Tensor send = shard.slice(t, t + n);
+  for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
+    Tensor send = shard.slice(b.shard + t, b.shard + t + n);
     if (widened.defined()) {
       ops::copy(send, widened.slice(0, n));
       send = widened.slice(0, n);
     }
     all_gather_blocks(send, recv.slice(0, g * n));
-    for (int p = 0; p < g; ++p) unpack(recv.slice(p * n, (p + 1) * n), shard_begin(p) + t, n, flat);
-  }
+    for (int p = 0; p < g; ++p) unpack(recv.slice(p * n, (p + 1) * n), b, p, t, n, flat);
+  });
 }
 
 void ZeroPartition::take_shard(const Tensor& flat, const Tensor& shard) const {
-  pack(flat, shard_begin(group_->rank()), shard_, shard);
+  for (const Bucket& b : buckets_)
+    pack(flat, 0, b, group_->rank(), 0, b.slice, shard.slice(b.shard, b.shard + b.slice));
 }
 
 }  // namespace moex::train

@@ -1,8 +1,12 @@
 // ZeRO partition of one kind of parameter (docs/parallelism.md, "ZeRO"). The elements of a
-// kind (non-expert or expert), read in the flat buffer's order, form a "domain" of N elements;
-// rank r of the kind's group (dp or edp, size g) owns domain elements [r·S, min((r+1)·S, N)),
-// S = ceil(N / g), and keeps the Adam moments of those elements only, as a shard [S] (the last
-// rank's tail is padding).
+// kind (non-expert or expert), read in the flat buffer's order, form a "domain" of N elements,
+// cut into buckets (the model's gradient buckets: the embedding, each block, the head). Rank r of
+// the kind's group (dp or edp, size g) owns the r-th of g equal slices of every bucket: bucket b
+// of N_b elements from domain position B_b gives it [B_b + r·s_b, min(B_b + (r+1)·s_b, B_b +
+// N_b)), s_b = ceil(N_b / g). Its shard [S], S = the sum of the s_b, holds its slices in bucket
+// order (a slice's tail past its bucket is padding). Each rank keeps the Adam moments of its
+// shard only and, under stage 2, the gradient sums of its shard only: a bucket's gradients are
+// reduce-scattered as soon as backward has made them.
 //
 // The collectives move gradients, weights and moments in tiles of at most `tile` elements
 // in all (the g blocks of one collective together), so their temporary buffers do not grow
@@ -12,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -30,14 +35,14 @@ struct FlatRange {
 
 class ZeroPartition {
  public:
-  // runs: the kind's contiguous flat ranges in buffer order (pos ignored); group: dp or edp;
-  // device_group: the same ranks on the GPU (needed for GPU buffers when the group has several).
-  ZeroPartition(std::vector<FlatRange> runs, dist::Communicator& group, int64_t tile,
-                dist::DeviceGroup* device_group = nullptr);
+  // buckets: the kind's contiguous flat ranges, grouped by bucket, in buffer order (pos ignored;
+  // a bucket may be empty); group: dp or edp; device_group: the same ranks on the GPU (needed for
+  // GPU buffers when the group has several).
+  ZeroPartition(const std::vector<std::vector<FlatRange>>& buckets, dist::Communicator& group,
+                int64_t tile, dist::DeviceGroup* device_group = nullptr);
 
   int64_t domain_size() const { return size_; }  // N
   int64_t shard_size() const { return shard_; }  // S: every rank's shard, padding included
-  int64_t shard_begin(int rank) const { return rank * shard_; }
   // This rank's shard split at run boundaries and into pieces of at most `tile` elements; pos is
   // the offset in the shard. The optimizer steps each piece with one call.
   const std::vector<FlatRange>& step_pieces() const { return step_pieces_; }
@@ -47,6 +52,10 @@ class ZeroPartition {
   // flat: the rank's gradient buffer [total]. Afterwards this rank's shard holds the sum over the
   // group; the rest of the buffer is left as it was (not summed).
   void reduce_scatter(const Tensor& flat) const;
+  // grads: bucket b's part of a flat gradient buffer, from flat element `flat_begin` on (a model's
+  // streamed bucket). shard [S] += this rank's slice of the bucket summed over the group.
+  void reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
+                             const Tensor& shard) const;
   // flat: the weights [total]; every rank's shard goes to every rank.
   void all_gather(const Tensor& flat) const;
   // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32: the
@@ -56,13 +65,28 @@ class ZeroPartition {
   void take_shard(const Tensor& flat, const Tensor& shard) const;
 
  private:
+  struct Bucket {
+    int64_t begin = 0;  // domain position of its first element
+    int64_t size = 0;   // N_b
+    int64_t slice = 0;  // s_b: elements each rank owns, padding included
+    int64_t shard = 0;  // where this rank's slice starts in its shard
+  };
   // Calls fn(range) for the contiguous flat pieces of domain elements [begin, end) (clipped to N);
   // pos = the element's offset from `begin`.
   template <typename Fn>
   void for_each_piece(int64_t begin, int64_t end, Fn&& fn) const;
-  // Copies domain [begin, begin + n) of flat into buf [n] (zeros past N), or back.
-  void pack(const Tensor& flat, int64_t begin, int64_t n, const Tensor& buf) const;
-  void unpack(const Tensor& buf, int64_t begin, int64_t n, const Tensor& flat) const;
+  // Calls fn(bucket, t, n) for the collective tiles of the shard: elements [t, t + n) of every
+  // rank's slice of the bucket.
+  template <typename Fn>
+  void for_each_tile(Fn&& fn) const;
+  // Domain elements [t, t + n) of rank p's slice of bucket b, clipped to the bucket: first and end.
+  std::pair<int64_t, int64_t> slice_range(const Bucket& b, int p, int64_t t, int64_t n) const;
+  // Copies rank p's slice elements [t, t + n) of bucket b from src (flat elements from
+  // src_begin on) into buf [n] (zeros past the bucket), or back from buf into flat.
+  void pack(const Tensor& src, int64_t src_begin, const Bucket& b, int p, int64_t t, int64_t n,
+            const Tensor& buf) const;
+  void unpack(const Tensor& buf, const Bucket& b, int p, int64_t t, int64_t n,
+              const Tensor& flat) const;
   // The group's collectives on buffers of one device: send [g, n] -> recv [n] summed, and
   // send [n] -> recv [g, n].
   void reduce_scatter_sum(const Tensor& send, const Tensor& recv) const;
@@ -71,6 +95,7 @@ class ZeroPartition {
   int64_t comm_tile() const;
 
   std::vector<FlatRange> runs_;  // pos = start in the domain
+  std::vector<Bucket> buckets_;
   dist::Communicator* group_;
   dist::DeviceGroup* device_group_;
   int64_t tile_;

@@ -33,6 +33,7 @@ std::string parallel(int zero_stage, int ep) {
 // rank's buffer can add to its shards (64-element alignment per tensor, rounding up per kind).
 struct ParamCounts {
   int64_t non_expert = 0, expert = 0, slack = 0;
+  int64_t total = 0;  // the buffer's elements, padding included
 };
 
 ParamCounts count_params(const TrainConfig& c) {
@@ -41,6 +42,7 @@ ParamCounts count_params(const TrainConfig& c) {
   for (int i = 0; i < m.params().size(); ++i)
     (m.is_expert_param(i) ? n.expert : n.non_expert) += m.params().tensor(i).numel();
   n.slack = 64 * m.params().size() + 2;
+  n.total = m.params().total_elements();
   return n;
 }
 
@@ -118,6 +120,61 @@ TEST(Zero, EveryStageAndLayoutEqualsTheSingleProcessRun) {
   world.barrier();
 }
 
+// ZeRO stage 2 streams each gradient bucket into the shards as backward makes it, every
+// micro-batch: with two micro-batches per rank, on an 8-layer model (the edges and one block's
+// window are then a small part of the gradients), it must still equal the single process (ep 2
+// at np 4). Each rank holds the model's streamed buckets (the embedding, the head and one block's
+// window) and its shard's sums, 1/dp of the gradients: less than the single process's whole
+// buffer, and within the shard plus those buckets.
+TEST(Zero, StageTwoStreamsGradientsOverMicroBatches) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = corpus_of_world("zero_stream_np", world);
+  const std::string deep = R"(, "num_layers": 8)";
+  const std::string ref_out = (corpus / "ref").string(), out = (corpus / "zero2").string();
+  TrainResult ref_result;
+  if (world.is_root()) {
+    const std::string ref_training = R"(, "grad_accum": )" + std::to_string(2 * world.size()) +
+                                     R"(, "steps": 3, "eval_every": 3)";
+    const TrainConfig ref = TrainConfig::from_file(
+        testing::write_config(corpus, ref_out, ref_training, nullptr, "", "", deep).string());
+    ref_result = run_training(ref, "", 0, &dist::Communicator::local());
+  }
+  const std::string training = R"(, "grad_accum": 2, "steps": 3, "eval_every": 3)";
+  const int ep = world.size() >= 4 ? 2 : 1;
+  const TrainConfig config = TrainConfig::from_file(
+      testing::write_config(corpus, out, training, &world, "", parallel(2, ep), deep).string());
+  const TrainResult result = run_training(config, "", 0, &world);
+  expect_sharded_state(config, result.optimizer_state_bytes, world);
+  std::vector<int64_t> bytes(static_cast<size_t>(world.size()));
+  world.all_gather(&result.gradient_bytes, bytes.data(), 1);
+  if (world.is_root()) {
+    const testing::Metrics a = read_metrics(out + "/metrics.jsonl");
+    const testing::Metrics b = read_metrics(ref_out + "/metrics.jsonl");
+    ASSERT_EQ(b.loss.size(), 3u);
+    expect_near_rel(a.loss, b.loss, "loss");
+    expect_near_rel(a.eval, b.eval, "eval loss");
+    expect_same_checkpoint(out + "/final", ref_out + "/final");
+
+    const ParamCounts n = count_params(config);
+    model::ModelState streamed;
+    streamed.stream_gradients = true;
+    // The buckets of the whole model: under ep a rank's MoE window is smaller.
+    const int64_t buckets =
+        model::Model(config.model, Device::cpu(), nullptr, {}, false, streamed).gradient_bytes();
+    const double shard = 4.0 * static_cast<double>(n.non_expert + n.expert) / world.size();
+    EXPECT_EQ(ref_result.gradient_bytes, 4 * n.total);
+    for (size_t r = 0; r < bytes.size(); ++r) {
+      EXPECT_LT(bytes[r], ref_result.gradient_bytes) << "rank " << r;
+      EXPECT_GE(static_cast<double>(bytes[r]), shard) << "rank " << r;
+      EXPECT_LE(static_cast<double>(bytes[r]), buckets + shard + 4.0 * n.slack) << "rank " << r;
+    }
+  }
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
+  world.barrier();
+}
+
 // bf16 moments (optimizer.moments_dtype) under ZeRO stage 2 with ep 2 against the single process
 // with bf16 moments. Their rounding bits come from each element's gradient and weight, not its
 // place; but the gradient sums' order differs from the single process in the last bits, and a
@@ -138,10 +195,10 @@ TEST(Zero, Bf16MomentsEqualTheSingleProcessRun) {
     run_training(ref, "", 0, &dist::Communicator::local());
   }
   const std::string training = R"(, "grad_accum": 1, "steps": 4, "eval_every": 2)";
-  const TrainConfig config = TrainConfig::from_file(
-      testing::write_config(corpus, out, training, &world, "",
-                            std::string(kBf16Moments) + parallel(2, 2))
-          .string());
+  const TrainConfig config =
+      TrainConfig::from_file(testing::write_config(corpus, out, training, &world, "",
+                                                   std::string(kBf16Moments) + parallel(2, 2))
+                                 .string());
   const TrainResult result = run_training(config, "", 0, &world);
   expect_sharded_state(config, result.optimizer_state_bytes, world);
   if (world.is_root()) {

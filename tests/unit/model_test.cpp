@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -208,6 +209,24 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
   EXPECT_LE(max_diff, 1e-6 * max_abs);
 }
 
+// The configs of the gradient-write tests: a tied head (written by the head, then added to by
+// the embedding) with a selection bias that gets no gradient, and learned positions with
+// LayerNorm biases. Two micro-batches for them.
+std::vector<ModelConfig> gradient_write_configs() {
+  std::vector<ModelConfig> configs = {
+      tiny_config(R"(, "score_func": "sigmoid", "selection_bias": true)"),
+      tiny_config("", /*learned_positions=*/true)};
+  configs[0].tie_embeddings = true;
+  configs[0].validate();
+  return configs;
+}
+
+std::array<Batch, 2> two_batches(int64_t vocab) {
+  std::array<Batch, 2> batches = {make_batch(vocab), make_batch(vocab)};
+  std::reverse(batches[1].ids.begin(), batches[1].ids.end());
+  return batches;
+}
+
 // zero_grad() leaves the buffer as it is and the first write of each gradient overwrites it
 // (model/gradient_writes.h). Against the buffer zeroed and every write adding: after one and after
 // two micro-batches the gradients are the same bits, with the buffer full of NaN or of the last
@@ -215,14 +234,8 @@ TEST(Model, ActivationCheckpointingGivesTheSameGradients) {
 // by the embedding), learned positions and LayerNorm biases, and a selection bias that gets no
 // gradient at all.
 TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
-  std::vector<ModelConfig> configs = {
-      tiny_config(R"(, "score_func": "sigmoid", "selection_bias": true)"),
-      tiny_config("", /*learned_positions=*/true)};
-  configs[0].tie_embeddings = true;
-  configs[0].validate();
-  for (const ModelConfig& config : configs) {
-    Batch batches[2] = {make_batch(config.vocab_size), make_batch(config.vocab_size)};
-    std::reverse(batches[1].ids.begin(), batches[1].ids.end());
+  for (const ModelConfig& config : gradient_write_configs()) {
+    const std::array<Batch, 2> batches = two_batches(config.vocab_size);
     auto micro_batch = [&](Model& m, const Batch& b) {
       total_loss(m, b, /*for_backward=*/true);
       m.backward();
@@ -254,6 +267,85 @@ TEST(Model, GradientsOverwriteWhatZeroGradLeft) {
     m.zero_grad();
     const Tensor& flat = m.grads().flat();
     for (int64_t i = 0; i < flat.numel(); ++i) ASSERT_EQ(flat.data<float>()[i], 0.0f);
+  }
+}
+
+// Streamed gradients (ModelState::stream_gradients, ZeRO stage 2): what the sink gets, summed per
+// bucket, must be what the buffered model holds after the same micro-batches: bit for bit after
+// one (each bucket is written by the same ops), within float rounding after two (the buffered
+// model adds the second micro-batch's writes into the first's; the sink adds whole buckets). The
+// blocks share one window, so every block's backward starts on the other block's leftovers, and
+// a second step on everything the first left. Blocks go to the sink at every micro-batch, the
+// edges (embedding, head) once a step, and the model holds only those buckets' storage.
+struct RecordingSink : GradientSink {
+  const ParamBuffer* layout = nullptr;
+  const std::vector<EntryRange>* buckets = nullptr;
+  std::vector<float> sums;  // [total] in the buffer's layout, padding left at zero
+  std::vector<int> takes;   // [buckets]
+  void take(int bucket, const Tensor& grads) override {
+    const EntryRange& r = (*buckets)[static_cast<size_t>(bucket)];
+    ++takes[static_cast<size_t>(bucket)];
+    const int64_t base = layout->offset(r.first);
+    for (int i = r.first; i <= r.last; ++i)
+      for (int64_t k = 0; k < layout->tensor(i).numel(); ++k)
+        sums[layout->offset(i) + k] += grads.data<float>()[layout->offset(i) - base + k];
+  }
+};
+
+TEST(Model, StreamedGradientsAreTheBufferedOnes) {
+  for (const ModelConfig& config : gradient_write_configs()) {
+    const std::array<Batch, 2> batches = two_batches(config.vocab_size);
+    Model ref(config);
+    ref.init_weights(3);
+    ModelState state;
+    state.stream_gradients = true;
+    Model m(config, Device::cpu(), nullptr, {}, false, state);
+    m.init_weights(3);
+    ASSERT_TRUE(m.streams_gradients());
+    const std::vector<EntryRange>& buckets = m.gradient_buckets();
+    ASSERT_EQ(buckets.size(), 4u);  // embedding, two blocks, head
+    RecordingSink sink;
+    sink.layout = &m.params();
+    sink.buckets = &buckets;
+    m.set_gradient_sink(&sink);
+    for (int step = 0; step < 2; ++step) {
+      for (const int micro_batches : {1, 2}) {
+        sink.sums.assign(static_cast<size_t>(m.params().total_elements()), 0.0f);
+        sink.takes.assign(buckets.size(), 0);
+        ref.zero_grad();
+        m.zero_grad();
+        for (int b = 0; b < micro_batches; ++b) {
+          total_loss(ref, batches[b], /*for_backward=*/true);
+          ref.backward();
+          total_loss(m, batches[b], /*for_backward=*/true);
+          m.backward();
+        }
+        m.finish_gradients();
+        EXPECT_EQ(sink.takes, (std::vector<int>{1, micro_batches, micro_batches, 1}));
+        const Tensor& want = ref.grads().flat();
+        double largest = 0, worst = 0;
+        for (int64_t i = 0; i < want.numel(); ++i) {
+          const double w = want.data<float>()[i], g = sink.sums[static_cast<size_t>(i)];
+          largest = std::max(largest, std::fabs(w));
+          worst = std::max(worst, std::fabs(w - g));
+        }
+        ASSERT_GT(largest, 0.0);
+        if (micro_batches == 1)
+          EXPECT_EQ(worst, 0.0) << "step " << step;
+        else
+          EXPECT_LE(worst, 1e-6 * largest) << "step " << step;
+      }
+    }
+    const ParamBuffer& p = m.params();
+    int64_t window = 0;
+    for (size_t b = 1; b + 1 < buckets.size(); ++b)
+      window = std::max(window, p.range_elements(buckets[b].first, buckets[b].last));
+    const int64_t edges = p.range_elements(buckets[0].first, buckets[0].last) +
+                          p.range_elements(buckets[3].first, buckets[3].last);
+    EXPECT_EQ(m.gradient_bytes(), 4 * (edges + window));
+    EXPECT_EQ(ref.gradient_bytes(), 4 * p.total_elements());
+    EXPECT_LT(m.gradient_bytes(), ref.gradient_bytes());
+    testing::expect_error_naming([&] { m.grads(); }, {"streams its gradients"});
   }
 }
 
