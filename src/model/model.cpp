@@ -35,16 +35,19 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
-  // A bf16 state buffer needs a GPU, and for training one GPU alone: the CPU kernels, the
-  // offload step, and the collectives of the parallel layouts speak fp32 state.
+  // A bf16 state buffer needs a GPU: the CPU kernels and the offload step speak fp32 state. bf16
+  // gradients need one GPU alone (the collectives of tp and ep sum fp32 gradients); bf16 weights
+  // train in any layout (under ZeRO the optimizer keeps their fp32 master shard).
   MOEX_CHECK(trainable_ || !offload, "offload moves training state; an inference model has none");
   const bool one_gpu = device_.is_cuda() && !offload && !tp_.active() && expert_group == nullptr;
-  const bool bf16_ok = trainable_ ? one_gpu : device_.is_cuda();
-  for (const auto& [what, dtype] :
-       {std::pair{"gradients", state.grads}, std::pair{"master weights", state.master}})
-    MOEX_CHECK(dtype == DType::kF32 || (dtype == DType::kBF16 && bf16_ok), "bf16 ", what,
-               " need a model on one GPU, without offload, tensor or expert parallelism (got ",
-               dtype_name(dtype), " on ", device_.str(), ")");
+  MOEX_CHECK(state.grads == DType::kF32 || (state.grads == DType::kBF16 && one_gpu),
+             "bf16 gradients need a model on one GPU, without offload, tensor or expert "
+             "parallelism (got ",
+             dtype_name(state.grads), " on ", device_.str(), ")");
+  MOEX_CHECK(state.master == DType::kF32 ||
+                 (state.master == DType::kBF16 && device_.is_cuda() && !offload),
+             "bf16 master weights need a model on a GPU, without offload (got ",
+             dtype_name(state.master), " on ", device_.str(), ")");
   if (device_.is_cuda() && state.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each. The
   // gradient buckets follow them: embedding (and positions), each block, final norm (and head).
@@ -141,7 +144,7 @@ void Model::store_host_params(const ParamBuffer& host) {
   weights_changed();
 }
 
-void Model::init_weights(uint64_t seed) {
+ParamBuffer Model::init_weights(uint64_t seed) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
   const ParamBuffer host = master_on_host() ? master_ : master_.like(DType::kF32, Device::cpu());
@@ -167,6 +170,7 @@ void Model::init_weights(uint64_t seed) {
   } else {
     weights_changed();
   }
+  return host;
 }
 
 void Model::allocate_streamed_grads(DType dtype) {

@@ -137,7 +137,9 @@ class Model {
   ParamBuffer host_params() const;
   void store_host_params(const ParamBuffer& host);
 
-  void init_weights(uint64_t seed);
+  // Draws every weight; returns them as drawn, fp32 on the host (the buffer itself on the CPU),
+  // before a bf16 master rounds them.
+  ParamBuffer init_weights(uint64_t seed);
   // Starts a step's gradients: the next backward writes each entry over its stale contents
   // instead of adding (no memset; model/gradient_writes.h). A no-op for an inference model.
   void zero_grad();

@@ -114,9 +114,12 @@ Tensor local_part(const Model& model, int index, const Tensor& full, const std::
 }
 
 void save_model(const Model& model, const std::string& model_json, const std::string& dir,
-                bool write) {
-  const ParamBuffer host = model.host_params();
-  const std::map<std::string, Tensor> tensors = gather_named_tensors(model, host.flat());
+                bool write, const Tensor& weights) {
+  const Tensor host = weights.defined() ? weights : model.host_params().flat();
+  MOEX_CHECK(host.numel() == model.params().total_elements() && host.dtype() == DType::kF32 &&
+                 host.device().is_cpu(),
+             "save_model: the weights must be the buffer's fp32 layout on the host");
+  const std::map<std::string, Tensor> tensors = gather_named_tensors(model, host);
   if (!write) return;
   nlohmann::json config;
   config["model_type"] = "moex";
@@ -126,7 +129,7 @@ void save_model(const Model& model, const std::string& model_json, const std::st
   io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors);
 }
 
-void load_weights(Model& model, const std::string& checkpoint_path) {
+ParamBuffer load_weights(Model& model, const std::string& checkpoint_path) {
   const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(checkpoint_path);
   const ParamBuffer params = model.host_params();
   for (int i = 0; i < params.size(); ++i) {
@@ -140,6 +143,7 @@ void load_weights(Model& model, const std::string& checkpoint_path) {
   for (const std::string& name : ckpt.names())
     MOEX_CHECK(params.index_of(name) >= 0, checkpoint_path, ": unexpected tensor '", name, "'");
   model.store_host_params(params);
+  return params;
 }
 
 namespace {

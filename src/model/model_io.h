@@ -13,9 +13,11 @@ namespace moex::model {
 
 // Writes config.json and model.safetensors into `dir` (which must exist); each file atomically.
 // Under expert parallelism every rank of the model's expert group calls it (the experts are
-// gathered, see gather_named_tensors) and only the ranks with write = true write.
+// gathered, see gather_named_tensors) and only the ranks with write = true write. weights: the
+// fp32 values to save instead of the model's own, on the host in the buffer's layout [total]
+// (the master weights a ZeRO optimizer keeps for a model with bf16 weights).
 void save_model(const Model& model, const std::string& model_json, const std::string& dir,
-                bool write = true);
+                bool write = true, const Tensor& weights = Tensor());
 
 // Every tensor of `flat` (host f32, a buffer in the layout of model.params(): the weights or an
 // optimizer moment) under its parameter name. Expert tensors held as shards (Model::expert_group)
@@ -47,7 +49,8 @@ std::unique_ptr<Model> load_model(const std::string& dir, Device device = Device
                                   const TensorParallel& tp = {},
                                   dist::Communicator* expert_group = nullptr);
 
-// Copies the checkpoint's tensors into the model's parameters (f32; bf16/f16 converted).
-void load_weights(Model& model, const std::string& checkpoint_path);
+// Copies the checkpoint's tensors into the model's parameters (f32; bf16/f16 converted). Returns
+// them as read, fp32 on the host, before a bf16 master rounds them.
+ParamBuffer load_weights(Model& model, const std::string& checkpoint_path);
 
 }  // namespace moex::model

@@ -22,9 +22,11 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
     for (auto& [name, t] : model::gather_named_tensors(model, m))
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
+  // Under ZeRO on GPUs the fp32 master weights are the optimizer's shards (gathered here).
+  const Tensor master = optimizer.gather_master();
   std::unique_ptr<io::AtomicDirectory> out;
   if (write) out = std::make_unique<io::AtomicDirectory>(dir);
-  model::save_model(model, model_json, write ? out->temp_path() : "", write);
+  model::save_model(model, model_json, write ? out->temp_path() : "", write, master);
   if (!write) return;
   io::save_safetensors(out->temp_path() + "/optimizer.safetensors", moments);
   nlohmann::json js;
@@ -77,7 +79,8 @@ std::vector<std::string> model_config_changes(const std::string& dir,
 }
 
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer) {
-  model::load_weights(model, dir + "/" + io::kSafetensorsSingleName);
+  const ParamBuffer weights = model::load_weights(model, dir + "/" + io::kSafetensorsSingleName);
+  optimizer.load_master(weights.flat());  // the fp32 values, where the optimizer keeps a master
   const std::string opt_path = dir + "/optimizer.safetensors";
   const io::SafetensorsFile moments = io::SafetensorsFile::open(opt_path);
   const ParamBuffer& params = model.params();

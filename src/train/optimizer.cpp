@@ -102,6 +102,11 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
              model.streams_gradients() ? " with" : " without",
              " a model that streams its gradients (stage 2 needs one, stage 1 does not)");
   if (zero.stage == 2) grad_shard_ = zeros(state, model.device());
+  if (zero.shard_master) {
+    MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
+               "AdamW: a sharded master and offload exclude each other");
+    master_ = zeros(state, model.device());
+  }
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
     tp_group_ = tp.group;
@@ -201,7 +206,8 @@ double AdamW::zero_grad_norm(const Tensor& grads) const {
 }
 
 double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
-  const Tensor& params = model.params().flat();
+  // The model's weights: its fp32 master, or with a sharded master (master_) what it computes with.
+  const Tensor& weights = model.params().flat();
   // Stage 2: the gradients are the shard's sums (grad_shard_).
   const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   auto view = [](const Tensor& t, int64_t begin, int64_t count) {
@@ -209,21 +215,33 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   };
   const double norm = zero_grad_norm(grads);
   const ops::AdamWHyper h = hyper(lr, step, norm);
-  const Tensor compute = model.device().is_cuda() ? model.compute_params().flat() : Tensor();
+  // A GPU model's fp32 master has a bf16 copy: the step writes the piece's copy too (the
+  // all-gather below recasts every element).
+  const bool copy = &model.compute_params() != &model.params();
+  const Tensor compute = copy ? model.compute_params().flat() : Tensor();
   for (const StepPiece& piece : zero_pieces_) {
     const FlatRange& p = piece.range;
-    // A GPU step writes the piece's bf16 copy too (the all-gather below recasts every element).
-    const Tensor copy = compute.defined() ? view(compute, p.flat, p.count) : Tensor();
-    ops::adamw_step(view(params, p.flat, p.count), copy,
-                    piece_grads(piece, grads, p.flat, p.flat + p.count),
-                    view(exp_avg_, piece.state, p.count), view(exp_avg_sq_, piece.state, p.count),
-                    *piece.segments, h);
+    const Tensor w = view(weights, p.flat, p.count);
+    const Tensor g = piece_grads(piece, grads, p.flat, p.flat + p.count);
+    const Tensor m = view(exp_avg_, piece.state, p.count),
+                 v = view(exp_avg_sq_, piece.state, p.count);
+    if (master_.defined()) {
+      // The master shard steps; bf16 weights get it rounded to nearest in the same pass (the
+      // working-copy path), fp32 weights a copy.
+      const Tensor master = view(master_, piece.state, p.count);
+      const bool bf16 = w.dtype() == DType::kBF16;
+      ops::adamw_step(master, bf16 ? w : Tensor(), g, m, v, *piece.segments, h);
+      if (!bf16) ops::copy(master, w);
+    } else {
+      ops::adamw_step(w, copy ? view(compute, p.flat, p.count) : Tensor(), g, m, v, *piece.segments,
+                      h);
+    }
   }
   if (grad_shard_.defined()) ops::zero(grad_shard_);  // the next step's sums start from zero
-  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
+  for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(weights);
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
-  if (compute.defined()) ops::copy(params, compute);
-  params.mark_written();
+  if (copy) ops::copy(weights, compute);
+  weights.mark_written();
   return norm;
 }
 
@@ -330,9 +348,8 @@ void AdamW::take(int bucket, const Tensor& grads) {
     partitions_[kind]->reduce_scatter_bucket(bucket, grads, begin, shard_of(grad_shard_, kind));
 }
 
-Tensor AdamW::gather_moment(bool second) const {
+Tensor AdamW::gather_state(const Tensor& state) const {
   // bf16 moments are widened first: checkpoints hold fp32 whatever the optimizer keeps.
-  const Tensor& state = second ? exp_avg_sq_ : exp_avg_;
   if (zero_.stage == 0) {
     Tensor host = Tensor::empty(state.shape(), DType::kF32, Device::cpu());
     ops::copy(state, host);  // any device, bf16 widened
@@ -344,17 +361,32 @@ Tensor AdamW::gather_moment(bool second) const {
   return flat.device().is_cpu() ? flat : flat.to(Device::cpu());
 }
 
-void AdamW::load_moment(bool second, const Tensor& flat) {
-  Tensor& state = second ? exp_avg_sq_ : exp_avg_;
+void AdamW::load_state(Tensor& state, const Tensor& flat) {
   if (zero_.stage == 0) {
     ops::copy(flat, state);
   } else {
-    MOEX_CHECK(flat.numel() == flat_size_, "AdamW::load_moment: ", flat.numel(),
-               " elements for a buffer of ", flat_size_);
+    MOEX_CHECK(flat.numel() == flat_size_, "AdamW: ", flat.numel(),
+               " elements of state for a buffer of ", flat_size_);
     const Tensor src = flat.device() == state.device() ? flat : flat.to(state.device());
     for (int kind = 0; kind < 2; ++kind) partitions_[kind]->take_shard(src, shard_of(state, kind));
   }
   state.mark_written();
+}
+
+Tensor AdamW::gather_moment(bool second) const {
+  return gather_state(second ? exp_avg_sq_ : exp_avg_);
+}
+
+void AdamW::load_moment(bool second, const Tensor& flat) {
+  load_state(second ? exp_avg_sq_ : exp_avg_, flat);
+}
+
+Tensor AdamW::gather_master() const {
+  return master_.defined() ? gather_state(master_) : Tensor();
+}
+
+void AdamW::load_master(const Tensor& flat) {
+  if (master_.defined()) load_state(master_, flat);
 }
 
 }  // namespace moex::train

@@ -39,6 +39,11 @@ struct ZeroConfig {
   dist::DeviceGroup* gpu_dp = nullptr;
   dist::DeviceGroup* gpu_edp = nullptr;
   int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
+  // The fp32 master weights are sharded too: the optimizer keeps its shards of them, and steps the
+  // model's weights (bf16 on a GPU: rounded to nearest) from those. On GPU ranks without offload
+  // (the trainer's choice); a CPU model's fp32 weights are what it computes with, so there it
+  // only adds a copy (tests).
+  bool shard_master = false;
 };
 
 class AdamW : public model::GradientSink {
@@ -77,8 +82,18 @@ class AdamW : public model::GradientSink {
   Tensor gather_moment(bool second) const;
   // Sets a moment from the host [total] in the buffer's layout (this rank's shards under ZeRO).
   void load_moment(bool second, const Tensor& flat);
-  // Bytes of Adam state (both moments) this rank holds.
-  int64_t state_bytes() const { return static_cast<int64_t>(exp_avg_.nbytes() * 2); }
+  // ZeroConfig::shard_master: the master weights gathered over the groups, fp32 on the host
+  // [total] (every rank must call it); undefined otherwise.
+  Tensor gather_master() const;
+  // Sets this rank's master shards from fp32 weights [total] in the buffer's layout (the values
+  // the model was initialized or loaded with, before rounding); a no-op without a sharded master.
+  void load_master(const Tensor& flat);
+  bool shards_master() const { return master_.defined(); }
+  // Bytes of optimizer state this rank holds: both moments, and a sharded master.
+  int64_t state_bytes() const {
+    return static_cast<int64_t>(exp_avg_.nbytes() * 2) +
+           (master_.defined() ? static_cast<int64_t>(master_.nbytes()) : 0);
+  }
 
   // ZeRO-Offload: the host's milliseconds in the offload steps so far, by phase.
   struct OffloadTimes {
@@ -131,8 +146,15 @@ class AdamW : public model::GradientSink {
   std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
   std::array<int64_t, 2> state_offset_{};
   std::vector<StepPiece> zero_pieces_;
-  // The part of a moment buffer (exp_avg_ or exp_avg_sq_) that holds kind's shard.
+  // ZeroConfig::shard_master: this rank's fp32 master shards, laid out as the moments [S0 + S1].
+  Tensor master_;
+  // The part of a state buffer (a moment, master_ or grad_shard_) that holds kind's shard.
   Tensor shard_of(const Tensor& state, int kind) const;
+  // A state buffer in the parameter buffer's layout, fp32 on the host [total] (shards gathered
+  // over the groups under ZeRO).
+  Tensor gather_state(const Tensor& state) const;
+  // Sets a state buffer from fp32 [total] in the parameter buffer's layout.
+  void load_state(Tensor& state, const Tensor& flat);
   int64_t flat_size_ = 0;  // elements of the parameter buffer
   // Under ZeRO with tensor parallelism: the flat ranges of tensor-parallel parts, whose squares
   // the gradient norm also sums over the tp group (every other element is the same on each tp

@@ -332,12 +332,16 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   }
   if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
   // ZeRO stage 2: the model streams each bucket's gradients to the optimizer, which keeps only
-  // its shard's sums (docs/parallelism.md §ZeRO).
-  model::Model model(
-      c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel, c.parallel.offload,
-      model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype, true, zero_stage == 2});
+  // its shard's sums. Under ZeRO on GPU ranks (without offload) the fp32 master weights are
+  // sharded too: the optimizer keeps its shard of them and the model only the bf16 weights the
+  // kernels read (docs/parallelism.md §ZeRO).
+  const bool shard_master = zero_stage > 0 && device.is_cuda() && !c.parallel.offload;
+  model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
+                     c.parallel.offload,
+                     model::ModelState{shard_master ? DType::kBF16 : c.optimizer.master_dtype,
+                                       c.optimizer.grads_dtype, true, zero_stage == 2});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
-  model.init_weights(c.training.seed);
+  ParamBuffer drawn = model.init_weights(c.training.seed);
   if (hooks && resume_dir.empty()) hooks->init_weights(model);
   ZeroConfig zero;
   zero.stage = zero_stage;
@@ -346,9 +350,14 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.gpu_dp = gpu_dp.get();
   zero.gpu_edp = ep ? gpu_edp.get() : gpu_dp.get();  // without ep, edp holds the dp ranks
   zero.tile_elements = c.parallel.tile_elements;
+  zero.shard_master = shard_master;
   AdamW optimizer =
       zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
   if (zero_stage == 2) model.set_gradient_sink(&optimizer);
+  // The master starts from the weights as drawn; a hook that replaced some (a student initialized
+  // from its teacher's layers) leaves them in the model, so the master takes the model's then.
+  if (shard_master) optimizer.load_master(hooks ? model.host_params().flat() : drawn.flat());
+  drawn = ParamBuffer();  // a GPU model's host copy of its initial weights
   // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
   // rank takes part then.
   const bool collective_save = ep || tp || zero_stage > 0;

@@ -10,9 +10,9 @@ namespace moex::train {
 
 namespace {
 
-// A staging buffer of n f32 elements on `like`'s device.
-Tensor staging(int64_t n, const Tensor& like) {
-  return Tensor::empty(Shape{n}, DType::kF32, like.device());
+// A staging buffer of n elements on `like`'s device (f32 unless given).
+Tensor staging(int64_t n, const Tensor& like, DType dtype = DType::kF32) {
+  return Tensor::empty(Shape{n}, dtype, like.device());
 }
 
 }  // namespace
@@ -149,7 +149,8 @@ void ZeroPartition::all_gather(const Tensor& flat) const {
   const int g = group_->size(), rank = group_->rank();
   if (g == 1) return;
   const int64_t len = comm_tile();
-  const Tensor send = staging(len, flat), recv = staging(g * len, flat);  // [len], [g, len]
+  // [len], [g, len] of the weights' dtype (a GPU model's bf16 weights under a sharded master)
+  const Tensor send = staging(len, flat, flat.dtype()), recv = staging(g * len, flat, flat.dtype());
   for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
     pack(flat, 0, b, rank, t, n, send);
     all_gather_blocks(send.slice(0, n), recv.slice(0, g * n));

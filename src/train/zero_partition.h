@@ -48,7 +48,7 @@ class ZeroPartition {
   const std::vector<FlatRange>& step_pieces() const { return step_pieces_; }
   dist::Communicator& group() const { return *group_; }
 
-  // The buffers are f32 tensors on one device.
+  // The buffers are f32 tensors on one device (all_gather's may be bf16 on a GPU).
   // flat: the rank's gradient buffer [total]. Afterwards this rank's shard holds the sum over the
   // group; the rest of the buffer is left as it was (not summed).
   void reduce_scatter(const Tensor& flat) const;
@@ -56,7 +56,7 @@ class ZeroPartition {
   // streamed bucket). shard [S] += this rank's slice of the bucket summed over the group.
   void reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
                              const Tensor& shard) const;
-  // flat: the weights [total]; every rank's shard goes to every rank.
+  // flat: the weights [total] (f32, or on a GPU bf16); every rank's shard goes to every rank.
   void all_gather(const Tensor& flat) const;
   // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32: the
   // kind's elements of the whole group.

@@ -136,7 +136,7 @@ expect_error "--cac needs --ep > 1" bench moe-layer --cac
 expect_error "bench train-step does not take --cac" bench train-step --cac
 expect_error "--moments-dtype must be fp32 or bf16" bench train-step --moments-dtype fp16
 expect_error "--master-dtype must be fp32 or bf16 (optimizer.master_dtype)" bench train-step --master-dtype fp16
-expect_error "bf16 master weights need a model on one GPU" bench train-step --device cpu --master-dtype bf16 \
+expect_error "bf16 master weights need a model on a GPU" bench train-step --device cpu --master-dtype bf16 \
   --config "$(dirname "$0")/../../configs/tiny-moe.json"
 
 # prune: counts and directories are checked before anything is written

@@ -6,6 +6,8 @@
 // 1/edp of its E/ep experts), and a checkpoint saved under ZeRO must resume in other layouts.
 #include <gtest/gtest.h>
 
+#include "core/rng.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 #include "train_compare.h"
 #include "train_fixture.h"
@@ -170,6 +172,97 @@ TEST(Zero, StageTwoStreamsGradientsOverMicroBatches) {
       EXPECT_LE(static_cast<double>(bytes[r]), buckets + shard + 4.0 * n.slack) << "rank " << r;
     }
   }
+  world.barrier();
+  if (world.is_root()) fs::remove_all(corpus);
+  world.barrier();
+}
+
+// The entries of a parameter buffer (the padding between them left out), on the host.
+std::vector<float> entries_of(const ParamBuffer& buffer, const Tensor& flat) {
+  std::vector<float> out;
+  for (int i = 0; i < buffer.size(); ++i) {
+    const float* at = flat.data<float>() + buffer.offset(i);
+    out.insert(out.end(), at, at + buffer.tensor(i).numel());
+  }
+  return out;
+}
+
+// ZeroConfig::shard_master (what GPU ranks use under ZeRO, with bf16 weights in the model): the
+// optimizer keeps its shard of the fp32 master and steps the model's weights from it. On CPU
+// ranks, where the model's weights are fp32 too, every step must give the unsharded optimizer's
+// weights bit for bit, also after the model's own weights were changed behind the optimizer's
+// back (it steps from its master, not from them); a checkpoint must hold the master, and loading
+// it into another model and optimizer must continue alike.
+TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
+  dist::Communicator& world = dist::Communicator::world();
+  ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
+  const fs::path corpus = corpus_of_world("zero_master_np", world);
+  const TrainConfig c = TrainConfig::from_file(
+      testing::write_config(corpus, (corpus / "out").string(), "", &world).string());
+  OptimizerConfig oc = c.optimizer;
+  oc.weight_decay = 0.1;
+  model::Model whole_model(c.model), model(c.model), resumed(c.model);
+  whole_model.init_weights(5);
+  model.init_weights(5);
+  resumed.init_weights(6);
+  AdamW whole(whole_model.params(), oc);
+  ZeroConfig zero;
+  zero.stage = 1;
+  zero.dp = zero.edp = &world;
+  zero.tile_elements = kTile;
+  AdamW unsharded_master(model, oc, zero);
+  zero.shard_master = true;
+  AdamW sharded(model, oc, zero), resumed_opt(resumed, oc, zero);
+  ASSERT_TRUE(sharded.shards_master());
+  sharded.load_master(model.params().flat());
+  // The moments' 8 bytes an element of the shard, and 4 more for the master.
+  EXPECT_EQ(2 * sharded.state_bytes(), 3 * unsharded_master.state_bytes());
+
+  // The same gradients on every rank (as if all-reduced), different each step.
+  auto set_grads = [](model::Model& m, int64_t step) {
+    const ParamBuffer& g = m.grads();
+    for (int i = 0; i < g.size(); ++i)
+      for (int64_t k = 0; k < g.tensor(i).numel(); ++k)
+        g.tensor(i).data<float>()[k] = 2 * philox_uniform(40 + step, i, k) - 1;
+  };
+  auto perturb = [](model::Model& m) {
+    const Tensor& w = m.params().flat();
+    for (int64_t k = 0; k < w.numel(); ++k) w.data<float>()[k] += 1.0f;
+  };
+  const ParamBuffer& layout = model.params();
+  for (int64_t step = 1; step <= 3; ++step) {
+    set_grads(whole_model, step);
+    set_grads(model, step);
+    if (step == 3) perturb(model);
+    whole.step(whole_model.params(), whole_model.grads(), 0.01, step);
+    sharded.step(model, 0.01, step);
+    ASSERT_EQ(entries_of(layout, model.params().flat()),
+              entries_of(layout, whole_model.params().flat()))
+        << "step " << step;
+  }
+  const std::vector<float> want = entries_of(layout, whole_model.params().flat());
+  EXPECT_EQ(entries_of(layout, sharded.gather_master()), want);
+
+  // Saved with the model's weights changed: the checkpoint holds the master.
+  perturb(model);
+  const std::string dir = (corpus / "ckpt").string();
+  TrainerState state;
+  state.step = 3;
+  state.data_state = "{}";
+  save_checkpoint(dir, model, c.model_json, sharded, state, "", world.is_root());
+  world.barrier();
+  load_checkpoint(dir, resumed, resumed_opt);
+  EXPECT_EQ(entries_of(layout, resumed.params().flat()), want);
+  EXPECT_EQ(entries_of(layout, resumed_opt.gather_master()), want);
+  for (const bool second : {false, true})
+    EXPECT_EQ(entries_of(layout, resumed_opt.gather_moment(second)),
+              entries_of(layout, whole.gather_moment(second)));
+  set_grads(whole_model, 4);
+  set_grads(resumed, 4);
+  whole.step(whole_model.params(), whole_model.grads(), 0.01, 4);
+  resumed_opt.step(resumed, 0.01, 4);
+  EXPECT_EQ(entries_of(layout, resumed.params().flat()),
+            entries_of(layout, whole_model.params().flat()));
   world.barrier();
   if (world.is_root()) fs::remove_all(corpus);
   world.barrier();
