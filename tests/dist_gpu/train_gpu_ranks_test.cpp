@@ -159,6 +159,17 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
   };
   const TrainResult run = run_config(ep_path, &world);
   if (result != nullptr) *result = run;
+  if (zero_stage > 0 && !l.offload && l.tp == 1) {
+    // ZeRO on GPU ranks shards the fp32 master with the moments: each rank's optimizer state is
+    // its 1/dp share of both moments and of the master (docs/parallelism.md §ZeRO), up to the
+    // shards' padding.
+    const model::Model whole(ep_config.model);
+    const double share = static_cast<double>(whole.params().num_elements()) / world.size();
+    const double bytes_per_element = 2.0 * (l.bf16_moments ? 2 : 4) + 4;
+    EXPECT_GE(static_cast<double>(run.optimizer_state_bytes), bytes_per_element * share);
+    EXPECT_LE(static_cast<double>(run.optimizer_state_bytes),
+              bytes_per_element * (share + 2.0 * whole.params().size()));
+  }
   if (l.distill && (l.tp > 1 || ep > 1)) {
     // The teacher (the student's shape) split over tp or its experts spread over ep.
     EXPECT_GT(run.teacher_parameters, 0);
