@@ -28,7 +28,7 @@ namespace moex::dist {
 struct ParallelConfig {
   int64_t tp = 1;
   int64_t ep = 1;
-  int64_t zero_stage = 0;  // 0, 1 or 2 (CPU ranks)
+  int64_t zero_stage = 0;  // 0, 1 or 2
   // ZeRO's tiled optimizer: the most elements one optimizer call or one gradient/weight
   // collective handles at once (16 M: 64 MiB of fp32).
   int64_t tile_elements = int64_t{1} << 24;
@@ -37,6 +37,9 @@ struct ParallelConfig {
   bool cac = false;      // Communication-aware Activation Checkpointing
   // Expert tensor-slicing: each expert's hidden width split over the tp ranks (needs tp > 1).
   bool expert_slicing = false;
+  // ZeRO on GPU ranks: the fp32 master weights sharded with the moments, the model holding bf16
+  // weights (needs zero_stage > 0, training.device "cuda", no offload).
+  bool shard_master = false;
 };
 
 struct ParallelLayout {

@@ -153,8 +153,9 @@ void AttentionLayer::forward(const Tensor& x, int64_t batch, int64_t seq_len, co
 void AttentionLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena,
                               const Tensor& input) {
   const Tensor& x = x_.defined() ? x_ : input;
-  MOEX_CHECK(x.defined(), "AttentionLayer::backward: the forward's output overwrote its input; "
-                          "pass the input again");
+  MOEX_CHECK(x.defined(),
+             "AttentionLayer::backward: the forward's output overwrote its input; "
+             "pass the input again");
   ArenaScope scope(arena);
   const int64_t n = batch_ * seq_len_, qd = heads_ * head_dim_, kd = kv_heads_ * head_dim_;
   const DType dt = dy.dtype();

@@ -78,6 +78,11 @@ std::vector<int> FfnLayer::expert_param_indices() const {
   return {moe_idx_[kW1], moe_idx_[kW2]};
 }
 
+std::vector<int> FfnLayer::rule_param_indices() const {
+  if (!moe_ || moe_idx_[kSelectionBias] < 0) return {};
+  return {moe_idx_[kSelectionBias]};
+}
+
 void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   const int64_t d = config_.hidden_size;
   const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;

@@ -54,6 +54,8 @@ class FfnLayer {
   }
   // Buffer indices of the expert tensors (experts.*), whose first dim is this rank's experts.
   std::vector<int> expert_param_indices() const;
+  // The selection bias (updated by the load-balancing rule, never by a gradient), if any.
+  std::vector<int> rule_param_indices() const;
   // x [n, d] -> y [n, d]; x must stay alive until backward when `save` (it does: both live in the
   // step arena). For MoE, step.seed/offset feed the router's noise.
   void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save, const StepOptions& step);

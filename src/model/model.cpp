@@ -73,6 +73,7 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   expert_param_.assign(master_.size(), false);
   for (auto& block : blocks_) {
     for (int index : block->ffn().expert_param_indices()) expert_param_[index] = true;
+    for (int index : block->ffn().rule_param_indices()) rule_params_.push_back(index);
     for (int index : block->attention().partial_grad_indices()) partial_grads_.push_back(index);
   }
   if (offload && device_.is_cuda())  // pinned, so the optimizer's copies run at full speed

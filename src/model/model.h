@@ -229,6 +229,9 @@ class Model {
   // every MoE layer exchanges its tokens over. Must outlive the model; set before the first step.
   void set_device_expert_group(dist::DeviceGroup* group);
   bool is_expert_param(int index) const;
+  // Entries no gradient reaches and a rule updates instead (the MoE selection biases, moved by
+  // train/load_balance.h); the optimizer's steps leave them as they are.
+  const std::vector<int>& rule_params() const { return rule_params_; }
   // The tensor-parallel group (inactive when every weight is here). Buffer entries with
   // params().split_dim(i) >= 0 hold this rank's part of the named tensor.
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -282,6 +285,7 @@ class Model {
   dist::Communicator* expert_group_ = nullptr;
   TensorParallel tp_;
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
+  std::vector<int> rule_params_;
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
   std::vector<Tensor>

@@ -12,7 +12,7 @@ class NormLayer {
       : type_(type), dim_(dim), eps_(static_cast<float>(eps)) {}
   void declare(ParamBuffer& params, const std::string& prefix);  // prefix.weight (+ prefix.bias)
   void bind(const ParamViews& views);
-  void init();  // weight = 1, bias = 0 (host weights)
+  void init();                                     // weight = 1, bias = 0 (host weights)
   int param_index() const { return weight_idx_; }  // the weight's buffer entry
 
   // x, y [n, dim] (y may alias x only when save is false); keeps x and the row statistics (from

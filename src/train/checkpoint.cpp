@@ -22,8 +22,8 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
     for (auto& [name, t] : model::gather_named_tensors(model, m))
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
-  // Under ZeRO on GPUs the fp32 master weights are the optimizer's shards (gathered here).
-  const Tensor master = optimizer.gather_master();
+  // With a sharded master the fp32 weights are the optimizer's shards (gathered here).
+  const Tensor master = optimizer.gather_master(model);
   std::unique_ptr<io::AtomicDirectory> out;
   if (write) out = std::make_unique<io::AtomicDirectory>(dir);
   model::save_model(model, model_json, write ? out->temp_path() : "", write, master);

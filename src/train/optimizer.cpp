@@ -66,12 +66,17 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
   const std::vector<ops::AdamWSegment> segments = tensor_segments(params, config_.weight_decay);
   // Per kind and gradient bucket: runs of neighbouring tensors of the kind with no padding between
   // them (a streamed bucket's padding holds arbitrary values, so it is kept out of the shards).
+  // The rule-updated entries (selection biases) are left out: no step changes them, and every
+  // rank's rule gives them the same values, which an all-gather must not overwrite.
+  std::vector<bool> rule(static_cast<size_t>(params.size()), false);
+  for (int i : model.rule_params()) rule[static_cast<size_t>(i)] = true;
   const std::vector<model::EntryRange>& buckets = model.gradient_buckets();
   std::array<std::vector<std::vector<FlatRange>>, 2> runs;
   for (const model::EntryRange& bucket : buckets) {
     bucket_flat_begin_.push_back(params.offset(bucket.first));
     for (auto& kind : runs) kind.emplace_back();
     for (int i = bucket.first; i <= bucket.last; ++i) {
+      if (rule[static_cast<size_t>(i)]) continue;
       const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
       std::vector<FlatRange>& r = runs[model.is_expert_param(i)].back();
       if (!r.empty() && r.back().flat + r.back().count == s.offset &&
@@ -381,8 +386,15 @@ void AdamW::load_moment(bool second, const Tensor& flat) {
   load_state(second ? exp_avg_sq_ : exp_avg_, flat);
 }
 
-Tensor AdamW::gather_master() const {
-  return master_.defined() ? gather_state(master_) : Tensor();
+Tensor AdamW::gather_master(const model::Model& model) const {
+  if (!master_.defined()) return Tensor();
+  const Tensor flat = gather_state(master_);
+  const ParamBuffer& weights = model.params();
+  for (int i : model.rule_params()) {  // in no shard: the model's own (the same on every rank)
+    const int64_t at = weights.offset(i);
+    ops::copy(weights.tensor(i), flat.slice(at, at + weights.tensor(i).numel()));
+  }
+  return flat;
 }
 
 void AdamW::load_master(const Tensor& flat) {

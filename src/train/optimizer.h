@@ -40,8 +40,8 @@ struct ZeroConfig {
   dist::DeviceGroup* gpu_edp = nullptr;
   int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
   // The fp32 master weights are sharded too: the optimizer keeps its shards of them, and steps the
-  // model's weights (bf16 on a GPU: rounded to nearest) from those. On GPU ranks without offload
-  // (the trainer's choice); a CPU model's fp32 weights are what it computes with, so there it
+  // model's weights (bf16 on a GPU: rounded to nearest) from those (parallel.shard_master, GPU
+  // ranks without offload). A CPU model's fp32 weights are what it computes with, so there it
   // only adds a copy (tests).
   bool shard_master = false;
 };
@@ -83,8 +83,9 @@ class AdamW : public model::GradientSink {
   // Sets a moment from the host [total] in the buffer's layout (this rank's shards under ZeRO).
   void load_moment(bool second, const Tensor& flat);
   // ZeroConfig::shard_master: the master weights gathered over the groups, fp32 on the host
-  // [total] (every rank must call it); undefined otherwise.
-  Tensor gather_master() const;
+  // [total] (every rank must call it), with the model's rule-updated entries (which no shard
+  // holds); undefined otherwise.
+  Tensor gather_master(const model::Model& model) const;
   // Sets this rank's master shards from fp32 weights [total] in the buffer's layout (the values
   // the model was initialized or loaded with, before rounding); a no-op without a sharded master.
   void load_master(const Tensor& flat);

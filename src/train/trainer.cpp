@@ -253,6 +253,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
+  MOEX_CHECK(!c.parallel.shard_master || c.training.device.is_cuda(), c.source,
+             ": parallel.shard_master: a CPU model's fp32 weights are what it computes with; "
+             "sharding a master needs training.device \"cuda\"");
   // bf16 gradients and master weights run on one GPU, and on GPU ranks under plain data
   // parallelism: the ranks' gradients are summed in one all-reduce (in bf16 for bf16 gradients),
   // and every rank steps the same replica with the same sums; the stochastic rounding's bits come
@@ -332,10 +335,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   }
   if (hooks) hooks->start(tensor_parallel, ep ? groups.ep.get() : nullptr, gpu_ep.get(), device);
   // ZeRO stage 2: the model streams each bucket's gradients to the optimizer, which keeps only
-  // its shard's sums. Under ZeRO on GPU ranks (without offload) the fp32 master weights are
-  // sharded too: the optimizer keeps its shard of them and the model only the bf16 weights the
-  // kernels read (docs/parallelism.md §ZeRO).
-  const bool shard_master = zero_stage > 0 && device.is_cuda() && !c.parallel.offload;
+  // its shard's sums. parallel.shard_master: the fp32 master weights are sharded too, the
+  // optimizer keeping its shard of them and the model only the bf16 weights the kernels read
+  // (docs/parallelism.md §ZeRO).
+  const bool shard_master = c.parallel.shard_master;
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload,
                      model::ModelState{shard_master ? DType::kBF16 : c.optimizer.master_dtype,

@@ -35,6 +35,8 @@ printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_hea
 expect_error "offload.json: parallel.offload: ZeRO-Offload moves GPU state to the host; it needs training.device \"cuda\"" train --config "$TMP/offload.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "parallel": {"zero_stage": 3}}' > "$TMP/zero.json"
 expect_error "zero.json: parallel.zero_stage must be 0, 1 or 2 (stage 3 is not built)" train --config "$TMP/zero.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "parallel": {"zero_stage": 1, "shard_master": true}}' > "$TMP/master.json"
+expect_error "master.json: parallel.shard_master: a CPU model's fp32 weights are what it computes with; sharding a master needs training.device \"cuda\"" train --config "$TMP/master.json"
 printf '{"model": ' > "$TMP/broken.json"
 expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
 expect_error "unknown flag --stepz" train --stepz 3

@@ -241,7 +241,7 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
         << "step " << step;
   }
   const std::vector<float> want = entries_of(layout, whole_model.params().flat());
-  EXPECT_EQ(entries_of(layout, sharded.gather_master()), want);
+  EXPECT_EQ(entries_of(layout, sharded.gather_master(model)), want);
 
   // Saved with the model's weights changed: the checkpoint holds the master.
   perturb(model);
@@ -253,7 +253,7 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   world.barrier();
   load_checkpoint(dir, resumed, resumed_opt);
   EXPECT_EQ(entries_of(layout, resumed.params().flat()), want);
-  EXPECT_EQ(entries_of(layout, resumed_opt.gather_master()), want);
+  EXPECT_EQ(entries_of(layout, resumed_opt.gather_master(resumed)), want);
   for (const bool second : {false, true})
     EXPECT_EQ(entries_of(layout, resumed_opt.gather_moment(second)),
               entries_of(layout, whole.gather_moment(second)));

@@ -70,6 +70,7 @@ struct Layout {
   bool bf16_moments = false;  // optimizer.moments_dtype "bf16" in both runs
   // optimizer.master_dtype and grads_dtype "bf16" in both runs (plain data parallelism only)
   bool bf16_master = false, bf16_grads = false;
+  bool shard_master = false;  // parallel.shard_master: ZeRO's fp32 master sharded, bf16 weights
   double moment_tolerance = kTolerance;
 };
 
@@ -109,7 +110,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                                           : "capacity") +
                            "_steps" + std::to_string(l.steps) + (l.distill ? "_distill" : "") +
                            (l.offload ? "_offload" : "") + (l.bf16_moments ? "_bf16m" : "") +
-                           (l.bf16_master ? "_bf16w" : "") + (l.bf16_grads ? "_bf16g" : "");
+                           (l.bf16_master ? "_bf16w" : "") + (l.bf16_grads ? "_bf16g" : "") +
+                           (l.shard_master ? "_shardw" : "");
   const std::string checkpointing =
       l.cac || l.checkpointing ? R"(, "activation_checkpointing": true)" : "";
   const fs::path corpus = fs::current_path() / name;
@@ -139,7 +141,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
           R"(, "tile_elements": 10000, "cac": )" + (l.cac ? "true" : "false") + R"(, "dtd": )" +
           (l.dtd ? "true" : "false") + R"(, "expert_slicing": )" +
           (l.expert_slicing ? "true" : "false") + R"(, "offload": )" +
-          (l.offload ? "true" : "false") + "}" + optimizer + distill,
+          (l.offload ? "true" : "false") + R"(, "shard_master": )" +
+          (l.shard_master ? "true" : "false") + "}" + optimizer + distill,
       model);
   const TrainConfig ep_config = l.distill ? DistillRunConfig::from_file(ep_path.string()).train
                                           : TrainConfig::from_file(ep_path.string());
@@ -159,10 +162,9 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
   };
   const TrainResult run = run_config(ep_path, &world);
   if (result != nullptr) *result = run;
-  if (zero_stage > 0 && !l.offload && l.tp == 1) {
-    // ZeRO on GPU ranks shards the fp32 master with the moments: each rank's optimizer state is
-    // its 1/dp share of both moments and of the master (docs/parallelism.md §ZeRO), up to the
-    // shards' padding.
+  if (l.shard_master && l.tp == 1) {
+    // The fp32 master sharded with the moments: each rank's optimizer state is its 1/dp share of
+    // both moments and of the master (docs/parallelism.md §ZeRO), up to the shards' padding.
     const model::Model whole(ep_config.model);
     const double share = static_cast<double>(whole.params().num_elements()) / world.size();
     const double bytes_per_element = 2.0 * (l.bf16_moments ? 2 : 4) + 4;
@@ -244,6 +246,22 @@ TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
   check_equals_single_process({1, 1, false, 2});
   // Experts sharded by ep, the rest of the state by ZeRO over dp.
   check_equals_single_process({1, w, true, 2});
+}
+
+// parallel.shard_master: the model holds bf16 weights and each rank's optimizer its shard of the
+// fp32 master, so the numbers are those of the whole fp32 master but for the router and the
+// selection bias, which the MoE layer now reads rounded to bf16: every token goes to every expert
+// (no routing ties) and stage 2 runs with ep too.
+TEST(GpuZero, ShardedMasterEqualsTheSingleProcessRun) {
+  const int w = dist::Communicator::world().size();
+  for (const int stage : {1, 2}) {
+    Layout l{1, 1, false, stage};
+    l.shard_master = l.all_experts = true;
+    check_equals_single_process(l);
+  }
+  Layout ep{1, w, true, 2};
+  ep.shard_master = ep.all_experts = true;
+  check_equals_single_process(ep);
 }
 
 // ZeRO-Offload over the ranks: each rank steps its shards of the master weights and moments on

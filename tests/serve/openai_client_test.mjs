@@ -517,7 +517,11 @@ try {
     const tokConfig = existsSync(configPath) ? JSON.parse(readFileSync(configPath, 'utf8')) : {};
     tokConfig.chat_template = readFileSync(new URL('../fixtures/chat_templates/qwen2_5_instruct.jinja', import.meta.url), 'utf8');
     writeFileSync(configPath, JSON.stringify(tokConfig));
-    const qwen = spawn(moex, ['serve', '--model', dir, '--port', '0', '--max-context', '1024'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Two tools written in by the template take about 800 prompt tokens of the docs-trained
+    // tokenizer (the count moves whenever the docs change), and a forced parallel call up to 230
+    // more: 2048 leaves room. Past the model's trained length its RoPE positions are untrained, but
+    // the calls' validity comes from the constrained decoding, which is what this part checks.
+    const qwen = spawn(moex, ['serve', '--model', dir, '--port', '0', '--max-context', '2048'], { stdio: ['ignore', 'pipe', 'inherit'] });
     const qwenExit = new Promise((resolve) => qwen.on('exit', (code, signal) => resolve({ code, signal })));
     try {
       const line = await new Promise((resolve, reject) => {

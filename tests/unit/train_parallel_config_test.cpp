@@ -50,7 +50,8 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
   EXPECT_EQ(c.parallel.ep, 1);
   EXPECT_EQ(c.parallel.zero_stage, 0);
   EXPECT_EQ(c.parallel.tile_elements, int64_t{1} << 24);
-  EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac || c.parallel.expert_slicing);
+  EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac ||
+               c.parallel.expert_slicing || c.parallel.shard_master);
 }
 
 TEST_F(ParallelConfigTest, ReadsEveryField) {
@@ -64,6 +65,9 @@ TEST_F(ParallelConfigTest, ReadsEveryField) {
   EXPECT_EQ(c.parallel.zero_stage, 2);
   EXPECT_EQ(c.parallel.tile_elements, 1000);
   EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac && c.parallel.expert_slicing);
+  const TrainConfig sharded =
+      TrainConfig::from_file(config_with(R"({"zero_stage": 1, "shard_master": true})").string());
+  EXPECT_TRUE(sharded.parallel.shard_master);
 }
 
 TEST_F(ParallelConfigTest, ExpertsNotDivisibleByEpIsAnError) {
@@ -148,6 +152,14 @@ TEST_F(ParallelConfigTest, BadValuesAndUnknownFieldsAreErrors) {
             path.string() + ": parallel.zero_stage must be 0, 1 or 2 (stage 3 is not built)");
   path = config_with(R"({"zero_stage": 1, "tile_elements": 0})");
   EXPECT_EQ(error_of(path), path.string() + ": parallel.tile_elements must be >= 1");
+  // shard_master shards ZeRO's master: without ZeRO there is none, under offload it is on the host.
+  for (const char* layout : {R"({"shard_master": true})",
+                             R"({"zero_stage": 1, "offload": true, "shard_master": true})"}) {
+    path = config_with(layout);
+    EXPECT_EQ(error_of(path), path.string() +
+                                  ": parallel.shard_master needs parallel.zero_stage 1 or 2 and no "
+                                  "offload (it shards ZeRO's fp32 master on the GPUs)");
+  }
   path = config_with(R"({"pp": 2})");
   EXPECT_NE(error_of(path).find("parallel.pp"), std::string::npos) << error_of(path);
 }
