@@ -23,7 +23,7 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
   // With a sharded master the fp32 weights are the optimizer's shards (gathered here).
-  const Tensor master = optimizer.gather_master(model);
+  const Tensor master = optimizer.gather_master();
   std::unique_ptr<io::AtomicDirectory> out;
   if (write) out = std::make_unique<io::AtomicDirectory>(dir);
   model::save_model(model, model_json, write ? out->temp_path() : "", write, master);

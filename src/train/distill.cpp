@@ -155,9 +155,10 @@ int64_t DistillHooks::teacher_parameters() const {
   return teacher_ ? teacher_->params().num_elements() : 0;
 }
 
-void DistillHooks::init_weights(model::Model& model) {
-  if (!config_.init_from_teacher_layers.empty())
-    init_from_teacher_layers(model, *teacher_, config_);
+bool DistillHooks::init_weights(model::Model& model) {
+  if (config_.init_from_teacher_layers.empty()) return false;
+  init_from_teacher_layers(model, *teacher_, config_);
+  return true;
 }
 
 void DistillHooks::before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,

@@ -70,7 +70,7 @@ class DistillHooks : public TrainHooks {
       : config_(config), teacher_dir_(std::move(teacher_dir)) {}
   void start(const model::TensorParallel& tp, dist::Communicator* expert_group,
              dist::DeviceGroup* device_expert_group, Device device) override;
-  void init_weights(model::Model& model) override;
+  bool init_weights(model::Model& model) override;
   void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
                       model::ForwardOptions& options) override;
   void add_metrics(int64_t step, nlohmann::json& line) override;

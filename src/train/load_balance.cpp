@@ -1,5 +1,6 @@
 #include "train/load_balance.h"
 
+#include <algorithm>
 #include <string>
 
 #include "ops/elementwise.h"
@@ -14,7 +15,8 @@ void accumulate_expert_loads(const model::Model& model, ExpertLoads& loads) {
   }
 }
 
-int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate) {
+int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate,
+                          const std::function<float*(int)>& fp32_master) {
   int moved = 0;
   for (const auto& [layer, load] : loads) {
     const std::string name =
@@ -27,15 +29,20 @@ int update_selection_bias(model::Model& model, const ExpertLoads& loads, double 
     double mean = 0;
     for (double l : load) mean += l;
     mean /= static_cast<double>(load.size());
-    // The bias is a handful of numbers: update an fp32 host copy, write it back (on any device,
-    // into an fp32 or bf16 master).
+    // The bias is a handful of numbers: update an fp32 host copy (the fp32 master's, where the
+    // model holds bf16), write it back (on any device, into an fp32 or bf16 master).
     Tensor host = Tensor::empty(bias.shape(), DType::kF32);
-    ops::copy(bias, host);
+    float* master = fp32_master ? fp32_master(idx) : nullptr;
     float* b = host.data<float>();
+    if (master)
+      std::copy(master, master + bias.numel(), b);
+    else
+      ops::copy(bias, host);
     for (size_t e = 0; e < load.size(); ++e) {
       const double gap = mean - load[e];
       b[e] += static_cast<float>(rate * ((gap > 0) - (gap < 0)));
     }
+    if (master) std::copy(b, b + bias.numel(), master);
     ops::copy(host, bias);
     ++moved;
   }

@@ -1,5 +1,6 @@
 #include "train/optimizer.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -111,6 +112,10 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
     MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
                "AdamW: a sharded master and offload exclude each other");
     master_ = zeros(state, model.device());
+    for (int i : model.rule_params()) {
+      rule_master_[i].assign(static_cast<size_t>(params.tensor(i).numel()), 0.0f);
+      rule_offsets_[i] = params.offset(i);
+    }
   }
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
@@ -244,6 +249,13 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   }
   if (grad_shard_.defined()) ops::zero(grad_shard_);  // the next step's sums start from zero
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(weights);
+  // The rule-updated entries, in no shard, from their fp32 copies (a few numbers a layer).
+  for (const auto& [i, values] : rule_master_) {
+    const Tensor host = Tensor::from_external(const_cast<float*>(values.data()),
+                                              Shape{static_cast<int64_t>(values.size())},
+                                              DType::kF32, Device::cpu());
+    ops::copy(host, model.params().tensor(i).view(host.shape()));
+  }
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
   if (copy) ops::copy(weights, compute);
   weights.mark_written();
@@ -360,10 +372,11 @@ Tensor AdamW::gather_state(const Tensor& state) const {
     ops::copy(state, host);  // any device, bf16 widened
     return host;
   }
-  const Tensor flat = zeros(Shape{flat_size_}, state.device());
+  // Gathered into the host a tile at a time: no whole-model buffer on the GPU.
+  const Tensor flat = zeros(Shape{flat_size_}, Device::cpu());
   for (int kind = 0; kind < 2; ++kind)
     partitions_[kind]->gather_shards(shard_of(state, kind), flat);  // widened a tile at a time
-  return flat.device().is_cpu() ? flat : flat.to(Device::cpu());
+  return flat;
 }
 
 void AdamW::load_state(Tensor& state, const Tensor& flat) {
@@ -372,8 +385,17 @@ void AdamW::load_state(Tensor& state, const Tensor& flat) {
   } else {
     MOEX_CHECK(flat.numel() == flat_size_, "AdamW: ", flat.numel(),
                " elements of state for a buffer of ", flat_size_);
-    const Tensor src = flat.device() == state.device() ? flat : flat.to(state.device());
-    for (int kind = 0; kind < 2; ++kind) partitions_[kind]->take_shard(src, shard_of(state, kind));
+    // Each shard is packed where flat is and moved whole: no whole-model buffer on the GPU.
+    for (int kind = 0; kind < 2; ++kind) {
+      const Tensor shard = shard_of(state, kind);
+      if (flat.device() == state.device()) {
+        partitions_[kind]->take_shard(flat, shard);
+      } else {
+        const Tensor packed = Tensor::empty(shard.shape(), DType::kF32, flat.device());
+        partitions_[kind]->take_shard(flat, packed);
+        ops::copy(packed, shard);
+      }
+    }
   }
   state.mark_written();
 }
@@ -386,19 +408,27 @@ void AdamW::load_moment(bool second, const Tensor& flat) {
   load_state(second ? exp_avg_sq_ : exp_avg_, flat);
 }
 
-Tensor AdamW::gather_master(const model::Model& model) const {
+Tensor AdamW::gather_master() const {
   if (!master_.defined()) return Tensor();
   const Tensor flat = gather_state(master_);
-  const ParamBuffer& weights = model.params();
-  for (int i : model.rule_params()) {  // in no shard: the model's own (the same on every rank)
-    const int64_t at = weights.offset(i);
-    ops::copy(weights.tensor(i), flat.slice(at, at + weights.tensor(i).numel()));
-  }
+  for (const auto& [i, values] : rule_master_)  // in no shard: the same on every rank
+    std::copy(values.begin(), values.end(), flat.data<float>() + rule_offsets_.at(i));
   return flat;
 }
 
 void AdamW::load_master(const Tensor& flat) {
-  if (master_.defined()) load_state(master_, flat);
+  if (!master_.defined()) return;
+  load_state(master_, flat);
+  const Tensor host = flat.device().is_cpu() ? flat : flat.to(Device::cpu());
+  for (auto& [i, values] : rule_master_) {
+    const float* at = host.data<float>() + rule_offsets_.at(i);
+    std::copy(at, at + values.size(), values.begin());
+  }
+}
+
+float* AdamW::rule_master(int index) {
+  auto it = rule_master_.find(index);
+  return it == rule_master_.end() ? nullptr : it->second.data();
 }
 
 }  // namespace moex::train

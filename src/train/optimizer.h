@@ -15,6 +15,7 @@
 #pragma once
 
 #include <array>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -83,13 +84,16 @@ class AdamW : public model::GradientSink {
   // Sets a moment from the host [total] in the buffer's layout (this rank's shards under ZeRO).
   void load_moment(bool second, const Tensor& flat);
   // ZeroConfig::shard_master: the master weights gathered over the groups, fp32 on the host
-  // [total] (every rank must call it), with the model's rule-updated entries (which no shard
-  // holds); undefined otherwise.
-  Tensor gather_master(const model::Model& model) const;
+  // [total] (every rank must call it), with the rule-updated entries (which no shard holds);
+  // undefined otherwise.
+  Tensor gather_master() const;
   // Sets this rank's master shards from fp32 weights [total] in the buffer's layout (the values
   // the model was initialized or loaded with, before rounding); a no-op without a sharded master.
   void load_master(const Tensor& flat);
   bool shards_master() const { return master_.defined(); }
+  // With a sharded master: the fp32 values [numel] of a rule-updated entry (Model::rule_params;
+  // in no shard, every rank holds them), for the rule to update; null otherwise.
+  float* rule_master(int index);
   // Bytes of optimizer state this rank holds: both moments, and a sharded master.
   int64_t state_bytes() const {
     return static_cast<int64_t>(exp_avg_.nbytes() * 2) +
@@ -147,8 +151,11 @@ class AdamW : public model::GradientSink {
   std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
   std::array<int64_t, 2> state_offset_{};
   std::vector<StepPiece> zero_pieces_;
-  // ZeroConfig::shard_master: this rank's fp32 master shards, laid out as the moments [S0 + S1].
+  // ZeroConfig::shard_master: this rank's fp32 master shards, laid out as the moments [S0 + S1],
+  // and the fp32 values of the rule-updated entries (by entry index, on the host).
   Tensor master_;
+  std::map<int, std::vector<float>> rule_master_;
+  std::map<int, int64_t> rule_offsets_;  // their first elements in the parameter buffer
   // The part of a state buffer (a moment, master_ or grad_shard_) that holds kind's shard.
   Tensor shard_of(const Tensor& state, int kind) const;
   // A state buffer in the parameter buffer's layout, fp32 on the host [total] (shards gathered

@@ -345,7 +345,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                                        c.optimizer.grads_dtype, true, zero_stage == 2});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   ParamBuffer drawn = model.init_weights(c.training.seed);
-  if (hooks && resume_dir.empty()) hooks->init_weights(model);
+  const bool replaced = hooks && resume_dir.empty() && hooks->init_weights(model);
   ZeroConfig zero;
   zero.stage = zero_stage;
   zero.dp = groups.dp.get();
@@ -359,7 +359,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   if (zero_stage == 2) model.set_gradient_sink(&optimizer);
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.
-  if (shard_master) optimizer.load_master(hooks ? model.host_params().flat() : drawn.flat());
+  if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());
   drawn = ParamBuffer();  // a GPU model's host copy of its initial weights
   // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
   // rank takes part then.
@@ -485,7 +485,8 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       // Every rank applies the same rule to the same (summed) loads: the biases stay equal.
       for (auto& [layer, load] : expert_loads)
         groups.dp->all_reduce_sum(load.data(), static_cast<int64_t>(load.size()));
-      update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate);
+      update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate,
+                            [&](int index) { return optimizer.rule_master(index); });
     }
     ++state.step;
     ++steps_this_run;

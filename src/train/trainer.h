@@ -41,7 +41,8 @@ class TrainHooks {
   virtual void start(const model::TensorParallel& tp, dist::Communicator* expert_group,
                      dist::DeviceGroup* device_expert_group, Device device) {}
   // A fresh run only (a resume takes the checkpoint's weights), after init_weights.
-  virtual void init_weights(model::Model& model) {}
+  // Returns true when it replaced any weight (a sharded fp32 master then starts from the model's).
+  virtual bool init_weights(model::Model& model) { return false; }
   // Before the forward of each micro-batch of optimizer step `step` (0-based); ids [batch,
   // seq_len] on the host. May set options.soft_targets (valid until the next call).
   virtual void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,

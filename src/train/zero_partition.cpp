@@ -162,7 +162,11 @@ void ZeroPartition::all_gather(const Tensor& flat) const {
 void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const {
   const int g = group_->size();
   const int64_t len = comm_tile();
-  const Tensor recv = staging(g * len, flat);  // [g, len]
+  // [g, len] where the collective runs (the shard's device), and where flat is when that differs
+  // (a GPU shard gathered into the host: one copy a tile).
+  const Tensor recv = staging(g * len, shard);
+  const bool moved = flat.device() != shard.device();
+  const Tensor out = moved ? staging(g * len, flat) : recv;
   // A bf16 shard (moments) is widened one tile at a time into f32 [len].
   const Tensor widened = shard.dtype() == DType::kF32 ? Tensor() : staging(len, shard);
   for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
@@ -172,7 +176,8 @@ void ZeroPartition::gather_shards(const Tensor& shard, const Tensor& flat) const
       send = widened.slice(0, n);
     }
     all_gather_blocks(send, recv.slice(0, g * n));
-    for (int p = 0; p < g; ++p) unpack(recv.slice(p * n, (p + 1) * n), b, p, t, n, flat);
+    if (moved) ops::copy(recv.slice(0, g * n), out.slice(0, g * n));
+    for (int p = 0; p < g; ++p) unpack(out.slice(p * n, (p + 1) * n), b, p, t, n, flat);
   });
 }
 

@@ -58,10 +58,10 @@ class ZeroPartition {
                              const Tensor& shard) const;
   // flat: the weights [total] (f32, or on a GPU bf16); every rank's shard goes to every rank.
   void all_gather(const Tensor& flat) const;
-  // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32: the
-  // kind's elements of the whole group.
+  // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32 (on the
+  // shard's device or the host): the kind's elements of the whole group.
   void gather_shards(const Tensor& shard, const Tensor& flat) const;
-  // flat [total] -> this rank's shard [S] (padding zeroed).
+  // flat [total] -> this rank's shard [S] (padding zeroed), both on one device.
   void take_shard(const Tensor& flat, const Tensor& shard) const;
 
  private:

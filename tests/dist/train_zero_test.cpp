@@ -8,6 +8,7 @@
 
 #include "core/rng.h"
 #include "train/checkpoint.h"
+#include "train/load_balance.h"
 #include "train/trainer.h"
 #include "train_compare.h"
 #include "train_fixture.h"
@@ -197,8 +198,11 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   dist::Communicator& world = dist::Communicator::world();
   ASSERT_GE(world.size(), 2) << "run this test with mpirun -np 2 (or more)";
   const fs::path corpus = corpus_of_world("zero_master_np", world);
+  // With a selection bias: updated by the load-balancing rule, in no shard.
   const TrainConfig c = TrainConfig::from_file(
-      testing::write_config(corpus, (corpus / "out").string(), "", &world).string());
+      testing::write_config(corpus, (corpus / "out").string(), "", &world,
+                            R"(, "score_func": "sigmoid", "selection_bias": true)")
+          .string());
   OptimizerConfig oc = c.optimizer;
   oc.weight_decay = 0.1;
   model::Model whole_model(c.model), model(c.model), resumed(c.model);
@@ -218,12 +222,18 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   // The moments' 8 bytes an element of the shard, and 4 more for the master.
   EXPECT_EQ(2 * sharded.state_bytes(), 3 * unsharded_master.state_bytes());
 
-  // The same gradients on every rank (as if all-reduced), different each step.
-  auto set_grads = [](model::Model& m, int64_t step) {
+  ASSERT_EQ(model.rule_params().size(), 1u);
+  const int bias = model.rule_params()[0];
+  ASSERT_NE(sharded.rule_master(bias), nullptr);
+  EXPECT_EQ(unsharded_master.rule_master(bias), nullptr);
+
+  // The same gradients on every rank (as if all-reduced), different each step; none for the
+  // selection bias, as in training.
+  auto set_grads = [bias](model::Model& m, int64_t step) {
     const ParamBuffer& g = m.grads();
     for (int i = 0; i < g.size(); ++i)
       for (int64_t k = 0; k < g.tensor(i).numel(); ++k)
-        g.tensor(i).data<float>()[k] = 2 * philox_uniform(40 + step, i, k) - 1;
+        g.tensor(i).data<float>()[k] = i == bias ? 0.0f : 2 * philox_uniform(40 + step, i, k) - 1;
   };
   auto perturb = [](model::Model& m) {
     const Tensor& w = m.params().flat();
@@ -236,12 +246,21 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
     if (step == 3) perturb(model);
     whole.step(whole_model.params(), whole_model.grads(), 0.01, step);
     sharded.step(model, 0.01, step);
+    if (step == 2) {
+      // The rule moves the bias from its fp32 master copy (the model's, changed here, is not
+      // read), and the next step's all-gather leaves it alone.
+      const ExpertLoads loads = {{1, {5.0, 1.0, 3.0, 3.5}}};
+      update_selection_bias(whole_model, loads, 0.05);
+      model.params().tensor(bias).data<float>()[0] += 1.0f;
+      update_selection_bias(model, loads, 0.05,
+                            [&](int index) { return sharded.rule_master(index); });
+    }
     ASSERT_EQ(entries_of(layout, model.params().flat()),
               entries_of(layout, whole_model.params().flat()))
         << "step " << step;
   }
   const std::vector<float> want = entries_of(layout, whole_model.params().flat());
-  EXPECT_EQ(entries_of(layout, sharded.gather_master(model)), want);
+  EXPECT_EQ(entries_of(layout, sharded.gather_master()), want);
 
   // Saved with the model's weights changed: the checkpoint holds the master.
   perturb(model);
@@ -253,7 +272,11 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   world.barrier();
   load_checkpoint(dir, resumed, resumed_opt);
   EXPECT_EQ(entries_of(layout, resumed.params().flat()), want);
-  EXPECT_EQ(entries_of(layout, resumed_opt.gather_master(resumed)), want);
+  EXPECT_EQ(entries_of(layout, resumed_opt.gather_master()), want);
+  const float* b = resumed_opt.rule_master(bias);
+  const Tensor& want_bias = whole_model.params().tensor(bias);
+  EXPECT_EQ(std::vector<float>(b, b + want_bias.numel()),
+            std::vector<float>(want_bias.data<float>(), want_bias.data<float>() + 4));
   for (const bool second : {false, true})
     EXPECT_EQ(entries_of(layout, resumed_opt.gather_moment(second)),
               entries_of(layout, whole.gather_moment(second)));
