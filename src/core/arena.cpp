@@ -183,10 +183,11 @@ void ParamBuffer::use_flat(const Tensor& flat) {
   backing_begin_.assign(names_.size(), 0);
 }
 
-void ParamBuffer::bind_range(int first, int last, const Tensor& storage) {
+void ParamBuffer::bind_range(int first, int last, const Tensor& shaped) {
   const int64_t n = range_elements(first, last);
-  MOEX_CHECK(storage.defined() && storage.numel() >= n, "ParamBuffer::bind_range: entries ",
+  MOEX_CHECK(shaped.defined() && shaped.numel() >= n, "ParamBuffer::bind_range: entries ",
              names_[first], "..", names_[last], " need ", n, " elements");
+  const Tensor storage = shaped.ndim() == 1 ? shaped : shaped.view(Shape{shaped.numel()});
   flat_ = Tensor();
   tensors_.resize(names_.size());
   backing_.resize(names_.size());

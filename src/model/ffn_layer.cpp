@@ -83,6 +83,11 @@ std::vector<int> FfnLayer::rule_param_indices() const {
   return {moe_idx_[kSelectionBias]};
 }
 
+std::vector<int> FfnLayer::router_param_indices() const {
+  if (!moe_) return {};
+  return {moe_idx_[kRouter]};
+}
+
 void FfnLayer::declare(ParamBuffer& params, const std::string& prefix) {
   const int64_t d = config_.hidden_size;
   const bool swiglu = config_.activation == ExpertActivation::kSwiGLU;

@@ -56,6 +56,8 @@ class FfnLayer {
   std::vector<int> expert_param_indices() const;
   // The selection bias (updated by the load-balancing rule, never by a gradient), if any.
   std::vector<int> rule_param_indices() const;
+  // The router's weight (the MoE layer reads it in fp32), if this is an MoE layer.
+  std::vector<int> router_param_indices() const;
   // x [n, d] -> y [n, d]; x must stay alive until backward when `save` (it does: both live in the
   // step arena). For MoE, step.seed/offset feed the router's noise.
   void forward(const Tensor& x, const Tensor& y, Arena& arena, bool save, const StepOptions& step);

@@ -74,6 +74,7 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   for (auto& block : blocks_) {
     for (int index : block->ffn().expert_param_indices()) expert_param_[index] = true;
     for (int index : block->ffn().rule_param_indices()) rule_params_.push_back(index);
+    for (int index : block->ffn().router_param_indices()) router_params_.push_back(index);
     for (int index : block->attention().partial_grad_indices()) partial_grads_.push_back(index);
   }
   if (offload && device_.is_cuda())  // pinned, so the optimizer's copies run at full speed
@@ -108,7 +109,27 @@ void Model::set_device_expert_group(dist::DeviceGroup* group) {
 }
 
 ParamViews Model::own_views() {
-  return {master_, compute_params(), grads_, trainable_ ? &writes_ : nullptr};
+  return {fp32_weights_.empty() ? master_ : master_view_, compute_params(), grads_,
+          trainable_ ? &writes_ : nullptr};
+}
+
+void Model::set_fp32_weights(const std::map<int, Tensor>& weights) {
+  master_view_ = master_;
+  for (const auto& [index, t] : weights) {
+    MOEX_CHECK(t.dtype() == DType::kF32 && t.numel() == master_.tensor(index).numel() &&
+                   t.device() == device_,
+               "set_fp32_weights: ", master_.name(index), " needs ", master_.tensor(index).numel(),
+               " f32 elements on ", device_.str());
+    master_view_.bind_range(index, index, t);
+  }
+  fp32_weights_ = weights;
+  bind_all(own_views());
+}
+
+const Tensor& Model::fp32_weight(int index) const {
+  static const Tensor kNone;
+  auto it = fp32_weights_.find(index);
+  return it == fp32_weights_.end() ? kNone : it->second;
 }
 
 void Model::bind_all(const ParamViews& views) {

@@ -232,6 +232,14 @@ class Model {
   // Entries no gradient reaches and a rule updates instead (the MoE selection biases, moved by
   // train/load_balance.h); the optimizer's steps leave them as they are.
   const std::vector<int>& rule_params() const { return rule_params_; }
+  // The MoE routers' weights (the MoE layers read them in fp32).
+  const std::vector<int>& router_params() const { return router_params_; }
+  // A model with bf16 weights whose fp32 master lives elsewhere (a sharded ZeRO master): the fp32
+  // values of entries the MoE layers read in fp32 (routers, selection biases), which they then
+  // read instead of the bf16 ones (by entry index; the tensors' owner keeps them current).
+  void set_fp32_weights(const std::map<int, Tensor>& weights);
+  // Entry index's fp32 values given by set_fp32_weights, or an undefined tensor.
+  const Tensor& fp32_weight(int index) const;
   // The tensor-parallel group (inactive when every weight is here). Buffer entries with
   // params().split_dim(i) >= 0 hold this rank's part of the named tensor.
   const TensorParallel& tensor_parallel() const { return tp_; }
@@ -285,7 +293,11 @@ class Model {
   dist::Communicator* expert_group_ = nullptr;
   TensorParallel tp_;
   std::vector<bool> expert_param_;  // [buffer entries] is_expert_param
-  std::vector<int> rule_params_;
+  std::vector<int> rule_params_, router_params_;
+  // set_fp32_weights: the tensors, and the master weights' views with those entries rebound to
+  // them (what the modules' master views are then).
+  std::map<int, Tensor> fp32_weights_;
+  ParamBuffer master_view_;
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
   std::vector<Tensor>

@@ -1,6 +1,5 @@
 #include "train/load_balance.h"
 
-#include <algorithm>
 #include <string>
 
 #include "ops/elementwise.h"
@@ -15,8 +14,7 @@ void accumulate_expert_loads(const model::Model& model, ExpertLoads& loads) {
   }
 }
 
-int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate,
-                          const std::function<float*(int)>& fp32_master) {
+int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate) {
   int moved = 0;
   for (const auto& [layer, load] : loads) {
     const std::string name =
@@ -29,21 +27,22 @@ int update_selection_bias(model::Model& model, const ExpertLoads& loads, double 
     double mean = 0;
     for (double l : load) mean += l;
     mean /= static_cast<double>(load.size());
-    // The bias is a handful of numbers: update an fp32 host copy (the fp32 master's, where the
-    // model holds bf16), write it back (on any device, into an fp32 or bf16 master).
+    // The bias is a handful of numbers: update an fp32 host copy of its master (the model's, or
+    // its fp32 copy where the model holds bf16), write it back (on any device, into an fp32 or
+    // bf16 master, and the fp32 copy).
+    const Tensor& fp32 = model.fp32_weight(idx);
     Tensor host = Tensor::empty(bias.shape(), DType::kF32);
-    float* master = fp32_master ? fp32_master(idx) : nullptr;
+    ops::copy(fp32.defined() ? fp32 : bias, host);
     float* b = host.data<float>();
-    if (master)
-      std::copy(master, master + bias.numel(), b);
-    else
-      ops::copy(bias, host);
     for (size_t e = 0; e < load.size(); ++e) {
       const double gap = mean - load[e];
       b[e] += static_cast<float>(rate * ((gap > 0) - (gap < 0)));
     }
-    if (master) std::copy(b, b + bias.numel(), master);
     ops::copy(host, bias);
+    if (fp32.defined()) {
+      ops::copy(host, fp32);
+      fp32.mark_written();
+    }
     ++moved;
   }
   // The MoE layers read the master copy of the bias; a new version makes the GPU layer

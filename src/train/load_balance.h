@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <map>
 #include <vector>
 
@@ -24,10 +23,8 @@ void accumulate_expert_loads(const model::Model& model, ExpertLoads& loads);
 
 // Applies the rule to every layer of `loads` that has a selection bias; returns how many layers
 // it moved. Layers without one are an error (the config validation keeps that from happening).
-// fp32_master(entry index): where the bias's fp32 value lives when the model holds only a bf16
-// copy (a sharded ZeRO master, AdamW::rule_master), or null; the rule then updates it and writes
-// it rounded into the model.
-int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate,
-                          const std::function<float*(int)>& fp32_master = nullptr);
+// Where the model holds bf16 weights with fp32 copies of its biases (Model::fp32_weight, a
+// sharded ZeRO master), the rule updates the fp32 copy and writes it rounded into the model.
+int update_selection_bias(model::Model& model, const ExpertLoads& loads, double rate);
 
 }  // namespace moex::train

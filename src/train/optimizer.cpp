@@ -6,6 +6,7 @@
 
 #include "core/timer.h"
 #include "model/model.h"
+#include "ops/collective.h"
 #include "ops/device.h"
 #include "ops/elementwise.h"
 #include "ops/step_graph.h"
@@ -57,7 +58,7 @@ AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_
                                                    params.flat().device());
 }
 
-AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero)
+AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero)
     : config_(config), zero_(zero) {
   MOEX_CHECK(zero.stage == 1 || zero.stage == 2, "AdamW: ZeRO stage ", zero.stage,
              " is not built (1 or 2)");
@@ -112,10 +113,7 @@ AdamW::AdamW(const model::Model& model, const OptimizerConfig& config, const Zer
     MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
                "AdamW: a sharded master and offload exclude each other");
     master_ = zeros(state, model.device());
-    for (int i : model.rule_params()) {
-      rule_master_[i].assign(static_cast<size_t>(params.tensor(i).numel()), 0.0f);
-      rule_offsets_[i] = params.offset(i);
-    }
+    make_fp32_copy(model);
   }
   const model::TensorParallel& tp = model.tensor_parallel();
   if (tp.active()) {
@@ -249,13 +247,7 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
   }
   if (grad_shard_.defined()) ops::zero(grad_shard_);  // the next step's sums start from zero
   for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(weights);
-  // The rule-updated entries, in no shard, from their fp32 copies (a few numbers a layer).
-  for (const auto& [i, values] : rule_master_) {
-    const Tensor host = Tensor::from_external(const_cast<float*>(values.data()),
-                                              Shape{static_cast<int64_t>(values.size())},
-                                              DType::kF32, Device::cpu());
-    ops::copy(host, model.params().tensor(i).view(host.shape()));
-  }
+  if (master_.defined()) refresh_fp32_copy(model);
   // A GPU model computes with its bf16 copy: every element changed, on one rank or another.
   if (copy) ops::copy(weights, compute);
   weights.mark_written();
@@ -411,24 +403,67 @@ void AdamW::load_moment(bool second, const Tensor& flat) {
 Tensor AdamW::gather_master() const {
   if (!master_.defined()) return Tensor();
   const Tensor flat = gather_state(master_);
-  for (const auto& [i, values] : rule_master_)  // in no shard: the same on every rank
-    std::copy(values.begin(), values.end(), flat.data<float>() + rule_offsets_.at(i));
+  for (const Fp32Entry& e : fp32_entries_)  // the biases are in no shard: their copy is the master
+    if (e.rule)
+      ops::copy(fp32_copy_.slice(e.at, e.at + e.numel), flat.slice(e.flat, e.flat + e.numel));
   return flat;
 }
 
 void AdamW::load_master(const Tensor& flat) {
   if (!master_.defined()) return;
   load_state(master_, flat);
-  const Tensor host = flat.device().is_cpu() ? flat : flat.to(Device::cpu());
-  for (auto& [i, values] : rule_master_) {
-    const float* at = host.data<float>() + rule_offsets_.at(i);
-    std::copy(at, at + values.size(), values.begin());
-  }
+  for (const Fp32Entry& e : fp32_entries_)
+    ops::copy(flat.slice(e.flat, e.flat + e.numel), fp32_copy_.slice(e.at, e.at + e.numel));
+  fp32_copy_.mark_written();
 }
 
-float* AdamW::rule_master(int index) {
-  auto it = rule_master_.find(index);
-  return it == rule_master_.end() ? nullptr : it->second.data();
+void AdamW::make_fp32_copy(model::Model& model) {
+  // Routers first (their region is all-reduced after each step), then the selection biases.
+  const ParamBuffer& params = model.params();
+  for (const bool rule : {false, true})
+    for (int i : rule ? model.rule_params() : model.router_params()) {
+      const int64_t at =
+          fp32_entries_.empty() ? 0 : fp32_entries_.back().at + fp32_entries_.back().numel;
+      fp32_entries_.push_back({i, params.offset(i), params.tensor(i).numel(), at, rule});
+      if (!rule) router_elements_ = at + params.tensor(i).numel();
+    }
+  const int64_t total =
+      fp32_entries_.empty() ? 0 : fp32_entries_.back().at + fp32_entries_.back().numel;
+  fp32_copy_ = zeros(Shape{std::max<int64_t>(total, 1)}, model.device());
+  // This rank's router elements: where they are in its master shard and in the copy.
+  for (const StepPiece& piece : zero_pieces_)
+    for (const Fp32Entry& e : fp32_entries_) {
+      const FlatRange& p = piece.range;
+      const int64_t lo = std::max(e.flat, p.flat),
+                    hi = std::min(e.flat + e.numel, p.flat + p.count);
+      if (!e.rule && lo < hi)
+        router_copies_.push_back({piece.state + (lo - p.flat), e.at + (lo - e.flat), hi - lo});
+    }
+  std::map<int, Tensor> views;
+  for (const Fp32Entry& e : fp32_entries_)
+    views[e.index] = fp32_copy_.slice(e.at, e.at + e.numel).view(params.tensor(e.index).shape());
+  model.set_fp32_weights(views);
+}
+
+void AdamW::refresh_fp32_copy(model::Model& model) {
+  // Each router element from the rank whose shard holds it: the others add zeros (the routers are
+  // non-expert parameters, sharded over dp).
+  if (router_elements_ > 0) {
+    const Tensor routers = fp32_copy_.slice(0, router_elements_);
+    ops::zero(routers);
+    for (const RouterCopy& c : router_copies_)
+      ops::copy(master_.slice(c.state, c.state + c.count), fp32_copy_.slice(c.at, c.at + c.count));
+    if (routers.device().is_cpu())
+      zero_.dp->all_reduce_sum(routers.data<float>(), routers.numel());
+    else if (zero_.dp->size() > 1)
+      ops::all_reduce_sum(routers, *zero_.gpu_dp);
+  }
+  fp32_copy_.mark_written();
+  // The model's bf16 biases follow their fp32 masters (the copy), whatever was written there.
+  for (const Fp32Entry& e : fp32_entries_)
+    if (e.rule)
+      ops::copy(fp32_copy_.slice(e.at, e.at + e.numel),
+                model.params().tensor(e.index).view(Shape{e.numel}));
 }
 
 }  // namespace moex::train

@@ -53,8 +53,9 @@ class AdamW : public model::GradientSink {
   AdamW(const ParamBuffer& params, const OptimizerConfig& config);
   // ZeRO stage zero.stage (1 or 2) over the model's parameters. Stage 2 needs a model that
   // streams its gradients (ModelState::stream_gradients); the caller makes this optimizer its
-  // sink (Model::set_gradient_sink).
-  AdamW(const model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero);
+  // sink (Model::set_gradient_sink). With zero.shard_master it gives the model the fp32 copies
+  // its MoE layers read (Model::set_fp32_weights).
+  AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfig& zero);
 
   // Clips the global gradient norm to config.grad_clip (if > 0), then updates every parameter.
   // Returns the gradient norm before clipping. `step` is 1-based. working_copy: the bf16 copy of
@@ -91,9 +92,7 @@ class AdamW : public model::GradientSink {
   // the model was initialized or loaded with, before rounding); a no-op without a sharded master.
   void load_master(const Tensor& flat);
   bool shards_master() const { return master_.defined(); }
-  // With a sharded master: the fp32 values [numel] of a rule-updated entry (Model::rule_params;
-  // in no shard, every rank holds them), for the rule to update; null otherwise.
-  float* rule_master(int index);
+
   // Bytes of optimizer state this rank holds: both moments, and a sharded master.
   int64_t state_bytes() const {
     return static_cast<int64_t>(exp_avg_.nbytes() * 2) +
@@ -151,11 +150,30 @@ class AdamW : public model::GradientSink {
   std::array<std::unique_ptr<ZeroPartition>, 2> partitions_;
   std::array<int64_t, 2> state_offset_{};
   std::vector<StepPiece> zero_pieces_;
-  // ZeroConfig::shard_master: this rank's fp32 master shards, laid out as the moments [S0 + S1],
-  // and the fp32 values of the rule-updated entries (by entry index, on the host).
+  // ZeroConfig::shard_master: this rank's fp32 master shards, laid out as the moments [S0 + S1].
   Tensor master_;
-  std::map<int, std::vector<float>> rule_master_;
-  std::map<int, int64_t> rule_offsets_;  // their first elements in the parameter buffer
+  // And the fp32 values the MoE layers read instead of the model's bf16 ones
+  // (Model::set_fp32_weights), on the model's device: the routers [router_elements_], whole on
+  // every rank, gathered from the shards after each step, then the selection biases, which are in
+  // no shard and for which this copy is the master (the load-balancing rule updates it).
+  struct Fp32Entry {
+    int index = 0;     // the parameter buffer entry
+    int64_t flat = 0;  // its first element in the buffer
+    int64_t numel = 0;
+    int64_t at = 0;     // its first element in fp32_copy_
+    bool rule = false;  // a selection bias (else a router)
+  };
+  struct RouterCopy {
+    int64_t state = 0, at = 0, count = 0;  // master_[state..] -> fp32_copy_[at..], count elements
+  };
+  Tensor fp32_copy_;
+  std::vector<Fp32Entry> fp32_entries_;
+  int64_t router_elements_ = 0;
+  std::vector<RouterCopy> router_copies_;  // this rank's router elements
+  // Lays out fp32_copy_ and gives the model its views.
+  void make_fp32_copy(model::Model& model);
+  // After a step: the routers from their shards, the model's bf16 biases from the copy.
+  void refresh_fp32_copy(model::Model& model);
   // The part of a state buffer (a moment, master_ or grad_shard_) that holds kind's shard.
   Tensor shard_of(const Tensor& state, int kind) const;
   // A state buffer in the parameter buffer's layout, fp32 on the host [total] (shards gathered

@@ -485,8 +485,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       // Every rank applies the same rule to the same (summed) loads: the biases stay equal.
       for (auto& [layer, load] : expert_loads)
         groups.dp->all_reduce_sum(load.data(), static_cast<int64_t>(load.size()));
-      update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate,
-                            [&](int index) { return optimizer.rule_master(index); });
+      update_selection_bias(model, expert_loads, c.optimizer.bias_update_rate);
     }
     ++state.step;
     ++steps_this_run;

@@ -222,10 +222,12 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   // The moments' 8 bytes an element of the shard, and 4 more for the master.
   EXPECT_EQ(2 * sharded.state_bytes(), 3 * unsharded_master.state_bytes());
 
+  // The MoE layer reads fp32 copies of its router and selection bias, kept by the optimizer.
   ASSERT_EQ(model.rule_params().size(), 1u);
-  const int bias = model.rule_params()[0];
-  ASSERT_NE(sharded.rule_master(bias), nullptr);
-  EXPECT_EQ(unsharded_master.rule_master(bias), nullptr);
+  ASSERT_EQ(model.router_params().size(), 1u);
+  const int bias = model.rule_params()[0], router = model.router_params()[0];
+  EXPECT_TRUE(model.fp32_weight(bias).defined() && model.fp32_weight(router).defined());
+  EXPECT_FALSE(whole_model.fp32_weight(router).defined());
 
   // The same gradients on every rank (as if all-reduced), different each step; none for the
   // selection bias, as in training.
@@ -252,8 +254,7 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
       const ExpertLoads loads = {{1, {5.0, 1.0, 3.0, 3.5}}};
       update_selection_bias(whole_model, loads, 0.05);
       model.params().tensor(bias).data<float>()[0] += 1.0f;
-      update_selection_bias(model, loads, 0.05,
-                            [&](int index) { return sharded.rule_master(index); });
+      update_selection_bias(model, loads, 0.05);
     }
     ASSERT_EQ(entries_of(layout, model.params().flat()),
               entries_of(layout, whole_model.params().flat()))
@@ -261,6 +262,19 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   }
   const std::vector<float> want = entries_of(layout, whole_model.params().flat());
   EXPECT_EQ(entries_of(layout, sharded.gather_master()), want);
+  auto values = [](const Tensor& t) {
+    return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+  };
+  for (const int i : {router, bias})
+    EXPECT_EQ(values(model.fp32_weight(i)), values(whole_model.params().tensor(i))) << i;
+  // The router the MoE layer reads is the copy: changing the model's own leaves the loss alone.
+  std::vector<int32_t> ids(16), targets(16);
+  for (int k = 0; k < 16; ++k) ids[k] = (7 * k + 3) % 40, targets[k] = (5 * k + 1) % 40;
+  auto loss = [&](model::Model& m) { return m.forward(ids.data(), targets.data(), 2, 8, {}).loss; };
+  const double want_loss = loss(whole_model);
+  const Tensor& own_router = model.params().tensor(router);
+  for (int64_t k = 0; k < own_router.numel(); ++k) own_router.data<float>()[k] *= -3.0f;
+  EXPECT_EQ(loss(model), want_loss);
 
   // Saved with the model's weights changed: the checkpoint holds the master.
   perturb(model);
@@ -273,10 +287,8 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   load_checkpoint(dir, resumed, resumed_opt);
   EXPECT_EQ(entries_of(layout, resumed.params().flat()), want);
   EXPECT_EQ(entries_of(layout, resumed_opt.gather_master()), want);
-  const float* b = resumed_opt.rule_master(bias);
-  const Tensor& want_bias = whole_model.params().tensor(bias);
-  EXPECT_EQ(std::vector<float>(b, b + want_bias.numel()),
-            std::vector<float>(want_bias.data<float>(), want_bias.data<float>() + 4));
+  for (const int i : {router, bias})
+    EXPECT_EQ(values(resumed.fp32_weight(i)), values(whole_model.params().tensor(i))) << i;
   for (const bool second : {false, true})
     EXPECT_EQ(entries_of(layout, resumed_opt.gather_moment(second)),
               entries_of(layout, whole.gather_moment(second)));

@@ -249,9 +249,9 @@ TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
 }
 
 // parallel.shard_master: the model holds bf16 weights and each rank's optimizer its shard of the
-// fp32 master, so the numbers are those of the whole fp32 master but for the router and the
-// selection bias, which the MoE layer now reads rounded to bf16: every token goes to every expert
-// (no routing ties) and stage 2 runs with ep too.
+// fp32 master (the MoE routers read fp32 copies gathered from the shards), so the numbers are
+// those of the whole fp32 master. Every token goes to every expert (no routing ties), and stage 2
+// runs with ep too.
 TEST(GpuZero, ShardedMasterEqualsTheSingleProcessRun) {
   const int w = dist::Communicator::world().size();
   for (const int stage : {1, 2}) {
