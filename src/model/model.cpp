@@ -93,6 +93,7 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   }
   if (compute_) compute_->allocate(DType::kBF16, device_);
   ops::zero(master_.flat());
+  if (!trainable_ && state.master == DType::kBF16) keep_fp32_routers();
   bind_all(own_views());
   // once: no op writes the alignment padding between entries
   for (const Tensor& storage : grad_storage_) ops::zero(storage);
@@ -150,19 +151,48 @@ void Model::copy_weights_from(const Model& other) {
                  other.master_.size() == master_.size(),
              "copy_weights_from: the models' parameter layouts differ");
   ops::copy(other.master_.flat(), master_.flat());
+  for (const auto& [index, at] : own_fp32_at_) {
+    const Tensor& fp32 = other.fp32_weight(index);
+    ops::copy(fp32.defined() ? fp32 : other.master_.tensor(index),
+              own_fp32_.slice(at, at + master_.tensor(index).numel()));
+  }
+  if (own_fp32_.defined()) own_fp32_.mark_written();
   weights_changed();
+}
+
+void Model::keep_fp32_routers() {
+  int64_t total = 0;
+  for (const std::vector<int>* list : {&router_params_, &rule_params_})
+    for (int index : *list) {
+      own_fp32_at_.push_back({index, total});
+      total += master_.tensor(index).numel();
+    }
+  if (total == 0) return;
+  own_fp32_ = Tensor::empty(Shape{total}, DType::kF32, device_);
+  ops::zero(own_fp32_);
+  std::map<int, Tensor> views;
+  for (const auto& [index, at] : own_fp32_at_)
+    views[index] = own_fp32_.slice(at, at + master_.tensor(index).numel());
+  set_fp32_weights(views);
 }
 
 ParamBuffer Model::host_params() const {
   if (master_on_host()) return master_;
   if (master_.flat().dtype() == DType::kF32) return master_.copy_to(Device::cpu());
   ParamBuffer host = master_.like(DType::kF32, Device::cpu());
-  ops::copy(master_.flat(), host.flat());  // bf16 widens to fp32 exactly
+  ops::copy(master_.flat(), host.flat());       // bf16 widens to fp32 exactly
+  for (const auto& [index, at] : own_fp32_at_)  // the fp32 routers an inference model keeps
+    ops::copy(own_fp32_.slice(at, at + host.tensor(index).numel()),
+              host.tensor(index).view(Shape{host.tensor(index).numel()}));
   return host;
 }
 
 void Model::store_host_params(const ParamBuffer& host) {
   if (host.flat().raw_data() != master_.flat().raw_data()) ops::copy(host.flat(), master_.flat());
+  for (const auto& [index, at] : own_fp32_at_)
+    ops::copy(host.tensor(index).view(Shape{host.tensor(index).numel()}),
+              own_fp32_.slice(at, at + host.tensor(index).numel()));
+  if (own_fp32_.defined()) own_fp32_.mark_written();
   weights_changed();
 }
 

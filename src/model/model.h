@@ -298,6 +298,12 @@ class Model {
   // them (what the modules' master views are then).
   std::map<int, Tensor> fp32_weights_;
   ParamBuffer master_view_;
+  // An inference model with bf16 weights keeps its routers and selection biases in fp32 itself
+  // (the design's fp32 router; a few numbers a layer): own_fp32_ [R] on the device and each
+  // entry's first element in it. Loads and copies fill it; host_params() reads it.
+  Tensor own_fp32_;
+  std::vector<std::pair<int, int64_t>> own_fp32_at_;
+  void keep_fp32_routers();
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;
   std::vector<Tensor>
