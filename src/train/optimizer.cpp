@@ -82,8 +82,7 @@ AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfi
       if (rule[static_cast<size_t>(i)]) continue;
       const ops::AdamWSegment& s = segments[static_cast<size_t>(i)];
       std::vector<FlatRange>& r = runs[model.is_expert_param(i)].back();
-      if (!r.empty() && r.back().flat + r.back().count == s.offset &&
-          model.is_expert_param(i - 1) == model.is_expert_param(i))
+      if (!r.empty() && r.back().flat + r.back().count == s.offset)  // no padding between
         r.back().count += s.count;
       else
         r.push_back({s.offset, s.count, 0});
