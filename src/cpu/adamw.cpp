@@ -12,38 +12,51 @@
 namespace moex::cpu {
 namespace {
 
+// What the step computes in: double for double weights, fp32 otherwise (bf16 state is widened).
+template <typename P>
+using Compute = std::conditional_t<std::is_same_v<P, double>, double, float>;
+
 // The step's scalars, in T.
 template <typename T>
 struct Coefficients {
   T decay, b1, one_minus_b1, b2, one_minus_b2, step_size, inv_sqrt_bc2, eps, gscale;
-  uint32_t step;  // seeds the stochastic rounding of bf16 moments
+  uint32_t step;  // seeds the stochastic rounding of bf16 state
 };
 
-// A stored moment as T: fp32/fp64 as it is, bf16 bits widened.
-template <typename T>
-inline T moment_value(T m) {
-  return m;
+// A stored value as its compute type: fp32/fp64 as it is, bf16 bits widened.
+inline float widen(float x) {
+  return x;
 }
-inline float moment_value(uint16_t m) { return bf16_bits_to_f32(m); }
+inline double widen(double x) {
+  return x;
+}
+inline float widen(uint16_t h) {
+  return bf16_bits_to_f32(h);
+}
 
 // The update over [0, n), one loop the compiler vectorizes (plain arguments, no closure: loads
 // through a captured struct keep GCC from vectorizing); with kCopy each updated weight also goes to
 // param_bf16, rounded. The AVX2 clone runs the bf16 rounding's narrowing about twice as fast
 // (docs/parallelism.md, "ZeRO-Offload").
-template <typename T, typename M, bool kCopy>
-MOEX_AVX2_CLONE void update(T* param, const T* grad, M* exp_avg, M* exp_avg_sq,
-                            uint16_t* param_bf16, int64_t n, const Coefficients<T>& k) {
+template <typename P, typename G, typename M, bool kCopy>
+MOEX_AVX2_CLONE void update(P* param, const G* grad, M* exp_avg, M* exp_avg_sq,
+                            uint16_t* param_bf16, int64_t n, const Coefficients<Compute<P>>& k) {
+  using T = Compute<P>;
+  constexpr bool kBf16Moments = std::is_same_v<M, uint16_t>;
+  constexpr bool kBf16Weights = std::is_same_v<P, uint16_t>;
   const T decay = k.decay, b1 = k.b1, one_minus_b1 = k.one_minus_b1, b2 = k.b2;
   const T one_minus_b2 = k.one_minus_b2, step_size = k.step_size, inv_sqrt_bc2 = k.inv_sqrt_bc2;
   const T eps = k.eps, gscale = k.gscale;
   const uint32_t step = k.step;
 #pragma omp parallel for simd schedule(static) if (n >= kMinParallelWork)
   for (int64_t i = 0; i < n; ++i) {
-    const T g = grad[i] * gscale;
-    const T m = b1 * moment_value(exp_avg[i]) + one_minus_b1 * g;
-    const T v = b2 * moment_value(exp_avg_sq[i]) + one_minus_b2 * g * g;
-    if constexpr (std::is_same_v<M, uint16_t>) {
-      const uint32_t r = adam_rounding_bits(grad[i], param[i], step);
+    const T raw = widen(grad[i]), before = widen(param[i]);
+    const T g = raw * gscale;
+    const T m = b1 * widen(exp_avg[i]) + one_minus_b1 * g;
+    const T v = b2 * widen(exp_avg_sq[i]) + one_minus_b2 * g * g;
+    uint32_t r = 0;
+    if constexpr (kBf16Moments || kBf16Weights) r = adam_rounding_bits(raw, before, step);
+    if constexpr (kBf16Moments) {
       exp_avg[i] = f32_to_bf16_stochastic(m, r);
       exp_avg_sq[i] = f32_to_bf16_stochastic(v, r >> 16);
     } else {
@@ -51,19 +64,25 @@ MOEX_AVX2_CLONE void update(T* param, const T* grad, M* exp_avg, M* exp_avg_sq,
       exp_avg[i] = m;
       exp_avg_sq[i] = v;
     }
-    const T p = param[i] * decay - step_size * m / (std::sqrt(v) * inv_sqrt_bc2 + eps);
-    param[i] = p;
+    const T p = before * decay - step_size * m / (std::sqrt(v) * inv_sqrt_bc2 + eps);
+    if constexpr (kBf16Weights)
+      param[i] = f32_to_bf16_stochastic(p, adam_weight_rounding_bits(r));
+    else
+      param[i] = p;
     if constexpr (kCopy) param_bf16[i] = f32_to_bf16(p);
   }
 }
 
 }  // namespace
 
-template <typename T, typename M>
-void adamw_step(T* param, const T* grad, M* exp_avg, M* exp_avg_sq, int64_t n, int64_t step,
+template <typename P, typename G, typename M>
+void adamw_step(P* param, const G* grad, M* exp_avg, M* exp_avg_sq, int64_t n, int64_t step,
                 const AdamWConfig& c, uint16_t* param_bf16) {
+  using T = Compute<P>;
+  static_assert(std::is_same_v<G, T> || (std::is_same_v<G, uint16_t> && std::is_same_v<T, float>),
+                "adamw_step: gradients are T, or bf16 bits with fp32 compute");
   static_assert(std::is_same_v<M, T> || (std::is_same_v<M, uint16_t> && std::is_same_v<T, float>),
-                "adamw_step: moments are T, or bf16 bits with float weights");
+                "adamw_step: moments are T, or bf16 bits with fp32 compute");
   MOEX_CHECK(n >= 0, "adamw_step: n must be >= 0, got ", n);
   MOEX_CHECK(step >= 1, "adamw_step: step must be >= 1 (1-based), got ", step);
   MOEX_CHECK(c.lr >= 0, "adamw_step: lr must be >= 0, got ", c.lr);
@@ -89,19 +108,28 @@ void adamw_step(T* param, const T* grad, M* exp_avg, M* exp_avg_sq, int64_t n, i
   k.gscale = static_cast<T>(c.grad_scale);
   k.step = static_cast<uint32_t>(step);
   if (param_bf16 == nullptr)
-    return update<T, M, false>(param, grad, exp_avg, exp_avg_sq, nullptr, n, k);
-  if constexpr (std::is_same_v<T, float>) {
-    update<T, M, true>(param, grad, exp_avg, exp_avg_sq, param_bf16, n, k);
+    return update<P, G, M, false>(param, grad, exp_avg, exp_avg_sq, nullptr, n, k);
+  if constexpr (std::is_same_v<P, float>) {
+    update<P, G, M, true>(param, grad, exp_avg, exp_avg_sq, param_bf16, n, k);
   } else {
     MOEX_CHECK(false, "adamw_step: a bf16 copy needs f32 parameters");
   }
 }
 
-template void adamw_step<float>(float*, const float*, float*, float*, int64_t, int64_t,
-                                const AdamWConfig&, uint16_t*);
 template void adamw_step<double>(double*, const double*, double*, double*, int64_t, int64_t,
                                  const AdamWConfig&, uint16_t*);
-template void adamw_step<float, uint16_t>(float*, const float*, uint16_t*, uint16_t*, int64_t,
-                                          int64_t, const AdamWConfig&, uint16_t*);
+// fp32 compute: weights, gradients and moments each fp32 or bf16 bits.
+#define MOEX_ADAMW_FLOAT(P, G, M)                                                               \
+  template void adamw_step<P, G, M>(P*, const G*, M*, M*, int64_t, int64_t, const AdamWConfig&, \
+                                    uint16_t*);
+MOEX_ADAMW_FLOAT(float, float, float)
+MOEX_ADAMW_FLOAT(float, float, uint16_t)
+MOEX_ADAMW_FLOAT(float, uint16_t, float)
+MOEX_ADAMW_FLOAT(float, uint16_t, uint16_t)
+MOEX_ADAMW_FLOAT(uint16_t, float, float)
+MOEX_ADAMW_FLOAT(uint16_t, float, uint16_t)
+MOEX_ADAMW_FLOAT(uint16_t, uint16_t, float)
+MOEX_ADAMW_FLOAT(uint16_t, uint16_t, uint16_t)
+#undef MOEX_ADAMW_FLOAT
 
 }  // namespace moex::cpu

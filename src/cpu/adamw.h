@@ -19,13 +19,18 @@ struct AdamWConfig {
 };
 
 // step is 1-based (the count after this update), as torch's state["step"].
-// param_bf16 (T = float only; may be null): also receives each updated weight rounded to bf16 in
+// param P: T (float or double), or (T = float) uint16_t bf16 bits: a bf16 master (ZeRO-Offload
+// with optimizer.master_dtype "bf16" steps the GPU's bf16 weights on the host), widened, stepped
+// in fp32, then stored with stochastic rounding, the bits adam_weight_rounding_bits of the
+// element's moment bits (core/stochastic_round.h), as the CUDA kernel does.
+// grad G: T, or (T = float) uint16_t bf16 bits (optimizer.grads_dtype "bf16"), widened.
+// param_bf16 (P = float only; may be null): also receives each updated weight rounded to bf16 in
 // the same pass (core/dtype.h f32_to_bf16), as ZeRO-Offload's upload to the GPU needs it.
 // Moments M: T, or (T = float) uint16_t bf16 bits: read as fp32, the update computed in fp32,
 // then stored with stochastic rounding (core/stochastic_round.h).
-template <typename T, typename M = T>
-void adamw_step(T* param,       // [n]
-                const T* grad,  // [n]
+template <typename P, typename G = P, typename M = G>
+void adamw_step(P* param,       // [n]
+                const G* grad,  // [n]
                 M* exp_avg,     // [n], first moment m
                 M* exp_avg_sq,  // [n], second moment v
                 int64_t n, int64_t step, const AdamWConfig& config,

@@ -35,19 +35,18 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
-  // A bf16 state buffer needs a GPU: the CPU kernels and the offload step speak fp32 state. bf16
-  // gradients need one GPU alone (the collectives of tp and ep sum fp32 gradients); bf16 weights
-  // train in any layout (under ZeRO the optimizer keeps their fp32 master shard).
+  // A bf16 state buffer needs a GPU: a CPU model computes with its fp32 weights. bf16 gradients
+  // need a GPU without tp or ep (their collectives sum fp32 gradients); bf16 weights train in any
+  // layout (under ZeRO the optimizer keeps their fp32 master shard). Offload steps either on the
+  // host, tile by tile.
   MOEX_CHECK(trainable_ || !offload, "offload moves training state; an inference model has none");
-  const bool one_gpu = device_.is_cuda() && !offload && !tp_.active() && expert_group == nullptr;
+  const bool one_gpu = device_.is_cuda() && !tp_.active() && expert_group == nullptr;
   MOEX_CHECK(state.grads == DType::kF32 || (state.grads == DType::kBF16 && one_gpu),
-             "bf16 gradients need a model on one GPU, without offload, tensor or expert "
-             "parallelism (got ",
+             "bf16 gradients need a model on a GPU, without tensor or expert parallelism (got ",
              dtype_name(state.grads), " on ", device_.str(), ")");
-  MOEX_CHECK(state.master == DType::kF32 ||
-                 (state.master == DType::kBF16 && device_.is_cuda() && !offload),
-             "bf16 master weights need a model on a GPU, without offload (got ",
-             dtype_name(state.master), " on ", device_.str(), ")");
+  MOEX_CHECK(state.master == DType::kF32 || (state.master == DType::kBF16 && device_.is_cuda()),
+             "bf16 master weights need a model on a GPU (got ", dtype_name(state.master), " on ",
+             device_.str(), ")");
   if (device_.is_cuda() && state.master == DType::kF32) compute_ = std::make_unique<ParamBuffer>();
   // Every buffer gets the same declarations, so an index means the same tensor in each. The
   // gradient buckets follow them: embedding (and positions), each block, final norm (and head).
@@ -77,7 +76,8 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
     for (int index : block->ffn().router_param_indices()) router_params_.push_back(index);
     for (int index : block->attention().partial_grad_indices()) partial_grads_.push_back(index);
   }
-  if (offload && device_.is_cuda())  // pinned, so the optimizer's copies run at full speed
+  // An fp32 master offloaded: pinned, so the optimizer's copies run at full speed.
+  if (offload && device_.is_cuda() && state.master == DType::kF32)
     master_.allocate_in(ops::staging_tensor(Shape{std::max<int64_t>(master_.total_elements(), 1)},
                                             DType::kF32, device_));
   else

@@ -56,7 +56,7 @@ struct KVCache {
 };
 
 // How a model stores its state: the weights the optimizer updates (master) and the gradients.
-// For training, kF32 each, or kBF16 on one GPU without offload, tensor or expert parallelism
+// For training, kF32 each, or kBF16 on a GPU without tensor or expert parallelism
 // (optimizer.master_dtype, optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and
 // §bf16 gradients). With a bf16 master the kernels read the master itself: there is no copy.
 struct ModelState {
@@ -90,7 +90,8 @@ class Model {
   // No group: every weight is here.
   // offload (ZeRO-Offload, docs/parallelism.md): on a GPU the fp32 master weights live in pinned
   // host memory (and so do the optimizer's moments, made beside them); the GPU holds the bf16
-  // copy the kernels read and the fp32 gradients.
+  // copy the kernels read and the gradients. A bf16 master stays on the GPU (the optimizer keeps
+  // only the moments on the host).
   explicit Model(const ModelConfig& config, Device device = Device::cpu(),
                  dist::Communicator* expert_group = nullptr, const TensorParallel& tp = {},
                  bool offload = false, const ModelState& state = {});

@@ -27,6 +27,19 @@ AdamWSegments::AdamWSegments(std::vector<AdamWSegment> segments, const Device& d
   device_ = bytes.to(device);
 }
 
+namespace {
+
+// Calls f with the host buffer's elements as stored: float*, or uint16_t* bf16 bits.
+template <typename F>
+void with_elements(const Tensor& t, F&& f) {
+  if (t.dtype() == DType::kBF16)
+    f(static_cast<uint16_t*>(t.raw_data()));
+  else
+    f(t.data<float>());
+}
+
+}  // namespace
+
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& h) {
@@ -34,12 +47,15 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       detail::common_device("adamw_step", {&master, &working_copy, &grad, &exp_avg, &exp_avg_sq});
   const ProfileScope profile("adamw", dev);
   const int64_t n = master.numel();
-  // Weights fp32, or bf16 on a GPU (optimizer.master_dtype), which then have no working copy.
-  const bool bf16_master = detail::expect_f32_or_gpu_bf16("adamw_step", "weights", master, n);
+  // Weights fp32, or bf16 (optimizer.master_dtype; on the host, ZeRO-Offload's tile of a GPU
+  // model's bf16 weights), which then have no working copy.
+  const bool bf16_master = master.dtype() == DType::kBF16;
+  detail::expect("adamw_step", "weights", master, bf16_master ? DType::kBF16 : DType::kF32, n);
   MOEX_CHECK(!bf16_master || !working_copy.defined(),
              "adamw_step: bf16 weights are what the model reads; they take no working copy");
-  // Gradients fp32, or bf16 on a GPU (optimizer.grads_dtype).
-  const bool bf16_grads = detail::expect_f32_or_gpu_bf16("adamw_step", "gradients", grad, n);
+  // Gradients fp32, or bf16 (optimizer.grads_dtype).
+  const bool bf16_grads = grad.dtype() == DType::kBF16;
+  detail::expect("adamw_step", "gradients", grad, bf16_grads ? DType::kBF16 : DType::kF32, n);
   // Both moments fp32, or both bf16 (optimizer.moments_dtype).
   const bool bf16_moments = exp_avg.dtype() == DType::kBF16;
   for (const Tensor* t : {&exp_avg, &exp_avg_sq})
@@ -50,12 +66,11 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       detail::expect("adamw_step", "working_copy", working_copy, DType::kBF16, n);
     uint16_t* copy =
         working_copy.defined() ? static_cast<uint16_t*>(working_copy.raw_data()) : nullptr;
-    float* p = master.data<float>();
-    const float* g = grad.data<float>();
     // The copy covers all n elements: what no segment updates (the buffer's alignment padding) is
     // cast from the master as it is, so the upload carries no stale values.
     int64_t covered = 0;
     auto cast_until = [&](int64_t end) {
+      const float* p = master.data<float>();
       for (; covered < end; ++covered) copy[covered] = f32_to_bf16(p[covered]);
     };
     for (const AdamWSegment& s : segments.host()) {
@@ -72,16 +87,16 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
       c.eps = h.eps;
       c.weight_decay = s.weight_decay;
       c.grad_scale = h.grad_scale;
-      // m, v: the moments' elements as stored (float, or uint16_t bf16 bits).
-      const auto step = [&](auto* m, auto* v) {
-        cpu::adamw_step<float>(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count,
-                               h.step, c, copy != nullptr ? copy + s.offset : nullptr);
-      };
-      if (bf16_moments)
-        step(static_cast<uint16_t*>(exp_avg.raw_data()),
-             static_cast<uint16_t*>(exp_avg_sq.raw_data()));
-      else
-        step(exp_avg.data<float>(), exp_avg_sq.data<float>());
+      // Each buffer's elements as stored: float, or uint16_t bf16 bits.
+      with_elements(master, [&](auto* p) {
+        with_elements(grad, [&](auto* g) {
+          with_elements(exp_avg, [&](auto* m) {
+            auto* v = static_cast<decltype(m)>(exp_avg_sq.raw_data());
+            cpu::adamw_step(p + s.offset, g + s.offset, m + s.offset, v + s.offset, s.count, h.step,
+                            c, copy != nullptr ? copy + s.offset : nullptr);
+          });
+        });
+      });
     }
     if (copy != nullptr) cast_until(n);
     return;

@@ -35,13 +35,13 @@ class AdamWSegments {
   Tensor device_;
 };
 
-// master: f32 [total], or bf16 on CUDA (optimizer.master_dtype: the update is stored with
-// stochastic rounding, core/stochastic_round.h); grad: f32 [total], or bf16 on CUDA
-// (optimizer.grads_dtype), on the same device; exp_avg, exp_avg_sq: both f32, or both bf16 (read
-// as fp32, stored with stochastic rounding); working_copy: bf16 [total] on CUDA with an f32
-// master, undefined with a bf16 one; on the CPU, where the master is the weight the model
-// computes with, undefined, or the host buffer ZeRO-Offload uploads into a GPU model's bf16 copy
-// (written in the same pass).
+// master: f32 [total], or bf16 (optimizer.master_dtype: the update is stored with stochastic
+// rounding, core/stochastic_round.h; on the host, ZeRO-Offload's tile of a GPU model's bf16
+// weights); grad: f32 [total], or bf16 (optimizer.grads_dtype), on the same device; exp_avg,
+// exp_avg_sq: both f32, or both bf16 (read as fp32, stored with stochastic rounding); working_copy:
+// bf16 [total] on CUDA with an f32 master, undefined with a bf16 one; on the CPU, where the master
+// is the weight the model computes with, undefined, or the host buffer ZeRO-Offload uploads into a
+// GPU model's bf16 copy (written in the same pass).
 void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& grad,
                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const AdamWSegments& segments,
                 const AdamWHyper& hyper);

@@ -41,9 +41,6 @@ std::vector<ops::AdamWSegment> segments_within(const std::vector<ops::AdamWSegme
   return out;
 }
 
-// Elements per offload tile (64 MiB of fp32): bounds the pinned gradient buffer.
-constexpr int64_t kOffloadTile = int64_t{1} << 24;
-
 Tensor zeros(const Shape& shape, const Device& device, DType dtype = DType::kF32) {
   Tensor z = Tensor::empty(shape, dtype, device);
   ops::zero(z);
@@ -52,9 +49,14 @@ Tensor zeros(const Shape& shape, const Device& device, DType dtype = DType::kF32
 
 }  // namespace
 
-AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config) : config_(config) {
-  exp_avg_ = zeros(params.flat().shape(), params.flat().device(), config_.moments_dtype);
-  exp_avg_sq_ = zeros(params.flat().shape(), params.flat().device(), config_.moments_dtype);
+AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config, bool offload,
+             int64_t offload_tile)
+    : config_(config), offload_tile_(offload_tile) {
+  MOEX_CHECK(offload_tile >= 1, "AdamW: the offload tile must hold >= 1 element, got ",
+             offload_tile);
+  const Device state = offload ? Device::cpu() : params.flat().device();
+  exp_avg_ = zeros(params.flat().shape(), state, config_.moments_dtype);
+  exp_avg_sq_ = zeros(params.flat().shape(), state, config_.moments_dtype);
   segments_ = std::make_unique<ops::AdamWSegments>(tensor_segments(params, config_.weight_decay),
                                                    params.flat().device());
 }
@@ -155,7 +157,8 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
 }
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
-  if (model.device().is_cuda() && model.master_on_host()) return offload_step(model, lr, step);
+  // Moments on the host for a GPU model: ZeRO-Offload.
+  if (model.device().is_cuda() && exp_avg_.device().is_cpu()) return offload_step(model, lr, step);
   if (zero_.stage > 0) return zero_step(model, lr, step);
   // A GPU model's fp32 master has a bf16 copy to rewrite; a bf16 master is what the kernels read.
   const bool copy = &model.compute_params() != &model.params();
@@ -255,12 +258,16 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
 }
 
 double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
-  const Tensor& params = model.params().flat();  // f32, pinned host
-  // f32, GPU: the whole buffer, or under ZeRO stage 2 the shard's sums (grad_shard_)
+  // f32 on the pinned host, or a bf16 master on the GPU (it comes down and goes up tile by tile)
+  const Tensor& params = model.params().flat();
+  const bool gpu_master = params.device().is_cuda();
+  // GPU: the whole buffer (f32, or bf16 without ZeRO), or under ZeRO stage 2 the shard's sums
+  // (grad_shard_, f32)
   const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();
   const bool zero = zero_.stage > 0;
+  MOEX_CHECK(!(gpu_master && zero), "AdamW: ZeRO-Offload steps an fp32 master on the host");
   if (offload_tiles_.empty()) {
     // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
     // tile_elements), whose moments sit at the kind's shard offset.
@@ -270,8 +277,8 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
       const std::vector<ops::AdamWSegment> segments =
           tensor_segments(model.params(), config_.weight_decay);
       const int64_t total = params.numel();
-      for (int64_t begin = 0; begin < total; begin += kOffloadTile) {
-        const FlatRange tile{begin, std::min(kOffloadTile, total - begin), 0};
+      for (int64_t begin = 0; begin < total; begin += offload_tile_) {
+        const FlatRange tile{begin, std::min(offload_tile_, total - begin), 0};
         piece_segments_.push_back(
             std::make_unique<ops::AdamWSegments>(segments_within(segments, tile), Device::cpu()));
         offload_tiles_.push_back({tile, begin, piece_segments_.back().get()});
@@ -279,8 +286,9 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     }
     int64_t most = 1;
     for (const StepPiece& t : offload_tiles_) most = std::max(most, t.range.count);
+    const DType grad_dtype = grads.defined() ? grads.dtype() : DType::kF32;
     for (int b = 0; b < 2; ++b) {
-      grad_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kF32, gpu);
+      grad_tiles_[b] = ops::staging_tensor(Shape{most}, grad_dtype, gpu);
       weight_tiles_[b] = ops::staging_tensor(Shape{most}, DType::kBF16, gpu);
     }
   }
@@ -295,11 +303,16 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     const FlatRange& t = offload_tiles_[i].range;
     ops::copy_async(piece_grads(offload_tiles_[i], grads, t.flat, t.flat + t.count),
                     grad_tiles_[i % 2].slice(0, t.count));
+    // A bf16 master's tile too; tile i - 2's upload from this buffer is queued before it.
+    if (gpu_master)
+      ops::copy_async(params.slice(t.flat, t.flat + t.count),
+                      weight_tiles_[i % 2].slice(0, t.count));
   };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
   // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped. Without ZeRO the
-  // step writes them into the tile's pinned upload buffer in its own pass over the weights (under
-  // ZeRO the whole copy goes up below, once every shard is in).
+  // step writes them into the tile's pinned upload buffer in its own pass over the fp32 master (a
+  // bf16 master is stepped in that buffer); under ZeRO the whole copy goes up below, once every
+  // shard is in.
   if (!offload_tiles_.empty()) download(0);  // a rank may own no elements of a tiny model
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i].range;
@@ -310,8 +323,8 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     if (i + 1 < offload_tiles_.size()) download(i + 1);
     start = SteadyClock::now();
     const Tensor up = zero ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
-    ops::adamw_step(params.slice(t.flat, end), up, grad_tiles_[i % 2].slice(0, t.count),
-                    exp_avg_.slice(state, state + t.count),
+    ops::adamw_step(gpu_master ? up : params.slice(t.flat, end), gpu_master ? Tensor() : up,
+                    grad_tiles_[i % 2].slice(0, t.count), exp_avg_.slice(state, state + t.count),
                     exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
     times.adam_ms += ms_since(start);
     if (!zero) ops::copy_async(up, compute.slice(t.flat, end));

@@ -48,8 +48,11 @@ struct ZeroConfig {
 
 class AdamW : public model::GradientSink {
  public:
-  // Without ZeRO: every moment of `params` on its device.
-  AdamW(const ParamBuffer& params, const OptimizerConfig& config);
+  // Without ZeRO: every moment of `params` on its device, or with `offload` (ZeRO-Offload of a GPU
+  // model) on the host, stepped in tiles of offload_tile elements (parallel.tile_elements; each
+  // tile's pinned buffers are what offload adds to the host's memory).
+  AdamW(const ParamBuffer& params, const OptimizerConfig& config, bool offload = false,
+        int64_t offload_tile = int64_t{1} << 24);
   // ZeRO stage zero.stage (1 or 2) over the model's parameters. Stage 2 needs a model that
   // streams its gradients (ModelState::stream_gradients); the caller makes this optimizer its
   // sink (Model::set_gradient_sink). With zero.shard_master it gives the model the fp32 copies
@@ -119,7 +122,8 @@ class AdamW : public model::GradientSink {
   // ZeRO-Offload: master weights and moments on the host, gradients and the bf16 copy on the GPU.
   // Tile by tile: gradients down, the CPU Adam, the updated weights up as bf16. Under ZeRO the
   // tiles are this rank's shard pieces, and the updated master weights are all-gathered over the
-  // groups on the host before the whole bf16 copy goes up.
+  // groups on the host before the whole bf16 copy goes up. A bf16 master stays on the GPU: each
+  // tile's weights come down with its gradients and go back up stepped.
   double offload_step(model::Model& model, double lr, int64_t step);
 
   OptimizerConfig config_;
@@ -187,9 +191,10 @@ class AdamW : public model::GradientSink {
   std::vector<FlatRange> tp_split_ranges_;
   dist::Communicator* tp_group_ = nullptr;
   // Offload: the tiles of the flat buffer (under ZeRO this rank's step pieces), and two pinned
-  // host buffers each for a tile's gradients (f32) and updated weights (bf16), so the copies of
-  // one tile run while the CPU steps the other.
+  // host buffers each for a tile's gradients (the gradients' dtype) and weights (bf16), so the
+  // copies of one tile run while the CPU steps the other.
   std::vector<StepPiece> offload_tiles_;
+  int64_t offload_tile_ = int64_t{1} << 24;  // without ZeRO (under ZeRO the step pieces)
   std::array<Tensor, 2> grad_tiles_, weight_tiles_;
   OffloadTimes offload_times_;
 };

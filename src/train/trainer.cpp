@@ -256,21 +256,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.shard_master || c.training.device.is_cuda(), c.source,
              ": parallel.shard_master: a CPU model's fp32 weights are what it computes with; "
              "sharding a master needs training.device \"cuda\"");
-  // bf16 gradients and master weights run on one GPU, and on GPU ranks under plain data
-  // parallelism: the ranks' gradients are summed in one all-reduce (in bf16 for bf16 gradients),
-  // and every rank steps the same replica with the same sums; the stochastic rounding's bits come
-  // from those, so the replicas stay equal (docs/gpu-model.md §bf16 master weights). Tensor and
-  // expert parallelism, ZeRO's shards and offload's tiles reduce and step fp32 state.
-  const bool plain_dp = c.training.device.is_cuda() && !c.parallel.offload && layout.tp == 1 &&
-                        layout.ep == 1 && c.parallel.zero_stage == 0;
+  // bf16 gradients and master weights run on one GPU (offloaded too: the host steps the bf16
+  // weights tile by tile), and on GPU ranks under plain data parallelism: the ranks' gradients
+  // are summed in one all-reduce (in bf16 for bf16 gradients), and every rank steps the same
+  // replica with the same sums; the stochastic rounding's bits come from those, so the replicas
+  // stay equal (docs/gpu-model.md §bf16 master weights). Tensor and expert parallelism and ZeRO's
+  // shards reduce and step fp32 state.
+  const bool plain_dp =
+      c.training.device.is_cuda() && layout.tp == 1 && layout.ep == 1 && c.parallel.zero_stage == 0;
   for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
                                      std::pair{"master_dtype", c.optimizer.master_dtype}})
     MOEX_CHECK(dtype == DType::kF32 || plain_dp, c.source, ": optimizer.", field,
                " \"bf16\" runs on GPUs under data parallelism alone (training.device \"cuda\"; no "
-               "parallel.tp, ep, zero_stage or offload); got training.device \"",
+               "parallel.tp, ep or zero_stage); got training.device \"",
                c.training.device.is_cuda() ? "cuda" : "cpu", "\", tp ", layout.tp, ", ep ",
-               layout.ep, ", zero_stage ", c.parallel.zero_stage,
-               c.parallel.offload ? ", offload" : "");
+               layout.ep, ", zero_stage ", c.parallel.zero_stage);
   check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()
@@ -354,8 +354,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.gpu_edp = ep ? gpu_edp.get() : gpu_dp.get();  // without ep, edp holds the dp ranks
   zero.tile_elements = c.parallel.tile_elements;
   zero.shard_master = shard_master;
-  AdamW optimizer =
-      zero_stage > 0 ? AdamW(model, c.optimizer, zero) : AdamW(model.params(), c.optimizer);
+  AdamW optimizer = zero_stage > 0 ? AdamW(model, c.optimizer, zero)
+                                   : AdamW(model.params(), c.optimizer, c.parallel.offload,
+                                           c.parallel.tile_elements);
   if (zero_stage == 2) model.set_gradient_sink(&optimizer);
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.

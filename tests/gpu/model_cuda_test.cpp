@@ -160,6 +160,21 @@ TEST_F(GpuModel, HfFixtureLogitsMatchTheCpu) {
 // flip) must agree per tensor within bf16 accumulation error; in the MoE model a few tokens may
 // take another expert under bf16 inputs, which moves the gradients of that layer's experts, so
 // its bound is looser, and the whole gradient must still agree within 5%.
+// A training forward (routing step `step`) and backward of m on counting batch `seed` of 8 x 64
+// tokens, from zeroed gradients: its loss; the batch goes to ids and targets.
+double train_forward_backward(model::Model& m, uint64_t seed, int step, std::vector<int32_t>* ids,
+                              std::vector<int32_t>* targets) {
+  counting_batch(8, 64, m.config().vocab_size, seed, ids, targets);
+  m.zero_grad();
+  model::ForwardOptions opt;
+  opt.training = true;
+  opt.for_backward = true;
+  opt.step = step;
+  const double loss = m.forward(ids->data(), targets->data(), 8, 64, opt).loss;
+  m.backward();
+  return loss;
+}
+
 // The losses of 50 AdamW steps (lr 3e-3, beta2 0.95, weight decay 0.1, clipping at 1) on counting
 // batches of 8 x 64 tokens, from init_weights(7).
 std::vector<double> fifty_step_losses(model::Model& m) {
@@ -173,14 +188,7 @@ std::vector<double> fifty_step_losses(model::Model& m) {
   std::vector<double> curve;
   for (int step = 0; step < 50; ++step) {
     std::vector<int32_t> ids, targets;
-    counting_batch(8, 64, m.config().vocab_size, 100 + step, &ids, &targets);
-    m.zero_grad();
-    model::ForwardOptions opt;
-    opt.training = true;
-    opt.for_backward = true;
-    opt.step = step;
-    curve.push_back(m.forward(ids.data(), targets.data(), 8, 64, opt).loss);
-    m.backward();
+    curve.push_back(train_forward_backward(m, 100 + step, step, &ids, &targets));
     adam.step(m, oc.lr, step + 1);
   }
   return curve;
@@ -421,14 +429,7 @@ TEST_F(GpuModel, OffloadStepsLikeTheGpuOptimizer) {
     std::vector<double> losses;
     for (int step = 0; step < 10; ++step) {
       std::vector<int32_t> ids, targets;
-      counting_batch(8, 64, config.vocab_size, 300 + step, &ids, &targets);
-      model::ForwardOptions opt;
-      opt.training = true;
-      opt.for_backward = true;
-      opt.step = step;
-      gpu.zero_grad();
-      gpu.forward(ids.data(), targets.data(), 8, 64, opt);
-      gpu.backward();
+      train_forward_backward(gpu, 300 + step, step, &ids, &targets);
       ops::copy(gpu.grads().flat(), offloaded.grads().flat());
       const double norm_gpu = adam_gpu.step(gpu, oc.lr, step + 1);
       const double norm_offload = adam_offload.step(offloaded, oc.lr, step + 1);
@@ -449,6 +450,59 @@ TEST_F(GpuModel, OffloadStepsLikeTheGpuOptimizer) {
       EXPECT_EQ(rel_l2(host_floats(on_host), host_floats(on_gpu)), 0.0)
           << (second ? "exp_avg_sq" : "exp_avg");
     }
+  }
+}
+
+// Offload of bf16 state (docs/parallelism.md §ZeRO-Offload): a bf16 master stays on the GPU and
+// the host steps it tile by tile (each tile's weights come down with its gradients and go back
+// up), and bf16 gradients come down as bf16. Fed the GPU optimizer's gradients, the offloaded
+// model's weights and moments equal the GPU optimizer's bit for bit (the host's loop repeats the
+// kernel's unfused operations and rounding bits), over tiles small enough that each pinned buffer
+// is reused while an upload from it may still be queued.
+TEST_F(GpuModel, OffloadedBf16StateStepsLikeTheGpuOptimizer) {
+  const ModelConfig config = small_config();
+  struct Case {
+    DType master, grads, moments;
+  };
+  for (const Case& c : {Case{DType::kBF16, DType::kBF16, DType::kBF16},
+                        Case{DType::kBF16, DType::kF32, DType::kF32},
+                        Case{DType::kF32, DType::kBF16, DType::kBF16}}) {
+    SCOPED_TRACE(std::string("master ") + dtype_name(c.master) + ", gradients " +
+                 dtype_name(c.grads) + ", moments " + dtype_name(c.moments));
+    train::OptimizerConfig oc;
+    oc.lr = 3e-3;
+    oc.weight_decay = 0.1;
+    oc.grad_clip = 1.0;
+    oc.moments_dtype = c.moments;
+    const model::ModelState state{c.master, c.grads};
+    model::Model gpu(config, Device::cuda(), nullptr, {}, false, state);
+    model::Model offloaded(config, Device::cuda(), nullptr, {}, true, state);
+    // A bf16 master stays on the GPU; an fp32 one goes to the host.
+    EXPECT_EQ(offloaded.master_on_host(), c.master == DType::kF32);
+    gpu.init_weights(7);
+    offloaded.init_weights(7);
+    const int64_t tile = 65537;
+    ASSERT_GT(gpu.params().flat().numel(), 4 * tile) << "too few tiles to reuse the buffers";
+    train::AdamW adam_gpu(gpu.params(), oc), adam_offload(offloaded.params(), oc, true, tile);
+    std::vector<double> losses;
+    for (int step = 0; step < 6; ++step) {
+      std::vector<int32_t> ids, targets;
+      train_forward_backward(gpu, 500 + step, step, &ids, &targets);
+      ops::copy(gpu.grads().flat(), offloaded.grads().flat());
+      const double norm_gpu = adam_gpu.step(gpu, oc.lr, step + 1);
+      const double norm_offload = adam_offload.step(offloaded, oc.lr, step + 1);
+      EXPECT_EQ(norm_offload, norm_gpu) << "step " << step;
+      EXPECT_EQ(widened(offloaded.params().flat()), widened(gpu.params().flat()))
+          << "weights after step " << step + 1;
+      EXPECT_EQ(widened(offloaded.compute_params().flat()), widened(gpu.compute_params().flat()))
+          << "bf16 weights after step " << step + 1;
+      losses.push_back(offloaded.forward(ids.data(), targets.data(), 8, 64, {}).loss);
+    }
+    EXPECT_LT(losses.back(), losses.front());
+    for (const bool second : {false, true})
+      EXPECT_EQ(host_floats(adam_offload.gather_moment(second)),
+                host_floats(adam_gpu.gather_moment(second)))
+          << (second ? "exp_avg_sq" : "exp_avg");
   }
 }
 

@@ -87,6 +87,61 @@ TEST(CpuAdamW, Bf16CopyHoldsTheUpdatedWeightsRounded) {
   EXPECT_GT(rounded_up, n / 4) << "rounded to nearest, not truncated";
 }
 
+// bf16 weights and gradients (ZeRO-Offload's host step of a bf16 master): the step is the fp32
+// one on the widened values, and each stored weight is that result rounded stochastically with
+// the bits the CUDA kernel uses (adam_weight_rounding_bits of the element's moment bits), with
+// fp32 and with bf16 moments; most weights move.
+TEST(CpuAdamW, Bf16WeightsStepLikeFp32AndRoundWithTheKernelsBits) {
+  const int64_t n = 50003;
+  cpu::AdamWConfig cfg;
+  cfg.lr = 3e-3;
+  cfg.weight_decay = 0.1;
+  cfg.grad_scale = 0.8;
+  const int64_t step = 4;
+  std::vector<uint16_t> p16(n), g16(n);
+  std::vector<float> p_wide(n), g_wide(n);
+  const auto p_init = random_vector<float>(n, 30, -0.05f, 0.05f);
+  const auto g_init = random_vector<float>(n, 31, -2, 2);
+  for (int64_t i = 0; i < n; ++i) {
+    p16[i] = f32_to_bf16(p_init[i]);
+    g16[i] = f32_to_bf16(g_init[i]);
+    p_wide[i] = bf16_to_f32(p16[i]);
+    g_wide[i] = bf16_to_f32(g16[i]);
+  }
+  const auto m_init = random_vector<float>(n, 32, -0.1f, 0.1f);
+  const auto v_init = random_vector<float>(n, 33, 1e-4f, 1e-2f);
+  auto check = [&](auto moment_zero) {
+    using M = decltype(moment_zero);
+    std::vector<M> m(n), v(n);
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (sizeof(M) == 2) {
+        m[i] = f32_to_bf16(m_init[i]);
+        v[i] = f32_to_bf16(v_init[i]);
+      } else {
+        m[i] = m_init[i];
+        v[i] = v_init[i];
+      }
+    }
+    std::vector<M> m_ref = m, v_ref = v;
+    std::vector<uint16_t> p = p16;
+    std::vector<float> p_ref = p_wide;
+    cpu::adamw_step(p.data(), g16.data(), m.data(), v.data(), n, step, cfg);
+    cpu::adamw_step(p_ref.data(), g_wide.data(), m_ref.data(), v_ref.data(), n, step, cfg);
+    int64_t moved = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(m[i], m_ref[i]) << i;
+      ASSERT_EQ(v[i], v_ref[i]) << i;
+      const uint32_t bits = adam_weight_rounding_bits(
+          adam_rounding_bits(g_wide[i], p_wide[i], static_cast<uint32_t>(step)));
+      ASSERT_EQ(p[i], f32_to_bf16_stochastic(p_ref[i], bits)) << i;
+      moved += p[i] != p16[i];
+    }
+    EXPECT_GT(moved, n / 2) << "the weights were not updated";
+  };
+  check(float{});
+  check(uint16_t{});
+}
+
 // Moments stored as bf16: the step computes with the fp32 moments before rounding (so the weights
 // are the fp32-moment step's), and each stored moment is one of the two bf16 values around the fp32
 // one, picked at random: about half rounded up, about a quarter not the nearest (none when rounding
