@@ -346,6 +346,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
   ParamBuffer drawn = model.init_weights(c.training.seed);
   const bool replaced = hooks && resume_dir.empty() && hooks->init_weights(model);
+  // A GPU model's host copy of its initial weights (4 bytes a parameter): only a sharded master
+  // starts from it; otherwise it goes before the optimizer makes its state (on the host under
+  // offload).
+  if (!shard_master) drawn = ParamBuffer();
   ZeroConfig zero;
   zero.stage = zero_stage;
   zero.dp = groups.dp.get();
@@ -361,7 +365,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.
   if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());
-  drawn = ParamBuffer();  // a GPU model's host copy of its initial weights
+  drawn = ParamBuffer();
   // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
   // rank takes part then.
   const bool collective_save = ep || tp || zero_stage > 0;

@@ -68,6 +68,16 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   const int profiled = 2;
   uint64_t generation0 = 0, generation1 = 0;      // buffer_generation() around the timed steps
   train::AdamW::OffloadTimes offload0, offload1;  // the same for the offload step's phases
+  // The first step's memory after each phase (GiB in use then, and the peak so far): where the
+  // peak is reached.
+  nlohmann::json memory_phases = nlohmann::json::object();
+  auto note_memory = [&](int i, const char* phase) {
+    if (i != 0) return;
+    ops::synchronize(device);
+    const ops::DeviceMemory now = ops::device_memory(device);
+    memory_phases[phase] = {{"in_use_gib", static_cast<double>(now.in_use) / (1u << 30)},
+                            {"peak_gib", static_cast<double>(now.peak) / (1u << 30)}};
+  };
   for (int i = 0; i < warmup + iters + profiled; ++i) {
     if (i == warmup) {
       generation0 = buffer_generation();
@@ -83,8 +93,11 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
     fo.checkpoint_activations = c.training.activation_checkpointing;
     fo.step = static_cast<uint64_t>(i);
     m.forward(ids.data(), targets.data(), batch, seq, fo);
+    note_memory(i, "forward");
     m.backward();
+    note_memory(i, "backward");
     opt.step(m, c.optimizer.lr, i + 1);
+    note_memory(i, "step");
     ops::synchronize(device);
     if (i >= warmup && i < warmup + iters) times.push_back(ms_since(start));
     if (i == warmup + iters - 1) {
@@ -130,6 +143,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       // the GPU's peak tensor memory; on the CPU, the process's peak resident memory
       {"peak_mem_gib", static_cast<double>(mem.peak) / (1u << 30)},
       {"state_gib", static_cast<double>(state_bytes) / (1u << 30)},
+      {"memory_phases", memory_phases},
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
       // the GPU MoE layers' kept rows, and the row scratch they share
       {"moe_kept_gib", static_cast<double>(m.moe_kept_bytes()) / (1u << 30)},
