@@ -37,8 +37,9 @@ struct ParallelConfig {
   bool cac = false;      // Communication-aware Activation Checkpointing
   // Expert tensor-slicing: each expert's hidden width split over the tp ranks (needs tp > 1).
   bool expert_slicing = false;
-  // ZeRO on GPU ranks: the fp32 master weights sharded with the moments, the model holding bf16
-  // weights (needs zero_stage > 0, training.device "cuda", no offload).
+  // ZeRO on GPU ranks: the fp32 master weights sharded with the moments (on the GPUs, or with
+  // offload on the hosts), the model holding bf16 weights (needs zero_stage > 0, training.device
+  // "cuda").
   bool shard_master = false;
 };
 

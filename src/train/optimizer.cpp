@@ -105,16 +105,21 @@ AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfi
     }
   }
   const Shape state{std::max<int64_t>(state_size, 1)};
-  exp_avg_ = zeros(state, params.flat().device(), config_.moments_dtype);
-  exp_avg_sq_ = zeros(state, params.flat().device(), config_.moments_dtype);
+  // Offload: the moments on the host (and so is an unsharded master, in the model).
+  const Device state_device = zero.offload ? Device::cpu() : params.flat().device();
+  MOEX_CHECK(!zero.offload || model.device().is_cuda(), "AdamW: offload needs a GPU model");
+  MOEX_CHECK(!zero.offload || zero.shard_master || model.master_on_host(),
+             "AdamW: ZeRO-Offload without a sharded master needs the model's master on the host");
+  exp_avg_ = zeros(state, state_device, config_.moments_dtype);
+  exp_avg_sq_ = zeros(state, state_device, config_.moments_dtype);
   MOEX_CHECK(model.streams_gradients() == (zero.stage == 2), "AdamW: ZeRO stage ", zero.stage,
              model.streams_gradients() ? " with" : " without",
              " a model that streams its gradients (stage 2 needs one, stage 1 does not)");
   if (zero.stage == 2) grad_shard_ = zeros(state, model.device());
   if (zero.shard_master) {
     MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
-               "AdamW: a sharded master and offload exclude each other");
-    master_ = zeros(state, model.device());
+               "AdamW: a sharded master needs a GPU model without a host master of its own");
+    master_ = zeros(state, state_device);
     make_fp32_copy(model);
   }
   const model::TensorParallel& tp = model.tensor_parallel();
@@ -258,16 +263,20 @@ double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
 }
 
 double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
-  // f32 on the pinned host, or a bf16 master on the GPU (it comes down and goes up tile by tile)
+  // The model's weights: an fp32 master on the pinned host, or bf16 on the GPU: a bf16 master
+  // (it comes down and goes up tile by tile), or under ZeRO the bf16 weights of a sharded master
+  // (master_, on the host).
   const Tensor& params = model.params().flat();
-  const bool gpu_master = params.device().is_cuda();
+  const bool gpu_master = params.device().is_cuda(), sharded = master_.defined();
   // GPU: the whole buffer (f32, or bf16 without ZeRO), or under ZeRO stage 2 the shard's sums
   // (grad_shard_, f32)
   const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();
   const bool zero = zero_.stage > 0;
-  MOEX_CHECK(!(gpu_master && zero), "AdamW: ZeRO-Offload steps an fp32 master on the host");
+  MOEX_CHECK(!(gpu_master && zero && !sharded),
+             "AdamW: ZeRO-Offload steps an fp32 master on the host, the model's or a sharded one");
+  const bool in_place = gpu_master && !zero;  // a bf16 master stepped in its download buffer
   if (offload_tiles_.empty()) {
     // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
     // tile_elements), whose moments sit at the kind's shard offset.
@@ -304,15 +313,15 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     ops::copy_async(piece_grads(offload_tiles_[i], grads, t.flat, t.flat + t.count),
                     grad_tiles_[i % 2].slice(0, t.count));
     // A bf16 master's tile too; tile i - 2's upload from this buffer is queued before it.
-    if (gpu_master)
+    if (in_place)
       ops::copy_async(params.slice(t.flat, t.flat + t.count),
                       weight_tiles_[i % 2].slice(0, t.count));
   };
   // Tile i: its gradients came down while tile i - 1 was stepped; tile i + 1's come down while
-  // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped. Without ZeRO the
-  // step writes them into the tile's pinned upload buffer in its own pass over the fp32 master (a
-  // bf16 master is stepped in that buffer); under ZeRO the whole copy goes up below, once every
-  // shard is in.
+  // the CPU steps tile i; its bf16 weights go up while tile i + 1 is stepped. The step writes them
+  // into the tile's pinned upload buffer in its own pass over the fp32 master, the model's or the
+  // sharded one (a bf16 master is stepped in that buffer). Under ZeRO with the model's fp32 master
+  // the whole copy goes up below instead, once every shard is in.
   if (!offload_tiles_.empty()) download(0);  // a rank may own no elements of a tiny model
   for (size_t i = 0; i < offload_tiles_.size(); ++i) {
     const FlatRange& t = offload_tiles_[i].range;
@@ -322,18 +331,27 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     times.wait_ms += ms_since(start);
     if (i + 1 < offload_tiles_.size()) download(i + 1);
     start = SteadyClock::now();
-    const Tensor up = zero ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
-    ops::adamw_step(gpu_master ? up : params.slice(t.flat, end), gpu_master ? Tensor() : up,
-                    grad_tiles_[i % 2].slice(0, t.count), exp_avg_.slice(state, state + t.count),
+    const Tensor up = zero && !sharded ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
+    const Tensor master = in_place  ? up
+                          : sharded ? master_.slice(state, state + t.count)
+                                    : params.slice(t.flat, end);
+    ops::adamw_step(master, in_place ? Tensor() : up, grad_tiles_[i % 2].slice(0, t.count),
+                    exp_avg_.slice(state, state + t.count),
                     exp_avg_sq_.slice(state, state + t.count), *offload_tiles_[i].segments, h);
     times.adam_ms += ms_since(start);
-    if (!zero) ops::copy_async(up, compute.slice(t.flat, end));
+    if (up.defined()) ops::copy_async(up, compute.slice(t.flat, end));
   }
   start = SteadyClock::now();
   ops::synchronize(gpu);
   times.wait_ms += ms_since(start);
   if (grad_shard_.defined()) ops::zero(grad_shard_);  // every tile came down
-  if (zero) {
+  if (sharded) {
+    // Every rank's bf16 shards over its groups on the GPUs, as without offload.
+    start = SteadyClock::now();
+    for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
+    refresh_fp32_copy(model);
+    times.gather_ms += ms_since(start);
+  } else if (zero) {
     start = SteadyClock::now();
     // Weights [begin, begin + n) up into the bf16 copy, cast on the host (threads) into pinned
     // tile b.

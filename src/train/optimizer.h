@@ -41,9 +41,12 @@ struct ZeroConfig {
   int64_t tile_elements = int64_t{1} << 24;  // bound of one step piece and of one collective
   // The fp32 master weights are sharded too: the optimizer keeps its shards of them, and steps the
   // model's weights (bf16 on a GPU: rounded to nearest) from those (parallel.shard_master, GPU
-  // ranks without offload). A CPU model's fp32 weights are what it computes with, so there it
-  // only adds a copy (tests).
+  // ranks). A CPU model's fp32 weights are what it computes with, so there it only adds a copy
+  // (tests).
   bool shard_master = false;
+  // ZeRO-Offload (a GPU model): the moments, and a sharded master, on the host, the step on the
+  // CPU. Without shard_master the model keeps its whole fp32 master in pinned host memory.
+  bool offload = false;
 };
 
 class AdamW : public model::GradientSink {

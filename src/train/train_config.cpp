@@ -24,10 +24,10 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   if (p.zero_stage < 0 || p.zero_stage > 2)
     par.fail("zero_stage", "must be 0, 1 or 2 (stage 3 is not built)");
   if (p.tile_elements < 1) par.fail("tile_elements", "must be >= 1");
-  if (p.shard_master && (p.zero_stage == 0 || p.offload))
+  if (p.shard_master && p.zero_stage == 0)
     par.fail("shard_master",
-             "needs parallel.zero_stage 1 or 2 and no offload (it shards ZeRO's "
-             "fp32 master on the GPUs)");
+             "needs parallel.zero_stage 1 or 2 (it shards ZeRO's fp32 master, on the GPUs or "
+             "with offload on the hosts)");
   // CAC changes what a checkpointed recompute exchanges: without either there is nothing to keep.
   if (p.cac && !activation_checkpointing)
     par.fail("cac", "needs training.activation_checkpointing");

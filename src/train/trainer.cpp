@@ -358,6 +358,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.gpu_edp = ep ? gpu_edp.get() : gpu_dp.get();  // without ep, edp holds the dp ranks
   zero.tile_elements = c.parallel.tile_elements;
   zero.shard_master = shard_master;
+  zero.offload = c.parallel.offload;
   AdamW optimizer = zero_stage > 0 ? AdamW(model, c.optimizer, zero)
                                    : AdamW(model.params(), c.optimizer, c.parallel.offload,
                                            c.parallel.tile_elements);

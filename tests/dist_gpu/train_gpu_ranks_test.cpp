@@ -265,7 +265,8 @@ TEST(GpuZero, ShardedMasterEqualsTheSingleProcessRun) {
 }
 
 // ZeRO-Offload over the ranks: each rank steps its shards of the master weights and moments on
-// the host (stages 1 and 2; stage 2 with ep too), the reference on the GPU. The host's AdamW gives
+// the host (stages 1 and 2; stage 2 with ep too; each with the master sharded too), the reference
+// on the GPU. The host's AdamW gives
 // the GPU kernel's bits (on the H200 the dp runs ended with every weight and moment equal), but
 // under ep the experts' gradients differ in their last bits (1e-8), and a bf16 weight that rounds
 // the other way can move a token across a routing tie: the ep run routes every token to every
@@ -280,6 +281,15 @@ TEST(GpuZero, OffloadedStagesEqualTheSingleProcessRun) {
   Layout ep{1, w, true, 2};
   ep.offload = true;
   ep.all_experts = true;
+  check_equals_single_process(ep);
+  // parallel.shard_master: each rank's host keeps only its shard of the fp32 master; the model's
+  // bf16 weights are all-gathered on the GPUs.
+  for (const int stage : {1, 2}) {
+    Layout l{1, 1, false, stage};
+    l.offload = l.shard_master = l.all_experts = true;
+    check_equals_single_process(l);
+  }
+  ep.shard_master = true;
   check_equals_single_process(ep);
 }
 
