@@ -118,18 +118,6 @@ int64_t ZeroPartition::comm_tile() const {
   return std::max<int64_t>(1, tile_ / group_->size());
 }
 
-void ZeroPartition::reduce_scatter(const Tensor& flat) const {
-  const int g = group_->size(), rank = group_->rank();
-  if (g == 1) return;
-  const int64_t len = comm_tile();
-  const Tensor send = staging(g * len, flat), recv = staging(len, flat);  // [g, len], [len]
-  for_each_tile([&](const Bucket& b, int64_t t, int64_t n) {
-    for (int p = 0; p < g; ++p) pack(flat, 0, b, p, t, n, send.slice(p * n, (p + 1) * n));
-    reduce_scatter_sum(send.slice(0, g * n), recv.slice(0, n));
-    unpack(recv, b, rank, t, n, flat);
-  });
-}
-
 void ZeroPartition::reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
                                           const Tensor& shard) const {
   const Bucket& b = buckets_.at(static_cast<size_t>(bucket));

@@ -49,9 +49,6 @@ class ZeroPartition {
   dist::Communicator& group() const { return *group_; }
 
   // The buffers are f32 tensors on one device (all_gather's may be bf16 on a GPU).
-  // flat: the rank's gradient buffer [total]. Afterwards this rank's shard holds the sum over the
-  // group; the rest of the buffer is left as it was (not summed).
-  void reduce_scatter(const Tensor& flat) const;
   // grads: bucket b's part of a flat gradient buffer, from flat element `flat_begin` on (a model's
   // streamed bucket). shard [S] += this rank's slice of the bucket summed over the group.
   void reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,

@@ -67,21 +67,6 @@ TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
   for (int64_t i = 0; i < kFlat; ++i) EXPECT_EQ(marks[i], domain_pos(i) >= 0 ? 1 : 0) << i;
 }
 
-TEST(ZeroPartition, ReduceScatterSumsOnlyThisRanksShard) {
-  dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kBuckets, world, kPartTile);
-  const int64_t g = world.size(), rank = world.rank();
-  std::vector<float> flat(kFlat);
-  for (int64_t i = 0; i < kFlat; ++i) flat[i] = static_cast<float>((rank + 1) * (i + 1));
-  part.reduce_scatter(host(flat));
-  const float all_ranks = static_cast<float>(g * (g + 1) / 2);
-  for (int64_t i = 0; i < kFlat; ++i) {
-    const int64_t d = domain_pos(i);
-    const bool mine = d >= 0 && place(d, g).owner == rank;
-    EXPECT_EQ(flat[i], (mine ? all_ranks : rank + 1) * static_cast<float>(i + 1)) << i;
-  }
-}
-
 // A streamed bucket: its gradients in a buffer of their own that starts at a flat offset. The
 // group's sums of this rank's slice are added to what the shard held; the other bucket's places
 // and the padding stay as they were.
