@@ -539,5 +539,18 @@ TEST(GpuFourRanks, TensorTimesExpertParallelWithAndWithoutDtd) {
   EXPECT_GT(sliced.exchange.slice_reduce_bytes, 0);
 }
 
+// parallel.shard_master under tensor parallelism: tp 2 x dp 2, ZeRO stage 2 with the fp32 master
+// sharded over dp (each tp rank's parts), on the GPUs and offloaded to the hosts.
+TEST(GpuFourRanks, ShardedMasterUnderTensorParallelism) {
+  ASSERT_EQ(dist::Communicator::world().size(), 4)
+      << "run the GpuFourRanks tests with mpirun -np 4";
+  for (const bool offload : {false, true}) {
+    Layout layout{2, 1, true, 2};
+    layout.all_experts = layout.shard_master = true;
+    layout.offload = offload;
+    check_equals_single_process(layout);
+  }
+}
+
 }  // namespace
 }  // namespace moex::train
