@@ -207,7 +207,7 @@ ParamBuffer ParamBuffer::copy_to(Device device) const {
   return out;
 }
 
-ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
+ParamBuffer ParamBuffer::layout() const {
   ParamBuffer out;
   out.names_ = names_;
   out.shapes_ = shapes_;
@@ -215,6 +215,11 @@ ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
   out.split_blocks_ = split_blocks_;
   out.offsets_ = offsets_;
   out.total_ = total_;
+  return out;
+}
+
+ParamBuffer ParamBuffer::like(DType dtype, Device device) const {
+  ParamBuffer out = layout();
   out.allocate(dtype, device);
   return out;
 }

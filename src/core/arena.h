@@ -108,6 +108,8 @@ class ParamBuffer {
   ParamBuffer copy_to(Device device) const;
   // The same layout, allocated on `device` (zeros on the CPU, uninitialized elsewhere).
   ParamBuffer like(DType dtype, Device device) const;
+  // The same layout, unallocated (for bind_range).
+  ParamBuffer layout() const;
 
   int size() const { return static_cast<int>(names_.size()); }
   const std::string& name(int i) const { return names_.at(i); }

@@ -196,26 +196,58 @@ void Model::store_host_params(const ParamBuffer& host) {
   weights_changed();
 }
 
-ParamBuffer Model::init_weights(uint64_t seed) {
+void Model::draw_bucket(size_t bucket, uint64_t seed) {
+  // Every number comes from a Philox stream at a fixed offset, so the buckets may be drawn in any
+  // order, whole or one at a time. One stream: the embedding, the learned positions, the LM head.
+  // Under tp each rank draws the numbers of its vocabulary rows.
+  const int64_t d = config_.hidden_size, v = config_.vocab_size, l = config_.max_seq_len;
+  const int vocab_split = tp_.active() ? 0 : -1;
+  const float std = config_.init_std;
+  if (bucket == 0) {
+    fill_normal_part(embed_.w, v, d, vocab_split, tp_, std, seed, 0, 0);
+    if (pos_) fill_normal_part(pos_.w, l, d, -1, tp_, std, seed, 0, v * d);
+  } else if (bucket == buckets_.size() - 1) {
+    if (!config_.tie_embeddings)
+      fill_normal_part(head_.w, v, d, vocab_split, tp_, std, seed, 0, v * d + (pos_ ? l * d : 0));
+    final_norm_->init();
+  } else {
+    // Each block draws from its own Philox streams; the large fills are parallel inside
+    // (fill_normal).
+    blocks_.at(bucket - 1)->init(seed);
+  }
+}
+
+ParamBuffer Model::init_weights(uint64_t seed, bool keep_drawn) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
+  if (!keep_drawn && own_fp32_at_.empty()) {
+    // One bucket at a time through a host window, each copied into its place (cast to the
+    // master's dtype).
+    int64_t window_size = 1;
+    for (const EntryRange& r : buckets_)
+      window_size = std::max(window_size, master_.range_elements(r.first, r.last));
+    const Tensor window = Tensor::empty(Shape{window_size}, DType::kF32, Device::cpu());
+    // Every bucket's entries are views of the window (as streamed gradients share theirs); only
+    // the bucket being drawn is written.
+    ParamBuffer host = master_.layout();
+    for (const EntryRange& r : buckets_) host.bind_range(r.first, r.last, window);
+    bind_all({host, host, host});
+    for (size_t b = 0; b < buckets_.size(); ++b) {
+      const EntryRange& r = buckets_[b];
+      const int64_t begin = master_.offset(r.first), n = master_.range_elements(r.first, r.last);
+      std::fill(window.data<float>(), window.data<float>() + n, 0.0f);
+      draw_bucket(b, seed);
+      ops::copy(window.slice(0, n), master_.flat().slice(begin, begin + n));
+    }
+    bind_all(own_views());
+    weights_changed();
+    return ParamBuffer();
+  }
   const ParamBuffer host = master_on_host() ? master_ : master_.like(DType::kF32, Device::cpu());
   if (device_.is_cuda()) bind_all({host, host, host});
   float* flat = host.flat().data<float>();
   std::fill(flat, flat + host.flat().numel(), 0.0f);
-  // One stream: the embedding, the learned positions, the LM head. Under tp each rank draws the
-  // numbers of its vocabulary rows.
-  const int64_t d = config_.hidden_size, v = config_.vocab_size, l = config_.max_seq_len;
-  const int vocab_split = tp_.active() ? 0 : -1;
-  const float std = config_.init_std;
-  fill_normal_part(embed_.w, v, d, vocab_split, tp_, std, seed, 0, 0);
-  if (pos_) fill_normal_part(pos_.w, l, d, -1, tp_, std, seed, 0, v * d);
-  if (!config_.tie_embeddings)
-    fill_normal_part(head_.w, v, d, vocab_split, tp_, std, seed, 0, v * d + (pos_ ? l * d : 0));
-  // Each block draws from its own Philox streams; the large fills are parallel inside
-  // (fill_normal).
-  for (auto& block : blocks_) block->init(seed);
-  final_norm_->init();
+  for (size_t b = 0; b < buckets_.size(); ++b) draw_bucket(b, seed);
   if (device_.is_cuda()) {
     bind_all(own_views());
     store_host_params(host);

@@ -139,8 +139,11 @@ class Model {
   void store_host_params(const ParamBuffer& host);
 
   // Draws every weight; returns them as drawn, fp32 on the host (the buffer itself on the CPU),
-  // before a bf16 master rounds them.
-  ParamBuffer init_weights(uint64_t seed);
+  // before a bf16 master rounds them. keep_drawn false: the weights are drawn one gradient bucket
+  // (embedding, block, head) at a time through a host window the size of the largest and copied
+  // over, so the host never holds the whole model (4 bytes a parameter), and nothing is returned;
+  // the weights are the same.
+  ParamBuffer init_weights(uint64_t seed, bool keep_drawn = true);
   // Starts a step's gradients: the next backward writes each entry over its stale contents
   // instead of adding (no memset; model/gradient_writes.h). A no-op for an inference model.
   void zero_grad();
@@ -269,6 +272,8 @@ class Model {
   void bind_all(const ParamViews& views);
   // The views of this model's own buffers (gradient views undefined for an inference model).
   ParamViews own_views();
+  // Draws gradient bucket `bucket`'s weights (init_weights) into the bound views.
+  void draw_bucket(size_t bucket, uint64_t seed);
   // x [B*T, d] = token embeddings (+ learned positions from start_pos).
   void embed(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t start_pos,
              const Tensor& x);

@@ -344,12 +344,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                      model::ModelState{shard_master ? DType::kBF16 : c.optimizer.master_dtype,
                                        c.optimizer.grads_dtype, true, zero_stage == 2});
   if (gpu_ep) model.set_device_expert_group(gpu_ep.get());
-  ParamBuffer drawn = model.init_weights(c.training.seed);
+  // Only a sharded master starts from the weights as drawn (fp32, before rounding): otherwise a
+  // GPU model's host never holds the whole model (4 bytes a parameter) while they are drawn.
+  ParamBuffer drawn = model.init_weights(c.training.seed, shard_master);
   const bool replaced = hooks && resume_dir.empty() && hooks->init_weights(model);
-  // A GPU model's host copy of its initial weights (4 bytes a parameter): only a sharded master
-  // starts from it; otherwise it goes before the optimizer makes its state (on the host under
-  // offload).
-  if (!shard_master) drawn = ParamBuffer();
   ZeroConfig zero;
   zero.stage = zero_stage;
   zero.dp = groups.dp.get();

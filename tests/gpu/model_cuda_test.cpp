@@ -506,6 +506,21 @@ TEST_F(GpuModel, OffloadedBf16StateStepsLikeTheGpuOptimizer) {
   }
 }
 
+// init_weights(seed, keep_drawn = false) draws through a host window a bucket at a time: the GPU
+// weights equal the whole draw's, for an fp32 master and its bf16 copy and for a bf16 master.
+TEST_F(GpuModel, WindowedInitDrawsTheWholeBuffersWeights) {
+  for (const DType master : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(std::string("master ") + dtype_name(master));
+    const model::ModelState state{master, DType::kF32};
+    model::Model whole(small_config(), Device::cuda(), nullptr, {}, false, state);
+    model::Model windowed(small_config(), Device::cuda(), nullptr, {}, false, state);
+    whole.init_weights(7);
+    windowed.init_weights(7, false);
+    EXPECT_EQ(widened(windowed.params().flat()), widened(whole.params().flat()));
+    EXPECT_EQ(widened(windowed.compute_params().flat()), widened(whole.compute_params().flat()));
+  }
+}
+
 TEST_F(GpuModel, KVCacheDecodeMatchesFullForward) {
   const ModelConfig config = small_config();
   model::Model m(config, Device::cuda());

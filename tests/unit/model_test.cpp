@@ -349,6 +349,27 @@ TEST(Model, StreamedGradientsAreTheBufferedOnes) {
   }
 }
 
+// init_weights(seed, keep_drawn = false) draws one gradient bucket at a time through a host
+// window: the weights are the whole buffer's draw, bit for bit (tied head, learned positions and
+// LayerNorm biases included), and nothing is returned.
+TEST(Model, WindowedInitDrawsTheWholeBuffersWeights) {
+  std::vector<ModelConfig> configs = {tiny_config(""), tiny_config("", /*learned=*/true)};
+  configs[0].tie_embeddings = true;
+  for (const ModelConfig& config : configs) {
+    Model whole(config), windowed(config);
+    const ParamBuffer drawn = whole.init_weights(7);
+    EXPECT_TRUE(windowed.init_weights(7, false).flat().defined() == false);
+    const Tensor& a = whole.params().flat();
+    const Tensor& b = windowed.params().flat();
+    ASSERT_EQ(a.numel(), b.numel());
+    EXPECT_EQ(std::vector<float>(a.data<float>(), a.data<float>() + a.numel()),
+              std::vector<float>(b.data<float>(), b.data<float>() + b.numel()));
+    EXPECT_EQ(drawn.flat().raw_data(), a.raw_data()) << "a CPU model's drawn buffer is its own";
+    // The draw is not all zeros: the embedding and a block's weights moved.
+    EXPECT_NE(b.data<float>()[0], 0.0f);
+  }
+}
+
 // bf16 gradients and master weights (optimizer.grads_dtype, master_dtype) are built for one GPU:
 // a CPU model refuses each by name. The GPU side: tests/gpu/model_cuda_test.cpp
 // Bf16GradientsAreTheFp32GradientsRounded, Bf16MasterWeightsLoadSaveAndTrain.

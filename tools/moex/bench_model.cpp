@@ -55,7 +55,7 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
   MOEX_CHECK(!offload || device.is_cuda(), "--offload needs --device cuda");
   model::Model m(c.model, device, nullptr, {}, offload,
                  model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
-  m.init_weights(1);
+  m.init_weights(1, false);
   train::AdamW opt(m.params(), c.optimizer, offload, c.parallel.tile_elements);
   // Weights, gradients and moments: what the GPU holds before the first step (on the CPU the
   // process's resident memory then).
