@@ -18,6 +18,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "dist/communicator.h"
@@ -39,8 +40,8 @@ struct ParallelConfig {
   bool expert_slicing = false;
   // ZeRO on GPU ranks: the fp32 master weights sharded with the moments (on the GPUs, or with
   // offload on the hosts), the model holding bf16 weights (needs zero_stage > 0, training.device
-  // "cuda").
-  bool shard_master = false;
+  // "cuda"). Unset: on exactly then (train::shards_master).
+  std::optional<bool> shard_master;
 };
 
 struct ParallelLayout {

@@ -18,13 +18,13 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   p.dtd = par.get_bool("dtd", false);
   p.cac = par.get_bool("cac", false);
   p.expert_slicing = par.get_bool("expert_slicing", false);
-  p.shard_master = par.get_bool("shard_master", false);
+  if (par.has("shard_master")) p.shard_master = par.get_bool("shard_master", false);
   if (p.tp < 1) par.fail("tp", "must be >= 1");
   if (p.ep < 1) par.fail("ep", "must be >= 1");
   if (p.zero_stage < 0 || p.zero_stage > 2)
     par.fail("zero_stage", "must be 0, 1 or 2 (stage 3 is not built)");
   if (p.tile_elements < 1) par.fail("tile_elements", "must be >= 1");
-  if (p.shard_master && p.zero_stage == 0)
+  if (p.shard_master.value_or(false) && p.zero_stage == 0)
     par.fail("shard_master",
              "needs parallel.zero_stage 1 or 2 (it shards ZeRO's fp32 master, on the GPUs or "
              "with offload on the hosts)");

@@ -242,6 +242,10 @@ nlohmann::json run_settings(const TrainConfig& c, const std::string& resume_dir,
 
 }  // namespace
 
+bool shards_master(const TrainConfig& c) {
+  return c.parallel.shard_master.value_or(c.training.device.is_cuda() && c.parallel.zero_stage > 0);
+}
+
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
                          dist::Communicator* group, TrainHooks* hooks) {
   if (c.training.num_threads > 0) omp_set_num_threads(c.training.num_threads);
@@ -253,7 +257,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.offload || c.training.device.is_cuda(), c.source,
              ": parallel.offload: ZeRO-Offload moves GPU state to the host; it needs "
              "training.device \"cuda\"");
-  MOEX_CHECK(!c.parallel.shard_master || c.training.device.is_cuda(), c.source,
+  MOEX_CHECK(!c.parallel.shard_master.value_or(false) || c.training.device.is_cuda(), c.source,
              ": parallel.shard_master: a CPU model's fp32 weights are what it computes with; "
              "sharding a master needs training.device \"cuda\"");
   // bf16 gradients and master weights run on one GPU (offloaded too: the host steps the bf16
@@ -338,7 +342,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // its shard's sums. parallel.shard_master: the fp32 master weights are sharded too, the
   // optimizer keeping its shard of them and the model only the bf16 weights the kernels read
   // (docs/parallelism.md §ZeRO).
-  const bool shard_master = c.parallel.shard_master;
+  const bool shard_master = shards_master(c);
   model::Model model(c.model, device, ep ? groups.ep.get() : nullptr, tensor_parallel,
                      c.parallel.offload,
                      model::ModelState{shard_master ? DType::kBF16 : c.optimizer.master_dtype,

@@ -57,6 +57,10 @@ class TrainHooks {
 // trains alone even under mpirun), divided as config.parallel says (docs/parallelism.md).
 // `hooks`: a training variant (null: plain LM training); with hooks the metrics carry "lm_loss"
 // and "kd_loss" (see LossResult) and "loss" is the objective lm_loss + weighted kd.
+// parallel.shard_master as given or, unset, on for GPU ranks under ZeRO: the fp32 master then
+// lives sharded with the moments and the model holds bf16 weights (docs/parallelism.md §ZeRO).
+bool shards_master(const TrainConfig& config);
+
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,
                          int64_t stop_after = 0, dist::Communicator* group = nullptr,
                          TrainHooks* hooks = nullptr);

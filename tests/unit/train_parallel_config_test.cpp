@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <optional>
 
 #include "core/error.h"
 #include "train/train_config.h"
+#include "train/trainer.h"
 #include "train_fixture.h"
 
 namespace moex::train {
@@ -51,7 +53,23 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
   EXPECT_EQ(c.parallel.zero_stage, 0);
   EXPECT_EQ(c.parallel.tile_elements, int64_t{1} << 24);
   EXPECT_FALSE(c.parallel.offload || c.parallel.dtd || c.parallel.cac ||
-               c.parallel.expert_slicing || c.parallel.shard_master);
+               c.parallel.expert_slicing || c.parallel.shard_master.has_value());
+  EXPECT_FALSE(shards_master(c));
+}
+
+// parallel.shard_master unset: on for GPU ranks under ZeRO (training.device or --device), off on
+// the CPU and without ZeRO; a given value stands.
+TEST_F(ParallelConfigTest, MasterIsShardedByDefaultOnGpuRanksUnderZero) {
+  TrainConfig c = TrainConfig::from_file(config_with(R"({"zero_stage": 2})").string());
+  EXPECT_FALSE(shards_master(c));  // the CPU
+  c.training.device = Device::cuda();
+  EXPECT_TRUE(shards_master(c));
+  c.parallel.zero_stage = 0;
+  EXPECT_FALSE(shards_master(c));
+  TrainConfig off =
+      TrainConfig::from_file(config_with(R"({"zero_stage": 1, "shard_master": false})").string());
+  off.training.device = Device::cuda();
+  EXPECT_FALSE(shards_master(off));
 }
 
 TEST_F(ParallelConfigTest, ReadsEveryField) {
@@ -67,7 +85,7 @@ TEST_F(ParallelConfigTest, ReadsEveryField) {
   EXPECT_TRUE(c.parallel.offload && c.parallel.dtd && c.parallel.cac && c.parallel.expert_slicing);
   const TrainConfig sharded =
       TrainConfig::from_file(config_with(R"({"zero_stage": 1, "shard_master": true})").string());
-  EXPECT_TRUE(sharded.parallel.shard_master);
+  EXPECT_EQ(sharded.parallel.shard_master, std::optional<bool>(true));
 }
 
 TEST_F(ParallelConfigTest, ExpertsNotDivisibleByEpIsAnError) {
