@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -491,15 +492,19 @@ void fill_uniform(const Tensor& t, uint64_t seed, uint64_t stream, double bound,
                   int64_t first = 0) {
   if (!t.defined()) return;
   const int64_t n = t.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    const double v =
-        bound * (2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(first + i)) - 1.0);
-    if (t.dtype() == DType::kF64) {
-      t.data<double>()[i] = v;
-    } else {
-      t.data<float>()[i] = static_cast<float>(v);
-    }
-  }
+  // Each element is its own counter's draw, so the threads' chunks give the serial numbers (a
+  // model's experts are billions of them).
+  auto fill = [&](auto* p) {
+    using T = std::remove_pointer_t<decltype(p)>;
+#pragma omp parallel for schedule(static) if (n >= (int64_t{1} << 16))
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = static_cast<T>(
+          bound * (2.0 * philox_uniform(seed, stream, static_cast<uint64_t>(first + i)) - 1.0));
+  };
+  if (t.dtype() == DType::kF64)
+    fill(t.data<double>());
+  else
+    fill(t.data<float>());
   t.mark_written();
 }
 
