@@ -87,9 +87,14 @@ struct Layout {
   size_t data_bytes = 0;
 };
 
+// The dtype a tensor is written in: its own, or F32 for BF16 under widen_bf16.
+DType stored_dtype(const Tensor& t, bool widen_bf16) {
+  return widen_bf16 && t.dtype() == DType::kBF16 ? DType::kF32 : t.dtype();
+}
+
 Layout plan_layout(const std::map<std::string, Tensor>& tensors,
                    const std::map<std::string, std::string>& metadata,
-                   const std::set<std::string>& bool_tensors) {
+                   const std::set<std::string>& bool_tensors, bool widen_bf16) {
   Layout layout;
   for (const auto& [name, t] : tensors) {
     MOEX_CHECK(name != "__metadata__", "a tensor cannot be named __metadata__");
@@ -111,8 +116,8 @@ Layout plan_layout(const std::map<std::string, Tensor>& tensors,
     return kRank.at(dtype);
   };
   std::sort(layout.order.begin(), layout.order.end(), [&](const auto& a, const auto& b) {
-    const int ra = rank(st_name(a.first, a.second.dtype()));
-    const int rb = rank(st_name(b.first, b.second.dtype()));
+    const int ra = rank(st_name(a.first, stored_dtype(a.second, widen_bf16)));
+    const int rb = rank(st_name(b.first, stored_dtype(b.second, widen_bf16)));
     return ra != rb ? ra > rb : a.first < b.first;
   });
   // Keys in layout order, metadata first, as the reference writes them.
@@ -120,12 +125,13 @@ Layout plan_layout(const std::map<std::string, Tensor>& tensors,
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
   for (const auto& [name, t] : layout.order) {
-    const std::string dtype = st_name(name, t.dtype());
+    const DType stored = stored_dtype(t, widen_bf16);
+    const std::string dtype = st_name(name, stored);
     nlohmann::ordered_json shape = nlohmann::ordered_json::array();
     for (int i = 0; i < t.ndim(); ++i) shape.push_back(t.dim(i));
-    header[name] = {
-        {"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + t.nbytes()}}};
-    offset += t.nbytes();
+    const size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(stored);
+    header[name] = {{"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
   }
   layout.data_bytes = offset;
   layout.header = header.dump();
@@ -290,13 +296,15 @@ Tensor SafetensorsFile::weight_f32(const std::string& name) const {
 
 size_t safetensors_file_size(const std::map<std::string, Tensor>& tensors,
                              const SafetensorsSaveOptions& options) {
-  const Layout layout = plan_layout(tensors, options.metadata, options.bool_tensors);
+  const Layout layout =
+      plan_layout(tensors, options.metadata, options.bool_tensors, options.widen_bf16);
   return 8 + layout.header.size() + layout.data_bytes;
 }
 
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const SafetensorsSaveOptions& options) {
-  const Layout layout = plan_layout(tensors, options.metadata, options.bool_tensors);
+  const Layout layout =
+      plan_layout(tensors, options.metadata, options.bool_tensors, options.widen_bf16);
   const size_t total = 8 + layout.header.size() + layout.data_bytes;
   AtomicFile out(path);
   uint8_t len[8];
@@ -305,11 +313,15 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
   out.write(layout.header);
   for (const auto& [name, t] : layout.order) {
     if (t.nbytes() > 0) {
-      if (t.device().is_cpu()) {
-        out.write(t.raw_data(), t.nbytes());
-      } else {
-        const Tensor host = t.to(Device::cpu());
+      // One tensor at a time on the host: a device tensor's copy, a widened bf16 one's f32 values.
+      const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
+      if (stored_dtype(t, options.widen_bf16) == t.dtype()) {
         out.write(host.raw_data(), host.nbytes());
+      } else {
+        std::vector<float> wide(static_cast<size_t>(host.numel()));
+        const uint16_t* bits = static_cast<const uint16_t*>(host.raw_data());
+        for (size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_to_f32(bits[i]);
+        out.write(wide.data(), wide.size() * sizeof(float));
       }
     }
     if (options.progress) options.progress(out.bytes_written(), total);

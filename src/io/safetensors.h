@@ -75,6 +75,9 @@ using SaveProgressFn = std::function<void(size_t bytes_written, size_t total_byt
 struct SafetensorsSaveOptions {
   std::map<std::string, std::string> metadata;  // "__metadata__"
   std::set<std::string> bool_tensors;           // U8 tensors written with dtype BOOL
+  // BF16 tensors written as F32 (exactly), one tensor at a time: a checkpoint of bf16 state
+  // without an fp32 copy of the whole state.
+  bool widen_bf16 = false;
   SaveProgressFn progress;
 };
 

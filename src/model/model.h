@@ -124,6 +124,8 @@ class Model {
   // Bytes of gradient storage the model holds (the whole buffer, or the streamed buckets').
   int64_t gradient_bytes() const;
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
+  // An inference model's fp32 routers beside its bf16 weights (host_params merges them in).
+  bool keeps_fp32_copies() const { return !own_fp32_at_.empty(); }
   // What the kernels read: params() itself on the CPU and for a bf16 master, else its bf16 copy
   // on CUDA.
   const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }

@@ -62,6 +62,11 @@ Shape whole_shape(const Model& model, int index) {
   return whole;
 }
 
+bool needs_gathering(const Model& model) {
+  return model.tensor_parallel().active() ||
+         (model.expert_group() != nullptr && model.expert_group()->size() > 1);
+}
+
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
   const ParamBuffer& params = model.params();
   dist::Communicator* group = model.expert_group();
@@ -115,18 +120,29 @@ Tensor local_part(const Model& model, int index, const Tensor& full, const std::
 
 void save_model(const Model& model, const std::string& model_json, const std::string& dir,
                 bool write, const Tensor& weights) {
-  const Tensor host = weights.defined() ? weights : model.host_params().flat();
-  MOEX_CHECK(host.numel() == model.params().total_elements() && host.dtype() == DType::kF32 &&
-                 host.device().is_cpu(),
-             "save_model: the weights must be the buffer's fp32 layout on the host");
-  const std::map<std::string, Tensor> tensors = gather_named_tensors(model, host);
+  // Without tensors to gather over ranks, the model's own buffer is written where it is, a tensor
+  // at a time (bf16 widened): no host copy of the whole model. An inference model's fp32 routers
+  // live beside it, so it goes through host_params like a split model.
+  const bool in_place = !needs_gathering(model) && !model.keeps_fp32_copies();
+  const Tensor flat = weights.defined() ? weights
+                      : in_place        ? model.params().flat()
+                                        : model.host_params().flat();
+  MOEX_CHECK(flat.numel() == model.params().total_elements() &&
+                 (flat.dtype() == DType::kF32 ||
+                  (flat.dtype() == DType::kBF16 && !needs_gathering(model))) &&
+                 (flat.device().is_cpu() || !needs_gathering(model)),
+             "save_model: the weights must be the buffer's layout, fp32 on the host when tensor "
+             "or expert parallelism gathers them");
+  const std::map<std::string, Tensor> tensors = gather_named_tensors(model, flat);
   if (!write) return;
   nlohmann::json config;
   config["model_type"] = "moex";
   config["architectures"] = {"MoexForCausalLM"};
   config["moex_model"] = nlohmann::json::parse(model_json);
   io::write_file_atomic(dir + "/config.json", config.dump(2) + "\n");
-  io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors);
+  io::SafetensorsSaveOptions options;
+  options.widen_bf16 = true;  // checkpoints hold fp32 (docs/gpu-model.md §bf16 master weights)
+  io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors, options);
 }
 
 ParamBuffer load_weights(Model& model, const std::string& checkpoint_path) {

@@ -14,11 +14,14 @@ namespace moex::train {
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
                      const std::string& tokenizer_path, bool write) {
-  // Moments on the host (copies of a GPU model's), saved under each parameter's name; the
-  // gathers (collective under ep and ZeRO) run before anything is written.
+  // Moments saved under each parameter's name, fp32 whatever the optimizer keeps. Where nothing
+  // is sharded or split they are the optimizer's own buffers, written a tensor at a time (bf16
+  // widened); otherwise gathered into fp32 host copies first (collective under ep, tp and ZeRO,
+  // before anything is written).
   std::map<std::string, Tensor> moments;
   for (const bool second : {false, true}) {
-    const Tensor m = optimizer.gather_moment(second);
+    Tensor m = model::needs_gathering(model) ? Tensor() : optimizer.moment_in_place(second);
+    if (!m.defined()) m = optimizer.gather_moment(second);
     for (auto& [name, t] : model::gather_named_tensors(model, m))
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
   }
@@ -28,7 +31,9 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
   if (write) out = std::make_unique<io::AtomicDirectory>(dir);
   model::save_model(model, model_json, write ? out->temp_path() : "", write, master);
   if (!write) return;
-  io::save_safetensors(out->temp_path() + "/optimizer.safetensors", moments);
+  io::SafetensorsSaveOptions options;
+  options.widen_bf16 = true;
+  io::save_safetensors(out->temp_path() + "/optimizer.safetensors", moments, options);
   nlohmann::json js;
   js["step"] = state.step;
   js["data_state"] = nlohmann::json::parse(state.data_state);

@@ -87,6 +87,11 @@ class AdamW : public model::GradientSink {
   // A moment (second: exp_avg_sq) on the host in the buffer's layout [total]; under ZeRO the
   // shards are gathered over their groups (every rank must call it).
   Tensor gather_moment(bool second) const;
+  // Without ZeRO: the moment as kept ([total] in the buffer's layout, on its device, fp32 or bf16)
+  // for writing in place; undefined under ZeRO (gather_moment then).
+  Tensor moment_in_place(bool second) const {
+    return zero_.stage == 0 ? (second ? exp_avg_sq_ : exp_avg_) : Tensor();
+  }
   // Sets a moment from the host [total] in the buffer's layout (this rank's shards under ZeRO).
   void load_moment(bool second, const Tensor& flat);
   // ZeroConfig::shard_master: the master weights gathered over the groups, fp32 on the host

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/dtype.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 
@@ -111,6 +112,32 @@ TEST(Safetensors, RoundTripEveryDType) {
   uint64_t header_len = 0;
   std::memcpy(&header_len, raw.data(), 8);
   EXPECT_EQ((8 + header_len) % 8, 0u);
+}
+
+// widen_bf16: BF16 tensors are written as F32 one at a time; the file is byte for byte the one
+// written from the widened tensors (the layout orders them among the F32 ones), other dtypes
+// unchanged, and safetensors_file_size agrees.
+TEST(Safetensors, WidenBf16WritesTheWidenedTensorsFile) {
+  const std::string dir = temp_dir("widen");
+  Tensor bf16 = Tensor::empty(Shape{3, 5}, DType::kBF16);
+  for (int64_t i = 0; i < bf16.numel(); ++i)
+    static_cast<uint16_t*>(bf16.raw_data())[i] = f32_to_bf16(0.37f * static_cast<float>(i - 6));
+  Tensor wide = Tensor::empty(Shape{3, 5}, DType::kF32);
+  for (int64_t i = 0; i < bf16.numel(); ++i)
+    wide.data<float>()[i] = bf16_to_f32(static_cast<const uint16_t*>(bf16.raw_data())[i]);
+  const Tensor f32 = filled(Shape{4}, DType::kF32, 3), i32 = filled(Shape{2, 2}, DType::kI32, 4);
+  SafetensorsSaveOptions widen;
+  widen.widen_bf16 = true;
+  save_safetensors(dir + "/streamed.safetensors", {{"a.f32", f32}, {"b.bf16", bf16}, {"c", i32}},
+                   widen);
+  save_safetensors(dir + "/widened.safetensors", {{"a.f32", f32}, {"b.bf16", wide}, {"c", i32}});
+  const std::string streamed = read_all(dir + "/streamed.safetensors");
+  EXPECT_EQ(streamed, read_all(dir + "/widened.safetensors"));
+  EXPECT_EQ(streamed.size(),
+            safetensors_file_size({{"a.f32", f32}, {"b.bf16", bf16}, {"c", i32}}, widen));
+  save_safetensors(dir + "/plain.safetensors", {{"a.f32", f32}, {"b.bf16", bf16}, {"c", i32}});
+  EXPECT_NE(streamed, read_all(dir + "/plain.safetensors")) << "without the option bf16 stays";
+  fs::remove_all(dir);
 }
 
 TEST(Safetensors, ConvertsToF32) {

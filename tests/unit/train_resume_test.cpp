@@ -115,6 +115,51 @@ TEST(Training, Bf16MomentsFollowTheFp32RunAndResumeExactly) {
   fs::remove_all(corpus);
 }
 
+// Without anything to gather, a checkpoint writes the model's and the optimizer's own buffers a
+// tensor at a time (bf16 moments widened as they are written): the files are byte for byte those
+// written from whole fp32 host copies (gather_moment, host_params), as before that change.
+TEST(Training, CheckpointWritesStateInPlaceAsFromFp32Copies) {
+  const fs::path corpus = testing::make_temp_corpus("moex_inplace");
+  const TrainConfig config =
+      TrainConfig::from_file(write_config(corpus, (corpus / "run").string(), "", nullptr, "",
+                                          R"(, "optimizer": {"moments_dtype": "bf16"})")
+                                 .string());
+  model::Model model(config.model);
+  model.init_weights(1);
+  AdamW optimizer(model.params(), config.optimizer);
+  for (const bool second : {false, true}) {  // moments that are not zeros (rounded to bf16)
+    Tensor values = Tensor::empty(model.params().flat().shape(), DType::kF32);
+    for (int64_t i = 0; i < values.numel(); ++i)
+      values.data<float>()[i] = static_cast<float>(1e-3 * ((i * 37 + (second ? 11 : 5)) % 101));
+    optimizer.load_moment(second, values);
+  }
+  TrainerState state;
+  state.step = 3;
+  state.data_state = "{}";
+  const fs::path dir = corpus / "run" / "ckpt", ref = corpus / "ref";
+  fs::create_directories(corpus / "run");
+  fs::create_directories(ref);
+  save_checkpoint(dir.string(), model, config.model_json, optimizer, state, "");
+  std::map<std::string, Tensor> moments;
+  for (const bool second : {false, true})
+    for (auto& [name, t] : model::gather_named_tensors(model, optimizer.gather_moment(second)))
+      moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;
+  io::save_safetensors((ref / "optimizer.safetensors").string(), moments);
+  io::save_safetensors((ref / "model.safetensors").string(),
+                       model::gather_named_tensors(model, model.host_params().flat()));
+  auto file_bytes = [](const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  for (const char* file : {"optimizer.safetensors", "model.safetensors"})
+    EXPECT_EQ(file_bytes(dir / file), file_bytes(ref / file)) << file;
+  EXPECT_EQ(io::SafetensorsFile::open((dir / "optimizer.safetensors").string())
+                .entry("exp_avg.lm_head.weight")
+                .dtype,
+            DType::kF32);
+  fs::remove_all(corpus);
+}
+
 // The fixture's model, freshly initialised, with its optimizer, saved at `step` to corpus/run/ckpt.
 struct SavedModel {
   SavedModel(const fs::path& corpus, int64_t step)
