@@ -854,9 +854,11 @@ void MoELayerCuda::set_expert_operands(int slot, int e, int64_t row0) {
   auto bf = [](const void* base, int64_t elems) {
     return static_cast<const void*>(static_cast<const char*>(base) + elems * 2);
   };
-  auto gradp = [](const Tensor& t, int64_t elems) {  // fp32 or bf16 weight gradients
-    return static_cast<const void*>(static_cast<const char*>(t.raw_data()) +
-                                    elems * static_cast<int64_t>(dtype_size(t.dtype())));
+  // fp32 or bf16 weight gradients; none for an inference model (its backward is refused)
+  auto gradp = [](const Tensor& t, int64_t elems) -> const void* {
+    if (!t.defined()) return nullptr;
+    return static_cast<const char*>(t.raw_data()) +
+           elems * static_cast<int64_t>(dtype_size(t.dtype()));
   };
   const int64_t o = row0;
   const void *w1 = w1_.raw_data(), *w2 = w2_.raw_data();

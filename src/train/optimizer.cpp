@@ -54,6 +54,9 @@ AdamW::AdamW(const ParamBuffer& params, const OptimizerConfig& config, bool offl
     : config_(config), offload_tile_(offload_tile) {
   MOEX_CHECK(offload_tile >= 1, "AdamW: the offload tile must hold >= 1 element, got ",
              offload_tile);
+  MOEX_CHECK(!offload || params.flat().device().is_cpu() || params.flat().dtype() == DType::kBF16,
+             "AdamW: offload steps an fp32 master on the host or a bf16 one on the GPU; this "
+             "model keeps an fp32 master on the GPU (build it with offload)");
   const Device state = offload ? Device::cpu() : params.flat().device();
   exp_avg_ = zeros(params.flat().shape(), state, config_.moments_dtype);
   exp_avg_sq_ = zeros(params.flat().shape(), state, config_.moments_dtype);
@@ -119,6 +122,8 @@ AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfi
   if (zero.shard_master) {
     MOEX_CHECK(!(model.device().is_cuda() && model.master_on_host()),
                "AdamW: a sharded master needs a GPU model without a host master of its own");
+    MOEX_CHECK(!zero.offload || params.flat().dtype() == DType::kBF16,
+               "AdamW: an offloaded sharded master steps a model of bf16 weights");
     master_ = zeros(state, state_device);
     make_fp32_copy(model);
   }
@@ -277,6 +282,10 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   MOEX_CHECK(!(gpu_master && zero && !sharded),
              "AdamW: ZeRO-Offload steps an fp32 master on the host, the model's or a sharded one");
   const bool in_place = gpu_master && !zero;  // a bf16 master stepped in its download buffer
+  // Without ZeRO the norm below is this rank's: every gradient must be here.
+  MOEX_CHECK(zero || (!model.tensor_parallel().active() &&
+                      (model.expert_group() == nullptr || model.expert_group()->size() == 1)),
+             "AdamW: offload with tensor or expert parallelism needs ZeRO (parallel.zero_stage)");
   if (offload_tiles_.empty()) {
     // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
     // tile_elements), whose moments sit at the kind's shard offset.

@@ -933,6 +933,25 @@ TEST_F(GpuModel, InferenceModelHoldsItsBf16WeightsAlone) {
   EXPECT_LT(rel_l2(b, a), 1e-2);
 }
 
+// An inference model's dropless MoE layers over more tokens than the decode kernels take (packed
+// expert rows, GEMM operands built on the host): no expert weight gradients exist to point at
+// (a distillation teacher hit this), and the logits agree with the trainable model's.
+TEST_F(GpuModel, InferenceModelRunsDroplessExpertsOverManyTokens) {
+  const ModelConfig config =
+      small_config_with(R"("renormalize": true)", R"("renormalize": true, "dropless": true)");
+  const Device gpu = Device::cuda();
+  model::Model trained(config, gpu);
+  trained.init_weights(23);
+  model::Model inference(config, gpu, nullptr, {}, false, model::ModelState::inference(gpu));
+  inference.copy_weights_from(trained);
+  std::vector<int32_t> ids, targets;
+  counting_batch(2, 48, config.vocab_size, 10, &ids, &targets);  // 96 tokens
+  std::vector<float> a(2 * 48 * config.vocab_size), b(a.size());
+  trained.logits(ids.data(), 2, 48, a.data());
+  inference.logits(ids.data(), 2, 48, b.data());
+  EXPECT_LT(rel_l2(b, a), 1e-2);
+}
+
 // A checkpoint saved from a GPU model (fp32 master, or bf16 master: widened exactly on the way
 // out) loads on the CPU with the same weights, and back into a GPU model of the same master dtype
 // with the same bits.
