@@ -501,6 +501,10 @@ fi
 if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
   : >"$OUT/offload_bench.jsonl"
   # MOEX_OFFLOAD_MOMENTS: optimizer.moments_dtype values (fp32 by default; bf16 halves the moments).
+  # MOEX_OFFLOAD_STATE=bf16: bf16 master weights and gradients (they stay on the GPU, the host keeps
+  # only the moments: with bf16 moments 4 bytes a parameter on each side; docs/parallelism.md).
+  state_flags=""
+  [ "${MOEX_OFFLOAD_STATE:-fp32}" = bf16 ] && state_flags="--master-dtype bf16 --grads-dtype bf16"
   for layers in ${MOEX_OFFLOAD_LAYERS:-16 24 28}; do
     for moments in ${MOEX_OFFLOAD_MOMENTS:-fp32}; do
       cfg="$OUT/medium_${layers}l.json"
@@ -510,8 +514,9 @@ if [ -z "${MOEX_SKIP_OFFLOAD_BENCH:-}" ]; then
       for mode in ${MOEX_OFFLOAD_MODES:-plain offload}; do
         flag=""
         [ "$mode" = offload ] && flag="--offload"
+        # shellcheck disable=SC2086
         line=$("$BIN/moex" bench train-step --device cuda --config "$cfg" --warmup 1 --iters 2 --json \
-          --moments-dtype "$moments" $flag 2>>"$OUT/offload_bench.err" | grep '^{')
+          --moments-dtype "$moments" $state_flags $flag 2>>"$OUT/offload_bench.err" | grep '^{')
         [ -n "$line" ] || line="{\"offload\": $([ -n "$flag" ] && echo true || echo false), \"error\": \"$(tail -n 1 "$OUT/offload_bench.err" | tr -d '"' | cut -c1-160)\"}"
         echo "$line" | sed "s/^{/{\"layers\": $layers, \"moments\": \"$moments\", /" >>"$OUT/offload_bench.jsonl"
       done
