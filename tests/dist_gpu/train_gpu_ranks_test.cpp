@@ -240,6 +240,42 @@ TEST(GpuDataParallel, Bf16StateEqualsTheSingleProcessRun) {
   check_equals_single_process(l);
 }
 
+// moex train on one GPU with bf16 master weights, gradients and moments, offloaded (the moments on
+// the host, each tile of the bf16 master stepped there) against the same run without offload:
+// the host's AdamW gives the GPU kernel's bits, so the losses and the checkpoints are equal.
+// Rank 0 alone runs both (Communicator::local()).
+TEST(GpuDataParallel, OffloadedBf16StateTrainsLikeTheGpuStep) {
+  dist::Communicator& world = dist::Communicator::world();
+  if (world.is_root()) {
+    const fs::path corpus = fs::current_path() / "gpu_offload_bf16_state";
+    testing::make_corpus(corpus);
+    const std::string model =
+        R"(, "vocab_size": 64, "hidden_size": 128, "num_heads": 4, "ffn_size": 256)";
+    const std::string optimizer =
+        R"(, "optimizer": {"lr": 0.01, "grad_clip": 1.0, "eps": 0.01, "moments_dtype": "bf16",
+           "master_dtype": "bf16", "grads_dtype": "bf16"})";
+    const std::string training = R"(, "device": "cuda", "steps": 4, "eval_every": 2)";
+    auto run = [&](const std::string& out, const std::string& parallel) {
+      const fs::path path =
+          testing::write_config(corpus, (corpus / out).string(), training, nullptr,
+                                R"(, "ffn_size": 64)", parallel + optimizer, model);
+      return run_training(TrainConfig::from_file(path.string()), "", 0,
+                          &dist::Communicator::local());
+    };
+    const TrainResult offloaded = run("offload", R"(, "parallel": {"offload": true})");
+    const TrainResult on_gpu = run("gpu", "");
+    EXPECT_EQ(offloaded.steps_done, 4);
+    const Metrics a = read_metrics((corpus / "offload" / "metrics.jsonl").string());
+    const Metrics b = read_metrics((corpus / "gpu" / "metrics.jsonl").string());
+    ASSERT_EQ(a.loss.size(), 4u);
+    EXPECT_EQ(a.loss, b.loss);
+    expect_same_checkpoint((corpus / "offload" / "final").string(),
+                           (corpus / "gpu" / "final").string(), 0.0, 0.0);
+    fs::remove_all(corpus);
+  }
+  world.barrier();
+}
+
 TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {
   const int w = dist::Communicator::world().size();
   check_equals_single_process({1, 1, false, 1});
