@@ -274,8 +274,8 @@ void FfnLayer::backward(const Tensor& dy, const Tensor& dx, Arena& arena) {
   const bool add_w1 = bound && moe_grads_[kW1].grad_accumulates();
   const bool add_w2 = bound && moe_grads_[kW2].grad_accumulates();
   MOEX_CHECK(add_w1 == add_w2, "FfnLayer: expert gradients w1 and w2 written apart");
-  const MoEGradients& g = moe_->backward(dy, add_w1);
-  ops::copy(g.dx, dx);
+  const MoEGradients& g = moe_->backward(dy, add_w1, dx);
+  if (g.dx.raw_data() != dx.raw_data()) ops::copy(g.dx, dx);
   const MoEWeights& gw = g.weights;
   for (int i = 0; i < kCount; ++i) {
     const Tensor* t = moe_weight(const_cast<MoEWeights&>(gw), i);

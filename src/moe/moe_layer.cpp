@@ -674,11 +674,12 @@ void MoELayer::set_device_expert_group(dist::DeviceGroup* group) {
   if (impl_->device) impl_->device->set_groups(impl_->device_groups);
 }
 
-const MoEGradients& MoELayer::backward(const Tensor& dy, bool add_bound_expert_grads) {
+const MoEGradients& MoELayer::backward(const Tensor& dy, bool add_bound_expert_grads,
+                                       const Tensor& dx) {
   if (!dy.device().is_cpu()) {
     MOEX_CHECK(impl_->device != nullptr, "MoELayer::backward: dy is on ", dy.device().str(),
                " but no forward ran there");
-    return impl_->device->backward(dy, add_bound_expert_grads);
+    return impl_->device->backward(dy, add_bound_expert_grads, dx);
   }
   return impl_->backward(dy);
 }

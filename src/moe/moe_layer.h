@@ -155,7 +155,11 @@ class MoELayer {
   // In model mode (bind_device_expert_buffers) the expert gradients are added into the bound
   // buffers, or written over them when add_bound_expert_grads is false (the first write of a
   // step, docs/gpu-model.md §Gradients without zero_grad).
-  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads = true);
+  // dx (optional, [T,d] like dy): where the caller wants the input gradient. The GPU layer writes
+  // it there when it fits (bf16 on its device), and the result's dx is then that tensor: no
+  // buffer of the layer's own stays allocated until the next backward.
+  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads = true,
+                               const Tensor& dx = Tensor());
   // The routing the last forward used.
   const MoERouting& routing() const;
   // Fills the statistics of the last forward's result (the object forward returned) when that

@@ -165,7 +165,8 @@ class CudaMoELayer final : public MoEDeviceLayer {
     out_.y = y;
   }
 
-  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads) override {
+  const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads,
+                               const Tensor& dx) override {
     MOEX_CHECK(layer_ && tokens_ > 0, "MoELayer on CUDA: backward before forward");
     const int64_t T = tokens_, d = config_.hidden_size;
     check_tensor(dy, "MoELayer on CUDA: dy", dy.dtype(), Shape{T, d});
@@ -177,7 +178,10 @@ class CudaMoELayer final : public MoEDeviceLayer {
       cuda::f32_to_bf16(dy.data<float>(), dyb.raw_data(), dy.numel(), ctx_.stream());
     }
     MOEX_CHECK(dyb.dtype() == DType::kBF16, "MoELayer on CUDA: dy must be f32 or bf16");
-    Tensor dxb = Tensor::empty({T, d}, DType::kBF16, dev);
+    // The caller's bf16 buffer when it gives one (a model's layer does), else one of our own.
+    const bool into_caller = dx.defined() && dx.dtype() == DType::kBF16 && dx.device() == dev &&
+                             dx.shape() == Shape{T, d};
+    Tensor dxb = into_caller ? dx : Tensor::empty({T, d}, DType::kBF16, dev);
     {
       const ops::ProfileScope profile("moe_backward.layer", dev);
       if (bound_w1_.defined()) layer_->set_bound_expert_grads_accumulate(add_bound_expert_grads);

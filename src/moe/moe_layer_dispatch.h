@@ -46,8 +46,9 @@ class MoEDeviceLayer {
   // Re-uploads the weights first when they changed (see the contract above).
   virtual const MoEOutput& forward(const MoEWeights& weights, const Tensor& x,
                                    const MoEForwardOptions& options) = 0;
-  // add_bound_expert_grads: see MoELayer::backward (model mode only).
-  virtual const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads) = 0;
+  // add_bound_expert_grads, dx: see MoELayer::backward (model mode only for the first).
+  virtual const MoEGradients& backward(const Tensor& dy, bool add_bound_expert_grads,
+                                       const Tensor& dx) = 0;
   virtual void finish_stats() = 0;  // see MoELayer::finish_stats
   // Model mode: see MoELayer::bind_device_expert_buffers.
   virtual void bind_expert_buffers(const Tensor& w1, const Tensor& w2, const Tensor& dw1,
