@@ -151,10 +151,9 @@ void Model::copy_weights_from(const Model& other) {
                  other.master_.size() == master_.size(),
              "copy_weights_from: the models' parameter layouts differ");
   ops::copy(other.master_.flat(), master_.flat());
-  for (const auto& [index, at] : own_fp32_at_) {
+  for (const auto& [index, view] : own_fp32_views_) {
     const Tensor& fp32 = other.fp32_weight(index);
-    ops::copy(fp32.defined() ? fp32 : other.master_.tensor(index),
-              own_fp32_.slice(at, at + master_.tensor(index).numel()));
+    ops::copy(fp32.defined() ? fp32 : other.master_.tensor(index), view);
   }
   if (own_fp32_.defined()) own_fp32_.mark_written();
   weights_changed();
@@ -163,35 +162,34 @@ void Model::copy_weights_from(const Model& other) {
 void Model::keep_fp32_routers() {
   int64_t total = 0;
   for (const std::vector<int>* list : {&router_params_, &rule_params_})
-    for (int index : *list) {
-      own_fp32_at_.push_back({index, total});
-      total += master_.tensor(index).numel();
-    }
+    for (int index : *list) total += master_.tensor(index).numel();
   if (total == 0) return;
   own_fp32_ = Tensor::empty(Shape{total}, DType::kF32, device_);
   ops::zero(own_fp32_);
-  std::map<int, Tensor> views;
-  for (const auto& [index, at] : own_fp32_at_)
-    views[index] = own_fp32_.slice(at, at + master_.tensor(index).numel());
-  set_fp32_weights(views);
+  int64_t at = 0;
+  for (const std::vector<int>* list : {&router_params_, &rule_params_})
+    for (int index : *list) {
+      const int64_t n = master_.tensor(index).numel();
+      own_fp32_views_[index] = own_fp32_.slice(at, at + n);
+      at += n;
+    }
+  set_fp32_weights(own_fp32_views_);
 }
 
 ParamBuffer Model::host_params() const {
   if (master_on_host()) return master_;
   if (master_.flat().dtype() == DType::kF32) return master_.copy_to(Device::cpu());
   ParamBuffer host = master_.like(DType::kF32, Device::cpu());
-  ops::copy(master_.flat(), host.flat());       // bf16 widens to fp32 exactly
-  for (const auto& [index, at] : own_fp32_at_)  // the fp32 routers an inference model keeps
-    ops::copy(own_fp32_.slice(at, at + host.tensor(index).numel()),
-              host.tensor(index).view(Shape{host.tensor(index).numel()}));
+  ops::copy(master_.flat(), host.flat());            // bf16 widens to fp32 exactly
+  for (const auto& [index, view] : own_fp32_views_)  // the fp32 routers an inference model keeps
+    ops::copy(view, host.tensor(index).view(view.shape()));
   return host;
 }
 
 void Model::store_host_params(const ParamBuffer& host) {
   if (host.flat().raw_data() != master_.flat().raw_data()) ops::copy(host.flat(), master_.flat());
-  for (const auto& [index, at] : own_fp32_at_)
-    ops::copy(host.tensor(index).view(Shape{host.tensor(index).numel()}),
-              own_fp32_.slice(at, at + host.tensor(index).numel()));
+  for (const auto& [index, view] : own_fp32_views_)
+    ops::copy(host.tensor(index).view(view.shape()), view);
   if (own_fp32_.defined()) own_fp32_.mark_written();
   weights_changed();
 }
@@ -220,7 +218,7 @@ void Model::draw_bucket(size_t bucket, uint64_t seed) {
 ParamBuffer Model::init_weights(uint64_t seed, bool keep_drawn) {
   // Weights are drawn on the host (the same numbers on every device): a GPU model binds its
   // modules to a host buffer of the same layout for the drawing, then copies it over.
-  if (!keep_drawn && own_fp32_at_.empty()) {
+  if (!keep_drawn && own_fp32_views_.empty()) {
     // One bucket at a time through a host window, each copied into its place (cast to the
     // master's dtype).
     int64_t window_size = 1;

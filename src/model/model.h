@@ -125,7 +125,7 @@ class Model {
   int64_t gradient_bytes() const;
   bool master_on_host() const { return master_.flat().device().is_cpu(); }
   // An inference model's fp32 routers beside its bf16 weights (host_params merges them in).
-  bool keeps_fp32_copies() const { return !own_fp32_at_.empty(); }
+  bool keeps_fp32_copies() const { return !own_fp32_views_.empty(); }
   // What the kernels read: params() itself on the CPU and for a bf16 master, else its bf16 copy
   // on CUDA.
   const ParamBuffer& compute_params() const { return compute_ ? *compute_ : master_; }
@@ -249,6 +249,11 @@ class Model {
   // The tensor-parallel group (inactive when every weight is here). Buffer entries with
   // params().split_dim(i) >= 0 hold this rank's part of the named tensor.
   const TensorParallel& tensor_parallel() const { return tp_; }
+  // Some weights are held in parts over ranks (tensor parallelism, or experts over several ranks):
+  // gradient norms and checkpoints then take the groups' collectives.
+  bool split_over_ranks() const {
+    return tp_.active() || (expert_group_ != nullptr && expert_group_->size() > 1);
+  }
 
   // Per MoE layer statistics of the last forward (layer index, stats).
   std::vector<std::pair<int, MoEStats>> moe_stats() const;
@@ -307,10 +312,10 @@ class Model {
   std::map<int, Tensor> fp32_weights_;
   ParamBuffer master_view_;
   // An inference model with bf16 weights keeps its routers and selection biases in fp32 itself
-  // (the design's fp32 router; a few numbers a layer): own_fp32_ [R] on the device and each
-  // entry's first element in it. Loads and copies fill it; host_params() reads it.
+  // (the design's fp32 router; a few numbers a layer): own_fp32_ [R] on the device, and per entry
+  // index its [numel] view. Loads and copies fill it; host_params() reads it.
   Tensor own_fp32_;
-  std::vector<std::pair<int, int64_t>> own_fp32_at_;
+  std::map<int, Tensor> own_fp32_views_;
   void keep_fp32_routers();
   std::vector<int> partial_grads_;  // entries finish_gradients sums over tp
   ParamBuffer master_, grads_;

@@ -62,11 +62,6 @@ Shape whole_shape(const Model& model, int index) {
   return whole;
 }
 
-bool needs_gathering(const Model& model) {
-  return model.tensor_parallel().active() ||
-         (model.expert_group() != nullptr && model.expert_group()->size() > 1);
-}
-
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat) {
   const ParamBuffer& params = model.params();
   dist::Communicator* group = model.expert_group();
@@ -123,14 +118,14 @@ void save_model(const Model& model, const std::string& model_json, const std::st
   // Without tensors to gather over ranks, the model's own buffer is written where it is, a tensor
   // at a time (bf16 widened): no host copy of the whole model. An inference model's fp32 routers
   // live beside it, so it goes through host_params like a split model.
-  const bool in_place = !needs_gathering(model) && !model.keeps_fp32_copies();
+  const bool in_place = !model.split_over_ranks() && !model.keeps_fp32_copies();
   const Tensor flat = weights.defined() ? weights
                       : in_place        ? model.params().flat()
                                         : model.host_params().flat();
   MOEX_CHECK(flat.numel() == model.params().total_elements() &&
                  (flat.dtype() == DType::kF32 ||
-                  (flat.dtype() == DType::kBF16 && !needs_gathering(model))) &&
-                 (flat.device().is_cpu() || !needs_gathering(model)),
+                  (flat.dtype() == DType::kBF16 && !model.split_over_ranks())) &&
+                 (flat.device().is_cpu() || !model.split_over_ranks()),
              "save_model: the weights must be the buffer's layout, fp32 on the host when tensor "
              "or expert parallelism gathers them");
   const std::map<std::string, Tensor> tensors = gather_named_tensors(model, flat);

@@ -23,11 +23,9 @@ void save_model(const Model& model, const std::string& model_json, const std::st
 // moment) under its parameter name. Expert tensors held as shards (Model::expert_group) are
 // gathered over the group into the global [E, ...] tensors, and tensor-parallel parts over the tp
 // group into the whole tensors, so the result equals a single-process model's; every rank of the
-// groups must call it then, and flat must be f32 on the host. Otherwise (needs_gathering false)
-// the result is views of flat, on its device and in its dtype.
+// groups must call it then, and flat must be f32 on the host. Otherwise (Model::split_over_ranks
+// false) the result is views of flat, on its device and in its dtype.
 std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Tensor& flat);
-// True when gather_named_tensors gathers (tensor parallelism, or experts over several ranks).
-bool needs_gathering(const Model& model);
 // What parameter `index` holds of its whole tensor `full` (all experts, every tensor-parallel part:
 // what a checkpoint stores under its name): the rows of this rank's experts for an expert shard,
 // then this rank's part of a tensor-parallel split, `full` itself for a tensor held whole. A

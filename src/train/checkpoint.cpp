@@ -20,7 +20,7 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
   // before anything is written).
   std::map<std::string, Tensor> moments;
   for (const bool second : {false, true}) {
-    Tensor m = model::needs_gathering(model) ? Tensor() : optimizer.moment_in_place(second);
+    Tensor m = model.split_over_ranks() ? Tensor() : optimizer.moment_in_place(second);
     if (!m.defined()) m = optimizer.gather_moment(second);
     for (auto& [name, t] : model::gather_named_tensors(model, m))
       moments[(second ? "exp_avg_sq." : "exp_avg.") + name] = t;

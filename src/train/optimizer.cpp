@@ -175,7 +175,7 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
   const model::TensorParallel& tp = model.tensor_parallel();
-  if ((group == nullptr || group->size() == 1) && !tp.active())
+  if (!model.split_over_ranks())
     return this->step(model.params(), model.grads(), lr, step, working_copy);
   // Squares of the tensors every rank holds whole, of this rank's experts summed over the ep
   // group, of this rank's tensor-parallel parts summed over the tp group, and of its slices of
@@ -283,8 +283,7 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
              "AdamW: ZeRO-Offload steps an fp32 master on the host, the model's or a sharded one");
   const bool in_place = gpu_master && !zero;  // a bf16 master stepped in its download buffer
   // Without ZeRO the norm below is this rank's: every gradient must be here.
-  MOEX_CHECK(zero || (!model.tensor_parallel().active() &&
-                      (model.expert_group() == nullptr || model.expert_group()->size() == 1)),
+  MOEX_CHECK(zero || !model.split_over_ranks(),
              "AdamW: offload with tensor or expert parallelism needs ZeRO (parallel.zero_stage)");
   if (offload_tiles_.empty()) {
     // Without ZeRO the whole buffer in tiles; under ZeRO this rank's step pieces (each at most
