@@ -41,6 +41,20 @@ class DeviceGroup {
   // send_counts[q] must equal rank q's recv_counts[p].
   virtual Event all_to_all_v(const void* send, const int64_t* send_counts, void* recv,
                              const int64_t* recv_counts, DType dtype, Stream stream) = 0;
+
+  // Detached forms (docs/parallelism.md §Overlapped gradient reductions): ordered after the work
+  // queued so far on `stream`, like the ones above, but work queued on `stream` afterwards does
+  // not wait for them, so it runs beside the collective. Until `stream` waits for the returned
+  // event (ops::wait), nothing on it may read or write the buffers. These defaults are the
+  // ordered forms, for groups whose collectives cannot run beside the caller's work (the
+  // host-staged group, the test groups); NCCL overrides them.
+  virtual Event all_reduce_sum_detached(void* data, int64_t n, DType dtype, Stream stream) {
+    return all_reduce_sum(data, n, dtype, stream);
+  }
+  virtual Event reduce_scatter_sum_detached(const void* send, void* recv, int64_t n, DType dtype,
+                                            Stream stream) {
+    return reduce_scatter_sum(send, recv, n, dtype, stream);
+  }
 };
 
 class Communicator;

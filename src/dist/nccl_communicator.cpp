@@ -106,6 +106,12 @@ struct NcclCommunicator::Impl {
 
   ~Impl();
 
+  // The collectives with a detached form (DeviceGroup): the public members call these.
+  cudaEvent_t all_reduce_sum(void* data, int64_t n, DType dtype, cudaStream_t caller,
+                             bool detached);
+  cudaEvent_t reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
+                                 cudaStream_t caller, bool detached);
+
   [[noreturn]] void fail(const std::string& why) {
     std::fprintf(stderr, "moex: NCCL rank %d of %d: %s; ending the job\n", rank, size, why.c_str());
     if (comm) ncclCommAbort(comm);  // releases kernels stuck waiting for a peer
@@ -142,16 +148,17 @@ struct NcclCommunicator::Impl {
     return e;
   }
 
-  // Orders one collective between the caller's stream and ours (docs/parallelism.md).
+  // Orders one collective between the caller's stream and ours (docs/parallelism.md): after the
+  // caller's queued work, and (unless detached) before the caller's later work.
   template <typename Issue>
-  cudaEvent_t run(const char* op, cudaStream_t caller, Issue&& issue) {
+  cudaEvent_t run(const char* op, cudaStream_t caller, Issue&& issue, bool detached = false) {
     cudaEvent_t started = take_event(), done = take_event();
     CUDA_CHECK(cudaEventRecord(started, caller));
     CUDA_CHECK(cudaStreamWaitEvent(stream, started, 0));
     issue();
     wait_issued(op);
     CUDA_CHECK(cudaEventRecord(done, stream));
-    CUDA_CHECK(cudaStreamWaitEvent(caller, done, 0));
+    if (!detached) CUDA_CHECK(cudaStreamWaitEvent(caller, done, 0));
     {
       std::lock_guard<std::mutex> lock(mu);
       pending.push_back({started, done, op, false, Clock::now()});
@@ -321,6 +328,35 @@ int64_t checked_count(int64_t n, const char* op) {
 
 }  // namespace
 
+cudaEvent_t NcclCommunicator::Impl::all_reduce_sum(void* data, int64_t n, DType dtype,
+                                                   cudaStream_t caller, bool detached) {
+  const ncclDataType_t type = nccl_type(dtype, "all_reduce_sum");
+  const size_t count = static_cast<size_t>(checked_count(n, "all_reduce_sum"));
+  return run(
+      "all_reduce_sum", caller,
+      [&] {
+        if (count > 0)
+          NCCL_CHECK("all_reduce_sum",
+                     ncclAllReduce(data, data, count, type, ncclSum, comm, stream));
+      },
+      detached);
+}
+
+cudaEvent_t NcclCommunicator::Impl::reduce_scatter_sum(const void* send, void* recv, int64_t n,
+                                                       DType dtype, cudaStream_t caller,
+                                                       bool detached) {
+  const ncclDataType_t type = nccl_type(dtype, "reduce_scatter_sum");
+  const size_t count = static_cast<size_t>(checked_count(n, "reduce_scatter_sum"));
+  return run(
+      "reduce_scatter_sum", caller,
+      [&] {
+        if (count > 0)
+          NCCL_CHECK("reduce_scatter_sum",
+                     ncclReduceScatter(send, recv, count, type, ncclSum, comm, stream));
+      },
+      detached);
+}
+
 bool NcclCommunicator::built() {
   return true;
 }
@@ -349,13 +385,12 @@ void NcclCommunicator::synchronize() {
 
 NcclCommunicator::Event NcclCommunicator::all_reduce_sum(void* data, int64_t n, DType dtype,
                                                          Stream stream) {
-  const ncclDataType_t type = nccl_type(dtype, "all_reduce_sum");
-  const size_t count = static_cast<size_t>(checked_count(n, "all_reduce_sum"));
-  return impl_->run("all_reduce_sum", stream, [&] {
-    if (count > 0)
-      NCCL_CHECK("all_reduce_sum",
-                 ncclAllReduce(data, data, count, type, ncclSum, impl_->comm, impl_->stream));
-  });
+  return impl_->all_reduce_sum(data, n, dtype, stream, false);
+}
+
+NcclCommunicator::Event NcclCommunicator::all_reduce_sum_detached(void* data, int64_t n,
+                                                                  DType dtype, Stream stream) {
+  return impl_->all_reduce_sum(data, n, dtype, stream, true);
 }
 
 NcclCommunicator::Event NcclCommunicator::all_gather(const void* send, void* recv, int64_t n,
@@ -371,13 +406,13 @@ NcclCommunicator::Event NcclCommunicator::all_gather(const void* send, void* rec
 NcclCommunicator::Event NcclCommunicator::reduce_scatter_sum(const void* send, void* recv,
                                                              int64_t n, DType dtype,
                                                              Stream stream) {
-  const ncclDataType_t type = nccl_type(dtype, "reduce_scatter_sum");
-  const size_t count = static_cast<size_t>(checked_count(n, "reduce_scatter_sum"));
-  return impl_->run("reduce_scatter_sum", stream, [&] {
-    if (count > 0)
-      NCCL_CHECK("reduce_scatter_sum",
-                 ncclReduceScatter(send, recv, count, type, ncclSum, impl_->comm, impl_->stream));
-  });
+  return impl_->reduce_scatter_sum(send, recv, n, dtype, stream, false);
+}
+
+NcclCommunicator::Event NcclCommunicator::reduce_scatter_sum_detached(const void* send, void* recv,
+                                                                      int64_t n, DType dtype,
+                                                                      Stream stream) {
+  return impl_->reduce_scatter_sum(send, recv, n, dtype, stream, true);
 }
 
 NcclCommunicator::Event NcclCommunicator::broadcast(void* data, int64_t n, DType dtype, int root,

@@ -73,6 +73,10 @@ class NcclCommunicator : public DeviceGroup {
   Event all_gather(const void* send, void* recv, int64_t n, DType dtype, Stream stream) override;
   Event reduce_scatter_sum(const void* send, void* recv, int64_t n, DType dtype,
                            Stream stream) override;
+  // The caller's stream does not wait for these (DeviceGroup's detached forms).
+  Event all_reduce_sum_detached(void* data, int64_t n, DType dtype, Stream stream) override;
+  Event reduce_scatter_sum_detached(const void* send, void* recv, int64_t n, DType dtype,
+                                    Stream stream) override;
   Event broadcast(void* data, int64_t n, DType dtype, int root, Stream stream);
   Event all_to_all(const void* send, void* recv, int64_t n, DType dtype, Stream stream);
   // send_counts / recv_counts: host arrays of size() element counts (grouped ncclSend/ncclRecv).

@@ -44,6 +44,13 @@ NcclCommunicator::Event NcclCommunicator::reduce_scatter_sum(const void*, void*,
                                                              Stream) {
   refuse();
 }
+NcclCommunicator::Event NcclCommunicator::all_reduce_sum_detached(void*, int64_t, DType, Stream) {
+  refuse();
+}
+NcclCommunicator::Event NcclCommunicator::reduce_scatter_sum_detached(const void*, void*, int64_t,
+                                                                      DType, Stream) {
+  refuse();
+}
 NcclCommunicator::Event NcclCommunicator::broadcast(void*, int64_t, DType, int, Stream) {
   refuse();
 }

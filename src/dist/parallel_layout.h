@@ -42,6 +42,11 @@ struct ParallelConfig {
   // offload on the hosts), the model holding bf16 weights (needs zero_stage > 0, training.device
   // "cuda"). Unset: on exactly then (train::shards_master).
   std::optional<bool> shard_master;
+  // Data-parallel gradient sums start as each block's backward ends (the step's last backward;
+  // every micro-batch's under ZeRO stage 2) instead of after backward; on GPU ranks they run on
+  // the communicator's stream beside the blocks still to go (docs/parallelism.md §Overlapped
+  // gradient reductions).
+  bool overlap_comm = false;
 };
 
 struct ParallelLayout {

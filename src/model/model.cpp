@@ -303,14 +303,22 @@ ParamBuffer& Model::grads() {
 void Model::zero_grad() {
   if (!trainable_) return;
   writes_.reset();
+  blocks_handed_ = false;
   // MOEX_LAZY_ZERO_GRAD=0 (for measurements): clear the buffer now, so every write adds.
   static const bool lazy = env_on_unless_zero("MOEX_LAZY_ZERO_GRAD");
   if (!lazy) writes_.zero_unwritten();
 }
 
+void Model::hand_over_blocks() {
+  for (int b = static_cast<int>(buckets_.size()) - 2; b >= 1; --b) hand_over(b);
+}
+
 void Model::finish_gradients() {
-  if (!streams_) return sum_partial_grads(0, grads_.size() - 1);
-  hand_over(0);  // the blocks went during backward
+  if (sink_ == nullptr) return sum_partial_grads(0, grads_.size() - 1);
+  // Streamed, the blocks went during every backward.
+  if (!streams_ && !blocks_handed_) hand_over_blocks();
+  blocks_handed_ = false;
+  hand_over(0);
   hand_over(static_cast<int>(buckets_.size()) - 1);
 }
 
@@ -429,19 +437,23 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   return result;
 }
 
-void Model::backward() {
+void Model::backward(bool last_of_step) {
   MOEX_CHECK(dhidden_.defined(), "Model::backward needs a forward with for_backward first");
   const Tensor& dh = dhidden_;
   MOEX_CHECK(!streams_ || sink_ != nullptr,
              "a model with streamed gradients needs a sink (set_gradient_sink) before backward");
+  // Each block's gradients go to the sink as soon as its backward has made them: every
+  // micro-batch when streamed, else once they are final.
+  const bool hand_blocks = streams_ || (sink_ != nullptr && last_of_step);
   final_norm_->backward(dh, dh);
   for (size_t i = blocks_.size(); i-- > 0;) {
     // Streamed: block i's bucket (i + 1) holds the window, where the last block left its own.
     const EntryRange& bucket = buckets_[i + 1];
     if (streams_) writes_.reset(bucket.first, bucket.last);
     blocks_[i]->backward(dh, dh, arena_);
-    if (streams_) hand_over(static_cast<int>(i) + 1);
+    if (hand_blocks) hand_over(static_cast<int>(i) + 1);
   }
+  if (hand_blocks && !streams_) blocks_handed_ = true;
   if (!tp_.active()) {
     ops::embedding_backward(ids_, dh, embed_.grad_to_add());
   } else if (local_ids_.numel() > 0) {  // this rank's vocabulary rows only

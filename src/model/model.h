@@ -115,9 +115,13 @@ class Model {
   // The gradients; entries no backward wrote since zero_grad() read as zeros (they are zeroed
   // here, model/gradient_writes.h). A trainable model's only, without streamed gradients.
   ParamBuffer& grads();
-  // Streamed gradients (ModelState::stream_gradients): the buckets in buffer order, as entry
-  // ranges: the embedding (and positions), each block, the final norm (and head). The sink gets
-  // each bucket's gradients; backward() needs one.
+  // The gradient buckets in buffer order, as entry ranges: the embedding (and positions), each
+  // block, the final norm (and head). With streamed gradients (ModelState::stream_gradients) the
+  // sink gets each bucket's gradients every micro-batch, and backward() needs one. A model that
+  // does not stream hands each bucket to a sink, if it has one, once per step: the blocks' in
+  // the backward marked last_of_step, as each block's backward ends, and the edges' in
+  // finish_gradients() (parallel.overlap_comm, docs/parallelism.md §Overlapped gradient
+  // reductions).
   const std::vector<EntryRange>& gradient_buckets() const { return buckets_; }
   void set_gradient_sink(GradientSink* sink) { sink_ = sink; }
   bool streams_gradients() const { return streams_; }
@@ -150,16 +154,19 @@ class Model {
   // instead of adding (no memset; model/gradient_writes.h). A no-op for an inference model.
   void zero_grad();
   // Under tensor parallelism: sums over the tp group the gradients of which each rank holds only
-  // its heads' part (the q/k norm weights, shared by all heads). With streamed gradients, hands
-  // the edge buckets to the sink. Call it once after the last backward of an optimizer step,
-  // before the data-parallel reduction. A no-op otherwise.
+  // its heads' part (the q/k norm weights, shared by all heads). With a sink, hands it the
+  // buckets not handed yet this step (the edges; the blocks too if no backward was marked
+  // last_of_step), in the order backward does. Call it once after the last backward of an
+  // optimizer step, before the data-parallel reduction. A no-op otherwise.
   void finish_gradients();
 
   // ids, targets [B, T] on the host; targets of -100 are ignored. Saves activations for backward.
   LossResult forward(const int32_t* ids, const int32_t* targets, int64_t batch, int64_t seq_len,
                      const ForwardOptions& options);
   // Accumulates into grads(): d(loss + weighted aux) / d(params), times the forward's loss_scale.
-  void backward();
+  // last_of_step: no backward follows before finish_gradients(), so a model with a sink that does
+  // not stream hands each block's gradients over as soon as they are final (gradient_buckets).
+  void backward(bool last_of_step = true);
 
   // Logits [B, T, V] (host, fp32) without saving anything (evaluation). Under tensor parallelism
   // every tp rank calls it with the same ids and gets the whole rows.
@@ -325,12 +332,15 @@ class Model {
   bool streams_ = false;
   std::vector<EntryRange> buckets_;
   GradientSink* sink_ = nullptr;
+  bool blocks_handed_ = false;  // a sink that does not stream has the blocks' of this step
   // Backs the entries of streamed gradients: each edge bucket with its own storage, every block
   // with one shared window.
   void allocate_streamed_grads(DType dtype);
   // Completes bucket b's gradients (zeroes what nothing wrote, sums tp-partial entries) and hands
   // them to the sink.
   void hand_over(int bucket);
+  // Hands every block's bucket to the sink, the last block first.
+  void hand_over_blocks();
   // Sums entries [first, last]'s tp-partial gradients over the tp group.
   void sum_partial_grads(int first, int last);
   GradientWrites writes_{grads_};         // which gradient entries hold this step's values

@@ -15,4 +15,17 @@ void reduce_scatter_sum(const Tensor& send, const Tensor& recv, dist::DeviceGrou
 // recv [size * n] = every rank's send [n], in rank order.
 void all_gather(const Tensor& send, const Tensor& recv, dist::DeviceGroup& comm);
 
+// Detached forms (dist/device_group.h): queued after the ops before them, but the ops queued after
+// them do not wait, so they run beside the collective. Until wait() has queued the wait for it,
+// no op may read or write the collective's tensors.
+struct PendingCollective {
+  Device device;
+  dist::DeviceGroup::Event done = nullptr;  // null: nothing to wait for
+};
+PendingCollective all_reduce_sum_detached(const Tensor& t, dist::DeviceGroup& comm);
+PendingCollective reduce_scatter_sum_detached(const Tensor& send, const Tensor& recv,
+                                              dist::DeviceGroup& comm);
+// The ops queued from now on run after the collective.
+void wait(const PendingCollective& pending);
+
 }  // namespace moex::ops

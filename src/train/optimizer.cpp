@@ -97,7 +97,8 @@ AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfi
   for (int kind = 0; kind < 2; ++kind) {
     dist::Communicator& group = kind == 0 ? *zero.dp : *zero.edp;
     partitions_[kind] = std::make_unique<ZeroPartition>(
-        std::move(runs[kind]), group, zero.tile_elements, kind == 0 ? zero.gpu_dp : zero.gpu_edp);
+        std::move(runs[kind]), group, zero.tile_elements, kind == 0 ? zero.gpu_dp : zero.gpu_edp,
+        zero.overlap_comm && zero.stage == 2);
     state_offset_[kind] = state_size;
     state_size += partitions_[kind]->shard_size();
     for (const FlatRange& piece : partitions_[kind]->step_pieces()) {
@@ -167,6 +168,9 @@ void AdamW::apply(ParamBuffer& params, const ParamBuffer& grads, double lr, int6
 }
 
 double AdamW::step(model::Model& model, double lr, int64_t step) {
+  // Overlapped stage 2: the last buckets' sums are still to be added.
+  for (const auto& partition : partitions_)
+    if (partition) partition->finish_reductions();
   // Moments on the host for a GPU model: ZeRO-Offload.
   if (model.device().is_cuda() && exp_avg_.device().is_cpu()) return offload_step(model, lr, step);
   if (zero_.stage > 0) return zero_step(model, lr, step);
@@ -387,6 +391,13 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
 Tensor AdamW::shard_of(const Tensor& state, int kind) const {
   const int64_t begin = state_offset_[kind];
   return state.slice(begin, begin + partitions_[kind]->shard_size());
+}
+
+int64_t AdamW::gradient_bytes() const {
+  int64_t bytes = grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0;
+  for (const auto& partition : partitions_)
+    if (partition) bytes += partition->staging_bytes();
+  return bytes;
 }
 
 void AdamW::take(int bucket, const Tensor& grads) {

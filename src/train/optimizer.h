@@ -47,6 +47,9 @@ struct ZeroConfig {
   // ZeRO-Offload (a GPU model): the moments, and a sharded master, on the host, the step on the
   // CPU. Without shard_master the model keeps its whole fp32 master in pinned host memory.
   bool offload = false;
+  // Stage 2: each bucket's reduce-scatters run beside the next block's backward on GPU ranks
+  // (parallel.overlap_comm; ZeroPartition keeps a bucket's staging for it).
+  bool overlap_comm = false;
 };
 
 class AdamW : public model::GradientSink {
@@ -79,10 +82,9 @@ class AdamW : public model::GradientSink {
   // ZeRO stage 2: adds the group's sums of this rank's shard of the bucket to the shard's
   // gradients (model::GradientSink). step() consumes and clears them.
   void take(int bucket, const Tensor& grads) override;
-  // Bytes of gradients this optimizer holds (ZeRO stage 2's shard sums; 0 otherwise).
-  int64_t gradient_bytes() const {
-    return grad_shard_.defined() ? static_cast<int64_t>(grad_shard_.nbytes()) : 0;
-  }
+  // Bytes of gradients this optimizer holds (ZeRO stage 2's shard sums, and with overlap_comm the
+  // staging of a bucket once the first has come; 0 otherwise).
+  int64_t gradient_bytes() const;
 
   // A moment (second: exp_avg_sq) on the host in the buffer's layout [total]; under ZeRO the
   // shards are gathered over their groups (every rank must call it).

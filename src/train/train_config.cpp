@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "model/tensor_parallel.h"
+
 namespace moex::train {
 namespace {
 
@@ -19,6 +21,7 @@ dist::ParallelConfig parse_parallel(const JsonReader& par, const ModelConfig& mo
   p.cac = par.get_bool("cac", false);
   p.expert_slicing = par.get_bool("expert_slicing", false);
   if (par.has("shard_master")) p.shard_master = par.get_bool("shard_master", false);
+  p.overlap_comm = par.get_bool("overlap_comm", false);
   if (p.tp < 1) par.fail("tp", "must be >= 1");
   if (p.ep < 1) par.fail("ep", "must be >= 1");
   if (p.zero_stage < 0 || p.zero_stage > 2)

@@ -27,6 +27,7 @@
 #include "ops/collective.h"
 #include "ops/device.h"
 #include "train/checkpoint.h"
+#include "train/gradient_all_reduce.h"
 #include "train/load_balance.h"
 #include "train/loss_plot.h"
 
@@ -200,21 +201,6 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
   return total / std::max<int64_t>(1, count);
 }
 
-// The gradient buffer in runs of neighbouring tensors of one kind, expert or not, each a view of
-// the flat buffer: reduce(run, expert). The replicas' gradients are summed per run, the expert
-// tensors over the ranks that hold the same experts (edp), the rest over all data-parallel ranks.
-void for_each_gradient_run(model::Model& model,
-                           const std::function<void(const Tensor&, bool)>& reduce) {
-  const ParamBuffer& grads = model.grads();
-  int begin = 0;
-  for (int i = 1; i <= grads.size(); ++i) {
-    const bool expert = model.is_expert_param(begin);
-    if (i < grads.size() && model.is_expert_param(i) == expert) continue;
-    reduce(grads.flat_range(begin, i - 1), expert);
-    begin = i;
-  }
-}
-
 std::string format_duration(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds);
   char buf[32];
@@ -361,10 +347,17 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   zero.tile_elements = c.parallel.tile_elements;
   zero.shard_master = shard_master;
   zero.offload = c.parallel.offload;
+  zero.overlap_comm = c.parallel.overlap_comm;
   AdamW optimizer = zero_stage > 0 ? AdamW(model, c.optimizer, zero)
                                    : AdamW(model.params(), c.optimizer, c.parallel.offload,
                                            c.parallel.tile_elements);
   if (zero_stage == 2) model.set_gradient_sink(&optimizer);
+  // Without ZeRO's gradient partitioning every rank sums the whole buffer over dp (experts over
+  // edp): after backward, or with parallel.overlap_comm as each block's gradients are final.
+  GradientAllReduce dp_sum(model, {groups.dp.get(), ep ? groups.edp.get() : groups.dp.get(),
+                                   gpu_dp.get(), ep ? gpu_edp.get() : gpu_dp.get()});
+  const bool sum_over_dp = dp > 1 && zero_stage < 2;
+  if (sum_over_dp && c.parallel.overlap_comm) model.set_gradient_sink(&dp_sum);
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.
   if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());
@@ -453,7 +446,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
       if (hooks) hooks->before_forward(ids.data(), mb, seq_len, state.step, opt);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
-      model.backward();
+      model.backward(/*last_of_step=*/micro + dp >= micro_per_step);
       if (c.optimizer.bias_update_rate > 0) accumulate_expert_loads(model, expert_loads);
       loss += r.loss / micro_per_step;
       aux += r.aux_loss / micro_per_step;
@@ -463,19 +456,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     }
     model.finish_gradients();
     // Under ZeRO stage 2 the optimizer has reduce-scattered every bucket as the model streamed it.
-    if (dp > 1 && zero_stage < 2) {
-      if (gpu_dp && !ep)  // on the device's stream: the optimizer's kernels read the sums
-        ops::all_reduce_sum(model.grads().flat(), *gpu_dp);
-      else if (gpu_dp)
-        for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
-          if (!expert) ops::all_reduce_sum(run, *gpu_dp);
-          if (expert && gpu_edp) ops::all_reduce_sum(run, *gpu_edp);
-        });
-      else
-        for_each_gradient_run(model, [&](const Tensor& run, bool expert) {
-          (expert ? *groups.edp : *groups.dp).all_reduce_sum(run.data<float>(), run.numel());
-        });
-    }
+    if (sum_over_dp && c.parallel.overlap_comm)
+      dp_sum.wait();
+    else if (sum_over_dp)
+      dp_sum.reduce_all(model);
     if (dp > 1) {
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
       groups.dp->all_reduce_sum(sums, 5);

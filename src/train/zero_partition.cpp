@@ -19,8 +19,8 @@ Tensor staging(int64_t n, const Tensor& like, DType dtype = DType::kF32) {
 
 ZeroPartition::ZeroPartition(const std::vector<std::vector<FlatRange>>& buckets,
                              dist::Communicator& group, int64_t tile,
-                             dist::DeviceGroup* device_group)
-    : group_(&group), device_group_(device_group), tile_(tile) {
+                             dist::DeviceGroup* device_group, bool overlap)
+    : group_(&group), device_group_(device_group), tile_(tile), overlap_(overlap) {
   MOEX_CHECK(tile_ >= 1, "ZeroPartition: tile must be >= 1, got ", tile_);
   MOEX_CHECK(device_group == nullptr ||
                  (device_group->size() == group.size() && device_group->rank() == group.rank()),
@@ -94,14 +94,18 @@ void ZeroPartition::unpack(const Tensor& buf, const Bucket& b, int p, int64_t t,
   });
 }
 
-void ZeroPartition::reduce_scatter_sum(const Tensor& send, const Tensor& recv) const {
-  if (group_->size() == 1) return ops::copy(send, recv);
-  if (send.device().is_cpu()) {
+ops::PendingCollective ZeroPartition::reduce_scatter_sum(const Tensor& send, const Tensor& recv,
+                                                         bool detach) const {
+  if (group_->size() == 1) {
+    ops::copy(send, recv);
+  } else if (send.device().is_cpu()) {
     group_->reduce_scatter_sum(send.data<float>(), recv.data<float>(), recv.numel());
-    return;
+  } else {
+    MOEX_CHECK(device_group_ != nullptr, "ZeroPartition: GPU buffers need the device group");
+    if (detach) return ops::reduce_scatter_sum_detached(send, recv, *device_group_);
+    ops::reduce_scatter_sum(send, recv, *device_group_);
   }
-  MOEX_CHECK(device_group_ != nullptr, "ZeroPartition: GPU buffers need the device group");
-  ops::reduce_scatter_sum(send, recv, *device_group_);
+  return {};
 }
 
 void ZeroPartition::all_gather_blocks(const Tensor& send, const Tensor& recv) const {
@@ -119,18 +123,50 @@ int64_t ZeroPartition::comm_tile() const {
 }
 
 void ZeroPartition::reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
-                                          const Tensor& shard) const {
+                                          const Tensor& shard) {
   const Bucket& b = buckets_.at(static_cast<size_t>(bucket));
+  if (overlap_) finish_reductions();  // the bucket before: queued after this bucket's backward
   if (b.size == 0) return;
   const int g = group_->size();
   const int64_t len = std::min(comm_tile(), b.slice);
-  const Tensor send = staging(g * len, grads), recv = staging(len, grads);  // [g, len], [len]
-  for (int64_t t = 0; t < b.slice; t += len) {
-    const int64_t n = std::min(len, b.slice - t);
-    for (int p = 0; p < g; ++p) pack(grads, flat_begin, b, p, t, n, send.slice(p * n, (p + 1) * n));
-    reduce_scatter_sum(send.slice(0, g * n), recv.slice(0, n));
-    ops::add_into(recv.slice(0, n), shard.slice(b.shard + t, b.shard + t + n));
+  // Without overlap one tile's staging, [g, len] and [len], serves every tile in turn. With it the
+  // whole bucket is packed (tile t's blocks [g, n] at g * t, its sums [n] at t), so the model may
+  // write the next block's gradients over `grads` while the collectives run.
+  if (overlap_ && !overlap_send_.defined()) {
+    overlap_send_ = staging(g * largest_slice(), grads);
+    overlap_recv_ = staging(largest_slice(), grads);
   }
+  const Tensor send = overlap_ ? overlap_send_ : staging(g * len, grads);
+  const Tensor sums = overlap_ ? overlap_recv_.slice(0, b.slice) : staging(len, grads);
+  PendingSums pending{{}, sums, shard.slice(b.shard, b.shard + b.slice)};
+  for (int64_t t = 0; t < b.slice; t += len) {
+    const int64_t n = std::min(len, b.slice - t), at = overlap_ ? t : 0;
+    const Tensor tile_send = send.slice(g * at, g * (at + n)), tile_sums = sums.slice(at, at + n);
+    for (int p = 0; p < g; ++p)
+      pack(grads, flat_begin, b, p, t, n, tile_send.slice(p * n, (p + 1) * n));
+    // One communicator's collectives finish in order: the last one's event covers them all.
+    pending.collective = reduce_scatter_sum(tile_send, tile_sums, overlap_);
+    if (!overlap_) ops::add_into(tile_sums, pending.shard.slice(t, t + n));
+  }
+  if (overlap_) pending_ = pending;
+}
+
+void ZeroPartition::finish_reductions() {
+  if (!pending_) return;
+  ops::wait(pending_->collective);
+  ops::add_into(pending_->sums, pending_->shard);
+  pending_.reset();
+}
+
+int64_t ZeroPartition::largest_slice() const {
+  int64_t largest = 0;
+  for (const Bucket& b : buckets_) largest = std::max(largest, b.slice);
+  return largest;
+}
+
+int64_t ZeroPartition::staging_bytes() const {
+  const int64_t floats = overlap_ ? (group_->size() + 1) * largest_slice() : 0;
+  return floats * static_cast<int64_t>(sizeof(float));
 }
 
 void ZeroPartition::all_gather(const Tensor& flat) const {

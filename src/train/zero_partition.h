@@ -16,12 +16,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <utility>
 #include <vector>
 
 #include "core/tensor.h"
 #include "dist/communicator.h"
 #include "dist/device_group.h"
+#include "ops/collective.h"
 
 namespace moex::train {
 
@@ -38,8 +40,10 @@ class ZeroPartition {
   // buckets: the kind's contiguous flat ranges, grouped by bucket, in buffer order (pos ignored;
   // a bucket may be empty); group: dp or edp; device_group: the same ranks on the GPU (needed for
   // GPU buffers when the group has several).
+  // overlap (parallel.overlap_comm): reduce_scatter_bucket leaves its sums pending, so that on a
+  // GPU they run beside the next block's backward (see there).
   ZeroPartition(const std::vector<std::vector<FlatRange>>& buckets, dist::Communicator& group,
-                int64_t tile, dist::DeviceGroup* device_group = nullptr);
+                int64_t tile, dist::DeviceGroup* device_group = nullptr, bool overlap = false);
 
   int64_t domain_size() const { return size_; }  // N
   int64_t shard_size() const { return shard_; }  // S: every rank's shard, padding included
@@ -51,8 +55,16 @@ class ZeroPartition {
   // The buffers are f32 tensors on one device (all_gather's may be bf16 on a GPU).
   // grads: bucket b's part of a flat gradient buffer, from flat element `flat_begin` on (a model's
   // streamed bucket). shard [S] += this rank's slice of the bucket summed over the group.
+  // With overlap the bucket is packed whole into staging this partition keeps ([g * s] and [s]
+  // for the largest slice s: staging_bytes()), its reduce-scatters are queued detached, and their
+  // sums are added to the shard by the next call or by finish_reductions(): until then `shard`
+  // must stay as it is, and only the shard's slice of this bucket is pending.
   void reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
-                             const Tensor& shard) const;
+                             const Tensor& shard);
+  // Adds the pending sums of the last reduce_scatter_bucket to the shard (queued after them).
+  void finish_reductions();
+  // Bytes of the overlap's staging (allocated with the first bucket, on its device).
+  int64_t staging_bytes() const;
   // flat: the weights [total] (f32, or on a GPU bf16); every rank's shard goes to every rank.
   void all_gather(const Tensor& flat) const;
   // shard [S] (f32, or bf16 widened a tile at a time) on every rank -> flat [total] f32 (on the
@@ -84,12 +96,14 @@ class ZeroPartition {
             const Tensor& buf) const;
   void unpack(const Tensor& buf, const Bucket& b, int p, int64_t t, int64_t n,
               const Tensor& flat) const;
-  // The group's collectives on buffers of one device: send [g, n] -> recv [n] summed, and
-  // send [n] -> recv [g, n].
-  void reduce_scatter_sum(const Tensor& send, const Tensor& recv) const;
+  // The group's collectives on buffers of one device: send [g, n] -> recv [n] summed (on a GPU
+  // detached when asked: the result says what to wait for), and send [n] -> recv [g, n].
+  ops::PendingCollective reduce_scatter_sum(const Tensor& send, const Tensor& recv,
+                                            bool detach) const;
   void all_gather_blocks(const Tensor& send, const Tensor& recv) const;
   // Elements per rank in one collective tile.
   int64_t comm_tile() const;
+  int64_t largest_slice() const;  // the largest bucket's s_b
 
   std::vector<FlatRange> runs_;  // pos = start in the domain
   std::vector<Bucket> buckets_;
@@ -98,6 +112,14 @@ class ZeroPartition {
   int64_t tile_;
   int64_t size_ = 0, shard_ = 0;
   std::vector<FlatRange> step_pieces_;
+  // parallel.overlap_comm: the staging, and the last bucket's sums not yet added.
+  bool overlap_ = false;
+  Tensor overlap_send_, overlap_recv_;  // [g * s], [s]: s the largest slice
+  struct PendingSums {
+    ops::PendingCollective collective;  // the last of the bucket's reduce-scatters
+    Tensor sums, shard;                 // [slice] each: overlap_recv_'s and the shard's
+  };
+  std::optional<PendingSums> pending_;
 };
 
 }  // namespace moex::train

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace moex::train {
 namespace {
 
@@ -69,10 +71,11 @@ TEST(ZeroPartition, ShardsCoverTheDomainOnceInBoundedPieces) {
 
 // A streamed bucket: its gradients in a buffer of their own that starts at a flat offset. The
 // group's sums of this rank's slice are added to what the shard held; the other bucket's places
-// and the padding stay as they were.
-TEST(ZeroPartition, ReduceScatterBucketAddsTheSlicesSumToTheShard) {
+// and the padding stay as they were. With overlap the sums are added by the next bucket's call or
+// by finish_reductions, and the gradients may be overwritten as soon as the call returns.
+void expect_bucket_sums_in_shard(bool overlap) {
   dist::Communicator& world = dist::Communicator::world();
-  const ZeroPartition part(kBuckets, world, kPartTile);
+  ZeroPartition part(kBuckets, world, kPartTile, nullptr, overlap);
   const int64_t g = world.size(), rank = world.rank(), s = part.shard_size();
   std::vector<float> shard(static_cast<size_t>(s));
   for (int64_t k = 0; k < s; ++k) shard[k] = 0.5f * static_cast<float>(k + 1);
@@ -89,7 +92,26 @@ TEST(ZeroPartition, ReduceScatterBucketAddsTheSlicesSumToTheShard) {
     const Place at = place(domain_pos(i), g);
     if (at.owner == rank) want[at.shard_pos] += all_ranks * static_cast<float>(i + 1);
   }
+  if (overlap) {
+    EXPECT_EQ(shard, before) << "added before finish_reductions";
+    std::fill(grads.begin(), grads.end(), -7.0f);  // the next block's gradients
+    part.finish_reductions();
+    // The staging: [g, s2] blocks and [s2] sums of the largest slice, s2 = ceil(30 / g).
+    EXPECT_EQ(part.staging_bytes(), 4 * (g + 1) * ((30 + g - 1) / g));
+  } else {
+    EXPECT_EQ(part.staging_bytes(), 0);
+  }
   EXPECT_EQ(shard, want);
+  part.finish_reductions();  // nothing pending: a no-op
+  EXPECT_EQ(shard, want);
+}
+
+TEST(ZeroPartition, ReduceScatterBucketAddsTheSlicesSumToTheShard) {
+  expect_bucket_sums_in_shard(false);
+}
+
+TEST(ZeroPartition, OverlappedReduceScatterAddsTheSumsWhenFinished) {
+  expect_bucket_sums_in_shard(true);
 }
 
 TEST(ZeroPartition, AllGatherTakesEachElementFromItsOwner) {

@@ -71,6 +71,7 @@ struct Layout {
   // optimizer.master_dtype and grads_dtype "bf16" in both runs (plain data parallelism only)
   bool bf16_master = false, bf16_grads = false;
   bool shard_master = false;  // parallel.shard_master: ZeRO's fp32 master sharded, bf16 weights
+  bool overlap_comm = false;  // parallel.overlap_comm: the sums start as each block's backward ends
   double moment_tolerance = kTolerance;
 };
 
@@ -111,7 +112,7 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
                            "_steps" + std::to_string(l.steps) + (l.distill ? "_distill" : "") +
                            (l.offload ? "_offload" : "") + (l.bf16_moments ? "_bf16m" : "") +
                            (l.bf16_master ? "_bf16w" : "") + (l.bf16_grads ? "_bf16g" : "") +
-                           (l.shard_master ? "_shardw" : "");
+                           (l.shard_master ? "_shardw" : "") + (l.overlap_comm ? "_overlap" : "");
   const std::string checkpointing =
       l.cac || l.checkpointing ? R"(, "activation_checkpointing": true)" : "";
   const fs::path corpus = fs::current_path() / name;
@@ -142,7 +143,8 @@ void check_equals_single_process(const Layout& l, TrainResult* result = nullptr)
           (l.dtd ? "true" : "false") + R"(, "expert_slicing": )" +
           (l.expert_slicing ? "true" : "false") + R"(, "offload": )" +
           (l.offload ? "true" : "false") + R"(, "shard_master": )" +
-          (l.shard_master ? "true" : "false") + "}" + optimizer + distill,
+          (l.shard_master ? "true" : "false") + R"(, "overlap_comm": )" +
+          (l.overlap_comm ? "true" : "false") + "}" + optimizer + distill,
       model);
   const TrainConfig ep_config = l.distill ? DistillRunConfig::from_file(ep_path.string()).train
                                           : TrainConfig::from_file(ep_path.string());
@@ -274,6 +276,19 @@ TEST(GpuDataParallel, OffloadedBf16StateTrainsLikeTheGpuStep) {
     fs::remove_all(corpus);
   }
   world.barrier();
+}
+
+// parallel.overlap_comm: each block's gradients are summed (no ZeRO, stage 1: all-reduced in
+// place; stage 2: reduce-scattered from staging of their own) as soon as its backward has made
+// them, detached from the model's stream over NCCL (the host-staged group runs them in order).
+TEST(GpuDataParallel, OverlappedReductionsEqualTheSingleProcessRun) {
+  const int w = dist::Communicator::world().size();
+  for (const Layout& base :
+       {Layout{}, Layout{1, 1, false, 1}, Layout{1, 1, false, 2}, Layout{1, w, true, 2}}) {
+    Layout l = base;
+    l.overlap_comm = true;
+    check_equals_single_process(l);
+  }
 }
 
 TEST(GpuZero, StagesOneAndTwoEqualTheSingleProcessRun) {

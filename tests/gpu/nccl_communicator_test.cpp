@@ -329,6 +329,44 @@ TEST_F(NcclCommunicatorTest, CollectiveWaitsForTheCallerStreamAndTheCallerWaitsF
   CUDA_CHECK(cudaFreeHost(pinned));
 }
 
+// The detached forms (parallel.overlap_comm): the caller's stream runs on past the collective
+// while the communicator's stream is held back, and once the caller's stream waits for the
+// returned event, what it queues afterwards sees the result.
+TEST_F(NcclCommunicatorTest, DetachedCollectivesLetTheCallerRunOnUntilItWaits) {
+  const int64_t n = 1 << 20;
+  const auto host = random_bytes(n, DType::kF32, 77);
+  DeviceBuffer data(host.size()), recv(host.size());
+  data.upload(host);
+  void* pinned = nullptr;
+  CUDA_CHECK(cudaMallocHost(&pinned, host.size()));
+  for (const bool reduce_scatter : {false, true}) {
+    SCOPED_TRACE(reduce_scatter ? "reduce_scatter_sum_detached" : "all_reduce_sum_detached");
+    void* out = reduce_scatter ? recv.ptr : data.ptr;
+    CUDA_CHECK(cudaMemset(recv.ptr, 0xFF, host.size()));
+    CUDA_CHECK(cudaDeviceSynchronize());
+    delay_stream(comm_->stream(), 1000);
+    cudaEvent_t done =
+        reduce_scatter
+            ? comm_->reduce_scatter_sum_detached(data.ptr, recv.ptr, n, DType::kF32, stream_)
+            : comm_->all_reduce_sum_detached(data.ptr, n, DType::kF32, stream_);
+    cudaEvent_t ahead = nullptr;
+    CUDA_CHECK(cudaEventCreateWithFlags(&ahead, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(ahead, stream_));
+    CUDA_CHECK(cudaEventSynchronize(ahead));  // the caller's stream got past the collective
+    EXPECT_EQ(cudaEventQuery(done), cudaErrorNotReady)
+        << "the caller's stream waited for a detached collective";
+    (void)cudaGetLastError();
+    CUDA_CHECK(cudaStreamWaitEvent(stream_, done, 0));
+    CUDA_CHECK(cudaMemcpyAsync(pinned, out, host.size(), cudaMemcpyDeviceToHost, stream_));
+    CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::vector<unsigned char> got(host.size());
+    std::memcpy(got.data(), pinned, host.size());
+    EXPECT_EQ(first_difference(got, host, DType::kF32), "") << "one rank's sum is its own data";
+    CUDA_CHECK(cudaEventDestroy(ahead));
+  }
+  CUDA_CHECK(cudaFreeHost(pinned));
+}
+
 TEST_F(NcclCommunicatorTest, ManyQueuedCollectivesRecycleTheirEvents) {
   const int64_t n = 4096;
   auto host = random_bytes(n, DType::kI64, 3);

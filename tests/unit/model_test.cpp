@@ -349,6 +349,62 @@ TEST(Model, StreamedGradientsAreTheBufferedOnes) {
   }
 }
 
+// A model that keeps its whole gradient buffer, with a sink (parallel.overlap_comm): each bucket
+// goes to the sink once a step, the blocks (last first) as their backward ends in the backward
+// marked last_of_step, the edges in finish_gradients; or every bucket in finish_gradients when no
+// backward was so marked. What the sink got at each take must already be the bucket's final
+// gradients: bit for bit the buffer of a model without a sink after the same micro-batches.
+struct OrderSink : GradientSink {
+  std::vector<int> order;
+  std::vector<std::vector<float>> got;  // [buckets] a copy at the take
+  void take(int bucket, const Tensor& grads) override {
+    order.push_back(bucket);
+    got.at(static_cast<size_t>(bucket))
+        .assign(grads.data<float>(), grads.data<float>() + grads.numel());
+  }
+};
+
+TEST(Model, SinkOfAWholeBufferGetsEachBucketOnceItIsFinal) {
+  for (const ModelConfig& config : gradient_write_configs()) {
+    const std::array<Batch, 2> batches = two_batches(config.vocab_size);
+    Model ref(config), m(config);
+    ref.init_weights(3);
+    m.init_weights(3);
+    const std::vector<EntryRange>& buckets = m.gradient_buckets();
+    ASSERT_EQ(buckets.size(), 4u);  // embedding, two blocks, head
+    OrderSink sink;
+    m.set_gradient_sink(&sink);
+    for (const bool mark_last : {true, false}) {
+      SCOPED_TRACE(mark_last ? "last backward marked" : "no backward marked");
+      sink.order.clear();
+      sink.got.assign(buckets.size(), {});
+      ref.zero_grad();
+      m.zero_grad();
+      for (int b = 0; b < 2; ++b) {
+        total_loss(ref, batches[b], /*for_backward=*/true);
+        ref.backward();
+        total_loss(m, batches[b], /*for_backward=*/true);
+        m.backward(/*last_of_step=*/mark_last && b == 1);
+      }
+      EXPECT_EQ(sink.order, (mark_last ? std::vector<int>{2, 1} : std::vector<int>{}));
+      m.finish_gradients();
+      ref.finish_gradients();
+      EXPECT_EQ(sink.order, (std::vector<int>{2, 1, 0, 3}));
+      const ParamBuffer& want = ref.grads();
+      for (size_t b = 0; b < buckets.size(); ++b) {
+        const Tensor bucket = want.flat_range(buckets[b].first, buckets[b].last);
+        EXPECT_EQ(sink.got[b],
+                  std::vector<float>(bucket.data<float>(), bucket.data<float>() + bucket.numel()))
+            << "bucket " << b;
+      }
+      EXPECT_EQ(std::vector<float>(m.grads().flat().data<float>(),
+                                   m.grads().flat().data<float>() + m.grads().flat().numel()),
+                std::vector<float>(want.flat().data<float>(),
+                                   want.flat().data<float>() + want.flat().numel()));
+    }
+  }
+}
+
 // init_weights(seed, keep_drawn = false) draws one gradient bucket at a time through a host
 // window: the weights are the whole buffer's draw, bit for bit (tied head, learned positions and
 // LayerNorm biases included), and nothing is returned.
