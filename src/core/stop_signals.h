@@ -1,26 +1,40 @@
 // SIGINT (Ctrl-C) and SIGTERM (what mpirun passes its ranks, and what schedulers send before
-// preempting a job) handled by a command for as long as it runs, then handed back however it ends
-// (an exception included).
+// preempting a job), handled in a thread of their own.
+//
+// Why a thread: a signal handler runs on the stack of whichever thread the signal lands in, and
+// oneDNN's JIT GEMM kernels run with the stack pointer in heap memory, so a handler's frame
+// pushed there overwrites the heap (an abort in free() a moment later, no checkpoint written).
+// start_signal_thread(), called first thing in main(), blocks both signals in the calling thread
+// (every thread started later inherits that) and starts a thread that takes them. While a command
+// holds StopSignalHandlers, the installed handler only writes the signal's number to a pipe, and
+// that thread calls the command's handler with it (an ordinary thread: no async-signal limits).
+// Without a holder the signals keep their disposition (by default they end the process). Threads
+// that libraries start before main() (OpenBLAS's) may take a signal too; they only run the
+// forwarder on their own stacks. Child processes inherit the blocked mask.
+//
+// Without start_signal_thread (test binaries) StopSignalHandlers installs the command's handler
+// itself, as std::signal.
 #pragma once
-
-#include <csignal>
 
 namespace moex {
 
+// Idempotent; the first call must come before the process starts other threads.
+void start_signal_thread();
+
+// The command's handler for SIGINT and SIGTERM for as long as it lives, handed back however the
+// command ends (an exception included). Holders nest: the innermost handler gets the signals.
 class StopSignalHandlers {
  public:
-  explicit StopSignalHandlers(void (*handler)(int))
-      : sigint_(std::signal(SIGINT, handler)), sigterm_(std::signal(SIGTERM, handler)) {}
-  ~StopSignalHandlers() {
-    std::signal(SIGINT, sigint_);
-    std::signal(SIGTERM, sigterm_);
-  }
+  explicit StopSignalHandlers(void (*handler)(int));
+  ~StopSignalHandlers();
   StopSignalHandlers(const StopSignalHandlers&) = delete;
   StopSignalHandlers& operator=(const StopSignalHandlers&) = delete;
 
  private:
-  void (*sigint_)(int);
-  void (*sigterm_)(int);
+  void (*previous_)(int) = nullptr;  // the command handler before this one (threaded)
+  void (*sigint_)(int) = nullptr;    // the dispositions before this one
+  void (*sigterm_)(int) = nullptr;
+  bool threaded_ = false;
 };
 
 }  // namespace moex

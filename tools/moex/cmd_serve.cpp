@@ -3,10 +3,13 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "args.h"
 #include "command.h"
+#include "core/stop_signals.h"
+#include "dist/communicator.h"
 #include "model/model_io.h"
 #include "model_dir.h"
 #include "serve/server.h"
@@ -14,7 +17,15 @@
 namespace {
 
 std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }  // async-signal-safe: a watcher thread acts on it
+// The first signal drains (a watcher thread acts on it); a second ends the process at once, the
+// requests still running with it.
+void on_signal(int) {
+  if (!g_stop.exchange(true)) return;
+  std::fprintf(stderr, "moex serve: second signal: exiting without draining\n");
+  std::fflush(stderr);
+  if (moex::dist::Communicator::in_mpi_job()) moex::dist::Communicator::abort_job(130);
+  std::_Exit(130);
+}
 
 int run_serve(const std::vector<std::string>& argv) {
   const moex::cli::Args args(
@@ -86,8 +97,7 @@ int run_serve(const std::vector<std::string>& argv) {
   std::printf("{\"listening\": \"http://%s:%d\", \"model\": \"%s\"}\n", o.host.c_str(), bound,
               server.model_name().c_str());
   std::fflush(stdout);
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  const moex::StopSignalHandlers handlers(on_signal);
   std::atomic<bool> served{false};
   std::thread watcher([&] {
     while (!served) {

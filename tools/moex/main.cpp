@@ -7,6 +7,7 @@
 #include "command.h"
 #include "core/error.h"
 #include "core/logging.h"
+#include "core/stop_signals.h"
 #include "dist/communicator.h"
 
 namespace moex::cli {
@@ -45,6 +46,9 @@ std::string failing_rank() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before any thread exists: SIGINT and SIGTERM go to a thread of their own, never into compute
+  // code (core/stop_signals.h).
+  moex::start_signal_thread();
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     print_usage();
     return argc < 2 ? 2 : 0;
