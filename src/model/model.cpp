@@ -445,6 +445,10 @@ void Model::backward(bool last_of_step) {
   // Each block's gradients go to the sink as soon as its backward has made them: every
   // micro-batch when streamed, else once they are final.
   const bool hand_blocks = streams_ || (sink_ != nullptr && last_of_step);
+  // A sink of the whole buffer sums the blocks in place: a second hand-over in one step would
+  // sum what the first already summed.
+  MOEX_CHECK(streams_ || !hand_blocks || !blocks_handed_,
+             "Model::backward: only the last backward of a step may be marked last_of_step");
   final_norm_->backward(dh, dh);
   for (size_t i = blocks_.size(); i-- > 0;) {
     // Streamed: block i's bucket (i + 1) holds the window, where the last block left its own.

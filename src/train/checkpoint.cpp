@@ -109,6 +109,7 @@ TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW&
   const JsonReader js = JsonReader::from_file(state_path);
   TrainerState state;
   state.step = js.get_int("step");
+  if (state.step < 0) js.fail("step", "must be >= 0, got " + std::to_string(state.step));
   state.last_loss = js.get_double("last_loss", 0.0);
   state.data_state = js.get_json_text("data_state");
   if (state.data_state.empty()) js.fail("data_state", "is required");

@@ -5,9 +5,15 @@
 
 namespace moex::train {
 
-GradientAllReduce::GradientAllReduce(const model::Model& model, const DataParallelGroups& groups)
-    : groups_(groups), one_group_(groups.edp == nullptr || groups.edp == groups.dp) {
+GradientAllReduce::GradientAllReduce(const model::Model& model, const DataParallelGroups& groups,
+                                     bool detach)
+    : groups_(groups),
+      detach_(detach),
+      one_group_(groups.edp == nullptr || groups.edp == groups.dp) {
   MOEX_CHECK(groups_.dp != nullptr, "GradientAllReduce needs the data-parallel group");
+  // A streamed bucket's storage is reused as soon as the sink returns: no in-place sum there.
+  MOEX_CHECK(!model.streams_gradients(),
+             "GradientAllReduce sums a whole gradient buffer; streamed gradients go to ZeRO");
   if (one_group_) {
     groups_.edp = groups_.dp;
     groups_.gpu_edp = groups_.gpu_dp;
@@ -55,8 +61,9 @@ void GradientAllReduce::reduce_all(model::Model& model) {
 }
 
 void GradientAllReduce::take(int bucket, const Tensor& grads) {
+  if (one_group_) return reduce(grads, false, detach_);  // one call for the bucket
   for (const Run& run : runs_.at(static_cast<size_t>(bucket)))
-    reduce(grads.slice(run.begin, run.end), run.expert, true);
+    reduce(grads.slice(run.begin, run.end), run.expert, detach_);
 }
 
 void GradientAllReduce::wait() {

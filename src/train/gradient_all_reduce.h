@@ -5,9 +5,10 @@
 // Either after backward, all at once (reduce_all), or as the model's gradient sink with
 // parallel.overlap_comm (docs/parallelism.md §Overlapped gradient reductions): the model hands
 // each block's bucket over as soon as the step's last backward has made it, and the sum starts at
-// once. On GPU ranks it then runs on the communicator's stream beside the backward of the blocks
-// below; wait() joins the sums before the optimizer reads them. CPU ranks sum each bucket then
-// and there (blocking MPI).
+// once. With `detach` (GPU ranks whose backward uses no other communicator) it then runs on the
+// communicator's stream beside the backward of the blocks below; wait() joins the sums before the
+// optimizer reads them. Otherwise each bucket is summed then and there, in order on the model's
+// stream (blocking MPI on CPU ranks).
 #pragma once
 
 #include <vector>
@@ -34,7 +35,9 @@ struct DataParallelGroups {
 
 class GradientAllReduce : public model::GradientSink {
  public:
-  GradientAllReduce(const model::Model& model, const DataParallelGroups& groups);
+  // The model must keep a whole gradient buffer (not stream it).
+  GradientAllReduce(const model::Model& model, const DataParallelGroups& groups,
+                    bool detach = false);
 
   // Sums every gradient of the model's buffer over the groups (after the step's last backward).
   void reduce_all(model::Model& model);
@@ -50,10 +53,12 @@ class GradientAllReduce : public model::GradientSink {
     int64_t begin = 0, end = 0;
     bool expert = false;
   };
-  // Sums grads (one run) over its kind's group; on a GPU detached when `detach`.
+  // Sums grads (one run, or a bucket of one kind's group) over its kind's group; on a GPU
+  // detached when `detach`.
   void reduce(const Tensor& grads, bool expert, bool detach);
 
   DataParallelGroups groups_;
+  bool detach_;
   bool one_group_;                      // edp is dp (no expert parallelism)
   std::vector<std::vector<Run>> runs_;  // [buckets]
   std::vector<ops::PendingCollective> pending_;

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "core/file_util.h"
@@ -297,6 +298,12 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   const model::TensorParallelMisfit misfit = model::tensor_parallel_misfit(
       c.model, layout.tp, c.parallel.expert_slicing, c.training.device.is_cuda());
   MOEX_CHECK(misfit.message.empty(), c.source, ": parallel.", misfit.option, " ", misfit.message);
+  // Detached sums would run beside backward's tp or ep collectives on another NCCL communicator,
+  // which NCCL does not promise to progress side by side (docs/parallelism.md §Overlapped
+  // gradient reductions).
+  MOEX_CHECK(!(c.parallel.overlap_comm && c.training.device.is_cuda() && (tp || ep)), c.source,
+             ": parallel.overlap_comm: on GPU ranks it needs tp 1 and ep 1 (the data-parallel "
+             "sums would run beside backward's own collectives on another NCCL communicator)");
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
   // index on its node).
   const Device device = c.training.device.is_cuda() && world > 1
@@ -354,10 +361,14 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   if (zero_stage == 2) model.set_gradient_sink(&optimizer);
   // Without ZeRO's gradient partitioning every rank sums the whole buffer over dp (experts over
   // edp): after backward, or with parallel.overlap_comm as each block's gradients are final.
-  GradientAllReduce dp_sum(model, {groups.dp.get(), ep ? groups.edp.get() : groups.dp.get(),
-                                   gpu_dp.get(), ep ? gpu_edp.get() : gpu_dp.get()});
   const bool sum_over_dp = dp > 1 && zero_stage < 2;
-  if (sum_over_dp && c.parallel.overlap_comm) model.set_gradient_sink(&dp_sum);
+  std::optional<GradientAllReduce> dp_sum;
+  if (sum_over_dp)
+    dp_sum.emplace(model,
+                   DataParallelGroups{groups.dp.get(), ep ? groups.edp.get() : groups.dp.get(),
+                                      gpu_dp.get(), ep ? gpu_edp.get() : gpu_dp.get()},
+                   /*detach=*/c.parallel.overlap_comm);
+  if (sum_over_dp && c.parallel.overlap_comm) model.set_gradient_sink(&*dp_sum);
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.
   if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());
@@ -368,7 +379,17 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   TrainerState state;
   if (!resume_dir.empty()) {
     state = load_checkpoint(resume_dir, model, optimizer);
-    train_data->restore_json(state.data_state);
+    MOEX_CHECK(state.step < c.training.steps, resume_dir,
+               "/trainer_state.json: the checkpoint is at step ", state.step, ", and ", c.source,
+               " trains to training.steps ", c.training.steps,
+               ": nothing is left to train (raise training.steps to train on)");
+    try {
+      train_data->restore_json(state.data_state);
+    } catch (const Error& e) {
+      MOEX_THROW(resume_dir, "/trainer_state.json: data_state does not fit the data of ", c.source,
+                 " (data.path, data.seq_len, data.tasks and training.seed must be the run's): ",
+                 e.message());
+    }
     MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
     if (comm.is_root())
       for (const std::string& change : model_config_changes(resume_dir, c.model_json))
@@ -384,8 +405,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     MOEX_CHECK(!error, c.source, ": training.out_dir: cannot create '", c.training.out_dir,
                "': ", error.message());
     const std::string metrics_path = c.training.out_dir + "/metrics.jsonl";
-    if (!resume_dir.empty()) cut_metrics_after(metrics_path, state.step);
-    metrics.open(metrics_path, resume_dir.empty() ? std::ios::trunc : std::ios::app);
+    // A resumed run cuts the later lines when it has a line of its own to write (write_metrics):
+    // one that fails before its first step leaves the file as it was.
+    if (resume_dir.empty()) metrics.open(metrics_path, std::ios::trunc);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
               " data-parallel rank(s), ", layout.ep, " expert-parallel, ", layout.tp,
@@ -457,9 +479,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     model.finish_gradients();
     // Under ZeRO stage 2 the optimizer has reduce-scattered every bucket as the model streamed it.
     if (sum_over_dp && c.parallel.overlap_comm)
-      dp_sum.wait();
+      dp_sum->wait();
     else if (sum_over_dp)
-      dp_sum.reduce_all(model);
+      dp_sum->reduce_all(model);
     if (dp > 1) {
       double sums[5] = {loss, aux, zl, kd, weighted_kd};
       groups.dp->all_reduce_sum(sums, 5);
@@ -522,7 +544,14 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
         std::fprintf(stderr, "step %6lld | eval loss %.4f | ppl %.2f\n",
                      static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
-    if (root) metrics << line.dump() << "\n" << std::flush;
+    if (root) {
+      if (!metrics.is_open()) {  // resumed: continue after the checkpoint's step
+        const std::string metrics_path = c.training.out_dir + "/metrics.jsonl";
+        cut_metrics_after(metrics_path, state.step - 1);
+        metrics.open(metrics_path, std::ios::app);
+      }
+      metrics << line.dump() << "\n" << std::flush;
+    }
     if ((root || collective_save) && c.training.checkpoint_every > 0 &&
         state.step % c.training.checkpoint_every == 0 && !last) {
       char name[32];

@@ -125,30 +125,32 @@ int64_t ZeroPartition::comm_tile() const {
 void ZeroPartition::reduce_scatter_bucket(int bucket, const Tensor& grads, int64_t flat_begin,
                                           const Tensor& shard) {
   const Bucket& b = buckets_.at(static_cast<size_t>(bucket));
-  if (overlap_) finish_reductions();  // the bucket before: queued after this bucket's backward
+  finish_reductions();  // the bucket before (overlap): queued after this bucket's backward
   if (b.size == 0) return;
   const int g = group_->size();
+  // A group of one has nothing to run beside the backward: its sums are copies, added at once.
+  const bool overlap = overlap_ && g > 1;
   const int64_t len = std::min(comm_tile(), b.slice);
   // Without overlap one tile's staging, [g, len] and [len], serves every tile in turn. With it the
   // whole bucket is packed (tile t's blocks [g, n] at g * t, its sums [n] at t), so the model may
   // write the next block's gradients over `grads` while the collectives run.
-  if (overlap_ && !overlap_send_.defined()) {
+  if (overlap && !overlap_send_.defined()) {
     overlap_send_ = staging(g * largest_slice(), grads);
     overlap_recv_ = staging(largest_slice(), grads);
   }
-  const Tensor send = overlap_ ? overlap_send_ : staging(g * len, grads);
-  const Tensor sums = overlap_ ? overlap_recv_.slice(0, b.slice) : staging(len, grads);
+  const Tensor send = overlap ? overlap_send_ : staging(g * len, grads);
+  const Tensor sums = overlap ? overlap_recv_.slice(0, b.slice) : staging(len, grads);
   PendingSums pending{{}, sums, shard.slice(b.shard, b.shard + b.slice)};
   for (int64_t t = 0; t < b.slice; t += len) {
-    const int64_t n = std::min(len, b.slice - t), at = overlap_ ? t : 0;
+    const int64_t n = std::min(len, b.slice - t), at = overlap ? t : 0;
     const Tensor tile_send = send.slice(g * at, g * (at + n)), tile_sums = sums.slice(at, at + n);
     for (int p = 0; p < g; ++p)
       pack(grads, flat_begin, b, p, t, n, tile_send.slice(p * n, (p + 1) * n));
     // One communicator's collectives finish in order: the last one's event covers them all.
-    pending.collective = reduce_scatter_sum(tile_send, tile_sums, overlap_);
-    if (!overlap_) ops::add_into(tile_sums, pending.shard.slice(t, t + n));
+    pending.collective = reduce_scatter_sum(tile_send, tile_sums, overlap);
+    if (!overlap) ops::add_into(tile_sums, pending.shard.slice(t, t + n));
   }
-  if (overlap_) pending_ = pending;
+  if (overlap) pending_ = pending;
 }
 
 void ZeroPartition::finish_reductions() {
@@ -165,7 +167,8 @@ int64_t ZeroPartition::largest_slice() const {
 }
 
 int64_t ZeroPartition::staging_bytes() const {
-  const int64_t floats = overlap_ ? (group_->size() + 1) * largest_slice() : 0;
+  const int64_t floats =
+      overlap_ && group_->size() > 1 ? (group_->size() + 1) * largest_slice() : 0;
   return floats * static_cast<int64_t>(sizeof(float));
 }
 

@@ -286,6 +286,50 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
   fs::remove_all(corpus);
 }
 
+// A resume that cannot continue fails before touching the run: a checkpoint at or past the
+// config's training.steps, a negative step, or a data state from other data, each one error
+// naming trainer_state.json; metrics.jsonl keeps every line (the later steps' lines are cut only
+// when the resumed run writes its first one).
+TEST(Training, ResumeThatCannotContinueNamesTheStateAndKeepsTheMetrics) {
+  const fs::path corpus = testing::make_temp_corpus("moex_bad_resume");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config =
+      TrainConfig::from_file(write_config(corpus, out, R"(, "checkpoint_every": 3)").string());
+  ASSERT_EQ(run_training(config, "").steps_done, 12);
+  const std::string metrics = out + "/metrics.jsonl";
+  ASSERT_EQ(losses_of(metrics).size(), 12u);
+  const std::string step3 = out + "/step-000003";
+  auto error_of = [&](const TrainConfig& c, const std::string& dir) {
+    try {
+      run_training(c, dir);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  auto expect_names = [&](const std::string& message, const std::vector<std::string>& parts) {
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' in: " << message;
+    EXPECT_EQ(losses_of(metrics).size(), 12u) << message;
+  };
+  TrainConfig short_run = config;
+  short_run.training.steps = 3;
+  expect_names(error_of(short_run, step3),
+               {step3 + "/trainer_state.json", "step 3", "training.steps 3", "nothing is left"});
+  const std::string other = (corpus / "other").string();
+  fs::copy(step3, other);
+  nlohmann::json state = nlohmann::json::parse(std::ifstream(other + "/trainer_state.json"));
+  ASSERT_EQ(state.at("step"), 3);
+  state["step"] = -3;
+  std::ofstream(other + "/trainer_state.json") << state.dump();
+  expect_names(error_of(config, other), {other + "/trainer_state.json", "step", "-3"});
+  TrainConfig longer_windows = config;
+  longer_windows.data.seq_len = config.data.seq_len / 2;
+  expect_names(error_of(longer_windows, step3),
+               {step3 + "/trainer_state.json", "data_state", "data.seq_len"});
+  fs::remove_all(corpus);
+}
+
 // Ctrl-C (SIGINT) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what job schedulers
 // send before preempting) both end the run after its step, with a checkpoint; a second one (a
 // user pressing Ctrl-C again) changes nothing.
