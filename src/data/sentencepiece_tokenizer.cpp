@@ -3,6 +3,7 @@
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
+#include <algorithm>
 #include <sstream>
 #include <unordered_map>
 
@@ -13,7 +14,14 @@ namespace moex::data {
 
 SentencePieceTokenizer::SentencePieceTokenizer(
     std::unique_ptr<sentencepiece::SentencePieceProcessor> processor, std::string path)
-    : sp_(std::move(processor)), path_(std::move(path)) {}
+    : sp_(std::move(processor)), path_(std::move(path)) {
+  for (int id = 0; id < sp_->GetPieceSize(); ++id)
+    if (sp_->IsControl(id) && !sp_->IdToPiece(id).empty())
+      controls_.emplace_back(sp_->IdToPiece(id), id);
+  // The longest first: where two start at one place, the longer one is the match.
+  std::stable_sort(controls_.begin(), controls_.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+}
 
 SentencePieceTokenizer::~SentencePieceTokenizer() = default;
 
@@ -32,13 +40,32 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::open(
 
 std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text,
                                                     bool add_special_tokens) const {
-  std::vector<int> pieces;
-  const auto status = sp_->Encode(absl::string_view(text.data(), text.size()), &pieces);
-  MOEX_CHECK(status.ok(), path_, ": encode failed: ", status.ToString());
   std::vector<int32_t> ids;
-  ids.reserve(pieces.size() + 1);
   if (add_special_tokens && sp_->bos_id() >= 0) ids.push_back(sp_->bos_id());
-  ids.insert(ids.end(), pieces.begin(), pieces.end());
+  // libsentencepiece reads control pieces written in the text ("<s>", "</s>") as plain
+  // characters: each is matched here and the text between them encoded on its own, as a
+  // Hugging Face Llama tokenizer does (a chat template writes BOS and EOS as text).
+  std::vector<int> pieces;
+  auto encode_plain = [&](std::string_view part) {
+    if (part.empty()) return;
+    const auto status = sp_->Encode(absl::string_view(part.data(), part.size()), &pieces);
+    MOEX_CHECK(status.ok(), path_, ": encode failed: ", status.ToString());
+    ids.insert(ids.end(), pieces.begin(), pieces.end());
+  };
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t found = std::string_view::npos;
+    const std::pair<std::string, int32_t>* match = nullptr;
+    for (const auto& control : controls_) {
+      const size_t pos = text.find(control.first, at);
+      if (pos < found) found = pos, match = &control;  // ties keep the longer (earlier) one
+    }
+    if (match == nullptr) break;
+    encode_plain(text.substr(at, found - at));
+    ids.push_back(match->second);
+    at = found + match->first.size();
+  }
+  encode_plain(text.substr(at));
   return ids;
 }
 

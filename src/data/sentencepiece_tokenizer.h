@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/tokenizer.h"
@@ -34,6 +35,8 @@ class SentencePieceTokenizer : public Tokenizer {
                          std::string path);
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string path_;
+  // The control pieces with text ("<s>", "</s>"), longest first: encode matches them in text.
+  std::vector<std::pair<std::string, int32_t>> controls_;
 };
 
 struct SentencePieceTrainOptions {

@@ -133,10 +133,12 @@ uint64_t Scheduler::submit(Request request) {
              "prompt log-probabilities need logprobs >= 0");
   for (int32_t t : request.prompt)
     MOEX_CHECK(t >= 0 && t < vocab, "prompt token ", t, " is outside the vocabulary of ", vocab);
-  const int64_t total = static_cast<int64_t>(request.prompt.size()) + request.max_tokens;
-  MOEX_CHECK(total <= options_.max_context, "the prompt (", request.prompt.size(),
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  // Compared as a difference: prompt + max_tokens could overflow for a huge max_tokens.
+  MOEX_CHECK(request.max_tokens <= options_.max_context - prompt_len, "the prompt (", prompt_len,
              " tokens) plus max_tokens (", request.max_tokens, ") exceeds the context of ",
              options_.max_context, " tokens");
+  const int64_t total = prompt_len + request.max_tokens;
   MOEX_CHECK(pool_.blocks_for(total) <= pool_.num_blocks(), "the request needs ",
              pool_.blocks_for(total), " KV blocks, the pool holds ", pool_.num_blocks());
   auto seq = std::make_unique<Sequence>();

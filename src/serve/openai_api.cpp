@@ -352,6 +352,9 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
         if (it.key() != "role" && it.key() != "content") msg.extra[it.key()] = it.value();
       // OpenAI sends a call's arguments as JSON text; templates write them with tojson, as
       // transformers expects them: an object.
+      if (msg.extra.contains("tool_calls") && !msg.extra["tool_calls"].is_null() &&
+          !msg.extra["tool_calls"].is_array())
+        bad(param + ".tool_calls", "'" + param + ".tool_calls' must be a list");
       if (msg.extra.contains("tool_calls") && msg.extra["tool_calls"].is_array())
         for (auto& call : msg.extra["tool_calls"]) {
           if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
@@ -414,10 +417,18 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
       if (x.empty()) bad("stop", "'stop' strings must not be empty");
   }
   r.stream = flag(body, "stream");
-  if (body.contains("stream_options") && body["stream_options"].is_object()) {
+  if (given(body, "stream_options")) {
     const json& so = body["stream_options"];
-    if (so.contains("include_usage") && so["include_usage"].is_boolean())
+    if (!so.is_object()) bad("stream_options", "'stream_options' must be an object");
+    if (!r.stream) bad("stream_options", "'stream_options' is only allowed with 'stream': true");
+    for (auto it = so.begin(); it != so.end(); ++it)
+      if (it.key() != "include_usage")
+        bad("stream_options", "'stream_options." + it.key() + "' is not a field moex reads");
+    if (given(so, "include_usage")) {
+      if (!so["include_usage"].is_boolean())
+        bad("stream_options", "'stream_options.include_usage' must be a boolean");
       r.include_usage_in_stream = so["include_usage"].get<bool>();
+    }
   }
   std::shared_ptr<const infer::JsonSchema> forced;
   bool one_named = false;

@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -122,6 +123,10 @@ struct Server::Impl {
   std::once_flag json_tokens_once;
   std::shared_ptr<const infer::TokenTable> json_tokens;  // json_token_table()
   std::map<std::string, std::string> special_tokens;
+  // The most text bytes one token can stand for (the longest token's text, a normalization's
+  // growth allowed for): text longer than the context times this cannot fit, so it is refused
+  // before tokenizing, which costs memory in proportion to the text.
+  int64_t max_token_text = 0;
   std::unique_ptr<infer::Scheduler> scheduler;
   httplib::Server http;
   // Each routed path and the methods it answers (the Allow header of a 405), filled by get/post.
@@ -154,17 +159,40 @@ struct Server::Impl {
       special_tokens["bos_token"] = tokenizer->id_to_token(tokenizer->bos_id());
     if (special_tokens["eos_token"].empty() && tokenizer->eos_id() >= 0)
       special_tokens["eos_token"] = tokenizer->id_to_token(tokenizer->eos_id());
+    for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
+      try {
+        max_token_text = std::max<int64_t>(max_token_text,
+                                           static_cast<int64_t>(tokenizer->id_to_token(id).size()));
+      } catch (const Error&) {  // an id the vocabulary skips
+      }
+    }
+    max_token_text = 4 * std::max<int64_t>(max_token_text, 1);
     scheduler = std::make_unique<infer::Scheduler>(*model, options.scheduler);
     routes();
+  }
+
+  // Refuses text (a prompt, a rendered conversation) too long for the context at any
+  // tokenization, before tokenizing it.
+  void check_text_fits(size_t bytes, const std::string& param) const {
+    const int64_t context = scheduler->max_context();
+    if (static_cast<int64_t>(bytes) / max_token_text < context) return;
+    throw api_error(400,
+                    "this model's maximum context length is " + std::to_string(context) +
+                        " tokens; the " + (param == "messages" ? "conversation" : "prompt") +
+                        " has " + std::to_string(bytes) +
+                        " bytes of text, more than that many tokens can hold",
+                    "invalid_request_error", "context_length_exceeded", param);
   }
 
   // Each choice's prompt (prompt index * n + j), or an ApiError.
   std::vector<std::vector<int32_t>> choice_prompts(const GenerationRequest& r) {
     std::vector<std::vector<int32_t>> prompts;
     if (r.chat) prompts.push_back(chat_prompt(r));
-    for (const Prompt& p : r.prompts)
+    for (const Prompt& p : r.prompts) {
+      if (p.text) check_text_fits(p.text->size(), "prompt");
       prompts.push_back(p.text ? tokenizer->encode(*p.text, true)
                                : p.ids);  // Scheduler::submit checks ids against the vocabulary
+    }
 
     // Token ids the request names (the parser checked they are >= 0).
     const int64_t vocab = model->config().vocab_size;
@@ -190,7 +218,7 @@ struct Server::Impl {
                         "this model's maximum context length is " + std::to_string(context) +
                             " tokens; the prompt" + which + " has " + std::to_string(len),
                         "invalid_request_error", "context_length_exceeded", prompt_param);
-      if (r.max_tokens && len + *r.max_tokens > context)
+      if (r.max_tokens && *r.max_tokens > context - len)  // (len + max_tokens could overflow)
         throw api_error(400,
                         "this model's maximum context length is " + std::to_string(context) +
                             " tokens; the request has " + std::to_string(len) + " prompt tokens" +
@@ -217,6 +245,7 @@ struct Server::Impl {
       throw api_error(400, "the model's chat template refused the conversation: " + e.reason(),
                       "invalid_request_error", "", "messages");
     }
+    check_text_fits(text.size(), "messages");
     return tokenizer->encode(text, /*add_special_tokens=*/false);  // the template adds BOS
   }
 
@@ -738,7 +767,9 @@ struct Server::Impl {
   }
 
   void routes() {
-    http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(n); };
+    const int64_t held = options.max_waiting + options.scheduler.max_batch + 16;
+    const size_t threads = static_cast<size_t>(std::max<int64_t>(options.http_threads, held));
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
     post("/v1/completions",
          [this](const httplib::Request& q, httplib::Response& s) { generate(q, s, false); });

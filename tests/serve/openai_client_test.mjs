@@ -400,6 +400,28 @@ try {
   r = await raw('/v1/chat/completions', JSON.stringify({ model, messages: 'hi' }));
   assert.equal(r.status, 400);
   assert.equal(r.json.error.param, 'messages');
+  // The largest int64 max_tokens: prompt + max_tokens must not overflow past the context check.
+  for (const path of ['/v1/completions', '/v1/chat/completions']) {
+    const field = path.includes('chat') ? `"messages": [{"role": "user", "content": "x"}]` : `"prompt": "x"`;
+    r = await raw(path, `{"model": "${model}", ${field}, "max_tokens": 9223372036854775807}`);
+    assert.equal(r.status, 400, r.text);
+    assert.equal(r.json.error.code, 'context_length_exceeded');
+  }
+  // stream_options: an object, only with stream, only the fields moex reads; tool_calls a list.
+  for (const [extra, needle] of [
+    ['"stream": true, "stream_options": "x"', 'must be an object'],
+    ['"stream_options": {"include_usage": true}', "only allowed with 'stream': true"],
+    ['"stream": true, "stream_options": {"include_usage": "yes"}', 'must be a boolean'],
+    ['"stream": true, "stream_options": {"usage": true}', 'stream_options.usage'],
+  ]) {
+    r = await raw('/v1/completions', `{"model": "${model}", "prompt": "x", ${extra}}`);
+    assert.equal(r.status, 400, r.text);
+    assert.equal(r.json.error.param, 'stream_options');
+    assert.ok(r.json.error.message.includes(needle), r.json.error.message);
+  }
+  r = await raw('/v1/chat/completions', JSON.stringify({ model, messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: 'y', tool_calls: 'oops' }] }));
+  assert.equal(r.status, 400, r.text);
+  assert.equal(r.json.error.param, 'messages[1].tool_calls');
   r = await raw('/v1/nope', '{}');
   assert.equal(r.status, 404);
   assert.ok(r.json.error.message.includes('/v1/nope'));
@@ -448,6 +470,14 @@ try {
   // A prompt longer than the context, no max_tokens: the prompt is named, no negative count.
   const tooLong = await expectError(client.completions.create({ model, prompt: 'word '.repeat(500) }), 400, { code: 'context_length_exceeded', param: 'prompt' });
   assert.ok(!tooLong.error.message.includes('-'), tooLong.error.message);
+  // Text far past what the context can hold is refused by its length, before tokenizing it.
+  for (const huge of [
+    client.completions.create({ ...base, prompt: 'abcdefg'.repeat(1000000) }),
+    client.chat.completions.create({ model, messages: [{ role: 'user', content: 'abcdefg'.repeat(1000000) }] }),
+  ]) {
+    const e = await expectError(huge, 400, { code: 'context_length_exceeded' });
+    assert.ok(e.error.message.includes('bytes of text'), e.error.message);
+  }
   await expectError(client.completions.create({ ...base, prompt: 'x', top_p: 0 }), 400, { param: 'top_p' });
   await expectError(client.chat.completions.create({ model, messages: [{ role: 'wizard', content: 'x' }] }), 400);
   assert.equal((await client.completions.create({ ...base, prompt: 'The server' })).choices[0].text, g.text);

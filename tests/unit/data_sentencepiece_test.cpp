@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -69,6 +70,24 @@ TEST_F(DataSentencePiece, TrainEncodeDecode) {
       }
     }
     EXPECT_THROW(tok->decode({330}), Error);
+
+    // Control pieces written in the text are those tokens (a chat template writes "<s>" and
+    // "</s>"): the text between them is encoded on its own, as a Hugging Face Llama tokenizer
+    // does; anything else that looks like one stays text.
+    const std::vector<int32_t> fox = tok->encode("The quick brown fox.", false);
+    const std::vector<int32_t> dog = tok->encode("lazy dog", false);
+    std::vector<int32_t> want = {1};
+    want.insert(want.end(), fox.begin(), fox.end());
+    want.push_back(2);
+    want.insert(want.end(), dog.begin(), dog.end());
+    EXPECT_EQ(tok->encode("<s>The quick brown fox.</s>lazy dog", false), want) << type;
+    EXPECT_EQ(tok->encode("</s></s>", false), (std::vector<int32_t>{2, 2})) << type;
+    const std::vector<int32_t> plain = tok->encode("<t>", false);
+    EXPECT_EQ(std::count(plain.begin(), plain.end(), 1) + std::count(plain.begin(), plain.end(), 2),
+              0)
+        << type;
+    EXPECT_EQ(tok->decode(tok->encode("<s>The quick</s>", false), false), "<s>The quick</s>")
+        << type;
   }
 }
 
