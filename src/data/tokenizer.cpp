@@ -48,10 +48,12 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& path) {
   }
   std::ifstream in(path, std::ios::binary);
   MOEX_CHECK(in.good(), path, ": cannot open tokenizer file");
+  // A JSON file may start with a UTF-8 byte order mark and white space; a SentencePiece model is
+  // a protobuf, whose first byte is never '{' or the mark's 0xEF.
   char c = 0;
   while (in.get(c) && (c == ' ' || c == '\n' || c == '\r' || c == '\t')) {
   }
-  if (in && c == '{') return load_tokenizer_json(path);
+  if (in && (c == '{' || static_cast<unsigned char>(c) == 0xEF)) return load_tokenizer_json(path);
   return SentencePieceTokenizer::open(path);
 }
 

@@ -1,5 +1,6 @@
 #include "model/hf_config.h"
 
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <sstream>
@@ -220,6 +221,8 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
     }
   }
 
+  if (c.num_layers < 1)
+    f.fail("num_hidden_layers", "must be >= 1, got " + std::to_string(c.num_layers));
   // Bounded before the per-layer table is allocated (ModelConfig::validate holds the same limit).
   if (c.num_layers > ModelConfig::kMaxLayers)
     f.fail("num_hidden_layers", "is " + std::to_string(c.num_layers) + "; at most " +
@@ -243,7 +246,29 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
   try {
     c.validate();
   } catch (const Error& e) {
-    throw Error(source + ": " + e.what());
+    // ModelConfig speaks of its own fields: the message names config.json's instead.
+    const bool qwen = arch == Arch::kQwen2Moe || arch == Arch::kQwen3Moe;
+    const std::pair<const char*, const char*> names[] = {
+        {"model.moe.num_experts", arch == Arch::kMixtral ? "num_local_experts" : "num_experts"},
+        {"model.moe.ffn_size", qwen ? "moe_intermediate_size" : "intermediate_size"},
+        {"model.moe.top_k", "num_experts_per_tok"},
+        {"model.num_kv_heads", "num_key_value_heads"},
+        {"model.num_layers", "num_hidden_layers"},
+        {"model.num_heads", "num_attention_heads"},
+        {"model.max_seq_len", "max_position_embeddings"},
+        {"model.ffn_size", "intermediate_size"},
+        {"model.norm_eps", "rms_norm_eps"},
+        {"model.rope_theta", "rope_theta"},
+        {"model.head_dim", "head_dim"},
+        {"model.hidden_size", "hidden_size"},
+        {"model.vocab_size", "vocab_size"},
+    };
+    std::string message = e.message();
+    for (const auto& [ours, theirs] : names)
+      for (size_t at = message.find(ours); at != std::string::npos;
+           at = message.find(ours, at + std::strlen(theirs)))
+        message.replace(at, std::strlen(ours), theirs);
+    throw Error(source + ": " + message);
   }
   return c;
 }

@@ -59,6 +59,7 @@ class Loader {
     const Tensor t = ckpt_.weight_f32(name);
     MOEX_CHECK(t.shape() == shape, ckpt_.file_of(name).path(), ": tensor '", name, "' has shape ",
                t.shape().str(), ", the model expects ", shape.str());
+    check_finite_weights(t, ckpt_.file_of(name).path(), name);
     used_.insert(name);
     return t;
   }

@@ -1,5 +1,7 @@
 #include "model/model_io.h"
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -140,6 +142,15 @@ void save_model(const Model& model, const std::string& model_json, const std::st
   io::save_safetensors(dir + "/" + io::kSafetensorsSingleName, tensors, options);
 }
 
+void check_finite_weights(const Tensor& weights, const std::string& file, const std::string& name) {
+  const float* values = weights.data<float>();
+  const int64_t n = weights.numel();
+  const int64_t bad =
+      std::find_if(values, values + n, [](float v) { return !std::isfinite(v); }) - values;
+  MOEX_CHECK(bad == n, file, ": tensor '", name, "' holds ", values[bad], " at element ", bad,
+             " (a corrupt or diverged checkpoint)");
+}
+
 ParamBuffer load_weights(Model& model, const std::string& checkpoint_path) {
   const io::SafetensorsCheckpoint ckpt = io::SafetensorsCheckpoint::open(checkpoint_path);
   const ParamBuffer params = model.host_params();
@@ -149,6 +160,7 @@ ParamBuffer load_weights(Model& model, const std::string& checkpoint_path) {
     const Tensor src =
         local_part(model, i, ckpt.weight_f32(name), checkpoint_path + ": tensor '" + name + "'");
     const Tensor& dst = params.tensor(i);
+    check_finite_weights(src, ckpt.file_of(name).path(), name);
     std::copy(src.data<float>(), src.data<float>() + src.numel(), dst.data<float>());
   }
   for (const std::string& name : ckpt.names())

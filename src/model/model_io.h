@@ -32,6 +32,11 @@ std::map<std::string, Tensor> gather_named_tensors(const Model& model, const Ten
 // `full` of another shape is an error "<what> has shape ..., the model expects <whole shape>"
 // (checked against the whole, since a smaller tensor can have exactly the shape of a part).
 Tensor local_part(const Model& model, int index, const Tensor& full, const std::string& what);
+
+// Throws unless every value of weights (f32, on the host) is finite: a NaN or infinite weight
+// would only show later as a NaN loss or a run of one token. The error names `file`, tensor
+// `name` and the element.
+void check_finite_weights(const Tensor& weights, const std::string& file, const std::string& name);
 // The shape of the whole tensor of which parameter `index` holds a part.
 Shape whole_shape(const Model& model, int index);
 

@@ -98,13 +98,23 @@ std::vector<std::filesystem::path> earlier_run_files(const TrainConfig& c) {
   namespace fs = std::filesystem;
   std::vector<fs::path> earlier;
   std::error_code error;
-  for (const fs::directory_entry& e : fs::directory_iterator(c.training.out_dir, error)) {
-    const std::string name = e.path().filename().string();
+  auto is_checkpoint_name = [](const std::string& name) {
     const bool step = name.size() > 5 && name.rfind("step-", 0) == 0 &&
                       name.find_first_not_of("0123456789", 5) == std::string::npos;
-    const bool checkpoint = (name == "final" || name == "latest" || step) &&
-                            fs::is_regular_file(e.path() / "trainer_state.json", error);
-    if (checkpoint || name == "metrics.jsonl" || name == "loss.svg" || name == "loss.html")
+    return name == "final" || name == "latest" || step;
+  };
+  for (const fs::directory_entry& e : fs::directory_iterator(c.training.out_dir, error)) {
+    const std::string name = e.path().filename().string();
+    const bool checkpoint =
+        is_checkpoint_name(name) && fs::is_regular_file(e.path() / "trainer_state.json", error);
+    // What a save cut short (a kill) leaves: a checkpoint's temporary or replaced copy.
+    const size_t cut = name.size() > 4 ? name.size() - 4 : 0;
+    const std::string suffix = name.substr(cut);
+    const bool unfinished = (suffix == ".tmp" || suffix == ".old") &&
+                            is_checkpoint_name(name.substr(0, cut)) &&
+                            fs::is_directory(e.path(), error);
+    if (checkpoint || unfinished || name == "metrics.jsonl" || name == "loss.svg" ||
+        name == "loss.html")
       earlier.push_back(e.path());
   }
   if (earlier.empty()) return earlier;
@@ -262,6 +272,20 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                "parallel.tp, ep or zero_stage); got training.device \"",
                c.training.device.is_cuda() ? "cuda" : "cpu", "\", tp ", layout.tp, ", ep ",
                layout.ep, ", zero_stage ", c.parallel.zero_stage);
+  // One CPU process holds the whole model's weights, gradients and Adam moments: a model that
+  // cannot fit the machine's memory is refused before minutes of allocating and drawing.
+  if (comm.size() == 1 && !c.training.device.is_cuda()) {
+    const double params = static_cast<double>(c.model.num_parameters());
+    const double need =
+        params * (8.0 + 2.0 * static_cast<double>(dtype_size(c.optimizer.moments_dtype)));
+    const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
+                          static_cast<double>(::sysconf(_SC_PAGESIZE));
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    MOEX_CHECK(memory <= 0 || need <= memory, c.source, ": the model has ",
+               c.model.num_parameters(), " parameters; training it on the CPU needs at least ",
+               need / kGiB, " GiB (weights, gradients and Adam moments), more than this machine's ",
+               memory / kGiB, " GiB of memory");
+  }
   check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.
   const std::vector<std::filesystem::path> earlier_run = comm.is_root() && resume_dir.empty()

@@ -40,6 +40,7 @@ expect_error "master.json: parallel.shard_master: a CPU model's fp32 weights are
 printf '{"model": ' > "$TMP/broken.json"
 expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
 expect_error "unknown flag --stepz" train --stepz 3
+expect_error "flag --stop-after: 99999999999999999999 is out of the 64-bit integer range" train --config "$TMP/typo.json" --stop-after 99999999999999999999
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "num_layers": 2}, "data": {"path": "x"}}' > "$TMP/twice.json"
 expect_error 'twice.json: invalid JSON: the key "model.num_layers" appears twice' train --config "$TMP/twice.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "bos_id": 10}, "data": {"path": "x"}}' > "$TMP/bos.json"
@@ -108,6 +109,9 @@ for prefix in sys.argv[1:]:
 PY
 sed 's/, "task": "summarize"//' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
 expect_error "outside the model's vocabulary of 10" train --config "$TMP/data.json"
+# a model far past the machine's memory: refused before minutes of allocating
+printf '{"model": {"vocab_size": 32000, "hidden_size": 8192, "num_layers": 4000, "num_heads": 64, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/huge.json"
+expect_error "huge.json: the model has 4295557128192 parameters; training it on the CPU needs at least" train --config "$TMP/huge.json"
 # --resume given a run's out_dir instead of one of its checkpoints
 mkdir -p "$TMP/oldrun/latest" && echo '{}' > "$TMP/oldrun/latest/trainer_state.json"
 expect_error "oldrun: this is a run's out_dir, not a checkpoint; resume from one of its checkpoints, e.g. $TMP/oldrun/latest" train --config "$TMP/data.json" --resume "$TMP/oldrun"
@@ -166,6 +170,15 @@ head += b" " * (-len(head) % 8)
 open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack("<3i", 1, 2, 3))
 PY
 PROMPT_IDS="$TMP/one_row.safetensors"
+# ids past the model's 128-token vocabulary (another tokenizer's, most likely): the file and place
+python3 - "$TMP/far_ids.safetensors" <<'PY'
+import json, struct, sys
+head = json.dumps({"input_ids": {"dtype": "I32", "shape": [1, 3], "data_offsets": [0, 12]}}).encode()
+head += b" " * (-len(head) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack("<3i", 1, 2, 500))
+PY
+expect_error "far_ids.safetensors: input_ids[0, 2] is 500, outside the model's vocabulary of 128" eval --model "$MIXTRAL/model" --input-ids "$TMP/far_ids.safetensors"
+expect_error "far_ids.safetensors: input_ids[0, 2] is 500, outside the model's vocabulary of 128" generate --model "$MIXTRAL/model" --input-ids "$TMP/far_ids.safetensors"
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
 expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both

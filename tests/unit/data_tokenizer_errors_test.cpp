@@ -56,6 +56,13 @@ TEST(DataTokenizerErrors, ValidBaseOpens) {
   EXPECT_EQ(tok->decode({3, 0, 2, 1}, false), "ab<s>ba");
 }
 
+// Editors on some systems start a JSON file with a UTF-8 byte order mark: still a tokenizer.json.
+TEST(DataTokenizerErrors, ByteOrderMarkBeforeTheJsonOpens) {
+  EXPECT_EQ(error_of("\xEF\xBB\xBF" + std::string(kValid)), "");
+  const std::string m = error_of("\xEF\xBB\xBF" + std::string(kValid).substr(0, 80));
+  EXPECT_NE(m.find("not valid JSON"), std::string::npos) << m;
+}
+
 TEST(DataTokenizerErrors, BadJson) {
   const std::string m = error_of(std::string(kValid).substr(0, 80));
   EXPECT_NE(m.find("not valid JSON"), std::string::npos) << m;

@@ -94,6 +94,37 @@ TEST(NumParameters, EqualsTransformersCountForTheHfFixtures) {
   }
 }
 
+// A Hugging Face config.json that moex's model checks refuse names config.json's own fields (not
+// moex's model.* names) and no source location.
+TEST(HfConfigErrors, NameTheHuggingFaceFields) {
+  const std::string dir = std::string(MOEX_SOURCE_DIR) + "/tests/fixtures/hf/";
+  auto error_of = [&](const char* arch, const char* field, const nlohmann::json& value) {
+    nlohmann::json config = nlohmann::json::parse(std::ifstream(dir + arch + "/model/config.json"));
+    config[field] = value;
+    try {
+      hf_config_from_string(config.dump(), "config.json");
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("no error");
+  };
+  struct Case {
+    const char* arch;
+    const char* field;
+    nlohmann::json value;
+  };
+  for (const Case& c :
+       {Case{"qwen3_moe", "num_experts_per_tok", 99}, Case{"mixtral", "num_experts_per_tok", 99},
+        Case{"qwen3_moe", "head_dim", 7}, Case{"olmoe", "rms_norm_eps", -1},
+        Case{"mixtral", "num_hidden_layers", -4}, Case{"qwen3_moe", "num_key_value_heads", 3}}) {
+    const std::string message = error_of(c.arch, c.field, c.value);
+    EXPECT_EQ(message.rfind("config.json: ", 0), 0u) << message;
+    EXPECT_NE(message.find(c.field), std::string::npos) << c.arch << ": " << message;
+    EXPECT_EQ(message.find("model."), std::string::npos) << message;
+    EXPECT_EQ(message.find(".cpp:"), std::string::npos) << message;
+  }
+}
+
 TEST(ModelConfigFields, GeluExactAndRenormalizeAfterDropReachTheLayers) {
   const std::string text = R"({
     "vocab_size": 50, "hidden_size": 16, "num_layers": 2, "num_heads": 4, "max_seq_len": 8,

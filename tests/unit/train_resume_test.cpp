@@ -65,10 +65,17 @@ TEST(Training, LossFallsAndResumeIsExact) {
   }
   EXPECT_EQ(losses_of(split + "/metrics.jsonl").size(), 8u);
   ASSERT_TRUE(fs::exists(split + "/latest"));
+  // What saves cut short by a kill leave (a checkpoint's temporary and replaced copies) belongs
+  // to the earlier run too; a directory of the user's own is no part of it.
+  for (const char* left : {"step-000004.tmp", "latest.old", "notes.tmp"})
+    fs::create_directories(split + "/" + left);
   TrainConfig overwrite = split_config;
   overwrite.training.overwrite_out_dir = true;
   EXPECT_EQ(run_training(overwrite, "").steps_done, 12);
   EXPECT_FALSE(fs::exists(split + "/latest"));
+  EXPECT_FALSE(fs::exists(split + "/step-000004.tmp"));
+  EXPECT_FALSE(fs::exists(split + "/latest.old"));
+  EXPECT_TRUE(fs::exists(split + "/notes.tmp"));
   EXPECT_EQ(losses_of(split + "/metrics.jsonl"), a);
   fs::remove_all(corpus);
 }

@@ -1,5 +1,6 @@
 #include "args.h"
 
+#include <cerrno>
 #include <cstdlib>
 
 #include "core/error.h"
@@ -51,9 +52,11 @@ int64_t Args::get_int(const std::string& name, int64_t fallback) const {
   if (!has(name)) return fallback;
   const std::string v = get(name);
   char* end = nullptr;
+  errno = 0;
   const long long x = std::strtoll(v.c_str(), &end, 10);
   MOEX_CHECK(end && *end == '\0' && !v.empty(), "flag --", name, " expects an integer, got '", v,
              "'");
+  MOEX_CHECK(errno != ERANGE, "flag --", name, ": ", v, " is out of the 64-bit integer range");
   return x;
 }
 
@@ -65,9 +68,11 @@ std::vector<int64_t> Args::get_int_list(const std::string& name) const {
     const size_t comma = v.find(',', start);
     const std::string item = v.substr(start, comma == std::string::npos ? comma : comma - start);
     char* end = nullptr;
+    errno = 0;
     const long long x = std::strtoll(item.c_str(), &end, 10);
     MOEX_CHECK(!item.empty() && end && *end == '\0', "flag --", name,
                " expects integers separated by commas, got '", v, "'");
+    MOEX_CHECK(errno != ERANGE, "flag --", name, ": ", item, " is out of the 64-bit integer range");
     out.push_back(x);
     if (comma == std::string::npos) return out;
     start = comma + 1;

@@ -94,7 +94,7 @@ int run_eval(const std::vector<std::string>& argv) {
              "give --input-ids F.safetensors (token ids) or --data DIR "
              "(a prepared corpus)");
   const std::string path = args.get("input-ids");
-  const moex::Tensor ids = moex::cli::read_input_ids(path);
+  const moex::Tensor ids = moex::cli::read_input_ids(path, model->config().vocab_size);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;
   MOEX_CHECK(seq_len >= 2, path, ": input_ids needs at least 2 tokens per row");
   const int32_t* id = ids.data<int32_t>();

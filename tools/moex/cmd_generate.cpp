@@ -48,7 +48,8 @@ int run_generate(const std::vector<std::string>& argv) {
   std::vector<int32_t> prompt;
   if (args.has("input-ids")) {
     MOEX_CHECK(!args.has("prompt"), "give --prompt TEXT or --input-ids FILE, not both");
-    const moex::Tensor ids = moex::cli::read_input_ids(args.get("input-ids"));
+    const moex::Tensor ids =
+        moex::cli::read_input_ids(args.get("input-ids"), model->config().vocab_size);
     if (ids.dim(0) > 1)
       MOEX_WARN(args.get("input-ids"),
                 ": generate continues one sequence, the first of the file's ", ids.dim(0),

@@ -17,7 +17,7 @@ namespace fs = std::filesystem;
 // The calibration rows: a safetensors file's input_ids [B, T], or windows of a token dataset or
 // of a corpus's train splits.
 std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_seq_len,
-                                     int64_t* batch, int64_t* seq_len) {
+                                     int64_t vocab_size, int64_t* batch, int64_t* seq_len) {
   const std::string source = args.require("calibration");
   const int64_t tokens = args.get_int("calibration-tokens", 16384);
   *seq_len = std::min<int64_t>(max_seq_len, 256);
@@ -28,7 +28,7 @@ std::vector<int32_t> calibration_ids(const moex::cli::Args& args, int64_t max_se
   MOEX_CHECK(!args.has("calibration-tokens"),
              "--calibration-tokens applies to a dataset prefix or corpus directory; ", source,
              " is neither (no ", source, ".bin or ", source, "/corpus.json)");
-  const moex::Tensor ids = moex::cli::read_input_ids(source);
+  const moex::Tensor ids = moex::cli::read_input_ids(source, vocab_size);
   *batch = ids.dim(0);
   *seq_len = ids.dim(1);
   const int32_t* p = ids.data<int32_t>();
@@ -81,8 +81,8 @@ int run_prune(const std::vector<std::string>& argv) {
   moex::train::ExpertLoads scores;
   if (spec.keep_experts > 0) {
     int64_t batch = 0, seq_len = 0;
-    const std::vector<int32_t> ids =
-        calibration_ids(args, model->config().max_seq_len, &batch, &seq_len);
+    const std::vector<int32_t> ids = calibration_ids(args, model->config().max_seq_len,
+                                                     model->config().vocab_size, &batch, &seq_len);
     const int64_t vocab = model->config().vocab_size;
     for (const int32_t id : ids)  // another tokenizer's data, most likely
       MOEX_CHECK(id >= 0 && id < vocab, "--calibration ", args.get("calibration"), ": token id ",

@@ -22,7 +22,8 @@ struct ServingLayout {
 };
 ServingLayout serving_layout(int64_t tp, const Device& device, bool expert_slicing);
 
-// The int32 tensor `input_ids` [B, T] of a safetensors file; errors name the file and the tensor.
-Tensor read_input_ids(const std::string& path);
+// The int32 tensor `input_ids` [B, T] of a safetensors file, every id in [0, vocab_size); errors
+// name the file and the tensor (and the row and position of an id outside the vocabulary).
+Tensor read_input_ids(const std::string& path, int64_t vocab_size);
 
 }  // namespace moex::cli
