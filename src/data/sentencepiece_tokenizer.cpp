@@ -52,18 +52,22 @@ std::vector<int32_t> SentencePieceTokenizer::encode(std::string_view text,
     MOEX_CHECK(status.ok(), path_, ": encode failed: ", status.ToString());
     ids.insert(ids.end(), pieces.begin(), pieces.end());
   };
+  // Each control's next place at or after `at`, searched again only once `at` has passed it:
+  // linear in the text however many controls it holds.
+  std::vector<size_t> next(controls_.size());
+  for (size_t k = 0; k < controls_.size(); ++k) next[k] = text.find(controls_[k].first);
   size_t at = 0;
   while (at < text.size()) {
-    size_t found = std::string_view::npos;
-    const std::pair<std::string, int32_t>* match = nullptr;
-    for (const auto& control : controls_) {
-      const size_t pos = text.find(control.first, at);
-      if (pos < found) found = pos, match = &control;  // ties keep the longer (earlier) one
+    size_t found = std::string_view::npos, match = 0;
+    for (size_t k = 0; k < controls_.size(); ++k) {
+      if (next[k] != std::string_view::npos && next[k] < at)
+        next[k] = text.find(controls_[k].first, at);
+      if (next[k] < found) found = next[k], match = k;  // ties keep the longer (earlier) one
     }
-    if (match == nullptr) break;
+    if (found == std::string_view::npos) break;
     encode_plain(text.substr(at, found - at));
-    ids.push_back(match->second);
-    at = found + match->first.size();
+    ids.push_back(controls_[match].second);
+    at = found + controls_[match].first.size();
   }
   encode_plain(text.substr(at));
   return ids;
@@ -92,6 +96,38 @@ std::string SentencePieceTokenizer::decode(const std::vector<int32_t>& ids,
   const auto status = sp_->Decode(kept, &part);
   MOEX_CHECK(status.ok(), path_, ": decode failed: ", status.ToString());
   return out + part;
+}
+
+std::string SentencePieceTokenizer::decode_bytes(const std::vector<int32_t>& ids) const {
+  const int n = sp_->GetPieceSize();
+  static const std::string kSpace = "\xE2\x96\x81";  // U+2581, SentencePiece's word boundary
+  std::string out;
+  bool segment_start = true;  // encode gives each run between control pieces its dummy prefix
+  for (size_t k = 0; k < ids.size(); ++k) {
+    const int32_t id = ids[k];
+    MOEX_CHECK(id >= 0 && id < n, path_, ": token id ", id, " is not in the vocabulary (size ", n,
+               ")");
+    const std::string piece = sp_->IdToPiece(id);
+    if (sp_->IsControl(id)) {
+      out += piece;
+      segment_start = true;
+      continue;
+    }
+    if (sp_->IsByte(id)) {  // "<0xNN>"
+      out.push_back(static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)));
+    } else if (sp_->IsUnknown(id)) {
+      out += sp_->DecodeIds({id});
+    } else {
+      std::string text = piece;
+      for (size_t at = text.find(kSpace); at != std::string::npos; at = text.find(kSpace, at + 1))
+        text.replace(at, kSpace.size(), " ");
+      // The space SentencePiece's dummy prefix put before a run's first word is not the text's.
+      if (segment_start && piece.compare(0, kSpace.size(), kSpace) == 0) text.erase(0, 1);
+      out += text;
+    }
+    segment_start = false;
+  }
+  return out;
 }
 
 int64_t SentencePieceTokenizer::vocab_size() const {

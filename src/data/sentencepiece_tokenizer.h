@@ -23,6 +23,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const override;
   std::string decode(const std::vector<int32_t>& ids,
                      bool skip_special_tokens = true) const override;
+  std::string decode_bytes(const std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override;
   int32_t bos_id() const override;
   int32_t eos_id() const override;

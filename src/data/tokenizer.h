@@ -23,6 +23,10 @@ class Tokenizer {
   // Ids -> text. An id outside the vocabulary is an error.
   virtual std::string decode(const std::vector<int32_t>& ids,
                              bool skip_special_tokens = true) const = 0;
+  // The bytes the ids stand for, special tokens' text included, with nothing replaced: where
+  // decode writes U+FFFD for tokens that hold part of a UTF-8 character, these are its bytes
+  // (what the OpenAI API's logprobs "bytes" report). An id outside the vocabulary is an error.
+  virtual std::string decode_bytes(const std::vector<int32_t>& ids) const = 0;
 
   virtual int64_t vocab_size() const = 0;  // 1 + the largest id
   virtual int32_t bos_id() const = 0;      // -1 when the tokenizer has none

@@ -250,6 +250,17 @@ std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special
 }
 
 std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  return run_decoder(ids, skip_special_tokens, /*raw=*/false);
+}
+
+std::string HfTokenizer::decode_bytes(const std::vector<int32_t>& ids) const {
+  return run_decoder(ids, /*skip_special_tokens=*/false, /*raw=*/true);
+}
+
+std::string HfTokenizer::run_decoder(const std::vector<int32_t>& ids, bool skip_special_tokens,
+                                     bool raw) const {
+  // decode's output is valid UTF-8; decode_bytes's is the bytes as they are.
+  auto finish = [raw](const std::string& bytes) { return raw ? bytes : utf8_sanitize(bytes); };
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (int32_t id : ids) {
@@ -265,7 +276,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
   if (!spec_.has_decoder) {
     std::string out;
     for (size_t k = 0; k < tokens.size(); ++k) out += (k ? " " : "") + tokens[k];
-    return utf8_sanitize(out);
+    return finish(out);
   }
   for (const HfDecoderStep& step : spec_.decoder) {
     switch (step.kind) {
@@ -278,7 +289,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
         size_t num_bytes = 0;
         auto flush = [&]() {
           if (num_bytes == 0) return;
-          if (is_valid_utf8(bytes)) {
+          if (raw || is_valid_utf8(bytes)) {
             out.push_back(bytes);
           } else {
             for (size_t k = 0; k < num_bytes; ++k) out.push_back("\xEF\xBF\xBD");  // U+FFFD
@@ -324,7 +335,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
           std::string decoded;
           bytes += byte_level_decode(t, &decoded) ? decoded : t;
         }
-        tokens.assign(1, utf8_sanitize(bytes));
+        tokens.assign(1, finish(bytes));
         break;
       }
       case HfDecoderStep::Kind::kMetaspace:
@@ -338,7 +349,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
   }
   std::string out;
   for (const auto& t : tokens) out += t;
-  return utf8_sanitize(out);
+  return finish(out);
 }
 
 }  // namespace moex::data

@@ -69,6 +69,7 @@ class HfTokenizer : public Tokenizer {
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const override;
   std::string decode(const std::vector<int32_t>& ids,
                      bool skip_special_tokens = true) const override;
+  std::string decode_bytes(const std::vector<int32_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   int32_t bos_id() const override { return spec_.bos_id; }
   int32_t eos_id() const override { return spec_.eos_id; }
@@ -77,6 +78,10 @@ class HfTokenizer : public Tokenizer {
   bool is_special(int32_t id) const override;
 
  private:
+  // The decoder chain; `raw` leaves bytes that are not valid UTF-8 as they are (decode_bytes)
+  // where decode writes U+FFFD.
+  std::string run_decoder(const std::vector<int32_t>& ids, bool skip_special_tokens,
+                          bool raw) const;
   struct Segment {
     size_t begin, end;  // byte range in the text
     int32_t added_id;   // >= 0: an added token

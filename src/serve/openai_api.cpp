@@ -494,11 +494,11 @@ json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat, int64_t 
     json content = json::array();
     for (const LogprobEntry& e : entries) {
       json top = json::array();
-      for (const auto& [token, lp] : e.top)
-        top.push_back({{"token", token}, {"logprob", lp}, {"bytes", bytes(token)}});
+      for (const LogprobEntry::Alternative& a : e.top)
+        top.push_back({{"token", a.token}, {"logprob", a.logprob}, {"bytes", bytes(a.bytes)}});
       content.push_back({{"token", e.token},
                          {"logprob", value(e.logprob)},
-                         {"bytes", bytes(e.token)},
+                         {"bytes", bytes(e.bytes)},
                          {"top_logprobs", std::move(top)}});
     }
     return {{"content", std::move(content)}, {"refusal", nullptr}};
@@ -510,8 +510,8 @@ json logprobs_json(const std::vector<LogprobEntry>& entries, bool chat, int64_t 
     token_logprobs.push_back(value(e.logprob));
     if (e.logprob) {
       json top = json::object();
-      for (const auto& [token, lp] : e.top)
-        if (!top.contains(token)) top[token] = lp;  // two ids may read the same; the likelier
+      for (const LogprobEntry::Alternative& a : e.top)
+        if (!top.contains(a.token)) top[a.token] = a.logprob;  // two ids may read the same
       top_logprobs.push_back(std::move(top));
     } else {
       top_logprobs.push_back(nullptr);

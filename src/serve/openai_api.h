@@ -102,8 +102,13 @@ struct Usage {
 // likely first). The first prompt token of an echo has none (logprob and top read null).
 struct LogprobEntry {
   std::string token;
+  std::string bytes;  // the token's own bytes (token may hold U+FFFD for part of a character)
   std::optional<float> logprob;
-  std::vector<std::pair<std::string, float>> top;
+  struct Alternative {
+    std::string token, bytes;
+    float logprob = 0;
+  };
+  std::vector<Alternative> top;
   bool in_text = true;  // false for special tokens (BOS, EOS), which the choice's text leaves out
 };
 // The `logprobs` object of a choice: completions' {tokens, token_logprobs, top_logprobs,

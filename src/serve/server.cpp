@@ -331,14 +331,28 @@ struct Server::Impl {
   // The text token t adds after token `prev` (-1: at the start). Tokens do not decode alone: a
   // SentencePiece "▁the" loses its space at the start of a decode (infer/text_stream.h).
   std::string token_text(int32_t prev, int32_t t) {
+    return token_part(prev, t, [this](const std::vector<int32_t>& ids) {
+      return tokenizer->decode(ids, /*skip_special_tokens=*/false);
+    });
+  }
+  // The same as raw bytes: a token holding part of a UTF-8 character gives that part, where its
+  // text reads U+FFFD (the logprobs' "bytes").
+  std::string token_bytes(int32_t prev, int32_t t) {
+    return token_part(prev, t, [this](const std::vector<int32_t>& ids) {
+      return tokenizer->decode_bytes(ids);
+    });
+  }
+  // What decoding t after prev adds to decoding prev alone (t alone where that is no prefix).
+  template <typename Decode>
+  std::string token_part(int32_t prev, int32_t t, Decode&& decode) {
     // Rows of a vocabulary padded past the tokenizer's have no text.
     const int64_t known = tokenizer->vocab_size();
     if (t < 0 || t >= known) return "";
-    if (prev < 0 || prev >= known) return tokenizer->decode({t}, /*skip_special_tokens=*/false);
-    const std::string before = tokenizer->decode({prev}, false);
-    const std::string both = tokenizer->decode({prev, t}, false);
+    if (prev < 0 || prev >= known) return decode({t});
+    const std::string before = decode({prev});
+    const std::string both = decode({prev, t});
     if (both.compare(0, before.size(), before) == 0) return both.substr(before.size());
-    return tokenizer->decode({t}, false);
+    return decode({t});
   }
 
   // What each token adds to a text, for requests held to a format: its text after an ordinary token
@@ -363,10 +377,11 @@ struct Server::Impl {
   LogprobEntry entry(int32_t prev, const infer::TokenLogprob& lp) {
     LogprobEntry e;
     e.token = token_text(prev, lp.token);
+    e.bytes = token_bytes(prev, lp.token);
     e.in_text = !tokenizer->is_special(lp.token);
     e.logprob = lp.logprob;
     for (const auto& [token, logprob] : lp.top)
-      e.top.emplace_back(token_text(prev, token), logprob);
+      e.top.push_back({token_text(prev, token), token_bytes(prev, token), logprob});
     return e;
   }
 
@@ -375,6 +390,7 @@ struct Server::Impl {
                                            const std::vector<infer::TokenLogprob>& logprobs) {
     std::vector<LogprobEntry> out(1);
     out[0].token = token_text(-1, prompt[0]);
+    out[0].bytes = token_bytes(-1, prompt[0]);
     out[0].in_text = !tokenizer->is_special(prompt[0]);
     for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k)
       out.push_back(entry(prompt[k], logprobs[k]));

@@ -289,6 +289,16 @@ try {
   assert.equal(forcedTokens.length, 10);
   assert.ok(forcedTokens.slice(1).every((t) => t === forcedTokens[1]), `forced tokens ${JSON.stringify(forcedTokens)}`);
   assert.ok(forced.choices[0].logprobs.token_logprobs.every((x) => x < Math.log(0.9)), 'raw log-probabilities, not the biased ones');
+  // A token that holds part of a UTF-8 character reads U+FFFD as text, and its own byte as
+  // "bytes" (biased towards this byte-fallback tokenizer's pieces for bytes 0x80 and up).
+  const partialBias = Object.fromEntries(Array.from({ length: 60 }, (_, k) => [200 + k, 100]));
+  const partial = await client.chat.completions.create({ model, messages, max_tokens: 12, temperature: 0, logit_bias: partialBias, logprobs: true, top_logprobs: 2 });
+  const partialEntries = partial.choices[0].logprobs.content.filter((e) => e.token === '\uFFFD');
+  assert.ok(partialEntries.length > 0, JSON.stringify(partial.choices[0].logprobs.content.map((e) => e.token)));
+  for (const e of partialEntries) {
+    assert.equal(e.bytes.length, 1, JSON.stringify(e));
+    assert.ok(e.bytes[0] >= 0x80, JSON.stringify(e));
+  }
   // Structured output: every whole answer matches the schema (enums, a boolean, a bounded list),
   // on both endpoints, streamed or not.
   const verdict = { type: 'object', properties: { answer: { enum: ['yes', 'no'] }, sure: { type: 'boolean' }, tags: { type: 'array', items: { enum: ['a', 'b'] }, maxItems: 2 } }, required: ['answer', 'sure'], additionalProperties: false };

@@ -82,12 +82,30 @@ TEST_F(DataSentencePiece, TrainEncodeDecode) {
     want.insert(want.end(), dog.begin(), dog.end());
     EXPECT_EQ(tok->encode("<s>The quick brown fox.</s>lazy dog", false), want) << type;
     EXPECT_EQ(tok->encode("</s></s>", false), (std::vector<int32_t>{2, 2})) << type;
+    std::string many;  // a request's worth of them: each found once, not searched for again
+    for (int k = 0; k < 20000; ++k) many += "</s><s>";
+    EXPECT_EQ(tok->encode(many, false).size(), 40000u) << type;
     const std::vector<int32_t> plain = tok->encode("<t>", false);
     EXPECT_EQ(std::count(plain.begin(), plain.end(), 1) + std::count(plain.begin(), plain.end(), 2),
               0)
         << type;
     EXPECT_EQ(tok->decode(tok->encode("<s>The quick</s>", false), false), "<s>The quick</s>")
         << type;
+
+    // decode_bytes: the text's bytes, control pieces' text included; a character the model has
+    // no piece for goes as byte pieces, each of which is one byte (decode reads it as U+FFFD).
+    // (libsentencepiece drops a space before a control piece when it encodes: none here)
+    const std::string odd = "unseen: \xE4\xB8\xAD and<s>more";
+    const std::vector<int32_t> odd_ids = tok->encode(odd, false);
+    EXPECT_EQ(tok->decode_bytes(odd_ids), odd) << type;
+    int lone = 0;
+    for (const int32_t id : odd_ids)
+      if (tok->decode_bytes({id}).size() == 1 &&
+          static_cast<unsigned char>(tok->decode_bytes({id})[0]) >= 0x80) {
+        EXPECT_EQ(tok->decode({id}), "\xEF\xBF\xBD") << type;
+        ++lone;
+      }
+    EXPECT_EQ(lone, 3) << type;  // the three bytes of U+4E2D
   }
 }
 

@@ -73,5 +73,33 @@ TEST(DataTokenizer, Gpt2AllBytesRoundTrip) {
             "b");
 }
 
+// decode_bytes gives the bytes themselves where decode writes U+FFFD: invalid UTF-8 in the text,
+// and, token by token, the parts of characters that byte-level (GPT-2, Qwen2.5) and byte-fallback
+// (Llama 2) tokenizers split; each token's bytes after the ones before add up to the text.
+TEST(DataTokenizer, DecodeBytesKeepsPartsOfCharacters) {
+  const std::string text = "a\xFF b \xE4\xB8\xAD\xE6\x96\x87 \xF0\x9F\x98\x80 z";
+  for (const char* name : {"gpt2", "qwen2_5", "llama2"}) {
+    SCOPED_TRACE(name);
+    const auto tok = open_tokenizer((fixtures() / name / "tokenizer.json").string());
+    const std::vector<int32_t> ids = tok->encode(text, false);
+    EXPECT_EQ(tok->decode_bytes(ids), text);
+    EXPECT_NE(tok->decode(ids), text);  // which reads U+FFFD for the 0xFF
+    std::string joined;
+    int partial = 0;
+    for (size_t k = 0; k < ids.size(); ++k) {
+      const std::vector<int32_t> before(ids.begin(), ids.begin() + k);
+      std::vector<int32_t> upto = before;
+      upto.push_back(ids[k]);
+      const std::string head = tok->decode_bytes(before), whole = tok->decode_bytes(upto);
+      ASSERT_EQ(whole.compare(0, head.size(), head), 0) << "token " << k;
+      const std::string part = whole.substr(head.size());
+      joined += part;
+      if (tok->decode({ids[k]}, false) == "\xEF\xBF\xBD" && part.size() < 4) ++partial;
+    }
+    EXPECT_EQ(joined, tok->decode_bytes(ids));
+    EXPECT_GT(partial, 0) << "no token split a character";
+  }
+}
+
 }  // namespace
 }  // namespace moex::data

@@ -93,6 +93,9 @@ class WordTokenizer : public data::Tokenizer {
     }
     return out;
   }
+  std::string decode_bytes(const std::vector<int32_t>& ids) const override {
+    return decode(ids, false);
+  }
   int64_t vocab_size() const override { return 40; }
   int32_t bos_id() const override { return -1; }
   int32_t eos_id() const override { return kEos; }
