@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "core/logging.h"
+#include "data/unicode.h"
 #include "infer/model_tokenizer.h"
 #include "model/model_io.h"
 #include "serve/chat_template.h"
@@ -328,31 +329,24 @@ struct Server::Impl {
     }
   }
 
-  // The text token t adds after token `prev` (-1: at the start). Tokens do not decode alone: a
-  // SentencePiece "▁the" loses its space at the start of a decode (infer/text_stream.h).
-  std::string token_text(int32_t prev, int32_t t) {
-    return token_part(prev, t, [this](const std::vector<int32_t>& ids) {
-      return tokenizer->decode(ids, /*skip_special_tokens=*/false);
-    });
-  }
-  // The same as raw bytes: a token holding part of a UTF-8 character gives that part, where its
-  // text reads U+FFFD (the logprobs' "bytes").
+  // The bytes token t adds after token `prev` (-1: at the start): what decoding both adds to
+  // decoding prev alone (t alone where that is no prefix). Tokens do not decode alone: a
+  // SentencePiece "▁the" loses its space at the start of a decode (infer/text_stream.h). Raw
+  // bytes, so a token holding part of a UTF-8 character gives that part (the logprobs' "bytes").
   std::string token_bytes(int32_t prev, int32_t t) {
-    return token_part(prev, t, [this](const std::vector<int32_t>& ids) {
-      return tokenizer->decode_bytes(ids);
-    });
-  }
-  // What decoding t after prev adds to decoding prev alone (t alone where that is no prefix).
-  template <typename Decode>
-  std::string token_part(int32_t prev, int32_t t, Decode&& decode) {
     // Rows of a vocabulary padded past the tokenizer's have no text.
     const int64_t known = tokenizer->vocab_size();
     if (t < 0 || t >= known) return "";
-    if (prev < 0 || prev >= known) return decode({t});
-    const std::string before = decode({prev});
-    const std::string both = decode({prev, t});
+    if (prev < 0 || prev >= known) return tokenizer->decode_bytes({t});
+    const std::string before = tokenizer->decode_bytes({prev});
+    const std::string both = tokenizer->decode_bytes({prev, t});
     if (both.compare(0, before.size(), before) == 0) return both.substr(before.size());
-    return decode({t});
+    return tokenizer->decode_bytes({t});
+  }
+  // The same as text: part of a character reads U+FFFD. Per token from the bytes, so the tokens'
+  // texts add up to the choice's text (a decode of a run of spaces drops some; its bytes do not).
+  std::string token_text(int32_t prev, int32_t t) {
+    return data::utf8_sanitize(token_bytes(prev, t));
   }
 
   // What each token adds to a text, for requests held to a format: its text after an ordinary token

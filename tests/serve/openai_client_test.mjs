@@ -281,6 +281,9 @@ try {
     near(t.top_logprobs[0].logprob, t.logprob, 'greedy chat token is the most likely');
     if (!t.token.includes('\ufffd')) assert.deepEqual(t.bytes, [...Buffer.from(t.token)]);
   }
+  // The tokens' bytes, and their texts, add up to the answer (a run of spaces included).
+  assert.equal(Buffer.from(content.flatMap((t) => t.bytes)).toString(), chatLp.choices[0].message.content);
+  assert.equal(content.map((t) => t.token).join(''), chatLp.choices[0].message.content);
   const chatPlain = await client.chat.completions.create({ model, messages, max_tokens: 4, temperature: 0 });
   assert.equal(chatPlain.choices[0].logprobs, null);
   // A bias of +100 decides every token; log-probabilities stay the model's own.
