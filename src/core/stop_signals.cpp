@@ -54,6 +54,9 @@ void start_signal_thread() {
     g_thread_started = false;  // StopSignalHandlers falls back to plain handlers
     return;
   }
+  // A full pipe drops the number (one already waiting says as much) instead of blocking the
+  // forwarder, which may run in the signal thread itself.
+  ::fcntl(g_pipe[1], F_SETFL, ::fcntl(g_pipe[1], F_GETFL) | O_NONBLOCK);
   const sigset_t set = stop_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // this thread, and every thread it starts
   std::thread(dispatch_signals).detach();
@@ -74,6 +77,15 @@ StopSignalHandlers::~StopSignalHandlers() {
   std::signal(SIGINT, sigint_);
   std::signal(SIGTERM, sigterm_);
   if (threaded_) g_handler.store(previous_);
+}
+
+StopSignalsUnblocked::StopSignalsUnblocked() {
+  const sigset_t set = stop_signals();
+  pthread_sigmask(SIG_UNBLOCK, &set, &saved_);
+}
+
+StopSignalsUnblocked::~StopSignalsUnblocked() {
+  pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
 }
 
 }  // namespace moex

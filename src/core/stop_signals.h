@@ -10,11 +10,14 @@
 // that thread calls the command's handler with it (an ordinary thread: no async-signal limits).
 // Without a holder the signals keep their disposition (by default they end the process). Threads
 // that libraries start before main() (OpenBLAS's) may take a signal too; they only run the
-// forwarder on their own stacks. Child processes inherit the blocked mask.
+// forwarder on their own stacks. A child process started while StopSignalsUnblocked is held
+// gets the signals unblocked (a child inherits its parent thread's mask, through exec too).
 //
 // Without start_signal_thread (test binaries) StopSignalHandlers installs the command's handler
 // itself, as std::signal.
 #pragma once
+
+#include <csignal>
 
 namespace moex {
 
@@ -35,6 +38,20 @@ class StopSignalHandlers {
   void (*sigint_)(int) = nullptr;    // the dispositions before this one
   void (*sigterm_)(int) = nullptr;
   bool threaded_ = false;
+};
+
+// SIGINT and SIGTERM unblocked in this thread for as long as it lives: hold it around starting a
+// child process (popen), which inherits the mask, so that Ctrl-C and SIGTERM reach the child.
+// Only where no JIT GEMM runs on this thread in the meantime.
+class StopSignalsUnblocked {
+ public:
+  StopSignalsUnblocked();
+  ~StopSignalsUnblocked();
+  StopSignalsUnblocked(const StopSignalsUnblocked&) = delete;
+  StopSignalsUnblocked& operator=(const StopSignalsUnblocked&) = delete;
+
+ private:
+  sigset_t saved_;
 };
 
 }  // namespace moex

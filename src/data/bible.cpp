@@ -6,6 +6,7 @@
 #include <cstdio>
 
 #include "core/error.h"
+#include "core/stop_signals.h"
 
 namespace moex::data {
 
@@ -142,7 +143,11 @@ std::string export_sword_module(const std::string& module) {
   }
   const std::string cmd =
       "diatheke -b " + module + " -f plain -k 'Genesis 1:1-Revelation 22:21' 2>/dev/null";
-  FILE* pipe = ::popen(cmd.c_str(), "r");
+  FILE* pipe = nullptr;
+  {
+    const StopSignalsUnblocked unblocked;  // so that Ctrl-C and SIGTERM reach diatheke too
+    pipe = ::popen(cmd.c_str(), "r");
+  }
   MOEX_CHECK(pipe != nullptr, "cannot run diatheke (install the diatheke package)");
   std::string out;
   char buf[1 << 16];

@@ -252,6 +252,7 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
         {"model.moe.num_experts", arch == Arch::kMixtral ? "num_local_experts" : "num_experts"},
         {"model.moe.ffn_size", qwen ? "moe_intermediate_size" : "intermediate_size"},
         {"model.moe.top_k", "num_experts_per_tok"},
+        {"model.moe.shared_ffn_size", "shared_expert_intermediate_size"},
         {"model.num_kv_heads", "num_key_value_heads"},
         {"model.num_layers", "num_hidden_layers"},
         {"model.num_heads", "num_attention_heads"},
@@ -268,6 +269,11 @@ ModelConfig hf_config_from_string(const std::string& text, const std::string& so
       for (size_t at = message.find(ours); at != std::string::npos;
            at = message.find(ours, at + std::strlen(theirs)))
         message.replace(at, std::strlen(ours), theirs);
+    // MoEConfig names the expert count bare ("must be <= num_experts (8)"): Mixtral's differs.
+    const std::string bare = " num_experts (";
+    if (arch == Arch::kMixtral)
+      for (size_t at = message.find(bare); at != std::string::npos; at = message.find(bare, at + 1))
+        message.replace(at, bare.size(), " num_local_experts (");
     throw Error(source + ": " + message);
   }
   return c;

@@ -421,8 +421,9 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     const json& so = body["stream_options"];
     if (!so.is_object()) bad("stream_options", "'stream_options' must be an object");
     if (!r.stream) bad("stream_options", "'stream_options' is only allowed with 'stream': true");
+    // include_obfuscation asks for random padding fields in chunks: moex sends none.
     for (auto it = so.begin(); it != so.end(); ++it)
-      if (it.key() != "include_usage")
+      if (it.key() != "include_usage" && it.key() != "include_obfuscation")
         bad("stream_options", "'stream_options." + it.key() + "' is not a field moex reads");
     if (given(so, "include_usage")) {
       if (!so["include_usage"].is_boolean())

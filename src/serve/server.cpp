@@ -115,6 +115,8 @@ ApiError api_error(int status, const std::string& message, const std::string& ty
 
 }  // namespace
 
+constexpr int64_t kMaxHttpThreads = 2048;
+
 struct Server::Impl {
   ServerOptions options;
   std::unique_ptr<model::Model> model;
@@ -777,8 +779,11 @@ struct Server::Impl {
   }
 
   void routes() {
-    const int64_t held = options.max_waiting + options.scheduler.max_batch + 16;
-    const size_t threads = static_cast<size_t>(std::max<int64_t>(options.http_threads, held));
+    // Every thread starts at once: past kMaxHttpThreads the requests wait in the pool's queue.
+    const int64_t held = std::min(options.max_waiting, kMaxHttpThreads) +
+                         std::min(options.scheduler.max_batch, kMaxHttpThreads) + 16;
+    const size_t threads = static_cast<size_t>(
+        std::min(std::max<int64_t>(options.http_threads, held), kMaxHttpThreads));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
     post("/v1/completions",

@@ -29,7 +29,8 @@ struct ServerOptions {
   int64_t max_waiting = 256;  // requests queued beyond the running batch; more get 429
   // Concurrent connections (a request holds one until its answer is sent). At least every
   // request the engine may hold (max_waiting + the scheduler's max_batch) plus 16 more, so that
-  // the requests past the limit still get their 429 and /health and /metrics still answer.
+  // the requests past the limit still get their 429 and /health and /metrics still answer; at
+  // most 2048 threads (all start with the server).
   int http_threads = 64;
   size_t max_body_bytes = size_t{8} << 20;
   // Access-Control-Allow-Origin of every answer, and CORS preflights answered; "" turns both off.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -35,8 +36,8 @@
 namespace moex::train {
 namespace {
 
-volatile std::sig_atomic_t g_interrupted = 0;
-volatile std::sig_atomic_t g_say_stopping = 0;  // this rank tells the user (rank 0)
+std::atomic<int> g_interrupted{0};   // set by the signal thread (core/stop_signals.h)
+std::atomic<int> g_say_stopping{0};  // this rank tells the user (rank 0)
 // SIGINT (Ctrl-C) and SIGTERM (what mpirun passes its ranks on Ctrl-C, and what schedulers send
 // before preempting a job): finish the step, checkpoint, stop. Until that checkpoint is written,
 // another one changes nothing (a second Ctrl-C would otherwise cut the checkpoint short); the
@@ -281,9 +282,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) *
                           static_cast<double>(::sysconf(_SC_PAGESIZE));
     constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-    MOEX_CHECK(memory <= 0 || need <= memory, c.source, ": the model has ",
-               c.model.num_parameters(), " parameters; training it on the CPU needs at least ",
-               need / kGiB, " GiB (weights, gradients and Adam moments), more than this machine's ",
+    const bool known = ::sysconf(_SC_PHYS_PAGES) > 0 && ::sysconf(_SC_PAGESIZE) > 0;
+    MOEX_CHECK(!known || need <= memory, c.source, ": the model has ", c.model.num_parameters(),
+               " parameters; training it on the CPU needs at least ", need / kGiB,
+               " GiB (weights, gradients and Adam moments), more than this machine's ",
                memory / kGiB, " GiB of memory");
   }
   check_resume_dir(resume_dir);

@@ -123,6 +123,8 @@ TEST(HfConfigErrors, NameTheHuggingFaceFields) {
     EXPECT_EQ(message.find("model."), std::string::npos) << message;
     EXPECT_EQ(message.find(".cpp:"), std::string::npos) << message;
   }
+  EXPECT_NE(error_of("mixtral", "num_experts_per_tok", 99).find("num_local_experts (4)"),
+            std::string::npos);
 }
 
 TEST(ModelConfigFields, GeluExactAndRenormalizeAfterDropReachTheLayers) {

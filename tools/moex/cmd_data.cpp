@@ -1,4 +1,5 @@
 // moex data prepare: builds the default tokenized corpus (src/data/corpus.h).
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
@@ -14,7 +15,7 @@
 namespace moex::cli {
 namespace {
 
-volatile std::sig_atomic_t g_interrupted = 0;
+std::atomic<int> g_interrupted{0};  // set by the signal thread (core/stop_signals.h)
 // Ctrl-C / SIGTERM: the preparation stops at its next step and removes its partial output.
 void on_stop_signal(int) {
   g_interrupted = 1;

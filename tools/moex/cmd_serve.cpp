@@ -1,4 +1,6 @@
 // moex serve --model DIR [--device cpu|cuda[:N]] [--host H] [--port P] [--max-batch B] ...
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -9,7 +11,6 @@
 #include "args.h"
 #include "command.h"
 #include "core/stop_signals.h"
-#include "dist/communicator.h"
 #include "model/model_io.h"
 #include "model_dir.h"
 #include "serve/server.h"
@@ -19,12 +20,13 @@ namespace {
 std::atomic<bool> g_stop{false};
 // The first signal drains (a watcher thread acts on it); a second ends the process at once, the
 // requests still running with it.
-void on_signal(int) {
+void on_signal(int sig) {
   if (!g_stop.exchange(true)) return;
-  std::fprintf(stderr, "moex serve: second signal: exiting without draining\n");
-  std::fflush(stderr);
-  if (moex::dist::Communicator::in_mpi_job()) moex::dist::Communicator::abort_job(130);
-  std::_Exit(130);
+  // No stdio (another thread may hold its lock) and no MPI (not from this thread): under mpirun
+  // a rank that exits without MPI_Finalize ends the job.
+  static const char kMessage[] = "moex serve: second signal: exiting without draining\n";
+  [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, kMessage, sizeof(kMessage) - 1);
+  std::_Exit(128 + sig);
 }
 
 int run_serve(const std::vector<std::string>& argv) {
