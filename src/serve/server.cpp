@@ -40,7 +40,7 @@ struct Feed {
   bool finished = false;
   infer::FinishReason reason = infer::FinishReason::kError;
   std::string error;
-  bool cancelled = false;  // the handler is done with it: the engine cancels at its next token
+  bool cancelled = false;     // the handler is done with it: the engine cancels at its next token
   int64_t cached_tokens = 0;  // prompt tokens the prefix cache held (set when admitted)
 };
 
@@ -621,91 +621,89 @@ struct Server::Impl {
     auto done = std::make_shared<bool>(false);
     res.set_header("Cache-Control", "no-cache");
     // One call of the provider: what is new since the last, or false when the client is gone.
-    auto provide =
-        [=](httplib::DataSink& sink) {
-          auto event = [&](const json& j) {
-            const std::string line =
-                "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-            return sink.is_writable() && sink.write(line.data(), line.size());
-          };
-          auto end_stream = [&] {
-            static const std::string kDone = "data: [DONE]\n\n";
-            sink.write(kDone.data(), kDone.size());
-            sink.done();
-            *done = true;
-            return true;
-          };
-          if (*done) return false;
-          std::vector<std::string> pieces;
-          std::string failure;  // a decoding error, or the first choice the engine failed
-          try {
-            advance(*channel, *choices, pieces);
-          } catch (const Error& e) {  // a generated id the tokenizer cannot decode
-            failure = e.message();
-          }
-          for (const ChoiceState& c : *choices)
-            if (failure.empty() && c.finish_reason == "error") failure = c.error;
-          if (!failure.empty()) {
-            cancel(*channel, *choices, -1);
-            ++request_errors;
-            return end_stream_with_error(
-                sink, api_error(500, "generation failed: " + failure, "server_error"), done.get());
-          }
-          for (size_t i = 0; i < pieces.size(); ++i) {
-            ChoiceState& c = (*choices)[i];
-            if (c.finish_sent) continue;  // its last chunk went out (the others may go on)
-            const auto index = static_cast<int64_t>(i);
-            const bool first = !c.started;
-            std::string piece = first ? c.echo + pieces[i] : pieces[i];
-            // With tools offered, text from a call's opening tag on is held, and read as calls
-            // once the choice's text is done.
-            json calls;
-            if (!r.tools.empty()) {
-              c.tool_text += piece;
-              size_t can = streamable_prefix(c.tool_text, tool_format);
-              if (c.text_done) {
-                ParsedToolCalls parsed = parse_tool_calls(c.tool_text, tool_format);
-                if (parsed.calls.empty()) {
-                  can = c.tool_text.size();
-                } else {
-                  calls = tool_calls_json(parsed.calls, call_id(id, i), true);
-                  c.finish_reason = "tool_calls";
-                }
-              }
-              piece = can > c.tool_sent ? c.tool_text.substr(c.tool_sent, can - c.tool_sent) : "";
-              c.tool_sent = std::max(c.tool_sent, can);
-            }
-            // A choice's first chunk goes out even when empty: chat's carries the role. The
-            // log-probabilities of tokens whose text is held back (a possible stop string) go
-            // with a later chunk.
-            bool ok = true;
-            if (!piece.empty() || first)
-              ok = event(completion_chunk(id, options.model_name, created, index, piece, "", chat,
-                                          first, include_usage,
-                                          take_logprobs(*channel, c, i, r, prompts[i], first)));
-            c.started = true;
-            if (ok && !calls.is_null())
-              ok = event(
-                  tool_calls_chunk(id, options.model_name, created, index, calls, include_usage));
-            if (ok && c.text_done && !c.finish_sent) {
-              const bool left = r.logprobs >= 0 && c.logprobs_sent < c.logprobs.size();
-              ok = event(completion_chunk(
-                  id, options.model_name, created, index, "", c.finish_reason, chat, false,
-                  include_usage,
-                  left ? take_logprobs(*channel, c, i, r, prompts[i], false) : json()));
-              c.finish_sent = true;
-            }
-            if (!ok) {
-              cancel(*channel, *choices, -1);  // the client went away: free its sequences
-              return false;
+    auto provide = [=](httplib::DataSink& sink) {
+      auto event = [&](const json& j) {
+        const std::string line =
+            "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+        return sink.is_writable() && sink.write(line.data(), line.size());
+      };
+      auto end_stream = [&] {
+        static const std::string kDone = "data: [DONE]\n\n";
+        sink.write(kDone.data(), kDone.size());
+        sink.done();
+        *done = true;
+        return true;
+      };
+      if (*done) return false;
+      std::vector<std::string> pieces;
+      std::string failure;  // a decoding error, or the first choice the engine failed
+      try {
+        advance(*channel, *choices, pieces);
+      } catch (const Error& e) {  // a generated id the tokenizer cannot decode
+        failure = e.message();
+      }
+      for (const ChoiceState& c : *choices)
+        if (failure.empty() && c.finish_reason == "error") failure = c.error;
+      if (!failure.empty()) {
+        cancel(*channel, *choices, -1);
+        ++request_errors;
+        return end_stream_with_error(
+            sink, api_error(500, "generation failed: " + failure, "server_error"), done.get());
+      }
+      for (size_t i = 0; i < pieces.size(); ++i) {
+        ChoiceState& c = (*choices)[i];
+        if (c.finish_sent) continue;  // its last chunk went out (the others may go on)
+        const auto index = static_cast<int64_t>(i);
+        const bool first = !c.started;
+        std::string piece = first ? c.echo + pieces[i] : pieces[i];
+        // With tools offered, text from a call's opening tag on is held, and read as calls
+        // once the choice's text is done.
+        json calls;
+        if (!r.tools.empty()) {
+          c.tool_text += piece;
+          size_t can = streamable_prefix(c.tool_text, tool_format);
+          if (c.text_done) {
+            ParsedToolCalls parsed = parse_tool_calls(c.tool_text, tool_format);
+            if (parsed.calls.empty()) {
+              can = c.tool_text.size();
+            } else {
+              calls = tool_calls_json(parsed.calls, call_id(id, i), true);
+              c.finish_reason = "tool_calls";
             }
           }
-          if (!all_ended()) return true;
-          if (include_usage &&
-              !event(usage_chunk(id, options.model_name, created, total_usage(), chat)))
-            return false;
-          return end_stream();
-        };
+          piece = can > c.tool_sent ? c.tool_text.substr(c.tool_sent, can - c.tool_sent) : "";
+          c.tool_sent = std::max(c.tool_sent, can);
+        }
+        // A choice's first chunk goes out even when empty: chat's carries the role. The
+        // log-probabilities of tokens whose text is held back (a possible stop string) go
+        // with a later chunk.
+        bool ok = true;
+        if (!piece.empty() || first)
+          ok = event(completion_chunk(id, options.model_name, created, index, piece, "", chat,
+                                      first, include_usage,
+                                      take_logprobs(*channel, c, i, r, prompts[i], first)));
+        c.started = true;
+        if (ok && !calls.is_null())
+          ok =
+              event(tool_calls_chunk(id, options.model_name, created, index, calls, include_usage));
+        if (ok && c.text_done && !c.finish_sent) {
+          const bool left = r.logprobs >= 0 && c.logprobs_sent < c.logprobs.size();
+          ok = event(completion_chunk(
+              id, options.model_name, created, index, "", c.finish_reason, chat, false,
+              include_usage, left ? take_logprobs(*channel, c, i, r, prompts[i], false) : json()));
+          c.finish_sent = true;
+        }
+        if (!ok) {
+          cancel(*channel, *choices, -1);  // the client went away: free its sequences
+          return false;
+        }
+      }
+      if (!all_ended()) return true;
+      if (include_usage &&
+          !event(usage_chunk(id, options.model_name, created, total_usage(), chat)))
+        return false;
+      return end_stream();
+    };
     res.set_chunked_content_provider(
         "text/event-stream",
         [=](size_t, httplib::DataSink& sink) {
