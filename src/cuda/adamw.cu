@@ -39,26 +39,47 @@ __device__ __forceinline__ void store_rounded(float* p, float x, uint32_t) {
 __device__ __forceinline__ void store_rounded(__nv_bfloat16* p, float x, uint32_t random) {
   *reinterpret_cast<uint16_t*>(p) = f32_to_bf16_stochastic(x, random);
 }
-// Four values from 16-byte aligned fp32 or 8-byte aligned bf16 (element 0 in the low half).
-__device__ __forceinline__ float4 load4_f32(const float* p) {
-  return *reinterpret_cast<const float4*>(p);
+// Four consecutive values as loaded: 16-byte aligned fp32 or 8-byte aligned bf16 (element 0 in
+// the low half), widened to fp32 when used.
+template <typename T>
+struct Raw4;
+template <>
+struct Raw4<float> {
+  float4 v;
+};
+template <>
+struct Raw4<__nv_bfloat16> {
+  uint2 v;
+};
+__device__ __forceinline__ Raw4<float> load_raw4(const float* p) {
+  return {*reinterpret_cast<const float4*>(p)};
 }
-__device__ __forceinline__ float4 load4_f32(const __nv_bfloat16* p) {
-  const uint2 u = *reinterpret_cast<const uint2*>(p);
+__device__ __forceinline__ Raw4<__nv_bfloat16> load_raw4(const __nv_bfloat16* p) {
+  return {*reinterpret_cast<const uint2*>(p)};
+}
+__device__ __forceinline__ float4 widen(const Raw4<float>& r) {
+  return r.v;
+}
+__device__ __forceinline__ float4 widen(const Raw4<__nv_bfloat16>& r) {
+  const uint2 u = r.v;
   return make_float4(bits_float(u.x << 16), bits_float(u.x & 0xffff0000u), bits_float(u.y << 16),
                      bits_float(u.y & 0xffff0000u));
 }
-__device__ __forceinline__ void store4_rounded(float* p, float4 x, const uint32_t*, int) {
+template <typename T>
+__device__ __forceinline__ float4 load4_f32(const T* p) {
+  return widen(load_raw4(p));
+}
+__device__ __forceinline__ void store4_rounded(float* p, float4 x, uint4, int) {
   *reinterpret_cast<float4*>(p) = x;
 }
-// random[k] >> shift holds element k's bits.
-__device__ __forceinline__ void store4_rounded(__nv_bfloat16* p, float4 x, const uint32_t* random,
+// Element k's random bits are random.{x,y,z,w} >> shift.
+__device__ __forceinline__ void store4_rounded(__nv_bfloat16* p, float4 x, uint4 random,
                                                int shift) {
   uint2 u;
-  u.x = f32_to_bf16_stochastic(x.x, random[0] >> shift) |
-        (uint32_t{f32_to_bf16_stochastic(x.y, random[1] >> shift)} << 16);
-  u.y = f32_to_bf16_stochastic(x.z, random[2] >> shift) |
-        (uint32_t{f32_to_bf16_stochastic(x.w, random[3] >> shift)} << 16);
+  u.x = f32_to_bf16_stochastic(x.x, random.x >> shift) |
+        (uint32_t{f32_to_bf16_stochastic(x.y, random.y >> shift)} << 16);
+  u.y = f32_to_bf16_stochastic(x.z, random.z >> shift) |
+        (uint32_t{f32_to_bf16_stochastic(x.w, random.w >> shift)} << 16);
   *reinterpret_cast<uint2*>(p) = u;
 }
 
@@ -69,13 +90,36 @@ constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
 // multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop. When a
 // bf16 store follows (moments M or master P), `random` receives the element's rounding bits (from
 // the weight before the step).
-template <typename P, typename M>
+//
+// kFast (a bf16 master) gives the same bits for less work: the exact square root and division are
+// most of the pass's instructions. It computes the update with the approximate ones, whose result
+// x lies within err of the exact one (relative errors of about 2^-21 each, far under the bound
+// below), and rounds both ends of [x - err, x + err] with the weight's bits. Stochastic rounding
+// with fixed bits is monotonic, so when the ends agree the exact result rounds to the same bf16,
+// and p becomes that value (a bf16 value stores as itself). Only the elements near a rounding
+// boundary (a fraction of a percent, by the width of the bound) take the exact expression.
+template <typename P, typename M, bool kFast = false>
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint32_t& random,
                                               float grad, float decay, const Scalars& s) {
   if constexpr (kIsBf16<M> || kIsBf16<P>) random = adam_rounding_bits(grad, p, s.step);
   const float g = __fmul_rn(grad, s.grad_scale);
   m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
   v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
+  if constexpr (kFast) {
+    static_assert(kIsBf16<P>, "the fast update needs the bf16 store's rounding bits");
+    float root;
+    asm("sqrt.approx.f32 %0, %1;" : "=f"(root) : "f"(v));
+    const float q = __fdividef(s.step_size * m, __fmaf_rn(root, s.inv_sqrt_bc2, s.eps));
+    const float x = __fmaf_rn(p, decay, -q);
+    // |p * decay| <= |p| (weight decay >= 0); the floor covers subnormal p and q.
+    const float err = fmaxf((fabsf(p) + fabsf(q)) * 0x1p-18f, 0x1p-120f);
+    const uint32_t bits = adam_weight_rounding_bits(random);
+    const uint16_t low = f32_to_bf16_stochastic(__fsub_rd(x, err), bits);
+    if (isfinite(x) && low == f32_to_bf16_stochastic(__fadd_ru(x, err), bits)) {
+      p = bf16_bits_to_f32(low);
+      return;
+    }
+  }
   const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), s.inv_sqrt_bc2), s.eps);
   p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
@@ -83,50 +127,84 @@ __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint
 // Elements [begin, end) of one segment; begin % 4 == 0 on the vector path. The master P (fp32, or
 // bf16 stored with its own rounding bits), moments M and gradients G (fp32 or bf16) are all read
 // as fp32. param: the bf16 copy of an fp32 master, or null.
-template <bool kVec, typename P, typename M, typename G>
+template <bool kVec, int kAhead, bool kFast, typename P, typename M, typename G>
 __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
                                             __nv_bfloat16* __restrict__ param,
                                             const G* __restrict__ grad, M* __restrict__ exp_avg,
                                             M* __restrict__ exp_avg_sq, int64_t begin, int64_t end,
                                             float decay, const Scalars& s) {
-  uint32_t random[4] = {0, 0, 0, 0};
   auto one = [&](int64_t j) {
+    uint32_t random = 0;
     float p = load_f32(master + j), m = load_f32(exp_avg + j), v = load_f32(exp_avg_sq + j);
-    adamw_element<P, M>(p, m, v, random[0], load_f32(grad + j), decay, s);
-    store_rounded(master + j, p, adam_weight_rounding_bits(random[0]));
-    store_rounded(exp_avg + j, m, random[0]);
-    store_rounded(exp_avg_sq + j, v, random[0] >> 16);
+    adamw_element<P, M, kFast>(p, m, v, random, load_f32(grad + j), decay, s);
+    store_rounded(master + j, p, adam_weight_rounding_bits(random));
+    store_rounded(exp_avg + j, m, random);
+    store_rounded(exp_avg_sq + j, v, random >> 16);
     if (param != nullptr) param[j] = __float2bfloat16_rn(p);
   };
   if constexpr (kVec) {
+    // Four elements from element i (i + 4 <= end), from their loaded values.
+    auto update4 = [&](int64_t i, float4 p, float4 m, float4 v, float4 g) {
+      uint4 random = make_uint4(0, 0, 0, 0);
+      adamw_element<P, M, kFast>(p.x, m.x, v.x, random.x, g.x, decay, s);
+      adamw_element<P, M, kFast>(p.y, m.y, v.y, random.y, g.y, decay, s);
+      adamw_element<P, M, kFast>(p.z, m.z, v.z, random.z, g.z, decay, s);
+      adamw_element<P, M, kFast>(p.w, m.w, v.w, random.w, g.w, decay, s);
+      const uint4 weight_random =
+          make_uint4(adam_weight_rounding_bits(random.x), adam_weight_rounding_bits(random.y),
+                     adam_weight_rounding_bits(random.z), adam_weight_rounding_bits(random.w));
+      store4_rounded(master + i, p, weight_random, 0);
+      store4_rounded(exp_avg + i, m, random, 0);
+      store4_rounded(exp_avg_sq + i, v, random, 16);
+      if (param != nullptr) {
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
+        uint2 packed;
+        packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+        packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+        *reinterpret_cast<uint2*>(param + i) = packed;
+      }
+    };
+    constexpr int kVecs = kPerThread / 4;
+    auto vec_start = [&](int k) { return begin + (int64_t{k} * kThreads + threadIdx.x) * 4; };
+    if constexpr (kIsBf16<P>) {
+      // A bf16 master's loads are 8 bytes or less: the chunk issues kAhead vectors' loads before
+      // their math, or too few bytes are in flight to keep up with memory.
 #pragma unroll
-    for (int k = 0; k < kPerThread / 4; ++k) {
-      const int64_t i = begin + (int64_t{k} * kThreads + threadIdx.x) * 4;
-      if (i + 4 <= end) {
-        float4 p = load4_f32(master + i);
-        float4 m = load4_f32(exp_avg + i);
-        float4 v = load4_f32(exp_avg_sq + i);
-        const float4 g = load4_f32(grad + i);
-        adamw_element<P, M>(p.x, m.x, v.x, random[0], g.x, decay, s);
-        adamw_element<P, M>(p.y, m.y, v.y, random[1], g.y, decay, s);
-        adamw_element<P, M>(p.z, m.z, v.z, random[2], g.z, decay, s);
-        adamw_element<P, M>(p.w, m.w, v.w, random[3], g.w, decay, s);
-        uint32_t weight_random[4];
+      for (int k0 = 0; k0 < kVecs; k0 += kAhead) {
+        Raw4<P> rp[kAhead];
+        Raw4<M> rm[kAhead], rv[kAhead];
+        Raw4<G> rg[kAhead];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) weight_random[e] = adam_weight_rounding_bits(random[e]);
-        store4_rounded(master + i, p, weight_random, 0);
-        store4_rounded(exp_avg + i, m, random, 0);
-        store4_rounded(exp_avg_sq + i, v, random, 16);
-        if (param != nullptr) {
-          const __nv_bfloat162 lo = __floats2bfloat162_rn(p.x, p.y);
-          const __nv_bfloat162 hi = __floats2bfloat162_rn(p.z, p.w);
-          uint2 packed;
-          packed.x = *reinterpret_cast<const uint32_t*>(&lo);
-          packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-          *reinterpret_cast<uint2*>(param + i) = packed;
+        for (int a = 0; a < kAhead; ++a) {
+          const int64_t i = vec_start(k0 + a);
+          if (i + 4 <= end) {
+            rp[a] = load_raw4(master + i);
+            rm[a] = load_raw4(exp_avg + i);
+            rv[a] = load_raw4(exp_avg_sq + i);
+            rg[a] = load_raw4(grad + i);
+          }
         }
-      } else {
-        for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
+#pragma unroll
+        for (int a = 0; a < kAhead; ++a) {
+          const int64_t i = vec_start(k0 + a);
+          if (i + 4 <= end) {
+            update4(i, widen(rp[a]), widen(rm[a]), widen(rv[a]), widen(rg[a]));
+          } else {
+            for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
+          }
+        }
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVecs; ++k) {
+        const int64_t i = vec_start(k);
+        if (i + 4 <= end) {
+          update4(i, load4_f32(master + i), load4_f32(exp_avg + i), load4_f32(exp_avg_sq + i),
+                  load4_f32(grad + i));
+        } else {
+          for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
+        }
       }
     }
   } else {
@@ -146,6 +224,10 @@ __global__ void __launch_bounds__(kThreads)
     adamw_kernel(P* master, __nv_bfloat16* param, const G* grad, M* exp_avg, M* exp_avg_sq,
                  const AdamWSegment* __restrict__ segments, int num_segments, bool aligned,
                  Scalars s) {
+  // A bf16 master takes the approximate square root and division and loads four vectors ahead
+  // (docs/gpu-model.md §AdamW with a bf16 master); an fp32 master keeps the twin's exact bits.
+  constexpr bool kFast = kIsBf16<P>;
+  constexpr int kAhead = kIsBf16<P> ? 4 : 1;
   const int64_t grid = gridDim.x;
   int64_t first_chunk = 0;  // global number of the current segment's chunk 0
   for (int si = 0; si < num_segments; ++si) {
@@ -163,9 +245,11 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t begin = seg.offset + j * kChunk;
       const int64_t end = min(seg_end, begin + kChunk);
       if (vec) {
-        adamw_chunk<true>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<true, kAhead, kFast>(master, param, grad, exp_avg, exp_avg_sq, begin, end,
+                                         decay, s);
       } else {
-        adamw_chunk<false>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay, s);
+        adamw_chunk<false, kAhead, kFast>(master, param, grad, exp_avg, exp_avg_sq, begin, end,
+                                          decay, s);
       }
     }
   }
