@@ -18,6 +18,7 @@
 #include "infer/model_tokenizer.h"
 #include "model/model_io.h"
 #include "serve/chat_template.h"
+#include "serve/client_connection.h"
 #include "serve/openai_api.h"
 #include "serve/stop_text.h"
 #include "serve/tool_calls.h"
@@ -27,6 +28,9 @@ namespace {
 
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// How often a handler waiting for tokens looks whether its client is still there.
+constexpr std::chrono::milliseconds kClientCheck{50};
 
 // What the engine thread hands one HTTP handler for one choice of its request: tokens as they
 // come, then the end.
@@ -272,19 +276,23 @@ struct Server::Impl {
   // its stop string appears (it is then cancelled in the engine, and tokens still on their way
   // are not counted) or when the engine finishes it; the choice has ended once the engine has
   // finished it too, so no request outlives its response.
-  void advance(Channel& channel, std::vector<ChoiceState>& choices,
+  // Waits at most kClientCheck for news; returns false (pieces all empty) when none came, so the
+  // handler can look whether its client is still there.
+  bool advance(Channel& channel, std::vector<ChoiceState>& choices,
                std::vector<std::string>& pieces) {
     std::vector<std::vector<int32_t>> got(choices.size());
     std::vector<std::vector<infer::TokenLogprob>> got_logprobs(choices.size());
     std::vector<Feed> ends(choices.size());  // each feed's end (finished, reason, error)
+    pieces.assign(choices.size(), std::string());
     {
       std::unique_lock<std::mutex> lock(channel.mutex);
-      channel.ready.wait(lock, [&] {
+      const bool news = channel.ready.wait_for(lock, kClientCheck, [&] {
         for (size_t i = 0; i < choices.size(); ++i)
           if (!choices[i].ended && (!channel.feeds[i].tokens.empty() || channel.feeds[i].finished))
             return true;
         return false;
       });
+      if (!news) return false;
       for (size_t i = 0; i < choices.size(); ++i) {
         Feed& f = channel.feeds[i];
         got[i].assign(f.tokens.begin(), f.tokens.end());
@@ -299,7 +307,6 @@ struct Server::Impl {
         ends[i].error = f.error;
       }
     }
-    pieces.assign(choices.size(), std::string());
     for (size_t i = 0; i < choices.size(); ++i) {
       ChoiceState& c = choices[i];
       if (c.ended) continue;
@@ -329,6 +336,7 @@ struct Server::Impl {
       }
       c.ended = ends[i].finished;
     }
+    return true;
   }
 
   // The bytes token t adds after token `prev` (-1: at the start): what decoding both adds to
@@ -569,6 +577,7 @@ struct Server::Impl {
       return u;
     };
 
+    const ClientConnection client(req);
     if (!r.stream) {
       std::vector<Choice> out(choices->size());
       std::vector<std::string> pieces;
@@ -576,6 +585,14 @@ struct Server::Impl {
       while (!all_ended()) {
         try {
           advance(*channel, *choices, pieces);
+          if (client.gone()) {
+            // Nobody to answer: free the sequences now rather than at max_tokens.
+            ++disconnects;
+            cancel(*channel, *choices, -1);
+            --active;
+            res.status = 499;  // nginx's "client closed request"; nothing reads it
+            return;
+          }
         } catch (const Error& e) {  // a generated id the tokenizer cannot decode
           if (failure.empty()) failure = e.message();
           cancel(*channel, *choices, -1);
@@ -638,7 +655,9 @@ struct Server::Impl {
       std::vector<std::string> pieces;
       std::string failure;  // a decoding error, or the first choice the engine failed
       try {
-        advance(*channel, *choices, pieces);
+        // No news: ask again unless the client has gone (a stream writes nothing before its
+        // first token, so no write tells).
+        if (!advance(*channel, *choices, pieces)) return !client.gone();
       } catch (const Error& e) {  // a generated id the tokenizer cannot decode
         failure = e.message();
       }

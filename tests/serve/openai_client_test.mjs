@@ -406,6 +406,29 @@ try {
             `disconnect noticed: ${noticed}, tokens generated for it: ${generated}`);
   ok(`a disconnected stream frees its sequence and KV blocks (noticed: ${noticed}, ${generated} tokens)`);
 
+  // ---- a client that leaves before its non-streaming answer: the request is cancelled ----
+  // The socket closes right after the request is written, so the server sees the closed
+  // connection at its first look (with the first tokens): far fewer than the 200 asked for.
+  const beforeLeft = await metrics();
+  await new Promise((resolve, reject) => {
+    const body = JSON.stringify({ model, prompt: 'A', max_tokens: 200, ignore_eos: true });
+    const { hostname, port } = new URL(listening);
+    const sock = net.connect(Number(port), hostname, () => {
+      sock.write(`POST /v1/completions HTTP/1.1\r\nHost: ${hostname}\r\n` +
+                 `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}` +
+                 `\r\n\r\n${body}`, () => { sock.destroy(); resolve(); });
+    });
+    sock.on('error', reject);
+  });
+  m = await metrics();
+  while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
+         m.moex_requests_finished_total <= beforeLeft.moex_requests_finished_total)
+    m = await metrics();
+  const leftTokens = m.moex_generated_tokens_total - beforeLeft.moex_generated_tokens_total;
+  assert.equal(m.moex_client_disconnects_total - beforeLeft.moex_client_disconnects_total, 1);
+  assert.ok(leftTokens < 200, `tokens generated for a client that left: ${leftTokens}`);
+  ok(`a client that leaves a non-streaming request has it cancelled (${leftTokens} of 200 tokens)`);
+
   // ---- malformed requests: 4xx in OpenAI's shape, and the server goes on ----
   let r = await raw('/v1/completions', '{not json');
   assert.equal(r.status, 400);

@@ -1,0 +1,72 @@
+#include "serve/client_connection.h"
+
+#include <dirent.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <string>
+
+namespace moex::serve {
+namespace {
+
+// An address as cpp-httplib writes it into a request (numeric host, numeric port).
+bool numeric_address(const sockaddr_storage& addr, socklen_t len, std::string* host, int* port) {
+  char h[NI_MAXHOST], s[NI_MAXSERV];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, h, sizeof h, s, sizeof s,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return false;
+  *host = h;
+  *port = std::atoi(s);
+  return true;
+}
+
+bool has_addresses(int fd, const httplib::Request& req) {
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) return false;
+  sockaddr_storage local{}, peer{};
+  socklen_t local_len = sizeof local, peer_len = sizeof peer;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+      getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0)
+    return false;
+  std::string local_host, peer_host;
+  int local_port = -1, peer_port = -1;
+  return numeric_address(local, local_len, &local_host, &local_port) &&
+         numeric_address(peer, peer_len, &peer_host, &peer_port) &&
+         local_port == req.local_port && peer_port == req.remote_port &&
+         local_host == req.local_addr && peer_host == req.remote_addr;
+}
+
+}  // namespace
+
+ClientConnection::ClientConnection(const httplib::Request& req) {
+  if (req.remote_port <= 0 || req.local_port <= 0) return;
+  // Two sockets never share both ends, so at most one matches; the connection stays open (and its
+  // descriptor with it) until its handler has returned.
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  const int listing = dirfd(dir);
+  while (const dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == listing) continue;
+    if (has_addresses(static_cast<int>(fd), req)) {
+      fd_ = static_cast<int>(fd);
+      break;
+    }
+  }
+  closedir(dir);
+}
+
+bool ClientConnection::gone() const {
+  if (fd_ < 0) return false;
+  char byte;
+  const ssize_t got = recv(fd_, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (got > 0) return false;
+  if (got == 0) return true;  // the peer's end of stream
+  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
+
+}  // namespace moex::serve
