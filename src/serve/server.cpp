@@ -765,8 +765,8 @@ struct Server::Impl {
     metric("moex_requests_total", "counter", "HTTP generation requests received", requests.load());
     metric("moex_request_errors_total", "counter", "generation requests answered with an error",
            request_errors.load());
-    metric("moex_client_disconnects_total", "counter", "streams the client closed early",
-           disconnects.load());
+    metric("moex_client_disconnects_total", "counter",
+           "requests whose client left before their end", disconnects.load());
     metric("moex_prompt_tokens_total", "counter", "prompt tokens prefilled", s.prompt_tokens);
     metric("moex_prompt_tokens_cached_total", "counter",
            "prompt tokens taken from the prefix cache instead of prefilled",
