@@ -173,41 +173,28 @@ __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
     };
     constexpr int kVecs = kPerThread / 4;
     auto vec_start = [&](int k) { return begin + (int64_t{k} * kThreads + threadIdx.x) * 4; };
-    if constexpr (kIsBf16<P>) {
-      // A bf16 master's loads are 8 bytes or less: the chunk issues kAhead vectors' loads before
-      // their math, or too few bytes are in flight to keep up with memory.
+    // kAhead vectors' loads are issued before their math: a bf16 master's loads are 8 bytes or
+    // less, and one vector at a time keeps too few bytes in flight to keep up with memory.
 #pragma unroll
-      for (int k0 = 0; k0 < kVecs; k0 += kAhead) {
-        Raw4<P> rp[kAhead];
-        Raw4<M> rm[kAhead], rv[kAhead];
-        Raw4<G> rg[kAhead];
+    for (int k0 = 0; k0 < kVecs; k0 += kAhead) {
+      Raw4<P> rp[kAhead];
+      Raw4<M> rm[kAhead], rv[kAhead];
+      Raw4<G> rg[kAhead];
 #pragma unroll
-        for (int a = 0; a < kAhead; ++a) {
-          const int64_t i = vec_start(k0 + a);
-          if (i + 4 <= end) {
-            rp[a] = load_raw4(master + i);
-            rm[a] = load_raw4(exp_avg + i);
-            rv[a] = load_raw4(exp_avg_sq + i);
-            rg[a] = load_raw4(grad + i);
-          }
-        }
-#pragma unroll
-        for (int a = 0; a < kAhead; ++a) {
-          const int64_t i = vec_start(k0 + a);
-          if (i + 4 <= end) {
-            update4(i, widen(rp[a]), widen(rm[a]), widen(rv[a]), widen(rg[a]));
-          } else {
-            for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
-          }
+      for (int a = 0; a < kAhead; ++a) {
+        const int64_t i = vec_start(k0 + a);
+        if (i + 4 <= end) {
+          rp[a] = load_raw4(master + i);
+          rm[a] = load_raw4(exp_avg + i);
+          rv[a] = load_raw4(exp_avg_sq + i);
+          rg[a] = load_raw4(grad + i);
         }
       }
-    } else {
 #pragma unroll
-      for (int k = 0; k < kVecs; ++k) {
-        const int64_t i = vec_start(k);
+      for (int a = 0; a < kAhead; ++a) {
+        const int64_t i = vec_start(k0 + a);
         if (i + 4 <= end) {
-          update4(i, load4_f32(master + i), load4_f32(exp_avg + i), load4_f32(exp_avg_sq + i),
-                  load4_f32(grad + i));
+          update4(i, widen(rp[a]), widen(rm[a]), widen(rv[a]), widen(rg[a]));
         } else {
           for (int64_t j = i; j < end && j < i + 4; ++j) one(j);
         }

@@ -6,20 +6,19 @@
 #include <sys/socket.h>
 
 #include <cerrno>
-#include <cstdlib>
+#include <cstdlib>  // strtol
 #include <string>
 
 namespace moex::serve {
 namespace {
 
-// An address as cpp-httplib writes it into a request (numeric host, numeric port).
-bool numeric_address(const sockaddr_storage& addr, socklen_t len, std::string* host, int* port) {
-  char h[NI_MAXHOST], s[NI_MAXSERV];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, h, sizeof h, s, sizeof s,
-                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+// A host as cpp-httplib writes it into a request (numeric).
+bool numeric_host(const sockaddr_storage& addr, socklen_t len, std::string* host) {
+  char h[NI_MAXHOST];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, h, sizeof h, nullptr, 0,
+                  NI_NUMERICHOST) != 0)
     return false;
   *host = h;
-  *port = std::atoi(s);
   return true;
 }
 
@@ -41,10 +40,8 @@ bool has_addresses(int fd, const httplib::Request& req) {
       port_of(local) != req.local_port)
     return false;
   std::string local_host, peer_host;
-  int local_port = -1, peer_port = -1;
-  return numeric_address(local, local_len, &local_host, &local_port) &&
-         numeric_address(peer, peer_len, &peer_host, &peer_port) && local_host == req.local_addr &&
-         peer_host == req.remote_addr;
+  return numeric_host(local, local_len, &local_host) && numeric_host(peer, peer_len, &peer_host) &&
+         local_host == req.local_addr && peer_host == req.remote_addr;
 }
 
 }  // namespace

@@ -380,12 +380,14 @@ struct Server::Impl {
   // token before it.
   LogprobEntry entry(int32_t prev, const infer::TokenLogprob& lp) {
     LogprobEntry e;
-    e.token = token_text(prev, lp.token);
     e.bytes = token_bytes(prev, lp.token);
+    e.token = data::utf8_sanitize(e.bytes);
     e.in_text = !tokenizer->is_special(lp.token);
     e.logprob = lp.logprob;
-    for (const auto& [token, logprob] : lp.top)
-      e.top.push_back({token_text(prev, token), token_bytes(prev, token), logprob});
+    for (const auto& [token, logprob] : lp.top) {
+      std::string bytes = token_bytes(prev, token);
+      e.top.push_back({data::utf8_sanitize(bytes), std::move(bytes), logprob});
+    }
     return e;
   }
 
@@ -393,8 +395,8 @@ struct Server::Impl {
   std::vector<LogprobEntry> prompt_entries(const std::vector<int32_t>& prompt,
                                            const std::vector<infer::TokenLogprob>& logprobs) {
     std::vector<LogprobEntry> out(1);
-    out[0].token = token_text(-1, prompt[0]);
     out[0].bytes = token_bytes(-1, prompt[0]);
+    out[0].token = data::utf8_sanitize(out[0].bytes);
     out[0].in_text = !tokenizer->is_special(prompt[0]);
     for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k)
       out.push_back(entry(prompt[k], logprobs[k]));

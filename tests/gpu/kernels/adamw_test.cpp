@@ -251,17 +251,13 @@ TEST_F(AdamWTest, Bf16MasterWeightsOnRoundingBoundariesAreTheTwins) {
   st.bf16_master = st.bf16_moments = st.bf16_grads = true;
   const float decay = 0.1f;
   // bf16 inputs, widened for the twin (the kernel widens the same bits).
-  const std::vector<uint16_t> w_all = kt::to_bf16(rand_vec(candidates, 160, -0.05f, 0.05f));
-  const std::vector<uint16_t> g_all = kt::to_bf16(rand_vec(candidates, 161, -2, 2));
+  const std::vector<float> w_draw = rand_vec(candidates, 160, -0.05f, 0.05f);
+  const std::vector<float> g_draw = rand_vec(candidates, 161, -2, 2);
+  const std::vector<uint16_t> w_all = kt::to_bf16(w_draw), g_all = kt::to_bf16(g_draw);
   const std::vector<uint16_t> m_all = kt::to_bf16(rand_vec(candidates, 162, -0.1f, 0.1f));
   const std::vector<uint16_t> v_all = kt::to_bf16(rand_vec(candidates, 163, 1e-4f, 1e-2f));
-  auto widen = [](const std::vector<uint16_t>& b) {
-    std::vector<float> f(b.size());
-    for (size_t i = 0; i < b.size(); ++i) f[i] = bf16_bits_to_f32(b[i]);
-    return f;
-  };
-  std::vector<float> w_ref = widen(w_all);
-  const std::vector<float> w0 = w_ref, g = widen(g_all);
+  std::vector<float> w_ref = kt::round_bf16(w_draw);
+  const std::vector<float> w0 = w_ref, g = kt::round_bf16(g_draw);
   std::vector<uint16_t> m_ref = m_all, v_ref = v_all;
   cpu_twin_step<uint16_t>({{0, candidates, decay}}, st, g, &w_ref, &m_ref, &v_ref);
   auto bits_of = [&](int64_t i) {
