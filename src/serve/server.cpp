@@ -638,6 +638,13 @@ struct Server::Impl {
     // OpenAI error object, which the clients raise.
     const bool include_usage = r.include_usage_in_stream;
     auto done = std::make_shared<bool>(false);
+    // A client that left: counted once, before its sequences are cancelled, so that /metrics
+    // shows the count by the time the engine has ended them.
+    auto client_left = [this, channel, choices, counted = std::make_shared<bool>(false)] {
+      if (!*counted) ++disconnects;
+      *counted = true;
+      cancel(*channel, *choices, -1);
+    };
     res.set_header("Cache-Control", "no-cache");
     // One call of the provider: what is new since the last, or false when the client is gone.
     auto provide = [=](httplib::DataSink& sink) {
@@ -715,7 +722,7 @@ struct Server::Impl {
           c.finish_sent = true;
         }
         if (!ok) {
-          cancel(*channel, *choices, -1);  // the client went away: free its sequences
+          client_left();  // free its sequences
           return false;
         }
       }
@@ -741,16 +748,13 @@ struct Server::Impl {
                 done.get());
           }
         },
-        [this, channel, choices](bool success) {
+        [this, channel, client_left](bool success) {
           bool finished = true;
           {
             std::lock_guard<std::mutex> lock(channel->mutex);
             for (const Feed& f : channel->feeds) finished &= f.finished || f.cancelled;
           }
-          if (!success || !finished) {
-            ++disconnects;
-            cancel(*channel, *choices, -1);
-          }
+          if (!success || !finished) client_left();
           --active;
         });
   }

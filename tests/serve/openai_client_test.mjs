@@ -384,29 +384,9 @@ try {
   assert.equal(fromBrowser.headers.get('access-control-allow-origin'), '*');
   ok('models.retrieve; CORS preflight and header');
 
-  // ---- a client that disconnects mid-stream: its sequence is freed ----
-  const before = await metrics();
-  const ac = new AbortController();
-  const stream = await client.completions.create({ ...base, prompt: 'A', max_tokens: 200, stream: true }, { signal: ac.signal });
-  try {
-    for await (const _ of stream) { ac.abort(); }
-  } catch { /* the abort surfaces as an error */ }
-  // Until the engine has ended it (cancelled or run to its end) and given its blocks back; a
-  // request that never ends keeps this loop going until ctest's timeout fails the test.
-  let m = await metrics();
-  while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
-         m.moex_requests_finished_total <= before.moex_requests_finished_total)
-    m = await metrics();
-  // Which comes first is a race on a busy machine: the server notices the closed connection
-  // (the sequence is cancelled early and counted as a disconnect), or the small model has already
-  // written all 200 tokens into the socket. Either way nothing of the request may be left.
-  const generated = m.moex_generated_tokens_total - before.moex_generated_tokens_total;
-  const noticed = m.moex_client_disconnects_total > before.moex_client_disconnects_total;
-  assert.ok(noticed ? generated <= 200 : generated === 200,
-            `disconnect noticed: ${noticed}, tokens generated for it: ${generated}`);
-  ok(`a disconnected stream frees its sequence and KV blocks (noticed: ${noticed}, ${generated} tokens)`);
-
   // ---- a client that leaves before its non-streaming answer: the request is cancelled ----
+  // Before the stream's disconnect below, whose count may land late (its stream's release can
+  // run after the engine has finished it); this one is counted before the engine can finish.
   // The socket closes right after the request is written, so the server sees the closed
   // connection at its first look (with the first tokens): far fewer than the 200 asked for.
   const beforeLeft = await metrics();
@@ -420,7 +400,7 @@ try {
     });
     sock.on('error', reject);
   });
-  m = await metrics();
+  let m = await metrics();
   while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
          m.moex_requests_finished_total <= beforeLeft.moex_requests_finished_total)
     m = await metrics();
@@ -428,6 +408,28 @@ try {
   assert.equal(m.moex_client_disconnects_total - beforeLeft.moex_client_disconnects_total, 1);
   assert.ok(leftTokens < 200, `tokens generated for a client that left: ${leftTokens}`);
   ok(`a client that leaves a non-streaming request has it cancelled (${leftTokens} of 200 tokens)`);
+
+  // ---- a client that disconnects mid-stream: its sequence is freed ----
+  const before = await metrics();
+  const ac = new AbortController();
+  const stream = await client.completions.create({ ...base, prompt: 'A', max_tokens: 200, stream: true }, { signal: ac.signal });
+  try {
+    for await (const _ of stream) { ac.abort(); }
+  } catch { /* the abort surfaces as an error */ }
+  // Until the engine has ended it (cancelled or run to its end) and given its blocks back; a
+  // request that never ends keeps this loop going until ctest's timeout fails the test.
+  m = await metrics();
+  while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
+         m.moex_requests_finished_total <= before.moex_requests_finished_total)
+    m = await metrics();
+  // Which comes first is a race on a busy machine: the server notices the closed connection
+  // (the sequence is cancelled early and counted as a disconnect), or the small model has already
+  // written all 200 tokens into the socket. Either way nothing of the request may be left.
+  const generated = m.moex_generated_tokens_total - before.moex_generated_tokens_total;
+  const noticed = m.moex_client_disconnects_total > before.moex_client_disconnects_total;
+  assert.ok(noticed ? generated <= 200 : generated === 200,
+            `disconnect noticed: ${noticed}, tokens generated for it: ${generated}`);
+  ok(`a disconnected stream frees its sequence and KV blocks (noticed: ${noticed}, ${generated} tokens)`);
 
   // ---- malformed requests: 4xx in OpenAI's shape, and the server goes on ----
   let r = await raw('/v1/completions', '{not json');
