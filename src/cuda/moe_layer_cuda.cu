@@ -54,6 +54,13 @@ int64_t grown_rows(int64_t rows) {
   return ceil_div_i64(rows + rows / 16, 64) * 64;
 }
 
+// Bytes of kept rows [rows, F1] (h) then [rows, d] (the outputs), bf16, each block 256-byte
+// aligned: what a forward puts in lent memory.
+size_t lent_rows_bytes(int64_t rows, int64_t f1, int64_t d) {
+  auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
+  return aligned(static_cast<size_t>(rows * f1) * 2) + aligned(static_cast<size_t>(rows * d) * 2);
+}
+
 constexpr size_t kStatsHeader = 2 * sizeof(double) + 4 * sizeof(int32_t);  // losses, info
 
 }  // namespace
@@ -219,8 +226,26 @@ void MoELayerCuda::grow_rows(Tensor& t, int64_t rows, int64_t cols) {
   t = dev({grown_rows(rows), cols}, DType::kBF16, ctx_);
 }
 
+size_t MoELayerCuda::kept_bytes_bound(const MoEConfig& config, const MoELayerCudaOptions& options,
+                                      int64_t tokens, bool training, bool drop_tokens) {
+  if (options.expert_group != nullptr && options.expert_group->size() > 1) return 0;
+  const int64_t E = config.num_experts;
+  int64_t rows = 0;
+  if (!config.dropless) {
+    rows = E * (drop_tokens ? moe_capacity(tokens, config, training) : tokens);
+  } else if (options.dropless_gemm == DroplessGemm::kGrouped) {
+    rows = tokens * config.top_k;
+  } else if (options.dropless_gemm == DroplessGemm::kPacked) {
+    const int64_t align = options.padded_row_multiple > 0 ? options.padded_row_multiple : 1;
+    rows = tokens * config.top_k + E * (align - 1);  // each expert's block rounded up
+  } else {
+    return 0;  // kPadded: E x the largest load, up to E x T
+  }
+  return lent_rows_bytes(rows, config.first_proj_rows(config.ffn_size), config.hidden_size);
+}
+
 void MoELayerCuda::ensure_rows(int64_t rows) {
-  if (keeps_own_rows()) {
+  if (keeps_own_rows() && lent_ == nullptr) {
     grow_rows(saved_h_, rows, f1_);
     grow_rows(saved_out_, rows, d_);
   }
@@ -235,7 +260,10 @@ void MoELayerCuda::point_scratch(int64_t rows, bool backward) {
   buf_.xj = static_cast<float*>(s.get(MoEScratch::kXj, td, ctx_));
   // a lives only inside a call: backward writes da there and then a again (experts_backward).
   buf_.a = buf_.da = s.get(MoEScratch::kA, r * f_, ctx_);
-  if (keeps_own_rows()) {
+  if (keeps_own_rows() && lent_ != nullptr) {
+    buf_.h = lent_;
+    buf_.out = static_cast<char*>(lent_) + lent_rows_bytes(rows, f1_, 0);
+  } else if (keeps_own_rows()) {
     buf_.h = saved_h_.raw_data();
     buf_.out = saved_out_.raw_data();
   } else {
@@ -398,6 +426,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   training_ = training;
   kept_ = step.keep_for_backward;
   kept_in_scratch_ = kept_ && step.keep_in_scratch;
+  lent_ = nullptr;  // use_lent_rows decides once the rows are known
   stats_copied_ = step.copy_stats;
   seed_ = seed;
   offset_ = offset;
@@ -534,6 +563,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     finish_forward(x, y);
     return;
   }
+  use_lent_rows(step);
   ensure_rows(rows_);
   upload_operands();
 
@@ -541,6 +571,19 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   experts_forward(local_rows());
   sum_slices(buf_.out, rows_);
   finish_forward(x, y);
+}
+
+void MoELayerCuda::use_lent_rows(const MoEStepCuda& step) {
+  lent_ = nullptr;
+  if (!keeps_own_rows() || step.lent == nullptr ||
+      lent_rows_bytes(rows_, f1_, d_) > step.lent_bytes)
+    return;
+  lent_ = step.lent;
+  if (saved_h_.defined() || saved_out_.defined()) {  // queued kernels may still read them
+    ctx_.synchronize();
+    saved_h_ = Tensor();
+    saved_out_ = Tensor();
+  }
 }
 
 void MoELayerCuda::sum_slices(void* rows_buf, int64_t rows) {

@@ -177,6 +177,13 @@ struct MoEStepCuda {
   // takes them instead of exchanging again. Ignored without an expert group.
   bool keep_exchange = false;
   bool reuse_exchange = false;
+  // With keep_for_backward (not in the scratch, no expert parallelism): memory the caller lends
+  // for the kept rows (h, then the outputs), which it leaves alone until this layer's backward
+  // has run. Used when the forward's rows fit (kept_bytes_bound), else the layer's own buffers.
+  // A model lends gradient memory that backward writes only after this layer's backward
+  // (docs/gpu-model.md §Kept rows in gradient memory).
+  void* lent = nullptr;
+  size_t lent_bytes = 0;
 };
 
 // The expert-row exchanges of a layer so far (expert parallelism; all zero without it).
@@ -286,6 +293,12 @@ class MoELayerCuda {
   // training forward's; a forward without training keeps none).
   const Tensor& logits() const { return z_; }
   const Tensor& expert_out() const { return saved_out_; }
+  // The most bytes a forward of `tokens` tokens keeping for backward puts in lent memory
+  // (MoEStepCuda::lent): h [R, F1] and the outputs [R, d] bf16 for the largest R its layout can
+  // take, each block 256-byte aligned. 0 when its rows never go there: expert parallelism, or
+  // rows with no bound below E x T (dropless kPadded).
+  static size_t kept_bytes_bound(const MoEConfig& config, const MoELayerCudaOptions& options,
+                                 int64_t tokens, bool training, bool drop_tokens);
   // Bytes of the rows this layer keeps for backward in buffers of its own (saved h and outputs).
   size_t kept_bytes() const {
     return (saved_h_.defined() ? saved_h_.nbytes() : 0) +
@@ -300,6 +313,9 @@ class MoELayerCuda {
   // layer's own, the rest comes from the scratch. Backward calls it again (the scratch may have
   // grown and moved since the forward).
   void ensure_rows(int64_t rows);
+  // Keeps this forward's rows_ in step.lent when they fit there (and the forward keeps rows of
+  // its own); the layer's own saved buffers are then given back.
+  void use_lent_rows(const MoEStepCuda& step);
   // t [>= rows, cols] bf16, the layer's own: grown (rounded up by grown_rows) only when a load
   // exceeds every earlier one, after the kernels queued on the old block have finished.
   void grow_rows(Tensor& t, int64_t rows, int64_t cols);
@@ -468,6 +484,8 @@ class MoELayerCuda {
   bool grouped_ = false;
   // The last forward kept h and out in this layer's saved buffers (not the scratch).
   bool keeps_own_rows() const { return kept_ && !kept_in_scratch_; }
+  // The last forward kept h and out in the caller's lent memory, from here ([R,F1] then [R,d]).
+  void* lent_ = nullptr;
   uint64_t scratch_ticket_ = 0;  // MoEScratch::claim_activations of the last forward
   uint64_t seed_ = 0, offset_ = 0;
   const void* x_ = nullptr;  // input of the last forward (backward reads it through xb)

@@ -221,20 +221,8 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
     }
     return;
   }
-  MoEForwardOptions options;
-  options.training = step.training;
-  options.seed = step.seed;
-  options.offset = step.offset;
-  options.loss_scale = step.loss_scale;
-  options.drop_tokens = step.drop_tokens;
-  options.keep_for_backward = save;
-  // A recompute's backward follows at once: its expert rows can live in the shared scratch.
-  options.keep_in_scratch = save && hold_routing_;
-  options.defer_stats = true;
-  options.want_stats = step.stats;
+  MoEForwardOptions options = moe_options(save, step);
   options.out = y;  // the GPU layer writes y itself
-  options.keep_exchange = step.cac && !hold_routing_;
-  options.reuse_exchange = step.cac && hold_routing_;
   // Recompute (activation checkpointing) must route as the first pass did. The CPU layer is given
   // the first pass's routing. The GPU layer recomputes it: the same input bits, seed and stream
   // offset through deterministic kernels (router GEMM, fixed-order gating) give the same experts
@@ -246,6 +234,28 @@ void FfnLayer::forward(const Tensor& x, const Tensor& y, Arena& arena, bool save
   if (!hold_routing_ && cpu) held_ = moe_->routing();
   if (out.y.raw_data() != y.raw_data()) ops::copy(out.y, y);
   stats_ = &out;
+}
+
+MoEForwardOptions FfnLayer::moe_options(bool save, const StepOptions& step) const {
+  MoEForwardOptions options;
+  options.training = step.training;
+  options.seed = step.seed;
+  options.offset = step.offset;
+  options.loss_scale = step.loss_scale;
+  options.drop_tokens = step.drop_tokens;
+  options.keep_for_backward = save;
+  // A recompute's backward follows at once: its expert rows can live in the shared scratch.
+  options.keep_in_scratch = save && hold_routing_;
+  if (save && !hold_routing_) options.lent_rows = step.lent_rows;
+  options.defer_stats = true;
+  options.want_stats = step.stats;
+  options.keep_exchange = step.cac && !hold_routing_;
+  options.reuse_exchange = step.cac && hold_routing_;
+  return options;
+}
+
+size_t FfnLayer::kept_bytes_bound(const Device& device, int64_t n, const StepOptions& step) {
+  return moe_ ? moe_->device_kept_bytes_bound(device, n, moe_options(true, step)) : 0;
 }
 
 const MoEStats& FfnLayer::stats() {

@@ -30,6 +30,9 @@ struct StepOptions {
   // the recompute (hold_routing) reuses them (MoEForwardOptions::keep_exchange, reuse_exchange).
   bool cac = false;
   bool stats = true;  // MoEForwardOptions::want_stats
+  // A forward that saves: memory lent for the MoE layer's kept rows (MoEForwardOptions::lent_rows;
+  // the model lends gradient memory, docs/gpu-model.md §Kept rows in gradient memory).
+  Tensor lent_rows;
 };
 
 // What an MoE block reports after forward (losses, per-expert load and kept counts, drops):
@@ -67,6 +70,9 @@ class FfnLayer {
   // after it does (so a model reads them after its last layer, not between layers). Zeros after a
   // forward with StepOptions::stats false.
   const MoEStats& stats();
+  // The most bytes a saving forward of n tokens on `device` keeps in step.lent_rows (0: a dense
+  // FFN, the CPU, or an MoE layer that never uses lent memory).
+  size_t kept_bytes_bound(const Device& device, int64_t n, const StepOptions& step);
   // The MoE layer's token exchanges so far (zeros for a dense FFN or without an expert group).
   size_t moe_kept_bytes() const { return moe_ ? moe_->device_kept_bytes() : 0; }
   moe::ExchangeStats exchange_stats() const {
@@ -78,6 +84,8 @@ class FfnLayer {
 
  private:
   Tensor view_of(const ParamBuffer& buffer, int idx, bool first_proj) const;
+  // The MoE layer's options for a forward (save: keep for backward), without its output.
+  MoEForwardOptions moe_options(bool save, const StepOptions& step) const;
   Param param_of(const ParamViews& views, int idx, bool first_proj) const;  // view_of's Param
 
   const ModelConfig& config_;

@@ -29,6 +29,13 @@ bool GradientWrites::claim(int first, int count) {
   return fresh;
 }
 
+bool GradientWrites::any_written(int first, int last) const {
+  if (all_written_) return first <= last;
+  for (int i = first; i <= last; ++i)
+    if (written_.at(static_cast<size_t>(i))) return true;
+  return false;
+}
+
 void GradientWrites::zero_if_unwritten(int first, int count) {
   if (claim(first, count)) ops::zero(grads_.flat_range(first, first + count - 1));
 }

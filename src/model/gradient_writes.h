@@ -23,6 +23,8 @@ class GradientWrites {
   // them whole instead of adding. Either way they count as written from here on. The entries of
   // one call must be all written or all not (a fused view is claimed as one).
   bool claim(int first, int count);
+  // True when some entry of [first, last] holds this step's values.
+  bool any_written(int first, int last) const;
   // Zeroes entries [first, first + count) unless written (for writers that only add, such as a
   // scatter) and marks them written.
   void zero_if_unwritten(int first, int count);

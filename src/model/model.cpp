@@ -406,12 +406,20 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
                            : options.checkpoint_activations ? Block::Keep::kInputOnly
                                                             : Block::Keep::kAll;
   LossResult result;
+  StepOptions base;
+  base.training = options.training;
+  base.seed = options.seed;
+  base.loss_scale = options.loss_scale;
+  lent_this_step_ = false;
+  lent_regions_.assign(blocks_.size(), LentRegion{});
+  const std::vector<Tensor> lent =
+      keep == Block::Keep::kAll ? lent_rows(n, base) : std::vector<Tensor>(blocks_.size());
   for (size_t i = 0; i < blocks_.size(); ++i) {
     x[i + 1] = arena_.alloc(Shape{n, d}, dt);
-    // one Philox stream per (step, layer)
-    const uint64_t offset = options.step * 1024 + i;
-    StepOptions step{options.training, options.seed, offset, options.loss_scale};
+    StepOptions step = base;
+    step.offset = options.step * 1024 + i;  // one Philox stream per (step, layer)
     step.cac = options.cac && keep == Block::Keep::kInputOnly;
+    step.lent_rows = lent[i];
     blocks_[i]->forward(x[i], batch, seq_len, x[i + 1], arena_, keep, step);
   }
   const Tensor hidden = arena_.alloc(Shape{n, d}, dt);
@@ -455,6 +463,7 @@ void Model::backward(bool last_of_step) {
     const EntryRange& bucket = buckets_[i + 1];
     if (streams_) writes_.reset(bucket.first, bucket.last);
     blocks_[i]->backward(dh, dh, arena_);
+    zero_lent_padding(static_cast<int>(i) + 1);
     if (hand_blocks) hand_over(static_cast<int>(i) + 1);
   }
   if (hand_blocks && !streams_) blocks_handed_ = true;
@@ -467,8 +476,53 @@ void Model::backward(bool last_of_step) {
     ops::embedding_backward(local_ids_, found, embed_.grad_to_add());
   }
   if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.grad_to_add());
+  zero_lent_padding(0);
   writes_.zero_unwritten();  // parameters without a gradient this step (e.g. unused experts)
   dhidden_ = Tensor();
+}
+
+std::vector<Tensor> Model::lent_rows(int64_t n, const StepOptions& step) {
+  static const bool enabled = env_on_unless_zero("MOEX_KEPT_ROWS_IN_GRADS");
+  const size_t L = blocks_.size();
+  std::vector<Tensor> lent(L);
+  const Tensor& flat = grads_.flat();
+  if (!enabled || !lend_grads_ || !device_.is_cuda() || streams_ || !flat.defined() || L == 0)
+    return lent;
+  const int64_t elem = static_cast<int64_t>(dtype_size(flat.dtype()));
+  std::vector<int64_t> begin(L), need(L);
+  for (size_t l = 0; l < L; ++l) {
+    begin[l] = grads_.offset(buckets_[l + 1].first);
+    const int64_t bytes = static_cast<int64_t>(blocks_[l]->ffn().kept_bytes_bound(device_, n, step));
+    need[l] = (bytes + elem - 1) / elem;
+  }
+  // A tied head writes the embedding's gradient in forward: only the blocks' memory is free.
+  const int64_t floor = config_.tie_embeddings ? begin[0] : 0;
+  const std::vector<LentRegion> regions = plan_lent_regions(begin, need, floor, 256 / elem);
+  for (size_t l = 0; l < L; ++l) {
+    // Only memory that holds nothing of this step (a later micro-batch finds it written).
+    if (regions[l].empty() || writes_.any_written(0, buckets_[l + 1].first - 1)) continue;
+    lent[l] = flat.slice(regions[l].begin, regions[l].end);
+    lent_regions_[l] = regions[l];
+    lent_this_step_ = true;
+  }
+  return lent;
+}
+
+int64_t Model::lent_gradient_bytes() const {
+  int64_t elements = 0;
+  for (const LentRegion& r : lent_regions_) elements += r.end - r.begin;
+  return elements == 0 ? 0 : elements * static_cast<int64_t>(dtype_size(grads_.flat().dtype()));
+}
+
+void Model::zero_lent_padding(int bucket) {
+  if (!lent_this_step_) return;
+  const EntryRange& r = buckets_.at(static_cast<size_t>(bucket));
+  const Tensor& flat = grads_.flat();
+  for (int i = r.first; i <= r.last; ++i) {
+    const int64_t end = grads_.offset(i) + grads_.tensor(i).numel();
+    const int64_t next = i + 1 < grads_.size() ? grads_.offset(i + 1) : grads_.total_elements();
+    if (end < next) ops::zero(flat.slice(end, next));
+  }
 }
 
 Tensor Model::final_hidden(const int32_t* ids, int64_t batch, int64_t seq_len) {

@@ -11,6 +11,7 @@
 
 #include "model/block.h"
 #include "model/gradient_sink.h"
+#include "model/lent_rows_plan.h"
 #include "model/lm_head.h"
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
@@ -159,6 +160,17 @@ class Model {
   // last_of_step), in the order backward does. Call it once after the last backward of an
   // optimizer step, before the data-parallel reduction. A no-op otherwise.
   void finish_gradients();
+
+  // A forward that keeps every activation, on a GPU with a whole gradient buffer, lends each MoE
+  // block the gradient memory of blocks below it for its kept expert rows, where this step has
+  // written nothing yet (docs/gpu-model.md §Kept rows in gradient memory); their alignment padding
+  // is zeroed again as backward ends each block. The same results either way. On unless
+  // MOEX_KEPT_ROWS_IN_GRADS=0; off: every MoE layer keeps its rows in buffers of its own.
+  void set_lend_gradient_memory(bool on) { lend_grads_ = on; }
+  // The gradient memory each block's MoE rows were lent in the last forward, as elements of
+  // grads().flat() ([L]; empty regions: none).
+  const std::vector<LentRegion>& lent_regions() const { return lent_regions_; }
+  int64_t lent_gradient_bytes() const;  // their bytes
 
   // ids, targets [B, T] on the host; targets of -100 are ignored. Saves activations for backward.
   LossResult forward(const int32_t* ids, const int32_t* targets, int64_t batch, int64_t seq_len,
@@ -344,6 +356,15 @@ class Model {
   // Sums entries [first, last]'s tp-partial gradients over the tp group.
   void sum_partial_grads(int first, int last);
   GradientWrites writes_{grads_};         // which gradient entries hold this step's values
+  // set_lend_gradient_memory: block i's lent memory in this forward ([L], undefined: none), a
+  // view of the gradient buffer; and whether this step lent any.
+  std::vector<Tensor> lent_rows(int64_t n, const StepOptions& step);
+  bool lend_grads_ = true;
+  bool lent_this_step_ = false;
+  std::vector<LentRegion> lent_regions_;
+  // Zeroes bucket b's alignment padding when this step lent gradient memory (the norm and the
+  // reductions read it).
+  void zero_lent_padding(int bucket);
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy of an fp32 master on CUDA; else null
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<NormLayer> final_norm_;

@@ -635,6 +635,13 @@ std::unique_ptr<MoEDeviceLayer> make_device_layer(const MoELayer::Impl& impl,
 }
 }  // namespace
 
+size_t MoELayer::device_kept_bytes_bound(const Device& device, int64_t tokens,
+                                         const MoEForwardOptions& options) {
+  if (device.is_cpu()) return 0;
+  if (!impl_->device) impl_->device = make_device_layer(*impl_, device);
+  return impl_->device->kept_bytes_bound(tokens, options);
+}
+
 const MoEOutput& MoELayer::forward(const Tensor& x, const MoEForwardOptions& options) {
   if (!x.device().is_cpu()) {  // device dispatch (moe_layer_dispatch.h)
     const MoEDeviceGroups& groups = impl_->device_groups;

@@ -56,6 +56,11 @@ struct MoEForwardOptions {
   // activation-checkpoint recompute), so the GPU layer may keep its expert activations in the
   // shared scratch instead of buffers of its own. Ignored on the CPU.
   bool keep_in_scratch = false;
+  // With keep_for_backward on a GPU: device memory the caller lends for the expert rows the
+  // forward keeps, untouched by the caller until this layer's backward has run. The layer keeps
+  // them there when they fit (device_kept_bytes_bound), else in buffers of its own. Undefined:
+  // none lent. Ignored on the CPU.
+  Tensor lent_rows;
   // Communication-aware activation checkpointing (docs/parallelism.md §CAC; CPU layer with an
   // expert group, ignored otherwise). keep_exchange: this forward is a checkpointed first pass
   // that a recompute will repeat, so its all-to-all results (the rows this rank's experts
@@ -132,6 +137,11 @@ class MoELayer {
   moe::ExchangeStats exchange_stats() const;
   // Device bytes the GPU path keeps for backward between calls (0 on the CPU).
   size_t device_kept_bytes() const;
+  // The most bytes a forward of `tokens` tokens on `device` with these options (keeping for
+  // backward) puts in MoEForwardOptions::lent_rows; 0 when it never uses lent memory (the CPU,
+  // expert parallelism, a layout with no useful bound).
+  size_t device_kept_bytes_bound(const Device& device, int64_t tokens,
+                                 const MoEForwardOptions& options);
   // Duplicate Token Dropping (docs/parallelism.md): the ranks of tp_group run this layer on the
   // same tokens, so each sends only its share of the expert rows through the all-to-alls and an
   // all-gather over tp_group completes them (moe/expert_exchange.h). Same results; null: off. On

@@ -73,24 +73,9 @@ class CudaMoELayer final : public MoEDeviceLayer {
                x.shape().str(), " ", dtype_name(x.dtype()));
     const int64_t T = x.dim(0), d = config_.hidden_size;
     if (!layer_ || T > max_tokens_) {
-      cuda::MoELayerCudaOptions opt;
-      opt.max_tokens = T;
-      opt.external_expert_buffers = bound_w1_.defined();
-      opt.scratch = &shared_scratch(ctx_.ordinal());
-      // Dropless: each expert's rows packed one after the other (T x k rows, not E x the largest
-      // load, which an untrained router puts far above the mean), one GEMM per expert.
-      // MOEX_PACKED_EXPERT_ROWS=0: the padded layout, each expert's rows rounded up to 128 where
-      // that saves >= 3% of them (docs/gpu-model.md §MoE row buffers has both measured).
-      static const bool packed = env_on_unless_zero("MOEX_PACKED_EXPERT_ROWS");
-      opt.dropless_gemm = packed ? cuda::DroplessGemm::kPacked : cuda::DroplessGemm::kPadded;
-      opt.padded_row_multiple = 128;
-      opt.token_rows_max_rows = cuda::token_rows_max_rows();
-      opt.expert_group = groups_.expert;
-      opt.duplicate_group = groups_.duplicate;
-      opt.slice_group = groups_.slice;
       retire_layer();  // its buffers go back to the allocator before the new ones are taken
       buffers_moved();
-      layer_ = std::make_unique<cuda::MoELayerCuda>(config_, opt, ctx_);
+      layer_ = std::make_unique<cuda::MoELayerCuda>(config_, layer_options(T), ctx_);
       if (bound_w1_.defined())
         layer_->bind_expert_buffers(bound_w1_, bound_w2_, bound_dw1_, bound_dw2_);
       max_tokens_ = T;
@@ -131,6 +116,12 @@ class CudaMoELayer final : public MoEDeviceLayer {
       step.copy_stats = options.want_stats;
       step.keep_exchange = options.keep_exchange;
       step.reuse_exchange = options.reuse_exchange;
+      if (options.lent_rows.defined()) {
+        MOEX_CHECK(options.lent_rows.device() == dev,
+                   "MoELayer on CUDA: lent_rows must be on the layer's GPU");
+        step.lent = options.lent_rows.raw_data();
+        step.lent_bytes = options.lent_rows.nbytes();
+      }
       layer_->forward(xb_, yb, step);
     }
     x_dtype_ = x.dtype();
@@ -246,6 +237,12 @@ class CudaMoELayer final : public MoEDeviceLayer {
 
   size_t kept_bytes() const override { return layer_ ? layer_->kept_bytes() : 0; }
 
+  size_t kept_bytes_bound(int64_t tokens, const MoEForwardOptions& options) const override {
+    if (!options.keep_for_backward || options.keep_in_scratch) return 0;
+    return cuda::MoELayerCuda::kept_bytes_bound(config_, layer_options(tokens), tokens,
+                                                options.training, options.drop_tokens);
+  }
+
   moe::ExchangeStats exchange_stats() override {
     moe::ExchangeStats s = retired_exchanges_;
     if (layer_) s += converted(layer_->exchange_stats());
@@ -262,6 +259,26 @@ class CudaMoELayer final : public MoEDeviceLayer {
     s.bytes_saved = c.bytes_saved;
     s.seconds = c.ms * 1e-3;
     return s;
+  }
+
+  // The GPU layer's options for `tokens` tokens a call at most.
+  cuda::MoELayerCudaOptions layer_options(int64_t tokens) const {
+    cuda::MoELayerCudaOptions opt;
+    opt.max_tokens = tokens;
+    opt.external_expert_buffers = bound_w1_.defined();
+    opt.scratch = &shared_scratch(ctx_.ordinal());
+    // Dropless: each expert's rows packed one after the other (T x k rows, not E x the largest
+    // load, which an untrained router puts far above the mean), one GEMM per expert.
+    // MOEX_PACKED_EXPERT_ROWS=0: the padded layout, each expert's rows rounded up to 128 where
+    // that saves >= 3% of them (docs/gpu-model.md §MoE row buffers has both measured).
+    static const bool packed = env_on_unless_zero("MOEX_PACKED_EXPERT_ROWS");
+    opt.dropless_gemm = packed ? cuda::DroplessGemm::kPacked : cuda::DroplessGemm::kPadded;
+    opt.padded_row_multiple = 128;
+    opt.token_rows_max_rows = cuda::token_rows_max_rows();
+    opt.expert_group = groups_.expert;
+    opt.duplicate_group = groups_.duplicate;
+    opt.slice_group = groups_.slice;
+    return opt;
   }
 
   // Drops the GPU layer (the next forward builds another), keeping its exchange counts.

@@ -60,6 +60,8 @@ class MoEDeviceLayer {
   virtual moe::ExchangeStats exchange_stats() = 0;
   // Device bytes the layer holds for backward between calls (its kept expert rows).
   virtual size_t kept_bytes() const = 0;
+  // See MoELayer::device_kept_bytes_bound.
+  virtual size_t kept_bytes_bound(int64_t tokens, const MoEForwardOptions& options) const = 0;
 };
 
 // Device bytes of the row scratch every MoE layer on GPU `ordinal` shares (docs/gpu-model.md §MoE

@@ -394,6 +394,103 @@ TEST_F(GpuModel, ActivationCheckpointingGivesTheSameStep) {
   EXPECT_LT(rel_l2(grads[1], grads[0]), 1e-3);
 }
 
+// Kept MoE rows in gradient memory (docs/gpu-model.md §Kept rows in gradient memory): a model
+// that lends each MoE block the gradient memory of the blocks below it trains like one whose layers
+// keep their rows in buffers of their own. Two layouts: the small config (tied head, so only the
+// blocks' memory is lent; capacity mode; dense blocks between), and an untied dropless one with
+// bf16 gradients, whose rows outgrow a block's gradients so the regions span several blocks and
+// cover alignment padding (the per-head q/k norms' 32 elements each). Three steps, the first of
+// two micro-batches (the second finds the memory written and lends none). The forwards are
+// deterministic, so the first losses are the same bits; the attention's dq adds in fp32 atomics,
+// so the gradients agree to within that order (a kept row written over would move them by
+// percents); padding must read zero after backward (the norm and reductions read it).
+TEST_F(GpuModel, KeptRowsInGradientMemoryTrainLikeOwnBuffers) {
+  struct Layout {
+    ModelConfig config;
+    model::ModelState state;
+  };
+  std::string untied = kSmallConfig;
+  for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
+           {R"("tie_embeddings": true)", R"("tie_embeddings": false)"},
+           {R"("layer_freq": 2)", R"("layer_freq": 1, "dropless": true)"}})
+    untied.replace(untied.find(from), from.size(), to);
+  const std::vector<Layout> layouts = {
+      {small_config(), {}},
+      {ModelConfig::from_json(JsonReader::from_string(untied, "untied dropless config")),
+       {DType::kF32, DType::kBF16}}};
+  for (const Layout& layout : layouts) {
+    SCOPED_TRACE(layout.config.tie_embeddings ? "tied, capacity mode" : "untied, dropless, bf16");
+    model::Model lent(layout.config, Device::cuda(), nullptr, {}, false, layout.state);
+    model::Model own(layout.config, Device::cuda(), nullptr, {}, false, layout.state);
+    own.set_lend_gradient_memory(false);
+    train::OptimizerConfig oc;
+    oc.lr = 3e-3;
+    oc.grad_clip = 1.0;
+    lent.init_weights(23);
+    own.init_weights(23);
+    train::AdamW adam_lent(lent.params(), oc), adam_own(own.params(), oc);
+    int64_t lent_elements = 0, padding_lent = 0;
+    for (int step = 0; step < 3; ++step) {
+      const int micro_batches = step == 0 ? 2 : 1;
+      double loss[2] = {0, 0}, norm[2] = {0, 0};
+      for (int mb = 0; mb < micro_batches; ++mb) {
+        std::vector<int32_t> ids, targets;
+        counting_batch(8, 64, layout.config.vocab_size, 40 + 3 * step + mb, &ids, &targets);
+        model::ForwardOptions opt;
+        opt.training = true;
+        opt.for_backward = true;
+        opt.step = step;
+        opt.seed = 5;
+        opt.loss_scale = 1.0 / micro_batches;
+        for (int i = 0; i < 2; ++i) {
+          model::Model& m = i == 0 ? lent : own;
+          if (mb == 0) m.zero_grad();
+          loss[i] = m.forward(ids.data(), targets.data(), 8, 64, opt).loss;
+          m.backward();
+        }
+        int64_t lent_now = 0;
+        for (const model::LentRegion& r : lent.lent_regions()) {
+          lent_now += r.end - r.begin;
+          // Padding inside this region: what zero_lent_padding must clear.
+          const ParamBuffer& g = lent.grads();
+          for (int e = 0; e + 1 < g.size(); ++e) {
+            const int64_t end = g.offset(e) + g.tensor(e).numel(), next = g.offset(e + 1);
+            padding_lent += std::max<int64_t>(0, std::min(next, r.end) - std::max(end, r.begin));
+          }
+        }
+        if (mb == 1) EXPECT_EQ(lent_now, 0) << "a second micro-batch found its memory written";
+        if (mb == 0) lent_elements += lent_now;
+        if (step == 0 && mb == 0) {
+          EXPECT_EQ(loss[0], loss[1]) << "the same forward, rows kept elsewhere";
+        } else {
+          EXPECT_NEAR(loss[0], loss[1], 1e-3 * loss[1]) << "step " << step;
+        }
+      }
+      const ParamBuffer& g = lent.grads();
+      const std::vector<float> all = widened(g.flat());
+      for (int e = 0; e < g.size(); ++e) {
+        const int64_t end = g.offset(e) + g.tensor(e).numel();
+        const int64_t next = e + 1 < g.size() ? g.offset(e + 1) : g.total_elements();
+        for (int64_t i = end; i < next; ++i)
+          ASSERT_EQ(all[static_cast<size_t>(i)], 0.0f) << "padding after " << g.name(e);
+      }
+      EXPECT_LT(rel_l2(all, widened(own.grads().flat())), 1e-3) << "step " << step;
+      norm[0] = adam_lent.step(lent, oc.lr, step + 1);
+      norm[1] = adam_own.step(own, oc.lr, step + 1);
+      EXPECT_NEAR(norm[0], norm[1], 1e-3 * norm[1]) << "step " << step;
+    }
+    EXPECT_LT(rel_l2(widened(lent.params().flat()), widened(own.params().flat())), 1e-4);
+    std::printf("[ info ] %s: %lld gradient elements lent over 3 steps (%lld of them padding), "
+                "own kept rows %zu bytes against %zu\n",
+                layout.config.tie_embeddings ? "tied" : "untied dropless",
+                static_cast<long long>(lent_elements), static_cast<long long>(padding_lent),
+                lent.moe_kept_bytes(), own.moe_kept_bytes());
+    EXPECT_GT(lent_elements, 0);
+    EXPECT_LT(lent.moe_kept_bytes(), own.moe_kept_bytes());
+    if (!layout.config.tie_embeddings) EXPECT_GT(padding_lent, 0) << "no padding was lent";
+  }
+}
+
 TEST_F(GpuModel, TrainingFollowsTheCpuLossCurve) {
   model::Model cpu(small_config(), Device::cpu()), gpu(small_config(), Device::cuda());
   expect_training_follows(cpu, gpu, "CPU", "GPU");

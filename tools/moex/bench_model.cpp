@@ -147,6 +147,8 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
       {"activation_gib", static_cast<double>(m.activation_bytes()) / (1u << 30)},
       // the GPU MoE layers' kept rows, and the row scratch they share
       {"moe_kept_gib", static_cast<double>(m.moe_kept_bytes()) / (1u << 30)},
+      // kept rows in gradient memory instead (docs/gpu-model.md §Kept rows in gradient memory)
+      {"moe_lent_gib", static_cast<double>(m.lent_gradient_bytes()) / (1u << 30)},
       {"moe_scratch_gib",
        static_cast<double>(device.is_cuda() ? moe_device_scratch_bytes(device.ordinal) : 0) /
            (1u << 30)},
