@@ -448,7 +448,8 @@ for shape in ["small", "medium"]:
                                              "moe_scratch_gib")]
             print(f"{'':8} {'  state, arena, MoE kept, scratch':32} " +
                   " ".join(f"{p:.2f}" for p in parts) +
-                  f", other {r['peak_mem_gib'] - sum(parts):.2f}")
+                  f", other {r['peak_mem_gib'] - sum(parts):.2f}" +
+                  f" (MoE rows in gradient memory {r.get('moe_lent_gib', 0.0):.2f})")
 PY
 fi
 
