@@ -18,6 +18,7 @@
 
 #include "cuda/attention.h"
 #include "cuda/cuda_check.h"
+#include "cuda/cudnn_attention.h"
 #include "cuda/device.h"
 #include "cuda/paged_attention.h"
 #include "cuda/random_fill.h"
@@ -45,10 +46,17 @@ float median_ms(const std::function<void()>& fn, cudaStream_t stream, int iters 
   return ms[ms.size() / 2];
 }
 
-void run(const BenchShape& s, cudaStream_t stream) {
+// impl "moex": the own kernels; "moex-cudnn": cuDNN's fused attention (cuda/cudnn_attention.h),
+// skipped with a line on stderr where cuDNN does not run the shape.
+void run(const BenchShape& s, cuda::AttentionEngine engine, cudaStream_t stream) {
   const int64_t nq = s.batch * s.seq * s.heads * s.head_dim;
   const int64_t nkv = s.batch * s.seq * s.kv_heads * s.head_dim;
-  cuda::AttentionParams p{s.batch, s.seq, s.seq, s.heads, s.kv_heads, s.head_dim, 0, 0.0f};
+  cuda::AttentionParams p{s.batch, s.seq, s.seq, s.heads, s.kv_heads, s.head_dim, 0, 0.0f, engine};
+  const bool cudnn = engine == cuda::AttentionEngine::kCudnn;
+  if (cudnn && !cuda::cudnn_attention_supports(p)) {
+    std::fprintf(stderr, "%s: cuDNN does not run this shape\n", s.name);
+    return;
+  }
   void *q, *k, *v, *out, *dout, *dq, *dk, *dv, *work;
   float* lse;
   CUDA_CHECK(cudaMalloc(&q, nq * 2));     // [B, T, H, Dh]
@@ -77,10 +85,10 @@ void run(const BenchShape& s, cudaStream_t stream) {
       2.0 * 2.0 * s.batch * s.heads * double(s.seq) * double(s.seq) * s.head_dim / 2.0;
   const double fwdbwd_flops = 3.5 * fwd_flops;
   std::printf(
-      "{\"shape\": \"%s\", \"impl\": \"moex\", \"B\": %lld, \"T\": %lld, \"H\": %lld, "
+      "{\"shape\": \"%s\", \"impl\": \"%s\", \"B\": %lld, \"T\": %lld, \"H\": %lld, "
       "\"Hkv\": %lld, \"Dh\": %lld, \"fwd_ms\": %.4f, \"fwdbwd_ms\": %.4f, \"fwd_tflops\": %.1f, "
       "\"fwdbwd_tflops\": %.1f}\n",
-      s.name, (long long)s.batch, (long long)s.seq, (long long)s.heads, (long long)s.kv_heads,
+      s.name, cudnn ? "moex-cudnn" : "moex", (long long)s.batch, (long long)s.seq, (long long)s.heads, (long long)s.kv_heads,
       (long long)s.head_dim, fwd_ms, fwdbwd_ms, fwd_flops / (fwd_ms * 1e9),
       fwdbwd_flops / (fwdbwd_ms * 1e9));
   std::fflush(stdout);
@@ -226,7 +234,9 @@ int main() {
   cudaStream_t stream;
   CUDA_CHECK(cudaStreamCreate(&stream));
   const BenchShape shapes[] = {{"small", 8, 1024, 16, 4, 64}, {"medium", 4, 2048, 16, 8, 128}};
-  for (const BenchShape& s : shapes) run(s, stream);
+  for (const BenchShape& s : shapes)
+    for (cuda::AttentionEngine e : {cuda::AttentionEngine::kOwn, cuda::AttentionEngine::kCudnn})
+      run(s, e, stream);
   // Whole prompts in one step, the last 512-row chunk of a chunked 8K prompt, and short chunks
   // far into a sequence (where a tile has few rows to share its keys).
   const PrefillShape prefill[] = {{"prompt2k", 0, 2048},       {"prompt8k", 0, 8192},

@@ -214,10 +214,11 @@ print(f"{'shape':8} {'impl':12} {'fwd_ms':>8} {'fwdbwd_ms':>10} {'fwd TF/s':>9} 
 for r in rows:
     print(f"{r['shape']:8} {r['impl']:12} {r['fwd_ms']:8.3f} {r['fwdbwd_ms']:10.3f} {r['fwd_tflops']:9.1f} {r['fwdbwd_tflops']:11.1f}")
 for shape in sorted({r['shape'] for r in rows}):
-    m = [r for r in rows if r['shape'] == shape and r['impl'] == 'moex']
-    t = [r for r in rows if r['shape'] == shape and r['impl'] != 'moex']
-    if m and t:
-        print(f"{shape}: torch/moex time ratio fwd {t[0]['fwd_ms'] / m[0]['fwd_ms']:.2f}, fwd+bwd {t[0]['fwdbwd_ms'] / m[0]['fwdbwd_ms']:.2f} (>1: moex faster)")
+    t = [r for r in rows if r['shape'] == shape and not r['impl'].startswith('moex')]
+    for impl in ("moex", "moex-cudnn"):
+        m = [r for r in rows if r['shape'] == shape and r['impl'] == impl]
+        if m and t:
+            print(f"{shape}: torch/{impl} time ratio fwd {t[0]['fwd_ms'] / m[0]['fwd_ms']:.2f}, fwd+bwd {t[0]['fwdbwd_ms'] / m[0]['fwdbwd_ms']:.2f} (>1: moex faster)")
 print("\n== serving prefill over the paged pool (32/8 heads of 128, 16-position blocks), forward ms ==")
 impls = ["moex_paged_rows", "moex_paged_tiles", "moex_contiguous", "torch_sdpa"]
 print(f"{'shape':14} {'first':>6} {'rows':>5} " + " ".join(f"{i:>17}" for i in impls) + "  sdpa/tiles")

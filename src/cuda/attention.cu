@@ -10,12 +10,14 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/env.h"
 #include "core/error.h"
 #include "cuda/attention.h"
 #include "cuda/attention_bwd.cuh"
 #include "cuda/attention_fwd.cuh"
 #include "cuda/bf16_util.cuh"
 #include "cuda/cuda_check.h"
+#include "cuda/cudnn_attention.h"
 #include "cuda/paged_attention.h"
 
 namespace moex::cuda {
@@ -36,10 +38,6 @@ void check_params(const char* op, const AttentionParams& p) {
              p.kv_len, ")");
   MOEX_CHECK(p.scale >= 0.0f, op, ": scale must be >= 0, got ", p.scale);
   MOEX_CHECK(p.kv_len < (int64_t{1} << 31) && p.num_heads < 65536, op, ": sizes out of range");
-}
-
-float softmax_scale(const AttentionParams& p) {
-  return p.scale > 0.0f ? p.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
 }
 
 bool aligned16(const void* ptr) {
@@ -102,10 +100,29 @@ size_t round256(size_t bytes) {
 
 }  // namespace
 
+float attention_scale(const AttentionParams& p) {
+  return p.scale > 0.0f ? p.scale : 1.0f / std::sqrt(static_cast<float>(p.head_dim));
+}
+
+bool attention_uses_cudnn(const AttentionParams& p) {
+  if (p.engine == AttentionEngine::kOwn || p.start_pos != 0 || p.q_len != p.kv_len ||
+      p.batch == 0 || p.q_len == 0)
+    return false;
+  if (p.engine == AttentionEngine::kCudnn) {
+    MOEX_CHECK(cudnn_attention_supports(p), "attention: cuDNN's fused attention cannot run B=",
+               p.batch, " T=", p.q_len, " H=", p.num_heads, "/", p.num_kv_heads,
+               " head_dim=", p.head_dim, " (see the log for why)");
+    return true;
+  }
+  static const bool enabled = env_on_unless_zero("MOEX_CUDNN_ATTENTION");
+  return enabled && cudnn_attention_supports(p);
+}
+
 void attention_forward_bf16(const void* q, const void* k, const void* v, void* out, float* lse,
                             const AttentionParams& p, cudaStream_t stream) {
   check_params("attention_forward_bf16", p);
   if (p.batch == 0 || p.q_len == 0) return;
+  if (attention_uses_cudnn(p)) return cudnn_attention_forward(q, k, v, out, lse, p, stream);
   attn::FwdArgs a;
   a.q = static_cast<const bf16*>(q);
   a.k = static_cast<const bf16*>(k);
@@ -118,7 +135,7 @@ void attention_forward_bf16(const void* q, const void* k, const void* v, void* o
   a.num_kv_heads = static_cast<int>(p.num_kv_heads);
   a.head_dim = static_cast<int>(p.head_dim);
   a.start_pos = static_cast<int>(p.start_pos);
-  a.scale_log2 = softmax_scale(p) * kLog2e;
+  a.scale_log2 = attention_scale(p) * kLog2e;
   a.vec = p.head_dim % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v);
   launch_fwd_for_head_dim<false>(a, p.batch, stream);
 }
@@ -148,6 +165,7 @@ void paged_attention_tiles_bf16(const PagedAttentionParams& p, cudaStream_t stre
 }
 
 size_t attention_backward_workspace_bytes(const AttentionParams& p) {
+  if (attention_uses_cudnn(p)) return cudnn_attention_backward_workspace_bytes(p);
   const size_t rows = static_cast<size_t>(p.batch * p.q_len * p.num_heads);
   return round256(rows * sizeof(float))                             // Di [B, H, T]
          + round256(rows * static_cast<size_t>(p.head_dim) * sizeof(float));  // dq_acc [B, T, H, d]
@@ -161,6 +179,8 @@ void attention_backward_bf16(const void* dout, const void* q, const void* k, con
              "attention_backward_bf16: needs start_pos == 0 and q_len == kv_len, got start_pos ",
              p.start_pos, ", q_len ", p.q_len, ", kv_len ", p.kv_len);
   if (p.batch == 0 || p.q_len == 0) return;
+  if (attention_uses_cudnn(p))
+    return cudnn_attention_backward(dout, q, k, v, out, lse, dq, dk, dv, workspace, p, stream);
   const int64_t rows = p.batch * p.q_len * p.num_heads;
   float* di = static_cast<float*>(workspace);
   float* dq_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) +
@@ -186,7 +206,7 @@ void attention_backward_bf16(const void* dout, const void* q, const void* k, con
   a.num_heads = static_cast<int>(p.num_heads);
   a.num_kv_heads = static_cast<int>(p.num_kv_heads);
   a.head_dim = static_cast<int>(p.head_dim);
-  a.scale = softmax_scale(p);
+  a.scale = attention_scale(p);
   a.scale_log2 = a.scale * kLog2e;
   a.vec = p.head_dim % 8 == 0 && aligned16(q) && aligned16(k) && aligned16(v) &&
           aligned16(dout);

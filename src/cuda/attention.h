@@ -18,6 +18,12 @@
 
 namespace moex::cuda {
 
+// Which kernels run the training shape (start_pos 0, q_len == kv_len): kAuto takes cuDNN's fused
+// attention where it supports the shape (cuda/cudnn_attention.h) unless MOEX_CUDNN_ATTENTION=0,
+// else moex's own; kOwn and kCudnn force one (kCudnn throws where cuDNN cannot). Other shapes
+// (decoding, prompt chunks after a prefix) always run moex's own kernels.
+enum class AttentionEngine { kAuto, kOwn, kCudnn };
+
 struct AttentionParams {
   int64_t batch = 0;
   int64_t q_len = 0;
@@ -27,7 +33,13 @@ struct AttentionParams {
   int64_t head_dim = 0;      // any even size up to 256; 64 and 128 take the fast kernels
   int64_t start_pos = 0;     // start_pos + q_len <= kv_len
   float scale = 0.0f;        // 0 means 1 / sqrt(head_dim)
+  AttentionEngine engine = AttentionEngine::kAuto;
 };
+
+// The softmax scale p asks for: p.scale, or 1 / sqrt(head_dim) when it is 0.
+float attention_scale(const AttentionParams& p);
+// True when attention_forward_bf16 / attention_backward_bf16 run p on cuDNN (see AttentionEngine).
+bool attention_uses_cudnn(const AttentionParams& p);
 
 void attention_forward_bf16(const void* q, const void* k, const void* v, void* out, float* lse,
                             const AttentionParams& p, cudaStream_t stream);

@@ -44,6 +44,7 @@ std::vector<float> download_f32(const DevBuf& b, size_t n) {
 struct Case {
   int64_t batch, q_len, kv_len, start_pos, heads, kv_heads, head_dim;
   float scale = 0.0f;
+  cuda::AttentionEngine engine = cuda::AttentionEngine::kOwn;
   std::string name() const {
     return "B" + std::to_string(batch) + " Tq" + std::to_string(q_len) + " Tk" +
            std::to_string(kv_len) + " start" + std::to_string(start_pos) + " H" +
@@ -96,7 +97,7 @@ void check_case(const Case& cs, uint64_t seed) {
   upload(dv_in, v);
   upload(dout_d, dout);
   DevBuf out_d(nq * 2), lse_d(nl * 4);
-  cuda::AttentionParams p{B, Tq, Tk, H, Hkv, D, cs.start_pos, cs.scale};
+  cuda::AttentionParams p{B, Tq, Tk, H, Hkv, D, cs.start_pos, cs.scale, cs.engine};
   cuda::attention_forward_bf16(dq_in.ptr, dk_in.ptr, dv_in.ptr, out_d.ptr,
                                static_cast<float*>(lse_d.ptr), p, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -155,6 +156,26 @@ TEST_F(GpuAttention, TrainingExplicitScale) {
   check_case(cs, 31);
 }
 
+// cuDNN's fused attention (cuda/cudnn_attention.h) on the training shapes: the same comparisons
+// against the CPU twin, the lse in the same definition (the engines' forwards and backwards are
+// interchangeable), and kAuto picks it for the training models' shapes.
+TEST_F(GpuAttention, CudnnTrainingShapes) {
+  const cuda::AttentionEngine cudnn = cuda::AttentionEngine::kCudnn;
+  check_case({2, 37, 37, 0, 4, 4, 64, 0.0f, cudnn}, 61);
+  check_case({2, 257, 257, 0, 8, 4, 64, 0.0f, cudnn}, 62);
+  check_case({1, 100, 100, 0, 8, 2, 128, 0.0f, cudnn}, 63);
+  check_case({2, 257, 257, 0, 4, 1, 128, 0.0f, cudnn}, 64);
+  check_case({2, 100, 100, 0, 4, 2, 64, 0.3f, cudnn}, 65);
+  check_case({1, 1024, 1024, 0, 16, 4, 64, 0.0f, cudnn}, 66);  // configs/gpu-small.json's heads
+  check_case({1, 512, 512, 0, 16, 8, 128, 0.0f, cudnn}, 67);   // configs/gpu-medium.json's
+  for (const cuda::AttentionParams& p :
+       {cuda::AttentionParams{8, 1024, 1024, 16, 4, 64, 0, 0.0f},
+        cuda::AttentionParams{4, 2048, 2048, 16, 8, 128, 0, 0.0f}})
+    EXPECT_TRUE(cuda::attention_uses_cudnn(p)) << "T=" << p.q_len << " D=" << p.head_dim;
+  cuda::AttentionParams decode{2, 1, 50, 8, 2, 64, 40, 0.0f};
+  EXPECT_FALSE(cuda::attention_uses_cudnn(decode)) << "decoding runs the own kernels";
+}
+
 TEST_F(GpuAttention, DecodingForward) {
   check_case({2, 1, 50, 40, 8, 2, 64}, 41);     // one query, cache longer than needed
   check_case({2, 5, 300, 200, 4, 4, 128}, 42);  // five queries, masked cache tail
@@ -163,7 +184,8 @@ TEST_F(GpuAttention, DecodingForward) {
   check_case({1, 70, 400, 257, 8, 2, 64}, 45);  // a prefill chunk after a cached prefix
 }
 
-// dk and dv are summed over the kv group inside one CTA in a fixed order: the same bits every run.
+// The own kernels' dk and dv are summed over the kv group inside one CTA in a fixed order: the
+// same bits every run.
 TEST_F(GpuAttention, BackwardDkDvAreDeterministic) {
   const int64_t B = 2, T = 300, H = 8, Hkv = 2, D = 128;
   const size_t nq = B * T * H * D, nkv = B * T * Hkv * D;
@@ -172,7 +194,7 @@ TEST_F(GpuAttention, BackwardDkDvAreDeterministic) {
   upload(k, rand_bf16_vec(nkv, 52, -2.5f, 2.5f));
   upload(v, rand_bf16_vec(nkv, 53, -1.0f, 1.0f));
   upload(dout, rand_bf16_vec(nq, 54, -1.0f, 1.0f));
-  cuda::AttentionParams p{B, T, T, H, Hkv, D, 0, 0.0f};
+  cuda::AttentionParams p{B, T, T, H, Hkv, D, 0, 0.0f, cuda::AttentionEngine::kOwn};
   cuda::attention_forward_bf16(q.ptr, k.ptr, v.ptr, out.ptr, static_cast<float*>(lse.ptr), p,
                                nullptr);
   DevBuf work(cuda::attention_backward_workspace_bytes(p));
