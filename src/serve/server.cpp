@@ -66,7 +66,9 @@ struct ChoiceState {
   std::vector<LogprobEntry> logprobs;
   size_t logprobs_sent = 0;
   int64_t logprob_offset = 0;  // text_offset of the next entry: the token texts before it
-  int32_t last_token = -1;     // the token before the next one (the prompt's last at first)
+  // The last token that adds text, which the next one's text is read after (the prompt's last
+  // such at first; -1: none). Special tokens add none (text_anchor).
+  int32_t last_token = -1;
   // With tools offered (streaming): the text so far, and how much of it went out as content.
   std::string tool_text;
   size_t tool_sent = 0;
@@ -315,7 +317,7 @@ struct Server::Impl {
           ++c.completion_tokens;
           if (k < got_logprobs[i].size())
             c.logprobs.push_back(entry(c.last_token, got_logprobs[i][k]));
-          c.last_token = got[i][k];
+          c.last_token = text_anchor(c.last_token, got[i][k]);
           pieces[i] += c.text->push(got[i][k]);
           if (c.text->stopped()) break;
         }
@@ -352,6 +354,12 @@ struct Server::Impl {
     const std::string both = tokenizer->decode_bytes({prev, t});
     if (both.compare(0, before.size(), before) == 0) return both.substr(before.size());
     return tokenizer->decode_bytes({t});
+  }
+  // What the next token's text is read after once token t follows `anchor`: t, unless it is a
+  // special token, which adds no text (the choice's text skips them), so a "▁word" after a
+  // control token mid-answer keeps its space as the text does.
+  int32_t text_anchor(int32_t anchor, int32_t t) const {
+    return tokenizer->is_special(t) ? anchor : t;
   }
   // The same as text: part of a character reads U+FFFD. Per token from the bytes, so the tokens'
   // texts add up to the choice's text (a decode of a run of spaces drops some; its bytes do not).
@@ -398,8 +406,11 @@ struct Server::Impl {
     out[0].bytes = token_bytes(-1, prompt[0]);
     out[0].token = data::utf8_sanitize(out[0].bytes);
     out[0].in_text = !tokenizer->is_special(prompt[0]);
-    for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k)
-      out.push_back(entry(prompt[k], logprobs[k]));
+    int32_t anchor = text_anchor(-1, prompt[0]);
+    for (size_t k = 0; k < logprobs.size() && k + 1 < prompt.size(); ++k) {
+      out.push_back(entry(anchor, logprobs[k]));
+      anchor = text_anchor(anchor, prompt[k + 1]);
+    }
     return out;
   }
 
@@ -472,7 +483,7 @@ struct Server::Impl {
       for (size_t i = 0; i < prompts.size(); ++i) {
         ChoiceState& c = (*choices)[i];
         c.text = std::make_unique<StopText>(*tokenizer, prompts[i], r.stop);
-        c.last_token = prompts[i].back();
+        for (int32_t t : prompts[i]) c.last_token = text_anchor(c.last_token, t);
         if (r.echo) {
           const Prompt& p = r.prompts[i / r.n];
           // Special tokens are left out of every text (the generated one too), so a prompt of

@@ -6,7 +6,7 @@
 //   node tests/serve/openai_client_test.mjs MOEX MODEL_DIR
 // Exits non-zero on the first failed check. serve_client_test.sh makes the model and runs it.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -258,6 +258,26 @@ try {
     assert.equal(echoedText.subarray(at, at + Buffer.byteLength(t)).toString(), t, `token ${i} ${JSON.stringify(t)} at ${at}`);
   });
   assert.equal(elp.text_offset[0], 0);
+  // Control tokens inside a prompt of ids (</s> between two words, each encoded alone by `moex
+  // tokenize`, so the second starts with its '▁') add no text, and the token after one reads its
+  // text after the last token that adds some, as the echoed text does ('▁' keeps its space):
+  // every token's text sits at its offset, and the prompt's join to the echoed prompt.
+  const idsOf = (text) => execFileSync(moex, ['tokenize', '--model', modelDir, '--text', text,
+                                              '--no-special']).toString().trim().split(',').map(Number);
+  const ctrlPrompt = [...idsOf('The'), 2, ...idsOf('server'), 1, ...idsOf('is here')];
+  const ctrl = await client.completions.create({ ...base, prompt: ctrlPrompt, echo: true, logprobs: 0 });
+  const clp = ctrl.choices[0].logprobs;
+  const ctrlText = Buffer.from(ctrl.choices[0].text);
+  assert.ok(ctrl.choices[0].text.startsWith('The server is here'), JSON.stringify(ctrl.choices[0].text));
+  const promptTexts = [];
+  clp.tokens.forEach((t, i) => {
+    if (i < ctrlPrompt.length && ctrlPrompt[i] <= 2) return;  // the control tokens
+    if (i >= ctrlPrompt.length && (/^<[^>]*>$/.test(t) || t.includes('\ufffd'))) return;  // as above
+    const at = clp.text_offset[i];
+    assert.equal(ctrlText.subarray(at, at + Buffer.byteLength(t)).toString(), t, `token ${i} ${JSON.stringify(t)} at ${at} after a control token`);
+    if (i < ctrlPrompt.length) promptTexts.push(t);
+  });
+  assert.equal(promptTexts.join(''), 'The server is here', 'prompt token texts around control tokens');
   // The generated part is the request without echo's, token for token.
   const tail = elp.token_logprobs.slice(echoLp.usage.prompt_tokens);
   assert.equal(tail.length, lp.token_logprobs.length);
