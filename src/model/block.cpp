@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include "model/lent_memory.h"
 #include "ops/elementwise.h"
 
 namespace moex::model {
@@ -51,13 +52,31 @@ void Block::run_forward(const Tensor& x, const Tensor& y, Arena& arena, bool sav
   // norm1(x) lives in x1 too: the attention reads it only before it writes its output there, and
   // backward recomputes it from x (one norm pass; docs/gpu-model.md §What a training forward
   // keeps).
-  const Tensor x1 = arena.alloc(shape, x.dtype()), h2 = arena.alloc(shape, x.dtype());
+  // x1 and h2 are kept for backward: in the front of memory the model lends a saving forward
+  // (the MoE layer keeps its rows in the rest; docs/gpu-model.md §Kept rows in gradient memory),
+  // else in the arena.
+  StepOptions step = step_;
+  Tensor x1, h2;
+  if (save && step.lent_rows.defined()) {
+    x1 = take_front(step.lent_rows, shape, x.dtype());
+    h2 = take_front(step.lent_rows, shape, x.dtype());
+  }
+  if (!x1.defined() || !h2.defined()) {
+    x1 = arena.alloc(shape, x.dtype());
+    h2 = arena.alloc(shape, x.dtype());
+  }
   norm1_.forward(x, x1, arena, save);
   attn_.forward(x1, batch_, seq_len_, x1, arena, save);
   ops::add(x, x1, x1);
   norm2_.forward(x1, h2, arena, save);
-  ffn_.forward(h2, y, arena, save, step_);
+  ffn_.forward(h2, y, arena, save, step);
   ops::add(x1, y, y);
+}
+
+size_t Block::lent_bytes_bound(const Device& device, int64_t n, DType dtype,
+                               const StepOptions& step) {
+  return 2 * lent_front_bytes(Shape{n, config_.hidden_size}, dtype) +
+         ffn_.kept_bytes_bound(device, n, step);
 }
 
 void Block::forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,

@@ -25,6 +25,9 @@ class Block {
   // block's input in the step arena).
   void forward(const Tensor& x, int64_t batch, int64_t seq_len, const Tensor& y, Arena& arena,
                Keep keep, const StepOptions& step);
+  // The most bytes a saving forward of n tokens (activations of `dtype`) keeps in
+  // step.lent_rows: its x1 and h2 [n, d], then the MoE layer's rows.
+  size_t lent_bytes_bound(const Device& device, int64_t n, DType dtype, const StepOptions& step);
   // dy -> dx [B*T, d] (dx may alias dy); parameter gradients accumulated.
   void backward(const Tensor& dy, const Tensor& dx, Arena& arena);
   void forward_cached(const Tensor& x, int64_t batch, int64_t new_len, int64_t start_pos,

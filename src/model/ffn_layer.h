@@ -30,8 +30,9 @@ struct StepOptions {
   // the recompute (hold_routing) reuses them (MoEForwardOptions::keep_exchange, reuse_exchange).
   bool cac = false;
   bool stats = true;  // MoEForwardOptions::want_stats
-  // A forward that saves: memory lent for the MoE layer's kept rows (MoEForwardOptions::lent_rows;
-  // the model lends gradient memory, docs/gpu-model.md §Kept rows in gradient memory).
+  // A forward that saves: memory lent for what it keeps (the model lends gradient memory,
+  // docs/gpu-model.md §Kept rows in gradient memory): the block takes x1 and h2 from its front,
+  // the MoE layer its rows from the rest (MoEForwardOptions::lent_rows).
   Tensor lent_rows;
 };
 

@@ -492,7 +492,8 @@ std::vector<Tensor> Model::lent_rows(int64_t n, const StepOptions& step) {
   std::vector<int64_t> begin(L), need(L);
   for (size_t l = 0; l < L; ++l) {
     begin[l] = grads_.offset(buckets_[l + 1].first);
-    const int64_t bytes = static_cast<int64_t>(blocks_[l]->ffn().kept_bytes_bound(device_, n, step));
+    const int64_t bytes = static_cast<int64_t>(
+        blocks_[l]->lent_bytes_bound(device_, n, compute_params().flat().dtype(), step));
     need[l] = (bytes + elem - 1) / elem;
   }
   // A tied head writes the embedding's gradient in forward: only the blocks' memory is free.

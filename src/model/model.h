@@ -11,7 +11,7 @@
 
 #include "model/block.h"
 #include "model/gradient_sink.h"
-#include "model/lent_rows_plan.h"
+#include "model/lent_memory.h"
 #include "model/lm_head.h"
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
@@ -161,13 +161,14 @@ class Model {
   // optimizer step, before the data-parallel reduction. A no-op otherwise.
   void finish_gradients();
 
-  // A forward that keeps every activation, on a GPU with a whole gradient buffer, lends each MoE
-  // block the gradient memory of blocks below it for its kept expert rows, where this step has
-  // written nothing yet (docs/gpu-model.md §Kept rows in gradient memory); their alignment padding
-  // is zeroed again as backward ends each block. The same results either way. On unless
-  // MOEX_KEPT_ROWS_IN_GRADS=0; off: every MoE layer keeps its rows in buffers of its own.
+  // A forward that keeps every activation, on a GPU with a whole gradient buffer, lends each
+  // block the gradient memory of blocks below it, where this step has written nothing yet, for
+  // two of its kept activations and its MoE layer's kept expert rows (docs/gpu-model.md §Kept
+  // rows in gradient memory); the alignment padding is zeroed again as backward ends each block.
+  // The same results either way. On unless MOEX_KEPT_ROWS_IN_GRADS=0; off: the arena and the
+  // MoE layers' own buffers hold them.
   void set_lend_gradient_memory(bool on) { lend_grads_ = on; }
-  // The gradient memory each block's MoE rows were lent in the last forward, as elements of
+  // The gradient memory each block was lent in the last forward, as elements of
   // grads().flat() ([L]; empty regions: none).
   const std::vector<LentRegion>& lent_regions() const { return lent_regions_; }
   int64_t lent_gradient_bytes() const;  // their bytes
@@ -355,7 +356,7 @@ class Model {
   void hand_over_blocks();
   // Sums entries [first, last]'s tp-partial gradients over the tp group.
   void sum_partial_grads(int first, int last);
-  GradientWrites writes_{grads_};         // which gradient entries hold this step's values
+  GradientWrites writes_{grads_};  // which gradient entries hold this step's values
   // set_lend_gradient_memory: block i's lent memory in this forward ([L], undefined: none), a
   // view of the gradient buffer; and whether this step lent any.
   std::vector<Tensor> lent_rows(int64_t n, const StepOptions& step);

@@ -64,7 +64,7 @@ TEST(LoadModel, NonFiniteWeightIsAnErrorNamingTheTensor) {
       ADD_FAILURE() << "no error for " << bad;
     } catch (const Error& e) {
       const std::string message = e.message();
-      for (const std::string part :
+      for (const std::string& part :
            {std::string("model.safetensors"), std::string("'model.layers.0.mlp.up_proj.weight'"),
             std::string("at element 5")})
         EXPECT_NE(message.find(part), std::string::npos) << part << " in: " << message;

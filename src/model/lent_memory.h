@@ -1,11 +1,14 @@
-// Where a training forward's MoE layers keep their expert rows inside the model's gradient buffer
-// (docs/gpu-model.md §Kept rows in gradient memory). Backward writes block l's gradients only
-// after every block above it has finished its backward, so the gradient memory of the blocks below
-// l holds nothing of this step while block l's rows wait for its backward.
+// Where a training forward's blocks keep activations (two of theirs, their MoE layer's expert rows)
+// inside the model's gradient buffer (docs/gpu-model.md §Kept rows in gradient memory). Backward
+// writes block l's gradients only after every block above it has finished its backward, so the
+// gradient memory of the blocks below l holds nothing of this step while block l's activations
+// wait for its backward.
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "core/tensor.h"
 
 namespace moex::model {
 
@@ -25,5 +28,11 @@ struct LentRegion {
 std::vector<LentRegion> plan_lent_regions(const std::vector<int64_t>& block_begin,
                                           const std::vector<int64_t>& need, int64_t floor,
                                           int64_t align);
+
+// Carving lent memory (a view of the gradient buffer, of its dtype): the bytes a [shape] tensor of
+// `dtype` takes at its front (256-byte aligned, so what follows stays aligned), and that tensor,
+// after which `lent` starts past it; undefined (lent unchanged) when it does not fit.
+size_t lent_front_bytes(const Shape& shape, DType dtype);
+Tensor take_front(Tensor& lent, const Shape& shape, DType dtype);
 
 }  // namespace moex::model

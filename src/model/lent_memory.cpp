@@ -1,4 +1,4 @@
-#include "model/lent_rows_plan.h"
+#include "model/lent_memory.h"
 
 #include <algorithm>
 
@@ -22,6 +22,19 @@ std::vector<LentRegion> plan_lent_regions(const std::vector<int64_t>& block_begi
     top = begin;
   }
   return regions;
+}
+
+size_t lent_front_bytes(const Shape& shape, DType dtype) {
+  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
+  return (bytes + 255) / 256 * 256;
+}
+
+Tensor take_front(Tensor& lent, const Shape& shape, DType dtype) {
+  const size_t bytes = lent_front_bytes(shape, dtype), elem = dtype_size(lent.dtype());
+  if (!lent.defined() || bytes > lent.nbytes() || bytes % elem != 0) return Tensor();
+  Tensor front = Tensor::from_external(lent.raw_data(), shape, dtype, lent.device());
+  lent = lent.slice(static_cast<int64_t>(bytes / elem), lent.numel());
+  return front;
 }
 
 }  // namespace moex::model

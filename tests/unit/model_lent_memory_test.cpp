@@ -1,4 +1,4 @@
-// Where MoE blocks keep their expert rows inside the gradient buffer (model/lent_rows_plan.h): each
+// Where blocks keep activations inside the gradient buffer (model/lent_memory.h): each
 // region lies below its block's own gradients and above the floor, no two meet, and the blocks
 // whose rows fit get memory.
 #include <gtest/gtest.h>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/rng.h"
-#include "model/lent_rows_plan.h"
+#include "model/lent_memory.h"
 
 namespace moex::model {
 namespace {
@@ -22,10 +22,11 @@ void expect_valid(const std::vector<LentRegion>& r, const std::vector<int64_t>& 
     EXPECT_LE(r[l].end, begin[l]) << "block " << l << " reaches its own gradients";
     EXPECT_GE(r[l].begin, floor) << "block " << l;
     EXPECT_EQ(r[l].begin % align, 0) << "block " << l;
-    for (size_t m = 0; m < l; ++m)
-      if (!r[m].empty())
-        EXPECT_TRUE(r[m].end <= r[l].begin || r[l].end <= r[m].begin)
-            << "blocks " << m << " and " << l << " overlap";
+    for (size_t m = 0; m < l; ++m) {
+      if (r[m].empty()) continue;
+      EXPECT_TRUE(r[m].end <= r[l].begin || r[l].end <= r[m].begin)
+          << "blocks " << m << " and " << l << " overlap";
+    }
   }
 }
 
@@ -83,6 +84,30 @@ TEST(LentRowsPlan, RandomLayoutsGiveValidPlans) {
     const int64_t align = int64_t{1} << (rng.next_u32() % 8);
     expect_valid(plan_lent_regions(begin, need, floor, align), begin, need, floor, align);
   }
+}
+
+// take_front carves aligned tensors off the front of lent memory, in place, and refuses what does
+// not fit.
+TEST(LentMemory, TakeFrontCarvesAlignedTensors) {
+  Tensor lent = Tensor::zeros(Shape{1000}, DType::kF32);  // 4000 bytes
+  char* base = static_cast<char*>(lent.raw_data());
+  const Tensor a = take_front(lent, Shape{3, 10}, DType::kBF16);  // 60 bytes -> 256
+  ASSERT_TRUE(a.defined());
+  EXPECT_EQ(a.raw_data(), base);
+  EXPECT_EQ(a.dtype(), DType::kBF16);
+  EXPECT_EQ(a.shape(), (Shape{3, 10}));
+  EXPECT_EQ(lent.raw_data(), base + 256);
+  EXPECT_EQ(lent.numel(), 1000 - 64);
+  EXPECT_EQ(lent_front_bytes(Shape{3, 10}, DType::kBF16), 256u);
+  const Tensor too_big = take_front(lent, Shape{1000}, DType::kF32);  // 4000 > 3744 bytes left
+  EXPECT_FALSE(too_big.defined());
+  EXPECT_EQ(lent.raw_data(), base + 256) << "a refusal leaves the memory as it was";
+  const Tensor b = take_front(lent, Shape{900}, DType::kF32);  // 3600 -> 3840 > 3744
+  EXPECT_FALSE(b.defined());
+  const Tensor c = take_front(lent, Shape{64, 14}, DType::kF32);  // 3584 bytes
+  ASSERT_TRUE(c.defined());
+  EXPECT_EQ(c.raw_data(), base + 256);
+  EXPECT_EQ(lent.numel(), 1000 - 64 - 896);
 }
 
 }  // namespace
