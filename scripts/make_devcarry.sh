@@ -7,7 +7,8 @@
 #   MOEX_SERVE_MODEL_SRC=runs/x/final scripts/make_devcarry.sh   (also a model for the serving bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BINS=(moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention moex_dist_gpu_tests)
+BINS=(moex moex_gpu_tests moex_gpu_kernel_tests moex_bench_attention moex_dist_gpu_tests
+  moex_bench_moe_grouped_cudnn)
 cmake --build build --target "${BINS[@]}"
 STAGE="$(mktemp -d)"
 trap 'rm -rf "$STAGE"' EXIT

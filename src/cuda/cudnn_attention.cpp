@@ -188,7 +188,7 @@ class CudnnAttention {
  private:
   CudnnAttention() {
     std::string why;
-    loaded_ = open_cudnn(&why);
+    loaded_ = cudnn_library_open(&why);
     if (!loaded_) MOEX_INFO("attention: cuDNN not loaded (", why, "); moex's own kernels run");
   }
 
@@ -250,6 +250,17 @@ void execute(const Graph& g, cudnnHandle_t h,
 }
 
 }  // namespace
+
+bool cudnn_library_open(std::string* why) {
+  static std::mutex mutex;
+  static bool tried = false, opened = false;
+  static std::string reason;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!tried) opened = open_cudnn(&reason);
+  tried = true;
+  if (!opened && why != nullptr) *why = reason;
+  return opened;
+}
 
 bool cudnn_attention_supports(const AttentionParams& p) {
   return CudnnAttention::instance().graphs(p) != nullptr;

@@ -8,10 +8,16 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <string>
 
 #include "cuda/attention.h"
 
 namespace moex::cuda {
+
+// Opens libcudnn (once) for the cuDNN frontend, which reaches it through this process-wide handle;
+// false, with the reason in `why`, where it cannot be loaded. Other cuDNN users in moex
+// (benchmarks) call it before building graphs.
+bool cudnn_library_open(std::string* why = nullptr);
 
 // True when cuDNN runs this shape: the library loaded, and its forward and backward graphs for
 // the shape built (once per shape; a shape it refuses is logged once and left to the own kernels).

@@ -5,6 +5,11 @@
 
 namespace moex::cuda {
 
+bool cudnn_library_open(std::string* why) {
+  if (why != nullptr) *why = "this build has no cuDNN (no cudnn.h in the CUDA toolkit)";
+  return false;
+}
+
 bool cudnn_attention_supports(const AttentionParams&) {
   return false;
 }
