@@ -176,8 +176,11 @@ void run_prefill(const PrefillShape& s, cudaStream_t stream) {
   tiled.tile_rows = 64;
   tiled.rest_rows = static_cast<const int32_t*>(d_tiles);  // none: num_rest 0
   tiled.num_rest = 0;
-  const cuda::AttentionParams contiguous{1,           s.rows, len,     P::kHeads,
-                                         P::kKvHeads, P::kDh, s.first, 0.0f};
+  // The own flash kernel, as the earlier rows measured it (a prompt from position 0 would take
+  // cuDNN under kAuto).
+  const cuda::AttentionParams contiguous{1,      s.rows,  len,  P::kHeads,
+                                         P::kKvHeads, P::kDh, s.first, 0.0f,
+                                         cuda::AttentionEngine::kOwn};
   double keys = 0;
   for (int64_t r = 0; r < s.rows; ++r) keys += static_cast<double>(s.first + r + 1);
   const double flops = 2.0 * 2.0 * P::kHeads * P::kDh * keys;

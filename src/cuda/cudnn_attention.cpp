@@ -68,7 +68,6 @@ struct Graphs {
   bool supported = false;
   Graph fwd, bwd;
   int64_t fwd_workspace = 0, bwd_workspace = 0;
-  Tensor fwd_space;  // [fwd_workspace] bytes on the device
 };
 
 // [b, heads, t, d] as cuDNN names it, in moex's [b, t, heads, d] layout.
@@ -176,13 +175,18 @@ class CudnnAttention {
     return it->second.supported ? &it->second : nullptr;
   }
 
-  cudnnHandle_t handle(cudaStream_t stream) {
+  // Runs graph g on `stream` with the device's handle, holding the lock from setting the handle's
+  // stream to queuing the work (host threads may share a device).
+  void execute(const Graph& g, cudaStream_t stream,
+               std::unordered_map<fe::graph::Tensor_attributes::uid_t, void*> pack, void* workspace,
+               const char* what) {
     int device = 0;
     CUDA_CHECK(cudaGetDevice(&device));
     std::lock_guard<std::mutex> lock(mutex_);
     cudnnHandle_t h = handle_locked(device);
     check(fe::detail::set_stream(h, stream), "cudnnSetStream");
-    return h;
+    fe::error_object e = g->execute(h, pack, workspace);
+    MOEX_CHECK(e.is_good(), "attention: cuDNN ", what, " failed: ", e.get_message());
   }
 
  private:
@@ -215,11 +219,7 @@ class CudnnAttention {
           if (e.is_bad()) why += e.get_message() + "; ";
         }
       }
-      if (why.empty()) {
-        if (g.fwd_workspace > 0)
-          g.fwd_space = Tensor::empty(Shape{g.fwd_workspace}, DType::kU8, Device::cuda(s.device));
-        g.supported = true;
-      }
+      if (why.empty()) g.supported = true;
     } catch (const std::exception& e) {
       why += e.what();
     }
@@ -241,13 +241,6 @@ class CudnnAttention {
   std::map<ShapeKey, Graphs> shapes_;
   std::map<int, cudnnHandle_t> handles_;
 };
-
-void execute(const Graph& g, cudnnHandle_t h,
-             std::unordered_map<fe::graph::Tensor_attributes::uid_t, void*> pack, void* workspace,
-             const char* what) {
-  fe::error_object e = g->execute(h, pack, workspace);
-  MOEX_CHECK(e.is_good(), "attention: cuDNN ", what, " failed: ", e.get_message());
-}
 
 }  // namespace
 
@@ -271,22 +264,25 @@ void cudnn_attention_forward(const void* q, const void* k, const void* v, void* 
   CudnnAttention& c = CudnnAttention::instance();
   Graphs* g = c.graphs(p);
   MOEX_CHECK(g != nullptr, "cudnn_attention_forward: cuDNN does not run this shape");
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
   // The graph always makes the statistics; a caller without lse gets them in a scratch buffer.
-  Tensor scratch;
+  // The workspace is the call's own (callers on other streams may run beside it).
+  Tensor scratch, workspace;
   if (lse == nullptr) {
-    int device = 0;
-    CUDA_CHECK(cudaGetDevice(&device));
     scratch =
         Tensor::empty(Shape{p.batch * p.num_heads * p.q_len}, DType::kF32, Device::cuda(device));
     lse = scratch.data<float>();
   }
-  execute(g->fwd, c.handle(stream),
-          {{kQ, const_cast<void*>(q)},
-           {kK, const_cast<void*>(k)},
-           {kV, const_cast<void*>(v)},
-           {kO, out},
-           {kStats, lse}},
-          g->fwd_space.defined() ? g->fwd_space.raw_data() : nullptr, "forward");
+  if (g->fwd_workspace > 0)
+    workspace = Tensor::empty(Shape{g->fwd_workspace}, DType::kU8, Device::cuda(device));
+  c.execute(g->fwd, stream,
+            {{kQ, const_cast<void*>(q)},
+             {kK, const_cast<void*>(k)},
+             {kV, const_cast<void*>(v)},
+             {kO, out},
+             {kStats, lse}},
+            workspace.defined() ? workspace.raw_data() : nullptr, "forward");
 }
 
 size_t cudnn_attention_backward_workspace_bytes(const AttentionParams& p) {
@@ -301,17 +297,17 @@ void cudnn_attention_backward(const void* dout, const void* q, const void* k, co
   CudnnAttention& c = CudnnAttention::instance();
   Graphs* g = c.graphs(p);
   MOEX_CHECK(g != nullptr, "cudnn_attention_backward: cuDNN does not run this shape");
-  execute(g->bwd, c.handle(stream),
-          {{kQ, const_cast<void*>(q)},
-           {kK, const_cast<void*>(k)},
-           {kV, const_cast<void*>(v)},
-           {kO, const_cast<void*>(out)},
-           {kDO, const_cast<void*>(dout)},
-           {kStats, const_cast<float*>(lse)},
-           {kDQ, dq},
-           {kDK, dk},
-           {kDV, dv}},
-          workspace, "backward");
+  c.execute(g->bwd, stream,
+            {{kQ, const_cast<void*>(q)},
+             {kK, const_cast<void*>(k)},
+             {kV, const_cast<void*>(v)},
+             {kO, const_cast<void*>(out)},
+             {kDO, const_cast<void*>(dout)},
+             {kStats, const_cast<float*>(lse)},
+             {kDQ, dq},
+             {kDK, dk},
+             {kDV, dv}},
+            workspace, "backward");
 }
 
 }  // namespace moex::cuda

@@ -578,12 +578,9 @@ void MoELayerCuda::use_lent_rows(const MoEStepCuda& step) {
   if (!keeps_own_rows() || step.lent == nullptr ||
       lent_rows_bytes(rows_, f1_, d_) > step.lent_bytes)
     return;
+  // Own buffers from an earlier forward stay: a step of several micro-batches lends only to its
+  // first, and the later ones would take them again (a sync and an allocation each time).
   lent_ = step.lent;
-  if (saved_h_.defined() || saved_out_.defined()) {  // queued kernels may still read them
-    ctx_.synchronize();
-    saved_h_ = Tensor();
-    saved_out_ = Tensor();
-  }
 }
 
 void MoELayerCuda::sum_slices(void* rows_buf, int64_t rows) {

@@ -314,7 +314,7 @@ class MoELayerCuda {
   // grown and moved since the forward).
   void ensure_rows(int64_t rows);
   // Keeps this forward's rows_ in step.lent when they fit there (and the forward keeps rows of
-  // its own); the layer's own saved buffers are then given back.
+  // its own).
   void use_lent_rows(const MoEStepCuda& step);
   // t [>= rows, cols] bf16, the layer's own: grown (rounded up by grown_rows) only when a load
   // exceeds every earlier one, after the kernels queued on the old block have finished.

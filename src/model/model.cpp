@@ -522,7 +522,12 @@ void Model::zero_lent_padding(int bucket) {
   for (int i = r.first; i <= r.last; ++i) {
     const int64_t end = grads_.offset(i) + grads_.tensor(i).numel();
     const int64_t next = i + 1 < grads_.size() ? grads_.offset(i + 1) : grads_.total_elements();
-    if (end < next) ops::zero(flat.slice(end, next));
+    if (end == next) continue;
+    for (const LentRegion& lent : lent_regions_) {
+      if (lent.empty() || lent.end <= end || next <= lent.begin) continue;
+      ops::zero(flat.slice(end, next));  // a lent region covered some of this padding
+      break;
+    }
   }
 }
 

@@ -44,7 +44,8 @@ std::vector<float> download_f32(const DevBuf& b, size_t n) {
 struct Case {
   int64_t batch, q_len, kv_len, start_pos, heads, kv_heads, head_dim;
   float scale = 0.0f;
-  cuda::AttentionEngine engine = cuda::AttentionEngine::kOwn;
+  cuda::AttentionEngine engine = cuda::AttentionEngine::kOwn;      // forward
+  cuda::AttentionEngine bwd_engine = cuda::AttentionEngine::kOwn;  // backward
   std::string name() const {
     return "B" + std::to_string(batch) + " Tq" + std::to_string(q_len) + " Tk" +
            std::to_string(kv_len) + " start" + std::to_string(start_pos) + " H" +
@@ -120,6 +121,7 @@ void check_case(const Case& cs, uint64_t seed) {
   cpu::attention_backward<float>(dout.data(), q.data(), k.data(), v.data(), probs.data(), shape,
                                  dq_ref.data(), dk_ref.data(), dv_ref.data(), ws.data(), ws.size());
   DevBuf dq_d(nq * 2), dk_d(nkv * 2), dv_d(nkv * 2);
+  p.engine = cs.bwd_engine;  // the forward's out and lse, whichever engine made them
   DevBuf work(cuda::attention_backward_workspace_bytes(p));
   cuda::attention_backward_bf16(dout_d.ptr, dq_in.ptr, dk_in.ptr, dv_in.ptr, out_d.ptr,
                                 static_cast<const float*>(lse_d.ptr), dq_d.ptr, dk_d.ptr, dv_d.ptr,
@@ -160,17 +162,20 @@ TEST_F(GpuAttention, TrainingExplicitScale) {
 // against the CPU twin, the lse in the same definition (the engines' forwards and backwards are
 // interchangeable), and kAuto picks it for the training models' shapes.
 TEST_F(GpuAttention, CudnnTrainingShapes) {
-  const cuda::AttentionEngine cudnn = cuda::AttentionEngine::kCudnn;
-  check_case({2, 37, 37, 0, 4, 4, 64, 0.0f, cudnn}, 61);
-  check_case({2, 257, 257, 0, 8, 4, 64, 0.0f, cudnn}, 62);
-  check_case({1, 100, 100, 0, 8, 2, 128, 0.0f, cudnn}, 63);
-  check_case({2, 257, 257, 0, 4, 1, 128, 0.0f, cudnn}, 64);
-  check_case({2, 100, 100, 0, 4, 2, 64, 0.3f, cudnn}, 65);
-  check_case({1, 1024, 1024, 0, 16, 4, 64, 0.0f, cudnn}, 66);  // configs/gpu-small.json's heads
-  check_case({1, 512, 512, 0, 16, 8, 128, 0.0f, cudnn}, 67);   // configs/gpu-medium.json's
-  for (const cuda::AttentionParams& p :
-       {cuda::AttentionParams{8, 1024, 1024, 16, 4, 64, 0, 0.0f},
-        cuda::AttentionParams{4, 2048, 2048, 16, 8, 128, 0, 0.0f}})
+  const cuda::AttentionEngine cudnn = cuda::AttentionEngine::kCudnn,
+                              own = cuda::AttentionEngine::kOwn;
+  check_case({2, 37, 37, 0, 4, 4, 64, 0.0f, cudnn, cudnn}, 61);
+  check_case({2, 257, 257, 0, 8, 4, 64, 0.0f, cudnn, cudnn}, 62);
+  check_case({1, 100, 100, 0, 8, 2, 128, 0.0f, cudnn, cudnn}, 63);
+  check_case({2, 257, 257, 0, 4, 1, 128, 0.0f, cudnn, cudnn}, 64);
+  check_case({2, 100, 100, 0, 4, 2, 64, 0.3f, cudnn, cudnn}, 65);
+  check_case({1, 1024, 1024, 0, 16, 4, 64, 0.0f, cudnn, cudnn}, 66);  // configs/gpu-small.json's
+  check_case({1, 512, 512, 0, 16, 8, 128, 0.0f, cudnn, cudnn}, 67);   // configs/gpu-medium.json's
+  // Either engine's backward takes the other's forward (the same lse).
+  check_case({2, 257, 257, 0, 8, 4, 64, 0.0f, own, cudnn}, 68);
+  check_case({1, 300, 300, 0, 8, 2, 128, 0.0f, cudnn, own}, 69);
+  for (const cuda::AttentionParams& p : {cuda::AttentionParams{8, 1024, 1024, 16, 4, 64, 0, 0.0f},
+                                         cuda::AttentionParams{4, 2048, 2048, 16, 8, 128, 0, 0.0f}})
     EXPECT_TRUE(cuda::attention_uses_cudnn(p)) << "T=" << p.q_len << " D=" << p.head_dim;
   cuda::AttentionParams decode{2, 1, 50, 8, 2, 64, 40, 0.0f};
   EXPECT_FALSE(cuda::attention_uses_cudnn(decode)) << "decoding runs the own kernels";
