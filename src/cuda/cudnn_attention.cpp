@@ -3,7 +3,6 @@
 #include <cudnn_frontend.h>
 #include <dlfcn.h>
 
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -89,59 +88,59 @@ fe::graph::Tensor_attributes stats_of(const ShapeKey& s) {
       .set_data_type(fe::DataType_t::FLOAT);
 }
 
-Graph new_graph() {
-  auto g = std::make_shared<fe::graph::Graph>();
-  g->set_io_data_type(fe::DataType_t::BFLOAT16)
+using TensorPtr = std::shared_ptr<fe::graph::Tensor_attributes>;
+
+// A graph over moex's q, k, v: bf16 in and out, fp32 inside.
+struct AttentionGraph {
+  Graph graph;
+  TensorPtr q, k, v;
+};
+
+AttentionGraph new_graph(const ShapeKey& s) {
+  AttentionGraph a{std::make_shared<fe::graph::Graph>(), nullptr, nullptr, nullptr};
+  a.graph->set_io_data_type(fe::DataType_t::BFLOAT16)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
       .set_compute_data_type(fe::DataType_t::FLOAT);
-  return g;
+  a.q = a.graph->tensor(bthd("q", kQ, s, s.h));
+  a.k = a.graph->tensor(bthd("k", kK, s, s.hkv));
+  a.v = a.graph->tensor(bthd("v", kV, s, s.hkv));
+  return a;
+}
+
+// Marks t, which the graph computes, as an output laid out as `like` (uid, dims, strides, and
+// its data type where it names one).
+void output_as(const TensorPtr& t, const fe::graph::Tensor_attributes& like) {
+  t->set_output(true).set_uid(like.get_uid()).set_dim(like.get_dim()).set_stride(like.get_stride());
+  if (like.get_data_type() != fe::DataType_t::NOT_SET) t->set_data_type(like.get_data_type());
 }
 
 Graph forward_graph(const ShapeKey& s) {
-  Graph g = new_graph();
-  auto q = g->tensor(bthd("q", kQ, s, s.h));
-  auto k = g->tensor(bthd("k", kK, s, s.hkv));
-  auto v = g->tensor(bthd("v", kV, s, s.hkv));
+  AttentionGraph a = new_graph(s);
   auto options = fe::graph::SDPA_attributes()
                      .set_name("attention")
                      .set_generate_stats(true)
                      .set_attn_scale(s.scale)
                      .set_causal_mask(true);
-  auto [o, stats] = g->sdpa(q, k, v, options);
-  const fe::graph::Tensor_attributes like_q = bthd("out", kO, s, s.h);
-  o->set_output(true).set_uid(kO).set_dim(like_q.get_dim()).set_stride(like_q.get_stride());
-  const fe::graph::Tensor_attributes lse = stats_of(s);
-  stats->set_output(true)
-      .set_uid(kStats)
-      .set_data_type(fe::DataType_t::FLOAT)
-      .set_dim(lse.get_dim())
-      .set_stride(lse.get_stride());
-  return g;
+  auto [o, stats] = a.graph->sdpa(a.q, a.k, a.v, options);
+  output_as(o, bthd("out", kO, s, s.h));
+  output_as(stats, stats_of(s));
+  return a.graph;
 }
 
 Graph backward_graph(const ShapeKey& s) {
-  Graph g = new_graph();
-  auto q = g->tensor(bthd("q", kQ, s, s.h));
-  auto k = g->tensor(bthd("k", kK, s, s.hkv));
-  auto v = g->tensor(bthd("v", kV, s, s.hkv));
-  auto o = g->tensor(bthd("out", kO, s, s.h));
-  auto dout = g->tensor(bthd("dout", kDO, s, s.h));
-  auto stats = g->tensor(stats_of(s));
+  AttentionGraph a = new_graph(s);
+  auto o = a.graph->tensor(bthd("out", kO, s, s.h));
+  auto dout = a.graph->tensor(bthd("dout", kDO, s, s.h));
+  auto stats = a.graph->tensor(stats_of(s));
   auto options = fe::graph::SDPA_backward_attributes()
                      .set_name("attention_backward")
                      .set_attn_scale(s.scale)
                      .set_causal_mask(true);
-  auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, dout, stats, options);
-  const std::pair<std::shared_ptr<fe::graph::Tensor_attributes>, fe::graph::Tensor_attributes>
-      outs[] = {{dq, bthd("dq", kDQ, s, s.h)},
-                {dk, bthd("dk", kDK, s, s.hkv)},
-                {dv, bthd("dv", kDV, s, s.hkv)}};
-  for (const auto& [t, like] : outs)
-    t->set_output(true)
-        .set_uid(like.get_uid())
-        .set_dim(like.get_dim())
-        .set_stride(like.get_stride());
-  return g;
+  auto [dq, dk, dv] = a.graph->sdpa_backward(a.q, a.k, a.v, o, dout, stats, options);
+  output_as(dq, bthd("dq", kDQ, s, s.h));
+  output_as(dk, bthd("dk", kDK, s, s.hkv));
+  output_as(dv, bthd("dv", kDV, s, s.hkv));
+  return a.graph;
 }
 
 class CudnnAttention {
