@@ -15,6 +15,12 @@ namespace moex {
 uint64_t buffer_generation();
 void buffers_moved();
 
+// bytes rounded up to Arena::kAlignment's 256: buffers carved one after another from one block
+// (an arena, a workspace, lent memory) each start aligned.
+constexpr size_t aligned_bytes(size_t bytes) {
+  return (bytes + 255) / 256 * 256;
+}
+
 class Arena {
  public:
   static constexpr size_t kAlignment = 256;  // enough for 16-byte vector loads and TMA

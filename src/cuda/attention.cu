@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/arena.h"
 #include "core/env.h"
 #include "core/error.h"
 #include "cuda/attention.h"
@@ -94,10 +95,6 @@ void launch_bwd(const attn::BwdArgs& a, int64_t batch, cudaStream_t stream) {
   MOEX_LAUNCH_CHECK();
 }
 
-size_t round256(size_t bytes) {
-  return (bytes + 255) / 256 * 256;
-}
-
 }  // namespace
 
 float attention_scale(const AttentionParams& p) {
@@ -167,8 +164,9 @@ void paged_attention_tiles_bf16(const PagedAttentionParams& p, cudaStream_t stre
 size_t attention_backward_workspace_bytes(const AttentionParams& p) {
   if (attention_uses_cudnn(p)) return cudnn_attention_backward_workspace_bytes(p);
   const size_t rows = static_cast<size_t>(p.batch * p.q_len * p.num_heads);
-  return round256(rows * sizeof(float))                             // Di [B, H, T]
-         + round256(rows * static_cast<size_t>(p.head_dim) * sizeof(float));  // dq_acc [B, T, H, d]
+  // Di [B, H, T] fp32, then dq_acc [B, T, H, d] fp32
+  return aligned_bytes(rows * sizeof(float)) +
+         aligned_bytes(rows * static_cast<size_t>(p.head_dim) * sizeof(float));
 }
 
 void attention_backward_bf16(const void* dout, const void* q, const void* k, const void* v,
@@ -183,8 +181,8 @@ void attention_backward_bf16(const void* dout, const void* q, const void* k, con
     return cudnn_attention_backward(dout, q, k, v, out, lse, dq, dk, dv, workspace, p, stream);
   const int64_t rows = p.batch * p.q_len * p.num_heads;
   float* di = static_cast<float*>(workspace);
-  float* dq_acc = reinterpret_cast<float*>(static_cast<char*>(workspace) +
-                                           round256(static_cast<size_t>(rows) * sizeof(float)));
+  float* dq_acc = reinterpret_cast<float*>(
+      static_cast<char*>(workspace) + aligned_bytes(static_cast<size_t>(rows) * sizeof(float)));
   CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, static_cast<size_t>(rows * p.head_dim) * sizeof(float),
                              stream));
   attn::attention_bwd_dot_kernel<<<grid_for(rows * 32, 256), 256, 0, stream>>>(

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cub/device/device_radix_sort.cuh>
 
+#include "core/arena.h"
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/cuda_check.h"
 #include "cuda/embedding.h"
@@ -77,10 +78,6 @@ int id_bits(int64_t vocab) {
   return bits;
 }
 
-size_t align256(size_t bytes) {
-  return (bytes + 255) / 256 * 256;
-}
-
 size_t sort_temp_bytes(int64_t n, int64_t vocab) {
   size_t bytes = 0;
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
@@ -120,7 +117,7 @@ void embedding_forward_bf16(const int32_t* ids, const void* table, int64_t n, in
 
 size_t embedding_backward_workspace_bytes(int64_t n, int64_t vocab) {
   check_embedding("embedding_backward_workspace_bytes", n, vocab, 1);
-  return 3 * align256(static_cast<size_t>(n) * sizeof(int32_t)) + sort_temp_bytes(n, vocab);
+  return 3 * aligned_bytes(static_cast<size_t>(n) * sizeof(int32_t)) + sort_temp_bytes(n, vocab);
 }
 
 void embedding_backward_bf16(const int32_t* ids, const void* dout, int64_t n, int64_t vocab,
@@ -128,7 +125,7 @@ void embedding_backward_bf16(const int32_t* ids, const void* dout, int64_t n, in
   check_embedding("embedding_backward_bf16", n, vocab, dim);
   if (n == 0) return;
   MOEX_CHECK(workspace != nullptr, "embedding_backward_bf16: workspace is null");
-  const size_t ids_bytes = align256(static_cast<size_t>(n) * sizeof(int32_t));
+  const size_t ids_bytes = aligned_bytes(static_cast<size_t>(n) * sizeof(int32_t));
   char* ws = static_cast<char*>(workspace);
   auto* sorted_ids = reinterpret_cast<int32_t*>(ws);
   auto* pos = reinterpret_cast<int32_t*>(ws + ids_bytes);

@@ -3,6 +3,7 @@
 #include <climits>
 #include <type_traits>
 
+#include "core/arena.h"
 #include "core/rng.h"
 #include "cuda/bf16_chunk.cuh"
 #include "cuda/bf16_util.cuh"
@@ -46,10 +47,6 @@ struct Workspace {
   int* keep;        // [T*k]
 };
 
-size_t align_up(size_t x) {
-  return (x + 255) / 256 * 256;
-}
-
 int64_t num_blocks(int64_t num_tokens) {
   return std::max<int64_t>(1, ceil_div(num_tokens, kBlockTokens));
 }
@@ -62,19 +59,19 @@ Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
   w.counter = reinterpret_cast<int*>(p);
   p += 256;
   w.block_p = reinterpret_cast<double*>(p);
-  p += align_up(sizeof(double) * blocks * num_experts);
+  p += aligned_bytes(sizeof(double) * blocks * num_experts);
   w.cnt = reinterpret_cast<int*>(p);
-  p += align_up(sizeof(int) * blocks * num_experts * top_k);
+  p += aligned_bytes(sizeof(int) * blocks * num_experts * top_k);
   w.block_z = reinterpret_cast<double*>(p);
-  p += align_up(sizeof(double) * blocks);
+  p += aligned_bytes(sizeof(double) * blocks);
   w.lrank = reinterpret_cast<int*>(p);
-  p += align_up(sizeof(int) * routes);
+  p += aligned_bytes(sizeof(int) * routes);
   w.rank = reinterpret_cast<int*>(p);
-  p += align_up(sizeof(int) * routes);
+  p += aligned_bytes(sizeof(int) * routes);
   w.list = reinterpret_cast<int*>(p);
-  p += align_up(sizeof(int) * routes);
+  p += aligned_bytes(sizeof(int) * routes);
   w.list_key = reinterpret_cast<float*>(p);
-  p += align_up(sizeof(float) * routes);
+  p += aligned_bytes(sizeof(float) * routes);
   w.keep = reinterpret_cast<int*>(p);
   return w;
 }
@@ -82,9 +79,10 @@ Workspace carve(void* base, int64_t num_tokens, int num_experts, int top_k) {
 size_t workspace_bytes(int64_t num_tokens, int num_experts, int top_k) {
   const int64_t blocks = num_blocks(num_tokens);
   const int64_t routes = num_tokens * top_k;
-  return 256 + align_up(sizeof(double) * blocks * num_experts) +
-         align_up(sizeof(int) * blocks * num_experts * top_k) + align_up(sizeof(double) * blocks) +
-         4 * align_up(sizeof(int) * routes) + align_up(sizeof(float) * routes);
+  return 256 + aligned_bytes(sizeof(double) * blocks * num_experts) +
+         aligned_bytes(sizeof(int) * blocks * num_experts * top_k) +
+         aligned_bytes(sizeof(double) * blocks) + 4 * aligned_bytes(sizeof(int) * routes) +
+         aligned_bytes(sizeof(float) * routes);
 }
 
 // Block-wide stable ranking: items i = 0..n-1 in order; item(i) gives its expert or -1 (skipped);

@@ -57,8 +57,8 @@ int64_t grown_rows(int64_t rows) {
 // Bytes of kept rows [rows, F1] (h) then [rows, d] (the outputs), bf16, each block 256-byte
 // aligned: what a forward puts in lent memory.
 size_t lent_rows_bytes(int64_t rows, int64_t f1, int64_t d) {
-  auto aligned = [](size_t bytes) { return (bytes + 255) / 256 * 256; };
-  return aligned(static_cast<size_t>(rows * f1) * 2) + aligned(static_cast<size_t>(rows * d) * 2);
+  return aligned_bytes(static_cast<size_t>(rows * f1) * 2) +
+         aligned_bytes(static_cast<size_t>(rows * d) * 2);
 }
 
 constexpr size_t kStatsHeader = 2 * sizeof(double) + 4 * sizeof(int32_t);  // losses, info

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/arena.h"
 #include "core/error.h"
 
 namespace moex::model {
@@ -25,8 +26,7 @@ std::vector<LentRegion> plan_lent_regions(const std::vector<int64_t>& block_begi
 }
 
 size_t lent_front_bytes(const Shape& shape, DType dtype) {
-  const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  return (bytes + 255) / 256 * 256;
+  return aligned_bytes(static_cast<size_t>(shape.numel()) * dtype_size(dtype));
 }
 
 Tensor take_front(Tensor& lent, const Shape& shape, DType dtype) {
