@@ -410,7 +410,6 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   base.training = options.training;
   base.seed = options.seed;
   base.loss_scale = options.loss_scale;
-  lent_this_step_ = false;
   lent_regions_.assign(blocks_.size(), LentRegion{});
   const std::vector<Tensor> lent =
       keep == Block::Keep::kAll ? lent_rows(n, base) : std::vector<Tensor>(blocks_.size());
@@ -504,7 +503,6 @@ std::vector<Tensor> Model::lent_rows(int64_t n, const StepOptions& step) {
     if (regions[l].empty() || writes_.any_written(0, buckets_[l + 1].first - 1)) continue;
     lent[l] = flat.slice(regions[l].begin, regions[l].end);
     lent_regions_[l] = regions[l];
-    lent_this_step_ = true;
   }
   return lent;
 }
@@ -516,7 +514,6 @@ int64_t Model::lent_gradient_bytes() const {
 }
 
 void Model::zero_lent_padding(int bucket) {
-  if (!lent_this_step_) return;
   const EntryRange& r = buckets_.at(static_cast<size_t>(bucket));
   const Tensor& flat = grads_.flat();
   for (int i = r.first; i <= r.last; ++i) {

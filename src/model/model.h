@@ -358,13 +358,12 @@ class Model {
   void sum_partial_grads(int first, int last);
   GradientWrites writes_{grads_};  // which gradient entries hold this step's values
   // set_lend_gradient_memory: block i's lent memory in this forward ([L], undefined: none), a
-  // view of the gradient buffer; and whether this step lent any.
+  // view of the gradient buffer; the regions it covers.
   std::vector<Tensor> lent_rows(int64_t n, const StepOptions& step);
   bool lend_grads_ = true;
-  bool lent_this_step_ = false;
   std::vector<LentRegion> lent_regions_;
-  // Zeroes bucket b's alignment padding when this step lent gradient memory (the norm and the
-  // reductions read it).
+  // Zeroes bucket b's alignment padding where this step's lent regions covered it (the norm and
+  // the reductions read it).
   void zero_lent_padding(int bucket);
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy of an fp32 master on CUDA; else null
   std::vector<std::unique_ptr<Block>> blocks_;
