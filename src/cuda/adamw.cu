@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <type_traits>
 
@@ -73,14 +74,29 @@ __device__ __forceinline__ float4 load4_f32(const T* p) {
 __device__ __forceinline__ void store4_rounded(float* p, float4 x, uint4, int) {
   *reinterpret_cast<float4*>(p) = x;
 }
-// Element k's random bits are random.{x,y,z,w} >> shift.
+// Element k's random bits are random.{x,y,z,w} >> shift. Four finite values take
+// f32_to_bf16_stochastic's finite branch, (bits + low 16 random bits) >> 16, written as the high
+// halves of two sums joined by one byte permute: the pass is short of integer issue, and the
+// special-value tests and half-word packing were a third of its integer instructions.
+__device__ __forceinline__ uint32_t rounded_pair(float lo, float hi, uint32_t random_lo,
+                                                 uint32_t random_hi) {
+  return __byte_perm(float_bits(lo) + (random_lo & 0xffffu), float_bits(hi) + (random_hi & 0xffffu),
+                     0x7632);
+}
 __device__ __forceinline__ void store4_rounded(__nv_bfloat16* p, float4 x, uint4 random,
                                                int shift) {
   uint2 u;
-  u.x = f32_to_bf16_stochastic(x.x, random.x >> shift) |
-        (uint32_t{f32_to_bf16_stochastic(x.y, random.y >> shift)} << 16);
-  u.y = f32_to_bf16_stochastic(x.z, random.z >> shift) |
-        (uint32_t{f32_to_bf16_stochastic(x.w, random.w >> shift)} << 16);
+  const bool finite = fabsf(x.x) <= FLT_MAX && fabsf(x.y) <= FLT_MAX && fabsf(x.z) <= FLT_MAX &&
+                      fabsf(x.w) <= FLT_MAX;  // false for NaN
+  if (finite) {
+    u.x = rounded_pair(x.x, x.y, random.x >> shift, random.y >> shift);
+    u.y = rounded_pair(x.z, x.w, random.z >> shift, random.w >> shift);
+  } else {
+    u.x = f32_to_bf16_stochastic(x.x, random.x >> shift) |
+          (uint32_t{f32_to_bf16_stochastic(x.y, random.y >> shift)} << 16);
+    u.y = f32_to_bf16_stochastic(x.z, random.z >> shift) |
+          (uint32_t{f32_to_bf16_stochastic(x.w, random.w >> shift)} << 16);
+  }
   *reinterpret_cast<uint2*>(p) = u;
 }
 
@@ -278,8 +294,9 @@ constexpr int kFinalThreads = 1024;
 
 template <typename G>
 __global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool vec,
-                                        double* __restrict__ partial) {
-  const int64_t begin = blockIdx.x * kSqChunk;
+                                        int64_t first_chunk, double* __restrict__ partial) {
+  const int64_t chunk = first_chunk + blockIdx.x;
+  const int64_t begin = chunk * kSqChunk;
   float acc = 0.0f;
   if (vec && begin + kSqChunk <= n) {
 #pragma unroll
@@ -297,7 +314,7 @@ __global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool
     }
   }
   acc = block_sum<kThreads>(acc);
-  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(acc);
+  if (threadIdx.x == 0) partial[chunk] = static_cast<double>(acc);
 }
 
 __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t parts,
@@ -410,6 +427,38 @@ size_t sum_of_squares_workspace_bytes(int64_t n) {
   return static_cast<size_t>(std::max<int64_t>(ceil_div(n, kSqChunk), 1)) * sizeof(double);
 }
 
+int64_t sum_of_squares_chunk() {
+  return kSqChunk;
+}
+
+void sum_of_squares_partials(const void* grad, bool bf16, int64_t n, int64_t first, int64_t count,
+                             void* workspace, cudaStream_t stream) {
+  const int64_t parts = ceil_div(n, kSqChunk);
+  MOEX_CHECK(first >= 0 && count >= 0 && first + count <= parts, "sum_of_squares_partials: chunks [",
+             first, ", ", first + count, ") outside the ", parts, " of ", n, " elements");
+  if (count == 0) return;
+  MOEX_CHECK(grad && workspace, "sum_of_squares_partials: grad or workspace is null");
+  MOEX_CHECK(count < (int64_t{1} << 31), "sum_of_squares_partials: ", count, " chunks is too many");
+  auto* partial = static_cast<double*>(workspace);
+  // Whether a chunk reads vectors depends on grad[0]'s alignment only: every piece agrees.
+  const bool vec = reinterpret_cast<uintptr_t>(grad) % (bf16 ? 8 : 16) == 0;
+  if (bf16) {
+    squares_partials_kernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(grad), n, vec, first, partial);
+  } else {
+    squares_partials_kernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(
+        static_cast<const float*>(grad), n, vec, first, partial);
+  }
+  MOEX_LAUNCH_CHECK();
+}
+
+void sum_of_squares_total(int64_t n, const void* workspace, double* out, cudaStream_t stream) {
+  MOEX_CHECK(out && workspace, "sum_of_squares_total: out or workspace is null");
+  squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(static_cast<const double*>(workspace),
+                                                        ceil_div(n, kSqChunk), out);
+  MOEX_LAUNCH_CHECK();
+}
+
 void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* workspace,
                     cudaStream_t stream) {
   MOEX_CHECK(n >= 0, "sum_of_squares: n must be >= 0, got ", n);
@@ -418,20 +467,8 @@ void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* w
     return;
   }
   MOEX_CHECK(grad && out && workspace, "sum_of_squares: grad, out or workspace is null");
-  const int64_t parts = ceil_div(n, kSqChunk);
-  MOEX_CHECK(parts < (int64_t{1} << 31), "sum_of_squares: n = ", n, " is too large");
-  auto* partial = static_cast<double*>(workspace);
-  const bool vec = reinterpret_cast<uintptr_t>(grad) % (bf16 ? 8 : 16) == 0;
-  if (bf16) {
-    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(grad), n, vec, partial);
-  } else {
-    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
-        static_cast<const float*>(grad), n, vec, partial);
-  }
-  MOEX_LAUNCH_CHECK();
-  squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(partial, parts, out);
-  MOEX_LAUNCH_CHECK();
+  sum_of_squares_partials(grad, bf16, n, 0, ceil_div(n, kSqChunk), workspace, stream);
+  sum_of_squares_total(n, workspace, out, stream);
 }
 
 }  // namespace moex::cuda
