@@ -5,7 +5,6 @@
 #include <cmath>
 #include <type_traits>
 
-#include "core/env.h"
 #include "core/stochastic_round.h"
 #include "cuda/adamw.h"
 #include "cuda/bf16_util.cuh"
@@ -106,72 +105,24 @@ constexpr bool kIsBf16 = std::is_same_v<T, __nv_bfloat16>;
 // The twin's expression, operation by operation, with explicit round-to-nearest intrinsics so no
 // multiply-add is fused: the GPU then gives the same bits as the (unfused) fp32 CPU loop. When a
 // bf16 store follows (moments M or master P), `random` receives the element's rounding bits (from
-// the weight before the step).
-//
-// kFast (a bf16 master) gives the same bits for less work: the exact square root and division are
-// most of the pass's instructions. It computes the update with the approximate ones, whose result
-// x lies within err of the exact one (relative errors of about 2^-21 each, far under the bound
-// below), and rounds both ends of [x - err, x + err] with the weight's bits. Stochastic rounding
-// with fixed bits is monotonic, so when the ends agree the exact result rounds to the same bf16,
-// and p becomes that value (a bf16 value stores as itself). Only the elements near a rounding
-// boundary (about 0.2 % of the kernel test's), and those outside the approximations' documented
-// range (a subnormal v, a denominator outside [2^-126, 2^126]), take the exact expression.
-// The twin's weight update p * decay - step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps), exact.
-__device__ __forceinline__ float exact_weight(float p, float m, float v, float decay,
-                                              const Scalars& s) {
-  const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), s.inv_sqrt_bc2), s.eps);
-  return __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
-}
-// The same out of line: the fast path's rare fallback, whose IEEE square root and division would
-// otherwise take registers from the loads in flight.
-__device__ __noinline__ float exact_weight_outlined(float p, float m, float v, float decay,
-                                                    const Scalars& s) {
-  return exact_weight(p, m, v, decay, s);
-}
-
-// kMode: kExact (the twin's expression), kFastInline, kFastOutlined (the fast update below, its
-// fallback inline or out of line).
-enum AdamWMode : int { kExact = 0, kFastInline = 1, kFastOutlined = 2 };
-
-template <typename P, typename M, int kMode = kExact>
+// the weight before the step). An update with the approximate square root and division, checked
+// against a bound so it kept these bits, measured slower (docs/gpu-model.md §AdamW with a bf16
+// master).
+template <typename P, typename M>
 __device__ __forceinline__ void adamw_element(float& p, float& m, float& v, uint32_t& random,
                                               float grad, float decay, const Scalars& s) {
-  constexpr bool kFast = kMode != kExact;
   if constexpr (kIsBf16<M> || kIsBf16<P>) random = adam_rounding_bits(grad, p, s.step);
   const float g = __fmul_rn(grad, s.grad_scale);
   m = __fadd_rn(__fmul_rn(s.b1, m), __fmul_rn(s.one_minus_b1, g));
   v = __fadd_rn(__fmul_rn(s.b2, v), __fmul_rn(__fmul_rn(s.one_minus_b2, g), g));
-  if constexpr (kFast) {
-    static_assert(kIsBf16<P>, "the fast update needs the bf16 store's rounding bits");
-    float root;
-    asm("sqrt.approx.f32 %0, %1;" : "=f"(root) : "f"(v));
-    const float denom = __fmaf_rn(root, s.inv_sqrt_bc2, s.eps);
-    const float q = __fdividef(s.step_size * m, denom);
-    const float x = __fmaf_rn(p, decay, -q);
-    // |p * decay| <= |x| + |q| whatever the decay; the floor covers subnormal p and q.
-    const float err = fmaxf((fabsf(x) + 2.0f * fabsf(q)) * 0x1p-18f, 0x1p-120f);
-    // Where the approximations keep their documented accuracy: a normal (or zero) v, and a
-    // denominator inside __fdividef's range.
-    const bool accurate =
-        (v == 0.0f || v >= 0x1p-126f) && denom >= 0x1p-126f && denom <= 0x1p126f && isfinite(x);
-    const uint32_t bits = adam_weight_rounding_bits(random);
-    const uint16_t low = f32_to_bf16_stochastic(__fsub_rd(x, err), bits);
-    if (accurate && low == f32_to_bf16_stochastic(__fadd_ru(x, err), bits)) {
-      p = bf16_bits_to_f32(low);
-      return;
-    }
-    if constexpr (kMode == kFastOutlined) {
-      p = exact_weight_outlined(p, m, v, decay, s);
-      return;
-    }
-  }
-  p = exact_weight(p, m, v, decay, s);
+  const float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(v), s.inv_sqrt_bc2), s.eps);
+  p = __fsub_rn(__fmul_rn(p, decay), __fdiv_rn(__fmul_rn(s.step_size, m), denom));
 }
 
 // Elements [begin, end) of one segment; begin % 4 == 0 on the vector path. The master P (fp32, or
 // bf16 stored with its own rounding bits), moments M and gradients G (fp32 or bf16) are all read
 // as fp32. param: the bf16 copy of an fp32 master, or null.
-template <bool kVec, int kAhead, int kMode, typename P, typename M, typename G>
+template <bool kVec, int kAhead, typename P, typename M, typename G>
 __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
                                             __nv_bfloat16* __restrict__ param,
                                             const G* __restrict__ grad, M* __restrict__ exp_avg,
@@ -180,7 +131,7 @@ __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
   auto one = [&](int64_t j) {
     uint32_t random = 0;
     float p = load_f32(master + j), m = load_f32(exp_avg + j), v = load_f32(exp_avg_sq + j);
-    adamw_element<P, M, kMode>(p, m, v, random, load_f32(grad + j), decay, s);
+    adamw_element<P, M>(p, m, v, random, load_f32(grad + j), decay, s);
     store_rounded(master + j, p, adam_weight_rounding_bits(random));
     store_rounded(exp_avg + j, m, random);
     store_rounded(exp_avg_sq + j, v, random >> 16);
@@ -190,10 +141,10 @@ __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
     // Four elements from element i (i + 4 <= end), from their loaded values.
     auto update4 = [&](int64_t i, float4 p, float4 m, float4 v, float4 g) {
       uint4 random = make_uint4(0, 0, 0, 0);
-      adamw_element<P, M, kMode>(p.x, m.x, v.x, random.x, g.x, decay, s);
-      adamw_element<P, M, kMode>(p.y, m.y, v.y, random.y, g.y, decay, s);
-      adamw_element<P, M, kMode>(p.z, m.z, v.z, random.z, g.z, decay, s);
-      adamw_element<P, M, kMode>(p.w, m.w, v.w, random.w, g.w, decay, s);
+      adamw_element<P, M>(p.x, m.x, v.x, random.x, g.x, decay, s);
+      adamw_element<P, M>(p.y, m.y, v.y, random.y, g.y, decay, s);
+      adamw_element<P, M>(p.z, m.z, v.z, random.z, g.z, decay, s);
+      adamw_element<P, M>(p.w, m.w, v.w, random.w, g.w, decay, s);
       const uint4 weight_random =
           make_uint4(adam_weight_rounding_bits(random.x), adam_weight_rounding_bits(random.y),
                      adam_weight_rounding_bits(random.z), adam_weight_rounding_bits(random.w));
@@ -250,14 +201,12 @@ __device__ __forceinline__ void adamw_chunk(P* __restrict__ master,
 // One launch over all segments. Chunks of kChunk elements are numbered across the segments in
 // order; block b takes global chunks b, b + gridDim.x, ... so large and small tensors spread over
 // the whole grid. Elements between segments (padding) are never touched.
-template <typename P, typename M, typename G, int kMode>
+template <typename P, typename M, typename G>
 __global__ void __launch_bounds__(kThreads)
     adamw_kernel(P* master, __nv_bfloat16* param, const G* grad, M* exp_avg, M* exp_avg_sq,
                  const AdamWSegment* __restrict__ segments, int num_segments, bool aligned,
                  Scalars s) {
-  // A bf16 master loads four vectors ahead and may take the approximate square root and division
-  // (docs/gpu-model.md §AdamW with a bf16 master); an fp32 master keeps the twin's expression.
-  static_assert(kMode == kExact || kIsBf16<P>, "the fast update needs a bf16 master");
+  // A bf16 master loads four vectors ahead (docs/gpu-model.md §AdamW with a bf16 master).
   constexpr int kAhead = kIsBf16<P> ? 4 : 1;
   const int64_t grid = gridDim.x;
   int64_t first_chunk = 0;  // global number of the current segment's chunk 0
@@ -276,11 +225,11 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t begin = seg.offset + j * kChunk;
       const int64_t end = min(seg_end, begin + kChunk);
       if (vec) {
-        adamw_chunk<true, kAhead, kMode>(master, param, grad, exp_avg, exp_avg_sq, begin, end,
-                                         decay, s);
+        adamw_chunk<true, kAhead>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay,
+                                  s);
       } else {
-        adamw_chunk<false, kAhead, kMode>(master, param, grad, exp_avg, exp_avg_sq, begin, end,
-                                          decay, s);
+        adamw_chunk<false, kAhead>(master, param, grad, exp_avg, exp_avg_sq, begin, end, decay,
+                                   s);
       }
     }
   }
@@ -325,17 +274,10 @@ __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t
   if (threadIdx.x == 0) out[0] = acc;
 }
 
-// A bf16 master's update: MOEX_ADAMW_BF16_MODE 0 (the twin's expression), 1 (the fast update with
-// its fallback inline) or 2 (out of line); the same bits in each.
-int adamw_bf16_mode() {
-  static const int mode = static_cast<int>(env_count("MOEX_ADAMW_BF16_MODE", kExact));
-  return mode;
-}
-
-template <typename P, typename M, typename G, int kMode>
+template <typename P, typename M, typename G>
 int adamw_grid() {
   int per_sm = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<P, M, G, kMode>,
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, adamw_kernel<P, M, G>,
                                                            kThreads, 0));
   return std::max(1, current_device_sms() * std::max(1, per_sm));
 }
@@ -348,28 +290,10 @@ void launch_adamw(void* master, void* param_bf16, const void* grad, void* exp_av
   const bool aligned = addr(master) % (sizeof(P) * 4) == 0 && addr(grad) % (sizeof(G) * 4) == 0 &&
                        addr(exp_avg) % (sizeof(M) * 4) == 0 &&
                        addr(exp_avg_sq) % (sizeof(M) * 4) == 0 && addr(param_bf16) % 8 == 0;
-  auto launch = [&](auto mode) {
-    constexpr int kMode = decltype(mode)::value;
-    const int grid = adamw_grid<P, M, G, kMode>();  // a few microseconds of host queries a step
-    adamw_kernel<P, M, G, kMode><<<grid, kThreads, 0, stream>>>(
-        static_cast<P*>(master), static_cast<__nv_bfloat16*>(param_bf16),
-        static_cast<const G*>(grad), static_cast<M*>(exp_avg), static_cast<M*>(exp_avg_sq),
-        segments, num_segments, aligned, s);
-  };
-  if constexpr (kIsBf16<P>) {
-    switch (adamw_bf16_mode()) {
-      case kFastInline:
-        launch(std::integral_constant<int, kFastInline>());
-        break;
-      case kFastOutlined:
-        launch(std::integral_constant<int, kFastOutlined>());
-        break;
-      default:
-        launch(std::integral_constant<int, kExact>());
-    }
-  } else {
-    launch(std::integral_constant<int, kExact>());
-  }
+  const int grid = adamw_grid<P, M, G>();  // a few microseconds of host queries a step
+  adamw_kernel<P, M, G><<<grid, kThreads, 0, stream>>>(
+      static_cast<P*>(master), static_cast<__nv_bfloat16*>(param_bf16), static_cast<const G*>(grad),
+      static_cast<M*>(exp_avg), static_cast<M*>(exp_avg_sq), segments, num_segments, aligned, s);
   MOEX_LAUNCH_CHECK();
 }
 

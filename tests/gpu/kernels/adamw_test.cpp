@@ -232,10 +232,11 @@ TEST_F(AdamWTest, Bf16MasterIsTheTwinsStepStochasticallyRounded) {
   }
 }
 
-// A bf16 master's update is computed with the approximate square root and division and kept
-// only when a bound shows it rounds as the exact one would (cuda/adamw.cu). The elements that test
-// this are those whose exact result sits on a stochastic-rounding boundary under its bits, about
-// 1 in 13,000 of random ones: from 2^23 candidates (an element's step depends on no position, so
+// A bf16 master's update must round as the twin's exact expression does, also where a unit of
+// difference in its fp32 result changes the stored bf16 (any faster form of the update, such as
+// the approximate square root and division measured in docs/gpu-model.md, must keep this). The
+// elements that test this are those whose exact result sits on a stochastic-rounding boundary
+// under its bits, about 1 in 13,000 of random ones: from 2^23 candidates (an element's step depends on no position, so
 // the chosen ones are packed together), every element within two fp32 units of a boundary is
 // stepped on the GPU (bf16 master, moments and gradients: the all-bf16 kernel, weight decay on)
 // and must store the twin's rounding, bit for bit. Computing with the approximations and no bound
