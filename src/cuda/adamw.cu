@@ -243,9 +243,8 @@ constexpr int kFinalThreads = 1024;
 
 template <typename G>
 __global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool vec,
-                                        int64_t first_chunk, double* __restrict__ partial) {
-  const int64_t chunk = first_chunk + blockIdx.x;
-  const int64_t begin = chunk * kSqChunk;
+                                        double* __restrict__ partial) {
+  const int64_t begin = blockIdx.x * kSqChunk;
   float acc = 0.0f;
   if (vec && begin + kSqChunk <= n) {
 #pragma unroll
@@ -263,7 +262,7 @@ __global__ void squares_partials_kernel(const G* __restrict__ x, int64_t n, bool
     }
   }
   acc = block_sum<kThreads>(acc);
-  if (threadIdx.x == 0) partial[chunk] = static_cast<double>(acc);
+  if (threadIdx.x == 0) partial[blockIdx.x] = static_cast<double>(acc);
 }
 
 __global__ void squares_final_kernel(const double* __restrict__ partial, int64_t parts,
@@ -351,38 +350,6 @@ size_t sum_of_squares_workspace_bytes(int64_t n) {
   return static_cast<size_t>(std::max<int64_t>(ceil_div(n, kSqChunk), 1)) * sizeof(double);
 }
 
-int64_t sum_of_squares_chunk() {
-  return kSqChunk;
-}
-
-void sum_of_squares_partials(const void* grad, bool bf16, int64_t n, int64_t first, int64_t count,
-                             void* workspace, cudaStream_t stream) {
-  const int64_t parts = ceil_div(n, kSqChunk);
-  MOEX_CHECK(first >= 0 && count >= 0 && first + count <= parts, "sum_of_squares_partials: chunks [",
-             first, ", ", first + count, ") outside the ", parts, " of ", n, " elements");
-  if (count == 0) return;
-  MOEX_CHECK(grad && workspace, "sum_of_squares_partials: grad or workspace is null");
-  MOEX_CHECK(count < (int64_t{1} << 31), "sum_of_squares_partials: ", count, " chunks is too many");
-  auto* partial = static_cast<double*>(workspace);
-  // Whether a chunk reads vectors depends on grad[0]'s alignment only: every piece agrees.
-  const bool vec = reinterpret_cast<uintptr_t>(grad) % (bf16 ? 8 : 16) == 0;
-  if (bf16) {
-    squares_partials_kernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(grad), n, vec, first, partial);
-  } else {
-    squares_partials_kernel<<<static_cast<unsigned>(count), kThreads, 0, stream>>>(
-        static_cast<const float*>(grad), n, vec, first, partial);
-  }
-  MOEX_LAUNCH_CHECK();
-}
-
-void sum_of_squares_total(int64_t n, const void* workspace, double* out, cudaStream_t stream) {
-  MOEX_CHECK(out && workspace, "sum_of_squares_total: out or workspace is null");
-  squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(static_cast<const double*>(workspace),
-                                                        ceil_div(n, kSqChunk), out);
-  MOEX_LAUNCH_CHECK();
-}
-
 void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* workspace,
                     cudaStream_t stream) {
   MOEX_CHECK(n >= 0, "sum_of_squares: n must be >= 0, got ", n);
@@ -391,8 +358,20 @@ void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* w
     return;
   }
   MOEX_CHECK(grad && out && workspace, "sum_of_squares: grad, out or workspace is null");
-  sum_of_squares_partials(grad, bf16, n, 0, ceil_div(n, kSqChunk), workspace, stream);
-  sum_of_squares_total(n, workspace, out, stream);
+  const int64_t parts = ceil_div(n, kSqChunk);
+  MOEX_CHECK(parts < (int64_t{1} << 31), "sum_of_squares: n = ", n, " is too large");
+  auto* partial = static_cast<double*>(workspace);
+  const bool vec = reinterpret_cast<uintptr_t>(grad) % (bf16 ? 8 : 16) == 0;
+  if (bf16) {
+    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(grad), n, vec, partial);
+  } else {
+    squares_partials_kernel<<<static_cast<unsigned>(parts), kThreads, 0, stream>>>(
+        static_cast<const float*>(grad), n, vec, partial);
+  }
+  MOEX_LAUNCH_CHECK();
+  squares_final_kernel<<<1, kFinalThreads, 0, stream>>>(partial, parts, out);
+  MOEX_LAUNCH_CHECK();
 }
 
 }  // namespace moex::cuda

@@ -48,13 +48,5 @@ void adamw_multi_tensor(void* master, void* param_bf16, const void* grad, void* 
 size_t sum_of_squares_workspace_bytes(int64_t n);
 void sum_of_squares(const void* grad, bool bf16, int64_t n, double* out, void* workspace,
                     cudaStream_t stream);
-// sum_of_squares in pieces, with its bits: the partials are those of fixed chunks of
-// sum_of_squares_chunk() elements counted from grad[0] (one per chunk, in `workspace`), so
-// computing chunks [first, first + count) in any order of calls and then the total gives the same
-// sum. Chunk c reads grad[c * chunk, min(n, (c + 1) * chunk)).
-int64_t sum_of_squares_chunk();
-void sum_of_squares_partials(const void* grad, bool bf16, int64_t n, int64_t first, int64_t count,
-                             void* workspace, cudaStream_t stream);
-void sum_of_squares_total(int64_t n, const void* workspace, double* out, cudaStream_t stream);
 
 }  // namespace moex::cuda

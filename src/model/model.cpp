@@ -296,57 +296,17 @@ ParamBuffer& Model::grads() {
   MOEX_CHECK(!streams_,
              "this model streams its gradients to ZeRO stage 2's shards: it holds no "
              "whole gradient buffer");
-  settle_squares();  // the caller may change them
   writes_.zero_unwritten();
   return grads_;
 }
 
 void Model::zero_grad() {
   if (!trainable_) return;
-  settle_squares();
   writes_.reset();
   blocks_handed_ = false;
   // MOEX_LAZY_ZERO_GRAD=0 (for measurements): clear the buffer now, so every write adds.
   static const bool lazy = env_on_unless_zero("MOEX_LAZY_ZERO_GRAD");
   if (!lazy) writes_.zero_unwritten();
-}
-
-ops::PiecewiseSquares* Model::backward_squares() {
-  static const bool enabled = env_on_unless_zero("MOEX_NORM_IN_BACKWARD");
-  if (!enabled || !norm_in_backward_ || !device_.is_cuda() || streams_ || sink_ != nullptr ||
-      split_over_ranks())
-    return nullptr;
-  const Tensor& flat = grads_.flat();
-  if (!flat.defined()) return nullptr;
-  if (!squares_) squares_ = std::make_unique<ops::PiecewiseSquares>(flat);
-  squares_->restart();
-  squares_queued_ = true;
-  return squares_.get();
-}
-
-void Model::add_bucket_squares(int bucket) {
-  // Bucket b spans the buffer from its first entry (padding included) to bucket b + 1's.
-  auto begin = [&](size_t b) {
-    for (; b < buckets_.size(); ++b)
-      if (buckets_[b].first <= buckets_[b].last) return grads_.offset(buckets_[b].first);
-    return grads_.flat().numel();
-  };
-  const EntryRange& r = buckets_.at(static_cast<size_t>(bucket));
-  if (r.first <= r.last) writes_.zero_unwritten(r.first, r.last);  // unused experts read as 0
-  squares_->add(begin(static_cast<size_t>(bucket)), begin(static_cast<size_t>(bucket) + 1));
-}
-
-void Model::settle_squares() {
-  squares_ready_ = false;
-  if (!squares_queued_) return;
-  squares_queued_ = false;
-  squares_->join();
-}
-
-std::optional<double> Model::take_gradient_squares() {
-  if (!squares_ready_) return std::nullopt;
-  squares_ready_ = squares_queued_ = false;
-  return squares_->total();
 }
 
 void Model::hand_over_blocks() {
@@ -433,7 +393,6 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
                           int64_t seq_len, const ForwardOptions& options) {
   MOEX_CHECK(trainable_ || !options.for_backward,
              "this model was made for inference: a forward for backward needs a trainable model");
-  if (options.for_backward) settle_squares();  // its loss and lent rows write gradient memory
   const int64_t d = config_.hidden_size, n = batch * seq_len;
   const DType dt = compute_params().flat().dtype();
   arena_.reset();
@@ -497,11 +456,7 @@ void Model::backward(bool last_of_step) {
   // sum what the first already summed.
   MOEX_CHECK(streams_ || !hand_blocks || !blocks_handed_,
              "Model::backward: only the last backward of a step may be marked last_of_step");
-  // set_norm_in_backward: the buckets' squares from the end of the buffer down, each as soon as
-  // it is final (the head's was written by the forward's loss).
-  ops::PiecewiseSquares* squares = last_of_step ? backward_squares() : nullptr;
   final_norm_->backward(dh, dh);
-  if (squares) add_bucket_squares(static_cast<int>(buckets_.size()) - 1);
   for (size_t i = blocks_.size(); i-- > 0;) {
     // Streamed: block i's bucket (i + 1) holds the window, where the last block left its own.
     const EntryRange& bucket = buckets_[i + 1];
@@ -509,7 +464,6 @@ void Model::backward(bool last_of_step) {
     blocks_[i]->backward(dh, dh, arena_);
     zero_lent_padding(static_cast<int>(i) + 1);
     if (hand_blocks) hand_over(static_cast<int>(i) + 1);
-    if (squares) add_bucket_squares(static_cast<int>(i) + 1);
   }
   if (hand_blocks && !streams_) blocks_handed_ = true;
   if (!tp_.active()) {
@@ -523,10 +477,6 @@ void Model::backward(bool last_of_step) {
   if (pos_) ops::embedding_backward(pos_ids_, dh, pos_.grad_to_add());
   zero_lent_padding(0);
   writes_.zero_unwritten();  // parameters without a gradient this step (e.g. unused experts)
-  if (squares) {
-    add_bucket_squares(0);
-    squares_ready_ = squares->complete();
-  }
   dhidden_ = Tensor();
 }
 

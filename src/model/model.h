@@ -7,7 +7,6 @@
 #include <deque>
 #include <map>
 #include <memory>
-#include <optional>
 #include <vector>
 
 #include "model/block.h"
@@ -16,7 +15,6 @@
 #include "model/lm_head.h"
 #include "model/model_config.h"
 #include "model/tensor_parallel.h"
-#include "ops/adamw.h"
 #include "ops/sample.h"
 #include "ops/step_graph.h"
 
@@ -170,17 +168,6 @@ class Model {
   // The same results either way. On unless MOEX_KEPT_ROWS_IN_GRADS=0; off: the arena and the
   // MoE layers' own buffers hold them.
   void set_lend_gradient_memory(bool on) { lend_grads_ = on; }
-  // A GPU model with its whole gradient buffer here (no sink, no tensor or expert parallelism)
-  // can sum the squares of its gradients during the backward marked last_of_step: each bucket's
-  // as soon as backward has made it final, on a side stream beside the rest of the backward
-  // (docs/gpu-model.md §Gradient norm during backward). The optimizer then takes the sum instead
-  // of reading every gradient again after backward. Off by default: the caller knows whether
-  // anything changes the gradients between backward and the optimizer step (grads() drops the
-  // sum if so). MOEX_NORM_IN_BACKWARD=0 keeps it off.
-  void set_norm_in_backward(bool on) { norm_in_backward_ = on; }
-  // The sum of squares of grads().flat() that the last backward took (the bits of
-  // ops::sum_of_squares), once; nothing if it took none, or grads() was asked for since.
-  std::optional<double> take_gradient_squares();
   // The gradient memory each block was lent in the last forward, as elements of
   // grads().flat() ([L]; empty regions: none).
   const std::vector<LentRegion>& lent_regions() const { return lent_regions_; }
@@ -378,14 +365,6 @@ class Model {
   // Zeroes bucket b's alignment padding where this step's lent regions covered it (the norm and
   // the reductions read it).
   void zero_lent_padding(int bucket);
-  // set_norm_in_backward: the sum in progress, whether the last backward completed it, and
-  // whether its side stream may still read the gradients.
-  bool norm_in_backward_ = false;
-  std::unique_ptr<ops::PiecewiseSquares> squares_;
-  bool squares_ready_ = false, squares_queued_ = false;
-  ops::PiecewiseSquares* backward_squares();  // restarted for this backward, or null
-  void add_bucket_squares(int bucket);
-  void settle_squares();  // the gradients may change: the sum is dropped, its reads finish first
   std::unique_ptr<ParamBuffer> compute_;  // bf16 copy of an fp32 master on CUDA; else null
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<NormLayer> final_norm_;

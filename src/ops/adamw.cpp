@@ -10,7 +10,6 @@
 
 #if MOEX_WITH_CUDA
 #include "cuda/adamw.h"
-#include "cuda/cuda_check.h"
 #endif
 
 namespace moex::ops {
@@ -136,87 +135,6 @@ double sum_of_squares(const Tensor& grad) {
     cuda::sum_of_squares(grad.raw_data(), bf16, n, out.data<double>(), ws.raw_data(),
                          detail::stream(dev));
     result = out.to(Device::cpu()).data<double>()[0];
-  });
-  return result;
-}
-
-
-PiecewiseSquares::PiecewiseSquares(const Tensor& flat) : flat_(flat), low_(flat.numel()) {
-  detail::expect_f32_or_gpu_bf16("PiecewiseSquares", "flat", flat, flat.numel());
-  if (flat.device().is_cpu()) return;
-  MOEX_CUDA_TWIN("PiecewiseSquares", {
-    const int64_t n = flat.numel();
-    partials_ = Tensor::empty(
-        Shape{static_cast<int64_t>(cuda::sum_of_squares_workspace_bytes(n) / sizeof(double))},
-        DType::kF64, flat.device());
-    out_ = Tensor::empty(Shape{1}, DType::kF64, flat.device());
-    int least = 0, greatest = 0;
-    CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    cudaStream_t side = nullptr;
-    CUDA_CHECK(cudaStreamCreateWithPriority(&side, cudaStreamNonBlocking, least));
-    side_ = side;
-    for (void** event : {&forked_, &joined_}) {
-      cudaEvent_t e = nullptr;
-      CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-      *event = e;
-    }
-  });
-}
-
-PiecewiseSquares::~PiecewiseSquares() {
-#if MOEX_WITH_CUDA
-  if (side_ != nullptr) {
-    cudaStreamSynchronize(static_cast<cudaStream_t>(side_));
-    cudaStreamDestroy(static_cast<cudaStream_t>(side_));
-  }
-  for (void* e : {forked_, joined_})
-    if (e != nullptr) cudaEventDestroy(static_cast<cudaEvent_t>(e));
-#endif
-}
-
-void PiecewiseSquares::restart() {
-  low_ = flat_.numel();
-}
-
-void PiecewiseSquares::add(int64_t lo, int64_t hi) {
-  MOEX_CHECK(hi == low_ && 0 <= lo && lo <= hi, "PiecewiseSquares::add: [", lo, ", ", hi,
-             ") must end where the last range began (", low_, ")");
-  low_ = lo;
-  if (flat_.device().is_cpu() || lo == hi) return;
-  MOEX_CUDA_TWIN("PiecewiseSquares::add", {
-    // The chunks that start in [lo, hi).
-    const int64_t chunk = cuda::sum_of_squares_chunk();
-    const int64_t first = (lo + chunk - 1) / chunk, end = (hi + chunk - 1) / chunk;
-    if (first == end) return;
-    const auto side = static_cast<cudaStream_t>(side_);
-    const auto forked = static_cast<cudaEvent_t>(forked_);
-    CUDA_CHECK(cudaEventRecord(forked, detail::stream(flat_.device())));
-    CUDA_CHECK(cudaStreamWaitEvent(side, forked, 0));
-    cuda::sum_of_squares_partials(flat_.raw_data(), flat_.dtype() == DType::kBF16, flat_.numel(),
-                                  first, end - first, partials_.raw_data(), side);
-  });
-}
-
-void PiecewiseSquares::join() {
-  if (flat_.device().is_cpu()) return;
-  MOEX_CUDA_TWIN("PiecewiseSquares::join", {
-    const auto joined = static_cast<cudaEvent_t>(joined_);
-    CUDA_CHECK(cudaEventRecord(joined, static_cast<cudaStream_t>(side_)));
-    CUDA_CHECK(cudaStreamWaitEvent(detail::stream(flat_.device()), joined, 0));
-  });
-}
-
-double PiecewiseSquares::total() {
-  MOEX_CHECK(complete(), "PiecewiseSquares::total: elements [0, ", low_, ") were not added");
-  if (flat_.device().is_cpu()) return sum_of_squares(flat_);
-  const ProfileScope profile("grad_norm", flat_.device());
-  double result = 0;
-  MOEX_CUDA_TWIN("PiecewiseSquares::total", {
-    if (flat_.numel() == 0) return 0.0;
-    cuda::sum_of_squares_total(flat_.numel(), partials_.raw_data(), out_.data<double>(),
-                               static_cast<cudaStream_t>(side_));
-    join();
-    result = out_.to(Device::cpu()).data<double>()[0];
   });
   return result;
 }

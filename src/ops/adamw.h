@@ -50,36 +50,4 @@ void adamw_step(const Tensor& master, const Tensor& working_copy, const Tensor& 
 // f32, or bf16 on CUDA.
 double sum_of_squares(const Tensor& grad);
 
-// sum_of_squares(flat) taken range by range while the device goes on with other work (a model's
-// backward: docs/gpu-model.md §Gradient norm during backward). On CUDA each add() queues the
-// range's chunks on a side stream of low priority, behind the work queued so far on the device's
-// stream; the CPU sums the whole buffer in total(). Either way total() returns the bits of
-// sum_of_squares(flat). Ranges are added from the end of the buffer down, each ending where the
-// last began, until they cover it: a chunk that starts in a range may read on into the ranges
-// added before it, which must stay as they were until total() or join().
-class PiecewiseSquares {
- public:
-  explicit PiecewiseSquares(const Tensor& flat);  // f32, or bf16 on CUDA
-  ~PiecewiseSquares();
-  PiecewiseSquares(const PiecewiseSquares&) = delete;
-  PiecewiseSquares& operator=(const PiecewiseSquares&) = delete;
-
-  void restart();  // a new sum: nothing added yet
-  void add(int64_t lo, int64_t hi);  // elements [lo, hi) are final; hi is where the last range began
-  bool complete() const { return low_ == 0; }
-  // The sum of a complete buffer (an error otherwise): the device's stream waits for the side
-  // stream, the host for the result.
-  double total();
-  // The device's stream waits for the side stream's reads (the ranges may be rewritten after).
-  void join();
-
- private:
-  Tensor flat_;
-  int64_t low_ = 0;       // the lowest element added so far
-  Tensor partials_;       // f64 [chunks] (CUDA)
-  Tensor out_;            // f64 [1] (CUDA)
-  void* side_ = nullptr;  // cudaStream_t
-  void* forked_ = nullptr, *joined_ = nullptr;  // cudaEvent_t: the main stream's and the side's
-};
-
 }  // namespace moex::ops

@@ -179,16 +179,8 @@ double AdamW::step(model::Model& model, double lr, int64_t step) {
   const ParamBuffer* working_copy = copy ? &model.compute_params() : nullptr;
   dist::Communicator* group = model.expert_group();
   const model::TensorParallel& tp = model.tensor_parallel();
-  if (!model.split_over_ranks()) {
-    // The squares the model summed during backward, where it did (set_norm_in_backward): taken
-    // before grads(), which drops them.
-    if (const std::optional<double> squares = model.take_gradient_squares()) {
-      const double norm = std::sqrt(*squares);
-      apply(model.params(), model.grads(), lr, step, working_copy, norm);
-      return norm;
-    }
+  if (!model.split_over_ranks())
     return this->step(model.params(), model.grads(), lr, step, working_copy);
-  }
   // Squares of the tensors every rank holds whole, of this rank's experts summed over the ep
   // group, of this rank's tensor-parallel parts summed over the tp group, and of its slices of
   // its experts (expert tensor-slicing) summed over both.

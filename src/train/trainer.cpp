@@ -395,8 +395,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                                       gpu_dp.get(), ep ? gpu_edp.get() : gpu_dp.get()},
                    /*detach=*/c.parallel.overlap_comm);
   if (sum_over_dp && c.parallel.overlap_comm) model.set_gradient_sink(&*dp_sum);
-  // The step's gradients stay as backward left them: their norm is summed during backward.
-  model.set_norm_in_backward(!sum_over_dp && zero_stage == 0 && !c.parallel.offload);
   // The master starts from the weights as drawn; a hook that replaced some (a student initialized
   // from its teacher's layers) leaves them in the model, so the master takes the model's then.
   if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());

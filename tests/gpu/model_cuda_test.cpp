@@ -404,25 +404,21 @@ TEST_F(GpuModel, ActivationCheckpointingGivesTheSameStep) {
 // deterministic, so the first losses are the same bits; the attention's dq adds in fp32 atomics,
 // so the gradients agree to within that order (a kept row written over would move them by
 // percents); padding must read zero after backward (the norm and reductions read it).
-// Two layouts for the gradient-memory tests: the small config (tied, capacity mode, fp32 state)
-// and an untied dropless one with bf16 gradients (padding between its tensors).
-struct GradientLayout {
-  ModelConfig config;
-  model::ModelState state;
-};
-std::vector<GradientLayout> gradient_layouts() {
+TEST_F(GpuModel, KeptRowsInGradientMemoryTrainLikeOwnBuffers) {
+  struct Layout {
+    ModelConfig config;
+    model::ModelState state;
+  };
   std::string untied = kSmallConfig;
   for (const auto& [from, to] : std::vector<std::pair<std::string, std::string>>{
            {R"("tie_embeddings": true)", R"("tie_embeddings": false)"},
            {R"("layer_freq": 2)", R"("layer_freq": 1, "dropless": true)"}})
     untied.replace(untied.find(from), from.size(), to);
-  return {{small_config(), {}},
-          {ModelConfig::from_json(JsonReader::from_string(untied, "untied dropless config")),
-           {DType::kF32, DType::kBF16}}};
-}
-
-TEST_F(GpuModel, KeptRowsInGradientMemoryTrainLikeOwnBuffers) {
-  for (const GradientLayout& layout : gradient_layouts()) {
+  const std::vector<Layout> layouts = {
+      {small_config(), {}},
+      {ModelConfig::from_json(JsonReader::from_string(untied, "untied dropless config")),
+       {DType::kF32, DType::kBF16}}};
+  for (const Layout& layout : layouts) {
     SCOPED_TRACE(layout.config.tie_embeddings ? "tied, capacity mode" : "untied, dropless, bf16");
     model::Model lent(layout.config, Device::cuda(), nullptr, {}, false, layout.state);
     model::Model own(layout.config, Device::cuda(), nullptr, {}, false, layout.state);
@@ -497,55 +493,6 @@ TEST_F(GpuModel, KeptRowsInGradientMemoryTrainLikeOwnBuffers) {
     EXPECT_GT(lent_elements, 0);
     EXPECT_LT(kept_lent, kept_own);
     if (!layout.config.tie_embeddings) EXPECT_GT(padding_lent, 0) << "no padding was lent";
-  }
-}
-
-// The gradient norm summed during backward (set_norm_in_backward: each bucket on a side stream as
-// backward finishes it, lent padding zeroed first) has the bits of the sum over the finished
-// buffer, with micro-batches (only the last backward sums) and under the optimizer, which takes
-// it; grads() before the step drops it.
-TEST_F(GpuModel, NormDuringBackwardIsTheFinishedGradientsNorm) {
-  for (const GradientLayout& layout : gradient_layouts()) {
-    SCOPED_TRACE(layout.config.tie_embeddings ? "tied, fp32 gradients" : "untied, bf16 gradients");
-    model::Model m(layout.config, Device::cuda(), nullptr, {}, false, layout.state);
-    m.set_norm_in_backward(true);
-    m.init_weights(29);
-    train::OptimizerConfig oc;
-    oc.lr = 3e-3;
-    oc.grad_clip = 1.0;
-    train::AdamW adam(m.params(), oc);
-    for (int step = 0; step < 4; ++step) {
-      const int micro_batches = step == 0 ? 2 : 1;
-      m.zero_grad();
-      for (int mb = 0; mb < micro_batches; ++mb) {
-        std::vector<int32_t> ids, targets;
-        counting_batch(8, 64, layout.config.vocab_size, 60 + 3 * step + mb, &ids, &targets);
-        model::ForwardOptions opt;
-        opt.training = true;
-        opt.for_backward = true;
-        opt.step = step;
-        opt.seed = 7;
-        opt.loss_scale = 1.0 / micro_batches;
-        m.forward(ids.data(), targets.data(), 8, 64, opt);
-        m.backward(/*last_of_step=*/mb + 1 == micro_batches);
-        if (mb + 1 < micro_batches) EXPECT_FALSE(m.take_gradient_squares().has_value());
-      }
-      if (step == 1) {
-        (void)m.grads();  // the caller may have changed them: the sum is dropped
-        EXPECT_FALSE(m.take_gradient_squares().has_value());
-      }
-      if (step == 2) {  // taken here, once
-        const std::optional<double> squares = m.take_gradient_squares();
-        ASSERT_TRUE(squares.has_value());
-        EXPECT_FALSE(m.take_gradient_squares().has_value());
-        const double whole = ops::sum_of_squares(m.grads().flat());
-        EXPECT_GT(whole, 0.0);
-        EXPECT_EQ(*squares, whole) << "step " << step;
-      }
-      // Steps 0 and 3: the optimizer takes the sum (AdamW leaves the gradients as they are).
-      const double norm = adam.step(m, oc.lr, step + 1);
-      EXPECT_EQ(norm, std::sqrt(ops::sum_of_squares(m.grads().flat()))) << "step " << step;
-    }
   }
 }
 

@@ -97,22 +97,5 @@ TEST(OpsAdamW, Bf16MomentsTakeTheBf16MomentKernelPerSegment) {
   }
 }
 
-// PiecewiseSquares on the CPU: ranges from the end down give sum_of_squares; a range that does
-// not end where the last began, and a total before the buffer is covered, are errors.
-TEST(OpsAdamW, PiecewiseSquaresTakeRangesFromTheEndDown) {
-  const Tensor g = filled(1000, -0.7f, 0.013f);
-  ops::PiecewiseSquares squares(g);
-  EXPECT_THROW(squares.add(0, 500), Error);  // the first range must end at the buffer's end
-  squares.add(600, 1000);
-  EXPECT_FALSE(squares.complete());
-  EXPECT_THROW(squares.total(), Error);
-  EXPECT_THROW(squares.add(100, 500), Error);  // a gap
-  squares.add(0, 600);
-  ASSERT_TRUE(squares.complete());
-  EXPECT_EQ(squares.total(), ops::sum_of_squares(g));
-  squares.restart();
-  EXPECT_FALSE(squares.complete());
-}
-
 }  // namespace
 }  // namespace moex

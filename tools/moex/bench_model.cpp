@@ -57,7 +57,6 @@ std::string run_train_step_bench(const std::string& config_path, const std::stri
                  model::ModelState{c.optimizer.master_dtype, c.optimizer.grads_dtype});
   m.init_weights(1, false);
   train::AdamW opt(m.params(), c.optimizer, offload, c.parallel.tile_elements);
-  m.set_norm_in_backward(!offload);  // as moex train does on one GPU
   // Weights, gradients and moments: what the GPU holds before the first step (on the CPU the
   // process's resident memory then).
   const size_t state_bytes = ops::device_memory(device).in_use;

@@ -345,37 +345,6 @@ TEST_F(AdamWTest, SumOfSquaresMatchesCpuAndIsDeterministic) {
   }
 }
 
-// The sum in pieces (a model's backward sums each block's gradients as they are final): chunks
-// that start in each of uneven ranges, taken from the end of the buffer down, then the total, in
-// both storage types, against the whole buffer's sum.
-TEST_F(AdamWTest, SumOfSquaresInPiecesHasTheWholeSumsBits) {
-  cuda::CudaContext ctx;
-  const int64_t chunk = cuda::sum_of_squares_chunk();
-  for (int64_t n : {int64_t{8193}, int64_t{3000001}}) {
-    for (bool bf16 : {false, true}) {
-      const auto g = rand_vec(n, 170 + n, -2, 2);
-      DevBuf dg = bf16 ? upload(kt::to_bf16(g)) : upload(g);
-      DevBuf ws(cuda::sum_of_squares_workspace_bytes(n)), out(8);
-      cuda::sum_of_squares(dg.ptr, bf16, n, out.as<double>(), ws.ptr, ctx.stream());
-      const auto whole = download<double>(out.ptr, 1);
-      ws.poison();
-      out.poison();
-      // Range ends that fall inside chunks, the last range the buffer's start.
-      std::vector<int64_t> ends = {n, n - n / 3 + 5, n / 2 + 1, n / 7, 0};
-      for (size_t r = 0; r + 1 < ends.size(); ++r) {
-        const int64_t hi = ends[r], lo = ends[r + 1];
-        const int64_t first = (lo + chunk - 1) / chunk, end = (hi + chunk - 1) / chunk;
-        cuda::sum_of_squares_partials(dg.ptr, bf16, n, first, end - first, ws.ptr, ctx.stream());
-      }
-      cuda::sum_of_squares_total(n, ws.ptr, out.as<double>(), ctx.stream());
-      const auto pieces = download<double>(out.ptr, 1);
-      const std::string tag = "n " + std::to_string(n) + (bf16 ? " bf16" : " f32");
-      EXPECT_GT(whole[0], 0.0) << tag;
-      EXPECT_TRUE(kt::same_bits(whole, pieces)) << tag << ": " << whole[0] << " vs " << pieces[0];
-    }
-  }
-}
-
 TEST_F(AdamWTest, Bandwidth) {
   cuda::CudaContext ctx;
   const auto s = ctx.stream();
