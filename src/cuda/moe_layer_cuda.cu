@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "core/arena.h"
+#include "core/env.h"
 #include "core/timer.h"
 #include "cuda/activation.h"
 #include "cuda/cuda_check.h"
@@ -13,6 +14,7 @@
 #include "cuda/moe_permute.h"
 #include "cuda/moe_router.h"
 #include "cuda/random_fill.h"
+#include "cuda/router_gemm.h"
 #include "cuda/varying_gemm.h"
 #include "moe/row_share.h"
 
@@ -214,6 +216,11 @@ size_t MoELayerCuda::stats_bytes() const {
 MoELayerCuda::~MoELayerCuda() {
   if (stats_ready_ != nullptr) cudaEventDestroy(stats_ready_);
   if (stats_host_ != nullptr) cudaFreeHost(stats_host_);
+}
+
+bool MoELayerCuda::own_router_gemms(const void* xj, const void* out) const {
+  static const bool cublas = env_count("MOEX_ROUTER_CUBLAS", 0) != 0;
+  return !cublas && router_gemm_fits(d_, static_cast<int>(E_), xj, router_w_.raw_data(), out);
 }
 
 void MoELayerCuda::grow_rows(Tensor& t, int64_t rows, int64_t cols) {
@@ -478,8 +485,12 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
     // Router: fp32 input (jittered in training), logits = xj wg^T; then the fused gating kernel.
     buf_.xj = static_cast<float*>(scratch_->get(MoEScratch::kXj, T * d_ * sizeof(float), ctx_));
     router_input_bf16(x.raw_data(), T, d_, eps, seed, offset, buf_.xj, stream);
-    gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, buf_.xj,
-             router_w_.data<float>(), z_.data<float>());
+    if (own_router_gemms(buf_.xj, z_.data<float>())) {
+      router_logits_f32(buf_.xj, router_w_.data<float>(), T, d_, E_, z_.data<float>(), stream);
+    } else {
+      gemm_f32(ctx_.cublas(), GemmShape{false, true, T, E_, d_, d_, d_, E_}, buf_.xj,
+               router_w_.data<float>(), z_.data<float>());
+    }
     moe_gating(z_.data<float>(), bias, g, plan_, gather_.numel(), workspace_.raw_data(), stream);
   }
 
@@ -1143,10 +1154,18 @@ void MoELayerCuda::backward(const Tensor& dy, const Tensor& dx) {
   rp.z_coef = config_.z_loss_coef * loss_scale_;
   router_backward(z_.data<float>(), s_.data<float>(), plan_.expert, plan_.slot,
                   dgates_.data<float>(), plan_.aux_grad, rp, dz_.data<float>(), stream);
-  gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(), buf_.xj,
-           d_router_w_.data<float>());
-  gemm_f32(ctx_.cublas(), GemmShape{false, false, T, d_, E_, E_, d_, d_}, dz_.data<float>(),
-           router_w_.data<float>(), buf_.dxj);
+  // dxj's buffer holds the weight gradient's chunk partials first (it is written after).
+  if (own_router_gemms(buf_.xj, buf_.dxj) &&
+      router_weight_grad_partial_floats(T, d_, E_) <= T * d_) {
+    router_weight_grad_f32(dz_.data<float>(), buf_.xj, T, d_, E_, buf_.dxj,
+                           d_router_w_.data<float>(), stream);
+    router_input_grad_f32(dz_.data<float>(), router_w_.data<float>(), T, d_, E_, buf_.dxj, stream);
+  } else {
+    gemm_f32(ctx_.cublas(), GemmShape{true, false, E_, d_, T, E_, d_, d_}, dz_.data<float>(),
+             buf_.xj, d_router_w_.data<float>());
+    gemm_f32(ctx_.cublas(), GemmShape{false, false, T, d_, E_, E_, d_, d_}, dz_.data<float>(),
+             router_w_.data<float>(), buf_.dxj);
+  }
   if (expert_parallel()) {
     to_owners(buf_.dout, ep_rows_.dout);
     experts_backward(ep_rows_);

@@ -335,6 +335,9 @@ class MoELayerCuda {
   void experts_backward(const ExpertRows& r);
   // Expert parallelism (see the header comment).
   bool expert_parallel() const { return ep_ > 1; }
+  // The router's fp32 products in moex's kernels (cuda/router_gemm.h) where they fit, else
+  // cuBLAS's SGEMM; MOEX_ROUTER_CUBLAS=1 keeps cuBLAS (measurements).
+  bool own_router_gemms(const void* xj, const void* out) const;
   void gather_capacities();  // ep_caps_ and ep_total_ of this forward (one host sync)
   // Points buf_ and ep_rows_ at the rows of this call: kept activations in the layer's own
   // buffers, the rest in the scratch.
