@@ -478,7 +478,7 @@ void MoELayerCuda::forward(const Tensor& x, const Tensor& y, const MoEStepCuda& 
   const float* bias = config_.selection_bias && bias_.defined() ? bias_.data<float>() : nullptr;
   if (decode && !training && moe_router_gating_fits(g, d_, x.raw_data(), router_w_.data<float>())) {
     // Decoding: router and gating in one launch (no jitter outside training). Training keeps the
-    // SGEMM below, whose logits a checkpointed recompute (GEMM path) repeats bit for bit.
+    // separate logits below, which a checkpointed recompute (GEMM path) repeats bit for bit.
     moe_router_gating(x.raw_data(), router_w_.data<float>(), d_, z_.data<float>(), bias, g, plan_,
                       gather_.numel(), workspace_.raw_data(), stream);
   } else {
