@@ -75,7 +75,7 @@ class CudaContext {
   // made on first use. fork_lanes orders lanes 1..n-1 after the work queued on stream() so far;
   // join_lanes orders stream() after everything queued on them. For GEMMs too small to fill the
   // GPU alone (one expert's), which then run side by side.
-  static constexpr int kMaxLanes = 4;
+  static constexpr int kMaxLanes = 8;
   cudaStream_t lane(int i);
   void fork_lanes(int lanes);
   void join_lanes(int lanes);

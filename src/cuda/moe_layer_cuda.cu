@@ -954,11 +954,12 @@ void MoELayerCuda::per_expert_gemm(int gi, const GemmShape& shape, bool c_f32) {
   // One GEMM per expert, from the host copies of the operand pointers: the kernel choice is kept
   // per band of row counts (cuda/varying_gemm.h), where a batched call per bucket made cuBLAS
   // choose again for every new load. One expert's GEMM may not fill the GPU (its [rows, d]
-  // output is a few waves of tiles), so the experts take turns on up to four streams.
+  // output is a few waves of tiles), so the experts take turns on up to four streams
+  // (MOEX_EXPERT_LANES: 1 to 8).
   const VaryingDim varying = rows_are_k(gi) ? VaryingDim::kK : VaryingDim::kM;
   const void* const* p = host_ptrs_.data();
   const int slots = static_cast<int>(slot_experts_.size());
-  const int lanes = std::min({slots, CudaContext::kMaxLanes, VaryingSizeGemm::kLanes});
+  const int lanes = std::min({slots, CudaContext::kMaxLanes, ctx_.varying_gemm().lanes()});
   if (lanes == 0) return;
   ctx_.fork_lanes(lanes);
   // Joined on the way out, an error included, so stream() stays ordered after every lane.

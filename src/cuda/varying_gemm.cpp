@@ -91,8 +91,12 @@ VaryingSizeGemm::VaryingSizeGemm(int device) {
   CUDA_CHECK(cudaSetDevice(device));
   CUBLAS_CHECK(lt.create(&handle_));
   autotune_ = env_count("MOEX_GEMM_AUTOTUNE", 0) > 0;
+  const int64_t lanes = env_count("MOEX_EXPERT_LANES", 4);
+  MOEX_CHECK(lanes >= 1 && lanes <= kMaxLanes, "MOEX_EXPERT_LANES must be 1 to ", kMaxLanes,
+             ", got ", lanes);
+  lanes_ = static_cast<int>(lanes);
   workspace_bytes_ = size_t{16} << 20;  // per lane; cuBLAS recommends 32 MiB on Hopper in all
-  const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_ * kLanes);
+  const cudaError_t st = cudaMalloc(&workspace_, workspace_bytes_ * lanes_);
   if (st != cudaSuccess) {
     lt.destroy(handle_);
     CUDA_CHECK(st);
@@ -193,7 +197,7 @@ cublasLtMatmulAlgo_t VaryingSizeGemm::fastest(const cublasLtMatmulHeuristicResul
 void VaryingSizeGemm::run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a,
                           const void* b, int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32,
                           int batch, float alpha, float beta, cudaStream_t stream, int lane) {
-  MOEX_CHECK(lane >= 0 && lane < kLanes, "VaryingSizeGemm: lane ", lane, " out of range");
+  MOEX_CHECK(lane >= 0 && lane < lanes_, "VaryingSizeGemm: lane ", lane, " out of range");
   void* workspace = static_cast<char*>(workspace_) + workspace_bytes_ * lane;
   check_gemm_shape(s);
   MOEX_CHECK(batch >= 1, "VaryingSizeGemm: batch must be >= 1, got ", batch);

@@ -32,9 +32,11 @@ class VaryingSizeGemm {
   VaryingSizeGemm(const VaryingSizeGemm&) = delete;
   VaryingSizeGemm& operator=(const VaryingSizeGemm&) = delete;
 
-  // `lane` (0 .. kLanes-1) picks the workspace: calls that may run at the same time on different
-  // streams must use different lanes.
-  static constexpr int kLanes = 4;
+  // `lane` (0 .. lanes()-1) picks the workspace: calls that may run at the same time on different
+  // streams must use different lanes. lanes(): MOEX_EXPERT_LANES (1 to kMaxLanes; 4 when unset),
+  // read once; each lane holds a 16 MiB workspace.
+  static constexpr int kMaxLanes = 8;
+  int lanes() const { return lanes_; }
   void run(VaryingDim varying, const GemmShape& s, const void* a, int64_t stride_a, const void* b,
            int64_t stride_b, void* c, int64_t stride_c, bool c_is_f32, int batch, float alpha,
            float beta, cudaStream_t stream, int lane = 0);
@@ -80,7 +82,8 @@ class VaryingSizeGemm {
                                const Call& call);
 
   cublasLtHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;  // kLanes slices of workspace_bytes_
+  int lanes_ = 4;
+  void* workspace_ = nullptr;  // lanes_ slices of workspace_bytes_
   size_t workspace_bytes_ = 0;
   std::map<Key, cublasLtMatmulAlgo_t> chosen_;  // per band
   std::map<Key, cublasLtMatmulAlgo_t> exact_;   // per exact shape the band's kernel cannot run

@@ -135,7 +135,7 @@ TEST_F(VaryingGemmTest, ChoosesOncePerBand) {
 // stream's next product reads every lane's output (running early, it would read the poison).
 TEST_F(VaryingGemmTest, LanesForkAfterAndJoinBeforeTheMainStream) {
   cuda::CudaContext ctx;
-  const int lanes = cuda::CudaContext::kMaxLanes;
+  const int lanes = std::min(cuda::CudaContext::kMaxLanes, ctx.varying_gemm().lanes());
   std::vector<int64_t> first(lanes + 1, 0);  // lane i's rows: first[i] .. first[i + 1]
   for (int i = 0; i < lanes; ++i) first[i + 1] = first[i] + (i == 0 ? 64 : 2048);
   const int64_t rows = first[lanes], k0 = 1024, k = 1024, n = 2048, n2 = 64;
