@@ -25,7 +25,7 @@ void Arena::add_block(size_t bytes) {
   Block b;
   b.backing = Tensor::empty(Shape{static_cast<int64_t>(bytes + kAlignment)}, DType::kU8, device_);
   const uintptr_t base = reinterpret_cast<uintptr_t>(b.backing.raw_data());
-  b.base = reinterpret_cast<char*>((base + kAlignment - 1) / kAlignment * kAlignment);
+  b.base = reinterpret_cast<char*>(aligned_bytes(base));
   b.bytes = bytes;
   if (!blocks_.empty()) used_before_ += used_;
   capacity_ += bytes;
@@ -35,7 +35,7 @@ void Arena::add_block(size_t bytes) {
 
 Tensor Arena::alloc(const Shape& shape, DType dtype) {
   const size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  size_t start = (used_ + kAlignment - 1) / kAlignment * kAlignment;
+  size_t start = aligned_bytes(used_);
   if (start + bytes > blocks_.back().bytes) {
     MOEX_CHECK(growable_, "step arena full: need ", bytes, " bytes at offset ", start,
                ", capacity ", capacity_);

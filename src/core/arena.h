@@ -15,15 +15,18 @@ namespace moex {
 uint64_t buffer_generation();
 void buffers_moved();
 
-// bytes rounded up to Arena::kAlignment's 256: buffers carved one after another from one block
-// (an arena, a workspace, lent memory) each start aligned.
+// Where buffers carved one after another from one block start (an arena, a workspace, lent
+// memory): enough for 16-byte vector loads and TMA.
+constexpr size_t kBufferAlignment = 256;
+
+// bytes (or an address) rounded up to kBufferAlignment: the next buffer's start.
 constexpr size_t aligned_bytes(size_t bytes) {
-  return (bytes + 255) / 256 * 256;
+  return (bytes + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;
 }
 
 class Arena {
  public:
-  static constexpr size_t kAlignment = 256;  // enough for 16-byte vector loads and TMA
+  static constexpr size_t kAlignment = kBufferAlignment;
 
   // growable: a request that does not fit takes one more block instead of failing; reset() then
   // replaces the blocks by one of the high-water size, so the first step of a shape plans the
