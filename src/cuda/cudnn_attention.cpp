@@ -244,14 +244,18 @@ class CudnnAttention {
 }  // namespace
 
 bool cudnn_library_open(std::string* why) {
-  static std::mutex mutex;
-  static bool tried = false, opened = false;
-  static std::string reason;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (!tried) opened = open_cudnn(&reason);
-  tried = true;
-  if (!opened && why != nullptr) *why = reason;
-  return opened;
+  // Tried once, by the first caller (a function-local static is initialised once, thread-safely).
+  struct Opened {
+    bool ok = false;
+    std::string reason;
+  };
+  static const Opened opened = [] {
+    Opened o;
+    o.ok = open_cudnn(&o.reason);
+    return o;
+  }();
+  if (!opened.ok && why != nullptr) *why = opened.reason;
+  return opened.ok;
 }
 
 bool cudnn_attention_supports(const AttentionParams& p) {
