@@ -35,15 +35,14 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   final_norm_ = std::make_unique<NormLayer>(config_.norm, d, config_.norm_eps);
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
-  // A bf16 state buffer needs a GPU: a CPU model computes with its fp32 weights. bf16 gradients
-  // need a GPU without tp or ep (their collectives sum fp32 gradients); bf16 weights train in any
-  // layout (under ZeRO the optimizer keeps their fp32 master shard). Offload steps either on the
+  // A bf16 state buffer needs a GPU: a CPU model computes with its fp32 weights. On a GPU bf16
+  // gradients and weights train in any layout (their collectives sum bf16 as they sum fp32); under
+  // ZeRO stage 2 the streamed gradients are fp32 (checked below). Offload steps either on the
   // host, tile by tile.
   MOEX_CHECK(trainable_ || !offload, "offload moves training state; an inference model has none");
-  const bool one_gpu = device_.is_cuda() && !tp_.active() && expert_group == nullptr;
-  MOEX_CHECK(state.grads == DType::kF32 || (state.grads == DType::kBF16 && one_gpu),
-             "bf16 gradients need a model on a GPU, without tensor or expert parallelism (got ",
-             dtype_name(state.grads), " on ", device_.str(), ")");
+  MOEX_CHECK(state.grads == DType::kF32 || (state.grads == DType::kBF16 && device_.is_cuda()),
+             "bf16 gradients need a model on a GPU (got ", dtype_name(state.grads), " on ",
+             device_.str(), ")");
   MOEX_CHECK(state.master == DType::kF32 || (state.master == DType::kBF16 && device_.is_cuda()),
              "bf16 master weights need a model on a GPU (got ", dtype_name(state.master), " on ",
              device_.str(), ")");

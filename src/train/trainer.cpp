@@ -258,21 +258,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.shard_master.value_or(false) || c.training.device.is_cuda(), c.source,
              ": parallel.shard_master: a CPU model's fp32 weights are what it computes with; "
              "sharding a master needs training.device \"cuda\"");
-  // bf16 gradients and master weights run on one GPU (offloaded too: the host steps the bf16
-  // weights tile by tile), and on GPU ranks under plain data parallelism: the ranks' gradients
-  // are summed in one all-reduce (in bf16 for bf16 gradients), and every rank steps the same
-  // replica with the same sums; the stochastic rounding's bits come from those, so the replicas
-  // stay equal (docs/gpu-model.md §bf16 master weights). Tensor and expert parallelism and ZeRO's
-  // shards reduce and step fp32 state.
-  const bool plain_dp =
-      c.training.device.is_cuda() && layout.tp == 1 && layout.ep == 1 && c.parallel.zero_stage == 0;
+  // bf16 gradients and master weights run on GPUs (offloaded too on one GPU: the host steps the
+  // bf16 weights tile by tile) in any layout of data, expert and tensor parallelism: the ranks'
+  // bf16 gradients are summed over their groups in bf16 (the experts' over edp, the rest over dp,
+  // tensor-parallel partial sums over tp), and the replicas of a tensor step the same sums; the
+  // stochastic rounding's bits come from those, so the replicas stay equal (docs/gpu-model.md
+  // §bf16 master weights, docs/parallelism.md §bf16 state over ranks). ZeRO's shards keep an
+  // fp32 master and reduce fp32 gradients.
+  const bool bf16_layout = c.training.device.is_cuda() && c.parallel.zero_stage == 0;
   for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
                                      std::pair{"master_dtype", c.optimizer.master_dtype}})
-    MOEX_CHECK(dtype == DType::kF32 || plain_dp, c.source, ": optimizer.", field,
-               " \"bf16\" runs on GPUs under data parallelism alone (training.device \"cuda\"; no "
-               "parallel.tp, ep or zero_stage); got training.device \"",
-               c.training.device.is_cuda() ? "cuda" : "cpu", "\", tp ", layout.tp, ", ep ",
-               layout.ep, ", zero_stage ", c.parallel.zero_stage);
+    MOEX_CHECK(dtype == DType::kF32 || bf16_layout, c.source, ": optimizer.", field,
+               " \"bf16\" runs on GPUs without ZeRO (training.device \"cuda\", "
+               "parallel.zero_stage 0; ZeRO shards keep an fp32 master); got training.device \"",
+               c.training.device.is_cuda() ? "cuda" : "cpu", "\", zero_stage ",
+               c.parallel.zero_stage);
   // One CPU process holds the whole model's weights, gradients and Adam moments: a model that
   // cannot fit the machine's memory is refused before minutes of allocating and drawing.
   if (comm.size() == 1 && !c.training.device.is_cuda()) {

@@ -69,7 +69,7 @@ struct Layout {
   // weights and moments stepped on the host; the reference steps on the GPU.
   bool offload = false;
   bool bf16_moments = false;  // optimizer.moments_dtype "bf16" in both runs
-  // optimizer.master_dtype and grads_dtype "bf16" in both runs (plain data parallelism only)
+  // optimizer.master_dtype and grads_dtype "bf16" in both runs (any layout without ZeRO)
   bool bf16_master = false, bf16_grads = false;
   bool shard_master = false;  // parallel.shard_master: ZeRO's fp32 master sharded, bf16 weights
   bool overlap_comm = false;  // parallel.overlap_comm: the sums start as each block's backward ends
@@ -379,6 +379,20 @@ TEST(GpuExpertParallel, CapacityRoutingEqualsTheSingleProcessRun) {
   check_equals_single_process({1, dist::Communicator::world().size(), false});
 }
 
+// The HF peer's state (bf16 master weights, gradients and moments) under ep = every rank: each
+// rank's experts' bf16 gradients summed over edp, the rest over dp, in bf16, and every replica of
+// a tensor stepping the same sums. The experts' GEMMs see other row counts than in the single
+// process, so their gradients differ by bf16 roundings and so do the stochastic rounding bits drawn
+// from them; every token goes to every expert, so no such difference moves a route (see the file
+// comment). Moments within 5e-2, as for bf16 moments under ep with ZeRO below.
+TEST(GpuExpertParallel, Bf16StateEqualsTheSingleProcessRun) {
+  Layout l{1, dist::Communicator::world().size()};
+  l.all_experts = true;
+  l.bf16_master = l.bf16_grads = l.bf16_moments = true;
+  l.moment_tolerance = 5e-2;
+  check_equals_single_process(l);
+}
+
 // Communication-aware activation checkpointing: the recompute reuses the first pass's exchange.
 TEST(GpuExpertParallel, CacEqualsTheSingleProcessRun) {
   Layout cac{1, dist::Communicator::world().size(), false, 0, true};
@@ -421,6 +435,18 @@ TEST(GpuTensorParallel, EqualsTheSingleProcessRun) {
   Layout tp{dist::Communicator::world().size()};
   tp.all_experts = true;
   check_equals_single_process(tp);
+}
+
+// bf16 master weights, gradients and moments under tp = every rank: each rank steps its parts of
+// the split tensors and its replica of the whole ones (norms, routers, experts: every tp rank
+// computes their gradients from the same summed activations); the gradient norm sums the parts'
+// squares over tp.
+TEST(GpuTensorParallel, Bf16StateEqualsTheSingleProcessRun) {
+  Layout l{dist::Communicator::world().size(), 1};
+  l.all_experts = true;
+  l.bf16_master = l.bf16_grads = l.bf16_moments = true;
+  l.moment_tolerance = 5e-2;
+  check_equals_single_process(l);
 }
 
 // Distillation under tp: the student's vocabulary-parallel KD term (the teacher split over tp like

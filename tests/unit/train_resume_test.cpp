@@ -404,6 +404,19 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
                                  {std::string("optimizer.") + field});
     EXPECT_FALSE(fs::exists(out));
   }
+  // On GPUs they run in any layout but ZeRO's, whose shards keep an fp32 master: refused by name
+  // before any GPU is touched.
+  for (const char* field : {"grads_dtype", "master_dtype"}) {
+    const std::string out = (corpus / (std::string(field) + "_zero")).string();
+    const TrainConfig parsed = TrainConfig::from_file(
+        write_config(corpus, out, R"(, "device": "cuda")", nullptr, "",
+                     std::string(R"(, "parallel": {"zero_stage": 1}, "optimizer": {")") + field +
+                         R"(": "bf16"})")
+            .string());
+    testing::expect_error_naming([&] { run_training(parsed, ""); },
+                                 {std::string("optimizer.") + field, "zero_stage 1"});
+    EXPECT_FALSE(fs::exists(out));
+  }
   fs::remove_all(corpus);
 }
 
