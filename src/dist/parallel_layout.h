@@ -40,7 +40,8 @@ struct ParallelConfig {
   bool expert_slicing = false;
   // ZeRO on GPU ranks: the fp32 master weights sharded with the moments (on the GPUs, or with
   // offload on the hosts), the model holding bf16 weights (needs zero_stage > 0, training.device
-  // "cuda"). Unset: on exactly then (train::shards_master).
+  // "cuda"). Unset: on exactly then, unless optimizer.master_dtype is "bf16" (there is no fp32
+  // master then; train::shards_master).
   std::optional<bool> shard_master;
   // Data-parallel gradient sums start as each block's backward ends (the step's last backward;
   // every micro-batch's under ZeRO stage 2) instead of after backward; on GPU ranks they run on

@@ -112,8 +112,10 @@ AdamW::AdamW(model::Model& model, const OptimizerConfig& config, const ZeroConfi
   // Offload: the moments on the host (and so is an unsharded master, in the model).
   const Device state_device = zero.offload ? Device::cpu() : params.flat().device();
   MOEX_CHECK(!zero.offload || model.device().is_cuda(), "AdamW: offload needs a GPU model");
-  MOEX_CHECK(!zero.offload || zero.shard_master || model.master_on_host(),
-             "AdamW: ZeRO-Offload without a sharded master needs the model's master on the host");
+  const bool gpu_bf16_master = model.device().is_cuda() && params.flat().dtype() == DType::kBF16;
+  MOEX_CHECK(!zero.offload || zero.shard_master || model.master_on_host() || gpu_bf16_master,
+             "AdamW: ZeRO-Offload without a sharded master needs the model's fp32 master on the "
+             "host or a bf16 master on the GPU");
   exp_avg_ = zeros(state, state_device, config_.moments_dtype);
   exp_avg_sq_ = zeros(state, state_device, config_.moments_dtype);
   MOEX_CHECK(model.streams_gradients() == (zero.stage == 2), "AdamW: ZeRO stage ", zero.stage,
@@ -283,9 +285,9 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();
   const bool zero = zero_.stage > 0;
-  MOEX_CHECK(!(gpu_master && zero && !sharded),
-             "AdamW: ZeRO-Offload steps an fp32 master on the host, the model's or a sharded one");
-  const bool in_place = gpu_master && !zero;  // a bf16 master stepped in its download buffer
+  // A bf16 master (its tiles, under ZeRO this rank's shard pieces) is stepped in its download
+  // buffer; the fp32 masters, the model's pinned one or a sharded one, stay on the host.
+  const bool in_place = gpu_master && !sharded;
   // Without ZeRO the norm below is this rank's: every gradient must be here.
   MOEX_CHECK(zero || !model.split_over_ranks(),
              "AdamW: offload with tensor or expert parallelism needs ZeRO (parallel.zero_stage)");
@@ -343,7 +345,9 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     times.wait_ms += ms_since(start);
     if (i + 1 < offload_tiles_.size()) download(i + 1);
     start = SteadyClock::now();
-    const Tensor up = zero && !sharded ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
+    // Under ZeRO with the model's fp32 master nothing goes up per tile (the whole copy does below).
+    const Tensor up =
+        zero && !sharded && !in_place ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
     const Tensor master = in_place  ? up
                           : sharded ? master_.slice(state, state + t.count)
                                     : params.slice(t.flat, end);
@@ -357,11 +361,12 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   ops::synchronize(gpu);
   times.wait_ms += ms_since(start);
   if (grad_shard_.defined()) ops::zero(grad_shard_);  // every tile came down
-  if (sharded) {
-    // Every rank's bf16 shards over its groups on the GPUs, as without offload.
+  if (zero && gpu_master) {
+    // Every rank's bf16 shards (a sharded master's rounded weights, or a bf16 master's own) over
+    // its groups on the GPUs, as without offload.
     start = SteadyClock::now();
     for (int kind = 0; kind < 2; ++kind) partitions_[kind]->all_gather(params);
-    refresh_fp32_copy(model);
+    if (sharded) refresh_fp32_copy(model);
     times.gather_ms += ms_since(start);
   } else if (zero) {
     start = SteadyClock::now();

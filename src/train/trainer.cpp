@@ -241,7 +241,10 @@ nlohmann::json run_settings(const TrainConfig& c, const std::string& resume_dir,
 }  // namespace
 
 bool shards_master(const TrainConfig& c) {
-  return c.parallel.shard_master.value_or(c.training.device.is_cuda() && c.parallel.zero_stage > 0);
+  // By default on GPU ranks under ZeRO, unless the master is bf16: then there is no fp32 master.
+  return c.parallel.shard_master.value_or(c.training.device.is_cuda() &&
+                                          c.parallel.zero_stage > 0 &&
+                                          c.optimizer.master_dtype == DType::kF32);
 }
 
 TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, int64_t stop_after,
@@ -258,21 +261,24 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!c.parallel.shard_master.value_or(false) || c.training.device.is_cuda(), c.source,
              ": parallel.shard_master: a CPU model's fp32 weights are what it computes with; "
              "sharding a master needs training.device \"cuda\"");
-  // bf16 gradients and master weights run on GPUs (offloaded too on one GPU: the host steps the
-  // bf16 weights tile by tile) in any layout of data, expert and tensor parallelism: the ranks'
-  // bf16 gradients are summed over their groups in bf16 (the experts' over edp, the rest over dp,
-  // tensor-parallel partial sums over tp), and the replicas of a tensor step the same sums; the
-  // stochastic rounding's bits come from those, so the replicas stay equal (docs/gpu-model.md
-  // §bf16 master weights, docs/parallelism.md §bf16 state over ranks). ZeRO's shards keep an
-  // fp32 master and reduce fp32 gradients.
-  const bool bf16_layout = c.training.device.is_cuda() && c.parallel.zero_stage == 0;
+  // bf16 gradients and master weights run on GPUs in any layout of data, expert and tensor
+  // parallelism and under ZeRO, offloaded too (the host steps the bf16 weights tile by tile): the
+  // ranks' bf16 gradients are summed over their groups in bf16 (the experts' over edp, the rest
+  // over dp, tensor-parallel partial sums over tp), and the replicas of a tensor step the same
+  // sums; the stochastic rounding's bits come from those, so the replicas stay equal
+  // (docs/gpu-model.md §bf16 master weights, docs/parallelism.md §bf16 state over ranks).
   for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
                                      std::pair{"master_dtype", c.optimizer.master_dtype}})
-    MOEX_CHECK(dtype == DType::kF32 || bf16_layout, c.source, ": optimizer.", field,
-               " \"bf16\" runs on GPUs without ZeRO (training.device \"cuda\", "
-               "parallel.zero_stage 0; ZeRO shards keep an fp32 master); got training.device \"",
-               c.training.device.is_cuda() ? "cuda" : "cpu", "\", zero_stage ",
-               c.parallel.zero_stage);
+    MOEX_CHECK(dtype == DType::kF32 || c.training.device.is_cuda(), c.source, ": optimizer.",
+               field, " \"bf16\" needs training.device \"cuda\" (a CPU model computes with its "
+               "fp32 weights and gradients)");
+  MOEX_CHECK(c.optimizer.grads_dtype == DType::kF32 || c.parallel.zero_stage != 2, c.source,
+             ": optimizer.grads_dtype \"bf16\" with parallel.zero_stage 2: stage 2 streams each "
+             "block's gradients into fp32 shard sums; use zero_stage 1 or fp32 gradients");
+  MOEX_CHECK(c.optimizer.master_dtype == DType::kF32 || !c.parallel.shard_master.value_or(false),
+             c.source,
+             ": optimizer.master_dtype \"bf16\" with parallel.shard_master: a sharded master is "
+             "fp32 beside the bf16 weights; with a bf16 master there is none to shard");
   // One CPU process holds the whole model's weights, gradients and Adam moments: a model that
   // cannot fit the machine's memory is refused before minutes of allocating and drawing.
   if (comm.size() == 1 && !c.training.device.is_cuda()) {

@@ -69,7 +69,7 @@ struct Layout {
   // weights and moments stepped on the host; the reference steps on the GPU.
   bool offload = false;
   bool bf16_moments = false;  // optimizer.moments_dtype "bf16" in both runs
-  // optimizer.master_dtype and grads_dtype "bf16" in both runs (any layout without ZeRO)
+  // optimizer.master_dtype and grads_dtype "bf16" in both runs (bf16 gradients not with stage 2)
   bool bf16_master = false, bf16_grads = false;
   bool shard_master = false;  // parallel.shard_master: ZeRO's fp32 master sharded, bf16 weights
   bool overlap_comm = false;  // parallel.overlap_comm: the sums start as each block's backward ends
@@ -372,6 +372,29 @@ TEST(GpuZero, Bf16MomentsEqualTheSingleProcessRun) {
   offloaded.offload = true;
   offloaded.bf16_moments = true;
   check_equals_single_process(offloaded);
+}
+
+// A bf16 master (no fp32 master anywhere) under ZeRO: each rank steps its shard pieces of the bf16
+// weights with its shard of the moments and all-gathers the weights on the GPUs; on the GPUs and
+// offloaded (each piece's weights and gradients down, stepped on the host, up again). Stage 1
+// takes bf16 gradients; stage 2 streams fp32 ones into its shard sums. Against one GPU with the
+// same optimizer settings and no ZeRO. ep runs route every token to every expert (see the file
+// comment).
+TEST(GpuZero, Bf16MasterEqualsTheSingleProcessRun) {
+  const int w = dist::Communicator::world().size();
+  for (const bool offload : {false, true}) {
+    Layout stage1{1, 1, false, 1};
+    stage1.offload = offload;
+    stage1.bf16_master = stage1.bf16_grads = stage1.bf16_moments = true;
+    stage1.moment_tolerance = 5e-2;
+    check_equals_single_process(stage1);
+    Layout stage2{1, w, true, 2};
+    stage2.offload = offload;
+    stage2.all_experts = true;
+    stage2.bf16_master = stage2.bf16_moments = true;
+    stage2.moment_tolerance = 5e-2;
+    check_equals_single_process(stage2);
+  }
 }
 
 // ep = every rank: each holds 1/W of the experts.

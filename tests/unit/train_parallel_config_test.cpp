@@ -58,12 +58,15 @@ TEST_F(ParallelConfigTest, AbsentMeansOneReplicaPerRank) {
 }
 
 // parallel.shard_master unset: on for GPU ranks under ZeRO (training.device or --device), off on
-// the CPU and without ZeRO; a given value stands.
+// the CPU, without ZeRO and with a bf16 master (no fp32 master to shard); a given value stands.
 TEST_F(ParallelConfigTest, MasterIsShardedByDefaultOnGpuRanksUnderZero) {
   TrainConfig c = TrainConfig::from_file(config_with(R"({"zero_stage": 2})").string());
   EXPECT_FALSE(shards_master(c));  // the CPU
   c.training.device = Device::cuda();
   EXPECT_TRUE(shards_master(c));
+  c.optimizer.master_dtype = DType::kBF16;
+  EXPECT_FALSE(shards_master(c));
+  c.optimizer.master_dtype = DType::kF32;
   c.parallel.zero_stage = 0;
   EXPECT_FALSE(shards_master(c));
   TrainConfig off =

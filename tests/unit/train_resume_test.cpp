@@ -10,7 +10,10 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "core/rng.h"
 #include "cpu_kernel_checks.h"
@@ -404,17 +407,21 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
                                  {std::string("optimizer.") + field});
     EXPECT_FALSE(fs::exists(out));
   }
-  // On GPUs they run in any layout but ZeRO's, whose shards keep an fp32 master: refused by name
-  // before any GPU is touched.
-  for (const char* field : {"grads_dtype", "master_dtype"}) {
+  // On GPUs they run in every layout; two combinations are refused by name before any GPU is
+  // touched: bf16 gradients under ZeRO stage 2 (it streams fp32 shard sums), and a bf16 master
+  // with parallel.shard_master (an fp32 master shard beside the bf16 weights).
+  for (const auto& [field, parallel, names] :
+       {std::tuple{"grads_dtype", R"({"zero_stage": 2})",
+                   std::vector<std::string>{"optimizer.grads_dtype", "zero_stage 2"}},
+        std::tuple{"master_dtype", R"({"zero_stage": 1, "shard_master": true})",
+                   std::vector<std::string>{"optimizer.master_dtype", "parallel.shard_master"}}}) {
     const std::string out = (corpus / (std::string(field) + "_zero")).string();
     const TrainConfig parsed = TrainConfig::from_file(
         write_config(corpus, out, R"(, "device": "cuda")", nullptr, "",
-                     std::string(R"(, "parallel": {"zero_stage": 1}, "optimizer": {")") + field +
+                     std::string(R"(, "parallel": )") + parallel + R"(, "optimizer": {")" + field +
                          R"(": "bf16"})")
             .string());
-    testing::expect_error_naming([&] { run_training(parsed, ""); },
-                                 {std::string("optimizer.") + field, "zero_stage 1"});
+    testing::expect_error_naming([&] { run_training(parsed, ""); }, names);
     EXPECT_FALSE(fs::exists(out));
   }
   fs::remove_all(corpus);
