@@ -36,9 +36,9 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   for (int i = 0; i < config_.num_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(config_, i, expert_group, tp_));
   // A bf16 state buffer needs a GPU: a CPU model computes with its fp32 weights. On a GPU bf16
-  // gradients and weights train in any layout (their collectives sum bf16 as they sum fp32); under
-  // ZeRO stage 2 the streamed gradients are fp32 (checked below). Offload steps either on the
-  // host, tile by tile.
+  // gradients and weights train in any layout (their collectives sum bf16 as they sum fp32, and
+  // ZeRO stage 2 widens each streamed bucket into its fp32 shard sums). Offload steps either on
+  // the host, tile by tile.
   MOEX_CHECK(trainable_ || !offload, "offload moves training state; an inference model has none");
   MOEX_CHECK(state.grads == DType::kF32 || (state.grads == DType::kBF16 && device_.is_cuda()),
              "bf16 gradients need a model on a GPU (got ", dtype_name(state.grads), " on ",
@@ -82,8 +82,9 @@ Model::Model(const ModelConfig& config, Device device, dist::Communicator* exper
   else
     master_.allocate(state.master, device_);
   // An inference model binds its modules to the unallocated gradient buffer: undefined views.
-  MOEX_CHECK(!state.stream_gradients || (trainable_ && state.grads == DType::kF32),
-             "streamed gradients (ZeRO stage 2) need a trainable model with fp32 gradients");
+  // Streamed buckets (ZeRO stage 2) of bf16 gradients are widened into fp32 shard sums.
+  MOEX_CHECK(!state.stream_gradients || trainable_,
+             "streamed gradients (ZeRO stage 2) need a trainable model");
   if (trainable_ && state.stream_gradients) {
     allocate_streamed_grads(state.grads);
   } else if (trainable_) {

@@ -264,17 +264,15 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // bf16 gradients and master weights run on GPUs in any layout of data, expert and tensor
   // parallelism and under ZeRO, offloaded too (the host steps the bf16 weights tile by tile): the
   // ranks' bf16 gradients are summed over their groups in bf16 (the experts' over edp, the rest
-  // over dp, tensor-parallel partial sums over tp), and the replicas of a tensor step the same
-  // sums; the stochastic rounding's bits come from those, so the replicas stay equal
-  // (docs/gpu-model.md §bf16 master weights, docs/parallelism.md §bf16 state over ranks).
+  // over dp, tensor-parallel partial sums over tp; ZeRO stage 2 widens each streamed bucket into
+  // its fp32 shard sums), and the replicas of a tensor step the same sums; the stochastic
+  // rounding's bits come from those, so the replicas stay equal (docs/gpu-model.md §bf16 master
+  // weights, docs/parallelism.md §bf16 state over ranks).
   for (const auto& [field, dtype] : {std::pair{"grads_dtype", c.optimizer.grads_dtype},
                                      std::pair{"master_dtype", c.optimizer.master_dtype}})
     MOEX_CHECK(dtype == DType::kF32 || c.training.device.is_cuda(), c.source, ": optimizer.",
                field, " \"bf16\" needs training.device \"cuda\" (a CPU model computes with its "
                "fp32 weights and gradients)");
-  MOEX_CHECK(c.optimizer.grads_dtype == DType::kF32 || c.parallel.zero_stage != 2, c.source,
-             ": optimizer.grads_dtype \"bf16\" with parallel.zero_stage 2: stage 2 streams each "
-             "block's gradients into fp32 shard sums; use zero_stage 1 or fp32 gradients");
   MOEX_CHECK(c.optimizer.master_dtype == DType::kF32 || !c.parallel.shard_master.value_or(false),
              c.source,
              ": optimizer.master_dtype \"bf16\" with parallel.shard_master: a sharded master is "

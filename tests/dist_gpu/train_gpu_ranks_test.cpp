@@ -69,7 +69,7 @@ struct Layout {
   // weights and moments stepped on the host; the reference steps on the GPU.
   bool offload = false;
   bool bf16_moments = false;  // optimizer.moments_dtype "bf16" in both runs
-  // optimizer.master_dtype and grads_dtype "bf16" in both runs (bf16 gradients not with stage 2)
+  // optimizer.master_dtype and grads_dtype "bf16" in both runs
   bool bf16_master = false, bf16_grads = false;
   bool shard_master = false;  // parallel.shard_master: ZeRO's fp32 master sharded, bf16 weights
   bool overlap_comm = false;  // parallel.overlap_comm: the sums start as each block's backward ends
@@ -377,23 +377,24 @@ TEST(GpuZero, Bf16MomentsEqualTheSingleProcessRun) {
 // A bf16 master (no fp32 master anywhere) under ZeRO: each rank steps its shard pieces of the bf16
 // weights with its shard of the moments and all-gathers the weights on the GPUs; on the GPUs and
 // offloaded (each piece's weights and gradients down, stepped on the host, up again). Stage 1
-// takes bf16 gradients; stage 2 streams fp32 ones into its shard sums. Against one GPU with the
+// sums bf16 gradients in bf16; stage 2 widens each streamed bucket of bf16 gradients into its
+// fp32 shard sums, and also takes fp32 gradients with the bf16 master. Against one GPU with the
 // same optimizer settings and no ZeRO. ep runs route every token to every expert (see the file
 // comment).
 TEST(GpuZero, Bf16MasterEqualsTheSingleProcessRun) {
   const int w = dist::Communicator::world().size();
   for (const bool offload : {false, true}) {
     Layout stage1{1, 1, false, 1};
-    stage1.offload = offload;
-    stage1.bf16_master = stage1.bf16_grads = stage1.bf16_moments = true;
-    stage1.moment_tolerance = 5e-2;
-    check_equals_single_process(stage1);
-    Layout stage2{1, w, true, 2};
-    stage2.offload = offload;
-    stage2.all_experts = true;
-    stage2.bf16_master = stage2.bf16_moments = true;
-    stage2.moment_tolerance = 5e-2;
-    check_equals_single_process(stage2);
+    Layout stage2_ep{1, w, true, 2};
+    stage2_ep.all_experts = true;
+    Layout stage2_fp32_grads{1, 1, false, 2};
+    for (Layout* l : {&stage1, &stage2_ep, &stage2_fp32_grads}) {
+      l->offload = offload;
+      l->bf16_master = l->bf16_moments = true;
+      l->bf16_grads = l != &stage2_fp32_grads;
+      l->moment_tolerance = 5e-2;
+      check_equals_single_process(*l);
+    }
   }
 }
 
@@ -649,6 +650,24 @@ TEST(GpuFourRanks, TensorTimesExpertParallelWithAndWithoutDtd) {
   TrainResult sliced;
   check_equals_single_process(layout, &sliced);
   EXPECT_GT(sliced.exchange.slice_reduce_bytes, 0);
+}
+
+// bf16 master weights, gradients and moments in the four-rank layouts: tp 2 x ep 2 with DTD, and
+// tp 2 x dp 2 under ZeRO stage 1, offloaded (each rank's shard pieces of its tp parts stepped on
+// its host). Every token to every expert (see the file comment).
+TEST(GpuFourRanks, Bf16StateUnderTensorExpertParallelismAndZero) {
+  ASSERT_EQ(dist::Communicator::world().size(), 4)
+      << "run the GpuFourRanks tests with mpirun -np 4";
+  Layout ted{2, 2};
+  ted.all_experts = ted.dtd = true;
+  ted.bf16_master = ted.bf16_grads = ted.bf16_moments = true;
+  ted.moment_tolerance = 5e-2;
+  check_equals_single_process(ted);
+  Layout zero{2, 1, true, 1};
+  zero.all_experts = zero.offload = true;
+  zero.bf16_master = zero.bf16_grads = zero.bf16_moments = true;
+  zero.moment_tolerance = 5e-2;
+  check_equals_single_process(zero);
 }
 
 // parallel.shard_master under tensor parallelism: tp 2 x dp 2, ZeRO stage 2 with the fp32 master

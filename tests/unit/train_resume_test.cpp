@@ -407,13 +407,10 @@ TEST(TrainConfig, ErrorsNameFileAndField) {
                                  {std::string("optimizer.") + field});
     EXPECT_FALSE(fs::exists(out));
   }
-  // On GPUs they run in every layout; two combinations are refused by name before any GPU is
-  // touched: bf16 gradients under ZeRO stage 2 (it streams fp32 shard sums), and a bf16 master
-  // with parallel.shard_master (an fp32 master shard beside the bf16 weights).
+  // On GPUs they run in every layout; a bf16 master with parallel.shard_master (an fp32 master
+  // shard beside the bf16 weights) is refused by name before any GPU is touched.
   for (const auto& [field, parallel, names] :
-       {std::tuple{"grads_dtype", R"({"zero_stage": 2})",
-                   std::vector<std::string>{"optimizer.grads_dtype", "zero_stage 2"}},
-        std::tuple{"master_dtype", R"({"zero_stage": 1, "shard_master": true})",
+       {std::tuple{"master_dtype", R"({"zero_stage": 1, "shard_master": true})",
                    std::vector<std::string>{"optimizer.master_dtype", "parallel.shard_master"}}}) {
     const std::string out = (corpus / (std::string(field) + "_zero")).string();
     const TrainConfig parsed = TrainConfig::from_file(
