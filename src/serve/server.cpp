@@ -510,6 +510,15 @@ struct Server::Impl {
         format->between = "\n";  // parallel calls, one block a line
       }
     }
+    // A client that has already left (one that closed its socket right after writing the request)
+    // starts nothing: without this check the engine could finish all of max_tokens before the
+    // handler's first look at the connection below.
+    const ClientConnection client(req);
+    if (client.gone()) {
+      ++disconnects;
+      res.status = 499;  // nginx's "client closed request"; nothing reads it
+      return;
+    }
     for (size_t i = 0; i < prompts.size(); ++i) {
       const int64_t len = static_cast<int64_t>(prompts[i].size());
       const int64_t j = static_cast<int64_t>(i) % r.n;  // the choice's index among its prompt's
@@ -590,7 +599,6 @@ struct Server::Impl {
       return u;
     };
 
-    const ClientConnection client(req);
     if (!r.stream) {
       std::vector<Choice> out(choices->size());
       std::vector<std::string> pieces;

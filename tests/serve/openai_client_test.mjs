@@ -407,8 +407,10 @@ try {
   // ---- a client that leaves before its non-streaming answer: the request is cancelled ----
   // Before the stream's disconnect below, whose count may land late (its stream's release can
   // run after the engine has finished it); this one is counted before the engine can finish.
-  // The socket closes right after the request is written, so the server sees the closed
-  // connection at its first look (with the first tokens): far fewer than the 200 asked for.
+  // The socket closes right after the request is written, so the server finds the connection
+  // closed before it submits the request (or, if the close comes later, at its first look with
+  // the first tokens): far fewer than the 200 asked for. Waits for the disconnect's count and
+  // an idle engine, not for the engine to finish the request, which may never have started.
   const beforeLeft = await metrics();
   await new Promise((resolve, reject) => {
     const body = JSON.stringify({ model, prompt: 'A', max_tokens: 200, ignore_eos: true });
@@ -421,8 +423,9 @@ try {
     sock.on('error', reject);
   });
   let m = await metrics();
-  while (m.moex_running_requests > 0 || m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
-         m.moex_requests_finished_total <= beforeLeft.moex_requests_finished_total)
+  while (m.moex_running_requests > 0 || m.moex_queue_depth > 0 ||
+         m.moex_kv_blocks_free !== m.moex_kv_blocks_total ||
+         m.moex_client_disconnects_total <= beforeLeft.moex_client_disconnects_total)
     m = await metrics();
   const leftTokens = m.moex_generated_tokens_total - beforeLeft.moex_generated_tokens_total;
   assert.equal(m.moex_client_disconnects_total - beforeLeft.moex_client_disconnects_total, 1);
