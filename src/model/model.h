@@ -57,9 +57,9 @@ struct KVCache {
 };
 
 // How a model stores its state: the weights the optimizer updates (master) and the gradients.
-// For training, kF32 each, or kBF16 on a GPU without tensor or expert parallelism
-// (optimizer.master_dtype, optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and
-// §bf16 gradients). With a bf16 master the kernels read the master itself: there is no copy.
+// For training, kF32 each, or kBF16 on a GPU in any layout (optimizer.master_dtype,
+// optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and §bf16 gradients,
+// docs/parallelism.md §bf16 state over ranks). With a bf16 master the kernels read the master itself: there is no copy.
 struct ModelState {
   DType master = DType::kF32;
   DType grads = DType::kF32;
@@ -75,7 +75,7 @@ struct ModelState {
   // ZeRO stage 2 (docs/parallelism.md §ZeRO): no whole gradient buffer. The model holds the
   // gradients of the embedding (and learned positions), of the final norm and head, and one window
   // the size of the largest block, which every block's backward reuses; each bucket's gradients go
-  // to the GradientSink as soon as they are made (model/gradient_sink.h). fp32 gradients only.
+  // to the GradientSink as soon as they are made (model/gradient_sink.h), fp32 or bf16.
   bool stream_gradients = false;
 };
 

@@ -233,7 +233,8 @@ double AdamW::zero_grad_norm(const Tensor& grads) const {
 }
 
 double AdamW::zero_step(model::Model& model, double lr, int64_t step) {
-  // The model's weights: its fp32 master, or with a sharded master (master_) what it computes with.
+  // The model's weights: its fp32 or bf16 master (stepped in place), or with a sharded master
+  // (master_) the bf16 weights it computes with.
   const Tensor& weights = model.params().flat();
   // Stage 2: the gradients are the shard's sums (grad_shard_).
   const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
@@ -279,8 +280,8 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
   // (master_, on the host).
   const Tensor& params = model.params().flat();
   const bool gpu_master = params.device().is_cuda(), sharded = master_.defined();
-  // GPU: the whole buffer (f32, or bf16 without ZeRO), or under ZeRO stage 2 the shard's sums
-  // (grad_shard_, f32)
+  // GPU: the whole buffer (f32 or bf16), or under ZeRO stage 2 the shard's sums (grad_shard_,
+  // f32)
   const Tensor grads = grad_shard_.defined() ? Tensor() : model.grads().flat();
   const Tensor& compute = model.compute_params().flat();  // bf16, GPU
   const Device gpu = model.device();

@@ -8,8 +8,9 @@
 // ZeRO stages 1 and 2 (docs/parallelism.md): each rank keeps the moments of its shard only
 // (non-expert parameters sharded over dp, experts over edp, train/zero_partition.h), steps that
 // shard in tiles through the same op on views of the buffers, and all-gathers the updated
-// weights. The update is element-wise, so sharding changes no number; the gradient norm is the
-// sum of the shards' squares over the group. Under stage 2 the optimizer is the model's gradient
+// weights. The update is element-wise, so sharding changes no number (but stage 2 sums bf16
+// gradients in fp32, where stages 0 and 1 sum them in bf16); the gradient norm is the sum of the
+// shards' squares over the group. Under stage 2 the optimizer is the model's gradient
 // sink: it reduce-scatters each bucket the model streams (ModelState::stream_gradients) into the
 // gradient sums of its shard, and the model holds no whole gradient buffer.
 #pragma once
@@ -45,7 +46,8 @@ struct ZeroConfig {
   // (tests).
   bool shard_master = false;
   // ZeRO-Offload (a GPU model): the moments, and a sharded master, on the host, the step on the
-  // CPU. Without shard_master the model keeps its whole fp32 master in pinned host memory.
+  // CPU. Without shard_master the model keeps its whole fp32 master in pinned host memory, or a
+  // bf16 master on the GPU (stepped on the host a shard piece at a time).
   bool offload = false;
   // Stage 2: each bucket's reduce-scatters run beside the next block's backward on GPU ranks
   // (parallel.overlap_comm; ZeroPartition keeps a bucket's staging for it).
@@ -116,7 +118,9 @@ class AdamW : public model::GradientSink {
     double norm_ms = 0;    // the gradient norm (reductions on the GPU, read by the host)
     double wait_ms = 0;    // waiting for the tiles' gradient downloads and weight uploads
     double adam_ms = 0;    // the CPU AdamW (without ZeRO with the bf16 cast of the weights)
-    double gather_ms = 0;  // under ZeRO: the master all-gather, the cast and the whole upload
+    // under ZeRO: the weights' all-gather (on the GPUs for bf16 weights; for the model's fp32
+    // master on the host, then cast and the whole copy uploaded)
+    double gather_ms = 0;
   };
   const OffloadTimes& offload_times() const { return offload_times_; }
 
@@ -131,9 +135,10 @@ class AdamW : public model::GradientSink {
   double zero_grad_norm(const Tensor& grads) const;
   // ZeRO-Offload: master weights and moments on the host, gradients and the bf16 copy on the GPU.
   // Tile by tile: gradients down, the CPU Adam, the updated weights up as bf16. Under ZeRO the
-  // tiles are this rank's shard pieces, and the updated master weights are all-gathered over the
-  // groups on the host before the whole bf16 copy goes up. A bf16 master stays on the GPU: each
-  // tile's weights come down with its gradients and go back up stepped.
+  // tiles are this rank's shard pieces; the model's fp32 master is all-gathered over the groups
+  // on the host before the whole bf16 copy goes up, bf16 weights (a sharded master's, or a bf16
+  // master's) on the GPUs. A bf16 master stays on the GPU: each tile's weights come down with its
+  // gradients and go back up stepped.
   double offload_step(model::Model& model, double lr, int64_t step);
 
   OptimizerConfig config_;

@@ -33,13 +33,12 @@ struct OptimizerConfig {
   // way.
   DType moments_dtype = DType::kF32;
   // How a GPU model stores its gradients: kF32, or kBF16 (half the bytes; each write rounds, so
-  // micro-batches add in bf16; one GPU or plain data parallelism; docs/gpu-model.md §bf16
-  // gradients).
+  // micro-batches add in bf16; any GPU layout; docs/gpu-model.md §bf16 gradients).
   DType grads_dtype = DType::kF32;
   // How a GPU model stores the weights the optimizer updates: kF32 (fp32 master weights beside the
   // bf16 copy the kernels read), or kBF16 (the bf16 weights are the master: 4 fewer bytes a
-  // parameter; updates stored with stochastic rounding; one GPU or plain data parallelism;
-  // docs/gpu-model.md §bf16 master weights).
+  // parameter; updates stored with stochastic rounding; any GPU layout, ZeRO's without a
+  // sharded master; docs/gpu-model.md §bf16 master weights).
   DType master_dtype = DType::kF32;
   // moments_dtype's, grads_dtype's and master_dtype's names in configs and on the command line, in
   // DType order: "fp32", "bf16".

@@ -57,8 +57,9 @@ class TrainHooks {
 // trains alone even under mpirun), divided as config.parallel says (docs/parallelism.md).
 // `hooks`: a training variant (null: plain LM training); with hooks the metrics carry "lm_loss"
 // and "kd_loss" (see LossResult) and "loss" is the objective lm_loss + weighted kd.
-// parallel.shard_master as given or, unset, on for GPU ranks under ZeRO: the fp32 master then
-// lives sharded with the moments and the model holds bf16 weights (docs/parallelism.md §ZeRO).
+// parallel.shard_master as given or, unset, on for GPU ranks under ZeRO with an fp32 master
+// (optimizer.master_dtype): the fp32 master then lives sharded with the moments and the model
+// holds bf16 weights (docs/parallelism.md §ZeRO). A bf16 master has no fp32 master to shard.
 bool shards_master(const TrainConfig& config);
 
 TrainResult run_training(const TrainConfig& config, const std::string& resume_dir,

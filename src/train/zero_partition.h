@@ -52,7 +52,8 @@ class ZeroPartition {
   const std::vector<FlatRange>& step_pieces() const { return step_pieces_; }
   dist::Communicator& group() const { return *group_; }
 
-  // The buffers are f32 tensors on one device (all_gather's may be bf16 on a GPU).
+  // The buffers are tensors on one device: the shard sums and staging f32, a bucket's gradients f32
+  // or bf16 (widened as they are packed), all_gather's weights f32 or bf16.
   // grads: bucket b's part of a flat gradient buffer, from flat element `flat_begin` on (a model's
   // streamed bucket). shard [S] += this rank's slice of the bucket summed over the group.
   // With overlap the bucket is packed whole into staging this partition keeps ([g * s] and [s]
