@@ -273,8 +273,15 @@ std::unique_ptr<BpeModel> parse_model(const Reader& r, const json& root) {
   std::unordered_map<std::string, int32_t> vocab;
   vocab.reserve(vocab_json.size());
   int64_t max_id = -1;
+  std::unordered_map<int32_t, std::string> token_of;  // one token an id: decoding needs it
+  token_of.reserve(vocab_json.size());
   for (auto it = vocab_json.begin(); it != vocab_json.end(); ++it) {
-    const int32_t id = r.id(it.value(), "model.vocab[\"" + it.key() + "\"]");
+    const std::string field = "model.vocab[\"" + it.key() + "\"]";
+    const int32_t id = r.id(it.value(), field);
+    const auto [earlier, fresh] = token_of.emplace(id, it.key());
+    if (!fresh)
+      r.fail(field, "id " + std::to_string(id) + " is also the id of \"" + earlier->second +
+                        "\" (each id must name one token)");
     vocab[it.key()] = id;
     max_id = std::max<int64_t>(max_id, id);
   }

@@ -19,7 +19,8 @@ Engine::~Engine() = default;
 std::unique_ptr<Engine> Engine::load(const std::string& model_dir) {
   std::unique_ptr<Engine> engine(new Engine());
   engine->impl_->model = model::load_model(model_dir);
-  engine->impl_->tokenizer = infer::open_model_tokenizer(model_dir);
+  engine->impl_->tokenizer =
+      infer::open_model_tokenizer(model_dir, engine->impl_->model->config().vocab_size);
   return engine;
 }
 

@@ -157,7 +157,7 @@ struct Server::Impl {
       options.model_name = std::filesystem::path(options.model_dir).filename().string();
     if (options.model_name.empty()) options.model_name = "moex";
     model = model::load_model(options.model_dir, options.device, options.tp);
-    tokenizer = infer::open_model_tokenizer(options.model_dir);
+    tokenizer = infer::open_model_tokenizer(options.model_dir, model->config().vocab_size);
     MOEX_CHECK(tokenizer != nullptr, options.model_dir,
                ": no tokenizer (tokenizer.json or *.model) to serve text with");
     chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
@@ -199,8 +199,7 @@ struct Server::Impl {
     if (r.chat) prompts.push_back(chat_prompt(r));
     for (const Prompt& p : r.prompts) {
       if (p.text) check_text_fits(p.text->size(), "prompt");
-      prompts.push_back(p.text ? tokenizer->encode(*p.text, true)
-                               : p.ids);  // Scheduler::submit checks ids against the vocabulary
+      prompts.push_back(p.text ? tokenizer->encode(*p.text, true) : p.ids);  // ids: checked below
     }
 
     // Token ids the request names (the parser checked they are >= 0).
@@ -214,8 +213,11 @@ struct Server::Impl {
     };
     for (int32_t token : r.stop_token_ids) in_vocabulary(token, "stop_token_ids");
     for (const auto& [token, bias] : r.logit_bias) in_vocabulary(token, "logit_bias");
-    const int64_t context = scheduler->max_context();
     const std::string prompt_param = r.chat ? "messages" : "prompt";
+    for (const Prompt& p : r.prompts)
+      if (!p.text)
+        for (int32_t token : p.ids) in_vocabulary(token, prompt_param.c_str());
+    const int64_t context = scheduler->max_context();
     for (size_t i = 0; i < prompts.size(); ++i) {
       const int64_t len = static_cast<int64_t>(prompts[i].size());
       const std::string which = prompts.size() > 1 ? " (prompt " + std::to_string(i) + ")" : "";

@@ -334,6 +334,10 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   MOEX_CHECK(!(c.parallel.overlap_comm && c.training.device.is_cuda() && (tp || ep)), c.source,
              ": parallel.overlap_comm: on GPU ranks it needs tp 1 and ep 1 (the data-parallel "
              "sums would run beside backward's own collectives on another NCCL communicator)");
+  // Every check of the config first: then the machine.
+  MOEX_CHECK(!c.training.device.is_cuda() || ops::device_count() > 0, c.source,
+             ": training.device \"cuda\" (or --device cuda), but no GPU is visible (no driver, "
+             "CUDA_VISIBLE_DEVICES empty, or a build without CUDA)");
   // GPU ranks: tensor, expert and data parallelism over NCCL, one GPU per rank (the rank's local
   // index on its node).
   const Device device = c.training.device.is_cuda() && world > 1
@@ -434,10 +438,6 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     std::filesystem::create_directories(c.training.out_dir, error);
     MOEX_CHECK(!error, c.source, ": training.out_dir: cannot create '", c.training.out_dir,
                "': ", error.message());
-    const std::string metrics_path = c.training.out_dir + "/metrics.jsonl";
-    // A resumed run cuts the later lines when it has a line of its own to write (write_metrics):
-    // one that fails before its first step leaves the file as it was.
-    if (resume_dir.empty()) metrics.open(metrics_path, std::ios::trunc);
     MOEX_INFO("model: ", model.config().num_parameters(), " parameters, ", c.model.num_moe_layers(),
               " MoE layers; ", corpus.sources.size(), " corpus sources; ", dp,
               " data-parallel rank(s), ", layout.ep, " expert-parallel, ", layout.tp,
@@ -575,10 +575,13 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                      static_cast<long long>(state.step), eval_loss, std::exp(eval_loss));
     }
     if (root) {
-      if (!metrics.is_open()) {  // resumed: continue after the checkpoint's step
+      // Made (or, resumed, cut after the checkpoint's step) with the first line: a run that fails
+      // before its first step leaves no metrics.jsonl, which would count as an earlier run.
+      if (!metrics.is_open()) {
         const std::string metrics_path = c.training.out_dir + "/metrics.jsonl";
-        cut_metrics_after(metrics_path, state.step - 1);
-        metrics.open(metrics_path, std::ios::app);
+        if (!resume_dir.empty()) cut_metrics_after(metrics_path, state.step - 1);
+        metrics.open(metrics_path, resume_dir.empty() ? std::ios::trunc : std::ios::app);
+        MOEX_CHECK(metrics.is_open(), metrics_path, ": cannot write the run's metrics");
       }
       metrics << line.dump() << "\n" << std::flush;
     }

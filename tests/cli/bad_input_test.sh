@@ -109,9 +109,31 @@ for prefix in sys.argv[1:]:
 PY
 sed 's/, "task": "summarize"//' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
 expect_error "outside the model's vocabulary of 10" train --config "$TMP/data.json"
+# The same with in-vocabulary validation data: the training split's first read, in the first step,
+# refuses it. The run leaves no metrics.jsonl, which would refuse the next try as an earlier run.
+python3 - "$TMP/corpus/a.valid" <<'PY'
+import struct, sys
+ids = [i % 10 for i in range(1000)]
+open(sys.argv[1] + ".bin", "wb").write(struct.pack("<1000H", *ids))
+PY
+printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5, "g": 6, "h": 7, "i": 8, "j": 9}, "merges": []}}' > "$TMP/corpus/t.json"
+sed 's/"t.model"/"t.json"/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
+# (The run has started, so its start-up info lines come first: the error is the last line.)
+err="$("$MOEX" train --config "$TMP/data.json" 2>&1 >/dev/null)"; rc=$?
+if [ "$rc" -ne 1 ] || [[ "$(printf '%s\n' "$err" | tail -n 1)" != *"error: $TMP/corpus/a.train.bin: token"* ]]; then
+  echo "FAIL: a run in-vocabulary for validation only -> rc=$rc, stderr:"; printf '%s\n' "$err" | sed 's/^/    /'
+  failures=$((failures + 1))
+elif [ -e "$TMP/run/metrics.jsonl" ]; then
+  echo "FAIL: a run that failed in its first step left metrics.jsonl"; failures=$((failures + 1))
+else
+  echo "ok: a run that failed in its first step left no metrics.jsonl"
+fi
 # a model far past the machine's memory: refused before minutes of allocating
 printf '{"model": {"vocab_size": 32000, "hidden_size": 8192, "num_layers": 4000, "num_heads": 64, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/huge.json"
 expect_error "huge.json: the model has 4295557128192 parameters; training it on the CPU needs at least" train --config "$TMP/huge.json"
+# training.device "cuda" where no GPU is visible (CUDA_VISIBLE_DEVICES empty: also on a GPU machine)
+sed 's/"steps": 1,/"steps": 1, "device": "cuda",/' "$TMP/data.json" > "$TMP/cuda.json"
+CUDA_VISIBLE_DEVICES= expect_error 'cuda.json: training.device "cuda" (or --device cuda), but no GPU is visible' train --config "$TMP/cuda.json"
 # --resume given a run's out_dir instead of one of its checkpoints
 mkdir -p "$TMP/oldrun/latest" && echo '{}' > "$TMP/oldrun/latest/trainer_state.json"
 expect_error "oldrun: this is a run's out_dir, not a checkpoint; resume from one of its checkpoints, e.g. $TMP/oldrun/latest" train --config "$TMP/data.json" --resume "$TMP/oldrun"

@@ -525,7 +525,9 @@ try {
   await expectError(client.completions.create({ ...base, prompt: 'x', n: 200 }), 400, { param: 'n' });
   await expectError(client.completions.create({ ...base, prompt: Array(100).fill('x'), n: 2 }), 400, { param: 'prompt' });
   // A batch refused for its second prompt (an id past the vocabulary) starts nothing for its first.
-  await expectError(client.completions.create({ ...base, prompt: [[1, 2], [99999999]], n: 2, max_tokens: 200 }), 400, { param: 'prompt' });
+  // The message names the request's field, not a server file.
+  const outOfVocabulary = await expectError(client.completions.create({ ...base, prompt: [[1, 2], [99999999]], n: 2, max_tokens: 200 }), 400, { param: 'prompt' });
+  assert.ok(outOfVocabulary.error.message.startsWith("'prompt' token 99999999 is outside the vocabulary"), outOfVocabulary.error.message);
   const afterRefusal = await metrics();
   assert.equal(afterRefusal.moex_running_requests + afterRefusal.moex_queue_depth, 0);
   // A prompt longer than the context, no max_tokens: the prompt is named, no negative count.

@@ -108,6 +108,12 @@ TEST(DataTokenizerErrors, VocabIdNotInteger) {
   EXPECT_NE(m.find("model.vocab[\"a\"]"), std::string::npos) << m;
 }
 
+// Two tokens with one id: decoding that id could give either, so the file is refused by name.
+TEST(DataTokenizerErrors, VocabIdGivenTwice) {
+  const std::string m = error_of(replaced(kValid, R"("b": 2)", R"("b": 1)"));
+  EXPECT_NE(m.find("model.vocab[\"b\"]: id 1 is also the id of \"a\""), std::string::npos) << m;
+}
+
 TEST(DataTokenizerErrors, UnsupportedPreTokenizer) {
   const std::string m =
       error_of(replaced(kValid, R"({"type": "ByteLevel", "add_prefix_space": false})",

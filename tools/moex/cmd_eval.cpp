@@ -2,6 +2,7 @@
 // moex eval --model DIR --data CORPUS_DIR [--split valid|train] [--seq-len N] [--batch N]
 //           [--max-translations N] [--max-new-tokens N] [--device D]
 #include <cstdio>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 
@@ -14,6 +15,21 @@
 #include "model_dir.h"
 
 namespace {
+
+// Where --logits-out writes, checked before minutes of evaluation: not the input's file (the
+// logits would replace the ids), not a directory, in a directory that exists.
+void check_logits_out(const std::string& out, const std::string& input_ids) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  MOEX_CHECK(!fs::equivalent(out, input_ids, error), "--logits-out ", out,
+             " is the --input-ids file: the logits would replace the ids; write them elsewhere");
+  MOEX_CHECK(!fs::is_directory(out, error), "--logits-out ", out,
+             " is a directory; give a file name such as ",
+             (fs::path(out) / "logits.safetensors").string());
+  const fs::path parent = fs::absolute(out, error).parent_path();
+  MOEX_CHECK(fs::is_directory(parent, error), "--logits-out ", out, ": its directory ",
+             parent.string(), " does not exist");
+}
 
 // Perplexity of every source of a corpus split, and BLEU/chrF of greedy translations.
 int eval_dataset(const moex::cli::Args& args, moex::model::Model& model, bool print) {
@@ -94,6 +110,7 @@ int run_eval(const std::vector<std::string>& argv) {
              "give --input-ids F.safetensors (token ids) or --data DIR "
              "(a prepared corpus)");
   const std::string path = args.get("input-ids");
+  if (args.has("logits-out")) check_logits_out(args.get("logits-out"), path);
   const moex::Tensor ids = moex::cli::read_input_ids(path, model->config().vocab_size);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;
   MOEX_CHECK(seq_len >= 2, path, ": input_ids needs at least 2 tokens per row");

@@ -43,7 +43,7 @@ int run_generate(const std::vector<std::string>& argv) {
       args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"),
       args.flag("expert-slicing"));
   auto model = moex::model::load_model(dir, layout.device, layout.tp);
-  auto tokenizer = moex::infer::open_model_tokenizer(dir);
+  auto tokenizer = moex::infer::open_model_tokenizer(dir, model->config().vocab_size);
 
   std::vector<int32_t> prompt;
   if (args.has("input-ids")) {

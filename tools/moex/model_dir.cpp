@@ -37,9 +37,9 @@ Tensor read_input_ids(const std::string& path, int64_t vocab_size) {
   const auto file = io::SafetensorsFile::open(path);
   MOEX_CHECK(file.contains("input_ids"), path, ": no tensor 'input_ids'");
   Tensor ids = file.copy("input_ids");
-  MOEX_CHECK(ids.dtype() == DType::kI32 && ids.ndim() == 2 && ids.dim(1) > 0, path,
-             ": input_ids must be int32 [B, T] with T > 0, got ", dtype_name(ids.dtype()), " ",
-             ids.shape().str());
+  MOEX_CHECK(ids.dtype() == DType::kI32 && ids.ndim() == 2 && ids.dim(0) > 0 && ids.dim(1) > 0,
+             path, ": input_ids must be int32 [B, T] with B, T > 0, got ",
+             dtype_name(ids.dtype()), " ", ids.shape().str());
   const int32_t* id = ids.data<int32_t>();
   for (int64_t i = 0; i < ids.numel(); ++i)
     MOEX_CHECK(id[i] >= 0 && id[i] < vocab_size, path, ": input_ids[", i / ids.dim(1), ", ",
