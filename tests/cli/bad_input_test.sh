@@ -201,6 +201,26 @@ open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack(
 PY
 expect_error "far_ids.safetensors: input_ids[0, 2] is 500, outside the model's vocabulary of 128" eval --model "$MIXTRAL/model" --input-ids "$TMP/far_ids.safetensors"
 expect_error "far_ids.safetensors: input_ids[0, 2] is 500, outside the model's vocabulary of 128" generate --model "$MIXTRAL/model" --input-ids "$TMP/far_ids.safetensors"
+# no rows at all: no loss to report
+python3 - "$TMP/no_rows.safetensors" <<'PY'
+import json, struct, sys
+head = json.dumps({"input_ids": {"dtype": "I32", "shape": [0, 3], "data_offsets": [0, 0]}}).encode()
+head += b" " * (-len(head) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head)
+PY
+expect_error "no_rows.safetensors: input_ids must be int32 [B, T] with B, T > 0, got I32 [0, 3]" eval --model "$MIXTRAL/model" --input-ids "$TMP/no_rows.safetensors"
+# --logits-out checked before the evaluation: not the input's file (left as it was), not a
+# directory, in a directory that exists
+cp "$PROMPT_IDS" "$TMP/ids_copy.safetensors"
+expect_error "--logits-out $TMP/ids_copy.safetensors is the --input-ids file" eval --model "$MIXTRAL/model" --input-ids "$TMP/ids_copy.safetensors" --logits-out "$TMP/ids_copy.safetensors"
+cmp -s "$PROMPT_IDS" "$TMP/ids_copy.safetensors" || { echo "FAIL: --logits-out overwrote the --input-ids file"; failures=$((failures + 1)); }
+mkdir -p "$TMP/logits_dir"
+expect_error "--logits-out $TMP/logits_dir is a directory" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --logits-out "$TMP/logits_dir"
+expect_error "--logits-out $TMP/nowhere/l.safetensors: its directory $TMP/nowhere does not exist" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --logits-out "$TMP/nowhere/l.safetensors"
+# a tokenizer of another model (GPT-2's 50,257 ids beside a 128-token model)
+cp -r "$MIXTRAL/model" "$TMP/other_tokenizer"
+cp "$(dirname "$0")/../fixtures/tokenizers/gpt2/tokenizer.json" "$TMP/other_tokenizer/"
+expect_error "other_tokenizer/tokenizer.json: the tokenizer has ids up to 50256, past the model's vocabulary of 128" generate --model "$TMP/other_tokenizer" --input-ids "$PROMPT_IDS"
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
 expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both
