@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <string>
 
 #include "command.h"
@@ -69,6 +70,13 @@ int main(int argc, char** argv) {
       const bool debug = moex::log_level() == moex::LogLevel::kDebug;
       std::fprintf(stderr, "moex %s: error%s: %s\n", name.c_str(), failing_rank().c_str(),
                    debug ? err.what() : err.message().c_str());
+    } catch (const std::bad_alloc&) {
+      // An allocation no check sized up front: say what it means rather than "std::bad_alloc".
+      std::fprintf(stderr,
+                   "moex %s: error%s: out of host memory: a size in the flags or the model's "
+                   "config.json (a context, block count, batch or max_seq_len) asks for more "
+                   "memory than this machine has\n",
+                   name.c_str(), failing_rank().c_str());
     } catch (const std::exception& err) {
       std::fprintf(stderr, "moex %s: error%s: %s\n", name.c_str(), failing_rank().c_str(),
                    err.what());
