@@ -547,28 +547,42 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
              " is outside the vocabulary of ", m.vocab_size);
   const json& sources = need(j, "sources", "");
   MOEX_CHECK(sources.is_array(), path, ": sources must be an array");
+  // A source's fields by name: a wrong type names the field, as a missing one does.
+  auto text = [&](const json& obj, const char* field, const std::string& where,
+                  const std::string* fallback = nullptr) {
+    if (fallback != nullptr && !(obj.is_object() && obj.contains(field))) return *fallback;
+    const json& v = need(obj, field, where);
+    MOEX_CHECK(v.is_string(), path, ": ", where, field, " must be a string, got ", v.dump());
+    return v.get<std::string>();
+  };
+  auto count = [&](const json& obj, const char* field, const std::string& where) -> int64_t {
+    if (!(obj.is_object() && obj.contains(field))) return 0;
+    const json& v = obj[field];
+    MOEX_CHECK(v.is_number_integer(), path, ": ", where, field, " must be an integer, got ",
+               v.dump());
+    return v.get<int64_t>();
+  };
+  const std::string lm = "lm", none;
   for (size_t i = 0; i < sources.size(); ++i) {
     const json& s = sources[i];
     const std::string where = "sources[" + std::to_string(i) + "].";
+    MOEX_CHECK(s.is_object(), path, ": sources[", i, "] must be an object, got ", s.dump());
     CorpusSource c;
-    try {
-      c.name = need(s, "name", where).get<std::string>();
-      c.language = need(s, "language", where).get<std::string>();
-      c.task = s.value("task", "lm");
-      MOEX_CHECK(c.task == "lm" || c.task == "translate" || c.task == "denoise", path, ": ", where,
-                 "task must be \"lm\", \"translate\" or \"denoise\", got \"", c.task, "\"");
-      c.origin = s.value("origin", "");
-      c.text_path = s.value("text", "");
-      c.text_bytes = s.value("text_bytes", int64_t{0});
-      for (auto [field, split] :
-           {std::pair<const char*, CorpusSplitStats*>{"train", &c.train}, {"valid", &c.valid}}) {
-        const json& sp = need(s, field, where);
-        split->prefix = need(sp, "prefix", where + field + ".").get<std::string>();
-        split->documents = sp.value("documents", int64_t{0});
-        split->tokens = sp.value("tokens", int64_t{0});
-      }
-    } catch (const json::type_error& e) {
-      MOEX_THROW(path, ": ", where, " has a field of the wrong type (", e.what(), ")");
+    c.name = text(s, "name", where);
+    c.language = text(s, "language", where);
+    c.task = text(s, "task", where, &lm);
+    MOEX_CHECK(c.task == "lm" || c.task == "translate" || c.task == "denoise", path, ": ", where,
+               "task must be \"lm\", \"translate\" or \"denoise\", got \"", c.task, "\"");
+    c.origin = text(s, "origin", where, &none);
+    c.text_path = text(s, "text", where, &none);
+    c.text_bytes = count(s, "text_bytes", where);
+    for (auto [field, split] :
+         {std::pair<const char*, CorpusSplitStats*>{"train", &c.train}, {"valid", &c.valid}}) {
+      const json& sp = need(s, field, where);
+      const std::string at = where + field + ".";
+      split->prefix = text(sp, "prefix", at);
+      split->documents = count(sp, "documents", at);
+      split->tokens = count(sp, "tokens", at);
     }
     m.sources.push_back(std::move(c));
   }

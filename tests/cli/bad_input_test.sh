@@ -39,6 +39,8 @@ printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_hea
 expect_error "master.json: parallel.shard_master: a CPU model's fp32 weights are what it computes with; sharding a master needs training.device \"cuda\"" train --config "$TMP/master.json"
 printf '{"model": ' > "$TMP/broken.json"
 expect_error "broken.json: invalid JSON" train --config "$TMP/broken.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 4}, "training": {"steps": 99999999999999999999}}' > "$TMP/bigint.json"
+expect_error "bigint.json: training.steps is 1e+20, out of the 64-bit integer range" train --config "$TMP/bigint.json"
 expect_error "unknown flag --stepz" train --stepz 3
 expect_error "flag --stop-after: 99999999999999999999 is out of the 64-bit integer range" train --config "$TMP/typo.json" --stop-after 99999999999999999999
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "num_layers": 2}, "data": {"path": "x"}}' > "$TMP/twice.json"
@@ -96,6 +98,10 @@ expect_error "a.train.idx" train --config "$TMP/data.json"
 # a manifest field the reader does not know the value of
 sed 's/"language": "en",/"language": "en", "task": "summarize",/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
 expect_error 'corpus.json: sources[0].task must be "lm", "translate" or "denoise", got "summarize"' train --config "$TMP/data.json"
+# a field of the wrong type, named
+sed 's/"name": "a"/"name": 5/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c3" && cp "$TMP/corpus/corpus.json" "$TMP/corpus/c4" && mv "$TMP/corpus/c3" "$TMP/corpus/corpus.json"
+expect_error 'corpus.json: sources[0].name must be a string, got 5' train --config "$TMP/data.json"
+mv "$TMP/corpus/c4" "$TMP/corpus/corpus.json"
 # a dataset of ids 0..999 (another tokenizer) for a model of 10 tokens: refused at the first read,
 # naming the file, before any step
 python3 - "$TMP/corpus/a.train" "$TMP/corpus/a.valid" <<'PY'

@@ -534,11 +534,13 @@ try {
   const tooLong = await expectError(client.completions.create({ model, prompt: 'word '.repeat(500) }), 400, { code: 'context_length_exceeded', param: 'prompt' });
   assert.ok(!tooLong.error.message.includes('-'), tooLong.error.message);
   // Text far past what the context can hold is refused by its length, before tokenizing it.
+  // One at a time: a request made before its turn could be refused before anything awaits it
+  // (an unhandled rejection, which ends node).
   for (const huge of [
-    client.completions.create({ ...base, prompt: 'abcdefg'.repeat(1000000) }),
-    client.chat.completions.create({ model, messages: [{ role: 'user', content: 'abcdefg'.repeat(1000000) }] }),
+    () => client.completions.create({ ...base, prompt: 'abcdefg'.repeat(1000000) }),
+    () => client.chat.completions.create({ model, messages: [{ role: 'user', content: 'abcdefg'.repeat(1000000) }] }),
   ]) {
-    const e = await expectError(huge, 400, { code: 'context_length_exceeded' });
+    const e = await expectError(huge(), 400, { code: 'context_length_exceeded' });
     assert.ok(e.error.message.includes('bytes of text'), e.error.message);
   }
   await expectError(client.completions.create({ ...base, prompt: 'x', top_p: 0 }), 400, { param: 'top_p' });
