@@ -74,6 +74,7 @@ class JsonReader {
   // "file: path.to.field"
   std::string where(const std::string& key) const;
   const std::string& source() const { return shared_->source; }  // the file's name
+  const std::string& path() const { return path_; }  // this object's fields' prefix ("" at the top)
   [[noreturn]] void fail(const std::string& key, const std::string& message) const;
 
  private:

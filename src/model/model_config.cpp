@@ -1,7 +1,9 @@
 #include "model/model_config.h"
 
+#include <cctype>
 #include <cmath>
 #include <limits>
+#include <string>
 
 namespace moex {
 namespace {
@@ -53,6 +55,23 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.shared_ffn_size = moe.get_int("shared_ffn_size", 0);
   c.shared_gate = moe.get_bool("shared_gate", false);
   return c;
+}
+
+// validate() names fields as a training config's "model" section has them; a saved model's
+// config.json has them under "moex_model": each "model." that starts a field name is renamed.
+std::string in_section(std::string message, const std::string& section) {
+  const std::string from = "model.", to = section.empty() ? "" : section + ".";
+  if (to == from) return message;
+  for (size_t at = message.find(from); at != std::string::npos; at = message.find(from, at)) {
+    const char before = at == 0 ? ' ' : message[at - 1];
+    if (std::isalnum(static_cast<unsigned char>(before)) || before == '_' || before == '.') {
+      at += from.size();
+      continue;
+    }
+    message.replace(at, from.size(), to);
+    at += to.size();
+  }
+  return message;
 }
 
 }  // namespace
@@ -138,7 +157,7 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   try {
     c.validate();
   } catch (const Error& e) {  // name the file: validate() names only the field
-    MOEX_THROW(m.source(), ": ", e.message());
+    MOEX_THROW(m.source(), ": ", in_section(e.message(), m.path()));
   }
   return c;
 }

@@ -76,6 +76,10 @@ mkdir -p "$TMP/arch"
 printf '{"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}' > "$TMP/arch/config.json"
 expect_error "config.json" eval --model "$TMP/arch" --input-ids "$TMP/none.safetensors"
 expect_error "config.json: cannot open" generate --model "$TMP/missing" --prompt hi
+# a saved model's fields are named as that file has them (moex_model.), not as a training config
+mkdir -p "$TMP/kvheads"
+printf '{"model_type": "moex", "moex_model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 4, "num_kv_heads": 3, "max_seq_len": 8}}' > "$TMP/kvheads/config.json"
+expect_error "kvheads/config.json: moex_model.num_kv_heads (3) must divide moex_model.num_heads (4)" eval --model "$TMP/kvheads" --input-ids "$TMP/none.safetensors"
 mkdir -p "$TMP/trunc"
 printf '{"model_type": "moex", "moex_model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}}' > "$TMP/trunc/config.json"
 printf '\xff\xff\x00\x00\x00\x00\x00\x00{"a": 1}' > "$TMP/trunc/model.safetensors"
