@@ -291,6 +291,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                " parameters; training it on the CPU needs at least ", need / kGiB,
                " GiB (weights, gradients and Adam moments), more than this machine's ",
                memory / kGiB, " GiB of memory");
+    // And a micro-batch's activations, a lower bound: backward needs every block's fp32 input and,
+    // without activation checkpointing, also its attention norm's output, the attention output
+    // and the residual sum after it (each tokens x hidden_size x 4 bytes).
+    const double per_block = c.training.activation_checkpointing ? 1.0 : 4.0;
+    const double kept = static_cast<double>(c.training.micro_batch_size) *
+                        static_cast<double>(c.data.seq_len) *
+                        static_cast<double>(c.model.hidden_size) *
+                        static_cast<double>(c.model.num_layers) * per_block * 4.0;
+    MOEX_CHECK(!known || need + kept <= memory, c.source, ": training.micro_batch_size ",
+               c.training.micro_batch_size, " x data.seq_len ", c.data.seq_len,
+               " tokens need at least ", kept / kGiB, " GiB of activations (", per_block,
+               " kept tensors a block, ", c.model.num_layers, " blocks of ",
+               c.model.hidden_size, ") beside ", need / kGiB,
+               " GiB of weights, gradients and Adam moments: more than this machine's ",
+               memory / kGiB, " GiB of memory");
   }
   check_resume_dir(resume_dir);
   // Refused before anything is read; deleted (--overwrite) only once the run is known to start.

@@ -144,6 +144,9 @@ expect_error "huge.json: the model has 4295557128192 parameters; training it on 
 # training.device "cuda" where no GPU is visible (CUDA_VISIBLE_DEVICES empty: also on a GPU machine)
 sed 's/"steps": 1,/"steps": 1, "device": "cuda",/' "$TMP/data.json" > "$TMP/cuda.json"
 CUDA_VISIBLE_DEVICES= expect_error 'cuda.json: training.device "cuda" (or --device cuda), but no GPU is visible' train --config "$TMP/cuda.json"
+# a micro-batch whose activations no machine holds: refused naming the fields, before any allocation
+printf '{"model": {"vocab_size": 10, "hidden_size": 64, "num_layers": 1, "num_heads": 2, "max_seq_len": 4096}, "data": {"path": "%s", "seq_len": 4096}, "training": {"steps": 1, "micro_batch_size": 16777216, "out_dir": "%s/run"}}' "$TMP/corpus" "$TMP" > "$TMP/batch.json"
+expect_error "batch.json: training.micro_batch_size 16777216 x data.seq_len 4096 tokens need at least" train --config "$TMP/batch.json"
 # --resume given a run's out_dir instead of one of its checkpoints
 mkdir -p "$TMP/oldrun/latest" && echo '{}' > "$TMP/oldrun/latest/trainer_state.json"
 expect_error "oldrun: this is a run's out_dir, not a checkpoint; resume from one of its checkpoints, e.g. $TMP/oldrun/latest" train --config "$TMP/data.json" --resume "$TMP/oldrun"
