@@ -8,6 +8,7 @@
 
 #include "args.h"
 #include "command.h"
+#include "core/logging.h"
 #include "data/corpus.h"
 #include "eval/dataset_eval.h"
 #include "io/safetensors.h"
@@ -114,6 +115,16 @@ int run_eval(const std::vector<std::string>& argv) {
   const moex::Tensor ids = moex::cli::read_input_ids(path, model->config().vocab_size);
   const int64_t batch = ids.dim(0), seq_len = ids.dim(1), vocab = model->config().vocab_size;
   MOEX_CHECK(seq_len >= 2, path, ": input_ids needs at least 2 tokens per row");
+  // Past max_seq_len: learned positions have no row for it; RoPE computes, untrained (as generate
+  // and serve warn).
+  const moex::ModelConfig& config = model->config();
+  MOEX_CHECK(seq_len <= config.max_seq_len ||
+                 config.positions != moex::PositionType::kLearned,
+             path, ": rows of ", seq_len, " tokens exceed model.max_seq_len (",
+             config.max_seq_len, "), and the model's learned positions have no more rows");
+  if (seq_len > config.max_seq_len)
+    MOEX_WARN(path, ": rows of ", seq_len, " tokens run past the model's max_seq_len (",
+              config.max_seq_len, "): RoPE positions beyond the trained length");
   const int32_t* id = ids.data<int32_t>();
   std::vector<int32_t> targets(static_cast<size_t>(batch * seq_len), -100);
   for (int64_t b = 0; b < batch; ++b)
