@@ -32,8 +32,12 @@ std::unique_ptr<SentencePieceTokenizer> SentencePieceTokenizer::open(
   const std::string bytes = read_file(model_path, kMaxModelBytes);
   auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
   const auto status = sp->LoadFromSerializedProto(absl::string_view(bytes.data(), bytes.size()));
-  MOEX_CHECK(status.ok(), model_path,
-             ": not a SentencePiece model (and not a tokenizer.json): ", status.ToString());
+  // The library's reason, without its source location when the protobuf did not parse.
+  const std::string reason(status.message());
+  MOEX_CHECK(status.ok(), model_path, ": not a SentencePiece model (and not a tokenizer.json): ",
+             reason.find("ParseFromArray") != std::string::npos
+                 ? std::string("its bytes do not parse as one")
+                 : reason);
   return std::unique_ptr<SentencePieceTokenizer>(
       new SentencePieceTokenizer(std::move(sp), model_path));
 }

@@ -71,6 +71,10 @@ expect_error "--valid-fraction must be in [0, 1), got 1.5" data prepare --out "$
 expect_error "--threads must be in [1, 4096], got 0" data prepare --out "$TMP/c" --threads 0
 expect_error "--max-source-mb must be in (0, 1048576], got 0" data prepare --out "$TMP/c" --max-source-mb 0
 
+# a tokenizer.model that is not one: the reason without the library's source location
+printf '\xff\xff\xff\xff\xff\xff' > "$TMP/bad.model"
+expect_error "bad.model: not a SentencePiece model (and not a tokenizer.json): its bytes do not parse as one" tokenize --tokenizer "$TMP/bad.model" --text hi
+
 # model directories
 mkdir -p "$TMP/arch"
 printf '{"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"]}' > "$TMP/arch/config.json"
