@@ -238,6 +238,10 @@ expect_error "--logits-out $TMP/nowhere/l.safetensors: its directory $TMP/nowher
 cp -r "$MIXTRAL/model" "$TMP/other_tokenizer"
 cp "$(dirname "$0")/../fixtures/tokenizers/gpt2/tokenizer.json" "$TMP/other_tokenizer/"
 expect_error "other_tokenizer/tokenizer.json: the tokenizer has ids up to 50256, past the model's vocabulary of 128" generate --model "$TMP/other_tokenizer" --input-ids "$PROMPT_IDS"
+# a prompt that is not UTF-8 text (as the server refuses it)
+cp -r "$MIXTRAL/model" "$TMP/tiny_tokenizer"
+printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []}}' > "$TMP/tiny_tokenizer/tokenizer.json"
+expect_error "--prompt is not valid UTF-8 text" generate --model "$TMP/tiny_tokenizer" --prompt $'\xff\xfe'
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
 expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both

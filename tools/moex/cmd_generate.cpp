@@ -9,6 +9,7 @@
 #include "args.h"
 #include "command.h"
 #include "core/logging.h"
+#include "data/unicode.h"
 #include "infer/generator.h"
 #include "infer/model_tokenizer.h"
 #include "infer/text_stream.h"
@@ -59,6 +60,10 @@ int run_generate(const std::vector<std::string>& argv) {
     MOEX_CHECK(args.has("prompt"), "give --prompt TEXT or --input-ids FILE");
     MOEX_CHECK(tokenizer != nullptr, dir,
                ": no tokenizer (tokenizer.json or *.model) to encode --prompt");
+    // As the server does: text that is not UTF-8 (a shell in another encoding) would tokenize as
+    // unknown pieces.
+    MOEX_CHECK(moex::data::is_valid_utf8(args.get("prompt")),
+               "--prompt is not valid UTF-8 text (is the terminal in another encoding?)");
     prompt = tokenizer->encode(args.get("prompt"), true);
   }
   for (int32_t id : prompt)
