@@ -18,14 +18,6 @@ constexpr size_t kHostAlignment = 64;
 // The machine's memory and swap: a host tensor larger than this can never be backed. Linux
 // overcommits, so such a malloc may succeed and the process die later to the OOM killer; asking
 // first turns an absurd size (a mistyped batch or cache size) into an error naming the tensor.
-size_t host_memory_bytes() {
-  static const size_t bytes = [] {
-    struct sysinfo info {};
-    if (sysinfo(&info) != 0) return SIZE_MAX;
-    return (static_cast<size_t>(info.totalram) + info.totalswap) * info.mem_unit;
-  }();
-  return bytes;
-}
 
 // numel(shape) * element bytes, or an error where that does not fit in 63 bits.
 size_t checked_bytes(const Shape& shape, DType dtype) {
@@ -39,6 +31,15 @@ size_t checked_bytes(const Shape& shape, DType dtype) {
 }
 
 }  // namespace
+
+size_t host_memory_bytes() {
+  static const size_t bytes = [] {
+    struct sysinfo info {};
+    if (sysinfo(&info) != 0) return SIZE_MAX;
+    return (static_cast<size_t>(info.totalram) + info.totalswap) * info.mem_unit;
+  }();
+  return bytes;
+}
 
 std::string Device::str() const {
   return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(ordinal);

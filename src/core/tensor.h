@@ -58,6 +58,9 @@ class Shape {
 
 uint64_t next_storage_id();  // unique per process, never reused
 
+// The machine's memory and swap in bytes (SIZE_MAX where unknown): what a CPU allocation may ask.
+size_t host_memory_bytes();
+
 // A block of memory on one device. The deleter is empty for non-owning views (arena, external).
 struct Storage {
   void* data = nullptr;

@@ -85,6 +85,24 @@ SchedulerOptions resolved(const model::Model& model, SchedulerOptions o) {
                " KV blocks of ", o.block_size, ", more than ", INT32_MAX,
                "; lower them or size the cache with num_blocks");
   }
+  // The KV pool of a CPU model, all layers' keys and values, checked before any of it (or the
+  // pool's block list) is allocated; one layer's tensor alone could fit where the pool cannot.
+  if (model.device().is_cpu()) {
+    const double bytes = 2.0 * static_cast<double>(config.num_layers) *
+                         static_cast<double>(o.num_blocks) * static_cast<double>(o.block_size) *
+                         static_cast<double>(model.tensor_parallel().part(config.num_kv_heads)) *
+                         static_cast<double>(config.head_dim) *
+                         static_cast<double>(dtype_size(model.compute_params().flat().dtype()));
+    const double memory = static_cast<double>(host_memory_bytes());
+    constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+    MOEX_CHECK(bytes <= memory, "serving: a KV cache of ", o.num_blocks, " blocks of ",
+               o.block_size, " positions (max_batch ", o.max_batch, " sequences of max_context ",
+               o.max_context, ") needs ", bytes / kGiB, " GiB, more than this machine's ",
+               memory / kGiB,
+               " GiB of memory and swap; lower them (moex serve: --max-batch, --max-context, "
+               "whose default is the model's max_seq_len, or --kv-blocks; moex generate: "
+               "--max-new-tokens)");
+  }
   return o;
 }
 

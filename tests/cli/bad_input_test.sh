@@ -242,6 +242,8 @@ expect_error "other_tokenizer/tokenizer.json: the tokenizer has ids up to 50256,
 cp -r "$MIXTRAL/model" "$TMP/tiny_tokenizer"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []}}' > "$TMP/tiny_tokenizer/tokenizer.json"
 expect_error "--prompt is not valid UTF-8 text" generate --model "$TMP/tiny_tokenizer" --prompt $'\xff\xfe'
+# a KV cache no machine holds: refused naming the options, before any of it is allocated
+expect_error "serving: a KV cache of 2000000000 blocks of 16 positions (max_batch 8 sequences of max_context 256) needs" serve --model "$TMP/tiny_tokenizer" --kv-blocks 2000000000 --port 1
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
 expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both
@@ -249,7 +251,7 @@ expect_error "give --prompt TEXT or --input-ids FILE, not both" generate --model
 # (past this RoPE model's 256 positions: a warning says so, then the cache is refused)
 out="$("$MOEX" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 2000000000 2>"$TMP/gen.err")"
 rc=$?
-if [ "$rc" -ne 1 ] || [ -n "$out" ] || ! tail -1 "$TMP/gen.err" | grep -q "error: allocating .* GiB of memory and swap"; then
+if [ "$rc" -ne 1 ] || [ -n "$out" ] || ! tail -1 "$TMP/gen.err" | grep -q "error: serving: a KV cache of .* GiB of memory and swap; .*--max-new-tokens"; then
   echo "FAIL: generate --max-new-tokens 2000000000 -> rc=$rc, stdout '$out', stderr:"; cat "$TMP/gen.err"
   failures=$((failures + 1))
 else
