@@ -238,6 +238,28 @@ expect_error "--logits-out $TMP/nowhere/l.safetensors: its directory $TMP/nowher
 cp -r "$MIXTRAL/model" "$TMP/other_tokenizer"
 cp "$(dirname "$0")/../fixtures/tokenizers/gpt2/tokenizer.json" "$TMP/other_tokenizer/"
 expect_error "other_tokenizer/tokenizer.json: the tokenizer has ids up to 50256, past the model's vocabulary of 128" generate --model "$TMP/other_tokenizer" --input-ids "$PROMPT_IDS"
+# rows past max_seq_len on a model of learned positions (no row for them): refused naming the file
+mkdir -p "$TMP/lcorpus"
+python3 - "$TMP/lcorpus/a.train" "$TMP/lcorpus/a.valid" <<'PY'
+import struct, sys
+for prefix in sys.argv[1:]:
+    ids = [i % 10 for i in range(1000)]
+    open(prefix + ".bin", "wb").write(struct.pack("<1000H", *ids))
+    idx = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + bytes([8]) + struct.pack("<QQ", 1, 2)
+    idx += struct.pack("<i", 1000) + struct.pack("<q", 0) + struct.pack("<qq", 0, 1)
+    open(prefix + ".idx", "wb").write(idx)
+PY
+printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5, "g": 6, "h": 7, "i": 8, "j": 9}, "merges": []}}' > "$TMP/lcorpus/t.json"
+printf '{"tokenizer": "t.json", "vocab_size": 10, "sources": [{"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 1000}, "valid": {"prefix": "a.valid", "tokens": 1000}}]}' > "$TMP/lcorpus/corpus.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 4, "positions": "learned"}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "eval_every": 0, "out_dir": "%s/lrun"}}' "$TMP/lcorpus" "$TMP" > "$TMP/learned.json"
+"$MOEX" train --config "$TMP/learned.json" >/dev/null 2>&1 || { echo "FAIL: the learned-positions model did not train"; failures=$((failures + 1)); }
+python3 - "$TMP/five.safetensors" <<'PY'
+import json, struct, sys
+head = json.dumps({"input_ids": {"dtype": "I32", "shape": [1, 5], "data_offsets": [0, 20]}}).encode()
+head += b" " * (-len(head) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack("<5i", 1, 2, 3, 4, 5))
+PY
+expect_error "five.safetensors: rows of 5 tokens exceed model.max_seq_len (4), and the model's learned positions have no more rows" eval --model "$TMP/lrun/final" --input-ids "$TMP/five.safetensors"
 # a prompt that is not UTF-8 text (as the server refuses it)
 cp -r "$MIXTRAL/model" "$TMP/tiny_tokenizer"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []}}' > "$TMP/tiny_tokenizer/tokenizer.json"
