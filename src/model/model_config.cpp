@@ -1,6 +1,5 @@
 #include "model/model_config.h"
 
-#include <cctype>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -55,23 +54,6 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.shared_ffn_size = moe.get_int("shared_ffn_size", 0);
   c.shared_gate = moe.get_bool("shared_gate", false);
   return c;
-}
-
-// validate() names fields as a training config's "model" section has them; a saved model's
-// config.json has them under "moex_model": each "model." that starts a field name is renamed.
-std::string in_section(std::string message, const std::string& section) {
-  const std::string from = "model.", to = section.empty() ? "" : section + ".";
-  if (to == from) return message;
-  for (size_t at = message.find(from); at != std::string::npos; at = message.find(from, at)) {
-    const char before = at == 0 ? ' ' : message[at - 1];
-    if (std::isalnum(static_cast<unsigned char>(before)) || before == '_' || before == '.') {
-      at += from.size();
-      continue;
-    }
-    message.replace(at, from.size(), to);
-    at += to.size();
-  }
-  return message;
 }
 
 }  // namespace
@@ -155,36 +137,37 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
                          std::to_string(c.vocab_size) + " (-1: none)");
   m.finish();
   try {
-    c.validate();
+    c.validate(m.path());
   } catch (const Error& e) {  // name the file: validate() names only the field
-    MOEX_THROW(m.source(), ": ", in_section(e.message(), m.path()));
+    MOEX_THROW(m.source(), ": ", e.message());
   }
   return c;
 }
 
-void ModelConfig::validate() const {
-  MOEX_CHECK(vocab_size > 0, "model.vocab_size must be > 0 (got ", vocab_size, ")");
-  MOEX_CHECK(hidden_size > 0, "model.hidden_size must be > 0 (got ", hidden_size, ")");
-  MOEX_CHECK(num_layers > 0, "model.num_layers must be > 0 (got ", num_layers, ")");
-  MOEX_CHECK(num_heads > 0, "model.num_heads must be > 0 (got ", num_heads, ")");
-  MOEX_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, "model.num_kv_heads (",
-             num_kv_heads, ") must divide model.num_heads (", num_heads, ")");
-  MOEX_CHECK(head_dim > 0, "model.head_dim must be > 0 (got ", head_dim, ")");
-  MOEX_CHECK(positions != PositionType::kRope || head_dim % 2 == 0, "model.head_dim (", head_dim,
+void ModelConfig::validate(const std::string& section) const {
+  const std::string s = section.empty() ? "" : section + ".";
+  MOEX_CHECK(vocab_size > 0, s, "vocab_size must be > 0 (got ", vocab_size, ")");
+  MOEX_CHECK(hidden_size > 0, s, "hidden_size must be > 0 (got ", hidden_size, ")");
+  MOEX_CHECK(num_layers > 0, s, "num_layers must be > 0 (got ", num_layers, ")");
+  MOEX_CHECK(num_heads > 0, s, "num_heads must be > 0 (got ", num_heads, ")");
+  MOEX_CHECK(num_kv_heads > 0 && num_heads % num_kv_heads == 0, s, "num_kv_heads (",
+             num_kv_heads, ") must divide ", s, "num_heads (", num_heads, ")");
+  MOEX_CHECK(head_dim > 0, s, "head_dim must be > 0 (got ", head_dim, ")");
+  MOEX_CHECK(positions != PositionType::kRope || head_dim % 2 == 0, s, "head_dim (", head_dim,
              ") must be even for rope");
-  MOEX_CHECK(max_seq_len > 0, "model.max_seq_len must be > 0 (got ", max_seq_len, ")");
-  MOEX_CHECK(ffn_size > 0, "model.ffn_size must be > 0 (got ", ffn_size, ")");
-  MOEX_CHECK(norm_eps > 0, "model.norm_eps must be > 0");
-  MOEX_CHECK(num_layers <= ModelConfig::kMaxLayers, "model.num_layers is ", num_layers,
+  MOEX_CHECK(max_seq_len > 0, s, "max_seq_len must be > 0 (got ", max_seq_len, ")");
+  MOEX_CHECK(ffn_size > 0, s, "ffn_size must be > 0 (got ", ffn_size, ")");
+  MOEX_CHECK(norm_eps > 0, s, "norm_eps must be > 0");
+  MOEX_CHECK(num_layers <= ModelConfig::kMaxLayers, s, "num_layers is ", num_layers,
              "; at most ", ModelConfig::kMaxLayers, " are supported");
   MOEX_CHECK(positions != PositionType::kRope || (rope_theta > 0 && std::isfinite(rope_theta)),
-             "model.rope_theta must be > 0 (got ", rope_theta, ")");
-  MOEX_CHECK(init_std >= 0 && std::isfinite(init_std), "model.init_std must be >= 0 (got ",
+             s, "rope_theta must be > 0 (got ", rope_theta, ")");
+  MOEX_CHECK(init_std >= 0 && std::isfinite(init_std), s, "init_std must be >= 0 (got ",
              init_std, ")");
-  MOEX_CHECK(vocab_size <= std::numeric_limits<int32_t>::max(), "model.vocab_size (", vocab_size,
+  MOEX_CHECK(vocab_size <= std::numeric_limits<int32_t>::max(), s, "vocab_size (", vocab_size,
              ") exceeds the int32 token ids");
   for (const LayerSpec& layer : layers)
-    if (layer.moe) layer.moe_config.validate();
+    if (layer.moe) layer.moe_config.validate(s + "moe");
   // An upper bound of num_parameters() in long double: a size field of a corrupted config must
   // not overflow the int64_t counts (or allocate) further on.
   const long double d = hidden_size, qd = static_cast<long double>(num_heads) * head_dim,

@@ -51,7 +51,9 @@ struct ModelConfig {
 
   // The "model" object of a moex config. Unknown fields are errors naming the file and field.
   static ModelConfig from_json(const JsonReader& model);
-  void validate() const;  // errors name the field
+  // Errors name the field under `section`: "model" in a training config, "moex_model" in a saved
+  // model's config.json, "" at a file's top level.
+  void validate(const std::string& section = "model") const;
   int num_moe_layers() const;
   // Weights one token multiplies through (attention projections, the dense or the top-k expert
   // MLPs with their router, residual and shared parts, the LM head): 2x this is its forward

@@ -58,7 +58,9 @@ struct MoEConfig {
 
   // Throws moex::Error naming the field when an option is out of range (k > E, capacity factor <=
   // 0, ...).
-  void validate() const;
+  // Errors name fields under `section` ("model.moe" in a training config, "moex_model.moe" in a
+  // saved model's config.json).
+  void validate(const std::string& section = "model.moe") const;
   // F1: rows of an expert's first projection (2F for SwiGLU: gate rows, then up rows).
   int64_t first_proj_rows(int64_t ffn) const {
     return activation == ExpertActivation::kSwiGLU ? 2 * ffn : ffn;
