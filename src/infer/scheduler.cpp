@@ -88,11 +88,7 @@ SchedulerOptions resolved(const model::Model& model, SchedulerOptions o) {
   // The KV pool of a CPU model, all layers' keys and values, checked before any of it (or the
   // pool's block list) is allocated; one layer's tensor alone could fit where the pool cannot.
   if (model.device().is_cpu()) {
-    const double bytes = 2.0 * static_cast<double>(config.num_layers) *
-                         static_cast<double>(o.num_blocks) * static_cast<double>(o.block_size) *
-                         static_cast<double>(model.tensor_parallel().part(config.num_kv_heads)) *
-                         static_cast<double>(config.head_dim) *
-                         static_cast<double>(dtype_size(model.compute_params().flat().dtype()));
+    const double bytes = model.paged_kv_bytes(o.num_blocks, o.block_size);
     const double memory = static_cast<double>(host_memory_bytes());
     constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
     MOEX_CHECK(bytes <= memory, "serving: a KV cache of ", o.num_blocks, " blocks of ",

@@ -588,14 +588,26 @@ void Model::forward_cached(const int32_t* ids, int64_t batch, int64_t new_len, K
   gather_logits(logits, last_logits);
 }
 
+// One layer's keys (or values) of a pool: [blocks, block_size, this rank's kv heads, head_dim].
+Shape Model::paged_kv_shape(int64_t num_blocks, int64_t block_size) const {
+  return Shape{num_blocks, block_size, tp_.part(config_.num_kv_heads), config_.head_dim};
+}
+
+double Model::paged_kv_bytes(int64_t num_blocks, int64_t block_size) const {
+  const Shape shape = paged_kv_shape(num_blocks, block_size);
+  double elements = 1;
+  for (int i = 0; i < shape.ndim(); ++i) elements *= static_cast<double>(shape[i]);
+  return 2.0 * static_cast<double>(blocks_.size()) * elements *
+         static_cast<double>(dtype_size(compute_params().flat().dtype()));
+}
+
 PagedKV Model::make_paged_kv(int64_t num_blocks, int64_t block_size) const {
   MOEX_CHECK(num_blocks > 0 && block_size > 0, "paged KV: num_blocks (", num_blocks,
              ") and block_size (", block_size, ") must be > 0");
   PagedKV kv;
   kv.num_blocks = num_blocks;
   kv.block_size = block_size;
-  // This rank's kv heads under tensor parallelism.
-  const Shape shape{num_blocks, block_size, tp_.part(config_.num_kv_heads), config_.head_dim};
+  const Shape shape = paged_kv_shape(num_blocks, block_size);
   const DType dt = compute_params().flat().dtype();
   for (size_t i = 0; i < blocks_.size(); ++i) {
     kv.k.push_back(Tensor::empty(shape, dt, device_));

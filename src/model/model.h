@@ -59,7 +59,8 @@ struct KVCache {
 // How a model stores its state: the weights the optimizer updates (master) and the gradients.
 // For training, kF32 each, or kBF16 on a GPU in any layout (optimizer.master_dtype,
 // optimizer.grads_dtype; docs/gpu-model.md §bf16 master weights and §bf16 gradients,
-// docs/parallelism.md §bf16 state over ranks). With a bf16 master the kernels read the master itself: there is no copy.
+// docs/parallelism.md §bf16 state over ranks). With a bf16 master the kernels read the master
+// itself: there is no copy.
 struct ModelState {
   DType master = DType::kF32;
   DType grads = DType::kF32;
@@ -200,6 +201,9 @@ class Model {
 
   // Serving: a pool of num_blocks blocks of block_size positions for every layer.
   PagedKV make_paged_kv(int64_t num_blocks, int64_t block_size) const;
+  // The bytes make_paged_kv would allocate, every layer's keys and values (a double: a size
+  // asked for by mistake may not fit in 64 bits), to check a pool before allocating any of it.
+  double paged_kv_bytes(int64_t num_blocks, int64_t block_size) const;
   // Several sequences at once, each at its own position: ids holds their new tokens back to back
   // (seqs in order); keys and values go to each sequence's blocks, and each attends over its own
   // positions only. Writes the logits after each sequence's last new token, [S, V] (host, fp32),
@@ -362,6 +366,7 @@ class Model {
   std::vector<Tensor> lent_rows(int64_t n, const StepOptions& step);
   bool lend_grads_ = true;
   std::vector<LentRegion> lent_regions_;
+  Shape paged_kv_shape(int64_t num_blocks, int64_t block_size) const;  // one layer's keys
   // Zeroes bucket b's alignment padding where this step's lent regions covered it (the norm and
   // the reductions read it).
   void zero_lent_padding(int bucket);
