@@ -159,9 +159,11 @@ bool JsonReader::has(const std::string& key) const {
 int64_t JsonReader::as_int(const nlohmann::json& v, const std::string& key,
                            const char* what) const {
   // A whole number past 2^64 parses as a float: it is an integer, out of range.
-  if (v.is_number_float() && std::isfinite(v.get<double>()) &&
-      std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) >= 0x1p63)
-    fail(key, "is " + v.dump() + ", out of the 64-bit integer range");
+  if (v.is_number_float()) {
+    const double x = v.get<double>();
+    if (std::isfinite(x) && std::floor(x) == x && std::fabs(x) >= 0x1p63)
+      fail(key, "is " + v.dump() + ", out of the 64-bit integer range");
+  }
   if (!v.is_number_integer()) fail(key, what);
   if (v.is_number_unsigned() &&
       v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))

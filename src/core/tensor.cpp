@@ -15,10 +15,6 @@ DeviceCopyFn g_device_copy = nullptr;
 
 constexpr size_t kHostAlignment = 64;
 
-// The machine's memory and swap: a host tensor larger than this can never be backed. Linux
-// overcommits, so such a malloc may succeed and the process die later to the OOM killer; asking
-// first turns an absurd size (a mistyped batch or cache size) into an error naming the tensor.
-
 // numel(shape) * element bytes, or an error where that does not fit in 63 bits.
 size_t checked_bytes(const Shape& shape, DType dtype) {
   for (int i = 0; i < shape.ndim(); ++i)
@@ -32,6 +28,9 @@ size_t checked_bytes(const Shape& shape, DType dtype) {
 
 }  // namespace
 
+// A host tensor larger than this can never be backed. Linux overcommits, so such a malloc may
+// succeed and the process die later to the OOM killer; asking first turns an absurd size (a
+// mistyped batch or cache size) into an error naming the tensor.
 size_t host_memory_bytes() {
   static const size_t bytes = [] {
     struct sysinfo info {};

@@ -346,9 +346,9 @@ double AdamW::offload_step(model::Model& model, double lr, int64_t step) {
     times.wait_ms += ms_since(start);
     if (i + 1 < offload_tiles_.size()) download(i + 1);
     start = SteadyClock::now();
-    // Under ZeRO with the model's fp32 master nothing goes up per tile (the whole copy does below).
-    const Tensor up =
-        zero && !sharded && !in_place ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
+    // Under ZeRO with the model's fp32 master on the host nothing goes up per tile (the whole copy
+    // does below).
+    const Tensor up = zero && !gpu_master ? Tensor() : weight_tiles_[i % 2].slice(0, t.count);
     const Tensor master = in_place  ? up
                           : sharded ? master_.slice(state, state + t.count)
                                     : params.slice(t.flat, end);
