@@ -10,7 +10,9 @@ failures=0
 expect_error() {  # expect_error "<fragment>" moex-args...
   local fragment="$1"; shift
   local err rc
-  err="$("$MOEX" "$@" 2>&1 >/dev/null)"; rc=$?
+  # EXPECT_TIMEOUT (seconds) ends a case that would otherwise never end (a server that started
+  # where it should have refused): it then fails, with timeout's status 124, instead of hanging.
+  err="$(timeout -k 10 "${EXPECT_TIMEOUT:-0}" "$MOEX" "$@" 2>&1 >/dev/null)"; rc=$?
   local lines; lines="$(printf '%s\n' "$err" | grep -c .)"
   if [ "$rc" -ne 1 ] || [ "$lines" -ne 1 ] || [[ "$err" != *"error:"* ]] || [[ "$err" != *"$fragment"* ]]; then
     echo "FAIL: moex $* -> rc=$rc, stderr:"; printf '%s\n' "$err" | sed 's/^/    /'
@@ -265,7 +267,7 @@ cp -r "$MIXTRAL/model" "$TMP/tiny_tokenizer"
 printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2}, "merges": []}}' > "$TMP/tiny_tokenizer/tokenizer.json"
 expect_error "--prompt is not valid UTF-8 text" generate --model "$TMP/tiny_tokenizer" --prompt $'\xff\xfe'
 # a KV cache no machine holds: refused naming the options, before any of it is allocated
-expect_error "serving: a KV cache of 2000000000 blocks of 16 positions (max_batch 8 sequences of max_context 256) needs" serve --model "$TMP/tiny_tokenizer" --kv-blocks 2000000000 --port 1
+EXPECT_TIMEOUT=300 expect_error "serving: a KV cache of 2000000000 blocks of 16 positions (max_batch 8 sequences of max_context 256) needs" serve --model "$TMP/tiny_tokenizer" --kv-blocks 2000000000 --port 0
 expect_error "max_new_tokens must be in [0, 2^31 - 1]" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --max-new-tokens 99999999999
 expect_error "temperature must be a finite number >= 0 (got inf)" generate --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --temperature inf
 # generate takes --prompt or --input-ids, not both
