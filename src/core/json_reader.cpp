@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/file_util.h"
+#include "core/spelling.h"
 
 namespace moex {
 
@@ -140,6 +141,7 @@ void JsonReader::fail(const std::string& key, const std::string& message) const 
 }
 
 const nlohmann::json* JsonReader::find(const std::string& key) const {
+  shared_->asked.insert(full(key));
   auto it = node_->find(key);
   if (it == node_->end()) return nullptr;
   // A known field set to null reads as unset (its default, or "is required"), not as unknown.
@@ -148,6 +150,7 @@ const nlohmann::json* JsonReader::find(const std::string& key) const {
 }
 
 bool JsonReader::has(const std::string& key) const {
+  shared_->asked.insert(full(key));
   auto it = node_->find(key);
   if (it == node_->end()) return false;
   // A known field set to null reads as unset (find() says why), not as unknown.
@@ -288,7 +291,18 @@ void JsonReader::collect_unread(const nlohmann::json& node, const std::string& p
 void JsonReader::finish() const {
   std::vector<std::string> unread;
   collect_unread(*node_, path_, &unread);
-  if (!unread.empty()) MOEX_THROW(shared_->source, ": unknown field '", unread.front(), "'");
+  if (unread.empty()) return;
+  // The hint: the fields asked for beside the unknown one (same parent), given or not.
+  const std::string& path = unread.front();
+  const size_t dot = path.rfind('.');
+  const std::string parent = dot == std::string::npos ? "" : path.substr(0, dot + 1);
+  std::vector<std::string> siblings;
+  for (const std::string& asked : shared_->asked)
+    if (asked.size() > parent.size() && asked.compare(0, parent.size(), parent) == 0 &&
+        asked.find('.', parent.size()) == std::string::npos)
+      siblings.push_back(asked.substr(parent.size()));
+  MOEX_THROW(shared_->source, ": unknown field '", path, "'",
+             did_you_mean(path.substr(parent.size()), siblings));
 }
 
 }  // namespace moex

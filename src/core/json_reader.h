@@ -81,6 +81,7 @@ class JsonReader {
   struct Shared {
     std::string source;
     std::set<std::string> read;     // full paths that were read
+    std::set<std::string> asked;    // full paths asked for, given or not (hints for typos)
     std::set<std::string> ignored;  // full paths whose whole subtree is accepted unread
   };
   JsonReader(std::shared_ptr<Shared> shared, std::shared_ptr<const nlohmann::json> root,

@@ -1,8 +1,10 @@
 #include "serve/openai_api.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/json_reader.h"
+#include "core/spelling.h"
 #include "infer/sampler.h"
 
 namespace moex::serve {
@@ -125,6 +127,40 @@ std::vector<Prompt> read_prompts(const json& body) {
 // Fields whose effect moex does not build: accepted at their neutral values (clients send those
 // by default), a 400 naming the field otherwise, so that no client gets an answer that silently
 // ignored what it asked for.
+// The fields a request may carry: OpenAI's, and the vLLM extensions that moex reads or refuses by
+// name. Those asking for what moex does not build are refused below (refuse_unbuilt_options);
+// those that cannot change the answer (user, metadata, store, service_tier, prompt_cache_key,
+// safety_identifier) are accepted and unused. Any other field is refused, as OpenAI refuses it:
+// a typo such as 'max_token' would otherwise run the request on the default without a word.
+const std::vector<std::string>& known_fields(bool chat) {
+  static const std::vector<std::string> completions = {
+      "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs",
+      "max_tokens", "n", "presence_penalty", "seed", "stop", "stream", "stream_options", "suffix",
+      "temperature", "top_p", "user",
+      // vLLM's extensions: sampling, and structured output as chat has it
+      "top_k", "ignore_eos", "stop_token_ids", "repetition_penalty", "min_p", "min_tokens",
+      "response_format"};
+  static const std::vector<std::string> chat_completions = {
+      "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
+      "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
+      "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+      "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
+      "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
+      "top_p", "user", "verbosity", "web_search_options",
+      // vLLM's sampling extensions
+      "top_k", "ignore_eos", "stop_token_ids", "repetition_penalty", "min_p", "min_tokens"};
+  return chat ? chat_completions : completions;
+}
+
+void refuse_unknown_fields(const json& body, bool chat) {
+  const std::vector<std::string>& known = known_fields(chat);
+  for (auto it = body.begin(); it != body.end(); ++it)
+    if (std::find(known.begin(), known.end(), it.key()) == known.end())
+      bad(it.key(), "unrecognized request argument '" + it.key() + "' for " +
+                        (chat ? "/v1/chat/completions" : "/v1/completions") +
+                        did_you_mean(it.key(), known));
+}
+
 void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   auto refuse = [](const char* field, const std::string& what) {
     bad(field, std::string("'") + field + "': " + what + " is not supported by moex serve");
@@ -148,6 +184,13 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (given(body, "audio")) refuse("audio", "audio output");
   if (given(body, "functions") && !(body["functions"].is_array() && body["functions"].empty()))
     refuse("functions", "calling functions");
+  if (given(body, "function_call") && body["function_call"] != "none" &&
+      body["function_call"] != "auto")
+    refuse("function_call", "calling functions (the deprecated form of tool_choice)");
+  // Both shape the answer of reasoning models, which moex does not steer.
+  if (given(body, "reasoning_effort")) refuse("reasoning_effort", "a reasoning effort");
+  if (given(body, "verbosity")) refuse("verbosity", "a verbosity level");
+  if (given(body, "web_search_options")) refuse("web_search_options", "web search");
 }
 
 // Completions: logprobs is the number of alternatives (0 still asks for the chosen tokens'; false
@@ -320,6 +363,7 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
     bad("", e.message());
   }
   if (!body.is_object()) bad("", "the request body must be a JSON object");
+  refuse_unknown_fields(body, chat);
   GenerationRequest r;
   r.chat = chat;
   if (!body.contains("model") || !body["model"].is_string())

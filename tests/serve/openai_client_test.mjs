@@ -212,6 +212,9 @@ try {
   const chatDefaults = await client.chat.completions.create({ model, messages, max_tokens: 8, temperature: 0, logprobs: false, response_format: { type: 'text' }, tools: [], max_completion_tokens: null });
   assert.equal(chatDefaults.choices[0].message.content, chat.choices[0].message.content);
   await expectError(client.completions.create({ ...base, prompt: 'x', best_of: 3 }), 400, { param: 'best_of' });
+  // A misspelt field is refused, as OpenAI refuses it, and named with the field it misspells.
+  const typo = await expectError(client.completions.create({ ...base, prompt: 'x', max_token: 2 }), 400, { param: 'max_token' });
+  assert.match(typo.error.message, /did you mean 'max_tokens'/);
   const unbuilt = await expectError(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'integer', minimum: 0 } } } }), 400, { param: 'response_format' });
   assert.match(unbuilt.error.message, /'minimum' is not supported/);
   const tools = [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: {} } } }];

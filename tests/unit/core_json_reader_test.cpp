@@ -54,6 +54,30 @@ TEST(JsonReader, UnknownFieldNamesFileAndPath) {
   EXPECT_NE(msg.find("m.topk"), std::string::npos) << msg;
 }
 
+// The unknown field's message suggests the known field beside it that it is a typo of: one asked
+// for at the same level, given or not; a stranger name gets no hint.
+TEST(JsonReader, UnknownFieldSuggestsTheFieldItMisspells) {
+  JsonReader r = JsonReader::from_string(
+      R"({"m": {"learning_rte": 1}, "stray": 2, "warmup": 3})", "hint.json");
+  JsonReader m = r.child("m");
+  m.get_double("learning_rate", 0.1);  // absent: its default, and still a known name
+  m.get_double("weight_decay", 0.0);
+  r.get_int("warmup_steps", 0);
+  const std::string msg = error_of([&] { r.finish(); });
+  EXPECT_NE(msg.find("unknown field 'm.learning_rte' (did you mean 'learning_rate'?)"),
+            std::string::npos)
+      << msg;
+  JsonReader top = JsonReader::from_string(R"({"stray": 2, "warmup_step": 3})", "top.json");
+  top.get_int("warmup_steps", 0);
+  const std::string stray = error_of([&] { top.finish(); });
+  EXPECT_NE(stray.find("unknown field 'stray'"), std::string::npos) << stray;
+  EXPECT_EQ(stray.find("did you mean"), std::string::npos) << stray;
+  JsonReader typo = JsonReader::from_string(R"({"warmup_step": 3})", "typo.json");
+  typo.get_int("warmup_steps", 0);
+  EXPECT_NE(error_of([&] { typo.finish(); }).find("(did you mean 'warmup_steps'?)"),
+            std::string::npos);
+}
+
 TEST(JsonReader, WrongTypesAndChoicesNameTheField) {
   JsonReader r = JsonReader::from_string(R"({"n": "four", "norm": "batchnorm", "list": [1, 2, 3]})", "c.json");
   EXPECT_NE(error_of([&] { r.get_int("n"); }).find("c.json: n must be an integer"), std::string::npos);

@@ -75,6 +75,47 @@ TEST(OpenAiApi, DeeplyNestedAndInvalidUtf8BodiesAreClearErrors) {
   }
 }
 
+// A field that is neither OpenAI's nor a vLLM extension moex reads is a 400 naming it, with the
+// field it misspells: a typo must not run the request on a default. Fields that cannot change the
+// answer are accepted; those that steer what moex does not build are refused.
+TEST(OpenAiApi, UnknownFieldsAreRefusedWithTheirLikelyIntent) {
+  auto error_of = [](const std::string& fields, bool chat) {
+    const std::string body =
+        std::string(R"({"model": "m", )") +
+        (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
+        (fields.empty() ? "" : ", " + fields) + "}";
+    try {
+      parse_generation_request(body, chat);
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      return e.param + ": " + e.message;
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(error_of(R"("max_token": 5)", false),
+            "max_token: unrecognized request argument 'max_token' for /v1/completions "
+            "(did you mean 'max_tokens'?)");
+  EXPECT_EQ(error_of(R"("temprature": 0)", true),
+            "temprature: unrecognized request argument 'temprature' for /v1/chat/completions "
+            "(did you mean 'temperature'?)");
+  // Chat's fields are not the completions endpoint's, and an unknown null is still unknown.
+  EXPECT_EQ(error_of(R"("tools": [])", false).substr(0, 7), "tools: ");
+  EXPECT_EQ(error_of(R"("colour": null)", true),
+            "colour: unrecognized request argument 'colour' for /v1/chat/completions");
+  for (bool chat : {false, true})
+    EXPECT_EQ(error_of(R"("user": "u", "top_k": 3, "min_p": 0, "ignore_eos": false)", chat),
+              "(accepted)");
+  EXPECT_EQ(error_of(R"("metadata": {"a": "b"}, "store": false, "service_tier": "auto",
+                        "prompt_cache_key": "k", "safety_identifier": "s",
+                        "function_call": "auto")",
+                     true),
+            "(accepted)");
+  for (const char* unbuilt : {R"("reasoning_effort": "low")", R"("verbosity": "low")",
+                              R"("web_search_options": {})", R"("function_call": {"name": "f"})"})
+    EXPECT_NE(error_of(unbuilt, true).find("is not supported by moex serve"), std::string::npos)
+        << unbuilt;
+}
+
 // Client defaults of options moex does not build are accepted; any other value is a 400 naming
 // the field, never an answer that silently ignored it. Log-probabilities, penalties and
 // logit_bias are read, and their bad values are 400s naming them.
@@ -96,8 +137,9 @@ TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
     return parse_generation_request(body_of(fields, chat), chat);
   };
   for (bool chat : {false, true}) {
-    EXPECT_EQ(param_of(R"("frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {},
-                          "logprobs": null, "top_logprobs": 0, "user": "u", "n": 1)",
+    EXPECT_EQ(param_of(std::string(R"("frequency_penalty": 0, "presence_penalty": 0.0,
+                          "logit_bias": {}, "logprobs": null, "user": "u", "n": 1)") +
+                           (chat ? R"(, "top_logprobs": 0)" : ""),
                        chat),
               "(accepted)");
     const GenerationRequest neutral = read("", chat);
