@@ -538,11 +538,19 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
   MOEX_CHECK(need(j, "vocab_size", "").is_number_integer(), path,
              ": vocab_size must be an integer");
   m.vocab_size = j["vocab_size"].get<int64_t>();
-  m.eos_id = j.value("eos_id", -1);
-  const int64_t bos_id = j.value("bos_id", int64_t{-1});
+  // An optional top-level integer: a wrong type names the field (json::value would throw the
+  // library's type_error).
+  auto optional_id = [&](const char* field) -> int64_t {
+    if (!j.contains(field)) return -1;
+    MOEX_CHECK(j[field].is_number_integer(), path, ": ", field, " must be an integer, got ",
+               j[field].dump());
+    return j[field].get<int64_t>();
+  };
+  const int64_t eos_id = optional_id("eos_id"), bos_id = optional_id("bos_id");
   MOEX_CHECK(m.vocab_size > 0, path, ": vocab_size must be > 0, got ", m.vocab_size);
-  MOEX_CHECK(m.eos_id >= -1 && m.eos_id < m.vocab_size, path, ": eos_id ", m.eos_id,
+  MOEX_CHECK(eos_id >= -1 && eos_id < m.vocab_size, path, ": eos_id ", eos_id,
              " is outside the vocabulary of ", m.vocab_size);
+  m.eos_id = static_cast<int32_t>(eos_id);  // below vocab_size, which token ids fit
   MOEX_CHECK(bos_id >= -1 && bos_id < m.vocab_size, path, ": bos_id ", bos_id,
              " is outside the vocabulary of ", m.vocab_size);
   const json& sources = need(j, "sources", "");
@@ -586,7 +594,11 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
     }
     m.sources.push_back(std::move(c));
   }
-  m.seconds = j.value("seconds", 0.0);
+  if (j.contains("seconds")) {
+    MOEX_CHECK(j["seconds"].is_number(), path, ": seconds must be a number, got ",
+               j["seconds"].dump());
+    m.seconds = j["seconds"].get<double>();
+  }
   return m;
 }
 

@@ -111,6 +111,13 @@ expect_error 'corpus.json: sources[0].task must be "lm", "translate" or "denoise
 # a field of the wrong type, named
 sed 's/"name": "a"/"name": 5/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c3" && cp "$TMP/corpus/corpus.json" "$TMP/corpus/c4" && mv "$TMP/corpus/c3" "$TMP/corpus/corpus.json"
 expect_error 'corpus.json: sources[0].name must be a string, got 5' train --config "$TMP/data.json"
+# top-level ids: a wrong type named, and one past int32 refused, not wrapped into the vocabulary
+sed 's/"vocab_size": 10,/"vocab_size": 10, "eos_id": "2",/' "$TMP/corpus/c4" > "$TMP/corpus/corpus.json"
+expect_error 'corpus.json: eos_id must be an integer, got "2"' train --config "$TMP/data.json"
+sed 's/"vocab_size": 10,/"vocab_size": 10, "bos_id": 4294967297,/' "$TMP/corpus/c4" > "$TMP/corpus/corpus.json"
+expect_error 'corpus.json: bos_id 4294967297 is outside the vocabulary of 10' train --config "$TMP/data.json"
+sed 's/"vocab_size": 10,/"vocab_size": 10, "eos_id": 4294967297,/' "$TMP/corpus/c4" > "$TMP/corpus/corpus.json"
+expect_error 'corpus.json: eos_id 4294967297 is outside the vocabulary of 10' train --config "$TMP/data.json"
 mv "$TMP/corpus/c4" "$TMP/corpus/corpus.json"
 # a dataset of ids 0..999 (another tokenizer) for a model of 10 tokens: refused at the first read,
 # naming the file, before any step
