@@ -142,7 +142,7 @@ void MixtureDataset::restore_json(const std::string& text) {
       "mixture state: field sources must list ", samplers_.size(), " sources");
   for (size_t i = 0; i < samplers_.size(); ++i) {
     const auto& s = j["sources"][i];
-    MOEX_CHECK(s.is_object() && s.value("name", "") == mixer_.sources()[i].name,
+    MOEX_CHECK(s.is_object() && s.contains("name") && s["name"] == mixer_.sources()[i].name,
                "mixture state: sources[", i, "].name does not match source '",
                mixer_.sources()[i].name, "'");
     MOEX_CHECK(s.contains("state"), "mixture state: sources[", i, "].state missing");

@@ -23,8 +23,9 @@ std::string sentencepiece_file(const std::string& dir) {
 
 bool is_unigram_tokenizer_json(const std::string& path) {
   const nlohmann::json j = nlohmann::json::parse(read_file(path), nullptr, false);
+  // A "type" of another kind reads as not Unigram (json::value would throw a type_error).
   return j.is_object() && j.contains("model") && j["model"].is_object() &&
-         j["model"].value("type", "") == "Unigram";
+         j["model"].contains("type") && j["model"]["type"] == "Unigram";
 }
 
 }  // namespace

@@ -141,6 +141,8 @@ open(sys.argv[1] + ".bin", "wb").write(struct.pack("<1000H", *ids))
 PY
 printf '{"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4, "f": 5, "g": 6, "h": 7, "i": 8, "j": 9}, "merges": []}}' > "$TMP/corpus/t.json"
 sed 's/"t.model"/"t.json"/' "$TMP/corpus/corpus.json" > "$TMP/corpus/c2" && mv "$TMP/corpus/c2" "$TMP/corpus/corpus.json"
+# an id past int32 to decode is refused, not wrapped to the id 1
+expect_error "--text: id 4294967297 is outside the range of token ids" tokenize --tokenizer "$TMP/corpus/t.json" --decode --text '{"ids": [4294967297]}'
 # (The run has started, so its start-up info lines come first: the error is the last line.)
 err="$("$MOEX" train --config "$TMP/data.json" 2>&1 >/dev/null)"; rc=$?
 if [ "$rc" -ne 1 ] || [[ "$(printf '%s\n' "$err" | tail -n 1)" != *"error: $TMP/corpus/a.train.bin: token"* ]]; then

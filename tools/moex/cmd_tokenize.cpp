@@ -53,6 +53,10 @@ std::vector<int32_t> parse_ids(const std::string& text, const std::string& what)
     std::vector<int32_t> ids;
     for (const auto& v : j.at("ids")) {
       MOEX_CHECK(v.is_number_integer(), what, ": ids must be integers, got ", v.dump());
+      // Checked before narrowing: 4294967297 must not wrap to the id 1.
+      MOEX_CHECK(v.is_number_unsigned() ? v.get<uint64_t>() <= INT32_MAX
+                                        : v.get<int64_t>() >= INT32_MIN,
+                 what, ": id ", v.dump(), " is outside the range of token ids");
       ids.push_back(v.get<int32_t>());
     }
     return ids;
