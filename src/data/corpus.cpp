@@ -19,6 +19,7 @@
 #include "core/json_reader.h"
 #include "core/rng.h"
 #include "data/bible.h"
+#include "data/corpus_writer.h"
 #include "data/html_text.h"
 #include "data/indexed_dataset.h"
 #include "data/sentencepiece_tokenizer.h"
@@ -45,28 +46,6 @@ struct Source {
 };
 
 using Clock = std::chrono::steady_clock;
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-
-// Marks ceil(fraction * units) split units as validation, chosen by a seeded hash so that the
-// choice does not depend on order and is the same for every source that shares units.
-std::set<std::string> pick_valid_units(std::vector<std::string> units, double fraction,
-                                       uint64_t seed) {
-  std::sort(units.begin(), units.end());
-  units.erase(std::unique(units.begin(), units.end()), units.end());
-  std::sort(units.begin(), units.end(), [&](const std::string& a, const std::string& b) {
-    const uint64_t ha = philox_u32(seed, fnv1a(a), 0), hb = philox_u32(seed, fnv1a(b), 0);
-    return ha != hb ? ha < hb : a < b;
-  });
-  size_t n = static_cast<size_t>(std::ceil(fraction * static_cast<double>(units.size())));
-  if (units.size() < 2) n = 0;
-  n = std::min(n, units.size() - (units.empty() ? 0 : 1));  // keep at least one for training
-  return std::set<std::string>(units.begin(), units.begin() + static_cast<std::ptrdiff_t>(n));
-}
 
 std::string handbook_dir_for(const std::string& root, const std::string& lang) {
   if (fs::is_directory(fs::path(root) / lang)) return (fs::path(root) / lang).string();
@@ -301,28 +280,18 @@ CorpusSource write_denoise_source(const Source& s, const std::vector<std::vector
   info.task = "denoise";
   info.train = {info.name + ".train", 0, 0};
   info.valid = {info.name + ".valid", 0, 0};
-  IndexedDatasetBuilder train(dir + "/" + info.train.prefix, dtype);
-  IndexedDatasetBuilder valid(dir + "/" + info.valid.prefix, dtype);
+  SourceSplitsWriter splits(dir, &info, dtype);
   for (size_t i = 0; i < s.docs.size(); ++i) {
     const std::vector<int32_t>& doc = ids[i];
     MOEX_CHECK(doc.size() >= 2 && doc.front() == special.lang && doc.back() == special.eos,
                s.info.name, ": document ", s.docs[i].key, " is not <lang> text EOS");
     const std::vector<int32_t> text(doc.begin() + 1, doc.end() - 1);
     for (const auto& example :
-         denoise_examples(text, o.denoise_options, special, o.seed, fnv1a(s.docs[i].key))) {
-      (s.docs[i].valid ? valid : train).add_document(example);
-      CorpusSplitStats& st = s.docs[i].valid ? info.valid : info.train;
-      st.documents++;
-      st.tokens += static_cast<int64_t>(example.size());
-    }
+         denoise_examples(text, o.denoise_options, special, o.seed, fnv1a(s.docs[i].key)))
+      splits.add(example, s.docs[i].valid);
   }
-  train.finish();
-  valid.finish();
+  splits.finish();
   return info;
-}
-
-json split_json(const CorpusSplitStats& s) {
-  return {{"prefix", s.prefix}, {"documents", s.documents}, {"tokens", s.tokens}};
 }
 
 std::string human_bytes(int64_t b) {
@@ -439,16 +408,9 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
     const auto ids = tokenize(*tok, s, tags, o.num_threads);
     s.info.train.prefix = s.info.name + ".train";
     s.info.valid.prefix = s.info.name + ".valid";
-    IndexedDatasetBuilder train(tmp + "/" + s.info.train.prefix, dtype);
-    IndexedDatasetBuilder valid(tmp + "/" + s.info.valid.prefix, dtype);
-    for (size_t i = 0; i < s.docs.size(); ++i) {
-      (s.docs[i].valid ? valid : train).add_document(ids[i]);
-      CorpusSplitStats& st = s.docs[i].valid ? s.info.valid : s.info.train;
-      st.documents++;
-      st.tokens += static_cast<int64_t>(ids[i].size());
-    }
-    train.finish();
-    valid.finish();
+    SourceSplitsWriter splits(tmp, &s.info, dtype);
+    for (size_t i = 0; i < s.docs.size(); ++i) splits.add(ids[i], s.docs[i].valid);
+    splits.finish();
     log(s.info.name + ": " + std::to_string(s.info.train.tokens) + " train / " +
         std::to_string(s.info.valid.tokens) + " valid tokens");
     manifest.sources.push_back(s.info);
@@ -464,13 +426,7 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   manifest.vocab_size = tok->vocab_size();
   manifest.eos_id = tok->eos_id();
   manifest.seconds = elapsed();
-  json j;
-  j["format"] = "moex-corpus-1";
-  j["tokenizer"] = "tokenizer.model";
-  j["vocab_size"] = manifest.vocab_size;
-  j["eos_id"] = manifest.eos_id;
-  j["bos_id"] = tok->bos_id();
-  j["token_dtype"] = dtype == TokenDType::kU16 ? "uint16" : "int32";
+  json j = corpus_manifest_json(manifest, "tokenizer.model", tok->bos_id(), dtype);
   j["tags"] = {{"translate", kTranslateTag}, {"languages", json::object()}};
   if (o.denoise) {
     j["tags"]["denoise"] = kDenoiseTag;
@@ -486,25 +442,6 @@ CorpusManifest prepare_corpus(const CorpusOptions& o) {
   for (const auto& l : languages) j["tags"]["languages"][l] = language_tag(l);
   j["seed"] = o.seed;
   j["valid_fraction"] = o.valid_fraction;
-  j["sources"] = json::array();
-  json per_lang = json::object();
-  for (const auto& s : manifest.sources) {
-    j["sources"].push_back({{"name", s.name},
-                            {"language", s.language},
-                            {"task", s.task},
-                            {"origin", s.origin},
-                            {"text", s.text_path},
-                            {"text_bytes", s.text_bytes},
-                            {"train", split_json(s.train)},
-                            {"valid", split_json(s.valid)}});
-    if (!per_lang.contains(s.language))
-      per_lang[s.language] = {{"train_tokens", 0}, {"valid_tokens", 0}};
-    json& pl = per_lang[s.language];
-    pl["train_tokens"] = pl["train_tokens"].get<int64_t>() + s.train.tokens;
-    pl["valid_tokens"] = pl["valid_tokens"].get<int64_t>() + s.valid.tokens;
-  }
-  j["languages"] = per_lang;
-  j["seconds"] = manifest.seconds;
   io::write_file_atomic(tmp + "/corpus.json", j.dump(2) + "\n");
   out.commit();
   committed = true;

@@ -4,6 +4,7 @@
 set -uo pipefail
 MOEX="$1"
 TMP="$(mktemp -d)"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 trap 'rm -rf "$TMP"' EXIT
 failures=0
 
@@ -70,6 +71,20 @@ expect_error "--out $TMP/proj is a directory that holds no corpus (no corpus.jso
 [ "$(cat "$TMP/notes.txt")" = precious ] && [ -f "$TMP/proj/src/code.c" ] ||
   { echo "FAIL: data prepare touched what was at --out"; failures=$((failures + 1)); }
 expect_error "--valid-fraction must be in [0, 1), got 1.5" data prepare --out "$TMP/c" --valid-fraction 1.5
+# data prepare --input (your own text): the tokenizer is required, the default corpus' options
+# and a line that is no JSON object are refused by name, and nothing is left at --out
+printf '{"text": "a"}\n' > "$TMP/own.jsonl"
+expect_error "give one of --tokenizer FILE or --model DIR with --input" data prepare --input "$TMP/own.jsonl" --out "$TMP/own"
+expect_error "--vocab-size is an option of the default corpus, not of --input" data prepare --input "$TMP/own.jsonl" --tokenizer "$TMP/x" --vocab-size 100 --out "$TMP/own"
+expect_error "--tokenizer needs --input (your own text)" data prepare --tokenizer "$TMP/x" --out "$TMP/own"
+printf '{"text": "a"}\n["b"]\n' > "$TMP/own2.jsonl"
+# (The preparation has started, so its progress lines come first: the error is the last line.)
+err="$("$MOEX" data prepare --input "$TMP/own2.jsonl" --tokenizer "$ROOT/tests/fixtures/tokenizers/llama2/tokenizer.json" --out "$TMP/own" 2>&1 >/dev/null)"; rc=$?
+if [ "$rc" -ne 1 ] || [[ "$(printf '%s\n' "$err" | tail -n 1)" != *"own2.jsonl:2: not a JSON object"* ]]; then
+  echo "FAIL: data prepare --input of a bad line -> rc=$rc, stderr:"; printf '%s\n' "$err" | sed 's/^/    /'
+  failures=$((failures + 1))
+fi
+[ ! -e "$TMP/own" ] && [ ! -e "$TMP/own.tmp" ] || { echo "FAIL: data prepare --input left $TMP/own behind"; failures=$((failures + 1)); }
 expect_error "--threads must be in [1, 4096], got 0" data prepare --out "$TMP/c" --threads 0
 expect_error "--max-source-mb must be in (0, 1048576], got 0" data prepare --out "$TMP/c" --max-source-mb 0
 

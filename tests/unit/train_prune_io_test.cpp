@@ -19,6 +19,7 @@
 #include "model/hf_weights.h"
 #include "model/model_io.h"
 #include "model_probe.h"
+#include "temp_path.h"
 #include "train/prune_io.h"
 
 namespace moex::train {
@@ -26,19 +27,9 @@ namespace {
 
 using testing::model_logits;
 using testing::random_ids;
+using testing::TempDir;
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / (name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string sub(const std::string& name) const { return (path / name).string(); }
-};
 
 // Prunes the model in `src` by `spec`, writes it to `out`, and checks that it loads back into
 // the same logits.

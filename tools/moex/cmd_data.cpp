@@ -1,4 +1,5 @@
-// moex data prepare: builds the default tokenized corpus (src/data/corpus.h).
+// moex data prepare: builds the default tokenized corpus (src/data/corpus.h), or with --input a
+// corpus of the user's own text and tokenizer (src/data/text_corpus.h).
 #include <atomic>
 #include <cmath>
 #include <csignal>
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "core/stop_signals.h"
 #include "data/corpus.h"
+#include "data/text_corpus.h"
 #include "io/atomic_file.h"
 
 namespace moex::cli {
@@ -23,7 +25,21 @@ void on_stop_signal(int) {
 
 const char* kUsage =
     "usage: moex data prepare --out DIR [options]\n"
+    "       moex data prepare --input FILE[,FILE...] (--tokenizer FILE | --model DIR) --out DIR\n"
+    "                         [--json-key text] [--language CODE] [--valid-fraction F] [--seed N]\n"
     "\n"
+    "With --input: your own text, tokenized with an existing tokenizer (a model's, to fine-tune\n"
+    "it). Each file is one source: .jsonl (or .json) holds one JSON object per line whose\n"
+    "--json-key string (default \"text\") is a document; any other file is plain UTF-8 text,\n"
+    "documents separated by blank lines. Each document gets the tokenizer's special tokens and\n"
+    "an EOS. The tokenizer file is copied into DIR.\n"
+    "  --input FILE,...        text files (one source each)\n"
+    "  --tokenizer FILE        tokenizer.json or a SentencePiece .model\n"
+    "  --model DIR             a model directory: its tokenizer\n"
+    "  --json-key KEY          the document field of .jsonl lines (default text)\n"
+    "  --language CODE         the sources' language in corpus.json (default und)\n"
+    "\n"
+    "Without --input: the default corpus.\n"
     "Builds a multilingual corpus from Debian packages (scripts/setup.sh installs them):\n"
     "the Debian Administrator's Handbook (debian-handbook) and the Bible from SWORD modules\n"
     "(sword-text-web, sword-text-sparv, read with diatheke) as monolingual text and as aligned\n"
@@ -59,6 +75,20 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+int thread_count(const Args& args, int fallback) {
+  const int64_t threads = args.get_int("threads", fallback);
+  MOEX_CHECK(threads >= 1 && threads <= 4096, "--threads must be in [1, 4096], got ", threads);
+  return static_cast<int>(threads);
+}
+
+void log_line(const std::string& line) {
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+void print_summary(const data::CorpusManifest& m);
+int prepare_own_text(const Args& args);
+
 int run_data(const std::vector<std::string>& argv) {
   if (argv.empty() || argv[0] == "--help" || argv[0] == "-h") {
     std::printf("%s", kUsage);
@@ -77,8 +107,12 @@ int run_data(const std::vector<std::string>& argv) {
   }
   Args args(rest,
             {"out", "vocab-size", "languages", "max-source-mb", "valid-fraction", "seed", "threads",
-             "handbook-dir", "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk"},
+             "handbook-dir", "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk", "input",
+             "tokenizer", "model", "json-key", "language"},
             {"no-parallel", "denoise"});
+  if (args.has("input")) return prepare_own_text(args);
+  for (const char* own : {"tokenizer", "model", "json-key", "language"})
+    MOEX_CHECK(!args.has(own), "--", own, " needs --input (your own text)");
   data::CorpusOptions o;
   o.out_dir = args.require("out");
   // A directory of something else, or a file, is the user's: it is not replaced.
@@ -102,18 +136,42 @@ int run_data(const std::vector<std::string>& argv) {
   MOEX_CHECK(o.valid_fraction >= 0 && o.valid_fraction < 1,
              "--valid-fraction must be in [0, 1), got ", o.valid_fraction);
   o.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(o.seed)));
-  const int64_t threads = args.get_int("threads", o.num_threads);
-  MOEX_CHECK(threads >= 1 && threads <= 4096, "--threads must be in [1, 4096], got ", threads);
-  o.num_threads = static_cast<int>(threads);
+  o.num_threads = thread_count(args, o.num_threads);
   o.handbook_dir = args.get("handbook-dir", o.handbook_dir);
   o.bible_text_dir = args.get("bible-text-dir", "");
-  o.log = [](const std::string& line) {
-    std::fprintf(stderr, "%s\n", line.c_str());
-    std::fflush(stderr);
-  };
+  o.log = log_line;
   o.interrupted = [] { return g_interrupted != 0; };
   const StopSignalHandlers handlers(on_stop_signal);
-  const data::CorpusManifest m = data::prepare_corpus(o);
+  print_summary(data::prepare_corpus(o));
+  return 0;
+}
+
+int prepare_own_text(const Args& args) {
+  for (const char* other : {"vocab-size", "languages", "max-source-mb", "handbook-dir",
+                            "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk",
+                            "no-parallel", "denoise"})
+    MOEX_CHECK(!args.has(other), "--", other,
+               " is an option of the default corpus, not of --input");
+  MOEX_CHECK(args.has("tokenizer") != args.has("model"),
+             "give one of --tokenizer FILE or --model DIR with --input");
+  data::TextCorpusOptions o;
+  o.out_dir = args.require("out");
+  io::check_output_dir(o.out_dir, "--out", "corpus.json", "corpus");
+  o.inputs = split_list(args.get("input"));
+  o.tokenizer = args.has("tokenizer") ? args.get("tokenizer") : args.get("model");
+  o.json_key = args.get("json-key", o.json_key);
+  o.language = args.get("language", o.language);
+  o.valid_fraction = args.get_double("valid-fraction", o.valid_fraction);
+  o.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(o.seed)));
+  o.num_threads = thread_count(args, o.num_threads);
+  o.log = log_line;
+  o.interrupted = [] { return g_interrupted != 0; };
+  const StopSignalHandlers handlers(on_stop_signal);
+  print_summary(data::prepare_text_corpus(o));
+  return 0;
+}
+
+void print_summary(const data::CorpusManifest& m) {
   int64_t train = 0, valid = 0;
   std::printf("%-24s %-8s %-10s %10s %12s %12s\n", "source", "lang", "task", "text MB", "train tok",
               "valid tok");
@@ -127,7 +185,6 @@ int run_data(const std::vector<std::string>& argv) {
   std::printf("total: %lld train + %lld valid tokens, vocab %lld, %.1f s -> %s/corpus.json\n",
               static_cast<long long>(train), static_cast<long long>(valid),
               static_cast<long long>(m.vocab_size), m.seconds, m.dir.c_str());
-  return 0;
 }
 
 const Command kData("data", "prepare the default tokenized corpus (data prepare --out DIR)",

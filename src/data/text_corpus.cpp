@@ -1,0 +1,240 @@
+#include "data/text_corpus.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "core/error.h"
+#include "core/json_reader.h"
+#include "data/corpus_writer.h"
+#include "data/tokenizer.h"
+#include "data/unicode.h"
+#include "io/atomic_file.h"
+
+namespace moex::data {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct Document {
+  std::string text;
+  int64_t line = 0;  // where it starts in its file (1-based), for errors
+};
+
+bool is_json_lines(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext == ".jsonl" || ext == ".json";
+}
+
+bool is_blank(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
+}
+
+// The documents of one input file, in order; blank ones are left out (counted in *blank).
+std::vector<Document> read_documents(const std::string& path, const std::string& json_key,
+                                     int64_t* blank) {
+  MOEX_CHECK(fs::is_regular_file(path), "--input ", path, ": not a file");
+  std::ifstream in(path, std::ios::binary);
+  MOEX_CHECK(in, "--input ", path, ": cannot be read");
+  const bool json_lines = is_json_lines(path);
+  std::vector<Document> docs;
+  Document current;  // plain text: the document being gathered
+  auto close = [&] {
+    if (is_blank(current.text))
+      ++*blank;
+    else
+      docs.push_back(std::move(current));
+    current = Document{};
+  };
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const std::string where = path + ":" + std::to_string(n);
+    if (json_lines) {
+      if (is_blank(line)) continue;
+      const nlohmann::json j = parse_json(line, where, "not valid JSON");
+      MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
+      const auto text = j.find(json_key);
+      MOEX_CHECK(text != j.end(), where, ": no '", json_key, "' field (--json-key names it)");
+      MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
+                 text->type_name());
+      current = Document{text->get<std::string>(), n};
+      close();
+    } else {
+      MOEX_CHECK(is_valid_utf8(line), where, ": not valid UTF-8");
+      if (is_blank(line)) {
+        if (!current.text.empty()) close();
+        continue;
+      }
+      if (current.text.empty()) {
+        current.line = n;
+      } else {
+        current.text += '\n';
+      }
+      current.text += line;
+    }
+  }
+  MOEX_CHECK(!in.bad(), "--input ", path, ": read failed");
+  if (!current.text.empty()) close();
+  return docs;
+}
+
+// Whether the tokenizer's own rule ends a text with its EOS (some post-processors do): then the
+// document needs no other.
+bool appends_eos(const Tokenizer& tok) {
+  const std::vector<int32_t> with = tok.encode("a", true), without = tok.encode("a", false);
+  return tok.eos_id() >= 0 && with.size() > without.size() && with.back() == tok.eos_id();
+}
+
+// A document's ids: the tokenizer's own special tokens (BOS where it adds one), then EOS, also
+// after a text that ends in the EOS token's own spelling ("</s>" is text the tokenizer matched).
+std::vector<int32_t> encode_document(const Tokenizer& tok, const std::string& text, bool add_eos) {
+  std::vector<int32_t> ids = tok.encode(text, true);
+  if (add_eos) ids.push_back(tok.eos_id());
+  return ids;
+}
+
+// Every document's ids, in order, encoded by `threads` workers.
+std::vector<std::vector<int32_t>> encode_all(const Tokenizer& tok,
+                                             const std::vector<Document>& docs, int threads) {
+  std::vector<std::vector<int32_t>> ids(docs.size());
+  const bool add_eos = tok.eos_id() >= 0 && !appends_eos(tok);
+  std::atomic<size_t> next{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  std::vector<std::thread> workers;
+  for (int t = 0; t < std::max(1, threads); ++t) {
+    workers.emplace_back([&] {
+      try {
+        for (size_t i; (i = next++) < docs.size();)
+          ids[i] = encode_document(tok, docs[i].text, add_eos);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(failure_mutex);
+        if (!failure) failure = std::current_exception();
+        next = docs.size();
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  if (failure) std::rethrow_exception(failure);
+  return ids;
+}
+
+// The tokenizer file `spec` names: itself, or a model directory's (tokenizer_file_in).
+std::string tokenizer_file_of(const std::string& spec) {
+  MOEX_CHECK(!spec.empty(), "give the tokenizer: --tokenizer FILE or --model DIR");
+  if (!fs::is_directory(spec)) {
+    MOEX_CHECK(fs::is_regular_file(spec), "--tokenizer ", spec, ": no such file");
+    return spec;
+  }
+  const std::string file = tokenizer_file_in(spec);
+  MOEX_CHECK(!file.empty(), spec, ": no tokenizer.json or SentencePiece .model in the directory");
+  return file;
+}
+
+// Source names from file stems, made unique ("a", "a.2", ...): they name the .bin/.idx files.
+std::vector<std::string> source_names(const std::vector<std::string>& inputs) {
+  std::vector<std::string> names;
+  std::set<std::string> taken;
+  for (const std::string& input : inputs) {
+    std::string stem = fs::path(input).stem().string();
+    if (stem.empty() || stem[0] == '.') stem = "text";
+    std::string name = stem;
+    for (int k = 2; taken.count(name); ++k) name = stem + "." + std::to_string(k);
+    taken.insert(name);
+    names.push_back(name);
+  }
+  return names;
+}
+
+}  // namespace
+
+CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
+  MOEX_CHECK(!o.out_dir.empty(), "corpus: --out is required");
+  MOEX_CHECK(!o.inputs.empty(), "corpus: no --input files");
+  MOEX_CHECK(!o.json_key.empty(), "--json-key must not be empty");
+  MOEX_CHECK(o.valid_fraction >= 0 && o.valid_fraction < 1,
+             "--valid-fraction must be in [0, 1), got ", o.valid_fraction);
+  MOEX_CHECK(!o.language.empty() && o.language.find_first_of(" \t\n/") == std::string::npos,
+             "--language must be a code such as \"en\", got \"", o.language, "\"");
+  const auto t0 = Clock::now();
+  auto elapsed = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  auto log = [&](const std::string& msg) {
+    MOEX_CHECK(!(o.interrupted && o.interrupted()), "interrupted; nothing was written to ",
+               o.out_dir);
+    if (o.log) {
+      char prefix[32];
+      std::snprintf(prefix, sizeof(prefix), "[%6.1fs] ", elapsed());
+      o.log(prefix + msg);
+    }
+  };
+  // Every input is checked before any work: a typo in the last name fails at once.
+  for (const std::string& input : o.inputs)
+    MOEX_CHECK(fs::is_regular_file(input), "--input ", input, ": not a file");
+  const std::string tokenizer_path = tokenizer_file_of(o.tokenizer);
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(tokenizer_path);
+  const std::string tokenizer_name = fs::path(tokenizer_path).filename().string();
+  log("tokenizer " + tokenizer_path + " (vocabulary " + std::to_string(tok->vocab_size()) + ")");
+
+  io::AtomicDirectory out(o.out_dir);
+  const std::string tmp = out.temp_path();
+  fs::copy_file(tokenizer_path, tmp + "/" + tokenizer_name);
+  const TokenDType dtype = token_dtype_for_vocab(tok->vocab_size());
+  CorpusManifest manifest;
+  manifest.vocab_size = tok->vocab_size();
+  manifest.eos_id = tok->eos_id();
+  const std::vector<std::string> names = source_names(o.inputs);
+  for (size_t f = 0; f < o.inputs.size(); ++f) {
+    const std::string& input = o.inputs[f];
+    int64_t blank = 0;
+    const std::vector<Document> docs = read_documents(input, o.json_key, &blank);
+    MOEX_CHECK(!docs.empty(), "--input ", input, ": no documents",
+               blank ? " (only blank ones)" : "");
+    log(input + ": " + std::to_string(docs.size()) + " documents" +
+        (blank ? ", " + std::to_string(blank) + " blank ones left out" : ""));
+    // The held-out documents: a seeded choice of their line numbers, the same on every run.
+    std::vector<std::string> units;
+    for (const Document& d : docs) units.push_back(std::to_string(d.line));
+    const std::set<std::string> valid = pick_valid_units(units, o.valid_fraction, o.seed + f);
+    const std::vector<std::vector<int32_t>> ids = encode_all(*tok, docs, o.num_threads);
+    CorpusSource info;
+    info.name = names[f];
+    info.language = o.language;
+    info.task = "lm";
+    info.origin = fs::absolute(input).string();
+    info.train.prefix = info.name + ".train";
+    info.valid.prefix = info.name + ".valid";
+    SourceSplitsWriter splits(tmp, &info, dtype);
+    for (size_t i = 0; i < docs.size(); ++i) {
+      info.text_bytes += static_cast<int64_t>(docs[i].text.size());
+      splits.add(ids[i], valid.count(std::to_string(docs[i].line)) > 0);
+    }
+    splits.finish();
+    log(info.name + ": " + std::to_string(info.train.tokens) + " train / " +
+        std::to_string(info.valid.tokens) + " valid tokens");
+    manifest.sources.push_back(std::move(info));
+  }
+  manifest.seconds = elapsed();
+  nlohmann::json j = corpus_manifest_json(manifest, tokenizer_name, tok->bos_id(), dtype);
+  j["json_key"] = o.json_key;
+  j["seed"] = o.seed;
+  j["valid_fraction"] = o.valid_fraction;
+  io::write_file_atomic(tmp + "/corpus.json", j.dump(2) + "\n");
+  log("writing " + o.out_dir);  // the last chance for an interrupt to leave nothing behind
+  out.commit();
+  manifest.dir = o.out_dir;
+  manifest.tokenizer = (fs::path(o.out_dir) / tokenizer_name).string();
+  return manifest;
+}
+
+}  // namespace moex::data

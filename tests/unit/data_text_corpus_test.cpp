@@ -1,0 +1,180 @@
+// A corpus of the user's own text (data/text_corpus.h): every document's ids are the reference
+// tokenizer's (transformers.js on the llama2 fixture) plus EOS, plain text splits on blank lines,
+// the held-out split is seeded and disjoint, and bad input is one error naming the file and line
+// with nothing left on disk.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "core/error.h"
+#include "data/corpus.h"
+#include "data/indexed_dataset.h"
+#include "data/text_corpus.h"
+#include "data/tokenizer.h"
+#include "temp_path.h"
+
+namespace moex::data {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kFixtures = fs::path(__FILE__).parent_path().parent_path() / "fixtures";
+const std::string kLlama2 = (kFixtures / "tokenizers" / "llama2" / "tokenizer.json").string();
+
+using testing::TempDir;
+
+void write(const std::string& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+// Every document of a split, in order.
+std::vector<std::vector<int32_t>> documents(const std::string& prefix) {
+  const IndexedDataset d = IndexedDataset::open(prefix);
+  std::vector<std::vector<int32_t>> out;
+  const std::vector<int64_t>& starts = d.document_indices();
+  for (size_t k = 0; k + 1 < starts.size(); ++k) {
+    std::vector<int32_t> doc;
+    for (int64_t s = starts[k]; s < starts[k + 1]; ++s) {
+      const std::vector<int32_t> seq = d.get(s);
+      doc.insert(doc.end(), seq.begin(), seq.end());
+    }
+    out.push_back(doc);
+  }
+  return out;
+}
+
+TextCorpusOptions options(const TempDir& tmp, std::vector<std::string> inputs) {
+  TextCorpusOptions o;
+  o.out_dir = tmp.sub("corpus");
+  o.inputs = std::move(inputs);
+  o.tokenizer = kLlama2;
+  o.valid_fraction = 0;
+  return o;
+}
+
+std::string error_of(const TextCorpusOptions& o) {
+  try {
+    prepare_text_corpus(o);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(TextCorpus, JsonLinesDocumentsAreTheReferenceTokenizersIdsThenEos) {
+  TempDir tmp("text_corpus_jsonl");
+  std::ifstream cases_file(kFixtures / "tokenizers" / "llama2_cases.json");
+  const json cases = json::parse(cases_file).at("cases");
+  std::string lines;
+  std::vector<std::vector<int32_t>> want;
+  for (const json& c : cases) {
+    const std::string text = c.at("text");
+    lines += json{{"id", want.size()}, {"text", text}}.dump() + "\n";
+    if (text.find_first_not_of(" \t\r\n") == std::string::npos) continue;  // blank: left out
+    want.push_back(c.at("ids").get<std::vector<int32_t>>());
+    want.back().push_back(2);  // llama2's EOS </s>
+  }
+  ASSERT_GT(want.size(), 30u);
+  write(tmp.sub("cases.jsonl"), lines);
+  const CorpusManifest m = prepare_text_corpus(options(tmp, {tmp.sub("cases.jsonl")}));
+  ASSERT_EQ(m.sources.size(), 1u);
+  EXPECT_EQ(m.sources[0].name, "cases");
+  EXPECT_EQ(m.sources[0].train.documents, static_cast<int64_t>(want.size()));
+  EXPECT_EQ(m.vocab_size, 32000);
+  EXPECT_EQ(m.eos_id, 2);
+  EXPECT_EQ(documents(tmp.sub("corpus/cases.train")), want);
+  EXPECT_TRUE(documents(tmp.sub("corpus/cases.valid")).empty());
+  // The manifest the trainer reads, and its own copy of the tokenizer.
+  const CorpusManifest back = load_corpus_manifest(tmp.sub("corpus"));
+  EXPECT_EQ(back.tokenizer, tmp.sub("corpus/tokenizer.json"));
+  EXPECT_EQ(back.sources[0].train.tokens, m.sources[0].train.tokens);
+  EXPECT_EQ(open_tokenizer(back.tokenizer)->vocab_size(), 32000);
+}
+
+TEST(TextCorpus, PlainTextDocumentsEndAtBlankLines) {
+  TempDir tmp("text_corpus_plain");
+  write(tmp.sub("notes.txt"), "\n\nFirst line.\r\nSecond line.\n\n\n  \nOnly one.\nLast\n");
+  write(tmp.sub("more.md"), "x y z");  // another source, with no newline at its end
+  const CorpusManifest m =
+      prepare_text_corpus(options(tmp, {tmp.sub("notes.txt"), tmp.sub("more.md")}));
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(kLlama2);
+  auto doc = [&](const std::string& text) {
+    std::vector<int32_t> ids = tok->encode(text, true);
+    ids.push_back(2);
+    return ids;
+  };
+  EXPECT_EQ(documents(tmp.sub("corpus/notes.train")),
+            (std::vector<std::vector<int32_t>>{doc("First line.\nSecond line."),
+                                               doc("Only one.\nLast")}));
+  EXPECT_EQ(documents(tmp.sub("corpus/more.train")),
+            (std::vector<std::vector<int32_t>>{doc("x y z")}));
+  EXPECT_EQ(m.sources[1].name, "more");
+}
+
+TEST(TextCorpus, HeldOutDocumentsAreSeededAndDisjoint) {
+  TempDir tmp("text_corpus_split");
+  std::string lines;
+  for (int i = 0; i < 100; ++i)
+    lines += json{{"text", "document " + std::to_string(i)}}.dump() + "\n";
+  write(tmp.sub("d.jsonl"), lines);
+  auto split = [&](uint64_t seed, const std::string& out) {
+    TextCorpusOptions o = options(tmp, {tmp.sub("d.jsonl")});
+    o.out_dir = tmp.sub(out);
+    o.valid_fraction = 0.1;
+    o.seed = seed;
+    prepare_text_corpus(o);
+    return std::make_pair(documents(tmp.sub(out + "/d.train")),
+                          documents(tmp.sub(out + "/d.valid")));
+  };
+  const auto [train, valid] = split(7, "a");
+  EXPECT_EQ(valid.size(), 10u);
+  EXPECT_EQ(train.size(), 90u);
+  std::set<std::vector<int32_t>> all(train.begin(), train.end());
+  all.insert(valid.begin(), valid.end());
+  EXPECT_EQ(all.size(), 100u);  // every document once, in one split
+  EXPECT_EQ(split(7, "b").second, valid);
+  EXPECT_NE(split(8, "c").second, valid);
+}
+
+TEST(TextCorpus, BadInputNamesTheFileAndLineAndLeavesNothing) {
+  TempDir tmp("text_corpus_errors");
+  write(tmp.sub("a.jsonl"), "{\"text\": \"ok\"}\n\n{\"text\": \"ok\"\n");
+  write(tmp.sub("b.jsonl"), "{\"text\": \"ok\"}\n{\"content\": \"x\"}\n");
+  write(tmp.sub("c.jsonl"), "{\"text\": 5}\n");
+  write(tmp.sub("d.jsonl"), "[\"text\"]\n");
+  write(tmp.sub("e.txt"), "fine\n\xff\xfe\n");
+  write(tmp.sub("f.txt"), "\n   \n\n");
+  const std::string a = error_of(options(tmp, {tmp.sub("a.jsonl")}));
+  EXPECT_NE(a.find("a.jsonl:3: not valid JSON"), std::string::npos) << a;
+  const std::string b = error_of(options(tmp, {tmp.sub("b.jsonl")}));
+  EXPECT_NE(b.find("b.jsonl:2: no 'text' field (--json-key names it)"), std::string::npos) << b;
+  TextCorpusOptions keyed = options(tmp, {tmp.sub("b.jsonl")});
+  keyed.json_key = "content";
+  EXPECT_NE(error_of(keyed).find("b.jsonl:1: no 'content' field"), std::string::npos);
+  EXPECT_NE(error_of(options(tmp, {tmp.sub("c.jsonl")})).find("c.jsonl:1: 'text' must be a string"),
+            std::string::npos);
+  EXPECT_NE(error_of(options(tmp, {tmp.sub("d.jsonl")})).find("d.jsonl:1: not a JSON object"),
+            std::string::npos);
+  EXPECT_NE(error_of(options(tmp, {tmp.sub("e.txt")})).find("e.txt:2: not valid UTF-8"),
+            std::string::npos);
+  EXPECT_NE(error_of(options(tmp, {tmp.sub("f.txt")})).find("f.txt: no documents"),
+            std::string::npos);
+  // A missing input is found before the first file is read.
+  EXPECT_NE(error_of(options(tmp, {tmp.sub("b.jsonl"), tmp.sub("nope.jsonl")}))
+                .find("--input " + tmp.sub("nope.jsonl") + ": not a file"),
+            std::string::npos);
+  TextCorpusOptions no_tokenizer = options(tmp, {tmp.sub("b.jsonl")});
+  no_tokenizer.tokenizer = tmp.path.string();  // a directory without one
+  EXPECT_NE(error_of(no_tokenizer).find("no tokenizer.json or SentencePiece .model"),
+            std::string::npos);
+  for (const auto& entry : fs::directory_iterator(tmp.path))
+    EXPECT_EQ(entry.path().filename().string().rfind("corpus", 0), std::string::npos)
+        << entry.path() << " was left behind";
+}
+
+}  // namespace
+}  // namespace moex::data
