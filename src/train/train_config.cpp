@@ -1,5 +1,6 @@
 #include "train/train_config.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "model/tensor_parallel.h"
@@ -143,10 +144,21 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
 
   const JsonReader sched = root.child("schedule");
   c.schedule.warmup_steps = sched.get_int("warmup_steps", 0);
+  const std::vector<std::string> decays = {"cosine", "linear", "constant", "inverse_sqrt", "wsd"};
+  const std::string decay = sched.get_choice("decay", decays, "cosine");
+  c.schedule.decay = static_cast<LrDecay>(std::find(decays.begin(), decays.end(), decay) -
+                                          decays.begin());  // LrDecay lists them in this order
   c.schedule.min_lr_ratio = sched.get_double("min_lr_ratio", 0.1);
+  c.schedule.decay_fraction = sched.get_double("decay_fraction", 0.2);
   if (c.schedule.warmup_steps < 0) sched.fail("warmup_steps", "must be >= 0");
   if (c.schedule.min_lr_ratio < 0 || c.schedule.min_lr_ratio > 1)
     sched.fail("min_lr_ratio", "must be in [0, 1]");
+  if (c.schedule.decay == LrDecay::kConstant && sched.has("min_lr_ratio"))
+    sched.fail("min_lr_ratio", "has no use with \"decay\": \"constant\"");
+  if (sched.has("decay_fraction") && c.schedule.decay != LrDecay::kWsd)
+    sched.fail("decay_fraction", "is for \"decay\": \"wsd\" only");
+  if (!(c.schedule.decay_fraction > 0 && c.schedule.decay_fraction <= 1))
+    sched.fail("decay_fraction", "must be in (0, 1]");
 
   const JsonReader tr = root.child("training");
   c.training.steps = tr.get_int("steps", 100);
@@ -184,15 +196,29 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
 
 double learning_rate(const OptimizerConfig& opt, const ScheduleConfig& schedule, int64_t step,
                      int64_t total_steps) {
-  if (step < schedule.warmup_steps)
-    return opt.lr * static_cast<double>(step + 1) / schedule.warmup_steps;
+  const int64_t warmup = schedule.warmup_steps;
+  if (step < warmup) return opt.lr * static_cast<double>(step + 1) / warmup;
+  const double min_lr = opt.lr * schedule.min_lr_ratio;
+  switch (schedule.decay) {
+    case LrDecay::kConstant:
+      return opt.lr;
+    case LrDecay::kInverseSqrt:  // counted as the warmup counts, so the last warmup step has lr
+      return std::max(min_lr, opt.lr * std::sqrt(static_cast<double>(std::max<int64_t>(warmup, 1)) /
+                                                 static_cast<double>(step + 1)));
+    default:
+      break;
+  }
   // Steps are 0-based and the last trained one is total_steps - 1: counting step + 1 (as the
   // warmup does) puts that step at progress 1, i.e. at lr * min_lr_ratio.
-  const int64_t decay_steps = std::max<int64_t>(1, total_steps - schedule.warmup_steps);
-  const double progress =
-      std::min(1.0, static_cast<double>(step + 1 - schedule.warmup_steps) / decay_steps);
-  const double min_lr = opt.lr * schedule.min_lr_ratio;
-  return min_lr + 0.5 * (opt.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+  const int64_t decay_steps = std::max<int64_t>(1, total_steps - warmup);
+  double progress = std::min(1.0, static_cast<double>(step + 1 - warmup) / decay_steps);
+  if (schedule.decay == LrDecay::kWsd) {  // stable, then the last decay_fraction of the way
+    const double stable = 1.0 - schedule.decay_fraction;
+    progress = progress <= stable ? 0.0 : (progress - stable) / schedule.decay_fraction;
+  }
+  if (schedule.decay == LrDecay::kCosine)
+    return min_lr + 0.5 * (opt.lr - min_lr) * (1.0 + std::cos(M_PI * progress));
+  return opt.lr - (opt.lr - min_lr) * progress;  // linear, and wsd's decay
 }
 
 }  // namespace moex::train

@@ -50,9 +50,17 @@ struct OptimizerConfig {
   double bias_update_rate = 0.0;
 };
 
+// How the learning rate falls after the warmup (Megatron's --lr-decay-style names): to
+// lr * min_lr_ratio at the last step along a cosine or a line; none; lr * sqrt(warmup / (step + 1))
+// (never below the minimum); or warmup-stable-decay, the full lr until the last decay_fraction of
+// the steps after the warmup, then a line to the minimum.
+enum class LrDecay { kCosine, kLinear, kConstant, kInverseSqrt, kWsd };
+
 struct ScheduleConfig {
   int64_t warmup_steps = 0;
-  double min_lr_ratio = 0.1;  // cosine decays lr to lr * min_lr_ratio at the last step
+  LrDecay decay = LrDecay::kCosine;
+  double min_lr_ratio = 0.1;    // the lr at the last step (and after it), times lr
+  double decay_fraction = 0.2;  // wsd: the share of the post-warmup steps that decay
 };
 
 struct TrainingConfig {
@@ -89,7 +97,7 @@ struct TrainConfig {
   static TrainConfig from_reader(const JsonReader& root, const std::string& path);
 };
 
-// Learning rate at `step` (0-based): linear warmup, then cosine decay to lr * min_lr_ratio.
+// Learning rate at `step` (0-based): linear warmup, then the schedule's decay.
 double learning_rate(const OptimizerConfig& opt, const ScheduleConfig& schedule, int64_t step,
                      int64_t total_steps);
 

@@ -29,6 +29,11 @@ printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_hea
 expect_error "typo.json: unknown field 'model.hidden_sise'" train --config "$TMP/typo.json"
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "optimizer": {"bias_update_rate": 0.01}}' > "$TMP/nobias.json"
 expect_error "nobias.json: optimizer.bias_update_rate needs MoE layers with a selection bias" train --config "$TMP/nobias.json"
+# learning-rate schedules: a decay style by name, its own options only with it
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "x", "seq_len": 8}, "schedule": {"decay": "cosine_annealing"}}' > "$TMP/decay.json"
+expect_error "decay.json: schedule.decay is 'cosine_annealing'; expected one of: cosine, linear" train --config "$TMP/decay.json"
+sed 's/"decay": "cosine_annealing"/"decay": "linear", "decay_fraction": 0.1/' "$TMP/decay.json" > "$TMP/wsd.json"
+expect_error 'wsd.json: schedule.decay_fraction is for "decay": "wsd" only' train --config "$TMP/wsd.json"
 # parallel layouts: checked at start-up, before any data is read (docs/parallelism.md)
 printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8, "moe": {"num_experts": 2}}, "data": {"path": "x", "seq_len": 8}, "parallel": {"ep": 2}}' > "$TMP/ep.json"
 expect_error "ep.json: parallel.ep: 2 must be >= 1 and divide dp = ranks / tp = 1 / 1 = 1" train --config "$TMP/ep.json"

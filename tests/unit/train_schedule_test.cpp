@@ -1,6 +1,7 @@
 // The learning-rate schedule learning_rate(opt, schedule, step, total) of train/train_config.h
-// (docs/config.md: linear warmup over schedule.warmup_steps, then cosine decay to
-// lr * min_lr_ratio at the last step), against the formulas written out here. Steps are 0-based
+// (docs/config.md: linear warmup over schedule.warmup_steps, then by default cosine decay to
+// lr * min_lr_ratio at the last step; the other decay styles at the end), against the formulas
+// written out here. Steps are 0-based
 // as the trainer passes them: it trains steps 0 .. total - 1.
 #include <gtest/gtest.h>
 
@@ -114,6 +115,44 @@ TEST(TrainSchedule, TheLastStepTrainsAtTheMinimum) {
     if (c.total - 1 < c.warmup) continue;
     EXPECT_NEAR(lr_at(c, c.total - 1), c.lr * c.min_lr_ratio, 1e-12 * c.lr) << name(c);
   }
+}
+
+// The other decay styles (schedule.decay), each against its formula written out here, after the
+// same warmup.
+TEST(TrainSchedule, LinearConstantInverseSqrtAndWsdDecays) {
+  OptimizerConfig opt;
+  opt.lr = 1e-3;
+  ScheduleConfig schedule;
+  schedule.warmup_steps = 4;
+  schedule.min_lr_ratio = 0.1;
+  const int64_t total = 24, decay_steps = total - 4;
+  const double min_lr = 1e-4;
+  auto lr_of = [&](LrDecay decay, int64_t step) {
+    schedule.decay = decay;
+    return learning_rate(opt, schedule, step, total);
+  };
+  for (LrDecay decay : {LrDecay::kLinear, LrDecay::kConstant, LrDecay::kInverseSqrt, LrDecay::kWsd})
+    for (int64_t s = 0; s < 4; ++s)
+      EXPECT_DOUBLE_EQ(lr_of(decay, s), 1e-3 * static_cast<double>(s + 1) / 4) << "warmup " << s;
+  schedule.decay_fraction = 0.25;  // wsd: the last 5 of the 20 decaying steps
+  for (int64_t s = 4; s < total + 3; ++s) {
+    const double x = std::min(1.0, static_cast<double>(s + 1 - 4) / decay_steps);
+    EXPECT_NEAR(lr_of(LrDecay::kLinear, s), 1e-3 - (1e-3 - min_lr) * x, 1e-15) << s;
+    EXPECT_EQ(lr_of(LrDecay::kConstant, s), 1e-3) << s;
+    EXPECT_NEAR(lr_of(LrDecay::kInverseSqrt, s),
+                std::max(min_lr, 1e-3 * std::sqrt(4.0 / static_cast<double>(s + 1))), 1e-15)
+        << s;
+    const double w = x <= 0.75 ? 0.0 : (x - 0.75) / 0.25;
+    EXPECT_NEAR(lr_of(LrDecay::kWsd, s), 1e-3 - (1e-3 - min_lr) * w, 1e-15) << s;
+  }
+  EXPECT_EQ(lr_of(LrDecay::kWsd, 18), 1e-3);  // x = 0.75: the last stable step
+  EXPECT_LT(lr_of(LrDecay::kWsd, 19), 1e-3);
+  EXPECT_NEAR(lr_of(LrDecay::kWsd, total - 1), min_lr, 1e-15);
+  EXPECT_NEAR(lr_of(LrDecay::kLinear, total - 1), min_lr, 1e-15);
+  // Without a warmup, inverse_sqrt starts at the full lr.
+  schedule.warmup_steps = 0;
+  EXPECT_EQ(lr_of(LrDecay::kInverseSqrt, 0), 1e-3);
+  EXPECT_NEAR(lr_of(LrDecay::kInverseSqrt, 3), 5e-4, 1e-15);
 }
 
 }  // namespace
