@@ -1,5 +1,6 @@
 #include "train/checkpoint.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -81,6 +82,28 @@ std::vector<std::string> model_config_changes(const std::string& dir,
   std::vector<std::string> out;
   json_changes(saved.at("moex_model"), now, "", out);
   return out;
+}
+
+std::vector<std::string> remove_old_checkpoints(const std::string& out_dir, int64_t step,
+                                                int64_t keep) {
+  namespace fs = std::filesystem;
+  std::vector<std::pair<int64_t, fs::path>> steps;  // (its step, the directory)
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.size() <= 5 || name.compare(0, 5, "step-") != 0 ||
+        name.find_first_not_of("0123456789", 5) != std::string::npos || name.size() > 5 + 18)
+      continue;
+    const int64_t at = std::stoll(name.substr(5));
+    if (at <= step) steps.emplace_back(at, entry.path());
+  }
+  std::sort(steps.begin(), steps.end());
+  std::vector<std::string> removed;
+  for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < steps.size(); ++i) {
+    fs::remove_all(steps[i].second);
+    removed.push_back(steps[i].second.string());
+  }
+  return removed;
 }
 
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer) {

@@ -26,6 +26,12 @@ struct TrainerState {
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
                      const std::string& tokenizer_path, bool write = true);
+// training.keep_checkpoints: removes the oldest `step-NNNNNN` checkpoints of `out_dir` so that the
+// newest `keep` of those at or before `step` remain. Later ones (an earlier run's, past the step a
+// run was resumed from), `latest`, `final` and anything else are left alone. Returns the removed
+// directories, oldest first.
+std::vector<std::string> remove_old_checkpoints(const std::string& out_dir, int64_t step,
+                                                int64_t keep);
 // Loads weights, optimizer moments and state from `dir` into an already built model/optimizer.
 TrainerState load_checkpoint(const std::string& dir, model::Model& model, AdamW& optimizer);
 // The fields of the "model" object in which `model_json` (a run's) differs from the one `dir`'s

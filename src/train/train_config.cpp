@@ -169,6 +169,7 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   c.training.eval_every = tr.get_int("eval_every", 50);
   c.training.eval_batches = tr.get_int("eval_batches", 4);
   c.training.checkpoint_every = tr.get_int("checkpoint_every", 0);
+  c.training.keep_checkpoints = tr.get_int("keep_checkpoints", 0);
   c.training.out_dir = tr.get_string("out_dir", "runs/default");
   c.training.overwrite_out_dir = tr.get_bool("overwrite_out_dir", false);
   c.training.activation_checkpointing = tr.get_bool("activation_checkpointing", false);
@@ -184,6 +185,11 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   if (c.training.eval_batches < 0) tr.fail("eval_batches", "must be >= 0");
   if (c.training.checkpoint_every < 0)
     tr.fail("checkpoint_every", "must be >= 0 (0: only the final checkpoint)");
+  if (c.training.keep_checkpoints < 0)
+    tr.fail("keep_checkpoints", "must be >= 0 (0: keep every step checkpoint)");
+  if (c.training.keep_checkpoints > 0 && c.training.checkpoint_every == 0)
+    tr.fail("keep_checkpoints", "needs training.checkpoint_every (without it only the final "
+                                "checkpoint is written)");
   // Batch sizes multiply into buffer sizes (tokens per step, held-out windows): bounded so
   // that those products cannot overflow.
   constexpr int64_t kMaxBatch = int64_t{1} << 24;

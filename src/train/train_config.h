@@ -72,6 +72,7 @@ struct TrainingConfig {
   int64_t eval_every = 50;
   int64_t eval_batches = 4;
   int64_t checkpoint_every = 0;  // 0: only the final checkpoint
+  int64_t keep_checkpoints = 0;  // > 0: only the newest this many step-N checkpoints stay
   std::string out_dir = "runs/default";
   // A fresh run into an out_dir that holds an earlier run's metrics or checkpoints is an error
   // unless this is set (`moex train --overwrite`): then that run's files are deleted first.

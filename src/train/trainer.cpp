@@ -605,6 +605,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       char name[32];
       std::snprintf(name, sizeof(name), "step-%06lld", static_cast<long long>(state.step));
       checkpoint(name);
+      if (root && c.training.keep_checkpoints > 0)
+        for (const std::string& old :
+             remove_old_checkpoints(c.training.out_dir, state.step, c.training.keep_checkpoints))
+          MOEX_INFO("removed ", old, " (training.keep_checkpoints ", c.training.keep_checkpoints,
+                    ")");
     }
     const bool interrupted = comm.all_reduce_max(g_interrupted ? 1 : 0) != 0;  // Ctrl-C on any rank
     if (interrupted || (stop_after > 0 && steps_this_run >= stop_after)) {

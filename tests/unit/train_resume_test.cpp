@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -293,6 +294,34 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
       std::string::npos)
       << message;
   EXPECT_FALSE(fs::exists(out + "/metrics.jsonl"));
+  fs::remove_all(corpus);
+}
+
+// training.keep_checkpoints: the newest N step checkpoints stay, and the final one. A run resumed
+// from an earlier step leaves the later checkpoints of the first run alone.
+TEST(Training, KeepCheckpointsRemovesTheOldestStepCheckpoints) {
+  const fs::path corpus = testing::make_temp_corpus("moex_keep_checkpoints");
+  const std::string out = (corpus / "run").string();
+  const TrainConfig config = TrainConfig::from_file(
+      write_config(corpus, out, R"(, "checkpoint_every": 2, "keep_checkpoints": 2)").string());
+  ASSERT_EQ(run_training(config, "").steps_done, 12);
+  auto dirs = [&] {
+    std::set<std::string> names;
+    for (const auto& e : fs::directory_iterator(out))
+      if (e.is_directory()) names.insert(e.path().filename().string());
+    return names;
+  };
+  EXPECT_EQ(dirs(), (std::set<std::string>{"final", "step-000008", "step-000010"}));
+  // Resumed from step 8: its next checkpoint (step 10) is rewritten and step 8 stays beside it.
+  TrainConfig resumed = config;
+  resumed.training.steps = 11;
+  run_training(resumed, out + "/step-000008");
+  EXPECT_EQ(dirs(), (std::set<std::string>{"final", "step-000008", "step-000010"}));
+  // The function alone: a stray directory and the later step-* are not touched.
+  fs::create_directories(out + "/step-000012");
+  fs::create_directories(out + "/step-x");
+  EXPECT_EQ(remove_old_checkpoints(out, 11, 1), (std::vector<std::string>{out + "/step-000008"}));
+  EXPECT_EQ(dirs(), (std::set<std::string>{"final", "step-000010", "step-000012", "step-x"}));
   fs::remove_all(corpus);
 }
 
