@@ -30,6 +30,16 @@ bool is_unigram_tokenizer_json(const std::string& path) {
 
 }  // namespace
 
+void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path beside = fs::path(tokenizer_path).parent_path();
+  const auto replace = fs::copy_options::overwrite_existing;
+  fs::copy_file(tokenizer_path, fs::path(dir) / fs::path(tokenizer_path).filename(), replace);
+  for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
+    if (fs::is_regular_file(beside / name))
+      fs::copy_file(beside / name, fs::path(dir) / name, replace);
+}
+
 std::string tokenizer_file_in(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return "";

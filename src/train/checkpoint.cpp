@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 
+#include "data/tokenizer.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "model/model_io.h"
@@ -40,12 +41,7 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
   js["data_state"] = nlohmann::json::parse(state.data_state);
   js["last_loss"] = state.last_loss;
   io::write_file_atomic(out->temp_path() + "/trainer_state.json", js.dump(2) + "\n");
-  if (!tokenizer_path.empty()) {
-    std::filesystem::copy_file(
-        tokenizer_path,
-        out->temp_path() + "/" + std::filesystem::path(tokenizer_path).filename().string(),
-        std::filesystem::copy_options::overwrite_existing);
-  }
+  if (!tokenizer_path.empty()) data::copy_tokenizer(tokenizer_path, out->temp_path());
   out->commit();
 }
 

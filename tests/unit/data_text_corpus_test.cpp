@@ -93,6 +93,8 @@ TEST(TextCorpus, JsonLinesDocumentsAreTheReferenceTokenizersIdsThenEos) {
   EXPECT_EQ(back.tokenizer, tmp.sub("corpus/tokenizer.json"));
   EXPECT_EQ(back.sources[0].train.tokens, m.sources[0].train.tokens);
   EXPECT_EQ(open_tokenizer(back.tokenizer)->vocab_size(), 32000);
+  // With the tokenizer_config.json beside it (its BOS/EOS and chat template).
+  EXPECT_TRUE(fs::is_regular_file(tmp.sub("corpus/tokenizer_config.json")));
 }
 
 TEST(TextCorpus, PlainTextDocumentsEndAtBlankLines) {

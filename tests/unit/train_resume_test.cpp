@@ -298,9 +298,12 @@ TEST(Training, AMissingCorpusTokenizerFailsBeforeTheFirstStep) {
 }
 
 // training.keep_checkpoints: the newest N step checkpoints stay, and the final one. A run resumed
-// from an earlier step leaves the later checkpoints of the first run alone.
+// from an earlier step leaves the later checkpoints of the first run alone. (Each checkpoint
+// carries the corpus tokenizer and its tokenizer_config.json.)
 TEST(Training, KeepCheckpointsRemovesTheOldestStepCheckpoints) {
   const fs::path corpus = testing::make_temp_corpus("moex_keep_checkpoints");
+  // A tokenizer_config.json beside the corpus tokenizer goes into every checkpoint with it.
+  std::ofstream(corpus / "tokenizer_config.json") << R"({"chat_template": "{{ x }}"})";
   const std::string out = (corpus / "run").string();
   const TrainConfig config = TrainConfig::from_file(
       write_config(corpus, out, R"(, "checkpoint_every": 2, "keep_checkpoints": 2)").string());
@@ -312,6 +315,9 @@ TEST(Training, KeepCheckpointsRemovesTheOldestStepCheckpoints) {
     return names;
   };
   EXPECT_EQ(dirs(), (std::set<std::string>{"final", "step-000008", "step-000010"}));
+  for (const char* file : {"final/tok.model", "final/tokenizer_config.json",
+                           "step-000010/tokenizer_config.json"})
+    EXPECT_TRUE(fs::is_regular_file(out + "/" + file)) << file;
   // Resumed from step 8: its next checkpoint (step 10) is rewritten and step 8 stays beside it.
   TrainConfig resumed = config;
   resumed.training.steps = 11;
