@@ -1,9 +1,9 @@
 // Training checkpoints: the model directory (config.json + model.safetensors, HF layout) plus
 // optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>), trainer_state.json (step, data
-// position) and the tokenizer's files. Built under a temporary name and renamed, so a kill while saving
-// leaves the previous checkpoint intact. Under expert parallelism every expert is saved under its
-// global name (the checkpoint equals a single-process one) and loading takes this rank's rows, so
-// a checkpoint moves between layouts (docs/parallelism.md).
+// position) and the tokenizer's files. Built under a temporary name and renamed, so a kill while
+// saving leaves the previous checkpoint intact. Under expert parallelism every expert is saved
+// under its global name (the checkpoint equals a single-process one) and loading takes this rank's
+// rows, so a checkpoint moves between layouts (docs/parallelism.md).
 #pragma once
 
 #include <string>

@@ -1,6 +1,6 @@
 // ModelConfig::to_json: from_json(to_json(c)) describes the same model as c, for every config in
-// configs/ (recipes/ too) and the Hugging Face fixtures' configs: the same parameter names and shapes, and the same
-// logits from the same weights.
+// configs/ (recipes/ too) and the Hugging Face fixtures' configs: the same parameter names and
+// shapes, and the same logits from the same weights.
 #include <gtest/gtest.h>
 
 #include <filesystem>

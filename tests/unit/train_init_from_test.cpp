@@ -102,7 +102,8 @@ double reference_loss(const std::string& dir, const FirstBatch& first, int64_t s
 }
 
 TEST(InitFrom, HuggingFaceModelStartsFromItsLossAndSavesItsConfig) {
-  const fs::path root = fs::temp_directory_path() / ("moex_init_from_" + std::to_string(::getpid()));
+  const fs::path root =
+      fs::temp_directory_path() / ("moex_init_from_" + std::to_string(::getpid()));
   const fs::path hf = hf_model_copy(root / "hf");
   const fs::path corpus = rule_corpus(root / "corpus", hf / "tokenizer.json", "tokenizer.json");
 
@@ -132,7 +133,8 @@ TEST(InitFrom, HuggingFaceModelStartsFromItsLossAndSavesItsConfig) {
   // init_from's).
   const std::string straight = (root / "straight").string(), split = (root / "split").string();
   run_training(TrainConfig::from_file(run_config(corpus, straight, hf.string(), 4)), "");
-  const TrainConfig split_config = TrainConfig::from_file(run_config(corpus, split, hf.string(), 4));
+  const TrainConfig split_config =
+      TrainConfig::from_file(run_config(corpus, split, hf.string(), 4));
   run_training(split_config, "", 2);
   run_training(split_config, split + "/latest");
   const std::vector<double> a = losses_of(straight + "/metrics.jsonl");
@@ -207,7 +209,8 @@ TEST(InitFrom, ConfigErrorsNameTheFieldAndFile) {
   const fs::path llama = root / "llama";
   fs::create_directories(llama);
   std::ofstream(llama / "model.safetensors") << "";
-  std::ofstream(llama / "config.json") << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})";
+  std::ofstream(llama / "config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "model_type": "llama"})";
   const std::string unsupported = run_config(corpus, out, llama.string(), 1);
   expect_error([&] { TrainConfig::from_file(unsupported); },
                {unsupported, "training.init_from", "llama/config.json", "architectures",
