@@ -188,7 +188,7 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
 
   io::AtomicDirectory out(o.out_dir);
   const std::string tmp = out.temp_path();
-  copy_tokenizer(tokenizer_path, tmp);
+  copy_files_into(tokenizer_files(tokenizer_path), tmp);
   const TokenDType dtype = token_dtype_for_vocab(tok->vocab_size());
   CorpusManifest manifest;
   manifest.vocab_size = tok->vocab_size();

@@ -30,14 +30,20 @@ bool is_unigram_tokenizer_json(const std::string& path) {
 
 }  // namespace
 
-void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir) {
+std::vector<std::string> tokenizer_files(const std::string& tokenizer_path) {
   namespace fs = std::filesystem;
+  std::vector<std::string> files = {tokenizer_path};
   const fs::path beside = fs::path(tokenizer_path).parent_path();
-  const auto replace = fs::copy_options::overwrite_existing;
-  fs::copy_file(tokenizer_path, fs::path(dir) / fs::path(tokenizer_path).filename(), replace);
   for (const char* name : {"tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"})
-    if (fs::is_regular_file(beside / name))
-      fs::copy_file(beside / name, fs::path(dir) / name, replace);
+    if (fs::is_regular_file(beside / name)) files.push_back((beside / name).string());
+  return files;
+}
+
+void copy_files_into(const std::vector<std::string>& files, const std::string& dir) {
+  namespace fs = std::filesystem;
+  for (const std::string& file : files)
+    fs::copy_file(file, fs::path(dir) / fs::path(file).filename(),
+                  fs::copy_options::overwrite_existing);
 }
 
 std::string tokenizer_file_in(const std::string& dir) {

@@ -42,11 +42,12 @@ class Tokenizer {
 // else the directory's one *.model file.
 std::string tokenizer_file_in(const std::string& dir);
 
-// Copies the tokenizer file and the files beside it that shape it or how it is served
+// The tokenizer file and those of the files beside it that shape it or how it is served
 // (tokenizer_config.json: BOS/EOS and the chat template; special_tokens_map.json,
-// added_tokens.json) into the directory `dir`, replacing files of those names. Corpora and
-// checkpoints carry a tokenizer so.
-void copy_tokenizer(const std::string& tokenizer_path, const std::string& dir);
+// added_tokens.json) which exist: what corpora and checkpoints carry of a tokenizer.
+std::vector<std::string> tokenizer_files(const std::string& tokenizer_path);
+// Copies each file into the directory `dir`, replacing files of the same names.
+void copy_files_into(const std::vector<std::string>& files, const std::string& dir);
 
 // Opens `path` by type: a file whose content starts with '{' (tokenizer.json) is read as a
 // Hugging Face tokenizer, anything else as a SentencePiece model. A directory opens its

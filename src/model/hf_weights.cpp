@@ -135,7 +135,7 @@ void load_experts(Loader& in, const std::string& param, const Shape& shape, floa
 
 }  // namespace
 
-void load_hf_weights(Model& model, const std::string& path) {
+ParamBuffer load_hf_weights(Model& model, const std::string& path) {
   Loader in(path);
   const ParamBuffer params = model.host_params();
   for (int i = 0; i < params.size(); ++i) {
@@ -162,6 +162,7 @@ void load_hf_weights(Model& model, const std::string& path) {
   if (model.config().tie_embeddings && in.has("lm_head.weight")) in.use("lm_head.weight");
   in.check_all_used();
   model.store_host_params(params);
+  return params;
 }
 
 void save_hf_model(const Model& model, const std::string& dir, const std::string& architecture,

@@ -15,8 +15,9 @@ namespace moex::model {
 
 // Copies the checkpoint at `path` (a directory with model.safetensors or a sharded index, or one
 // file) into the model's parameters, converting bf16/f16 to f32. Missing, unexpected and
-// misshapen tensors are Errors naming the file and the tensor.
-void load_hf_weights(Model& model, const std::string& path);
+// misshapen tensors are Errors naming the file and the tensor. Returns them as read, fp32 on the
+// host in the layout of model.host_params(), before a bf16 model rounds them (as load_weights).
+ParamBuffer load_hf_weights(Model& model, const std::string& path);
 
 // Writes config.json (hf_config_to_json) and the weights in the layout save_pretrained writes
 // (per-expert tensors; sharded model-0000i-of-0000n.safetensors + index when larger than

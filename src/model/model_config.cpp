@@ -144,6 +144,66 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
   return c;
 }
 
+nlohmann::json ModelConfig::to_json() const {
+  nlohmann::json j;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["num_layers"] = num_layers;
+  j["num_heads"] = num_heads;
+  j["num_kv_heads"] = num_kv_heads;
+  j["head_dim"] = head_dim;
+  j["ffn_size"] = ffn_size;
+  j["max_seq_len"] = max_seq_len;
+  j["positions"] = positions == PositionType::kLearned ? "learned" : "rope";
+  j["rope_theta"] = rope_theta;
+  j["norm"] = norm == NormType::kLayerNorm ? "layernorm" : "rmsnorm";
+  j["norm_eps"] = norm_eps;
+  j["activation"] = activation == ExpertActivation::kGelu ? "gelu" : "swiglu";
+  j["gelu_exact"] = gelu_exact;
+  j["tie_embeddings"] = tie_embeddings;
+  j["qkv_bias"] = qkv_bias;
+  j["qk_norm"] = qk_norm == QKNorm::kPerHead ? "per_head" : qk_norm == QKNorm::kFull ? "full"
+                                                                                    : "none";
+  j["init_std"] = init_std;
+  j["bos_id"] = bos_id;
+  j["eos_id"] = eos_id;
+  // from_json gives every MoE layer one set of options (only the expert count may differ) and
+  // places them with layer_freq and dense_layers: layer_freq 1 with every dense block listed
+  // places any pattern.
+  const LayerSpec* first = nullptr;
+  nlohmann::json dense = nlohmann::json::array(), experts = nlohmann::json::array();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const LayerSpec& l = layers[i];
+    if (!l.moe) {
+      dense.push_back(i);
+      continue;
+    }
+    const MoEConfig& m = l.moe_config;
+    const std::string layer = "layer " + std::to_string(i);
+    MOEX_CHECK(m.hidden_size == hidden_size && m.activation == activation &&
+                   m.gelu_exact == gelu_exact,
+               "model config: the MoE ", layer,
+               " has another hidden size or activation than the model's; moex JSON gives every "
+               "MoE layer the model's");
+    if (first == nullptr) first = &l;
+    const nlohmann::json a = first->moe_config.to_json(), b = m.to_json();
+    for (auto it = a.begin(); it != a.end(); ++it)
+      MOEX_CHECK(b.at(it.key()) == it.value(), "model config: the MoE ", layer, "'s ", it.key(),
+                 " (", b.at(it.key()).dump(), ") differs from the first MoE layer's (",
+                 it.value().dump(), "); moex JSON gives all MoE layers one value of it");
+    experts.push_back(m.num_experts);
+  }
+  if (first == nullptr) return j;  // no "moe" object: every block dense
+  nlohmann::json moe = first->moe_config.to_json();
+  moe["layer_freq"] = 1;
+  moe["dense_layers"] = dense;
+  bool same = true;
+  for (const auto& e : experts) same = same && e == experts.front();
+  moe["num_experts"] = same ? experts.front() : experts;
+  j["moe"] = moe;
+  return j;
+}
+
 void ModelConfig::validate(const std::string& section) const {
   const std::string s = section.empty() ? "" : section + ".";
   MOEX_CHECK(vocab_size > 0, s, "vocab_size must be > 0 (got ", vocab_size, ")");

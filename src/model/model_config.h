@@ -51,6 +51,12 @@ struct ModelConfig {
 
   // The "model" object of a moex config. Unknown fields are errors naming the file and field.
   static ModelConfig from_json(const JsonReader& model);
+  // The "model" object from_json reads back into this config: every field it reads, written out
+  // (defaults too), so from_json(to_json()) builds the same model. `architecture` is not a field
+  // of it (from_json gives "moex"; it changes no number). A config from_json cannot express
+  // (MoE layers whose options differ in more than num_experts, or whose hidden size or activation
+  // is not the model's) is an Error naming what differs.
+  nlohmann::json to_json() const;
   // Errors name the field under `section`: "model" in a training config, "moex_model" in a saved
   // model's config.json, "" at a file's top level.
   void validate(const std::string& section = "model") const;

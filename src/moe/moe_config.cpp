@@ -41,6 +41,36 @@ void MoEConfig::validate(const std::string& section) const {
              s, "shared_gate needs shared_ffn_size > 0");
 }
 
+nlohmann::json MoEConfig::to_json() const {
+  nlohmann::json j;
+  j["ffn_size"] = ffn_size;
+  j["top_k"] = top_k;
+  j["score_func"] = score_func == ScoreFunc::kSigmoid ? "sigmoid" : "softmax";
+  j["renormalize"] = renormalize;
+  j["renormalize_after_drop"] = renormalize_after_drop;
+  j["selection_bias"] = selection_bias;
+  j["gumbel_second_expert"] = gumbel_second_expert;
+  j["jitter_eps"] = jitter_eps;
+  j["rsample"] = rsample;
+  j["capacity_factor"] = capacity_factor_train;
+  j["eval_capacity_factor"] = capacity_factor_eval;
+  j["min_capacity"] = min_capacity;
+  j["drop_policy"] = drop_policy == DropPolicy::kProbs ? "probs"
+                     : drop_policy == DropPolicy::kRts ? "rts"
+                                                       : "position";
+  j["dropless"] = dropless;
+  j["aux_loss_type"] = aux_loss_type == AuxLossType::kMixtral ? "mixtral"
+                       : aux_loss_type == AuxLossType::kNone  ? "none"
+                                                              : "deepspeed";
+  j["aux_loss_coef"] = aux_loss_coef;
+  j["z_loss_coef"] = z_loss_coef;
+  j["residual"] = residual;
+  j["residual_ffn_size"] = residual_ffn_size;
+  j["shared_ffn_size"] = shared_ffn_size;
+  j["shared_gate"] = shared_gate;
+  return j;
+}
+
 int64_t moe_capacity(int64_t num_tokens, const MoEConfig& config, bool training) {
   MOEX_CHECK(num_tokens >= 0, "moe_capacity: num_tokens must be >= 0, got ", num_tokens);
   MOEX_CHECK(config.num_experts > 0, "model.moe.num_experts must be > 0, got ", config.num_experts);

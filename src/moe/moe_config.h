@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace moex {
@@ -61,6 +62,10 @@ struct MoEConfig {
   // Errors name fields under `section` ("model.moe" in a training config, "moex_model.moe" in a
   // saved model's config.json).
   void validate(const std::string& section = "model.moe") const;
+  // The layer's own options as the fields of a moex config's "moe" object (what
+  // ModelConfig::from_json reads there). hidden_size, activation and gelu_exact are the model's
+  // and num_experts is per layer: ModelConfig::to_json writes those.
+  nlohmann::json to_json() const;
   // F1: rows of an expert's first projection (2F for SwiGLU: gate rows, then up rows).
   int64_t first_proj_rows(int64_t ffn) const {
     return activation == ExpertActivation::kSwiGLU ? 2 * ffn : ffn;

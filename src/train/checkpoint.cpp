@@ -15,7 +15,7 @@ namespace moex::train {
 
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
-                     const std::string& tokenizer_path, bool write) {
+                     const std::vector<std::string>& tokenizer_files, bool write) {
   // Moments saved under each parameter's name, fp32 whatever the optimizer keeps. Where nothing
   // is sharded or split they are the optimizer's own buffers, written a tensor at a time (bf16
   // widened); otherwise gathered into fp32 host copies first (collective under ep, tp and ZeRO,
@@ -41,7 +41,7 @@ void save_checkpoint(const std::string& dir, const model::Model& model,
   js["data_state"] = nlohmann::json::parse(state.data_state);
   js["last_loss"] = state.last_loss;
   io::write_file_atomic(out->temp_path() + "/trainer_state.json", js.dump(2) + "\n");
-  if (!tokenizer_path.empty()) data::copy_tokenizer(tokenizer_path, out->temp_path());
+  data::copy_files_into(tokenizer_files, out->temp_path());
   out->commit();
 }
 

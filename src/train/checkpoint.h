@@ -1,9 +1,9 @@
 // Training checkpoints: the model directory (config.json + model.safetensors, HF layout) plus
 // optimizer.safetensors (exp_avg.<name>, exp_avg_sq.<name>), trainer_state.json (step, data
-// position) and the tokenizer. Built under a temporary name and renamed, so a kill while saving
-// leaves the previous checkpoint intact. Under expert parallelism every expert is saved under its
-// global name (the checkpoint equals a single-process one) and loading takes this rank's rows, so
-// a checkpoint moves between layouts (docs/parallelism.md).
+// position) and the tokenizer's files. Built under a temporary name and renamed, so a kill while
+// saving leaves the previous checkpoint intact. Under expert parallelism every expert is saved
+// under its global name (the checkpoint equals a single-process one) and loading takes this rank's
+// rows, so a checkpoint moves between layouts (docs/parallelism.md).
 #pragma once
 
 #include <string>
@@ -25,7 +25,7 @@ struct TrainerState {
 // with write = true write.
 void save_checkpoint(const std::string& dir, const model::Model& model,
                      const std::string& model_json, AdamW& optimizer, const TrainerState& state,
-                     const std::string& tokenizer_path, bool write = true);
+                     const std::vector<std::string>& tokenizer_files, bool write = true);
 // training.keep_checkpoints: removes the oldest `step-NNNNNN` checkpoints of `out_dir` so that the
 // newest `keep` of those at or before `step` remain. Later ones (an earlier run's, past the step a
 // run was resumed from), `latest`, `final` and anything else are left alone. Returns the removed

@@ -46,6 +46,11 @@ DistillRunConfig DistillRunConfig::from_file(const std::string& path) {
     kd.fail("temperature", "must be a finite number > 0");
   if (kd.has("stop_kd_at_step") && d.stop_kd_at_step < 0)
     kd.fail("stop_kd_at_step", "must be >= 0 (leave it out to distill on every step)");
+  // Both would set the student's weights: one source of them.
+  if (kd.has("init_from_teacher_layers") && !c.train.training.init_from.empty())
+    kd.fail("init_from_teacher_layers",
+            "cannot be combined with training.init_from (both set the student's weights); "
+            "leave one out");
   if (kd.has("init_from_teacher_layers") &&
       static_cast<int64_t>(d.init_from_teacher_layers.size()) != c.train.model.num_layers)
     kd.fail("init_from_teacher_layers", "has " + std::to_string(d.init_from_teacher_layers.size()) +

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "model/tensor_parallel.h"
+#include "train/init_from.h"
 
 namespace moex::train {
 namespace {
@@ -75,22 +76,40 @@ const char* OptimizerConfig::precision_name(DType dtype) {
   return dtype == DType::kBF16 ? "bf16" : "fp32";
 }
 
-TrainConfig TrainConfig::from_file(const std::string& path) {
+TrainConfig TrainConfig::from_file(const std::string& path, const std::string& init_from) {
   const JsonReader root = JsonReader::from_file(path);
   MOEX_CHECK(!root.has("distill"), path,
              ": the 'distill' section makes this a distillation config: run it with moex distill "
              "--config ",
              path);
-  TrainConfig c = from_reader(root, path);
+  TrainConfig c = from_reader(root, path, init_from);
   root.finish();
   return c;
 }
 
-TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& path) {
+TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& path,
+                                     const std::string& init_from) {
   TrainConfig c;
   c.source = path;
-  c.model = ModelConfig::from_json(root.child("model"));
-  c.model_json = root.get_json_text("model", 2);
+  // training.init_from (or --init-from): the directory's model. Its "model" section must be left
+  // out, not merged: every model field either changes the math of the loaded weights or is a
+  // routing option whose change would be silent (docs/config.md §training).
+  const JsonReader tr = root.child("training");
+  c.training.init_from = tr.get_string("init_from", "");
+  const std::string init_from_what = init_from.empty() ? tr.where("init_from") : "--init-from";
+  if (!init_from.empty()) c.training.init_from = init_from;
+  if (c.training.init_from.empty()) {
+    c.model = ModelConfig::from_json(root.child("model"));
+    c.model_json = root.get_json_text("model", 2);
+  } else {
+    MOEX_CHECK(!root.has("model"), root.where("model"), ": leave it out with ",
+               init_from.empty() ? "training.init_from" : "--init-from", "; the model is ",
+               c.training.init_from, "'s");
+    const InitFromModel from = read_init_from(c.training.init_from, init_from_what);
+    c.model = from.config;
+    c.model_json = from.model_json;
+    c.training.init_from_moex = from.moex;
+  }
 
   const JsonReader data = root.child("data");
   c.data.path = data.get_string("path");
@@ -160,7 +179,6 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
   if (!(c.schedule.decay_fraction > 0 && c.schedule.decay_fraction <= 1))
     sched.fail("decay_fraction", "must be in (0, 1]");
 
-  const JsonReader tr = root.child("training");
   c.training.steps = tr.get_int("steps", 100);
   c.training.micro_batch_size = tr.get_int("micro_batch_size", 8);
   c.training.grad_accum = tr.get_int("grad_accum", 1);

@@ -80,11 +80,17 @@ struct TrainingConfig {
   bool activation_checkpointing = false;
   int num_threads = 0;  // 0: all cores
   Device device;        // "cpu" (default), "cuda" or "cuda:N"
+  // A model directory (moex's or Hugging Face's) the run starts from: its model and weights
+  // (train/init_from.h). "" draws random weights for the config's "model".
+  std::string init_from;
+  bool init_from_moex = false;  // init_from is a moex directory (else a Hugging Face one)
 };
 
 struct TrainConfig {
   std::string source;      // the file it came from
-  std::string model_json;  // the "model" object as written, saved with every checkpoint
+  // The "model" object as written (with training.init_from: the directory's, as moex JSON),
+  // saved with every checkpoint.
+  std::string model_json;
   ModelConfig model;
   DataConfig data;
   OptimizerConfig optimizer;
@@ -92,10 +98,12 @@ struct TrainConfig {
   TrainingConfig training;
   dist::ParallelConfig parallel;  // "parallel": tp, ep, zero_stage, ... (docs/parallelism.md)
 
-  static TrainConfig from_file(const std::string& path);
+  // init_from: a model directory overriding training.init_from (moex train --init-from).
+  static TrainConfig from_file(const std::string& path, const std::string& init_from = "");
   // The sections above from an open config, leaving root.finish() to the caller (a tool whose
   // config has a further section, e.g. "distill", reads that too before finishing).
-  static TrainConfig from_reader(const JsonReader& root, const std::string& path);
+  static TrainConfig from_reader(const JsonReader& root, const std::string& path,
+                                 const std::string& init_from = "");
 };
 
 // Learning rate at `step` (0-based): linear warmup, then the schedule's decay.

@@ -30,6 +30,7 @@
 #include "ops/device.h"
 #include "train/checkpoint.h"
 #include "train/gradient_all_reduce.h"
+#include "train/init_from.h"
 #include "train/load_balance.h"
 #include "train/loss_plot.h"
 
@@ -319,14 +320,21 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              "from the current directory, ",
              std::filesystem::current_path().string(), ")");
   const data::CorpusManifest corpus = data::load_corpus_manifest(c.data.path);
-  MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": model.vocab_size (",
-             c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
+  MOEX_CHECK(corpus.vocab_size <= c.model.vocab_size, c.source, ": ",
+             c.training.init_from.empty() ? "model.vocab_size"
+                                          : "training.init_from " + c.training.init_from +
+                                                ": the model's vocab_size",
+             " (", c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
              corpus.vocab_size, ")");
   auto train_data = open_train_data(corpus, c);
   const auto eval_data = eval_sequences(corpus, c);
   // Every checkpoint carries the corpus tokenizer: a missing one is an error now, not at the end.
   MOEX_CHECK(corpus.tokenizer.empty() || std::filesystem::is_regular_file(corpus.tokenizer),
              c.data.path, "/corpus.json: tokenizer: ", corpus.tokenizer, " is not a file");
+  // With init_from, the directory's tokenizer files when the corpus was tokenized with it.
+  const std::vector<std::string> tokenizer_files =
+      comm.is_root() ? checkpoint_tokenizer_files(corpus.tokenizer, c.training.init_from)
+          : std::vector<std::string>{};
 
   // Data parallelism over the ranks of mpirun: each optimizer step covers grad_accum x dp
   // micro-batches of one shared sample stream; micro-batch j runs on data-parallel rank j % dp,
@@ -394,6 +402,15 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   // GPU model's host never holds the whole model (4 bytes a parameter) while they are drawn.
   ParamBuffer drawn = model.init_weights(c.training.seed, shard_master);
   const bool replaced = hooks && resume_dir.empty() && hooks->init_weights(model);
+  // training.init_from: the directory's weights replace the drawn ones (a resume takes its
+  // checkpoint's instead). `drawn` then holds them as read, which a sharded master starts from.
+  const bool from_dir = resume_dir.empty() && !c.training.init_from.empty();
+  MOEX_CHECK(!(replaced && from_dir), c.source,
+             ": training.init_from cannot be combined with a variant that sets the weights itself");
+  if (from_dir) {
+    drawn = load_init_from_weights(model, c.training.init_from, c.training.init_from_moex);
+    if (comm.is_root()) MOEX_INFO("weights from ", c.training.init_from);
+  }
   ZeroConfig zero;
   zero.stage = zero_stage;
   zero.dp = groups.dp.get();
@@ -418,8 +435,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                                       gpu_dp.get(), ep ? gpu_edp.get() : gpu_dp.get()},
                    /*detach=*/c.parallel.overlap_comm);
   if (sum_over_dp && c.parallel.overlap_comm) model.set_gradient_sink(&*dp_sum);
-  // The master starts from the weights as drawn; a hook that replaced some (a student initialized
-  // from its teacher's layers) leaves them in the model, so the master takes the model's then.
+  // The master starts from the weights as drawn (or as init_from's were read); a hook that
+  // replaced some (a student initialized from its teacher's layers) leaves them in the model, so
+  // the master takes the model's then.
   if (shard_master) optimizer.load_master(replaced ? model.host_params().flat() : drawn.flat());
   drawn = ParamBuffer();
   // Checkpoints gather experts (ep), tensor-parallel parts (tp) and moment shards (ZeRO): every
@@ -440,6 +458,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
                  e.message());
     }
     MOEX_INFO("resumed from ", resume_dir, " at step ", state.step);
+    if (comm.is_root() && !c.training.init_from.empty())
+      MOEX_INFO("training.init_from ", c.training.init_from,
+                ": its model is this run's; the weights are the checkpoint's");
     if (comm.is_root())
       for (const std::string& change : model_config_changes(resume_dir, c.model_json))
         MOEX_WARN("resuming with another model config than ", resume_dir,
@@ -488,7 +509,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto checkpoint = [&](const std::string& name) {
     state.data_state = train_data->state_json();
     const std::string dir = c.training.out_dir + "/" + name;
-    save_checkpoint(dir, model, c.model_json, optimizer, state, corpus.tokenizer, root);
+    save_checkpoint(dir, model, c.model_json, optimizer, state, tokenizer_files, root);
     result.last_checkpoint = dir;
     if (root) MOEX_INFO("checkpoint ", dir);
   };

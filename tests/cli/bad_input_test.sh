@@ -185,6 +185,17 @@ expect_error "batch.json: training.micro_batch_size 16777216 x data.seq_len 4096
 # --resume given a run's out_dir instead of one of its checkpoints
 mkdir -p "$TMP/oldrun/latest" && echo '{}' > "$TMP/oldrun/latest/trainer_state.json"
 expect_error "oldrun: this is a run's out_dir, not a checkpoint; resume from one of its checkpoints, e.g. $TMP/oldrun/latest" train --config "$TMP/data.json" --resume "$TMP/oldrun"
+# training.init_from (moex train --init-from): a missing directory, one without config.json, and
+# a config that also has a "model" section; nothing is written to out_dir
+printf '{"data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/initrun", "init_from": "%s"}}' "$TMP/corpus" "$TMP" "$TMP/nowhere" > "$TMP/init_missing.json"
+expect_error "init_missing.json: training.init_from: $TMP/nowhere: no such directory" train --config "$TMP/init_missing.json"
+expect_error "--init-from: $TMP/nowhere2: no such directory" train --config "$TMP/init_missing.json" --init-from "$TMP/nowhere2"
+mkdir -p "$TMP/noconfig"
+sed "s|$TMP/nowhere|$TMP/noconfig|" "$TMP/init_missing.json" > "$TMP/init_noconfig.json"
+expect_error "init_noconfig.json: training.init_from: $TMP/noconfig/config.json is missing" train --config "$TMP/init_noconfig.json"
+printf '{"model": {"vocab_size": 10, "hidden_size": 8, "num_layers": 1, "num_heads": 2, "max_seq_len": 8}, "data": {"path": "%s", "seq_len": 4}, "training": {"steps": 1, "out_dir": "%s/initrun", "init_from": "%s"}}' "$TMP/corpus" "$TMP" "$TMP/noconfig" > "$TMP/init_model.json"
+expect_error "init_model.json: model: leave it out with training.init_from; the model is $TMP/noconfig's" train --config "$TMP/init_model.json"
+[ ! -e "$TMP/initrun" ] || { echo "FAIL: a refused init_from run wrote $TMP/initrun"; failures=$((failures + 1)); }
 # a fresh run into the out_dir of an earlier one
 mkdir -p "$TMP/run" && echo '{"step": 1}' > "$TMP/run/metrics.jsonl"
 expect_error "holds an earlier run (metrics.jsonl)" train --config "$TMP/data.json"

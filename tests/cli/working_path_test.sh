@@ -73,11 +73,15 @@ for f in config.json model.safetensors tokenizer.model; do
 done
 [ "$(wc -l <"$TMP/run/metrics.jsonl")" -eq 8 ] || fail "metrics.jsonl should have 8 lines"
 
-# ---- your own text: a .jsonl and a plain text file tokenized with the model's tokenizer ----
+# ---- your own text: a .jsonl and a plain text file tokenized with the model's tokenizer, and
+# the model fine-tuned on it ----
 step "moex data prepare --input"
-grep -v '^\s*$' "$ROOT/README.md" | head -40 |
-  python3 -c 'import json, sys; [print(json.dumps({"text": l.rstrip("\n")})) for l in sys.stdin]' \
-    >"$TMP/own.jsonl"
+python3 - "$ROOT/README.md" >"$TMP/own.jsonl" <<'PY'
+import json, sys
+lines = [l.rstrip("\n") for l in open(sys.argv[1], encoding="utf-8") if l.strip()]
+for l in lines[:40]:
+    print(json.dumps({"text": l}))
+PY
 cat "$ROOT/docs/data.md" >"$TMP/notes.txt"
 "$MOEX" data prepare --input "$TMP/own.jsonl,$TMP/notes.txt" --model "$MODEL" \
   --out "$TMP/own_corpus" --valid-fraction 0.1 >"$TMP/own_prepare.log" 2>&1 || {
@@ -86,15 +90,20 @@ cat "$ROOT/docs/data.md" >"$TMP/notes.txt"
 }
 grep -q '"tokenizer": "tokenizer.model"' "$TMP/own_corpus/corpus.json" ||
   fail "the own-text corpus does not name its copy of the model's tokenizer"
-sed -e "s|\"path\": \"$TMP/corpus\"|\"path\": \"$TMP/own_corpus\"|" \
-  -e "s|\"steps\": 8|\"steps\": 2|" -e "s|\"eval_every\": 8|\"eval_every\": 2|" \
-  -e "s|\"out_dir\": \"$TMP/run\"|\"out_dir\": \"$TMP/own_run\"|" \
-  "$TMP/config.json" >"$TMP/own_config.json"
-grep -q "own_corpus" "$TMP/own_config.json" || fail "the own-text config does not name its corpus"
-"$MOEX" train --config "$TMP/own_config.json" >"$TMP/own_train.log" 2>&1 || {
+# Fine-tuning the trained model on it: --init-from gives the model, so the config has none.
+python3 - "$TMP/config.json" "$TMP/own_config.json" "$TMP" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+del c["model"]
+c["data"]["path"] = sys.argv[3] + "/own_corpus"
+c["training"].update(steps=2, eval_every=2, out_dir=sys.argv[3] + "/own_run")
+json.dump(c, open(sys.argv[2], "w"))
+PY
+"$MOEX" train --config "$TMP/own_config.json" --init-from "$MODEL" >"$TMP/own_train.log" 2>&1 || {
   cat "$TMP/own_train.log"
-  fail "moex train on the own-text corpus exited non-zero"
+  fail "moex train --init-from on the own-text corpus exited non-zero"
 }
+grep -q "weights from $MODEL" "$TMP/own_train.log" || fail "the fine-tuning run did not load $MODEL"
 [ "$(wc -l <"$TMP/own_run/metrics.jsonl")" -eq 2 ] && grep -q '"eval_loss"' "$TMP/own_run/metrics.jsonl" ||
   fail "the own-text run should log 2 steps and an eval"
 

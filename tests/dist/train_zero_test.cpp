@@ -282,7 +282,7 @@ TEST(Zero, ShardedMasterStepsLikeTheWholeOptimizer) {
   TrainerState state;
   state.step = 3;
   state.data_state = "{}";
-  save_checkpoint(dir, model, c.model_json, sharded, state, "", world.is_root());
+  save_checkpoint(dir, model, c.model_json, sharded, state, {}, world.is_root());
   world.barrier();
   load_checkpoint(dir, resumed, resumed_opt);
   EXPECT_EQ(entries_of(layout, resumed.params().flat()), want);

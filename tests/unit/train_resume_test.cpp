@@ -150,7 +150,7 @@ TEST(Training, CheckpointWritesStateInPlaceAsFromFp32Copies) {
   const fs::path dir = corpus / "run" / "ckpt", ref = corpus / "ref";
   fs::create_directories(corpus / "run");
   fs::create_directories(ref);
-  save_checkpoint(dir.string(), model, config.model_json, optimizer, state, "");
+  save_checkpoint(dir.string(), model, config.model_json, optimizer, state, {});
   std::map<std::string, Tensor> moments;
   for (const bool second : {false, true})
     for (auto& [name, t] : model::gather_named_tensors(model, optimizer.gather_moment(second)))
@@ -183,7 +183,7 @@ struct SavedModel {
     state.step = step;
     state.data_state = "{}";
     fs::create_directories(corpus / "run");
-    save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+    save_checkpoint(dir, model, config.model_json, optimizer, state, {});
   }
   TrainConfig config;
   model::Model model;
@@ -210,7 +210,7 @@ TEST(Training, KillWhileSavingLeavesThePreviousCheckpoint) {
     float* p = model.params().flat().data<float>();
     for (int64_t i = 0; i < model.params().flat().numel(); ++i) p[i] += 1.0f;
     state.step = 8;
-    for (;;) save_checkpoint(dir, model, config.model_json, optimizer, state, "");
+    for (;;) save_checkpoint(dir, model, config.model_json, optimizer, state, {});
   }
   for (int i = 0; i < 2000 && !fs::exists(dir + ".tmp"); ++i)
     std::this_thread::sleep_for(std::chrono::microseconds(200));
