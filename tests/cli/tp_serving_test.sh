@@ -23,7 +23,9 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 rank_pid() {
   local pid
   for pid in $(pgrep -P "$SERVER"); do
-    if tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+    # grep reads all of tr's output (no -q): under pipefail, tr cut off by an early exit would
+    # make the match read as a miss (SIGPIPE, status 141).
+    if tr '\0' '\n' <"/proc/$pid/environ" | grep -x "OMPI_COMM_WORLD_RANK=$1" >/dev/null; then
       echo "$pid"
       return
     fi
