@@ -278,8 +278,10 @@ CorpusSource write_denoise_source(const Source& s, const std::vector<std::vector
   CorpusSource info = s.info;
   info.name = s.info.name + ".denoise";
   info.task = "denoise";
-  info.train = {info.name + ".train", 0, 0};
-  info.valid = {info.name + ".valid", 0, 0};
+  info.train = CorpusSplitStats{};
+  info.train.prefix = info.name + ".train";
+  info.valid = CorpusSplitStats{};
+  info.valid.prefix = info.name + ".valid";
   SourceSplitsWriter splits(dir, &info, dtype);
   for (size_t i = 0; i < s.docs.size(); ++i) {
     const std::vector<int32_t>& doc = ids[i];
@@ -528,6 +530,8 @@ CorpusManifest load_corpus_manifest(const std::string& dir) {
       split->prefix = text(sp, "prefix", at);
       split->documents = count(sp, "documents", at);
       split->tokens = count(sp, "tokens", at);
+      split->mask_prefix = text(sp, "loss_mask", at, &none);
+      split->trained_tokens = count(sp, "trained_tokens", at);
     }
     m.sources.push_back(std::move(c));
   }

@@ -55,6 +55,11 @@ struct CorpusSplitStats {
   std::string prefix;  // relative to the corpus directory, without .bin/.idx
   int64_t documents = 0;
   int64_t tokens = 0;
+  // A loss mask beside the tokens (chat data: only the assistant's tokens are trained on): a
+  // dataset of the same documents and lengths whose 1 marks a token the model learns to predict
+  // and 0 one it only reads. Empty: every token is trained on.
+  std::string mask_prefix;
+  int64_t trained_tokens = 0;  // tokens marked 1 (with a mask)
 };
 
 struct CorpusSource {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/error.h"
 #include "core/rng.h"
 
 namespace moex::data {
@@ -29,27 +30,51 @@ std::set<std::string> pick_valid_units(std::vector<std::string> units, double fr
   return std::set<std::string>(units.begin(), units.begin() + static_cast<std::ptrdiff_t>(n));
 }
 
-SourceSplitsWriter::SourceSplitsWriter(const std::string& dir, CorpusSource* info, TokenDType dtype)
+SourceSplitsWriter::SourceSplitsWriter(const std::string& dir, CorpusSource* info,
+                                       TokenDType dtype, bool loss_mask)
     : info_(info),
       train_(dir + "/" + info->train.prefix, dtype),
-      valid_(dir + "/" + info->valid.prefix, dtype) {}
+      valid_(dir + "/" + info->valid.prefix, dtype) {
+  if (!loss_mask) return;
+  for (CorpusSplitStats* split : {&info->train, &info->valid})
+    split->mask_prefix = split->prefix + ".mask";
+  train_mask_ = std::make_unique<IndexedDatasetBuilder>(dir + "/" + info->train.mask_prefix,
+                                                        TokenDType::kU16);
+  valid_mask_ = std::make_unique<IndexedDatasetBuilder>(dir + "/" + info->valid.mask_prefix,
+                                                        TokenDType::kU16);
+}
 
-void SourceSplitsWriter::add(const std::vector<int32_t>& ids, bool valid) {
+void SourceSplitsWriter::add(const std::vector<int32_t>& ids, bool valid,
+                             const std::vector<int32_t>* mask) {
+  MOEX_CHECK((mask != nullptr) == (train_mask_ != nullptr) && (!mask || mask->size() == ids.size()),
+             info_->name, ": a document's loss mask must match its ids");
   (valid ? valid_ : train_).add_document(ids);
   CorpusSplitStats& stats = valid ? info_->valid : info_->train;
   stats.documents++;
   stats.tokens += static_cast<int64_t>(ids.size());
+  if (mask == nullptr) return;
+  (valid ? *valid_mask_ : *train_mask_).add_document(*mask);
+  for (int32_t m : *mask) stats.trained_tokens += m != 0;
 }
 
 void SourceSplitsWriter::finish() {
   train_.finish();
   valid_.finish();
+  if (train_mask_) {
+    train_mask_->finish();
+    valid_mask_->finish();
+  }
 }
 
 namespace {
 
 json split_json(const CorpusSplitStats& s) {
-  return {{"prefix", s.prefix}, {"documents", s.documents}, {"tokens", s.tokens}};
+  json j = {{"prefix", s.prefix}, {"documents", s.documents}, {"tokens", s.tokens}};
+  if (!s.mask_prefix.empty()) {
+    j["loss_mask"] = s.mask_prefix;
+    j["trained_tokens"] = s.trained_tokens;
+  }
+  return j;
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -23,16 +24,21 @@ std::set<std::string> pick_valid_units(std::vector<std::string> units, double fr
                                        uint64_t seed);
 
 // One source's two datasets, `<dir>/<prefix>.{bin,idx}` for the train and valid prefixes named in
-// `info`, with their document and token counts kept in `info` as documents are added.
+// `info`, with their document and token counts kept in `info` as documents are added. With
+// `loss_mask`, each split's mask beside it (`<prefix>.mask`, named in info's mask_prefix).
 class SourceSplitsWriter {
  public:
-  SourceSplitsWriter(const std::string& dir, CorpusSource* info, TokenDType dtype);
-  void add(const std::vector<int32_t>& ids, bool valid);
+  SourceSplitsWriter(const std::string& dir, CorpusSource* info, TokenDType dtype,
+                     bool loss_mask = false);
+  // `mask`: one 0/1 per id, given exactly when the writer keeps masks.
+  void add(const std::vector<int32_t>& ids, bool valid,
+           const std::vector<int32_t>* mask = nullptr);
   void finish();
 
  private:
   CorpusSource* info_;
   IndexedDatasetBuilder train_, valid_;
+  std::unique_ptr<IndexedDatasetBuilder> train_mask_, valid_mask_;  // with loss_mask
 };
 
 // corpus.json's fields that every corpus has: format, tokenizer (its file name, in the corpus

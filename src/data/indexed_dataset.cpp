@@ -381,9 +381,16 @@ SamplerState SamplerState::from_json(const std::string& text) {
 }
 
 GPTSampler::GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t seq_len,
-                       uint64_t seed)
-    : dataset_(std::move(dataset)), seq_len_(seq_len), seed_(seed) {
+                       uint64_t seed, std::shared_ptr<const IndexedDataset> mask)
+    : dataset_(std::move(dataset)), mask_(std::move(mask)), seq_len_(seq_len), seed_(seed) {
   MOEX_CHECK(seq_len_ > 0, "seq_len must be positive, got ", seq_len_);
+  if (mask_) {
+    bool same = mask_->num_sequences() == dataset_->num_sequences();
+    for (int64_t i = 0; same && i < dataset_->num_sequences(); ++i)
+      same = mask_->sequence_length(i) == dataset_->sequence_length(i);
+    MOEX_CHECK(same, mask_->prefix(), ": the loss mask's sequences are not those of ",
+               dataset_->prefix());
+  }
   samples_per_epoch_ = (dataset_->num_tokens() - 1) / seq_len_;
   MOEX_CHECK(samples_per_epoch_ > 0, dataset_->prefix(), ": ", dataset_->num_tokens(),
              " tokens are fewer than one sample of seq_len + 1 = ", seq_len_ + 1);
@@ -401,7 +408,8 @@ void GPTSampler::build_epoch(int64_t epoch) {
   built_epoch_ = epoch;
 }
 
-void GPTSampler::sample(int64_t epoch, int64_t index, int32_t* out) {
+void GPTSampler::sample(int64_t epoch, int64_t index, int32_t* out, int32_t* mask_out) {
+  if (mask_out != nullptr && !mask_) std::fill(mask_out, mask_out + seq_len_ + 1, 1);
   MOEX_CHECK(index >= 0 && index < samples_per_epoch_, "sample ", index, " out of [0, ",
              samples_per_epoch_, ")");
   build_epoch(epoch);
@@ -417,18 +425,22 @@ void GPTSampler::sample(int64_t epoch, int64_t index, int32_t* out) {
     const int64_t take = std::min(need, dataset_->sequence_length(seq) - offset);
     dataset_->read(seq, offset, take, out);
     out += take;
+    if (mask_out != nullptr && mask_) {
+      mask_->read(seq, offset, take, mask_out);
+      mask_out += take;
+    }
     need -= take;
     pos += take;
     ++k;
   }
 }
 
-void GPTSampler::next(int32_t* out) {
+void GPTSampler::next(int32_t* out, int32_t* mask_out) {
   if (position_ >= samples_per_epoch_) {
     ++epoch_;
     position_ = 0;
   }
-  sample(epoch_, position_, out);
+  sample(epoch_, position_, out, mask_out);
   ++position_;
 }
 

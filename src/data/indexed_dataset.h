@@ -118,14 +118,19 @@ struct SamplerState {
 // (seed, epoch, position); the stream wraps into the next epoch when one ends.
 class GPTSampler {
  public:
-  GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t seq_len, uint64_t seed);
+  // `mask` (optional): a loss mask of the same sequences and lengths (CorpusSplitStats::mask_prefix),
+  // read at the same places as the tokens.
+  GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t seq_len, uint64_t seed,
+             std::shared_ptr<const IndexedDataset> mask = nullptr);
 
   int64_t seq_len() const { return seq_len_; }
   int64_t samples_per_epoch() const { return samples_per_epoch_; }
-  // Writes the next seq_len + 1 tokens to `out` and advances.
-  void next(int32_t* out);
+  bool has_mask() const { return mask_ != nullptr; }
+  // Writes the next seq_len + 1 tokens to `out` (and with a mask dataset their mask values to
+  // `mask_out`, when given; without one, 1s) and advances.
+  void next(int32_t* out, int32_t* mask_out = nullptr);
   // Sample `index` of `epoch` without moving (evaluation reads these in order).
-  void sample(int64_t epoch, int64_t index, int32_t* out);
+  void sample(int64_t epoch, int64_t index, int32_t* out, int32_t* mask_out = nullptr);
 
   SamplerState state() const;
   // Errors if the state was saved with another seed or seq_len.
@@ -135,6 +140,7 @@ class GPTSampler {
   void build_epoch(int64_t epoch);
 
   std::shared_ptr<const IndexedDataset> dataset_;
+  std::shared_ptr<const IndexedDataset> mask_;  // null: every token is trained on
   int64_t seq_len_;
   uint64_t seed_;
   int64_t samples_per_epoch_ = 0;

@@ -106,13 +106,13 @@ MixtureDataset::MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
     : mixer_(sources_of(inputs), temperatures, seed) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     // Each source gets its own shuffling stream, derived from the seed.
-    samplers_.emplace_back(inputs[i].dataset, seq_len, seed * 1000003ull + i + 1);
+    samplers_.emplace_back(inputs[i].dataset, seq_len, seed * 1000003ull + i + 1, inputs[i].mask);
   }
 }
 
-size_t MixtureDataset::next(int32_t* out) {
+size_t MixtureDataset::next(int32_t* out, int32_t* mask_out) {
   const size_t src = mixer_.next();
-  samplers_[src].next(out);
+  samplers_[src].next(out, mask_out);
   return src;
 }
 

@@ -72,12 +72,14 @@ class MixtureDataset {
   struct Input {
     MixtureSource source;  // num_tokens is filled from the dataset when 0
     std::shared_ptr<const IndexedDataset> dataset;
+    std::shared_ptr<const IndexedDataset> mask;  // its loss mask, or null (GPTSampler)
   };
   MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
                  const MixtureTemperatures& temperatures, uint64_t seed);
 
-  // Writes seq_len + 1 tokens; returns the source index it came from.
-  size_t next(int32_t* out);
+  // Writes seq_len + 1 tokens (and, when given, their loss mask: 1s for a source without one);
+  // returns the source index it came from.
+  size_t next(int32_t* out, int32_t* mask_out = nullptr);
   const MixtureSampler& mixer() const { return mixer_; }
 
   std::string state_json() const;

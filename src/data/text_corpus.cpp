@@ -25,8 +25,20 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 struct Document {
-  std::string text;
-  int64_t line = 0;  // where it starts in its file (1-based), for errors
+  std::string text;                   // plain text, or a conversation's whole rendering
+  int64_t line = 0;                   // where it starts in its file (1-based), for errors
+  std::vector<TextSegment> segments;  // a conversation's parts (chat data)
+};
+
+// A document's ids and, for a conversation, its loss mask (1: trained on).
+struct Encoded {
+  std::vector<int32_t> ids, mask;
+};
+
+// What reading an input file left out or cut short, for its progress line.
+struct ReadCounts {
+  int64_t blank = 0;      // blank documents left out
+  int64_t untrained = 0;  // answers the template's rendering does not let apart (read only)
 };
 
 bool is_json_lines(const std::string& path) {
@@ -40,18 +52,21 @@ bool is_blank(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
 }
 
-// The documents of one input file, in order; blank ones are left out (counted in *blank).
-std::vector<Document> read_documents(const std::string& path, const std::string& json_key,
-                                     int64_t* blank) {
+// The documents of one input file, in order; blank ones are left out.
+std::vector<Document> read_documents(const std::string& path, const TextCorpusOptions& o,
+                                     ReadCounts* counts) {
+  const std::string& json_key = o.json_key;
   MOEX_CHECK(fs::is_regular_file(path), "--input ", path, ": not a file");
   std::ifstream in(path, std::ios::binary);
   MOEX_CHECK(in, "--input ", path, ": cannot be read");
   const bool json_lines = is_json_lines(path);
+  MOEX_CHECK(json_lines || !o.render_chat, "--input ", path,
+             ": conversations (--chat) are read from .jsonl files, one per line");
   std::vector<Document> docs;
   Document current;  // plain text: the document being gathered
   auto close = [&] {
     if (is_blank(current.text))
-      ++*blank;
+      ++counts->blank;
     else
       docs.push_back(std::move(current));
     current = Document{};
@@ -66,9 +81,23 @@ std::vector<Document> read_documents(const std::string& path, const std::string&
       MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
       const auto text = j.find(json_key);
       MOEX_CHECK(text != j.end(), where, ": no '", json_key, "' field (--json-key names it)");
-      MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
-                 text->type_name());
-      current = Document{text->get<std::string>(), n};
+      if (o.render_chat) {
+        MOEX_CHECK(text->is_array(), where, ": '", json_key, "' must be a list of messages, got ",
+                   text->type_name());
+        int64_t untrained = 0;
+        try {
+          current.segments = o.render_chat(*text, &untrained);
+        } catch (const Error& e) {
+          MOEX_THROW(where, ": ", e.message());
+        }
+        counts->untrained += untrained;
+        for (const TextSegment& s : current.segments) current.text += s.text;
+        current.line = n;
+      } else {
+        MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
+                   text->type_name());
+        current = Document{text->get<std::string>(), n, {}};
+      }
       close();
     } else {
       MOEX_CHECK(is_valid_utf8(line), where, ": not valid UTF-8");
@@ -98,16 +127,27 @@ bool appends_eos(const Tokenizer& tok) {
 
 // A document's ids: the tokenizer's own special tokens (BOS where it adds one), then EOS, also
 // after a text that ends in the EOS token's own spelling ("</s>" is text the tokenizer matched).
-std::vector<int32_t> encode_document(const Tokenizer& tok, const std::string& text, bool add_eos) {
-  std::vector<int32_t> ids = tok.encode(text, true);
-  if (add_eos) ids.push_back(tok.eos_id());
-  return ids;
+// A conversation: each segment's ids as they are (the template wrote BOS and the turns' ends),
+// with its loss mask.
+Encoded encode_document(const Tokenizer& tok, const Document& doc, bool add_eos) {
+  Encoded e;
+  if (doc.segments.empty()) {
+    e.ids = tok.encode(doc.text, true);
+    if (add_eos) e.ids.push_back(tok.eos_id());
+    return e;
+  }
+  for (const TextSegment& s : doc.segments) {
+    const std::vector<int32_t> ids = tok.encode(s.text, false);
+    e.ids.insert(e.ids.end(), ids.begin(), ids.end());
+    e.mask.insert(e.mask.end(), ids.size(), s.trained ? 1 : 0);
+  }
+  return e;
 }
 
 // Every document's ids, in order, encoded by `threads` workers.
-std::vector<std::vector<int32_t>> encode_all(const Tokenizer& tok,
-                                             const std::vector<Document>& docs, int threads) {
-  std::vector<std::vector<int32_t>> ids(docs.size());
+std::vector<Encoded> encode_all(const Tokenizer& tok, const std::vector<Document>& docs,
+                                int threads) {
+  std::vector<Encoded> ids(docs.size());
   const bool add_eos = tok.eos_id() >= 0 && !appends_eos(tok);
   std::atomic<size_t> next{0};
   std::exception_ptr failure;
@@ -116,8 +156,7 @@ std::vector<std::vector<int32_t>> encode_all(const Tokenizer& tok,
   for (int t = 0; t < std::max(1, threads); ++t) {
     workers.emplace_back([&] {
       try {
-        for (size_t i; (i = next++) < docs.size();)
-          ids[i] = encode_document(tok, docs[i].text, add_eos);
+        for (size_t i; (i = next++) < docs.size();) ids[i] = encode_document(tok, docs[i], add_eos);
       } catch (...) {
         std::lock_guard<std::mutex> lock(failure_mutex);
         if (!failure) failure = std::current_exception();
@@ -196,17 +235,22 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
   const std::vector<std::string> names = source_names(o.inputs);
   for (size_t f = 0; f < o.inputs.size(); ++f) {
     const std::string& input = o.inputs[f];
-    int64_t blank = 0;
-    const std::vector<Document> docs = read_documents(input, o.json_key, &blank);
+    ReadCounts counts;
+    const std::vector<Document> docs = read_documents(input, o, &counts);
     MOEX_CHECK(!docs.empty(), "--input ", input, ": no documents",
-               blank ? " (only blank ones)" : "");
-    log(input + ": " + std::to_string(docs.size()) + " documents" +
-        (blank ? ", " + std::to_string(blank) + " blank ones left out" : ""));
+               counts.blank ? " (only blank ones)" : "");
+    log(input + ": " + std::to_string(docs.size()) +
+        (o.render_chat ? " conversations" : " documents") +
+        (counts.blank ? ", " + std::to_string(counts.blank) + " blank ones left out" : "") +
+        (counts.untrained ? ", " + std::to_string(counts.untrained) +
+                                " answers read but not trained on (the template renders them "
+                                "otherwise once later turns follow)"
+                          : ""));
     // The held-out documents: a seeded choice of their line numbers, the same on every run.
     std::vector<std::string> units;
     for (const Document& d : docs) units.push_back(std::to_string(d.line));
     const std::set<std::string> valid = pick_valid_units(units, o.valid_fraction, o.seed + f);
-    const std::vector<std::vector<int32_t>> ids = encode_all(*tok, docs, o.num_threads);
+    const std::vector<Encoded> encoded = encode_all(*tok, docs, o.num_threads);
     CorpusSource info;
     info.name = names[f];
     info.language = o.language;
@@ -214,14 +258,19 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
     info.origin = fs::absolute(input).string();
     info.train.prefix = info.name + ".train";
     info.valid.prefix = info.name + ".valid";
-    SourceSplitsWriter splits(tmp, &info, dtype);
+    const bool chat = static_cast<bool>(o.render_chat);
+    SourceSplitsWriter splits(tmp, &info, dtype, /*loss_mask=*/chat);
     for (size_t i = 0; i < docs.size(); ++i) {
       info.text_bytes += static_cast<int64_t>(docs[i].text.size());
-      splits.add(ids[i], valid.count(std::to_string(docs[i].line)) > 0);
+      splits.add(encoded[i].ids, valid.count(std::to_string(docs[i].line)) > 0,
+                 chat ? &encoded[i].mask : nullptr);
     }
     splits.finish();
+    MOEX_CHECK(!chat || info.train.trained_tokens > 0, "--input ", input,
+               ": no assistant turn to train on in its training split");
     log(info.name + ": " + std::to_string(info.train.tokens) + " train / " +
-        std::to_string(info.valid.tokens) + " valid tokens");
+        std::to_string(info.valid.tokens) + " valid tokens" +
+        (chat ? " (" + std::to_string(info.train.trained_tokens) + " trained: the answers)" : ""));
     manifest.sources.push_back(std::move(info));
   }
   manifest.seconds = elapsed();

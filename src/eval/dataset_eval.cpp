@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "data/indexed_dataset.h"
 #include "eval/bleu.h"
 #include "eval/chrf.h"
 #include "infer/generator.h"
+#include "ops/cross_entropy.h"
 
 namespace moex::eval {
 namespace {
@@ -22,15 +24,18 @@ std::vector<int32_t> document_ids(const data::IndexedDataset& ds, int64_t doc) {
 }
 
 // Sum of the cross-entropy over `count` windows starting at `starts`, each predicting `len`
-// tokens of `stream`, run as one batch [count, len].
+// tokens of `stream`, run as one batch [count, len]. With a loss mask (chat data, one value per
+// stream token) only the tokens marked 1 count as targets.
 double window_loss_sum(model::Model& model, const std::vector<int32_t>& stream,
-                       const std::vector<int64_t>& starts, int64_t len, int64_t* num_targets) {
+                       const std::vector<int32_t>& mask, const std::vector<int64_t>& starts,
+                       int64_t len, int64_t* num_targets) {
   const int64_t batch = static_cast<int64_t>(starts.size());
   std::vector<int32_t> ids(static_cast<size_t>(batch * len)), targets(ids.size());
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < len; ++t) {
-      ids[b * len + t] = stream[starts[b] + t];
-      targets[b * len + t] = stream[starts[b] + t + 1];
+      const int64_t next = starts[b] + t + 1;
+      ids[b * len + t] = stream[next - 1];
+      targets[b * len + t] = mask.empty() || mask[next] != 0 ? stream[next] : ops::kIgnoreIndex;
     }
   model::ForwardOptions opt;  // evaluation: nothing kept for backward
   const model::LossResult r = model.forward(ids.data(), targets.data(), batch, len, opt);
@@ -38,13 +43,24 @@ double window_loss_sum(model::Model& model, const std::vector<int32_t>& stream,
   return r.loss * static_cast<double>(r.num_targets);
 }
 
-void perplexity(model::Model& model, const data::IndexedDataset& ds, const DatasetEvalOptions& o,
-                int64_t seq_len, SourceEval* out) {
+// The concatenated sequences of a dataset.
+std::vector<int32_t> token_stream(const data::IndexedDataset& ds) {
   std::vector<int32_t> stream;
   for (int64_t s = 0; s < ds.num_sequences(); ++s) {
     const std::vector<int32_t> part = ds.get(s);
     stream.insert(stream.end(), part.begin(), part.end());
   }
+  return stream;
+}
+
+// `mask`: the split's loss mask (chat data), or null: the perplexity of the answers only.
+void perplexity(model::Model& model, const data::IndexedDataset& ds,
+                const data::IndexedDataset* mask_ds, const DatasetEvalOptions& o, int64_t seq_len,
+                SourceEval* out) {
+  const std::vector<int32_t> stream = token_stream(ds);
+  const std::vector<int32_t> mask = mask_ds ? token_stream(*mask_ds) : std::vector<int32_t>();
+  MOEX_CHECK(mask.empty() || mask.size() == stream.size(), mask_ds->prefix(),
+             ": the loss mask's length is not its tokens'");
   const int64_t n = static_cast<int64_t>(stream.size());
   double total = 0;
   // Full windows in batches; the last, shorter window on its own (no padding: padded tokens
@@ -54,13 +70,13 @@ void perplexity(model::Model& model, const data::IndexedDataset& ds, const Datas
   for (; start + seq_len < n; start += seq_len) {
     starts.push_back(start);
     if (static_cast<int64_t>(starts.size()) == o.batch) {
-      total += window_loss_sum(model, stream, starts, seq_len, &out->tokens);
+      total += window_loss_sum(model, stream, mask, starts, seq_len, &out->tokens);
       starts.clear();
     }
   }
-  if (!starts.empty()) total += window_loss_sum(model, stream, starts, seq_len, &out->tokens);
+  if (!starts.empty()) total += window_loss_sum(model, stream, mask, starts, seq_len, &out->tokens);
   if (n - 1 - start > 0)
-    total += window_loss_sum(model, stream, {start}, n - 1 - start, &out->tokens);
+    total += window_loss_sum(model, stream, mask, {start}, n - 1 - start, &out->tokens);
   out->loss = out->tokens > 0 ? total / static_cast<double>(out->tokens) : 0.0;
   out->perplexity = std::exp(out->loss);
 }
@@ -139,10 +155,15 @@ DatasetEval evaluate_dataset(model::Model& model, const data::CorpusManifest& co
     if (split.tokens < 2) continue;
     const data::IndexedDataset ds =
         data::IndexedDataset::open(corpus.dir + "/" + split.prefix, model.config().vocab_size);
+    // Chat data: ids below 2 (a mask holds 0s and 1s).
+    const std::unique_ptr<data::IndexedDataset> mask =
+        split.mask_prefix.empty() ? nullptr
+                                  : std::make_unique<data::IndexedDataset>(data::IndexedDataset::open(
+                                        corpus.dir + "/" + split.mask_prefix, 2));
     SourceEval s;
     s.name = source.name;
     s.task = source.task;
-    perplexity(model, ds, o, seq_len, &s);
+    perplexity(model, ds, mask.get(), o, seq_len, &s);
     if (source.task == "translate" && o.max_translations > 0) {
       MOEX_CHECK(tokenizer != nullptr, "evaluating translations needs the corpus tokenizer");
       translate(model, source, ds, *tokenizer, corpus.eos_id, o, &s);

@@ -88,9 +88,10 @@ constexpr size_t kMaxLogitBias = 1024;
 // Reads a request body. Throws ApiError naming the field for malformed JSON, wrong types, values
 // out of range and missing required fields. Fields that would change the answer in a way moex
 // does not build (best_of, suffix, min_p, ...) are refused with a
-// 400 when set to anything but their neutral value, never silently ignored; unknown fields are
-// ignored, as OpenAI's clients send many (user, metadata, ...). logit_bias tokens are checked
-// against the vocabulary by the server, which knows it.
+// 400 when set to anything but their neutral value, never silently ignored; OpenAI's fields that
+// cannot change the answer (user, metadata, ...) are accepted, and a field that is not OpenAI's
+// (nor a vLLM extension moex reads) is a 400 naming it. logit_bias tokens are checked against the
+// vocabulary by the server, which knows it.
 GenerationRequest parse_generation_request(const std::string& body, bool chat);
 
 // The finished (non-streamed) response objects and one streamed chunk.

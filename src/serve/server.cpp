@@ -17,6 +17,7 @@
 #include "data/unicode.h"
 #include "infer/model_tokenizer.h"
 #include "model/model_io.h"
+#include "serve/chat_segments.h"
 #include "serve/chat_template.h"
 #include "serve/client_connection.h"
 #include "serve/openai_api.h"
@@ -160,14 +161,10 @@ struct Server::Impl {
     tokenizer = infer::open_model_tokenizer(options.model_dir, model->config().vocab_size);
     MOEX_CHECK(tokenizer != nullptr, options.model_dir,
                ": no tokenizer (tokenizer.json or *.model) to serve text with");
-    chat_template = std::make_unique<ChatTemplate>(load_chat_template(options.model_dir));
+    const ChatRenderer renderer(options.model_dir, *tokenizer);
+    chat_template = std::make_unique<ChatTemplate>(renderer.chat_template);
     tool_format = tool_call_format(chat_template->text());
-    special_tokens = load_special_tokens(options.model_dir);
-    // A moex model directory has no tokenizer_config.json: the tokenizer's own BOS/EOS serve.
-    if (special_tokens["bos_token"].empty() && tokenizer->bos_id() >= 0)
-      special_tokens["bos_token"] = tokenizer->id_to_token(tokenizer->bos_id());
-    if (special_tokens["eos_token"].empty() && tokenizer->eos_id() >= 0)
-      special_tokens["eos_token"] = tokenizer->id_to_token(tokenizer->eos_id());
+    special_tokens = renderer.special_tokens;
     for (int32_t id = 0; id < tokenizer->vocab_size(); ++id) {
       try {
         max_token_text = std::max<int64_t>(max_token_text,

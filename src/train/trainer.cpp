@@ -27,6 +27,7 @@
 #include "io/atomic_file.h"
 #include "model/model.h"
 #include "ops/collective.h"
+#include "ops/cross_entropy.h"
 #include "ops/device.h"
 #include "train/checkpoint.h"
 #include "train/gradient_all_reduce.h"
@@ -140,6 +141,22 @@ void delete_earlier_run(const TrainConfig& c, const std::vector<std::filesystem:
               c.training.out_dir, " (overwrite_out_dir)");
 }
 
+// A split's loss mask (chat data), or null when every token trains: values 0 or 1 (checked as
+// ids below 2 as they are read).
+std::shared_ptr<const data::IndexedDataset> open_loss_mask(const data::CorpusManifest& corpus,
+                                                           const data::CorpusSplitStats& split) {
+  if (split.mask_prefix.empty()) return nullptr;
+  return std::make_shared<data::IndexedDataset>(
+      data::IndexedDataset::open(corpus.dir + "/" + split.mask_prefix, 2));
+}
+
+// Whether any wanted source's split of the corpus has a loss mask.
+bool has_loss_mask(const data::CorpusManifest& corpus, const TrainConfig& c) {
+  for (const auto& s : corpus.sources)
+    if (wanted(s, c.data.tasks) && !s.train.mask_prefix.empty()) return true;
+  return false;
+}
+
 // Training sequences: every wanted source's train split, mixed by task and language temperature.
 std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest& corpus,
                                                       const TrainConfig& c) {
@@ -150,6 +167,7 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
     in.source = {s.name, s.language, s.train.tokens, s.task};
     in.dataset = std::make_shared<data::IndexedDataset>(
         data::IndexedDataset::open(corpus.dir + "/" + s.train.prefix, c.model.vocab_size));
+    in.mask = open_loss_mask(corpus, s.train);
     inputs.push_back(std::move(in));
   }
   MOEX_CHECK(!inputs.empty(), c.source, ": data.path '", c.data.path,
@@ -159,7 +177,8 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
                                                 c.data.temperatures, c.training.seed);
 }
 
-// Held-out sequences: the first eval_batches * micro_batch_size windows, spread over the sources.
+// Held-out sequences: the first eval_batches * micro_batch_size windows, spread over the sources,
+// each as seq_len + 1 tokens followed by their seq_len + 1 loss-mask values.
 std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& corpus,
                                                  const TrainConfig& c) {
   std::vector<std::vector<int32_t>> out;
@@ -168,29 +187,34 @@ std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& cor
     if (!wanted(s, c.data.tasks) || s.valid.tokens <= c.data.seq_len) continue;
     auto ds = std::make_shared<data::IndexedDataset>(
         data::IndexedDataset::open(corpus.dir + "/" + s.valid.prefix, c.model.vocab_size));
-    samplers.emplace_back(ds, c.data.seq_len, 0);
+    samplers.emplace_back(ds, c.data.seq_len, 0, open_loss_mask(corpus, s.valid));
   }
   const int64_t want = c.training.eval_batches * c.training.micro_batch_size;
   for (int64_t i = 0; !samplers.empty() && static_cast<int64_t>(out.size()) < want; ++i) {
     data::GPTSampler& sampler = samplers[static_cast<size_t>(i) % samplers.size()];
     const int64_t index = i / static_cast<int64_t>(samplers.size());
     if (index >= sampler.samples_per_epoch()) break;
-    std::vector<int32_t> seq(static_cast<size_t>(c.data.seq_len + 1));
-    sampler.sample(0, index, seq.data());
+    std::vector<int32_t> seq(static_cast<size_t>(2 * (c.data.seq_len + 1)));
+    sampler.sample(0, index, seq.data(), seq.data() + c.data.seq_len + 1);
     out.push_back(std::move(seq));
   }
   return out;
 }
 
-// Splits [B][seq_len + 1] windows into ids and next-token targets, both [B, seq_len].
+// Splits [B][seq_len + 1] windows into ids and next-token targets, both [B, seq_len]. With a loss
+// mask ([B][seq_len + 1], the windows' tokens' values) a target whose token is marked 0 is
+// ignored: the model reads that token but is not trained to predict it.
 void split_batch(const std::vector<int32_t>& windows, int64_t batch, int64_t seq_len,
-                 std::vector<int32_t>* ids, std::vector<int32_t>* targets) {
+                 std::vector<int32_t>* ids, std::vector<int32_t>* targets,
+                 const int32_t* mask = nullptr) {
   ids->resize(static_cast<size_t>(batch * seq_len));
   targets->resize(static_cast<size_t>(batch * seq_len));
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < seq_len; ++t) {
-      (*ids)[b * seq_len + t] = windows[b * (seq_len + 1) + t];
-      (*targets)[b * seq_len + t] = windows[b * (seq_len + 1) + t + 1];
+      const int64_t next = b * (seq_len + 1) + t + 1;
+      (*ids)[b * seq_len + t] = windows[next - 1];
+      (*targets)[b * seq_len + t] =
+          mask == nullptr || mask[next] != 0 ? windows[next] : ops::kIgnoreIndex;
     }
 }
 
@@ -202,10 +226,13 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
   int64_t count = 0;
   for (size_t start = 0; start < sequences.size(); start += static_cast<size_t>(mb)) {
     const int64_t batch = std::min<int64_t>(mb, static_cast<int64_t>(sequences.size() - start));
-    std::vector<int32_t> windows, ids, targets;
-    for (int64_t b = 0; b < batch; ++b)
-      windows.insert(windows.end(), sequences[start + b].begin(), sequences[start + b].end());
-    split_batch(windows, batch, seq_len, &ids, &targets);
+    std::vector<int32_t> windows, mask, ids, targets;
+    for (int64_t b = 0; b < batch; ++b) {
+      const std::vector<int32_t>& s = sequences[start + b];  // tokens, then their mask
+      windows.insert(windows.end(), s.begin(), s.begin() + seq_len + 1);
+      mask.insert(mask.end(), s.begin() + seq_len + 1, s.end());
+    }
+    split_batch(windows, batch, seq_len, &ids, &targets, mask.data());
     model::ForwardOptions opt;  // evaluation: nothing kept for backward
     const model::LossResult r = model.forward(ids.data(), targets.data(), batch, seq_len, opt);
     total += r.loss * r.num_targets;
@@ -505,6 +532,9 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
   std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
+  // Chat data's loss mask, drawn with the windows ([mb][seq_len + 1]; empty without one).
+  std::vector<int32_t> window_masks(has_loss_mask(corpus, c) ? windows.size() : 0);
+  int32_t* const masks = window_masks.empty() ? nullptr : window_masks.data();
 
   auto checkpoint = [&](const std::string& name) {
     state.data_state = train_data->state_json();
@@ -521,9 +551,11 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     ExpertLoads expert_loads;  // for the selection-bias rule
     for (int64_t micro = 0; micro < micro_per_step; ++micro) {
       // Every rank reads every micro-batch, so that the sample streams stay aligned.
-      for (int64_t b = 0; b < mb; ++b) train_data->next(windows.data() + b * (seq_len + 1));
+      for (int64_t b = 0; b < mb; ++b)
+        train_data->next(windows.data() + b * (seq_len + 1),
+                         masks ? masks + b * (seq_len + 1) : nullptr);
       if (micro % dp != dp_rank) continue;
-      split_batch(windows, mb, seq_len, &ids, &targets);
+      split_batch(windows, mb, seq_len, &ids, &targets, masks);
       model::ForwardOptions opt;
       opt.training = true;
       opt.for_backward = true;

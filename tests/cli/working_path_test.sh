@@ -104,6 +104,37 @@ PY
   fail "moex train --init-from on the own-text corpus exited non-zero"
 }
 grep -q "weights from $MODEL" "$TMP/own_train.log" || fail "the fine-tuning run did not load $MODEL"
+
+# ---- chat data: conversations rendered with the model's chat template (moex's default here), a
+# loss mask on the answers, and the model fine-tuned on them ----
+step "moex data prepare --chat"
+python3 - "$TMP/chat.jsonl" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    for i in range(60):
+        f.write(json.dumps({"messages": [
+            {"role": "system", "content": "You answer in one line."},
+            {"role": "user", "content": f"What does step {i} of the working path check?"},
+            {"role": "assistant", "content": f"Step {i} checks that the model trains and serves."}]}) + "\n")
+PY
+"$MOEX" data prepare --chat --input "$TMP/chat.jsonl" --model "$MODEL" --out "$TMP/chat_corpus" \
+  --valid-fraction 0.1 >"$TMP/chat_prepare.log" 2>&1 || {
+  cat "$TMP/chat_prepare.log"
+  fail "data prepare --chat exited non-zero"
+}
+python3 - "$TMP/chat_corpus/corpus.json" <<'PY' || fail "the chat corpus has no loss mask on part of its tokens"
+import json, sys
+train = json.load(open(sys.argv[1]))["sources"][0]["train"]
+assert train["loss_mask"] == "chat.train.mask", train
+assert 0 < train["trained_tokens"] < train["tokens"], train
+PY
+sed -e "s|$TMP/own_corpus|$TMP/chat_corpus|" -e "s|$TMP/own_run|$TMP/chat_run|" \
+  "$TMP/own_config.json" >"$TMP/chat_config.json"
+"$MOEX" train --config "$TMP/chat_config.json" --init-from "$MODEL" >"$TMP/chat_train.log" 2>&1 || {
+  cat "$TMP/chat_train.log"
+  fail "moex train on the chat corpus exited non-zero"
+}
+[ "$(wc -l <"$TMP/chat_run/metrics.jsonl")" -eq 2 ] || fail "the chat run should log 2 steps"
 [ "$(wc -l <"$TMP/own_run/metrics.jsonl")" -eq 2 ] && grep -q '"eval_loss"' "$TMP/own_run/metrics.jsonl" ||
   fail "the own-text run should log 2 steps and an eval"
 

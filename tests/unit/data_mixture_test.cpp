@@ -138,7 +138,8 @@ TEST(MixtureDataset, ResumeIsExact) {
     }
     b.finish();
     inputs.push_back({{"src" + std::to_string(s), s == 2 ? "en" : "l" + std::to_string(s), 0},
-                      std::make_shared<const IndexedDataset>(IndexedDataset::open(prefix))});
+                      std::make_shared<const IndexedDataset>(IndexedDataset::open(prefix)),
+                      nullptr});
   }
   const int64_t seq_len = 6;
   MixtureDataset straight(inputs, seq_len, MixtureTemperatures{2.0, 0, {}}, 11);

@@ -142,6 +142,69 @@ TEST(TextCorpus, HeldOutDocumentsAreSeededAndDisjoint) {
   EXPECT_NE(split(8, "c").second, valid);
 }
 
+// Chat data: each segment's ids as they are (no BOS or EOS added), a loss mask of 1 on the trained
+// segments' ids beside them, named in corpus.json. The renderer here is a stand-in (the model's
+// template is serve::ChatRenderer's, tested in serve_chat_segments_test.cpp).
+TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
+  TempDir tmp("text_corpus_chat");
+  std::string lines;
+  for (int i = 0; i < 10; ++i)
+    lines += json{{"messages",
+                   {{{"role", "user"}, {"content", "question " + std::to_string(i)}},
+                    {{"role", "assistant"}, {"content", "answer " + std::to_string(i)}}}}}
+                 .dump() +
+             "\n";
+  write(tmp.sub("chat.jsonl"), lines);
+  TextCorpusOptions o = options(tmp, {tmp.sub("chat.jsonl")});
+  o.json_key = "messages";
+  o.render_chat = [](const nlohmann::json& messages, int64_t* untrained) {
+    *untrained = 0;
+    std::vector<TextSegment> parts = {{"<s>", false}};
+    for (const auto& m : messages)
+      parts.push_back(
+          {" " + m.at("content").get<std::string>() + "</s>", m.at("role") == "assistant"});
+    return parts;
+  };
+  const CorpusManifest m = prepare_text_corpus(o);
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(kLlama2);
+  std::vector<std::vector<int32_t>> want_ids, want_mask;
+  for (int i = 0; i < 10; ++i) {
+    std::vector<int32_t> ids, mask;
+    for (const auto& [text, trained] : std::vector<std::pair<std::string, bool>>{
+             {"<s>", false},
+             {" question " + std::to_string(i) + "</s>", false},
+             {" answer " + std::to_string(i) + "</s>", true}}) {
+      const std::vector<int32_t> piece = tok->encode(text, false);
+      ids.insert(ids.end(), piece.begin(), piece.end());
+      mask.insert(mask.end(), piece.size(), trained ? 1 : 0);
+    }
+    want_ids.push_back(ids);
+    want_mask.push_back(mask);
+  }
+  EXPECT_EQ(documents(tmp.sub("corpus/chat.train")), want_ids);
+  EXPECT_EQ(documents(tmp.sub("corpus/chat.train.mask")), want_mask);
+  const CorpusManifest back = load_corpus_manifest(tmp.sub("corpus"));
+  EXPECT_EQ(back.sources[0].train.mask_prefix, "chat.train.mask");
+  EXPECT_EQ(back.sources[0].valid.mask_prefix, "chat.valid.mask");
+  int64_t ones = 0;
+  for (const auto& mask : want_mask)
+    for (int32_t v : mask) ones += v;
+  EXPECT_EQ(back.sources[0].train.trained_tokens, ones);
+  // Plain text cannot hold conversations; one without an answer trains nothing: refused.
+  write(tmp.sub("notes.txt"), "a\n");
+  TextCorpusOptions plain = o;
+  plain.inputs = {tmp.sub("notes.txt")};
+  EXPECT_NE(error_of(plain).find("conversations (--chat) are read from .jsonl files"),
+            std::string::npos);
+  write(tmp.sub("questions.jsonl"), "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n");
+  o.render_chat = [](const nlohmann::json&, int64_t* untrained) {
+    *untrained = 0;
+    return std::vector<TextSegment>{{"<s> q", false}};
+  };
+  o.inputs = {tmp.sub("questions.jsonl")};
+  EXPECT_NE(error_of(o).find("no assistant turn to train on"), std::string::npos);
+}
+
 TEST(TextCorpus, BadInputNamesTheFileAndLineAndLeavesNothing) {
   TempDir tmp("text_corpus_errors");
   write(tmp.sub("a.jsonl"), "{\"text\": \"ok\"}\n\n{\"text\": \"ok\"\n");

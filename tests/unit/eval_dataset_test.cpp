@@ -80,6 +80,53 @@ TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
   fs::remove_all(dir);
 }
 
+// With a loss mask beside a split (chat data), only the targets marked 1 count: here the even
+// tokens, against the same naive cross-entropy.
+TEST(DatasetEval, ALossMaskCountsOnlyTheMarkedTargets) {
+  const fs::path dir = moex::testing::make_corpus(fs::temp_directory_path() /
+                                                  ("moex_eval_mask_" + std::to_string(::getpid())));
+  data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
+  model::Model model(dense_config());
+  model.init_weights(5);
+  double sum = 0;
+  int64_t count = 0;
+  for (data::CorpusSource& source : corpus.sources) {
+    const data::IndexedDataset ds =
+        data::IndexedDataset::open(corpus.dir + "/" + source.valid.prefix);
+    source.valid.mask_prefix = source.valid.prefix + ".mask";
+    data::IndexedDatasetBuilder marks(corpus.dir + "/" + source.valid.mask_prefix,
+                                      data::TokenDType::kU16);
+    std::vector<int32_t> stream;
+    for (int64_t s = 0; s < ds.num_sequences(); ++s) {
+      const auto part = ds.get(s);
+      std::vector<int32_t> mask;
+      for (int32_t id : part) mask.push_back(id % 2 == 0);
+      marks.add_document(mask);
+      stream.insert(stream.end(), part.begin(), part.end());
+    }
+    marks.finish();
+    for (size_t start = 0; start + 1 < stream.size(); start += 16) {
+      const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(stream.size() - 1 - start));
+      std::vector<float> logits(static_cast<size_t>(len * 40));
+      model.logits(stream.data() + start, 1, len, logits.data());
+      for (int64_t t = 0; t < len; ++t) {
+        const int32_t target = stream[start + t + 1];
+        if (target % 2 != 0) continue;
+        sum += row_ce(&logits[t * 40], 40, target);
+        ++count;
+      }
+    }
+  }
+  DatasetEvalOptions o;
+  o.seq_len = 16;
+  o.batch = 3;
+  const DatasetEval got = evaluate_dataset(model, corpus, nullptr, o);
+  ASSERT_GT(count, 0);
+  EXPECT_EQ(got.tokens, count);
+  EXPECT_NEAR(got.loss, sum / count, 1e-5 * sum / count);
+  fs::remove_all(dir);
+}
+
 // Ids 0..35 are words "w<id>", 36 <task:translate>, 37 <lang:en>, 38 <lang:es>, 39 EOS.
 class WordTokenizer : public data::Tokenizer {
  public:

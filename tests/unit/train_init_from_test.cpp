@@ -15,12 +15,14 @@
 #include "model/model_io.h"
 #include "train/distill.h"
 #include "train/trainer.h"
+#include "first_batch_hook.h"
 #include "train_fixture.h"
 
 namespace moex::train {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::FirstBatch;
 using testing::losses_of;
 
 constexpr int32_t kRuleVocab = 40;  // next = (prev + 1) % 40 in the corpus below
@@ -75,16 +77,6 @@ std::string run_config(const fs::path& corpus, const std::string& out_dir,
   return path.string();
 }
 
-// Records the ids of the first micro-batch of step 0 (the trainer's own draw).
-class FirstBatch : public TrainHooks {
- public:
-  void before_forward(const int32_t* ids, int64_t batch, int64_t seq_len, int64_t step,
-                      model::ForwardOptions&) override {
-    if (step == 0 && ids_.empty()) ids_.assign(ids, ids + batch * seq_len), batch_ = batch;
-  }
-  std::vector<int32_t> ids_;
-  int64_t batch_ = 0;
-};
 
 // The loss `dir`'s whole model (load_model) computes on the batch; asserts the rule that makes
 // the batch's targets its ids plus one.

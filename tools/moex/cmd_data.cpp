@@ -3,6 +3,7 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <cstdio>
 #include <sstream>
 
@@ -12,6 +13,8 @@
 #include "core/stop_signals.h"
 #include "data/corpus.h"
 #include "data/text_corpus.h"
+#include "data/tokenizer.h"
+#include "serve/chat_segments.h"
 #include "io/atomic_file.h"
 
 namespace moex::cli {
@@ -36,7 +39,11 @@ const char* kUsage =
     "  --input FILE,...        text files (one source each)\n"
     "  --tokenizer FILE        tokenizer.json or a SentencePiece .model\n"
     "  --model DIR             a model directory: its tokenizer\n"
-    "  --json-key KEY          the document field of .jsonl lines (default text)\n"
+    "  --json-key KEY          the document field of .jsonl lines (default text; messages\n"
+    "                          with --chat)\n"
+    "  --chat                  lines hold conversations (OpenAI-style messages), rendered\n"
+    "                          with the model's chat template; only the assistant's turns\n"
+    "                          are trained on (a loss mask beside the tokens)\n"
     "  --language CODE         the sources' language in corpus.json (default und)\n"
     "\n"
     "Without --input: the default corpus.\n"
@@ -109,9 +116,9 @@ int run_data(const std::vector<std::string>& argv) {
             {"out", "vocab-size", "languages", "max-source-mb", "valid-fraction", "seed", "threads",
              "handbook-dir", "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk", "input",
              "tokenizer", "model", "json-key", "language"},
-            {"no-parallel", "denoise"});
+            {"no-parallel", "denoise", "chat"});
   if (args.has("input")) return prepare_own_text(args);
-  for (const char* own : {"tokenizer", "model", "json-key", "language"})
+  for (const char* own : {"tokenizer", "model", "json-key", "language", "chat"})
     MOEX_CHECK(!args.has(own), "--", own, " needs --input (your own text)");
   data::CorpusOptions o;
   o.out_dir = args.require("out");
@@ -159,7 +166,21 @@ int prepare_own_text(const Args& args) {
   io::check_output_dir(o.out_dir, "--out", "corpus.json", "corpus");
   o.inputs = split_list(args.get("input"));
   o.tokenizer = args.has("tokenizer") ? args.get("tokenizer") : args.get("model");
-  o.json_key = args.get("json-key", o.json_key);
+  o.json_key = args.get("json-key", args.flag("chat") ? "messages" : o.json_key);
+  // Conversations are rendered as `moex serve` renders them for this model: its directory's chat
+  // template (or the tokenizer file's directory's), else moex's default one.
+  std::unique_ptr<data::Tokenizer> tokenizer;
+  std::unique_ptr<serve::ChatRenderer> renderer;
+  if (args.flag("chat")) {
+    const bool dir = args.has("model");
+    const std::string template_dir =
+        dir ? o.tokenizer : std::filesystem::path(o.tokenizer).parent_path().string();
+    tokenizer = data::open_tokenizer(o.tokenizer);  // a directory opens its tokenizer file
+    renderer = std::make_unique<serve::ChatRenderer>(template_dir, *tokenizer);
+    o.render_chat = [&renderer](const nlohmann::json& messages, int64_t* untrained) {
+      return renderer->segments(messages, untrained);
+    };
+  }
   o.language = args.get("language", o.language);
   o.valid_fraction = args.get_double("valid-fraction", o.valid_fraction);
   o.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(o.seed)));

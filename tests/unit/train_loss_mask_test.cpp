@@ -1,0 +1,112 @@
+// Chat data's loss mask (CorpusSplitStats::mask_prefix): the trainer reads each token but trains
+// only on targets whose mask is 1. The reference is independent of the data path: the first step's
+// loss (before any update) equals the loss the same model, drawn with the run's seed, computes on
+// the batch the trainer drew with the masked targets set to ignore_index (one micro-batch a step
+// and no router jitter, so that the step's loss is that batch's evaluation loss).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "data/indexed_dataset.h"
+#include "first_batch_hook.h"
+#include "model/model.h"
+#include "ops/cross_entropy.h"
+#include "train/trainer.h"
+#include "train_fixture.h"
+
+namespace moex::train {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::FirstBatch;
+using testing::losses_of;
+
+constexpr int32_t kVocab = 40;  // next = (prev + 1) % 40: a window's targets are its ids plus one
+
+bool trained(int32_t token) {
+  return token % 2 == 0;
+}  // the corpus' mask: even tokens learned
+
+// One document following the rule, for both splits; with `mask`, even tokens are marked 1.
+fs::path masked_corpus(const fs::path& dir, bool mask) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string splits;
+  for (const char* split : {"train", "valid"}) {
+    const std::string prefix = std::string("a.") + split;
+    data::IndexedDatasetBuilder tokens((dir / prefix).string(), data::TokenDType::kU16);
+    data::IndexedDatasetBuilder marks((dir / (prefix + ".mask")).string(), data::TokenDType::kU16);
+    std::vector<int32_t> ids, m;
+    for (int i = 0; i < (split[0] == 't' ? 2000 : 200); ++i) {
+      ids.push_back((i + 5) % kVocab);
+      m.push_back(trained(ids.back()) ? 1 : 0);
+    }
+    tokens.add_document(ids);
+    marks.add_document(m);
+    tokens.finish();
+    marks.finish();
+    splits += std::string(splits.empty() ? "" : ", ") + "\"" + split + "\": {\"prefix\": \"" +
+              prefix + "\", \"tokens\": " + std::to_string(ids.size()) +
+              (mask ? ", \"loss_mask\": \"" + prefix + ".mask\"" : "") + "}";
+  }
+  std::ofstream(dir / "tok.model") << "stand-in";
+  std::ofstream(dir / "corpus.json")
+      << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [{"name": "a", "language": "en", )"
+      << splits << "}]}";
+  return dir;
+}
+
+// The loss of the run's initial model on the batch, over the targets `keep` accepts.
+double masked_reference_loss(const TrainConfig& c, const FirstBatch& first, bool (*keep)(int32_t)) {
+  model::Model m(c.model);
+  m.init_weights(c.training.seed);
+  std::vector<int32_t> targets(first.ids_.size());
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const int32_t next = (first.ids_[i] + 1) % kVocab;
+    targets[i] = keep(next) ? next : ops::kIgnoreIndex;
+  }
+  model::ForwardOptions eval;
+  return m.forward(first.ids_.data(), targets.data(), first.batch_, c.data.seq_len, eval).loss;
+}
+
+bool every(int32_t) {
+  return true;
+}
+
+TEST(LossMask, OnlyMarkedTargetsAreTrainedOn) {
+  const fs::path root =
+      fs::temp_directory_path() / ("moex_loss_mask_" + std::to_string(::getpid()));
+  for (const bool mask : {true, false}) {
+    const fs::path corpus = masked_corpus(root / (mask ? "masked" : "plain"), mask);
+    const std::string out = (corpus / "run").string();
+    const TrainConfig c = TrainConfig::from_file(
+        testing::write_config(corpus, out, R"(, "steps": 1, "eval_every": 1, "grad_accum": 1)",
+                              nullptr, R"(, "jitter_eps": 0)")
+            .string());
+    FirstBatch first;
+    run_training(c, "", 0, nullptr, &first);
+    ASSERT_FALSE(first.ids_.empty());
+    for (size_t i = 0; i + 1 < first.ids_.size(); ++i) {
+      if ((i + 1) % c.data.seq_len == 0) continue;  // the next window
+      ASSERT_EQ(first.ids_[i + 1], (first.ids_[i] + 1) % kVocab) << "a window is not the rule";
+    }
+    const double loss = losses_of(out + "/metrics.jsonl").at(0);
+    const double masked = masked_reference_loss(c, first, trained),
+                 full = masked_reference_loss(c, first, every);
+    ASSERT_GT(std::abs(masked - full), 1e-3) << "the mask must change the loss for this to test it";
+    EXPECT_NEAR(loss, mask ? masked : full, 1e-5 * std::abs(loss)) << (mask ? "masked" : "plain");
+    // The held-out loss is finite with the mask too (its windows read the valid split's mask).
+    std::ifstream metrics(out + "/metrics.jsonl");
+    const std::string line((std::istreambuf_iterator<char>(metrics)), {});
+    EXPECT_NE(line.find("\"eval_loss\""), std::string::npos) << line;
+  }
+  fs::remove_all(root);
+}
+
+}  // namespace
+}  // namespace moex::train
