@@ -33,6 +33,7 @@ struct Document {
 // A document's ids and, for a conversation, its loss mask (1: trained on).
 struct Encoded {
   std::vector<int32_t> ids, mask;
+  int64_t untrained = 0;  // answers whose bounds fall inside a token (read, not trained on)
 };
 
 // What reading an input file left out or cut short, for its progress line.
@@ -125,10 +126,24 @@ bool appends_eos(const Tokenizer& tok) {
   return tok.eos_id() >= 0 && with.size() > without.size() && with.back() == tok.eos_id();
 }
 
+// The number of tokens of `ids` (the whole text's) that spell its first `bytes` bytes: the
+// encoding of that prefix when it begins `ids`, else -1 (a token of the whole text spans the
+// bound).
+int64_t tokens_before(const Tokenizer& tok, const std::string& text, size_t bytes,
+                      const std::vector<int32_t>& ids) {
+  if (bytes == 0) return 0;
+  if (bytes == text.size()) return static_cast<int64_t>(ids.size());
+  const std::vector<int32_t> head = tok.encode(std::string_view(text).substr(0, bytes), false);
+  if (head.size() > ids.size() || !std::equal(head.begin(), head.end(), ids.begin())) return -1;
+  return static_cast<int64_t>(head.size());
+}
+
 // A document's ids: the tokenizer's own special tokens (BOS where it adds one), then EOS, also
 // after a text that ends in the EOS token's own spelling ("</s>" is text the tokenizer matched).
-// A conversation: each segment's ids as they are (the template wrote BOS and the turns' ends),
-// with its loss mask.
+// A conversation: the whole rendering's ids as `moex serve` encodes a prompt (nothing added: the
+// template wrote BOS and the turns' ends), and a loss mask of 1 on each answer's tokens, found as
+// the lengths of the encoded prefixes that end where the answer begins and ends. (Encoding the
+// parts apart would differ where a tokenizer marks the start of a text, e.g. Llama's "▁".)
 Encoded encode_document(const Tokenizer& tok, const Document& doc, bool add_eos) {
   Encoded e;
   if (doc.segments.empty()) {
@@ -136,10 +151,21 @@ Encoded encode_document(const Tokenizer& tok, const Document& doc, bool add_eos)
     if (add_eos) e.ids.push_back(tok.eos_id());
     return e;
   }
+  e.ids = tok.encode(doc.text, false);
+  e.mask.assign(e.ids.size(), 0);
+  size_t begin = 0;  // the segment's first byte in doc.text
   for (const TextSegment& s : doc.segments) {
-    const std::vector<int32_t> ids = tok.encode(s.text, false);
-    e.ids.insert(e.ids.end(), ids.begin(), ids.end());
-    e.mask.insert(e.mask.end(), ids.size(), s.trained ? 1 : 0);
+    const size_t end = begin + s.text.size();
+    if (s.trained) {
+      const int64_t first = tokens_before(tok, doc.text, begin, e.ids);
+      const int64_t last = tokens_before(tok, doc.text, end, e.ids);
+      if (first >= 0 && last >= first) {
+        std::fill(e.mask.begin() + first, e.mask.begin() + last, 1);
+      } else {
+        ++e.untrained;
+      }
+    }
+    begin = end;
   }
   return e;
 }
@@ -239,18 +265,24 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
     const std::vector<Document> docs = read_documents(input, o, &counts);
     MOEX_CHECK(!docs.empty(), "--input ", input, ": no documents",
                counts.blank ? " (only blank ones)" : "");
+    // The held-out documents: a seeded choice of their line numbers, the same on every run.
+    std::vector<std::string> units;
+    for (const Document& d : docs) units.push_back(std::to_string(d.line));
+    const std::set<std::string> valid = pick_valid_units(units, o.valid_fraction, o.seed + f);
+    const std::vector<Encoded> encoded = encode_all(*tok, docs, o.num_threads);
+    int64_t untrained_at_tokens = 0;
+    for (const Encoded& e : encoded) untrained_at_tokens += e.untrained;
     log(input + ": " + std::to_string(docs.size()) +
         (o.render_chat ? " conversations" : " documents") +
         (counts.blank ? ", " + std::to_string(counts.blank) + " blank ones left out" : "") +
         (counts.untrained ? ", " + std::to_string(counts.untrained) +
                                 " answers read but not trained on (the template renders them "
                                 "otherwise once later turns follow)"
-                          : ""));
-    // The held-out documents: a seeded choice of their line numbers, the same on every run.
-    std::vector<std::string> units;
-    for (const Document& d : docs) units.push_back(std::to_string(d.line));
-    const std::set<std::string> valid = pick_valid_units(units, o.valid_fraction, o.seed + f);
-    const std::vector<Encoded> encoded = encode_all(*tok, docs, o.num_threads);
+                          : "") +
+        (untrained_at_tokens ? ", " + std::to_string(untrained_at_tokens) +
+                                   " answers read but not trained on (a token spans their start "
+                                   "or end)"
+                             : ""));
     CorpusSource info;
     info.name = names[f];
     info.language = o.language;

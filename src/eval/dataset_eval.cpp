@@ -53,7 +53,8 @@ std::vector<int32_t> token_stream(const data::IndexedDataset& ds) {
   return stream;
 }
 
-// `mask`: the split's loss mask (chat data), or null: the perplexity of the answers only.
+// `mask_ds`: the split's loss mask (chat data): the perplexity of the answers only; null: of
+// every token after the first.
 void perplexity(model::Model& model, const data::IndexedDataset& ds,
                 const data::IndexedDataset* mask_ds, const DatasetEvalOptions& o, int64_t seq_len,
                 SourceEval* out) {
@@ -164,6 +165,7 @@ DatasetEval evaluate_dataset(model::Model& model, const data::CorpusManifest& co
     s.name = source.name;
     s.task = source.task;
     perplexity(model, ds, mask.get(), o, seq_len, &s);
+    if (s.tokens == 0) continue;  // a split whose loss mask trains nothing: no perplexity
     if (source.task == "translate" && o.max_translations > 0) {
       MOEX_CHECK(tokenizer != nullptr, "evaluating translations needs the corpus tokenizer");
       translate(model, source, ds, *tokenizer, corpus.eos_id, o, &s);

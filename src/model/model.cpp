@@ -426,7 +426,9 @@ LossResult Model::forward(const int32_t* ids, const int32_t* targets, int64_t ba
   // The head's backward runs here, chunk by chunk, while its logits exist (model/lm_head.h).
   dhidden_ = options.for_backward ? arena_.alloc(Shape{n, d}, dt) : Tensor();
   // next-token targets are given aligned with ids: targets[t] is the token after ids[t]
-  const HeadLoss head = lm_head_loss(hidden, head_, host_ids(targets, n), options.loss_scale,
+  const double head_scale =
+      options.head_loss_scale >= 0 ? options.head_loss_scale : options.loss_scale;
+  const HeadLoss head = lm_head_loss(hidden, head_, host_ids(targets, n), head_scale,
                                      dhidden_, arena_, options.soft_targets, tp_);
   result.num_targets = head.count;
   const double count = static_cast<double>(std::max<int64_t>(1, head.count));

@@ -35,6 +35,10 @@ struct ForwardOptions {
   // Weight of this forward's loss (cross-entropy and MoE aux/z terms) in the objective that
   // backward differentiates: 1/grad_accum when micro-batches are averaged.
   double loss_scale = 1.0;
+  // >= 0: the LM head's objective (cross-entropy, the KD term) is scaled by this instead of
+  // loss_scale. With a loss mask the trainer weighs each micro-batch's head loss by its share of
+  // the step's trained targets, and its MoE losses by 1 / micro-batches, as without one.
+  double head_loss_scale = -1.0;
   // Knowledge distillation (docs/distill.md): the teacher's side of a KD term that joins the loss
   // and its gradient; it must hold this batch's rows. Null: plain LM loss.
   const SoftTargets* soft_targets = nullptr;

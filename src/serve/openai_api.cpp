@@ -130,7 +130,7 @@ std::vector<Prompt> read_prompts(const json& body) {
 // The fields a request may carry: OpenAI's, and the vLLM extensions that moex reads or refuses by
 // name. Those asking for what moex does not build are refused below (refuse_unbuilt_options);
 // those that cannot change the answer (user, metadata, store, service_tier, prompt_cache_key,
-// safety_identifier) are accepted and unused. Any other field is refused, as OpenAI refuses it:
+// prompt_cache_retention, safety_identifier) are accepted and unused. Any other field is refused, as OpenAI refuses it:
 // a typo such as 'max_token' would otherwise run the request on the default without a word.
 const std::vector<std::string>& known_fields(bool chat) {
   static const std::vector<std::string> completions = {
@@ -144,6 +144,7 @@ const std::vector<std::string>& known_fields(bool chat) {
       "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
       "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
       "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
+      "prompt_cache_retention",
       "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
       "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
       "top_p", "user", "verbosity", "web_search_options",

@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 
+#include "core/logging.h"
 #include "data/tokenizer.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -83,20 +84,31 @@ std::vector<std::string> model_config_changes(const std::string& dir,
 std::vector<std::string> remove_old_checkpoints(const std::string& out_dir, int64_t step,
                                                 int64_t keep) {
   namespace fs = std::filesystem;
+  // Housekeeping after a checkpoint that is safely written: a directory that cannot be listed or
+  // removed (permissions, a busy network file) is a warning, never an end to the run (on the
+  // root rank alone, it would leave the other ranks waiting in their next collective).
   std::vector<std::pair<int64_t, fs::path>> steps;  // (its step, the directory)
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(out_dir, ec)) {
-    const std::string name = entry.path().filename().string();
-    if (!entry.is_directory() || name.size() <= 5 || name.compare(0, 5, "step-") != 0 ||
+  for (fs::directory_iterator it(out_dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::error_code type_ec;
+    if (!it->is_directory(type_ec) || name.size() <= 5 || name.compare(0, 5, "step-") != 0 ||
         name.find_first_not_of("0123456789", 5) != std::string::npos || name.size() > 5 + 18)
       continue;
     const int64_t at = std::stoll(name.substr(5));
-    if (at <= step) steps.emplace_back(at, entry.path());
+    if (at <= step) steps.emplace_back(at, it->path());
   }
+  if (ec) MOEX_WARN("training.keep_checkpoints: cannot list ", out_dir, ": ", ec.message());
   std::sort(steps.begin(), steps.end());
   std::vector<std::string> removed;
   for (size_t i = 0; keep > 0 && i + static_cast<size_t>(keep) < steps.size(); ++i) {
-    fs::remove_all(steps[i].second);
+    std::error_code remove_ec;
+    fs::remove_all(steps[i].second, remove_ec);
+    if (remove_ec) {
+      MOEX_WARN("training.keep_checkpoints: cannot remove ", steps[i].second.string(), ": ",
+                remove_ec.message());
+      continue;
+    }
     removed.push_back(steps[i].second.string());
   }
   return removed;

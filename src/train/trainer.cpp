@@ -204,7 +204,7 @@ std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& cor
 // Splits [B][seq_len + 1] windows into ids and next-token targets, both [B, seq_len]. With a loss
 // mask ([B][seq_len + 1], the windows' tokens' values) a target whose token is marked 0 is
 // ignored: the model reads that token but is not trained to predict it.
-void split_batch(const std::vector<int32_t>& windows, int64_t batch, int64_t seq_len,
+void split_batch(const int32_t* windows, int64_t batch, int64_t seq_len,
                  std::vector<int32_t>* ids, std::vector<int32_t>* targets,
                  const int32_t* mask = nullptr) {
   ids->resize(static_cast<size_t>(batch * seq_len));
@@ -232,7 +232,7 @@ double evaluate(model::Model& model, const std::vector<std::vector<int32_t>>& se
       windows.insert(windows.end(), s.begin(), s.begin() + seq_len + 1);
       mask.insert(mask.end(), s.begin() + seq_len + 1, s.end());
     }
-    split_batch(windows, batch, seq_len, &ids, &targets, mask.data());
+    split_batch(windows.data(), batch, seq_len, &ids, &targets, mask.data());
     model::ForwardOptions opt;  // evaluation: nothing kept for backward
     const model::LossResult r = model.forward(ids.data(), targets.data(), batch, seq_len, opt);
     total += r.loss * r.num_targets;
@@ -531,10 +531,16 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
   result.gradient_bytes = model.gradient_bytes() + optimizer.gradient_bytes();
   auto window_start = Clock::now();
   int64_t window_tokens = 0, steps_this_run = 0;
-  std::vector<int32_t> windows(static_cast<size_t>(mb * (seq_len + 1))), ids, targets;
-  // Chat data's loss mask, drawn with the windows ([mb][seq_len + 1]; empty without one).
+  // A step's windows, [micro_per_step][mb][seq_len + 1], and chat data's loss mask beside them
+  // (empty without one).
+  const int64_t window = seq_len + 1, micro_window = mb * window;
+  std::vector<int32_t> windows(static_cast<size_t>(micro_per_step * micro_window)), ids, targets;
   std::vector<int32_t> window_masks(has_loss_mask(corpus, c) ? windows.size() : 0);
   int32_t* const masks = window_masks.empty() ? nullptr : window_masks.data();
+  // With a loss mask, each micro-batch's head loss weighs by its share of the step's trained
+  // targets, so that the step's loss is their mean however the step is cut into micro-batches
+  // and ranks.
+  std::vector<double> head_weight(static_cast<size_t>(micro_per_step), 0.0);
 
   auto checkpoint = [&](const std::string& name) {
     state.data_state = train_data->state_json();
@@ -549,13 +555,26 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
     model.zero_grad();
     double loss = 0, aux = 0, zl = 0, kd = 0, weighted_kd = 0;
     ExpertLoads expert_loads;  // for the selection-bias rule
+    // Every rank reads every micro-batch, so that the sample streams stay aligned (and each knows
+    // the step's trained targets).
+    for (int64_t w = 0; w < micro_per_step * mb; ++w)
+      train_data->next(windows.data() + w * window, masks ? masks + w * window : nullptr);
+    if (masks) {
+      std::vector<int64_t> trained(static_cast<size_t>(micro_per_step), 0);
+      int64_t total = 0;
+      for (int64_t micro = 0; micro < micro_per_step; ++micro)
+        for (int64_t w = 0; w < mb; ++w)
+          for (int64_t t = 1; t < window; ++t)  // the targets: every token but the first
+            trained[micro] += masks[micro * micro_window + w * window + t] != 0;
+      for (const int64_t n : trained) total += n;
+      for (int64_t micro = 0; micro < micro_per_step; ++micro)
+        head_weight[micro] =
+            total > 0 ? static_cast<double>(trained[micro]) / static_cast<double>(total) : 0.0;
+    }
     for (int64_t micro = 0; micro < micro_per_step; ++micro) {
-      // Every rank reads every micro-batch, so that the sample streams stay aligned.
-      for (int64_t b = 0; b < mb; ++b)
-        train_data->next(windows.data() + b * (seq_len + 1),
-                         masks ? masks + b * (seq_len + 1) : nullptr);
       if (micro % dp != dp_rank) continue;
-      split_batch(windows, mb, seq_len, &ids, &targets, masks);
+      split_batch(windows.data() + micro * micro_window, mb, seq_len, &ids, &targets,
+                  masks ? masks + micro * micro_window : nullptr);
       model::ForwardOptions opt;
       opt.training = true;
       opt.for_backward = true;
@@ -564,15 +583,20 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
       opt.seed = c.training.seed;
       opt.step = static_cast<uint64_t>(state.step * micro_per_step + micro);
       opt.loss_scale = 1.0 / static_cast<double>(micro_per_step);
+      if (masks) opt.head_loss_scale = head_weight[micro];
       if (hooks) hooks->before_forward(ids.data(), mb, seq_len, state.step, opt);
       const model::LossResult r = model.forward(ids.data(), targets.data(), mb, seq_len, opt);
       model.backward(/*last_of_step=*/micro + dp >= micro_per_step);
       if (c.optimizer.bias_update_rate > 0) accumulate_expert_loads(model, expert_loads);
-      loss += r.loss / micro_per_step;
+      // The head's terms by the micro-batch's weight (1 / micro-batches without a mask).
+      auto head_share = [&](double x) {
+        return masks ? x * head_weight[micro] : x / static_cast<double>(micro_per_step);
+      };
+      loss += head_share(r.loss);
       aux += r.aux_loss / micro_per_step;
       zl += r.z_loss / micro_per_step;
-      kd += r.kd_loss / micro_per_step;
-      weighted_kd += r.weighted_kd / micro_per_step;
+      kd += head_share(r.kd_loss);
+      weighted_kd += head_share(r.weighted_kd);
     }
     model.finish_gradients();
     // Under ZeRO stage 2 the optimizer has reduce-scattered every bucket as the model streamed it.

@@ -157,39 +157,48 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   write(tmp.sub("chat.jsonl"), lines);
   TextCorpusOptions o = options(tmp, {tmp.sub("chat.jsonl")});
   o.json_key = "messages";
+  // Mixtral's layout: the answer follows "[/INST]" with no space, where encoding it on its own
+  // would start it with Llama's "▁".
   o.render_chat = [](const nlohmann::json& messages, int64_t* untrained) {
     *untrained = 0;
-    std::vector<TextSegment> parts = {{"<s>", false}};
-    for (const auto& m : messages)
-      parts.push_back(
-          {" " + m.at("content").get<std::string>() + "</s>", m.at("role") == "assistant"});
+    std::vector<TextSegment> parts;
+    for (const auto& m : messages) {
+      const std::string content = m.at("content");
+      if (m.at("role") == "user") parts.push_back({"<s>[INST] " + content + " [/INST]", false});
+      if (m.at("role") == "assistant") parts.push_back({content + "</s>", true});
+    }
     return parts;
   };
   const CorpusManifest m = prepare_text_corpus(o);
   const std::unique_ptr<Tokenizer> tok = open_tokenizer(kLlama2);
-  std::vector<std::vector<int32_t>> want_ids, want_mask;
-  for (int i = 0; i < 10; ++i) {
-    std::vector<int32_t> ids, mask;
-    for (const auto& [text, trained] : std::vector<std::pair<std::string, bool>>{
-             {"<s>", false},
-             {" question " + std::to_string(i) + "</s>", false},
-             {" answer " + std::to_string(i) + "</s>", true}}) {
-      const std::vector<int32_t> piece = tok->encode(text, false);
-      ids.insert(ids.end(), piece.begin(), piece.end());
-      mask.insert(mask.end(), piece.size(), trained ? 1 : 0);
+  const std::vector<std::vector<int32_t>> ids = documents(tmp.sub("corpus/chat.train")),
+                                          masks = documents(tmp.sub("corpus/chat.train.mask"));
+  ASSERT_EQ(ids.size(), 10u);
+  ASSERT_EQ(masks.size(), 10u);
+  int64_t ones = 0;
+  for (size_t d = 0; d < ids.size(); ++d) {
+    // The training split keeps the documents' order: document d is conversation d.
+    const std::string question = "<s>[INST] question " + std::to_string(d) + " [/INST]";
+    const std::string answer = "answer " + std::to_string(d) + "</s>";
+    // The ids are the whole conversation's, as the server encodes a prompt...
+    EXPECT_EQ(ids[d], tok->encode(question + answer, false)) << d;
+    // ...and the mask marks exactly the answer's tokens: the last ones, spelling it.
+    ASSERT_EQ(masks[d].size(), ids[d].size());
+    std::vector<int32_t> trained;
+    for (size_t t = 0; t < ids[d].size(); ++t) {
+      if (masks[d][t] == 1) trained.push_back(ids[d][t]);
+      EXPECT_TRUE(masks[d][t] == 0 || masks[d][t] == 1);
+      ones += masks[d][t];
     }
-    want_ids.push_back(ids);
-    want_mask.push_back(mask);
+    EXPECT_EQ(tok->decode_bytes(trained), answer) << d;
+    EXPECT_TRUE(std::equal(trained.rbegin(), trained.rend(), ids[d].rbegin())) << d;
+    EXPECT_NE(trained, tok->encode(answer, false)) << "the answer alone encodes otherwise";
   }
-  EXPECT_EQ(documents(tmp.sub("corpus/chat.train")), want_ids);
-  EXPECT_EQ(documents(tmp.sub("corpus/chat.train.mask")), want_mask);
   const CorpusManifest back = load_corpus_manifest(tmp.sub("corpus"));
   EXPECT_EQ(back.sources[0].train.mask_prefix, "chat.train.mask");
   EXPECT_EQ(back.sources[0].valid.mask_prefix, "chat.valid.mask");
-  int64_t ones = 0;
-  for (const auto& mask : want_mask)
-    for (int32_t v : mask) ones += v;
   EXPECT_EQ(back.sources[0].train.trained_tokens, ones);
+  EXPECT_EQ(m.sources[0].train.trained_tokens, ones);
   // Plain text cannot hold conversations; one without an answer trains nothing: refused.
   write(tmp.sub("notes.txt"), "a\n");
   TextCorpusOptions plain = o;

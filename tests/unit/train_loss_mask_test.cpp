@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "data/indexed_dataset.h"
+#include "dist/train_compare.h"
 #include "first_batch_hook.h"
 #include "model/model.h"
 #include "ops/cross_entropy.h"
@@ -32,8 +33,9 @@ bool trained(int32_t token) {
   return token % 2 == 0;
 }  // the corpus' mask: even tokens learned
 
-// One document following the rule, for both splits; with `mask`, even tokens are marked 1.
-fs::path masked_corpus(const fs::path& dir, bool mask) {
+// One document following the rule, for both splits; with `mask`, the tokens `keep` accepts
+// (by default the even ones) are marked 1.
+fs::path masked_corpus(const fs::path& dir, bool mask, bool (*keep)(int32_t) = trained) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   std::string splits;
@@ -44,7 +46,7 @@ fs::path masked_corpus(const fs::path& dir, bool mask) {
     std::vector<int32_t> ids, m;
     for (int i = 0; i < (split[0] == 't' ? 2000 : 200); ++i) {
       ids.push_back((i + 5) % kVocab);
-      m.push_back(trained(ids.back()) ? 1 : 0);
+      m.push_back(keep(ids.back()) ? 1 : 0);
     }
     tokens.add_document(ids);
     marks.add_document(m);
@@ -105,6 +107,41 @@ TEST(LossMask, OnlyMarkedTargetsAreTrainedOn) {
     const std::string line((std::istreambuf_iterator<char>(metrics)), {});
     EXPECT_NE(line.find("\"eval_loss\""), std::string::npos) << line;
   }
+  fs::remove_all(root);
+}
+
+// Micro-batches hold different numbers of trained targets (only tokens below 12 are, so a window
+// of 16 holds 0 to 12 of them): the step's loss and update are still the mean over all its trained
+// targets, the same whether its 4 windows run as one micro-batch or as two of two.
+bool low(int32_t token) {
+  return token < 12;
+}
+
+TEST(LossMask, TheStepIsTheMeanOverItsTrainedTargetsHoweverItIsSplit) {
+  const fs::path root =
+      fs::temp_directory_path() / ("moex_loss_mask_split_" + std::to_string(::getpid()));
+  const fs::path corpus = masked_corpus(root / "corpus", true, low);
+  // Dropless routing without aux loss or jitter: nothing else depends on the micro-batch size.
+  const std::string moe = R"(, "dropless": true, "aux_loss_coef": 0, "jitter_eps": 0)";
+  auto run = [&](const std::string& name, int mb, int accum) {
+    const std::string out = (root / name).string();
+    run_training(TrainConfig::from_file(
+                     testing::write_config(
+                         corpus, out,
+                         R"(, "steps": 3, "eval_every": 0, "micro_batch_size": )" +
+                             std::to_string(mb) + R"(, "grad_accum": )" + std::to_string(accum),
+                         nullptr, moe)
+                         .string()),
+                 "");
+    return out;
+  };
+  const std::string whole = run("whole", 4, 1), split = run("split", 2, 2);
+  const std::vector<double> a = losses_of(whole + "/metrics.jsonl"),
+                            b = losses_of(split + "/metrics.jsonl");
+  ASSERT_EQ(a.size(), 3u);
+  ASSERT_EQ(b.size(), 3u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * a[i]) << "step " << i + 1;
+  testing::expect_same_checkpoint(whole + "/final", split + "/final", 1e-4, 1e-4);
   fs::remove_all(root);
 }
 

@@ -29,7 +29,8 @@ void on_stop_signal(int) {
 const char* kUsage =
     "usage: moex data prepare --out DIR [options]\n"
     "       moex data prepare --input FILE[,FILE...] (--tokenizer FILE | --model DIR) --out DIR\n"
-    "                         [--json-key text] [--language CODE] [--valid-fraction F] [--seed N]\n"
+    "                         [--chat] [--json-key KEY] [--language CODE] [--valid-fraction F]\n"
+    "                         [--seed N] [--threads N]\n"
     "\n"
     "With --input: your own text, tokenized with an existing tokenizer (a model's, to fine-tune\n"
     "it). Each file is one source: .jsonl (or .json) holds one JSON object per line whose\n"
