@@ -87,7 +87,8 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
                    text->type_name());
         int64_t untrained = 0;
         try {
-          current.segments = o.render_chat(*text, &untrained);
+          current.segments =
+              o.render_chat(*text, j.contains("tools") ? j["tools"] : nlohmann::json(), &untrained);
         } catch (const Error& e) {
           MOEX_THROW(where, ": ", e.message());
         }

@@ -28,11 +28,12 @@ struct TextCorpusOptions {
   std::vector<std::string> inputs;
   std::string json_key = "text";
   // Chat data: when set, each .jsonl line's `json_key` field is a conversation (an OpenAI-style
-  // list of messages) that this renders into segments (serve::ChatRenderer: the model's chat
-  // template). Documents are the segments' ids, in order, with nothing added (the template writes
+  // list of messages; the line's "tools", when given, the functions it may call) that this
+  // renders into segments (serve::ChatRenderer: the model's chat template). Documents are the segments' ids, in order, with nothing added (the template writes
   // BOS and each turn's end), and a loss mask beside them: only trained segments' ids are
   // learned. Sets *untrained to the answers it could not tell apart (read, not learned).
-  std::function<std::vector<TextSegment>(const nlohmann::json& messages, int64_t* untrained)>
+  std::function<std::vector<TextSegment>(const nlohmann::json& messages,
+                                         const nlohmann::json& tools, int64_t* untrained)>
       render_chat;
   // A tokenizer file (tokenizer.json or a SentencePiece .model) or a model directory holding one;
   // the file is copied into the corpus, so checkpoints of runs on it carry it.

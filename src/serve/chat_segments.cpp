@@ -21,19 +21,21 @@ ChatRenderer::ChatRenderer(const std::string& model_dir, const data::Tokenizer& 
 }
 
 std::vector<data::TextSegment> ChatRenderer::segments(const nlohmann::json& messages,
-                                                      int64_t* untrained) const {
-  // The server's checks and conversion of messages, on a request that holds only them.
-  std::vector<ChatMessage> turns;
+                                                      int64_t* untrained,
+                                                      const nlohmann::json& tools) const {
+  // The server's checks and conversion of messages and tools, on a request of only them.
+  nlohmann::json request = {{"model", "-"}, {"messages", messages}};
+  if (!tools.is_null()) request["tools"] = tools;
+  GenerationRequest r;
   try {
-    turns = parse_generation_request(nlohmann::json{{"model", "-"}, {"messages", messages}}.dump(),
-                                     true)
-                .messages;
+    r = parse_generation_request(request.dump(), true);
   } catch (const ApiError& e) {
     MOEX_THROW(e.message);
   }
+  const std::vector<ChatMessage>& turns = r.messages;
   auto render = [&](size_t count, bool generation_prompt) {
     const std::vector<ChatMessage> head(turns.begin(), turns.begin() + count);
-    return chat_template.render(head, generation_prompt, special_tokens);
+    return chat_template.render(head, generation_prompt, special_tokens, r.tools);
   };
   const std::string whole = render(turns.size(), false);
   // Assistant turn i is the text between the conversation rendered up to it with the generation

@@ -27,8 +27,9 @@ struct ChatRenderer {
   // rendered through it, where both begin the whole. A template that renders a turn differently
   // once later ones follow (Qwen3 drops the reasoning of turns before the last question) has no
   // such prefix for that turn: it is read, not trained, and counted in *untrained.
-  std::vector<data::TextSegment> segments(const nlohmann::json& messages,
-                                          int64_t* untrained) const;
+  // `tools` (a list of function tools, as a request's; null: none) are offered in every rendering.
+  std::vector<data::TextSegment> segments(const nlohmann::json& messages, int64_t* untrained,
+                                          const nlohmann::json& tools = nlohmann::json()) const;
 
   ChatTemplate chat_template;
   std::map<std::string, std::string> special_tokens;

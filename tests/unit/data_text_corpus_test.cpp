@@ -159,7 +159,7 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   o.json_key = "messages";
   // Mixtral's layout: the answer follows "[/INST]" with no space, where encoding it on its own
   // would start it with Llama's "▁".
-  o.render_chat = [](const nlohmann::json& messages, int64_t* untrained) {
+  o.render_chat = [](const nlohmann::json& messages, const nlohmann::json&, int64_t* untrained) {
     *untrained = 0;
     std::vector<TextSegment> parts;
     for (const auto& m : messages) {
@@ -206,7 +206,7 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   EXPECT_NE(error_of(plain).find("conversations (--chat) are read from .jsonl files"),
             std::string::npos);
   write(tmp.sub("questions.jsonl"), "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n");
-  o.render_chat = [](const nlohmann::json&, int64_t* untrained) {
+  o.render_chat = [](const nlohmann::json&, const nlohmann::json&, int64_t* untrained) {
     *untrained = 0;
     return std::vector<TextSegment>{{"<s> q", false}};
   };

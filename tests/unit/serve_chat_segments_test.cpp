@@ -142,5 +142,29 @@ TEST(ChatSegments, MixtralAnswersEndWithEosAndBadMessagesNameTheField) {
   fs::remove_all(tmp);
 }
 
+// A line's tools are offered in every rendering (Qwen2.5 writes them into its system turn): the
+// read part holds them, the trained answer does not.
+TEST(ChatSegments, ToolsAreRenderedIntoThePromptNotTheAnswer) {
+  const fs::path tmp = fs::temp_directory_path() / ("moex_chat_tools_" + std::to_string(getpid()));
+  ChatRenderer r = renderer_for("qwen2_5_instruct.jinja", tmp);
+  r.special_tokens = {{"eos_token", "<|im_end|>"}};
+  const nlohmann::json messages = nlohmann::json::parse(
+      R"([{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": "Cold."}])");
+  const nlohmann::json tools = nlohmann::json::parse(
+      R"([{"type": "function", "function": {"name": "get_weather", "description": "Weather now",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])");
+  int64_t untrained = 1;
+  const auto parts = r.segments(messages, &untrained, tools);
+  EXPECT_EQ(untrained, 0);
+  ASSERT_EQ(parts.size(), 3u);
+  EXPECT_NE(parts[0].text.find("get_weather"), std::string::npos) << parts[0].text;
+  EXPECT_TRUE(parts[1].trained);
+  EXPECT_EQ(parts[1].text, "Cold.<|im_end|>\n");
+  const auto without = r.segments(messages, &untrained);
+  EXPECT_EQ(without[0].text.find("get_weather"), std::string::npos);
+  EXPECT_EQ(without[1].text, parts[1].text);
+  fs::remove_all(tmp);
+}
+
 }  // namespace
 }  // namespace moex::serve

@@ -178,8 +178,9 @@ int prepare_own_text(const Args& args) {
         dir ? o.tokenizer : std::filesystem::path(o.tokenizer).parent_path().string();
     tokenizer = data::open_tokenizer(o.tokenizer);  // a directory opens its tokenizer file
     renderer = std::make_unique<serve::ChatRenderer>(template_dir, *tokenizer);
-    o.render_chat = [&renderer](const nlohmann::json& messages, int64_t* untrained) {
-      return renderer->segments(messages, untrained);
+    o.render_chat = [&renderer](const nlohmann::json& messages, const nlohmann::json& tools,
+                                int64_t* untrained) {
+      return renderer->segments(messages, untrained, tools);
     };
   }
   o.language = args.get("language", o.language);
