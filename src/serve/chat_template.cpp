@@ -36,8 +36,10 @@ ChatTemplate ChatTemplate::parse(const std::string& text, const std::string& sou
 std::string ChatTemplate::render(const std::vector<ChatMessage>& messages,
                                  bool add_generation_prompt,
                                  const std::map<std::string, std::string>& special_tokens,
-                                 const nlohmann::ordered_json& tools) const {
-  nlohmann::ordered_json variables = nlohmann::ordered_json::object();
+                                 const nlohmann::ordered_json& tools,
+                                 const nlohmann::ordered_json& extra) const {
+  nlohmann::ordered_json variables =
+      extra.is_object() ? extra : nlohmann::ordered_json::object();
   nlohmann::ordered_json list = nlohmann::ordered_json::array();
   for (const ChatMessage& message : messages) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();

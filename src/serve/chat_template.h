@@ -48,9 +48,12 @@ class ChatTemplate {
   // filter, a type error) throw moex::Error naming source:line:column; raise_exception(...)
   // throws ChatTemplateRaised.
   // `tools` (a list of function tools, as OpenAI's request has them) is passed when not empty.
+  // `extra`: further variables (an object; a request's chat_template_kwargs, e.g.
+  // {"enable_thinking": false}), set before the ones above, which they cannot replace.
   std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
                      const std::map<std::string, std::string>& special_tokens,
-                     const nlohmann::ordered_json& tools = nlohmann::ordered_json()) const;
+                     const nlohmann::ordered_json& tools = nlohmann::ordered_json(),
+                     const nlohmann::ordered_json& extra = nlohmann::ordered_json()) const;
   // The same with any variables as JSON (an object): "messages", "add_generation_prompt",
   // "tools", "enable_thinking", "bos_token", ...
   std::string render_json(const nlohmann::ordered_json& variables) const;

@@ -139,7 +139,8 @@ const std::vector<std::string>& known_fields(bool chat) {
       "temperature", "top_p", "user",
       // vLLM's extensions: sampling, and structured output as chat has it
       "top_k", "ignore_eos", "stop_token_ids", "repetition_penalty", "min_p", "min_tokens",
-      "response_format"};
+      "response_format", "skip_special_tokens", "spaces_between_special_tokens",
+      "include_stop_str_in_output"};
   static const std::vector<std::string> chat_completions = {
       "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
       "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
@@ -148,8 +149,10 @@ const std::vector<std::string>& known_fields(bool chat) {
       "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
       "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
       "top_p", "user", "verbosity", "web_search_options",
-      // vLLM's sampling extensions
-      "top_k", "ignore_eos", "stop_token_ids", "repetition_penalty", "min_p", "min_tokens"};
+      // vLLM's extensions: sampling, template variables, and options held at their defaults
+      "top_k", "ignore_eos", "stop_token_ids", "repetition_penalty", "min_p", "min_tokens",
+      "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "echo",
+      "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output"};
   return chat ? chat_completions : completions;
 }
 
@@ -172,6 +175,20 @@ void refuse_unbuilt_options(const json& body, bool chat, int64_t n) {
   if (!chat && given(body, "suffix") &&
       !(body["suffix"].is_string() && body["suffix"].get<std::string>().empty()))
     refuse("suffix", "a suffix (insertion)");
+  // vLLM's options that moex holds at their defaults: what the server does (special tokens left
+  // out of the text, stop strings too, the generation prompt added; a chat answer never echoes
+  // or continues the last message).
+  for (const auto& [field, neutral] :
+       std::vector<std::pair<const char*, bool>>{{"skip_special_tokens", true},
+                                                 {"spaces_between_special_tokens", true},
+                                                 {"include_stop_str_in_output", false},
+                                                 {"add_generation_prompt", true},
+                                                 {"continue_final_message", false}}) {
+    if (given(body, field) && !(body[field].is_boolean() && body[field].get<bool>() == neutral))
+      refuse(field, std::string(field) + " " + (neutral ? "false" : "true"));
+  }
+  if (chat && given(body, "echo") && !(body["echo"].is_boolean() && !body["echo"].get<bool>()))
+    refuse("echo", "echo in a chat answer");
   // vLLM's sampling extensions that moex does not build.
   if (given(body, "min_p") && !(body["min_p"].is_number() && body["min_p"].get<double>() == 0.0))
     refuse("min_p", "min_p sampling");
@@ -479,6 +496,19 @@ GenerationRequest parse_generation_request(const std::string& body_text, bool ch
   std::shared_ptr<const infer::JsonSchema> forced;
   bool one_named = false;
   if (chat) r.tools = read_tools(body, body_text, &forced, &one_named);
+  if (chat && given(body, "chat_template_kwargs")) {
+    const json& kwargs = body["chat_template_kwargs"];
+    if (!kwargs.is_object())
+      bad("chat_template_kwargs", "'chat_template_kwargs' must be an object of template variables");
+    for (auto it = kwargs.begin(); it != kwargs.end(); ++it) {
+      const std::string& key = it.key();
+      const bool special_token = key.size() > 6 && key.compare(key.size() - 6, 6, "_token") == 0;
+      if (key == "messages" || key == "tools" || key == "add_generation_prompt" || special_token)
+        bad("chat_template_kwargs", "'chat_template_kwargs." + key +
+                                        "' is set by the request and the model, not by the client");
+      r.template_kwargs[key] = nlohmann::ordered_json::parse(it.value().dump());
+    }
+  }
   // Parallel calls are allowed unless the client says false (OpenAI's default).
   const bool parallel = !given(body, "parallel_tool_calls") || flag(body, "parallel_tool_calls");
   // vLLM's extensions that moex builds: top_k (-1 or 0: no limit), ignore_eos, stop_token_ids.

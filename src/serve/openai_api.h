@@ -63,6 +63,9 @@ struct GenerationRequest {
   // Chat: the function tools offered to the model (empty: none, or tool_choice "none"), as the
   // client sent them.
   nlohmann::ordered_json tools = nlohmann::ordered_json::array();
+  // Chat: vLLM's chat_template_kwargs, further variables for the template (e.g. Qwen3's
+  // {"enable_thinking": false}); an empty object when none.
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
   // Not null: the answer is one JSON text matching this schema (infer/json_constraint.h):
   // response_format json_object (any object) or json_schema, or a forced tool call
   // (tool_choice "required" or a named function), which the server writes in its template's

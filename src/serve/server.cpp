@@ -248,7 +248,7 @@ struct Server::Impl {
                       "invalid_request_error", "", "tools");
     std::string text;
     try {
-      text = chat_template->render(r.messages, true, special_tokens, r.tools);
+      text = chat_template->render(r.messages, true, special_tokens, r.tools, r.template_kwargs);
     } catch (const ChatTemplateRaised& e) {
       throw api_error(400, "the model's chat template refused the conversation: " + e.reason(),
                       "invalid_request_error", "", "messages");

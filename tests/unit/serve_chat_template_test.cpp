@@ -385,5 +385,18 @@ TEST_F(ChatTemplateLoad, SyntaxErrorNamesTheFile) {
   }
 }
 
+// A request's chat_template_kwargs reach the template as variables, and cannot replace the
+// conversation's own.
+TEST(ChatTemplate, ExtraVariablesReachTheTemplate) {
+  const ChatTemplate t = ChatTemplate::parse(
+      "{% if enable_thinking is defined and not enable_thinking %}no-think {% endif %}"
+      "{{ messages | length }}",
+      "inline");
+  const std::vector<ChatMessage> one = {{"user", "hi", Json::object()}};
+  EXPECT_EQ(t.render(one, true, {}), "1");
+  EXPECT_EQ(t.render(one, true, {}, Json(), Json{{"enable_thinking", false}}), "no-think 1");
+  EXPECT_EQ(t.render(one, true, {}, Json(), Json{{"messages", Json::array()}}), "1");
+}
+
 }  // namespace
 }  // namespace moex::serve

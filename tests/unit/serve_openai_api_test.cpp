@@ -116,6 +116,47 @@ TEST(OpenAiApi, UnknownFieldsAreRefusedWithTheirLikelyIntent) {
         << unbuilt;
 }
 
+// vLLM's chat_template_kwargs become template variables (never the request's own); its output
+// options are accepted at the values moex serves with and refused otherwise.
+TEST(OpenAiApi, VllmTemplateVariablesAndOutputOptions) {
+  auto body_of = [](const std::string& fields, bool chat) {
+    return std::string(R"({"model": "m", )") +
+           (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
+           ", " + fields + "}";
+  };
+  auto param_of = [&](const std::string& fields, bool chat) {
+    try {
+      parse_generation_request(body_of(fields, chat), chat);
+    } catch (const ApiError& e) {
+      return e.param;
+    }
+    return std::string("(accepted)");
+  };
+  const GenerationRequest r = parse_generation_request(
+      body_of(R"("chat_template_kwargs": {"enable_thinking": false, "n": [1]})", true), true);
+  EXPECT_EQ(r.template_kwargs.dump(), R"({"enable_thinking":false,"n":[1]})");
+  for (const char* bad :
+       {R"("chat_template_kwargs": "x")", R"("chat_template_kwargs": {"messages": []})",
+        R"("chat_template_kwargs": {"bos_token": "<x>"})"})
+    EXPECT_EQ(param_of(bad, true), "chat_template_kwargs") << bad;
+  EXPECT_EQ(param_of(R"("chat_template_kwargs": {})", false), "chat_template_kwargs");  // chat only
+  for (bool chat : {false, true}) {
+    EXPECT_EQ(param_of(R"("skip_special_tokens": true, "spaces_between_special_tokens": true,
+                          "include_stop_str_in_output": false)",
+                       chat),
+              "(accepted)");
+    EXPECT_EQ(param_of(R"("skip_special_tokens": false)", chat), "skip_special_tokens");
+    EXPECT_EQ(param_of(R"("include_stop_str_in_output": true)", chat),
+              "include_stop_str_in_output");
+  }
+  EXPECT_EQ(param_of(R"("add_generation_prompt": true, "continue_final_message": false,
+                        "echo": false)",
+                     true),
+            "(accepted)");
+  EXPECT_EQ(param_of(R"("add_generation_prompt": false)", true), "add_generation_prompt");
+  EXPECT_EQ(param_of(R"("echo": true)", true), "echo");
+}
+
 // Client defaults of options moex does not build are accepted; any other value is a 400 naming
 // the field, never an answer that silently ignored it. Log-probabilities, penalties and
 // logit_bias are read, and their bad values are 400s naming them.
