@@ -275,13 +275,13 @@ JsonReader JsonReader::child(const std::string& key) const {
 }
 
 void JsonReader::collect_unread(const nlohmann::json& node, const std::string& path,
-                                std::vector<std::string>* out) const {
+                                std::vector<UnreadField>* out) const {
   for (auto it = node.begin(); it != node.end(); ++it) {
     const std::string p = path.empty() ? it.key() : path + "." + it.key();
     if (it.key().rfind("_comment", 0) == 0) continue;  // "_comment..." keys document a config
     if (shared_->ignored.count(p)) continue;
     if (!shared_->read.count(p)) {
-      out->push_back(p);
+      out->push_back({path, it.key()});
     } else if (it->is_object()) {
       collect_unread(*it, p, out);
     }
@@ -289,20 +289,19 @@ void JsonReader::collect_unread(const nlohmann::json& node, const std::string& p
 }
 
 void JsonReader::finish() const {
-  std::vector<std::string> unread;
+  std::vector<UnreadField> unread;
   collect_unread(*node_, path_, &unread);
   if (unread.empty()) return;
-  // The hint: the fields asked for beside the unknown one (same parent), given or not.
-  const std::string& path = unread.front();
-  const size_t dot = path.rfind('.');
-  const std::string parent = dot == std::string::npos ? "" : path.substr(0, dot + 1);
+  // The hint: the fields asked for beside the unknown one (the same parent), given or not. (Keys
+  // may hold dots themselves: the parent is known, not found in the joined path.)
+  const UnreadField& field = unread.front();
+  const std::string prefix = field.parent.empty() ? "" : field.parent + ".";
   std::vector<std::string> siblings;
   for (const std::string& asked : shared_->asked)
-    if (asked.size() > parent.size() && asked.compare(0, parent.size(), parent) == 0 &&
-        asked.find('.', parent.size()) == std::string::npos)
-      siblings.push_back(asked.substr(parent.size()));
-  MOEX_THROW(shared_->source, ": unknown field '", path, "'",
-             did_you_mean(path.substr(parent.size()), siblings));
+    if (asked.size() > prefix.size() && asked.compare(0, prefix.size(), prefix) == 0)
+      siblings.push_back(asked.substr(prefix.size()));
+  MOEX_THROW(shared_->source, ": unknown field '", prefix + field.key, "'",
+             did_you_mean(field.key, siblings));
 }
 
 }  // namespace moex

@@ -89,8 +89,12 @@ class JsonReader {
   const nlohmann::json* find(const std::string& key) const;
   int64_t as_int(const nlohmann::json& v, const std::string& key, const char* what) const;
   std::string full(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+  struct UnreadField {
+    std::string parent;  // the object's path ("" at the top)
+    std::string key;
+  };
   void collect_unread(const nlohmann::json& node, const std::string& path,
-                      std::vector<std::string>* out) const;
+                      std::vector<UnreadField>* out) const;
 
   std::shared_ptr<Shared> shared_;
   std::shared_ptr<const nlohmann::json> root_;
