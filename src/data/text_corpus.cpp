@@ -27,7 +27,10 @@ using Clock = std::chrono::steady_clock;
 struct Document {
   std::string text;                   // plain text, or a conversation's whole rendering
   int64_t line = 0;                   // where it starts in its file (1-based), for errors
-  std::vector<TextSegment> segments;  // a conversation's parts (chat data)
+  std::vector<TextSegment> segments;  // a conversation's or a prompt-completion pair's parts
+  // Encoded with the tokenizer's special tokens and an EOS (plain text, prompt-completion pairs);
+  // a conversation's template writes its own.
+  bool special = true;
 };
 
 // A document's ids and, for a conversation, its loss mask (1: trained on).
@@ -63,6 +66,8 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
   const bool json_lines = is_json_lines(path);
   MOEX_CHECK(json_lines || !o.render_chat, "--input ", path,
              ": conversations (--chat) are read from .jsonl files, one per line");
+  MOEX_CHECK(json_lines || !o.prompt_completion, "--input ", path,
+             ": prompt-completion pairs are read from .jsonl files, one per line");
   std::vector<Document> docs;
   Document current;  // plain text: the document being gathered
   auto close = [&] {
@@ -80,9 +85,21 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
       if (is_blank(line)) continue;
       const nlohmann::json j = parse_json(line, where, "not valid JSON");
       MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
-      const auto text = j.find(json_key);
-      MOEX_CHECK(text != j.end(), where, ": no '", json_key, "' field (--json-key names it)");
-      if (o.render_chat) {
+      const auto text = o.prompt_completion ? j.end() : j.find(json_key);
+      MOEX_CHECK(o.prompt_completion || text != j.end(), where, ": no '", json_key,
+                 "' field (--json-key names it)");
+      if (o.prompt_completion) {
+        std::string parts[2];
+        for (int k = 0; k < 2; ++k) {
+          const char* field = k == 0 ? "prompt" : "completion";
+          const auto it = j.find(field);
+          MOEX_CHECK(it != j.end() && it->is_string(), where, ": '", field,
+                     "' must be a string (--prompt-completion lines are {\"prompt\": ..., "
+                     "\"completion\": ...})");
+          parts[k] = it->get<std::string>();
+        }
+        current = Document{parts[0] + parts[1], n, {{parts[0], false}, {parts[1], true}}, true};
+      } else if (o.render_chat) {
         MOEX_CHECK(text->is_array(), where, ": '", json_key, "' must be a list of messages, got ",
                    text->type_name());
         int64_t untrained = 0;
@@ -95,6 +112,7 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
         counts->untrained += untrained;
         for (const TextSegment& s : current.segments) current.text += s.text;
         current.line = n;
+        current.special = false;
       } else {
         MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
                    text->type_name());
@@ -127,14 +145,16 @@ bool appends_eos(const Tokenizer& tok) {
   return tok.eos_id() >= 0 && with.size() > without.size() && with.back() == tok.eos_id();
 }
 
-// The number of tokens of `ids` (the whole text's) that spell its first `bytes` bytes: the
-// encoding of that prefix when it begins `ids`, else -1 (a token of the whole text spans the
-// bound).
+// The number of tokens of `ids` (the whole text's, encoded with its special tokens when
+// `special`) that spell its first `bytes` bytes: the encoding of that prefix when it begins
+// `ids`, else -1 (a token of the whole text spans the bound). `strip_eos`: the tokenizer's own
+// rule ends every encoding with EOS, which a prefix does not have in the whole.
 int64_t tokens_before(const Tokenizer& tok, const std::string& text, size_t bytes,
-                      const std::vector<int32_t>& ids) {
-  if (bytes == 0) return 0;
+                      const std::vector<int32_t>& ids, bool special, bool strip_eos) {
+  if (bytes == 0 && !special) return 0;
   if (bytes == text.size()) return static_cast<int64_t>(ids.size());
-  const std::vector<int32_t> head = tok.encode(std::string_view(text).substr(0, bytes), false);
+  std::vector<int32_t> head = tok.encode(std::string_view(text).substr(0, bytes), special);
+  if (strip_eos && !head.empty() && head.back() == tok.eos_id()) head.pop_back();
   if (head.size() > ids.size() || !std::equal(head.begin(), head.end(), ids.begin())) return -1;
   return static_cast<int64_t>(head.size());
 }
@@ -145,6 +165,7 @@ int64_t tokens_before(const Tokenizer& tok, const std::string& text, size_t byte
 // template wrote BOS and the turns' ends), and a loss mask of 1 on each answer's tokens, found as
 // the lengths of the encoded prefixes that end where the answer begins and ends. (Encoding the
 // parts apart would differ where a tokenizer marks the start of a text, e.g. Llama's "▁".)
+// A prompt-completion pair: as plain text (special tokens, EOS), the completion and EOS trained.
 Encoded encode_document(const Tokenizer& tok, const Document& doc, bool add_eos) {
   Encoded e;
   if (doc.segments.empty()) {
@@ -152,14 +173,16 @@ Encoded encode_document(const Tokenizer& tok, const Document& doc, bool add_eos)
     if (add_eos) e.ids.push_back(tok.eos_id());
     return e;
   }
-  e.ids = tok.encode(doc.text, false);
+  e.ids = tok.encode(doc.text, doc.special);
+  if (doc.special && add_eos) e.ids.push_back(tok.eos_id());
   e.mask.assign(e.ids.size(), 0);
+  const bool strip_eos = doc.special && !add_eos && tok.eos_id() >= 0;
   size_t begin = 0;  // the segment's first byte in doc.text
   for (const TextSegment& s : doc.segments) {
     const size_t end = begin + s.text.size();
     if (s.trained) {
-      const int64_t first = tokens_before(tok, doc.text, begin, e.ids);
-      const int64_t last = tokens_before(tok, doc.text, end, e.ids);
+      const int64_t first = tokens_before(tok, doc.text, begin, e.ids, doc.special, strip_eos);
+      const int64_t last = tokens_before(tok, doc.text, end, e.ids, doc.special, strip_eos);
       if (first >= 0 && last >= first) {
         std::fill(e.mask.begin() + first, e.mask.begin() + last, 1);
       } else {
@@ -274,7 +297,9 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
     int64_t untrained_at_tokens = 0;
     for (const Encoded& e : encoded) untrained_at_tokens += e.untrained;
     log(input + ": " + std::to_string(docs.size()) +
-        (o.render_chat ? " conversations" : " documents") +
+        (o.render_chat         ? " conversations"
+         : o.prompt_completion ? " pairs"
+                               : " documents") +
         (counts.blank ? ", " + std::to_string(counts.blank) + " blank ones left out" : "") +
         (counts.untrained ? ", " + std::to_string(counts.untrained) +
                                 " answers read but not trained on (the template renders them "
@@ -291,7 +316,7 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
     info.origin = fs::absolute(input).string();
     info.train.prefix = info.name + ".train";
     info.valid.prefix = info.name + ".valid";
-    const bool chat = static_cast<bool>(o.render_chat);
+    const bool chat = static_cast<bool>(o.render_chat) || o.prompt_completion;  // a loss mask
     SourceSplitsWriter splits(tmp, &info, dtype, /*loss_mask=*/chat);
     for (size_t i = 0; i < docs.size(); ++i) {
       info.text_bytes += static_cast<int64_t>(docs[i].text.size());
@@ -300,10 +325,10 @@ CorpusManifest prepare_text_corpus(const TextCorpusOptions& o) {
     }
     splits.finish();
     MOEX_CHECK(!chat || info.train.trained_tokens > 0, "--input ", input,
-               ": no assistant turn to train on in its training split");
+               ": nothing to train on in its training split (no answer or completion)");
     log(info.name + ": " + std::to_string(info.train.tokens) + " train / " +
         std::to_string(info.valid.tokens) + " valid tokens" +
-        (chat ? " (" + std::to_string(info.train.trained_tokens) + " trained: the answers)" : ""));
+        (chat ? " (" + std::to_string(info.train.trained_tokens) + " trained on)" : ""));
     manifest.sources.push_back(std::move(info));
   }
   manifest.seconds = elapsed();

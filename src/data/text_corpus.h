@@ -32,6 +32,10 @@ struct TextCorpusOptions {
   // renders into segments (serve::ChatRenderer: the model's chat template). Documents are the segments' ids, in order, with nothing added (the template writes
   // BOS and each turn's end), and a loss mask beside them: only trained segments' ids are
   // learned. Sets *untrained to the answers it could not tell apart (read, not learned).
+  // Prompt-completion pairs (TRL's layout): each .jsonl line is {"prompt": ..., "completion": ...};
+  // the document is their text with the tokenizer's special tokens and EOS, and only the
+  // completion and the EOS are trained on (a loss mask, as for chat data).
+  bool prompt_completion = false;
   std::function<std::vector<TextSegment>(const nlohmann::json& messages,
                                          const nlohmann::json& tools, int64_t* untrained)>
       render_chat;

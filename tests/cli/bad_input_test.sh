@@ -84,6 +84,7 @@ expect_error "--vocab-size is an option of the default corpus, not of --input" d
 expect_error "--tokenizer needs --input (your own text)" data prepare --tokenizer "$TMP/x" --out "$TMP/own"
 printf '{"text": "a"}\n["b"]\n' > "$TMP/own2.jsonl"
 expect_error "--chat needs --input (your own text)" data prepare --chat --out "$TMP/own"
+expect_error "give one of --chat and --prompt-completion" data prepare --chat --prompt-completion --input "$TMP/own.jsonl" --tokenizer "$ROOT/tests/fixtures/tokenizers/llama2/tokenizer.json" --out "$TMP/own"
 # (The preparation has started, so its progress lines come first: the error is the last line.)
 err="$("$MOEX" data prepare --input "$TMP/own2.jsonl" --tokenizer "$ROOT/tests/fixtures/tokenizers/llama2/tokenizer.json" --out "$TMP/own" 2>&1 >/dev/null)"; rc=$?
 if [ "$rc" -ne 1 ] || [[ "$(printf '%s\n' "$err" | tail -n 1)" != *"own2.jsonl:2: not a JSON object"* ]]; then

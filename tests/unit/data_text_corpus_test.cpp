@@ -211,7 +211,46 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
     return std::vector<TextSegment>{{"<s> q", false}};
   };
   o.inputs = {tmp.sub("questions.jsonl")};
-  EXPECT_NE(error_of(o).find("no assistant turn to train on"), std::string::npos);
+  EXPECT_NE(error_of(o).find("nothing to train on"), std::string::npos);
+}
+
+// Prompt-completion pairs (TRL's layout): the pair's text with the tokenizer's BOS and an EOS,
+// as a plain document, and a mask of 1 on the completion and the EOS only.
+TEST(TextCorpus, PromptCompletionPairsTrainOnTheCompletion) {
+  TempDir tmp("text_corpus_pairs");
+  std::string lines;
+  for (int i = 0; i < 6; ++i)
+    lines += json{{"prompt", "The capital of country " + std::to_string(i) + " is"},
+                  {"completion", " City" + std::to_string(i) + "."},
+                  {"id", i}}
+                 .dump() +
+             "\n";
+  write(tmp.sub("pairs.jsonl"), lines);
+  TextCorpusOptions o = options(tmp, {tmp.sub("pairs.jsonl")});
+  o.prompt_completion = true;
+  prepare_text_corpus(o);
+  const std::unique_ptr<Tokenizer> tok = open_tokenizer(kLlama2);
+  const std::vector<std::vector<int32_t>> ids = documents(tmp.sub("corpus/pairs.train")),
+                                          masks = documents(tmp.sub("corpus/pairs.train.mask"));
+  ASSERT_EQ(ids.size(), 6u);
+  for (size_t d = 0; d < ids.size(); ++d) {
+    const std::string prompt = "The capital of country " + std::to_string(d) + " is";
+    const std::string completion = " City" + std::to_string(d) + ".";
+    std::vector<int32_t> want = tok->encode(prompt + completion, true);
+    want.push_back(2);
+    EXPECT_EQ(ids[d], want) << d;
+    // The read tokens are the prompt's own (BOS, then its words); the rest, to the EOS, trains.
+    std::vector<int32_t> read, trained;
+    for (size_t t = 0; t < ids[d].size(); ++t)
+      (masks[d][t] == 1 ? trained : read).push_back(ids[d][t]);
+    EXPECT_EQ(read, tok->encode(prompt, true)) << d;
+    EXPECT_TRUE(std::equal(trained.rbegin(), trained.rend(), ids[d].rbegin())) << d;
+    EXPECT_EQ(trained.back(), 2) << d;
+    EXPECT_GE(trained.size(), 3u) << d;  // "▁City", the digit, ".", EOS
+  }
+  write(tmp.sub("bad.jsonl"), "{\"prompt\": \"a\", \"completion\": 3}\n");
+  o.inputs = {tmp.sub("bad.jsonl")};
+  EXPECT_NE(error_of(o).find("bad.jsonl:1: 'completion' must be a string"), std::string::npos);
 }
 
 TEST(TextCorpus, BadInputNamesTheFileAndLineAndLeavesNothing) {

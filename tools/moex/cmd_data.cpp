@@ -29,7 +29,8 @@ void on_stop_signal(int) {
 const char* kUsage =
     "usage: moex data prepare --out DIR [options]\n"
     "       moex data prepare --input FILE[,FILE...] (--tokenizer FILE | --model DIR) --out DIR\n"
-    "                         [--chat] [--json-key KEY] [--language CODE] [--valid-fraction F]\n"
+    "                         [--chat | --prompt-completion] [--json-key KEY] [--language CODE]\n"
+    "                         [--valid-fraction F]\n"
     "                         [--seed N] [--threads N]\n"
     "\n"
     "With --input: your own text, tokenized with an existing tokenizer (a model's, to fine-tune\n"
@@ -45,6 +46,8 @@ const char* kUsage =
     "  --chat                  lines hold conversations (OpenAI-style messages), rendered\n"
     "                          with the model's chat template; only the assistant's turns\n"
     "                          are trained on (a loss mask beside the tokens)\n"
+    "  --prompt-completion     lines are {\"prompt\", \"completion\"}: only the completion\n"
+    "                          (and EOS) is trained on\n"
     "  --language CODE         the sources' language in corpus.json (default und)\n"
     "\n"
     "Without --input: the default corpus.\n"
@@ -117,9 +120,10 @@ int run_data(const std::vector<std::string>& argv) {
             {"out", "vocab-size", "languages", "max-source-mb", "valid-fraction", "seed", "threads",
              "handbook-dir", "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk", "input",
              "tokenizer", "model", "json-key", "language"},
-            {"no-parallel", "denoise", "chat"});
+            {"no-parallel", "denoise", "chat", "prompt-completion"});
   if (args.has("input")) return prepare_own_text(args);
-  for (const char* own : {"tokenizer", "model", "json-key", "language", "chat"})
+  for (const char* own :
+       {"tokenizer", "model", "json-key", "language", "chat", "prompt-completion"})
     MOEX_CHECK(!args.has(own), "--", own, " needs --input (your own text)");
   data::CorpusOptions o;
   o.out_dir = args.require("out");
@@ -168,6 +172,12 @@ int prepare_own_text(const Args& args) {
   o.inputs = split_list(args.get("input"));
   o.tokenizer = args.has("tokenizer") ? args.get("tokenizer") : args.get("model");
   o.json_key = args.get("json-key", args.flag("chat") ? "messages" : o.json_key);
+  o.prompt_completion = args.flag("prompt-completion");
+  MOEX_CHECK(!(o.prompt_completion && args.flag("chat")),
+             "give one of --chat and --prompt-completion");
+  MOEX_CHECK(!(o.prompt_completion && args.has("json-key")),
+             "--prompt-completion reads the lines' \"prompt\" and \"completion\"; --json-key has "
+             "no use with it");
   // Conversations are rendered as `moex serve` renders them for this model: its directory's chat
   // template (or the tokenizer file's directory's), else moex's default one.
   std::unique_ptr<data::Tokenizer> tokenizer;
