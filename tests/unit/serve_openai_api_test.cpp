@@ -11,6 +11,23 @@
 namespace moex::serve {
 namespace {
 
+// A request of one user message (chat) or prompt "x", with `fields` added.
+std::string body_of(const std::string& fields, bool chat) {
+  return std::string(R"({"model": "m", )") +
+         (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
+         (fields.empty() ? "" : ", " + fields) + "}";
+}
+
+// The field a 400 names for that request, or "(accepted)".
+std::string param_of(const std::string& fields, bool chat) {
+  try {
+    parse_generation_request(body_of(fields, chat), chat);
+  } catch (const ApiError& e) {
+    return e.param;
+  }
+  return std::string("(accepted)");
+}
+
 TEST(OpenAiApi, ParsingNamesTheField) {
   auto param_of = [](const std::string& body, bool chat) {
     try {
@@ -80,12 +97,8 @@ TEST(OpenAiApi, DeeplyNestedAndInvalidUtf8BodiesAreClearErrors) {
 // answer are accepted; those that steer what moex does not build are refused.
 TEST(OpenAiApi, UnknownFieldsAreRefusedWithTheirLikelyIntent) {
   auto error_of = [](const std::string& fields, bool chat) {
-    const std::string body =
-        std::string(R"({"model": "m", )") +
-        (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
-        (fields.empty() ? "" : ", " + fields) + "}";
     try {
-      parse_generation_request(body, chat);
+      parse_generation_request(body_of(fields, chat), chat);
     } catch (const ApiError& e) {
       EXPECT_EQ(e.status, 400);
       return e.param + ": " + e.message;
@@ -119,19 +132,6 @@ TEST(OpenAiApi, UnknownFieldsAreRefusedWithTheirLikelyIntent) {
 // vLLM's chat_template_kwargs become template variables (never the request's own); its output
 // options are accepted at the values moex serves with and refused otherwise.
 TEST(OpenAiApi, VllmTemplateVariablesAndOutputOptions) {
-  auto body_of = [](const std::string& fields, bool chat) {
-    return std::string(R"({"model": "m", )") +
-           (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
-           ", " + fields + "}";
-  };
-  auto param_of = [&](const std::string& fields, bool chat) {
-    try {
-      parse_generation_request(body_of(fields, chat), chat);
-    } catch (const ApiError& e) {
-      return e.param;
-    }
-    return std::string("(accepted)");
-  };
   const GenerationRequest r = parse_generation_request(
       body_of(R"("chat_template_kwargs": {"enable_thinking": false, "n": [1]})", true), true);
   EXPECT_EQ(r.template_kwargs.dump(), R"({"enable_thinking":false,"n":[1]})");
@@ -161,19 +161,6 @@ TEST(OpenAiApi, VllmTemplateVariablesAndOutputOptions) {
 // the field, never an answer that silently ignored it. Log-probabilities, penalties and
 // logit_bias are read, and their bad values are 400s naming them.
 TEST(OpenAiApi, UnbuiltOptionsAreRefusedUnlessNeutral) {
-  auto body_of = [](const std::string& fields, bool chat) {
-    return std::string(R"({"model": "m", )") +
-           (chat ? R"("messages": [{"role": "user", "content": "hi"}])" : R"("prompt": "x")") +
-           (fields.empty() ? "" : ", " + fields) + "}";
-  };
-  auto param_of = [&](const std::string& fields, bool chat) {
-    try {
-      parse_generation_request(body_of(fields, chat), chat);
-    } catch (const ApiError& e) {
-      return e.param;
-    }
-    return std::string("(accepted)");
-  };
   auto read = [&](const std::string& fields, bool chat) {
     return parse_generation_request(body_of(fields, chat), chat);
   };

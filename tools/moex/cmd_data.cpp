@@ -3,8 +3,8 @@
 #include <atomic>
 #include <cmath>
 #include <csignal>
-#include <filesystem>
 #include <cstdio>
+#include <filesystem>
 #include <sstream>
 
 #include "args.h"
@@ -14,8 +14,8 @@
 #include "data/corpus.h"
 #include "data/text_corpus.h"
 #include "data/tokenizer.h"
-#include "serve/chat_segments.h"
 #include "io/atomic_file.h"
+#include "serve/chat_segments.h"
 
 namespace moex::cli {
 namespace {
@@ -158,9 +158,9 @@ int run_data(const std::vector<std::string>& argv) {
 }
 
 int prepare_own_text(const Args& args) {
-  for (const char* other : {"vocab-size", "languages", "max-source-mb", "handbook-dir",
-                            "bible-text-dir", "noise-rate", "mean-span", "denoise-chunk",
-                            "no-parallel", "denoise"})
+  for (const char* other :
+       {"vocab-size", "languages", "max-source-mb", "handbook-dir", "bible-text-dir", "noise-rate",
+        "mean-span", "denoise-chunk", "no-parallel", "denoise"})
     MOEX_CHECK(!args.has(other), "--", other,
                " is an option of the default corpus, not of --input");
   MOEX_CHECK(args.has("tokenizer") != args.has("model"),
