@@ -355,8 +355,11 @@ std::vector<int32_t> IndexedDataset::get(int64_t i) const {
 // ---- sampler ----
 
 std::string SamplerState::to_json() const {
-  return nlohmann::json{
-      {"seed", seed}, {"seq_len", seq_len}, {"epoch", epoch}, {"position", position}}
+  return nlohmann::json{{"seed", seed},
+                        {"seq_len", seq_len},
+                        {"epoch", epoch},
+                        {"position", position},
+                        {"packed", packed}}
       .dump();
 }
 
@@ -377,12 +380,20 @@ SamplerState SamplerState::from_json(const std::string& text) {
   s.seq_len = field("seq_len").get<int64_t>();
   s.epoch = field("epoch").get<int64_t>();
   s.position = field("position").get<int64_t>();
+  if (j.contains("packed")) {
+    MOEX_CHECK(j["packed"].is_boolean(), "sampler state: field packed is not true or false");
+    s.packed = j["packed"].get<bool>();
+  }
   return s;
 }
 
 GPTSampler::GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t seq_len,
-                       uint64_t seed, std::shared_ptr<const IndexedDataset> mask)
-    : dataset_(std::move(dataset)), mask_(std::move(mask)), seq_len_(seq_len), seed_(seed) {
+                       uint64_t seed, std::shared_ptr<const IndexedDataset> mask, Packing packing)
+    : dataset_(std::move(dataset)),
+      mask_(std::move(mask)),
+      seq_len_(seq_len),
+      seed_(seed),
+      packing_(packing) {
   MOEX_CHECK(seq_len_ > 0, "seq_len must be positive, got ", seq_len_);
   if (mask_) {
     bool same = mask_->num_sequences() == dataset_->num_sequences();
@@ -390,6 +401,20 @@ GPTSampler::GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t se
       same = mask_->sequence_length(i) == dataset_->sequence_length(i);
     MOEX_CHECK(same, mask_->prefix(), ": the loss mask's sequences are not those of ",
                dataset_->prefix());
+  }
+  if (packing_ == Packing::kOneDocument) {
+    const int64_t n = dataset_->num_sequences(), window = seq_len_ + 1;
+    int64_t kept = 0, longest = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t len = dataset_->sequence_length(i);
+      cut_documents_ += len > window;
+      kept += std::min(len, window);
+      longest = std::max(longest, len);
+    }
+    MOEX_CHECK(longest >= 2, dataset_->prefix(), ": no document has the 2 tokens of a prediction");
+    samples_per_epoch_ = n;
+    padding_fraction_ = 1.0 - static_cast<double>(kept) / static_cast<double>(n * window);
+    return;
   }
   samples_per_epoch_ = (dataset_->num_tokens() - 1) / seq_len_;
   MOEX_CHECK(samples_per_epoch_ > 0, dataset_->prefix(), ": ", dataset_->num_tokens(),
@@ -400,12 +425,13 @@ void GPTSampler::build_epoch(int64_t epoch) {
   if (built_epoch_ == epoch) return;
   const int64_t n = dataset_->num_sequences();
   doc_order_ = seeded_permutation(n, seed_, 2 * static_cast<uint64_t>(epoch));
+  built_epoch_ = epoch;
+  if (packing_ == Packing::kOneDocument) return;  // a sample is doc_order_[index]
   doc_start_.assign(static_cast<size_t>(n) + 1, 0);
   for (int64_t k = 0; k < n; ++k)
     doc_start_[k + 1] = doc_start_[k] + dataset_->sequence_length(doc_order_[k]);
   sample_order_ =
       seeded_permutation(samples_per_epoch_, seed_, 2 * static_cast<uint64_t>(epoch) + 1);
-  built_epoch_ = epoch;
 }
 
 void GPTSampler::sample(int64_t epoch, int64_t index, int32_t* out, int32_t* mask_out) {
@@ -413,6 +439,18 @@ void GPTSampler::sample(int64_t epoch, int64_t index, int32_t* out, int32_t* mas
   MOEX_CHECK(index >= 0 && index < samples_per_epoch_, "sample ", index, " out of [0, ",
              samples_per_epoch_, ")");
   build_epoch(epoch);
+  if (packing_ == Packing::kOneDocument) {
+    const int64_t seq = doc_order_[index], window = seq_len_ + 1;
+    const int64_t take = std::min(window, dataset_->sequence_length(seq));
+    MOEX_CHECK(take == window || mask_out != nullptr,
+               "GPTSampler: a padded sample needs its mask (the padding is not trained)");
+    dataset_->read(seq, 0, take, out);
+    std::fill(out + take, out + window, kPadId);
+    if (mask_out == nullptr) return;
+    if (mask_) mask_->read(seq, 0, take, mask_out);
+    std::fill(mask_out + take, mask_out + window, 0);
+    return;
+  }
   int64_t pos = sample_order_[index] * seq_len_;
   int64_t need = seq_len_ + 1;
   // The sequence (in shuffled order) holding stream position `pos`.
@@ -445,13 +483,17 @@ void GPTSampler::next(int32_t* out, int32_t* mask_out) {
 }
 
 SamplerState GPTSampler::state() const {
-  return {seed_, seq_len_, epoch_, position_};
+  return {seed_, seq_len_, epoch_, position_, packing_ == Packing::kPacked};
 }
 
 void GPTSampler::restore(const SamplerState& state) {
   MOEX_CHECK(state.seed == seed_ && state.seq_len == seq_len_, "sampler state was saved with seed ",
              state.seed, " and seq_len ", state.seq_len, ", this sampler has ", seed_, " and ",
              seq_len_);
+  const auto packing_name = [](bool packed) { return packed ? "true" : "false"; };
+  MOEX_CHECK(state.packed == (packing_ == Packing::kPacked),
+             "sampler state was saved with data.packing ", packing_name(state.packed),
+             ", this run has ", packing_name(packing_ == Packing::kPacked));
   MOEX_CHECK(state.epoch >= 0 && state.position >= 0 && state.position <= samples_per_epoch_,
              "sampler state: epoch ", state.epoch, " position ", state.position, " out of range");
   epoch_ = state.epoch;

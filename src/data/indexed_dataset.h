@@ -101,33 +101,56 @@ class IndexedDataset {
   int64_t num_tokens_ = 0;
 };
 
+// How a sampler cuts its samples (data.packing, docs/config.md).
+enum class Packing {
+  // Megatron's windows over the epoch's concatenated documents: no token is wasted, and a window
+  // may hold the end of one document and the start of the next (attention crosses them).
+  kPacked,
+  // One document a sample, from its first token, cut after seq_len + 1 tokens and padded after
+  // its end with masked tokens: no sample sees another document, at the cost of the padding
+  // (Hugging Face TRL's default for fine-tuning).
+  kOneDocument,
+};
+
 // Where a sampler stands: restoring it reproduces the following sequences exactly.
 struct SamplerState {
   uint64_t seed = 0;
   int64_t seq_len = 0;
   int64_t epoch = 0;
   int64_t position = 0;  // sample index within the epoch
+  bool packed = true;    // Packing::kPacked (states written before the field was added were)
   std::string to_json() const;
   static SamplerState from_json(const std::string& text);  // errors name the field
 };
 
-// Fixed-length training samples of seq_len + 1 tokens (inputs and shifted targets), as
+// Fixed-length training samples of seq_len + 1 tokens (inputs and shifted targets). Packed, as
 // Megatron's GPTDataset draws them: each epoch shuffles the documents (seeded by seed and
 // epoch), concatenates them into one token stream, cuts it into windows of seq_len tokens
-// that overlap by one, and visits the windows in a shuffled order. Deterministic in
+// that overlap by one, and visits the windows in a shuffled order. One document a sample: each
+// epoch visits the documents (the dataset's sequences) in a shuffled order. Deterministic in
 // (seed, epoch, position); the stream wraps into the next epoch when one ends.
 class GPTSampler {
  public:
   // `mask` (optional): a loss mask of the same sequences and lengths (CorpusSplitStats::mask_prefix),
   // read at the same places as the tokens.
   GPTSampler(std::shared_ptr<const IndexedDataset> dataset, int64_t seq_len, uint64_t seed,
-             std::shared_ptr<const IndexedDataset> mask = nullptr);
+             std::shared_ptr<const IndexedDataset> mask = nullptr,
+             Packing packing = Packing::kPacked);
+
+  // The id written after a document's end under Packing::kOneDocument (mask 0, never a target).
+  static constexpr int32_t kPadId = 0;
 
   int64_t seq_len() const { return seq_len_; }
   int64_t samples_per_epoch() const { return samples_per_epoch_; }
   bool has_mask() const { return mask_ != nullptr; }
+  Packing packing() const { return packing_; }
+  // Under Packing::kOneDocument: documents longer than seq_len + 1 tokens (cut), and the share of
+  // an epoch's sample tokens that are padding. 0 when packed.
+  int64_t cut_documents() const { return cut_documents_; }
+  double padding_fraction() const { return padding_fraction_; }
   // Writes the next seq_len + 1 tokens to `out` (and with a mask dataset their mask values to
-  // `mask_out`, when given; without one, 1s) and advances.
+  // `mask_out`, when given; without one, 1s, and 0s on padding) and advances. A sample with
+  // padding needs `mask_out`.
   void next(int32_t* out, int32_t* mask_out = nullptr);
   // Sample `index` of `epoch` without moving (evaluation reads these in order).
   void sample(int64_t epoch, int64_t index, int32_t* out, int32_t* mask_out = nullptr);
@@ -143,6 +166,9 @@ class GPTSampler {
   std::shared_ptr<const IndexedDataset> mask_;  // null: every token is trained on
   int64_t seq_len_;
   uint64_t seed_;
+  Packing packing_;
+  int64_t cut_documents_ = 0;
+  double padding_fraction_ = 0;
   int64_t samples_per_epoch_ = 0;
   int64_t epoch_ = 0;
   int64_t position_ = 0;

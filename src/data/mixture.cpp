@@ -102,11 +102,13 @@ std::vector<MixtureSource> sources_of(std::vector<MixtureDataset::Input>& inputs
 }  // namespace
 
 MixtureDataset::MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
-                               const MixtureTemperatures& temperatures, uint64_t seed)
+                               const MixtureTemperatures& temperatures, uint64_t seed,
+                               Packing packing)
     : mixer_(sources_of(inputs), temperatures, seed) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     // Each source gets its own shuffling stream, derived from the seed.
-    samplers_.emplace_back(inputs[i].dataset, seq_len, seed * 1000003ull + i + 1, inputs[i].mask);
+    samplers_.emplace_back(inputs[i].dataset, seq_len, seed * 1000003ull + i + 1, inputs[i].mask,
+                           packing);
   }
 }
 

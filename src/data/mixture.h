@@ -75,12 +75,15 @@ class MixtureDataset {
     std::shared_ptr<const IndexedDataset> mask;  // its loss mask, or null (GPTSampler)
   };
   MixtureDataset(std::vector<Input> inputs, int64_t seq_len,
-                 const MixtureTemperatures& temperatures, uint64_t seed);
+                 const MixtureTemperatures& temperatures, uint64_t seed,
+                 Packing packing = Packing::kPacked);
 
   // Writes seq_len + 1 tokens (and, when given, their loss mask: 1s for a source without one);
   // returns the source index it came from.
   size_t next(int32_t* out, int32_t* mask_out = nullptr);
   const MixtureSampler& mixer() const { return mixer_; }
+  // Source i's own sampler (its packing statistics).
+  const GPTSampler& sampler(size_t i) const { return samplers_.at(i); }
 
   std::string state_json() const;
   void restore_json(const std::string& text);

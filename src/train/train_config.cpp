@@ -128,6 +128,7 @@ TrainConfig TrainConfig::from_reader(const JsonReader& root, const std::string& 
     if (t.language_by_task[task] <= 0) by_task.fail(task, "must be > 0");
   }
   c.data.tasks = data.get_choice("tasks", {"all", "lm", "translate", "denoise"}, "all");
+  c.data.packing = data.get_bool("packing", true);
   if (c.data.seq_len < 2 || c.data.seq_len > c.model.max_seq_len)
     data.fail("seq_len",
               "must be in [2, model.max_seq_len = " + std::to_string(c.model.max_seq_len) + "]");

@@ -20,6 +20,9 @@ struct DataConfig {
   // Sampling temperatures (Kim et al., mBART): languages, and tasks when set (data/mixture.h).
   data::MixtureTemperatures temperatures;
   std::string tasks = "all";  // "all", "lm", "translate" or "denoise"
+  // true: windows over the concatenated documents; false: one document a sample, padded
+  // (data::Packing, docs/config.md).
+  bool packing = true;
 };
 
 struct OptimizerConfig {

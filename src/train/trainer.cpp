@@ -150,8 +150,19 @@ std::shared_ptr<const data::IndexedDataset> open_loss_mask(const data::CorpusMan
       data::IndexedDataset::open(corpus.dir + "/" + split.mask_prefix, 2));
 }
 
-// Whether any wanted source's split of the corpus has a loss mask.
+data::Packing packing_of(const TrainConfig& c) {
+  return c.data.packing ? data::Packing::kPacked : data::Packing::kOneDocument;
+}
+
+// Whether a split holds a sample: packed windows need seq_len + 1 tokens, one document 2.
+bool split_is_usable(const data::CorpusSplitStats& split, const TrainConfig& c) {
+  return split.tokens > (c.data.packing ? c.data.seq_len : 1);
+}
+
+// Whether training samples carry a loss mask: any wanted source's split of the corpus has one
+// (chat data), or samples are padded documents.
 bool has_loss_mask(const data::CorpusManifest& corpus, const TrainConfig& c) {
+  if (!c.data.packing) return true;
   for (const auto& s : corpus.sources)
     if (wanted(s, c.data.tasks) && !s.train.mask_prefix.empty()) return true;
   return false;
@@ -162,7 +173,7 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
                                                       const TrainConfig& c) {
   std::vector<data::MixtureDataset::Input> inputs;
   for (const auto& s : corpus.sources) {
-    if (!wanted(s, c.data.tasks) || s.train.tokens <= c.data.seq_len) continue;
+    if (!wanted(s, c.data.tasks) || !split_is_usable(s.train, c)) continue;
     data::MixtureDataset::Input in;
     in.source = {s.name, s.language, s.train.tokens, s.task};
     in.dataset = std::make_shared<data::IndexedDataset>(
@@ -171,10 +182,25 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
     inputs.push_back(std::move(in));
   }
   MOEX_CHECK(!inputs.empty(), c.source, ": data.path '", c.data.path,
-             "' has no training source with more than ", c.data.seq_len, " tokens for tasks '",
-             c.data.tasks, "'");
+             "' has no training source with more than ", c.data.packing ? c.data.seq_len : 1,
+             " tokens for tasks '", c.data.tasks, "'");
   return std::make_unique<data::MixtureDataset>(std::move(inputs), c.data.seq_len,
-                                                c.data.temperatures, c.training.seed);
+                                                c.data.temperatures, c.training.seed,
+                                                packing_of(c));
+}
+
+// What one document a sample costs and cuts, per source (data.packing false).
+void report_padding(const data::MixtureDataset& dataset, const TrainConfig& c) {
+  for (size_t i = 0; i < dataset.mixer().sources().size(); ++i) {
+    const data::GPTSampler& s = dataset.sampler(i);
+    MOEX_INFO("data.packing false: source ", dataset.mixer().sources()[i].name, ": ",
+              s.samples_per_epoch(), " documents, ", std::lround(100 * s.padding_fraction()),
+              "% of the sample tokens are padding");
+    if (s.cut_documents() > 0)
+      MOEX_WARN("source ", dataset.mixer().sources()[i].name, ": ", s.cut_documents(), " of ",
+                s.samples_per_epoch(), " documents are longer than data.seq_len + 1 = ",
+                c.data.seq_len + 1, " tokens and are cut there");
+  }
 }
 
 // Held-out sequences: the first eval_batches * micro_batch_size windows, spread over the sources,
@@ -184,10 +210,10 @@ std::vector<std::vector<int32_t>> eval_sequences(const data::CorpusManifest& cor
   std::vector<std::vector<int32_t>> out;
   std::vector<data::GPTSampler> samplers;
   for (const auto& s : corpus.sources) {
-    if (!wanted(s, c.data.tasks) || s.valid.tokens <= c.data.seq_len) continue;
+    if (!wanted(s, c.data.tasks) || !split_is_usable(s.valid, c)) continue;
     auto ds = std::make_shared<data::IndexedDataset>(
         data::IndexedDataset::open(corpus.dir + "/" + s.valid.prefix, c.model.vocab_size));
-    samplers.emplace_back(ds, c.data.seq_len, 0, open_loss_mask(corpus, s.valid));
+    samplers.emplace_back(ds, c.data.seq_len, 0, open_loss_mask(corpus, s.valid), packing_of(c));
   }
   const int64_t want = c.training.eval_batches * c.training.micro_batch_size;
   for (int64_t i = 0; !samplers.empty() && static_cast<int64_t>(out.size()) < want; ++i) {
@@ -354,6 +380,7 @@ TrainResult run_training(const TrainConfig& c, const std::string& resume_dir, in
              " (", c.model.vocab_size, ") is smaller than the corpus tokenizer's vocabulary (",
              corpus.vocab_size, ")");
   auto train_data = open_train_data(corpus, c);
+  if (!c.data.packing && comm.is_root()) report_padding(*train_data, c);
   const auto eval_data = eval_sequences(corpus, c);
   // Every checkpoint carries the corpus tokenizer: a missing one is an error now, not at the end.
   MOEX_CHECK(corpus.tokenizer.empty() || std::filesystem::is_regular_file(corpus.tokenizer),

@@ -128,13 +128,21 @@ train = json.load(open(sys.argv[1]))["sources"][0]["train"]
 assert train["loss_mask"] == "chat.train.mask", train
 assert 0 < train["trained_tokens"] < train["tokens"], train
 PY
-sed -e "s|$TMP/own_corpus|$TMP/chat_corpus|" -e "s|$TMP/own_run|$TMP/chat_run|" \
-  "$TMP/own_config.json" >"$TMP/chat_config.json"
+# One conversation a sample (data.packing false): no sample sees two conversations.
+python3 - "$TMP/own_config.json" "$TMP/chat_config.json" "$TMP" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["data"].update(path=sys.argv[3] + "/chat_corpus", packing=False)
+c["training"]["out_dir"] = sys.argv[3] + "/chat_run"
+json.dump(c, open(sys.argv[2], "w"))
+PY
 "$MOEX" train --config "$TMP/chat_config.json" --init-from "$MODEL" >"$TMP/chat_train.log" 2>&1 || {
   cat "$TMP/chat_train.log"
   fail "moex train on the chat corpus exited non-zero"
 }
 [ "$(wc -l <"$TMP/chat_run/metrics.jsonl")" -eq 2 ] || fail "the chat run should log 2 steps"
+grep -q "data.packing false: source chat: [0-9][0-9] documents" "$TMP/chat_train.log" ||
+  fail "the chat run should take one conversation a sample"
 [ "$(wc -l <"$TMP/own_run/metrics.jsonl")" -eq 2 ] && grep -q '"eval_loss"' "$TMP/own_run/metrics.jsonl" ||
   fail "the own-text run should log 2 steps and an eval"
 

@@ -366,6 +366,83 @@ TEST(GPTSampler, ResumeGivesIdenticalSequences) {
   EXPECT_NE(a, b);
 }
 
+// data.packing false: each epoch visits every document once, in a seeded order; a sample is the
+// document's first seq_len + 1 tokens (and loss mask), then padding marked 0.
+TEST(GPTSampler, OneDocumentSamplesAreWholeDocumentsPadded) {
+  const std::string prefix = temp_prefix("one_doc"), mask_prefix = temp_prefix("one_doc_mask");
+  const auto docs = make_docs(23);  // 3 to 13 tokens, doc d's tokens d * 100 + k
+  build(prefix, docs, TokenDType::kU16);
+  std::vector<std::vector<int32_t>> masks;
+  for (const auto& d : docs) {
+    std::vector<int32_t> m;
+    for (const int32_t id : d) m.push_back((id * 7 + id / 100) % 3 != 0);
+    masks.push_back(m);
+  }
+  build(mask_prefix, masks, TokenDType::kU8);
+  auto ds = std::make_shared<const IndexedDataset>(IndexedDataset::open(prefix));
+  auto mask = std::make_shared<const IndexedDataset>(IndexedDataset::open(mask_prefix, 2));
+  const int64_t seq_len = 8, window = seq_len + 1;
+  GPTSampler sampler(ds, seq_len, 99, mask, Packing::kOneDocument);
+  ASSERT_EQ(sampler.samples_per_epoch(), 23);
+  int64_t cut = 0, kept = 0;
+  for (const auto& d : docs) {
+    cut += static_cast<int64_t>(d.size()) > window;
+    kept += std::min<int64_t>(static_cast<int64_t>(d.size()), window);
+  }
+  ASSERT_GT(cut, 0);
+  EXPECT_EQ(sampler.cut_documents(), cut);
+  EXPECT_DOUBLE_EQ(sampler.padding_fraction(), 1.0 - static_cast<double>(kept) / (23.0 * window));
+  std::vector<std::vector<int64_t>> orders(2);
+  std::vector<int32_t> out(window), out_mask(window);
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    for (int64_t i = 0; i < 23; ++i) {
+      sampler.next(out.data(), out_mask.data());
+      const int64_t d = out[0] / 100;
+      ASSERT_LT(d, 23);
+      orders[epoch].push_back(d);
+      const int64_t len = static_cast<int64_t>(docs[d].size());
+      for (int64_t k = 0; k < window; ++k) {
+        EXPECT_EQ(out[k], k < len ? docs[d][k] : GPTSampler::kPadId) << "doc " << d << " " << k;
+        EXPECT_EQ(out_mask[k], k < len ? masks[d][k] : 0) << "doc " << d << " " << k;
+      }
+    }
+    std::vector<int64_t> sorted = orders[epoch];
+    std::sort(sorted.begin(), sorted.end());
+    for (int64_t d = 0; d < 23; ++d) EXPECT_EQ(sorted[d], d);  // each document once
+  }
+  EXPECT_NE(orders[0], orders[1]);  // reshuffled
+
+  // Without a mask dataset the document's tokens are marked 1, the padding 0; a padded sample
+  // asks for its mask.
+  GPTSampler plain(ds, seq_len, 99, nullptr, Packing::kOneDocument);
+  plain.sample(0, 0, out.data(), out_mask.data());
+  const int64_t len = static_cast<int64_t>(docs[out[0] / 100].size());
+  for (int64_t k = 0; k < window; ++k) EXPECT_EQ(out_mask[k], k < len ? 1 : 0);
+  int64_t short_index = 0;
+  while (static_cast<int64_t>(docs[orders[0][short_index]].size()) >= window) ++short_index;
+  EXPECT_THROW(plain.sample(0, short_index, out.data()), Error);
+
+  // A resumed sampler continues the same stream; packed and one-document states do not mix.
+  GPTSampler resumed(ds, seq_len, 99, mask, Packing::kOneDocument);
+  GPTSampler first(ds, seq_len, 99, mask, Packing::kOneDocument);
+  for (int i = 0; i < 30; ++i) first.next(out.data(), out_mask.data());
+  resumed.restore(SamplerState::from_json(first.state().to_json()));
+  std::vector<int32_t> again(window), again_mask(window);
+  first.next(out.data(), out_mask.data());
+  resumed.next(again.data(), again_mask.data());
+  EXPECT_EQ(out, again);
+  EXPECT_EQ(out_mask, again_mask);
+  GPTSampler packed(ds, seq_len, 99, mask);
+  try {
+    packed.restore(first.state());
+    FAIL() << "a one-document state restored into a packed sampler";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data.packing false"), std::string::npos) << e.what();
+  }
+  // States saved before the field existed were packed.
+  EXPECT_TRUE(SamplerState::from_json(R"({"seed":1,"seq_len":2,"epoch":0,"position":0})").packed);
+}
+
 TEST(GPTSampler, TooShortDatasetIsAnError) {
   const std::string prefix = temp_prefix("short");
   build(prefix, {{1, 2, 3}}, TokenDType::kU16);
