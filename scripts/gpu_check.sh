@@ -268,8 +268,9 @@ for name, us in per.most_common():
 PY
   fi
   if [ -z "${MOEX_SKIP_DECODE_PEER:-}" ]; then
+    # MOEX_DECODE_PEER_ARGS: more decode_peer.py flags, e.g. "--impl compile".
     PYTHONUNBUFFERED=1 timeout 420 python3 bench/peers/decode_peer.py --batch "$BATCHES" --tokens 64 \
-      >>"$OUT/decode_bench.jsonl" 2>"$OUT/decode_peer.err" || echo "decode peer exit $?"
+      ${MOEX_DECODE_PEER_ARGS:-} >>"$OUT/decode_bench.jsonl" 2>"$OUT/decode_peer.err" || echo "decode peer exit $?"
     tail -n 5 "$OUT/decode_peer.err"
   fi
   python3 - "$OUT" <<'PY'
