@@ -62,22 +62,33 @@ void perplexity(model::Model& model, const data::IndexedDataset& ds,
   const std::vector<int32_t> mask = mask_ds ? token_stream(*mask_ds) : std::vector<int32_t>();
   MOEX_CHECK(mask.empty() || mask.size() == stream.size(), mask_ds->prefix(),
              ": the loss mask's length is not its tokens'");
-  const int64_t n = static_cast<int64_t>(stream.size());
+  // The stretches of the stream that windows cut: the whole stream, or with o.packing false each
+  // document (sequence) alone, so that no window reads across two.
+  std::vector<int64_t> bounds{0};
+  if (o.packing) {
+    bounds.push_back(static_cast<int64_t>(stream.size()));
+  } else {
+    for (int64_t i = 0; i < ds.num_sequences(); ++i)
+      bounds.push_back(bounds.back() + ds.sequence_length(i));
+  }
   double total = 0;
-  // Full windows in batches; the last, shorter window on its own (no padding: padded tokens
-  // would compete for MoE capacity).
+  // Full windows in batches; the last, shorter window of a stretch on its own (no padding: padded
+  // tokens would compete for MoE capacity).
   std::vector<int64_t> starts;
-  int64_t start = 0;
-  for (; start + seq_len < n; start += seq_len) {
-    starts.push_back(start);
-    if (static_cast<int64_t>(starts.size()) == o.batch) {
-      total += window_loss_sum(model, stream, mask, starts, seq_len, &out->tokens);
-      starts.clear();
+  for (size_t k = 0; k + 1 < bounds.size(); ++k) {
+    const int64_t end = bounds[k + 1];
+    int64_t start = bounds[k];
+    for (; start + seq_len < end; start += seq_len) {
+      starts.push_back(start);
+      if (static_cast<int64_t>(starts.size()) == o.batch) {
+        total += window_loss_sum(model, stream, mask, starts, seq_len, &out->tokens);
+        starts.clear();
+      }
     }
+    if (end - 1 - start > 0)
+      total += window_loss_sum(model, stream, mask, {start}, end - 1 - start, &out->tokens);
   }
   if (!starts.empty()) total += window_loss_sum(model, stream, mask, starts, seq_len, &out->tokens);
-  if (n - 1 - start > 0)
-    total += window_loss_sum(model, stream, mask, {start}, n - 1 - start, &out->tokens);
   out->loss = out->tokens > 0 ? total / static_cast<double>(out->tokens) : 0.0;
   out->perplexity = std::exp(out->loss);
 }

@@ -20,6 +20,9 @@ struct DatasetEvalOptions {
   int64_t batch = 8;              // windows per forward
   int64_t max_translations = 50;  // per translation source; 0: none
   int64_t max_new_tokens = 128;   // per translation (also bounded by max_seq_len)
+  // true: windows over the documents put end to end; false: each document alone (its windows
+  // never read another's tokens), as training with data.packing false reads them.
+  bool packing = true;
 };
 
 struct TranslationPair {
@@ -42,9 +45,9 @@ struct DatasetEval {
   double loss = 0, perplexity = 0;  // over all sources' positions
 };
 
-// The split's token stream of each wanted source, cut into windows of seq_len + 1 tokens that
-// overlap by one (every token after the first is predicted once, with the context of its own
-// window). `tokenizer` decodes translations; it may be null when no translation is asked for.
+// The split's token stream of each wanted source (or each of its documents, options.packing
+// false), cut into windows of seq_len + 1 tokens that overlap by one (every token after the first
+// is predicted once, with the context of its own window). `tokenizer` decodes translations; it may be null when no translation is asked for.
 DatasetEval evaluate_dataset(model::Model& model, const data::CorpusManifest& corpus,
                              const data::Tokenizer* tokenizer, const DatasetEvalOptions& options);
 

@@ -80,6 +80,45 @@ TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
   fs::remove_all(dir);
 }
 
+// --no-packing: each document alone, windows of up to 16 predictions from its first token, so the
+// first token of a document is never predicted and no window reads the document before it.
+TEST(DatasetEval, WithoutPackingEachDocumentIsReadAlone) {
+  const fs::path dir = moex::testing::make_corpus(
+      fs::temp_directory_path() / ("moex_eval_docs_" + std::to_string(::getpid())));
+  const data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
+  model::Model model(dense_config());
+  model.init_weights(5);
+  DatasetEvalOptions o;
+  o.seq_len = 16;
+  o.batch = 3;
+  o.packing = false;
+  const DatasetEval got = evaluate_dataset(model, corpus, nullptr, o);
+  o.packing = true;
+  const DatasetEval packed = evaluate_dataset(model, corpus, nullptr, o);
+  ASSERT_EQ(got.sources.size(), 2u);
+  for (size_t i = 0; i < corpus.sources.size(); ++i) {
+    const data::IndexedDataset ds =
+        data::IndexedDataset::open(corpus.dir + "/" + corpus.sources[i].valid.prefix);
+    ASSERT_GT(ds.num_sequences(), 1);
+    double sum = 0;
+    int64_t count = 0;
+    for (int64_t d = 0; d < ds.num_sequences(); ++d) {
+      const std::vector<int32_t> doc = ds.get(d);
+      for (size_t start = 0; start + 1 < doc.size(); start += 16) {
+        const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(doc.size() - 1 - start));
+        std::vector<float> logits(static_cast<size_t>(len * 40));
+        model.logits(doc.data() + start, 1, len, logits.data());
+        for (int64_t t = 0; t < len; ++t) sum += row_ce(&logits[t * 40], 40, doc[start + t + 1]);
+        count += len;
+      }
+    }
+    EXPECT_EQ(got.sources[i].tokens, count);
+    EXPECT_LT(got.sources[i].tokens, packed.sources[i].tokens);
+    EXPECT_NEAR(got.sources[i].loss, sum / count, 1e-5 * sum / count);
+  }
+  fs::remove_all(dir);
+}
+
 // With a loss mask beside a split (chat data), only the targets marked 1 count: here the even
 // tokens, against the same naive cross-entropy.
 TEST(DatasetEval, ALossMaskCountsOnlyTheMarkedTargets) {

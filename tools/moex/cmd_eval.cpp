@@ -41,6 +41,7 @@ int eval_dataset(const moex::cli::Args& args, moex::model::Model& model, bool pr
   o.batch = args.get_int("batch", 8);
   o.max_translations = args.get_int("max-translations", 50);
   o.max_new_tokens = args.get_int("max-new-tokens", 128);
+  o.packing = !args.flag("no-packing");
   MOEX_CHECK(o.max_translations >= 0, "--max-translations must be >= 0");
   MOEX_CHECK(o.max_new_tokens >= 1, "--max-new-tokens must be >= 1");
   const auto tokenizer = moex::data::open_tokenizer(corpus.tokenizer);
@@ -79,18 +80,20 @@ int run_eval(const std::vector<std::string>& argv) {
   const moex::cli::Args args(argv,
                              {"model", "input-ids", "logits-out", "device", "data", "split",
                               "seq-len", "batch", "max-translations", "max-new-tokens", "tp"},
-                             {"help"});
+                             {"help", "no-packing"});
   if (args.flag("help")) {
     std::printf(
         "usage: moex eval --model DIR --input-ids F.safetensors [--logits-out OUT.safetensors]\n"
         "                 [--device cpu|cuda[:N]] [--tp N]\n"
         "       moex eval --model DIR --data CORPUS_DIR [--split valid|train] [--seq-len N]\n"
-        "                 [--batch N] [--max-translations N] [--max-new-tokens N] [--device D]\n"
+        "                 [--batch N] [--no-packing] [--max-translations N] [--max-new-tokens N]\n"
+        "                 [--device D]\n"
         "  With --input-ids: F holds int32 input_ids [B, T]. Prints {\"loss\", \"aux_loss\"}: the\n"
         "  mean next-token cross-entropy over all B*(T-1) positions; writes logits [B, T, V] f32\n"
         "  if asked.\n"
         "  With --data (a corpus from moex data prepare): the loss and perplexity of every\n"
-        "  source over the split (windows of --seq-len, default the model's max_seq_len), and\n"
+        "  source over the split (windows of --seq-len, default the model's max_seq_len, over\n"
+        "  the documents put end to end, or with --no-packing over each document alone), and\n"
         "  for translation sources greedy translations of the first --max-translations (50)\n"
         "  documents scored with BLEU and chrF (sacrebleu's defaults, docs/eval.md). Prints "
         "JSON.\n"
