@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -63,6 +64,10 @@ class JsonReader {
   // One of `choices`; anything else names the field and the allowed values.
   std::string get_choice(const std::string& key, const std::vector<std::string>& choices,
                          const std::string& fallback) const;
+  // get_choice over an enum's table of names (EnumName below), as the value.
+  template <typename E, size_t N>
+  E get_enum(const std::string& key, const std::pair<E, const char*> (&names)[N],
+             E fallback) const;
   // An integer or a list of integers; an integer is repeated `count` times.
   std::vector<int64_t> get_int_list(const std::string& key, size_t count, int64_t fallback) const;
   // A list of integers of any length (empty if absent).
@@ -101,5 +106,27 @@ class JsonReader {
   const nlohmann::json* node_ = nullptr;
   std::string path_;
 };
+
+// An enum's values with the names config files spell them, so that reading (JsonReader::get_enum)
+// and writing (enum_name) share one table: {{Norm::kRMSNorm, "rmsnorm"}, ...}.
+template <typename E>
+using EnumName = std::pair<E, const char*>;
+
+template <typename E, size_t N>
+const char* enum_name(const EnumName<E> (&names)[N], E value) {
+  for (const EnumName<E>& n : names)
+    if (n.first == value) return n.second;
+  MOEX_THROW("enum_name: value ", static_cast<int>(value), " has no name in its table");
+}
+
+template <typename E, size_t N>
+E JsonReader::get_enum(const std::string& key, const EnumName<E> (&names)[N], E fallback) const {
+  std::vector<std::string> choices;
+  for (const EnumName<E>& n : names) choices.emplace_back(n.second);
+  const std::string chosen = get_choice(key, choices, enum_name(names, fallback));
+  for (const EnumName<E>& n : names)
+    if (chosen == n.second) return n.first;
+  return fallback;  // unreachable: get_choice accepts only the table's names
+}
 
 }  // namespace moex

@@ -10,10 +10,6 @@ namespace {
 // More parameters than any model has (4 PB in f32); keeps every count within int64_t.
 constexpr long double kMaxParameters = 1125899906842624.0L;  // 2^50
 
-ExpertActivation parse_activation(const std::string& name) {
-  return name == "gelu" ? ExpertActivation::kGelu : ExpertActivation::kSwiGLU;
-}
-
 // The "moe" object: every MoEConfig option, shared by all MoE layers except the expert count.
 MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   MoEConfig c;
@@ -22,9 +18,7 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.gelu_exact = model.gelu_exact;
   c.ffn_size = moe.get_int("ffn_size", model.ffn_size);
   c.top_k = moe.to_int("top_k", moe.get_int("top_k", 1));
-  c.score_func = moe.get_choice("score_func", {"softmax", "sigmoid"}, "softmax") == "sigmoid"
-                     ? ScoreFunc::kSigmoid
-                     : ScoreFunc::kSoftmax;
+  c.score_func = moe.get_enum("score_func", kScoreFuncNames, ScoreFunc::kSoftmax);
   c.renormalize = moe.get_bool("renormalize", false);
   c.renormalize_after_drop = moe.get_bool("renormalize_after_drop", false);
   if (c.renormalize_after_drop && !c.renormalize)
@@ -36,17 +30,9 @@ MoEConfig parse_moe(const JsonReader& moe, const ModelConfig& model) {
   c.capacity_factor_train = moe.get_float("capacity_factor", 1.0f);
   c.capacity_factor_eval = moe.get_float("eval_capacity_factor", c.capacity_factor_train);
   c.min_capacity = moe.get_int("min_capacity", 4);
-  const std::string policy =
-      moe.get_choice("drop_policy", {"position", "probs", "rts"}, "position");
-  c.drop_policy = policy == "probs" ? DropPolicy::kProbs
-                  : policy == "rts" ? DropPolicy::kRts
-                                    : DropPolicy::kPosition;
+  c.drop_policy = moe.get_enum("drop_policy", kDropPolicyNames, DropPolicy::kPosition);
   c.dropless = moe.get_bool("dropless", false);
-  const std::string aux =
-      moe.get_choice("aux_loss_type", {"deepspeed", "mixtral", "none"}, "deepspeed");
-  c.aux_loss_type = aux == "mixtral" ? AuxLossType::kMixtral
-                    : aux == "none"  ? AuxLossType::kNone
-                                     : AuxLossType::kDeepSpeed;
+  c.aux_loss_type = moe.get_enum("aux_loss_type", kAuxLossTypeNames, AuxLossType::kDeepSpeed);
   c.aux_loss_coef = moe.get_float("aux_loss_coef", 0.01f);
   c.z_loss_coef = moe.get_float("z_loss_coef", 0.0f);
   c.residual = moe.get_bool("residual", false);
@@ -75,22 +61,17 @@ ModelConfig ModelConfig::from_json(const JsonReader& m) {
       c.hidden_size <= std::numeric_limits<int64_t>::max() / 4 ? 4 * c.hidden_size : 0;
   c.ffn_size = m.get_int("ffn_size", default_ffn);
   c.max_seq_len = m.get_int("max_seq_len");
-  c.positions = m.get_choice("positions", {"rope", "learned"}, "rope") == "learned"
-                    ? PositionType::kLearned
-                    : PositionType::kRope;
+  c.positions = m.get_enum("positions", kPositionNames, PositionType::kRope);
   c.rope_theta = m.get_double("rope_theta", 10000.0);
-  c.norm = m.get_choice("norm", {"rmsnorm", "layernorm"}, "rmsnorm") == "layernorm"
-               ? NormType::kLayerNorm
-               : NormType::kRMSNorm;
+  c.norm = m.get_enum("norm", kNormNames, NormType::kRMSNorm);
   c.norm_eps = m.get_double("norm_eps", 1e-5);
-  c.activation = parse_activation(m.get_choice("activation", {"swiglu", "gelu"}, "swiglu"));
+  c.activation = m.get_enum("activation", kActivationNames, ExpertActivation::kSwiGLU);
   c.gelu_exact = m.get_bool("gelu_exact", false);
   if (c.gelu_exact && c.activation != ExpertActivation::kGelu)
     m.fail("gelu_exact", "needs \"activation\": \"gelu\"");
   c.tie_embeddings = m.get_bool("tie_embeddings", false);
   c.qkv_bias = m.get_bool("qkv_bias", false);
-  const std::string qk = m.get_choice("qk_norm", {"none", "per_head", "full"}, "none");
-  c.qk_norm = qk == "per_head" ? QKNorm::kPerHead : qk == "full" ? QKNorm::kFull : QKNorm::kNone;
+  c.qk_norm = m.get_enum("qk_norm", kQKNormNames, QKNorm::kNone);
   c.init_std = m.get_float("init_std", 0.02f);
   c.bos_id = m.get_int("bos_id", -1);
   c.eos_id = m.get_int("eos_id", -1);
@@ -154,16 +135,15 @@ nlohmann::json ModelConfig::to_json() const {
   j["head_dim"] = head_dim;
   j["ffn_size"] = ffn_size;
   j["max_seq_len"] = max_seq_len;
-  j["positions"] = positions == PositionType::kLearned ? "learned" : "rope";
+  j["positions"] = enum_name(kPositionNames, positions);
   j["rope_theta"] = rope_theta;
-  j["norm"] = norm == NormType::kLayerNorm ? "layernorm" : "rmsnorm";
+  j["norm"] = enum_name(kNormNames, norm);
   j["norm_eps"] = norm_eps;
-  j["activation"] = activation == ExpertActivation::kGelu ? "gelu" : "swiglu";
+  j["activation"] = enum_name(kActivationNames, activation);
   j["gelu_exact"] = gelu_exact;
   j["tie_embeddings"] = tie_embeddings;
   j["qkv_bias"] = qkv_bias;
-  j["qk_norm"] = qk_norm == QKNorm::kPerHead ? "per_head" : qk_norm == QKNorm::kFull ? "full"
-                                                                                    : "none";
+  j["qk_norm"] = enum_name(kQKNormNames, qk_norm);
   j["init_std"] = init_std;
   j["bos_id"] = bos_id;
   j["eos_id"] = eos_id;

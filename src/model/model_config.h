@@ -19,6 +19,14 @@ enum class QKNorm {
   kFull
 };  // Qwen3-MoE normalizes each head; OLMoE the whole q/k
 
+// The names configs give these (JsonReader::get_enum reads them, enum_name writes them).
+inline constexpr EnumName<NormType> kNormNames[] = {{NormType::kRMSNorm, "rmsnorm"},
+                                                    {NormType::kLayerNorm, "layernorm"}};
+inline constexpr EnumName<PositionType> kPositionNames[] = {{PositionType::kRope, "rope"},
+                                                            {PositionType::kLearned, "learned"}};
+inline constexpr EnumName<QKNorm> kQKNormNames[] = {
+    {QKNorm::kNone, "none"}, {QKNorm::kPerHead, "per_head"}, {QKNorm::kFull, "full"}};
+
 struct LayerSpec {
   bool moe = false;
   MoEConfig moe_config;  // valid when moe

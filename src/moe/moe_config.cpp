@@ -45,7 +45,7 @@ nlohmann::json MoEConfig::to_json() const {
   nlohmann::json j;
   j["ffn_size"] = ffn_size;
   j["top_k"] = top_k;
-  j["score_func"] = score_func == ScoreFunc::kSigmoid ? "sigmoid" : "softmax";
+  j["score_func"] = enum_name(kScoreFuncNames, score_func);
   j["renormalize"] = renormalize;
   j["renormalize_after_drop"] = renormalize_after_drop;
   j["selection_bias"] = selection_bias;
@@ -55,13 +55,9 @@ nlohmann::json MoEConfig::to_json() const {
   j["capacity_factor"] = capacity_factor_train;
   j["eval_capacity_factor"] = capacity_factor_eval;
   j["min_capacity"] = min_capacity;
-  j["drop_policy"] = drop_policy == DropPolicy::kProbs ? "probs"
-                     : drop_policy == DropPolicy::kRts ? "rts"
-                                                       : "position";
+  j["drop_policy"] = enum_name(kDropPolicyNames, drop_policy);
   j["dropless"] = dropless;
-  j["aux_loss_type"] = aux_loss_type == AuxLossType::kMixtral ? "mixtral"
-                       : aux_loss_type == AuxLossType::kNone  ? "none"
-                                                              : "deepspeed";
+  j["aux_loss_type"] = enum_name(kAuxLossTypeNames, aux_loss_type);
   j["aux_loss_coef"] = aux_loss_coef;
   j["z_loss_coef"] = z_loss_coef;
   j["residual"] = residual;

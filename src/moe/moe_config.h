@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "core/json_reader.h"
+
 namespace moex {
 
 enum class ScoreFunc {
@@ -16,6 +18,18 @@ enum class ScoreFunc {
 enum class DropPolicy { kPosition, kProbs, kRts };  // which routes an over-full expert keeps
 enum class AuxLossType { kNone, kDeepSpeed, kMixtral };
 enum class ExpertActivation { kGelu, kSwiGLU };
+
+// The names configs give these (JsonReader::get_enum reads them, enum_name writes them).
+inline constexpr EnumName<ScoreFunc> kScoreFuncNames[] = {{ScoreFunc::kSoftmax, "softmax"},
+                                                          {ScoreFunc::kSigmoid, "sigmoid"}};
+inline constexpr EnumName<DropPolicy> kDropPolicyNames[] = {
+    {DropPolicy::kPosition, "position"}, {DropPolicy::kProbs, "probs"}, {DropPolicy::kRts, "rts"}};
+inline constexpr EnumName<AuxLossType> kAuxLossTypeNames[] = {
+    {AuxLossType::kDeepSpeed, "deepspeed"},
+    {AuxLossType::kMixtral, "mixtral"},
+    {AuxLossType::kNone, "none"}};
+inline constexpr EnumName<ExpertActivation> kActivationNames[] = {
+    {ExpertActivation::kSwiGLU, "swiglu"}, {ExpertActivation::kGelu, "gelu"}};
 
 struct MoEConfig {
   int64_t hidden_size = 0;  // d
