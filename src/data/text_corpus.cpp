@@ -56,6 +56,31 @@ bool is_blank(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); });
 }
 
+// ShareGPT's layout (Vicuna, Axolotl, LLaMA-Factory): messages {"from": "human" | "gpt" |
+// "system", "value": text} under "conversations", read as OpenAI's {"role", "content"}. A list in
+// OpenAI's layout is returned as it is.
+nlohmann::json openai_messages(const nlohmann::json& messages) {
+  nlohmann::json out = nlohmann::json::array();
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const nlohmann::json& m = messages[i];
+    if (!m.is_object() || m.contains("role") || !m.contains("from")) return messages;
+    const auto& from = m["from"];
+    const std::string name = from.is_string() ? from.get<std::string>() : from.dump();
+    std::string role;
+    if (name == "human" || name == "user") role = "user";
+    if (name == "gpt" || name == "assistant" || name == "model" || name == "bot") role = "assistant";
+    if (name == "system") role = "system";
+    MOEX_CHECK(!role.empty(), "message ", i, ": from ", name,
+               " is not one of human, user, gpt, assistant, model, bot, system (ShareGPT's roles)");
+    nlohmann::json converted = {{"role", role}, {"content", m.value("value", nlohmann::json())}};
+    for (auto it = m.begin(); it != m.end(); ++it)
+      if (it.key() != "from" && it.key() != "value")
+        converted[it.key()] = it.value();  // anything else is checked as a message field
+    out.push_back(std::move(converted));
+  }
+  return out;
+}
+
 // The documents of one input file, in order; blank ones are left out.
 std::vector<Document> read_documents(const std::string& path, const TextCorpusOptions& o,
                                      ReadCounts* counts) {
@@ -85,7 +110,9 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
       if (is_blank(line)) continue;
       const nlohmann::json j = parse_json(line, where, "not valid JSON");
       MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
-      const auto text = o.prompt_completion ? j.end() : j.find(json_key);
+      auto text = o.prompt_completion ? j.end() : j.find(json_key);
+      // Conversations in ShareGPT's layout sit under "conversations".
+      if (o.render_chat && text == j.end() && json_key == "messages") text = j.find("conversations");
       MOEX_CHECK(o.prompt_completion || text != j.end(), where, ": no '", json_key,
                  "' field (--json-key names it)");
       if (o.prompt_completion) {
@@ -104,8 +131,9 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
                    text->type_name());
         int64_t untrained = 0;
         try {
-          current.segments =
-              o.render_chat(*text, j.contains("tools") ? j["tools"] : nlohmann::json(), &untrained);
+          current.segments = o.render_chat(openai_messages(*text),
+                                           j.contains("tools") ? j["tools"] : nlohmann::json(),
+                                           &untrained);
         } catch (const Error& e) {
           MOEX_THROW(where, ": ", e.message());
         }

@@ -214,6 +214,68 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   EXPECT_NE(error_of(o).find("nothing to train on"), std::string::npos);
 }
 
+// ShareGPT's layout ("conversations" of {"from", "value"}) gives the corpus of the same
+// conversations written in OpenAI's layout; an unknown "from" names the line.
+TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
+  TempDir tmp("text_corpus_sharegpt");
+  std::string openai, sharegpt;
+  for (int i = 0; i < 4; ++i) {
+    const std::string q = "question " + std::to_string(i), a = "answer " + std::to_string(i);
+    openai += json{{"messages",
+                    {{{"role", "system"}, {"content", "be brief"}},
+                     {{"role", "user"}, {"content", q}},
+                     {{"role", "assistant"}, {"content", a}}}}}
+                  .dump() +
+              "\n";
+    sharegpt += json{{"id", i},
+                     {"conversations",
+                      {{{"from", "system"}, {"value", "be brief"}},
+                       {{"from", "human"}, {"value", q}},
+                       {{"from", "gpt"}, {"value", a}}}}}
+                    .dump() +
+                "\n";
+  }
+  write(tmp.sub("openai.jsonl"), openai);
+  write(tmp.sub("sharegpt.jsonl"), sharegpt);
+  auto render = [](const nlohmann::json& messages, const nlohmann::json&, int64_t* untrained) {
+    *untrained = 0;
+    std::vector<TextSegment> parts;
+    for (const auto& m : messages) {
+      const std::string role = m.at("role"), content = m.at("content");
+      EXPECT_EQ(m.size(), 2u) << m.dump();  // role and content only
+      parts.push_back({role == "assistant" ? content + "</s>" : "<" + role + "> " + content,
+                       role == "assistant"});
+    }
+    return parts;
+  };
+  std::vector<std::vector<int32_t>> ids[2], masks[2];
+  const char* names[2] = {"openai", "sharegpt"};
+  for (int k = 0; k < 2; ++k) {
+    TextCorpusOptions o = options(tmp, {tmp.sub(std::string(names[k]) + ".jsonl")});
+    o.out_dir = tmp.sub(std::string("corpus_") + names[k]);
+    o.json_key = "messages";
+    o.render_chat = render;
+    prepare_text_corpus(o);
+    ids[k] = documents(o.out_dir + "/" + names[k] + ".train");
+    masks[k] = documents(o.out_dir + "/" + names[k] + ".train.mask");
+  }
+  ASSERT_EQ(ids[0].size(), 4u);
+  EXPECT_EQ(ids[1], ids[0]);
+  EXPECT_EQ(masks[1], masks[0]);
+  write(tmp.sub("tool.jsonl"), json{{"conversations",
+                                     {{{"from", "human"}, {"value", "q"}},
+                                      {{"from", "observation"}, {"value", "r"}}}}}
+                                       .dump() +
+                                   "\n");
+  TextCorpusOptions bad = options(tmp, {tmp.sub("tool.jsonl")});
+  bad.json_key = "messages";
+  bad.render_chat = render;
+  const std::string error = error_of(bad);
+  EXPECT_NE(error.find("tool.jsonl:1: message 1: from observation is not one of"),
+            std::string::npos)
+      << error;
+}
+
 // Prompt-completion pairs (TRL's layout): the pair's text with the tokenizer's BOS and an EOS,
 // as a plain document, and a mask of 1 on the completion and the EOS only.
 TEST(TextCorpus, PromptCompletionPairsTrainOnTheCompletion) {
