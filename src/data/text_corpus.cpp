@@ -57,8 +57,8 @@ bool is_blank(const std::string& s) {
 }
 
 // ShareGPT's layout (Vicuna, Axolotl, LLaMA-Factory): messages {"from": "human" | "gpt" |
-// "system", "value": text} under "conversations", read as OpenAI's {"role", "content"}. A list in
-// OpenAI's layout is returned as it is.
+// "system", "value": text}, read as OpenAI's {"role", "content"}. A list in OpenAI's layout is
+// returned as it is.
 nlohmann::json openai_messages(const nlohmann::json& messages) {
   nlohmann::json out = nlohmann::json::array();
   for (size_t i = 0; i < messages.size(); ++i) {
@@ -79,6 +79,38 @@ nlohmann::json openai_messages(const nlohmann::json& messages) {
     out.push_back(std::move(converted));
   }
   return out;
+}
+
+// A --chat line's conversation as OpenAI messages: its `json_key` list, or with the default key
+// ("messages") absent, ShareGPT's "conversations" or Alpaca's {"instruction", "input",
+// "output", "system"} (the user turn is the instruction, then a newline and the input when there
+// is one, as LLaMA-Factory joins them).
+nlohmann::json conversation_of(const nlohmann::json& line, const std::string& json_key) {
+  auto list = line.find(json_key);
+  if (list == line.end() && json_key == "messages") list = line.find("conversations");
+  if (list != line.end()) {
+    MOEX_CHECK(list->is_array(), "'", list.key(), "' must be a list of messages, got ",
+               list->type_name());
+    return openai_messages(*list);
+  }
+  const bool alpaca = json_key == "messages" && line.contains("instruction");
+  MOEX_CHECK(alpaca, "no '", json_key, "' field (--json-key names it; ShareGPT's conversations ",
+             "and Alpaca's instruction/input/output are read too)");
+  auto text = [&](const char* key, bool required) {
+    const auto it = line.find(key);
+    MOEX_CHECK(it != line.end() || !required, "an Alpaca line needs '", key, "'");
+    MOEX_CHECK(it == line.end() || it->is_string(), "'", key, "' must be a string, got ",
+               it->type_name());
+    return it == line.end() ? std::string() : it->get<std::string>();
+  };
+  const std::string instruction = text("instruction", true), input = text("input", false);
+  nlohmann::json messages = nlohmann::json::array();
+  const std::string system = text("system", false);
+  if (!system.empty()) messages.push_back({{"role", "system"}, {"content", system}});
+  messages.push_back(
+      {{"role", "user"}, {"content", input.empty() ? instruction : instruction + "\n" + input}});
+  messages.push_back({{"role", "assistant"}, {"content", text("output", true)}});
+  return messages;
 }
 
 // The documents of one input file, in order; blank ones are left out.
@@ -110,11 +142,9 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
       if (is_blank(line)) continue;
       const nlohmann::json j = parse_json(line, where, "not valid JSON");
       MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
-      auto text = o.prompt_completion ? j.end() : j.find(json_key);
-      // Conversations in ShareGPT's layout sit under "conversations".
-      if (o.render_chat && text == j.end() && json_key == "messages") text = j.find("conversations");
-      MOEX_CHECK(o.prompt_completion || text != j.end(), where, ": no '", json_key,
-                 "' field (--json-key names it)");
+      const auto text = o.prompt_completion || o.render_chat ? j.end() : j.find(json_key);
+      MOEX_CHECK(o.prompt_completion || o.render_chat || text != j.end(), where, ": no '",
+                 json_key, "' field (--json-key names it)");
       if (o.prompt_completion) {
         std::string parts[2];
         for (int k = 0; k < 2; ++k) {
@@ -127,11 +157,9 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
         }
         current = Document{parts[0] + parts[1], n, {{parts[0], false}, {parts[1], true}}, true};
       } else if (o.render_chat) {
-        MOEX_CHECK(text->is_array(), where, ": '", json_key, "' must be a list of messages, got ",
-                   text->type_name());
         int64_t untrained = 0;
         try {
-          current.segments = o.render_chat(openai_messages(*text),
+          current.segments = o.render_chat(conversation_of(j, json_key),
                                            j.contains("tools") ? j["tools"] : nlohmann::json(),
                                            &untrained);
         } catch (const Error& e) {

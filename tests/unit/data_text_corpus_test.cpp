@@ -214,13 +214,17 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   EXPECT_NE(error_of(o).find("nothing to train on"), std::string::npos);
 }
 
-// ShareGPT's layout ("conversations" of {"from", "value"}) gives the corpus of the same
-// conversations written in OpenAI's layout; an unknown "from" names the line.
-TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
+// ShareGPT's layout ("conversations" of {"from", "value"}) and Alpaca's ({"instruction",
+// "input", "output", "system"}) give the corpus of the same conversations written in OpenAI's
+// layout; an unknown "from" names the line.
+TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
   TempDir tmp("text_corpus_sharegpt");
-  std::string openai, sharegpt;
+  std::string openai, sharegpt, alpaca;
   for (int i = 0; i < 4; ++i) {
-    const std::string q = "question " + std::to_string(i), a = "answer " + std::to_string(i);
+    const std::string instruction = "question " + std::to_string(i);
+    const std::string input = i % 2 ? "context " + std::to_string(i) : "";
+    const std::string q = input.empty() ? instruction : instruction + "\n" + input;
+    const std::string a = "answer " + std::to_string(i);
     openai += json{{"messages",
                     {{{"role", "system"}, {"content", "be brief"}},
                      {{"role", "user"}, {"content", q}},
@@ -234,9 +238,14 @@ TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
                        {{"from", "gpt"}, {"value", a}}}}}
                     .dump() +
                 "\n";
+    alpaca += json{{"system", "be brief"}, {"instruction", instruction}, {"input", input},
+                   {"output", a}}
+                  .dump() +
+              "\n";
   }
   write(tmp.sub("openai.jsonl"), openai);
   write(tmp.sub("sharegpt.jsonl"), sharegpt);
+  write(tmp.sub("alpaca.jsonl"), alpaca);
   auto render = [](const nlohmann::json& messages, const nlohmann::json&, int64_t* untrained) {
     *untrained = 0;
     std::vector<TextSegment> parts;
@@ -248,9 +257,9 @@ TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
     }
     return parts;
   };
-  std::vector<std::vector<int32_t>> ids[2], masks[2];
-  const char* names[2] = {"openai", "sharegpt"};
-  for (int k = 0; k < 2; ++k) {
+  std::vector<std::vector<int32_t>> ids[3], masks[3];
+  const char* names[3] = {"openai", "sharegpt", "alpaca"};
+  for (int k = 0; k < 3; ++k) {
     TextCorpusOptions o = options(tmp, {tmp.sub(std::string(names[k]) + ".jsonl")});
     o.out_dir = tmp.sub(std::string("corpus_") + names[k]);
     o.json_key = "messages";
@@ -260,8 +269,10 @@ TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
     masks[k] = documents(o.out_dir + "/" + names[k] + ".train.mask");
   }
   ASSERT_EQ(ids[0].size(), 4u);
-  EXPECT_EQ(ids[1], ids[0]);
-  EXPECT_EQ(masks[1], masks[0]);
+  for (int k = 1; k < 3; ++k) {
+    EXPECT_EQ(ids[k], ids[0]) << names[k];
+    EXPECT_EQ(masks[k], masks[0]) << names[k];
+  }
   write(tmp.sub("tool.jsonl"), json{{"conversations",
                                      {{{"from", "human"}, {"value", "q"}},
                                       {{"from", "observation"}, {"value", "r"}}}}}
@@ -274,6 +285,10 @@ TEST(TextCorpus, ShareGptConversationsReadAsOpenAiMessages) {
   EXPECT_NE(error.find("tool.jsonl:1: message 1: from observation is not one of"),
             std::string::npos)
       << error;
+  write(tmp.sub("tool.jsonl"), "{\"instruction\": \"q\"}\n");
+  const std::string no_output = error_of(bad);
+  EXPECT_NE(no_output.find("tool.jsonl:1: an Alpaca line needs 'output'"), std::string::npos)
+      << no_output;
 }
 
 // Prompt-completion pairs (TRL's layout): the pair's text with the tokenizer's BOS and an EOS,
