@@ -276,6 +276,8 @@ cp "$PROMPT_IDS" "$TMP/ids_copy.safetensors"
 expect_error "--logits-out $TMP/ids_copy.safetensors is the --input-ids file" eval --model "$MIXTRAL/model" --input-ids "$TMP/ids_copy.safetensors" --logits-out "$TMP/ids_copy.safetensors"
 cmp -s "$PROMPT_IDS" "$TMP/ids_copy.safetensors" || { echo "FAIL: --logits-out overwrote the --input-ids file"; failures=$((failures + 1)); }
 mkdir -p "$TMP/logits_dir"
+expect_error "--no-packing belongs to --data (a corpus)" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --no-packing
+expect_error "--seq-len belongs to --data (a corpus)" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --seq-len 8
 expect_error "--logits-out $TMP/logits_dir is a directory" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --logits-out "$TMP/logits_dir"
 expect_error "--logits-out $TMP/nowhere/l.safetensors: its directory $TMP/nowhere does not exist" eval --model "$MIXTRAL/model" --input-ids "$PROMPT_IDS" --logits-out "$TMP/nowhere/l.safetensors"
 # a tokenizer of another model (GPT-2's 50,257 ids beside a 128-token model)

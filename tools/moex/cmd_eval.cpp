@@ -101,6 +101,13 @@ int run_eval(const std::vector<std::string>& argv) {
         "  rank 0 prints and writes.\n");
     return 0;
   }
+  // Checked before the model loads: a flag of the other evaluation is a mistake.
+  if (!args.has("data")) {
+    for (const char* data_only :
+         {"split", "seq-len", "batch", "max-translations", "max-new-tokens", "no-packing"})
+      MOEX_CHECK(!args.has(data_only), "--", data_only,
+                 " belongs to --data (a corpus); --input-ids evaluates the given rows as they are");
+  }
   const moex::cli::ServingLayout layout = moex::cli::serving_layout(
       args.get_int("tp", 1), moex::Device::parse(args.get("device", "cpu"), "--device"), false);
   auto model = moex::model::load_model(args.require("model"), layout.device, layout.tp);
