@@ -7,6 +7,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -68,7 +69,8 @@ nlohmann::json openai_messages(const nlohmann::json& messages) {
     const std::string name = from.is_string() ? from.get<std::string>() : from.dump();
     std::string role;
     if (name == "human" || name == "user") role = "user";
-    if (name == "gpt" || name == "assistant" || name == "model" || name == "bot") role = "assistant";
+    if (name == "gpt" || name == "assistant" || name == "model" || name == "bot")
+      role = "assistant";
     if (name == "system") role = "system";
     MOEX_CHECK(!role.empty(), "message ", i, ": from ", name,
                " is not one of human, user, gpt, assistant, model, bot, system (ShareGPT's roles)");
@@ -113,10 +115,49 @@ nlohmann::json conversation_of(const nlohmann::json& line, const std::string& js
   return messages;
 }
 
+// One JSON object's document (a .jsonl line or an item of a .json array); `where` names it in
+// errors, `n` is its 1-based line or item number.
+Document json_document(const nlohmann::json& j, const std::string& where, int64_t n,
+                       const TextCorpusOptions& o, ReadCounts* counts) {
+  const std::string& json_key = o.json_key;
+  MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
+  if (o.prompt_completion) {
+    std::string parts[2];
+    for (int k = 0; k < 2; ++k) {
+      const char* field = k == 0 ? "prompt" : "completion";
+      const auto it = j.find(field);
+      MOEX_CHECK(it != j.end() && it->is_string(), where, ": '", field,
+                 "' must be a string (--prompt-completion lines are {\"prompt\": ..., "
+                 "\"completion\": ...})");
+      parts[k] = it->get<std::string>();
+    }
+    return Document{parts[0] + parts[1], n, {{parts[0], false}, {parts[1], true}}, true};
+  }
+  if (o.render_chat) {
+    Document doc;
+    int64_t untrained = 0;
+    try {
+      doc.segments = o.render_chat(conversation_of(j, json_key),
+                                   j.contains("tools") ? j["tools"] : nlohmann::json(), &untrained);
+    } catch (const Error& e) {
+      MOEX_THROW(where, ": ", e.message());
+    }
+    counts->untrained += untrained;
+    for (const TextSegment& s : doc.segments) doc.text += s.text;
+    doc.line = n;
+    doc.special = false;
+    return doc;
+  }
+  const auto text = j.find(json_key);
+  MOEX_CHECK(text != j.end(), where, ": no '", json_key, "' field (--json-key names it)");
+  MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
+             text->type_name());
+  return Document{text->get<std::string>(), n, {}};
+}
+
 // The documents of one input file, in order; blank ones are left out.
 std::vector<Document> read_documents(const std::string& path, const TextCorpusOptions& o,
                                      ReadCounts* counts) {
-  const std::string& json_key = o.json_key;
   MOEX_CHECK(fs::is_regular_file(path), "--input ", path, ": not a file");
   std::ifstream in(path, std::ios::binary);
   MOEX_CHECK(in, "--input ", path, ": cannot be read");
@@ -134,46 +175,30 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
       docs.push_back(std::move(current));
     current = Document{};
   };
+  // A .json file that opens with '[' is one array of such objects (Alpaca's alpaca_data.json,
+  // pandas' to_json(orient="records")), read whole.
+  const std::string ext = fs::path(path).extension().string();
+  if ((ext == ".json" || ext == ".JSON") && (in >> std::ws).peek() == '[') {
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    MOEX_CHECK(!in.bad(), "--input ", path, ": read failed");
+    const nlohmann::json items = parse_json(text, path, "not valid JSON");
+    MOEX_CHECK(items.is_array(), path, ": not a JSON array");
+    for (size_t i = 0; i < items.size(); ++i) {
+      current = json_document(items[i], path + "[" + std::to_string(i) + "]",
+                              static_cast<int64_t>(i) + 1, o, counts);
+      close();
+    }
+    return docs;
+  }
+  in.clear();  // the peek may have met the end of an empty file
+  in.seekg(0);
   std::string line;
   for (int64_t n = 1; std::getline(in, line); ++n) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     const std::string where = path + ":" + std::to_string(n);
     if (json_lines) {
       if (is_blank(line)) continue;
-      const nlohmann::json j = parse_json(line, where, "not valid JSON");
-      MOEX_CHECK(j.is_object(), where, ": not a JSON object (one object per line, as in .jsonl)");
-      const auto text = o.prompt_completion || o.render_chat ? j.end() : j.find(json_key);
-      MOEX_CHECK(o.prompt_completion || o.render_chat || text != j.end(), where, ": no '",
-                 json_key, "' field (--json-key names it)");
-      if (o.prompt_completion) {
-        std::string parts[2];
-        for (int k = 0; k < 2; ++k) {
-          const char* field = k == 0 ? "prompt" : "completion";
-          const auto it = j.find(field);
-          MOEX_CHECK(it != j.end() && it->is_string(), where, ": '", field,
-                     "' must be a string (--prompt-completion lines are {\"prompt\": ..., "
-                     "\"completion\": ...})");
-          parts[k] = it->get<std::string>();
-        }
-        current = Document{parts[0] + parts[1], n, {{parts[0], false}, {parts[1], true}}, true};
-      } else if (o.render_chat) {
-        int64_t untrained = 0;
-        try {
-          current.segments = o.render_chat(conversation_of(j, json_key),
-                                           j.contains("tools") ? j["tools"] : nlohmann::json(),
-                                           &untrained);
-        } catch (const Error& e) {
-          MOEX_THROW(where, ": ", e.message());
-        }
-        counts->untrained += untrained;
-        for (const TextSegment& s : current.segments) current.text += s.text;
-        current.line = n;
-        current.special = false;
-      } else {
-        MOEX_CHECK(text->is_string(), where, ": '", json_key, "' must be a string, got ",
-                   text->type_name());
-        current = Document{text->get<std::string>(), n, {}};
-      }
+      current = json_document(parse_json(line, where, "not valid JSON"), where, n, o, counts);
       close();
     } else {
       MOEX_CHECK(is_valid_utf8(line), where, ": not valid UTF-8");

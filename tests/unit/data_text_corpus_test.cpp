@@ -215,11 +215,12 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
 }
 
 // ShareGPT's layout ("conversations" of {"from", "value"}) and Alpaca's ({"instruction",
-// "input", "output", "system"}) give the corpus of the same conversations written in OpenAI's
-// layout; an unknown "from" names the line.
+// "input", "output", "system"}, as .jsonl lines and as one .json array) give the corpus of the
+// same conversations written in OpenAI's layout; an unknown "from" names the line.
 TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
   TempDir tmp("text_corpus_sharegpt");
   std::string openai, sharegpt, alpaca;
+  json alpaca_array = json::array();  // alpaca_data.json's own layout: one JSON array
   for (int i = 0; i < 4; ++i) {
     const std::string instruction = "question " + std::to_string(i);
     const std::string input = i % 2 ? "context " + std::to_string(i) : "";
@@ -238,11 +239,12 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
                        {{"from", "gpt"}, {"value", a}}}}}
                     .dump() +
                 "\n";
-    alpaca += json{{"system", "be brief"}, {"instruction", instruction}, {"input", input},
-                   {"output", a}}
-                  .dump() +
-              "\n";
+    const json item = {
+        {"system", "be brief"}, {"instruction", instruction}, {"input", input}, {"output", a}};
+    alpaca += item.dump() + "\n";
+    alpaca_array.push_back(item);
   }
+  write(tmp.sub("array.json"), "\n " + alpaca_array.dump(2));
   write(tmp.sub("openai.jsonl"), openai);
   write(tmp.sub("sharegpt.jsonl"), sharegpt);
   write(tmp.sub("alpaca.jsonl"), alpaca);
@@ -257,10 +259,11 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
     }
     return parts;
   };
-  std::vector<std::vector<int32_t>> ids[3], masks[3];
-  const char* names[3] = {"openai", "sharegpt", "alpaca"};
-  for (int k = 0; k < 3; ++k) {
-    TextCorpusOptions o = options(tmp, {tmp.sub(std::string(names[k]) + ".jsonl")});
+  std::vector<std::vector<int32_t>> ids[4], masks[4];
+  const char* names[4] = {"openai", "sharegpt", "alpaca", "array"};
+  for (int k = 0; k < 4; ++k) {
+    TextCorpusOptions o =
+        options(tmp, {tmp.sub(std::string(names[k]) + (k == 3 ? ".json" : ".jsonl"))});
     o.out_dir = tmp.sub(std::string("corpus_") + names[k]);
     o.json_key = "messages";
     o.render_chat = render;
@@ -269,15 +272,15 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
     masks[k] = documents(o.out_dir + "/" + names[k] + ".train.mask");
   }
   ASSERT_EQ(ids[0].size(), 4u);
-  for (int k = 1; k < 3; ++k) {
+  for (int k = 1; k < 4; ++k) {
     EXPECT_EQ(ids[k], ids[0]) << names[k];
     EXPECT_EQ(masks[k], masks[0]) << names[k];
   }
-  write(tmp.sub("tool.jsonl"), json{{"conversations",
-                                     {{{"from", "human"}, {"value", "q"}},
-                                      {{"from", "observation"}, {"value", "r"}}}}}
-                                       .dump() +
-                                   "\n");
+  write(tmp.sub("tool.jsonl"),
+        json{{"conversations",
+              {{{"from", "human"}, {"value", "q"}}, {{"from", "observation"}, {"value", "r"}}}}}
+                .dump() +
+            "\n");
   TextCorpusOptions bad = options(tmp, {tmp.sub("tool.jsonl")});
   bad.json_key = "messages";
   bad.render_chat = render;
@@ -289,6 +292,11 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
   const std::string no_output = error_of(bad);
   EXPECT_NE(no_output.find("tool.jsonl:1: an Alpaca line needs 'output'"), std::string::npos)
       << no_output;
+  // In an array, an item is named by its index.
+  write(tmp.sub("items.json"), R"([{"instruction": "q", "output": "a"}, {"instruction": "q"}])");
+  bad.inputs = {tmp.sub("items.json")};
+  const std::string item = error_of(bad);
+  EXPECT_NE(item.find("items.json[1]: an Alpaca line needs 'output'"), std::string::npos) << item;
 }
 
 // Prompt-completion pairs (TRL's layout): the pair's text with the tokenizer's BOS and an EOS,
