@@ -84,12 +84,26 @@ nlohmann::json openai_messages(const nlohmann::json& messages) {
 }
 
 // A --chat line's conversation as OpenAI messages: its `json_key` list, or with the default key
-// ("messages") absent, ShareGPT's "conversations" or Alpaca's {"instruction", "input",
-// "output", "system"} (the user turn is the instruction, then a newline and the input when there
-// is one, as LLaMA-Factory joins them).
+// ("messages") absent, ShareGPT's "conversations", TRL's conversational {"prompt": [...],
+// "completion": [...]}, or Alpaca's {"instruction", "input", "output", "system"} (the user turn
+// is the instruction, then a newline and the input when there is one, as LLaMA-Factory joins
+// them).
 nlohmann::json conversation_of(const nlohmann::json& line, const std::string& json_key) {
   auto list = line.find(json_key);
   if (list == line.end() && json_key == "messages") list = line.find("conversations");
+  const auto prompt = line.find("prompt"), completion = line.find("completion");
+  if (list == line.end() && json_key == "messages" && prompt != line.end() &&
+      completion != line.end() && prompt->is_array() && completion->is_array()) {
+    // TRL's conversational prompt-completion: the completion's turns are the ones trained.
+    nlohmann::json messages = openai_messages(*prompt);
+    for (size_t i = 0; i < messages.size(); ++i)
+      MOEX_CHECK(!messages[i].is_object() || !messages[i].contains("role") ||
+                     messages[i]["role"] != "assistant",
+                 "prompt message ", i, " is an assistant turn: only the completion is trained, ",
+                 "and an answer in the prompt would be too (put the conversation in messages)");
+    for (const nlohmann::json& m : openai_messages(*completion)) messages.push_back(m);
+    return messages;
+  }
   if (list != line.end()) {
     MOEX_CHECK(list->is_array(), "'", list.key(), "' must be a list of messages, got ",
                list->type_name());
@@ -128,7 +142,7 @@ Document json_document(const nlohmann::json& j, const std::string& where, int64_
       const auto it = j.find(field);
       MOEX_CHECK(it != j.end() && it->is_string(), where, ": '", field,
                  "' must be a string (--prompt-completion lines are {\"prompt\": ..., "
-                 "\"completion\": ...})");
+                 "\"completion\": ...}; pairs of message lists are read with --chat)");
       parts[k] = it->get<std::string>();
     }
     return Document{parts[0] + parts[1], n, {{parts[0], false}, {parts[1], true}}, true};

@@ -214,12 +214,13 @@ TEST(TextCorpus, ConversationsKeepALossMaskOnTheAnswers) {
   EXPECT_NE(error_of(o).find("nothing to train on"), std::string::npos);
 }
 
-// ShareGPT's layout ("conversations" of {"from", "value"}) and Alpaca's ({"instruction",
-// "input", "output", "system"}, as .jsonl lines and as one .json array) give the corpus of the
-// same conversations written in OpenAI's layout; an unknown "from" names the line.
+// ShareGPT's layout ("conversations" of {"from", "value"}), Alpaca's ({"instruction", "input",
+// "output", "system"}, as .jsonl lines and as one .json array) and TRL's conversational
+// prompt-completion give the corpus of the same conversations written in OpenAI's layout; an
+// unknown "from" names the line.
 TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
   TempDir tmp("text_corpus_sharegpt");
-  std::string openai, sharegpt, alpaca;
+  std::string openai, sharegpt, alpaca, trl;
   json alpaca_array = json::array();  // alpaca_data.json's own layout: one JSON array
   for (int i = 0; i < 4; ++i) {
     const std::string instruction = "question " + std::to_string(i);
@@ -242,12 +243,19 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
     const json item = {
         {"system", "be brief"}, {"instruction", instruction}, {"input", input}, {"output", a}};
     alpaca += item.dump() + "\n";
+    trl +=
+        json{{"prompt",
+              {{{"role", "system"}, {"content", "be brief"}}, {{"role", "user"}, {"content", q}}}},
+             {"completion", {{{"role", "assistant"}, {"content", a}}}}}
+            .dump() +
+        "\n";
     alpaca_array.push_back(item);
   }
   write(tmp.sub("array.json"), "\n " + alpaca_array.dump(2));
   write(tmp.sub("openai.jsonl"), openai);
   write(tmp.sub("sharegpt.jsonl"), sharegpt);
   write(tmp.sub("alpaca.jsonl"), alpaca);
+  write(tmp.sub("trl.jsonl"), trl);
   auto render = [](const nlohmann::json& messages, const nlohmann::json&, int64_t* untrained) {
     *untrained = 0;
     std::vector<TextSegment> parts;
@@ -259,9 +267,9 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
     }
     return parts;
   };
-  std::vector<std::vector<int32_t>> ids[4], masks[4];
-  const char* names[4] = {"openai", "sharegpt", "alpaca", "array"};
-  for (int k = 0; k < 4; ++k) {
+  std::vector<std::vector<int32_t>> ids[5], masks[5];
+  const char* names[5] = {"openai", "sharegpt", "alpaca", "array", "trl"};
+  for (int k = 0; k < 5; ++k) {
     TextCorpusOptions o =
         options(tmp, {tmp.sub(std::string(names[k]) + (k == 3 ? ".json" : ".jsonl"))});
     o.out_dir = tmp.sub(std::string("corpus_") + names[k]);
@@ -272,7 +280,7 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
     masks[k] = documents(o.out_dir + "/" + names[k] + ".train.mask");
   }
   ASSERT_EQ(ids[0].size(), 4u);
-  for (int k = 1; k < 4; ++k) {
+  for (int k = 1; k < 5; ++k) {
     EXPECT_EQ(ids[k], ids[0]) << names[k];
     EXPECT_EQ(masks[k], masks[0]) << names[k];
   }
@@ -292,6 +300,15 @@ TEST(TextCorpus, ShareGptAndAlpacaLinesReadAsOpenAiMessages) {
   const std::string no_output = error_of(bad);
   EXPECT_NE(no_output.find("tool.jsonl:1: an Alpaca line needs 'output'"), std::string::npos)
       << no_output;
+  // TRL's conversational prompt-completion trains only the completion: a prompt with an answer
+  // in it is refused.
+  write(tmp.sub("tool.jsonl"), R"({"prompt": [{"role": "user", "content": "q"}, {"role": )"
+                               R"("assistant", "content": "a"}], "completion": []})"
+                               "\n");
+  const std::string answer_in_prompt = error_of(bad);
+  EXPECT_NE(answer_in_prompt.find("tool.jsonl:1: prompt message 1 is an assistant turn"),
+            std::string::npos)
+      << answer_in_prompt;
   // In an array, an item is named by its index.
   write(tmp.sub("items.json"), R"([{"instruction": "q", "output": "a"}, {"instruction": "q"}])");
   bad.inputs = {tmp.sub("items.json")};
