@@ -46,10 +46,16 @@ struct ReadCounts {
   int64_t untrained = 0;  // answers the template's rendering does not let apart (read only)
 };
 
-bool is_json_lines(const std::string& path) {
+// The file's extension in lower case (".jsonl").
+std::string lower_extension(const std::string& path) {
   std::string ext = fs::path(path).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext;
+}
+
+bool is_json_lines(const std::string& path) {
+  const std::string ext = lower_extension(path);
   return ext == ".jsonl" || ext == ".json";
 }
 
@@ -110,8 +116,8 @@ nlohmann::json conversation_of(const nlohmann::json& line, const std::string& js
     return openai_messages(*list);
   }
   const bool alpaca = json_key == "messages" && line.contains("instruction");
-  MOEX_CHECK(alpaca, "no '", json_key, "' field (--json-key names it; ShareGPT's conversations ",
-             "and Alpaca's instruction/input/output are read too)");
+  MOEX_CHECK(alpaca, "no '", json_key, "' field (--json-key names it; ShareGPT's conversations, ",
+             "TRL's prompt/completion lists and Alpaca's instruction/input/output are read too)");
   auto text = [&](const char* key, bool required) {
     const auto it = line.find(key);
     MOEX_CHECK(it != line.end() || !required, "an Alpaca line needs '", key, "'");
@@ -191,8 +197,7 @@ std::vector<Document> read_documents(const std::string& path, const TextCorpusOp
   };
   // A .json file that opens with '[' is one array of such objects (Alpaca's alpaca_data.json,
   // pandas' to_json(orient="records")), read whole.
-  const std::string ext = fs::path(path).extension().string();
-  if ((ext == ".json" || ext == ".JSON") && (in >> std::ws).peek() == '[') {
+  if (lower_extension(path) == ".json" && (in >> std::ws).peek() == '[') {
     const std::string text((std::istreambuf_iterator<char>(in)), {});
     MOEX_CHECK(!in.bad(), "--input ", path, ": read failed");
     const nlohmann::json items = parse_json(text, path, "not valid JSON");

@@ -47,7 +47,8 @@ struct DatasetEval {
 
 // The split's token stream of each wanted source (or each of its documents, options.packing
 // false), cut into windows of seq_len + 1 tokens that overlap by one (every token after the first
-// is predicted once, with the context of its own window). `tokenizer` decodes translations; it may be null when no translation is asked for.
+// is predicted once, with the context of its own window). `tokenizer` decodes translations; it
+// may be null when no translation is asked for.
 DatasetEval evaluate_dataset(model::Model& model, const data::CorpusManifest& corpus,
                              const data::Tokenizer* tokenizer, const DatasetEvalOptions& options);
 

@@ -154,9 +154,14 @@ data::Packing packing_of(const TrainConfig& c) {
   return c.data.packing ? data::Packing::kPacked : data::Packing::kOneDocument;
 }
 
-// Whether a split holds a sample: packed windows need seq_len + 1 tokens, one document 2.
+// A split holds a sample with more tokens than this: packed windows need seq_len + 1, one
+// document 2.
+int64_t fewest_split_tokens(const TrainConfig& c) {
+  return c.data.packing ? c.data.seq_len : 1;
+}
+
 bool split_is_usable(const data::CorpusSplitStats& split, const TrainConfig& c) {
-  return split.tokens > (c.data.packing ? c.data.seq_len : 1);
+  return split.tokens > fewest_split_tokens(c);
 }
 
 // Whether training samples carry a loss mask: any wanted source's split of the corpus has one
@@ -182,11 +187,10 @@ std::unique_ptr<data::MixtureDataset> open_train_data(const data::CorpusManifest
     inputs.push_back(std::move(in));
   }
   MOEX_CHECK(!inputs.empty(), c.source, ": data.path '", c.data.path,
-             "' has no training source with more than ", c.data.packing ? c.data.seq_len : 1,
+             "' has no training source with more than ", fewest_split_tokens(c),
              " tokens for tasks '", c.data.tasks, "'");
-  return std::make_unique<data::MixtureDataset>(std::move(inputs), c.data.seq_len,
-                                                c.data.temperatures, c.training.seed,
-                                                packing_of(c));
+  return std::make_unique<data::MixtureDataset>(
+      std::move(inputs), c.data.seq_len, c.data.temperatures, c.training.seed, packing_of(c));
 }
 
 // What one document a sample costs and cuts, per source (data.packing false).
