@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -39,6 +40,29 @@ inline fs::path make_corpus(const fs::path& dir) {
   std::ofstream(dir / "corpus.json") << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [
     {"name": "a", "language": "en", "train": {"prefix": "a.train", "tokens": 3000}, "valid": {"prefix": "a.valid", "tokens": 300}},
     {"name": "b", "language": "es", "train": {"prefix": "b.train", "tokens": 3000}, "valid": {"prefix": "b.valid", "tokens": 300}}]})";
+  return dir;
+}
+
+// A corpus of one source "a" (language en, vocabulary 40) whose splits `fill` writes: it gets the
+// split's name ("train", "valid") and its dataset path prefix (dir/a.<split>), writes the
+// datasets there and returns the split's corpus.json fields besides "prefix" ({"tokens": n}, and
+// "loss_mask" when it writes one).
+inline fs::path one_source_corpus(
+    const fs::path& dir,
+    const std::function<nlohmann::json(const std::string& split, const fs::path& prefix)>& fill) {
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  nlohmann::json source = {{"name", "a"}, {"language", "en"}};
+  for (const char* split : {"train", "valid"}) {
+    const std::string prefix = std::string("a.") + split;
+    nlohmann::json fields = fill(split, dir / prefix);
+    fields["prefix"] = prefix;
+    source[split] = fields;
+  }
+  std::ofstream(dir / "tok.model") << "stand-in";
+  nlohmann::json corpus = {{"tokenizer", "tok.model"}, {"vocab_size", 40}};
+  corpus["sources"] = nlohmann::json::array({source});
+  std::ofstream(dir / "corpus.json") << corpus.dump();
   return dir;
 }
 

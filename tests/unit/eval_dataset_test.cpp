@@ -35,9 +35,30 @@ double row_ce(const float* logits, int64_t vocab, int32_t target) {
   return mx + std::log(sum) - logits[target];
 }
 
+// Naive windows over `tokens`: up to 16 predictions from every 16th token, each window run on its
+// own through the model's logits; adds the cross-entropy of the targets `keep` accepts (all when
+// null) to *sum and their number to *count.
+void add_window_ce(model::Model& model, const std::vector<int32_t>& tokens, double* sum,
+                   int64_t* count, bool (*keep)(int32_t) = nullptr) {
+  for (size_t start = 0; start + 1 < tokens.size(); start += 16) {
+    const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(tokens.size() - 1 - start));
+    std::vector<float> logits(static_cast<size_t>(len * 40));
+    model.logits(tokens.data() + start, 1, len, logits.data());
+    for (int64_t t = 0; t < len; ++t) {
+      const int32_t target = tokens[start + t + 1];
+      if (keep != nullptr && !keep(target)) continue;
+      *sum += row_ce(&logits[t * 40], 40, target);
+      ++*count;
+    }
+  }
+}
+
+bool even(int32_t id) {
+  return id % 2 == 0;
+}
+
 TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
-  const fs::path dir = moex::testing::make_corpus(fs::temp_directory_path() /
-                                                  ("moex_eval_ppl_" + std::to_string(::getpid())));
+  const fs::path dir = moex::testing::make_temp_corpus("moex_eval_ppl");
   const data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
   model::Model model(dense_config());
   model.init_weights(5);
@@ -56,16 +77,9 @@ TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
       const auto part = ds.get(s);
       stream.insert(stream.end(), part.begin(), part.end());
     }
-    // Windows of up to 16 predictions starting every 16 tokens, each on its own.
     double sum = 0;
     int64_t count = 0;
-    for (size_t start = 0; start + 1 < stream.size(); start += 16) {
-      const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(stream.size() - 1 - start));
-      std::vector<float> logits(static_cast<size_t>(len * 40));
-      model.logits(stream.data() + start, 1, len, logits.data());
-      for (int64_t t = 0; t < len; ++t) sum += row_ce(&logits[t * 40], 40, stream[start + t + 1]);
-      count += len;
-    }
+    add_window_ce(model, stream, &sum, &count);
     EXPECT_EQ(got.sources[i].name, corpus.sources[i].name);
     EXPECT_EQ(got.sources[i].tokens, static_cast<int64_t>(stream.size()) - 1);
     EXPECT_EQ(got.sources[i].tokens, count);
@@ -83,8 +97,7 @@ TEST(DatasetEval, PerplexityIsTheCrossEntropyOfEveryTokenAfterTheFirst) {
 // --no-packing: each document alone, windows of up to 16 predictions from its first token, so the
 // first token of a document is never predicted and no window reads the document before it.
 TEST(DatasetEval, WithoutPackingEachDocumentIsReadAlone) {
-  const fs::path dir = moex::testing::make_corpus(
-      fs::temp_directory_path() / ("moex_eval_docs_" + std::to_string(::getpid())));
+  const fs::path dir = moex::testing::make_temp_corpus("moex_eval_docs");
   const data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
   model::Model model(dense_config());
   model.init_weights(5);
@@ -102,16 +115,7 @@ TEST(DatasetEval, WithoutPackingEachDocumentIsReadAlone) {
     ASSERT_GT(ds.num_sequences(), 1);
     double sum = 0;
     int64_t count = 0;
-    for (int64_t d = 0; d < ds.num_sequences(); ++d) {
-      const std::vector<int32_t> doc = ds.get(d);
-      for (size_t start = 0; start + 1 < doc.size(); start += 16) {
-        const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(doc.size() - 1 - start));
-        std::vector<float> logits(static_cast<size_t>(len * 40));
-        model.logits(doc.data() + start, 1, len, logits.data());
-        for (int64_t t = 0; t < len; ++t) sum += row_ce(&logits[t * 40], 40, doc[start + t + 1]);
-        count += len;
-      }
-    }
+    for (int64_t d = 0; d < ds.num_sequences(); ++d) add_window_ce(model, ds.get(d), &sum, &count);
     EXPECT_EQ(got.sources[i].tokens, count);
     EXPECT_LT(got.sources[i].tokens, packed.sources[i].tokens);
     EXPECT_NEAR(got.sources[i].loss, sum / count, 1e-5 * sum / count);
@@ -122,8 +126,7 @@ TEST(DatasetEval, WithoutPackingEachDocumentIsReadAlone) {
 // With a loss mask beside a split (chat data), only the targets marked 1 count: here the even
 // tokens, against the same naive cross-entropy.
 TEST(DatasetEval, ALossMaskCountsOnlyTheMarkedTargets) {
-  const fs::path dir = moex::testing::make_corpus(fs::temp_directory_path() /
-                                                  ("moex_eval_mask_" + std::to_string(::getpid())));
+  const fs::path dir = moex::testing::make_temp_corpus("moex_eval_mask");
   data::CorpusManifest corpus = data::load_corpus_manifest(dir.string());
   model::Model model(dense_config());
   model.init_weights(5);
@@ -139,22 +142,12 @@ TEST(DatasetEval, ALossMaskCountsOnlyTheMarkedTargets) {
     for (int64_t s = 0; s < ds.num_sequences(); ++s) {
       const auto part = ds.get(s);
       std::vector<int32_t> mask;
-      for (int32_t id : part) mask.push_back(id % 2 == 0);
+      for (int32_t id : part) mask.push_back(even(id));
       marks.add_document(mask);
       stream.insert(stream.end(), part.begin(), part.end());
     }
     marks.finish();
-    for (size_t start = 0; start + 1 < stream.size(); start += 16) {
-      const int64_t len = std::min<int64_t>(16, static_cast<int64_t>(stream.size() - 1 - start));
-      std::vector<float> logits(static_cast<size_t>(len * 40));
-      model.logits(stream.data() + start, 1, len, logits.data());
-      for (int64_t t = 0; t < len; ++t) {
-        const int32_t target = stream[start + t + 1];
-        if (target % 2 != 0) continue;
-        sum += row_ce(&logits[t * 40], 40, target);
-        ++count;
-      }
-    }
+    add_window_ce(model, stream, &sum, &count, even);
   }
   DatasetEvalOptions o;
   o.seq_len = 16;

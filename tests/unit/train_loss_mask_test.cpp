@@ -36,13 +36,9 @@ bool trained(int32_t token) {
 // One document following the rule, for both splits; with `mask`, the tokens `keep` accepts
 // (by default the even ones) are marked 1.
 fs::path masked_corpus(const fs::path& dir, bool mask, bool (*keep)(int32_t) = trained) {
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  std::string splits;
-  for (const char* split : {"train", "valid"}) {
-    const std::string prefix = std::string("a.") + split;
-    data::IndexedDatasetBuilder tokens((dir / prefix).string(), data::TokenDType::kU16);
-    data::IndexedDatasetBuilder marks((dir / (prefix + ".mask")).string(), data::TokenDType::kU16);
+  return testing::one_source_corpus(dir, [&](const std::string& split, const fs::path& prefix) {
+    data::IndexedDatasetBuilder tokens(prefix.string(), data::TokenDType::kU16);
+    data::IndexedDatasetBuilder marks(prefix.string() + ".mask", data::TokenDType::kU16);
     std::vector<int32_t> ids, m;
     for (int i = 0; i < (split[0] == 't' ? 2000 : 200); ++i) {
       ids.push_back((i + 5) % kVocab);
@@ -52,15 +48,10 @@ fs::path masked_corpus(const fs::path& dir, bool mask, bool (*keep)(int32_t) = t
     marks.add_document(m);
     tokens.finish();
     marks.finish();
-    splits += std::string(splits.empty() ? "" : ", ") + "\"" + split + "\": {\"prefix\": \"" +
-              prefix + "\", \"tokens\": " + std::to_string(ids.size()) +
-              (mask ? ", \"loss_mask\": \"" + prefix + ".mask\"" : "") + "}";
-  }
-  std::ofstream(dir / "tok.model") << "stand-in";
-  std::ofstream(dir / "corpus.json")
-      << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [{"name": "a", "language": "en", )"
-      << splits << "}]}";
-  return dir;
+    nlohmann::json fields = {{"tokens", ids.size()}};
+    if (mask) fields["loss_mask"] = prefix.filename().string() + ".mask";
+    return fields;
+  });
 }
 
 // The loss of the run's initial model on the batch, over the targets `keep` accepts.

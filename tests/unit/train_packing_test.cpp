@@ -21,6 +21,7 @@
 #include "ops/cross_entropy.h"
 #include "train/trainer.h"
 #include "train_fixture.h"
+#include "unit/cpu_kernel_checks.h"
 
 namespace moex::train {
 namespace {
@@ -45,12 +46,8 @@ int64_t document_length(int d) {
 }
 
 fs::path documents_corpus(const fs::path& dir) {
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  std::string splits;
-  for (const char* split : {"train", "valid"}) {
-    const std::string prefix = std::string("a.") + split;
-    data::IndexedDatasetBuilder tokens((dir / prefix).string(), data::TokenDType::kU16);
+  return testing::one_source_corpus(dir, [](const std::string&, const fs::path& prefix) {
+    data::IndexedDatasetBuilder tokens(prefix.string(), data::TokenDType::kU16);
     int64_t count = 0;
     for (int d = 0; d < 60; ++d) {
       std::vector<int32_t> ids{d % (kVocab - 1) + 1};
@@ -60,14 +57,8 @@ fs::path documents_corpus(const fs::path& dir) {
       count += static_cast<int64_t>(ids.size());
     }
     tokens.finish();
-    splits += std::string(splits.empty() ? "" : ", ") + "\"" + split + "\": {\"prefix\": \"" +
-              prefix + "\", \"tokens\": " + std::to_string(count) + "}";
-  }
-  std::ofstream(dir / "tok.model") << "stand-in";
-  std::ofstream(dir / "corpus.json")
-      << R"({"tokenizer": "tok.model", "vocab_size": 40, "sources": [{"name": "a", "language": "en", )"
-      << splits << "}]}";
-  return dir;
+    return nlohmann::json{{"tokens", count}};
+  });
 }
 
 TEST(Packing, OneDocumentSamplesTrainEachDocumentAlone) {
@@ -126,12 +117,8 @@ TEST(Packing, OneDocumentSamplesTrainEachDocumentAlone) {
       testing::write_config(corpus, out, R"(, "steps": 3, "grad_accum": 1)", nullptr,
                             R"(, "dropless": true, "jitter_eps": 0)")
           .string());
-  try {
-    run_training(packed, out + "/final", 0, nullptr);
-    FAIL() << "resumed with data.packing changed";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("data.packing"), std::string::npos) << e.what();
-  }
+  testing::expect_error_naming([&] { run_training(packed, out + "/final", 0, nullptr); },
+                               {"data.packing"});
   fs::remove_all(root);
 }
 
@@ -143,14 +130,8 @@ TEST(Packing, MustBeTrueOrFalse) {
       R"(, "data": {"path": ")" + corpus.string() + R"(", "seq_len": 16, "packing": "no"})";
   const fs::path path =
       testing::write_config(corpus, (root / "run").string(), "", nullptr, "", data);
-  try {
-    TrainConfig::from_file(path.string());
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("data.packing"), std::string::npos) << what;
-    EXPECT_NE(what.find("true or false"), std::string::npos) << what;
-  }
+  testing::expect_error_naming([&] { TrainConfig::from_file(path.string()); },
+                               {"data.packing", "true or false"});
   fs::remove_all(root);
 }
 
